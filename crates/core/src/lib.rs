@@ -1,0 +1,49 @@
+//! Process Factory's pure core: the template model, validation, the stateless
+//! scheduler and run state transitions.
+//!
+//! Architecture Invariant: this crate does no IO. No files, no network, no
+//! clock, no async runtime. Time comes in as an argument; effects go out as
+//! data ([`run::Event`]s and [`scheduler::Decision`]s) for the IO layers
+//! (`factory-store`, `factory-runtime`, `factory-engine`, `factory-cli`) to
+//! carry out. That keeps every rule here testable with plain values and
+//! makes the event log replayable.
+
+pub mod diagnostics;
+pub mod pipeline;
+pub mod render;
+pub mod run;
+pub mod scheduler;
+pub mod template;
+pub mod transitions;
+pub mod validate;
+
+pub use diagnostics::{Diagnostic, Severity};
+pub use pipeline::Pipeline;
+pub use run::{ApplyError, BlockStatus, Event, EventRecord, Millis, RunDoc, RunStatus};
+pub use scheduler::{Decision, decide};
+pub use template::Template;
+pub use validate::{Validated, validate_str, validate_template, validate_value};
+
+/// Applies `events` to `doc` as one unit: either all apply (and the numbered
+/// records are returned) or none do and `doc` is unchanged.
+pub fn commit(
+    doc: &mut RunDoc,
+    events: Vec<Event>,
+    actor: &str,
+    now: Millis,
+) -> Result<Vec<EventRecord>, ApplyError> {
+    let mut next = doc.clone();
+    let mut records = Vec::with_capacity(events.len());
+    for event in events {
+        let record = EventRecord {
+            seq: next.seq + 1,
+            at: now,
+            actor: actor.to_string(),
+            event,
+        };
+        next.apply(&record)?;
+        records.push(record);
+    }
+    *doc = next;
+    Ok(records)
+}

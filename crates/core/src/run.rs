@@ -1,0 +1,742 @@
+//! The run document and the event log that produces it.
+//!
+//! A run is one JSON document ([`RunDoc`]) plus an append-only list of
+//! [`EventRecord`]s. The document is a cache of the log: [`RunDoc::apply`] folds
+//! one event into it, and folding every event from `RunCreated` reproduces the
+//! stored document exactly (a property test checks this). Events carry their
+//! own time and actor, so `apply` is deterministic and needs no clock.
+//!
+//! Architecture Invariant: `apply` never decides anything. Decisions (is this
+//! block ready? did the threshold pass?) are made by [`crate::scheduler`] and
+//! [`crate::transitions`], which emit events; `apply` only records them and
+//! rejects events that would make an illegal transition.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::template::{ArtifactFormat, Autonomy};
+
+/// Milliseconds since the Unix epoch.
+pub type Millis = i64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BlockStatus {
+    Pending,
+    Ready,
+    Running,
+    Done,
+    Failed,
+    Blocked,
+    Waiting,
+}
+
+impl BlockStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BlockStatus::Pending => "pending",
+            BlockStatus::Ready => "ready",
+            BlockStatus::Running => "running",
+            BlockStatus::Done => "done",
+            BlockStatus::Failed => "failed",
+            BlockStatus::Blocked => "blocked",
+            BlockStatus::Waiting => "waiting",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    /// Blocks are ready or running.
+    #[default]
+    Running,
+    /// Nothing can move until a person resolves a gate.
+    Waiting,
+    Done,
+    Failed,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Waiting => "waiting",
+            RunStatus::Done => "done",
+            RunStatus::Failed => "failed",
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, RunStatus::Done | RunStatus::Failed)
+    }
+}
+
+/// Which side of the block a human gate sits on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GatePhase {
+    Before,
+    After,
+}
+
+/// A stored artifact: content lives in the store under `hash` (SHA-256).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactRef {
+    pub hash: String,
+    pub size: u64,
+    pub path: String,
+    pub format: ArtifactFormat,
+}
+
+/// A stored log (stdout or stderr of an attempt).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogRef {
+    pub hash: String,
+    pub size: u64,
+    /// True when only the tail of a long log was kept.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    Succeeded,
+    ThresholdMissed,
+    Failed,
+    TimedOut,
+    /// The worker running it died or lost its lease.
+    Abandoned,
+}
+
+/// What an attempt produced; the runtime's report, recorded verbatim.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct AttemptReport {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub artifacts: BTreeMap<String, ArtifactRef>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metrics: BTreeMap<String, Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdout: Option<LogRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stderr: Option<LogRef>,
+    /// Why the attempt failed, when it did (a runtime error, not a threshold miss).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub timed_out: bool,
+}
+
+/// One execution of a block.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub n: u32,
+    pub owner: String,
+    pub started_at: Millis,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<Millis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<AttemptOutcome>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<AttemptReport>,
+    /// The corrections version this attempt ran with, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corrections_version: Option<String>,
+}
+
+/// A correction handed to a block's next attempt (seed `002`'s shape).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CorrectionItem {
+    pub finding: String,
+    pub correction: String,
+    pub priority: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub improvement_item_id: Option<String>,
+}
+
+/// `block.state.corrections`: what the next attempt must fix.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Corrections {
+    /// E.g. `v1→v2`.
+    pub version: String,
+    pub source: String,
+    pub items: Vec<CorrectionItem>,
+    pub instruction: String,
+}
+
+/// Who decided a gate, when and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GateDecision {
+    pub phase: GatePhase,
+    pub approved: bool,
+    pub actor: String,
+    pub at: Millis,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// The engine-managed `state` of one block.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BlockState {
+    pub status: BlockStatus,
+    pub autonomy: Autonomy,
+    /// Attempts started so far (all kinds).
+    pub attempts: u32,
+    /// Automatic retries used since the block was last reset.
+    pub retries_used: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Millis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<Millis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// A ready block is not started before this time (retry backoff).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<Millis>,
+    /// Set while the block is `waiting`: which gate it waits at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<GatePhase>,
+    /// The before-gate was approved for the current pass.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub before_gate_passed: bool,
+    /// A `guided` block completed and awaits optional review.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub review_flag: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corrections: Option<Corrections>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub decisions: Vec<GateDecision>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<Attempt>,
+}
+
+impl BlockState {
+    fn new(autonomy: Autonomy) -> BlockState {
+        BlockState {
+            status: BlockStatus::Pending,
+            autonomy,
+            attempts: 0,
+            retries_used: 0,
+            started_at: None,
+            ended_at: None,
+            score: None,
+            error: None,
+            not_before: None,
+            gate: None,
+            before_gate_passed: false,
+            review_flag: false,
+            corrections: None,
+            decisions: Vec::new(),
+            history: Vec::new(),
+        }
+    }
+
+    /// The attempt currently running, if any.
+    pub fn current_attempt(&self) -> Option<&Attempt> {
+        self.history.last().filter(|a| a.ended_at.is_none())
+    }
+
+    /// The most recent attempt that succeeded (its artifacts feed downstream).
+    pub fn last_success(&self) -> Option<&Attempt> {
+        self.history
+            .iter()
+            .rev()
+            .find(|a| a.outcome == Some(AttemptOutcome::Succeeded))
+    }
+}
+
+/// One JSON document per run: everything the scheduler needs, nothing more.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunDoc {
+    pub run_id: String,
+    pub template_id: String,
+    pub template_version: String,
+    pub status: RunStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autonomy_profile: Option<String>,
+    pub params: BTreeMap<String, Value>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    /// Sequence number of the last event folded in.
+    pub seq: u64,
+    pub blocks: BTreeMap<String, BlockState>,
+}
+
+/// An entry of the append-only event log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub seq: u64,
+    pub at: Millis,
+    /// Who caused it: `engine`, `worker:<owner>`, `cli:<user>`, …
+    pub actor: String,
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+/// Every transition a run can make.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    RunCreated {
+        run_id: String,
+        template_id: String,
+        template_version: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        autonomy_profile: Option<String>,
+        params: BTreeMap<String, Value>,
+        /// Every block with its resolved autonomy, in template order.
+        blocks: Vec<(String, Autonomy)>,
+    },
+    BlockReady {
+        block: String,
+        reason: String,
+    },
+    BlockWaiting {
+        block: String,
+        phase: GatePhase,
+    },
+    BlockBlocked {
+        block: String,
+        because: String,
+    },
+    BlockStarted {
+        block: String,
+        attempt: u32,
+        owner: String,
+        lease_expires_at: Millis,
+    },
+    AttemptFinished {
+        block: String,
+        attempt: u32,
+        outcome: AttemptOutcome,
+        report: AttemptReport,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        score: Option<f64>,
+    },
+    AttemptAbandoned {
+        block: String,
+        attempt: u32,
+        reason: String,
+    },
+    RetryScheduled {
+        block: String,
+        not_before: Millis,
+        reason: String,
+    },
+    BlockDone {
+        block: String,
+    },
+    BlockFailed {
+        block: String,
+        error: String,
+    },
+    ReviewFlagged {
+        block: String,
+    },
+    GateApproved {
+        block: String,
+        phase: GatePhase,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        note: Option<String>,
+    },
+    GateRejected {
+        block: String,
+        phase: GatePhase,
+        feedback: String,
+        corrections: Corrections,
+    },
+    BlockReset {
+        block: String,
+        reason: String,
+    },
+    RunStatusChanged {
+        status: RunStatus,
+    },
+}
+
+impl Event {
+    /// The block the event concerns, if any.
+    pub fn block(&self) -> Option<&str> {
+        match self {
+            Event::RunCreated { .. } | Event::RunStatusChanged { .. } => None,
+            Event::BlockReady { block, .. }
+            | Event::BlockWaiting { block, .. }
+            | Event::BlockBlocked { block, .. }
+            | Event::BlockStarted { block, .. }
+            | Event::AttemptFinished { block, .. }
+            | Event::AttemptAbandoned { block, .. }
+            | Event::RetryScheduled { block, .. }
+            | Event::BlockDone { block }
+            | Event::BlockFailed { block, .. }
+            | Event::ReviewFlagged { block }
+            | Event::GateApproved { block, .. }
+            | Event::GateRejected { block, .. }
+            | Event::BlockReset { block, .. } => Some(block),
+        }
+    }
+
+    /// The snake_case name used in the log and the store.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::RunCreated { .. } => "run_created",
+            Event::BlockReady { .. } => "block_ready",
+            Event::BlockWaiting { .. } => "block_waiting",
+            Event::BlockBlocked { .. } => "block_blocked",
+            Event::BlockStarted { .. } => "block_started",
+            Event::AttemptFinished { .. } => "attempt_finished",
+            Event::AttemptAbandoned { .. } => "attempt_abandoned",
+            Event::RetryScheduled { .. } => "retry_scheduled",
+            Event::BlockDone { .. } => "block_done",
+            Event::BlockFailed { .. } => "block_failed",
+            Event::ReviewFlagged { .. } => "review_flagged",
+            Event::GateApproved { .. } => "gate_approved",
+            Event::GateRejected { .. } => "gate_rejected",
+            Event::BlockReset { .. } => "block_reset",
+            Event::RunStatusChanged { .. } => "run_status_changed",
+        }
+    }
+}
+
+/// An event that would make an illegal transition.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    #[error("event {seq} is out of order: the document is at {doc_seq}")]
+    OutOfOrder { seq: u64, doc_seq: u64 },
+    #[error("unknown block `{0}`")]
+    UnknownBlock(String),
+    #[error("block `{block}` is {status}; `{event}` needs it to be {expected}")]
+    IllegalTransition {
+        block: String,
+        status: &'static str,
+        event: &'static str,
+        expected: &'static str,
+    },
+    #[error("block `{block}` has no running attempt {attempt}")]
+    NoSuchAttempt { block: String, attempt: u32 },
+    #[error("the first event of a run must be run_created")]
+    NotCreated,
+}
+
+impl RunDoc {
+    /// Builds a document from the first event of a log.
+    pub fn from_created(record: &EventRecord) -> Result<RunDoc, ApplyError> {
+        let Event::RunCreated {
+            run_id,
+            template_id,
+            template_version,
+            autonomy_profile,
+            params,
+            blocks,
+        } = &record.event
+        else {
+            return Err(ApplyError::NotCreated);
+        };
+        Ok(RunDoc {
+            run_id: run_id.clone(),
+            template_id: template_id.clone(),
+            template_version: template_version.clone(),
+            status: RunStatus::Running,
+            autonomy_profile: autonomy_profile.clone(),
+            params: params.clone(),
+            created_at: record.at,
+            updated_at: record.at,
+            seq: record.seq,
+            blocks: blocks
+                .iter()
+                .map(|(id, autonomy)| (id.clone(), BlockState::new(*autonomy)))
+                .collect(),
+        })
+    }
+
+    /// Rebuilds a document from a whole event log.
+    pub fn replay(records: &[EventRecord]) -> Result<RunDoc, ApplyError> {
+        let (first, rest) = records.split_first().ok_or(ApplyError::NotCreated)?;
+        let mut doc = RunDoc::from_created(first)?;
+        for record in rest {
+            doc.apply(record)?;
+        }
+        Ok(doc)
+    }
+
+    pub fn block(&self, block_id: &str) -> Option<&BlockState> {
+        self.blocks.get(block_id)
+    }
+
+    /// Counts of blocks per status, for summaries.
+    pub fn status_counts(&self) -> BTreeMap<&'static str, usize> {
+        let mut counts = BTreeMap::new();
+        for state in self.blocks.values() {
+            *counts.entry(state.status.as_str()).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    /// Folds one event into the document, or explains why it is illegal.
+    /// On error the document is unchanged.
+    pub fn apply(&mut self, record: &EventRecord) -> Result<(), ApplyError> {
+        if record.seq != self.seq + 1 {
+            return Err(ApplyError::OutOfOrder {
+                seq: record.seq,
+                doc_seq: self.seq,
+            });
+        }
+        let at = record.at;
+        let event = &record.event;
+        let kind = event.kind();
+        match event {
+            Event::RunCreated { .. } => return Err(ApplyError::NotCreated),
+            Event::RunStatusChanged { status } => self.status = *status,
+            Event::BlockReady { block, .. } => {
+                let state = self.state_mut(block)?;
+                expect(block, state, kind, &[BlockStatus::Pending, BlockStatus::Blocked])?;
+                state.status = BlockStatus::Ready;
+                state.gate = None;
+                state.not_before = None;
+            }
+            Event::BlockWaiting { block, phase } => {
+                let state = self.state_mut(block)?;
+                match phase {
+                    GatePhase::Before => expect(block, state, kind, &[BlockStatus::Pending])?,
+                    GatePhase::After => expect(block, state, kind, &[BlockStatus::Running])?,
+                }
+                state.status = BlockStatus::Waiting;
+                state.gate = Some(*phase);
+            }
+            Event::BlockBlocked { block, .. } => {
+                let state = self.state_mut(block)?;
+                expect(block, state, kind, &[BlockStatus::Pending, BlockStatus::Ready])?;
+                state.status = BlockStatus::Blocked;
+            }
+            Event::BlockStarted {
+                block,
+                attempt,
+                owner,
+                ..
+            } => {
+                let state = self.state_mut(block)?;
+                expect(block, state, kind, &[BlockStatus::Ready])?;
+                state.status = BlockStatus::Running;
+                state.attempts = *attempt;
+                state.started_at = Some(at);
+                state.ended_at = None;
+                state.error = None;
+                state.not_before = None;
+                let corrections_version = state.corrections.as_ref().map(|c| c.version.clone());
+                state.history.push(Attempt {
+                    n: *attempt,
+                    owner: owner.clone(),
+                    started_at: at,
+                    ended_at: None,
+                    outcome: None,
+                    report: None,
+                    corrections_version,
+                });
+            }
+            Event::AttemptFinished {
+                block,
+                attempt,
+                outcome,
+                report,
+                score,
+            } => {
+                let state = self.state_mut(block)?;
+                expect(block, state, kind, &[BlockStatus::Running])?;
+                let current = running_attempt(block, state, *attempt)?;
+                current.ended_at = Some(at);
+                current.outcome = Some(*outcome);
+                current.report = Some(report.clone());
+                state.ended_at = Some(at);
+                state.error = report.error.clone();
+                if score.is_some() {
+                    state.score = *score;
+                }
+            }
+            Event::AttemptAbandoned {
+                block,
+                attempt,
+                reason,
+            } => {
+                let state = self.state_mut(block)?;
+                expect(block, state, kind, &[BlockStatus::Running])?;
+                let current = running_attempt(block, state, *attempt)?;
+                current.ended_at = Some(at);
+                current.outcome = Some(AttemptOutcome::Abandoned);
+                current.report = Some(AttemptReport {
+                    error: Some(reason.clone()),
+                    ..AttemptReport::default()
+                });
+                state.status = BlockStatus::Ready;
+                state.ended_at = Some(at);
+            }
+            Event::RetryScheduled {
+                block,
+                not_before,
+                reason,
+            } => {
+                let state = self.state_mut(block)?;
+                expect(block, state, kind, &[BlockStatus::Running])?;
+                ensure_finished(block, state, kind)?;
+                state.status = BlockStatus::Ready;
+                state.retries_used += 1;
+                state.not_before = Some(*not_before);
+                state.error = Some(reason.clone());
+            }
+            Event::BlockDone { block } => {
+                let state = self.state_mut(block)?;
+                expect(block, state, kind, &[BlockStatus::Running])?;
+                ensure_finished(block, state, kind)?;
+                state.status = BlockStatus::Done;
+                state.error = None;
+            }
+            Event::BlockFailed { block, error } => {
+                let state = self.state_mut(block)?;
+                expect(block, state, kind, &[BlockStatus::Running])?;
+                ensure_finished(block, state, kind)?;
+                state.status = BlockStatus::Failed;
+                state.error = Some(error.clone());
+            }
+            Event::ReviewFlagged { block } => {
+                let state = self.state_mut(block)?;
+                state.review_flag = true;
+            }
+            Event::GateApproved { block, phase, note } => {
+                let actor = record.actor.clone();
+                let state = self.state_mut(block)?;
+                expect_gate(block, state, kind, *phase)?;
+                state.decisions.push(GateDecision {
+                    phase: *phase,
+                    approved: true,
+                    actor,
+                    at,
+                    note: note.clone(),
+                });
+                state.gate = None;
+                match phase {
+                    GatePhase::Before => {
+                        state.before_gate_passed = true;
+                        state.status = BlockStatus::Ready;
+                    }
+                    GatePhase::After => state.status = BlockStatus::Done,
+                }
+            }
+            Event::GateRejected {
+                block,
+                phase,
+                feedback,
+                corrections,
+            } => {
+                let actor = record.actor.clone();
+                let state = self.state_mut(block)?;
+                expect_gate(block, state, kind, *phase)?;
+                state.decisions.push(GateDecision {
+                    phase: *phase,
+                    approved: false,
+                    actor,
+                    at,
+                    note: Some(feedback.clone()),
+                });
+                state.gate = None;
+                state.corrections = Some(corrections.clone());
+                state.retries_used = 0;
+                // Rejected before it ran: the reviewer has spoken for this pass,
+                // so the block runs with the corrections instead of waiting again.
+                state.before_gate_passed = true;
+                state.status = BlockStatus::Ready;
+            }
+            Event::BlockReset { block, .. } => {
+                let state = self.state_mut(block)?;
+                if state.status == BlockStatus::Running {
+                    return Err(ApplyError::IllegalTransition {
+                        block: block.clone(),
+                        status: state.status.as_str(),
+                        event: kind,
+                        expected: "not running",
+                    });
+                }
+                state.status = BlockStatus::Pending;
+                state.retries_used = 0;
+                state.gate = None;
+                state.before_gate_passed = false;
+                state.review_flag = false;
+                state.not_before = None;
+                state.error = None;
+            }
+        }
+        self.seq = record.seq;
+        self.updated_at = at;
+        Ok(())
+    }
+
+    fn state_mut(&mut self, block: &str) -> Result<&mut BlockState, ApplyError> {
+        self.blocks
+            .get_mut(block)
+            .ok_or_else(|| ApplyError::UnknownBlock(block.to_string()))
+    }
+}
+
+fn expect(
+    block: &str,
+    state: &BlockState,
+    event: &'static str,
+    allowed: &[BlockStatus],
+) -> Result<(), ApplyError> {
+    if allowed.contains(&state.status) {
+        return Ok(());
+    }
+    Err(ApplyError::IllegalTransition {
+        block: block.to_string(),
+        status: state.status.as_str(),
+        event,
+        expected: allowed.first().map_or("", |s| s.as_str()),
+    })
+}
+
+fn expect_gate(
+    block: &str,
+    state: &BlockState,
+    event: &'static str,
+    phase: GatePhase,
+) -> Result<(), ApplyError> {
+    if state.status == BlockStatus::Waiting && state.gate == Some(phase) {
+        return Ok(());
+    }
+    Err(ApplyError::IllegalTransition {
+        block: block.to_string(),
+        status: state.status.as_str(),
+        event,
+        expected: "waiting at that gate",
+    })
+}
+
+fn running_attempt<'a>(
+    block: &str,
+    state: &'a mut BlockState,
+    attempt: u32,
+) -> Result<&'a mut Attempt, ApplyError> {
+    match state.history.last_mut() {
+        Some(current) if current.n == attempt && current.ended_at.is_none() => Ok(current),
+        _ => Err(ApplyError::NoSuchAttempt {
+            block: block.to_string(),
+            attempt,
+        }),
+    }
+}
+
+fn ensure_finished(block: &str, state: &BlockState, event: &'static str) -> Result<(), ApplyError> {
+    match state.history.last() {
+        Some(last) if last.ended_at.is_some() => Ok(()),
+        _ => Err(ApplyError::IllegalTransition {
+            block: block.to_string(),
+            status: "running with an unfinished attempt",
+            event,
+            expected: "running with a finished attempt",
+        }),
+    }
+}

@@ -1,0 +1,147 @@
+//! The stateless scheduler: (pipeline, run document, now) → decisions.
+//!
+//! It holds no memory of its own. Every call looks at the document afresh and
+//! returns the transitions that follow from it (pending blocks becoming ready,
+//! waiting at a before-gate or blocked behind a failure; the run's status),
+//! plus which ready blocks may start now under the concurrency limit. Calling
+//! it again on the document those events produce returns no events: the
+//! decision is a fixpoint.
+//!
+//! Readiness rule (C2): a block is ready when every upstream block is `done`,
+//! which already includes "its after-gate was approved", because a block whose
+//! after-gate is open is `waiting`, not `done`.
+
+use crate::pipeline::Pipeline;
+use crate::run::{BlockStatus, Event, GatePhase, Millis, RunDoc, RunStatus};
+use crate::template::{Autonomy, HumanGate};
+
+/// What the engine should do next.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Decision {
+    /// Transitions to record, in an order that applies cleanly.
+    pub events: Vec<Event>,
+    /// Ready blocks that may start now, in priority order, within the limit.
+    pub startable: Vec<String>,
+    /// The earliest future time a ready block's backoff ends.
+    pub wake_at: Option<Millis>,
+    /// The run status after `events`.
+    pub status: RunStatus,
+}
+
+/// Where a block's gate sits for a run, given its autonomy level.
+/// `gate` autonomy on a block whose template has no gate reviews it after.
+pub fn gate_phase(human_gate: HumanGate, autonomy: Autonomy) -> Option<GatePhase> {
+    match (autonomy, human_gate) {
+        (Autonomy::Gate, HumanGate::Before) => Some(GatePhase::Before),
+        (Autonomy::Gate, HumanGate::After | HumanGate::None) => Some(GatePhase::After),
+        (Autonomy::Guided | Autonomy::Auto, _) => None,
+    }
+}
+
+/// Decides the next transitions. `max_concurrency` caps running blocks across
+/// the run (0 means no cap).
+pub fn decide(pipeline: &Pipeline, doc: &RunDoc, now: Millis, max_concurrency: usize) -> Decision {
+    let blocks = pipeline.blocks();
+    let mut status: Vec<BlockStatus> = blocks
+        .iter()
+        .map(|b| doc.blocks.get(&b.id).map_or(BlockStatus::Pending, |s| s.status))
+        .collect();
+    let mut events = Vec::new();
+
+    for &i in pipeline.topo_order() {
+        if status[i] != BlockStatus::Pending {
+            continue;
+        }
+        let block = &blocks[i];
+        let upstream = pipeline.upstream(i);
+        if let Some(&bad) = upstream
+            .iter()
+            .find(|&&u| matches!(status[u], BlockStatus::Failed | BlockStatus::Blocked))
+        {
+            status[i] = BlockStatus::Blocked;
+            events.push(Event::BlockBlocked {
+                block: block.id.clone(),
+                because: blocks[bad].id.clone(),
+            });
+            continue;
+        }
+        if !upstream.iter().all(|&u| status[u] == BlockStatus::Done) {
+            continue;
+        }
+        let Some(state) = doc.blocks.get(&block.id) else {
+            continue;
+        };
+        let needs_before_gate = gate_phase(block.execution.human_gate, state.autonomy)
+            == Some(GatePhase::Before)
+            && !state.before_gate_passed;
+        if needs_before_gate {
+            status[i] = BlockStatus::Waiting;
+            events.push(Event::BlockWaiting {
+                block: block.id.clone(),
+                phase: GatePhase::Before,
+            });
+        } else {
+            status[i] = BlockStatus::Ready;
+            events.push(Event::BlockReady {
+                block: block.id.clone(),
+                reason: if upstream.is_empty() {
+                    "no dependencies".to_string()
+                } else {
+                    "all dependencies done".to_string()
+                },
+            });
+        }
+    }
+
+    let running = status.iter().filter(|s| **s == BlockStatus::Running).count();
+    let mut budget = if max_concurrency == 0 {
+        usize::MAX
+    } else {
+        max_concurrency.saturating_sub(running)
+    };
+    let mut startable = Vec::new();
+    let mut wake_at: Option<Millis> = None;
+    for &i in pipeline.topo_order() {
+        if status[i] != BlockStatus::Ready {
+            continue;
+        }
+        let not_before = doc
+            .blocks
+            .get(&blocks[i].id)
+            .and_then(|s| s.not_before)
+            .unwrap_or(Millis::MIN);
+        if not_before > now {
+            wake_at = Some(wake_at.map_or(not_before, |w| w.min(not_before)));
+        } else if budget > 0 {
+            budget -= 1;
+            startable.push(blocks[i].id.clone());
+        }
+    }
+
+    let run_status = run_status(&status);
+    if run_status != doc.status {
+        events.push(Event::RunStatusChanged { status: run_status });
+    }
+    Decision {
+        events,
+        startable,
+        wake_at,
+        status: run_status,
+    }
+}
+
+fn run_status(status: &[BlockStatus]) -> RunStatus {
+    let any = |wanted: BlockStatus| status.contains(&wanted);
+    if any(BlockStatus::Running) || any(BlockStatus::Ready) {
+        RunStatus::Running
+    } else if any(BlockStatus::Waiting) {
+        RunStatus::Waiting
+    } else if status.iter().all(|s| *s == BlockStatus::Done) {
+        RunStatus::Done
+    } else {
+        RunStatus::Failed
+    }
+}
+
+#[cfg(test)]
+mod tests;

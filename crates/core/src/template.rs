@@ -1,0 +1,391 @@
+//! The template as written by people: a serde mirror of the JSON file.
+//!
+//! Field groups and names follow the Block v2 schema of the architecture seed
+//! exactly (identity, execution, trigger, inputs, outputs, execution control,
+//! lifecycle, scope, lens, record_state). Every struct denies unknown fields, so
+//! the JSON Schema generated from these types (`factory schema`) is also the
+//! validator's first pass. Runtime `state` is deliberately absent: it is owned by
+//! the engine and a template that carries it is rejected.
+//!
+//! These types are "low" (ripgrep's term): they say what the JSON looks like.
+//! [`crate::pipeline::Pipeline`] is the "high", validated form the engine uses.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A pipeline template: the whole JSON file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "Process Factory template")]
+pub struct Template {
+    /// Stable machine id, e.g. `clone-factory`.
+    pub id: String,
+    /// Human name shown in listings.
+    pub name: String,
+    /// Template version, free-form (e.g. `1.0.0`); recorded with every run.
+    pub version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Run parameters the template declares. A run may only pass declared ones.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, ParamSpec>,
+    /// Named autonomy profiles, chosen per run with `--autonomy NAME`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub autonomy_profiles: BTreeMap<String, AutonomyProfile>,
+    pub blocks: Vec<Block>,
+}
+
+/// A declared run parameter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ParamSpec {
+    /// A required parameter without a default must be given at run creation.
+    #[serde(default)]
+    pub required: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// How much a human is in the loop for one block.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Autonomy {
+    /// The block's gate stops the run until a person approves.
+    Gate,
+    /// The block runs on; its output is flagged for optional review.
+    Guided,
+    /// No human involvement.
+    Auto,
+}
+
+/// A named set of per-block autonomy levels (the "autonomy dial").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AutonomyProfile {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Level for blocks the profile does not list. Absent: the template's own
+    /// behaviour (`gate` where `human_gate` is set, `auto` elsewhere).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<Autonomy>,
+    /// Per-block levels, keyed by block id.
+    #[serde(default)]
+    pub blocks: BTreeMap<String, Autonomy>,
+}
+
+/// One block: the universal execution unit (Block v2).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Block {
+    // ── Identity ──
+    /// Unique within the template: lowercase letters, digits, `-` and `_`.
+    pub id: String,
+    pub name: String,
+    /// Layer label such as `L0` or `L2.5`; blocks are drawn and ordered by layer.
+    pub layer: String,
+    #[serde(rename = "type")]
+    pub block_type: BlockType,
+    /// What the block does, for the operator's guide panel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+
+    // ── Execution ──
+    /// Skill name; maps to `skills/<skill>/SKILL.md` beside the template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skill: Option<String>,
+    /// Model alias or id; `null` inherits the run's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Milliseconds before an attempt is killed.
+    #[serde(default = "default_timeout_ms")]
+    #[schemars(range(min = 1, max = 86_400_000))]
+    pub timeout: u64,
+    pub runtime: Runtime,
+
+    // ── Trigger ──
+    #[serde(default)]
+    pub trigger: Trigger,
+
+    // ── Inputs ──
+    #[serde(default)]
+    pub inputs: Inputs,
+
+    // ── Outputs ──
+    #[serde(default)]
+    pub outputs: Outputs,
+
+    // ── Execution control ──
+    #[serde(default)]
+    pub execution: ExecutionControl,
+
+    // ── Lifecycle, scope, lens, record state (patterns 2 and 3) ──
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifecycle: Option<Lifecycle>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<Scope>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lens: Option<Lens>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record_state: Option<RecordState>,
+}
+
+fn default_timeout_ms() -> u64 {
+    300_000
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BlockType {
+    Extract,
+    Validate,
+    Build,
+    Orchestrate,
+    Research,
+    Ingest,
+}
+
+/// Which executor runs the block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    /// A subprocess: `inputs.config.command` is its argv.
+    Command,
+    /// An engine-side block named by `inputs.config.builtin`.
+    Builtin,
+    /// An LLM call assembled from the block's skill (executes in a later release).
+    Llm,
+    /// A JSON POST to `inputs.config.url` (executes in a later release).
+    Http,
+}
+
+impl Runtime {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Runtime::Command => "command",
+            Runtime::Builtin => "builtin",
+            Runtime::Llm => "llm",
+            Runtime::Http => "http",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Trigger {
+    #[serde(rename = "type", default)]
+    pub trigger_type: TriggerType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TriggerType {
+    #[default]
+    Dependency,
+    Cron,
+    Webhook,
+    Event,
+    Manual,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Inputs {
+    /// Typed wiring: each entry names an upstream block and one of its artifact keys.
+    #[serde(default)]
+    pub depends: Vec<Dependency>,
+    /// Workspace file patterns the block reads.
+    #[serde(default)]
+    pub files: Vec<String>,
+    /// Environment variables that must be set when a run is created.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Runtime configuration (e.g. `command`, `builtin`, `url`).
+    #[serde(default)]
+    pub config: BTreeMap<String, Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Dependency {
+    pub block: String,
+    pub key: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Outputs {
+    #[serde(default)]
+    pub artifacts: Vec<ArtifactSpec>,
+    #[serde(default)]
+    pub metrics: Vec<MetricSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish: Option<Vec<Publish>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ArtifactSpec {
+    pub key: String,
+    /// Relative path inside the attempt's output directory.
+    pub path: String,
+    pub format: ArtifactFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ArtifactFormat {
+    Md,
+    Json,
+    Html,
+    Text,
+    Url,
+    Csv,
+    Yaml,
+    /// A directory; stored as a JSON manifest of its files.
+    Directory,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MetricSpec {
+    pub key: String,
+    #[serde(rename = "type")]
+    pub metric_type: MetricType,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MetricType {
+    Number,
+    Integer,
+    Percent,
+    Boolean,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Publish {
+    pub domain: String,
+    pub slug: String,
+}
+
+/// Execution control: parallelism, gates, thresholds and retries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecutionControl {
+    /// Blocks sharing a group run concurrently; purely descriptive for the
+    /// scheduler (readiness alone decides), checked for internal dependencies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallel_group: Option<String>,
+    #[serde(default)]
+    pub human_gate: HumanGate,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<Threshold>,
+    #[serde(default = "default_true")]
+    pub retryable: bool,
+    #[serde(default = "default_max_retries")]
+    #[schemars(range(max = 20))]
+    pub max_retries: u32,
+}
+
+impl Default for ExecutionControl {
+    fn default() -> Self {
+        ExecutionControl {
+            parallel_group: None,
+            human_gate: HumanGate::None,
+            threshold: None,
+            retryable: true,
+            max_retries: default_max_retries(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_max_retries() -> u32 {
+    2
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum HumanGate {
+    Before,
+    After,
+    #[default]
+    None,
+}
+
+/// A metric floor: an attempt whose metric is below `min` is retried, then failed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Threshold {
+    pub metric: String,
+    #[schemars(range(min = -1.0e12, max = 1.0e12))]
+    pub min: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Lifecycle {
+    pub mode: LifecycleMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum LifecycleMode {
+    OneShot,
+    Daemon,
+    OnDemand,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Scope {
+    /// Data Gate tier, 1–4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 4))]
+    pub gate: Option<u8>,
+    #[serde(default)]
+    pub run_params: BTreeMap<String, Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Lens {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub perspective: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregates: Option<Vec<String>>,
+    #[serde(default)]
+    pub feedback_loop: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RecordState {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub track_per: Option<String>,
+    #[serde(default)]
+    pub states: Vec<String>,
+}
+
+/// The JSON Schema of [`Template`], as published by `factory schema`.
+pub fn json_schema() -> Value {
+    let schema = schemars::schema_for!(Template);
+    serde_json::to_value(schema).unwrap_or(Value::Null)
+}

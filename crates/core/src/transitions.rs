@@ -1,0 +1,483 @@
+//! Commands on a run: each checks that it is legal now and returns the events
+//! that carry it out. Nothing here mutates a document; the caller applies the
+//! events (and persists them) so that every change goes through the log.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use crate::pipeline::Pipeline;
+use crate::run::{
+    AttemptOutcome, AttemptReport, BlockStatus, CorrectionItem, Corrections, Event, GatePhase,
+    Millis, RunDoc,
+};
+use crate::scheduler::gate_phase;
+use crate::template::Autonomy;
+
+/// The instruction text handed to a corrected block (seed `002`).
+pub const CORRECTIONS_INSTRUCTION: &str = "IMPORTANT: The expert reviewed the previous extraction and flagged these corrections. Apply each correction to the output. Do not lose existing correct content — only fix the flagged items.";
+
+/// Knobs the engine passes to the pure core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// Backoff before the first automatic retry; doubles each retry.
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+    /// How long a worker's claim on a running block lasts without renewal.
+    pub lease_ms: u64,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            retry_base_ms: 1_000,
+            retry_max_ms: 60_000,
+            lease_ms: 30_000,
+        }
+    }
+}
+
+impl Policy {
+    pub fn backoff_ms(&self, retries_used: u32) -> u64 {
+        let factor = 1u64.checked_shl(retries_used.min(32)).unwrap_or(u64::MAX);
+        self.retry_base_ms
+            .saturating_mul(factor)
+            .min(self.retry_max_ms)
+    }
+}
+
+/// A command that cannot be carried out in the run's current state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransitionError {
+    #[error("block `{0}` is not in this run's template")]
+    UnknownBlock(String),
+    #[error("block `{block}` is {status}, not waiting at a gate; nothing to {action}")]
+    NotWaiting {
+        block: String,
+        status: &'static str,
+        action: &'static str,
+    },
+    #[error("block `{block}` is {status}; only a ready block can start")]
+    NotReady { block: String, status: &'static str },
+    #[error("block `{block}` is {status}; retry needs a failed or done block")]
+    NotRetryable { block: String, status: &'static str },
+    #[error("block `{block}` cannot be retried while its dependent `{dependent}` is running")]
+    DependentRunning { block: String, dependent: String },
+    #[error("block `{block}` has no running attempt {attempt} (it may have been reclaimed)")]
+    StaleAttempt { block: String, attempt: u32 },
+    #[error("rejection feedback is empty; say what must change")]
+    EmptyFeedback,
+}
+
+/// What a run is created from.
+#[derive(Debug, Clone, Default)]
+pub struct RunRequest {
+    pub run_id: String,
+    /// Values given by the user; strings from the CLI, any JSON from the API.
+    pub params: BTreeMap<String, Value>,
+    pub autonomy_profile: Option<String>,
+    /// Per-block autonomy overrides for this run only.
+    pub overrides: BTreeMap<String, Autonomy>,
+}
+
+/// Every reason a run could not be created, collected at once.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.problems.join("\n"))]
+pub struct CreateRunError {
+    pub problems: Vec<String>,
+}
+
+/// Checks params, env and autonomy settings; returns the `RunCreated` event.
+/// `env_is_set` answers whether an environment variable is set (and non-empty).
+pub fn create_run(
+    pipeline: &Pipeline,
+    request: &RunRequest,
+    env_is_set: &dyn Fn(&str) -> bool,
+) -> Result<Event, CreateRunError> {
+    let template = pipeline.template();
+    let mut problems = Vec::new();
+    let mut params = BTreeMap::new();
+    for (name, spec) in &template.params {
+        match (request.params.get(name), &spec.default) {
+            (Some(value), _) => {
+                params.insert(name.clone(), value.clone());
+            }
+            (None, Some(default)) => {
+                params.insert(name.clone(), default.clone());
+            }
+            (None, None) if spec.required => {
+                let about = spec
+                    .description
+                    .as_deref()
+                    .map(|d| format!(" ({d})"))
+                    .unwrap_or_default();
+                problems.push(format!(
+                    "missing required run param `{name}`{about}: pass --param {name}=VALUE"
+                ));
+            }
+            (None, None) => {}
+        }
+    }
+    for name in request.params.keys() {
+        if !template.params.contains_key(name) {
+            let declared: Vec<&str> = template.params.keys().map(String::as_str).collect();
+            problems.push(format!(
+                "unknown run param `{name}`; the template declares: {}",
+                if declared.is_empty() { "none".to_string() } else { declared.join(", ") }
+            ));
+        }
+    }
+
+    let mut missing_env: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for block in pipeline.blocks() {
+        for name in &block.inputs.env {
+            if !env_is_set(name) {
+                missing_env.entry(name).or_default().push(&block.id);
+            }
+        }
+    }
+    for (name, blocks) in missing_env {
+        problems.push(format!(
+            "missing required environment variable `{name}` (needed by {}): export {name}=… before creating the run",
+            blocks.join(", ")
+        ));
+    }
+
+    let profile = match &request.autonomy_profile {
+        Some(name) => match template.autonomy_profiles.get(name) {
+            Some(profile) => Some(profile),
+            None => {
+                let known: Vec<&str> = template.autonomy_profiles.keys().map(String::as_str).collect();
+                problems.push(format!(
+                    "unknown autonomy profile `{name}`; the template defines: {}",
+                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                ));
+                None
+            }
+        },
+        None => None,
+    };
+    for block_id in request.overrides.keys() {
+        if pipeline.index_of(block_id).is_none() {
+            problems.push(format!("autonomy override names unknown block `{block_id}`"));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(CreateRunError { problems });
+    }
+
+    let blocks = pipeline
+        .blocks()
+        .iter()
+        .enumerate()
+        .map(|(i, block)| {
+            let autonomy = request
+                .overrides
+                .get(&block.id)
+                .copied()
+                .or_else(|| profile.and_then(|p| p.blocks.get(&block.id).copied()))
+                .or_else(|| profile.and_then(|p| p.default))
+                .unwrap_or_else(|| pipeline.default_autonomy(i));
+            (block.id.clone(), autonomy)
+        })
+        .collect();
+    Ok(Event::RunCreated {
+        run_id: request.run_id.clone(),
+        template_id: template.id.clone(),
+        template_version: template.version.clone(),
+        autonomy_profile: request.autonomy_profile.clone(),
+        params,
+        blocks,
+    })
+}
+
+fn status_of(doc: &RunDoc, block: &str) -> Result<BlockStatus, TransitionError> {
+    doc.blocks
+        .get(block)
+        .map(|s| s.status)
+        .ok_or_else(|| TransitionError::UnknownBlock(block.to_string()))
+}
+
+/// Claims a ready block for `owner`.
+pub fn start(
+    doc: &RunDoc,
+    block: &str,
+    owner: &str,
+    now: Millis,
+    policy: &Policy,
+) -> Result<Event, TransitionError> {
+    let status = status_of(doc, block)?;
+    let state = &doc.blocks[block];
+    if status != BlockStatus::Ready || state.not_before.is_some_and(|t| t > now) {
+        return Err(TransitionError::NotReady {
+            block: block.to_string(),
+            status: status.as_str(),
+        });
+    }
+    Ok(Event::BlockStarted {
+        block: block.to_string(),
+        attempt: state.attempts + 1,
+        owner: owner.to_string(),
+        lease_expires_at: now.saturating_add(policy.lease_ms as Millis),
+    })
+}
+
+/// Records what an attempt produced and decides what follows: done, an
+/// after-gate, a retry with backoff, or failure.
+pub fn finish(
+    pipeline: &Pipeline,
+    doc: &RunDoc,
+    block_id: &str,
+    attempt: u32,
+    report: AttemptReport,
+    now: Millis,
+    policy: &Policy,
+) -> Result<Vec<Event>, TransitionError> {
+    let block = pipeline
+        .block(block_id)
+        .ok_or_else(|| TransitionError::UnknownBlock(block_id.to_string()))?;
+    let state = doc
+        .blocks
+        .get(block_id)
+        .ok_or_else(|| TransitionError::UnknownBlock(block_id.to_string()))?;
+    if state.status != BlockStatus::Running || state.current_attempt().map(|a| a.n) != Some(attempt) {
+        return Err(TransitionError::StaleAttempt {
+            block: block_id.to_string(),
+            attempt,
+        });
+    }
+
+    let mut report = report;
+    let threshold = block.execution.threshold.as_ref();
+    let metric_value = |key: &str| report.metrics.get(key).and_then(metric_as_f64);
+    let score = metric_value("score").or_else(|| threshold.and_then(|t| metric_value(&t.metric)));
+
+    let (outcome, failure) = if let Some(error) = &report.error {
+        let outcome = if report.timed_out {
+            AttemptOutcome::TimedOut
+        } else {
+            AttemptOutcome::Failed
+        };
+        (outcome, Some(error.clone()))
+    } else if let Some(threshold) = threshold {
+        match metric_value(&threshold.metric) {
+            None => {
+                let error = format!(
+                    "metric `{}` needed by the threshold was not reported (write it to metrics.json)",
+                    threshold.metric
+                );
+                report.error = Some(error.clone());
+                (AttemptOutcome::Failed, Some(error))
+            }
+            Some(value) if value < threshold.min => (
+                AttemptOutcome::ThresholdMissed,
+                Some(format!(
+                    "metric `{}` = {} is below the threshold {}",
+                    threshold.metric,
+                    format_number(value),
+                    format_number(threshold.min)
+                )),
+            ),
+            Some(_) => (AttemptOutcome::Succeeded, None),
+        }
+    } else {
+        (AttemptOutcome::Succeeded, None)
+    };
+
+    let mut events = vec![Event::AttemptFinished {
+        block: block_id.to_string(),
+        attempt,
+        outcome,
+        report,
+        score,
+    }];
+    match failure {
+        None => match gate_phase(block.execution.human_gate, state.autonomy) {
+            Some(GatePhase::After) => events.push(Event::BlockWaiting {
+                block: block_id.to_string(),
+                phase: GatePhase::After,
+            }),
+            _ => {
+                events.push(Event::BlockDone {
+                    block: block_id.to_string(),
+                });
+                if state.autonomy == Autonomy::Guided {
+                    events.push(Event::ReviewFlagged {
+                        block: block_id.to_string(),
+                    });
+                }
+            }
+        },
+        Some(error) => {
+            let execution = &block.execution;
+            if execution.retryable && state.retries_used < execution.max_retries {
+                let delay = policy.backoff_ms(state.retries_used);
+                events.push(Event::RetryScheduled {
+                    block: block_id.to_string(),
+                    not_before: now.saturating_add(delay as Millis),
+                    reason: format!(
+                        "{error}; retry {} of {} in {delay} ms",
+                        state.retries_used + 1,
+                        execution.max_retries
+                    ),
+                });
+            } else {
+                let tries = state.retries_used + 1;
+                events.push(Event::BlockFailed {
+                    block: block_id.to_string(),
+                    error: format!(
+                        "{error} (after {tries} attempt{})",
+                        if tries == 1 { "" } else { "s" }
+                    ),
+                });
+            }
+        }
+    }
+    Ok(events)
+}
+
+fn metric_as_f64(value: &Value) -> Option<f64> {
+    match value {
+        Value::Number(n) => n.as_f64(),
+        Value::Bool(b) => Some(if *b { 1.0 } else { 0.0 }),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+fn format_number(value: f64) -> String {
+    if value.fract() == 0.0 && value.abs() < 1e15 {
+        format!("{}", value as i64)
+    } else {
+        format!("{value}")
+    }
+}
+
+/// Gives a running block back after its worker died or lost the lease; the
+/// block becomes ready and its next attempt starts afresh.
+pub fn abandon(doc: &RunDoc, block: &str, reason: &str) -> Result<Event, TransitionError> {
+    let status = status_of(doc, block)?;
+    let attempt = doc.blocks[block].current_attempt().map(|a| a.n);
+    match (status, attempt) {
+        (BlockStatus::Running, Some(attempt)) => Ok(Event::AttemptAbandoned {
+            block: block.to_string(),
+            attempt,
+            reason: reason.to_string(),
+        }),
+        _ => Err(TransitionError::NotReady {
+            block: block.to_string(),
+            status: status.as_str(),
+        }),
+    }
+}
+
+/// Approves the gate the block waits at.
+pub fn approve(doc: &RunDoc, block: &str, note: Option<String>) -> Result<Event, TransitionError> {
+    let phase = waiting_phase(doc, block, "approve")?;
+    Ok(Event::GateApproved {
+        block: block.to_string(),
+        phase,
+        note,
+    })
+}
+
+/// Rejects the gate with feedback; the feedback becomes the block's
+/// corrections and the block runs again with them.
+pub fn reject(doc: &RunDoc, block: &str, feedback: &str, actor: &str) -> Result<Event, TransitionError> {
+    let phase = waiting_phase(doc, block, "reject")?;
+    let feedback = feedback.trim();
+    if feedback.is_empty() {
+        return Err(TransitionError::EmptyFeedback);
+    }
+    let state = &doc.blocks[block];
+    let done_attempts = state
+        .history
+        .iter()
+        .filter(|a| a.outcome == Some(AttemptOutcome::Succeeded))
+        .count();
+    let corrections = Corrections {
+        version: format!("v{}→v{}", done_attempts, done_attempts + 1),
+        source: format!("gate rejection by {actor}"),
+        items: vec![CorrectionItem {
+            finding: format!(
+                "Rejected at the {} gate",
+                match phase {
+                    GatePhase::Before => "before",
+                    GatePhase::After => "after",
+                }
+            ),
+            correction: feedback.to_string(),
+            priority: "high".to_string(),
+            improvement_item_id: None,
+        }],
+        instruction: CORRECTIONS_INSTRUCTION.to_string(),
+    };
+    Ok(Event::GateRejected {
+        block: block.to_string(),
+        phase,
+        feedback: feedback.to_string(),
+        corrections,
+    })
+}
+
+fn waiting_phase(doc: &RunDoc, block: &str, action: &'static str) -> Result<GatePhase, TransitionError> {
+    let status = status_of(doc, block)?;
+    match (status, doc.blocks[block].gate) {
+        (BlockStatus::Waiting, Some(phase)) => Ok(phase),
+        _ => Err(TransitionError::NotWaiting {
+            block: block.to_string(),
+            status: status.as_str(),
+            action,
+        }),
+    }
+}
+
+/// Re-runs a failed or done block: resets it and every block downstream of it
+/// (their inputs are about to change) to pending. The scheduler does the rest.
+pub fn retry(pipeline: &Pipeline, doc: &RunDoc, block: &str, reason: &str) -> Result<Vec<Event>, TransitionError> {
+    let status = status_of(doc, block)?;
+    if !matches!(status, BlockStatus::Failed | BlockStatus::Done) {
+        return Err(TransitionError::NotRetryable {
+            block: block.to_string(),
+            status: status.as_str(),
+        });
+    }
+    reset_with_descendants(pipeline, doc, block, reason)
+}
+
+/// Resets `block` and its descendants to pending (used by retry and, later,
+/// the corrections router). Blocks already pending are left alone.
+pub fn reset_with_descendants(
+    pipeline: &Pipeline,
+    doc: &RunDoc,
+    block: &str,
+    reason: &str,
+) -> Result<Vec<Event>, TransitionError> {
+    let index = pipeline
+        .index_of(block)
+        .ok_or_else(|| TransitionError::UnknownBlock(block.to_string()))?;
+    let mut targets = vec![index];
+    targets.extend(pipeline.descendants(index));
+    let mut events = Vec::new();
+    for i in targets {
+        let id = &pipeline.blocks()[i].id;
+        let status = status_of(doc, id)?;
+        if status == BlockStatus::Running {
+            return Err(TransitionError::DependentRunning {
+                block: block.to_string(),
+                dependent: id.clone(),
+            });
+        }
+        if status != BlockStatus::Pending {
+            events.push(Event::BlockReset {
+                block: id.clone(),
+                reason: if id == block {
+                    reason.to_string()
+                } else {
+                    format!("upstream `{block}` is re-running")
+                },
+            });
+        }
+    }
+    Ok(events)
+}

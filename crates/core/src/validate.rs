@@ -1,0 +1,730 @@
+//! Template validation: JSON syntax, then shape (against the generated JSON
+//! Schema), then meaning (ids, wiring, cycles, runtime config).
+//!
+//! Every pass collects all of its problems. A later pass runs only when the
+//! earlier one leaves something it can work on: semantic checks need typed
+//! blocks, so they run once the shape is right.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::OnceLock;
+
+use serde_json::Value;
+
+use crate::diagnostics::{Diagnostic, codes};
+use crate::pipeline::Pipeline;
+use crate::template::{self, HumanGate, Runtime, Template};
+
+/// Built-in block names the `builtin` runtime knows. Kept here so that
+/// validation (pure) and the runtime (IO) agree on one list.
+pub const BUILTINS: &[&str] = &["noop", "sleep"];
+
+/// The outcome of validating a template: the pipeline if there were no
+/// errors, and every diagnostic (errors and warnings) found.
+#[derive(Debug)]
+pub struct Validated {
+    pub pipeline: Option<Pipeline>,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Validated {
+    pub fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.diagnostics.iter().filter(|d| d.is_error())
+    }
+
+    pub fn has_errors(&self) -> bool {
+        self.errors().next().is_some()
+    }
+
+    fn failed(diagnostics: Vec<Diagnostic>) -> Validated {
+        Validated {
+            pipeline: None,
+            diagnostics,
+        }
+    }
+}
+
+/// Validates template source text.
+pub fn validate_str(source: &str) -> Validated {
+    match serde_json::from_str::<Value>(source) {
+        Ok(value) => validate_value(&value),
+        Err(error) => {
+            let message = strip_position(&error.to_string());
+            Validated::failed(vec![
+                Diagnostic::error(codes::SYNTAX, "$", format!("malformed JSON: {message}"))
+                    .at(error.line(), error.column())
+                    .with_help("fix the JSON syntax at this line and column"),
+            ])
+        }
+    }
+}
+
+/// Validates a parsed JSON value.
+pub fn validate_value(value: &Value) -> Validated {
+    let shape = check_shape(value);
+    if shape.iter().any(Diagnostic::is_error) {
+        return Validated::failed(shape);
+    }
+    match serde_json::from_value::<Template>(value.clone()) {
+        Ok(template) => validate_template(template),
+        Err(error) => Validated::failed(vec![Diagnostic::error(
+            codes::SCHEMA,
+            "$",
+            format!("template does not match the model: {error}"),
+        )]),
+    }
+}
+
+/// Semantic validation of a typed template; builds the [`Pipeline`] when clean.
+pub fn validate_template(template: Template) -> Validated {
+    let mut diagnostics = check_semantics(&template);
+    if diagnostics.iter().any(Diagnostic::is_error) {
+        return Validated::failed(diagnostics);
+    }
+    match Pipeline::build(template) {
+        Ok(pipeline) => Validated {
+            pipeline: Some(pipeline),
+            diagnostics,
+        },
+        Err(cycle) => {
+            let first = cycle.first().cloned().unwrap_or_default();
+            diagnostics.push(
+                Diagnostic::error(
+                    codes::CYCLE,
+                    "$.blocks",
+                    format!("dependency cycle: {}", cycle.join(" -> ")),
+                )
+                .in_block(first)
+                .with_help("remove one of these dependencies so the blocks form a DAG"),
+            );
+            Validated::failed(diagnostics)
+        }
+    }
+}
+
+// ── Shape: the generated JSON Schema ──
+
+fn schema() -> &'static Value {
+    static SCHEMA: OnceLock<Value> = OnceLock::new();
+    SCHEMA.get_or_init(template::json_schema)
+}
+
+fn check_shape(value: &Value) -> Vec<Diagnostic> {
+    static VALIDATOR: OnceLock<Option<jsonschema::Validator>> = OnceLock::new();
+    let Some(validator) = VALIDATOR.get_or_init(|| jsonschema::validator_for(schema()).ok()) else {
+        return vec![Diagnostic::error(
+            codes::SCHEMA,
+            "$",
+            "internal error: the template schema did not compile",
+        )];
+    };
+    let mut diagnostics = Vec::new();
+    for error in validator.iter_errors(value) {
+        push_schema_error(value, &error, &mut diagnostics);
+    }
+    diagnostics.sort_by(|a, b| a.path.cmp(&b.path).then(a.message.cmp(&b.message)));
+    diagnostics.dedup();
+    diagnostics
+}
+
+fn push_schema_error(
+    root: &Value,
+    error: &jsonschema::ValidationError<'_>,
+    out: &mut Vec<Diagnostic>,
+) {
+    use jsonschema::error::ValidationErrorKind as Kind;
+    let pointer = error.instance_path().as_str().to_string();
+    let path = pointer_to_path(&pointer);
+    let block = block_for_pointer(root, &pointer);
+    match error.kind() {
+        // `Option<Struct>` fields are `anyOf: [struct, null]`; report what is
+        // wrong inside the struct rather than "not valid under any schema".
+        Kind::AnyOf { context } | Kind::OneOfNotValid { context } => {
+            let informative: Vec<_> = context
+                .iter()
+                .filter(|branch| {
+                    !branch.iter().all(|e| {
+                        matches!(e.kind(), Kind::Type { .. })
+                            && e.instance_path().as_str() == pointer
+                    })
+                })
+                .collect();
+            if informative.is_empty() {
+                out.push(
+                    Diagnostic::error(codes::SCHEMA, path, masked(error))
+                        .in_block(block.unwrap_or_default()),
+                );
+            } else {
+                for branch in informative {
+                    for inner in branch {
+                        push_schema_error(root, inner, out);
+                    }
+                }
+            }
+        }
+        Kind::AdditionalProperties { unexpected } => {
+            let allowed = allowed_properties(&pointer, root);
+            for field in unexpected {
+                let field_path = format!("{path}.{field}");
+                if field == "state" && is_block_pointer(&pointer) {
+                    out.push(
+                        Diagnostic::error(
+                            codes::STATE_IN_TEMPLATE,
+                            field_path,
+                            "`state` is runtime state managed by the engine and is never accepted in a template",
+                        )
+                        .in_block(block.clone().unwrap_or_default())
+                        .with_help("remove the `state` object from this block"),
+                    );
+                    continue;
+                }
+                let mut diagnostic = Diagnostic::error(
+                    codes::UNKNOWN_FIELD,
+                    field_path,
+                    format!("unknown field `{field}`"),
+                )
+                .in_block(block.clone().unwrap_or_default());
+                diagnostic = match closest(field, allowed.iter().map(String::as_str)) {
+                    Some(suggestion) => {
+                        diagnostic.with_help(format!("did you mean `{suggestion}`?"))
+                    }
+                    None if !allowed.is_empty() => diagnostic
+                        .with_help(format!("allowed fields here: {}", allowed.join(", "))),
+                    None => diagnostic,
+                };
+                out.push(diagnostic);
+            }
+        }
+        Kind::Enum { options } => {
+            let allowed = options
+                .as_array()
+                .map(|values| {
+                    values
+                        .iter()
+                        .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default();
+            let got = error.instance().to_string();
+            let mut diagnostic = Diagnostic::error(
+                codes::SCHEMA,
+                path,
+                format!("{got} is not one of: {}", allowed.join(", ")),
+            )
+            .in_block(block.unwrap_or_default());
+            if let Some(text) = error.instance().as_str()
+                && let Some(suggestion) = closest(text, allowed.iter().map(String::as_str))
+            {
+                diagnostic = diagnostic.with_help(format!("did you mean `{suggestion}`?"));
+            }
+            out.push(diagnostic);
+        }
+        _ => {
+            let help = match error.kind() {
+                Kind::Minimum { .. } | Kind::Maximum { .. } => {
+                    Some("use a value inside the allowed range")
+                }
+                Kind::Required { .. } => Some("add the missing field"),
+                Kind::Type { .. } => Some("change the value to the expected type"),
+                _ => None,
+            };
+            let mut diagnostic = Diagnostic::error(codes::SCHEMA, path, masked(error))
+                .in_block(block.unwrap_or_default());
+            if let Some(help) = help {
+                diagnostic = diagnostic.with_help(help);
+            }
+            out.push(diagnostic);
+        }
+    }
+}
+
+fn masked(error: &jsonschema::ValidationError<'_>) -> String {
+    let text = error.to_string();
+    // Keep messages short: a whole block object quoted back is noise.
+    if text.len() > 300 {
+        format!("{}…", &text[..text.floor_char_boundary(300)])
+    } else {
+        text
+    }
+}
+
+/// `/blocks/3/inputs/depends/0` → `$.blocks[3].inputs.depends[0]`.
+pub fn pointer_to_path(pointer: &str) -> String {
+    let mut path = String::from("$");
+    for segment in pointer.split('/').skip(1) {
+        let segment = segment.replace("~1", "/").replace("~0", "~");
+        if segment.chars().all(|c| c.is_ascii_digit()) && !segment.is_empty() {
+            path.push_str(&format!("[{segment}]"));
+        } else {
+            path.push('.');
+            path.push_str(&segment);
+        }
+    }
+    path
+}
+
+fn block_for_pointer(root: &Value, pointer: &str) -> Option<String> {
+    let mut segments = pointer.split('/').skip(1);
+    if segments.next() != Some("blocks") {
+        return None;
+    }
+    let index: usize = segments.next()?.parse().ok()?;
+    let block = root.get("blocks")?.get(index)?;
+    Some(
+        block
+            .get("id")
+            .and_then(Value::as_str)
+            .map_or_else(|| format!("#{index}"), str::to_string),
+    )
+}
+
+fn is_block_pointer(pointer: &str) -> bool {
+    let segments: Vec<&str> = pointer.split('/').skip(1).collect();
+    segments.len() == 2 && segments[0] == "blocks"
+}
+
+/// Property names the schema allows at an instance location, for "did you mean".
+fn allowed_properties(pointer: &str, root: &Value) -> Vec<String> {
+    let schema = schema();
+    let mut node = schema;
+    let mut instance = root;
+    for segment in pointer.split('/').skip(1) {
+        node = resolve(schema, node);
+        if let Some(items) = node.get("items") {
+            node = items;
+        } else if let Some(property) = node.get("properties").and_then(|p| p.get(segment)) {
+            node = property;
+        } else if let Some(additional) = node.get("additionalProperties")
+            && additional.is_object()
+        {
+            node = additional;
+        } else {
+            return Vec::new();
+        }
+        instance = match instance {
+            Value::Array(items) => segment.parse::<usize>().ok().and_then(|i| items.get(i)),
+            Value::Object(map) => map.get(segment),
+            _ => None,
+        }
+        .unwrap_or(&Value::Null);
+    }
+    let node = resolve(schema, node);
+    node.get("properties")
+        .and_then(Value::as_object)
+        .map(|props| props.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+/// Follows `$ref` and picks the object branch of `anyOf: [T, null]`.
+fn resolve<'a>(schema: &'a Value, mut node: &'a Value) -> &'a Value {
+    for _ in 0..8 {
+        if let Some(reference) = node.get("$ref").and_then(Value::as_str) {
+            let pointer = reference.trim_start_matches('#');
+            match schema.pointer(pointer) {
+                Some(target) => node = target,
+                None => return node,
+            }
+        } else if let Some(branches) = node.get("anyOf").and_then(Value::as_array) {
+            match branches
+                .iter()
+                .find(|b| b.get("type").and_then(Value::as_str) != Some("null"))
+            {
+                Some(branch) => node = branch,
+                None => return node,
+            }
+        } else {
+            return node;
+        }
+    }
+    node
+}
+
+fn closest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .map(|c| (strsim::damerau_levenshtein(word, c), c))
+        .filter(|(distance, c)| *distance <= (c.len() / 3).max(1) + 1 && *distance > 0)
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, c)| c)
+}
+
+/// serde_json appends " at line L column C"; we report those separately.
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(at) => message[..at].to_string(),
+        None => message.to_string(),
+    }
+}
+
+// ── Meaning ──
+
+fn valid_id(id: &str) -> bool {
+    let mut chars = id.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        && id.len() <= 128
+}
+
+fn valid_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn check_semantics(template: &Template) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    if !valid_id(&template.id) {
+        out.push(
+            Diagnostic::error(codes::BAD_ID, "$.id", format!("invalid template id `{}`", template.id))
+                .with_help("use lowercase letters, digits, `-` and `_`, starting with a letter or digit"),
+        );
+    }
+    if template.blocks.is_empty() {
+        out.push(
+            Diagnostic::error(codes::EMPTY_TEMPLATE, "$.blocks", "the template has no blocks")
+                .with_help("add at least one block"),
+        );
+    }
+
+    // Ids first: everything else resolves references through them.
+    let mut first_seen: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, block) in template.blocks.iter().enumerate() {
+        let path = format!("$.blocks[{i}].id");
+        if !valid_id(&block.id) {
+            out.push(
+                Diagnostic::error(codes::BAD_ID, &path, format!("invalid block id `{}`", block.id))
+                    .in_block(block.id.clone())
+                    .with_help("use lowercase letters, digits, `-` and `_`, starting with a letter or digit"),
+            );
+        }
+        if let Some(&earlier) = first_seen.get(block.id.as_str()) {
+            out.push(
+                Diagnostic::error(
+                    codes::DUPLICATE_BLOCK,
+                    &path,
+                    format!("duplicate block id `{}` (first declared at $.blocks[{earlier}])", block.id),
+                )
+                .in_block(block.id.clone())
+                .with_help("give every block a unique id"),
+            );
+        } else {
+            first_seen.insert(&block.id, i);
+        }
+    }
+    let artifacts_of: BTreeMap<&str, Vec<&str>> = template
+        .blocks
+        .iter()
+        .map(|b| {
+            (
+                b.id.as_str(),
+                b.outputs.artifacts.iter().map(|a| a.key.as_str()).collect(),
+            )
+        })
+        .collect();
+
+    for (i, block) in template.blocks.iter().enumerate() {
+        check_block(i, block, &artifacts_of, &mut out);
+    }
+    check_parallel_groups(template, &mut out);
+    check_profiles(template, &first_seen, &mut out);
+    for (name, spec) in &template.params {
+        if spec.required && spec.default.is_some() {
+            out.push(
+                Diagnostic::warning(
+                    codes::PARAM,
+                    format!("$.params.{name}"),
+                    format!("param `{name}` is required but has a default, so it can never be missing"),
+                )
+                .with_help("drop `required` or the default"),
+            );
+        }
+    }
+    out
+}
+
+fn check_block(
+    i: usize,
+    block: &template::Block,
+    artifacts_of: &BTreeMap<&str, Vec<&str>>,
+    out: &mut Vec<Diagnostic>,
+) {
+    let at = |suffix: &str| format!("$.blocks[{i}]{suffix}");
+    let id = block.id.clone();
+
+    let mut keys = BTreeSet::new();
+    for (a, artifact) in block.outputs.artifacts.iter().enumerate() {
+        if !keys.insert(artifact.key.as_str()) {
+            out.push(
+                Diagnostic::error(
+                    codes::DUPLICATE_KEY,
+                    at(&format!(".outputs.artifacts[{a}].key")),
+                    format!("duplicate artifact key `{}`", artifact.key),
+                )
+                .in_block(id.clone()),
+            );
+        }
+        let path = std::path::Path::new(&artifact.path);
+        if artifact.path.trim().is_empty()
+            || path.is_absolute()
+            || path
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            out.push(
+                Diagnostic::error(
+                    codes::BAD_PATH,
+                    at(&format!(".outputs.artifacts[{a}].path")),
+                    format!("artifact path `{}` must be a non-empty relative path without `..`", artifact.path),
+                )
+                .in_block(id.clone())
+                .with_help("paths are relative to the attempt's output directory, e.g. `report.md`"),
+            );
+        }
+    }
+
+    let mut metric_keys = BTreeSet::new();
+    for (m, metric) in block.outputs.metrics.iter().enumerate() {
+        if !metric_keys.insert(metric.key.as_str()) {
+            out.push(
+                Diagnostic::error(
+                    codes::DUPLICATE_KEY,
+                    at(&format!(".outputs.metrics[{m}].key")),
+                    format!("duplicate metric key `{}`", metric.key),
+                )
+                .in_block(id.clone()),
+            );
+        }
+    }
+
+    let mut seen_deps = BTreeSet::new();
+    for (d, dep) in block.inputs.depends.iter().enumerate() {
+        let path = at(&format!(".inputs.depends[{d}]"));
+        if dep.block == block.id {
+            out.push(
+                Diagnostic::error(codes::SELF_DEPENDENCY, &path, "a block cannot depend on itself")
+                    .in_block(id.clone())
+                    .with_help("depend on an upstream block's artifact instead"),
+            );
+            continue;
+        }
+        match artifacts_of.get(dep.block.as_str()) {
+            None => {
+                let mut diagnostic = Diagnostic::error(
+                    codes::MISSING_BLOCK,
+                    format!("{path}.block"),
+                    format!("depends on unknown block `{}`", dep.block),
+                )
+                .in_block(id.clone());
+                if let Some(suggestion) = closest(&dep.block, artifacts_of.keys().copied()) {
+                    diagnostic = diagnostic.with_help(format!("did you mean `{suggestion}`?"));
+                }
+                out.push(diagnostic);
+            }
+            Some(keys) if !keys.contains(&dep.key.as_str()) => {
+                let help = if keys.is_empty() {
+                    format!("block `{}` declares no artifacts; add one under its outputs.artifacts", dep.block)
+                } else {
+                    match closest(&dep.key, keys.iter().copied()) {
+                        Some(s) => format!("did you mean `{s}`? `{}` declares: {}", dep.block, keys.join(", ")),
+                        None => format!("`{}` declares: {}", dep.block, keys.join(", ")),
+                    }
+                };
+                out.push(
+                    Diagnostic::error(
+                        codes::MISSING_ARTIFACT,
+                        format!("{path}.key"),
+                        format!("block `{}` declares no artifact `{}`", dep.block, dep.key),
+                    )
+                    .in_block(id.clone())
+                    .with_help(help),
+                );
+            }
+            Some(_) => {}
+        }
+        if !seen_deps.insert((dep.block.as_str(), dep.key.as_str())) {
+            out.push(
+                Diagnostic::warning(
+                    codes::DUPLICATE_DEPENDENCY,
+                    &path,
+                    format!("dependency on `{}.{}` is listed twice", dep.block, dep.key),
+                )
+                .in_block(id.clone()),
+            );
+        }
+    }
+
+    for (e, name) in block.inputs.env.iter().enumerate() {
+        if !valid_env_name(name) {
+            out.push(
+                Diagnostic::error(
+                    codes::BAD_ENV_NAME,
+                    at(&format!(".inputs.env[{e}]")),
+                    format!("`{name}` is not a valid environment variable name"),
+                )
+                .in_block(id.clone())
+                .with_help("use letters, digits and `_`, not starting with a digit"),
+            );
+        }
+    }
+
+    if let Some(threshold) = &block.execution.threshold
+        && !metric_keys.contains(threshold.metric.as_str())
+    {
+        let declared: Vec<&str> = metric_keys.iter().copied().collect();
+        out.push(
+            Diagnostic::error(
+                codes::THRESHOLD_METRIC,
+                at(".execution.threshold.metric"),
+                format!("threshold metric `{}` is not declared in outputs.metrics", threshold.metric),
+            )
+            .in_block(id.clone())
+            .with_help(if declared.is_empty() {
+                format!("declare it: \"metrics\": [{{\"key\": \"{}\", \"type\": \"number\"}}]", threshold.metric)
+            } else {
+                format!("declared metrics: {}", declared.join(", "))
+            }),
+        );
+    }
+
+    if !block.execution.retryable && block.execution.max_retries > 0 {
+        out.push(
+            Diagnostic::warning(
+                codes::RETRIES_UNUSED,
+                at(".execution.max_retries"),
+                "max_retries is set but the block is not retryable, so it never retries",
+            )
+            .in_block(id.clone())
+            .with_help("set `retryable: true` or `max_retries: 0`"),
+        );
+    }
+
+    check_runtime_config(i, block, out);
+}
+
+fn check_runtime_config(i: usize, block: &template::Block, out: &mut Vec<Diagnostic>) {
+    let id = block.id.clone();
+    let config = &block.inputs.config;
+    let config_path = |key: &str| format!("$.blocks[{i}].inputs.config.{key}");
+    let mut error = |path: String, message: String, help: &str| {
+        out.push(
+            Diagnostic::error(codes::RUNTIME_CONFIG, path, message)
+                .in_block(id.clone())
+                .with_help(help),
+        );
+    };
+    match block.runtime {
+        Runtime::Command => match config.get("command") {
+            Some(Value::Array(argv))
+                if !argv.is_empty() && argv.iter().all(|a| a.as_str().is_some_and(|s| !s.is_empty())) => {}
+            Some(_) => error(
+                config_path("command"),
+                "`command` must be a non-empty array of non-empty strings (an argv)".into(),
+                "e.g. \"command\": [\"sh\", \"-c\", \"echo hi > $FACTORY_OUTPUT_DIR/out.txt\"]",
+            ),
+            None => error(
+                format!("$.blocks[{i}].inputs.config"),
+                "a `command` block needs `inputs.config.command`".into(),
+                "add \"command\": [\"program\", \"arg\", …]",
+            ),
+        },
+        Runtime::Builtin => match config.get("builtin").and_then(Value::as_str) {
+            Some(name) if BUILTINS.contains(&name) => {
+                if name == "sleep" && !config.get("ms").is_some_and(Value::is_u64) {
+                    error(
+                        config_path("ms"),
+                        "builtin `sleep` needs `ms`, a non-negative integer".into(),
+                        "e.g. \"ms\": 500",
+                    );
+                }
+            }
+            Some(name) => error(
+                config_path("builtin"),
+                format!("unknown builtin `{name}`"),
+                &format!("known builtins: {}", BUILTINS.join(", ")),
+            ),
+            None => error(
+                format!("$.blocks[{i}].inputs.config"),
+                "a `builtin` block needs `inputs.config.builtin` naming the built-in".into(),
+                &format!("known builtins: {}", BUILTINS.join(", ")),
+            ),
+        },
+        Runtime::Llm => {
+            if block.skill.as_deref().is_none_or(str::is_empty) {
+                error(
+                    format!("$.blocks[{i}].skill"),
+                    "an `llm` block needs a `skill` (its prompt comes from skills/<skill>/SKILL.md)".into(),
+                    "set \"skill\": \"<name>\"",
+                );
+            }
+        }
+        Runtime::Http => {
+            let url = config.get("url").and_then(Value::as_str);
+            let url_env = config.get("url_env").and_then(Value::as_str);
+            match (url, url_env) {
+                (Some(url), _) if !(url.starts_with("http://") || url.starts_with("https://")) => error(
+                    config_path("url"),
+                    format!("`{url}` is not an http(s) URL"),
+                    "use an absolute URL such as https://example.com/hook",
+                ),
+                (None, None) => error(
+                    format!("$.blocks[{i}].inputs.config"),
+                    "an `http` block needs `inputs.config.url` or `inputs.config.url_env`".into(),
+                    "set \"url\": \"https://…\" or \"url_env\": \"SYNC_URL\"",
+                ),
+                _ => {}
+            }
+        }
+    }
+    if block.execution.human_gate != HumanGate::None && block.runtime == Runtime::Builtin {
+        // Fine: built-ins may be gated (e.g. a publish step). Nothing to check.
+    }
+}
+
+fn check_parallel_groups(template: &Template, out: &mut Vec<Diagnostic>) {
+    let mut groups: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for block in &template.blocks {
+        if let Some(group) = &block.execution.parallel_group {
+            groups.entry(group).or_default().insert(&block.id);
+        }
+    }
+    for (i, block) in template.blocks.iter().enumerate() {
+        let Some(group) = &block.execution.parallel_group else {
+            continue;
+        };
+        for (d, dep) in block.inputs.depends.iter().enumerate() {
+            if dep.block != block.id && groups[group.as_str()].contains(dep.block.as_str()) {
+                out.push(
+                    Diagnostic::warning(
+                        codes::PARALLEL_GROUP,
+                        format!("$.blocks[{i}].inputs.depends[{d}]"),
+                        format!(
+                            "depends on `{}` of its own parallel group `{group}`, so the two cannot run concurrently",
+                            dep.block
+                        ),
+                    )
+                    .in_block(block.id.clone())
+                    .with_help("move one block to another group or drop the dependency"),
+                );
+            }
+        }
+    }
+}
+
+fn check_profiles(template: &Template, ids: &BTreeMap<&str, usize>, out: &mut Vec<Diagnostic>) {
+    for (name, profile) in &template.autonomy_profiles {
+        for block_id in profile.blocks.keys() {
+            if !ids.contains_key(block_id.as_str()) {
+                let mut diagnostic = Diagnostic::error(
+                    codes::AUTONOMY_PROFILE,
+                    format!("$.autonomy_profiles.{name}.blocks.{block_id}"),
+                    format!("autonomy profile `{name}` names unknown block `{block_id}`"),
+                );
+                if let Some(s) = closest(block_id, ids.keys().copied()) {
+                    diagnostic = diagnostic.with_help(format!("did you mean `{s}`?"));
+                }
+                out.push(diagnostic);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
