@@ -1,1 +1,354 @@
-fn main() {}
+//! `factory`: the command line over the engine.
+
+mod args;
+mod progress;
+mod show;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use factory_core::render::{self, GraphFormat as RenderFormat};
+use factory_core::template::Autonomy;
+use factory_core::transitions::{Policy, RunRequest};
+use factory_engine::{Engine, EngineConfig, EngineError, Outcome};
+use factory_store::StoreError;
+use serde_json::Value;
+
+use crate::args::{Cli, Command, DriveArgs, GraphFormat};
+
+/// An input problem the user must fix (exit code 2).
+#[derive(Debug)]
+struct UserError(String);
+
+impl std::fmt::Display for UserError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UserError {}
+
+fn user_error(message: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(UserError(message.into()))
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FACTORY_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::from(3);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(exit_code_for(&error))
+        }
+    }
+}
+
+fn exit_code_for(error: &anyhow::Error) -> u8 {
+    for cause in error.chain() {
+        if cause.downcast_ref::<UserError>().is_some() {
+            return 2;
+        }
+        if let Some(engine) = cause.downcast_ref::<EngineError>() {
+            return match engine {
+                EngineError::Store(store) => store_code(store),
+                EngineError::InvalidTemplate(_)
+                | EngineError::CreateRun(_)
+                | EngineError::UnsupportedRuntime { .. }
+                | EngineError::Transition(_) => 2,
+                _ => 3,
+            };
+        }
+        if let Some(store) = cause.downcast_ref::<StoreError>() {
+            return store_code(store);
+        }
+    }
+    3
+}
+
+fn store_code(error: &StoreError) -> u8 {
+    match error {
+        StoreError::RunNotFound(_) | StoreError::AmbiguousRunId { .. } | StoreError::BlobNotFound(_) => 2,
+        _ => 3,
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    let actor = cli.actor.clone().unwrap_or_else(|| {
+        format!("cli:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".to_string()))
+    });
+    match cli.command {
+        Command::Validate { files, json } => validate(&files, json),
+        Command::Graph { file, format } => {
+            let source = read_template(&file)?;
+            let pipeline = pipeline_or_report(&file, &source)?;
+            let format = match format {
+                GraphFormat::Text => RenderFormat::Text,
+                GraphFormat::Mermaid => RenderFormat::Mermaid,
+                GraphFormat::Dot => RenderFormat::Dot,
+            };
+            print!("{}", render::render(&pipeline, format));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Schema => {
+            println!("{}", serde_json::to_string_pretty(&factory_core::template::json_schema())?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run {
+            template,
+            params,
+            autonomy,
+            overrides,
+            no_run,
+            drive,
+        } => {
+            let source = read_template(&template)?;
+            pipeline_or_report(&template, &source)?;
+            let request = RunRequest {
+                run_id: String::new(),
+                params: parse_params(&params)?,
+                autonomy_profile: autonomy,
+                overrides: parse_overrides(&overrides)?,
+            };
+            let engine = engine(&cli.db, &actor, &drive).await?;
+            let doc = engine
+                .create_run(&source, Some(&template), request)
+                .await
+                .with_context(|| format!("cannot start a run of {}", template.display()))?;
+            println!("{}", doc.run_id);
+            if no_run {
+                return Ok(ExitCode::SUCCESS);
+            }
+            drive_run(&engine, &doc.run_id, drive.quiet).await
+        }
+        Command::Runs { limit } => {
+            let store = factory_store::open(&cli.db).await?;
+            show::runs(store.as_ref(), limit).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { run, json } => {
+            let store = factory_store::open(&cli.db).await?;
+            show::status(store.as_ref(), &run, json).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Events { run, json } => {
+            let store = factory_store::open(&cli.db).await?;
+            show::events(store.as_ref(), &run, json).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Approve {
+            run,
+            block,
+            note,
+            no_run,
+            drive,
+        } => {
+            let engine = engine(&cli.db, &actor, &drive).await?;
+            let doc = engine.approve(&run, &block, note).await?;
+            continue_run(&engine, &doc.run_id, no_run, drive.quiet).await
+        }
+        Command::Reject {
+            run,
+            block,
+            feedback,
+            no_run,
+            drive,
+        } => {
+            let engine = engine(&cli.db, &actor, &drive).await?;
+            let doc = engine.reject(&run, &block, &feedback).await?;
+            continue_run(&engine, &doc.run_id, no_run, drive.quiet).await
+        }
+        Command::Retry {
+            run,
+            block,
+            no_run,
+            drive,
+        } => {
+            let engine = engine(&cli.db, &actor, &drive).await?;
+            let doc = engine.retry(&run, &block).await?;
+            continue_run(&engine, &doc.run_id, no_run, drive.quiet).await
+        }
+        Command::Resume { run, drive } => {
+            let engine = engine(&cli.db, &actor, &drive).await?;
+            let run_id = engine.store().resolve_run_id(&run).await?;
+            drive_run(&engine, &run_id, drive.quiet).await
+        }
+        Command::Artifacts {
+            run,
+            block,
+            key,
+            attempt,
+            diff,
+        } => {
+            let store = factory_store::open(&cli.db).await?;
+            show::artifacts(store.as_ref(), &run, &block, key.as_deref(), attempt, diff.as_deref()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Logs { run, block, attempt } => {
+            let store = factory_store::open(&cli.db).await?;
+            show::logs(store.as_ref(), &run, &block, attempt).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn engine(db: &str, actor: &str, drive: &DriveArgs) -> Result<Engine> {
+    let store = factory_store::open(db)
+        .await
+        .with_context(|| format!("cannot open the store `{db}`"))?;
+    let mut config = EngineConfig {
+        policy: Policy {
+            retry_base_ms: drive.retry_backoff_ms,
+            retry_max_ms: drive.retry_backoff_ms.saturating_mul(60).max(60_000),
+            lease_ms: drive.lease_ms.max(100),
+        },
+        max_concurrency: drive.max_concurrency,
+        keep_work_dirs: drive.keep_work,
+        actor: actor.to_string(),
+        observer: progress::observer(drive.quiet),
+        ..EngineConfig::default()
+    };
+    if let Some(dir) = &drive.work_dir {
+        config.work_root = dir.clone();
+    }
+    Ok(Engine::new(Arc::from(store), config))
+}
+
+async fn continue_run(engine: &Engine, run_id: &str, no_run: bool, quiet: bool) -> Result<ExitCode> {
+    if no_run {
+        return Ok(ExitCode::SUCCESS);
+    }
+    drive_run(engine, run_id, quiet).await
+}
+
+async fn drive_run(engine: &Engine, run_id: &str, quiet: bool) -> Result<ExitCode> {
+    let (outcome, doc) = tokio::select! {
+        result = engine.drive(run_id) => result?,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("interrupted: running blocks are stopped; continue with `factory resume {run_id}`");
+            return Ok(ExitCode::from(130));
+        }
+    };
+    if !quiet {
+        eprintln!();
+        eprint!("{}", show::summary(&doc));
+    }
+    Ok(match outcome {
+        Outcome::Done | Outcome::Waiting => ExitCode::SUCCESS,
+        Outcome::Failed => ExitCode::from(1),
+    })
+}
+
+fn read_template(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|error| user_error(format!("cannot read template {}: {error}", path.display())))
+}
+
+/// Validates and prints diagnostics; errors become a user error.
+fn pipeline_or_report(path: &Path, source: &str) -> Result<factory_core::Pipeline> {
+    let validated = factory_core::validate_str(source);
+    let name = path.display().to_string();
+    for diagnostic in &validated.diagnostics {
+        if !diagnostic.is_error() {
+            eprintln!("{}", diagnostic.render(&name));
+        }
+    }
+    match validated.pipeline {
+        Some(pipeline) => Ok(pipeline),
+        None => {
+            for diagnostic in validated.errors() {
+                eprintln!("{}", diagnostic.render(&name));
+            }
+            let count = validated.errors().count();
+            Err(user_error(format!("{name} is invalid ({count} error{})", if count == 1 { "" } else { "s" })))
+        }
+    }
+}
+
+fn validate(files: &[std::path::PathBuf], json: bool) -> Result<ExitCode> {
+    let mut any_errors = false;
+    let mut all = Vec::new();
+    for file in files {
+        let name = file.display().to_string();
+        let diagnostics = match std::fs::read_to_string(file) {
+            Ok(source) => factory_core::validate_str(&source).diagnostics,
+            Err(error) => vec![factory_core::Diagnostic::error(
+                "TPL0000",
+                "$",
+                format!("cannot read the file: {error}"),
+            )],
+        };
+        let errors = diagnostics.iter().filter(|d| d.is_error()).count();
+        any_errors |= errors > 0;
+        if json {
+            all.push(serde_json::json!({ "file": name, "valid": errors == 0, "diagnostics": diagnostics }));
+        } else {
+            for diagnostic in &diagnostics {
+                eprintln!("{}", diagnostic.render(&name));
+            }
+            if errors == 0 {
+                println!("{name}: valid");
+            } else {
+                println!("{name}: {errors} error{}", if errors == 1 { "" } else { "s" });
+            }
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+    }
+    Ok(if any_errors { ExitCode::from(2) } else { ExitCode::SUCCESS })
+}
+
+fn parse_params(pairs: &[String]) -> Result<BTreeMap<String, Value>> {
+    let mut params = BTreeMap::new();
+    for pair in pairs {
+        let Some((key, value)) = pair.split_once('=') else {
+            bail!(user_error(format!("--param `{pair}` must be KEY=VALUE")));
+        };
+        if key.trim().is_empty() {
+            bail!(user_error(format!("--param `{pair}` has an empty key")));
+        }
+        params.insert(key.trim().to_string(), Value::String(value.to_string()));
+    }
+    Ok(params)
+}
+
+fn parse_overrides(pairs: &[String]) -> Result<BTreeMap<String, Autonomy>> {
+    let mut overrides = BTreeMap::new();
+    for pair in pairs {
+        let parsed = pair.split_once('=').and_then(|(block, level)| {
+            let level = match level {
+                "gate" => Autonomy::Gate,
+                "guided" => Autonomy::Guided,
+                "auto" => Autonomy::Auto,
+                _ => return None,
+            };
+            Some((block.to_string(), level))
+        });
+        match parsed {
+            Some((block, level)) => {
+                overrides.insert(block, level);
+            }
+            None => bail!(user_error(format!(
+                "--set-autonomy `{pair}` must be BLOCK=gate, BLOCK=guided or BLOCK=auto"
+            ))),
+        }
+    }
+    Ok(overrides)
+}

@@ -1,1 +1,236 @@
+//! The engine drives runs: it asks the pure core what to do, executes blocks
+//! through the runtimes and persists every step through a store.
+//!
+//! Architecture Invariant: every change to a run goes through
+//! [`RunHandle::apply`]: compute events from the current document, fold them
+//! in, let the scheduler add what follows, then write events and document in
+//! one optimistic transaction. A conflict (someone else wrote first) reloads
+//! and recomputes, so several processes can act on one run safely.
 
+mod driver;
+mod handle;
+mod owner;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use factory_core::diagnostics::Diagnostic;
+use factory_core::run::{EventRecord, Millis, RunDoc};
+use factory_core::transitions::{self, CreateRunError, Policy, RunRequest, TransitionError};
+use factory_core::{ApplyError, Pipeline};
+use factory_store::{NewRun, Store, StoreError};
+
+pub use driver::Outcome;
+pub use handle::RunHandle;
+pub use owner::Owner;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("the template is invalid:\n{}", render_diagnostics(.0))]
+    InvalidTemplate(Vec<Diagnostic>),
+    #[error("cannot create the run:\n{0}")]
+    CreateRun(#[from] CreateRunError),
+    #[error("this build cannot execute runtime `{runtime}` (blocks: {}); it arrives in a later release", blocks.join(", "))]
+    UnsupportedRuntime { runtime: &'static str, blocks: Vec<String> },
+    #[error(transparent)]
+    Transition(#[from] TransitionError),
+    #[error("internal error: an event did not apply: {0}")]
+    Apply(#[from] ApplyError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("run `{run_id}` kept changing underneath this process; gave up after {tries} tries")]
+    TooManyConflicts { run_id: String, tries: u32 },
+}
+
+fn render_diagnostics(diagnostics: &[Diagnostic]) -> String {
+    diagnostics
+        .iter()
+        .filter(|d| d.is_error())
+        .map(|d| d.render("template"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+/// Called with every committed event and the document after it.
+pub type Observer = Arc<dyn Fn(&EventRecord, &RunDoc) + Send + Sync>;
+
+/// How the engine behaves; defaults suit a person at a terminal.
+#[derive(Clone)]
+pub struct EngineConfig {
+    pub policy: Policy,
+    /// Blocks running at once per run (0: no limit).
+    pub max_concurrency: usize,
+    /// Attempt directories live under `<work_root>/<run>/<block>/attempt-<n>`.
+    pub work_root: PathBuf,
+    /// Keep attempt directories of successful attempts (failed ones are always kept).
+    pub keep_work_dirs: bool,
+    /// Recorded as the actor of approvals, rejections and retries.
+    pub actor: String,
+    pub observer: Option<Observer>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            policy: Policy::default(),
+            max_concurrency: 8,
+            work_root: std::env::temp_dir().join("process-factory"),
+            keep_work_dirs: false,
+            actor: "cli".to_string(),
+            observer: None,
+        }
+    }
+}
+
+pub struct Engine {
+    store: Arc<dyn Store>,
+    config: EngineConfig,
+    owner: Owner,
+}
+
+pub fn now_ms() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as Millis)
+        .unwrap_or(0)
+}
+
+/// Parses and validates template source, or returns every error found.
+pub fn load_pipeline(source: &str) -> Result<Pipeline> {
+    let validated = factory_core::validate_str(source);
+    match validated.pipeline {
+        Some(pipeline) => Ok(pipeline),
+        None => Err(EngineError::InvalidTemplate(validated.diagnostics)),
+    }
+}
+
+impl Engine {
+    pub fn new(store: Arc<dyn Store>, config: EngineConfig) -> Engine {
+        Engine {
+            store,
+            config,
+            owner: Owner::current(),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// Validates the template, checks params and env, and stores a new run
+    /// with its first scheduling decisions. Does not execute anything.
+    pub async fn create_run(
+        &self,
+        template_source: &str,
+        template_path: Option<&std::path::Path>,
+        mut request: RunRequest,
+    ) -> Result<RunDoc> {
+        let pipeline = load_pipeline(template_source)?;
+        check_runtimes(&pipeline)?;
+        if request.run_id.is_empty() {
+            request.run_id = uuid::Uuid::now_v7().to_string();
+        }
+        let created = transitions::create_run(&pipeline, &request, &|name| {
+            std::env::var_os(name).is_some_and(|v| !v.is_empty())
+        })?;
+        let now = now_ms();
+        let record = EventRecord {
+            seq: 1,
+            at: now,
+            actor: self.config.actor.clone(),
+            event: created,
+        };
+        let mut doc = RunDoc::from_created(&record)?;
+        let mut records = vec![record];
+        let decision = factory_core::decide(&pipeline, &doc, now, self.config.max_concurrency);
+        records.extend(factory_core::commit(&mut doc, decision.events, "scheduler", now)?);
+        let template_path = template_path
+            .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()))
+            .map(|p| p.to_string_lossy().into_owned());
+        self.store
+            .create_run(NewRun {
+                doc: &doc,
+                records: &records,
+                template_json: template_source,
+                template_path: template_path.as_deref(),
+            })
+            .await?;
+        self.notify(&records, &doc);
+        Ok(doc)
+    }
+
+    /// Opens a run for commands.
+    pub async fn open(&self, run_id: &str) -> Result<RunHandle> {
+        let run_id = self.store.resolve_run_id(run_id).await?;
+        RunHandle::load(self.store.clone(), &run_id, self.config.max_concurrency).await
+    }
+
+    pub async fn approve(&self, run_id: &str, block: &str, note: Option<String>) -> Result<RunDoc> {
+        let mut handle = self.open(run_id).await?;
+        let records = handle
+            .apply(&self.config.actor, |_, doc, _| Ok(vec![transitions::approve(doc, block, note.clone())?]))
+            .await?;
+        self.notify(&records, handle.doc());
+        Ok(handle.doc().clone())
+    }
+
+    pub async fn reject(&self, run_id: &str, block: &str, feedback: &str) -> Result<RunDoc> {
+        let mut handle = self.open(run_id).await?;
+        let actor = self.config.actor.clone();
+        let records = handle
+            .apply(&actor, |_, doc, _| Ok(vec![transitions::reject(doc, block, feedback, &actor)?]))
+            .await?;
+        self.notify(&records, handle.doc());
+        Ok(handle.doc().clone())
+    }
+
+    pub async fn retry(&self, run_id: &str, block: &str) -> Result<RunDoc> {
+        let mut handle = self.open(run_id).await?;
+        let reason = format!("manual retry by {}", self.config.actor);
+        let records = handle
+            .apply(&self.config.actor, |pipeline, doc, _| {
+                Ok(transitions::retry(pipeline, doc, block, &reason)?)
+            })
+            .await?;
+        self.notify(&records, handle.doc());
+        Ok(handle.doc().clone())
+    }
+
+    pub(crate) fn notify(&self, records: &[EventRecord], doc: &RunDoc) {
+        if let Some(observer) = &self.config.observer {
+            for record in records {
+                observer(record, doc);
+            }
+        }
+    }
+}
+
+fn check_runtimes(pipeline: &Pipeline) -> Result<()> {
+    for runtime in [
+        factory_core::template::Runtime::Llm,
+        factory_core::template::Runtime::Http,
+    ] {
+        if factory_runtime::is_supported(runtime) {
+            continue;
+        }
+        let blocks: Vec<String> = pipeline
+            .blocks()
+            .iter()
+            .filter(|b| b.runtime == runtime)
+            .map(|b| b.id.clone())
+            .collect();
+        if !blocks.is_empty() {
+            return Err(EngineError::UnsupportedRuntime {
+                runtime: runtime.as_str(),
+                blocks,
+            });
+        }
+    }
+    Ok(())
+}

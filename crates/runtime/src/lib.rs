@@ -1,1 +1,122 @@
+//! Block executors. Given a block, its inputs and a fresh directory, produce
+//! the block's artifacts, metrics and logs.
+//!
+//! Architecture Invariant: runtimes know nothing of stores, runs or the
+//! scheduler. They take an [`AttemptInput`] and return an [`Execution`] of
+//! plain bytes; the engine stores and records the result. A runtime never
+//! panics on user input: every failure is an `Execution` with an `error` that
+//! names the block, artifact or file at fault.
 
+mod builtin;
+mod command;
+mod directory;
+pub mod process;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use factory_core::run::Corrections;
+use factory_core::template::{ArtifactFormat, Block, Runtime};
+use serde_json::Value;
+
+pub use directory::{pack_directory, unpack_directory};
+
+/// An upstream artifact handed to a block.
+#[derive(Debug, Clone)]
+pub struct InputArtifact {
+    pub block: String,
+    pub key: String,
+    /// The path the upstream block declared (its file name is reused).
+    pub path: String,
+    pub format: ArtifactFormat,
+    pub content: Vec<u8>,
+}
+
+/// Everything one attempt needs.
+pub struct AttemptInput<'a> {
+    pub run_id: &'a str,
+    pub block: &'a Block,
+    pub attempt: u32,
+    pub params: &'a BTreeMap<String, Value>,
+    pub inputs: Vec<InputArtifact>,
+    pub corrections: Option<&'a Corrections>,
+    /// A directory for this attempt only; created fresh (emptied if it exists).
+    pub attempt_dir: PathBuf,
+    /// The template's directory, for scripts referenced relative to it.
+    pub template_dir: Option<PathBuf>,
+    /// Called with the process id once a subprocess has started.
+    pub on_spawn: Option<Box<dyn FnOnce(i32) + Send + 'a>>,
+}
+
+/// What an attempt produced.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Execution {
+    /// Declared artifacts, by key, as stored bytes.
+    pub artifacts: BTreeMap<String, Vec<u8>>,
+    pub metrics: BTreeMap<String, Value>,
+    pub exit_code: Option<i32>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+    /// Set when the attempt failed; names what went wrong and where.
+    pub error: Option<String>,
+    pub timed_out: bool,
+}
+
+impl Execution {
+    pub(crate) fn failed(error: impl Into<String>) -> Execution {
+        Execution {
+            error: Some(error.into()),
+            ..Execution::default()
+        }
+    }
+}
+
+/// Logs longer than this keep only their tail.
+pub const MAX_LOG_BYTES: usize = 1 << 20;
+
+/// Whether this build can execute blocks of `runtime`.
+pub fn is_supported(runtime: Runtime) -> bool {
+    matches!(runtime, Runtime::Command | Runtime::Builtin)
+}
+
+/// Runs one attempt of a block.
+pub async fn execute(input: AttemptInput<'_>) -> Execution {
+    if let Err(error) = prepare_dir(&input.attempt_dir) {
+        return Execution::failed(format!(
+            "cannot prepare the attempt directory {}: {error}",
+            input.attempt_dir.display()
+        ));
+    }
+    match input.block.runtime {
+        Runtime::Command => command::run(input).await,
+        Runtime::Builtin => builtin::run(input).await,
+        Runtime::Llm | Runtime::Http => Execution::failed(format!(
+            "block `{}` uses runtime `{}`, which this build cannot execute yet",
+            input.block.id,
+            input.block.runtime.as_str()
+        )),
+    }
+}
+
+fn prepare_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir)?;
+    }
+    std::fs::create_dir_all(dir)
+}
+
+/// Checks a produced artifact against its declared format, so a broken JSON
+/// file fails the attempt that wrote it rather than the block that reads it.
+pub(crate) fn check_format(block: &Block, key: &str, path: &str, format: ArtifactFormat, bytes: &[u8]) -> Option<String> {
+    match format {
+        ArtifactFormat::Json => serde_json::from_slice::<Value>(bytes).err().map(|error| {
+            format!(
+                "artifact `{key}` of block `{}` ({path}) is not valid JSON: {error}",
+                block.id
+            )
+        }),
+        _ => None,
+    }
+}

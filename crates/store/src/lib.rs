@@ -1,1 +1,247 @@
+//! Durable storage for runs: one JSON document per run, an append-only event
+//! log, content-addressed blobs (artifacts and logs) and worker leases.
+//!
+//! Two implementations share one trait: SQLite (the embedded default, a single
+//! file) and PostgreSQL (many workers on many machines).
+//!
+//! Architecture Invariant: a run document is only ever written together with
+//! the events that produced it, in one transaction, and only if the writer saw
+//! the latest version (`expected_version`). A stale writer gets
+//! [`StoreError::Conflict`] and must reload and decide again; nothing is
+//! silently overwritten. No code here assumes one process owns a run.
 
+mod postgres;
+mod sqlite;
+
+use async_trait::async_trait;
+use factory_core::run::{Event, EventRecord, Millis, RunDoc};
+use sha2::{Digest, Sha256};
+
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("run `{0}` not found")]
+    RunNotFound(String),
+    #[error("run id prefix `{prefix}` is ambiguous: matches {}", matches.join(", "))]
+    AmbiguousRunId { prefix: String, matches: Vec<String> },
+    #[error("run `{run_id}` changed underneath this writer (expected version {expected}); reload and retry")]
+    Conflict { run_id: String, expected: i64 },
+    #[error("blob `{0}` not found")]
+    BlobNotFound(String),
+    #[error("run `{run_id}` holds a corrupt {what}: {source}")]
+    Corrupt {
+        run_id: String,
+        what: &'static str,
+        source: serde_json::Error,
+    },
+    #[error("cannot open the store at `{url}`: {source}")]
+    Open {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("serialization error: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("unsupported database URL `{0}`: use a file path, sqlite://PATH or postgres://…")]
+    UnsupportedUrl(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A run as stored.
+#[derive(Debug, Clone)]
+pub struct StoredRun {
+    pub doc: RunDoc,
+    /// Optimistic-concurrency counter; pass it back to [`Store::commit`].
+    pub version: i64,
+    /// The template JSON the run was created from (runs are self-contained).
+    pub template_json: String,
+    /// Where the template file was, for resolving relative paths (skills, scripts).
+    pub template_path: Option<String>,
+}
+
+/// A new run: its template snapshot, first document and first events.
+#[derive(Debug, Clone)]
+pub struct NewRun<'a> {
+    pub doc: &'a RunDoc,
+    pub records: &'a [EventRecord],
+    pub template_json: &'a str,
+    pub template_path: Option<&'a str>,
+}
+
+/// One line of `factory runs`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunSummary {
+    pub run_id: String,
+    pub template_id: String,
+    pub status: String,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+/// A worker's claim on a running block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub run_id: String,
+    pub block_id: String,
+    pub attempt: u32,
+    pub owner: String,
+    pub pid: Option<i32>,
+    pub expires_at: Millis,
+}
+
+/// A stored blob's address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobRef {
+    pub hash: String,
+    pub size: u64,
+}
+
+/// SHA-256 of `content`, lowercase hex: the blob's address.
+pub fn blob_hash(content: &[u8]) -> String {
+    hex::encode(Sha256::digest(content))
+}
+
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Inserts a new run with its first events.
+    async fn create_run(&self, run: NewRun<'_>) -> Result<()>;
+
+    async fn load_run(&self, run_id: &str) -> Result<StoredRun>;
+
+    /// Appends `records` and replaces the document, if the stored version is
+    /// still `expected_version`; returns the new version. Leases follow the
+    /// events: `block_started` takes one, `attempt_finished` and
+    /// `attempt_abandoned` release it.
+    async fn commit(
+        &self,
+        run_id: &str,
+        expected_version: i64,
+        records: &[EventRecord],
+        doc: &RunDoc,
+    ) -> Result<i64>;
+
+    /// Events with `seq > after_seq`, in order.
+    async fn events(&self, run_id: &str, after_seq: u64) -> Result<Vec<EventRecord>>;
+
+    /// Most recent runs first.
+    async fn list_runs(&self, limit: u32) -> Result<Vec<RunSummary>>;
+
+    /// Run ids starting with `prefix` (at most a few).
+    async fn run_ids_with_prefix(&self, prefix: &str) -> Result<Vec<String>>;
+
+    /// Stores content under its hash (idempotent).
+    async fn put_blob(&self, content: &[u8]) -> Result<BlobRef>;
+
+    async fn get_blob(&self, hash: &str) -> Result<Vec<u8>>;
+
+    /// Extends every lease `owner` holds; returns how many it still holds.
+    async fn renew_leases(&self, owner: &str, expires_at: Millis) -> Result<u64>;
+
+    /// Records the process id of a running attempt, so a reclaiming worker on
+    /// the same host can make sure it is gone.
+    async fn set_lease_pid(&self, run_id: &str, block_id: &str, attempt: u32, pid: i32) -> Result<()>;
+
+    async fn leases(&self, run_id: &str) -> Result<Vec<Lease>>;
+
+    /// Resolves a full run id or a unique prefix of one.
+    async fn resolve_run_id(&self, id_or_prefix: &str) -> Result<String> {
+        let matches = self.run_ids_with_prefix(id_or_prefix).await?;
+        if matches.iter().any(|m| m == id_or_prefix) {
+            return Ok(id_or_prefix.to_string());
+        }
+        match matches.len() {
+            0 => Err(StoreError::RunNotFound(id_or_prefix.to_string())),
+            1 => Ok(matches.into_iter().next().unwrap_or_default()),
+            _ => Err(StoreError::AmbiguousRunId {
+                prefix: id_or_prefix.to_string(),
+                matches,
+            }),
+        }
+    }
+}
+
+/// Opens the store a URL names: `postgres://…`/`postgresql://…`, or
+/// `sqlite://PATH` / a plain file path for SQLite. Runs migrations.
+pub async fn open(url: &str) -> Result<Box<dyn Store>> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Box::new(PostgresStore::connect(url).await?))
+    } else if let Some(path) = url.strip_prefix("sqlite://") {
+        Ok(Box::new(SqliteStore::open(path).await?))
+    } else if url.contains("://") {
+        Err(StoreError::UnsupportedUrl(url.to_string()))
+    } else {
+        Ok(Box::new(SqliteStore::open(url).await?))
+    }
+}
+
+/// What a commit does to the lease table, derived from its events.
+pub(crate) enum LeaseOp<'a> {
+    Take {
+        block: &'a str,
+        attempt: u32,
+        owner: &'a str,
+        expires_at: Millis,
+    },
+    Release {
+        block: &'a str,
+    },
+}
+
+pub(crate) fn lease_ops(records: &[EventRecord]) -> Vec<LeaseOp<'_>> {
+    records
+        .iter()
+        .filter_map(|record| match &record.event {
+            Event::BlockStarted {
+                block,
+                attempt,
+                owner,
+                lease_expires_at,
+            } => Some(LeaseOp::Take {
+                block,
+                attempt: *attempt,
+                owner,
+                expires_at: *lease_expires_at,
+            }),
+            Event::AttemptFinished { block, .. } | Event::AttemptAbandoned { block, .. } => {
+                Some(LeaseOp::Release { block })
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+pub(crate) fn parse_doc(run_id: &str, json: &str) -> Result<RunDoc> {
+    serde_json::from_str(json).map_err(|source| StoreError::Corrupt {
+        run_id: run_id.to_string(),
+        what: "run document",
+        source,
+    })
+}
+
+pub(crate) fn parse_event(run_id: &str, json: &str) -> Result<EventRecord> {
+    serde_json::from_str(json).map_err(|source| StoreError::Corrupt {
+        run_id: run_id.to_string(),
+        what: "event",
+        source,
+    })
+}
+
+/// Escapes `%` and `_` for a `LIKE 'prefix%'` query.
+pub(crate) fn like_prefix(prefix: &str) -> String {
+    let mut escaped = String::with_capacity(prefix.len() + 1);
+    for c in prefix.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped.push('%');
+    escaped
+}

@@ -1,0 +1,169 @@
+//! Command-line grammar.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "factory",
+    version,
+    about = "Process Factory: run auditable multi-step pipelines from JSON templates",
+    after_help = "Exit codes: 0 done or waiting at a gate; 1 the run failed; 2 invalid input (template, params, run or block); 3 storage or internal error."
+)]
+pub struct Cli {
+    /// Store: a SQLite file path (default factory.db) or postgres://user@host/db
+    #[arg(long, global = true, env = "FACTORY_DB", default_value = "factory.db")]
+    pub db: String,
+
+    /// Who is acting, recorded in the event log (default: cli:$USER)
+    #[arg(long, global = true, env = "FACTORY_ACTOR")]
+    pub actor: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum GraphFormat {
+    Text,
+    Mermaid,
+    Dot,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DriveArgs {
+    /// Blocks running at once (0: no limit)
+    #[arg(long, default_value_t = 8)]
+    pub max_concurrency: usize,
+    /// Backoff before the first automatic retry, doubling each retry
+    #[arg(long, default_value_t = 1000)]
+    pub retry_backoff_ms: u64,
+    /// How long a worker's claim on a running block lasts without renewal
+    #[arg(long, default_value_t = 30_000)]
+    pub lease_ms: u64,
+    /// Root for per-attempt working directories
+    #[arg(long, env = "FACTORY_WORK_DIR")]
+    pub work_dir: Option<PathBuf>,
+    /// Keep the working directories of successful attempts too
+    #[arg(long)]
+    pub keep_work: bool,
+    /// Print nothing but the run id and errors
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check templates; report every problem with file, JSON path and block
+    Validate {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Print diagnostics as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Draw a template's DAG by layer
+    Graph {
+        file: PathBuf,
+        #[arg(long, value_enum, default_value = "text")]
+        format: GraphFormat,
+    },
+    /// Print the template JSON Schema generated from the engine's types
+    Schema,
+    /// Create a run and drive it until it is done, failed or waiting at a gate
+    Run {
+        template: PathBuf,
+        /// Run parameter, repeatable: --param expert_name="Ada Lovelace"
+        #[arg(long = "param", short = 'p', value_name = "KEY=VALUE")]
+        params: Vec<String>,
+        /// Autonomy profile defined in the template
+        #[arg(long)]
+        autonomy: Option<String>,
+        /// Per-block autonomy for this run only, repeatable: --set-autonomy clone-tester=auto
+        #[arg(long = "set-autonomy", value_name = "BLOCK=gate|guided|auto")]
+        overrides: Vec<String>,
+        /// Only create the run; do not execute anything
+        #[arg(long)]
+        no_run: bool,
+        #[command(flatten)]
+        drive: DriveArgs,
+    },
+    /// List runs, newest first
+    Runs {
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Show a run: its status and, per block, status, attempts, score, error, timings
+    Status {
+        run: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a run's event log
+    Events {
+        run: String,
+        /// One JSON object per line
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve the gate a block waits at, then continue the run
+    Approve {
+        run: String,
+        block: String,
+        #[arg(long)]
+        note: Option<String>,
+        /// Record the decision only; do not continue the run
+        #[arg(long)]
+        no_run: bool,
+        #[command(flatten)]
+        drive: DriveArgs,
+    },
+    /// Reject the gate with feedback; the block re-runs with it as corrections
+    Reject {
+        run: String,
+        block: String,
+        #[arg(long, required = true)]
+        feedback: String,
+        #[arg(long)]
+        no_run: bool,
+        #[command(flatten)]
+        drive: DriveArgs,
+    },
+    /// Continue a run, re-running blocks whose worker died
+    Resume {
+        run: String,
+        #[command(flatten)]
+        drive: DriveArgs,
+    },
+    /// Re-run a failed or done block and everything downstream of it
+    Retry {
+        run: String,
+        block: String,
+        #[arg(long)]
+        no_run: bool,
+        #[command(flatten)]
+        drive: DriveArgs,
+    },
+    /// List a block's artifacts per attempt, print one, or diff two attempts
+    Artifacts {
+        run: String,
+        block: String,
+        /// Print this artifact's content
+        #[arg(long)]
+        key: Option<String>,
+        /// Attempt number (default: the latest successful one)
+        #[arg(long)]
+        attempt: Option<u32>,
+        /// Unified diff of the artifacts of two attempts
+        #[arg(long, num_args = 2, value_names = ["A", "B"])]
+        diff: Option<Vec<u32>>,
+    },
+    /// Print an attempt's stdout and stderr
+    Logs {
+        run: String,
+        block: String,
+        #[arg(long)]
+        attempt: Option<u32>,
+    },
+}

@@ -1,0 +1,87 @@
+//! Live progress: a bar on a terminal, plain lines otherwise.
+
+use std::io::IsTerminal;
+use std::sync::{Arc, Mutex};
+
+use factory_core::run::{Event, EventRecord, RunDoc};
+use factory_engine::Observer;
+use indicatif::{ProgressBar, ProgressStyle};
+
+pub fn observer(quiet: bool) -> Option<Observer> {
+    if quiet {
+        return None;
+    }
+    let bar: Arc<Mutex<Option<ProgressBar>>> = Arc::new(Mutex::new(None));
+    let interactive = std::io::stderr().is_terminal();
+    Some(Arc::new(move |record: &EventRecord, doc: &RunDoc| {
+        let line = describe(record);
+        if !interactive {
+            if let Some(line) = line {
+                eprintln!("{line}");
+            }
+            return;
+        }
+        let Ok(mut guard) = bar.lock() else { return };
+        let bar = guard.get_or_insert_with(|| {
+            let bar = ProgressBar::new(doc.blocks.len() as u64);
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} blocks done  {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+            );
+            bar.enable_steady_tick(std::time::Duration::from_millis(120));
+            bar
+        });
+        if let Some(line) = line {
+            bar.println(line);
+        }
+        let done = doc
+            .blocks
+            .values()
+            .filter(|s| s.status == factory_core::BlockStatus::Done)
+            .count();
+        bar.set_position(done as u64);
+        let running: Vec<&str> = doc
+            .blocks
+            .iter()
+            .filter(|(_, s)| s.status == factory_core::BlockStatus::Running)
+            .map(|(id, _)| id.as_str())
+            .collect();
+        bar.set_message(if running.is_empty() {
+            String::new()
+        } else {
+            format!("running: {}", running.join(", "))
+        });
+        if doc.status.is_terminal() || doc.status == factory_core::RunStatus::Waiting {
+            bar.finish_and_clear();
+        }
+    }))
+}
+
+/// One line per event worth a person's attention.
+pub fn describe(record: &EventRecord) -> Option<String> {
+    let text = match &record.event {
+        Event::RunCreated { run_id, template_id, .. } => format!("created run {run_id} of {template_id}"),
+        Event::BlockStarted { block, attempt, .. } => format!("▶ {block} started (attempt {attempt})"),
+        Event::AttemptFinished { block, attempt, outcome, score, .. } => {
+            let score = score.map(|s| format!(", score {s}")).unwrap_or_default();
+            format!("  {block} attempt {attempt}: {}{score}", serde_json::to_string(outcome).unwrap_or_default().trim_matches('"'))
+        }
+        Event::BlockDone { block } => format!("✔ {block} done"),
+        Event::BlockFailed { block, error } => format!("✘ {block} failed: {error}"),
+        Event::RetryScheduled { block, reason, .. } => format!("↻ {block}: {reason}"),
+        Event::BlockWaiting { block, phase } => format!(
+            "⏸ {block} waits for approval ({} gate): factory approve <run> {block}",
+            serde_json::to_string(phase).unwrap_or_default().trim_matches('"')
+        ),
+        Event::BlockBlocked { block, because } => format!("⊘ {block} blocked by {because}"),
+        Event::GateApproved { block, .. } => format!("✔ {block} approved by {}", record.actor),
+        Event::GateRejected { block, feedback, .. } => format!("✘ {block} rejected by {}: {feedback}", record.actor),
+        Event::AttemptAbandoned { block, attempt, reason } => format!("↺ {block} attempt {attempt} abandoned: {reason}"),
+        Event::ReviewFlagged { block } => format!("⚑ {block} flagged for optional review (guided)"),
+        Event::BlockReset { block, reason } => format!("↺ {block} reset: {reason}"),
+        Event::RunStatusChanged { status } => format!("run is {}", status.as_str()),
+        Event::BlockReady { .. } => return None,
+    };
+    Some(text)
+}

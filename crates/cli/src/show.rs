@@ -1,0 +1,291 @@
+//! Read-only views of runs for the terminal.
+
+use std::fmt::Write;
+
+use anyhow::{Result, bail};
+use factory_core::run::{Attempt, AttemptOutcome, BlockStatus, Millis, RunDoc};
+use factory_store::Store;
+
+use crate::user_error;
+
+pub async fn runs(store: &dyn Store, limit: u32) -> Result<()> {
+    let runs = store.list_runs(limit).await?;
+    if runs.is_empty() {
+        println!("no runs yet: start one with `factory run TEMPLATE`");
+        return Ok(());
+    }
+    println!("{:<36}  {:<20}  {:<8}  {}", "RUN", "TEMPLATE", "STATUS", "CREATED");
+    for run in runs {
+        println!(
+            "{:<36}  {:<20}  {:<8}  {}",
+            run.run_id,
+            run.template_id,
+            run.status,
+            format_time(run.created_at)
+        );
+    }
+    Ok(())
+}
+
+pub async fn status(store: &dyn Store, run: &str, json: bool) -> Result<()> {
+    let run_id = store.resolve_run_id(run).await?;
+    let stored = store.load_run(&run_id).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&stored.doc)?);
+    } else {
+        print!("{}", summary(&stored.doc));
+    }
+    Ok(())
+}
+
+/// The run document as a table, blocks in template order.
+pub fn summary(doc: &RunDoc) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "run {}  template {} v{}  status {}",
+        doc.run_id,
+        doc.template_id,
+        doc.template_version,
+        doc.status.as_str().to_uppercase()
+    );
+    let counts: Vec<String> = doc
+        .status_counts()
+        .iter()
+        .map(|(status, n)| format!("{n} {status}"))
+        .collect();
+    let _ = writeln!(out, "blocks: {}", counts.join(", "));
+    let _ = writeln!(
+        out,
+        "{:<28} {:<8} {:>3} {:>7} {:>9}  {}",
+        "BLOCK", "STATUS", "TRY", "SCORE", "TIME", "NOTE"
+    );
+    for (id, state) in &doc.blocks {
+        let duration = match (state.started_at, state.ended_at) {
+            (Some(start), Some(end)) if end >= start => format_duration(end - start),
+            (Some(_), None) if state.status == BlockStatus::Running => "running".to_string(),
+            _ => String::new(),
+        };
+        let mut note = state.error.clone().unwrap_or_default();
+        if state.status == BlockStatus::Waiting {
+            note = format!("waiting at {} gate", state.gate.map_or("a", |g| match g {
+                factory_core::run::GatePhase::Before => "the before",
+                factory_core::run::GatePhase::After => "the after",
+            }));
+        }
+        if state.review_flag {
+            note = format!("{note} [review flagged]").trim().to_string();
+        }
+        let _ = writeln!(
+            out,
+            "{:<28} {:<8} {:>3} {:>7} {:>9}  {}",
+            id,
+            state.status.as_str(),
+            state.attempts,
+            state.score.map(|s| format!("{s:.1}")).unwrap_or_default(),
+            duration,
+            one_line(&note, 100)
+        );
+    }
+    out
+}
+
+pub async fn events(store: &dyn Store, run: &str, json: bool) -> Result<()> {
+    let run_id = store.resolve_run_id(run).await?;
+    for record in store.events(&run_id, 0).await? {
+        if json {
+            println!("{}", serde_json::to_string(&record)?);
+        } else {
+            let detail = crate::progress::describe(&record).unwrap_or_else(|| {
+                record.event.block().map(|b| format!("{b} ready")).unwrap_or_default()
+            });
+            println!(
+                "{:>5}  {}  {:<20}  {:<40}  {}",
+                record.seq,
+                format_time(record.at),
+                record.event.kind(),
+                one_line(&record.actor, 40),
+                detail.trim()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn find_attempt<'a>(history: &'a [Attempt], n: u32, block: &str) -> Result<&'a Attempt> {
+    match history.iter().find(|a| a.n == n) {
+        Some(attempt) => Ok(attempt),
+        None => bail!(user_error(format!(
+            "block `{block}` has no attempt {n} (attempts: {})",
+            history.iter().map(|a| a.n.to_string()).collect::<Vec<_>>().join(", ")
+        ))),
+    }
+}
+
+pub async fn artifacts(
+    store: &dyn Store,
+    run: &str,
+    block: &str,
+    key: Option<&str>,
+    attempt: Option<u32>,
+    diff: Option<&[u32]>,
+) -> Result<()> {
+    let run_id = store.resolve_run_id(run).await?;
+    let doc = store.load_run(&run_id).await?.doc;
+    let Some(state) = doc.blocks.get(block) else {
+        bail!(user_error(format!("run {run_id} has no block `{block}`")));
+    };
+    if let Some([a, b]) = diff {
+        let (left, right) = (find_attempt(&state.history, *a, block)?, find_attempt(&state.history, *b, block)?);
+        let empty = Default::default();
+        let left_artifacts = left.report.as_ref().map_or(&empty, |r| &r.artifacts);
+        let right_artifacts = right.report.as_ref().map_or(&empty, |r| &r.artifacts);
+        let mut keys: Vec<&String> = left_artifacts.keys().chain(right_artifacts.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        for artifact_key in keys {
+            if key.is_some_and(|k| k != artifact_key) {
+                continue;
+            }
+            let read = async |r: Option<&factory_core::run::ArtifactRef>| -> Result<String> {
+                Ok(match r {
+                    Some(r) => String::from_utf8_lossy(&store.get_blob(&r.hash).await?).into_owned(),
+                    None => String::new(),
+                })
+            };
+            let old = read(left_artifacts.get(artifact_key)).await?;
+            let new = read(right_artifacts.get(artifact_key)).await?;
+            let diff = similar::TextDiff::from_lines(&old, &new);
+            let text = diff
+                .unified_diff()
+                .context_radius(3)
+                .header(&format!("{artifact_key} (attempt {a})"), &format!("{artifact_key} (attempt {b})"))
+                .to_string();
+            if text.is_empty() {
+                println!("{artifact_key}: identical in attempts {a} and {b}");
+            } else {
+                print!("{text}");
+            }
+        }
+        return Ok(());
+    }
+    if let Some(key) = key {
+        let chosen = match attempt {
+            Some(n) => find_attempt(&state.history, n, block)?,
+            None => match state.last_success() {
+                Some(a) => a,
+                None => bail!(user_error(format!("block `{block}` has no successful attempt yet; pick one with --attempt"))),
+            },
+        };
+        let Some(artifact) = chosen.report.as_ref().and_then(|r| r.artifacts.get(key)) else {
+            bail!(user_error(format!("attempt {} of `{block}` has no artifact `{key}`", chosen.n)));
+        };
+        let bytes = store.get_blob(&artifact.hash).await?;
+        use std::io::Write as _;
+        std::io::stdout().write_all(&bytes)?;
+        return Ok(());
+    }
+    if state.history.is_empty() {
+        println!("block `{block}` has not run yet");
+    }
+    for attempt in &state.history {
+        let outcome = attempt
+            .outcome
+            .map(|o| serde_json::to_string(&o).unwrap_or_default().trim_matches('"').to_string())
+            .unwrap_or_else(|| "running".to_string());
+        let marker = if attempt.outcome == Some(AttemptOutcome::Succeeded) { "✔" } else { " " };
+        println!("{marker} attempt {} — {outcome} — {}", attempt.n, format_time(attempt.started_at));
+        if let Some(report) = &attempt.report {
+            for (key, artifact) in &report.artifacts {
+                println!("    {key:<24} {:<28} {:>9} B  sha256:{}", artifact.path, artifact.size, &artifact.hash[..12]);
+            }
+            if !report.metrics.is_empty() {
+                println!("    metrics: {}", serde_json::to_string(&report.metrics)?);
+            }
+            if let Some(error) = &report.error {
+                println!("    error: {}", one_line(error, 160));
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn logs(store: &dyn Store, run: &str, block: &str, attempt: Option<u32>) -> Result<()> {
+    let run_id = store.resolve_run_id(run).await?;
+    let doc = store.load_run(&run_id).await?.doc;
+    let Some(state) = doc.blocks.get(block) else {
+        bail!(user_error(format!("run {run_id} has no block `{block}`")));
+    };
+    let chosen = match attempt {
+        Some(n) => find_attempt(&state.history, n, block)?,
+        None => match state.history.last() {
+            Some(a) => a,
+            None => bail!(user_error(format!("block `{block}` has not run yet"))),
+        },
+    };
+    let report = chosen.report.clone().unwrap_or_default();
+    for (name, log) in [("stdout", &report.stdout), ("stderr", &report.stderr)] {
+        println!("── {name} (attempt {}) ──", chosen.n);
+        if let Some(log) = log {
+            if log.truncated {
+                println!("[only the last {} bytes were kept]", log.size);
+            }
+            print!("{}", String::from_utf8_lossy(&store.get_blob(&log.hash).await?));
+        }
+    }
+    Ok(())
+}
+
+fn one_line(text: &str, max: usize) -> String {
+    let line = text.replace('\n', " ");
+    if line.chars().count() > max {
+        let cut: String = line.chars().take(max).collect();
+        format!("{cut}…")
+    } else {
+        line
+    }
+}
+
+fn format_duration(ms: Millis) -> String {
+    if ms < 1_000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    } else {
+        format!("{}m{:02}s", ms / 60_000, (ms % 60_000) / 1000)
+    }
+}
+
+/// UTC time as `YYYY-MM-DD HH:MM:SS`, without a date-time dependency.
+pub fn format_time(ms: Millis) -> String {
+    let secs = ms.div_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_utc_times() {
+        assert_eq!(format_time(0), "1970-01-01 00:00:00");
+        assert_eq!(format_time(1_795_000_000_000), "2026-11-18 07:06:40");
+    }
+}

@@ -1,0 +1,409 @@
+//! The run loop: reclaim abandoned work, start ready blocks, record results,
+//! until the run is done, failed or waiting at a gate.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use factory_core::run::{
+    ArtifactRef, AttemptReport, BlockStatus, Event, EventRecord, LogRef, Millis, RunDoc, RunStatus,
+};
+use factory_core::transitions;
+use factory_runtime::{AttemptInput, Execution, InputArtifact};
+use factory_store::Store;
+use tokio::sync::mpsc;
+
+use crate::owner::Owner;
+use crate::{Engine, EngineError, Result, RunHandle, now_ms};
+
+/// Why [`Engine::drive`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Done,
+    Failed,
+    /// Stopped at one or more human gates.
+    Waiting,
+}
+
+/// A finished attempt on its way back to the loop.
+struct Completion {
+    block: String,
+    attempt: u32,
+    report: std::result::Result<AttemptReport, String>,
+}
+
+impl Engine {
+    /// Drives a run until it is done, failed or waiting at a gate. Also the
+    /// body of `factory resume`: running blocks whose worker is gone are
+    /// reclaimed first and re-run as new attempts.
+    pub async fn drive(&self, run_id: &str) -> Result<(Outcome, RunDoc)> {
+        let mut handle = self.open(run_id).await?;
+        let run_id = handle.doc().run_id.clone();
+        let worker_actor = format!("worker:{}", self.owner.id());
+        let (sender, mut receiver) = mpsc::unbounded_channel::<Completion>();
+        let mut in_flight: BTreeSet<String> = BTreeSet::new();
+        let heartbeat = self.spawn_heartbeat();
+
+        let result: Result<Outcome> = async {
+            loop {
+                if in_flight.is_empty() {
+                    self.reclaim(&mut handle, &worker_actor).await?;
+                }
+
+                // Start what may start.
+                let owner_id = self.owner.id();
+                let policy = self.config.policy;
+                let max_concurrency = self.config.max_concurrency;
+                let records = handle
+                    .apply(&worker_actor, |pipeline, doc, now| {
+                        let decision = factory_core::decide(pipeline, doc, now, max_concurrency);
+                        decision
+                            .startable
+                            .iter()
+                            .map(|block| {
+                                transitions::start(doc, block, &owner_id, now, &policy).map_err(EngineError::from)
+                            })
+                            .collect()
+                    })
+                    .await?;
+                self.notify(&records, handle.doc());
+                for record in &records {
+                    if let Event::BlockStarted { block, attempt, owner, .. } = &record.event
+                        && *owner == owner_id
+                    {
+                        in_flight.insert(block.clone());
+                        self.spawn_attempt(&handle, block, *attempt, sender.clone());
+                    }
+                }
+
+                if in_flight.is_empty() {
+                    let doc = handle.doc();
+                    match doc.status {
+                        RunStatus::Done => return Ok(Outcome::Done),
+                        RunStatus::Failed => return Ok(Outcome::Failed),
+                        RunStatus::Waiting => return Ok(Outcome::Waiting),
+                        RunStatus::Running => {}
+                    }
+                    // Ready blocks in backoff, or blocks another worker runs.
+                    let now = now_ms();
+                    let decision = factory_core::decide(handle.pipeline(), doc, now, max_concurrency);
+                    let wait_ms = match decision.wake_at {
+                        Some(at) => (at - now).clamp(1, self.poll_ms()),
+                        None => self.poll_ms(),
+                    };
+                    tokio::time::sleep(Duration::from_millis(wait_ms as u64)).await;
+                    handle.reload().await?;
+                    continue;
+                }
+
+                // Wait for a result, or for a backoff to end.
+                let decision = factory_core::decide(handle.pipeline(), handle.doc(), now_ms(), max_concurrency);
+                let first = match decision.wake_at {
+                    Some(at) => {
+                        let wait = (at - now_ms()).max(1) as u64;
+                        match tokio::time::timeout(Duration::from_millis(wait), receiver.recv()).await {
+                            Ok(message) => message,
+                            Err(_) => continue,
+                        }
+                    }
+                    None => receiver.recv().await,
+                };
+                let mut completions: Vec<Completion> = first.into_iter().collect();
+                while let Ok(more) = receiver.try_recv() {
+                    completions.push(more);
+                }
+                for completion in &completions {
+                    in_flight.remove(&completion.block);
+                }
+                self.record_completions(&mut handle, &worker_actor, completions).await?;
+            }
+        }
+        .await;
+        heartbeat.abort();
+        let outcome = result?;
+        let _ = run_id;
+        Ok((outcome, handle.doc().clone()))
+    }
+
+    fn poll_ms(&self) -> Millis {
+        (self.config.policy.lease_ms / 3).clamp(50, 2_000) as Millis
+    }
+
+    /// Renews this worker's leases while it runs blocks.
+    fn spawn_heartbeat(&self) -> tokio::task::JoinHandle<()> {
+        let store = self.store.clone();
+        let owner = self.owner.id();
+        let lease_ms = self.config.policy.lease_ms;
+        tokio::spawn(async move {
+            let period = Duration::from_millis((lease_ms / 3).max(10));
+            loop {
+                tokio::time::sleep(period).await;
+                let until = now_ms() + lease_ms as Millis;
+                if let Err(error) = store.renew_leases(&owner, until).await {
+                    tracing::warn!(%error, "lease renewal failed");
+                }
+            }
+        })
+    }
+
+    /// Gives back running blocks whose worker is provably dead (same host) or
+    /// whose lease ran out; kills what is left of their process groups.
+    async fn reclaim(&self, handle: &mut RunHandle, actor: &str) -> Result<()> {
+        let run_id = handle.doc().run_id.clone();
+        let running: Vec<String> = handle
+            .doc()
+            .blocks
+            .iter()
+            .filter(|(_, s)| s.status == BlockStatus::Running)
+            .map(|(id, _)| id.clone())
+            .collect();
+        if running.is_empty() {
+            return Ok(());
+        }
+        let leases: BTreeMap<String, factory_store::Lease> = self
+            .store
+            .leases(&run_id)
+            .await?
+            .into_iter()
+            .map(|l| (l.block_id.clone(), l))
+            .collect();
+        let now = now_ms();
+        let me = self.owner.id();
+        let mut reasons: BTreeMap<String, String> = BTreeMap::new();
+        for block in running {
+            let owner_id = handle
+                .doc()
+                .blocks
+                .get(&block)
+                .and_then(|s| s.current_attempt())
+                .map(|a| a.owner.clone())
+                .unwrap_or_default();
+            let lease = leases.get(&block);
+            let reason = if owner_id == me {
+                // Ours, yet not in flight here: a previous drive in this process.
+                Some("this worker no longer runs it".to_string())
+            } else if Owner::parse(&owner_id).is_some_and(|o| o.is_dead_local()) {
+                Some(format!("worker {owner_id} is no longer running"))
+            } else {
+                match lease {
+                    None => Some("no lease is held for it".to_string()),
+                    Some(lease) if lease.expires_at < now => {
+                        Some(format!("lease of {owner_id} expired {} ms ago", now - lease.expires_at))
+                    }
+                    Some(_) => None,
+                }
+            };
+            if let Some(reason) = reason {
+                if let Some(pid) = lease.and_then(|l| l.pid)
+                    && Owner::parse(&owner_id).is_some_and(|o| o.host == self.owner.host)
+                {
+                    factory_runtime::process::kill_process_group(pid);
+                }
+                reasons.insert(block, reason);
+            }
+        }
+        if reasons.is_empty() {
+            return Ok(());
+        }
+        let records = handle
+            .apply(actor, |_, doc, _| {
+                reasons
+                    .iter()
+                    .filter(|(block, _)| doc.blocks.get(*block).is_some_and(|s| s.status == BlockStatus::Running))
+                    .map(|(block, reason)| transitions::abandon(doc, block, reason).map_err(EngineError::from))
+                    .collect()
+            })
+            .await?;
+        self.notify(&records, handle.doc());
+        Ok(())
+    }
+
+    fn spawn_attempt(&self, handle: &RunHandle, block_id: &str, attempt: u32, sender: mpsc::UnboundedSender<Completion>) {
+        let store = self.store.clone();
+        let pipeline = handle.pipeline().clone();
+        let doc = handle.doc().clone();
+        let attempt_dir = self
+            .config
+            .work_root
+            .join(&doc.run_id)
+            .join(block_id)
+            .join(format!("attempt-{attempt}"));
+        let template_dir: Option<PathBuf> = handle
+            .template_path()
+            .and_then(|p| std::path::Path::new(p).parent().map(|d| d.to_path_buf()));
+        let keep = self.config.keep_work_dirs;
+        let block_id = block_id.to_string();
+        tokio::spawn(async move {
+            let report = run_attempt(store, &pipeline, &doc, &block_id, attempt, attempt_dir, template_dir, keep).await;
+            let _ = sender.send(Completion {
+                block: block_id,
+                attempt,
+                report,
+            });
+        });
+    }
+
+    async fn record_completions(
+        &self,
+        handle: &mut RunHandle,
+        actor: &str,
+        completions: Vec<Completion>,
+    ) -> Result<()> {
+        let policy = self.config.policy;
+        let records: Vec<EventRecord> = handle
+            .apply(actor, |pipeline, doc, now| {
+                let mut events = Vec::new();
+                for completion in &completions {
+                    let report = match &completion.report {
+                        Ok(report) => report.clone(),
+                        Err(error) => AttemptReport {
+                            error: Some(error.clone()),
+                            ..AttemptReport::default()
+                        },
+                    };
+                    match transitions::finish(pipeline, doc, &completion.block, completion.attempt, report, now, &policy) {
+                        Ok(more) => events.extend(more),
+                        // Reclaimed by another worker meanwhile: its attempt wins.
+                        Err(transitions::TransitionError::StaleAttempt { block, attempt }) => {
+                            tracing::warn!(block, attempt, "discarding the result of a reclaimed attempt");
+                        }
+                        Err(error) => return Err(error.into()),
+                    }
+                }
+                Ok(events)
+            })
+            .await?;
+        self.notify(&records, handle.doc());
+        Ok(())
+    }
+}
+
+/// Executes one attempt and stores its outputs; returns the report or an
+/// infrastructure error (store unreachable, upstream artifact missing).
+#[allow(clippy::too_many_arguments)]
+async fn run_attempt(
+    store: Arc<dyn Store>,
+    pipeline: &factory_core::Pipeline,
+    doc: &RunDoc,
+    block_id: &str,
+    attempt: u32,
+    attempt_dir: PathBuf,
+    template_dir: Option<PathBuf>,
+    keep_work_dir: bool,
+) -> std::result::Result<AttemptReport, String> {
+    let block = pipeline
+        .block(block_id)
+        .ok_or_else(|| format!("block `{block_id}` is not in the template"))?;
+    let state = doc.blocks.get(block_id).ok_or_else(|| format!("block `{block_id}` has no state"))?;
+    let inputs = gather_inputs(store.as_ref(), pipeline, doc, block_id).await?;
+    let run_id = doc.run_id.clone();
+    let pid_store = store.clone();
+    let pid_block = block_id.to_string();
+    let on_spawn: Box<dyn FnOnce(i32) + Send> = Box::new(move |pid| {
+        tokio::spawn(async move {
+            if let Err(error) = pid_store.set_lease_pid(&run_id, &pid_block, attempt, pid).await {
+                tracing::warn!(%error, "could not record the attempt's pid");
+            }
+        });
+    });
+    let execution = factory_runtime::execute(AttemptInput {
+        run_id: &doc.run_id,
+        block,
+        attempt,
+        params: &doc.params,
+        inputs,
+        corrections: state.corrections.as_ref(),
+        attempt_dir: attempt_dir.clone(),
+        template_dir,
+        on_spawn: Some(on_spawn),
+    })
+    .await;
+    let failed = execution.error.is_some();
+    let report = store_execution(store.as_ref(), block, execution).await?;
+    if !failed && !keep_work_dir {
+        let _ = std::fs::remove_dir_all(&attempt_dir);
+    }
+    Ok(report)
+}
+
+async fn gather_inputs(
+    store: &dyn Store,
+    pipeline: &factory_core::Pipeline,
+    doc: &RunDoc,
+    block_id: &str,
+) -> std::result::Result<Vec<InputArtifact>, String> {
+    let block = pipeline.block(block_id).ok_or_else(|| format!("unknown block `{block_id}`"))?;
+    let mut inputs = Vec::new();
+    for dep in &block.inputs.depends {
+        let upstream = doc
+            .blocks
+            .get(&dep.block)
+            .and_then(|s| s.last_success())
+            .ok_or_else(|| format!("upstream block `{}` has no successful attempt", dep.block))?;
+        let artifact: &ArtifactRef = upstream
+            .report
+            .as_ref()
+            .and_then(|r| r.artifacts.get(&dep.key))
+            .ok_or_else(|| format!("upstream `{}` attempt {} has no artifact `{}`", dep.block, upstream.n, dep.key))?;
+        let content = store
+            .get_blob(&artifact.hash)
+            .await
+            .map_err(|error| format!("cannot read artifact `{}.{}`: {error}", dep.block, dep.key))?;
+        inputs.push(InputArtifact {
+            block: dep.block.clone(),
+            key: dep.key.clone(),
+            path: artifact.path.clone(),
+            format: artifact.format,
+            content,
+        });
+    }
+    Ok(inputs)
+}
+
+/// Stores artifacts and logs as blobs before any event refers to them, so a
+/// recorded artifact is never missing.
+async fn store_execution(
+    store: &dyn Store,
+    block: &factory_core::template::Block,
+    execution: Execution,
+) -> std::result::Result<AttemptReport, String> {
+    let store_error = |error: factory_store::StoreError| format!("cannot store outputs of `{}`: {error}", block.id);
+    let mut artifacts = BTreeMap::new();
+    for spec in &block.outputs.artifacts {
+        if let Some(bytes) = execution.artifacts.get(&spec.key) {
+            let blob = store.put_blob(bytes).await.map_err(store_error)?;
+            artifacts.insert(
+                spec.key.clone(),
+                ArtifactRef {
+                    hash: blob.hash,
+                    size: blob.size,
+                    path: spec.path.clone(),
+                    format: spec.format,
+                },
+            );
+        }
+    }
+    let log = async |bytes: &[u8], truncated: bool| -> std::result::Result<Option<LogRef>, String> {
+        if bytes.is_empty() {
+            return Ok(None);
+        }
+        let blob = store.put_blob(bytes).await.map_err(store_error)?;
+        Ok(Some(LogRef {
+            hash: blob.hash,
+            size: blob.size,
+            truncated,
+        }))
+    };
+    let stdout = log(&execution.stdout, execution.stdout_truncated).await?;
+    let stderr = log(&execution.stderr, execution.stderr_truncated).await?;
+    Ok(AttemptReport {
+        artifacts,
+        metrics: execution.metrics,
+        exit_code: execution.exit_code,
+        stdout,
+        stderr,
+        error: execution.error,
+        timed_out: execution.timed_out,
+    })
+}

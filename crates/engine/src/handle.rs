@@ -1,0 +1,88 @@
+//! A run held in memory between writes, with the optimistic write loop.
+
+use std::sync::Arc;
+
+use factory_core::run::{Event, EventRecord, Millis, RunDoc};
+use factory_core::{Pipeline, commit, decide};
+use factory_store::{Store, StoreError, StoredRun};
+
+use crate::{EngineError, Result, load_pipeline, now_ms};
+
+/// How often a conflicting write is recomputed before giving up.
+const MAX_CONFLICTS: u32 = 64;
+
+pub struct RunHandle {
+    store: Arc<dyn Store>,
+    pipeline: Arc<Pipeline>,
+    stored: StoredRun,
+    max_concurrency: usize,
+}
+
+impl RunHandle {
+    pub async fn load(store: Arc<dyn Store>, run_id: &str, max_concurrency: usize) -> Result<RunHandle> {
+        let stored = store.load_run(run_id).await?;
+        let pipeline = Arc::new(load_pipeline(&stored.template_json)?);
+        Ok(RunHandle {
+            store,
+            pipeline,
+            stored,
+            max_concurrency,
+        })
+    }
+
+    pub fn doc(&self) -> &RunDoc {
+        &self.stored.doc
+    }
+
+    pub fn pipeline(&self) -> &Arc<Pipeline> {
+        &self.pipeline
+    }
+
+    pub fn template_path(&self) -> Option<&str> {
+        self.stored.template_path.as_deref()
+    }
+
+    pub async fn reload(&mut self) -> Result<()> {
+        let run_id = self.stored.doc.run_id.clone();
+        self.stored = self.store.load_run(&run_id).await?;
+        Ok(())
+    }
+
+    /// Computes events with `step` on the latest document, adds the
+    /// scheduler's follow-up decisions, and writes both atomically. On a
+    /// conflict, reloads and computes again. Returns the committed records
+    /// (empty if there was nothing to do).
+    pub async fn apply<F>(&mut self, actor: &str, mut step: F) -> Result<Vec<EventRecord>>
+    where
+        F: FnMut(&Pipeline, &RunDoc, Millis) -> Result<Vec<Event>>,
+    {
+        for _ in 0..MAX_CONFLICTS {
+            let now = now_ms();
+            let mut doc = self.stored.doc.clone();
+            let events = step(&self.pipeline, &doc, now)?;
+            let mut records = commit(&mut doc, events, actor, now)?;
+            let decision = decide(&self.pipeline, &doc, now, self.max_concurrency);
+            records.extend(commit(&mut doc, decision.events, "scheduler", now)?);
+            if records.is_empty() {
+                return Ok(records);
+            }
+            match self
+                .store
+                .commit(&doc.run_id, self.stored.version, &records, &doc)
+                .await
+            {
+                Ok(version) => {
+                    self.stored.version = version;
+                    self.stored.doc = doc;
+                    return Ok(records);
+                }
+                Err(StoreError::Conflict { .. }) => self.reload().await?,
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(EngineError::TooManyConflicts {
+            run_id: self.stored.doc.run_id.clone(),
+            tries: MAX_CONFLICTS,
+        })
+    }
+}
