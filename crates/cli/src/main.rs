@@ -92,7 +92,11 @@ fn store_code(error: &StoreError) -> u8 {
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     let actor = cli.actor.clone().unwrap_or_else(|| {
-        format!("cli:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".to_string()))
+        let user = ["USER", "LOGNAME"]
+            .iter()
+            .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+            .unwrap_or_else(|| "local".to_string());
+        format!("cli:{user}")
     });
     match cli.command {
         Command::Validate { files, json } => validate(&files, json),
@@ -248,7 +252,15 @@ async fn drive_run(engine: &Engine, run_id: &str, quiet: bool) -> Result<ExitCod
     };
     if !quiet {
         eprintln!();
-        eprint!("{}", show::summary(&doc));
+        let order: Vec<String> = engine
+            .open(run_id)
+            .await
+            .map(|handle| {
+                let pipeline = handle.pipeline();
+                pipeline.topo_order().iter().map(|&i| pipeline.blocks()[i].id.clone()).collect()
+            })
+            .unwrap_or_default();
+        eprint!("{}", show::summary(&doc, &order));
     }
     Ok(match outcome {
         Outcome::Done | Outcome::Waiting => ExitCode::SUCCESS,

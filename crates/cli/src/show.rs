@@ -33,13 +33,42 @@ pub async fn status(store: &dyn Store, run: &str, json: bool) -> Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(&stored.doc)?);
     } else {
-        print!("{}", summary(&stored.doc));
+        print!("{}", summary(&stored.doc, &template_order(&stored.template_json)));
     }
     Ok(())
 }
 
-/// The run document as a table, blocks in template order.
-pub fn summary(doc: &RunDoc) -> String {
+/// Blocks in the given order (template order), then any the order misses.
+fn ordered_blocks<'a>(
+    doc: &'a RunDoc,
+    order: &[String],
+) -> Vec<(&'a String, &'a factory_core::run::BlockState)> {
+    let mut blocks: Vec<_> = order
+        .iter()
+        .filter_map(|id| doc.blocks.get_key_value(id))
+        .collect();
+    for (id, state) in &doc.blocks {
+        if !order.contains(id) {
+            blocks.push((id, state));
+        }
+    }
+    blocks
+}
+
+/// Block ids in topological order, from the template stored with the run.
+pub fn template_order(template_json: &str) -> Vec<String> {
+    match factory_core::validate_str(template_json).pipeline {
+        Some(pipeline) => pipeline
+            .topo_order()
+            .iter()
+            .map(|&i| pipeline.blocks()[i].id.clone())
+            .collect(),
+        None => Vec::new(),
+    }
+}
+
+/// The run document as a table, blocks in the given (template) order.
+pub fn summary(doc: &RunDoc, template_order: &[String]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -60,7 +89,7 @@ pub fn summary(doc: &RunDoc) -> String {
         "{:<28} {:<8} {:>3} {:>7} {:>9}  {}",
         "BLOCK", "STATUS", "TRY", "SCORE", "TIME", "NOTE"
     );
-    for (id, state) in &doc.blocks {
+    for (id, state) in ordered_blocks(doc, template_order) {
         let duration = match (state.started_at, state.ended_at) {
             (Some(start), Some(end)) if end >= start => format_duration(end - start),
             (Some(_), None) if state.status == BlockStatus::Running => "running".to_string(),

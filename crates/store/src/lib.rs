@@ -245,3 +245,34 @@ pub(crate) fn like_prefix(prefix: &str) -> String {
     escaped.push('%');
     escaped
 }
+
+/// Helpers for test suites that need a real PostgreSQL server.
+pub mod testing {
+    use sqlx::Connection;
+
+    /// The server tests use: `FACTORY_TEST_PG`, or the local trust-auth default.
+    pub fn postgres_base_url() -> String {
+        std::env::var("FACTORY_TEST_PG")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
+    }
+
+    /// Creates a fresh, empty database and returns its URL, so every test
+    /// gets its own schema. Panics with a clear message when the server is
+    /// unreachable: PostgreSQL tests are never silently skipped.
+    pub async fn fresh_postgres_database() -> String {
+        let base = postgres_base_url();
+        let mut connection = sqlx::PgConnection::connect(&base).await.unwrap_or_else(|error| {
+            panic!("PostgreSQL tests need a server at {base} (set FACTORY_TEST_PG): {error}")
+        });
+        let name = format!("factory_test_{}", uuid::Uuid::now_v7().simple());
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut connection)
+            .await
+            .unwrap_or_else(|error| panic!("cannot create test database {name}: {error}"));
+        let _ = connection.close().await;
+        match base.rfind('/') {
+            Some(slash) => format!("{}/{name}", &base[..slash]),
+            None => format!("{base}/{name}"),
+        }
+    }
+}

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use factory_core::run::{EventRecord, Millis, RunDoc};
-use sqlx::Row;
+use sqlx::{Connection, Row};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
 use crate::{
@@ -26,6 +26,13 @@ pub struct PostgresStore {
 impl PostgresStore {
     /// Connects to `url` (e.g. `postgres://user@127.0.0.1:5432/db`) and migrates.
     pub async fn connect(url: &str) -> Result<PostgresStore> {
+        // One direct attempt first: a wrong URL fails at once instead of after
+        // the pool's acquire timeout.
+        let probe = sqlx::PgConnection::connect(url).await.map_err(|source| StoreError::Open {
+            url: redact_password(url),
+            source,
+        })?;
+        let _ = probe.close().await;
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(10))
