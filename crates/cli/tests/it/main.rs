@@ -1,0 +1,284 @@
+//! Black-box tests of the `factory` binary: real processes, real SQLite files.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_factory");
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+fn factory(db: &Path) -> Command {
+    let mut command = Command::new(BIN);
+    command.env("FACTORY_DB", db).env("FACTORY_ACTOR", "cli:tester").env_remove("FACTORY_WORK_DIR");
+    command
+}
+
+fn status_json(db: &Path, run: &str) -> Value {
+    let output = factory(db).args(["status", run, "--json"]).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[test]
+fn validate_reports_every_problem_with_file_path_and_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("broken.json");
+    std::fs::write(
+        &file,
+        r#"{"id": "t", "name": "T", "version": "1", "blocks": [
+            {"id": "a", "name": "A", "layer": "L0", "type": "build", "runtime": "builtin", "inputs": {"config": {"builtin": "noop"}}, "executon": {}},
+            {"id": "b", "name": "B", "layer": "L1", "type": "build", "runtime": "comand"}
+        ]}"#,
+    )
+    .unwrap();
+    factory(&dir.path().join("db"))
+        .args(["validate", file.to_str().unwrap()])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("broken.json"))
+        .stderr(predicate::str::contains("$.blocks[0].executon (block `a`): unknown field `executon`"))
+        .stderr(predicate::str::contains("did you mean `execution`?"))
+        .stderr(predicate::str::contains("$.blocks[1].runtime (block `b`)"))
+        .stderr(predicate::str::contains("did you mean `command`?"))
+        .stdout(predicate::str::contains("2 errors"));
+
+    std::fs::write(&file, "{\"id\": \"t\",\n  \"name\": }").unwrap();
+    factory(&dir.path().join("db"))
+        .args(["validate", "--json", file.to_str().unwrap()])
+        .assert()
+        .code(2)
+        .stdout(predicate::str::contains("\"code\": \"TPL0001\""))
+        .stdout(predicate::str::contains("\"line\": 2"));
+
+    factory(&dir.path().join("db"))
+        .args(["validate", "/no/such/file.json"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("cannot read the file"));
+}
+
+#[test]
+fn shipped_templates_validate_and_draw() {
+    let root = repo_root();
+    let db = root.join("target/unused.db");
+    for template in ["templates/clone-factory.json", "examples/offline/pipeline.json"] {
+        factory(&db).current_dir(&root).args(["validate", template]).assert().success().stdout(predicate::str::contains("valid"));
+    }
+    factory(&db)
+        .current_dir(&root)
+        .args(["graph", "templates/clone-factory.json", "--format", "mermaid"])
+        .assert()
+        .success()
+        .stdout(predicate::str::starts_with("flowchart TD"))
+        .stdout(predicate::str::contains("clone_tester --> expert_audit"));
+    factory(&db)
+        .current_dir(&root)
+        .args(["graph", "templates/clone-factory.json", "--format", "dot"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("\"clone-compiler\" -> \"clone-tester\""));
+    factory(&db)
+        .current_dir(&root)
+        .args(["graph", "templates/clone-factory.json"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("L3.5\n  clone-tester [gate:after, score ≥ 85"));
+    let schema = factory(&db).arg("schema").output().unwrap();
+    let schema: Value = serde_json::from_slice(&schema.stdout).unwrap();
+    assert_eq!(schema["title"], "Process Factory template");
+    assert!(schema["$defs"]["Block"]["properties"]["execution"].is_object());
+}
+
+#[test]
+fn the_offline_example_runs_through_its_gate() {
+    let root = repo_root();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("factory.db");
+    let template = root.join("examples/offline/pipeline.json");
+
+    // Missing required param: exit 2, named, nothing stored.
+    factory(&db)
+        .args(["run", template.to_str().unwrap()])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("missing required run param `title`"));
+
+    let output = factory(&db)
+        .args(["run", template.to_str().unwrap(), "--param", "title=Test Report", "--retry-backoff-ms", "20"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let run = String::from_utf8(output.stdout).unwrap().trim().to_string();
+    assert_eq!(run.len(), 36, "prints the run id: {run}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("summarize waits for approval"), "{stderr}");
+    assert_eq!(status_json(&db, &run)["status"], "waiting");
+
+    // A unique prefix of the run id works.
+    factory(&db)
+        .args(["approve", &run[..13], "summarize", "--note", "ok", "--retry-backoff-ms", "20"])
+        .assert()
+        .success();
+    let doc = status_json(&db, &run);
+    assert_eq!(doc["status"], "done");
+    assert_eq!(doc["blocks"]["quality-check"]["attempts"], 2);
+    assert_eq!(doc["blocks"]["summarize"]["decisions"][0]["actor"], "cli:tester");
+
+    // Approving again is an input error, not a crash.
+    factory(&db)
+        .args(["approve", &run, "summarize", "--no-run"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("not waiting at a gate"));
+    factory(&db).args(["status", "nonexistent-run"]).assert().code(2).stderr(predicate::str::contains("not found"));
+    factory(&db).args(["artifacts", &run, "nope"]).assert().code(2).stderr(predicate::str::contains("no block `nope`"));
+
+    factory(&db)
+        .args(["artifacts", &run, "publish", "--key", "report"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("<title>Test Report</title>"));
+    factory(&db)
+        .args(["artifacts", &run, "quality-check", "--diff", "1", "2"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("+++ check (attempt 2)"));
+    factory(&db)
+        .args(["logs", &run, "quality-check", "--attempt", "1"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("simulating a truncated read"));
+    factory(&db).args(["events", &run]).assert().success().stdout(predicate::str::contains("retry_scheduled"));
+    factory(&db).args(["runs"]).assert().success().stdout(predicate::str::contains(&run));
+}
+
+#[test]
+fn rejection_feeds_back_into_the_rerun() {
+    let root = repo_root();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("factory.db");
+    let template = root.join("examples/offline/pipeline.json");
+    let output = factory(&db)
+        .args(["run", template.to_str().unwrap(), "-p", "title=T", "--quiet"])
+        .output()
+        .unwrap();
+    let run = String::from_utf8(output.stdout).unwrap().trim().to_string();
+    factory(&db)
+        .args(["reject", &run, "summarize", "--feedback", "Add the top words in bold", "--quiet"])
+        .assert()
+        .success();
+    let summary = factory(&db).args(["artifacts", &run, "summarize", "--key", "summary"]).output().unwrap();
+    let summary = String::from_utf8(summary.stdout).unwrap();
+    assert!(summary.contains("## Reviewer corrections applied\n- Add the top words in bold"), "{summary}");
+    let doc = status_json(&db, &run);
+    assert_eq!(doc["blocks"]["summarize"]["status"], "waiting", "waits again for a decision");
+    assert_eq!(doc["blocks"]["summarize"]["corrections"]["version"], "v1→v2");
+}
+
+fn wait_for(path: &Path, limit: Duration) {
+    let start = Instant::now();
+    while !path.exists() {
+        assert!(start.elapsed() < limit, "{} did not appear in time", path.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn alive(pid: &str) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.contains(") Z "),
+        Err(_) => false,
+    }
+}
+
+/// kill -9 the engine mid-block, then `factory resume`: the running block is
+/// re-run as a new attempt, the finished upstream artifact is intact and not
+/// re-executed, and the orphaned attempt's processes are gone.
+#[test]
+fn kill_dash_nine_then_resume_continues_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("factory.db");
+    let marks = dir.path().join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    let template = dir.path().join("crash.json");
+    std::fs::write(
+        &template,
+        serde_json::json!({
+            "id": "crash", "name": "Crash", "version": "1",
+            "blocks": [
+                {"id": "first", "name": "First", "layer": "L0", "type": "build", "runtime": "command",
+                 "inputs": {"config": {"command": ["sh", "-c", "echo run >> $MARK_DIR/first-runs; printf first-output > $FACTORY_OUTPUT_DIR/out.txt"]}},
+                 "outputs": {"artifacts": [{"key": "out", "path": "out.txt", "format": "text"}]}},
+                {"id": "slow", "name": "Slow", "layer": "L1", "type": "build", "runtime": "command",
+                 "inputs": {"depends": [{"block": "first", "key": "out"}],
+                            "config": {"command": ["sh", "-c",
+                    "if [ $FACTORY_ATTEMPT = 1 ]; then sleep 60 & echo $! > $MARK_DIR/sleep.pid; echo $$ > $MARK_DIR/slow-1.pid; wait; fi; cat $(sed -n 's/.*\"first.out\": \"\\([^\"]*\\)\".*/\\1/p' $FACTORY_INPUTS) > $FACTORY_OUTPUT_DIR/out.txt; echo \" attempt $FACTORY_ATTEMPT\" >> $FACTORY_OUTPUT_DIR/out.txt"]}},
+                 "outputs": {"artifacts": [{"key": "out", "path": "out.txt", "format": "text"}]}},
+                {"id": "last", "name": "Last", "layer": "L2", "type": "build", "runtime": "builtin",
+                 "inputs": {"depends": [{"block": "slow", "key": "out"}], "config": {"builtin": "noop"}},
+                 "outputs": {"artifacts": [{"key": "out", "path": "out.txt", "format": "text"}]}}
+            ]
+        })
+        .to_string(),
+    )
+    .unwrap();
+
+    // A long lease: recovery must come from seeing the dead owner, not expiry.
+    let mut engine = std::process::Command::new(BIN)
+        .args(["run", template.to_str().unwrap(), "--lease-ms", "600000"])
+        .env("FACTORY_DB", &db)
+        .env("MARK_DIR", &marks)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(engine.stdout.take().unwrap());
+    let mut run = String::new();
+    stdout.read_line(&mut run).unwrap();
+    let run = run.trim().to_string();
+    wait_for(&marks.join("slow-1.pid"), Duration::from_secs(30));
+    wait_for(&marks.join("sleep.pid"), Duration::from_secs(5));
+    engine.kill().unwrap(); // SIGKILL
+    engine.wait().unwrap();
+
+    let doc = status_json(&db, &run);
+    assert_eq!(doc["blocks"]["slow"]["status"], "running", "the crash left it running");
+    assert_eq!(doc["blocks"]["first"]["status"], "done");
+
+    let started = Instant::now();
+    factory(&db).env("MARK_DIR", &marks).args(["resume", &run]).assert().success();
+    assert!(started.elapsed() < Duration::from_secs(30), "reclaimed without waiting for the lease");
+
+    let doc = status_json(&db, &run);
+    assert_eq!(doc["status"], "done");
+    let slow = &doc["blocks"]["slow"];
+    assert_eq!(slow["attempts"], 2);
+    assert_eq!(slow["history"][0]["outcome"], "abandoned");
+    assert!(slow["history"][0]["report"]["error"].as_str().unwrap().contains("no longer running"));
+    assert_eq!(slow["history"][1]["outcome"], "succeeded");
+    assert_eq!(doc["blocks"]["first"]["attempts"], 1, "finished work is not redone");
+    assert_eq!(std::fs::read_to_string(marks.join("first-runs")).unwrap(), "run\n");
+    let out = factory(&db).args(["artifacts", &run, "slow", "--key", "out"]).output().unwrap();
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "first-output attempt 2\n");
+
+    // Nothing of the killed attempt is still running.
+    let sleep_pid = std::fs::read_to_string(marks.join("sleep.pid")).unwrap().trim().to_string();
+    let shell_pid = std::fs::read_to_string(marks.join("slow-1.pid")).unwrap().trim().to_string();
+    assert!(!alive(&shell_pid), "the attempt's shell survived");
+    assert!(!alive(&sleep_pid), "the attempt's background sleep survived");
+
+    let events = factory(&db).args(["events", &run, "--json"]).output().unwrap();
+    let kinds: Vec<Value> = String::from_utf8(events.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["type"].clone())
+        .collect();
+    assert!(kinds.contains(&Value::from("attempt_abandoned")));
+}
