@@ -142,10 +142,19 @@ impl Pipeline {
 }
 
 /// Sort key for layer labels: numeric where the label is `L<number>`.
-#[derive(Debug, Clone, PartialEq, PartialOrd)]
+#[derive(Debug, Clone, PartialEq)]
 struct LayerKey(Option<f64>);
 
 impl Eq for LayerKey {}
+
+// Must agree with `Ord`: a derived `PartialOrd` would put `None` (non-numeric
+// labels) first, and sorts (which use `<`) would disagree with `BTreeMap` and
+// `binary_search` (which use `cmp`).
+impl PartialOrd for LayerKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 impl Ord for LayerKey {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {

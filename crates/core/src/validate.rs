@@ -64,13 +64,21 @@ pub fn validate_value(value: &Value) -> Validated {
     if shape.iter().any(Diagnostic::is_error) {
         return Validated::failed(shape);
     }
-    match serde_json::from_value::<Template>(value.clone()) {
+    match serde_path_to_error::deserialize::<_, Template>(value) {
         Ok(template) => validate_template(template),
-        Err(error) => Validated::failed(vec![Diagnostic::error(
-            codes::SCHEMA,
-            "$",
-            format!("template does not match the model: {error}"),
-        )]),
+        Err(error) => {
+            // The schema accepted it but the types did not (e.g. `2.0` where an
+            // integer is needed): report where, like any other shape error.
+            let segments = error.path().to_string();
+            let path = if segments == "." { "$".to_string() } else { format!("$.{segments}") }
+                .replace(".[", "[");
+            let block = block_for_path(value, &path);
+            Validated::failed(vec![
+                Diagnostic::error(codes::SCHEMA, path, error.into_inner().to_string())
+                    .in_block(block.unwrap_or_default())
+                    .with_help("change the value to the expected type (whole numbers without a decimal point)"),
+            ])
+        }
     }
 }
 
@@ -139,6 +147,12 @@ fn push_schema_error(
         // `Option<Struct>` fields are `anyOf: [struct, null]`; report what is
         // wrong inside the struct rather than "not valid under any schema".
         Kind::AnyOf { context } | Kind::OneOfNotValid { context } => {
+            // An enum whose variants carry doc comments is a `oneOf` of
+            // `const`s; report it once, like `enum`, not once per variant.
+            if let Some(allowed) = const_options(context, &pointer) {
+                out.push(enum_diagnostic(error.instance(), path, block, &allowed));
+                return;
+            }
             let informative: Vec<_> = context
                 .iter()
                 .filter(|branch| {
@@ -150,8 +164,13 @@ fn push_schema_error(
                 .collect();
             if informative.is_empty() {
                 out.push(
-                    Diagnostic::error(codes::SCHEMA, path, masked(error))
-                        .in_block(block.unwrap_or_default()),
+                    Diagnostic::error(
+                        codes::SCHEMA,
+                        path,
+                        format!("{} is not an allowed value here", error.instance()),
+                    )
+                    .in_block(block.unwrap_or_default())
+                    .with_help("expected an object (or null); see `factory schema` for its fields"),
                 );
             } else {
                 for branch in informative {
@@ -204,19 +223,7 @@ fn push_schema_error(
                         .collect::<Vec<_>>()
                 })
                 .unwrap_or_default();
-            let got = error.instance().to_string();
-            let mut diagnostic = Diagnostic::error(
-                codes::SCHEMA,
-                path,
-                format!("{got} is not one of: {}", allowed.join(", ")),
-            )
-            .in_block(block.unwrap_or_default());
-            if let Some(text) = error.instance().as_str()
-                && let Some(suggestion) = closest(text, allowed.iter().map(String::as_str))
-            {
-                diagnostic = diagnostic.with_help(format!("did you mean `{suggestion}`?"));
-            }
-            out.push(diagnostic);
+            out.push(enum_diagnostic(error.instance(), path, block, &allowed));
         }
         _ => {
             let help = match error.kind() {
@@ -235,6 +242,48 @@ fn push_schema_error(
             out.push(diagnostic);
         }
     }
+}
+
+fn enum_diagnostic(instance: &Value, path: String, block: Option<String>, allowed: &[String]) -> Diagnostic {
+    let mut diagnostic = Diagnostic::error(
+        codes::SCHEMA,
+        path,
+        format!("{instance} is not one of: {}", allowed.join(", ")),
+    )
+    .in_block(block.unwrap_or_default());
+    if let Some(text) = instance.as_str()
+        && let Some(suggestion) = closest(text, allowed.iter().map(String::as_str))
+    {
+        diagnostic = diagnostic.with_help(format!("did you mean `{suggestion}`?"));
+    }
+    diagnostic
+}
+
+/// The allowed values when every branch of a `oneOf`/`anyOf` is a `const` or
+/// an `enum` (possibly with a `type`) failing at this very location.
+fn const_options(context: &[Vec<jsonschema::ValidationError<'static>>], pointer: &str) -> Option<Vec<String>> {
+    use jsonschema::error::ValidationErrorKind as Kind;
+    let text = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_string);
+    let mut allowed = Vec::new();
+    for branch in context {
+        let mut values = Vec::new();
+        for e in branch {
+            if e.instance_path().as_str() != pointer {
+                return None;
+            }
+            match e.kind() {
+                Kind::Constant { expected_value } => values.push(text(expected_value)),
+                Kind::Enum { options } => values.extend(options.as_array()?.iter().map(text)),
+                Kind::Type { .. } => {}
+                _ => return None,
+            }
+        }
+        if values.is_empty() {
+            return None;
+        }
+        allowed.extend(values);
+    }
+    (!allowed.is_empty()).then_some(allowed)
 }
 
 fn masked(error: &jsonschema::ValidationError<'_>) -> String {
@@ -275,6 +324,12 @@ fn block_for_pointer(root: &Value, pointer: &str) -> Option<String> {
             .and_then(Value::as_str)
             .map_or_else(|| format!("#{index}"), str::to_string),
     )
+}
+
+/// `$.blocks[3].execution` → the id of block 3.
+fn block_for_path(root: &Value, path: &str) -> Option<String> {
+    let index = path.strip_prefix("$.blocks[")?.split(']').next()?;
+    block_for_pointer(root, &format!("/blocks/{index}"))
 }
 
 fn is_block_pointer(pointer: &str) -> bool {

@@ -1,0 +1,1504 @@
+//! Scheduler tests: small hand-built runs stepped with `decide`/`commit` and the
+//! transitions, then property tests that drive random DAGs to completion.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use proptest::prelude::*;
+use serde_json::{Value, json};
+
+use super::*;
+use crate::commit;
+use crate::run::{AttemptOutcome, AttemptReport, EventRecord};
+use crate::transitions::{self, CORRECTIONS_INSTRUCTION, Policy, RunRequest, TransitionError};
+use crate::validate::validate_value;
+
+const T0: Millis = 1_000_000;
+
+// ── Templates ──
+
+/// A `noop` block with artifact `out`, depending on the `out` of each of `deps`.
+fn block(id: &str, deps: &[&str]) -> Value {
+    json!({
+        "id": id,
+        "name": id,
+        "layer": "L0",
+        "type": "build",
+        "runtime": "builtin",
+        "inputs": {
+            "config": { "builtin": "noop" },
+            "depends": deps.iter().map(|d| json!({ "block": d, "key": "out" })).collect::<Vec<_>>()
+        },
+        "outputs": { "artifacts": [{ "key": "out", "path": "out.txt", "format": "text" }] }
+    })
+}
+
+fn gated(mut b: Value, gate: &str) -> Value {
+    b["execution"]["human_gate"] = json!(gate);
+    b
+}
+
+fn with_threshold(mut b: Value, min: f64, max_retries: u32) -> Value {
+    b["outputs"]["metrics"] = json!([{ "key": "score", "type": "number" }]);
+    b["execution"]["threshold"] = json!({ "metric": "score", "min": min });
+    b["execution"]["max_retries"] = json!(max_retries);
+    b
+}
+
+fn no_retries(mut b: Value) -> Value {
+    b["execution"]["max_retries"] = json!(0);
+    b
+}
+
+fn template(blocks: Vec<Value>) -> Value {
+    json!({ "id": "t", "name": "Test", "version": "1.0.0", "blocks": blocks })
+}
+
+fn pipeline(value: &Value) -> Pipeline {
+    let validated = validate_value(value);
+    assert!(!validated.has_errors(), "{:#?}", validated.diagnostics);
+    validated.pipeline.unwrap()
+}
+
+// ── Harness ──
+
+/// A run in memory: the pipeline, its document and its whole event log.
+struct Harness {
+    pipeline: Pipeline,
+    doc: RunDoc,
+    log: Vec<EventRecord>,
+    now: Millis,
+    max_concurrency: usize,
+    policy: Policy,
+}
+
+fn success() -> AttemptReport {
+    AttemptReport {
+        exit_code: Some(0),
+        ..AttemptReport::default()
+    }
+}
+
+fn scored(score: f64) -> AttemptReport {
+    AttemptReport {
+        metrics: BTreeMap::from([("score".to_string(), json!(score))]),
+        ..success()
+    }
+}
+
+fn failure(error: &str) -> AttemptReport {
+    AttemptReport {
+        exit_code: Some(1),
+        error: Some(error.to_string()),
+        ..AttemptReport::default()
+    }
+}
+
+impl Harness {
+    fn new(value: Value) -> Harness {
+        Harness::with(value, RunRequest::default())
+    }
+
+    fn with(value: Value, mut request: RunRequest) -> Harness {
+        let pipeline = pipeline(&value);
+        request.run_id = "run-1".to_string();
+        let created =
+            transitions::create_run(&pipeline, &request, &|_| true).expect("run is created");
+        let record = EventRecord {
+            seq: 1,
+            at: T0,
+            actor: "test".to_string(),
+            event: created,
+        };
+        let doc = RunDoc::from_created(&record).unwrap();
+        Harness {
+            pipeline,
+            doc,
+            log: vec![record],
+            now: T0,
+            max_concurrency: 0,
+            policy: Policy::default(),
+        }
+    }
+
+    fn commit(&mut self, events: Vec<Event>, actor: &str) -> Vec<EventRecord> {
+        let records = commit(&mut self.doc, events, actor, self.now).expect("events apply");
+        self.log.extend(records.iter().cloned());
+        records
+    }
+
+    /// One scheduler step: decide, record its events, and check that deciding
+    /// again right away is a fixpoint with the same outcome.
+    fn tick(&mut self) -> Decision {
+        let decision = decide(&self.pipeline, &self.doc, self.now, self.max_concurrency);
+        self.commit(decision.events.clone(), "engine");
+        let again = decide(&self.pipeline, &self.doc, self.now, self.max_concurrency);
+        assert!(
+            again.events.is_empty(),
+            "not a fixpoint: {:?}",
+            again.events
+        );
+        assert_eq!(again.startable, decision.startable);
+        assert_eq!(again.wake_at, decision.wake_at);
+        assert_eq!(again.status, decision.status);
+        assert_eq!(self.doc.status, decision.status);
+        decision
+    }
+
+    fn state(&self, id: &str) -> &crate::run::BlockState {
+        &self.doc.blocks[id]
+    }
+
+    fn status(&self, id: &str) -> BlockStatus {
+        self.state(id).status
+    }
+
+    fn start(&mut self, id: &str) -> u32 {
+        let event = transitions::start(&self.doc, id, "worker-1", self.now, &self.policy)
+            .expect("block starts");
+        let Event::BlockStarted { attempt, .. } = event else {
+            panic!("{event:?}")
+        };
+        self.commit(vec![event], "worker:worker-1");
+        attempt
+    }
+
+    fn finish(&mut self, id: &str, report: AttemptReport) -> Vec<Event> {
+        let attempt = self.state(id).current_attempt().expect("running attempt").n;
+        let events = transitions::finish(
+            &self.pipeline,
+            &self.doc,
+            id,
+            attempt,
+            report,
+            self.now,
+            &self.policy,
+        )
+        .expect("attempt finishes");
+        self.commit(events.clone(), "worker:worker-1");
+        events
+    }
+
+    /// Starts and finishes `id` with `report`.
+    fn run(&mut self, id: &str, report: AttemptReport) -> Vec<Event> {
+        self.start(id);
+        self.finish(id, report)
+    }
+
+    fn approve(&mut self, id: &str) -> Result<(), TransitionError> {
+        let event = transitions::approve(&self.doc, id, Some("looks good".to_string()))?;
+        self.commit(vec![event], "cli:alice");
+        Ok(())
+    }
+
+    fn reject(&mut self, id: &str, feedback: &str) -> Result<Event, TransitionError> {
+        let event = transitions::reject(&self.doc, id, feedback, "alice")?;
+        self.commit(vec![event.clone()], "cli:alice");
+        Ok(event)
+    }
+
+    fn retry(&mut self, id: &str) -> Result<Vec<Event>, TransitionError> {
+        let events = transitions::retry(&self.pipeline, &self.doc, id, "operator asked")?;
+        self.commit(events.clone(), "cli:alice");
+        Ok(events)
+    }
+
+    fn assert_replays(&self) {
+        assert_eq!(RunDoc::replay(&self.log).unwrap(), self.doc);
+    }
+}
+
+fn ids(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+// ── Readiness ──
+
+#[test]
+fn roots_become_ready() {
+    let mut h = Harness::new(template(vec![
+        block("a", &[]),
+        block("b", &[]),
+        block("c", &["a", "b"]),
+    ]));
+    assert_eq!(h.doc.status, RunStatus::Running);
+    let d = h.tick();
+    assert_eq!(
+        d.events,
+        vec![
+            Event::BlockReady {
+                block: "a".into(),
+                reason: "no dependencies".into()
+            },
+            Event::BlockReady {
+                block: "b".into(),
+                reason: "no dependencies".into()
+            },
+        ]
+    );
+    assert_eq!(d.startable, ids(&["a", "b"]));
+    assert_eq!(d.wake_at, None);
+    assert_eq!(d.status, RunStatus::Running);
+    assert_eq!(h.status("c"), BlockStatus::Pending);
+
+    h.run("a", success());
+    let d = h.tick();
+    assert!(d.events.is_empty(), "c still waits for b: {:?}", d.events);
+    h.run("b", success());
+    let d = h.tick();
+    assert_eq!(
+        d.events,
+        vec![Event::BlockReady {
+            block: "c".into(),
+            reason: "all dependencies done".into()
+        }]
+    );
+    h.run("c", success());
+    let d = h.tick();
+    assert_eq!(
+        d.events,
+        vec![Event::RunStatusChanged {
+            status: RunStatus::Done
+        }]
+    );
+    assert_eq!(h.doc.status, RunStatus::Done);
+    h.assert_replays();
+}
+
+#[test]
+fn startable_follows_layer_then_template_order() {
+    let mut blocks = Vec::new();
+    for (id, layer) in [
+        ("m", "misc"),
+        ("ten", "L10"),
+        ("two", "L2"),
+        ("half", "L2.5"),
+        ("two-b", "L2"),
+        ("zero", "L0"),
+    ] {
+        let mut b = block(id, &[]);
+        b["layer"] = json!(layer);
+        blocks.push(b);
+    }
+    let mut h = Harness::new(template(blocks));
+    let d = h.tick();
+    assert_eq!(
+        d.startable,
+        ids(&["zero", "two", "two-b", "half", "ten", "m"])
+    );
+    h.max_concurrency = 2;
+    let d = h.tick();
+    assert_eq!(d.startable, ids(&["zero", "two"]));
+}
+
+// ── Gates ──
+
+#[test]
+fn before_gate_waits_until_approved() {
+    let mut h = Harness::new(template(vec![
+        block("a", &[]),
+        gated(block("b", &["a"]), "before"),
+        block("c", &["b"]),
+    ]));
+    h.tick();
+    h.run("a", success());
+    let d = h.tick();
+    assert_eq!(
+        d.events,
+        vec![
+            Event::BlockWaiting {
+                block: "b".into(),
+                phase: GatePhase::Before
+            },
+            Event::RunStatusChanged {
+                status: RunStatus::Waiting
+            },
+        ]
+    );
+    assert!(d.startable.is_empty());
+    assert_eq!(h.status("b"), BlockStatus::Waiting);
+    assert_eq!(h.state("b").gate, Some(GatePhase::Before));
+    assert!(matches!(
+        transitions::start(&h.doc, "b", "w", h.now, &h.policy),
+        Err(TransitionError::NotReady { .. })
+    ));
+
+    h.approve("b").unwrap();
+    assert_eq!(h.status("b"), BlockStatus::Ready);
+    assert!(h.state("b").before_gate_passed);
+    let decision = &h.state("b").decisions[0];
+    assert!(
+        decision.approved && decision.phase == GatePhase::Before && decision.actor == "cli:alice"
+    );
+    let d = h.tick();
+    assert_eq!(d.startable, ids(&["b"]));
+    assert_eq!(d.status, RunStatus::Running);
+
+    let events = h.run("b", success());
+    assert!(
+        events.contains(&Event::BlockDone { block: "b".into() }),
+        "no after gate: {events:?}"
+    );
+    h.tick();
+    h.run("c", success());
+    assert_eq!(h.tick().status, RunStatus::Done);
+    h.assert_replays();
+}
+
+#[test]
+fn before_gate_on_a_root_waits_at_once() {
+    let mut h = Harness::new(template(vec![gated(block("a", &[]), "before")]));
+    let d = h.tick();
+    assert_eq!(d.status, RunStatus::Waiting);
+    assert_eq!(h.status("a"), BlockStatus::Waiting);
+}
+
+#[test]
+fn after_gate_holds_dependents_until_approved() {
+    let mut h = Harness::new(template(vec![
+        gated(block("a", &[]), "after"),
+        block("b", &["a"]),
+    ]));
+    h.tick();
+    let events = h.run("a", success());
+    assert!(matches!(
+        events[0],
+        Event::AttemptFinished {
+            outcome: AttemptOutcome::Succeeded,
+            ..
+        }
+    ));
+    assert_eq!(
+        events[1],
+        Event::BlockWaiting {
+            block: "a".into(),
+            phase: GatePhase::After
+        }
+    );
+    assert_eq!(events.len(), 2);
+    assert_eq!(h.status("a"), BlockStatus::Waiting);
+
+    let d = h.tick();
+    assert_eq!(
+        d.events,
+        vec![Event::RunStatusChanged {
+            status: RunStatus::Waiting
+        }]
+    );
+    assert_eq!(h.status("b"), BlockStatus::Pending);
+
+    h.approve("a").unwrap();
+    assert_eq!(h.status("a"), BlockStatus::Done);
+    let d = h.tick();
+    assert_eq!(d.startable, ids(&["b"]));
+    h.run("b", success());
+    assert_eq!(h.tick().status, RunStatus::Done);
+    h.assert_replays();
+}
+
+#[test]
+fn auto_override_skips_the_gate() {
+    let value = template(vec![
+        gated(block("a", &[]), "after"),
+        gated(block("b", &["a"]), "before"),
+    ]);
+    let request = RunRequest {
+        overrides: BTreeMap::from([
+            ("a".to_string(), Autonomy::Auto),
+            ("b".to_string(), Autonomy::Auto),
+        ]),
+        ..RunRequest::default()
+    };
+    let mut h = Harness::with(value.clone(), request);
+    assert_eq!(h.state("a").autonomy, Autonomy::Auto);
+    h.tick();
+    let events = h.run("a", success());
+    assert_eq!(events.last(), Some(&Event::BlockDone { block: "a".into() }));
+    let d = h.tick();
+    assert_eq!(d.startable, ids(&["b"]), "b's before gate is skipped too");
+    h.run("b", success());
+    assert_eq!(h.tick().status, RunStatus::Done);
+    assert!(
+        h.doc
+            .blocks
+            .values()
+            .all(|s| s.decisions.is_empty() && !s.review_flag)
+    );
+
+    // The same through a profile whose default is `auto`.
+    let mut value = value;
+    value["autonomy_profiles"] = json!({ "hands-off": { "default": "auto" } });
+    let request = RunRequest {
+        autonomy_profile: Some("hands-off".to_string()),
+        ..RunRequest::default()
+    };
+    let h = Harness::with(value, request);
+    assert!(h.doc.blocks.values().all(|s| s.autonomy == Autonomy::Auto));
+    assert_eq!(h.doc.autonomy_profile.as_deref(), Some("hands-off"));
+}
+
+#[test]
+fn gate_autonomy_on_an_ungated_block_reviews_after() {
+    let request = RunRequest {
+        overrides: BTreeMap::from([("a".to_string(), Autonomy::Gate)]),
+        ..RunRequest::default()
+    };
+    let mut h = Harness::with(template(vec![block("a", &[])]), request);
+    h.tick();
+    let events = h.run("a", success());
+    assert_eq!(
+        events.last(),
+        Some(&Event::BlockWaiting {
+            block: "a".into(),
+            phase: GatePhase::After
+        })
+    );
+    assert_eq!(
+        gate_phase(HumanGate::None, Autonomy::Gate),
+        Some(GatePhase::After)
+    );
+    assert_eq!(
+        gate_phase(HumanGate::Before, Autonomy::Gate),
+        Some(GatePhase::Before)
+    );
+    assert_eq!(gate_phase(HumanGate::Before, Autonomy::Guided), None);
+    assert_eq!(gate_phase(HumanGate::After, Autonomy::Auto), None);
+}
+
+#[test]
+fn guided_runs_on_and_flags_for_review() {
+    let request = RunRequest {
+        overrides: BTreeMap::from([("a".to_string(), Autonomy::Guided)]),
+        ..RunRequest::default()
+    };
+    let mut h = Harness::with(
+        template(vec![gated(block("a", &[]), "after"), block("b", &["a"])]),
+        request,
+    );
+    h.tick();
+    let events = h.run("a", success());
+    assert_eq!(
+        events[1..],
+        [
+            Event::BlockDone { block: "a".into() },
+            Event::ReviewFlagged { block: "a".into() }
+        ]
+    );
+    assert_eq!(h.status("a"), BlockStatus::Done);
+    assert!(h.state("a").review_flag);
+    assert!(!h.state("b").review_flag);
+    assert_eq!(h.tick().startable, ids(&["b"]));
+    h.assert_replays();
+}
+
+#[test]
+fn reject_stores_corrections_and_reruns_the_block() {
+    let mut h = Harness::new(template(vec![
+        gated(block("a", &[]), "after"),
+        block("b", &["a"]),
+    ]));
+    h.tick();
+    h.run("a", success());
+    let event = h
+        .reject("a", "  the intro misses the expert's name  ")
+        .unwrap();
+    let Event::GateRejected {
+        phase,
+        feedback,
+        corrections,
+        ..
+    } = &event
+    else {
+        panic!("{event:?}")
+    };
+    assert_eq!(*phase, GatePhase::After);
+    assert_eq!(
+        feedback, "the intro misses the expert's name",
+        "feedback is trimmed"
+    );
+    assert_eq!(corrections.version, "v1→v2");
+    assert_eq!(corrections.instruction, CORRECTIONS_INSTRUCTION);
+    assert!(corrections.source.contains("alice"));
+    assert_eq!(corrections.items.len(), 1);
+    assert_eq!(
+        corrections.items[0].correction,
+        "the intro misses the expert's name"
+    );
+    assert_eq!(corrections.items[0].priority, "high");
+
+    let state = h.state("a");
+    assert_eq!(state.status, BlockStatus::Ready);
+    assert_eq!(state.corrections.as_ref(), Some(corrections));
+    assert_eq!(state.gate, None);
+    let decision = state.decisions.last().unwrap();
+    assert!(!decision.approved);
+    assert_eq!(
+        decision.note.as_deref(),
+        Some("the intro misses the expert's name")
+    );
+
+    let d = h.tick();
+    assert_eq!(d.startable, ids(&["a"]));
+    assert_eq!(h.status("b"), BlockStatus::Pending);
+    assert_eq!(h.start("a"), 2);
+    assert_eq!(
+        h.state("a").history[1].corrections_version.as_deref(),
+        Some("v1→v2")
+    );
+    assert_eq!(h.state("a").history[0].corrections_version, None);
+    h.finish("a", success());
+    assert_eq!(
+        h.status("a"),
+        BlockStatus::Waiting,
+        "the corrected output is gated again"
+    );
+
+    // A second rejection bumps the version.
+    let Event::GateRejected { corrections, .. } = h.reject("a", "still wrong").unwrap() else {
+        unreachable!()
+    };
+    assert_eq!(corrections.version, "v2→v3");
+
+    assert_eq!(
+        h.reject("x", "nope").unwrap_err(),
+        TransitionError::UnknownBlock("x".into())
+    );
+    h.tick();
+    h.run("a", success());
+    assert_eq!(
+        transitions::reject(&h.doc, "a", "   ", "alice").unwrap_err(),
+        TransitionError::EmptyFeedback
+    );
+    h.approve("a").unwrap();
+    h.tick();
+    h.run("b", success());
+    assert_eq!(h.tick().status, RunStatus::Done);
+    h.assert_replays();
+}
+
+#[test]
+fn rejecting_a_before_gate_runs_the_block_with_corrections() {
+    let mut h = Harness::new(template(vec![gated(block("a", &[]), "before")]));
+    h.tick();
+    let Event::GateRejected {
+        phase, corrections, ..
+    } = h.reject("a", "use the new brief").unwrap()
+    else {
+        unreachable!()
+    };
+    assert_eq!(phase, GatePhase::Before);
+    assert_eq!(corrections.version, "v0→v1");
+    assert!(h.state("a").before_gate_passed);
+    assert_eq!(h.tick().startable, ids(&["a"]), "does not wait again");
+    h.run("a", success());
+    assert_eq!(h.tick().status, RunStatus::Done);
+}
+
+#[test]
+fn approving_a_block_that_is_not_waiting_is_an_error() {
+    let mut h = Harness::new(template(vec![
+        gated(block("a", &[]), "after"),
+        block("b", &["a"]),
+    ]));
+    let not_waiting = |r: Result<(), TransitionError>, status: &str| match r {
+        Err(TransitionError::NotWaiting {
+            status: s,
+            action: "approve",
+            ..
+        }) => assert_eq!(s, status),
+        other => panic!("expected NotWaiting, got {other:?}"),
+    };
+    not_waiting(h.approve("a"), "pending");
+    h.tick();
+    not_waiting(h.approve("a"), "ready");
+    h.start("a");
+    not_waiting(h.approve("a"), "running");
+    h.finish("a", success());
+    h.approve("a").unwrap();
+    not_waiting(h.approve("a"), "done");
+    assert!(matches!(
+        transitions::reject(&h.doc, "a", "late", "bob"),
+        Err(TransitionError::NotWaiting {
+            action: "reject",
+            ..
+        })
+    ));
+    assert_eq!(
+        h.approve("nope").unwrap_err(),
+        TransitionError::UnknownBlock("nope".into())
+    );
+    // Exactly one decision was recorded.
+    assert_eq!(h.state("a").decisions.len(), 1);
+    h.assert_replays();
+}
+
+// ── Failure ──
+
+#[test]
+fn failure_blocks_descendants_transitively_while_others_complete() {
+    let mut h = Harness::new(template(vec![
+        no_retries(block("a", &[])),
+        block("b", &["a"]),
+        block("c", &["b"]),
+        block("d", &[]),
+        block("e", &["d"]),
+        block("f", &["c", "e"]),
+    ]));
+    let d = h.tick();
+    assert_eq!(d.startable, ids(&["a", "d"]));
+    h.start("a");
+    h.start("d");
+    let events = h.finish("a", failure("exit status 1"));
+    assert!(matches!(
+        events[0],
+        Event::AttemptFinished {
+            outcome: AttemptOutcome::Failed,
+            ..
+        }
+    ));
+    assert_eq!(
+        events[1],
+        Event::BlockFailed {
+            block: "a".into(),
+            error: "exit status 1 (after 1 attempt)".into()
+        }
+    );
+    let d = h.tick();
+    assert_eq!(
+        d.events,
+        vec![
+            Event::BlockBlocked {
+                block: "b".into(),
+                because: "a".into()
+            },
+            Event::BlockBlocked {
+                block: "c".into(),
+                because: "b".into()
+            },
+            Event::BlockBlocked {
+                block: "f".into(),
+                because: "c".into()
+            },
+        ]
+    );
+    assert_eq!(d.status, RunStatus::Running, "d is still running");
+    h.finish("d", success());
+    let d = h.tick();
+    assert_eq!(d.startable, ids(&["e"]));
+    h.run("e", success());
+    let d = h.tick();
+    assert_eq!(
+        d.events,
+        vec![Event::RunStatusChanged {
+            status: RunStatus::Failed
+        }]
+    );
+    assert_eq!(h.status("a"), BlockStatus::Failed);
+    assert_eq!(
+        h.state("a").error.as_deref(),
+        Some("exit status 1 (after 1 attempt)")
+    );
+    for id in ["b", "c", "f"] {
+        assert_eq!(h.status(id), BlockStatus::Blocked, "{id}");
+    }
+    assert_eq!(h.status("e"), BlockStatus::Done);
+    assert_eq!(h.doc.status, RunStatus::Failed);
+    h.assert_replays();
+
+    // Retrying the failed block clears the blockage downstream.
+    let events = h.retry("a").unwrap();
+    let reset: Vec<&str> = events.iter().filter_map(Event::block).collect();
+    assert_eq!(reset, vec!["a", "b", "c", "f"]);
+    let d = h.tick();
+    assert_eq!(d.startable, ids(&["a"]));
+    assert_eq!(d.status, RunStatus::Running);
+    for id in ["a", "b", "c", "f"] {
+        h.run(id, success());
+        h.tick();
+    }
+    assert_eq!(h.doc.status, RunStatus::Done);
+    h.assert_replays();
+}
+
+#[test]
+fn threshold_miss_retries_with_backoff_then_fails() {
+    let mut h = Harness::new(template(vec![
+        with_threshold(block("a", &[]), 85.0, 2),
+        block("b", &["a"]),
+    ]));
+    let base = h.policy.retry_base_ms as Millis;
+    h.tick();
+    let events = h.run("a", scored(40.0));
+    assert!(matches!(
+        events[0],
+        Event::AttemptFinished { outcome: AttemptOutcome::ThresholdMissed, score: Some(s), .. } if s == 40.0
+    ));
+    let Event::RetryScheduled {
+        not_before, reason, ..
+    } = &events[1]
+    else {
+        panic!("{events:?}")
+    };
+    assert_eq!(*not_before, h.now + base);
+    assert!(
+        reason.contains("below the threshold 85") && reason.contains("retry 1 of 2"),
+        "{reason}"
+    );
+    let state = h.state("a");
+    assert_eq!(
+        (state.status, state.retries_used, state.not_before),
+        (BlockStatus::Ready, 1, Some(h.now + base))
+    );
+    assert_eq!(state.score, Some(40.0));
+
+    // Backoff keeps it out of `startable` and tells the engine when to wake.
+    let d = h.tick();
+    assert!(d.startable.is_empty());
+    assert_eq!(d.wake_at, Some(h.now + base));
+    assert_eq!(d.status, RunStatus::Running);
+    assert!(transitions::start(&h.doc, "a", "w", h.now, &h.policy).is_err());
+    h.now += base - 1;
+    assert!(h.tick().startable.is_empty());
+    h.now += 1;
+    let d = h.tick();
+    assert_eq!((d.startable.clone(), d.wake_at), (ids(&["a"]), None));
+
+    // Second miss: the backoff doubles.
+    let events = h.run("a", scored(84.9));
+    assert!(
+        matches!(&events[1], Event::RetryScheduled { not_before, .. } if *not_before == h.now + 2 * base)
+    );
+    h.now += 2 * base;
+    h.tick();
+
+    // Third miss: out of retries.
+    let events = h.run("a", scored(10.0));
+    let Event::BlockFailed { error, .. } = &events[1] else {
+        panic!("{events:?}")
+    };
+    assert!(
+        error.contains("below the threshold") && error.ends_with("(after 3 attempts)"),
+        "{error}"
+    );
+    let d = h.tick();
+    assert_eq!(h.status("b"), BlockStatus::Blocked);
+    assert_eq!(d.status, RunStatus::Failed);
+    assert_eq!(h.state("a").attempts, 3);
+    assert_eq!(h.state("a").history.len(), 3);
+    h.assert_replays();
+}
+
+#[test]
+fn threshold_met_or_missing_metric() {
+    let mut h = Harness::new(template(vec![with_threshold(block("a", &[]), 85.0, 1)]));
+    h.tick();
+    let events = h.run("a", AttemptReport::default());
+    assert!(
+        matches!(&events[1], Event::RetryScheduled { reason, .. } if reason.contains("was not reported"))
+    );
+    h.now += 10_000;
+    h.tick();
+    let events = h.run("a", scored(85.0));
+    assert!(matches!(
+        events[0],
+        Event::AttemptFinished {
+            outcome: AttemptOutcome::Succeeded,
+            ..
+        }
+    ));
+    assert_eq!(events[1], Event::BlockDone { block: "a".into() });
+    assert_eq!(h.state("a").score, Some(85.0));
+    assert_eq!(h.tick().status, RunStatus::Done);
+}
+
+#[test]
+fn not_retryable_fails_at_once() {
+    let mut b = block("a", &[]);
+    b["execution"] = json!({ "retryable": false, "max_retries": 3 });
+    let mut h = Harness::new(template(vec![b]));
+    h.tick();
+    let events = h.run("a", failure("boom"));
+    assert!(matches!(&events[1], Event::BlockFailed { .. }));
+    assert_eq!(h.tick().status, RunStatus::Failed);
+}
+
+#[test]
+fn wake_at_is_the_earliest_backoff() {
+    let mut h = Harness::new(template(vec![
+        with_threshold(block("a", &[]), 50.0, 3),
+        with_threshold(block("b", &[]), 50.0, 3),
+        block("c", &[]),
+    ]));
+    h.tick();
+    h.run("a", scored(1.0)); // not_before = T0 + 1000
+    h.now += 300;
+    h.run("b", scored(1.0)); // not_before = T0 + 1300
+    let d = h.tick();
+    assert_eq!(d.startable, ids(&["c"]));
+    assert_eq!(d.wake_at, Some(T0 + 1_000));
+    h.now = T0 + 1_000;
+    let d = h.tick();
+    assert_eq!(
+        (d.startable.clone(), d.wake_at),
+        (ids(&["a", "c"]), Some(T0 + 1_300))
+    );
+}
+
+#[test]
+fn max_concurrency_limits_startable() {
+    let blocks: Vec<Value> = (0..5).map(|i| block(&format!("b{i}"), &[])).collect();
+    let mut h = Harness::new(template(blocks));
+    h.max_concurrency = 2;
+    let d = h.tick();
+    assert_eq!(d.startable, ids(&["b0", "b1"]));
+    h.start("b0");
+    assert_eq!(h.tick().startable, ids(&["b1"]));
+    h.start("b1");
+    assert!(h.tick().startable.is_empty());
+    h.finish("b0", success());
+    assert_eq!(h.tick().startable, ids(&["b2"]));
+    h.max_concurrency = 0;
+    assert_eq!(h.tick().startable, ids(&["b2", "b3", "b4"]));
+    h.max_concurrency = 1;
+    assert!(
+        h.tick().startable.is_empty(),
+        "one running already fills the budget"
+    );
+}
+
+// ── Retry, abandon, stale attempts ──
+
+#[test]
+fn retry_of_a_done_block_resets_it_and_its_descendants() {
+    let mut h = Harness::new(template(vec![
+        block("a", &[]),
+        block("b", &["a"]),
+        block("c", &["b"]),
+        block("x", &[]),
+    ]));
+    for _ in 0..4 {
+        for id in h.tick().startable {
+            h.run(&id, success());
+        }
+    }
+    assert_eq!(h.doc.status, RunStatus::Done);
+
+    let events = h.retry("b").unwrap();
+    assert_eq!(
+        events,
+        vec![
+            Event::BlockReset {
+                block: "b".into(),
+                reason: "operator asked".into()
+            },
+            Event::BlockReset {
+                block: "c".into(),
+                reason: "upstream `b` is re-running".into()
+            },
+        ]
+    );
+    assert_eq!(h.status("a"), BlockStatus::Done);
+    assert_eq!(h.status("x"), BlockStatus::Done);
+    assert_eq!(
+        (h.status("b"), h.status("c")),
+        (BlockStatus::Pending, BlockStatus::Pending)
+    );
+    let d = h.tick();
+    assert_eq!(d.startable, ids(&["b"]));
+    assert_eq!(d.status, RunStatus::Running);
+    assert_eq!(h.start("b"), 2, "attempt numbers keep counting");
+
+    // Not while a descendant (here: the block itself) is running.
+    assert!(matches!(
+        h.retry("b"),
+        Err(TransitionError::NotRetryable {
+            status: "running",
+            ..
+        })
+    ));
+    assert!(
+        matches!(h.retry("a"), Err(TransitionError::DependentRunning { ref dependent, .. }) if dependent == "b")
+    );
+    assert!(matches!(
+        h.retry("c"),
+        Err(TransitionError::NotRetryable {
+            status: "pending",
+            ..
+        })
+    ));
+    h.finish("b", success());
+    h.tick();
+    h.run("c", success());
+    assert_eq!(h.tick().status, RunStatus::Done);
+    h.assert_replays();
+}
+
+#[test]
+fn retry_resets_gates() {
+    let mut h = Harness::new(template(vec![gated(block("a", &[]), "before")]));
+    h.tick();
+    h.approve("a").unwrap();
+    h.tick();
+    h.run("a", success());
+    h.tick();
+    h.retry("a").unwrap();
+    assert!(!h.state("a").before_gate_passed);
+    assert_eq!(
+        h.tick().status,
+        RunStatus::Waiting,
+        "the before gate asks again"
+    );
+}
+
+#[test]
+fn abandoned_attempt_makes_the_block_ready_again() {
+    let mut h = Harness::new(template(vec![block("a", &[])]));
+    h.tick();
+    assert_eq!(h.start("a"), 1);
+    assert!(transitions::abandon(&h.doc, "a", "x").is_ok());
+    let event = transitions::abandon(&h.doc, "a", "lease expired").unwrap();
+    h.commit(vec![event], "engine");
+    assert_eq!(h.status("a"), BlockStatus::Ready);
+    assert_eq!(
+        h.state("a").history[0].outcome,
+        Some(AttemptOutcome::Abandoned)
+    );
+    assert!(transitions::abandon(&h.doc, "a", "again").is_err());
+    assert_eq!(h.tick().startable, ids(&["a"]));
+    assert_eq!(h.start("a"), 2);
+    // The abandoned attempt is stale now.
+    assert_eq!(
+        transitions::finish(&h.pipeline, &h.doc, "a", 1, success(), h.now, &h.policy).unwrap_err(),
+        TransitionError::StaleAttempt {
+            block: "a".into(),
+            attempt: 1
+        }
+    );
+    h.finish("a", success());
+    assert_eq!(h.tick().status, RunStatus::Done);
+    h.assert_replays();
+}
+
+#[test]
+fn start_needs_a_ready_block() {
+    let mut h = Harness::new(template(vec![block("a", &[]), block("b", &["a"])]));
+    assert!(matches!(
+        transitions::start(&h.doc, "a", "w", h.now, &h.policy),
+        Err(TransitionError::NotReady {
+            status: "pending",
+            ..
+        })
+    ));
+    h.tick();
+    assert!(matches!(
+        transitions::start(&h.doc, "b", "w", h.now, &h.policy),
+        Err(TransitionError::NotReady {
+            status: "pending",
+            ..
+        })
+    ));
+    assert_eq!(
+        transitions::start(&h.doc, "zz", "w", h.now, &h.policy).unwrap_err(),
+        TransitionError::UnknownBlock("zz".into())
+    );
+    let Event::BlockStarted {
+        lease_expires_at,
+        attempt,
+        ..
+    } = transitions::start(&h.doc, "a", "w", h.now, &h.policy).unwrap()
+    else {
+        unreachable!()
+    };
+    assert_eq!(
+        (attempt, lease_expires_at),
+        (1, h.now + h.policy.lease_ms as Millis)
+    );
+}
+
+#[test]
+fn create_run_reports_every_problem() {
+    let mut value = template(vec![block("a", &[])]);
+    value["blocks"][0]["inputs"]["env"] = json!(["API_KEY"]);
+    value["params"] = json!({ "title": { "required": true }, "n": { "default": "8" } });
+    let pipeline = pipeline(&value);
+    let request = RunRequest {
+        run_id: "r".into(),
+        params: BTreeMap::from([("titel".to_string(), json!("x"))]),
+        autonomy_profile: Some("nope".into()),
+        overrides: BTreeMap::from([("zz".to_string(), Autonomy::Auto)]),
+    };
+    let error = transitions::create_run(&pipeline, &request, &|_| false).unwrap_err();
+    assert_eq!(error.problems.len(), 5, "{:#?}", error.problems);
+
+    let request = RunRequest {
+        run_id: "r".into(),
+        params: BTreeMap::from([("title".to_string(), json!("Report"))]),
+        ..RunRequest::default()
+    };
+    let Event::RunCreated { params, blocks, .. } =
+        transitions::create_run(&pipeline, &request, &|_| true).unwrap()
+    else {
+        unreachable!()
+    };
+    assert_eq!(
+        params,
+        BTreeMap::from([
+            ("title".to_string(), json!("Report")),
+            ("n".to_string(), json!("8"))
+        ])
+    );
+    assert_eq!(blocks, vec![("a".to_string(), Autonomy::Auto)]);
+}
+
+// ── Property tests: random DAGs driven to completion ──
+
+/// A small deterministic PRNG (SplitMix64) for the driver's choices.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len())]
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Spec {
+    /// Raw picks; block `i` depends on `pick % i` for each (none for the first).
+    deps: Vec<usize>,
+    gate: HumanGate,
+    threshold: Option<u8>,
+    max_retries: u32,
+    retryable: bool,
+    group: Option<u8>,
+    layer: u8,
+    autonomy: Option<Autonomy>,
+}
+
+fn spec() -> impl Strategy<Value = Spec> {
+    (
+        proptest::collection::vec(any::<usize>(), 0..4),
+        prop_oneof![
+            Just(HumanGate::None),
+            Just(HumanGate::None),
+            Just(HumanGate::Before),
+            Just(HumanGate::After)
+        ],
+        proptest::option::of(0u8..100),
+        0u32..4,
+        proptest::bool::weighted(0.8),
+        proptest::option::of(0u8..3),
+        0u8..4,
+        proptest::option::weighted(
+            0.3,
+            prop_oneof![
+                Just(Autonomy::Gate),
+                Just(Autonomy::Guided),
+                Just(Autonomy::Auto)
+            ],
+        ),
+    )
+        .prop_map(
+            |(deps, gate, threshold, max_retries, retryable, group, layer, autonomy)| Spec {
+                deps,
+                gate,
+                threshold,
+                max_retries,
+                retryable,
+                group,
+                layer,
+                autonomy,
+            },
+        )
+}
+
+fn dag_template(specs: &[Spec]) -> Value {
+    let blocks = specs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let deps: BTreeSet<usize> = if i == 0 { BTreeSet::new() } else { s.deps.iter().map(|d| d % i).collect() };
+            let names: Vec<String> = deps.iter().map(|d| format!("b{d}")).collect();
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            let mut b = block(&format!("b{i}"), &names);
+            b["layer"] = json!(if s.layer == 3 { "misc".to_string() } else { format!("L{}", s.layer) });
+            b["execution"] = json!({
+                "human_gate": match s.gate { HumanGate::Before => "before", HumanGate::After => "after", HumanGate::None => "none" },
+                "max_retries": s.max_retries,
+                "retryable": s.retryable,
+            });
+            if let Some(group) = s.group {
+                b["execution"]["parallel_group"] = json!(format!("g{group}"));
+            }
+            if let Some(min) = s.threshold {
+                b["outputs"]["metrics"] = json!([{ "key": "score", "type": "number" }]);
+                b["execution"]["threshold"] = json!({ "metric": "score", "min": min });
+            }
+            b
+        })
+        .collect();
+    template(blocks)
+}
+
+/// Drives a run to its end. `all_good`: every attempt succeeds and every gate
+/// is approved. Checks the invariants on the way; returns the harness.
+fn simulate(specs: &[Spec], max_concurrency: usize, seed: u64, all_good: bool) -> Harness {
+    let value = dag_template(specs);
+    let overrides = specs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| s.autonomy.map(|a| (format!("b{i}"), a)))
+        .collect();
+    let mut h = Harness::with(
+        value,
+        RunRequest {
+            overrides,
+            ..RunRequest::default()
+        },
+    );
+    h.max_concurrency = max_concurrency;
+    let mut rng = Rng(seed);
+    let mut rejections_left = 4u32;
+    let mut abandons_left = 3u32;
+    let blocks = h.pipeline.blocks().to_vec();
+
+    for _step in 0..20_000 {
+        let d = h.tick();
+        let running = h
+            .doc
+            .blocks
+            .values()
+            .filter(|s| s.status == BlockStatus::Running)
+            .count();
+        if max_concurrency > 0 {
+            assert!(
+                running <= max_concurrency,
+                "{running} running > {max_concurrency}"
+            );
+            assert!(d.startable.len() + running <= max_concurrency);
+        }
+        for state in h.doc.blocks.values() {
+            assert_eq!(
+                state.status == BlockStatus::Waiting,
+                state.gate.is_some(),
+                "{state:?}"
+            );
+        }
+        if d.status.is_terminal() {
+            return h;
+        }
+
+        let waiting: Vec<String> = h
+            .doc
+            .blocks
+            .iter()
+            .filter(|(_, s)| s.status == BlockStatus::Waiting)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let running: Vec<String> = h
+            .doc
+            .blocks
+            .iter()
+            .filter(|(_, s)| s.status == BlockStatus::Running)
+            .map(|(id, _)| id.clone())
+            .collect();
+        assert_eq!(
+            d.status == RunStatus::Waiting,
+            running.is_empty()
+                && d.startable.is_empty()
+                && d.wake_at.is_none()
+                && !waiting.is_empty()
+        );
+
+        let mut choices = Vec::new();
+        if !d.startable.is_empty() {
+            choices.push(0);
+        }
+        if !running.is_empty() {
+            choices.push(1);
+        }
+        if !waiting.is_empty() {
+            choices.push(2);
+        }
+        if choices.is_empty() {
+            let wake = d
+                .wake_at
+                .unwrap_or_else(|| panic!("stuck: {:#?}", h.doc.blocks));
+            assert!(wake > h.now);
+            h.now = wake;
+            continue;
+        }
+        match *rng.pick(&choices) {
+            0 => {
+                let chosen: Vec<String> = if rng.chance(50) {
+                    d.startable.clone()
+                } else {
+                    vec![rng.pick(&d.startable).clone()]
+                };
+                for id in chosen {
+                    // (a) Never started unless every upstream block is done, and
+                    // past its before gate when it has one.
+                    let i = h.pipeline.index_of(&id).unwrap();
+                    for &u in h.pipeline.upstream(i) {
+                        assert_eq!(
+                            h.status(&blocks[u].id),
+                            BlockStatus::Done,
+                            "{id} started before {}",
+                            blocks[u].id
+                        );
+                    }
+                    let state = h.state(&id);
+                    if gate_phase(blocks[i].execution.human_gate, state.autonomy)
+                        == Some(GatePhase::Before)
+                    {
+                        assert!(
+                            state.before_gate_passed,
+                            "{id} started before its gate was decided"
+                        );
+                        assert!(state.decisions.iter().any(|g| g.phase == GatePhase::Before));
+                    }
+                    h.start(&id);
+                    let running = h
+                        .doc
+                        .blocks
+                        .values()
+                        .filter(|s| s.status == BlockStatus::Running)
+                        .count();
+                    if max_concurrency > 0 {
+                        assert!(running <= max_concurrency);
+                    }
+                }
+            }
+            1 => {
+                let id = rng.pick(&running).clone();
+                if !all_good && abandons_left > 0 && rng.chance(5) {
+                    abandons_left -= 1;
+                    let event = transitions::abandon(&h.doc, &id, "lease expired").unwrap();
+                    h.commit(vec![event], "engine");
+                } else {
+                    let i = h.pipeline.index_of(&id).unwrap();
+                    let min = blocks[i].execution.threshold.as_ref().map(|t| t.min);
+                    // Mostly successes; errors, threshold misses and missing metrics otherwise.
+                    let report = match (all_good, rng.below(20), min) {
+                        (true, _, Some(min)) | (false, 0..=14, Some(min)) => {
+                            scored(min + rng.below(20) as f64)
+                        }
+                        (true, _, None) | (false, 0..=14, None) => success(),
+                        (false, 15..=16, _) => failure("exit status 1"),
+                        (false, 17..=18, Some(min)) => scored(min - 1.0 - rng.below(50) as f64),
+                        (false, _, _) => AttemptReport::default(),
+                    };
+                    h.finish(&id, report);
+                }
+            }
+            _ => {
+                let id = rng.pick(&waiting).clone();
+                if !all_good && rejections_left > 0 && rng.chance(30) {
+                    rejections_left -= 1;
+                    h.reject(&id, "please fix").unwrap();
+                } else {
+                    h.approve(&id).unwrap();
+                }
+            }
+        }
+        h.now += rng.below(300) as Millis;
+    }
+    panic!("the run did not terminate: {:#?}", h.doc);
+}
+
+fn check_final(h: &Harness, all_good: bool) {
+    let doc = &h.doc;
+    // (b) A terminal status, with every block settled.
+    assert!(doc.status.is_terminal());
+    for state in doc.blocks.values() {
+        assert!(
+            matches!(
+                state.status,
+                BlockStatus::Done | BlockStatus::Failed | BlockStatus::Blocked
+            ),
+            "{state:?}"
+        );
+    }
+    let all_done = doc.blocks.values().all(|s| s.status == BlockStatus::Done);
+    assert_eq!(doc.status == RunStatus::Done, all_done);
+    // (e) Everything succeeded and every gate was approved: the run is done.
+    if all_good {
+        assert_eq!(doc.status, RunStatus::Done, "{:#?}", doc.blocks);
+    }
+    // Blocked blocks sit behind a failure; failed ones ran out of retries.
+    for (i, b) in h.pipeline.blocks().iter().enumerate() {
+        let state = &doc.blocks[&b.id];
+        match state.status {
+            BlockStatus::Blocked => assert!(h.pipeline.upstream(i).iter().any(|&u| matches!(
+                doc.blocks[&h.pipeline.blocks()[u].id].status,
+                BlockStatus::Failed | BlockStatus::Blocked
+            ))),
+            BlockStatus::Failed => {
+                assert!(!b.execution.retryable || state.retries_used == b.execution.max_retries);
+                assert!(state.error.is_some());
+            }
+            BlockStatus::Done => {
+                let last = state.history.last().unwrap();
+                assert_eq!(last.outcome, Some(AttemptOutcome::Succeeded));
+                if gate_phase(b.execution.human_gate, state.autonomy) == Some(GatePhase::After) {
+                    let decision = state.decisions.last().unwrap();
+                    assert!(decision.approved && decision.phase == GatePhase::After);
+                }
+                if state.autonomy == Autonomy::Guided {
+                    assert!(state.review_flag);
+                }
+            }
+            _ => unreachable!(),
+        }
+    }
+    // (d) The log replays to exactly the final document.
+    assert_eq!(RunDoc::replay(&h.log).unwrap(), *doc);
+    for (n, record) in h.log.iter().enumerate() {
+        assert_eq!(record.seq, n as u64 + 1);
+    }
+}
+
+/// A random directed graph on `n` nodes (may contain cycles, no self-loops).
+fn graph_template(n: usize, edges: &[(usize, usize)]) -> Value {
+    let mut deps: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); n];
+    for &(from, to) in edges {
+        deps[to].insert(from);
+    }
+    let blocks = (0..n)
+        .map(|i| {
+            let names: Vec<String> = deps[i].iter().map(|d| format!("b{d}")).collect();
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            block(&format!("b{i}"), &names)
+        })
+        .collect();
+    template(blocks)
+}
+
+fn petgraph_of(value: &Value) -> petgraph::graph::DiGraph<String, ()> {
+    let mut graph = petgraph::graph::DiGraph::new();
+    let mut nodes = BTreeMap::new();
+    for b in value["blocks"].as_array().unwrap() {
+        let id = b["id"].as_str().unwrap().to_string();
+        nodes.insert(id.clone(), graph.add_node(id));
+    }
+    for b in value["blocks"].as_array().unwrap() {
+        let to = nodes[b["id"].as_str().unwrap()];
+        for d in b["inputs"]["depends"].as_array().unwrap() {
+            graph.add_edge(nodes[d["block"].as_str().unwrap()], to, ());
+        }
+    }
+    graph
+}
+
+fn random_edges() -> impl Strategy<Value = (usize, Vec<(usize, usize)>)> {
+    (1usize..12).prop_flat_map(|n| (Just(n), proptest::collection::vec((0..n, 0..n), 0..(2 * n))))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_runs_respect_the_invariants(
+        specs in proptest::collection::vec(spec(), 1..40),
+        max_concurrency in 0usize..5,
+        seed in any::<u64>(),
+    ) {
+        let h = simulate(&specs, max_concurrency, seed, false);
+        check_final(&h, false);
+    }
+
+    #[test]
+    fn runs_where_everything_succeeds_end_done(
+        specs in proptest::collection::vec(spec(), 1..40),
+        max_concurrency in 0usize..5,
+        seed in any::<u64>(),
+    ) {
+        let h = simulate(&specs, max_concurrency, seed, true);
+        check_final(&h, true);
+        prop_assert_eq!(h.doc.status, RunStatus::Done);
+    }
+
+    #[test]
+    fn topo_order_is_a_topological_order(specs in proptest::collection::vec(spec(), 1..40)) {
+        let value = dag_template(&specs);
+        let pipeline = pipeline(&value);
+        let graph = petgraph_of(&value);
+        prop_assert!(!petgraph::algo::is_cyclic_directed(&graph));
+        let order = pipeline.topo_order();
+        let mut sorted = order.to_vec();
+        sorted.sort_unstable();
+        prop_assert_eq!(sorted, (0..pipeline.len()).collect::<Vec<_>>());
+        let mut position = vec![0; pipeline.len()];
+        for (p, &i) in order.iter().enumerate() {
+            position[i] = p;
+        }
+        for edge in graph.raw_edges() {
+            let from = pipeline.index_of(&graph[edge.source()]).unwrap();
+            let to = pipeline.index_of(&graph[edge.target()]).unwrap();
+            prop_assert!(position[from] < position[to], "edge {from} -> {to} goes backwards in {order:?}");
+        }
+        // descendants() agrees with petgraph reachability.
+        for i in 0..pipeline.len() {
+            let node = petgraph::graph::NodeIndex::new(i);
+            let mut reach = BTreeSet::new();
+            let mut dfs = petgraph::visit::Dfs::new(&graph, node);
+            while let Some(n) = dfs.next(&graph) {
+                if n != node {
+                    reach.insert(n.index());
+                }
+            }
+            prop_assert_eq!(pipeline.descendants(i).into_iter().collect::<BTreeSet<_>>(), reach);
+        }
+    }
+
+    #[test]
+    fn cycles_are_reported_exactly_when_petgraph_finds_one((n, edges) in random_edges()) {
+        let edges: Vec<(usize, usize)> = edges.into_iter().filter(|(a, b)| a != b).collect();
+        let value = graph_template(n, &edges);
+        let cyclic = petgraph::algo::is_cyclic_directed(&petgraph_of(&value));
+        let validated = validate_value(&value);
+        let cycles: Vec<_> = validated.errors().filter(|d| d.code == "TPL0010").collect();
+        prop_assert_eq!(cycles.len(), usize::from(cyclic), "{:#?}", validated.diagnostics);
+        prop_assert_eq!(validated.errors().count(), usize::from(cyclic));
+        prop_assert_eq!(validated.pipeline.is_some(), !cyclic);
+        if let Some(d) = cycles.first() {
+            // The reported cycle is a closed path of real edges.
+            let path: Vec<&str> = d.message.strip_prefix("dependency cycle: ").unwrap().split(" -> ").collect();
+            prop_assert!(path.len() >= 3);
+            prop_assert_eq!(path.first(), path.last());
+            prop_assert_eq!(d.block.as_deref(), Some(path[0]));
+            let index = |id: &str| id.trim_start_matches('b').parse::<usize>().unwrap();
+            for pair in path.windows(2) {
+                prop_assert!(edges.contains(&(index(pair[0]), index(pair[1]))), "{} is not an edge", pair.join(" -> "));
+            }
+        }
+    }
+
+    #[test]
+    fn self_loops_are_tpl0009_not_tpl0010((n, edges) in random_edges(), looped in any::<usize>()) {
+        let looped = looped % n;
+        let mut edges = edges;
+        edges.push((looped, looped));
+        let value = graph_template(n, &edges);
+        let validated = validate_value(&value);
+        prop_assert!(validated.pipeline.is_none());
+        let codes: BTreeSet<&str> = validated.errors().map(|d| d.code).collect();
+        prop_assert_eq!(codes, BTreeSet::from(["TPL0009"]));
+        let loops: BTreeSet<usize> = edges.iter().filter(|(a, b)| a == b).map(|(a, _)| *a).collect();
+        prop_assert_eq!(validated.errors().count(), loops.len());
+    }
+}

@@ -1,0 +1,1391 @@
+//! Data-driven tests of template validation: each case is a small template
+//! (or raw text) plus the exact set of error diagnostics it must produce, as
+//! `(code, path fragment, block)`.
+
+use super::*;
+use proptest::prelude::*;
+use serde_json::json;
+
+const CLONE_FACTORY: &str = include_str!("../../../../templates/clone-factory.json");
+const OFFLINE_EXAMPLE: &str = include_str!("../../../../examples/offline/pipeline.json");
+
+// ── Helpers ──
+
+/// One expected error: code, a fragment the JSON path must contain, and the block.
+type Expect<'a> = (&'a str, &'a str, Option<&'a str>);
+
+/// A minimal valid block: a `noop` builtin with one artifact `out`.
+fn block(id: &str) -> Value {
+    json!({
+        "id": id,
+        "name": format!("Block {id}"),
+        "layer": "L0",
+        "type": "build",
+        "runtime": "builtin",
+        "inputs": { "config": { "builtin": "noop" } },
+        "outputs": { "artifacts": [{ "key": "out", "path": "out.txt", "format": "text" }] }
+    })
+}
+
+/// A block depending on the `out` artifact of each of `deps`.
+fn block_on(id: &str, deps: &[&str]) -> Value {
+    let mut b = block(id);
+    b["inputs"]["depends"] = deps
+        .iter()
+        .map(|d| json!({ "block": d, "key": "out" }))
+        .collect();
+    b
+}
+
+/// A minimal template around `blocks`.
+fn template(blocks: Vec<Value>) -> Value {
+    json!({ "id": "t", "name": "Test", "version": "1.0.0", "blocks": blocks })
+}
+
+/// A minimal valid template: one block `a`.
+fn valid() -> Value {
+    template(vec![block("a")])
+}
+
+/// Runs validation on `source` and asserts that its error diagnostics are
+/// exactly `expect` (as a multiset). Returns the result for further checks.
+fn check_str(source: &str, expect: &[Expect<'_>]) -> Validated {
+    let validated = validate_str(source);
+    assert_errors(&validated, expect);
+    validated
+}
+
+fn check(value: Value, expect: &[Expect<'_>]) -> Validated {
+    let source = serde_json::to_string_pretty(&value).unwrap();
+    let validated = check_str(&source, expect);
+    // validate_value agrees with validate_str on the same document.
+    assert_eq!(validate_value(&value).diagnostics, validated.diagnostics);
+    validated
+}
+
+fn assert_errors(validated: &Validated, expect: &[Expect<'_>]) {
+    let errors: Vec<&Diagnostic> = validated.errors().collect();
+    let mut unmatched: Vec<&Diagnostic> = errors.clone();
+    let mut missing = Vec::new();
+    for &(code, path, block) in expect {
+        match unmatched
+            .iter()
+            .position(|d| d.code == code && d.path.contains(path) && d.block.as_deref() == block)
+        {
+            Some(at) => {
+                unmatched.remove(at);
+            }
+            None => missing.push((code, path, block)),
+        }
+    }
+    assert!(
+        missing.is_empty() && unmatched.is_empty(),
+        "diagnostics differ\n  missing:    {missing:?}\n  unexpected: {unmatched:#?}\n  all: {:#?}",
+        validated.diagnostics
+    );
+    assert_eq!(validated.pipeline.is_some(), expect.is_empty());
+    for d in &validated.diagnostics {
+        assert!(d.code.starts_with("TPL") && d.code.len() == 7, "{d:?}");
+        assert!(d.path.starts_with('$'), "{d:?}");
+        assert!(!d.message.is_empty(), "{d:?}");
+    }
+}
+
+/// The single error of a result.
+fn only_error(validated: &Validated) -> &Diagnostic {
+    let errors: Vec<_> = validated.errors().collect();
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    errors[0]
+}
+
+fn help(d: &Diagnostic) -> &str {
+    d.help
+        .as_deref()
+        .unwrap_or_else(|| panic!("no help on {d:#?}"))
+}
+
+fn warnings(validated: &Validated) -> Vec<&Diagnostic> {
+    validated
+        .diagnostics
+        .iter()
+        .filter(|d| !d.is_error())
+        .collect()
+}
+
+// ── Baseline ──
+
+#[test]
+fn minimal_template_is_valid() {
+    let validated = check(valid(), &[]);
+    assert!(
+        validated.diagnostics.is_empty(),
+        "{:#?}",
+        validated.diagnostics
+    );
+    let pipeline = validated.pipeline.unwrap();
+    assert_eq!(pipeline.len(), 1);
+    assert_eq!(pipeline.blocks()[0].timeout, 300_000, "default timeout");
+    assert_eq!(
+        pipeline.blocks()[0].execution.max_retries,
+        2,
+        "default max_retries"
+    );
+    assert!(pipeline.blocks()[0].execution.retryable);
+}
+
+#[test]
+fn pointer_to_path_renders_json_paths() {
+    assert_eq!(
+        pointer_to_path("/blocks/3/inputs/depends/0"),
+        "$.blocks[3].inputs.depends[0]"
+    );
+    assert_eq!(pointer_to_path(""), "$");
+    assert_eq!(pointer_to_path("/id"), "$.id");
+    assert_eq!(pointer_to_path("/params/a~1b~0c"), "$.params.a/b~c");
+    assert_eq!(
+        pointer_to_path("/blocks/12/outputs/artifacts/0/key"),
+        "$.blocks[12].outputs.artifacts[0].key"
+    );
+}
+
+// ── Syntax ──
+
+#[test]
+fn malformed_json_reports_line_and_column() {
+    let validated = check_str(
+        "{\n  \"id\": \"t\",\n  \"name\": ,\n}",
+        &[("TPL0001", "$", None)],
+    );
+    let d = only_error(&validated);
+    assert_eq!(d.path, "$");
+    assert_eq!((d.line, d.column), (Some(3), Some(11)));
+    assert!(d.message.starts_with("malformed JSON"), "{}", d.message);
+    assert!(
+        !d.message.contains(" at line "),
+        "position is reported separately: {}",
+        d.message
+    );
+    assert!(help(d).contains("line and column"));
+    let rendered = d.render("t.json");
+    assert!(
+        rendered.starts_with("error[TPL0001]: t.json:3:11: $: malformed JSON"),
+        "{rendered}"
+    );
+}
+
+#[test]
+fn empty_file_is_a_syntax_error() {
+    let validated = check_str("", &[("TPL0001", "$", None)]);
+    let d = only_error(&validated);
+    assert!(d.line.is_some() && d.column.is_some());
+    assert!(d.message.contains("EOF"), "{}", d.message);
+    check_str("   \n\t ", &[("TPL0001", "$", None)]);
+}
+
+#[test]
+fn truncated_file_is_a_syntax_error() {
+    let full = serde_json::to_string_pretty(&valid()).unwrap();
+    let truncated = &full[..full.len() / 2];
+    let validated = check_str(truncated, &[("TPL0001", "$", None)]);
+    let d = only_error(&validated);
+    assert!(d.message.contains("EOF"), "{}", d.message);
+    assert!(d.line.unwrap() > 1);
+    // Trailing garbage after a complete document is a syntax error too.
+    check_str(&format!("{full} {{"), &[("TPL0001", "$", None)]);
+}
+
+#[test]
+fn top_level_must_be_an_object() {
+    for source in [
+        "[]",
+        "[{\"id\": \"t\"}]",
+        "42",
+        "\"template\"",
+        "null",
+        "true",
+    ] {
+        let validated = check_str(source, &[("TPL0002", "$", None)]);
+        let d = only_error(&validated);
+        assert_eq!(d.path, "$");
+        assert!(d.message.contains("object"), "{source}: {}", d.message);
+        assert!(help(d).contains("type"), "{source}");
+    }
+}
+
+#[test]
+fn missing_required_fields() {
+    let mut value = valid();
+    value.as_object_mut().unwrap().remove("blocks");
+    let validated = check(value, &[("TPL0002", "$", None)]);
+    let d = only_error(&validated);
+    assert!(d.message.contains("\"blocks\""), "{}", d.message);
+    assert_eq!(help(d), "add the missing field");
+
+    let mut b = block("a");
+    b.as_object_mut().unwrap().remove("runtime");
+    let validated = check(template(vec![b]), &[("TPL0002", "$.blocks[0]", Some("a"))]);
+    assert!(only_error(&validated).message.contains("\"runtime\""));
+
+    // Without an id the block is named by its position.
+    let mut b = block("a");
+    b.as_object_mut().unwrap().remove("id");
+    check(
+        template(vec![block("x"), b]),
+        &[("TPL0002", "$.blocks[1]", Some("#1"))],
+    );
+}
+
+// ── Unknown fields ──
+
+#[test]
+fn unknown_field_at_top_level() {
+    let mut value = valid();
+    value["nmae"] = json!("x");
+    let validated = check(value, &[("TPL0003", "$.nmae", None)]);
+    let d = only_error(&validated);
+    assert_eq!(d.path, "$.nmae");
+    assert!(d.message.contains("`nmae`"));
+    assert_eq!(help(d), "did you mean `name`?");
+}
+
+#[test]
+fn unknown_field_in_a_block_lists_the_allowed_fields() {
+    let mut b = block("a");
+    b["frobnicate"] = json!(true);
+    let validated = check(
+        template(vec![b]),
+        &[("TPL0003", "$.blocks[0].frobnicate", Some("a"))],
+    );
+    let text = help(only_error(&validated));
+    assert!(text.starts_with("allowed fields here:"), "{text}");
+    for field in ["id", "runtime", "inputs", "execution", "lifecycle"] {
+        assert!(text.contains(field), "{text}");
+    }
+
+    let mut b = block("a");
+    b["skil"] = json!("x");
+    let validated = check(
+        template(vec![b]),
+        &[("TPL0003", "$.blocks[0].skil", Some("a"))],
+    );
+    assert_eq!(help(only_error(&validated)), "did you mean `skill`?");
+}
+
+#[test]
+fn unknown_field_in_inputs_suggests_depends() {
+    let mut b = block_on("b", &[]);
+    b["inputs"]["dependss"] = json!([{ "block": "a", "key": "out" }]);
+    let validated = check(
+        template(vec![block("a"), b]),
+        &[("TPL0003", "$.blocks[1].inputs.dependss", Some("b"))],
+    );
+    let d = only_error(&validated);
+    assert_eq!(d.path, "$.blocks[1].inputs.dependss");
+    assert_eq!(help(d), "did you mean `depends`?");
+}
+
+#[test]
+fn unknown_field_in_execution() {
+    let mut b = block("a");
+    b["execution"] = json!({ "max_retrys": 1 });
+    let validated = check(
+        template(vec![b]),
+        &[("TPL0003", "$.blocks[0].execution.max_retrys", Some("a"))],
+    );
+    assert_eq!(help(only_error(&validated)), "did you mean `max_retries`?");
+
+    let mut b = block("a");
+    b["execution"] = json!({ "humangate": "after" });
+    let validated = check(
+        template(vec![b]),
+        &[("TPL0003", "$.blocks[0].execution.humangate", Some("a"))],
+    );
+    assert_eq!(help(only_error(&validated)), "did you mean `human_gate`?");
+}
+
+#[test]
+fn unknown_field_inside_a_depends_entry() {
+    let mut b = block("b");
+    b["inputs"]["depends"] = json!([{ "block": "a", "key": "out", "kye": "out" }]);
+    let validated = check(
+        template(vec![block("a"), b]),
+        &[("TPL0003", "$.blocks[1].inputs.depends[0].kye", Some("b"))],
+    );
+    assert_eq!(help(only_error(&validated)), "did you mean `key`?");
+}
+
+#[test]
+fn unknown_field_inside_optional_structs_goes_through_any_of() {
+    // `lifecycle`, `scope` and `threshold` are Option<struct>: anyOf [struct, null].
+    let mut b = block("a");
+    b["lifecycle"] = json!({ "mode": "daemon", "mdoe": "daemon" });
+    let validated = check(
+        template(vec![b]),
+        &[("TPL0003", "$.blocks[0].lifecycle.mdoe", Some("a"))],
+    );
+    let d = only_error(&validated);
+    assert_eq!(d.path, "$.blocks[0].lifecycle.mdoe");
+    assert_eq!(help(d), "did you mean `mode`?");
+
+    let mut b = block("a");
+    b["lifecycle"] = json!({ "mode": "forever" });
+    let validated = check(
+        template(vec![b]),
+        &[("TPL0002", "$.blocks[0].lifecycle.mode", Some("a"))],
+    );
+    let d = only_error(&validated);
+    assert!(
+        d.message.contains("one-shot, daemon, on-demand"),
+        "{}",
+        d.message
+    );
+
+    let mut b = block("a");
+    b["scope"] = json!({ "gate": 2, "gat": 1 });
+    let validated = check(
+        template(vec![b]),
+        &[("TPL0003", "$.blocks[0].scope.gat", Some("a"))],
+    );
+    assert_eq!(help(only_error(&validated)), "did you mean `gate`?");
+
+    let mut b = block("a");
+    b["outputs"]["metrics"] = json!([{ "key": "score", "type": "number" }]);
+    b["execution"] = json!({ "threshold": { "metric": "score", "min": 1, "mni": 2 } });
+    let validated = check(
+        template(vec![b]),
+        &[("TPL0003", "$.blocks[0].execution.threshold.mni", Some("a"))],
+    );
+    assert_eq!(help(only_error(&validated)), "did you mean `min`?");
+
+    // `null` is a fine value for an optional struct.
+    let mut b = block("a");
+    b["lifecycle"] = Value::Null;
+    check(template(vec![b]), &[]);
+}
+
+#[test]
+fn unknown_fields_in_params_and_profiles() {
+    let mut value = valid();
+    value["params"] = json!({ "p": { "requird": true } });
+    let validated = check(value, &[("TPL0003", "$.params.p.requird", None)]);
+    assert_eq!(help(only_error(&validated)), "did you mean `required`?");
+
+    let mut value = valid();
+    value["autonomy_profiles"] = json!({ "p": { "defualt": "auto" } });
+    let validated = check(value, &[("TPL0003", "$.autonomy_profiles.p.defualt", None)]);
+    assert_eq!(help(only_error(&validated)), "did you mean `default`?");
+}
+
+#[test]
+fn state_in_a_block_is_rejected() {
+    let mut b = block("a");
+    b["state"] = json!({ "status": "done" });
+    let validated = check(
+        template(vec![block("z"), b]),
+        &[("TPL0004", "$.blocks[1].state", Some("a"))],
+    );
+    let d = only_error(&validated);
+    assert_eq!(d.path, "$.blocks[1].state");
+    assert!(d.message.contains("runtime state"), "{}", d.message);
+    assert!(help(d).contains("remove the `state`"));
+
+    // Only a block's `state` gets the special code; elsewhere it is just unknown.
+    let mut value = valid();
+    value["state"] = json!({});
+    check(value, &[("TPL0003", "$.state", None)]);
+}
+
+// ── Enums and types ──
+
+#[test]
+fn bad_enum_values_are_reported_once_with_the_choices() {
+    let mut b = block("a");
+    b["runtime"] = json!("shell");
+    let validated = check(
+        template(vec![b]),
+        &[("TPL0002", "$.blocks[0].runtime", Some("a"))],
+    );
+    let d = only_error(&validated);
+    assert!(d.message.contains("\"shell\""), "{}", d.message);
+    assert!(
+        d.message.contains("command, builtin, llm, http"),
+        "{}",
+        d.message
+    );
+
+    let mut b = block("a");
+    b["runtime"] = json!("comand");
+    let validated = check(
+        template(vec![b]),
+        &[("TPL0002", "$.blocks[0].runtime", Some("a"))],
+    );
+    assert_eq!(help(only_error(&validated)), "did you mean `command`?");
+
+    let mut b = block("a");
+    b["runtime"] = json!(7);
+    check(
+        template(vec![b]),
+        &[("TPL0002", "$.blocks[0].runtime", Some("a"))],
+    );
+
+    let mut b = block("a");
+    b["execution"] = json!({ "human_gate": "maybe" });
+    let validated = check(
+        template(vec![b]),
+        &[("TPL0002", "$.blocks[0].execution.human_gate", Some("a"))],
+    );
+    let d = only_error(&validated);
+    assert!(d.message.contains("before, after, none"), "{}", d.message);
+
+    let mut b = block("a");
+    b["type"] = json!("extractor");
+    let validated = check(
+        template(vec![b]),
+        &[("TPL0002", "$.blocks[0].type", Some("a"))],
+    );
+    let d = only_error(&validated);
+    assert!(
+        d.message.contains("extract, validate, build"),
+        "{}",
+        d.message
+    );
+    assert_eq!(help(d), "did you mean `extract`?");
+
+    let mut value = valid();
+    value["autonomy_profiles"] = json!({ "p": { "blocks": { "a": "guidd" } } });
+    let validated = check(
+        value,
+        &[("TPL0002", "$.autonomy_profiles.p.blocks.a", None)],
+    );
+    let d = only_error(&validated);
+    assert!(d.message.contains("gate, guided, auto"), "{}", d.message);
+    assert_eq!(help(d), "did you mean `guided`?");
+
+    // `ArtifactFormat` mixes plain variants (an `enum`) and a documented one (a `const`).
+    let mut b = block("a");
+    b["outputs"]["artifacts"][0]["format"] = json!("markdown");
+    let validated = check(
+        template(vec![b]),
+        &[(
+            "TPL0002",
+            "$.blocks[0].outputs.artifacts[0].format",
+            Some("a"),
+        )],
+    );
+    let d = only_error(&validated);
+    assert!(
+        d.message
+            .contains("md, json, html, text, url, csv, yaml, directory"),
+        "{}",
+        d.message
+    );
+    let mut b = block("a");
+    b["outputs"]["artifacts"][0]["format"] = json!("directry");
+    let validated = check(
+        template(vec![b]),
+        &[(
+            "TPL0002",
+            "$.blocks[0].outputs.artifacts[0].format",
+            Some("a"),
+        )],
+    );
+    assert_eq!(help(only_error(&validated)), "did you mean `directory`?");
+}
+
+#[test]
+fn wrong_types() {
+    let mut b = block("a");
+    b["timeout"] = json!("30s");
+    let validated = check(
+        template(vec![b]),
+        &[("TPL0002", "$.blocks[0].timeout", Some("a"))],
+    );
+    let d = only_error(&validated);
+    assert!(d.message.contains("integer"), "{}", d.message);
+    assert_eq!(help(d), "change the value to the expected type");
+
+    let mut b = block("a");
+    b["execution"] = json!({ "retryable": "yes" });
+    check(
+        template(vec![b]),
+        &[("TPL0002", "$.blocks[0].execution.retryable", Some("a"))],
+    );
+
+    let mut b = block("a");
+    b["inputs"]["depends"] = json!("a");
+    check(
+        template(vec![b]),
+        &[("TPL0002", "$.blocks[0].inputs.depends", Some("a"))],
+    );
+
+    let mut value = valid();
+    value["blocks"] = json!({ "a": block("a") });
+    check(value, &[("TPL0002", "$.blocks", None)]);
+}
+
+#[test]
+fn numbers_out_of_range() {
+    let cases: Vec<(Value, &str, &str)> = vec![
+        (json!({ "timeout": -1 }), "$.blocks[0].timeout", "minimum"),
+        (json!({ "timeout": 0 }), "$.blocks[0].timeout", "minimum"),
+        (
+            json!({ "timeout": 1_000_000_000_000u64 }),
+            "$.blocks[0].timeout",
+            "maximum",
+        ),
+        (
+            json!({ "execution": { "max_retries": 1000 } }),
+            "$.blocks[0].execution.max_retries",
+            "maximum",
+        ),
+        (
+            json!({ "execution": { "max_retries": -1 } }),
+            "$.blocks[0].execution.max_retries",
+            "minimum",
+        ),
+        (
+            json!({ "scope": { "gate": 9 } }),
+            "$.blocks[0].scope.gate",
+            "maximum",
+        ),
+        (
+            json!({ "scope": { "gate": 0 } }),
+            "$.blocks[0].scope.gate",
+            "minimum",
+        ),
+    ];
+    for (patch, path, bound) in cases {
+        let mut b = block("a");
+        for (key, value) in patch.as_object().unwrap() {
+            b[key] = value.clone();
+        }
+        let validated = check(template(vec![b]), &[("TPL0002", path, Some("a"))]);
+        let d = only_error(&validated);
+        assert_eq!(d.path, path);
+        assert!(d.message.contains(bound), "{patch}: {}", d.message);
+        assert_eq!(help(d), "use a value inside the allowed range", "{patch}");
+    }
+
+    // The bounds themselves are fine.
+    let mut b = block("a");
+    b["timeout"] = json!(86_400_000);
+    b["execution"] = json!({ "max_retries": 20 });
+    b["scope"] = json!({ "gate": 4 });
+    check(template(vec![b]), &[]);
+}
+
+// ── Ids and wiring ──
+
+#[test]
+fn duplicate_block_ids() {
+    let validated = check(
+        template(vec![block("a"), block("b"), block("a")]),
+        &[("TPL0005", "$.blocks[2].id", Some("a"))],
+    );
+    let d = only_error(&validated);
+    assert!(
+        d.message.contains("$.blocks[0]"),
+        "names the first declaration: {}",
+        d.message
+    );
+    assert!(help(d).contains("unique"));
+}
+
+#[test]
+fn invalid_ids() {
+    let validated = check(
+        template(vec![
+            block("Fetch Data"),
+            block("-x"),
+            block(""),
+            block("ok_1-2"),
+        ]),
+        &[
+            ("TPL0006", "$.blocks[0].id", Some("Fetch Data")),
+            ("TPL0006", "$.blocks[1].id", Some("-x")),
+            ("TPL0006", "$.blocks[2].id", None),
+        ],
+    );
+    for d in validated.errors() {
+        assert!(help(d).contains("lowercase"));
+    }
+    let long = "a".repeat(129);
+    check(
+        template(vec![block(&long)]),
+        &[("TPL0006", "$.blocks[0].id", Some(long.as_str()))],
+    );
+    check(template(vec![block(&"a".repeat(128))]), &[]);
+
+    let mut value = valid();
+    value["id"] = json!("My Template");
+    check(value, &[("TPL0006", "$.id", None)]);
+}
+
+#[test]
+fn dependency_on_a_missing_block_suggests_the_closest() {
+    let validated = check(
+        template(vec![block("fetch"), block_on("report", &["fetsh"])]),
+        &[(
+            "TPL0007",
+            "$.blocks[1].inputs.depends[0].block",
+            Some("report"),
+        )],
+    );
+    let d = only_error(&validated);
+    assert!(d.message.contains("`fetsh`"), "{}", d.message);
+    assert_eq!(help(d), "did you mean `fetch`?");
+
+    // Nothing close: no guess.
+    let validated = check(
+        template(vec![block("fetch"), block_on("report", &["zzzzzzzz"])]),
+        &[(
+            "TPL0007",
+            "$.blocks[1].inputs.depends[0].block",
+            Some("report"),
+        )],
+    );
+    assert_eq!(only_error(&validated).help, None);
+}
+
+#[test]
+fn dependency_on_an_undeclared_artifact_lists_the_declared_keys() {
+    let mut a = block("a");
+    a["outputs"]["artifacts"] = json!([
+        { "key": "words", "path": "words.json", "format": "json" },
+        { "key": "stats", "path": "stats.json", "format": "json" }
+    ]);
+    let mut b = block("b");
+    b["inputs"]["depends"] = json!([{ "block": "a", "key": "summary" }]);
+    let validated = check(
+        template(vec![a.clone(), b]),
+        &[("TPL0008", "$.blocks[1].inputs.depends[0].key", Some("b"))],
+    );
+    let d = only_error(&validated);
+    assert!(d.message.contains("`summary`"), "{}", d.message);
+    assert_eq!(help(d), "`a` declares: words, stats");
+
+    let mut b = block("b");
+    b["inputs"]["depends"] = json!([{ "block": "a", "key": "word" }]);
+    let validated = check(
+        template(vec![a, b]),
+        &[("TPL0008", "$.blocks[1].inputs.depends[0].key", Some("b"))],
+    );
+    assert_eq!(
+        help(only_error(&validated)),
+        "did you mean `words`? `a` declares: words, stats"
+    );
+
+    let mut a = block("a");
+    a["outputs"] = json!({});
+    let validated = check(
+        template(vec![a, block_on("b", &["a"])]),
+        &[("TPL0008", "$.blocks[1].inputs.depends[0].key", Some("b"))],
+    );
+    assert!(help(only_error(&validated)).contains("declares no artifacts"));
+}
+
+#[test]
+fn self_dependency() {
+    let validated = check(
+        template(vec![block("a"), block_on("b", &["a", "b"])]),
+        &[("TPL0009", "$.blocks[1].inputs.depends[1]", Some("b"))],
+    );
+    assert!(help(only_error(&validated)).contains("upstream"));
+}
+
+/// Parses "dependency cycle: x -> y -> … -> x" into its ids.
+fn cycle_of(d: &Diagnostic) -> Vec<String> {
+    let path = d
+        .message
+        .strip_prefix("dependency cycle: ")
+        .unwrap_or_else(|| panic!("{}", d.message));
+    path.split(" -> ").map(str::to_string).collect()
+}
+
+/// Asserts `cycle` is a closed path whose every step is a real edge of
+/// `value` (`x -> y` means `y` depends on `x`).
+fn assert_closed_path(value: &Value, cycle: &[String]) {
+    assert!(cycle.len() >= 3, "{cycle:?}");
+    assert_eq!(cycle.first(), cycle.last(), "{cycle:?}");
+    let inner = &cycle[..cycle.len() - 1];
+    let distinct: BTreeSet<&String> = inner.iter().collect();
+    assert_eq!(distinct.len(), inner.len(), "simple cycle: {cycle:?}");
+    for pair in cycle.windows(2) {
+        let (from, to) = (&pair[0], &pair[1]);
+        let dependent = value["blocks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["id"] == json!(to))
+            .unwrap_or_else(|| panic!("no block {to}"));
+        let deps = dependent["inputs"]["depends"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert!(
+            deps.iter().any(|d| d["block"] == json!(from)),
+            "{to} does not depend on {from}: {cycle:?}"
+        );
+    }
+}
+
+/// Validates `value`, expects exactly one error, a TPL0010 cycle whose block
+/// is where the reported path starts; returns the path.
+fn check_cycle(value: &Value) -> Vec<String> {
+    let validated = validate_value(value);
+    let d = only_error(&validated);
+    assert_eq!((d.code, d.path.as_str()), ("TPL0010", "$.blocks"), "{d:#?}");
+    assert!(validated.pipeline.is_none());
+    let cycle = cycle_of(d);
+    assert_closed_path(value, &cycle);
+    assert_eq!(d.block.as_deref(), Some(cycle[0].as_str()));
+    assert!(help(d).contains("DAG"));
+    cycle
+}
+
+#[test]
+fn three_cycle_is_reported_as_a_closed_path() {
+    // a <- c, b <- a, c <- b: a -> b -> c -> a. `d` hangs off the cycle, `e` is free.
+    let value = template(vec![
+        block_on("a", &["c"]),
+        block_on("b", &["a"]),
+        block_on("c", &["b"]),
+        block_on("d", &["c"]),
+        block("e"),
+    ]);
+    let cycle = check_cycle(&value);
+    let members: BTreeSet<&str> = cycle.iter().map(String::as_str).collect();
+    assert_eq!(members, BTreeSet::from(["a", "b", "c"]));
+    let text = cycle.join(" -> ");
+    assert!(
+        ["a -> b -> c -> a", "b -> c -> a -> b", "c -> a -> b -> c"].contains(&text.as_str()),
+        "{text}"
+    );
+    // Same through the text entry point.
+    check_str(
+        &value.to_string(),
+        &[("TPL0010", "$.blocks", Some(cycle[0].as_str()))],
+    );
+}
+
+#[test]
+fn two_cycle_and_cycle_behind_a_dag_prefix() {
+    let value = template(vec![
+        block("root"),
+        block_on("x", &["root", "y"]),
+        block_on("y", &["x"]),
+        block_on("z", &["y"]),
+    ]);
+    let cycle = check_cycle(&value);
+    let members: BTreeSet<&str> = cycle.iter().map(String::as_str).collect();
+    assert_eq!(members, BTreeSet::from(["x", "y"]));
+}
+
+// ── Outputs, thresholds, runtime config ──
+
+#[test]
+fn duplicate_artifact_and_metric_keys() {
+    let mut b = block("a");
+    b["outputs"] = json!({
+        "artifacts": [
+            { "key": "out", "path": "a.txt", "format": "text" },
+            { "key": "out", "path": "b.txt", "format": "text" }
+        ],
+        "metrics": [{ "key": "m", "type": "number" }, { "key": "m", "type": "integer" }]
+    });
+    check(
+        template(vec![b]),
+        &[
+            ("TPL0011", "$.blocks[0].outputs.artifacts[1].key", Some("a")),
+            ("TPL0011", "$.blocks[0].outputs.metrics[1].key", Some("a")),
+        ],
+    );
+}
+
+#[test]
+fn artifact_paths_must_be_relative_without_parent_dirs() {
+    for bad in ["/etc/passwd", "../out.txt", "a/../../b", "", "  "] {
+        let mut b = block("a");
+        b["outputs"]["artifacts"][0]["path"] = json!(bad);
+        let validated = check(
+            template(vec![b]),
+            &[(
+                "TPL0012",
+                "$.blocks[0].outputs.artifacts[0].path",
+                Some("a"),
+            )],
+        );
+        let d = only_error(&validated);
+        assert!(help(d).contains("relative"), "{bad:?}");
+    }
+    for good in ["out.txt", "sub/dir/out.md", "./x.json", "a..b"] {
+        let mut b = block("a");
+        b["outputs"]["artifacts"][0]["path"] = json!(good);
+        check(template(vec![b]), &[]);
+    }
+}
+
+#[test]
+fn threshold_on_an_undeclared_metric() {
+    let mut b = block("a");
+    b["execution"] = json!({ "threshold": { "metric": "score", "min": 85 } });
+    let validated = check(
+        template(vec![b]),
+        &[(
+            "TPL0013",
+            "$.blocks[0].execution.threshold.metric",
+            Some("a"),
+        )],
+    );
+    let d = only_error(&validated);
+    assert!(d.message.contains("`score`"));
+    assert!(
+        help(d).contains("\"key\": \"score\""),
+        "shows how to declare it: {}",
+        help(d)
+    );
+
+    let mut b = block("a");
+    b["outputs"]["metrics"] = json!([{ "key": "quality", "type": "percent" }]);
+    b["execution"] = json!({ "threshold": { "metric": "score", "min": 85 } });
+    let validated = check(
+        template(vec![b.clone()]),
+        &[(
+            "TPL0013",
+            "$.blocks[0].execution.threshold.metric",
+            Some("a"),
+        )],
+    );
+    assert_eq!(help(only_error(&validated)), "declared metrics: quality");
+
+    b["execution"]["threshold"]["metric"] = json!("quality");
+    check(template(vec![b]), &[]);
+}
+
+fn with_runtime(runtime: &str, config: Value) -> Value {
+    let mut b = block("a");
+    b["runtime"] = json!(runtime);
+    b["inputs"]["config"] = config;
+    b
+}
+
+#[test]
+fn command_blocks_need_an_argv() {
+    let validated = check(
+        template(vec![with_runtime("command", json!({}))]),
+        &[("TPL0014", "$.blocks[0].inputs.config", Some("a"))],
+    );
+    assert!(help(only_error(&validated)).contains("\"command\""));
+
+    for bad in [
+        json!([]),
+        json!(["sh", 1]),
+        json!("sh -c true"),
+        json!(["sh", ""]),
+        json!([null]),
+    ] {
+        let validated = check(
+            template(vec![with_runtime(
+                "command",
+                json!({ "command": bad.clone() }),
+            )]),
+            &[("TPL0014", "$.blocks[0].inputs.config.command", Some("a"))],
+        );
+        let d = only_error(&validated);
+        assert!(d.message.contains("argv"), "{bad}: {}", d.message);
+        assert!(help(d).starts_with("e.g."), "{bad}");
+    }
+    check(
+        template(vec![with_runtime(
+            "command",
+            json!({ "command": ["true"] }),
+        )]),
+        &[],
+    );
+}
+
+#[test]
+fn builtin_blocks_need_a_known_builtin() {
+    let validated = check(
+        template(vec![with_runtime(
+            "builtin",
+            json!({ "builtin": "sleeep" }),
+        )]),
+        &[("TPL0014", "$.blocks[0].inputs.config.builtin", Some("a"))],
+    );
+    let d = only_error(&validated);
+    assert!(d.message.contains("`sleeep`"));
+    assert_eq!(help(d), "known builtins: noop, sleep");
+
+    check(
+        template(vec![with_runtime("builtin", json!({}))]),
+        &[("TPL0014", "$.blocks[0].inputs.config", Some("a"))],
+    );
+    check(
+        template(vec![with_runtime("builtin", json!({ "builtin": "sleep" }))]),
+        &[("TPL0014", "$.blocks[0].inputs.config.ms", Some("a"))],
+    );
+    check(
+        template(vec![with_runtime(
+            "builtin",
+            json!({ "builtin": "sleep", "ms": -5 }),
+        )]),
+        &[("TPL0014", "$.blocks[0].inputs.config.ms", Some("a"))],
+    );
+    check(
+        template(vec![with_runtime(
+            "builtin",
+            json!({ "builtin": "sleep", "ms": 5 }),
+        )]),
+        &[],
+    );
+}
+
+#[test]
+fn llm_blocks_need_a_skill() {
+    let validated = check(
+        template(vec![with_runtime("llm", json!({}))]),
+        &[("TPL0014", "$.blocks[0].skill", Some("a"))],
+    );
+    assert!(help(only_error(&validated)).contains("\"skill\""));
+    let mut b = with_runtime("llm", json!({}));
+    b["skill"] = json!("");
+    check(
+        template(vec![b.clone()]),
+        &[("TPL0014", "$.blocks[0].skill", Some("a"))],
+    );
+    b["skill"] = json!("deep-research");
+    check(template(vec![b]), &[]);
+}
+
+#[test]
+fn http_blocks_need_a_url() {
+    let validated = check(
+        template(vec![with_runtime("http", json!({}))]),
+        &[("TPL0014", "$.blocks[0].inputs.config", Some("a"))],
+    );
+    assert!(help(only_error(&validated)).contains("url_env"));
+    check(
+        template(vec![with_runtime("http", json!({ "url": "ftp://x" }))]),
+        &[("TPL0014", "$.blocks[0].inputs.config.url", Some("a"))],
+    );
+    check(
+        template(vec![with_runtime(
+            "http",
+            json!({ "url": "https://example.com/hook" }),
+        )]),
+        &[],
+    );
+    check(
+        template(vec![with_runtime("http", json!({ "url_env": "SYNC_URL" }))]),
+        &[],
+    );
+}
+
+#[test]
+fn autonomy_profile_naming_a_missing_block() {
+    let mut value = template(vec![block("fetch"), block_on("report", &["fetch"])]);
+    value["autonomy_profiles"] = json!({
+        "careful": { "default": "gate", "blocks": { "reprot": "auto", "fetch": "guided" } }
+    });
+    let validated = check(
+        value,
+        &[("TPL0015", "$.autonomy_profiles.careful.blocks.reprot", None)],
+    );
+    let d = only_error(&validated);
+    assert!(
+        d.message.contains("`careful`") && d.message.contains("`reprot`"),
+        "{}",
+        d.message
+    );
+    assert_eq!(help(d), "did you mean `report`?");
+}
+
+#[test]
+fn bad_env_var_names() {
+    let mut b = block("a");
+    b["inputs"]["env"] = json!(["API_KEY", "1TOKEN", "MY-VAR", "", "_ok9"]);
+    let validated = check(
+        template(vec![b]),
+        &[
+            ("TPL0020", "$.blocks[0].inputs.env[1]", Some("a")),
+            ("TPL0020", "$.blocks[0].inputs.env[2]", Some("a")),
+            ("TPL0020", "$.blocks[0].inputs.env[3]", Some("a")),
+        ],
+    );
+    for d in validated.errors() {
+        assert!(help(d).contains("letters, digits"));
+    }
+}
+
+#[test]
+fn empty_blocks() {
+    let validated = check(template(vec![]), &[("TPL0018", "$.blocks", None)]);
+    assert_eq!(help(only_error(&validated)), "add at least one block");
+}
+
+// ── Warnings ──
+
+#[test]
+fn warnings_do_not_block_validity() {
+    let mut b = block("a");
+    b["execution"] = json!({ "retryable": false, "max_retries": 2 });
+    let validated = check(template(vec![b]), &[]);
+    let w = warnings(&validated);
+    assert_eq!(w.len(), 1, "{w:#?}");
+    assert_eq!(w[0].code, "TPL0019");
+    assert_eq!(w[0].path, "$.blocks[0].execution.max_retries");
+    assert_eq!(w[0].block.as_deref(), Some("a"));
+    assert!(help(w[0]).contains("max_retries: 0"));
+    assert!(validated.pipeline.is_some());
+    assert!(!validated.has_errors());
+}
+
+#[test]
+fn dependency_inside_the_same_parallel_group_is_a_warning() {
+    let mut a = block("a");
+    a["execution"] = json!({ "parallel_group": "g" });
+    let mut b = block_on("b", &["a"]);
+    b["execution"] = json!({ "parallel_group": "g" });
+    let mut c = block_on("c", &["a"]);
+    c["execution"] = json!({ "parallel_group": "other" });
+    let validated = check(template(vec![a, b, c]), &[]);
+    let w = warnings(&validated);
+    assert_eq!(w.len(), 1, "{w:#?}");
+    assert_eq!(w[0].code, "TPL0016");
+    assert_eq!(w[0].path, "$.blocks[1].inputs.depends[0]");
+    assert_eq!(w[0].block.as_deref(), Some("b"));
+    assert!(w[0].message.contains("`g`"));
+}
+
+#[test]
+fn other_warnings() {
+    // The same dependency twice.
+    let validated = check(template(vec![block("a"), block_on("b", &["a", "a"])]), &[]);
+    let w = warnings(&validated);
+    assert_eq!(w.len(), 1, "{w:#?}");
+    assert_eq!(
+        (w[0].code, w[0].path.as_str()),
+        ("TPL0017", "$.blocks[1].inputs.depends[1]")
+    );
+
+    // A required param with a default.
+    let mut value = valid();
+    value["params"] = json!({ "title": { "required": true, "default": "x" } });
+    let validated = check(value, &[]);
+    let w = warnings(&validated);
+    assert_eq!(w.len(), 1, "{w:#?}");
+    assert_eq!(
+        (w[0].code, w[0].path.as_str()),
+        ("TPL0021", "$.params.title")
+    );
+}
+
+// ── Many problems at once ──
+
+#[test]
+fn independent_errors_are_all_reported() {
+    let mut bad_path = block("b");
+    bad_path["outputs"]["artifacts"][0]["path"] = json!("/abs");
+    let mut bad_env = block_on("c", &["missing"]);
+    bad_env["inputs"]["env"] = json!(["NOT-OK"]);
+    let value = template(vec![
+        block("a"),
+        bad_path,
+        bad_env,
+        block("a"),
+        with_runtime("llm", json!({})),
+    ]);
+    // The last block is also `a`: its id is duplicate *and* it lacks a skill.
+    let validated = check(
+        value,
+        &[
+            (
+                "TPL0012",
+                "$.blocks[1].outputs.artifacts[0].path",
+                Some("b"),
+            ),
+            ("TPL0007", "$.blocks[2].inputs.depends[0].block", Some("c")),
+            ("TPL0020", "$.blocks[2].inputs.env[0]", Some("c")),
+            ("TPL0005", "$.blocks[3].id", Some("a")),
+            ("TPL0005", "$.blocks[4].id", Some("a")),
+            ("TPL0014", "$.blocks[4].skill", Some("a")),
+        ],
+    );
+    assert_eq!(validated.errors().count(), 6);
+}
+
+#[test]
+fn four_shape_errors_are_all_reported() {
+    let mut a = block("a");
+    a["runtime"] = json!("shell");
+    a["timeout"] = json!("soon");
+    let mut b = block("b");
+    b["inputs"]["dependss"] = json!([]);
+    b["state"] = json!({});
+    check(
+        template(vec![a, b]),
+        &[
+            ("TPL0002", "$.blocks[0].runtime", Some("a")),
+            ("TPL0002", "$.blocks[0].timeout", Some("a")),
+            ("TPL0003", "$.blocks[1].inputs.dependss", Some("b")),
+            ("TPL0004", "$.blocks[1].state", Some("b")),
+        ],
+    );
+}
+
+// ── Shipped templates ──
+
+#[test]
+fn the_offline_example_validates() {
+    let validated = check_str(OFFLINE_EXAMPLE, &[]);
+    let pipeline = validated.pipeline.unwrap();
+    assert_eq!(pipeline.template().id, "corpus-report");
+    assert!(
+        pipeline
+            .blocks()
+            .iter()
+            .all(|b| b.runtime == template::Runtime::Command)
+    );
+}
+
+#[test]
+fn the_clone_factory_template_validates() {
+    let validated = check_str(CLONE_FACTORY, &[]);
+    let pipeline = validated.pipeline.unwrap();
+    assert_eq!(pipeline.len(), 26);
+    assert_eq!(pipeline.template().id, "clone-factory");
+
+    let after_gates: BTreeSet<&str> = pipeline
+        .blocks()
+        .iter()
+        .filter(|b| b.execution.human_gate == HumanGate::After)
+        .map(|b| b.id.as_str())
+        .collect();
+    assert_eq!(
+        after_gates,
+        BTreeSet::from([
+            "expert-framework-creator",
+            "extraction-reviewer",
+            "gap-analyzer",
+            "clone-tester",
+            "expert-audit"
+        ])
+    );
+    assert!(
+        pipeline
+            .blocks()
+            .iter()
+            .all(|b| b.execution.human_gate != HumanGate::Before)
+    );
+
+    let tester = pipeline.block("clone-tester").unwrap();
+    let threshold = tester.execution.threshold.as_ref().unwrap();
+    assert_eq!(threshold.metric, "score");
+    assert_eq!(threshold.min, 85.0);
+
+    // Parallel groups in order of first appearance, with their sizes.
+    let mut groups: Vec<(&str, usize)> = Vec::new();
+    for b in pipeline.blocks() {
+        if let Some(group) = b.execution.parallel_group.as_deref() {
+            match groups.iter_mut().find(|(g, _)| *g == group) {
+                Some((_, n)) => *n += 1,
+                None => groups.push((group, 1)),
+            }
+        }
+    }
+    assert_eq!(
+        groups.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
+        vec![3, 5, 4, 3, 2],
+        "{groups:?}"
+    );
+
+    // Its profiles name real blocks, and the graph is a DAG in topological order.
+    assert_eq!(pipeline.template().autonomy_profiles.len(), 3);
+    let position: BTreeMap<usize, usize> = pipeline
+        .topo_order()
+        .iter()
+        .enumerate()
+        .map(|(p, &i)| (i, p))
+        .collect();
+    for i in 0..pipeline.len() {
+        for &u in pipeline.upstream(i) {
+            assert!(position[&u] < position[&i]);
+        }
+    }
+}
+
+// ── Never panics ──
+
+/// Every JSON pointer to a value inside `value` (not the root).
+fn pointers(value: &Value, prefix: &str, out: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map {
+                let p = format!("{prefix}/{}", k.replace('~', "~0").replace('/', "~1"));
+                out.push(p.clone());
+                pointers(v, &p, out);
+            }
+        }
+        Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                let p = format!("{prefix}/{i}");
+                out.push(p.clone());
+                pointers(v, &p, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn scalar() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        (-1.0e15f64..1.0e15).prop_map(Value::from),
+        prop_oneof![
+            Just(""),
+            Just("a"),
+            Just("before"),
+            Just("after"),
+            Just("gate"),
+            Just("command"),
+            Just("../x"),
+            Just("/abs"),
+            Just("Bad Id"),
+            Just("noop"),
+            Just("sleep"),
+            Just("deep-research"),
+            Just("clone-compiler"),
+            Just("score"),
+            Just("out"),
+        ]
+        .prop_map(Value::from),
+        "[a-z_\\-]{0,8}".prop_map(Value::from),
+        Just(json!([])),
+        Just(json!({})),
+    ]
+}
+
+#[derive(Debug, Clone)]
+enum Mutation {
+    Delete(usize),
+    Replace(usize, Value),
+}
+
+fn mutation() -> impl Strategy<Value = Mutation> {
+    prop_oneof![
+        any::<usize>().prop_map(Mutation::Delete),
+        (any::<usize>(), scalar()).prop_map(|(at, v)| Mutation::Replace(at, v)),
+    ]
+}
+
+fn mutate(value: &mut Value, mutation: &Mutation) {
+    let mut all = Vec::new();
+    pointers(value, "", &mut all);
+    if all.is_empty() {
+        return;
+    }
+    let (at, replacement) = match mutation {
+        Mutation::Delete(at) => (*at, None),
+        Mutation::Replace(at, v) => (*at, Some(v.clone())),
+    };
+    let pointer = &all[at % all.len()];
+    match replacement {
+        Some(v) => *value.pointer_mut(pointer).unwrap() = v,
+        None => {
+            let (parent, last) = pointer.rsplit_once('/').unwrap();
+            let key = last.replace("~1", "/").replace("~0", "~");
+            match value.pointer_mut(parent).unwrap() {
+                Value::Object(map) => {
+                    map.remove(&key);
+                }
+                Value::Array(items) => {
+                    let i: usize = key.parse().unwrap();
+                    items.remove(i);
+                }
+                _ => unreachable!(),
+            }
+        }
+    }
+}
+
+fn assert_consistent(validated: &Validated) {
+    assert_eq!(
+        validated.pipeline.is_some(),
+        !validated.has_errors(),
+        "{:#?}",
+        validated.diagnostics
+    );
+    for d in &validated.diagnostics {
+        assert!(d.code.starts_with("TPL"));
+        assert!(d.path.starts_with('$'), "{d:?}");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn arbitrary_text_never_panics(source in ".{0,200}") {
+        assert_consistent(&validate_str(&source));
+    }
+
+    #[test]
+    fn json_like_text_never_panics(source in "[\\[\\]{}\":,. a-z0-9\\-\n]{0,120}") {
+        assert_consistent(&validate_str(&source));
+    }
+
+    #[test]
+    fn truncated_templates_never_panic(cut in 0usize..10_000) {
+        let cut = cut % OFFLINE_EXAMPLE.len();
+        let source = &OFFLINE_EXAMPLE[..OFFLINE_EXAMPLE.floor_char_boundary(cut)];
+        let validated = validate_str(source);
+        assert_consistent(&validated);
+        prop_assert!(validated.has_errors());
+    }
+
+    #[test]
+    fn mutated_templates_never_panic(
+        use_clone_factory in any::<bool>(),
+        mutations in proptest::collection::vec(mutation(), 1..6),
+    ) {
+        let source = if use_clone_factory { CLONE_FACTORY } else { OFFLINE_EXAMPLE };
+        let mut value: Value = serde_json::from_str(source).unwrap();
+        for m in &mutations {
+            mutate(&mut value, m);
+        }
+        let validated = validate_str(&value.to_string());
+        assert_consistent(&validated);
+        if let Some(pipeline) = &validated.pipeline {
+            prop_assert!(validated.errors().next().is_none());
+            prop_assert_eq!(pipeline.topo_order().len(), pipeline.len());
+        }
+        let again = validate_value(&value);
+        prop_assert_eq!(again.diagnostics, validated.diagnostics);
+    }
+}
+
+#[test]
+fn float_where_an_integer_is_needed_names_the_field() {
+    let mut template: Value = serde_json::from_str(include_str!("../../../../examples/offline/pipeline.json")).unwrap();
+    template["blocks"][1]["execution"]["max_retries"] = serde_json::json!(2.0);
+    let validated = validate_value(&template);
+    let errors: Vec<_> = validated.errors().collect();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].path, "$.blocks[1].execution.max_retries");
+    assert_eq!(errors[0].block.as_deref(), Some("collect-stats"));
+}
+
+#[test]
+fn a_scalar_where_an_optional_object_belongs_says_so() {
+    let mut template: Value = serde_json::from_str(include_str!("../../../../examples/offline/pipeline.json")).unwrap();
+    template["blocks"][0]["lifecycle"] = serde_json::json!("daemon");
+    let validated = validate_value(&template);
+    let errors: Vec<_> = validated.errors().collect();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].path, "$.blocks[0].lifecycle");
+    assert!(errors[0].help.as_deref().unwrap().contains("expected an object"), "{errors:?}");
+}
