@@ -45,7 +45,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");
@@ -85,7 +88,9 @@ fn exit_code_for(error: &anyhow::Error) -> u8 {
 
 fn store_code(error: &StoreError) -> u8 {
     match error {
-        StoreError::RunNotFound(_) | StoreError::AmbiguousRunId { .. } | StoreError::BlobNotFound(_) => 2,
+        StoreError::RunNotFound(_)
+        | StoreError::AmbiguousRunId { .. }
+        | StoreError::BlobNotFound(_) => 2,
         _ => 3,
     }
 }
@@ -112,7 +117,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Schema => {
-            println!("{}", serde_json::to_string_pretty(&factory_core::template::json_schema())?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&factory_core::template::json_schema())?
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Run {
@@ -202,10 +210,22 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             diff,
         } => {
             let store = factory_store::open(&cli.db).await?;
-            show::artifacts(store.as_ref(), &run, &block, key.as_deref(), attempt, diff.as_deref()).await?;
+            show::artifacts(
+                store.as_ref(),
+                &run,
+                &block,
+                key.as_deref(),
+                attempt,
+                diff.as_deref(),
+            )
+            .await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Logs { run, block, attempt } => {
+        Command::Logs {
+            run,
+            block,
+            attempt,
+        } => {
             let store = factory_store::open(&cli.db).await?;
             show::logs(store.as_ref(), &run, &block, attempt).await?;
             Ok(ExitCode::SUCCESS)
@@ -235,7 +255,12 @@ async fn engine(db: &str, actor: &str, drive: &DriveArgs) -> Result<Engine> {
     Ok(Engine::new(Arc::from(store), config))
 }
 
-async fn continue_run(engine: &Engine, run_id: &str, no_run: bool, quiet: bool) -> Result<ExitCode> {
+async fn continue_run(
+    engine: &Engine,
+    run_id: &str,
+    no_run: bool,
+    quiet: bool,
+) -> Result<ExitCode> {
     if no_run {
         return Ok(ExitCode::SUCCESS);
     }
@@ -257,7 +282,11 @@ async fn drive_run(engine: &Engine, run_id: &str, quiet: bool) -> Result<ExitCod
             .await
             .map(|handle| {
                 let pipeline = handle.pipeline();
-                pipeline.topo_order().iter().map(|&i| pipeline.blocks()[i].id.clone()).collect()
+                pipeline
+                    .topo_order()
+                    .iter()
+                    .map(|&i| pipeline.blocks()[i].id.clone())
+                    .collect()
             })
             .unwrap_or_default();
         eprint!("{}", show::summary(&doc, &order));
@@ -269,7 +298,8 @@ async fn drive_run(engine: &Engine, run_id: &str, quiet: bool) -> Result<ExitCod
 }
 
 fn read_template(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|error| user_error(format!("cannot read template {}: {error}", path.display())))
+    std::fs::read_to_string(path)
+        .map_err(|error| user_error(format!("cannot read template {}: {error}", path.display())))
 }
 
 /// Validates and prints diagnostics; errors become a user error.
@@ -288,7 +318,10 @@ fn pipeline_or_report(path: &Path, source: &str) -> Result<factory_core::Pipelin
                 eprintln!("{}", diagnostic.render(&name));
             }
             let count = validated.errors().count();
-            Err(user_error(format!("{name} is invalid ({count} error{})", if count == 1 { "" } else { "s" })))
+            Err(user_error(format!(
+                "{name} is invalid ({count} error{})",
+                if count == 1 { "" } else { "s" }
+            )))
         }
     }
 }
@@ -317,14 +350,21 @@ fn validate(files: &[std::path::PathBuf], json: bool) -> Result<ExitCode> {
             if errors == 0 {
                 println!("{name}: valid");
             } else {
-                println!("{name}: {errors} error{}", if errors == 1 { "" } else { "s" });
+                println!(
+                    "{name}: {errors} error{}",
+                    if errors == 1 { "" } else { "s" }
+                );
             }
         }
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&all)?);
     }
-    Ok(if any_errors { ExitCode::from(2) } else { ExitCode::SUCCESS })
+    Ok(if any_errors {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn parse_params(pairs: &[String]) -> Result<BTreeMap<String, Value>> {

@@ -61,23 +61,48 @@ pub fn observer(quiet: bool) -> Option<Observer> {
 /// One line per event worth a person's attention.
 pub fn describe(record: &EventRecord) -> Option<String> {
     let text = match &record.event {
-        Event::RunCreated { run_id, template_id, .. } => format!("created run {run_id} of {template_id}"),
-        Event::BlockStarted { block, attempt, .. } => format!("▶ {block} started (attempt {attempt})"),
-        Event::AttemptFinished { block, attempt, outcome, score, .. } => {
+        Event::RunCreated {
+            run_id,
+            template_id,
+            ..
+        } => format!("created run {run_id} of {template_id}"),
+        Event::BlockStarted { block, attempt, .. } => {
+            format!("▶ {block} started (attempt {attempt})")
+        }
+        Event::AttemptFinished {
+            block,
+            attempt,
+            outcome,
+            score,
+            ..
+        } => {
             let score = score.map(|s| format!(", score {s}")).unwrap_or_default();
-            format!("  {block} attempt {attempt}: {}{score}", serde_json::to_string(outcome).unwrap_or_default().trim_matches('"'))
+            format!(
+                "  {block} attempt {attempt}: {}{score}",
+                serde_json::to_string(outcome)
+                    .unwrap_or_default()
+                    .trim_matches('"')
+            )
         }
         Event::BlockDone { block } => format!("✔ {block} done"),
         Event::BlockFailed { block, error } => format!("✘ {block} failed: {error}"),
         Event::RetryScheduled { block, reason, .. } => format!("↻ {block}: {reason}"),
         Event::BlockWaiting { block, phase } => format!(
             "⏸ {block} waits for approval ({} gate): factory approve <run> {block}",
-            serde_json::to_string(phase).unwrap_or_default().trim_matches('"')
+            serde_json::to_string(phase)
+                .unwrap_or_default()
+                .trim_matches('"')
         ),
         Event::BlockBlocked { block, because } => format!("⊘ {block} blocked by {because}"),
         Event::GateApproved { block, .. } => format!("✔ {block} approved by {}", record.actor),
-        Event::GateRejected { block, feedback, .. } => format!("✘ {block} rejected by {}: {feedback}", record.actor),
-        Event::AttemptAbandoned { block, attempt, reason } => format!("↺ {block} attempt {attempt} abandoned: {reason}"),
+        Event::GateRejected {
+            block, feedback, ..
+        } => format!("✘ {block} rejected by {}: {feedback}", record.actor),
+        Event::AttemptAbandoned {
+            block,
+            attempt,
+            reason,
+        } => format!("↺ {block} attempt {attempt} abandoned: {reason}"),
         Event::ReviewFlagged { block } => format!("⚑ {block} flagged for optional review (guided)"),
         Event::BlockReset { block, reason } => format!("↺ {block} reset: {reason}"),
         Event::RunStatusChanged { status } => format!("run is {}", status.as_str()),

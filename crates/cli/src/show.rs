@@ -14,7 +14,10 @@ pub async fn runs(store: &dyn Store, limit: u32) -> Result<()> {
         println!("no runs yet: start one with `factory run TEMPLATE`");
         return Ok(());
     }
-    println!("{:<36}  {:<20}  {:<8}  {}", "RUN", "TEMPLATE", "STATUS", "CREATED");
+    println!(
+        "{:<36}  {:<20}  {:<8}  {}",
+        "RUN", "TEMPLATE", "STATUS", "CREATED"
+    );
     for run in runs {
         println!(
             "{:<36}  {:<20}  {:<8}  {}",
@@ -33,7 +36,10 @@ pub async fn status(store: &dyn Store, run: &str, json: bool) -> Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(&stored.doc)?);
     } else {
-        print!("{}", summary(&stored.doc, &template_order(&stored.template_json)));
+        print!(
+            "{}",
+            summary(&stored.doc, &template_order(&stored.template_json))
+        );
     }
     Ok(())
 }
@@ -97,10 +103,13 @@ pub fn summary(doc: &RunDoc, template_order: &[String]) -> String {
         };
         let mut note = state.error.clone().unwrap_or_default();
         if state.status == BlockStatus::Waiting {
-            note = format!("waiting at {} gate", state.gate.map_or("a", |g| match g {
-                factory_core::run::GatePhase::Before => "the before",
-                factory_core::run::GatePhase::After => "the after",
-            }));
+            note = format!(
+                "waiting at {} gate",
+                state.gate.map_or("a", |g| match g {
+                    factory_core::run::GatePhase::Before => "the before",
+                    factory_core::run::GatePhase::After => "the after",
+                })
+            );
         }
         if state.review_flag {
             note = format!("{note} [review flagged]").trim().to_string();
@@ -126,7 +135,11 @@ pub async fn events(store: &dyn Store, run: &str, json: bool) -> Result<()> {
             println!("{}", serde_json::to_string(&record)?);
         } else {
             let detail = crate::progress::describe(&record).unwrap_or_else(|| {
-                record.event.block().map(|b| format!("{b} ready")).unwrap_or_default()
+                record
+                    .event
+                    .block()
+                    .map(|b| format!("{b} ready"))
+                    .unwrap_or_default()
             });
             println!(
                 "{:>5}  {}  {:<20}  {:<40}  {}",
@@ -146,7 +159,11 @@ fn find_attempt<'a>(history: &'a [Attempt], n: u32, block: &str) -> Result<&'a A
         Some(attempt) => Ok(attempt),
         None => bail!(user_error(format!(
             "block `{block}` has no attempt {n} (attempts: {})",
-            history.iter().map(|a| a.n.to_string()).collect::<Vec<_>>().join(", ")
+            history
+                .iter()
+                .map(|a| a.n.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         ))),
     }
 }
@@ -165,11 +182,17 @@ pub async fn artifacts(
         bail!(user_error(format!("run {run_id} has no block `{block}`")));
     };
     if let Some([a, b]) = diff {
-        let (left, right) = (find_attempt(&state.history, *a, block)?, find_attempt(&state.history, *b, block)?);
+        let (left, right) = (
+            find_attempt(&state.history, *a, block)?,
+            find_attempt(&state.history, *b, block)?,
+        );
         let empty = Default::default();
         let left_artifacts = left.report.as_ref().map_or(&empty, |r| &r.artifacts);
         let right_artifacts = right.report.as_ref().map_or(&empty, |r| &r.artifacts);
-        let mut keys: Vec<&String> = left_artifacts.keys().chain(right_artifacts.keys()).collect();
+        let mut keys: Vec<&String> = left_artifacts
+            .keys()
+            .chain(right_artifacts.keys())
+            .collect();
         keys.sort();
         keys.dedup();
         for artifact_key in keys {
@@ -178,7 +201,9 @@ pub async fn artifacts(
             }
             let read = async |r: Option<&factory_core::run::ArtifactRef>| -> Result<String> {
                 Ok(match r {
-                    Some(r) => String::from_utf8_lossy(&store.get_blob(&r.hash).await?).into_owned(),
+                    Some(r) => {
+                        String::from_utf8_lossy(&store.get_blob(&r.hash).await?).into_owned()
+                    }
                     None => String::new(),
                 })
             };
@@ -188,7 +213,10 @@ pub async fn artifacts(
             let text = diff
                 .unified_diff()
                 .context_radius(3)
-                .header(&format!("{artifact_key} (attempt {a})"), &format!("{artifact_key} (attempt {b})"))
+                .header(
+                    &format!("{artifact_key} (attempt {a})"),
+                    &format!("{artifact_key} (attempt {b})"),
+                )
                 .to_string();
             if text.is_empty() {
                 println!("{artifact_key}: identical in attempts {a} and {b}");
@@ -203,11 +231,16 @@ pub async fn artifacts(
             Some(n) => find_attempt(&state.history, n, block)?,
             None => match state.last_success() {
                 Some(a) => a,
-                None => bail!(user_error(format!("block `{block}` has no successful attempt yet; pick one with --attempt"))),
+                None => bail!(user_error(format!(
+                    "block `{block}` has no successful attempt yet; pick one with --attempt"
+                ))),
             },
         };
         let Some(artifact) = chosen.report.as_ref().and_then(|r| r.artifacts.get(key)) else {
-            bail!(user_error(format!("attempt {} of `{block}` has no artifact `{key}`", chosen.n)));
+            bail!(user_error(format!(
+                "attempt {} of `{block}` has no artifact `{key}`",
+                chosen.n
+            )));
         };
         let bytes = store.get_blob(&artifact.hash).await?;
         use std::io::Write as _;
@@ -220,13 +253,31 @@ pub async fn artifacts(
     for attempt in &state.history {
         let outcome = attempt
             .outcome
-            .map(|o| serde_json::to_string(&o).unwrap_or_default().trim_matches('"').to_string())
+            .map(|o| {
+                serde_json::to_string(&o)
+                    .unwrap_or_default()
+                    .trim_matches('"')
+                    .to_string()
+            })
             .unwrap_or_else(|| "running".to_string());
-        let marker = if attempt.outcome == Some(AttemptOutcome::Succeeded) { "✔" } else { " " };
-        println!("{marker} attempt {} — {outcome} — {}", attempt.n, format_time(attempt.started_at));
+        let marker = if attempt.outcome == Some(AttemptOutcome::Succeeded) {
+            "✔"
+        } else {
+            " "
+        };
+        println!(
+            "{marker} attempt {} — {outcome} — {}",
+            attempt.n,
+            format_time(attempt.started_at)
+        );
         if let Some(report) = &attempt.report {
             for (key, artifact) in &report.artifacts {
-                println!("    {key:<24} {:<28} {:>9} B  sha256:{}", artifact.path, artifact.size, &artifact.hash[..12]);
+                println!(
+                    "    {key:<24} {:<28} {:>9} B  sha256:{}",
+                    artifact.path,
+                    artifact.size,
+                    &artifact.hash[..12]
+                );
             }
             if !report.metrics.is_empty() {
                 println!("    metrics: {}", serde_json::to_string(&report.metrics)?);
@@ -259,7 +310,10 @@ pub async fn logs(store: &dyn Store, run: &str, block: &str, attempt: Option<u32
             if log.truncated {
                 println!("[only the last {} bytes were kept]", log.size);
             }
-            print!("{}", String::from_utf8_lossy(&store.get_blob(&log.hash).await?));
+            print!(
+                "{}",
+                String::from_utf8_lossy(&store.get_blob(&log.hash).await?)
+            );
         }
     }
     Ok(())

@@ -15,7 +15,9 @@ use serde_json::json;
 fn random_dag(n: usize) -> Pipeline {
     let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut next = move || {
-        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
         (seed >> 33) as usize
     };
     let blocks: Vec<_> = (0..n)
@@ -35,14 +37,30 @@ fn random_dag(n: usize) -> Pipeline {
             })
         })
         .collect();
-    let template: Template =
-        serde_json::from_value(json!({"id": "bench", "name": "Bench", "version": "1", "blocks": blocks})).unwrap();
+    let template: Template = serde_json::from_value(
+        json!({"id": "bench", "name": "Bench", "version": "1", "blocks": blocks}),
+    )
+    .unwrap();
     validate_template(template).pipeline.expect("valid DAG")
 }
 
 fn new_run(pipeline: &Pipeline) -> RunDoc {
-    let event = create_run(pipeline, &RunRequest { run_id: "bench".into(), ..RunRequest::default() }, &|_| true).unwrap();
-    RunDoc::from_created(&EventRecord { seq: 1, at: 0, actor: "bench".into(), event }).unwrap()
+    let event = create_run(
+        pipeline,
+        &RunRequest {
+            run_id: "bench".into(),
+            ..RunRequest::default()
+        },
+        &|_| true,
+    )
+    .unwrap();
+    RunDoc::from_created(&EventRecord {
+        seq: 1,
+        at: 0,
+        actor: "bench".into(),
+        event,
+    })
+    .unwrap()
 }
 
 /// Marks the first half of the topological order done, the way a run would.
@@ -51,8 +69,16 @@ fn half_done(pipeline: &Pipeline, mut doc: RunDoc) -> RunDoc {
     for &i in &pipeline.topo_order()[..half] {
         let id = pipeline.blocks()[i].id.clone();
         let events = vec![
-            Event::BlockReady { block: id.clone(), reason: "bench".into() },
-            Event::BlockStarted { block: id.clone(), attempt: 1, owner: "bench".into(), lease_expires_at: 0 },
+            Event::BlockReady {
+                block: id.clone(),
+                reason: "bench".into(),
+            },
+            Event::BlockStarted {
+                block: id.clone(),
+                attempt: 1,
+                owner: "bench".into(),
+                lease_expires_at: 0,
+            },
             Event::AttemptFinished {
                 block: id.clone(),
                 attempt: 1,

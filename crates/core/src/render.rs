@@ -48,7 +48,13 @@ fn upstream_ids(pipeline: &Pipeline, i: usize) -> Vec<&str> {
 fn text(pipeline: &Pipeline) -> String {
     let mut out = String::new();
     let template = pipeline.template();
-    let _ = writeln!(out, "{} v{} — {} blocks", template.id, template.version, pipeline.len());
+    let _ = writeln!(
+        out,
+        "{} v{} — {} blocks",
+        template.id,
+        template.version,
+        pipeline.len()
+    );
     for (layer, blocks) in pipeline.layers() {
         let _ = writeln!(out, "\n{layer}");
         for i in blocks {
@@ -70,7 +76,11 @@ fn mermaid_id(id: &str) -> String {
 fn mermaid(pipeline: &Pipeline) -> String {
     let mut out = String::from("flowchart TD\n");
     for (layer, blocks) in pipeline.layers() {
-        let _ = writeln!(out, "  subgraph {}[\"{layer}\"]", mermaid_id(&format!("layer_{layer}")).replace('.', "_"));
+        let _ = writeln!(
+            out,
+            "  subgraph {}[\"{layer}\"]",
+            mermaid_id(&format!("layer_{layer}")).replace('.', "_")
+        );
         for i in blocks {
             let block = &pipeline.blocks()[i];
             let shape = if block.execution.human_gate != HumanGate::None {
@@ -100,7 +110,10 @@ fn dot(pipeline: &Pipeline) -> String {
     let _ = writeln!(out, "digraph \"{}\" {{", pipeline.template().id);
     out.push_str("  rankdir=TB;\n  node [shape=box, fontname=\"Helvetica\"];\n");
     for (n, (layer, blocks)) in pipeline.layers().into_iter().enumerate() {
-        let _ = writeln!(out, "  subgraph cluster_{n} {{\n    label=\"{layer}\";\n    rank=same;");
+        let _ = writeln!(
+            out,
+            "  subgraph cluster_{n} {{\n    label=\"{layer}\";\n    rank=same;"
+        );
         for i in blocks {
             let block = &pipeline.blocks()[i];
             let style = if block.execution.human_gate != HumanGate::None {
@@ -120,7 +133,12 @@ fn dot(pipeline: &Pipeline) -> String {
     }
     for i in 0..pipeline.len() {
         for &u in pipeline.upstream(i) {
-            let _ = writeln!(out, "  \"{}\" -> \"{}\";", pipeline.blocks()[u].id, pipeline.blocks()[i].id);
+            let _ = writeln!(
+                out,
+                "  \"{}\" -> \"{}\";",
+                pipeline.blocks()[u].id,
+                pipeline.blocks()[i].id
+            );
         }
     }
     out.push_str("}\n");

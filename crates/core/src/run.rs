@@ -495,7 +495,12 @@ impl RunDoc {
             Event::RunStatusChanged { status } => self.status = *status,
             Event::BlockReady { block, .. } => {
                 let state = self.state_mut(block)?;
-                expect(block, state, kind, &[BlockStatus::Pending, BlockStatus::Blocked])?;
+                expect(
+                    block,
+                    state,
+                    kind,
+                    &[BlockStatus::Pending, BlockStatus::Blocked],
+                )?;
                 state.status = BlockStatus::Ready;
                 state.gate = None;
                 state.not_before = None;
@@ -511,7 +516,12 @@ impl RunDoc {
             }
             Event::BlockBlocked { block, .. } => {
                 let state = self.state_mut(block)?;
-                expect(block, state, kind, &[BlockStatus::Pending, BlockStatus::Ready])?;
+                expect(
+                    block,
+                    state,
+                    kind,
+                    &[BlockStatus::Pending, BlockStatus::Ready],
+                )?;
                 state.status = BlockStatus::Blocked;
             }
             Event::BlockStarted {

@@ -44,7 +44,11 @@ pub fn decide(pipeline: &Pipeline, doc: &RunDoc, now: Millis, max_concurrency: u
     let blocks = pipeline.blocks();
     let mut status: Vec<BlockStatus> = blocks
         .iter()
-        .map(|b| doc.blocks.get(&b.id).map_or(BlockStatus::Pending, |s| s.status))
+        .map(|b| {
+            doc.blocks
+                .get(&b.id)
+                .map_or(BlockStatus::Pending, |s| s.status)
+        })
         .collect();
     let mut events = Vec::new();
 
@@ -93,7 +97,10 @@ pub fn decide(pipeline: &Pipeline, doc: &RunDoc, now: Millis, max_concurrency: u
         }
     }
 
-    let running = status.iter().filter(|s| **s == BlockStatus::Running).count();
+    let running = status
+        .iter()
+        .filter(|s| **s == BlockStatus::Running)
+        .count();
     let mut budget = if max_concurrency == 0 {
         usize::MAX
     } else {

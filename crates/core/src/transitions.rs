@@ -123,7 +123,11 @@ pub fn create_run(
             let declared: Vec<&str> = template.params.keys().map(String::as_str).collect();
             problems.push(format!(
                 "unknown run param `{name}`; the template declares: {}",
-                if declared.is_empty() { "none".to_string() } else { declared.join(", ") }
+                if declared.is_empty() {
+                    "none".to_string()
+                } else {
+                    declared.join(", ")
+                }
             ));
         }
     }
@@ -147,10 +151,18 @@ pub fn create_run(
         Some(name) => match template.autonomy_profiles.get(name) {
             Some(profile) => Some(profile),
             None => {
-                let known: Vec<&str> = template.autonomy_profiles.keys().map(String::as_str).collect();
+                let known: Vec<&str> = template
+                    .autonomy_profiles
+                    .keys()
+                    .map(String::as_str)
+                    .collect();
                 problems.push(format!(
                     "unknown autonomy profile `{name}`; the template defines: {}",
-                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
                 ));
                 None
             }
@@ -159,7 +171,9 @@ pub fn create_run(
     };
     for block_id in request.overrides.keys() {
         if pipeline.index_of(block_id).is_none() {
-            problems.push(format!("autonomy override names unknown block `{block_id}`"));
+            problems.push(format!(
+                "autonomy override names unknown block `{block_id}`"
+            ));
         }
     }
     if !problems.is_empty() {
@@ -240,7 +254,8 @@ pub fn finish(
         .blocks
         .get(block_id)
         .ok_or_else(|| TransitionError::UnknownBlock(block_id.to_string()))?;
-    if state.status != BlockStatus::Running || state.current_attempt().map(|a| a.n) != Some(attempt) {
+    if state.status != BlockStatus::Running || state.current_attempt().map(|a| a.n) != Some(attempt)
+    {
         return Err(TransitionError::StaleAttempt {
             block: block_id.to_string(),
             attempt,
@@ -383,7 +398,12 @@ pub fn approve(doc: &RunDoc, block: &str, note: Option<String>) -> Result<Event,
 
 /// Rejects the gate with feedback; the feedback becomes the block's
 /// corrections and the block runs again with them.
-pub fn reject(doc: &RunDoc, block: &str, feedback: &str, actor: &str) -> Result<Event, TransitionError> {
+pub fn reject(
+    doc: &RunDoc,
+    block: &str,
+    feedback: &str,
+    actor: &str,
+) -> Result<Event, TransitionError> {
     let phase = waiting_phase(doc, block, "reject")?;
     let feedback = feedback.trim();
     if feedback.is_empty() {
@@ -420,7 +440,11 @@ pub fn reject(doc: &RunDoc, block: &str, feedback: &str, actor: &str) -> Result<
     })
 }
 
-fn waiting_phase(doc: &RunDoc, block: &str, action: &'static str) -> Result<GatePhase, TransitionError> {
+fn waiting_phase(
+    doc: &RunDoc,
+    block: &str,
+    action: &'static str,
+) -> Result<GatePhase, TransitionError> {
     let status = status_of(doc, block)?;
     match (status, doc.blocks[block].gate) {
         (BlockStatus::Waiting, Some(phase)) => Ok(phase),
@@ -434,7 +458,12 @@ fn waiting_phase(doc: &RunDoc, block: &str, action: &'static str) -> Result<Gate
 
 /// Re-runs a failed or done block: resets it and every block downstream of it
 /// (their inputs are about to change) to pending. The scheduler does the rest.
-pub fn retry(pipeline: &Pipeline, doc: &RunDoc, block: &str, reason: &str) -> Result<Vec<Event>, TransitionError> {
+pub fn retry(
+    pipeline: &Pipeline,
+    doc: &RunDoc,
+    block: &str,
+    reason: &str,
+) -> Result<Vec<Event>, TransitionError> {
     let status = status_of(doc, block)?;
     if !matches!(status, BlockStatus::Failed | BlockStatus::Done) {
         return Err(TransitionError::NotRetryable {

@@ -70,8 +70,12 @@ pub fn validate_value(value: &Value) -> Validated {
             // The schema accepted it but the types did not (e.g. `2.0` where an
             // integer is needed): report where, like any other shape error.
             let segments = error.path().to_string();
-            let path = if segments == "." { "$".to_string() } else { format!("$.{segments}") }
-                .replace(".[", "[");
+            let path = if segments == "." {
+                "$".to_string()
+            } else {
+                format!("$.{segments}")
+            }
+            .replace(".[", "[");
             let block = block_for_path(value, &path);
             Validated::failed(vec![
                 Diagnostic::error(codes::SCHEMA, path, error.into_inner().to_string())
@@ -206,8 +210,9 @@ fn push_schema_error(
                     Some(suggestion) => {
                         diagnostic.with_help(format!("did you mean `{suggestion}`?"))
                     }
-                    None if !allowed.is_empty() => diagnostic
-                        .with_help(format!("allowed fields here: {}", allowed.join(", "))),
+                    None if !allowed.is_empty() => {
+                        diagnostic.with_help(format!("allowed fields here: {}", allowed.join(", ")))
+                    }
                     None => diagnostic,
                 };
                 out.push(diagnostic);
@@ -244,7 +249,12 @@ fn push_schema_error(
     }
 }
 
-fn enum_diagnostic(instance: &Value, path: String, block: Option<String>, allowed: &[String]) -> Diagnostic {
+fn enum_diagnostic(
+    instance: &Value,
+    path: String,
+    block: Option<String>,
+    allowed: &[String],
+) -> Diagnostic {
     let mut diagnostic = Diagnostic::error(
         codes::SCHEMA,
         path,
@@ -261,7 +271,10 @@ fn enum_diagnostic(instance: &Value, path: String, block: Option<String>, allowe
 
 /// The allowed values when every branch of a `oneOf`/`anyOf` is a `const` or
 /// an `enum` (possibly with a `type`) failing at this very location.
-fn const_options(context: &[Vec<jsonschema::ValidationError<'static>>], pointer: &str) -> Option<Vec<String>> {
+fn const_options(
+    context: &[Vec<jsonschema::ValidationError<'static>>],
+    pointer: &str,
+) -> Option<Vec<String>> {
     use jsonschema::error::ValidationErrorKind as Kind;
     let text = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_string);
     let mut allowed = Vec::new();
@@ -428,14 +441,24 @@ fn check_semantics(template: &Template) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     if !valid_id(&template.id) {
         out.push(
-            Diagnostic::error(codes::BAD_ID, "$.id", format!("invalid template id `{}`", template.id))
-                .with_help("use lowercase letters, digits, `-` and `_`, starting with a letter or digit"),
+            Diagnostic::error(
+                codes::BAD_ID,
+                "$.id",
+                format!("invalid template id `{}`", template.id),
+            )
+            .with_help(
+                "use lowercase letters, digits, `-` and `_`, starting with a letter or digit",
+            ),
         );
     }
     if template.blocks.is_empty() {
         out.push(
-            Diagnostic::error(codes::EMPTY_TEMPLATE, "$.blocks", "the template has no blocks")
-                .with_help("add at least one block"),
+            Diagnostic::error(
+                codes::EMPTY_TEMPLATE,
+                "$.blocks",
+                "the template has no blocks",
+            )
+            .with_help("add at least one block"),
         );
     }
 
@@ -445,9 +468,15 @@ fn check_semantics(template: &Template) -> Vec<Diagnostic> {
         let path = format!("$.blocks[{i}].id");
         if !valid_id(&block.id) {
             out.push(
-                Diagnostic::error(codes::BAD_ID, &path, format!("invalid block id `{}`", block.id))
-                    .in_block(block.id.clone())
-                    .with_help("use lowercase letters, digits, `-` and `_`, starting with a letter or digit"),
+                Diagnostic::error(
+                    codes::BAD_ID,
+                    &path,
+                    format!("invalid block id `{}`", block.id),
+                )
+                .in_block(block.id.clone())
+                .with_help(
+                    "use lowercase letters, digits, `-` and `_`, starting with a letter or digit",
+                ),
             );
         }
         if let Some(&earlier) = first_seen.get(block.id.as_str()) {
@@ -455,7 +484,10 @@ fn check_semantics(template: &Template) -> Vec<Diagnostic> {
                 Diagnostic::error(
                     codes::DUPLICATE_BLOCK,
                     &path,
-                    format!("duplicate block id `{}` (first declared at $.blocks[{earlier}])", block.id),
+                    format!(
+                        "duplicate block id `{}` (first declared at $.blocks[{earlier}])",
+                        block.id
+                    ),
                 )
                 .in_block(block.id.clone())
                 .with_help("give every block a unique id"),
@@ -486,7 +518,9 @@ fn check_semantics(template: &Template) -> Vec<Diagnostic> {
                 Diagnostic::warning(
                     codes::PARAM,
                     format!("$.params.{name}"),
-                    format!("param `{name}` is required but has a default, so it can never be missing"),
+                    format!(
+                        "param `{name}` is required but has a default, so it can never be missing"
+                    ),
                 )
                 .with_help("drop `required` or the default"),
             );
@@ -527,10 +561,15 @@ fn check_block(
                 Diagnostic::error(
                     codes::BAD_PATH,
                     at(&format!(".outputs.artifacts[{a}].path")),
-                    format!("artifact path `{}` must be a non-empty relative path without `..`", artifact.path),
+                    format!(
+                        "artifact path `{}` must be a non-empty relative path without `..`",
+                        artifact.path
+                    ),
                 )
                 .in_block(id.clone())
-                .with_help("paths are relative to the attempt's output directory, e.g. `report.md`"),
+                .with_help(
+                    "paths are relative to the attempt's output directory, e.g. `report.md`",
+                ),
             );
         }
     }
@@ -554,9 +593,13 @@ fn check_block(
         let path = at(&format!(".inputs.depends[{d}]"));
         if dep.block == block.id {
             out.push(
-                Diagnostic::error(codes::SELF_DEPENDENCY, &path, "a block cannot depend on itself")
-                    .in_block(id.clone())
-                    .with_help("depend on an upstream block's artifact instead"),
+                Diagnostic::error(
+                    codes::SELF_DEPENDENCY,
+                    &path,
+                    "a block cannot depend on itself",
+                )
+                .in_block(id.clone())
+                .with_help("depend on an upstream block's artifact instead"),
             );
             continue;
         }
@@ -575,10 +618,17 @@ fn check_block(
             }
             Some(keys) if !keys.contains(&dep.key.as_str()) => {
                 let help = if keys.is_empty() {
-                    format!("block `{}` declares no artifacts; add one under its outputs.artifacts", dep.block)
+                    format!(
+                        "block `{}` declares no artifacts; add one under its outputs.artifacts",
+                        dep.block
+                    )
                 } else {
                     match closest(&dep.key, keys.iter().copied()) {
-                        Some(s) => format!("did you mean `{s}`? `{}` declares: {}", dep.block, keys.join(", ")),
+                        Some(s) => format!(
+                            "did you mean `{s}`? `{}` declares: {}",
+                            dep.block,
+                            keys.join(", ")
+                        ),
                         None => format!("`{}` declares: {}", dep.block, keys.join(", ")),
                     }
                 };
@@ -628,11 +678,17 @@ fn check_block(
             Diagnostic::error(
                 codes::THRESHOLD_METRIC,
                 at(".execution.threshold.metric"),
-                format!("threshold metric `{}` is not declared in outputs.metrics", threshold.metric),
+                format!(
+                    "threshold metric `{}` is not declared in outputs.metrics",
+                    threshold.metric
+                ),
             )
             .in_block(id.clone())
             .with_help(if declared.is_empty() {
-                format!("declare it: \"metrics\": [{{\"key\": \"{}\", \"type\": \"number\"}}]", threshold.metric)
+                format!(
+                    "declare it: \"metrics\": [{{\"key\": \"{}\", \"type\": \"number\"}}]",
+                    threshold.metric
+                )
             } else {
                 format!("declared metrics: {}", declared.join(", "))
             }),
@@ -668,7 +724,10 @@ fn check_runtime_config(i: usize, block: &template::Block, out: &mut Vec<Diagnos
     match block.runtime {
         Runtime::Command => match config.get("command") {
             Some(Value::Array(argv))
-                if !argv.is_empty() && argv.iter().all(|a| a.as_str().is_some_and(|s| !s.is_empty())) => {}
+                if !argv.is_empty()
+                    && argv
+                        .iter()
+                        .all(|a| a.as_str().is_some_and(|s| !s.is_empty())) => {}
             Some(_) => error(
                 config_path("command"),
                 "`command` must be a non-empty array of non-empty strings (an argv)".into(),
@@ -714,11 +773,13 @@ fn check_runtime_config(i: usize, block: &template::Block, out: &mut Vec<Diagnos
             let url = config.get("url").and_then(Value::as_str);
             let url_env = config.get("url_env").and_then(Value::as_str);
             match (url, url_env) {
-                (Some(url), _) if !(url.starts_with("http://") || url.starts_with("https://")) => error(
-                    config_path("url"),
-                    format!("`{url}` is not an http(s) URL"),
-                    "use an absolute URL such as https://example.com/hook",
-                ),
+                (Some(url), _) if !(url.starts_with("http://") || url.starts_with("https://")) => {
+                    error(
+                        config_path("url"),
+                        format!("`{url}` is not an http(s) URL"),
+                        "use an absolute URL such as https://example.com/hook",
+                    )
+                }
                 (None, None) => error(
                     format!("$.blocks[{i}].inputs.config"),
                     "an `http` block needs `inputs.config.url` or `inputs.config.url_env`".into(),

@@ -29,7 +29,17 @@ fn template(blocks: Vec<Value>) -> String {
 fn chain(n: usize) -> String {
     template(
         (0..n)
-            .map(|i| noop(format!("b{i}"), "L0", if i == 0 { vec![] } else { vec![format!("b{}", i - 1)] }))
+            .map(|i| {
+                noop(
+                    format!("b{i}"),
+                    "L0",
+                    if i == 0 {
+                        vec![]
+                    } else {
+                        vec![format!("b{}", i - 1)]
+                    },
+                )
+            })
             .collect(),
     )
 }
@@ -37,13 +47,18 @@ fn chain(n: usize) -> String {
 fn fan_out(width: usize) -> String {
     let mut blocks = vec![noop("root".into(), "L0", vec![])];
     blocks.extend((0..width).map(|i| noop(format!("w{i}"), "L1", vec!["root".into()])));
-    blocks.push(noop("join".into(), "L2", (0..width).map(|i| format!("w{i}")).collect()));
+    blocks.push(noop(
+        "join".into(),
+        "L2",
+        (0..width).map(|i| format!("w{i}")).collect(),
+    ));
     template(blocks)
 }
 
 /// The clone-factory template with every block a no-op (same DAG, same wiring).
 fn clone_factory() -> String {
-    let mut value: Value = serde_json::from_str(include_str!("../../../templates/clone-factory.json")).unwrap();
+    let mut value: Value =
+        serde_json::from_str(include_str!("../../../templates/clone-factory.json")).unwrap();
     for block in value["blocks"].as_array_mut().unwrap() {
         block["runtime"] = json!("builtin");
         block["inputs"]["config"] = json!({"builtin": "noop", "metrics": {"score": 90}});
@@ -53,10 +68,15 @@ fn clone_factory() -> String {
 }
 
 fn bench(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("bench.db");
-    let store = runtime.block_on(factory_store::open(db.to_str().unwrap())).unwrap();
+    let store = runtime
+        .block_on(factory_store::open(db.to_str().unwrap()))
+        .unwrap();
     let engine = Arc::new(Engine::new(
         Arc::from(store),
         EngineConfig {
@@ -75,25 +95,32 @@ fn bench(c: &mut Criterion) {
     ] {
         let pipeline = factory_engine::load_pipeline(&source).unwrap();
         // Every block auto: measure the engine, not a person at a gate.
-        let overrides: std::collections::BTreeMap<String, Autonomy> =
-            pipeline.blocks().iter().map(|b| (b.id.clone(), Autonomy::Auto)).collect();
+        let overrides: std::collections::BTreeMap<String, Autonomy> = pipeline
+            .blocks()
+            .iter()
+            .map(|b| (b.id.clone(), Autonomy::Auto))
+            .collect();
         group.throughput(Throughput::Elements(blocks));
-        group.bench_with_input(BenchmarkId::new("create_and_drive", name), &source, |b, source| {
-            b.to_async(&runtime).iter(|| {
-                let engine = engine.clone();
-                let overrides = overrides.clone();
-                async move {
-                    let request = RunRequest {
-                        params: [("expert_name".to_string(), json!("Bench"))].into(),
-                        overrides,
-                        ..RunRequest::default()
-                    };
-                    let doc = engine.create_run(source, None, request).await.unwrap();
-                    let (outcome, _) = engine.drive(&doc.run_id).await.unwrap();
-                    assert_eq!(outcome, Outcome::Done);
-                }
-            })
-        });
+        group.bench_with_input(
+            BenchmarkId::new("create_and_drive", name),
+            &source,
+            |b, source| {
+                b.to_async(&runtime).iter(|| {
+                    let engine = engine.clone();
+                    let overrides = overrides.clone();
+                    async move {
+                        let request = RunRequest {
+                            params: [("expert_name".to_string(), json!("Bench"))].into(),
+                            overrides,
+                            ..RunRequest::default()
+                        };
+                        let doc = engine.create_run(source, None, request).await.unwrap();
+                        let (outcome, _) = engine.drive(&doc.run_id).await.unwrap();
+                        assert_eq!(outcome, Outcome::Done);
+                    }
+                })
+            },
+        );
     }
     group.finish();
 }

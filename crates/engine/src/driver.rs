@@ -62,14 +62,20 @@ impl Engine {
                             .startable
                             .iter()
                             .map(|block| {
-                                transitions::start(doc, block, &owner_id, now, &policy).map_err(EngineError::from)
+                                transitions::start(doc, block, &owner_id, now, &policy)
+                                    .map_err(EngineError::from)
                             })
                             .collect()
                     })
                     .await?;
                 self.notify(&records, handle.doc());
                 for record in &records {
-                    if let Event::BlockStarted { block, attempt, owner, .. } = &record.event
+                    if let Event::BlockStarted {
+                        block,
+                        attempt,
+                        owner,
+                        ..
+                    } = &record.event
                         && *owner == owner_id
                     {
                         in_flight.insert(block.clone());
@@ -87,7 +93,8 @@ impl Engine {
                     }
                     // Ready blocks in backoff, or blocks another worker runs.
                     let now = now_ms();
-                    let decision = factory_core::decide(handle.pipeline(), doc, now, max_concurrency);
+                    let decision =
+                        factory_core::decide(handle.pipeline(), doc, now, max_concurrency);
                     let wait_ms = match decision.wake_at {
                         Some(at) => (at - now).clamp(1, self.poll_ms()),
                         None => self.poll_ms(),
@@ -98,11 +105,18 @@ impl Engine {
                 }
 
                 // Wait for a result, or for a backoff to end.
-                let decision = factory_core::decide(handle.pipeline(), handle.doc(), now_ms(), max_concurrency);
+                let decision = factory_core::decide(
+                    handle.pipeline(),
+                    handle.doc(),
+                    now_ms(),
+                    max_concurrency,
+                );
                 let first = match decision.wake_at {
                     Some(at) => {
                         let wait = (at - now_ms()).max(1) as u64;
-                        match tokio::time::timeout(Duration::from_millis(wait), receiver.recv()).await {
+                        match tokio::time::timeout(Duration::from_millis(wait), receiver.recv())
+                            .await
+                        {
                             Ok(message) => message,
                             Err(_) => continue,
                         }
@@ -116,7 +130,8 @@ impl Engine {
                 for completion in &completions {
                     in_flight.remove(&completion.block);
                 }
-                self.record_completions(&mut handle, &worker_actor, completions).await?;
+                self.record_completions(&mut handle, &worker_actor, completions)
+                    .await?;
             }
         }
         .await;
@@ -188,9 +203,10 @@ impl Engine {
             } else {
                 match lease {
                     None => Some("no lease is held for it".to_string()),
-                    Some(lease) if lease.expires_at < now => {
-                        Some(format!("lease of {owner_id} expired {} ms ago", now - lease.expires_at))
-                    }
+                    Some(lease) if lease.expires_at < now => Some(format!(
+                        "lease of {owner_id} expired {} ms ago",
+                        now - lease.expires_at
+                    )),
                     Some(_) => None,
                 }
             };
@@ -210,8 +226,14 @@ impl Engine {
             .apply(actor, |_, doc, _| {
                 reasons
                     .iter()
-                    .filter(|(block, _)| doc.blocks.get(*block).is_some_and(|s| s.status == BlockStatus::Running))
-                    .map(|(block, reason)| transitions::abandon(doc, block, reason).map_err(EngineError::from))
+                    .filter(|(block, _)| {
+                        doc.blocks
+                            .get(*block)
+                            .is_some_and(|s| s.status == BlockStatus::Running)
+                    })
+                    .map(|(block, reason)| {
+                        transitions::abandon(doc, block, reason).map_err(EngineError::from)
+                    })
                     .collect()
             })
             .await?;
@@ -219,7 +241,13 @@ impl Engine {
         Ok(())
     }
 
-    fn spawn_attempt(&self, handle: &RunHandle, block_id: &str, attempt: u32, sender: mpsc::UnboundedSender<Completion>) {
+    fn spawn_attempt(
+        &self,
+        handle: &RunHandle,
+        block_id: &str,
+        attempt: u32,
+        sender: mpsc::UnboundedSender<Completion>,
+    ) {
         let store = self.store.clone();
         let pipeline = handle.pipeline().clone();
         let doc = handle.doc().clone();
@@ -235,7 +263,17 @@ impl Engine {
         let keep = self.config.keep_work_dirs;
         let block_id = block_id.to_string();
         tokio::spawn(async move {
-            let report = run_attempt(store, &pipeline, &doc, &block_id, attempt, attempt_dir, template_dir, keep).await;
+            let report = run_attempt(
+                store,
+                &pipeline,
+                &doc,
+                &block_id,
+                attempt,
+                attempt_dir,
+                template_dir,
+                keep,
+            )
+            .await;
             let _ = sender.send(Completion {
                 block: block_id,
                 attempt,
@@ -262,11 +300,23 @@ impl Engine {
                             ..AttemptReport::default()
                         },
                     };
-                    match transitions::finish(pipeline, doc, &completion.block, completion.attempt, report, now, &policy) {
+                    match transitions::finish(
+                        pipeline,
+                        doc,
+                        &completion.block,
+                        completion.attempt,
+                        report,
+                        now,
+                        &policy,
+                    ) {
                         Ok(more) => events.extend(more),
                         // Reclaimed by another worker meanwhile: its attempt wins.
                         Err(transitions::TransitionError::StaleAttempt { block, attempt }) => {
-                            tracing::warn!(block, attempt, "discarding the result of a reclaimed attempt");
+                            tracing::warn!(
+                                block,
+                                attempt,
+                                "discarding the result of a reclaimed attempt"
+                            );
                         }
                         Err(error) => return Err(error.into()),
                     }
@@ -295,14 +345,20 @@ async fn run_attempt(
     let block = pipeline
         .block(block_id)
         .ok_or_else(|| format!("block `{block_id}` is not in the template"))?;
-    let state = doc.blocks.get(block_id).ok_or_else(|| format!("block `{block_id}` has no state"))?;
+    let state = doc
+        .blocks
+        .get(block_id)
+        .ok_or_else(|| format!("block `{block_id}` has no state"))?;
     let inputs = gather_inputs(store.as_ref(), pipeline, doc, block_id).await?;
     let run_id = doc.run_id.clone();
     let pid_store = store.clone();
     let pid_block = block_id.to_string();
     let on_spawn: Box<dyn FnOnce(i32) + Send> = Box::new(move |pid| {
         tokio::spawn(async move {
-            if let Err(error) = pid_store.set_lease_pid(&run_id, &pid_block, attempt, pid).await {
+            if let Err(error) = pid_store
+                .set_lease_pid(&run_id, &pid_block, attempt, pid)
+                .await
+            {
                 tracing::warn!(%error, "could not record the attempt's pid");
             }
         });
@@ -333,7 +389,9 @@ async fn gather_inputs(
     doc: &RunDoc,
     block_id: &str,
 ) -> std::result::Result<Vec<InputArtifact>, String> {
-    let block = pipeline.block(block_id).ok_or_else(|| format!("unknown block `{block_id}`"))?;
+    let block = pipeline
+        .block(block_id)
+        .ok_or_else(|| format!("unknown block `{block_id}`"))?;
     let mut inputs = Vec::new();
     for dep in &block.inputs.depends {
         let upstream = doc
@@ -345,11 +403,15 @@ async fn gather_inputs(
             .report
             .as_ref()
             .and_then(|r| r.artifacts.get(&dep.key))
-            .ok_or_else(|| format!("upstream `{}` attempt {} has no artifact `{}`", dep.block, upstream.n, dep.key))?;
-        let content = store
-            .get_blob(&artifact.hash)
-            .await
-            .map_err(|error| format!("cannot read artifact `{}.{}`: {error}", dep.block, dep.key))?;
+            .ok_or_else(|| {
+                format!(
+                    "upstream `{}` attempt {} has no artifact `{}`",
+                    dep.block, upstream.n, dep.key
+                )
+            })?;
+        let content = store.get_blob(&artifact.hash).await.map_err(|error| {
+            format!("cannot read artifact `{}.{}`: {error}", dep.block, dep.key)
+        })?;
         inputs.push(InputArtifact {
             block: dep.block.clone(),
             key: dep.key.clone(),
@@ -368,7 +430,9 @@ async fn store_execution(
     block: &factory_core::template::Block,
     execution: Execution,
 ) -> std::result::Result<AttemptReport, String> {
-    let store_error = |error: factory_store::StoreError| format!("cannot store outputs of `{}`: {error}", block.id);
+    let store_error = |error: factory_store::StoreError| {
+        format!("cannot store outputs of `{}`: {error}", block.id)
+    };
     let mut artifacts = BTreeMap::new();
     for spec in &block.outputs.artifacts {
         if let Some(bytes) = execution.artifacts.get(&spec.key) {
@@ -384,17 +448,18 @@ async fn store_execution(
             );
         }
     }
-    let log = async |bytes: &[u8], truncated: bool| -> std::result::Result<Option<LogRef>, String> {
-        if bytes.is_empty() {
-            return Ok(None);
-        }
-        let blob = store.put_blob(bytes).await.map_err(store_error)?;
-        Ok(Some(LogRef {
-            hash: blob.hash,
-            size: blob.size,
-            truncated,
-        }))
-    };
+    let log =
+        async |bytes: &[u8], truncated: bool| -> std::result::Result<Option<LogRef>, String> {
+            if bytes.is_empty() {
+                return Ok(None);
+            }
+            let blob = store.put_blob(bytes).await.map_err(store_error)?;
+            Ok(Some(LogRef {
+                hash: blob.hash,
+                size: blob.size,
+                truncated,
+            }))
+        };
     let stdout = log(&execution.stdout, execution.stdout_truncated).await?;
     let stderr = log(&execution.stderr, execution.stderr_truncated).await?;
     Ok(AttemptReport {

@@ -19,7 +19,11 @@ pub struct RunHandle {
 }
 
 impl RunHandle {
-    pub async fn load(store: Arc<dyn Store>, run_id: &str, max_concurrency: usize) -> Result<RunHandle> {
+    pub async fn load(
+        store: Arc<dyn Store>,
+        run_id: &str,
+        max_concurrency: usize,
+    ) -> Result<RunHandle> {
         let stored = store.load_run(run_id).await?;
         let pipeline = Arc::new(load_pipeline(&stored.template_json)?);
         Ok(RunHandle {

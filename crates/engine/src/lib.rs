@@ -31,7 +31,10 @@ pub enum EngineError {
     #[error("cannot create the run:\n{0}")]
     CreateRun(#[from] CreateRunError),
     #[error("this build cannot execute runtime `{runtime}` (blocks: {}); it arrives in a later release", blocks.join(", "))]
-    UnsupportedRuntime { runtime: &'static str, blocks: Vec<String> },
+    UnsupportedRuntime {
+        runtime: &'static str,
+        blocks: Vec<String>,
+    },
     #[error(transparent)]
     Transition(#[from] TransitionError),
     #[error("internal error: an event did not apply: {0}")]
@@ -149,7 +152,12 @@ impl Engine {
         let mut doc = RunDoc::from_created(&record)?;
         let mut records = vec![record];
         let decision = factory_core::decide(&pipeline, &doc, now, self.config.max_concurrency);
-        records.extend(factory_core::commit(&mut doc, decision.events, "scheduler", now)?);
+        records.extend(factory_core::commit(
+            &mut doc,
+            decision.events,
+            "scheduler",
+            now,
+        )?);
         let template_path = template_path
             .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()))
             .map(|p| p.to_string_lossy().into_owned());
@@ -174,7 +182,9 @@ impl Engine {
     pub async fn approve(&self, run_id: &str, block: &str, note: Option<String>) -> Result<RunDoc> {
         let mut handle = self.open(run_id).await?;
         let records = handle
-            .apply(&self.config.actor, |_, doc, _| Ok(vec![transitions::approve(doc, block, note.clone())?]))
+            .apply(&self.config.actor, |_, doc, _| {
+                Ok(vec![transitions::approve(doc, block, note.clone())?])
+            })
             .await?;
         self.notify(&records, handle.doc());
         Ok(handle.doc().clone())
@@ -184,7 +194,9 @@ impl Engine {
         let mut handle = self.open(run_id).await?;
         let actor = self.config.actor.clone();
         let records = handle
-            .apply(&actor, |_, doc, _| Ok(vec![transitions::reject(doc, block, feedback, &actor)?]))
+            .apply(&actor, |_, doc, _| {
+                Ok(vec![transitions::reject(doc, block, feedback, &actor)?])
+            })
             .await?;
         self.notify(&records, handle.doc());
         Ok(handle.doc().clone())

@@ -32,7 +32,11 @@ impl Owner {
         let start_ticks = parts.next()?.parse().ok()?;
         let pid = parts.next()?.parse().ok()?;
         let host = parts.next()?.to_string();
-        Some(Owner { host, pid, start_ticks })
+        Some(Owner {
+            host,
+            pid,
+            start_ticks,
+        })
     }
 
     /// True only when `self` is on this host and provably no longer running.

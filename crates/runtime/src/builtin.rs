@@ -23,15 +23,23 @@ pub(crate) async fn run(input: AttemptInput<'_>) -> Execution {
                 tokio::time::sleep(Duration::from_millis(block.timeout)).await;
                 return Execution {
                     timed_out: true,
-                    error: Some(format!("block `{}` timed out after {} ms", block.id, block.timeout)),
+                    error: Some(format!(
+                        "block `{}` timed out after {} ms",
+                        block.id, block.timeout
+                    )),
                     ..Execution::default()
                 };
             }
             tokio::time::sleep(Duration::from_millis(ms)).await;
             produce(&input)
         }
-        Some(other) => Execution::failed(format!("block `{}`: unknown builtin `{other}`", block.id)),
-        None => Execution::failed(format!("block `{}`: `inputs.config.builtin` is not set", block.id)),
+        Some(other) => {
+            Execution::failed(format!("block `{}`: unknown builtin `{other}`", block.id))
+        }
+        None => Execution::failed(format!(
+            "block `{}`: `inputs.config.builtin` is not set",
+            block.id
+        )),
     }
 }
 
@@ -49,10 +57,15 @@ fn produce(input: &AttemptInput<'_>) -> Execution {
             ArtifactFormat::Directory => serde_json::json!({ "files": {} }).to_string(),
             _ => format!("{} (attempt {})\n", block.name, input.attempt),
         };
-        execution.artifacts.insert(artifact.key.clone(), content.into_bytes());
+        execution
+            .artifacts
+            .insert(artifact.key.clone(), content.into_bytes());
     }
     if let Some(Value::Object(metrics)) = block.inputs.config.get("metrics") {
-        execution.metrics = metrics.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        execution.metrics = metrics
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
     }
     execution
 }

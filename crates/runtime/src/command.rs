@@ -68,7 +68,10 @@ pub(crate) async fn run(mut input: AttemptInput<'_>) -> Execution {
         .stdin(Stdio::null())
         .env("FACTORY_OUTPUT_DIR", &out)
         .env("FACTORY_INPUTS", &inputs_file)
-        .env("FACTORY_PARAMS", serde_json::to_string(input.params).unwrap_or_default())
+        .env(
+            "FACTORY_PARAMS",
+            serde_json::to_string(input.params).unwrap_or_default(),
+        )
         .env("FACTORY_ATTEMPT", input.attempt.to_string())
         .env("FACTORY_RUN_ID", input.run_id)
         .env("FACTORY_BLOCK_ID", &block.id)
@@ -91,12 +94,18 @@ pub(crate) async fn run(mut input: AttemptInput<'_>) -> Execution {
         command.env("FACTORY_CORRECTIONS", &path);
     }
     let (stdout_path, stderr_path) = (dir.join("stdout.log"), dir.join("stderr.log"));
-    match (std::fs::File::create(&stdout_path), std::fs::File::create(&stderr_path)) {
+    match (
+        std::fs::File::create(&stdout_path),
+        std::fs::File::create(&stderr_path),
+    ) {
         (Ok(stdout), Ok(stderr)) => {
             command.stdout(stdout).stderr(stderr);
         }
         (Err(error), _) | (_, Err(error)) => {
-            return Execution::failed(format!("cannot create log files in {}: {error}", dir.display()));
+            return Execution::failed(format!(
+                "cannot create log files in {}: {error}",
+                dir.display()
+            ));
         }
     }
     crate::process::isolate(&mut command);
@@ -143,7 +152,10 @@ pub(crate) async fn run(mut input: AttemptInput<'_>) -> Execution {
     let status = match status {
         Ok(status) => status,
         Err(error) => {
-            execution.error = Some(format!("block `{}`: waiting for the process failed: {error}", block.id));
+            execution.error = Some(format!(
+                "block `{}`: waiting for the process failed: {error}",
+                block.id
+            ));
             return execution;
         }
     };
@@ -190,7 +202,13 @@ pub(crate) fn collect_outputs(input: &AttemptInput<'_>, out: &Path, execution: &
         };
         match bytes {
             Ok(bytes) => {
-                if let Some(problem) = check_format(block, &artifact.key, &artifact.path, artifact.format, &bytes) {
+                if let Some(problem) = check_format(
+                    block,
+                    &artifact.key,
+                    &artifact.path,
+                    artifact.format,
+                    &bytes,
+                ) {
                     problems.push(problem);
                 }
                 execution.artifacts.insert(artifact.key.clone(), bytes);
@@ -202,15 +220,19 @@ pub(crate) fn collect_outputs(input: &AttemptInput<'_>, out: &Path, execution: &
                     artifact.key, artifact.path
                 ));
             }
-            Err(error) => problems.push(format!("cannot read artifact `{}` ({}): {error}", artifact.key, artifact.path)),
+            Err(error) => problems.push(format!(
+                "cannot read artifact `{}` ({}): {error}",
+                artifact.key, artifact.path
+            )),
         }
     }
     let metrics_path = out.join("metrics.json");
     if metrics_path.exists() {
         match std::fs::read(&metrics_path)
             .map_err(|e| e.to_string())
-            .and_then(|bytes| serde_json::from_slice::<BTreeMap<String, Value>>(&bytes).map_err(|e| e.to_string()))
-        {
+            .and_then(|bytes| {
+                serde_json::from_slice::<BTreeMap<String, Value>>(&bytes).map_err(|e| e.to_string())
+            }) {
             Ok(metrics) => execution.metrics = metrics,
             Err(error) => problems.push(format!(
                 "metrics.json must be a JSON object of metric values: {error}"
@@ -223,7 +245,10 @@ pub(crate) fn collect_outputs(input: &AttemptInput<'_>, out: &Path, execution: &
 }
 
 /// Materialises upstream artifacts under `inputs/<block>/<path>`.
-fn write_inputs(input: &AttemptInput<'_>, inputs_dir: &Path) -> Result<BTreeMap<String, String>, String> {
+fn write_inputs(
+    input: &AttemptInput<'_>,
+    inputs_dir: &Path,
+) -> Result<BTreeMap<String, String>, String> {
     let mut map = BTreeMap::new();
     for artifact in &input.inputs {
         let path = inputs_dir.join(&artifact.block).join(&artifact.path);
@@ -272,13 +297,24 @@ fn expand(arg: &str, template_dir: Option<&Path>) -> String {
 
 fn env_suffix(name: &str) -> String {
     name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
 fn last_line(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(bytes);
-    let line = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim();
     let mut line = line.to_string();
     if line.len() > 300 {
         line.truncate(line.floor_char_boundary(300));
@@ -300,12 +336,18 @@ mod tests {
     #[test]
     fn template_dir_is_expanded_in_argv() {
         let dir = Path::new("/srv/templates");
-        assert_eq!(expand("${FACTORY_TEMPLATE_DIR}/steps/a.sh", Some(dir)), "/srv/templates/steps/a.sh");
+        assert_eq!(
+            expand("${FACTORY_TEMPLATE_DIR}/steps/a.sh", Some(dir)),
+            "/srv/templates/steps/a.sh"
+        );
         assert_eq!(expand("plain", Some(dir)), "plain");
     }
 
     #[test]
     fn last_line_skips_blank_lines() {
-        assert_eq!(last_line(b"first\nboom: no such file\n\n"), "boom: no such file");
+        assert_eq!(
+            last_line(b"first\nboom: no such file\n\n"),
+            "boom: no such file"
+        );
     }
 }

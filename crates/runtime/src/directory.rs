@@ -20,7 +20,8 @@ pub fn pack_directory(dir: &Path) -> Result<Vec<u8>, String> {
     let mut files = BTreeMap::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(current) = stack.pop() {
-        let entries = std::fs::read_dir(&current).map_err(|e| format!("{}: {e}", current.display()))?;
+        let entries =
+            std::fs::read_dir(&current).map_err(|e| format!("{}: {e}", current.display()))?;
         for entry in entries {
             let path = entry.map_err(|e| e.to_string())?.path();
             if path.is_dir() {
@@ -33,8 +34,9 @@ pub fn pack_directory(dir: &Path) -> Result<Vec<u8>, String> {
                 .to_string_lossy()
                 .replace('\\', "/");
             let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            let text = String::from_utf8(bytes)
-                .map_err(|_| format!("{relative} is binary; directory artifacts hold UTF-8 text files only"))?;
+            let text = String::from_utf8(bytes).map_err(|_| {
+                format!("{relative} is binary; directory artifacts hold UTF-8 text files only")
+            })?;
             files.insert(relative, text);
         }
     }
@@ -43,11 +45,16 @@ pub fn pack_directory(dir: &Path) -> Result<Vec<u8>, String> {
 
 /// Writes a bundle's files under `dir`, refusing paths that escape it.
 pub fn unpack_directory(bundle: &[u8], dir: &Path) -> Result<(), String> {
-    let bundle: Bundle = serde_json::from_slice(bundle).map_err(|e| format!("not a directory bundle: {e}"))?;
+    let bundle: Bundle =
+        serde_json::from_slice(bundle).map_err(|e| format!("not a directory bundle: {e}"))?;
     std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
     for (relative, text) in bundle.files {
         let relative_path = Path::new(&relative);
-        if relative_path.is_absolute() || relative_path.components().any(|c| matches!(c, Component::ParentDir)) {
+        if relative_path.is_absolute()
+            || relative_path
+                .components()
+                .any(|c| matches!(c, Component::ParentDir))
+        {
             return Err(format!("bundle path `{relative}` escapes the directory"));
         }
         let path = dir.join(relative_path);
@@ -72,8 +79,14 @@ mod tests {
         let bundle = pack_directory(source.path()).unwrap();
         let target = tempfile::tempdir().unwrap();
         unpack_directory(&bundle, target.path()).unwrap();
-        assert_eq!(std::fs::read_to_string(target.path().join("a/b/deep.txt")).unwrap(), "deep");
-        assert_eq!(std::fs::read_to_string(target.path().join("top.md")).unwrap(), "# top");
+        assert_eq!(
+            std::fs::read_to_string(target.path().join("a/b/deep.txt")).unwrap(),
+            "deep"
+        );
+        assert_eq!(
+            std::fs::read_to_string(target.path().join("top.md")).unwrap(),
+            "# top"
+        );
     }
 
     #[test]
@@ -87,6 +100,10 @@ mod tests {
     fn refuses_binary_files() {
         let source = tempfile::tempdir().unwrap();
         std::fs::write(source.path().join("blob.bin"), [0xff, 0xfe, 0x00]).unwrap();
-        assert!(pack_directory(source.path()).unwrap_err().contains("binary"));
+        assert!(
+            pack_directory(source.path())
+                .unwrap_err()
+                .contains("binary")
+        );
     }
 }

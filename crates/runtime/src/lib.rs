@@ -109,7 +109,13 @@ fn prepare_dir(dir: &std::path::Path) -> std::io::Result<()> {
 
 /// Checks a produced artifact against its declared format, so a broken JSON
 /// file fails the attempt that wrote it rather than the block that reads it.
-pub(crate) fn check_format(block: &Block, key: &str, path: &str, format: ArtifactFormat, bytes: &[u8]) -> Option<String> {
+pub(crate) fn check_format(
+    block: &Block,
+    key: &str,
+    path: &str,
+    format: ArtifactFormat,
+    bytes: &[u8],
+) -> Option<String> {
     match format {
         ArtifactFormat::Json => serde_json::from_slice::<Value>(bytes).err().map(|error| {
             format!(

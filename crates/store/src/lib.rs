@@ -25,8 +25,13 @@ pub enum StoreError {
     #[error("run `{0}` not found")]
     RunNotFound(String),
     #[error("run id prefix `{prefix}` is ambiguous: matches {}", matches.join(", "))]
-    AmbiguousRunId { prefix: String, matches: Vec<String> },
-    #[error("run `{run_id}` changed underneath this writer (expected version {expected}); reload and retry")]
+    AmbiguousRunId {
+        prefix: String,
+        matches: Vec<String>,
+    },
+    #[error(
+        "run `{run_id}` changed underneath this writer (expected version {expected}); reload and retry"
+    )]
     Conflict { run_id: String, expected: i64 },
     #[error("blob `{0}` not found")]
     BlobNotFound(String),
@@ -146,7 +151,13 @@ pub trait Store: Send + Sync {
 
     /// Records the process id of a running attempt, so a reclaiming worker on
     /// the same host can make sure it is gone.
-    async fn set_lease_pid(&self, run_id: &str, block_id: &str, attempt: u32, pid: i32) -> Result<()>;
+    async fn set_lease_pid(
+        &self,
+        run_id: &str,
+        block_id: &str,
+        attempt: u32,
+        pid: i32,
+    ) -> Result<()>;
 
     async fn leases(&self, run_id: &str) -> Result<Vec<Lease>>;
 
@@ -261,9 +272,11 @@ pub mod testing {
     /// unreachable: PostgreSQL tests are never silently skipped.
     pub async fn fresh_postgres_database() -> String {
         let base = postgres_base_url();
-        let mut connection = sqlx::PgConnection::connect(&base).await.unwrap_or_else(|error| {
-            panic!("PostgreSQL tests need a server at {base} (set FACTORY_TEST_PG): {error}")
-        });
+        let mut connection = sqlx::PgConnection::connect(&base)
+            .await
+            .unwrap_or_else(|error| {
+                panic!("PostgreSQL tests need a server at {base} (set FACTORY_TEST_PG): {error}")
+            });
         let name = format!("factory_test_{}", uuid::Uuid::now_v7().simple());
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .execute(&mut connection)

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use factory_core::run::{EventRecord, Millis, RunDoc};
-use sqlx::{Connection, Row};
 use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::{Connection, Row};
 
 use crate::{
     BlobRef, Lease, LeaseOp, NewRun, Result, RunSummary, Store, StoreError, StoredRun, blob_hash,
@@ -28,10 +28,12 @@ impl PostgresStore {
     pub async fn connect(url: &str) -> Result<PostgresStore> {
         // One direct attempt first: a wrong URL fails at once instead of after
         // the pool's acquire timeout.
-        let probe = sqlx::PgConnection::connect(url).await.map_err(|source| StoreError::Open {
-            url: redact_password(url),
-            source,
-        })?;
+        let probe = sqlx::PgConnection::connect(url)
+            .await
+            .map_err(|source| StoreError::Open {
+                url: redact_password(url),
+                source,
+            })?;
         let _ = probe.close().await;
         let pool = PgPoolOptions::new()
             .max_connections(8)
@@ -53,7 +55,12 @@ fn redact_password(url: &str) -> String {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             let credentials = &url[scheme_end + 3..at];
             match credentials.find(':') {
-                Some(colon) => format!("{}{}:***{}", &url[..scheme_end + 3], &credentials[..colon], &url[at..]),
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme_end + 3],
+                    &credentials[..colon],
+                    &url[at..]
+                ),
                 None => url.to_string(),
             }
         }
@@ -157,11 +164,13 @@ impl Store for PostgresStore {
     }
 
     async fn events(&self, run_id: &str, after_seq: u64) -> Result<Vec<EventRecord>> {
-        let rows = sqlx::query("SELECT body::text AS body FROM events WHERE run_id = $1 AND seq > $2 ORDER BY seq")
-            .bind(run_id)
-            .bind(after_seq as i64)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT body::text AS body FROM events WHERE run_id = $1 AND seq > $2 ORDER BY seq",
+        )
+        .bind(run_id)
+        .bind(after_seq as i64)
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
             .map(|row| parse_event(run_id, row.get::<&str, _>("body")))
             .collect()
@@ -187,10 +196,12 @@ impl Store for PostgresStore {
     }
 
     async fn run_ids_with_prefix(&self, prefix: &str) -> Result<Vec<String>> {
-        let rows = sqlx::query("SELECT run_id FROM runs WHERE run_id LIKE $1 ESCAPE '\\' ORDER BY run_id LIMIT 5")
-            .bind(like_prefix(prefix))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT run_id FROM runs WHERE run_id LIKE $1 ESCAPE '\\' ORDER BY run_id LIMIT 5",
+        )
+        .bind(like_prefix(prefix))
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows.iter().map(|row| row.get("run_id")).collect())
     }
 
@@ -226,14 +237,22 @@ impl Store for PostgresStore {
         Ok(result.rows_affected())
     }
 
-    async fn set_lease_pid(&self, run_id: &str, block_id: &str, attempt: u32, pid: i32) -> Result<()> {
-        sqlx::query("UPDATE leases SET pid = $1 WHERE run_id = $2 AND block_id = $3 AND attempt = $4")
-            .bind(pid)
-            .bind(run_id)
-            .bind(block_id)
-            .bind(attempt as i32)
-            .execute(&self.pool)
-            .await?;
+    async fn set_lease_pid(
+        &self,
+        run_id: &str,
+        block_id: &str,
+        attempt: u32,
+        pid: i32,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE leases SET pid = $1 WHERE run_id = $2 AND block_id = $3 AND attempt = $4",
+        )
+        .bind(pid)
+        .bind(run_id)
+        .bind(block_id)
+        .bind(attempt as i32)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 

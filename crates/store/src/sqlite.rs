@@ -12,7 +12,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use factory_core::run::{EventRecord, Millis, RunDoc};
 use sqlx::Row;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 
 use crate::{
     BlobRef, Lease, LeaseOp, NewRun, Result, RunSummary, Store, StoreError, StoredRun, blob_hash,
@@ -74,11 +76,13 @@ impl Store for SqliteStore {
     }
 
     async fn load_run(&self, run_id: &str) -> Result<StoredRun> {
-        let row = sqlx::query("SELECT doc, version, template_json, template_path FROM runs WHERE run_id = ?")
-            .bind(run_id)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| StoreError::RunNotFound(run_id.to_string()))?;
+        let row = sqlx::query(
+            "SELECT doc, version, template_json, template_path FROM runs WHERE run_id = ?",
+        )
+        .bind(run_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::RunNotFound(run_id.to_string()))?;
         Ok(StoredRun {
             doc: parse_doc(run_id, row.get::<&str, _>("doc"))?,
             version: row.get("version"),
@@ -176,10 +180,12 @@ impl Store for SqliteStore {
     }
 
     async fn run_ids_with_prefix(&self, prefix: &str) -> Result<Vec<String>> {
-        let rows = sqlx::query("SELECT run_id FROM runs WHERE run_id LIKE ? ESCAPE '\\' ORDER BY run_id LIMIT 5")
-            .bind(like_prefix(prefix))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT run_id FROM runs WHERE run_id LIKE ? ESCAPE '\\' ORDER BY run_id LIMIT 5",
+        )
+        .bind(like_prefix(prefix))
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows.iter().map(|row| row.get("run_id")).collect())
     }
 
@@ -215,7 +221,13 @@ impl Store for SqliteStore {
         Ok(result.rows_affected())
     }
 
-    async fn set_lease_pid(&self, run_id: &str, block_id: &str, attempt: u32, pid: i32) -> Result<()> {
+    async fn set_lease_pid(
+        &self,
+        run_id: &str,
+        block_id: &str,
+        attempt: u32,
+        pid: i32,
+    ) -> Result<()> {
         sqlx::query("UPDATE leases SET pid = ? WHERE run_id = ? AND block_id = ? AND attempt = ?")
             .bind(pid)
             .bind(run_id)

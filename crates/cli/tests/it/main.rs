@@ -12,18 +12,31 @@ use serde_json::Value;
 const BIN: &str = env!("CARGO_BIN_EXE_factory");
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 fn factory(db: &Path) -> Command {
     let mut command = Command::new(BIN);
-    command.env("FACTORY_DB", db).env("FACTORY_ACTOR", "cli:tester").env_remove("FACTORY_WORK_DIR");
+    command
+        .env("FACTORY_DB", db)
+        .env("FACTORY_ACTOR", "cli:tester")
+        .env_remove("FACTORY_WORK_DIR");
     command
 }
 
 fn status_json(db: &Path, run: &str) -> Value {
-    let output = factory(db).args(["status", run, "--json"]).output().unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let output = factory(db)
+        .args(["status", run, "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     serde_json::from_slice(&output.stdout).unwrap()
 }
 
@@ -44,7 +57,9 @@ fn validate_reports_every_problem_with_file_path_and_block() {
         .assert()
         .code(2)
         .stderr(predicate::str::contains("broken.json"))
-        .stderr(predicate::str::contains("$.blocks[0].executon (block `a`): unknown field `executon`"))
+        .stderr(predicate::str::contains(
+            "$.blocks[0].executon (block `a`): unknown field `executon`",
+        ))
         .stderr(predicate::str::contains("did you mean `execution`?"))
         .stderr(predicate::str::contains("$.blocks[1].runtime (block `b`)"))
         .stderr(predicate::str::contains("did you mean `command`?"))
@@ -69,12 +84,25 @@ fn validate_reports_every_problem_with_file_path_and_block() {
 fn shipped_templates_validate_and_draw() {
     let root = repo_root();
     let db = root.join("target/unused.db");
-    for template in ["templates/clone-factory.json", "examples/offline/pipeline.json"] {
-        factory(&db).current_dir(&root).args(["validate", template]).assert().success().stdout(predicate::str::contains("valid"));
+    for template in [
+        "templates/clone-factory.json",
+        "examples/offline/pipeline.json",
+    ] {
+        factory(&db)
+            .current_dir(&root)
+            .args(["validate", template])
+            .assert()
+            .success()
+            .stdout(predicate::str::contains("valid"));
     }
     factory(&db)
         .current_dir(&root)
-        .args(["graph", "templates/clone-factory.json", "--format", "mermaid"])
+        .args([
+            "graph",
+            "templates/clone-factory.json",
+            "--format",
+            "mermaid",
+        ])
         .assert()
         .success()
         .stdout(predicate::str::starts_with("flowchart TD"))
@@ -84,13 +112,17 @@ fn shipped_templates_validate_and_draw() {
         .args(["graph", "templates/clone-factory.json", "--format", "dot"])
         .assert()
         .success()
-        .stdout(predicate::str::contains("\"clone-compiler\" -> \"clone-tester\""));
+        .stdout(predicate::str::contains(
+            "\"clone-compiler\" -> \"clone-tester\"",
+        ));
     factory(&db)
         .current_dir(&root)
         .args(["graph", "templates/clone-factory.json"])
         .assert()
         .success()
-        .stdout(predicate::str::contains("L3.5\n  clone-tester [gate:after, score ≥ 85"));
+        .stdout(predicate::str::contains(
+            "L3.5\n  clone-tester [gate:after, score ≥ 85",
+        ));
     let schema = factory(&db).arg("schema").output().unwrap();
     let schema: Value = serde_json::from_slice(&schema.stdout).unwrap();
     assert_eq!(schema["title"], "Process Factory template");
@@ -109,13 +141,26 @@ fn the_offline_example_runs_through_its_gate() {
         .args(["run", template.to_str().unwrap()])
         .assert()
         .code(2)
-        .stderr(predicate::str::contains("missing required run param `title`"));
+        .stderr(predicate::str::contains(
+            "missing required run param `title`",
+        ));
 
     let output = factory(&db)
-        .args(["run", template.to_str().unwrap(), "--param", "title=Test Report", "--retry-backoff-ms", "20"])
+        .args([
+            "run",
+            template.to_str().unwrap(),
+            "--param",
+            "title=Test Report",
+            "--retry-backoff-ms",
+            "20",
+        ])
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let run = String::from_utf8(output.stdout).unwrap().trim().to_string();
     assert_eq!(run.len(), 36, "prints the run id: {run}");
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -124,13 +169,24 @@ fn the_offline_example_runs_through_its_gate() {
 
     // A unique prefix of the run id works.
     factory(&db)
-        .args(["approve", &run[..13], "summarize", "--note", "ok", "--retry-backoff-ms", "20"])
+        .args([
+            "approve",
+            &run[..13],
+            "summarize",
+            "--note",
+            "ok",
+            "--retry-backoff-ms",
+            "20",
+        ])
         .assert()
         .success();
     let doc = status_json(&db, &run);
     assert_eq!(doc["status"], "done");
     assert_eq!(doc["blocks"]["quality-check"]["attempts"], 2);
-    assert_eq!(doc["blocks"]["summarize"]["decisions"][0]["actor"], "cli:tester");
+    assert_eq!(
+        doc["blocks"]["summarize"]["decisions"][0]["actor"],
+        "cli:tester"
+    );
 
     // Approving again is an input error, not a crash.
     factory(&db)
@@ -138,8 +194,16 @@ fn the_offline_example_runs_through_its_gate() {
         .assert()
         .code(2)
         .stderr(predicate::str::contains("not waiting at a gate"));
-    factory(&db).args(["status", "nonexistent-run"]).assert().code(2).stderr(predicate::str::contains("not found"));
-    factory(&db).args(["artifacts", &run, "nope"]).assert().code(2).stderr(predicate::str::contains("no block `nope`"));
+    factory(&db)
+        .args(["status", "nonexistent-run"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("not found"));
+    factory(&db)
+        .args(["artifacts", &run, "nope"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("no block `nope`"));
 
     factory(&db)
         .args(["artifacts", &run, "publish", "--key", "report"])
@@ -156,8 +220,16 @@ fn the_offline_example_runs_through_its_gate() {
         .assert()
         .success()
         .stdout(predicate::str::contains("simulating a truncated read"));
-    factory(&db).args(["events", &run]).assert().success().stdout(predicate::str::contains("retry_scheduled"));
-    factory(&db).args(["runs"]).assert().success().stdout(predicate::str::contains(&run));
+    factory(&db)
+        .args(["events", &run])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("retry_scheduled"));
+    factory(&db)
+        .args(["runs"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(&run));
 }
 
 #[test]
@@ -167,26 +239,55 @@ fn rejection_feeds_back_into_the_rerun() {
     let db = dir.path().join("factory.db");
     let template = root.join("examples/offline/pipeline.json");
     let output = factory(&db)
-        .args(["run", template.to_str().unwrap(), "-p", "title=T", "--quiet"])
+        .args([
+            "run",
+            template.to_str().unwrap(),
+            "-p",
+            "title=T",
+            "--quiet",
+        ])
         .output()
         .unwrap();
     let run = String::from_utf8(output.stdout).unwrap().trim().to_string();
     factory(&db)
-        .args(["reject", &run, "summarize", "--feedback", "Add the top words in bold", "--quiet"])
+        .args([
+            "reject",
+            &run,
+            "summarize",
+            "--feedback",
+            "Add the top words in bold",
+            "--quiet",
+        ])
         .assert()
         .success();
-    let summary = factory(&db).args(["artifacts", &run, "summarize", "--key", "summary"]).output().unwrap();
+    let summary = factory(&db)
+        .args(["artifacts", &run, "summarize", "--key", "summary"])
+        .output()
+        .unwrap();
     let summary = String::from_utf8(summary.stdout).unwrap();
-    assert!(summary.contains("## Reviewer corrections applied\n- Add the top words in bold"), "{summary}");
+    assert!(
+        summary.contains("## Reviewer corrections applied\n- Add the top words in bold"),
+        "{summary}"
+    );
     let doc = status_json(&db, &run);
-    assert_eq!(doc["blocks"]["summarize"]["status"], "waiting", "waits again for a decision");
-    assert_eq!(doc["blocks"]["summarize"]["corrections"]["version"], "v1→v2");
+    assert_eq!(
+        doc["blocks"]["summarize"]["status"], "waiting",
+        "waits again for a decision"
+    );
+    assert_eq!(
+        doc["blocks"]["summarize"]["corrections"]["version"],
+        "v1→v2"
+    );
 }
 
 fn wait_for(path: &Path, limit: Duration) {
     let start = Instant::now();
     while !path.exists() {
-        assert!(start.elapsed() < limit, "{} did not appear in time", path.display());
+        assert!(
+            start.elapsed() < limit,
+            "{} did not appear in time",
+            path.display()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -249,32 +350,71 @@ fn kill_dash_nine_then_resume_continues_the_run() {
     engine.wait().unwrap();
 
     let doc = status_json(&db, &run);
-    assert_eq!(doc["blocks"]["slow"]["status"], "running", "the crash left it running");
+    assert_eq!(
+        doc["blocks"]["slow"]["status"], "running",
+        "the crash left it running"
+    );
     assert_eq!(doc["blocks"]["first"]["status"], "done");
 
     let started = Instant::now();
-    factory(&db).env("MARK_DIR", &marks).args(["resume", &run]).assert().success();
-    assert!(started.elapsed() < Duration::from_secs(30), "reclaimed without waiting for the lease");
+    factory(&db)
+        .env("MARK_DIR", &marks)
+        .args(["resume", &run])
+        .assert()
+        .success();
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "reclaimed without waiting for the lease"
+    );
 
     let doc = status_json(&db, &run);
     assert_eq!(doc["status"], "done");
     let slow = &doc["blocks"]["slow"];
     assert_eq!(slow["attempts"], 2);
     assert_eq!(slow["history"][0]["outcome"], "abandoned");
-    assert!(slow["history"][0]["report"]["error"].as_str().unwrap().contains("no longer running"));
+    assert!(
+        slow["history"][0]["report"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("no longer running")
+    );
     assert_eq!(slow["history"][1]["outcome"], "succeeded");
-    assert_eq!(doc["blocks"]["first"]["attempts"], 1, "finished work is not redone");
-    assert_eq!(std::fs::read_to_string(marks.join("first-runs")).unwrap(), "run\n");
-    let out = factory(&db).args(["artifacts", &run, "slow", "--key", "out"]).output().unwrap();
-    assert_eq!(String::from_utf8(out.stdout).unwrap(), "first-output attempt 2\n");
+    assert_eq!(
+        doc["blocks"]["first"]["attempts"], 1,
+        "finished work is not redone"
+    );
+    assert_eq!(
+        std::fs::read_to_string(marks.join("first-runs")).unwrap(),
+        "run\n"
+    );
+    let out = factory(&db)
+        .args(["artifacts", &run, "slow", "--key", "out"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "first-output attempt 2\n"
+    );
 
     // Nothing of the killed attempt is still running.
-    let sleep_pid = std::fs::read_to_string(marks.join("sleep.pid")).unwrap().trim().to_string();
-    let shell_pid = std::fs::read_to_string(marks.join("slow-1.pid")).unwrap().trim().to_string();
+    let sleep_pid = std::fs::read_to_string(marks.join("sleep.pid"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let shell_pid = std::fs::read_to_string(marks.join("slow-1.pid"))
+        .unwrap()
+        .trim()
+        .to_string();
     assert!(!alive(&shell_pid), "the attempt's shell survived");
-    assert!(!alive(&sleep_pid), "the attempt's background sleep survived");
+    assert!(
+        !alive(&sleep_pid),
+        "the attempt's background sleep survived"
+    );
 
-    let events = factory(&db).args(["events", &run, "--json"]).output().unwrap();
+    let events = factory(&db)
+        .args(["events", &run, "--json"])
+        .output()
+        .unwrap();
     let kinds: Vec<Value> = String::from_utf8(events.stdout)
         .unwrap()
         .lines()

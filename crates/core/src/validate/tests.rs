@@ -1370,7 +1370,8 @@ proptest! {
 
 #[test]
 fn float_where_an_integer_is_needed_names_the_field() {
-    let mut template: Value = serde_json::from_str(include_str!("../../../../examples/offline/pipeline.json")).unwrap();
+    let mut template: Value =
+        serde_json::from_str(include_str!("../../../../examples/offline/pipeline.json")).unwrap();
     template["blocks"][1]["execution"]["max_retries"] = serde_json::json!(2.0);
     let validated = validate_value(&template);
     let errors: Vec<_> = validated.errors().collect();
@@ -1381,11 +1382,19 @@ fn float_where_an_integer_is_needed_names_the_field() {
 
 #[test]
 fn a_scalar_where_an_optional_object_belongs_says_so() {
-    let mut template: Value = serde_json::from_str(include_str!("../../../../examples/offline/pipeline.json")).unwrap();
+    let mut template: Value =
+        serde_json::from_str(include_str!("../../../../examples/offline/pipeline.json")).unwrap();
     template["blocks"][0]["lifecycle"] = serde_json::json!("daemon");
     let validated = validate_value(&template);
     let errors: Vec<_> = validated.errors().collect();
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert_eq!(errors[0].path, "$.blocks[0].lifecycle");
-    assert!(errors[0].help.as_deref().unwrap().contains("expected an object"), "{errors:?}");
+    assert!(
+        errors[0]
+            .help
+            .as_deref()
+            .unwrap()
+            .contains("expected an object"),
+        "{errors:?}"
+    );
 }

@@ -33,7 +33,9 @@ fn config(dir: &Path) -> EngineConfig {
 
 async fn sqlite() -> Harness {
     let dir = tempfile::tempdir().unwrap();
-    let store = factory_store::open(dir.path().join("factory.db").to_str().unwrap()).await.unwrap();
+    let store = factory_store::open(dir.path().join("factory.db").to_str().unwrap())
+        .await
+        .unwrap();
     let engine = Engine::new(Arc::from(store), config(dir.path()));
     Harness { engine, dir }
 }
@@ -81,7 +83,8 @@ fn merge(target: &mut Value, extra: Value) {
 }
 
 fn template(blocks: Vec<Value>, params: Value) -> String {
-    json!({"id": "test", "name": "Test", "version": "1", "params": params, "blocks": blocks}).to_string()
+    json!({"id": "test", "name": "Test", "version": "1", "params": params, "blocks": blocks})
+        .to_string()
 }
 
 fn dep(block: &str) -> Value {
@@ -90,14 +93,19 @@ fn dep(block: &str) -> Value {
 
 async fn start(h: &Harness, source: &str, params: &[(&str, &str)]) -> RunDoc {
     let request = RunRequest {
-        params: params.iter().map(|(k, v)| (k.to_string(), json!(v))).collect(),
+        params: params
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(v)))
+            .collect(),
         ..RunRequest::default()
     };
     h.engine.create_run(source, None, request).await.unwrap()
 }
 
 async fn artifact(h: &Harness, doc: &RunDoc, block: &str, key: &str) -> String {
-    let attempt = doc.blocks[block].last_success().expect("a successful attempt");
+    let attempt = doc.blocks[block]
+        .last_success()
+        .expect("a successful attempt");
     let hash = &attempt.report.as_ref().unwrap().artifacts[key].hash;
     String::from_utf8(h.engine.store().get_blob(hash).await.unwrap()).unwrap()
 }
@@ -107,22 +115,36 @@ async fn events(h: &Harness, run_id: &str) -> Vec<EventRecord> {
 }
 
 fn statuses(doc: &RunDoc) -> BTreeMap<&str, BlockStatus> {
-    doc.blocks.iter().map(|(id, s)| (id.as_str(), s.status)).collect()
+    doc.blocks
+        .iter()
+        .map(|(id, s)| (id.as_str(), s.status))
+        .collect()
 }
 
 /// Gates, parallel work, artifact wiring and approval on one backend.
 async fn gated_pipeline(h: Harness) {
     let source = template(
         vec![
-            sh("left", "printf left > $FACTORY_OUTPUT_DIR/out.txt", json!({"execution": {"parallel_group": "g"}})),
-            sh("right", "printf right > $FACTORY_OUTPUT_DIR/out.txt", json!({"execution": {"parallel_group": "g"}})),
+            sh(
+                "left",
+                "printf left > $FACTORY_OUTPUT_DIR/out.txt",
+                json!({"execution": {"parallel_group": "g"}}),
+            ),
+            sh(
+                "right",
+                "printf right > $FACTORY_OUTPUT_DIR/out.txt",
+                json!({"execution": {"parallel_group": "g"}}),
+            ),
             sh(
                 "join",
                 r#"for f in $(sed 's/[{}",]/ /g' "$FACTORY_INPUTS" | tr ' ' '\n' | grep '^/'); do cat "$f"; done > $FACTORY_OUTPUT_DIR/out.txt"#,
                 json!({"layer": "L1", "inputs": {"depends": [dep("left"), dep("right")]}, "execution": {"human_gate": "after"}}),
             ),
-            sh("last", "cat $(sed -n 's/.*\"join.out\": \"\\([^\"]*\\)\".*/\\1/p' $FACTORY_INPUTS) > $FACTORY_OUTPUT_DIR/out.txt; echo !! >> $FACTORY_OUTPUT_DIR/out.txt",
-               json!({"layer": "L2", "inputs": {"depends": [dep("join")]}})),
+            sh(
+                "last",
+                "cat $(sed -n 's/.*\"join.out\": \"\\([^\"]*\\)\".*/\\1/p' $FACTORY_INPUTS) > $FACTORY_OUTPUT_DIR/out.txt; echo !! >> $FACTORY_OUTPUT_DIR/out.txt",
+                json!({"layer": "L2", "inputs": {"depends": [dep("join")]}}),
+            ),
         ],
         json!({}),
     );
@@ -131,24 +153,38 @@ async fn gated_pipeline(h: Harness) {
     assert_eq!(outcome, Outcome::Waiting);
     assert_eq!(doc.status, RunStatus::Waiting);
     assert_eq!(statuses(&doc)["join"], BlockStatus::Waiting);
-    assert_eq!(statuses(&doc)["last"], BlockStatus::Pending, "nothing runs past an open gate");
+    assert_eq!(
+        statuses(&doc)["last"],
+        BlockStatus::Pending,
+        "nothing runs past an open gate"
+    );
     assert_eq!(artifact(&h, &doc, "join", "out").await, "leftright");
 
     // The two group members ran concurrently: both started before either finished.
     let log = events(&h, &doc.run_id).await;
     let position = |kind: &str, block: &str| {
-        log.iter().position(|r| r.event.kind() == kind && r.event.block() == Some(block)).unwrap()
+        log.iter()
+            .position(|r| r.event.kind() == kind && r.event.block() == Some(block))
+            .unwrap()
     };
     assert!(position("block_started", "right") < position("attempt_finished", "left"));
     assert!(position("block_started", "left") < position("attempt_finished", "right"));
 
-    let approved = h.engine.approve(&doc.run_id, "join", Some("fine".into())).await.unwrap();
+    let approved = h
+        .engine
+        .approve(&doc.run_id, "join", Some("fine".into()))
+        .await
+        .unwrap();
     let decision = approved.blocks["join"].decisions.last().unwrap().clone();
     assert!(decision.approved);
     assert_eq!(decision.actor, "test:alice");
     assert_eq!(decision.note.as_deref(), Some("fine"));
     // Approving twice is refused and changes nothing.
-    let error = h.engine.approve(&doc.run_id, "join", None).await.unwrap_err();
+    let error = h
+        .engine
+        .approve(&doc.run_id, "join", None)
+        .await
+        .unwrap_err();
     assert!(matches!(error, EngineError::Transition(_)), "{error}");
     assert!(error.to_string().contains("not waiting"), "{error}");
 
@@ -156,7 +192,11 @@ async fn gated_pipeline(h: Harness) {
     assert_eq!(outcome, Outcome::Done);
     assert_eq!(artifact(&h, &doc, "last", "out").await, "leftright!!\n");
     let log = events(&h, &doc.run_id).await;
-    assert_eq!(RunDoc::replay(&log).unwrap(), doc, "the log reproduces the document");
+    assert_eq!(
+        RunDoc::replay(&log).unwrap(),
+        doc,
+        "the log reproduces the document"
+    );
     drop(h.dir);
 }
 
@@ -183,27 +223,57 @@ async fn command_contract_and_rejection_corrections() {
         echo to-stdout; echo to-stderr >&2
     "#;
     let source = template(
-        vec![sh("writer", script, json!({
-            "outputs": {"artifacts": [{"key": "out", "path": "out.txt", "format": "text"}, {"key": "params", "path": "params.json", "format": "json"}]},
-            "execution": {"human_gate": "after"}
-        }))],
+        vec![sh(
+            "writer",
+            script,
+            json!({
+                "outputs": {"artifacts": [{"key": "out", "path": "out.txt", "format": "text"}, {"key": "params", "path": "params.json", "format": "json"}]},
+                "execution": {"human_gate": "after"}
+            }),
+        )],
         json!({"topic": {"required": true}, "level": {"default": 3}}),
     );
     let doc = start(&h, &source, &[("topic", "rivers")]).await;
     let (_, doc) = h.engine.drive(&doc.run_id).await.unwrap();
     let out = artifact(&h, &doc, "writer", "out").await;
-    assert_eq!(out, format!("attempt=1 topic=rivers run={} block=writer\n", doc.run_id));
-    let params: Value = serde_json::from_str(&artifact(&h, &doc, "writer", "params").await).unwrap();
+    assert_eq!(
+        out,
+        format!("attempt=1 topic=rivers run={} block=writer\n", doc.run_id)
+    );
+    let params: Value =
+        serde_json::from_str(&artifact(&h, &doc, "writer", "params").await).unwrap();
     assert_eq!(params, json!({"level": 3, "topic": "rivers"}));
     let report = doc.blocks["writer"].history[0].report.clone().unwrap();
-    assert_eq!(h.engine.store().get_blob(&report.stdout.unwrap().hash).await.unwrap(), b"to-stdout\n");
-    assert_eq!(h.engine.store().get_blob(&report.stderr.unwrap().hash).await.unwrap(), b"to-stderr\n");
+    assert_eq!(
+        h.engine
+            .store()
+            .get_blob(&report.stdout.unwrap().hash)
+            .await
+            .unwrap(),
+        b"to-stdout\n"
+    );
+    assert_eq!(
+        h.engine
+            .store()
+            .get_blob(&report.stderr.unwrap().hash)
+            .await
+            .unwrap(),
+        b"to-stderr\n"
+    );
     assert_eq!(report.exit_code, Some(0));
 
     // Rejection: feedback becomes corrections and the block runs again with them.
-    let error = h.engine.reject(&doc.run_id, "writer", "   ").await.unwrap_err();
+    let error = h
+        .engine
+        .reject(&doc.run_id, "writer", "   ")
+        .await
+        .unwrap_err();
     assert!(error.to_string().contains("feedback is empty"), "{error}");
-    let rejected = h.engine.reject(&doc.run_id, "writer", "Mention the delta").await.unwrap();
+    let rejected = h
+        .engine
+        .reject(&doc.run_id, "writer", "Mention the delta")
+        .await
+        .unwrap();
     let corrections = rejected.blocks["writer"].corrections.clone().unwrap();
     assert_eq!(corrections.version, "v1→v2");
     assert_eq!(corrections.items[0].correction, "Mention the delta");
@@ -212,10 +282,21 @@ async fn command_contract_and_rejection_corrections() {
     let out = artifact(&h, &doc, "writer", "out").await;
     assert!(out.starts_with("attempt=2 "), "{out}");
     assert!(out.contains("Mention the delta"), "{out}");
-    assert!(out.contains("\"instruction\""), "corrections file carries the instruction: {out}");
-    assert_eq!(doc.blocks["writer"].history[1].corrections_version.as_deref(), Some("v1→v2"));
+    assert!(
+        out.contains("\"instruction\""),
+        "corrections file carries the instruction: {out}"
+    );
+    assert_eq!(
+        doc.blocks["writer"].history[1]
+            .corrections_version
+            .as_deref(),
+        Some("v1→v2")
+    );
     let decisions = &doc.blocks["writer"].decisions;
-    assert_eq!((decisions[0].approved, decisions[0].actor.as_str()), (false, "test:alice"));
+    assert_eq!(
+        (decisions[0].approved, decisions[0].actor.as_str()),
+        (false, "test:alice")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -223,12 +304,32 @@ async fn failures_retry_then_block_dependents_only() {
     let h = sqlite().await;
     let source = template(
         vec![
-            sh("flaky", "echo broken >&2; exit 3", json!({"execution": {"max_retries": 2}})),
-            sh("after-flaky", "printf x > $FACTORY_OUTPUT_DIR/out.txt", json!({"layer": "L1", "inputs": {"depends": [dep("flaky")]}})),
-            sh("after-after", "printf x > $FACTORY_OUTPUT_DIR/out.txt", json!({"layer": "L2", "inputs": {"depends": [dep("after-flaky")]}})),
-            sh("independent", "printf ok > $FACTORY_OUTPUT_DIR/out.txt", json!({})),
+            sh(
+                "flaky",
+                "echo broken >&2; exit 3",
+                json!({"execution": {"max_retries": 2}}),
+            ),
+            sh(
+                "after-flaky",
+                "printf x > $FACTORY_OUTPUT_DIR/out.txt",
+                json!({"layer": "L1", "inputs": {"depends": [dep("flaky")]}}),
+            ),
+            sh(
+                "after-after",
+                "printf x > $FACTORY_OUTPUT_DIR/out.txt",
+                json!({"layer": "L2", "inputs": {"depends": [dep("after-flaky")]}}),
+            ),
+            sh(
+                "independent",
+                "printf ok > $FACTORY_OUTPUT_DIR/out.txt",
+                json!({}),
+            ),
             sh("forgetful", "true", json!({})),
-            sh("bad-json", "printf '{oops' > $FACTORY_OUTPUT_DIR/out.json", json!({"outputs": {"artifacts": [{"key": "out", "path": "out.json", "format": "json"}]}})),
+            sh(
+                "bad-json",
+                "printf '{oops' > $FACTORY_OUTPUT_DIR/out.json",
+                json!({"outputs": {"artifacts": [{"key": "out", "path": "out.json", "format": "json"}]}}),
+            ),
         ],
         json!({}),
     );
@@ -242,24 +343,51 @@ async fn failures_retry_then_block_dependents_only() {
     assert_eq!(s["independent"], BlockStatus::Done);
     assert_eq!(doc.blocks["flaky"].attempts, 3, "one try and two retries");
     let error = doc.blocks["flaky"].error.clone().unwrap();
-    assert!(error.contains("exited with status 3") && error.contains("broken") && error.contains("after 3 attempts"), "{error}");
+    assert!(
+        error.contains("exited with status 3")
+            && error.contains("broken")
+            && error.contains("after 3 attempts"),
+        "{error}"
+    );
     let error = doc.blocks["forgetful"].error.clone().unwrap();
-    assert!(error.contains("declared artifact `out` was not written") && error.contains("out.txt"), "{error}");
+    assert!(
+        error.contains("declared artifact `out` was not written") && error.contains("out.txt"),
+        "{error}"
+    );
     let error = doc.blocks["bad-json"].error.clone().unwrap();
     assert!(error.contains("not valid JSON"), "{error}");
 
     // Backoff: each retry waited after the previous failure.
     let log = events(&h, &doc.run_id).await;
-    let retries: Vec<&EventRecord> = log.iter().filter(|r| matches!(&r.event, Event::RetryScheduled { block, .. } if block == "flaky")).collect();
+    let retries: Vec<&EventRecord> = log
+        .iter()
+        .filter(|r| matches!(&r.event, Event::RetryScheduled { block, .. } if block == "flaky"))
+        .collect();
     assert_eq!(retries.len(), 2);
 
     // A manual retry resets the block and its blocked descendants.
     let reset = h.engine.retry(&doc.run_id, "flaky").await.unwrap();
     let s = statuses(&reset);
-    assert_eq!((s["flaky"], s["after-flaky"], s["after-after"]), (BlockStatus::Ready, BlockStatus::Pending, BlockStatus::Pending));
+    assert_eq!(
+        (s["flaky"], s["after-flaky"], s["after-after"]),
+        (
+            BlockStatus::Ready,
+            BlockStatus::Pending,
+            BlockStatus::Pending
+        )
+    );
     assert_eq!(reset.status, RunStatus::Running);
-    let error = h.engine.retry(&doc.run_id, "after-flaky").await.unwrap_err();
-    assert!(error.to_string().contains("retry needs a failed or done block"), "{error}");
+    let error = h
+        .engine
+        .retry(&doc.run_id, "after-flaky")
+        .await
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("retry needs a failed or done block"),
+        "{error}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -268,22 +396,60 @@ async fn thresholds_retry_until_the_metric_passes() {
     let script = r#"printf x > $FACTORY_OUTPUT_DIR/out.txt; echo "{\"score\": $((FACTORY_ATTEMPT * 40))}" > $FACTORY_OUTPUT_DIR/metrics.json"#;
     let source = template(
         vec![
-            sh("scored", script, json!({"outputs": {"metrics": [{"key": "score", "type": "number"}]}, "execution": {"threshold": {"metric": "score", "min": 85}, "max_retries": 2}})),
-            sh("never", script, json!({"outputs": {"metrics": [{"key": "score", "type": "number"}]}, "execution": {"threshold": {"metric": "score", "min": 500}, "max_retries": 1}})),
-            sh("silent", "printf x > $FACTORY_OUTPUT_DIR/out.txt", json!({"outputs": {"metrics": [{"key": "score", "type": "number"}]}, "execution": {"threshold": {"metric": "score", "min": 1}}})),
+            sh(
+                "scored",
+                script,
+                json!({"outputs": {"metrics": [{"key": "score", "type": "number"}]}, "execution": {"threshold": {"metric": "score", "min": 85}, "max_retries": 2}}),
+            ),
+            sh(
+                "never",
+                script,
+                json!({"outputs": {"metrics": [{"key": "score", "type": "number"}]}, "execution": {"threshold": {"metric": "score", "min": 500}, "max_retries": 1}}),
+            ),
+            sh(
+                "silent",
+                "printf x > $FACTORY_OUTPUT_DIR/out.txt",
+                json!({"outputs": {"metrics": [{"key": "score", "type": "number"}]}, "execution": {"threshold": {"metric": "score", "min": 1}}}),
+            ),
         ],
         json!({}),
     );
     let doc = start(&h, &source, &[]).await;
     let (_, doc) = h.engine.drive(&doc.run_id).await.unwrap();
     let scored = &doc.blocks["scored"];
-    assert_eq!((scored.status, scored.attempts, scored.score), (BlockStatus::Done, 3, Some(120.0)));
+    assert_eq!(
+        (scored.status, scored.attempts, scored.score),
+        (BlockStatus::Done, 3, Some(120.0))
+    );
     let outcomes: Vec<_> = scored.history.iter().map(|a| a.outcome.unwrap()).collect();
-    assert_eq!(outcomes, [AttemptOutcome::ThresholdMissed, AttemptOutcome::ThresholdMissed, AttemptOutcome::Succeeded]);
+    assert_eq!(
+        outcomes,
+        [
+            AttemptOutcome::ThresholdMissed,
+            AttemptOutcome::ThresholdMissed,
+            AttemptOutcome::Succeeded
+        ]
+    );
     let never = &doc.blocks["never"];
     assert_eq!((never.status, never.attempts), (BlockStatus::Failed, 2));
-    assert!(never.error.as_deref().unwrap().contains("metric `score` = 80 is below the threshold 500"), "{:?}", never.error);
-    assert!(doc.blocks["silent"].error.as_deref().unwrap().contains("was not reported"), "{:?}", doc.blocks["silent"].error);
+    assert!(
+        never
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("metric `score` = 80 is below the threshold 500"),
+        "{:?}",
+        never.error
+    );
+    assert!(
+        doc.blocks["silent"]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("was not reported"),
+        "{:?}",
+        doc.blocks["silent"].error
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -291,16 +457,34 @@ async fn timeouts_kill_the_whole_process_group() {
     let h = sqlite().await;
     let pid_file = h.dir.path().join("bg.pid");
     let script = format!("sleep 30 & echo $! > {}; wait", pid_file.display());
-    let source = template(vec![sh("slow", &script, json!({"timeout": 500}))], json!({}));
+    let source = template(
+        vec![sh("slow", &script, json!({"timeout": 500}))],
+        json!({}),
+    );
     let doc = start(&h, &source, &[]).await;
     let (outcome, doc) = h.engine.drive(&doc.run_id).await.unwrap();
     assert_eq!(outcome, Outcome::Failed);
-    assert_eq!(doc.blocks["slow"].history[0].outcome, Some(AttemptOutcome::TimedOut));
-    assert!(doc.blocks["slow"].error.as_deref().unwrap().contains("timed out after 500 ms"));
-    let pid = std::fs::read_to_string(&pid_file).unwrap().trim().to_string();
+    assert_eq!(
+        doc.blocks["slow"].history[0].outcome,
+        Some(AttemptOutcome::TimedOut)
+    );
+    assert!(
+        doc.blocks["slow"]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("timed out after 500 ms")
+    );
+    let pid = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .to_string();
     // Reaped or gone: the background child did not survive the timeout.
     let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    assert!(state.is_empty() || state.contains(") Z "), "background sleep {pid} still alive: {state}");
+    assert!(
+        state.is_empty() || state.contains(") Z "),
+        "background sleep {pid} still alive: {state}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -332,7 +516,11 @@ async fn the_concurrency_limit_holds() {
 async fn run_creation_names_every_missing_input() {
     let h = sqlite().await;
     let source = template(
-        vec![sh("needs", "true", json!({"inputs": {"env": ["FACTORY_TEST_SURELY_UNSET_VAR"]}}))],
+        vec![sh(
+            "needs",
+            "true",
+            json!({"inputs": {"env": ["FACTORY_TEST_SURELY_UNSET_VAR"]}}),
+        )],
         json!({"expert_name": {"required": true, "description": "the expert"}, "slug": {"required": true}}),
     );
     let request = RunRequest {
@@ -341,17 +529,51 @@ async fn run_creation_names_every_missing_input() {
         overrides: [("ghost".to_string(), Autonomy::Auto)].into(),
         ..RunRequest::default()
     };
-    let error = h.engine.create_run(&source, None, request).await.unwrap_err().to_string();
-    for needle in ["`expert_name` (the expert)", "`slug`", "`bogus`", "FACTORY_TEST_SURELY_UNSET_VAR", "needs", "`nope`", "`ghost`"] {
+    let error = h
+        .engine
+        .create_run(&source, None, request)
+        .await
+        .unwrap_err()
+        .to_string();
+    for needle in [
+        "`expert_name` (the expert)",
+        "`slug`",
+        "`bogus`",
+        "FACTORY_TEST_SURELY_UNSET_VAR",
+        "needs",
+        "`nope`",
+        "`ghost`",
+    ] {
         assert!(error.contains(needle), "missing {needle} in: {error}");
     }
-    assert!(h.engine.store().list_runs(10).await.unwrap().is_empty(), "nothing stored");
+    assert!(
+        h.engine.store().list_runs(10).await.unwrap().is_empty(),
+        "nothing stored"
+    );
 
-    let llm = template(vec![json!({"id": "ask", "name": "Ask", "layer": "L0", "type": "research", "runtime": "llm", "skill": "ask"})], json!({}));
-    let error = h.engine.create_run(&llm, None, RunRequest::default()).await.unwrap_err().to_string();
-    assert!(error.contains("runtime `llm`") && error.contains("ask"), "{error}");
+    let llm = template(
+        vec![
+            json!({"id": "ask", "name": "Ask", "layer": "L0", "type": "research", "runtime": "llm", "skill": "ask"}),
+        ],
+        json!({}),
+    );
+    let error = h
+        .engine
+        .create_run(&llm, None, RunRequest::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("runtime `llm`") && error.contains("ask"),
+        "{error}"
+    );
 
-    let error = h.engine.create_run("{\"id\": 1}", None, RunRequest::default()).await.unwrap_err().to_string();
+    let error = h
+        .engine
+        .create_run("{\"id\": 1}", None, RunRequest::default())
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(error.contains("TPL0002"), "{error}");
 }
 
@@ -373,7 +595,10 @@ async fn autonomy_profiles_and_overrides() {
     });
     let source = value.to_string();
 
-    let request = RunRequest { autonomy_profile: Some("trusting".into()), ..RunRequest::default() };
+    let request = RunRequest {
+        autonomy_profile: Some("trusting".into()),
+        ..RunRequest::default()
+    };
     let doc = h.engine.create_run(&source, None, request).await.unwrap();
     let (outcome, doc) = h.engine.drive(&doc.run_id).await.unwrap();
     assert_eq!(outcome, Outcome::Done);
@@ -388,12 +613,23 @@ async fn autonomy_profiles_and_overrides() {
     };
     let doc = h.engine.create_run(&source, None, request).await.unwrap();
     let (_, doc) = h.engine.drive(&doc.run_id).await.unwrap();
-    assert_eq!(statuses(&doc)["a"], BlockStatus::Done, "override beats the profile");
+    assert_eq!(
+        statuses(&doc)["a"],
+        BlockStatus::Done,
+        "override beats the profile"
+    );
     assert_eq!(statuses(&doc)["b"], BlockStatus::Waiting);
-    assert!(doc.blocks["b"].history.is_empty(), "a before-gate stops the block before it runs");
+    assert!(
+        doc.blocks["b"].history.is_empty(),
+        "a before-gate stops the block before it runs"
+    );
     h.engine.approve(&doc.run_id, "b", None).await.unwrap();
     let (_, doc) = h.engine.drive(&doc.run_id).await.unwrap();
-    assert_eq!(statuses(&doc)["b"], BlockStatus::Done, "the before gate was the only gate on b");
+    assert_eq!(
+        statuses(&doc)["b"],
+        BlockStatus::Done,
+        "the before gate was the only gate on b"
+    );
     assert_eq!(statuses(&doc)["c"], BlockStatus::Waiting);
 }
 
@@ -402,7 +638,8 @@ async fn autonomy_profiles_and_overrides() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clone_factory_shape_on_postgres() {
     let h = postgres().await;
-    let mut value: Value = serde_json::from_str(include_str!("../../../../templates/clone-factory.json")).unwrap();
+    let mut value: Value =
+        serde_json::from_str(include_str!("../../../../templates/clone-factory.json")).unwrap();
     for block in value["blocks"].as_array_mut().unwrap() {
         block["runtime"] = json!("builtin");
         block["inputs"]["config"] = json!({"builtin": "noop", "metrics": {"score": 90}});
@@ -423,13 +660,31 @@ async fn clone_factory_shape_on_postgres() {
             assert_eq!(outcome, Outcome::Done);
             break;
         }
-        let waiting: Vec<String> = doc.blocks.iter().filter(|(_, s)| s.status == BlockStatus::Waiting).map(|(id, _)| id.clone()).collect();
+        let waiting: Vec<String> = doc
+            .blocks
+            .iter()
+            .filter(|(_, s)| s.status == BlockStatus::Waiting)
+            .map(|(id, _)| id.clone())
+            .collect();
         for block in waiting {
             h.engine.approve(&doc.run_id, &block, None).await.unwrap();
             gates.push(block);
         }
     }
-    assert_eq!(gates, ["expert-framework-creator", "extraction-reviewer", "gap-analyzer", "clone-tester", "expert-audit"]);
+    assert_eq!(
+        gates,
+        [
+            "expert-framework-creator",
+            "extraction-reviewer",
+            "gap-analyzer",
+            "clone-tester",
+            "expert-audit"
+        ]
+    );
     assert_eq!(doc.blocks.len(), 26);
-    assert!(doc.blocks.values().all(|s| s.status == BlockStatus::Done && s.attempts == 1));
+    assert!(
+        doc.blocks
+            .values()
+            .all(|s| s.status == BlockStatus::Done && s.attempts == 1)
+    );
 }

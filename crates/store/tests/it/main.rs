@@ -24,7 +24,12 @@ fn new_doc(run_id: &str) -> (RunDoc, Vec<EventRecord>) {
         ..RunRequest::default()
     };
     let event = create_run(&pipeline, &request, &|_| true).expect("run created");
-    let record = EventRecord { seq: 1, at: 1_000, actor: "test".into(), event };
+    let record = EventRecord {
+        seq: 1,
+        at: 1_000,
+        actor: "test".into(),
+        event,
+    };
     let doc = RunDoc::from_created(&record).expect("doc");
     (doc, vec![record])
 }
@@ -32,7 +37,12 @@ fn new_doc(run_id: &str) -> (RunDoc, Vec<EventRecord>) {
 async fn create(store: &dyn Store, run_id: &str) -> RunDoc {
     let (doc, records) = new_doc(run_id);
     store
-        .create_run(NewRun { doc: &doc, records: &records, template_json: TEMPLATE, template_path: Some("/tmp/t.json") })
+        .create_run(NewRun {
+            doc: &doc,
+            records: &records,
+            template_json: TEMPLATE,
+            template_path: Some("/tmp/t.json"),
+        })
         .await
         .expect("create_run");
     doc
@@ -48,31 +58,75 @@ async fn round_trip(store: &dyn Store) {
 
     // Append a transition and check the log replays to the stored document.
     let mut next = stored.doc.clone();
-    let records = commit(&mut next, vec![Event::BlockReady { block: "a".into(), reason: "test".into() }], "test", 2_000).unwrap();
-    let version = store.commit("run-round-trip", 1, &records, &next).await.unwrap();
+    let records = commit(
+        &mut next,
+        vec![Event::BlockReady {
+            block: "a".into(),
+            reason: "test".into(),
+        }],
+        "test",
+        2_000,
+    )
+    .unwrap();
+    let version = store
+        .commit("run-round-trip", 1, &records, &next)
+        .await
+        .unwrap();
     assert_eq!(version, 2);
     let events = store.events("run-round-trip", 0).await.unwrap();
     assert_eq!(events.len(), 2);
-    assert_eq!(RunDoc::replay(&events).unwrap(), store.load_run("run-round-trip").await.unwrap().doc);
+    assert_eq!(
+        RunDoc::replay(&events).unwrap(),
+        store.load_run("run-round-trip").await.unwrap().doc
+    );
     assert_eq!(store.events("run-round-trip", 1).await.unwrap().len(), 1);
 }
 
 async fn stale_writes_are_refused(store: &dyn Store) {
     let doc = create(store, "run-stale").await;
     let mut first = doc.clone();
-    let records = commit(&mut first, vec![Event::BlockReady { block: "a".into(), reason: "w1".into() }], "w1", 2).unwrap();
-    store.commit("run-stale", 1, &records, &first).await.unwrap();
+    let records = commit(
+        &mut first,
+        vec![Event::BlockReady {
+            block: "a".into(),
+            reason: "w1".into(),
+        }],
+        "w1",
+        2,
+    )
+    .unwrap();
+    store
+        .commit("run-stale", 1, &records, &first)
+        .await
+        .unwrap();
 
     // A second writer that also read version 1 must not overwrite.
     let mut second = doc.clone();
-    let records = commit(&mut second, vec![Event::RunStatusChanged { status: RunStatus::Failed }], "w2", 3).unwrap();
-    let error = store.commit("run-stale", 1, &records, &second).await.unwrap_err();
-    assert!(matches!(error, StoreError::Conflict { expected: 1, .. }), "{error}");
+    let records = commit(
+        &mut second,
+        vec![Event::RunStatusChanged {
+            status: RunStatus::Failed,
+        }],
+        "w2",
+        3,
+    )
+    .unwrap();
+    let error = store
+        .commit("run-stale", 1, &records, &second)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, StoreError::Conflict { expected: 1, .. }),
+        "{error}"
+    );
     let stored = store.load_run("run-stale").await.unwrap();
     assert_eq!(stored.doc, first, "the stale write changed nothing");
     assert_eq!(store.events("run-stale", 0).await.unwrap().len(), 2);
 
-    let error = store.commit("no-such-run", 1, &records, &second).await.unwrap_err();
+    let error = store
+        .commit("no-such-run", 1, &records, &second)
+        .await
+        .unwrap_err();
     assert!(matches!(error, StoreError::RunNotFound(_)), "{error}");
 }
 
@@ -88,9 +142,22 @@ async fn concurrent_writers_lose_nothing(store: Arc<dyn Store>) {
                 loop {
                     let stored = store.load_run("run-race").await.unwrap();
                     let mut doc = stored.doc.clone();
-                    let status = if (writer + i) % 2 == 0 { RunStatus::Waiting } else { RunStatus::Running };
-                    let records = commit(&mut doc, vec![Event::RunStatusChanged { status }], &format!("w{writer}"), 5).unwrap();
-                    match store.commit("run-race", stored.version, &records, &doc).await {
+                    let status = if (writer + i) % 2 == 0 {
+                        RunStatus::Waiting
+                    } else {
+                        RunStatus::Running
+                    };
+                    let records = commit(
+                        &mut doc,
+                        vec![Event::RunStatusChanged { status }],
+                        &format!("w{writer}"),
+                        5,
+                    )
+                    .unwrap();
+                    match store
+                        .commit("run-race", stored.version, &records, &doc)
+                        .await
+                    {
                         Ok(_) => break,
                         Err(StoreError::Conflict { .. }) => continue,
                         Err(error) => panic!("{error}"),
@@ -118,11 +185,17 @@ async fn blobs_are_content_addressed(store: &dyn Store) {
     assert_eq!(first, again);
     assert_eq!(first.size, 14);
     assert_eq!(first.hash, factory_store::blob_hash(b"hello artifact"));
-    assert_eq!(store.get_blob(&first.hash).await.unwrap(), b"hello artifact");
+    assert_eq!(
+        store.get_blob(&first.hash).await.unwrap(),
+        b"hello artifact"
+    );
     let other = store.put_blob(b"").await.unwrap();
     assert_ne!(other.hash, first.hash);
     assert_eq!(store.get_blob(&other.hash).await.unwrap(), b"");
-    assert!(matches!(store.get_blob("0000").await.unwrap_err(), StoreError::BlobNotFound(_)));
+    assert!(matches!(
+        store.get_blob("0000").await.unwrap_err(),
+        StoreError::BlobNotFound(_)
+    ));
 }
 
 async fn leases_follow_events(store: &dyn Store) {
@@ -131,8 +204,16 @@ async fn leases_follow_events(store: &dyn Store) {
     let records = commit(
         &mut next,
         vec![
-            Event::BlockReady { block: "a".into(), reason: "t".into() },
-            Event::BlockStarted { block: "a".into(), attempt: 1, owner: "host:1:1".into(), lease_expires_at: 10_000 },
+            Event::BlockReady {
+                block: "a".into(),
+                reason: "t".into(),
+            },
+            Event::BlockStarted {
+                block: "a".into(),
+                attempt: 1,
+                owner: "host:1:1".into(),
+                lease_expires_at: 10_000,
+            },
         ],
         "w",
         5_000,
@@ -141,22 +222,40 @@ async fn leases_follow_events(store: &dyn Store) {
     let version = store.commit("run-lease", 1, &records, &next).await.unwrap();
     let leases = store.leases("run-lease").await.unwrap();
     assert_eq!(leases.len(), 1);
-    assert_eq!((leases[0].owner.as_str(), leases[0].attempt, leases[0].expires_at, leases[0].pid), ("host:1:1", 1, 10_000, None));
+    assert_eq!(
+        (
+            leases[0].owner.as_str(),
+            leases[0].attempt,
+            leases[0].expires_at,
+            leases[0].pid
+        ),
+        ("host:1:1", 1, 10_000, None)
+    );
 
     assert_eq!(store.renew_leases("host:1:1", 20_000).await.unwrap(), 1);
     assert_eq!(store.renew_leases("someone-else", 99_000).await.unwrap(), 0);
-    store.set_lease_pid("run-lease", "a", 1, 4242).await.unwrap();
+    store
+        .set_lease_pid("run-lease", "a", 1, 4242)
+        .await
+        .unwrap();
     let lease = &store.leases("run-lease").await.unwrap()[0];
     assert_eq!((lease.expires_at, lease.pid), (20_000, Some(4242)));
 
     let records = commit(
         &mut next,
-        vec![Event::AttemptAbandoned { block: "a".into(), attempt: 1, reason: "test".into() }],
+        vec![Event::AttemptAbandoned {
+            block: "a".into(),
+            attempt: 1,
+            reason: "test".into(),
+        }],
         "w",
         6_000,
     )
     .unwrap();
-    store.commit("run-lease", version, &records, &next).await.unwrap();
+    store
+        .commit("run-lease", version, &records, &next)
+        .await
+        .unwrap();
     assert!(store.leases("run-lease").await.unwrap().is_empty());
 }
 
@@ -166,12 +265,24 @@ async fn run_ids_resolve_by_prefix(store: &dyn Store) {
     create(store, "xyz_1").await;
     assert_eq!(store.resolve_run_id("abc-1").await.unwrap(), "abc-111");
     assert_eq!(store.resolve_run_id("xyz_1").await.unwrap(), "xyz_1");
-    assert!(matches!(store.resolve_run_id("abc").await.unwrap_err(), StoreError::AmbiguousRunId { .. }));
-    assert!(matches!(store.resolve_run_id("nope").await.unwrap_err(), StoreError::RunNotFound(_)));
+    assert!(matches!(
+        store.resolve_run_id("abc").await.unwrap_err(),
+        StoreError::AmbiguousRunId { .. }
+    ));
+    assert!(matches!(
+        store.resolve_run_id("nope").await.unwrap_err(),
+        StoreError::RunNotFound(_)
+    ));
     // `_` and `%` are literal, not LIKE wildcards.
-    assert!(matches!(store.resolve_run_id("xyz%").await.unwrap_err(), StoreError::RunNotFound(_)));
+    assert!(matches!(
+        store.resolve_run_id("xyz%").await.unwrap_err(),
+        StoreError::RunNotFound(_)
+    ));
     let runs = store.list_runs(10).await.unwrap();
-    assert!(runs.iter().any(|r| r.run_id == "abc-111" && r.template_id == "t"));
+    assert!(
+        runs.iter()
+            .any(|r| r.run_id == "abc-111" && r.template_id == "t")
+    );
 }
 
 async fn suite(store: Arc<dyn Store>) {
@@ -205,11 +316,25 @@ async fn postgres_store_contract() {
 
 #[tokio::test]
 async fn bad_urls_are_explained() {
-    let error = factory_store::open("mysql://localhost/x").await.err().expect("refused");
+    let error = factory_store::open("mysql://localhost/x")
+        .await
+        .err()
+        .expect("refused");
     assert!(error.to_string().contains("postgres://"), "{error}");
-    let error = factory_store::open("postgres://nobody:secret@127.0.0.1:1/none").await.err().expect("refused");
+    let error = factory_store::open("postgres://nobody:secret@127.0.0.1:1/none")
+        .await
+        .err()
+        .expect("refused");
     let text = error.to_string();
     assert!(!text.contains("secret"), "password leaked: {text}");
-    let error = factory_store::open("/nonexistent-dir/sub/factory.db").await.err().expect("refused");
-    assert!(error.to_string().contains("/nonexistent-dir/sub/factory.db"), "{error}");
+    let error = factory_store::open("/nonexistent-dir/sub/factory.db")
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        error
+            .to_string()
+            .contains("/nonexistent-dir/sub/factory.db"),
+        "{error}"
+    );
 }
