@@ -100,6 +100,13 @@ fn bench(c: &mut Criterion) {
             .iter()
             .map(|b| (b.id.clone(), Autonomy::Auto))
             .collect();
+        let params: std::collections::BTreeMap<String, Value> = pipeline
+            .template()
+            .params
+            .iter()
+            .filter(|(_, spec)| spec.required)
+            .map(|(name, _)| (name.clone(), json!("Bench")))
+            .collect();
         group.throughput(Throughput::Elements(blocks));
         group.bench_with_input(
             BenchmarkId::new("create_and_drive", name),
@@ -108,9 +115,10 @@ fn bench(c: &mut Criterion) {
                 b.to_async(&runtime).iter(|| {
                     let engine = engine.clone();
                     let overrides = overrides.clone();
+                    let params = params.clone();
                     async move {
                         let request = RunRequest {
-                            params: [("expert_name".to_string(), json!("Bench"))].into(),
+                            params,
                             overrides,
                             ..RunRequest::default()
                         };
