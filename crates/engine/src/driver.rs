@@ -11,10 +11,11 @@ use factory_core::run::{
 };
 use factory_core::transitions;
 use factory_runtime::{AttemptInput, Execution, InputArtifact};
-use factory_store::Store;
+use factory_store::{NewBlob, Store};
 use tokio::sync::mpsc;
 
 use crate::owner::Owner;
+use crate::handle::Claim;
 use crate::{Engine, EngineError, Result, RunHandle, now_ms};
 
 /// Why [`Engine::drive`] returned.
@@ -31,6 +32,8 @@ struct Completion {
     block: String,
     attempt: u32,
     report: std::result::Result<AttemptReport, String>,
+    /// Artifact and log contents, stored with the events that reference them.
+    blobs: Vec<NewBlob>,
 }
 
 impl Engine {
@@ -44,38 +47,24 @@ impl Engine {
         let (sender, mut receiver) = mpsc::unbounded_channel::<Completion>();
         let mut in_flight: BTreeSet<String> = BTreeSet::new();
         let heartbeat = self.spawn_heartbeat();
+        let owner_id = self.owner.id();
+        let max_concurrency = self.config.max_concurrency;
 
         let result: Result<Outcome> = async {
+            let mut completions: Vec<Completion> = Vec::new();
             loop {
                 if in_flight.is_empty() {
                     self.reclaim(&mut handle, &worker_actor).await?;
                 }
 
-                // Start what may start.
-                let owner_id = self.owner.id();
-                let policy = self.config.policy;
-                let max_concurrency = self.config.max_concurrency;
-                let records = handle
-                    .apply(&worker_actor, |pipeline, doc, now| {
-                        let decision = factory_core::decide(pipeline, doc, now, max_concurrency);
-                        decision
-                            .startable
-                            .iter()
-                            .map(|block| {
-                                transitions::start(doc, block, &owner_id, now, &policy)
-                                    .map_err(EngineError::from)
-                            })
-                            .collect()
-                    })
-                    .await?;
-                self.notify(&records, handle.doc());
+                // One commit: record finished attempts, decide, start what may start.
+                for completion in &completions {
+                    in_flight.remove(&completion.block);
+                }
+                let records = self.record_and_claim(&mut handle, &worker_actor, &completions).await?;
+                completions.clear();
                 for record in &records {
-                    if let Event::BlockStarted {
-                        block,
-                        attempt,
-                        owner,
-                        ..
-                    } = &record.event
+                    if let Event::BlockStarted { block, attempt, owner, .. } = &record.event
                         && *owner == owner_id
                     {
                         in_flight.insert(block.clone());
@@ -93,8 +82,7 @@ impl Engine {
                     }
                     // Ready blocks in backoff, or blocks another worker runs.
                     let now = now_ms();
-                    let decision =
-                        factory_core::decide(handle.pipeline(), doc, now, max_concurrency);
+                    let decision = factory_core::decide(handle.pipeline(), doc, now, max_concurrency);
                     let wait_ms = match decision.wake_at {
                         Some(at) => (at - now).clamp(1, self.poll_ms()),
                         None => self.poll_ms(),
@@ -105,33 +93,21 @@ impl Engine {
                 }
 
                 // Wait for a result, or for a backoff to end.
-                let decision = factory_core::decide(
-                    handle.pipeline(),
-                    handle.doc(),
-                    now_ms(),
-                    max_concurrency,
-                );
+                let decision = factory_core::decide(handle.pipeline(), handle.doc(), now_ms(), max_concurrency);
                 let first = match decision.wake_at {
                     Some(at) => {
                         let wait = (at - now_ms()).max(1) as u64;
-                        match tokio::time::timeout(Duration::from_millis(wait), receiver.recv())
-                            .await
-                        {
+                        match tokio::time::timeout(Duration::from_millis(wait), receiver.recv()).await {
                             Ok(message) => message,
                             Err(_) => continue,
                         }
                     }
                     None => receiver.recv().await,
                 };
-                let mut completions: Vec<Completion> = first.into_iter().collect();
+                completions.extend(first);
                 while let Ok(more) = receiver.try_recv() {
                     completions.push(more);
                 }
-                for completion in &completions {
-                    in_flight.remove(&completion.block);
-                }
-                self.record_completions(&mut handle, &worker_actor, completions)
-                    .await?;
             }
         }
         .await;
@@ -263,7 +239,7 @@ impl Engine {
         let keep = self.config.keep_work_dirs;
         let block_id = block_id.to_string();
         tokio::spawn(async move {
-            let report = run_attempt(
+            let outcome = run_attempt(
                 store,
                 &pipeline,
                 &doc,
@@ -274,58 +250,60 @@ impl Engine {
                 keep,
             )
             .await;
+            let (report, blobs) = match outcome {
+                Ok((report, blobs)) => (Ok(report), blobs),
+                Err(error) => (Err(error), Vec::new()),
+            };
             let _ = sender.send(Completion {
                 block: block_id,
                 attempt,
                 report,
+                blobs,
             });
         });
     }
 
-    async fn record_completions(
+    /// Records finished attempts (storing their outputs in the same
+    /// transaction) and claims every block that may start now.
+    async fn record_and_claim(
         &self,
         handle: &mut RunHandle,
         actor: &str,
-        completions: Vec<Completion>,
-    ) -> Result<()> {
+        completions: &[Completion],
+    ) -> Result<Vec<EventRecord>> {
         let policy = self.config.policy;
-        let records: Vec<EventRecord> = handle
-            .apply(actor, |pipeline, doc, now| {
-                let mut events = Vec::new();
-                for completion in &completions {
-                    let report = match &completion.report {
-                        Ok(report) => report.clone(),
-                        Err(error) => AttemptReport {
-                            error: Some(error.clone()),
-                            ..AttemptReport::default()
-                        },
-                    };
-                    match transitions::finish(
-                        pipeline,
-                        doc,
-                        &completion.block,
-                        completion.attempt,
-                        report,
-                        now,
-                        &policy,
-                    ) {
-                        Ok(more) => events.extend(more),
-                        // Reclaimed by another worker meanwhile: its attempt wins.
-                        Err(transitions::TransitionError::StaleAttempt { block, attempt }) => {
-                            tracing::warn!(
-                                block,
-                                attempt,
-                                "discarding the result of a reclaimed attempt"
-                            );
+        let owner = self.owner.id();
+        let blobs: Vec<NewBlob> = completions.iter().flat_map(|c| c.blobs.iter().cloned()).collect();
+        let records = handle
+            .apply_with(
+                actor,
+                |pipeline, doc, now| {
+                    let mut events = Vec::new();
+                    for completion in completions {
+                        let report = match &completion.report {
+                            Ok(report) => report.clone(),
+                            Err(error) => AttemptReport {
+                                error: Some(error.clone()),
+                                ..AttemptReport::default()
+                            },
+                        };
+                        match transitions::finish(pipeline, doc, &completion.block, completion.attempt, report, now, &policy) {
+                            Ok(more) => events.extend(more),
+                            // Reclaimed by another worker meanwhile: its attempt wins.
+                            Err(transitions::TransitionError::StaleAttempt { block, attempt }) => {
+                                tracing::warn!(block, attempt, "discarding the result of a reclaimed attempt");
+                            }
+                            Err(error) => return Err(error.into()),
                         }
-                        Err(error) => return Err(error.into()),
                     }
-                }
-                Ok(events)
-            })
+                    Ok(events)
+                },
+                Some(Claim { owner: &owner, policy: &policy }),
+                &blobs,
+            )
             .await?;
         self.notify(&records, handle.doc());
-        Ok(())
+        Ok(records)
     }
 }
 
@@ -341,7 +319,7 @@ async fn run_attempt(
     attempt_dir: PathBuf,
     template_dir: Option<PathBuf>,
     keep_work_dir: bool,
-) -> std::result::Result<AttemptReport, String> {
+) -> std::result::Result<(AttemptReport, Vec<NewBlob>), String> {
     let block = pipeline
         .block(block_id)
         .ok_or_else(|| format!("block `{block_id}` is not in the template"))?;
@@ -376,11 +354,11 @@ async fn run_attempt(
     })
     .await;
     let failed = execution.error.is_some();
-    let report = store_execution(store.as_ref(), block, execution).await?;
+    let outputs = to_report(block, execution);
     if !failed && !keep_work_dir {
         let _ = std::fs::remove_dir_all(&attempt_dir);
     }
-    Ok(report)
+    Ok(outputs)
 }
 
 async fn gather_inputs(
@@ -423,46 +401,44 @@ async fn gather_inputs(
     Ok(inputs)
 }
 
-/// Stores artifacts and logs as blobs before any event refers to them, so a
+/// Turns an execution into its report plus the blobs it references; the
+/// blobs are written in the same transaction as the report's events, so a
 /// recorded artifact is never missing.
-async fn store_execution(
-    store: &dyn Store,
-    block: &factory_core::template::Block,
-    execution: Execution,
-) -> std::result::Result<AttemptReport, String> {
-    let store_error = |error: factory_store::StoreError| {
-        format!("cannot store outputs of `{}`: {error}", block.id)
-    };
+fn to_report(block: &factory_core::template::Block, execution: Execution) -> (AttemptReport, Vec<NewBlob>) {
+    let mut blobs = Vec::new();
     let mut artifacts = BTreeMap::new();
+    let mut execution = execution;
     for spec in &block.outputs.artifacts {
-        if let Some(bytes) = execution.artifacts.get(&spec.key) {
-            let blob = store.put_blob(bytes).await.map_err(store_error)?;
+        if let Some(bytes) = execution.artifacts.remove(&spec.key) {
+            let blob = NewBlob::new(bytes);
             artifacts.insert(
                 spec.key.clone(),
                 ArtifactRef {
-                    hash: blob.hash,
-                    size: blob.size,
+                    hash: blob.hash.clone(),
+                    size: blob.content.len() as u64,
                     path: spec.path.clone(),
                     format: spec.format,
                 },
             );
+            blobs.push(blob);
         }
     }
-    let log =
-        async |bytes: &[u8], truncated: bool| -> std::result::Result<Option<LogRef>, String> {
-            if bytes.is_empty() {
-                return Ok(None);
-            }
-            let blob = store.put_blob(bytes).await.map_err(store_error)?;
-            Ok(Some(LogRef {
-                hash: blob.hash,
-                size: blob.size,
-                truncated,
-            }))
+    let mut log = |bytes: Vec<u8>, truncated: bool| -> Option<LogRef> {
+        if bytes.is_empty() {
+            return None;
+        }
+        let blob = NewBlob::new(bytes);
+        let log = LogRef {
+            hash: blob.hash.clone(),
+            size: blob.content.len() as u64,
+            truncated,
         };
-    let stdout = log(&execution.stdout, execution.stdout_truncated).await?;
-    let stderr = log(&execution.stderr, execution.stderr_truncated).await?;
-    Ok(AttemptReport {
+        blobs.push(blob);
+        Some(log)
+    };
+    let stdout = log(std::mem::take(&mut execution.stdout), execution.stdout_truncated);
+    let stderr = log(std::mem::take(&mut execution.stderr), execution.stderr_truncated);
+    let report = AttemptReport {
         artifacts,
         metrics: execution.metrics,
         exit_code: execution.exit_code,
@@ -470,5 +446,6 @@ async fn store_execution(
         stderr,
         error: execution.error,
         timed_out: execution.timed_out,
-    })
+    };
+    (report, blobs)
 }

@@ -4,12 +4,20 @@ use std::sync::Arc;
 
 use factory_core::run::{Event, EventRecord, Millis, RunDoc};
 use factory_core::{Pipeline, commit, decide};
-use factory_store::{Store, StoreError, StoredRun};
+use factory_core::transitions::{self, Policy};
+use factory_store::{NewBlob, Store, StoreError, StoredRun};
 
 use crate::{EngineError, Result, load_pipeline, now_ms};
 
 /// How often a conflicting write is recomputed before giving up.
 const MAX_CONFLICTS: u32 = 64;
+
+/// A worker claiming ready blocks in [`RunHandle::apply_with`].
+#[derive(Debug, Clone, Copy)]
+pub struct Claim<'a> {
+    pub owner: &'a str,
+    pub policy: &'a Policy,
+}
 
 pub struct RunHandle {
     store: Arc<dyn Store>,
@@ -56,7 +64,24 @@ impl RunHandle {
     /// scheduler's follow-up decisions, and writes both atomically. On a
     /// conflict, reloads and computes again. Returns the committed records
     /// (empty if there was nothing to do).
-    pub async fn apply<F>(&mut self, actor: &str, mut step: F) -> Result<Vec<EventRecord>>
+    pub async fn apply<F>(&mut self, actor: &str, step: F) -> Result<Vec<EventRecord>>
+    where
+        F: FnMut(&Pipeline, &RunDoc, Millis) -> Result<Vec<Event>>,
+    {
+        self.apply_with(actor, step, None, &[]).await
+    }
+
+    /// [`RunHandle::apply`], plus: store `blobs` in the same transaction, and
+    /// when `claim` is given, start every block the scheduler now allows for
+    /// that worker. Finishing one block and starting the next is then a single
+    /// commit, which is what makes a chain of blocks cheap.
+    pub async fn apply_with<F>(
+        &mut self,
+        actor: &str,
+        mut step: F,
+        claim: Option<Claim<'_>>,
+        blobs: &[NewBlob],
+    ) -> Result<Vec<EventRecord>>
     where
         F: FnMut(&Pipeline, &RunDoc, Millis) -> Result<Vec<Event>>,
     {
@@ -67,12 +92,22 @@ impl RunHandle {
             let mut records = commit(&mut doc, events, actor, now)?;
             let decision = decide(&self.pipeline, &doc, now, self.max_concurrency);
             records.extend(commit(&mut doc, decision.events, "scheduler", now)?);
+            if let Some(claim) = claim {
+                let starts = decision
+                    .startable
+                    .iter()
+                    .map(|block| transitions::start(&doc, block, claim.owner, now, claim.policy))
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                records.extend(commit(&mut doc, starts, actor, now)?);
+                let decision = decide(&self.pipeline, &doc, now, self.max_concurrency);
+                records.extend(commit(&mut doc, decision.events, "scheduler", now)?);
+            }
             if records.is_empty() {
                 return Ok(records);
             }
             match self
                 .store
-                .commit(&doc.run_id, self.stored.version, &records, &doc)
+                .commit_with_blobs(&doc.run_id, self.stored.version, &records, &doc, blobs)
                 .await
             {
                 Ok(version) => {

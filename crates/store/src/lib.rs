@@ -101,6 +101,22 @@ pub struct Lease {
     pub expires_at: Millis,
 }
 
+/// Content to store under its SHA-256 address (see [`NewBlob::new`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewBlob {
+    pub hash: String,
+    pub content: Vec<u8>,
+}
+
+impl NewBlob {
+    pub fn new(content: Vec<u8>) -> NewBlob {
+        NewBlob {
+            hash: blob_hash(&content),
+            content,
+        }
+    }
+}
+
 /// A stored blob's address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlobRef {
@@ -130,6 +146,20 @@ pub trait Store: Send + Sync {
         expected_version: i64,
         records: &[EventRecord],
         doc: &RunDoc,
+    ) -> Result<i64> {
+        self.commit_with_blobs(run_id, expected_version, records, doc, &[])
+            .await
+    }
+
+    /// [`Store::commit`] that first stores `blobs` in the same transaction, so
+    /// an attempt's outputs and the events that reference them land together.
+    async fn commit_with_blobs(
+        &self,
+        run_id: &str,
+        expected_version: i64,
+        records: &[EventRecord],
+        doc: &RunDoc,
+        blobs: &[NewBlob],
     ) -> Result<i64>;
 
     /// Events with `seq > after_seq`, in order.

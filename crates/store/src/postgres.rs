@@ -14,7 +14,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Connection, Row};
 
 use crate::{
-    BlobRef, Lease, LeaseOp, NewRun, Result, RunSummary, Store, StoreError, StoredRun, blob_hash,
+    BlobRef, Lease, LeaseOp, NewBlob, NewRun, Result, RunSummary, Store, StoreError, StoredRun, blob_hash,
     lease_ops, like_prefix, parse_doc, parse_event,
 };
 
@@ -105,12 +105,13 @@ impl Store for PostgresStore {
         })
     }
 
-    async fn commit(
+    async fn commit_with_blobs(
         &self,
         run_id: &str,
         expected_version: i64,
         records: &[EventRecord],
         doc: &RunDoc,
+        blobs: &[NewBlob],
     ) -> Result<i64> {
         let doc_json = serde_json::to_string(doc)?;
         let mut tx = self.pool.begin().await?;
@@ -128,6 +129,14 @@ impl Store for PostgresStore {
         if updated.rows_affected() != 1 {
             tx.rollback().await?;
             return Err(missing_or_conflict(self, run_id, expected_version).await);
+        }
+        for blob in blobs {
+            sqlx::query("INSERT INTO blobs (hash, size, content) VALUES ($1, $2, $3) ON CONFLICT (hash) DO NOTHING")
+                .bind(&blob.hash)
+                .bind(blob.content.len() as i64)
+                .bind(&blob.content)
+                .execute(&mut *tx)
+                .await?;
         }
         insert_events(&mut tx, run_id, records).await?;
         for op in lease_ops(records) {

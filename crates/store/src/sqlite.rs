@@ -17,7 +17,7 @@ use sqlx::sqlite::{
 };
 
 use crate::{
-    BlobRef, Lease, LeaseOp, NewRun, Result, RunSummary, Store, StoreError, StoredRun, blob_hash,
+    BlobRef, Lease, LeaseOp, NewBlob, NewRun, Result, RunSummary, Store, StoreError, StoredRun, blob_hash,
     lease_ops, like_prefix, parse_doc, parse_event,
 };
 
@@ -91,12 +91,13 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn commit(
+    async fn commit_with_blobs(
         &self,
         run_id: &str,
         expected_version: i64,
         records: &[EventRecord],
         doc: &RunDoc,
+        blobs: &[NewBlob],
     ) -> Result<i64> {
         let doc_json = serde_json::to_string(doc)?;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
@@ -114,6 +115,14 @@ impl Store for SqliteStore {
         if updated.rows_affected() != 1 {
             tx.rollback().await?;
             return Err(missing_or_conflict(self, run_id, expected_version).await);
+        }
+        for blob in blobs {
+            sqlx::query("INSERT INTO blobs (hash, size, content) VALUES (?, ?, ?) ON CONFLICT (hash) DO NOTHING")
+                .bind(&blob.hash)
+                .bind(blob.content.len() as i64)
+                .bind(&blob.content)
+                .execute(&mut *tx)
+                .await?;
         }
         insert_events(&mut tx, run_id, records).await?;
         for op in lease_ops(records) {
