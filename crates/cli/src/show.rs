@@ -15,8 +15,8 @@ pub async fn runs(store: &dyn Store, limit: u32) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<36}  {:<20}  {:<8}  {}",
-        "RUN", "TEMPLATE", "STATUS", "CREATED"
+        "{:<36}  {:<20}  {:<8}  CREATED",
+        "RUN", "TEMPLATE", "STATUS"
     );
     for run in runs {
         println!(
@@ -92,8 +92,8 @@ pub fn summary(doc: &RunDoc, template_order: &[String]) -> String {
     let _ = writeln!(out, "blocks: {}", counts.join(", "));
     let _ = writeln!(
         out,
-        "{:<28} {:<8} {:>3} {:>7} {:>9}  {}",
-        "BLOCK", "STATUS", "TRY", "SCORE", "TIME", "NOTE"
+        "{:<28} {:<8} {:>3} {:>7} {:>9}  NOTE",
+        "BLOCK", "STATUS", "TRY", "SCORE", "TIME"
     );
     for (id, state) in ordered_blocks(doc, template_order) {
         let duration = match (state.started_at, state.ended_at) {

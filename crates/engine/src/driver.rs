@@ -14,8 +14,8 @@ use factory_runtime::{AttemptInput, Execution, InputArtifact};
 use factory_store::{NewBlob, Store};
 use tokio::sync::mpsc;
 
-use crate::owner::Owner;
 use crate::handle::Claim;
+use crate::owner::Owner;
 use crate::{Engine, EngineError, Result, RunHandle, now_ms};
 
 /// Why [`Engine::drive`] returned.
@@ -61,10 +61,17 @@ impl Engine {
                 for completion in &completions {
                     in_flight.remove(&completion.block);
                 }
-                let records = self.record_and_claim(&mut handle, &worker_actor, &completions).await?;
+                let records = self
+                    .record_and_claim(&mut handle, &worker_actor, &completions)
+                    .await?;
                 completions.clear();
                 for record in &records {
-                    if let Event::BlockStarted { block, attempt, owner, .. } = &record.event
+                    if let Event::BlockStarted {
+                        block,
+                        attempt,
+                        owner,
+                        ..
+                    } = &record.event
                         && *owner == owner_id
                     {
                         in_flight.insert(block.clone());
@@ -82,7 +89,8 @@ impl Engine {
                     }
                     // Ready blocks in backoff, or blocks another worker runs.
                     let now = now_ms();
-                    let decision = factory_core::decide(handle.pipeline(), doc, now, max_concurrency);
+                    let decision =
+                        factory_core::decide(handle.pipeline(), doc, now, max_concurrency);
                     let wait_ms = match decision.wake_at {
                         Some(at) => (at - now).clamp(1, self.poll_ms()),
                         None => self.poll_ms(),
@@ -93,11 +101,18 @@ impl Engine {
                 }
 
                 // Wait for a result, or for a backoff to end.
-                let decision = factory_core::decide(handle.pipeline(), handle.doc(), now_ms(), max_concurrency);
+                let decision = factory_core::decide(
+                    handle.pipeline(),
+                    handle.doc(),
+                    now_ms(),
+                    max_concurrency,
+                );
                 let first = match decision.wake_at {
                     Some(at) => {
                         let wait = (at - now_ms()).max(1) as u64;
-                        match tokio::time::timeout(Duration::from_millis(wait), receiver.recv()).await {
+                        match tokio::time::timeout(Duration::from_millis(wait), receiver.recv())
+                            .await
+                        {
                             Ok(message) => message,
                             Err(_) => continue,
                         }
@@ -273,7 +288,10 @@ impl Engine {
     ) -> Result<Vec<EventRecord>> {
         let policy = self.config.policy;
         let owner = self.owner.id();
-        let blobs: Vec<NewBlob> = completions.iter().flat_map(|c| c.blobs.iter().cloned()).collect();
+        let blobs: Vec<NewBlob> = completions
+            .iter()
+            .flat_map(|c| c.blobs.iter().cloned())
+            .collect();
         let records = handle
             .apply_with(
                 actor,
@@ -287,18 +305,33 @@ impl Engine {
                                 ..AttemptReport::default()
                             },
                         };
-                        match transitions::finish(pipeline, doc, &completion.block, completion.attempt, report, now, &policy) {
+                        match transitions::finish(
+                            pipeline,
+                            doc,
+                            &completion.block,
+                            completion.attempt,
+                            report,
+                            now,
+                            &policy,
+                        ) {
                             Ok(more) => events.extend(more),
                             // Reclaimed by another worker meanwhile: its attempt wins.
                             Err(transitions::TransitionError::StaleAttempt { block, attempt }) => {
-                                tracing::warn!(block, attempt, "discarding the result of a reclaimed attempt");
+                                tracing::warn!(
+                                    block,
+                                    attempt,
+                                    "discarding the result of a reclaimed attempt"
+                                );
                             }
                             Err(error) => return Err(error.into()),
                         }
                     }
                     Ok(events)
                 },
-                Some(Claim { owner: &owner, policy: &policy }),
+                Some(Claim {
+                    owner: &owner,
+                    policy: &policy,
+                }),
                 &blobs,
             )
             .await?;
@@ -404,7 +437,10 @@ async fn gather_inputs(
 /// Turns an execution into its report plus the blobs it references; the
 /// blobs are written in the same transaction as the report's events, so a
 /// recorded artifact is never missing.
-fn to_report(block: &factory_core::template::Block, execution: Execution) -> (AttemptReport, Vec<NewBlob>) {
+fn to_report(
+    block: &factory_core::template::Block,
+    execution: Execution,
+) -> (AttemptReport, Vec<NewBlob>) {
     let mut blobs = Vec::new();
     let mut artifacts = BTreeMap::new();
     let mut execution = execution;
@@ -436,8 +472,14 @@ fn to_report(block: &factory_core::template::Block, execution: Execution) -> (At
         blobs.push(blob);
         Some(log)
     };
-    let stdout = log(std::mem::take(&mut execution.stdout), execution.stdout_truncated);
-    let stderr = log(std::mem::take(&mut execution.stderr), execution.stderr_truncated);
+    let stdout = log(
+        std::mem::take(&mut execution.stdout),
+        execution.stdout_truncated,
+    );
+    let stderr = log(
+        std::mem::take(&mut execution.stderr),
+        execution.stderr_truncated,
+    );
     let report = AttemptReport {
         artifacts,
         metrics: execution.metrics,

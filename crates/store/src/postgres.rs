@@ -14,8 +14,8 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Connection, Row};
 
 use crate::{
-    BlobRef, Lease, LeaseOp, NewBlob, NewRun, Result, RunSummary, Store, StoreError, StoredRun, blob_hash,
-    lease_ops, like_prefix, parse_doc, parse_event,
+    BlobRef, Lease, LeaseOp, NewBlob, NewRun, Result, RunSummary, Store, StoreError, StoredRun,
+    blob_hash, lease_ops, like_prefix, parse_doc, parse_event,
 };
 
 #[derive(Debug, Clone)]
