@@ -307,6 +307,7 @@ pub mod testing {
             .unwrap_or_else(|error| {
                 panic!("PostgreSQL tests need a server at {base} (set FACTORY_TEST_PG): {error}")
             });
+        drop_stale_test_databases(&mut connection).await;
         let name = format!("factory_test_{}", uuid::Uuid::now_v7().simple());
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .execute(&mut connection)
@@ -316,6 +317,43 @@ pub mod testing {
         match base.rfind('/') {
             Some(slash) => format!("{}/{name}", &base[..slash]),
             None => format!("{base}/{name}"),
+        }
+    }
+
+    /// Test databases are named after a UUIDv7, which carries its creation
+    /// time; drop those older than an hour so repeated runs do not pile up.
+    async fn drop_stale_test_databases(connection: &mut sqlx::PgConnection) {
+        let Ok(names) = sqlx::query_scalar::<_, String>(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'factory\\_test\\_%'",
+        )
+        .fetch_all(&mut *connection)
+        .await
+        else {
+            return;
+        };
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        for name in names {
+            let Some(created_ms) = name
+                .strip_prefix("factory_test_")
+                .and_then(|hex| uuid::Uuid::parse_str(hex).ok())
+                .and_then(|id| id.get_timestamp())
+                .map(|ts| {
+                    let (secs, nanos) = ts.to_unix();
+                    secs * 1000 + u64::from(nanos) / 1_000_000
+                })
+            else {
+                continue;
+            };
+            if now_ms.saturating_sub(created_ms) > 3_600_000 {
+                let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                )))
+                .execute(&mut *connection)
+                .await;
+            }
         }
     }
 }
