@@ -159,6 +159,29 @@ pub enum Command {
         #[arg(long, num_args = 2, value_names = ["A", "B"])]
         diff: Option<Vec<u32>>,
     },
+    /// Score files with the D1–D5 audit (no run, no network)
+    Audit {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Golden example(s), paired with the artifact of the same file name
+        #[arg(long)]
+        golden: Vec<PathBuf>,
+        /// Upstream input file(s) the artifacts should build on (D5)
+        #[arg(long, num_args = 1..)]
+        upstream: Vec<PathBuf>,
+        /// The subject's name (e.g. the expert), for specificity (D2)
+        #[arg(long)]
+        subject: Option<String>,
+        /// The producer's own score, 0–10, for the calibration warning
+        #[arg(long)]
+        self_score: Option<f64>,
+        /// Print the report as JSON
+        #[arg(long)]
+        json: bool,
+        /// Exit with status 1 when the composite is below this
+        #[arg(long)]
+        min: Option<f64>,
+    },
     /// Print an attempt's stdout and stderr
     Logs {
         run: String,

@@ -1,6 +1,7 @@
 //! `factory`: the command line over the engine.
 
 mod args;
+mod audit_cmd;
 mod progress;
 mod show;
 
@@ -75,6 +76,7 @@ fn exit_code_for(error: &anyhow::Error) -> u8 {
                 EngineError::InvalidTemplate(_)
                 | EngineError::CreateRun(_)
                 | EngineError::UnsupportedRuntime { .. }
+                | EngineError::MissingGolden(_)
                 | EngineError::Transition(_) => 2,
                 _ => 3,
             };
@@ -221,6 +223,23 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             .await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Audit {
+            files,
+            golden,
+            upstream,
+            subject,
+            self_score,
+            json,
+            min,
+        } => audit_cmd::run(audit_cmd::AuditArgs {
+            files,
+            golden,
+            upstream,
+            subject,
+            self_score,
+            json,
+            min,
+        }),
         Command::Logs {
             run,
             block,

@@ -74,11 +74,16 @@ pub fn describe(record: &EventRecord) -> Option<String> {
             attempt,
             outcome,
             score,
-            ..
+            report,
         } => {
             let score = score.map(|s| format!(", score {s}")).unwrap_or_default();
+            let audit = report
+                .audit
+                .as_ref()
+                .map(|a| format!(", audit {}", a.summary_line()))
+                .unwrap_or_default();
             format!(
-                "  {block} attempt {attempt}: {}{score}",
+                "  {block} attempt {attempt}: {}{score}{audit}",
                 serde_json::to_string(outcome)
                     .unwrap_or_default()
                     .trim_matches('"')
@@ -103,6 +108,13 @@ pub fn describe(record: &EventRecord) -> Option<String> {
             attempt,
             reason,
         } => format!("↺ {block} attempt {attempt} abandoned: {reason}"),
+        Event::AuditFlagged {
+            block,
+            composite,
+            threshold,
+        } => format!(
+            "⚑ {block} audit {composite:.1} is below its threshold {threshold:.1}: see `factory status <run>` for the fix suggestions"
+        ),
         Event::ReviewFlagged { block } => format!("⚑ {block} flagged for optional review (guided)"),
         Event::BlockReset { block, reason } => format!("↺ {block} reset: {reason}"),
         Event::RunStatusChanged { status } => format!("run is {}", status.as_str()),

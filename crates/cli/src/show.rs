@@ -92,8 +92,8 @@ pub fn summary(doc: &RunDoc, template_order: &[String]) -> String {
     let _ = writeln!(out, "blocks: {}", counts.join(", "));
     let _ = writeln!(
         out,
-        "{:<28} {:<8} {:>3} {:>7} {:>9}  NOTE",
-        "BLOCK", "STATUS", "TRY", "SCORE", "TIME"
+        "{:<28} {:<8} {:>3} {:>7} {:>6} {:>9}  NOTE",
+        "BLOCK", "STATUS", "TRY", "SCORE", "AUDIT", "TIME"
     );
     for (id, state) in ordered_blocks(doc, template_order) {
         let duration = match (state.started_at, state.ended_at) {
@@ -114,16 +114,63 @@ pub fn summary(doc: &RunDoc, template_order: &[String]) -> String {
         if state.review_flag {
             note = format!("{note} [review flagged]").trim().to_string();
         }
+        if state.audit_flagged {
+            note = format!("{note} [audit below threshold]").trim().to_string();
+        }
         let _ = writeln!(
             out,
-            "{:<28} {:<8} {:>3} {:>7} {:>9}  {}",
+            "{:<28} {:<8} {:>3} {:>7} {:>6} {:>9}  {}",
             id,
             state.status.as_str(),
             state.attempts,
             state.score.map(|s| format!("{s:.1}")).unwrap_or_default(),
+            state
+                .audit
+                .as_ref()
+                .map(|a| a.badge.clone())
+                .unwrap_or_default(),
             duration,
             one_line(&note, 100)
         );
+    }
+    let audited: Vec<_> = ordered_blocks(doc, template_order)
+        .into_iter()
+        .filter_map(|(id, state)| state.audit.as_ref().map(|a| (id, a)))
+        .collect();
+    if !audited.is_empty() {
+        let mean = audited.iter().map(|(_, a)| a.composite).sum::<f64>() / audited.len() as f64;
+        let _ = writeln!(
+            out,
+            "audit: run composite {mean:.1} over {} blocks",
+            audited.len()
+        );
+        for (id, audit) in &audited {
+            if let Some(warning) = &audit.calibration_warning {
+                let _ = writeln!(out, "  {id}: calibration warning: {warning}");
+            }
+            if audit.score_inflation {
+                let _ = writeln!(
+                    out,
+                    "  {id}: score inflation: self-score rose while the audit fell"
+                );
+            }
+            let flagged = doc.blocks.get(*id).is_some_and(|s| s.audit_flagged);
+            if flagged {
+                for suggestion in audit.suggestions.iter().take(5) {
+                    let _ = writeln!(
+                        out,
+                        "  {id}: [{}] {} {} {}",
+                        serde_json::to_value(suggestion.priority)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_string))
+                            .unwrap_or_default(),
+                        suggestion.artifact,
+                        suggestion.location,
+                        suggestion.message
+                    );
+                }
+            }
+        }
     }
     out
 }

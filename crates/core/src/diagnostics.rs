@@ -137,4 +137,5 @@ pub mod codes {
     pub const RETRIES_UNUSED: &str = "TPL0019";
     pub const BAD_ENV_NAME: &str = "TPL0020";
     pub const PARAM: &str = "TPL0021";
+    pub const AUDIT: &str = "TPL0022";
 }

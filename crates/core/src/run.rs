@@ -16,6 +16,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use factory_audit::AuditReport;
+
 use crate::template::{ArtifactFormat, Autonomy};
 
 /// Milliseconds since the Unix epoch.
@@ -130,6 +132,10 @@ pub struct AttemptReport {
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub timed_out: bool,
+    /// The D1–D5 audit of this attempt's artifacts (boxed: it is large and
+    /// most events carry no report).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<Box<AuditReport>>,
 }
 
 /// One execution of a block.
@@ -209,6 +215,12 @@ pub struct BlockState {
     /// A `guided` block completed and awaits optional review.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub review_flag: bool,
+    /// The latest attempt's audit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<AuditReport>,
+    /// The latest audit scored below the block's audit threshold.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub audit_flagged: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub corrections: Option<Corrections>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -232,6 +244,8 @@ impl BlockState {
             gate: None,
             before_gate_passed: false,
             review_flag: false,
+            audit: None,
+            audit_flagged: false,
             corrections: None,
             decisions: Vec::new(),
             history: Vec::new(),
@@ -329,6 +343,9 @@ pub enum Event {
         block: String,
         not_before: Millis,
         reason: String,
+        /// Corrections for the retry (the audit's fix suggestions).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        corrections: Option<Corrections>,
     },
     BlockDone {
         block: String,
@@ -339,6 +356,12 @@ pub enum Event {
     },
     ReviewFlagged {
         block: String,
+    },
+    /// The audit composite fell below the block's audit threshold.
+    AuditFlagged {
+        block: String,
+        composite: f64,
+        threshold: f64,
     },
     GateApproved {
         block: String,
@@ -376,6 +399,7 @@ impl Event {
             | Event::BlockDone { block }
             | Event::BlockFailed { block, .. }
             | Event::ReviewFlagged { block }
+            | Event::AuditFlagged { block, .. }
             | Event::GateApproved { block, .. }
             | Event::GateRejected { block, .. }
             | Event::BlockReset { block, .. } => Some(block),
@@ -396,6 +420,7 @@ impl Event {
             Event::BlockDone { .. } => "block_done",
             Event::BlockFailed { .. } => "block_failed",
             Event::ReviewFlagged { .. } => "review_flagged",
+            Event::AuditFlagged { .. } => "audit_flagged",
             Event::GateApproved { .. } => "gate_approved",
             Event::GateRejected { .. } => "gate_rejected",
             Event::BlockReset { .. } => "block_reset",
@@ -538,6 +563,7 @@ impl RunDoc {
                 state.ended_at = None;
                 state.error = None;
                 state.not_before = None;
+                state.audit_flagged = false;
                 let corrections_version = state.corrections.as_ref().map(|c| c.version.clone());
                 state.history.push(Attempt {
                     n: *attempt,
@@ -564,6 +590,9 @@ impl RunDoc {
                 current.report = Some(report.clone());
                 state.ended_at = Some(at);
                 state.error = report.error.clone();
+                if let Some(audit) = report.audit.as_deref() {
+                    state.audit = Some(audit.clone());
+                }
                 if score.is_some() {
                     state.score = *score;
                 }
@@ -589,6 +618,7 @@ impl RunDoc {
                 block,
                 not_before,
                 reason,
+                corrections,
             } => {
                 let state = self.state_mut(block)?;
                 expect(block, state, kind, &[BlockStatus::Running])?;
@@ -597,6 +627,9 @@ impl RunDoc {
                 state.retries_used += 1;
                 state.not_before = Some(*not_before);
                 state.error = Some(reason.clone());
+                if corrections.is_some() {
+                    state.corrections = corrections.clone();
+                }
             }
             Event::BlockDone { block } => {
                 let state = self.state_mut(block)?;
@@ -615,6 +648,10 @@ impl RunDoc {
             Event::ReviewFlagged { block } => {
                 let state = self.state_mut(block)?;
                 state.review_flag = true;
+            }
+            Event::AuditFlagged { block, .. } => {
+                let state = self.state_mut(block)?;
+                state.audit_flagged = true;
             }
             Event::GateApproved { block, phase, note } => {
                 let actor = record.actor.clone();

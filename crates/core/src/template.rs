@@ -35,7 +35,37 @@ pub struct Template {
     /// Named autonomy profiles, chosen per run with `--autonomy NAME`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub autonomy_profiles: BTreeMap<String, AutonomyProfile>,
+    /// Run-wide audit settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<TemplateAudit>,
     pub blocks: Vec<Block>,
+}
+
+/// Run-wide settings of the D1–D5 audit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateAudit {
+    /// The run param naming the subject (e.g. `expert_name`), whose density
+    /// D2 measures. Absent: `expert_name`, then `subject`, if declared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_param: Option<String>,
+}
+
+/// Per-block settings of the D1–D5 audit (an extension of Block v2).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BlockAudit {
+    /// Golden example per artifact key: a file path relative to the template.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub golden: BTreeMap<String, String>,
+    /// A composite (0–10) below this flags the block for the operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 10.0))]
+    pub threshold: Option<f64>,
+    /// Below the threshold, retry (within `max_retries`) with the audit's fix
+    /// suggestions as corrections instead of only flagging.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retry: bool,
 }
 
 /// A declared run parameter.
@@ -134,6 +164,10 @@ pub struct Block {
     pub lens: Option<Lens>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub record_state: Option<RecordState>,
+
+    // ── Audit (extension) ──
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<BlockAudit>,
 }
 
 fn default_timeout_ms() -> u64 {

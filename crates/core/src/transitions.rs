@@ -299,6 +299,35 @@ pub fn finish(
         (AttemptOutcome::Succeeded, None)
     };
 
+    // The audit threshold: a succeeded attempt whose audit composite is too
+    // low is retried with the fix suggestions (when the block says so and has
+    // retries left) or flagged for the operator.
+    let execution = &block.execution;
+    let can_retry = execution.retryable && state.retries_used < execution.max_retries;
+    let mut audit_flag = None;
+    let mut retry_corrections = None;
+    let (outcome, failure) = match (outcome, failure, audit_shortfall(block, &report)) {
+        (AttemptOutcome::Succeeded, None, Some((composite, threshold))) => {
+            let wants_retry = block.audit.as_ref().is_some_and(|a| a.retry);
+            if wants_retry && can_retry {
+                retry_corrections = report
+                    .audit
+                    .as_ref()
+                    .map(|audit| audit_corrections(audit, attempt));
+                (
+                    AttemptOutcome::ThresholdMissed,
+                    Some(format!(
+                        "audit composite {composite:.1} is below the audit threshold {threshold:.1}"
+                    )),
+                )
+            } else {
+                audit_flag = Some((composite, threshold));
+                (AttemptOutcome::Succeeded, None)
+            }
+        }
+        (outcome, failure, _) => (outcome, failure),
+    };
+
     let mut events = vec![Event::AttemptFinished {
         block: block_id.to_string(),
         attempt,
@@ -306,6 +335,13 @@ pub fn finish(
         report,
         score,
     }];
+    if let Some((composite, threshold)) = audit_flag {
+        events.push(Event::AuditFlagged {
+            block: block_id.to_string(),
+            composite,
+            threshold,
+        });
+    }
     match failure {
         None => match gate_phase(block.execution.human_gate, state.autonomy) {
             Some(GatePhase::After) => events.push(Event::BlockWaiting {
@@ -324,8 +360,7 @@ pub fn finish(
             }
         },
         Some(error) => {
-            let execution = &block.execution;
-            if execution.retryable && state.retries_used < execution.max_retries {
+            if can_retry {
                 let delay = policy.backoff_ms(state.retries_used);
                 events.push(Event::RetryScheduled {
                     block: block_id.to_string(),
@@ -335,6 +370,7 @@ pub fn finish(
                         state.retries_used + 1,
                         execution.max_retries
                     ),
+                    corrections: retry_corrections,
                 });
             } else {
                 let tries = state.retries_used + 1;
@@ -349,6 +385,41 @@ pub fn finish(
         }
     }
     Ok(events)
+}
+
+/// `(composite, threshold)` when the attempt's audit is below the block's
+/// audit threshold.
+fn audit_shortfall(block: &crate::template::Block, report: &AttemptReport) -> Option<(f64, f64)> {
+    let threshold = block.audit.as_ref()?.threshold?;
+    let composite = report.audit.as_ref()?.composite;
+    (composite < threshold).then_some((composite, threshold))
+}
+
+/// The instruction handed to a block retried because of its audit.
+pub const AUDIT_INSTRUCTION: &str = "IMPORTANT: The automatic audit of the previous attempt found these problems. Fix each one. Do not lose existing correct content — only fix the flagged items.";
+
+/// The audit's fix suggestions (most important first, at most ten) as corrections.
+fn audit_corrections(audit: &factory_audit::AuditReport, attempt: u32) -> Corrections {
+    Corrections {
+        version: format!("v{attempt}→v{}", attempt + 1),
+        source: format!("auto-audit {}", audit.badge),
+        items: audit
+            .suggestions
+            .iter()
+            .take(10)
+            .map(|s| CorrectionItem {
+                finding: format!("{} {} ({})", s.artifact, s.location, s.dimension)
+                    .replace("  ", " "),
+                correction: s.message.clone(),
+                priority: serde_json::to_value(s.priority)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_else(|| "medium".to_string()),
+                improvement_item_id: None,
+            })
+            .collect(),
+        instruction: AUDIT_INSTRUCTION.to_string(),
+    }
 }
 
 fn metric_as_f64(value: &Value) -> Option<f64> {

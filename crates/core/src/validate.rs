@@ -510,6 +510,21 @@ fn check_semantics(template: &Template) -> Vec<Diagnostic> {
     for (i, block) in template.blocks.iter().enumerate() {
         check_block(i, block, &artifacts_of, &mut out);
     }
+    if let Some(subject) = template
+        .audit
+        .as_ref()
+        .and_then(|a| a.subject_param.as_ref())
+        && !template.params.contains_key(subject)
+    {
+        out.push(
+            Diagnostic::error(
+                codes::AUDIT,
+                "$.audit.subject_param",
+                format!("audit subject param `{subject}` is not declared in params"),
+            )
+            .with_help("declare it under `params` or name a declared param"),
+        );
+    }
     check_parallel_groups(template, &mut out);
     check_profiles(template, &first_seen, &mut out);
     for (name, spec) in &template.params {
@@ -705,6 +720,36 @@ fn check_block(
             .in_block(id.clone())
             .with_help("set `retryable: true` or `max_retries: 0`"),
         );
+    }
+
+    if let Some(audit) = &block.audit {
+        for artifact_key in audit.golden.keys() {
+            if !keys.contains(artifact_key.as_str()) {
+                out.push(
+                    Diagnostic::error(
+                        codes::AUDIT,
+                        at(&format!(".audit.golden.{artifact_key}")),
+                        format!("golden example for `{artifact_key}`, which the block does not declare as an artifact"),
+                    )
+                    .in_block(id.clone())
+                    .with_help(format!(
+                        "key it by one of the block's artifact keys: {}",
+                        keys.iter().copied().collect::<Vec<_>>().join(", ")
+                    )),
+                );
+            }
+        }
+        if audit.retry && audit.threshold.is_none() {
+            out.push(
+                Diagnostic::warning(
+                    codes::AUDIT,
+                    at(".audit.retry"),
+                    "audit retry is on but there is no audit threshold, so it never retries",
+                )
+                .in_block(id.clone())
+                .with_help("set `audit.threshold` (0–10)"),
+            );
+        }
     }
 
     check_runtime_config(i, block, out);

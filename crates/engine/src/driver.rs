@@ -361,6 +361,8 @@ async fn run_attempt(
         .get(block_id)
         .ok_or_else(|| format!("block `{block_id}` has no state"))?;
     let inputs = gather_inputs(store.as_ref(), pipeline, doc, block_id).await?;
+    let audit_inputs = inputs.clone();
+    let golden = crate::audit::read_golden(block, template_dir.as_deref());
     let run_id = doc.run_id.clone();
     let pid_store = store.clone();
     let pid_block = block_id.to_string();
@@ -387,7 +389,21 @@ async fn run_attempt(
     })
     .await;
     let failed = execution.error.is_some();
-    let outputs = to_report(block, execution);
+    // Audit what was produced; a failed attempt has nothing worth scoring.
+    let audit = (!failed).then(|| {
+        crate::audit::audit_execution(
+            &crate::audit::AuditContext {
+                pipeline,
+                doc,
+                block,
+                inputs: &audit_inputs,
+                golden: &golden,
+            },
+            &execution,
+        )
+    });
+    let mut outputs = to_report(block, execution);
+    outputs.0.audit = audit.map(Box::new);
     if !failed && !keep_work_dir {
         let _ = std::fs::remove_dir_all(&attempt_dir);
     }
@@ -488,6 +504,7 @@ fn to_report(
         stderr,
         error: execution.error,
         timed_out: execution.timed_out,
+        audit: None,
     };
     (report, blobs)
 }

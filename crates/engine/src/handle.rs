@@ -33,7 +33,7 @@ impl RunHandle {
         max_concurrency: usize,
     ) -> Result<RunHandle> {
         let stored = store.load_run(run_id).await?;
-        let pipeline = Arc::new(load_pipeline(&stored.template_json)?);
+        let pipeline = cached_pipeline(&stored.template_json)?;
         Ok(RunHandle {
             store,
             pipeline,
@@ -124,4 +124,29 @@ impl RunHandle {
             tries: MAX_CONFLICTS,
         })
     }
+}
+
+/// Validated pipelines by template text. Validation (JSON Schema plus
+/// semantics) costs more than a whole no-op block, and every command on a run
+/// reopens it, so each distinct template is validated once per process.
+pub(crate) fn cached_pipeline(template_json: &str) -> Result<Arc<Pipeline>> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static CACHE: OnceLock<Mutex<HashMap<String, Arc<Pipeline>>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+    if let Some(pipeline) = cache
+        .lock()
+        .ok()
+        .and_then(|c| c.get(template_json).cloned())
+    {
+        return Ok(pipeline);
+    }
+    let pipeline = Arc::new(load_pipeline(template_json)?);
+    if let Ok(mut cache) = cache.lock() {
+        if cache.len() >= 64 {
+            cache.clear();
+        }
+        cache.insert(template_json.to_string(), pipeline.clone());
+    }
+    Ok(pipeline)
 }

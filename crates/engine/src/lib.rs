@@ -7,6 +7,7 @@
 //! one optimistic transaction. A conflict (someone else wrote first) reloads
 //! and recomputes, so several processes can act on one run safely.
 
+mod audit;
 mod driver;
 mod handle;
 mod owner;
@@ -35,6 +36,8 @@ pub enum EngineError {
         runtime: &'static str,
         blocks: Vec<String>,
     },
+    #[error("golden example files not found (paths are relative to the template): {}", .0.join(", "))]
+    MissingGolden(Vec<String>),
     #[error(transparent)]
     Transition(#[from] TransitionError),
     #[error("internal error: an event did not apply: {0}")]
@@ -134,8 +137,13 @@ impl Engine {
         template_path: Option<&std::path::Path>,
         mut request: RunRequest,
     ) -> Result<RunDoc> {
-        let pipeline = load_pipeline(template_source)?;
+        let pipeline = handle::cached_pipeline(template_source)?;
         check_runtimes(&pipeline)?;
+        let template_dir = template_path.and_then(|p| p.parent());
+        let missing = audit::missing_golden(&pipeline, template_dir);
+        if !missing.is_empty() {
+            return Err(EngineError::MissingGolden(missing));
+        }
         if request.run_id.is_empty() {
             request.run_id = uuid::Uuid::now_v7().to_string();
         }

@@ -422,3 +422,65 @@ fn kill_dash_nine_then_resume_continues_the_run() {
         .collect();
     assert!(kinds.contains(&Value::from("attempt_abandoned")));
 }
+
+#[test]
+fn audit_scores_files_on_their_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("unused.db");
+    let good = dir.path().join("notes.md");
+    let bad = dir.path().join("filler.md");
+    let upstream = dir.path().join("brief.md");
+    std::fs::write(&upstream, "# Brief\n\nMarisol Vega teaches the Seven Second Silence and the 42 Percent Anchor to procurement negotiators.\n").unwrap();
+    std::fs::write(&good, "# Marisol Vega's methods\n\n## Seven Second Silence\n\n- After the offer, Marisol Vega counts to 7 before answering.\n- In 2024 she trained 310 procurement negotiators with it.\n\n## 42 Percent Anchor\n\n- Open at 42% of the target discount, as Marisol Vega teaches.\n").unwrap();
+    std::fs::write(&bad, "# Notes\n\nIn today's fast-paced world, unlock your potential with cutting-edge, world-class synergies. TODO: add examples. [INSERT STORY HERE]\n").unwrap();
+
+    let json_for = |file: &Path| -> Value {
+        let output = factory(&db)
+            .args([
+                "audit",
+                file.to_str().unwrap(),
+                "--upstream",
+                upstream.to_str().unwrap(),
+                "--subject",
+                "Marisol Vega",
+                "--json",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).unwrap()
+    };
+    let good_report = json_for(&good);
+    let bad_report = json_for(&bad);
+    let composite = |r: &Value| r["composite"].as_f64().unwrap();
+    assert!(
+        composite(&good_report) > composite(&bad_report) + 1.5,
+        "{good_report} vs {bad_report}"
+    );
+    assert!(good_report["badge"].as_str().unwrap().starts_with("A:"));
+    assert!(bad_report["d4"]["score"].as_f64() < good_report["d4"]["score"].as_f64());
+
+    factory(&db)
+        .args([
+            "audit",
+            bad.to_str().unwrap(),
+            "--subject",
+            "Marisol Vega",
+            "--min",
+            "9.5",
+        ])
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains("D2 specificity"))
+        .stdout(predicate::str::contains("filler.md"))
+        .stdout(predicate::str::contains("fix suggestions"));
+    factory(&db)
+        .args(["audit", "/no/such.md"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("cannot read artifact"));
+}

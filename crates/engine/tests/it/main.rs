@@ -644,6 +644,10 @@ async fn clone_factory_shape_on_postgres() {
         block["runtime"] = json!("builtin");
         block["inputs"]["config"] = json!({"builtin": "noop", "metrics": {"score": 90}});
         block["inputs"]["env"] = json!([]);
+        // Golden paths are relative to the template file, which this copy has not.
+        if let Some(block) = block.as_object_mut() {
+            block.remove("audit");
+        }
     }
     let source = value.to_string();
     let request = RunRequest {
@@ -686,5 +690,156 @@ async fn clone_factory_shape_on_postgres() {
         doc.blocks
             .values()
             .all(|s| s.status == BlockStatus::Done && s.attempts == 1)
+    );
+}
+
+/// Every attempt is audited; a block below its audit threshold is retried with
+/// the fix suggestions as corrections, then flagged when retries run out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audits_run_after_every_attempt_and_gate_on_their_threshold() {
+    let h = sqlite().await;
+    let dir = h.dir.path().join("tpl");
+    std::fs::create_dir_all(dir.join("golden")).unwrap();
+    std::fs::write(
+        dir.join("golden/list.json"),
+        r#"{"items": [{"name": "Anchor at 42%", "steps": ["a", "b", "c", "d"]}, {"name": "Silence for 7 seconds", "steps": ["a", "b", "c"]}, {"name": "Mirror the last 3 words", "steps": ["a", "b"]}]}"#,
+    )
+    .unwrap();
+    // Attempt 1 writes a thin, generic list; attempt 2 (with corrections) a full one.
+    let script = r#"
+        if [ -n "${FACTORY_CORRECTIONS:-}" ]; then
+          cp "$FACTORY_CORRECTIONS" $FACTORY_OUTPUT_DIR/../seen-corrections.json
+          printf '{"items": [{"name": "Anchor at 42%% of the ask, as Marisol Vega teaches", "steps": ["Open at 42%%", "Wait 7 seconds", "Concede 3%%", "Close on day 2"]}, {"name": "Silence for 7 seconds after the offer", "steps": ["Ask", "Count to 7", "Listen"]}, {"name": "Mirror the last 3 words", "steps": ["Repeat", "Pause"]}]}' > $FACTORY_OUTPUT_DIR/list.json
+        else
+          printf '{"items": [{"name": "Unlock your potential with cutting-edge, world-class synergies", "steps": ["TODO"]}]}' > $FACTORY_OUTPUT_DIR/list.json
+        fi
+        echo '{"self_score": 9.5}' > $FACTORY_OUTPUT_DIR/metrics.json
+    "#;
+    let source = template(
+        vec![
+            sh(
+                "lister",
+                script,
+                json!({
+                    "outputs": {"artifacts": [{"key": "list", "path": "list.json", "format": "json"}]},
+                    "execution": {"max_retries": 1},
+                    "audit": {"golden": {"list": "golden/list.json"}, "threshold": 9.9, "retry": true}
+                }),
+            ),
+            sh(
+                "sloppy",
+                "echo 'In todays fast-paced world, unlock your potential. TODO: write this. [INSERT STORY]' > $FACTORY_OUTPUT_DIR/out.md",
+                json!({
+                    "outputs": {"artifacts": [{"key": "out", "path": "out.md", "format": "md"}]},
+                    "audit": {"threshold": 9.0}
+                }),
+            ),
+        ],
+        json!({"expert_name": {"required": true}}),
+    );
+    let path = dir.join("t.json");
+    std::fs::write(&path, &source).unwrap();
+
+    // Golden files are checked when the run is created.
+    let broken = source.replace("golden/list.json", "golden/missing.json");
+    let error = h
+        .engine
+        .create_run(
+            &broken,
+            Some(&path),
+            RunRequest {
+                params: [("expert_name".to_string(), json!("Marisol Vega"))].into(),
+                ..RunRequest::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("golden/missing.json"), "{error}");
+
+    let request = RunRequest {
+        params: [("expert_name".to_string(), json!("Marisol Vega"))].into(),
+        ..RunRequest::default()
+    };
+    let doc = h
+        .engine
+        .create_run(&source, Some(&path), request)
+        .await
+        .unwrap();
+    let (outcome, doc) = h.engine.drive(&doc.run_id).await.unwrap();
+    assert_eq!(outcome, Outcome::Done, "flagged, not failed");
+    let state = &doc.blocks["lister"];
+    assert_eq!(state.attempts, 2);
+    let first = state.history[0]
+        .report
+        .as_ref()
+        .unwrap()
+        .audit
+        .as_deref()
+        .cloned()
+        .expect("attempt 1 audited");
+    let second = state.history[1]
+        .report
+        .as_ref()
+        .unwrap()
+        .audit
+        .as_deref()
+        .cloned()
+        .expect("attempt 2 audited");
+    assert_eq!(
+        state.history[0].outcome,
+        Some(AttemptOutcome::ThresholdMissed)
+    );
+    assert!(
+        second.composite > first.composite,
+        "{} vs {}",
+        first.badge,
+        second.badge
+    );
+    assert!(
+        second.d1.score > first.d1.score
+            && second.d2.score > first.d2.score
+            && second.d4.score > first.d4.score
+    );
+    let deltas = second.deltas.clone().expect("deltas against attempt 1");
+    assert!(deltas.composite > 0.0);
+    assert!(
+        first.calibration_warning.is_some(),
+        "self-score 9.5 vs {}",
+        first.composite
+    );
+    // The retry carried the audit's suggestions as corrections.
+    let corrections = state.history[1].corrections_version.clone();
+    assert_eq!(corrections.as_deref(), Some("v1→v2"));
+    let seen = std::fs::read_to_string(
+        h.dir
+            .path()
+            .join("work")
+            .join(&doc.run_id)
+            .join("lister/attempt-2/seen-corrections.json"),
+    );
+    let _ = seen; // the attempt directory is removed after success; the state keeps the corrections:
+    let items = &state.corrections.as_ref().unwrap().items;
+    assert!(!items.is_empty());
+    assert!(
+        items.iter().any(|i| i.finding.contains("list.json")),
+        "{items:?}"
+    );
+    // The corrected attempt clears the bar: not flagged.
+    assert!(!state.audit_flagged, "{}", second.summary_line());
+    assert_eq!(state.history[1].outcome, Some(AttemptOutcome::Succeeded));
+    assert_eq!(state.audit.as_ref(), Some(&second));
+    // A block without audit retry is flagged, with its suggestions, and the run goes on.
+    let sloppy = &doc.blocks["sloppy"];
+    assert_eq!((sloppy.status, sloppy.attempts), (BlockStatus::Done, 1));
+    assert!(sloppy.audit_flagged, "{:?}", sloppy.audit);
+    assert!(!sloppy.audit.as_ref().unwrap().suggestions.is_empty());
+    let log = events(&h, &doc.run_id).await;
+    assert!(
+        log.iter()
+            .any(|r| matches!(&r.event, Event::AuditFlagged { block, .. } if block == "sloppy"))
+    );
+    assert!(
+        !log.iter()
+            .any(|r| matches!(&r.event, Event::AuditFlagged { block, .. } if block == "lister"))
     );
 }

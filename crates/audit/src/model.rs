@@ -1,0 +1,191 @@
+//! The audit's input and report types.
+//!
+//! Inputs borrow everything (`&str`, `&[u8]`) so the engine can audit artifact
+//! blobs where they lie, without copying. Reports own their data and are
+//! serde-serialisable because they are stored in block state and compared
+//! against the next attempt.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+/// How an artifact is read. Anything that is not JSON, Markdown or HTML is
+/// audited as plain text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Json,
+    Markdown,
+    Html,
+    Text,
+}
+
+impl Format {
+    /// The format implied by a file name's extension (case-insensitive):
+    /// `.json` → JSON, `.md`/`.markdown` → Markdown, `.html`/`.htm` → HTML,
+    /// anything else → text.
+    pub fn from_path(path: &str) -> Format {
+        let file_name = path.rsplit(['/', '\\']).next().unwrap_or(path);
+        let extension = match file_name.rsplit_once('.') {
+            Some((_, extension)) => extension.to_ascii_lowercase(),
+            None => return Format::Text,
+        };
+        match extension.as_str() {
+            "json" => Format::Json,
+            "md" | "markdown" => Format::Markdown,
+            "html" | "htm" => Format::Html,
+            _ => Format::Text,
+        }
+    }
+}
+
+/// One artifact the audited block declared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Artifact<'a> {
+    /// The artifact key from the template (`frameworks-json`).
+    pub key: &'a str,
+    /// The artifact path from the template (`frameworks.json`); suggestions name it.
+    pub path: &'a str,
+    pub format: Format,
+    /// The bytes the block produced; `None` when the artifact was declared but not written.
+    pub content: Option<&'a [u8]>,
+}
+
+/// One upstream artifact the audited block received as input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Upstream<'a> {
+    /// The upstream block id (`expert-framework-creator`).
+    pub block: &'a str,
+    /// The upstream artifact key (`expert-framework`).
+    pub key: &'a str,
+    pub format: Format,
+    pub content: &'a [u8],
+}
+
+/// Everything one audit looks at. Build it, call [`crate::audit`], store the report.
+#[derive(Debug, Clone, Default)]
+pub struct AuditInput<'a> {
+    /// The audited block's id; only used in messages.
+    pub block: &'a str,
+    pub artifacts: Vec<Artifact<'a>>,
+    pub upstream: Vec<Upstream<'a>>,
+    /// Golden examples by artifact key; they make D1 and D3 compare against a known-good shape.
+    pub golden: BTreeMap<&'a str, &'a [u8]>,
+    /// Artifact keys that downstream blocks depend on.
+    pub consumed_downstream: BTreeSet<&'a str>,
+    /// The subject of the content (e.g. the expert's name), for D2's name density.
+    pub subject: Option<&'a str>,
+    /// The block's own `self_score` metric (0–10), for the calibration warning.
+    pub self_score: Option<f64>,
+    /// The report of the previous attempt of the same block, for deltas.
+    pub previous: Option<&'a AuditReport>,
+}
+
+/// The result of one audit: five dimensions, their weighted composite and what to fix.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditReport {
+    pub d1: Dimension,
+    pub d2: Dimension,
+    pub d3: Dimension,
+    pub d4: Dimension,
+    pub d5: Dimension,
+    /// 0–10, the [`crate::WEIGHTS`]-weighted sum of the rounded dimension scores, rounded to one decimal.
+    pub composite: f64,
+    /// `"A:7.2"`: the composite with one decimal.
+    pub badge: String,
+    /// The lowest dimension (`"d2"`); ties go to the earlier dimension.
+    pub weakest: String,
+    /// Ranked by priority, then dimension, then artifact; document order within those.
+    pub suggestions: Vec<Suggestion>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub deltas: Option<Deltas>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub calibration_warning: Option<String>,
+    #[serde(default)]
+    pub score_inflation: bool,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub self_score: Option<f64>,
+}
+
+impl AuditReport {
+    /// One line for logs and terminals:
+    /// `A:7.2 (d1 8.0 d2 5.5 d3 10.0 d4 9.0 d5 6.0) weakest d2`.
+    pub fn summary_line(&self) -> String {
+        format!(
+            "{} (d1 {:.1} d2 {:.1} d3 {:.1} d4 {:.1} d5 {:.1}) weakest {}",
+            self.badge,
+            self.d1.score,
+            self.d2.score,
+            self.d3.score,
+            self.d4.score,
+            self.d5.score,
+            self.weakest
+        )
+    }
+
+    /// The dimensions in order, with their names.
+    pub fn dimensions(&self) -> [(&'static str, &Dimension); 5] {
+        [
+            ("d1", &self.d1),
+            ("d2", &self.d2),
+            ("d3", &self.d3),
+            ("d4", &self.d4),
+            ("d5", &self.d5),
+        ]
+    }
+}
+
+/// One dimension's score and the checks that produced it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Dimension {
+    /// 0–10, one decimal.
+    pub score: f64,
+    pub checks: Vec<Check>,
+}
+
+/// One measured property, with the numbers that explain its score.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Check {
+    /// `check:artifact`, e.g. `generic_phrases:voice.md`.
+    pub name: String,
+    /// 0–10, one decimal.
+    pub score: f64,
+    pub detail: String,
+}
+
+/// How urgent a suggestion is. Sorts critical first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    Critical,
+    High,
+    Medium,
+    Low,
+}
+
+/// One concrete thing to fix, located in one artifact.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Suggestion {
+    pub priority: Priority,
+    /// `"d1"` … `"d5"`.
+    pub dimension: String,
+    /// The artifact path (`frameworks.json`); several paths joined by `, ` when the finding is about the block's whole output.
+    pub artifact: String,
+    /// A JSON path (`$.frameworks[3].steps`), `line 42`, or empty.
+    pub location: String,
+    /// Self-contained: starts with the artifact and location.
+    pub message: String,
+}
+
+/// Change against the previous attempt's report (current − previous).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Deltas {
+    pub d1: f64,
+    pub d2: f64,
+    pub d3: f64,
+    pub d4: f64,
+    pub d5: f64,
+    pub composite: f64,
+    /// The composite dropped by 0.5 or more, or any dimension by 1.0 or more.
+    pub regression: bool,
+}

@@ -1,0 +1,145 @@
+//! Runs the D1–D5 audit on an attempt's outputs. The audit itself is pure
+//! (`factory-audit`); this module gathers its inputs: artifacts, upstream
+//! inputs, golden examples from beside the template, the subject's name and
+//! the previous attempt's report.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use factory_audit::{Artifact, AuditInput, AuditReport, Format, Upstream};
+use factory_core::Pipeline;
+use factory_core::run::RunDoc;
+use factory_core::template::{ArtifactFormat, Block};
+use factory_runtime::{Execution, InputArtifact};
+use serde_json::Value;
+
+pub(crate) fn format_of(format: ArtifactFormat) -> Format {
+    match format {
+        ArtifactFormat::Json => Format::Json,
+        ArtifactFormat::Md => Format::Markdown,
+        ArtifactFormat::Html => Format::Html,
+        _ => Format::Text,
+    }
+}
+
+/// The run param naming the audit's subject, if the run has one.
+pub(crate) fn subject<'a>(pipeline: &Pipeline, doc: &'a RunDoc) -> Option<&'a str> {
+    let configured = pipeline
+        .template()
+        .audit
+        .as_ref()
+        .and_then(|a| a.subject_param.as_deref());
+    let names: Vec<&str> = match configured {
+        Some(name) => vec![name],
+        None => vec!["expert_name", "subject"],
+    };
+    names
+        .into_iter()
+        .find_map(|name| doc.params.get(name).and_then(Value::as_str))
+        .filter(|s| !s.trim().is_empty())
+}
+
+/// Golden examples declared by the block, read from beside the template.
+/// Unreadable files are skipped (run creation already checked they exist).
+pub(crate) fn read_golden(block: &Block, template_dir: Option<&Path>) -> BTreeMap<String, Vec<u8>> {
+    let mut golden = BTreeMap::new();
+    let (Some(audit), Some(dir)) = (&block.audit, template_dir) else {
+        return golden;
+    };
+    for (key, path) in &audit.golden {
+        match std::fs::read(dir.join(path)) {
+            Ok(bytes) => {
+                golden.insert(key.clone(), bytes);
+            }
+            Err(error) => {
+                tracing::warn!(block = %block.id, %path, %error, "golden example unreadable")
+            }
+        }
+    }
+    golden
+}
+
+/// Golden files a pipeline declares that do not exist, as `block: path`.
+pub(crate) fn missing_golden(pipeline: &Pipeline, template_dir: Option<&Path>) -> Vec<String> {
+    let mut missing = Vec::new();
+    for block in pipeline.blocks() {
+        let Some(audit) = &block.audit else { continue };
+        for path in audit.golden.values() {
+            let exists = template_dir.is_some_and(|dir| dir.join(path).is_file());
+            if !exists {
+                missing.push(format!("{}: {path}", block.id));
+            }
+        }
+    }
+    missing
+}
+
+pub(crate) struct AuditContext<'a> {
+    pub pipeline: &'a Pipeline,
+    pub doc: &'a RunDoc,
+    pub block: &'a Block,
+    pub inputs: &'a [InputArtifact],
+    pub golden: &'a BTreeMap<String, Vec<u8>>,
+}
+
+/// Audits an execution that produced its artifacts.
+pub(crate) fn audit_execution(context: &AuditContext<'_>, execution: &Execution) -> AuditReport {
+    let AuditContext {
+        pipeline,
+        doc,
+        block,
+        inputs,
+        golden,
+    } = context;
+    let artifacts = block
+        .outputs
+        .artifacts
+        .iter()
+        .map(|spec| Artifact {
+            key: &spec.key,
+            path: &spec.path,
+            format: format_of(spec.format),
+            content: execution.artifacts.get(&spec.key).map(Vec::as_slice),
+        })
+        .collect();
+    let upstream = inputs
+        .iter()
+        .map(|input| Upstream {
+            block: &input.block,
+            key: &input.key,
+            format: format_of(input.format),
+            content: &input.content,
+        })
+        .collect();
+    let mut consumed_downstream = BTreeSet::new();
+    if let Some(index) = pipeline.index_of(&block.id) {
+        for &downstream in pipeline.downstream(index) {
+            for dep in &pipeline.blocks()[downstream].inputs.depends {
+                if dep.block == block.id {
+                    consumed_downstream.insert(dep.key.as_str());
+                }
+            }
+        }
+    }
+    let self_score = execution.metrics.get("self_score").and_then(Value::as_f64);
+    let previous = doc.blocks.get(&block.id).and_then(|state| {
+        state
+            .history
+            .iter()
+            .rev()
+            .find_map(|attempt| attempt.report.as_ref()?.audit.as_deref())
+    });
+    factory_audit::audit(&AuditInput {
+        block: &block.id,
+        artifacts,
+        upstream,
+        golden: golden
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_slice()))
+            .collect(),
+        consumed_downstream,
+        subject: subject(pipeline, doc),
+        self_score,
+        previous,
+    })
+}
