@@ -160,28 +160,7 @@ pub enum Command {
         diff: Option<Vec<u32>>,
     },
     /// Score files with the D1–D5 audit (no run, no network)
-    Audit {
-        #[arg(required = true)]
-        files: Vec<PathBuf>,
-        /// Golden example(s), paired with the artifact of the same file name
-        #[arg(long)]
-        golden: Vec<PathBuf>,
-        /// Upstream input file(s) the artifacts should build on (D5)
-        #[arg(long, num_args = 1..)]
-        upstream: Vec<PathBuf>,
-        /// The subject's name (e.g. the expert), for specificity (D2)
-        #[arg(long)]
-        subject: Option<String>,
-        /// The producer's own score, 0–10, for the calibration warning
-        #[arg(long)]
-        self_score: Option<f64>,
-        /// Print the report as JSON
-        #[arg(long)]
-        json: bool,
-        /// Exit with status 1 when the composite is below this
-        #[arg(long)]
-        min: Option<f64>,
-    },
+    Audit(AuditArgs),
     /// Print an attempt's stdout and stderr
     Logs {
         run: String,
@@ -189,4 +168,28 @@ pub enum Command {
         #[arg(long)]
         attempt: Option<u32>,
     },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AuditArgs {
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Golden example(s), paired with the artifact of the same file name
+    #[arg(long)]
+    pub golden: Vec<PathBuf>,
+    /// Upstream input file(s) the artifacts should build on (D5)
+    #[arg(long, num_args = 1..)]
+    pub upstream: Vec<PathBuf>,
+    /// The subject's name (e.g. the expert), for specificity (D2)
+    #[arg(long)]
+    pub subject: Option<String>,
+    /// The producer's own score, 0–10, for the calibration warning
+    #[arg(long)]
+    pub self_score: Option<f64>,
+    /// Print the report as JSON
+    #[arg(long)]
+    pub json: bool,
+    /// Exit with status 1 when the composite is below this
+    #[arg(long)]
+    pub min: Option<f64>,
 }

@@ -2,23 +2,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Result;
 use factory_audit::{Artifact, AuditInput, AuditReport, Format, Upstream};
 
+use crate::args::AuditArgs;
 use crate::user_error;
-
-pub struct AuditArgs {
-    pub files: Vec<PathBuf>,
-    pub golden: Vec<PathBuf>,
-    pub upstream: Vec<PathBuf>,
-    pub subject: Option<String>,
-    pub self_score: Option<f64>,
-    pub json: bool,
-    pub min: Option<f64>,
-}
 
 fn read(path: &Path, what: &str) -> Result<Vec<u8>> {
     std::fs::read(path)

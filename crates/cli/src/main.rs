@@ -223,23 +223,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             .await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Audit {
-            files,
-            golden,
-            upstream,
-            subject,
-            self_score,
-            json,
-            min,
-        } => audit_cmd::run(audit_cmd::AuditArgs {
-            files,
-            golden,
-            upstream,
-            subject,
-            self_score,
-            json,
-            min,
-        }),
+        Command::Audit(args) => audit_cmd::run(args),
         Command::Logs {
             run,
             block,

@@ -125,8 +125,7 @@ pub fn summary(doc: &RunDoc, template_order: &[String]) -> String {
             state.attempts,
             state.score.map(|s| format!("{s:.1}")).unwrap_or_default(),
             state
-                .audit
-                .as_ref()
+                .latest_audit()
                 .map(|a| a.badge.clone())
                 .unwrap_or_default(),
             duration,
@@ -135,7 +134,7 @@ pub fn summary(doc: &RunDoc, template_order: &[String]) -> String {
     }
     let audited: Vec<_> = ordered_blocks(doc, template_order)
         .into_iter()
-        .filter_map(|(id, state)| state.audit.as_ref().map(|a| (id, a)))
+        .filter_map(|(id, state)| state.latest_audit().map(|a| (id, a)))
         .collect();
     if !audited.is_empty() {
         let mean = audited.iter().map(|(_, a)| a.composite).sum::<f64>() / audited.len() as f64;

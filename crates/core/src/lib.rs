@@ -32,18 +32,34 @@ pub fn commit(
     actor: &str,
     now: Millis,
 ) -> Result<Vec<EventRecord>, ApplyError> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
     let mut next = doc.clone();
+    let records = commit_in_place(&mut next, events, actor, now)?;
+    *doc = next;
+    Ok(records)
+}
+
+/// Like [`commit`] but without the copy that makes it all-or-nothing: on an
+/// error `doc` may hold some of the events. For callers that work on a
+/// scratch copy they throw away on error (the engine's write loop).
+pub fn commit_in_place(
+    doc: &mut RunDoc,
+    events: Vec<Event>,
+    actor: &str,
+    now: Millis,
+) -> Result<Vec<EventRecord>, ApplyError> {
     let mut records = Vec::with_capacity(events.len());
     for event in events {
         let record = EventRecord {
-            seq: next.seq + 1,
+            seq: doc.seq + 1,
             at: now,
             actor: actor.to_string(),
             event,
         };
-        next.apply(&record)?;
+        doc.apply(&record)?;
         records.push(record);
     }
-    *doc = next;
     Ok(records)
 }

@@ -215,9 +215,6 @@ pub struct BlockState {
     /// A `guided` block completed and awaits optional review.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub review_flag: bool,
-    /// The latest attempt's audit.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub audit: Option<AuditReport>,
     /// The latest audit scored below the block's audit threshold.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub audit_flagged: bool,
@@ -244,7 +241,6 @@ impl BlockState {
             gate: None,
             before_gate_passed: false,
             review_flag: false,
-            audit: None,
             audit_flagged: false,
             corrections: None,
             decisions: Vec::new(),
@@ -255,6 +251,15 @@ impl BlockState {
     /// The attempt currently running, if any.
     pub fn current_attempt(&self) -> Option<&Attempt> {
         self.history.last().filter(|a| a.ended_at.is_none())
+    }
+
+    /// The audit of the latest audited attempt. Kept once, in the attempt
+    /// history, because the whole document is rewritten on every commit.
+    pub fn latest_audit(&self) -> Option<&AuditReport> {
+        self.history
+            .iter()
+            .rev()
+            .find_map(|attempt| attempt.report.as_ref()?.audit.as_deref())
     }
 
     /// The most recent attempt that succeeded (its artifacts feed downstream).
@@ -590,9 +595,6 @@ impl RunDoc {
                 current.report = Some(report.clone());
                 state.ended_at = Some(at);
                 state.error = report.error.clone();
-                if let Some(audit) = report.audit.as_deref() {
-                    state.audit = Some(audit.clone());
-                }
                 if score.is_some() {
                     state.score = *score;
                 }

@@ -122,13 +122,10 @@ pub(crate) fn audit_execution(context: &AuditContext<'_>, execution: &Execution)
         }
     }
     let self_score = execution.metrics.get("self_score").and_then(Value::as_f64);
-    let previous = doc.blocks.get(&block.id).and_then(|state| {
-        state
-            .history
-            .iter()
-            .rev()
-            .find_map(|attempt| attempt.report.as_ref()?.audit.as_deref())
-    });
+    let previous = doc
+        .blocks
+        .get(&block.id)
+        .and_then(|state| state.latest_audit());
     factory_audit::audit(&AuditInput {
         block: &block.id,
         artifacts,

@@ -241,7 +241,7 @@ impl Engine {
     ) {
         let store = self.store.clone();
         let pipeline = handle.pipeline().clone();
-        let doc = handle.doc().clone();
+        let doc = slim_doc(handle.doc(), &pipeline, block_id);
         let attempt_dir = self
             .config
             .work_root
@@ -337,6 +337,33 @@ impl Engine {
             .await?;
         self.notify(&records, handle.doc());
         Ok(records)
+    }
+}
+
+/// The part of the run document an attempt reads: run fields, its own state
+/// and its upstream blocks' states. Copying only that keeps a wide fan-out
+/// from cloning the whole (growing) document once per block.
+fn slim_doc(doc: &RunDoc, pipeline: &factory_core::Pipeline, block_id: &str) -> RunDoc {
+    let mut keep: BTreeSet<&str> = BTreeSet::from([block_id]);
+    if let Some(block) = pipeline.block(block_id) {
+        keep.extend(block.inputs.depends.iter().map(|d| d.block.as_str()));
+    }
+    RunDoc {
+        run_id: doc.run_id.clone(),
+        template_id: doc.template_id.clone(),
+        template_version: doc.template_version.clone(),
+        status: doc.status,
+        autonomy_profile: doc.autonomy_profile.clone(),
+        params: doc.params.clone(),
+        created_at: doc.created_at,
+        updated_at: doc.updated_at,
+        seq: doc.seq,
+        blocks: doc
+            .blocks
+            .iter()
+            .filter(|(id, _)| keep.contains(id.as_str()))
+            .map(|(id, state)| (id.clone(), state.clone()))
+            .collect(),
     }
 }
 

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use factory_core::run::{Event, EventRecord, Millis, RunDoc};
 use factory_core::transitions::{self, Policy};
-use factory_core::{Pipeline, commit, decide};
+use factory_core::{Pipeline, commit_in_place as commit, decide};
 use factory_store::{NewBlob, Store, StoreError, StoredRun};
 
 use crate::{EngineError, Result, load_pipeline, now_ms};

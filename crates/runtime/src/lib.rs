@@ -83,7 +83,11 @@ pub fn is_supported(runtime: Runtime) -> bool {
 
 /// Runs one attempt of a block.
 pub async fn execute(input: AttemptInput<'_>) -> Execution {
-    if let Err(error) = prepare_dir(&input.attempt_dir) {
+    // Only subprocesses get a directory: creating and deleting one per
+    // attempt costs more than a whole built-in block.
+    if input.block.runtime == Runtime::Command
+        && let Err(error) = prepare_dir(&input.attempt_dir)
+    {
         return Execution::failed(format!(
             "cannot prepare the attempt directory {}: {error}",
             input.attempt_dir.display()

@@ -827,12 +827,12 @@ async fn audits_run_after_every_attempt_and_gate_on_their_threshold() {
     // The corrected attempt clears the bar: not flagged.
     assert!(!state.audit_flagged, "{}", second.summary_line());
     assert_eq!(state.history[1].outcome, Some(AttemptOutcome::Succeeded));
-    assert_eq!(state.audit.as_ref(), Some(&second));
+    assert_eq!(state.latest_audit(), Some(&second));
     // A block without audit retry is flagged, with its suggestions, and the run goes on.
     let sloppy = &doc.blocks["sloppy"];
     assert_eq!((sloppy.status, sloppy.attempts), (BlockStatus::Done, 1));
-    assert!(sloppy.audit_flagged, "{:?}", sloppy.audit);
-    assert!(!sloppy.audit.as_ref().unwrap().suggestions.is_empty());
+    assert!(sloppy.audit_flagged, "{:?}", sloppy.latest_audit());
+    assert!(!sloppy.latest_audit().unwrap().suggestions.is_empty());
     let log = events(&h, &doc.run_id).await;
     assert!(
         log.iter()
