@@ -33,9 +33,12 @@ pub enum GraphFormat {
 
 #[derive(Debug, clap::Args)]
 pub struct DriveArgs {
-    /// Blocks running at once (0: no limit)
+    /// Blocks of the run running at once, across all workers (0: no limit)
     #[arg(long, default_value_t = 8)]
     pub max_concurrency: usize,
+    /// Blocks this process runs at once (0: no limit); for several workers sharing a run
+    #[arg(long, default_value_t = 0)]
+    pub slots: usize,
     /// Backoff before the first automatic retry, doubling each retry
     #[arg(long, default_value_t = 1000)]
     pub retry_backoff_ms: u64,

@@ -247,6 +247,7 @@ async fn engine(db: &str, actor: &str, drive: &DriveArgs) -> Result<Engine> {
             lease_ms: drive.lease_ms.max(100),
         },
         max_concurrency: drive.max_concurrency,
+        worker_slots: drive.slots,
         keep_work_dirs: drive.keep_work,
         actor: actor.to_string(),
         observer: progress::observer(drive.quiet),

@@ -61,8 +61,12 @@ impl Engine {
                 for completion in &completions {
                     in_flight.remove(&completion.block);
                 }
+                let free_slots = match self.config.worker_slots {
+                    0 => usize::MAX,
+                    slots => slots.saturating_sub(in_flight.len()),
+                };
                 let records = self
-                    .record_and_claim(&mut handle, &worker_actor, &completions)
+                    .record_and_claim(&mut handle, &worker_actor, &completions, free_slots)
                     .await?;
                 completions.clear();
                 for record in &records {
@@ -285,6 +289,7 @@ impl Engine {
         handle: &mut RunHandle,
         actor: &str,
         completions: &[Completion],
+        free_slots: usize,
     ) -> Result<Vec<EventRecord>> {
         let policy = self.config.policy;
         let owner = self.owner.id();
@@ -331,6 +336,7 @@ impl Engine {
                 Some(Claim {
                     owner: &owner,
                     policy: &policy,
+                    limit: free_slots,
                 }),
                 &blobs,
             )

@@ -17,6 +17,8 @@ const MAX_CONFLICTS: u32 = 64;
 pub struct Claim<'a> {
     pub owner: &'a str,
     pub policy: &'a Policy,
+    /// At most this many blocks (the worker's free slots).
+    pub limit: usize,
 }
 
 pub struct RunHandle {
@@ -96,6 +98,7 @@ impl RunHandle {
                 let starts = decision
                     .startable
                     .iter()
+                    .take(claim.limit)
                     .map(|block| transitions::start(&doc, block, claim.owner, now, claim.policy))
                     .collect::<std::result::Result<Vec<_>, _>>()?;
                 records.extend(commit(&mut doc, starts, actor, now)?);

@@ -66,8 +66,11 @@ pub type Observer = Arc<dyn Fn(&EventRecord, &RunDoc) + Send + Sync>;
 #[derive(Clone)]
 pub struct EngineConfig {
     pub policy: Policy,
-    /// Blocks running at once per run (0: no limit).
+    /// Blocks running at once per run, across all workers (0: no limit).
     pub max_concurrency: usize,
+    /// Blocks this process runs at once (0: no limit), so several workers
+    /// sharing a run each take their share.
+    pub worker_slots: usize,
     /// Attempt directories live under `<work_root>/<run>/<block>/attempt-<n>`.
     pub work_root: PathBuf,
     /// Keep attempt directories of successful attempts (failed ones are always kept).
@@ -82,6 +85,7 @@ impl Default for EngineConfig {
         EngineConfig {
             policy: Policy::default(),
             max_concurrency: 8,
+            worker_slots: 0,
             work_root: std::env::temp_dir().join("process-factory"),
             keep_work_dirs: false,
             actor: "cli".to_string(),

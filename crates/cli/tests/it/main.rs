@@ -484,3 +484,106 @@ fn audit_scores_files_on_their_own() {
         .code(2)
         .stderr(predicate::str::contains("cannot read artifact"));
 }
+
+/// Two engine processes drive the same run on one PostgreSQL database at the
+/// same time: every block runs exactly once and both see the run finish.
+#[test]
+fn two_workers_share_a_run_on_postgres_without_running_a_block_twice() {
+    let url = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(factory_store::testing::fresh_postgres_database());
+    let dir = tempfile::tempdir().unwrap();
+    let marks = dir.path().join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    let mut blocks = vec![serde_json::json!({
+        "id": "root", "name": "Root", "layer": "L0", "type": "build", "runtime": "builtin",
+        "inputs": {"config": {"builtin": "noop"}},
+        "outputs": {"artifacts": [{"key": "out", "path": "out.txt", "format": "text"}]}
+    })];
+    for i in 0..12 {
+        blocks.push(serde_json::json!({
+            "id": format!("w{i}"), "name": format!("Worker {i}"), "layer": "L1", "type": "build", "runtime": "command",
+            "inputs": {"depends": [{"block": "root", "key": "out"}],
+                       "config": {"command": ["sh", "-c", "echo \"$FACTORY_BLOCK_ID $FACTORY_ATTEMPT $PPID\" >> $MARK_DIR/$FACTORY_BLOCK_ID; sleep 1; echo ok > $FACTORY_OUTPUT_DIR/out.txt"]}},
+            "outputs": {"artifacts": [{"key": "out", "path": "out.txt", "format": "text"}]},
+            "execution": {"parallel_group": "wide", "max_retries": 0}
+        }));
+    }
+    blocks.push(serde_json::json!({
+        "id": "join", "name": "Join", "layer": "L2", "type": "build", "runtime": "builtin",
+        "inputs": {"depends": (0..12).map(|i| serde_json::json!({"block": format!("w{i}"), "key": "out"})).collect::<Vec<_>>(),
+                   "config": {"builtin": "noop"}},
+        "outputs": {"artifacts": [{"key": "out", "path": "out.txt", "format": "text"}]}
+    }));
+    let template = dir.path().join("wide.json");
+    std::fs::write(
+        &template,
+        serde_json::json!({"id": "wide", "name": "Wide", "version": "1", "blocks": blocks})
+            .to_string(),
+    )
+    .unwrap();
+
+    let created = factory(Path::new(&url))
+        .env("FACTORY_DB", &url)
+        .args(["run", template.to_str().unwrap(), "--no-run"])
+        .output()
+        .unwrap();
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let run = String::from_utf8(created.stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+
+    let spawn = || {
+        std::process::Command::new(BIN)
+            .args([
+                "resume",
+                &run,
+                "--max-concurrency",
+                "0",
+                "--slots",
+                "3",
+                "--lease-ms",
+                "3000",
+                "--quiet",
+            ])
+            .env("FACTORY_DB", &url)
+            .env("MARK_DIR", &marks)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (first, second) = (spawn(), spawn());
+    for worker in [first, second] {
+        let output = worker.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    let mut runners = std::collections::BTreeSet::new();
+    for i in 0..12 {
+        let lines = std::fs::read_to_string(marks.join(format!("w{i}"))).unwrap();
+        assert_eq!(lines.lines().count(), 1, "w{i} ran more than once: {lines}");
+        runners.insert(lines.split_whitespace().nth(2).unwrap().to_string());
+    }
+    let output = factory(Path::new(&url))
+        .env("FACTORY_DB", &url)
+        .args(["status", &run, "--json"])
+        .output()
+        .unwrap();
+    let doc: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(doc["status"], "done");
+    for i in 0..12 {
+        assert_eq!(doc["blocks"][format!("w{i}")]["attempts"], 1);
+    }
+    // Both processes did work (each claims up to 3 blocks at a time).
+    assert_eq!(runners.len(), 2, "work was not shared: {runners:?}");
+}

@@ -24,6 +24,7 @@ fn config(dir: &Path) -> EngineConfig {
             lease_ms: 2_000,
         },
         max_concurrency: 8,
+        worker_slots: 0,
         work_root: dir.join("work"),
         keep_work_dirs: false,
         actor: "test:alice".to_string(),
