@@ -1,0 +1,253 @@
+//! The Anthropic Messages API: `POST {base}/v1/messages` with `x-api-key` and
+//! `anthropic-version`; cacheable parts carry `cache_control: ephemeral`.
+
+use async_trait::async_trait;
+use serde_json::{Value, json};
+
+use crate::{
+    ChatRequest, ChatResponse, LlmError, Provider, Usage, excerpt, parse_retry_after, read_sse,
+};
+
+pub const DEFAULT_BASE_URL: &str = "https://api.anthropic.com";
+pub const API_VERSION: &str = "2023-06-01";
+
+pub struct Anthropic {
+    name: String,
+    base_url: String,
+    api_key: String,
+    http: reqwest::Client,
+}
+
+impl std::fmt::Debug for Anthropic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Anthropic")
+            .field("name", &self.name)
+            .field("base_url", &self.base_url)
+            .field("api_key", &"[redacted]")
+            .finish()
+    }
+}
+
+impl Anthropic {
+    pub fn new(base_url: Option<&str>, api_key: impl Into<String>) -> Anthropic {
+        Anthropic {
+            name: "anthropic".to_string(),
+            base_url: base_url
+                .unwrap_or(DEFAULT_BASE_URL)
+                .trim_end_matches('/')
+                .to_string(),
+            api_key: api_key.into(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    fn body(request: &ChatRequest) -> Value {
+        let blocks = |parts: &[crate::Part]| -> Vec<Value> {
+            parts
+                .iter()
+                .map(|part| {
+                    let mut block = json!({"type": "text", "text": part.text});
+                    if part.cacheable {
+                        block["cache_control"] = json!({"type": "ephemeral"});
+                    }
+                    block
+                })
+                .collect()
+        };
+        let mut body = json!({
+            "model": request.model,
+            "max_tokens": request.max_tokens,
+            "messages": [{"role": "user", "content": blocks(&request.user)}],
+        });
+        if !request.system.is_empty() {
+            body["system"] = Value::Array(blocks(&request.system));
+        }
+        if let Some(temperature) = request.temperature {
+            body["temperature"] = json!(temperature);
+        }
+        if request.stream {
+            body["stream"] = json!(true);
+        }
+        body
+    }
+
+    fn malformed(&self, message: impl Into<String>) -> LlmError {
+        LlmError::Malformed {
+            provider: self.name.clone(),
+            message: message.into(),
+        }
+    }
+}
+
+fn usage_from(value: &Value, usage: &mut Usage) {
+    let get = |key: &str| value.get(key).and_then(Value::as_u64);
+    if let Some(n) = get("input_tokens") {
+        usage.input_tokens = n;
+    }
+    if let Some(n) = get("output_tokens") {
+        usage.output_tokens = n;
+    }
+    if let Some(n) = get("cache_read_input_tokens") {
+        usage.cache_read_tokens = n;
+    }
+    if let Some(n) = get("cache_creation_input_tokens") {
+        usage.cache_write_tokens = n;
+    }
+}
+
+#[async_trait]
+impl Provider for Anthropic {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn send(&self, request: &ChatRequest) -> Result<ChatResponse, LlmError> {
+        let url = format!("{}/v1/messages", self.base_url);
+        let body = Anthropic::body(request);
+        let response = self
+            .http
+            .post(&url)
+            .header("x-api-key", &self.api_key)
+            .header("anthropic-version", API_VERSION)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| LlmError::Transport {
+                provider: self.name.clone(),
+                url: url.clone(),
+                message: e.without_url().to_string(),
+            })?;
+        let status = response.status();
+        if !status.is_success() {
+            let retry_after = parse_retry_after(response.headers().get("retry-after"));
+            let text = response.text().await.unwrap_or_default();
+            return Err(LlmError::Http {
+                provider: self.name.clone(),
+                status: status.as_u16(),
+                excerpt: excerpt(&text, Some(&self.api_key)),
+                retry_after,
+            });
+        }
+
+        let mut text = String::new();
+        let mut usage = Usage::default();
+        let mut stop_reason = None;
+        let mut model = request.model.clone();
+        let raw_response;
+        if request.stream {
+            let mut stopped = false;
+            raw_response = read_sse(
+                response,
+                |event| {
+                    let data: Value = serde_json::from_str(&event.data).map_err(|e| {
+                        self.malformed(format!(
+                            "event `{}` is not JSON: {e}",
+                            event.event.as_deref().unwrap_or("?")
+                        ))
+                    })?;
+                    match data.get("type").and_then(Value::as_str).unwrap_or_default() {
+                        "message_start" => {
+                            if let Some(message) = data.get("message") {
+                                if let Some(m) = message.get("model").and_then(Value::as_str) {
+                                    model = m.to_string();
+                                }
+                                if let Some(u) = message.get("usage") {
+                                    usage_from(u, &mut usage);
+                                }
+                            }
+                        }
+                        "content_block_delta" => {
+                            if let Some(delta) = data["delta"].get("text").and_then(Value::as_str) {
+                                text.push_str(delta);
+                            }
+                        }
+                        "message_delta" => {
+                            if let Some(reason) =
+                                data["delta"].get("stop_reason").and_then(Value::as_str)
+                            {
+                                stop_reason = Some(reason.to_string());
+                            }
+                            if let Some(u) = data.get("usage") {
+                                usage_from(u, &mut usage);
+                            }
+                        }
+                        "message_stop" => stopped = true,
+                        "error" => {
+                            return Err(LlmError::Provider {
+                                provider: self.name.clone(),
+                                kind: data["error"]["type"]
+                                    .as_str()
+                                    .unwrap_or("error")
+                                    .to_string(),
+                                message: data["error"]["message"]
+                                    .as_str()
+                                    .unwrap_or_default()
+                                    .to_string(),
+                            });
+                        }
+                        _ => {}
+                    }
+                    Ok(())
+                },
+                |message| LlmError::Transport {
+                    provider: self.name.clone(),
+                    url: url.clone(),
+                    message,
+                },
+            )
+            .await?;
+            if !stopped {
+                return Err(LlmError::Incomplete {
+                    provider: self.name.clone(),
+                });
+            }
+        } else {
+            raw_response = response.text().await.map_err(|e| LlmError::Transport {
+                provider: self.name.clone(),
+                url: url.clone(),
+                message: e.without_url().to_string(),
+            })?;
+            let data: Value = serde_json::from_str(&raw_response).map_err(|e| {
+                self.malformed(format!(
+                    "body is not JSON: {e}: {}",
+                    excerpt(&raw_response, None)
+                ))
+            })?;
+            let content = data
+                .get("content")
+                .and_then(Value::as_array)
+                .ok_or_else(|| self.malformed("no `content` array in the message"))?;
+            for block in content {
+                if block.get("type").and_then(Value::as_str) == Some("text") {
+                    text.push_str(
+                        block
+                            .get("text")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default(),
+                    );
+                }
+            }
+            stop_reason = data
+                .get("stop_reason")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            if let Some(m) = data.get("model").and_then(Value::as_str) {
+                model = m.to_string();
+            }
+            if let Some(u) = data.get("usage") {
+                usage_from(u, &mut usage);
+            }
+        }
+        Ok(ChatResponse {
+            truncated: stop_reason.as_deref() == Some("max_tokens"),
+            text,
+            stop_reason,
+            usage,
+            model,
+            latency_ms: 0,
+            attempts: 1,
+            raw_request: body,
+            raw_response,
+        })
+    }
+}
