@@ -10,6 +10,7 @@
 
 pub mod diagnostics;
 pub mod pipeline;
+pub mod prompt;
 pub mod render;
 pub mod run;
 pub mod scheduler;
