@@ -164,6 +164,13 @@ pub enum Command {
     },
     /// Score files with the D1–D5 audit (no run, no network)
     Audit(AuditArgs),
+    /// Print the exact prompt an llm block sent (or would send now)
+    Prompt {
+        run: String,
+        block: String,
+        #[arg(long)]
+        attempt: Option<u32>,
+    },
     /// Print an attempt's stdout and stderr
     Logs {
         run: String,

@@ -3,6 +3,7 @@
 mod args;
 mod audit_cmd;
 mod progress;
+mod prompt_cmd;
 mod show;
 
 use std::collections::BTreeMap;
@@ -77,6 +78,7 @@ fn exit_code_for(error: &anyhow::Error) -> u8 {
                 | EngineError::CreateRun(_)
                 | EngineError::UnsupportedRuntime { .. }
                 | EngineError::MissingGolden(_)
+                | EngineError::LlmSetup(_)
                 | EngineError::Transition(_) => 2,
                 _ => 3,
             };
@@ -224,6 +226,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit(args) => audit_cmd::run(args),
+        Command::Prompt {
+            run,
+            block,
+            attempt,
+        } => {
+            let store = factory_store::open(&cli.db).await?;
+            prompt_cmd::run(store.as_ref(), &run, &block, attempt).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Logs {
             run,
             block,
@@ -251,6 +262,9 @@ async fn engine(db: &str, actor: &str, drive: &DriveArgs) -> Result<Engine> {
         keep_work_dirs: drive.keep_work,
         actor: actor.to_string(),
         observer: progress::observer(drive.quiet),
+        llm: Some(Arc::new(factory_runtime::llm::LlmSettings::from_lookup(
+            |name| std::env::var(name).ok(),
+        ))),
         ..EngineConfig::default()
     };
     if let Some(dir) = &drive.work_dir {

@@ -132,6 +132,25 @@ pub fn summary(doc: &RunDoc, template_order: &[String]) -> String {
             one_line(&note, 100)
         );
     }
+    let calls: Vec<&factory_core::run::LlmUsage> = doc
+        .blocks
+        .values()
+        .flat_map(|s| s.history.iter())
+        .filter_map(|a| a.report.as_ref()?.llm.as_deref())
+        .collect();
+    if !calls.is_empty() {
+        let sum =
+            |f: fn(&factory_core::run::LlmUsage) -> u64| calls.iter().map(|c| f(c)).sum::<u64>();
+        let _ = writeln!(
+            out,
+            "llm: {} attempts, {} input tokens ({} cache reads, {} cache writes), {} output tokens",
+            calls.len(),
+            sum(|c| c.input_tokens),
+            sum(|c| c.cache_read_tokens),
+            sum(|c| c.cache_write_tokens),
+            sum(|c| c.output_tokens)
+        );
+    }
     let audited: Vec<_> = ordered_blocks(doc, template_order)
         .into_iter()
         .filter_map(|(id, state)| state.latest_audit().map(|a| (id, a)))

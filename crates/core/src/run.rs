@@ -132,10 +132,39 @@ pub struct AttemptReport {
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub timed_out: bool,
+    /// The provider call of an `llm` block: tokens, latency, and the stored
+    /// prompt, request and response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub llm: Option<Box<LlmUsage>>,
     /// The D1–D5 audit of this attempt's artifacts (boxed: it is large and
     /// most events carry no report).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit: Option<Box<AuditReport>>,
+}
+
+/// What an `llm` attempt consumed. Request and response are stored as blobs
+/// (keys never appear in them) so any call can be inspected or replayed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LlmUsage {
+    pub provider: String,
+    pub model: String,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    #[serde(default)]
+    pub cache_read_tokens: u64,
+    #[serde(default)]
+    pub cache_write_tokens: u64,
+    pub latency_ms: u64,
+    /// HTTP calls made, retries included.
+    pub calls: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<LogRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<LogRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<LogRef>,
 }
 
 /// One execution of a block.

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use factory_core::run::{
-    ArtifactRef, AttemptReport, BlockStatus, Event, EventRecord, LogRef, Millis, RunDoc, RunStatus,
+    ArtifactRef, AttemptReport, BlockStatus, Event, EventRecord, LlmUsage, LogRef, Millis, RunDoc,
+    RunStatus,
 };
 use factory_core::transitions;
 use factory_runtime::{AttemptInput, Execution, InputArtifact};
@@ -256,6 +257,7 @@ impl Engine {
             .template_path()
             .and_then(|p| std::path::Path::new(p).parent().map(|d| d.to_path_buf()));
         let keep = self.config.keep_work_dirs;
+        let llm_settings = self.config.llm.clone();
         let block_id = block_id.to_string();
         tokio::spawn(async move {
             let outcome = run_attempt(
@@ -267,6 +269,7 @@ impl Engine {
                 attempt_dir,
                 template_dir,
                 keep,
+                llm_settings,
             )
             .await;
             let (report, blobs) = match outcome {
@@ -385,6 +388,7 @@ async fn run_attempt(
     attempt_dir: PathBuf,
     template_dir: Option<PathBuf>,
     keep_work_dir: bool,
+    llm_settings: Option<Arc<factory_runtime::llm::LlmSettings>>,
 ) -> std::result::Result<(AttemptReport, Vec<NewBlob>), String> {
     let block = pipeline
         .block(block_id)
@@ -419,6 +423,7 @@ async fn run_attempt(
         attempt_dir: attempt_dir.clone(),
         template_dir,
         on_spawn: Some(on_spawn),
+        llm: llm_settings,
     })
     .await;
     let failed = execution.error.is_some();
@@ -529,6 +534,27 @@ fn to_report(
         std::mem::take(&mut execution.stderr),
         execution.stderr_truncated,
     );
+    let llm = execution.llm.take().map(|call| {
+        let call = *call;
+        let mut store = |bytes: Vec<u8>| log(bytes, false);
+        let prompt = store(call.prompt.into_bytes());
+        let request = store(call.raw_request.to_string().into_bytes());
+        let response = store(call.raw_response.into_bytes());
+        Box::new(LlmUsage {
+            provider: call.provider,
+            model: call.model,
+            input_tokens: call.usage.input_tokens,
+            output_tokens: call.usage.output_tokens,
+            cache_read_tokens: call.usage.cache_read_tokens,
+            cache_write_tokens: call.usage.cache_write_tokens,
+            latency_ms: call.latency_ms,
+            calls: call.calls,
+            stop_reason: call.stop_reason,
+            prompt,
+            request,
+            response,
+        })
+    });
     let report = AttemptReport {
         artifacts,
         metrics: execution.metrics,
@@ -537,6 +563,7 @@ fn to_report(
         stderr,
         error: execution.error,
         timed_out: execution.timed_out,
+        llm,
         audit: None,
     };
     (report, blobs)

@@ -36,6 +36,8 @@ pub enum EngineError {
         runtime: &'static str,
         blocks: Vec<String>,
     },
+    #[error("the run's llm blocks cannot run:\n{}", .0.join("\n"))]
+    LlmSetup(Vec<String>),
     #[error("golden example files not found (paths are relative to the template): {}", .0.join(", "))]
     MissingGolden(Vec<String>),
     #[error(transparent)]
@@ -78,6 +80,8 @@ pub struct EngineConfig {
     /// Recorded as the actor of approvals, rejections and retries.
     pub actor: String,
     pub observer: Option<Observer>,
+    /// Configured LLM providers; `llm` blocks need them.
+    pub llm: Option<Arc<factory_runtime::llm::LlmSettings>>,
 }
 
 impl Default for EngineConfig {
@@ -90,6 +94,7 @@ impl Default for EngineConfig {
             keep_work_dirs: false,
             actor: "cli".to_string(),
             observer: None,
+            llm: None,
         }
     }
 }
@@ -144,6 +149,10 @@ impl Engine {
         let pipeline = handle::cached_pipeline(template_source)?;
         check_runtimes(&pipeline)?;
         let template_dir = template_path.and_then(|p| p.parent());
+        let problems = llm_problems(&pipeline, template_dir, self.config.llm.as_deref());
+        if !problems.is_empty() {
+            return Err(EngineError::LlmSetup(problems));
+        }
         let missing = audit::missing_golden(&pipeline, template_dir);
         if !missing.is_empty() {
             return Err(EngineError::MissingGolden(missing));
@@ -233,6 +242,42 @@ impl Engine {
             }
         }
     }
+}
+
+/// Every `llm` block's model must resolve to a configured provider and its
+/// skill file must exist, before anything runs.
+fn llm_problems(
+    pipeline: &Pipeline,
+    template_dir: Option<&std::path::Path>,
+    settings: Option<&factory_runtime::llm::LlmSettings>,
+) -> Vec<String> {
+    use factory_core::template::Runtime;
+    let mut problems = Vec::new();
+    for block in pipeline
+        .blocks()
+        .iter()
+        .filter(|b| b.runtime == Runtime::Llm)
+    {
+        match settings {
+            Some(settings) => {
+                if let Err(error) = settings.resolve(block.model.as_deref()) {
+                    problems.push(format!("{}: {error}", block.id));
+                }
+            }
+            None => problems.push(format!("{}: no LLM provider is configured", block.id)),
+        }
+        if let (Some(skill), Some(dir)) = (&block.skill, template_dir) {
+            let path = factory_runtime::llm::skill_path(dir, skill);
+            if !path.is_file() {
+                problems.push(format!(
+                    "{}: skill file {} not found",
+                    block.id,
+                    path.display()
+                ));
+            }
+        }
+    }
+    problems
 }
 
 fn check_runtimes(pipeline: &Pipeline) -> Result<()> {

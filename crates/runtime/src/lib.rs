@@ -10,6 +10,7 @@
 mod builtin;
 mod command;
 mod directory;
+pub mod llm;
 pub mod process;
 
 use std::collections::BTreeMap;
@@ -46,6 +47,8 @@ pub struct AttemptInput<'a> {
     pub template_dir: Option<PathBuf>,
     /// Called with the process id once a subprocess has started.
     pub on_spawn: Option<Box<dyn FnOnce(i32) + Send + 'a>>,
+    /// Configured LLM providers, for `llm` blocks.
+    pub llm: Option<std::sync::Arc<llm::LlmSettings>>,
 }
 
 /// What an attempt produced.
@@ -62,6 +65,8 @@ pub struct Execution {
     /// Set when the attempt failed; names what went wrong and where.
     pub error: Option<String>,
     pub timed_out: bool,
+    /// The provider call of an `llm` block.
+    pub llm: Option<Box<llm::LlmCall>>,
 }
 
 impl Execution {
@@ -78,7 +83,7 @@ pub const MAX_LOG_BYTES: usize = 1 << 20;
 
 /// Whether this build can execute blocks of `runtime`.
 pub fn is_supported(runtime: Runtime) -> bool {
-    matches!(runtime, Runtime::Command | Runtime::Builtin)
+    matches!(runtime, Runtime::Command | Runtime::Builtin | Runtime::Llm)
 }
 
 /// Runs one attempt of a block.
@@ -96,7 +101,8 @@ pub async fn execute(input: AttemptInput<'_>) -> Execution {
     match input.block.runtime {
         Runtime::Command => command::run(input).await,
         Runtime::Builtin => builtin::run(input).await,
-        Runtime::Llm | Runtime::Http => Execution::failed(format!(
+        Runtime::Llm => llm::run(input).await,
+        Runtime::Http => Execution::failed(format!(
             "block `{}` uses runtime `{}`, which this build cannot execute yet",
             input.block.id,
             input.block.runtime.as_str()

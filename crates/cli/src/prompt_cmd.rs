@@ -1,0 +1,93 @@
+//! `factory prompt RUN BLOCK`: the exact prompt an `llm` block sent, or the
+//! one it would send now.
+
+use anyhow::{Result, bail};
+use factory_core::prompt::{self, PromptInputs, UpstreamText};
+use factory_store::Store;
+
+use crate::user_error;
+
+pub async fn run(store: &dyn Store, run: &str, block_id: &str, attempt: Option<u32>) -> Result<()> {
+    let run_id = store.resolve_run_id(run).await?;
+    let stored = store.load_run(&run_id).await?;
+    let Some(state) = stored.doc.blocks.get(block_id) else {
+        bail!(user_error(format!(
+            "run {run_id} has no block `{block_id}`"
+        )));
+    };
+    let recorded = match attempt {
+        Some(n) => match state.history.iter().find(|a| a.n == n) {
+            Some(a) => Some(a),
+            None => bail!(user_error(format!("block `{block_id}` has no attempt {n}"))),
+        },
+        None => state.history.last(),
+    };
+    if let Some(prompt_ref) = recorded
+        .and_then(|a| a.report.as_ref())
+        .and_then(|r| r.llm.as_ref())
+        .and_then(|llm| llm.prompt.as_ref())
+    {
+        print!(
+            "{}",
+            String::from_utf8_lossy(&store.get_blob(&prompt_ref.hash).await?)
+        );
+        return Ok(());
+    }
+    if attempt.is_some() {
+        bail!(user_error(format!(
+            "attempt of `{block_id}` sent no prompt (not an llm block, or it failed before the call)"
+        )));
+    }
+
+    // Not sent yet: assemble what would be sent now.
+    let Some(pipeline) = factory_core::validate_str(&stored.template_json).pipeline else {
+        bail!("the run's stored template no longer validates");
+    };
+    let Some(block) = pipeline.block(block_id) else {
+        bail!(user_error(format!(
+            "block `{block_id}` is not in the template"
+        )));
+    };
+    let template_dir = stored
+        .template_path
+        .as_deref()
+        .and_then(|p| std::path::Path::new(p).parent().map(|d| d.to_path_buf()));
+    let skill = match (&block.skill, &template_dir) {
+        (Some(skill), Some(dir)) => {
+            std::fs::read_to_string(factory_runtime::llm::skill_path(dir, skill)).ok()
+        }
+        _ => None,
+    };
+    let mut upstream = Vec::new();
+    for dep in &block.inputs.depends {
+        let artifact = stored
+            .doc
+            .blocks
+            .get(&dep.block)
+            .and_then(|s| s.last_success())
+            .and_then(|a| a.report.as_ref())
+            .and_then(|r| r.artifacts.get(&dep.key));
+        match artifact {
+            Some(artifact) => upstream.push(UpstreamText {
+                block: dep.block.clone(),
+                key: dep.key.clone(),
+                format: artifact.format,
+                text: String::from_utf8_lossy(&store.get_blob(&artifact.hash).await?).into_owned(),
+            }),
+            None => eprintln!(
+                "note: upstream `{}.{}` has not been produced yet; it is left out",
+                dep.block, dep.key
+            ),
+        }
+    }
+    let assembled = prompt::assemble(&PromptInputs {
+        block,
+        skill: skill.as_deref(),
+        params: &stored.doc.params,
+        upstream,
+        corrections: state.corrections.as_ref(),
+    });
+    eprintln!("(not sent yet: this is the prompt the next attempt would send)");
+    print!("{}", assembled.render());
+    Ok(())
+}
