@@ -36,7 +36,7 @@ pub enum EngineError {
         runtime: &'static str,
         blocks: Vec<String>,
     },
-    #[error("the run's llm blocks cannot run:\n{}", .0.join("\n"))]
+    #[error("blocks of this run cannot run:\n{}", .0.join("\n"))]
     LlmSetup(Vec<String>),
     #[error("golden example files not found (paths are relative to the template): {}", .0.join(", "))]
     MissingGolden(Vec<String>),
@@ -275,6 +275,16 @@ fn llm_problems(
                     path.display()
                 ));
             }
+        }
+    }
+    for block in pipeline
+        .blocks()
+        .iter()
+        .filter(|b| b.runtime == Runtime::Http)
+    {
+        let env = |name: &str| std::env::var(name).ok();
+        if let Some(problem) = factory_runtime::http::url_problem(&block.inputs.config, &env) {
+            problems.push(format!("{}: {problem}", block.id));
         }
     }
     problems

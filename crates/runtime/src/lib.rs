@@ -10,6 +10,7 @@
 mod builtin;
 mod command;
 mod directory;
+pub mod http;
 pub mod llm;
 pub mod process;
 
@@ -83,7 +84,10 @@ pub const MAX_LOG_BYTES: usize = 1 << 20;
 
 /// Whether this build can execute blocks of `runtime`.
 pub fn is_supported(runtime: Runtime) -> bool {
-    matches!(runtime, Runtime::Command | Runtime::Builtin | Runtime::Llm)
+    matches!(
+        runtime,
+        Runtime::Command | Runtime::Builtin | Runtime::Llm | Runtime::Http
+    )
 }
 
 /// Runs one attempt of a block.
@@ -102,11 +106,7 @@ pub async fn execute(input: AttemptInput<'_>) -> Execution {
         Runtime::Command => command::run(input).await,
         Runtime::Builtin => builtin::run(input).await,
         Runtime::Llm => llm::run(input).await,
-        Runtime::Http => Execution::failed(format!(
-            "block `{}` uses runtime `{}`, which this build cannot execute yet",
-            input.block.id,
-            input.block.runtime.as_str()
-        )),
+        Runtime::Http => http::run(input).await,
     }
 }
 

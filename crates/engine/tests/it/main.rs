@@ -1080,3 +1080,85 @@ mod llm_runtime {
         assert_eq!(outcome, Outcome::Done);
     }
 }
+
+mod http_runtime {
+    //! `http` blocks against a local service.
+
+    use super::*;
+    use wiremock::matchers::{body_partial_json, header, method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    fn http_block(id: &str, url: &str, extra: Value) -> Value {
+        let mut block = json!({
+            "id": id, "name": id, "layer": "L1", "type": "orchestrate", "runtime": "http", "timeout": 5000,
+            "inputs": {"depends": [{"block": "source", "key": "out"}], "config": {"url": url, "expert": "{{params.expert_name}}"}},
+            "outputs": {"artifacts": [{"key": "receipt", "path": "receipt.json", "format": "json"}]},
+            "execution": {"max_retries": 0}
+        });
+        merge(&mut block, extra);
+        block
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn http_blocks_post_their_inputs_and_keep_the_response() {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path("/sync"))
+            .and(header("x-team", "factory"))
+            .and(body_partial_json(json!({"block": "sync", "inputs": {"source.out": {"builtin": "noop"}}, "params": {"expert_name": "Ada"}})))
+            .respond_with(ResponseTemplate::new(201).set_body_json(json!({"synced": 3})))
+            .expect(1)
+            .mount(&server)
+            .await;
+        Mock::given(method("POST"))
+            .and(path("/broken"))
+            .respond_with(ResponseTemplate::new(503).set_body_string("maintenance until 14:00"))
+            .expect(3)
+            .mount(&server)
+            .await;
+        let h = sqlite().await;
+        let source = template(
+            vec![
+                noop("source", json!({})),
+                http_block(
+                    "sync",
+                    &format!("{}/sync", server.uri()),
+                    json!({"inputs": {"config": {"headers": {"x-team": "factory"}}}}),
+                ),
+                http_block("broken", &format!("{}/broken", server.uri()), json!({})),
+            ],
+            json!({"expert_name": {"required": true}}),
+        );
+        let doc = start(&h, &source, &[("expert_name", "Ada")]).await;
+        let (outcome, doc) = h.engine.drive(&doc.run_id).await.unwrap();
+        assert_eq!(outcome, Outcome::Failed);
+        assert_eq!(
+            artifact(&h, &doc, "sync", "receipt").await,
+            "{\"synced\":3}"
+        );
+        let error = doc.blocks["broken"].error.clone().unwrap();
+        assert!(
+            error.contains("HTTP 503") && error.contains("maintenance until 14:00"),
+            "{error}"
+        );
+
+        // A URL taken from an unset environment variable is refused up front.
+        let unset = template(
+            vec![noop("source", json!({})), http_block("sync", "http://unused", json!({"inputs": {"config": {"url": null, "url_env": "FACTORY_TEST_UNSET_SYNC_URL"}}}))],
+            json!({"expert_name": {"required": true}}),
+        )
+        .replace(",\"url\":null", "")
+        .replace("\"url\":null,", "");
+        let request = RunRequest {
+            params: [("expert_name".to_string(), json!("Ada"))].into(),
+            ..RunRequest::default()
+        };
+        let error = h
+            .engine
+            .create_run(&unset, None, request)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("FACTORY_TEST_UNSET_SYNC_URL"), "{error}");
+    }
+}
