@@ -361,6 +361,18 @@ pub fn finish(
         },
         Some(error) => {
             if can_retry {
+                // A model's unusable reply is fixable by the model: tell the
+                // retry what was wrong, keeping any corrections it already has.
+                if retry_corrections.is_none()
+                    && block.runtime == crate::template::Runtime::Llm
+                    && outcome == AttemptOutcome::Failed
+                {
+                    retry_corrections = Some(reply_corrections(
+                        state.corrections.as_ref(),
+                        &error,
+                        attempt,
+                    ));
+                }
                 let delay = policy.backoff_ms(state.retries_used);
                 events.push(Event::RetryScheduled {
                     block: block_id.to_string(),
@@ -385,6 +397,29 @@ pub fn finish(
         }
     }
     Ok(events)
+}
+
+/// Corrections for retrying an `llm` block whose reply could not be used.
+fn reply_corrections(existing: Option<&Corrections>, error: &str, attempt: u32) -> Corrections {
+    let mut items = existing.map(|c| c.items.clone()).unwrap_or_default();
+    items.push(CorrectionItem {
+        finding: format!("The previous reply could not be used: {error}"),
+        correction: "Reply again following the output contract exactly (valid JSON for JSON artifacts, one fenced section per artifact when there are several).".to_string(),
+        priority: "high".to_string(),
+        improvement_item_id: None,
+    });
+    Corrections {
+        version: format!("v{attempt}→v{}", attempt + 1),
+        source: existing.map_or_else(
+            || "engine".to_string(),
+            |c| format!("{} + engine", c.source),
+        ),
+        items,
+        instruction: existing.map_or_else(
+            || CORRECTIONS_INSTRUCTION.to_string(),
+            |c| c.instruction.clone(),
+        ),
+    }
 }
 
 /// `(composite, threshold)` when the attempt's audit is below the block's

@@ -869,11 +869,14 @@ mod llm_runtime {
         fn respond(&self, request: &Request) -> ResponseTemplate {
             let body: Value = serde_json::from_slice(&request.body).unwrap();
             let system = body["system"].to_string();
-            let reply = if system.contains("SKILL-OUTLINE") {
+            let user = body["messages"].to_string();
+            let reply = if system.contains("SKILL-OUTLINE") && !user.contains("could not be used") {
+                // The first outline reply is broken JSON: the retry must be told why.
+                "{\"sections\": [\"Seven Second Silence\"".to_string()
+            } else if system.contains("SKILL-OUTLINE") {
                 "```json\n{\"sections\": [\"Seven Second Silence\", \"42 Percent Anchor\"]}\n```"
                     .to_string()
             } else {
-                let user = body["messages"].to_string();
                 let note = if user.contains("EXPERT CORRECTIONS (MUST APPLY)") {
                     "corrected"
                 } else {
@@ -941,7 +944,7 @@ mod llm_runtime {
         }
         let source = template(
             vec![
-                llm_block("outline", json!({})),
+                llm_block("outline", json!({"execution": {"max_retries": 1}})),
                 llm_block(
                     "draft",
                     json!({
@@ -1000,6 +1003,36 @@ mod llm_runtime {
             artifact(&h, &doc, "draft", "text")
                 .await
                 .starts_with("# Draft (first)")
+        );
+        let outline = &doc.blocks["outline"];
+        assert_eq!(outline.attempts, 2, "the unparsable reply was retried");
+        assert!(
+            outline.history[0]
+                .report
+                .as_ref()
+                .unwrap()
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("not valid JSON")
+        );
+        let retry_prompt = outline.history[1]
+            .report
+            .as_ref()
+            .unwrap()
+            .llm
+            .as_ref()
+            .unwrap()
+            .prompt
+            .clone()
+            .unwrap();
+        let retry_prompt =
+            String::from_utf8(h.engine.store().get_blob(&retry_prompt.hash).await.unwrap())
+                .unwrap();
+        assert!(
+            retry_prompt.contains("The previous reply could not be used")
+                && retry_prompt.contains("not valid JSON"),
+            "{retry_prompt}"
         );
 
         let usage = doc.blocks["draft"].history[0]
