@@ -1344,7 +1344,10 @@ proptest! {
         let source = &OFFLINE_EXAMPLE[..OFFLINE_EXAMPLE.floor_char_boundary(cut)];
         let validated = validate_str(source);
         assert_consistent(&validated);
-        prop_assert!(validated.has_errors());
+        // Cutting only trailing whitespace leaves a complete, valid file.
+        if source.trim_end().len() < OFFLINE_EXAMPLE.trim_end().len() {
+            prop_assert!(validated.has_errors());
+        }
     }
 
     #[test]
