@@ -16,6 +16,10 @@ pub struct Cli {
     #[arg(long, global = true, env = "FACTORY_DB", default_value = "factory.db")]
     pub db: String,
 
+    /// LLM settings file (default: factory.toml in the current directory, if any)
+    #[arg(long, global = true, env = "FACTORY_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
+
     /// Who is acting, recorded in the event log (default: cli:$USER)
     #[arg(long, global = true, env = "FACTORY_ACTOR")]
     pub actor: Option<String>,

@@ -143,7 +143,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 autonomy_profile: autonomy,
                 overrides: parse_overrides(&overrides)?,
             };
-            let engine = engine(&cli.db, &actor, &drive).await?;
+            let engine = engine(&cli.db, &actor, &drive, cli.config.as_deref()).await?;
             let doc = engine
                 .create_run(&source, Some(&template), request)
                 .await
@@ -176,7 +176,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             no_run,
             drive,
         } => {
-            let engine = engine(&cli.db, &actor, &drive).await?;
+            let engine = engine(&cli.db, &actor, &drive, cli.config.as_deref()).await?;
             let doc = engine.approve(&run, &block, note).await?;
             continue_run(&engine, &doc.run_id, no_run, drive.quiet).await
         }
@@ -187,7 +187,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             no_run,
             drive,
         } => {
-            let engine = engine(&cli.db, &actor, &drive).await?;
+            let engine = engine(&cli.db, &actor, &drive, cli.config.as_deref()).await?;
             let doc = engine.reject(&run, &block, &feedback).await?;
             continue_run(&engine, &doc.run_id, no_run, drive.quiet).await
         }
@@ -197,12 +197,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             no_run,
             drive,
         } => {
-            let engine = engine(&cli.db, &actor, &drive).await?;
+            let engine = engine(&cli.db, &actor, &drive, cli.config.as_deref()).await?;
             let doc = engine.retry(&run, &block).await?;
             continue_run(&engine, &doc.run_id, no_run, drive.quiet).await
         }
         Command::Resume { run, drive } => {
-            let engine = engine(&cli.db, &actor, &drive).await?;
+            let engine = engine(&cli.db, &actor, &drive, cli.config.as_deref()).await?;
             let run_id = engine.store().resolve_run_id(&run).await?;
             drive_run(&engine, &run_id, drive.quiet).await
         }
@@ -247,7 +247,30 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-async fn engine(db: &str, actor: &str, drive: &DriveArgs) -> Result<Engine> {
+/// Reads the LLM settings file: `--config`/`FACTORY_CONFIG`, else
+/// `factory.toml` in the current directory when there is one.
+fn llm_config(path: Option<&Path>) -> Result<factory_runtime::llm::LlmConfig> {
+    let (path, required) = match path {
+        Some(path) => (path.to_path_buf(), true),
+        None => (std::path::PathBuf::from("factory.toml"), false),
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => factory_runtime::llm::LlmConfig::parse(&text, &path.display().to_string())
+            .map_err(user_error),
+        Err(_) if !required => Ok(Default::default()),
+        Err(error) => Err(user_error(format!(
+            "cannot read config {}: {error}",
+            path.display()
+        ))),
+    }
+}
+
+async fn engine(
+    db: &str,
+    actor: &str,
+    drive: &DriveArgs,
+    config_path: Option<&Path>,
+) -> Result<Engine> {
     let store = factory_store::open(db)
         .await
         .with_context(|| format!("cannot open the store `{db}`"))?;
@@ -262,7 +285,8 @@ async fn engine(db: &str, actor: &str, drive: &DriveArgs) -> Result<Engine> {
         keep_work_dirs: drive.keep_work,
         actor: actor.to_string(),
         observer: progress::observer(drive.quiet),
-        llm: Some(Arc::new(factory_runtime::llm::LlmSettings::from_lookup(
+        llm: Some(Arc::new(factory_runtime::llm::LlmSettings::from_config(
+            llm_config(config_path)?,
             |name| std::env::var(name).ok(),
         ))),
         ..EngineConfig::default()

@@ -141,9 +141,21 @@ pub fn summary(doc: &RunDoc, template_order: &[String]) -> String {
     if !calls.is_empty() {
         let sum =
             |f: fn(&factory_core::run::LlmUsage) -> u64| calls.iter().map(|c| f(c)).sum::<u64>();
+        let priced: Vec<f64> = calls.iter().filter_map(|c| c.cost_usd).collect();
+        let cost = if priced.is_empty() {
+            "no price configured".to_string()
+        } else {
+            let unpriced = calls.len() - priced.len();
+            let total: f64 = priced.iter().sum();
+            if unpriced == 0 {
+                format!("${total:.4}")
+            } else {
+                format!("${total:.4} (+{unpriced} attempts without a price)")
+            }
+        };
         let _ = writeln!(
             out,
-            "llm: {} attempts, {} input tokens ({} cache reads, {} cache writes), {} output tokens",
+            "llm: {} attempts, {} input tokens ({} cache reads, {} cache writes), {} output tokens, {cost}",
             calls.len(),
             sum(|c| c.input_tokens),
             sum(|c| c.cache_read_tokens),

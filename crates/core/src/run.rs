@@ -144,7 +144,7 @@ pub struct AttemptReport {
 
 /// What an `llm` attempt consumed. Request and response are stored as blobs
 /// (keys never appear in them) so any call can be inspected or replayed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LlmUsage {
     pub provider: String,
     pub model: String,
@@ -159,6 +159,9 @@ pub struct LlmUsage {
     pub calls: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_reason: Option<String>,
+    /// From the configured price table; absent when the model has no price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt: Option<LogRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

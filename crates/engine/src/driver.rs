@@ -550,6 +550,7 @@ fn to_report(
             latency_ms: call.latency_ms,
             calls: call.calls,
             stop_reason: call.stop_reason,
+            cost_usd: call.cost_usd,
             prompt,
             request,
             response,

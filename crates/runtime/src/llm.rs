@@ -26,6 +26,72 @@ pub struct LlmSettings {
     clients: BTreeMap<String, Client>,
     aliases: BTreeMap<String, String>,
     default_model: String,
+    prices: BTreeMap<String, Price>,
+}
+
+/// `factory.toml`: what the environment cannot say well. Keys are never in
+/// the file, only the names of the variables that hold them.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlmConfig {
+    /// Model for blocks whose `model` is null.
+    pub default_model: Option<String>,
+    /// Extra or replaced aliases: `fast = "openrouter:some/model"`.
+    #[serde(default)]
+    pub aliases: BTreeMap<String, String>,
+    /// Extra providers, e.g. a vLLM server: `[providers.vllm] kind = "openai"`.
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderConfig>,
+    /// USD per million tokens, keyed by the provider's model id.
+    #[serde(default)]
+    pub prices: BTreeMap<String, Price>,
+    /// Calls in flight per provider.
+    pub concurrency: Option<usize>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    pub kind: ProviderKind,
+    pub base_url: Option<String>,
+    /// The environment variable holding the key.
+    pub api_key_env: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    Anthropic,
+    Openai,
+}
+
+/// USD per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    pub input: f64,
+    pub output: f64,
+    #[serde(default)]
+    pub cache_read: f64,
+    #[serde(default)]
+    pub cache_write: f64,
+}
+
+impl Price {
+    pub fn cost(&self, usage: &factory_llm::Usage) -> f64 {
+        let per_token = |price: f64, tokens: u64| price * tokens as f64 / 1_000_000.0;
+        per_token(self.input, usage.input_tokens)
+            + per_token(self.output, usage.output_tokens)
+            + per_token(self.cache_read, usage.cache_read_tokens)
+            + per_token(self.cache_write, usage.cache_write_tokens)
+    }
+}
+
+impl LlmConfig {
+    /// Parses `factory.toml`; the error names the file and the position.
+    pub fn parse(text: &str, file: &str) -> Result<LlmConfig, String> {
+        toml::from_str(text).map_err(|error| format!("{file}: {error}"))
+    }
 }
 
 impl std::fmt::Debug for LlmSettings {
@@ -34,6 +100,7 @@ impl std::fmt::Debug for LlmSettings {
             .field("providers", &self.clients.keys().collect::<Vec<_>>())
             .field("aliases", &self.aliases)
             .field("default_model", &self.default_model)
+            .field("prices", &self.prices.keys().collect::<Vec<_>>())
             .finish()
     }
 }
@@ -51,6 +118,8 @@ pub struct LlmCall {
     pub prompt: String,
     pub raw_request: Value,
     pub raw_response: String,
+    /// From the config's price table; None when the model has no price.
+    pub cost_usd: Option<f64>,
 }
 
 impl LlmSettings {
@@ -60,9 +129,17 @@ impl LlmSettings {
     /// OpenAI-compatible server such as Ollama, provider `local`),
     /// `FACTORY_DEFAULT_MODEL`, `FACTORY_MODEL_<ALIAS>`, `FACTORY_LLM_CONCURRENCY`.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> LlmSettings {
+        LlmSettings::from_config(LlmConfig::default(), lookup)
+    }
+
+    /// [`LlmSettings::from_lookup`] plus a config file's providers, aliases,
+    /// default model and prices (the file wins over built-in defaults, the
+    /// environment's `FACTORY_*` variables win over the file).
+    pub fn from_config(config: LlmConfig, lookup: impl Fn(&str) -> Option<String>) -> LlmSettings {
         let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
         let concurrency = get("FACTORY_LLM_CONCURRENCY")
             .and_then(|v| v.parse().ok())
+            .or(config.concurrency)
             .unwrap_or(4);
         let retry = RetryPolicy::default();
         let mut clients = BTreeMap::new();
@@ -108,21 +185,48 @@ impl LlmSettings {
                 Client::new(Arc::new(provider), concurrency, retry),
             );
         }
-        let aliases = ALIASES
+        for (name, provider) in &config.providers {
+            let key = provider.api_key_env.as_deref().and_then(&get);
+            let client: Arc<dyn factory_llm::Provider> = match provider.kind {
+                ProviderKind::Anthropic => Arc::new(Anthropic::new(
+                    provider.base_url.as_deref(),
+                    key.unwrap_or_default(),
+                )),
+                ProviderKind::Openai => Arc::new(OpenAiCompatible::new(
+                    name.clone(),
+                    provider
+                        .base_url
+                        .as_deref()
+                        .unwrap_or("https://api.openai.com/v1"),
+                    key,
+                )),
+            };
+            clients.insert(name.clone(), Client::new(client, concurrency, retry));
+        }
+        let mut aliases: BTreeMap<String, String> = ALIASES
             .iter()
-            .map(|(alias, target)| {
-                let configured = get(&format!("FACTORY_MODEL_{}", alias.to_ascii_uppercase()));
-                (
-                    alias.to_string(),
-                    configured.unwrap_or_else(|| target.to_string()),
-                )
-            })
+            .map(|(alias, target)| (alias.to_string(), target.to_string()))
             .collect();
+        aliases.extend(config.aliases.clone());
+        for (alias, target) in aliases.iter_mut() {
+            if let Some(configured) = get(&format!("FACTORY_MODEL_{}", alias.to_ascii_uppercase()))
+            {
+                *target = configured;
+            }
+        }
         LlmSettings {
             clients,
             aliases,
-            default_model: get("FACTORY_DEFAULT_MODEL").unwrap_or_else(|| "sonnet".to_string()),
+            default_model: get("FACTORY_DEFAULT_MODEL")
+                .or(config.default_model)
+                .unwrap_or_else(|| "sonnet".to_string()),
+            prices: config.prices,
         }
+    }
+
+    /// The cost of a call, when the model has a price.
+    pub fn cost(&self, model: &str, usage: &factory_llm::Usage) -> Option<f64> {
+        self.prices.get(model).map(|price| price.cost(usage))
     }
 
     /// Resolves a block's `model` (alias, `provider:model`, or null for the
@@ -252,6 +356,9 @@ pub(crate) async fn run(input: AttemptInput<'_>) -> Execution {
         prompt: assembled.render(),
         raw_request: response.raw_request.clone(),
         raw_response: response.raw_response.clone(),
+        cost_usd: settings
+            .cost(&request.model, &response.usage)
+            .or_else(|| settings.cost(&response.model, &response.usage)),
     };
     let mut execution = Execution {
         stdout: response.text.clone().into_bytes(),
@@ -303,4 +410,65 @@ fn metrics_from_artifacts(
         }
     }
     metrics
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_adds_providers_aliases_and_prices() {
+        let config = LlmConfig::parse(
+            r#"
+default_model = "fast"
+[aliases]
+fast = "vllm:qwen-72b"
+[providers.vllm]
+kind = "openai"
+base_url = "http://127.0.0.1:8000/v1"
+[prices."qwen-72b"]
+input = 1.0
+output = 2.0
+"#,
+            "factory.toml",
+        )
+        .unwrap();
+        let settings = LlmSettings::from_config(config, |_| None);
+        let (client, model) = settings.resolve(None).unwrap();
+        assert_eq!(
+            (client.provider_name(), model.as_str()),
+            ("vllm", "qwen-72b")
+        );
+        let usage = factory_llm::Usage {
+            input_tokens: 1_000_000,
+            output_tokens: 500_000,
+            ..Default::default()
+        };
+        assert_eq!(settings.cost("qwen-72b", &usage), Some(2.0));
+        let Err(error) = settings.resolve(Some("opus")) else {
+            panic!("opus needs an Anthropic key")
+        };
+        assert!(error.contains("ANTHROPIC_API_KEY"), "{error}");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let config = LlmConfig::parse("default_model = \"haiku\"", "factory.toml").unwrap();
+        let settings = LlmSettings::from_config(config, |name| match name {
+            "FACTORY_DEFAULT_MODEL" => Some("local:llama".into()),
+            "FACTORY_LLM_BASE_URL" => Some("http://127.0.0.1:11434/v1".into()),
+            _ => None,
+        });
+        assert_eq!(settings.resolve(None).unwrap().1, "llama");
+    }
+
+    #[test]
+    fn bad_config_names_the_file_and_field() {
+        let error =
+            LlmConfig::parse("[prices.m]\ninput = 1\noutptu = 2\n", "factory.toml").unwrap_err();
+        assert!(
+            error.starts_with("factory.toml") && error.contains("outptu"),
+            "{error}"
+        );
+    }
 }

@@ -587,3 +587,25 @@ fn two_workers_share_a_run_on_postgres_without_running_a_block_twice() {
     // Both processes did work (each claims up to 3 blocks at a time).
     assert_eq!(runners.len(), 2, "work was not shared: {runners:?}");
 }
+
+#[test]
+fn a_broken_config_file_is_an_input_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("factory.toml");
+    std::fs::write(&config, "[prices.m]\ninput = 1\noutptu = 2\n").unwrap();
+    let template = repo_root().join("examples/offline/pipeline.json");
+    factory(&dir.path().join("db"))
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "run",
+            template.to_str().unwrap(),
+            "-p",
+            "title=x",
+            "--no-run",
+        ])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("factory.toml"))
+        .stderr(predicate::str::contains("outptu"));
+}

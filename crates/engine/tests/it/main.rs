@@ -904,7 +904,12 @@ mod llm_runtime {
 
     fn settings(server: &MockServer) -> Arc<LlmSettings> {
         let uri = server.uri();
-        Arc::new(LlmSettings::from_lookup(move |name| match name {
+        let config = factory_runtime::llm::LlmConfig::parse(
+            "[prices.\"claude-sonnet-4-5\"]\ninput = 3.0\noutput = 15.0\ncache_read = 0.3\n",
+            "factory.toml",
+        )
+        .unwrap();
+        Arc::new(LlmSettings::from_config(config, move |name| match name {
             "ANTHROPIC_BASE_URL" => Some(uri.clone()),
             "ANTHROPIC_API_KEY" => Some("sk-test-key".to_string()),
             _ => None,
@@ -1042,6 +1047,8 @@ mod llm_runtime {
             .llm
             .clone()
             .expect("usage recorded");
+        let cost = usage.cost_usd.expect("priced");
+        assert!((cost - 0.000918).abs() < 1e-9, "{cost}");
         assert_eq!(
             (
                 usage.provider.as_str(),
