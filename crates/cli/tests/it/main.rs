@@ -9,6 +9,8 @@ use assert_cmd::Command;
 use predicates::prelude::*;
 use serde_json::Value;
 
+mod clone_factory;
+
 const BIN: &str = env!("CARGO_BIN_EXE_factory");
 
 fn repo_root() -> PathBuf {
