@@ -90,6 +90,12 @@ pub enum Command {
         /// Per-block autonomy for this run only, repeatable: --set-autonomy clone-tester=auto
         #[arg(long = "set-autonomy", value_name = "BLOCK=gate|guided|auto")]
         overrides: Vec<String>,
+        /// Model for one llm block in this run only, repeatable: --model clone-compiler=opus
+        #[arg(long = "model", value_name = "BLOCK=MODEL")]
+        models: Vec<String>,
+        /// Model for this run's llm blocks that name none (alias or provider:model)
+        #[arg(long)]
+        default_model: Option<String>,
         /// Only create the run; do not execute anything
         #[arg(long)]
         no_run: bool,

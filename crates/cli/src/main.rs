@@ -132,6 +132,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             params,
             autonomy,
             overrides,
+            models,
+            default_model,
             no_run,
             drive,
         } => {
@@ -142,6 +144,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 params: parse_params(&params)?,
                 autonomy_profile: autonomy,
                 overrides: parse_overrides(&overrides)?,
+                models: parse_models(&models)?,
+                default_model,
             };
             let engine = engine(&cli.db, &actor, &drive, cli.config.as_deref()).await?;
             let doc = engine
@@ -421,6 +425,21 @@ fn parse_params(pairs: &[String]) -> Result<BTreeMap<String, Value>> {
         params.insert(key.trim().to_string(), Value::String(value.to_string()));
     }
     Ok(params)
+}
+
+fn parse_models(pairs: &[String]) -> Result<BTreeMap<String, String>> {
+    let mut models = BTreeMap::new();
+    for pair in pairs {
+        match pair.split_once('=') {
+            Some((block, model)) if !block.trim().is_empty() && !model.trim().is_empty() => {
+                models.insert(block.trim().to_string(), model.trim().to_string());
+            }
+            _ => bail!(user_error(format!(
+                "--model `{pair}` must be BLOCK=MODEL, e.g. clone-compiler=opus"
+            ))),
+        }
+    }
+    Ok(models)
 }
 
 fn parse_overrides(pairs: &[String]) -> Result<BTreeMap<String, Autonomy>> {

@@ -162,6 +162,29 @@ pub fn summary(doc: &RunDoc, template_order: &[String]) -> String {
             sum(|c| c.cache_write_tokens),
             sum(|c| c.output_tokens)
         );
+        for (id, state) in ordered_blocks(doc, template_order) {
+            let block_calls: Vec<&factory_core::run::LlmUsage> = state
+                .history
+                .iter()
+                .filter_map(|a| a.report.as_ref()?.llm.as_deref())
+                .collect();
+            if block_calls.is_empty() {
+                continue;
+            }
+            let tokens = |f: fn(&factory_core::run::LlmUsage) -> u64| {
+                block_calls.iter().map(|c| f(c)).sum::<u64>()
+            };
+            let cost: Option<f64> = block_calls.iter().map(|c| c.cost_usd).sum();
+            let _ = writeln!(
+                out,
+                "  {id:<26} {} attempt{}, {} in / {} out tokens{}",
+                block_calls.len(),
+                if block_calls.len() == 1 { "" } else { "s" },
+                tokens(|c| c.input_tokens),
+                tokens(|c| c.output_tokens),
+                cost.map(|c| format!(", ${c:.4}")).unwrap_or_default()
+            );
+        }
     }
     let audited: Vec<_> = ordered_blocks(doc, template_order)
         .into_iter()

@@ -313,6 +313,12 @@ pub struct RunDoc {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autonomy_profile: Option<String>,
     pub params: BTreeMap<String, Value>,
+    /// Per-block model overrides chosen at run creation.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub models: BTreeMap<String, String>,
+    /// The run's model for `llm` blocks without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_model: Option<String>,
     pub created_at: Millis,
     pub updated_at: Millis,
     /// Sequence number of the last event folded in.
@@ -344,6 +350,11 @@ pub enum Event {
         params: BTreeMap<String, Value>,
         /// Every block with its resolved autonomy, in template order.
         blocks: Vec<(String, Autonomy)>,
+        /// Per-block model overrides for this run.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        models: BTreeMap<String, String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        default_model: Option<String>,
     },
     BlockReady {
         block: String,
@@ -496,6 +507,8 @@ impl RunDoc {
             autonomy_profile,
             params,
             blocks,
+            models,
+            default_model,
         } = &record.event
         else {
             return Err(ApplyError::NotCreated);
@@ -507,6 +520,8 @@ impl RunDoc {
             status: RunStatus::Running,
             autonomy_profile: autonomy_profile.clone(),
             params: params.clone(),
+            models: models.clone(),
+            default_model: default_model.clone(),
             created_at: record.at,
             updated_at: record.at,
             seq: record.seq,

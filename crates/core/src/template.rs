@@ -35,6 +35,9 @@ pub struct Template {
     /// Named autonomy profiles, chosen per run with `--autonomy NAME`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub autonomy_profiles: BTreeMap<String, AutonomyProfile>,
+    /// Model for `llm` blocks whose `model` is null (a run may override it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_model: Option<String>,
     /// Run-wide audit settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit: Option<TemplateAudit>,

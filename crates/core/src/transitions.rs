@@ -78,6 +78,27 @@ pub struct RunRequest {
     pub autonomy_profile: Option<String>,
     /// Per-block autonomy overrides for this run only.
     pub overrides: BTreeMap<String, Autonomy>,
+    /// Per-block model overrides for this run only.
+    pub models: BTreeMap<String, String>,
+    /// Model for `llm` blocks without one, for this run.
+    pub default_model: Option<String>,
+}
+
+/// The model an `llm` block uses in a run: the run's override for the block,
+/// else the block's own, else the run's default, else the template's (None:
+/// the configured default).
+pub fn effective_model<'a>(
+    template: &'a crate::template::Template,
+    block: &'a crate::template::Block,
+    run_models: &'a BTreeMap<String, String>,
+    run_default: Option<&'a str>,
+) -> Option<&'a str> {
+    run_models
+        .get(&block.id)
+        .map(String::as_str)
+        .or(block.model.as_deref())
+        .or(run_default)
+        .or(template.default_model.as_deref())
 }
 
 /// Every reason a run could not be created, collected at once.
@@ -176,6 +197,18 @@ pub fn create_run(
             ));
         }
     }
+    for block_id in request.models.keys() {
+        match pipeline.block(block_id) {
+            None => problems.push(format!("model override names unknown block `{block_id}`")),
+            Some(block) if block.runtime != crate::template::Runtime::Llm => {
+                problems.push(format!(
+                    "model override for `{block_id}`, which is a `{}` block, not `llm`",
+                    block.runtime.as_str()
+                ))
+            }
+            Some(_) => {}
+        }
+    }
     if !problems.is_empty() {
         return Err(CreateRunError { problems });
     }
@@ -202,6 +235,8 @@ pub fn create_run(
         autonomy_profile: request.autonomy_profile.clone(),
         params,
         blocks,
+        models: request.models.clone(),
+        default_model: request.default_model.clone(),
     })
 }
 

@@ -364,6 +364,8 @@ fn slim_doc(doc: &RunDoc, pipeline: &factory_core::Pipeline, block_id: &str) -> 
         status: doc.status,
         autonomy_profile: doc.autonomy_profile.clone(),
         params: doc.params.clone(),
+        models: doc.models.clone(),
+        default_model: doc.default_model.clone(),
         created_at: doc.created_at,
         updated_at: doc.updated_at,
         seq: doc.seq,
@@ -424,6 +426,13 @@ async fn run_attempt(
         template_dir,
         on_spawn: Some(on_spawn),
         llm: llm_settings,
+        model: factory_core::transitions::effective_model(
+            pipeline.template(),
+            block,
+            &doc.models,
+            doc.default_model.as_deref(),
+        )
+        .map(str::to_string),
     })
     .await;
     let failed = execution.error.is_some();

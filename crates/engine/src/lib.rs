@@ -149,7 +149,12 @@ impl Engine {
         let pipeline = handle::cached_pipeline(template_source)?;
         check_runtimes(&pipeline)?;
         let template_dir = template_path.and_then(|p| p.parent());
-        let problems = llm_problems(&pipeline, template_dir, self.config.llm.as_deref());
+        let problems = llm_problems(
+            &pipeline,
+            &request,
+            template_dir,
+            self.config.llm.as_deref(),
+        );
         if !problems.is_empty() {
             return Err(EngineError::LlmSetup(problems));
         }
@@ -248,6 +253,7 @@ impl Engine {
 /// skill file must exist, before anything runs.
 fn llm_problems(
     pipeline: &Pipeline,
+    request: &RunRequest,
     template_dir: Option<&std::path::Path>,
     settings: Option<&factory_runtime::llm::LlmSettings>,
 ) -> Vec<String> {
@@ -260,7 +266,13 @@ fn llm_problems(
     {
         match settings {
             Some(settings) => {
-                if let Err(error) = settings.resolve(block.model.as_deref()) {
+                let model = transitions::effective_model(
+                    pipeline.template(),
+                    block,
+                    &request.models,
+                    request.default_model.as_deref(),
+                );
+                if let Err(error) = settings.resolve(model) {
                     problems.push(format!("{}: {error}", block.id));
                 }
             }

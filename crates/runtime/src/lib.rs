@@ -50,6 +50,9 @@ pub struct AttemptInput<'a> {
     pub on_spawn: Option<Box<dyn FnOnce(i32) + Send + 'a>>,
     /// Configured LLM providers, for `llm` blocks.
     pub llm: Option<std::sync::Arc<llm::LlmSettings>>,
+    /// The model this attempt uses (run override, block, run or template
+    /// default); None for the configured default.
+    pub model: Option<String>,
 }
 
 /// What an attempt produced.

@@ -271,7 +271,7 @@ pub(crate) async fn run(input: AttemptInput<'_>) -> Execution {
             block.id
         ));
     };
-    let (client, model) = match settings.resolve(block.model.as_deref()) {
+    let (client, model) = match settings.resolve(input.model.as_deref()) {
         Ok(resolved) => resolved,
         Err(error) => return Execution::failed(format!("block `{}`: {error}", block.id)),
     };

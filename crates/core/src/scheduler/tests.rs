@@ -1025,9 +1025,17 @@ fn create_run_reports_every_problem() {
         params: BTreeMap::from([("titel".to_string(), json!("x"))]),
         autonomy_profile: Some("nope".into()),
         overrides: BTreeMap::from([("zz".to_string(), Autonomy::Auto)]),
+        models: BTreeMap::from([("ghost".to_string(), "opus".to_string())]),
+        default_model: None,
     };
     let error = transitions::create_run(&pipeline, &request, &|_| false).unwrap_err();
-    assert_eq!(error.problems.len(), 5, "{:#?}", error.problems);
+    assert_eq!(error.problems.len(), 6, "{:#?}", error.problems);
+    assert!(
+        error
+            .problems
+            .iter()
+            .any(|p| p.contains("model override names unknown block `ghost`"))
+    );
 
     let request = RunRequest {
         run_id: "r".into(),

@@ -966,8 +966,29 @@ mod llm_runtime {
         std::fs::write(&path, &source).unwrap();
         let request = || RunRequest {
             params: [("expert_name".to_string(), json!("Marisol Vega"))].into(),
+            // A per-run model for one block; the other keeps its own.
+            models: [("outline".to_string(), "anthropic:claude-custom".to_string())].into(),
             ..RunRequest::default()
         };
+
+        // A per-run model whose provider is not configured is refused up front.
+        let error = h
+            .engine
+            .create_run(
+                &source,
+                Some(&path),
+                RunRequest {
+                    models: [("draft".to_string(), "openrouter:x/y".to_string())].into(),
+                    ..request()
+                },
+            )
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("draft") && error.contains("OPENROUTER_API_KEY"),
+            "{error}"
+        );
 
         // A missing skill and an unconfigured provider are refused up front.
         let error = h
@@ -1011,6 +1032,21 @@ mod llm_runtime {
         );
         let outline = &doc.blocks["outline"];
         assert_eq!(outline.attempts, 2, "the unparsable reply was retried");
+        let sent = outline.history[0]
+            .report
+            .as_ref()
+            .unwrap()
+            .llm
+            .as_ref()
+            .unwrap()
+            .request
+            .clone()
+            .unwrap();
+        let sent = String::from_utf8(h.engine.store().get_blob(&sent.hash).await.unwrap()).unwrap();
+        assert!(
+            sent.contains("\"model\":\"claude-custom\""),
+            "the run's model override was used: {sent}"
+        );
         assert!(
             outline.history[0]
                 .report
