@@ -43,7 +43,6 @@ impl Engine {
     /// reclaimed first and re-run as new attempts.
     pub async fn drive(&self, run_id: &str) -> Result<(Outcome, RunDoc)> {
         let mut handle = self.open(run_id).await?;
-        let run_id = handle.doc().run_id.clone();
         let worker_actor = format!("worker:{}", self.owner.id());
         let (sender, mut receiver) = mpsc::unbounded_channel::<Completion>();
         let mut in_flight: BTreeSet<String> = BTreeSet::new();
@@ -133,7 +132,6 @@ impl Engine {
         .await;
         heartbeat.abort();
         let outcome = result?;
-        let _ = run_id;
         Ok((outcome, handle.doc().clone()))
     }
 
