@@ -5,7 +5,8 @@ use async_trait::async_trait;
 use serde_json::{Value, json};
 
 use crate::{
-    ChatRequest, ChatResponse, LlmError, Provider, Usage, excerpt, parse_retry_after, read_sse,
+    ChatRequest, ChatResponse, LlmError, Provider, Usage, read_json_body, read_sse, send_checked,
+    transport_error,
 };
 
 pub const DEFAULT_BASE_URL: &str = "https://api.anthropic.com";
@@ -104,30 +105,13 @@ impl Provider for Anthropic {
     async fn send(&self, request: &ChatRequest) -> Result<ChatResponse, LlmError> {
         let url = format!("{}/v1/messages", self.base_url);
         let body = Anthropic::body(request);
-        let response = self
+        let call = self
             .http
             .post(&url)
             .header("x-api-key", &self.api_key)
             .header("anthropic-version", API_VERSION)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| LlmError::Transport {
-                provider: self.name.clone(),
-                url: url.clone(),
-                message: e.without_url().to_string(),
-            })?;
-        let status = response.status();
-        if !status.is_success() {
-            let retry_after = parse_retry_after(response.headers().get("retry-after"));
-            let text = response.text().await.unwrap_or_default();
-            return Err(LlmError::Http {
-                provider: self.name.clone(),
-                status: status.as_u16(),
-                excerpt: excerpt(&text, Some(&self.api_key)),
-                retry_after,
-            });
-        }
+            .json(&body);
+        let response = send_checked(&self.name, &url, call, Some(&self.api_key)).await?;
 
         let mut text = String::new();
         let mut usage = Usage::default();
@@ -189,11 +173,7 @@ impl Provider for Anthropic {
                     }
                     Ok(())
                 },
-                |message| LlmError::Transport {
-                    provider: self.name.clone(),
-                    url: url.clone(),
-                    message,
-                },
+                |message| transport_error(&self.name, &url, message),
             )
             .await?;
             if !stopped {
@@ -202,17 +182,8 @@ impl Provider for Anthropic {
                 });
             }
         } else {
-            raw_response = response.text().await.map_err(|e| LlmError::Transport {
-                provider: self.name.clone(),
-                url: url.clone(),
-                message: e.without_url().to_string(),
-            })?;
-            let data: Value = serde_json::from_str(&raw_response).map_err(|e| {
-                self.malformed(format!(
-                    "body is not JSON: {e}: {}",
-                    excerpt(&raw_response, None)
-                ))
-            })?;
+            let data;
+            (raw_response, data) = read_json_body(&self.name, &url, response).await?;
             let content = data
                 .get("content")
                 .and_then(Value::as_array)

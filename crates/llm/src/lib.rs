@@ -277,6 +277,58 @@ pub(crate) fn excerpt(body: &str, key: Option<&str>) -> String {
     }
 }
 
+/// Sends a request; a transport failure names the URL (never headers), and a
+/// non-2xx answer becomes [`LlmError::Http`] with `retry-after` and an
+/// excerpt scrubbed of `key`. Both providers go through here.
+pub(crate) async fn send_checked(
+    provider: &str,
+    url: &str,
+    call: reqwest::RequestBuilder,
+    key: Option<&str>,
+) -> Result<reqwest::Response, LlmError> {
+    let response = call
+        .send()
+        .await
+        .map_err(|e| transport_error(provider, url, e.without_url().to_string()))?;
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let retry_after = parse_retry_after(response.headers().get("retry-after"));
+    let text = response.text().await.unwrap_or_default();
+    Err(LlmError::Http {
+        provider: provider.to_string(),
+        status: status.as_u16(),
+        excerpt: excerpt(&text, key),
+        retry_after,
+    })
+}
+
+/// Reads a non-streamed body: the raw text (kept for the audit trail) and its JSON.
+pub(crate) async fn read_json_body(
+    provider: &str,
+    url: &str,
+    response: reqwest::Response,
+) -> Result<(String, serde_json::Value), LlmError> {
+    let raw = response
+        .text()
+        .await
+        .map_err(|e| transport_error(provider, url, e.without_url().to_string()))?;
+    let data = serde_json::from_str(&raw).map_err(|e| LlmError::Malformed {
+        provider: provider.to_string(),
+        message: format!("body is not JSON: {e}: {}", excerpt(&raw, None)),
+    })?;
+    Ok((raw, data))
+}
+
+pub(crate) fn transport_error(provider: &str, url: &str, message: String) -> LlmError {
+    LlmError::Transport {
+        provider: provider.to_string(),
+        url: url.to_string(),
+        message,
+    }
+}
+
 /// Reads a streamed body to the end, feeding SSE events to `on_event`.
 pub(crate) async fn read_sse(
     response: reqwest::Response,

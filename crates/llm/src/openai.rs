@@ -6,7 +6,8 @@ use async_trait::async_trait;
 use serde_json::{Value, json};
 
 use crate::{
-    ChatRequest, ChatResponse, LlmError, Provider, Usage, excerpt, parse_retry_after, read_sse,
+    ChatRequest, ChatResponse, LlmError, Provider, Usage, read_json_body, read_sse, send_checked,
+    transport_error,
 };
 
 pub struct OpenAiCompatible {
@@ -107,26 +108,8 @@ impl Provider for OpenAiCompatible {
         if let Some(key) = &self.api_key {
             call = call.bearer_auth(key);
         }
-        let transport = |message: String| LlmError::Transport {
-            provider: self.name.clone(),
-            url: url.clone(),
-            message,
-        };
-        let response = call
-            .send()
-            .await
-            .map_err(|e| transport(e.without_url().to_string()))?;
-        let status = response.status();
-        if !status.is_success() {
-            let retry_after = parse_retry_after(response.headers().get("retry-after"));
-            let text = response.text().await.unwrap_or_default();
-            return Err(LlmError::Http {
-                provider: self.name.clone(),
-                status: status.as_u16(),
-                excerpt: excerpt(&text, self.api_key.as_deref()),
-                retry_after,
-            });
-        }
+        let transport = |message: String| transport_error(&self.name, &url, message);
+        let response = send_checked(&self.name, &url, call, self.api_key.as_deref()).await?;
 
         let mut text = String::new();
         let mut usage = Usage::default();
@@ -185,16 +168,8 @@ impl Provider for OpenAiCompatible {
                 });
             }
         } else {
-            raw_response = response
-                .text()
-                .await
-                .map_err(|e| transport(e.without_url().to_string()))?;
-            let data: Value = serde_json::from_str(&raw_response).map_err(|e| {
-                self.malformed(format!(
-                    "body is not JSON: {e}: {}",
-                    excerpt(&raw_response, None)
-                ))
-            })?;
+            let data;
+            (raw_response, data) = read_json_body(&self.name, &url, response).await?;
             let choice = data
                 .get("choices")
                 .and_then(|c| c.get(0))
