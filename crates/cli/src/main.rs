@@ -76,7 +76,6 @@ fn exit_code_for(error: &anyhow::Error) -> u8 {
                 EngineError::Store(store) => store_code(store),
                 EngineError::InvalidTemplate(_)
                 | EngineError::CreateRun(_)
-                | EngineError::UnsupportedRuntime { .. }
                 | EngineError::MissingGolden(_)
                 | EngineError::LlmSetup(_)
                 | EngineError::Transition(_) => 2,

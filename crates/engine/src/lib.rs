@@ -31,11 +31,6 @@ pub enum EngineError {
     InvalidTemplate(Vec<Diagnostic>),
     #[error("cannot create the run:\n{0}")]
     CreateRun(#[from] CreateRunError),
-    #[error("this build cannot execute runtime `{runtime}` (blocks: {}); it arrives in a later release", blocks.join(", "))]
-    UnsupportedRuntime {
-        runtime: &'static str,
-        blocks: Vec<String>,
-    },
     #[error("blocks of this run cannot run:\n{}", .0.join("\n"))]
     LlmSetup(Vec<String>),
     #[error("golden example files not found (paths are relative to the template): {}", .0.join(", "))]
@@ -147,7 +142,6 @@ impl Engine {
         mut request: RunRequest,
     ) -> Result<RunDoc> {
         let pipeline = handle::cached_pipeline(template_source)?;
-        check_runtimes(&pipeline)?;
         let template_dir = template_path.and_then(|p| p.parent());
         let problems = llm_problems(
             &pipeline,
@@ -300,28 +294,4 @@ fn llm_problems(
         }
     }
     problems
-}
-
-fn check_runtimes(pipeline: &Pipeline) -> Result<()> {
-    for runtime in [
-        factory_core::template::Runtime::Llm,
-        factory_core::template::Runtime::Http,
-    ] {
-        if factory_runtime::is_supported(runtime) {
-            continue;
-        }
-        let blocks: Vec<String> = pipeline
-            .blocks()
-            .iter()
-            .filter(|b| b.runtime == runtime)
-            .map(|b| b.id.clone())
-            .collect();
-        if !blocks.is_empty() {
-            return Err(EngineError::UnsupportedRuntime {
-                runtime: runtime.as_str(),
-                blocks,
-            });
-        }
-    }
-    Ok(())
 }

@@ -85,14 +85,6 @@ impl Execution {
 /// Logs longer than this keep only their tail.
 pub const MAX_LOG_BYTES: usize = 1 << 20;
 
-/// Whether this build can execute blocks of `runtime`.
-pub fn is_supported(runtime: Runtime) -> bool {
-    matches!(
-        runtime,
-        Runtime::Command | Runtime::Builtin | Runtime::Llm | Runtime::Http
-    )
-}
-
 /// Runs one attempt of a block.
 pub async fn execute(input: AttemptInput<'_>) -> Execution {
     // Only subprocesses get a directory: creating and deleting one per
