@@ -112,6 +112,18 @@ async fn artifact(h: &Harness, doc: &RunDoc, block: &str, key: &str) -> String {
     String::from_utf8(h.engine.store().get_blob(hash).await.unwrap()).unwrap()
 }
 
+/// The text of a stored blob (a prompt, request or response).
+async fn blob_text(h: &Harness, blob: Option<&factory_core::run::LogRef>) -> String {
+    let hash = &blob.expect("the blob is recorded").hash;
+    String::from_utf8(h.engine.store().get_blob(hash).await.unwrap()).unwrap()
+}
+
+/// The llm usage record of a block's attempt (0-based index into its history).
+fn llm_usage(doc: &RunDoc, block: &str, index: usize) -> factory_core::run::LlmUsage {
+    let report = doc.blocks[block].history[index].report.as_ref().unwrap();
+    report.llm.as_deref().cloned().expect("usage recorded")
+}
+
 async fn events(h: &Harness, run_id: &str) -> Vec<EventRecord> {
     h.engine.store().events(run_id, 0).await.unwrap()
 }
@@ -1032,17 +1044,7 @@ mod llm_runtime {
         );
         let outline = &doc.blocks["outline"];
         assert_eq!(outline.attempts, 2, "the unparsable reply was retried");
-        let sent = outline.history[0]
-            .report
-            .as_ref()
-            .unwrap()
-            .llm
-            .as_ref()
-            .unwrap()
-            .request
-            .clone()
-            .unwrap();
-        let sent = String::from_utf8(h.engine.store().get_blob(&sent.hash).await.unwrap()).unwrap();
+        let sent = blob_text(&h, llm_usage(&doc, "outline", 0).request.as_ref()).await;
         assert!(
             sent.contains("\"model\":\"claude-custom\""),
             "the run's model override was used: {sent}"
@@ -1057,32 +1059,14 @@ mod llm_runtime {
                 .unwrap()
                 .contains("not valid JSON")
         );
-        let retry_prompt = outline.history[1]
-            .report
-            .as_ref()
-            .unwrap()
-            .llm
-            .as_ref()
-            .unwrap()
-            .prompt
-            .clone()
-            .unwrap();
-        let retry_prompt =
-            String::from_utf8(h.engine.store().get_blob(&retry_prompt.hash).await.unwrap())
-                .unwrap();
+        let retry_prompt = blob_text(&h, llm_usage(&doc, "outline", 1).prompt.as_ref()).await;
         assert!(
             retry_prompt.contains("The previous reply could not be used")
                 && retry_prompt.contains("not valid JSON"),
             "{retry_prompt}"
         );
 
-        let usage = doc.blocks["draft"].history[0]
-            .report
-            .as_ref()
-            .unwrap()
-            .llm
-            .clone()
-            .expect("usage recorded");
+        let usage = llm_usage(&doc, "draft", 0);
         let cost = usage.cost_usd.expect("priced");
         assert!((cost - 0.000918).abs() < 1e-9, "{cost}");
         assert_eq!(
@@ -1094,27 +1078,13 @@ mod llm_runtime {
             ),
             ("anthropic", 100, 40, 60)
         );
-        let prompt = String::from_utf8(
-            h.engine
-                .store()
-                .get_blob(&usage.prompt.unwrap().hash)
-                .await
-                .unwrap(),
-        )
-        .unwrap();
+        let prompt = blob_text(&h, usage.prompt.as_ref()).await;
         assert!(
             prompt.contains("## outline.outline (json)") && prompt.contains("Seven Second Silence"),
             "{prompt}"
         );
         assert!(prompt.contains("- expert_name: Marisol Vega"), "{prompt}");
-        let sent = String::from_utf8(
-            h.engine
-                .store()
-                .get_blob(&usage.request.unwrap().hash)
-                .await
-                .unwrap(),
-        )
-        .unwrap();
+        let sent = blob_text(&h, usage.request.as_ref()).await;
         assert!(
             sent.contains("cache_control") && !sent.contains("sk-test-key"),
             "{sent}"
@@ -1131,21 +1101,8 @@ mod llm_runtime {
                 .await
                 .starts_with("# Draft (corrected)")
         );
-        let usage = doc.blocks["draft"].history[1]
-            .report
-            .as_ref()
-            .unwrap()
-            .llm
-            .clone()
-            .unwrap();
-        let prompt = String::from_utf8(
-            h.engine
-                .store()
-                .get_blob(&usage.prompt.unwrap().hash)
-                .await
-                .unwrap(),
-        )
-        .unwrap();
+        let usage = llm_usage(&doc, "draft", 1);
+        let prompt = blob_text(&h, usage.prompt.as_ref()).await;
         assert!(
             prompt.contains("EXPERT CORRECTIONS (MUST APPLY)")
                 && prompt.contains("Say how long the silence lasts"),
