@@ -104,28 +104,25 @@ impl Respond for FakeModel {
     }
 }
 
-fn blob_text(db: &Path, run: &str, block: &str, attempt: usize, which: &str) -> String {
-    let doc = status_json(db, run);
-    let llm = &doc["blocks"][block]["history"][attempt]["report"]["llm"];
-    let hash = llm[which]["hash"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{block} attempt {attempt} has no {which}: {llm}"));
-    // The prompt is printable through the CLI; request/response through the doc's blob hashes.
-    if which == "prompt" {
-        let output = factory(db)
-            .args([
-                "prompt",
-                run,
-                block,
-                "--attempt",
-                &(attempt + 1).to_string(),
-            ])
-            .output()
-            .unwrap();
-        assert!(output.status.success());
-        return String::from_utf8(output.stdout).unwrap();
-    }
-    hash.to_string()
+/// The prompt a block's attempt (0-based) sent, through `factory prompt`;
+/// fails if the attempt recorded no prompt.
+fn sent_prompt(db: &Path, run: &str, block: &str, attempt: usize) -> String {
+    let output = factory(db)
+        .args([
+            "prompt",
+            run,
+            block,
+            "--attempt",
+            &(attempt + 1).to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
 }
 
 #[test]
@@ -246,7 +243,7 @@ fn the_whole_clone_factory_runs_against_a_local_provider() {
     // The cacheable prefix is byte-identical for extractors with the same inputs.
     let system_prefix = |block: &str| {
         let attempts = doc["blocks"][block]["history"].as_array().unwrap().len();
-        let prompt = blob_text(&db, &run_id, block, attempts - 1, "prompt");
+        let prompt = sent_prompt(&db, &run_id, block, attempts - 1);
         prompt
             .split("===== SYSTEM =====")
             .next()
@@ -263,12 +260,12 @@ fn the_whole_clone_factory_runs_against_a_local_provider() {
     assert_eq!(soul, system_prefix("framework-extractor"));
 
     // Upstream artifacts and params reach the prompt; the rejection became corrections.
-    let gap = blob_text(&db, &run_id, "gap-analyzer", 0, "prompt");
+    let gap = sent_prompt(&db, &run_id, "gap-analyzer", 0);
     assert!(
         gap.contains("## soul-extractor.soul-json (json)") && gap.contains("Marisol Vega"),
         "{gap}"
     );
-    let framework = blob_text(&db, &run_id, "expert-framework-creator", 1, "prompt");
+    let framework = sent_prompt(&db, &run_id, "expert-framework-creator", 1);
     assert!(
         framework.contains("EXPERT CORRECTIONS (MUST APPLY)")
             && framework.contains("Name the 42 Percent Anchor explicitly"),
