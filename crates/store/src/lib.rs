@@ -11,6 +11,7 @@
 //! silently overwritten. No code here assumes one process owns a run.
 
 mod postgres;
+mod side;
 mod sqlite;
 
 use async_trait::async_trait;
@@ -18,6 +19,7 @@ use factory_core::run::{Event, EventRecord, Millis, RunDoc};
 use sha2::{Digest, Sha256};
 
 pub use postgres::PostgresStore;
+pub use side::{RunRecord, TemplateRecord, TokenRecord, kinds};
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -190,6 +192,41 @@ pub trait Store: Send + Sync {
     ) -> Result<()>;
 
     async fn leases(&self, run_id: &str) -> Result<Vec<Lease>>;
+
+    /// Runs whose document changed at or after `since` (oldest change first).
+    async fn runs_updated_since(&self, since: Millis) -> Result<Vec<RunSummary>>;
+
+    /// Runs in one status (`running`, `waiting`, …), oldest first.
+    async fn runs_with_status(&self, status: &str) -> Result<Vec<RunSummary>>;
+
+    async fn create_token(&self, token: &TokenRecord) -> Result<()>;
+
+    async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>>;
+
+    async fn list_tokens(&self) -> Result<Vec<TokenRecord>>;
+
+    /// Marks a token revoked; false if there was no such live token.
+    async fn revoke_token(&self, id: &str, at: Millis) -> Result<bool>;
+
+    /// Registers a template version (replacing the same id and version).
+    async fn put_template(&self, template: &TemplateRecord) -> Result<()>;
+
+    /// Every registered template version, newest first within an id.
+    async fn list_templates(&self) -> Result<Vec<TemplateRecord>>;
+
+    /// Inserts or replaces a record attached to a run.
+    async fn put_record(&self, record: &RunRecord) -> Result<()>;
+
+    /// A run's records of one kind, oldest first.
+    async fn records(&self, run_id: &str, kind: &str) -> Result<Vec<RunRecord>>;
+
+    /// The newest records of one kind across all runs of a template.
+    async fn records_for_template(
+        &self,
+        template_id: &str,
+        kind: &str,
+        limit: u32,
+    ) -> Result<Vec<RunRecord>>;
 
     /// Resolves a full run id or a unique prefix of one.
     async fn resolve_run_id(&self, id_or_prefix: &str) -> Result<String> {

@@ -14,8 +14,9 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Connection, Row};
 
 use crate::{
-    BlobRef, Lease, LeaseOp, NewBlob, NewRun, Result, RunSummary, Store, StoreError, StoredRun,
-    blob_hash, lease_ops, like_prefix, parse_doc, parse_event,
+    BlobRef, Lease, LeaseOp, NewBlob, NewRun, Result, RunRecord, RunSummary, Store, StoreError,
+    StoredRun, TemplateRecord, TokenRecord, blob_hash, lease_ops, like_prefix, parse_doc,
+    parse_event,
 };
 
 #[derive(Debug, Clone)]
@@ -284,6 +285,55 @@ impl Store for PostgresStore {
             })
             .collect())
     }
+
+    async fn runs_updated_since(&self, since: Millis) -> Result<Vec<RunSummary>> {
+        q::runs_updated_since(&self.pool, since).await
+    }
+
+    async fn runs_with_status(&self, status: &str) -> Result<Vec<RunSummary>> {
+        q::runs_with_status(&self.pool, status).await
+    }
+
+    async fn create_token(&self, token: &TokenRecord) -> Result<()> {
+        q::create_token(&self.pool, token).await
+    }
+
+    async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>> {
+        q::token_by_hash(&self.pool, hash).await
+    }
+
+    async fn list_tokens(&self) -> Result<Vec<TokenRecord>> {
+        q::list_tokens(&self.pool).await
+    }
+
+    async fn revoke_token(&self, id: &str, at: Millis) -> Result<bool> {
+        q::revoke_token(&self.pool, id, at).await
+    }
+
+    async fn put_template(&self, template: &TemplateRecord) -> Result<()> {
+        q::put_template(&self.pool, template).await
+    }
+
+    async fn list_templates(&self) -> Result<Vec<TemplateRecord>> {
+        q::list_templates(&self.pool).await
+    }
+
+    async fn put_record(&self, record: &RunRecord) -> Result<()> {
+        q::put_record(&self.pool, record).await
+    }
+
+    async fn records(&self, run_id: &str, kind: &str) -> Result<Vec<RunRecord>> {
+        q::records(&self.pool, run_id, kind).await
+    }
+
+    async fn records_for_template(
+        &self,
+        template_id: &str,
+        kind: &str,
+        limit: u32,
+    ) -> Result<Vec<RunRecord>> {
+        q::records_for_template(&self.pool, template_id, kind, limit).await
+    }
 }
 
 async fn insert_events(
@@ -319,4 +369,9 @@ async fn missing_or_conflict(store: &PostgresStore, run_id: &str, expected: i64)
         },
         Err(error) => StoreError::Database(error),
     }
+}
+
+/// The side-table queries for this backend.
+mod q {
+    crate::side::side_queries!(sqlx::postgres::PgPool, sqlx::postgres::PgRow);
 }

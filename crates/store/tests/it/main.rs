@@ -6,7 +6,10 @@ use std::sync::Arc;
 use factory_core::run::{Event, EventRecord, RunDoc, RunStatus};
 use factory_core::transitions::{RunRequest, create_run};
 use factory_core::{commit, validate_str};
-use factory_store::{NewRun, PostgresStore, SqliteStore, Store, StoreError};
+use factory_store::{
+    NewRun, PostgresStore, RunRecord, SqliteStore, Store, StoreError, TemplateRecord, TokenRecord,
+    kinds,
+};
 
 const TEMPLATE: &str = r#"{
   "id": "t", "name": "T", "version": "1",
@@ -285,7 +288,99 @@ async fn run_ids_resolve_by_prefix(store: &dyn Store) {
     );
 }
 
+async fn tokens_templates_and_records(store: &dyn Store) {
+    let token = TokenRecord {
+        id: "pf_abc123".into(),
+        name: "ci".into(),
+        role: "reviewer".into(),
+        hash: "h1".into(),
+        created_by: "admin".into(),
+        created_at: 5,
+        revoked_at: None,
+    };
+    store.create_token(&token).await.unwrap();
+    // The same hash twice is refused (the hash is the lookup key).
+    let mut twin = token.clone();
+    twin.id = "pf_other".into();
+    assert!(store.create_token(&twin).await.is_err());
+    assert_eq!(
+        store.token_by_hash("h1").await.unwrap(),
+        Some(token.clone())
+    );
+    assert_eq!(store.token_by_hash("nope").await.unwrap(), None);
+    assert!(store.revoke_token("pf_abc123", 9).await.unwrap());
+    assert!(
+        !store.revoke_token("pf_abc123", 10).await.unwrap(),
+        "revoked twice"
+    );
+    let listed = store.list_tokens().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].revoked_at, Some(9));
+
+    let mut template = TemplateRecord {
+        template_id: "t".into(),
+        version: "1".into(),
+        name: "T".into(),
+        source: TEMPLATE.into(),
+        path: None,
+        registered_by: "admin".into(),
+        registered_at: 1,
+    };
+    store.put_template(&template).await.unwrap();
+    template.name = "T renamed".into();
+    store.put_template(&template).await.unwrap();
+    let templates = store.list_templates().await.unwrap();
+    assert_eq!(templates, vec![template]);
+
+    create(store, "run-records").await;
+    let mut draft = RunRecord {
+        run_id: "run-records".into(),
+        template_id: "t".into(),
+        kind: kinds::DRAFT.into(),
+        key: "reflection".into(),
+        actor: "ana".into(),
+        at: 20,
+        body: serde_json::json!({"worked": "half"}),
+    };
+    store.put_record(&draft).await.unwrap();
+    draft.body = serde_json::json!({"worked": "all of it"});
+    draft.at = 21;
+    store.put_record(&draft).await.unwrap();
+    let drafts = store.records("run-records", kinds::DRAFT).await.unwrap();
+    assert_eq!(drafts, vec![draft.clone()], "upserted, not duplicated");
+    assert!(
+        store
+            .records("run-records", kinds::CHAT)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let by_template = store
+        .records_for_template("t", kinds::DRAFT, 10)
+        .await
+        .unwrap();
+    assert_eq!(by_template, vec![draft]);
+    // A record for a run that does not exist is refused (foreign key).
+    let orphan = RunRecord {
+        run_id: "no-such-run".into(),
+        template_id: "t".into(),
+        kind: kinds::DRAFT.into(),
+        key: "k".into(),
+        actor: "ana".into(),
+        at: 1,
+        body: serde_json::json!({}),
+    };
+    assert!(store.put_record(&orphan).await.is_err());
+
+    let since = store.runs_updated_since(0).await.unwrap();
+    assert!(since.iter().any(|r| r.run_id == "run-records"));
+    assert!(store.runs_updated_since(i64::MAX).await.unwrap().is_empty());
+    let running = store.runs_with_status("running").await.unwrap();
+    assert!(running.iter().all(|r| r.status == "running"));
+}
+
 async fn suite(store: Arc<dyn Store>) {
+    tokens_templates_and_records(store.as_ref()).await;
     round_trip(store.as_ref()).await;
     stale_writes_are_refused(store.as_ref()).await;
     concurrent_writers_lose_nothing(store.clone()).await;
