@@ -117,6 +117,9 @@ pub fn describe(record: &EventRecord) -> Option<String> {
         ),
         Event::ReviewFlagged { block } => format!("⚑ {block} flagged for optional review (guided)"),
         Event::BlockReset { block, reason } => format!("↺ {block} reset: {reason}"),
+        Event::AutonomyChanged { block, autonomy } => {
+            format!("{block} autonomy is now {} for this run", autonomy.as_str())
+        }
         Event::RunStatusChanged { status } => format!("run is {}", status.as_str()),
         Event::BlockReady { .. } => return None,
     };

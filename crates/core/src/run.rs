@@ -11,7 +11,7 @@
 //! [`crate::transitions`], which emit events; `apply` only records them and
 //! rejects events that would make an illegal transition.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -427,6 +427,12 @@ pub enum Event {
         block: String,
         reason: String,
     },
+    /// The block's autonomy changed for this run only; it takes effect at the
+    /// block's next gate decision.
+    AutonomyChanged {
+        block: String,
+        autonomy: Autonomy,
+    },
     RunStatusChanged {
         status: RunStatus,
     },
@@ -450,7 +456,8 @@ impl Event {
             | Event::AuditFlagged { block, .. }
             | Event::GateApproved { block, .. }
             | Event::GateRejected { block, .. }
-            | Event::BlockReset { block, .. } => Some(block),
+            | Event::BlockReset { block, .. }
+            | Event::AutonomyChanged { block, .. } => Some(block),
         }
     }
 
@@ -472,9 +479,38 @@ impl Event {
             Event::GateApproved { .. } => "gate_approved",
             Event::GateRejected { .. } => "gate_rejected",
             Event::BlockReset { .. } => "block_reset",
+            Event::AutonomyChanged { .. } => "autonomy_changed",
             Event::RunStatusChanged { .. } => "run_status_changed",
         }
     }
+}
+
+/// The people who set `block`'s current pass in motion: whoever created the
+/// run, approved its before-gate, or reset it (retry, run now). Gates with
+/// `separate_reviewer` refuse their approval. System actors (the scheduler and
+/// workers) never count.
+pub fn ran_by(records: &[EventRecord], block: &str) -> BTreeSet<String> {
+    let mut actors = BTreeSet::new();
+    for record in records {
+        let counts = match &record.event {
+            Event::RunCreated { .. } => true,
+            Event::GateApproved {
+                block: b,
+                phase: GatePhase::Before,
+                ..
+            }
+            | Event::BlockReset { block: b, .. } => b == block,
+            _ => false,
+        };
+        if counts && !is_system_actor(&record.actor) {
+            actors.insert(record.actor.clone());
+        }
+    }
+    actors
+}
+
+fn is_system_actor(actor: &str) -> bool {
+    actor == "scheduler" || actor == "engine" || actor.starts_with("worker:")
 }
 
 /// An event that would make an illegal transition.
@@ -763,6 +799,9 @@ impl RunDoc {
                 state.review_flag = false;
                 state.not_before = None;
                 state.error = None;
+            }
+            Event::AutonomyChanged { block, autonomy } => {
+                self.state_mut(block)?.autonomy = *autonomy;
             }
         }
         self.seq = record.seq;

@@ -98,6 +98,16 @@ pub enum Autonomy {
     Auto,
 }
 
+impl Autonomy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Autonomy::Gate => "gate",
+            Autonomy::Guided => "guided",
+            Autonomy::Auto => "auto",
+        }
+    }
+}
+
 /// A named set of per-block autonomy levels (the "autonomy dial").
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -336,6 +346,10 @@ pub struct ExecutionControl {
     #[serde(default = "default_max_retries")]
     #[schemars(range(max = 20))]
     pub max_retries: u32,
+    /// Four-eyes rule: whoever started this block's pass (created the run,
+    /// approved its before-gate, retried it) may not approve its gate.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub separate_reviewer: bool,
 }
 
 impl Default for ExecutionControl {
@@ -346,6 +360,7 @@ impl Default for ExecutionControl {
             threshold: None,
             retryable: true,
             max_retries: default_max_retries(),
+            separate_reviewer: false,
         }
     }
 }

@@ -67,6 +67,12 @@ pub enum TransitionError {
     StaleAttempt { block: String, attempt: u32 },
     #[error("rejection feedback is empty; say what must change")]
     EmptyFeedback,
+    #[error(
+        "`{actor}` started block `{block}`'s current pass and its gate asks for a separate reviewer; someone else must approve it"
+    )]
+    SelfApproval { block: String, actor: String },
+    #[error("block `{block}` already has autonomy `{autonomy}`")]
+    SameAutonomy { block: String, autonomy: &'static str },
 }
 
 /// What a run is created from.
@@ -534,6 +540,48 @@ pub fn approve(doc: &RunDoc, block: &str, note: Option<String>) -> Result<Event,
         block: block.to_string(),
         phase,
         note,
+    })
+}
+
+/// [`approve`] on behalf of `actor`, enforcing the block's
+/// `separate_reviewer` rule against the run's event log.
+pub fn approve_as(
+    pipeline: &Pipeline,
+    doc: &RunDoc,
+    records: &[crate::run::EventRecord],
+    block: &str,
+    actor: &str,
+    note: Option<String>,
+) -> Result<Event, TransitionError> {
+    let event = approve(doc, block, note)?;
+    let separate = pipeline
+        .block(block)
+        .is_some_and(|b| b.execution.separate_reviewer);
+    if separate && crate::run::ran_by(records, block).contains(actor) {
+        return Err(TransitionError::SelfApproval {
+            block: block.to_string(),
+            actor: actor.to_string(),
+        });
+    }
+    Ok(event)
+}
+
+/// Changes a block's autonomy for this run only.
+pub fn set_autonomy(
+    doc: &RunDoc,
+    block: &str,
+    autonomy: Autonomy,
+) -> Result<Event, TransitionError> {
+    status_of(doc, block)?;
+    if doc.blocks[block].autonomy == autonomy {
+        return Err(TransitionError::SameAutonomy {
+            block: block.to_string(),
+            autonomy: autonomy.as_str(),
+        });
+    }
+    Ok(Event::AutonomyChanged {
+        block: block.to_string(),
+        autonomy,
     })
 }
 

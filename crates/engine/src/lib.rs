@@ -139,6 +139,18 @@ impl Engine {
         &self,
         template_source: &str,
         template_path: Option<&std::path::Path>,
+        request: RunRequest,
+    ) -> Result<RunDoc> {
+        self.create_run_by(&self.config.actor, template_source, template_path, request)
+            .await
+    }
+
+    /// [`Engine::create_run`] recorded as `actor`'s doing.
+    pub async fn create_run_by(
+        &self,
+        actor: &str,
+        template_source: &str,
+        template_path: Option<&std::path::Path>,
         mut request: RunRequest,
     ) -> Result<RunDoc> {
         let pipeline = handle::cached_pipeline(template_source)?;
@@ -166,7 +178,7 @@ impl Engine {
         let record = EventRecord {
             seq: 1,
             at: now,
-            actor: self.config.actor.clone(),
+            actor: actor.to_string(),
             event: created,
         };
         let mut doc = RunDoc::from_created(&record)?;
@@ -200,10 +212,31 @@ impl Engine {
     }
 
     pub async fn approve(&self, run_id: &str, block: &str, note: Option<String>) -> Result<RunDoc> {
+        self.approve_by(&self.config.actor, run_id, block, note)
+            .await
+    }
+
+    /// Approves the gate `block` waits at, as `actor` (the gate's
+    /// `separate_reviewer` rule is checked against the run's event log).
+    pub async fn approve_by(
+        &self,
+        actor: &str,
+        run_id: &str,
+        block: &str,
+        note: Option<String>,
+    ) -> Result<RunDoc> {
         let mut handle = self.open(run_id).await?;
+        let log = self.store.events(&handle.doc().run_id, 0).await?;
         let records = handle
-            .apply(&self.config.actor, |_, doc, _| {
-                Ok(vec![transitions::approve(doc, block, note.clone())?])
+            .apply(actor, |pipeline, doc, _| {
+                Ok(vec![transitions::approve_as(
+                    pipeline,
+                    doc,
+                    &log,
+                    block,
+                    actor,
+                    note.clone(),
+                )?])
             })
             .await?;
         self.notify(&records, handle.doc());
@@ -211,11 +244,21 @@ impl Engine {
     }
 
     pub async fn reject(&self, run_id: &str, block: &str, feedback: &str) -> Result<RunDoc> {
+        self.reject_by(&self.config.actor, run_id, block, feedback)
+            .await
+    }
+
+    pub async fn reject_by(
+        &self,
+        actor: &str,
+        run_id: &str,
+        block: &str,
+        feedback: &str,
+    ) -> Result<RunDoc> {
         let mut handle = self.open(run_id).await?;
-        let actor = self.config.actor.clone();
         let records = handle
-            .apply(&actor, |_, doc, _| {
-                Ok(vec![transitions::reject(doc, block, feedback, &actor)?])
+            .apply(actor, |_, doc, _| {
+                Ok(vec![transitions::reject(doc, block, feedback, actor)?])
             })
             .await?;
         self.notify(&records, handle.doc());
@@ -223,11 +266,33 @@ impl Engine {
     }
 
     pub async fn retry(&self, run_id: &str, block: &str) -> Result<RunDoc> {
+        self.retry_by(&self.config.actor, run_id, block).await
+    }
+
+    pub async fn retry_by(&self, actor: &str, run_id: &str, block: &str) -> Result<RunDoc> {
         let mut handle = self.open(run_id).await?;
-        let reason = format!("manual retry by {}", self.config.actor);
+        let reason = format!("manual retry by {actor}");
         let records = handle
-            .apply(&self.config.actor, |pipeline, doc, _| {
+            .apply(actor, |pipeline, doc, _| {
                 Ok(transitions::retry(pipeline, doc, block, &reason)?)
+            })
+            .await?;
+        self.notify(&records, handle.doc());
+        Ok(handle.doc().clone())
+    }
+
+    /// Changes one block's autonomy for this run only.
+    pub async fn set_autonomy_by(
+        &self,
+        actor: &str,
+        run_id: &str,
+        block: &str,
+        autonomy: factory_core::template::Autonomy,
+    ) -> Result<RunDoc> {
+        let mut handle = self.open(run_id).await?;
+        let records = handle
+            .apply(actor, |_, doc, _| {
+                Ok(vec![transitions::set_autonomy(doc, block, autonomy)?])
             })
             .await?;
         self.notify(&records, handle.doc());

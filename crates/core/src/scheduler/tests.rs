@@ -1510,3 +1510,78 @@ proptest! {
         prop_assert_eq!(validated.errors().count(), loops.len());
     }
 }
+
+#[test]
+fn separate_reviewer_refuses_the_person_who_started_the_pass() {
+    let mut gated_a = gated(block("a", &[]), "after");
+    gated_a["execution"]["separate_reviewer"] = json!(true);
+    let mut h = Harness::new(template(vec![gated_a, block("b", &["a"])]));
+    // `test` created the run, so `test` started a's first pass.
+    h.tick();
+    h.run("a", success());
+    let refused = transitions::approve_as(&h.pipeline, &h.doc, &h.log, "a", "test", None)
+        .unwrap_err();
+    assert_eq!(
+        refused,
+        TransitionError::SelfApproval {
+            block: "a".into(),
+            actor: "test".into()
+        }
+    );
+    assert!(refused.to_string().contains("someone else must approve"));
+    // Another person may; workers and the scheduler never count as runners.
+    let event =
+        transitions::approve_as(&h.pipeline, &h.doc, &h.log, "a", "user:rev", None).unwrap();
+    h.commit(vec![event], "user:rev");
+    assert_eq!(h.status("a"), BlockStatus::Done);
+    // After `user:rev` retries it, `user:rev` started the new pass.
+    h.retry("a").unwrap();
+    let last = h.log.len();
+    h.log[last - 1].actor = "user:rev".into();
+    h.tick();
+    h.run("a", success());
+    let ran = crate::run::ran_by(&h.log, "a");
+    assert!(ran.contains("user:rev") && ran.contains("test"), "{ran:?}");
+    assert!(matches!(
+        transitions::approve_as(&h.pipeline, &h.doc, &h.log, "a", "user:rev", None),
+        Err(TransitionError::SelfApproval { .. })
+    ));
+}
+
+#[test]
+fn without_separate_reviewer_anyone_may_approve() {
+    let mut h = Harness::new(template(vec![gated(block("a", &[]), "after")]));
+    h.tick();
+    h.run("a", success());
+    assert!(transitions::approve_as(&h.pipeline, &h.doc, &h.log, "a", "test", None).is_ok());
+}
+
+#[test]
+fn autonomy_changes_for_one_run_and_applies_at_the_next_gate() {
+    let mut h = Harness::new(template(vec![
+        gated(block("a", &[]), "before"),
+        gated(block("b", &["a"]), "before"),
+    ]));
+    assert_eq!(h.state("b").autonomy, Autonomy::Gate);
+    let event = transitions::set_autonomy(&h.doc, "b", Autonomy::Auto).unwrap();
+    h.commit(vec![event], "user:op");
+    assert_eq!(
+        transitions::set_autonomy(&h.doc, "b", Autonomy::Auto).unwrap_err(),
+        TransitionError::SameAutonomy {
+            block: "b".into(),
+            autonomy: "auto"
+        }
+    );
+    assert!(matches!(
+        transitions::set_autonomy(&h.doc, "zzz", Autonomy::Auto),
+        Err(TransitionError::UnknownBlock(_))
+    ));
+    h.tick();
+    assert_eq!(h.status("a"), BlockStatus::Waiting, "a still gated");
+    h.approve("a").unwrap();
+    h.tick();
+    h.run("a", success());
+    let d = h.tick();
+    assert_eq!(d.startable, ids(&["b"]), "b's gate was switched off");
+    h.assert_replays();
+}
