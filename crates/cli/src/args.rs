@@ -188,6 +188,48 @@ pub enum Command {
         #[arg(long)]
         attempt: Option<u32>,
     },
+    /// Serve the JSON API and the workbench, and run blocks, in one process
+    Serve(ServeArgs),
+    /// Manage API tokens (stored as hashes in the database)
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port and prints it)
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    pub addr: std::net::SocketAddr,
+    /// Runs this process drives at once
+    #[arg(long, default_value_t = 4)]
+    pub workers: usize,
+    /// Accept requests without a token (refused unless the address is loopback)
+    #[arg(long)]
+    pub no_auth: bool,
+    /// Folder of template JSON files offered in the "new run" form
+    #[arg(long, default_value = "templates")]
+    pub templates: PathBuf,
+    /// Seconds shutdown waits for running blocks before handing them back
+    #[arg(long, default_value_t = 30)]
+    pub grace_secs: u64,
+    #[command(flatten)]
+    pub drive: DriveArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token and print it once
+    Create {
+        #[arg(long)]
+        role: String,
+        /// Shown in the event log as `user:<name>`
+        #[arg(long, default_value = "cli")]
+        name: String,
+    },
+    /// List tokens (never their secrets)
+    List,
+    /// Revoke a token by its id (the `pf_…` prefix `list` shows)
+    Revoke { id: String },
 }
 
 #[derive(Debug, clap::Args)]

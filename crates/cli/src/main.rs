@@ -238,6 +238,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             prompt_cmd::run(store.as_ref(), &run, &block, attempt).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Serve(args) => serve(&cli.db, &actor, args, cli.config.as_deref()).await,
+        Command::Token(command) => token(&cli.db, &actor, command).await,
         Command::Logs {
             run,
             block,
@@ -248,6 +250,96 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+async fn serve(
+    db: &str,
+    actor: &str,
+    args: args::ServeArgs,
+    config_path: Option<&Path>,
+) -> Result<ExitCode> {
+    let mut drive = args.drive;
+    drive.quiet = true;
+    let engine = engine(db, actor, &drive, config_path).await?;
+    let config = factory_server::ServerConfig {
+        addr: args.addr,
+        no_auth: args.no_auth,
+        templates_dir: Some(args.templates.clone()).filter(|d| d.is_dir()),
+        workers: args.workers.max(1),
+        shutdown_grace: std::time::Duration::from_secs(args.grace_secs),
+        ..Default::default()
+    };
+    let store = engine.store().clone();
+    let engine_config = engine.config().clone();
+    drop(engine);
+    let server = factory_server::start(store, engine_config, config)
+        .await
+        .map_err(|e| user_error(e.to_string()))?;
+    println!("listening on http://{}", server.addr);
+    if args.no_auth {
+        println!("no authentication: every request acts as `user:local` (admin)");
+    }
+    let stopper = server.stopper();
+    tokio::spawn(async move {
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate => {}
+        }
+        eprintln!("shutting down: waiting for running blocks");
+        let _ = stopper.send(true);
+    });
+    server.wait().await.map_err(|e| user_error(e.to_string()))?;
+    eprintln!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn token(db: &str, actor: &str, command: args::TokenCommand) -> Result<ExitCode> {
+    let store = factory_store::open(db)
+        .await
+        .with_context(|| format!("cannot open the store `{db}`"))?;
+    match command {
+        args::TokenCommand::Create { role, name } => {
+            let role: factory_server::auth::Role = role.parse().map_err(user_error)?;
+            let (secret, record) =
+                factory_server::auth::create_token(store.as_ref(), &name, role, actor)
+                    .await
+                    .map_err(|e| user_error(e.message))?;
+            eprintln!(
+                "token {} for `user:{}` ({}); shown once, only its hash is stored:",
+                record.id, record.name, record.role
+            );
+            println!("{secret}");
+        }
+        args::TokenCommand::List => {
+            for t in store.list_tokens().await? {
+                println!(
+                    "{}  {:<9} {:<20} created by {}{}",
+                    t.id,
+                    t.role,
+                    t.name,
+                    t.created_by,
+                    if t.revoked_at.is_some() { "  REVOKED" } else { "" }
+                );
+            }
+        }
+        args::TokenCommand::Revoke { id } => {
+            if !store.revoke_token(&id, factory_engine::now_ms()).await? {
+                return Err(user_error(format!(
+                    "no live token `{id}`; `factory token list` shows them"
+                )));
+            }
+            eprintln!("revoked {id}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Reads the LLM settings file: `--config`/`FACTORY_CONFIG`, else
@@ -337,7 +429,7 @@ async fn drive_run(engine: &Engine, run_id: &str, quiet: bool) -> Result<ExitCod
         eprint!("{}", show::summary(&doc, &order));
     }
     Ok(match outcome {
-        Outcome::Done | Outcome::Waiting => ExitCode::SUCCESS,
+        Outcome::Done | Outcome::Waiting | Outcome::Stopped => ExitCode::SUCCESS,
         Outcome::Failed => ExitCode::from(1),
     })
 }

@@ -875,3 +875,62 @@ fn ensure_finished(block: &str, state: &BlockState, event: &'static str) -> Resu
         }),
     }
 }
+
+/// The run-level quality line of the workbench's summary bar: the mean of the
+/// blocks' latest audits, the weakest dimension on average, and every
+/// calibration or score-inflation warning.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunQuality {
+    pub composite: f64,
+    pub audited_blocks: usize,
+    /// `d1` … `d5`, the lowest mean across audited blocks.
+    pub weakest: String,
+    pub weakest_score: f64,
+    pub warnings: Vec<String>,
+}
+
+impl RunDoc {
+    /// None while no block has been audited.
+    pub fn quality(&self) -> Option<RunQuality> {
+        let audits: Vec<(&str, &AuditReport)> = self
+            .blocks
+            .iter()
+            .filter_map(|(id, state)| Some((id.as_str(), state.latest_audit()?)))
+            .collect();
+        if audits.is_empty() {
+            return None;
+        }
+        let n = audits.len() as f64;
+        let composite = audits.iter().map(|(_, a)| a.composite).sum::<f64>() / n;
+        let mut means = [0.0f64; 5];
+        for (_, audit) in &audits {
+            for (i, (_, dimension)) in audit.dimensions().iter().enumerate() {
+                means[i] += dimension.score / n;
+            }
+        }
+        let (weakest_index, weakest_score) = means
+            .iter()
+            .copied()
+            .enumerate()
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .unwrap_or((0, 0.0));
+        let mut warnings = Vec::new();
+        for (id, audit) in &audits {
+            if let Some(warning) = &audit.calibration_warning {
+                warnings.push(format!("{id}: calibration: {warning}"));
+            }
+            if audit.score_inflation {
+                warnings.push(format!(
+                    "{id}: score inflation: the self-score rose while the audit fell"
+                ));
+            }
+        }
+        Some(RunQuality {
+            composite: (composite * 10.0).round() / 10.0,
+            audited_blocks: audits.len(),
+            weakest: format!("d{}", weakest_index + 1),
+            weakest_score: (weakest_score * 10.0).round() / 10.0,
+            warnings,
+        })
+    }
+}

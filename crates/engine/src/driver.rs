@@ -26,6 +26,9 @@ pub enum Outcome {
     Failed,
     /// Stopped at one or more human gates.
     Waiting,
+    /// [`Engine::stop_starting`] was called; the run's remaining work is left
+    /// for the next worker.
+    Stopped,
 }
 
 /// A finished attempt on its way back to the loop.
@@ -62,6 +65,7 @@ impl Engine {
                     in_flight.remove(&completion.block);
                 }
                 let free_slots = match self.config.worker_slots {
+                    _ if self.is_stopping() => 0,
                     0 => usize::MAX,
                     slots => slots.saturating_sub(in_flight.len()),
                 };
@@ -85,6 +89,9 @@ impl Engine {
 
                 if in_flight.is_empty() {
                     let doc = handle.doc();
+                    if self.is_stopping() && doc.status == RunStatus::Running {
+                        return Ok(Outcome::Stopped);
+                    }
                     match doc.status {
                         RunStatus::Done => return Ok(Outcome::Done),
                         RunStatus::Failed => return Ok(Outcome::Failed),

@@ -98,6 +98,8 @@ pub struct Engine {
     store: Arc<dyn Store>,
     config: EngineConfig,
     owner: Owner,
+    /// Set by [`Engine::stop_starting`]: running attempts finish, no new ones start.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 pub fn now_ms() -> Millis {
@@ -122,7 +124,19 @@ impl Engine {
             store,
             config,
             owner: Owner::current(),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Graceful shutdown: `drive` lets running attempts finish, starts no
+    /// new ones, and returns [`Outcome::Stopped`].
+    pub fn stop_starting(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {

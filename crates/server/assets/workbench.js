@@ -1,0 +1,209 @@
+// Process Factory workbench: live regions, API forms, saved drafts, tabs.
+// No framework, no build step. Pages are server-rendered; this script only
+// (1) listens to server-sent events and refreshes [data-live] regions,
+// (2) submits forms to the JSON API, (3) saves drafts to the run.
+"use strict";
+
+const body = document.body;
+const runId = body.dataset.run || null;
+let seq = Number(body.dataset.seq || 0);
+
+function setStatus(text, ok) {
+  const el = document.getElementById("live-status");
+  if (el) { el.textContent = text; el.classList.toggle("ok", !!ok); }
+}
+
+// ── Live updates ──
+let refreshing = false, again = false;
+async function refreshLive() {
+  if (refreshing) { again = true; return; }
+  refreshing = true;
+  try {
+    const response = await fetch(location.href, { headers: { "accept": "text/html" } });
+    if (!response.ok) return;
+    const doc = new DOMParser().parseFromString(await response.text(), "text/html");
+    for (const fresh of doc.querySelectorAll("[data-live]")) {
+      const current = document.getElementById(fresh.id);
+      if (!current) continue;
+      // Never pull a field out from under someone typing in it.
+      if (current.contains(document.activeElement) && document.activeElement !== document.body) continue;
+      current.replaceWith(fresh);
+      bindForms(fresh);
+    }
+    const freshSeq = Number(doc.body.dataset.seq || 0);
+    if (freshSeq > seq) { seq = freshSeq; body.dataset.seq = String(seq); }
+    body.dataset.refreshed = String(Date.now());
+  } finally {
+    refreshing = false;
+    if (again) { again = false; refreshLive(); }
+  }
+}
+
+function connect() {
+  const url = runId
+    ? `/api/v1/runs/${encodeURIComponent(runId)}/stream?after=${seq}`
+    : "/api/v1/stream";
+  const source = new EventSource(url);
+  let opened = false;
+  source.addEventListener("hello", () => {
+    setStatus("● live", true);
+    // After a reconnect (e.g. the server restarted) catch up once.
+    if (opened) refreshLive();
+    opened = true;
+  });
+  source.onmessage = () => refreshLive();
+  for (const type of ["block_ready", "block_waiting", "block_blocked", "block_started",
+    "attempt_finished", "attempt_abandoned", "retry_scheduled", "block_done", "block_failed",
+    "review_flagged", "audit_flagged", "gate_approved", "gate_rejected", "block_reset",
+    "autonomy_changed", "run_status_changed", "run_created", "resync"]) {
+    source.addEventListener(type, (event) => {
+      if (event.lastEventId && runId) {
+        const n = Number(event.lastEventId);
+        if (n > seq) { seq = n; body.dataset.seq = String(seq); }
+      }
+      refreshLive();
+    });
+  }
+  source.onerror = () => setStatus("○ reconnecting", false);
+}
+
+// ── Forms → API ──
+async function api(method, url, payload) {
+  const response = await fetch(url, {
+    method,
+    headers: { "content-type": "application/json" },
+    body: payload === undefined ? undefined : JSON.stringify(payload),
+  });
+  if (response.ok) {
+    return response.status === 204 ? null : response.json();
+  }
+  let message = `HTTP ${response.status}`;
+  try { message = (await response.json()).error.message; } catch (_) { /* not JSON */ }
+  throw new Error(message);
+}
+
+function fileToBase64(file) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(String(reader.result).split(",", 2)[1] || "");
+    reader.onerror = () => reject(reader.error);
+    reader.readAsDataURL(file);
+  });
+}
+
+const blockUrl = (form) =>
+  `/api/v1/runs/${encodeURIComponent(runId)}/blocks/${encodeURIComponent(form.dataset.block)}`;
+
+const actions = {
+  async "create-run"(form) {
+    const data = new FormData(form);
+    const params = {};
+    for (const [key, value] of data.entries()) {
+      if (key.startsWith("param.") && value !== "") params[key.slice(6)] = value;
+    }
+    const files = [];
+    for (const file of form.querySelector("input[type=file]").files) {
+      files.push({ name: file.name, content_base64: await fileToBase64(file) });
+    }
+    const run = await api("POST", "/api/v1/runs", {
+      template: data.get("template"),
+      params,
+      autonomy_profile: data.get("autonomy_profile") || null,
+      files,
+    });
+    location.href = `/runs/${run.run_id}`;
+  },
+  async approve(form) {
+    await api("POST", `${blockUrl(form)}/approve`, { note: form.note.value || null });
+  },
+  async reject(form) {
+    await api("POST", `${blockUrl(form)}/reject`, { feedback: form.feedback.value });
+    await saveDraft(form.feedback.dataset.draft, { feedback: "" });
+    form.feedback.value = "";
+  },
+  async autonomy(form) {
+    await api("PUT", `${blockUrl(form)}/autonomy`, { autonomy: form.autonomy.value });
+  },
+  async run(form) {
+    await api("POST", `${blockUrl(form)}/run`);
+  },
+  async chat(form) {
+    const message = form.message.value;
+    form.message.value = "";
+    await saveDraft(form.message.dataset.draft, { message: "" });
+    await api("POST", `${blockUrl(form)}/chat`, { message });
+  },
+  async reflection(form) {
+    const answers = {};
+    for (const field of ["worked", "broke", "change", "automate"]) answers[field] = form[field].value;
+    await api("PUT", `/api/v1/runs/${encodeURIComponent(runId)}/reflection`, answers);
+  },
+};
+
+function bindForms(root) {
+  for (const form of root.querySelectorAll("form[data-action]")) {
+    if (form.dataset.bound) continue;
+    form.dataset.bound = "1";
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const error = form.querySelector("[data-error]");
+      if (error) error.textContent = "";
+      const button = form.querySelector("button[type=submit]");
+      if (button) button.disabled = true;
+      try {
+        await actions[form.dataset.action](form);
+        document.activeElement && document.activeElement.blur();
+        await refreshLive();
+      } catch (e) {
+        if (error) error.textContent = e.message;
+      } finally {
+        if (button) button.disabled = false;
+      }
+    });
+  }
+  for (const select of root.querySelectorAll("select[data-reload-with]")) {
+    select.addEventListener("change", () => {
+      location.href = `?${select.dataset.reloadWith}=${encodeURIComponent(select.value)}`;
+    });
+  }
+  for (const field of root.querySelectorAll("[data-draft]")) {
+    if (field.dataset.draftBound) continue;
+    field.dataset.draftBound = "1";
+    let timer = null;
+    field.addEventListener("input", () => {
+      clearTimeout(timer);
+      timer = setTimeout(() => {
+        const key = field.dataset.draft;
+        const values = {};
+        for (const f of document.querySelectorAll(`[data-draft="${key}"]`)) values[f.name] = f.value;
+        saveDraft(key, values);
+      }, 400);
+    });
+  }
+}
+
+async function saveDraft(key, values) {
+  if (!runId || !key) return;
+  try {
+    await api("PUT", `/api/v1/runs/${encodeURIComponent(runId)}/drafts/${encodeURIComponent(key)}`, values);
+    body.dataset.draftSaved = key;
+  } catch (_) { /* a viewer cannot save drafts; the field still works */ }
+}
+
+// ── Tabs ──
+function bindTabs() {
+  const buttons = document.querySelectorAll("[data-tab]");
+  const show = (name) => {
+    for (const b of buttons) b.classList.toggle("active", b.dataset.tab === name);
+    for (const tab of document.querySelectorAll(".tab")) tab.hidden = tab.id !== `tab-${name}`;
+  };
+  for (const b of buttons) {
+    b.addEventListener("click", () => { show(b.dataset.tab); history.replaceState(null, "", `${location.search}#${b.dataset.tab}`); });
+  }
+  const wanted = location.hash.slice(1);
+  if (wanted && document.getElementById(`tab-${wanted}`)) show(wanted);
+}
+
+bindForms(document);
+bindTabs();
+if (document.getElementById("live-status")) connect();

@@ -1,0 +1,566 @@
+//! Block actions (approve, reject, retry, run now, autonomy), artifacts per
+//! attempt, diffs between attempts, and the block-scoped chat.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use factory_core::run::{Attempt, BlockStatus, GatePhase, RunDoc};
+use factory_core::template::{ArtifactFormat, Autonomy, Block};
+use factory_store::{RunRecord, kinds};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::SharedState;
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiJson, ApiResult};
+
+/// A run, one of its blocks (template and state), and the template's path.
+pub struct BlockView {
+    pub doc: RunDoc,
+    pub block: Block,
+    pub template: factory_core::template::Template,
+    pub template_path: Option<String>,
+}
+
+pub async fn block_view(state: &SharedState, run: &str, block: &str) -> ApiResult<BlockView> {
+    let handle = state.engine.open(run).await?;
+    let template = handle.pipeline().template().clone();
+    let Some(spec) = handle.pipeline().block(block).cloned() else {
+        let known: Vec<&str> = template.blocks.iter().map(|b| b.id.as_str()).collect();
+        return Err(ApiError::not_found(
+            "unknown_block",
+            format!(
+                "run `{}` has no block `{block}`; its blocks are {}",
+                handle.doc().run_id,
+                known.join(", ")
+            ),
+        ));
+    };
+    Ok(BlockView {
+        doc: handle.doc().clone(),
+        block: spec,
+        template,
+        template_path: handle.template_path().map(str::to_string),
+    })
+}
+
+/// The attempt `n`, or by default the latest that succeeded, else the latest.
+pub fn selected_attempt<'a>(
+    history: &'a [Attempt],
+    n: Option<u32>,
+    block: &str,
+) -> ApiResult<Option<&'a Attempt>> {
+    match n {
+        Some(n) => history.iter().find(|a| a.n == n).map(Some).ok_or_else(|| {
+            ApiError::not_found(
+                "attempt_not_found",
+                format!(
+                    "block `{block}` has no attempt {n}; it has {}",
+                    if history.is_empty() {
+                        "none yet".to_string()
+                    } else {
+                        history
+                            .iter()
+                            .map(|a| a.n.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    }
+                ),
+            )
+        }),
+        None => Ok(history
+            .iter()
+            .rev()
+            .find(|a| a.outcome == Some(factory_core::run::AttemptOutcome::Succeeded))
+            .or(history.last())),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApproveBody {
+    #[serde(default)]
+    note: Option<String>,
+}
+
+pub async fn approve(
+    State(state): State<SharedState>,
+    caller: Caller,
+    Path((run, block)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<RunDoc>> {
+    // The body is optional: an empty POST approves without a note.
+    let body: ApproveBody = if body.iter().all(u8::is_ascii_whitespace) {
+        ApproveBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_request(
+                "bad_json",
+                format!("approve body: {e}; send {{\"note\": \"…\"}} or nothing"),
+            )
+        })?
+    };
+    let note = body.note.filter(|n| !n.trim().is_empty());
+    let doc = state
+        .engine
+        .approve_by(&caller.actor, &run, &block, note)
+        .await?;
+    state.supervisor.kick(&doc.run_id);
+    Ok(Json(doc))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RejectBody {
+    feedback: String,
+}
+
+pub async fn reject(
+    State(state): State<SharedState>,
+    caller: Caller,
+    Path((run, block)): Path<(String, String)>,
+    ApiJson(body): ApiJson<RejectBody>,
+) -> ApiResult<Json<RunDoc>> {
+    let doc = state
+        .engine
+        .reject_by(&caller.actor, &run, &block, &body.feedback)
+        .await?;
+    state.supervisor.kick(&doc.run_id);
+    Ok(Json(doc))
+}
+
+pub async fn retry(
+    State(state): State<SharedState>,
+    caller: Caller,
+    Path((run, block)): Path<(String, String)>,
+) -> ApiResult<Json<RunDoc>> {
+    let doc = state.engine.retry_by(&caller.actor, &run, &block).await?;
+    state.supervisor.kick(&doc.run_id);
+    Ok(Json(doc))
+}
+
+/// "Run now": passes a block's before-gate, or re-runs a finished block.
+pub async fn run_now(
+    State(state): State<SharedState>,
+    caller: Caller,
+    Path((run, block)): Path<(String, String)>,
+) -> ApiResult<Json<RunDoc>> {
+    let view = block_view(&state, &run, &block).await?;
+    let block_state = &view.doc.blocks[&block];
+    let doc = match (block_state.status, block_state.gate) {
+        (BlockStatus::Waiting, Some(GatePhase::Before)) => {
+            state
+                .engine
+                .approve_by(&caller.actor, &run, &block, Some("run now".into()))
+                .await?
+        }
+        (BlockStatus::Done | BlockStatus::Failed, _) => {
+            state.engine.retry_by(&caller.actor, &run, &block).await?
+        }
+        (status, _) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "not_runnable",
+                format!(
+                    "block `{block}` is {}; run now starts a block waiting at its before-gate or re-runs a done or failed one (a pending block starts by itself when its inputs are ready)",
+                    status.as_str()
+                ),
+            ));
+        }
+    };
+    state.supervisor.kick(&doc.run_id);
+    Ok(Json(doc))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutonomyBody {
+    autonomy: Autonomy,
+}
+
+pub async fn autonomy(
+    State(state): State<SharedState>,
+    caller: Caller,
+    Path((run, block)): Path<(String, String)>,
+    ApiJson(body): ApiJson<AutonomyBody>,
+) -> ApiResult<Json<RunDoc>> {
+    let doc = state
+        .engine
+        .set_autonomy_by(&caller.actor, &run, &block, body.autonomy)
+        .await?;
+    state.supervisor.kick(&doc.run_id);
+    Ok(Json(doc))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct AttemptQuery {
+    #[serde(default)]
+    attempt: Option<u32>,
+}
+
+#[derive(Debug, Serialize)]
+struct ArtifactInfo {
+    path: String,
+    format: ArtifactFormat,
+    size: u64,
+    hash: String,
+    url: String,
+}
+
+pub async fn artifacts(
+    State(state): State<SharedState>,
+    Path((run, block)): Path<(String, String)>,
+    Query(query): Query<AttemptQuery>,
+) -> ApiResult<Json<Value>> {
+    let view = block_view(&state, &run, &block).await?;
+    let history = &view.doc.blocks[&block].history;
+    let Some(attempt) = selected_attempt(history, query.attempt, &block)? else {
+        return Ok(Json(
+            json!({ "block": block, "attempt": null, "artifacts": {} }),
+        ));
+    };
+    let artifacts: BTreeMap<&String, ArtifactInfo> = attempt
+        .report
+        .iter()
+        .flat_map(|r| r.artifacts.iter())
+        .map(|(key, a)| {
+            (
+                key,
+                ArtifactInfo {
+                    path: a.path.clone(),
+                    format: a.format,
+                    size: a.size,
+                    hash: a.hash.clone(),
+                    url: format!(
+                        "/api/v1/runs/{}/blocks/{block}/artifacts/{key}?attempt={}",
+                        view.doc.run_id, attempt.n
+                    ),
+                },
+            )
+        })
+        .collect();
+    Ok(Json(json!({
+        "block": block,
+        "attempt": attempt.n,
+        "outcome": attempt.outcome,
+        "artifacts": artifacts,
+        "audit": attempt.report.as_ref().and_then(|r| r.audit.as_deref()),
+    })))
+}
+
+/// The stored content of one artifact of one attempt.
+pub async fn artifact_content(
+    state: &SharedState,
+    attempt: &Attempt,
+    block: &str,
+    key: &str,
+) -> ApiResult<(ArtifactFormat, Vec<u8>)> {
+    let artifact = attempt
+        .report
+        .as_ref()
+        .and_then(|r| r.artifacts.get(key))
+        .ok_or_else(|| {
+            ApiError::not_found(
+                "artifact_not_found",
+                format!(
+                    "attempt {} of block `{block}` has no artifact `{key}`",
+                    attempt.n
+                ),
+            )
+        })?;
+    Ok((artifact.format, state.store.get_blob(&artifact.hash).await?))
+}
+
+pub async fn artifact(
+    State(state): State<SharedState>,
+    Path((run, block, key)): Path<(String, String, String)>,
+    Query(query): Query<AttemptQuery>,
+) -> ApiResult<Response> {
+    let view = block_view(&state, &run, &block).await?;
+    let history = &view.doc.blocks[&block].history;
+    let attempt = selected_attempt(history, query.attempt, &block)?.ok_or_else(|| {
+        ApiError::not_found(
+            "artifact_not_found",
+            format!("block `{block}` has not run yet"),
+        )
+    })?;
+    let (format, content) = artifact_content(&state, attempt, &block, &key).await?;
+    let content_type = match format {
+        ArtifactFormat::Json | ArtifactFormat::Directory => "application/json",
+        ArtifactFormat::Md => "text/markdown; charset=utf-8",
+        ArtifactFormat::Html => "text/plain; charset=utf-8",
+        _ => "text/plain; charset=utf-8",
+    };
+    Ok(([(header::CONTENT_TYPE, content_type)], content).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct DiffQuery {
+    a: u32,
+    b: u32,
+}
+
+/// Unified diffs of every artifact between attempts `a` and `b`.
+pub async fn diff_attempts(
+    state: &SharedState,
+    view: &BlockView,
+    a: u32,
+    b: u32,
+) -> ApiResult<BTreeMap<String, ArtifactDiff>> {
+    let block = &view.block.id;
+    let history = &view.doc.blocks[block].history;
+    let first = selected_attempt(history, Some(a), block)?.ok_or_else(|| {
+        ApiError::not_found("attempt_not_found", format!("no attempt {a}"))
+    })?;
+    let second = selected_attempt(history, Some(b), block)?.ok_or_else(|| {
+        ApiError::not_found("attempt_not_found", format!("no attempt {b}"))
+    })?;
+    let keys: std::collections::BTreeSet<String> = [first, second]
+        .iter()
+        .flat_map(|t| t.report.iter().flat_map(|r| r.artifacts.keys().cloned()))
+        .collect();
+    let mut out = BTreeMap::new();
+    for key in keys {
+        let old = text_or_empty(state, first, block, &key).await?;
+        let new = text_or_empty(state, second, block, &key).await?;
+        let diff = similar::TextDiff::from_lines(&old, &new);
+        let unified = diff
+            .unified_diff()
+            .context_radius(3)
+            .header(&format!("attempt {a}/{key}"), &format!("attempt {b}/{key}"))
+            .to_string();
+        out.insert(
+            key,
+            ArtifactDiff {
+                changed: old != new,
+                ratio: diff.ratio(),
+                unified,
+            },
+        );
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ArtifactDiff {
+    pub changed: bool,
+    /// Similarity 0–1.
+    pub ratio: f32,
+    pub unified: String,
+}
+
+async fn text_or_empty(
+    state: &SharedState,
+    attempt: &Attempt,
+    block: &str,
+    key: &str,
+) -> ApiResult<String> {
+    let has = attempt
+        .report
+        .as_ref()
+        .is_some_and(|r| r.artifacts.contains_key(key));
+    if !has {
+        return Ok(String::new());
+    }
+    let (_, content) = artifact_content(state, attempt, block, key).await?;
+    Ok(String::from_utf8_lossy(&content).into_owned())
+}
+
+pub async fn diff(
+    State(state): State<SharedState>,
+    Path((run, block)): Path<(String, String)>,
+    Query(query): Query<DiffQuery>,
+) -> ApiResult<Json<Value>> {
+    let view = block_view(&state, &run, &block).await?;
+    let diffs = diff_attempts(&state, &view, query.a, query.b).await?;
+    Ok(Json(
+        json!({ "block": block, "a": query.a, "b": query.b, "artifacts": diffs }),
+    ))
+}
+
+/// One message of a block's chat.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// `user` or `assistant`.
+    pub role: String,
+    pub text: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+}
+
+pub async fn chat_messages(
+    state: &SharedState,
+    run_id: &str,
+    block: &str,
+) -> ApiResult<Vec<(RunRecord, ChatMessage)>> {
+    let prefix = format!("{block}/");
+    let records = state.store.records(run_id, kinds::CHAT).await?;
+    Ok(records
+        .into_iter()
+        .filter(|r| r.key.starts_with(&prefix))
+        .filter_map(|r| {
+            let message = serde_json::from_value(r.body.clone()).ok()?;
+            Some((r, message))
+        })
+        .collect())
+}
+
+pub async fn chat_history(
+    State(state): State<SharedState>,
+    Path((run, block)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let view = block_view(&state, &run, &block).await?;
+    let messages: Vec<Value> = chat_messages(&state, &view.doc.run_id, &block)
+        .await?
+        .into_iter()
+        .map(|(r, m)| json!({ "role": m.role, "text": m.text, "model": m.model, "actor": r.actor, "at": r.at }))
+        .collect();
+    Ok(Json(json!({ "messages": messages })))
+}
+
+/// Why chat is unavailable for this block, if it is.
+pub fn chat_unavailable(state: &SharedState, view: &BlockView) -> Option<String> {
+    let Some(settings) = &state.llm else {
+        return Some("no LLM provider is configured for this server".to_string());
+    };
+    let model = chat_model(view);
+    settings.resolve(model.as_deref()).err().map(|e| {
+        format!("chat needs a configured LLM provider: {e}")
+    })
+}
+
+fn chat_model(view: &BlockView) -> Option<String> {
+    factory_core::transitions::effective_model(
+        &view.template,
+        &view.block,
+        &view.doc.models,
+        view.doc.default_model.as_deref(),
+    )
+    .map(str::to_string)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatBody {
+    message: String,
+}
+
+/// Artifacts larger than this are cut in the chat's context.
+const CHAT_ARTIFACT_LIMIT: usize = 24 * 1024;
+
+pub async fn chat(
+    State(state): State<SharedState>,
+    caller: Caller,
+    Path((run, block)): Path<(String, String)>,
+    ApiJson(body): ApiJson<ChatBody>,
+) -> ApiResult<Json<Value>> {
+    let message = body.message.trim().to_string();
+    if message.is_empty() {
+        return Err(ApiError::unprocessable(
+            "empty_message",
+            "the chat message is empty",
+        ));
+    }
+    let view = block_view(&state, &run, &block).await?;
+    if let Some(reason) = chat_unavailable(&state, &view) {
+        return Err(ApiError::unprocessable("llm_not_configured", reason));
+    }
+    let settings = state.llm.as_ref().ok_or_else(|| ApiError::internal("no llm"))?;
+    let model = chat_model(&view);
+    let (client, model_id) = settings
+        .resolve(model.as_deref())
+        .map_err(|e| ApiError::unprocessable("llm_not_configured", e))?;
+
+    let mut context = format!(
+        "You are helping an operator review block `{}` ({}) of a Process Factory run of template `{}`.\n",
+        view.block.id, view.block.name, view.template.name
+    );
+    if let Some(description) = &view.block.description {
+        context.push_str(&format!("What the block does: {description}\n"));
+    }
+    let state_of = &view.doc.blocks[&block];
+    if let Some(attempt) = selected_attempt(&state_of.history, None, &block)? {
+        for key in attempt.report.iter().flat_map(|r| r.artifacts.keys()) {
+            let (_, content) = artifact_content(&state, attempt, &block, key).await?;
+            let mut text = String::from_utf8_lossy(&content).into_owned();
+            if text.len() > CHAT_ARTIFACT_LIMIT {
+                let mut cut = CHAT_ARTIFACT_LIMIT;
+                while !text.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                text.truncate(cut);
+                text.push_str("\n[… cut]");
+            }
+            context.push_str(&format!(
+                "\n=== artifact `{key}` (attempt {}) ===\n{text}\n",
+                attempt.n
+            ));
+        }
+    }
+    if let Some(audit) = state_of.latest_audit() {
+        context.push_str(&format!("\nAudit: {}\n", audit.summary_line()));
+    }
+    let earlier = chat_messages(&state, &view.doc.run_id, &block).await?;
+    let mut transcript = String::new();
+    for (_, m) in &earlier {
+        transcript.push_str(&format!("{}: {}\n\n", m.role, m.text));
+    }
+    transcript.push_str(&format!("user: {message}\n"));
+
+    let request = factory_llm::ChatRequest {
+        model: model_id.clone(),
+        system: vec![factory_llm::Part::cacheable(context)],
+        user: vec![factory_llm::Part::new(transcript)],
+        max_tokens: 1024,
+        temperature: None,
+        stream: false,
+    };
+    let reply = client
+        .complete(&request, Duration::from_secs(120))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "llm_error",
+                format!("the LLM provider failed: {e}"),
+            )
+        })?;
+
+    let now = factory_engine::now_ms();
+    for (role, text, model) in [
+        ("user", message.clone(), None),
+        ("assistant", reply.text.clone(), Some(reply.model.clone())),
+    ] {
+        let body = ChatMessage {
+            role: role.to_string(),
+            text,
+            model,
+        };
+        state
+            .store
+            .put_record(&RunRecord {
+                run_id: view.doc.run_id.clone(),
+                template_id: view.doc.template_id.clone(),
+                kind: kinds::CHAT.to_string(),
+                key: format!("{block}/{}", uuid::Uuid::now_v7()),
+                actor: if role == "user" {
+                    caller.actor.clone()
+                } else {
+                    format!("llm:{}", reply.model)
+                },
+                at: now,
+                body: serde_json::to_value(body).map_err(ApiError::internal)?,
+            })
+            .await?;
+    }
+    Ok(Json(json!({
+        "reply": reply.text,
+        "model": reply.model,
+        "input_tokens": reply.usage.input_tokens,
+        "output_tokens": reply.usage.output_tokens,
+    })))
+}

@@ -1,0 +1,240 @@
+//! The JSON API under `/api/v1`. Handlers are thin: parse, call the engine
+//! or the store, map errors to [`ApiError`]. Roles are checked before any
+//! handler runs (see [`crate::auth::ROUTES`]).
+
+pub(crate) mod blocks;
+pub(crate) mod runs;
+mod stream;
+
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::{delete, get, post, put};
+use axum::{Json, Router};
+use factory_store::{TemplateRecord, kinds};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::SharedState;
+use crate::auth::{self, Caller, Role};
+use crate::error::{ApiError, ApiJson, ApiResult};
+use crate::templates;
+
+pub(crate) use blocks::{BlockView, block_view, selected_attempt};
+
+pub const OPENAPI: &str = include_str!("../../assets/openapi.json");
+
+pub fn routes() -> Router<SharedState> {
+    Router::new()
+        .route("/api/v1/health", get(health))
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/whoami", get(whoami))
+        .route("/api/v1/templates", get(list_templates).post(register_template))
+        .route("/api/v1/templates/validate", post(validate_template))
+        .route("/api/v1/templates/{template}/memory", get(template_memory))
+        .route("/api/v1/tokens", get(list_tokens).post(create_token))
+        .route("/api/v1/tokens/{id}", delete(revoke_token))
+        .route("/api/v1/runs", get(runs::list).post(runs::create))
+        .route("/api/v1/runs/{run}", get(runs::get))
+        .route("/api/v1/runs/{run}/events", get(runs::events))
+        .route("/api/v1/runs/{run}/files", get(runs::files))
+        .route("/api/v1/runs/{run}/files/{name}", get(runs::file))
+        .route("/api/v1/runs/{run}/drafts", get(runs::drafts))
+        .route("/api/v1/runs/{run}/drafts/{key}", put(runs::put_draft))
+        .route(
+            "/api/v1/runs/{run}/reflection",
+            get(runs::reflection).put(runs::put_reflection),
+        )
+        .route("/api/v1/runs/{run}/stream", get(stream::run_stream))
+        .route("/api/v1/stream", get(stream::all_stream))
+        .route(
+            "/api/v1/runs/{run}/blocks/{block}/approve",
+            post(blocks::approve),
+        )
+        .route(
+            "/api/v1/runs/{run}/blocks/{block}/reject",
+            post(blocks::reject),
+        )
+        .route("/api/v1/runs/{run}/blocks/{block}/retry", post(blocks::retry))
+        .route("/api/v1/runs/{run}/blocks/{block}/run", post(blocks::run_now))
+        .route(
+            "/api/v1/runs/{run}/blocks/{block}/autonomy",
+            put(blocks::autonomy),
+        )
+        .route(
+            "/api/v1/runs/{run}/blocks/{block}/artifacts",
+            get(blocks::artifacts),
+        )
+        .route(
+            "/api/v1/runs/{run}/blocks/{block}/artifacts/{key}",
+            get(blocks::artifact),
+        )
+        .route("/api/v1/runs/{run}/blocks/{block}/diff", get(blocks::diff))
+        .route(
+            "/api/v1/runs/{run}/blocks/{block}/chat",
+            get(blocks::chat_history).post(blocks::chat),
+        )
+}
+
+async fn health(State(state): State<SharedState>) -> ApiResult<Json<Value>> {
+    state.store.list_runs(1).await?;
+    Ok(Json(json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "auth": !state.config.no_auth,
+    })))
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+}
+
+async fn metrics(State(state): State<SharedState>) -> impl IntoResponse {
+    let text = state.metrics.render(&state).await;
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        text,
+    )
+}
+
+async fn whoami(caller: Caller) -> Json<Value> {
+    Json(json!({ "actor": caller.actor, "role": caller.role }))
+}
+
+async fn list_templates(State(state): State<SharedState>) -> ApiResult<Json<Value>> {
+    let entries = templates::catalog(&state).await?;
+    Ok(Json(json!({ "templates": entries })))
+}
+
+/// A template given either as JSON text (`source`, keeps line numbers in
+/// errors) or as a JSON object (`template`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TemplateBody {
+    #[serde(default)]
+    source: Option<String>,
+    #[serde(default)]
+    template: Option<Value>,
+    /// Where the template's skills and golden files live on the server.
+    #[serde(default)]
+    path: Option<String>,
+}
+
+impl TemplateBody {
+    fn source(&self) -> ApiResult<String> {
+        match (&self.source, &self.template) {
+            (Some(source), None) => Ok(source.clone()),
+            (None, Some(value)) => serde_json::to_string_pretty(value).map_err(ApiError::internal),
+            _ => Err(ApiError::unprocessable(
+                "bad_request_body",
+                "give exactly one of `source` (the template's JSON text) or `template` (the template as a JSON object)",
+            )),
+        }
+    }
+}
+
+async fn validate_template(ApiJson(body): ApiJson<TemplateBody>) -> ApiResult<Json<Value>> {
+    let source = body.source()?;
+    let validated = factory_core::validate_str(&source);
+    Ok(Json(json!({
+        "valid": validated.pipeline.is_some(),
+        "diagnostics": validated.diagnostics,
+    })))
+}
+
+async fn register_template(
+    State(state): State<SharedState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<TemplateBody>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let source = body.source()?;
+    let validated = factory_core::validate_str(&source);
+    let Some(pipeline) = validated.pipeline else {
+        let first = validated
+            .diagnostics
+            .iter()
+            .find(|d| d.is_error())
+            .map(|d| d.render("template"))
+            .unwrap_or_default();
+        return Err(ApiError::unprocessable(
+            "invalid_template",
+            format!("the template is invalid: {first} (POST /api/v1/templates/validate lists every problem)"),
+        ));
+    };
+    let template = pipeline.template();
+    let record = TemplateRecord {
+        template_id: template.id.clone(),
+        version: template.version.clone(),
+        name: template.name.clone(),
+        source,
+        path: body.path,
+        registered_by: caller.actor,
+        registered_at: factory_engine::now_ms(),
+    };
+    state.store.put_template(&record).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "id": record.template_id, "version": record.version, "name": record.name })),
+    ))
+}
+
+/// The post-run reflections of earlier runs of a template: its process memory.
+async fn template_memory(
+    State(state): State<SharedState>,
+    Path(template): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let records = state
+        .store
+        .records_for_template(&template, kinds::REFLECTION, 50)
+        .await?;
+    Ok(Json(json!({ "template": template, "reflections": records })))
+}
+
+async fn list_tokens(State(state): State<SharedState>) -> ApiResult<Json<Value>> {
+    Ok(Json(json!({ "tokens": state.store.list_tokens().await? })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewToken {
+    name: String,
+    role: String,
+}
+
+async fn create_token(
+    State(state): State<SharedState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<NewToken>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let role: Role = body
+        .role
+        .parse()
+        .map_err(|e: String| ApiError::unprocessable("bad_role", e))?;
+    let (secret, record) =
+        auth::create_token(state.store.as_ref(), &body.name, role, &caller.actor).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "token": secret,
+            "id": record.id,
+            "name": record.name,
+            "role": record.role,
+            "note": "shown once; only its hash is stored",
+        })),
+    ))
+}
+
+async fn revoke_token(
+    State(state): State<SharedState>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    if state.store.revoke_token(&id, factory_engine::now_ms()).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(
+            "token_not_found",
+            format!("no live token `{id}`; GET /api/v1/tokens lists them"),
+        ))
+    }
+}

@@ -1,0 +1,386 @@
+//! Runs: create, list, read, events, uploaded files, saved drafts and the
+//! post-run reflection.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use factory_core::run::RunDoc;
+use factory_core::template::Autonomy;
+use factory_core::transitions::RunRequest;
+use factory_store::{RunRecord, kinds};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::SharedState;
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiJson, ApiResult};
+use crate::templates;
+
+/// Uploads larger than this are refused (they are stored in the database).
+pub const MAX_UPLOAD_BYTES: usize = 10 * 1024 * 1024;
+/// Drafts are form values, not files.
+const MAX_DRAFT_BYTES: usize = 256 * 1024;
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    limit: Option<u32>,
+}
+
+pub async fn list(
+    State(state): State<SharedState>,
+    Query(query): Query<ListQuery>,
+) -> ApiResult<Json<Value>> {
+    let limit = query.limit.unwrap_or(100).min(1000);
+    let runs = match &query.status {
+        Some(status) => {
+            if !["running", "waiting", "done", "failed"].contains(&status.as_str()) {
+                return Err(ApiError::bad_request(
+                    "bad_status",
+                    format!("unknown status `{status}`: use running, waiting, done or failed"),
+                ));
+            }
+            let mut runs = state.store.runs_with_status(status).await?;
+            runs.reverse();
+            runs.truncate(limit as usize);
+            runs
+        }
+        None => state.store.list_runs(limit).await?,
+    };
+    let runs: Vec<Value> = runs
+        .into_iter()
+        .map(|r| {
+            json!({
+                "run_id": r.run_id,
+                "template_id": r.template_id,
+                "status": r.status,
+                "created_at": r.created_at,
+                "updated_at": r.updated_at,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "runs": runs })))
+}
+
+/// An uploaded input file, inline.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upload {
+    pub name: String,
+    pub content_base64: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRun {
+    pub template: String,
+    #[serde(default)]
+    pub params: BTreeMap<String, Value>,
+    #[serde(default)]
+    pub autonomy_profile: Option<String>,
+    /// Per-block autonomy for this run only.
+    #[serde(default)]
+    pub overrides: BTreeMap<String, Autonomy>,
+    #[serde(default)]
+    pub models: BTreeMap<String, String>,
+    #[serde(default)]
+    pub default_model: Option<String>,
+    #[serde(default)]
+    pub files: Vec<Upload>,
+}
+
+/// Metadata of an uploaded file, as kept in the run's records.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UploadMeta {
+    pub name: String,
+    pub hash: String,
+    pub size: u64,
+}
+
+pub async fn create(
+    State(state): State<SharedState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<CreateRun>,
+) -> ApiResult<(StatusCode, Json<RunDoc>)> {
+    let doc = create_run(&state, &caller, body).await?;
+    Ok((StatusCode::CREATED, Json(doc)))
+}
+
+/// Creates a run (files first, so blocks see them), then starts driving it.
+pub async fn create_run(state: &SharedState, caller: &Caller, body: CreateRun) -> ApiResult<RunDoc> {
+    let entry = templates::find(state, &body.template).await?;
+    let mut uploads = Vec::new();
+    for file in &body.files {
+        let name = file.name.trim();
+        if name.is_empty()
+            || name.len() > 200
+            || name.contains('/')
+            || name.contains('\\')
+            || name.starts_with('.')
+        {
+            return Err(ApiError::unprocessable(
+                "bad_file_name",
+                format!(
+                    "file name `{}` is not allowed: use a plain name without slashes that does not start with a dot",
+                    file.name
+                ),
+            ));
+        }
+        let content = base64::engine::general_purpose::STANDARD
+            .decode(file.content_base64.trim())
+            .map_err(|e| {
+                ApiError::unprocessable(
+                    "bad_file_content",
+                    format!("file `{name}`: `content_base64` is not base64 ({e})"),
+                )
+            })?;
+        if content.len() > MAX_UPLOAD_BYTES {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "file_too_large",
+                format!(
+                    "file `{name}` is {} bytes; the limit is {MAX_UPLOAD_BYTES}",
+                    content.len()
+                ),
+            ));
+        }
+        uploads.push((name.to_string(), content));
+    }
+    let request = RunRequest {
+        run_id: String::new(),
+        params: body.params,
+        autonomy_profile: body.autonomy_profile.filter(|p| !p.is_empty()),
+        overrides: body.overrides,
+        models: body.models,
+        default_model: body.default_model.filter(|m| !m.is_empty()),
+    };
+    let path = entry.path_buf();
+    let doc = state
+        .engine
+        .create_run_by(&caller.actor, &entry.source, path.as_deref(), request)
+        .await?;
+    for (name, content) in uploads {
+        let blob = state.store.put_blob(&content).await?;
+        let meta = UploadMeta {
+            name: name.clone(),
+            hash: blob.hash,
+            size: blob.size,
+        };
+        state
+            .store
+            .put_record(&RunRecord {
+                run_id: doc.run_id.clone(),
+                template_id: doc.template_id.clone(),
+                kind: kinds::UPLOAD.to_string(),
+                key: name,
+                actor: caller.actor.clone(),
+                at: factory_engine::now_ms(),
+                body: serde_json::to_value(meta).map_err(ApiError::internal)?,
+            })
+            .await?;
+    }
+    state.supervisor.kick(&doc.run_id);
+    Ok(doc)
+}
+
+pub async fn get(State(state): State<SharedState>, Path(run): Path<String>) -> ApiResult<Response> {
+    let run_id = state.store.resolve_run_id(&run).await?;
+    let stored = state.store.load_run(&run_id).await?;
+    // Serialised straight from the stored document: this is the hot read.
+    let body = serde_json::to_vec(&stored.doc).map_err(ApiError::internal)?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct EventsQuery {
+    #[serde(default)]
+    after: u64,
+}
+
+pub async fn events(
+    State(state): State<SharedState>,
+    Path(run): Path<String>,
+    Query(query): Query<EventsQuery>,
+) -> ApiResult<Json<Value>> {
+    let run_id = state.store.resolve_run_id(&run).await?;
+    let records = state.store.events(&run_id, query.after).await?;
+    Ok(Json(json!({ "run_id": run_id, "events": records })))
+}
+
+pub async fn uploads(state: &SharedState, run_id: &str) -> ApiResult<Vec<UploadMeta>> {
+    let records = state.store.records(run_id, kinds::UPLOAD).await?;
+    Ok(records
+        .into_iter()
+        .filter_map(|r| serde_json::from_value(r.body).ok())
+        .collect())
+}
+
+pub async fn files(
+    State(state): State<SharedState>,
+    Path(run): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let run_id = state.store.resolve_run_id(&run).await?;
+    Ok(Json(json!({ "files": uploads(&state, &run_id).await? })))
+}
+
+pub async fn file(
+    State(state): State<SharedState>,
+    Path((run, name)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let run_id = state.store.resolve_run_id(&run).await?;
+    let meta = uploads(&state, &run_id)
+        .await?
+        .into_iter()
+        .find(|f| f.name == name)
+        .ok_or_else(|| {
+            ApiError::not_found(
+                "file_not_found",
+                format!("run `{run_id}` has no uploaded file `{name}`"),
+            )
+        })?;
+    let content = state.store.get_blob(&meta.hash).await?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        content,
+    )
+        .into_response())
+}
+
+async fn run_template(state: &SharedState, run: &str) -> ApiResult<(String, RunDoc)> {
+    let run_id = state.store.resolve_run_id(run).await?;
+    let stored = state.store.load_run(&run_id).await?;
+    Ok((run_id, stored.doc))
+}
+
+pub async fn drafts(
+    State(state): State<SharedState>,
+    Path(run): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let (run_id, _) = run_template(&state, &run).await?;
+    let records = state.store.records(&run_id, kinds::DRAFT).await?;
+    let drafts: serde_json::Map<String, Value> =
+        records.into_iter().map(|r| (r.key, r.body)).collect();
+    Ok(Json(json!({ "drafts": drafts })))
+}
+
+fn check_key(key: &str) -> ApiResult<()> {
+    let ok = !key.is_empty()
+        && key.len() <= 128
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "bad_key",
+            format!("draft key `{key}`: use 1–128 characters from a–z, 0–9, `-`, `_`, `.`, `:`"),
+        ))
+    }
+}
+
+/// Saves a form's values with the run, so they survive a page refresh and
+/// follow the operator to another browser.
+pub async fn put_draft(
+    State(state): State<SharedState>,
+    caller: Caller,
+    Path((run, key)): Path<(String, String)>,
+    ApiJson(body): ApiJson<Value>,
+) -> ApiResult<StatusCode> {
+    check_key(&key)?;
+    let size = serde_json::to_vec(&body).map_err(ApiError::internal)?.len();
+    if size > MAX_DRAFT_BYTES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "draft_too_large",
+            format!("a draft is at most {MAX_DRAFT_BYTES} bytes; this one is {size}"),
+        ));
+    }
+    let (run_id, doc) = run_template(&state, &run).await?;
+    state
+        .store
+        .put_record(&RunRecord {
+            run_id,
+            template_id: doc.template_id,
+            kind: kinds::DRAFT.to_string(),
+            key,
+            actor: caller.actor,
+            at: factory_engine::now_ms(),
+            body,
+        })
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The four post-run questions.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reflection {
+    pub worked: String,
+    pub broke: String,
+    pub change: String,
+    pub automate: String,
+}
+
+pub const REFLECTION_QUESTIONS: [(&str, &str); 4] = [
+    ("worked", "What worked?"),
+    ("broke", "What broke?"),
+    ("change", "What should change in the template?"),
+    ("automate", "What should be automated next?"),
+];
+
+pub async fn reflection(
+    State(state): State<SharedState>,
+    Path(run): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let (run_id, _) = run_template(&state, &run).await?;
+    let records = state.store.records(&run_id, kinds::REFLECTION).await?;
+    Ok(Json(json!({ "reflection": records.into_iter().next() })))
+}
+
+pub async fn put_reflection(
+    State(state): State<SharedState>,
+    caller: Caller,
+    Path(run): Path<String>,
+    ApiJson(body): ApiJson<Reflection>,
+) -> ApiResult<StatusCode> {
+    let (run_id, doc) = run_template(&state, &run).await?;
+    if !doc.status.is_terminal() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "run_not_finished",
+            format!(
+                "run `{run_id}` is {}; the reflection is written once it is done or failed",
+                doc.status.as_str()
+            ),
+        ));
+    }
+    if [&body.worked, &body.broke, &body.change, &body.automate]
+        .iter()
+        .all(|a| a.trim().is_empty())
+    {
+        return Err(ApiError::unprocessable(
+            "empty_reflection",
+            "answer at least one of the four questions (worked, broke, change, automate)",
+        ));
+    }
+    state
+        .store
+        .put_record(&RunRecord {
+            run_id,
+            template_id: doc.template_id,
+            kind: kinds::REFLECTION.to_string(),
+            key: "reflection".to_string(),
+            actor: caller.actor,
+            at: factory_engine::now_ms(),
+            body: serde_json::to_value(body).map_err(ApiError::internal)?,
+        })
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

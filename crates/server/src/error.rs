@@ -1,0 +1,185 @@
+//! API errors: a stable machine-readable `code`, an HTTP status that says
+//! whose fault it is, and a message that says what to do about it.
+
+use axum::Json;
+use axum::extract::FromRequest;
+use axum::extract::rejection::JsonRejection;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use factory_core::transitions::TransitionError;
+use factory_engine::EngineError;
+use factory_store::StoreError;
+use serde_json::json;
+
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, code, message)
+    }
+
+    pub fn unprocessable(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+    }
+
+    pub fn internal(message: impl std::fmt::Display) -> ApiError {
+        tracing::error!(%message, "internal error");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("internal error: {message}"),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({ "error": { "code": self.code, "message": self.message } });
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> ApiError {
+        match &error {
+            StoreError::RunNotFound(_) => ApiError::not_found(
+                "run_not_found",
+                format!("{error}; list runs with GET /api/v1/runs"),
+            ),
+            StoreError::AmbiguousRunId { .. } => {
+                ApiError::bad_request("ambiguous_run_id", format!("{error}; give more characters"))
+            }
+            StoreError::Conflict { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", error.to_string())
+            }
+            StoreError::BlobNotFound(_) => ApiError::not_found("blob_not_found", error.to_string()),
+            _ => ApiError::internal(error),
+        }
+    }
+}
+
+impl From<TransitionError> for ApiError {
+    fn from(error: TransitionError) -> ApiError {
+        let message = error.to_string();
+        match error {
+            TransitionError::UnknownBlock(_) => ApiError::not_found("unknown_block", message),
+            TransitionError::NotWaiting { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "not_waiting", message)
+            }
+            TransitionError::NotReady { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "not_ready", message)
+            }
+            TransitionError::NotRetryable { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "not_retryable", message)
+            }
+            TransitionError::DependentRunning { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "dependent_running", message)
+            }
+            TransitionError::StaleAttempt { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "stale_attempt", message)
+            }
+            TransitionError::EmptyFeedback => ApiError::unprocessable("empty_feedback", message),
+            TransitionError::SelfApproval { .. } => {
+                ApiError::new(StatusCode::FORBIDDEN, "self_approval", message)
+            }
+            TransitionError::SameAutonomy { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "same_autonomy", message)
+            }
+        }
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(error: EngineError) -> ApiError {
+        match error {
+            EngineError::Transition(error) => error.into(),
+            EngineError::Store(error) => error.into(),
+            EngineError::InvalidTemplate(_) => {
+                ApiError::unprocessable("invalid_template", error.to_string())
+            }
+            EngineError::CreateRun(_) => {
+                ApiError::unprocessable("invalid_run_request", error.to_string())
+            }
+            EngineError::LlmSetup(_) => {
+                ApiError::unprocessable("llm_not_configured", error.to_string())
+            }
+            EngineError::MissingGolden(_) => {
+                ApiError::unprocessable("missing_golden", error.to_string())
+            }
+            EngineError::TooManyConflicts { .. } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                format!("{error}; try again"),
+            ),
+            EngineError::Apply(_) => ApiError::internal(error),
+        }
+    }
+}
+
+/// `Json<T>` whose rejections are [`ApiError`]s naming the bad field.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    Json<T>: FromRequest<S, Rejection = JsonRejection>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(value)) => Ok(ApiJson(value)),
+            Err(rejection) => {
+                let (status, code) = match &rejection {
+                    JsonRejection::MissingJsonContentType(_) => {
+                        (StatusCode::UNSUPPORTED_MEDIA_TYPE, "not_json")
+                    }
+                    JsonRejection::JsonSyntaxError(_) => (StatusCode::BAD_REQUEST, "bad_json"),
+                    JsonRejection::JsonDataError(_) => {
+                        (StatusCode::UNPROCESSABLE_ENTITY, "bad_request_body")
+                    }
+                    _ => (StatusCode::BAD_REQUEST, "bad_request_body"),
+                };
+                let hint = match code {
+                    "not_json" => "; send the body with `content-type: application/json`",
+                    _ => "; see /api/v1/openapi.json for the request shape",
+                };
+                Err(ApiError::new(
+                    status,
+                    code,
+                    format!("{}{hint}", rejection.body_text()),
+                ))
+            }
+        }
+    }
+}
+
+pub async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(
+        "no_such_route",
+        format!(
+            "nothing at `{}`; the API is under /api/v1 (see /api/v1/openapi.json), the workbench at /",
+            uri.path()
+        ),
+    )
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,78 @@
+//! Prometheus metrics: request counts and latencies per route, plus run and
+//! block gauges read from the store at scrape time.
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::SharedState;
+
+/// The process-wide recorder (the `metrics` facade has one per process).
+#[derive(Clone)]
+pub struct Metrics {
+    handle: Option<PrometheusHandle>,
+}
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let handle = HANDLE.get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+                ])
+                .ok()?
+                .build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok()?;
+            Some(handle)
+        });
+        Metrics {
+            handle: handle.clone(),
+        }
+    }
+
+    /// The text exposition, with the run gauges appended.
+    pub async fn render(&self, state: &SharedState) -> String {
+        let mut out = self.handle.as_ref().map(|h| h.render()).unwrap_or_default();
+        if let Ok(runs) = state.store.list_runs(10_000).await {
+            let mut counts = std::collections::BTreeMap::<String, usize>::new();
+            for run in &runs {
+                *counts.entry(run.status.clone()).or_default() += 1;
+            }
+            out.push_str("# HELP factory_runs Runs in the store by status.\n");
+            out.push_str("# TYPE factory_runs gauge\n");
+            for status in ["running", "waiting", "done", "failed"] {
+                let n = counts.get(status).copied().unwrap_or(0);
+                out.push_str(&format!("factory_runs{{status=\"{status}\"}} {n}\n"));
+            }
+        }
+        out
+    }
+}
+
+/// Counts every request and its latency under its route pattern (not the raw
+/// path, so run ids do not explode the label set).
+pub async fn track(
+    State(_): State<SharedState>,
+    matched: Option<MatchedPath>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let route = matched
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let method = request.method().as_str().to_string();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("factory_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status).increment(1);
+    metrics::histogram!("factory_http_request_duration_seconds", "method" => method, "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}

@@ -1,0 +1,375 @@
+//! The block workbench: Guide on the left; Inputs, Outputs and Logic tabs in
+//! the centre; QA and Chat on the right.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use factory_core::run::{BlockStatus, GatePhase};
+use factory_core::template::{Autonomy, HumanGate};
+use factory_store::kinds;
+use maud::{Markup, html};
+use serde::Deserialize;
+
+use super::render;
+use crate::SharedState;
+use crate::api::{BlockView, block_view, selected_attempt};
+use crate::auth::{Caller, Role};
+use crate::error::ApiError;
+
+#[derive(Debug, Default, Deserialize)]
+pub struct BlockQuery {
+    #[serde(default)]
+    pub attempt: Option<u32>,
+    #[serde(default)]
+    pub a: Option<u32>,
+    #[serde(default)]
+    pub b: Option<u32>,
+}
+
+pub async fn page(
+    State(state): State<SharedState>,
+    caller: Caller,
+    Path((run, block)): Path<(String, String)>,
+    Query(query): Query<BlockQuery>,
+) -> Response {
+    match render_block_page(&state, &caller, &run, &block, &query).await {
+        Ok(markup) => markup.into_response(),
+        Err(error) => super::page_error(&caller, error),
+    }
+}
+
+pub async fn render_block_page(
+    state: &SharedState,
+    caller: &Caller,
+    run: &str,
+    block: &str,
+    query: &BlockQuery,
+) -> Result<Markup, ApiError> {
+    let view = block_view(state, run, block).await?;
+    let run_id = view.doc.run_id.clone();
+    let drafts: BTreeMap<String, serde_json::Value> = state
+        .store
+        .records(&run_id, kinds::DRAFT)
+        .await?
+        .into_iter()
+        .map(|r| (r.key, r.body))
+        .collect();
+    let draft = |key: &str, field: &str| -> String {
+        drafts
+            .get(key)
+            .and_then(|d| d.get(field))
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_string()
+    };
+
+    let guide = guide(&view);
+    let inputs = inputs(state, &view).await?;
+    let outputs = outputs(state, &view, query).await?;
+    let logic = logic(&view, caller);
+    let qa = qa(&view, caller, &draft(&format!("reject-{block}"), "feedback"));
+    let chat = chat(state, &view, caller, &draft(&format!("chat-{block}"), "message")).await?;
+
+    let body = html! {
+        p.crumbs { a href={"/runs/" (run_id)} { "← " (view.template.name) " run " code { (&run_id[..run_id.len().min(13)]) } } }
+        h1 { (view.block.name) " " span.muted { code { (view.block.id) } } }
+        div.workbench {
+            aside.panel.guide { (guide) }
+            section.panel.centre {
+                nav.tabs {
+                    button type="button" data-tab="inputs" { "Inputs" }
+                    button type="button" data-tab="outputs" class="active" { "Outputs" }
+                    button type="button" data-tab="logic" { "Logic" }
+                }
+                div.tab #tab-inputs hidden { (inputs) }
+                div.tab #tab-outputs { (outputs) }
+                div.tab #tab-logic hidden { (logic) }
+            }
+            aside.panel.side {
+                (qa)
+                (chat)
+            }
+        }
+    };
+    Ok(super::layout(
+        &format!("{} · {}", view.block.name, view.template.name),
+        caller,
+        Some((&run_id, view.doc.seq)),
+        body,
+    ))
+}
+
+fn guide(view: &BlockView) -> Markup {
+    let block = &view.block;
+    let skill_text = block.skill.as_ref().and_then(|skill| {
+        let dir = std::path::Path::new(view.template_path.as_deref()?).parent()?;
+        std::fs::read_to_string(factory_runtime::llm::skill_path(dir, skill)).ok()
+    });
+    html! {
+        h2 { "Guide" }
+        @if let Some(d) = &block.description { p { (d) } }
+        p.muted { "Layer " (block.layer) " · runtime " (block.runtime.as_str()) }
+        h3 { "Checklist" }
+        ul.checklist {
+            @for a in &block.outputs.artifacts { li { "Produces " code { (a.key) } " (" (a.path) ")" } }
+            @for d in &block.inputs.depends { li { "Reads " code { (d.block) "." (d.key) } } }
+            @if let Some(t) = &block.execution.threshold { li { "Metric " code { (t.metric) } " must reach " (t.min) } }
+            @if let Some(audit) = &block.audit {
+                @if let Some(t) = audit.threshold { li { "Audit composite must reach " (t) @if audit.retry { " (retried with the audit's suggestions)" } } }
+                @if !audit.golden.is_empty() { li { "Compared with golden examples: " (audit.golden.keys().cloned().collect::<Vec<_>>().join(", ")) } }
+            }
+            @match block.execution.human_gate {
+                HumanGate::Before => li { "A reviewer approves before it runs" },
+                HumanGate::After => li { "A reviewer approves its output before anything downstream runs" },
+                HumanGate::None => {},
+            }
+            @if block.execution.separate_reviewer { li { "Whoever started it may not approve it" } }
+        }
+        @if let Some(skill) = &block.skill {
+            h3 { "Skill " code { (skill) } }
+            @match &skill_text {
+                Some(text) => details.skill { summary { "SKILL.md" } div.markdown { (render::markdown(text)) } },
+                None => p.muted { "The skill file is not readable from this server." },
+            }
+        }
+    }
+}
+
+async fn inputs(state: &SharedState, view: &BlockView) -> Result<Markup, ApiError> {
+    let block = &view.block;
+    let mut upstream = Vec::new();
+    for dependency in &block.inputs.depends {
+        let content = match view.doc.blocks.get(&dependency.block).and_then(|s| s.last_success()) {
+            Some(attempt) => match crate::api::blocks::artifact_content(state, attempt, &dependency.block, &dependency.key).await {
+                Ok((format, bytes)) => Some((attempt.n, render::artifact(format, &bytes))),
+                Err(_) => None,
+            },
+            None => None,
+        };
+        upstream.push((dependency, content));
+    }
+    let uploads = crate::api::runs::uploads(state, &view.doc.run_id).await?;
+    Ok(html! {
+        h3 { "Config" }
+        @if block.inputs.config.is_empty() { p.muted { "No config values." } }
+        @else { (render::json(&serde_json::to_string(&block.inputs.config).unwrap_or_default())) }
+        h3 { "Run parameters" }
+        @if view.doc.params.is_empty() { p.muted { "None." } }
+        @else { dl.params { @for (k, v) in &view.doc.params { dt { (k) } dd { (v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())) } } } }
+        h3 { "Uploaded files" }
+        @if uploads.is_empty() { p.muted { "None." } }
+        @else { ul { @for f in &uploads { li { a href={"/api/v1/runs/" (view.doc.run_id) "/files/" (f.name)} { (f.name) } " · " (f.size) " bytes" } } } }
+        h3 { "Upstream artifacts" }
+        @if upstream.is_empty() { p.muted { "This block reads no upstream artifacts." } }
+        @for (dependency, content) in &upstream {
+            details.upstream {
+                summary { code { (dependency.block) "." (dependency.key) } }
+                @match content {
+                    Some((n, markup)) => { p.muted { "attempt " (n) } (markup) },
+                    None => p.muted { "not produced yet" },
+                }
+            }
+        }
+    })
+}
+
+async fn outputs(
+    state: &SharedState,
+    view: &BlockView,
+    query: &BlockQuery,
+) -> Result<Markup, ApiError> {
+    let block_id = &view.block.id;
+    let block_state = &view.doc.blocks[block_id];
+    let history = &block_state.history;
+    let selected = selected_attempt(history, query.attempt, block_id)?;
+    let mut rendered = Vec::new();
+    if let Some(attempt) = selected
+        && let Some(report) = &attempt.report
+    {
+        for (key, artifact) in &report.artifacts {
+            let content = state.store.get_blob(&artifact.hash).await?;
+            rendered.push((key.clone(), artifact.path.clone(), render::artifact(artifact.format, &content)));
+        }
+    }
+    let diff = match (query.a, query.b) {
+        (Some(a), Some(b)) => Some((a, b, crate::api::blocks::diff_attempts(state, view, a, b).await?)),
+        _ => None,
+    };
+    let run_id = &view.doc.run_id;
+    let base = format!("/runs/{run_id}/blocks/{block_id}");
+    Ok(html! {
+        div #outputs data-live {
+            @if history.is_empty() { p.muted { "Not run yet (" (block_state.status.as_str()) ")." } }
+            @else {
+                p.attempts { "Attempts: "
+                    @for a in history {
+                        @let current = selected.is_some_and(|s| s.n == a.n);
+                        a class=(if current { "attempt current" } else { "attempt" }) href={(base) "?attempt=" (a.n)} {
+                            "#" (a.n) " " (a.outcome.map(|o| format!("{o:?}").to_lowercase()).unwrap_or_else(|| "running".into()))
+                        } " "
+                    }
+                }
+                @if let Some(attempt) = selected {
+                    @if let Some(report) = &attempt.report {
+                        @if let Some(error) = &report.error { p.error { (error) } }
+                        @if let Some(audit) = &report.audit { (render::audit(audit)) }
+                        @if let Some(llm) = &report.llm {
+                            p.muted { "LLM " (llm.provider) ":" (llm.model) " · " (llm.input_tokens) " in / " (llm.output_tokens) " out tokens · " (llm.latency_ms) " ms"
+                                @if let Some(cost) = llm.cost_usd { " · $" (format!("{cost:.4}")) } }
+                        }
+                        @if !report.metrics.is_empty() { p.muted { "Metrics: " (serde_json::to_string(&report.metrics).unwrap_or_default()) } }
+                    }
+                    @for (key, path, markup) in &rendered {
+                        section.artifact-view {
+                            h3 { code { (key) } " " span.muted { (path) } " "
+                                a href={"/api/v1/runs/" (run_id) "/blocks/" (block_id) "/artifacts/" (key) "?attempt=" (attempt.n)} { "raw" } }
+                            (markup)
+                        }
+                    }
+                }
+            }
+        }
+        @if history.len() >= 2 {
+            form.diff-form method="get" action=(base) {
+                "Compare attempt "
+                select name="a" { @for h in history { option value=(h.n) selected[query.a.map_or(h.n + 1 == history.len() as u32, |a| a == h.n)] { "#" (h.n) } } }
+                " with "
+                select name="b" { @for h in history { option value=(h.n) selected[query.b.map_or(h.n == history.len() as u32, |b| b == h.n)] { "#" (h.n) } } }
+                " " button type="submit" { "Diff" }
+            }
+        }
+        @if let Some((a, b, diffs)) = &diff {
+            section #diff {
+                h3 { "Diff: attempt " (a) " → " (b) }
+                @for (key, d) in diffs {
+                    h4 { code { (key) } " " span.muted { @if d.changed { (format!("{:.0}% similar", d.ratio * 100.0)) } @else { "unchanged" } } }
+                    @if d.changed {
+                        pre.diff { @for line in d.unified.lines() {
+                            @let class = if line.starts_with("+++") || line.starts_with("---") { "hdr" } else if line.starts_with('+') { "add" } else if line.starts_with('-') { "del" } else if line.starts_with("@@") { "hunk" } else { "ctx" };
+                            span class=(class) { (line) } "\n"
+                        } }
+                    }
+                }
+            }
+        }
+    })
+}
+
+fn logic(view: &BlockView, caller: &Caller) -> Markup {
+    let block = &view.block;
+    let state = &view.doc.blocks[&block.id];
+    let model = factory_core::transitions::effective_model(
+        &view.template,
+        block,
+        &view.doc.models,
+        view.doc.default_model.as_deref(),
+    );
+    html! {
+        dl.logic {
+            dt { "Runtime" } dd { (block.runtime.as_str()) }
+            @if block.runtime == factory_core::template::Runtime::Llm { dt { "Model" } dd { (model.unwrap_or("the configured default")) } }
+            dt { "Timeout" } dd { (block.timeout) " s" }
+            dt { "Threshold" } dd { @match &block.execution.threshold { Some(t) => { (t.metric) " ≥ " (t.min) }, None => "none" } }
+            dt { "Gate" } dd { @match block.execution.human_gate { HumanGate::Before => "before", HumanGate::After => "after", HumanGate::None => "none" } }
+            dt { "Retries" } dd { (state.retries_used) " used of " (block.execution.max_retries) @if !block.execution.retryable { " (not retryable)" } }
+            dt { "Autonomy (this run)" } dd #autonomy-now { (state.autonomy.as_str()) }
+        }
+        @if caller.role >= Role::Operator {
+            form #autonomy-form data-action="autonomy" data-block=(block.id) {
+                label { "Autonomy for this run "
+                    select name="autonomy" {
+                        @for a in [Autonomy::Gate, Autonomy::Guided, Autonomy::Auto] {
+                            option value=(a.as_str()) selected[a == state.autonomy] { (a.as_str()) }
+                        }
+                    }
+                }
+                button type="submit" { "Set" }
+                p.error data-error {}
+            }
+            @if matches!(state.status, BlockStatus::Done | BlockStatus::Failed) || (state.status == BlockStatus::Waiting && state.gate == Some(GatePhase::Before)) {
+                form #run-form data-action="run" data-block=(block.id) {
+                    button type="submit" { @if state.status == BlockStatus::Waiting { "Run now" } @else { "Re-run" } }
+                    p.error data-error {}
+                }
+            }
+        }
+    }
+}
+
+fn qa(view: &BlockView, caller: &Caller, feedback_draft: &str) -> Markup {
+    let block = &view.block.id;
+    let state = &view.doc.blocks[block];
+    let waiting = state.status == BlockStatus::Waiting;
+    html! {
+        section.qa #qa data-live {
+            h2 { "QA" }
+            p { "Status " span class={"status " (state.status.as_str())} #block-status { (state.status.as_str()) }
+                @if let Some(gate) = state.gate { " at the " (match gate { GatePhase::Before => "before", GatePhase::After => "after" }) " gate" } }
+            @if let Some(c) = &state.corrections {
+                div.corrections {
+                    p { strong { "Corrections " (c.version) } " from " (c.source) }
+                    ul { @for item in &c.items { li { "[" (item.priority) "] " (item.correction) } } }
+                }
+            }
+            @if waiting && caller.role >= Role::Reviewer {
+                form #approve-form data-action="approve" data-block=(block) {
+                    input type="text" name="note" placeholder="note (optional)";
+                    button type="submit" .approve { "Approve" }
+                    p.error data-error {}
+                }
+            } @else if waiting {
+                p.muted { "Waiting for a reviewer." }
+            }
+            @if waiting && caller.role >= Role::Reviewer {
+                form #reject-form data-action="reject" data-block=(block) {
+                    label { "Reject with feedback"
+                        textarea name="feedback" rows="3" data-draft={"reject-" (block)} placeholder="What must change?" { (feedback_draft) } }
+                    button type="submit" .reject { "Reject" }
+                    p.error data-error {}
+                }
+            }
+            @if state.decisions.is_empty() { p.muted { "No decisions yet." } }
+            @else {
+                h3 { "Decisions" }
+                ul.decisions {
+                    @for d in &state.decisions {
+                        li { strong { @if d.approved { "approved" } @else { "rejected" } } " by " (d.actor) " at " (render::time(d.at))
+                            @if let Some(note) = &d.note { ": " em { (note) } } }
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn chat(
+    state: &SharedState,
+    view: &BlockView,
+    caller: &Caller,
+    draft: &str,
+) -> Result<Markup, ApiError> {
+    let messages = crate::api::blocks::chat_messages(state, &view.doc.run_id, &view.block.id).await?;
+    let unavailable = crate::api::blocks::chat_unavailable(state, view);
+    Ok(html! {
+        section.chat #chat data-live {
+            h2 { "Chat" }
+            div.messages #chat-messages {
+                @for (record, m) in &messages {
+                    div class={"msg " (m.role)} { span.muted { (record.actor) } div { (m.text) } }
+                }
+            }
+            @match &unavailable {
+                Some(reason) => p.notice { (reason) ". Chat becomes available once a provider is configured (see the README's LLM section)." },
+                None if caller.role >= Role::Reviewer => {
+                    form #chat-form data-action="chat" data-block=(view.block.id) {
+                        textarea name="message" rows="2" data-draft={"chat-" (view.block.id)} placeholder="Ask about this block's output" { (draft) }
+                        button type="submit" { "Send" }
+                        p.error data-error {}
+                    }
+                },
+                None => {},
+            }
+        }
+    })
+}

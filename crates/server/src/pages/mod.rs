@@ -1,0 +1,140 @@
+//! The operator workbench: server-rendered HTML (maud, escaped by default)
+//! with one small vendored script. Pages act through the JSON API with the
+//! same cookie, and refresh their `data-live` regions on server-sent events.
+
+mod block;
+mod home;
+mod render;
+mod run;
+
+use axum::extract::{Path, Query};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::get;
+use axum::Router;
+use maud::{DOCTYPE, Markup, html};
+use serde::Deserialize;
+
+use crate::SharedState;
+use crate::auth::Caller;
+use crate::error::ApiError;
+
+
+const CSS: &str = include_str!("../../assets/workbench.css");
+const JS: &str = include_str!("../../assets/workbench.js");
+
+pub fn routes() -> Router<SharedState> {
+    Router::new()
+        .route("/", get(home::page))
+        .route("/login", get(login))
+        .route("/assets/{file}", get(asset))
+        .route("/runs/{run}", get(run::page))
+        .route("/runs/{run}/blocks/{block}", get(block::page))
+}
+
+async fn asset(Path(file): Path<String>) -> Response {
+    let (body, content_type) = match file.as_str() {
+        "workbench.css" => (CSS, "text/css; charset=utf-8"),
+        "workbench.js" => (JS, "text/javascript; charset=utf-8"),
+        _ => return StatusCode::NOT_FOUND.into_response(),
+    };
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// The page frame. `run` and `seq` switch on live updates for one run; a
+/// page without them listens to every run.
+pub(crate) fn layout(
+    title: &str,
+    caller: &Caller,
+    live: Option<(&str, u64)>,
+    body: Markup,
+) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · Process Factory" }
+                link rel="stylesheet" href="/assets/workbench.css";
+                script src="/assets/workbench.js" defer {}
+            }
+            body data-run=[live.map(|(r, _)| r)] data-seq=[live.map(|(_, s)| s)] {
+                header.top {
+                    a.brand href="/" { "Process Factory" }
+                    nav {
+                        a href="/" { "Runs" }
+                        a href="/api/v1/openapi.json" { "API" }
+                    }
+                    span.who title="signed in as" { (caller.actor) " · " (caller.role.as_str()) }
+                    span #live-status .live-status title="live updates" { "○ connecting" }
+                }
+                main { (body) }
+            }
+        }
+    }
+}
+
+pub(crate) fn page_error(caller: &Caller, error: ApiError) -> Response {
+    let status = error.status;
+    let markup = layout(
+        "Error",
+        caller,
+        None,
+        html! {
+            section.panel.error-page {
+                h1 { "Cannot show this page" }
+                p.error { (error.message) }
+                p { a href="/" { "Back to the runs" } }
+            }
+        },
+    );
+    (status, markup).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct LoginQuery {
+    #[serde(default)]
+    next: Option<String>,
+}
+
+/// A token typed here comes back as `?token=`, which the auth layer turns
+/// into a cookie; once signed in, go where the user was going.
+async fn login(caller: Option<axum::Extension<Caller>>, Query(query): Query<LoginQuery>) -> Response {
+    let next = query
+        .next
+        .filter(|n| n.starts_with('/') && !n.starts_with("//"))
+        .unwrap_or_else(|| "/".to_string());
+    if caller.is_some() {
+        return Redirect::to(&next).into_response();
+    }
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                title { "Sign in · Process Factory" }
+                link rel="stylesheet" href="/assets/workbench.css";
+            }
+            body {
+                main.login {
+                    h1 { "Process Factory" }
+                    p { "Paste an API token (create one with " code { "factory token create --role operator" } ")." }
+                    form method="get" action="/login" {
+                        input type="hidden" name="next" value=(next);
+                        input #token type="password" name="token" placeholder="pf_…" required autofocus;
+                        button type="submit" { "Sign in" }
+                    }
+                }
+            }
+        }
+    }
+    .into_response()
+}

@@ -1,0 +1,171 @@
+//! Rendering helpers shared by the pages: artifacts (Markdown as HTML, JSON
+//! as a collapsible tree), audit bars, times.
+
+use factory_audit::AuditReport;
+use factory_core::run::Millis;
+use factory_core::template::ArtifactFormat;
+use maud::{Markup, PreEscaped, html};
+use pulldown_cmark::{Event, Options, Parser};
+use serde_json::Value;
+
+/// Markdown to HTML. Raw HTML inside the Markdown is shown as text: artifacts
+/// come from models and scripts, and must not run in an operator's browser.
+pub fn markdown(text: &str) -> Markup {
+    let parser = Parser::new_ext(text, Options::ENABLE_TABLES | Options::ENABLE_STRIKETHROUGH)
+        .map(|event| match event {
+            Event::Html(html) | Event::InlineHtml(html) => Event::Text(html),
+            other => other,
+        });
+    let mut out = String::new();
+    pulldown_cmark::html::push_html(&mut out, parser);
+    PreEscaped(out)
+}
+
+/// JSON bigger than this is shown as plain pretty text (a tree of thousands
+/// of nodes helps nobody and costs render time).
+const TREE_LIMIT: usize = 200_000;
+
+pub fn json(text: &str) -> Markup {
+    match serde_json::from_str::<Value>(text) {
+        Ok(value) if text.len() <= TREE_LIMIT => html! { div.json-tree { (json_node(None, &value, 0)) } },
+        Ok(value) => html! { pre.artifact { (serde_json::to_string_pretty(&value).unwrap_or_default()) } },
+        Err(error) => html! {
+            p.error { "Not valid JSON: " (error.to_string()) }
+            pre.artifact { (text) }
+        },
+    }
+}
+
+fn json_node(key: Option<&str>, value: &Value, depth: usize) -> Markup {
+    let label = html! { @if let Some(key) = key { span.json-key { (key) ": " } } };
+    match value {
+        Value::Object(map) => html! {
+            details open[depth < 2] {
+                summary { (label) "{" (map.len()) " keys}" }
+                @for (k, v) in map { (json_node(Some(k), v, depth + 1)) }
+            }
+        },
+        Value::Array(items) => html! {
+            details open[depth < 2] {
+                summary { (label) "[" (items.len()) " items]" }
+                @for (i, v) in items.iter().enumerate() { (json_node(Some(&i.to_string()), v, depth + 1)) }
+            }
+        },
+        Value::String(s) => html! { div.json-leaf { (label) span.json-string { "\"" (s) "\"" } } },
+        other => html! { div.json-leaf { (label) span.json-scalar { (other.to_string()) } } },
+    }
+}
+
+pub fn artifact(format: ArtifactFormat, content: &[u8]) -> Markup {
+    let text = String::from_utf8_lossy(content);
+    match format {
+        ArtifactFormat::Md => html! { div.markdown { (markdown(&text)) } },
+        ArtifactFormat::Json | ArtifactFormat::Directory => json(&text),
+        _ => html! { pre.artifact { (text) } },
+    }
+}
+
+/// `A:7.2`-style badge coloured by score.
+pub fn badge(composite: f64, text: &str) -> Markup {
+    let class = if composite >= 7.5 {
+        "good"
+    } else if composite >= 5.0 {
+        "fair"
+    } else {
+        "poor"
+    };
+    html! { span class={"badge " (class)} title="D1–D5 audit composite (0–10)" { (text) } }
+}
+
+pub fn audit(report: &AuditReport) -> Markup {
+    html! {
+        div.audit {
+            p { (badge(report.composite, &report.badge)) " weakest: " strong { (report.weakest) }
+                @if let Some(self_score) = report.self_score { " · self-score " (format!("{self_score:.1}")) } }
+            @if let Some(warning) = &report.calibration_warning { p.warning { "Calibration: " (warning) } }
+            @if report.score_inflation { p.warning { "Score inflation: the self-score rose while the audit fell." } }
+            table.bars {
+                @for (name, dimension) in report.dimensions() {
+                    tr {
+                        th { (name.to_uppercase()) }
+                        td { div.bar { div.fill style={"width:" (dimension.score * 10.0) "%"} {} } }
+                        td.num { (format!("{:.1}", dimension.score)) }
+                        td.num {
+                            @if let Some(deltas) = &report.deltas {
+                                @let d = match name { "d1" => deltas.d1, "d2" => deltas.d2, "d3" => deltas.d3, "d4" => deltas.d4, _ => deltas.d5 };
+                                span class=(if d < 0.0 { "delta down" } else { "delta up" }) { (format!("{d:+.1}")) }
+                            }
+                        }
+                    }
+                }
+            }
+            @if let Some(deltas) = &report.deltas {
+                p { "Composite change vs the previous attempt: " (format!("{:+.1}", deltas.composite))
+                    @if deltas.regression { " " span.warning { "regression" } } }
+            }
+            @if !report.suggestions.is_empty() {
+                h4 { "Fix suggestions" }
+                ol.suggestions {
+                    @for s in &report.suggestions {
+                        li { span class={"prio " (format!("{:?}", s.priority).to_lowercase())} { (format!("{:?}", s.priority).to_lowercase()) } " " (s.message) }
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub fn time(ms: Millis) -> String {
+    let secs = ms.div_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to a calendar date (H. Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markdown_renders_but_raw_html_does_not_run() {
+        let out = markdown("# Title\n\n<script>alert(1)</script>\n\n*x*").into_string();
+        assert!(out.contains("<h1>Title</h1>"), "{out}");
+        assert!(out.contains("<em>x</em>"));
+        assert!(!out.contains("<script>"), "{out}");
+        assert!(out.contains("&lt;script&gt;"));
+    }
+
+    #[test]
+    fn json_becomes_a_tree_and_bad_json_says_so() {
+        let out = json(r#"{"a": [1, "<b>"]}"#).into_string();
+        assert!(out.contains("[2 items]"), "{out}");
+        assert!(out.contains("&lt;b&gt;"));
+        assert!(json("{nope").into_string().contains("Not valid JSON"));
+    }
+
+    #[test]
+    fn times_are_utc_dates() {
+        assert_eq!(time(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(time(1_795_000_000_000), "2026-11-18 09:46:40 UTC");
+    }
+}

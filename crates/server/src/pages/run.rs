@@ -1,0 +1,185 @@
+//! Pipeline view: blocks by layer, coloured by status, parallel groups and
+//! gates visible, a summary bar, and the post-run reflection.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use factory_core::run::{BlockStatus, RunDoc};
+use factory_core::template::{HumanGate, Template};
+use factory_store::kinds;
+use maud::{Markup, html};
+
+use super::render;
+use crate::SharedState;
+use crate::api::runs::REFLECTION_QUESTIONS;
+use crate::auth::{Caller, Role};
+use crate::error::ApiError;
+
+pub async fn page(
+    State(state): State<SharedState>,
+    caller: Caller,
+    Path(run): Path<String>,
+) -> Response {
+    match render_run_page(&state, &caller, &run).await {
+        Ok(markup) => markup.into_response(),
+        Err(error) => super::page_error(&caller, error),
+    }
+}
+
+pub async fn render_run_page(
+    state: &SharedState,
+    caller: &Caller,
+    run: &str,
+) -> Result<Markup, ApiError> {
+    let handle = state.engine.open(run).await?;
+    let doc = handle.doc().clone();
+    let template = handle.pipeline().template().clone();
+    let layers = handle.pipeline().layers();
+    let drafts: BTreeMap<String, serde_json::Value> = state
+        .store
+        .records(&doc.run_id, kinds::DRAFT)
+        .await?
+        .into_iter()
+        .map(|r| (r.key, r.body))
+        .collect();
+    let reflection = state
+        .store
+        .records(&doc.run_id, kinds::REFLECTION)
+        .await?
+        .into_iter()
+        .next();
+    let memory: Vec<_> = state
+        .store
+        .records_for_template(&doc.template_id, kinds::REFLECTION, 5)
+        .await?
+        .into_iter()
+        .filter(|r| r.run_id != doc.run_id)
+        .collect();
+    let uploads = crate::api::runs::uploads(state, &doc.run_id).await?;
+
+    let body = html! {
+        section.panel {
+            h1 { (template.name) " " span.muted { "run " code { (doc.run_id) } } }
+            div #summary data-live { (summary_bar(&doc)) }
+            @if !uploads.is_empty() {
+                p.muted { "Input files: "
+                    @for f in &uploads { a href={"/api/v1/runs/" (doc.run_id) "/files/" (f.name)} { (f.name) } " (" (f.size) " bytes) " } }
+            }
+        }
+        section.panel {
+            div #pipeline data-live { (pipeline(&doc, &template, &layers)) }
+        }
+        @if !memory.is_empty() {
+            section.panel.memory {
+                h2 { "Process memory from earlier runs of " (doc.template_id) }
+                @for r in &memory {
+                    div.reflection-card {
+                        p.muted { a href={"/runs/" (r.run_id)} { code { (&r.run_id[..r.run_id.len().min(13)]) } } " · " (r.actor) " · " (render::time(r.at)) }
+                        dl { @for (key, question) in REFLECTION_QUESTIONS {
+                            @if let Some(answer) = r.body.get(key).and_then(|v| v.as_str()).filter(|a| !a.is_empty()) { dt { (question) } dd { (answer) } }
+                        } }
+                    }
+                }
+            }
+        }
+        div #reflection data-live {
+            @if doc.status.is_terminal() {
+                section.panel {
+                    h2 { "Post-run reflection" }
+                    @if let Some(saved) = &reflection {
+                        p.muted { "Saved by " (saved.actor) " at " (render::time(saved.at)) "; shown on later runs of this template." }
+                    }
+                    @if caller.role >= Role::Reviewer {
+                        form #reflection-form data-action="reflection" {
+                            @for (key, question) in REFLECTION_QUESTIONS {
+                                @let value = reflection.as_ref().and_then(|r| r.body.get(key)).or_else(|| drafts.get("reflection").and_then(|d| d.get(key))).and_then(|v| v.as_str()).unwrap_or("");
+                                label { (question) textarea name=(key) data-draft="reflection" rows="2" { (value) } }
+                            }
+                            button type="submit" { "Save reflection" }
+                            p.error data-error {}
+                        }
+                    }
+                }
+            }
+        }
+    };
+    Ok(super::layout(
+        &format!("{} run", template.name),
+        caller,
+        Some((&doc.run_id, doc.seq)),
+        body,
+    ))
+}
+
+fn summary_bar(doc: &RunDoc) -> Markup {
+    let counts = doc.status_counts();
+    html! {
+        div.summary {
+            span class={"status big " (doc.status.as_str())} data-run-status=(doc.status.as_str()) { (doc.status.as_str()) }
+            @for (status, n) in &counts { span class={"count " (status)} { (n) " " (status) } }
+            @match doc.quality() {
+                Some(q) => {
+                    span.quality { "Run quality " (render::badge(q.composite, &format!("A:{:.1}", q.composite))) " over " (q.audited_blocks) " blocks · weakest " strong { (q.weakest) } " (" (format!("{:.1}", q.weakest_score)) ")" }
+                    @for w in &q.warnings { span.warning { (w) } }
+                }
+                None => { span.muted { "no audits yet" } }
+            }
+        }
+    }
+}
+
+fn pipeline(doc: &RunDoc, template: &Template, layers: &[(String, Vec<usize>)]) -> Markup {
+    html! {
+        div.layers {
+            @for (layer, indexes) in layers {
+                div.layer {
+                    h3 { (layer) }
+                    @let groups = group_by_parallel(template, indexes);
+                    @for (group, members) in &groups {
+                        div class=(if group.is_some() { "group parallel" } else { "group" }) {
+                            @if let Some(g) = group { div.group-label { "parallel: " (g) } }
+                            @for i in members {
+                                @let block = &template.blocks[*i];
+                                @let state = &doc.blocks[&block.id];
+                                a class={"block " (state.status.as_str())} href={"/runs/" (doc.run_id) "/blocks/" (block.id)}
+                                    data-block=(block.id) data-status=(state.status.as_str()) {
+                                    div.block-title {
+                                        (block.name)
+                                        @match block.execution.human_gate {
+                                            HumanGate::Before => span.gate title="human gate before the block" { " ⛩ before" },
+                                            HumanGate::After => span.gate title="human gate after the block" { " ⛩ after" },
+                                            HumanGate::None => {},
+                                        }
+                                    }
+                                    div.block-meta {
+                                        span.status-text { (state.status.as_str()) }
+                                        @if state.status == BlockStatus::Waiting { " · needs review" }
+                                        @if state.attempts > 1 { " · try " (state.attempts) }
+                                        @if let Some(a) = state.latest_audit() { " " (render::badge(a.composite, &a.badge)) }
+                                        @if state.audit_flagged { " ⚑" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn group_by_parallel<'a>(
+    template: &'a Template,
+    indexes: &[usize],
+) -> Vec<(Option<&'a str>, Vec<usize>)> {
+    let mut groups: Vec<(Option<&str>, Vec<usize>)> = Vec::new();
+    for &i in indexes {
+        let group = template.blocks[i].execution.parallel_group.as_deref();
+        match groups.iter_mut().find(|(g, _)| group.is_some() && *g == group) {
+            Some((_, members)) => members.push(i),
+            None => groups.push((group, vec![i])),
+        }
+    }
+    groups
+}
