@@ -326,7 +326,11 @@ async fn token(db: &str, actor: &str, command: args::TokenCommand) -> Result<Exi
                     t.role,
                     t.name,
                     t.created_by,
-                    if t.revoked_at.is_some() { "  REVOKED" } else { "" }
+                    if t.revoked_at.is_some() {
+                        "  REVOKED"
+                    } else {
+                        ""
+                    }
                 );
             }
         }

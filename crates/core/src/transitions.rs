@@ -72,7 +72,10 @@ pub enum TransitionError {
     )]
     SelfApproval { block: String, actor: String },
     #[error("block `{block}` already has autonomy `{autonomy}`")]
-    SameAutonomy { block: String, autonomy: &'static str },
+    SameAutonomy {
+        block: String,
+        autonomy: &'static str,
+    },
 }
 
 /// What a run is created from.

@@ -65,7 +65,11 @@ function connect() {
     });
   }
   source.onerror = () => setStatus("○ reconnecting", false);
+  // Browsers allow six HTTP/1.1 connections per host: a stream left open by
+  // a page being left (or kept in the back/forward cache) would starve the next.
+  window.addEventListener("pagehide", () => source.close(), { once: true });
 }
+window.addEventListener("pageshow", (event) => { if (event.persisted) { connect(); refreshLive(); } });
 
 // ── Forms → API ──
 async function api(method, url, payload) {

@@ -90,10 +90,8 @@ impl Supervisor {
             Ok(mut tasks) => std::mem::take(&mut *tasks),
             Err(_) => return,
         };
-        let drained = tokio::time::timeout(grace, async {
-            while tasks.join_next().await.is_some() {}
-        })
-        .await;
+        let drained =
+            tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
         if drained.is_err() {
             tracing::warn!(
                 "shutdown grace period over; blocks still running are handed back through their leases"

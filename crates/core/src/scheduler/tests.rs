@@ -1519,8 +1519,8 @@ fn separate_reviewer_refuses_the_person_who_started_the_pass() {
     // `test` created the run, so `test` started a's first pass.
     h.tick();
     h.run("a", success());
-    let refused = transitions::approve_as(&h.pipeline, &h.doc, &h.log, "a", "test", None)
-        .unwrap_err();
+    let refused =
+        transitions::approve_as(&h.pipeline, &h.doc, &h.log, "a", "test", None).unwrap_err();
     assert_eq!(
         refused,
         TransitionError::SelfApproval {

@@ -313,12 +313,10 @@ pub async fn diff_attempts(
 ) -> ApiResult<BTreeMap<String, ArtifactDiff>> {
     let block = &view.block.id;
     let history = &view.doc.blocks[block].history;
-    let first = selected_attempt(history, Some(a), block)?.ok_or_else(|| {
-        ApiError::not_found("attempt_not_found", format!("no attempt {a}"))
-    })?;
-    let second = selected_attempt(history, Some(b), block)?.ok_or_else(|| {
-        ApiError::not_found("attempt_not_found", format!("no attempt {b}"))
-    })?;
+    let first = selected_attempt(history, Some(a), block)?
+        .ok_or_else(|| ApiError::not_found("attempt_not_found", format!("no attempt {a}")))?;
+    let second = selected_attempt(history, Some(b), block)?
+        .ok_or_else(|| ApiError::not_found("attempt_not_found", format!("no attempt {b}")))?;
     let keys: std::collections::BTreeSet<String> = [first, second]
         .iter()
         .flat_map(|t| t.report.iter().flat_map(|r| r.artifacts.keys().cloned()))
@@ -428,9 +426,10 @@ pub fn chat_unavailable(state: &SharedState, view: &BlockView) -> Option<String>
         return Some("no LLM provider is configured for this server".to_string());
     };
     let model = chat_model(view);
-    settings.resolve(model.as_deref()).err().map(|e| {
-        format!("chat needs a configured LLM provider: {e}")
-    })
+    settings
+        .resolve(model.as_deref())
+        .err()
+        .map(|e| format!("chat needs a configured LLM provider: {e}"))
 }
 
 fn chat_model(view: &BlockView) -> Option<String> {
@@ -469,7 +468,10 @@ pub async fn chat(
     if let Some(reason) = chat_unavailable(&state, &view) {
         return Err(ApiError::unprocessable("llm_not_configured", reason));
     }
-    let settings = state.llm.as_ref().ok_or_else(|| ApiError::internal("no llm"))?;
+    let settings = state
+        .llm
+        .as_ref()
+        .ok_or_else(|| ApiError::internal("no llm"))?;
     let model = chat_model(&view);
     let (client, model_id) = settings
         .resolve(model.as_deref())

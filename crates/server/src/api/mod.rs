@@ -30,7 +30,10 @@ pub fn routes() -> Router<SharedState> {
         .route("/api/v1/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
         .route("/api/v1/whoami", get(whoami))
-        .route("/api/v1/templates", get(list_templates).post(register_template))
+        .route(
+            "/api/v1/templates",
+            get(list_templates).post(register_template),
+        )
         .route("/api/v1/templates/validate", post(validate_template))
         .route("/api/v1/templates/{template}/memory", get(template_memory))
         .route("/api/v1/tokens", get(list_tokens).post(create_token))
@@ -56,8 +59,14 @@ pub fn routes() -> Router<SharedState> {
             "/api/v1/runs/{run}/blocks/{block}/reject",
             post(blocks::reject),
         )
-        .route("/api/v1/runs/{run}/blocks/{block}/retry", post(blocks::retry))
-        .route("/api/v1/runs/{run}/blocks/{block}/run", post(blocks::run_now))
+        .route(
+            "/api/v1/runs/{run}/blocks/{block}/retry",
+            post(blocks::retry),
+        )
+        .route(
+            "/api/v1/runs/{run}/blocks/{block}/run",
+            post(blocks::run_now),
+        )
         .route(
             "/api/v1/runs/{run}/blocks/{block}/autonomy",
             put(blocks::autonomy),
@@ -92,10 +101,7 @@ async fn openapi() -> impl IntoResponse {
 
 async fn metrics(State(state): State<SharedState>) -> impl IntoResponse {
     let text = state.metrics.render(&state).await;
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        text,
-    )
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
 async fn whoami(caller: Caller) -> Json<Value> {
@@ -159,7 +165,9 @@ async fn register_template(
             .unwrap_or_default();
         return Err(ApiError::unprocessable(
             "invalid_template",
-            format!("the template is invalid: {first} (POST /api/v1/templates/validate lists every problem)"),
+            format!(
+                "the template is invalid: {first} (POST /api/v1/templates/validate lists every problem)"
+            ),
         ));
     };
     let template = pipeline.template();
@@ -188,7 +196,9 @@ async fn template_memory(
         .store
         .records_for_template(&template, kinds::REFLECTION, 50)
         .await?;
-    Ok(Json(json!({ "template": template, "reflections": records })))
+    Ok(Json(
+        json!({ "template": template, "reflections": records }),
+    ))
 }
 
 async fn list_tokens(State(state): State<SharedState>) -> ApiResult<Json<Value>> {
@@ -229,7 +239,11 @@ async fn revoke_token(
     State(state): State<SharedState>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    if state.store.revoke_token(&id, factory_engine::now_ms()).await? {
+    if state
+        .store
+        .revoke_token(&id, factory_engine::now_ms())
+        .await?
+    {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(

@@ -113,7 +113,11 @@ pub async fn create(
 }
 
 /// Creates a run (files first, so blocks see them), then starts driving it.
-pub async fn create_run(state: &SharedState, caller: &Caller, body: CreateRun) -> ApiResult<RunDoc> {
+pub async fn create_run(
+    state: &SharedState,
+    caller: &Caller,
+    body: CreateRun,
+) -> ApiResult<RunDoc> {
     let entry = templates::find(state, &body.template).await?;
     let mut uploads = Vec::new();
     for file in &body.files {

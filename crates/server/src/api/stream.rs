@@ -87,7 +87,10 @@ pub async fn run_stream(
         };
         std::future::ready(out)
     });
-    Ok(Sse::new(backlog.chain(live)).keep_alive(KeepAlive::new().interval(Duration::from_secs(10))))
+    Ok(
+        Sse::new(backlog.chain(live))
+            .keep_alive(KeepAlive::new().interval(Duration::from_secs(10))),
+    )
 }
 
 /// Every run's events, for the runs home page and dashboards.

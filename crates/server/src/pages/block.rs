@@ -68,8 +68,18 @@ pub async fn render_block_page(
     let inputs = inputs(state, &view).await?;
     let outputs = outputs(state, &view, query).await?;
     let logic = logic(&view, caller);
-    let qa = qa(&view, caller, &draft(&format!("reject-{block}"), "feedback"));
-    let chat = chat(state, &view, caller, &draft(&format!("chat-{block}"), "message")).await?;
+    let qa = qa(
+        &view,
+        caller,
+        &draft(&format!("reject-{block}"), "feedback"),
+    );
+    let chat = chat(
+        state,
+        &view,
+        caller,
+        &draft(&format!("chat-{block}"), "message"),
+    )
+    .await?;
 
     let body = html! {
         p.crumbs { a href={"/runs/" (run_id)} { "← " (view.template.name) " run " code { (&run_id[..run_id.len().min(13)]) } } }
@@ -140,8 +150,20 @@ async fn inputs(state: &SharedState, view: &BlockView) -> Result<Markup, ApiErro
     let block = &view.block;
     let mut upstream = Vec::new();
     for dependency in &block.inputs.depends {
-        let content = match view.doc.blocks.get(&dependency.block).and_then(|s| s.last_success()) {
-            Some(attempt) => match crate::api::blocks::artifact_content(state, attempt, &dependency.block, &dependency.key).await {
+        let content = match view
+            .doc
+            .blocks
+            .get(&dependency.block)
+            .and_then(|s| s.last_success())
+        {
+            Some(attempt) => match crate::api::blocks::artifact_content(
+                state,
+                attempt,
+                &dependency.block,
+                &dependency.key,
+            )
+            .await
+            {
                 Ok((format, bytes)) => Some((attempt.n, render::artifact(format, &bytes))),
                 Err(_) => None,
             },
@@ -189,11 +211,19 @@ async fn outputs(
     {
         for (key, artifact) in &report.artifacts {
             let content = state.store.get_blob(&artifact.hash).await?;
-            rendered.push((key.clone(), artifact.path.clone(), render::artifact(artifact.format, &content)));
+            rendered.push((
+                key.clone(),
+                artifact.path.clone(),
+                render::artifact(artifact.format, &content),
+            ));
         }
     }
     let diff = match (query.a, query.b) {
-        (Some(a), Some(b)) => Some((a, b, crate::api::blocks::diff_attempts(state, view, a, b).await?)),
+        (Some(a), Some(b)) => Some((
+            a,
+            b,
+            crate::api::blocks::diff_attempts(state, view, a, b).await?,
+        )),
         _ => None,
     };
     let run_id = &view.doc.run_id;
@@ -349,7 +379,8 @@ async fn chat(
     caller: &Caller,
     draft: &str,
 ) -> Result<Markup, ApiError> {
-    let messages = crate::api::blocks::chat_messages(state, &view.doc.run_id, &view.block.id).await?;
+    let messages =
+        crate::api::blocks::chat_messages(state, &view.doc.run_id, &view.block.id).await?;
     let unavailable = crate::api::blocks::chat_unavailable(state, view);
     Ok(html! {
         section.chat #chat data-live {

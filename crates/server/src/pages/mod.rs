@@ -7,18 +7,17 @@ mod home;
 mod render;
 mod run;
 
+use axum::Router;
 use axum::extract::{Path, Query};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
-use axum::Router;
 use maud::{DOCTYPE, Markup, html};
 use serde::Deserialize;
 
 use crate::SharedState;
 use crate::auth::Caller;
 use crate::error::ApiError;
-
 
 const CSS: &str = include_str!("../../assets/workbench.css");
 const JS: &str = include_str!("../../assets/workbench.js");
@@ -107,7 +106,10 @@ struct LoginQuery {
 
 /// A token typed here comes back as `?token=`, which the auth layer turns
 /// into a cookie; once signed in, go where the user was going.
-async fn login(caller: Option<axum::Extension<Caller>>, Query(query): Query<LoginQuery>) -> Response {
+async fn login(
+    caller: Option<axum::Extension<Caller>>,
+    Query(query): Query<LoginQuery>,
+) -> Response {
     let next = query
         .next
         .filter(|n| n.starts_with('/') && !n.starts_with("//"))

@@ -11,11 +11,12 @@ use serde_json::Value;
 /// Markdown to HTML. Raw HTML inside the Markdown is shown as text: artifacts
 /// come from models and scripts, and must not run in an operator's browser.
 pub fn markdown(text: &str) -> Markup {
-    let parser = Parser::new_ext(text, Options::ENABLE_TABLES | Options::ENABLE_STRIKETHROUGH)
-        .map(|event| match event {
+    let parser = Parser::new_ext(text, Options::ENABLE_TABLES | Options::ENABLE_STRIKETHROUGH).map(
+        |event| match event {
             Event::Html(html) | Event::InlineHtml(html) => Event::Text(html),
             other => other,
-        });
+        },
+    );
     let mut out = String::new();
     pulldown_cmark::html::push_html(&mut out, parser);
     PreEscaped(out)
@@ -27,8 +28,12 @@ const TREE_LIMIT: usize = 200_000;
 
 pub fn json(text: &str) -> Markup {
     match serde_json::from_str::<Value>(text) {
-        Ok(value) if text.len() <= TREE_LIMIT => html! { div.json-tree { (json_node(None, &value, 0)) } },
-        Ok(value) => html! { pre.artifact { (serde_json::to_string_pretty(&value).unwrap_or_default()) } },
+        Ok(value) if text.len() <= TREE_LIMIT => {
+            html! { div.json-tree { (json_node(None, &value, 0)) } }
+        }
+        Ok(value) => {
+            html! { pre.artifact { (serde_json::to_string_pretty(&value).unwrap_or_default()) } }
+        }
         Err(error) => html! {
             p.error { "Not valid JSON: " (error.to_string()) }
             pre.artifact { (text) }
@@ -166,6 +171,6 @@ mod tests {
     #[test]
     fn times_are_utc_dates() {
         assert_eq!(time(0), "1970-01-01 00:00:00 UTC");
-        assert_eq!(time(1_795_000_000_000), "2026-11-18 09:46:40 UTC");
+        assert_eq!(time(1_795_000_000_000), "2026-11-18 11:06:40 UTC");
     }
 }

@@ -176,7 +176,10 @@ fn group_by_parallel<'a>(
     let mut groups: Vec<(Option<&str>, Vec<usize>)> = Vec::new();
     for &i in indexes {
         let group = template.blocks[i].execution.parallel_group.as_deref();
-        match groups.iter_mut().find(|(g, _)| group.is_some() && *g == group) {
+        match groups
+            .iter_mut()
+            .find(|(g, _)| group.is_some() && *g == group)
+        {
             Some((_, members)) => members.push(i),
             None => groups.push((group, vec![i])),
         }

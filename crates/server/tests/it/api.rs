@@ -1,0 +1,893 @@
+//! The JSON API over real HTTP: roles route by route, errors, the gate flow,
+//! live streams, restarts and shutdown.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::{TestServer, block_status};
+
+fn method(name: &str) -> Method {
+    Method::from_bytes(name.as_bytes()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_documents_exactly_the_api_routes() {
+    let t = TestServer::start().await;
+    let response = t
+        .request(Method::GET, "/api/v1/openapi.json", None)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "the document is public");
+    let doc: Value = response.json().await.unwrap();
+    let documented: BTreeSet<(String, String)> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, ops)| {
+            ops.as_object()
+                .unwrap()
+                .keys()
+                .map(move |m| (m.to_uppercase(), path.clone()))
+        })
+        .collect();
+    let routed: BTreeSet<(String, String)> = factory_server::auth::ROUTES
+        .iter()
+        .filter(|(_, path, _)| path.starts_with("/api/") || *path == "/metrics")
+        .map(|(m, p, _)| (m.to_string(), p.to_string()))
+        .collect();
+    assert_eq!(documented, routed);
+}
+
+/// Fills a route pattern with ids that exist.
+fn concrete(route: &str, run: &str, token_id: &str) -> String {
+    route
+        .replace("{run}", run)
+        .replace("{block}", "draft")
+        .replace("{key}", "draft")
+        .replace("{name}", "notes.txt")
+        .replace("{template}", "review-demo")
+        .replace("{id}", token_id)
+        .replace("{file}", "workbench.css")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_enforces_its_role() {
+    let t = TestServer::start().await;
+    let run = t.create_review_run("Roles").await;
+    let roles = ["viewer", "reviewer", "operator", "admin"];
+    for (verb, route, needed) in factory_server::auth::ROUTES {
+        if route.ends_with("/stream") {
+            continue; // streams never end; checked in their own tests
+        }
+        let path = concrete(route, &run, "pf_00000000");
+        let is_api = route.starts_with("/api/") || *route == "/metrics";
+        // Without a token.
+        let response = t
+            .request(method(verb), &path, None)
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        match needed {
+            None => assert!(
+                status != 401 && status != 403,
+                "{verb} {route} is public but answered {status}"
+            ),
+            Some(_) if is_api => assert_eq!(status, 401, "{verb} {route} without a token"),
+            Some(_) => {
+                assert_eq!(status, 303, "{verb} {route} page without a token");
+                let location = response.headers()["location"].to_str().unwrap();
+                assert!(location.starts_with("/login?next="), "{location}");
+            }
+        }
+        let Some(needed) = needed else { continue };
+        for role in roles {
+            let allowed = role.parse::<factory_server::auth::Role>().unwrap() >= *needed;
+            let response = t
+                .request(method(verb), &path, Some(role))
+                .json(&json!({}))
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            let body = response.text().await.unwrap();
+            assert_ne!(status, 500, "{verb} {route} as {role}: {body}");
+            if allowed {
+                assert!(
+                    status != 401 && status != 403,
+                    "{verb} {route} as {role} should be allowed: {status} {body}"
+                );
+            } else {
+                assert_eq!(status, 403, "{verb} {route} as {role}: {body}");
+                assert!(body.contains("\"forbidden\""), "{body}");
+                assert!(
+                    body.contains(needed.as_str()),
+                    "names the role needed: {body}"
+                );
+            }
+        }
+    }
+    // A wrong or revoked token is refused like a missing one.
+    let response = t
+        .http
+        .get(t.url("/api/v1/runs"))
+        .bearer_auth("pf_not-a-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_clear_4xx_errors() {
+    let t = TestServer::start().await;
+    let run = t.create_review_run("Errors").await;
+    let expect = |status: u16, body: &Value, want_status: u16, code: &str| {
+        assert_eq!(status, want_status, "{body}");
+        assert_eq!(body["error"]["code"], code, "{body}");
+        assert!(!body["error"]["message"].as_str().unwrap().is_empty());
+    };
+    let (s, b) = t
+        .call(Method::GET, "/api/v1/runs/no-such-run", "viewer", None)
+        .await;
+    expect(s, &b, 404, "run_not_found");
+    let (s, b) = t
+        .call(
+            Method::POST,
+            &format!("/api/v1/runs/{run}/blocks/nope/approve"),
+            "reviewer",
+            None,
+        )
+        .await;
+    expect(s, &b, 404, "unknown_block");
+    assert!(b["error"]["message"].as_str().unwrap().contains("nope"));
+    // Not waiting yet, or never a gate: 409.
+    let (s, b) = t
+        .call(
+            Method::POST,
+            &format!("/api/v1/runs/{run}/blocks/publish/approve"),
+            "reviewer",
+            None,
+        )
+        .await;
+    expect(s, &b, 409, "not_waiting");
+    // Malformed JSON, missing content type, unknown field, wrong type.
+    let response = t
+        .request(Method::POST, "/api/v1/runs", Some("operator"))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["error"]["code"],
+        "bad_json"
+    );
+    let response = t
+        .request(Method::POST, "/api/v1/runs", Some("operator"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 415);
+    let (s, b) = t
+        .call(
+            Method::POST,
+            "/api/v1/runs",
+            "operator",
+            Some(json!({"template": "review-demo", "paramz": {}})),
+        )
+        .await;
+    expect(s, &b, 422, "bad_request_body");
+    assert!(
+        b["error"]["message"].as_str().unwrap().contains("paramz"),
+        "{b}"
+    );
+    let (s, b) = t
+        .call(
+            Method::POST,
+            "/api/v1/runs",
+            "operator",
+            Some(json!({"template": "nope"})),
+        )
+        .await;
+    expect(s, &b, 404, "template_not_found");
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("review-demo"),
+        "lists known: {b}"
+    );
+    let (s, b) = t
+        .call(
+            Method::POST,
+            "/api/v1/runs",
+            "operator",
+            Some(json!({"template": "review-demo"})),
+        )
+        .await;
+    expect(s, &b, 422, "invalid_run_request");
+    assert!(
+        b["error"]["message"].as_str().unwrap().contains("title"),
+        "{b}"
+    );
+    let (s, b) = t
+        .call(
+            Method::POST,
+            "/api/v1/runs",
+            "operator",
+            Some(json!({"template": "review-demo", "params": {"title": "x"}, "files": [{"name": "../etc", "content_base64": "aGk="}]})),
+        )
+        .await;
+    expect(s, &b, 422, "bad_file_name");
+    let (s, b) = t
+        .call(
+            Method::PUT,
+            &format!("/api/v1/runs/{run}/blocks/draft/autonomy"),
+            "operator",
+            Some(json!({"autonomy": "sometimes"})),
+        )
+        .await;
+    expect(s, &b, 422, "bad_request_body");
+    let (s, b) = t
+        .call(
+            Method::PUT,
+            &format!("/api/v1/runs/{run}/reflection"),
+            "reviewer",
+            Some(json!({"worked": "a", "broke": "", "change": "", "automate": ""})),
+        )
+        .await;
+    expect(s, &b, 409, "run_not_finished");
+    let (s, b) = t
+        .call(Method::GET, "/api/v1/nothing-here", "viewer", None)
+        .await;
+    expect(s, &b, 404, "no_such_route");
+    // Approving twice: the second is a 409, and the store is unchanged by it.
+    t.wait_for(&run, "draft waiting", |d| {
+        block_status(d, "draft") == "waiting"
+    })
+    .await;
+    let (s, _) = t
+        .call(
+            Method::POST,
+            &format!("/api/v1/runs/{run}/blocks/draft/approve"),
+            "reviewer",
+            Some(json!({"note": "ok"})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let before = t.doc(&run).await["seq"].clone();
+    let (s, b) = t
+        .call(
+            Method::POST,
+            &format!("/api/v1/runs/{run}/blocks/draft/approve"),
+            "reviewer",
+            None,
+        )
+        .await;
+    expect(s, &b, 409, "not_waiting");
+    let (s, b) = t
+        .call(
+            Method::POST,
+            &format!("/api/v1/runs/{run}/blocks/draft/reject"),
+            "reviewer",
+            Some(json!({"feedback": "  "})),
+        )
+        .await;
+    assert!(s == 409 || s == 422, "{s} {b}");
+    let done = t
+        .wait_for(&run, "run done", |d| d["status"] == "done")
+        .await;
+    assert!(done["seq"].as_u64() >= before.as_u64());
+    // The no-auth mode is refused off loopback.
+    let store = t.store.clone();
+    let refused = factory_server::start(
+        store,
+        crate::engine_config(std::path::Path::new("/tmp"), None),
+        factory_server::ServerConfig {
+            addr: "0.0.0.0:0".parse().unwrap(),
+            no_auth: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .err()
+    .expect("refused");
+    assert!(refused.to_string().contains("loopback"), "{refused}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_goes_through_its_gate_with_reviews_and_reflection() {
+    let t = TestServer::start().await;
+    let (s, body) = t
+        .call(
+            Method::POST,
+            "/api/v1/runs",
+            "operator",
+            Some(json!({
+                "template": "review-demo",
+                "params": {"title": "Quarterly notes"},
+                "files": [{"name": "notes.txt", "content_base64": "c291cmNlIG1hdGVyaWFs"}]
+            })),
+        )
+        .await;
+    assert_eq!(s, 201, "{body}");
+    let run = body["run_id"].as_str().unwrap().to_string();
+    assert_eq!(body["params"]["title"], "Quarterly notes");
+    let (s, files) = t
+        .call(
+            Method::GET,
+            &format!("/api/v1/runs/{run}/files"),
+            "viewer",
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(files["files"][0]["name"], "notes.txt");
+    let raw = t
+        .request(
+            Method::GET,
+            &format!("/api/v1/runs/{run}/files/notes.txt"),
+            Some("viewer"),
+        )
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(raw, "source material");
+
+    t.wait_for(&run, "draft at its gate", |d| {
+        block_status(d, "draft") == "waiting"
+    })
+    .await;
+    // The operator started the run, and the gate wants a separate reviewer.
+    let (s, b) = t
+        .call(
+            Method::POST,
+            &format!("/api/v1/runs/{run}/blocks/draft/approve"),
+            "operator",
+            None,
+        )
+        .await;
+    assert_eq!(s, 403, "{b}");
+    assert_eq!(b["error"]["code"], "self_approval");
+    // A reviewer rejects with feedback: the block re-runs with it.
+    let (s, b) = t
+        .call(
+            Method::POST,
+            &format!("/api/v1/runs/{run}/blocks/draft/reject"),
+            "reviewer",
+            Some(json!({"feedback": "Name the quarter"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let doc = t
+        .wait_for(&run, "second attempt at the gate", |d| {
+            block_status(d, "draft") == "waiting" && d["blocks"]["draft"]["attempts"] == 2
+        })
+        .await;
+    assert_eq!(
+        doc["blocks"]["draft"]["decisions"][0]["actor"],
+        "user:reviewer"
+    );
+    assert_eq!(doc["blocks"]["draft"]["decisions"][0]["approved"], false);
+    let (_, second) = t
+        .call(
+            Method::GET,
+            &format!("/api/v1/runs/{run}/blocks/draft/artifacts"),
+            "viewer",
+            None,
+        )
+        .await;
+    assert_eq!(second["attempt"], 2);
+    let text = t
+        .request(
+            Method::GET,
+            &format!("/api/v1/runs/{run}/blocks/draft/artifacts/draft?attempt=2"),
+            Some("viewer"),
+        )
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("Name the quarter"), "{text}");
+    let (s, diff) = t
+        .call(
+            Method::GET,
+            &format!("/api/v1/runs/{run}/blocks/draft/diff?a=1&b=2"),
+            "viewer",
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{diff}");
+    assert_eq!(diff["artifacts"]["draft"]["changed"], true);
+    let unified = diff["artifacts"]["draft"]["unified"].as_str().unwrap();
+    assert!(
+        unified.contains("-Attempt 1.") && unified.contains("+Attempt 2."),
+        "{unified}"
+    );
+
+    // Drafts are kept with the run.
+    let (s, _) = t
+        .call(
+            Method::PUT,
+            &format!("/api/v1/runs/{run}/drafts/reflection"),
+            "reviewer",
+            Some(json!({"worked": "half-typed"})),
+        )
+        .await;
+    assert_eq!(s, 204);
+    let (_, drafts) = t
+        .call(
+            Method::GET,
+            &format!("/api/v1/runs/{run}/drafts"),
+            "viewer",
+            None,
+        )
+        .await;
+    assert_eq!(drafts["drafts"]["reflection"]["worked"], "half-typed");
+
+    let (s, b) = t
+        .call(
+            Method::POST,
+            &format!("/api/v1/runs/{run}/blocks/draft/approve"),
+            "reviewer",
+            Some(json!({"note": "good now"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let doc = t
+        .wait_for(&run, "run done", |d| d["status"] == "done")
+        .await;
+    assert_eq!(block_status(&doc, "publish"), "done");
+    let decisions = &doc["blocks"]["draft"]["decisions"];
+    assert_eq!(decisions[1]["actor"], "user:reviewer");
+    assert_eq!(decisions[1]["note"], "good now");
+
+    // The event log explains who did what.
+    let (_, events) = t
+        .call(
+            Method::GET,
+            &format!("/api/v1/runs/{run}/events"),
+            "viewer",
+            None,
+        )
+        .await;
+    let actors: Vec<(String, String)> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap().to_string(),
+                e["actor"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(actors.contains(&("run_created".into(), "user:operator".into())));
+    assert!(actors.contains(&("gate_rejected".into(), "user:reviewer".into())));
+    assert!(actors.contains(&("gate_approved".into(), "user:reviewer".into())));
+
+    // Reflection, then process memory on the next run of the template.
+    let answers = json!({"worked": "gates", "broke": "nothing", "change": "shorter drafts", "automate": "publishing"});
+    let (s, b) = t
+        .call(
+            Method::PUT,
+            &format!("/api/v1/runs/{run}/reflection"),
+            "reviewer",
+            Some(answers),
+        )
+        .await;
+    assert_eq!(s, 204, "{b}");
+    let (_, memory) = t
+        .call(
+            Method::GET,
+            "/api/v1/templates/review-demo/memory",
+            "viewer",
+            None,
+        )
+        .await;
+    assert_eq!(memory["reflections"][0]["body"]["change"], "shorter drafts");
+    let next = t.create_review_run("Next quarter").await;
+    let page = t
+        .request(Method::GET, &format!("/runs/{next}"), Some("viewer"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("shorter drafts"),
+        "memory shown on the next run's page"
+    );
+
+    // Autonomy for this run only, then the metrics saw all of it.
+    let (s, b) = t
+        .call(
+            Method::PUT,
+            &format!("/api/v1/runs/{next}/blocks/draft/autonomy"),
+            "operator",
+            Some(json!({"autonomy": "auto"})),
+        )
+        .await;
+    assert!(s == 200 || s == 409, "{s} {b}");
+    let metrics = t
+        .request(Method::GET, "/metrics", Some("viewer"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("factory_http_requests_total"), "{metrics}");
+    assert!(metrics.contains("route=\"/api/v1/runs/{run}/blocks/{block}/approve\""));
+    assert!(metrics.contains("factory_runs{status=\"done\"}"));
+}
+
+/// Reads SSE events (id, event) until `stop` says so.
+async fn read_events(
+    response: reqwest::Response,
+    mut stop: impl FnMut(&str, &str) -> bool,
+) -> Vec<(String, String)> {
+    let mut stream = response.bytes_stream();
+    let mut buffer = String::new();
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let chunk = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .expect("events arrive in time")
+            .expect("stream open")
+            .unwrap();
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buffer.find("\n\n") {
+            let frame: String = buffer.drain(..end + 2).collect();
+            let field = |name: &str| {
+                frame
+                    .lines()
+                    .find_map(|l| {
+                        l.strip_prefix(&format!("{name}: "))
+                            .or_else(|| l.strip_prefix(&format!("{name}:")))
+                    })
+                    .unwrap_or("")
+                    .to_string()
+            };
+            let (id, event) = (field("id"), field("event"));
+            if event.is_empty() {
+                continue;
+            }
+            seen.push((id.clone(), event.clone()));
+            if stop(&id, &event) {
+                return seen;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_carry_every_change_and_resume_after_a_restart() {
+    let mut t = TestServer::start().await;
+    let run = t.create_review_run("Live").await;
+    let response = t
+        .request(
+            Method::GET,
+            &format!("/api/v1/runs/{run}/stream?after=0"),
+            Some("viewer"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let events = read_events(response, |_, e| e == "block_waiting").await;
+    let kinds: Vec<&str> = events.iter().map(|(_, e)| e.as_str()).collect();
+    assert_eq!(kinds[0], "hello");
+    assert_eq!(kinds[1], "run_created");
+    assert!(
+        kinds.contains(&"block_started") && kinds.contains(&"attempt_finished"),
+        "{kinds:?}"
+    );
+    let ids: Vec<u64> = events
+        .iter()
+        .filter_map(|(id, _)| id.parse().ok())
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids increase: {ids:?}");
+    let last_seen = *ids.last().unwrap();
+
+    // The server restarts; meanwhile the gate is approved by someone else.
+    t.stop().await;
+    let store = t.store.clone();
+    let engine = factory_engine::Engine::new(
+        store,
+        crate::engine_config(std::path::Path::new("/tmp/pf-test-work"), None),
+    );
+    engine
+        .approve_by("user:someone", &run, "draft", None)
+        .await
+        .unwrap();
+    t.boot(None).await;
+    // Reconnecting with Last-Event-ID delivers what was missed, then live events.
+    let response = t
+        .request(
+            Method::GET,
+            &format!("/api/v1/runs/{run}/stream"),
+            Some("viewer"),
+        )
+        .header("last-event-id", last_seen.to_string())
+        .send()
+        .await
+        .unwrap();
+    let mut approved = false;
+    let events = read_events(response, |_, e| {
+        approved |= e == "gate_approved";
+        approved && e == "block_done"
+    })
+    .await;
+    let kinds: Vec<&str> = events.iter().map(|(_, e)| e.as_str()).collect();
+    assert!(
+        kinds.contains(&"gate_approved"),
+        "missed events replayed: {kinds:?}"
+    );
+    let first_id: u64 = events[1].0.parse().unwrap();
+    assert_eq!(first_id, last_seen + 1);
+    t.wait_for(&run, "done after restart", |d| d["status"] == "done")
+        .await;
+
+    // The all-runs stream sees a run created by another process (the CLI path).
+    let response = t
+        .request(Method::GET, "/api/v1/stream", Some("viewer"))
+        .send()
+        .await
+        .unwrap();
+    let engine = factory_engine::Engine::new(
+        t.store.clone(),
+        crate::engine_config(std::path::Path::new("/tmp/pf-test-work"), None),
+    );
+    let other = engine
+        .create_run_by(
+            "cli:someone",
+            crate::SLOW_TEMPLATE,
+            None,
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let other_id = other.run_id.clone();
+    let events = read_events(response, |id, e| {
+        e == "run_created" && id.starts_with(&other_id)
+    })
+    .await;
+    assert!(events.iter().any(|(id, _)| id.starts_with(&other_id)));
+    // …and the server drives it, since it is running and nobody else is.
+    t.wait_for(&other_id, "the CLI-created run done", |d| {
+        d["status"] == "done"
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_running_blocks_finish() {
+    let mut t = TestServer::start().await;
+    let (s, body) = t
+        .call(
+            Method::POST,
+            "/api/v1/runs",
+            "operator",
+            Some(json!({"template": "slow-demo"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{body}");
+    let run = body["run_id"].as_str().unwrap().to_string();
+    t.wait_for(&run, "slow running", |d| {
+        block_status(d, "slow") == "running"
+    })
+    .await;
+    t.stop().await;
+    // The running block finished and was recorded; nothing new was started.
+    let stored = t.store.load_run(&run).await.unwrap();
+    assert_eq!(stored.doc.blocks["slow"].status.as_str(), "done");
+    assert_ne!(stored.doc.blocks["after"].status.as_str(), "running");
+    assert!(stored.doc.blocks["slow"].last_success().is_some());
+    // The next server finishes the run.
+    t.boot(None).await;
+    t.wait_for(&run, "done after restart", |d| d["status"] == "done")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_managed_by_admins_and_revocable() {
+    let t = TestServer::start().await;
+    let (s, created) = t
+        .call(
+            Method::POST,
+            "/api/v1/tokens",
+            "admin",
+            Some(json!({"name": "ci-bot", "role": "viewer"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{created}");
+    let secret = created["token"].as_str().unwrap().to_string();
+    let id = created["id"].as_str().unwrap().to_string();
+    let (s, b) = t
+        .call(
+            Method::POST,
+            "/api/v1/tokens",
+            "admin",
+            Some(json!({"name": "x", "role": "root"})),
+        )
+        .await;
+    assert_eq!((s, b["error"]["code"].as_str()), (422, Some("bad_role")));
+    let whoami: Value = t
+        .http
+        .get(t.url("/api/v1/whoami"))
+        .bearer_auth(&secret)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(whoami, json!({"actor": "user:ci-bot", "role": "viewer"}));
+    let (_, listed) = t.call(Method::GET, "/api/v1/tokens", "admin", None).await;
+    assert!(
+        !listed.to_string().contains(&secret[3..]),
+        "secrets never listed"
+    );
+    assert!(
+        !listed.to_string().contains("\"hash\""),
+        "hashes never listed"
+    );
+    let (s, _) = t
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/tokens/{id}"),
+            "admin",
+            None,
+        )
+        .await;
+    assert_eq!(s, 204);
+    let response = t
+        .http
+        .get(t.url("/api/v1/whoami"))
+        .bearer_auth(&secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let (s, _) = t
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/tokens/{id}"),
+            "admin",
+            None,
+        )
+        .await;
+    assert_eq!(s, 404);
+    // Templates: validate explains, register stores, then runs can use it.
+    let (s, v) = t
+        .call(
+            Method::POST,
+            "/api/v1/templates/validate",
+            "viewer",
+            Some(json!({"source": "{\"id\": 1}"})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(v["valid"], false);
+    assert!(!v["diagnostics"].as_array().unwrap().is_empty());
+    let mut template: Value = serde_json::from_str(crate::SLOW_TEMPLATE).unwrap();
+    template["id"] = json!("registered-slow");
+    let (s, b) = t
+        .call(
+            Method::POST,
+            "/api/v1/templates",
+            "admin",
+            Some(json!({"template": template})),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let (_, list) = t
+        .call(Method::GET, "/api/v1/templates", "viewer", None)
+        .await;
+    assert!(list.to_string().contains("registered-slow"));
+    let (s, b) = t
+        .call(
+            Method::POST,
+            "/api/v1/runs",
+            "operator",
+            Some(json!({"template": "registered-slow"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_chat_talks_to_the_configured_provider() {
+    // Without a provider: a clear 422, and the page says so.
+    let t = TestServer::start().await;
+    let run = t.create_review_run("Chat").await;
+    let (s, b) = t
+        .call(
+            Method::POST,
+            &format!("/api/v1/runs/{run}/blocks/draft/chat"),
+            "reviewer",
+            Some(json!({"message": "hi"})),
+        )
+        .await;
+    assert_eq!(s, 422, "{b}");
+    assert_eq!(b["error"]["code"], "llm_not_configured");
+    drop(t);
+
+    // With a local server speaking the Anthropic wire format.
+    let provider = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .and(wiremock::matchers::path("/v1/messages"))
+        .and(wiremock::matchers::body_string_contains("Attempt 1."))
+        .respond_with(wiremock::ResponseTemplate::new(200).set_body_json(json!({
+            "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-test",
+            "content": [{"type": "text", "text": "The draft names no quarter."}],
+            "stop_reason": "end_turn",
+            "usage": {"input_tokens": 40, "output_tokens": 7}
+        })))
+        .expect(1)
+        .mount(&provider)
+        .await;
+    let uri = provider.uri();
+    let settings = factory_runtime::llm::LlmSettings::from_lookup(|name| match name {
+        "ANTHROPIC_API_KEY" => Some("test-key".into()),
+        "ANTHROPIC_BASE_URL" => Some(uri.clone()),
+        "FACTORY_DEFAULT_MODEL" => Some("anthropic:claude-test".into()),
+        _ => None,
+    });
+    let t = TestServer::start_with(Some(settings)).await;
+    let run = t.create_review_run("Chat").await;
+    t.wait_for(&run, "draft done", |d| {
+        block_status(d, "draft") == "waiting"
+    })
+    .await;
+    let (s, b) = t
+        .call(
+            Method::POST,
+            &format!("/api/v1/runs/{run}/blocks/draft/chat"),
+            "reviewer",
+            Some(json!({"message": "What is missing?"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["reply"], "The draft names no quarter.");
+    let (_, history) = t
+        .call(
+            Method::GET,
+            &format!("/api/v1/runs/{run}/blocks/draft/chat"),
+            "viewer",
+            None,
+        )
+        .await;
+    let messages = history["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 2);
+    assert_eq!(messages[0]["role"], "user");
+    assert_eq!(messages[0]["actor"], "user:reviewer");
+    assert_eq!(messages[1]["text"], "The draft names no quarter.");
+    // A viewer reads the chat but cannot post.
+    let (s, _) = t
+        .call(
+            Method::POST,
+            &format!("/api/v1/runs/{run}/blocks/draft/chat"),
+            "viewer",
+            Some(json!({"message": "x"})),
+        )
+        .await;
+    assert_eq!(s, 403);
+}

@@ -1,0 +1,433 @@
+//! The workbench in headless Chromium (Debian's `chromium` and
+//! `chromium-driver`, which `.ci/run` installs) against the real server.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::{TestServer, block_status};
+
+struct Browser {
+    client: Client,
+    driver: Child,
+    _profile: tempfile::TempDir,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn browser() -> Browser {
+    let driver_path =
+        std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".into());
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        std::path::Path::new(&driver_path).exists() && std::path::Path::new(&chromium).exists(),
+        "browser tests need Debian's chromium and chromium-driver: apt-get install chromium chromium-driver (.ci/run does)"
+    );
+    let port = free_port();
+    let driver = Command::new(&driver_path)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromedriver starts");
+    let profile = tempfile::tempdir().unwrap();
+    let mut capabilities = serde_json::Map::new();
+    capabilities.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": chromium,
+            "args": [
+                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-quic", "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--window-size=1440,1000",
+                format!("--user-data-dir={}", profile.path().display()),
+            ]
+        }),
+    );
+    let url = format!("http://127.0.0.1:{port}");
+    let mut last_error = String::new();
+    for _ in 0..100 {
+        match ClientBuilder::rustls()
+            .expect("rustls client")
+            .capabilities(capabilities.clone())
+            .connect(&url)
+            .await
+        {
+            Ok(client) => {
+                return Browser {
+                    client,
+                    driver,
+                    _profile: profile,
+                };
+            }
+            Err(error) => last_error = error.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("cannot start a browser session: {last_error}");
+}
+
+/// Polls a JavaScript condition in the page.
+async fn until(client: &Client, what: &str, script: &str) {
+    let mut last = Value::Null;
+    for _ in 0..200 {
+        last = client.execute(script, vec![]).await.unwrap_or(Value::Null);
+        if last == Value::Bool(true) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let text = client
+        .execute(
+            "return location.href + '\\n' + document.body.innerText;",
+            vec![],
+        )
+        .await
+        .unwrap_or_default();
+    panic!(
+        "timed out waiting for {what} (last {last}); page:\n{}",
+        text.as_str().unwrap_or("")
+    );
+}
+
+async fn mark_page(client: &Client) {
+    client
+        .execute("window.__sameDocument = true; return true;", vec![])
+        .await
+        .unwrap();
+}
+
+async fn still_same_page(client: &Client) -> bool {
+    client
+        .execute("return window.__sameDocument === true;", vec![])
+        .await
+        .unwrap()
+        == Value::Bool(true)
+}
+
+async fn login(client: &Client, t: &TestServer, role: &str, next: &str) {
+    client
+        .goto(&t.url(&format!("/login?token={}&next={next}", t.tokens[role])))
+        .await
+        .unwrap();
+}
+
+async fn screenshot(client: &Client, name: &str) {
+    let png = client.screenshot().await.unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
+    if let Ok(dir) = std::env::var("FACTORY_SCREENSHOTS_DIR") {
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(std::path::Path::new(&dir).join(format!("{name}.png")), png).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_and_reviewers_drive_a_run_from_the_browser() {
+    let t = TestServer::start().await;
+    let b = browser().await;
+    let c = &b.client;
+
+    // An operator creates a run from the form, with an input file.
+    login(c, &t, "operator", "/").await;
+    until(
+        c,
+        "the runs page",
+        "return document.querySelector('#new-run') !== null;",
+    )
+    .await;
+    screenshot(c, "runs-home-empty").await;
+    let uploads = tempfile::tempdir().unwrap();
+    let upload = uploads.path().join("source.txt");
+    std::fs::write(&upload, "uploaded source text").unwrap();
+    c.find(Locator::Css("input[name='param.title']"))
+        .await
+        .unwrap()
+        .send_keys("Browser run")
+        .await
+        .unwrap();
+    c.find(Locator::Css("input[type=file]"))
+        .await
+        .unwrap()
+        .send_keys(&upload.display().to_string())
+        .await
+        .unwrap();
+    c.find(Locator::Css("#new-run button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(c, "the run page", "return location.pathname.startsWith('/runs/') && document.querySelector('#pipeline') !== null;").await;
+    let run = c
+        .current_url()
+        .await
+        .unwrap()
+        .path()
+        .trim_start_matches("/runs/")
+        .to_string();
+    let (_, files) = t
+        .call(
+            Method::GET,
+            &format!("/api/v1/runs/{run}/files"),
+            "viewer",
+            None,
+        )
+        .await;
+    assert_eq!(
+        files["files"][0]["size"], 20,
+        "the upload was stored with the run: {files}"
+    );
+    until(c, "the gate", "return document.querySelector(\"a.block[data-block='draft']\").dataset.status === 'waiting';").await;
+
+    // A reviewer rejects from the QA panel and sees the re-run live.
+    login(c, &t, "reviewer", &format!("/runs/{run}/blocks/draft")).await;
+    until(
+        c,
+        "the block workbench",
+        "return document.querySelector('#reject-form') !== null;",
+    )
+    .await;
+    mark_page(c).await;
+    c.find(Locator::Css("#reject-form textarea"))
+        .await
+        .unwrap()
+        .send_keys("Say which quarter")
+        .await
+        .unwrap();
+    c.find(Locator::Css("#reject-form button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(c, "attempt 2 at the gate", "return document.querySelector('#outputs').textContent.includes('#2') && document.querySelector('#block-status').textContent === 'waiting';").await;
+    assert!(still_same_page(c).await, "updated without a reload");
+    let qa = c
+        .find(Locator::Css("#qa"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(qa.contains("rejected by user:reviewer"), "{qa}");
+    let outputs = c
+        .find(Locator::Css("#outputs"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        outputs.contains("Say which quarter"),
+        "the re-run used the feedback: {outputs}"
+    );
+
+    // A half-written rejection survives a refresh (saved to the run).
+    c.find(Locator::Css("#reject-form textarea"))
+        .await
+        .unwrap()
+        .send_keys("half a thought")
+        .await
+        .unwrap();
+    let mut saved = false;
+    for _ in 0..100 {
+        let (_, drafts) = t
+            .call(
+                Method::GET,
+                &format!("/api/v1/runs/{run}/drafts"),
+                "viewer",
+                None,
+            )
+            .await;
+        if drafts["drafts"]["reject-draft"]["feedback"] == "half a thought" {
+            saved = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(saved, "the half-written feedback was saved to the run");
+    c.refresh().await.unwrap();
+    until(
+        c,
+        "the draft restored",
+        "return document.querySelector('#reject-form textarea').value === 'half a thought';",
+    )
+    .await;
+    screenshot(c, "block-workbench").await;
+
+    // The diff between the two attempts.
+    c.goto(&t.url(&format!("/runs/{run}/blocks/draft?a=1&b=2")))
+        .await
+        .unwrap();
+    until(
+        c,
+        "the diff",
+        "return document.querySelector('#diff pre.diff .add') !== null;",
+    )
+    .await;
+    let diff = c
+        .find(Locator::Css("#diff"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        diff.contains("+Attempt 2.") && diff.contains("-Attempt 1."),
+        "{diff}"
+    );
+    screenshot(c, "attempt-diff").await;
+
+    // On the pipeline view, blocks turn done live when the gate is approved.
+    c.goto(&t.url(&format!("/runs/{run}"))).await.unwrap();
+    until(
+        c,
+        "live connection",
+        "return document.querySelector('#live-status').textContent.includes('live');",
+    )
+    .await;
+    mark_page(c).await;
+    let (s, body) = t
+        .call(
+            Method::POST,
+            &format!("/api/v1/runs/{run}/blocks/draft/approve"),
+            "reviewer",
+            Some(json!({"note": "fine"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    until(c, "the run done", "return document.querySelector(\"a.block[data-block='publish']\").dataset.status === 'done' && document.querySelector('[data-run-status]').dataset.runStatus === 'done';").await;
+    assert!(still_same_page(c).await, "no reload");
+    screenshot(c, "pipeline-view").await;
+
+    // The reflection form appeared with the finished run; answers are kept.
+    until(
+        c,
+        "the reflection form",
+        "return document.querySelector('#reflection-form') !== null;",
+    )
+    .await;
+    c.find(Locator::Css("#reflection-form textarea[name=worked]"))
+        .await
+        .unwrap()
+        .send_keys("the gate caught a vague draft")
+        .await
+        .unwrap();
+    c.find(Locator::Css("#reflection-form button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let mut saved = Value::Null;
+    for _ in 0..100 {
+        let (_, r) = t
+            .call(
+                Method::GET,
+                &format!("/api/v1/runs/{run}/reflection"),
+                "viewer",
+                None,
+            )
+            .await;
+        saved = r;
+        if !saved["reflection"].is_null() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        saved["reflection"]["body"]["worked"],
+        "the gate caught a vague draft"
+    );
+
+    // Approving from the QA panel, on a second run.
+    let second = t.create_review_run("Second").await;
+    t.wait_for(&second, "gate", |d| block_status(d, "draft") == "waiting")
+        .await;
+    c.goto(&t.url(&format!("/runs/{second}/blocks/draft")))
+        .await
+        .unwrap();
+    until(
+        c,
+        "approve button",
+        "return document.querySelector('#approve-form') !== null;",
+    )
+    .await;
+    mark_page(c).await;
+    c.find(Locator::Css("#approve-form input[name=note]"))
+        .await
+        .unwrap()
+        .send_keys("ship it")
+        .await
+        .unwrap();
+    c.find(Locator::Css("#approve-form button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        c,
+        "done after approval",
+        "return document.querySelector('#block-status').textContent === 'done';",
+    )
+    .await;
+    assert!(still_same_page(c).await);
+    let doc = t.doc(&second).await;
+    assert_eq!(doc["blocks"]["draft"]["decisions"][0]["note"], "ship it");
+    assert_eq!(
+        doc["blocks"]["draft"]["decisions"][0]["actor"],
+        "user:reviewer"
+    );
+
+    // The runs home lists both runs; a screenshot of it.
+    login(c, &t, "operator", "/").await;
+    until(
+        c,
+        "runs listed",
+        &format!("return document.querySelector(\"tr[data-run-id='{second}']\") !== null;"),
+    )
+    .await;
+    screenshot(c, "runs-home").await;
+
+    // A viewer sees the gate but cannot approve, in the page or by calling the API from it.
+    let third = t.create_review_run("Third").await;
+    t.wait_for(&third, "gate", |d| block_status(d, "draft") == "waiting")
+        .await;
+    login(c, &t, "viewer", &format!("/runs/{third}/blocks/draft")).await;
+    until(
+        c,
+        "the viewer's workbench",
+        "return document.querySelector('#qa') !== null;",
+    )
+    .await;
+    let forms = c.execute("return document.querySelectorAll('#approve-form, #reject-form, #autonomy-form').length;", vec![]).await.unwrap();
+    assert_eq!(forms, json!(0), "no action forms for a viewer");
+    let status = c
+        .execute_async(
+            &format!("const done = arguments[0]; fetch('/api/v1/runs/{third}/blocks/draft/approve', {{method: 'POST'}}).then(r => done(r.status));"),
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, json!(403));
+    assert_eq!(block_status(&t.doc(&third).await, "draft"), "waiting");
+
+    b.client.clone().close().await.unwrap();
+}
