@@ -223,6 +223,47 @@ pub async fn lookup(store: &dyn Store, secret: &str) -> Result<Option<Caller>, A
     }))
 }
 
+/// Valid tokens seen in the last few seconds, so a busy API does not look
+/// every request's token up in the database. Revoking through this server
+/// clears it at once; a token revoked elsewhere (the CLI, another server)
+/// stops working within [`TokenCache::TTL`].
+#[derive(Default)]
+pub struct TokenCache {
+    entries: std::sync::Mutex<std::collections::HashMap<String, (Caller, std::time::Instant)>>,
+}
+
+impl TokenCache {
+    pub const TTL: std::time::Duration = std::time::Duration::from_secs(5);
+
+    pub async fn lookup(
+        &self,
+        store: &dyn Store,
+        secret: &str,
+    ) -> Result<Option<Caller>, ApiError> {
+        let hash = token_hash(secret);
+        if let Ok(entries) = self.entries.lock()
+            && let Some((caller, at)) = entries.get(&hash)
+            && at.elapsed() < Self::TTL
+        {
+            return Ok(Some(caller.clone()));
+        }
+        let caller = lookup(store, secret).await?;
+        if let (Some(caller), Ok(mut entries)) = (&caller, self.entries.lock()) {
+            if entries.len() > 10_000 {
+                entries.clear();
+            }
+            entries.insert(hash, (caller.clone(), std::time::Instant::now()));
+        }
+        Ok(caller)
+    }
+
+    pub fn clear(&self) {
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.clear();
+        }
+    }
+}
+
 /// The token a request carries: `Authorization: Bearer`, a `token` query
 /// parameter (links and `EventSource`, which cannot set headers), or the
 /// workbench cookie.
@@ -273,7 +314,7 @@ pub(crate) async fn authorize(
         })
     } else {
         match &presented {
-            Some((secret, _)) => match lookup(state.store.as_ref(), secret).await {
+            Some((secret, _)) => match state.tokens.lookup(state.store.as_ref(), secret).await {
                 Ok(caller) => caller,
                 Err(error) => return error.into_response(),
             },

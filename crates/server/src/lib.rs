@@ -86,6 +86,7 @@ pub(crate) struct AppState {
     pub config: ServerConfig,
     pub llm: Option<Arc<factory_runtime::llm::LlmSettings>>,
     pub metrics: metrics::Metrics,
+    pub tokens: auth::TokenCache,
 }
 
 pub(crate) type SharedState = Arc<AppState>;
@@ -156,6 +157,7 @@ pub async fn start(
         config: config.clone(),
         llm,
         metrics: metrics::Metrics::new(),
+        tokens: auth::TokenCache::default(),
     });
 
     let (stop, mut stopped) = watch::channel(false);

@@ -138,6 +138,9 @@ pub trait Store: Send + Sync {
 
     async fn load_run(&self, run_id: &str) -> Result<StoredRun>;
 
+    /// The run document as stored JSON text, unparsed: the API's hot read.
+    async fn load_run_json(&self, run_id: &str) -> Result<String>;
+
     /// Appends `records` and replaces the document, if the stored version is
     /// still `expected_version`; returns the new version. Leases follow the
     /// events: `block_started` takes one, `attempt_finished` and

@@ -106,6 +106,15 @@ impl Store for PostgresStore {
         })
     }
 
+    async fn load_run_json(&self, run_id: &str) -> Result<String> {
+        let row = sqlx::query("SELECT doc::text AS doc FROM runs WHERE run_id = $1")
+            .bind(run_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::RunNotFound(run_id.to_string()))?;
+        Ok(row.get("doc"))
+    }
+
     async fn commit_with_blobs(
         &self,
         run_id: &str,

@@ -611,3 +611,138 @@ fn a_broken_config_file_is_an_input_error_naming_it() {
         .stderr(predicate::str::contains("factory.toml"))
         .stderr(predicate::str::contains("outptu"));
 }
+
+/// A bare HTTP/1.1 request (the test needs no client library for this).
+fn http(addr: &str, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn serve_shares_the_store_with_the_cli_and_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("factory.db");
+    let created = factory(&db)
+        .args(["token", "create", "--role", "operator", "--name", "ana"])
+        .output()
+        .unwrap();
+    assert!(created.status.success());
+    let token = String::from_utf8(created.stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(token.starts_with("pf_"), "{token}");
+    let listed = factory(&db).args(["token", "list"]).output().unwrap();
+    let listed = String::from_utf8(listed.stdout).unwrap();
+    assert!(
+        listed.contains("operator") && listed.contains("ana"),
+        "{listed}"
+    );
+    assert!(
+        !listed.contains(&token[3..]),
+        "the secret is never shown again"
+    );
+    factory(&db)
+        .args(["token", "create", "--role", "root"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "viewer, reviewer, operator or admin",
+        ));
+
+    let examples = repo_root().join("examples/offline");
+    let mut server = std::process::Command::new(BIN)
+        .env("FACTORY_DB", &db)
+        .args(["serve", "--addr", "127.0.0.1:0", "--templates"])
+        .arg(&examples)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let addr = first
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("{first}"))
+        .to_string();
+    assert_eq!(http(&addr, "GET", "/api/v1/health", None, "").0, 200);
+    let (status, body) = http(&addr, "GET", "/api/v1/runs", None, "");
+    assert_eq!(status, 401, "{body}");
+
+    // A run started in the CLI is visible to, and continued by, the server.
+    let output = factory(&db)
+        .args(["run", "--quiet"])
+        .arg(examples.join("pipeline.json"))
+        .args(["--param", "title=Shared"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let run = String::from_utf8(output.stdout).unwrap().trim().to_string();
+    let (status, body) = http(
+        &addr,
+        "GET",
+        &format!("/api/v1/runs/{run}"),
+        Some(&token),
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"status\":\"waiting\""), "{body}");
+    let (status, body) = http(
+        &addr,
+        "POST",
+        &format!("/api/v1/runs/{run}/blocks/summarize/approve"),
+        Some(&token),
+        "{\"note\": \"from the API\"}",
+    );
+    assert_eq!(status, 200, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let doc = status_json(&db, &run);
+        if doc["status"] == "done" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server did not finish the run: {doc}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // SIGTERM: the server stops and exits 0.
+    // SAFETY: sends a signal to the child this test spawned and still owns.
+    unsafe {
+        libc::kill(server.id() as i32, libc::SIGTERM);
+    }
+    let started = Instant::now();
+    let status = server.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+
+    // --no-auth is refused off loopback.
+    factory(&db)
+        .args(["serve", "--no-auth", "--addr", "0.0.0.0:0"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("loopback"));
+}

@@ -244,6 +244,7 @@ async fn revoke_token(
         .revoke_token(&id, factory_engine::now_ms())
         .await?
     {
+        state.tokens.clear();
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(

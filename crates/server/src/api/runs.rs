@@ -193,11 +193,17 @@ pub async fn create_run(
     Ok(doc)
 }
 
+/// The hot read: the stored JSON text goes out as it is, without parsing;
+/// an id prefix is resolved only when the full id is not found.
 pub async fn get(State(state): State<SharedState>, Path(run): Path<String>) -> ApiResult<Response> {
-    let run_id = state.store.resolve_run_id(&run).await?;
-    let stored = state.store.load_run(&run_id).await?;
-    // Serialised straight from the stored document: this is the hot read.
-    let body = serde_json::to_vec(&stored.doc).map_err(ApiError::internal)?;
+    let body = match state.store.load_run_json(&run).await {
+        Ok(body) => body,
+        Err(factory_store::StoreError::RunNotFound(_)) => {
+            let run_id = state.store.resolve_run_id(&run).await?;
+            state.store.load_run_json(&run_id).await?
+        }
+        Err(error) => return Err(error.into()),
+    };
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 

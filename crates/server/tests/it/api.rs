@@ -891,3 +891,52 @@ async fn block_chat_talks_to_the_configured_provider() {
         .await;
     assert_eq!(s, 403);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_works_the_same_on_postgres() {
+    let t = TestServer::start_postgres().await;
+    let run = t.create_review_run("On PostgreSQL").await;
+    t.wait_for(&run, "gate", |d| block_status(d, "draft") == "waiting")
+        .await;
+    let (s, b) = t
+        .call(
+            Method::POST,
+            &format!("/api/v1/runs/{run}/blocks/draft/reject"),
+            "reviewer",
+            Some(json!({"feedback": "more"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    t.wait_for(&run, "second attempt", |d| {
+        block_status(d, "draft") == "waiting" && d["blocks"]["draft"]["attempts"] == 2
+    })
+    .await;
+    let (s, b) = t
+        .call(
+            Method::POST,
+            &format!("/api/v1/runs/{run}/blocks/draft/approve"),
+            "reviewer",
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    t.wait_for(&run, "done", |d| d["status"] == "done").await;
+    let (s, b) = t
+        .call(
+            Method::PUT,
+            &format!("/api/v1/runs/{run}/reflection"),
+            "reviewer",
+            Some(json!({"worked": "pg", "broke": "", "change": "", "automate": ""})),
+        )
+        .await;
+    assert_eq!(s, 204, "{b}");
+    let (_, memory) = t
+        .call(
+            Method::GET,
+            "/api/v1/templates/review-demo/memory",
+            "viewer",
+            None,
+        )
+        .await;
+    assert_eq!(memory["reflections"][0]["body"]["worked"], "pg");
+}

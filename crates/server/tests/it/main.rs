@@ -81,14 +81,27 @@ impl TestServer {
     }
 
     pub async fn start_with(llm: Option<factory_runtime::llm::LlmSettings>) -> TestServer {
+        TestServer::start_on(None, llm).await
+    }
+
+    /// On a fresh PostgreSQL database instead of a SQLite file.
+    pub async fn start_postgres() -> TestServer {
+        let url = factory_store::testing::fresh_postgres_database().await;
+        TestServer::start_on(Some(url), None).await
+    }
+
+    async fn start_on(
+        url: Option<String>,
+        llm: Option<factory_runtime::llm::LlmSettings>,
+    ) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let templates = dir.path().join("templates");
         std::fs::create_dir_all(&templates).unwrap();
         std::fs::write(templates.join("review.json"), REVIEW_TEMPLATE).unwrap();
         std::fs::write(templates.join("slow.json"), SLOW_TEMPLATE).unwrap();
         let db = dir.path().join("factory.db");
-        let store: Arc<dyn Store> =
-            Arc::from(factory_store::open(db.to_str().unwrap()).await.unwrap());
+        let url = url.unwrap_or_else(|| db.to_string_lossy().into_owned());
+        let store: Arc<dyn Store> = Arc::from(factory_store::open(&url).await.unwrap());
         let mut tokens = std::collections::BTreeMap::new();
         for (name, role) in [
             ("viewer", Role::Viewer),

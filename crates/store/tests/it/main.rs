@@ -55,6 +55,16 @@ async fn round_trip(store: &dyn Store) {
     let doc = create(store, "run-round-trip").await;
     let stored = store.load_run("run-round-trip").await.unwrap();
     assert_eq!(stored.doc, doc);
+    let raw = store.load_run_json("run-round-trip").await.unwrap();
+    assert_eq!(
+        serde_json::from_str::<RunDoc>(&raw).unwrap(),
+        doc,
+        "raw text is the same document"
+    );
+    assert!(matches!(
+        store.load_run_json("nope").await,
+        Err(StoreError::RunNotFound(_))
+    ));
     assert_eq!(stored.version, 1);
     assert_eq!(stored.template_json, TEMPLATE);
     assert_eq!(stored.template_path.as_deref(), Some("/tmp/t.json"));
