@@ -147,8 +147,8 @@ fn pipeline(doc: &RunDoc, template: &Template, layers: &[(String, Vec<usize>)]) 
                                     div.block-title {
                                         (block.name)
                                         @match block.execution.human_gate {
-                                            HumanGate::Before => span.gate title="human gate before the block" { " ⛩ before" },
-                                            HumanGate::After => span.gate title="human gate after the block" { " ⛩ after" },
+                                            HumanGate::Before => { " " span.gate title="a person approves before the block runs" { "gate: before" } },
+                                            HumanGate::After => { " " span.gate title="a person approves the block's output" { "gate: after" } },
                                             HumanGate::None => {},
                                         }
                                     }

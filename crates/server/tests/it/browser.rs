@@ -129,6 +129,9 @@ async fn login(client: &Client, t: &TestServer, role: &str, next: &str) {
 }
 
 async fn screenshot(client: &Client, name: &str) {
+    let _ = client
+        .execute("document.activeElement && document.activeElement.blur(); window.scrollTo(0, 0); return true;", vec![])
+        .await;
     let png = client.screenshot().await.unwrap();
     assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
     if let Ok(dir) = std::env::var("FACTORY_SCREENSHOTS_DIR") {
@@ -151,7 +154,6 @@ async fn operators_and_reviewers_drive_a_run_from_the_browser() {
         "return document.querySelector('#new-run') !== null;",
     )
     .await;
-    screenshot(c, "runs-home-empty").await;
     let uploads = tempfile::tempdir().unwrap();
     let upload = uploads.path().join("source.txt");
     std::fs::write(&upload, "uploaded source text").unwrap();
@@ -428,6 +430,74 @@ async fn operators_and_reviewers_drive_a_run_from_the_browser() {
         .unwrap();
     assert_eq!(status, json!(403));
     assert_eq!(block_status(&t.doc(&third).await, "draft"), "waiting");
+
+    // The 26-block clone-factory shape (every block a no-op), stopped at its
+    // first gate: the pipeline view of a real template.
+    let mut clone: Value =
+        serde_json::from_str(include_str!("../../../../templates/clone-factory.json")).unwrap();
+    for block in clone["blocks"].as_array_mut().unwrap() {
+        block["runtime"] = json!("builtin");
+        block["inputs"]["config"] = json!({"builtin": "noop", "metrics": {"score": 90}});
+        block["inputs"]["env"] = json!([]);
+        block.as_object_mut().unwrap().remove("audit");
+    }
+    let required: serde_json::Map<String, Value> = clone["params"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, spec)| spec["required"] == true)
+        .map(|(name, _)| (name.clone(), json!("Marisol Vega")))
+        .collect();
+    let (s, body) = t
+        .call(
+            Method::POST,
+            "/api/v1/templates",
+            "admin",
+            Some(json!({"template": clone})),
+        )
+        .await;
+    assert_eq!(s, 201, "{body}");
+    let (s, body) = t
+        .call(
+            Method::POST,
+            "/api/v1/runs",
+            "operator",
+            Some(json!({"template": "clone-factory", "params": required})),
+        )
+        .await;
+    assert_eq!(s, 201, "{body}");
+    let big = body["run_id"].as_str().unwrap().to_string();
+    t.wait_for(&big, "the first gate", |d| d["status"] == "waiting")
+        .await;
+    c.goto(&t.url(&format!("/runs/{big}"))).await.unwrap();
+    let cards = c
+        .execute(
+            "return document.querySelectorAll('a.block').length;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(cards, json!(26), "every block is on the pipeline view");
+    let gates = c
+        .execute(
+            "return document.querySelectorAll('a.block .gate').length;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert!(gates.as_u64().unwrap() >= 5, "gates are marked: {gates}");
+    let groups = c
+        .execute(
+            "return document.querySelectorAll('.group.parallel').length;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert!(
+        groups.as_u64().unwrap() >= 1,
+        "parallel groups are boxed: {groups}"
+    );
+    screenshot(c, "pipeline-clone-factory").await;
 
     b.client.clone().close().await.unwrap();
 }
