@@ -138,4 +138,5 @@ pub mod codes {
     pub const BAD_ENV_NAME: &str = "TPL0020";
     pub const PARAM: &str = "TPL0021";
     pub const AUDIT: &str = "TPL0022";
+    pub const FILE_PATTERN: &str = "TPL0023";
 }

@@ -253,7 +253,8 @@ pub struct Inputs {
     /// Typed wiring: each entry names an upstream block and one of its artifact keys.
     #[serde(default)]
     pub depends: Vec<Dependency>,
-    /// Workspace file patterns the block reads.
+    /// Patterns (`*`, `?`, `[…]`) naming the run's uploaded input files this
+    /// block reads; matching uploads arrive as inputs `uploads.<file name>`.
     #[serde(default)]
     pub files: Vec<String>,
     /// Environment variables that must be set when a run is created.

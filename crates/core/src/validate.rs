@@ -553,6 +553,20 @@ fn check_block(
     let at = |suffix: &str| format!("$.blocks[{i}]{suffix}");
     let id = block.id.clone();
 
+    for (f, pattern) in block.inputs.files.iter().enumerate() {
+        if let Err(error) = glob::Pattern::new(pattern) {
+            out.push(
+                Diagnostic::error(
+                    codes::FILE_PATTERN,
+                    at(&format!(".inputs.files[{f}]")),
+                    format!("file pattern `{pattern}` is not valid: {error}"),
+                )
+                .in_block(id.clone())
+                .with_help("use `*`, `?` and `[…]`, e.g. `*.md` or `transcript-*.txt`"),
+            );
+        }
+    }
+
     let mut keys = BTreeSet::new();
     for (a, artifact) in block.outputs.artifacts.iter().enumerate() {
         if !keys.insert(artifact.key.as_str()) {

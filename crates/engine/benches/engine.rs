@@ -55,22 +55,6 @@ fn fan_out(width: usize) -> String {
     template(blocks)
 }
 
-/// The clone-factory template with every block a no-op (same DAG, same wiring).
-fn clone_factory() -> String {
-    let mut value: Value =
-        serde_json::from_str(include_str!("../../../templates/clone-factory.json")).unwrap();
-    for block in value["blocks"].as_array_mut().unwrap() {
-        block["runtime"] = json!("builtin");
-        block["inputs"]["config"] = json!({"builtin": "noop", "metrics": {"score": 90}});
-        block["inputs"]["env"] = json!([]);
-        // Golden paths are relative to the template file, which this copy has not.
-        if let Some(block) = block.as_object_mut() {
-            block.remove("audit");
-        }
-    }
-    value.to_string()
-}
-
 fn bench(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -95,7 +79,11 @@ fn bench(c: &mut Criterion) {
     for (name, source, blocks) in [
         ("chain_40", chain(40), 40u64),
         ("fan_out_200_join", fan_out(200), 202),
-        ("clone_factory_26", clone_factory(), 26),
+        (
+            "clone_factory_26",
+            factory_engine::fixtures::clone_factory_noop(),
+            26,
+        ),
     ] {
         let pipeline = factory_engine::load_pipeline(&source).unwrap();
         // Every block auto: measure the engine, not a person at a gate.

@@ -10,6 +10,7 @@ use factory_core::run::{
     ArtifactRef, AttemptReport, BlockStatus, Event, EventRecord, LlmUsage, LogRef, Millis, RunDoc,
     RunStatus,
 };
+use factory_core::template::ArtifactFormat;
 use factory_core::transitions;
 use factory_runtime::{AttemptInput, Execution, InputArtifact};
 use factory_store::{NewBlob, Store};
@@ -496,6 +497,65 @@ async fn gather_inputs(
             key: dep.key.clone(),
             path: artifact.path.clone(),
             format: artifact.format,
+            content,
+        });
+    }
+    inputs.extend(uploaded_inputs(store, doc, block).await?);
+    Ok(inputs)
+}
+
+/// The run's uploaded files that match the block's `inputs.files` patterns,
+/// as inputs of the pseudo-block `uploads`.
+async fn uploaded_inputs(
+    store: &dyn Store,
+    doc: &RunDoc,
+    block: &factory_core::template::Block,
+) -> std::result::Result<Vec<InputArtifact>, String> {
+    if block.inputs.files.is_empty() {
+        return Ok(Vec::new());
+    }
+    let patterns: Vec<glob::Pattern> = block
+        .inputs
+        .files
+        .iter()
+        .map(|p| {
+            glob::Pattern::new(p)
+                .map_err(|e| format!("block `{}`: inputs.files pattern `{p}`: {e}", block.id))
+        })
+        .collect::<std::result::Result<_, _>>()?;
+    let records = store
+        .records(&doc.run_id, factory_store::kinds::UPLOAD)
+        .await
+        .map_err(|error| format!("cannot list the run's uploaded files: {error}"))?;
+    let mut inputs = Vec::new();
+    for record in records {
+        let name = record.key;
+        if !patterns.iter().any(|p| p.matches(&name)) {
+            continue;
+        }
+        let Some(hash) = record.body.get("hash").and_then(|h| h.as_str()) else {
+            return Err(format!("uploaded file `{name}` has no content hash"));
+        };
+        let content = store
+            .get_blob(hash)
+            .await
+            .map_err(|error| format!("cannot read uploaded file `{name}`: {error}"))?;
+        let format = match name
+            .rsplit_once('.')
+            .map(|(_, ext)| ext.to_ascii_lowercase())
+        {
+            Some(ext) if ext == "md" || ext == "markdown" => ArtifactFormat::Md,
+            Some(ext) if ext == "json" => ArtifactFormat::Json,
+            Some(ext) if ext == "csv" => ArtifactFormat::Csv,
+            Some(ext) if ext == "html" || ext == "htm" => ArtifactFormat::Html,
+            Some(ext) if ext == "yaml" || ext == "yml" => ArtifactFormat::Yaml,
+            _ => ArtifactFormat::Text,
+        };
+        inputs.push(InputArtifact {
+            block: "uploads".to_string(),
+            key: name.clone(),
+            path: name,
+            format,
             content,
         });
     }

@@ -9,6 +9,7 @@
 
 mod audit;
 mod driver;
+pub mod fixtures;
 mod handle;
 mod owner;
 

@@ -18,21 +18,7 @@ use factory_core::transitions::RunRequest;
 use factory_engine::{Engine, EngineConfig};
 use factory_server::ServerConfig;
 use factory_server::auth::Role;
-use serde_json::{Value, json};
-
-fn clone_factory() -> String {
-    let mut value: Value =
-        serde_json::from_str(include_str!("../../../templates/clone-factory.json")).unwrap();
-    for block in value["blocks"].as_array_mut().unwrap() {
-        block["runtime"] = json!("builtin");
-        block["inputs"]["config"] = json!({"builtin": "noop", "metrics": {"score": 90}});
-        block["inputs"]["env"] = json!([]);
-        if let Some(block) = block.as_object_mut() {
-            block.remove("audit");
-        }
-    }
-    value.to_string()
-}
+use serde_json::json;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
@@ -117,7 +103,7 @@ fn main() {
             work_root: dir.path().join("work"),
             ..EngineConfig::default()
         };
-        let source = clone_factory();
+        let source = factory_engine::fixtures::clone_factory_noop();
         let pipeline = factory_engine::load_pipeline(&source).unwrap();
         let engine = Engine::new(store.clone(), config.clone());
         let request = RunRequest {

@@ -1081,6 +1081,23 @@ fn other_warnings() {
     );
 }
 
+#[test]
+fn bad_file_patterns_are_reported() {
+    let mut b = block("a");
+    b["inputs"]["files"] = json!(["*.md", "[oops"]);
+    let validated = check(
+        template(vec![b]),
+        &[("TPL0023", "$.blocks[0].inputs.files[1]", Some("a"))],
+    );
+    let e = only_error(&validated);
+    assert_eq!(
+        (e.code, e.path.as_str()),
+        ("TPL0023", "$.blocks[0].inputs.files[1]")
+    );
+    assert!(e.message.contains("[oops"));
+    assert!(help(e).contains("*.md"));
+}
+
 // ── Many problems at once ──
 
 #[test]

@@ -660,18 +660,7 @@ async fn autonomy_profiles_and_overrides() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clone_factory_shape_on_postgres() {
     let h = postgres().await;
-    let mut value: Value =
-        serde_json::from_str(include_str!("../../../../templates/clone-factory.json")).unwrap();
-    for block in value["blocks"].as_array_mut().unwrap() {
-        block["runtime"] = json!("builtin");
-        block["inputs"]["config"] = json!({"builtin": "noop", "metrics": {"score": 90}});
-        block["inputs"]["env"] = json!([]);
-        // Golden paths are relative to the template file, which this copy has not.
-        if let Some(block) = block.as_object_mut() {
-            block.remove("audit");
-        }
-    }
-    let source = value.to_string();
+    let source = factory_engine::fixtures::clone_factory_noop();
     let request = RunRequest {
         params: [("expert_name".to_string(), json!("Ada"))].into(),
         ..RunRequest::default()

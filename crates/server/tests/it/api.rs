@@ -403,6 +403,10 @@ async fn a_run_goes_through_its_gate_with_reviews_and_reflection() {
         .await
         .unwrap();
     assert!(text.contains("Name the quarter"), "{text}");
+    assert!(
+        text.contains("Source: source material"),
+        "the block read the upload: {text}"
+    );
     let (s, diff) = t
         .call(
             Method::GET,

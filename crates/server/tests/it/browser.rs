@@ -247,23 +247,12 @@ async fn operators_and_reviewers_drive_a_run_from_the_browser() {
         .send_keys("half a thought")
         .await
         .unwrap();
-    let mut saved = false;
-    for _ in 0..100 {
-        let (_, drafts) = t
-            .call(
-                Method::GET,
-                &format!("/api/v1/runs/{run}/drafts"),
-                "viewer",
-                None,
-            )
-            .await;
-        if drafts["drafts"]["reject-draft"]["feedback"] == "half a thought" {
-            saved = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(saved, "the half-written feedback was saved to the run");
+    t.poll(
+        &format!("/api/v1/runs/{run}/drafts"),
+        "the half-written feedback saved to the run",
+        |d| d["drafts"]["reject-draft"]["feedback"] == "half a thought",
+    )
+    .await;
     c.refresh().await.unwrap();
     until(
         c,
@@ -337,26 +326,12 @@ async fn operators_and_reviewers_drive_a_run_from_the_browser() {
         .click()
         .await
         .unwrap();
-    let mut saved = Value::Null;
-    for _ in 0..100 {
-        let (_, r) = t
-            .call(
-                Method::GET,
-                &format!("/api/v1/runs/{run}/reflection"),
-                "viewer",
-                None,
-            )
-            .await;
-        saved = r;
-        if !saved["reflection"].is_null() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(
-        saved["reflection"]["body"]["worked"],
-        "the gate caught a vague draft"
-    );
+    t.poll(
+        &format!("/api/v1/runs/{run}/reflection"),
+        "the reflection saved",
+        |r| r["reflection"]["body"]["worked"] == "the gate caught a vague draft",
+    )
+    .await;
 
     // Approving from the QA panel, on a second run.
     let second = t.create_review_run("Second").await;
@@ -433,14 +408,8 @@ async fn operators_and_reviewers_drive_a_run_from_the_browser() {
 
     // The 26-block clone-factory shape (every block a no-op), stopped at its
     // first gate: the pipeline view of a real template.
-    let mut clone: Value =
-        serde_json::from_str(include_str!("../../../../templates/clone-factory.json")).unwrap();
-    for block in clone["blocks"].as_array_mut().unwrap() {
-        block["runtime"] = json!("builtin");
-        block["inputs"]["config"] = json!({"builtin": "noop", "metrics": {"score": 90}});
-        block["inputs"]["env"] = json!([]);
-        block.as_object_mut().unwrap().remove("audit");
-    }
+    let clone: Value =
+        serde_json::from_str(&factory_engine::fixtures::clone_factory_noop()).unwrap();
     let required: serde_json::Map<String, Value> = clone["params"]
         .as_object()
         .unwrap()

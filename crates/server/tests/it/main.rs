@@ -28,7 +28,7 @@ pub const REVIEW_TEMPLATE: &str = r#"{
     { "id": "draft", "name": "Write the draft", "layer": "L0", "type": "build", "runtime": "command",
       "description": "Writes a Markdown draft; a reviewer approves it.",
       "inputs": { "config": { "command": ["sh", "-c",
-        "printf '# %s\\n\\nAttempt %s.\\n' \"$FACTORY_PARAM_TITLE\" \"$FACTORY_ATTEMPT\" > \"$FACTORY_OUTPUT_DIR/draft.md\"; if [ -n \"$FACTORY_CORRECTIONS\" ]; then printf '\\nFixed: %s\\n' \"$(cat \"$FACTORY_CORRECTIONS\" | tr -d '\\n' | cut -c1-300)\" >> \"$FACTORY_OUTPUT_DIR/draft.md\"; fi"] } },
+        "printf '# %s\\n\\nAttempt %s.\\n' \"$FACTORY_PARAM_TITLE\" \"$FACTORY_ATTEMPT\" > \"$FACTORY_OUTPUT_DIR/draft.md\"; if [ -n \"$FACTORY_CORRECTIONS\" ]; then printf '\\nFixed: %s\\n' \"$(cat \"$FACTORY_CORRECTIONS\" | tr -d '\\n' | cut -c1-300)\" >> \"$FACTORY_OUTPUT_DIR/draft.md\"; fi; for f in \"$(dirname \"$FACTORY_INPUTS\")\"/inputs/uploads/*.txt; do if [ -f \"$f\" ]; then printf '\\nSource: %s\\n' \"$(cat \"$f\")\" >> \"$FACTORY_OUTPUT_DIR/draft.md\"; fi; done"] }, "files": ["*.txt"] },
       "outputs": { "artifacts": [{ "key": "draft", "path": "draft.md", "format": "md" }] },
       "execution": { "human_gate": "after", "max_retries": 0, "separate_reviewer": true } },
     { "id": "publish", "name": "Publish", "layer": "L1", "type": "build", "runtime": "builtin",
@@ -220,14 +220,22 @@ impl TestServer {
 
     /// Polls the API (tests only; the pages use SSE) until `check` holds.
     pub async fn wait_for(&self, run: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        self.poll(&format!("/api/v1/runs/{run}"), what, check).await
+    }
+
+    /// Polls `GET path` as a viewer until `check` holds on its JSON body.
+    pub async fn poll(&self, path: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let mut last = Value::Null;
         for _ in 0..300 {
-            let doc = self.doc(run).await;
-            if check(&doc) {
-                return doc;
+            let (status, body) = self.call(reqwest::Method::GET, path, "viewer", None).await;
+            assert_eq!(status, 200, "GET {path}: {body}");
+            if check(&body) {
+                return body;
             }
+            last = body;
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("timed out waiting for {what}: {}", self.doc(run).await);
+        panic!("timed out waiting for {what}: {last}");
     }
 }
 
