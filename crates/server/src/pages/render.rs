@@ -5,7 +5,7 @@ use factory_audit::AuditReport;
 use factory_core::run::Millis;
 use factory_core::template::ArtifactFormat;
 use maud::{Markup, PreEscaped, html};
-use pulldown_cmark::{Event, Options, Parser};
+use pulldown_cmark::{CowStr, Event, Options, Parser, Tag};
 use serde_json::Value;
 
 /// Markdown to HTML. Raw HTML inside the Markdown is shown as text: artifacts
@@ -14,12 +14,47 @@ pub fn markdown(text: &str) -> Markup {
     let parser = Parser::new_ext(text, Options::ENABLE_TABLES | Options::ENABLE_STRIKETHROUGH).map(
         |event| match event {
             Event::Html(html) | Event::InlineHtml(html) => Event::Text(html),
+            Event::Start(Tag::Link {
+                link_type,
+                dest_url,
+                title,
+                id,
+            }) => Event::Start(Tag::Link {
+                link_type,
+                dest_url: safe_url(dest_url),
+                title,
+                id,
+            }),
+            Event::Start(Tag::Image {
+                link_type,
+                dest_url,
+                title,
+                id,
+            }) => Event::Start(Tag::Image {
+                link_type,
+                dest_url: safe_url(dest_url),
+                title,
+                id,
+            }),
             other => other,
         },
     );
     let mut out = String::new();
     pulldown_cmark::html::push_html(&mut out, parser);
     PreEscaped(out)
+}
+
+/// Keeps web and mail links and relative ones; anything else (`javascript:`,
+/// `data:`, …) becomes `#`.
+fn safe_url(url: CowStr<'_>) -> CowStr<'_> {
+    let lower = url.trim().to_ascii_lowercase();
+    let scheme = lower.split_once(':').map(|(s, _)| s);
+    let relative = scheme.is_none() || lower.starts_with('/') || lower.starts_with('#');
+    match scheme {
+        _ if relative => url,
+        Some("http" | "https" | "mailto") => url,
+        _ => CowStr::Borrowed("#"),
+    }
 }
 
 /// JSON bigger than this is shown as plain pretty text (a tree of thousands
@@ -158,6 +193,16 @@ mod tests {
         assert!(out.contains("<em>x</em>"));
         assert!(!out.contains("<script>"), "{out}");
         assert!(out.contains("&lt;script&gt;"));
+        let links = markdown("[a](javascript:alert(1)) [b](https://x.org) [c](notes.md) ![d](data:image/png;base64,AA)")
+            .into_string();
+        assert!(
+            !links.contains("javascript:") && !links.contains("data:"),
+            "{links}"
+        );
+        assert!(
+            links.contains("href=\"https://x.org\"") && links.contains("href=\"notes.md\""),
+            "{links}"
+        );
     }
 
     #[test]
