@@ -19,7 +19,7 @@ use factory_core::run::{Event, EventRecord, Millis, RunDoc};
 use sha2::{Digest, Sha256};
 
 pub use postgres::PostgresStore;
-pub use side::{RunRecord, TemplateRecord, TokenRecord, kinds};
+pub use side::{FeedbackRecord, ImprovementItem, RunRecord, TemplateRecord, TokenRecord, kinds};
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -222,6 +222,28 @@ pub trait Store: Send + Sync {
 
     /// A run's records of one kind, oldest first.
     async fn records(&self, run_id: &str, kind: &str) -> Result<Vec<RunRecord>>;
+
+    /// Stores a review submission (feedback ids are unique).
+    async fn add_feedback(&self, feedback: &FeedbackRecord) -> Result<()>;
+
+    /// A run's review submissions, oldest first.
+    async fn feedback(&self, run_id: &str) -> Result<Vec<FeedbackRecord>>;
+
+    /// Inserts or updates an improvement item by id.
+    async fn put_item(&self, item: &ImprovementItem) -> Result<()>;
+
+    async fn item(&self, id: &str) -> Result<Option<ImprovementItem>>;
+
+    /// The item a run already has for a source key (the same finding).
+    async fn item_by_key(&self, run_id: &str, source_key: &str) -> Result<Option<ImprovementItem>>;
+
+    /// A run's items, optionally of one status and one target block.
+    async fn items(
+        &self,
+        run_id: &str,
+        status: Option<&str>,
+        skill_target: Option<&str>,
+    ) -> Result<Vec<ImprovementItem>>;
 
     /// The newest records of one kind across all runs of a template.
     async fn records_for_template(

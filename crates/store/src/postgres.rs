@@ -14,9 +14,9 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Connection, Row};
 
 use crate::{
-    BlobRef, Lease, LeaseOp, NewBlob, NewRun, Result, RunRecord, RunSummary, Store, StoreError,
-    StoredRun, TemplateRecord, TokenRecord, blob_hash, lease_ops, like_prefix, parse_doc,
-    parse_event,
+    BlobRef, FeedbackRecord, ImprovementItem, Lease, LeaseOp, NewBlob, NewRun, Result, RunRecord,
+    RunSummary, Store, StoreError, StoredRun, TemplateRecord, TokenRecord, blob_hash, lease_ops,
+    like_prefix, parse_doc, parse_event,
 };
 
 #[derive(Debug, Clone)]
@@ -333,6 +333,35 @@ impl Store for PostgresStore {
 
     async fn records(&self, run_id: &str, kind: &str) -> Result<Vec<RunRecord>> {
         q::records(&self.pool, run_id, kind).await
+    }
+
+    async fn add_feedback(&self, feedback: &FeedbackRecord) -> Result<()> {
+        q::add_feedback(&self.pool, feedback).await
+    }
+
+    async fn feedback(&self, run_id: &str) -> Result<Vec<FeedbackRecord>> {
+        q::feedback(&self.pool, run_id).await
+    }
+
+    async fn put_item(&self, item: &ImprovementItem) -> Result<()> {
+        q::put_item(&self.pool, item).await
+    }
+
+    async fn item(&self, id: &str) -> Result<Option<ImprovementItem>> {
+        q::item(&self.pool, id).await
+    }
+
+    async fn item_by_key(&self, run_id: &str, source_key: &str) -> Result<Option<ImprovementItem>> {
+        q::item_by_key(&self.pool, run_id, source_key).await
+    }
+
+    async fn items(
+        &self,
+        run_id: &str,
+        status: Option<&str>,
+        skill_target: Option<&str>,
+    ) -> Result<Vec<ImprovementItem>> {
+        q::items(&self.pool, run_id, status, skill_target).await
     }
 
     async fn records_for_template(

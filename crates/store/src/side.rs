@@ -58,6 +58,61 @@ pub struct RunRecord {
     pub body: serde_json::Value,
 }
 
+/// One submission from a review page (extraction review or expert audit).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeedbackRecord {
+    pub id: String,
+    pub run_id: String,
+    /// The run version reviewed (`v1`, `v2`, …).
+    pub version: String,
+    /// `extraction-review` or `expert-audit`.
+    pub source: String,
+    pub tester: String,
+    /// `expert`, `product_lead`, `tech_lead`, `team` or `external`.
+    pub tester_role: String,
+    pub free_text: String,
+    /// Per-item verdicts and corrections, as submitted.
+    pub items: serde_json::Value,
+    pub created_at: Millis,
+}
+
+/// A finding to correct, with its consensus across testers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImprovementItem {
+    pub id: String,
+    pub run_id: String,
+    /// Identifies "the same item" across testers (e.g. `frameworks.json $.frameworks[2]`).
+    pub source_key: String,
+    /// The block whose output the finding is about.
+    pub skill_target: String,
+    pub finding_type: String,
+    /// `critical`, `high`, `medium` or `low`.
+    pub priority: String,
+    pub source_text: String,
+    pub expert_correction: String,
+    /// `open`, `accepted`, `rejected`, `triage` or `resolved`.
+    pub status: String,
+    pub consensus_score: f64,
+    /// `[{tester, role, weight, feedback_id}]`.
+    pub flagged_by: serde_json::Value,
+    pub prompt_version: Option<String>,
+    pub extraction_version: Option<String>,
+    pub resolved_in_version: Option<String>,
+    pub resolution_notes: Option<String>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+pub(crate) const INSERT_FEEDBACK: &str = "INSERT INTO feedback (id, run_id, version, source, tester, tester_role, free_text, items, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+pub(crate) const FEEDBACK_OF_RUN: &str = "SELECT id, run_id, version, source, tester, tester_role, free_text, items, created_at FROM feedback WHERE run_id = $1 ORDER BY created_at, id";
+pub(crate) const UPSERT_ITEM: &str = "INSERT INTO improvement_items (id, run_id, source_key, skill_target, finding_type, priority, source_text, expert_correction, status, consensus_score, flagged_by, prompt_version, extraction_version, resolved_in_version, resolution_notes, created_at, updated_at)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+     ON CONFLICT (id) DO UPDATE SET skill_target = excluded.skill_target, finding_type = excluded.finding_type, priority = excluded.priority, source_text = excluded.source_text, expert_correction = excluded.expert_correction, status = excluded.status, consensus_score = excluded.consensus_score, flagged_by = excluded.flagged_by, prompt_version = excluded.prompt_version, extraction_version = excluded.extraction_version, resolved_in_version = excluded.resolved_in_version, resolution_notes = excluded.resolution_notes, updated_at = excluded.updated_at";
+pub(crate) const ITEM_BY_ID: &str = "SELECT * FROM improvement_items WHERE id = $1";
+pub(crate) const ITEM_BY_KEY: &str =
+    "SELECT * FROM improvement_items WHERE run_id = $1 AND source_key = $2";
+pub(crate) const ITEMS_OF_RUN: &str = "SELECT * FROM improvement_items WHERE run_id = $1 AND status = COALESCE($2, status) AND skill_target = COALESCE($3, skill_target) ORDER BY created_at, id";
+
 pub(crate) const INSERT_TOKEN: &str = "INSERT INTO api_tokens (id, name, role, hash, created_by, created_at, revoked_at) VALUES ($1, $2, $3, $4, $5, $6, NULL)";
 pub(crate) const TOKEN_BY_HASH: &str = "SELECT id, name, role, hash, created_by, created_at, revoked_at FROM api_tokens WHERE hash = $1";
 pub(crate) const LIST_TOKENS: &str = "SELECT id, name, role, hash, created_by, created_at, revoked_at FROM api_tokens ORDER BY created_at, id";
@@ -108,6 +163,44 @@ macro_rules! map_rows {
     };
 }
 pub(crate) use map_rows;
+
+fn parse_json(run_id: &str, what: &'static str, text: &str) -> crate::Result<serde_json::Value> {
+    serde_json::from_str(text).map_err(|source| crate::StoreError::Corrupt {
+        run_id: run_id.to_string(),
+        what,
+        source,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn parse_feedback(
+    id: String,
+    run_id: String,
+    version: String,
+    source: String,
+    tester: String,
+    tester_role: String,
+    free_text: String,
+    items: &str,
+    created_at: Millis,
+) -> crate::Result<FeedbackRecord> {
+    let items = parse_json(&run_id, "feedback items", items)?;
+    Ok(FeedbackRecord {
+        id,
+        run_id,
+        version,
+        source,
+        tester,
+        tester_role,
+        free_text,
+        items,
+        created_at,
+    })
+}
+
+pub(crate) fn parse_flagged_by(run_id: &str, text: &str) -> crate::Result<serde_json::Value> {
+    parse_json(run_id, "improvement item flagged_by", text)
+}
 
 pub(crate) fn parse_record(
     run_id: String,
@@ -258,6 +351,134 @@ macro_rules! side_queries {
                 .fetch_all(pool)
                 .await?;
             map_records(&rows)
+        }
+
+        pub(crate) async fn add_feedback(pool: &$pool, f: &FeedbackRecord) -> $crate::Result<()> {
+            sqlx::query(INSERT_FEEDBACK)
+                .bind(&f.id)
+                .bind(&f.run_id)
+                .bind(&f.version)
+                .bind(&f.source)
+                .bind(&f.tester)
+                .bind(&f.tester_role)
+                .bind(&f.free_text)
+                .bind(serde_json::to_string(&f.items)?)
+                .bind(f.created_at)
+                .execute(pool)
+                .await?;
+            Ok(())
+        }
+
+        pub(crate) async fn feedback(
+            pool: &$pool,
+            run_id: &str,
+        ) -> $crate::Result<Vec<FeedbackRecord>> {
+            let rows = sqlx::query(FEEDBACK_OF_RUN)
+                .bind(run_id)
+                .fetch_all(pool)
+                .await?;
+            rows.iter()
+                .map(|row| {
+                    parse_feedback(
+                        row.get("id"),
+                        row.get("run_id"),
+                        row.get("version"),
+                        row.get("source"),
+                        row.get("tester"),
+                        row.get("tester_role"),
+                        row.get("free_text"),
+                        row.get::<&str, _>("items"),
+                        row.get("created_at"),
+                    )
+                })
+                .collect()
+        }
+
+        pub(crate) async fn put_item(pool: &$pool, i: &ImprovementItem) -> $crate::Result<()> {
+            sqlx::query(UPSERT_ITEM)
+                .bind(&i.id)
+                .bind(&i.run_id)
+                .bind(&i.source_key)
+                .bind(&i.skill_target)
+                .bind(&i.finding_type)
+                .bind(&i.priority)
+                .bind(&i.source_text)
+                .bind(&i.expert_correction)
+                .bind(&i.status)
+                .bind(i.consensus_score)
+                .bind(serde_json::to_string(&i.flagged_by)?)
+                .bind(&i.prompt_version)
+                .bind(&i.extraction_version)
+                .bind(&i.resolved_in_version)
+                .bind(&i.resolution_notes)
+                .bind(i.created_at)
+                .bind(i.updated_at)
+                .execute(pool)
+                .await?;
+            Ok(())
+        }
+
+        fn map_item(row: &$row) -> $crate::Result<ImprovementItem> {
+            let run_id: String = row.get("run_id");
+            let flagged_by = parse_flagged_by(&run_id, row.get::<&str, _>("flagged_by"))?;
+            Ok(ImprovementItem {
+                id: row.get("id"),
+                run_id,
+                source_key: row.get("source_key"),
+                skill_target: row.get("skill_target"),
+                finding_type: row.get("finding_type"),
+                priority: row.get("priority"),
+                source_text: row.get("source_text"),
+                expert_correction: row.get("expert_correction"),
+                status: row.get("status"),
+                consensus_score: row.get("consensus_score"),
+                flagged_by,
+                prompt_version: row.get("prompt_version"),
+                extraction_version: row.get("extraction_version"),
+                resolved_in_version: row.get("resolved_in_version"),
+                resolution_notes: row.get("resolution_notes"),
+                created_at: row.get("created_at"),
+                updated_at: row.get("updated_at"),
+            })
+        }
+
+        pub(crate) async fn item(
+            pool: &$pool,
+            id: &str,
+        ) -> $crate::Result<Option<ImprovementItem>> {
+            let row = sqlx::query(ITEM_BY_ID)
+                .bind(id)
+                .fetch_optional(pool)
+                .await?;
+            row.as_ref().map(map_item).transpose()
+        }
+
+        pub(crate) async fn item_by_key(
+            pool: &$pool,
+            run_id: &str,
+            source_key: &str,
+        ) -> $crate::Result<Option<ImprovementItem>> {
+            let row = sqlx::query(ITEM_BY_KEY)
+                .bind(run_id)
+                .bind(source_key)
+                .fetch_optional(pool)
+                .await?;
+            row.as_ref().map(map_item).transpose()
+        }
+
+        pub(crate) async fn items(
+            pool: &$pool,
+            run_id: &str,
+            status: Option<&str>,
+            skill_target: Option<&str>,
+        ) -> $crate::Result<Vec<ImprovementItem>> {
+            let rows = sqlx::query(ITEMS_OF_RUN)
+                .bind(run_id)
+                .bind(status)
+                .bind(skill_target)
+                .fetch_all(pool)
+                .await?;
+            rows.iter().map(map_item).collect()
         }
 
         pub(crate) async fn runs_updated_since(

@@ -7,8 +7,8 @@ use factory_core::run::{Event, EventRecord, RunDoc, RunStatus};
 use factory_core::transitions::{RunRequest, create_run};
 use factory_core::{commit, validate_str};
 use factory_store::{
-    NewRun, PostgresStore, RunRecord, SqliteStore, Store, StoreError, TemplateRecord, TokenRecord,
-    kinds,
+    FeedbackRecord, ImprovementItem, NewRun, PostgresStore, RunRecord, SqliteStore, Store,
+    StoreError, TemplateRecord, TokenRecord, kinds,
 };
 
 const TEMPLATE: &str = r#"{
@@ -389,7 +389,99 @@ async fn tokens_templates_and_records(store: &dyn Store) {
     assert!(running.iter().all(|r| r.status == "running"));
 }
 
+async fn feedback_and_improvement_items(store: &dyn Store) {
+    create(store, "run-feedback").await;
+    let feedback = FeedbackRecord {
+        id: "fb-1".into(),
+        run_id: "run-feedback".into(),
+        version: "v1".into(),
+        source: "extraction-review".into(),
+        tester: "samuel".into(),
+        tester_role: "expert".into(),
+        free_text: "Mostly right".into(),
+        items: serde_json::json!([{"key": "frameworks.json $.frameworks[0]", "verdict": "wrong"}]),
+        created_at: 10,
+    };
+    store.add_feedback(&feedback).await.unwrap();
+    assert!(
+        store.add_feedback(&feedback).await.is_err(),
+        "ids are unique"
+    );
+    assert_eq!(
+        store.feedback("run-feedback").await.unwrap(),
+        vec![feedback]
+    );
+    assert!(store.feedback("run-round-trip").await.unwrap().is_empty());
+
+    let mut item = ImprovementItem {
+        id: "item-1".into(),
+        run_id: "run-feedback".into(),
+        source_key: "frameworks.json $.frameworks[0]".into(),
+        skill_target: "framework-extractor".into(),
+        finding_type: "framework_gap".into(),
+        priority: "high".into(),
+        source_text: "The 3-step close".into(),
+        expert_correction: "It has five steps".into(),
+        status: "open".into(),
+        consensus_score: 0.5,
+        flagged_by: serde_json::json!([{"tester": "beta", "role": "external", "weight": 0.5}]),
+        prompt_version: None,
+        extraction_version: Some("v1".into()),
+        resolved_in_version: None,
+        resolution_notes: None,
+        created_at: 11,
+        updated_at: 11,
+    };
+    store.put_item(&item).await.unwrap();
+    item.status = "accepted".into();
+    item.consensus_score = 3.5;
+    item.updated_at = 12;
+    store.put_item(&item).await.unwrap();
+    assert_eq!(store.item("item-1").await.unwrap(), Some(item.clone()));
+    assert_eq!(
+        store
+            .item_by_key("run-feedback", "frameworks.json $.frameworks[0]")
+            .await
+            .unwrap(),
+        Some(item.clone())
+    );
+    assert_eq!(
+        store.item_by_key("run-feedback", "other").await.unwrap(),
+        None
+    );
+    // The same source key twice in one run is refused: consensus is per key.
+    let mut twin = item.clone();
+    twin.id = "item-2".into();
+    assert!(store.put_item(&twin).await.is_err());
+    let mut other = item.clone();
+    other.id = "item-3".into();
+    other.source_key = "voice.md line 3".into();
+    other.skill_target = "voice-extractor".into();
+    other.status = "open".into();
+    store.put_item(&other).await.unwrap();
+    let all = store.items("run-feedback", None, None).await.unwrap();
+    assert_eq!(all.len(), 2);
+    let accepted = store
+        .items("run-feedback", Some("accepted"), None)
+        .await
+        .unwrap();
+    assert_eq!(accepted, vec![item.clone()]);
+    let voice = store
+        .items("run-feedback", None, Some("voice-extractor"))
+        .await
+        .unwrap();
+    assert_eq!(voice, vec![other]);
+    assert!(
+        store
+            .items("run-feedback", Some("accepted"), Some("voice-extractor"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 async fn suite(store: Arc<dyn Store>) {
+    feedback_and_improvement_items(store.as_ref()).await;
     tokens_templates_and_records(store.as_ref()).await;
     round_trip(store.as_ref()).await;
     stale_writes_are_refused(store.as_ref()).await;
