@@ -87,6 +87,9 @@ pub(crate) struct AppState {
     pub llm: Option<Arc<factory_runtime::llm::LlmSettings>>,
     pub metrics: metrics::Metrics,
     pub tokens: auth::TokenCache,
+    /// Turns true when the server stops; event streams end on it, or graceful
+    /// shutdown would wait forever for an open browser tab.
+    pub stopping: watch::Receiver<bool>,
 }
 
 pub(crate) type SharedState = Arc<AppState>;
@@ -149,6 +152,7 @@ pub async fn start(
     let llm = engine_config.llm.clone();
     let engine = Arc::new(Engine::new(store.clone(), engine_config));
     let supervisor = Arc::new(supervisor::Supervisor::new(engine.clone(), config.workers));
+    let (stop, mut stopped) = watch::channel(false);
     let state = Arc::new(AppState {
         engine,
         store: store.clone(),
@@ -158,9 +162,9 @@ pub async fn start(
         llm,
         metrics: metrics::Metrics::new(),
         tokens: auth::TokenCache::default(),
+        stopping: stop.subscribe(),
     });
 
-    let (stop, mut stopped) = watch::channel(false);
     let background = {
         let stopped = stop.subscribe();
         let store = store.clone();

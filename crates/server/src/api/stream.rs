@@ -18,6 +18,12 @@ use crate::SharedState;
 use crate::error::ApiResult;
 use crate::hub::LiveEvent;
 
+/// Resolves when the server stops, ending the stream (the client reconnects
+/// to the next server).
+async fn stopped(mut stopping: tokio::sync::watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|s| *s).await;
+}
+
 /// How long a client waits before reconnecting.
 const RETRY: Duration = Duration::from_millis(1000);
 
@@ -87,10 +93,10 @@ pub async fn run_stream(
         };
         std::future::ready(out)
     });
-    Ok(
-        Sse::new(backlog.chain(live))
-            .keep_alive(KeepAlive::new().interval(Duration::from_secs(10))),
-    )
+    let stream = backlog
+        .chain(live)
+        .take_until(stopped(state.stopping.clone()));
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(10))))
 }
 
 /// Every run's events, for the runs home page and dashboards.
@@ -104,6 +110,8 @@ pub async fn all_stream(
             Err(BroadcastStreamRecvError::Lagged(_)) => resync(),
         })))
     });
-    Sse::new(stream::once(std::future::ready(Ok(hello))).chain(live))
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(10)))
+    let stream = stream::once(std::future::ready(Ok(hello)))
+        .chain(live)
+        .take_until(stopped(state.stopping.clone()));
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(10)))
 }

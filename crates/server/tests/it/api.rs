@@ -698,7 +698,17 @@ async fn shutdown_lets_running_blocks_finish() {
         block_status(d, "slow") == "running"
     })
     .await;
-    t.stop().await;
+    // An open event stream (a browser tab) does not hold the shutdown up.
+    let stream = t
+        .request(Method::GET, "/api/v1/stream", Some("viewer"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    tokio::time::timeout(Duration::from_secs(15), t.stop())
+        .await
+        .expect("shutdown finishes with a stream open");
+    drop(stream);
     // The running block finished and was recorded; nothing new was started.
     let stored = t.store.load_run(&run).await.unwrap();
     assert_eq!(stored.doc.blocks["slow"].status.as_str(), "done");
