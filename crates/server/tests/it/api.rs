@@ -124,6 +124,17 @@ async fn every_route_enforces_its_role() {
     assert_eq!(response.status(), 401);
 }
 
+/// (method, path, role, body, expected status, error code, what the message names)
+type BadRequest<'a> = (
+    Method,
+    String,
+    &'a str,
+    Option<Value>,
+    u16,
+    &'a str,
+    &'a str,
+);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_clear_4xx_errors() {
     let t = TestServer::start().await;
@@ -133,31 +144,113 @@ async fn bad_requests_get_clear_4xx_errors() {
         assert_eq!(body["error"]["code"], code, "{body}");
         assert!(!body["error"]["message"].as_str().unwrap().is_empty());
     };
-    let (s, b) = t
-        .call(Method::GET, "/api/v1/runs/no-such-run", "viewer", None)
-        .await;
-    expect(s, &b, 404, "run_not_found");
-    let (s, b) = t
-        .call(
+    let runs = "/api/v1/runs".to_string();
+    let block = |b: &str, action: &str| format!("/api/v1/runs/{run}/blocks/{b}/{action}");
+    let cases: Vec<BadRequest> = vec![
+        (
+            Method::GET,
+            "/api/v1/runs/no-such-run".into(),
+            "viewer",
+            None,
+            404,
+            "run_not_found",
+            "no-such-run",
+        ),
+        (
             Method::POST,
-            &format!("/api/v1/runs/{run}/blocks/nope/approve"),
+            block("nope", "approve"),
             "reviewer",
             None,
-        )
-        .await;
-    expect(s, &b, 404, "unknown_block");
-    assert!(b["error"]["message"].as_str().unwrap().contains("nope"));
-    // Not waiting yet, or never a gate: 409.
-    let (s, b) = t
-        .call(
+            404,
+            "unknown_block",
+            "nope",
+        ),
+        // Not waiting yet, or never a gate.
+        (
             Method::POST,
-            &format!("/api/v1/runs/{run}/blocks/publish/approve"),
+            block("publish", "approve"),
             "reviewer",
             None,
-        )
-        .await;
-    expect(s, &b, 409, "not_waiting");
-    // Malformed JSON, missing content type, unknown field, wrong type.
+            409,
+            "not_waiting",
+            "publish",
+        ),
+        (
+            Method::POST,
+            runs.clone(),
+            "operator",
+            Some(json!({"template": "review-demo", "paramz": {}})),
+            422,
+            "bad_request_body",
+            "paramz",
+        ),
+        (
+            Method::POST,
+            runs.clone(),
+            "operator",
+            Some(json!({"template": "nope"})),
+            404,
+            "template_not_found",
+            "review-demo",
+        ),
+        (
+            Method::POST,
+            runs.clone(),
+            "operator",
+            Some(json!({"template": "review-demo"})),
+            422,
+            "invalid_run_request",
+            "title",
+        ),
+        (
+            Method::POST,
+            runs.clone(),
+            "operator",
+            Some(
+                json!({"template": "review-demo", "params": {"title": "x"}, "files": [{"name": "../etc", "content_base64": "aGk="}]}),
+            ),
+            422,
+            "bad_file_name",
+            "../etc",
+        ),
+        (
+            Method::PUT,
+            block("draft", "autonomy"),
+            "operator",
+            Some(json!({"autonomy": "sometimes"})),
+            422,
+            "bad_request_body",
+            "sometimes",
+        ),
+        (
+            Method::PUT,
+            format!("/api/v1/runs/{run}/reflection"),
+            "reviewer",
+            Some(json!({"worked": "a", "broke": "", "change": "", "automate": ""})),
+            409,
+            "run_not_finished",
+            "done or failed",
+        ),
+        (
+            Method::GET,
+            "/api/v1/nothing-here".into(),
+            "viewer",
+            None,
+            404,
+            "no_such_route",
+            "/api/v1",
+        ),
+    ];
+    for (method, path, role, body, status, code, names) in cases {
+        let (s, b) = t.call(method.clone(), &path, role, body).await;
+        expect(s, &b, status, code);
+        let message = b["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(names),
+            "{method} {path}: `{message}` should name `{names}`"
+        );
+    }
+    // Malformed JSON and a missing content type.
     let response = t
         .request(Method::POST, "/api/v1/runs", Some("operator"))
         .header("content-type", "application/json")
@@ -177,79 +270,7 @@ async fn bad_requests_get_clear_4xx_errors() {
         .await
         .unwrap();
     assert_eq!(response.status(), 415);
-    let (s, b) = t
-        .call(
-            Method::POST,
-            "/api/v1/runs",
-            "operator",
-            Some(json!({"template": "review-demo", "paramz": {}})),
-        )
-        .await;
-    expect(s, &b, 422, "bad_request_body");
-    assert!(
-        b["error"]["message"].as_str().unwrap().contains("paramz"),
-        "{b}"
-    );
-    let (s, b) = t
-        .call(
-            Method::POST,
-            "/api/v1/runs",
-            "operator",
-            Some(json!({"template": "nope"})),
-        )
-        .await;
-    expect(s, &b, 404, "template_not_found");
-    assert!(
-        b["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("review-demo"),
-        "lists known: {b}"
-    );
-    let (s, b) = t
-        .call(
-            Method::POST,
-            "/api/v1/runs",
-            "operator",
-            Some(json!({"template": "review-demo"})),
-        )
-        .await;
-    expect(s, &b, 422, "invalid_run_request");
-    assert!(
-        b["error"]["message"].as_str().unwrap().contains("title"),
-        "{b}"
-    );
-    let (s, b) = t
-        .call(
-            Method::POST,
-            "/api/v1/runs",
-            "operator",
-            Some(json!({"template": "review-demo", "params": {"title": "x"}, "files": [{"name": "../etc", "content_base64": "aGk="}]})),
-        )
-        .await;
-    expect(s, &b, 422, "bad_file_name");
-    let (s, b) = t
-        .call(
-            Method::PUT,
-            &format!("/api/v1/runs/{run}/blocks/draft/autonomy"),
-            "operator",
-            Some(json!({"autonomy": "sometimes"})),
-        )
-        .await;
-    expect(s, &b, 422, "bad_request_body");
-    let (s, b) = t
-        .call(
-            Method::PUT,
-            &format!("/api/v1/runs/{run}/reflection"),
-            "reviewer",
-            Some(json!({"worked": "a", "broke": "", "change": "", "automate": ""})),
-        )
-        .await;
-    expect(s, &b, 409, "run_not_finished");
-    let (s, b) = t
-        .call(Method::GET, "/api/v1/nothing-here", "viewer", None)
-        .await;
-    expect(s, &b, 404, "no_such_route");
+
     // Approving twice: the second is a 409, and the store is unchanged by it.
     t.wait_for(&run, "draft waiting", |d| {
         block_status(d, "draft") == "waiting"

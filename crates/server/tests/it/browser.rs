@@ -106,6 +106,26 @@ async fn until(client: &Client, what: &str, script: &str) {
     );
 }
 
+async fn type_into(client: &Client, selector: &str, text: &str) {
+    client
+        .find(Locator::Css(selector))
+        .await
+        .unwrap_or_else(|e| panic!("no `{selector}`: {e}"))
+        .send_keys(text)
+        .await
+        .unwrap();
+}
+
+async fn click(client: &Client, selector: &str) {
+    client
+        .find(Locator::Css(selector))
+        .await
+        .unwrap_or_else(|e| panic!("no `{selector}`: {e}"))
+        .click()
+        .await
+        .unwrap();
+}
+
 async fn mark_page(client: &Client) {
     client
         .execute("window.__sameDocument = true; return true;", vec![])
@@ -157,24 +177,9 @@ async fn operators_and_reviewers_drive_a_run_from_the_browser() {
     let uploads = tempfile::tempdir().unwrap();
     let upload = uploads.path().join("source.txt");
     std::fs::write(&upload, "uploaded source text").unwrap();
-    c.find(Locator::Css("input[name='param.title']"))
-        .await
-        .unwrap()
-        .send_keys("Browser run")
-        .await
-        .unwrap();
-    c.find(Locator::Css("input[type=file]"))
-        .await
-        .unwrap()
-        .send_keys(&upload.display().to_string())
-        .await
-        .unwrap();
-    c.find(Locator::Css("#new-run button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_into(c, "input[name='param.title']", "Browser run").await;
+    type_into(c, "input[type=file]", &upload.display().to_string()).await;
+    click(c, "#new-run button[type=submit]").await;
     until(c, "the run page", "return location.pathname.startsWith('/runs/') && document.querySelector('#pipeline') !== null;").await;
     let run = c
         .current_url()
@@ -206,18 +211,8 @@ async fn operators_and_reviewers_drive_a_run_from_the_browser() {
     )
     .await;
     mark_page(c).await;
-    c.find(Locator::Css("#reject-form textarea"))
-        .await
-        .unwrap()
-        .send_keys("Say which quarter")
-        .await
-        .unwrap();
-    c.find(Locator::Css("#reject-form button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_into(c, "#reject-form textarea", "Say which quarter").await;
+    click(c, "#reject-form button").await;
     until(c, "attempt 2 at the gate", "return document.querySelector('#outputs').textContent.includes('#2') && document.querySelector('#block-status').textContent === 'waiting';").await;
     assert!(still_same_page(c).await, "updated without a reload");
     let qa = c
@@ -241,12 +236,7 @@ async fn operators_and_reviewers_drive_a_run_from_the_browser() {
     );
 
     // A half-written rejection survives a refresh (saved to the run).
-    c.find(Locator::Css("#reject-form textarea"))
-        .await
-        .unwrap()
-        .send_keys("half a thought")
-        .await
-        .unwrap();
+    type_into(c, "#reject-form textarea", "half a thought").await;
     t.poll(
         &format!("/api/v1/runs/{run}/drafts"),
         "the half-written feedback saved to the run",
@@ -314,18 +304,13 @@ async fn operators_and_reviewers_drive_a_run_from_the_browser() {
         "return document.querySelector('#reflection-form') !== null;",
     )
     .await;
-    c.find(Locator::Css("#reflection-form textarea[name=worked]"))
-        .await
-        .unwrap()
-        .send_keys("the gate caught a vague draft")
-        .await
-        .unwrap();
-    c.find(Locator::Css("#reflection-form button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_into(
+        c,
+        "#reflection-form textarea[name=worked]",
+        "the gate caught a vague draft",
+    )
+    .await;
+    click(c, "#reflection-form button").await;
     t.poll(
         &format!("/api/v1/runs/{run}/reflection"),
         "the reflection saved",
@@ -347,18 +332,8 @@ async fn operators_and_reviewers_drive_a_run_from_the_browser() {
     )
     .await;
     mark_page(c).await;
-    c.find(Locator::Css("#approve-form input[name=note]"))
-        .await
-        .unwrap()
-        .send_keys("ship it")
-        .await
-        .unwrap();
-    c.find(Locator::Css("#approve-form button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_into(c, "#approve-form input[name=note]", "ship it").await;
+    click(c, "#approve-form button").await;
     until(
         c,
         "done after approval",
