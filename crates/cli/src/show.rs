@@ -3,7 +3,7 @@
 use std::fmt::Write;
 
 use anyhow::{Result, bail};
-use factory_core::run::{Attempt, AttemptOutcome, BlockStatus, Millis, RunDoc};
+use factory_core::run::{Attempt, AttemptOutcome, BlockStatus, Millis, RunDoc, format_utc};
 use factory_store::Store;
 
 use crate::user_error;
@@ -24,7 +24,7 @@ pub async fn runs(store: &dyn Store, limit: u32) -> Result<()> {
             run.run_id,
             run.template_id,
             run.status,
-            format_time(run.created_at)
+            format_utc(run.created_at)
         );
     }
     Ok(())
@@ -244,7 +244,7 @@ pub async fn events(store: &dyn Store, run: &str, json: bool) -> Result<()> {
             println!(
                 "{:>5}  {}  {:<20}  {:<40}  {}",
                 record.seq,
-                format_time(record.at),
+                format_utc(record.at),
                 record.event.kind(),
                 one_line(&record.actor, 40),
                 detail.trim()
@@ -368,7 +368,7 @@ pub async fn artifacts(
         println!(
             "{marker} attempt {} — {outcome} — {}",
             attempt.n,
-            format_time(attempt.started_at)
+            format_utc(attempt.started_at)
         );
         if let Some(report) = &attempt.report {
             for (key, artifact) in &report.artifacts {
@@ -436,39 +436,5 @@ fn format_duration(ms: Millis) -> String {
         format!("{:.1}s", ms as f64 / 1000.0)
     } else {
         format!("{}m{:02}s", ms / 60_000, (ms % 60_000) / 1000)
-    }
-}
-
-/// UTC time as `YYYY-MM-DD HH:MM:SS`, without a date-time dependency.
-pub fn format_time(ms: Millis) -> String {
-    let secs = ms.div_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn formats_utc_times() {
-        assert_eq!(format_time(0), "1970-01-01 00:00:00");
-        assert_eq!(format_time(1_795_000_000_000), "2026-11-18 11:06:40");
     }
 }
