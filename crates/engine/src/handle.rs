@@ -132,7 +132,7 @@ impl RunHandle {
 /// Validated pipelines by template text. Validation (JSON Schema plus
 /// semantics) costs more than a whole no-op block, and every command on a run
 /// reopens it, so each distinct template is validated once per process.
-pub(crate) fn cached_pipeline(template_json: &str) -> Result<Arc<Pipeline>> {
+pub fn cached_pipeline(template_json: &str) -> Result<Arc<Pipeline>> {
     use std::collections::HashMap;
     use std::sync::{Mutex, OnceLock};
     static CACHE: OnceLock<Mutex<HashMap<String, Arc<Pipeline>>>> = OnceLock::new();

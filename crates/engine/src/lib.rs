@@ -23,7 +23,7 @@ use factory_core::{ApplyError, Pipeline};
 use factory_store::{NewRun, Store, StoreError};
 
 pub use driver::Outcome;
-pub use handle::RunHandle;
+pub use handle::{RunHandle, cached_pipeline};
 pub use owner::Owner;
 
 #[derive(Debug, thiserror::Error)]

@@ -34,7 +34,9 @@ impl CatalogEntry {
 }
 
 /// Every valid template; invalid files are skipped with a warning (the
-/// validate endpoint explains them).
+/// validate endpoint explains them). Validation goes through the engine's
+/// per-text cache, so listing on every page view re-reads files but does not
+/// re-validate unchanged templates.
 pub async fn catalog(state: &AppState) -> ApiResult<Vec<CatalogEntry>> {
     let mut entries = Vec::new();
     if let Some(dir) = &state.config.templates_dir
@@ -49,7 +51,7 @@ pub async fn catalog(state: &AppState) -> ApiResult<Vec<CatalogEntry>> {
             let Ok(source) = std::fs::read_to_string(&path) else {
                 continue;
             };
-            match factory_engine::load_pipeline(&source) {
+            match factory_engine::cached_pipeline(&source) {
                 Ok(pipeline) => entries.push(entry(
                     pipeline.template().clone(),
                     source,
@@ -72,7 +74,7 @@ pub async fn catalog(state: &AppState) -> ApiResult<Vec<CatalogEntry>> {
         if entries.iter().any(|e| e.id == record.template_id) {
             continue;
         }
-        if let Ok(pipeline) = factory_engine::load_pipeline(&record.source) {
+        if let Ok(pipeline) = factory_engine::cached_pipeline(&record.source) {
             entries.push(entry(
                 pipeline.template().clone(),
                 record.source,
