@@ -190,12 +190,11 @@ pub fn summary(doc: &RunDoc, template_order: &[String]) -> String {
         .into_iter()
         .filter_map(|(id, state)| state.latest_audit().map(|a| (id, a)))
         .collect();
-    if !audited.is_empty() {
-        let mean = audited.iter().map(|(_, a)| a.composite).sum::<f64>() / audited.len() as f64;
+    if let Some(quality) = doc.quality() {
         let _ = writeln!(
             out,
-            "audit: run composite {mean:.1} over {} blocks",
-            audited.len()
+            "audit: run composite {:.1} over {} blocks",
+            quality.composite, quality.audited_blocks
         );
         for (id, audit) in &audited {
             if let Some(warning) = &audit.calibration_warning {
