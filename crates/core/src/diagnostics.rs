@@ -139,4 +139,6 @@ pub mod codes {
     pub const PARAM: &str = "TPL0021";
     pub const AUDIT: &str = "TPL0022";
     pub const FILE_PATTERN: &str = "TPL0023";
+    pub const ANY_MODE: &str = "TPL0024";
+    pub const CONVERGENCE: &str = "TPL0025";
 }

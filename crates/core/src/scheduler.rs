@@ -9,11 +9,13 @@
 //!
 //! Readiness rule (C2): a block is ready when every upstream block is `done`,
 //! which already includes "its after-gate was approved", because a block whose
-//! after-gate is open is `waiting`, not `done`.
+//! after-gate is open is `waiting`, not `done`. A block with `mode: any` is
+//! ready once every upstream block has settled (done, failed or blocked) and
+//! at least one is done.
 
 use crate::pipeline::Pipeline;
 use crate::run::{BlockStatus, Event, GatePhase, Millis, RunDoc, RunStatus};
-use crate::template::{Autonomy, HumanGate};
+use crate::template::{Autonomy, DependencyMode, HumanGate};
 
 /// What the engine should do next.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -58,20 +60,18 @@ pub fn decide(pipeline: &Pipeline, doc: &RunDoc, now: Millis, max_concurrency: u
         }
         let block = &blocks[i];
         let upstream = pipeline.upstream(i);
-        if let Some(&bad) = upstream
-            .iter()
-            .find(|&&u| matches!(status[u], BlockStatus::Failed | BlockStatus::Blocked))
-        {
-            status[i] = BlockStatus::Blocked;
-            events.push(Event::BlockBlocked {
-                block: block.id.clone(),
-                because: blocks[bad].id.clone(),
-            });
-            continue;
-        }
-        if !upstream.iter().all(|&u| status[u] == BlockStatus::Done) {
-            continue;
-        }
+        let ready_reason = match readiness(block.inputs.mode, upstream, &status) {
+            Readiness::NotYet => continue,
+            Readiness::Blocked(bad) => {
+                status[i] = BlockStatus::Blocked;
+                events.push(Event::BlockBlocked {
+                    block: block.id.clone(),
+                    because: blocks[bad].id.clone(),
+                });
+                continue;
+            }
+            Readiness::Ready(reason) => reason,
+        };
         let Some(state) = doc.blocks.get(&block.id) else {
             continue;
         };
@@ -88,11 +88,7 @@ pub fn decide(pipeline: &Pipeline, doc: &RunDoc, now: Millis, max_concurrency: u
             status[i] = BlockStatus::Ready;
             events.push(Event::BlockReady {
                 block: block.id.clone(),
-                reason: if upstream.is_empty() {
-                    "no dependencies".to_string()
-                } else {
-                    "all dependencies done".to_string()
-                },
+                reason: ready_reason,
             });
         }
     }
@@ -134,6 +130,51 @@ pub fn decide(pipeline: &Pipeline, doc: &RunDoc, now: Millis, max_concurrency: u
         startable,
         wake_at,
         status: run_status,
+    }
+}
+
+enum Readiness {
+    NotYet,
+    /// Cannot run in this pass, because of this upstream block.
+    Blocked(usize),
+    Ready(String),
+}
+
+fn readiness(mode: DependencyMode, upstream: &[usize], status: &[BlockStatus]) -> Readiness {
+    let dead = |u: usize| matches!(status[u], BlockStatus::Failed | BlockStatus::Blocked);
+    if upstream.is_empty() {
+        return Readiness::Ready("no dependencies".to_string());
+    }
+    match mode {
+        DependencyMode::All => {
+            if let Some(&bad) = upstream.iter().find(|&&u| dead(u)) {
+                Readiness::Blocked(bad)
+            } else if upstream.iter().all(|&u| status[u] == BlockStatus::Done) {
+                Readiness::Ready("all dependencies done".to_string())
+            } else {
+                Readiness::NotYet
+            }
+        }
+        DependencyMode::Any => {
+            if !upstream
+                .iter()
+                .all(|&u| status[u] == BlockStatus::Done || dead(u))
+            {
+                return Readiness::NotYet;
+            }
+            let done = upstream
+                .iter()
+                .filter(|&&u| status[u] == BlockStatus::Done)
+                .count();
+            if done == 0 {
+                Readiness::Blocked(upstream[0])
+            } else {
+                Readiness::Ready(format!(
+                    "any: {done} of {} dependencies done, the rest settled",
+                    upstream.len()
+                ))
+            }
+        }
     }
 }
 

@@ -253,6 +253,9 @@ pub struct Inputs {
     /// Typed wiring: each entry names an upstream block and one of its artifact keys.
     #[serde(default)]
     pub depends: Vec<Dependency>,
+    /// When the block may start, given its dependencies' outcomes.
+    #[serde(default, skip_serializing_if = "DependencyMode::is_all")]
+    pub mode: DependencyMode,
     /// Patterns (`*`, `?`, `[…]`) naming the run's uploaded input files this
     /// block reads; matching uploads arrive as inputs `uploads.<file name>`.
     #[serde(default)]
@@ -263,6 +266,29 @@ pub struct Inputs {
     /// Runtime configuration (e.g. `command`, `builtin`, `url`).
     #[serde(default)]
     pub config: BTreeMap<String, Value>,
+}
+
+/// How a block's readiness follows from its upstream blocks.
+///
+/// `all` is the ordinary DAG rule (Airflow's `all_success`). `any` says
+/// "whichever of these produced something": the block waits until every
+/// upstream block has settled (done, failed or blocked) and runs when at least
+/// one of them is done, reading the artifacts of those that are; it is blocked
+/// only when none can finish (Airflow's `none_failed_min_one_success`, with a
+/// failure treated like a skip). The corrections router uses it to act on
+/// whichever review produced findings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DependencyMode {
+    #[default]
+    All,
+    Any,
+}
+
+impl DependencyMode {
+    pub fn is_all(&self) -> bool {
+        *self == DependencyMode::All
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

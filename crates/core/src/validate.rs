@@ -16,7 +16,7 @@ use crate::template::{self, HumanGate, Runtime, Template};
 
 /// Built-in block names the `builtin` runtime knows. Kept here so that
 /// validation (pure) and the runtime (IO) agree on one list.
-pub const BUILTINS: &[&str] = &["noop", "sleep"];
+pub const BUILTINS: &[&str] = &["noop", "sleep", "corrections-router", "review-page"];
 
 /// The outcome of validating a template: the pipeline if there were no
 /// errors, and every diagnostic (errors and warnings) found.
@@ -563,6 +563,29 @@ fn check_block(
                 )
                 .in_block(id.clone())
                 .with_help("use `*`, `?` and `[…]`, e.g. `*.md` or `transcript-*.txt`"),
+            );
+        }
+    }
+
+    if block.inputs.mode == template::DependencyMode::Any {
+        let upstream: BTreeSet<&str> = block
+            .inputs
+            .depends
+            .iter()
+            .map(|d| d.block.as_str())
+            .collect();
+        if upstream.len() < 2 {
+            out.push(
+                Diagnostic::error(
+                    codes::ANY_MODE,
+                    at(".inputs.mode"),
+                    format!(
+                        "`mode: any` needs dependencies on at least two blocks; this block depends on {}",
+                        upstream.len()
+                    ),
+                )
+                .in_block(id.clone())
+                .with_help("remove `mode` (the default `all`) or add the other blocks it may follow"),
             );
         }
     }

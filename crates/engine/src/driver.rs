@@ -474,6 +474,16 @@ async fn gather_inputs(
         .ok_or_else(|| format!("unknown block `{block_id}`"))?;
     let mut inputs = Vec::new();
     for dep in &block.inputs.depends {
+        let settled_without_output = doc
+            .blocks
+            .get(&dep.block)
+            .is_some_and(|s| s.status != factory_core::run::BlockStatus::Done);
+        if block.inputs.mode == factory_core::template::DependencyMode::Any
+            && settled_without_output
+        {
+            // `any`: a failed or blocked dependency simply contributes nothing.
+            continue;
+        }
         let upstream = doc
             .blocks
             .get(&dep.block)

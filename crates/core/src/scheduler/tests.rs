@@ -865,6 +865,74 @@ fn max_concurrency_limits_startable() {
     );
 }
 
+// ── `any` dependency mode ──
+
+fn any_of(mut b: Value) -> Value {
+    b["inputs"]["mode"] = json!("any");
+    b
+}
+
+#[test]
+fn any_mode_waits_for_every_dependency_to_settle_then_runs_on_one_success() {
+    let mut h = Harness::new(template(vec![
+        no_retries(block("a", &[])),
+        no_retries(block("b", &[])),
+        any_of(block("r", &["a", "b"])),
+    ]));
+    h.tick();
+    h.run("a", failure("exit status 1"));
+    assert_eq!(h.status("a"), BlockStatus::Failed);
+    let d = h.tick();
+    assert_eq!(h.status("r"), BlockStatus::Pending, "b has not settled yet");
+    assert_eq!(d.startable, ids(&["b"]));
+    h.run("b", success());
+    let d = h.tick();
+    assert_eq!(d.startable, ids(&["r"]));
+    let reason = h.log.iter().rev().find_map(|r| match &r.event {
+        Event::BlockReady { block, reason } if block == "r" => Some(reason.clone()),
+        _ => None,
+    });
+    assert_eq!(reason.as_deref(), Some("any: 1 of 2 dependencies done, the rest settled"));
+    h.run("r", success());
+    assert_eq!(h.tick().status, RunStatus::Failed, "a still failed");
+    h.assert_replays();
+}
+
+#[test]
+fn any_mode_is_blocked_only_when_no_dependency_can_finish() {
+    let mut h = Harness::new(template(vec![
+        no_retries(block("a", &[])),
+        no_retries(block("b", &[])),
+        any_of(block("r", &["a", "b"])),
+        block("after", &["r"]),
+    ]));
+    h.tick();
+    h.run("a", failure("boom"));
+    h.tick();
+    assert_eq!(h.status("r"), BlockStatus::Pending);
+    h.run("b", failure("boom"));
+    let d = h.tick();
+    assert_eq!(h.status("r"), BlockStatus::Blocked);
+    assert_eq!(h.status("after"), BlockStatus::Blocked);
+    assert_eq!(d.status, RunStatus::Failed);
+}
+
+#[test]
+fn any_mode_needs_two_upstream_blocks() {
+    let value = template(vec![block("a", &[]), any_of(block("r", &["a"]))]);
+    let validated = validate_value(&value);
+    let d = validated
+        .diagnostics
+        .iter()
+        .find(|d| d.code == "TPL0024")
+        .expect("TPL0024");
+    assert_eq!(d.path, "$.blocks[1].inputs.mode");
+    assert!(d.message.contains("at least two blocks"), "{}", d.message);
+    let mut typo = template(vec![block("a", &[]), block("b", &[]), block("r", &["a", "b"])]);
+    typo["blocks"][2]["inputs"]["mode"] = json!("some");
+    assert!(validate_value(&typo).has_errors());
+}
+
 // ── Retry, abandon, stale attempts ──
 
 #[test]
@@ -1095,6 +1163,8 @@ struct Spec {
     group: Option<u8>,
     layer: u8,
     autonomy: Option<Autonomy>,
+    /// `mode: any` (applied when the block has two or more dependencies).
+    any_mode: bool,
 }
 
 fn spec() -> impl Strategy<Value = Spec> {
@@ -1119,17 +1189,21 @@ fn spec() -> impl Strategy<Value = Spec> {
                 Just(Autonomy::Auto)
             ],
         ),
+        proptest::bool::weighted(0.3),
     )
         .prop_map(
-            |(deps, gate, threshold, max_retries, retryable, group, layer, autonomy)| Spec {
-                deps,
-                gate,
-                threshold,
-                max_retries,
-                retryable,
-                group,
-                layer,
-                autonomy,
+            |(deps, gate, threshold, max_retries, retryable, group, layer, autonomy, any_mode)| {
+                Spec {
+                    deps,
+                    gate,
+                    threshold,
+                    max_retries,
+                    retryable,
+                    group,
+                    layer,
+                    autonomy,
+                    any_mode,
+                }
             },
         )
 }
@@ -1143,6 +1217,9 @@ fn dag_template(specs: &[Spec]) -> Value {
             let names: Vec<String> = deps.iter().map(|d| format!("b{d}")).collect();
             let names: Vec<&str> = names.iter().map(String::as_str).collect();
             let mut b = block(&format!("b{i}"), &names);
+            if s.any_mode && names.len() >= 2 {
+                b["inputs"]["mode"] = json!("any");
+            }
             b["layer"] = json!(if s.layer == 3 { "misc".to_string() } else { format!("L{}", s.layer) });
             b["execution"] = json!({
                 "human_gate": match s.gate { HumanGate::Before => "before", HumanGate::After => "after", HumanGate::None => "none" },
@@ -1258,15 +1335,29 @@ fn simulate(specs: &[Spec], max_concurrency: usize, seed: u64, all_good: bool) -
                     vec![rng.pick(&d.startable).clone()]
                 };
                 for id in chosen {
-                    // (a) Never started unless every upstream block is done, and
-                    // past its before gate when it has one.
+                    // (a) Never started unless every upstream block is done (in
+                    // `any` mode: all settled, at least one done), and past its
+                    // before gate when it has one.
                     let i = h.pipeline.index_of(&id).unwrap();
-                    for &u in h.pipeline.upstream(i) {
-                        assert_eq!(
-                            h.status(&blocks[u].id),
-                            BlockStatus::Done,
-                            "{id} started before {}",
-                            blocks[u].id
+                    let upstream: Vec<BlockStatus> = h
+                        .pipeline
+                        .upstream(i)
+                        .iter()
+                        .map(|&u| h.status(&blocks[u].id))
+                        .collect();
+                    if blocks[i].inputs.mode == DependencyMode::Any {
+                        assert!(upstream.contains(&BlockStatus::Done), "{id}: {upstream:?}");
+                        assert!(
+                            upstream.iter().all(|s| matches!(
+                                s,
+                                BlockStatus::Done | BlockStatus::Failed | BlockStatus::Blocked
+                            )),
+                            "{id} started before its upstream settled: {upstream:?}"
+                        );
+                    } else {
+                        assert!(
+                            upstream.iter().all(|s| *s == BlockStatus::Done),
+                            "{id} started before its upstream was done: {upstream:?}"
                         );
                     }
                     let state = h.state(&id);
@@ -1351,10 +1442,20 @@ fn check_final(h: &Harness, all_good: bool) {
     for (i, b) in h.pipeline.blocks().iter().enumerate() {
         let state = &doc.blocks[&b.id];
         match state.status {
-            BlockStatus::Blocked => assert!(h.pipeline.upstream(i).iter().any(|&u| matches!(
-                doc.blocks[&h.pipeline.blocks()[u].id].status,
-                BlockStatus::Failed | BlockStatus::Blocked
-            ))),
+            BlockStatus::Blocked => {
+                let dead = |&u: &usize| {
+                    matches!(
+                        doc.blocks[&h.pipeline.blocks()[u].id].status,
+                        BlockStatus::Failed | BlockStatus::Blocked
+                    )
+                };
+                let upstream = h.pipeline.upstream(i);
+                if b.inputs.mode == DependencyMode::Any {
+                    assert!(upstream.iter().all(dead), "{} blocked with a live dependency", b.id);
+                } else {
+                    assert!(upstream.iter().any(dead));
+                }
+            }
             BlockStatus::Failed => {
                 assert!(!b.execution.retryable || state.retries_used == b.execution.max_retries);
                 assert!(state.error.is_some());
