@@ -121,6 +121,29 @@ pub fn describe(record: &EventRecord) -> Option<String> {
             format!("{block} autonomy is now {} for this run", autonomy.as_str())
         }
         Event::RunStatusChanged { status } => format!("run is {}", status.as_str()),
+        Event::CorrectionsRouted {
+            from, to, reason, ..
+        } => format!("⟲ corrections routed, v{from} → v{to}: {reason}"),
+        Event::FeedbackSubmitted {
+            source,
+            tester,
+            tester_role,
+            verdicts,
+            ..
+        } => format!("✎ {source} review from {tester} ({tester_role}): {verdicts} verdicts"),
+        Event::ItemChanged {
+            source_key,
+            from,
+            to,
+            reason,
+            ..
+        } => format!("  item {source_key}: {from} → {to} ({reason})"),
+        Event::CorrectionsIngested {
+            source, by_skill, ..
+        } => format!(
+            "✎ {source} announced items for {}",
+            by_skill.keys().cloned().collect::<Vec<_>>().join(", ")
+        ),
         Event::BlockReady { .. } => return None,
     };
     Some(text)

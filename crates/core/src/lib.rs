@@ -10,6 +10,7 @@
 
 pub mod consensus;
 pub mod diagnostics;
+pub mod feedback;
 pub mod pipeline;
 pub mod prompt;
 pub mod render;

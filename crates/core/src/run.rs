@@ -208,6 +208,13 @@ pub struct Attempt {
     /// The corrections version this attempt ran with, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub corrections_version: Option<String>,
+    /// The run version (pass through the feedback loop) it belongs to.
+    #[serde(default = "first_version")]
+    pub version: u32,
+}
+
+fn first_version() -> u32 {
+    1
 }
 
 /// A correction handed to a block's next attempt (seed `002`'s shape).
@@ -346,6 +353,10 @@ pub struct RunDoc {
     pub updated_at: Millis,
     /// Sequence number of the last event folded in.
     pub seq: u64,
+    /// The run version: 1, then one more for each pass of the corrections
+    /// router that sent corrections upstream (seed `002`'s v1, v2, …).
+    #[serde(default = "first_version")]
+    pub version: u32,
     pub blocks: BTreeMap<String, BlockState>,
 }
 
@@ -459,13 +470,52 @@ pub enum Event {
     RunStatusChanged {
         status: RunStatus,
     },
+    /// The corrections router sent accepted findings back to the blocks that
+    /// caused them; the run moves to version `to`. `BlockReset` events for the
+    /// targets and their descendants follow in the same commit.
+    CorrectionsRouted {
+        router: String,
+        from: u32,
+        to: u32,
+        targets: BTreeMap<String, Corrections>,
+        reason: String,
+    },
+    /// A tester's review arrived (the submission itself is in the store).
+    FeedbackSubmitted {
+        feedback_id: String,
+        source: String,
+        tester: String,
+        tester_role: String,
+        version: u32,
+        verdicts: usize,
+    },
+    /// An improvement item changed status: consensus, routing or resolution.
+    ItemChanged {
+        item: String,
+        source_key: String,
+        skill_target: String,
+        from: String,
+        to: String,
+        reason: String,
+    },
+    /// An outside review system announced new items (`corrections-ingest`).
+    CorrectionsIngested {
+        source: String,
+        feedback_id: String,
+        by_skill: BTreeMap<String, u32>,
+    },
 }
 
 impl Event {
     /// The block the event concerns, if any.
     pub fn block(&self) -> Option<&str> {
         match self {
-            Event::RunCreated { .. } | Event::RunStatusChanged { .. } => None,
+            Event::RunCreated { .. }
+            | Event::RunStatusChanged { .. }
+            | Event::CorrectionsRouted { .. }
+            | Event::FeedbackSubmitted { .. }
+            | Event::CorrectionsIngested { .. } => None,
+            Event::ItemChanged { skill_target, .. } => Some(skill_target),
             Event::BlockReady { block, .. }
             | Event::BlockWaiting { block, .. }
             | Event::BlockBlocked { block, .. }
@@ -504,6 +554,10 @@ impl Event {
             Event::BlockReset { .. } => "block_reset",
             Event::AutonomyChanged { .. } => "autonomy_changed",
             Event::RunStatusChanged { .. } => "run_status_changed",
+            Event::CorrectionsRouted { .. } => "corrections_routed",
+            Event::FeedbackSubmitted { .. } => "feedback_submitted",
+            Event::ItemChanged { .. } => "item_changed",
+            Event::CorrectionsIngested { .. } => "corrections_ingested",
         }
     }
 }
@@ -554,6 +608,8 @@ pub enum ApplyError {
     NoSuchAttempt { block: String, attempt: u32 },
     #[error("the first event of a run must be run_created")]
     NotCreated,
+    #[error("corrections routed from version {from}, but the run is at version {version}")]
+    VersionMismatch { from: u32, version: u32 },
 }
 
 impl RunDoc {
@@ -584,6 +640,7 @@ impl RunDoc {
             created_at: record.at,
             updated_at: record.at,
             seq: record.seq,
+            version: 1,
             blocks: blocks
                 .iter()
                 .map(|(id, autonomy)| (id.clone(), BlockState::new(*autonomy)))
@@ -666,6 +723,7 @@ impl RunDoc {
                 owner,
                 ..
             } => {
+                let version = self.version;
                 let state = self.state_mut(block)?;
                 expect(block, state, kind, &[BlockStatus::Ready])?;
                 state.status = BlockStatus::Running;
@@ -684,6 +742,7 @@ impl RunDoc {
                     outcome: None,
                     report: None,
                     corrections_version,
+                    version,
                 });
             }
             Event::AttemptFinished {
@@ -826,6 +885,24 @@ impl RunDoc {
             Event::AutonomyChanged { block, autonomy } => {
                 self.state_mut(block)?.autonomy = *autonomy;
             }
+            Event::CorrectionsRouted {
+                from, to, targets, ..
+            } => {
+                if *from != self.version {
+                    return Err(ApplyError::VersionMismatch {
+                        from: *from,
+                        version: self.version,
+                    });
+                }
+                for (block, corrections) in targets {
+                    self.state_mut(block)?.corrections = Some(corrections.clone());
+                }
+                self.version = *to;
+            }
+            // Recorded for the audit trail; the items live in the store.
+            Event::FeedbackSubmitted { .. }
+            | Event::ItemChanged { .. }
+            | Event::CorrectionsIngested { .. } => {}
         }
         self.seq = record.seq;
         self.updated_at = at;

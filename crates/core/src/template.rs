@@ -41,7 +41,66 @@ pub struct Template {
     /// Run-wide audit settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit: Option<TemplateAudit>,
+    /// Ship criteria of the feedback loop (seed `002`); absent: the seed's
+    /// thresholds and no automated score.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub convergence: Option<ConvergenceSpec>,
     pub blocks: Vec<Block>,
+}
+
+/// When a run that goes through review rounds is ready to ship.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConvergenceSpec {
+    /// The block whose metric is each version's automated score (e.g.
+    /// `clone-tester`); absent: the score is not a criterion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score_block: Option<String>,
+    /// The metric of `score_block`, in percent.
+    #[serde(default = "default_score_metric")]
+    pub score_metric: String,
+    #[serde(default = "default_min_score")]
+    pub min_score: f64,
+    /// Percent of scenario ratings that "sound like me".
+    #[serde(default = "default_min_approval")]
+    pub min_approval: f64,
+    /// Percent of extraction verdicts that are "correct".
+    #[serde(default = "default_min_accuracy")]
+    pub min_accuracy: f64,
+    #[serde(default)]
+    pub max_critical: u32,
+    #[serde(default = "default_max_high")]
+    pub max_high: u32,
+}
+
+impl Default for ConvergenceSpec {
+    fn default() -> Self {
+        ConvergenceSpec {
+            score_block: None,
+            score_metric: default_score_metric(),
+            min_score: default_min_score(),
+            min_approval: default_min_approval(),
+            min_accuracy: default_min_accuracy(),
+            max_critical: 0,
+            max_high: default_max_high(),
+        }
+    }
+}
+
+fn default_score_metric() -> String {
+    "score".to_string()
+}
+fn default_min_score() -> f64 {
+    90.0
+}
+fn default_min_approval() -> f64 {
+    80.0
+}
+fn default_min_accuracy() -> f64 {
+    90.0
+}
+fn default_max_high() -> u32 {
+    3
 }
 
 /// Run-wide settings of the D1–D5 audit.

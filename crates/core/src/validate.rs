@@ -18,6 +18,9 @@ use crate::template::{self, HumanGate, Runtime, Template};
 /// validation (pure) and the runtime (IO) agree on one list.
 pub const BUILTINS: &[&str] = &["noop", "sleep", "corrections-router", "review-page"];
 
+/// The review pages `factory serve` renders for a `review-page` builtin.
+pub const REVIEW_PAGES: &[&str] = &["extraction-review", "expert-audit"];
+
 /// The outcome of validating a template: the pipeline if there were no
 /// errors, and every diagnostic (errors and warnings) found.
 #[derive(Debug)]
@@ -525,6 +528,7 @@ fn check_semantics(template: &Template) -> Vec<Diagnostic> {
             .with_help("declare it under `params` or name a declared param"),
         );
     }
+    check_convergence(template, &mut out);
     check_parallel_groups(template, &mut out);
     check_profiles(template, &first_seen, &mut out);
     for (name, spec) in &template.params {
@@ -830,6 +834,17 @@ fn check_runtime_config(i: usize, block: &template::Block, out: &mut Vec<Diagnos
                         "e.g. \"ms\": 500",
                     );
                 }
+                let page = config.get("page").and_then(Value::as_str);
+                if name == "review-page" && !REVIEW_PAGES.contains(&page.unwrap_or_default()) {
+                    error(
+                        config_path("page"),
+                        format!(
+                            "builtin `review-page` needs `page`, one of {}",
+                            REVIEW_PAGES.join(", ")
+                        ),
+                        "e.g. \"page\": \"extraction-review\"",
+                    );
+                }
             }
             Some(name) => error(
                 config_path("builtin"),
@@ -873,6 +888,43 @@ fn check_runtime_config(i: usize, block: &template::Block, out: &mut Vec<Diagnos
     }
     if block.execution.human_gate != HumanGate::None && block.runtime == Runtime::Builtin {
         // Fine: built-ins may be gated (e.g. a publish step). Nothing to check.
+    }
+}
+
+fn check_convergence(template: &Template, out: &mut Vec<Diagnostic>) {
+    let Some(spec) = &template.convergence else {
+        return;
+    };
+    let Some(block_id) = &spec.score_block else {
+        return;
+    };
+    match template.blocks.iter().find(|b| &b.id == block_id) {
+        None => out.push(
+            Diagnostic::error(
+                codes::CONVERGENCE,
+                "$.convergence.score_block",
+                format!("convergence score block `{block_id}` is not a block of this template"),
+            )
+            .with_help("name the block whose metric scores each version, e.g. `clone-tester`"),
+        ),
+        Some(block)
+            if !block
+                .outputs
+                .metrics
+                .iter()
+                .any(|m| m.key == spec.score_metric) =>
+        {
+            out.push(
+                Diagnostic::error(
+                    codes::CONVERGENCE,
+                    "$.convergence.score_metric",
+                    format!("`{block_id}` declares no metric `{}`", spec.score_metric),
+                )
+                .in_block(block_id.clone())
+                .with_help("use one of its `outputs.metrics` keys"),
+            )
+        }
+        Some(_) => {}
     }
 }
 

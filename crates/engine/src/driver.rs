@@ -375,6 +375,7 @@ fn slim_doc(doc: &RunDoc, pipeline: &factory_core::Pipeline, block_id: &str) -> 
         created_at: doc.created_at,
         updated_at: doc.updated_at,
         seq: doc.seq,
+        version: doc.version,
         blocks: doc
             .blocks
             .iter()

@@ -892,7 +892,10 @@ fn any_mode_waits_for_every_dependency_to_settle_then_runs_on_one_success() {
         Event::BlockReady { block, reason } if block == "r" => Some(reason.clone()),
         _ => None,
     });
-    assert_eq!(reason.as_deref(), Some("any: 1 of 2 dependencies done, the rest settled"));
+    assert_eq!(
+        reason.as_deref(),
+        Some("any: 1 of 2 dependencies done, the rest settled")
+    );
     h.run("r", success());
     assert_eq!(h.tick().status, RunStatus::Failed, "a still failed");
     h.assert_replays();
@@ -928,7 +931,11 @@ fn any_mode_needs_two_upstream_blocks() {
         .expect("TPL0024");
     assert_eq!(d.path, "$.blocks[1].inputs.mode");
     assert!(d.message.contains("at least two blocks"), "{}", d.message);
-    let mut typo = template(vec![block("a", &[]), block("b", &[]), block("r", &["a", "b"])]);
+    let mut typo = template(vec![
+        block("a", &[]),
+        block("b", &[]),
+        block("r", &["a", "b"]),
+    ]);
     typo["blocks"][2]["inputs"]["mode"] = json!("some");
     assert!(validate_value(&typo).has_errors());
 }
@@ -1451,7 +1458,11 @@ fn check_final(h: &Harness, all_good: bool) {
                 };
                 let upstream = h.pipeline.upstream(i);
                 if b.inputs.mode == DependencyMode::Any {
-                    assert!(upstream.iter().all(dead), "{} blocked with a live dependency", b.id);
+                    assert!(
+                        upstream.iter().all(dead),
+                        "{} blocked with a live dependency",
+                        b.id
+                    );
                 } else {
                     assert!(upstream.iter().any(dead));
                 }

@@ -915,11 +915,21 @@ fn builtin_blocks_need_a_known_builtin() {
     );
     let d = only_error(&validated);
     assert!(d.message.contains("`sleeep`"));
-    assert_eq!(help(d), "known builtins: noop, sleep");
+    assert_eq!(
+        help(d),
+        "known builtins: noop, sleep, corrections-router, review-page"
+    );
 
     check(
         template(vec![with_runtime("builtin", json!({}))]),
         &[("TPL0014", "$.blocks[0].inputs.config", Some("a"))],
+    );
+    check(
+        template(vec![with_runtime(
+            "builtin",
+            json!({ "builtin": "review-page", "page": "audit" }),
+        )]),
+        &[("TPL0014", "$.blocks[0].inputs.config.page", Some("a"))],
     );
     check(
         template(vec![with_runtime("builtin", json!({ "builtin": "sleep" }))]),
@@ -1416,5 +1426,20 @@ fn a_scalar_where_an_optional_object_belongs_says_so() {
             .unwrap()
             .contains("expected an object"),
         "{errors:?}"
+    );
+}
+
+#[test]
+fn convergence_names_a_block_and_one_of_its_metrics() {
+    let mut value = template(vec![with_runtime("builtin", json!({ "builtin": "noop" }))]);
+    value["convergence"] = json!({ "score_block": "tester" });
+    check(
+        value.clone(),
+        &[("TPL0025", "$.convergence.score_block", None)],
+    );
+    value["convergence"] = json!({ "score_block": "a", "score_metric": "pct" });
+    check(
+        value,
+        &[("TPL0025", "$.convergence.score_metric", Some("a"))],
     );
 }

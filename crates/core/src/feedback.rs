@@ -1,0 +1,565 @@
+//! The feedback loop's decisions (seed `002`): routing accepted findings back
+//! to the blocks that caused them, resolving them when those blocks complete,
+//! the review pages' items, and the version-over-version convergence table
+//! with its ship criteria.
+//!
+//! Pure like the scheduler: the engine reads improvement items and review
+//! submissions from the store, hands them here as plain values, and records
+//! the events this module returns, so every routing and resolution is
+//! explainable from the run's log.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::consensus::Verdict;
+use crate::pipeline::Pipeline;
+use crate::run::{BlockStatus, CorrectionItem, Corrections, Event, RunDoc};
+use crate::template::ConvergenceSpec;
+use crate::transitions::{CORRECTIONS_INSTRUCTION, TransitionError};
+
+/// Where a finding came from: the two review pages of seed `002`.
+pub const EXTRACTION_REVIEW: &str = "extraction-review";
+pub const EXPERT_AUDIT: &str = "expert-audit";
+
+/// An accepted improvement item, as the router needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AcceptedItem {
+    pub id: String,
+    pub source_key: String,
+    pub skill_target: String,
+    /// `critical`, `high`, `medium` or `low`.
+    pub priority: String,
+    pub source_text: String,
+    pub expert_correction: String,
+    /// Which review produced it (`extraction-review`, `expert-audit`, …).
+    pub source: String,
+}
+
+/// What one pass of the corrections router decided.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Routing {
+    /// `CorrectionsRouted` then the `BlockReset`s; empty when nothing is routed.
+    pub events: Vec<Event>,
+    /// The `correction-plan` artifact: items grouped by target block.
+    pub plan: Value,
+    /// The blocks that get corrections, in pipeline order.
+    pub targets: Vec<String>,
+}
+
+/// Priority order for routing and display: critical first.
+pub fn priority_rank(priority: &str) -> u8 {
+    match priority {
+        "critical" => 0,
+        "high" => 1,
+        "medium" => 2,
+        "low" => 3,
+        _ => 4,
+    }
+}
+
+pub const PRIORITIES: &[&str] = &["critical", "high", "medium", "low"];
+
+/// Groups accepted items by target block and, when there are any, writes each
+/// group into that block's corrections (`vN→vN+1`) and resets the targets and
+/// everything downstream of them, and only those, to pending. `doc` must
+/// already show the router's own attempt as finished (it is reset too: it runs
+/// again after the next reviews). Items whose target is not a block of the
+/// pipeline are left out of the plan and reported in it.
+pub fn route(
+    pipeline: &Pipeline,
+    doc: &RunDoc,
+    router: &str,
+    items: &[AcceptedItem],
+) -> Result<Routing, TransitionError> {
+    let mut by_target: BTreeMap<usize, Vec<&AcceptedItem>> = BTreeMap::new();
+    let mut unroutable = Vec::new();
+    for item in items {
+        match pipeline.index_of(&item.skill_target) {
+            Some(i) if item.skill_target != router => by_target.entry(i).or_default().push(item),
+            _ => unroutable.push(item),
+        }
+    }
+    let from = doc.version;
+    let to = from + 1;
+    let version = format!("v{from}→v{to}");
+    let mut plan = serde_json::Map::new();
+    let mut targets = BTreeMap::new();
+    let mut order: Vec<usize> = by_target.keys().copied().collect();
+    order.sort_by_key(|i| pipeline.topo_order().iter().position(|t| t == i));
+    for &i in &order {
+        let mut group = by_target[&i].clone();
+        group.sort_by(|a, b| {
+            priority_rank(&a.priority)
+                .cmp(&priority_rank(&b.priority))
+                .then(a.source_key.cmp(&b.source_key))
+        });
+        let block = &pipeline.blocks()[i].id;
+        plan.insert(
+            block.clone(),
+            Value::Array(
+                group
+                    .iter()
+                    .map(|item| {
+                        serde_json::json!({
+                            "id": item.id,
+                            "source_key": item.source_key,
+                            "source_text": item.source_text,
+                            "expert_correction": item.expert_correction,
+                            "priority": item.priority,
+                        })
+                    })
+                    .collect(),
+            ),
+        );
+        let sources: BTreeSet<&str> = group.iter().map(|item| item.source.as_str()).collect();
+        targets.insert(
+            block.clone(),
+            Corrections {
+                version: version.clone(),
+                source: sources.into_iter().collect::<Vec<_>>().join(" + "),
+                items: group
+                    .iter()
+                    .map(|item| CorrectionItem {
+                        finding: item.source_text.clone(),
+                        correction: item.expert_correction.clone(),
+                        priority: item.priority.clone(),
+                        improvement_item_id: Some(item.id.clone()),
+                    })
+                    .collect(),
+                instruction: CORRECTIONS_INSTRUCTION.to_string(),
+            },
+        );
+    }
+    let target_ids: Vec<String> = order
+        .iter()
+        .map(|&i| pipeline.blocks()[i].id.clone())
+        .collect();
+    let plan = serde_json::json!({
+        "version": if targets.is_empty() { format!("v{from}") } else { version.clone() },
+        "routed": Value::Object(plan),
+        "blocks_to_rerun": target_ids,
+        "unroutable": unroutable.iter().map(|item| serde_json::json!({
+            "id": item.id,
+            "skill_target": item.skill_target,
+            "reason": format!("`{}` is not a block this router can send corrections to", item.skill_target),
+        })).collect::<Vec<_>>(),
+        "proceed": targets.is_empty(),
+    });
+    if targets.is_empty() {
+        return Ok(Routing {
+            events: Vec::new(),
+            plan,
+            targets: Vec::new(),
+        });
+    }
+
+    // Targets and their descendants, each once, in pipeline order.
+    let mut reset: BTreeSet<usize> = BTreeSet::new();
+    for &i in &order {
+        reset.insert(i);
+        reset.extend(pipeline.descendants(i));
+    }
+    let counts: Vec<String> = order
+        .iter()
+        .map(|&i| {
+            let n = by_target[&i].len();
+            format!(
+                "{} ({n} item{})",
+                pipeline.blocks()[i].id,
+                if n == 1 { "" } else { "s" }
+            )
+        })
+        .collect();
+    let mut events = vec![Event::CorrectionsRouted {
+        router: router.to_string(),
+        from,
+        to,
+        targets,
+        reason: format!(
+            "{} accepted item{} routed to {}",
+            items.len() - unroutable.len(),
+            if items.len() - unroutable.len() == 1 {
+                ""
+            } else {
+                "s"
+            },
+            counts.join(", ")
+        ),
+    }];
+    for &i in pipeline.topo_order() {
+        if !reset.contains(&i) {
+            continue;
+        }
+        let id = &pipeline.blocks()[i].id;
+        let status = doc
+            .blocks
+            .get(id)
+            .map(|s| s.status)
+            .ok_or_else(|| TransitionError::UnknownBlock(id.clone()))?;
+        if status == BlockStatus::Running {
+            return Err(TransitionError::DependentRunning {
+                block: router.to_string(),
+                dependent: id.clone(),
+            });
+        }
+        if status == BlockStatus::Pending {
+            continue;
+        }
+        events.push(Event::BlockReset {
+            block: id.clone(),
+            reason: if by_target.contains_key(&i) {
+                format!("corrections {version} from `{router}`")
+            } else {
+                format!("upstream of it is re-running with corrections {version}")
+            },
+        });
+    }
+    Ok(Routing {
+        events,
+        plan,
+        targets: target_ids,
+    })
+}
+
+/// An item as the resolution step sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ItemRef {
+    pub id: String,
+    pub source_key: String,
+    pub skill_target: String,
+    pub status: String,
+}
+
+/// When `block` has just completed with router corrections, its accepted
+/// items become `resolved` in the run's current version. Returns the events
+/// (one `ItemChanged` per item) and the resolution note to store.
+pub fn resolutions(doc: &RunDoc, block: &str, items: &[ItemRef]) -> (Vec<Event>, String) {
+    let Some(state) = doc.blocks.get(block) else {
+        return (Vec::new(), String::new());
+    };
+    let Some(corrections) = &state.corrections else {
+        return (Vec::new(), String::new());
+    };
+    let ids: BTreeSet<&str> = corrections
+        .items
+        .iter()
+        .filter_map(|c| c.improvement_item_id.as_deref())
+        .collect();
+    let attempt = state.last_success().map_or(0, |a| a.n);
+    let note = format!(
+        "Auto-resolved via corrections-router re-run: `{block}` attempt {attempt} completed with corrections {}",
+        corrections.version
+    );
+    let events = items
+        .iter()
+        .filter(|item| ids.contains(item.id.as_str()) && item.status == "accepted")
+        .map(|item| Event::ItemChanged {
+            item: item.id.clone(),
+            source_key: item.source_key.clone(),
+            skill_target: item.skill_target.clone(),
+            from: item.status.clone(),
+            to: "resolved".to_string(),
+            reason: note.clone(),
+        })
+        .collect();
+    (events, note)
+}
+
+// ── Review pages ──
+
+/// One reviewable item of an extraction JSON.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReviewItem {
+    /// `<block>:<json path>`: "the same item" across testers.
+    pub source_key: String,
+    pub skill_target: String,
+    pub path: String,
+    pub text: String,
+}
+
+/// At most this many items per document, so a huge extraction stays usable.
+pub const MAX_ITEMS_PER_DOCUMENT: usize = 400;
+
+/// Every leaf of an extraction JSON as a reviewable item (objects and arrays
+/// are walked; strings, numbers and booleans are items).
+pub fn extraction_items(block: &str, document: &Value) -> Vec<ReviewItem> {
+    let mut items = Vec::new();
+    walk(block, "$", document, &mut items);
+    items
+}
+
+fn walk(block: &str, path: &str, value: &Value, out: &mut Vec<ReviewItem>) {
+    if out.len() >= MAX_ITEMS_PER_DOCUMENT {
+        return;
+    }
+    let text = match value {
+        Value::Object(map) => {
+            for (key, child) in map {
+                walk(block, &format!("{path}.{key}"), child, out);
+            }
+            return;
+        }
+        Value::Array(list) => {
+            for (i, child) in list.iter().enumerate() {
+                walk(block, &format!("{path}[{i}]"), child, out);
+            }
+            return;
+        }
+        Value::Null => return,
+        Value::String(s) if s.trim().is_empty() => return,
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    out.push(ReviewItem {
+        source_key: format!("{block}:{path}"),
+        skill_target: block.to_string(),
+        path: path.to_string(),
+        text,
+    });
+}
+
+/// A scenario of the expert audit page (from the clone tester's results).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Scenario {
+    pub id: String,
+    pub prompt: String,
+    pub response: String,
+}
+
+/// The scenarios in a clone tester's `test-results` JSON: `scenarios[]` (or
+/// `results[]`) objects with `id`/`name`, `prompt`/`input` and
+/// `response`/`output`. Missing fields become empty text.
+pub fn scenarios(test_results: &Value) -> Vec<Scenario> {
+    let list = test_results
+        .get("scenarios")
+        .or_else(|| test_results.get("results"))
+        .and_then(Value::as_array);
+    let text = |v: &Value, keys: &[&str]| {
+        keys.iter()
+            .find_map(|k| v.get(*k))
+            .map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_string))
+            .unwrap_or_default()
+    };
+    list.map(|list| {
+        list.iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let id = text(v, &["id", "name"]);
+                Scenario {
+                    id: if id.is_empty() {
+                        format!("scenario-{}", i + 1)
+                    } else {
+                        id
+                    },
+                    prompt: text(v, &["prompt", "input", "question"]),
+                    response: text(v, &["response", "output", "answer"]),
+                }
+            })
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+/// The audit page's open questions when the block's config names none.
+pub const DEFAULT_QUESTIONS: &[&str] = &[
+    "Where did the clone sound most like you, and where least?",
+    "Which of your frameworks did it explain wrongly or leave out?",
+    "What would you never say that the clone said?",
+    "Which offer or resource did it describe inaccurately?",
+    "What must be fixed before you would let clients talk to it?",
+];
+
+// ── Convergence ──
+
+/// One tester's submission, reduced to what the convergence table counts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReviewStats {
+    pub version: u32,
+    pub source: String,
+    pub tester: String,
+    /// Expert audit: one per scenario, true for "sounds like me".
+    pub ratings: Vec<bool>,
+    /// Extraction review: one per reviewed item.
+    pub verdicts: Vec<Verdict>,
+}
+
+/// An item, reduced to what the convergence table counts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ItemStats {
+    pub priority: String,
+    pub status: String,
+    pub opened_in: u32,
+    pub resolved_in: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VersionStatus {
+    Superseded,
+    Current,
+    ReadyToShip,
+}
+
+/// One row of the version-over-version table.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VersionRow {
+    pub version: u32,
+    /// Percent, from the convergence score block's metric in this version.
+    pub auto_score: Option<f64>,
+    /// Percent of scenario ratings that "sound like me".
+    pub approval: Option<f64>,
+    /// Percent of extraction verdicts that are "correct".
+    pub accuracy: Option<f64>,
+    /// Critical and high items still open at the end of this version.
+    pub critical: u32,
+    pub high: u32,
+    pub status: VersionStatus,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Convergence {
+    pub rows: Vec<VersionRow>,
+    pub ready_to_ship: bool,
+    /// Why the current version is not ready yet (empty when it is).
+    pub unmet: Vec<String>,
+    pub criteria: ConvergenceSpec,
+}
+
+/// Parses `v3` (or `3`) to 3.
+pub fn parse_version(label: &str) -> Option<u32> {
+    label.trim().trim_start_matches('v').parse().ok()
+}
+
+/// The table of seed `002`: per version the automated score, expert approval,
+/// extraction accuracy and open critical/high items, and whether the current
+/// version meets every ship criterion.
+pub fn convergence(
+    doc: &RunDoc,
+    spec: &ConvergenceSpec,
+    reviews: &[ReviewStats],
+    items: &[ItemStats],
+) -> Convergence {
+    let current = doc.version;
+    let mut rows = Vec::new();
+    for version in 1..=current {
+        let auto_score = spec.score_block.as_deref().and_then(|block| {
+            doc.blocks.get(block)?.history.iter().rev().find_map(|a| {
+                (a.version == version && a.outcome == Some(crate::run::AttemptOutcome::Succeeded))
+                    .then(|| a.report.as_ref()?.metrics.get(&spec.score_metric)?.as_f64())
+                    .flatten()
+            })
+        });
+        let latest = latest_per_tester(reviews, version);
+        let ratings: Vec<bool> = latest
+            .iter()
+            .filter(|r| r.source == EXPERT_AUDIT)
+            .flat_map(|r| r.ratings.iter().copied())
+            .collect();
+        let verdicts: Vec<Verdict> = latest
+            .iter()
+            .filter(|r| r.source == EXTRACTION_REVIEW)
+            .flat_map(|r| r.verdicts.iter().copied())
+            .collect();
+        let percent = |hits: usize, total: usize| {
+            (total > 0).then(|| (hits as f64 * 1000.0 / total as f64).round() / 10.0)
+        };
+        let approval = percent(ratings.iter().filter(|r| **r).count(), ratings.len());
+        let accuracy = percent(
+            verdicts.iter().filter(|v| **v == Verdict::Correct).count(),
+            verdicts.len(),
+        );
+        let open_at = |priority: &str| {
+            items
+                .iter()
+                .filter(|item| {
+                    item.priority == priority
+                        && item.opened_in <= version
+                        && item.status != "rejected"
+                        && item.resolved_in.is_none_or(|r| r > version)
+                        && (version < current || item.status != "resolved")
+                })
+                .count() as u32
+        };
+        rows.push(VersionRow {
+            version,
+            auto_score,
+            approval,
+            accuracy,
+            critical: open_at("critical"),
+            high: open_at("high"),
+            status: if version < current {
+                VersionStatus::Superseded
+            } else {
+                VersionStatus::Current
+            },
+        });
+    }
+    let mut unmet = Vec::new();
+    if let Some(row) = rows.last() {
+        let v = row.version;
+        if let Some(block) = &spec.score_block {
+            match row.auto_score {
+                Some(score) if score >= spec.min_score => {}
+                Some(score) => unmet.push(format!(
+                    "automated score {score:.1}% in v{v} is below {:.0}%",
+                    spec.min_score
+                )),
+                None => unmet.push(format!(
+                    "`{block}` has no `{}` in v{v} yet",
+                    spec.score_metric
+                )),
+            }
+        }
+        match row.approval {
+            Some(rate) if rate >= spec.min_approval => {}
+            Some(rate) => unmet.push(format!(
+                "expert approval {rate:.1}% in v{v} is below {:.0}%",
+                spec.min_approval
+            )),
+            None => unmet.push(format!("no expert-audit ratings for v{v} yet")),
+        }
+        match row.accuracy {
+            Some(rate) if rate >= spec.min_accuracy => {}
+            Some(rate) => unmet.push(format!(
+                "extraction accuracy {rate:.1}% in v{v} is below {:.0}%",
+                spec.min_accuracy
+            )),
+            None => unmet.push(format!("no extraction-review verdicts for v{v} yet")),
+        }
+        if row.critical > spec.max_critical {
+            unmet.push(format!(
+                "{} critical item(s) open (at most {})",
+                row.critical, spec.max_critical
+            ));
+        }
+        if row.high > spec.max_high {
+            unmet.push(format!(
+                "{} high item(s) open (at most {})",
+                row.high, spec.max_high
+            ));
+        }
+    }
+    let ready_to_ship = !rows.is_empty() && unmet.is_empty();
+    if ready_to_ship && let Some(row) = rows.last_mut() {
+        row.status = VersionStatus::ReadyToShip;
+    }
+    Convergence {
+        rows,
+        ready_to_ship,
+        unmet,
+        criteria: spec.clone(),
+    }
+}
+
+fn latest_per_tester(reviews: &[ReviewStats], version: u32) -> Vec<&ReviewStats> {
+    let mut latest: BTreeMap<(&str, &str), &ReviewStats> = BTreeMap::new();
+    for review in reviews.iter().filter(|r| r.version == version) {
+        latest.insert((review.source.as_str(), review.tester.as_str()), review);
+    }
+    latest.into_values().collect()
+}
+
+#[cfg(test)]
+mod tests;

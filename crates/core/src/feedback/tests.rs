@@ -1,0 +1,417 @@
+//! Routing, resolution, review items and convergence on the shipped
+//! clone-factory DAG, with every block turned into a no-op.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+use super::*;
+use crate::run::{AttemptReport, EventRecord};
+use crate::transitions::{self, Policy, RunRequest};
+use crate::{commit, decide, validate_value};
+
+const NOW: i64 = 1_000_000;
+
+fn clone_factory() -> Pipeline {
+    let mut value: Value =
+        serde_json::from_str(include_str!("../../../../templates/clone-factory.json")).unwrap();
+    for block in value["blocks"].as_array_mut().unwrap() {
+        if block["inputs"]["config"]["builtin"] == "corrections-router" {
+            continue;
+        }
+        block["runtime"] = json!("builtin");
+        block["inputs"]["config"] = json!({ "builtin": "noop" });
+        block["inputs"]["env"] = json!([]);
+        block.as_object_mut().unwrap().remove("audit");
+    }
+    let validated = validate_value(&value);
+    assert!(!validated.has_errors(), "{:#?}", validated.diagnostics);
+    validated.pipeline.unwrap()
+}
+
+fn report(metrics: &[(&str, f64)]) -> AttemptReport {
+    AttemptReport {
+        metrics: metrics
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(v)))
+            .collect(),
+        ..AttemptReport::default()
+    }
+}
+
+/// Runs every block that becomes startable and approves every gate, until
+/// `stop_before` is the only thing left to start (or the run ends).
+fn drive(pipeline: &Pipeline, doc: &mut RunDoc, stop_before: &str, score: f64) {
+    for _ in 0..200 {
+        let decision = decide(pipeline, doc, NOW, 0);
+        commit(doc, decision.events.clone(), "engine", NOW).unwrap();
+        let waiting: Vec<String> = doc
+            .blocks
+            .iter()
+            .filter(|(_, s)| s.status == BlockStatus::Waiting)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let startable: Vec<String> = decision
+            .startable
+            .into_iter()
+            .filter(|b| b != stop_before)
+            .collect();
+        if startable.is_empty() && waiting.is_empty() {
+            return;
+        }
+        for block in waiting {
+            let event = transitions::approve(doc, &block, None).unwrap();
+            commit(doc, vec![event], "reviewer", NOW).unwrap();
+        }
+        for block in startable {
+            let start = transitions::start(doc, &block, "w", NOW, &Policy::default()).unwrap();
+            commit(doc, vec![start], "worker:w", NOW).unwrap();
+            let attempt = doc.blocks[&block].attempts;
+            let events = transitions::finish(
+                pipeline,
+                doc,
+                &block,
+                attempt,
+                report(&[("score", score)]),
+                NOW,
+                &Policy::default(),
+            )
+            .unwrap();
+            commit(doc, events, "worker:w", NOW).unwrap();
+        }
+    }
+    panic!("the run did not settle");
+}
+
+fn new_run(pipeline: &Pipeline) -> RunDoc {
+    let request = RunRequest {
+        run_id: "r1".into(),
+        params: BTreeMap::from([("expert_name".to_string(), json!("Samuel Ngu"))]),
+        ..RunRequest::default()
+    };
+    let created = transitions::create_run(pipeline, &request, &|_| true).unwrap();
+    RunDoc::from_created(&EventRecord {
+        seq: 1,
+        at: NOW,
+        actor: "test".into(),
+        event: created,
+    })
+    .unwrap()
+}
+
+fn item(id: &str, target: &str, priority: &str, source: &str) -> AcceptedItem {
+    AcceptedItem {
+        id: id.into(),
+        source_key: format!("{target}:$.{id}"),
+        skill_target: target.into(),
+        priority: priority.into(),
+        source_text: format!("finding {id}"),
+        expert_correction: format!("fix {id}"),
+        source: source.into(),
+    }
+}
+
+/// The run after the router's attempt finished, ready to route.
+fn at_router(pipeline: &Pipeline) -> RunDoc {
+    let mut doc = new_run(pipeline);
+    drive(pipeline, &mut doc, "corrections-router", 95.0);
+    let decision = decide(pipeline, &doc, NOW, 0);
+    assert_eq!(decision.startable, vec!["corrections-router".to_string()]);
+    doc
+}
+
+#[test]
+fn routing_resets_exactly_the_targets_and_their_descendants() {
+    let pipeline = clone_factory();
+    let doc = at_router(&pipeline);
+    let items = vec![
+        item("a", "voice-extractor", "high", EXTRACTION_REVIEW),
+        item("b", "soul-extractor", "critical", EXPERT_AUDIT),
+        item("c", "voice-extractor", "critical", EXPERT_AUDIT),
+        item("d", "no-such-block", "low", EXPERT_AUDIT),
+    ];
+    let routing = route(&pipeline, &doc, "corrections-router", &items).unwrap();
+    assert_eq!(routing.targets, vec!["soul-extractor", "voice-extractor"]);
+    let Event::CorrectionsRouted {
+        from,
+        to,
+        targets,
+        reason,
+        ..
+    } = &routing.events[0]
+    else {
+        panic!("{:?}", routing.events[0]);
+    };
+    assert_eq!((*from, *to), (1, 2));
+    assert_eq!(
+        reason,
+        "3 accepted items routed to soul-extractor (1 item), voice-extractor (2 items)"
+    );
+    let voice = &targets["voice-extractor"];
+    assert_eq!(voice.version, "v1→v2");
+    assert_eq!(voice.source, "expert-audit + extraction-review");
+    assert_eq!(voice.instruction, CORRECTIONS_INSTRUCTION);
+    assert_eq!(
+        voice
+            .items
+            .iter()
+            .map(|i| i.priority.as_str())
+            .collect::<Vec<_>>(),
+        ["critical", "high"],
+        "critical first"
+    );
+    assert_eq!(voice.items[0].improvement_item_id.as_deref(), Some("c"));
+
+    let reset: BTreeSet<String> = routing.events[1..]
+        .iter()
+        .map(|e| match e {
+            Event::BlockReset { block, .. } => block.clone(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let mut expected: BTreeSet<String> = BTreeSet::new();
+    for target in ["voice-extractor", "soul-extractor"] {
+        let i = pipeline.index_of(target).unwrap();
+        expected.insert(target.to_string());
+        for d in pipeline.descendants(i) {
+            let id = &pipeline.blocks()[d].id;
+            if doc.blocks[id].status != BlockStatus::Pending {
+                expected.insert(id.clone());
+            }
+        }
+    }
+    assert_eq!(reset, expected);
+    for untouched in [
+        "framework-extractor",
+        "resource-extractor",
+        "offer-extractor",
+        "rubric-builder",
+        "deep-research",
+        "design-system-extractor",
+    ] {
+        assert!(
+            !reset.contains(untouched),
+            "{untouched} must keep its artifacts"
+        );
+    }
+    assert!(reset.contains("clone-compiler") && reset.contains("expert-audit"));
+    assert_eq!(routing.plan["unroutable"][0]["id"], "d");
+    assert_eq!(routing.plan["proceed"], false);
+    assert_eq!(routing.plan["routed"]["voice-extractor"][0]["id"], "c");
+
+    // Applied, the run is at v2 and re-runs the targets with the corrections.
+    let mut doc = doc;
+    commit(&mut doc, routing.events, "engine", NOW).unwrap();
+    assert_eq!(doc.version, 2);
+    assert_eq!(
+        doc.blocks["voice-extractor"]
+            .corrections
+            .as_ref()
+            .unwrap()
+            .items
+            .len(),
+        2
+    );
+    assert!(doc.blocks["framework-extractor"].corrections.is_none());
+    let decision = decide(&pipeline, &doc, NOW, 0);
+    assert_eq!(
+        decision.startable,
+        vec!["soul-extractor", "voice-extractor"]
+    );
+}
+
+#[test]
+fn no_accepted_items_means_proceed() {
+    let pipeline = clone_factory();
+    let doc = at_router(&pipeline);
+    let routing = route(&pipeline, &doc, "corrections-router", &[]).unwrap();
+    assert!(routing.events.is_empty());
+    assert_eq!(routing.plan["proceed"], true);
+    assert_eq!(routing.plan["version"], "v1");
+}
+
+#[test]
+fn completing_a_corrected_block_resolves_its_items() {
+    let pipeline = clone_factory();
+    let mut doc = at_router(&pipeline);
+    let items = vec![item("a", "voice-extractor", "high", EXTRACTION_REVIEW)];
+    let routing = route(&pipeline, &doc, "corrections-router", &items).unwrap();
+    commit(&mut doc, routing.events, "engine", NOW).unwrap();
+    drive(&pipeline, &mut doc, "corrections-router", 95.0);
+    let refs = vec![
+        ItemRef {
+            id: "a".into(),
+            source_key: "voice-extractor:$.a".into(),
+            skill_target: "voice-extractor".into(),
+            status: "accepted".into(),
+        },
+        ItemRef {
+            id: "other".into(),
+            source_key: "voice-extractor:$.z".into(),
+            skill_target: "voice-extractor".into(),
+            status: "open".into(),
+        },
+    ];
+    let (events, note) = resolutions(&doc, "voice-extractor", &refs);
+    assert_eq!(events.len(), 1, "only the routed, accepted item");
+    assert!(
+        note.contains("attempt 2") && note.contains("v1→v2"),
+        "{note}"
+    );
+    assert_eq!(doc.blocks["voice-extractor"].history[1].version, 2);
+    assert!(resolutions(&doc, "soul-extractor", &refs).0.is_empty());
+}
+
+#[test]
+fn extraction_items_walk_every_leaf() {
+    let items = extraction_items(
+        "voice-extractor",
+        &json!({"tone": "warm", "modes": [{"name": "high energy", "phrases": ["Let's GO!"]}], "empty": "", "n": 3}),
+    );
+    let keys: Vec<&str> = items.iter().map(|i| i.source_key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "voice-extractor:$.tone",
+            "voice-extractor:$.modes[0].name",
+            "voice-extractor:$.modes[0].phrases[0]",
+            "voice-extractor:$.n"
+        ],
+        "document order, empty text skipped"
+    );
+    assert_eq!(items[3].text, "3");
+    let many = json!((0..1000).collect::<Vec<_>>());
+    assert_eq!(extraction_items("b", &many).len(), MAX_ITEMS_PER_DOCUMENT);
+    let found = scenarios(
+        &json!({"scenarios": [{"id": "pricing", "prompt": "How much?", "response": "$99"}, {}]}),
+    );
+    assert_eq!(found[0].id, "pricing");
+    assert_eq!(found[1].id, "scenario-2");
+    assert!(scenarios(&json!({"score": 9})).is_empty());
+}
+
+fn stats(
+    version: u32,
+    source: &str,
+    tester: &str,
+    ratings: &[bool],
+    verdicts: &[Verdict],
+) -> ReviewStats {
+    ReviewStats {
+        version,
+        source: source.into(),
+        tester: tester.into(),
+        ratings: ratings.to_vec(),
+        verdicts: verdicts.to_vec(),
+    }
+}
+
+#[test]
+fn convergence_table_and_ship_criteria() {
+    let pipeline = clone_factory();
+    let spec = pipeline.template().convergence.clone().unwrap();
+    assert_eq!(spec.score_block.as_deref(), Some("clone-tester"));
+    let mut doc = new_run(&pipeline);
+    drive(&pipeline, &mut doc, "corrections-router", 86.0);
+    let routing = route(
+        &pipeline,
+        &doc,
+        "corrections-router",
+        &[item("a", "voice-extractor", "critical", EXPERT_AUDIT)],
+    )
+    .unwrap();
+    commit(&mut doc, routing.events, "engine", NOW).unwrap();
+    drive(&pipeline, &mut doc, "corrections-router", 93.5);
+
+    use Verdict::*;
+    let reviews = vec![
+        stats(1, EXPERT_AUDIT, "samuel", &[true, false, false, true], &[]),
+        stats(1, EXTRACTION_REVIEW, "samuel", &[], &[Correct, Wrong]),
+        stats(2, EXPERT_AUDIT, "samuel", &[false; 5], &[]),
+        // A second submission by the same tester replaces the first.
+        stats(
+            2,
+            EXPERT_AUDIT,
+            "samuel",
+            &[true, true, true, true, false],
+            &[],
+        ),
+        stats(2, EXTRACTION_REVIEW, "will", &[], &[Correct; 10]),
+    ];
+    let items = vec![
+        ItemStats {
+            priority: "critical".into(),
+            status: "resolved".into(),
+            opened_in: 1,
+            resolved_in: Some(2),
+        },
+        ItemStats {
+            priority: "high".into(),
+            status: "open".into(),
+            opened_in: 1,
+            resolved_in: None,
+        },
+        ItemStats {
+            priority: "high".into(),
+            status: "rejected".into(),
+            opened_in: 1,
+            resolved_in: None,
+        },
+    ];
+    let table = convergence(&doc, &spec, &reviews, &items);
+    assert_eq!(table.rows.len(), 2);
+    let v1 = &table.rows[0];
+    assert_eq!(
+        (
+            v1.auto_score,
+            v1.approval,
+            v1.accuracy,
+            v1.critical,
+            v1.high,
+            v1.status
+        ),
+        (
+            Some(86.0),
+            Some(50.0),
+            Some(50.0),
+            1,
+            1,
+            VersionStatus::Superseded
+        )
+    );
+    let v2 = &table.rows[1];
+    assert_eq!(
+        (
+            v2.auto_score,
+            v2.approval,
+            v2.accuracy,
+            v2.critical,
+            v2.high
+        ),
+        (Some(93.5), Some(80.0), Some(100.0), 0, 1)
+    );
+    assert!(table.ready_to_ship, "{:?}", table.unmet);
+    assert_eq!(v2.status, VersionStatus::ReadyToShip);
+
+    let strict = ConvergenceSpec {
+        min_approval: 90.0,
+        max_high: 0,
+        ..spec.clone()
+    };
+    let table = convergence(&doc, &strict, &reviews, &items);
+    assert!(!table.ready_to_ship);
+    assert_eq!(
+        table.unmet,
+        [
+            "expert approval 80.0% in v2 is below 90%",
+            "1 high item(s) open (at most 0)"
+        ]
+    );
+    let table = convergence(&doc, &spec, &[], &[]);
+    assert!(
+        table
+            .unmet
+            .iter()
+            .any(|u| u == "no expert-audit ratings for v2 yet")
+    );
+}
