@@ -61,18 +61,23 @@ pub fn priority_rank(priority: &str) -> u8 {
 
 pub const PRIORITIES: &[&str] = &["critical", "high", "medium", "low"];
 
-/// Groups accepted items by target block and, when there are any, writes each
-/// group into that block's corrections (`vN→vN+1`) and resets the targets and
-/// everything downstream of them, and only those, to pending. `doc` must
-/// already show the router's own attempt as finished (it is reset too: it runs
-/// again after the next reviews). Items whose target is not a block of the
-/// pipeline are left out of the plan and reported in it.
-pub fn route(
-    pipeline: &Pipeline,
-    doc: &RunDoc,
-    router: &str,
-    items: &[AcceptedItem],
-) -> Result<Routing, TransitionError> {
+/// The corrections a router pass would send, before any block is reset.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// The `correction-plan` artifact: items grouped by target block.
+    pub value: Value,
+    /// Target block → its new corrections.
+    pub targets: BTreeMap<String, Corrections>,
+    /// The targets in pipeline order.
+    pub order: Vec<String>,
+    /// One sentence for the `corrections_routed` event.
+    pub reason: String,
+}
+
+/// Groups accepted items by target block, most urgent first, as corrections
+/// `v{version}→v{version+1}`. Items whose target is not a block of the
+/// pipeline (or is the router) are listed as unroutable.
+pub fn plan(pipeline: &Pipeline, version: u32, router: &str, items: &[AcceptedItem]) -> Plan {
     let mut by_target: BTreeMap<usize, Vec<&AcceptedItem>> = BTreeMap::new();
     let mut unroutable = Vec::new();
     for item in items {
@@ -81,13 +86,12 @@ pub fn route(
             _ => unroutable.push(item),
         }
     }
-    let from = doc.version;
-    let to = from + 1;
-    let version = format!("v{from}→v{to}");
-    let mut plan = serde_json::Map::new();
-    let mut targets = BTreeMap::new();
+    let label = format!("v{version}→v{}", version + 1);
     let mut order: Vec<usize> = by_target.keys().copied().collect();
     order.sort_by_key(|i| pipeline.topo_order().iter().position(|t| t == i));
+    let mut routed = serde_json::Map::new();
+    let mut targets = BTreeMap::new();
+    let mut counts = Vec::new();
     for &i in &order {
         let mut group = by_target[&i].clone();
         group.sort_by(|a, b| {
@@ -96,7 +100,12 @@ pub fn route(
                 .then(a.source_key.cmp(&b.source_key))
         });
         let block = &pipeline.blocks()[i].id;
-        plan.insert(
+        counts.push(format!(
+            "{block} ({} item{})",
+            group.len(),
+            if group.len() == 1 { "" } else { "s" }
+        ));
+        routed.insert(
             block.clone(),
             Value::Array(
                 group
@@ -117,7 +126,7 @@ pub fn route(
         targets.insert(
             block.clone(),
             Corrections {
-                version: version.clone(),
+                version: label.clone(),
                 source: sources.into_iter().collect::<Vec<_>>().join(" + "),
                 items: group
                     .iter()
@@ -132,14 +141,15 @@ pub fn route(
             },
         );
     }
-    let target_ids: Vec<String> = order
+    let order: Vec<String> = order
         .iter()
         .map(|&i| pipeline.blocks()[i].id.clone())
         .collect();
-    let plan = serde_json::json!({
-        "version": if targets.is_empty() { format!("v{from}") } else { version.clone() },
-        "routed": Value::Object(plan),
-        "blocks_to_rerun": target_ids,
+    let routed_count = items.len() - unroutable.len();
+    let value = serde_json::json!({
+        "version": if targets.is_empty() { format!("v{version}") } else { label },
+        "routed": Value::Object(routed),
+        "blocks_to_rerun": order,
         "unroutable": unroutable.iter().map(|item| serde_json::json!({
             "id": item.id,
             "skill_target": item.skill_target,
@@ -147,46 +157,58 @@ pub fn route(
         })).collect::<Vec<_>>(),
         "proceed": targets.is_empty(),
     });
+    Plan {
+        value,
+        targets,
+        order,
+        reason: format!(
+            "{routed_count} accepted item{} routed to {}",
+            if routed_count == 1 { "" } else { "s" },
+            counts.join(", ")
+        ),
+    }
+}
+
+/// Groups accepted items by target block and, when there are any, writes each
+/// group into that block's corrections (`vN→vN+1`) and resets the targets and
+/// everything downstream of them, and only those, to pending. `doc` must
+/// already show the router's own attempt as finished (it is reset too: it runs
+/// again after the next reviews). A running block among them is an error: the
+/// router's attempt is then retried.
+pub fn route(
+    pipeline: &Pipeline,
+    doc: &RunDoc,
+    router: &str,
+    items: &[AcceptedItem],
+) -> Result<Routing, TransitionError> {
+    let Plan {
+        value,
+        targets,
+        order,
+        reason,
+    } = plan(pipeline, doc.version, router, items);
     if targets.is_empty() {
         return Ok(Routing {
             events: Vec::new(),
-            plan,
+            plan: value,
             targets: Vec::new(),
         });
     }
-
-    // Targets and their descendants, each once, in pipeline order.
+    let from = doc.version;
+    let label = format!("v{from}→v{}", from + 1);
     let mut reset: BTreeSet<usize> = BTreeSet::new();
-    for &i in &order {
-        reset.insert(i);
-        reset.extend(pipeline.descendants(i));
+    for id in &order {
+        if let Some(i) = pipeline.index_of(id) {
+            reset.insert(i);
+            reset.extend(pipeline.descendants(i));
+        }
     }
-    let counts: Vec<String> = order
-        .iter()
-        .map(|&i| {
-            let n = by_target[&i].len();
-            format!(
-                "{} ({n} item{})",
-                pipeline.blocks()[i].id,
-                if n == 1 { "" } else { "s" }
-            )
-        })
-        .collect();
     let mut events = vec![Event::CorrectionsRouted {
         router: router.to_string(),
         from,
-        to,
-        targets,
-        reason: format!(
-            "{} accepted item{} routed to {}",
-            items.len() - unroutable.len(),
-            if items.len() - unroutable.len() == 1 {
-                ""
-            } else {
-                "s"
-            },
-            counts.join(", ")
-        ),
+        to: from + 1,
+        targets: targets.clone(),
+        reason,
     }];
     for &i in pipeline.topo_order() {
         if !reset.contains(&i) {
@@ -209,17 +231,17 @@ pub fn route(
         }
         events.push(Event::BlockReset {
             block: id.clone(),
-            reason: if by_target.contains_key(&i) {
-                format!("corrections {version} from `{router}`")
+            reason: if targets.contains_key(id) {
+                format!("corrections {label} from `{router}`")
             } else {
-                format!("upstream of it is re-running with corrections {version}")
+                format!("upstream of it is re-running with corrections {label}")
             },
         });
     }
     Ok(Routing {
         events,
-        plan,
-        targets: target_ids,
+        plan: value,
+        targets: order,
     })
 }
 

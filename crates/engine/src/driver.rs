@@ -39,6 +39,8 @@ struct Completion {
     report: std::result::Result<AttemptReport, String>,
     /// Artifact and log contents, stored with the events that reference them.
     blobs: Vec<NewBlob>,
+    /// A corrections router's accepted items: routed when its attempt commits.
+    route_items: Option<Vec<factory_core::feedback::AcceptedItem>>,
 }
 
 impl Engine {
@@ -74,6 +76,8 @@ impl Engine {
                     .record_and_claim(&mut handle, &worker_actor, &completions, free_slots)
                     .await?;
                 completions.clear();
+                self.resolve_completed(&mut handle, &worker_actor, &records)
+                    .await?;
                 for record in &records {
                     if let Event::BlockStarted {
                         block,
@@ -278,15 +282,16 @@ impl Engine {
                 llm_settings,
             )
             .await;
-            let (report, blobs) = match outcome {
-                Ok((report, blobs)) => (Ok(report), blobs),
-                Err(error) => (Err(error), Vec::new()),
+            let (report, blobs, route_items) = match outcome {
+                Ok((report, blobs, items)) => (Ok(report), blobs, items),
+                Err(error) => (Err(error), Vec::new(), None),
             };
             let _ = sender.send(Completion {
                 block: block_id,
                 attempt,
                 report,
                 blobs,
+                route_items,
             });
         });
     }
@@ -328,7 +333,16 @@ impl Engine {
                             now,
                             &policy,
                         ) {
-                            Ok(more) => events.extend(more),
+                            Ok(more) => {
+                                let more = match &completion.route_items {
+                                    Some(items) => with_routing(
+                                        pipeline, doc, &events, more, completion, items, now,
+                                        &policy,
+                                    )?,
+                                    None => more,
+                                };
+                                events.extend(more);
+                            }
                             // Reclaimed by another worker meanwhile: its attempt wins.
                             Err(transitions::TransitionError::StaleAttempt { block, attempt }) => {
                                 tracing::warn!(
@@ -352,6 +366,55 @@ impl Engine {
             .await?;
         self.notify(&records, handle.doc());
         Ok(records)
+    }
+}
+
+/// A corrections router's finish plus, when it completed, its routing: the
+/// `corrections_routed` event and the resets, in the same commit so nothing
+/// downstream of the router starts in between. If a block to reset is still
+/// running, the router's attempt counts as failed and is retried.
+#[allow(clippy::too_many_arguments)]
+fn with_routing(
+    pipeline: &factory_core::Pipeline,
+    doc: &RunDoc,
+    earlier: &[Event],
+    finished: Vec<Event>,
+    completion: &Completion,
+    items: &[factory_core::feedback::AcceptedItem],
+    now: Millis,
+    policy: &transitions::Policy,
+) -> Result<Vec<Event>> {
+    let mut scratch = doc.clone();
+    factory_core::commit_in_place(
+        &mut scratch,
+        earlier.iter().chain(&finished).cloned().collect(),
+        "scratch",
+        now,
+    )?;
+    let done = scratch
+        .blocks
+        .get(&completion.block)
+        .is_some_and(|s| s.status == BlockStatus::Done);
+    if !done {
+        return Ok(finished);
+    }
+    match factory_core::feedback::route(pipeline, &scratch, &completion.block, items) {
+        Ok(routing) => Ok(finished.into_iter().chain(routing.events).collect()),
+        Err(error) => {
+            let report = AttemptReport {
+                error: Some(format!("cannot route corrections yet: {error}")),
+                ..AttemptReport::default()
+            };
+            Ok(transitions::finish(
+                pipeline,
+                doc,
+                &completion.block,
+                completion.attempt,
+                report,
+                now,
+                policy,
+            )?)
+        }
     }
 }
 
@@ -398,7 +461,14 @@ async fn run_attempt(
     template_dir: Option<PathBuf>,
     keep_work_dir: bool,
     llm_settings: Option<Arc<factory_runtime::llm::LlmSettings>>,
-) -> std::result::Result<(AttemptReport, Vec<NewBlob>), String> {
+) -> std::result::Result<
+    (
+        AttemptReport,
+        Vec<NewBlob>,
+        Option<Vec<factory_core::feedback::AcceptedItem>>,
+    ),
+    String,
+> {
     let block = pipeline
         .block(block_id)
         .ok_or_else(|| format!("block `{block_id}` is not in the template"))?;
@@ -422,26 +492,40 @@ async fn run_attempt(
             }
         });
     });
-    let execution = factory_runtime::execute(AttemptInput {
-        run_id: &doc.run_id,
-        block,
-        attempt,
-        params: &doc.params,
-        inputs,
-        corrections: state.corrections.as_ref(),
-        attempt_dir: attempt_dir.clone(),
-        template_dir,
-        on_spawn: Some(on_spawn),
-        llm: llm_settings,
-        model: factory_core::transitions::effective_model(
-            pipeline.template(),
-            block,
-            &doc.models,
-            doc.default_model.as_deref(),
+    let route_items = if crate::feedback::is_router(block) {
+        Some(
+            crate::feedback::accepted_items(store.as_ref(), &doc.run_id)
+                .await
+                .map_err(|error| format!("cannot read the run's improvement items: {error}"))?,
         )
-        .map(str::to_string),
-    })
-    .await;
+    } else {
+        None
+    };
+    let execution = if let Some(items) = &route_items {
+        crate::feedback::router_execution(pipeline, doc, block, items)
+    } else {
+        factory_runtime::execute(AttemptInput {
+            run_id: &doc.run_id,
+            block,
+            attempt,
+            run_version: doc.version,
+            params: &doc.params,
+            inputs,
+            corrections: state.corrections.as_ref(),
+            attempt_dir: attempt_dir.clone(),
+            template_dir,
+            on_spawn: Some(on_spawn),
+            llm: llm_settings,
+            model: factory_core::transitions::effective_model(
+                pipeline.template(),
+                block,
+                &doc.models,
+                doc.default_model.as_deref(),
+            )
+            .map(str::to_string),
+        })
+        .await
+    };
     let failed = execution.error.is_some();
     // Audit what was produced; a failed attempt has nothing worth scoring.
     let audit = (!failed).then(|| {
@@ -461,7 +545,7 @@ async fn run_attempt(
     if !failed && !keep_work_dir {
         let _ = std::fs::remove_dir_all(&attempt_dir);
     }
-    Ok(outputs)
+    Ok((outputs.0, outputs.1, route_items))
 }
 
 async fn gather_inputs(

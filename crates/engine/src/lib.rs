@@ -9,6 +9,7 @@
 
 mod audit;
 mod driver;
+pub mod feedback;
 pub mod fixtures;
 mod handle;
 mod owner;
@@ -42,6 +43,11 @@ pub enum EngineError {
     Apply(#[from] ApplyError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A review submission or item update that cannot be taken as sent.
+    #[error("{0}")]
+    BadReview(String),
+    #[error("{0} not found")]
+    NotFound(String),
     #[error("run `{run_id}` kept changing underneath this process; gave up after {tries} tries")]
     TooManyConflicts { run_id: String, tries: u32 },
 }
@@ -255,6 +261,7 @@ impl Engine {
             })
             .await?;
         self.notify(&records, handle.doc());
+        self.resolve_completed(&mut handle, actor, &records).await?;
         Ok(handle.doc().clone())
     }
 

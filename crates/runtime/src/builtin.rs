@@ -17,6 +17,12 @@ pub(crate) async fn run(input: AttemptInput<'_>) -> Execution {
     let config = &block.inputs.config;
     match config.get("builtin").and_then(Value::as_str) {
         Some("noop") => produce(&input),
+        Some("review-page") => crate::review_page::produce(&input),
+        // Needs the store's improvement items: the engine runs it itself.
+        Some("corrections-router") => Execution::failed(format!(
+            "block `{}`: the corrections router runs inside the engine, not in a runtime",
+            block.id
+        )),
         Some("sleep") => {
             let ms = config.get("ms").and_then(Value::as_u64).unwrap_or(0);
             if ms > block.timeout {

@@ -13,6 +13,7 @@ mod directory;
 pub mod http;
 pub mod llm;
 pub mod process;
+mod review_page;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -39,6 +40,8 @@ pub struct AttemptInput<'a> {
     pub run_id: &'a str,
     pub block: &'a Block,
     pub attempt: u32,
+    /// The run version (pass through the feedback loop) this attempt is in.
+    pub run_version: u32,
     pub params: &'a BTreeMap<String, Value>,
     pub inputs: Vec<InputArtifact>,
     pub corrections: Option<&'a Corrections>,

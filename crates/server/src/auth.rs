@@ -8,7 +8,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
-use factory_store::{Store, TokenRecord};
+use factory_store::{ReviewScope, Store, TokenRecord};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -62,6 +62,25 @@ pub struct Caller {
     /// Recorded in the event log: `user:<token name>`.
     pub actor: String,
     pub role: Role,
+    /// A review link's token: it acts for one tester on one run only.
+    pub scope: Option<ReviewScope>,
+}
+
+/// Routes a review link's token may use (each with `{run}` checked against
+/// the token's run); everything else is refused to it.
+pub const REVIEW_LINK_ROUTES: &[&str] = &[
+    "/runs/{run}/review/{block}",
+    "/api/v1/runs/{run}/blocks/{block}/feedback",
+    "/api/v1/runs/{run}/blocks/{block}/review-chat",
+    "/assets/{file}",
+];
+
+/// True when `path` (the request's) names `run` where `route` has `{run}`.
+fn path_names_run(route: &str, path: &str, run: &str) -> bool {
+    let Some(at) = route.split('/').position(|segment| segment == "{run}") else {
+        return true;
+    };
+    path.split('/').nth(at) == Some(run)
 }
 
 /// `(method, route, role)`: `None` is public.
@@ -203,6 +222,7 @@ pub async fn create_token(
         created_by: created_by.to_string(),
         created_at: factory_engine::now_ms(),
         revoked_at: None,
+        scope: None,
     };
     store.create_token(&record).await?;
     Ok((secret, record))
@@ -218,8 +238,12 @@ pub async fn lookup(store: &dyn Store, secret: &str) -> Result<Option<Caller>, A
     }
     let role = record.role.parse().map_err(ApiError::internal)?;
     Ok(Some(Caller {
-        actor: format!("user:{}", record.name),
+        actor: match &record.scope {
+            Some(scope) => format!("reviewer:{}", scope.tester),
+            None => format!("user:{}", record.name),
+        },
         role,
+        scope: record.scope,
     }))
 }
 
@@ -311,6 +335,7 @@ pub(crate) async fn authorize(
         Some(Caller {
             actor: "user:local".to_string(),
             role: Role::Admin,
+            scope: None,
         })
     } else {
         match &presented {
@@ -347,6 +372,23 @@ pub(crate) async fn authorize(
                         needed.as_str(),
                         caller.actor,
                         caller.role.as_str()
+                    ),
+                )
+                .into_response();
+            }
+            Some(Caller {
+                scope: Some(scope),
+                actor,
+                ..
+            }) if !REVIEW_LINK_ROUTES.contains(&route.as_str())
+                || !path_names_run(&route, request.uri().path(), &scope.run_id) =>
+            {
+                return ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    format!(
+                        "`{actor}` holds a review link for run `{}`: it can open that run's review pages and submit reviews, nothing else",
+                        scope.run_id
                     ),
                 )
                 .into_response();

@@ -129,6 +129,10 @@ impl From<EngineError> for ApiError {
                 format!("{error}; try again"),
             ),
             EngineError::Apply(_) => ApiError::internal(error),
+            EngineError::BadReview(_) => ApiError::unprocessable("bad_review", error.to_string()),
+            EngineError::NotFound(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", error.to_string())
+            }
         }
     }
 }

@@ -19,7 +19,9 @@ use factory_core::run::{Event, EventRecord, Millis, RunDoc};
 use sha2::{Digest, Sha256};
 
 pub use postgres::PostgresStore;
-pub use side::{FeedbackRecord, ImprovementItem, RunRecord, TemplateRecord, TokenRecord, kinds};
+pub use side::{
+    FeedbackRecord, ImprovementItem, ReviewScope, RunRecord, TemplateRecord, TokenRecord, kinds,
+};
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]

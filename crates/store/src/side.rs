@@ -20,6 +20,18 @@ pub struct TokenRecord {
     pub created_by: String,
     pub created_at: Millis,
     pub revoked_at: Option<Millis>,
+    /// Set for review-link tokens: the one run and tester they act for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<ReviewScope>,
+}
+
+/// What a review link's token may do: review one run as one tester.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReviewScope {
+    pub run_id: String,
+    pub tester: String,
+    /// `expert`, `product_lead`, `tech_lead`, `team` or `external`.
+    pub tester_role: String,
 }
 
 /// A template registered through the API.
@@ -99,23 +111,26 @@ pub struct ImprovementItem {
     pub extraction_version: Option<String>,
     pub resolved_in_version: Option<String>,
     pub resolution_notes: Option<String>,
+    /// The review that produced it (`extraction-review`, `expert-audit`, …).
+    #[serde(default)]
+    pub source: String,
     pub created_at: Millis,
     pub updated_at: Millis,
 }
 
 pub(crate) const INSERT_FEEDBACK: &str = "INSERT INTO feedback (id, run_id, version, source, tester, tester_role, free_text, items, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
 pub(crate) const FEEDBACK_OF_RUN: &str = "SELECT id, run_id, version, source, tester, tester_role, free_text, items, created_at FROM feedback WHERE run_id = $1 ORDER BY created_at, id";
-pub(crate) const UPSERT_ITEM: &str = "INSERT INTO improvement_items (id, run_id, source_key, skill_target, finding_type, priority, source_text, expert_correction, status, consensus_score, flagged_by, prompt_version, extraction_version, resolved_in_version, resolution_notes, created_at, updated_at)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
-     ON CONFLICT (id) DO UPDATE SET skill_target = excluded.skill_target, finding_type = excluded.finding_type, priority = excluded.priority, source_text = excluded.source_text, expert_correction = excluded.expert_correction, status = excluded.status, consensus_score = excluded.consensus_score, flagged_by = excluded.flagged_by, prompt_version = excluded.prompt_version, extraction_version = excluded.extraction_version, resolved_in_version = excluded.resolved_in_version, resolution_notes = excluded.resolution_notes, updated_at = excluded.updated_at";
+pub(crate) const UPSERT_ITEM: &str = "INSERT INTO improvement_items (id, run_id, source_key, skill_target, finding_type, priority, source_text, expert_correction, status, consensus_score, flagged_by, prompt_version, extraction_version, resolved_in_version, resolution_notes, created_at, updated_at, source)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
+     ON CONFLICT (id) DO UPDATE SET skill_target = excluded.skill_target, finding_type = excluded.finding_type, priority = excluded.priority, source_text = excluded.source_text, expert_correction = excluded.expert_correction, status = excluded.status, consensus_score = excluded.consensus_score, flagged_by = excluded.flagged_by, prompt_version = excluded.prompt_version, extraction_version = excluded.extraction_version, resolved_in_version = excluded.resolved_in_version, resolution_notes = excluded.resolution_notes, updated_at = excluded.updated_at, source = excluded.source";
 pub(crate) const ITEM_BY_ID: &str = "SELECT * FROM improvement_items WHERE id = $1";
 pub(crate) const ITEM_BY_KEY: &str =
     "SELECT * FROM improvement_items WHERE run_id = $1 AND source_key = $2";
 pub(crate) const ITEMS_OF_RUN: &str = "SELECT * FROM improvement_items WHERE run_id = $1 AND status = COALESCE($2, status) AND skill_target = COALESCE($3, skill_target) ORDER BY created_at, id";
 
-pub(crate) const INSERT_TOKEN: &str = "INSERT INTO api_tokens (id, name, role, hash, created_by, created_at, revoked_at) VALUES ($1, $2, $3, $4, $5, $6, NULL)";
-pub(crate) const TOKEN_BY_HASH: &str = "SELECT id, name, role, hash, created_by, created_at, revoked_at FROM api_tokens WHERE hash = $1";
-pub(crate) const LIST_TOKENS: &str = "SELECT id, name, role, hash, created_by, created_at, revoked_at FROM api_tokens ORDER BY created_at, id";
+pub(crate) const INSERT_TOKEN: &str = "INSERT INTO api_tokens (id, name, role, hash, created_by, created_at, revoked_at, scope) VALUES ($1, $2, $3, $4, $5, $6, NULL, $7)";
+pub(crate) const TOKEN_BY_HASH: &str = "SELECT id, name, role, hash, created_by, created_at, revoked_at, scope FROM api_tokens WHERE hash = $1";
+pub(crate) const LIST_TOKENS: &str = "SELECT id, name, role, hash, created_by, created_at, revoked_at, scope FROM api_tokens ORDER BY created_at, id";
 pub(crate) const REVOKE_TOKEN: &str =
     "UPDATE api_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL";
 pub(crate) const UPSERT_TEMPLATE: &str = "INSERT INTO templates (template_id, version, name, source, path, registered_by, registered_at) VALUES ($1, $2, $3, $4, $5, $6, $7)
@@ -139,6 +154,9 @@ macro_rules! map_rows {
             created_by: $row.get("created_by"),
             created_at: $row.get("created_at"),
             revoked_at: $row.get("revoked_at"),
+            scope: $row
+                .get::<Option<&str>, _>("scope")
+                .and_then(|text| serde_json::from_str(text).ok()),
         }
     };
     (template, $row:expr) => {
@@ -242,6 +260,7 @@ macro_rules! side_queries {
                 .bind(&t.hash)
                 .bind(&t.created_by)
                 .bind(t.created_at)
+                .bind(t.scope.as_ref().map(serde_json::to_string).transpose()?)
                 .execute(pool)
                 .await?;
             Ok(())
@@ -413,6 +432,7 @@ macro_rules! side_queries {
                 .bind(&i.resolution_notes)
                 .bind(i.created_at)
                 .bind(i.updated_at)
+                .bind(&i.source)
                 .execute(pool)
                 .await?;
             Ok(())
@@ -437,6 +457,7 @@ macro_rules! side_queries {
                 extraction_version: row.get("extraction_version"),
                 resolved_in_version: row.get("resolved_in_version"),
                 resolution_notes: row.get("resolution_notes"),
+                source: row.get("source"),
                 created_at: row.get("created_at"),
                 updated_at: row.get("updated_at"),
             })

@@ -284,7 +284,9 @@ fn the_whole_clone_factory_runs_against_a_local_provider() {
             }
         }
     }
-    assert!(attempts >= 23, "{attempts} llm attempts");
+    // 21 llm blocks (the review pages and the router are builtins), plus the
+    // re-run after the rejection.
+    assert!(attempts >= 22, "{attempts} llm attempts");
     let status = factory(&db).args(["status", &run_id]).output().unwrap();
     let status = String::from_utf8(status.stdout).unwrap();
     let expected = format!(

@@ -307,8 +307,22 @@ async fn tokens_templates_and_records(store: &dyn Store) {
         created_by: "admin".into(),
         created_at: 5,
         revoked_at: None,
+        scope: None,
     };
     store.create_token(&token).await.unwrap();
+    // A review link's token keeps its run and tester.
+    let link = TokenRecord {
+        id: "pf_link01".into(),
+        hash: "h-link".into(),
+        scope: Some(factory_store::ReviewScope {
+            run_id: "run-1".into(),
+            tester: "samuel-ngu".into(),
+            tester_role: "expert".into(),
+        }),
+        ..token.clone()
+    };
+    store.create_token(&link).await.unwrap();
+    assert_eq!(store.token_by_hash("h-link").await.unwrap(), Some(link));
     // The same hash twice is refused (the hash is the lookup key).
     let mut twin = token.clone();
     twin.id = "pf_other".into();
@@ -324,7 +338,7 @@ async fn tokens_templates_and_records(store: &dyn Store) {
         "revoked twice"
     );
     let listed = store.list_tokens().await.unwrap();
-    assert_eq!(listed.len(), 1);
+    assert_eq!(listed.len(), 2);
     assert_eq!(listed[0].revoked_at, Some(9));
 
     let mut template = TemplateRecord {
@@ -429,6 +443,7 @@ async fn feedback_and_improvement_items(store: &dyn Store) {
         extraction_version: Some("v1".into()),
         resolved_in_version: None,
         resolution_notes: None,
+        source: "extraction-review".into(),
         created_at: 11,
         updated_at: 11,
     };

@@ -1,0 +1,824 @@
+//! The feedback loop's IO: review submissions become stored feedback and
+//! improvement items with weighted consensus, review gates close when no
+//! critical finding is left open, corrected blocks resolve their items, and
+//! the convergence table is assembled from the store.
+//!
+//! Decisions come from `factory_core::{consensus, feedback}`; this module
+//! reads and writes the store and records every change as a run event
+//! (`feedback_submitted`, `item_changed`) so the log explains each status.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use factory_core::consensus::{self, ConsensusStatus, TesterRole, Verdict, Vote};
+use factory_core::feedback::{self as loop_core, Convergence, ItemRef, ItemStats, ReviewStats};
+use factory_core::run::{BlockStatus, Event, EventRecord, GatePhase, RunDoc};
+use factory_core::template::Runtime;
+use factory_core::transitions;
+use factory_store::{FeedbackRecord, ImprovementItem};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::{Engine, EngineError, Result, RunHandle, now_ms};
+
+/// One review submission, as the review pages and the API send it.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Submission {
+    /// Verdicts on items (extraction leaves, or audit findings).
+    #[serde(default)]
+    pub items: Vec<SubmittedItem>,
+    /// Expert audit: one per scenario.
+    #[serde(default)]
+    pub ratings: Vec<Rating>,
+    /// Expert audit: answers to the open questions.
+    #[serde(default)]
+    pub answers: Vec<Answer>,
+    #[serde(default)]
+    pub free_text: String,
+    /// Close the review: approve the page's gate when no critical item is
+    /// open or in triage.
+    #[serde(default)]
+    pub close: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmittedItem {
+    /// "The same item" across testers, e.g. `voice-extractor:$.tone`.
+    pub source_key: String,
+    /// The block whose output the verdict is about.
+    pub skill_target: String,
+    pub verdict: Verdict,
+    #[serde(default)]
+    pub correction: String,
+    /// The text being judged (the extraction leaf, or the finding).
+    #[serde(default)]
+    pub source_text: String,
+    /// `critical`, `high`, `medium` (default) or `low`.
+    #[serde(default)]
+    pub priority: Option<String>,
+    #[serde(default)]
+    pub finding_type: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rating {
+    pub scenario: String,
+    pub sounds_like_me: bool,
+    #[serde(default)]
+    pub note: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Answer {
+    pub question: String,
+    pub answer: String,
+}
+
+/// Who is reviewing: from a review link's scope, or given by an API caller.
+#[derive(Debug, Clone)]
+pub struct Tester {
+    pub name: String,
+    pub role: TesterRole,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ItemChange {
+    pub item: String,
+    pub source_key: String,
+    pub from: String,
+    pub to: String,
+    pub consensus_score: f64,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GateOutcome {
+    pub approved: bool,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SubmitOutcome {
+    pub feedback_id: String,
+    pub version: String,
+    pub changes: Vec<ItemChange>,
+    /// Set when the submission asked to close the review.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gate: Option<GateOutcome>,
+}
+
+/// `PATCH improvement-items/{id}`: a person settles an item.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ItemPatch {
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub priority: Option<String>,
+    #[serde(default)]
+    pub expert_correction: Option<String>,
+    #[serde(default)]
+    pub resolved_in_version: Option<String>,
+    #[serde(default)]
+    pub resolution_notes: Option<String>,
+    /// Accepted for the seed's request shape; must match the item when given.
+    #[serde(default)]
+    pub factory_block_id: Option<String>,
+    #[serde(default)]
+    pub factory_run_id: Option<String>,
+}
+
+pub const STATUSES: &[&str] = &["open", "accepted", "rejected", "triage", "resolved"];
+
+/// `POST corrections-ingest` (seed `002`'s request).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestRequest {
+    pub run_id: String,
+    #[serde(default)]
+    pub expert_slug: Option<String>,
+    #[serde(default)]
+    pub feedback_id: String,
+    #[serde(default)]
+    pub items_created: u32,
+    #[serde(default)]
+    pub by_skill: BTreeMap<String, u32>,
+    pub source: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct IngestResponse {
+    pub acknowledged: bool,
+    pub run_status: String,
+    pub blocks_to_rerun: Vec<String>,
+}
+
+fn bad(message: impl Into<String>) -> EngineError {
+    EngineError::BadReview(message.into())
+}
+
+fn status_name(status: ConsensusStatus) -> &'static str {
+    match status {
+        ConsensusStatus::Open => "open",
+        ConsensusStatus::Accepted => "accepted",
+        ConsensusStatus::Rejected => "rejected",
+        ConsensusStatus::Triage => "triage",
+    }
+}
+
+/// The review page a block serves (`extraction-review`, `expert-audit`).
+pub fn review_page(handle: &RunHandle, block: &str) -> Result<String> {
+    let spec = handle.pipeline().block(block).ok_or_else(|| {
+        EngineError::Transition(transitions::TransitionError::UnknownBlock(
+            block.to_string(),
+        ))
+    })?;
+    let page = spec
+        .inputs
+        .config
+        .get("page")
+        .and_then(Value::as_str)
+        .filter(|_| {
+            spec.runtime == Runtime::Builtin
+                && spec.inputs.config.get("builtin").and_then(Value::as_str) == Some("review-page")
+        });
+    page.map(str::to_string).ok_or_else(|| {
+        bad(format!(
+            "block `{block}` has no review page (only `review-page` builtin blocks do)"
+        ))
+    })
+}
+
+/// The votes on one item across every submission of the run, in order;
+/// after a resolution only later versions' votes count.
+fn votes_for(
+    feedback: &[FeedbackRecord],
+    source_key: &str,
+    after_version: u32,
+) -> Vec<(Vote, SubmittedItem)> {
+    let mut votes = Vec::new();
+    for record in feedback {
+        let version = loop_core::parse_version(&record.version).unwrap_or(1);
+        if version <= after_version {
+            continue;
+        }
+        let Ok(role) = serde_json::from_value::<TesterRole>(json!(record.tester_role)) else {
+            continue;
+        };
+        let items: Vec<SubmittedItem> = record
+            .items
+            .get("items")
+            .cloned()
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default();
+        for item in items.into_iter().filter(|i| i.source_key == source_key) {
+            votes.push((
+                Vote {
+                    tester: record.tester.clone(),
+                    role,
+                    verdict: item.verdict,
+                    feedback_id: record.id.clone(),
+                },
+                item,
+            ));
+        }
+    }
+    votes
+}
+
+impl Engine {
+    /// Stores a review of `block`'s page by `tester`, recomputes consensus for
+    /// every item it touches, records each status change with its reason, and
+    /// when asked closes the review gate.
+    pub async fn submit_feedback(
+        &self,
+        actor: &str,
+        run_id: &str,
+        block: &str,
+        tester: &Tester,
+        submission: Submission,
+    ) -> Result<SubmitOutcome> {
+        let mut handle = self.open(run_id).await?;
+        let run_id = handle.doc().run_id.clone();
+        let source = review_page(&handle, block)?;
+        let pipeline = handle.pipeline().clone();
+        let mut keys = BTreeSet::new();
+        for (n, item) in submission.items.iter().enumerate() {
+            let at = format!("items[{n}]");
+            if item.source_key.trim().is_empty() {
+                return Err(bad(format!(
+                    "{at}.source_key is empty: name the item being judged"
+                )));
+            }
+            if pipeline.block(&item.skill_target).is_none() {
+                return Err(bad(format!(
+                    "{at}.skill_target `{}` is not a block of template `{}`",
+                    item.skill_target,
+                    pipeline.template().id
+                )));
+            }
+            if let Some(p) = &item.priority
+                && !loop_core::PRIORITIES.contains(&p.as_str())
+            {
+                return Err(bad(format!(
+                    "{at}.priority `{p}` is not one of critical, high, medium, low"
+                )));
+            }
+            if !keys.insert(item.source_key.as_str()) {
+                return Err(bad(format!(
+                    "{at}: item `{}` is judged twice in one submission",
+                    item.source_key
+                )));
+            }
+        }
+        let version = handle.doc().version;
+        let now = now_ms();
+        let feedback_id = format!("fb-{}", uuid::Uuid::now_v7().simple());
+        let record = FeedbackRecord {
+            id: feedback_id.clone(),
+            run_id: run_id.clone(),
+            version: format!("v{version}"),
+            source: source.clone(),
+            tester: tester.name.clone(),
+            tester_role: tester.role.as_str().to_string(),
+            free_text: submission.free_text.clone(),
+            items: json!({
+                "items": submission.items,
+                "ratings": submission.ratings,
+                "answers": submission.answers,
+            }),
+            created_at: now,
+        };
+        self.store.add_feedback(&record).await?;
+
+        // Recompute consensus for every item this submission judged.
+        let feedback = self.store.feedback(&run_id).await?;
+        let mut changes = Vec::new();
+        let mut events = vec![Event::FeedbackSubmitted {
+            feedback_id: feedback_id.clone(),
+            source: source.clone(),
+            tester: tester.name.clone(),
+            tester_role: tester.role.as_str().to_string(),
+            version,
+            verdicts: submission.items.len(),
+        }];
+        for submitted in &submission.items {
+            let existing = self
+                .store
+                .item_by_key(&run_id, &submitted.source_key)
+                .await?;
+            let resolved_in = existing
+                .as_ref()
+                .filter(|i| i.status == "resolved")
+                .and_then(|i| i.resolved_in_version.as_deref())
+                .and_then(loop_core::parse_version)
+                .map_or(0, |v| v.saturating_sub(1));
+            let votes = votes_for(&feedback, &submitted.source_key, resolved_in);
+            let only_votes: Vec<Vote> = votes.iter().map(|(v, _)| v.clone()).collect();
+            let decided = consensus::consensus(&only_votes);
+            if existing.is_none() && decided.flagged_by.is_empty() {
+                continue; // cleared and never flagged: not a finding
+            }
+            // Priority and correction come from the heaviest flagging vote.
+            let heaviest = votes
+                .iter()
+                .filter(|(v, _)| v.verdict.flags())
+                .max_by(|(a, _), (b, _)| a.role.weight().total_cmp(&b.role.weight()));
+            let mut item = existing.clone().unwrap_or_else(|| ImprovementItem {
+                id: format!("item-{}", uuid::Uuid::now_v7().simple()),
+                run_id: run_id.clone(),
+                source_key: submitted.source_key.clone(),
+                skill_target: submitted.skill_target.clone(),
+                finding_type: String::new(),
+                priority: "medium".to_string(),
+                source_text: submitted.source_text.clone(),
+                expert_correction: String::new(),
+                status: "open".to_string(),
+                consensus_score: 0.0,
+                flagged_by: json!([]),
+                prompt_version: Some(format!("v{version}")),
+                extraction_version: Some(format!("v{version}")),
+                resolved_in_version: None,
+                resolution_notes: None,
+                source: source.clone(),
+                created_at: now,
+                updated_at: now,
+            });
+            let from = if existing.is_some() {
+                item.status.clone()
+            } else {
+                "new".to_string()
+            };
+            let mut to = status_name(decided.status).to_string();
+            if from == "resolved" && decided.flagged_by.is_empty() {
+                to = "resolved".to_string(); // later reviews agree the fix holds
+            } else if from == "resolved" {
+                item.resolved_in_version = None;
+                item.resolution_notes = None;
+                item.prompt_version = Some(format!("v{version}"));
+            }
+            if let Some((_, heavy)) = heaviest {
+                item.priority = heavy
+                    .priority
+                    .clone()
+                    .unwrap_or_else(|| item.priority.clone());
+                if !heavy.correction.trim().is_empty() {
+                    item.expert_correction = heavy.correction.trim().to_string();
+                }
+                if !heavy.source_text.trim().is_empty() {
+                    item.source_text = heavy.source_text.clone();
+                }
+                item.finding_type = heavy
+                    .finding_type
+                    .clone()
+                    .unwrap_or_else(|| format!("{source}-finding"));
+                item.skill_target = heavy.skill_target.clone();
+            }
+            item.status = to.clone();
+            item.consensus_score = decided.score;
+            item.flagged_by = json!(
+                decided
+                    .flagged_by
+                    .iter()
+                    .map(|v| json!({
+                        "tester": v.tester,
+                        "role": v.role.as_str(),
+                        "weight": v.role.weight(),
+                        "feedback_id": v.feedback_id,
+                    }))
+                    .collect::<Vec<_>>()
+            );
+            item.updated_at = now;
+            self.store.put_item(&item).await?;
+            if from != to {
+                events.push(Event::ItemChanged {
+                    item: item.id.clone(),
+                    source_key: item.source_key.clone(),
+                    skill_target: item.skill_target.clone(),
+                    from: from.clone(),
+                    to: to.clone(),
+                    reason: decided.reason.clone(),
+                });
+            }
+            changes.push(ItemChange {
+                item: item.id,
+                source_key: item.source_key,
+                from,
+                to,
+                consensus_score: decided.score,
+                reason: decided.reason,
+            });
+        }
+
+        let gate = if submission.close {
+            Some(self.close_review(&run_id, block, actor).await?)
+        } else {
+            None
+        };
+        let records = handle.apply(actor, |_, _, _| Ok(events.clone())).await?;
+        self.notify(&records, handle.doc());
+        if let Some(GateOutcome {
+            approved: true,
+            reason,
+        }) = &gate
+        {
+            let log = self.store.events(&run_id, 0).await?;
+            let records = handle
+                .apply(actor, |pipeline, doc, _| {
+                    Ok(vec![transitions::approve_as(
+                        pipeline,
+                        doc,
+                        &log,
+                        block,
+                        actor,
+                        Some(reason.clone()),
+                    )?])
+                })
+                .await?;
+            self.notify(&records, handle.doc());
+        }
+        Ok(SubmitOutcome {
+            feedback_id,
+            version: format!("v{version}"),
+            changes,
+            gate,
+        })
+    }
+
+    /// Whether the review gate of `block` may close: it must wait at its
+    /// after-gate, and no critical item of the run may be open or in triage.
+    async fn close_review(&self, run_id: &str, block: &str, actor: &str) -> Result<GateOutcome> {
+        let handle = self.open(run_id).await?;
+        let state = &handle.doc().blocks[block];
+        if state.status != BlockStatus::Waiting || state.gate != Some(GatePhase::After) {
+            return Ok(GateOutcome {
+                approved: false,
+                reason: format!(
+                    "the review was stored, but `{block}` is {} and not waiting at its gate, so there is nothing to close",
+                    state.status.as_str()
+                ),
+            });
+        }
+        let items = self.store.items(run_id, None, None).await?;
+        let blocking: Vec<&ImprovementItem> = items
+            .iter()
+            .filter(|i| i.priority == "critical" && matches!(i.status.as_str(), "open" | "triage"))
+            .collect();
+        let accepted = items.iter().filter(|i| i.status == "accepted").count();
+        if blocking.is_empty() {
+            Ok(GateOutcome {
+                approved: true,
+                reason: format!(
+                    "review closed by {actor}: no critical item open or in triage; {accepted} accepted item(s) go to the corrections router"
+                ),
+            })
+        } else {
+            Ok(GateOutcome {
+                approved: false,
+                reason: format!(
+                    "{} critical item(s) still open or in triage ({}): settle them (PATCH improvement-items) or approve the gate to accept the rest",
+                    blocking.len(),
+                    blocking
+                        .iter()
+                        .map(|i| format!("{} [{}]", i.source_key, i.status))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            })
+        }
+    }
+
+    /// A person settles an item (status, priority, correction, resolution).
+    pub async fn update_item(
+        &self,
+        actor: &str,
+        item_id: &str,
+        patch: ItemPatch,
+    ) -> Result<ImprovementItem> {
+        let mut item = self
+            .store
+            .item(item_id)
+            .await?
+            .ok_or_else(|| EngineError::NotFound(format!("improvement item `{item_id}`")))?;
+        if let Some(run) = &patch.factory_run_id
+            && *run != item.run_id
+        {
+            return Err(bad(format!(
+                "factory_run_id `{run}` does not match the item's run `{}`",
+                item.run_id
+            )));
+        }
+        if let Some(block) = &patch.factory_block_id
+            && *block != item.skill_target
+        {
+            return Err(bad(format!(
+                "factory_block_id `{block}` does not match the item's skill_target `{}`",
+                item.skill_target
+            )));
+        }
+        let from = item.status.clone();
+        if let Some(status) = &patch.status {
+            if !STATUSES.contains(&status.as_str()) {
+                return Err(bad(format!(
+                    "status `{status}` is not one of {}",
+                    STATUSES.join(", ")
+                )));
+            }
+            item.status = status.clone();
+        }
+        if let Some(priority) = &patch.priority {
+            if !loop_core::PRIORITIES.contains(&priority.as_str()) {
+                return Err(bad(format!(
+                    "priority `{priority}` is not one of critical, high, medium, low"
+                )));
+            }
+            item.priority = priority.clone();
+        }
+        if let Some(correction) = patch.expert_correction {
+            item.expert_correction = correction;
+        }
+        if item.status == "resolved" && from != "resolved" {
+            let handle = self.open(&item.run_id).await?;
+            item.resolved_in_version = Some(
+                patch
+                    .resolved_in_version
+                    .clone()
+                    .unwrap_or_else(|| format!("v{}", handle.doc().version)),
+            );
+        } else if let Some(version) = patch.resolved_in_version {
+            item.resolved_in_version = Some(version);
+        }
+        if let Some(notes) = patch.resolution_notes.clone() {
+            item.resolution_notes = Some(notes);
+        }
+        item.updated_at = now_ms();
+        self.store.put_item(&item).await?;
+        if from != item.status {
+            let mut handle = self.open(&item.run_id).await?;
+            let reason = match patch.resolution_notes {
+                Some(notes) => format!("set by {actor}: {notes}"),
+                None => format!("set by {actor}"),
+            };
+            let event = Event::ItemChanged {
+                item: item.id.clone(),
+                source_key: item.source_key.clone(),
+                skill_target: item.skill_target.clone(),
+                from,
+                to: item.status.clone(),
+                reason,
+            };
+            let records = handle
+                .apply(actor, |_, _, _| Ok(vec![event.clone()]))
+                .await?;
+            self.notify(&records, handle.doc());
+        }
+        Ok(item)
+    }
+
+    /// `corrections-ingest`: an outside review system says it created items.
+    pub async fn ingest(&self, actor: &str, request: IngestRequest) -> Result<IngestResponse> {
+        let mut handle = self.open(&request.run_id).await?;
+        let run_id = handle.doc().run_id.clone();
+        for block in request.by_skill.keys() {
+            if handle.pipeline().block(block).is_none() {
+                return Err(bad(format!(
+                    "by_skill names `{block}`, which is not a block of template `{}`",
+                    handle.pipeline().template().id
+                )));
+            }
+        }
+        let event = Event::CorrectionsIngested {
+            source: request.source.clone(),
+            feedback_id: request.feedback_id.clone(),
+            by_skill: request.by_skill.clone(),
+        };
+        let records = handle
+            .apply(actor, |_, _, _| Ok(vec![event.clone()]))
+            .await?;
+        self.notify(&records, handle.doc());
+        let accepted = self.store.items(&run_id, Some("accepted"), None).await?;
+        let mut blocks: Vec<String> = accepted.iter().map(|i| i.skill_target.clone()).collect();
+        blocks.extend(request.by_skill.keys().cloned());
+        let blocks: BTreeSet<String> = blocks.into_iter().collect();
+        let pipeline = handle.pipeline();
+        let mut blocks: Vec<String> = blocks.into_iter().collect();
+        blocks.sort_by_key(|b| {
+            pipeline
+                .index_of(b)
+                .and_then(|i| pipeline.topo_order().iter().position(|t| *t == i))
+        });
+        Ok(IngestResponse {
+            acknowledged: true,
+            run_status: if accepted.is_empty() {
+                handle.doc().status.as_str().to_string()
+            } else {
+                "corrections-pending".to_string()
+            },
+            blocks_to_rerun: blocks,
+        })
+    }
+
+    /// The version-over-version table and the ship decision.
+    pub async fn convergence(&self, run_id: &str) -> Result<(RunDoc, Convergence)> {
+        let handle = self.open(run_id).await?;
+        let doc = handle.doc().clone();
+        let spec = handle
+            .pipeline()
+            .template()
+            .convergence
+            .clone()
+            .unwrap_or_default();
+        let reviews: Vec<ReviewStats> = self
+            .store
+            .feedback(&doc.run_id)
+            .await?
+            .iter()
+            .map(review_stats)
+            .collect();
+        let items: Vec<ItemStats> = self
+            .store
+            .items(&doc.run_id, None, None)
+            .await?
+            .iter()
+            .map(|i| ItemStats {
+                priority: i.priority.clone(),
+                status: i.status.clone(),
+                opened_in: i
+                    .prompt_version
+                    .as_deref()
+                    .and_then(loop_core::parse_version)
+                    .unwrap_or(1),
+                resolved_in: i
+                    .resolved_in_version
+                    .as_deref()
+                    .and_then(loop_core::parse_version),
+            })
+            .collect();
+        let table = loop_core::convergence(&doc, &spec, &reviews, &items);
+        Ok((doc, table))
+    }
+
+    /// After blocks completed: the accepted items their router corrections
+    /// carried become resolved in the run's current version.
+    pub(crate) async fn resolve_completed(
+        &self,
+        handle: &mut RunHandle,
+        actor: &str,
+        records: &[EventRecord],
+    ) -> Result<()> {
+        let completed: Vec<String> = records
+            .iter()
+            .filter_map(|r| match &r.event {
+                Event::BlockDone { block } => Some(block.clone()),
+                Event::GateApproved {
+                    block,
+                    phase: GatePhase::After,
+                    ..
+                } => Some(block.clone()),
+                _ => None,
+            })
+            .filter(|block| {
+                handle.doc().blocks.get(block).is_some_and(|s| {
+                    s.status == BlockStatus::Done
+                        && s.corrections.as_ref().is_some_and(|c| {
+                            c.items.iter().any(|i| i.improvement_item_id.is_some())
+                        })
+                })
+            })
+            .collect();
+        if completed.is_empty() {
+            return Ok(());
+        }
+        let run_id = handle.doc().run_id.clone();
+        let version = handle.doc().version;
+        for block in completed {
+            let items = self
+                .store
+                .items(&run_id, Some("accepted"), Some(&block))
+                .await?;
+            let refs: Vec<ItemRef> = items
+                .iter()
+                .map(|i| ItemRef {
+                    id: i.id.clone(),
+                    source_key: i.source_key.clone(),
+                    skill_target: i.skill_target.clone(),
+                    status: i.status.clone(),
+                })
+                .collect();
+            let (events, note) = loop_core::resolutions(handle.doc(), &block, &refs);
+            if events.is_empty() {
+                continue;
+            }
+            let resolved: BTreeSet<&str> = events
+                .iter()
+                .filter_map(|e| match e {
+                    Event::ItemChanged { item, .. } => Some(item.as_str()),
+                    _ => None,
+                })
+                .collect();
+            for mut item in items
+                .into_iter()
+                .filter(|i| resolved.contains(i.id.as_str()))
+            {
+                item.status = "resolved".to_string();
+                item.resolved_in_version = Some(format!("v{version}"));
+                item.resolution_notes = Some(note.clone());
+                item.updated_at = now_ms();
+                self.store.put_item(&item).await?;
+            }
+            let records = handle.apply(actor, |_, _, _| Ok(events.clone())).await?;
+            self.notify(&records, handle.doc());
+        }
+        Ok(())
+    }
+}
+
+/// The run's accepted items, most urgent first, for the corrections router.
+pub(crate) async fn accepted_items(
+    store: &dyn factory_store::Store,
+    run_id: &str,
+) -> Result<Vec<loop_core::AcceptedItem>> {
+    let mut items: Vec<loop_core::AcceptedItem> = store
+        .items(run_id, Some("accepted"), None)
+        .await?
+        .into_iter()
+        .map(|i| loop_core::AcceptedItem {
+            id: i.id,
+            source_key: i.source_key,
+            skill_target: i.skill_target,
+            priority: i.priority,
+            source_text: i.source_text,
+            expert_correction: i.expert_correction,
+            source: if i.source.is_empty() {
+                "review".to_string()
+            } else {
+                i.source
+            },
+        })
+        .collect();
+    items.sort_by(|a, b| {
+        loop_core::priority_rank(&a.priority)
+            .cmp(&loop_core::priority_rank(&b.priority))
+            .then(a.skill_target.cmp(&b.skill_target))
+    });
+    Ok(items)
+}
+
+/// True for the engine-run `corrections-router` builtin.
+pub(crate) fn is_router(block: &factory_core::template::Block) -> bool {
+    block.runtime == Runtime::Builtin
+        && block.inputs.config.get("builtin").and_then(Value::as_str) == Some("corrections-router")
+}
+
+/// The router's attempt: its plan as the declared artifacts.
+pub(crate) fn router_execution(
+    pipeline: &factory_core::Pipeline,
+    doc: &RunDoc,
+    block: &factory_core::template::Block,
+    items: &[loop_core::AcceptedItem],
+) -> factory_runtime::Execution {
+    let plan = loop_core::plan(pipeline, doc.version, &block.id, items);
+    let mut execution = factory_runtime::Execution::default();
+    for artifact in &block.outputs.artifacts {
+        let content = match artifact.format {
+            factory_core::template::ArtifactFormat::Json => {
+                serde_json::to_string_pretty(&plan.value).unwrap_or_default()
+            }
+            _ if plan.targets.is_empty() => "no accepted items: proceed\n".to_string(),
+            _ => format!("{}\n", plan.reason),
+        };
+        execution
+            .artifacts
+            .insert(artifact.key.clone(), content.into_bytes());
+    }
+    execution
+        .metrics
+        .insert("routed_items".to_string(), json!(items.len()));
+    execution
+}
+
+/// A stored submission reduced to what the convergence table counts.
+pub fn review_stats(record: &FeedbackRecord) -> ReviewStats {
+    let ratings: Vec<Rating> = record
+        .items
+        .get("ratings")
+        .cloned()
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default();
+    let items: Vec<SubmittedItem> = record
+        .items
+        .get("items")
+        .cloned()
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default();
+    ReviewStats {
+        version: loop_core::parse_version(&record.version).unwrap_or(1),
+        source: record.source.clone(),
+        tester: record.tester.clone(),
+        ratings: ratings.iter().map(|r| r.sounds_like_me).collect(),
+        verdicts: items.iter().map(|i| i.verdict).collect(),
+    }
+}
