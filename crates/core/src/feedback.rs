@@ -401,10 +401,10 @@ pub struct ReviewStats {
     pub version: u32,
     pub source: String,
     pub tester: String,
-    /// Expert audit: one per scenario, true for "sounds like me".
-    pub ratings: Vec<bool>,
-    /// Extraction review: one per reviewed item.
-    pub verdicts: Vec<Verdict>,
+    /// Expert audit: scenario → "sounds like me".
+    pub ratings: Vec<(String, bool)>,
+    /// Extraction review: source key → verdict.
+    pub verdicts: Vec<(String, Verdict)>,
 }
 
 /// An item, reduced to what the convergence table counts.
@@ -473,17 +473,8 @@ pub fn convergence(
                     .flatten()
             })
         });
-        let latest = latest_per_tester(reviews, version);
-        let ratings: Vec<bool> = latest
-            .iter()
-            .filter(|r| r.source == EXPERT_AUDIT)
-            .flat_map(|r| r.ratings.iter().copied())
-            .collect();
-        let verdicts: Vec<Verdict> = latest
-            .iter()
-            .filter(|r| r.source == EXTRACTION_REVIEW)
-            .flat_map(|r| r.verdicts.iter().copied())
-            .collect();
+        let ratings = latest_answers(reviews, version, EXPERT_AUDIT, |r| &r.ratings);
+        let verdicts = latest_answers(reviews, version, EXTRACTION_REVIEW, |r| &r.verdicts);
         let percent = |hits: usize, total: usize| {
             (total > 0).then(|| (hits as f64 * 1000.0 / total as f64).round() / 10.0)
         };
@@ -575,10 +566,23 @@ pub fn convergence(
     }
 }
 
-fn latest_per_tester(reviews: &[ReviewStats], version: u32) -> Vec<&ReviewStats> {
-    let mut latest: BTreeMap<(&str, &str), &ReviewStats> = BTreeMap::new();
-    for review in reviews.iter().filter(|r| r.version == version) {
-        latest.insert((review.source.as_str(), review.tester.as_str()), review);
+/// Each tester's latest answer per item (or scenario) in one version: a
+/// tester who changes their mind, or closes the review with an empty
+/// submission, is counted once with what they said last.
+fn latest_answers<T: Copy>(
+    reviews: &[ReviewStats],
+    version: u32,
+    source: &str,
+    answers: impl Fn(&ReviewStats) -> &Vec<(String, T)>,
+) -> Vec<T> {
+    let mut latest: BTreeMap<(&str, &str), T> = BTreeMap::new();
+    for review in reviews
+        .iter()
+        .filter(|r| r.version == version && r.source == source)
+    {
+        for (key, answer) in answers(review) {
+            latest.insert((review.tester.as_str(), key.as_str()), *answer);
+        }
     }
     latest.into_values().collect()
 }

@@ -818,7 +818,13 @@ pub fn review_stats(record: &FeedbackRecord) -> ReviewStats {
         version: loop_core::parse_version(&record.version).unwrap_or(1),
         source: record.source.clone(),
         tester: record.tester.clone(),
-        ratings: ratings.iter().map(|r| r.sounds_like_me).collect(),
-        verdicts: items.iter().map(|i| i.verdict).collect(),
+        ratings: ratings
+            .iter()
+            .map(|r| (r.scenario.clone(), r.sounds_like_me))
+            .collect(),
+        verdicts: items
+            .iter()
+            .map(|i| (i.source_key.clone(), i.verdict))
+            .collect(),
     }
 }

@@ -55,7 +55,8 @@ function connect() {
   for (const type of ["block_ready", "block_waiting", "block_blocked", "block_started",
     "attempt_finished", "attempt_abandoned", "retry_scheduled", "block_done", "block_failed",
     "review_flagged", "audit_flagged", "gate_approved", "gate_rejected", "block_reset",
-    "autonomy_changed", "run_status_changed", "run_created", "resync"]) {
+    "autonomy_changed", "run_status_changed", "run_created", "corrections_routed",
+    "feedback_submitted", "item_changed", "corrections_ingested", "resync"]) {
     source.addEventListener(type, (event) => {
       if (event.lastEventId && runId) {
         const n = Number(event.lastEventId);
@@ -137,12 +138,86 @@ const actions = {
     await saveDraft(form.message.dataset.draft, { message: "" });
     await api("POST", `${blockUrl(form)}/chat`, { message });
   },
+  // The extraction review: one verdict per marked item.
+  async review(form) {
+    const items = [];
+    for (const row of form.querySelectorAll("tr.review-item")) {
+      const n = row.querySelector("input[type=radio]").name.slice(1);
+      const verdict = form.querySelector(`input[name="v${n}"]:checked`);
+      if (!verdict) continue;
+      items.push({
+        source_key: row.dataset.key,
+        skill_target: row.dataset.target,
+        verdict: verdict.value,
+        source_text: row.dataset.text,
+        priority: form[`p${n}`].value,
+        correction: form[`c${n}`].value,
+      });
+    }
+    await submitReview(form, { items, free_text: form.free_text.value, close: form.close.checked });
+  },
+  // The expert audit: scenario ratings (each also a vote on that scenario),
+  // answers, extra findings.
+  async audit(form) {
+    const items = [], ratings = [], answers = [];
+    form.querySelectorAll("fieldset[data-scenario]").forEach((set, n) => {
+      const choice = form.querySelector(`input[name="r${n}"]:checked`);
+      if (!choice) return;
+      const yes = choice.value === "yes";
+      const correction = form[`c${n}`].value;
+      ratings.push({ scenario: set.dataset.scenario, sounds_like_me: yes, note: correction });
+      items.push({
+        source_key: set.dataset.key,
+        skill_target: form[`t${n}`].value,
+        verdict: yes ? "correct" : "wrong",
+        source_text: `Scenario ${set.dataset.scenario}: ${set.dataset.text}`,
+        priority: form[`p${n}`].value,
+        correction,
+      });
+    });
+    for (const label of form.querySelectorAll("label[data-question]")) {
+      const answer = label.querySelector("textarea").value;
+      if (answer) answers.push({ question: label.dataset.question, answer });
+    }
+    for (const row of form.querySelectorAll("div[data-finding]")) {
+      const n = row.dataset.finding;
+      const target = form[`ft${n}`].value, finding = form[`ff${n}`].value;
+      if (!target || !finding) continue;
+      const slug = finding.toLowerCase().replace(/[^a-z0-9]+/g, "-").slice(0, 48);
+      items.push({
+        source_key: `expert-audit:${target}:${slug}`,
+        skill_target: target,
+        verdict: "wrong",
+        source_text: finding,
+        priority: form[`fp${n}`].value,
+        correction: form[`fc${n}`].value,
+      });
+    }
+    await submitReview(form, { items, ratings, answers, free_text: form.free_text.value, close: form.close.checked });
+  },
+  async "review-chat"(form) {
+    const message = form.message.value;
+    form.message.value = "";
+    await api("POST", `${blockUrl(form)}/review-chat`, { message });
+  },
   async reflection(form) {
     const answers = {};
     for (const field of ["worked", "broke", "change", "automate"]) answers[field] = form[field].value;
     await api("PUT", `/api/v1/runs/${encodeURIComponent(runId)}/reflection`, answers);
   },
 };
+
+async function submitReview(form, payload) {
+  const result = await api("POST", `${blockUrl(form)}/feedback`, payload);
+  const out = form.querySelector("[data-result]");
+  if (out) {
+    const changed = result.changes.filter((c) => c.from !== c.to).length;
+    let text = `Thank you: ${result.changes.length} item(s) recorded for ${result.version}, ${changed} changed status.`;
+    if (result.gate) text += ` ${result.gate.approved ? "Review closed" : "Review still open"}: ${result.gate.reason}`;
+    out.textContent = text;
+    out.dataset.gate = result.gate ? String(result.gate.approved) : "";
+  }
+}
 
 function bindForms(root) {
   for (const form of root.querySelectorAll("form[data-action]")) {

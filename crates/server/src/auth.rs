@@ -72,6 +72,7 @@ pub const REVIEW_LINK_ROUTES: &[&str] = &[
     "/runs/{run}/review/{block}",
     "/api/v1/runs/{run}/blocks/{block}/feedback",
     "/api/v1/runs/{run}/blocks/{block}/review-chat",
+    "/api/v1/runs/{run}/stream",
     "/assets/{file}",
 ];
 
@@ -163,6 +164,29 @@ pub const ROUTES: &[(&str, &str, Option<Role>)] = &[
         "/api/v1/runs/{run}/blocks/{block}/chat",
         Some(Role::Reviewer),
     ),
+    (
+        "POST",
+        "/api/v1/runs/{run}/blocks/{block}/feedback",
+        Some(Role::Reviewer),
+    ),
+    (
+        "POST",
+        "/api/v1/runs/{run}/blocks/{block}/review-chat",
+        Some(Role::Reviewer),
+    ),
+    (
+        "POST",
+        "/api/v1/runs/{run}/review-links",
+        Some(Role::Operator),
+    ),
+    ("GET", "/api/v1/runs/{run}/convergence", Some(Role::Viewer)),
+    ("GET", "/api/v1/improvement-items", Some(Role::Viewer)),
+    (
+        "PATCH",
+        "/api/v1/improvement-items/{id}",
+        Some(Role::Reviewer),
+    ),
+    ("POST", "/api/v1/corrections-ingest", Some(Role::Operator)),
     ("GET", "/api/v1/tokens", Some(Role::Admin)),
     ("POST", "/api/v1/tokens", Some(Role::Admin)),
     ("DELETE", "/api/v1/tokens/{id}", Some(Role::Admin)),
@@ -172,6 +196,8 @@ pub const ROUTES: &[(&str, &str, Option<Role>)] = &[
     ("GET", "/", Some(Role::Viewer)),
     ("GET", "/runs/{run}", Some(Role::Viewer)),
     ("GET", "/runs/{run}/blocks/{block}", Some(Role::Viewer)),
+    ("GET", "/runs/{run}/review/{block}", Some(Role::Reviewer)),
+    ("GET", "/runs/{run}/convergence", Some(Role::Viewer)),
 ];
 
 /// The role a route needs; unknown routes need admin.
@@ -206,6 +232,26 @@ pub async fn create_token(
     role: Role,
     created_by: &str,
 ) -> Result<(String, TokenRecord), ApiError> {
+    create_scoped_token(store, name, role, created_by, None).await
+}
+
+/// A review link's token: reviewer rights on one run, as one tester.
+pub async fn create_review_token(
+    store: &dyn Store,
+    scope: ReviewScope,
+    created_by: &str,
+) -> Result<(String, TokenRecord), ApiError> {
+    let name = format!("review {} ({})", scope.tester, scope.tester_role);
+    create_scoped_token(store, &name, Role::Reviewer, created_by, Some(scope)).await
+}
+
+async fn create_scoped_token(
+    store: &dyn Store,
+    name: &str,
+    role: Role,
+    created_by: &str,
+    scope: Option<ReviewScope>,
+) -> Result<(String, TokenRecord), ApiError> {
     let name = name.trim();
     if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
         return Err(ApiError::unprocessable(
@@ -222,7 +268,7 @@ pub async fn create_token(
         created_by: created_by.to_string(),
         created_at: factory_engine::now_ms(),
         revoked_at: None,
-        scope: None,
+        scope,
     };
     store.create_token(&record).await?;
     Ok((secret, record))

@@ -301,8 +301,16 @@ fn stats(
         version,
         source: source.into(),
         tester: tester.into(),
-        ratings: ratings.to_vec(),
-        verdicts: verdicts.to_vec(),
+        ratings: ratings
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (format!("s{i}"), *r))
+            .collect(),
+        verdicts: verdicts
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (format!("k{i}"), *v))
+            .collect(),
     }
 }
 
@@ -328,7 +336,8 @@ fn convergence_table_and_ship_criteria() {
         stats(1, EXPERT_AUDIT, "samuel", &[true, false, false, true], &[]),
         stats(1, EXTRACTION_REVIEW, "samuel", &[], &[Correct, Wrong]),
         stats(2, EXPERT_AUDIT, "samuel", &[false; 5], &[]),
-        // A second submission by the same tester replaces the first.
+        // A later answer by the same tester on the same scenario replaces
+        // the earlier one; an empty closing submission changes nothing.
         stats(
             2,
             EXPERT_AUDIT,
@@ -336,6 +345,7 @@ fn convergence_table_and_ship_criteria() {
             &[true, true, true, true, false],
             &[],
         ),
+        stats(2, EXPERT_AUDIT, "samuel", &[], &[]),
         stats(2, EXTRACTION_REVIEW, "will", &[], &[Correct; 10]),
     ];
     let items = vec![

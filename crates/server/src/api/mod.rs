@@ -3,6 +3,7 @@
 //! handler runs (see [`crate::auth::ROUTES`]).
 
 pub(crate) mod blocks;
+pub(crate) mod review;
 pub(crate) mod runs;
 mod stream;
 
@@ -84,6 +85,25 @@ pub fn routes() -> Router<SharedState> {
             "/api/v1/runs/{run}/blocks/{block}/chat",
             get(blocks::chat_history).post(blocks::chat),
         )
+        .route(
+            "/api/v1/runs/{run}/blocks/{block}/feedback",
+            post(review::submit),
+        )
+        .route(
+            "/api/v1/runs/{run}/blocks/{block}/review-chat",
+            post(review::review_chat),
+        )
+        .route(
+            "/api/v1/runs/{run}/review-links",
+            post(review::create_links),
+        )
+        .route("/api/v1/runs/{run}/convergence", get(review::convergence))
+        .route("/api/v1/improvement-items", get(review::list_items))
+        .route(
+            "/api/v1/improvement-items/{id}",
+            axum::routing::patch(review::patch_item),
+        )
+        .route("/api/v1/corrections-ingest", post(review::ingest))
 }
 
 async fn health(State(state): State<SharedState>) -> ApiResult<Json<Value>> {

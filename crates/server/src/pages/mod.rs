@@ -5,6 +5,7 @@
 mod block;
 mod home;
 mod render;
+mod review;
 mod run;
 
 use axum::Router;
@@ -29,6 +30,8 @@ pub fn routes() -> Router<SharedState> {
         .route("/assets/{file}", get(asset))
         .route("/runs/{run}", get(run::page))
         .route("/runs/{run}/blocks/{block}", get(block::page))
+        .route("/runs/{run}/review/{block}", get(review::page))
+        .route("/runs/{run}/convergence", get(review::convergence_page))
 }
 
 async fn asset(Path(file): Path<String>) -> Response {

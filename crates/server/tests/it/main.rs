@@ -4,6 +4,7 @@
 
 mod api;
 mod browser;
+mod feedback_loop;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

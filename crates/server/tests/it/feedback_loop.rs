@@ -1,0 +1,810 @@
+//! The feedback loop end to end (issue 6): the shipped clone-factory template
+//! on a real server against a local provider speaking the Anthropic wire
+//! format. Three testers review through their review links (with a
+//! disagreement and a tie), the corrections router sends the accepted items
+//! back, exactly the targeted blocks and their dependents re-run with the
+//! corrections in their prompts, items resolve, and the second version is
+//! ready to ship.
+
+use std::path::Path;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+
+use crate::{TestServer, block_status};
+
+fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+}
+
+/// Answers every block of the template with plausible artifacts. The clone
+/// tester scores 86 until its prompt carries expert corrections, then 93;
+/// the review chat answers in the expert's voice.
+const MARKER: &str = "applies expert corrections";
+
+pub struct FakeModel {
+    template: Value,
+}
+
+impl FakeModel {
+    fn content(&self, block: &str, key: &str, format: &str, corrected: bool) -> String {
+        let golden = |file: &str| {
+            std::fs::read_to_string(repo_root().join("templates/golden").join(file)).unwrap()
+        };
+        match (block, key) {
+            ("soul-extractor", _) => golden("soul.json"),
+            ("voice-extractor", _) => golden("voice.json"),
+            ("framework-extractor", _) => golden("frameworks.json"),
+            ("resource-extractor", _) => golden("resources.json"),
+            ("offer-extractor", _) => golden("offers.json"),
+            ("clone-tester", "test-results") => json!({
+                "score": if corrected { 93 } else { 86 },
+                "scenarios": (1..=5).map(|n| json!({"id": format!("s{n}"), "prompt": format!("Client question {n}"), "response": format!("Say the number. One number. Now stop. ({n})")})).collect::<Vec<_>>()
+            })
+            .to_string(),
+            ("clone-compiler", "system-prompt") if corrected => {
+                format!("You are Marisol Vega's clone ({MARKER}). Say the number, then pause for seven seconds.\n")
+            }
+            _ => match format {
+                "json" => json!({"block": block, "expert": "Marisol Vega", "items": [{"name": "Seven Second Silence", "steps": 3}]}).to_string(),
+                "md" => format!("# {block}\n\n## Findings\n\n- Marisol Vega teaches the Seven Second Silence to 310 negotiators.\n"),
+                "html" => format!("<!doctype html><html><body><h1>{block}</h1><p>Marisol Vega.</p></body></html>"),
+                "url" => format!("https://pages.example.test/marisol-vega/{block}"),
+                "directory" => json!({"files": {"seven-second-silence.md": "# Seven Second Silence\n"}}).to_string(),
+                _ => format!("{block}\n"),
+            },
+        }
+    }
+
+    fn reply(&self, block_id: &str, corrected: bool) -> String {
+        let block = self.template["blocks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["id"] == block_id)
+            .unwrap_or_else(|| panic!("unknown block {block_id}"));
+        let artifacts = block["outputs"]["artifacts"].as_array().unwrap();
+        let one = |a: &Value| {
+            self.content(
+                block_id,
+                a["key"].as_str().unwrap(),
+                a["format"].as_str().unwrap(),
+                corrected,
+            )
+        };
+        if artifacts.len() == 1 {
+            return one(&artifacts[0]);
+        }
+        artifacts
+            .iter()
+            .map(|a| {
+                format!(
+                    "```artifact:{}\n{}\n```\n",
+                    a["key"].as_str().unwrap(),
+                    one(a).trim_end()
+                )
+            })
+            .collect()
+    }
+}
+
+impl Respond for FakeModel {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let body: Value = serde_json::from_slice(&request.body).unwrap();
+        let all = body.to_string();
+        let user = body["messages"][0]["content"].to_string();
+        let text = match user
+            .split("Run the block `")
+            .nth(1)
+            .and_then(|rest| rest.split('`').next())
+        {
+            // Corrections reach the prompt of a corrected block; its output
+            // carries a marker that downstream blocks (the tester) then see.
+            Some(block) => self.reply(
+                block,
+                all.contains("- FINDING: ") || all.contains(MARKER),
+            ),
+            None => "Let's GO! Say the number, then stop talking.".to_string(),
+        };
+        let usage = json!({"input_tokens": 100, "output_tokens": 20});
+        if body["stream"] == true {
+            let events = [
+                json!({"type": "message_start", "message": {"model": body["model"], "usage": {"input_tokens": 100, "output_tokens": 1}}}),
+                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}),
+                json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 20}}),
+                json!({"type": "message_stop"}),
+            ];
+            let sse: String = events
+                .iter()
+                .map(|e| format!("event: {}\ndata: {e}\n\n", e["type"].as_str().unwrap()))
+                .collect();
+            return ResponseTemplate::new(200)
+                .insert_header("content-type", "text/event-stream")
+                .set_body_string(sse);
+        }
+        ResponseTemplate::new(200).set_body_json(json!({
+            "id": "msg_1", "type": "message", "role": "assistant", "model": body["model"],
+            "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "usage": usage
+        }))
+    }
+}
+
+/// A server with the shipped clone-factory template (its skills and golden
+/// examples) and a local provider; the two http blocks point at the mock.
+pub async fn clone_factory_server() -> (TestServer, MockServer) {
+    let provider = MockServer::start().await;
+    let mut template: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("templates/clone-factory.json")).unwrap(),
+    )
+    .unwrap();
+    Mock::given(method("POST"))
+        .and(path("/v1/messages"))
+        .respond_with(FakeModel {
+            template: template.clone(),
+        })
+        .mount(&provider)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/sync"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_string("https://notebook.example.test/mv"),
+        )
+        .mount(&provider)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/publish"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(
+            json!({"publish-manifest": {"pages": 4}, "live-url": "https://marisol.example.test"}),
+        ))
+        .mount(&provider)
+        .await;
+    let uri = provider.uri();
+    let settings = factory_runtime::llm::LlmSettings::from_lookup(|name| match name {
+        "ANTHROPIC_API_KEY" => Some("sk-loop-test".into()),
+        "ANTHROPIC_BASE_URL" => Some(uri.clone()),
+        _ => None,
+    });
+    let t = TestServer::start_with(Some(settings)).await;
+    for block in template["blocks"].as_array_mut().unwrap() {
+        match block["id"].as_str().unwrap() {
+            "masterybook-sync" => block["inputs"]["config"] = json!({"url": format!("{uri}/sync")}),
+            "publish-orchestrator" => {
+                block["inputs"]["config"] = json!({"url": format!("{uri}/publish")})
+            }
+            _ => {}
+        }
+    }
+    std::fs::write(
+        t.templates.join("clone-factory.json"),
+        serde_json::to_string_pretty(&template).unwrap(),
+    )
+    .unwrap();
+    for dir in ["skills", "golden"] {
+        copy_dir(
+            &repo_root().join("templates").join(dir),
+            &t.templates.join(dir),
+        );
+    }
+    (t, provider)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+pub const REVIEW_GATES: &[&str] = &["extraction-reviewer", "expert-audit"];
+
+/// Approves every gate except the review pages' until one of `stop_at` waits.
+pub async fn run_to(t: &TestServer, run: &str, stop_at: &str) -> Value {
+    for _ in 0..40 {
+        let doc = t
+            .wait_for(run, "the run to stop", |d| {
+                d["status"] != "running"
+                    || d["blocks"]
+                        .as_object()
+                        .unwrap()
+                        .values()
+                        .any(|s| s["status"] == "waiting")
+            })
+            .await;
+        if block_status(&doc, stop_at) == "waiting" || doc["status"] == "done" {
+            return doc;
+        }
+        assert_ne!(doc["status"], "failed", "{}", doc["blocks"]);
+        let mut approved = false;
+        for (id, state) in doc["blocks"].as_object().unwrap() {
+            if state["status"] == "waiting" && !REVIEW_GATES.contains(&id.as_str()) {
+                let (s, b) = t
+                    .call(
+                        Method::POST,
+                        &format!("/api/v1/runs/{run}/blocks/{id}/approve"),
+                        "reviewer",
+                        None,
+                    )
+                    .await;
+                assert_eq!(s, 200, "{b}");
+                approved = true;
+            }
+        }
+        if !approved {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    panic!("{stop_at} never waited");
+}
+
+/// Review links for a tester; returns the token their links carry.
+pub async fn review_token(t: &TestServer, run: &str, tester: &str, role: &str) -> (String, Value) {
+    let (s, b) = t
+        .call(
+            Method::POST,
+            &format!("/api/v1/runs/{run}/review-links"),
+            "operator",
+            Some(json!({"tester": tester, "tester_role": role})),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let url = b["links"][0]["url"].as_str().unwrap();
+    let token = url.split("token=").nth(1).unwrap().to_string();
+    (token, b)
+}
+
+async fn submit(t: &TestServer, token: &str, run: &str, block: &str, body: Value) -> (u16, Value) {
+    let response = t
+        .http
+        .post(t.url(&format!("/api/v1/runs/{run}/blocks/{block}/feedback")))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+fn verdict(key: &str, verdict: &str, priority: &str, correction: &str) -> Value {
+    let target = key.split(':').next().unwrap();
+    json!({"source_key": key, "skill_target": target, "verdict": verdict, "priority": priority, "correction": correction})
+}
+
+async fn items(t: &TestServer, run: &str, query: &str) -> Vec<Value> {
+    let (s, b) = t
+        .call(
+            Method::GET,
+            &format!("/api/v1/improvement-items?run_id={run}{query}"),
+            "viewer",
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(
+        b["total"].as_u64().unwrap() as usize,
+        b["items"].as_array().unwrap().len()
+    );
+    b["items"].as_array().unwrap().clone()
+}
+
+fn item<'a>(items: &'a [Value], key: &str) -> &'a Value {
+    items
+        .iter()
+        .find(|i| i["source_key"] == key)
+        .unwrap_or_else(|| panic!("no item {key}: {items:?}"))
+}
+
+/// The prompt an attempt (1-based) of a block sent to the provider.
+async fn prompt(t: &TestServer, doc: &Value, block: &str, attempt: usize) -> String {
+    let hash = doc["blocks"][block]["history"][attempt - 1]["report"]["llm"]["prompt"]["hash"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{block} attempt {attempt} recorded no prompt"));
+    String::from_utf8(t.store.get_blob(hash).await.unwrap()).unwrap()
+}
+
+fn attempts(doc: &Value, block: &str) -> usize {
+    doc["blocks"][block]["history"]
+        .as_array()
+        .map_or(0, Vec::len)
+}
+
+const VOICE: &str = "voice-extractor:$.tone.summary";
+const SOUL: &str = "soul-extractor:$.identity.one_line";
+const DISPUTED: &str = "voice-extractor:$.tone.traits[0].trait";
+const LONE: &str = "soul-extractor:$.identity.roles[0]";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reviews_route_corrections_back_until_the_clone_is_ready_to_ship() {
+    let (t, _provider) = clone_factory_server().await;
+    let (s, b) = t
+        .call(
+            Method::POST,
+            "/api/v1/runs",
+            "operator",
+            Some(json!({"template": "clone-factory", "params": {"expert_name": "Marisol Vega"}})),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let run = b["run_id"].as_str().unwrap().to_string();
+    run_to(&t, &run, "extraction-reviewer").await;
+
+    let (samuel, links) = review_token(&t, &run, "samuel-ngu", "expert").await;
+    assert_eq!(
+        links["links"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["block"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["extraction-reviewer", "expert-audit"]
+    );
+    let (will, _) = review_token(&t, &run, "will-preble", "product_lead").await;
+    let (derek, _) = review_token(&t, &run, "derek", "team").await;
+
+    // A review link opens its run's review page and nothing else.
+    let page = t
+        .http
+        .get(t.url(&format!("/runs/{run}/review/extraction-reviewer")))
+        .bearer_auth(&derek)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains(VOICE) && html.contains("Calm, direct and warm"),
+        "every extraction item is listed"
+    );
+    for (path, role_needed) in [
+        (format!("/api/v1/runs/{run}"), "viewer"),
+        ("/api/v1/runs".to_string(), "viewer"),
+        (format!("/runs/{run}"), "viewer"),
+    ] {
+        let r = t
+            .http
+            .get(t.url(&path))
+            .bearer_auth(&derek)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status().as_u16(),
+            403,
+            "{path} ({role_needed}) must be refused to a review link"
+        );
+    }
+
+    // Extraction review, version 1.
+    let (s, b) = submit(
+        &t,
+        &samuel,
+        &run,
+        "extraction-reviewer",
+        json!({
+            "items": [
+                verdict(VOICE, "wrong", "high", "I use 'Let's GO!' not 'Let us proceed'"),
+                verdict(SOUL, "needs_work", "critical", "I never rank people against each other"),
+                verdict("voice-extractor:$.expert", "correct", "low", ""),
+                verdict("soul-extractor:$.expert", "correct", "low", ""),
+            ],
+            "free_text": "Mostly right."
+        }),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["version"], "v1");
+    let change = |key: &str| {
+        b["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["source_key"] == key)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(
+        change(VOICE)["to"],
+        "accepted",
+        "the expert alone confirms (3.0 ≥ 2.0)"
+    );
+    assert!(
+        change(VOICE)["reason"]
+            .as_str()
+            .unwrap()
+            .contains("samuel-ngu (expert 3.0)")
+    );
+    assert_eq!(
+        b["changes"].as_array().unwrap().len(),
+        2,
+        "items cleared by everyone are no findings"
+    );
+
+    // Disagreement: the team member flags, the product lead clears and wins.
+    let (s, b) = submit(&t, &derek, &run, "extraction-reviewer", json!({
+        "items": [verdict(DISPUTED, "wrong", "medium", "Say 'Blunt'"), verdict(LONE, "needs_work", "low", "Mediator first")]
+    })).await;
+    assert_eq!(s, 200, "{b}");
+    let (s, b) = submit(&t, &will, &run, "extraction-reviewer", json!({
+        "items": [verdict(DISPUTED, "correct", "medium", ""), verdict(SOUL, "correct", "critical", "")]
+    })).await;
+    assert_eq!(s, 200, "{b}");
+    // Tie on SOUL: expert 3.0 flags, product lead 2.0 + team 1.0 clear.
+    let (s, b) = submit(
+        &t,
+        &derek,
+        &run,
+        "extraction-reviewer",
+        json!({
+            "items": [verdict(SOUL, "correct", "critical", "")]
+        }),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+
+    let all = items(&t, &run, "").await;
+    assert_eq!(item(&all, VOICE)["status"], "accepted");
+    assert_eq!(item(&all, VOICE)["consensus_score"], 3.0);
+    assert_eq!(item(&all, VOICE)["source"], "extraction-review");
+    assert_eq!(
+        item(&all, VOICE)["expert_correction"],
+        "I use 'Let's GO!' not 'Let us proceed'"
+    );
+    assert_eq!(
+        item(&all, DISPUTED)["status"],
+        "rejected",
+        "2.0 clearing outweighs 1.0 flagging"
+    );
+    assert_eq!(
+        item(&all, LONE)["status"],
+        "open",
+        "one team member (1.0) needs more validation"
+    );
+    assert_eq!(
+        item(&all, SOUL)["status"],
+        "triage",
+        "3.0 against 3.0 is a tie"
+    );
+    assert_eq!(item(&all, SOUL)["flagged_by"][0]["tester"], "samuel-ngu");
+    assert_eq!(item(&all, SOUL)["flagged_by"][0]["weight"], 3.0);
+    let accepted = items(&t, &run, "&status=accepted&skill_target=voice-extractor").await;
+    assert_eq!(accepted.len(), 1);
+
+    // Every status change is an event with its reason.
+    let (_, events) = t
+        .call(
+            Method::GET,
+            &format!("/api/v1/runs/{run}/events"),
+            "viewer",
+            None,
+        )
+        .await;
+    let changes: Vec<&Value> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "item_changed")
+        .collect();
+    let soul_triage = changes
+        .iter()
+        .find(|e| e["source_key"] == SOUL && e["to"] == "triage")
+        .expect("triage event");
+    assert!(
+        soul_triage["reason"].as_str().unwrap().contains("a tie"),
+        "{soul_triage}"
+    );
+    assert!(
+        events["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "feedback_submitted"
+                && e["tester"] == "will-preble"
+                && e["tester_role"] == "product_lead")
+    );
+
+    // Closing is refused while a critical item is in triage.
+    let (s, b) = submit(
+        &t,
+        &samuel,
+        &run,
+        "extraction-reviewer",
+        json!({"close": true}),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["gate"]["approved"], false);
+    assert!(b["gate"]["reason"].as_str().unwrap().contains(SOUL), "{b}");
+    assert_eq!(
+        block_status(&t.doc(&run).await, "extraction-reviewer"),
+        "waiting"
+    );
+    // The team settles the tie, then the review closes.
+    let soul_id = item(&all, SOUL)["id"].as_str().unwrap().to_string();
+    let (s, b) = t
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/improvement-items/{soul_id}"),
+            "reviewer",
+            Some(
+                json!({"status": "accepted", "resolution_notes": "team call: the expert is right"}),
+            ),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["status"], "accepted");
+    let (s, b) = submit(
+        &t,
+        &samuel,
+        &run,
+        "extraction-reviewer",
+        json!({"close": true}),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["gate"]["approved"], true, "{b}");
+
+    // Expert audit, version 1: three of five scenarios sound like the expert.
+    let doc = run_to(&t, &run, "expert-audit").await;
+    assert_eq!(doc["blocks"]["clone-tester"]["score"], 86.0);
+    let audit_page = t
+        .http
+        .get(t.url(&format!("/runs/{run}/review/expert-audit")))
+        .bearer_auth(&samuel)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        audit_page.contains("Client question 3") && audit_page.contains("Talk to the clone"),
+        "{audit_page}"
+    );
+    let chat = t
+        .http
+        .post(t.url(&format!(
+            "/api/v1/runs/{run}/blocks/expert-audit/review-chat"
+        )))
+        .bearer_auth(&samuel)
+        .json(&json!({"message": "How do you open a salary talk?"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(chat.status().as_u16(), 200);
+    assert!(
+        chat.json::<Value>().await.unwrap()["reply"]
+            .as_str()
+            .unwrap()
+            .contains("Let's GO!")
+    );
+    let ratings: Vec<Value> = (1..=5)
+        .map(|n| json!({"scenario": format!("s{n}"), "sounds_like_me": n <= 3}))
+        .collect();
+    let (s, b) = submit(&t, &samuel, &run, "expert-audit", json!({
+        "ratings": ratings,
+        "items": [{"source_key": "expert-audit:scenario:s4", "skill_target": "clone-compiler", "verdict": "wrong", "priority": "high",
+                   "source_text": "Scenario s4", "correction": "Pause for seven seconds after the number"}],
+        "answers": [{"question": "What would you never say?", "answer": "Let us proceed"}],
+        "close": true
+    })).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["gate"]["approved"], true, "{b}");
+
+    // The router sends three accepted items to three blocks; the run re-runs
+    // them and their dependents and stops at the next review gate.
+    let doc = t
+        .wait_for(&run, "the re-run to reach the extraction review", |d| {
+            d["version"] == 2 && block_status(d, "extraction-reviewer") == "waiting"
+        })
+        .await;
+    let (_, events) = t
+        .call(
+            Method::GET,
+            &format!("/api/v1/runs/{run}/events"),
+            "viewer",
+            None,
+        )
+        .await;
+    let routed = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "corrections_routed")
+        .expect("routed");
+    assert_eq!(
+        (routed["from"].as_u64(), routed["to"].as_u64()),
+        (Some(1), Some(2))
+    );
+    let targets: Vec<&String> = routed["targets"].as_object().unwrap().keys().collect();
+    assert_eq!(
+        targets,
+        ["clone-compiler", "soul-extractor", "voice-extractor"]
+    );
+    assert_eq!(routed["targets"]["voice-extractor"]["version"], "v1→v2");
+    assert_eq!(
+        routed["targets"]["soul-extractor"]["items"][0]["priority"],
+        "critical"
+    );
+    for kept in [
+        "framework-extractor",
+        "resource-extractor",
+        "offer-extractor",
+        "deep-research",
+        "rubric-builder",
+        "design-system-extractor",
+    ] {
+        assert_eq!(attempts(&doc, kept), 1, "{kept} keeps its artifacts");
+    }
+    for rerun in ["voice-extractor", "soul-extractor", "extraction-reviewer"] {
+        assert_eq!(attempts(&doc, rerun), 2, "{rerun} re-ran");
+    }
+    let voice_prompt = prompt(&t, &doc, "voice-extractor", 2).await;
+    assert!(
+        voice_prompt.contains("## EXPERT CORRECTIONS (MUST APPLY)")
+            && voice_prompt.contains("I use 'Let's GO!' not 'Let us proceed'"),
+        "{voice_prompt}"
+    );
+    assert!(
+        !voice_prompt.contains("I never rank people"),
+        "soul's correction stays with soul"
+    );
+    assert!(
+        !prompt(&t, &doc, "voice-extractor", 1)
+            .await
+            .contains("- FINDING: ")
+    );
+
+    // Resolution: the corrected extractors' items are resolved in v2.
+    let all = items(&t, &run, "").await;
+    for key in [VOICE, SOUL] {
+        assert_eq!(item(&all, key)["status"], "resolved", "{key}");
+        assert_eq!(item(&all, key)["resolved_in_version"], "v2");
+        assert!(
+            item(&all, key)["resolution_notes"]
+                .as_str()
+                .unwrap()
+                .contains("attempt 2")
+        );
+    }
+    assert_eq!(
+        item(&all, "expert-audit:scenario:s4")["status"],
+        "accepted",
+        "clone-compiler has not re-run yet"
+    );
+
+    // Version 2: the expert finds the extraction right and the clone convincing.
+    let keys = [
+        VOICE,
+        SOUL,
+        "voice-extractor:$.expert",
+        "soul-extractor:$.expert",
+        DISPUTED,
+        "voice-extractor:$.tone.traits[0].example",
+        "soul-extractor:$.source",
+        "voice-extractor:$.source",
+        "soul-extractor:$.identity.origin_story",
+        LONE,
+    ];
+    let (s, b) = submit(
+        &t,
+        &samuel,
+        &run,
+        "extraction-reviewer",
+        json!({
+            "items": keys.iter().map(|k| verdict(k, "correct", "low", "")).collect::<Vec<_>>(),
+            "close": true
+        }),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["version"], "v2");
+    assert_eq!(b["gate"]["approved"], true, "{b}");
+    let doc = run_to(&t, &run, "expert-audit").await;
+    assert_eq!(doc["blocks"]["clone-tester"]["score"], 93.0);
+    let compiler = prompt(&t, &doc, "clone-compiler", 2).await;
+    assert!(
+        compiler.contains("Pause for seven seconds after the number"),
+        "{compiler}"
+    );
+    let all = items(&t, &run, "").await;
+    assert_eq!(item(&all, "expert-audit:scenario:s4")["status"], "resolved");
+    assert_eq!(
+        item(&all, VOICE)["status"],
+        "resolved",
+        "a later 'correct' keeps it resolved"
+    );
+    assert_eq!(
+        item(&all, LONE)["status"],
+        "rejected",
+        "the expert cleared the lone flag"
+    );
+
+    let ratings: Vec<Value> = (1..=5)
+        .map(|n| json!({"scenario": format!("s{n}"), "sounds_like_me": true}))
+        .collect();
+    let (s, b) = submit(
+        &t,
+        &samuel,
+        &run,
+        "expert-audit",
+        json!({"ratings": ratings, "close": true}),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["gate"]["approved"], true, "{b}");
+    let doc = run_to(&t, &run, "never").await;
+    assert_eq!(
+        doc["status"], "done",
+        "no accepted items: the router lets the run proceed"
+    );
+    assert_eq!(doc["version"], 2);
+    assert_eq!(attempts(&doc, "boarding-orchestrator"), 1);
+
+    // Convergence across the two versions: v2 is ready to ship.
+    let (s, c) = t
+        .call(
+            Method::GET,
+            &format!("/api/v1/runs/{run}/convergence"),
+            "viewer",
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{c}");
+    let rows = c["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(
+        (
+            rows[0]["auto_score"].as_f64(),
+            rows[0]["approval"].as_f64(),
+            rows[0]["status"].as_str()
+        ),
+        (Some(86.0), Some(60.0), Some("superseded"))
+    );
+    assert_eq!(
+        rows[0]["critical"], 1,
+        "the soul item was open at the end of v1"
+    );
+    // v1 accuracy, each tester's latest verdict per item: samuel 2 of 4
+    // correct, derek 1 of 3 (he cleared the soul item later), will 2 of 2.
+    assert_eq!(rows[0]["accuracy"].as_f64(), Some(55.6));
+    assert_eq!(
+        (
+            rows[1]["auto_score"].as_f64(),
+            rows[1]["approval"].as_f64(),
+            rows[1]["accuracy"].as_f64()
+        ),
+        (Some(93.0), Some(100.0), Some(100.0))
+    );
+    assert_eq!(
+        (rows[1]["critical"].as_u64(), rows[1]["high"].as_u64()),
+        (Some(0), Some(0))
+    );
+    assert_eq!(c["ready_to_ship"], true, "{c}");
+    assert_eq!(rows[1]["status"], "ready_to_ship");
+    let page = t
+        .http
+        .get(t.url(&format!("/runs/{run}/convergence")))
+        .bearer_auth(&t.tokens["viewer"])
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("Ready to ship") && page.contains("86.0%") && page.contains("93.0%"),
+        "{page}"
+    );
+}
