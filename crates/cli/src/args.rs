@@ -113,6 +113,14 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Version-over-version table of a run's feedback loop (automated score,
+    /// expert approval, extraction accuracy, open critical/high items) and
+    /// whether the current version is ready to ship; exit 4 when it is not
+    Convergence {
+        run: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Show a run's event log
     Events {
         run: String,

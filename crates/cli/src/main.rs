@@ -167,6 +167,31 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             show::status(store.as_ref(), &run, json).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Convergence { run, json } => {
+            let store = factory_store::open(&cli.db).await?;
+            let engine = Engine::new(Arc::from(store), EngineConfig::default());
+            let (doc, table) = engine.convergence(&run).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "run_id": doc.run_id,
+                        "version": doc.version,
+                        "rows": table.rows,
+                        "ready_to_ship": table.ready_to_ship,
+                        "unmet": table.unmet,
+                        "criteria": table.criteria,
+                    }))?
+                );
+            } else {
+                print!("{}", show::convergence(&doc.run_id, &table));
+            }
+            Ok(if table.ready_to_ship {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(4)
+            })
+        }
         Command::Events { run, json } => {
             let store = factory_store::open(&cli.db).await?;
             show::events(store.as_ref(), &run, json).await?;

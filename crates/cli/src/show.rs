@@ -437,3 +437,42 @@ fn format_duration(ms: Millis) -> String {
         format!("{}m{:02}s", ms / 60_000, (ms % 60_000) / 1000)
     }
 }
+
+/// The convergence table as text (seed `002`'s layout).
+pub fn convergence(run_id: &str, table: &factory_core::feedback::Convergence) -> String {
+    use factory_core::feedback::VersionStatus;
+    use std::fmt::Write as _;
+    let percent = |v: Option<f64>| v.map_or("—".to_string(), |v| format!("{v:.1}%"));
+    let mut out = format!("convergence of run {run_id}\n");
+    let _ = writeln!(
+        out,
+        "{:<8} {:>10} {:>11} {:>10} {:>8} {:>5}  status",
+        "version", "auto score", "expert rate", "extraction", "critical", "high"
+    );
+    for row in &table.rows {
+        let _ = writeln!(
+            out,
+            "{:<8} {:>10} {:>11} {:>10} {:>8} {:>5}  {}",
+            format!("v{}", row.version),
+            percent(row.auto_score),
+            percent(row.approval),
+            percent(row.accuracy),
+            row.critical,
+            row.high,
+            match row.status {
+                VersionStatus::Superseded => "superseded",
+                VersionStatus::Current => "current",
+                VersionStatus::ReadyToShip => "ready to ship",
+            }
+        );
+    }
+    if table.ready_to_ship {
+        out.push_str("ready to ship\n");
+    } else {
+        out.push_str("not ready to ship:\n");
+        for reason in &table.unmet {
+            let _ = writeln!(out, "  - {reason}");
+        }
+    }
+    out
+}

@@ -10,6 +10,7 @@ use predicates::prelude::*;
 use serde_json::Value;
 
 mod clone_factory;
+mod convergence;
 
 const BIN: &str = env!("CARGO_BIN_EXE_factory");
 

@@ -106,10 +106,7 @@ impl Respond for FakeModel {
         {
             // Corrections reach the prompt of a corrected block; its output
             // carries a marker that downstream blocks (the tester) then see.
-            Some(block) => self.reply(
-                block,
-                all.contains("- FINDING: ") || all.contains(MARKER),
-            ),
+            Some(block) => self.reply(block, all.contains("- FINDING: ") || all.contains(MARKER)),
             None => "Let's GO! Say the number, then stop talking.".to_string(),
         };
         let usage = json!({"input_tokens": 100, "output_tokens": 20});
