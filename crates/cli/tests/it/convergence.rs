@@ -71,7 +71,7 @@ fn convergence_shows_each_version_and_why_it_is_not_ready() {
             )
             .await
             .unwrap();
-        assert_eq!(outcome.gate.unwrap().approved, true);
+        assert!(outcome.gate.unwrap().approved);
         // A review of a block that is no review page is refused by name.
         let error = engine
             .submit_feedback("x", &run, "extract", &Tester { name: "x".into(), role: TesterRole::Team }, Submission::default())
