@@ -70,6 +70,7 @@ pub struct Caller {
 /// the token's run); everything else is refused to it.
 pub const REVIEW_LINK_ROUTES: &[&str] = &[
     "/runs/{run}/review/{block}",
+    "/runs/{run}/convergence",
     "/api/v1/runs/{run}/blocks/{block}/feedback",
     "/api/v1/runs/{run}/blocks/{block}/review-chat",
     "/api/v1/runs/{run}/stream",

@@ -445,3 +445,145 @@ async fn operators_and_reviewers_drive_a_run_from_the_browser() {
 
     b.client.clone().close().await.unwrap();
 }
+
+/// Both review pages, submitted from a tester's review link in a real
+/// browser: the extraction review with verdicts and a correction, then the
+/// expert audit with ratings, an answer, a chat with the clone and a finding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tester_submits_both_review_pages_from_a_review_link() {
+    use crate::feedback_loop::{clone_factory_server, review_token, run_to};
+    let (t, _provider) = clone_factory_server().await;
+    let (s, body) = t
+        .call(
+            Method::POST,
+            "/api/v1/runs",
+            "operator",
+            Some(json!({"template": "clone-factory", "params": {"expert_name": "Marisol Vega"}})),
+        )
+        .await;
+    assert_eq!(s, 201, "{body}");
+    let run = body["run_id"].as_str().unwrap().to_string();
+    run_to(&t, &run, "extraction-reviewer").await;
+    let (_, links) = review_token(&t, &run, "samuel-ngu", "expert").await;
+    let link = |block: &str| {
+        links["links"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["block"] == block)
+            .unwrap()["url"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+
+    let b = browser().await;
+    let c = &b.client;
+    c.goto(&t.url(&link("extraction-reviewer"))).await.unwrap();
+    until(c, "the extraction review", "return document.querySelector('#review-form') !== null && document.getElementById('reviewer').textContent === 'samuel-ngu';").await;
+    let voice = r#"tr[data-key="voice-extractor:$.tone.summary"]"#;
+    click(c, &format!("{voice} input[value=wrong]")).await;
+    type_into(c, &format!("{voice} input[type=text]"), "I use 'Let's GO!'").await;
+    click(
+        c,
+        r#"tr[data-key="soul-extractor:$.expert"] input[value=correct]"#,
+    )
+    .await;
+    click(c, "#review-form input[name=close]").await;
+    screenshot(c, "extraction-review").await;
+    click(c, "#review-form button[type=submit]").await;
+    until(c, "the review to close", "const r = document.querySelector('[data-result]'); return r !== null && r.dataset.gate === 'true';").await;
+    until(c, "the finding to appear live", r#"const row = document.querySelector('#findings [data-finding-key="voice-extractor:$.tone.summary"]'); return row !== null && row.textContent.includes('accepted');"#).await;
+    let (_, items) = t
+        .call(
+            Method::GET,
+            &format!("/api/v1/improvement-items?run_id={run}"),
+            "viewer",
+            None,
+        )
+        .await;
+    let items = items["items"].as_array().unwrap();
+    assert_eq!(
+        items.len(),
+        1,
+        "only the flagged item is a finding: {items:?}"
+    );
+    assert_eq!(items[0]["expert_correction"], "I use 'Let's GO!'");
+    assert_eq!(items[0]["flagged_by"][0]["tester"], "samuel-ngu");
+
+    // The same link opens the expert audit once the clone is tested.
+    run_to(&t, &run, "expert-audit").await;
+    c.goto(&t.url(&link("expert-audit"))).await.unwrap();
+    until(
+        c,
+        "the expert audit",
+        "return document.querySelectorAll('fieldset[data-scenario]').length === 5;",
+    )
+    .await;
+    for n in 1..=5 {
+        let answer = if n == 5 { "no" } else { "yes" };
+        click(
+            c,
+            &format!(r#"fieldset[data-scenario="s{n}"] input[value={answer}]"#),
+        )
+        .await;
+    }
+    type_into(
+        c,
+        r#"fieldset[data-scenario="s5"] input[type=text]"#,
+        "Pause after the number",
+    )
+    .await;
+    type_into(
+        c,
+        "label[data-question] textarea",
+        "Where I explain the anchor",
+    )
+    .await;
+    type_into(
+        c,
+        "#review-chat-form input[name=message]",
+        "How do you open a salary talk?",
+    )
+    .await;
+    click(c, "#review-chat-form button[type=submit]").await;
+    until(
+        c,
+        "the clone's reply",
+        "return document.getElementById('review-chat').textContent.includes(\"Let's GO!\");",
+    )
+    .await;
+    click(c, "#audit-form input[name=close]").await;
+    screenshot(c, "expert-audit").await;
+    click(c, "#audit-form button[type=submit]").await;
+    until(c, "the audit to close", "const r = document.querySelector('[data-result]'); return r !== null && r.dataset.gate === 'true';").await;
+    let (_, items) = t
+        .call(
+            Method::GET,
+            &format!("/api/v1/improvement-items?run_id={run}&skill_target=clone-compiler"),
+            "viewer",
+            None,
+        )
+        .await;
+    let finding = &items["items"][0];
+    assert_eq!(finding["source_key"], "expert-audit:scenario:s5");
+    assert_eq!(
+        (
+            finding["status"].as_str(),
+            finding["expert_correction"].as_str()
+        ),
+        (Some("accepted"), Some("Pause after the number"))
+    );
+    // Scenarios rated "sounds like me" are correct votes, not findings.
+    assert_eq!(items["total"], 1);
+
+    // The router sends both findings back; the convergence page shows v1.
+    t.wait_for(&run, "version 2", |d| d["version"] == 2).await;
+    c.goto(&t.url(&format!("/runs/{run}/convergence")))
+        .await
+        .unwrap();
+    until(c, "the convergence page", r#"const row = document.querySelector('tr[data-version="1"]'); return row !== null && row.textContent.includes('80.0%') && row.textContent.includes('superseded');"#).await;
+    screenshot(c, "convergence").await;
+
+    b.client.clone().close().await.unwrap();
+}
