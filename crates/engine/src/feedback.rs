@@ -244,6 +244,16 @@ impl Engine {
         let mut handle = self.open(run_id).await?;
         let run_id = handle.doc().run_id.clone();
         let source = review_page(&handle, block)?;
+        if !handle.doc().blocks[block]
+            .history
+            .iter()
+            .any(|a| a.outcome == Some(factory_core::run::AttemptOutcome::Succeeded))
+        {
+            return Err(bad(format!(
+                "block `{block}` has not published its review page yet (it is {}); review once it has run",
+                handle.doc().blocks[block].status.as_str()
+            )));
+        }
         let pipeline = handle.pipeline().clone();
         let mut keys = BTreeSet::new();
         for (n, item) in submission.items.iter().enumerate() {

@@ -383,6 +383,52 @@ async fn reviews_route_corrections_back_until_the_clone_is_ready_to_ship() {
         );
     }
 
+    // Bad submissions are refused by name and store nothing.
+    for (body, names) in [
+        (
+            json!({"items": [{"source_key": "x:$.a", "skill_target": "ghost", "verdict": "wrong"}]}),
+            "skill_target `ghost`",
+        ),
+        (
+            json!({"items": [{"source_key": VOICE, "skill_target": "voice-extractor", "verdict": "wrong", "priority": "urgent"}]}),
+            "priority `urgent`",
+        ),
+        (
+            json!({"items": [verdict(VOICE, "wrong", "high", ""), verdict(VOICE, "correct", "high", "")]}),
+            "judged twice",
+        ),
+        (
+            json!({"items": [{"source_key": " ", "skill_target": "voice-extractor", "verdict": "wrong"}]}),
+            "source_key is empty",
+        ),
+    ] {
+        let (s, b) = submit(&t, &samuel, &run, "extraction-reviewer", body).await;
+        assert_eq!(s, 422, "{b}");
+        assert!(
+            b["error"]["message"].as_str().unwrap().contains(names),
+            "{b}"
+        );
+    }
+    let (s, b) = submit(
+        &t,
+        &samuel,
+        &run,
+        "extraction-reviewer",
+        json!({"tester_role": "external"}),
+    )
+    .await;
+    assert_eq!(s, 403, "a review link cannot change who it reviews as: {b}");
+    let (s, b) = submit(&t, &samuel, &run, "expert-audit", json!({"ratings": []})).await;
+    assert_eq!(s, 422, "{b}");
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("has not published its review page yet"),
+        "{b}"
+    );
+    assert!(items(&t, &run, "").await.is_empty());
+
     // Extraction review, version 1.
     let (s, b) = submit(
         &t,
