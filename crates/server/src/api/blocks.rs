@@ -448,6 +448,46 @@ pub struct ChatBody {
     message: String,
 }
 
+/// One chat turn with the provider the block's model resolves to: `system`
+/// as the cacheable context, `transcript` as the user's turn. Shared by the
+/// block chat and the expert audit's chat with the clone.
+pub async fn chat_turn(
+    state: &SharedState,
+    view: &BlockView,
+    system: String,
+    transcript: String,
+) -> ApiResult<factory_llm::ChatResponse> {
+    if let Some(reason) = chat_unavailable(state, view) {
+        return Err(ApiError::unprocessable("llm_not_configured", reason));
+    }
+    let settings = state
+        .llm
+        .as_ref()
+        .ok_or_else(|| ApiError::internal("no llm"))?;
+    let model = chat_model(view);
+    let (client, model_id) = settings
+        .resolve(model.as_deref())
+        .map_err(|e| ApiError::unprocessable("llm_not_configured", e))?;
+    let request = factory_llm::ChatRequest {
+        model: model_id,
+        system: vec![factory_llm::Part::cacheable(system)],
+        user: vec![factory_llm::Part::new(transcript)],
+        max_tokens: 1024,
+        temperature: None,
+        stream: false,
+    };
+    client
+        .complete(&request, Duration::from_secs(120))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "llm_error",
+                format!("the LLM provider failed: {e}"),
+            )
+        })
+}
+
 /// Artifacts larger than this are cut in the chat's context.
 const CHAT_ARTIFACT_LIMIT: usize = 24 * 1024;
 
@@ -468,14 +508,6 @@ pub async fn chat(
     if let Some(reason) = chat_unavailable(&state, &view) {
         return Err(ApiError::unprocessable("llm_not_configured", reason));
     }
-    let settings = state
-        .llm
-        .as_ref()
-        .ok_or_else(|| ApiError::internal("no llm"))?;
-    let model = chat_model(&view);
-    let (client, model_id) = settings
-        .resolve(model.as_deref())
-        .map_err(|e| ApiError::unprocessable("llm_not_configured", e))?;
 
     let mut context = format!(
         "You are helping an operator review block `{}` ({}) of a Process Factory run of template `{}`.\n",
@@ -512,25 +544,7 @@ pub async fn chat(
         transcript.push_str(&format!("{}: {}\n\n", m.role, m.text));
     }
     transcript.push_str(&format!("user: {message}\n"));
-
-    let request = factory_llm::ChatRequest {
-        model: model_id.clone(),
-        system: vec![factory_llm::Part::cacheable(context)],
-        user: vec![factory_llm::Part::new(transcript)],
-        max_tokens: 1024,
-        temperature: None,
-        stream: false,
-    };
-    let reply = client
-        .complete(&request, Duration::from_secs(120))
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "llm_error",
-                format!("the LLM provider failed: {e}"),
-            )
-        })?;
+    let reply = chat_turn(&state, &view, context, transcript).await?;
 
     let now = factory_engine::now_ms();
     for (role, text, model) in [

@@ -2,8 +2,6 @@
 //! improvement items, `corrections-ingest`, convergence, and the audit page's
 //! chat with the compiled clone.
 
-use std::time::Duration;
-
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -15,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::SharedState;
-use crate::api::blocks::{BlockView, artifact_content, block_view, selected_attempt};
+use crate::api::blocks::{BlockView, artifact_content, block_view, chat_turn, selected_attempt};
 use crate::auth::{self, Caller};
 use crate::error::{ApiError, ApiJson, ApiResult};
 
@@ -339,23 +337,6 @@ pub async fn review_chat(
             ),
         ));
     };
-    if let Some(reason) = crate::api::blocks::chat_unavailable(&state, &view) {
-        return Err(ApiError::unprocessable("llm_not_configured", reason));
-    }
-    let settings = state
-        .llm
-        .as_ref()
-        .ok_or_else(|| ApiError::internal("no llm"))?;
-    let model = factory_core::transitions::effective_model(
-        &view.template,
-        &view.block,
-        &view.doc.models,
-        view.doc.default_model.as_deref(),
-    )
-    .map(str::to_string);
-    let (client, model_id) = settings
-        .resolve(model.as_deref())
-        .map_err(|e| ApiError::unprocessable("llm_not_configured", e))?;
     let prefix = format!("review-chat:{block}/{}/", caller.actor);
     let earlier: Vec<Value> = state
         .store
@@ -374,24 +355,7 @@ pub async fn review_chat(
         ));
     }
     transcript.push_str(&format!("user: {message}\n"));
-    let request = factory_llm::ChatRequest {
-        model: model_id,
-        system: vec![factory_llm::Part::cacheable(system)],
-        user: vec![factory_llm::Part::new(transcript)],
-        max_tokens: 1024,
-        temperature: None,
-        stream: false,
-    };
-    let reply = client
-        .complete(&request, Duration::from_secs(120))
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "llm_error",
-                format!("the LLM provider failed: {e}"),
-            )
-        })?;
+    let reply = chat_turn(&state, &view, system, transcript).await?;
     let now = factory_engine::now_ms();
     for (role, text) in [("user", message), ("assistant", reply.text.clone())] {
         state
@@ -410,12 +374,10 @@ pub async fn review_chat(
     Ok(Json(json!({ "reply": reply.text, "model": reply.model })))
 }
 
-/// The extraction review's items: every leaf of the JSON inputs.
-pub async fn extraction_items(
-    state: &SharedState,
-    view: &BlockView,
-) -> ApiResult<Vec<loop_core::ReviewItem>> {
-    let mut items = Vec::new();
+/// The block's JSON inputs (each upstream's latest successful attempt),
+/// parsed, with the block that produced each.
+async fn json_inputs(state: &SharedState, view: &BlockView) -> ApiResult<Vec<(String, Value)>> {
+    let mut documents = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
     for dep in &view.block.inputs.depends {
         if !seen.insert((&dep.block, &dep.key)) {
@@ -439,10 +401,22 @@ pub async fn extraction_items(
         }
         let (_, content) = artifact_content(state, attempt, &dep.block, &dep.key).await?;
         if let Ok(document) = serde_json::from_slice::<Value>(&content) {
-            items.extend(loop_core::extraction_items(&dep.block, &document));
+            documents.push((dep.block.clone(), document));
         }
     }
-    Ok(items)
+    Ok(documents)
+}
+
+/// The extraction review's items: every leaf of the JSON inputs.
+pub async fn extraction_items(
+    state: &SharedState,
+    view: &BlockView,
+) -> ApiResult<Vec<loop_core::ReviewItem>> {
+    Ok(json_inputs(state, view)
+        .await?
+        .iter()
+        .flat_map(|(block, document)| loop_core::extraction_items(block, document))
+        .collect())
 }
 
 /// The expert audit's scenarios, from its JSON inputs (the tester's results).
@@ -450,28 +424,9 @@ pub async fn audit_scenarios(
     state: &SharedState,
     view: &BlockView,
 ) -> ApiResult<Vec<loop_core::Scenario>> {
-    let mut scenarios = Vec::new();
-    for dep in &view.block.inputs.depends {
-        let Some(upstream) = view.doc.blocks.get(&dep.block) else {
-            continue;
-        };
-        let Some(attempt) = selected_attempt(&upstream.history, None, &dep.block)? else {
-            continue;
-        };
-        let Some(artifact) = attempt
-            .report
-            .as_ref()
-            .and_then(|r| r.artifacts.get(&dep.key))
-        else {
-            continue;
-        };
-        if artifact.format != factory_core::template::ArtifactFormat::Json {
-            continue;
-        }
-        let (_, content) = artifact_content(state, attempt, &dep.block, &dep.key).await?;
-        if let Ok(document) = serde_json::from_slice::<Value>(&content) {
-            scenarios.extend(loop_core::scenarios(&document));
-        }
-    }
-    Ok(scenarios)
+    Ok(json_inputs(state, view)
+        .await?
+        .iter()
+        .flat_map(|(_, document)| loop_core::scenarios(document))
+        .collect())
 }

@@ -84,6 +84,9 @@ pub async fn render_block_page(
     let body = html! {
         p.crumbs { a href={"/runs/" (run_id)} { "← " (view.template.name) " run " code { (&run_id[..run_id.len().min(13)]) } } }
         h1 { (view.block.name) " " span.muted { code { (view.block.id) } } }
+        @if let Some(page) = view.block.inputs.config.get("page").and_then(|p| p.as_str()).filter(|_| view.block.inputs.config.get("builtin").and_then(|b| b.as_str()) == Some("review-page")) {
+            p.notice { "This block publishes the " (page) " page: " a #review-page-link href={"/runs/" (run_id) "/review/" (view.block.id)} { "open it" } " · " a href={"/runs/" (run_id) "/convergence"} { "convergence" } }
+        }
         div.workbench {
             aside.panel.guide { (guide) }
             section.panel.centre {

@@ -61,6 +61,9 @@ pub async fn render_run_page(
     let body = html! {
         section.panel {
             h1 { (template.name) " " span.muted { "run " code { (doc.run_id) } } }
+            @if doc.version > 1 || template.blocks.iter().any(|b| b.inputs.config.get("builtin").and_then(|v| v.as_str()) == Some("review-page")) {
+                p { "Version " strong #run-version { "v" (doc.version) } " · " a href={"/runs/" (doc.run_id) "/convergence"} { "convergence across versions" } }
+            }
             div #summary data-live { (summary_bar(&doc)) }
             @if !uploads.is_empty() {
                 p.muted { "Input files: "

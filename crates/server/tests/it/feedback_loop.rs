@@ -671,6 +671,42 @@ async fn reviews_route_corrections_back_until_the_clone_is_ready_to_ship() {
         (Some(1), Some(2))
     );
     let targets: Vec<&String> = routed["targets"].as_object().unwrap().keys().collect();
+    // Exactly the targets and their descendants were reset, in the router's commit.
+    let pipeline = factory_engine::load_pipeline(
+        &std::fs::read_to_string(repo_root().join("templates/clone-factory.json")).unwrap(),
+    )
+    .unwrap();
+    let mut expected = std::collections::BTreeSet::new();
+    for target in &targets {
+        let i = pipeline.index_of(target).unwrap();
+        expected.insert(target.to_string());
+        for d in pipeline.descendants(i) {
+            expected.insert(pipeline.blocks()[d].id.clone());
+        }
+    }
+    // Blocks downstream of the router had not run yet (pending), so no reset.
+    for never_ran in [
+        "boarding-orchestrator",
+        "marketing-page-builder",
+        "email-sequence-builder",
+        "stripe-setup",
+        "audit-page-publisher",
+        "publish-orchestrator",
+    ] {
+        expected.remove(never_ran);
+    }
+    let reset: std::collections::BTreeSet<String> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            e["type"] == "block_reset"
+                && e["seq"].as_u64() > routed["seq"].as_u64()
+                && e["at"] == routed["at"]
+        })
+        .map(|e| e["block"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(reset, expected);
     assert_eq!(
         targets,
         ["clone-compiler", "soul-extractor", "voice-extractor"]
