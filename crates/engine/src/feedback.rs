@@ -435,20 +435,8 @@ impl Engine {
             reason,
         }) = &gate
         {
-            let log = self.store.events(&run_id, 0).await?;
-            let records = handle
-                .apply(actor, |pipeline, doc, _| {
-                    Ok(vec![transitions::approve_as(
-                        pipeline,
-                        doc,
-                        &log,
-                        block,
-                        actor,
-                        Some(reason.clone()),
-                    )?])
-                })
+            self.approve_by(actor, &run_id, block, Some(reason.clone()))
                 .await?;
-            self.notify(&records, handle.doc());
         }
         Ok(SubmitOutcome {
             feedback_id,

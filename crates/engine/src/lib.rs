@@ -248,16 +248,33 @@ impl Engine {
     ) -> Result<RunDoc> {
         let mut handle = self.open(run_id).await?;
         let log = self.store.events(&handle.doc().run_id, 0).await?;
+        // A corrections router someone gated: it routes when approved.
+        let route_items = match handle.pipeline().block(block) {
+            Some(spec) if feedback::is_router(spec) => {
+                Some(feedback::accepted_items(self.store.as_ref(), &handle.doc().run_id).await?)
+            }
+            _ => None,
+        };
         let records = handle
-            .apply(actor, |pipeline, doc, _| {
-                Ok(vec![transitions::approve_as(
+            .apply(actor, |pipeline, doc, now| {
+                let mut events = vec![transitions::approve_as(
                     pipeline,
                     doc,
                     &log,
                     block,
                     actor,
                     note.clone(),
-                )?])
+                )?];
+                if let Some(items) = &route_items {
+                    let mut scratch = doc.clone();
+                    factory_core::commit_in_place(&mut scratch, events.clone(), "scratch", now)?;
+                    if scratch.blocks[block].status == factory_core::BlockStatus::Done {
+                        events.extend(
+                            factory_core::feedback::route(pipeline, &scratch, block, items)?.events,
+                        );
+                    }
+                }
+                Ok(events)
             })
             .await?;
         self.notify(&records, handle.doc());

@@ -78,12 +78,24 @@ fn convergence_shows_each_version_and_why_it_is_not_ready() {
             .await
             .unwrap_err();
         assert!(error.to_string().contains("block `extract` has no review page"), "{error}");
+        // An operator wants to see the router's plan before it acts.
+        engine
+            .set_autonomy_by("cli:op", &run, "router", factory_core::template::Autonomy::Gate)
+            .await
+            .unwrap();
     });
 
-    // The CLI's worker runs the router: the extract block re-runs (v2) and
-    // the review waits again.
+    // The CLI's worker runs the router, which waits at its gate with its plan;
+    // approving it routes: the extract block re-runs (v2), the review waits again.
     factory(&db)
         .args(["resume", &run, "--quiet"])
+        .assert()
+        .success();
+    let doc = status_json(&db, &run);
+    assert_eq!(doc["blocks"]["router"]["status"], "waiting");
+    assert_eq!(doc["version"], 1, "nothing routed before the approval");
+    factory(&db)
+        .args(["approve", &run, "router", "--quiet"])
         .assert()
         .success();
     let doc = status_json(&db, &run);
