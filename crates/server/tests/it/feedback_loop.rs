@@ -135,6 +135,11 @@ impl Respond for FakeModel {
 /// A server with the shipped clone-factory template (its skills and golden
 /// examples) and a local provider; the two http blocks point at the mock.
 pub async fn clone_factory_server() -> (TestServer, MockServer) {
+    clone_factory_server_on(false).await
+}
+
+/// [`clone_factory_server`] on SQLite or on a fresh PostgreSQL database.
+pub async fn clone_factory_server_on(postgres: bool) -> (TestServer, MockServer) {
     let provider = MockServer::start().await;
     let mut template: Value = serde_json::from_str(
         &std::fs::read_to_string(repo_root().join("templates/clone-factory.json")).unwrap(),
@@ -167,7 +172,11 @@ pub async fn clone_factory_server() -> (TestServer, MockServer) {
         "ANTHROPIC_BASE_URL" => Some(uri.clone()),
         _ => None,
     });
-    let t = TestServer::start_with(Some(settings)).await;
+    let t = if postgres {
+        TestServer::start_postgres_with(Some(settings)).await
+    } else {
+        TestServer::start_with(Some(settings)).await
+    };
     for block in template["blocks"].as_array_mut().unwrap() {
         match block["id"].as_str().unwrap() {
             "masterybook-sync" => block["inputs"]["config"] = json!({"url": format!("{uri}/sync")}),
@@ -324,7 +333,17 @@ const LONE: &str = "soul-extractor:$.identity.roles[0]";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reviews_route_corrections_back_until_the_clone_is_ready_to_ship() {
-    let (t, _provider) = clone_factory_server().await;
+    the_whole_loop(false).await;
+}
+
+/// The same two rounds with PostgreSQL as the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_loop_runs_the_same_on_postgres() {
+    the_whole_loop(true).await;
+}
+
+async fn the_whole_loop(postgres: bool) {
+    let (t, _provider) = clone_factory_server_on(postgres).await;
     let (s, b) = t
         .call(
             Method::POST,

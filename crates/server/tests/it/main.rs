@@ -87,8 +87,12 @@ impl TestServer {
 
     /// On a fresh PostgreSQL database instead of a SQLite file.
     pub async fn start_postgres() -> TestServer {
+        TestServer::start_postgres_with(None).await
+    }
+
+    pub async fn start_postgres_with(llm: Option<factory_runtime::llm::LlmSettings>) -> TestServer {
         let url = factory_store::testing::fresh_postgres_database().await;
-        TestServer::start_on(Some(url), None).await
+        TestServer::start_on(Some(url), llm).await
     }
 
     async fn start_on(
