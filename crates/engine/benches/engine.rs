@@ -125,5 +125,96 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
+/// An extraction block and its review page, gated after.
+const REVIEW_LOOP: &str = r#"{
+  "id": "review-bench", "name": "Review bench", "version": "1",
+  "blocks": [
+    { "id": "extract", "name": "Extract", "layer": "L0", "type": "extract", "runtime": "builtin",
+      "inputs": { "config": { "builtin": "noop" } },
+      "outputs": { "artifacts": [{ "key": "facts", "path": "facts.json", "format": "json" }] } },
+    { "id": "review", "name": "Review", "layer": "L1", "type": "validate", "runtime": "builtin",
+      "inputs": { "depends": [{ "block": "extract", "key": "facts" }], "config": { "builtin": "review-page", "page": "extraction-review" } },
+      "outputs": { "artifacts": [{ "key": "url", "path": "url.txt", "format": "url" }] },
+      "execution": { "human_gate": "after" } }
+  ]
+}"#;
+
+/// Three testers each judge 300 items of one review (a third flagged by
+/// each, overlapping): consensus is recomputed for every judged item after
+/// every submission.
+fn bench_feedback(c: &mut Criterion) {
+    use factory_core::consensus::TesterRole;
+    use factory_engine::feedback::{Submission, Tester};
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("feedback.db");
+    let store = runtime
+        .block_on(factory_store::open(db.to_str().unwrap()))
+        .unwrap();
+    let engine = Arc::new(Engine::new(
+        Arc::from(store),
+        EngineConfig {
+            work_root: dir.path().join("work"),
+            ..EngineConfig::default()
+        },
+    ));
+    const ITEMS: usize = 300;
+    let submissions: Vec<(Tester, Submission)> = [
+        ("samuel", TesterRole::Expert),
+        ("will", TesterRole::ProductLead),
+        ("derek", TesterRole::Team),
+    ]
+    .iter()
+    .enumerate()
+    .map(|(t, (name, role))| {
+        let items: Vec<Value> = (0..ITEMS)
+            .map(|i| {
+                json!({
+                    "source_key": format!("extract:$.items[{i}]"),
+                    "skill_target": "extract",
+                    "verdict": if (i + t) % 3 == 0 { "wrong" } else { "correct" },
+                    "priority": "medium",
+                    "correction": format!("fix {i}"),
+                })
+            })
+            .collect();
+        (
+            Tester {
+                name: name.to_string(),
+                role: *role,
+            },
+            serde_json::from_value(json!({ "items": items })).unwrap(),
+        )
+    })
+    .collect();
+    let mut group = c.benchmark_group("feedback_sqlite");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements((ITEMS * submissions.len()) as u64));
+    group.bench_function("three_reviews_of_300_items", |b| {
+        b.to_async(&runtime).iter(|| {
+            let engine = engine.clone();
+            let submissions = submissions.clone();
+            async move {
+                let doc = engine
+                    .create_run(REVIEW_LOOP, None, RunRequest::default())
+                    .await
+                    .unwrap();
+                let (outcome, _) = engine.drive(&doc.run_id).await.unwrap();
+                assert_eq!(outcome, Outcome::Waiting);
+                for (tester, submission) in submissions {
+                    engine
+                        .submit_feedback("bench", &doc.run_id, "review", &tester, submission)
+                        .await
+                        .unwrap();
+                }
+            }
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench, bench_feedback);
 criterion_main!(benches);

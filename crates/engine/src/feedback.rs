@@ -192,19 +192,15 @@ pub fn review_page(handle: &RunHandle, block: &str) -> Result<String> {
     })
 }
 
-/// The votes on one item across every submission of the run, in order;
-/// after a resolution only later versions' votes count.
-fn votes_for(
-    feedback: &[FeedbackRecord],
-    source_key: &str,
-    after_version: u32,
-) -> Vec<(Vote, SubmittedItem)> {
-    let mut votes = Vec::new();
+/// Every vote of a run's submissions, by item, in submission order, with the
+/// run version each was cast in. Parsed once per submission: recomputing an
+/// item only filters its own list.
+type VotesByItem = BTreeMap<String, Vec<(u32, Vote, SubmittedItem)>>;
+
+fn votes_by_item(feedback: &[FeedbackRecord]) -> VotesByItem {
+    let mut votes: VotesByItem = BTreeMap::new();
     for record in feedback {
         let version = loop_core::parse_version(&record.version).unwrap_or(1);
-        if version <= after_version {
-            continue;
-        }
         let Ok(role) = serde_json::from_value::<TesterRole>(json!(record.tester_role)) else {
             continue;
         };
@@ -214,8 +210,9 @@ fn votes_for(
             .cloned()
             .and_then(|v| serde_json::from_value(v).ok())
             .unwrap_or_default();
-        for item in items.into_iter().filter(|i| i.source_key == source_key) {
-            votes.push((
+        for item in items {
+            votes.entry(item.source_key.clone()).or_default().push((
+                version,
                 Vote {
                     tester: record.tester.clone(),
                     role,
@@ -227,6 +224,21 @@ fn votes_for(
         }
     }
     votes
+}
+
+/// The votes on one item; after a resolution only later versions' count.
+fn votes_for(
+    votes: &VotesByItem,
+    source_key: &str,
+    after_version: u32,
+) -> Vec<(Vote, SubmittedItem)> {
+    votes
+        .get(source_key)
+        .into_iter()
+        .flatten()
+        .filter(|(version, _, _)| *version > after_version)
+        .map(|(_, vote, item)| (vote.clone(), item.clone()))
+        .collect()
 }
 
 impl Engine {
@@ -305,8 +317,16 @@ impl Engine {
         self.store.add_feedback(&record).await?;
 
         // Recompute consensus for every item this submission judged.
-        let feedback = self.store.feedback(&run_id).await?;
+        let votes = votes_by_item(&self.store.feedback(&run_id).await?);
+        let mut existing_items: BTreeMap<String, ImprovementItem> = self
+            .store
+            .items(&run_id, None, None)
+            .await?
+            .into_iter()
+            .map(|i| (i.source_key.clone(), i))
+            .collect();
         let mut changes = Vec::new();
+        let mut updated = Vec::new();
         let mut events = vec![Event::FeedbackSubmitted {
             feedback_id: feedback_id.clone(),
             source: source.clone(),
@@ -316,17 +336,14 @@ impl Engine {
             verdicts: submission.items.len(),
         }];
         for submitted in &submission.items {
-            let existing = self
-                .store
-                .item_by_key(&run_id, &submitted.source_key)
-                .await?;
+            let existing = existing_items.remove(&submitted.source_key);
             let resolved_in = existing
                 .as_ref()
                 .filter(|i| i.status == "resolved")
                 .and_then(|i| i.resolved_in_version.as_deref())
                 .and_then(loop_core::parse_version)
                 .map_or(0, |v| v.saturating_sub(1));
-            let votes = votes_for(&feedback, &submitted.source_key, resolved_in);
+            let votes = votes_for(&votes, &submitted.source_key, resolved_in);
             let only_votes: Vec<Vote> = votes.iter().map(|(v, _)| v.clone()).collect();
             let decided = consensus::consensus(&only_votes);
             if existing.is_none() && decided.flagged_by.is_empty() {
@@ -402,7 +419,6 @@ impl Engine {
                     .collect::<Vec<_>>()
             );
             item.updated_at = now;
-            self.store.put_item(&item).await?;
             if from != to {
                 events.push(Event::ItemChanged {
                     item: item.id.clone(),
@@ -414,14 +430,17 @@ impl Engine {
                 });
             }
             changes.push(ItemChange {
-                item: item.id,
-                source_key: item.source_key,
+                item: item.id.clone(),
+                source_key: item.source_key.clone(),
                 from,
                 to,
                 consensus_score: decided.score,
                 reason: decided.reason,
             });
+            updated.push(item);
         }
+        // One transaction: a submission's items change together or not at all.
+        self.store.put_items(&updated).await?;
 
         let gate = if submission.close {
             Some(self.close_review(&run_id, block, actor).await?)
@@ -717,16 +736,19 @@ impl Engine {
                     _ => None,
                 })
                 .collect();
-            for mut item in items
+            let now = now_ms();
+            let resolved_items: Vec<ImprovementItem> = items
                 .into_iter()
                 .filter(|i| resolved.contains(i.id.as_str()))
-            {
-                item.status = "resolved".to_string();
-                item.resolved_in_version = Some(format!("v{version}"));
-                item.resolution_notes = Some(note.clone());
-                item.updated_at = now_ms();
-                self.store.put_item(&item).await?;
-            }
+                .map(|mut item| {
+                    item.status = "resolved".to_string();
+                    item.resolved_in_version = Some(format!("v{version}"));
+                    item.resolution_notes = Some(note.clone());
+                    item.updated_at = now;
+                    item
+                })
+                .collect();
+            self.store.put_items(&resolved_items).await?;
             let records = handle.apply(actor, |_, _, _| Ok(events.clone())).await?;
             self.notify(&records, handle.doc());
         }

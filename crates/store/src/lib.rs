@@ -232,7 +232,12 @@ pub trait Store: Send + Sync {
     async fn feedback(&self, run_id: &str) -> Result<Vec<FeedbackRecord>>;
 
     /// Inserts or updates an improvement item by id.
-    async fn put_item(&self, item: &ImprovementItem) -> Result<()>;
+    async fn put_item(&self, item: &ImprovementItem) -> Result<()> {
+        self.put_items(std::slice::from_ref(item)).await
+    }
+
+    /// Inserts or updates several items in one transaction: all or none.
+    async fn put_items(&self, items: &[ImprovementItem]) -> Result<()>;
 
     async fn item(&self, id: &str) -> Result<Option<ImprovementItem>>;
 

@@ -343,8 +343,8 @@ impl Store for PostgresStore {
         q::feedback(&self.pool, run_id).await
     }
 
-    async fn put_item(&self, item: &ImprovementItem) -> Result<()> {
-        q::put_item(&self.pool, item).await
+    async fn put_items(&self, items: &[ImprovementItem]) -> Result<()> {
+        q::put_items(&self.pool, items).await
     }
 
     async fn item(&self, id: &str) -> Result<Option<ImprovementItem>> {

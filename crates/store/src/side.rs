@@ -413,28 +413,36 @@ macro_rules! side_queries {
                 .collect()
         }
 
-        pub(crate) async fn put_item(pool: &$pool, i: &ImprovementItem) -> $crate::Result<()> {
-            sqlx::query(UPSERT_ITEM)
-                .bind(&i.id)
-                .bind(&i.run_id)
-                .bind(&i.source_key)
-                .bind(&i.skill_target)
-                .bind(&i.finding_type)
-                .bind(&i.priority)
-                .bind(&i.source_text)
-                .bind(&i.expert_correction)
-                .bind(&i.status)
-                .bind(i.consensus_score)
-                .bind(serde_json::to_string(&i.flagged_by)?)
-                .bind(&i.prompt_version)
-                .bind(&i.extraction_version)
-                .bind(&i.resolved_in_version)
-                .bind(&i.resolution_notes)
-                .bind(i.created_at)
-                .bind(i.updated_at)
-                .bind(&i.source)
-                .execute(pool)
-                .await?;
+        /// All or none, in one transaction.
+        pub(crate) async fn put_items(
+            pool: &$pool,
+            items: &[ImprovementItem],
+        ) -> $crate::Result<()> {
+            let mut tx = pool.begin().await?;
+            for i in items {
+                sqlx::query(UPSERT_ITEM)
+                    .bind(&i.id)
+                    .bind(&i.run_id)
+                    .bind(&i.source_key)
+                    .bind(&i.skill_target)
+                    .bind(&i.finding_type)
+                    .bind(&i.priority)
+                    .bind(&i.source_text)
+                    .bind(&i.expert_correction)
+                    .bind(&i.status)
+                    .bind(i.consensus_score)
+                    .bind(serde_json::to_string(&i.flagged_by)?)
+                    .bind(&i.prompt_version)
+                    .bind(&i.extraction_version)
+                    .bind(&i.resolved_in_version)
+                    .bind(&i.resolution_notes)
+                    .bind(i.created_at)
+                    .bind(i.updated_at)
+                    .bind(&i.source)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
             Ok(())
         }
 

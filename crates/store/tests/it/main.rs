@@ -476,6 +476,21 @@ async fn feedback_and_improvement_items(store: &dyn Store) {
     store.put_item(&other).await.unwrap();
     let all = store.items("run-feedback", None, None).await.unwrap();
     assert_eq!(all.len(), 2);
+    // A batch is all or none: its second item repeats a source key, so the
+    // first (a status change) is not stored either.
+    let mut changed = other.clone();
+    changed.status = "accepted".into();
+    let mut clash = item.clone();
+    clash.id = "item-4".into();
+    assert!(store.put_items(&[changed.clone(), clash]).await.is_err());
+    assert_eq!(store.item("item-3").await.unwrap().unwrap().status, "open");
+    store.put_items(&[changed]).await.unwrap();
+    assert_eq!(
+        store.item("item-3").await.unwrap().unwrap().status,
+        "accepted"
+    );
+    other.status = "open".into();
+    store.put_items(&[other.clone()]).await.unwrap();
     let accepted = store
         .items("run-feedback", Some("accepted"), None)
         .await
