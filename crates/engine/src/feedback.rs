@@ -346,6 +346,12 @@ impl Engine {
             let votes = votes_for(&votes, &submitted.source_key, resolved_in);
             let only_votes: Vec<Vote> = votes.iter().map(|(v, _)| v.clone()).collect();
             let decided = consensus::consensus(&only_votes);
+            let before: Vec<Vote> = only_votes
+                .iter()
+                .filter(|v| v.feedback_id != feedback_id)
+                .cloned()
+                .collect();
+            let unchanged = consensus::consensus(&before).status == decided.status;
             if existing.is_none() && decided.flagged_by.is_empty() {
                 continue; // cleared and never flagged: not a finding
             }
@@ -386,6 +392,10 @@ impl Engine {
                 item.resolved_in_version = None;
                 item.resolution_notes = None;
                 item.prompt_version = Some(format!("v{version}"));
+            } else if existing.is_some() && unchanged {
+                // A person settled it (PATCH) and this vote does not change the
+                // consensus: their decision stands.
+                to = from.clone();
             }
             if let Some((_, heavy)) = heaviest {
                 item.priority = heavy

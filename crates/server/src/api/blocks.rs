@@ -448,6 +448,20 @@ pub struct ChatBody {
     message: String,
 }
 
+impl ChatBody {
+    /// The trimmed message; an empty one is refused.
+    pub fn message(&self) -> ApiResult<String> {
+        let message = self.message.trim();
+        if message.is_empty() {
+            return Err(ApiError::unprocessable(
+                "empty_message",
+                "the chat message is empty",
+            ));
+        }
+        Ok(message.to_string())
+    }
+}
+
 /// One chat turn with the provider the block's model resolves to: `system`
 /// as the cacheable context, `transcript` as the user's turn. Shared by the
 /// block chat and the expert audit's chat with the clone.
@@ -497,13 +511,7 @@ pub async fn chat(
     Path((run, block)): Path<(String, String)>,
     ApiJson(body): ApiJson<ChatBody>,
 ) -> ApiResult<Json<Value>> {
-    let message = body.message.trim().to_string();
-    if message.is_empty() {
-        return Err(ApiError::unprocessable(
-            "empty_message",
-            "the chat message is empty",
-        ));
-    }
+    let message = body.message()?;
     let view = block_view(&state, &run, &block).await?;
     if let Some(reason) = chat_unavailable(&state, &view) {
         return Err(ApiError::unprocessable("llm_not_configured", reason));

@@ -307,27 +307,15 @@ pub async fn clone_prompt(state: &SharedState, view: &BlockView) -> ApiResult<Op
     Ok(Some(String::from_utf8_lossy(&content).into_owned()))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ChatBody {
-    message: String,
-}
-
 /// `POST /api/v1/runs/{run}/blocks/{block}/review-chat`: a tester talks to
 /// the compiled clone (its system prompt, the run's model).
 pub async fn review_chat(
     State(state): State<SharedState>,
     caller: Caller,
     Path((run, block)): Path<(String, String)>,
-    ApiJson(body): ApiJson<ChatBody>,
+    ApiJson(body): ApiJson<crate::api::blocks::ChatBody>,
 ) -> ApiResult<Json<Value>> {
-    let message = body.message.trim().to_string();
-    if message.is_empty() {
-        return Err(ApiError::unprocessable(
-            "empty_message",
-            "the chat message is empty",
-        ));
-    }
+    let message = body.message()?;
     let view = block_view(&state, &run, &block).await?;
     let Some(system) = clone_prompt(&state, &view).await? else {
         return Err(ApiError::unprocessable(

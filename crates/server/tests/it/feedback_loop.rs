@@ -606,6 +606,18 @@ async fn the_whole_loop(postgres: bool) {
         .await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["status"], "accepted");
+    // A later vote that leaves the consensus where it was (still a tie)
+    // does not undo the team's decision.
+    let (s, b) = submit(
+        &t,
+        &derek,
+        &run,
+        "extraction-reviewer",
+        json!({"items": [verdict(SOUL, "correct", "critical", "")]}),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["changes"][0]["to"], "accepted", "{b}");
     let (s, b) = submit(
         &t,
         &samuel,
