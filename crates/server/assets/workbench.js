@@ -195,6 +195,21 @@ const actions = {
     }
     await submitReview(form, { items, ratings, answers, free_text: form.free_text.value, close: form.close.checked });
   },
+  async "review-links"(form) {
+    const result = await api("POST", `/api/v1/runs/${encodeURIComponent(runId)}/review-links`,
+      { tester: form.tester.value, tester_role: form.tester_role.value });
+    const list = form.querySelector("[data-links]");
+    list.textContent = "";
+    for (const link of result.links) {
+      const item = document.createElement("li");
+      const a = document.createElement("a");
+      a.href = link.url;
+      a.textContent = `${link.page} for ${result.tester} (${result.tester_role})`;
+      a.dataset.page = link.page;
+      item.append(a, ` — ${location.origin}${link.url}`);
+      list.append(item);
+    }
+  },
   async "review-chat"(form) {
     const message = form.message.value;
     form.message.value = "";

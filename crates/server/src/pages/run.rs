@@ -63,6 +63,21 @@ pub async fn render_run_page(
             h1 { (template.name) " " span.muted { "run " code { (doc.run_id) } } }
             @if doc.version > 1 || template.blocks.iter().any(|b| b.inputs.config.get("builtin").and_then(|v| v.as_str()) == Some("review-page")) {
                 p { "Version " strong #run-version { "v" (doc.version) } " · " a href={"/runs/" (doc.run_id) "/convergence"} { "convergence across versions" } }
+                @if caller.role >= Role::Operator {
+                    details #review-links {
+                        summary { "Invite a tester to review" }
+                        form #review-link-form data-action="review-links" {
+                            input type="text" name="tester" placeholder="tester, e.g. samuel-ngu" required;
+                            select name="tester_role" {
+                                @for role in ["expert", "product_lead", "tech_lead", "team", "external"] { option value=(role) { (role) } }
+                            }
+                            button type="submit" { "Create review links" }
+                            p.error data-error {}
+                            ul data-links {}
+                        }
+                        p.muted { "Each link carries a new token bound to this run and this tester: send it only to them." }
+                    }
+                }
             }
             div #summary data-live { (summary_bar(&doc)) }
             @if !uploads.is_empty() {

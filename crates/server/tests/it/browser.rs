@@ -451,7 +451,7 @@ async fn operators_and_reviewers_drive_a_run_from_the_browser() {
 /// expert audit with ratings, an answer, a chat with the clone and a finding.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tester_submits_both_review_pages_from_a_review_link() {
-    use crate::feedback_loop::{clone_factory_server, review_token, run_to};
+    use crate::feedback_loop::{clone_factory_server, run_to};
     let (t, _provider) = clone_factory_server().await;
     let (s, body) = t
         .call(
@@ -464,22 +464,48 @@ async fn a_tester_submits_both_review_pages_from_a_review_link() {
     assert_eq!(s, 201, "{body}");
     let run = body["run_id"].as_str().unwrap().to_string();
     run_to(&t, &run, "extraction-reviewer").await;
-    let (_, links) = review_token(&t, &run, "samuel-ngu", "expert").await;
-    let link = |block: &str| {
-        links["links"]
+    let b = browser().await;
+    let c = &b.client;
+    // An operator invites the expert from the run page.
+    login(c, &t, "operator", &format!("/runs/{run}")).await;
+    until(
+        c,
+        "the run page",
+        "return document.querySelector('#review-link-form') !== null;",
+    )
+    .await;
+    click(c, "#review-links summary").await;
+    type_into(c, "#review-link-form input[name=tester]", "samuel-ngu").await;
+    c.execute(
+        "document.querySelector('#review-link-form select').value = 'expert'; return true;",
+        vec![],
+    )
+    .await
+    .unwrap();
+    click(c, "#review-link-form button[type=submit]").await;
+    until(
+        c,
+        "the links",
+        "return document.querySelectorAll('[data-links] a').length === 2;",
+    )
+    .await;
+    let hrefs = c
+        .execute("return [...document.querySelectorAll('[data-links] a')].map(a => a.dataset.page + ' ' + a.getAttribute('href'));", vec![])
+        .await
+        .unwrap();
+    let link = |page: &str| {
+        hrefs
             .as_array()
             .unwrap()
             .iter()
-            .find(|l| l["block"] == block)
-            .unwrap()["url"]
-            .as_str()
-            .unwrap()
+            .filter_map(|h| h.as_str()?.strip_prefix(&format!("{page} ")))
+            .next()
+            .unwrap_or_else(|| panic!("no {page} link in {hrefs}"))
             .to_string()
     };
-
-    let b = browser().await;
-    let c = &b.client;
-    c.goto(&t.url(&link("extraction-reviewer"))).await.unwrap();
+    // The tester's browser: the operator's cookie is replaced by the link's token.
+    c.delete_all_cookies().await.unwrap();
+    c.goto(&t.url(&link("extraction-review"))).await.unwrap();
     until(c, "the extraction review", "return document.querySelector('#review-form') !== null && document.getElementById('reviewer').textContent === 'samuel-ngu';").await;
     let voice = r#"tr[data-key="voice-extractor:$.tone.summary"]"#;
     click(c, &format!("{voice} input[value=wrong]")).await;
