@@ -238,6 +238,19 @@ pub enum TokenCommand {
     List,
     /// Revoke a token by its id (the `pf_…` prefix `list` shows)
     Revoke { id: String },
+    /// Invite a tester to review a run: a token bound to the run and tester,
+    /// printed as one link per review page
+    Review {
+        run: String,
+        #[arg(long)]
+        tester: String,
+        /// expert, product_lead, tech_lead, team or external
+        #[arg(long)]
+        tester_role: String,
+        /// Where `factory serve` is reached, prefixed to the links
+        #[arg(long, default_value = "http://127.0.0.1:7700")]
+        base_url: String,
+    },
 }
 
 #[derive(Debug, clap::Args)]

@@ -359,6 +359,33 @@ async fn token(db: &str, actor: &str, command: args::TokenCommand) -> Result<Exi
                 );
             }
         }
+        args::TokenCommand::Review {
+            run,
+            tester,
+            tester_role,
+            base_url,
+        } => {
+            let engine = Engine::new(Arc::from(store), EngineConfig::default());
+            let links = factory_server::review_links(&engine, &run, &tester, &tester_role, actor)
+                .await
+                .map_err(|e| match e.status.as_u16() {
+                    404 | 422 => user_error(e.message),
+                    _ => anyhow::anyhow!(e.message),
+                })?;
+            eprintln!(
+                "review links for {} ({}), token {}; send each only to them:",
+                links.tester, links.tester_role, links.token_id
+            );
+            for link in links.links {
+                println!(
+                    "{}  {}{}",
+                    link.page,
+                    base_url.trim_end_matches('/'),
+                    link.url
+                );
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
         args::TokenCommand::Revoke { id } => {
             if !store.revoke_token(&id, factory_engine::now_ms()).await? {
                 return Err(user_error(format!(

@@ -29,6 +29,7 @@ use factory_store::Store;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+pub use api::review::{ReviewLink, ReviewLinks, review_links};
 pub use error::ApiError;
 pub use hub::{Hub, LiveEvent};
 

@@ -145,4 +145,49 @@ fn convergence_shows_each_version_and_why_it_is_not_ready() {
     assert_eq!(table["rows"][1]["high"], 0, "resolved when extract re-ran");
     assert_eq!(table["ready_to_ship"], false);
     factory(&db).args(["convergence", "nope"]).assert().code(2);
+
+    // Inviting a tester from the terminal: one link per review page.
+    let output = factory(&db)
+        .args([
+            "token",
+            "review",
+            &run,
+            "--tester",
+            "derek",
+            "--tester-role",
+            "team",
+            "--base-url",
+            "http://factory.test:7700/",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout).unwrap();
+    let prefix =
+        format!("extraction-review  http://factory.test:7700/runs/{run}/review/review?token=pf_");
+    assert!(text.starts_with(&prefix), "{text}");
+    let listed = factory(&db).args(["token", "list"]).output().unwrap();
+    assert!(
+        String::from_utf8(listed.stdout)
+            .unwrap()
+            .contains("review derek (team)")
+    );
+    let output = factory(&db)
+        .args([
+            "token",
+            "review",
+            &run,
+            "--tester",
+            "derek",
+            "--tester-role",
+            "boss",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("`boss` is not a tester role"));
 }

@@ -135,8 +135,45 @@ pub async fn create_links(
     Path(run): Path<String>,
     ApiJson(body): ApiJson<LinkBody>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    tester_role(&body.tester_role, "tester_role")?;
-    let tester = body.tester.trim();
+    let links = review_links(
+        &state.engine,
+        &run,
+        &body.tester,
+        &body.tester_role,
+        &caller.actor,
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(json!(links))))
+}
+
+/// What an invitation to review gives the tester.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReviewLinks {
+    pub token_id: String,
+    pub tester: String,
+    pub tester_role: String,
+    pub links: Vec<ReviewLink>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReviewLink {
+    pub block: String,
+    pub page: String,
+    /// A path on the server, with the tester's token as `?token=`.
+    pub url: String,
+}
+
+/// Creates a token bound to `run` and the tester, and one link per review
+/// page of the run (the API and `factory token review` share it).
+pub async fn review_links(
+    engine: &factory_engine::Engine,
+    run: &str,
+    tester: &str,
+    role: &str,
+    created_by: &str,
+) -> ApiResult<ReviewLinks> {
+    tester_role(role, "tester_role")?;
+    let tester = tester.trim();
     if tester.is_empty()
         || tester.len() > 64
         || !tester
@@ -148,7 +185,7 @@ pub async fn create_links(
             "tester: 1–64 letters, digits, spaces, `-`, `_` or `.` (it names the reviewer in the event log)",
         ));
     }
-    let handle = state.engine.open(&run).await?;
+    let handle = engine.open(run).await?;
     let run_id = handle.doc().run_id.clone();
     let pages: Vec<(String, String)> = handle
         .pipeline()
@@ -170,34 +207,28 @@ pub async fn create_links(
         ));
     }
     let (secret, record) = auth::create_review_token(
-        state.store.as_ref(),
+        engine.store().as_ref(),
         ReviewScope {
             run_id: run_id.clone(),
             tester: tester.to_string(),
-            tester_role: body.tester_role.clone(),
+            tester_role: role.to_string(),
         },
-        &caller.actor,
+        created_by,
     )
     .await?;
-    let links: Vec<Value> = pages
-        .iter()
-        .map(|(block, page)| {
-            json!({
-                "block": block,
-                "page": page,
-                "url": format!("/runs/{run_id}/review/{block}?token={secret}"),
+    Ok(ReviewLinks {
+        token_id: record.id,
+        tester: tester.to_string(),
+        tester_role: role.to_string(),
+        links: pages
+            .into_iter()
+            .map(|(block, page)| ReviewLink {
+                url: format!("/runs/{run_id}/review/{block}?token={secret}"),
+                block,
+                page,
             })
-        })
-        .collect();
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({
-            "token_id": record.id,
-            "tester": tester,
-            "tester_role": body.tester_role,
-            "links": links,
-        })),
-    ))
+            .collect(),
+    })
 }
 
 #[derive(Debug, Deserialize)]
