@@ -384,23 +384,10 @@ fn with_routing(
     now: Millis,
     policy: &transitions::Policy,
 ) -> Result<Vec<Event>> {
-    let mut scratch = doc.clone();
-    factory_core::commit_in_place(
-        &mut scratch,
-        earlier.iter().chain(&finished).cloned().collect(),
-        "scratch",
-        now,
-    )?;
-    let done = scratch
-        .blocks
-        .get(&completion.block)
-        .is_some_and(|s| s.status == BlockStatus::Done);
-    if !done {
-        return Ok(finished);
-    }
-    match factory_core::feedback::route(pipeline, &scratch, &completion.block, items) {
-        Ok(routing) => Ok(finished.into_iter().chain(routing.events).collect()),
-        Err(error) => {
+    let preceding: Vec<Event> = earlier.iter().chain(&finished).cloned().collect();
+    match crate::feedback::routing_after(pipeline, doc, &completion.block, &preceding, items, now) {
+        Ok(routing) => Ok(finished.into_iter().chain(routing).collect()),
+        Err(EngineError::Transition(error)) => {
             let report = AttemptReport {
                 error: Some(format!("cannot route corrections yet: {error}")),
                 ..AttemptReport::default()
@@ -415,6 +402,7 @@ fn with_routing(
                 policy,
             )?)
         }
+        Err(other) => Err(other),
     }
 }
 

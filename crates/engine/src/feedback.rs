@@ -797,6 +797,29 @@ pub(crate) async fn accepted_items(
     Ok(items)
 }
 
+/// The router's routing once `preceding` (its attempt's finish, or its gate's
+/// approval) leaves it done: the `corrections_routed` event and the resets,
+/// to commit together with `preceding`. No events when it is not done yet.
+pub(crate) fn routing_after(
+    pipeline: &factory_core::Pipeline,
+    doc: &RunDoc,
+    router: &str,
+    preceding: &[Event],
+    items: &[loop_core::AcceptedItem],
+    now: factory_core::Millis,
+) -> Result<Vec<Event>> {
+    let mut scratch = doc.clone();
+    factory_core::commit_in_place(&mut scratch, preceding.to_vec(), "scratch", now)?;
+    if scratch
+        .blocks
+        .get(router)
+        .is_none_or(|s| s.status != BlockStatus::Done)
+    {
+        return Ok(Vec::new());
+    }
+    Ok(loop_core::route(pipeline, &scratch, router, items)?.events)
+}
+
 /// True for the engine-run `corrections-router` builtin.
 pub(crate) fn is_router(block: &factory_core::template::Block) -> bool {
     block.runtime == Runtime::Builtin

@@ -266,13 +266,9 @@ impl Engine {
                     note.clone(),
                 )?];
                 if let Some(items) = &route_items {
-                    let mut scratch = doc.clone();
-                    factory_core::commit_in_place(&mut scratch, events.clone(), "scratch", now)?;
-                    if scratch.blocks[block].status == factory_core::BlockStatus::Done {
-                        events.extend(
-                            factory_core::feedback::route(pipeline, &scratch, block, items)?.events,
-                        );
-                    }
+                    let routing =
+                        feedback::routing_after(pipeline, doc, block, &events, items, now)?;
+                    events.extend(routing);
                 }
                 Ok(events)
             })
