@@ -170,21 +170,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Convergence { run, json } => {
             let store = factory_store::open(&cli.db).await?;
             let engine = Engine::new(Arc::from(store), EngineConfig::default());
-            let (doc, table) = engine.convergence(&run).await?;
+            let (_, table) = engine.convergence(&run).await?;
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({
-                        "run_id": doc.run_id,
-                        "version": doc.version,
-                        "rows": table.rows,
-                        "ready_to_ship": table.ready_to_ship,
-                        "unmet": table.unmet,
-                        "criteria": table.criteria,
-                    }))?
-                );
+                println!("{}", serde_json::to_string_pretty(&table)?);
             } else {
-                print!("{}", show::convergence(&doc.run_id, &table));
+                print!("{}", show::convergence(&table));
             }
             Ok(if table.ready_to_ship {
                 ExitCode::SUCCESS

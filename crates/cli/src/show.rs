@@ -439,11 +439,11 @@ fn format_duration(ms: Millis) -> String {
 }
 
 /// The convergence table as text (seed `002`'s layout).
-pub fn convergence(run_id: &str, table: &factory_core::feedback::Convergence) -> String {
+pub fn convergence(table: &factory_core::feedback::Convergence) -> String {
     use factory_core::feedback::VersionStatus;
     use std::fmt::Write as _;
     let percent = |v: Option<f64>| v.map_or("—".to_string(), |v| format!("{v:.1}%"));
-    let mut out = format!("convergence of run {run_id}\n");
+    let mut out = format!("convergence of run {}\n", table.run_id);
     let _ = writeln!(
         out,
         "{:<8} {:>10} {:>11} {:>10} {:>8} {:>5}  status",

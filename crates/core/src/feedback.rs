@@ -442,6 +442,9 @@ pub struct VersionRow {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Convergence {
+    pub run_id: String,
+    /// The run's current version.
+    pub version: u32,
     pub rows: Vec<VersionRow>,
     pub ready_to_ship: bool,
     /// Why the current version is not ready yet (empty when it is).
@@ -559,6 +562,8 @@ pub fn convergence(
         row.status = VersionStatus::ReadyToShip;
     }
     Convergence {
+        run_id: doc.run_id.clone(),
+        version: current,
         rows,
         ready_to_ship,
         unmet,

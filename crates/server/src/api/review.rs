@@ -298,15 +298,8 @@ pub async fn convergence(
     State(state): State<SharedState>,
     Path(run): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let (doc, table) = state.engine.convergence(&run).await?;
-    Ok(Json(json!({
-        "run_id": doc.run_id,
-        "version": doc.version,
-        "rows": table.rows,
-        "ready_to_ship": table.ready_to_ship,
-        "unmet": table.unmet,
-        "criteria": table.criteria,
-    })))
+    let (_, table) = state.engine.convergence(&run).await?;
+    Ok(Json(json!(table)))
 }
 
 /// The compiled clone's system prompt: the review block's input with key
