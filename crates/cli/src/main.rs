@@ -250,7 +250,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             attempt,
         } => {
             let store = factory_store::open(&cli.db).await?;
-            prompt_cmd::run(store.as_ref(), &run, &block, attempt).await?;
+            let settings = factory_runtime::llm::LlmSettings::from_config(
+                llm_config(cli.config.as_deref())?,
+                |name| std::env::var(name).ok(),
+            );
+            prompt_cmd::run(store.as_ref(), &settings, &run, &block, attempt).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve(args) => serve(&cli.db, &actor, args, cli.config.as_deref()).await,

@@ -7,7 +7,13 @@ use factory_store::Store;
 
 use crate::user_error;
 
-pub async fn run(store: &dyn Store, run: &str, block_id: &str, attempt: Option<u32>) -> Result<()> {
+pub async fn run(
+    store: &dyn Store,
+    settings: &factory_runtime::llm::LlmSettings,
+    run: &str,
+    block_id: &str,
+    attempt: Option<u32>,
+) -> Result<()> {
     let run_id = store.resolve_run_id(run).await?;
     let stored = store.load_run(&run_id).await?;
     let Some(state) = stored.doc.blocks.get(block_id) else {
@@ -33,9 +39,13 @@ pub async fn run(store: &dyn Store, run: &str, block_id: &str, attempt: Option<u
         );
         return Ok(());
     }
-    if attempt.is_some() {
+    // A running attempt records its prompt when it finishes; until then the
+    // run's state still holds everything it was built from.
+    let running = recorded.is_some_and(|a| a.ended_at.is_none());
+    if attempt.is_some() && !running {
         bail!(user_error(format!(
-            "attempt of `{block_id}` sent no prompt (not an llm block, or it failed before the call)"
+            "attempt {} of `{block_id}` sent no prompt (not an llm block, or it failed before the prompt was built: see `factory status`)",
+            attempt.unwrap_or_default()
         )));
     }
 
@@ -80,14 +90,28 @@ pub async fn run(store: &dyn Store, run: &str, block_id: &str, attempt: Option<u
             ),
         }
     }
+    let model = factory_core::transitions::effective_model(
+        pipeline.template(),
+        block,
+        &stored.doc.models,
+        stored.doc.default_model.as_deref(),
+    );
     let assembled = prompt::assemble(&PromptInputs {
         block,
         skill: skill.as_deref(),
         params: &stored.doc.params,
         upstream,
         corrections: state.corrections.as_ref(),
+        reply_note: state.reply_note.as_ref(),
+        shape: factory_runtime::llm::reply_shape(settings, block, model),
     });
-    eprintln!("(not sent yet: this is the prompt the next attempt would send)");
+    match recorded.filter(|_| running) {
+        Some(a) => eprintln!(
+            "(attempt {} is running: this is its prompt, rebuilt from the run's state)",
+            a.n
+        ),
+        None => eprintln!("(not sent yet: this is the prompt the next attempt would send)"),
+    }
     print!("{}", assembled.render());
     Ok(())
 }

@@ -17,7 +17,7 @@ use crate::consensus::Verdict;
 use crate::pipeline::Pipeline;
 use crate::run::{BlockStatus, CorrectionItem, Corrections, Event, RunDoc};
 use crate::template::ConvergenceSpec;
-use crate::transitions::{CORRECTIONS_INSTRUCTION, TransitionError};
+use crate::transitions::TransitionError;
 
 /// Where a finding came from: the two review pages of seed `002`.
 pub const EXTRACTION_REVIEW: &str = "extraction-review";
@@ -137,7 +137,7 @@ pub fn plan(pipeline: &Pipeline, version: u32, router: &str, items: &[AcceptedIt
                         improvement_item_id: Some(item.id.clone()),
                     })
                     .collect(),
-                instruction: CORRECTIONS_INSTRUCTION.to_string(),
+                instruction: pipeline.template().corrections_instruction().to_string(),
             },
         );
     }

@@ -11,6 +11,7 @@
 pub mod consensus;
 pub mod diagnostics;
 pub mod feedback;
+pub mod llm_options;
 pub mod pipeline;
 pub mod prompt;
 pub mod render;

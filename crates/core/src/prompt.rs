@@ -15,7 +15,7 @@ use std::fmt::Write;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::run::Corrections;
+use crate::run::{Corrections, ReplyNote};
 use crate::template::{ArtifactFormat, Block};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,10 +61,50 @@ pub struct PromptInputs<'a> {
     pub params: &'a BTreeMap<String, Value>,
     pub upstream: Vec<UpstreamText>,
     pub corrections: Option<&'a Corrections>,
+    /// Why the previous reply could not be used, if it could not.
+    pub reply_note: Option<&'a ReplyNote>,
+    /// How the reply must carry the artifacts.
+    pub shape: ReplyShape,
 }
 
-/// Keys of `inputs.config` that steer the runtime rather than the model.
-const RUNTIME_KEYS: &[&str] = &["max_tokens", "temperature", "stream"];
+/// How a reply carries a block's artifacts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReplyShape {
+    /// One artifact: the whole reply; several: one ```artifact:<key> fence each.
+    #[default]
+    Plain,
+    /// One JSON object keyed by artifact key (asked for when the provider
+    /// constrains the reply to JSON and the block has several artifacts).
+    JsonEnvelope,
+}
+
+impl ReplyShape {
+    /// The shape for a block whose reply the provider constrains to JSON
+    /// (`json`) or not.
+    pub fn for_block(block: &Block, json: bool) -> ReplyShape {
+        if json && block.outputs.artifacts.len() > 1 {
+            ReplyShape::JsonEnvelope
+        } else {
+            ReplyShape::Plain
+        }
+    }
+}
+
+/// Keys of `inputs.config` that steer the runtime rather than the model
+/// (documented in the README's "LLM blocks").
+pub const RUNTIME_KEYS: &[&str] = &[
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "seed",
+    "stop",
+    "stream",
+    "structured_output",
+    "json_schema",
+    "first_token_timeout_ms",
+    "idle_timeout_ms",
+    "upstream_max_chars",
+];
 
 pub fn assemble(inputs: &PromptInputs<'_>) -> Prompt {
     let block = inputs.block;
@@ -72,6 +112,16 @@ pub fn assemble(inputs: &PromptInputs<'_>) -> Prompt {
 
     let mut upstream = inputs.upstream.clone();
     upstream.sort_by(|a, b| (&a.block, &a.key).cmp(&(&b.block, &b.key)));
+    if let Some(limit) = block
+        .inputs
+        .config
+        .get("upstream_max_chars")
+        .and_then(Value::as_u64)
+    {
+        for artifact in &mut upstream {
+            trim_to(&mut artifact.text, limit as usize);
+        }
+    }
     if !upstream.is_empty() {
         let mut text = String::from(
             "# UPSTREAM ARTIFACTS\nThese are the outputs of earlier blocks of this pipeline. Build on them; do not contradict them.\n",
@@ -104,7 +154,7 @@ pub fn assemble(inputs: &PromptInputs<'_>) -> Prompt {
             );
         }
     }
-    let _ = write!(instructions, "\n\n{}", output_contract(block));
+    let _ = write!(instructions, "\n\n{}", output_contract(block, inputs.shape));
     system.push(PromptPart {
         text: instructions,
         cacheable: false,
@@ -145,14 +195,63 @@ pub fn assemble(inputs: &PromptInputs<'_>) -> Prompt {
             cacheable: false,
         });
     }
+    if let Some(note) = inputs.reply_note {
+        user.push(PromptPart {
+            text: reply_note_section(note),
+            cacheable: false,
+        });
+    }
     Prompt { system, user }
 }
 
-/// The "EXPERT CORRECTIONS (MUST APPLY)" section of the feedback-loop seed.
-pub fn corrections_section(corrections: &Corrections) -> String {
-    let mut text = String::from(
-        "## EXPERT CORRECTIONS (MUST APPLY)\nThe expert reviewed the previous version and flagged these corrections.\nApply each one. Do not remove correct content — only fix flagged items.\n",
+/// Cuts `text` to at most `limit` characters (at a character boundary) and
+/// says how much was left out, so the model knows the artifact goes on.
+fn trim_to(text: &mut String, limit: usize) {
+    let count = text.chars().count();
+    if count <= limit {
+        return;
+    }
+    let cut = text
+        .char_indices()
+        .nth(limit)
+        .map_or(text.len(), |(i, _)| i);
+    text.truncate(cut);
+    let _ = write!(
+        text,
+        "\n[… {} more characters left out: inputs.config.upstream_max_chars = {limit}]",
+        count - limit
     );
+}
+
+/// The section the retry of an unusable reply reads: the engine's word,
+/// apart from any person's corrections, quoting the offending part.
+pub fn reply_note_section(note: &ReplyNote) -> String {
+    let mut text = format!(
+        "## YOUR PREVIOUS REPLY COULD NOT BE USED\nThe reply to attempt {} could not be used because {}.\n",
+        note.attempt,
+        note.problem.trim_end_matches('.')
+    );
+    if let Some(excerpt) = &note.excerpt {
+        let _ = writeln!(
+            text,
+            "The part of that reply that caused it:\n~~~\n{}\n~~~",
+            excerpt.trim_end()
+        );
+    }
+    text.push_str("Reply again, following the output instructions exactly.\n");
+    text
+}
+
+/// The corrections section: the feedback-loop seed's "EXPERT CORRECTIONS
+/// (MUST APPLY)" for people's corrections, "AUDIT FINDINGS" for the
+/// automatic audit's, each with its instruction and items.
+pub fn corrections_section(corrections: &Corrections) -> String {
+    let heading = if corrections.source.starts_with("auto-audit") {
+        "## AUDIT FINDINGS (MUST FIX)"
+    } else {
+        "## EXPERT CORRECTIONS (MUST APPLY)"
+    };
+    let mut text = format!("{heading}\n");
     let _ = writeln!(text, "{}\n", corrections.instruction);
     for item in &corrections.items {
         let _ = writeln!(
@@ -190,8 +289,27 @@ fn substitute_params(text: &str, params: &BTreeMap<String, Value>) -> String {
 }
 
 /// How the reply must be shaped so it can be split into artifacts.
-pub fn output_contract(block: &Block) -> String {
+pub fn output_contract(block: &Block, shape: ReplyShape) -> String {
     let artifacts = &block.outputs.artifacts;
+    if shape == ReplyShape::JsonEnvelope && artifacts.len() > 1 {
+        let mut text = String::from(
+            "## Output\nReply with one JSON object and nothing else. It has exactly these keys, one per artifact:\n",
+        );
+        for artifact in artifacts {
+            let value = match artifact.format {
+                ArtifactFormat::Json | ArtifactFormat::Directory => "the JSON value itself",
+                _ => "the whole text as one JSON string",
+            };
+            let _ = writeln!(
+                text,
+                "- \"{}\": {} ({})",
+                artifact.key,
+                value,
+                format_name(artifact.format)
+            );
+        }
+        return text;
+    }
     match artifacts.as_slice() {
         [] => "## Output\nReply with your result as plain text.".to_string(),
         [only] => format!(
@@ -226,10 +344,85 @@ pub fn output_contract(block: &Block) -> String {
 pub enum ReplyError {
     #[error("the reply has no section for artifact `{0}` (expected a ```artifact:{0} fence)")]
     MissingSection(String),
+    #[error("the reply's JSON object has no key `{0}` for that artifact")]
+    MissingKey(String),
+    #[error("the reply is not the JSON object of artifacts asked for: {0}")]
+    NotAnEnvelope(String),
     #[error("artifact `{key}` is not valid JSON: {error}")]
-    InvalidJson { key: String, error: String },
+    InvalidJson {
+        key: String,
+        error: String,
+        /// The lines around the error.
+        excerpt: String,
+    },
     #[error("the reply is empty")]
     Empty,
+}
+
+/// The most a reply excerpt quotes.
+const EXCERPT_CHARS: usize = 600;
+
+/// The part of `reply` that the first of `errors` is about, bounded: the
+/// lines around a JSON error, or the start of a reply that lacks a section.
+pub fn reply_excerpt(errors: &[ReplyError], reply: &str) -> Option<String> {
+    let excerpt = match errors.first()? {
+        ReplyError::InvalidJson { excerpt, .. } => excerpt.clone(),
+        ReplyError::MissingSection(_)
+        | ReplyError::MissingKey(_)
+        | ReplyError::NotAnEnvelope(_) => reply.trim().chars().take(EXCERPT_CHARS).collect(),
+        ReplyError::Empty => return None,
+    };
+    Some(bound(&excerpt))
+}
+
+fn bound(text: &str) -> String {
+    if text.chars().count() <= EXCERPT_CHARS {
+        return text.to_string();
+    }
+    let mut out: String = text.chars().take(EXCERPT_CHARS).collect();
+    out.push_str(" […]");
+    out
+}
+
+/// Lines `line - 2 ..= line + 1` (1-based) of `text`, the error's line marked.
+fn lines_around(text: &str, line: usize, column: usize) -> String {
+    let first = line.saturating_sub(3);
+    let mut out = String::new();
+    for (i, content) in text.lines().enumerate().skip(first).take(4) {
+        let _ = writeln!(out, "{content}");
+        if i + 1 == line {
+            let _ = writeln!(
+                out,
+                "{}^ here",
+                " ".repeat(column.saturating_sub(1).min(200))
+            );
+        }
+    }
+    if out.is_empty() {
+        out = text
+            .chars()
+            .rev()
+            .take(200)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+    }
+    bound(&out)
+}
+
+/// Reasoning models (DeepSeek-R1, Qwen3, …) open their reply with a
+/// `<think>…</think>` block; it is not part of the answer.
+pub fn strip_reasoning(reply: &str) -> &str {
+    let mut rest = reply.trim_start();
+    while let Some(after) = rest.strip_prefix("<think>") {
+        match after.find("</think>") {
+            Some(end) => rest = after[end + "</think>".len()..].trim_start(),
+            // Thinking that never ended: there is no answer.
+            None => return "",
+        }
+    }
+    rest
 }
 
 /// Splits a model reply into the block's declared artifacts (see
@@ -237,8 +430,10 @@ pub enum ReplyError {
 pub fn parse_reply(
     block: &Block,
     reply: &str,
+    shape: ReplyShape,
 ) -> Result<BTreeMap<String, String>, Vec<ReplyError>> {
     let artifacts = &block.outputs.artifacts;
+    let reply = strip_reasoning(reply);
     let mut out = BTreeMap::new();
     let mut errors = Vec::new();
     if reply.trim().is_empty() {
@@ -248,6 +443,44 @@ pub fn parse_reply(
         [] => {}
         [only] => {
             out.insert(only.key.clone(), strip_single_fence(reply));
+        }
+        several if shape == ReplyShape::JsonEnvelope => {
+            let text = strip_single_fence(reply);
+            let object = match serde_json::from_str::<Value>(&text) {
+                Ok(Value::Object(object)) => object,
+                Ok(other) => {
+                    return Err(vec![ReplyError::NotAnEnvelope(format!(
+                        "it is a JSON {}, not an object",
+                        json_kind(&other)
+                    ))]);
+                }
+                Err(error) => {
+                    return Err(vec![ReplyError::InvalidJson {
+                        key: "(the reply)".to_string(),
+                        excerpt: lines_around(&text, error.line(), error.column()),
+                        error: error.to_string(),
+                    }]);
+                }
+            };
+            for artifact in several {
+                match object.get(&artifact.key) {
+                    None => errors.push(ReplyError::MissingKey(artifact.key.clone())),
+                    Some(value) => {
+                        let text = match (artifact.format, value) {
+                            (
+                                ArtifactFormat::Json | ArtifactFormat::Directory,
+                                Value::String(s),
+                            ) if serde_json::from_str::<Value>(s).is_ok() => s.clone(),
+                            (ArtifactFormat::Json | ArtifactFormat::Directory, value) => {
+                                serde_json::to_string_pretty(value).unwrap_or_default()
+                            }
+                            (_, Value::String(s)) => s.clone(),
+                            (_, value) => value.to_string(),
+                        };
+                        out.insert(artifact.key.clone(), format!("{}\n", text.trim_end()));
+                    }
+                }
+            }
         }
         several => {
             let sections = fenced_sections(reply);
@@ -268,6 +501,7 @@ pub fn parse_reply(
         {
             errors.push(ReplyError::InvalidJson {
                 key: artifact.key.clone(),
+                excerpt: lines_around(text, error.line(), error.column()),
                 error: error.to_string(),
             });
         }
@@ -276,6 +510,17 @@ pub fn parse_reply(
         Ok(out)
     } else {
         Err(errors)
+    }
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
     }
 }
 
@@ -369,6 +614,8 @@ mod tests {
             params: &params,
             upstream: ups,
             corrections: None,
+            reply_note: None,
+            shape: ReplyShape::Plain,
         });
         let b = assemble(&PromptInputs {
             block: &voice,
@@ -376,6 +623,8 @@ mod tests {
             params: &params,
             upstream: reversed,
             corrections: None,
+            reply_note: None,
+            shape: ReplyShape::Plain,
         });
         assert!(a.system[0].cacheable);
         assert_eq!(a.system[0], b.system[0], "byte-identical cacheable prefix");
@@ -420,9 +669,11 @@ mod tests {
             params: &params,
             upstream: vec![],
             corrections: Some(&corrections),
+            reply_note: None,
+            shape: ReplyShape::Plain,
         });
         let last = &prompt.user.last().unwrap().text;
-        assert!(last.starts_with("## EXPERT CORRECTIONS (MUST APPLY)"));
+        assert!(last.starts_with("## EXPERT CORRECTIONS (MUST APPLY)\nIMPORTANT: apply\n"));
         assert!(last.contains(
             "- FINDING: Missing value\n  CORRECTION: I never rank people\n  PRIORITY: critical"
         ));
@@ -433,12 +684,13 @@ mod tests {
     fn single_artifact_replies_lose_a_wrapping_fence() {
         let b =
             block(serde_json::json!([{"key": "soul-json", "path": "soul.json", "format": "json"}]));
-        let parsed = parse_reply(&b, "```json\n{\"values\": [1]}\n```").unwrap();
+        let parsed = parse_reply(&b, "```json\n{\"values\": [1]}\n```", ReplyShape::Plain).unwrap();
         assert_eq!(parsed["soul-json"], "{\"values\": [1]}\n");
-        let errors = parse_reply(&b, "Here you go: {\"values\": [1]").unwrap_err();
+        let errors =
+            parse_reply(&b, "Here you go: {\"values\": [1]", ReplyShape::Plain).unwrap_err();
         assert!(matches!(&errors[0], ReplyError::InvalidJson { key, .. } if key == "soul-json"));
         assert_eq!(
-            parse_reply(&b, "  \n").unwrap_err(),
+            parse_reply(&b, "  \n", ReplyShape::Plain).unwrap_err(),
             vec![ReplyError::Empty]
         );
     }
@@ -450,16 +702,134 @@ mod tests {
             {"key": "tool-configs", "path": "tools.json", "format": "json"}
         ]));
         let reply = "Intro text\n```artifact:system-prompt\n# Prompt\n```python\nprint(1)\n```\nend\n```\n```artifact:tool-configs\n{\"tools\": []}\n```\n";
-        let parsed = parse_reply(&b, reply).unwrap();
+        let parsed = parse_reply(&b, reply, ReplyShape::Plain).unwrap();
         assert_eq!(
             parsed["system-prompt"],
             "# Prompt\n```python\nprint(1)\n```\nend\n"
         );
         assert_eq!(parsed["tool-configs"], "{\"tools\": []}\n");
-        let errors = parse_reply(&b, "```artifact:system-prompt\nx\n```").unwrap_err();
+        let errors =
+            parse_reply(&b, "```artifact:system-prompt\nx\n```", ReplyShape::Plain).unwrap_err();
         assert_eq!(
             errors,
             vec![ReplyError::MissingSection("tool-configs".into())]
         );
+    }
+
+    #[test]
+    fn a_reply_note_is_its_own_last_section_and_quotes_the_reply() {
+        let params = BTreeMap::new();
+        let b =
+            block(serde_json::json!([{"key": "soul-json", "path": "soul.json", "format": "json"}]));
+        let reply = "{\n  \"values\": [\n    \"a\",\n  ]\n}";
+        let errors = parse_reply(&b, reply, ReplyShape::Plain).unwrap_err();
+        let excerpt = reply_excerpt(&errors, reply).unwrap();
+        assert!(
+            excerpt.contains("\"a\",") && excerpt.contains("^ here"),
+            "{excerpt}"
+        );
+        let note = ReplyNote {
+            attempt: 2,
+            problem: errors[0].to_string(),
+            excerpt: Some(excerpt),
+        };
+        let prompt = assemble(&PromptInputs {
+            block: &b,
+            skill: None,
+            params: &params,
+            upstream: vec![],
+            corrections: None,
+            reply_note: Some(&note),
+            shape: ReplyShape::Plain,
+        });
+        let last = &prompt.user.last().unwrap().text;
+        assert!(last.starts_with("## YOUR PREVIOUS REPLY COULD NOT BE USED\nThe reply to attempt 2 could not be used because artifact `soul-json` is not valid JSON: trailing comma"), "{last}");
+        assert!(!prompt.render().contains("EXPERT CORRECTIONS"));
+    }
+
+    #[test]
+    fn audit_findings_are_not_presented_as_an_experts() {
+        let corrections = Corrections {
+            version: "v1→v2".into(),
+            source: "auto-audit A:4.0".into(),
+            items: vec![],
+            instruction: "fix".into(),
+        };
+        assert!(corrections_section(&corrections).starts_with("## AUDIT FINDINGS (MUST FIX)\nfix"));
+    }
+
+    #[test]
+    fn reasoning_is_stripped_before_parsing() {
+        let b =
+            block(serde_json::json!([{"key": "soul-json", "path": "soul.json", "format": "json"}]));
+        let parsed = parse_reply(
+            &b,
+            "<think>\nThe user wants {JSON\n</think>\n\n{\"a\": 1}",
+            ReplyShape::Plain,
+        )
+        .unwrap();
+        assert_eq!(parsed["soul-json"], "{\"a\": 1}\n");
+        assert_eq!(
+            parse_reply(&b, "<think>never ends {", ReplyShape::Plain).unwrap_err(),
+            vec![ReplyError::Empty]
+        );
+        // Only a leading block is reasoning; a `<think>` inside the answer stays.
+        assert_eq!(strip_reasoning("a <think>b</think>"), "a <think>b</think>");
+    }
+
+    #[test]
+    fn a_json_envelope_carries_several_artifacts() {
+        let b = block(serde_json::json!([
+            {"key": "system-prompt", "path": "system-prompt.md", "format": "md"},
+            {"key": "tool-configs", "path": "tools.json", "format": "json"}
+        ]));
+        assert_eq!(ReplyShape::for_block(&b, true), ReplyShape::JsonEnvelope);
+        let contract = output_contract(&b, ReplyShape::JsonEnvelope);
+        assert!(
+            contract.contains("\"tool-configs\": the JSON value itself"),
+            "{contract}"
+        );
+        let parsed = parse_reply(
+            &b,
+            "{\"system-prompt\": \"# Prompt\\nBe kind.\", \"tool-configs\": {\"tools\": []}}",
+            ReplyShape::JsonEnvelope,
+        )
+        .unwrap();
+        assert_eq!(parsed["system-prompt"], "# Prompt\nBe kind.\n");
+        assert_eq!(
+            serde_json::from_str::<Value>(&parsed["tool-configs"]).unwrap(),
+            serde_json::json!({"tools": []})
+        );
+        let errors =
+            parse_reply(&b, "{\"system-prompt\": \"x\"}", ReplyShape::JsonEnvelope).unwrap_err();
+        assert_eq!(errors, vec![ReplyError::MissingKey("tool-configs".into())]);
+        let errors = parse_reply(&b, "[1]", ReplyShape::JsonEnvelope).unwrap_err();
+        assert!(matches!(&errors[0], ReplyError::NotAnEnvelope(_)));
+    }
+
+    #[test]
+    fn upstream_can_be_trimmed_per_artifact() {
+        let params = BTreeMap::new();
+        let mut b =
+            block(serde_json::json!([{"key": "soul-json", "path": "soul.json", "format": "json"}]));
+        b.inputs
+            .config
+            .insert("upstream_max_chars".into(), Value::from(10));
+        let prompt = assemble(&PromptInputs {
+            block: &b,
+            skill: None,
+            params: &params,
+            upstream: vec![upstream("a", "k", "0123456789ABCDEFGHIJ")],
+            corrections: None,
+            reply_note: None,
+            shape: ReplyShape::Plain,
+        });
+        let text = &prompt.system[0].text;
+        assert!(
+            text.contains("0123456789\n[… 10 more characters left out"),
+            "{text}"
+        );
+        assert!(!text.contains("ABC"));
+        assert!(!prompt.user[0].text.contains("upstream_max_chars"));
     }
 }

@@ -163,6 +163,40 @@ pub struct AttemptReport {
     /// most events carry no report).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit: Option<Box<AuditReport>>,
+    /// Whose fault a failure was, which decides how it is retried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<FailureKind>,
+    /// The part of an unusable reply that made it unusable (bounded), for
+    /// the note the retry reads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_excerpt: Option<String>,
+}
+
+/// Why an attempt failed, as far as retrying it is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// The model's reply could not be used (bad JSON, a missing section, cut
+    /// off): retry, telling the model what was wrong with its reply.
+    Reply,
+    /// The provider or the connection failed, or a time limit ran out: retry
+    /// the same prompt; nothing of it enters the prompt.
+    Provider,
+    /// No retry can help: the prompt does not fit the model's context window,
+    /// or the provider refuses the request as such. Fails at once.
+    Permanent,
+}
+
+/// What the next attempt of an `llm` block is told about the previous reply
+/// it could not use. Kept apart from corrections: it is the engine speaking,
+/// not a person, and only the latest one counts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplyNote {
+    /// The attempt whose reply could not be used.
+    pub attempt: u32,
+    pub problem: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub excerpt: Option<String>,
 }
 
 /// What an `llm` attempt consumed. Request and response are stored as blobs
@@ -180,6 +214,23 @@ pub struct LlmUsage {
     pub latency_ms: u64,
     /// HTTP calls made, retries included.
     pub calls: u32,
+    /// The server reported no usage: the token counts are the factory's
+    /// estimate.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub estimated: bool,
+    /// Waiting for a provider concurrency slot (not counted in the timeout).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub queued_ms: u64,
+    /// The response format asked of the provider (`json_object`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<String>,
+    /// Adjustments made for this call (max_tokens lowered to fit the window,
+    /// fallbacks), in words.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+    /// Why the call failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_reason: Option<String>,
     /// From the configured price table; absent when the model has no price.
@@ -191,6 +242,10 @@ pub struct LlmUsage {
     pub request: Option<LogRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response: Option<LogRef>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// One execution of a block.
@@ -282,6 +337,10 @@ pub struct BlockState {
     pub audit_flagged: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub corrections: Option<Corrections>,
+    /// Why the previous reply could not be used (cleared when a reply is
+    /// used, and when a person retries or corrects the block).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_note: Option<ReplyNote>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub decisions: Vec<GateDecision>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -305,6 +364,7 @@ impl BlockState {
             review_flag: false,
             audit_flagged: false,
             corrections: None,
+            reply_note: None,
             decisions: Vec::new(),
             history: Vec::new(),
         }
@@ -428,6 +488,9 @@ pub enum Event {
         /// Corrections for the retry (the audit's fix suggestions).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         corrections: Option<Corrections>,
+        /// Why the reply could not be used; replaces the previous note.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply_note: Option<ReplyNote>,
     },
     BlockDone {
         block: String,
@@ -786,6 +849,7 @@ impl RunDoc {
                 not_before,
                 reason,
                 corrections,
+                reply_note,
             } => {
                 let state = self.state_mut(block)?;
                 expect(block, state, kind, &[BlockStatus::Running])?;
@@ -796,6 +860,11 @@ impl RunDoc {
                 state.error = Some(reason.clone());
                 if corrections.is_some() {
                     state.corrections = corrections.clone();
+                    // The reply was usable (the audit judged it): no note.
+                    state.reply_note = None;
+                }
+                if reply_note.is_some() {
+                    state.reply_note = reply_note.clone();
                 }
             }
             Event::BlockDone { block } => {
@@ -804,6 +873,7 @@ impl RunDoc {
                 ensure_finished(block, state, kind)?;
                 state.status = BlockStatus::Done;
                 state.error = None;
+                state.reply_note = None;
             }
             Event::BlockFailed { block, error } => {
                 let state = self.state_mut(block)?;
@@ -858,6 +928,7 @@ impl RunDoc {
                 });
                 state.gate = None;
                 state.corrections = Some(corrections.clone());
+                state.reply_note = None;
                 state.retries_used = 0;
                 // Rejected before it ran: the reviewer has spoken for this pass,
                 // so the block runs with the corrections instead of waiting again.
@@ -876,6 +947,7 @@ impl RunDoc {
                 }
                 state.status = BlockStatus::Pending;
                 state.retries_used = 0;
+                state.reply_note = None;
                 state.gate = None;
                 state.before_gate_passed = false;
                 state.review_flag = false;
@@ -895,7 +967,9 @@ impl RunDoc {
                     });
                 }
                 for (block, corrections) in targets {
-                    self.state_mut(block)?.corrections = Some(corrections.clone());
+                    let state = self.state_mut(block)?;
+                    state.corrections = Some(corrections.clone());
+                    state.reply_note = None;
                 }
                 self.version = *to;
             }

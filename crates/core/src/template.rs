@@ -45,7 +45,22 @@ pub struct Template {
     /// thresholds and no automated score.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub convergence: Option<ConvergenceSpec>,
+    /// The instruction an `llm` block reads above the human corrections it
+    /// must apply (gate rejections, routed review items). Absent: a generic
+    /// one that speaks of "a reviewer".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corrections_instruction: Option<String>,
     pub blocks: Vec<Block>,
+}
+
+impl Template {
+    /// [`Template::corrections_instruction`] or the generic default.
+    pub fn corrections_instruction(&self) -> &str {
+        self.corrections_instruction
+            .as_deref()
+            .filter(|text| !text.trim().is_empty())
+            .unwrap_or(crate::transitions::CORRECTIONS_INSTRUCTION)
+    }
 }
 
 /// When a run that goes through review rounds is ready to ship.

@@ -8,14 +8,16 @@ use serde_json::Value;
 
 use crate::pipeline::Pipeline;
 use crate::run::{
-    AttemptOutcome, AttemptReport, BlockStatus, CorrectionItem, Corrections, Event, GatePhase,
-    Millis, RunDoc,
+    AttemptOutcome, AttemptReport, BlockStatus, CorrectionItem, Corrections, Event, FailureKind,
+    GatePhase, Millis, ReplyNote, RunDoc,
 };
 use crate::scheduler::gate_phase;
 use crate::template::Autonomy;
 
-/// The instruction text handed to a corrected block (seed `002`).
-pub const CORRECTIONS_INSTRUCTION: &str = "IMPORTANT: The expert reviewed the previous extraction and flagged these corrections. Apply each correction to the output. Do not lose existing correct content — only fix the flagged items.";
+/// The instruction text handed to a block with human corrections when its
+/// template sets none (`corrections_instruction`); seed `002`'s wording
+/// without its expert.
+pub const CORRECTIONS_INSTRUCTION: &str = "IMPORTANT: A reviewer checked the previous version and flagged these corrections. Apply each correction to the output. Do not lose existing correct content — only fix the flagged items.";
 
 /// Knobs the engine passes to the pure core.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -307,6 +309,8 @@ pub fn finish(
     }
 
     let mut report = report;
+    let report_failure = report.failure;
+    let report_excerpt = report.reply_excerpt.clone();
     let threshold = block.execution.threshold.as_ref();
     let metric_value = |key: &str| report.metrics.get(key).and_then(metric_as_f64);
     let score = metric_value("score").or_else(|| threshold.and_then(|t| metric_value(&t.metric)));
@@ -404,19 +408,20 @@ pub fn finish(
             }
         },
         Some(error) => {
-            if can_retry {
-                // A model's unusable reply is fixable by the model: tell the
-                // retry what was wrong, keeping any corrections it already has.
-                if retry_corrections.is_none()
-                    && block.runtime == crate::template::Runtime::Llm
-                    && outcome == AttemptOutcome::Failed
-                {
-                    retry_corrections = Some(reply_corrections(
-                        state.corrections.as_ref(),
-                        &error,
+            let permanent = report_failure == Some(FailureKind::Permanent);
+            if can_retry && !permanent {
+                // A model's unusable reply is fixable by the model: the retry
+                // is told what was wrong with it, apart from any corrections.
+                let reply_note = (report_failure == Some(FailureKind::Reply)
+                    && outcome == AttemptOutcome::Failed)
+                    .then(|| ReplyNote {
                         attempt,
-                    ));
-                }
+                        problem: error
+                            .strip_prefix(&format!("block `{block_id}`: "))
+                            .unwrap_or(&error)
+                            .to_string(),
+                        excerpt: report_excerpt.clone(),
+                    });
                 let delay = policy.backoff_ms(state.retries_used);
                 events.push(Event::RetryScheduled {
                     block: block_id.to_string(),
@@ -427,13 +432,19 @@ pub fn finish(
                         execution.max_retries
                     ),
                     corrections: retry_corrections,
+                    reply_note,
                 });
             } else {
                 let tries = state.retries_used + 1;
                 events.push(Event::BlockFailed {
                     block: block_id.to_string(),
                     error: format!(
-                        "{error} (after {tries} attempt{})",
+                        "{error} ({}after {tries} attempt{})",
+                        if permanent {
+                            "not retried: no retry can fix it; "
+                        } else {
+                            ""
+                        },
                         if tries == 1 { "" } else { "s" }
                     ),
                 });
@@ -441,29 +452,6 @@ pub fn finish(
         }
     }
     Ok(events)
-}
-
-/// Corrections for retrying an `llm` block whose reply could not be used.
-fn reply_corrections(existing: Option<&Corrections>, error: &str, attempt: u32) -> Corrections {
-    let mut items = existing.map(|c| c.items.clone()).unwrap_or_default();
-    items.push(CorrectionItem {
-        finding: format!("The previous reply could not be used: {error}"),
-        correction: "Reply again following the output contract exactly (valid JSON for JSON artifacts, one fenced section per artifact when there are several).".to_string(),
-        priority: "high".to_string(),
-        improvement_item_id: None,
-    });
-    Corrections {
-        version: format!("v{attempt}→v{}", attempt + 1),
-        source: existing.map_or_else(
-            || "engine".to_string(),
-            |c| format!("{} + engine", c.source),
-        ),
-        items,
-        instruction: existing.map_or_else(
-            || CORRECTIONS_INSTRUCTION.to_string(),
-            |c| c.instruction.clone(),
-        ),
-    }
 }
 
 /// `(composite, threshold)` when the attempt's audit is below the block's
@@ -591,6 +579,7 @@ pub fn set_autonomy(
 /// Rejects the gate with feedback; the feedback becomes the block's
 /// corrections and the block runs again with them.
 pub fn reject(
+    pipeline: &Pipeline,
     doc: &RunDoc,
     block: &str,
     feedback: &str,
@@ -622,7 +611,7 @@ pub fn reject(
             priority: "high".to_string(),
             improvement_item_id: None,
         }],
-        instruction: CORRECTIONS_INSTRUCTION.to_string(),
+        instruction: pipeline.template().corrections_instruction().to_string(),
     };
     Ok(Event::GateRejected {
         block: block.to_string(),

@@ -865,6 +865,15 @@ fn check_runtime_config(i: usize, block: &template::Block, out: &mut Vec<Diagnos
                     "set \"skill\": \"<name>\"",
                 );
             }
+            if let Err(problems) = crate::llm_options::parse(config) {
+                for problem in problems {
+                    error(
+                        config_path(problem.key),
+                        format!("`{}` must be {}", problem.key, problem.message),
+                        "fix the value, or remove the key to use the default (README, \"LLM blocks\")",
+                    );
+                }
+            }
         }
         Runtime::Http => {
             let url = config.get("url").and_then(Value::as_str);

@@ -500,6 +500,7 @@ async fn run_attempt(
             params: &doc.params,
             inputs,
             corrections: state.corrections.as_ref(),
+            reply_note: state.reply_note.as_ref(),
             attempt_dir: attempt_dir.clone(),
             template_dir,
             on_spawn: Some(on_spawn),
@@ -695,7 +696,11 @@ fn to_report(
         let call = *call;
         let mut store = |bytes: Vec<u8>| log(bytes, false);
         let prompt = store(call.prompt.into_bytes());
-        let request = store(call.raw_request.to_string().into_bytes());
+        let request = if call.raw_request.is_null() {
+            None
+        } else {
+            store(call.raw_request.to_string().into_bytes())
+        };
         let response = store(call.raw_response.into_bytes());
         Box::new(LlmUsage {
             provider: call.provider,
@@ -706,6 +711,11 @@ fn to_report(
             cache_write_tokens: call.usage.cache_write_tokens,
             latency_ms: call.latency_ms,
             calls: call.calls,
+            estimated: call.usage.estimated,
+            queued_ms: call.queued_ms,
+            response_format: Some(call.response_format).filter(|f| !f.is_empty()),
+            notes: call.notes,
+            error: call.error,
             stop_reason: call.stop_reason,
             cost_usd: call.cost_usd,
             prompt,
@@ -723,6 +733,8 @@ fn to_report(
         timed_out: execution.timed_out,
         llm,
         audit: None,
+        failure: execution.failure,
+        reply_excerpt: execution.reply_excerpt,
     };
     (report, blobs)
 }

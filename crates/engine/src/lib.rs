@@ -292,8 +292,10 @@ impl Engine {
     ) -> Result<RunDoc> {
         let mut handle = self.open(run_id).await?;
         let records = handle
-            .apply(actor, |_, doc, _| {
-                Ok(vec![transitions::reject(doc, block, feedback, actor)?])
+            .apply(actor, |pipeline, doc, _| {
+                Ok(vec![transitions::reject(
+                    pipeline, doc, block, feedback, actor,
+                )?])
             })
             .await?;
         self.notify(&records, handle.doc());

@@ -4,9 +4,11 @@
 use async_trait::async_trait;
 use serde_json::{Value, json};
 
+use std::time::Instant;
+
 use crate::{
-    ChatRequest, ChatResponse, LlmError, Provider, Usage, read_json_body, read_sse, send_checked,
-    transport_error,
+    ChatRequest, ChatResponse, LlmError, ModelInfo, Provider, StreamLimits, Transcript, Usage,
+    read_json_body, read_sse, send_checked, send_within, stream_error, transport_error,
 };
 
 pub const DEFAULT_BASE_URL: &str = "https://api.anthropic.com";
@@ -66,6 +68,12 @@ impl Anthropic {
         if let Some(temperature) = request.temperature {
             body["temperature"] = json!(temperature);
         }
+        if let Some(top_p) = request.top_p {
+            body["top_p"] = json!(top_p);
+        }
+        if !request.stop.is_empty() {
+            body["stop_sequences"] = json!(request.stop);
+        }
         if request.stream {
             body["stream"] = json!(true);
         }
@@ -102,26 +110,42 @@ impl Provider for Anthropic {
         &self.name
     }
 
-    async fn send(&self, request: &ChatRequest) -> Result<ChatResponse, LlmError> {
+    async fn send(
+        &self,
+        request: &ChatRequest,
+        limits: &StreamLimits,
+        transcript: &mut Transcript,
+    ) -> Result<ChatResponse, LlmError> {
         let url = format!("{}/v1/messages", self.base_url);
         let body = Anthropic::body(request);
+        transcript.request = body.clone();
         let call = self
             .http
             .post(&url)
             .header("x-api-key", &self.api_key)
             .header("anthropic-version", API_VERSION)
             .json(&body);
-        let response = send_checked(&self.name, &url, call, Some(&self.api_key)).await?;
+        let sent_at = Instant::now();
+        let response = send_within(
+            &self.name,
+            limits,
+            request.stream,
+            send_checked(&self.name, &url, call, Some(&self.api_key)),
+        )
+        .await?;
 
-        let mut text = String::new();
         let mut usage = Usage::default();
         let mut stop_reason = None;
         let mut model = request.model.clone();
-        let raw_response;
         if request.stream {
             let mut stopped = false;
-            raw_response = read_sse(
+            let text = &mut transcript.text;
+            read_sse(
+                &self.name,
                 response,
+                limits,
+                sent_at,
+                &mut transcript.raw_response,
                 |event| {
                     let data: Value = serde_json::from_str(&event.data).map_err(|e| {
                         self.malformed(format!(
@@ -157,17 +181,11 @@ impl Provider for Anthropic {
                         }
                         "message_stop" => stopped = true,
                         "error" => {
-                            return Err(LlmError::Provider {
-                                provider: self.name.clone(),
-                                kind: data["error"]["type"]
-                                    .as_str()
-                                    .unwrap_or("error")
-                                    .to_string(),
-                                message: data["error"]["message"]
-                                    .as_str()
-                                    .unwrap_or_default()
-                                    .to_string(),
-                            });
+                            return Err(stream_error(
+                                &self.name,
+                                data["error"]["type"].as_str().unwrap_or("error"),
+                                data["error"]["message"].as_str().unwrap_or_default(),
+                            ));
                         }
                         _ => {}
                     }
@@ -182,15 +200,15 @@ impl Provider for Anthropic {
                 });
             }
         } else {
-            let data;
-            (raw_response, data) = read_json_body(&self.name, &url, response).await?;
+            let data =
+                read_json_body(&self.name, &url, response, &mut transcript.raw_response).await?;
             let content = data
                 .get("content")
                 .and_then(Value::as_array)
                 .ok_or_else(|| self.malformed("no `content` array in the message"))?;
             for block in content {
                 if block.get("type").and_then(Value::as_str) == Some("text") {
-                    text.push_str(
+                    transcript.text.push_str(
                         block
                             .get("text")
                             .and_then(Value::as_str)
@@ -211,14 +229,43 @@ impl Provider for Anthropic {
         }
         Ok(ChatResponse {
             truncated: stop_reason.as_deref() == Some("max_tokens"),
-            text,
+            text: transcript.text.clone(),
             stop_reason,
             usage,
             model,
             latency_ms: 0,
+            queued_ms: 0,
             attempts: 1,
+            response_format: request.response_format.clone(),
+            notes: Vec::new(),
             raw_request: body,
-            raw_response,
+            raw_response: transcript.raw_response.clone(),
         })
+    }
+
+    /// `GET {base}/v1/models` (the list says nothing of context windows).
+    async fn models(&self) -> Result<Vec<ModelInfo>, LlmError> {
+        let url = format!("{}/v1/models", self.base_url);
+        let call = self
+            .http
+            .get(&url)
+            .header("x-api-key", &self.api_key)
+            .header("anthropic-version", API_VERSION);
+        let response = send_checked(&self.name, &url, call, Some(&self.api_key)).await?;
+        let mut raw = String::new();
+        let data = read_json_body(&self.name, &url, response, &mut raw).await?;
+        Ok(data
+            .get("data")
+            .and_then(Value::as_array)
+            .map(|list| {
+                list.iter()
+                    .filter_map(|m| m.get("id").and_then(Value::as_str))
+                    .map(|id| ModelInfo {
+                        id: id.to_string(),
+                        context_window: None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
     }
 }

@@ -17,13 +17,15 @@
 mod anthropic;
 mod openai;
 pub mod sse;
+pub mod tokens;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use tokio::sync::Semaphore;
+use serde_json::Value;
+use tokio::sync::{OnceCell, Semaphore};
 
 pub use anthropic::Anthropic;
 pub use openai::OpenAiCompatible;
@@ -53,7 +55,40 @@ impl Part {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// What shape the provider is asked to constrain the reply to.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ResponseFormat {
+    /// No constraint: the prompt's output contract is all there is.
+    #[default]
+    Text,
+    /// Any one JSON object (OpenAI's JSON mode; llama.cpp and vLLM enforce it
+    /// with a grammar).
+    JsonObject,
+    /// JSON matching `schema` (OpenAI structured outputs).
+    JsonSchema { name: String, schema: Value },
+}
+
+impl ResponseFormat {
+    /// The next weaker format, for a server that refuses this one.
+    pub fn weaker(&self) -> Option<ResponseFormat> {
+        match self {
+            ResponseFormat::JsonSchema { .. } => Some(ResponseFormat::JsonObject),
+            ResponseFormat::JsonObject => Some(ResponseFormat::Text),
+            ResponseFormat::Text => None,
+        }
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ResponseFormat::Text => "text",
+            ResponseFormat::JsonObject => "json_object",
+            ResponseFormat::JsonSchema { .. } => "json_schema",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ChatRequest {
     /// The provider's model id (aliases are resolved before this point).
     pub model: String,
@@ -62,9 +97,34 @@ pub struct ChatRequest {
     pub max_tokens: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temperature: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f64>,
+    /// For reproducible sampling where the server supports it (not Anthropic).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<i64>,
+    /// Stop sequences.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop: Vec<String>,
+    #[serde(default)]
+    pub response_format: ResponseFormat,
     /// Stream the reply (server-sent events) instead of one JSON body.
     #[serde(default)]
     pub stream: bool,
+}
+
+impl ChatRequest {
+    /// Estimated prompt tokens: the text of every part plus the chat
+    /// template's framing per message.
+    pub fn estimated_prompt_tokens(&self) -> u64 {
+        let text: u64 = self
+            .system
+            .iter()
+            .chain(&self.user)
+            .map(|p| tokens::estimate(&p.text))
+            .sum();
+        let messages = 1 + u64::from(!self.system.is_empty());
+        text + messages * tokens::MESSAGE_OVERHEAD
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,6 +135,21 @@ pub struct Usage {
     pub cache_read_tokens: u64,
     #[serde(default)]
     pub cache_write_tokens: u64,
+    /// The server reported no usage; these are the factory's own estimate
+    /// ([`tokens::estimate`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub estimated: bool,
+}
+
+impl Usage {
+    fn estimated(request: &ChatRequest, reply: &str) -> Usage {
+        Usage {
+            input_tokens: request.estimated_prompt_tokens(),
+            output_tokens: tokens::estimate(reply),
+            estimated: true,
+            ..Usage::default()
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -86,13 +161,52 @@ pub struct ChatResponse {
     pub truncated: bool,
     pub usage: Usage,
     pub model: String,
+    /// From sending to the end of the reply (retries included, waiting for a
+    /// concurrency slot not).
     pub latency_ms: u64,
-    /// Calls made, including retries.
+    /// Time spent waiting for one of the provider's concurrency slots.
+    #[serde(default)]
+    pub queued_ms: u64,
+    /// HTTP calls made, including retries and fallbacks.
     pub attempts: u32,
+    /// The format the answering call asked for (after any fallback).
+    #[serde(default)]
+    pub response_format: ResponseFormat,
+    /// What the client did besides the plain call (fallbacks), in words.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     /// The request body as sent (no headers, so no key).
     pub raw_request: serde_json::Value,
     /// The response body as received (the SSE text when streaming).
     pub raw_response: String,
+}
+
+/// Which of a call's time limits ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeoutKind {
+    /// The whole call, retries included (the block's `timeout`).
+    Total,
+    /// No byte of the reply arrived in time (streaming).
+    FirstToken,
+    /// The stream went silent mid-reply.
+    Idle,
+}
+
+impl TimeoutKind {
+    fn describe(self, timeout_ms: u64, attempts: u32) -> String {
+        match self {
+            TimeoutKind::Total => format!(
+                "did not finish within {timeout_ms} ms (the block's timeout, counted from sending; after {attempts} call(s)); raise the block's `timeout` or lower inputs.config.max_tokens"
+            ),
+            TimeoutKind::FirstToken => format!(
+                "sent no first token within {timeout_ms} ms (time-to-first-token limit; a long prompt on a slow server takes long to read: raise inputs.config.first_token_timeout_ms)"
+            ),
+            TimeoutKind::Idle => format!(
+                "went silent mid-reply for {timeout_ms} ms (idle limit, inputs.config.idle_timeout_ms)"
+            ),
+        }
+    }
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -110,9 +224,10 @@ pub enum LlmError {
         kind: String,
         message: String,
     },
-    #[error("{provider} did not answer within {timeout_ms} ms (after {attempts} attempt(s))")]
+    #[error("{provider} {}", .kind.describe(*.timeout_ms, *.attempts))]
     Timeout {
         provider: String,
+        kind: TimeoutKind,
         timeout_ms: u64,
         attempts: u32,
     },
@@ -126,6 +241,21 @@ pub enum LlmError {
     Malformed { provider: String, message: String },
     #[error("{provider}'s stream ended before the message was complete")]
     Incomplete { provider: String },
+    /// HTTP 200 with no body: a glitch worth another call.
+    #[error("{provider} answered 200 with an empty body")]
+    EmptyBody { provider: String },
+    /// HTTP 200 and a stream with no event at all. llama.cpp's server answers
+    /// an over-long prompt this way; the client asks again without streaming
+    /// to learn why.
+    #[error(
+        "{provider} answered 200 with an empty stream (llama.cpp's server does this when the prompt does not fit its context window)"
+    )]
+    EmptyStream { provider: String },
+    /// The server refused the prompt as too long for the model's window.
+    #[error(
+        "{provider} refused the prompt: it does not fit the model's context window ({message}); use a model with a larger window, or trim what the block reads"
+    )]
+    ContextOverflow { provider: String, message: String },
 }
 
 impl LlmError {
@@ -141,8 +271,25 @@ impl LlmError {
                     "overloaded_error" | "rate_limit_error" | "api_error"
                 )
             }
-            LlmError::Transport { .. } | LlmError::Incomplete { .. } => true,
-            LlmError::Timeout { .. } | LlmError::Malformed { .. } => false,
+            LlmError::Transport { .. }
+            | LlmError::Incomplete { .. }
+            | LlmError::EmptyBody { .. } => true,
+            LlmError::Timeout { .. }
+            | LlmError::Malformed { .. }
+            | LlmError::EmptyStream { .. }
+            | LlmError::ContextOverflow { .. } => false,
+        }
+    }
+
+    /// The same prompt can never succeed on this model: no retry, by the
+    /// client or the engine, can help.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            LlmError::ContextOverflow { .. } => true,
+            // Bad request, unauthorised, forbidden, unknown model: the
+            // request or the set-up must change first.
+            LlmError::Http { status, .. } => matches!(status, 400 | 401 | 403 | 404 | 413 | 422),
+            _ => false,
         }
     }
 
@@ -152,6 +299,86 @@ impl LlmError {
             _ => None,
         }
     }
+
+    /// A 400/422 that names the response format: the server does not accept
+    /// the structured-output request, so a weaker one is worth a try.
+    fn refuses_response_format(&self) -> bool {
+        match self {
+            LlmError::Http {
+                status: 400 | 422,
+                excerpt,
+                ..
+            } => {
+                let text = excerpt.to_ascii_lowercase();
+                text.contains("response_format")
+                    || text.contains("json_schema")
+                    || text.contains("json_object")
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Words servers use when a prompt is longer than the model's window.
+const OVERFLOW_MARKERS: &[&str] = &[
+    "context_length_exceeded",
+    "context length",
+    "context window",
+    "maximum context",
+    "prompt is too long",
+    "too many tokens",
+    "exceeds the available context",
+    "n_ctx",
+];
+
+/// Whether an error text from a server says the prompt did not fit.
+pub(crate) fn mentions_overflow(text: &str) -> bool {
+    let text = text.to_ascii_lowercase();
+    OVERFLOW_MARKERS.iter().any(|m| text.contains(m))
+}
+
+/// Streaming limits besides the total: how long the first byte of the reply
+/// and each gap between chunks may take.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamLimits {
+    pub first_token: Option<Duration>,
+    pub idle: Option<Duration>,
+}
+
+/// All the time limits of one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// From sending to the end of the reply, retries included; waiting for a
+    /// concurrency slot is not counted.
+    pub total: Duration,
+    pub stream: StreamLimits,
+}
+
+impl From<Duration> for Limits {
+    fn from(total: Duration) -> Limits {
+        Limits {
+            total,
+            stream: StreamLimits::default(),
+        }
+    }
+}
+
+/// What one HTTP call has sent and received so far. The provider fills it in
+/// as it goes, so a call that fails or times out still leaves its request and
+/// partial reply for the record.
+#[derive(Debug, Clone, Default)]
+pub struct Transcript {
+    pub request: Value,
+    pub raw_response: String,
+    pub text: String,
+}
+
+/// A model the provider serves, as its `models` endpoint describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ModelInfo {
+    pub id: String,
+    /// The context window the server runs it with, where it says so.
+    pub context_window: Option<u64>,
 }
 
 /// One wire protocol against one endpoint.
@@ -160,8 +387,17 @@ pub trait Provider: Send + Sync {
     /// A short name for messages, e.g. `anthropic` or `openrouter`.
     fn name(&self) -> &str;
 
-    /// One HTTP call, no retries.
-    async fn send(&self, request: &ChatRequest) -> Result<ChatResponse, LlmError>;
+    /// One HTTP call, no retries. Records what it sends and receives in
+    /// `transcript` as it goes.
+    async fn send(
+        &self,
+        request: &ChatRequest,
+        limits: &StreamLimits,
+        transcript: &mut Transcript,
+    ) -> Result<ChatResponse, LlmError>;
+
+    /// The models the endpoint serves (`GET …/models`).
+    async fn models(&self) -> Result<Vec<ModelInfo>, LlmError>;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -191,12 +427,32 @@ impl RetryPolicy {
     }
 }
 
+/// A call that did not produce a reply, with everything it did produce:
+/// the request, the partial reply, the (estimated) tokens so far.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{error}")]
+pub struct CallFailure {
+    pub error: LlmError,
+    /// The last request body sent (Null when nothing was sent).
+    pub raw_request: Value,
+    pub raw_response: String,
+    /// The reply text received before the failure.
+    pub partial_text: String,
+    pub usage: Usage,
+    pub attempts: u32,
+    pub latency_ms: u64,
+    pub queued_ms: u64,
+    pub notes: Vec<String>,
+}
+
 /// A provider with a concurrency limit, retries and a deadline.
 #[derive(Clone)]
 pub struct Client {
     provider: Arc<dyn Provider>,
     permits: Arc<Semaphore>,
+    max_concurrent: usize,
     retry: RetryPolicy,
+    models: Arc<OnceCell<Vec<ModelInfo>>>,
 }
 
 impl Client {
@@ -204,7 +460,9 @@ impl Client {
         Client {
             provider,
             permits: Arc::new(Semaphore::new(max_concurrent.max(1))),
+            max_concurrent: max_concurrent.max(1),
             retry,
+            models: Arc::new(OnceCell::new()),
         }
     }
 
@@ -212,47 +470,138 @@ impl Client {
         self.provider.name()
     }
 
-    /// Sends `request`, retrying what is worth retrying, all within `timeout`
-    /// (waiting for a concurrency slot included). Dropping the future cancels
-    /// the call.
+    /// Calls in flight at once.
+    pub fn concurrency(&self) -> usize {
+        self.max_concurrent
+    }
+
+    /// Asks the endpoint which models it serves (uncached: for `factory doctor`).
+    pub async fn probe(&self, timeout: Duration) -> Result<Vec<ModelInfo>, LlmError> {
+        match tokio::time::timeout(timeout, self.provider.models()).await {
+            Ok(result) => result,
+            Err(_) => Err(LlmError::Timeout {
+                provider: self.provider.name().to_string(),
+                kind: TimeoutKind::Total,
+                timeout_ms: timeout.as_millis() as u64,
+                attempts: 1,
+            }),
+        }
+    }
+
+    /// The context window the server reports for `model`, asked once per
+    /// client (a failed probe counts as "not reported"). A server that serves
+    /// one model answers for it whatever id it was given (llama.cpp).
+    pub async fn discovered_context_window(&self, model: &str) -> Option<u64> {
+        let models = self
+            .models
+            .get_or_init(|| async { self.probe(Duration::from_secs(5)).await.unwrap_or_default() })
+            .await;
+        models
+            .iter()
+            .find(|m| m.id == model)
+            .or(match models.as_slice() {
+                [only] => Some(only),
+                _ => None,
+            })
+            .and_then(|m| m.context_window)
+    }
+
+    /// Sends `request`, retrying what is worth retrying, within `limits`.
+    /// The total limit starts when a concurrency slot is free: waiting for a
+    /// slot is queueing, not the model taking too long. Two fallbacks change
+    /// the request instead of repeating it: an empty stream is asked again
+    /// without streaming (to learn the real error), and a refused response
+    /// format is asked again with the next weaker one. Dropping the future
+    /// cancels the call.
     pub async fn complete(
         &self,
         request: &ChatRequest,
-        timeout: Duration,
-    ) -> Result<ChatResponse, LlmError> {
+        limits: impl Into<Limits>,
+    ) -> Result<ChatResponse, CallFailure> {
+        let limits = limits.into();
+        let queued = Instant::now();
+        let _permit = self.permits.acquire().await;
+        let queued_ms = queued.elapsed().as_millis() as u64;
         let started = Instant::now();
-        let deadline = started + timeout;
-        let timed_out = |attempts| LlmError::Timeout {
-            provider: self.provider.name().to_string(),
-            timeout_ms: timeout.as_millis() as u64,
-            attempts,
-        };
-        let _permit = match tokio::time::timeout_at(deadline.into(), self.permits.acquire()).await {
-            Ok(Ok(permit)) => permit,
-            _ => return Err(timed_out(0)),
-        };
-        let mut attempt = 0;
+        let deadline = started + limits.total;
+        let mut request = request.clone();
+        let mut notes = Vec::new();
+        let mut calls = 0;
+        let mut retries = 0;
         loop {
-            attempt += 1;
-            let result =
-                tokio::time::timeout_at(deadline.into(), self.provider.send(request)).await;
+            calls += 1;
+            let mut transcript = Transcript::default();
+            let result = tokio::time::timeout_at(
+                deadline.into(),
+                self.provider
+                    .send(&request, &limits.stream, &mut transcript),
+            )
+            .await;
             let error = match result {
-                Err(_) => return Err(timed_out(attempt)),
+                Err(_) => LlmError::Timeout {
+                    provider: self.provider.name().to_string(),
+                    kind: TimeoutKind::Total,
+                    timeout_ms: limits.total.as_millis() as u64,
+                    attempts: calls,
+                },
                 Ok(Ok(mut response)) => {
-                    response.attempts = attempt;
+                    response.attempts = calls;
                     response.latency_ms = started.elapsed().as_millis() as u64;
+                    response.queued_ms = queued_ms;
+                    response.response_format = request.response_format.clone();
+                    response.notes = notes;
+                    if response.usage.input_tokens == 0 && response.usage.output_tokens == 0 {
+                        response.usage = Usage::estimated(&request, &response.text);
+                    }
                     return Ok(response);
                 }
                 Ok(Err(error)) => error,
             };
-            if !error.is_retryable() || attempt >= self.retry.max_attempts {
-                return Err(error);
+            let fallback = match &error {
+                LlmError::EmptyStream { .. } if request.stream => {
+                    request.stream = false;
+                    Some("the stream was empty; asked again without streaming".to_string())
+                }
+                error if error.refuses_response_format() => {
+                    request.response_format.weaker().map(|weaker| {
+                        let note = format!(
+                            "the server refused response_format `{}`; asked again with `{}`",
+                            request.response_format.as_str(),
+                            weaker.as_str()
+                        );
+                        request.response_format = weaker;
+                        note
+                    })
+                }
+                _ => None,
+            };
+            if let Some(note) = fallback
+                && Instant::now() < deadline
+            {
+                tracing::info!(provider = self.provider.name(), %error, "{note}");
+                notes.push(note);
+                continue;
             }
-            let delay = self.retry.delay(attempt, error.retry_after());
+            retries += 1;
+            let fail = |error: LlmError, notes: Vec<String>| CallFailure {
+                usage: Usage::estimated(&request, &transcript.text),
+                raw_request: transcript.request.clone(),
+                raw_response: transcript.raw_response.clone(),
+                partial_text: transcript.text.clone(),
+                attempts: calls,
+                latency_ms: started.elapsed().as_millis() as u64,
+                queued_ms,
+                notes,
+                error,
+            };
+            if !error.is_retryable() || retries >= self.retry.max_attempts {
+                return Err(fail(error, notes));
+            }
+            let delay = self.retry.delay(retries, error.retry_after());
             if Instant::now() + delay >= deadline {
-                return Err(error);
+                return Err(fail(error, notes));
             }
-            tracing::warn!(provider = self.provider.name(), attempt, ?delay, %error, "retrying LLM call");
+            tracing::warn!(provider = self.provider.name(), calls, ?delay, %error, "retrying LLM call");
             tokio::time::sleep(delay).await;
         }
     }
@@ -277,9 +626,10 @@ pub(crate) fn excerpt(body: &str, key: Option<&str>) -> String {
     }
 }
 
-/// Sends a request; a transport failure names the URL (never headers), and a
+/// Sends a request; a transport failure names the URL (never headers), a
 /// non-2xx answer becomes [`LlmError::Http`] with `retry-after` and an
-/// excerpt scrubbed of `key`. Both providers go through here.
+/// excerpt scrubbed of `key`, or [`LlmError::ContextOverflow`] when it says
+/// the prompt is too long. Both providers go through here.
 pub(crate) async fn send_checked(
     provider: &str,
     url: &str,
@@ -296,6 +646,12 @@ pub(crate) async fn send_checked(
     }
     let retry_after = parse_retry_after(response.headers().get("retry-after"));
     let text = response.text().await.unwrap_or_default();
+    if matches!(status.as_u16(), 400 | 413 | 422) && mentions_overflow(&text) {
+        return Err(LlmError::ContextOverflow {
+            provider: provider.to_string(),
+            message: excerpt(&text, key),
+        });
+    }
     Err(LlmError::Http {
         provider: provider.to_string(),
         status: status.as_u16(),
@@ -304,21 +660,26 @@ pub(crate) async fn send_checked(
     })
 }
 
-/// Reads a non-streamed body: the raw text (kept for the audit trail) and its JSON.
+/// Reads a non-streamed body into `raw` (kept for the audit trail) and parses it.
 pub(crate) async fn read_json_body(
     provider: &str,
     url: &str,
     response: reqwest::Response,
-) -> Result<(String, serde_json::Value), LlmError> {
-    let raw = response
+    raw: &mut String,
+) -> Result<serde_json::Value, LlmError> {
+    *raw = response
         .text()
         .await
         .map_err(|e| transport_error(provider, url, e.without_url().to_string()))?;
-    let data = serde_json::from_str(&raw).map_err(|e| LlmError::Malformed {
+    if raw.trim().is_empty() {
+        return Err(LlmError::EmptyBody {
+            provider: provider.to_string(),
+        });
+    }
+    serde_json::from_str(raw).map_err(|e| LlmError::Malformed {
         provider: provider.to_string(),
-        message: format!("body is not JSON: {e}: {}", excerpt(&raw, None)),
-    })?;
-    Ok((raw, data))
+        message: format!("body is not JSON: {e}: {}", excerpt(raw, None)),
+    })
 }
 
 pub(crate) fn transport_error(provider: &str, url: &str, message: String) -> LlmError {
@@ -329,27 +690,110 @@ pub(crate) fn transport_error(provider: &str, url: &str, message: String) -> Llm
     }
 }
 
-/// Reads a streamed body to the end, feeding SSE events to `on_event`.
+/// An error event inside a stream: an overflow when its message says so.
+pub(crate) fn stream_error(provider: &str, kind: &str, message: &str) -> LlmError {
+    if mentions_overflow(kind) || mentions_overflow(message) {
+        LlmError::ContextOverflow {
+            provider: provider.to_string(),
+            message: message.to_string(),
+        }
+    } else {
+        LlmError::Provider {
+            provider: provider.to_string(),
+            kind: kind.to_string(),
+            message: message.to_string(),
+        }
+    }
+}
+
+/// Reads a streamed body to the end into `raw`, feeding SSE events to
+/// `on_event`, within the stream limits: the first chunk must come within
+/// `first_token` of the call, each later one within `idle` of the last.
+/// Returns how many events arrived; a stream with none and no bytes is
+/// [`LlmError::EmptyStream`].
 pub(crate) async fn read_sse(
+    provider: &str,
     response: reqwest::Response,
+    limits: &StreamLimits,
+    sent_at: Instant,
+    raw: &mut String,
     mut on_event: impl FnMut(&sse::SseEvent) -> Result<(), LlmError>,
     transport_error: impl Fn(String) -> LlmError,
-) -> Result<String, LlmError> {
+) -> Result<usize, LlmError> {
     use futures_util::StreamExt;
     let mut parser = sse::SseParser::default();
-    let mut raw = String::new();
     let mut stream = response.bytes_stream();
-    while let Some(chunk) = stream.next().await {
+    let mut events = 0;
+    loop {
+        let (limit, kind) = if raw.is_empty() {
+            (
+                limits
+                    .first_token
+                    .map(|t| t.saturating_sub(sent_at.elapsed())),
+                TimeoutKind::FirstToken,
+            )
+        } else {
+            (limits.idle, TimeoutKind::Idle)
+        };
+        let next = match limit {
+            Some(limit) => match tokio::time::timeout(limit, stream.next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    let full = match kind {
+                        TimeoutKind::FirstToken => limits.first_token,
+                        _ => limits.idle,
+                    };
+                    return Err(LlmError::Timeout {
+                        provider: provider.to_string(),
+                        kind,
+                        timeout_ms: full.unwrap_or_default().as_millis() as u64,
+                        attempts: 1,
+                    });
+                }
+            },
+            None => stream.next().await,
+        };
+        let Some(chunk) = next else { break };
         let chunk = chunk.map_err(|e| transport_error(e.to_string()))?;
         raw.push_str(&String::from_utf8_lossy(&chunk));
         for event in parser.push(&chunk) {
+            events += 1;
             on_event(&event)?;
         }
     }
     if let Some(event) = parser.finish() {
+        events += 1;
         on_event(&event)?;
     }
-    Ok(raw)
+    if events == 0 && raw.trim().is_empty() {
+        return Err(LlmError::EmptyStream {
+            provider: provider.to_string(),
+        });
+    }
+    Ok(events)
+}
+
+/// Waits for the response headers within the first-token limit (a server
+/// that reads the prompt before answering holds them back).
+pub(crate) async fn send_within(
+    provider: &str,
+    limits: &StreamLimits,
+    stream: bool,
+    send: impl std::future::Future<Output = Result<reqwest::Response, LlmError>>,
+) -> Result<reqwest::Response, LlmError> {
+    match (stream, limits.first_token) {
+        (true, Some(limit)) => {
+            tokio::time::timeout(limit, send)
+                .await
+                .map_err(|_| LlmError::Timeout {
+                    provider: provider.to_string(),
+                    kind: TimeoutKind::FirstToken,
+                    timeout_ms: limit.as_millis() as u64,
+                    attempts: 1,
+                })?
+        }
+        _ => send.await,
+    }
 }
 
 #[cfg(test)]

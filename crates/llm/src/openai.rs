@@ -5,8 +5,11 @@
 use async_trait::async_trait;
 use serde_json::{Value, json};
 
+use std::time::Instant;
+
 use crate::{
-    ChatRequest, ChatResponse, LlmError, Provider, Usage, read_json_body, read_sse, send_checked,
+    ChatRequest, ChatResponse, LlmError, ModelInfo, Provider, ResponseFormat, StreamLimits,
+    Transcript, Usage, read_json_body, read_sse, send_checked, send_within, stream_error,
     transport_error,
 };
 
@@ -64,6 +67,27 @@ impl OpenAiCompatible {
         if let Some(temperature) = request.temperature {
             body["temperature"] = json!(temperature);
         }
+        if let Some(top_p) = request.top_p {
+            body["top_p"] = json!(top_p);
+        }
+        if let Some(seed) = request.seed {
+            body["seed"] = json!(seed);
+        }
+        if !request.stop.is_empty() {
+            body["stop"] = json!(request.stop);
+        }
+        match &request.response_format {
+            ResponseFormat::Text => {}
+            ResponseFormat::JsonObject => {
+                body["response_format"] = json!({"type": "json_object"});
+            }
+            ResponseFormat::JsonSchema { name, schema } => {
+                body["response_format"] = json!({
+                    "type": "json_schema",
+                    "json_schema": {"name": name, "schema": schema},
+                });
+            }
+        }
         if request.stream {
             body["stream"] = json!(true);
             body["stream_options"] = json!({"include_usage": true});
@@ -101,25 +125,41 @@ impl Provider for OpenAiCompatible {
         &self.name
     }
 
-    async fn send(&self, request: &ChatRequest) -> Result<ChatResponse, LlmError> {
+    async fn send(
+        &self,
+        request: &ChatRequest,
+        limits: &StreamLimits,
+        transcript: &mut Transcript,
+    ) -> Result<ChatResponse, LlmError> {
         let url = format!("{}/chat/completions", self.base_url);
         let body = OpenAiCompatible::body(request);
+        transcript.request = body.clone();
         let mut call = self.http.post(&url).json(&body);
         if let Some(key) = &self.api_key {
             call = call.bearer_auth(key);
         }
         let transport = |message: String| transport_error(&self.name, &url, message);
-        let response = send_checked(&self.name, &url, call, self.api_key.as_deref()).await?;
+        let sent_at = Instant::now();
+        let response = send_within(
+            &self.name,
+            limits,
+            request.stream,
+            send_checked(&self.name, &url, call, self.api_key.as_deref()),
+        )
+        .await?;
 
-        let mut text = String::new();
         let mut usage = Usage::default();
         let mut finish_reason = None;
         let mut model = request.model.clone();
-        let raw_response;
         if request.stream {
             let mut done = false;
-            raw_response = read_sse(
+            let text = &mut transcript.text;
+            read_sse(
+                &self.name,
                 response,
+                limits,
+                sent_at,
+                &mut transcript.raw_response,
                 |event| {
                     if event.data.trim() == "[DONE]" {
                         done = true;
@@ -128,19 +168,12 @@ impl Provider for OpenAiCompatible {
                     let data: Value = serde_json::from_str(&event.data)
                         .map_err(|e| self.malformed(format!("chunk is not JSON: {e}")))?;
                     if let Some(error) = data.get("error") {
-                        return Err(LlmError::Provider {
-                            provider: self.name.clone(),
-                            kind: error
-                                .get("type")
-                                .and_then(Value::as_str)
-                                .unwrap_or("error")
-                                .to_string(),
-                            message: error
-                                .get("message")
-                                .and_then(Value::as_str)
-                                .unwrap_or_default()
-                                .to_string(),
-                        });
+                        let field = |key: &str| error.get(key).and_then(Value::as_str);
+                        return Err(stream_error(
+                            &self.name,
+                            field("type").or(field("code")).unwrap_or("error"),
+                            field("message").unwrap_or_default(),
+                        ));
                     }
                     if let Some(m) = data.get("model").and_then(Value::as_str) {
                         model = m.to_string();
@@ -168,13 +201,21 @@ impl Provider for OpenAiCompatible {
                 });
             }
         } else {
-            let data;
-            (raw_response, data) = read_json_body(&self.name, &url, response).await?;
+            let data =
+                read_json_body(&self.name, &url, response, &mut transcript.raw_response).await?;
+            if let Some(error) = data.get("error") {
+                let field = |key: &str| error.get(key).and_then(Value::as_str);
+                return Err(stream_error(
+                    &self.name,
+                    field("type").or(field("code")).unwrap_or("error"),
+                    field("message").unwrap_or_default(),
+                ));
+            }
             let choice = data
                 .get("choices")
                 .and_then(|c| c.get(0))
                 .ok_or_else(|| self.malformed("no `choices[0]` in the completion"))?;
-            text = choice["message"]
+            transcript.text = choice["message"]
                 .get("content")
                 .and_then(Value::as_str)
                 .ok_or_else(|| self.malformed("no `choices[0].message.content` in the completion"))?
@@ -192,14 +233,70 @@ impl Provider for OpenAiCompatible {
         }
         Ok(ChatResponse {
             truncated: finish_reason.as_deref() == Some("length"),
-            text,
+            text: transcript.text.clone(),
             stop_reason: finish_reason,
             usage,
             model,
             latency_ms: 0,
+            queued_ms: 0,
             attempts: 1,
+            response_format: request.response_format.clone(),
+            notes: Vec::new(),
             raw_request: body,
-            raw_response,
+            raw_response: transcript.raw_response.clone(),
         })
+    }
+
+    /// `GET {base}/models`; context windows from the fields servers use for
+    /// them (vLLM `max_model_len`, OpenRouter and LM Studio `context_length`,
+    /// llama.cpp `meta.n_ctx`), else llama.cpp's `/props` (`n_ctx`).
+    async fn models(&self) -> Result<Vec<ModelInfo>, LlmError> {
+        let url = format!("{}/models", self.base_url);
+        let mut call = self.http.get(&url);
+        if let Some(key) = &self.api_key {
+            call = call.bearer_auth(key);
+        }
+        let response = send_checked(&self.name, &url, call, self.api_key.as_deref()).await?;
+        let mut raw = String::new();
+        let data = read_json_body(&self.name, &url, response, &mut raw).await?;
+        let mut models: Vec<ModelInfo> = data
+            .get("data")
+            .and_then(Value::as_array)
+            .map(|list| {
+                list.iter()
+                    .filter_map(|m| {
+                        let id = m.get("id").and_then(Value::as_str)?.to_string();
+                        let window = ["max_model_len", "context_length", "loaded_context_length"]
+                            .iter()
+                            .find_map(|k| m.get(*k).and_then(Value::as_u64))
+                            .or_else(|| m.pointer("/meta/n_ctx").and_then(Value::as_u64));
+                        Some(ModelInfo {
+                            id,
+                            context_window: window,
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if models.iter().all(|m| m.context_window.is_none())
+            && let Some(n_ctx) = self.llama_cpp_n_ctx().await
+        {
+            for model in &mut models {
+                model.context_window = Some(n_ctx);
+            }
+        }
+        Ok(models)
+    }
+}
+
+impl OpenAiCompatible {
+    /// llama.cpp's server reports its runtime window at `/props` beside `/v1`.
+    async fn llama_cpp_n_ctx(&self) -> Option<u64> {
+        let root = self.base_url.strip_suffix("/v1")?;
+        let response = self.http.get(format!("{root}/props")).send().await.ok()?;
+        let data: Value = response.error_for_status().ok()?.json().await.ok()?;
+        data.pointer("/default_generation_settings/n_ctx")
+            .or_else(|| data.get("n_ctx"))
+            .and_then(Value::as_u64)
     }
 }

@@ -45,6 +45,8 @@ pub struct AttemptInput<'a> {
     pub params: &'a BTreeMap<String, Value>,
     pub inputs: Vec<InputArtifact>,
     pub corrections: Option<&'a Corrections>,
+    /// Why the previous reply could not be used (`llm` blocks).
+    pub reply_note: Option<&'a factory_core::run::ReplyNote>,
     /// A directory for this attempt only; created fresh (emptied if it exists).
     pub attempt_dir: PathBuf,
     /// The template's directory, for scripts referenced relative to it.
@@ -72,6 +74,10 @@ pub struct Execution {
     /// Set when the attempt failed; names what went wrong and where.
     pub error: Option<String>,
     pub timed_out: bool,
+    /// Whose fault a failure was (None: the engine's default handling).
+    pub failure: Option<factory_core::run::FailureKind>,
+    /// The offending part of an unusable reply.
+    pub reply_excerpt: Option<String>,
     /// The provider call of an `llm` block.
     pub llm: Option<Box<llm::LlmCall>>,
 }

@@ -6,8 +6,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use factory_core::prompt::{self, PromptInputs, UpstreamText};
-use factory_llm::{Anthropic, ChatRequest, Client, LlmError, OpenAiCompatible, Part, RetryPolicy};
+use factory_core::prompt::{self, PromptInputs, ReplyShape, UpstreamText};
+use factory_core::run::FailureKind;
+use factory_llm::tokens::{self, Fit};
+use factory_llm::{
+    Anthropic, CallFailure, ChatRequest, Client, Limits, LlmError, OpenAiCompatible, Part,
+    ResponseFormat, RetryPolicy, StreamLimits,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -23,10 +28,80 @@ const ALIASES: &[(&str, &str)] = &[
 /// Which providers are configured, and how model names resolve to them.
 /// Built from the environment; keys stay inside the provider clients.
 pub struct LlmSettings {
-    clients: BTreeMap<String, Client>,
+    providers: BTreeMap<String, ProviderEntry>,
     aliases: BTreeMap<String, String>,
     default_model: String,
     prices: BTreeMap<String, Price>,
+    /// Context windows by the provider's model id (`[context_windows]`).
+    context_windows: BTreeMap<String, u64>,
+}
+
+/// A configured provider: its client and what the configuration says of it.
+struct ProviderEntry {
+    client: Client,
+    kind: ProviderKind,
+    /// The window every model of this provider runs with, when configured
+    /// (`[providers.x] context_window`, `FACTORY_LLM_CONTEXT` for `local`).
+    context_window: Option<u64>,
+    /// Where it came from, for `factory doctor`.
+    origin: String,
+}
+
+/// A block's model resolved to a configured provider.
+pub struct Resolved<'a> {
+    pub client: &'a Client,
+    /// The provider's name (`anthropic`, `local`, a `[providers.x]` name).
+    pub provider: &'a str,
+    pub kind: ProviderKind,
+    /// The provider's model id.
+    pub model: String,
+    configured_window: Option<u64>,
+}
+
+/// Where a context window figure came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowSource {
+    Configured,
+    Server,
+    Default,
+}
+
+impl WindowSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WindowSource::Configured => "configured",
+            WindowSource::Server => "reported by the server",
+            WindowSource::Default => {
+                "default; set it with [context_windows] or FACTORY_LLM_CONTEXT"
+            }
+        }
+    }
+}
+
+/// The context window assumed for a model nobody describes: the large
+/// families by name, else 8,192 tokens (what small local servers run with).
+pub fn default_context_window(kind: ProviderKind, model: &str) -> u64 {
+    let model = model.to_ascii_lowercase();
+    if kind == ProviderKind::Anthropic || model.contains("claude") {
+        200_000
+    } else if [
+        "gpt-4o",
+        "gpt-4.1",
+        "gpt-5",
+        "o1",
+        "o3",
+        "o4",
+        "gemini",
+        "llama-3.1",
+        "llama-3.3",
+    ]
+    .iter()
+    .any(|family| model.contains(family))
+    {
+        128_000
+    } else {
+        8_192
+    }
 }
 
 /// `factory.toml`: what the environment cannot say well. Keys are never in
@@ -45,7 +120,10 @@ pub struct LlmConfig {
     /// USD per million tokens, keyed by the provider's model id.
     #[serde(default)]
     pub prices: BTreeMap<String, Price>,
-    /// Calls in flight per provider.
+    /// Context windows in tokens, keyed by the provider's model id.
+    #[serde(default)]
+    pub context_windows: BTreeMap<String, u64>,
+    /// Calls in flight per provider (default 4; 1 for a server on loopback).
     pub concurrency: Option<usize>,
 }
 
@@ -56,9 +134,13 @@ pub struct ProviderConfig {
     pub base_url: Option<String>,
     /// The environment variable holding the key.
     pub api_key_env: Option<String>,
+    /// Calls in flight at once to this provider.
+    pub concurrency: Option<usize>,
+    /// The context window of the models it serves, in tokens.
+    pub context_window: Option<u64>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ProviderKind {
     Anthropic,
@@ -97,7 +179,7 @@ impl LlmConfig {
 impl std::fmt::Debug for LlmSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LlmSettings")
-            .field("providers", &self.clients.keys().collect::<Vec<_>>())
+            .field("providers", &self.providers.keys().collect::<Vec<_>>())
             .field("aliases", &self.aliases)
             .field("default_model", &self.default_model)
             .field("prices", &self.prices.keys().collect::<Vec<_>>())
@@ -120,6 +202,16 @@ pub struct LlmCall {
     pub raw_response: String,
     /// From the config's price table; None when the model has no price.
     pub cost_usd: Option<f64>,
+    /// Time spent waiting for a concurrency slot (not counted in the timeout).
+    pub queued_ms: u64,
+    /// The response format asked for (after any fallback).
+    pub response_format: String,
+    /// What the runtime or client adjusted, in words (a shrunk max_tokens,
+    /// a fallback), for the record.
+    pub notes: Vec<String>,
+    /// Why the call failed, when it did; the reply fields then hold what
+    /// arrived before the failure.
+    pub error: Option<String>,
 }
 
 impl LlmSettings {
@@ -137,20 +229,49 @@ impl LlmSettings {
     /// environment's `FACTORY_*` variables win over the file).
     pub fn from_config(config: LlmConfig, lookup: impl Fn(&str) -> Option<String>) -> LlmSettings {
         let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
-        let concurrency = get("FACTORY_LLM_CONCURRENCY")
-            .and_then(|v| v.parse().ok())
-            .or(config.concurrency)
-            .unwrap_or(4);
+        let env_concurrency = get("FACTORY_LLM_CONCURRENCY").and_then(|v| v.parse().ok());
+        // A server on this machine usually serves one request at a time;
+        // more calls in flight only queue there, where the timeout counts.
+        let concurrency = |configured: Option<usize>, base_url: Option<&str>| {
+            configured
+                .or(env_concurrency)
+                .or(config.concurrency)
+                .unwrap_or(if base_url.is_some_and(is_loopback) {
+                    1
+                } else {
+                    4
+                })
+        };
         let retry = RetryPolicy::default();
-        let mut clients = BTreeMap::new();
+        let mut providers = BTreeMap::new();
+        let mut add = |name: &str,
+                       provider: Arc<dyn factory_llm::Provider>,
+                       kind: ProviderKind,
+                       concurrency: usize,
+                       context_window: Option<u64>,
+                       origin: String| {
+            providers.insert(
+                name.to_string(),
+                ProviderEntry {
+                    client: Client::new(provider, concurrency, retry),
+                    kind,
+                    context_window,
+                    origin,
+                },
+            );
+        };
         let anthropic_key = get("ANTHROPIC_API_KEY");
         let anthropic_url = get("ANTHROPIC_BASE_URL");
         if anthropic_key.is_some() || anthropic_url.is_some() {
             let provider =
                 Anthropic::new(anthropic_url.as_deref(), anthropic_key.unwrap_or_default());
-            clients.insert(
-                "anthropic".to_string(),
-                Client::new(Arc::new(provider), concurrency, retry),
+            add(
+                "anthropic",
+                Arc::new(provider),
+                ProviderKind::Anthropic,
+                concurrency(None, anthropic_url.as_deref()),
+                None,
+                "ANTHROPIC_API_KEY / ANTHROPIC_BASE_URL".to_string(),
             );
         }
         for (name, key_var, url_var, default_url) in [
@@ -171,37 +292,61 @@ impl LlmSettings {
             let url = get(url_var);
             if key.is_some() || url.is_some() {
                 let base = url.unwrap_or_else(|| default_url.to_string());
-                let provider = OpenAiCompatible::new(name, &base, key);
-                clients.insert(
-                    name.to_string(),
-                    Client::new(Arc::new(provider), concurrency, retry),
+                add(
+                    name,
+                    Arc::new(OpenAiCompatible::new(name, &base, key)),
+                    ProviderKind::Openai,
+                    concurrency(None, Some(&base)),
+                    None,
+                    format!("{key_var} / {url_var}"),
                 );
             }
         }
+        let local_model = get("FACTORY_LLM_MODEL");
         if let Some(url) = get("FACTORY_LLM_BASE_URL") {
-            let provider = OpenAiCompatible::new("local", &url, get("FACTORY_LLM_API_KEY"));
-            clients.insert(
-                "local".to_string(),
-                Client::new(Arc::new(provider), concurrency, retry),
+            add(
+                "local",
+                Arc::new(OpenAiCompatible::new(
+                    "local",
+                    &url,
+                    get("FACTORY_LLM_API_KEY"),
+                )),
+                ProviderKind::Openai,
+                concurrency(None, Some(&url)),
+                get("FACTORY_LLM_CONTEXT").and_then(|v| v.parse().ok()),
+                "FACTORY_LLM_BASE_URL".to_string(),
             );
         }
         for (name, provider) in &config.providers {
             let key = provider.api_key_env.as_deref().and_then(&get);
-            let client: Arc<dyn factory_llm::Provider> = match provider.kind {
-                ProviderKind::Anthropic => Arc::new(Anthropic::new(
+            let (client, base): (Arc<dyn factory_llm::Provider>, Option<&str>) = match provider.kind
+            {
+                ProviderKind::Anthropic => (
+                    Arc::new(Anthropic::new(
+                        provider.base_url.as_deref(),
+                        key.unwrap_or_default(),
+                    )),
                     provider.base_url.as_deref(),
-                    key.unwrap_or_default(),
-                )),
-                ProviderKind::Openai => Arc::new(OpenAiCompatible::new(
-                    name.clone(),
-                    provider
+                ),
+                ProviderKind::Openai => {
+                    let base = provider
                         .base_url
                         .as_deref()
-                        .unwrap_or("https://api.openai.com/v1"),
-                    key,
-                )),
+                        .unwrap_or("https://api.openai.com/v1");
+                    (
+                        Arc::new(OpenAiCompatible::new(name.clone(), base, key)),
+                        Some(base),
+                    )
+                }
             };
-            clients.insert(name.clone(), Client::new(client, concurrency, retry));
+            add(
+                name,
+                client,
+                provider.kind,
+                concurrency(provider.concurrency, base),
+                provider.context_window,
+                format!("[providers.{name}] in factory.toml"),
+            );
         }
         let mut aliases: BTreeMap<String, String> = ALIASES
             .iter()
@@ -212,16 +357,77 @@ impl LlmSettings {
             if let Some(configured) = get(&format!("FACTORY_MODEL_{}", alias.to_ascii_uppercase()))
             {
                 *target = configured;
+            } else if let Some(model) = &local_model
+                && providers.contains_key("local")
+            {
+                // One variable points every alias at the local server.
+                *target = format!("local:{model}");
             }
         }
+        let default_model = get("FACTORY_DEFAULT_MODEL")
+            .or_else(|| {
+                local_model
+                    .as_ref()
+                    .filter(|_| providers.contains_key("local"))
+                    .map(|model| format!("local:{model}"))
+            })
+            .or(config.default_model)
+            .unwrap_or_else(|| "sonnet".to_string());
         LlmSettings {
-            clients,
+            providers,
             aliases,
-            default_model: get("FACTORY_DEFAULT_MODEL")
-                .or(config.default_model)
-                .unwrap_or_else(|| "sonnet".to_string()),
+            default_model,
             prices: config.prices,
+            context_windows: config.context_windows,
         }
+    }
+
+    /// Each configured provider: name, client, where its settings came from.
+    pub fn providers(&self) -> impl Iterator<Item = (&str, &Client, &str)> {
+        self.providers
+            .iter()
+            .map(|(name, entry)| (name.as_str(), &entry.client, entry.origin.as_str()))
+    }
+
+    /// What a block's `model` (or null) resolves to, without needing the
+    /// provider: `(asked, provider, model id)`.
+    pub fn target(&self, model: Option<&str>) -> (String, Option<String>, String) {
+        let asked = model.unwrap_or(&self.default_model);
+        let target = self.aliases.get(asked).map_or(asked, String::as_str);
+        match target.split_once(':') {
+            Some((provider, id)) => (
+                asked.to_string(),
+                Some(provider.to_string()),
+                id.to_string(),
+            ),
+            None => (asked.to_string(), None, target.to_string()),
+        }
+    }
+
+    /// The context window for a resolved model, and where the figure came
+    /// from: configuration first, then what the server reports, then
+    /// [`default_context_window`].
+    pub async fn context_window(&self, resolved: &Resolved<'_>) -> (u64, WindowSource) {
+        if let Some(window) = self
+            .context_windows
+            .get(&resolved.model)
+            .copied()
+            .or(resolved.configured_window)
+        {
+            return (window, WindowSource::Configured);
+        }
+        if resolved.kind == ProviderKind::Openai
+            && let Some(window) = resolved
+                .client
+                .discovered_context_window(&resolved.model)
+                .await
+        {
+            return (window, WindowSource::Server);
+        }
+        (
+            default_context_window(resolved.kind, &resolved.model),
+            WindowSource::Default,
+        )
     }
 
     /// The cost of a call, when the model has a price.
@@ -230,32 +436,80 @@ impl LlmSettings {
     }
 
     /// Resolves a block's `model` (alias, `provider:model`, or null for the
-    /// default) to a configured client and the provider's model id.
-    pub fn resolve(&self, model: Option<&str>) -> Result<(&Client, String), String> {
-        let asked = model.unwrap_or(&self.default_model);
-        let target = self.aliases.get(asked).map_or(asked, String::as_str);
-        let Some((provider, model_id)) = target.split_once(':') else {
+    /// default) to a configured provider and the provider's model id.
+    pub fn resolve(&self, model: Option<&str>) -> Result<Resolved<'_>, String> {
+        let (asked, provider, model_id) = self.target(model);
+        let Some(provider) = provider else {
             return Err(format!(
-                "model `{asked}` is neither an alias ({}) nor `provider:model` (providers: anthropic, openai, openrouter, local)",
-                self.aliases.keys().cloned().collect::<Vec<_>>().join(", ")
+                "model `{asked}` is neither an alias ({}) nor `provider:model` (providers: anthropic, openai, openrouter, local{})",
+                self.aliases.keys().cloned().collect::<Vec<_>>().join(", "),
+                self.providers
+                    .keys()
+                    .filter(
+                        |p| !["anthropic", "openai", "openrouter", "local"].contains(&p.as_str())
+                    )
+                    .map(|p| format!(", {p}"))
+                    .collect::<String>()
             ));
         };
-        match self.clients.get(provider) {
-            Some(client) => Ok((client, model_id.to_string())),
+        match self.providers.get_key_value(provider.as_str()) {
+            Some((name, entry)) => Ok(Resolved {
+                client: &entry.client,
+                provider: name,
+                kind: entry.kind,
+                model: model_id,
+                configured_window: entry.context_window,
+            }),
             None => Err(format!(
                 "model `{asked}` needs provider `{provider}`, which is not configured: {}",
-                match provider {
-                    "anthropic" =>
-                        "set ANTHROPIC_API_KEY (or ANTHROPIC_BASE_URL for a compatible local server)",
-                    "openai" => "set OPENAI_API_KEY (and OPENAI_BASE_URL for another endpoint)",
-                    "openrouter" => "set OPENROUTER_API_KEY",
-                    "local" =>
-                        "set FACTORY_LLM_BASE_URL to an OpenAI-compatible server, e.g. http://127.0.0.1:11434/v1",
-                    _ => "use one of anthropic, openai, openrouter, local",
-                }
+                missing_provider_hint(&provider)
             )),
         }
     }
+}
+
+/// What to set for a provider that is not configured. Every hint also names
+/// the one-line set-up for a local server, the common case without a key.
+pub fn missing_provider_hint(provider: &str) -> String {
+    let specific = match provider {
+        "anthropic" => "set ANTHROPIC_API_KEY (or ANTHROPIC_BASE_URL for a compatible server)",
+        "openai" => "set OPENAI_API_KEY (and OPENAI_BASE_URL for another endpoint)",
+        "openrouter" => "set OPENROUTER_API_KEY",
+        "local" => {
+            "set FACTORY_LLM_BASE_URL to an OpenAI-compatible server, e.g. http://127.0.0.1:11434/v1"
+        }
+        _ => {
+            "add it as [providers.NAME] in factory.toml, or use anthropic, openai, openrouter or local"
+        }
+    };
+    if provider == "local" {
+        specific.to_string()
+    } else {
+        format!(
+            "{specific}; or run every block on a local OpenAI-compatible server (Ollama, vLLM, llama.cpp) with FACTORY_LLM_BASE_URL=http://127.0.0.1:11434/v1 FACTORY_LLM_MODEL=<its model>"
+        )
+    }
+}
+
+/// Whether a base URL points at this machine.
+fn is_loopback(url: &str) -> bool {
+    let host = url
+        .split("://")
+        .nth(1)
+        .unwrap_or(url)
+        .split(['/', '?'])
+        .next()
+        .unwrap_or_default();
+    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+    let host = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or_default()
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, _)| h)
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Where a block's skill lives: `skills/<skill>/SKILL.md` beside the template.
@@ -263,17 +517,39 @@ pub fn skill_path(template_dir: &std::path::Path, skill: &str) -> std::path::Pat
     template_dir.join("skills").join(skill).join("SKILL.md")
 }
 
+/// Default `max_tokens` when a block sets none.
+const DEFAULT_MAX_TOKENS: u32 = 8_192;
+/// A reply shrunk to fit the window keeps at least this many tokens (or the
+/// block's whole `max_tokens` when that is smaller); less fails the attempt.
+const MIN_REPLY_TOKENS: u32 = 1_024;
+/// A stream that goes silent this long mid-reply is given up.
+const DEFAULT_IDLE_TIMEOUT_MS: u64 = 120_000;
+
 pub(crate) async fn run(input: AttemptInput<'_>) -> Execution {
     let block = input.block;
-    let Some(settings) = input.llm.as_deref() else {
-        return Execution::failed(format!(
-            "block `{}` needs an LLM provider and none is configured",
-            block.id
-        ));
+    let fail = |kind: FailureKind, message: String| Execution {
+        failure: Some(kind),
+        ..Execution::failed(format!("block `{}`: {message}", block.id))
     };
-    let (client, model) = match settings.resolve(input.model.as_deref()) {
+    let Some(settings) = input.llm.as_deref() else {
+        return fail(
+            FailureKind::Permanent,
+            "needs an LLM provider and none is configured".to_string(),
+        );
+    };
+    let resolved = match settings.resolve(input.model.as_deref()) {
         Ok(resolved) => resolved,
-        Err(error) => return Execution::failed(format!("block `{}`: {error}", block.id)),
+        Err(error) => return fail(FailureKind::Permanent, error),
+    };
+    let options = match factory_core::llm_options::parse(&block.inputs.config) {
+        Ok(options) => options,
+        Err(problems) => {
+            let text: Vec<String> = problems
+                .iter()
+                .map(|p| format!("inputs.config.{} must be {}", p.key, p.message))
+                .collect();
+            return fail(FailureKind::Permanent, text.join("; "));
+        }
     };
     let skill_text = match (&block.skill, &input.template_dir) {
         (Some(skill), Some(dir)) => {
@@ -281,16 +557,17 @@ pub(crate) async fn run(input: AttemptInput<'_>) -> Execution {
             match std::fs::read_to_string(&path) {
                 Ok(text) => Some(text),
                 Err(error) => {
-                    return Execution::failed(format!(
-                        "block `{}`: cannot read its skill {}: {error}",
-                        block.id,
-                        path.display()
-                    ));
+                    return fail(
+                        FailureKind::Permanent,
+                        format!("cannot read its skill {}: {error}", path.display()),
+                    );
                 }
             }
         }
         _ => None,
     };
+    let response_format = response_format(block, &options, resolved.kind);
+    let shape = ReplyShape::for_block(block, response_format != ResponseFormat::Text);
     let upstream = input
         .inputs
         .iter()
@@ -307,6 +584,8 @@ pub(crate) async fn run(input: AttemptInput<'_>) -> Execution {
         params: input.params,
         upstream,
         corrections: input.corrections,
+        reply_note: input.reply_note,
+        shape,
     });
     let parts = |parts: &[prompt::PromptPart]| -> Vec<Part> {
         parts
@@ -317,48 +596,106 @@ pub(crate) async fn run(input: AttemptInput<'_>) -> Execution {
             })
             .collect()
     };
-    let config = &block.inputs.config;
-    let request = ChatRequest {
-        model,
+    let mut notes = Vec::new();
+    if options.seed.is_some() && resolved.kind == ProviderKind::Anthropic {
+        notes.push("seed is not sent: Anthropic's API has no seed".to_string());
+    }
+    let mut request = ChatRequest {
+        model: resolved.model.clone(),
         system: parts(&assembled.system),
         user: parts(&assembled.user),
-        max_tokens: config
-            .get("max_tokens")
-            .and_then(Value::as_u64)
-            .unwrap_or(8_192) as u32,
-        temperature: config.get("temperature").and_then(Value::as_f64),
-        stream: config
-            .get("stream")
-            .and_then(Value::as_bool)
-            .unwrap_or(true),
+        max_tokens: options.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
+        temperature: options.temperature,
+        top_p: options.top_p,
+        seed: options.seed,
+        stop: options.stop.clone(),
+        response_format,
+        stream: options.stream.unwrap_or(true),
     };
-    let response = match client
-        .complete(&request, Duration::from_millis(block.timeout))
-        .await
-    {
+    let prompt_text = assembled.render();
+
+    // Does it fit the model's window? Decided before any call.
+    let (window, source) = settings.context_window(&resolved).await;
+    let estimate = tokens::conservative(request.estimated_prompt_tokens());
+    match tokens::fit(estimate, request.max_tokens, window, MIN_REPLY_TOKENS) {
+        Fit::Fits => {}
+        Fit::Shrink { max_tokens } => {
+            notes.push(format!(
+                "max_tokens lowered from {} to {max_tokens} to fit the context window ({window} tokens, {}) after a prompt of about {estimate} tokens",
+                request.max_tokens,
+                source.as_str()
+            ));
+            request.max_tokens = max_tokens;
+        }
+        Fit::TooLong => {
+            let mut execution = fail(
+                FailureKind::Permanent,
+                format!(
+                    "the prompt is about {estimate} tokens (estimated) and the reply needs at least {}, but model `{}` on `{}` has a context window of {window} tokens ({}); nothing was sent. Use a model with a larger window (factory run … --model {}=PROVIDER:MODEL), give the server a larger window if it can take one (and tell the factory: [context_windows] in factory.toml or FACTORY_LLM_CONTEXT), or trim what the block reads with inputs.config.upstream_max_chars",
+                    MIN_REPLY_TOKENS.min(request.max_tokens),
+                    resolved.model,
+                    resolved.provider,
+                    source.as_str(),
+                    block.id
+                ),
+            );
+            execution.llm = Some(Box::new(LlmCall {
+                provider: resolved.provider.to_string(),
+                model: resolved.model.clone(),
+                usage: factory_llm::Usage {
+                    input_tokens: request.estimated_prompt_tokens(),
+                    estimated: true,
+                    ..Default::default()
+                },
+                latency_ms: 0,
+                calls: 0,
+                stop_reason: None,
+                prompt: prompt_text,
+                raw_request: Value::Null,
+                raw_response: String::new(),
+                cost_usd: None,
+                queued_ms: 0,
+                response_format: request.response_format.as_str().to_string(),
+                notes,
+                error: execution.error.clone(),
+            }));
+            return execution;
+        }
+    }
+
+    let limits = Limits {
+        total: Duration::from_millis(block.timeout),
+        stream: StreamLimits {
+            first_token: options.first_token_timeout_ms.map(Duration::from_millis),
+            idle: Some(Duration::from_millis(
+                options.idle_timeout_ms.unwrap_or(DEFAULT_IDLE_TIMEOUT_MS),
+            )),
+        },
+    };
+    let response = match resolved.client.complete(&request, limits).await {
         Ok(response) => response,
-        Err(error) => {
-            let timed_out = matches!(error, LlmError::Timeout { .. });
-            return Execution {
-                timed_out,
-                error: Some(format!("block `{}`: {error}", block.id)),
-                ..Execution::default()
-            };
+        Err(failure) => {
+            return failed_call(block, settings, &resolved, prompt_text, notes, failure);
         }
     };
+    notes.extend(response.notes.iter().cloned());
     let call = LlmCall {
-        provider: client.provider_name().to_string(),
+        provider: resolved.provider.to_string(),
         model: response.model.clone(),
         usage: response.usage,
         latency_ms: response.latency_ms,
         calls: response.attempts,
         stop_reason: response.stop_reason.clone(),
-        prompt: assembled.render(),
+        prompt: prompt_text,
         raw_request: response.raw_request.clone(),
         raw_response: response.raw_response.clone(),
         cost_usd: settings
             .cost(&request.model, &response.usage)
             .or_else(|| settings.cost(&response.model, &response.usage)),
+        queued_ms: response.queued_ms,
+        response_format: response.response_format.as_str().to_string(),
+        notes,
+        error: None,
     };
     let mut execution = Execution {
         stdout: response.text.clone().into_bytes(),
@@ -366,13 +703,28 @@ pub(crate) async fn run(input: AttemptInput<'_>) -> Execution {
         ..Execution::default()
     };
     if response.truncated {
+        let shrunk = request.max_tokens < options.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS);
         execution.error = Some(format!(
-            "block `{}`: the reply was cut off at max_tokens ({}); raise inputs.config.max_tokens",
-            block.id, request.max_tokens
+            "block `{}`: the reply was cut off at max_tokens ({}){}",
+            block.id,
+            request.max_tokens,
+            if shrunk {
+                format!(
+                    ", which was lowered to fit the model's context window of {window} tokens; use a model with a larger window or trim the prompt (inputs.config.upstream_max_chars)"
+                )
+            } else {
+                "; raise inputs.config.max_tokens".to_string()
+            }
         ));
+        execution.failure = Some(FailureKind::Reply);
+        let tail: String = {
+            let chars: Vec<char> = response.text.chars().collect();
+            chars[chars.len().saturating_sub(300)..].iter().collect()
+        };
+        execution.reply_excerpt = Some(format!("[…]{tail}"));
         return execution;
     }
-    match prompt::parse_reply(block, &response.text) {
+    match prompt::parse_reply(block, &response.text, shape) {
         Ok(artifacts) => {
             execution.metrics = metrics_from_artifacts(block, &artifacts);
             execution.artifacts = artifacts
@@ -383,9 +735,133 @@ pub(crate) async fn run(input: AttemptInput<'_>) -> Execution {
         Err(errors) => {
             let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
             execution.error = Some(format!("block `{}`: {}", block.id, text.join("; ")));
+            execution.failure = Some(FailureKind::Reply);
+            execution.reply_excerpt =
+                prompt::reply_excerpt(&errors, prompt::strip_reasoning(&response.text));
         }
     }
     execution
+}
+
+/// How a block's reply carries its artifacts under these settings (the
+/// prompt's output contract depends on it): for `factory prompt`.
+pub fn reply_shape(
+    settings: &LlmSettings,
+    block: &factory_core::template::Block,
+    model: Option<&str>,
+) -> ReplyShape {
+    let Ok(options) = factory_core::llm_options::parse(&block.inputs.config) else {
+        return ReplyShape::Plain;
+    };
+    let kind = settings
+        .resolve(model)
+        .map_or(ProviderKind::Openai, |r| r.kind);
+    ReplyShape::for_block(
+        block,
+        response_format(block, &options, kind) != ResponseFormat::Text,
+    )
+}
+
+/// What the provider is asked to constrain the reply to. JSON mode only
+/// where the whole reply is JSON (one JSON artifact, or several artifacts in
+/// one JSON object) and only on OpenAI-compatible providers: Anthropic's
+/// equivalent (forced tool use) is not wired yet, and Claude follows the
+/// prompt's output contract.
+fn response_format(
+    block: &factory_core::template::Block,
+    options: &factory_core::llm_options::LlmOptions,
+    kind: ProviderKind,
+) -> ResponseFormat {
+    use factory_core::llm_options::StructuredOutput;
+    use factory_core::template::ArtifactFormat;
+    let artifacts = &block.outputs.artifacts;
+    let json_reply = match artifacts.as_slice() {
+        [] => false,
+        [only] => only.format == ArtifactFormat::Json,
+        _ => true,
+    };
+    let schema = || {
+        let schema = options
+            .json_schema
+            .clone()
+            .or_else(|| (artifacts.len() > 1).then(|| envelope_schema(artifacts)));
+        match schema {
+            Some(schema) => ResponseFormat::JsonSchema {
+                name: block.id.replace('-', "_"),
+                schema,
+            },
+            None => ResponseFormat::JsonObject,
+        }
+    };
+    match options.structured_output {
+        StructuredOutput::Off => ResponseFormat::Text,
+        _ if kind == ProviderKind::Anthropic => ResponseFormat::Text,
+        StructuredOutput::JsonObject => ResponseFormat::JsonObject,
+        StructuredOutput::JsonSchema => schema(),
+        StructuredOutput::Auto if !json_reply => ResponseFormat::Text,
+        StructuredOutput::Auto if options.json_schema.is_some() || artifacts.len() > 1 => schema(),
+        StructuredOutput::Auto => ResponseFormat::JsonObject,
+    }
+}
+
+/// The schema of the one-object reply that carries several artifacts: each
+/// key required, text artifacts as strings.
+fn envelope_schema(artifacts: &[factory_core::template::ArtifactSpec]) -> Value {
+    use factory_core::template::ArtifactFormat;
+    let properties: serde_json::Map<String, Value> = artifacts
+        .iter()
+        .map(|a| {
+            let schema = match a.format {
+                ArtifactFormat::Json | ArtifactFormat::Directory => serde_json::json!({}),
+                _ => serde_json::json!({"type": "string"}),
+            };
+            (a.key.clone(), schema)
+        })
+        .collect();
+    let required: Vec<&str> = artifacts.iter().map(|a| a.key.as_str()).collect();
+    serde_json::json!({"type": "object", "properties": properties, "required": required})
+}
+
+/// A call that produced no reply: recorded with what it did produce, and
+/// classified so the engine retries only what a retry can fix.
+fn failed_call(
+    block: &factory_core::template::Block,
+    settings: &LlmSettings,
+    resolved: &Resolved<'_>,
+    prompt_text: String,
+    mut notes: Vec<String>,
+    failure: CallFailure,
+) -> Execution {
+    let kind = if failure.error.is_permanent() {
+        FailureKind::Permanent
+    } else {
+        FailureKind::Provider
+    };
+    notes.extend(failure.notes.iter().cloned());
+    let message = format!("block `{}`: {}", block.id, failure.error);
+    Execution {
+        timed_out: matches!(failure.error, LlmError::Timeout { .. }),
+        error: Some(message.clone()),
+        failure: Some(kind),
+        stdout: failure.partial_text.clone().into_bytes(),
+        llm: Some(Box::new(LlmCall {
+            provider: resolved.provider.to_string(),
+            model: resolved.model.clone(),
+            usage: failure.usage,
+            latency_ms: failure.latency_ms,
+            calls: failure.attempts,
+            stop_reason: None,
+            prompt: prompt_text,
+            raw_request: failure.raw_request,
+            raw_response: failure.raw_response,
+            cost_usd: settings.cost(&resolved.model, &failure.usage),
+            queued_ms: failure.queued_ms,
+            response_format: String::new(),
+            notes,
+            error: Some(message),
+        })),
+        ..Execution::default()
+    }
 }
 
 /// A model cannot write `metrics.json`, so a declared metric (e.g. the
@@ -434,18 +910,20 @@ output = 2.0
         )
         .unwrap();
         let settings = LlmSettings::from_config(config, |_| None);
-        let (client, model) = settings.resolve(None).unwrap();
+        let resolved = settings.resolve(None).unwrap();
         assert_eq!(
-            (client.provider_name(), model.as_str()),
+            (resolved.client.provider_name(), resolved.model.as_str()),
             ("vllm", "qwen-72b")
         );
+        // A provider on loopback serves one call at a time by default.
+        assert_eq!(resolved.client.concurrency(), 1);
         let usage = factory_llm::Usage {
             input_tokens: 1_000_000,
             output_tokens: 500_000,
             ..Default::default()
         };
         assert_eq!(settings.cost("qwen-72b", &usage), Some(2.0));
-        let Err(error) = settings.resolve(Some("opus")) else {
+        let Err(error) = settings.resolve(Some("opus")).map(|r| r.model) else {
             panic!("opus needs an Anthropic key")
         };
         assert!(error.contains("ANTHROPIC_API_KEY"), "{error}");
@@ -459,7 +937,7 @@ output = 2.0
             "FACTORY_LLM_BASE_URL" => Some("http://127.0.0.1:11434/v1".into()),
             _ => None,
         });
-        assert_eq!(settings.resolve(None).unwrap().1, "llama");
+        assert_eq!(settings.resolve(None).unwrap().model, "llama");
     }
 
     #[test]

@@ -150,7 +150,11 @@ fn routing_resets_exactly_the_targets_and_their_descendants() {
     let voice = &targets["voice-extractor"];
     assert_eq!(voice.version, "v1→v2");
     assert_eq!(voice.source, "expert-audit + extraction-review");
-    assert_eq!(voice.instruction, CORRECTIONS_INSTRUCTION);
+    assert_eq!(
+        voice.instruction,
+        crate::transitions::CORRECTIONS_INSTRUCTION,
+        "a template without corrections_instruction gets the generic one"
+    );
     assert_eq!(
         voice
             .items

@@ -191,7 +191,7 @@ impl Harness {
     }
 
     fn reject(&mut self, id: &str, feedback: &str) -> Result<Event, TransitionError> {
-        let event = transitions::reject(&self.doc, id, feedback, "alice")?;
+        let event = transitions::reject(&self.pipeline, &self.doc, id, feedback, "alice")?;
         self.commit(vec![event.clone()], "cli:alice");
         Ok(event)
     }
@@ -565,7 +565,7 @@ fn reject_stores_corrections_and_reruns_the_block() {
     h.tick();
     h.run("a", success());
     assert_eq!(
-        transitions::reject(&h.doc, "a", "   ", "alice").unwrap_err(),
+        transitions::reject(&h.pipeline, &h.doc, "a", "   ", "alice").unwrap_err(),
         TransitionError::EmptyFeedback
     );
     h.approve("a").unwrap();
@@ -616,7 +616,7 @@ fn approving_a_block_that_is_not_waiting_is_an_error() {
     h.approve("a").unwrap();
     not_waiting(h.approve("a"), "done");
     assert!(matches!(
-        transitions::reject(&h.doc, "a", "late", "bob"),
+        transitions::reject(&h.pipeline, &h.doc, "a", "late", "bob"),
         Err(TransitionError::NotWaiting {
             action: "reject",
             ..

@@ -1050,10 +1050,12 @@ mod llm_runtime {
         );
         let retry_prompt = blob_text(&h, llm_usage(&doc, "outline", 1).prompt.as_ref()).await;
         assert!(
-            retry_prompt.contains("The previous reply could not be used")
-                && retry_prompt.contains("not valid JSON"),
-            "{retry_prompt}"
+            retry_prompt.contains("## YOUR PREVIOUS REPLY COULD NOT BE USED\nThe reply to attempt 1 could not be used because artifact `outline` is not valid JSON")
+                && !retry_prompt.contains("EXPERT CORRECTIONS")
+                && !retry_prompt.contains("block `outline`:"),
+            "the model is told about its reply, not as an expert's correction: {retry_prompt}"
         );
+        assert_eq!(outline.reply_note, None, "a used reply clears the note");
 
         let usage = llm_usage(&doc, "draft", 0);
         let cost = usage.cost_usd.expect("priced");

@@ -3,7 +3,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use factory_llm::{Anthropic, ChatRequest, Client, LlmError, OpenAiCompatible, Part, RetryPolicy};
+use factory_llm::{
+    Anthropic, ChatRequest, Client, Limits, LlmError, OpenAiCompatible, Part, ResponseFormat,
+    RetryPolicy, StreamLimits, TimeoutKind,
+};
 use serde_json::{Value, json};
 use wiremock::matchers::{body_partial_json, header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -19,8 +22,8 @@ fn request(stream: bool) -> ChatRequest {
         ],
         user: vec![Part::new("produce the artifact")],
         max_tokens: 1024,
-        temperature: None,
         stream,
+        ..Default::default()
     }
 }
 
@@ -189,7 +192,7 @@ async fn overload_and_server_errors_give_up_after_the_retry_budget() {
         .await
         .unwrap_err();
     assert!(
-        matches!(error, LlmError::Http { status: 529, .. }),
+        matches!(error.error, LlmError::Http { status: 529, .. }),
         "{error}"
     );
     assert!(error.to_string().contains("overloaded_error"), "{error}");
@@ -230,7 +233,7 @@ async fn malformed_bodies_are_reported_not_retried() {
         .complete(&request(false), Duration::from_secs(5))
         .await
         .unwrap_err();
-    assert!(matches!(error, LlmError::Malformed { .. }), "{error}");
+    assert!(matches!(error.error, LlmError::Malformed { .. }), "{error}");
     assert!(error.to_string().contains("not JSON"), "{error}");
 }
 
@@ -252,7 +255,7 @@ async fn a_slow_reply_is_cancelled_at_the_deadline() {
         .unwrap_err();
     assert!(
         matches!(
-            error,
+            error.error,
             LlmError::Timeout {
                 timeout_ms: 300,
                 ..
@@ -276,7 +279,10 @@ async fn a_stream_cut_short_is_incomplete_and_retried() {
         .complete(&request(true), Duration::from_secs(5))
         .await
         .unwrap_err();
-    assert!(matches!(error, LlmError::Incomplete { .. }), "{error}");
+    assert!(
+        matches!(error.error, LlmError::Incomplete { .. }),
+        "{error}"
+    );
 }
 
 #[tokio::test]
@@ -412,4 +418,279 @@ async fn an_unreachable_endpoint_names_the_url_not_the_key() {
         text.contains("127.0.0.1:9") && !text.contains(KEY),
         "{text}"
     );
+}
+
+fn local(server: &MockServer, concurrency: usize) -> Client {
+    Client::new(
+        Arc::new(OpenAiCompatible::new(
+            "local",
+            &format!("{}/v1", server.uri()),
+            None,
+        )),
+        concurrency,
+        fast_retries(),
+    )
+}
+
+fn completion(text: &str) -> Value {
+    json!({"choices": [{"message": {"content": text}, "finish_reason": "stop"}]})
+}
+
+/// llama.cpp's server answers an over-long prompt with 200 and an empty body
+/// when streaming, and with 400 `context_length_exceeded` when not: the
+/// client asks once more without streaming and reports the overflow, which
+/// nobody retries.
+#[tokio::test]
+async fn an_empty_stream_is_diagnosed_without_streaming_and_not_retried() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(body_partial_json(json!({"stream": true})))
+        .respond_with(ResponseTemplate::new(200).insert_header("content-type", "text/event-stream"))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(400).set_body_json(json!({"error": {
+            "message": "Requested tokens (9012) exceed context window of 8192",
+            "type": "invalid_request_error", "code": "context_length_exceeded"}})))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let failure = local(&server, 1)
+        .complete(&request(true), Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(failure.error, LlmError::ContextOverflow { .. }),
+        "{}",
+        failure.error
+    );
+    assert!(failure.error.is_permanent());
+    assert!(failure.to_string().contains("context window"), "{failure}");
+    assert_eq!(failure.attempts, 2);
+    assert_eq!(
+        failure.notes,
+        vec!["the stream was empty; asked again without streaming".to_string()]
+    );
+}
+
+#[tokio::test]
+async fn a_refused_json_schema_falls_back_to_json_mode() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(body_partial_json(json!({"response_format": {"type": "json_schema"}})))
+        .respond_with(ResponseTemplate::new(422).set_body_string(
+            r#"{"detail":[{"loc":["body","response_format","type"],"msg":"Input should be 'text' or 'json_object'"}]}"#,
+        ))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(body_partial_json(json!({"response_format": {"type": "json_object"}, "seed": 7, "top_p": 0.5, "stop": ["END"]})))
+        .respond_with(ResponseTemplate::new(200).set_body_json(completion("{\"a\": 1}")))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let mut asked = request(false);
+    asked.response_format = ResponseFormat::JsonSchema {
+        name: "facts".into(),
+        schema: json!({"type": "object"}),
+    };
+    asked.seed = Some(7);
+    asked.top_p = Some(0.5);
+    asked.stop = vec!["END".into()];
+    let response = local(&server, 1)
+        .complete(&asked, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(response.response_format, ResponseFormat::JsonObject);
+    assert_eq!(response.attempts, 2);
+    assert!(response.notes[0].contains("refused response_format `json_schema`"));
+}
+
+#[tokio::test]
+async fn a_stream_without_usage_is_counted_and_marked_estimated() {
+    let server = MockServer::start().await;
+    let stream = concat!(
+        "data: {\"choices\":[{\"delta\":{\"content\":\"The quick brown fox \"}}]}\n\n",
+        "data: {\"choices\":[{\"delta\":{\"content\":\"jumps over the lazy dog.\"},\"finish_reason\":\"stop\"}]}\n\n",
+        "data: [DONE]\n\n",
+    );
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_string(stream))
+        .mount(&server)
+        .await;
+    let response = local(&server, 1)
+        .complete(&request(true), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(response.usage.estimated);
+    assert_eq!(response.usage.output_tokens, 10);
+    assert!(response.usage.input_tokens > 10, "{:?}", response.usage);
+}
+
+#[tokio::test]
+async fn waiting_for_a_slot_does_not_count_against_the_timeout() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(completion("ok"))
+                .set_delay(Duration::from_millis(300)),
+        )
+        .mount(&server)
+        .await;
+    let client = local(&server, 1);
+    let one = request(false);
+    // Each call takes 300 ms of a 600 ms limit; the third waits 600 ms first.
+    let (a, b, c) = tokio::join!(
+        client.complete(&one, Duration::from_millis(600)),
+        client.complete(&one, Duration::from_millis(600)),
+        client.complete(&one, Duration::from_millis(600))
+    );
+    let queued: Vec<u64> = [a, b, c]
+        .into_iter()
+        .map(|r| r.expect("no call timed out").queued_ms)
+        .collect();
+    assert!(queued.iter().any(|q| *q >= 550), "{queued:?}");
+}
+
+#[tokio::test]
+async fn a_failed_call_keeps_its_request_and_partial_reply() {
+    let server = MockServer::start().await;
+    let cut = "data: {\"choices\":[{\"delta\":{\"content\":\"{\\\"par\"}}]}\n\n";
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_string(cut))
+        .mount(&server)
+        .await;
+    let failure = local(&server, 1)
+        .complete(&request(true), Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(matches!(failure.error, LlmError::Incomplete { .. }));
+    assert_eq!(failure.attempts, 3, "retried up to the policy's limit");
+    assert_eq!(failure.partial_text, "{\"par");
+    assert_eq!(failure.raw_request["model"], "claude-test");
+    assert!(failure.usage.estimated && failure.usage.input_tokens > 0);
+}
+
+#[tokio::test]
+async fn an_empty_200_body_is_retried() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(completion("second time")))
+        .mount(&server)
+        .await;
+    let response = local(&server, 1)
+        .complete(&request(false), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(
+        (response.text.as_str(), response.attempts),
+        ("second time", 2)
+    );
+}
+
+/// A raw HTTP server that sends a streamed reply's chunks with pauses
+/// between them, which wiremock cannot do.
+async fn pausing_stream_server(chunks: Vec<(Duration, &'static str)>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let chunks = chunks.clone();
+            tokio::spawn(async move {
+                let mut buffer = vec![0u8; 65536];
+                let _ = socket.read(&mut buffer).await;
+                let _ = socket
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+                    .await;
+                for (pause, data) in chunks {
+                    tokio::time::sleep(pause).await;
+                    let frame = format!("{:x}\r\n{data}\r\n", data.len());
+                    if socket.write_all(frame.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = socket.write_all(b"0\r\n\r\n").await;
+            });
+        }
+    });
+    format!("http://{address}/v1")
+}
+
+#[tokio::test]
+async fn stream_limits_name_the_one_that_fired() {
+    let hello = "data: {\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\n";
+    let done = "data: [DONE]\n\n";
+    let limits = Limits {
+        total: Duration::from_secs(10),
+        stream: StreamLimits {
+            first_token: Some(Duration::from_millis(300)),
+            idle: Some(Duration::from_millis(300)),
+        },
+    };
+    let client = |url: &str| {
+        Client::new(
+            Arc::new(OpenAiCompatible::new("local", url, None)),
+            1,
+            fast_retries(),
+        )
+    };
+    // Slow to start.
+    let url = pausing_stream_server(vec![(Duration::from_millis(1_500), hello)]).await;
+    let failure = client(&url)
+        .complete(&request(true), limits)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            failure.error,
+            LlmError::Timeout {
+                kind: TimeoutKind::FirstToken,
+                timeout_ms: 300,
+                ..
+            }
+        ),
+        "{}",
+        failure.error
+    );
+    assert!(failure.to_string().contains("first token"), "{failure}");
+    // Starts, then stalls mid-reply: the partial reply is kept.
+    let url = pausing_stream_server(vec![
+        (Duration::ZERO, hello),
+        (Duration::from_millis(1_500), done),
+    ])
+    .await;
+    let failure = client(&url)
+        .complete(&request(true), limits)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            failure.error,
+            LlmError::Timeout {
+                kind: TimeoutKind::Idle,
+                ..
+            }
+        ),
+        "{}",
+        failure.error
+    );
+    assert_eq!(failure.partial_text, "Hel");
+    // Within both limits, a slow but steady stream finishes.
+    let url = pausing_stream_server(vec![
+        (Duration::from_millis(200), hello),
+        (Duration::from_millis(200), hello),
+        (Duration::from_millis(200), done),
+    ])
+    .await;
+    let response = client(&url).complete(&request(true), limits).await.unwrap();
+    assert_eq!(response.text, "HelHel");
 }

@@ -479,18 +479,18 @@ pub async fn chat_turn(
         .as_ref()
         .ok_or_else(|| ApiError::internal("no llm"))?;
     let model = chat_model(view);
-    let (client, model_id) = settings
+    let resolved = settings
         .resolve(model.as_deref())
         .map_err(|e| ApiError::unprocessable("llm_not_configured", e))?;
     let request = factory_llm::ChatRequest {
-        model: model_id,
+        model: resolved.model.clone(),
         system: vec![factory_llm::Part::cacheable(system)],
         user: vec![factory_llm::Part::new(transcript)],
         max_tokens: 1024,
-        temperature: None,
-        stream: false,
+        ..Default::default()
     };
-    client
+    resolved
+        .client
         .complete(&request, Duration::from_secs(120))
         .await
         .map_err(|e| {
