@@ -182,6 +182,12 @@ pub enum Command {
     },
     /// Score files with the D1–D5 audit (no run, no network)
     Audit(AuditArgs),
+    /// Check the LLM set-up: probe each configured provider (models, context
+    /// window) and, for a template, what its blocks need that is missing
+    Doctor {
+        /// A template whose blocks' providers, keys and env vars to check
+        template: Option<std::path::PathBuf>,
+    },
     /// Print the exact prompt an llm block sent (or would send now)
     Prompt {
         run: String,

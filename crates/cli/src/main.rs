@@ -2,6 +2,7 @@
 
 mod args;
 mod audit_cmd;
+mod doctor;
 mod progress;
 mod prompt_cmd;
 mod show;
@@ -108,6 +109,17 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     });
     match cli.command {
         Command::Validate { files, json } => validate(&files, json),
+        Command::Doctor { template } => {
+            let settings = factory_runtime::llm::LlmSettings::from_config(
+                llm_config(cli.config.as_deref())?,
+                |name| std::env::var(name).ok(),
+            );
+            let pipeline = match &template {
+                Some(path) => Some((path.clone(), pipeline_or_report(path, &read_template(path)?)?)),
+                None => None,
+            };
+            doctor::run(&settings, pipeline.as_ref().map(|(p, t)| (p.as_path(), t))).await
+        }
         Command::Graph { file, format } => {
             let source = read_template(&file)?;
             let pipeline = pipeline_or_report(&file, &source)?;

@@ -67,13 +67,22 @@ pub enum ResponseFormat {
     JsonObject,
     /// JSON matching `schema` (OpenAI structured outputs).
     JsonSchema { name: String, schema: Value },
+    /// JSON mode with the schema beside it, `{"type": "json_object",
+    /// "schema": …}`: llama-cpp-python's form, which it turns into a grammar.
+    /// Only asked for after a server refused `json_schema`.
+    JsonObjectWithSchema { schema: Value },
 }
 
 impl ResponseFormat {
     /// The next weaker format, for a server that refuses this one.
     pub fn weaker(&self) -> Option<ResponseFormat> {
         match self {
-            ResponseFormat::JsonSchema { .. } => Some(ResponseFormat::JsonObject),
+            ResponseFormat::JsonSchema { schema, .. } => {
+                Some(ResponseFormat::JsonObjectWithSchema {
+                    schema: schema.clone(),
+                })
+            }
+            ResponseFormat::JsonObjectWithSchema { .. } => Some(ResponseFormat::JsonObject),
             ResponseFormat::JsonObject => Some(ResponseFormat::Text),
             ResponseFormat::Text => None,
         }
@@ -84,6 +93,7 @@ impl ResponseFormat {
             ResponseFormat::Text => "text",
             ResponseFormat::JsonObject => "json_object",
             ResponseFormat::JsonSchema { .. } => "json_schema",
+            ResponseFormat::JsonObjectWithSchema { .. } => "json_object+schema",
         }
     }
 }
@@ -300,12 +310,13 @@ impl LlmError {
         }
     }
 
-    /// A 400/422 that names the response format: the server does not accept
-    /// the structured-output request, so a weaker one is worth a try.
+    /// A 400/422 (or, from llama-cpp-python, a 500) that names the response
+    /// format: the server does not accept the structured-output request, so
+    /// a weaker one is worth a try.
     fn refuses_response_format(&self) -> bool {
         match self {
             LlmError::Http {
-                status: 400 | 422,
+                status: 400 | 422 | 500,
                 excerpt,
                 ..
             } => {
@@ -453,6 +464,9 @@ pub struct Client {
     max_concurrent: usize,
     retry: RetryPolicy,
     models: Arc<OnceCell<Vec<ModelInfo>>>,
+    /// Response formats this endpoint refused: later calls start weaker
+    /// instead of being refused again.
+    refused: Arc<std::sync::Mutex<std::collections::BTreeSet<&'static str>>>,
 }
 
 impl Client {
@@ -463,6 +477,7 @@ impl Client {
             max_concurrent: max_concurrent.max(1),
             retry,
             models: Arc::new(OnceCell::new()),
+            refused: Arc::default(),
         }
     }
 
@@ -526,6 +541,19 @@ impl Client {
         let deadline = started + limits.total;
         let mut request = request.clone();
         let mut notes = Vec::new();
+        {
+            let refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+            while refused.contains(request.response_format.as_str())
+                && let Some(weaker) = request.response_format.weaker()
+            {
+                notes.push(format!(
+                    "asked with response_format `{}`: this server refused `{}` before",
+                    weaker.as_str(),
+                    request.response_format.as_str()
+                ));
+                request.response_format = weaker;
+            }
+        }
         let mut calls = 0;
         let mut retries = 0;
         loop {
@@ -563,6 +591,10 @@ impl Client {
                     Some("the stream was empty; asked again without streaming".to_string())
                 }
                 error if error.refuses_response_format() => {
+                    self.refused
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(request.response_format.as_str());
                     request.response_format.weaker().map(|weaker| {
                         let note = format!(
                             "the server refused response_format `{}`; asked again with `{}`",

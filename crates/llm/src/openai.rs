@@ -81,6 +81,9 @@ impl OpenAiCompatible {
             ResponseFormat::JsonObject => {
                 body["response_format"] = json!({"type": "json_object"});
             }
+            ResponseFormat::JsonObjectWithSchema { schema } => {
+                body["response_format"] = json!({"type": "json_object", "schema": schema});
+            }
             ResponseFormat::JsonSchema { name, schema } => {
                 body["response_format"] = json!({
                     "type": "json_schema",

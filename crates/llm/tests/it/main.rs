@@ -479,14 +479,15 @@ async fn a_refused_json_schema_falls_back_to_json_mode() {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
         .and(body_partial_json(json!({"response_format": {"type": "json_schema"}})))
-        .respond_with(ResponseTemplate::new(422).set_body_string(
-            r#"{"detail":[{"loc":["body","response_format","type"],"msg":"Input should be 'text' or 'json_object'"}]}"#,
+        // What llama-cpp-python 0.3.36 answers (a 500, not a 422).
+        .respond_with(ResponseTemplate::new(500).set_body_string(
+            r#"{"error":{"message":"1 validation error:\n  {'type': 'literal_error', 'loc': ('body', 'response_format', 'type'), 'msg': \"Input should be 'text' or 'json_object'\", 'input': 'json_schema'}","type":"internal_server_error"}}"#,
         ))
         .expect(1)
         .mount(&server)
         .await;
     Mock::given(method("POST"))
-        .and(body_partial_json(json!({"response_format": {"type": "json_object"}, "seed": 7, "top_p": 0.5, "stop": ["END"]})))
+        .and(body_partial_json(json!({"response_format": {"type": "json_object", "schema": {"type": "object"}}, "seed": 7, "top_p": 0.5, "stop": ["END"]})))
         .respond_with(ResponseTemplate::new(200).set_body_json(completion("{\"a\": 1}")))
         .expect(1)
         .mount(&server)
@@ -499,13 +500,29 @@ async fn a_refused_json_schema_falls_back_to_json_mode() {
     asked.seed = Some(7);
     asked.top_p = Some(0.5);
     asked.stop = vec!["END".into()];
-    let response = local(&server, 1)
+    let client = local(&server, 1);
+    let response = client
         .complete(&asked, Duration::from_secs(5))
         .await
         .unwrap();
-    assert_eq!(response.response_format, ResponseFormat::JsonObject);
+    assert_eq!(
+        response.response_format,
+        ResponseFormat::JsonObjectWithSchema {
+            schema: json!({"type": "object"})
+        }
+    );
     assert_eq!(response.attempts, 2);
     assert!(response.notes[0].contains("refused response_format `json_schema`"));
+    // The next call starts with the form this server takes: one call.
+    server.reset().await;
+    Mock::given(method("POST"))
+        .and(body_partial_json(json!({"response_format": {"type": "json_object", "schema": {"type": "object"}}})))
+        .respond_with(ResponseTemplate::new(200).set_body_json(completion("{\"a\": 2}")))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let response = client.complete(&asked, Duration::from_secs(5)).await.unwrap();
+    assert_eq!((response.text.as_str(), response.attempts), ("{\"a\": 2}", 1));
 }
 
 #[tokio::test]

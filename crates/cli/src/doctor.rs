@@ -1,0 +1,140 @@
+//! `factory doctor [TEMPLATE]`: is the LLM set-up ready? Probes every
+//! configured provider (does it answer, which models, what context window)
+//! and, for a template, resolves each `llm` block's model and lists what is
+//! missing (a provider, an env var of an `http` block or of `inputs.env`).
+//! Exit 0 when everything a template needs is there, 2 otherwise.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+use factory_core::Pipeline;
+use factory_core::template::Runtime;
+use factory_runtime::llm::LlmSettings;
+
+pub async fn run(settings: &LlmSettings, template: Option<(&Path, &Pipeline)>) -> Result<ExitCode> {
+    let mut problems = Vec::new();
+    println!("providers:");
+    let mut unreachable = Vec::new();
+    let mut any = false;
+    for (name, client, origin) in settings.providers() {
+        any = true;
+        let slots = client.concurrency();
+        match client.probe(Duration::from_secs(5)).await {
+            Ok(models) => {
+                let list: Vec<String> = models
+                    .iter()
+                    .take(8)
+                    .map(|m| match m.context_window {
+                        Some(window) => format!("{} ({window} tokens)", m.id),
+                        None => m.id.clone(),
+                    })
+                    .collect();
+                println!(
+                    "  {name:<11} ok: {} call{} at a time; serves {}{} [{origin}]",
+                    slots,
+                    if slots == 1 { "" } else { "s" },
+                    if list.is_empty() { "no listed model".to_string() } else { list.join(", ") },
+                    if models.len() > 8 { format!(" and {} more", models.len() - 8) } else { String::new() },
+                );
+            }
+            Err(error) => {
+                println!("  {name:<11} NOT REACHABLE: {error} [{origin}]");
+                unreachable.push(name.to_string());
+            }
+        }
+    }
+    if !any {
+        println!(
+            "  none configured: {}",
+            factory_runtime::llm::missing_provider_hint("anthropic")
+        );
+    }
+
+    let Some((path, pipeline)) = template else {
+        return Ok(if unreachable.is_empty() && any {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(2)
+        });
+    };
+    println!("\ntemplate {} ({}):", pipeline.template().id, path.display());
+    // Model → the blocks that use it.
+    let mut by_model: BTreeMap<Option<String>, Vec<&str>> = BTreeMap::new();
+    let no_overrides = BTreeMap::new();
+    for block in pipeline.blocks().iter().filter(|b| b.runtime == Runtime::Llm) {
+        let model = factory_core::transitions::effective_model(
+            pipeline.template(),
+            block,
+            &no_overrides,
+            None,
+        );
+        by_model
+            .entry(model.map(str::to_string))
+            .or_default()
+            .push(block.id.as_str());
+    }
+    for (model, blocks) in &by_model {
+        let shown = model.as_deref().unwrap_or("(default)");
+        match settings.resolve(model.as_deref()) {
+            Ok(resolved) => {
+                let (window, source) = settings.context_window(&resolved).await;
+                let reach = if unreachable.iter().any(|u| u == resolved.provider) {
+                    problems.push(format!(
+                        "provider `{}` does not answer; {} block(s) use it",
+                        resolved.provider,
+                        blocks.len()
+                    ));
+                    " — NOT REACHABLE"
+                } else {
+                    ""
+                };
+                println!(
+                    "  {shown} → {}:{} (context window {window} tokens, {}){reach}: {}",
+                    resolved.provider,
+                    resolved.model,
+                    source.as_str(),
+                    blocks.join(", ")
+                );
+            }
+            Err(error) => {
+                println!("  {shown}: MISSING: {error}: {}", blocks.join(", "));
+                problems.push(format!("{} block(s): {error}", blocks.len()));
+            }
+        }
+    }
+    let mut env: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    for block in pipeline.blocks() {
+        for name in &block.inputs.env {
+            env.entry(name.clone()).or_default().push(&block.id);
+        }
+        if block.runtime == Runtime::Http
+            && let Some(name) = block.inputs.config.get("url_env").and_then(|v| v.as_str())
+        {
+            env.entry(name.to_string()).or_default().push(&block.id);
+        }
+    }
+    for (name, blocks) in &env {
+        let set = std::env::var(name).is_ok_and(|v| !v.trim().is_empty());
+        println!(
+            "  env {name}: {} ({})",
+            if set { "set" } else { "MISSING" },
+            blocks.join(", ")
+        );
+        if !set {
+            problems.push(format!("set {name} (needed by {})", blocks.join(", ")));
+        }
+    }
+    if problems.is_empty() {
+        println!("\nready: every block has what it needs");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("\nnot ready:");
+        for problem in &problems {
+            println!("  - {problem}");
+        }
+        Ok(ExitCode::from(2))
+    }
+}
