@@ -36,8 +36,16 @@ pub async fn run(settings: &LlmSettings, template: Option<(&Path, &Pipeline)>) -
                     "  {name:<11} ok: {} call{} at a time; serves {}{} [{origin}]",
                     slots,
                     if slots == 1 { "" } else { "s" },
-                    if list.is_empty() { "no listed model".to_string() } else { list.join(", ") },
-                    if models.len() > 8 { format!(" and {} more", models.len() - 8) } else { String::new() },
+                    if list.is_empty() {
+                        "no listed model".to_string()
+                    } else {
+                        list.join(", ")
+                    },
+                    if models.len() > 8 {
+                        format!(" and {} more", models.len() - 8)
+                    } else {
+                        String::new()
+                    },
                 );
             }
             Err(error) => {
@@ -60,11 +68,19 @@ pub async fn run(settings: &LlmSettings, template: Option<(&Path, &Pipeline)>) -
             ExitCode::from(2)
         });
     };
-    println!("\ntemplate {} ({}):", pipeline.template().id, path.display());
+    println!(
+        "\ntemplate {} ({}):",
+        pipeline.template().id,
+        path.display()
+    );
     // Model → the blocks that use it.
     let mut by_model: BTreeMap<Option<String>, Vec<&str>> = BTreeMap::new();
     let no_overrides = BTreeMap::new();
-    for block in pipeline.blocks().iter().filter(|b| b.runtime == Runtime::Llm) {
+    for block in pipeline
+        .blocks()
+        .iter()
+        .filter(|b| b.runtime == Runtime::Llm)
+    {
         let model = factory_core::transitions::effective_model(
             pipeline.template(),
             block,

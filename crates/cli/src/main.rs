@@ -115,7 +115,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 |name| std::env::var(name).ok(),
             );
             let pipeline = match &template {
-                Some(path) => Some((path.clone(), pipeline_or_report(path, &read_template(path)?)?)),
+                Some(path) => Some((
+                    path.clone(),
+                    pipeline_or_report(path, &read_template(path)?)?,
+                )),
                 None => None,
             };
             doctor::run(&settings, pipeline.as_ref().map(|(p, t)| (p.as_path(), t))).await

@@ -153,14 +153,30 @@ pub fn summary(doc: &RunDoc, template_order: &[String]) -> String {
                 format!("${total:.4} (+{unpriced} attempts without a price)")
             }
         };
+        let estimated = calls.iter().filter(|c| c.estimated).count();
+        let failed = calls.iter().filter(|c| c.error.is_some()).count();
         let _ = writeln!(
             out,
-            "llm: {} attempts, {} input tokens ({} cache reads, {} cache writes), {} output tokens, {cost}",
+            "llm: {} attempts, {} input tokens ({} cache reads, {} cache writes), {} output tokens, {cost}{}{}",
             calls.len(),
             sum(|c| c.input_tokens),
             sum(|c| c.cache_read_tokens),
             sum(|c| c.cache_write_tokens),
-            sum(|c| c.output_tokens)
+            sum(|c| c.output_tokens),
+            match estimated {
+                0 => String::new(),
+                n if n == calls.len() => {
+                    "; tokens estimated (the server reported no usage)".to_string()
+                }
+                n => format!("; tokens of {n} attempts estimated (the server reported no usage)"),
+            },
+            match failed {
+                0 => String::new(),
+                n => format!(
+                    "; {n} attempt{} got no reply (see each block's error)",
+                    if n == 1 { "" } else { "s" }
+                ),
+            }
         );
         for (id, state) in ordered_blocks(doc, template_order) {
             let block_calls: Vec<&factory_core::run::LlmUsage> = state
@@ -175,14 +191,28 @@ pub fn summary(doc: &RunDoc, template_order: &[String]) -> String {
                 block_calls.iter().map(|c| f(c)).sum::<u64>()
             };
             let cost: Option<f64> = block_calls.iter().map(|c| c.cost_usd).sum();
+            let queued: u64 = block_calls.iter().map(|c| c.queued_ms).sum();
             let _ = writeln!(
                 out,
-                "  {id:<26} {} attempt{}, {} in / {} out tokens{}",
+                "  {id:<26} {} attempt{}, {} in / {} out tokens{}{}{}",
                 block_calls.len(),
                 if block_calls.len() == 1 { "" } else { "s" },
                 tokens(|c| c.input_tokens),
                 tokens(|c| c.output_tokens),
-                cost.map(|c| format!(", ${c:.4}")).unwrap_or_default()
+                if block_calls.iter().any(|c| c.estimated) {
+                    " (estimated)"
+                } else {
+                    ""
+                },
+                cost.map(|c| format!(", ${c:.4}")).unwrap_or_default(),
+                if queued > 0 {
+                    format!(
+                        ", {} queued for the provider",
+                        format_duration(queued as Millis)
+                    )
+                } else {
+                    String::new()
+                }
             );
         }
     }

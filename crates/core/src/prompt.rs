@@ -442,7 +442,16 @@ pub fn parse_reply(
     match artifacts.as_slice() {
         [] => {}
         [only] => {
-            out.insert(only.key.clone(), strip_single_fence(reply));
+            let mut text = strip_single_fence(reply);
+            // Models often wrap the JSON in a sentence and a fence ("Sure!
+            // Here is the JSON: ```json …```"): take the one fenced block.
+            if only.format == ArtifactFormat::Json
+                && serde_json::from_str::<Value>(&text).is_err()
+                && let Some(inner) = sole_fenced_block(reply)
+            {
+                text = inner;
+            }
+            out.insert(only.key.clone(), text);
         }
         several if shape == ReplyShape::JsonEnvelope => {
             let text = strip_single_fence(reply);
@@ -538,6 +547,31 @@ fn strip_single_fence(reply: &str) -> String {
         String::new()
     } else {
         format!("{trimmed}\n")
+    }
+}
+
+/// The body of the reply's only fenced block, when it has exactly one.
+fn sole_fenced_block(reply: &str) -> Option<String> {
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in reply.lines() {
+        let fence = line.trim_start().starts_with("```");
+        match (&mut current, fence) {
+            (None, true) => current = Some(String::new()),
+            (Some(body), true) => {
+                blocks.push(std::mem::take(body));
+                current = None;
+            }
+            (Some(body), false) => {
+                body.push_str(line);
+                body.push('\n');
+            }
+            (None, false) => {}
+        }
+    }
+    match blocks.as_slice() {
+        [only] if current.is_none() => Some(only.clone()),
+        _ => None,
     }
 }
 
@@ -756,6 +790,26 @@ mod tests {
             instruction: "fix".into(),
         };
         assert!(corrections_section(&corrections).starts_with("## AUDIT FINDINGS (MUST FIX)\nfix"));
+    }
+
+    #[test]
+    fn json_wrapped_in_prose_and_a_fence_is_found() {
+        let b =
+            block(serde_json::json!([{"key": "soul-json", "path": "soul.json", "format": "json"}]));
+        let parsed = parse_reply(
+            &b,
+            "Sure! Here is the JSON:\n```json\n{\"a\": 1}\n```\nHope it helps.",
+            ReplyShape::Plain,
+        )
+        .unwrap();
+        assert_eq!(parsed["soul-json"], "{\"a\": 1}\n");
+        // Broken JSON inside the fence is reported against the fence's lines.
+        let reply = "Here:\n```json\n{\n  \"a\": [1,],\n}\n```";
+        let errors = parse_reply(&b, reply, ReplyShape::Plain).unwrap_err();
+        let excerpt = reply_excerpt(&errors, reply).unwrap();
+        assert!(excerpt.starts_with("{\n  \"a\": [1,],"), "{excerpt}");
+        // Two fences: ambiguous, nothing is guessed.
+        assert!(parse_reply(&b, "```\n{}\n```\n```\n{}\n```", ReplyShape::Plain).is_err());
     }
 
     #[test]

@@ -642,11 +642,9 @@ pub(crate) async fn run(input: AttemptInput<'_>) -> Execution {
             execution.llm = Some(Box::new(LlmCall {
                 provider: resolved.provider.to_string(),
                 model: resolved.model.clone(),
-                usage: factory_llm::Usage {
-                    input_tokens: request.estimated_prompt_tokens(),
-                    estimated: true,
-                    ..Default::default()
-                },
+                // Nothing was sent, so nothing is counted (the estimate is
+                // in the error).
+                usage: factory_llm::Usage::default(),
                 latency_ms: 0,
                 calls: 0,
                 stop_reason: None,

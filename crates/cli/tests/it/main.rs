@@ -11,6 +11,8 @@ use serde_json::Value;
 
 mod clone_factory;
 mod convergence;
+mod local_llm;
+mod real_llm;
 
 const BIN: &str = env!("CARGO_BIN_EXE_factory");
 

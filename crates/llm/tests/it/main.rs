@@ -516,13 +516,21 @@ async fn a_refused_json_schema_falls_back_to_json_mode() {
     // The next call starts with the form this server takes: one call.
     server.reset().await;
     Mock::given(method("POST"))
-        .and(body_partial_json(json!({"response_format": {"type": "json_object", "schema": {"type": "object"}}})))
+        .and(body_partial_json(
+            json!({"response_format": {"type": "json_object", "schema": {"type": "object"}}}),
+        ))
         .respond_with(ResponseTemplate::new(200).set_body_json(completion("{\"a\": 2}")))
         .expect(1)
         .mount(&server)
         .await;
-    let response = client.complete(&asked, Duration::from_secs(5)).await.unwrap();
-    assert_eq!((response.text.as_str(), response.attempts), ("{\"a\": 2}", 1));
+    let response = client
+        .complete(&asked, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(
+        (response.text.as_str(), response.attempts),
+        ("{\"a\": 2}", 1)
+    );
 }
 
 #[tokio::test]

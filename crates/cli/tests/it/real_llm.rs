@@ -1,0 +1,231 @@
+//! The opt-in real-model group: `scripts/real-llm.sh` builds llama.cpp's
+//! server (llama-cpp-python) with SmolLM2-135M-Instruct and runs these with
+//! `--ignored`, `FACTORY_REAL_LLM_URL` and `FACTORY_REAL_LLM_MODEL` set. They
+//! are ignored by default: the server takes minutes to build and the model
+//! is slow on two cores; `local_llm.rs` covers each failure mode against a
+//! local server that behaves like this one.
+
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+use super::{factory, repo_root, status_json};
+
+fn server() -> (String, String) {
+    let url = std::env::var("FACTORY_REAL_LLM_URL")
+        .expect("FACTORY_REAL_LLM_URL: run scripts/real-llm.sh, which starts the server");
+    let model = std::env::var("FACTORY_REAL_LLM_MODEL").unwrap_or_else(|_| "smollm2".into());
+    (url, model)
+}
+
+/// Ten small JSON blocks at once on the one-slot server, with structured
+/// output on (the default) or off.
+fn json_blocks(dir: &Path, structured: &str) -> std::path::PathBuf {
+    let skill = dir.join("skills/fact-sheet");
+    std::fs::create_dir_all(&skill).unwrap();
+    std::fs::write(
+        skill.join("SKILL.md"),
+        "# Fact sheet\nWrite a short fact sheet about the topic in the block configuration, as a JSON object with the keys \"topic\" (a string), \"facts\" (a list of three short strings) and \"confidence\" (a number from 0 to 1).\n",
+    )
+    .unwrap();
+    let topics = [
+        "the Moon",
+        "honey bees",
+        "the Danube",
+        "copper",
+        "penguins",
+        "the violin",
+        "Mount Fuji",
+        "coffee",
+        "the Sahara",
+        "lighthouses",
+    ];
+    let blocks: Vec<Value> = topics
+        .iter()
+        .enumerate()
+        .map(|(i, topic)| {
+            json!({
+                "id": format!("sheet-{i}"), "name": format!("Fact sheet {i}"), "layer": "L0",
+                "type": "extract", "runtime": "llm", "skill": "fact-sheet", "timeout": 120000,
+                "execution": {"retryable": true, "max_retries": 2},
+                "inputs": {"config": {"topic": topic, "max_tokens": 300, "temperature": 0.2, "seed": 1, "structured_output": structured}},
+                "outputs": {"artifacts": [{"key": "sheet", "path": "sheet.json", "format": "json"}]}
+            })
+        })
+        .collect();
+    let path = dir.join(format!("sheets-{structured}.json"));
+    std::fs::write(
+        &path,
+        json!({"id": "sheets", "name": "Sheets", "version": "1", "blocks": blocks}).to_string(),
+    )
+    .unwrap();
+    path
+}
+
+fn run(db: &Path, template: &Path, context: &str) -> (Option<i32>, String) {
+    let (url, model) = server();
+    let output = factory(db)
+        .env("FACTORY_LLM_BASE_URL", url)
+        .env("FACTORY_LLM_MODEL", model)
+        .env("FACTORY_LLM_CONTEXT", context)
+        .args([
+            "run",
+            template.to_str().unwrap(),
+            "--quiet",
+            "--retry-backoff-ms",
+            "10",
+        ])
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8(output.stdout).unwrap().trim().to_string(),
+    )
+}
+
+/// First-attempt parse rate of the ten JSON blocks; every block ran, none
+/// timed out while queueing for the one slot.
+fn first_attempt_parses(db: &Path, run_id: &str) -> usize {
+    let doc = status_json(db, run_id);
+    let mut parsed = 0;
+    for (id, block) in doc["blocks"].as_object().unwrap() {
+        let first = &block["history"][0];
+        assert!(
+            first["outcome"] != "timed_out",
+            "{id} timed out: {}",
+            first["report"]["error"]
+        );
+        let call = &first["report"]["llm"];
+        assert!(call["input_tokens"].as_u64().unwrap() > 0, "{id}: {call}");
+        if first["outcome"] == "succeeded" {
+            parsed += 1;
+        }
+    }
+    parsed
+}
+
+#[test]
+#[ignore = "needs a real model server: scripts/real-llm.sh"]
+fn real_llm_json_blocks_parse_with_structured_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("factory.db");
+    let (_, on) = run(&db, &json_blocks(dir.path(), "auto"), "8192");
+    let with = first_attempt_parses(&db, &on);
+    let (_, off) = run(&db, &json_blocks(dir.path(), "off"), "8192");
+    let without = first_attempt_parses(&db, &off);
+    println!(
+        "real_llm: JSON blocks parsed at the first attempt: {with}/10 with structured output, {without}/10 without"
+    );
+    assert!(
+        with >= 9,
+        "{with}/10 with structured output (target ≥ 90 %)"
+    );
+    let doc = status_json(&db, &on);
+    assert_eq!(doc["status"], "done", "retries settle the rest");
+}
+
+#[test]
+#[ignore = "needs a real model server: scripts/real-llm.sh"]
+fn real_llm_context_overflow_is_caught_before_and_by_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("factory.db");
+    let skill = dir.path().join("skills/long");
+    std::fs::create_dir_all(&skill).unwrap();
+    // About 12k tokens of a real skill text: more than the 8,192 window.
+    let text =
+        std::fs::read_to_string(repo_root().join("templates/skills/clone-compiler/SKILL.md"))
+            .unwrap();
+    std::fs::write(skill.join("SKILL.md"), text.repeat(5)).unwrap();
+    let template = dir.path().join("long.json");
+    std::fs::write(
+        &template,
+        json!({"id": "long", "name": "Long", "version": "1", "blocks": [{
+            "id": "long", "name": "Long", "layer": "L0", "type": "extract", "runtime": "llm",
+            "skill": "long", "timeout": 300000, "execution": {"retryable": true, "max_retries": 2},
+            "outputs": {"artifacts": [{"key": "out", "path": "out.md", "format": "md"}]}
+        }]})
+        .to_string(),
+    )
+    .unwrap();
+    // The factory knows the window: nothing is sent.
+    let (code, run_id) = run(&db, &template, "8192");
+    assert_eq!(code, Some(1));
+    let doc = status_json(&db, &run_id);
+    let error = doc["blocks"]["long"]["error"].as_str().unwrap().to_string();
+    assert!(error.contains("nothing was sent"), "{error}");
+    assert_eq!(doc["blocks"]["long"]["attempts"], 1);
+    // It is told a larger window: the server's own refusal is recognised.
+    let (code, run_id) = run(&db, &template, "100000");
+    assert_eq!(code, Some(1));
+    let doc = status_json(&db, &run_id);
+    let block = &doc["blocks"]["long"];
+    let error = block["error"].as_str().unwrap();
+    println!("real_llm: server-side overflow: {error}");
+    assert!(
+        error.contains("context window") && error.contains("not retried"),
+        "{error}"
+    );
+    assert_eq!(block["attempts"], 1);
+    assert_eq!(
+        block["history"][0]["report"]["llm"]["calls"], 2,
+        "streamed, then unstreamed to learn why"
+    );
+}
+
+/// Estimated tokens against the server's count on the unstreamed path, for
+/// clone-factory-sized prompts (a skill with golden examples as upstream).
+#[test]
+#[ignore = "needs a real model server: scripts/real-llm.sh"]
+fn real_llm_token_estimates_match_the_server() {
+    let (url, model) = server();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let client = factory_llm::Client::new(
+        std::sync::Arc::new(factory_llm::OpenAiCompatible::new("local", &url, None)),
+        1,
+        factory_llm::RetryPolicy::default(),
+    );
+    let root = repo_root();
+    let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
+    let mut worst: f64 = 0.0;
+    for (skill, golden) in [
+        ("soul-extractor", "soul.json"),
+        ("voice-extractor", "voice.json"),
+        ("framework-extractor", "frameworks.json"),
+        ("offer-extractor", "offers.json"),
+        ("resource-extractor", "resources.json"),
+    ] {
+        let request = factory_llm::ChatRequest {
+            model: model.clone(),
+            system: vec![
+                factory_llm::Part::cacheable(format!(
+                    "# UPSTREAM ARTIFACTS\n{}",
+                    read(&format!("templates/golden/{golden}"))
+                )),
+                factory_llm::Part::new(read(&format!("templates/skills/{skill}/SKILL.md"))),
+            ],
+            user: vec![factory_llm::Part::new("Run the block now.")],
+            max_tokens: 1,
+            ..Default::default()
+        };
+        let response = runtime
+            .block_on(client.complete(&request, std::time::Duration::from_secs(300)))
+            .unwrap();
+        assert!(
+            !response.usage.estimated,
+            "the unstreamed path reports usage"
+        );
+        let estimate = request.estimated_prompt_tokens() as f64;
+        let reported = response.usage.input_tokens as f64;
+        let error = (estimate - reported) / reported;
+        println!(
+            "real_llm: {skill}: estimated {estimate}, server {reported} ({:+.1} %)",
+            error * 100.0
+        );
+        worst = worst.max(error.abs());
+    }
+    assert!(
+        worst <= 0.10,
+        "estimates within 10 % of the server's count (worst {:.1} %)",
+        worst * 100.0
+    );
+}
