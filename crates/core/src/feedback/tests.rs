@@ -150,10 +150,12 @@ fn routing_resets_exactly_the_targets_and_their_descendants() {
     let voice = &targets["voice-extractor"];
     assert_eq!(voice.version, "v1→v2");
     assert_eq!(voice.source, "expert-audit + extraction-review");
-    assert_eq!(
-        voice.instruction,
-        crate::transitions::CORRECTIONS_INSTRUCTION,
-        "a template without corrections_instruction gets the generic one"
+    assert!(
+        voice
+            .instruction
+            .starts_with("The expert reviewed the previous version"),
+        "clone-factory's own corrections_instruction: {}",
+        voice.instruction
     );
     assert_eq!(
         voice

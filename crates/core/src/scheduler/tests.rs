@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::commit;
-use crate::run::{AttemptOutcome, AttemptReport, EventRecord};
+use crate::run::{AttemptOutcome, AttemptReport, EventRecord, FailureKind, ReplyNote};
 use crate::transitions::{self, CORRECTIONS_INSTRUCTION, Policy, RunRequest, TransitionError};
 use crate::validate::validate_value;
 
@@ -1695,5 +1695,121 @@ fn autonomy_changes_for_one_run_and_applies_at_the_next_gate() {
     h.run("a", success());
     let d = h.tick();
     assert_eq!(d.startable, ids(&["b"]), "b's gate was switched off");
+    h.assert_replays();
+}
+
+fn failing(error: &str, kind: FailureKind, excerpt: Option<&str>) -> AttemptReport {
+    AttemptReport {
+        failure: Some(kind),
+        reply_excerpt: excerpt.map(str::to_string),
+        ..failure(error)
+    }
+}
+
+#[test]
+fn a_permanent_failure_is_not_retried() {
+    let mut b = block("a", &[]);
+    b["execution"]["max_retries"] = json!(3);
+    let mut h = Harness::new(template(vec![b]));
+    h.tick();
+    let events = h.run(
+        "a",
+        failing(
+            "block `a`: the prompt does not fit",
+            FailureKind::Permanent,
+            None,
+        ),
+    );
+    let Event::BlockFailed { error, .. } = &events[1] else {
+        panic!("{events:?}")
+    };
+    assert!(
+        error.contains("not retried: no retry can fix it") && error.contains("after 1 attempt"),
+        "{error}"
+    );
+    assert_eq!(h.state("a").attempts, 1);
+    h.assert_replays();
+}
+
+#[test]
+fn reply_notes_replace_each_other_and_leave_with_a_used_reply_or_a_person() {
+    let mut b = block("a", &[]);
+    b["execution"]["max_retries"] = json!(5);
+    let mut h = Harness::new(template(vec![b]));
+    h.tick();
+    h.run(
+        "a",
+        failing(
+            "block `a`: artifact `out` is not valid JSON: trailing comma",
+            FailureKind::Reply,
+            Some("[1,]"),
+        ),
+    );
+    let note = h
+        .state("a")
+        .reply_note
+        .clone()
+        .expect("a note for the retry");
+    assert_eq!(
+        note,
+        ReplyNote {
+            attempt: 1,
+            problem: "artifact `out` is not valid JSON: trailing comma".to_string(),
+            excerpt: Some("[1,]".to_string()),
+        }
+    );
+    assert_eq!(h.state("a").corrections, None, "not a correction");
+    // A provider failure keeps the note about the last reply…
+    h.now += 100_000;
+    h.tick();
+    h.run(
+        "a",
+        failing("block `a`: cannot reach local", FailureKind::Provider, None),
+    );
+    assert_eq!(h.state("a").reply_note.as_ref().map(|n| n.attempt), Some(1));
+    // …a second unusable reply replaces it.
+    h.now += 100_000;
+    h.tick();
+    h.run(
+        "a",
+        failing("block `a`: the reply is empty", FailureKind::Reply, None),
+    );
+    let note = h.state("a").reply_note.clone().unwrap();
+    assert_eq!((note.attempt, note.excerpt), (3, None));
+    // A used reply clears it.
+    h.now += 100_000;
+    h.tick();
+    h.run("a", success());
+    assert_eq!(h.state("a").reply_note, None);
+    // So does a person's retry.
+    h.retry("a").unwrap();
+    h.tick();
+    h.run(
+        "a",
+        failing("block `a`: the reply is empty", FailureKind::Reply, None),
+    );
+    assert!(h.state("a").reply_note.is_some());
+    h.now += 100_000;
+    h.tick();
+    h.run("a", failing("block `a`: bad", FailureKind::Reply, None));
+    h.now += 100_000;
+    h.tick();
+    h.run("a", failing("block `a`: bad", FailureKind::Reply, None));
+    h.now += 100_000;
+    h.tick();
+    h.run("a", failing("block `a`: bad", FailureKind::Reply, None));
+    h.now += 100_000;
+    h.tick();
+    h.run("a", failing("block `a`: bad", FailureKind::Reply, None));
+    h.now += 100_000;
+    h.tick();
+    h.run("a", failing("block `a`: bad", FailureKind::Reply, None));
+    assert_eq!(h.status("a"), BlockStatus::Failed);
+    h.retry("a").unwrap();
+    assert_eq!(
+        h.state("a").reply_note,
+        None,
+        "a person's retry starts clean"
+    );
     h.assert_replays();
 }

@@ -248,8 +248,13 @@ async fn outputs(
                         @if let Some(error) = &report.error { p.error { (error) } }
                         @if let Some(audit) = &report.audit { (render::audit(audit)) }
                         @if let Some(llm) = &report.llm {
-                            p.muted { "LLM " (llm.provider) ":" (llm.model) " · " (llm.input_tokens) " in / " (llm.output_tokens) " out tokens · " (llm.latency_ms) " ms"
+                            p.muted { "LLM " (llm.provider) ":" (llm.model) " · " (llm.input_tokens) " in / " (llm.output_tokens) " out tokens"
+                                @if llm.estimated { " (estimated: the server reported no usage)" }
+                                " · " (llm.latency_ms) " ms"
+                                @if llm.queued_ms > 0 { " · queued " (llm.queued_ms) " ms for the provider" }
+                                @if let Some(format) = &llm.response_format { " · " (format) }
                                 @if let Some(cost) = llm.cost_usd { " · $" (format!("{cost:.4}")) } }
+                            @for note in &llm.notes { p.muted { "↳ " (note) } }
                         }
                         @if !report.metrics.is_empty() { p.muted { "Metrics: " (serde_json::to_string(&report.metrics).unwrap_or_default()) } }
                     }
