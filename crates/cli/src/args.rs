@@ -96,6 +96,10 @@ pub enum Command {
         /// Model for this run's llm blocks that name none (alias or provider:model)
         #[arg(long)]
         default_model: Option<String>,
+        /// Sampling for this run's llm blocks that set none, repeatable:
+        /// --llm temperature=0.2 --llm seed=7 (temperature, top_p, seed, stop)
+        #[arg(long = "llm", value_name = "KEY=VALUE")]
+        sampling: Vec<String>,
         /// Only create the run; do not execute anything
         #[arg(long)]
         no_run: bool,

@@ -148,6 +148,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             overrides,
             models,
             default_model,
+            sampling,
             no_run,
             drive,
         } => {
@@ -160,6 +161,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 overrides: parse_overrides(&overrides)?,
                 models: parse_models(&models)?,
                 default_model,
+                sampling: parse_sampling(&sampling)?,
             };
             let engine = engine(&cli.db, &actor, &drive, cli.config.as_deref()).await?;
             let doc = engine
@@ -581,6 +583,24 @@ fn parse_params(pairs: &[String]) -> Result<BTreeMap<String, Value>> {
         params.insert(key.trim().to_string(), Value::String(value.to_string()));
     }
     Ok(params)
+}
+
+/// `--llm KEY=VALUE`: a number or JSON value when it parses as one, else a string.
+fn parse_sampling(pairs: &[String]) -> Result<BTreeMap<String, Value>> {
+    let mut sampling = BTreeMap::new();
+    for pair in pairs {
+        match pair.split_once('=') {
+            Some((key, value)) if !key.trim().is_empty() => {
+                let value = serde_json::from_str(value.trim())
+                    .unwrap_or_else(|_| Value::String(value.to_string()));
+                sampling.insert(key.trim().to_string(), value);
+            }
+            _ => bail!(user_error(format!(
+                "--llm `{pair}` must be KEY=VALUE, e.g. temperature=0.2"
+            ))),
+        }
+    }
+    Ok(sampling)
 }
 
 fn parse_models(pairs: &[String]) -> Result<BTreeMap<String, String>> {

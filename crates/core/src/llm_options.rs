@@ -44,6 +44,22 @@ pub struct OptionError {
     pub message: String,
 }
 
+/// The knobs a run may set for all its `llm` blocks (`factory run --llm`).
+pub const RUN_KEYS: &[&str] = &["temperature", "top_p", "seed", "stop"];
+
+/// A block's knobs over the run's: the block's own value wins, the run's
+/// fills in what the block leaves unset.
+pub fn with_run_defaults(
+    config: &BTreeMap<String, Value>,
+    run: &BTreeMap<String, Value>,
+) -> BTreeMap<String, Value> {
+    let mut merged = config.clone();
+    for (key, value) in run {
+        merged.entry(key.clone()).or_insert_with(|| value.clone());
+    }
+    merged
+}
+
 /// Parses the knobs of `config`, reporting every bad one.
 pub fn parse(config: &BTreeMap<String, Value>) -> Result<LlmOptions, Vec<OptionError>> {
     let mut errors = Vec::new();

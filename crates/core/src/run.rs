@@ -409,6 +409,9 @@ pub struct RunDoc {
     /// The run's model for `llm` blocks without one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_model: Option<String>,
+    /// The run's sampling for `llm` blocks that set none themselves.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sampling: BTreeMap<String, Value>,
     pub created_at: Millis,
     pub updated_at: Millis,
     /// Sequence number of the last event folded in.
@@ -449,6 +452,8 @@ pub enum Event {
         models: BTreeMap<String, String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         default_model: Option<String>,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        sampling: BTreeMap<String, Value>,
     },
     BlockReady {
         block: String,
@@ -687,6 +692,7 @@ impl RunDoc {
             blocks,
             models,
             default_model,
+            sampling,
         } = &record.event
         else {
             return Err(ApplyError::NotCreated);
@@ -700,6 +706,7 @@ impl RunDoc {
             params: params.clone(),
             models: models.clone(),
             default_model: default_model.clone(),
+            sampling: sampling.clone(),
             created_at: record.at,
             updated_at: record.at,
             seq: record.seq,

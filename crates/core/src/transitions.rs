@@ -93,6 +93,9 @@ pub struct RunRequest {
     pub models: BTreeMap<String, String>,
     /// Model for `llm` blocks without one, for this run.
     pub default_model: Option<String>,
+    /// Sampling for the run's `llm` blocks that set none themselves
+    /// (`temperature`, `top_p`, `seed`, `stop`).
+    pub sampling: BTreeMap<String, Value>,
 }
 
 /// The model an `llm` block uses in a run: the run's override for the block,
@@ -220,6 +223,22 @@ pub fn create_run(
             Some(_) => {}
         }
     }
+    for key in request.sampling.keys() {
+        if !crate::llm_options::RUN_KEYS.contains(&key.as_str()) {
+            problems.push(format!(
+                "`{key}` cannot be set per run; a run sets {} (other knobs are per block, in inputs.config)",
+                crate::llm_options::RUN_KEYS.join(", ")
+            ));
+        }
+    }
+    if let Err(errors) = crate::llm_options::parse(&request.sampling) {
+        for error in errors {
+            problems.push(format!(
+                "run setting `{}` must be {}",
+                error.key, error.message
+            ));
+        }
+    }
     if !problems.is_empty() {
         return Err(CreateRunError { problems });
     }
@@ -248,6 +267,7 @@ pub fn create_run(
         blocks,
         models: request.models.clone(),
         default_model: request.default_model.clone(),
+        sampling: request.sampling.clone(),
     })
 }
 

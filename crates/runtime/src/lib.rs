@@ -47,6 +47,8 @@ pub struct AttemptInput<'a> {
     pub corrections: Option<&'a Corrections>,
     /// Why the previous reply could not be used (`llm` blocks).
     pub reply_note: Option<&'a factory_core::run::ReplyNote>,
+    /// The run's sampling (`llm` blocks), under the block's own.
+    pub run_sampling: &'a BTreeMap<String, Value>,
     /// A directory for this attempt only; created fresh (emptied if it exists).
     pub attempt_dir: PathBuf,
     /// The template's directory, for scripts referenced relative to it.

@@ -541,7 +541,9 @@ pub(crate) async fn run(input: AttemptInput<'_>) -> Execution {
         Ok(resolved) => resolved,
         Err(error) => return fail(FailureKind::Permanent, error),
     };
-    let options = match factory_core::llm_options::parse(&block.inputs.config) {
+    let options = match factory_core::llm_options::parse(
+        &factory_core::llm_options::with_run_defaults(&block.inputs.config, input.run_sampling),
+    ) {
         Ok(options) => options,
         Err(problems) => {
             let text: Vec<String> = problems

@@ -218,7 +218,10 @@ fn write_template(dir: &Path) -> std::path::PathBuf {
         .map(|n| json_block(&format!("facts-{n}"), json!({})))
         .collect();
     // One block reads its reply unstreamed (and meets the empty-body glitch).
-    blocks.push(json_block("facts-5", json!({"stream": false})));
+    blocks.push(json_block(
+        "facts-5",
+        json!({"stream": false, "temperature": 0.9}),
+    ));
     // One block without structured output: the tiny model breaks its JSON.
     blocks.push(json_block("loose", json!({"structured_output": "off"})));
     // One block whose prompt cannot fit the 2,048-token window.
@@ -299,6 +302,10 @@ fn a_run_on_a_one_slot_local_server_set_up_with_two_variables() {
             "--retry-backoff-ms",
             "10",
             "--quiet",
+            "--llm",
+            "temperature=0.3",
+            "--llm",
+            "seed=5",
         ])
         .output()
         .unwrap();

@@ -1102,14 +1102,30 @@ fn create_run_reports_every_problem() {
         overrides: BTreeMap::from([("zz".to_string(), Autonomy::Auto)]),
         models: BTreeMap::from([("ghost".to_string(), "opus".to_string())]),
         default_model: None,
+        sampling: BTreeMap::from([
+            ("max_tokens".to_string(), json!(10)),
+            ("temperature".to_string(), json!("hot")),
+        ]),
     };
     let error = transitions::create_run(&pipeline, &request, &|_| false).unwrap_err();
-    assert_eq!(error.problems.len(), 6, "{:#?}", error.problems);
+    assert_eq!(error.problems.len(), 8, "{:#?}", error.problems);
     assert!(
         error
             .problems
             .iter()
             .any(|p| p.contains("model override names unknown block `ghost`"))
+    );
+    assert!(
+        error
+            .problems
+            .iter()
+            .any(|p| p.starts_with("`max_tokens` cannot be set per run"))
+    );
+    assert!(
+        error
+            .problems
+            .iter()
+            .any(|p| p.starts_with("run setting `temperature` must be a number from 0 to 2"))
     );
 
     let request = RunRequest {

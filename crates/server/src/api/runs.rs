@@ -91,6 +91,9 @@ pub struct CreateRun {
     pub models: BTreeMap<String, String>,
     #[serde(default)]
     pub default_model: Option<String>,
+    /// Sampling for llm blocks that set none: temperature, top_p, seed, stop.
+    #[serde(default)]
+    pub sampling: BTreeMap<String, Value>,
     #[serde(default)]
     pub files: Vec<Upload>,
 }
@@ -163,6 +166,7 @@ pub async fn create_run(
         overrides: body.overrides,
         models: body.models,
         default_model: body.default_model.filter(|m| !m.is_empty()),
+        sampling: body.sampling,
     };
     let path = entry.path_buf();
     let doc = state
