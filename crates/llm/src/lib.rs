@@ -578,8 +578,12 @@ impl Client {
                     response.queued_ms = queued_ms;
                     response.response_format = request.response_format.clone();
                     response.notes = notes;
-                    if response.usage.input_tokens == 0 && response.usage.output_tokens == 0 {
-                        response.usage = Usage::estimated(&request, &response.text);
+                    let usage = &mut response.usage;
+                    if usage.input_tokens == 0 && usage.output_tokens == 0 {
+                        *usage = Usage::estimated(&request, &response.text);
+                    } else if usage.output_tokens == 0 && !response.text.is_empty() {
+                        usage.output_tokens = tokens::estimate(&response.text);
+                        usage.estimated = true;
                     }
                     return Ok(response);
                 }
@@ -615,8 +619,15 @@ impl Client {
                 continue;
             }
             retries += 1;
+            // The prompt counts only if the server got to work on it: a reply
+            // began, or it ran out of time while generating.
+            let worked = !transcript.text.is_empty() || matches!(error, LlmError::Timeout { .. });
             let fail = |error: LlmError, notes: Vec<String>| CallFailure {
-                usage: Usage::estimated(&request, &transcript.text),
+                usage: if worked {
+                    Usage::estimated(&request, &transcript.text)
+                } else {
+                    Usage::default()
+                },
                 raw_request: transcript.request.clone(),
                 raw_response: transcript.raw_response.clone(),
                 partial_text: transcript.text.clone(),

@@ -469,6 +469,11 @@ async fn an_empty_stream_is_diagnosed_without_streaming_and_not_retried() {
     assert!(failure.to_string().contains("context window"), "{failure}");
     assert_eq!(failure.attempts, 2);
     assert_eq!(
+        failure.usage,
+        factory_llm::Usage::default(),
+        "a refused prompt costs nothing"
+    );
+    assert_eq!(
         failure.notes,
         vec!["the stream was empty; asked again without streaming".to_string()]
     );
