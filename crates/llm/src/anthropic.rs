@@ -7,12 +7,17 @@ use serde_json::{Value, json};
 use std::time::Instant;
 
 use crate::{
-    ChatRequest, ChatResponse, LlmError, ModelInfo, Provider, StreamLimits, Transcript, Usage,
-    read_json_body, read_sse, send_checked, send_within, stream_error, transport_error,
+    ChatRequest, ChatResponse, LlmError, ModelInfo, Provider, ResponseFormat, StreamLimits,
+    Transcript, Usage, read_json_body, read_sse, send_checked, send_within, stream_error,
+    transport_error,
 };
 
 pub const DEFAULT_BASE_URL: &str = "https://api.anthropic.com";
 pub const API_VERSION: &str = "2023-06-01";
+
+/// The tool a JSON reply is forced through: Anthropic's way to structured
+/// output is a tool call whose input is the JSON.
+pub const OUTPUT_TOOL: &str = "emit_output";
 
 pub struct Anthropic {
     name: String,
@@ -73,6 +78,20 @@ impl Anthropic {
         }
         if !request.stop.is_empty() {
             body["stop_sequences"] = json!(request.stop);
+        }
+        let schema = match &request.response_format {
+            ResponseFormat::Text => None,
+            ResponseFormat::JsonObject => Some(json!({"type": "object"})),
+            ResponseFormat::JsonSchema { schema, .. }
+            | ResponseFormat::JsonObjectWithSchema { schema } => Some(schema.clone()),
+        };
+        if let Some(schema) = schema {
+            body["tools"] = json!([{
+                "name": OUTPUT_TOOL,
+                "description": "Return the result: its input is the whole reply, as JSON.",
+                "input_schema": schema,
+            }]);
+            body["tool_choice"] = json!({"type": "tool", "name": OUTPUT_TOOL});
         }
         if request.stream {
             body["stream"] = json!(true);
@@ -165,8 +184,14 @@ impl Provider for Anthropic {
                             }
                         }
                         "content_block_delta" => {
-                            if let Some(delta) = data["delta"].get("text").and_then(Value::as_str) {
-                                text.push_str(delta);
+                            let delta = &data["delta"];
+                            // Text, or the forced tool's input arriving as JSON pieces.
+                            if let Some(piece) = delta
+                                .get("text")
+                                .or_else(|| delta.get("partial_json"))
+                                .and_then(Value::as_str)
+                            {
+                                text.push_str(piece);
                             }
                         }
                         "message_delta" => {
@@ -207,7 +232,11 @@ impl Provider for Anthropic {
                 .and_then(Value::as_array)
                 .ok_or_else(|| self.malformed("no `content` array in the message"))?;
             for block in content {
-                if block.get("type").and_then(Value::as_str) == Some("text") {
+                if block.get("type").and_then(Value::as_str) == Some("tool_use")
+                    && let Some(input) = block.get("input")
+                {
+                    transcript.text.push_str(&input.to_string());
+                } else if block.get("type").and_then(Value::as_str) == Some("text") {
                     transcript.text.push_str(
                         block
                             .get("text")

@@ -762,11 +762,11 @@ pub fn reply_shape(
     )
 }
 
-/// What the provider is asked to constrain the reply to. JSON mode only
-/// where the whole reply is JSON (one JSON artifact, or several artifacts in
-/// one JSON object) and only on OpenAI-compatible providers: Anthropic's
-/// equivalent (forced tool use) is not wired yet, and Claude follows the
-/// prompt's output contract.
+/// What the provider is asked to constrain the reply to. By default
+/// (`auto`) JSON mode only where the whole reply is JSON (one JSON artifact,
+/// or several artifacts in one JSON object) and only on OpenAI-compatible
+/// providers; on Anthropic a block asks for it (`json_object`,
+/// `json_schema`), which becomes a forced tool call.
 fn response_format(
     block: &factory_core::template::Block,
     options: &factory_core::llm_options::LlmOptions,
@@ -795,7 +795,12 @@ fn response_format(
     };
     match options.structured_output {
         StructuredOutput::Off => ResponseFormat::Text,
-        _ if kind == ProviderKind::Anthropic => ResponseFormat::Text,
+        // Claude follows the output contract; its forced tool use is there
+        // when a block asks for it, and must carry an object.
+        StructuredOutput::Auto if kind == ProviderKind::Anthropic => ResponseFormat::Text,
+        StructuredOutput::JsonObject if kind == ProviderKind::Anthropic && artifacts.len() > 1 => {
+            schema()
+        }
         StructuredOutput::JsonObject => ResponseFormat::JsonObject,
         StructuredOutput::JsonSchema => schema(),
         StructuredOutput::Auto if !json_reply => ResponseFormat::Text,
@@ -948,5 +953,68 @@ output = 2.0
             error.starts_with("factory.toml") && error.contains("outptu"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn json_mode_where_the_reply_is_json() {
+        let block = |artifacts: Value, config: Value| -> factory_core::template::Block {
+            serde_json::from_value(serde_json::json!({
+                "id": "b", "name": "B", "layer": "L0", "type": "extract", "runtime": "llm",
+                "skill": "s", "inputs": {"config": config}, "outputs": {"artifacts": artifacts}
+            }))
+            .unwrap()
+        };
+        let json_one = serde_json::json!([{"key": "j", "path": "j.json", "format": "json"}]);
+        let md_one = serde_json::json!([{"key": "m", "path": "m.md", "format": "md"}]);
+        let mixed = serde_json::json!([
+            {"key": "m", "path": "m.md", "format": "md"},
+            {"key": "j", "path": "j.json", "format": "json"}
+        ]);
+        let decide = |artifacts: &Value, config: Value, kind| {
+            let b = block(artifacts.clone(), config);
+            let options = factory_core::llm_options::parse(&b.inputs.config).unwrap();
+            response_format(&b, &options, kind)
+        };
+        use ProviderKind::{Anthropic, Openai};
+        let none = serde_json::json!({});
+        assert_eq!(
+            decide(&json_one, none.clone(), Openai),
+            ResponseFormat::JsonObject
+        );
+        assert_eq!(decide(&md_one, none.clone(), Openai), ResponseFormat::Text);
+        let ResponseFormat::JsonSchema { schema, .. } = decide(&mixed, none.clone(), Openai) else {
+            panic!("several artifacts: one object with their keys")
+        };
+        assert_eq!(schema["required"], serde_json::json!(["m", "j"]));
+        assert_eq!(schema["properties"]["m"]["type"], "string");
+        assert_eq!(
+            decide(
+                &json_one,
+                serde_json::json!({"structured_output": "off"}),
+                Openai
+            ),
+            ResponseFormat::Text
+        );
+        // Anthropic: the prompt contract unless the block asks.
+        assert_eq!(
+            decide(&json_one, none.clone(), Anthropic),
+            ResponseFormat::Text
+        );
+        assert_eq!(
+            decide(
+                &json_one,
+                serde_json::json!({"structured_output": "json_object"}),
+                Anthropic
+            ),
+            ResponseFormat::JsonObject
+        );
+        assert!(matches!(
+            decide(
+                &json_one,
+                serde_json::json!({"json_schema": {"type": "object"}}),
+                Openai
+            ),
+            ResponseFormat::JsonSchema { .. }
+        ));
     }
 }

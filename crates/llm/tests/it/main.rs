@@ -724,3 +724,60 @@ async fn stream_limits_name_the_one_that_fired() {
     let response = client(&url).complete(&request(true), limits).await.unwrap();
     assert_eq!(response.text, "HelHel");
 }
+
+/// Anthropic's structured output: a forced tool call whose input is the JSON,
+/// unstreamed and streamed (`input_json_delta`).
+#[tokio::test]
+async fn anthropic_json_comes_through_a_forced_tool() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(body_partial_json(json!({
+            "tool_choice": {"type": "tool", "name": "emit_output"},
+            "tools": [{"name": "emit_output", "input_schema": {"type": "object", "required": ["a"]}}],
+            "stream": true
+        })))
+        .respond_with(ResponseTemplate::new(200).set_body_string(concat!(
+            "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":30,\"output_tokens\":1}}}\n\n",
+            "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"tool_use\",\"id\":\"t1\",\"name\":\"emit_output\",\"input\":{}}}\n\n",
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"a\\\": \"}}\n\n",
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"[1, 2]}\"}}\n\n",
+            "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\"},\"usage\":{\"output_tokens\":9}}\n\n",
+            "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+        )))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(body_partial_json(json!({"tool_choice": {"type": "tool", "name": "emit_output"}})))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "model": "claude-test", "stop_reason": "tool_use",
+            "content": [{"type": "tool_use", "id": "t2", "name": "emit_output", "input": {"a": [3]}}],
+            "usage": {"input_tokens": 30, "output_tokens": 9}
+        })))
+        .mount(&server)
+        .await;
+    let mut asked = request(true);
+    asked.response_format = ResponseFormat::JsonSchema {
+        name: "facts".into(),
+        schema: json!({"type": "object", "required": ["a"]}),
+    };
+    let client = anthropic(&server);
+    let streamed = client
+        .complete(&asked, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(&streamed.text).unwrap(),
+        json!({"a": [1, 2]})
+    );
+    asked.stream = false;
+    let whole = client
+        .complete(&asked, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(&whole.text).unwrap(),
+        json!({"a": [3]})
+    );
+    assert!(!whole.truncated);
+}
