@@ -15,7 +15,7 @@ use factory_core::template::Runtime;
 use factory_runtime::llm::LlmSettings;
 
 pub async fn run(settings: &LlmSettings, template: Option<(&Path, &Pipeline)>) -> Result<ExitCode> {
-    let mut problems = Vec::new();
+    let mut problems: Vec<String> = settings.warnings().to_vec();
     println!("providers:");
     let mut unreachable = Vec::new();
     let mut any = false;
@@ -62,7 +62,7 @@ pub async fn run(settings: &LlmSettings, template: Option<(&Path, &Pipeline)>) -
     }
 
     let Some((path, pipeline)) = template else {
-        return Ok(if unreachable.is_empty() && any {
+        return Ok(if unreachable.is_empty() && any && problems.is_empty() {
             ExitCode::SUCCESS
         } else {
             ExitCode::from(2)

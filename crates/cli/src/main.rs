@@ -110,10 +110,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Validate { files, json } => validate(&files, json),
         Command::Doctor { template } => {
-            let settings = factory_runtime::llm::LlmSettings::from_config(
-                llm_config(cli.config.as_deref())?,
-                |name| std::env::var(name).ok(),
-            );
+            let settings = llm_settings(cli.config.as_deref())?;
             let pipeline = match &template {
                 Some(path) => Some((
                     path.clone(),
@@ -267,10 +264,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             attempt,
         } => {
             let store = factory_store::open(&cli.db).await?;
-            let settings = factory_runtime::llm::LlmSettings::from_config(
-                llm_config(cli.config.as_deref())?,
-                |name| std::env::var(name).ok(),
-            );
+            let settings = llm_settings(cli.config.as_deref())?;
             prompt_cmd::run(store.as_ref(), &settings, &run, &block, attempt).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -409,6 +403,19 @@ async fn token(db: &str, actor: &str, command: args::TokenCommand) -> Result<Exi
     Ok(ExitCode::SUCCESS)
 }
 
+/// The LLM settings from the config file and the environment; settings that
+/// cannot be used are said on stderr.
+fn llm_settings(config_path: Option<&Path>) -> Result<factory_runtime::llm::LlmSettings> {
+    let settings =
+        factory_runtime::llm::LlmSettings::from_config(llm_config(config_path)?, |name| {
+            std::env::var(name).ok()
+        });
+    for warning in settings.warnings() {
+        eprintln!("warning: {warning}");
+    }
+    Ok(settings)
+}
+
 /// Reads the LLM settings file: `--config`/`FACTORY_CONFIG`, else
 /// `factory.toml` in the current directory when there is one.
 fn llm_config(path: Option<&Path>) -> Result<factory_runtime::llm::LlmConfig> {
@@ -447,10 +454,7 @@ async fn engine(
         keep_work_dirs: drive.keep_work,
         actor: actor.to_string(),
         observer: progress::observer(drive.quiet),
-        llm: Some(Arc::new(factory_runtime::llm::LlmSettings::from_config(
-            llm_config(config_path)?,
-            |name| std::env::var(name).ok(),
-        ))),
+        llm: Some(Arc::new(llm_settings(config_path)?)),
         ..EngineConfig::default()
     };
     if let Some(dir) = &drive.work_dir {

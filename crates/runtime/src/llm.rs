@@ -34,6 +34,8 @@ pub struct LlmSettings {
     prices: BTreeMap<String, Price>,
     /// Context windows by the provider's model id (`[context_windows]`).
     context_windows: BTreeMap<String, u64>,
+    /// Settings that could not be used, in words (shown by the CLI and doctor).
+    warnings: Vec<String>,
 }
 
 /// A configured provider: its client and what the configuration says of it.
@@ -229,7 +231,21 @@ impl LlmSettings {
     /// environment's `FACTORY_*` variables win over the file).
     pub fn from_config(config: LlmConfig, lookup: impl Fn(&str) -> Option<String>) -> LlmSettings {
         let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
-        let env_concurrency = get("FACTORY_LLM_CONCURRENCY").and_then(|v| v.parse().ok());
+        let mut warnings = Vec::new();
+        let mut number = |name: &str| -> Option<u64> {
+            let value = get(name)?;
+            match value.trim().parse::<u64>() {
+                Ok(n) if n > 0 => Some(n),
+                _ => {
+                    warnings.push(format!(
+                        "{name}=`{value}` is not a positive whole number; it is ignored"
+                    ));
+                    None
+                }
+            }
+        };
+        let env_concurrency = number("FACTORY_LLM_CONCURRENCY").map(|n| n as usize);
+        let local_context = number("FACTORY_LLM_CONTEXT");
         // A server on this machine usually serves one request at a time;
         // more calls in flight only queue there, where the timeout counts.
         let concurrency = |configured: Option<usize>, base_url: Option<&str>| {
@@ -313,7 +329,7 @@ impl LlmSettings {
                 )),
                 ProviderKind::Openai,
                 concurrency(None, Some(&url)),
-                get("FACTORY_LLM_CONTEXT").and_then(|v| v.parse().ok()),
+                local_context,
                 "FACTORY_LLM_BASE_URL".to_string(),
             );
         }
@@ -364,6 +380,12 @@ impl LlmSettings {
                 *target = format!("local:{model}");
             }
         }
+        if local_model.is_some() && !providers.contains_key("local") {
+            warnings.push(
+                "FACTORY_LLM_MODEL is set but FACTORY_LLM_BASE_URL is not, so it is ignored: set both"
+                    .to_string(),
+            );
+        }
         let default_model = get("FACTORY_DEFAULT_MODEL")
             .or_else(|| {
                 local_model
@@ -379,7 +401,13 @@ impl LlmSettings {
             default_model,
             prices: config.prices,
             context_windows: config.context_windows,
+            warnings,
         }
+    }
+
+    /// Settings that could not be used, in words.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// Each configured provider: name, client, where its settings came from.
@@ -943,6 +971,51 @@ output = 2.0
             _ => None,
         });
         assert_eq!(settings.resolve(None).unwrap().model, "llama");
+    }
+
+    #[test]
+    fn one_variable_points_every_alias_at_the_local_server() {
+        let settings = LlmSettings::from_lookup(|name| match name {
+            "FACTORY_LLM_BASE_URL" => Some("http://127.0.0.1:11434/v1".into()),
+            "FACTORY_LLM_MODEL" => Some("qwen2.5".into()),
+            "FACTORY_MODEL_HAIKU" => Some("openrouter:x/y".into()),
+            _ => None,
+        });
+        for model in [None, Some("opus"), Some("sonnet")] {
+            let resolved = settings.resolve(model).unwrap();
+            assert_eq!(
+                (resolved.provider, resolved.model.as_str()),
+                ("local", "qwen2.5")
+            );
+        }
+        // An explicit alias variable still wins; a pinned provider keeps its own.
+        assert_eq!(
+            settings.target(Some("haiku")).1.as_deref(),
+            Some("openrouter")
+        );
+        assert!(settings.resolve(Some("anthropic:claude-x")).is_err());
+        assert!(settings.warnings().is_empty());
+
+        let settings = LlmSettings::from_lookup(|name| match name {
+            "FACTORY_LLM_MODEL" => Some("qwen2.5".into()),
+            "FACTORY_LLM_CONTEXT" => Some("16k".into()),
+            _ => None,
+        });
+        let warnings = settings.warnings().join("\n");
+        assert!(
+            warnings.contains("FACTORY_LLM_CONTEXT=`16k` is not a positive whole number")
+                && warnings.contains("FACTORY_LLM_BASE_URL is not"),
+            "{warnings}"
+        );
+    }
+
+    #[test]
+    fn loopback_urls_are_recognised() {
+        assert!(is_loopback("http://127.0.0.1:8080/v1"));
+        assert!(is_loopback("http://localhost:11434/v1"));
+        assert!(is_loopback("http://[::1]:8000/v1"));
+        assert!(!is_loopback("https://api.openai.com/v1"));
+        assert!(!is_loopback("http://10.0.0.5:8000/v1"));
     }
 
     #[test]
