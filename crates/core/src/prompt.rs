@@ -454,7 +454,10 @@ pub fn parse_reply(
             out.insert(only.key.clone(), text);
         }
         several if shape == ReplyShape::JsonEnvelope => {
-            let text = strip_single_fence(reply);
+            let mut text = strip_single_fence(reply);
+            if let Some(repaired) = escape_control_characters(&text) {
+                text = repaired;
+            }
             let object = match serde_json::from_str::<Value>(&text) {
                 Ok(Value::Object(object)) => object,
                 Ok(other) => {
@@ -505,6 +508,13 @@ pub fn parse_reply(
     }
     for artifact in artifacts {
         if artifact.format == ArtifactFormat::Json
+            && let Some(text) = out.get_mut(&artifact.key)
+        {
+            if let Some(repaired) = escape_control_characters(text) {
+                *text = repaired;
+            }
+        }
+        if artifact.format == ArtifactFormat::Json
             && let Some(text) = out.get(&artifact.key)
             && let Err(error) = serde_json::from_str::<Value>(text)
         {
@@ -548,6 +558,47 @@ fn strip_single_fence(reply: &str) -> String {
     } else {
         format!("{trimmed}\n")
     }
+}
+
+/// JSON whose strings hold raw line breaks or tabs (small models write them;
+/// JSON forbids them) with those characters escaped, when that is all that
+/// kept it from parsing. The value is the one the writer meant, so nothing
+/// is guessed; anything else wrong leaves the text as it was (None).
+fn escape_control_characters(text: &str) -> Option<String> {
+    if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() {
+        return None;
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut changed = false;
+    for c in text.chars() {
+        if in_string && !escaped && (c as u32) < 0x20 {
+            changed = true;
+            match c {
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                other => {
+                    let _ = write!(out, "\\u{:04x}", other as u32);
+                }
+            }
+            continue;
+        }
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if c == '"' {
+            in_string = true;
+        }
+        out.push(c);
+    }
+    (changed && serde_json::from_str::<serde::de::IgnoredAny>(&out).is_ok()).then_some(out)
 }
 
 /// The body of the reply's only fenced block, when it has exactly one.
@@ -810,6 +861,24 @@ mod tests {
         assert!(excerpt.starts_with("{\n  \"a\": [1,],"), "{excerpt}");
         // Two fences: ambiguous, nothing is guessed.
         assert!(parse_reply(&b, "```\n{}\n```\n```\n{}\n```", ReplyShape::Plain).is_err());
+    }
+
+    #[test]
+    fn raw_line_breaks_inside_json_strings_are_escaped() {
+        let b =
+            block(serde_json::json!([{"key": "soul-json", "path": "soul.json", "format": "json"}]));
+        let parsed = parse_reply(
+            &b,
+            "{\"quote\": \"line one\nline two\tend\", \"n\": 1}",
+            ReplyShape::Plain,
+        )
+        .unwrap();
+        let value: Value = serde_json::from_str(&parsed["soul-json"]).unwrap();
+        assert_eq!(value["quote"], "line one\nline two\tend");
+        // Anything else wrong is still reported, not guessed at.
+        assert!(parse_reply(&b, "{\"a\": \"x\ny\",}", ReplyShape::Plain).is_err());
+        // Line breaks between values are JSON's own and stay.
+        assert_eq!(escape_control_characters("{\n  \"a\": 1\n}"), None);
     }
 
     #[test]
