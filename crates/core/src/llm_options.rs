@@ -161,9 +161,106 @@ pub fn parse(config: &BTreeMap<String, Value>) -> Result<LlmOptions, Vec<OptionE
     }
 }
 
+/// A JSON Schema of the shape of `example` (a block's golden example), for
+/// asking a provider for that shape: objects with their keys (all required,
+/// others allowed), arrays of what their elements are, strings, numbers and
+/// booleans. Nothing of the values themselves is kept.
+pub fn schema_of(example: &Value) -> Value {
+    match example {
+        Value::Object(map) => {
+            let properties: serde_json::Map<String, Value> = map
+                .iter()
+                .map(|(key, value)| (key.clone(), schema_of(value)))
+                .collect();
+            let required: Vec<&String> = map.keys().collect();
+            serde_json::json!({"type": "object", "properties": properties, "required": required})
+        }
+        Value::Array(items) => match items.iter().take(8).map(schema_of).reduce(merge) {
+            Some(item) => serde_json::json!({"type": "array", "items": item}),
+            None => serde_json::json!({"type": "array"}),
+        },
+        Value::String(_) => serde_json::json!({"type": "string"}),
+        Value::Number(_) => serde_json::json!({"type": "number"}),
+        Value::Bool(_) => serde_json::json!({"type": "boolean"}),
+        Value::Null => serde_json::json!({}),
+    }
+}
+
+/// Two element schemas of one array as one: objects keep every property and
+/// require only the keys both require; different kinds allow anything.
+fn merge(a: Value, b: Value) -> Value {
+    if a == b {
+        return a;
+    }
+    if a["type"] == "object" && b["type"] == "object" {
+        let mut properties = a["properties"].as_object().cloned().unwrap_or_default();
+        for (key, schema) in b["properties"].as_object().into_iter().flatten() {
+            let merged = match properties.remove(key) {
+                Some(existing) => merge(existing, schema.clone()),
+                None => schema.clone(),
+            };
+            properties.insert(key.clone(), merged);
+        }
+        let required: Vec<&Value> = a["required"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|key| b["required"].as_array().is_some_and(|r| r.contains(key)))
+            .collect();
+        return serde_json::json!({"type": "object", "properties": properties, "required": required});
+    }
+    if a["type"] == "array" && b["type"] == "array" {
+        return match (a.get("items").cloned(), b.get("items").cloned()) {
+            (Some(x), Some(y)) => serde_json::json!({"type": "array", "items": merge(x, y)}),
+            (Some(x), None) | (None, Some(x)) => serde_json::json!({"type": "array", "items": x}),
+            (None, None) => serde_json::json!({"type": "array"}),
+        };
+    }
+    serde_json::json!({})
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_golden_example_gives_its_shape_not_its_values() {
+        let golden = serde_json::json!({
+            "expert": "Marisol Vega",
+            "values": [
+                {"name": "Candour", "rank": 1, "quote": "Say it."},
+                {"name": "Patience", "rank": 2}
+            ],
+            "verified": true,
+            "notes": null
+        });
+        let schema = schema_of(&golden);
+        assert_eq!(
+            schema["required"],
+            serde_json::json!(["expert", "values", "verified", "notes"]),
+            "in the example's order"
+        );
+        assert_eq!(
+            schema["properties"]["expert"],
+            serde_json::json!({"type": "string"})
+        );
+        let item = &schema["properties"]["values"]["items"];
+        assert_eq!(
+            item["required"],
+            serde_json::json!(["name", "rank"]),
+            "only keys every element has"
+        );
+        assert_eq!(
+            item["properties"]["quote"],
+            serde_json::json!({"type": "string"})
+        );
+        assert_eq!(schema["properties"]["notes"], serde_json::json!({}));
+        assert!(!schema.to_string().contains("Marisol"));
+        assert_eq!(
+            schema_of(&serde_json::json!([1, "a"])),
+            serde_json::json!({"type": "array", "items": {}})
+        );
+    }
 
     fn config(value: Value) -> BTreeMap<String, Value> {
         serde_json::from_value(value).unwrap()

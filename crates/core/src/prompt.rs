@@ -509,10 +509,9 @@ pub fn parse_reply(
     for artifact in artifacts {
         if artifact.format == ArtifactFormat::Json
             && let Some(text) = out.get_mut(&artifact.key)
+            && let Some(repaired) = escape_control_characters(text)
         {
-            if let Some(repaired) = escape_control_characters(text) {
-                *text = repaired;
-            }
+            *text = repaired;
         }
         if artifact.format == ArtifactFormat::Json
             && let Some(text) = out.get(&artifact.key)

@@ -503,6 +503,7 @@ async fn run_attempt(
             corrections: state.corrections.as_ref(),
             reply_note: state.reply_note.as_ref(),
             run_sampling: &doc.sampling,
+            golden: &golden,
             attempt_dir: attempt_dir.clone(),
             template_dir,
             on_spawn: Some(on_spawn),

@@ -556,6 +556,7 @@ impl Client {
         }
         let mut calls = 0;
         let mut retries = 0;
+        let mut fresh_connection_tried = false;
         loop {
             calls += 1;
             let mut transcript = Transcript::default();
@@ -640,7 +641,15 @@ impl Client {
             if !error.is_retryable() || retries >= self.retry.max_attempts {
                 return Err(fail(error, notes));
             }
-            let delay = self.retry.delay(retries, error.retry_after());
+            // A connection kept alive after a failed reply may be gone at the
+            // server (llama.cpp's drops it after an empty stream): the first
+            // transport error is tried again at once, on a fresh connection.
+            let delay = if matches!(error, LlmError::Transport { .. }) && !fresh_connection_tried {
+                fresh_connection_tried = true;
+                Duration::ZERO
+            } else {
+                self.retry.delay(retries, error.retry_after())
+            };
             if Instant::now() + delay >= deadline {
                 return Err(fail(error, notes));
             }

@@ -49,6 +49,9 @@ pub struct AttemptInput<'a> {
     pub reply_note: Option<&'a factory_core::run::ReplyNote>,
     /// The run's sampling (`llm` blocks), under the block's own.
     pub run_sampling: &'a BTreeMap<String, Value>,
+    /// The block's golden examples by artifact key (their shape becomes the
+    /// JSON schema an `llm` block asks for).
+    pub golden: &'a BTreeMap<String, Vec<u8>>,
     /// A directory for this attempt only; created fresh (emptied if it exists).
     pub attempt_dir: PathBuf,
     /// The template's directory, for scripts referenced relative to it.

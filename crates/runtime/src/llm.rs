@@ -596,7 +596,8 @@ pub(crate) async fn run(input: AttemptInput<'_>) -> Execution {
         }
         _ => None,
     };
-    let response_format = response_format(block, &options, resolved.kind);
+    let golden = golden_schemas(block, input.golden);
+    let response_format = response_format(block, &options, resolved.kind, &golden);
     let shape = ReplyShape::for_block(block, response_format != ResponseFormat::Text);
     let upstream = input
         .inputs
@@ -786,7 +787,7 @@ pub fn reply_shape(
         .map_or(ProviderKind::Openai, |r| r.kind);
     ReplyShape::for_block(
         block,
-        response_format(block, &options, kind) != ResponseFormat::Text,
+        response_format(block, &options, kind, &BTreeMap::new()) != ResponseFormat::Text,
     )
 }
 
@@ -799,6 +800,7 @@ fn response_format(
     block: &factory_core::template::Block,
     options: &factory_core::llm_options::LlmOptions,
     kind: ProviderKind,
+    golden: &BTreeMap<String, Value>,
 ) -> ResponseFormat {
     use factory_core::llm_options::StructuredOutput;
     use factory_core::template::ArtifactFormat;
@@ -812,7 +814,10 @@ fn response_format(
         let schema = options
             .json_schema
             .clone()
-            .or_else(|| (artifacts.len() > 1).then(|| envelope_schema(artifacts)));
+            .or_else(|| match artifacts.as_slice() {
+                [only] => golden.get(&only.key).cloned(),
+                _ => Some(envelope_schema(artifacts, golden)),
+            });
         match schema {
             Some(schema) => ResponseFormat::JsonSchema {
                 name: block.id.replace('-', "_"),
@@ -832,20 +837,53 @@ fn response_format(
         StructuredOutput::JsonObject => ResponseFormat::JsonObject,
         StructuredOutput::JsonSchema => schema(),
         StructuredOutput::Auto if !json_reply => ResponseFormat::Text,
-        StructuredOutput::Auto if options.json_schema.is_some() || artifacts.len() > 1 => schema(),
+        StructuredOutput::Auto
+            if options.json_schema.is_some()
+                || artifacts.len() > 1
+                || artifacts.iter().any(|a| golden.contains_key(&a.key)) =>
+        {
+            schema()
+        }
         StructuredOutput::Auto => ResponseFormat::JsonObject,
     }
 }
 
+/// The shapes of the block's JSON golden examples, by artifact key.
+fn golden_schemas(
+    block: &factory_core::template::Block,
+    golden: &BTreeMap<String, Vec<u8>>,
+) -> BTreeMap<String, Value> {
+    block
+        .outputs
+        .artifacts
+        .iter()
+        .filter(|a| a.format == factory_core::template::ArtifactFormat::Json)
+        .filter_map(|a| {
+            let example: Value = serde_json::from_slice(golden.get(&a.key)?).ok()?;
+            Some((
+                a.key.clone(),
+                factory_core::llm_options::schema_of(&example),
+            ))
+        })
+        .collect()
+}
+
 /// The schema of the one-object reply that carries several artifacts: each
-/// key required, text artifacts as strings.
-fn envelope_schema(artifacts: &[factory_core::template::ArtifactSpec]) -> Value {
+/// key required, text artifacts as strings, JSON ones shaped like their
+/// golden example when there is one.
+fn envelope_schema(
+    artifacts: &[factory_core::template::ArtifactSpec],
+    golden: &BTreeMap<String, Value>,
+) -> Value {
     use factory_core::template::ArtifactFormat;
     let properties: serde_json::Map<String, Value> = artifacts
         .iter()
         .map(|a| {
             let schema = match a.format {
-                ArtifactFormat::Json | ArtifactFormat::Directory => serde_json::json!({}),
+                ArtifactFormat::Json | ArtifactFormat::Directory => golden
+                    .get(&a.key)
+                    .cloned()
+                    .unwrap_or_else(|| serde_json::json!({})),
                 _ => serde_json::json!({"type": "string"}),
             };
             (a.key.clone(), schema)
@@ -1046,7 +1084,7 @@ output = 2.0
         let decide = |artifacts: &Value, config: Value, kind| {
             let b = block(artifacts.clone(), config);
             let options = factory_core::llm_options::parse(&b.inputs.config).unwrap();
-            response_format(&b, &options, kind)
+            response_format(&b, &options, kind, &BTreeMap::new())
         };
         use ProviderKind::{Anthropic, Openai};
         let none = serde_json::json!({});
@@ -1089,5 +1127,18 @@ output = 2.0
             ),
             ResponseFormat::JsonSchema { .. }
         ));
+        // A golden example gives the shape.
+        let b = block(json_one.clone(), none.clone());
+        let golden = golden_schemas(
+            &b,
+            &BTreeMap::from([("j".to_string(), br#"{"name": "x", "n": 1}"#.to_vec())]),
+        );
+        let options = factory_core::llm_options::parse(&b.inputs.config).unwrap();
+        let ResponseFormat::JsonSchema { schema, .. } =
+            response_format(&b, &options, Openai, &golden)
+        else {
+            panic!("the golden's shape")
+        };
+        assert_eq!(schema["required"], serde_json::json!(["name", "n"]));
     }
 }

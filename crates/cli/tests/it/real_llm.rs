@@ -18,9 +18,10 @@ fn server() -> (String, String) {
     (url, model)
 }
 
-/// Ten small JSON blocks at once on the one-slot server, with structured
-/// output on (the default) or off.
-fn json_blocks(dir: &Path, structured: &str) -> std::path::PathBuf {
+/// Ten small JSON blocks at once on the one-slot server: `golden` (the
+/// default, `auto`, with a golden example whose shape becomes the schema),
+/// `json_object` (JSON mode without a schema) or `off`.
+fn json_blocks(dir: &Path, variant: &str) -> std::path::PathBuf {
     let skill = dir.join("skills/fact-sheet");
     std::fs::create_dir_all(&skill).unwrap();
     std::fs::write(
@@ -28,6 +29,13 @@ fn json_blocks(dir: &Path, structured: &str) -> std::path::PathBuf {
         "# Fact sheet\nWrite a short fact sheet about the topic in the block configuration, as a JSON object with the keys \"topic\" (a string), \"facts\" (a list of three short strings) and \"confidence\" (a number from 0 to 1).\n",
     )
     .unwrap();
+    std::fs::create_dir_all(dir.join("golden")).unwrap();
+    std::fs::write(
+        dir.join("golden/sheet.json"),
+        r#"{"topic": "Salt", "facts": ["Salt is sodium chloride.", "It preserves food.", "Seawater holds about 3.5 % salt."], "confidence": 0.9}"#,
+    )
+    .unwrap();
+    let structured = if variant == "golden" { "auto" } else { variant };
     let topics = [
         "the Moon",
         "honey bees",
@@ -49,11 +57,12 @@ fn json_blocks(dir: &Path, structured: &str) -> std::path::PathBuf {
                 "type": "extract", "runtime": "llm", "skill": "fact-sheet", "timeout": 120000,
                 "execution": {"retryable": true, "max_retries": 2},
                 "inputs": {"config": {"topic": topic, "max_tokens": 300, "temperature": 0.2, "seed": 1, "structured_output": structured}},
-                "outputs": {"artifacts": [{"key": "sheet", "path": "sheet.json", "format": "json"}]}
+                "outputs": {"artifacts": [{"key": "sheet", "path": "sheet.json", "format": "json"}]},
+                "audit": if variant == "golden" { json!({"golden": {"sheet": "golden/sheet.json"}}) } else { json!({}) }
             })
         })
         .collect();
-    let path = dir.join(format!("sheets-{structured}.json"));
+    let path = dir.join(format!("sheets-{variant}.json"));
     std::fs::write(
         &path,
         json!({"id": "sheets", "name": "Sheets", "version": "1", "blocks": blocks}).to_string(),
@@ -109,12 +118,14 @@ fn first_attempt_parses(db: &Path, run_id: &str) -> usize {
 fn real_llm_json_blocks_parse_with_structured_output() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("factory.db");
-    let (_, on) = run(&db, &json_blocks(dir.path(), "auto"), "8192");
+    let (_, on) = run(&db, &json_blocks(dir.path(), "golden"), "8192");
     let with = first_attempt_parses(&db, &on);
+    let (_, mode) = run(&db, &json_blocks(dir.path(), "json_object"), "8192");
+    let json_mode = first_attempt_parses(&db, &mode);
     let (_, off) = run(&db, &json_blocks(dir.path(), "off"), "8192");
     let without = first_attempt_parses(&db, &off);
     println!(
-        "real_llm: JSON blocks parsed at the first attempt: {with}/10 with structured output, {without}/10 without"
+        "real_llm: JSON blocks parsed at the first attempt: {with}/10 with structured output (schema from the golden example), {json_mode}/10 with JSON mode alone, {without}/10 without"
     );
     assert!(
         with >= 9,
@@ -122,6 +133,8 @@ fn real_llm_json_blocks_parse_with_structured_output() {
     );
     let doc = status_json(&db, &on);
     assert_eq!(doc["status"], "done", "retries settle the rest");
+    let sent = &doc["blocks"]["sheet-0"]["history"][0]["report"]["llm"];
+    assert_eq!(sent["response_format"], "json_object+schema", "{sent}");
 }
 
 #[test]
