@@ -508,3 +508,63 @@ fn an_overflow_the_server_reports_is_named_and_not_retried() {
     assert!(call["error"].as_str().unwrap().contains("context window"));
     assert!(prompt_of(&db, &run_id, "edge", 1).contains("# Facts"));
 }
+
+/// `factory prompt --attempt N` on an attempt still waiting for the model:
+/// rebuilt from the run's state, and said to be so.
+#[test]
+fn the_prompt_of_a_running_attempt_can_be_read() {
+    let (_fake, url) = FakeLlama::start(2_048, Duration::from_secs(3));
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("factory.db");
+    let template = write_template(dir.path());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_factory"))
+        .env("FACTORY_DB", &db)
+        .env("FACTORY_LLM_BASE_URL", &url)
+        .env("FACTORY_LLM_MODEL", "tiny")
+        .env("FACTORY_LLM_CONTEXT", "2048")
+        .current_dir(dir.path())
+        .args(["run", template.to_str().unwrap(), "--quiet"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut run_id = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut run_id)
+        .unwrap();
+    let run_id = run_id.trim().to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let running = loop {
+        let doc = status_json(&db, &run_id);
+        let running = doc["blocks"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .find(|(_, s)| s["status"] == "running")
+            .map(|(id, _)| id.clone());
+        if let Some(id) = running {
+            break id;
+        }
+        assert!(std::time::Instant::now() < deadline, "no block started");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let output = factory(&db)
+        .args(["prompt", &run_id, &running, "--attempt", "1"])
+        .output()
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("attempt 1 is running"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains(&format!("Run the block `{running}`"))
+    );
+}
