@@ -207,6 +207,17 @@ async fn bad_requests_get_clear_4xx_errors() {
             runs.clone(),
             "operator",
             Some(
+                json!({"template": "review-demo", "params": {"title": "x"}, "sampling": {"max_tokens": 5}}),
+            ),
+            422,
+            "invalid_run_request",
+            "`max_tokens` cannot be set per run",
+        ),
+        (
+            Method::POST,
+            runs.clone(),
+            "operator",
+            Some(
                 json!({"template": "review-demo", "params": {"title": "x"}, "files": [{"name": "../etc", "content_base64": "aGk="}]}),
             ),
             422,
