@@ -164,10 +164,7 @@ pub fn parse(config: &BTreeMap<String, Value>) -> Result<LlmOptions, Vec<OptionE
 /// A JSON Schema of the shape of `example` (a block's golden example), for
 /// asking a provider for that shape: objects with their keys (all required,
 /// others allowed), arrays of what their elements are, strings, numbers and
-/// booleans. Nothing of the values themselves is kept. Strings and lists get
-/// generous bounds (4× the example's length, at least 400 characters; 3× its
-/// items, at least 10): a small model under a JSON grammar otherwise writes
-/// one string or list until `max_tokens` runs out (seen with SmolLM2).
+/// booleans. Nothing of the values themselves is kept.
 pub fn schema_of(example: &Value) -> Value {
     match example {
         Value::Object(map) => {
@@ -178,18 +175,11 @@ pub fn schema_of(example: &Value) -> Value {
             let required: Vec<&String> = map.keys().collect();
             serde_json::json!({"type": "object", "properties": properties, "required": required})
         }
-        Value::Array(items) => {
-            let max_items = (items.len() * 3).max(10);
-            match items.iter().take(8).map(schema_of).reduce(merge) {
-                Some(item) => {
-                    serde_json::json!({"type": "array", "items": item, "maxItems": max_items})
-                }
-                None => serde_json::json!({"type": "array", "maxItems": max_items}),
-            }
-        }
-        Value::String(text) => {
-            serde_json::json!({"type": "string", "maxLength": (text.chars().count() * 4).max(400)})
-        }
+        Value::Array(items) => match items.iter().take(8).map(schema_of).reduce(merge) {
+            Some(item) => serde_json::json!({"type": "array", "items": item}),
+            None => serde_json::json!({"type": "array"}),
+        },
+        Value::String(_) => serde_json::json!({"type": "string"}),
         Value::Number(_) => serde_json::json!({"type": "number"}),
         Value::Bool(_) => serde_json::json!({"type": "boolean"}),
         Value::Null => serde_json::json!({}),
@@ -219,23 +209,12 @@ fn merge(a: Value, b: Value) -> Value {
             .collect();
         return serde_json::json!({"type": "object", "properties": properties, "required": required});
     }
-    let larger = |key: &str| a[key].as_u64().max(b[key].as_u64());
     if a["type"] == "array" && b["type"] == "array" {
-        let mut merged = match (a.get("items").cloned(), b.get("items").cloned()) {
+        return match (a.get("items").cloned(), b.get("items").cloned()) {
             (Some(x), Some(y)) => serde_json::json!({"type": "array", "items": merge(x, y)}),
             (Some(x), None) | (None, Some(x)) => serde_json::json!({"type": "array", "items": x}),
             (None, None) => serde_json::json!({"type": "array"}),
         };
-        if let Some(max) = larger("maxItems") {
-            merged["maxItems"] = max.into();
-        }
-        return merged;
-    }
-    if a["type"] == "string" && b["type"] == "string" {
-        return serde_json::json!({"type": "string", "maxLength": larger("maxLength")});
-    }
-    if a["type"] == b["type"] {
-        return a;
     }
     serde_json::json!({})
 }
@@ -263,28 +242,23 @@ mod tests {
         );
         assert_eq!(
             schema["properties"]["expert"],
-            serde_json::json!({"type": "string", "maxLength": 400})
+            serde_json::json!({"type": "string"})
         );
-        assert_eq!(schema["properties"]["values"]["maxItems"], 10);
         let item = &schema["properties"]["values"]["items"];
         assert_eq!(
             item["required"],
             serde_json::json!(["name", "rank"]),
             "only keys every element has"
         );
-        assert_eq!(item["properties"]["quote"]["type"], "string");
-        let long = "x".repeat(150);
-        let strings = schema_of(&serde_json::json!([long, "y"]));
         assert_eq!(
-            strings["items"],
-            serde_json::json!({"type": "string", "maxLength": 600}),
-            "the longer bound of the elements"
+            item["properties"]["quote"],
+            serde_json::json!({"type": "string"})
         );
         assert_eq!(schema["properties"]["notes"], serde_json::json!({}));
         assert!(!schema.to_string().contains("Marisol"));
         assert_eq!(
             schema_of(&serde_json::json!([1, "a"])),
-            serde_json::json!({"type": "array", "items": {}, "maxItems": 10})
+            serde_json::json!({"type": "array", "items": {}})
         );
     }
 
