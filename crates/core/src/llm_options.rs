@@ -164,7 +164,10 @@ pub fn parse(config: &BTreeMap<String, Value>) -> Result<LlmOptions, Vec<OptionE
 /// A JSON Schema of the shape of `example` (a block's golden example), for
 /// asking a provider for that shape: objects with their keys (all required,
 /// others allowed), arrays of what their elements are, strings, numbers and
-/// booleans. Nothing of the values themselves is kept.
+/// booleans. Nothing of the values themselves is kept. No length bounds:
+/// llama-cpp-python turns `maxLength`/`maxItems` into nested grammar rules
+/// and crashed on them (a segmentation fault on clone-factory's goldens), so
+/// a small model may still write one string until `max_tokens` runs out.
 pub fn schema_of(example: &Value) -> Value {
     match example {
         Value::Object(map) => {
