@@ -329,8 +329,6 @@ pub fn finish(
     }
 
     let mut report = report;
-    let report_failure = report.failure;
-    let report_excerpt = report.reply_excerpt.clone();
     let threshold = block.execution.threshold.as_ref();
     let metric_value = |key: &str| report.metrics.get(key).and_then(metric_as_f64);
     let score = metric_value("score").or_else(|| threshold.and_then(|t| metric_value(&t.metric)));
@@ -345,10 +343,19 @@ pub fn finish(
     } else if let Some(threshold) = threshold {
         match metric_value(&threshold.metric) {
             None => {
-                let error = format!(
-                    "metric `{}` needed by the threshold was not reported (write it to metrics.json)",
-                    threshold.metric
-                );
+                let error = if block.runtime == crate::template::Runtime::Llm {
+                    // The model reports it in its reply: a reply problem.
+                    report.failure = Some(FailureKind::Reply);
+                    format!(
+                        "metric `{0}` needed by the threshold was not reported: the reply's JSON artifact has no top-level number `{0}`",
+                        threshold.metric
+                    )
+                } else {
+                    format!(
+                        "metric `{}` needed by the threshold was not reported (write it to metrics.json)",
+                        threshold.metric
+                    )
+                };
                 report.error = Some(error.clone());
                 (AttemptOutcome::Failed, Some(error))
             }
@@ -396,6 +403,8 @@ pub fn finish(
         (outcome, failure, _) => (outcome, failure),
     };
 
+    let report_failure = report.failure;
+    let report_excerpt = report.reply_excerpt.clone();
     let mut events = vec![Event::AttemptFinished {
         block: block_id.to_string(),
         attempt,

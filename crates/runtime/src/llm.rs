@@ -848,16 +848,22 @@ fn response_format(
     }
 }
 
-/// The shapes of the block's JSON golden examples, by artifact key.
+/// The shapes the block's JSON artifacts must have, by artifact key: their
+/// golden examples' shapes, and the first one also carries the block's
+/// declared metrics as top-level numbers (that is where an `llm` block
+/// reports them, see `metrics_from_artifacts`).
 fn golden_schemas(
     block: &factory_core::template::Block,
     golden: &BTreeMap<String, Vec<u8>>,
 ) -> BTreeMap<String, Value> {
-    block
+    let json_artifacts: Vec<_> = block
         .outputs
         .artifacts
         .iter()
         .filter(|a| a.format == factory_core::template::ArtifactFormat::Json)
+        .collect();
+    let mut schemas: BTreeMap<String, Value> = json_artifacts
+        .iter()
         .filter_map(|a| {
             let example: Value = serde_json::from_slice(golden.get(&a.key)?).ok()?;
             Some((
@@ -865,7 +871,24 @@ fn golden_schemas(
                 factory_core::llm_options::schema_of(&example),
             ))
         })
-        .collect()
+        .collect();
+    if let (Some(first), false) = (json_artifacts.first(), block.outputs.metrics.is_empty()) {
+        let schema = schemas.entry(first.key.clone()).or_insert_with(
+            || serde_json::json!({"type": "object", "properties": {}, "required": []}),
+        );
+        if schema.get("type").and_then(Value::as_str) == Some("object") {
+            for metric in &block.outputs.metrics {
+                schema["properties"][&metric.key] = serde_json::json!({"type": "number"});
+                let key = Value::from(metric.key.as_str());
+                match schema["required"].as_array_mut() {
+                    Some(required) if !required.contains(&key) => required.push(key),
+                    Some(_) => {}
+                    None => schema["required"] = Value::Array(vec![key]),
+                }
+            }
+        }
+    }
+    schemas
 }
 
 /// The schema of the one-object reply that carries several artifacts: each
@@ -1140,5 +1163,22 @@ output = 2.0
             panic!("the golden's shape")
         };
         assert_eq!(schema["required"], serde_json::json!(["name", "n"]));
+        // Declared metrics are required numbers of the first JSON artifact.
+        let mut scored = block(mixed.clone(), none.clone());
+        scored.outputs.metrics =
+            serde_json::from_value(serde_json::json!([{"key": "score", "type": "number"}]))
+                .unwrap();
+        let golden = golden_schemas(&scored, &BTreeMap::new());
+        assert_eq!(golden["j"]["required"], serde_json::json!(["score"]));
+        assert_eq!(golden["j"]["properties"]["score"]["type"], "number");
+        let ResponseFormat::JsonSchema { schema, .. } =
+            response_format(&scored, &options, Openai, &golden)
+        else {
+            panic!("an envelope")
+        };
+        assert_eq!(
+            schema["properties"]["j"]["required"],
+            serde_json::json!(["score"])
+        );
     }
 }

@@ -1829,3 +1829,24 @@ fn reply_notes_replace_each_other_and_leave_with_a_used_reply_or_a_person() {
     );
     h.assert_replays();
 }
+
+#[test]
+fn an_llm_reply_without_its_metric_is_a_reply_problem() {
+    let mut b = with_threshold(block("a", &[]), 80.0, 2);
+    b["runtime"] = json!("llm");
+    b["skill"] = json!("tester");
+    b["inputs"]["config"] = json!({});
+    let mut h = Harness::new(template(vec![b]));
+    h.tick();
+    let events = h.run("a", success());
+    let Event::RetryScheduled { reason, .. } = &events[1] else {
+        panic!("{events:?}")
+    };
+    assert!(
+        reason.contains("the reply's JSON artifact has no top-level number `score`"),
+        "{reason}"
+    );
+    let note = h.state("a").reply_note.clone().expect("the model is told");
+    assert!(note.problem.contains("no top-level number `score`"));
+    h.assert_replays();
+}
