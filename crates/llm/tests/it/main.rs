@@ -662,8 +662,8 @@ async fn stream_limits_name_the_one_that_fired() {
     let limits = Limits {
         total: Duration::from_secs(10),
         stream: StreamLimits {
-            first_token: Some(Duration::from_millis(300)),
-            idle: Some(Duration::from_millis(300)),
+            first_token: Some(Duration::from_millis(600)),
+            idle: Some(Duration::from_millis(600)),
         },
     };
     let client = |url: &str| {
@@ -674,7 +674,7 @@ async fn stream_limits_name_the_one_that_fired() {
         )
     };
     // Slow to start.
-    let url = pausing_stream_server(vec![(Duration::from_millis(1_500), hello)]).await;
+    let url = pausing_stream_server(vec![(Duration::from_millis(2_500), hello)]).await;
     let failure = client(&url)
         .complete(&request(true), limits)
         .await
@@ -684,7 +684,7 @@ async fn stream_limits_name_the_one_that_fired() {
             failure.error,
             LlmError::Timeout {
                 kind: TimeoutKind::FirstToken,
-                timeout_ms: 300,
+                timeout_ms: 600,
                 ..
             }
         ),
@@ -695,7 +695,7 @@ async fn stream_limits_name_the_one_that_fired() {
     // Starts, then stalls mid-reply: the partial reply is kept.
     let url = pausing_stream_server(vec![
         (Duration::ZERO, hello),
-        (Duration::from_millis(1_500), done),
+        (Duration::from_millis(2_500), done),
     ])
     .await;
     let failure = client(&url)
@@ -716,9 +716,9 @@ async fn stream_limits_name_the_one_that_fired() {
     assert_eq!(failure.partial_text, "Hel");
     // Within both limits, a slow but steady stream finishes.
     let url = pausing_stream_server(vec![
-        (Duration::from_millis(200), hello),
-        (Duration::from_millis(200), hello),
-        (Duration::from_millis(200), done),
+        (Duration::from_millis(100), hello),
+        (Duration::from_millis(100), hello),
+        (Duration::from_millis(100), done),
     ])
     .await;
     let response = client(&url).complete(&request(true), limits).await.unwrap();
