@@ -98,6 +98,16 @@ impl OpenAiCompatible {
         body
     }
 
+    /// An `{"error": {…}}` object in a 200 body or a stream chunk.
+    fn error_from(&self, error: &Value) -> LlmError {
+        let field = |key: &str| error.get(key).and_then(Value::as_str);
+        stream_error(
+            &self.name,
+            field("type").or(field("code")).unwrap_or("error"),
+            field("message").unwrap_or_default(),
+        )
+    }
+
     fn malformed(&self, message: impl Into<String>) -> LlmError {
         LlmError::Malformed {
             provider: self.name.clone(),
@@ -171,12 +181,7 @@ impl Provider for OpenAiCompatible {
                     let data: Value = serde_json::from_str(&event.data)
                         .map_err(|e| self.malformed(format!("chunk is not JSON: {e}")))?;
                     if let Some(error) = data.get("error") {
-                        let field = |key: &str| error.get(key).and_then(Value::as_str);
-                        return Err(stream_error(
-                            &self.name,
-                            field("type").or(field("code")).unwrap_or("error"),
-                            field("message").unwrap_or_default(),
-                        ));
+                        return Err(self.error_from(error));
                     }
                     if let Some(m) = data.get("model").and_then(Value::as_str) {
                         model = m.to_string();
@@ -207,12 +212,7 @@ impl Provider for OpenAiCompatible {
             let data =
                 read_json_body(&self.name, &url, response, &mut transcript.raw_response).await?;
             if let Some(error) = data.get("error") {
-                let field = |key: &str| error.get(key).and_then(Value::as_str);
-                return Err(stream_error(
-                    &self.name,
-                    field("type").or(field("code")).unwrap_or("error"),
-                    field("message").unwrap_or_default(),
-                ));
+                return Err(self.error_from(error));
             }
             let choice = data
                 .get("choices")
