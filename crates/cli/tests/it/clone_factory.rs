@@ -3,14 +3,13 @@
 //! local publishing/sync service. The provider code path is the one a user
 //! with an API key takes; only the base URL differs.
 
-use std::path::Path;
 use std::sync::Mutex;
 
 use serde_json::{Value, json};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
-use super::{factory, repo_root, status_json};
+use super::{factory, repo_root, sent_prompt, status_json};
 
 const INPUT_TOKENS: u64 = 1_000;
 const OUTPUT_TOKENS: u64 = 200;
@@ -102,27 +101,6 @@ impl Respond for FakeModel {
             .insert_header("content-type", "text/event-stream")
             .set_body_string(sse)
     }
-}
-
-/// The prompt a block's attempt (0-based) sent, through `factory prompt`;
-/// fails if the attempt recorded no prompt.
-fn sent_prompt(db: &Path, run: &str, block: &str, attempt: usize) -> String {
-    let output = factory(db)
-        .args([
-            "prompt",
-            run,
-            block,
-            "--attempt",
-            &(attempt + 1).to_string(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
 }
 
 #[test]
@@ -243,7 +221,7 @@ fn the_whole_clone_factory_runs_against_a_local_provider() {
     // The cacheable prefix is byte-identical for extractors with the same inputs.
     let system_prefix = |block: &str| {
         let attempts = doc["blocks"][block]["history"].as_array().unwrap().len();
-        let prompt = sent_prompt(&db, &run_id, block, attempts - 1);
+        let prompt = sent_prompt(&db, &run_id, block, attempts as u32);
         prompt
             .split("===== SYSTEM =====")
             .next()
@@ -260,12 +238,12 @@ fn the_whole_clone_factory_runs_against_a_local_provider() {
     assert_eq!(soul, system_prefix("framework-extractor"));
 
     // Upstream artifacts and params reach the prompt; the rejection became corrections.
-    let gap = sent_prompt(&db, &run_id, "gap-analyzer", 0);
+    let gap = sent_prompt(&db, &run_id, "gap-analyzer", 1);
     assert!(
         gap.contains("## soul-extractor.soul-json (json)") && gap.contains("Marisol Vega"),
         "{gap}"
     );
-    let framework = sent_prompt(&db, &run_id, "expert-framework-creator", 1);
+    let framework = sent_prompt(&db, &run_id, "expert-framework-creator", 2);
     assert!(
         framework.contains("EXPERT CORRECTIONS (MUST APPLY)")
             && framework.contains("Name the 42 Percent Anchor explicitly"),

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::{factory, status_json};
+use super::{factory, sent_prompt, status_json};
 
 /// What the fake server saw and how it behaves.
 struct FakeLlama {
@@ -245,17 +245,32 @@ fn write_template(dir: &Path) -> std::path::PathBuf {
     path
 }
 
-fn prompt_of(db: &Path, run: &str, block: &str, attempt: u32) -> String {
+/// `factory run TEMPLATE` on a local OpenAI-compatible server set up with
+/// the two variables and a window; the exit code and the run id.
+pub(super) fn run_on_local(
+    db: &Path,
+    template: &Path,
+    url: &str,
+    model: &str,
+    context: &str,
+) -> (Option<i32>, String) {
     let output = factory(db)
-        .args(["prompt", run, block, "--attempt", &attempt.to_string()])
+        .env("FACTORY_LLM_BASE_URL", url)
+        .env("FACTORY_LLM_MODEL", model)
+        .env("FACTORY_LLM_CONTEXT", context)
+        .args([
+            "run",
+            template.to_str().unwrap(),
+            "--quiet",
+            "--retry-backoff-ms",
+            "10",
+        ])
         .output()
         .unwrap();
-    assert!(
-        output.status.success(),
-        "factory prompt {block} --attempt {attempt}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
+    (
+        output.status.code(),
+        String::from_utf8(output.stdout).unwrap().trim().to_string(),
+    )
 }
 
 #[test]
@@ -391,7 +406,7 @@ fn a_run_on_a_one_slot_local_server_set_up_with_two_variables() {
             .get("response_format")
             .is_none()
     );
-    let retry = prompt_of(&db, &run_id, "loose", 2);
+    let retry = sent_prompt(&db, &run_id, "loose", 2);
     assert!(
         retry.contains("## YOUR PREVIOUS REPLY COULD NOT BE USED\nThe reply to attempt 1 could not be used because artifact `facts` is not valid JSON: trailing comma")
             && retry.contains("\"Marisol Vega\",],")
@@ -416,7 +431,7 @@ fn a_run_on_a_one_slot_local_server_set_up_with_two_variables() {
         "{error}"
     );
     assert!(fake.requests_for("overlong").is_empty());
-    assert!(prompt_of(&db, &run_id, "overlong", 1).contains("every word of these notes"));
+    assert!(sent_prompt(&db, &run_id, "overlong", 1).contains("every word of these notes"));
     let unsent = llm("overlong", 0);
     assert_eq!(
         (unsent["calls"].clone(), unsent["input_tokens"].clone()),
@@ -465,21 +480,8 @@ fn an_overflow_the_server_reports_is_named_and_not_retried() {
         .to_string(),
     )
     .unwrap();
-    let output = factory(&db)
-        .env("FACTORY_LLM_BASE_URL", &url)
-        .env("FACTORY_LLM_MODEL", "tiny")
-        .env("FACTORY_LLM_CONTEXT", "100000")
-        .args([
-            "run",
-            template.to_str().unwrap(),
-            "--quiet",
-            "--retry-backoff-ms",
-            "10",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    let run_id = String::from_utf8(output.stdout).unwrap().trim().to_string();
+    let (code, run_id) = run_on_local(&db, &template, &url, "tiny", "100000");
+    assert_eq!(code, Some(1));
     let doc = status_json(&db, &run_id);
     let edge = &doc["blocks"]["edge"];
     assert_eq!(edge["attempts"], 1, "{edge}");
@@ -506,7 +508,7 @@ fn an_overflow_the_server_reports_is_named_and_not_retried() {
         "the stream was empty; asked again without streaming"
     );
     assert!(call["error"].as_str().unwrap().contains("context window"));
-    assert!(prompt_of(&db, &run_id, "edge", 1).contains("# Facts"));
+    assert!(sent_prompt(&db, &run_id, "edge", 1).contains("# Facts"));
 }
 
 /// `factory prompt --attempt N` on an attempt still waiting for the model:

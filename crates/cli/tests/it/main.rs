@@ -32,6 +32,21 @@ fn factory(db: &Path) -> Command {
     command
 }
 
+/// The prompt attempt `attempt` (1-based, as `factory prompt` counts) of a
+/// block sent, through `factory prompt`; fails if it recorded none.
+fn sent_prompt(db: &Path, run: &str, block: &str, attempt: u32) -> String {
+    let output = factory(db)
+        .args(["prompt", run, block, "--attempt", &attempt.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "factory prompt {block} --attempt {attempt}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
 fn status_json(db: &Path, run: &str) -> Value {
     let output = factory(db)
         .args(["status", run, "--json"])

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
-use super::{factory, repo_root, status_json};
+use super::{repo_root, status_json};
 
 fn server() -> (String, String) {
     let url = std::env::var("FACTORY_REAL_LLM_URL")
@@ -73,23 +73,7 @@ fn json_blocks(dir: &Path, variant: &str) -> std::path::PathBuf {
 
 fn run(db: &Path, template: &Path, context: &str) -> (Option<i32>, String) {
     let (url, model) = server();
-    let output = factory(db)
-        .env("FACTORY_LLM_BASE_URL", url)
-        .env("FACTORY_LLM_MODEL", model)
-        .env("FACTORY_LLM_CONTEXT", context)
-        .args([
-            "run",
-            template.to_str().unwrap(),
-            "--quiet",
-            "--retry-backoff-ms",
-            "10",
-        ])
-        .output()
-        .unwrap();
-    (
-        output.status.code(),
-        String::from_utf8(output.stdout).unwrap().trim().to_string(),
-    )
+    super::local_llm::run_on_local(db, template, &url, &model, context)
 }
 
 /// First-attempt parse rate of the ten JSON blocks; every block ran, none

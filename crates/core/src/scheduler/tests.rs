@@ -1805,21 +1805,12 @@ fn reply_notes_replace_each_other_and_leave_with_a_used_reply_or_a_person() {
         failing("block `a`: the reply is empty", FailureKind::Reply, None),
     );
     assert!(h.state("a").reply_note.is_some());
-    h.now += 100_000;
-    h.tick();
-    h.run("a", failing("block `a`: bad", FailureKind::Reply, None));
-    h.now += 100_000;
-    h.tick();
-    h.run("a", failing("block `a`: bad", FailureKind::Reply, None));
-    h.now += 100_000;
-    h.tick();
-    h.run("a", failing("block `a`: bad", FailureKind::Reply, None));
-    h.now += 100_000;
-    h.tick();
-    h.run("a", failing("block `a`: bad", FailureKind::Reply, None));
-    h.now += 100_000;
-    h.tick();
-    h.run("a", failing("block `a`: bad", FailureKind::Reply, None));
+    // Five more unusable replies use up the retries.
+    for _ in 0..5 {
+        h.now += 100_000;
+        h.tick();
+        h.run("a", failing("block `a`: bad", FailureKind::Reply, None));
+    }
     assert_eq!(h.status("a"), BlockStatus::Failed);
     h.retry("a").unwrap();
     assert_eq!(
