@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
+use crate::content::is_filler;
 use crate::document::{Body, Document};
 use crate::json_shape::{GoldenShape, walk};
 use crate::markdown;
@@ -24,8 +25,6 @@ const MIN_MARKDOWN_HEADINGS: f64 = 2.0;
 const MIN_MARKDOWN_LIST_ITEMS: f64 = 3.0;
 const MIN_TEXT_WORDS: f64 = 100.0;
 const MIN_HTML_WORDS: f64 = 150.0;
-/// A text artifact of one line up to this long is a value, not a document.
-const MAX_VALUE_CHARS: usize = 300;
 /// A count below this share of the golden example's is a high-priority finding.
 const HIGH_PRIORITY_BELOW: f64 = 0.5;
 
@@ -39,8 +38,8 @@ pub fn audit(
     for document in documents {
         let path = document.path;
         let Some(body) = &document.body else {
-            builder.check("present", path, 0.0, "declared but missing".to_string());
-            builder.unit_score(0.0);
+            let present = builder.check("present", path, 0.0, "declared but missing".to_string());
+            builder.unit_of(present);
             builder.suggest(
                 Priority::Critical,
                 path,
@@ -50,14 +49,30 @@ pub fn audit(
             continue;
         };
         if body.is_blank() {
-            builder.check(
+            let present = builder.check(
                 "present",
                 path,
                 0.0,
                 format!("{} bytes, nothing but whitespace", body.byte_len),
             );
-            builder.unit_score(0.0);
+            builder.unit_of(present);
             builder.suggest(Priority::Critical, path, "", "artifact is empty");
+            continue;
+        }
+        if body.signals().noop {
+            let noop = builder.check(
+                "present",
+                path,
+                0.0,
+                "what the no-op builtin writes (its name and attempt number, or {\"builtin\": \"noop\"}): a placeholder, not work".to_string(),
+            );
+            builder.unit_of(noop);
+            builder.suggest(
+                Priority::Critical,
+                path,
+                "",
+                "holds only what the no-op builtin writes; the block did no work",
+            );
             continue;
         }
         match golden.get(document.key) {
@@ -67,7 +82,7 @@ pub fn audit(
             None => against_minimums(&mut builder, document.format, path, body),
         }
     }
-    builder.finish(0.0)
+    builder.finish()
 }
 
 fn against_golden(
@@ -188,7 +203,7 @@ fn json_against_golden(builder: &mut Builder, path: &str, actual: &Value, golden
 
     // Required keys per normalised golden object path.
     if shape.has_required_keys() {
-        let (mut slots, mut present) = (0usize, 0usize);
+        let (mut slots, mut present, mut filler) = (0usize, 0usize, 0usize);
         walk(actual, &mut |value, json_path| {
             if let Value::Object(members) = value
                 && let Some(required) = shape.required_keys.get(&json_path.normalised)
@@ -198,8 +213,13 @@ fn json_against_golden(builder: &mut Builder, path: &str, actual: &Value, golden
                     .filter(|key| !members.contains_key(*key))
                     .map(String::as_str)
                     .collect();
+                let filled_with_filler = required
+                    .iter()
+                    .filter(|key| members.get(*key).is_some_and(is_filler_value))
+                    .count();
                 slots += required.len();
-                present += required.len() - missing.len();
+                filler += filled_with_filler;
+                present += required.len() - missing.len() - filled_with_filler;
                 if !missing.is_empty() {
                     let priority = if json_path.concrete == "$" {
                         Priority::High
@@ -226,7 +246,14 @@ fn json_against_golden(builder: &mut Builder, path: &str, actual: &Value, golden
             "no object where the golden example has one (root is a different type)".to_string()
         } else {
             format!(
-                "{present} of {slots} required keys present (keys every golden object at that path has)"
+                "{present} of {slots} required keys present (keys every golden object at that path has){}",
+                if filler > 0 {
+                    format!(
+                        "; {filler} more hold only filler such as N/A or TBD, which does not count"
+                    )
+                } else {
+                    String::new()
+                }
             )
         };
         weighted.push((builder.check("required_keys", path, score, detail), 0.4));
@@ -294,7 +321,7 @@ fn markdown_against_golden(
         percent(fill)
     );
     let score = builder.check("counts_vs_golden", path, 10.0 * fill, detail);
-    builder.unit_score(score);
+    builder.unit_of(score);
 }
 
 fn words_against_golden(
@@ -323,7 +350,7 @@ fn words_against_golden(
             &format!("{words} words, golden has {golden_words}"),
         );
     }
-    builder.unit_score(score);
+    builder.unit_of(score);
 }
 
 fn against_minimums(builder: &mut Builder, format: Format, path: &str, body: &Body<'_>) {
@@ -331,7 +358,7 @@ fn against_minimums(builder: &mut Builder, format: Format, path: &str, body: &Bo
         (Format::Json, Some(value)) => {
             let (mut leaves, mut containers, mut non_empty) = (0usize, 0usize, 0usize);
             walk(value, &mut |node, _| match node {
-                Value::String(text) if !text.trim().is_empty() => leaves += 1,
+                Value::String(text) if !text.trim().is_empty() && !is_filler(text) => leaves += 1,
                 Value::Number(_) | Value::Bool(_) => leaves += 1,
                 Value::Array(items) => {
                     containers += 1;
@@ -406,13 +433,17 @@ fn against_minimums(builder: &mut Builder, format: Format, path: &str, body: &Bo
         score,
         format!("no golden example, only minimums checked: {detail}"),
     );
-    builder.unit_score(score);
+    builder.unit_of(score);
 }
 
 /// A single short line, like `review-url.txt` or `extraction-version.txt`.
 fn is_one_line_value(text: &str) -> bool {
-    let trimmed = text.trim();
-    !trimmed.is_empty() && !trimmed.contains('\n') && trimmed.chars().count() <= MAX_VALUE_CHARS
+    crate::caps::is_one_line_value(text)
+}
+
+/// A JSON string value that is filler (`"N/A"`, `"TBD"`, `"string"`).
+fn is_filler_value(value: &Value) -> bool {
+    value.as_str().is_some_and(is_filler)
 }
 
 fn minimum_words(builder: &mut Builder, path: &str, words: usize, minimum: f64) -> (f64, String) {
@@ -477,7 +508,7 @@ mod tests {
         );
         assert_eq!(suggestions[0].priority, Priority::High);
         assert!(
-            dimension.score < 10.0 && dimension.score > 5.0,
+            dimension.score.unwrap() < 10.0 && dimension.score.unwrap() > 5.0,
             "{dimension:?}"
         );
     }
@@ -498,13 +529,13 @@ mod tests {
     fn missing_artifact_scores_zero() {
         let documents = [Document::new("k", "out.md", Format::Markdown, None)];
         let (dimension, suggestions) = audit(&documents, &BTreeMap::new());
-        assert_eq!(dimension.score, 0.0);
+        assert_eq!(dimension.score.unwrap(), 0.0);
         assert_eq!(suggestions[0].priority, Priority::Critical);
     }
 
     #[test]
     fn identical_to_golden_scores_ten() {
-        let golden = r#"{"a": [1, 2], "b": {"c": "x"}}"#;
-        assert_eq!(run(golden, golden).0.score, 10.0);
+        let golden = r#"{"a": [1, 2], "b": {"c": "Anchor Ladder"}}"#;
+        assert_eq!(run(golden, golden).0.score.unwrap(), 10.0);
     }
 }

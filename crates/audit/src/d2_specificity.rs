@@ -7,8 +7,12 @@
 //! sentences, the share of specific ones and how often the subject is named
 //! make the score.
 
+use crate::caps::{
+    Cap, GENERIC_CAP, GENERIC_CAP_FROM, GENERIC_CAP_MIN_SENTENCES, GENERIC_CAP_SPECIFIC_BELOW,
+};
 use crate::dimension::DimensionBuilder;
-use crate::document::Document;
+use crate::dimension::Scored;
+use crate::document::{Body, Document};
 use crate::score::{percent, ratio_score};
 use crate::text::{Sentence, sentences_with_words};
 use crate::{Dimension, Priority, Suggestion};
@@ -22,19 +26,39 @@ const GENERIC_PENALTY: f64 = 25.0;
 const SPECIFIC_TARGET: f64 = 0.5;
 /// Subject mentions per 1000 words that earn full marks.
 const SUBJECT_DENSITY_TARGET: f64 = 5.0;
+/// Share of token characters that read as words: 0 at or below the floor,
+/// full marks from the target.
+const NOISE_FLOOR: f64 = 0.5;
+const LANGUAGE_TARGET: f64 = 0.9;
+/// Share of function words that earns full marks, judged from this many words.
+const FUNCTION_TARGET: f64 = 0.15;
+const FUNCTION_MIN_WORDS: usize = 50;
+/// Repetition is judged from this many sentences; this share repeats for free.
+const MIN_SEGMENTS: usize = 4;
+const REPEAT_ALLOWED: f64 = 0.1;
 
-pub fn audit(documents: &[Document<'_>], subject: Option<&str>) -> (Dimension, Vec<Suggestion>) {
+/// D2, and a cap for each artifact whose prose is mostly stock phrases
+/// with no detail (see [`crate::caps::GENERIC_CAP`]).
+pub fn audit(
+    documents: &[Document<'_>],
+    subject: Option<&str>,
+) -> (Dimension, Vec<Suggestion>, Vec<Cap>) {
+    let mut caps = Vec::new();
     let mut builder = DimensionBuilder::new(NAME);
     let subject = subject.and_then(SubjectMatcher::new);
     // Artifacts with text but no prose (a URL, ids, numbers) are not judged;
-    // if that is all there is, D2 has nothing to object to.
-    let mut saw_values_only = false;
+    // if that is all there is, D2 is n/a.
     for document in documents {
         let path = document.path;
         let Some(body) = &document.body else { continue };
-        if body.is_blank() {
-            builder.check("generic_phrases", path, 0.0, "no text".to_string());
-            builder.unit_score(0.0);
+        if body.is_blank() || body.signals().noop {
+            let what = if body.is_blank() {
+                "no text"
+            } else {
+                "only what the no-op builtin writes"
+            };
+            let nothing = builder.check("generic_phrases", path, 0.0, what.to_string());
+            builder.unit_of(nothing);
             continue;
         }
         let mut mentions = Vec::new();
@@ -75,13 +99,11 @@ pub fn audit(documents: &[Document<'_>], subject: Option<&str>) -> (Dimension, V
         }
 
         if judged == 0 {
-            saw_values_only = true;
-            builder.check(
+            builder.not_applicable(
                 "generic_phrases",
                 path,
-                10.0,
                 format!(
-                    "no sentence of {MIN_SENTENCE_WORDS}+ words ({} words): a value, not prose; not scored",
+                    "no sentence of {MIN_SENTENCE_WORDS}+ words ({} words): values, not prose; n/a",
                     body.words
                 ),
             );
@@ -89,6 +111,18 @@ pub fn audit(documents: &[Document<'_>], subject: Option<&str>) -> (Dimension, V
         }
 
         let generic_share = generic as f64 / judged as f64;
+        let specific_share = specific as f64 / judged as f64;
+        if judged >= GENERIC_CAP_MIN_SENTENCES
+            && generic_share >= GENERIC_CAP_FROM
+            && specific_share < GENERIC_CAP_SPECIFIC_BELOW
+        {
+            caps.push(Cap {
+                score: GENERIC_CAP,
+                reason: format!(
+                    "{path}: generic: {generic} of {judged} sentences are stock phrases and only {specific} carry a detail"
+                ),
+            });
+        }
         let generic_score = builder.check(
             "generic_phrases",
             path,
@@ -100,7 +134,6 @@ pub fn audit(documents: &[Document<'_>], subject: Option<&str>) -> (Dimension, V
             ),
         );
 
-        let specific_share = specific as f64 / judged as f64;
         let specific_score = builder.check(
             "concrete_details",
             path,
@@ -128,6 +161,8 @@ pub fn audit(documents: &[Document<'_>], subject: Option<&str>) -> (Dimension, V
             );
         }
 
+        let language = language_check(&mut builder, path, body);
+        let redundancy = redundancy_check(&mut builder, path, body);
         match &subject {
             Some(matcher) => {
                 let density = if body.words == 0 {
@@ -158,16 +193,128 @@ pub fn audit(documents: &[Document<'_>], subject: Option<&str>) -> (Dimension, V
                     );
                     builder.suggest(priority, path, "", &what);
                 }
-                builder.unit(&[
-                    (generic_score, 0.5),
-                    (specific_score, 0.3),
+                let mut checks = vec![
+                    (generic_score, 0.3),
+                    (specific_score, 0.2),
                     (subject_score, 0.2),
-                ]);
+                    (language, 0.15),
+                ];
+                checks.extend(redundancy.map(|scored| (scored, 0.15)));
+                builder.unit(&checks);
             }
-            None => builder.unit(&[(generic_score, 0.6), (specific_score, 0.4)]),
+            None => {
+                let mut checks = vec![
+                    (generic_score, 0.4),
+                    (specific_score, 0.3),
+                    (language, 0.15),
+                ];
+                checks.extend(redundancy.map(|scored| (scored, 0.15)));
+                builder.unit(&checks);
+            }
         }
     }
-    builder.finish(if saw_values_only { 10.0 } else { 0.0 })
+    let (dimension, suggestions) = builder.finish();
+    (dimension, suggestions, caps)
+}
+
+/// Share of token characters that read as words (numbers count half) and,
+/// over enough words, the share of function words real sentences always have.
+fn language_check(builder: &mut DimensionBuilder, path: &str, body: &Body<'_>) -> Scored {
+    let signals = body.signals();
+    let share = signals.language_share();
+    let language_score =
+        10.0 * ((share - NOISE_FLOOR) / (LANGUAGE_TARGET - NOISE_FLOOR)).clamp(0.0, 1.0);
+    let function_share = signals.function_share(FUNCTION_MIN_WORDS);
+    let function_score = function_share.map_or(10.0, |share| ratio_score(share, FUNCTION_TARGET));
+    let detail = format!(
+        "{} of token characters read as words (full marks at {}); {}",
+        percent(share),
+        percent(LANGUAGE_TARGET),
+        match function_share {
+            Some(fraction) => format!(
+                "{} of {} words are function words (full marks at {})",
+                percent(fraction),
+                signals.words,
+                percent(FUNCTION_TARGET)
+            ),
+            None => format!("function words not judged under {FUNCTION_MIN_WORDS} words"),
+        }
+    );
+    if language_score < 10.0 {
+        let priority = if share < crate::caps::NOISE_BELOW {
+            Priority::Critical
+        } else {
+            Priority::High
+        };
+        builder.suggest(
+            priority,
+            path,
+            "",
+            &format!(
+                "{} of its characters are not words (base64, hex, ids or random strings); write prose",
+                percent(1.0 - share)
+            ),
+        );
+    } else if function_score < 10.0 {
+        builder.suggest(
+            Priority::High,
+            path,
+            "",
+            &format!(
+                "only {} of {} words are function words (the, of, and…): words strung together, not sentences",
+                signals.function_words, signals.words
+            ),
+        );
+    }
+    builder.check("language", path, language_score.min(function_score), detail)
+}
+
+/// Sentences (JSON: string values) that repeat an earlier one say nothing new.
+fn redundancy_check(builder: &mut DimensionBuilder, path: &str, body: &Body<'_>) -> Option<Scored> {
+    let signals = body.signals();
+    let Some(repeated) = signals.repeated_share(MIN_SEGMENTS) else {
+        builder.not_applicable(
+            "redundancy",
+            path,
+            format!(
+                "{} sentences or values of 4+ words; repetition judged from {MIN_SEGMENTS}",
+                signals.segments
+            ),
+        );
+        return None;
+    };
+    let score = 10.0
+        * (1.0 - (repeated - REPEAT_ALLOWED) / (crate::caps::REPEATED_FROM - REPEAT_ALLOWED))
+            .clamp(0.0, 1.0);
+    let repeats = signals.segments - signals.distinct_segments;
+    if repeated > REPEAT_ALLOWED {
+        let priority = if repeated >= crate::caps::REPEATED_FROM {
+            Priority::Critical
+        } else {
+            Priority::Medium
+        };
+        builder.suggest(
+            priority,
+            path,
+            "",
+            &format!(
+                "{repeats} of {} sentences or values repeat earlier ones; say each thing once",
+                signals.segments
+            ),
+        );
+    }
+    Some(builder.check(
+        "redundancy",
+        path,
+        score,
+        format!(
+            "{repeats} of {} sentences or values repeat earlier ones ({}; free up to {}, 0 from {})",
+            signals.segments,
+            percent(repeated),
+            percent(REPEAT_ALLOWED),
+            percent(crate::caps::REPEATED_FROM)
+        ),
+    ))
 }
 
 /// The items of the sorted `found` list that start inside `sentence`,
@@ -255,7 +402,7 @@ mod tests {
     use crate::Format;
 
     fn run(text: &str, subject: Option<&str>) -> (Dimension, Vec<Suggestion>) {
-        audit(
+        let (dimension, suggestions, _) = audit(
             &[Document::new(
                 "k",
                 "voice.md",
@@ -263,7 +410,8 @@ mod tests {
                 Some(text.as_bytes()),
             )],
             subject,
-        )
+        );
+        (dimension, suggestions)
     }
 
     #[test]
@@ -272,8 +420,14 @@ mod tests {
         let specific = "Marisol opens 15% above target.\nShe waits 7 seconds before she answers.\nHer client Dana said \"no\" twice.";
         let (generic_dimension, suggestions) = run(generic, Some("Marisol Vega"));
         let (specific_dimension, _) = run(specific, Some("Marisol Vega"));
-        assert!(generic_dimension.score < 2.0, "{generic_dimension:?}");
-        assert!(specific_dimension.score > 8.0, "{specific_dimension:?}");
+        assert!(
+            generic_dimension.score.unwrap() < 2.0,
+            "{generic_dimension:?}"
+        );
+        assert!(
+            specific_dimension.score.unwrap() > 8.0,
+            "{specific_dimension:?}"
+        );
         assert_eq!(
             suggestions[0].message,
             "voice.md line 1: generic phrase \"unlock your potential\""
@@ -289,7 +443,7 @@ mod tests {
                 .iter()
                 .all(|s| !s.message.contains("generic phrase"))
         );
-        assert_eq!(dimension.checks[0].score, 10.0);
+        assert_eq!(dimension.checks[0].score, Some(10.0));
     }
 
     #[test]

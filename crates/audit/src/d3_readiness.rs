@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
-use crate::dimension::DimensionBuilder;
+use crate::dimension::{DimensionBuilder, Scored};
 use crate::document::{Body, Document};
 use crate::json_shape::{GoldenShape, append_key, child_path, type_bit, type_names, walk};
 use crate::{Dimension, Format, Priority, Suggestion};
@@ -27,7 +27,7 @@ pub fn audit(
         let path = document.path;
         let consumed = consumed_downstream.contains(document.key);
         let Some(body) = &document.body else {
-            builder.check("parses", path, 0.0, "declared but missing".to_string());
+            let parses = builder.check("parses", path, 0.0, "declared but missing".to_string());
             if consumed {
                 builder.check(
                     "consumed_present",
@@ -52,7 +52,7 @@ pub fn audit(
                     "missing, so no consumer can read it",
                 );
             }
-            builder.unit_score(0.0);
+            builder.unit_of(parses);
             continue;
         };
 
@@ -64,20 +64,20 @@ pub fn audit(
             Format::Markdown | Format::Text => markdown_well_formed(&mut builder, path, body),
             Format::Html => html_well_formed(&mut builder, path, body),
         };
-        let mut consumed_ok = true;
+        let mut consumed_check = None;
         if consumed {
-            consumed_ok = !body.is_blank();
+            let consumed_ok = !body.is_blank();
             let detail = if consumed_ok {
                 "downstream blocks depend on it; present and non-empty".to_string()
             } else {
                 "downstream blocks depend on it; it is empty".to_string()
             };
-            builder.check(
+            consumed_check = Some(builder.check(
                 "consumed_present",
                 path,
                 if consumed_ok { 10.0 } else { 0.0 },
                 detail,
-            );
+            ));
             if !consumed_ok {
                 builder.suggest(
                     Priority::Critical,
@@ -87,17 +87,19 @@ pub fn audit(
                 );
             }
         }
-        if parses == 0.0 || !consumed_ok {
-            builder.unit_score(0.0);
-        } else {
-            builder.unit(&[(parses, 1.0), (structure, 2.0)]);
+        match consumed_check {
+            Some(missing) if missing.score == 0.0 => builder.unit_of(missing),
+            _ if parses.score == 0.0 => builder.unit_of(parses),
+            _ => {
+                builder.unit(&[(parses, 1.0), (structure, 2.0)]);
+            }
         }
     }
-    builder.finish(0.0)
+    builder.finish()
 }
 
 /// 10 when the artifact reads in its format; 0 for JSON that does not parse or empty content.
-fn parse_check(builder: &mut DimensionBuilder, document: &Document<'_>, body: &Body<'_>) -> f64 {
+fn parse_check(builder: &mut DimensionBuilder, document: &Document<'_>, body: &Body<'_>) -> Scored {
     let path = document.path;
     if body.is_blank() {
         builder.suggest(Priority::Critical, path, "", "is empty");
@@ -145,12 +147,34 @@ fn parse_check(builder: &mut DimensionBuilder, document: &Document<'_>, body: &B
                 "not valid UTF-8 (read with replacement characters)".to_string(),
             )
         }
+        Format::Markdown | Format::Text if body.words == 0 => {
+            builder.suggest(
+                Priority::Critical,
+                path,
+                "",
+                "has no words, only markup or symbols",
+            );
+            builder.check(
+                "parses",
+                path,
+                0.0,
+                "no word at all: nothing a consumer could read".to_string(),
+            )
+        }
         Format::Markdown | Format::Text => {
             builder.check("parses", path, 10.0, "non-empty UTF-8 text".to_string())
         }
         Format::Html => {
             let tags = body.html.as_ref().map_or(0, |html| html.tags);
-            if tags >= 2 {
+            if tags == 0 {
+                builder.suggest(
+                    Priority::Critical,
+                    path,
+                    "",
+                    "declared as HTML but has no tag at all: it is plain text or code, not a page",
+                );
+                builder.check("parses", path, 0.0, "no HTML tag: not HTML".to_string())
+            } else if tags >= 2 {
                 builder.check("parses", path, 10.0, format!("{tags} HTML tags"))
             } else {
                 builder.suggest(
@@ -175,7 +199,7 @@ fn json_structure(
     path: &str,
     body: &Body<'_>,
     golden: Option<&[u8]>,
-) -> f64 {
+) -> Scored {
     let Some(actual) = body.json_value() else {
         return builder.check(
             "structure",
@@ -195,10 +219,15 @@ fn json_structure(
             Value::Object(members) if !members.is_empty() => (10.0, "a non-empty object"),
             Value::Array(items) if !items.is_empty() => (10.0, "a non-empty array"),
             Value::Object(_) | Value::Array(_) => (2.0, "an empty container"),
-            _ => (5.0, "a bare scalar, not an object or array"),
+            _ => (0.0, "a bare scalar, not an object or array"),
         };
         if score < 10.0 {
-            builder.suggest(Priority::High, path, "$", &format!("root is {detail}"));
+            let priority = if score == 0.0 {
+                Priority::Critical
+            } else {
+                Priority::High
+            };
+            builder.suggest(priority, path, "$", &format!("root is {detail}"));
         }
         return builder.check("structure", path, score, format!("{note}root is {detail}"));
     };
@@ -281,9 +310,9 @@ fn json_structure(
     builder.check("structure", path, 10.0 * fine as f64 / slots as f64, detail)
 }
 
-fn markdown_well_formed(builder: &mut DimensionBuilder, path: &str, body: &Body<'_>) -> f64 {
+fn markdown_well_formed(builder: &mut DimensionBuilder, path: &str, body: &Body<'_>) -> Scored {
     let Some(stats) = &body.markdown else {
-        return 10.0;
+        return builder.check("well_formed", path, 10.0, "not scanned".to_string());
     };
     let mut problems = Vec::new();
     if let Some(line) = stats.unclosed_fence_line {
@@ -301,8 +330,10 @@ fn markdown_well_formed(builder: &mut DimensionBuilder, path: &str, body: &Body<
     builder.check("well_formed", path, score, detail)
 }
 
-fn html_well_formed(builder: &mut DimensionBuilder, path: &str, body: &Body<'_>) -> f64 {
-    let Some(stats) = &body.html else { return 10.0 };
+fn html_well_formed(builder: &mut DimensionBuilder, path: &str, body: &Body<'_>) -> Scored {
+    let Some(stats) = &body.html else {
+        return builder.check("well_formed", path, 10.0, "not scanned".to_string());
+    };
     let mut problems: Vec<String> = stats
         .unclosed
         .iter()
@@ -346,7 +377,7 @@ mod tests {
     #[test]
     fn truncated_json_scores_zero_with_a_line() {
         let (dimension, suggestions) = run("{\"frameworks\": [\n{\"name\": \"A\"", None, true);
-        assert_eq!(dimension.score, 0.0);
+        assert_eq!(dimension.score.unwrap(), 0.0);
         assert_eq!(suggestions[0].priority, Priority::Critical);
         assert!(
             suggestions[0]
@@ -370,12 +401,12 @@ mod tests {
                 "frameworks.json $.frameworks[0].steps: is string, consumers expect array (as in the golden example)",
             ]
         );
-        assert!(dimension.score < 8.0);
+        assert!(dimension.score.unwrap() < 8.0);
     }
 
     #[test]
     fn matching_structure_scores_ten() {
         let golden = r#"{"frameworks": [{"name": "A", "steps": ["x"]}]}"#;
-        assert_eq!(run(golden, Some(golden), true).0.score, 10.0);
+        assert_eq!(run(golden, Some(golden), true).0.score.unwrap(), 10.0);
     }
 }

@@ -5,7 +5,7 @@
 //! and walls of text without headings or lists. Each finding points at a line
 //! (text formats) or a JSON path.
 
-use crate::dimension::DimensionBuilder;
+use crate::dimension::{DimensionBuilder, Scored};
 use crate::document::{Body, Document};
 use crate::patterns::find_placeholders;
 use crate::{Dimension, Format, Priority, Suggestion};
@@ -13,6 +13,8 @@ use crate::{Dimension, Format, Priority, Suggestion};
 const NAME: &str = "d4";
 /// Each placeholder costs this many points of the placeholder check.
 const PLACEHOLDER_PENALTY: f64 = 2.0;
+/// Each refusal ("as an AI language model") costs this many.
+const REFUSAL_PENALTY: f64 = 5.0;
 /// Text longer than this should have headings and lists.
 const LONG_TEXT_WORDS: usize = 300;
 /// A section (text between headings) longer than this is hard to review.
@@ -28,13 +30,13 @@ pub fn audit(documents: &[Document<'_>]) -> (Dimension, Vec<Suggestion>) {
         let path = document.path;
         let Some(body) = &document.body else { continue };
         if body.is_blank() {
-            builder.check(
+            let empty = builder.check(
                 "placeholders",
                 path,
                 0.0,
                 "empty: nothing to review".to_string(),
             );
-            builder.unit_score(0.0);
+            builder.unit_of(empty);
             continue;
         }
         let placeholders = placeholder_check(&mut builder, document.format, path, body);
@@ -42,7 +44,7 @@ pub fn audit(documents: &[Document<'_>]) -> (Dimension, Vec<Suggestion>) {
         let structure = structure_check(&mut builder, document.format, path, body);
         builder.unit(&[(placeholders, 0.4), (truncation, 0.4), (structure, 0.2)]);
     }
-    builder.finish(0.0)
+    builder.finish()
 }
 
 fn placeholder_check(
@@ -50,7 +52,7 @@ fn placeholder_check(
     format: Format,
     path: &str,
     body: &Body<'_>,
-) -> f64 {
+) -> Scored {
     // JSON that parses is scanned value by value (locations are JSON paths);
     // HTML as source, so placeholders that look like tags are seen; the rest
     // as the text itself (locations are lines).
@@ -74,23 +76,62 @@ fn placeholder_check(
             &format!("placeholder \"{}\"", hit.text),
         );
     }
-    let mut kinds: Vec<&str> = hits.iter().map(|hit| hit.text.as_str()).collect();
+    // Whole values that are filler ("N/A", "string"), unless a placeholder
+    // literal already covers them ("TBD").
+    let filler: Vec<&(usize, String)> = body
+        .signals()
+        .filler
+        .iter()
+        .filter(|(start, text)| {
+            !hits
+                .iter()
+                .any(|hit| hit.start >= *start && hit.start <= start + text.len())
+        })
+        .collect();
+    for (start, text) in &filler {
+        builder.suggest(
+            Priority::High,
+            path,
+            &body.location(*start),
+            &format!("filler value \"{text}\" where content belongs"),
+        );
+    }
+    let refusals = &body.dictionary().refusals;
+    for hit in refusals {
+        builder.suggest(
+            Priority::Critical,
+            path,
+            &body.location(hit.start),
+            &format!(
+                "a refusal or a model talking about itself (\"{}\"): do the task instead",
+                hit.text
+            ),
+        );
+    }
+    let mut kinds: Vec<&str> = hits
+        .iter()
+        .map(|hit| hit.text.as_str())
+        .chain(filler.iter().map(|(_, text)| text.as_str()))
+        .chain(refusals.iter().map(|hit| hit.text.as_str()))
+        .collect();
     kinds.sort_unstable();
     kinds.dedup();
     kinds.truncate(5);
-    let detail = if hits.is_empty() {
-        "no placeholders".to_string()
+    let found = hits.len() + filler.len();
+    let detail = if found + refusals.len() == 0 {
+        "no placeholders, filler values or refusals".to_string()
     } else {
         format!(
-            "{} placeholders (each costs {PLACEHOLDER_PENALTY} points), e.g. {}",
-            hits.len(),
+            "{} placeholders and filler values (each costs {PLACEHOLDER_PENALTY} points), {} refusals (each costs {REFUSAL_PENALTY}), e.g. {}",
+            found,
+            refusals.len(),
             kinds.join(", ")
         )
     };
     builder.check(
         "placeholders",
         path,
-        10.0 - PLACEHOLDER_PENALTY * hits.len() as f64,
+        10.0 - PLACEHOLDER_PENALTY * found as f64 - REFUSAL_PENALTY * refusals.len() as f64,
         detail,
     )
 }
@@ -100,7 +141,7 @@ fn truncation_check(
     format: Format,
     path: &str,
     body: &Body<'_>,
-) -> f64 {
+) -> Scored {
     let mut signals: Vec<(String, String)> = Vec::new();
     match format {
         Format::Json => {
@@ -177,7 +218,7 @@ fn structure_check(
     format: Format,
     path: &str,
     body: &Body<'_>,
-) -> f64 {
+) -> Scored {
     let mut score = 10.0;
     let mut notes = Vec::new();
     let is_long = body.words > LONG_TEXT_WORDS;
@@ -314,7 +355,7 @@ mod tests {
                 "frameworks.json $.frameworks[0].steps[0]: placeholder \"TODO\"",
             ]
         );
-        assert!(dimension.score < 10.0);
+        assert!(dimension.score.unwrap() < 10.0);
     }
 
     #[test]
@@ -330,6 +371,6 @@ mod tests {
             suggestions[0].message,
             "out.md line 3: text ends mid-sentence (truncated?)"
         );
-        assert!(dimension.score <= 6.0);
+        assert!(dimension.score.unwrap() <= 6.0);
     }
 }

@@ -36,13 +36,12 @@ const IGNORED_BELOW: f64 = 0.2;
 pub fn audit(outputs: &[Document<'_>], upstream: &[Document<'_>]) -> (Dimension, Vec<Suggestion>) {
     let mut builder = DimensionBuilder::new(NAME);
     if upstream.is_empty() {
-        builder.check(
+        builder.not_applicable(
             "upstream",
             "none",
-            10.0,
-            "no upstream inputs: nothing to consume".to_string(),
+            "no upstream inputs: nothing to consume, so n/a".to_string(),
         );
-        return builder.finish(10.0);
+        return builder.finish();
     }
     let output_paths: Vec<&str> = outputs.iter().map(|document| document.path).collect();
     let output_label = output_paths.join(", ");
@@ -61,13 +60,14 @@ pub fn audit(outputs: &[Document<'_>], upstream: &[Document<'_>]) -> (Dimension,
         .filter(|piece| !piece.is_empty())
         .collect();
     if pieces.is_empty() {
-        builder.check(
+        let nothing = builder.check(
             "upstream",
             &output_label,
             0.0,
             "no output to look for upstream terms in".to_string(),
         );
-        return builder.finish(0.0);
+        builder.unit_of(nothing);
+        return builder.finish();
     }
 
     let sources: Vec<(&str, Vec<String>, Vec<String>)> = upstream
@@ -122,11 +122,10 @@ pub fn audit(outputs: &[Document<'_>], upstream: &[Document<'_>]) -> (Dimension,
 
     for (label, terms, names) in &sources {
         if terms.is_empty() && names.is_empty() {
-            builder.check(
+            builder.not_applicable(
                 "upstream_terms",
                 label,
-                10.0,
-                "no distinctive terms in this input; not scored".to_string(),
+                "no distinctive terms in this input; n/a".to_string(),
             );
             continue;
         }
@@ -217,7 +216,7 @@ pub fn audit(outputs: &[Document<'_>], upstream: &[Document<'_>]) -> (Dimension,
         }
         builder.unit(&[(terms_score, 0.7), (names_score, 0.3)]);
     }
-    builder.finish(10.0)
+    builder.finish()
 }
 
 /// The [`TOP_TERMS`] most frequent distinctive terms, lowercase; ties in alphabetical order.
@@ -404,19 +403,20 @@ mod tests {
         )];
         let (low, suggestions) = audit(&unrelated, &upstream);
         let (high, _) = audit(&consuming, &upstream);
-        assert!(low.score < 4.0, "{low:?}");
-        assert!(high.score > 7.0, "{high:?}");
+        assert!(low.score.unwrap() < 4.0, "{low:?}");
+        assert!(high.score.unwrap() > 7.0, "{high:?}");
         assert_eq!(suggestions[0].priority, Priority::High);
         assert!(suggestions[0].message.starts_with("soul.json: does not use anything from upstream expert-framework-creator.expert-framework (0 of"));
     }
 
     #[test]
-    fn no_upstream_scores_ten() {
+    fn no_upstream_is_not_applicable() {
         let (dimension, suggestions) = audit(&[doc("a.md", Format::Markdown, "x")], &[]);
-        assert_eq!(dimension.score, 10.0);
+        assert_eq!(dimension.score, None);
+        assert_eq!(dimension.checks[0].score, None);
         assert_eq!(
             dimension.checks[0].detail,
-            "no upstream inputs: nothing to consume"
+            "no upstream inputs: nothing to consume, so n/a"
         );
         assert!(suggestions.is_empty());
     }

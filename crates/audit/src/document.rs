@@ -7,6 +7,7 @@ use std::cell::OnceCell;
 use serde_json::Value;
 
 use crate::Format;
+use crate::content::{self, ContentSignals};
 use crate::html::{self, HtmlStats};
 use crate::json_shape::JsonProse;
 use crate::markdown::{self, MarkdownStats};
@@ -33,6 +34,8 @@ pub struct Body<'a> {
     lines: OnceCell<LineIndex>,
     /// Built on first use: D2 and D4 share one dictionary scan of the prose.
     dictionary: OnceCell<DictionaryHits>,
+    /// Built on first use: the content signals D1–D4 and the caps share.
+    signals: OnceCell<ContentSignals>,
     /// For JSON artifacts: the parsed value, or why it does not parse.
     pub json: Option<Result<Value, serde_json::Error>>,
     /// For JSON artifacts that parse: their string values.
@@ -71,6 +74,7 @@ impl<'a> Body<'a> {
             raw,
             lines: OnceCell::new(),
             dictionary: OnceCell::new(),
+            signals: OnceCell::new(),
             json: None,
             json_prose: None,
             markdown: None,
@@ -129,6 +133,21 @@ impl<'a> Body<'a> {
     pub fn dictionary(&self) -> &DictionaryHits {
         self.dictionary
             .get_or_init(|| scan_dictionary(self.prose()))
+    }
+
+    /// Language-likeness, repetition, filler and the no-op marker of [`Body::prose`].
+    pub fn signals(&self) -> &ContentSignals {
+        self.signals.get_or_init(|| {
+            let json = self.json_value().zip(self.json_prose.as_ref());
+            let format = if self.json_prose.is_some() {
+                Format::Json
+            } else if self.html.is_some() {
+                Format::Html
+            } else {
+                Format::Markdown
+            };
+            content::measure(format, &self.raw, self.prose(), json)
+        })
     }
 
     /// True when there is nothing but whitespace.

@@ -26,6 +26,8 @@
 //! matched with one Aho-Corasick pass per text, so an audit of a 1 MB
 //! artifact takes milliseconds.
 
+mod caps;
+mod content;
 mod d1_completeness;
 mod d2_specificity;
 mod d3_readiness;
@@ -33,6 +35,7 @@ mod d4_auditability;
 mod d5_consumption;
 mod dimension;
 mod document;
+mod explain;
 mod html;
 mod json_shape;
 mod markdown;
@@ -42,11 +45,14 @@ mod score;
 mod suggestions;
 mod text;
 
+pub use explain::{DIMENSION_NAMES, costs, explain};
 pub use model::{
-    Artifact, AuditInput, AuditReport, Check, Deltas, Dimension, Format, Priority, Suggestion,
-    Upstream,
+    Artifact, AuditInput, AuditReport, Ceiling, Check, Deltas, Dimension, Format, Priority,
+    Suggestion, Upstream,
 };
 pub use patterns::GENERIC_PHRASES;
+
+use std::collections::BTreeMap;
 
 use document::Document;
 use score::{round_score, round1};
@@ -66,9 +72,14 @@ pub const CALIBRATION_TOLERANCE: f64 = 2.0;
 pub const COMPOSITE_REGRESSION: f64 = 0.5;
 /// A drop of at least this much in any dimension is a regression.
 pub const DIMENSION_REGRESSION: f64 = 1.0;
+/// A composite resting on less than this share of the weights is flagged.
+pub const MIN_JUDGED_WEIGHT: f64 = 0.5;
 
 /// Audits one block execution. Pure and deterministic; never panics.
-pub fn audit(input: &AuditInput<'_>) -> AuditReport {
+///
+/// `None` when the block declares no artifacts: there is nothing to judge,
+/// and a score for nothing would be a free one.
+pub fn audit(input: &AuditInput<'_>) -> Option<AuditReport> {
     let outputs: Vec<Document<'_>> = input
         .artifacts
         .iter()
@@ -96,10 +107,10 @@ pub fn audit(input: &AuditInput<'_>) -> AuditReport {
         .collect();
 
     if outputs.is_empty() {
-        return nothing_declared(input);
+        return None;
     }
     let (d1, mut suggestions) = d1_completeness::audit(&outputs, &input.golden);
-    let (d2, more) = d2_specificity::audit(&outputs, input.subject);
+    let (d2, more, generic_caps) = d2_specificity::audit(&outputs, input.subject);
     suggestions.extend(more);
     let (d3, more) = d3_readiness::audit(&outputs, &input.golden, &input.consumed_downstream);
     suggestions.extend(more);
@@ -108,41 +119,66 @@ pub fn audit(input: &AuditInput<'_>) -> AuditReport {
     let (d5, more) = d5_consumption::audit(&outputs, &upstream);
     suggestions.extend(more);
 
-    finish(input, [d1, d2, d3, d4, d5], suggestions)
+    let ceiling = ceiling(&outputs, &input.golden, generic_caps);
+    Some(finish(input, [d1, d2, d3, d4, d5], ceiling, suggestions))
 }
 
-/// A block that declares no artifacts has nothing that could be incomplete,
-/// vague, unreadable or disconnected: every dimension is 10, and says why.
-fn nothing_declared(input: &AuditInput<'_>) -> AuditReport {
-    let dimension = || Dimension {
-        score: 10.0,
-        checks: vec![Check {
-            name: "artifacts:none".to_string(),
-            score: 10.0,
-            detail: "the block declares no artifacts; nothing to audit".to_string(),
-        }],
-    };
-    finish(
-        input,
-        [
-            dimension(),
-            dimension(),
-            dimension(),
-            dimension(),
-            dimension(),
-        ],
-        Vec::new(),
-    )
+/// The mean over artifacts of each one's cap (10 without one), and the
+/// reasons, when any artifact has a cap.
+fn ceiling(
+    outputs: &[Document<'_>],
+    golden: &BTreeMap<&str, &[u8]>,
+    generic_caps: Vec<caps::Cap>,
+) -> Option<(f64, String)> {
+    let caps: Vec<Option<caps::Cap>> = outputs
+        .iter()
+        .map(|document| {
+            // D2 sets its caps by artifact path; the rest come from the content signals.
+            let prefix = format!("{}: ", document.path);
+            let from_d2 = generic_caps
+                .iter()
+                .filter(|cap| cap.reason.starts_with(&prefix))
+                .cloned();
+            caps::artifact_cap(document, golden.get(document.key).copied())
+                .into_iter()
+                .chain(from_d2)
+                .min_by(|a, b| a.score.total_cmp(&b.score))
+        })
+        .collect();
+    if caps.iter().all(Option::is_none) {
+        return None;
+    }
+    let score = caps
+        .iter()
+        .map(|cap| cap.as_ref().map_or(10.0, |cap| cap.score))
+        .sum::<f64>()
+        / caps.len() as f64;
+    let reasons: Vec<&str> = caps
+        .iter()
+        .flatten()
+        .map(|cap| cap.reason.as_str())
+        .collect();
+    Some((round_score(score), reasons.join("; ")))
 }
 
 /// Composite, ranking and the comparisons with the previous attempt and the self-score.
 fn finish(
     input: &AuditInput<'_>,
     dimensions: [Dimension; 5],
+    ceiling: Option<(f64, String)>,
     suggestions: Vec<Suggestion>,
 ) -> AuditReport {
     let [d1, d2, d3, d4, d5] = dimensions;
-    let composite = composite([d1.score, d2.score, d3.score, d4.score, d5.score]);
+    let (uncapped, judged_weight) = composite([d1.score, d2.score, d3.score, d4.score, d5.score]);
+    let ceiling = ceiling.map(|(score, reason)| Ceiling {
+        score,
+        reason,
+        uncapped,
+        binding: score < uncapped,
+    });
+    let composite = ceiling
+        .as_ref()
+        .map_or(uncapped, |ceiling| ceiling.score.min(uncapped));
     let self_score = input.self_score.filter(|score| score.is_finite());
     let mut report = AuditReport {
         d1,
@@ -151,6 +187,9 @@ fn finish(
         d4,
         d5,
         composite,
+        judged_weight: round2(judged_weight),
+        low_evidence: judged_weight < MIN_JUDGED_WEIGHT,
+        ceiling,
         badge: format!("A:{composite:.1}"),
         weakest: String::new(),
         suggestions: suggestions::rank(suggestions),
@@ -169,37 +208,45 @@ fn finish(
     report
 }
 
-/// The weighted sum of dimension scores, rounded to one decimal.
-fn composite(scores: [f64; 5]) -> f64 {
-    round_score(
-        scores
-            .iter()
-            .zip(WEIGHTS)
-            .map(|(score, (_, weight))| score * weight)
-            .sum(),
-    )
+/// The weighted mean of the judged dimensions' scores (weights renormalised
+/// over them), rounded to one decimal, and the share of the weights judged.
+fn composite(scores: [Option<f64>; 5]) -> (f64, f64) {
+    let judged: Vec<(f64, f64)> = scores
+        .iter()
+        .zip(WEIGHTS)
+        .filter_map(|(score, (_, weight))| Some(((*score)?, weight)))
+        .collect();
+    let judged_weight: f64 = judged.iter().map(|(_, weight)| weight).sum();
+    let composite = score::weighted_mean(&judged).map_or(0.0, round_score);
+    (composite, judged_weight)
 }
 
-/// The lowest dimension; ties go to the earlier one.
+fn round2(value: f64) -> f64 {
+    (value * 100.0).round() / 100.0
+}
+
+/// The lowest judged dimension; ties go to the earlier one.
 fn weakest(report: &AuditReport) -> &'static str {
-    let mut weakest = ("d1", report.d1.score);
+    let mut weakest: Option<(&str, f64)> = None;
     for (name, dimension) in report.dimensions() {
-        if dimension.score < weakest.1 {
-            weakest = (name, dimension.score);
+        if let Some(score) = dimension.score
+            && weakest.is_none_or(|(_, lowest)| score < lowest)
+        {
+            weakest = Some((name, score));
         }
     }
-    weakest.0
+    weakest.map_or("d1", |(name, _)| name)
 }
 
 fn deltas(current: &AuditReport, previous: &AuditReport) -> Deltas {
-    let change = |now: f64, before: f64| round1(now - before);
+    let change = |now: Option<f64>, before: Option<f64>| Some(round1(now? - before?));
     let deltas = Deltas {
         d1: change(current.d1.score, previous.d1.score),
         d2: change(current.d2.score, previous.d2.score),
         d3: change(current.d3.score, previous.d3.score),
         d4: change(current.d4.score, previous.d4.score),
         d5: change(current.d5.score, previous.d5.score),
-        composite: change(current.composite, previous.composite),
+        composite: round1(current.composite - previous.composite),
         regression: false,
     };
     // Deltas are rounded to one decimal, so compare with a little slack for binary fractions.
@@ -207,7 +254,7 @@ fn deltas(current: &AuditReport, previous: &AuditReport) -> Deltas {
     let regression = deltas.composite <= -COMPOSITE_REGRESSION + slack
         || [deltas.d1, deltas.d2, deltas.d3, deltas.d4, deltas.d5]
             .iter()
-            .any(|delta| *delta <= -DIMENSION_REGRESSION + slack);
+            .any(|delta| delta.is_some_and(|delta| delta <= -DIMENSION_REGRESSION + slack));
     Deltas {
         regression,
         ..deltas

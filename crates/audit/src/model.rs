@@ -89,8 +89,22 @@ pub struct AuditReport {
     pub d3: Dimension,
     pub d4: Dimension,
     pub d5: Dimension,
-    /// 0–10, the [`crate::WEIGHTS`]-weighted sum of the rounded dimension scores, rounded to one decimal.
+    /// 0–10: the [`crate::WEIGHTS`]-weighted mean of the rounded scores of the
+    /// dimensions that judged something (weights renormalised over them),
+    /// lowered to [`AuditReport::ceiling`] when a junk signal set one, rounded
+    /// to one decimal.
     pub composite: f64,
+    /// The share (0–1) of the weights whose dimension judged something; the
+    /// rest was not applicable (no upstream input, no prose).
+    #[serde(default = "all_judged")]
+    pub judged_weight: f64,
+    /// The composite rests on less than half of the weights.
+    #[serde(default)]
+    pub low_evidence: bool,
+    /// The cap junk signals (noise, refusal, no-op output, filler, repetition,
+    /// a format that lies, too little content) put on the composite.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub ceiling: Option<Ceiling>,
     /// `"A:7.2"`: the composite with one decimal.
     pub badge: String,
     /// The lowest dimension (`"d2"`); ties go to the earlier dimension.
@@ -107,20 +121,33 @@ pub struct AuditReport {
     pub self_score: Option<f64>,
 }
 
+fn all_judged() -> f64 {
+    1.0
+}
+
 impl AuditReport {
     /// One line for logs and terminals:
-    /// `A:7.2 (d1 8.0 d2 5.5 d3 10.0 d4 9.0 d5 6.0) weakest d2`.
+    /// `A:7.2 (d1 8.0 d2 5.5 d3 10.0 d4 9.0 d5 n/a) weakest d2`, plus
+    /// `capped at 2.0: …` when a junk signal capped the composite.
     pub fn summary_line(&self) -> String {
-        format!(
-            "{} (d1 {:.1} d2 {:.1} d3 {:.1} d4 {:.1} d5 {:.1}) weakest {}",
+        let scores: Vec<String> = self
+            .dimensions()
+            .iter()
+            .map(|(name, dimension)| format!("{name} {}", dimension.display()))
+            .collect();
+        let mut line = format!(
+            "{} ({}) weakest {}",
             self.badge,
-            self.d1.score,
-            self.d2.score,
-            self.d3.score,
-            self.d4.score,
-            self.d5.score,
+            scores.join(" "),
             self.weakest
-        )
+        );
+        if let Some(ceiling) = self.ceiling.as_ref().filter(|c| c.binding) {
+            line.push_str(&format!(
+                "; capped at {:.1}: {}",
+                ceiling.score, ceiling.reason
+            ));
+        }
+        line
     }
 
     /// The dimensions in order, with their names.
@@ -138,9 +165,20 @@ impl AuditReport {
 /// One dimension's score and the checks that produced it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Dimension {
-    /// 0–10, one decimal.
-    pub score: f64,
+    /// 0–10, one decimal; `None` (n/a) when nothing in the block's output
+    /// could be judged on this dimension. Never a free 10.
+    pub score: Option<f64>,
     pub checks: Vec<Check>,
+}
+
+impl Dimension {
+    /// `7.5`, or `n/a`.
+    pub fn display(&self) -> String {
+        match self.score {
+            Some(score) => format!("{score:.1}"),
+            None => "n/a".to_string(),
+        }
+    }
 }
 
 /// One measured property, with the numbers that explain its score.
@@ -148,9 +186,26 @@ pub struct Dimension {
 pub struct Check {
     /// `check:artifact`, e.g. `generic_phrases:voice.md`.
     pub name: String,
-    /// 0–10, one decimal.
-    pub score: f64,
+    /// 0–10, one decimal; `None` when the check had nothing to judge.
+    pub score: Option<f64>,
+    /// Its weight in the artifact's score within the dimension (0 for
+    /// checks that only inform, such as a cap).
+    #[serde(default)]
+    pub weight: f64,
     pub detail: String,
+}
+
+/// A cap on the composite, from junk signals in the artifacts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ceiling {
+    /// 0–10: the mean over artifacts of each artifact's cap (10 for an artifact with none).
+    pub score: f64,
+    /// What set it: `notes.md: 94% of tokens are not words (noise)`.
+    pub reason: String,
+    /// The composite before the cap.
+    pub uncapped: f64,
+    /// True when the cap lowered the composite.
+    pub binding: bool,
 }
 
 /// How urgent a suggestion is. Sorts critical first.
@@ -180,11 +235,12 @@ pub struct Suggestion {
 /// Change against the previous attempt's report (current − previous).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Deltas {
-    pub d1: f64,
-    pub d2: f64,
-    pub d3: f64,
-    pub d4: f64,
-    pub d5: f64,
+    /// `None` when the dimension was n/a in either attempt.
+    pub d1: Option<f64>,
+    pub d2: Option<f64>,
+    pub d3: Option<f64>,
+    pub d4: Option<f64>,
+    pub d5: Option<f64>,
     pub composite: f64,
     /// The composite dropped by 0.5 or more, or any dimension by 1.0 or more.
     pub regression: bool,

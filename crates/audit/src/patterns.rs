@@ -97,12 +97,6 @@ pub const PLACEHOLDERS: &[(&str, PlaceholderRule)] = &[
     ("TBD", PlaceholderRule::ExactWord),
     ("FIXME", PlaceholderRule::ExactWord),
     ("lorem ipsum", PlaceholderRule::Anywhere),
-    ("as an ai language model", PlaceholderRule::Anywhere),
-    ("as an ai model", PlaceholderRule::Anywhere),
-    ("i cannot help with", PlaceholderRule::Anywhere),
-    ("i cannot provide", PlaceholderRule::Anywhere),
-    ("i cannot assist", PlaceholderRule::Anywhere),
-    ("i'm unable to provide", PlaceholderRule::Anywhere),
     ("[insert", PlaceholderRule::Anywhere),
     ("<placeholder>", PlaceholderRule::Anywhere),
     ("placeholder text", PlaceholderRule::Anywhere),
@@ -114,6 +108,39 @@ pub const PLACEHOLDERS: &[(&str, PlaceholderRule)] = &[
     ("(truncated", PlaceholderRule::Anywhere),
     ("truncated for brevity", PlaceholderRule::Anywhere),
     ("rest of the content", PlaceholderRule::Anywhere),
+];
+
+/// A model declining the task or talking about itself instead of doing it.
+/// Matched ASCII case-insensitively anywhere; typographic apostrophes are
+/// listed too because models write them.
+pub const REFUSALS: &[&str] = &[
+    "as an ai language model",
+    "as an ai model",
+    "as an ai assistant",
+    "as a language model",
+    "as a large language model",
+    "i'm sorry, but i can't",
+    "i\u{2019}m sorry, but i can\u{2019}t",
+    "i am sorry, but i cannot",
+    "i'm sorry, but i cannot",
+    "i can't help with",
+    "i can\u{2019}t help with",
+    "i cannot help with",
+    "i can't assist",
+    "i cannot assist",
+    "i can't provide",
+    "i cannot provide",
+    "i'm unable to",
+    "i am unable to",
+    "i'm not able to",
+    "i am not able to",
+    "i apologize, but",
+    "i must decline",
+    "i don't have access to",
+    "i do not have access to",
+    "my knowledge cutoff",
+    "as of my last update",
+    "as of my knowledge cutoff",
 ];
 
 /// Template syntax left in the output: `{{ name }}`, `[INSERT …]`, `<CLIENT_NAME>`.
@@ -360,16 +387,17 @@ const STOPWORDS: &[&str] = &[
     "yourselves",
 ];
 
-/// Generic phrases and placeholder literals in one automaton, so a text is
-/// scanned once for both. Pattern ids below `GENERIC_PHRASES.len()` are
-/// generic phrases; the rest index [`PLACEHOLDERS`].
+/// Generic phrases, placeholder literals and refusals in one automaton, so a
+/// text is scanned once for all. Pattern ids below `GENERIC_PHRASES.len()` are
+/// generic phrases, then [`PLACEHOLDERS`], then [`REFUSALS`].
 fn prose_dictionary() -> &'static AhoCorasick {
     static AUTOMATON: OnceLock<AhoCorasick> = OnceLock::new();
     AUTOMATON.get_or_init(|| {
         let patterns = GENERIC_PHRASES
             .iter()
             .copied()
-            .chain(PLACEHOLDERS.iter().map(|(literal, _)| *literal));
+            .chain(PLACEHOLDERS.iter().map(|(literal, _)| *literal))
+            .chain(REFUSALS.iter().copied());
         dictionary(patterns, MatchKind::LeftmostLongest)
     })
 }
@@ -402,6 +430,8 @@ pub struct PhraseHit {
 /// Everything the dictionaries found in one text, each list in order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DictionaryHits {
+    /// Refusals and a model talking about itself.
+    pub refusals: Vec<PlaceholderHit>,
     /// Generic phrases starting at a word boundary.
     pub generic: Vec<PhraseHit>,
     /// Placeholder literals and patterns, without overlaps (a longer match wins).
@@ -423,10 +453,15 @@ pub fn scan_dictionary(text: &str) -> DictionaryHits {
             }
             continue;
         }
+        let matched = text.get(found.start()..found.end()).unwrap_or_default();
         let Some(&(literal, rule)) = PLACEHOLDERS.get(id - GENERIC_PHRASES.len()) else {
+            hits.refusals.push(PlaceholderHit {
+                start: found.start(),
+                end: found.end(),
+                text: excerpt(matched),
+            });
             continue;
         };
-        let matched = text.get(found.start()..found.end()).unwrap_or_default();
         let accepted = match rule {
             PlaceholderRule::Anywhere => true,
             PlaceholderRule::ExactWord => {

@@ -282,6 +282,10 @@ pub struct AuditArgs {
     /// Print the report as JSON
     #[arg(long)]
     pub json: bool,
+    /// Show every check per dimension: what was judged, what was n/a, which
+    /// check cost the most, and how the composite and any cap were reached
+    #[arg(long, conflicts_with = "json")]
+    pub explain: bool,
     /// Exit with status 1 when the composite is below this
     #[arg(long)]
     pub min: Option<f64>,

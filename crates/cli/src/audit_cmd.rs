@@ -70,7 +70,7 @@ pub fn run(args: AuditArgs) -> Result<ExitCode> {
         }
     }
 
-    let report = factory_audit::audit(&AuditInput {
+    let Some(report) = factory_audit::audit(&AuditInput {
         block: "audit",
         artifacts: contents
             .iter()
@@ -98,12 +98,17 @@ pub fn run(args: AuditArgs) -> Result<ExitCode> {
         subject: args.subject.as_deref(),
         self_score: args.self_score,
         previous: None,
-    });
+    }) else {
+        return Err(user_error("no artifact to audit: name at least one file"));
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         let names: Vec<String> = contents.iter().map(|(_, name, _)| name.clone()).collect();
         print!("{}", render(&report, &names.join(", ")));
+        if args.explain {
+            print!("\n{}", factory_audit::explain(&report));
+        }
     }
     Ok(match args.min {
         Some(min) if report.composite < min => ExitCode::from(1),
@@ -115,29 +120,38 @@ pub fn run(args: AuditArgs) -> Result<ExitCode> {
 pub fn render(report: &AuditReport, title: &str) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "{}  {title}", report.badge);
-    let dimensions = [
-        ("D1 completeness", &report.d1, 25),
-        ("D2 specificity", &report.d2, 25),
-        ("D3 downstream readiness", &report.d3, 20),
-        ("D4 human auditability", &report.d4, 10),
-        ("D5 second-order effects", &report.d5, 20),
-    ];
-    for (name, dimension, weight) in dimensions {
-        let filled = dimension.score.round().clamp(0.0, 10.0) as usize;
+    for ((_, dimension), (title, (_, weight))) in report.dimensions().into_iter().zip(
+        factory_audit::DIMENSION_NAMES
+            .iter()
+            .zip(factory_audit::WEIGHTS),
+    ) {
+        let filled = dimension
+            .score
+            .map_or(0, |score| score.round().clamp(0.0, 10.0) as usize);
+        let bar = match dimension.score {
+            Some(_) => format!("{}{}", "█".repeat(filled), "░".repeat(10 - filled)),
+            None => "not judged".to_string(),
+        };
         let _ = writeln!(
             out,
-            "  {name:<25} {:>4.1} {}{}  ({weight}%)",
-            dimension.score,
-            "█".repeat(filled),
-            "░".repeat(10 - filled)
+            "  {title:<25} {:>4} {bar}  ({:.0}%)",
+            dimension.display(),
+            weight * 100.0
         );
-        for check in &dimension.checks {
-            let _ = writeln!(
-                out,
-                "      {:<28} {:>4.1}  {}",
-                check.name, check.score, check.detail
-            );
-        }
+    }
+    if let Some(ceiling) = report.ceiling.as_ref().filter(|c| c.binding) {
+        let _ = writeln!(
+            out,
+            "  capped at {:.1} (from {:.1}): {}",
+            ceiling.score, ceiling.uncapped, ceiling.reason
+        );
+    }
+    if report.low_evidence {
+        let _ = writeln!(
+            out,
+            "  low evidence: only {:.0}% of the weights could be judged",
+            report.judged_weight * 100.0
+        );
     }
     let _ = writeln!(out, "  weakest: {}", report.weakest);
     if let Some(warning) = &report.calibration_warning {

@@ -1083,16 +1083,21 @@ impl RunDoc {
         }
         let n = audits.len() as f64;
         let composite = audits.iter().map(|(_, a)| a.composite).sum::<f64>() / n;
-        let mut means = [0.0f64; 5];
+        // Each dimension's mean over the blocks that judged it (n/a is left out).
+        let mut sums = [(0.0f64, 0usize); 5];
         for (_, audit) in &audits {
             for (i, (_, dimension)) in audit.dimensions().iter().enumerate() {
-                means[i] += dimension.score / n;
+                if let Some(score) = dimension.score {
+                    sums[i].0 += score;
+                    sums[i].1 += 1;
+                }
             }
         }
-        let (weakest_index, weakest_score) = means
+        let (weakest_index, weakest_score) = sums
             .iter()
-            .copied()
             .enumerate()
+            .filter(|(_, (_, judged))| *judged > 0)
+            .map(|(i, (sum, judged))| (i, sum / *judged as f64))
             .min_by(|a, b| a.1.total_cmp(&b.1))
             .unwrap_or((0, 0.0));
         let mut warnings = Vec::new();

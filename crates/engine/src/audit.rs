@@ -82,8 +82,12 @@ pub(crate) struct AuditContext<'a> {
     pub golden: &'a BTreeMap<String, Vec<u8>>,
 }
 
-/// Audits an execution that produced its artifacts.
-pub(crate) fn audit_execution(context: &AuditContext<'_>, execution: &Execution) -> AuditReport {
+/// Audits an execution that produced its artifacts; `None` when the block
+/// declares none (nothing to judge, so no score).
+pub(crate) fn audit_execution(
+    context: &AuditContext<'_>,
+    execution: &Execution,
+) -> Option<AuditReport> {
     let AuditContext {
         pipeline,
         doc,

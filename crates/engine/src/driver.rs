@@ -520,7 +520,7 @@ async fn run_attempt(
     };
     let failed = execution.error.is_some();
     // Audit what was produced; a failed attempt has nothing worth scoring.
-    let audit = (!failed).then(|| {
+    let audit = (!failed).then_some(()).and_then(|()| {
         crate::audit::audit_execution(
             &crate::audit::AuditContext {
                 pipeline,

@@ -13,7 +13,7 @@ fn with_history(
     let mut input = frameworks_input(Some(content));
     input.self_score = self_score;
     input.previous = previous;
-    audit(&input)
+    audit(&input).expect("artifacts declared")
 }
 
 #[test]
@@ -27,7 +27,7 @@ fn deltas_show_improvement_without_regression() {
     );
     assert_eq!(
         deltas.d2,
-        ((after.d2.score - before.d2.score) * 10.0).round() / 10.0
+        Some(((after.d2.score.unwrap() - before.d2.score.unwrap()) * 10.0).round() / 10.0)
     );
     assert!(deltas.composite >= 1.5);
     assert!(!deltas.regression);
@@ -39,18 +39,18 @@ fn a_drop_is_flagged_as_regression() {
     let before = frameworks_report(GOOD);
     let after = with_history(TRUNCATED, None, Some(&before));
     let deltas = after.deltas.expect("deltas");
-    assert!(deltas.d3 <= -1.0);
+    assert!(deltas.d3.unwrap() <= -1.0);
     assert!(deltas.regression);
 
     // One dimension down by exactly 1.0 is enough; a composite move of 0.4 alone is not.
     let mut slightly_better = before.clone();
-    slightly_better.d4.score = 10.0;
-    slightly_better.d1.score = (before.d1.score + 1.0).min(10.0);
+    slightly_better.d4.score = Some(10.0);
+    slightly_better.d1.score = Some((before.d1.score.unwrap() + 1.0).min(10.0));
     slightly_better.composite = before.composite + 0.4;
     let again = with_history(GOOD, None, Some(&slightly_better));
     let deltas = again.deltas.expect("deltas");
     assert_eq!(deltas.composite, -0.4);
-    assert_eq!(deltas.regression, deltas.d1 <= -1.0);
+    assert_eq!(deltas.regression, deltas.d1.unwrap() <= -1.0);
 }
 
 #[test]
@@ -102,15 +102,23 @@ fn same_input_same_report() {
 #[test]
 fn summary_line_and_optional_fields() {
     let report = frameworks_report(GENERIC);
+    // The generic fixture is mostly stock phrases: D2 caps it, and says so.
+    let ceiling = report.ceiling.clone().expect("a generic cap");
+    assert!(
+        ceiling.binding && ceiling.reason.contains("generic"),
+        "{ceiling:?}"
+    );
     let expected = format!(
-        "A:{:.1} (d1 {:.1} d2 {:.1} d3 {:.1} d4 {:.1} d5 {:.1}) weakest {}",
+        "A:{:.1} (d1 {:.1} d2 {:.1} d3 {:.1} d4 {:.1} d5 {:.1}) weakest {}; capped at {:.1}: {}",
         report.composite,
-        report.d1.score,
-        report.d2.score,
-        report.d3.score,
-        report.d4.score,
-        report.d5.score,
-        report.weakest
+        report.d1.score.unwrap(),
+        report.d2.score.unwrap(),
+        report.d3.score.unwrap(),
+        report.d4.score.unwrap(),
+        report.d5.score.unwrap(),
+        report.weakest,
+        ceiling.score,
+        ceiling.reason
     );
     assert_eq!(report.summary_line(), expected);
     let json = serde_json::to_value(&report).expect("serialises");
@@ -121,17 +129,66 @@ fn summary_line_and_optional_fields() {
         );
     }
     assert_eq!(json["score_inflation"], false);
-    // The weights make the composite.
+    assert_eq!(json["judged_weight"], 1.0);
+    // The weights make the uncapped composite; the cap lowers it.
     let weighted: f64 = [
-        report.d1.score,
-        report.d2.score,
-        report.d3.score,
-        report.d4.score,
-        report.d5.score,
+        report.d1.score.unwrap(),
+        report.d2.score.unwrap(),
+        report.d3.score.unwrap(),
+        report.d4.score.unwrap(),
+        report.d5.score.unwrap(),
     ]
     .iter()
     .zip(factory_audit::WEIGHTS)
     .map(|(score, (_, weight))| score * weight)
     .sum();
-    assert_eq!(report.composite, (weighted * 10.0).round() / 10.0);
+    assert_eq!(ceiling.uncapped, (weighted * 10.0).round() / 10.0);
+    assert_eq!(report.composite, ceiling.score.min(ceiling.uncapped));
+}
+
+#[test]
+fn a_dimension_with_nothing_to_judge_is_left_out_not_given_ten() {
+    // No upstream input: D5 is n/a and the other weights are renormalised.
+    let mut input = crate::playbook_input(crate::PLAYBOOK_GOOD);
+    input.upstream.clear();
+    let report = audit(&input).expect("artifacts declared");
+    assert_eq!(report.d5.score, None);
+    assert_eq!(report.judged_weight, 0.8);
+    assert!(!report.low_evidence);
+    assert!(
+        report.summary_line().contains("d5 n/a"),
+        "{}",
+        report.summary_line()
+    );
+    let weighted: f64 = [&report.d1, &report.d2, &report.d3, &report.d4]
+        .iter()
+        .zip(factory_audit::WEIGHTS)
+        .map(|(dimension, (_, weight))| dimension.score.unwrap() * weight)
+        .sum();
+    assert_eq!(report.composite, ((weighted / 0.8) * 10.0).round() / 10.0);
+    let explained = factory_audit::explain(&report);
+    assert!(
+        explained.contains("(d5 n/a, weights renormalised)"),
+        "{explained}"
+    );
+    assert!(
+        explained.contains("n/a         upstream:none"),
+        "{explained}"
+    );
+
+    // One-line values have no prose: D2 is n/a too, and D5 with it.
+    let url = b"https://notebooks.example/abc123\n";
+    let report = audit(&factory_audit::AuditInput {
+        artifacts: vec![factory_audit::Artifact {
+            key: "url",
+            path: "url.txt",
+            format: factory_audit::Format::Text,
+            content: Some(url),
+        }],
+        ..factory_audit::AuditInput::default()
+    })
+    .expect("artifacts declared");
+    assert_eq!((report.d2.score, report.d5.score), (None, None));
+    assert_eq!(report.judged_weight, 0.55);
+    assert_eq!(report.weakest, "d1");
 }

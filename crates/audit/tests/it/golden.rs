@@ -57,7 +57,7 @@ fn golden_examples_score_high_against_themselves() {
             subject: Some(SUBJECT),
             ..AuditInput::default()
         };
-        let report = audit(&input);
+        let report = audit(&input).expect("artifacts declared");
         println!("{path:16} {}", report.summary_line());
         assert_well_formed(&report);
         assert!(report.composite >= 8.5, "{path}: {report:#?}");

@@ -2,6 +2,7 @@
 //! and the golden examples in `templates/golden`.
 
 mod calibration;
+mod corpus;
 mod golden;
 mod ordering;
 mod robustness;
@@ -72,15 +73,27 @@ pub fn upstream() -> Upstream<'static> {
 }
 
 pub fn frameworks_report(content: &[u8]) -> AuditReport {
-    audit(&frameworks_input(Some(content)))
+    audit(&frameworks_input(Some(content))).expect("artifacts declared")
 }
 
 /// Every score in the report is finite, within 0–10 and has at most one decimal.
 pub fn assert_well_formed(report: &AuditReport) {
     let mut scores = vec![report.composite];
     for (_, dimension) in report.dimensions() {
-        scores.push(dimension.score);
-        scores.extend(dimension.checks.iter().map(|check| check.score));
+        scores.extend(dimension.score);
+        scores.extend(dimension.checks.iter().filter_map(|check| check.score));
+        // A dimension is n/a exactly when none of its checks was weighed into a score.
+        if dimension.score.is_none() {
+            assert!(
+                dimension.checks.iter().all(|check| check.weight == 0.0),
+                "{report:#?}"
+            );
+        }
+    }
+    assert!((0.0..=1.0).contains(&report.judged_weight));
+    if let Some(ceiling) = &report.ceiling {
+        assert!(report.composite <= ceiling.score, "{report:#?}");
+        assert_eq!(ceiling.binding, ceiling.score < ceiling.uncapped);
     }
     for score in scores {
         assert!(

@@ -65,7 +65,7 @@ fn suggestions_are_ranked_by_priority_then_dimension() {
 #[test]
 fn markdown_findings_carry_line_numbers() {
     let text = "# Plan\n\nIntro with 3 numbers and Marisol.\n\nTODO: write the close\n\nUnlock your potential with this.\n";
-    let report = audit(&playbook_input(text.as_bytes()));
+    let report = audit(&playbook_input(text.as_bytes())).expect("artifacts declared");
     let messages: Vec<&str> = report
         .suggestions
         .iter()
@@ -117,7 +117,7 @@ fn one_line_values_are_complete_and_not_judged_for_prose() {
         consumed_downstream: BTreeSet::from(["notebook-url"]),
         ..AuditInput::default()
     };
-    let report = audit(&input);
+    let report = audit(&input).expect("artifacts declared");
     assert_eq!(report.composite, 10.0, "{report:#?}");
     assert!(report.suggestions.is_empty(), "{:#?}", report.suggestions);
 }

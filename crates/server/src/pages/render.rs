@@ -124,16 +124,24 @@ pub fn audit(report: &AuditReport) -> Markup {
                 @if let Some(self_score) = report.self_score { " · self-score " (format!("{self_score:.1}")) } }
             @if let Some(warning) = &report.calibration_warning { p.warning { "Calibration: " (warning) } }
             @if report.score_inflation { p.warning { "Score inflation: the self-score rose while the audit fell." } }
+            @if let Some(ceiling) = report.ceiling.as_ref().filter(|c| c.binding) {
+                p.warning { "Capped at " (format!("{:.1}", ceiling.score)) " (from " (format!("{:.1}", ceiling.uncapped)) "): " (ceiling.reason) }
+            }
+            @if report.low_evidence {
+                p.warning { "Low evidence: only " (format!("{:.0}%", report.judged_weight * 100.0)) " of the weights could be judged." }
+            }
             table.bars {
                 @for (name, dimension) in report.dimensions() {
                     tr {
                         th { (name.to_uppercase()) }
-                        td { div.bar { div.fill style={"width:" (dimension.score * 10.0) "%"} {} } }
-                        td.num { (format!("{:.1}", dimension.score)) }
+                        td { div.bar { div.fill style={"width:" (dimension.score.unwrap_or(0.0) * 10.0) "%"} {} } }
+                        td.num title=(if dimension.score.is_none() { "not applicable: nothing to judge" } else { "" }) { (dimension.display()) }
                         td.num {
                             @if let Some(deltas) = &report.deltas {
                                 @let d = match name { "d1" => deltas.d1, "d2" => deltas.d2, "d3" => deltas.d3, "d4" => deltas.d4, _ => deltas.d5 };
-                                span class=(if d < 0.0 { "delta down" } else { "delta up" }) { (format!("{d:+.1}")) }
+                                @if let Some(d) = d {
+                                    span class=(if d < 0.0 { "delta down" } else { "delta up" }) { (format!("{d:+.1}")) }
+                                }
                             }
                         }
                     }
