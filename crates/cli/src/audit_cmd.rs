@@ -172,15 +172,10 @@ pub fn render(report: &AuditReport, title: &str) -> String {
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_string))
                 .unwrap_or_default();
-            let location = [suggestion.artifact.as_str(), suggestion.location.as_str()]
-                .iter()
-                .filter(|s| !s.is_empty())
-                .copied()
-                .collect::<Vec<_>>()
-                .join(" ");
+            // The message starts with the artifact and the location already.
             let _ = writeln!(
                 out,
-                "  [{priority}] {}: {location}: {}",
+                "  [{priority}] {}: {}",
                 suggestion.dimension, suggestion.message
             );
         }

@@ -143,6 +143,11 @@ pub struct BlockAudit {
     /// suggestions as corrections instead of only flagging.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub retry: bool,
+    /// Below the threshold once no retry is left (or with `retry` off), the
+    /// block fails instead of being flagged, so its artifacts never reach
+    /// downstream blocks (like a blocking asset check in Dagster).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub blocking: bool,
 }
 
 /// A declared run parameter.

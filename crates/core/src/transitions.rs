@@ -381,9 +381,12 @@ pub fn finish(
     let can_retry = execution.retryable && state.retries_used < execution.max_retries;
     let mut audit_flag = None;
     let mut retry_corrections = None;
+    // A blocking audit that is still missed when no corrected retry is left fails the block.
+    let mut audit_blocks = false;
     let (outcome, failure) = match (outcome, failure, audit_shortfall(block, &report)) {
         (AttemptOutcome::Succeeded, None, Some((composite, threshold))) => {
             let wants_retry = block.audit.as_ref().is_some_and(|a| a.retry);
+            let blocking = block.audit.as_ref().is_some_and(|a| a.blocking);
             if wants_retry && can_retry {
                 retry_corrections = report
                     .audit
@@ -393,6 +396,25 @@ pub fn finish(
                     AttemptOutcome::ThresholdMissed,
                     Some(format!(
                         "audit composite {composite:.1} is below the audit threshold {threshold:.1}"
+                    )),
+                )
+            } else if blocking {
+                audit_flag = Some((composite, threshold));
+                audit_blocks = true;
+                let why = report
+                    .audit
+                    .as_ref()
+                    .map(|audit| match audit.ceiling.as_ref().filter(|c| c.binding) {
+                        Some(ceiling) => {
+                            format!("capped at {:.1}: {}", ceiling.score, ceiling.reason)
+                        }
+                        None => format!("weakest {}", audit.weakest),
+                    })
+                    .unwrap_or_default();
+                (
+                    AttemptOutcome::ThresholdMissed,
+                    Some(format!(
+                        "audit composite {composite:.1} is below the blocking audit threshold {threshold:.1} ({why}); its artifacts are not passed downstream"
                     )),
                 )
             } else {
@@ -438,7 +460,7 @@ pub fn finish(
         },
         Some(error) => {
             let permanent = report_failure == Some(FailureKind::Permanent);
-            if can_retry && !permanent {
+            if can_retry && !permanent && !audit_blocks {
                 // A model's unusable reply is fixable by the model: the retry
                 // is told what was wrong with it, apart from any corrections.
                 let reply_note = (report_failure == Some(FailureKind::Reply)

@@ -780,6 +780,17 @@ fn check_block(
                 );
             }
         }
+        if audit.blocking && audit.threshold.is_none() {
+            out.push(
+                Diagnostic::error(
+                    codes::AUDIT,
+                    at(".audit.blocking"),
+                    "audit blocking is on but there is no audit threshold, so nothing could block",
+                )
+                .in_block(id.clone())
+                .with_help("set `audit.threshold` (0–10), or remove `blocking`"),
+            );
+        }
         if audit.retry && audit.threshold.is_none() {
             out.push(
                 Diagnostic::warning(

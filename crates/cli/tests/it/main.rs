@@ -503,6 +503,33 @@ fn audit_scores_files_on_their_own() {
         .assert()
         .code(2)
         .stderr(predicate::str::contains("cannot read artifact"));
+
+    // The one line the no-op builtin writes is junk, and --explain says why.
+    let noop = dir.path().join("research.md");
+    std::fs::write(&noop, "Deep Research (attempt 1)\n").unwrap();
+    let output = factory(&db)
+        .args(["audit", noop.to_str().unwrap(), "--explain", "--min", "6"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "below --min 6");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.starts_with("A:0.5  research.md"), "{text}");
+    for expected in [
+        "D5 second-order effects (d5, weight 20%): n/a",
+        "n/a         upstream:none",
+        "judged 100% present:research.md",
+        "→ moved by present:research.md −10.0",
+        "(d5 n/a, weights renormalised)",
+        "capped at 0.5 (junk signal): research.md: is what the no-op builtin writes, not work",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+    }
+    // Each suggestion names its artifact and location once.
+    assert!(
+        text.contains("[critical] d1: research.md: holds only what the no-op builtin writes"),
+        "{text}"
+    );
+    assert!(!text.contains("research.md: research.md"), "{text}");
 }
 
 /// Two engine processes drive the same run on one PostgreSQL database at the

@@ -1443,3 +1443,18 @@ fn convergence_names_a_block_and_one_of_its_metrics() {
         &[("TPL0025", "$.convergence.score_metric", Some("a"))],
     );
 }
+
+#[test]
+fn a_blocking_audit_needs_a_threshold() {
+    let mut b = block("writer");
+    b["audit"] = json!({ "blocking": true });
+    let validated = check(
+        template(vec![b]),
+        &[("TPL0022", ".audit.blocking", Some("writer"))],
+    );
+    assert!(help(only_error(&validated)).contains("audit.threshold"));
+
+    let mut b = block("writer");
+    b["audit"] = json!({ "blocking": true, "threshold": 6.0 });
+    check(template(vec![b]), &[]);
+}

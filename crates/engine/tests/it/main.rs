@@ -704,6 +704,65 @@ async fn clone_factory_shape_on_postgres() {
     );
 }
 
+/// Junk under a blocking audit threshold of 6 stops the run at the block
+/// that wrote it: the block fails with the audit's reason, its consumer never
+/// starts. Without `blocking` the same junk is only flagged and flows on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn junk_under_a_blocking_audit_threshold_never_reaches_downstream() {
+    let refusal = "I'm sorry, but I can't help with that request. As an AI language model, I do not have access to information about this person.";
+    let blocks = |blocking: bool| {
+        vec![
+            sh(
+                "research",
+                &format!("printf '%s\\n' \"{refusal}\" > $FACTORY_OUTPUT_DIR/out.md"),
+                json!({
+                    "outputs": {"artifacts": [{"key": "out", "path": "out.md", "format": "md"}]},
+                    "execution": {"max_retries": 2},
+                    "audit": {"threshold": 6.0, "blocking": blocking}
+                }),
+            ),
+            sh(
+                "summary",
+                r#"for f in $(sed 's/[{}",]/ /g' "$FACTORY_INPUTS" | tr ' ' '\n' | grep '^/'); do cat "$f"; done > $FACTORY_OUTPUT_DIR/out.txt"#,
+                json!({"layer": "L1", "inputs": {"depends": [dep("research")]}}),
+            ),
+        ]
+    };
+
+    let h = sqlite().await;
+    let doc = start(&h, &template(blocks(true), json!({})), &[]).await;
+    let (outcome, doc) = h.engine.drive(&doc.run_id).await.unwrap();
+    assert_eq!(outcome, Outcome::Failed);
+    let research = &doc.blocks["research"];
+    // Failed on its first attempt: `blocking` alone does not retry (that is `retry`).
+    assert_eq!(
+        (research.status, research.attempts),
+        (BlockStatus::Failed, 1)
+    );
+    let audit = research.latest_audit().expect("the attempt was audited");
+    assert!(audit.composite <= 3.0, "{}", audit.summary_line());
+    let error = research.error.clone().unwrap_or_default();
+    assert!(
+        error.contains("below the blocking audit threshold 6.0") && error.contains("refusal"),
+        "{error}"
+    );
+    assert_eq!(
+        doc.blocks["summary"].attempts, 0,
+        "the consumer never started"
+    );
+
+    // The same junk without `blocking` is flagged, and the consumer reads it.
+    let doc = start(&h, &template(blocks(false), json!({})), &[]).await;
+    let (outcome, doc) = h.engine.drive(&doc.run_id).await.unwrap();
+    assert_eq!(outcome, Outcome::Done);
+    assert!(doc.blocks["research"].audit_flagged);
+    assert!(
+        artifact(&h, &doc, "summary", "out")
+            .await
+            .contains("As an AI language model")
+    );
+}
+
 /// Every attempt is audited; a block below its audit threshold is retried with
 /// the fix suggestions as corrections, then flagged when retries run out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
