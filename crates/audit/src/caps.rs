@@ -231,8 +231,12 @@ pub fn artifact_cap(document: &Document<'_>, golden: Option<&[u8]>) -> Option<Ca
             ),
         );
     }
-    format_cap(document, golden, &mut cap);
-    floor_cap(document, golden, &mut cap);
+    // Parsed once for both checks that need it.
+    let golden_json: Option<Value> = golden
+        .filter(|_| document.format == Format::Json)
+        .and_then(|bytes| serde_json::from_slice(bytes).ok());
+    format_cap(document, golden_json.as_ref(), &mut cap);
+    floor_cap(document, golden, golden_json.as_ref(), &mut cap);
 
     caps.into_iter()
         .min_by(|a, b| a.score.total_cmp(&b.score))
@@ -243,7 +247,11 @@ pub fn artifact_cap(document: &Document<'_>, golden: Option<&[u8]>) -> Option<Ca
 }
 
 /// HTML without a tag, JSON whose root is a bare scalar (or not the golden's type).
-fn format_cap(document: &Document<'_>, golden: Option<&[u8]>, cap: &mut impl FnMut(f64, String)) {
+fn format_cap(
+    document: &Document<'_>,
+    golden_json: Option<&Value>,
+    cap: &mut impl FnMut(f64, String),
+) {
     let Some(body) = &document.body else { return };
     match document.format {
         Format::Html if body.html.as_ref().is_some_and(|html| html.tags == 0) => {
@@ -258,8 +266,7 @@ fn format_cap(document: &Document<'_>, golden: Option<&[u8]>, cap: &mut impl FnM
                     FORMAT_CAP,
                     "is a bare JSON scalar where a document is expected".to_string(),
                 );
-            } else if let Some(golden) =
-                golden.and_then(|bytes| serde_json::from_slice::<Value>(bytes).ok())
+            } else if let Some(golden) = golden_json
                 && golden.is_object() != value.is_object()
             {
                 cap(
@@ -274,7 +281,12 @@ fn format_cap(document: &Document<'_>, golden: Option<&[u8]>, cap: &mut impl FnM
 
 /// Far less content than the golden example holds, or than any finished
 /// document of its format has.
-fn floor_cap(document: &Document<'_>, golden: Option<&[u8]>, cap: &mut impl FnMut(f64, String)) {
+fn floor_cap(
+    document: &Document<'_>,
+    golden: Option<&[u8]>,
+    golden_json: Option<&Value>,
+    cap: &mut impl FnMut(f64, String),
+) {
     let Some(body) = &document.body else { return };
     let signals = body.signals();
     let filler_words: usize = signals
@@ -284,7 +296,7 @@ fn floor_cap(document: &Document<'_>, golden: Option<&[u8]>, cap: &mut impl FnMu
         .sum();
     let words = body.words.saturating_sub(filler_words);
     if let Some(golden) = golden {
-        let golden_words = golden_words(document.format, golden);
+        let golden_words = golden_words(document.format, golden, golden_json);
         if golden_words > 0 && (words as f64) < THIN_GOLDEN_SHARE * golden_words as f64 {
             let (score, what, share) = if (words as f64) < FLOOR_GOLDEN_SHARE * golden_words as f64
             {
@@ -362,29 +374,37 @@ fn truncation(document: &Document<'_>) -> Option<String> {
     }
 }
 
-/// Numbers, booleans and non-blank strings that are not filler.
+/// Numbers, booleans and non-blank strings that are not filler (no paths
+/// built: this only counts).
 pub fn content_values(value: &Value) -> usize {
-    let mut count = 0;
-    crate::json_shape::walk(value, &mut |node, _| match node {
-        Value::String(text) if !text.trim().is_empty() && !crate::content::is_filler(text) => {
-            count += 1
+    match value {
+        Value::String(text) => {
+            usize::from(!text.trim().is_empty() && !crate::content::is_filler(text))
         }
-        Value::Number(_) | Value::Bool(_) => count += 1,
-        _ => {}
-    });
-    count
+        Value::Number(_) | Value::Bool(_) => 1,
+        Value::Array(items) => items.iter().map(content_values).sum(),
+        Value::Object(members) => members.values().map(content_values).sum(),
+        Value::Null => 0,
+    }
+}
+
+/// Words in the string values of a JSON document.
+fn string_words(value: &Value) -> usize {
+    match value {
+        Value::String(text) => count_words(text),
+        Value::Array(items) => items.iter().map(string_words).sum(),
+        Value::Object(members) => members.values().map(string_words).sum(),
+        _ => 0,
+    }
 }
 
 /// Words of the golden example as the artifact's prose would count them.
-fn golden_words(format: Format, golden: &[u8]) -> usize {
+fn golden_words(format: Format, golden: &[u8], golden_json: Option<&Value>) -> usize {
     let text = crate::text::lossy(golden);
     match format {
-        Format::Json => match serde_json::from_slice::<Value>(golden) {
-            Ok(value) => crate::json_shape::JsonProse::of(&value)
-                .string_word_counts
-                .iter()
-                .sum(),
-            Err(_) => count_words(&text),
+        Format::Json => match golden_json {
+            Some(value) => string_words(value),
+            None => count_words(&text),
         },
         Format::Html => count_words(&crate::html::scan(&text).visible_text),
         Format::Markdown | Format::Text => count_words(&text),

@@ -12,11 +12,12 @@
 use std::collections::HashSet;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::Hasher;
+use std::sync::OnceLock;
 
 use serde_json::Value;
 
 use crate::Format;
-use crate::json_shape::{JsonProse, walk};
+use crate::json_shape::JsonProse;
 
 /// Tokens of more letters than this (per hyphen-separated part) are not words.
 const MAX_WORD_CHARS: usize = 24;
@@ -35,8 +36,10 @@ pub struct ContentSignals {
     pub number_chars: usize,
     /// Characters in tokens that are neither: base64, hex, random strings.
     pub noise_chars: usize,
-    /// Word tokens, and how many of them are function words (`the`, `of`, `and`).
+    /// Word tokens; those written in ASCII letters (the only ones the
+    /// function-word list can judge), and how many are function words.
     pub words: usize,
+    pub latin_words: usize,
     pub function_words: usize,
     /// Words from the lorem-ipsum vocabulary.
     pub lorem_words: usize,
@@ -50,6 +53,9 @@ pub struct ContentSignals {
     pub filler: Vec<(usize, String)>,
     /// What the no-op builtin writes (`Deep Research (attempt 1)`, `{"builtin":"noop",…}`).
     pub noop: bool,
+    /// Set when the prose was too large to read every token: the bytes the
+    /// token counts (not filler, not no-op) were estimated from.
+    pub sampled_bytes: Option<usize>,
 }
 
 impl ContentSignals {
@@ -64,9 +70,11 @@ impl ContentSignals {
         }
     }
 
-    /// Share (0–1) of words that are function words; `None` below `min_words`.
+    /// Share (0–1) of ASCII-letter words that are function words; `None`
+    /// below `min_words` of them (text in other scripts is never judged).
     pub fn function_share(&self, min_words: usize) -> Option<f64> {
-        (self.words >= min_words.max(1)).then(|| self.function_words as f64 / self.words as f64)
+        (self.latin_words >= min_words.max(1))
+            .then(|| self.function_words as f64 / self.latin_words as f64)
     }
 
     /// Share (0–1) of segments that repeat an earlier one; `None` below `min_segments`.
@@ -84,6 +92,10 @@ impl ContentSignals {
 /// Measures `prose` (JSON: its string values, one per paragraph; HTML: its
 /// visible text) of an artifact in `format`; `raw` is the whole source, for
 /// recognising the no-op builtin's output.
+///
+/// One pass over the tokens classifies them and collects segments (a
+/// sentence ends after a token ending in `.`, `!` or `?`, or at a line end);
+/// a second, cheap pass looks at whole JSON values or lines for filler.
 pub fn measure(
     format: Format,
     raw: &str,
@@ -91,8 +103,38 @@ pub fn measure(
     json: Option<(&Value, &JsonProse)>,
 ) -> ContentSignals {
     let mut signals = ContentSignals::default();
-    tokens(prose, &mut signals);
-    let mut seen = HashSet::new();
+    let mut segments = Segments::default();
+    let ranges = sample(prose);
+    if ranges.len() > 1 {
+        signals.sampled_bytes = Some(ranges.iter().map(|range| range.len()).sum());
+    }
+    for range in ranges {
+        let bytes = &prose.as_bytes()[..range.end];
+        let mut index = range.start;
+        while index < bytes.len() {
+            if bytes[index].is_ascii_whitespace() {
+                if bytes[index] == b'\n' {
+                    segments.end(&mut signals);
+                }
+                index += 1;
+                continue;
+            }
+            let start = index;
+            while index < bytes.len() && !bytes[index].is_ascii_whitespace() {
+                index += 1;
+            }
+            // ASCII whitespace never splits a UTF-8 sequence.
+            let token = &prose[start..index];
+            let core = trim_token(token);
+            count_token(core, &mut signals);
+            segments.push(core);
+            if token.ends_with(['.', '!', '?']) {
+                segments.end(&mut signals);
+            }
+        }
+        segments.end(&mut signals);
+    }
+
     match json {
         Some((value, json_prose)) => {
             // Each string value is a unit: filler when the whole value is.
@@ -106,13 +148,22 @@ pub fn measure(
                 if is_filler(text) {
                     signals.filler.push((start, excerpt(text)));
                 }
-                segments_of(text, &mut seen, &mut signals);
             }
             signals.noop = is_noop_json(value);
         }
         None => {
             let mut offset = 0;
             for line in prose.split_inclusive('\n') {
+                // Only short lines can be filler, or ones that start with lorem ipsum.
+                if line.len() > MAX_FILLER_LINE_BYTES
+                    && !line.trim_start().get(..1).is_some_and(|first| {
+                        !first.bytes().all(|byte| byte.is_ascii_alphanumeric())
+                            || first.eq_ignore_ascii_case("l")
+                    })
+                {
+                    offset += line.len();
+                    continue;
+                }
                 let content = line_content(line);
                 if !content.is_empty() {
                     signals.fill_units += 1;
@@ -123,68 +174,81 @@ pub fn measure(
                 }
                 offset += line.len();
             }
-            for sentence in split_sentences(prose) {
-                segments_of(sentence, &mut seen, &mut signals);
-            }
             signals.noop = format != Format::Json && is_noop_text(raw);
         }
     }
     signals
 }
 
-/// Counts `text` as one segment when it has 4+ words, keyed by its words
-/// lowercased (punctuation and case do not make a sentence new).
-fn segments_of(text: &str, seen: &mut HashSet<u64>, signals: &mut ContentSignals) {
-    // `DefaultHasher::new()` has fixed keys: the same text hashes the same on every run.
-    let mut state = DefaultHasher::new();
-    let mut words = 0;
-    for token in text.split_ascii_whitespace() {
-        let core = token.trim_matches(|c: char| !c.is_alphanumeric());
-        if core.is_empty() {
-            continue;
-        }
-        words += 1;
-        for byte in core.bytes() {
-            state.write_u8(byte.to_ascii_lowercase());
-        }
-        state.write_u8(b' ');
+/// Prose up to this size has every token read.
+const FULL_SCAN_BYTES: usize = 256 * 1024;
+/// Larger prose is read in this many windows of this size, evenly spaced:
+/// shares (language, function words, repeats) are estimated from 128 KB, so
+/// the audit keeps its 100 MB/s however large the artifact.
+const SAMPLE_WINDOWS: usize = 16;
+const SAMPLE_WINDOW_BYTES: usize = 8 * 1024;
+
+/// The byte ranges of `prose` the token pass reads: all of it, or evenly
+/// spaced windows that start and end at line starts (never inside a token).
+pub fn sample(prose: &str) -> Vec<std::ops::Range<usize>> {
+    let length = prose.len();
+    if length <= FULL_SCAN_BYTES {
+        return std::iter::once(0..length).collect();
     }
-    if words >= MIN_SEGMENT_WORDS {
-        signals.segments += 1;
-        if seen.insert(state.finish()) {
-            signals.distinct_segments += 1;
+    let next_line = |offset: usize| {
+        if offset == 0 {
+            return 0;
         }
-    }
+        prose.as_bytes()[offset.min(length)..]
+            .iter()
+            .position(|&byte| byte == b'\n')
+            .map_or(length, |found| offset + found + 1)
+    };
+    let stride = length / SAMPLE_WINDOWS;
+    (0..SAMPLE_WINDOWS)
+        .map(|window| {
+            let start = next_line(window * stride);
+            let end = next_line((start + SAMPLE_WINDOW_BYTES).min(length)).max(start);
+            start..end
+        })
+        .filter(|range| !range.is_empty())
+        .collect()
 }
 
-/// Sentences, roughly: split at line ends and after `.`, `!`, `?` followed by
-/// whitespace. Good enough to count repeats; D2 has the careful splitter.
-fn split_sentences(text: &str) -> impl Iterator<Item = &str> {
-    let bytes = text.as_bytes();
-    let mut start = 0;
-    let mut index = 0;
-    std::iter::from_fn(move || {
-        while index < bytes.len() {
-            let byte = bytes[index];
-            index += 1;
-            let ends = byte == b'\n'
-                || (matches!(byte, b'.' | b'!' | b'?')
-                    && bytes
-                        .get(index)
-                        .is_none_or(|next| next.is_ascii_whitespace()));
-            if ends {
-                let sentence = &text[start..index];
-                start = index;
-                return Some(sentence);
+/// The segment being read: its words lowercased, and the hashes of those seen.
+#[derive(Default)]
+struct Segments {
+    words: usize,
+    text: Vec<u8>,
+    seen: HashSet<u64>,
+}
+
+impl Segments {
+    fn push(&mut self, core: &str) {
+        if core.is_empty() {
+            return;
+        }
+        self.words += 1;
+        self.text
+            .extend(core.bytes().map(|byte| byte.to_ascii_lowercase()));
+        self.text.push(b' ');
+    }
+
+    /// Counts the segment when it has 4+ words, keyed by its words lowercased
+    /// (punctuation and case do not make a sentence new).
+    fn end(&mut self, signals: &mut ContentSignals) {
+        if self.words >= MIN_SEGMENT_WORDS {
+            // `DefaultHasher::new()` has fixed keys: the same text hashes the same on every run.
+            let mut state = DefaultHasher::new();
+            state.write(&self.text);
+            signals.segments += 1;
+            if self.seen.insert(state.finish()) {
+                signals.distinct_segments += 1;
             }
         }
-        if start < bytes.len() {
-            let sentence = &text[start..];
-            start = bytes.len();
-            return Some(sentence);
-        }
-        None
-    })
+        self.words = 0;
+        self.text.clear();
+    }
 }
 
 /// What a line says once Markdown list, quote, heading and table markers are removed.
@@ -213,6 +277,10 @@ fn strip_ordered_marker(text: &str) -> Option<&str> {
     let rest = text[digits..].strip_prefix(['.', ')'])?;
     rest.starts_with(' ').then(|| rest.trim_start())
 }
+
+/// A line longer than this is filler only when it starts (after Markdown
+/// markers) with lorem ipsum.
+const MAX_FILLER_LINE_BYTES: usize = 64;
 
 /// Values a model or a template leaves where content should be.
 const FILLER: &[&str] = &[
@@ -274,18 +342,20 @@ pub fn is_filler(text: &str) -> bool {
             )
         })
         .trim();
-    if trimmed.is_empty() || trimmed.len() > 40 {
-        return trimmed.len() > 40 && starts_with_lorem(trimmed);
+    if trimmed.is_empty() {
+        return false;
     }
-    let lower = trimmed
-        .trim_end_matches(['.', ':', '!'])
-        .to_ascii_lowercase();
-    let lower = if lower.is_empty() {
-        trimmed.to_ascii_lowercase()
-    } else {
-        lower
-    };
-    FILLER.contains(&lower.as_str()) || starts_with_lorem(&lower)
+    if starts_with_lorem(trimmed) {
+        return true;
+    }
+    if trimmed.len() > 40 {
+        return false;
+    }
+    let core = trimmed.trim_end_matches(['.', ':', '!']);
+    let core = if core.is_empty() { trimmed } else { core };
+    FILLER
+        .iter()
+        .any(|filler| filler.eq_ignore_ascii_case(core))
 }
 
 fn starts_with_lorem(text: &str) -> bool {
@@ -310,15 +380,12 @@ fn is_noop_text(raw: &str) -> bool {
 
 /// `{"builtin": "noop", …}`, anywhere in the document (a directory listing holds it too).
 fn is_noop_json(value: &Value) -> bool {
-    let mut found = false;
-    walk(value, &mut |node, _| {
-        if let Value::Object(members) = node
-            && members.get("builtin").and_then(Value::as_str) == Some("noop")
-        {
-            found = true;
-        }
-    });
-    found
+    let is_noop = |node: &Value| node.get("builtin").and_then(Value::as_str) == Some("noop");
+    // The root, or one level down (a directory listing of one no-op file).
+    is_noop(value)
+        || value
+            .as_object()
+            .is_some_and(|members| members.len() <= 4 && members.values().any(is_noop))
 }
 
 fn excerpt(text: &str) -> String {
@@ -327,6 +394,84 @@ fn excerpt(text: &str) -> String {
         Some((end, _)) => format!("{}…", &trimmed[..end]),
         None => trimmed.to_string(),
     }
+}
+
+/// An ASCII word of up to 8 bytes, lowercased and packed into an integer
+/// (shifts, not a byte buffer: a buffer read back whole stalls the CPU).
+fn packed(word: &str) -> Option<u64> {
+    let bytes = word.as_bytes();
+    if bytes.is_empty() || bytes.len() > 8 {
+        return None;
+    }
+    let mut key = 0u64;
+    for (index, byte) in bytes.iter().enumerate() {
+        key |= u64::from(byte.to_ascii_lowercase()) << (8 * index);
+    }
+    Some(key)
+}
+
+const FUNCTION: u8 = 1;
+const LOREM: u8 = 2;
+
+/// [`FUNCTION_WORDS`] and [`LOREM_WORDS`] of up to 8 letters (all function
+/// words; the long lorem words are rare enough to leave out), packed, in an open-addressing
+/// table: one multiply and usually one probe per word, where a binary search
+/// over strings cost more than the rest of the token's classification.
+struct WordTable {
+    slots: Vec<(u64, u8)>,
+}
+
+impl WordTable {
+    const BITS: u32 = 10;
+
+    fn slot(key: u64) -> usize {
+        (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - Self::BITS)) as usize
+    }
+
+    fn insert(&mut self, key: u64, kind: u8) {
+        let mask = self.slots.len() - 1;
+        let mut index = Self::slot(key);
+        loop {
+            let slot = &mut self.slots[index];
+            if slot.0 == key || slot.0 == 0 {
+                *slot = (key, slot.1 | kind);
+                return;
+            }
+            index = (index + 1) & mask;
+        }
+    }
+
+    /// The kinds of `key` (0 when it is neither a function nor a lorem word).
+    fn lookup(&self, key: u64) -> u8 {
+        let mask = self.slots.len() - 1;
+        let mut index = Self::slot(key);
+        loop {
+            let (slot_key, kind) = self.slots[index];
+            if slot_key == key {
+                return kind;
+            }
+            if slot_key == 0 {
+                return 0;
+            }
+            index = (index + 1) & mask;
+        }
+    }
+}
+
+fn word_table() -> &'static WordTable {
+    static TABLE: OnceLock<WordTable> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        // 1024 slots for under 250 words: probes stay short.
+        let mut table = WordTable {
+            slots: vec![(0, 0); 1 << WordTable::BITS],
+        };
+        for (words, kind) in [(FUNCTION_WORDS, FUNCTION), (LOREM_WORDS, LOREM)] {
+            for key in words.iter().filter_map(|word| packed(word)) {
+                table.insert(key, kind);
+            }
+        }
+        table
+    })
 }
 
 /// How one token reads.
@@ -339,32 +484,57 @@ enum Token {
     Skip,
 }
 
-fn tokens(text: &str, signals: &mut ContentSignals) {
-    for token in text.split_ascii_whitespace() {
-        let core = token.trim_matches(|c: char| !c.is_alphanumeric());
-        let chars = core.len();
-        match classify(core) {
-            Token::Word => {
-                signals.word_chars += chars;
-                signals.words += 1;
-                let lower = core.to_ascii_lowercase();
-                if FUNCTION_WORDS.binary_search(&lower.as_str()).is_ok() {
-                    signals.function_words += 1;
-                }
-                if LOREM_WORDS.binary_search(&lower.as_str()).is_ok() {
-                    signals.lorem_words += 1;
-                }
-            }
-            Token::Number => signals.number_chars += chars,
-            Token::Noise => signals.noise_chars += chars,
-            Token::Skip => {}
+/// The token without leading and trailing characters that are not letters
+/// or digits (bytes for ASCII tokens, the common case; chars otherwise).
+fn trim_token(token: &str) -> &str {
+    if !token.is_ascii() {
+        return token.trim_matches(|c: char| !c.is_alphanumeric());
+    }
+    let bytes = token.as_bytes();
+    match bytes.iter().position(u8::is_ascii_alphanumeric) {
+        Some(start) => {
+            let end = bytes
+                .iter()
+                .rposition(u8::is_ascii_alphanumeric)
+                .unwrap_or(start);
+            &token[start..=end]
         }
+        None => "",
+    }
+}
+
+fn count_token(core: &str, signals: &mut ContentSignals) {
+    let chars = core.len();
+    match classify(core) {
+        Token::Word => {
+            signals.word_chars += chars;
+            signals.words += 1;
+            if !core.is_ascii() {
+                return;
+            }
+            signals.latin_words += 1;
+            // Function and lorem words are short: pack the lowercased word into
+            // an integer and look it up among integers (no string compares).
+            let Some(key) = packed(core) else {
+                return;
+            };
+            let kind = word_table().lookup(key);
+            signals.function_words += usize::from(kind & FUNCTION != 0);
+            signals.lorem_words += usize::from(kind & LOREM != 0);
+        }
+        Token::Number => signals.number_chars += chars,
+        Token::Noise => signals.noise_chars += chars,
+        Token::Skip => {}
     }
 }
 
 fn classify(core: &str) -> Token {
     if core.is_empty() {
         return Token::Skip;
+    }
+    // Most tokens are plain words: no need to look for URLs or split compounds.
+    if let Some(word) = ascii_word_part(core.as_bytes()) {
+        return if word { Token::Word } else { Token::Noise };
     }
     if core.contains("://") || core.starts_with("www.") || core.contains('@') {
         return Token::Skip;
@@ -435,56 +605,85 @@ fn is_word_part(part: &str) -> bool {
         // Other scripts: accept letters, reject digits mixed in.
         return part.chars().all(char::is_alphabetic);
     }
-    let bytes = part.as_bytes();
-    if bytes.len() > MAX_WORD_CHARS || !bytes.iter().all(u8::is_ascii_alphabetic) {
-        return false;
-    }
-    let is_vowel = |b: u8| {
-        matches!(
-            b.to_ascii_lowercase(),
-            b'a' | b'e' | b'i' | b'o' | b'u' | b'y'
-        )
-    };
-    let all_upper = bytes.iter().all(u8::is_ascii_uppercase);
-    if !bytes.iter().copied().any(is_vowel) {
-        return bytes.len() <= 2 || (all_upper && bytes.len() <= 5);
-    }
-    let mut run = 0;
-    for &byte in bytes {
-        run = if is_vowel(byte) { 0 } else { run + 1 };
-        if run >= MAX_CONSONANT_RUN {
-            return false;
+    ascii_word_part(part.as_bytes()).unwrap_or(false)
+}
+
+const LETTER: u8 = 1;
+const VOWEL: u8 = 2;
+const UPPER: u8 = 4;
+
+/// [`LETTER`], [`VOWEL`] (`y` included) and [`UPPER`] for each byte.
+static BYTE_CLASS: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        let b = byte as u8;
+        if b.is_ascii_alphabetic() {
+            let lower = b.to_ascii_lowercase();
+            let mut class = LETTER;
+            if matches!(lower, b'a' | b'e' | b'i' | b'o' | b'u' | b'y') {
+                class |= VOWEL;
+            }
+            if b.is_ascii_uppercase() {
+                class |= UPPER;
+            }
+            table[byte] = class;
         }
+        byte += 1;
     }
-    if all_upper {
-        return true;
+    table
+};
+
+/// [`is_word_part`] for ASCII in one pass; `None` when a byte is not a letter.
+fn ascii_word_part(bytes: &[u8]) -> Option<bool> {
+    let (mut vowel, mut run, mut long_run, mut upper, mut rises) = (false, 0usize, false, 0, 0);
+    let mut previous_lower = false;
+    for &byte in bytes {
+        // One table lookup per byte instead of branches that mispredict on
+        // every other letter.
+        let class = BYTE_CLASS[usize::from(byte)];
+        if class & LETTER == 0 {
+            return None;
+        }
+        let is_vowel = class & VOWEL != 0;
+        vowel |= is_vowel;
+        run = (run + 1) * usize::from(!is_vowel);
+        long_run |= run >= MAX_CONSONANT_RUN;
+        let is_upper = class & UPPER != 0;
+        upper += usize::from(is_upper);
+        rises += usize::from(previous_lower & is_upper);
+        previous_lower = !is_upper;
     }
-    let inner_capitals = bytes[1..]
-        .windows(2)
-        .filter(|pair| pair[0].is_ascii_lowercase() && pair[1].is_ascii_uppercase())
-        .count()
-        + usize::from(
-            bytes.len() > 1 && bytes[0].is_ascii_lowercase() && bytes[1].is_ascii_uppercase(),
-        );
-    inner_capitals <= 1
+    let all_upper = upper == bytes.len();
+    Some(if bytes.len() > MAX_WORD_CHARS {
+        false
+    } else if !vowel {
+        bytes.len() <= 2 || (all_upper && bytes.len() <= 5)
+    } else {
+        !long_run && (all_upper || rises <= 1)
+    })
 }
 
 /// Function words: real prose in any register is 30–50% these; word salad
 /// and keyword lists have almost none. Mostly English, with the commonest of
-/// Spanish, French, German, Italian and Portuguese so other languages are
-/// not mistaken for salad. Sorted for binary search.
+/// Spanish, French, German, Italian, Portuguese, Dutch, Polish and the
+/// Scandinavian languages so they are not mistaken for salad. Sorted for
+/// binary search.
 const FUNCTION_WORDS: &[&str] = &[
-    "a", "about", "after", "al", "all", "also", "an", "and", "any", "are", "as", "at", "au", "be",
-    "because", "been", "before", "but", "by", "can", "could", "da", "das", "de", "dei", "del",
-    "della", "dem", "den", "der", "des", "di", "did", "die", "do", "does", "du", "e", "each",
-    "ein", "eine", "el", "en", "es", "est", "et", "for", "from", "had", "has", "have", "he", "her",
-    "here", "him", "his", "how", "i", "if", "il", "im", "in", "into", "is", "ist", "it", "its",
-    "just", "la", "las", "le", "les", "lo", "los", "may", "me", "more", "most", "must", "my",
-    "nicht", "no", "not", "now", "o", "of", "on", "one", "only", "or", "os", "other", "our", "out",
-    "para", "per", "por", "qu", "que", "se", "she", "should", "so", "some", "than", "that", "the",
-    "their", "them", "then", "there", "these", "they", "this", "those", "to", "too", "um", "un",
-    "una", "und", "une", "up", "us", "very", "was", "we", "were", "what", "when", "where", "which",
-    "while", "who", "why", "will", "with", "would", "y", "you", "your", "zu",
+    "a", "aan", "about", "after", "al", "all", "also", "an", "and", "any", "are", "as", "at",
+    "att", "au", "av", "be", "because", "been", "before", "bij", "but", "by", "can", "could", "da",
+    "das", "dat", "de", "dei", "del", "della", "dem", "den", "der", "des", "det", "di", "did",
+    "die", "do", "does", "du", "e", "each", "een", "ein", "eine", "el", "en", "er", "es", "est",
+    "et", "ett", "for", "from", "had", "has", "have", "he", "her", "here", "het", "him", "his",
+    "how", "i", "if", "ik", "ikke", "il", "im", "in", "into", "is", "ist", "it", "its", "ja", "je",
+    "jest", "just", "la", "las", "le", "les", "lo", "los", "may", "me", "met", "more", "most",
+    "must", "my", "na", "nicht", "nie", "niet", "no", "not", "now", "o", "och", "of", "og", "on",
+    "one", "only", "op", "or", "os", "other", "our", "out", "para", "per", "por", "qu", "que",
+    "se", "she", "should", "so", "som", "some", "te", "than", "that", "the", "their", "them",
+    "then", "there", "these", "they", "this", "those", "til", "to", "too", "um", "un", "una",
+    "und", "une", "up", "us", "van", "very", "voor", "w", "was", "we", "were", "what", "when",
+    "where", "which", "while", "who", "why", "will", "with", "would", "y", "you", "your", "z",
+    "ze", "zijn", "zu",
 ];
 
 /// The lorem-ipsum vocabulary's commonest words. Sorted for binary search.
@@ -527,9 +726,23 @@ mod tests {
     }
 
     #[test]
-    fn dictionaries_are_sorted_for_binary_search() {
+    fn dictionaries_are_sorted_and_found_in_the_table() {
         assert!(FUNCTION_WORDS.windows(2).all(|pair| pair[0] < pair[1]));
         assert!(LOREM_WORDS.windows(2).all(|pair| pair[0] < pair[1]));
+        let table = word_table();
+        for word in FUNCTION_WORDS.iter().filter(|word| word.is_ascii()) {
+            assert_ne!(table.lookup(packed(word).unwrap()) & FUNCTION, 0, "{word}");
+            assert_ne!(
+                table.lookup(packed(&word.to_uppercase()).unwrap()) & FUNCTION,
+                0,
+                "{word}"
+            );
+        }
+        assert_eq!(table.lookup(packed("sed").unwrap()), LOREM);
+        assert_eq!(table.lookup(packed("et").unwrap()), FUNCTION);
+        assert_eq!(table.lookup(packed("anchor").unwrap()), 0);
+        assert_eq!(packed("negotiation"), None);
+        assert!(FUNCTION_WORDS.iter().all(|word| word.len() <= 8));
     }
 
     #[test]
@@ -588,6 +801,17 @@ mod tests {
         );
         assert!(salad.language_share() > 0.95);
         assert!(salad.function_share(20).unwrap() < 0.05, "{salad:?}");
+    }
+
+    #[test]
+    fn other_languages_are_not_salad() {
+        let russian = text_signals(
+            &"Переговоры начинаются задолго до звонка и заканчиваются уступкой ".repeat(20),
+        );
+        assert_eq!(russian.function_share(80), None, "{russian:?}");
+        assert!(russian.language_share() > 0.95);
+        let dutch = text_signals(&"De klant opent het gesprek met een bod en wacht dan zeven seconden voor het antwoord. ".repeat(8));
+        assert!(dutch.function_share(80).unwrap() > 0.2, "{dutch:?}");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 use crate::caps::{
     Cap, GENERIC_CAP, GENERIC_CAP_FROM, GENERIC_CAP_MIN_SENTENCES, GENERIC_CAP_SPECIFIC_BELOW,
 };
+use crate::content::sample;
 use crate::dimension::DimensionBuilder;
 use crate::dimension::Scored;
 use crate::document::{Body, Document};
@@ -62,12 +63,33 @@ pub fn audit(
             continue;
         }
         let mut mentions = Vec::new();
-        let mut previous_part = None;
-        let all_sentences = sentences_with_words(body.prose(), |offset, token, _| {
-            if let Some(matcher) = &subject {
-                matcher.observe(offset, token, &mut previous_part, &mut mentions);
-            }
-        });
+        // Prose over 256 KB is judged on evenly spaced windows (see
+        // `content::sample`): shares and densities are estimates, and at
+        // most 10 findings are listed anyway.
+        let prose = body.prose();
+        let ranges = sample(prose);
+        let mut words_read = 0usize;
+        let mut all_sentences = Vec::new();
+        for range in &ranges {
+            let base = range.start;
+            let mut previous_part = None;
+            let found = sentences_with_words(&prose[range.clone()], |offset, token, _| {
+                words_read += 1;
+                if let Some(matcher) = &subject {
+                    matcher.observe(base + offset, token, &mut previous_part, &mut mentions);
+                }
+            });
+            all_sentences.extend(found.into_iter().map(|sentence| Sentence {
+                start: sentence.start + base,
+                end: sentence.end + base,
+                ..sentence
+            }));
+        }
+        let words = if ranges.len() > 1 {
+            words_read
+        } else {
+            body.words
+        };
         let phrases = &body.dictionary().generic;
 
         let mut judged = 0usize;
@@ -165,10 +187,10 @@ pub fn audit(
         let redundancy = redundancy_check(&mut builder, path, body);
         match &subject {
             Some(matcher) => {
-                let density = if body.words == 0 {
+                let density = if words == 0 {
                     0.0
                 } else {
-                    mentions.len() as f64 * 1000.0 / body.words as f64
+                    mentions.len() as f64 * 1000.0 / words as f64
                 };
                 let subject_score = builder.check(
                     "subject_density",
@@ -178,7 +200,7 @@ pub fn audit(
                         "\"{}\" named {} in {} words ({density:.1} per 1000; full marks at {SUBJECT_DENSITY_TARGET})",
                         matcher.name,
                         if mentions.len() == 1 { "once".to_string() } else { format!("{} times", mentions.len()) },
-                        body.words
+                        if ranges.len() > 1 { format!("{words} sampled") } else { words.to_string() }
                     ),
                 );
                 if density < SUBJECT_DENSITY_TARGET {
