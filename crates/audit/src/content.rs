@@ -167,7 +167,8 @@ pub fn measure(
                 let content = line_content(line);
                 if !content.is_empty() {
                     signals.fill_units += 1;
-                    if is_filler(content) {
+                    // Headings are labels, never filler.
+                    if !line.trim_start().starts_with('#') && is_line_filler(content) {
                         let start = offset + line.find(content).unwrap_or(0);
                         signals.filler.push((start, excerpt(content)));
                     }
@@ -282,33 +283,44 @@ fn strip_ordered_marker(text: &str) -> Option<&str> {
 /// markers) with lorem ipsum.
 const MAX_FILLER_LINE_BYTES: usize = 64;
 
-/// Values a model or a template leaves where content should be.
+/// Values a model or a template leaves where content should be, in any format.
 const FILLER: &[&str] = &[
     "n/a",
-    "na",
     "tbd",
     "tbc",
     "todo",
     "to do",
     "fixme",
+    "placeholder",
+    "lorem ipsum",
+    "xxx",
+    "your name here",
+    "insert here",
+    "insert text here",
+    "same as above",
+    "to be determined",
+    "to be confirmed",
+    "coming soon",
+    "fill in",
+    "fill me in",
+];
+
+/// Filler only as a whole JSON value: in Markdown or HTML the same word on
+/// a line of its own is a label (`## Example`, a `Name` table header).
+const JSON_FILLER: &[&str] = &[
+    "na",
     "string",
     "str",
     "value",
     "example",
     "sample",
     "text",
-    "placeholder",
-    "lorem ipsum",
-    "xxx",
     "xx",
     "x",
     "foo",
     "bar",
     "baz",
     "test",
-    "your name here",
-    "insert here",
-    "insert text here",
     "description",
     "name",
     "title",
@@ -322,17 +334,21 @@ const FILLER: &[&str] = &[
     "??",
     "???",
     "etc",
-    "same as above",
-    "to be determined",
-    "to be confirmed",
-    "coming soon",
-    "fill in",
-    "fill me in",
 ];
 
 /// True when the whole value is filler: `N/A`, `TBD`, `<string>`, `[value]`,
 /// `lorem ipsum dolor …`.
 pub fn is_filler(text: &str) -> bool {
+    filler_match(text, true)
+}
+
+/// [`is_filler`] for a line of Markdown, text or HTML: only the values that
+/// are never a label.
+fn is_line_filler(text: &str) -> bool {
+    filler_match(text, false)
+}
+
+fn filler_match(text: &str, json: bool) -> bool {
     let trimmed = text
         .trim()
         .trim_matches(|c: char| {
@@ -356,6 +372,10 @@ pub fn is_filler(text: &str) -> bool {
     FILLER
         .iter()
         .any(|filler| filler.eq_ignore_ascii_case(core))
+        || (json
+            && JSON_FILLER
+                .iter()
+                .any(|filler| filler.eq_ignore_ascii_case(core)))
 }
 
 fn starts_with_lorem(text: &str) -> bool {
@@ -823,9 +843,11 @@ mod tests {
         assert!(repeated.repeated_share(5).unwrap() > 0.8);
 
         let list = text_signals(
-            "# Offer\n- TBD\n- N/A\n- Anchor at $52,000 with one reason\n| Price | [value] |\n",
+            "# Offer\n- TBD\n- N/A\n- Anchor at $52,000 with one reason\n| Price | [value] |\n## Example\n- Name\n",
         );
+        // A heading or a bare label is not filler in Markdown; only in JSON.
         assert_eq!(list.filler.len(), 2, "{list:?}");
+        assert!(is_filler("Example") && !is_line_filler("Example"));
         assert!(
             is_filler("<string>")
                 && is_filler("Lorem ipsum dolor sit amet, consectetur adipiscing elit")
@@ -848,6 +870,28 @@ mod tests {
         assert_eq!(signals.filler[0].1, "N/A");
         assert_eq!(prose.path_at(signals.filler[0].0), "$.frameworks[0].name");
         assert_eq!((signals.segments, signals.distinct_segments), (2, 1));
+    }
+
+    #[test]
+    fn large_prose_is_read_in_windows_that_start_at_lines() {
+        let line =
+            "Marisol Vega opened at fifty two thousand and held the silence for seven seconds.\n";
+        let text = line.repeat(6000); // ~500 KB
+        let ranges = sample(&text);
+        assert_eq!(ranges.len(), SAMPLE_WINDOWS);
+        for pair in ranges.windows(2) {
+            assert!(pair[0].end <= pair[1].start, "{ranges:?}");
+        }
+        for range in &ranges {
+            assert!(range.start == 0 || text.as_bytes()[range.start - 1] == b'\n');
+            assert!(range.len() <= SAMPLE_WINDOW_BYTES + line.len());
+        }
+        let signals = text_signals(&text);
+        let sampled = signals.sampled_bytes.expect("sampled");
+        assert!(sampled < 140 * 1024, "{sampled}");
+        // The sample still sees that every sentence is the same one.
+        assert!(signals.repeated_share(6).unwrap() > 0.99);
+        assert_eq!(sample("short").len(), 1);
     }
 
     #[test]

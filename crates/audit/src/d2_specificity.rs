@@ -248,8 +248,12 @@ fn language_check(builder: &mut DimensionBuilder, path: &str, body: &Body<'_>) -
         10.0 * ((share - NOISE_FLOOR) / (LANGUAGE_TARGET - NOISE_FLOOR)).clamp(0.0, 1.0);
     let function_share = signals.function_share(FUNCTION_MIN_WORDS);
     let function_score = function_share.map_or(10.0, |share| ratio_score(share, FUNCTION_TARGET));
+    let sampled = signals
+        .sampled_bytes
+        .map(|bytes| format!("; estimated from a {} KB sample", bytes / 1024))
+        .unwrap_or_default();
     let detail = format!(
-        "{} of token characters read as words (full marks at {}); {}",
+        "{} of token characters read as words (full marks at {}); {}{sampled}",
         percent(share),
         percent(LANGUAGE_TARGET),
         match function_share {
