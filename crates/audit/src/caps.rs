@@ -81,6 +81,11 @@ pub const FLOOR_GOLDEN_SHARE: f64 = 0.1;
 pub const THIN_GOLDEN_SHARE: f64 = 0.35;
 /// Without a golden example: fewer words than this in a document format.
 pub const FLOOR_DOCUMENT_WORDS: usize = 30;
+/// Without a golden example: fewer words than this (half of D1's minimum of
+/// 150) in Markdown or HTML is thin.
+pub const THIN_DOCUMENT_WORDS: usize = 75;
+/// What thin work without a golden example can score.
+pub const THIN_DOCUMENT_CAP: f64 = 7.0;
 pub const FLOOR_TEXT_WORDS: usize = 15;
 /// Without a golden example: fewer non-filler values than this in JSON.
 pub const FLOOR_JSON_VALUES: usize = 3;
@@ -320,6 +325,10 @@ fn floor_cap(
             format!(
                 "{words} words: too little for a finished document (floor {FLOOR_DOCUMENT_WORDS})"
             ),
+        ),
+        Format::Markdown | Format::Html if words < THIN_DOCUMENT_WORDS => cap(
+            THIN_DOCUMENT_CAP,
+            format!("thin: {words} words (under {THIN_DOCUMENT_WORDS}, half the minimum of 150)"),
         ),
         Format::Text if words < FLOOR_TEXT_WORDS && !is_one_line_value(&body.raw) => cap(
             FLOOR_CAP,
