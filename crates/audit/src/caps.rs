@@ -12,6 +12,7 @@
 use serde_json::Value;
 
 use crate::Format;
+use crate::d4_auditability::truncation_signals;
 use crate::document::Document;
 use crate::text::count_words;
 
@@ -93,6 +94,8 @@ pub const FLOOR_JSON_VALUES: usize = 3;
 /// One artifact's cap and why.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Cap {
+    /// The artifact path it caps.
+    pub artifact: String,
     pub score: f64,
     pub reason: String,
 }
@@ -107,7 +110,13 @@ pub fn artifact_cap(document: &Document<'_>, golden: Option<&[u8]>) -> Option<Ca
     }
     let signals = body.signals();
     let mut caps: Vec<Cap> = Vec::new();
-    let mut cap = |score: f64, reason: String| caps.push(Cap { score, reason });
+    let mut cap = |score: f64, reason: String| {
+        caps.push(Cap {
+            artifact: document.path.to_string(),
+            score,
+            reason,
+        })
+    };
 
     if signals.noop {
         cap(
@@ -177,24 +186,18 @@ pub fn artifact_cap(document: &Document<'_>, golden: Option<&[u8]>) -> Option<Ca
             ),
         );
     }
-    if let Some(signal) = truncation(document) {
-        cap(TRUNCATED_CAP, format!("cut off: {signal}"));
+    if let Some((location, what)) = truncation_signals(document.format, body).first() {
+        cap(TRUNCATED_CAP, format!("cut off: {location}: {what}"));
     }
-    let placeholders = body
-        .dictionary()
-        .placeholders
-        .iter()
-        .filter(|hit| !hit.text.starts_with(['.', '\u{2026}']))
-        .count();
     // Template slots (`{{name}}`, `[INSERT …]`, "Your name here") make a
     // template; TODO and TBD alone make unfinished work (and count as filler).
-    let slots = body
-        .dictionary()
-        .placeholders
-        .iter()
-        .filter(|hit| !hit.text.starts_with(['.', '\u{2026}']))
-        .filter(|hit| !matches!(hit.text.as_str(), "TODO" | "TBD" | "FIXME"))
-        .count();
+    let (mut placeholders, mut slots) = (0usize, 0usize);
+    for hit in &body.dictionary().placeholders {
+        if !hit.text.starts_with(['.', '\u{2026}']) {
+            placeholders += 1;
+            slots += usize::from(!matches!(hit.text.as_str(), "TODO" | "TBD" | "FIXME"));
+        }
+    }
     if placeholders >= UNFINISHED_PLACEHOLDERS {
         let density = slots as f64 * 100.0 / body.words.max(1) as f64;
         if density >= TEMPLATE_DENSITY {
@@ -243,12 +246,7 @@ pub fn artifact_cap(document: &Document<'_>, golden: Option<&[u8]>) -> Option<Ca
     format_cap(document, golden_json.as_ref(), &mut cap);
     floor_cap(document, golden, golden_json.as_ref(), &mut cap);
 
-    caps.into_iter()
-        .min_by(|a, b| a.score.total_cmp(&b.score))
-        .map(|cap| Cap {
-            reason: format!("{}: {}", document.path, cap.reason),
-            ..cap
-        })
+    caps.into_iter().min_by(|a, b| a.score.total_cmp(&b.score))
 }
 
 /// HTML without a tag, JSON whose root is a bare scalar (or not the golden's type).
@@ -347,39 +345,6 @@ fn floor_cap(
             }
         }
         _ => {}
-    }
-}
-
-/// The first sign that the artifact was cut off, as D4's truncation check sees it.
-fn truncation(document: &Document<'_>) -> Option<String> {
-    let body = document.body.as_ref()?;
-    match document.format {
-        Format::Json => body
-            .json_error()
-            .filter(|error| error.classify() == serde_json::error::Category::Eof)
-            .map(|error| format!("JSON ends early at line {}", error.line())),
-        Format::Markdown | Format::Text => {
-            let stats = body.markdown.as_ref()?;
-            stats
-                .unclosed_fence_line
-                .map(|line| format!("code fence at line {line} never closed"))
-                .or_else(|| {
-                    stats
-                        .ends_mid_sentence_line
-                        .map(|line| format!("ends mid-sentence at line {line}"))
-                })
-        }
-        Format::Html => {
-            let stats = body.html.as_ref()?;
-            if stats.ends_inside_tag {
-                Some("ends inside a tag".to_string())
-            } else {
-                stats
-                    .unclosed
-                    .first()
-                    .map(|tag| format!("<{tag}> never closed"))
-            }
-        }
     }
 }
 

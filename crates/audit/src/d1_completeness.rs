@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
+use crate::caps::is_one_line_value;
 use crate::content::is_filler;
 use crate::document::{Body, Document};
 use crate::json_shape::{GoldenShape, walk};
@@ -434,11 +435,6 @@ fn against_minimums(builder: &mut Builder, format: Format, path: &str, body: &Bo
         format!("no golden example, only minimums checked: {detail}"),
     );
     builder.unit_of(score);
-}
-
-/// A single short line, like `review-url.txt` or `extraction-version.txt`.
-fn is_one_line_value(text: &str) -> bool {
-    crate::caps::is_one_line_value(text)
 }
 
 /// A JSON string value that is filler (`"N/A"`, `"TBD"`, `"string"`).

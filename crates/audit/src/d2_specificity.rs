@@ -139,9 +139,10 @@ pub fn audit(
             && specific_share < GENERIC_CAP_SPECIFIC_BELOW
         {
             caps.push(Cap {
+                artifact: path.to_string(),
                 score: GENERIC_CAP,
                 reason: format!(
-                    "{path}: generic: {generic} of {judged} sentences are stock phrases and only {specific} carry a detail"
+                    "generic: {generic} of {judged} sentences are stock phrases and only {specific} carry a detail"
                 ),
             });
         }

@@ -142,6 +142,35 @@ fn truncation_check(
     path: &str,
     body: &Body<'_>,
 ) -> Scored {
+    let signals = truncation_signals(format, body);
+    for (location, what) in &signals {
+        let priority = if format == Format::Json {
+            Priority::Critical
+        } else {
+            Priority::High
+        };
+        builder.suggest(priority, path, location, what);
+    }
+    let detail = if signals.is_empty() {
+        "no sign of truncation".to_string()
+    } else {
+        signals
+            .iter()
+            .map(|(location, what)| format!("{location}: {what}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    builder.check(
+        "truncation",
+        path,
+        if signals.is_empty() { 10.0 } else { 0.0 },
+        detail,
+    )
+}
+
+/// The signs that an artifact was cut off, as `(location, what)`: D4 scores
+/// them, and the caps cap a cut-off artifact on the first one.
+pub(crate) fn truncation_signals(format: Format, body: &Body<'_>) -> Vec<(String, String)> {
     let mut signals: Vec<(String, String)> = Vec::new();
     match format {
         Format::Json => {
@@ -188,29 +217,7 @@ fn truncation_check(
             }
         }
     }
-    for (location, what) in &signals {
-        let priority = if format == Format::Json {
-            Priority::Critical
-        } else {
-            Priority::High
-        };
-        builder.suggest(priority, path, location, what);
-    }
-    let detail = if signals.is_empty() {
-        "no sign of truncation".to_string()
-    } else {
-        signals
-            .iter()
-            .map(|(location, what)| format!("{location}: {what}"))
-            .collect::<Vec<_>>()
-            .join("; ")
-    };
-    builder.check(
-        "truncation",
-        path,
-        if signals.is_empty() { 10.0 } else { 0.0 },
-        detail,
-    )
+    signals
 }
 
 fn structure_check(

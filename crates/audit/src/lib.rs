@@ -133,11 +133,10 @@ fn ceiling(
     let caps: Vec<Option<caps::Cap>> = outputs
         .iter()
         .map(|document| {
-            // D2 sets its caps by artifact path; the rest come from the content signals.
-            let prefix = format!("{}: ", document.path);
+            // D2 sets its caps by artifact; the rest come from the content signals.
             let from_d2 = generic_caps
                 .iter()
-                .filter(|cap| cap.reason.starts_with(&prefix))
+                .filter(|cap| cap.artifact == document.path)
                 .cloned();
             caps::artifact_cap(document, golden.get(document.key).copied())
                 .into_iter()
@@ -153,10 +152,10 @@ fn ceiling(
         .map(|cap| cap.as_ref().map_or(10.0, |cap| cap.score))
         .sum::<f64>()
         / caps.len() as f64;
-    let reasons: Vec<&str> = caps
+    let reasons: Vec<String> = caps
         .iter()
         .flatten()
-        .map(|cap| cap.reason.as_str())
+        .map(|cap| format!("{}: {}", cap.artifact, cap.reason))
         .collect();
     Some((round_score(score), reasons.join("; ")))
 }
