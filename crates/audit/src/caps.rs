@@ -14,6 +14,7 @@ use serde_json::Value;
 use crate::Format;
 use crate::d4_auditability::truncation_signals;
 use crate::document::Document;
+use crate::golden::Golden;
 use crate::text::count_words;
 
 /// What the no-op builtin writes.
@@ -103,7 +104,7 @@ pub struct Cap {
 /// The lowest cap any junk signal sets on `document`, or `None` when it
 /// looks like work. Missing and blank artifacts have no cap: D1 and D3
 /// already score them 0.
-pub fn artifact_cap(document: &Document<'_>, golden: Option<&[u8]>) -> Option<Cap> {
+pub fn artifact_cap(document: &Document<'_>, golden: Option<&Golden<'_>>) -> Option<Cap> {
     let body = document.body.as_ref()?;
     if body.is_blank() {
         return None;
@@ -239,12 +240,16 @@ pub fn artifact_cap(document: &Document<'_>, golden: Option<&[u8]>) -> Option<Ca
             ),
         );
     }
-    // Parsed once for both checks that need it.
-    let golden_json: Option<Value> = golden
+    let golden_json = golden
         .filter(|_| document.format == Format::Json)
-        .and_then(|bytes| serde_json::from_slice(bytes).ok());
-    format_cap(document, golden_json.as_ref(), &mut cap);
-    floor_cap(document, golden, golden_json.as_ref(), &mut cap);
+        .and_then(Golden::json);
+    format_cap(document, golden_json, &mut cap);
+    floor_cap(
+        document,
+        golden.map(|golden| golden.bytes),
+        golden_json,
+        &mut cap,
+    );
 
     caps.into_iter().min_by(|a, b| a.score.total_cmp(&b.score))
 }

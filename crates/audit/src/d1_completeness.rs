@@ -12,6 +12,7 @@ use serde_json::Value;
 use crate::caps::is_one_line_value;
 use crate::content::is_filler;
 use crate::document::{Body, Document};
+use crate::golden::Golden;
 use crate::json_shape::{GoldenShape, walk};
 use crate::markdown;
 use crate::score::{percent, ratio_score};
@@ -33,7 +34,7 @@ type Builder = crate::dimension::DimensionBuilder;
 
 pub fn audit(
     documents: &[Document<'_>],
-    golden: &BTreeMap<&str, &[u8]>,
+    golden: &BTreeMap<&str, Golden<'_>>,
 ) -> (Dimension, Vec<Suggestion>) {
     let mut builder = Builder::new(NAME);
     for document in documents {
@@ -77,9 +78,7 @@ pub fn audit(
             continue;
         }
         match golden.get(document.key) {
-            Some(golden_bytes) => {
-                against_golden(&mut builder, document.format, path, body, golden_bytes)
-            }
+            Some(golden) => against_golden(&mut builder, document.format, path, body, golden),
             None => against_minimums(&mut builder, document.format, path, body),
         }
     }
@@ -91,22 +90,22 @@ fn against_golden(
     format: Format,
     path: &str,
     body: &Body<'_>,
-    golden_bytes: &[u8],
+    golden: &Golden<'_>,
 ) {
+    let golden_bytes = golden.bytes;
     match format {
-        Format::Json => match (
-            body.json_value(),
-            serde_json::from_slice::<Value>(golden_bytes),
-        ) {
-            (Some(actual), Ok(golden)) => json_against_golden(builder, path, actual, &golden),
-            (None, Ok(_)) => words_against_golden(
+        Format::Json => match (body.json_value(), golden.json().zip(golden.shape())) {
+            (Some(actual), Some((value, shape))) => {
+                json_against_golden(builder, path, actual, value, shape)
+            }
+            (None, Some(_)) => words_against_golden(
                 builder,
                 path,
                 count_words(&body.raw),
                 count_words(&lossy(golden_bytes)),
                 "does not parse as JSON, so only its words are compared with the golden example's",
             ),
-            (_, Err(_)) => words_against_golden(
+            (_, None) => words_against_golden(
                 builder,
                 path,
                 count_words(&body.raw),
@@ -129,8 +128,13 @@ fn against_golden(
     }
 }
 
-fn json_against_golden(builder: &mut Builder, path: &str, actual: &Value, golden: &Value) {
-    let shape = GoldenShape::of(golden);
+fn json_against_golden(
+    builder: &mut Builder,
+    path: &str,
+    actual: &Value,
+    golden: &Value,
+    shape: &GoldenShape,
+) {
     let mut weighted = Vec::new();
 
     // Array item counts per normalised golden path.
@@ -489,7 +493,7 @@ mod tests {
         )];
         audit(
             &documents,
-            &BTreeMap::from([("frameworks-json", golden.as_bytes())]),
+            &BTreeMap::from([("frameworks-json", Golden::new(golden.as_bytes()))]),
         )
     }
 

@@ -12,14 +12,15 @@ use serde_json::Value;
 
 use crate::dimension::{DimensionBuilder, Scored};
 use crate::document::{Body, Document};
-use crate::json_shape::{GoldenShape, append_key, child_path, type_bit, type_names, walk};
+use crate::golden::Golden;
+use crate::json_shape::{append_key, type_bit, type_names, walk};
 use crate::{Dimension, Format, Priority, Suggestion};
 
 const NAME: &str = "d3";
 
 pub fn audit(
     documents: &[Document<'_>],
-    golden: &BTreeMap<&str, &[u8]>,
+    golden: &BTreeMap<&str, Golden<'_>>,
     consumed_downstream: &BTreeSet<&str>,
 ) -> (Dimension, Vec<Suggestion>) {
     let mut builder = DimensionBuilder::new(NAME);
@@ -58,9 +59,7 @@ pub fn audit(
 
         let parses = parse_check(&mut builder, document, body);
         let structure = match document.format {
-            Format::Json => {
-                json_structure(&mut builder, path, body, golden.get(document.key).copied())
-            }
+            Format::Json => json_structure(&mut builder, path, body, golden.get(document.key)),
             Format::Markdown | Format::Text => markdown_well_formed(&mut builder, path, body),
             Format::Html => html_well_formed(&mut builder, path, body),
         };
@@ -198,7 +197,7 @@ fn json_structure(
     builder: &mut DimensionBuilder,
     path: &str,
     body: &Body<'_>,
-    golden: Option<&[u8]>,
+    golden: Option<&Golden<'_>>,
 ) -> Scored {
     let Some(actual) = body.json_value() else {
         return builder.check(
@@ -208,8 +207,7 @@ fn json_structure(
             "does not parse, so no structure to check".to_string(),
         );
     };
-    let golden_value = golden.map(serde_json::from_slice::<Value>);
-    let Some(Ok(golden_value)) = golden_value else {
+    let Some(shape) = golden.and_then(Golden::shape) else {
         let note = if golden.is_some() {
             "golden example does not parse; "
         } else {
@@ -232,7 +230,6 @@ fn json_structure(
         return builder.check("structure", path, score, format!("{note}root is {detail}"));
     };
 
-    let shape = GoldenShape::of(&golden_value);
     let (mut slots, mut fine) = (1usize, 0usize);
     let (mut missing, mut mistyped, mut empty) = (0usize, 0usize, 0usize);
     if type_bit(actual) & shape.root_type != 0 {
@@ -249,6 +246,8 @@ fn json_structure(
             ),
         );
     }
+    // One buffer for the members' paths instead of a new string per key.
+    let mut member_path = String::new();
     walk(actual, &mut |value, json_path| match value {
         Value::Object(members) => {
             let Some(required) = shape.required_keys.get(&json_path.normalised) else {
@@ -263,11 +262,10 @@ fn json_structure(
                     builder.suggest(Priority::High, path, &json_path.concrete, &what);
                     continue;
                 };
-                let expected = shape
-                    .types
-                    .get(&child_path(&json_path.normalised, key))
-                    .copied()
-                    .unwrap_or(0);
+                member_path.clear();
+                member_path.push_str(&json_path.normalised);
+                append_key(&mut member_path, key);
+                let expected = shape.types.get(&member_path).copied().unwrap_or(0);
                 if expected & type_bit(member) != 0 {
                     fine += 1;
                 } else {
@@ -362,8 +360,8 @@ mod tests {
             Format::Json,
             Some(actual.as_bytes()),
         )];
-        let golden: BTreeMap<&str, &[u8]> = golden
-            .map(|g| ("frameworks-json", g.as_bytes()))
+        let golden: BTreeMap<&str, Golden<'_>> = golden
+            .map(|g| ("frameworks-json", Golden::new(g.as_bytes())))
             .into_iter()
             .collect();
         let consumed: BTreeSet<&str> = if consumed {

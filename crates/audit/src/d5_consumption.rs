@@ -9,14 +9,13 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use aho_corasick::MatchKind;
-
 use crate::dimension::DimensionBuilder;
 use crate::document::{Body, Document};
 use crate::json_shape::names_and_ids;
-use crate::patterns::{dictionary, is_stopword, quick_dictionary};
+use crate::patterns::is_stopword;
 use crate::score::{percent, ratio_score};
-use crate::text::{at_word_boundaries, sentences_with_words};
+use crate::term_search::found_as_words;
+use crate::text::sentences_with_words;
 use crate::{Dimension, Format, Priority, Suggestion};
 
 const NAME: &str = "d5";
@@ -26,8 +25,6 @@ const TOP_TERMS: usize = 40;
 const TOP_NAMES: usize = 40;
 /// Share of upstream terms (and names) found in the output that earns full marks.
 const COVERAGE_TARGET: f64 = 0.5;
-/// Output size from which the term automaton is built as a DFA.
-const DFA_OUTPUT_BYTES: usize = 256 * 1024;
 /// Longer "words" are identifiers, hashes or URLs, not vocabulary.
 const MAX_TERM_CHARS: usize = 40;
 /// Below this share of terms, the input counts as ignored (high priority).
@@ -82,7 +79,7 @@ pub fn audit(outputs: &[Document<'_>], upstream: &[Document<'_>]) -> (Dimension,
         })
         .collect();
 
-    // One automaton for every term and name of every upstream input, one pass over the output.
+    // Every term and name of every upstream input, looked for in one pass over the output.
     let mut patterns: BTreeMap<String, usize> = BTreeMap::new();
     for (_, terms, names) in &sources {
         for pattern in terms
@@ -98,26 +95,7 @@ pub fn audit(outputs: &[Document<'_>], upstream: &[Document<'_>]) -> (Dimension,
     for (pattern, id) in &patterns {
         by_id[*id] = pattern;
     }
-    // A DFA searches fastest but takes a while to build; for small outputs the
-    // build would dominate, so those get the (quick to build) default choice.
-    let output_bytes: usize = pieces.iter().map(|piece| piece.len()).sum();
-    let automaton = if output_bytes >= DFA_OUTPUT_BYTES {
-        dictionary(by_id.iter().copied(), MatchKind::Standard)
-    } else {
-        quick_dictionary(by_id.iter().copied())
-    };
-    let mut found = vec![false; by_id.len()];
-    if !by_id.is_empty() {
-        for piece in &pieces {
-            for hit in automaton.find_overlapping_iter(*piece) {
-                if !found[hit.pattern().as_usize()]
-                    && at_word_boundaries(piece, hit.start(), hit.end())
-                {
-                    found[hit.pattern().as_usize()] = true;
-                }
-            }
-        }
-    }
+    let found = found_as_words(&by_id, &pieces);
     let is_found = |pattern: &str| patterns.get(pattern).is_some_and(|id| found[*id]);
 
     for (label, terms, names) in &sources {
@@ -222,20 +200,12 @@ pub fn audit(outputs: &[Document<'_>], upstream: &[Document<'_>]) -> (Dimension,
 /// The [`TOP_TERMS`] most frequent distinctive terms, lowercase; ties in alphabetical order.
 pub fn distinctive_terms(body: &Body<'_>) -> Vec<String> {
     let mut counts: HashMap<String, usize> = HashMap::new();
-    let mut add = |term: &str| {
-        let lower = term.to_lowercase();
-        match counts.get_mut(&lower) {
-            Some(count) => *count += 1,
-            None => {
-                counts.insert(lower, 1);
-            }
-        }
-    };
+    let mut add = |lower: String| *counts.entry(lower).or_default() += 1;
     sentences_with_words(body.prose(), |_, token, first_in_sentence| {
         let mut first = first_in_sentence;
         for_each_piece(token, |piece| {
-            if is_distinctive(piece, first) {
-                add(piece);
+            if let Some(lower) = distinctive(piece, first) {
+                add(lower);
             }
             first = false;
         });
@@ -249,8 +219,8 @@ pub fn distinctive_terms(body: &Body<'_>) -> Vec<String> {
                 line.starts_with(|character: char| character.is_ascii_digit() || character == '-');
             if is_number || seen_lines.insert(line) {
                 for_each_piece(line, |piece| {
-                    if is_distinctive(piece, true) {
-                        add(piece);
+                    if let Some(lower) = distinctive(piece, true) {
+                        add(lower);
                     }
                 });
             }
@@ -269,35 +239,42 @@ pub fn distinctive_terms(body: &Body<'_>) -> Vec<String> {
         .collect()
 }
 
-/// Words of 5+ letters that are not stopwords, proper nouns of 3+ letters
-/// that do not start a sentence, and numbers of 2+ digits.
-fn is_distinctive(piece: &str, first_in_sentence: bool) -> bool {
+/// The piece lowercased when it is distinctive: a word of 5+ letters that is
+/// not a stopword, a proper noun of 3+ letters that does not start a
+/// sentence, or a number of 2+ digits.
+fn distinctive(piece: &str, first_in_sentence: bool) -> Option<String> {
     let characters = piece.chars().count();
     if piece.starts_with(|character: char| character.is_ascii_digit()) {
-        return (2..=MAX_TERM_CHARS).contains(&characters)
-            && piece.chars().filter(char::is_ascii_digit).count() >= 2
+        let is_number = (2..=MAX_TERM_CHARS).contains(&characters)
+            && piece.bytes().filter(u8::is_ascii_digit).count() >= 2
             && piece
-                .chars()
-                .all(|character| character.is_ascii_digit() || matches!(character, '.' | ','));
+                .bytes()
+                .all(|byte| byte.is_ascii_digit() || matches!(byte, b'.' | b','));
+        return is_number.then(|| piece.to_string());
     }
-    if !(3..=MAX_TERM_CHARS).contains(&characters) || is_stopword(&piece.to_lowercase()) {
-        return false;
+    // Short words that start a sentence are never distinctive: no lowercasing needed.
+    if !(3..=MAX_TERM_CHARS).contains(&characters)
+        || (characters < 5 && (first_in_sentence || !piece.starts_with(char::is_uppercase)))
+    {
+        return None;
     }
-    characters >= 5 || (!first_in_sentence && piece.starts_with(char::is_uppercase))
+    let lower = piece.to_lowercase();
+    (!is_stopword(&lower)).then_some(lower)
 }
 
 /// Calls `visit` with each alphanumeric run of `token`; digits joined by `.`
 /// or `,` stay one piece (`38,400`, `3.5`).
 fn for_each_piece(token: &str, mut visit: impl FnMut(&str)) {
     let mut start: Option<usize> = None;
-    let characters: Vec<(usize, char)> = token.char_indices().collect();
-    for (position, &(index, character)) in characters.iter().enumerate() {
+    let mut previous = None;
+    let mut characters = token.char_indices().peekable();
+    while let Some((index, character)) = characters.next() {
         let joins_digits = matches!(character, '.' | ',')
-            && position > 0
-            && characters[position - 1].1.is_ascii_digit()
+            && previous.is_some_and(|previous: char| previous.is_ascii_digit())
             && characters
-                .get(position + 1)
+                .peek()
                 .is_some_and(|(_, next)| next.is_ascii_digit());
+        previous = Some(character);
         if character.is_alphanumeric() || (joins_digits && start.is_some()) {
             start.get_or_insert(index);
         } else if let Some(begin) = start.take() {

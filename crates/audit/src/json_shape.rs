@@ -73,9 +73,10 @@ impl JsonPath {
     }
 
     fn push_index(&mut self, index: usize) -> (usize, usize) {
-        use std::fmt::Write;
         let mark = (self.concrete.len(), self.normalised.len());
-        let _ = write!(self.concrete, "[{index}]");
+        self.concrete.push('[');
+        push_decimal(&mut self.concrete, index);
+        self.concrete.push(']');
         self.normalised.push_str("[*]");
         mark
     }
@@ -83,6 +84,24 @@ impl JsonPath {
     fn pop(&mut self, mark: (usize, usize)) {
         self.concrete.truncate(mark.0);
         self.normalised.truncate(mark.1);
+    }
+}
+
+/// Appends `index` in decimal: every array item of a walk does this, and the
+/// formatting machinery costs more than the digits.
+fn push_decimal(path: &mut String, mut index: usize) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (index % 10) as u8;
+        index /= 10;
+        if index == 0 {
+            break;
+        }
+    }
+    for &digit in &digits[start..] {
+        path.push(char::from(digit));
     }
 }
 
@@ -103,13 +122,6 @@ pub fn append_key(path: &mut String, key: &str) {
         path.push_str(&serde_json::to_string(key).unwrap_or_else(|_| format!("{key:?}")));
         path.push(']');
     }
-}
-
-/// The normalised path of a member `key` of objects at `parent`.
-pub fn child_path(parent: &str, key: &str) -> String {
-    let mut path = parent.to_string();
-    append_key(&mut path, key);
-    path
 }
 
 /// Visits every node, parents before children, in document order.

@@ -36,6 +36,7 @@ mod d5_consumption;
 mod dimension;
 mod document;
 mod explain;
+mod golden;
 mod html;
 mod json_shape;
 mod markdown;
@@ -43,6 +44,7 @@ mod model;
 mod patterns;
 mod score;
 mod suggestions;
+mod term_search;
 mod text;
 
 pub use explain::{DIMENSION_NAMES, costs, explain};
@@ -55,6 +57,7 @@ pub use patterns::GENERIC_PHRASES;
 use std::collections::BTreeMap;
 
 use document::Document;
+use golden::Golden;
 use score::{round_score, round1};
 
 /// Dimension weights in the composite. They sum to 1.
@@ -109,17 +112,22 @@ pub fn audit(input: &AuditInput<'_>) -> Option<AuditReport> {
     if outputs.is_empty() {
         return None;
     }
-    let (d1, mut suggestions) = d1_completeness::audit(&outputs, &input.golden);
+    let golden: BTreeMap<&str, Golden<'_>> = input
+        .golden
+        .iter()
+        .map(|(key, bytes)| (*key, Golden::new(bytes)))
+        .collect();
+    let (d1, mut suggestions) = d1_completeness::audit(&outputs, &golden);
     let (d2, more, generic_caps) = d2_specificity::audit(&outputs, input.subject);
     suggestions.extend(more);
-    let (d3, more) = d3_readiness::audit(&outputs, &input.golden, &input.consumed_downstream);
+    let (d3, more) = d3_readiness::audit(&outputs, &golden, &input.consumed_downstream);
     suggestions.extend(more);
     let (d4, more) = d4_auditability::audit(&outputs);
     suggestions.extend(more);
     let (d5, more) = d5_consumption::audit(&outputs, &upstream);
     suggestions.extend(more);
 
-    let ceiling = ceiling(&outputs, &input.golden, generic_caps);
+    let ceiling = ceiling(&outputs, &golden, generic_caps);
     Some(finish(input, [d1, d2, d3, d4, d5], ceiling, suggestions))
 }
 
@@ -127,7 +135,7 @@ pub fn audit(input: &AuditInput<'_>) -> Option<AuditReport> {
 /// reasons, when any artifact has a cap.
 fn ceiling(
     outputs: &[Document<'_>],
-    golden: &BTreeMap<&str, &[u8]>,
+    golden: &BTreeMap<&str, Golden<'_>>,
     generic_caps: Vec<caps::Cap>,
 ) -> Option<(f64, String)> {
     let caps: Vec<Option<caps::Cap>> = outputs
@@ -138,7 +146,7 @@ fn ceiling(
                 .iter()
                 .filter(|cap| cap.artifact == document.path)
                 .cloned();
-            caps::artifact_cap(document, golden.get(document.key).copied())
+            caps::artifact_cap(document, golden.get(document.key))
                 .into_iter()
                 .chain(from_d2)
                 .min_by(|a, b| a.score.total_cmp(&b.score))
