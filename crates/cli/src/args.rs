@@ -243,6 +243,10 @@ pub enum TokenCommand {
         /// Shown in the event log as `user:<name>`
         #[arg(long, default_value = "cli")]
         name: String,
+        /// The weight its reviews count with: expert, product_lead,
+        /// tech_lead, team or external (without one the token cannot vote)
+        #[arg(long)]
+        tester_role: Option<String>,
     },
     /// List tokens (never their secrets)
     List,

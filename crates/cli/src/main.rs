@@ -336,15 +336,31 @@ async fn token(db: &str, actor: &str, command: args::TokenCommand) -> Result<Exi
         .await
         .with_context(|| format!("cannot open the store `{db}`"))?;
     match command {
-        args::TokenCommand::Create { role, name } => {
+        args::TokenCommand::Create {
+            role,
+            name,
+            tester_role,
+        } => {
             let role: factory_server::auth::Role = role.parse().map_err(user_error)?;
+            let tester_role = tester_role
+                .as_deref()
+                .map(str::parse::<factory_core::consensus::TesterRole>)
+                .transpose()
+                .map_err(|e| user_error(format!("--tester-role: {e}")))?;
             let (secret, record) =
-                factory_server::auth::create_token(store.as_ref(), &name, role, actor)
+                factory_server::auth::create_token(store.as_ref(), &name, role, actor, tester_role)
                     .await
                     .map_err(|e| user_error(e.message))?;
             eprintln!(
-                "token {} for `user:{}` ({}); shown once, only its hash is stored:",
-                record.id, record.name, record.role
+                "token {} for `user:{}` ({}{}); shown once, only its hash is stored:",
+                record.id,
+                record.name,
+                record.role,
+                record
+                    .tester_role
+                    .as_deref()
+                    .map(|role| format!(", reviews as {role}"))
+                    .unwrap_or_default()
             );
             println!("{secret}");
         }

@@ -41,6 +41,29 @@ impl TesterRole {
             TesterRole::External => "external",
         }
     }
+
+    pub const ALL: [TesterRole; 5] = [
+        TesterRole::Expert,
+        TesterRole::ProductLead,
+        TesterRole::TechLead,
+        TesterRole::Team,
+        TesterRole::External,
+    ];
+}
+
+impl std::str::FromStr for TesterRole {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<TesterRole, String> {
+        TesterRole::ALL
+            .into_iter()
+            .find(|role| role.as_str() == text)
+            .ok_or_else(|| {
+                format!(
+                    "`{text}` is not a tester role: use expert, product_lead, tech_lead, team or external"
+                )
+            })
+    }
 }
 
 /// A reviewer's verdict on one item of an extraction or audit page.

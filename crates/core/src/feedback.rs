@@ -40,7 +40,7 @@ pub struct AcceptedItem {
 /// What one pass of the corrections router decided.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Routing {
-    /// `CorrectionsRouted` then the `BlockReset`s; empty when nothing is routed.
+    /// The `BlockReset`s then `CorrectionsRouted`; empty when nothing is routed.
     pub events: Vec<Event>,
     /// The `correction-plan` artifact: items grouped by target block.
     pub plan: Value,
@@ -203,13 +203,9 @@ pub fn route(
             reset.extend(pipeline.descendants(i));
         }
     }
-    let mut events = vec![Event::CorrectionsRouted {
-        router: router.to_string(),
-        from,
-        to: from + 1,
-        targets: targets.clone(),
-        reason,
-    }];
+    // Resets first: a reset starts a new pass and clears old corrections, so
+    // the new ones are routed after it.
+    let mut events = Vec::new();
     for &i in pipeline.topo_order() {
         if !reset.contains(&i) {
             continue;
@@ -238,6 +234,13 @@ pub fn route(
             },
         });
     }
+    events.push(Event::CorrectionsRouted {
+        router: router.to_string(),
+        from,
+        to: from + 1,
+        targets: targets.clone(),
+        reason,
+    });
     Ok(Routing {
         events,
         plan: value,

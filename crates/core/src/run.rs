@@ -955,6 +955,9 @@ impl RunDoc {
                 state.status = BlockStatus::Pending;
                 state.retries_used = 0;
                 state.reply_note = None;
+                // A reset starts a new pass; corrections belong to the pass
+                // they were given for (the router resets first, then routes).
+                state.corrections = None;
                 state.gate = None;
                 state.before_gate_passed = false;
                 state.review_flag = false;

@@ -194,7 +194,8 @@ pub struct AutonomyProfile {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     /// Level for blocks the profile does not list. Absent: the template's own
-    /// behaviour (`gate` where `human_gate` is set, `auto` elsewhere).
+    /// behaviour (`gate` where `human_gate` is set, `auto` elsewhere). It does
+    /// not lower a gate marked `separate_reviewer`; list that block to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default: Option<Autonomy>,
     /// Per-block levels, keyed by block id.
@@ -453,7 +454,10 @@ pub struct ExecutionControl {
     #[schemars(range(max = 20))]
     pub max_retries: u32,
     /// Four-eyes rule: whoever started this block's pass (created the run,
-    /// approved its before-gate, retried it) may not approve its gate.
+    /// approved its before-gate, retried it) may not approve its gate, nor
+    /// lower it (a run override, a change of autonomy); a review link acts
+    /// for the person who minted it. A profile's `default` does not lower it.
+    /// Someone else may.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub separate_reviewer: bool,
 }

@@ -70,14 +70,80 @@ pub enum TransitionError {
     #[error("rejection feedback is empty; say what must change")]
     EmptyFeedback,
     #[error(
-        "`{actor}` started block `{block}`'s current pass and its gate asks for a separate reviewer; someone else must approve it"
+        "{} started block `{block}`'s current pass and its gate asks for a separate reviewer; someone else must approve it",
+        who(actor, for_whom.as_deref())
     )]
-    SelfApproval { block: String, actor: String },
+    SelfApproval {
+        block: String,
+        actor: String,
+        /// Set when `actor` is a review link minted by someone who ran the block.
+        for_whom: Option<String>,
+    },
+    #[error(
+        "{} started block `{block}`'s current pass, and its gate asks for a separate reviewer: they may not lower it to `{autonomy}`; someone who did not start it may",
+        who(actor, for_whom.as_deref())
+    )]
+    GuardedGate {
+        block: String,
+        actor: String,
+        for_whom: Option<String>,
+        autonomy: &'static str,
+    },
     #[error("block `{block}` already has autonomy `{autonomy}`")]
     SameAutonomy {
         block: String,
         autonomy: &'static str,
     },
+}
+
+/// `` `actor` `` or `` `actor` (a review link minted by `for_whom`) ``.
+fn who(actor: &str, for_whom: Option<&str>) -> String {
+    match for_whom {
+        Some(minter) => format!("`{actor}` acts for `{minter}`, who minted its review link;"),
+        None => format!("`{actor}`"),
+    }
+}
+
+/// Who does something to a run. A review link's token acts for the person
+/// who minted it: a rule about who may approve holds against both, or an
+/// operator could close their own gate with a link for a made-up tester.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Principal<'a> {
+    /// Recorded in the event log.
+    pub actor: &'a str,
+    /// The person a review link acts for.
+    pub for_whom: Option<&'a str>,
+}
+
+impl<'a> Principal<'a> {
+    pub fn new(actor: &'a str) -> Principal<'a> {
+        Principal {
+            actor,
+            for_whom: None,
+        }
+    }
+
+    /// Which of the identities this principal acts as ran `block`'s
+    /// current pass, if any: the minter when it is them, else the actor.
+    fn who_ran(&self, records: &[crate::run::EventRecord], block: &str) -> Option<Option<String>> {
+        let ran = crate::run::ran_by(records, block);
+        if let Some(minter) = self.for_whom
+            && ran.contains(minter)
+        {
+            return Some(Some(minter.to_string()));
+        }
+        ran.contains(self.actor).then_some(None)
+    }
+}
+
+/// True when setting `block` to `autonomy` would take away the stop its gate
+/// makes for a separate reviewer.
+pub fn lowers_guarded_gate(pipeline: &Pipeline, block: &str, autonomy: Autonomy) -> bool {
+    autonomy != Autonomy::Gate
+        && pipeline.block(block).is_some_and(|spec| {
+            spec.execution.separate_reviewer
+                && spec.execution.human_gate != crate::template::HumanGate::None
+        })
 }
 
 /// What a run is created from.
@@ -120,6 +186,9 @@ pub fn effective_model<'a>(
 #[error("{}", self.problems.join("\n"))]
 pub struct CreateRunError {
     pub problems: Vec<String>,
+    /// Blocks whose separate-reviewer gate an override tried to lower: the
+    /// request is forbidden, not merely malformed.
+    pub guarded: Vec<String>,
 }
 
 /// Checks params, env and autonomy settings; returns the `RunCreated` event.
@@ -204,10 +273,17 @@ pub fn create_run(
         },
         None => None,
     };
-    for block_id in request.overrides.keys() {
+    let mut guarded = Vec::new();
+    for (block_id, autonomy) in &request.overrides {
         if pipeline.index_of(block_id).is_none() {
             problems.push(format!(
                 "autonomy override names unknown block `{block_id}`"
+            ));
+        } else if lowers_guarded_gate(pipeline, block_id, *autonomy) {
+            guarded.push(block_id.clone());
+            problems.push(format!(
+                "autonomy override `{block_id}={}`: block `{block_id}`'s gate asks for a separate reviewer, and whoever creates the run may not lower it; create the run without the override (another operator may change it later with `factory autonomy` or PUT …/autonomy)",
+                autonomy.as_str()
             ));
         }
     }
@@ -240,7 +316,7 @@ pub fn create_run(
         }
     }
     if !problems.is_empty() {
-        return Err(CreateRunError { problems });
+        return Err(CreateRunError { problems, guarded });
     }
 
     let blocks = pipeline
@@ -253,7 +329,13 @@ pub fn create_run(
                 .get(&block.id)
                 .copied()
                 .or_else(|| profile.and_then(|p| p.blocks.get(&block.id).copied()))
-                .or_else(|| profile.and_then(|p| p.default))
+                // A profile's default never lowers a separate reviewer's gate:
+                // the template must name the block to change it.
+                .or_else(|| {
+                    profile
+                        .and_then(|p| p.default)
+                        .filter(|level| !lowers_guarded_gate(pipeline, &block.id, *level))
+                })
                 .unwrap_or_else(|| pipeline.default_autonomy(i));
             (block.id.clone(), autonomy)
         })
@@ -592,29 +674,57 @@ pub fn approve_as(
     doc: &RunDoc,
     records: &[crate::run::EventRecord],
     block: &str,
-    actor: &str,
+    principal: Principal<'_>,
     note: Option<String>,
 ) -> Result<Event, TransitionError> {
     let event = approve(doc, block, note)?;
-    let separate = pipeline
-        .block(block)
-        .is_some_and(|b| b.execution.separate_reviewer);
-    if separate && crate::run::ran_by(records, block).contains(actor) {
-        return Err(TransitionError::SelfApproval {
-            block: block.to_string(),
-            actor: actor.to_string(),
-        });
-    }
+    may_approve(pipeline, records, block, principal)?;
     Ok(event)
 }
 
-/// Changes a block's autonomy for this run only.
+/// The `separate_reviewer` rule alone: refused when `principal` (or the
+/// person its review link acts for) started `block`'s current pass.
+pub fn may_approve(
+    pipeline: &Pipeline,
+    records: &[crate::run::EventRecord],
+    block: &str,
+    principal: Principal<'_>,
+) -> Result<(), TransitionError> {
+    let separate = pipeline
+        .block(block)
+        .is_some_and(|b| b.execution.separate_reviewer);
+    if separate && let Some(for_whom) = principal.who_ran(records, block) {
+        return Err(TransitionError::SelfApproval {
+            block: block.to_string(),
+            actor: principal.actor.to_string(),
+            for_whom,
+        });
+    }
+    Ok(())
+}
+
+/// Changes a block's autonomy for this run only. Whoever started a block's
+/// current pass may not lower a gate that asks for a separate reviewer
+/// (see [`lowers_guarded_gate`]); someone else may.
 pub fn set_autonomy(
+    pipeline: &Pipeline,
     doc: &RunDoc,
+    records: &[crate::run::EventRecord],
     block: &str,
     autonomy: Autonomy,
+    principal: Principal<'_>,
 ) -> Result<Event, TransitionError> {
     status_of(doc, block)?;
+    if lowers_guarded_gate(pipeline, block, autonomy)
+        && let Some(for_whom) = principal.who_ran(records, block)
+    {
+        return Err(TransitionError::GuardedGate {
+            block: block.to_string(),
+            actor: principal.actor.to_string(),
+            for_whom,
+            autonomy: autonomy.as_str(),
+        });
+    }
     if doc.blocks[block].autonomy == autonomy {
         return Err(TransitionError::SameAutonomy {
             block: block.to_string(),

@@ -206,7 +206,13 @@ fn bench_feedback(c: &mut Criterion) {
                 assert_eq!(outcome, Outcome::Waiting);
                 for (tester, submission) in submissions {
                     engine
-                        .submit_feedback("bench", &doc.run_id, "review", &tester, submission)
+                        .submit_feedback(
+                            factory_core::transitions::Principal::new("bench"),
+                            &doc.run_id,
+                            "review",
+                            &tester,
+                            submission,
+                        )
                         .await
                         .unwrap();
                 }

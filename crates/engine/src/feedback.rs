@@ -13,7 +13,7 @@ use factory_core::consensus::{self, ConsensusStatus, TesterRole, Verdict, Vote};
 use factory_core::feedback::{self as loop_core, Convergence, ItemRef, ItemStats, ReviewStats};
 use factory_core::run::{BlockStatus, Event, EventRecord, GatePhase, RunDoc};
 use factory_core::template::Runtime;
-use factory_core::transitions;
+use factory_core::transitions::{self, Principal};
 use factory_store::{FeedbackRecord, ImprovementItem};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -247,12 +247,13 @@ impl Engine {
     /// when asked closes the review gate.
     pub async fn submit_feedback(
         &self,
-        actor: &str,
+        principal: Principal<'_>,
         run_id: &str,
         block: &str,
         tester: &Tester,
         submission: Submission,
     ) -> Result<SubmitOutcome> {
+        let actor = principal.actor;
         let mut handle = self.open(run_id).await?;
         let run_id = handle.doc().run_id.clone();
         let source = review_page(&handle, block)?;
@@ -267,6 +268,12 @@ impl Engine {
             )));
         }
         let pipeline = handle.pipeline().clone();
+        if submission.close {
+            // Refused before anything is stored: a review that may not close
+            // its gate must not leave its votes behind either.
+            let log = self.store.events(&run_id, 0).await?;
+            transitions::may_approve(&pipeline, &log, block, principal)?;
+        }
         let mut keys = BTreeSet::new();
         for (n, item) in submission.items.iter().enumerate() {
             let at = format!("items[{n}]");
@@ -464,7 +471,7 @@ impl Engine {
             reason,
         }) = &gate
         {
-            self.approve_by(actor, &run_id, block, Some(reason.clone()))
+            self.approve_as(principal, &run_id, block, Some(reason.clone()))
                 .await?;
         }
         Ok(SubmitOutcome {

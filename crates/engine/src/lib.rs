@@ -19,7 +19,9 @@ use std::sync::Arc;
 
 use factory_core::diagnostics::Diagnostic;
 use factory_core::run::{EventRecord, Millis, RunDoc};
-use factory_core::transitions::{self, CreateRunError, Policy, RunRequest, TransitionError};
+use factory_core::transitions::{
+    self, CreateRunError, Policy, Principal, RunRequest, TransitionError,
+};
 use factory_core::{ApplyError, Pipeline};
 use factory_store::{NewRun, Store, StoreError};
 
@@ -246,6 +248,20 @@ impl Engine {
         block: &str,
         note: Option<String>,
     ) -> Result<RunDoc> {
+        self.approve_as(Principal::new(actor), run_id, block, note)
+            .await
+    }
+
+    /// [`Engine::approve_by`] for a principal that may act for someone else
+    /// (a review link for the person who minted it).
+    pub async fn approve_as(
+        &self,
+        principal: Principal<'_>,
+        run_id: &str,
+        block: &str,
+        note: Option<String>,
+    ) -> Result<RunDoc> {
+        let actor = principal.actor;
         let mut handle = self.open(run_id).await?;
         let log = self.store.events(&handle.doc().run_id, 0).await?;
         // A corrections router someone gated: it routes when approved.
@@ -262,7 +278,7 @@ impl Engine {
                     doc,
                     &log,
                     block,
-                    actor,
+                    principal,
                     note.clone(),
                 )?];
                 if let Some(items) = &route_items {
@@ -318,18 +334,22 @@ impl Engine {
         Ok(handle.doc().clone())
     }
 
-    /// Changes one block's autonomy for this run only.
+    /// Changes one block's autonomy for this run only (whoever started a
+    /// block may not lower its separate reviewer's gate).
     pub async fn set_autonomy_by(
         &self,
-        actor: &str,
+        principal: Principal<'_>,
         run_id: &str,
         block: &str,
         autonomy: factory_core::template::Autonomy,
     ) -> Result<RunDoc> {
         let mut handle = self.open(run_id).await?;
+        let log = self.store.events(&handle.doc().run_id, 0).await?;
         let records = handle
-            .apply(actor, |_, doc, _| {
-                Ok(vec![transitions::set_autonomy(doc, block, autonomy)?])
+            .apply(principal.actor, |pipeline, doc, _| {
+                Ok(vec![transitions::set_autonomy(
+                    pipeline, doc, &log, block, autonomy, principal,
+                )?])
             })
             .await?;
         self.notify(&records, handle.doc());

@@ -124,10 +124,15 @@ fn main() {
         let doc = engine.create_run(&source, None, request).await.unwrap();
         let (outcome, doc) = engine.drive(&doc.run_id).await.unwrap();
         assert_eq!(outcome, factory_engine::Outcome::Done);
-        let (token, _) =
-            factory_server::auth::create_token(store.as_ref(), "bench", Role::Viewer, "bench")
-                .await
-                .unwrap();
+        let (token, _) = factory_server::auth::create_token(
+            store.as_ref(),
+            "bench",
+            Role::Viewer,
+            "bench",
+            None,
+        )
+        .await
+        .unwrap();
         let server = factory_server::start(
             store.clone(),
             config,

@@ -8,6 +8,8 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
+use factory_core::consensus::TesterRole;
+use factory_core::transitions::Principal;
 use factory_store::{ReviewScope, Store, TokenRecord};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -64,6 +66,22 @@ pub struct Caller {
     pub role: Role,
     /// A review link's token: it acts for one tester on one run only.
     pub scope: Option<ReviewScope>,
+    /// For a review link: the actor who minted it. The link acts for them
+    /// when the separate-reviewer rule is checked.
+    pub minted_by: Option<String>,
+    /// The tester role an admin granted the token (review links carry theirs
+    /// in `scope`); a review counts with this role's weight.
+    pub tester_role: Option<TesterRole>,
+}
+
+impl Caller {
+    /// Who this caller is to the engine's approval rules.
+    pub fn principal(&self) -> Principal<'_> {
+        Principal {
+            actor: &self.actor,
+            for_whom: self.minted_by.as_deref(),
+        }
+    }
 }
 
 /// Routes a review link's token may use (each with `{run}` checked against
@@ -193,6 +211,8 @@ pub const ROUTES: &[(&str, &str, Option<Role>)] = &[
     ("DELETE", "/api/v1/tokens/{id}", Some(Role::Admin)),
     // Pages and their assets.
     ("GET", "/login", None),
+    ("POST", "/login", None),
+    ("POST", "/logout", None),
     ("GET", "/assets/{file}", None),
     ("GET", "/", Some(Role::Viewer)),
     ("GET", "/runs/{run}", Some(Role::Viewer)),
@@ -227,13 +247,15 @@ pub fn token_hash(secret: &str) -> String {
 }
 
 /// Creates and stores a token; returns the secret (shown once) and its record.
+/// `tester_role`: the weight its reviews count with (none: it does not vote).
 pub async fn create_token(
     store: &dyn Store,
     name: &str,
     role: Role,
     created_by: &str,
+    tester_role: Option<TesterRole>,
 ) -> Result<(String, TokenRecord), ApiError> {
-    create_scoped_token(store, name, role, created_by, None).await
+    create_scoped_token(store, name, role, created_by, None, tester_role).await
 }
 
 /// A review link's token: reviewer rights on one run, as one tester.
@@ -243,7 +265,7 @@ pub async fn create_review_token(
     created_by: &str,
 ) -> Result<(String, TokenRecord), ApiError> {
     let name = format!("review {} ({})", scope.tester, scope.tester_role);
-    create_scoped_token(store, &name, Role::Reviewer, created_by, Some(scope)).await
+    create_scoped_token(store, &name, Role::Reviewer, created_by, Some(scope), None).await
 }
 
 async fn create_scoped_token(
@@ -252,6 +274,7 @@ async fn create_scoped_token(
     role: Role,
     created_by: &str,
     scope: Option<ReviewScope>,
+    tester_role: Option<TesterRole>,
 ) -> Result<(String, TokenRecord), ApiError> {
     let name = name.trim();
     if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
@@ -270,6 +293,7 @@ async fn create_scoped_token(
         created_at: factory_engine::now_ms(),
         revoked_at: None,
         scope,
+        tester_role: tester_role.map(|role| role.as_str().to_string()),
     };
     store.create_token(&record).await?;
     Ok((secret, record))
@@ -290,7 +314,12 @@ pub async fn lookup(store: &dyn Store, secret: &str) -> Result<Option<Caller>, A
             None => format!("user:{}", record.name),
         },
         role,
+        minted_by: record.scope.is_some().then_some(record.created_by),
         scope: record.scope,
+        tester_role: record
+            .tester_role
+            .as_deref()
+            .and_then(|role| role.parse().ok()),
     }))
 }
 
@@ -383,6 +412,8 @@ pub(crate) async fn authorize(
             actor: "user:local".to_string(),
             role: Role::Admin,
             scope: None,
+            minted_by: None,
+            tester_role: None,
         })
     } else {
         match &presented {

@@ -99,6 +99,9 @@ impl From<TransitionError> for ApiError {
             TransitionError::SelfApproval { .. } => {
                 ApiError::new(StatusCode::FORBIDDEN, "self_approval", message)
             }
+            TransitionError::GuardedGate { .. } => {
+                ApiError::new(StatusCode::FORBIDDEN, "separate_reviewer", message)
+            }
             TransitionError::SameAutonomy { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "same_autonomy", message)
             }
@@ -114,6 +117,11 @@ impl From<EngineError> for ApiError {
             EngineError::InvalidTemplate(_) => {
                 ApiError::unprocessable("invalid_template", error.to_string())
             }
+            EngineError::CreateRun(ref create) if !create.guarded.is_empty() => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "separate_reviewer",
+                error.to_string(),
+            ),
             EngineError::CreateRun(_) => {
                 ApiError::unprocessable("invalid_run_request", error.to_string())
             }

@@ -12,6 +12,7 @@
 mod api;
 pub mod auth;
 mod error;
+mod guard;
 mod hub;
 mod metrics;
 mod pages;
@@ -204,6 +205,7 @@ pub(crate) fn router(state: SharedState) -> Router {
             state.clone(),
             auth::authorize,
         ))
+        .layer(axum::middleware::from_fn(guard::defend))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             metrics::track,

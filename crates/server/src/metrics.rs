@@ -56,6 +56,22 @@ impl Metrics {
     }
 }
 
+/// The standard methods by name; anything else is `OTHER`, so made-up
+/// methods cannot grow the label set without bound.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+
 /// Counts every request and its latency under its route pattern (not the raw
 /// path, so run ids do not explode the label set).
 pub async fn track(
@@ -67,7 +83,7 @@ pub async fn track(
     let route = matched
         .map(|m| m.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
-    let method = request.method().as_str().to_string();
+    let method = method_label(request.method()).to_string();
     let started = Instant::now();
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();

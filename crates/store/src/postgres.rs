@@ -187,7 +187,8 @@ impl Store for PostgresStore {
             "SELECT body::text AS body FROM events WHERE run_id = $1 AND seq > $2 ORDER BY seq",
         )
         .bind(run_id)
-        .bind(after_seq as i64)
+        // Past i64::MAX nothing can follow (a cast would wrap to -1 and replay all).
+        .bind(i64::try_from(after_seq).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await?;
         rows.iter()

@@ -23,6 +23,10 @@ pub struct TokenRecord {
     /// Set for review-link tokens: the one run and tester they act for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<ReviewScope>,
+    /// For ordinary tokens: the tester role an admin granted, which a review
+    /// submitted with the token counts as. `None`: the token does not vote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tester_role: Option<String>,
 }
 
 /// What a review link's token may do: review one run as one tester.
@@ -128,9 +132,9 @@ pub(crate) const ITEM_BY_KEY: &str =
     "SELECT * FROM improvement_items WHERE run_id = $1 AND source_key = $2";
 pub(crate) const ITEMS_OF_RUN: &str = "SELECT * FROM improvement_items WHERE run_id = $1 AND status = COALESCE($2, status) AND skill_target = COALESCE($3, skill_target) ORDER BY created_at, id";
 
-pub(crate) const INSERT_TOKEN: &str = "INSERT INTO api_tokens (id, name, role, hash, created_by, created_at, revoked_at, scope) VALUES ($1, $2, $3, $4, $5, $6, NULL, $7)";
-pub(crate) const TOKEN_BY_HASH: &str = "SELECT id, name, role, hash, created_by, created_at, revoked_at, scope FROM api_tokens WHERE hash = $1";
-pub(crate) const LIST_TOKENS: &str = "SELECT id, name, role, hash, created_by, created_at, revoked_at, scope FROM api_tokens ORDER BY created_at, id";
+pub(crate) const INSERT_TOKEN: &str = "INSERT INTO api_tokens (id, name, role, hash, created_by, created_at, revoked_at, scope, tester_role) VALUES ($1, $2, $3, $4, $5, $6, NULL, $7, $8)";
+pub(crate) const TOKEN_BY_HASH: &str = "SELECT id, name, role, hash, created_by, created_at, revoked_at, scope, tester_role FROM api_tokens WHERE hash = $1";
+pub(crate) const LIST_TOKENS: &str = "SELECT id, name, role, hash, created_by, created_at, revoked_at, scope, tester_role FROM api_tokens ORDER BY created_at, id";
 pub(crate) const REVOKE_TOKEN: &str =
     "UPDATE api_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL";
 pub(crate) const UPSERT_TEMPLATE: &str = "INSERT INTO templates (template_id, version, name, source, path, registered_by, registered_at) VALUES ($1, $2, $3, $4, $5, $6, $7)
@@ -157,6 +161,7 @@ macro_rules! map_rows {
             scope: $row
                 .get::<Option<&str>, _>("scope")
                 .and_then(|text| serde_json::from_str(text).ok()),
+            tester_role: $row.get("tester_role"),
         }
     };
     (template, $row:expr) => {
@@ -261,6 +266,7 @@ macro_rules! side_queries {
                 .bind(&t.created_by)
                 .bind(t.created_at)
                 .bind(t.scope.as_ref().map(serde_json::to_string).transpose()?)
+                .bind(&t.tester_role)
                 .execute(pool)
                 .await?;
             Ok(())

@@ -171,7 +171,8 @@ impl Store for SqliteStore {
     async fn events(&self, run_id: &str, after_seq: u64) -> Result<Vec<EventRecord>> {
         let rows = sqlx::query("SELECT body FROM events WHERE run_id = ? AND seq > ? ORDER BY seq")
             .bind(run_id)
-            .bind(after_seq as i64)
+            // Past i64::MAX nothing can follow (a cast would wrap to -1 and replay all).
+            .bind(i64::try_from(after_seq).unwrap_or(i64::MAX))
             .fetch_all(&self.pool)
             .await?;
         rows.iter()

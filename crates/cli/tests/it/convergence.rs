@@ -56,7 +56,7 @@ fn convergence_shows_each_version_and_why_it_is_not_ready() {
         let engine = factory_engine::Engine::new(Arc::from(store), Default::default());
         let outcome = engine
             .submit_feedback(
-                "reviewer:samuel",
+                factory_core::transitions::Principal::new("reviewer:samuel"),
                 &run,
                 "review",
                 &Tester { name: "samuel".into(), role: TesterRole::Expert },
@@ -74,13 +74,13 @@ fn convergence_shows_each_version_and_why_it_is_not_ready() {
         assert!(outcome.gate.unwrap().approved);
         // A review of a block that is no review page is refused by name.
         let error = engine
-            .submit_feedback("x", &run, "extract", &Tester { name: "x".into(), role: TesterRole::Team }, Submission::default())
+            .submit_feedback(factory_core::transitions::Principal::new("x"), &run, "extract", &Tester { name: "x".into(), role: TesterRole::Team }, Submission::default())
             .await
             .unwrap_err();
         assert!(error.to_string().contains("block `extract` has no review page"), "{error}");
         // An operator wants to see the router's plan before it acts.
         engine
-            .set_autonomy_by("cli:op", &run, "router", factory_core::template::Autonomy::Gate)
+            .set_autonomy_by(factory_core::transitions::Principal::new("cli:op"), &run, "router", factory_core::template::Autonomy::Gate)
             .await
             .unwrap();
     });

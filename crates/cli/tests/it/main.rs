@@ -150,6 +150,40 @@ fn shipped_templates_validate_and_draw() {
 }
 
 #[test]
+fn set_autonomy_cannot_lower_a_separate_reviewers_gate() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("factory.db");
+    let template = dir.path().join("guarded.json");
+    std::fs::write(
+        &template,
+        r#"{ "id": "guarded", "name": "Guarded", "version": "1.0.0", "blocks": [
+          { "id": "draft", "name": "Draft", "layer": "L0", "type": "build", "runtime": "builtin",
+            "inputs": { "config": { "builtin": "noop" } },
+            "outputs": { "artifacts": [{ "key": "out", "path": "out.txt", "format": "text" }] },
+            "execution": { "human_gate": "after", "separate_reviewer": true } } ] }"#,
+    )
+    .unwrap();
+    factory(&db)
+        .args(["run", template.to_str().unwrap(), "--set-autonomy", "draft=auto"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "block `draft`'s gate asks for a separate reviewer, and whoever creates the run may not lower it",
+        ));
+    // Raising a gate, or none at all, is fine: the run stops at the gate.
+    factory(&db)
+        .args([
+            "run",
+            template.to_str().unwrap(),
+            "--set-autonomy",
+            "draft=gate",
+        ])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("draft waits for approval"));
+}
+
+#[test]
 fn the_offline_example_runs_through_its_gate() {
     let root = repo_root();
     let dir = tempfile::tempdir().unwrap();

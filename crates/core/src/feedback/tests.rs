@@ -138,9 +138,9 @@ fn routing_resets_exactly_the_targets_and_their_descendants() {
         targets,
         reason,
         ..
-    } = &routing.events[0]
+    } = routing.events.last().expect("events")
     else {
-        panic!("{:?}", routing.events[0]);
+        panic!("{:?}", routing.events.last());
     };
     assert_eq!((*from, *to), (1, 2));
     assert_eq!(
@@ -168,7 +168,8 @@ fn routing_resets_exactly_the_targets_and_their_descendants() {
     );
     assert_eq!(voice.items[0].improvement_item_id.as_deref(), Some("c"));
 
-    let reset: BTreeSet<String> = routing.events[1..]
+    // Resets come first: they start new passes, which clear old corrections.
+    let reset: BTreeSet<String> = routing.events[..routing.events.len() - 1]
         .iter()
         .map(|e| match e {
             Event::BlockReset { block, .. } => block.clone(),

@@ -9,7 +9,9 @@ use serde_json::{Value, json};
 use super::*;
 use crate::commit;
 use crate::run::{AttemptOutcome, AttemptReport, EventRecord, FailureKind, ReplyNote};
-use crate::transitions::{self, CORRECTIONS_INSTRUCTION, Policy, RunRequest, TransitionError};
+use crate::transitions::{
+    self, CORRECTIONS_INSTRUCTION, Policy, Principal, RunRequest, TransitionError,
+};
 use crate::validate::validate_value;
 
 const T0: Millis = 1_000_000;
@@ -569,9 +571,22 @@ fn reject_stores_corrections_and_reruns_the_block() {
         TransitionError::EmptyFeedback
     );
     h.approve("a").unwrap();
+    assert!(
+        h.state("a").corrections.is_some(),
+        "the accepted output says what it was corrected for"
+    );
     h.tick();
     h.run("b", success());
     assert_eq!(h.tick().status, RunStatus::Done);
+    h.retry("a").unwrap();
+    h.tick();
+    let attempt = h.start("a");
+    let last = h.state("a").history.last().unwrap();
+    assert_eq!(last.n, attempt);
+    assert_eq!(
+        last.corrections_version, None,
+        "a retry after approval runs without the old corrections"
+    );
     h.assert_replays();
 }
 
@@ -1647,19 +1662,34 @@ fn separate_reviewer_refuses_the_person_who_started_the_pass() {
     // `test` created the run, so `test` started a's first pass.
     h.tick();
     h.run("a", success());
-    let refused =
-        transitions::approve_as(&h.pipeline, &h.doc, &h.log, "a", "test", None).unwrap_err();
+    let refused = transitions::approve_as(
+        &h.pipeline,
+        &h.doc,
+        &h.log,
+        "a",
+        Principal::new("test"),
+        None,
+    )
+    .unwrap_err();
     assert_eq!(
         refused,
         TransitionError::SelfApproval {
             block: "a".into(),
-            actor: "test".into()
+            actor: "test".into(),
+            for_whom: None,
         }
     );
     assert!(refused.to_string().contains("someone else must approve"));
     // Another person may; workers and the scheduler never count as runners.
-    let event =
-        transitions::approve_as(&h.pipeline, &h.doc, &h.log, "a", "user:rev", None).unwrap();
+    let event = transitions::approve_as(
+        &h.pipeline,
+        &h.doc,
+        &h.log,
+        "a",
+        Principal::new("user:rev"),
+        None,
+    )
+    .unwrap();
     h.commit(vec![event], "user:rev");
     assert_eq!(h.status("a"), BlockStatus::Done);
     // After `user:rev` retries it, `user:rev` started the new pass.
@@ -1671,9 +1701,151 @@ fn separate_reviewer_refuses_the_person_who_started_the_pass() {
     let ran = crate::run::ran_by(&h.log, "a");
     assert!(ran.contains("user:rev") && ran.contains("test"), "{ran:?}");
     assert!(matches!(
-        transitions::approve_as(&h.pipeline, &h.doc, &h.log, "a", "user:rev", None),
+        transitions::approve_as(
+            &h.pipeline,
+            &h.doc,
+            &h.log,
+            "a",
+            Principal::new("user:rev"),
+            None
+        ),
         Err(TransitionError::SelfApproval { .. })
     ));
+}
+
+#[test]
+fn a_review_link_acts_for_the_person_who_minted_it() {
+    let mut gated_a = gated(block("a", &[]), "after");
+    gated_a["execution"]["separate_reviewer"] = json!(true);
+    let mut h = Harness::new(template(vec![gated_a]));
+    h.tick();
+    h.run("a", success());
+    // `test` created the run and minted a link for a made-up tester.
+    let puppet = Principal {
+        actor: "reviewer:puppet",
+        for_whom: Some("test"),
+    };
+    let refused =
+        transitions::approve_as(&h.pipeline, &h.doc, &h.log, "a", puppet, None).unwrap_err();
+    assert_eq!(
+        refused,
+        TransitionError::SelfApproval {
+            block: "a".into(),
+            actor: "reviewer:puppet".into(),
+            for_whom: Some("test".into()),
+        }
+    );
+    assert!(
+        refused
+            .to_string()
+            .starts_with("`reviewer:puppet` acts for `test`, who minted its review link;"),
+        "{refused}"
+    );
+    // A link minted by someone who did not start the pass may close it.
+    let tess = Principal {
+        actor: "reviewer:tess",
+        for_whom: Some("user:lead"),
+    };
+    assert!(transitions::approve_as(&h.pipeline, &h.doc, &h.log, "a", tess, None).is_ok());
+}
+
+fn guarded_template() -> Value {
+    let mut review = gated(block("review", &[]), "after");
+    review["execution"]["separate_reviewer"] = json!(true);
+    let mut value = template(vec![review, gated(block("draft", &[]), "after")]);
+    value["autonomy_profiles"] = json!({
+        "hands-off": { "default": "auto" },
+        "trusted": { "default": "auto", "blocks": { "review": "guided" } }
+    });
+    value
+}
+
+#[test]
+fn the_creator_cannot_lower_a_separate_reviewers_gate() {
+    let value = guarded_template();
+    let pipeline = pipeline(&value);
+    for autonomy in [Autonomy::Auto, Autonomy::Guided] {
+        let request = RunRequest {
+            overrides: BTreeMap::from([
+                ("review".to_string(), autonomy),
+                ("draft".to_string(), Autonomy::Auto),
+            ]),
+            ..RunRequest::default()
+        };
+        let refused = transitions::create_run(&pipeline, &request, &|_| true).unwrap_err();
+        assert_eq!(refused.guarded, vec!["review".to_string()]);
+        assert_eq!(refused.problems.len(), 1, "{refused}");
+        assert!(
+            refused.problems[0].contains("gate asks for a separate reviewer"),
+            "{refused}"
+        );
+    }
+    // Raising it, or lowering an unguarded gate, is fine.
+    let request = RunRequest {
+        overrides: BTreeMap::from([("draft".to_string(), Autonomy::Auto)]),
+        ..RunRequest::default()
+    };
+    assert!(transitions::create_run(&pipeline, &request, &|_| true).is_ok());
+
+    // A profile's default leaves the guarded gate alone; a profile that
+    // names the block is the template author's decision.
+    let profile = |name: &str| RunRequest {
+        autonomy_profile: Some(name.to_string()),
+        ..RunRequest::default()
+    };
+    let h = Harness::with(value.clone(), profile("hands-off"));
+    assert_eq!(h.state("review").autonomy, Autonomy::Gate);
+    assert_eq!(h.state("draft").autonomy, Autonomy::Auto);
+    let h = Harness::with(value.clone(), profile("trusted"));
+    assert_eq!(h.state("review").autonomy, Autonomy::Guided);
+
+    // After creation: the creator may not lower it, someone else may.
+    let mut h = Harness::new(value);
+    let refused = transitions::set_autonomy(
+        &h.pipeline,
+        &h.doc,
+        &h.log,
+        "review",
+        Autonomy::Auto,
+        Principal::new("test"),
+    )
+    .unwrap_err();
+    assert!(matches!(refused, TransitionError::GuardedGate { .. }));
+    assert!(
+        refused.to_string().contains("may not lower it to `auto`"),
+        "{refused}"
+    );
+    let link = Principal {
+        actor: "reviewer:puppet",
+        for_whom: Some("test"),
+    };
+    assert!(
+        transitions::set_autonomy(&h.pipeline, &h.doc, &h.log, "review", Autonomy::Auto, link)
+            .is_err()
+    );
+    let event = transitions::set_autonomy(
+        &h.pipeline,
+        &h.doc,
+        &h.log,
+        "review",
+        Autonomy::Auto,
+        Principal::new("user:lead"),
+    )
+    .unwrap();
+    h.commit(vec![event], "user:lead");
+    assert_eq!(h.state("review").autonomy, Autonomy::Auto);
+    // Raising it back is never refused.
+    assert!(
+        transitions::set_autonomy(
+            &h.pipeline,
+            &h.doc,
+            &h.log,
+            "review",
+            Autonomy::Gate,
+            Principal::new("test"),
+        )
+        .is_ok()
+    );
 }
 
 #[test]
@@ -1681,7 +1853,17 @@ fn without_separate_reviewer_anyone_may_approve() {
     let mut h = Harness::new(template(vec![gated(block("a", &[]), "after")]));
     h.tick();
     h.run("a", success());
-    assert!(transitions::approve_as(&h.pipeline, &h.doc, &h.log, "a", "test", None).is_ok());
+    assert!(
+        transitions::approve_as(
+            &h.pipeline,
+            &h.doc,
+            &h.log,
+            "a",
+            Principal::new("test"),
+            None
+        )
+        .is_ok()
+    );
 }
 
 #[test]
@@ -1691,17 +1873,40 @@ fn autonomy_changes_for_one_run_and_applies_at_the_next_gate() {
         gated(block("b", &["a"]), "before"),
     ]));
     assert_eq!(h.state("b").autonomy, Autonomy::Gate);
-    let event = transitions::set_autonomy(&h.doc, "b", Autonomy::Auto).unwrap();
+    let event = transitions::set_autonomy(
+        &h.pipeline,
+        &h.doc,
+        &h.log,
+        "b",
+        Autonomy::Auto,
+        Principal::new("user:op"),
+    )
+    .unwrap();
     h.commit(vec![event], "user:op");
     assert_eq!(
-        transitions::set_autonomy(&h.doc, "b", Autonomy::Auto).unwrap_err(),
+        transitions::set_autonomy(
+            &h.pipeline,
+            &h.doc,
+            &h.log,
+            "b",
+            Autonomy::Auto,
+            Principal::new("user:op")
+        )
+        .unwrap_err(),
         TransitionError::SameAutonomy {
             block: "b".into(),
             autonomy: "auto"
         }
     );
     assert!(matches!(
-        transitions::set_autonomy(&h.doc, "zzz", Autonomy::Auto),
+        transitions::set_autonomy(
+            &h.pipeline,
+            &h.doc,
+            &h.log,
+            "zzz",
+            Autonomy::Auto,
+            Principal::new("user:op")
+        ),
         Err(TransitionError::UnknownBlock(_))
     ));
     h.tick();

@@ -107,7 +107,7 @@ pub async fn approve(
     let note = body.note.filter(|n| !n.trim().is_empty());
     let doc = state
         .engine
-        .approve_by(&caller.actor, &run, &block, note)
+        .approve_as(caller.principal(), &run, &block, note)
         .await?;
     state.supervisor.kick(&doc.run_id);
     Ok(Json(doc))
@@ -155,7 +155,7 @@ pub async fn run_now(
         (BlockStatus::Waiting, Some(GatePhase::Before)) => {
             state
                 .engine
-                .approve_by(&caller.actor, &run, &block, Some("run now".into()))
+                .approve_as(caller.principal(), &run, &block, Some("run now".into()))
                 .await?
         }
         (BlockStatus::Done | BlockStatus::Failed, _) => {
@@ -190,7 +190,7 @@ pub async fn autonomy(
 ) -> ApiResult<Json<RunDoc>> {
     let doc = state
         .engine
-        .set_autonomy_by(&caller.actor, &run, &block, body.autonomy)
+        .set_autonomy_by(caller.principal(), &run, &block, body.autonomy)
         .await?;
     state.supervisor.kick(&doc.run_id);
     Ok(Json(doc))

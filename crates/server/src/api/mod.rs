@@ -230,6 +230,10 @@ async fn list_tokens(State(state): State<SharedState>) -> ApiResult<Json<Value>>
 struct NewToken {
     name: String,
     role: String,
+    /// The weight the token's reviews count with (expert, product_lead,
+    /// tech_lead, team, external); without one the token does not vote.
+    #[serde(default)]
+    tester_role: Option<String>,
 }
 
 async fn create_token(
@@ -241,8 +245,20 @@ async fn create_token(
         .role
         .parse()
         .map_err(|e: String| ApiError::unprocessable("bad_role", e))?;
-    let (secret, record) =
-        auth::create_token(state.store.as_ref(), &body.name, role, &caller.actor).await?;
+    let tester_role = body
+        .tester_role
+        .as_deref()
+        .map(str::parse::<factory_core::consensus::TesterRole>)
+        .transpose()
+        .map_err(|e| ApiError::unprocessable("bad_tester_role", format!("tester_role: {e}")))?;
+    let (secret, record) = auth::create_token(
+        state.store.as_ref(),
+        &body.name,
+        role,
+        &caller.actor,
+        tester_role,
+    )
+    .await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({
@@ -250,6 +266,7 @@ async fn create_token(
             "id": record.id,
             "name": record.name,
             "role": record.role,
+            "tester_role": record.tester_role,
             "note": "shown once; only its hash is stored",
         })),
     ))

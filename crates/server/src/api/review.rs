@@ -14,18 +14,74 @@ use serde_json::{Value, json};
 
 use crate::SharedState;
 use crate::api::blocks::{BlockView, artifact_content, block_view, chat_turn, selected_attempt};
-use crate::auth::{self, Caller};
+use crate::auth::{self, Caller, Role};
 use crate::error::{ApiError, ApiJson, ApiResult};
 
 fn tester_role(text: &str, field: &str) -> ApiResult<TesterRole> {
-    serde_json::from_value(json!(text)).map_err(|_| {
-        ApiError::unprocessable(
-            "bad_tester_role",
-            format!(
-                "{field} `{text}` is not a tester role: use expert, product_lead, tech_lead, team or external"
-            ),
-        )
+    text.parse().map_err(|message| {
+        ApiError::unprocessable("bad_tester_role", format!("{field}: {message}"))
     })
+}
+
+/// Who a review counts as. The identity and the weight come from the
+/// credential, never from the body: a review link's scope, or the tester
+/// role an admin granted the token. Only an admin (who could mint a link for
+/// anyone) may name them in the body. A body that names someone else is 403.
+fn tester_of(caller: &Caller, body: &FeedbackBody) -> ApiResult<Tester> {
+    let claimed = |name: &str, role: TesterRole| -> ApiResult<Tester> {
+        let other_name = body.tester.as_deref().is_some_and(|t| t.trim() != name);
+        let other_role = body
+            .tester_role
+            .as_deref()
+            .is_some_and(|r| r != role.as_str());
+        if other_name || other_role {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "not_your_vote",
+                format!(
+                    "`{}` reviews as {name} ({}); a review cannot name another tester or role — ask an admin for a review link or a token with that tester role",
+                    caller.actor,
+                    role.as_str()
+                ),
+            ));
+        }
+        Ok(Tester {
+            name: name.to_string(),
+            role,
+        })
+    };
+    let own_name = caller.actor.trim_start_matches("user:");
+    match (&caller.scope, caller.tester_role) {
+        (Some(scope), _) => claimed(
+            &scope.tester,
+            tester_role(&scope.tester_role, "the link's tester_role")?,
+        ),
+        (None, Some(role)) => claimed(own_name, role),
+        (None, None) if caller.role >= Role::Admin => {
+            let role = body.tester_role.as_deref().ok_or_else(|| {
+                ApiError::unprocessable(
+                    "missing_tester_role",
+                    "feedback body: `tester_role` is required (expert, product_lead, tech_lead, team or external) for an admin without a granted tester role",
+                )
+            })?;
+            Ok(Tester {
+                name: body
+                    .tester
+                    .clone()
+                    .filter(|t| !t.trim().is_empty())
+                    .unwrap_or_else(|| own_name.to_string()),
+                role: tester_role(role, "tester_role")?,
+            })
+        }
+        (None, None) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "no_tester_role",
+            format!(
+                "`{}` has no tester role, so its review would weigh nothing: an admin grants one (`factory token create --name NAME --role reviewer --tester-role team`) or sends a review link (`factory token review RUN --tester NAME --tester-role expert`)",
+                caller.actor
+            ),
+        )),
+    }
 }
 
 /// A submission plus who is submitting, for callers without a review link.
@@ -73,48 +129,10 @@ pub async fn submit(
     }
     let body: FeedbackBody = serde_json::from_value(value)
         .map_err(|e| ApiError::unprocessable("bad_request_body", format!("feedback body: {e}")))?;
-    let tester = match &caller.scope {
-        Some(scope) => {
-            if body.tester.as_deref().is_some_and(|t| t != scope.tester)
-                || body
-                    .tester_role
-                    .as_deref()
-                    .is_some_and(|r| r != scope.tester_role)
-            {
-                return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "forbidden",
-                    format!(
-                        "this review link belongs to {} ({}); it cannot submit as someone else",
-                        scope.tester, scope.tester_role
-                    ),
-                ));
-            }
-            Tester {
-                name: scope.tester.clone(),
-                role: tester_role(&scope.tester_role, "the link's tester_role")?,
-            }
-        }
-        None => {
-            let role = body.tester_role.as_deref().ok_or_else(|| {
-                ApiError::unprocessable(
-                    "missing_tester_role",
-                    "feedback body: `tester_role` is required (expert, product_lead, tech_lead, team or external) unless the request uses a review link",
-                )
-            })?;
-            Tester {
-                name: body
-                    .tester
-                    .clone()
-                    .filter(|t| !t.trim().is_empty())
-                    .unwrap_or_else(|| caller.actor.trim_start_matches("user:").to_string()),
-                role: tester_role(role, "tester_role")?,
-            }
-        }
-    };
+    let tester = tester_of(&caller, &body)?;
     let outcome = state
         .engine
-        .submit_feedback(&caller.actor, &run, &block, &tester, body.submission)
+        .submit_feedback(caller.principal(), &run, &block, &tester, body.submission)
         .await?;
     state.supervisor.kick(&run);
     Ok(Json(json!(outcome)))

@@ -26,7 +26,8 @@ const JS: &str = include_str!("../../assets/workbench.js");
 pub fn routes() -> Router<SharedState> {
     Router::new()
         .route("/", get(home::page))
-        .route("/login", get(login))
+        .route("/login", get(login).post(sign_in))
+        .route("/logout", axum::routing::post(sign_out))
         .route("/assets/{file}", get(asset))
         .route("/runs/{run}", get(run::page))
         .route("/runs/{run}/blocks/{block}", get(block::page))
@@ -76,6 +77,7 @@ pub(crate) fn layout(
                         a href="/api/v1/openapi.json" { "API" }
                     }
                     span.who title="signed in as" { (caller.actor) " · " (caller.role.as_str()) }
+                    form.sign-out method="post" action="/logout" { button.link type="submit" { "Sign out" } }
                     span #live-status .live-status title="live updates" { "○ connecting" }
                 }
                 main { (body) }
@@ -107,19 +109,40 @@ struct LoginQuery {
     next: Option<String>,
 }
 
-/// A token typed here comes back as `?token=`, which the auth layer turns
-/// into a cookie; once signed in, go where the user was going.
+#[derive(Debug, Deserialize)]
+struct LoginForm {
+    token: String,
+    #[serde(default)]
+    next: Option<String>,
+}
+
+/// Where to go after signing in: a path on this server only. Browsers read
+/// `/\host` and `/<tab>/host` as `//host`, another site, so backslashes,
+/// whitespace and control characters are refused along with `//`.
+fn same_origin_path(next: Option<String>) -> String {
+    next.filter(|path| {
+        path.starts_with('/')
+            && !path.starts_with("//")
+            && !path
+                .chars()
+                .any(|c| c == '\\' || c.is_whitespace() || c.is_control())
+    })
+    .unwrap_or_else(|| "/".to_string())
+}
+
+/// The sign-in form; signed in already, go where the user was going.
 async fn login(
     caller: Option<axum::Extension<Caller>>,
     Query(query): Query<LoginQuery>,
 ) -> Response {
-    let next = query
-        .next
-        .filter(|n| n.starts_with('/') && !n.starts_with("//"))
-        .unwrap_or_else(|| "/".to_string());
+    let next = same_origin_path(query.next);
     if caller.is_some() {
         return Redirect::to(&next).into_response();
     }
+    login_form(&next, None).into_response()
+}
+
+fn login_form(next: &str, problem: Option<&str>) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -132,14 +155,67 @@ async fn login(
                 main.login {
                     h1 { "Process Factory" }
                     p { "Paste an API token (create one with " code { "factory token create --role operator" } ")." }
-                    form method="get" action="/login" {
+                    @if let Some(problem) = problem { p.error role="alert" { (problem) } }
+                    form method="post" action="/login" {
                         input type="hidden" name="next" value=(next);
-                        input #token type="password" name="token" placeholder="pf_…" required autofocus;
+                        label for="token" { "Token" }
+                        input #token type="password" name="token" placeholder="pf_…" required autofocus autocomplete="off";
                         button type="submit" { "Sign in" }
                     }
                 }
             }
         }
     }
-    .into_response()
+}
+
+/// Checks the token (sent in the body, so it never sits in a URL or a log)
+/// and keeps it in the session cookie.
+async fn sign_in(
+    axum::extract::State(state): axum::extract::State<SharedState>,
+    axum::Form(form): axum::Form<LoginForm>,
+) -> Response {
+    let next = same_origin_path(form.next);
+    let token = form.token.trim();
+    let known = if state.config.no_auth {
+        Ok(true)
+    } else {
+        state
+            .tokens
+            .lookup(state.store.as_ref(), token)
+            .await
+            .map(|caller| caller.is_some())
+    };
+    match known {
+        Ok(true) => {
+            let mut response = Redirect::to(&next).into_response();
+            if let Ok(cookie) = header::HeaderValue::from_str(&format!(
+                "{}={token}; Path=/; HttpOnly; SameSite=Strict",
+                crate::auth::COOKIE
+            )) {
+                response.headers_mut().append(header::SET_COOKIE, cookie);
+            }
+            response
+        }
+        Ok(false) => (
+            StatusCode::UNAUTHORIZED,
+            login_form(
+                &next,
+                Some("That token is unknown or revoked. Check it, or ask an admin for a new one."),
+            ),
+        )
+            .into_response(),
+        Err(error) => (error.status, login_form(&next, Some(&error.message))).into_response(),
+    }
+}
+
+/// Forgets the session cookie.
+async fn sign_out() -> Response {
+    let mut response = Redirect::to("/login").into_response();
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        header::HeaderValue::from_static(
+            "factory_token=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0",
+        ),
+    );
+    response
 }

@@ -134,7 +134,7 @@ pub fn audit(report: &AuditReport) -> Markup {
                 @for (name, dimension) in report.dimensions() {
                     tr {
                         th { (name.to_uppercase()) }
-                        td { div.bar { div.fill style={"width:" (dimension.score.unwrap_or(0.0) * 10.0) "%"} {} } }
+                        td { meter.bar min="0" max="10" value=(dimension.score.unwrap_or(0.0)) title="score out of 10" {} }
                         td.num title=(if dimension.score.is_none() { "not applicable: nothing to judge" } else { "" }) { (dimension.display()) }
                         td.num {
                             @if let Some(deltas) = &report.deltas {

@@ -270,7 +270,13 @@ pub async fn review_token(t: &TestServer, run: &str, tester: &str, role: &str) -
     (token, b)
 }
 
-async fn submit(t: &TestServer, token: &str, run: &str, block: &str, body: Value) -> (u16, Value) {
+pub async fn submit(
+    t: &TestServer,
+    token: &str,
+    run: &str,
+    block: &str,
+    body: Value,
+) -> (u16, Value) {
     let response = t
         .http
         .post(t.url(&format!("/api/v1/runs/{run}/blocks/{block}/feedback")))
@@ -340,6 +346,85 @@ async fn reviews_route_corrections_back_until_the_clone_is_ready_to_ship() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_loop_runs_the_same_on_postgres() {
     the_whole_loop(true).await;
+}
+
+/// Under the `expert-2` profile most gates are off, but the expert's two
+/// review pages still stop the run, and their findings still reach the
+/// blocks that caused them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_loop_routes_corrections_under_expert_2() {
+    let (t, _provider) = clone_factory_server_on(false).await;
+    let (s, b) = t
+        .call(
+            Method::POST,
+            "/api/v1/runs",
+            "operator",
+            Some(json!({"template": "clone-factory", "params": {"expert_name": "Marisol Vega"}, "autonomy_profile": "expert-2"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let run = b["run_id"].as_str().unwrap().to_string();
+    assert_eq!(b["blocks"]["deep-research"]["autonomy"], "auto");
+    for gated in ["extraction-reviewer", "expert-audit", "clone-tester"] {
+        assert_eq!(b["blocks"][gated]["autonomy"], "gate", "{gated}");
+    }
+    let doc = run_to(&t, &run, "extraction-reviewer").await;
+    assert_eq!(block_status(&doc, "extraction-reviewer"), "waiting");
+    assert!(
+        doc["blocks"]["voice-extractor"]["decisions"]
+            .as_array()
+            .is_none_or(Vec::is_empty),
+        "extractors ran without a gate"
+    );
+
+    let (samuel, _) = review_token(&t, &run, "samuel-ngu", "expert").await;
+    let (s, b) = submit(
+        &t,
+        &samuel,
+        &run,
+        "extraction-reviewer",
+        json!({
+            "items": [verdict(VOICE, "wrong", "high", "I use 'Let's GO!' not 'Let us proceed'")],
+            "close": true
+        }),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["gate"]["approved"], true, "{b}");
+
+    run_to(&t, &run, "expert-audit").await;
+    let ratings: Vec<Value> = (1..=5)
+        .map(|n| json!({"scenario": format!("s{n}"), "sounds_like_me": true}))
+        .collect();
+    let (s, b) = submit(
+        &t,
+        &samuel,
+        &run,
+        "expert-audit",
+        json!({"ratings": ratings, "close": true}),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["gate"]["approved"], true, "{b}");
+
+    let doc = t
+        .wait_for(
+            &run,
+            "the corrected re-run to reach the extraction review",
+            |d| d["version"] == 2 && block_status(d, "extraction-reviewer") == "waiting",
+        )
+        .await;
+    assert_eq!(attempts(&doc, "voice-extractor"), 2);
+    let voice_prompt = prompt(&t, &doc, "voice-extractor", 2).await;
+    assert!(
+        voice_prompt.contains("I use 'Let's GO!' not 'Let us proceed'"),
+        "{voice_prompt}"
+    );
+    assert_eq!(
+        attempts(&doc, "soul-extractor"),
+        1,
+        "nothing was routed to soul"
+    );
 }
 
 async fn the_whole_loop(postgres: bool) {
@@ -732,7 +817,7 @@ async fn the_whole_loop(postgres: bool) {
         .iter()
         .filter(|e| {
             e["type"] == "block_reset"
-                && e["seq"].as_u64() > routed["seq"].as_u64()
+                && e["seq"].as_u64() < routed["seq"].as_u64()
                 && e["at"] == routed["at"]
         })
         .map(|e| e["block"].as_str().unwrap().to_string())

@@ -5,11 +5,14 @@
 mod api;
 mod browser;
 mod feedback_loop;
+mod hardening;
+mod trust;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use factory_core::consensus::TesterRole;
 use factory_core::transitions::Policy;
 use factory_engine::EngineConfig;
 use factory_server::auth::Role;
@@ -35,6 +38,20 @@ pub const REVIEW_TEMPLATE: &str = r#"{
     { "id": "publish", "name": "Publish", "layer": "L1", "type": "build", "runtime": "builtin",
       "inputs": { "depends": [{ "block": "draft", "key": "draft" }], "config": { "builtin": "noop" } },
       "outputs": { "artifacts": [{ "key": "out", "path": "out.txt", "format": "text" }] } }
+  ]
+}"#;
+
+/// A review page whose gate asks for a separate reviewer.
+pub const GUARDED_TEMPLATE: &str = r#"{
+  "id": "guarded-review", "name": "Guarded review", "version": "1.0.0",
+  "blocks": [
+    { "id": "extract", "name": "Extract", "layer": "L0", "type": "extract", "runtime": "builtin",
+      "inputs": { "config": { "builtin": "noop" } },
+      "outputs": { "artifacts": [{ "key": "facts", "path": "facts.json", "format": "json" }] } },
+    { "id": "review", "name": "Review", "layer": "L1", "type": "validate", "runtime": "builtin",
+      "inputs": { "depends": [{ "block": "extract", "key": "facts" }], "config": { "builtin": "review-page", "page": "extraction-review" } },
+      "outputs": { "artifacts": [{ "key": "review-url", "path": "url.txt", "format": "url" }] },
+      "execution": { "human_gate": "after", "separate_reviewer": true } }
   ]
 }"#;
 
@@ -114,8 +131,10 @@ impl TestServer {
             ("operator", Role::Operator),
             ("admin", Role::Admin),
         ] {
+            // The reviewer's reviews count as a team member's; nobody else votes.
+            let tester_role = (role == Role::Reviewer).then_some(TesterRole::Team);
             let (secret, _) =
-                factory_server::auth::create_token(store.as_ref(), name, role, "test")
+                factory_server::auth::create_token(store.as_ref(), name, role, "test", tester_role)
                     .await
                     .unwrap();
             tokens.insert(name, secret);

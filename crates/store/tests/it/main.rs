@@ -93,6 +93,14 @@ async fn round_trip(store: &dyn Store) {
         store.load_run("run-round-trip").await.unwrap().doc
     );
     assert_eq!(store.events("run-round-trip", 1).await.unwrap().len(), 1);
+    // A seq past i64::MAX must not wrap around and replay the whole log.
+    assert!(
+        store
+            .events("run-round-trip", u64::MAX)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 async fn stale_writes_are_refused(store: &dyn Store) {
@@ -308,6 +316,7 @@ async fn tokens_templates_and_records(store: &dyn Store) {
         created_at: 5,
         revoked_at: None,
         scope: None,
+        tester_role: Some("team".into()),
     };
     store.create_token(&token).await.unwrap();
     // A review link's token keeps its run and tester.
