@@ -230,6 +230,12 @@ pub struct ServeArgs {
     /// Seconds shutdown waits for running blocks before handing them back
     #[arg(long, default_value_t = 30)]
     pub grace_secs: u64,
+    /// Largest file a run may be created with, in MiB (larger: 413 file_too_large)
+    #[arg(long, default_value_t = 10)]
+    pub max_upload_mb: usize,
+    /// Largest run-creation request, files included (base64), in MiB
+    #[arg(long, default_value_t = 64)]
+    pub max_request_mb: usize,
     #[command(flatten)]
     pub drive: DriveArgs,
 }

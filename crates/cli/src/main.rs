@@ -297,6 +297,8 @@ async fn serve(
         templates_dir: Some(args.templates.clone()).filter(|d| d.is_dir()),
         workers: args.workers.max(1),
         shutdown_grace: std::time::Duration::from_secs(args.grace_secs),
+        max_upload_bytes: args.max_upload_mb.saturating_mul(1024 * 1024),
+        max_request_bytes: args.max_request_mb.saturating_mul(1024 * 1024),
         ..Default::default()
     };
     let store = engine.store().clone();

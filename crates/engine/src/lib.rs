@@ -23,9 +23,17 @@ use factory_core::transitions::{
     self, CreateRunError, Policy, Principal, RunRequest, TransitionError,
 };
 use factory_core::{ApplyError, Pipeline};
-use factory_store::{NewRun, Store, StoreError};
+use factory_store::{NewBlob, NewRun, RunRecord, Store, StoreError};
 
 pub use driver::Outcome;
+
+/// An input file given when a run is created (a block's `inputs.files`
+/// picks it by name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunFile {
+    pub name: String,
+    pub content: Vec<u8>,
+}
 pub use handle::{RunHandle, cached_pipeline};
 pub use owner::Owner;
 
@@ -174,7 +182,22 @@ impl Engine {
         actor: &str,
         template_source: &str,
         template_path: Option<&std::path::Path>,
+        request: RunRequest,
+    ) -> Result<RunDoc> {
+        self.create_run_with_files(actor, template_source, template_path, request, &[])
+            .await
+    }
+
+    /// [`Engine::create_run_by`] with input files (a block's `inputs.files`
+    /// picks them by name), stored in the run's first commit: a block can
+    /// never start before its files are there.
+    pub async fn create_run_with_files(
+        &self,
+        actor: &str,
+        template_source: &str,
+        template_path: Option<&std::path::Path>,
         mut request: RunRequest,
+        files: &[RunFile],
     ) -> Result<RunDoc> {
         let pipeline = handle::cached_pipeline(template_source)?;
         let template_dir = template_path.and_then(|p| p.parent());
@@ -216,12 +239,35 @@ impl Engine {
         let template_path = template_path
             .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()))
             .map(|p| p.to_string_lossy().into_owned());
+        let blobs: Vec<NewBlob> = files
+            .iter()
+            .map(|file| NewBlob::new(file.content.clone()))
+            .collect();
+        let side: Vec<RunRecord> = files
+            .iter()
+            .zip(&blobs)
+            .map(|(file, blob)| RunRecord {
+                run_id: doc.run_id.clone(),
+                template_id: doc.template_id.clone(),
+                kind: factory_store::kinds::UPLOAD.to_string(),
+                key: file.name.clone(),
+                actor: actor.to_string(),
+                at: now,
+                body: serde_json::json!({
+                    "name": file.name,
+                    "hash": blob.hash,
+                    "size": file.content.len(),
+                }),
+            })
+            .collect();
         self.store
             .create_run(NewRun {
                 doc: &doc,
                 records: &records,
                 template_json: template_source,
                 template_path: template_path.as_deref(),
+                blobs: &blobs,
+                side: &side,
             })
             .await?;
         self.notify(&records, &doc);

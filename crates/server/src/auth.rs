@@ -72,6 +72,9 @@ pub struct Caller {
     /// The tester role an admin granted the token (review links carry theirs
     /// in `scope`); a review counts with this role's weight.
     pub tester_role: Option<TesterRole>,
+    /// SHA-256 of the token the request came with (`None` in `--no-auth`
+    /// mode): long-lived streams check it is still valid.
+    pub token_hash: Option<String>,
 }
 
 impl Caller {
@@ -301,7 +304,12 @@ async fn create_scoped_token(
 
 /// Finds the caller for a token secret.
 pub async fn lookup(store: &dyn Store, secret: &str) -> Result<Option<Caller>, ApiError> {
-    let Some(record) = store.token_by_hash(&token_hash(secret)).await? else {
+    lookup_hash(store, &token_hash(secret)).await
+}
+
+/// Finds the caller for a token's hash (`None`: unknown or revoked).
+pub async fn lookup_hash(store: &dyn Store, hash: &str) -> Result<Option<Caller>, ApiError> {
+    let Some(record) = store.token_by_hash(hash).await? else {
         return Ok(None);
     };
     if record.revoked_at.is_some() {
@@ -320,6 +328,7 @@ pub async fn lookup(store: &dyn Store, secret: &str) -> Result<Option<Caller>, A
             .tester_role
             .as_deref()
             .and_then(|role| role.parse().ok()),
+        token_hash: Some(record.hash),
     }))
 }
 
@@ -327,9 +336,19 @@ pub async fn lookup(store: &dyn Store, secret: &str) -> Result<Option<Caller>, A
 /// every request's token up in the database. Revoking through this server
 /// clears it at once; a token revoked elsewhere (the CLI, another server)
 /// stops working within [`TokenCache::TTL`].
-#[derive(Default)]
 pub struct TokenCache {
     entries: std::sync::Mutex<std::collections::HashMap<String, (Caller, std::time::Instant)>>,
+    /// Bumped on every revocation through this server.
+    revoked: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for TokenCache {
+    fn default() -> TokenCache {
+        TokenCache {
+            entries: std::sync::Mutex::default(),
+            revoked: tokio::sync::watch::Sender::new(0),
+        }
+    }
 }
 
 impl TokenCache {
@@ -340,14 +359,22 @@ impl TokenCache {
         store: &dyn Store,
         secret: &str,
     ) -> Result<Option<Caller>, ApiError> {
-        let hash = token_hash(secret);
+        self.lookup_hash(store, token_hash(secret)).await
+    }
+
+    /// [`TokenCache::lookup`] by the token's hash.
+    pub async fn lookup_hash(
+        &self,
+        store: &dyn Store,
+        hash: String,
+    ) -> Result<Option<Caller>, ApiError> {
         if let Ok(entries) = self.entries.lock()
             && let Some((caller, at)) = entries.get(&hash)
             && at.elapsed() < Self::TTL
         {
             return Ok(Some(caller.clone()));
         }
-        let caller = lookup(store, secret).await?;
+        let caller = lookup_hash(store, &hash).await?;
         if let (Some(caller), Ok(mut entries)) = (&caller, self.entries.lock()) {
             if entries.len() > 10_000 {
                 entries.clear();
@@ -357,9 +384,31 @@ impl TokenCache {
         Ok(caller)
     }
 
+    /// Forgets every cached token and tells open streams to check theirs
+    /// (a token was revoked).
     pub fn clear(&self) {
         if let Ok(mut entries) = self.entries.lock() {
             entries.clear();
+        }
+        self.revoked.send_modify(|generation| *generation += 1);
+    }
+
+    /// Resolves once the token with `hash` no longer works: at once when it is
+    /// revoked through this server, within [`TokenCache::TTL`] when elsewhere
+    /// (the CLI, another server). A store that cannot answer keeps it open.
+    pub async fn until_revoked(&self, store: &dyn Store, hash: Option<String>) {
+        let Some(hash) = hash else {
+            return std::future::pending().await;
+        };
+        let mut revoked = self.revoked.subscribe();
+        loop {
+            tokio::select! {
+                _ = revoked.changed() => {}
+                _ = tokio::time::sleep(Self::TTL) => {}
+            }
+            if let Ok(None) = self.lookup_hash(store, hash.clone()).await {
+                return;
+            }
         }
     }
 }
@@ -414,6 +463,7 @@ pub(crate) async fn authorize(
             scope: None,
             minted_by: None,
             tester_role: None,
+            token_hash: None,
         })
     } else {
         match &presented {

@@ -70,6 +70,13 @@ impl From<StoreError> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, "conflict", error.to_string())
             }
             StoreError::BlobNotFound(_) => ApiError::not_found("blob_not_found", error.to_string()),
+            _ if error.is_unavailable() => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                format!(
+                    "the store cannot be reached ({error}); nothing was changed, try again shortly"
+                ),
+            ),
             _ => ApiError::internal(error),
         }
     }
@@ -168,10 +175,16 @@ where
                     JsonRejection::JsonDataError(_) => {
                         (StatusCode::UNPROCESSABLE_ENTITY, "bad_request_body")
                     }
+                    _ if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                        (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large")
+                    }
                     _ => (StatusCode::BAD_REQUEST, "bad_request_body"),
                 };
                 let hint = match code {
                     "not_json" => "; send the body with `content-type: application/json`",
+                    "body_too_large" => {
+                        "; the request body is over this route's limit (see `factory serve --help` for the upload limits)"
+                    }
                     _ => "; see /api/v1/openapi.json for the request shape",
                 };
                 Err(ApiError::new(
@@ -195,3 +208,27 @@ pub async fn not_found(uri: axum::http::Uri) -> ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// For handlers that read the body as bytes: a body must come as JSON (a
+/// form or `text/plain` post is what a page on another site can send).
+pub fn require_json(headers: &axum::http::HeaderMap, body: &[u8]) -> ApiResult<()> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(());
+    }
+    let is_json = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| {
+            let essence = value.split(';').next().unwrap_or("").trim();
+            essence.eq_ignore_ascii_case("application/json")
+        });
+    if is_json {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "not_json",
+            "the body must be JSON: send it with `content-type: application/json`",
+        ))
+    }
+}

@@ -73,6 +73,85 @@ fn cross_site(request: &Request) -> Option<String> {
     (!same).then(|| format!("Origin: {origin}, Host: {host}"))
 }
 
+/// Every error answers in the shape its reader expects: JSON with a code
+/// for the API (axum's own rejections — a bad query string or path, a body
+/// over the limit, a wrong method — are plain text), and a page for a person
+/// on a workbench route (the auth layer and the fallback answer JSON).
+pub async fn shape_errors(request: Request, next: Next) -> Response {
+    let path = request.uri().path().to_string();
+    let response = next.run(request).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/json"));
+    let is_api = path.starts_with("/api/") || path == "/metrics";
+    let is_page = !is_api && !path.starts_with("/assets/");
+    let api_answered_text = is_api && !is_json;
+    let page_answered_json = is_page && is_json;
+    if !api_answered_text && !page_answered_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+        .unwrap_or_default();
+    if is_api {
+        let (code, hint) = plain_error_code(status);
+        let mut shaped =
+            ApiError::new(status, code, format!("{}{hint}", text.trim())).into_response();
+        carry_headers(&parts.headers, &mut shaped);
+        return shaped;
+    }
+    // A page route answered JSON: show its message as a page.
+    let message = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|value| value["error"]["message"].as_str().map(str::to_string))
+        .unwrap_or(text);
+    let mut shaped = (status, crate::pages::error_page(status, &message)).into_response();
+    carry_headers(&parts.headers, &mut shaped);
+    shaped
+}
+
+/// Headers that say more about the error than its body (`Allow` on a 405,
+/// `Retry-After`), kept when the body is reshaped.
+fn carry_headers(from: &axum::http::HeaderMap, to: &mut Response) {
+    for name in [header::ALLOW, header::RETRY_AFTER, header::WWW_AUTHENTICATE] {
+        if let Some(value) = from.get(&name) {
+            to.headers_mut().insert(name, value.clone());
+        }
+    }
+}
+
+/// The code (and a hint) for an error axum answered in plain text.
+fn plain_error_code(status: StatusCode) -> (&'static str, &'static str) {
+    match status {
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            "body_too_large",
+            "; the request body is over this route's limit (see `factory serve --help` for the upload limits)",
+        ),
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "method_not_allowed",
+            "; see /api/v1/openapi.json for the methods each route takes",
+        ),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => (
+            "not_json",
+            "; send the body with `content-type: application/json`",
+        ),
+        StatusCode::BAD_REQUEST => (
+            "bad_request",
+            "; check the query string and path against /api/v1/openapi.json",
+        ),
+        status if status.is_server_error() => ("internal", ""),
+        _ => ("bad_request", ""),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -49,6 +49,11 @@ pub struct ServerConfig {
     pub scan_interval: Duration,
     /// How long shutdown waits for running blocks before handing them back.
     pub shutdown_grace: Duration,
+    /// Largest uploaded file a run may be created with (decoded).
+    pub max_upload_bytes: usize,
+    /// Largest request body for run creation, files included (base64 adds a
+    /// third); other requests keep axum's 2 MiB limit.
+    pub max_request_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -60,6 +65,8 @@ impl Default for ServerConfig {
             workers: 4,
             scan_interval: Duration::from_millis(500),
             shutdown_grace: Duration::from_secs(30),
+            max_upload_bytes: 10 * 1024 * 1024,
+            max_request_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -198,13 +205,14 @@ pub async fn start(
 /// The whole application: API, pages, assets, with authentication and metrics.
 pub(crate) fn router(state: SharedState) -> Router {
     Router::new()
-        .merge(api::routes())
+        .merge(api::routes(&state.config))
         .merge(pages::routes())
         .fallback(error::not_found)
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::authorize,
         ))
+        .layer(axum::middleware::from_fn(guard::shape_errors))
         .layer(axum::middleware::from_fn(guard::defend))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

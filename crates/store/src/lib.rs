@@ -61,6 +61,25 @@ pub enum StoreError {
     UnsupportedUrl(String),
 }
 
+impl StoreError {
+    /// True when the database could not be reached (down, unreachable, the
+    /// pool gave up waiting for a connection): the request may succeed later,
+    /// and nothing was written.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Database(error) | StoreError::Open { source: error, .. } => matches!(
+                error,
+                sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::Io(_)
+                    | sqlx::Error::Tls(_)
+                    | sqlx::Error::WorkerCrashed
+            ),
+            _ => false,
+        }
+    }
+}
+
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// A run as stored.
@@ -82,6 +101,10 @@ pub struct NewRun<'a> {
     pub records: &'a [EventRecord],
     pub template_json: &'a str,
     pub template_path: Option<&'a str>,
+    /// Stored in the same transaction as the run: its uploaded files'
+    /// contents and their records, so no block can start without them.
+    pub blobs: &'a [NewBlob],
+    pub side: &'a [RunRecord],
 }
 
 /// One line of `factory runs`.

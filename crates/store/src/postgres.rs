@@ -19,6 +19,10 @@ use crate::{
     like_prefix, parse_doc, parse_event,
 };
 
+/// How long a request waits for a pooled connection before the store
+/// reports itself unavailable.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
@@ -38,7 +42,9 @@ impl PostgresStore {
         let _ = probe.close().await;
         let pool = PgPoolOptions::new()
             .max_connections(8)
-            .acquire_timeout(Duration::from_secs(10))
+            // When the server is down every request waits this long before it
+            // is answered `503`: short, so callers hear about an outage quickly.
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect(url)
             .await
             .map_err(|source| StoreError::Open {
@@ -88,6 +94,26 @@ impl Store for PostgresStore {
         .execute(&mut *tx)
         .await?;
         insert_events(&mut tx, &run.doc.run_id, run.records).await?;
+        for blob in run.blobs {
+            sqlx::query("INSERT INTO blobs (hash, size, content) VALUES ($1, $2, $3) ON CONFLICT (hash) DO NOTHING")
+                .bind(&blob.hash)
+                .bind(blob.content.len() as i64)
+                .bind(&blob.content)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for record in run.side {
+            sqlx::query(crate::side::UPSERT_RECORD)
+                .bind(&record.run_id)
+                .bind(&record.template_id)
+                .bind(&record.kind)
+                .bind(&record.key)
+                .bind(&record.actor)
+                .bind(record.at)
+                .bind(serde_json::to_string(&record.body)?)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok(())
     }

@@ -72,6 +72,26 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await?;
         insert_events(&mut tx, &run.doc.run_id, run.records).await?;
+        for blob in run.blobs {
+            sqlx::query("INSERT INTO blobs (hash, size, content) VALUES (?, ?, ?) ON CONFLICT (hash) DO NOTHING")
+                .bind(&blob.hash)
+                .bind(blob.content.len() as i64)
+                .bind(&blob.content)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for record in run.side {
+            sqlx::query(crate::side::UPSERT_RECORD)
+                .bind(&record.run_id)
+                .bind(&record.template_id)
+                .bind(&record.kind)
+                .bind(&record.key)
+                .bind(&record.actor)
+                .bind(record.at)
+                .bind(serde_json::to_string(&record.body)?)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok(())
     }

@@ -91,8 +91,10 @@ pub async fn approve(
     State(state): State<SharedState>,
     caller: Caller,
     Path((run, block)): Path<(String, String)>,
+    headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<RunDoc>> {
+    crate::error::require_json(&headers, &body)?;
     // The body is optional: an empty POST approves without a note.
     let body: ApproveBody = if body.iter().all(u8::is_ascii_whitespace) {
         ApproveBody::default()

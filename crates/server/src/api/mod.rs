@@ -9,7 +9,7 @@ mod stream;
 
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use factory_store::{TemplateRecord, kinds};
@@ -25,7 +25,12 @@ pub(crate) use blocks::{BlockView, block_view, selected_attempt};
 
 pub const OPENAPI: &str = include_str!("../../assets/openapi.json");
 
-pub fn routes() -> Router<SharedState> {
+pub fn routes(config: &crate::ServerConfig) -> Router<SharedState> {
+    // Run creation carries the uploaded files (base64 in JSON); every other
+    // body keeps axum's 2 MiB default.
+    let create_run = post(runs::create).layer(axum::extract::DefaultBodyLimit::max(
+        config.max_request_bytes,
+    ));
     Router::new()
         .route("/api/v1/health", get(health))
         .route("/api/v1/openapi.json", get(openapi))
@@ -39,7 +44,7 @@ pub fn routes() -> Router<SharedState> {
         .route("/api/v1/templates/{template}/memory", get(template_memory))
         .route("/api/v1/tokens", get(list_tokens).post(create_token))
         .route("/api/v1/tokens/{id}", delete(revoke_token))
-        .route("/api/v1/runs", get(runs::list).post(runs::create))
+        .route("/api/v1/runs", get(runs::list).merge(create_run))
         .route("/api/v1/runs/{run}", get(runs::get))
         .route("/api/v1/runs/{run}/events", get(runs::events))
         .route("/api/v1/runs/{run}/files", get(runs::files))
@@ -106,14 +111,32 @@ pub fn routes() -> Router<SharedState> {
         .route("/api/v1/corrections-ingest", post(review::ingest))
 }
 
-async fn health(State(state): State<SharedState>) -> ApiResult<Json<Value>> {
-    state.store.list_runs(1).await?;
-    Ok(Json(json!({
-        "status": "ok",
+/// Health answers within [`HEALTH_TIMEOUT`] whatever the store does: `200`
+/// when it can read a run list, `503` with the reason when it cannot.
+async fn health(State(state): State<SharedState>) -> Response {
+    let store = match tokio::time::timeout(HEALTH_TIMEOUT, state.store.list_runs(1)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(_) => Err(format!(
+            "no answer within {} ms",
+            HEALTH_TIMEOUT.as_millis()
+        )),
+    };
+    let body = json!({
+        "status": if store.is_ok() { "ok" } else { "unavailable" },
+        "store": match &store { Ok(()) => "ok".to_string(), Err(reason) => reason.clone() },
         "version": env!("CARGO_PKG_VERSION"),
         "auth": !state.config.no_auth,
-    })))
+    });
+    let status = if store.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
 }
+
+const HEALTH_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1500);
 
 async fn openapi() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI)

@@ -101,8 +101,10 @@ pub async fn submit(
     State(state): State<SharedState>,
     caller: Caller,
     Path((run, block)): Path<(String, String)>,
+    headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<Value>> {
+    crate::error::require_json(&headers, &body)?;
     // `flatten` and `deny_unknown_fields` do not combine in serde, so unknown
     // fields are checked here against both parts.
     let value: Value = serde_json::from_slice(&body)

@@ -11,6 +11,7 @@ use base64::Engine as _;
 use factory_core::run::RunDoc;
 use factory_core::template::Autonomy;
 use factory_core::transitions::RunRequest;
+use factory_engine::RunFile;
 use factory_store::{RunRecord, kinds};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -21,7 +22,6 @@ use crate::error::{ApiError, ApiJson, ApiResult};
 use crate::templates;
 
 /// Uploads larger than this are refused (they are stored in the database).
-pub const MAX_UPLOAD_BYTES: usize = 10 * 1024 * 1024;
 /// Drafts are form values, not files.
 const MAX_DRAFT_BYTES: usize = 256 * 1024;
 
@@ -115,28 +115,38 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(doc)))
 }
 
-/// Creates a run (files first, so blocks see them), then starts driving it.
-pub async fn create_run(
-    state: &SharedState,
-    caller: &Caller,
-    body: CreateRun,
-) -> ApiResult<RunDoc> {
-    let entry = templates::find(state, &body.template).await?;
-    let mut uploads = Vec::new();
-    for file in &body.files {
+/// Checks and decodes the uploaded files: plain, unique names, content
+/// within `max_bytes` each.
+fn uploads_of(files: &[Upload], max_bytes: usize) -> ApiResult<Vec<RunFile>> {
+    let mut decoded: Vec<RunFile> = Vec::new();
+    for file in files {
         let name = file.name.trim();
         if name.is_empty()
             || name.len() > 200
-            || name.contains('/')
-            || name.contains('\\')
+            || name.contains(['/', '\\'])
             || name.starts_with('.')
+            || name.chars().any(char::is_control)
         {
             return Err(ApiError::unprocessable(
                 "bad_file_name",
                 format!(
-                    "file name `{}` is not allowed: use a plain name without slashes that does not start with a dot",
+                    "file name {:?} is not allowed: use a plain name of printable characters, without slashes, that does not start with a dot",
                     file.name
                 ),
+            ));
+        }
+        if decoded.iter().any(|other| other.name == name) {
+            return Err(ApiError::unprocessable(
+                "duplicate_file",
+                format!("two files are named `{name}`: give each file its own name"),
+            ));
+        }
+        // Base64 is 4 bytes per 3: refuse an oversize file before decoding it.
+        if file.content_base64.trim().len() / 4 * 3 > max_bytes + 3 {
+            return Err(file_too_large(
+                name,
+                file.content_base64.trim().len() / 4 * 3,
+                max_bytes,
             ));
         }
         let content = base64::engine::general_purpose::STANDARD
@@ -147,18 +157,35 @@ pub async fn create_run(
                     format!("file `{name}`: `content_base64` is not base64 ({e})"),
                 )
             })?;
-        if content.len() > MAX_UPLOAD_BYTES {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "file_too_large",
-                format!(
-                    "file `{name}` is {} bytes; the limit is {MAX_UPLOAD_BYTES}",
-                    content.len()
-                ),
-            ));
+        if content.len() > max_bytes {
+            return Err(file_too_large(name, content.len(), max_bytes));
         }
-        uploads.push((name.to_string(), content));
+        decoded.push(RunFile {
+            name: name.to_string(),
+            content,
+        });
     }
+    Ok(decoded)
+}
+
+fn file_too_large(name: &str, size: usize, max_bytes: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "file_too_large",
+        format!(
+            "file `{name}` is about {size} bytes; the limit is {max_bytes} per file (`factory serve --max-upload-mb`)"
+        ),
+    )
+}
+
+/// Creates a run with its files in one commit, then starts driving it.
+pub async fn create_run(
+    state: &SharedState,
+    caller: &Caller,
+    body: CreateRun,
+) -> ApiResult<RunDoc> {
+    let entry = templates::find(state, &body.template).await?;
+    let files = uploads_of(&body.files, state.config.max_upload_bytes)?;
     let request = RunRequest {
         run_id: String::new(),
         params: body.params,
@@ -171,28 +198,14 @@ pub async fn create_run(
     let path = entry.path_buf();
     let doc = state
         .engine
-        .create_run_by(&caller.actor, &entry.source, path.as_deref(), request)
+        .create_run_with_files(
+            &caller.actor,
+            &entry.source,
+            path.as_deref(),
+            request,
+            &files,
+        )
         .await?;
-    for (name, content) in uploads {
-        let blob = state.store.put_blob(&content).await?;
-        let meta = UploadMeta {
-            name: name.clone(),
-            hash: blob.hash,
-            size: blob.size,
-        };
-        state
-            .store
-            .put_record(&RunRecord {
-                run_id: doc.run_id.clone(),
-                template_id: doc.template_id.clone(),
-                kind: kinds::UPLOAD.to_string(),
-                key: name,
-                actor: caller.actor.clone(),
-                at: factory_engine::now_ms(),
-                body: serde_json::to_value(meta).map_err(ApiError::internal)?,
-            })
-            .await?;
-    }
     state.supervisor.kick(&doc.run_id);
     Ok(doc)
 }

@@ -15,6 +15,7 @@ use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
 use crate::SharedState;
+use crate::auth::Caller;
 use crate::error::ApiResult;
 use crate::hub::LiveEvent;
 
@@ -49,8 +50,18 @@ fn resync() -> Event {
         .data("missed events; reload the run")
 }
 
+/// Resolves when the stream must end: the server stops, or the token that
+/// opened it is revoked (a revoked token must not keep reading every event).
+async fn ended(state: SharedState, caller: Caller) {
+    tokio::select! {
+        _ = stopped(state.stopping.clone()) => {}
+        _ = state.tokens.until_revoked(state.store.as_ref(), caller.token_hash) => {}
+    }
+}
+
 pub async fn run_stream(
     State(state): State<SharedState>,
+    caller: Caller,
     Path(run): Path<String>,
     Query(query): Query<StreamQuery>,
     headers: HeaderMap,
@@ -93,15 +104,14 @@ pub async fn run_stream(
         };
         std::future::ready(out)
     });
-    let stream = backlog
-        .chain(live)
-        .take_until(stopped(state.stopping.clone()));
+    let stream = backlog.chain(live).take_until(ended(state.clone(), caller));
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(10))))
 }
 
 /// Every run's events, for the runs home page and dashboards.
 pub async fn all_stream(
     State(state): State<SharedState>,
+    caller: Caller,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let hello = Event::default().event("hello").retry(RETRY).data("{}");
     let live = BroadcastStream::new(state.hub.subscribe()).filter_map(|item| {
@@ -112,6 +122,6 @@ pub async fn all_stream(
     });
     let stream = stream::once(std::future::ready(Ok(hello)))
         .chain(live)
-        .take_until(stopped(state.stopping.clone()));
+        .take_until(ended(state.clone(), caller));
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(10)))
 }

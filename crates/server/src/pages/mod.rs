@@ -86,6 +86,28 @@ pub(crate) fn layout(
     }
 }
 
+/// An error page for a person who is not (or not yet) signed in, or whose
+/// request never reached a page handler.
+pub(crate) fn error_page(status: StatusCode, message: &str) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                title { (status.as_u16()) " · Process Factory" }
+                link rel="stylesheet" href="/assets/workbench.css";
+            }
+            body {
+                main.login {
+                    h1 { "Cannot show this page" }
+                    p.error role="alert" { (message) }
+                    p { a href="/" { "Back to the runs" } " · " a href="/login" { "Sign in" } }
+                }
+            }
+        }
+    }
+}
+
 pub(crate) fn page_error(caller: &Caller, error: ApiError) -> Response {
     let status = error.status;
     let markup = layout(

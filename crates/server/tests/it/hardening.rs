@@ -149,6 +149,17 @@ async fn another_site_cannot_approve_or_retry() {
         let body: serde_json::Value = response.json().await.unwrap();
         assert_eq!(body["error"]["code"], "cross_site", "{body}");
     }
+    // Without a browser's headers, a form-encoded note is still not JSON.
+    let response = t
+        .http
+        .post(&approve)
+        .bearer_auth(&t.tokens["admin"])
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("note=approved")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 415);
     let retry = t.url(&format!("/api/v1/runs/{run}/blocks/draft/retry"));
     let response = t
         .http
@@ -260,4 +271,321 @@ async fn events_after_the_largest_seq_are_none() {
         .await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["events"], json!([]), "the whole log was replayed");
+}
+
+/// True when the stream ends (the server closes it) within `within`.
+async fn ends_within(response: reqwest::Response, within: std::time::Duration) -> bool {
+    use futures_util::StreamExt;
+    let mut stream = response.bytes_stream();
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Err(_) => return false,
+            Ok(None) | Ok(Some(Err(_))) => return true,
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_a_token_ends_the_streams_it_opened() {
+    let t = TestServer::start().await;
+    let run = t.create_review_run("Streams").await;
+    let (s, b) = t
+        .call(
+            Method::POST,
+            "/api/v1/tokens",
+            "admin",
+            Some(json!({"name": "dashboard", "role": "viewer"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let (secret, id) = (
+        b["token"].as_str().unwrap().to_string(),
+        b["id"].as_str().unwrap().to_string(),
+    );
+    let open = |path: String| {
+        t.http
+            .get(t.url(&path))
+            .bearer_auth(&secret)
+            .header("accept", "text/event-stream")
+            .send()
+    };
+    let one = open(format!("/api/v1/runs/{run}/stream")).await.unwrap();
+    let all = open("/api/v1/stream".to_string()).await.unwrap();
+    let kept = t
+        .request(
+            Method::GET,
+            &format!("/api/v1/runs/{run}/stream"),
+            Some("viewer"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!((one.status().as_u16(), all.status().as_u16()), (200, 200));
+
+    let (s, b) = t
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/tokens/{id}"),
+            "admin",
+            None,
+        )
+        .await;
+    assert_eq!(s, 204, "{b}");
+    let within = std::time::Duration::from_secs(3);
+    assert!(ends_within(one, within).await, "the run stream kept going");
+    assert!(
+        ends_within(all, within).await,
+        "the all-runs stream kept going"
+    );
+    assert!(
+        !ends_within(kept, std::time::Duration::from_millis(500)).await,
+        "another token's stream was closed too"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_api_error_is_json_and_every_page_error_a_page() {
+    let t = TestServer::start().await;
+    let run = t.create_review_run("Shapes").await;
+    let big = "x".repeat(3 * 1024 * 1024);
+    for (method, path, body, status, code) in [
+        (
+            Method::GET,
+            format!("/api/v1/runs/{run}/events?after=soon"),
+            None,
+            400,
+            "bad_request",
+        ),
+        (
+            Method::GET,
+            "/api/v1/runs/%FF%FE/events".to_string(),
+            None,
+            400,
+            "bad_request",
+        ),
+        (
+            Method::PATCH,
+            "/api/v1/runs".to_string(),
+            None,
+            405,
+            "method_not_allowed",
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/runs/{run}/blocks/draft/reject"),
+            Some(format!("{{\"feedback\": \"{big}\"}}")),
+            413,
+            "body_too_large",
+        ),
+    ] {
+        let mut request = t.request(method.clone(), &path, Some("admin"));
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status().as_u16(), status, "{method} {path}");
+        assert!(
+            response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("application/json"),
+            "{method} {path}"
+        );
+        if status == 405 {
+            assert!(response.headers().contains_key("allow"), "405 keeps Allow");
+        }
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], code, "{method} {path}: {body}");
+        assert!(
+            body["error"]["message"].as_str().unwrap().len() > 20,
+            "{body}"
+        );
+    }
+    for (path, role, status, says) in [
+        ("/no/such/page".to_string(), "viewer", 404, "nothing at"),
+        (
+            format!("/runs/{run}/review/draft"),
+            "viewer",
+            403,
+            "needs the reviewer role",
+        ),
+    ] {
+        let response = t
+            .request(Method::GET, &path, Some(role))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), status, "{path}");
+        assert!(
+            response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/html"),
+            "{path}"
+        );
+        let page = response.text().await.unwrap();
+        assert!(
+            page.contains(says) && page.contains("<html"),
+            "{path}: {page}"
+        );
+    }
+}
+
+/// A TCP proxy to `target` that can cut every connection at once and refuse
+/// new ones: a database outage without stopping the shared server.
+async fn cuttable_proxy(target: String) -> (u16, tokio::sync::watch::Sender<bool>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (cut, cut_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let mut stop = cut_rx.clone();
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = stop.wait_for(|cut| *cut) => return,
+            };
+            let Ok((mut client, _)) = accepted else {
+                return;
+            };
+            let target = target.clone();
+            let mut stop = cut_rx.clone();
+            tokio::spawn(async move {
+                let Ok(mut server) = tokio::net::TcpStream::connect(&target).await else {
+                    return;
+                };
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                    _ = stop.wait_for(|cut| *cut) => {}
+                }
+            });
+        }
+    });
+    (port, cut)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_is_a_quick_503_and_health_says_so() {
+    let url = factory_store::testing::fresh_postgres_database().await;
+    // postgres://user@host:port/db → the proxy in place of host:port.
+    let authority_start = url
+        .find('@')
+        .map_or(url.find("://").unwrap() + 3, |at| at + 1);
+    let authority_end = authority_start + url[authority_start..].find('/').unwrap();
+    let target = url[authority_start..authority_end].to_string();
+    let (port, cut) = cuttable_proxy(target).await;
+    let proxied = format!(
+        "{}127.0.0.1:{port}{}",
+        &url[..authority_start],
+        &url[authority_end..]
+    );
+    let t = TestServer::start_on_url(proxied).await;
+    let run = t.create_review_run("Outage").await;
+    let (s, health) = t.call(Method::GET, "/api/v1/health", "viewer", None).await;
+    assert_eq!((s, health["store"].as_str()), (200, Some("ok")), "{health}");
+
+    cut.send(true).unwrap();
+    let started = std::time::Instant::now();
+    let (s, health) = t.call(Method::GET, "/api/v1/health", "viewer", None).await;
+    assert_eq!(s, 503, "{health}");
+    assert_eq!(health["status"], "unavailable");
+    // Bounds well above the timeouts (1.5 s, 3 s) and below the old 10 s wait,
+    // so a loaded machine cannot flip them.
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "health took {:?}",
+        started.elapsed()
+    );
+
+    let started = std::time::Instant::now();
+    let (s, b) = t
+        .call(Method::GET, &format!("/api/v1/runs/{run}"), "viewer", None)
+        .await;
+    assert_eq!(s, 503, "{b}");
+    assert_eq!(b["error"]["code"], "store_unavailable", "{b}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(9),
+        "the API waited {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_have_the_documented_limits_and_plain_unique_names() {
+    use base64::Engine as _;
+    let t = TestServer::start().await;
+    let encode = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let create = |files: serde_json::Value| {
+        t.call(
+            Method::POST,
+            "/api/v1/runs",
+            "operator",
+            Some(
+                json!({"template": "review-demo", "params": {"title": "Uploads"}, "files": files}),
+            ),
+        )
+    };
+    // Just under the 10 MiB per file: accepted (axum's 2 MiB default answered first before).
+    let nine_mib = vec![b'a'; 9 * 1024 * 1024];
+    let (s, b) = create(json!([{"name": "big.txt", "content_base64": encode(&nine_mib)}])).await;
+    assert_eq!(
+        s,
+        201,
+        "{}",
+        b.to_string().chars().take(300).collect::<String>()
+    );
+    let run = b["run_id"].as_str().unwrap().to_string();
+    let (_, files) = t
+        .call(
+            Method::GET,
+            &format!("/api/v1/runs/{run}/files"),
+            "viewer",
+            None,
+        )
+        .await;
+    assert_eq!(
+        files["files"][0]["size"],
+        9 * 1024 * 1024,
+        "stored with the run"
+    );
+
+    let eleven_mib = vec![b'a'; 11 * 1024 * 1024];
+    let (s, b) = create(json!([{"name": "huge.txt", "content_base64": encode(&eleven_mib)}])).await;
+    assert_eq!(s, 413, "{b}");
+    assert_eq!(b["error"]["code"], "file_too_large");
+    assert!(
+        b["error"]["message"].as_str().unwrap().contains("huge.txt"),
+        "{b}"
+    );
+
+    for (files, code) in [
+        (
+            json!([{"name": "a\u{0}.txt", "content_base64": encode(b"x")}]),
+            "bad_file_name",
+        ),
+        (
+            json!([{"name": "../up.txt", "content_base64": encode(b"x")}]),
+            "bad_file_name",
+        ),
+        (
+            json!([
+                {"name": "notes.txt", "content_base64": encode(b"one")},
+                {"name": "notes.txt", "content_base64": encode(b"two")}
+            ]),
+            "duplicate_file",
+        ),
+    ] {
+        let (s, b) = create(files).await;
+        assert_eq!(s, 422, "{b}");
+        assert_eq!(b["error"]["code"], code, "{b}");
+    }
+    let (_, runs) = t.call(Method::GET, "/api/v1/runs", "viewer", None).await;
+    assert_eq!(
+        runs["runs"].as_array().unwrap().len(),
+        1,
+        "refused requests created no run"
+    );
 }

@@ -112,6 +112,11 @@ impl TestServer {
         TestServer::start_on(Some(url), llm).await
     }
 
+    /// On the store at `url` (a PostgreSQL URL behind a test proxy, say).
+    pub async fn start_on_url(url: String) -> TestServer {
+        TestServer::start_on(Some(url), None).await
+    }
+
     async fn start_on(
         url: Option<String>,
         llm: Option<factory_runtime::llm::LlmSettings>,

@@ -45,10 +45,53 @@ async fn create(store: &dyn Store, run_id: &str) -> RunDoc {
             records: &records,
             template_json: TEMPLATE,
             template_path: Some("/tmp/t.json"),
+            blobs: &[],
+            side: &[],
         })
         .await
         .expect("create_run");
     doc
+}
+
+/// A run's uploaded files land in its first commit, or not at all.
+async fn a_run_and_its_files_are_one_commit(store: &dyn Store) {
+    let (doc, records) = new_doc("run-with-files");
+    let blob = factory_store::NewBlob::new(b"uploaded notes".to_vec());
+    let upload = |key: &str| RunRecord {
+        run_id: doc.run_id.clone(),
+        template_id: doc.template_id.clone(),
+        kind: factory_store::kinds::UPLOAD.to_string(),
+        key: key.to_string(),
+        actor: "user:op".to_string(),
+        at: 1,
+        body: serde_json::json!({"name": key, "hash": blob.hash, "size": 14}),
+    };
+    let (first, late) = ([upload("notes.txt")], [upload("late.txt")]);
+    let new_run = |side| NewRun {
+        doc: &doc,
+        records: &records,
+        template_json: TEMPLATE,
+        template_path: None,
+        blobs: std::slice::from_ref(&blob),
+        side,
+    };
+    store.create_run(new_run(&first)).await.unwrap();
+    let stored = store
+        .records("run-with-files", factory_store::kinds::UPLOAD)
+        .await
+        .unwrap();
+    assert_eq!(stored, vec![upload("notes.txt")]);
+    assert_eq!(store.get_blob(&blob.hash).await.unwrap(), b"uploaded notes");
+    // The same run again fails as a whole: its new record is not kept.
+    assert!(store.create_run(new_run(&late)).await.is_err());
+    assert_eq!(
+        store
+            .records("run-with-files", factory_store::kinds::UPLOAD)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 async fn round_trip(store: &dyn Store) {
@@ -523,6 +566,7 @@ async fn suite(store: Arc<dyn Store>) {
     feedback_and_improvement_items(store.as_ref()).await;
     tokens_templates_and_records(store.as_ref()).await;
     round_trip(store.as_ref()).await;
+    a_run_and_its_files_are_one_commit(store.as_ref()).await;
     stale_writes_are_refused(store.as_ref()).await;
     concurrent_writers_lose_nothing(store.clone()).await;
     blobs_are_content_addressed(store.as_ref()).await;
