@@ -140,6 +140,8 @@ pub(crate) const REVOKE_TOKEN: &str =
 pub(crate) const UPSERT_TEMPLATE: &str = "INSERT INTO templates (template_id, version, name, source, path, registered_by, registered_at) VALUES ($1, $2, $3, $4, $5, $6, $7)
      ON CONFLICT (template_id, version) DO UPDATE SET name = excluded.name, source = excluded.source, path = excluded.path, registered_by = excluded.registered_by, registered_at = excluded.registered_at";
 pub(crate) const LIST_TEMPLATES: &str = "SELECT template_id, version, name, source, path, registered_by, registered_at FROM templates ORDER BY template_id, registered_at DESC";
+pub(crate) const INSERT_BLOB: &str =
+    "INSERT INTO blobs (hash, size, content) VALUES ($1, $2, $3) ON CONFLICT (hash) DO NOTHING";
 pub(crate) const UPSERT_RECORD: &str = "INSERT INTO run_records (run_id, template_id, kind, key, actor, at, body) VALUES ($1, $2, $3, $4, $5, $6, $7)
      ON CONFLICT (run_id, kind, key) DO UPDATE SET actor = excluded.actor, at = excluded.at, body = excluded.body";
 pub(crate) const RECORDS_OF_RUN: &str = "SELECT run_id, template_id, kind, key, actor, at, body FROM run_records WHERE run_id = $1 AND kind = $2 ORDER BY at, key";
@@ -253,9 +255,45 @@ pub(crate) fn parse_record(
 /// Defines the side-table queries for one backend's pool type, so both
 /// backends run the same SQL through the same code.
 macro_rules! side_queries {
-    ($pool:ty, $row:ty) => {
+    ($pool:ty, $row:ty, $db:ty) => {
         use sqlx::Row as _;
         use $crate::side::*;
+
+        /// Content-addressed blobs, inside the caller's transaction.
+        pub(crate) async fn insert_blobs(
+            tx: &mut sqlx::Transaction<'_, $db>,
+            blobs: &[$crate::NewBlob],
+        ) -> $crate::Result<()> {
+            for blob in blobs {
+                sqlx::query(INSERT_BLOB)
+                    .bind(&blob.hash)
+                    .bind(blob.content.len() as i64)
+                    .bind(&blob.content)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            Ok(())
+        }
+
+        /// Run records, inside the caller's transaction.
+        pub(crate) async fn upsert_records(
+            tx: &mut sqlx::Transaction<'_, $db>,
+            records: &[RunRecord],
+        ) -> $crate::Result<()> {
+            for r in records {
+                sqlx::query(UPSERT_RECORD)
+                    .bind(&r.run_id)
+                    .bind(&r.template_id)
+                    .bind(&r.kind)
+                    .bind(&r.key)
+                    .bind(&r.actor)
+                    .bind(r.at)
+                    .bind(serde_json::to_string(&r.body)?)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            Ok(())
+        }
 
         pub(crate) async fn create_token(pool: &$pool, t: &TokenRecord) -> $crate::Result<()> {
             sqlx::query(INSERT_TOKEN)

@@ -72,26 +72,8 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await?;
         insert_events(&mut tx, &run.doc.run_id, run.records).await?;
-        for blob in run.blobs {
-            sqlx::query("INSERT INTO blobs (hash, size, content) VALUES (?, ?, ?) ON CONFLICT (hash) DO NOTHING")
-                .bind(&blob.hash)
-                .bind(blob.content.len() as i64)
-                .bind(&blob.content)
-                .execute(&mut *tx)
-                .await?;
-        }
-        for record in run.side {
-            sqlx::query(crate::side::UPSERT_RECORD)
-                .bind(&record.run_id)
-                .bind(&record.template_id)
-                .bind(&record.kind)
-                .bind(&record.key)
-                .bind(&record.actor)
-                .bind(record.at)
-                .bind(serde_json::to_string(&record.body)?)
-                .execute(&mut *tx)
-                .await?;
-        }
+        q::insert_blobs(&mut tx, run.blobs).await?;
+        q::upsert_records(&mut tx, run.side).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -146,14 +128,7 @@ impl Store for SqliteStore {
             tx.rollback().await?;
             return Err(missing_or_conflict(self, run_id, expected_version).await);
         }
-        for blob in blobs {
-            sqlx::query("INSERT INTO blobs (hash, size, content) VALUES (?, ?, ?) ON CONFLICT (hash) DO NOTHING")
-                .bind(&blob.hash)
-                .bind(blob.content.len() as i64)
-                .bind(&blob.content)
-                .execute(&mut *tx)
-                .await?;
-        }
+        q::insert_blobs(&mut tx, blobs).await?;
         insert_events(&mut tx, run_id, records).await?;
         for op in lease_ops(records) {
             match op {
@@ -231,7 +206,7 @@ impl Store for SqliteStore {
 
     async fn put_blob(&self, content: &[u8]) -> Result<BlobRef> {
         let hash = blob_hash(content);
-        sqlx::query("INSERT INTO blobs (hash, size, content) VALUES (?, ?, ?) ON CONFLICT (hash) DO NOTHING")
+        sqlx::query(crate::side::INSERT_BLOB)
             .bind(&hash)
             .bind(content.len() as i64)
             .bind(content)
@@ -414,5 +389,9 @@ async fn missing_or_conflict(store: &SqliteStore, run_id: &str, expected: i64) -
 
 /// The side-table queries for this backend.
 mod q {
-    crate::side::side_queries!(sqlx::sqlite::SqlitePool, sqlx::sqlite::SqliteRow);
+    crate::side::side_queries!(
+        sqlx::sqlite::SqlitePool,
+        sqlx::sqlite::SqliteRow,
+        sqlx::Sqlite
+    );
 }
