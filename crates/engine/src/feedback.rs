@@ -14,7 +14,7 @@ use factory_core::feedback::{self as loop_core, Convergence, ItemRef, ItemStats,
 use factory_core::run::{BlockStatus, Event, EventRecord, GatePhase, RunDoc};
 use factory_core::template::Runtime;
 use factory_core::transitions::{self, Principal};
-use factory_store::{FeedbackRecord, ImprovementItem};
+use factory_store::{FeedbackRecord, ImprovementItem, Writes};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -192,6 +192,56 @@ pub fn review_page(handle: &RunHandle, block: &str) -> Result<String> {
     })
 }
 
+/// What one review submission changes, before it is written.
+struct DecidedReview {
+    record: FeedbackRecord,
+    items: Vec<ImprovementItem>,
+    events: Vec<Event>,
+    changes: Vec<ItemChange>,
+    gate: Option<GateOutcome>,
+}
+
+/// Whether the review gate of `block` may close: it must wait at its
+/// after-gate, and no critical item of the run may be open or in triage.
+fn review_gate(doc: &RunDoc, block: &str, items: &[&ImprovementItem], actor: &str) -> GateOutcome {
+    let state = &doc.blocks[block];
+    if state.status != BlockStatus::Waiting || state.gate != Some(GatePhase::After) {
+        return GateOutcome {
+            approved: false,
+            reason: format!(
+                "the review was stored, but `{block}` is {} and not waiting at its gate, so there is nothing to close",
+                state.status.as_str()
+            ),
+        };
+    }
+    let blocking: Vec<&&ImprovementItem> = items
+        .iter()
+        .filter(|i| i.priority == "critical" && matches!(i.status.as_str(), "open" | "triage"))
+        .collect();
+    let accepted = items.iter().filter(|i| i.status == "accepted").count();
+    if blocking.is_empty() {
+        GateOutcome {
+            approved: true,
+            reason: format!(
+                "review closed by {actor}: no critical item open or in triage; {accepted} accepted item(s) go to the corrections router"
+            ),
+        }
+    } else {
+        GateOutcome {
+            approved: false,
+            reason: format!(
+                "{} critical item(s) still open or in triage ({}): settle them (PATCH improvement-items) or approve the gate to accept the rest",
+                blocking.len(),
+                blocking
+                    .iter()
+                    .map(|i| format!("{} [{}]", i.source_key, i.status))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+}
+
 /// Every vote of a run's submissions, by item, in submission order, with the
 /// run version each was cast in. Parsed once per submission: recomputing an
 /// item only filters its own list.
@@ -303,14 +353,62 @@ impl Engine {
                 )));
             }
         }
-        let version = handle.doc().version;
+        for _ in 0..crate::handle::MAX_CONFLICTS {
+            let review = self
+                .decide_review(&handle, block, &source, tester, &submission, principal)
+                .await?;
+            let writes = Writes {
+                feedback: Some(&review.record),
+                items: &review.items,
+                ..Writes::default()
+            };
+            let Some(records) = handle
+                .apply_once(actor, review.events.clone(), &writes)
+                .await?
+            else {
+                continue; // the run changed underneath: decide again from fresh reads
+            };
+            self.notify(&records, handle.doc());
+            if review.gate.as_ref().is_some_and(|gate| gate.approved) {
+                self.resolve_completed(&mut handle, actor, &records).await?;
+            }
+            return Ok(SubmitOutcome {
+                feedback_id: review.record.id.clone(),
+                version: review.record.version.clone(),
+                changes: review.changes,
+                gate: review.gate,
+            });
+        }
+        Err(EngineError::TooManyConflicts {
+            run_id: run_id.clone(),
+            tries: crate::handle::MAX_CONFLICTS,
+        })
+    }
+
+    /// Everything one review submission changes, decided from one read of
+    /// the run's reviews and items: the feedback row, the items whose
+    /// consensus moved, the events that explain each change and, when the
+    /// review asks to close and may, the gate's approval. Written by the
+    /// caller in one transaction.
+    async fn decide_review(
+        &self,
+        handle: &RunHandle,
+        block: &str,
+        source: &str,
+        tester: &Tester,
+        submission: &Submission,
+        principal: Principal<'_>,
+    ) -> Result<DecidedReview> {
+        let doc = handle.doc();
+        let run_id = doc.run_id.clone();
+        let version = doc.version;
         let now = now_ms();
         let feedback_id = format!("fb-{}", uuid::Uuid::now_v7().simple());
         let record = FeedbackRecord {
             id: feedback_id.clone(),
             run_id: run_id.clone(),
             version: format!("v{version}"),
-            source: source.clone(),
+            source: source.to_string(),
             tester: tester.name.clone(),
             tester_role: tester.role.as_str().to_string(),
             free_text: submission.free_text.clone(),
@@ -321,22 +419,20 @@ impl Engine {
             }),
             created_at: now,
         };
-        self.store.add_feedback(&record).await?;
-
-        // Recompute consensus for every item this submission judged.
-        let votes = votes_by_item(&self.store.feedback(&run_id).await?);
-        let mut existing_items: BTreeMap<String, ImprovementItem> = self
-            .store
-            .items(&run_id, None, None)
-            .await?
-            .into_iter()
-            .map(|i| (i.source_key.clone(), i))
+        // Consensus over every stored review plus this one (not yet stored).
+        let mut feedback = self.store.feedback(&run_id).await?;
+        feedback.push(record.clone());
+        let votes = votes_by_item(&feedback);
+        let all_items = self.store.items(&run_id, None, None).await?;
+        let mut existing_items: BTreeMap<String, ImprovementItem> = all_items
+            .iter()
+            .map(|i| (i.source_key.clone(), i.clone()))
             .collect();
         let mut changes = Vec::new();
         let mut updated = Vec::new();
         let mut events = vec![Event::FeedbackSubmitted {
             feedback_id: feedback_id.clone(),
-            source: source.clone(),
+            source: source.to_string(),
             tester: tester.name.clone(),
             tester_role: tester.role.as_str().to_string(),
             version,
@@ -383,7 +479,7 @@ impl Engine {
                 extraction_version: Some(format!("v{version}")),
                 resolved_in_version: None,
                 resolution_notes: None,
-                source: source.clone(),
+                source: source.to_string(),
                 created_at: now,
                 updated_at: now,
             });
@@ -456,73 +552,36 @@ impl Engine {
             });
             updated.push(item);
         }
-        // One transaction: a submission's items change together or not at all.
-        self.store.put_items(&updated).await?;
-
+        // Closing: decided on the items as they will be after this review.
         let gate = if submission.close {
-            Some(self.close_review(&run_id, block, actor).await?)
+            let after: Vec<&ImprovementItem> = all_items
+                .iter()
+                .filter(|i| !updated.iter().any(|u: &ImprovementItem| u.id == i.id))
+                .chain(updated.iter())
+                .collect();
+            let outcome = review_gate(doc, block, &after, principal.actor);
+            if outcome.approved {
+                let log = self.store.events(&run_id, 0).await?;
+                events.push(transitions::approve_as(
+                    handle.pipeline(),
+                    doc,
+                    &log,
+                    block,
+                    principal,
+                    Some(outcome.reason.clone()),
+                )?);
+            }
+            Some(outcome)
         } else {
             None
         };
-        let records = handle.apply(actor, |_, _, _| Ok(events.clone())).await?;
-        self.notify(&records, handle.doc());
-        if let Some(GateOutcome {
-            approved: true,
-            reason,
-        }) = &gate
-        {
-            self.approve_as(principal, &run_id, block, Some(reason.clone()))
-                .await?;
-        }
-        Ok(SubmitOutcome {
-            feedback_id,
-            version: format!("v{version}"),
+        Ok(DecidedReview {
+            record,
+            items: updated,
+            events,
             changes,
             gate,
         })
-    }
-
-    /// Whether the review gate of `block` may close: it must wait at its
-    /// after-gate, and no critical item of the run may be open or in triage.
-    async fn close_review(&self, run_id: &str, block: &str, actor: &str) -> Result<GateOutcome> {
-        let handle = self.open(run_id).await?;
-        let state = &handle.doc().blocks[block];
-        if state.status != BlockStatus::Waiting || state.gate != Some(GatePhase::After) {
-            return Ok(GateOutcome {
-                approved: false,
-                reason: format!(
-                    "the review was stored, but `{block}` is {} and not waiting at its gate, so there is nothing to close",
-                    state.status.as_str()
-                ),
-            });
-        }
-        let items = self.store.items(run_id, None, None).await?;
-        let blocking: Vec<&ImprovementItem> = items
-            .iter()
-            .filter(|i| i.priority == "critical" && matches!(i.status.as_str(), "open" | "triage"))
-            .collect();
-        let accepted = items.iter().filter(|i| i.status == "accepted").count();
-        if blocking.is_empty() {
-            Ok(GateOutcome {
-                approved: true,
-                reason: format!(
-                    "review closed by {actor}: no critical item open or in triage; {accepted} accepted item(s) go to the corrections router"
-                ),
-            })
-        } else {
-            Ok(GateOutcome {
-                approved: false,
-                reason: format!(
-                    "{} critical item(s) still open or in triage ({}): settle them (PATCH improvement-items) or approve the gate to accept the rest",
-                    blocking.len(),
-                    blocking
-                        .iter()
-                        .map(|i| format!("{} [{}]", i.source_key, i.status))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            })
-        }
     }
 
     /// A person settles an item (status, priority, correction, resolution).

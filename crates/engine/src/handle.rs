@@ -5,12 +5,12 @@ use std::sync::Arc;
 use factory_core::run::{Event, EventRecord, Millis, RunDoc};
 use factory_core::transitions::{self, Policy};
 use factory_core::{Pipeline, commit_in_place as commit, decide};
-use factory_store::{NewBlob, Store, StoreError, StoredRun};
+use factory_store::{NewBlob, Store, StoreError, StoredRun, Writes};
 
 use crate::{EngineError, Result, load_pipeline, now_ms};
 
 /// How often a conflicting write is recomputed before giving up.
-const MAX_CONFLICTS: u32 = 64;
+pub(crate) const MAX_CONFLICTS: u32 = 64;
 
 /// A worker claiming ready blocks in [`RunHandle::apply_with`].
 #[derive(Debug, Clone, Copy)]
@@ -60,6 +60,40 @@ impl RunHandle {
         let run_id = self.stored.doc.run_id.clone();
         self.stored = self.store.load_run(&run_id).await?;
         Ok(())
+    }
+
+    /// One try at writing `events`, the scheduler's follow-up and `writes`
+    /// in one transaction. `Ok(None)` when the run changed underneath: the
+    /// handle is reloaded, and the caller decides again from fresh reads
+    /// (its `writes` were computed from what it read, so they cannot simply
+    /// be replayed onto the new document).
+    pub async fn apply_once(
+        &mut self,
+        actor: &str,
+        events: Vec<Event>,
+        writes: &Writes<'_>,
+    ) -> Result<Option<Vec<EventRecord>>> {
+        let now = now_ms();
+        let mut doc = self.stored.doc.clone();
+        let mut records = commit(&mut doc, events, actor, now)?;
+        let decision = decide(&self.pipeline, &doc, now, self.max_concurrency);
+        records.extend(commit(&mut doc, decision.events, "scheduler", now)?);
+        match self
+            .store
+            .commit_with(&doc.run_id, self.stored.version, &records, &doc, writes)
+            .await
+        {
+            Ok(version) => {
+                self.stored.version = version;
+                self.stored.doc = doc;
+                Ok(Some(records))
+            }
+            Err(StoreError::Conflict { .. }) => {
+                self.reload().await?;
+                Ok(None)
+            }
+            Err(error) => Err(error.into()),
+        }
     }
 
     /// Computes events with `step` on the latest document, adds the

@@ -94,6 +94,16 @@ pub struct StoredRun {
     pub template_path: Option<String>,
 }
 
+/// Rows written in the same transaction as a run's events and document.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Writes<'a> {
+    pub blobs: &'a [NewBlob],
+    /// A review submission.
+    pub feedback: Option<&'a FeedbackRecord>,
+    /// Improvement items created or changed by the same action.
+    pub items: &'a [ImprovementItem],
+}
+
 /// A new run: its template snapshot, first document and first events.
 #[derive(Debug, Clone)]
 pub struct NewRun<'a> {
@@ -190,6 +200,25 @@ pub trait Store: Send + Sync {
         records: &[EventRecord],
         doc: &RunDoc,
         blobs: &[NewBlob],
+    ) -> Result<i64> {
+        let writes = Writes {
+            blobs,
+            ..Writes::default()
+        };
+        self.commit_with(run_id, expected_version, records, doc, &writes)
+            .await
+    }
+
+    /// [`Store::commit`] with everything else the same action changes
+    /// (`writes`) in one transaction: a review's row, its items, the events
+    /// that explain them and the document land together or not at all.
+    async fn commit_with(
+        &self,
+        run_id: &str,
+        expected_version: i64,
+        records: &[EventRecord],
+        doc: &RunDoc,
+        writes: &Writes<'_>,
     ) -> Result<i64>;
 
     /// Events with `seq > after_seq`, in order.

@@ -14,9 +14,9 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Connection, Row};
 
 use crate::{
-    BlobRef, FeedbackRecord, ImprovementItem, Lease, LeaseOp, NewBlob, NewRun, Result, RunRecord,
-    RunSummary, Store, StoreError, StoredRun, TemplateRecord, TokenRecord, blob_hash, lease_ops,
-    like_prefix, parse_doc, parse_event,
+    BlobRef, FeedbackRecord, ImprovementItem, Lease, LeaseOp, NewRun, Result, RunRecord,
+    RunSummary, Store, StoreError, StoredRun, TemplateRecord, TokenRecord, Writes, blob_hash,
+    lease_ops, like_prefix, parse_doc, parse_event,
 };
 
 /// How long a request waits for a pooled connection before the store
@@ -123,13 +123,13 @@ impl Store for PostgresStore {
         Ok(row.get("doc"))
     }
 
-    async fn commit_with_blobs(
+    async fn commit_with(
         &self,
         run_id: &str,
         expected_version: i64,
         records: &[EventRecord],
         doc: &RunDoc,
-        blobs: &[NewBlob],
+        writes: &Writes<'_>,
     ) -> Result<i64> {
         let doc_json = serde_json::to_string(doc)?;
         let mut tx = self.pool.begin().await?;
@@ -148,7 +148,11 @@ impl Store for PostgresStore {
             tx.rollback().await?;
             return Err(missing_or_conflict(self, run_id, expected_version).await);
         }
-        q::insert_blobs(&mut tx, blobs).await?;
+        q::insert_blobs(&mut tx, writes.blobs).await?;
+        if let Some(feedback) = writes.feedback {
+            q::insert_feedback(&mut tx, feedback).await?;
+        }
+        q::upsert_items(&mut tx, writes.items).await?;
         insert_events(&mut tx, run_id, records).await?;
         for op in lease_ops(records) {
             match op {

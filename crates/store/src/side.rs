@@ -417,6 +417,17 @@ macro_rules! side_queries {
         }
 
         pub(crate) async fn add_feedback(pool: &$pool, f: &FeedbackRecord) -> $crate::Result<()> {
+            let mut tx = pool.begin().await?;
+            insert_feedback(&mut tx, f).await?;
+            tx.commit().await?;
+            Ok(())
+        }
+
+        /// A review submission's row, inside the caller's transaction.
+        pub(crate) async fn insert_feedback(
+            tx: &mut sqlx::Transaction<'_, $db>,
+            f: &FeedbackRecord,
+        ) -> $crate::Result<()> {
             sqlx::query(INSERT_FEEDBACK)
                 .bind(&f.id)
                 .bind(&f.run_id)
@@ -427,7 +438,7 @@ macro_rules! side_queries {
                 .bind(&f.free_text)
                 .bind(serde_json::to_string(&f.items)?)
                 .bind(f.created_at)
-                .execute(pool)
+                .execute(&mut **tx)
                 .await?;
             Ok(())
         }
@@ -463,6 +474,16 @@ macro_rules! side_queries {
             items: &[ImprovementItem],
         ) -> $crate::Result<()> {
             let mut tx = pool.begin().await?;
+            upsert_items(&mut tx, items).await?;
+            tx.commit().await?;
+            Ok(())
+        }
+
+        /// Improvement items, inside the caller's transaction.
+        pub(crate) async fn upsert_items(
+            tx: &mut sqlx::Transaction<'_, $db>,
+            items: &[ImprovementItem],
+        ) -> $crate::Result<()> {
             for i in items {
                 sqlx::query(UPSERT_ITEM)
                     .bind(&i.id)
@@ -483,10 +504,9 @@ macro_rules! side_queries {
                     .bind(i.created_at)
                     .bind(i.updated_at)
                     .bind(&i.source)
-                    .execute(&mut *tx)
+                    .execute(&mut **tx)
                     .await?;
             }
-            tx.commit().await?;
             Ok(())
         }
 

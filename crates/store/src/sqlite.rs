@@ -17,9 +17,9 @@ use sqlx::sqlite::{
 };
 
 use crate::{
-    BlobRef, FeedbackRecord, ImprovementItem, Lease, LeaseOp, NewBlob, NewRun, Result, RunRecord,
-    RunSummary, Store, StoreError, StoredRun, TemplateRecord, TokenRecord, blob_hash, lease_ops,
-    like_prefix, parse_doc, parse_event,
+    BlobRef, FeedbackRecord, ImprovementItem, Lease, LeaseOp, NewRun, Result, RunRecord,
+    RunSummary, Store, StoreError, StoredRun, TemplateRecord, TokenRecord, Writes, blob_hash,
+    lease_ops, like_prefix, parse_doc, parse_event,
 };
 
 #[derive(Debug, Clone)]
@@ -103,13 +103,13 @@ impl Store for SqliteStore {
         Ok(row.get("doc"))
     }
 
-    async fn commit_with_blobs(
+    async fn commit_with(
         &self,
         run_id: &str,
         expected_version: i64,
         records: &[EventRecord],
         doc: &RunDoc,
-        blobs: &[NewBlob],
+        writes: &Writes<'_>,
     ) -> Result<i64> {
         let doc_json = serde_json::to_string(doc)?;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
@@ -128,7 +128,11 @@ impl Store for SqliteStore {
             tx.rollback().await?;
             return Err(missing_or_conflict(self, run_id, expected_version).await);
         }
-        q::insert_blobs(&mut tx, blobs).await?;
+        q::insert_blobs(&mut tx, writes.blobs).await?;
+        if let Some(feedback) = writes.feedback {
+            q::insert_feedback(&mut tx, feedback).await?;
+        }
+        q::upsert_items(&mut tx, writes.items).await?;
         insert_events(&mut tx, run_id, records).await?;
         for op in lease_ops(records) {
             match op {

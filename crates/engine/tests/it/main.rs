@@ -1245,3 +1245,124 @@ mod http_runtime {
         assert!(error.contains("FACTORY_TEST_UNSET_SYNC_URL"), "{error}");
     }
 }
+
+/// A review submission is one transaction: when its commit fails at the last
+/// write (a trigger stands in for a crash or a full disk), neither the
+/// feedback row, nor the items, nor any event is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_review_that_fails_to_commit_leaves_nothing_behind() {
+    use factory_core::consensus::{TesterRole, Verdict};
+    use factory_core::transitions::Principal;
+    use factory_engine::feedback::{Submission, SubmittedItem, Tester};
+    use sqlx::Connection as _;
+
+    let h = sqlite().await;
+    let template = json!({
+        "id": "one-review", "name": "One review", "version": "1.0.0",
+        "blocks": [
+            { "id": "extract", "name": "Extract", "layer": "L0", "type": "extract", "runtime": "builtin",
+              "inputs": { "config": { "builtin": "noop" } },
+              "outputs": { "artifacts": [{ "key": "facts", "path": "facts.json", "format": "json" }] } },
+            { "id": "review", "name": "Review", "layer": "L1", "type": "validate", "runtime": "builtin",
+              "inputs": { "depends": [{ "block": "extract", "key": "facts" }], "config": { "builtin": "review-page", "page": "extraction-review" } },
+              "outputs": { "artifacts": [{ "key": "review-url", "path": "url.txt", "format": "url" }] },
+              "execution": { "human_gate": "after" } }
+        ]
+    });
+    let doc = h
+        .engine
+        .create_run(&template.to_string(), None, RunRequest::default())
+        .await
+        .unwrap();
+    let run = doc.run_id.clone();
+    let (_, doc) = h.engine.drive(&run).await.unwrap();
+    assert_eq!(doc.blocks["review"].status, BlockStatus::Waiting);
+
+    let db = h.dir.path().join("factory.db");
+    let mut sqlite = sqlx::SqliteConnection::connect(db.to_str().unwrap())
+        .await
+        .unwrap();
+    sqlx::query(
+        "CREATE TRIGGER crash BEFORE INSERT ON events WHEN NEW.kind = 'gate_approved' \
+         BEGIN SELECT RAISE(ABORT, 'simulated crash'); END",
+    )
+    .execute(&mut sqlite)
+    .await
+    .unwrap();
+    let review = || Submission {
+        items: vec![SubmittedItem {
+            source_key: "extract:$.builtin".into(),
+            skill_target: "extract".into(),
+            verdict: Verdict::Wrong,
+            correction: "name the source".into(),
+            source_text: String::new(),
+            priority: Some("high".into()),
+            finding_type: None,
+        }],
+        close: true,
+        ..Submission::default()
+    };
+    let samuel = Tester {
+        name: "samuel".into(),
+        role: TesterRole::Expert,
+    };
+    let submit = |submission| {
+        h.engine.submit_feedback(
+            Principal::new("user:samuel"),
+            &run,
+            "review",
+            &samuel,
+            submission,
+        )
+    };
+    let error = submit(review()).await.unwrap_err();
+    assert!(error.to_string().contains("simulated crash"), "{error}");
+    let store = h.engine.store();
+    assert!(
+        store.feedback(&run).await.unwrap().is_empty(),
+        "feedback row left behind"
+    );
+    assert!(
+        store.items(&run, None, None).await.unwrap().is_empty(),
+        "items left behind"
+    );
+    let events = store.events(&run, 0).await.unwrap();
+    assert!(
+        !events.iter().any(|r| matches!(
+            r.event,
+            Event::FeedbackSubmitted { .. } | Event::ItemChanged { .. }
+        )),
+        "events left behind"
+    );
+    assert_eq!(
+        h.engine.open(&run).await.unwrap().doc().blocks["review"].status,
+        BlockStatus::Waiting
+    );
+
+    // After the "crash", the same review goes through whole.
+    sqlx::query("DROP TRIGGER crash")
+        .execute(&mut sqlite)
+        .await
+        .unwrap();
+    let outcome = submit(review()).await.unwrap();
+    assert!(
+        outcome.gate.as_ref().is_some_and(|g| g.approved),
+        "{outcome:?}"
+    );
+    assert_eq!(store.feedback(&run).await.unwrap().len(), 1);
+    let items = store.items(&run, None, None).await.unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0].status, "accepted");
+    let kinds: Vec<&str> = store
+        .events(&run, doc.seq)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.event.kind())
+        .collect();
+    assert_eq!(
+        &kinds[..3],
+        ["feedback_submitted", "item_changed", "gate_approved"],
+        "one commit, in order: {kinds:?}"
+    );
+}
