@@ -63,9 +63,7 @@ pub async fn run(
         .as_deref()
         .and_then(|p| std::path::Path::new(p).parent().map(|d| d.to_path_buf()));
     let skill = match (&block.skill, &template_dir) {
-        (Some(skill), Some(dir)) => {
-            std::fs::read_to_string(factory_runtime::llm::skill_path(dir, skill)).ok()
-        }
+        (Some(skill), Some(dir)) => factory_runtime::llm::read_skill(dir, skill).ok(),
         _ => None,
     };
     let mut upstream = Vec::new();

@@ -763,7 +763,44 @@ fn check_block(
         );
     }
 
+    if let Some(skill) = block.skill.as_deref().filter(|s| !s.is_empty())
+        && (skill.starts_with('.')
+            || !skill
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        out.push(
+            Diagnostic::error(
+                codes::BAD_PATH,
+                at(".skill"),
+                format!("skill `{skill}` must be a plain folder name under skills/"),
+            )
+            .in_block(id.clone())
+            .with_help("use letters, digits, `-`, `_` and `.` (not first): the skill is read from skills/<skill>/SKILL.md beside the template"),
+        );
+    }
     if let Some(audit) = &block.audit {
+        for (artifact_key, golden_path) in &audit.golden {
+            let path = std::path::Path::new(golden_path);
+            if golden_path.trim().is_empty()
+                || path.is_absolute()
+                || path
+                    .components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir))
+            {
+                out.push(
+                    Diagnostic::error(
+                        codes::BAD_PATH,
+                        at(&format!(".audit.golden.{artifact_key}")),
+                        format!(
+                            "golden path `{golden_path}` must be a non-empty relative path without `..`"
+                        ),
+                    )
+                    .in_block(id.clone())
+                    .with_help("golden examples are read from beside the template, e.g. `golden/report.md`"),
+                );
+            }
+        }
         for artifact_key in audit.golden.keys() {
             if !keys.contains(artifact_key.as_str()) {
                 out.push(

@@ -47,7 +47,7 @@ pub(crate) fn read_golden(block: &Block, template_dir: Option<&Path>) -> BTreeMa
         return golden;
     };
     for (key, path) in &audit.golden {
-        match std::fs::read(dir.join(path)) {
+        match factory_runtime::confine::read(dir, path) {
             Ok(bytes) => {
                 golden.insert(key.clone(), bytes);
             }
@@ -65,9 +65,10 @@ pub(crate) fn missing_golden(pipeline: &Pipeline, template_dir: Option<&Path>) -
     for block in pipeline.blocks() {
         let Some(audit) = &block.audit else { continue };
         for path in audit.golden.values() {
-            let exists = template_dir.is_some_and(|dir| dir.join(path).is_file());
-            if !exists {
-                missing.push(format!("{}: {path}", block.id));
+            match template_dir.map(|dir| factory_runtime::confine::within(dir, path)) {
+                Some(Ok(file)) if file.is_file() => {}
+                Some(Err(error)) => missing.push(format!("{}: {error}", block.id)),
+                _ => missing.push(format!("{}: {path}", block.id)),
             }
         }
     }

@@ -442,12 +442,14 @@ fn llm_problems(
         }
         if let (Some(skill), Some(dir)) = (&block.skill, template_dir) {
             let path = factory_runtime::llm::skill_path(dir, skill);
-            if !path.is_file() {
-                problems.push(format!(
+            match factory_runtime::confine::within(dir, &format!("skills/{skill}/SKILL.md")) {
+                Err(error) => problems.push(format!("{}: skill {error}", block.id)),
+                Ok(_) if !path.is_file() => problems.push(format!(
                     "{}: skill file {} not found",
                     block.id,
                     path.display()
-                ));
+                )),
+                Ok(_) => {}
             }
         }
     }

@@ -195,6 +195,14 @@ pub(crate) fn collect_outputs(input: &AttemptInput<'_>, out: &Path, execution: &
     let mut problems = Vec::new();
     for artifact in &block.outputs.artifacts {
         let path = out.join(&artifact.path);
+        // A symlink the block wrote must not lead out of its output directory.
+        if let Err(error) = crate::confine::within(out, &artifact.path) {
+            problems.push(format!(
+                "artifact `{}` {error}; write the file itself",
+                artifact.key
+            ));
+            continue;
+        }
         let bytes = if artifact.format == ArtifactFormat::Directory {
             directory::pack_directory(&path)
         } else {
@@ -228,11 +236,9 @@ pub(crate) fn collect_outputs(input: &AttemptInput<'_>, out: &Path, execution: &
     }
     let metrics_path = out.join("metrics.json");
     if metrics_path.exists() {
-        match std::fs::read(&metrics_path)
-            .map_err(|e| e.to_string())
-            .and_then(|bytes| {
-                serde_json::from_slice::<BTreeMap<String, Value>>(&bytes).map_err(|e| e.to_string())
-            }) {
+        match crate::confine::read(out, "metrics.json").and_then(|bytes| {
+            serde_json::from_slice::<BTreeMap<String, Value>>(&bytes).map_err(|e| e.to_string())
+        }) {
             Ok(metrics) => execution.metrics = metrics,
             Err(error) => problems.push(format!(
                 "metrics.json must be a JSON object of metric values: {error}"

@@ -23,16 +23,26 @@ pub fn pack_directory(dir: &Path) -> Result<Vec<u8>, String> {
         let entries =
             std::fs::read_dir(&current).map_err(|e| format!("{}: {e}", current.display()))?;
         for entry in entries {
-            let path = entry.map_err(|e| e.to_string())?.path();
-            if path.is_dir() {
-                stack.push(path);
-                continue;
-            }
+            let entry = entry.map_err(|e| e.to_string())?;
+            let path = entry.path();
             let relative = path
                 .strip_prefix(dir)
                 .map_err(|e| e.to_string())?
                 .to_string_lossy()
                 .replace('\\', "/");
+            // Symlinks are followed only while they stay inside the directory
+            // (a link to `/` would otherwise pack the whole machine).
+            if entry.file_type().is_ok_and(|t| t.is_symlink()) {
+                crate::confine::within(dir, &relative)?;
+                if path.is_dir() {
+                    return Err(format!(
+                        "{relative} is a symlink to a directory; directory artifacts hold files and real folders only"
+                    ));
+                }
+            } else if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
             let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
             let text = String::from_utf8(bytes).map_err(|_| {
                 format!("{relative} is binary; directory artifacts hold UTF-8 text files only")

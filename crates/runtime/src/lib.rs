@@ -9,6 +9,7 @@
 
 mod builtin;
 mod command;
+pub mod confine;
 mod directory;
 pub mod http;
 pub mod llm;

@@ -542,7 +542,18 @@ fn is_loopback(url: &str) -> bool {
 
 /// Where a block's skill lives: `skills/<skill>/SKILL.md` beside the template.
 pub fn skill_path(template_dir: &std::path::Path, skill: &str) -> std::path::PathBuf {
-    template_dir.join("skills").join(skill).join("SKILL.md")
+    template_dir.join(skill_relative(skill))
+}
+
+fn skill_relative(skill: &str) -> String {
+    format!("skills/{skill}/SKILL.md")
+}
+
+/// A block's skill text, read only from inside the template's folder (a
+/// symlink out of it is refused).
+pub fn read_skill(template_dir: &std::path::Path, skill: &str) -> Result<String, String> {
+    let bytes = crate::confine::read(template_dir, &skill_relative(skill))?;
+    String::from_utf8(bytes).map_err(|_| format!("skill `{skill}` is not UTF-8 text"))
 }
 
 /// Default `max_tokens` when a block sets none.
@@ -582,18 +593,15 @@ pub(crate) async fn run(input: AttemptInput<'_>) -> Execution {
         }
     };
     let skill_text = match (&block.skill, &input.template_dir) {
-        (Some(skill), Some(dir)) => {
-            let path = skill_path(dir, skill);
-            match std::fs::read_to_string(&path) {
-                Ok(text) => Some(text),
-                Err(error) => {
-                    return fail(
-                        FailureKind::Permanent,
-                        format!("cannot read its skill {}: {error}", path.display()),
-                    );
-                }
+        (Some(skill), Some(dir)) => match read_skill(dir, skill) {
+            Ok(text) => Some(text),
+            Err(error) => {
+                return fail(
+                    FailureKind::Permanent,
+                    format!("cannot read its skill: {error}"),
+                );
             }
-        }
+        },
         _ => None,
     };
     let golden = golden_schemas(block, input.golden);

@@ -826,6 +826,41 @@ fn artifact_paths_must_be_relative_without_parent_dirs() {
 }
 
 #[test]
+fn golden_paths_and_skills_stay_beside_the_template() {
+    for bad in ["/etc/passwd", "../golden.md", "golden/../../x.md", ""] {
+        let mut b = block("a");
+        b["audit"] = json!({"golden": {"out": bad}});
+        let validated = check(
+            template(vec![b]),
+            &[("TPL0012", "$.blocks[0].audit.golden.out", Some("a"))],
+        );
+        assert!(
+            help(only_error(&validated)).contains("beside the template"),
+            "{bad:?}"
+        );
+    }
+    let mut b = block("a");
+    b["audit"] = json!({"golden": {"out": "golden/out.md"}});
+    check(template(vec![b]), &[]);
+
+    for bad in ["../../etc", "a/b", ".hidden", "x\\y"] {
+        let mut b = block("a");
+        b["skill"] = json!(bad);
+        let validated = check(
+            template(vec![b]),
+            &[("TPL0012", "$.blocks[0].skill", Some("a"))],
+        );
+        assert!(
+            help(only_error(&validated)).contains("skills/<skill>/SKILL.md"),
+            "{bad:?}"
+        );
+    }
+    let mut b = block("a");
+    b["skill"] = json!("deep-research_v2.1");
+    check(template(vec![b]), &[]);
+}
+
+#[test]
 fn threshold_on_an_undeclared_metric() {
     let mut b = block("a");
     b["execution"] = json!({ "threshold": { "metric": "score", "min": 85 } });

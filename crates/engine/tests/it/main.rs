@@ -1366,3 +1366,88 @@ async fn a_review_that_fails_to_commit_leaves_nothing_behind() {
         "one commit, in order: {kinds:?}"
     );
 }
+
+/// A command block cannot hand over a file from outside its output directory
+/// by writing a symlink to it, as a file or inside a directory artifact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn symlinks_out_of_the_output_directory_are_refused() {
+    let h = sqlite().await;
+    let secret = h.dir.path().join("secret.txt");
+    std::fs::write(&secret, "not for the block").unwrap();
+    let secret = secret.display().to_string();
+    let source = template(
+        vec![
+            sh(
+                "file-link",
+                &format!("ln -s {secret} $FACTORY_OUTPUT_DIR/out.txt"),
+                json!({}),
+            ),
+            sh(
+                "dir-link",
+                "mkdir -p $FACTORY_OUTPUT_DIR/bundle && echo ok > $FACTORY_OUTPUT_DIR/bundle/a.txt && ln -s / $FACTORY_OUTPUT_DIR/bundle/root",
+                json!({"outputs": {"artifacts": [{"key": "out", "path": "bundle", "format": "directory"}]}}),
+            ),
+            sh(
+                "inside-link",
+                "echo kept > $FACTORY_OUTPUT_DIR/real.txt && ln -s real.txt $FACTORY_OUTPUT_DIR/out.txt",
+                json!({}),
+            ),
+        ],
+        json!({}),
+    );
+    let doc = start(&h, &source, &[]).await;
+    let (_, doc) = h.engine.drive(&doc.run_id).await.unwrap();
+    let error = |block: &str| doc.blocks[block].error.clone().unwrap_or_default();
+    assert_eq!(statuses(&doc)["file-link"], BlockStatus::Failed);
+    assert!(
+        error("file-link").contains("through a symlink"),
+        "{}",
+        error("file-link")
+    );
+    assert_eq!(statuses(&doc)["dir-link"], BlockStatus::Failed);
+    assert!(
+        error("dir-link").contains("symlink"),
+        "{}",
+        error("dir-link")
+    );
+    assert_eq!(
+        statuses(&doc)["inside-link"],
+        BlockStatus::Done,
+        "a link inside is fine"
+    );
+    assert_eq!(artifact(&h, &doc, "inside-link", "out").await, "kept\n");
+}
+
+/// Golden examples and skills are read only from inside the template's folder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_golden_example_linked_from_outside_the_template_folder_is_refused() {
+    let h = sqlite().await;
+    let folder = h.dir.path().join("templates");
+    std::fs::create_dir_all(folder.join("golden")).unwrap();
+    std::fs::write(h.dir.path().join("private.md"), "# private").unwrap();
+    std::os::unix::fs::symlink(
+        h.dir.path().join("private.md"),
+        folder.join("golden/out.md"),
+    )
+    .unwrap();
+    let source = template(
+        vec![sh(
+            "a",
+            "echo hi > $FACTORY_OUTPUT_DIR/out.txt",
+            json!({"audit": {"golden": {"out": "golden/out.md"}}}),
+        )],
+        json!({}),
+    );
+    let path = folder.join("t.json");
+    std::fs::write(&path, &source).unwrap();
+    let error = h
+        .engine
+        .create_run(&source, Some(&path), RunRequest::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, EngineError::MissingGolden(_))
+            && error.to_string().contains("through a symlink"),
+        "{error}"
+    );
+}

@@ -117,7 +117,7 @@ fn guide(view: &BlockView) -> Markup {
     let block = &view.block;
     let skill_text = block.skill.as_ref().and_then(|skill| {
         let dir = std::path::Path::new(view.template_path.as_deref()?).parent()?;
-        std::fs::read_to_string(factory_runtime::llm::skill_path(dir, skill)).ok()
+        factory_runtime::llm::read_skill(dir, skill).ok()
     });
     html! {
         h2 { "Guide" }
