@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 
 use crate::handle::Claim;
 use crate::owner::Owner;
+use crate::spool;
 use crate::{Engine, EngineError, Result, RunHandle, now_ms};
 
 /// Why [`Engine::drive`] returned.
@@ -33,15 +34,19 @@ pub enum Outcome {
 }
 
 /// A finished attempt on its way back to the loop.
-struct Completion {
-    block: String,
-    attempt: u32,
-    report: std::result::Result<AttemptReport, String>,
+pub(crate) struct Completion {
+    pub(crate) block: String,
+    pub(crate) attempt: u32,
+    pub(crate) report: std::result::Result<AttemptReport, String>,
     /// Artifact and log contents, stored with the events that reference them.
-    blobs: Vec<NewBlob>,
+    pub(crate) blobs: Vec<NewBlob>,
     /// A corrections router's accepted items: routed when its attempt commits.
-    route_items: Option<Vec<factory_core::feedback::AcceptedItem>>,
+    pub(crate) route_items: Option<Vec<factory_core::feedback::AcceptedItem>>,
 }
+
+/// Tries at recording finished attempts before giving up (and keeping them
+/// on disk for the next drive); the waits double from the retry backoff.
+const RECORD_TRIES: u32 = 5;
 
 impl Engine {
     /// Drives a run until it is done, failed or waiting at a gate. Also the
@@ -56,11 +61,27 @@ impl Engine {
         let owner_id = self.owner.id();
         let max_concurrency = self.config.max_concurrency;
 
+        let work_root = self.config.work_root.clone();
         let result: Result<Outcome> = async {
-            let mut completions: Vec<Completion> = Vec::new();
+            // Attempts a previous drive finished but could not record: record
+            // them now instead of running their blocks again.
+            let mut completions: Vec<Completion> = spool::load(&work_root, &handle.doc().run_id)
+                .into_iter()
+                .filter(|kept| {
+                    let current = handle.doc().blocks.get(&kept.block).is_some_and(|s| {
+                        s.status == BlockStatus::Running && s.attempts == kept.attempt
+                    });
+                    if !current {
+                        spool::remove(&work_root, &handle.doc().run_id, &kept.block, kept.attempt);
+                    }
+                    current
+                })
+                .collect();
             loop {
                 if in_flight.is_empty() {
-                    self.reclaim(&mut handle, &worker_actor).await?;
+                    let kept: BTreeSet<&str> =
+                        completions.iter().map(|c| c.block.as_str()).collect();
+                    self.reclaim(&mut handle, &worker_actor, &kept).await?;
                 }
 
                 // One commit: record finished attempts, decide, start what may start.
@@ -72,9 +93,40 @@ impl Engine {
                     0 => usize::MAX,
                     slots => slots.saturating_sub(in_flight.len()),
                 };
-                let records = self
-                    .record_and_claim(&mut handle, &worker_actor, &completions, free_slots)
-                    .await?;
+                let records = match self
+                    .record_with_retries(&mut handle, &worker_actor, &completions, free_slots)
+                    .await
+                {
+                    Ok(records) => records,
+                    Err(error) => {
+                        // Keep the paid work: the next drive records it.
+                        let run_id = handle.doc().run_id.clone();
+                        for completion in &completions {
+                            match spool::save(&work_root, &run_id, completion) {
+                                Ok(true) => tracing::warn!(
+                                    block = %completion.block,
+                                    attempt = completion.attempt,
+                                    "attempt kept on disk until the store can record it"
+                                ),
+                                Ok(false) => {}
+                                Err(spool_error) => tracing::error!(
+                                    block = %completion.block,
+                                    %spool_error,
+                                    "attempt could neither be recorded nor kept; it will run again"
+                                ),
+                            }
+                        }
+                        return Err(error);
+                    }
+                };
+                for completion in &completions {
+                    spool::remove(
+                        &work_root,
+                        &handle.doc().run_id,
+                        &completion.block,
+                        completion.attempt,
+                    );
+                }
                 completions.clear();
                 self.resolve_completed(&mut handle, &worker_actor, &records)
                     .await?;
@@ -170,13 +222,18 @@ impl Engine {
 
     /// Gives back running blocks whose worker is provably dead (same host) or
     /// whose lease ran out; kills what is left of their process groups.
-    async fn reclaim(&self, handle: &mut RunHandle, actor: &str) -> Result<()> {
+    async fn reclaim(
+        &self,
+        handle: &mut RunHandle,
+        actor: &str,
+        kept: &BTreeSet<&str>,
+    ) -> Result<()> {
         let run_id = handle.doc().run_id.clone();
         let running: Vec<String> = handle
             .doc()
             .blocks
             .iter()
-            .filter(|(_, s)| s.status == BlockStatus::Running)
+            .filter(|(id, s)| s.status == BlockStatus::Running && !kept.contains(id.as_str()))
             .map(|(id, _)| id.clone())
             .collect();
         if running.is_empty() {
@@ -294,6 +351,38 @@ impl Engine {
                 route_items,
             });
         });
+    }
+
+    /// [`Engine::record_and_claim`], retried with a doubling wait while the
+    /// store fails (a full disk, a lost connection): the finished attempts'
+    /// outputs stay in memory meanwhile, and no new block is started.
+    async fn record_with_retries(
+        &self,
+        handle: &mut RunHandle,
+        actor: &str,
+        completions: &[Completion],
+        free_slots: usize,
+    ) -> Result<Vec<EventRecord>> {
+        let mut wait_ms = self.config.policy.retry_base_ms.max(1);
+        let mut tries = 1;
+        let mut slots = free_slots;
+        loop {
+            match self
+                .record_and_claim(handle, actor, completions, slots)
+                .await
+            {
+                Err(EngineError::Store(error))
+                    if tries < RECORD_TRIES && !completions.is_empty() =>
+                {
+                    tracing::warn!(%error, tries, "cannot record finished attempts; trying again");
+                    tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+                    wait_ms = (wait_ms * 2).min(self.config.policy.retry_max_ms.max(1));
+                    tries += 1;
+                    slots = 0;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Records finished attempts (storing their outputs in the same

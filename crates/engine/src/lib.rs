@@ -13,6 +13,7 @@ pub mod feedback;
 pub mod fixtures;
 mod handle;
 mod owner;
+mod spool;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -1451,3 +1451,106 @@ async fn a_golden_example_linked_from_outside_the_template_folder_is_refused() {
         "{error}"
     );
 }
+
+/// When the store cannot record a finished attempt (a full disk), its outputs
+/// are kept: the commit is retried, and if the store is still failing the
+/// attempt is kept on disk and recorded by the next drive — the block does
+/// not run again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_attempt_survives_a_store_that_cannot_record_it() {
+    use sqlx::Connection as _;
+    let h = sqlite().await;
+    // Retries wait 200, 400, 800, 1600 ms: room for the disk to free up.
+    let engine = Engine::new(
+        h.engine.store().clone(),
+        EngineConfig {
+            policy: Policy {
+                retry_base_ms: 200,
+                retry_max_ms: 1_600,
+                lease_ms: 2_000,
+            },
+            ..config(h.dir.path())
+        },
+    );
+    let runs = h.dir.path().join("runs.log");
+    let source = template(
+        vec![sh(
+            "paid",
+            &format!(
+                "echo ran >> {}; echo expensive answer > $FACTORY_OUTPUT_DIR/out.txt",
+                runs.display()
+            ),
+            json!({}),
+        )],
+        json!({}),
+    );
+    let db = h.dir.path().join("factory.db");
+    let connect = || async {
+        sqlx::SqliteConnection::connect(db.to_str().unwrap())
+            .await
+            .unwrap()
+    };
+    let full_disk = "CREATE TRIGGER full_disk BEFORE INSERT ON events \
+         WHEN NEW.kind = 'attempt_finished' \
+         BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END";
+    let times_run = || {
+        std::fs::read_to_string(&runs)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+
+    // The disk frees up while the commit is being retried.
+    let mut sqlite = connect().await;
+    sqlx::query(full_disk).execute(&mut sqlite).await.unwrap();
+    let doc = start(&h, &source, &[]).await;
+    let ran = runs.clone();
+    let freeing = tokio::spawn(async move {
+        // Once the block has run (its first commit fails right after).
+        while !ran.exists() {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        sqlx::query("DROP TRIGGER full_disk")
+            .execute(&mut sqlite)
+            .await
+            .unwrap();
+    });
+    let (outcome, doc) = engine.drive(&doc.run_id).await.unwrap();
+    freeing.await.unwrap();
+    assert_eq!(outcome, Outcome::Done);
+    assert_eq!((doc.blocks["paid"].attempts, times_run()), (1, 1));
+    assert_eq!(
+        artifact(&h, &doc, "paid", "out").await,
+        "expensive answer\n"
+    );
+
+    // Still full after every retry: the drive fails, the attempt is kept, and
+    // the next drive records it without running the block again.
+    let mut sqlite = connect().await;
+    sqlx::query(full_disk).execute(&mut sqlite).await.unwrap();
+    let doc = start(&h, &source, &[]).await;
+    let error = engine.drive(&doc.run_id).await.unwrap_err();
+    assert!(error.to_string().contains("disk is full"), "{error}");
+    assert_eq!(times_run(), 2);
+    sqlx::query("DROP TRIGGER full_disk")
+        .execute(&mut sqlite)
+        .await
+        .unwrap();
+    let (outcome, doc) = engine.drive(&doc.run_id).await.unwrap();
+    assert_eq!(outcome, Outcome::Done);
+    assert_eq!(times_run(), 2, "the block did not run again");
+    assert_eq!(doc.blocks["paid"].attempts, 1);
+    assert_eq!(
+        artifact(&h, &doc, "paid", "out").await,
+        "expensive answer\n"
+    );
+    assert!(
+        !h.dir
+            .path()
+            .join("work/.unrecorded")
+            .join(&doc.run_id)
+            .exists(),
+        "the kept attempt is removed once recorded"
+    );
+}
