@@ -1387,8 +1387,27 @@ fn assert_consistent(validated: &Validated) {
     }
 }
 
+/// 256 cases per property by default; `PROPTEST_CASES=100000` fuzzes longer.
+fn fuzz_cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(256)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: fuzz_cases(), ..ProptestConfig::default() })]
+
+    #[test]
+    fn json_bytes_never_panic(bytes in proptest::collection::vec(
+        proptest::sample::select(br#"{}[]":,0123456789.-eE truefalsn\u"blocksidpathmodeexecution"#.to_vec()),
+        0..400,
+    )) {
+        // Bytes drawn from JSON's alphabet and the template's words, so most
+        // reach the parser and many reach validation.
+        let source = String::from_utf8_lossy(&bytes);
+        assert_consistent(&validate_str(&source));
+    }
 
     #[test]
     fn arbitrary_text_never_panics(source in ".{0,200}") {

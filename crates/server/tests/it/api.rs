@@ -43,8 +43,113 @@ async fn openapi_documents_exactly_the_api_routes() {
     assert_eq!(documented, routed);
 }
 
+/// The document says what the server does: every answer's status is
+/// documented (exactly, or as 4XX/5XX), a success has the documented content
+/// type (none for 204), and a field the server insists on is `required`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_describes_what_the_server_answers() {
+    let t = TestServer::start().await;
+    let run = t.create_review_run("Conformance").await;
+    t.wait_for(&run, "draft at its gate", |d| {
+        block_status(d, "draft") == "waiting"
+    })
+    .await;
+    let (_, doc) = t
+        .call(Method::GET, "/api/v1/openapi.json", "viewer", None)
+        .await;
+    let mut checked = 0;
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        if path.ends_with("/stream") {
+            continue; // streams never end; their content type is checked below
+        }
+        for (verb, op) in ops.as_object().unwrap() {
+            let concrete_path = concrete(path, &run, "pf_00000000");
+            let mut request =
+                t.request(method(&verb.to_uppercase()), &concrete_path, Some("admin"));
+            let schema = &op["requestBody"]["content"]["application/json"]["schema"];
+            if !op["requestBody"].is_null() {
+                request = request.json(&json!({}));
+            }
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let content_type = response
+                .headers()
+                .get("content-type")
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_default();
+            let body = response.text().await.unwrap();
+            let what = format!(
+                "{} {path} → {status} {content_type} {body:.200}",
+                verb.to_uppercase()
+            );
+            let responses = &op["responses"];
+            let range = format!("{}XX", status / 100);
+            let documented = if responses[status.to_string()].is_object() {
+                &responses[status.to_string()]
+            } else {
+                &responses[range.as_str()]
+            };
+            assert!(documented.is_object(), "undocumented status: {what}");
+            match documented["content"].as_object() {
+                None => assert!(body.is_empty(), "documented without a body: {what}"),
+                Some(content) => {
+                    let essence = content_type.split(';').next().unwrap_or("").trim();
+                    assert!(
+                        content.contains_key(essence) || content.contains_key("*/*"),
+                        "content type not documented: {what}"
+                    );
+                }
+            }
+            // A field the server says is missing must be documented as required.
+            if status == 422
+                && let Some(field) = body
+                    .split("missing field `")
+                    .nth(1)
+                    .and_then(|rest| rest.split('`').next())
+            {
+                let required: Vec<&str> = schema["required"]
+                    .as_array()
+                    .map(|r| r.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                assert!(
+                    required.contains(&field),
+                    "`{field}` not marked required: {what}"
+                );
+            }
+            for field in schema["required"].as_array().into_iter().flatten() {
+                assert!(
+                    schema["properties"][field.as_str().unwrap()].is_object(),
+                    "required `{field}` is not a property of {path}"
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked > 30, "{checked}");
+    // A stream is documented as one.
+    let response = t
+        .request(
+            Method::GET,
+            &format!("/api/v1/runs/{run}/stream"),
+            Some("viewer"),
+        )
+        .send()
+        .await
+        .unwrap();
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        doc["paths"]["/api/v1/runs/{run}/stream"]["get"]["responses"]["200"]["content"]
+            [&content_type]
+            .is_object(),
+        "{content_type}"
+    );
+}
+
 /// Fills a route pattern with ids that exist.
-fn concrete(route: &str, run: &str, token_id: &str) -> String {
+pub fn concrete(route: &str, run: &str, token_id: &str) -> String {
     route
         .replace("{run}", run)
         .replace("{block}", "draft")

@@ -589,3 +589,147 @@ async fn uploads_have_the_documented_limits_and_plain_unique_names() {
         "refused requests created no run"
     );
 }
+
+/// A small deterministic generator (xorshift), so a failing body can be
+/// reproduced from its case number.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn value(&mut self, depth: u32) -> serde_json::Value {
+        match if depth > 3 {
+            self.below(5)
+        } else {
+            self.below(8)
+        } {
+            0 => serde_json::Value::Null,
+            1 => json!(self.below(2) == 0),
+            2 => json!(self.next() as i64),
+            3 => json!(f64::from(self.below(1000) as u32) / 7.0),
+            4 => {
+                let words = [
+                    "",
+                    "x",
+                    "gate",
+                    "auto",
+                    "expert",
+                    "../../etc",
+                    "\u{0}",
+                    "☃",
+                    "a very long value",
+                ];
+                json!(words[self.below(words.len())].repeat(1 + self.below(3)))
+            }
+            5 => serde_json::Value::Array(
+                (0..self.below(4)).map(|_| self.value(depth + 1)).collect(),
+            ),
+            _ => {
+                let keys = [
+                    "template",
+                    "params",
+                    "feedback",
+                    "note",
+                    "autonomy",
+                    "tester",
+                    "tester_role",
+                    "items",
+                    "close",
+                    "name",
+                    "role",
+                    "status",
+                    "message",
+                    "files",
+                    "overrides",
+                    "zzz",
+                ];
+                let mut object = serde_json::Map::new();
+                for _ in 0..self.below(5) {
+                    object.insert(
+                        keys[self.below(keys.len())].to_string(),
+                        self.value(depth + 1),
+                    );
+                }
+                serde_json::Value::Object(object)
+            }
+        }
+    }
+
+    /// Raw bytes, broken JSON, or a JSON value of any shape.
+    fn body(&mut self) -> Vec<u8> {
+        match self.below(4) {
+            0 => (0..self.below(64)).map(|_| self.next() as u8).collect(),
+            1 => {
+                let mut text = self.value(0).to_string().into_bytes();
+                text.truncate(self.below(text.len() + 1));
+                text
+            }
+            2 => "[".repeat(1 + self.below(300)).into_bytes(),
+            _ => self.value(0).to_string().into_bytes(),
+        }
+    }
+}
+
+/// Every state-changing API route, sent generated bodies as every role:
+/// never a 5xx, and every error is JSON with a code. `FACTORY_FUZZ_CASES`
+/// (default 12 per route and role) runs it longer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generated_bodies_never_break_the_api() {
+    let t = TestServer::start().await;
+    let run = t.create_review_run("Fuzz").await;
+    let cases: usize = std::env::var("FACTORY_FUZZ_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(12);
+    let mut rng = Rng(0x5eed_f00d_dead_beef);
+    let mut sent = 0;
+    for (verb, route, _) in factory_server::auth::ROUTES {
+        if *verb == "GET" || !route.starts_with("/api/") {
+            continue;
+        }
+        let path = crate::api::concrete(route, &run, "pf_00000000");
+        for role in ["reviewer", "operator", "admin"] {
+            for case in 0..cases {
+                let body = rng.body();
+                let response = t
+                    .request(
+                        Method::from_bytes(verb.as_bytes()).unwrap(),
+                        &path,
+                        Some(role),
+                    )
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .unwrap();
+                sent += 1;
+                let status = response.status().as_u16();
+                let is_json = response
+                    .headers()
+                    .get("content-type")
+                    .is_some_and(|v| v.to_str().unwrap_or("").starts_with("application/json"));
+                let text = response.text().await.unwrap();
+                let shown = String::from_utf8_lossy(&body);
+                assert!(
+                    status < 500,
+                    "{verb} {route} as {role}, case {case}: {status} {text} for {shown:?}"
+                );
+                if status >= 400 {
+                    assert!(is_json, "{verb} {route} case {case}: {status} {text}");
+                    let error: serde_json::Value = serde_json::from_str(&text).unwrap();
+                    assert!(error["error"]["code"].is_string(), "{text}");
+                }
+            }
+        }
+    }
+    assert!(sent > 100, "only {sent} requests");
+}
