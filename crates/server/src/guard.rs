@@ -62,14 +62,24 @@ fn cross_site(request: &Request) -> Option<String> {
             .then(|| format!("Sec-Fetch-Site: {site}"));
     }
     let origin = headers.get(header::ORIGIN)?.to_str().unwrap_or("null");
-    let host = headers
-        .get(header::HOST)
-        .and_then(|host| host.to_str().ok())
-        .unwrap_or("");
-    let same = origin
+    let header_text = |name| {
+        headers
+            .get(name)
+            .and_then(|value: &HeaderValue| value.to_str().ok())
+            .unwrap_or("")
+    };
+    let host = header_text(header::HOST.as_str());
+    // Behind a reverse proxy that rewrites Host, the browser's host is in
+    // X-Forwarded-Host.
+    let forwarded = header_text("x-forwarded-host");
+    let origin_host = origin
         .strip_prefix("http://")
-        .or_else(|| origin.strip_prefix("https://"))
-        .is_some_and(|rest| !host.is_empty() && rest.eq_ignore_ascii_case(host));
+        .or_else(|| origin.strip_prefix("https://"));
+    let same = origin_host.is_some_and(|rest| {
+        [host, forwarded]
+            .iter()
+            .any(|candidate| !candidate.is_empty() && rest.eq_ignore_ascii_case(candidate))
+    });
     (!same).then(|| format!("Origin: {origin}, Host: {host}"))
 }
 
@@ -190,6 +200,15 @@ mod tests {
                 true,
             ),
             (Method::POST, vec![host], false),
+            (
+                Method::POST,
+                vec![
+                    host,
+                    ("x-forwarded-host", "factory.example"),
+                    ("origin", "https://factory.example"),
+                ],
+                false,
+            ),
         ] {
             let request = request(method.clone(), &headers);
             assert_eq!(

@@ -198,6 +198,20 @@ async fn sign_in(
 ) -> Response {
     let next = same_origin_path(form.next);
     let token = form.token.trim();
+    // A token is `pf_` and hex: anything else could smuggle cookie attributes.
+    if !token
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return (
+            StatusCode::UNAUTHORIZED,
+            login_form(
+                &next,
+                Some("That is not a token: paste the `pf_…` value `factory token create` printed."),
+            ),
+        )
+            .into_response();
+    }
     let known = if state.config.no_auth {
         Ok(true)
     } else {

@@ -74,6 +74,16 @@ async fn sign_in_posts_the_token_says_when_it_is_wrong_and_signs_out() {
     assert!(wrong.headers().get(SET_COOKIE).is_none());
     let page = wrong.text().await.unwrap();
     assert!(page.contains("unknown or revoked"), "{page}");
+    let smuggling = t
+        .http
+        .post(t.url("/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("token=pf_x%3B+Domain%3Devil.example&next=/")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(smuggling.status().as_u16(), 401);
+    assert!(smuggling.headers().get(SET_COOKIE).is_none());
 
     let right = t
         .http
