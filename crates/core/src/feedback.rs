@@ -48,17 +48,108 @@ pub struct Routing {
     pub targets: Vec<String>,
 }
 
-/// Priority order for routing and display: critical first.
-pub fn priority_rank(priority: &str) -> u8 {
-    match priority {
-        "critical" => 0,
-        "high" => 1,
-        "medium" => 2,
-        "low" => 3,
-        _ => 4,
+/// How urgent a finding is; routing and display put critical first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Priority {
+    Critical,
+    High,
+    Medium,
+    Low,
+}
+
+impl Priority {
+    pub const ALL: [Priority; 4] = [
+        Priority::Critical,
+        Priority::High,
+        Priority::Medium,
+        Priority::Low,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Critical => "critical",
+            Priority::High => "high",
+            Priority::Medium => "medium",
+            Priority::Low => "low",
+        }
     }
 }
 
+impl std::str::FromStr for Priority {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Priority, String> {
+        Priority::ALL
+            .into_iter()
+            .find(|p| p.as_str() == text)
+            .ok_or_else(|| format!("`{text}` is not one of critical, high, medium, low"))
+    }
+}
+
+/// Where an improvement item stands. Stored as its name; the engine's
+/// decisions compare these, not strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ItemStatus {
+    Open,
+    Accepted,
+    Rejected,
+    Triage,
+    Resolved,
+}
+
+impl ItemStatus {
+    pub const ALL: [ItemStatus; 5] = [
+        ItemStatus::Open,
+        ItemStatus::Accepted,
+        ItemStatus::Rejected,
+        ItemStatus::Triage,
+        ItemStatus::Resolved,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ItemStatus::Open => "open",
+            ItemStatus::Accepted => "accepted",
+            ItemStatus::Rejected => "rejected",
+            ItemStatus::Triage => "triage",
+            ItemStatus::Resolved => "resolved",
+        }
+    }
+}
+
+impl std::str::FromStr for ItemStatus {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<ItemStatus, String> {
+        ItemStatus::ALL
+            .into_iter()
+            .find(|s| s.as_str() == text)
+            .ok_or_else(|| {
+                format!("`{text}` is not one of open, accepted, rejected, triage, resolved")
+            })
+    }
+}
+
+impl From<crate::consensus::ConsensusStatus> for ItemStatus {
+    fn from(status: crate::consensus::ConsensusStatus) -> ItemStatus {
+        use crate::consensus::ConsensusStatus;
+        match status {
+            ConsensusStatus::Open => ItemStatus::Open,
+            ConsensusStatus::Accepted => ItemStatus::Accepted,
+            ConsensusStatus::Rejected => ItemStatus::Rejected,
+            ConsensusStatus::Triage => ItemStatus::Triage,
+        }
+    }
+}
+
+/// Priority order for routing and display: critical first, unknown last.
+pub fn priority_rank(priority: &str) -> u8 {
+    priority
+        .parse::<Priority>()
+        .map_or(4, |priority| priority as u8)
+}
+
+/// The priorities by name, most urgent first (for forms).
 pub const PRIORITIES: &[&str] = &["critical", "high", "medium", "low"];
 
 /// The corrections a router pass would send, before any block is reset.

@@ -10,7 +10,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use factory_core::consensus::{self, ConsensusStatus, TesterRole, Verdict, Vote};
-use factory_core::feedback::{self as loop_core, Convergence, ItemRef, ItemStats, ReviewStats};
+use factory_core::feedback::{
+    self as loop_core, Convergence, ItemRef, ItemStats, ItemStatus, Priority, ReviewStats,
+};
 use factory_core::run::{BlockStatus, Event, EventRecord, GatePhase, RunDoc};
 use factory_core::template::Runtime;
 use factory_core::transitions::{self, Principal};
@@ -131,8 +133,6 @@ pub struct ItemPatch {
     pub factory_run_id: Option<String>,
 }
 
-pub const STATUSES: &[&str] = &["open", "accepted", "rejected", "triage", "resolved"];
-
 /// `POST corrections-ingest` (seed `002`'s request).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -161,12 +161,12 @@ fn bad(message: impl Into<String>) -> EngineError {
 }
 
 fn status_name(status: ConsensusStatus) -> &'static str {
-    match status {
-        ConsensusStatus::Open => "open",
-        ConsensusStatus::Accepted => "accepted",
-        ConsensusStatus::Rejected => "rejected",
-        ConsensusStatus::Triage => "triage",
-    }
+    ItemStatus::from(status).as_str()
+}
+
+/// An item's stored status, typed (an unknown one counts as open).
+fn status_of(item: &ImprovementItem) -> ItemStatus {
+    item.status.parse().unwrap_or(ItemStatus::Open)
 }
 
 /// The review page a block serves (`extraction-review`, `expert-audit`).
@@ -216,9 +216,15 @@ fn review_gate(doc: &RunDoc, block: &str, items: &[&ImprovementItem], actor: &st
     }
     let blocking: Vec<&&ImprovementItem> = items
         .iter()
-        .filter(|i| i.priority == "critical" && matches!(i.status.as_str(), "open" | "triage"))
+        .filter(|i| {
+            i.priority.parse() == Ok(Priority::Critical)
+                && matches!(status_of(i), ItemStatus::Open | ItemStatus::Triage)
+        })
         .collect();
-    let accepted = items.iter().filter(|i| i.status == "accepted").count();
+    let accepted = items
+        .iter()
+        .filter(|i| status_of(i) == ItemStatus::Accepted)
+        .count();
     if blocking.is_empty() {
         GateOutcome {
             approved: true,
@@ -251,7 +257,7 @@ fn votes_by_item(feedback: &[FeedbackRecord]) -> VotesByItem {
     let mut votes: VotesByItem = BTreeMap::new();
     for record in feedback {
         let version = loop_core::parse_version(&record.version).unwrap_or(1);
-        let Ok(role) = serde_json::from_value::<TesterRole>(json!(record.tester_role)) else {
+        let Ok(role) = record.tester_role.parse::<TesterRole>() else {
             continue;
         };
         let items: Vec<SubmittedItem> = record
@@ -339,12 +345,8 @@ impl Engine {
                     pipeline.template().id
                 )));
             }
-            if let Some(p) = &item.priority
-                && !loop_core::PRIORITIES.contains(&p.as_str())
-            {
-                return Err(bad(format!(
-                    "{at}.priority `{p}` is not one of critical, high, medium, low"
-                )));
+            if let Some(Err(problem)) = item.priority.as_deref().map(str::parse::<Priority>) {
+                return Err(bad(format!("{at}.priority {problem}")));
             }
             if !keys.insert(item.source_key.as_str()) {
                 return Err(bad(format!(
@@ -442,7 +444,7 @@ impl Engine {
             let existing = existing_items.remove(&submitted.source_key);
             let resolved_in = existing
                 .as_ref()
-                .filter(|i| i.status == "resolved")
+                .filter(|i| status_of(i) == ItemStatus::Resolved)
                 .and_then(|i| i.resolved_in_version.as_deref())
                 .and_then(loop_core::parse_version)
                 .map_or(0, |v| v.saturating_sub(1));
@@ -469,10 +471,10 @@ impl Engine {
                 source_key: submitted.source_key.clone(),
                 skill_target: submitted.skill_target.clone(),
                 finding_type: String::new(),
-                priority: "medium".to_string(),
+                priority: Priority::Medium.as_str().to_string(),
                 source_text: submitted.source_text.clone(),
                 expert_correction: String::new(),
-                status: "open".to_string(),
+                status: ItemStatus::Open.as_str().to_string(),
                 consensus_score: 0.0,
                 flagged_by: json!([]),
                 prompt_version: Some(format!("v{version}")),
@@ -488,10 +490,14 @@ impl Engine {
             } else {
                 "new".to_string()
             };
+            let was_resolved = existing
+                .as_ref()
+                .is_some_and(|i| status_of(i) == ItemStatus::Resolved);
             let mut to = status_name(decided.status).to_string();
-            if from == "resolved" && decided.flagged_by.is_empty() {
-                to = "resolved".to_string(); // later reviews agree the fix holds
-            } else if from == "resolved" {
+            if was_resolved && decided.flagged_by.is_empty() {
+                // Later reviews agree the fix holds.
+                to = ItemStatus::Resolved.as_str().to_string();
+            } else if was_resolved {
                 item.resolved_in_version = None;
                 item.resolution_notes = None;
                 item.prompt_version = Some(format!("v{version}"));
@@ -614,26 +620,22 @@ impl Engine {
         }
         let from = item.status.clone();
         if let Some(status) = &patch.status {
-            if !STATUSES.contains(&status.as_str()) {
-                return Err(bad(format!(
-                    "status `{status}` is not one of {}",
-                    STATUSES.join(", ")
-                )));
-            }
-            item.status = status.clone();
+            let status: ItemStatus = status
+                .parse()
+                .map_err(|problem| bad(format!("status {problem}")))?;
+            item.status = status.as_str().to_string();
         }
         if let Some(priority) = &patch.priority {
-            if !loop_core::PRIORITIES.contains(&priority.as_str()) {
-                return Err(bad(format!(
-                    "priority `{priority}` is not one of critical, high, medium, low"
-                )));
-            }
-            item.priority = priority.clone();
+            let priority: Priority = priority
+                .parse()
+                .map_err(|problem| bad(format!("priority {problem}")))?;
+            item.priority = priority.as_str().to_string();
         }
         if let Some(correction) = patch.expert_correction {
             item.expert_correction = correction;
         }
-        if item.status == "resolved" && from != "resolved" {
+        let resolved = ItemStatus::Resolved.as_str();
+        if item.status == resolved && from != resolved {
             let handle = self.open(&item.run_id).await?;
             item.resolved_in_version = Some(
                 patch
@@ -648,27 +650,41 @@ impl Engine {
             item.resolution_notes = Some(notes);
         }
         item.updated_at = now_ms();
-        self.store.put_item(&item).await?;
-        if from != item.status {
-            let mut handle = self.open(&item.run_id).await?;
-            let reason = match patch.resolution_notes {
-                Some(notes) => format!("set by {actor}: {notes}"),
-                None => format!("set by {actor}"),
-            };
-            let event = Event::ItemChanged {
-                item: item.id.clone(),
-                source_key: item.source_key.clone(),
-                skill_target: item.skill_target.clone(),
-                from,
-                to: item.status.clone(),
-                reason,
-            };
-            let records = handle
-                .apply(actor, |_, _, _| Ok(vec![event.clone()]))
-                .await?;
-            self.notify(&records, handle.doc());
+        if from == item.status {
+            self.store.put_item(&item).await?;
+            return Ok(item);
         }
-        Ok(item)
+        // A status change and its event are one commit.
+        let mut handle = self.open(&item.run_id).await?;
+        let reason = match patch.resolution_notes {
+            Some(notes) => format!("set by {actor}: {notes}"),
+            None => format!("set by {actor}"),
+        };
+        let event = Event::ItemChanged {
+            item: item.id.clone(),
+            source_key: item.source_key.clone(),
+            skill_target: item.skill_target.clone(),
+            from,
+            to: item.status.clone(),
+            reason,
+        };
+        let writes = Writes {
+            items: std::slice::from_ref(&item),
+            ..Writes::default()
+        };
+        for _ in 0..crate::handle::MAX_CONFLICTS {
+            if let Some(records) = handle
+                .apply_once(actor, vec![event.clone()], &writes)
+                .await?
+            {
+                self.notify(&records, handle.doc());
+                return Ok(item);
+            }
+        }
+        Err(EngineError::TooManyConflicts {
+            run_id: item.run_id.clone(),
+            tries: crate::handle::MAX_CONFLICTS,
+        })
     }
 
     /// `corrections-ingest`: an outside review system says it created items.

@@ -432,3 +432,23 @@ fn convergence_table_and_ship_criteria() {
             .any(|u| u == "no expert-audit ratings for v2 yet")
     );
 }
+
+#[test]
+fn names_round_trip_and_forms_list_every_priority() {
+    for priority in Priority::ALL {
+        assert_eq!(priority.as_str().parse(), Ok(priority));
+    }
+    for status in ItemStatus::ALL {
+        assert_eq!(status.as_str().parse(), Ok(status));
+    }
+    assert_eq!(PRIORITIES, Priority::ALL.map(Priority::as_str));
+    assert_eq!(priority_rank("critical"), 0);
+    assert_eq!(priority_rank("low"), 3);
+    assert_eq!(priority_rank("urgent"), 4);
+    assert!(
+        "urgent"
+            .parse::<Priority>()
+            .unwrap_err()
+            .contains("critical, high")
+    );
+}

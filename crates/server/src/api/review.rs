@@ -266,15 +266,14 @@ pub async fn list_items(
     State(state): State<SharedState>,
     Query(query): Query<ItemsQuery>,
 ) -> ApiResult<Json<Value>> {
-    if let Some(status) = &query.status
-        && !factory_engine::feedback::STATUSES.contains(&status.as_str())
+    if let Some(Err(problem)) = query
+        .status
+        .as_deref()
+        .map(str::parse::<factory_core::feedback::ItemStatus>)
     {
         return Err(ApiError::unprocessable(
             "bad_status",
-            format!(
-                "status `{status}` is not one of {}",
-                factory_engine::feedback::STATUSES.join(", ")
-            ),
+            format!("status {problem}"),
         ));
     }
     let run_id = state.store.resolve_run_id(&query.run_id).await?;
