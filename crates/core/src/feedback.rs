@@ -142,6 +142,120 @@ impl From<crate::consensus::ConsensusStatus> for ItemStatus {
     }
 }
 
+/// What one review does to one item, decided from every vote that counts
+/// (after a resolution, only later versions' votes).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ItemVerdict {
+    /// `None` for an item no earlier review had flagged.
+    pub from: Option<ItemStatus>,
+    pub to: ItemStatus,
+    /// A resolved item flagged again: its resolution no longer holds.
+    pub reopened: bool,
+    pub consensus: crate::consensus::Consensus,
+    /// The heaviest flagging vote (an index into `votes`): its priority and
+    /// correction become the item's.
+    pub heaviest: Option<usize>,
+}
+
+/// Judges one item after the review `this_review` (whose votes are among
+/// `votes`). `None` when the item was never flagged and is not now: not a
+/// finding. A person's decision (PATCH) stands while the votes leave the
+/// consensus where it was; a resolved item stays resolved unless flagged again.
+pub fn judge_item(
+    existing: Option<ItemStatus>,
+    votes: &[crate::consensus::Vote],
+    this_review: &str,
+) -> Option<ItemVerdict> {
+    use crate::consensus::consensus;
+    let decided = consensus(votes);
+    if existing.is_none() && decided.flagged_by.is_empty() {
+        return None;
+    }
+    let before: Vec<crate::consensus::Vote> = votes
+        .iter()
+        .filter(|vote| vote.feedback_id != this_review)
+        .cloned()
+        .collect();
+    let unchanged = consensus(&before).status == decided.status;
+    let heaviest = votes
+        .iter()
+        .enumerate()
+        .filter(|(_, vote)| vote.verdict.flags())
+        .max_by(|(_, a), (_, b)| a.role.weight().total_cmp(&b.role.weight()))
+        .map(|(index, _)| index);
+    let mut to = ItemStatus::from(decided.status);
+    let mut reopened = false;
+    match existing {
+        Some(ItemStatus::Resolved) if decided.flagged_by.is_empty() => to = ItemStatus::Resolved,
+        Some(ItemStatus::Resolved) => reopened = true,
+        Some(status) if unchanged => to = status,
+        _ => {}
+    }
+    Some(ItemVerdict {
+        from: existing,
+        to,
+        reopened,
+        consensus: decided,
+        heaviest,
+    })
+}
+
+/// Whether a review may close its page's gate, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GateOutcome {
+    pub approved: bool,
+    pub reason: String,
+}
+
+/// A review closes its gate when the block waits at its after-gate and no
+/// critical item of the run is open or in triage. `items`: every item of
+/// the run as it will be after the review, as `(source_key, priority, status)`.
+pub fn review_closes(
+    block: &str,
+    state: &crate::run::BlockState,
+    items: &[(&str, Option<Priority>, ItemStatus)],
+    actor: &str,
+) -> GateOutcome {
+    if state.status != BlockStatus::Waiting || state.gate != Some(crate::run::GatePhase::After) {
+        return GateOutcome {
+            approved: false,
+            reason: format!(
+                "the review was stored, but `{block}` is {} and not waiting at its gate, so there is nothing to close",
+                state.status.as_str()
+            ),
+        };
+    }
+    let blocking: Vec<String> = items
+        .iter()
+        .filter(|(_, priority, status)| {
+            *priority == Some(Priority::Critical)
+                && matches!(status, ItemStatus::Open | ItemStatus::Triage)
+        })
+        .map(|(key, _, status)| format!("{key} [{}]", status.as_str()))
+        .collect();
+    let accepted = items
+        .iter()
+        .filter(|(_, _, status)| *status == ItemStatus::Accepted)
+        .count();
+    if blocking.is_empty() {
+        GateOutcome {
+            approved: true,
+            reason: format!(
+                "review closed by {actor}: no critical item open or in triage; {accepted} accepted item(s) go to the corrections router"
+            ),
+        }
+    } else {
+        GateOutcome {
+            approved: false,
+            reason: format!(
+                "{} critical item(s) still open or in triage ({}): settle them (PATCH improvement-items) or approve the gate to accept the rest",
+                blocking.len(),
+                blocking.join(", ")
+            ),
+        }
+    }
+}
+
 /// Priority order for routing and display: critical first, unknown last.
 pub fn priority_rank(priority: &str) -> u8 {
     priority

@@ -348,7 +348,7 @@ pub struct BlockState {
 }
 
 impl BlockState {
-    fn new(autonomy: Autonomy) -> BlockState {
+    pub(crate) fn new(autonomy: Autonomy) -> BlockState {
         BlockState {
             status: BlockStatus::Pending,
             autonomy,

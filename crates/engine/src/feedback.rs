@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use factory_core::consensus::{self, ConsensusStatus, TesterRole, Verdict, Vote};
+use factory_core::consensus::{TesterRole, Verdict, Vote};
 use factory_core::feedback::{
     self as loop_core, Convergence, ItemRef, ItemStats, ItemStatus, Priority, ReviewStats,
 };
@@ -96,11 +96,7 @@ pub struct ItemChange {
     pub reason: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct GateOutcome {
-    pub approved: bool,
-    pub reason: String,
-}
+pub use factory_core::feedback::GateOutcome;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SubmitOutcome {
@@ -160,10 +156,6 @@ fn bad(message: impl Into<String>) -> EngineError {
     EngineError::BadReview(message.into())
 }
 
-fn status_name(status: ConsensusStatus) -> &'static str {
-    ItemStatus::from(status).as_str()
-}
-
 /// An item's stored status, typed (an unknown one counts as open).
 fn status_of(item: &ImprovementItem) -> ItemStatus {
     item.status.parse().unwrap_or(ItemStatus::Open)
@@ -199,53 +191,6 @@ struct DecidedReview {
     events: Vec<Event>,
     changes: Vec<ItemChange>,
     gate: Option<GateOutcome>,
-}
-
-/// Whether the review gate of `block` may close: it must wait at its
-/// after-gate, and no critical item of the run may be open or in triage.
-fn review_gate(doc: &RunDoc, block: &str, items: &[&ImprovementItem], actor: &str) -> GateOutcome {
-    let state = &doc.blocks[block];
-    if state.status != BlockStatus::Waiting || state.gate != Some(GatePhase::After) {
-        return GateOutcome {
-            approved: false,
-            reason: format!(
-                "the review was stored, but `{block}` is {} and not waiting at its gate, so there is nothing to close",
-                state.status.as_str()
-            ),
-        };
-    }
-    let blocking: Vec<&&ImprovementItem> = items
-        .iter()
-        .filter(|i| {
-            i.priority.parse() == Ok(Priority::Critical)
-                && matches!(status_of(i), ItemStatus::Open | ItemStatus::Triage)
-        })
-        .collect();
-    let accepted = items
-        .iter()
-        .filter(|i| status_of(i) == ItemStatus::Accepted)
-        .count();
-    if blocking.is_empty() {
-        GateOutcome {
-            approved: true,
-            reason: format!(
-                "review closed by {actor}: no critical item open or in triage; {accepted} accepted item(s) go to the corrections router"
-            ),
-        }
-    } else {
-        GateOutcome {
-            approved: false,
-            reason: format!(
-                "{} critical item(s) still open or in triage ({}): settle them (PATCH improvement-items) or approve the gate to accept the rest",
-                blocking.len(),
-                blocking
-                    .iter()
-                    .map(|i| format!("{} [{}]", i.source_key, i.status))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        }
-    }
 }
 
 /// Every vote of a run's submissions, by item, in submission order, with the
@@ -450,21 +395,13 @@ impl Engine {
                 .map_or(0, |v| v.saturating_sub(1));
             let votes = votes_for(&votes, &submitted.source_key, resolved_in);
             let only_votes: Vec<Vote> = votes.iter().map(|(v, _)| v.clone()).collect();
-            let decided = consensus::consensus(&only_votes);
-            let before: Vec<Vote> = only_votes
-                .iter()
-                .filter(|v| v.feedback_id != feedback_id)
-                .cloned()
-                .collect();
-            let unchanged = consensus::consensus(&before).status == decided.status;
-            if existing.is_none() && decided.flagged_by.is_empty() {
+            let Some(verdict) =
+                loop_core::judge_item(existing.as_ref().map(status_of), &only_votes, &feedback_id)
+            else {
                 continue; // cleared and never flagged: not a finding
-            }
-            // Priority and correction come from the heaviest flagging vote.
-            let heaviest = votes
-                .iter()
-                .filter(|(v, _)| v.verdict.flags())
-                .max_by(|(a, _), (b, _)| a.role.weight().total_cmp(&b.role.weight()));
+            };
+            let decided = verdict.consensus;
+            let heaviest = verdict.heaviest.map(|index| &votes[index]);
             let mut item = existing.clone().unwrap_or_else(|| ImprovementItem {
                 id: format!("item-{}", uuid::Uuid::now_v7().simple()),
                 run_id: run_id.clone(),
@@ -485,26 +422,12 @@ impl Engine {
                 created_at: now,
                 updated_at: now,
             });
-            let from = if existing.is_some() {
-                item.status.clone()
-            } else {
-                "new".to_string()
-            };
-            let was_resolved = existing
-                .as_ref()
-                .is_some_and(|i| status_of(i) == ItemStatus::Resolved);
-            let mut to = status_name(decided.status).to_string();
-            if was_resolved && decided.flagged_by.is_empty() {
-                // Later reviews agree the fix holds.
-                to = ItemStatus::Resolved.as_str().to_string();
-            } else if was_resolved {
+            let from = verdict.from.map_or("new", ItemStatus::as_str).to_string();
+            let to = verdict.to.as_str().to_string();
+            if verdict.reopened {
                 item.resolved_in_version = None;
                 item.resolution_notes = None;
                 item.prompt_version = Some(format!("v{version}"));
-            } else if existing.is_some() && unchanged {
-                // A person settled it (PATCH) and this vote does not change the
-                // consensus: their decision stands.
-                to = from.clone();
             }
             if let Some((_, heavy)) = heaviest {
                 item.priority = heavy
@@ -560,12 +483,14 @@ impl Engine {
         }
         // Closing: decided on the items as they will be after this review.
         let gate = if submission.close {
-            let after: Vec<&ImprovementItem> = all_items
+            let after: Vec<(&str, Option<Priority>, ItemStatus)> = all_items
                 .iter()
                 .filter(|i| !updated.iter().any(|u: &ImprovementItem| u.id == i.id))
                 .chain(updated.iter())
+                .map(|i| (i.source_key.as_str(), i.priority.parse().ok(), status_of(i)))
                 .collect();
-            let outcome = review_gate(doc, block, &after, principal.actor);
+            let outcome =
+                loop_core::review_closes(block, &doc.blocks[block], &after, principal.actor);
             if outcome.approved {
                 let log = self.store.events(&run_id, 0).await?;
                 events.push(transitions::approve_as(

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 
 use super::*;
+use crate::consensus::{TesterRole, Vote};
 use crate::run::{AttemptReport, EventRecord};
 use crate::transitions::{self, Policy, RunRequest};
 use crate::{commit, decide, validate_value};
@@ -451,4 +452,87 @@ fn names_round_trip_and_forms_list_every_priority() {
             .unwrap_err()
             .contains("critical, high")
     );
+}
+
+fn vote(tester: &str, role: TesterRole, verdict: Verdict, review: &str) -> Vote {
+    Vote {
+        tester: tester.to_string(),
+        role,
+        verdict,
+        feedback_id: review.to_string(),
+    }
+}
+
+#[test]
+fn judging_an_item_keeps_a_persons_decision_and_a_resolution_that_holds() {
+    use crate::consensus::TesterRole::{Expert, Team};
+    let flag = |tester, role, review| vote(tester, role, Verdict::Wrong, review);
+    let clear = |tester, role, review| vote(tester, role, Verdict::Correct, review);
+
+    // Never flagged and cleared now: not a finding.
+    assert_eq!(judge_item(None, &[clear("a", Team, "r1")], "r1"), None);
+    // A new finding: the heaviest flagging vote wins.
+    let votes = [flag("derek", Team, "r1"), flag("samuel", Expert, "r2")];
+    let verdict = judge_item(None, &votes, "r2").unwrap();
+    assert_eq!((verdict.from, verdict.to), (None, ItemStatus::Accepted));
+    assert_eq!(verdict.heaviest, Some(1));
+    // A person rejected it (PATCH); a vote that leaves the consensus where
+    // it was does not undo that.
+    let votes = [flag("samuel", Expert, "r1"), flag("derek", Team, "r2")];
+    let verdict = judge_item(Some(ItemStatus::Rejected), &votes, "r2").unwrap();
+    assert_eq!(verdict.to, ItemStatus::Rejected);
+    // ...but one that moves the consensus does.
+    let votes = [flag("derek", Team, "r1"), flag("samuel", Expert, "r2")];
+    let verdict = judge_item(Some(ItemStatus::Rejected), &votes, "r2").unwrap();
+    assert_eq!(verdict.to, ItemStatus::Accepted);
+    // Resolved: cleared again stays resolved; flagged again reopens it.
+    let verdict = judge_item(
+        Some(ItemStatus::Resolved),
+        &[clear("samuel", Expert, "r3")],
+        "r3",
+    )
+    .unwrap();
+    assert_eq!(
+        (verdict.to, verdict.reopened),
+        (ItemStatus::Resolved, false)
+    );
+    let verdict = judge_item(
+        Some(ItemStatus::Resolved),
+        &[flag("samuel", Expert, "r3")],
+        "r3",
+    )
+    .unwrap();
+    assert_eq!((verdict.to, verdict.reopened), (ItemStatus::Accepted, true));
+}
+
+#[test]
+fn a_review_closes_its_gate_only_without_open_critical_items() {
+    let waiting = crate::run::BlockState {
+        status: BlockStatus::Waiting,
+        gate: Some(crate::run::GatePhase::After),
+        ..crate::run::BlockState::new(crate::template::Autonomy::Gate)
+    };
+    let items = [
+        ("a", Some(Priority::Critical), ItemStatus::Triage),
+        ("b", Some(Priority::High), ItemStatus::Accepted),
+    ];
+    let closed = review_closes("review", &waiting, &items, "reviewer:sam");
+    assert!(!closed.approved);
+    assert!(closed.reason.contains("a [triage]"), "{}", closed.reason);
+    let settled = [
+        ("a", Some(Priority::Critical), ItemStatus::Accepted),
+        ("b", Some(Priority::High), ItemStatus::Accepted),
+    ];
+    let closed = review_closes("review", &waiting, &settled, "reviewer:sam");
+    assert!(closed.approved);
+    assert!(
+        closed.reason.contains("2 accepted item(s)"),
+        "{}",
+        closed.reason
+    );
+    let done = crate::run::BlockState {
+        status: BlockStatus::Done,
+        ..waiting.clone()
+    };
+    assert!(!review_closes("review", &done, &settled, "x").approved);
 }
