@@ -208,9 +208,30 @@ pub enum Command {
     },
     /// Serve the JSON API and the workbench, and run blocks, in one process
     Serve(ServeArgs),
+    /// Time the engine on a run of no-op blocks of a given shape and size
+    /// (wall time, cost per block, run document size, peak memory)
+    Bench(BenchArgs),
     /// Manage API tokens (stored as hashes in the database)
     #[command(subcommand)]
     Token(TokenCommand),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// `chain` (each block after the one before) or `fan` (a root, N-2 blocks
+    /// after it, one block joining them)
+    #[arg(long, default_value = "chain")]
+    pub shape: String,
+    /// Blocks in the run
+    #[arg(long, default_value_t = 40)]
+    pub blocks: usize,
+    /// The store to run on: an empty database URL (`postgres://…`); default a
+    /// fresh SQLite file in a temporary folder
+    #[arg(long)]
+    pub store: Option<String>,
+    /// Print the figures as JSON
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Args)]

@@ -2,6 +2,7 @@
 
 mod args;
 mod audit_cmd;
+mod bench_cmd;
 mod doctor;
 mod progress;
 mod prompt_cmd;
@@ -269,6 +270,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve(args) => serve(&cli.db, &actor, args, cli.config.as_deref()).await,
+        Command::Bench(args) => bench_cmd::run(args).await,
         Command::Token(command) => token(&cli.db, &actor, command).await,
         Command::Logs {
             run,

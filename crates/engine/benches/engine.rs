@@ -9,51 +9,8 @@ use std::sync::Arc;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use factory_core::template::Autonomy;
 use factory_core::transitions::RunRequest;
-use factory_engine::{Engine, EngineConfig, Outcome};
+use factory_engine::{Engine, EngineConfig, Outcome, fixtures};
 use serde_json::{Value, json};
-
-fn noop(id: String, layer: &str, depends: Vec<String>) -> Value {
-    json!({
-        "id": id, "name": id, "layer": layer, "type": "build", "runtime": "builtin",
-        "inputs": {"depends": depends.iter().map(|d| json!({"block": d, "key": "out"})).collect::<Vec<_>>(),
-                   "config": {"builtin": "noop"}},
-        "outputs": {"artifacts": [{"key": "out", "path": "out.json", "format": "json"}]},
-        "execution": {"max_retries": 0}
-    })
-}
-
-fn template(blocks: Vec<Value>) -> String {
-    json!({"id": "bench", "name": "Bench", "version": "1", "blocks": blocks}).to_string()
-}
-
-fn chain(n: usize) -> String {
-    template(
-        (0..n)
-            .map(|i| {
-                noop(
-                    format!("b{i}"),
-                    "L0",
-                    if i == 0 {
-                        vec![]
-                    } else {
-                        vec![format!("b{}", i - 1)]
-                    },
-                )
-            })
-            .collect(),
-    )
-}
-
-fn fan_out(width: usize) -> String {
-    let mut blocks = vec![noop("root".into(), "L0", vec![])];
-    blocks.extend((0..width).map(|i| noop(format!("w{i}"), "L1", vec!["root".into()])));
-    blocks.push(noop(
-        "join".into(),
-        "L2",
-        (0..width).map(|i| format!("w{i}")).collect(),
-    ));
-    template(blocks)
-}
 
 fn bench(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -77,8 +34,8 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("engine_sqlite_noop");
     group.sample_size(10);
     for (name, source, blocks) in [
-        ("chain_40", chain(40), 40u64),
-        ("fan_out_200_join", fan_out(200), 202),
+        ("chain_40", fixtures::chain(40), 40u64),
+        ("fan_out_200_join", fixtures::fan_out(200), 202),
         (
             "clone_factory_26",
             factory_engine::fixtures::clone_factory_noop(),

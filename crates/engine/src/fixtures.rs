@@ -25,3 +25,62 @@ pub fn clone_factory_noop() -> String {
     all_noop(include_str!("../../../templates/clone-factory.json"))
         .unwrap_or_else(|e| panic!("templates/clone-factory.json is not JSON: {e}"))
 }
+
+/// A no-op block `id` at `layer` after `after`.
+fn noop(id: String, layer: &str, after: Vec<String>) -> Value {
+    json!({
+        "id": id, "name": id, "layer": layer, "type": "build", "runtime": "builtin",
+        "inputs": {
+            "depends": after.iter().map(|b| json!({"block": b, "key": "out"})).collect::<Vec<_>>(),
+            "config": {"builtin": "noop"}
+        },
+        "outputs": {"artifacts": [{"key": "out", "path": "out.json", "format": "json"}]},
+        "execution": {"max_retries": 0}
+    })
+}
+
+fn template(id: &str, blocks: Vec<Value>) -> String {
+    json!({"id": id, "name": id, "version": "1", "blocks": blocks}).to_string()
+}
+
+/// `n` no-op blocks, each after the one before: every transition waits for
+/// the previous one, so the engine's cost per transition is all there is.
+pub fn chain(n: usize) -> String {
+    template(
+        "chain",
+        (0..n)
+            .map(|i| {
+                let after = if i == 0 {
+                    vec![]
+                } else {
+                    vec![format!("b{}", i - 1)]
+                };
+                noop(format!("b{i}"), "L0", after)
+            })
+            .collect(),
+    )
+}
+
+/// A root, `width` no-op blocks after it, and one block that joins them all
+/// (`width + 2` blocks).
+pub fn fan_out(width: usize) -> String {
+    let mut blocks = vec![noop("root".into(), "L0", vec![])];
+    blocks.extend((0..width).map(|i| noop(format!("w{i}"), "L1", vec!["root".into()])));
+    blocks.push(noop(
+        "join".into(),
+        "L2",
+        (0..width).map(|i| format!("w{i}")).collect(),
+    ));
+    template("fan-out", blocks)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn shapes_validate_with_the_blocks_they_promise() {
+        let chain = factory_core::validate_str(&super::chain(5));
+        assert_eq!(chain.pipeline.map(|p| p.len()), Some(5));
+        let fan = factory_core::validate_str(&super::fan_out(7));
+        assert_eq!(fan.pipeline.map(|p| p.len()), Some(9));
+    }
+}

@@ -150,6 +150,41 @@ fn shipped_templates_validate_and_draw() {
 }
 
 #[test]
+fn bench_times_a_run_of_the_shape_and_size_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("unused.db");
+    let output = factory(&db)
+        .args(["bench", "--shape", "chain", "--blocks", "12", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let figures: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(figures["blocks"], 12);
+    // run_created, then per block at least ready, started and finished.
+    assert!(figures["events"].as_u64().unwrap() > 36, "{figures}");
+    assert!(
+        figures["document_bytes"].as_u64().unwrap() > 12 * 100,
+        "{figures}"
+    );
+    assert!(figures["per_block_ms"].as_f64().unwrap() > 0.0, "{figures}");
+    let output = factory(&db)
+        .args(["bench", "--shape", "fan", "--blocks", "10"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    assert!(String::from_utf8_lossy(&output.stdout).starts_with("fan 10 blocks: "));
+    factory(&db)
+        .args(["bench", "--shape", "ring"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("use `chain` or `fan`"));
+}
+
+#[test]
 fn set_autonomy_cannot_lower_a_separate_reviewers_gate() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("factory.db");
