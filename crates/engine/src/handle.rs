@@ -73,11 +73,39 @@ impl RunHandle {
         events: Vec<Event>,
         writes: &Writes<'_>,
     ) -> Result<Option<Vec<EventRecord>>> {
-        let now = now_ms();
+        self.try_write(actor, events, now_ms(), None, writes).await
+    }
+
+    /// Commits `events` on the held document, the scheduler's follow-up (and,
+    /// with `claim`, the starts it allows that worker) and `writes`, in one
+    /// transaction. `Ok(None)` on a conflict, after reloading. Nothing to
+    /// record: nothing is written.
+    async fn try_write(
+        &mut self,
+        actor: &str,
+        events: Vec<Event>,
+        now: Millis,
+        claim: Option<Claim<'_>>,
+        writes: &Writes<'_>,
+    ) -> Result<Option<Vec<EventRecord>>> {
         let mut doc = self.stored.doc.clone();
         let mut records = commit(&mut doc, events, actor, now)?;
         let decision = decide(&self.pipeline, &doc, now, self.max_concurrency);
         records.extend(commit(&mut doc, decision.events, "scheduler", now)?);
+        if let Some(claim) = claim {
+            let starts = decision
+                .startable
+                .iter()
+                .take(claim.limit)
+                .map(|block| transitions::start(&doc, block, claim.owner, now, claim.policy))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            records.extend(commit(&mut doc, starts, actor, now)?);
+            let decision = decide(&self.pipeline, &doc, now, self.max_concurrency);
+            records.extend(commit(&mut doc, decision.events, "scheduler", now)?);
+        }
+        if records.is_empty() {
+            return Ok(Some(records));
+        }
         match self
             .store
             .commit_with(&doc.run_id, self.stored.version, &records, &doc, writes)
@@ -121,39 +149,15 @@ impl RunHandle {
     where
         F: FnMut(&Pipeline, &RunDoc, Millis) -> Result<Vec<Event>>,
     {
+        let writes = Writes {
+            blobs,
+            ..Writes::default()
+        };
         for _ in 0..MAX_CONFLICTS {
             let now = now_ms();
-            let mut doc = self.stored.doc.clone();
-            let events = step(&self.pipeline, &doc, now)?;
-            let mut records = commit(&mut doc, events, actor, now)?;
-            let decision = decide(&self.pipeline, &doc, now, self.max_concurrency);
-            records.extend(commit(&mut doc, decision.events, "scheduler", now)?);
-            if let Some(claim) = claim {
-                let starts = decision
-                    .startable
-                    .iter()
-                    .take(claim.limit)
-                    .map(|block| transitions::start(&doc, block, claim.owner, now, claim.policy))
-                    .collect::<std::result::Result<Vec<_>, _>>()?;
-                records.extend(commit(&mut doc, starts, actor, now)?);
-                let decision = decide(&self.pipeline, &doc, now, self.max_concurrency);
-                records.extend(commit(&mut doc, decision.events, "scheduler", now)?);
-            }
-            if records.is_empty() {
+            let events = step(&self.pipeline, &self.stored.doc, now)?;
+            if let Some(records) = self.try_write(actor, events, now, claim, &writes).await? {
                 return Ok(records);
-            }
-            match self
-                .store
-                .commit_with_blobs(&doc.run_id, self.stored.version, &records, &doc, blobs)
-                .await
-            {
-                Ok(version) => {
-                    self.stored.version = version;
-                    self.stored.doc = doc;
-                    return Ok(records);
-                }
-                Err(StoreError::Conflict { .. }) => self.reload().await?,
-                Err(error) => return Err(error.into()),
             }
         }
         Err(EngineError::TooManyConflicts {

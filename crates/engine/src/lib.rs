@@ -442,10 +442,9 @@ fn llm_problems(
             None => problems.push(format!("{}: no LLM provider is configured", block.id)),
         }
         if let (Some(skill), Some(dir)) = (&block.skill, template_dir) {
-            let path = factory_runtime::llm::skill_path(dir, skill);
-            match factory_runtime::confine::within(dir, &format!("skills/{skill}/SKILL.md")) {
+            match factory_runtime::llm::skill_path(dir, skill) {
                 Err(error) => problems.push(format!("{}: skill {error}", block.id)),
-                Ok(_) if !path.is_file() => problems.push(format!(
+                Ok(path) if !path.is_file() => problems.push(format!(
                     "{}: skill file {} not found",
                     block.id,
                     path.display()

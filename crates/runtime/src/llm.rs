@@ -540,9 +540,13 @@ fn is_loopback(url: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-/// Where a block's skill lives: `skills/<skill>/SKILL.md` beside the template.
-pub fn skill_path(template_dir: &std::path::Path, skill: &str) -> std::path::PathBuf {
-    template_dir.join(skill_relative(skill))
+/// Where a block's skill lives: `skills/<skill>/SKILL.md` beside the
+/// template, refused when a symlink leads out of the template's folder.
+pub fn skill_path(
+    template_dir: &std::path::Path,
+    skill: &str,
+) -> Result<std::path::PathBuf, String> {
+    crate::confine::within(template_dir, &skill_relative(skill))
 }
 
 fn skill_relative(skill: &str) -> String {

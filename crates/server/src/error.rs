@@ -181,10 +181,8 @@ where
                     _ => (StatusCode::BAD_REQUEST, "bad_request_body"),
                 };
                 let hint = match code {
-                    "not_json" => "; send the body with `content-type: application/json`",
-                    "body_too_large" => {
-                        "; the request body is over this route's limit (see `factory serve --help` for the upload limits)"
-                    }
+                    "not_json" => NOT_JSON_HINT,
+                    "body_too_large" => TOO_LARGE_HINT,
                     _ => "; see /api/v1/openapi.json for the request shape",
                 };
                 Err(ApiError::new(
@@ -208,6 +206,11 @@ pub async fn not_found(uri: axum::http::Uri) -> ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// What to do about a body that is not JSON, or over the limit (also said by
+/// `guard::shape_errors` for axum's own rejections).
+pub const NOT_JSON_HINT: &str = "; send the body with `content-type: application/json`";
+pub const TOO_LARGE_HINT: &str = "; the request body is over this route's limit (see `factory serve --help` for the upload limits)";
 
 /// For handlers that read the body as bytes: a body must come as JSON (a
 /// form or `text/plain` post is what a page on another site can send).

@@ -141,18 +141,12 @@ fn carry_headers(from: &axum::http::HeaderMap, to: &mut Response) {
 /// The code (and a hint) for an error axum answered in plain text.
 fn plain_error_code(status: StatusCode) -> (&'static str, &'static str) {
     match status {
-        StatusCode::PAYLOAD_TOO_LARGE => (
-            "body_too_large",
-            "; the request body is over this route's limit (see `factory serve --help` for the upload limits)",
-        ),
+        StatusCode::PAYLOAD_TOO_LARGE => ("body_too_large", crate::error::TOO_LARGE_HINT),
         StatusCode::METHOD_NOT_ALLOWED => (
             "method_not_allowed",
             "; see /api/v1/openapi.json for the methods each route takes",
         ),
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => (
-            "not_json",
-            "; send the body with `content-type: application/json`",
-        ),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("not_json", crate::error::NOT_JSON_HINT),
         StatusCode::BAD_REQUEST => (
             "bad_request",
             "; check the query string and path against /api/v1/openapi.json",

@@ -187,31 +187,14 @@ pub trait Store: Send + Sync {
         records: &[EventRecord],
         doc: &RunDoc,
     ) -> Result<i64> {
-        self.commit_with_blobs(run_id, expected_version, records, doc, &[])
-            .await
-    }
-
-    /// [`Store::commit`] that first stores `blobs` in the same transaction, so
-    /// an attempt's outputs and the events that reference them land together.
-    async fn commit_with_blobs(
-        &self,
-        run_id: &str,
-        expected_version: i64,
-        records: &[EventRecord],
-        doc: &RunDoc,
-        blobs: &[NewBlob],
-    ) -> Result<i64> {
-        let writes = Writes {
-            blobs,
-            ..Writes::default()
-        };
-        self.commit_with(run_id, expected_version, records, doc, &writes)
+        self.commit_with(run_id, expected_version, records, doc, &Writes::default())
             .await
     }
 
     /// [`Store::commit`] with everything else the same action changes
-    /// (`writes`) in one transaction: a review's row, its items, the events
-    /// that explain them and the document land together or not at all.
+    /// (`writes`) in one transaction: an attempt's outputs (blobs, stored
+    /// before the events that reference them), a review's row and its items
+    /// land with the events and the document, or not at all.
     async fn commit_with(
         &self,
         run_id: &str,

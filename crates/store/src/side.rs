@@ -359,16 +359,9 @@ macro_rules! side_queries {
         }
 
         pub(crate) async fn put_record(pool: &$pool, r: &RunRecord) -> $crate::Result<()> {
-            sqlx::query(UPSERT_RECORD)
-                .bind(&r.run_id)
-                .bind(&r.template_id)
-                .bind(&r.kind)
-                .bind(&r.key)
-                .bind(&r.actor)
-                .bind(r.at)
-                .bind(serde_json::to_string(&r.body)?)
-                .execute(pool)
-                .await?;
+            let mut tx = pool.begin().await?;
+            upsert_records(&mut tx, std::slice::from_ref(r)).await?;
+            tx.commit().await?;
             Ok(())
         }
 

@@ -142,12 +142,9 @@ fn uploads_of(files: &[Upload], max_bytes: usize) -> ApiResult<Vec<RunFile>> {
             ));
         }
         // Base64 is 4 bytes per 3: refuse an oversize file before decoding it.
-        if file.content_base64.trim().len() / 4 * 3 > max_bytes + 3 {
-            return Err(file_too_large(
-                name,
-                file.content_base64.trim().len() / 4 * 3,
-                max_bytes,
-            ));
+        let decoded_estimate = file.content_base64.trim().len() / 4 * 3;
+        if decoded_estimate > max_bytes + 3 {
+            return Err(file_too_large(name, decoded_estimate, max_bytes));
         }
         let content = base64::engine::general_purpose::STANDARD
             .decode(file.content_base64.trim())
