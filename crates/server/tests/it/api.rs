@@ -1070,15 +1070,7 @@ async fn tokens_are_managed_by_admins_and_revocable() {
     assert!(!v["diagnostics"].as_array().unwrap().is_empty());
     let mut template: Value = serde_json::from_str(crate::SLOW_TEMPLATE).unwrap();
     template["id"] = json!("registered-slow");
-    let (s, b) = t
-        .call(
-            Method::POST,
-            "/api/v1/templates",
-            "admin",
-            Some(json!({"template": template})),
-        )
-        .await;
-    assert_eq!(s, 201, "{b}");
+    t.register_template(&template).await;
     let (_, list) = t
         .call(Method::GET, "/api/v1/templates", "viewer", None)
         .await;

@@ -12,6 +12,17 @@ fn location(headers: &HeaderMap) -> &str {
     headers[LOCATION].to_str().unwrap()
 }
 
+/// Posts the sign-in form with `body` (form-encoded).
+async fn sign_in(t: &TestServer, body: impl Into<reqwest::Body>) -> reqwest::Response {
+    t.http
+        .post(t.url("/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sign_in_goes_only_to_a_path_on_this_server() {
     let t = TestServer::start().await;
@@ -35,14 +46,7 @@ async fn sign_in_goes_only_to_a_path_on_this_server() {
             .unwrap();
         assert_eq!(response.status().as_u16(), 303, "{next}");
         assert_eq!(location(response.headers()), expected, "{next}");
-        let response = t
-            .http
-            .post(t.url("/login"))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(format!("token={token}&next={next}"))
-            .send()
-            .await
-            .unwrap();
+        let response = sign_in(&t, format!("token={token}&next={next}")).await;
         assert_eq!(response.status().as_u16(), 303, "{next}");
         assert_eq!(location(response.headers()), expected, "POST {next}");
     }
@@ -62,37 +66,16 @@ async fn sign_in_posts_the_token_says_when_it_is_wrong_and_signs_out() {
         .unwrap();
     assert!(form.contains(r#"method="post""#), "{form}");
 
-    let wrong = t
-        .http
-        .post(t.url("/login"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body("token=pf_wrong&next=/")
-        .send()
-        .await
-        .unwrap();
+    let wrong = sign_in(&t, "token=pf_wrong&next=/").await;
     assert_eq!(wrong.status().as_u16(), 401);
     assert!(wrong.headers().get(SET_COOKIE).is_none());
     let page = wrong.text().await.unwrap();
     assert!(page.contains("unknown or revoked"), "{page}");
-    let smuggling = t
-        .http
-        .post(t.url("/login"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body("token=pf_x%3B+Domain%3Devil.example&next=/")
-        .send()
-        .await
-        .unwrap();
+    let smuggling = sign_in(&t, "token=pf_x%3B+Domain%3Devil.example&next=/").await;
     assert_eq!(smuggling.status().as_u16(), 401);
     assert!(smuggling.headers().get(SET_COOKIE).is_none());
 
-    let right = t
-        .http
-        .post(t.url("/login"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!("token={}&next=/", t.tokens["viewer"]))
-        .send()
-        .await
-        .unwrap();
+    let right = sign_in(&t, format!("token={}&next=/", t.tokens["viewer"])).await;
     assert_eq!(right.status().as_u16(), 303);
     let cookie = right.headers()[SET_COOKIE].to_str().unwrap().to_string();
     assert!(

@@ -221,6 +221,19 @@ impl TestServer {
         )
     }
 
+    /// Registers `template` through the API, as an admin.
+    pub async fn register_template(&self, template: &Value) {
+        let (status, body) = self
+            .call(
+                reqwest::Method::POST,
+                "/api/v1/templates",
+                "admin",
+                Some(json!({ "template": template })),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+
     pub async fn create_review_run(&self, title: &str) -> String {
         let (status, body) = self
             .call(

@@ -11,15 +11,7 @@ use crate::{TestServer, block_status};
 /// for a separate reviewer).
 async fn register_guarded(t: &TestServer) {
     let template: Value = serde_json::from_str(crate::GUARDED_TEMPLATE).unwrap();
-    let (s, b) = t
-        .call(
-            Method::POST,
-            "/api/v1/templates",
-            "admin",
-            Some(json!({"template": template})),
-        )
-        .await;
-    assert_eq!(s, 201, "{b}");
+    t.register_template(&template).await;
 }
 
 /// A `guarded-review` run created by the operator, waiting at its review gate.
