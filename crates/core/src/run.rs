@@ -420,6 +420,10 @@ pub struct RunDoc {
     /// router that sent corrections upstream (seed `002`'s v1, v2, …).
     #[serde(default = "first_version")]
     pub version: u32,
+    /// Stored one row per block (the rest of the document is the run's
+    /// header row), so a commit writes only the blocks its events changed.
+    /// Last, so the header's JSON plus the rows splice into this same text.
+    #[serde(default)]
     pub blocks: BTreeMap<String, BlockState>,
 }
 
@@ -599,6 +603,24 @@ impl Event {
             | Event::GateRejected { block, .. }
             | Event::BlockReset { block, .. }
             | Event::AutonomyChanged { block, .. } => Some(block),
+        }
+    }
+
+    /// The blocks whose state in the run document [`RunDoc::apply`] changes
+    /// for this event: the store writes exactly these blocks' rows, and the
+    /// scheduler's [`crate::scheduler::RunIndex`] re-reads exactly these. An
+    /// item change names its target block but changes no block state.
+    pub fn changed_blocks(&self) -> Vec<&str> {
+        match self {
+            Event::RunCreated { blocks, .. } => blocks.iter().map(|(id, _)| id.as_str()).collect(),
+            Event::CorrectionsRouted { targets, .. } => {
+                targets.keys().map(String::as_str).collect()
+            }
+            Event::RunStatusChanged { .. }
+            | Event::FeedbackSubmitted { .. }
+            | Event::ItemChanged { .. }
+            | Event::CorrectionsIngested { .. } => Vec::new(),
+            other => other.block().into_iter().collect(),
         }
     }
 

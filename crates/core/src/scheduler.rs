@@ -60,7 +60,7 @@ pub fn decide(pipeline: &Pipeline, doc: &RunDoc, now: Millis, max_concurrency: u
         }
         let block = &blocks[i];
         let upstream = pipeline.upstream(i);
-        let ready_reason = match readiness(block.inputs.mode, upstream, &status) {
+        let ready_reason = match readiness(block.inputs.mode, upstream, |u| status[u]) {
             Readiness::NotYet => continue,
             Readiness::Blocked(bad) => {
                 status[i] = BlockStatus::Blocked;
@@ -140,8 +140,12 @@ enum Readiness {
     Ready(String),
 }
 
-fn readiness(mode: DependencyMode, upstream: &[usize], status: &[BlockStatus]) -> Readiness {
-    let dead = |u: usize| matches!(status[u], BlockStatus::Failed | BlockStatus::Blocked);
+fn readiness(
+    mode: DependencyMode,
+    upstream: &[usize],
+    status: impl Fn(usize) -> BlockStatus,
+) -> Readiness {
+    let dead = |u: usize| matches!(status(u), BlockStatus::Failed | BlockStatus::Blocked);
     if upstream.is_empty() {
         return Readiness::Ready("no dependencies".to_string());
     }
@@ -149,7 +153,7 @@ fn readiness(mode: DependencyMode, upstream: &[usize], status: &[BlockStatus]) -
         DependencyMode::All => {
             if let Some(&bad) = upstream.iter().find(|&&u| dead(u)) {
                 Readiness::Blocked(bad)
-            } else if upstream.iter().all(|&u| status[u] == BlockStatus::Done) {
+            } else if upstream.iter().all(|&u| status(u) == BlockStatus::Done) {
                 Readiness::Ready("all dependencies done".to_string())
             } else {
                 Readiness::NotYet
@@ -158,13 +162,13 @@ fn readiness(mode: DependencyMode, upstream: &[usize], status: &[BlockStatus]) -
         DependencyMode::Any => {
             if !upstream
                 .iter()
-                .all(|&u| status[u] == BlockStatus::Done || dead(u))
+                .all(|&u| status(u) == BlockStatus::Done || dead(u))
             {
                 return Readiness::NotYet;
             }
             let done = upstream
                 .iter()
-                .filter(|&&u| status[u] == BlockStatus::Done)
+                .filter(|&&u| status(u) == BlockStatus::Done)
                 .count();
             if done == 0 {
                 Readiness::Blocked(upstream[0])
@@ -179,17 +183,64 @@ fn readiness(mode: DependencyMode, upstream: &[usize], status: &[BlockStatus]) -
 }
 
 fn run_status(status: &[BlockStatus]) -> RunStatus {
-    let any = |wanted: BlockStatus| status.contains(&wanted);
-    if any(BlockStatus::Running) || any(BlockStatus::Ready) {
-        RunStatus::Running
-    } else if any(BlockStatus::Waiting) {
-        RunStatus::Waiting
-    } else if status.iter().all(|s| *s == BlockStatus::Done) {
-        RunStatus::Done
-    } else {
-        RunStatus::Failed
+    let mut counts = StatusCounts::default();
+    for s in status {
+        counts.add(*s);
+    }
+    counts.run_status()
+}
+
+/// How many blocks of a run are in each status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatusCounts([usize; 7]);
+
+impl StatusCounts {
+    fn slot(status: BlockStatus) -> usize {
+        match status {
+            BlockStatus::Pending => 0,
+            BlockStatus::Ready => 1,
+            BlockStatus::Running => 2,
+            BlockStatus::Done => 3,
+            BlockStatus::Failed => 4,
+            BlockStatus::Blocked => 5,
+            BlockStatus::Waiting => 6,
+        }
+    }
+
+    pub fn get(&self, status: BlockStatus) -> usize {
+        self.0[Self::slot(status)]
+    }
+
+    pub fn total(&self) -> usize {
+        self.0.iter().sum()
+    }
+
+    pub(crate) fn add(&mut self, status: BlockStatus) {
+        self.0[Self::slot(status)] += 1;
+    }
+
+    pub(crate) fn remove(&mut self, status: BlockStatus) {
+        let slot = &mut self.0[Self::slot(status)];
+        *slot = slot.saturating_sub(1);
+    }
+
+    /// The run's status: running while anything runs or may start, waiting
+    /// while only gates hold it, done when every block is, failed otherwise.
+    pub fn run_status(&self) -> RunStatus {
+        if self.get(BlockStatus::Running) > 0 || self.get(BlockStatus::Ready) > 0 {
+            RunStatus::Running
+        } else if self.get(BlockStatus::Waiting) > 0 {
+            RunStatus::Waiting
+        } else if self.get(BlockStatus::Done) == self.total() {
+            RunStatus::Done
+        } else {
+            RunStatus::Failed
+        }
     }
 }
+
+mod index;
+pub use index::RunIndex;
 
 #[cfg(test)]
 mod tests;

@@ -65,6 +65,8 @@ fn pipeline(value: &Value) -> Pipeline {
 
 /// A run in memory: the pipeline, its document and its whole event log.
 struct Harness {
+    /// Kept up to date by `commit` and checked against `decide` by `tick`.
+    index: RunIndex,
     pipeline: Pipeline,
     doc: RunDoc,
     log: Vec<EventRecord>,
@@ -112,7 +114,9 @@ impl Harness {
             event: created,
         };
         let doc = RunDoc::from_created(&record).unwrap();
+        let index = RunIndex::new(&pipeline, &doc);
         Harness {
+            index,
             pipeline,
             doc,
             log: vec![record],
@@ -124,16 +128,48 @@ impl Harness {
 
     fn commit(&mut self, events: Vec<Event>, actor: &str) -> Vec<EventRecord> {
         let records = commit(&mut self.doc, events, actor, self.now).expect("events apply");
+        self.index.observe(&self.pipeline, &self.doc, &records);
         self.log.extend(records.iter().cloned());
         records
+    }
+
+    /// The incremental index decides exactly what `decide` does, for any
+    /// number of blocks the caller may start; and it still agrees with an
+    /// index built afresh from the document.
+    fn check_index(&mut self, decision: &Decision) {
+        let fresh = RunIndex::new(&self.pipeline, &self.doc);
+        assert_eq!(fresh.counts(), self.index.counts());
+        for take in [usize::MAX, 1, 2] {
+            let mut probe = self.index.clone();
+            let incremental = probe.decide(
+                &self.pipeline,
+                &self.doc,
+                self.now,
+                self.max_concurrency,
+                take,
+            );
+            let mut expected = decision.clone();
+            expected.startable.truncate(take);
+            assert_eq!(incremental, expected, "take {take}");
+        }
+        let kept = self.index.decide(
+            &self.pipeline,
+            &self.doc,
+            self.now,
+            self.max_concurrency,
+            usize::MAX,
+        );
+        assert_eq!(&kept, decision);
     }
 
     /// One scheduler step: decide, record its events, and check that deciding
     /// again right away is a fixpoint with the same outcome.
     fn tick(&mut self) -> Decision {
         let decision = decide(&self.pipeline, &self.doc, self.now, self.max_concurrency);
+        self.check_index(&decision);
         self.commit(decision.events.clone(), "engine");
         let again = decide(&self.pipeline, &self.doc, self.now, self.max_concurrency);
+        self.check_index(&again);
         assert!(
             again.events.is_empty(),
             "not a fixpoint: {:?}",
