@@ -427,6 +427,96 @@ pub struct RunDoc {
     pub blocks: BTreeMap<String, BlockState>,
 }
 
+/// A run document without its blocks, for serialising: the store keeps this
+/// in the run's row and each block in a row of its own. Field for field the
+/// same JSON as [`RunDoc`] up to `blocks` (which comes last there), so the
+/// header's text plus the blocks' make the document's text.
+#[derive(Debug, Serialize)]
+pub struct RunHeader<'a> {
+    run_id: &'a str,
+    template_id: &'a str,
+    template_version: &'a str,
+    status: RunStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    autonomy_profile: &'a Option<String>,
+    params: &'a BTreeMap<String, Value>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    models: &'a BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    default_model: &'a Option<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    sampling: &'a BTreeMap<String, Value>,
+    created_at: Millis,
+    updated_at: Millis,
+    seq: u64,
+    version: u32,
+}
+
+impl RunDoc {
+    /// Everything but the blocks (see [`RunHeader`]).
+    pub fn header(&self) -> RunHeader<'_> {
+        // Destructured in full: a new field of `RunDoc` must be added here.
+        let RunDoc {
+            run_id,
+            template_id,
+            template_version,
+            status,
+            autonomy_profile,
+            params,
+            models,
+            default_model,
+            sampling,
+            created_at,
+            updated_at,
+            seq,
+            version,
+            blocks: _,
+        } = self;
+        RunHeader {
+            run_id,
+            template_id,
+            template_version,
+            status: *status,
+            autonomy_profile,
+            params,
+            models,
+            default_model,
+            sampling,
+            created_at: *created_at,
+            updated_at: *updated_at,
+            seq: *seq,
+            version: *version,
+        }
+    }
+}
+
+/// The text of a run document from its header's JSON object and its blocks'
+/// JSON, in block id order: `{…header…,"blocks":{"id":{…},…}}`.
+pub fn splice_doc_json<'a>(
+    header: &str,
+    blocks: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> String {
+    let head = header.trim_end();
+    let head = head.strip_suffix('}').unwrap_or(head);
+    let mut out = String::with_capacity(head.len() + 64);
+    out.push_str(head);
+    // An empty header object has no member to follow.
+    if !head.trim_end().ends_with('{') {
+        out.push(',');
+    }
+    out.push_str("\"blocks\":{");
+    for (n, (id, state)) in blocks.into_iter().enumerate() {
+        if n > 0 {
+            out.push(',');
+        }
+        out.push_str(&serde_json::to_string(id).unwrap_or_default());
+        out.push(':');
+        out.push_str(state);
+    }
+    out.push_str("}}");
+    out
+}
+
 /// An entry of the append-only event log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EventRecord {
@@ -1154,5 +1244,61 @@ mod tests {
     fn formats_utc_times() {
         assert_eq!(format_utc(0), "1970-01-01 00:00:00");
         assert_eq!(format_utc(1_795_000_000_000), "2026-11-18 11:06:40");
+    }
+
+    fn full_doc(blocks: BTreeMap<String, BlockState>) -> RunDoc {
+        RunDoc {
+            run_id: "run-\"1\"".to_string(),
+            template_id: "t".to_string(),
+            template_version: "1.0.0".to_string(),
+            status: RunStatus::Waiting,
+            autonomy_profile: Some("cautious".to_string()),
+            params: BTreeMap::from([("title".to_string(), Value::from("A"))]),
+            models: BTreeMap::from([("b".to_string(), "m".to_string())]),
+            default_model: Some("m".to_string()),
+            sampling: BTreeMap::from([("temperature".to_string(), Value::from(0.5))]),
+            created_at: 5,
+            updated_at: 9,
+            seq: 12,
+            version: 2,
+            blocks,
+        }
+    }
+
+    #[test]
+    fn header_and_block_rows_splice_into_the_documents_own_text() {
+        let mut gated = BlockState::new(Autonomy::Gate);
+        gated.status = BlockStatus::Waiting;
+        gated.gate = Some(GatePhase::After);
+        gated.score = Some(7.25);
+        let blocks = BTreeMap::from([
+            (
+                "a \"quoted\" id".to_string(),
+                BlockState::new(Autonomy::Auto),
+            ),
+            ("b".to_string(), gated),
+        ]);
+        for doc in [full_doc(blocks), full_doc(BTreeMap::new())] {
+            let header = serde_json::to_string(&doc.header()).unwrap();
+            let states: Vec<(String, String)> = doc
+                .blocks
+                .iter()
+                .map(|(id, s)| (id.clone(), serde_json::to_string(s).unwrap()))
+                .collect();
+            let spliced = splice_doc_json(
+                &header,
+                states.iter().map(|(i, s)| (i.as_str(), s.as_str())),
+            );
+            assert_eq!(spliced, serde_json::to_string(&doc).unwrap());
+            let parsed: RunDoc = serde_json::from_str(&header).unwrap();
+            assert_eq!(
+                parsed,
+                full_doc(BTreeMap::new()),
+                "a header reads back without blocks"
+            );
+        }
+        // A header as PostgreSQL's jsonb prints it (spaces, other key order).
+        let spliced = splice_doc_json(r#"{"seq": 3, "run_id": "r"} "#, [("x", "{}")]);
+        assert_eq!(spliced, r#"{"seq": 3, "run_id": "r","blocks":{"x":{}}}"#);
     }
 }

@@ -59,7 +59,6 @@ impl Engine {
         let mut in_flight: BTreeSet<String> = BTreeSet::new();
         let heartbeat = self.spawn_heartbeat();
         let owner_id = self.owner.id();
-        let max_concurrency = self.config.max_concurrency;
 
         let work_root = self.config.work_root.clone();
         let result: Result<Outcome> = async {
@@ -157,8 +156,7 @@ impl Engine {
                     }
                     // Ready blocks in backoff, or blocks another worker runs.
                     let now = now_ms();
-                    let decision =
-                        factory_core::decide(handle.pipeline(), doc, now, max_concurrency);
+                    let decision = handle.decide(now);
                     let wait_ms = match decision.wake_at {
                         Some(at) => (at - now).clamp(1, self.poll_ms()),
                         None => self.poll_ms(),
@@ -169,12 +167,7 @@ impl Engine {
                 }
 
                 // Wait for a result, or for a backoff to end.
-                let decision = factory_core::decide(
-                    handle.pipeline(),
-                    handle.doc(),
-                    now_ms(),
-                    max_concurrency,
-                );
+                let decision = handle.decide(now_ms());
                 let first = match decision.wake_at {
                     Some(at) => {
                         let wait = (at - now_ms()).max(1) as u64;

@@ -3,8 +3,9 @@
 use std::sync::Arc;
 
 use factory_core::run::{Event, EventRecord, Millis, RunDoc};
+use factory_core::scheduler::{Decision, RunIndex};
 use factory_core::transitions::{self, Policy};
-use factory_core::{Pipeline, commit_in_place as commit, decide};
+use factory_core::{Pipeline, commit_in_place as commit};
 use factory_store::{NewBlob, Store, StoreError, StoredRun, Writes};
 
 use crate::{EngineError, Result, load_pipeline, now_ms};
@@ -21,10 +22,19 @@ pub struct Claim<'a> {
     pub limit: usize,
 }
 
+/// A run's document as last committed, with the scheduler's index of it.
+///
+/// Writes apply their events to the held document in place (no copy of a
+/// document that grows with the run) and hand the store only what changed.
+/// If anything fails between applying and committing, the document no longer
+/// matches the store: the handle is then marked stale and reloads before it
+/// is used again.
 pub struct RunHandle {
     store: Arc<dyn Store>,
     pipeline: Arc<Pipeline>,
     stored: StoredRun,
+    index: RunIndex,
+    stale: bool,
     max_concurrency: usize,
 }
 
@@ -36,10 +46,13 @@ impl RunHandle {
     ) -> Result<RunHandle> {
         let stored = store.load_run(run_id).await?;
         let pipeline = cached_pipeline(&stored.template_json)?;
+        let index = RunIndex::new(&pipeline, &stored.doc);
         Ok(RunHandle {
             store,
             pipeline,
             stored,
+            index,
+            stale: false,
             max_concurrency,
         })
     }
@@ -59,7 +72,34 @@ impl RunHandle {
     pub async fn reload(&mut self) -> Result<()> {
         let run_id = self.stored.doc.run_id.clone();
         self.stored = self.store.load_run(&run_id).await?;
+        self.index = RunIndex::new(&self.pipeline, &self.stored.doc);
+        self.stale = false;
         Ok(())
+    }
+
+    /// Reloads if a failed write left the held document ahead of the store.
+    async fn ensure_fresh(&mut self) -> Result<()> {
+        if self.stale {
+            self.reload().await?;
+        }
+        Ok(())
+    }
+
+    /// The scheduler's decision on the held document, without writing it:
+    /// when the next backoff ends, which blocks may start.
+    pub fn decide(&mut self, now: Millis) -> Decision {
+        self.index.decide(
+            &self.pipeline,
+            &self.stored.doc,
+            now,
+            self.max_concurrency,
+            usize::MAX,
+        )
+    }
+
+    /// How many blocks are in each status.
+    pub fn counts(&self) -> factory_core::scheduler::StatusCounts {
+        self.index.counts()
     }
 
     /// One try at writing `events`, the scheduler's follow-up and `writes`
@@ -73,6 +113,7 @@ impl RunHandle {
         events: Vec<Event>,
         writes: &Writes<'_>,
     ) -> Result<Option<Vec<EventRecord>>> {
+        self.ensure_fresh().await?;
         self.try_write(actor, events, now_ms(), None, writes).await
     }
 
@@ -88,32 +129,38 @@ impl RunHandle {
         claim: Option<Claim<'_>>,
         writes: &Writes<'_>,
     ) -> Result<Option<Vec<EventRecord>>> {
-        let mut doc = self.stored.doc.clone();
-        let mut records = commit(&mut doc, events, actor, now)?;
-        let decision = decide(&self.pipeline, &doc, now, self.max_concurrency);
-        records.extend(commit(&mut doc, decision.events, "scheduler", now)?);
+        // From here until the commit lands, the held document runs ahead of
+        // the store.
+        self.stale = true;
+        let mut records = self.apply_in_place(events, actor, now)?;
+        let take = claim.map_or(0, |c| c.limit);
+        let decision = self.decide_next(now, take);
+        records.extend(self.apply_in_place(decision.events, "scheduler", now)?);
         if let Some(claim) = claim {
             let starts = decision
                 .startable
                 .iter()
-                .take(claim.limit)
-                .map(|block| transitions::start(&doc, block, claim.owner, now, claim.policy))
+                .map(|block| {
+                    transitions::start(&self.stored.doc, block, claim.owner, now, claim.policy)
+                })
                 .collect::<std::result::Result<Vec<_>, _>>()?;
-            records.extend(commit(&mut doc, starts, actor, now)?);
-            let decision = decide(&self.pipeline, &doc, now, self.max_concurrency);
-            records.extend(commit(&mut doc, decision.events, "scheduler", now)?);
+            records.extend(self.apply_in_place(starts, actor, now)?);
+            let decision = self.decide_next(now, 0);
+            records.extend(self.apply_in_place(decision.events, "scheduler", now)?);
         }
         if records.is_empty() {
+            self.stale = false;
             return Ok(Some(records));
         }
+        let doc = &self.stored.doc;
         match self
             .store
-            .commit_with(&doc.run_id, self.stored.version, &records, &doc, writes)
+            .commit_with(&doc.run_id, self.stored.version, &records, doc, writes)
             .await
         {
             Ok(version) => {
                 self.stored.version = version;
-                self.stored.doc = doc;
+                self.stale = false;
                 Ok(Some(records))
             }
             Err(StoreError::Conflict { .. }) => {
@@ -122,6 +169,28 @@ impl RunHandle {
             }
             Err(error) => Err(error.into()),
         }
+    }
+
+    fn apply_in_place(
+        &mut self,
+        events: Vec<Event>,
+        actor: &str,
+        now: Millis,
+    ) -> Result<Vec<EventRecord>> {
+        let records = commit(&mut self.stored.doc, events, actor, now)?;
+        self.index
+            .observe(&self.pipeline, &self.stored.doc, &records);
+        Ok(records)
+    }
+
+    fn decide_next(&mut self, now: Millis, take: usize) -> Decision {
+        self.index.decide(
+            &self.pipeline,
+            &self.stored.doc,
+            now,
+            self.max_concurrency,
+            take,
+        )
     }
 
     /// Computes events with `step` on the latest document, adds the
@@ -154,6 +223,7 @@ impl RunHandle {
             ..Writes::default()
         };
         for _ in 0..MAX_CONFLICTS {
+            self.ensure_fresh().await?;
             let now = now_ms();
             let events = step(&self.pipeline, &self.stored.doc, now)?;
             if let Some(records) = self.try_write(actor, events, now, claim, &writes).await? {

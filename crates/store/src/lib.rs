@@ -1,5 +1,7 @@
-//! Durable storage for runs: one JSON document per run, an append-only event
-//! log, content-addressed blobs (artifacts and logs) and worker leases.
+//! Durable storage for runs: one JSON document per run (stored as a header
+//! row and one row per block, so a commit writes only what it changed), an
+//! append-only event log, content-addressed blobs (artifacts and logs) and
+//! worker leases.
 //!
 //! Two implementations share one trait: SQLite (the embedded default, a single
 //! file) and PostgreSQL (many workers on many machines).
@@ -176,8 +178,10 @@ pub trait Store: Send + Sync {
     /// The run document as stored JSON text, unparsed: the API's hot read.
     async fn load_run_json(&self, run_id: &str) -> Result<String>;
 
-    /// Appends `records` and replaces the document, if the stored version is
-    /// still `expected_version`; returns the new version. Leases follow the
+    /// Appends `records` and stores the document — its header and the
+    /// blocks `records` change ([`Event::changed_blocks`]), nothing else —
+    /// if the stored version is still `expected_version`; returns the new
+    /// version. `doc` must be the stored document with `records` applied. Leases follow the
     /// events: `block_started` takes one, `attempt_finished` and
     /// `attempt_abandoned` release it.
     async fn commit(
@@ -360,6 +364,54 @@ pub(crate) fn lease_ops(records: &[EventRecord]) -> Vec<LeaseOp<'_>> {
             _ => None,
         })
         .collect()
+}
+
+/// The run row's document: everything but the blocks.
+pub(crate) fn header_json(doc: &RunDoc) -> Result<String> {
+    Ok(serde_json::to_string(&doc.header())?)
+}
+
+/// `(block id, state JSON)` for every block `records` change: the block
+/// rows a commit writes. Blocks the document does not have are skipped
+/// (applying such an event would have failed before reaching the store).
+pub(crate) fn changed_block_rows<'a>(
+    doc: &'a RunDoc,
+    records: &'a [EventRecord],
+) -> Result<Vec<(&'a str, String)>> {
+    let ids: std::collections::BTreeSet<&str> = records
+        .iter()
+        .flat_map(|r| r.event.changed_blocks())
+        .collect();
+    ids.into_iter()
+        .filter_map(|id| doc.blocks.get_key_value(id))
+        .map(|(id, state)| Ok((id.as_str(), serde_json::to_string(state)?)))
+        .collect()
+}
+
+/// Every block's row, for a new run.
+pub(crate) fn all_block_rows(doc: &RunDoc) -> Result<Vec<(&str, String)>> {
+    doc.blocks
+        .iter()
+        .map(|(id, state)| Ok((id.as_str(), serde_json::to_string(state)?)))
+        .collect()
+}
+
+/// A document from its header row and its block rows.
+pub(crate) fn assemble_doc<'a>(
+    run_id: &str,
+    header: &str,
+    blocks: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<RunDoc> {
+    let mut doc = parse_doc(run_id, header)?;
+    for (id, state) in blocks {
+        let state = serde_json::from_str(state).map_err(|source| StoreError::Corrupt {
+            run_id: run_id.to_string(),
+            what: "block state",
+            source,
+        })?;
+        doc.blocks.insert(id.to_string(), state);
+    }
+    Ok(doc)
 }
 
 pub(crate) fn parse_doc(run_id: &str, json: &str) -> Result<RunDoc> {

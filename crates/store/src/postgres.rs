@@ -15,9 +15,10 @@ use sqlx::{Connection, Row};
 
 use crate::{
     BlobRef, FeedbackRecord, ImprovementItem, Lease, LeaseOp, NewRun, Result, RunRecord,
-    RunSummary, Store, StoreError, StoredRun, TemplateRecord, TokenRecord, Writes, blob_hash,
-    lease_ops, like_prefix, parse_doc, parse_event,
+    RunSummary, Store, StoreError, StoredRun, TemplateRecord, TokenRecord, Writes, all_block_rows,
+    assemble_doc, blob_hash, changed_block_rows, header_json, lease_ops, like_prefix, parse_event,
 };
+use factory_core::run::splice_doc_json;
 
 /// How long a request waits for a pooled connection before the store
 /// reports itself unavailable.
@@ -88,11 +89,12 @@ impl Store for PostgresStore {
         .bind(run.template_json)
         .bind(run.template_path)
         .bind(run.doc.status.as_str())
-        .bind(serde_json::to_string(run.doc)?)
+        .bind(header_json(run.doc)?)
         .bind(run.doc.created_at)
         .bind(run.doc.updated_at)
         .execute(&mut *tx)
         .await?;
+        upsert_blocks(&mut tx, &run.doc.run_id, &all_block_rows(run.doc)?).await?;
         insert_events(&mut tx, &run.doc.run_id, run.records).await?;
         q::insert_blobs(&mut tx, run.blobs).await?;
         q::upsert_records(&mut tx, run.side).await?;
@@ -101,26 +103,45 @@ impl Store for PostgresStore {
     }
 
     async fn load_run(&self, run_id: &str) -> Result<StoredRun> {
-        let row = sqlx::query("SELECT doc::text AS doc, version, template_json, template_path FROM runs WHERE run_id = $1")
+        let rows = sqlx::query(LOAD_RUN)
             .bind(run_id)
-            .fetch_optional(&self.pool)
-            .await?
+            .fetch_all(&self.pool)
+            .await?;
+        let (head, blocks) = rows
+            .split_first()
+            .filter(|(head, _)| head.get::<Option<&str>, _>("block_id").is_none())
             .ok_or_else(|| StoreError::RunNotFound(run_id.to_string()))?;
         Ok(StoredRun {
-            doc: parse_doc(run_id, row.get::<&str, _>("doc"))?,
-            version: row.get("version"),
-            template_json: row.get("template_json"),
-            template_path: row.get("template_path"),
+            doc: assemble_doc(
+                run_id,
+                head.get("body"),
+                blocks
+                    .iter()
+                    .map(|row| (row.get("block_id"), row.get("body"))),
+            )?,
+            version: head.get::<Option<i64>, _>("version").unwrap_or_default(),
+            template_json: head
+                .get::<Option<String>, _>("template_json")
+                .unwrap_or_default(),
+            template_path: head.get("template_path"),
         })
     }
 
     async fn load_run_json(&self, run_id: &str) -> Result<String> {
-        let row = sqlx::query("SELECT doc::text AS doc FROM runs WHERE run_id = $1")
+        let rows = sqlx::query(LOAD_RUN)
             .bind(run_id)
-            .fetch_optional(&self.pool)
-            .await?
+            .fetch_all(&self.pool)
+            .await?;
+        let (head, blocks) = rows
+            .split_first()
+            .filter(|(head, _)| head.get::<Option<&str>, _>("block_id").is_none())
             .ok_or_else(|| StoreError::RunNotFound(run_id.to_string()))?;
-        Ok(row.get("doc"))
+        Ok(splice_doc_json(
+            head.get("body"),
+            blocks
+                .iter()
+                .map(|row| (row.get("block_id"), row.get("body"))),
+        ))
     }
 
     async fn commit_with(
@@ -131,13 +152,14 @@ impl Store for PostgresStore {
         doc: &RunDoc,
         writes: &Writes<'_>,
     ) -> Result<i64> {
-        let doc_json = serde_json::to_string(doc)?;
+        let header = header_json(doc)?;
+        let blocks = changed_block_rows(doc, records)?;
         let mut tx = self.pool.begin().await?;
         let updated = sqlx::query(
             "UPDATE runs SET doc = $1::jsonb, status = $2, version = version + 1, updated_at = $3
              WHERE run_id = $4 AND version = $5",
         )
-        .bind(&doc_json)
+        .bind(&header)
         .bind(doc.status.as_str())
         .bind(doc.updated_at)
         .bind(run_id)
@@ -148,6 +170,7 @@ impl Store for PostgresStore {
             tx.rollback().await?;
             return Err(missing_or_conflict(self, run_id, expected_version).await);
         }
+        upsert_blocks(&mut tx, run_id, &blocks).await?;
         q::insert_blobs(&mut tx, writes.blobs).await?;
         if let Some(feedback) = writes.feedback {
             q::insert_feedback(&mut tx, feedback).await?;
@@ -378,6 +401,39 @@ impl Store for PostgresStore {
     ) -> Result<Vec<RunRecord>> {
         q::records_for_template(&self.pool, template_id, kind, limit).await
     }
+}
+
+/// A run's header row, then its block rows by block id (bytewise, as Rust's
+/// `String` orders them), read by one statement so they come from one
+/// snapshot.
+const LOAD_RUN: &str = r#"SELECT NULL::text COLLATE "C" AS block_id, doc::text AS body, version, template_json, template_path
+     FROM runs WHERE run_id = $1
+     UNION ALL
+     SELECT block_id COLLATE "C", state, NULL::bigint, NULL::text, NULL::text FROM run_blocks WHERE run_id = $1
+     ORDER BY block_id NULLS FIRST"#;
+
+/// Block rows in one statement, however many (a run's creation writes all).
+async fn upsert_blocks(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    run_id: &str,
+    blocks: &[(&str, String)],
+) -> Result<()> {
+    if blocks.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<&str> = blocks.iter().map(|(id, _)| *id).collect();
+    let states: Vec<&str> = blocks.iter().map(|(_, state)| state.as_str()).collect();
+    sqlx::query(
+        "INSERT INTO run_blocks (run_id, block_id, state)
+         SELECT $1, b.id, b.state FROM UNNEST($2::text[], $3::text[]) AS b (id, state)
+         ON CONFLICT (run_id, block_id) DO UPDATE SET state = excluded.state",
+    )
+    .bind(run_id)
+    .bind(&ids)
+    .bind(&states)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 async fn insert_events(

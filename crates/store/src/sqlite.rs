@@ -18,9 +18,10 @@ use sqlx::sqlite::{
 
 use crate::{
     BlobRef, FeedbackRecord, ImprovementItem, Lease, LeaseOp, NewRun, Result, RunRecord,
-    RunSummary, Store, StoreError, StoredRun, TemplateRecord, TokenRecord, Writes, blob_hash,
-    lease_ops, like_prefix, parse_doc, parse_event,
+    RunSummary, Store, StoreError, StoredRun, TemplateRecord, TokenRecord, Writes, all_block_rows,
+    assemble_doc, blob_hash, changed_block_rows, header_json, lease_ops, like_prefix, parse_event,
 };
+use factory_core::run::splice_doc_json;
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -66,11 +67,12 @@ impl Store for SqliteStore {
         .bind(run.template_json)
         .bind(run.template_path)
         .bind(run.doc.status.as_str())
-        .bind(serde_json::to_string(run.doc)?)
+        .bind(header_json(run.doc)?)
         .bind(run.doc.created_at)
         .bind(run.doc.updated_at)
         .execute(&mut *tx)
         .await?;
+        upsert_blocks(&mut tx, &run.doc.run_id, &all_block_rows(run.doc)?).await?;
         insert_events(&mut tx, &run.doc.run_id, run.records).await?;
         q::insert_blobs(&mut tx, run.blobs).await?;
         q::upsert_records(&mut tx, run.side).await?;
@@ -79,28 +81,43 @@ impl Store for SqliteStore {
     }
 
     async fn load_run(&self, run_id: &str) -> Result<StoredRun> {
-        let row = sqlx::query(
-            "SELECT doc, version, template_json, template_path FROM runs WHERE run_id = ?",
-        )
-        .bind(run_id)
-        .fetch_optional(&self.pool)
-        .await?
-        .ok_or_else(|| StoreError::RunNotFound(run_id.to_string()))?;
+        let rows = sqlx::query(LOAD_RUN)
+            .bind(run_id)
+            .fetch_all(&self.pool)
+            .await?;
+        let (head, blocks) = rows
+            .split_first()
+            .filter(|(head, _)| head.get::<Option<&str>, _>("block_id").is_none())
+            .ok_or_else(|| StoreError::RunNotFound(run_id.to_string()))?;
         Ok(StoredRun {
-            doc: parse_doc(run_id, row.get::<&str, _>("doc"))?,
-            version: row.get("version"),
-            template_json: row.get("template_json"),
-            template_path: row.get("template_path"),
+            doc: assemble_doc(
+                run_id,
+                head.get("body"),
+                blocks
+                    .iter()
+                    .map(|row| (row.get("block_id"), row.get("body"))),
+            )?,
+            version: head.get("version"),
+            template_json: head.get("template_json"),
+            template_path: head.get("template_path"),
         })
     }
 
     async fn load_run_json(&self, run_id: &str) -> Result<String> {
-        let row = sqlx::query("SELECT doc FROM runs WHERE run_id = ?")
+        let rows = sqlx::query(LOAD_RUN)
             .bind(run_id)
-            .fetch_optional(&self.pool)
-            .await?
+            .fetch_all(&self.pool)
+            .await?;
+        let (head, blocks) = rows
+            .split_first()
+            .filter(|(head, _)| head.get::<Option<&str>, _>("block_id").is_none())
             .ok_or_else(|| StoreError::RunNotFound(run_id.to_string()))?;
-        Ok(row.get("doc"))
+        Ok(splice_doc_json(
+            head.get("body"),
+            blocks
+                .iter()
+                .map(|row| (row.get("block_id"), row.get("body"))),
+        ))
     }
 
     async fn commit_with(
@@ -111,13 +128,14 @@ impl Store for SqliteStore {
         doc: &RunDoc,
         writes: &Writes<'_>,
     ) -> Result<i64> {
-        let doc_json = serde_json::to_string(doc)?;
+        let header = header_json(doc)?;
+        let blocks = changed_block_rows(doc, records)?;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let updated = sqlx::query(
             "UPDATE runs SET doc = ?, status = ?, version = version + 1, updated_at = ?
              WHERE run_id = ? AND version = ?",
         )
-        .bind(&doc_json)
+        .bind(&header)
         .bind(doc.status.as_str())
         .bind(doc.updated_at)
         .bind(run_id)
@@ -128,6 +146,7 @@ impl Store for SqliteStore {
             tx.rollback().await?;
             return Err(missing_or_conflict(self, run_id, expected_version).await);
         }
+        upsert_blocks(&mut tx, run_id, &blocks).await?;
         q::insert_blobs(&mut tx, writes.blobs).await?;
         if let Some(feedback) = writes.feedback {
             q::insert_feedback(&mut tx, feedback).await?;
@@ -354,6 +373,34 @@ impl Store for SqliteStore {
     ) -> Result<Vec<RunRecord>> {
         q::records_for_template(&self.pool, template_id, kind, limit).await
     }
+}
+
+/// A run's header row, then its block rows by block id, read by one
+/// statement so they come from one snapshot. SQLite's default BINARY
+/// collation orders ids as Rust's `String` does, and NULL first.
+const LOAD_RUN: &str = "SELECT NULL AS block_id, doc AS body, version, template_json, template_path
+     FROM runs WHERE run_id = ?1
+     UNION ALL
+     SELECT block_id, state, NULL, NULL, NULL FROM run_blocks WHERE run_id = ?1
+     ORDER BY block_id";
+
+async fn upsert_blocks(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    run_id: &str,
+    blocks: &[(&str, String)],
+) -> Result<()> {
+    for (block_id, state) in blocks {
+        sqlx::query(
+            "INSERT INTO run_blocks (run_id, block_id, state) VALUES (?, ?, ?)
+             ON CONFLICT (run_id, block_id) DO UPDATE SET state = excluded.state",
+        )
+        .bind(run_id)
+        .bind(block_id)
+        .bind(state)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
 }
 
 async fn insert_events(

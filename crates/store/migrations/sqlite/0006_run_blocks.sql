@@ -1,0 +1,15 @@
+-- A run's blocks, one row each: a commit rewrites only the blocks its events
+-- changed instead of the whole run document, so its cost does not grow with
+-- the run. `runs.doc` keeps the rest of the document (its header).
+CREATE TABLE run_blocks (
+    run_id   TEXT NOT NULL REFERENCES runs (run_id),
+    block_id TEXT NOT NULL,
+    state    TEXT NOT NULL,
+    PRIMARY KEY (run_id, block_id)
+);
+
+INSERT INTO run_blocks (run_id, block_id, state)
+    SELECT runs.run_id, blocks.key, blocks.value
+    FROM runs, json_each(runs.doc, '$.blocks') AS blocks;
+
+UPDATE runs SET doc = json_remove(doc, '$.blocks');
