@@ -229,6 +229,9 @@ pub struct BenchArgs {
     /// fresh SQLite file in a temporary folder
     #[arg(long)]
     pub store: Option<String>,
+    /// Blocks run at once (0: no limit), as `factory run --slots`
+    #[arg(long, default_value_t = 0)]
+    pub slots: usize,
     /// Print the figures as JSON
     #[arg(long)]
     pub json: bool,

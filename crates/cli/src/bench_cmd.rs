@@ -45,6 +45,7 @@ pub async fn run(args: BenchArgs) -> Result<std::process::ExitCode> {
         EngineConfig {
             work_root: scratch.join("work"),
             actor: "bench".to_string(),
+            worker_slots: args.slots,
             ..EngineConfig::default()
         },
     );
@@ -58,9 +59,11 @@ pub async fn run(args: BenchArgs) -> Result<std::process::ExitCode> {
     if outcome != Outcome::Done {
         bail!("the bench run ended {outcome:?}, not done");
     }
-    let document_bytes = engine.store().load_run_json(&doc.run_id).await?.len();
-    let events = engine.store().events(&doc.run_id, 0).await?.len();
+    // The run's peak, before this command reads the document and the log
+    // back to report their size.
     let peak_rss_kib = peak_rss_kib();
+    let document_bytes = engine.store().load_run_json(&doc.run_id).await?.len();
+    let events = doc.seq;
     let _ = std::fs::remove_dir_all(&scratch);
 
     let per_block_ms = wall.as_secs_f64() * 1000.0 / args.blocks as f64;
@@ -71,6 +74,7 @@ pub async fn run(args: BenchArgs) -> Result<std::process::ExitCode> {
                 "shape": args.shape,
                 "blocks": args.blocks,
                 "store": if args.store.is_some() { "given" } else { "sqlite" },
+                "slots": args.slots,
                 "wall_ms": (wall.as_secs_f64() * 1000.0 * 10.0).round() / 10.0,
                 "per_block_ms": (per_block_ms * 1000.0).round() / 1000.0,
                 "blocks_per_s": (args.blocks as f64 / wall.as_secs_f64()).round(),

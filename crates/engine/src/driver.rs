@@ -189,7 +189,7 @@ impl Engine {
         .await;
         heartbeat.abort();
         let outcome = result?;
-        Ok((outcome, handle.doc().clone()))
+        Ok((outcome, handle.into_doc()))
     }
 
     fn poll_ms(&self) -> Millis {
@@ -510,10 +510,9 @@ fn slim_doc(doc: &RunDoc, pipeline: &factory_core::Pipeline, block_id: &str) -> 
         updated_at: doc.updated_at,
         seq: doc.seq,
         version: doc.version,
-        blocks: doc
-            .blocks
-            .iter()
-            .filter(|(id, _)| keep.contains(id.as_str()))
+        blocks: keep
+            .into_iter()
+            .filter_map(|id| doc.blocks.get_key_value(id))
             .map(|(id, state)| (id.clone(), state.clone()))
             .collect(),
     }

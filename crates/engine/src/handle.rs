@@ -61,6 +61,10 @@ impl RunHandle {
         &self.stored.doc
     }
 
+    pub fn into_doc(self) -> RunDoc {
+        self.stored.doc
+    }
+
     pub fn pipeline(&self) -> &Arc<Pipeline> {
         &self.pipeline
     }

@@ -128,7 +128,7 @@ impl Store for PostgresStore {
     }
 
     async fn load_run_json(&self, run_id: &str) -> Result<String> {
-        let rows = sqlx::query(LOAD_RUN)
+        let rows = sqlx::query(LOAD_RUN_JSON)
             .bind(run_id)
             .fetch_all(&self.pool)
             .await?;
@@ -410,6 +410,13 @@ const LOAD_RUN: &str = r#"SELECT NULL::text COLLATE "C" AS block_id, doc::text A
      FROM runs WHERE run_id = $1
      UNION ALL
      SELECT block_id COLLATE "C", state, NULL::bigint, NULL::text, NULL::text FROM run_blocks WHERE run_id = $1
+     ORDER BY block_id NULLS FIRST"#;
+
+/// [`LOAD_RUN`] without the template: the API's hot read.
+const LOAD_RUN_JSON: &str = r#"SELECT NULL::text COLLATE "C" AS block_id, doc::text AS body
+     FROM runs WHERE run_id = $1
+     UNION ALL
+     SELECT block_id COLLATE "C", state FROM run_blocks WHERE run_id = $1
      ORDER BY block_id NULLS FIRST"#;
 
 /// Block rows in one statement, however many (a run's creation writes all).

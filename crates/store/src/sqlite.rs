@@ -59,17 +59,23 @@ impl Store for SqliteStore {
     async fn create_run(&self, run: NewRun<'_>) -> Result<()> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(
-            "INSERT INTO runs (run_id, template_id, template_json, template_path, status, version, doc, created_at, updated_at)
-             VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?)",
+            "INSERT INTO runs (run_id, template_id, status, version, doc, created_at, updated_at)
+             VALUES (?, ?, ?, 1, ?, ?, ?)",
         )
         .bind(&run.doc.run_id)
         .bind(&run.doc.template_id)
-        .bind(run.template_json)
-        .bind(run.template_path)
         .bind(run.doc.status.as_str())
         .bind(header_json(run.doc)?)
         .bind(run.doc.created_at)
         .bind(run.doc.updated_at)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO run_templates (run_id, template_json, template_path) VALUES (?, ?, ?)",
+        )
+        .bind(&run.doc.run_id)
+        .bind(run.template_json)
+        .bind(run.template_path)
         .execute(&mut *tx)
         .await?;
         upsert_blocks(&mut tx, &run.doc.run_id, &all_block_rows(run.doc)?).await?;
@@ -104,7 +110,7 @@ impl Store for SqliteStore {
     }
 
     async fn load_run_json(&self, run_id: &str) -> Result<String> {
-        let rows = sqlx::query(LOAD_RUN)
+        let rows = sqlx::query(LOAD_RUN_JSON)
             .bind(run_id)
             .fetch_all(&self.pool)
             .await?;
@@ -378,10 +384,17 @@ impl Store for SqliteStore {
 /// A run's header row, then its block rows by block id, read by one
 /// statement so they come from one snapshot. SQLite's default BINARY
 /// collation orders ids as Rust's `String` does, and NULL first.
-const LOAD_RUN: &str = "SELECT NULL AS block_id, doc AS body, version, template_json, template_path
-     FROM runs WHERE run_id = ?1
+const LOAD_RUN: &str =
+    "SELECT NULL AS block_id, r.doc AS body, r.version, t.template_json, t.template_path
+     FROM runs r JOIN run_templates t ON t.run_id = r.run_id WHERE r.run_id = ?1
      UNION ALL
      SELECT block_id, state, NULL, NULL, NULL FROM run_blocks WHERE run_id = ?1
+     ORDER BY block_id";
+
+/// [`LOAD_RUN`] without the template: the API's hot read.
+const LOAD_RUN_JSON: &str = "SELECT NULL AS block_id, doc AS body FROM runs WHERE run_id = ?1
+     UNION ALL
+     SELECT block_id, state FROM run_blocks WHERE run_id = ?1
      ORDER BY block_id";
 
 async fn upsert_blocks(

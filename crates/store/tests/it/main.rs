@@ -731,6 +731,7 @@ async fn a_database_with_whole_documents_migrates(url: &str, dialect: &str) {
     let stored = store.load_run("run-old").await.unwrap();
     assert_eq!(stored.doc, doc);
     assert_eq!(stored.version, 2);
+    assert_eq!(stored.template_json, CHAIN);
     let text = store.load_run_json("run-old").await.unwrap();
     assert_eq!(serde_json::from_str::<RunDoc>(&text).unwrap(), doc);
     let _ = (records, next);
