@@ -3,8 +3,8 @@
 use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
 
-use factory_core::run::{Event, EventRecord, RunDoc};
-use factory_engine::Observer;
+use factory_core::run::{Event, EventRecord};
+use factory_engine::{Observed, Observer};
 use indicatif::{ProgressBar, ProgressStyle};
 
 pub fn observer(quiet: bool) -> Option<Observer> {
@@ -13,7 +13,8 @@ pub fn observer(quiet: bool) -> Option<Observer> {
     }
     let bar: Arc<Mutex<Option<ProgressBar>>> = Arc::new(Mutex::new(None));
     let interactive = std::io::stderr().is_terminal();
-    Some(Arc::new(move |record: &EventRecord, doc: &RunDoc| {
+    Some(Arc::new(move |record: &EventRecord, run: &Observed<'_>| {
+        let doc = run.doc;
         let line = describe(record);
         if !interactive {
             if let Some(line) = line {
@@ -35,22 +36,21 @@ pub fn observer(quiet: bool) -> Option<Observer> {
         if let Some(line) = line {
             bar.println(line);
         }
-        let done = doc
-            .blocks
-            .values()
-            .filter(|s| s.status == factory_core::BlockStatus::Done)
-            .count();
-        bar.set_position(done as u64);
-        let running: Vec<&str> = doc
-            .blocks
-            .iter()
-            .filter(|(_, s)| s.status == factory_core::BlockStatus::Running)
-            .map(|(id, _)| id.as_str())
-            .collect();
-        bar.set_message(if running.is_empty() {
-            String::new()
-        } else {
-            format!("running: {}", running.join(", "))
+        bar.set_position(run.counts.get(factory_core::BlockStatus::Done) as u64);
+        let running = run.counts.get(factory_core::BlockStatus::Running);
+        bar.set_message(match running {
+            0 => String::new(),
+            // Names only while they fit on the line (and finding them is cheap).
+            1..=4 if doc.blocks.len() <= 500 => {
+                let names: Vec<&str> = doc
+                    .blocks
+                    .iter()
+                    .filter(|(_, s)| s.status == factory_core::BlockStatus::Running)
+                    .map(|(id, _)| id.as_str())
+                    .collect();
+                format!("running: {}", names.join(", "))
+            }
+            n => format!("{n} running"),
         });
         if doc.status.is_terminal() || doc.status == factory_core::RunStatus::Waiting {
             bar.finish_and_clear();

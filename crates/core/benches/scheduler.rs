@@ -4,11 +4,12 @@
 
 use std::collections::BTreeMap;
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use factory_core::run::{Event, EventRecord, RunDoc};
+use factory_core::scheduler::RunIndex;
 use factory_core::template::Template;
 use factory_core::transitions::{RunRequest, create_run};
-use factory_core::{Pipeline, commit, decide, validate_template};
+use factory_core::{Pipeline, commit, commit_in_place, decide, validate_template};
 use serde_json::json;
 
 /// A random DAG: each block depends on up to 3 earlier blocks (deterministic LCG).
@@ -68,29 +69,35 @@ fn half_done(pipeline: &Pipeline, mut doc: RunDoc) -> RunDoc {
     let half = pipeline.len() / 2;
     for &i in &pipeline.topo_order()[..half] {
         let id = pipeline.blocks()[i].id.clone();
-        let events = vec![
-            Event::BlockReady {
-                block: id.clone(),
-                reason: "bench".into(),
-            },
-            Event::BlockStarted {
-                block: id.clone(),
-                attempt: 1,
-                owner: "bench".into(),
-                lease_expires_at: 0,
-            },
-            Event::AttemptFinished {
-                block: id.clone(),
-                attempt: 1,
-                outcome: factory_core::run::AttemptOutcome::Succeeded,
-                report: Default::default(),
-                score: None,
-            },
-            Event::BlockDone { block: id },
-        ];
+        let mut events = vec![Event::BlockReady {
+            block: id.clone(),
+            reason: "bench".into(),
+        }];
+        events.extend(one_block(&id));
         commit(&mut doc, events, "bench", 0).unwrap();
     }
     doc
+}
+
+/// A ready block starts, succeeds and is done.
+fn one_block(id: &str) -> Vec<Event> {
+    let id = id.to_string();
+    vec![
+        Event::BlockStarted {
+            block: id.clone(),
+            attempt: 1,
+            owner: "bench".into(),
+            lease_expires_at: 0,
+        },
+        Event::AttemptFinished {
+            block: id.clone(),
+            attempt: 1,
+            outcome: factory_core::run::AttemptOutcome::Succeeded,
+            report: Default::default(),
+            score: None,
+        },
+        Event::BlockDone { block: id },
+    ]
 }
 
 fn bench(c: &mut Criterion) {
@@ -106,6 +113,37 @@ fn bench(c: &mut Criterion) {
         });
         group.bench_with_input(BenchmarkId::new("half_done", n), &n, |b, _| {
             b.iter(|| decide(&pipeline, &midway, 0, 8))
+        });
+    }
+    group.finish();
+
+    // What the engine pays per transition: one block of a half-done run
+    // starts, finishes and is done; the index takes the commit in and
+    // decides. Flat in the run's size, where `decide` above is linear.
+    let mut group = c.benchmark_group("scheduler_incremental");
+    group.sample_size(20);
+    for n in [1_000usize, 10_000] {
+        let pipeline = random_dag(n);
+        let mut midway = half_done(&pipeline, new_run(&pipeline));
+        let mut index = RunIndex::new(&pipeline, &midway);
+        let ready = index.decide(&pipeline, &midway, 0, 8, usize::MAX);
+        let records = commit(&mut midway, ready.events, "bench", 0).unwrap();
+        index.observe(&pipeline, &midway, &records);
+        let block = index
+            .decide(&pipeline, &midway, 0, 8, 1)
+            .startable
+            .pop()
+            .expect("a ready block");
+        group.bench_with_input(BenchmarkId::new("one_block_step", n), &n, |b, _| {
+            b.iter_batched(
+                || (midway.clone(), index.clone()),
+                |(mut doc, mut index)| {
+                    let records = commit_in_place(&mut doc, one_block(&block), "bench", 1).unwrap();
+                    index.observe(&pipeline, &doc, &records);
+                    index.decide(&pipeline, &doc, 1, 8, 8)
+                },
+                BatchSize::LargeInput,
+            )
         });
     }
     group.finish();

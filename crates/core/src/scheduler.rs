@@ -195,6 +195,15 @@ fn run_status(status: &[BlockStatus]) -> RunStatus {
 pub struct StatusCounts([usize; 7]);
 
 impl StatusCounts {
+    /// Counts a whole document (the engine keeps its counts incrementally).
+    pub fn of(doc: &RunDoc) -> StatusCounts {
+        let mut counts = StatusCounts::default();
+        for state in doc.blocks.values() {
+            counts.add(state.status);
+        }
+        counts
+    }
+
     fn slot(status: BlockStatus) -> usize {
         match status {
             BlockStatus::Pending => 0,

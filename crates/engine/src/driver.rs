@@ -293,7 +293,7 @@ impl Engine {
                     .collect()
             })
             .await?;
-        self.notify(&records, handle.doc());
+        self.notify(&records, handle);
         Ok(())
     }
 
@@ -446,7 +446,7 @@ impl Engine {
                 &blobs,
             )
             .await?;
-        self.notify(&records, handle.doc());
+        self.notify(&records, handle);
         Ok(records)
     }
 }

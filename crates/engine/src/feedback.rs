@@ -315,7 +315,7 @@ impl Engine {
             else {
                 continue; // the run changed underneath: decide again from fresh reads
             };
-            self.notify(&records, handle.doc());
+            self.notify(&records, &handle);
             if review.gate.as_ref().is_some_and(|gate| gate.approved) {
                 self.resolve_completed(&mut handle, actor, &records).await?;
             }
@@ -602,7 +602,7 @@ impl Engine {
                 .apply_once(actor, vec![event.clone()], &writes)
                 .await?
             {
-                self.notify(&records, handle.doc());
+                self.notify(&records, &handle);
                 return Ok(item);
             }
         }
@@ -632,7 +632,7 @@ impl Engine {
         let records = handle
             .apply(actor, |_, _, _| Ok(vec![event.clone()]))
             .await?;
-        self.notify(&records, handle.doc());
+        self.notify(&records, &handle);
         let accepted = self.store.items(&run_id, Some("accepted"), None).await?;
         let mut blocks: Vec<String> = accepted.iter().map(|i| i.skill_target.clone()).collect();
         blocks.extend(request.by_skill.keys().cloned());
@@ -767,7 +767,7 @@ impl Engine {
                 .collect();
             self.store.put_items(&resolved_items).await?;
             let records = handle.apply(actor, |_, _, _| Ok(events.clone())).await?;
-            self.notify(&records, handle.doc());
+            self.notify(&records, handle);
         }
         Ok(())
     }

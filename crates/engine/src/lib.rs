@@ -74,8 +74,17 @@ fn render_diagnostics(diagnostics: &[Diagnostic]) -> String {
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
 
-/// Called with every committed event and the document after it.
-pub type Observer = Arc<dyn Fn(&EventRecord, &RunDoc) + Send + Sync>;
+/// What an [`Observer`] sees of a run after a commit: the document and how
+/// many blocks are in each status (kept by the engine, so an observer need
+/// not count a large run's blocks for every event).
+#[derive(Debug, Clone, Copy)]
+pub struct Observed<'a> {
+    pub doc: &'a RunDoc,
+    pub counts: factory_core::scheduler::StatusCounts,
+}
+
+/// Called with every committed event and the run after it.
+pub type Observer = Arc<dyn Fn(&EventRecord, &Observed<'_>) + Send + Sync>;
 
 /// How the engine behaves; defaults suit a person at a terminal.
 #[derive(Clone)]
@@ -271,7 +280,7 @@ impl Engine {
                 side: &side,
             })
             .await?;
-        self.notify(&records, &doc);
+        self.notify_new(&records, &doc);
         Ok(doc)
     }
 
@@ -336,7 +345,7 @@ impl Engine {
                 Ok(events)
             })
             .await?;
-        self.notify(&records, handle.doc());
+        self.notify(&records, &handle);
         self.resolve_completed(&mut handle, actor, &records).await?;
         Ok(handle.doc().clone())
     }
@@ -361,7 +370,7 @@ impl Engine {
                 )?])
             })
             .await?;
-        self.notify(&records, handle.doc());
+        self.notify(&records, &handle);
         Ok(handle.doc().clone())
     }
 
@@ -377,7 +386,7 @@ impl Engine {
                 Ok(transitions::retry(pipeline, doc, block, &reason)?)
             })
             .await?;
-        self.notify(&records, handle.doc());
+        self.notify(&records, &handle);
         Ok(handle.doc().clone())
     }
 
@@ -399,14 +408,30 @@ impl Engine {
                 )?])
             })
             .await?;
-        self.notify(&records, handle.doc());
+        self.notify(&records, &handle);
         Ok(handle.doc().clone())
     }
 
-    pub(crate) fn notify(&self, records: &[EventRecord], doc: &RunDoc) {
+    pub(crate) fn notify(&self, records: &[EventRecord], handle: &RunHandle) {
+        self.notify_observer(
+            records,
+            &Observed {
+                doc: handle.doc(),
+                counts: handle.counts(),
+            },
+        );
+    }
+
+    /// [`Engine::notify`] for a run that has no handle yet.
+    fn notify_new(&self, records: &[EventRecord], doc: &RunDoc) {
+        let counts = factory_core::scheduler::StatusCounts::of(doc);
+        self.notify_observer(records, &Observed { doc, counts });
+    }
+
+    fn notify_observer(&self, records: &[EventRecord], observed: &Observed<'_>) {
         if let Some(observer) = &self.config.observer {
             for record in records {
-                observer(record, doc);
+                observer(record, observed);
             }
         }
     }

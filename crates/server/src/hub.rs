@@ -11,6 +11,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use factory_core::run::{EventRecord, Millis, RunDoc};
+use factory_core::scheduler::StatusCounts;
+use factory_engine::Observed;
 use factory_store::Store;
 use serde::Serialize;
 use tokio::sync::broadcast;
@@ -37,17 +39,14 @@ pub struct LiveEvent {
 }
 
 impl LiveEvent {
-    pub fn new(record: &EventRecord, doc: &RunDoc) -> LiveEvent {
+    pub fn new(record: &EventRecord, run: &Observed<'_>) -> LiveEvent {
+        let doc = run.doc;
         let block = record.event.block().map(str::to_string);
         let block_status = block
             .as_deref()
             .and_then(|b| doc.blocks.get(b))
             .map(|s| s.status.as_str().to_string());
-        let done = doc
-            .blocks
-            .values()
-            .filter(|s| s.status == factory_core::run::BlockStatus::Done)
-            .count();
+        let done = run.counts.get(factory_core::run::BlockStatus::Done);
         LiveEvent {
             run_id: doc.run_id.clone(),
             seq: record.seq,
@@ -58,7 +57,7 @@ impl LiveEvent {
             block_status,
             run_status: doc.status.as_str().to_string(),
             done,
-            total: doc.blocks.len(),
+            total: run.counts.total(),
             event: serde_json::to_value(&record.event).unwrap_or_default(),
         }
     }
@@ -90,17 +89,21 @@ impl Hub {
     }
 
     /// From this process's engine: always published, in commit order.
-    pub fn publish_live(&self, record: &EventRecord, doc: &RunDoc) {
-        self.raise(&doc.run_id, record.seq);
-        let _ = self.sender.send(LiveEvent::new(record, doc));
+    pub fn publish_live(&self, record: &EventRecord, run: &Observed<'_>) {
+        self.raise(&run.doc.run_id, record.seq);
+        let _ = self.sender.send(LiveEvent::new(record, run));
     }
 
     /// From the store: published unless already seen.
     fn publish_followed(&self, records: &[EventRecord], doc: &RunDoc) {
         let last = self.last_published(&doc.run_id);
+        let run = Observed {
+            doc,
+            counts: StatusCounts::of(doc),
+        };
         for record in records.iter().filter(|r| r.seq > last) {
             self.raise(&doc.run_id, record.seq);
-            let _ = self.sender.send(LiveEvent::new(record, doc));
+            let _ = self.sender.send(LiveEvent::new(record, &run));
         }
     }
 
@@ -142,18 +145,20 @@ impl Tailer {
         for run in changed {
             self.since = self.since.max(run.updated_at);
             let after = hub.last_published(&run.run_id);
-            let stored = store.load_run(&run.run_id).await?;
-            if stored.doc.seq <= after {
-                continue;
-            }
+            // The log first: a run this process drives has nothing new, and
+            // loading its (possibly large) document would be wasted.
             let records = store.events(&run.run_id, after).await?;
+            let Some(last) = records.last().map(|r| r.seq) else {
+                continue;
+            };
             let news: Vec<EventRecord> = records
                 .into_iter()
                 .filter(|r| after > 0 || r.at >= self.started)
                 .collect();
             if news.is_empty() {
-                hub.raise(&run.run_id, stored.doc.seq);
+                hub.raise(&run.run_id, last);
             } else {
+                let stored = store.load_run(&run.run_id).await?;
                 hub.publish_followed(&news, &stored.doc);
             }
         }

@@ -152,10 +152,10 @@ pub async fn start(
     let hub = Arc::new(Hub::new());
     let observer_hub = hub.clone();
     let previous = engine_config.observer.take();
-    engine_config.observer = Some(Arc::new(move |record, doc| {
-        observer_hub.publish_live(record, doc);
+    engine_config.observer = Some(Arc::new(move |record, run| {
+        observer_hub.publish_live(record, run);
         if let Some(previous) = &previous {
-            previous(record, doc);
+            previous(record, run);
         }
     }));
     let llm = engine_config.llm.clone();

@@ -124,6 +124,23 @@ fn llm_usage(doc: &RunDoc, block: &str, index: usize) -> factory_core::run::LlmU
     report.llm.as_deref().cloned().expect("usage recorded")
 }
 
+/// Drives a run, then checks that what the store holds — a header row and
+/// one row per block, each written only when an event named it — is the
+/// document the engine held and the one its log replays to.
+async fn drive(h: &Harness, run_id: &str) -> (Outcome, RunDoc) {
+    let (outcome, doc) = h.engine.drive(run_id).await.unwrap();
+    let stored = h.engine.store().load_run(run_id).await.unwrap().doc;
+    assert_eq!(
+        stored, doc,
+        "the stored document is the one the engine held"
+    );
+    let replayed = RunDoc::replay(&events(h, run_id).await).unwrap();
+    assert_eq!(replayed, doc, "the log replays to the stored document");
+    let text = h.engine.store().load_run_json(run_id).await.unwrap();
+    assert_eq!(serde_json::from_str::<RunDoc>(&text).unwrap(), doc);
+    (outcome, doc)
+}
+
 async fn events(h: &Harness, run_id: &str) -> Vec<EventRecord> {
     h.engine.store().events(run_id, 0).await.unwrap()
 }
@@ -163,7 +180,7 @@ async fn gated_pipeline(h: Harness) {
         json!({}),
     );
     let doc = start(&h, &source, &[]).await;
-    let (outcome, doc) = h.engine.drive(&doc.run_id).await.unwrap();
+    let (outcome, doc) = drive(&h, &doc.run_id).await;
     assert_eq!(outcome, Outcome::Waiting);
     assert_eq!(doc.status, RunStatus::Waiting);
     assert_eq!(statuses(&doc)["join"], BlockStatus::Waiting);
@@ -202,7 +219,7 @@ async fn gated_pipeline(h: Harness) {
     assert!(matches!(error, EngineError::Transition(_)), "{error}");
     assert!(error.to_string().contains("not waiting"), "{error}");
 
-    let (outcome, doc) = h.engine.drive(&doc.run_id).await.unwrap();
+    let (outcome, doc) = drive(&h, &doc.run_id).await;
     assert_eq!(outcome, Outcome::Done);
     assert_eq!(artifact(&h, &doc, "last", "out").await, "leftright!!\n");
     let log = events(&h, &doc.run_id).await;
@@ -248,7 +265,7 @@ async fn command_contract_and_rejection_corrections() {
         json!({"topic": {"required": true}, "level": {"default": 3}}),
     );
     let doc = start(&h, &source, &[("topic", "rivers")]).await;
-    let (_, doc) = h.engine.drive(&doc.run_id).await.unwrap();
+    let (_, doc) = drive(&h, &doc.run_id).await;
     let out = artifact(&h, &doc, "writer", "out").await;
     assert_eq!(
         out,
@@ -291,7 +308,7 @@ async fn command_contract_and_rejection_corrections() {
     let corrections = rejected.blocks["writer"].corrections.clone().unwrap();
     assert_eq!(corrections.version, "v1→v2");
     assert_eq!(corrections.items[0].correction, "Mention the delta");
-    let (outcome, doc) = h.engine.drive(&doc.run_id).await.unwrap();
+    let (outcome, doc) = drive(&h, &doc.run_id).await;
     assert_eq!(outcome, Outcome::Waiting);
     let out = artifact(&h, &doc, "writer", "out").await;
     assert!(out.starts_with("attempt=2 "), "{out}");
@@ -348,7 +365,7 @@ async fn failures_retry_then_block_dependents_only() {
         json!({}),
     );
     let doc = start(&h, &source, &[]).await;
-    let (outcome, doc) = h.engine.drive(&doc.run_id).await.unwrap();
+    let (outcome, doc) = drive(&h, &doc.run_id).await;
     assert_eq!(outcome, Outcome::Failed);
     let s = statuses(&doc);
     assert_eq!(s["flaky"], BlockStatus::Failed);
@@ -429,7 +446,7 @@ async fn thresholds_retry_until_the_metric_passes() {
         json!({}),
     );
     let doc = start(&h, &source, &[]).await;
-    let (_, doc) = h.engine.drive(&doc.run_id).await.unwrap();
+    let (_, doc) = drive(&h, &doc.run_id).await;
     let scored = &doc.blocks["scored"];
     assert_eq!(
         (scored.status, scored.attempts, scored.score),
@@ -476,7 +493,7 @@ async fn timeouts_kill_the_whole_process_group() {
         json!({}),
     );
     let doc = start(&h, &source, &[]).await;
-    let (outcome, doc) = h.engine.drive(&doc.run_id).await.unwrap();
+    let (outcome, doc) = drive(&h, &doc.run_id).await;
     assert_eq!(outcome, Outcome::Failed);
     assert_eq!(
         doc.blocks["slow"].history[0].outcome,
@@ -519,7 +536,7 @@ async fn the_concurrency_limit_holds() {
         .map(|i| noop(&format!("b{i}"), json!({"inputs": {"config": {"builtin": "sleep", "ms": 60}}, "execution": {"parallel_group": "all"}})))
         .collect();
     let doc = start(&h, &template(blocks, json!({})), &[]).await;
-    let (outcome, doc) = h.engine.drive(&doc.run_id).await.unwrap();
+    let (outcome, doc) = drive(&h, &doc.run_id).await;
     assert_eq!(outcome, Outcome::Done);
     let mut running = 0i32;
     let mut peak = 0;
@@ -622,7 +639,7 @@ async fn autonomy_profiles_and_overrides() {
         ..RunRequest::default()
     };
     let doc = h.engine.create_run(&source, None, request).await.unwrap();
-    let (outcome, doc) = h.engine.drive(&doc.run_id).await.unwrap();
+    let (outcome, doc) = drive(&h, &doc.run_id).await;
     assert_eq!(outcome, Outcome::Done);
     assert!(doc.blocks["a"].review_flag, "guided flags for review");
     assert!(!doc.blocks["b"].review_flag);
@@ -634,7 +651,7 @@ async fn autonomy_profiles_and_overrides() {
         ..RunRequest::default()
     };
     let doc = h.engine.create_run(&source, None, request).await.unwrap();
-    let (_, doc) = h.engine.drive(&doc.run_id).await.unwrap();
+    let (_, doc) = drive(&h, &doc.run_id).await;
     assert_eq!(
         statuses(&doc)["a"],
         BlockStatus::Done,
@@ -646,7 +663,7 @@ async fn autonomy_profiles_and_overrides() {
         "a before-gate stops the block before it runs"
     );
     h.engine.approve(&doc.run_id, "b", None).await.unwrap();
-    let (_, doc) = h.engine.drive(&doc.run_id).await.unwrap();
+    let (_, doc) = drive(&h, &doc.run_id).await;
     assert_eq!(
         statuses(&doc)["b"],
         BlockStatus::Done,
@@ -669,7 +686,7 @@ async fn clone_factory_shape_on_postgres() {
     let mut gates = Vec::new();
     let mut doc = doc;
     loop {
-        let (outcome, next) = h.engine.drive(&doc.run_id).await.unwrap();
+        let (outcome, next) = drive(&h, &doc.run_id).await;
         doc = next;
         if outcome != Outcome::Waiting {
             assert_eq!(outcome, Outcome::Done);
@@ -731,7 +748,7 @@ async fn junk_under_a_blocking_audit_threshold_never_reaches_downstream() {
 
     let h = sqlite().await;
     let doc = start(&h, &template(blocks(true), json!({})), &[]).await;
-    let (outcome, doc) = h.engine.drive(&doc.run_id).await.unwrap();
+    let (outcome, doc) = drive(&h, &doc.run_id).await;
     assert_eq!(outcome, Outcome::Failed);
     let research = &doc.blocks["research"];
     // Failed on its first attempt: `blocking` alone does not retry (that is `retry`).
@@ -753,7 +770,7 @@ async fn junk_under_a_blocking_audit_threshold_never_reaches_downstream() {
 
     // The same junk without `blocking` is flagged, and the consumer reads it.
     let doc = start(&h, &template(blocks(false), json!({})), &[]).await;
-    let (outcome, doc) = h.engine.drive(&doc.run_id).await.unwrap();
+    let (outcome, doc) = drive(&h, &doc.run_id).await;
     assert_eq!(outcome, Outcome::Done);
     assert!(doc.blocks["research"].audit_flagged);
     assert!(
@@ -835,7 +852,7 @@ async fn audits_run_after_every_attempt_and_gate_on_their_threshold() {
         .create_run(&source, Some(&path), request)
         .await
         .unwrap();
-    let (outcome, doc) = h.engine.drive(&doc.run_id).await.unwrap();
+    let (outcome, doc) = drive(&h, &doc.run_id).await;
     assert_eq!(outcome, Outcome::Done, "flagged, not failed");
     let state = &doc.blocks["lister"];
     assert_eq!(state.attempts, 2);
@@ -1079,7 +1096,7 @@ mod llm_runtime {
             .create_run(&source, Some(&path), request())
             .await
             .unwrap();
-        let (outcome, doc) = h.engine.drive(&doc.run_id).await.unwrap();
+        let (outcome, doc) = drive(&h, &doc.run_id).await;
         assert_eq!(outcome, Outcome::Waiting);
         assert_eq!(
             artifact(&h, &doc, "outline", "outline").await,
@@ -1145,7 +1162,7 @@ mod llm_runtime {
             .reject(&doc.run_id, "draft", "Say how long the silence lasts")
             .await
             .unwrap();
-        let (_, doc) = h.engine.drive(&doc.run_id).await.unwrap();
+        let (_, doc) = drive(&h, &doc.run_id).await;
         assert!(
             artifact(&h, &doc, "draft", "text")
                 .await
@@ -1159,7 +1176,7 @@ mod llm_runtime {
             "{prompt}"
         );
         h.engine.approve(&doc.run_id, "draft", None).await.unwrap();
-        let (outcome, _) = h.engine.drive(&doc.run_id).await.unwrap();
+        let (outcome, _) = drive(&h, &doc.run_id).await;
         assert_eq!(outcome, Outcome::Done);
     }
 }
@@ -1213,7 +1230,7 @@ mod http_runtime {
             json!({"expert_name": {"required": true}}),
         );
         let doc = start(&h, &source, &[("expert_name", "Ada")]).await;
-        let (outcome, doc) = h.engine.drive(&doc.run_id).await.unwrap();
+        let (outcome, doc) = drive(&h, &doc.run_id).await;
         assert_eq!(outcome, Outcome::Failed);
         assert_eq!(
             artifact(&h, &doc, "sync", "receipt").await,
@@ -1396,7 +1413,7 @@ async fn symlinks_out_of_the_output_directory_are_refused() {
         json!({}),
     );
     let doc = start(&h, &source, &[]).await;
-    let (_, doc) = h.engine.drive(&doc.run_id).await.unwrap();
+    let (_, doc) = drive(&h, &doc.run_id).await;
     let error = |block: &str| doc.blocks[block].error.clone().unwrap_or_default();
     assert_eq!(statuses(&doc)["file-link"], BlockStatus::Failed);
     assert!(

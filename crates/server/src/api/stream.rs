@@ -75,12 +75,16 @@ pub async fn run_stream(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let after = last_event_id.or(query.after).unwrap_or(stored.doc.seq);
+    let run = factory_engine::Observed {
+        doc: &stored.doc,
+        counts: factory_core::scheduler::StatusCounts::of(&stored.doc),
+    };
     let backlog: Vec<LiveEvent> = state
         .store
         .events(&run_id, after)
         .await?
         .iter()
-        .map(|record| LiveEvent::new(record, &stored.doc))
+        .map(|record| LiveEvent::new(record, &run))
         .collect();
     let mut sent = backlog.last().map_or(after, |e| e.seq);
     let hello = Event::default()

@@ -827,6 +827,12 @@ async fn the_whole_loop(postgres: bool) {
         targets,
         ["clone-compiler", "soul-extractor", "voice-extractor"]
     );
+    // The routed corrections reached the targets' stored rows: the store
+    // holds exactly what the log replays to.
+    let stored = t.store.load_run(&run).await.unwrap().doc;
+    let log = t.store.events(&run, 0).await.unwrap();
+    assert_eq!(factory_core::run::RunDoc::replay(&log).unwrap(), stored);
+    assert!(stored.blocks["voice-extractor"].corrections.is_some());
     assert_eq!(routed["targets"]["voice-extractor"]["version"], "v1→v2");
     assert_eq!(
         routed["targets"]["soul-extractor"]["items"][0]["priority"],
