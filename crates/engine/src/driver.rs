@@ -17,6 +17,7 @@ use factory_store::{NewBlob, Store};
 use tokio::sync::mpsc;
 
 use crate::handle::Claim;
+use crate::lease_watch::{self, LostLease, RunningAttempts};
 use crate::owner::Owner;
 use crate::spool;
 use crate::{Engine, EngineError, Result, RunHandle, now_ms};
@@ -57,7 +58,16 @@ impl Engine {
         let worker_actor = format!("worker:{}", self.owner.id());
         let (sender, mut receiver) = mpsc::unbounded_channel::<Completion>();
         let mut in_flight: BTreeSet<String> = BTreeSet::new();
-        let heartbeat = self.spawn_heartbeat();
+        let running = RunningAttempts::default();
+        let (lost_sender, mut lost_leases) = mpsc::unbounded_channel::<LostLease>();
+        let heartbeat = lease_watch::spawn(
+            self.store.clone(),
+            self.owner.id(),
+            self.config.policy.lease_ms,
+            handle.doc().run_id.clone(),
+            running.clone(),
+            lost_sender,
+        );
         let owner_id = self.owner.id();
 
         let work_root = self.config.work_root.clone();
@@ -139,7 +149,7 @@ impl Engine {
                         && *owner == owner_id
                     {
                         in_flight.insert(block.clone());
-                        self.spawn_attempt(&handle, block, *attempt, sender.clone());
+                        self.spawn_attempt(&handle, block, *attempt, sender.clone(), &running);
                     }
                 }
 
@@ -156,8 +166,7 @@ impl Engine {
                     }
                     // Ready blocks in backoff, or blocks another worker runs.
                     let now = now_ms();
-                    let decision = handle.decide(now);
-                    let wait_ms = match decision.wake_at {
+                    let wait_ms = match handle.wake_at(now) {
                         Some(at) => (at - now).clamp(1, self.poll_ms()),
                         None => self.poll_ms(),
                     };
@@ -166,21 +175,22 @@ impl Engine {
                     continue;
                 }
 
-                // Wait for a result, or for a backoff to end.
-                let decision = handle.decide(now_ms());
-                let first = match decision.wake_at {
-                    Some(at) => {
-                        let wait = (at - now_ms()).max(1) as u64;
-                        match tokio::time::timeout(Duration::from_millis(wait), receiver.recv())
-                            .await
-                        {
-                            Ok(message) => message,
-                            Err(_) => continue,
-                        }
+                // Wait for a result, a lost lease, or for a backoff to end.
+                let backoff = handle
+                    .wake_at(now_ms())
+                    .map(|at| Duration::from_millis((at - now_ms()).max(1) as u64));
+                tokio::select! {
+                    message = receiver.recv() => completions.extend(message),
+                    Some(lost) = lost_leases.recv() => {
+                        // Stopped (and logged) by the watcher; nothing to
+                        // record: the block is another worker's now, or is
+                        // reclaimed once nothing else is in flight.
+                        in_flight.remove(&lost.block);
+                        handle.reload().await?;
+                        continue;
                     }
-                    None => receiver.recv().await,
-                };
-                completions.extend(first);
+                    () = tokio::time::sleep(backoff.unwrap_or_default()), if backoff.is_some() => continue,
+                }
                 while let Ok(more) = receiver.try_recv() {
                     completions.push(more);
                 }
@@ -194,23 +204,6 @@ impl Engine {
 
     fn poll_ms(&self) -> Millis {
         (self.config.policy.lease_ms / 3).clamp(50, 2_000) as Millis
-    }
-
-    /// Renews this worker's leases while it runs blocks.
-    fn spawn_heartbeat(&self) -> tokio::task::JoinHandle<()> {
-        let store = self.store.clone();
-        let owner = self.owner.id();
-        let lease_ms = self.config.policy.lease_ms;
-        tokio::spawn(async move {
-            let period = Duration::from_millis((lease_ms / 3).max(10));
-            loop {
-                tokio::time::sleep(period).await;
-                let until = now_ms() + lease_ms as Millis;
-                if let Err(error) = store.renew_leases(&owner, until).await {
-                    tracing::warn!(%error, "lease renewal failed");
-                }
-            }
-        })
     }
 
     /// Gives back running blocks whose worker is provably dead (same host) or
@@ -303,6 +296,7 @@ impl Engine {
         block_id: &str,
         attempt: u32,
         sender: mpsc::UnboundedSender<Completion>,
+        running: &RunningAttempts,
     ) {
         let store = self.store.clone();
         let pipeline = handle.pipeline().clone();
@@ -319,7 +313,10 @@ impl Engine {
         let keep = self.config.keep_work_dirs;
         let llm_settings = self.config.llm.clone();
         let block_id = block_id.to_string();
-        tokio::spawn(async move {
+        let pid_slot = running.insert(&block_id, attempt);
+        let key = block_id.clone();
+        let watched = running.clone();
+        let task = tokio::spawn(async move {
             let outcome = run_attempt(
                 store,
                 &pipeline,
@@ -330,12 +327,17 @@ impl Engine {
                 template_dir,
                 keep,
                 llm_settings,
+                pid_slot,
             )
             .await;
             let (report, blobs, route_items) = match outcome {
                 Ok((report, blobs, items)) => (Ok(report), blobs, items),
                 Err(error) => (Err(error), Vec::new(), None),
             };
+            // Stopped for a lost lease meanwhile: the watcher reported it.
+            if !watched.finish(&block_id, attempt) {
+                return;
+            }
             let _ = sender.send(Completion {
                 block: block_id,
                 attempt,
@@ -344,6 +346,7 @@ impl Engine {
                 route_items,
             });
         });
+        running.set_abort(&key, attempt, task.abort_handle());
     }
 
     /// [`Engine::record_and_claim`], retried with a doubling wait while the
@@ -531,6 +534,7 @@ async fn run_attempt(
     template_dir: Option<PathBuf>,
     keep_work_dir: bool,
     llm_settings: Option<Arc<factory_runtime::llm::LlmSettings>>,
+    pid_slot: Arc<std::sync::Mutex<Option<i32>>>,
 ) -> std::result::Result<
     (
         AttemptReport,
@@ -553,6 +557,9 @@ async fn run_attempt(
     let pid_store = store.clone();
     let pid_block = block_id.to_string();
     let on_spawn: Box<dyn FnOnce(i32) + Send> = Box::new(move |pid| {
+        if let Ok(mut slot) = pid_slot.lock() {
+            *slot = Some(pid);
+        }
         tokio::spawn(async move {
             if let Err(error) = pid_store
                 .set_lease_pid(&run_id, &pid_block, attempt, pid)

@@ -89,16 +89,9 @@ impl RunHandle {
         Ok(())
     }
 
-    /// The scheduler's decision on the held document, without writing it:
-    /// when the next backoff ends, which blocks may start.
-    pub fn decide(&mut self, now: Millis) -> Decision {
-        self.index.decide(
-            &self.pipeline,
-            &self.stored.doc,
-            now,
-            self.max_concurrency,
-            usize::MAX,
-        )
+    /// When the earliest backoff of a ready block ends, if one is pending.
+    pub fn wake_at(&mut self, now: Millis) -> Option<Millis> {
+        self.decide_next(now, 0).wake_at
     }
 
     /// How many blocks are in each status.

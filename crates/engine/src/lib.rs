@@ -12,6 +12,7 @@ mod driver;
 pub mod feedback;
 pub mod fixtures;
 mod handle;
+mod lease_watch;
 mod owner;
 mod spool;
 

@@ -140,6 +140,14 @@ pub struct Lease {
     pub expires_at: Millis,
 }
 
+/// One attempt a worker holds a lease for.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HeldLease {
+    pub run_id: String,
+    pub block_id: String,
+    pub attempt: u32,
+}
+
 /// Content to store under its SHA-256 address (see [`NewBlob::new`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewBlob {
@@ -222,8 +230,9 @@ pub trait Store: Send + Sync {
 
     async fn get_blob(&self, hash: &str) -> Result<Vec<u8>>;
 
-    /// Extends every lease `owner` holds; returns how many it still holds.
-    async fn renew_leases(&self, owner: &str, expires_at: Millis) -> Result<u64>;
+    /// Extends every lease `owner` holds; returns the ones it still holds, so
+    /// a worker learns which of its attempts another worker has taken over.
+    async fn renew_leases(&self, owner: &str, expires_at: Millis) -> Result<Vec<HeldLease>>;
 
     /// Records the process id of a running attempt, so a reclaiming worker on
     /// the same host can make sure it is gone.

@@ -14,7 +14,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Connection, Row};
 
 use crate::{
-    BlobRef, FeedbackRecord, ImprovementItem, Lease, LeaseOp, NewRun, Result, RunRecord,
+    BlobRef, FeedbackRecord, HeldLease, ImprovementItem, Lease, LeaseOp, NewRun, Result, RunRecord,
     RunSummary, Store, StoreError, StoredRun, TemplateRecord, TokenRecord, Writes, all_block_rows,
     assemble_doc, blob_hash, changed_block_rows, header_json, lease_ops, like_prefix, parse_event,
 };
@@ -276,13 +276,22 @@ impl Store for PostgresStore {
         Ok(row.get("content"))
     }
 
-    async fn renew_leases(&self, owner: &str, expires_at: Millis) -> Result<u64> {
-        let result = sqlx::query("UPDATE leases SET expires_at = $1 WHERE owner = $2")
-            .bind(expires_at)
-            .bind(owner)
-            .execute(&self.pool)
-            .await?;
-        Ok(result.rows_affected())
+    async fn renew_leases(&self, owner: &str, expires_at: Millis) -> Result<Vec<HeldLease>> {
+        let rows = sqlx::query(
+            "UPDATE leases SET expires_at = $1 WHERE owner = $2 RETURNING run_id, block_id, attempt",
+        )
+        .bind(expires_at)
+        .bind(owner)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|row| HeldLease {
+                run_id: row.get("run_id"),
+                block_id: row.get("block_id"),
+                attempt: row.get::<i32, _>("attempt") as u32,
+            })
+            .collect())
     }
 
     async fn set_lease_pid(

@@ -17,7 +17,7 @@ use sqlx::sqlite::{
 };
 
 use crate::{
-    BlobRef, FeedbackRecord, ImprovementItem, Lease, LeaseOp, NewRun, Result, RunRecord,
+    BlobRef, FeedbackRecord, HeldLease, ImprovementItem, Lease, LeaseOp, NewRun, Result, RunRecord,
     RunSummary, Store, StoreError, StoredRun, TemplateRecord, TokenRecord, Writes, all_block_rows,
     assemble_doc, blob_hash, changed_block_rows, header_json, lease_ops, like_prefix, parse_event,
 };
@@ -256,13 +256,22 @@ impl Store for SqliteStore {
         Ok(row.get("content"))
     }
 
-    async fn renew_leases(&self, owner: &str, expires_at: Millis) -> Result<u64> {
-        let result = sqlx::query("UPDATE leases SET expires_at = ? WHERE owner = ?")
-            .bind(expires_at)
-            .bind(owner)
-            .execute(&self.pool)
-            .await?;
-        Ok(result.rows_affected())
+    async fn renew_leases(&self, owner: &str, expires_at: Millis) -> Result<Vec<HeldLease>> {
+        let rows = sqlx::query(
+            "UPDATE leases SET expires_at = ? WHERE owner = ? RETURNING run_id, block_id, attempt",
+        )
+        .bind(expires_at)
+        .bind(owner)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|row| HeldLease {
+                run_id: row.get("run_id"),
+                block_id: row.get("block_id"),
+                attempt: row.get::<i64, _>("attempt") as u32,
+            })
+            .collect())
     }
 
     async fn set_lease_pid(

@@ -931,6 +931,8 @@ async fn audits_run_after_every_attempt_and_gate_on_their_threshold() {
     );
 }
 
+mod lease;
+
 mod llm_runtime {
     //! `llm` blocks end to end against a local server speaking the Anthropic
     //! Messages wire format (streaming), with the real client code.

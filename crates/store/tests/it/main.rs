@@ -296,8 +296,16 @@ async fn leases_follow_events(store: &dyn Store) {
         ("host:1:1", 1, 10_000, None)
     );
 
-    assert_eq!(store.renew_leases("host:1:1", 20_000).await.unwrap(), 1);
-    assert_eq!(store.renew_leases("someone-else", 99_000).await.unwrap(), 0);
+    let held = store.renew_leases("host:1:1", 20_000).await.unwrap();
+    assert_eq!(held.len(), 1);
+    assert_eq!((held[0].block_id.as_str(), held[0].attempt), ("a", 1));
+    assert!(
+        store
+            .renew_leases("someone-else", 99_000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     store
         .set_lease_pid("run-lease", "a", 1, 4242)
         .await
