@@ -49,7 +49,13 @@ impl Validated {
 /// Validates template source text.
 pub fn validate_str(source: &str) -> Validated {
     match serde_json::from_str::<Value>(source) {
-        Ok(value) => validate_value(&value),
+        Ok(value) => {
+            let typed = typed_template(&value);
+            // A large template's tree is several times its text: let it go
+            // before the pipeline is built beside the typed template.
+            drop(value);
+            typed.map_or_else(Validated::failed, validate_template)
+        }
         Err(error) => {
             let message = strip_position(&error.to_string());
             Validated::failed(vec![
@@ -63,12 +69,17 @@ pub fn validate_str(source: &str) -> Validated {
 
 /// Validates a parsed JSON value.
 pub fn validate_value(value: &Value) -> Validated {
+    typed_template(value).map_or_else(Validated::failed, validate_template)
+}
+
+/// The shape check, then the typed template (or why there is none).
+fn typed_template(value: &Value) -> Result<Template, Vec<Diagnostic>> {
     let shape = check_shape(value);
     if shape.iter().any(Diagnostic::is_error) {
-        return Validated::failed(shape);
+        return Err(shape);
     }
     match serde_path_to_error::deserialize::<_, Template>(value) {
-        Ok(template) => validate_template(template),
+        Ok(template) => Ok(template),
         Err(error) => {
             // The schema accepted it but the types did not (e.g. `2.0` where an
             // integer is needed): report where, like any other shape error.
@@ -80,7 +91,7 @@ pub fn validate_value(value: &Value) -> Validated {
             }
             .replace(".[", "[");
             let block = block_for_path(value, &path);
-            Validated::failed(vec![
+            Err(vec![
                 Diagnostic::error(codes::SCHEMA, path, error.into_inner().to_string())
                     .in_block(block.unwrap_or_default())
                     .with_help("change the value to the expected type (whole numbers without a decimal point)"),

@@ -352,6 +352,46 @@ pub(crate) enum LeaseOp<'a> {
     },
 }
 
+/// A lease a commit takes.
+pub(crate) struct LeaseTake<'a> {
+    pub(crate) block: &'a str,
+    pub(crate) attempt: u32,
+    pub(crate) owner: &'a str,
+    pub(crate) expires_at: Millis,
+}
+
+/// [`lease_ops`] reduced to the last operation per block: the leases to
+/// write and the blocks whose lease to delete. Each take writes a whole row
+/// and each release deletes it, so the last one alone gives the same table.
+pub(crate) fn final_lease_ops(records: &[EventRecord]) -> (Vec<LeaseTake<'_>>, Vec<&str>) {
+    let mut last: std::collections::BTreeMap<&str, LeaseOp<'_>> = std::collections::BTreeMap::new();
+    for op in lease_ops(records) {
+        let block = match &op {
+            LeaseOp::Take { block, .. } | LeaseOp::Release { block } => *block,
+        };
+        last.insert(block, op);
+    }
+    let mut takes = Vec::new();
+    let mut releases = Vec::new();
+    for op in last.into_values() {
+        match op {
+            LeaseOp::Take {
+                block,
+                attempt,
+                owner,
+                expires_at,
+            } => takes.push(LeaseTake {
+                block,
+                attempt,
+                owner,
+                expires_at,
+            }),
+            LeaseOp::Release { block } => releases.push(block),
+        }
+    }
+    (takes, releases)
+}
+
 pub(crate) fn lease_ops(records: &[EventRecord]) -> Vec<LeaseOp<'_>> {
     records
         .iter()
@@ -520,5 +560,51 @@ pub mod testing {
                 .await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(seq: u64, event: Event) -> EventRecord {
+        EventRecord {
+            seq,
+            at: 0,
+            actor: "test".into(),
+            event,
+        }
+    }
+
+    fn started(block: &str, attempt: u32) -> Event {
+        Event::BlockStarted {
+            block: block.into(),
+            attempt,
+            owner: "w".into(),
+            lease_expires_at: 100,
+        }
+    }
+
+    fn abandoned(block: &str, attempt: u32) -> Event {
+        Event::AttemptAbandoned {
+            block: block.into(),
+            attempt,
+            reason: "gone".into(),
+        }
+    }
+
+    #[test]
+    fn the_last_lease_operation_per_block_decides() {
+        let records = [
+            record(1, abandoned("a", 1)),
+            record(2, started("a", 2)),
+            record(3, started("b", 1)),
+            record(4, abandoned("b", 1)),
+            record(5, started("c", 1)),
+        ];
+        let (takes, releases) = final_lease_ops(&records);
+        let takes: Vec<(&str, u32)> = takes.iter().map(|t| (t.block, t.attempt)).collect();
+        assert_eq!(takes, [("a", 2), ("c", 1)]);
+        assert_eq!(releases, ["b"]);
     }
 }

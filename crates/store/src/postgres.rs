@@ -14,9 +14,10 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Connection, Row};
 
 use crate::{
-    BlobRef, FeedbackRecord, HeldLease, ImprovementItem, Lease, LeaseOp, NewRun, Result, RunRecord,
+    BlobRef, FeedbackRecord, HeldLease, ImprovementItem, Lease, NewRun, Result, RunRecord,
     RunSummary, Store, StoreError, StoredRun, TemplateRecord, TokenRecord, Writes, all_block_rows,
-    assemble_doc, blob_hash, changed_block_rows, header_json, lease_ops, like_prefix, parse_event,
+    assemble_doc, blob_hash, changed_block_rows, final_lease_ops, header_json, like_prefix,
+    parse_event,
 };
 use factory_core::run::splice_doc_json;
 
@@ -177,35 +178,7 @@ impl Store for PostgresStore {
         }
         q::upsert_items(&mut tx, writes.items).await?;
         insert_events(&mut tx, run_id, records).await?;
-        for op in lease_ops(records) {
-            match op {
-                LeaseOp::Take {
-                    block,
-                    attempt,
-                    owner,
-                    expires_at,
-                } => {
-                    sqlx::query(
-                        "INSERT INTO leases (run_id, block_id, attempt, owner, pid, expires_at) VALUES ($1, $2, $3, $4, NULL, $5)
-                         ON CONFLICT (run_id, block_id) DO UPDATE SET attempt = excluded.attempt, owner = excluded.owner, pid = NULL, expires_at = excluded.expires_at",
-                    )
-                    .bind(run_id)
-                    .bind(block)
-                    .bind(attempt as i32)
-                    .bind(owner)
-                    .bind(expires_at)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                LeaseOp::Release { block } => {
-                    sqlx::query("DELETE FROM leases WHERE run_id = $1 AND block_id = $2")
-                        .bind(run_id)
-                        .bind(block)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-            }
-        }
+        write_leases(&mut tx, run_id, records).await?;
         tx.commit().await?;
         Ok(expected_version + 1)
     }
@@ -452,22 +425,78 @@ async fn upsert_blocks(
     Ok(())
 }
 
+/// Every event in one statement (arrays unnested), so a commit that starts
+/// or records hundreds of blocks costs one round trip, not hundreds.
 async fn insert_events(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     run_id: &str,
     records: &[EventRecord],
 ) -> Result<()> {
-    for record in records {
-        sqlx::query("INSERT INTO events (run_id, seq, at, actor, kind, block_id, body) VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)")
+    if records.is_empty() {
+        return Ok(());
+    }
+    let bodies = records
+        .iter()
+        .map(serde_json::to_string)
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let seqs: Vec<i64> = records.iter().map(|r| r.seq as i64).collect();
+    let ats: Vec<i64> = records.iter().map(|r| r.at).collect();
+    let actors: Vec<&str> = records.iter().map(|r| r.actor.as_str()).collect();
+    let kinds: Vec<&str> = records.iter().map(|r| r.event.kind()).collect();
+    let blocks: Vec<Option<&str>> = records.iter().map(|r| r.event.block()).collect();
+    sqlx::query(
+        "INSERT INTO events (run_id, seq, at, actor, kind, block_id, body)
+         SELECT $1, e.seq, e.at, e.actor, e.kind, e.block_id, e.body::jsonb
+         FROM UNNEST($2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[])
+              AS e (seq, at, actor, kind, block_id, body)",
+    )
+    .bind(run_id)
+    .bind(&seqs)
+    .bind(&ats)
+    .bind(&actors)
+    .bind(&kinds)
+    .bind(&blocks)
+    .bind(&bodies)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// What the events do to the lease table, in at most two statements (the
+/// last operation per block decides, see [`final_lease_ops`]).
+async fn write_leases(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    run_id: &str,
+    records: &[EventRecord],
+) -> Result<()> {
+    let (takes, releases) = final_lease_ops(records);
+    if !releases.is_empty() {
+        sqlx::query("DELETE FROM leases WHERE run_id = $1 AND block_id = ANY($2)")
             .bind(run_id)
-            .bind(record.seq as i64)
-            .bind(record.at)
-            .bind(&record.actor)
-            .bind(record.event.kind())
-            .bind(record.event.block())
-            .bind(serde_json::to_string(record)?)
+            .bind(&releases)
             .execute(&mut **tx)
             .await?;
+    }
+    if !takes.is_empty() {
+        let blocks: Vec<&str> = takes.iter().map(|t| t.block).collect();
+        let attempts: Vec<i32> = takes.iter().map(|t| t.attempt as i32).collect();
+        let owners: Vec<&str> = takes.iter().map(|t| t.owner).collect();
+        let expires: Vec<i64> = takes.iter().map(|t| t.expires_at).collect();
+        sqlx::query(
+            "INSERT INTO leases (run_id, block_id, attempt, owner, pid, expires_at)
+             SELECT $1, l.block_id, l.attempt, l.owner, NULL, l.expires_at
+             FROM UNNEST($2::text[], $3::int[], $4::text[], $5::bigint[])
+                  AS l (block_id, attempt, owner, expires_at)
+             ON CONFLICT (run_id, block_id) DO UPDATE SET attempt = excluded.attempt,
+                 owner = excluded.owner, pid = NULL, expires_at = excluded.expires_at",
+        )
+        .bind(run_id)
+        .bind(&blocks)
+        .bind(&attempts)
+        .bind(&owners)
+        .bind(&expires)
+        .execute(&mut **tx)
+        .await?;
     }
     Ok(())
 }

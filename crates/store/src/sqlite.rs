@@ -17,9 +17,10 @@ use sqlx::sqlite::{
 };
 
 use crate::{
-    BlobRef, FeedbackRecord, HeldLease, ImprovementItem, Lease, LeaseOp, NewRun, Result, RunRecord,
+    BlobRef, FeedbackRecord, HeldLease, ImprovementItem, Lease, NewRun, Result, RunRecord,
     RunSummary, Store, StoreError, StoredRun, TemplateRecord, TokenRecord, Writes, all_block_rows,
-    assemble_doc, blob_hash, changed_block_rows, header_json, lease_ops, like_prefix, parse_event,
+    assemble_doc, blob_hash, changed_block_rows, final_lease_ops, header_json, like_prefix,
+    parse_event,
 };
 use factory_core::run::splice_doc_json;
 
@@ -159,35 +160,7 @@ impl Store for SqliteStore {
         }
         q::upsert_items(&mut tx, writes.items).await?;
         insert_events(&mut tx, run_id, records).await?;
-        for op in lease_ops(records) {
-            match op {
-                LeaseOp::Take {
-                    block,
-                    attempt,
-                    owner,
-                    expires_at,
-                } => {
-                    sqlx::query(
-                        "INSERT INTO leases (run_id, block_id, attempt, owner, pid, expires_at) VALUES (?, ?, ?, ?, NULL, ?)
-                         ON CONFLICT (run_id, block_id) DO UPDATE SET attempt = excluded.attempt, owner = excluded.owner, pid = NULL, expires_at = excluded.expires_at",
-                    )
-                    .bind(run_id)
-                    .bind(block)
-                    .bind(attempt as i64)
-                    .bind(owner)
-                    .bind(expires_at)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                LeaseOp::Release { block } => {
-                    sqlx::query("DELETE FROM leases WHERE run_id = ? AND block_id = ?")
-                        .bind(run_id)
-                        .bind(block)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-            }
-        }
+        write_leases(&mut tx, run_id, records).await?;
         tx.commit().await?;
         Ok(expected_version + 1)
     }
@@ -406,21 +379,68 @@ const LOAD_RUN_JSON: &str = "SELECT NULL AS block_id, doc AS body FROM runs WHER
      SELECT block_id, state FROM run_blocks WHERE run_id = ?1
      ORDER BY block_id";
 
+/// Rows per multi-row statement: each statement is a round trip to sqlx's
+/// SQLite thread, which costs more than the row itself, so a commit that
+/// starts or records hundreds of blocks writes them in a few statements.
+/// (SQLite allows 32,766 bound values per statement.)
+const ROWS_PER_STATEMENT: usize = 200;
+
 async fn upsert_blocks(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     run_id: &str,
     blocks: &[(&str, String)],
 ) -> Result<()> {
-    for (block_id, state) in blocks {
-        sqlx::query(
-            "INSERT INTO run_blocks (run_id, block_id, state) VALUES (?, ?, ?)
-             ON CONFLICT (run_id, block_id) DO UPDATE SET state = excluded.state",
-        )
-        .bind(run_id)
-        .bind(block_id)
-        .bind(state)
-        .execute(&mut **tx)
-        .await?;
+    for chunk in blocks.chunks(ROWS_PER_STATEMENT) {
+        let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO run_blocks (run_id, block_id, state) ",
+        );
+        insert.push_values(chunk, |mut row, (block_id, state)| {
+            row.push_bind(run_id)
+                .push_bind(*block_id)
+                .push_bind(state.as_str());
+        });
+        insert.push(" ON CONFLICT (run_id, block_id) DO UPDATE SET state = excluded.state");
+        insert.build().execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+/// What the events do to the lease table, a few statements for any number
+/// of blocks: the last operation per block decides (a take writes the whole
+/// row, a release deletes it), so applying only those equals applying all.
+async fn write_leases(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    run_id: &str,
+    records: &[EventRecord],
+) -> Result<()> {
+    let (takes, releases) = final_lease_ops(records);
+    for chunk in releases.chunks(ROWS_PER_STATEMENT) {
+        let mut delete =
+            sqlx::QueryBuilder::<sqlx::Sqlite>::new("DELETE FROM leases WHERE run_id = ");
+        delete.push_bind(run_id).push(" AND block_id IN (");
+        let mut ids = delete.separated(", ");
+        for block in chunk {
+            ids.push_bind(*block);
+        }
+        delete.push(")");
+        delete.build().execute(&mut **tx).await?;
+    }
+    for chunk in takes.chunks(ROWS_PER_STATEMENT) {
+        let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO leases (run_id, block_id, attempt, owner, pid, expires_at) ",
+        );
+        insert.push_values(chunk, |mut row, take| {
+            row.push_bind(run_id)
+                .push_bind(take.block)
+                .push_bind(i64::from(take.attempt))
+                .push_bind(take.owner)
+                .push_bind(None::<i64>)
+                .push_bind(take.expires_at);
+        });
+        insert.push(
+            " ON CONFLICT (run_id, block_id) DO UPDATE SET attempt = excluded.attempt, owner = excluded.owner, pid = NULL, expires_at = excluded.expires_at",
+        );
+        insert.build().execute(&mut **tx).await?;
     }
     Ok(())
 }
@@ -430,17 +450,25 @@ async fn insert_events(
     run_id: &str,
     records: &[EventRecord],
 ) -> Result<()> {
-    for record in records {
-        sqlx::query("INSERT INTO events (run_id, seq, at, actor, kind, block_id, body) VALUES (?, ?, ?, ?, ?, ?, ?)")
-            .bind(run_id)
-            .bind(record.seq as i64)
-            .bind(record.at)
-            .bind(&record.actor)
-            .bind(record.event.kind())
-            .bind(record.event.block())
-            .bind(serde_json::to_string(record)?)
-            .execute(&mut **tx)
-            .await?;
+    let bodies = records
+        .iter()
+        .map(serde_json::to_string)
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let rows: Vec<(&EventRecord, &String)> = records.iter().zip(&bodies).collect();
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO events (run_id, seq, at, actor, kind, block_id, body) ",
+        );
+        insert.push_values(chunk, |mut row, (record, body)| {
+            row.push_bind(run_id)
+                .push_bind(record.seq as i64)
+                .push_bind(record.at)
+                .push_bind(record.actor.as_str())
+                .push_bind(record.event.kind())
+                .push_bind(record.event.block())
+                .push_bind(body.as_str());
+        });
+        insert.build().execute(&mut **tx).await?;
     }
     Ok(())
 }
