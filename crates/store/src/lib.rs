@@ -189,9 +189,9 @@ pub trait Store: Send + Sync {
     /// Appends `records` and stores the document — its header and the
     /// blocks `records` change ([`Event::changed_blocks`]), nothing else —
     /// if the stored version is still `expected_version`; returns the new
-    /// version. `doc` must be the stored document with `records` applied. Leases follow the
-    /// events: `block_started` takes one, `attempt_finished` and
-    /// `attempt_abandoned` release it.
+    /// version. `doc` must be the stored document with `records` applied.
+    /// Leases follow the events: `block_started` takes one,
+    /// `attempt_finished` and `attempt_abandoned` release it.
     async fn commit(
         &self,
         run_id: &str,
