@@ -89,7 +89,19 @@ fn cross_site(request: &Request) -> Option<String> {
 /// on a workbench route (the auth layer and the fallback answer JSON).
 pub async fn shape_errors(request: Request, next: Next) -> Response {
     let path = request.uri().path().to_string();
-    let response = next.run(request).await;
+    let mut response = shaped(&path, next.run(request).await).await;
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        // The rest of the body is never read, so this connection cannot carry
+        // another request: say so, or a client that reuses it loses its next
+        // request to the close (RFC 9110 §15.5.14).
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+async fn shaped(path: &str, response: Response) -> Response {
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error()) {
         return response;

@@ -391,6 +391,10 @@ async fn every_api_error_is_json_and_every_page_error_a_page() {
         if status == 405 {
             assert!(response.headers().contains_key("allow"), "405 keeps Allow");
         }
+        if status == 413 {
+            // The unread body ends the connection; the client must not reuse it.
+            assert_eq!(response.headers()["connection"], "close");
+        }
         let body: serde_json::Value = response.json().await.unwrap();
         assert_eq!(body["error"]["code"], code, "{method} {path}: {body}");
         assert!(
