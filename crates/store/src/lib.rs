@@ -339,19 +339,6 @@ pub async fn open(url: &str) -> Result<Box<dyn Store>> {
     }
 }
 
-/// What a commit does to the lease table, derived from its events.
-pub(crate) enum LeaseOp<'a> {
-    Take {
-        block: &'a str,
-        attempt: u32,
-        owner: &'a str,
-        expires_at: Millis,
-    },
-    Release {
-        block: &'a str,
-    },
-}
-
 /// A lease a commit takes.
 pub(crate) struct LeaseTake<'a> {
     pub(crate) block: &'a str,
@@ -360,59 +347,48 @@ pub(crate) struct LeaseTake<'a> {
     pub(crate) expires_at: Millis,
 }
 
-/// [`lease_ops`] reduced to the last operation per block: the leases to
-/// write and the blocks whose lease to delete. Each take writes a whole row
-/// and each release deletes it, so the last one alone gives the same table.
+/// What a commit's events do to the lease table: `block_started` takes a
+/// lease, `attempt_finished` and `attempt_abandoned` release it. Reduced to
+/// the last operation per block — the leases to write and the blocks whose
+/// lease to delete — because each take writes a whole row and each release
+/// deletes it, so the last one alone gives the same table.
 pub(crate) fn final_lease_ops(records: &[EventRecord]) -> (Vec<LeaseTake<'_>>, Vec<&str>) {
-    let mut last: std::collections::BTreeMap<&str, LeaseOp<'_>> = std::collections::BTreeMap::new();
-    for op in lease_ops(records) {
-        let block = match &op {
-            LeaseOp::Take { block, .. } | LeaseOp::Release { block } => *block,
-        };
-        last.insert(block, op);
-    }
-    let mut takes = Vec::new();
-    let mut releases = Vec::new();
-    for op in last.into_values() {
-        match op {
-            LeaseOp::Take {
-                block,
-                attempt,
-                owner,
-                expires_at,
-            } => takes.push(LeaseTake {
-                block,
-                attempt,
-                owner,
-                expires_at,
-            }),
-            LeaseOp::Release { block } => releases.push(block),
-        }
-    }
-    (takes, releases)
-}
-
-pub(crate) fn lease_ops(records: &[EventRecord]) -> Vec<LeaseOp<'_>> {
-    records
-        .iter()
-        .filter_map(|record| match &record.event {
+    // Per block: `Some` a take, `None` a release.
+    let mut last: std::collections::BTreeMap<&str, Option<LeaseTake<'_>>> =
+        std::collections::BTreeMap::new();
+    for record in records {
+        match &record.event {
             Event::BlockStarted {
                 block,
                 attempt,
                 owner,
                 lease_expires_at,
-            } => Some(LeaseOp::Take {
-                block,
-                attempt: *attempt,
-                owner,
-                expires_at: *lease_expires_at,
-            }),
-            Event::AttemptFinished { block, .. } | Event::AttemptAbandoned { block, .. } => {
-                Some(LeaseOp::Release { block })
+            } => {
+                last.insert(
+                    block,
+                    Some(LeaseTake {
+                        block,
+                        attempt: *attempt,
+                        owner,
+                        expires_at: *lease_expires_at,
+                    }),
+                );
             }
-            _ => None,
-        })
-        .collect()
+            Event::AttemptFinished { block, .. } | Event::AttemptAbandoned { block, .. } => {
+                last.insert(block, None);
+            }
+            _ => {}
+        }
+    }
+    let mut takes = Vec::new();
+    let mut releases = Vec::new();
+    for (block, op) in last {
+        match op {
+            Some(take) => takes.push(take),
+            None => releases.push(block),
+        }
+    }
+    (takes, releases)
 }
 
 /// The run row's document: everything but the blocks.
@@ -443,6 +419,24 @@ pub(crate) fn all_block_rows(doc: &RunDoc) -> Result<Vec<(&str, String)>> {
         .iter()
         .map(|(id, state)| Ok((id.as_str(), serde_json::to_string(state)?)))
         .collect()
+}
+
+/// A run read's rows (its header first, then its blocks by id, as both
+/// stores' `LOAD_RUN` queries order them): the header row and the blocks'
+/// `(id, state)`. `None` when there is no header: no such run.
+pub(crate) fn header_and_blocks<'r, R>(
+    rows: &'r [R],
+    block_id: impl Fn(&'r R) -> Option<&'r str>,
+    body: impl Fn(&'r R) -> &'r str,
+) -> Option<(&'r R, Vec<(&'r str, &'r str)>)> {
+    let (head, blocks) = rows
+        .split_first()
+        .filter(|(head, _)| block_id(head).is_none())?;
+    let blocks = blocks
+        .iter()
+        .map(|row| (block_id(row).unwrap_or_default(), body(row)))
+        .collect();
+    Some((head, blocks))
 }
 
 /// A document from its header row and its block rows.

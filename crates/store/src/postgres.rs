@@ -16,8 +16,8 @@ use sqlx::{Connection, Row};
 use crate::{
     BlobRef, FeedbackRecord, HeldLease, ImprovementItem, Lease, NewRun, Result, RunRecord,
     RunSummary, Store, StoreError, StoredRun, TemplateRecord, TokenRecord, Writes, all_block_rows,
-    assemble_doc, blob_hash, changed_block_rows, final_lease_ops, header_json, like_prefix,
-    parse_event,
+    assemble_doc, blob_hash, changed_block_rows, final_lease_ops, header_and_blocks, header_json,
+    like_prefix, parse_event,
 };
 use factory_core::run::splice_doc_json;
 
@@ -108,18 +108,11 @@ impl Store for PostgresStore {
             .bind(run_id)
             .fetch_all(&self.pool)
             .await?;
-        let (head, blocks) = rows
-            .split_first()
-            .filter(|(head, _)| head.get::<Option<&str>, _>("block_id").is_none())
-            .ok_or_else(|| StoreError::RunNotFound(run_id.to_string()))?;
+        let (head, blocks) =
+            header_and_blocks(&rows, |row| row.get("block_id"), |row| row.get("body"))
+                .ok_or_else(|| StoreError::RunNotFound(run_id.to_string()))?;
         Ok(StoredRun {
-            doc: assemble_doc(
-                run_id,
-                head.get("body"),
-                blocks
-                    .iter()
-                    .map(|row| (row.get("block_id"), row.get("body"))),
-            )?,
+            doc: assemble_doc(run_id, head.get("body"), blocks)?,
             version: head.get::<Option<i64>, _>("version").unwrap_or_default(),
             template_json: head
                 .get::<Option<String>, _>("template_json")
@@ -133,16 +126,10 @@ impl Store for PostgresStore {
             .bind(run_id)
             .fetch_all(&self.pool)
             .await?;
-        let (head, blocks) = rows
-            .split_first()
-            .filter(|(head, _)| head.get::<Option<&str>, _>("block_id").is_none())
-            .ok_or_else(|| StoreError::RunNotFound(run_id.to_string()))?;
-        Ok(splice_doc_json(
-            head.get("body"),
-            blocks
-                .iter()
-                .map(|row| (row.get("block_id"), row.get("body"))),
-        ))
+        let (head, blocks) =
+            header_and_blocks(&rows, |row| row.get("block_id"), |row| row.get("body"))
+                .ok_or_else(|| StoreError::RunNotFound(run_id.to_string()))?;
+        Ok(splice_doc_json(head.get("body"), blocks))
     }
 
     async fn commit_with(

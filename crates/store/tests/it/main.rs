@@ -21,7 +21,12 @@ const TEMPLATE: &str = r#"{
 }"#;
 
 fn new_doc(run_id: &str) -> (RunDoc, Vec<EventRecord>) {
-    let pipeline = validate_str(TEMPLATE).pipeline.expect("valid template");
+    doc_of(TEMPLATE, run_id)
+}
+
+/// A new run of `template`: its first document and its `run_created` record.
+fn doc_of(template: &str, run_id: &str) -> (RunDoc, Vec<EventRecord>) {
+    let pipeline = validate_str(template).pipeline.expect("valid template");
     let request = RunRequest {
         run_id: run_id.to_string(),
         ..RunRequest::default()
@@ -38,12 +43,17 @@ fn new_doc(run_id: &str) -> (RunDoc, Vec<EventRecord>) {
 }
 
 async fn create(store: &dyn Store, run_id: &str) -> RunDoc {
-    let (doc, records) = new_doc(run_id);
+    create_of(store, TEMPLATE, run_id).await
+}
+
+/// Stores a new run of `template` (at `/tmp/t.json`).
+async fn create_of(store: &dyn Store, template: &str, run_id: &str) -> RunDoc {
+    let (doc, records) = doc_of(template, run_id);
     store
         .create_run(NewRun {
             doc: &doc,
             records: &records,
-            template_json: TEMPLATE,
+            template_json: template,
             template_path: Some("/tmp/t.json"),
             blobs: &[],
             side: &[],
@@ -585,38 +595,11 @@ const CHAIN: &str = r#"{
   ]
 }"#;
 
-fn chain_doc(run_id: &str) -> (RunDoc, Vec<EventRecord>) {
-    let pipeline = validate_str(CHAIN).pipeline.expect("valid template");
-    let request = RunRequest {
-        run_id: run_id.to_string(),
-        ..RunRequest::default()
-    };
-    let record = EventRecord {
-        seq: 1,
-        at: 1_000,
-        actor: "test".into(),
-        event: create_run(&pipeline, &request, &|_| true).expect("run created"),
-    };
-    let doc = RunDoc::from_created(&record).expect("doc");
-    (doc, vec![record])
-}
-
 /// A commit writes the run's header and only the blocks its events changed;
 /// what is read back is always the whole document the writer held, as a
 /// value and as text.
 async fn blocks_are_stored_one_row_each(store: &dyn Store) {
-    let (mut doc, records) = chain_doc("run-rows");
-    store
-        .create_run(NewRun {
-            doc: &doc,
-            records: &records,
-            template_json: CHAIN,
-            template_path: None,
-            blobs: &[],
-            side: &[],
-        })
-        .await
-        .unwrap();
+    let mut doc = create_of(store, CHAIN, "run-rows").await;
     let steps: Vec<Vec<Event>> = vec![
         vec![Event::BlockReady {
             block: "a".into(),
@@ -696,8 +679,8 @@ async fn a_database_with_whole_documents_migrates(url: &str, dialect: &str) {
         }
     }
     let migrator = sqlx::migrate::Migrator::new(old.path()).await.unwrap();
-    let (mut doc, records) = chain_doc("run-old");
-    let next = commit(
+    let (mut doc, _) = doc_of(CHAIN, "run-old");
+    commit(
         &mut doc,
         vec![Event::BlockReady {
             block: "a".into(),
@@ -742,7 +725,6 @@ async fn a_database_with_whole_documents_migrates(url: &str, dialect: &str) {
     assert_eq!(stored.template_json, CHAIN);
     let text = store.load_run_json("run-old").await.unwrap();
     assert_eq!(serde_json::from_str::<RunDoc>(&text).unwrap(), doc);
-    let _ = (records, next);
     let more = commit(
         &mut doc,
         vec![Event::ReviewFlagged { block: "c".into() }],
