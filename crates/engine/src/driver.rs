@@ -171,7 +171,7 @@ impl Engine {
                         None => self.poll_ms(),
                     };
                     tokio::time::sleep(Duration::from_millis(wait_ms as u64)).await;
-                    handle.reload().await?;
+                    handle.catch_up().await?;
                     continue;
                 }
 
@@ -186,7 +186,7 @@ impl Engine {
                         // record: the block is another worker's now, or is
                         // reclaimed once nothing else is in flight.
                         in_flight.remove(&lost.block);
-                        handle.reload().await?;
+                        handle.catch_up().await?;
                         continue;
                     }
                     () = tokio::time::sleep(backoff.unwrap_or_default()), if backoff.is_some() => continue,

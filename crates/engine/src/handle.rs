@@ -1,8 +1,9 @@
 //! A run held in memory between writes, with the optimistic write loop.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use factory_core::run::{Event, EventRecord, Millis, RunDoc};
+use factory_core::run::{BlockState, Event, EventRecord, Millis, RunDoc};
 use factory_core::scheduler::{Decision, RunIndex};
 use factory_core::transitions::{self, Policy};
 use factory_core::{Pipeline, commit_in_place as commit};
@@ -81,6 +82,46 @@ impl RunHandle {
         Ok(())
     }
 
+    /// Brings the held document up to the store's by applying the events
+    /// other writers committed since it was read, so the cost of a conflict
+    /// is what changed, not the size of the run. Falls back to a whole
+    /// reload when the held document is stale or the events do not follow
+    /// on from it.
+    pub async fn catch_up(&mut self) -> Result<()> {
+        if self.stale {
+            return self.reload().await;
+        }
+        let run_id = self.stored.doc.run_id.clone();
+        let changes = self
+            .store
+            .changes_since(&run_id, self.stored.doc.seq)
+            .await?;
+        if changes.version == self.stored.version {
+            return Ok(());
+        }
+        let follows = !changes.records.is_empty()
+            && changes
+                .records
+                .iter()
+                .zip(self.stored.doc.seq + 1..)
+                .all(|(record, seq)| record.seq == seq);
+        if !follows {
+            return self.reload().await;
+        }
+        self.stale = true;
+        for record in &changes.records {
+            if let Err(error) = self.stored.doc.apply(record) {
+                tracing::warn!(run = %run_id, %error, "catching up failed; reading the whole run");
+                return self.reload().await;
+            }
+        }
+        self.index
+            .observe(&self.pipeline, &self.stored.doc, &changes.records);
+        self.stored.version = changes.version;
+        self.stale = false;
+        Ok(())
+    }
+
     /// Reloads if a failed write left the held document ahead of the store.
     async fn ensure_fresh(&mut self) -> Result<()> {
         if self.stale {
@@ -129,10 +170,11 @@ impl RunHandle {
         // From here until the commit lands, the held document runs ahead of
         // the store.
         self.stale = true;
-        let mut records = self.apply_in_place(events, actor, now)?;
+        let mut undo = Undo::new(&mut self.stored.doc);
+        let mut records = self.apply_in_place(events, actor, now, &mut undo)?;
         let take = claim.map_or(0, |c| c.limit);
         let decision = self.decide_next(now, take);
-        records.extend(self.apply_in_place(decision.events, "scheduler", now)?);
+        records.extend(self.apply_in_place(decision.events, "scheduler", now, &mut undo)?);
         if let Some(claim) = claim {
             let starts = decision
                 .startable
@@ -141,9 +183,9 @@ impl RunHandle {
                     transitions::start(&self.stored.doc, block, claim.owner, now, claim.policy)
                 })
                 .collect::<std::result::Result<Vec<_>, _>>()?;
-            records.extend(self.apply_in_place(starts, actor, now)?);
+            records.extend(self.apply_in_place(starts, actor, now, &mut undo)?);
             let decision = self.decide_next(now, 0);
-            records.extend(self.apply_in_place(decision.events, "scheduler", now)?);
+            records.extend(self.apply_in_place(decision.events, "scheduler", now, &mut undo)?);
         }
         if records.is_empty() {
             self.stale = false;
@@ -161,7 +203,13 @@ impl RunHandle {
                 Ok(Some(records))
             }
             Err(StoreError::Conflict { .. }) => {
-                self.reload().await?;
+                // Take this try's events back out, then apply what the other
+                // writer committed: both cost what changed, not the run's size.
+                undo.restore(&mut self.stored.doc);
+                self.index
+                    .observe(&self.pipeline, &self.stored.doc, &records);
+                self.stale = false;
+                self.catch_up().await?;
                 Ok(None)
             }
             Err(error) => Err(error.into()),
@@ -173,7 +221,11 @@ impl RunHandle {
         events: Vec<Event>,
         actor: &str,
         now: Millis,
+        undo: &mut Undo,
     ) -> Result<Vec<EventRecord>> {
+        for event in &events {
+            undo.keep(&self.stored.doc, event);
+        }
         let records = commit(&mut self.stored.doc, events, actor, now)?;
         self.index
             .observe(&self.pipeline, &self.stored.doc, &records);
@@ -231,6 +283,49 @@ impl RunHandle {
             run_id: self.stored.doc.run_id.clone(),
             tries: MAX_CONFLICTS,
         })
+    }
+}
+
+/// What a try's events changed in the held document, kept so a conflict can
+/// take them back out: the header as it was and the prior state of each
+/// block an event names (`Event::changed_blocks` lists everything
+/// `RunDoc::apply` writes, so nothing else changed).
+struct Undo {
+    header: RunDoc,
+    blocks: BTreeMap<String, Option<BlockState>>,
+}
+
+impl Undo {
+    fn new(doc: &mut RunDoc) -> Undo {
+        let blocks = std::mem::take(&mut doc.blocks);
+        let header = doc.clone();
+        doc.blocks = blocks;
+        Undo {
+            header,
+            blocks: BTreeMap::new(),
+        }
+    }
+
+    /// Remembers the blocks `event` is about to change, unless already kept.
+    fn keep(&mut self, doc: &RunDoc, event: &Event) {
+        for block in event.changed_blocks() {
+            if !self.blocks.contains_key(block) {
+                self.blocks
+                    .insert(block.to_string(), doc.blocks.get(block).cloned());
+            }
+        }
+    }
+
+    fn restore(self, doc: &mut RunDoc) {
+        let blocks = std::mem::take(&mut doc.blocks);
+        *doc = self.header;
+        doc.blocks = blocks;
+        for (block, before) in self.blocks {
+            match before {
+                Some(state) => doc.blocks.insert(block, state),
+                None => doc.blocks.remove(&block),
+            };
+        }
     }
 }
 

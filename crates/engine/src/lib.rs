@@ -36,7 +36,7 @@ pub struct RunFile {
     pub name: String,
     pub content: Vec<u8>,
 }
-pub use handle::{RunHandle, cached_pipeline};
+pub use handle::{Claim, RunHandle, cached_pipeline};
 pub use owner::Owner;
 
 #[derive(Debug, thiserror::Error)]

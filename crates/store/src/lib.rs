@@ -96,6 +96,15 @@ pub struct StoredRun {
     pub template_path: Option<String>,
 }
 
+/// What other writers committed to a run since a given event
+/// ([`Store::changes_since`]).
+#[derive(Debug, Clone)]
+pub struct RunChanges {
+    /// The run's version after `records`.
+    pub version: i64,
+    pub records: Vec<EventRecord>,
+}
+
 /// Rows written in the same transaction as a run's events and document.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Writes<'a> {
@@ -218,6 +227,11 @@ pub trait Store: Send + Sync {
 
     /// Events with `seq > after_seq`, in order.
     async fn events(&self, run_id: &str, after_seq: u64) -> Result<Vec<EventRecord>>;
+
+    /// The run's version and its events after `after_seq`, read in one
+    /// snapshot: what a holder of the document at `after_seq` applies to
+    /// catch up, instead of reading the whole run again.
+    async fn changes_since(&self, run_id: &str, after_seq: u64) -> Result<RunChanges>;
 
     /// Most recent runs first.
     async fn list_runs(&self, limit: u32) -> Result<Vec<RunSummary>>;

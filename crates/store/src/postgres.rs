@@ -14,10 +14,10 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Connection, Row};
 
 use crate::{
-    BlobRef, FeedbackRecord, HeldLease, ImprovementItem, Lease, NewRun, Result, RunRecord,
-    RunSummary, Store, StoreError, StoredRun, TemplateRecord, TokenRecord, Writes, all_block_rows,
-    assemble_doc, blob_hash, changed_block_rows, final_lease_ops, header_and_blocks, header_json,
-    like_prefix, parse_event,
+    BlobRef, FeedbackRecord, HeldLease, ImprovementItem, Lease, NewRun, Result, RunChanges,
+    RunRecord, RunSummary, Store, StoreError, StoredRun, TemplateRecord, TokenRecord, Writes,
+    all_block_rows, assemble_doc, blob_hash, changed_block_rows, final_lease_ops,
+    header_and_blocks, header_json, like_prefix, parse_event,
 };
 use factory_core::run::splice_doc_json;
 
@@ -182,6 +182,23 @@ impl Store for PostgresStore {
         rows.iter()
             .map(|row| parse_event(run_id, row.get::<&str, _>("body")))
             .collect()
+    }
+
+    async fn changes_since(&self, run_id: &str, after_seq: u64) -> Result<RunChanges> {
+        let rows = sqlx::query(CHANGES_SINCE)
+            .bind(run_id)
+            .bind(i64::try_from(after_seq).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await?;
+        let mut rows = rows.iter();
+        let version: i64 = match rows.next() {
+            Some(head) if head.get::<i64, _>("seq") < 0 => head.get("version"),
+            _ => return Err(StoreError::RunNotFound(run_id.to_string())),
+        };
+        let records = rows
+            .map(|row| parse_event(run_id, row.get::<&str, _>("body")))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(RunChanges { version, records })
     }
 
     async fn list_runs(&self, limit: u32) -> Result<Vec<RunSummary>> {
@@ -380,6 +397,14 @@ const LOAD_RUN: &str = r#"SELECT NULL::text COLLATE "C" AS block_id, doc::text A
      UNION ALL
      SELECT block_id COLLATE "C", state, NULL::bigint, NULL::text, NULL::text FROM run_blocks WHERE run_id = $1
      ORDER BY block_id NULLS FIRST"#;
+
+/// The run's version (the row with seq -1), then its events after `$2`, in
+/// one statement so both come from one snapshot.
+const CHANGES_SINCE: &str =
+    "SELECT -1::bigint AS seq, version, NULL::text AS body FROM runs WHERE run_id = $1
+     UNION ALL
+     SELECT seq, NULL::bigint, body::text FROM events WHERE run_id = $1 AND seq > $2
+     ORDER BY seq";
 
 /// [`LOAD_RUN`] without the template: the API's hot read.
 const LOAD_RUN_JSON: &str = r#"SELECT NULL::text COLLATE "C" AS block_id, doc::text AS body

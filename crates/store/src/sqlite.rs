@@ -17,10 +17,10 @@ use sqlx::sqlite::{
 };
 
 use crate::{
-    BlobRef, FeedbackRecord, HeldLease, ImprovementItem, Lease, NewRun, Result, RunRecord,
-    RunSummary, Store, StoreError, StoredRun, TemplateRecord, TokenRecord, Writes, all_block_rows,
-    assemble_doc, blob_hash, changed_block_rows, final_lease_ops, header_and_blocks, header_json,
-    like_prefix, parse_event,
+    BlobRef, FeedbackRecord, HeldLease, ImprovementItem, Lease, NewRun, Result, RunChanges,
+    RunRecord, RunSummary, Store, StoreError, StoredRun, TemplateRecord, TokenRecord, Writes,
+    all_block_rows, assemble_doc, blob_hash, changed_block_rows, final_lease_ops,
+    header_and_blocks, header_json, like_prefix, parse_event,
 };
 use factory_core::run::splice_doc_json;
 
@@ -162,6 +162,23 @@ impl Store for SqliteStore {
         rows.iter()
             .map(|row| parse_event(run_id, row.get::<&str, _>("body")))
             .collect()
+    }
+
+    async fn changes_since(&self, run_id: &str, after_seq: u64) -> Result<RunChanges> {
+        let rows = sqlx::query(CHANGES_SINCE)
+            .bind(run_id)
+            .bind(i64::try_from(after_seq).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await?;
+        let mut rows = rows.iter();
+        let version: i64 = match rows.next() {
+            Some(head) if head.get::<i64, _>("seq") < 0 => head.get("version"),
+            _ => return Err(StoreError::RunNotFound(run_id.to_string())),
+        };
+        let records = rows
+            .map(|row| parse_event(run_id, row.get::<&str, _>("body")))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(RunChanges { version, records })
     }
 
     async fn list_runs(&self, limit: u32) -> Result<Vec<RunSummary>> {
@@ -359,6 +376,13 @@ const LOAD_RUN: &str =
      UNION ALL
      SELECT block_id, state, NULL, NULL, NULL FROM run_blocks WHERE run_id = ?1
      ORDER BY block_id";
+
+/// The run's version (the row with seq -1), then its events after `?2`, in
+/// one statement so both come from one snapshot.
+const CHANGES_SINCE: &str = "SELECT -1 AS seq, version, NULL AS body FROM runs WHERE run_id = ?1
+     UNION ALL
+     SELECT seq, NULL, body FROM events WHERE run_id = ?1 AND seq > ?2
+     ORDER BY seq";
 
 /// [`LOAD_RUN`] without the template: the API's hot read.
 const LOAD_RUN_JSON: &str = "SELECT NULL AS block_id, doc AS body FROM runs WHERE run_id = ?1

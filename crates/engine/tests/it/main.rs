@@ -932,6 +932,7 @@ async fn audits_run_after_every_attempt_and_gate_on_their_threshold() {
 }
 
 mod lease;
+mod shared_run;
 
 mod llm_runtime {
     //! `llm` blocks end to end against a local server speaking the Anthropic
