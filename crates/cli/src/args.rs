@@ -40,7 +40,7 @@ pub struct DriveArgs {
     /// Blocks of the run running at once, across all workers (0: no limit)
     #[arg(long, default_value_t = 8)]
     pub max_concurrency: usize,
-    /// Blocks this process runs at once (0: no limit); for several workers sharing a run
+    /// Blocks this process runs at once, across all the runs it drives (0: no limit)
     #[arg(long, default_value_t = 0)]
     pub slots: usize,
     /// Backoff before the first automatic retry, doubling each retry
@@ -208,6 +208,10 @@ pub enum Command {
     },
     /// Serve the JSON API and the workbench, and run blocks, in one process
     Serve(ServeArgs),
+    /// Serve every run of the store until SIGTERM: claim ready blocks, run
+    /// them, hand them back if stopped. Start several (on several machines,
+    /// against one PostgreSQL) and `factory serve --workers 0` for the API
+    Worker(WorkerArgs),
     /// Time the engine on a run of no-op blocks of a given shape and size
     /// (wall time, cost per block, run document size, peak memory)
     Bench(BenchArgs),
@@ -232,9 +236,35 @@ pub struct BenchArgs {
     /// Blocks run at once (0: no limit), as `factory run --slots`
     #[arg(long, default_value_t = 0)]
     pub slots: usize,
+    /// Each block sleeps this long instead of doing nothing (a builtin
+    /// `sleep`: time without processor use)
+    #[arg(long, default_value_t = 0)]
+    pub sleep_ms: u64,
+    /// Run the blocks in this many `factory worker` processes (each with
+    /// `--slots`) instead of in this one; needs --store. Reports the blocks
+    /// each worker ran and fails if any block started twice or any worker
+    /// did not exit 0 on SIGTERM
+    #[arg(long, default_value_t = 0)]
+    pub workers: usize,
     /// Print the figures as JSON
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct WorkerArgs {
+    /// Runs this process drives at once
+    #[arg(long, default_value_t = 64)]
+    pub runs: usize,
+    /// Milliseconds between looks for running runs (PostgreSQL also
+    /// notifies every commit; then this is only a safety net, every 5 s)
+    #[arg(long, default_value_t = 500)]
+    pub scan_ms: u64,
+    /// Seconds shutdown waits for running blocks before handing them back
+    #[arg(long, default_value_t = 30)]
+    pub grace_secs: u64,
+    #[command(flatten)]
+    pub drive: DriveArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -242,7 +272,7 @@ pub struct ServeArgs {
     /// Address to listen on (port 0 picks a free port and prints it)
     #[arg(long, default_value = "127.0.0.1:7700")]
     pub addr: std::net::SocketAddr,
-    /// Runs this process drives at once
+    /// Runs this process drives at once (0: none; leave them to `factory worker`s)
     #[arg(long, default_value_t = 4)]
     pub workers: usize,
     /// Accept requests without a token (refused unless the address is loopback)

@@ -30,6 +30,19 @@ pub async fn run(args: BenchArgs) -> Result<std::process::ExitCode> {
             )));
         }
     };
+    let source = if args.sleep_ms > 0 {
+        fixtures::sleeping(&source, args.sleep_ms)?
+    } else {
+        source
+    };
+    if args.workers > 0 {
+        let Some(url) = &args.store else {
+            return Err(user_error(
+                "--workers needs --store: an empty database the workers share (postgres://…)",
+            ));
+        };
+        return fleet(&args, &source, url).await;
+    }
     let scratch = std::env::temp_dir().join(format!("factory-bench-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)
         .with_context(|| format!("cannot create {}", scratch.display()))?;
@@ -97,6 +110,153 @@ pub async fn run(args: BenchArgs) -> Result<std::process::ExitCode> {
                 kib as f64 / 1024.0
             )),
         );
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// The run executed by `args.workers` separate `factory worker` processes:
+/// wall time from the run's creation to done, the blocks each worker ran,
+/// and the checks that make the figure honest — no block started twice (from
+/// the event log), every worker exits 0 on SIGTERM.
+async fn fleet(args: &BenchArgs, source: &str, url: &str) -> Result<std::process::ExitCode> {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+
+    let scratch = std::env::temp_dir().join(format!("factory-fleet-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)
+        .with_context(|| format!("cannot create {}", scratch.display()))?;
+    let store = factory_store::open(url)
+        .await
+        .with_context(|| format!("cannot open the store `{url}`"))?;
+    if !store.list_runs(1).await?.is_empty() {
+        return Err(user_error(format!(
+            "--store `{url}` already holds runs; the workers would run them too: give an empty database"
+        )));
+    }
+    let exe = std::env::current_exe().context("cannot find this program to start workers")?;
+    let mut workers = Vec::new();
+    for i in 0..args.workers {
+        let mut child = Command::new(&exe)
+            .args(["--db", url, "worker", "--max-concurrency", "0", "--quiet"])
+            .arg("--slots")
+            .arg(args.slots.to_string())
+            .arg("--work-dir")
+            .arg(scratch.join(format!("worker-{i}")))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("cannot start a worker")?;
+        // Ready once it says it serves.
+        let stderr = child.stderr.take().context("worker stderr")?;
+        let mut lines = std::io::BufReader::new(stderr).lines();
+        let banner = lines.next().transpose()?.unwrap_or_default();
+        if !banner.starts_with("worker ") {
+            let _ = child.kill();
+            bail!("worker {i} did not start: {banner}");
+        }
+        let owner = banner
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or_default()
+            .to_string();
+        // Keep draining its stderr so it never blocks on a full pipe.
+        let tail = std::thread::spawn(move || lines.map_while(|l| l.ok()).collect::<Vec<_>>());
+        workers.push((child, owner, tail));
+    }
+
+    let engine = Engine::new(
+        Arc::from(store),
+        EngineConfig {
+            actor: "bench".to_string(),
+            max_concurrency: 0,
+            ..EngineConfig::default()
+        },
+    );
+    let started = Instant::now();
+    let doc = engine
+        .create_run(source, None, RunRequest::default())
+        .await?;
+    let status = loop {
+        let runs = engine.store().list_runs(1).await?;
+        let status = runs.first().map(|r| r.status.clone()).unwrap_or_default();
+        if status != "running" {
+            break status;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(600) {
+            break "still running after 600 s".to_string();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    let wall = started.elapsed();
+
+    let mut exits = Vec::new();
+    let mut stderr_tails = Vec::new();
+    for (mut child, owner, tail) in workers {
+        // SIGTERM, as a service manager stops it.
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let code = child.wait()?.code();
+        let lines = tail.join().unwrap_or_default();
+        exits.push((owner, code));
+        stderr_tails.push(lines);
+    }
+    let events = engine.store().events(&doc.run_id, 0).await?;
+    let mut starts: std::collections::BTreeMap<&str, usize> = Default::default();
+    let mut by_owner: std::collections::BTreeMap<&str, usize> = Default::default();
+    for record in &events {
+        if let factory_core::run::Event::BlockStarted { block, owner, .. } = &record.event {
+            *starts.entry(block).or_default() += 1;
+            *by_owner.entry(owner).or_default() += 1;
+        }
+    }
+    let started_twice = starts.values().filter(|n| **n > 1).count();
+    let _ = std::fs::remove_dir_all(&scratch);
+    let per_worker: Vec<usize> = exits
+        .iter()
+        .map(|(owner, _)| by_owner.get(owner.as_str()).copied().unwrap_or(0))
+        .collect();
+    let blocks_per_s = args.blocks as f64 / wall.as_secs_f64();
+    if args.json {
+        println!(
+            "{}",
+            json!({
+                "shape": args.shape,
+                "blocks": args.blocks,
+                "sleep_ms": args.sleep_ms,
+                "workers": args.workers,
+                "slots": args.slots,
+                "status": status,
+                "wall_ms": (wall.as_secs_f64() * 1000.0 * 10.0).round() / 10.0,
+                "blocks_per_s": blocks_per_s.round(),
+                "blocks_per_worker": per_worker,
+                "started_twice": started_twice,
+                "worker_exit_codes": exits.iter().map(|(_, c)| *c).collect::<Vec<_>>(),
+            })
+        );
+    } else {
+        println!(
+            "{} {} blocks ({} ms each) by {} workers of {} slots: {} in {:.2} s ({:.0} blocks/s); blocks per worker {:?}; started twice: {started_twice}; worker exit codes {:?}",
+            args.shape,
+            args.blocks,
+            args.sleep_ms,
+            args.workers,
+            args.slots,
+            status,
+            wall.as_secs_f64(),
+            blocks_per_s,
+            per_worker,
+            exits.iter().map(|(_, c)| *c).collect::<Vec<_>>(),
+        );
+    }
+    if status != "done" || started_twice > 0 || exits.iter().any(|(_, c)| *c != Some(0)) {
+        for (i, lines) in stderr_tails.iter().enumerate() {
+            for line in lines.iter().rev().take(5).rev() {
+                eprintln!("worker {i}: {line}");
+            }
+        }
+        bail!("the fleet bench failed its checks (see above)");
     }
     Ok(std::process::ExitCode::SUCCESS)
 }

@@ -270,6 +270,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve(args) => serve(&cli.db, &actor, args, cli.config.as_deref()).await,
+        Command::Worker(args) => worker(&cli.db, &actor, args, cli.config.as_deref()).await,
         Command::Bench(args) => bench_cmd::run(args).await,
         Command::Token(command) => token(&cli.db, &actor, command).await,
         Command::Logs {
@@ -297,7 +298,7 @@ async fn serve(
         addr: args.addr,
         no_auth: args.no_auth,
         templates_dir: Some(args.templates.clone()).filter(|d| d.is_dir()),
-        workers: args.workers.max(1),
+        workers: args.workers,
         shutdown_grace: std::time::Duration::from_secs(args.grace_secs),
         max_upload_bytes: args.max_upload_mb.saturating_mul(1024 * 1024),
         max_request_bytes: args.max_request_mb.saturating_mul(1024 * 1024),
@@ -315,24 +316,66 @@ async fn serve(
     }
     let stopper = server.stopper();
     tokio::spawn(async move {
-        let terminate = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut signal) => {
-                    signal.recv().await;
-                }
-                Err(_) => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = terminate => {}
-        }
+        shutdown_signal().await;
         eprintln!("shutting down: waiting for running blocks");
         let _ = stopper.send(true);
     });
     server.wait().await.map_err(|e| user_error(e.to_string()))?;
     eprintln!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// `factory worker`: drives every run of the store until SIGTERM or Ctrl-C,
+/// then lets running blocks finish (up to the grace period) and exits 0.
+async fn worker(
+    db: &str,
+    actor: &str,
+    args: args::WorkerArgs,
+    config_path: Option<&Path>,
+) -> Result<ExitCode> {
+    let mut drive = args.drive;
+    drive.quiet = true;
+    let engine = Arc::new(engine(db, actor, &drive, config_path).await?);
+    let options = factory_engine::worker::WorkerOptions {
+        runs: args.runs.max(1),
+        scan_interval: std::time::Duration::from_millis(args.scan_ms.max(10)),
+        grace: std::time::Duration::from_secs(args.grace_secs),
+        ..Default::default()
+    };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        eprintln!("shutting down: waiting for running blocks");
+        let _ = stop.send(true);
+    });
+    eprintln!(
+        "worker {} serving the store's runs ({} at once, {})",
+        factory_engine::Owner::current().id(),
+        options.runs,
+        match drive.slots {
+            0 => "no limit on blocks".to_string(),
+            n => format!("{n} blocks at once"),
+        }
+    );
+    factory_engine::worker::serve(engine, options, stopped).await?;
+    eprintln!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SIGTERM or Ctrl-C, whichever comes first.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
 }
 
 async fn token(db: &str, actor: &str, command: args::TokenCommand) -> Result<ExitCode> {

@@ -34,6 +34,19 @@ pub enum Outcome {
     Stopped,
 }
 
+/// Gives a drive's slots back and drops its waker however it ends.
+struct LeaveOnDrop<'a> {
+    engine: &'a Engine,
+    run_id: &'a str,
+}
+
+impl Drop for LeaveOnDrop<'_> {
+    fn drop(&mut self) {
+        self.engine.slots.leave(self.run_id);
+        self.engine.forget_waker(self.run_id);
+    }
+}
+
 /// A finished attempt on its way back to the loop.
 pub(crate) struct Completion {
     pub(crate) block: String,
@@ -69,6 +82,12 @@ impl Engine {
             lost_sender,
         );
         let owner_id = self.owner.id();
+        let run_id = handle.doc().run_id.clone();
+        let waker = self.waker(&run_id);
+        let _leave = LeaveOnDrop {
+            engine: self,
+            run_id: &run_id,
+        };
 
         let work_root = self.config.work_root.clone();
         let result: Result<Outcome> = async {
@@ -95,15 +114,17 @@ impl Engine {
 
                 // One commit: record finished attempts, decide, start what may start.
                 for completion in &completions {
-                    in_flight.remove(&completion.block);
+                    if in_flight.remove(&completion.block) {
+                        self.slots.release(&run_id, 1, true);
+                    }
                 }
-                let free_slots = match self.config.worker_slots {
-                    _ if self.is_stopping() => 0,
-                    0 => usize::MAX,
-                    slots => slots.saturating_sub(in_flight.len()),
+                let granted = if self.is_stopping() {
+                    0
+                } else {
+                    self.slots.reserve(&run_id)
                 };
                 let records = match self
-                    .record_with_retries(&mut handle, &worker_actor, &completions, free_slots)
+                    .record_with_retries(&mut handle, &worker_actor, &completions, granted)
                     .await
                 {
                     Ok(records) => records,
@@ -139,6 +160,7 @@ impl Engine {
                 completions.clear();
                 self.resolve_completed(&mut handle, &worker_actor, &records)
                     .await?;
+                let mut started = 0;
                 for record in &records {
                     if let Event::BlockStarted {
                         block,
@@ -148,9 +170,15 @@ impl Engine {
                     } = &record.event
                         && *owner == owner_id
                     {
+                        started += 1;
                         in_flight.insert(block.clone());
                         self.spawn_attempt(&handle, block, *attempt, sender.clone(), &running);
                     }
+                }
+                if granted != usize::MAX {
+                    let wants = handle.counts().get(BlockStatus::Ready) > 0;
+                    self.slots
+                        .release(&run_id, granted.saturating_sub(started), wants);
                 }
 
                 if in_flight.is_empty() {
@@ -170,7 +198,15 @@ impl Engine {
                         Some(at) => (at - now).clamp(1, self.poll_ms()),
                         None => self.poll_ms(),
                     };
-                    tokio::time::sleep(Duration::from_millis(wait_ms as u64)).await;
+                    // Or until the store says the run changed, or slots
+                    // this run waits for are given back.
+                    let wants_slots = self.slots.is_limited()
+                        && handle.counts().get(BlockStatus::Ready) > 0;
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_millis(wait_ms as u64)) => {}
+                        () = waker.notified() => {}
+                        () = self.slots.freed(), if wants_slots => {}
+                    }
                     handle.catch_up().await?;
                     continue;
                 }
@@ -185,10 +221,17 @@ impl Engine {
                         // Stopped (and logged) by the watcher; nothing to
                         // record: the block is another worker's now, or is
                         // reclaimed once nothing else is in flight.
-                        in_flight.remove(&lost.block);
+                        if in_flight.remove(&lost.block) {
+                            self.slots.release(&run_id, 1, true);
+                        }
                         handle.catch_up().await?;
                         continue;
                     }
+                    // Slots given back elsewhere, while this run has ready
+                    // blocks it could not start.
+                    () = self.slots.freed(), if self.slots.is_limited()
+                        && !self.is_stopping()
+                        && handle.counts().get(BlockStatus::Ready) > 0 => continue,
                     () = tokio::time::sleep(backoff.unwrap_or_default()), if backoff.is_some() => continue,
                 }
                 while let Ok(more) = receiver.try_recv() {

@@ -74,6 +74,22 @@ pub fn fan_out(width: usize) -> String {
     template("fan-out", blocks)
 }
 
+/// `template_json` with every `noop` block turned into a `sleep` of `ms`
+/// milliseconds: blocks that take time without using the processor, for
+/// measuring how throughput grows with workers.
+pub fn sleeping(template_json: &str, ms: u64) -> Result<String, serde_json::Error> {
+    let mut value: Value = serde_json::from_str(template_json)?;
+    if let Some(blocks) = value["blocks"].as_array_mut() {
+        for block in blocks {
+            if block["inputs"]["config"]["builtin"] == "noop" {
+                block["inputs"]["config"] = json!({"builtin": "sleep", "ms": ms});
+                block["timeout"] = json!(ms.saturating_mul(10).max(10_000));
+            }
+        }
+    }
+    Ok(value.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -82,5 +98,14 @@ mod tests {
         assert_eq!(chain.pipeline.map(|p| p.len()), Some(5));
         let fan = factory_core::validate_str(&super::fan_out(7));
         assert_eq!(fan.pipeline.map(|p| p.len()), Some(9));
+        let slow = super::sleeping(&super::fan_out(3), 50).unwrap();
+        let validated = factory_core::validate_str(&slow);
+        let pipeline = validated.pipeline.expect("a sleeping fan validates");
+        assert!(
+            pipeline
+                .blocks()
+                .iter()
+                .all(|b| b.inputs.config["builtin"] == "sleep" && b.inputs.config["ms"] == 50)
+        );
     }
 }

@@ -14,7 +14,10 @@ pub mod fixtures;
 mod handle;
 mod lease_watch;
 mod owner;
+mod slots;
 mod spool;
+pub mod supervisor;
+pub mod worker;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -93,8 +96,8 @@ pub struct EngineConfig {
     pub policy: Policy,
     /// Blocks running at once per run, across all workers (0: no limit).
     pub max_concurrency: usize,
-    /// Blocks this process runs at once (0: no limit), so several workers
-    /// sharing a run each take their share.
+    /// Blocks this process runs at once across all the runs it drives (0:
+    /// no limit), shared fairly between runs that have work.
     pub worker_slots: usize,
     /// Attempt directories live under `<work_root>/<run>/<block>/attempt-<n>`.
     pub work_root: PathBuf,
@@ -128,6 +131,10 @@ pub struct Engine {
     owner: Owner,
     /// Set by [`Engine::stop_starting`]: running attempts finish, no new ones start.
     stopping: std::sync::atomic::AtomicBool,
+    slots: slots::SlotPool,
+    /// One per run being driven: [`Engine::wake`] ends its wait for other
+    /// workers' blocks.
+    wakers: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Notify>>>,
 }
 
 pub fn now_ms() -> Millis {
@@ -150,9 +157,35 @@ impl Engine {
     pub fn new(store: Arc<dyn Store>, config: EngineConfig) -> Engine {
         Engine {
             store,
-            config,
             owner: Owner::current(),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            slots: slots::SlotPool::new(config.worker_slots),
+            wakers: std::sync::Mutex::new(std::collections::HashMap::new()),
+            config,
+        }
+    }
+
+    /// Tells a drive of `run_id` in this process that the run changed (a
+    /// notification from the store): if it waits for blocks other workers
+    /// run, it looks again now instead of at its next poll.
+    pub fn wake(&self, run_id: &str) {
+        let waker = self.wakers.lock().ok().and_then(|w| w.get(run_id).cloned());
+        if let Some(waker) = waker {
+            waker.notify_one();
+        }
+    }
+
+    /// The waker a drive of `run_id` waits on (one per run and process).
+    pub(crate) fn waker(&self, run_id: &str) -> Arc<tokio::sync::Notify> {
+        match self.wakers.lock() {
+            Ok(mut wakers) => wakers.entry(run_id.to_string()).or_default().clone(),
+            Err(_) => Arc::default(),
+        }
+    }
+
+    pub(crate) fn forget_waker(&self, run_id: &str) {
+        if let Ok(mut wakers) = self.wakers.lock() {
+            wakers.remove(run_id);
         }
     }
 

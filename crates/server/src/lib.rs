@@ -3,7 +3,7 @@
 //!
 //! Layout: `api/` holds the JSON handlers, `pages/` the server-rendered HTML,
 //! `auth` the tokens and the route → role table every request goes through,
-//! `hub` the live event fan-out, `supervisor` the executors that drive runs.
+//! `hub` the live event fan-out, `factory_engine::supervisor` the executors that drive runs.
 //!
 //! Architecture Invariant: the server never changes a run except through the
 //! engine (which goes through the pure core's transitions), and every route's
@@ -16,7 +16,6 @@ mod guard;
 mod hub;
 mod metrics;
 mod pages;
-mod supervisor;
 mod templates;
 
 use std::net::SocketAddr;
@@ -91,7 +90,7 @@ pub(crate) struct AppState {
     pub engine: Arc<Engine>,
     pub store: Arc<dyn Store>,
     pub hub: Arc<Hub>,
-    pub supervisor: Arc<supervisor::Supervisor>,
+    pub supervisor: Arc<factory_engine::supervisor::Supervisor>,
     pub config: ServerConfig,
     pub llm: Option<Arc<factory_runtime::llm::LlmSettings>>,
     pub metrics: metrics::Metrics,
@@ -160,7 +159,10 @@ pub async fn start(
     }));
     let llm = engine_config.llm.clone();
     let engine = Arc::new(Engine::new(store.clone(), engine_config));
-    let supervisor = Arc::new(supervisor::Supervisor::new(engine.clone(), config.workers));
+    let supervisor = Arc::new(factory_engine::supervisor::Supervisor::new(
+        engine.clone(),
+        config.workers,
+    ));
     let (stop, mut stopped) = watch::channel(false);
     let state = Arc::new(AppState {
         engine,
@@ -226,7 +228,7 @@ pub(crate) fn router(state: SharedState) -> Router {
 async fn background_loop(
     store: Arc<dyn Store>,
     hub: Arc<Hub>,
-    supervisor: Arc<supervisor::Supervisor>,
+    supervisor: Arc<factory_engine::supervisor::Supervisor>,
     interval: Duration,
     mut stopped: watch::Receiver<bool>,
 ) {

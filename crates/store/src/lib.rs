@@ -233,6 +233,15 @@ pub trait Store: Send + Sync {
     /// catch up, instead of reading the whole run again.
     async fn changes_since(&self, run_id: &str, after_seq: u64) -> Result<RunChanges>;
 
+    /// Run ids as they are committed to, by any process, where the database
+    /// can push them (PostgreSQL's LISTEN/NOTIFY); `None` where it cannot
+    /// (SQLite: look with [`Store::runs_with_status`] instead). Delivery is
+    /// best effort — a reconnect can miss some — so subscribers still scan,
+    /// only less often.
+    async fn subscribe(&self) -> Result<Option<tokio::sync::mpsc::Receiver<String>>> {
+        Ok(None)
+    }
+
     /// Most recent runs first.
     async fn list_runs(&self, limit: u32) -> Result<Vec<RunSummary>>;
 

@@ -83,7 +83,8 @@ impl Store for PostgresStore {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO runs (run_id, template_id, template_json, template_path, status, version, doc, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, 1, $6::jsonb, $7, $8)",
+             VALUES ($1, $2, $3, $4, $5, 1, $6::jsonb, $7, $8)
+             RETURNING pg_notify('factory_runs', run_id)",
         )
         .bind(&run.doc.run_id)
         .bind(&run.doc.template_id)
@@ -145,7 +146,8 @@ impl Store for PostgresStore {
         let mut tx = self.pool.begin().await?;
         let updated = sqlx::query(
             "UPDATE runs SET doc = $1::jsonb, status = $2, version = version + 1, updated_at = $3
-             WHERE run_id = $4 AND version = $5",
+             WHERE run_id = $4 AND version = $5
+             RETURNING pg_notify('factory_runs', run_id)",
         )
         .bind(&header)
         .bind(doc.status.as_str())
@@ -199,6 +201,37 @@ impl Store for PostgresStore {
             .map(|row| parse_event(run_id, row.get::<&str, _>("body")))
             .collect::<Result<Vec<_>>>()?;
         Ok(RunChanges { version, records })
+    }
+
+    async fn subscribe(&self) -> Result<Option<tokio::sync::mpsc::Receiver<String>>> {
+        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
+        listener.listen(NOTIFY_CHANNEL).await?;
+        let (sender, receiver) = tokio::sync::mpsc::channel(1024);
+        tokio::spawn(async move {
+            loop {
+                match listener.recv().await {
+                    Ok(notification) => {
+                        if sender
+                            .send(notification.payload().to_string())
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    // The listener reconnects on its next `recv`; what was
+                    // committed meanwhile is found by the subscriber's scan.
+                    Err(error) => {
+                        tracing::warn!(%error, "lost the database's change notifications; reconnecting");
+                        if sender.is_closed() {
+                            return;
+                        }
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+        Ok(Some(receiver))
     }
 
     async fn list_runs(&self, limit: u32) -> Result<Vec<RunSummary>> {
@@ -405,6 +438,11 @@ const CHANGES_SINCE: &str =
      UNION ALL
      SELECT seq, NULL::bigint, body::text FROM events WHERE run_id = $1 AND seq > $2
      ORDER BY seq";
+
+/// Every commit to a run (and its creation) notifies this channel with the
+/// run id, in the same transaction: delivered when it commits, never for a
+/// write that failed.
+const NOTIFY_CHANNEL: &str = "factory_runs";
 
 /// [`LOAD_RUN`] without the template: the API's hot read.
 const LOAD_RUN_JSON: &str = r#"SELECT NULL::text COLLATE "C" AS block_id, doc::text AS body

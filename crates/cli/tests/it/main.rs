@@ -13,6 +13,7 @@ mod clone_factory;
 mod convergence;
 mod local_llm;
 mod real_llm;
+mod worker;
 
 const BIN: &str = env!("CARGO_BIN_EXE_factory");
 

@@ -1,13 +1,15 @@
-//! The executors inside the server: each run that has work is driven by one
-//! task at a time (the engine's reclaim logic assumes one driver per run per
-//! process). A kick while a run is being driven makes the task drive again
-//! once it returns, so an approval never waits for the next scan.
+//! The executors of a long-running process (`factory serve`, `factory
+//! worker`): each run that has work is driven by one task at a time (the
+//! engine's reclaim logic assumes one driver per run per process). A kick
+//! while a run is being driven makes the task drive again once it returns,
+//! so an approval never waits for the next scan. With no executors (`serve
+//! --workers 0`) kicks do nothing: the runs are left to `factory worker`s.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use factory_engine::Engine;
+use crate::Engine;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -17,16 +19,20 @@ pub struct Supervisor {
     active: Mutex<HashMap<String, bool>>,
     /// Limits how many runs this process drives at once.
     permits: Arc<Semaphore>,
+    /// 0: this process drives no runs.
+    runs: usize,
     tasks: Mutex<JoinSet<()>>,
     stopping: std::sync::atomic::AtomicBool,
 }
 
 impl Supervisor {
+    /// Drives up to `workers` runs at once (0: none).
     pub fn new(engine: Arc<Engine>, workers: usize) -> Supervisor {
         Supervisor {
             engine,
             active: Mutex::new(HashMap::new()),
-            permits: Arc::new(Semaphore::new(workers.max(1))),
+            permits: Arc::new(Semaphore::new(workers)),
+            runs: workers,
             tasks: Mutex::new(JoinSet::new()),
             stopping: std::sync::atomic::AtomicBool::new(false),
         }
@@ -34,7 +40,7 @@ impl Supervisor {
 
     /// Makes sure `run_id` is being driven (or will be driven once more).
     pub fn kick(self: &Arc<Self>, run_id: &str) {
-        if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+        if self.runs == 0 || self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
             return;
         }
         let Ok(mut active) = self.active.lock() else {

@@ -1,0 +1,188 @@
+//! `factory worker`: standing processes that serve every run of a
+//! PostgreSQL store, share the work without running a block twice, and
+//! finish what they run when stopped with SIGTERM.
+
+use super::*;
+
+/// A template of `width` command blocks after a root, each appending
+/// "<block> <attempt> <worker pid>" to its mark file and sleeping `secs`.
+fn wide_template(dir: &Path, id: &str, width: usize, secs: &str) -> PathBuf {
+    let mut blocks = vec![serde_json::json!({
+        "id": "root", "name": "Root", "layer": "L0", "type": "build", "runtime": "builtin",
+        "inputs": {"config": {"builtin": "noop"}},
+        "outputs": {"artifacts": [{"key": "out", "path": "out.txt", "format": "text"}]}
+    })];
+    for i in 0..width {
+        blocks.push(serde_json::json!({
+            "id": format!("w{i}"), "name": format!("Worker {i}"), "layer": "L1", "type": "build", "runtime": "command",
+            "inputs": {"depends": [{"block": "root", "key": "out"}],
+                       "config": {"command": ["sh", "-c", format!("echo \"$FACTORY_BLOCK_ID $FACTORY_ATTEMPT $PPID\" >> $MARK_DIR/$FACTORY_RUN_ID.$FACTORY_BLOCK_ID; sleep {secs}; echo ok > $FACTORY_OUTPUT_DIR/out.txt")]}},
+            "outputs": {"artifacts": [{"key": "out", "path": "out.txt", "format": "text"}]},
+            "execution": {"max_retries": 0}
+        }));
+    }
+    let path = dir.join(format!("{id}.json"));
+    std::fs::write(
+        &path,
+        serde_json::json!({"id": id, "name": id, "version": "1", "blocks": blocks}).to_string(),
+    )
+    .unwrap();
+    path
+}
+
+fn create_run(url: &str, template: &Path) -> String {
+    let created = factory(Path::new(url))
+        .env("FACTORY_DB", url)
+        .args(["run", template.to_str().unwrap(), "--no-run"])
+        .output()
+        .unwrap();
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    String::from_utf8(created.stdout)
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+fn run_status(url: &str, run: &str) -> Value {
+    let output = factory(Path::new(url))
+        .env("FACTORY_DB", url)
+        .args(["status", run, "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+fn wait_done(url: &str, run: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let doc = run_status(url, run);
+        if doc["status"] != "running" {
+            return doc;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the workers did not finish {run}: {doc}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+struct Worker {
+    child: std::process::Child,
+    stderr: std::thread::JoinHandle<Vec<String>>,
+}
+
+/// Starts `factory worker` and returns once it says it serves.
+fn start_worker(url: &str, marks: &Path, work: &Path) -> Worker {
+    let mut child = std::process::Command::new(BIN)
+        .args([
+            "worker",
+            "--slots",
+            "2",
+            "--max-concurrency",
+            "0",
+            "--lease-ms",
+            "3000",
+        ])
+        .arg("--work-dir")
+        .arg(work)
+        .env("FACTORY_DB", url)
+        .env("MARK_DIR", marks)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let banner = lines.next().unwrap().unwrap();
+    assert!(banner.starts_with("worker "), "{banner}");
+    assert!(banner.contains("2 blocks at once"), "{banner}");
+    let stderr = std::thread::spawn(move || lines.map_while(|l| l.ok()).collect());
+    Worker { child, stderr }
+}
+
+fn sigterm(worker: &Worker) {
+    // SAFETY: sends a signal to a child this test spawned and still owns.
+    unsafe {
+        libc::kill(worker.child.id() as i32, libc::SIGTERM);
+    }
+}
+
+#[test]
+fn standing_workers_serve_new_runs_share_them_and_finish_on_sigterm() {
+    let url = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(factory_store::testing::fresh_postgres_database());
+    let dir = tempfile::tempdir().unwrap();
+    let marks = dir.path().join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    let workers = [
+        start_worker(&url, &marks, &dir.path().join("work-a")),
+        start_worker(&url, &marks, &dir.path().join("work-b")),
+    ];
+    let pids: Vec<String> = workers.iter().map(|w| w.child.id().to_string()).collect();
+
+    // Runs created after the workers started: they learn of them from the
+    // database, with nobody driving the runs.
+    let wide = wide_template(dir.path(), "wide", 6, "0.3");
+    let runs = [create_run(&url, &wide), create_run(&url, &wide)];
+    let mut ran_by = std::collections::BTreeSet::new();
+    for run in &runs {
+        let doc = wait_done(&url, run);
+        assert_eq!(doc["status"], "done", "{doc}");
+        for i in 0..6 {
+            let lines = std::fs::read_to_string(marks.join(format!("{run}.w{i}"))).unwrap();
+            assert_eq!(
+                lines.lines().count(),
+                1,
+                "{run} w{i} ran more than once: {lines}"
+            );
+            let pid = lines.split_whitespace().nth(2).unwrap().to_string();
+            assert!(
+                pids.contains(&pid),
+                "w{i} ran in {pid}, not a worker: {pids:?}"
+            );
+            ran_by.insert(pid);
+            assert_eq!(doc["blocks"][format!("w{i}")]["attempts"], 1);
+        }
+    }
+    assert_eq!(ran_by.len(), 2, "both workers ran blocks: {ran_by:?}");
+
+    // SIGTERM while a block runs: the worker stops starting blocks, lets the
+    // running one finish and records it, then exits 0.
+    let slow = wide_template(dir.path(), "slow", 1, "2");
+    let run = create_run(&url, &slow);
+    let mark = marks.join(format!("{run}.w0"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !mark.exists() {
+        assert!(Instant::now() < deadline, "nobody started the slow block");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for worker in &workers {
+        sigterm(worker);
+    }
+    for worker in workers {
+        let Worker { mut child, stderr } = worker;
+        let status = child.wait().unwrap();
+        let lines = stderr.join().unwrap();
+        assert!(status.success(), "{status:?}: {lines:?}");
+        assert!(
+            lines.iter().any(|l| l.contains("shutting down")),
+            "{lines:?}"
+        );
+    }
+    let doc = run_status(&url, &run);
+    assert_eq!(
+        doc["status"], "done",
+        "the running block was finished and recorded: {doc}"
+    );
+    assert_eq!(doc["blocks"]["w0"]["attempts"], 1);
+}
