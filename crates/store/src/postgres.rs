@@ -143,32 +143,74 @@ impl Store for PostgresStore {
     ) -> Result<i64> {
         let header = header_json(doc)?;
         let blocks = changed_block_rows(doc, records)?;
-        let mut tx = self.pool.begin().await?;
-        let updated = sqlx::query(
-            "UPDATE runs SET doc = $1::jsonb, status = $2, version = version + 1, updated_at = $3
-             WHERE run_id = $4 AND version = $5
-             RETURNING pg_notify('factory_runs', run_id)",
-        )
-        .bind(&header)
-        .bind(doc.status.as_str())
-        .bind(doc.updated_at)
-        .bind(run_id)
-        .bind(expected_version)
-        .execute(&mut *tx)
-        .await?;
-        if updated.rows_affected() != 1 {
-            tx.rollback().await?;
-            return Err(missing_or_conflict(self, run_id, expected_version).await);
+        let (block_ids, block_states): (Vec<&str>, Vec<&str>) = blocks
+            .iter()
+            .map(|(id, state)| (*id, state.as_str()))
+            .unzip();
+        let events = EventColumns::of(records)?;
+        let (takes, releases) = final_lease_ops(records);
+        let lease_blocks: Vec<&str> = takes.iter().map(|t| t.block).collect();
+        let lease_attempts: Vec<i32> = takes.iter().map(|t| t.attempt as i32).collect();
+        let lease_owners: Vec<&str> = takes.iter().map(|t| t.owner).collect();
+        let lease_expiry: Vec<i64> = takes.iter().map(|t| t.expires_at).collect();
+        let blob_hashes: Vec<&str> = writes.blobs.iter().map(|b| b.hash.as_str()).collect();
+        let blob_sizes: Vec<i64> = writes
+            .blobs
+            .iter()
+            .map(|b| b.content.len() as i64)
+            .collect();
+        let blob_contents: Vec<&[u8]> = writes.blobs.iter().map(|b| b.content.as_slice()).collect();
+        // Everything in one statement: the run's row lock is held for one
+        // round trip (several workers on one run queue on it), and without
+        // side rows the statement is its own transaction.
+        let query = sqlx::query_as::<_, (i64, bool)>(COMMIT_RUN)
+            .bind(&header)
+            .bind(doc.status.as_str())
+            .bind(doc.updated_at)
+            .bind(run_id)
+            .bind(expected_version)
+            .bind(&block_ids)
+            .bind(&block_states)
+            .bind(&events.seqs)
+            .bind(&events.ats)
+            .bind(&events.actors)
+            .bind(&events.kinds)
+            .bind(&events.blocks)
+            .bind(&events.bodies)
+            .bind(&releases)
+            .bind(&lease_blocks)
+            .bind(&lease_attempts)
+            .bind(&lease_owners)
+            .bind(&lease_expiry)
+            .bind(&blob_hashes)
+            .bind(&blob_sizes)
+            .bind(&blob_contents);
+        let (updated, exists) = if writes.feedback.is_none() && writes.items.is_empty() {
+            query.fetch_one(&self.pool).await?
+        } else {
+            let mut tx = self.pool.begin().await?;
+            let (updated, exists) = query.fetch_one(&mut *tx).await?;
+            if updated == 1 {
+                if let Some(feedback) = writes.feedback {
+                    q::insert_feedback(&mut tx, feedback).await?;
+                }
+                q::upsert_items(&mut tx, writes.items).await?;
+                tx.commit().await?;
+            } else {
+                tx.rollback().await?;
+            }
+            (updated, exists)
+        };
+        match (updated, exists) {
+            (1, _) => {}
+            (_, false) => return Err(StoreError::RunNotFound(run_id.to_string())),
+            _ => {
+                return Err(StoreError::Conflict {
+                    run_id: run_id.to_string(),
+                    expected: expected_version,
+                });
+            }
         }
-        upsert_blocks(&mut tx, run_id, &blocks).await?;
-        q::insert_blobs(&mut tx, writes.blobs).await?;
-        if let Some(feedback) = writes.feedback {
-            q::insert_feedback(&mut tx, feedback).await?;
-        }
-        q::upsert_items(&mut tx, writes.items).await?;
-        insert_events(&mut tx, run_id, records).await?;
-        write_leases(&mut tx, run_id, records).await?;
-        tx.commit().await?;
         Ok(expected_version + 1)
     }
 
@@ -475,6 +517,32 @@ async fn upsert_blocks(
     Ok(())
 }
 
+/// A commit's events as columns, for `UNNEST`.
+struct EventColumns<'a> {
+    seqs: Vec<i64>,
+    ats: Vec<i64>,
+    actors: Vec<&'a str>,
+    kinds: Vec<&'a str>,
+    blocks: Vec<Option<&'a str>>,
+    bodies: Vec<String>,
+}
+
+impl<'a> EventColumns<'a> {
+    fn of(records: &'a [EventRecord]) -> Result<EventColumns<'a>> {
+        Ok(EventColumns {
+            seqs: records.iter().map(|r| r.seq as i64).collect(),
+            ats: records.iter().map(|r| r.at).collect(),
+            actors: records.iter().map(|r| r.actor.as_str()).collect(),
+            kinds: records.iter().map(|r| r.event.kind()).collect(),
+            blocks: records.iter().map(|r| r.event.block()).collect(),
+            bodies: records
+                .iter()
+                .map(serde_json::to_string)
+                .collect::<std::result::Result<Vec<_>, _>>()?,
+        })
+    }
+}
+
 /// Every event in one statement (arrays unnested), so a commit that starts
 /// or records hundreds of blocks costs one round trip, not hundreds.
 async fn insert_events(
@@ -485,15 +553,7 @@ async fn insert_events(
     if records.is_empty() {
         return Ok(());
     }
-    let bodies = records
-        .iter()
-        .map(serde_json::to_string)
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-    let seqs: Vec<i64> = records.iter().map(|r| r.seq as i64).collect();
-    let ats: Vec<i64> = records.iter().map(|r| r.at).collect();
-    let actors: Vec<&str> = records.iter().map(|r| r.actor.as_str()).collect();
-    let kinds: Vec<&str> = records.iter().map(|r| r.event.kind()).collect();
-    let blocks: Vec<Option<&str>> = records.iter().map(|r| r.event.block()).collect();
+    let events = EventColumns::of(records)?;
     sqlx::query(
         "INSERT INTO events (run_id, seq, at, actor, kind, block_id, body)
          SELECT $1, e.seq, e.at, e.actor, e.kind, e.block_id, e.body::jsonb
@@ -501,70 +561,51 @@ async fn insert_events(
               AS e (seq, at, actor, kind, block_id, body)",
     )
     .bind(run_id)
-    .bind(&seqs)
-    .bind(&ats)
-    .bind(&actors)
-    .bind(&kinds)
-    .bind(&blocks)
-    .bind(&bodies)
+    .bind(&events.seqs)
+    .bind(&events.ats)
+    .bind(&events.actors)
+    .bind(&events.kinds)
+    .bind(&events.blocks)
+    .bind(&events.bodies)
     .execute(&mut **tx)
     .await?;
     Ok(())
 }
 
-/// What the events do to the lease table, in at most two statements (the
-/// last operation per block decides, see [`final_lease_ops`]).
-async fn write_leases(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    run_id: &str,
-    records: &[EventRecord],
-) -> Result<()> {
-    let (takes, releases) = final_lease_ops(records);
-    if !releases.is_empty() {
-        sqlx::query("DELETE FROM leases WHERE run_id = $1 AND block_id = ANY($2)")
-            .bind(run_id)
-            .bind(&releases)
-            .execute(&mut **tx)
-            .await?;
-    }
-    if !takes.is_empty() {
-        let blocks: Vec<&str> = takes.iter().map(|t| t.block).collect();
-        let attempts: Vec<i32> = takes.iter().map(|t| t.attempt as i32).collect();
-        let owners: Vec<&str> = takes.iter().map(|t| t.owner).collect();
-        let expires: Vec<i64> = takes.iter().map(|t| t.expires_at).collect();
-        sqlx::query(
-            "INSERT INTO leases (run_id, block_id, attempt, owner, pid, expires_at)
-             SELECT $1, l.block_id, l.attempt, l.owner, NULL, l.expires_at
-             FROM UNNEST($2::text[], $3::int[], $4::text[], $5::bigint[])
-                  AS l (block_id, attempt, owner, expires_at)
-             ON CONFLICT (run_id, block_id) DO UPDATE SET attempt = excluded.attempt,
-                 owner = excluded.owner, pid = NULL, expires_at = excluded.expires_at",
-        )
-        .bind(run_id)
-        .bind(&blocks)
-        .bind(&attempts)
-        .bind(&owners)
-        .bind(&expires)
-        .execute(&mut **tx)
-        .await?;
-    }
-    Ok(())
-}
-
-async fn missing_or_conflict(store: &PostgresStore, run_id: &str, expected: i64) -> StoreError {
-    match sqlx::query("SELECT 1 FROM runs WHERE run_id = $1")
-        .bind(run_id)
-        .fetch_optional(&store.pool)
-        .await
-    {
-        Ok(None) => StoreError::RunNotFound(run_id.to_string()),
-        Ok(Some(_)) => StoreError::Conflict {
-            run_id: run_id.to_string(),
-            expected,
-        },
-        Err(error) => StoreError::Database(error),
-    }
-}
+/// A commit as one statement: the version check (`head`, which also
+/// notifies listeners), then — only if it matched, since each part reads
+/// `head` — the blobs ($19–$21), the changed block rows, the events, and the
+/// leases the events release ($14) and take ($15–$18, the last operation per
+/// block: see [`final_lease_ops`]). Returns whether the version matched (1 or
+/// 0) and whether the run exists (to tell a conflict from a missing run).
+const COMMIT_RUN: &str = "WITH head AS (
+    UPDATE runs SET doc = $1::jsonb, status = $2, version = version + 1, updated_at = $3
+    WHERE run_id = $4 AND version = $5
+    RETURNING run_id, pg_notify('factory_runs', run_id)
+), blob_rows AS (
+    INSERT INTO blobs (hash, size, content)
+    SELECT b.hash, b.size, b.content FROM head, UNNEST($19::text[], $20::bigint[], $21::bytea[]) AS b (hash, size, content)
+    ON CONFLICT (hash) DO NOTHING
+), block_rows AS (
+    INSERT INTO run_blocks (run_id, block_id, state)
+    SELECT head.run_id, b.id, b.state FROM head, UNNEST($6::text[], $7::text[]) AS b (id, state)
+    ON CONFLICT (run_id, block_id) DO UPDATE SET state = excluded.state
+), event_rows AS (
+    INSERT INTO events (run_id, seq, at, actor, kind, block_id, body)
+    SELECT head.run_id, e.seq, e.at, e.actor, e.kind, e.block_id, e.body::jsonb
+    FROM head, UNNEST($8::bigint[], $9::bigint[], $10::text[], $11::text[], $12::text[], $13::text[])
+         AS e (seq, at, actor, kind, block_id, body)
+), released AS (
+    DELETE FROM leases WHERE run_id = (SELECT run_id FROM head) AND block_id = ANY($14::text[])
+), taken AS (
+    INSERT INTO leases (run_id, block_id, attempt, owner, pid, expires_at)
+    SELECT head.run_id, l.block_id, l.attempt, l.owner, NULL, l.expires_at
+    FROM head, UNNEST($15::text[], $16::int[], $17::text[], $18::bigint[])
+         AS l (block_id, attempt, owner, expires_at)
+    ON CONFLICT (run_id, block_id) DO UPDATE SET attempt = excluded.attempt,
+        owner = excluded.owner, pid = NULL, expires_at = excluded.expires_at
+)
+SELECT (SELECT count(*) FROM head), EXISTS (SELECT 1 FROM runs WHERE run_id = $4)";
 
 /// The side-table queries for this backend.
 mod q {
