@@ -263,6 +263,10 @@ pub struct WorkerArgs {
     /// Seconds shutdown waits for running blocks before handing them back
     #[arg(long, default_value_t = 30)]
     pub grace_secs: u64,
+    /// Serve this worker's Prometheus metrics at http://ADDR/metrics (claims,
+    /// lease losses, conflicts, queue depth, attempt durations); port 0 picks one
+    #[arg(long)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub drive: DriveArgs,
 }

@@ -343,13 +343,22 @@ async fn worker(
         ..Default::default()
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let metrics = match args.metrics_addr {
+        Some(addr) => {
+            let bound = factory_server::serve_metrics(addr, stopped.clone())
+                .await
+                .map_err(|e| user_error(e.to_string()))?;
+            format!("; metrics on http://{bound}/metrics")
+        }
+        None => String::new(),
+    };
     tokio::spawn(async move {
         shutdown_signal().await;
         eprintln!("shutting down: waiting for running blocks");
         let _ = stop.send(true);
     });
     eprintln!(
-        "worker {} serving the store's runs ({} at once, {})",
+        "worker {} serving the store's runs ({} at once, {}){metrics}",
         factory_engine::Owner::current().id(),
         options.runs,
         match drive.slots {

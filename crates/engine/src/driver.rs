@@ -15,6 +15,7 @@ use factory_core::transitions;
 use factory_runtime::{AttemptInput, Execution, InputArtifact};
 use factory_store::{NewBlob, Store};
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use crate::handle::Claim;
 use crate::lease_watch::{self, LostLease, RunningAttempts};
@@ -43,6 +44,7 @@ struct LeaveOnDrop<'a> {
 impl Drop for LeaveOnDrop<'_> {
     fn drop(&mut self) {
         self.engine.slots.leave(self.run_id);
+        self.engine.queue_depth.set(self.run_id, 0);
         self.engine.forget_waker(self.run_id);
     }
 }
@@ -175,8 +177,11 @@ impl Engine {
                         self.spawn_attempt(&handle, block, *attempt, sender.clone(), &running);
                     }
                 }
+                crate::telemetry::claimed(started);
+                let ready = handle.counts().get(BlockStatus::Ready);
+                self.queue_depth.set(&run_id, ready);
                 if granted != usize::MAX {
-                    let wants = handle.counts().get(BlockStatus::Ready) > 0;
+                    let wants = ready > 0;
                     self.slots
                         .release(&run_id, granted.saturating_sub(started), wants);
                 }
@@ -359,36 +364,42 @@ impl Engine {
         let pid_slot = running.insert(&block_id, attempt);
         let key = block_id.clone();
         let watched = running.clone();
-        let task = tokio::spawn(async move {
-            let outcome = run_attempt(
-                store,
-                &pipeline,
-                &doc,
-                &block_id,
-                attempt,
-                attempt_dir,
-                template_dir,
-                keep,
-                llm_settings,
-                pid_slot,
-            )
-            .await;
-            let (report, blobs, route_items) = match outcome {
-                Ok((report, blobs, items)) => (Ok(report), blobs, items),
-                Err(error) => (Err(error), Vec::new(), None),
-            };
-            // Stopped for a lost lease meanwhile: the watcher reported it.
-            if !watched.finish(&block_id, attempt) {
-                return;
+        let span = tracing::info_span!("attempt", run = %doc.run_id, block = %block_id, attempt);
+        let task = tokio::spawn(
+            async move {
+                let mut timer = crate::telemetry::AttemptTimer::start();
+                let outcome = run_attempt(
+                    store,
+                    &pipeline,
+                    &doc,
+                    &block_id,
+                    attempt,
+                    attempt_dir,
+                    template_dir,
+                    keep,
+                    llm_settings,
+                    pid_slot,
+                )
+                .await;
+                let (report, blobs, route_items) = match outcome {
+                    Ok((report, blobs, items)) => (Ok(report), blobs, items),
+                    Err(error) => (Err(error), Vec::new(), None),
+                };
+                timer.finished(report.as_ref().is_ok_and(|r| r.error.is_none()));
+                // Stopped for a lost lease meanwhile: the watcher reported it.
+                if !watched.finish(&block_id, attempt) {
+                    return;
+                }
+                let _ = sender.send(Completion {
+                    block: block_id,
+                    attempt,
+                    report,
+                    blobs,
+                    route_items,
+                });
             }
-            let _ = sender.send(Completion {
-                block: block_id,
-                attempt,
-                report,
-                blobs,
-                route_items,
-            });
-        });
+            .instrument(span),
+        );
         running.set_abort(&key, attempt, task.abort_handle());
     }
 

@@ -203,6 +203,7 @@ impl RunHandle {
                 Ok(Some(records))
             }
             Err(StoreError::Conflict { .. }) => {
+                crate::telemetry::conflict();
                 // Take this try's events back out, then apply what the other
                 // writer committed: both cost what changed, not the run's size.
                 undo.restore(&mut self.stored.doc);

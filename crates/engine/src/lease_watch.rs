@@ -152,6 +152,7 @@ pub(crate) fn spawn(
                     reason = %lease_lost.reason,
                     "attempt stopped: lease lost"
                 );
+                crate::telemetry::lease_lost();
                 let _ = lost.send(lease_lost);
             }
         }

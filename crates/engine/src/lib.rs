@@ -17,6 +17,7 @@ mod owner;
 mod slots;
 mod spool;
 pub mod supervisor;
+mod telemetry;
 pub mod worker;
 
 use std::path::PathBuf;
@@ -132,6 +133,7 @@ pub struct Engine {
     /// Set by [`Engine::stop_starting`]: running attempts finish, no new ones start.
     stopping: std::sync::atomic::AtomicBool,
     slots: slots::SlotPool,
+    queue_depth: telemetry::QueueDepth,
     /// One per run being driven: [`Engine::wake`] ends its wait for other
     /// workers' blocks.
     wakers: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Notify>>>,
@@ -160,6 +162,7 @@ impl Engine {
             owner: Owner::current(),
             stopping: std::sync::atomic::AtomicBool::new(false),
             slots: slots::SlotPool::new(config.worker_slots),
+            queue_depth: telemetry::QueueDepth::default(),
             wakers: std::sync::Mutex::new(std::collections::HashMap::new()),
             config,
         }

@@ -204,6 +204,47 @@ pub async fn start(
     Ok(RunningServer { addr, stop, task })
 }
 
+/// `GET /metrics` alone, for a process that serves no API (`factory worker
+/// --metrics-addr`): the engine's worker metrics in Prometheus' text format.
+/// Returns the bound address; the listener stops when `stop` turns true.
+pub async fn serve_metrics(
+    addr: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+) -> Result<SocketAddr, ServeError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })?;
+    let bound = listener.local_addr()?;
+    let recorder = metrics::Metrics::new();
+    let app = Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let recorder = recorder.clone();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    recorder.render_process(),
+                )
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        if let Err(error) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::warn!(%error, "the metrics listener stopped");
+        }
+    });
+    Ok(bound)
+}
+
 /// The whole application: API, pages, assets, with authentication and metrics.
 pub(crate) fn router(state: SharedState) -> Router {
     Router::new()

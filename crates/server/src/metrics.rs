@@ -27,6 +27,16 @@ impl Metrics {
                     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
                 ])
                 .ok()?
+                // Attempts run from milliseconds (builtins) to many minutes (LLM calls).
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(
+                        "factory_worker_attempt_duration_seconds".to_string(),
+                    ),
+                    &[
+                        0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0,
+                    ],
+                )
+                .ok()?
                 .build_recorder();
             let handle = recorder.handle();
             metrics::set_global_recorder(recorder).ok()?;
@@ -35,6 +45,12 @@ impl Metrics {
         Metrics {
             handle: handle.clone(),
         }
+    }
+
+    /// This process's metrics in the text exposition format (what
+    /// `factory worker --metrics-addr` serves).
+    pub fn render_process(&self) -> String {
+        self.handle.as_ref().map(|h| h.render()).unwrap_or_default()
     }
 
     /// The text exposition, with the run gauges appended.

@@ -79,6 +79,23 @@ fn wait_done(url: &str, run: &str) -> Value {
 struct Worker {
     child: std::process::Child,
     stderr: std::thread::JoinHandle<Vec<String>>,
+    /// host:port of its `/metrics`.
+    metrics: String,
+}
+
+/// The sum of a metric's samples (all label sets) in a worker's `/metrics`.
+fn metric(worker: &Worker, name: &str, labels: &str) -> f64 {
+    let (status, body) = http(&worker.metrics, "GET", "/metrics", None, "");
+    assert_eq!(status, 200, "{body}");
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter(|l| l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// Starts `factory worker` and returns once it says it serves.
@@ -92,6 +109,8 @@ fn start_worker(url: &str, marks: &Path, work: &Path) -> Worker {
             "0",
             "--lease-ms",
             "3000",
+            "--metrics-addr",
+            "127.0.0.1:0",
         ])
         .arg("--work-dir")
         .arg(work)
@@ -105,8 +124,18 @@ fn start_worker(url: &str, marks: &Path, work: &Path) -> Worker {
     let banner = lines.next().unwrap().unwrap();
     assert!(banner.starts_with("worker "), "{banner}");
     assert!(banner.contains("2 blocks at once"), "{banner}");
+    let metrics = banner
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.strip_suffix("/metrics"))
+        .unwrap_or_else(|| panic!("no metrics address in {banner}"))
+        .to_string();
     let stderr = std::thread::spawn(move || lines.map_while(|l| l.ok()).collect());
-    Worker { child, stderr }
+    Worker {
+        child,
+        stderr,
+        metrics,
+    }
 }
 
 fn sigterm(worker: &Worker) {
@@ -156,6 +185,27 @@ fn standing_workers_serve_new_runs_share_them_and_finish_on_sigterm() {
     }
     assert_eq!(ran_by.len(), 2, "both workers ran blocks: {ran_by:?}");
 
+    // Each worker's /metrics counts what it did: together, 14 claims and 14
+    // attempts that ended well, none running now.
+    let total =
+        |name: &str, labels: &str| -> f64 { workers.iter().map(|w| metric(w, name, labels)).sum() };
+    assert_eq!(total("factory_worker_claims_total", ""), 14.0);
+    assert_eq!(
+        total(
+            "factory_worker_attempt_duration_seconds_count",
+            "outcome=\"ok\""
+        ),
+        14.0
+    );
+    assert_eq!(total("factory_worker_attempts_running", ""), 0.0);
+    assert_eq!(total("factory_worker_lease_losses_total", ""), 0.0);
+    for worker in &workers {
+        assert!(
+            metric(worker, "factory_worker_claims_total", "") >= 1.0,
+            "each worker claimed blocks"
+        );
+    }
+
     // SIGTERM while a block runs: the worker stops starting blocks, lets the
     // running one finish and records it, then exits 0.
     let slow = wide_template(dir.path(), "slow", 1, "2");
@@ -170,7 +220,9 @@ fn standing_workers_serve_new_runs_share_them_and_finish_on_sigterm() {
         sigterm(worker);
     }
     for worker in workers {
-        let Worker { mut child, stderr } = worker;
+        let Worker {
+            mut child, stderr, ..
+        } = worker;
         let status = child.wait().unwrap();
         let lines = stderr.join().unwrap();
         assert!(status.success(), "{status:?}: {lines:?}");
