@@ -138,6 +138,7 @@ async fn fleet(args: &BenchArgs, source: &str, url: &str) -> Result<std::process
     for i in 0..args.workers {
         let mut child = Command::new(&exe)
             .args(["--db", url, "worker", "--max-concurrency", "0", "--quiet"])
+            .args(["--metrics-addr", "127.0.0.1:0"])
             .arg("--slots")
             .arg(args.slots.to_string())
             .arg("--work-dir")
@@ -160,9 +161,15 @@ async fn fleet(args: &BenchArgs, source: &str, url: &str) -> Result<std::process
             .nth(1)
             .unwrap_or_default()
             .to_string();
+        let metrics = banner
+            .split("http://")
+            .nth(1)
+            .and_then(|rest| rest.strip_suffix("/metrics"))
+            .unwrap_or_default()
+            .to_string();
         // Keep draining its stderr so it never blocks on a full pipe.
         let tail = std::thread::spawn(move || lines.map_while(|l| l.ok()).collect::<Vec<_>>());
-        workers.push((child, owner, tail));
+        workers.push((child, owner, tail, metrics));
     }
 
     let engine = Engine::new(
@@ -190,9 +197,13 @@ async fn fleet(args: &BenchArgs, source: &str, url: &str) -> Result<std::process
     };
     let wall = started.elapsed();
 
+    let conflicts = workers
+        .iter()
+        .map(|(_, _, _, addr)| scrape(addr, "factory_worker_commit_conflicts_total"))
+        .sum::<f64>() as u64;
     let mut exits = Vec::new();
     let mut stderr_tails = Vec::new();
-    for (mut child, owner, tail) in workers {
+    for (mut child, owner, tail, _) in workers {
         // SIGTERM, as a service manager stops it.
         let _ = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
@@ -232,12 +243,13 @@ async fn fleet(args: &BenchArgs, source: &str, url: &str) -> Result<std::process
                 "blocks_per_s": blocks_per_s.round(),
                 "blocks_per_worker": per_worker,
                 "started_twice": started_twice,
+                "commit_conflicts": conflicts,
                 "worker_exit_codes": exits.iter().map(|(_, c)| *c).collect::<Vec<_>>(),
             })
         );
     } else {
         println!(
-            "{} {} blocks ({} ms each) by {} workers of {} slots: {} in {:.2} s ({:.0} blocks/s); blocks per worker {:?}; started twice: {started_twice}; worker exit codes {:?}",
+            "{} {} blocks ({} ms each) by {} workers of {} slots: {} in {:.2} s ({:.0} blocks/s); blocks per worker {:?}; started twice: {started_twice}; commit conflicts: {conflicts}; worker exit codes {:?}",
             args.shape,
             args.blocks,
             args.sleep_ms,
@@ -259,6 +271,25 @@ async fn fleet(args: &BenchArgs, source: &str, url: &str) -> Result<std::process
         bail!("the fleet bench failed its checks (see above)");
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// One metric's value from a worker's `/metrics` (0 when absent or unreachable).
+fn scrape(addr: &str, name: &str) -> f64 {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+        return 0.0;
+    };
+    let _ = write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    );
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response
+        .lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// The process's peak resident memory (Linux `VmHWM`), in KiB.
