@@ -14,6 +14,10 @@ use crate::{EngineError, Result, load_pipeline, now_ms};
 /// How often a conflicting write is recomputed before giving up.
 pub(crate) const MAX_CONFLICTS: u32 = 64;
 
+/// After a conflict, how long this handle's writes take turns
+/// ([`Store::writer_turn`]) instead of racing.
+const CONTENDED_FOR: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A worker claiming ready blocks in [`RunHandle::apply_with`].
 #[derive(Debug, Clone, Copy)]
 pub struct Claim<'a> {
@@ -37,6 +41,9 @@ pub struct RunHandle {
     index: RunIndex,
     stale: bool,
     max_concurrency: usize,
+    /// Until when writes take turns: other writers were seen racing for
+    /// this run.
+    contended_until: Option<std::time::Instant>,
 }
 
 impl RunHandle {
@@ -55,6 +62,7 @@ impl RunHandle {
             index,
             stale: false,
             max_concurrency,
+            contended_until: None,
         })
     }
 
@@ -204,6 +212,7 @@ impl RunHandle {
             }
             Err(StoreError::Conflict { .. }) => {
                 crate::telemetry::conflict();
+                self.contended_until = Some(std::time::Instant::now() + CONTENDED_FOR);
                 // Take this try's events back out, then apply what the other
                 // writer committed: both cost what changed, not the run's size.
                 undo.restore(&mut self.stored.doc);
@@ -272,18 +281,35 @@ impl RunHandle {
             blobs,
             ..Writes::default()
         };
-        for _ in 0..MAX_CONFLICTS {
-            self.ensure_fresh().await?;
-            let now = now_ms();
-            let events = step(&self.pipeline, &self.stored.doc, now)?;
-            if let Some(records) = self.try_write(actor, events, now, claim, &writes).await? {
-                return Ok(records);
+        let mut turn = None;
+        let written = async {
+            for _ in 0..MAX_CONFLICTS {
+                // Racing lost recently: wait for a turn, then catch up with
+                // what the writers before it committed, and write once.
+                let contended = self
+                    .contended_until
+                    .is_some_and(|until| std::time::Instant::now() < until);
+                if contended && turn.is_none() {
+                    turn = self.store.writer_turn(&self.stored.doc.run_id).await?;
+                    self.catch_up().await?;
+                }
+                self.ensure_fresh().await?;
+                let now = now_ms();
+                let events = step(&self.pipeline, &self.stored.doc, now)?;
+                if let Some(records) = self.try_write(actor, events, now, claim, &writes).await? {
+                    return Ok(records);
+                }
             }
+            Err(EngineError::TooManyConflicts {
+                run_id: self.stored.doc.run_id.clone(),
+                tries: MAX_CONFLICTS,
+            })
         }
-        Err(EngineError::TooManyConflicts {
-            run_id: self.stored.doc.run_id.clone(),
-            tries: MAX_CONFLICTS,
-        })
+        .await;
+        if let Some(turn) = turn {
+            turn.end().await;
+        }
+        written
     }
 }
 

@@ -96,6 +96,37 @@ pub struct StoredRun {
     pub template_path: Option<String>,
 }
 
+/// A writer's turn on a run ([`Store::writer_turn`]); over when ended or
+/// dropped.
+pub struct WriterTurn {
+    /// PostgreSQL: the transaction holding the run's advisory lock.
+    lock: Option<sqlx::Transaction<'static, sqlx::Postgres>>,
+    /// One of the store's few connections for turns.
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl WriterTurn {
+    pub(crate) fn holding(
+        lock: sqlx::Transaction<'static, sqlx::Postgres>,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> WriterTurn {
+        WriterTurn {
+            lock: Some(lock),
+            _permit: permit,
+        }
+    }
+
+    /// Gives the turn to the next writer waiting for it.
+    pub async fn end(mut self) {
+        if let Some(lock) = self.lock.take()
+            && let Err(error) = lock.commit().await
+        {
+            // The connection is gone, and the lock with it.
+            tracing::warn!(%error, "could not end a writer's turn cleanly");
+        }
+    }
+}
+
 /// What other writers committed to a run since a given event
 /// ([`Store::changes_since`]).
 #[derive(Debug, Clone)]
@@ -232,6 +263,18 @@ pub trait Store: Send + Sync {
     /// snapshot: what a holder of the document at `after_seq` applies to
     /// catch up, instead of reading the whole run again.
     async fn changes_since(&self, run_id: &str, after_seq: u64) -> Result<RunChanges>;
+
+    /// Waits for this writer's turn to write `run_id` among the writers that
+    /// also take turns, and holds it until [`WriterTurn::end`]. Writers that
+    /// keep losing races on a busy run take turns instead: the one whose turn
+    /// it is catches up, decides and commits without racing, and nobody's
+    /// work is thrown away. `None` where there is nothing to gain (SQLite
+    /// writers are serialised by the database already). The version check
+    /// still guards every commit: a turn is an optimisation, not the claim.
+    async fn writer_turn(&self, run_id: &str) -> Result<Option<WriterTurn>> {
+        let _ = run_id;
+        Ok(None)
+    }
 
     /// Run ids as they are committed to, by any process, where the database
     /// can push them (PostgreSQL's LISTEN/NOTIFY); `None` where it cannot

@@ -15,8 +15,8 @@ use sqlx::{Connection, Row};
 
 use crate::{
     BlobRef, FeedbackRecord, HeldLease, ImprovementItem, Lease, NewRun, Result, RunChanges,
-    RunRecord, RunSummary, Store, StoreError, StoredRun, TemplateRecord, TokenRecord, Writes,
-    all_block_rows, assemble_doc, blob_hash, changed_block_rows, final_lease_ops,
+    RunRecord, RunSummary, Store, StoreError, StoredRun, TemplateRecord, TokenRecord, WriterTurn,
+    Writes, all_block_rows, assemble_doc, blob_hash, changed_block_rows, final_lease_ops,
     header_and_blocks, header_json, like_prefix, parse_event,
 };
 use factory_core::run::splice_doc_json;
@@ -25,9 +25,14 @@ use factory_core::run::splice_doc_json;
 /// reports itself unavailable.
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Connections in the pool; at most half of them hold writers' turns, so a
+/// writer holding one always finds a connection to commit with.
+const POOL_CONNECTIONS: u32 = 8;
+
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    turns: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl PostgresStore {
@@ -43,7 +48,7 @@ impl PostgresStore {
             })?;
         let _ = probe.close().await;
         let pool = PgPoolOptions::new()
-            .max_connections(8)
+            .max_connections(POOL_CONNECTIONS)
             // When the server is down every request waits this long before it
             // is answered `503`: short, so callers hear about an outage quickly.
             .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -54,7 +59,10 @@ impl PostgresStore {
                 source,
             })?;
         sqlx::migrate!("migrations/postgres").run(&pool).await?;
-        Ok(PostgresStore { pool })
+        Ok(PostgresStore {
+            pool,
+            turns: std::sync::Arc::new(tokio::sync::Semaphore::new(POOL_CONNECTIONS as usize / 2)),
+        })
     }
 }
 
@@ -243,6 +251,18 @@ impl Store for PostgresStore {
             .map(|row| parse_event(run_id, row.get::<&str, _>("body")))
             .collect::<Result<Vec<_>>>()?;
         Ok(RunChanges { version, records })
+    }
+
+    async fn writer_turn(&self, run_id: &str) -> Result<Option<WriterTurn>> {
+        let Ok(permit) = self.turns.clone().acquire_owned().await else {
+            return Ok(None);
+        };
+        let mut lock = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(run_id)
+            .execute(&mut *lock)
+            .await?;
+        Ok(Some(WriterTurn::holding(lock, permit)))
     }
 
     async fn subscribe(&self) -> Result<Option<tokio::sync::mpsc::Receiver<String>>> {

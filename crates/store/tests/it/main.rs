@@ -202,6 +202,23 @@ async fn stale_writes_are_refused(store: &dyn Store) {
         .await
         .unwrap_err();
     assert!(matches!(error, StoreError::RunNotFound(_)), "{error}");
+
+    // The loser catches up from the log: the version and the events after
+    // what it holds, which applied to its copy give the stored document.
+    let mut caught_up = doc.clone();
+    let changes = store.changes_since("run-stale", doc.seq).await.unwrap();
+    assert_eq!(changes.version, 2);
+    assert_eq!(changes.records.len(), 1);
+    for record in &changes.records {
+        caught_up.apply(record).unwrap();
+    }
+    assert_eq!(caught_up, first);
+    let none = store.changes_since("run-stale", first.seq).await.unwrap();
+    assert_eq!((none.version, none.records.len()), (2, 0));
+    assert!(matches!(
+        store.changes_since("no-such-run", 0).await,
+        Err(StoreError::RunNotFound(_))
+    ));
 }
 
 /// Two writers hammer one run with optimistic retries: no update is lost and
@@ -782,6 +799,41 @@ async fn postgres_store_contract() {
     suite(Arc::new(store)).await;
     let reopened = factory_store::open(&url).await.unwrap();
     assert!(reopened.load_run("run-round-trip").await.is_ok());
+}
+
+/// Writers' turns on PostgreSQL: one writer at a time per run, across
+/// processes (two stores here), and none for different runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_take_turns_per_run_on_postgres() {
+    use std::time::Duration;
+    let url = factory_store::testing::fresh_postgres_database().await;
+    let a = PostgresStore::connect(&url).await.unwrap();
+    let b = Arc::new(PostgresStore::connect(&url).await.unwrap());
+    let first = a.writer_turn("run-1").await.unwrap().expect("a turn");
+    let other_run = tokio::time::timeout(Duration::from_secs(5), b.writer_turn("run-2"))
+        .await
+        .expect("another run's turn is not held up")
+        .unwrap()
+        .expect("a turn");
+    other_run.end().await;
+    let waiting = tokio::spawn({
+        let b = b.clone();
+        async move { b.writer_turn("run-1").await.unwrap().expect("a turn") }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "two writers had run-1's turn at once");
+    first.end().await;
+    let second = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("ending a turn hands it on")
+        .unwrap();
+    second.end().await;
+    // SQLite has no turns: its writers are serialised by the database.
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = SqliteStore::open(dir.path().join("f.db").to_str().unwrap())
+        .await
+        .unwrap();
+    assert!(sqlite.writer_turn("run-1").await.unwrap().is_none());
 }
 
 #[tokio::test]
