@@ -183,7 +183,7 @@ impl Engine {
                 if granted != usize::MAX {
                     let wants = ready > 0;
                     self.slots
-                        .release(&run_id, granted.saturating_sub(started), wants);
+                        .unreserve(&run_id, granted.saturating_sub(started), wants);
                 }
 
                 if in_flight.is_empty() {

@@ -61,11 +61,27 @@ impl SlotPool {
         grant
     }
 
-    /// Gives back `n` slots and records whether the run still has ready
-    /// blocks it could not start.
+    /// Gives back `n` slots of finished attempts, records whether the run
+    /// still has ready blocks it could not start, and wakes the runs waiting
+    /// for a slot.
     pub(crate) fn release(&self, run: &str, n: usize, still_wants: bool) {
+        if self.give_back(run, n, still_wants) && n > 0 {
+            self.freed.notify_waiters();
+        }
+    }
+
+    /// Gives back the part of a reservation no block was started with,
+    /// without waking anyone: a run whose ready blocks are all in backoff
+    /// would otherwise wake another such run, which would wake it back, and
+    /// so on. The slots go to the next run that looks.
+    pub(crate) fn unreserve(&self, run: &str, n: usize, still_wants: bool) {
+        self.give_back(run, n, still_wants);
+    }
+
+    /// False when slots are not counted.
+    fn give_back(&self, run: &str, n: usize, still_wants: bool) -> bool {
         if self.total == 0 {
-            return;
+            return false;
         }
         if let Ok(mut runs) = self.runs.lock()
             && let Some(entry) = runs.get_mut(run)
@@ -76,9 +92,7 @@ impl SlotPool {
                 runs.remove(run);
             }
         }
-        if n > 0 {
-            self.freed.notify_waiters();
-        }
+        true
     }
 
     /// The run is no longer driven here: everything it held is free.

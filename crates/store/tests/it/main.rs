@@ -821,7 +821,10 @@ async fn writers_take_turns_per_run_on_postgres() {
         async move { b.writer_turn("run-1").await.unwrap().expect("a turn") }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!waiting.is_finished(), "two writers had run-1's turn at once");
+    assert!(
+        !waiting.is_finished(),
+        "two writers had run-1's turn at once"
+    );
     first.end().await;
     let second = tokio::time::timeout(Duration::from_secs(5), waiting)
         .await
