@@ -153,7 +153,15 @@ async fn fleet(args: &BenchArgs, source: &str, url: &str) -> Result<std::process
         let mut lines = std::io::BufReader::new(stderr).lines();
         let banner = lines.next().transpose()?.unwrap_or_default();
         if !banner.starts_with("worker ") {
-            let _ = child.kill();
+            // Leave no worker behind, serving the database after we exit.
+            for (mut started, ..) in
+                workers
+                    .drain(..)
+                    .chain([(child, String::new(), None, String::new())])
+            {
+                let _ = started.kill();
+                let _ = started.wait();
+            }
             bail!("worker {i} did not start: {banner}");
         }
         let owner = banner
@@ -169,7 +177,7 @@ async fn fleet(args: &BenchArgs, source: &str, url: &str) -> Result<std::process
             .to_string();
         // Keep draining its stderr so it never blocks on a full pipe.
         let tail = std::thread::spawn(move || lines.map_while(|l| l.ok()).collect::<Vec<_>>());
-        workers.push((child, owner, tail, metrics));
+        workers.push((child, owner, Some(tail), metrics));
     }
 
     let engine = Engine::new(
@@ -209,7 +217,7 @@ async fn fleet(args: &BenchArgs, source: &str, url: &str) -> Result<std::process
             .args(["-TERM", &child.id().to_string()])
             .status();
         let code = child.wait()?.code();
-        let lines = tail.join().unwrap_or_default();
+        let lines = tail.and_then(|t| t.join().ok()).unwrap_or_default();
         exits.push((owner, code));
         stderr_tails.push(lines);
     }

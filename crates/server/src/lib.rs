@@ -42,7 +42,8 @@ pub struct ServerConfig {
     pub no_auth: bool,
     /// A folder of template JSON files offered in the "new run" form.
     pub templates_dir: Option<PathBuf>,
-    /// How many runs are driven at once by this process.
+    /// How many runs are driven at once by this process (0: none; the
+    /// runs are left to `factory worker`s).
     pub workers: usize,
     /// How often runs started elsewhere (the CLI, another server) are looked for.
     pub scan_interval: Duration,

@@ -96,8 +96,9 @@ pub struct StoredRun {
     pub template_path: Option<String>,
 }
 
-/// A writer's turn on a run ([`Store::writer_turn`]); over when ended or
-/// dropped.
+/// A writer's turn on a run ([`Store::writer_turn`]), held until
+/// [`WriterTurn::end`]. Dropped without it (a cancelled task), the turn ends
+/// when its connection is next used or closed: end it explicitly.
 pub struct WriterTurn {
     /// PostgreSQL: the transaction holding the run's advisory lock.
     lock: Option<sqlx::Transaction<'static, sqlx::Postgres>>,

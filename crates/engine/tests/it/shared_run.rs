@@ -105,3 +105,48 @@ async fn conflicting_writers_catch_up_from_the_log_on_sqlite() {
 async fn conflicting_writers_catch_up_from_the_log_on_postgres() {
     writers_interleave(postgres().await).await;
 }
+
+/// A supervisor with no executors (`factory serve --workers 0`) starts
+/// nothing: the run is left to the workers. One with executors drives it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_supervisor_without_executors_drives_nothing() {
+    use factory_engine::supervisor::Supervisor;
+    let dir = tempfile::tempdir().unwrap();
+    let store = factory_store::open(dir.path().join("factory.db").to_str().unwrap())
+        .await
+        .unwrap();
+    let engine = Arc::new(Engine::new(Arc::from(store), config(dir.path())));
+    let h = Harness {
+        engine: Engine::new(engine.store().clone(), config(dir.path())),
+        dir,
+    };
+    let doc = start(&h, &template(vec![noop("only", json!({}))], json!({})), &[]).await;
+
+    let idle = Arc::new(Supervisor::new(engine.clone(), 0));
+    idle.kick(&doc.run_id);
+    idle.shutdown(std::time::Duration::from_secs(10)).await;
+    let log = events(&h, &doc.run_id).await;
+    assert!(
+        !log.iter()
+            .any(|r| matches!(r.event, Event::BlockStarted { .. })),
+        "nothing may start without executors: {log:?}"
+    );
+
+    // (Shutting the idle one down stopped its engine from starting blocks.)
+    let engine = Arc::new(Engine::new(engine.store().clone(), config(h.dir.path())));
+    let busy = Arc::new(Supervisor::new(engine.clone(), 1));
+    busy.kick(&doc.run_id);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let stored = engine.store().load_run(&doc.run_id).await.unwrap();
+        if stored.doc.status == RunStatus::Done {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the supervisor did not drive the run"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    busy.shutdown(std::time::Duration::from_secs(10)).await;
+}
