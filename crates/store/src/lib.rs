@@ -506,6 +506,29 @@ pub(crate) fn header_and_blocks<'r, R>(
     Some((head, blocks))
 }
 
+/// A `CHANGES_SINCE` read's rows (both stores: the run's row with seq -1
+/// first, then the events): the version and the parsed events. No run row:
+/// no such run.
+pub(crate) fn run_changes<'r, R>(
+    run_id: &str,
+    rows: &'r [R],
+    seq: impl Fn(&'r R) -> i64,
+    version: impl Fn(&'r R) -> i64,
+    body: impl Fn(&'r R) -> &'r str,
+) -> Result<RunChanges> {
+    let Some((head, events)) = rows.split_first().filter(|(head, _)| seq(head) < 0) else {
+        return Err(StoreError::RunNotFound(run_id.to_string()));
+    };
+    let records = events
+        .iter()
+        .map(|row| parse_event(run_id, body(row)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(RunChanges {
+        version: version(head),
+        records,
+    })
+}
+
 /// A document from its header row and its block rows.
 pub(crate) fn assemble_doc<'a>(
     run_id: &str,

@@ -20,7 +20,7 @@ use crate::{
     BlobRef, FeedbackRecord, HeldLease, ImprovementItem, Lease, NewRun, Result, RunChanges,
     RunRecord, RunSummary, Store, StoreError, StoredRun, TemplateRecord, TokenRecord, Writes,
     all_block_rows, assemble_doc, blob_hash, changed_block_rows, final_lease_ops,
-    header_and_blocks, header_json, like_prefix, parse_event,
+    header_and_blocks, header_json, like_prefix, parse_event, run_changes,
 };
 use factory_core::run::splice_doc_json;
 
@@ -170,15 +170,13 @@ impl Store for SqliteStore {
             .bind(i64::try_from(after_seq).unwrap_or(i64::MAX))
             .fetch_all(&self.pool)
             .await?;
-        let mut rows = rows.iter();
-        let version: i64 = match rows.next() {
-            Some(head) if head.get::<i64, _>("seq") < 0 => head.get("version"),
-            _ => return Err(StoreError::RunNotFound(run_id.to_string())),
-        };
-        let records = rows
-            .map(|row| parse_event(run_id, row.get::<&str, _>("body")))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(RunChanges { version, records })
+        run_changes(
+            run_id,
+            &rows,
+            |row| row.get("seq"),
+            |row| row.get("version"),
+            |row| row.get("body"),
+        )
     }
 
     async fn list_runs(&self, limit: u32) -> Result<Vec<RunSummary>> {

@@ -32,7 +32,6 @@ fn wide_template(dir: &Path, id: &str, width: usize, secs: &str) -> PathBuf {
 
 fn create_run(url: &str, template: &Path) -> String {
     let created = factory(Path::new(url))
-        .env("FACTORY_DB", url)
         .args(["run", template.to_str().unwrap(), "--no-run"])
         .output()
         .unwrap();
@@ -47,24 +46,10 @@ fn create_run(url: &str, template: &Path) -> String {
         .to_string()
 }
 
-fn run_status(url: &str, run: &str) -> Value {
-    let output = factory(Path::new(url))
-        .env("FACTORY_DB", url)
-        .args(["status", run, "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
-}
-
 fn wait_done(url: &str, run: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let doc = run_status(url, run);
+        let doc = status_json(Path::new(url), run);
         if doc["status"] != "running" {
             return doc;
         }
@@ -231,7 +216,7 @@ fn standing_workers_serve_new_runs_share_them_and_finish_on_sigterm() {
             "{lines:?}"
         );
     }
-    let doc = run_status(&url, &run);
+    let doc = status_json(Path::new(&url), &run);
     assert_eq!(
         doc["status"], "done",
         "the running block was finished and recorded: {doc}"
