@@ -119,7 +119,15 @@ pub(crate) fn spawn(
             tokio::time::sleep(period).await;
             let asked = Instant::now();
             let until = now_ms() + lease_ms as Millis;
-            let stopped = match store.renew_leases(&owner, until).await {
+            // A cut link drops packets without an error: a renewal that is
+            // not answered within the period counts as failed, or the watch
+            // would wait on it long after the lease ran out.
+            let renewal =
+                match tokio::time::timeout(period, store.renew_leases(&owner, until)).await {
+                    Ok(result) => result.map_err(|error| error.to_string()),
+                    Err(_) => Err(format!("not answered within {} ms", period.as_millis())),
+                };
+            let stopped = match renewal {
                 Ok(held) => {
                     last_renewed = asked;
                     let held: BTreeSet<(&str, u32)> = held

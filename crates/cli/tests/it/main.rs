@@ -11,6 +11,7 @@ use serde_json::Value;
 
 mod clone_factory;
 mod convergence;
+mod fleet_netns;
 mod local_llm;
 mod real_llm;
 mod worker;
