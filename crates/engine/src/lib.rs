@@ -14,6 +14,7 @@ pub mod fixtures;
 mod handle;
 mod lease_watch;
 mod owner;
+mod permits;
 mod slots;
 mod spool;
 pub mod supervisor;
@@ -156,10 +157,17 @@ pub fn load_pipeline(source: &str) -> Result<Pipeline> {
 }
 
 impl Engine {
-    pub fn new(store: Arc<dyn Store>, config: EngineConfig) -> Engine {
+    pub fn new(store: Arc<dyn Store>, mut config: EngineConfig) -> Engine {
+        let owner = Owner::current();
+        // Every worker of the store keeps each provider's concurrency limit
+        // together with the others (see `permits.rs`).
+        let limit = Arc::new(permits::StoreLimit::new(store.clone(), owner.id()));
+        config.llm = config
+            .llm
+            .map(|settings| Arc::new(settings.sharing_limits(limit)));
         Engine {
             store,
-            owner: Owner::current(),
+            owner,
             stopping: std::sync::atomic::AtomicBool::new(false),
             slots: slots::SlotPool::new(config.worker_slots),
             queue_depth: telemetry::QueueDepth::default(),

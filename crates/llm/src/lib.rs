@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::{OnceCell, Semaphore};
 
-pub use anthropic::Anthropic;
+pub use anthropic::{Anthropic, DEFAULT_BASE_URL as ANTHROPIC_BASE_URL};
 pub use openai::OpenAiCompatible;
 
 /// A piece of prompt text. Cacheable parts must come first: providers cache
@@ -456,11 +456,26 @@ pub struct CallFailure {
     pub notes: Vec<String>,
 }
 
+/// A limit on calls in flight that several processes hold together: workers
+/// on many machines calling one provider keep to its limit as a fleet (the
+/// engine backs it with the store).
+#[async_trait]
+pub trait SharedLimit: Send + Sync {
+    /// Waits for one of `limit` slots of `key`; the slot is given back when
+    /// the returned guard is dropped.
+    async fn acquire(&self, key: &str, limit: usize) -> Result<SharedPermit, String>;
+}
+
+/// A slot of a [`SharedLimit`], given back when dropped.
+pub struct SharedPermit(pub Box<dyn Send + Sync>);
+
 /// A provider with a concurrency limit, retries and a deadline.
 #[derive(Clone)]
 pub struct Client {
     provider: Arc<dyn Provider>,
     permits: Arc<Semaphore>,
+    /// The same limit held with other processes, under this key.
+    shared: Option<(Arc<dyn SharedLimit>, String)>,
     max_concurrent: usize,
     retry: RetryPolicy,
     models: Arc<OnceCell<Vec<ModelInfo>>>,
@@ -474,10 +489,21 @@ impl Client {
         Client {
             provider,
             permits: Arc::new(Semaphore::new(max_concurrent.max(1))),
+            shared: None,
             max_concurrent: max_concurrent.max(1),
             retry,
             models: Arc::new(OnceCell::new()),
             refused: Arc::default(),
+        }
+    }
+
+    /// This client with its limit held together with other processes under
+    /// `key` (the same key on every worker for the same endpoint). The
+    /// process's own limit still applies first.
+    pub fn sharing_limit(&self, limit: Arc<dyn SharedLimit>, key: String) -> Client {
+        Client {
+            shared: Some((limit, key)),
+            ..self.clone()
         }
     }
 
@@ -536,6 +562,18 @@ impl Client {
         let limits = limits.into();
         let queued = Instant::now();
         let _permit = self.permits.acquire().await;
+        // Best effort: when the shared limit cannot be asked (the database is
+        // unreachable), the call goes ahead under this process's own limit.
+        let _shared = match &self.shared {
+            Some((limit, key)) => match limit.acquire(key, self.max_concurrent).await {
+                Ok(permit) => Some(permit),
+                Err(error) => {
+                    tracing::warn!(%error, key, "shared LLM limit unavailable; using this process's own");
+                    None
+                }
+            },
+            None => None,
+        };
         let queued_ms = queued.elapsed().as_millis() as u64;
         let started = Instant::now();
         let deadline = started + limits.total;

@@ -18,6 +18,8 @@ use serde_json::Value;
 
 use crate::{AttemptInput, Execution};
 
+use factory_llm::ANTHROPIC_BASE_URL as ANTHROPIC_ENDPOINT;
+
 /// Built-in model aliases; `FACTORY_MODEL_<ALIAS>` overrides each.
 const ALIASES: &[(&str, &str)] = &[
     ("opus", "anthropic:claude-opus-4-5"),
@@ -27,6 +29,7 @@ const ALIASES: &[(&str, &str)] = &[
 
 /// Which providers are configured, and how model names resolve to them.
 /// Built from the environment; keys stay inside the provider clients.
+#[derive(Clone)]
 pub struct LlmSettings {
     providers: BTreeMap<String, ProviderEntry>,
     aliases: BTreeMap<String, String>,
@@ -39,8 +42,13 @@ pub struct LlmSettings {
 }
 
 /// A configured provider: its client and what the configuration says of it.
+#[derive(Clone)]
 struct ProviderEntry {
     client: Client,
+    /// What its limit is shared under across processes: the provider's name
+    /// and endpoint (with the host for a server on loopback, which is each
+    /// machine's own).
+    limit_key: String,
     kind: ProviderKind,
     /// The window every model of this provider runs with, when configured
     /// (`[providers.x] context_window`, `FACTORY_LLM_CONTEXT` for `local`).
@@ -217,6 +225,18 @@ pub struct LlmCall {
 }
 
 impl LlmSettings {
+    /// These settings with every provider's concurrency limit held together
+    /// with the other processes that share `limit` (workers of one store).
+    pub fn sharing_limits(&self, limit: Arc<dyn factory_llm::SharedLimit>) -> LlmSettings {
+        let mut shared = self.clone();
+        for entry in shared.providers.values_mut() {
+            entry.client = entry
+                .client
+                .sharing_limit(limit.clone(), entry.limit_key.clone());
+        }
+        shared
+    }
+
     /// Reads provider settings through `lookup` (the environment in the CLI):
     /// `ANTHROPIC_API_KEY`/`ANTHROPIC_BASE_URL`, `OPENAI_API_KEY`/`OPENAI_BASE_URL`,
     /// `OPENROUTER_API_KEY`/`OPENROUTER_BASE_URL`, `FACTORY_LLM_BASE_URL` (a local
@@ -263,13 +283,19 @@ impl LlmSettings {
         let mut add = |name: &str,
                        provider: Arc<dyn factory_llm::Provider>,
                        kind: ProviderKind,
-                       concurrency: usize,
+                       (concurrency, endpoint): (usize, &str),
                        context_window: Option<u64>,
                        origin: String| {
+            let limit_key = if is_loopback(endpoint) {
+                format!("llm {name} {endpoint} on {}", crate::process::hostname())
+            } else {
+                format!("llm {name} {endpoint}")
+            };
             providers.insert(
                 name.to_string(),
                 ProviderEntry {
                     client: Client::new(provider, concurrency, retry),
+                    limit_key,
                     kind,
                     context_window,
                     origin,
@@ -285,7 +311,10 @@ impl LlmSettings {
                 "anthropic",
                 Arc::new(provider),
                 ProviderKind::Anthropic,
-                concurrency(None, anthropic_url.as_deref()),
+                (
+                    concurrency(None, anthropic_url.as_deref()),
+                    anthropic_url.as_deref().unwrap_or(ANTHROPIC_ENDPOINT),
+                ),
                 None,
                 "ANTHROPIC_API_KEY / ANTHROPIC_BASE_URL".to_string(),
             );
@@ -312,7 +341,7 @@ impl LlmSettings {
                     name,
                     Arc::new(OpenAiCompatible::new(name, &base, key)),
                     ProviderKind::Openai,
-                    concurrency(None, Some(&base)),
+                    (concurrency(None, Some(&base)), &base),
                     None,
                     format!("{key_var} / {url_var}"),
                 );
@@ -328,7 +357,7 @@ impl LlmSettings {
                     get("FACTORY_LLM_API_KEY"),
                 )),
                 ProviderKind::Openai,
-                concurrency(None, Some(&url)),
+                (concurrency(None, Some(&url)), &url),
                 local_context,
                 "FACTORY_LLM_BASE_URL".to_string(),
             );
@@ -359,7 +388,10 @@ impl LlmSettings {
                 name,
                 client,
                 provider.kind,
-                concurrency(provider.concurrency, base),
+                (
+                    concurrency(provider.concurrency, base),
+                    base.unwrap_or(ANTHROPIC_ENDPOINT),
+                ),
                 provider.context_window,
                 format!("[providers.{name}] in factory.toml"),
             );

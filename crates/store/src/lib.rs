@@ -313,6 +313,29 @@ pub trait Store: Send + Sync {
 
     async fn leases(&self, run_id: &str) -> Result<Vec<Lease>>;
 
+    /// Takes one of `limit` slots of the limit `key` that every worker of the
+    /// store shares (calls in flight to an LLM provider), for `holder` until
+    /// `expires_at`, if one is free at `now`; returns the slot. A slot is free
+    /// when nobody holds it or its holder's time ran out (a crashed worker).
+    async fn take_permit(
+        &self,
+        key: &str,
+        limit: u32,
+        holder: &str,
+        now: Millis,
+        expires_at: Millis,
+    ) -> Result<Option<u32>>;
+
+    /// Extends a slot `holder` took to `Some(expires_at)`, or gives it back
+    /// (`None`); false when `holder` no longer holds it.
+    async fn keep_permit(
+        &self,
+        key: &str,
+        slot: u32,
+        holder: &str,
+        until: Option<Millis>,
+    ) -> Result<bool>;
+
     /// Runs whose document changed at or after `since` (oldest change first).
     async fn runs_updated_since(&self, since: Millis) -> Result<Vec<RunSummary>>;
 

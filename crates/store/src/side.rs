@@ -137,6 +137,21 @@ pub(crate) const TOKEN_BY_HASH: &str = "SELECT id, name, role, hash, created_by,
 pub(crate) const LIST_TOKENS: &str = "SELECT id, name, role, hash, created_by, created_at, revoked_at, scope, tester_role FROM api_tokens ORDER BY created_at, id";
 pub(crate) const REVOKE_TOKEN: &str =
     "UPDATE api_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL";
+/// Takes the lowest free slot below the limit ($2): one with no row, or whose
+/// holder's time ran out. Two takers racing for one slot: the second finds
+/// the first's row on conflict, not expired, and takes nothing (it asks again).
+pub(crate) const TAKE_PERMIT: &str = "WITH RECURSIVE slots (s) AS (SELECT 0 UNION ALL SELECT s + 1 FROM slots WHERE s + 1 < $2)
+     INSERT INTO permits (key, slot, holder, expires_at)
+     SELECT $1, s, $3, $5 FROM slots
+     WHERE NOT EXISTS (SELECT 1 FROM permits p WHERE p.key = $1 AND p.slot = slots.s AND p.expires_at >= $4)
+     ORDER BY s LIMIT 1
+     ON CONFLICT (key, slot) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
+     WHERE permits.expires_at < $4
+     RETURNING slot";
+pub(crate) const RENEW_PERMIT: &str =
+    "UPDATE permits SET expires_at = $1 WHERE key = $2 AND slot = $3 AND holder = $4";
+pub(crate) const RELEASE_PERMIT: &str =
+    "DELETE FROM permits WHERE key = $1 AND slot = $2 AND holder = $3";
 pub(crate) const UPSERT_TEMPLATE: &str = "INSERT INTO templates (template_id, version, name, source, path, registered_by, registered_at) VALUES ($1, $2, $3, $4, $5, $6, $7)
      ON CONFLICT (template_id, version) DO UPDATE SET name = excluded.name, source = excluded.source, path = excluded.path, registered_by = excluded.registered_by, registered_at = excluded.registered_at";
 pub(crate) const LIST_TEMPLATES: &str = "SELECT template_id, version, name, source, path, registered_by, registered_at FROM templates ORDER BY template_id, registered_at DESC";
@@ -336,6 +351,57 @@ macro_rules! side_queries {
                 .bind(id)
                 .execute(pool)
                 .await?;
+            Ok(done.rows_affected() == 1)
+        }
+
+        pub(crate) async fn take_permit(
+            pool: &$pool,
+            key: &str,
+            limit: u32,
+            holder: &str,
+            now: factory_core::run::Millis,
+            expires_at: factory_core::run::Millis,
+        ) -> $crate::Result<Option<u32>> {
+            if limit == 0 {
+                return Ok(None);
+            }
+            let row = sqlx::query(TAKE_PERMIT)
+                .bind(key)
+                .bind(i32::try_from(limit).unwrap_or(i32::MAX))
+                .bind(holder)
+                .bind(now)
+                .bind(expires_at)
+                .fetch_optional(pool)
+                .await?;
+            Ok(row.map(|row| row.get::<i32, _>("slot") as u32))
+        }
+
+        pub(crate) async fn keep_permit(
+            pool: &$pool,
+            key: &str,
+            slot: u32,
+            holder: &str,
+            until: Option<factory_core::run::Millis>,
+        ) -> $crate::Result<bool> {
+            let done = match until {
+                Some(expires_at) => {
+                    sqlx::query(RENEW_PERMIT)
+                        .bind(expires_at)
+                        .bind(key)
+                        .bind(slot as i32)
+                        .bind(holder)
+                        .execute(pool)
+                        .await?
+                }
+                None => {
+                    sqlx::query(RELEASE_PERMIT)
+                        .bind(key)
+                        .bind(slot as i32)
+                        .bind(holder)
+                        .execute(pool)
+                        .await?
+                }
+            };
             Ok(done.rows_affected() == 1)
         }
 

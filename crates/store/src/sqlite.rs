@@ -286,6 +286,27 @@ impl Store for SqliteStore {
             .collect())
     }
 
+    async fn take_permit(
+        &self,
+        key: &str,
+        limit: u32,
+        holder: &str,
+        now: Millis,
+        expires_at: Millis,
+    ) -> Result<Option<u32>> {
+        q::take_permit(&self.pool, key, limit, holder, now, expires_at).await
+    }
+
+    async fn keep_permit(
+        &self,
+        key: &str,
+        slot: u32,
+        holder: &str,
+        until: Option<Millis>,
+    ) -> Result<bool> {
+        q::keep_permit(&self.pool, key, slot, holder, until).await
+    }
+
     async fn runs_updated_since(&self, since: Millis) -> Result<Vec<RunSummary>> {
         q::runs_updated_since(&self.pool, since).await
     }

@@ -30,9 +30,10 @@ fn wide_template(dir: &Path, id: &str, width: usize, secs: &str) -> PathBuf {
     path
 }
 
-fn create_run(url: &str, template: &Path) -> String {
+fn create_run(url: &str, template: &Path, env: &[(&str, &str)]) -> String {
     let created = factory(Path::new(url))
         .args(["run", template.to_str().unwrap(), "--no-run"])
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     assert!(
@@ -83,8 +84,16 @@ fn metric(worker: &Worker, name: &str, labels: &str) -> f64 {
         .sum()
 }
 
+/// A fresh PostgreSQL database and a scratch directory.
+fn fresh_store() -> (String, tempfile::TempDir) {
+    let url = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(factory_store::testing::fresh_postgres_database());
+    (url, tempfile::tempdir().unwrap())
+}
+
 /// Starts `factory worker` and returns once it says it serves.
-fn start_worker(url: &str, marks: &Path, work: &Path) -> Worker {
+fn start_worker(url: &str, marks: &Path, work: &Path, env: &[(&str, &str)]) -> Worker {
     let mut child = std::process::Command::new(BIN)
         .args([
             "worker",
@@ -101,6 +110,7 @@ fn start_worker(url: &str, marks: &Path, work: &Path) -> Worker {
         .arg(work)
         .env("FACTORY_DB", url)
         .env("MARK_DIR", marks)
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -132,22 +142,19 @@ fn sigterm(worker: &Worker) {
 
 #[test]
 fn standing_workers_serve_new_runs_share_them_and_finish_on_sigterm() {
-    let url = tokio::runtime::Runtime::new()
-        .unwrap()
-        .block_on(factory_store::testing::fresh_postgres_database());
-    let dir = tempfile::tempdir().unwrap();
+    let (url, dir) = fresh_store();
     let marks = dir.path().join("marks");
     std::fs::create_dir_all(&marks).unwrap();
     let workers = [
-        start_worker(&url, &marks, &dir.path().join("work-a")),
-        start_worker(&url, &marks, &dir.path().join("work-b")),
+        start_worker(&url, &marks, &dir.path().join("work-a"), &[]),
+        start_worker(&url, &marks, &dir.path().join("work-b"), &[]),
     ];
     let pids: Vec<String> = workers.iter().map(|w| w.child.id().to_string()).collect();
 
     // Runs created after the workers started: they learn of them from the
     // database, with nobody driving the runs.
     let wide = wide_template(dir.path(), "wide", 6, "0.3");
-    let runs = [create_run(&url, &wide), create_run(&url, &wide)];
+    let runs = [create_run(&url, &wide, &[]), create_run(&url, &wide, &[])];
     let mut ran_by = std::collections::BTreeSet::new();
     for run in &runs {
         let doc = wait_done(&url, run);
@@ -194,7 +201,7 @@ fn standing_workers_serve_new_runs_share_them_and_finish_on_sigterm() {
     // SIGTERM while a block runs: the worker stops starting blocks, lets the
     // running one finish and records it, then exits 0.
     let slow = wide_template(dir.path(), "slow", 1, "2");
-    let run = create_run(&url, &slow);
+    let run = create_run(&url, &slow, &[]);
     let mark = marks.join(format!("{run}.w0"));
     let deadline = Instant::now() + Duration::from_secs(30);
     while !mark.exists() {
@@ -222,4 +229,142 @@ fn standing_workers_serve_new_runs_share_them_and_finish_on_sigterm() {
         "the running block was finished and recorded: {doc}"
     );
     assert_eq!(doc["blocks"]["w0"]["attempts"], 1);
+}
+
+/// An OpenAI-compatible server that answers every chat call after `delay`,
+/// many at once, and counts the most calls it had in flight together.
+struct CountingLlm {
+    in_flight: std::sync::atomic::AtomicUsize,
+    most: std::sync::atomic::AtomicUsize,
+    calls: std::sync::atomic::AtomicUsize,
+}
+
+impl CountingLlm {
+    fn start(delay: Duration) -> (std::sync::Arc<CountingLlm>, String) {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering::SeqCst;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/v1", listener.local_addr().unwrap());
+        let llm = std::sync::Arc::new(CountingLlm {
+            in_flight: 0.into(),
+            most: 0.into(),
+            calls: 0.into(),
+        });
+        let server = llm.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let llm = server.clone();
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut request_line = String::new();
+                    let mut length = 0;
+                    let mut line = String::new();
+                    reader.read_line(&mut request_line).unwrap_or(0);
+                    while reader.read_line(&mut line).unwrap_or(0) > 2 {
+                        if let Some((name, value)) = line.split_once(':')
+                            && name.eq_ignore_ascii_case("content-length")
+                        {
+                            length = value.trim().parse().unwrap_or(0);
+                        }
+                        line.clear();
+                    }
+                    let mut body = vec![0; length];
+                    let _ = reader.read_exact(&mut body);
+                    let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    let text = "## Notes\n\nThe shared limit held: one reply among many.\n";
+                    let (kind, reply) = if !request_line.starts_with("POST") {
+                        (
+                            "application/json",
+                            serde_json::json!({"object": "list", "data": [{"id": "tiny"}]})
+                                .to_string(),
+                        )
+                    } else {
+                        let now = llm.in_flight.fetch_add(1, SeqCst) + 1;
+                        llm.most.fetch_max(now, SeqCst);
+                        llm.calls.fetch_add(1, SeqCst);
+                        std::thread::sleep(delay);
+                        llm.in_flight.fetch_sub(1, SeqCst);
+                        if request["stream"] == true {
+                            let chunk = serde_json::json!({"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": "stop"}]});
+                            (
+                                "text/event-stream",
+                                format!("data: {chunk}\n\ndata: [DONE]\n\n"),
+                            )
+                        } else {
+                            let reply = serde_json::json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]});
+                            ("application/json", reply.to_string())
+                        }
+                    };
+                    let _ = stream.write_all(
+                        format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: {kind}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{reply}",
+                            reply.len()
+                        )
+                        .as_bytes(),
+                    );
+                });
+            }
+        });
+        (llm, url)
+    }
+}
+
+#[test]
+fn workers_keep_a_providers_concurrency_limit_together() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let (url, dir) = fresh_store();
+    let (llm, llm_url) = CountingLlm::start(Duration::from_millis(300));
+    // Two calls in flight to the provider, for the whole fleet: each worker
+    // alone would make two (it runs up to two blocks), together four.
+    let env = [
+        ("FACTORY_LLM_BASE_URL", llm_url.as_str()),
+        ("FACTORY_LLM_MODEL", "tiny"),
+        ("FACTORY_LLM_CONCURRENCY", "2"),
+    ];
+    let workers = [
+        start_worker(&url, dir.path(), &dir.path().join("work-a"), &env),
+        start_worker(&url, dir.path(), &dir.path().join("work-b"), &env),
+    ];
+    let skill = dir.path().join("skills/notes");
+    std::fs::create_dir_all(&skill).unwrap();
+    std::fs::write(skill.join("SKILL.md"), "# Notes\nWrite short notes.\n").unwrap();
+    let blocks: Vec<Value> = (0..8)
+        .map(|i| {
+            serde_json::json!({
+                "id": format!("n{i}"), "name": format!("Notes {i}"), "layer": "L0", "type": "build",
+                "runtime": "llm", "skill": "notes", "execution": {"max_retries": 0},
+                "outputs": {"artifacts": [{"key": "notes", "path": "notes.md", "format": "md"}]}
+            })
+        })
+        .collect();
+    let template = dir.path().join("notes.json");
+    std::fs::write(
+        &template,
+        serde_json::json!({"id": "notes", "name": "Notes", "version": "1", "blocks": blocks})
+            .to_string(),
+    )
+    .unwrap();
+    let run = create_run(&url, &template, &env);
+    let doc = wait_done(&url, &run);
+    assert_eq!(doc["status"], "done", "{doc}");
+    assert_eq!(llm.calls.load(SeqCst), 8);
+    assert_eq!(
+        llm.most.load(SeqCst),
+        2,
+        "at most two calls in flight across both workers, and both slots used"
+    );
+    let claimed: Vec<f64> = workers
+        .iter()
+        .map(|w| metric(w, "factory_worker_claims_total", ""))
+        .collect();
+    assert!(
+        claimed.iter().all(|c| *c >= 1.0),
+        "both workers ran blocks: {claimed:?}"
+    );
+    for worker in workers {
+        sigterm(&worker);
+        let Worker { mut child, .. } = worker;
+        assert!(child.wait().unwrap().success());
+    }
 }

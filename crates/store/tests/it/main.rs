@@ -768,6 +768,112 @@ async fn postgres_database_with_whole_documents_migrates() {
     a_database_with_whole_documents_migrates(&url, "postgres").await;
 }
 
+/// Shared limits: at most `limit` slots taken at once, however many ask
+/// together; a slot given back or run out is free again; only its holder
+/// renews or gives it back.
+async fn permits_share_a_limit(store: Arc<dyn Store>) {
+    let key = "llm:test";
+    let now = 1_000;
+    // Eight takers at once for three slots: exactly three win, each a
+    // different slot.
+    let takers: Vec<_> = (0..8)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .take_permit(key, 3, &format!("h{i}"), now, now + 60_000)
+                    .await
+                    .unwrap()
+                    .map(|slot| (slot, format!("h{i}")))
+            })
+        })
+        .collect();
+    let mut taken = Vec::new();
+    for taker in takers {
+        taken.extend(taker.await.unwrap());
+    }
+    taken.sort();
+    assert_eq!(
+        taken.iter().map(|(slot, _)| *slot).collect::<Vec<_>>(),
+        [0, 1, 2],
+        "{taken:?}"
+    );
+    assert_eq!(
+        store
+            .take_permit(key, 3, "late", now, now + 60_000)
+            .await
+            .unwrap(),
+        None
+    );
+    // Another key has its own slots; a limit of 0 gives none.
+    assert_eq!(
+        store
+            .take_permit("llm:other", 1, "x", now, now + 1)
+            .await
+            .unwrap(),
+        Some(0)
+    );
+    assert_eq!(
+        store
+            .take_permit("llm:none", 0, "x", now, now + 1)
+            .await
+            .unwrap(),
+        None
+    );
+
+    // Only the holder renews or gives back its slot.
+    let (slot, holder) = taken[1].clone();
+    assert!(
+        !store
+            .keep_permit(key, slot, "someone-else", None)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .keep_permit(key, slot, &holder, Some(now + 90_000))
+            .await
+            .unwrap()
+    );
+    assert!(store.keep_permit(key, slot, &holder, None).await.unwrap());
+    assert!(!store.keep_permit(key, slot, &holder, None).await.unwrap());
+    assert_eq!(
+        store
+            .take_permit(key, 3, "next", now, now + 60_000)
+            .await
+            .unwrap(),
+        Some(slot)
+    );
+
+    // Past their holders' time, slots are free for others; the renewed one
+    // (now `next`'s, until now + 60 s) is not.
+    let later = now + 60_001;
+    assert_eq!(
+        store
+            .take_permit(key, 3, "after", later, later + 10)
+            .await
+            .unwrap(),
+        Some(0)
+    );
+    let (slot0, holder0) = taken[0].clone();
+    assert_eq!(slot0, 0);
+    assert!(
+        !store
+            .keep_permit(key, 0, &holder0, Some(later + 10))
+            .await
+            .unwrap(),
+        "taken over"
+    );
+    // A raised limit adds slots.
+    assert_eq!(
+        store
+            .take_permit(key, 4, "more", now, now + 10)
+            .await
+            .unwrap(),
+        Some(3)
+    );
+}
+
 async fn suite(store: Arc<dyn Store>) {
     blocks_are_stored_one_row_each(store.as_ref()).await;
     feedback_and_improvement_items(store.as_ref()).await;
@@ -779,6 +885,7 @@ async fn suite(store: Arc<dyn Store>) {
     blobs_are_content_addressed(store.as_ref()).await;
     leases_follow_events(store.as_ref()).await;
     run_ids_resolve_by_prefix(store.as_ref()).await;
+    permits_share_a_limit(store.clone()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,131 @@
+//! Limits every worker of a store holds together, through the store: the
+//! concurrency of each LLM provider. A worker takes a slot (a row of
+//! `permits`) before it calls the provider and deletes it after; while the
+//! call lasts it renews the slot, so a worker that crashes frees its slots
+//! when their time runs out ([`HOLD`]) instead of holding them for ever.
+//!
+//! Waiting is polling with backoff (20 ms doubling to 500 ms): LLM calls
+//! last seconds, so a freed slot waits at most a fraction of one.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use factory_core::run::Millis;
+use factory_llm::{SharedLimit, SharedPermit};
+use factory_store::Store;
+
+use crate::now_ms;
+
+/// How long a slot is held without renewal.
+const HOLD: Duration = Duration::from_secs(60);
+
+/// A [`SharedLimit`] kept in the store.
+pub(crate) struct StoreLimit {
+    store: Arc<dyn Store>,
+    /// This worker's id; each slot it takes is held as `<owner>#<n>`.
+    owner: String,
+    taken: AtomicU64,
+}
+
+impl StoreLimit {
+    pub(crate) fn new(store: Arc<dyn Store>, owner: String) -> StoreLimit {
+        StoreLimit {
+            store,
+            owner,
+            taken: AtomicU64::new(0),
+        }
+    }
+}
+
+#[async_trait]
+impl SharedLimit for StoreLimit {
+    async fn acquire(&self, key: &str, limit: usize) -> Result<SharedPermit, String> {
+        let holder = format!(
+            "{}#{}",
+            self.owner,
+            self.taken.fetch_add(1, Ordering::Relaxed)
+        );
+        let limit = u32::try_from(limit).unwrap_or(u32::MAX).max(1);
+        let mut wait = Duration::from_millis(20);
+        loop {
+            let now = now_ms();
+            let slot = self
+                .store
+                .take_permit(key, limit, &holder, now, now + HOLD.as_millis() as Millis)
+                .await
+                .map_err(|error| error.to_string())?;
+            if let Some(slot) = slot {
+                let held = Held {
+                    store: self.store.clone(),
+                    key: key.to_string(),
+                    slot,
+                    holder,
+                };
+                return Ok(SharedPermit(Box::new(held.keep())));
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_millis(500));
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Held {
+    store: Arc<dyn Store>,
+    key: String,
+    slot: u32,
+    holder: String,
+}
+
+impl Held {
+    /// Renews the slot every third of [`HOLD`] until the guard is dropped.
+    fn keep(self) -> Guard {
+        let held = self.clone();
+        let renewal = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(HOLD / 3).await;
+                let until = now_ms() + HOLD.as_millis() as Millis;
+                match held
+                    .store
+                    .keep_permit(&held.key, held.slot, &held.holder, Some(until))
+                    .await
+                {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(key = %held.key, slot = held.slot, "a shared LLM slot ran out while held");
+                        return;
+                    }
+                    Err(error) => tracing::warn!(%error, "cannot renew a shared LLM slot"),
+                }
+            }
+        });
+        Guard {
+            held: self,
+            renewal,
+        }
+    }
+}
+
+/// Gives the slot back when dropped (at once, in the background; if that
+/// fails, the slot frees itself when its time runs out).
+struct Guard {
+    held: Held,
+    renewal: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.renewal.abort();
+        let held = self.held.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = held
+                    .store
+                    .keep_permit(&held.key, held.slot, &held.holder, None)
+                    .await;
+            });
+        }
+    }
+}
