@@ -37,9 +37,11 @@ pub enum GraphFormat {
 
 #[derive(Debug, clap::Args)]
 pub struct DriveArgs {
-    /// Blocks of the run running at once, across all workers (0: no limit)
-    #[arg(long, default_value_t = 8)]
-    pub max_concurrency: usize,
+    /// Blocks of a run running at once, across all workers (0: no limit;
+    /// default 8). `factory run` records it in the run, so every worker keeps
+    /// it; for other commands it is the limit of runs that recorded none
+    #[arg(long, value_name = "N")]
+    pub max_concurrency: Option<u32>,
     /// Blocks this process runs at once, across all the runs it drives (0: no limit)
     #[arg(long, default_value_t = 0)]
     pub slots: usize,

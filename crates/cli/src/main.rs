@@ -24,6 +24,9 @@ use serde_json::Value;
 
 use crate::args::{Cli, Command, DriveArgs, GraphFormat};
 
+/// Blocks of a run running at once when neither the run nor `--max-concurrency` says.
+const DEFAULT_MAX_CONCURRENCY: usize = 8;
+
 /// An input problem the user must fix (exit code 2).
 #[derive(Debug)]
 struct UserError(String);
@@ -160,6 +163,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 models: parse_models(&models)?,
                 default_model,
                 sampling: parse_sampling(&sampling)?,
+                max_concurrency: drive.max_concurrency,
             };
             let engine = engine(&cli.db, &actor, &drive, cli.config.as_deref()).await?;
             let doc = engine
@@ -521,7 +525,9 @@ async fn engine(
             retry_max_ms: drive.retry_backoff_ms.saturating_mul(60).max(60_000),
             lease_ms: drive.lease_ms.max(100),
         },
-        max_concurrency: drive.max_concurrency,
+        max_concurrency: drive
+            .max_concurrency
+            .map_or(DEFAULT_MAX_CONCURRENCY, |n| n as usize),
         worker_slots: drive.slots,
         keep_work_dirs: drive.keep_work,
         actor: actor.to_string(),

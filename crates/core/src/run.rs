@@ -412,6 +412,11 @@ pub struct RunDoc {
     /// The run's sampling for `llm` blocks that set none themselves.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub sampling: BTreeMap<String, Value>,
+    /// Blocks of this run running at once across all workers (0: no limit);
+    /// None: each worker's `--max-concurrency`. Kept in the run, so every
+    /// worker holds the run to the same limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<u32>,
     pub created_at: Millis,
     pub updated_at: Millis,
     /// Sequence number of the last event folded in.
@@ -446,6 +451,8 @@ pub struct RunHeader<'a> {
     default_model: &'a Option<String>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     sampling: &'a BTreeMap<String, Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_concurrency: &'a Option<u32>,
     created_at: Millis,
     updated_at: Millis,
     seq: u64,
@@ -453,6 +460,12 @@ pub struct RunHeader<'a> {
 }
 
 impl RunDoc {
+    /// The run's limit on blocks running at once (0: none): its own when it
+    /// was created with one, else `default` (the worker's).
+    pub fn concurrency_limit(&self, default: usize) -> usize {
+        self.max_concurrency.map_or(default, |n| n as usize)
+    }
+
     /// Everything but the blocks (see [`RunHeader`]).
     pub fn header(&self) -> RunHeader<'_> {
         // Destructured in full: a new field of `RunDoc` must be added here.
@@ -466,6 +479,7 @@ impl RunDoc {
             models,
             default_model,
             sampling,
+            max_concurrency,
             created_at,
             updated_at,
             seq,
@@ -482,6 +496,7 @@ impl RunDoc {
             models,
             default_model,
             sampling,
+            max_concurrency,
             created_at: *created_at,
             updated_at: *updated_at,
             seq: *seq,
@@ -548,6 +563,10 @@ pub enum Event {
         default_model: Option<String>,
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         sampling: BTreeMap<String, Value>,
+        /// Blocks of the run running at once across all workers (0: no
+        /// limit); absent: each worker's default.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_concurrency: Option<u32>,
     },
     BlockReady {
         block: String,
@@ -805,6 +824,7 @@ impl RunDoc {
             models,
             default_model,
             sampling,
+            max_concurrency,
         } = &record.event
         else {
             return Err(ApplyError::NotCreated);
@@ -819,6 +839,7 @@ impl RunDoc {
             models: models.clone(),
             default_model: default_model.clone(),
             sampling: sampling.clone(),
+            max_concurrency: *max_concurrency,
             created_at: record.at,
             updated_at: record.at,
             seq: record.seq,
@@ -1257,6 +1278,7 @@ mod tests {
             models: BTreeMap::from([("b".to_string(), "m".to_string())]),
             default_model: Some("m".to_string()),
             sampling: BTreeMap::from([("temperature".to_string(), Value::from(0.5))]),
+            max_concurrency: Some(3),
             created_at: 5,
             updated_at: 9,
             seq: 12,

@@ -162,6 +162,9 @@ pub struct RunRequest {
     /// Sampling for the run's `llm` blocks that set none themselves
     /// (`temperature`, `top_p`, `seed`, `stop`).
     pub sampling: BTreeMap<String, Value>,
+    /// Blocks of this run running at once across all workers (0: no limit);
+    /// None: each worker's own default.
+    pub max_concurrency: Option<u32>,
 }
 
 /// The model an `llm` block uses in a run: the run's override for the block,
@@ -350,6 +353,7 @@ pub fn create_run(
         models: request.models.clone(),
         default_model: request.default_model.clone(),
         sampling: request.sampling.clone(),
+        max_concurrency: request.max_concurrency,
     })
 }
 

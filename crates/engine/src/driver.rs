@@ -563,6 +563,7 @@ fn slim_doc(doc: &RunDoc, pipeline: &factory_core::Pipeline, block_id: &str) -> 
         models: doc.models.clone(),
         default_model: doc.default_model.clone(),
         sampling: doc.sampling.clone(),
+        max_concurrency: doc.max_concurrency,
         created_at: doc.created_at,
         updated_at: doc.updated_at,
         seq: doc.seq,

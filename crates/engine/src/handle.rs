@@ -247,7 +247,7 @@ impl RunHandle {
             &self.pipeline,
             &self.stored.doc,
             now,
-            self.max_concurrency,
+            self.stored.doc.concurrency_limit(self.max_concurrency),
             take,
         )
     }

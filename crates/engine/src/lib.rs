@@ -284,7 +284,12 @@ impl Engine {
         };
         let mut doc = RunDoc::from_created(&record)?;
         let mut records = vec![record];
-        let decision = factory_core::decide(&pipeline, &doc, now, self.config.max_concurrency);
+        let decision = factory_core::decide(
+            &pipeline,
+            &doc,
+            now,
+            doc.concurrency_limit(self.config.max_concurrency),
+        );
         records.extend(factory_core::commit(
             &mut doc,
             decision.events,

@@ -1157,6 +1157,7 @@ fn create_run_reports_every_problem() {
             ("max_tokens".to_string(), json!(10)),
             ("temperature".to_string(), json!("hot")),
         ]),
+        max_concurrency: None,
     };
     let error = transitions::create_run(&pipeline, &request, &|_| false).unwrap_err();
     assert_eq!(error.problems.len(), 8, "{:#?}", error.problems);

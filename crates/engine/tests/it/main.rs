@@ -526,6 +526,21 @@ async fn timeouts_kill_the_whole_process_group() {
     );
 }
 
+/// The most blocks of a run that were running at once, from its log.
+async fn peak_running(h: &Harness, run_id: &str) -> i32 {
+    let mut running = 0i32;
+    let mut peak = 0;
+    for record in events(h, run_id).await {
+        match record.event {
+            Event::BlockStarted { .. } => running += 1,
+            Event::AttemptFinished { .. } => running -= 1,
+            _ => {}
+        }
+        peak = peak.max(running);
+    }
+    peak
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_concurrency_limit_holds() {
     let mut h = sqlite().await;
@@ -535,20 +550,32 @@ async fn the_concurrency_limit_holds() {
     let blocks = (0..6)
         .map(|i| noop(&format!("b{i}"), json!({"inputs": {"config": {"builtin": "sleep", "ms": 60}}, "execution": {"parallel_group": "all"}})))
         .collect();
-    let doc = start(&h, &template(blocks, json!({})), &[]).await;
+    let source = template(blocks, json!({}));
+    let doc = start(&h, &source, &[]).await;
     let (outcome, doc) = drive(&h, &doc.run_id).await;
     assert_eq!(outcome, Outcome::Done);
-    let mut running = 0i32;
-    let mut peak = 0;
-    for record in events(&h, &doc.run_id).await {
-        match record.event {
-            Event::BlockStarted { .. } => running += 1,
-            Event::AttemptFinished { .. } => running -= 1,
-            _ => {}
-        }
-        peak = peak.max(running);
+    assert_eq!(
+        peak_running(&h, &doc.run_id).await,
+        2,
+        "the worker's default"
+    );
+
+    // A run created with its own limit keeps it, whatever the worker's.
+    for own in [3, 1] {
+        let request = RunRequest {
+            max_concurrency: Some(own),
+            ..RunRequest::default()
+        };
+        let doc = h.engine.create_run(&source, None, request).await.unwrap();
+        assert_eq!(doc.max_concurrency, Some(own));
+        let (outcome, _) = drive(&h, &doc.run_id).await;
+        assert_eq!(outcome, Outcome::Done);
+        assert_eq!(
+            peak_running(&h, &doc.run_id).await,
+            own as i32,
+            "the run's own"
+        );
     }
-    assert_eq!(peak, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -94,6 +94,9 @@ pub struct CreateRun {
     /// Sampling for llm blocks that set none: temperature, top_p, seed, stop.
     #[serde(default)]
     pub sampling: BTreeMap<String, Value>,
+    /// Blocks of the run running at once across all workers (0: no limit).
+    #[serde(default)]
+    pub max_concurrency: Option<u32>,
     #[serde(default)]
     pub files: Vec<Upload>,
 }
@@ -191,6 +194,7 @@ pub async fn create_run(
         models: body.models,
         default_model: body.default_model.filter(|m| !m.is_empty()),
         sampling: body.sampling,
+        max_concurrency: body.max_concurrency,
     };
     let path = entry.path_buf();
     let doc = state

@@ -332,6 +332,17 @@ async fn bad_requests_get_clear_4xx_errors() {
             runs.clone(),
             "operator",
             Some(
+                json!({"template": "review-demo", "params": {"title": "x"}, "max_concurrency": -1}),
+            ),
+            422,
+            "bad_request_body",
+            "max_concurrency",
+        ),
+        (
+            Method::POST,
+            runs.clone(),
+            "operator",
+            Some(
                 json!({"template": "review-demo", "params": {"title": "x"}, "files": [{"name": "../etc", "content_base64": "aGk="}]}),
             ),
             422,
@@ -504,6 +515,19 @@ async fn bad_requests_get_clear_4xx_errors() {
         .await
         .unwrap();
     assert_eq!(response.status(), 415);
+    // A run's own concurrency limit is kept in its document.
+    let (s, created) = t
+        .call(
+            Method::POST,
+            "/api/v1/runs",
+            "operator",
+            Some(
+                json!({"template": "review-demo", "params": {"title": "x"}, "max_concurrency": 2}),
+            ),
+        )
+        .await;
+    assert_eq!(s, 201, "{created}");
+    assert_eq!(created["max_concurrency"], 2, "{created}");
 
     // Approving twice: the second is a 409, and the store is unchanged by it.
     t.wait_for(&run, "draft waiting", |d| {
