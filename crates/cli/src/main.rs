@@ -4,6 +4,7 @@ mod args;
 mod audit_cmd;
 mod bench_cmd;
 mod doctor;
+mod otel;
 mod progress;
 mod prompt_cmd;
 mod show;
@@ -44,13 +45,15 @@ fn user_error(message: impl Into<String>) -> anyhow::Error {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FACTORY_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let otel = otel::init();
+    let code = run_main();
+    if let Some(otel) = otel {
+        otel.shutdown();
+    }
+    code
+}
+
+fn run_main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

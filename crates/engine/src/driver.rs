@@ -68,6 +68,7 @@ impl Engine {
     /// Drives a run until it is done, failed or waiting at a gate. Also the
     /// body of `factory resume`: running blocks whose worker is gone are
     /// reclaimed first and re-run as new attempts.
+    #[tracing::instrument(name = "run", skip_all, fields(run = %run_id))]
     pub async fn drive(&self, run_id: &str) -> Result<(Outcome, RunDoc)> {
         let mut handle = self.open(run_id).await?;
         let worker_actor = format!("worker:{}", self.owner.id());
@@ -364,7 +365,13 @@ impl Engine {
         let pid_slot = running.insert(&block_id, attempt);
         let key = block_id.clone();
         let watched = running.clone();
-        let span = tracing::info_span!("attempt", run = %doc.run_id, block = %block_id, attempt);
+        let span = tracing::info_span!(
+            "attempt",
+            run = %doc.run_id,
+            block = %block_id,
+            attempt,
+            outcome = tracing::field::Empty
+        );
         let task = tokio::spawn(
             async move {
                 let mut timer = crate::telemetry::AttemptTimer::start();
@@ -385,7 +392,9 @@ impl Engine {
                     Ok((report, blobs, items)) => (Ok(report), blobs, items),
                     Err(error) => (Err(error), Vec::new(), None),
                 };
-                timer.finished(report.as_ref().is_ok_and(|r| r.error.is_none()));
+                let ok = report.as_ref().is_ok_and(|r| r.error.is_none());
+                timer.finished(ok);
+                tracing::Span::current().record("outcome", if ok { "ok" } else { "failed" });
                 // Stopped for a lost lease meanwhile: the watcher reported it.
                 if !watched.finish(&block_id, attempt) {
                     return;

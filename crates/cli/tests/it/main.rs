@@ -13,6 +13,7 @@ mod clone_factory;
 mod convergence;
 mod fleet_netns;
 mod local_llm;
+mod otel;
 mod real_llm;
 mod worker;
 
@@ -47,6 +48,27 @@ fn sent_prompt(db: &Path, run: &str, block: &str, attempt: u32) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8(output.stdout).unwrap()
+}
+
+/// Reads one HTTP/1.1 request from a test server's connection: its request
+/// line and body (by content-length).
+fn read_request(stream: &std::net::TcpStream) -> (String, Vec<u8>) {
+    let mut reader = BufReader::new(stream);
+    let mut request_line = String::new();
+    let _ = reader.read_line(&mut request_line);
+    let mut length = 0;
+    let mut line = String::new();
+    while reader.read_line(&mut line).unwrap_or(0) > 2 {
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse().unwrap_or(0);
+        }
+        line.clear();
+    }
+    let mut body = vec![0; length];
+    let _ = std::io::Read::read_exact(&mut reader, &mut body);
+    (request_line, body)
 }
 
 fn status_json(db: &Path, run: &str) -> Value {

@@ -241,7 +241,7 @@ struct CountingLlm {
 
 impl CountingLlm {
     fn start(delay: Duration) -> (std::sync::Arc<CountingLlm>, String) {
-        use std::io::{Read, Write};
+        use std::io::Write;
         use std::sync::atomic::Ordering::SeqCst;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/v1", listener.local_addr().unwrap());
@@ -256,21 +256,7 @@ impl CountingLlm {
                 let Ok(mut stream) = stream else { continue };
                 let llm = server.clone();
                 std::thread::spawn(move || {
-                    let mut reader = BufReader::new(stream.try_clone().unwrap());
-                    let mut request_line = String::new();
-                    let mut length = 0;
-                    let mut line = String::new();
-                    reader.read_line(&mut request_line).unwrap_or(0);
-                    while reader.read_line(&mut line).unwrap_or(0) > 2 {
-                        if let Some((name, value)) = line.split_once(':')
-                            && name.eq_ignore_ascii_case("content-length")
-                        {
-                            length = value.trim().parse().unwrap_or(0);
-                        }
-                        line.clear();
-                    }
-                    let mut body = vec![0; length];
-                    let _ = reader.read_exact(&mut body);
+                    let (request_line, body) = read_request(&stream);
                     let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
                     let text = "## Notes\n\nThe shared limit held: one reply among many.\n";
                     let (kind, reply) = if !request_line.starts_with("POST") {
