@@ -285,15 +285,31 @@ async function saveDraft(key, values) {
 }
 
 // ── Tabs ──
+// A tablist as ARIA describes it: the selected tab alone is in the Tab order;
+// arrow keys, Home and End move between tabs and show the one they reach.
 function bindTabs() {
-  const buttons = document.querySelectorAll("[data-tab]");
+  const buttons = [...document.querySelectorAll("[data-tab]")];
   const show = (name) => {
-    for (const b of buttons) b.classList.toggle("active", b.dataset.tab === name);
+    for (const b of buttons) {
+      const on = b.dataset.tab === name;
+      b.classList.toggle("active", on);
+      b.setAttribute("aria-selected", String(on));
+      b.tabIndex = on ? 0 : -1;
+    }
     for (const tab of document.querySelectorAll(".tab")) tab.hidden = tab.id !== `tab-${name}`;
   };
-  for (const b of buttons) {
-    b.addEventListener("click", () => { show(b.dataset.tab); history.replaceState(null, "", `${location.search}#${b.dataset.tab}`); });
-  }
+  const choose = (b) => { show(b.dataset.tab); history.replaceState(null, "", `${location.search}#${b.dataset.tab}`); };
+  buttons.forEach((b, i) => {
+    b.addEventListener("click", () => choose(b));
+    b.addEventListener("keydown", (e) => {
+      const next = { ArrowRight: i + 1, ArrowLeft: i - 1, Home: 0, End: buttons.length - 1 }[e.key];
+      if (next === undefined) return;
+      e.preventDefault();
+      const to = buttons[(next + buttons.length) % buttons.length];
+      choose(to);
+      to.focus();
+    });
+  });
   const wanted = location.hash.slice(1);
   if (wanted && document.getElementById(`tab-${wanted}`)) show(wanted);
 }

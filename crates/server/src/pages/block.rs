@@ -90,14 +90,17 @@ pub async fn render_block_page(
         div.workbench {
             aside.panel.guide { (guide) }
             section.panel.centre {
-                nav.tabs {
-                    button type="button" data-tab="inputs" { "Inputs" }
-                    button type="button" data-tab="outputs" class="active" { "Outputs" }
-                    button type="button" data-tab="logic" { "Logic" }
+                nav.tabs role="tablist" aria-label="Block" {
+                    @for (name, label) in TABS {
+                        @let active = name == "outputs";
+                        button type="button" role="tab" id={"tab-button-" (name)} data-tab=(name)
+                            aria-controls={"tab-" (name)} aria-selected=(active)
+                            tabindex=(if active { "0" } else { "-1" }) class=[active.then_some("active")] { (label) }
+                    }
                 }
-                div.tab #tab-inputs hidden { (inputs) }
-                div.tab #tab-outputs { (outputs) }
-                div.tab #tab-logic hidden { (logic) }
+                div.tab #tab-inputs role="tabpanel" aria-labelledby="tab-button-inputs" hidden { (inputs) }
+                div.tab #tab-outputs role="tabpanel" aria-labelledby="tab-button-outputs" { (outputs) }
+                div.tab #tab-logic role="tabpanel" aria-labelledby="tab-button-logic" hidden { (logic) }
             }
             aside.panel.side {
                 (qa)
@@ -111,6 +114,33 @@ pub async fn render_block_page(
         Some((&run_id, view.doc.seq)),
         body,
     ))
+}
+
+/// The centre panel's tabs: (name, label).
+const TABS: [(&str, &str); 3] = [
+    ("inputs", "Inputs"),
+    ("outputs", "Outputs"),
+    ("logic", "Logic"),
+];
+
+/// Milliseconds in the unit a person reads: `800 ms`, `1.5 s`, `30 s`,
+/// `2 min`, `1 min 30 s`, `2 h`.
+fn duration_words(ms: u64) -> String {
+    match ms {
+        0..1_000 => format!("{ms} ms"),
+        1_000..60_000 if ms.is_multiple_of(1_000) => format!("{} s", ms / 1_000),
+        1_000..60_000 => format!("{:.1} s", ms as f64 / 1_000.0),
+        _ => {
+            let secs = ms / 1_000;
+            let (h, m, s) = (secs / 3_600, secs / 60 % 60, secs % 60);
+            let parts: Vec<String> = [(h, "h"), (m, "min"), (s, "s")]
+                .iter()
+                .filter(|(n, _)| *n > 0)
+                .map(|(n, unit)| format!("{n} {unit}"))
+                .collect();
+            parts.join(" ")
+        }
+    }
 }
 
 fn guide(view: &BlockView) -> Markup {
@@ -307,7 +337,7 @@ fn logic(view: &BlockView, caller: &Caller) -> Markup {
         dl.logic {
             dt { "Runtime" } dd { (block.runtime.as_str()) }
             @if block.runtime == factory_core::template::Runtime::Llm { dt { "Model" } dd { (model.unwrap_or("the configured default")) } }
-            dt { "Timeout" } dd { (block.timeout) " s" }
+            dt { "Timeout" } dd { (duration_words(block.timeout)) }
             dt { "Threshold" } dd { @match &block.execution.threshold { Some(t) => { (t.metric) " ≥ " (t.min) }, None => "none" } }
             dt { "Gate" } dd { @match block.execution.human_gate { HumanGate::Before => "before", HumanGate::After => "after", HumanGate::None => "none" } }
             dt { "Retries" } dd { (state.retries_used) " used of " (block.execution.max_retries) @if !block.execution.retryable { " (not retryable)" } }
@@ -411,4 +441,26 @@ async fn chat(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::duration_words;
+
+    #[test]
+    fn durations_read_in_their_unit() {
+        for (ms, words) in [
+            (0, "0 ms"),
+            (800, "800 ms"),
+            (1_000, "1 s"),
+            (1_500, "1.5 s"),
+            (30_000, "30 s"),
+            (60_000, "1 min"),
+            (90_000, "1 min 30 s"),
+            (7_200_000, "2 h"),
+            (86_400_000, "24 h"),
+        ] {
+            assert_eq!(duration_words(ms), words, "{ms} ms");
+        }
+    }
 }

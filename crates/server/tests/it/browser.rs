@@ -252,6 +252,58 @@ async fn operators_and_reviewers_drive_a_run_from_the_browser() {
     .await;
     screenshot(c, "block-workbench").await;
 
+    // The tab labels are readable (WCAG contrast ≥ 4.5:1 against what is
+    // behind them), are ARIA tabs, and arrow keys move between them.
+    let contrast = c
+        .execute(
+            "const rgb = (s) => s.match(/[\\d.]+/g).slice(0, 4).map(Number);
+             const lum = ([r, g, b]) => { const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; }; return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b); };
+             const behind = (el) => { for (; el; el = el.parentElement) { const c = rgb(getComputedStyle(el).backgroundColor); if (c.length < 4 || c[3] > 0) return c; } return [255, 255, 255]; };
+             return [...document.querySelectorAll('[role=tab]')].map((b) => {
+               const [a, z] = [lum(rgb(getComputedStyle(b).color)), lum(behind(b))];
+               return [b.textContent, (Math.max(a, z) + 0.05) / (Math.min(a, z) + 0.05)];
+             });",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let tabs = contrast.as_array().unwrap();
+    assert_eq!(tabs.len(), 3, "{contrast}");
+    for tab in tabs {
+        assert!(
+            tab[1].as_f64().unwrap() >= 4.5,
+            "tab label contrast: {contrast}"
+        );
+    }
+    let outputs_tab = c.find(Locator::Css("#tab-button-outputs")).await.unwrap();
+    assert_eq!(
+        outputs_tab.attr("aria-selected").await.unwrap().as_deref(),
+        Some("true")
+    );
+    outputs_tab
+        .send_keys(&fantoccini::key::Key::Right.to_string())
+        .await
+        .unwrap();
+    until(
+        c,
+        "the Logic tab shown by the arrow key, focused and selected",
+        "const t = document.getElementById('tab-button-logic');
+         return !document.getElementById('tab-logic').hidden && document.getElementById('tab-outputs').hidden
+           && document.activeElement === t && t.getAttribute('aria-selected') === 'true' && t.tabIndex === 0;",
+    )
+    .await;
+    let logic = c
+        .find(Locator::Css("#tab-logic"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        logic.contains("Timeout\n5 min") || logic.contains("Timeout 5 min"),
+        "the default timeout (300,000 ms) in minutes: {logic}"
+    );
+
     // The diff between the two attempts.
     c.goto(&t.url(&format!("/runs/{run}/blocks/draft?a=1&b=2")))
         .await
