@@ -266,6 +266,11 @@ pub struct Attempt {
     /// The run version (pass through the feedback loop) it belongs to.
     #[serde(default = "first_version")]
     pub version: u32,
+    /// Why it did not succeed and what followed, in words ("metric `quality`
+    /// … below …; retry 1 of 2 in 200 ms"): the retry's or the failure's
+    /// reason, kept with the attempt it explains.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
 }
 
 fn first_version() -> u32 {
@@ -946,6 +951,7 @@ impl RunDoc {
                     report: None,
                     corrections_version,
                     version,
+                    why: None,
                 });
             }
             Event::AttemptFinished {
@@ -998,6 +1004,9 @@ impl RunDoc {
                 state.retries_used += 1;
                 state.not_before = Some(*not_before);
                 state.error = Some(reason.clone());
+                if let Some(last) = state.history.last_mut() {
+                    last.why = Some(reason.clone());
+                }
                 if corrections.is_some() {
                     state.corrections = corrections.clone();
                     // The reply was usable (the audit judged it): no note.
@@ -1021,6 +1030,9 @@ impl RunDoc {
                 ensure_finished(block, state, kind)?;
                 state.status = BlockStatus::Failed;
                 state.error = Some(error.clone());
+                if let Some(last) = state.history.last_mut() {
+                    last.why = Some(error.clone());
+                }
             }
             Event::ReviewFlagged { block } => {
                 let state = self.state_mut(block)?;

@@ -835,6 +835,19 @@ fn threshold_miss_retries_with_backoff_then_fails() {
     assert_eq!(d.status, RunStatus::Failed);
     assert_eq!(h.state("a").attempts, 3);
     assert_eq!(h.state("a").history.len(), 3);
+    // Each attempt keeps why it did not succeed and what followed.
+    let whys: Vec<&str> = h
+        .state("a")
+        .history
+        .iter()
+        .map(|a| a.why.as_deref().unwrap_or(""))
+        .collect();
+    assert!(
+        whys[0].contains("below the threshold 85") && whys[0].contains("retry 1 of 2"),
+        "{whys:?}"
+    );
+    assert!(whys[1].contains("retry 2 of 2"), "{whys:?}");
+    assert!(whys[2].ends_with("(after 3 attempts)"), "{whys:?}");
     h.assert_replays();
 }
 

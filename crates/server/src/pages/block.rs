@@ -123,6 +123,19 @@ const TABS: [(&str, &str); 3] = [
     ("logic", "Logic"),
 ];
 
+/// An attempt's outcome in words; `running` while it has none.
+fn outcome_words(outcome: Option<factory_core::run::AttemptOutcome>) -> &'static str {
+    use factory_core::run::AttemptOutcome;
+    match outcome {
+        None => "running",
+        Some(AttemptOutcome::Succeeded) => "succeeded",
+        Some(AttemptOutcome::ThresholdMissed) => "threshold missed",
+        Some(AttemptOutcome::Failed) => "failed",
+        Some(AttemptOutcome::TimedOut) => "timed out",
+        Some(AttemptOutcome::Abandoned) => "abandoned",
+    }
+}
+
 /// Milliseconds in the unit a person reads: `800 ms`, `1.5 s`, `30 s`,
 /// `2 min`, `1 min 30 s`, `2 h`.
 fn duration_words(ms: u64) -> String {
@@ -269,11 +282,13 @@ async fn outputs(
                     @for a in history {
                         @let current = selected.is_some_and(|s| s.n == a.n);
                         a class=(if current { "attempt current" } else { "attempt" }) href={(base) "?attempt=" (a.n)} {
-                            "#" (a.n) " " (a.outcome.map(|o| format!("{o:?}").to_lowercase()).unwrap_or_else(|| "running".into()))
+                            "#" (a.n) " " (outcome_words(a.outcome))
+                            @if let Some(end) = a.ended_at { " · " (duration_words(end.saturating_sub(a.started_at).max(0) as u64)) }
                         } " "
                     }
                 }
                 @if let Some(attempt) = selected {
+                    @if let Some(why) = &attempt.why { p.why { "Attempt " (attempt.n) ": " (why) } }
                     @if let Some(report) = &attempt.report {
                         @if let Some(error) = &report.error { p.error { (error) } }
                         @if let Some(audit) = &report.audit { (render::audit(audit)) }

@@ -267,6 +267,22 @@ async fn operators_and_reviewers_drive_a_run_from_the_browser() {
         )
         .await
         .unwrap();
+    // Each attempt says its outcome in words and how long it took.
+    let attempts = c
+        .find(Locator::Css("p.attempts"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        attempts.contains("#1 succeeded · ") && attempts.contains("#2 succeeded · "),
+        "{attempts}"
+    );
+    assert!(
+        attempts.contains(" ms") || attempts.contains(" s"),
+        "{attempts}"
+    );
     let tabs = contrast.as_array().unwrap();
     assert_eq!(tabs.len(), 3, "{contrast}");
     for tab in tabs {
