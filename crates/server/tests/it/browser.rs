@@ -116,6 +116,17 @@ async fn type_into(client: &Client, selector: &str, text: &str) {
         .unwrap();
 }
 
+/// The text of the first element `selector` finds.
+async fn text_of(client: &Client, selector: &str) -> String {
+    client
+        .find(Locator::Css(selector))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 async fn click(client: &Client, selector: &str) {
     client
         .find(Locator::Css(selector))
@@ -215,21 +226,9 @@ async fn operators_and_reviewers_drive_a_run_from_the_browser() {
     click(c, "#reject-form button").await;
     until(c, "attempt 2 at the gate", "return document.querySelector('#outputs').textContent.includes('#2') && document.querySelector('#block-status').textContent === 'waiting';").await;
     assert!(still_same_page(c).await, "updated without a reload");
-    let qa = c
-        .find(Locator::Css("#qa"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let qa = text_of(c, "#qa").await;
     assert!(qa.contains("rejected by user:reviewer"), "{qa}");
-    let outputs = c
-        .find(Locator::Css("#outputs"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let outputs = text_of(c, "#outputs").await;
     assert!(
         outputs.contains("Say which quarter"),
         "the re-run used the feedback: {outputs}"
@@ -268,13 +267,7 @@ async fn operators_and_reviewers_drive_a_run_from_the_browser() {
         .await
         .unwrap();
     // Each attempt says its outcome in words and how long it took.
-    let attempts = c
-        .find(Locator::Css("p.attempts"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let attempts = text_of(c, "p.attempts").await;
     assert!(
         attempts.contains("#1 succeeded · ") && attempts.contains("#2 succeeded · "),
         "{attempts}"
@@ -308,13 +301,7 @@ async fn operators_and_reviewers_drive_a_run_from_the_browser() {
            && document.activeElement === t && t.getAttribute('aria-selected') === 'true' && t.tabIndex === 0;",
     )
     .await;
-    let logic = c
-        .find(Locator::Css("#tab-logic"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let logic = text_of(c, "#tab-logic").await;
     assert!(
         logic.contains("Timeout\n5 min") || logic.contains("Timeout 5 min"),
         "the default timeout (300,000 ms) in minutes: {logic}"
@@ -330,13 +317,7 @@ async fn operators_and_reviewers_drive_a_run_from_the_browser() {
         "return document.querySelector('#diff pre.diff .add') !== null;",
     )
     .await;
-    let diff = c
-        .find(Locator::Css("#diff"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let diff = text_of(c, "#diff").await;
     assert!(
         diff.contains("+Attempt 2.") && diff.contains("-Attempt 1."),
         "{diff}"
