@@ -792,6 +792,27 @@ async fn permits_share_a_limit(store: Arc<dyn Store>) {
     for taker in takers {
         taken.extend(taker.await.unwrap());
     }
+    // A taker that lost a race for a slot takes nothing (it asks again):
+    // never two on one slot, never more than three; asking again, one at a
+    // time, fills exactly the slots left.
+    let mut slots: Vec<u32> = taken.iter().map(|(slot, _)| *slot).collect();
+    slots.sort();
+    slots.dedup();
+    assert_eq!(
+        slots.len(),
+        taken.len(),
+        "two takers on one slot: {taken:?}"
+    );
+    assert!(!taken.is_empty() && taken.len() <= 3, "{taken:?}");
+    let mut again = 0;
+    while let Some(slot) = store
+        .take_permit(key, 3, &format!("again{again}"), now, now + 60_000)
+        .await
+        .unwrap()
+    {
+        taken.push((slot, format!("again{again}")));
+        again += 1;
+    }
     taken.sort();
     assert_eq!(
         taken.iter().map(|(slot, _)| *slot).collect::<Vec<_>>(),
