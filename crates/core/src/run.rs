@@ -389,6 +389,21 @@ impl BlockState {
             .find_map(|attempt| attempt.report.as_ref()?.audit.as_deref())
     }
 
+    /// True when the block has not run since it was last reset (a new pass
+    /// of the feedback loop, or a person's reset): its history belongs to an
+    /// earlier pass, so its old badge and score say nothing of this one. A
+    /// reset leaves the block pending (then ready, blocked or waiting at its
+    /// before-gate) with its retries at zero; a retry keeps them counted.
+    pub fn awaits_new_pass(&self) -> bool {
+        !self.history.is_empty()
+            && match self.status {
+                BlockStatus::Pending | BlockStatus::Blocked => true,
+                BlockStatus::Ready => self.retries_used == 0,
+                BlockStatus::Waiting => self.gate == Some(GatePhase::Before),
+                BlockStatus::Running | BlockStatus::Done | BlockStatus::Failed => false,
+            }
+    }
+
     /// The most recent attempt that succeeded (its artifacts feed downstream).
     pub fn last_success(&self) -> Option<&Attempt> {
         self.history
@@ -1272,6 +1287,37 @@ impl RunDoc {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reset_block_awaits_a_new_pass_until_it_runs() {
+        let mut state = BlockState::new(Autonomy::Auto);
+        state.status = BlockStatus::Pending;
+        assert!(!state.awaits_new_pass(), "never ran: nothing stale");
+        state.history.push(
+            serde_json::from_value(serde_json::json!({"n": 1, "owner": "w", "started_at": 0}))
+                .unwrap(),
+        );
+        for (status, retries, gate, stale) in [
+            (BlockStatus::Done, 0, None, false),
+            (BlockStatus::Failed, 2, None, false),
+            (BlockStatus::Running, 0, None, false),
+            (BlockStatus::Waiting, 0, Some(GatePhase::After), false),
+            (BlockStatus::Ready, 1, None, false),
+            (BlockStatus::Pending, 0, None, true),
+            (BlockStatus::Blocked, 0, None, true),
+            (BlockStatus::Ready, 0, None, true),
+            (BlockStatus::Waiting, 0, Some(GatePhase::Before), true),
+        ] {
+            state.status = status;
+            state.retries_used = retries;
+            state.gate = gate;
+            assert_eq!(
+                state.awaits_new_pass(),
+                stale,
+                "{status:?} retries {retries} {gate:?}"
+            );
+        }
+    }
 
     #[test]
     fn formats_utc_times() {

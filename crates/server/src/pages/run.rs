@@ -174,8 +174,8 @@ fn pipeline(doc: &RunDoc, template: &Template, layers: &[(String, Vec<usize>)]) 
                                         span.status-text { (state.status.as_str()) }
                                         @if state.status == BlockStatus::Waiting { " · needs review" }
                                         @if state.attempts > 1 { " · try " (state.attempts) }
-                                        @if let Some(a) = state.latest_audit() { " " (render::badge(a.composite, &a.badge)) }
-                                        @if state.audit_flagged { " ⚑" }
+                                        @if let Some(a) = state.latest_audit().filter(|_| !state.awaits_new_pass()) { " " (render::badge(a.composite, &a.badge)) }
+                                        @if state.audit_flagged && !state.awaits_new_pass() { " ⚑" }
                                     }
                                 }
                             }
