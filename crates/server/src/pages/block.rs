@@ -312,14 +312,15 @@ async fn outputs(
                     }
                 }
             }
-        }
-        @if history.len() >= 2 {
-            form.diff-form method="get" action=(base) {
-                "Compare attempt "
-                select name="a" { @for h in history { option value=(h.n) selected[query.a.map_or(h.n + 1 == history.len() as u32, |a| a == h.n)] { "#" (h.n) } } }
-                " with "
-                select name="b" { @for h in history { option value=(h.n) selected[query.b.map_or(h.n == history.len() as u32, |b| b == h.n)] { "#" (h.n) } } }
-                " " button type="submit" { "Diff" }
+            // Inside the live region: a second attempt brings the form along.
+            @if history.len() >= 2 {
+                form.diff-form method="get" action=(base) {
+                    "Compare attempt "
+                    select name="a" aria-label="first attempt" { @for h in history { option value=(h.n) selected[query.a.map_or(h.n + 1 == history.len() as u32, |a| a == h.n)] { "#" (h.n) } } }
+                    " with "
+                    select name="b" aria-label="second attempt" { @for h in history { option value=(h.n) selected[query.b.map_or(h.n == history.len() as u32, |b| b == h.n)] { "#" (h.n) } } }
+                    " " button type="submit" { "Diff" }
+                }
             }
         }
         @if let Some((a, b, diffs)) = &diff {

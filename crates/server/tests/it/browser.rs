@@ -226,6 +226,16 @@ async fn operators_and_reviewers_drive_a_run_from_the_browser() {
     click(c, "#reject-form button").await;
     until(c, "attempt 2 at the gate", "return document.querySelector('#outputs').textContent.includes('#2') && document.querySelector('#block-status').textContent === 'waiting';").await;
     assert!(still_same_page(c).await, "updated without a reload");
+    until(
+        c,
+        "the attempt-diff form, live with the second attempt",
+        "return document.querySelector('#outputs form.diff-form select[name=b]') !== null;",
+    )
+    .await;
+    assert!(
+        still_same_page(c).await,
+        "the diff form came without a reload"
+    );
     let qa = text_of(c, "#qa").await;
     assert!(qa.contains("rejected by user:reviewer"), "{qa}");
     let outputs = text_of(c, "#outputs").await;
