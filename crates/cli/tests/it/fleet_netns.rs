@@ -280,10 +280,7 @@ fn a_cut_worker_loses_its_block_to_another_host_and_stops_its_attempt() {
                 .stderr(Stdio::piped())
                 .spawn()
                 .unwrap();
-            let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-            let banner = lines.next().unwrap().unwrap();
-            assert!(banner.starts_with("worker "), "{name}: {banner}");
-            let rest = std::thread::spawn(move || lines.map_while(|l| l.ok()).collect());
+            let (_, rest) = worker_banner(&mut child);
             (child, rest)
         };
     let (mut worker_a, log_a) = start_worker(&hosts.a, "host-a", 1);
@@ -334,18 +331,11 @@ fn a_cut_worker_loses_its_block_to_another_host_and_stops_its_attempt() {
 
     // Host b finishes its block, then takes the cut one over once the lease
     // has run out, and finishes the run.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let doc: Value = loop {
-        let doc: Value = serde_json::from_slice(&on_b(&["status", &run, "--json"]).stdout).unwrap();
-        if doc["status"] != "running" {
-            break doc;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "host b did not finish the run: {doc}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let doc = wait_while_running(
+        Duration::from_secs(60),
+        "host b did not finish the run",
+        || serde_json::from_slice(&on_b(&["status", &run, "--json"]).stdout).unwrap(),
+    );
     assert_eq!(doc["status"], "done", "{doc}");
     // Past the time host a's attempt would have ended had it not been stopped.
     std::thread::sleep(

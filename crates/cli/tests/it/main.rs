@@ -50,6 +50,32 @@ fn sent_prompt(db: &Path, run: &str, block: &str, attempt: u32) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
+/// Reads `read` (a run's status document) every 100 ms until the run is no
+/// longer running, and returns that document; fails after `limit` with `what`.
+fn wait_while_running(limit: Duration, what: &str, mut read: impl FnMut() -> Value) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let doc = read();
+        if doc["status"] != "running" {
+            return doc;
+        }
+        assert!(Instant::now() < deadline, "{what}: {doc}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A started `factory worker`'s banner (its first stderr line, which must
+/// say it serves) and a thread that collects the rest of its stderr.
+fn worker_banner(
+    child: &mut std::process::Child,
+) -> (String, std::thread::JoinHandle<Vec<String>>) {
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let banner = lines.next().unwrap().unwrap();
+    assert!(banner.starts_with("worker "), "{banner}");
+    let rest = std::thread::spawn(move || lines.map_while(|l| l.ok()).collect());
+    (banner, rest)
+}
+
 /// Reads one HTTP/1.1 request from a test server's connection: its request
 /// line and body (by content-length).
 fn read_request(stream: &std::net::TcpStream) -> (String, Vec<u8>) {

@@ -48,18 +48,11 @@ fn create_run(url: &str, template: &Path, env: &[(&str, &str)]) -> String {
 }
 
 fn wait_done(url: &str, run: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let doc = status_json(Path::new(url), run);
-        if doc["status"] != "running" {
-            return doc;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the workers did not finish {run}: {doc}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_while_running(
+        Duration::from_secs(90),
+        &format!("the workers did not finish {run}"),
+        || status_json(Path::new(url), run),
+    )
 }
 
 struct Worker {
@@ -115,9 +108,7 @@ fn start_worker(url: &str, marks: &Path, work: &Path, env: &[(&str, &str)]) -> W
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let banner = lines.next().unwrap().unwrap();
-    assert!(banner.starts_with("worker "), "{banner}");
+    let (banner, stderr) = worker_banner(&mut child);
     assert!(banner.contains("2 blocks at once"), "{banner}");
     let metrics = banner
         .split("http://")
@@ -125,7 +116,6 @@ fn start_worker(url: &str, marks: &Path, work: &Path, env: &[(&str, &str)]) -> W
         .and_then(|rest| rest.strip_suffix("/metrics"))
         .unwrap_or_else(|| panic!("no metrics address in {banner}"))
         .to_string();
-    let stderr = std::thread::spawn(move || lines.map_while(|l| l.ok()).collect());
     Worker {
         child,
         stderr,
