@@ -33,9 +33,13 @@ pub async fn run(settings: &LlmSettings, template: Option<(&Path, &Pipeline)>) -
                     })
                     .collect();
                 println!(
-                    "  {name:<11} ok: {} call{} at a time; serves {}{} [{origin}]",
+                    "  {name:<11} ok: {} call{} at a time{}; serves {}{} [{origin}]",
                     slots,
                     if slots == 1 { "" } else { "s" },
+                    match client.rate_limit() {
+                        Some(rate) => format!(", {} requests a minute", rate.requests),
+                        None => String::new(),
+                    },
                     if list.is_empty() {
                         "no listed model".to_string()
                     } else {

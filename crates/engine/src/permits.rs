@@ -4,6 +4,11 @@
 //! call lasts it renews the slot, so a worker that crashes frees its slots
 //! when their time runs out ([`HOLD`]) instead of holding them for ever.
 //!
+//! Rate limits (requests per minute) use the same table: a request takes a
+//! slot of the key's `… requests` limit for the window and never gives it
+//! back, so the slots held at any moment are the requests that started in
+//! the last window (a sliding window kept by the whole fleet).
+//!
 //! Waiting is polling with backoff (20 ms doubling to 500 ms): LLM calls
 //! last seconds, so a freed slot waits at most a fraction of one.
 
@@ -69,6 +74,34 @@ impl SharedLimit for StoreLimit {
             wait = (wait * 2).min(Duration::from_millis(500));
         }
     }
+
+    async fn spend(&self, key: &str, requests: u32, window: Duration) -> Result<(), String> {
+        let holder = format!(
+            "{}#{}",
+            self.owner,
+            self.taken.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut wait = Duration::from_millis(20);
+        loop {
+            let now = now_ms();
+            let taken = self
+                .store
+                .take_permit(
+                    key,
+                    requests.max(1),
+                    &holder,
+                    now,
+                    now + window.as_millis() as Millis,
+                )
+                .await
+                .map_err(|error| error.to_string())?;
+            if taken.is_some() {
+                return Ok(());
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_millis(500));
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -127,5 +160,39 @@ impl Drop for Guard {
                     .await;
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    /// Two workers on one store keep one rate limit together: the fourth
+    /// request of a 3-per-window limit waits for the first to age out,
+    /// whichever worker makes it.
+    #[tokio::test]
+    async fn workers_share_a_rate_limit_through_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let store: Arc<dyn Store> =
+            Arc::from(factory_store::open(path.to_str().unwrap()).await.unwrap());
+        let a = StoreLimit::new(store.clone(), "worker-a".into());
+        let b = StoreLimit::new(store.clone(), "worker-b".into());
+        let window = Duration::from_millis(1500);
+        let started = Instant::now();
+        a.spend("llm x requests", 3, window).await.unwrap();
+        b.spend("llm x requests", 3, window).await.unwrap();
+        a.spend("llm x requests", 3, window).await.unwrap();
+        // Another key has its own window.
+        b.spend("llm y requests", 3, window).await.unwrap();
+        assert!(started.elapsed() < window, "three turns are free");
+        b.spend("llm x requests", 3, window).await.unwrap();
+        assert!(
+            started.elapsed() >= Duration::from_millis(1490),
+            "the fourth waited for the window: {:?}",
+            started.elapsed()
+        );
     }
 }

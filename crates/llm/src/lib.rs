@@ -464,6 +464,55 @@ pub trait SharedLimit: Send + Sync {
     /// Waits for one of `limit` slots of `key`; the slot is given back when
     /// the returned guard is dropped.
     async fn acquire(&self, key: &str, limit: usize) -> Result<SharedPermit, String>;
+
+    /// Waits until fewer than `requests` requests under `key` started in the
+    /// last `window`, and counts one more (it is never given back: it ages
+    /// out of the window).
+    async fn spend(&self, key: &str, requests: u32, window: Duration) -> Result<(), String>;
+}
+
+/// At most `requests` requests started in any `window`: a provider's
+/// requests-per-minute limit. Every request counts, retries included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub requests: u32,
+    pub window: Duration,
+}
+
+impl RateLimit {
+    pub fn per_minute(requests: u32) -> RateLimit {
+        RateLimit {
+            requests: requests.max(1),
+            window: Duration::from_secs(60),
+        }
+    }
+}
+
+/// This process's own record of when its last requests started (a sliding
+/// window), so a limit holds without a store and before the store is asked.
+#[derive(Default)]
+struct RateWindow(std::sync::Mutex<std::collections::VecDeque<Instant>>);
+
+impl RateWindow {
+    /// Counts a request starting now, or says how long to wait for a turn.
+    fn try_start(&self, rate: RateLimit) -> Option<Duration> {
+        let mut started = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        while started
+            .front()
+            .is_some_and(|at| now.duration_since(*at) >= rate.window)
+        {
+            started.pop_front();
+        }
+        if started.len() < rate.requests as usize {
+            started.push_back(now);
+            None
+        } else {
+            started
+                .front()
+                .map(|first| (*first + rate.window).saturating_duration_since(now))
+        }
+    }
 }
 
 /// A slot of a [`SharedLimit`], given back when dropped.
@@ -477,6 +526,8 @@ pub struct Client {
     /// The same limit held with other processes, under this key.
     shared: Option<(Arc<dyn SharedLimit>, String)>,
     max_concurrent: usize,
+    /// Requests per window, this process's and (when shared) the fleet's.
+    rate: Option<(RateLimit, Arc<RateWindow>)>,
     retry: RetryPolicy,
     models: Arc<OnceCell<Vec<ModelInfo>>>,
     /// Response formats this endpoint refused: later calls start weaker
@@ -491,6 +542,7 @@ impl Client {
             permits: Arc::new(Semaphore::new(max_concurrent.max(1))),
             shared: None,
             max_concurrent: max_concurrent.max(1),
+            rate: None,
             retry,
             models: Arc::new(OnceCell::new()),
             refused: Arc::default(),
@@ -504,6 +556,38 @@ impl Client {
         Client {
             shared: Some((limit, key)),
             ..self.clone()
+        }
+    }
+
+    /// This client with at most `rate.requests` requests started per
+    /// `rate.window` (held by the fleet too once the limit is shared).
+    pub fn with_rate(&self, rate: RateLimit) -> Client {
+        Client {
+            rate: Some((rate, Arc::default())),
+            ..self.clone()
+        }
+    }
+
+    pub fn rate_limit(&self) -> Option<RateLimit> {
+        self.rate.as_ref().map(|(rate, _)| *rate)
+    }
+
+    /// Waits for a turn under the rate limit: first this process's own
+    /// window, then the fleet's. Like the concurrency limit, the fleet's is
+    /// best effort: when the store cannot be asked, the process's own holds.
+    async fn rate_turn(&self) {
+        let Some((rate, window)) = &self.rate else {
+            return;
+        };
+        while let Some(wait) = window.try_start(*rate) {
+            tokio::time::sleep(wait).await;
+        }
+        if let Some((limit, key)) = &self.shared
+            && let Err(error) = limit
+                .spend(&format!("{key} requests"), rate.requests, rate.window)
+                .await
+        {
+            tracing::warn!(%error, key, "shared LLM rate limit unavailable; using this process's own");
         }
     }
 
@@ -574,6 +658,7 @@ impl Client {
             },
             None => None,
         };
+        self.rate_turn().await;
         let queued_ms = queued.elapsed().as_millis() as u64;
         let started = Instant::now();
         let deadline = started + limits.total;
@@ -597,6 +682,31 @@ impl Client {
         let mut fresh_connection_tried = false;
         loop {
             calls += 1;
+            // Every request counts against the rate limit, a retry too; a
+            // turn that comes after the deadline ends the call.
+            if calls > 1
+                && tokio::time::timeout_at(deadline.into(), self.rate_turn())
+                    .await
+                    .is_err()
+            {
+                notes.push("the time ran out waiting for the provider's rate limit".to_string());
+                return Err(CallFailure {
+                    error: LlmError::Timeout {
+                        provider: self.provider.name().to_string(),
+                        kind: TimeoutKind::Total,
+                        timeout_ms: limits.total.as_millis() as u64,
+                        attempts: calls - 1,
+                    },
+                    raw_request: Value::Null,
+                    raw_response: String::new(),
+                    partial_text: String::new(),
+                    usage: Usage::default(),
+                    attempts: calls - 1,
+                    latency_ms: started.elapsed().as_millis() as u64,
+                    queued_ms,
+                    notes,
+                });
+            }
             let mut transcript = Transcript::default();
             let result = tokio::time::timeout_at(
                 deadline.into(),

@@ -11,7 +11,7 @@ use factory_core::run::FailureKind;
 use factory_llm::tokens::{self, Fit};
 use factory_llm::{
     Anthropic, CallFailure, ChatRequest, Client, Limits, LlmError, OpenAiCompatible, Part,
-    ResponseFormat, RetryPolicy, StreamLimits,
+    RateLimit, ResponseFormat, RetryPolicy, StreamLimits,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -135,6 +135,8 @@ pub struct LlmConfig {
     pub context_windows: BTreeMap<String, u64>,
     /// Calls in flight per provider (default 4; 1 for a server on loopback).
     pub concurrency: Option<usize>,
+    /// Requests started per minute per provider (default: no limit).
+    pub requests_per_minute: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -146,6 +148,9 @@ pub struct ProviderConfig {
     pub api_key_env: Option<String>,
     /// Calls in flight at once to this provider.
     pub concurrency: Option<usize>,
+    /// Requests started per minute (the provider's RPM limit), retries
+    /// included; every worker of a store keeps it together.
+    pub requests_per_minute: Option<u32>,
     /// The context window of the models it serves, in tokens.
     pub context_window: Option<u64>,
 }
@@ -241,7 +246,8 @@ impl LlmSettings {
     /// `ANTHROPIC_API_KEY`/`ANTHROPIC_BASE_URL`, `OPENAI_API_KEY`/`OPENAI_BASE_URL`,
     /// `OPENROUTER_API_KEY`/`OPENROUTER_BASE_URL`, `FACTORY_LLM_BASE_URL` (a local
     /// OpenAI-compatible server such as Ollama, provider `local`),
-    /// `FACTORY_DEFAULT_MODEL`, `FACTORY_MODEL_<ALIAS>`, `FACTORY_LLM_CONCURRENCY`.
+    /// `FACTORY_DEFAULT_MODEL`, `FACTORY_MODEL_<ALIAS>`, `FACTORY_LLM_CONCURRENCY`,
+    /// `FACTORY_LLM_RPM`.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> LlmSettings {
         LlmSettings::from_config(LlmConfig::default(), lookup)
     }
@@ -265,7 +271,14 @@ impl LlmSettings {
             }
         };
         let env_concurrency = number("FACTORY_LLM_CONCURRENCY").map(|n| n as usize);
+        let env_rpm = number("FACTORY_LLM_RPM").map(|n| u32::try_from(n).unwrap_or(u32::MAX));
         let local_context = number("FACTORY_LLM_CONTEXT");
+        let rpm = |configured: Option<u32>| {
+            configured
+                .or(env_rpm)
+                .or(config.requests_per_minute)
+                .filter(|n| *n > 0)
+        };
         // A server on this machine usually serves one request at a time;
         // more calls in flight only queue there, where the timeout counts.
         let concurrency = |configured: Option<usize>, base_url: Option<&str>| {
@@ -278,12 +291,25 @@ impl LlmSettings {
                     4
                 })
         };
+        let zero_rpm = config
+            .requests_per_minute
+            .map(|n| ("requests_per_minute".to_string(), n))
+            .into_iter()
+            .chain(config.providers.iter().filter_map(|(name, p)| {
+                p.requests_per_minute
+                    .map(|n| (format!("[providers.{name}] requests_per_minute"), n))
+            }));
+        for (field, _) in zero_rpm.filter(|(_, n)| *n == 0).collect::<Vec<_>>() {
+            warnings.push(format!(
+                "{field} = 0 would stop every call; it is ignored: remove it for no limit"
+            ));
+        }
         let retry = RetryPolicy::default();
         let mut providers = BTreeMap::new();
         let mut add = |name: &str,
                        provider: Arc<dyn factory_llm::Provider>,
                        kind: ProviderKind,
-                       (concurrency, endpoint): (usize, &str),
+                       (concurrency, rpm, endpoint): (usize, Option<u32>, &str),
                        context_window: Option<u64>,
                        origin: String| {
             let limit_key = if is_loopback(endpoint) {
@@ -291,10 +317,14 @@ impl LlmSettings {
             } else {
                 format!("llm {name} {endpoint}")
             };
+            let client = Client::new(provider, concurrency, retry);
             providers.insert(
                 name.to_string(),
                 ProviderEntry {
-                    client: Client::new(provider, concurrency, retry),
+                    client: match rpm {
+                        Some(rpm) => client.with_rate(RateLimit::per_minute(rpm)),
+                        None => client,
+                    },
                     limit_key,
                     kind,
                     context_window,
@@ -313,6 +343,7 @@ impl LlmSettings {
                 ProviderKind::Anthropic,
                 (
                     concurrency(None, anthropic_url.as_deref()),
+                    rpm(None),
                     anthropic_url.as_deref().unwrap_or(ANTHROPIC_ENDPOINT),
                 ),
                 None,
@@ -341,7 +372,7 @@ impl LlmSettings {
                     name,
                     Arc::new(OpenAiCompatible::new(name, &base, key)),
                     ProviderKind::Openai,
-                    (concurrency(None, Some(&base)), &base),
+                    (concurrency(None, Some(&base)), rpm(None), &base),
                     None,
                     format!("{key_var} / {url_var}"),
                 );
@@ -357,7 +388,7 @@ impl LlmSettings {
                     get("FACTORY_LLM_API_KEY"),
                 )),
                 ProviderKind::Openai,
-                (concurrency(None, Some(&url)), &url),
+                (concurrency(None, Some(&url)), rpm(None), &url),
                 local_context,
                 "FACTORY_LLM_BASE_URL".to_string(),
             );
@@ -390,6 +421,7 @@ impl LlmSettings {
                 provider.kind,
                 (
                     concurrency(provider.concurrency, base),
+                    rpm(provider.requests_per_minute),
                     base.unwrap_or(ANTHROPIC_ENDPOINT),
                 ),
                 provider.context_window,
@@ -1065,6 +1097,65 @@ output = 2.0
             panic!("opus needs an Anthropic key")
         };
         assert!(error.contains("ANTHROPIC_API_KEY"), "{error}");
+    }
+
+    #[test]
+    fn requests_per_minute_come_from_the_provider_the_environment_or_the_file() {
+        let file = r#"
+requests_per_minute = 600
+[providers.vllm]
+kind = "openai"
+base_url = "http://127.0.0.1:8000/v1"
+requests_per_minute = 30
+[providers.other]
+kind = "openai"
+base_url = "https://example.invalid/v1"
+"#;
+        let rpm = |settings: &LlmSettings, name: &str| {
+            settings
+                .providers()
+                .find(|(provider, _, _)| *provider == name)
+                .and_then(|(_, client, _)| client.rate_limit())
+                .map(|rate| (rate.requests, rate.window.as_secs()))
+        };
+        let config = LlmConfig::parse(file, "factory.toml").unwrap();
+        let settings = LlmSettings::from_config(config.clone(), |_| None);
+        assert_eq!(rpm(&settings, "vllm"), Some((30, 60)));
+        assert_eq!(rpm(&settings, "other"), Some((600, 60)));
+        let settings = LlmSettings::from_config(config, |name| {
+            (name == "FACTORY_LLM_RPM").then(|| "120".to_string())
+        });
+        assert_eq!(
+            rpm(&settings, "vllm"),
+            Some((30, 60)),
+            "the provider's own wins"
+        );
+        assert_eq!(
+            rpm(&settings, "other"),
+            Some((120, 60)),
+            "the environment beats the file"
+        );
+        let settings = LlmSettings::from_lookup(|name| match name {
+            "FACTORY_LLM_BASE_URL" => Some("http://127.0.0.1:11434/v1".into()),
+            _ => None,
+        });
+        assert_eq!(rpm(&settings, "local"), None, "no limit unless one is set");
+
+        let zero = LlmConfig::parse(
+            "[providers.v]\nkind = \"openai\"\nrequests_per_minute = 0",
+            "factory.toml",
+        )
+        .unwrap();
+        let settings = LlmSettings::from_config(zero, |_| None);
+        assert_eq!(rpm(&settings, "v"), None);
+        assert!(
+            settings.warnings()[0].contains("[providers.v] requests_per_minute = 0"),
+            "{:?}",
+            settings.warnings()
+        );
+        let typo = LlmConfig::parse("[providers.v]\nkind = \"openai\"\nrpm = 5", "factory.toml")
+            .unwrap_err();
+        assert!(typo.contains("rpm"), "{typo}");
     }
 
     #[test]

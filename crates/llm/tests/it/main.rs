@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use factory_llm::{
-    Anthropic, ChatRequest, Client, Limits, LlmError, OpenAiCompatible, Part, ResponseFormat,
-    RetryPolicy, StreamLimits, TimeoutKind,
+    Anthropic, ChatRequest, Client, Limits, LlmError, OpenAiCompatible, Part, RateLimit,
+    ResponseFormat, RetryPolicy, StreamLimits, TimeoutKind,
 };
 use serde_json::{Value, json};
 use wiremock::matchers::{body_partial_json, header, method, path};
@@ -399,6 +399,104 @@ async fn the_concurrency_limit_serialises_calls() {
     assert!(
         started.elapsed() >= Duration::from_millis(400),
         "one call at a time"
+    );
+}
+
+fn rate(requests: u32, window_ms: u64) -> RateLimit {
+    RateLimit {
+        requests,
+        window: Duration::from_millis(window_ms),
+    }
+}
+
+/// Two requests per 800 ms: of three calls at once (concurrency allows all
+/// three), two start at once and the third waits for the window, as queueing.
+#[tokio::test]
+async fn the_rate_limit_spaces_requests_over_its_window() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(message("ok", "end_turn")))
+        .expect(3)
+        .mount(&server)
+        .await;
+    let client = Client::new(
+        Arc::new(Anthropic::new(Some(&server.uri()), KEY)),
+        3,
+        fast_retries(),
+    )
+    .with_rate(rate(2, 800));
+    let one = request(false);
+    let (a, b, c) = tokio::join!(
+        client.complete(&one, Duration::from_secs(5)),
+        client.complete(&one, Duration::from_secs(5)),
+        client.complete(&one, Duration::from_secs(5))
+    );
+    let mut queued: Vec<u64> = [a, b, c].map(|r| r.unwrap().queued_ms).to_vec();
+    queued.sort();
+    assert!(queued[1] < 790, "two start at once: {queued:?}");
+    assert!(
+        queued[2] >= 790,
+        "the third waits for the window: {queued:?}"
+    );
+}
+
+/// A retry is a request too: after a 500, the second request waits for its
+/// turn; a turn that would come after the deadline ends the call as a timeout.
+#[tokio::test]
+async fn retries_count_against_the_rate_limit() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(500).set_body_string("busy"))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(message("ok", "end_turn")))
+        .mount(&server)
+        .await;
+    let client = anthropic(&server).with_rate(rate(1, 600));
+    let reply = client
+        .complete(&request(false), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(reply.attempts, 2);
+    assert!(
+        reply.latency_ms >= 590,
+        "the retry waited: {}",
+        reply.latency_ms
+    );
+
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(500).set_body_string("busy"))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let client = anthropic(&server).with_rate(rate(1, 60_000));
+    let started = Instant::now();
+    let failure = client
+        .complete(&request(false), Duration::from_millis(700))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            failure.error,
+            LlmError::Timeout {
+                kind: TimeoutKind::Total,
+                ..
+            }
+        ),
+        "{}",
+        failure.error
+    );
+    assert!(
+        failure.notes.iter().any(|n| n.contains("rate limit")),
+        "{:?}",
+        failure.notes
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "ends at the deadline, not the turn"
     );
 }
 
