@@ -74,6 +74,37 @@ pub fn fan_out(width: usize) -> String {
     template("fan-out", blocks)
 }
 
+/// `rows × width` no-op blocks in rows, each after one to three blocks of
+/// the rows before it (mostly the row just before, sometimes further up),
+/// chosen by a fixed pseudo-random sequence: a pipeline shaped like a real
+/// one, for measuring pages and layouts at size.
+pub fn layered(rows: usize, width: usize) -> String {
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move |below: usize| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % below.max(1) as u64) as usize
+    };
+    let mut blocks = Vec::with_capacity(rows * width);
+    for r in 0..rows {
+        for c in 0..width {
+            let mut after: Vec<String> = Vec::new();
+            if r > 0 {
+                for _ in 0..1 + next(3) {
+                    let up = if next(4) == 0 { next(r) } else { r - 1 };
+                    let id = format!("r{up}c{}", next(width));
+                    if !after.contains(&id) {
+                        after.push(id);
+                    }
+                }
+            }
+            blocks.push(noop(format!("r{r}c{c}"), "L0", after));
+        }
+    }
+    template("layered", blocks)
+}
+
 /// `template_json` with every `noop` block turned into a `sleep` of `ms`
 /// milliseconds: blocks that take time without using the processor, for
 /// measuring how throughput grows with workers.

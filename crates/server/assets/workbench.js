@@ -1,7 +1,8 @@
 // Process Factory workbench: live regions, API forms, saved drafts, tabs.
 // No framework, no build step. Pages are server-rendered; this script only
 // (1) listens to server-sent events and refreshes [data-live] regions,
-// (2) submits forms to the JSON API, (3) saves drafts to the run.
+// (2) submits forms to the JSON API, (3) saves drafts to the run, (4) traces
+// a block's lineage on the pipeline graph.
 "use strict";
 
 const body = document.body;
@@ -313,6 +314,56 @@ function bindTabs() {
   const wanted = location.hash.slice(1);
   if (wanted && document.getElementById(`tab-${wanted}`)) show(wanted);
 }
+
+// ── The pipeline graph: a block under the pointer or the keyboard focus
+// lights up with everything upstream and downstream of it ──
+function lineage(svg, id) {
+  const edges = [...svg.querySelectorAll("path.edge")];
+  const lit = new Set([id]);
+  for (const [from, to] of [["from", "to"], ["to", "from"]]) {
+    const stack = [id];
+    while (stack.length) {
+      const at = stack.pop();
+      for (const e of edges) {
+        if (e.dataset[to] !== at) continue;
+        e.classList.add("lit");
+        const next = e.dataset[from];
+        if (!lit.has(next)) { lit.add(next); stack.push(next); }
+      }
+    }
+  }
+  for (const b of svg.querySelectorAll("a.block")) b.classList.toggle("lit", lit.has(b.dataset.block));
+  svg.classList.add("tracing");
+}
+function unlight(svg) {
+  svg.classList.remove("tracing");
+  for (const el of svg.querySelectorAll(".lit")) el.classList.remove("lit");
+}
+for (const [on, off] of [["mouseover", "mouseout"], ["focusin", "focusout"]]) {
+  document.addEventListener(on, (e) => {
+    const block = e.target.closest && e.target.closest("svg.graph a.block");
+    if (block) { unlight(block.ownerSVGElement); lineage(block.ownerSVGElement, block.dataset.block); }
+  });
+  document.addEventListener(off, (e) => {
+    const block = e.target.closest && e.target.closest("svg.graph a.block");
+    if (block) unlight(block.ownerSVGElement);
+  });
+}
+
+// ── Elapsed time on running blocks: the page says how long an attempt had
+// run when it was drawn; count on from there until the next refresh ──
+function durationWords(ms) {
+  if (ms < 1000) return `${ms} ms`;
+  if (ms < 60000) return ms % 1000 === 0 ? `${ms / 1000} s` : `${(ms / 1000).toFixed(1)} s`;
+  const s = Math.floor(ms / 1000), h = Math.floor(s / 3600), m = Math.floor(s / 60) % 60, r = s % 60;
+  return [[h, "h"], [m, "min"], [r, "s"]].filter(([n]) => n > 0).map(([n, u]) => `${n} ${u}`).join(" ");
+}
+setInterval(() => {
+  for (const el of document.querySelectorAll("[data-elapsed]")) {
+    el.__since = el.__since || Date.now();
+    el.textContent = durationWords(Math.round((Number(el.dataset.elapsed) + Date.now() - el.__since) / 1000) * 1000);
+  }
+}, 1000);
 
 bindForms(document);
 bindTabs();

@@ -164,6 +164,33 @@ fn main() {
         )
         .await;
         report("block workbench page", &block_page);
+        // A 200-block run (20 rows of 10, wired like a real pipeline): the
+        // graph's layout, the timeline and their SVG at size.
+        let source = factory_engine::fixtures::layered(20, 10);
+        let big = engine
+            .create_run(&source, None, RunRequest::default())
+            .await
+            .unwrap();
+        // Run to the end, so the page draws 200 blocks and 200 timeline rows.
+        let (outcome, big) = engine.drive(&big.run_id).await.unwrap();
+        assert_eq!(outcome, factory_engine::Outcome::Done);
+        let big_url = format!("{base}/runs/{}", big.run_id);
+        let bytes = client
+            .get(&big_url)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+            .len();
+        time_page(&client, &big_url, &token, 10).await;
+        let big_page = time_page(&client, &big_url, &token, 100).await;
+        report(
+            &format!("pipeline page (200 blocks, {} KB)", bytes / 1024),
+            &big_page,
+        );
         let home = time_page(&client, &format!("{base}/"), &token, 300).await;
         report("runs home", &home);
         let api = time_page(&client, &format!("{base}/api/v1/runs/{run}"), &token, 300).await;

@@ -173,6 +173,11 @@ pub const ROUTES: &[(&str, &str, Option<Role>)] = &[
     ),
     (
         "GET",
+        "/api/v1/runs/{run}/blocks/{block}/logs/{stream}",
+        Some(Role::Viewer),
+    ),
+    (
+        "GET",
         "/api/v1/runs/{run}/blocks/{block}/diff",
         Some(Role::Viewer),
     ),

@@ -300,6 +300,50 @@ pub async fn artifact(
     Ok(([(header::CONTENT_TYPE, content_type)], content).into_response())
 }
 
+/// An attempt's stdout or stderr, whole (as far as it was kept: a long log
+/// keeps its tail), as text.
+pub async fn log(
+    State(state): State<SharedState>,
+    Path((run, block, stream)): Path<(String, String, String)>,
+    Query(query): Query<AttemptQuery>,
+) -> ApiResult<Response> {
+    let view = block_view(&state, &run, &block).await?;
+    let history = &view.doc.blocks[&block].history;
+    let attempt = selected_attempt(history, query.attempt, &block)?.ok_or_else(|| {
+        ApiError::not_found("log_not_found", format!("block `{block}` has not run yet"))
+    })?;
+    let text = attempt_log(&state, attempt, &stream).await?;
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        text.map(|(bytes, _)| bytes).unwrap_or_default(),
+    )
+        .into_response())
+}
+
+/// The stored `stream` (`stdout` or `stderr`) of an attempt and its record,
+/// or None when the attempt wrote nothing there.
+pub async fn attempt_log(
+    state: &SharedState,
+    attempt: &Attempt,
+    stream: &str,
+) -> ApiResult<Option<(Vec<u8>, factory_core::run::LogRef)>> {
+    let report = attempt.report.as_ref();
+    let log = match stream {
+        "stdout" => report.and_then(|r| r.stdout.clone()),
+        "stderr" => report.and_then(|r| r.stderr.clone()),
+        other => {
+            return Err(ApiError::not_found(
+                "unknown_log",
+                format!("no log `{other}`: an attempt has `stdout` and `stderr`"),
+            ));
+        }
+    };
+    match log {
+        Some(log) => Ok(Some((state.store.get_blob(&log.hash).await?, log))),
+        None => Ok(None),
+    }
+}
+
 #[derive(Debug, Deserialize)]
 pub struct DiffQuery {
     a: u32,

@@ -85,6 +85,10 @@ pub fn routes(config: &crate::ServerConfig) -> Router<SharedState> {
             "/api/v1/runs/{run}/blocks/{block}/artifacts/{key}",
             get(blocks::artifact),
         )
+        .route(
+            "/api/v1/runs/{run}/blocks/{block}/logs/{stream}",
+            get(blocks::log),
+        )
         .route("/api/v1/runs/{run}/blocks/{block}/diff", get(blocks::diff))
         .route(
             "/api/v1/runs/{run}/blocks/{block}/chat",

@@ -117,6 +117,19 @@ pub async fn render_block_page(
 }
 
 /// The centre panel's tabs: (name, label).
+/// How much of a log the page shows (its end); the rest is a link away.
+const LOG_TAIL: usize = 16 * 1024;
+
+/// The last `max` bytes of a log as text, starting at a line when cut.
+fn log_tail(bytes: &[u8], max: usize) -> String {
+    if bytes.len() <= max {
+        return String::from_utf8_lossy(bytes).into_owned();
+    }
+    let tail = &bytes[bytes.len() - max..];
+    let start = tail.iter().position(|b| *b == b'\n').map_or(0, |i| i + 1);
+    String::from_utf8_lossy(&tail[start..]).into_owned()
+}
+
 const TABS: [(&str, &str); 3] = [
     ("inputs", "Inputs"),
     ("outputs", "Outputs"),
@@ -124,7 +137,7 @@ const TABS: [(&str, &str); 3] = [
 ];
 
 /// An attempt's outcome in words; `running` while it has none.
-fn outcome_words(outcome: Option<factory_core::run::AttemptOutcome>) -> &'static str {
+pub(super) fn outcome_words(outcome: Option<factory_core::run::AttemptOutcome>) -> &'static str {
     use factory_core::run::AttemptOutcome;
     match outcome {
         None => "running",
@@ -133,26 +146,6 @@ fn outcome_words(outcome: Option<factory_core::run::AttemptOutcome>) -> &'static
         Some(AttemptOutcome::Failed) => "failed",
         Some(AttemptOutcome::TimedOut) => "timed out",
         Some(AttemptOutcome::Abandoned) => "abandoned",
-    }
-}
-
-/// Milliseconds in the unit a person reads: `800 ms`, `1.5 s`, `30 s`,
-/// `2 min`, `1 min 30 s`, `2 h`.
-fn duration_words(ms: u64) -> String {
-    match ms {
-        0..1_000 => format!("{ms} ms"),
-        1_000..60_000 if ms.is_multiple_of(1_000) => format!("{} s", ms / 1_000),
-        1_000..60_000 => format!("{:.1} s", ms as f64 / 1_000.0),
-        _ => {
-            let secs = ms / 1_000;
-            let (h, m, s) = (secs / 3_600, secs / 60 % 60, secs % 60);
-            let parts: Vec<String> = [(h, "h"), (m, "min"), (s, "s")]
-                .iter()
-                .filter(|(n, _)| *n > 0)
-                .map(|(n, unit)| format!("{n} {unit}"))
-                .collect();
-            parts.join(" ")
-        }
     }
 }
 
@@ -264,6 +257,22 @@ async fn outputs(
             ));
         }
     }
+    let mut logs = Vec::new();
+    if let Some(attempt) = selected {
+        for stream in ["stdout", "stderr"] {
+            if let Some((bytes, log)) =
+                crate::api::blocks::attempt_log(state, attempt, stream).await?
+                && !bytes.is_empty()
+            {
+                logs.push((
+                    stream,
+                    log_tail(&bytes, LOG_TAIL),
+                    bytes.len(),
+                    log.truncated,
+                ));
+            }
+        }
+    }
     let diff = match (query.a, query.b) {
         (Some(a), Some(b)) => Some((
             a,
@@ -283,7 +292,7 @@ async fn outputs(
                         @let current = selected.is_some_and(|s| s.n == a.n);
                         a class=(if current { "attempt current" } else { "attempt" }) href={(base) "?attempt=" (a.n)} {
                             "#" (a.n) " " (outcome_words(a.outcome))
-                            @if let Some(end) = a.ended_at { " · " (duration_words(end.saturating_sub(a.started_at).max(0) as u64)) }
+                            @if let Some(end) = a.ended_at { " · " (render::duration(end.saturating_sub(a.started_at).max(0) as u64)) }
                         } " "
                     }
                 }
@@ -302,6 +311,22 @@ async fn outputs(
                             @for note in &llm.notes { p.muted { "↳ " (note) } }
                         }
                         @if !report.metrics.is_empty() { p.muted { "Metrics: " (serde_json::to_string(&report.metrics).unwrap_or_default()) } }
+                    }
+                    @if !logs.is_empty() {
+                        section.logs {
+                            h3 { "Logs" }
+                            @for (stream, text, size, truncated) in &logs {
+                                @let failed = attempt.outcome != Some(factory_core::run::AttemptOutcome::Succeeded);
+                                details.log data-stream=(stream) open[*stream == "stderr" || failed] {
+                                    summary { code { (stream) } " · " (size) " bytes" @if *truncated { " (only its end was kept)" } }
+                                    pre.log { (text) }
+                                    p.muted {
+                                        @if text.len() < *size { "The last " (LOG_TAIL / 1024) " KB. " }
+                                        a href={"/api/v1/runs/" (run_id) "/blocks/" (block_id) "/logs/" (stream) "?attempt=" (attempt.n)} { "The whole " (stream) " as text" }
+                                    }
+                                }
+                            }
+                        }
                     }
                     @for (key, path, markup) in &rendered {
                         section.artifact-view {
@@ -353,7 +378,7 @@ fn logic(view: &BlockView, caller: &Caller) -> Markup {
         dl.logic {
             dt { "Runtime" } dd { (block.runtime.as_str()) }
             @if block.runtime == factory_core::template::Runtime::Llm { dt { "Model" } dd { (model.unwrap_or("the configured default")) } }
-            dt { "Timeout" } dd { (duration_words(block.timeout)) }
+            dt { "Timeout" } dd { (render::duration(block.timeout)) }
             dt { "Threshold" } dd { @match &block.execution.threshold { Some(t) => { (t.metric) " ≥ " (t.min) }, None => "none" } }
             dt { "Gate" } dd { @match block.execution.human_gate { HumanGate::Before => "before", HumanGate::After => "after", HumanGate::None => "none" } }
             dt { "Retries" } dd { (state.retries_used) " used of " (block.execution.max_retries) @if !block.execution.retryable { " (not retryable)" } }
@@ -398,7 +423,7 @@ fn qa(view: &BlockView, caller: &Caller, feedback_draft: &str) -> Markup {
             }
             @if waiting && caller.role >= Role::Reviewer {
                 form #approve-form data-action="approve" data-block=(block) {
-                    input type="text" name="note" placeholder="note (optional)";
+                    input type="text" name="note" placeholder="note (optional)" aria-label="Note (optional)";
                     button type="submit" .approve { "Approve" }
                     p.error data-error {}
                 }
@@ -461,22 +486,16 @@ async fn chat(
 
 #[cfg(test)]
 mod tests {
-    use super::duration_words;
+    use super::log_tail;
 
     #[test]
-    fn durations_read_in_their_unit() {
-        for (ms, words) in [
-            (0, "0 ms"),
-            (800, "800 ms"),
-            (1_000, "1 s"),
-            (1_500, "1.5 s"),
-            (30_000, "30 s"),
-            (60_000, "1 min"),
-            (90_000, "1 min 30 s"),
-            (7_200_000, "2 h"),
-            (86_400_000, "24 h"),
-        ] {
-            assert_eq!(duration_words(ms), words, "{ms} ms");
-        }
+    fn a_long_log_shows_its_end_from_a_line_start() {
+        assert_eq!(log_tail(b"short\nlog\n", 100), "short\nlog\n");
+        let long = format!("{}\nthe end\n", "x".repeat(200));
+        assert_eq!(log_tail(long.as_bytes(), 20), "the end\n");
+        // Cut inside a multi-byte character without a line to start at.
+        let accents = "é".repeat(20);
+        let shown = log_tail(accents.as_bytes(), 7);
+        assert!(shown.len() <= 9 && shown.ends_with('é'), "{shown}");
     }
 }

@@ -3,10 +3,12 @@
 //! same cookie, and refresh their `data-live` regions on server-sent events.
 
 mod block;
+mod graph;
 mod home;
 mod render;
 mod review;
 mod run;
+mod timeline;
 
 use axum::Router;
 use axum::extract::{Path, Query};

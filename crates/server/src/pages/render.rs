@@ -107,14 +107,18 @@ pub fn artifact(format: ArtifactFormat, content: &[u8]) -> Markup {
 
 /// `A:7.2`-style badge coloured by score.
 pub fn badge(composite: f64, text: &str) -> Markup {
-    let class = if composite >= 7.5 {
+    html! { span class={"badge " (band(composite))} title="D1–D5 audit composite (0–10)" { (text) } }
+}
+
+/// The colour band of an audit composite: good, fair or poor.
+pub fn band(composite: f64) -> &'static str {
+    if composite >= 7.5 {
         "good"
     } else if composite >= 5.0 {
         "fair"
     } else {
         "poor"
-    };
-    html! { span class={"badge " (class)} title="D1–D5 audit composite (0–10)" { (text) } }
+    }
 }
 
 pub fn audit(report: &AuditReport) -> Markup {
@@ -168,6 +172,26 @@ pub fn time(ms: Millis) -> String {
     format!("{} UTC", factory_core::run::format_utc(ms))
 }
 
+/// Milliseconds in the unit a person reads: `800 ms`, `1.5 s`, `30 s`,
+/// `2 min`, `1 min 30 s`, `2 h`.
+pub fn duration(ms: u64) -> String {
+    match ms {
+        0..1_000 => format!("{ms} ms"),
+        1_000..60_000 if ms.is_multiple_of(1_000) => format!("{} s", ms / 1_000),
+        1_000..60_000 => format!("{:.1} s", ms as f64 / 1_000.0),
+        _ => {
+            let secs = ms / 1_000;
+            let (h, m, s) = (secs / 3_600, secs / 60 % 60, secs % 60);
+            let parts: Vec<String> = [(h, "h"), (m, "min"), (s, "s")]
+                .iter()
+                .filter(|(n, _)| *n > 0)
+                .map(|(n, unit)| format!("{n} {unit}"))
+                .collect();
+            parts.join(" ")
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,5 +227,22 @@ mod tests {
     fn times_are_utc_dates() {
         assert_eq!(time(0), "1970-01-01 00:00:00 UTC");
         assert_eq!(time(1_795_000_000_000), "2026-11-18 11:06:40 UTC");
+    }
+
+    #[test]
+    fn durations_read_in_their_unit() {
+        for (ms, words) in [
+            (0, "0 ms"),
+            (800, "800 ms"),
+            (1_000, "1 s"),
+            (1_500, "1.5 s"),
+            (30_000, "30 s"),
+            (60_000, "1 min"),
+            (90_000, "1 min 30 s"),
+            (7_200_000, "2 h"),
+            (86_400_000, "24 h"),
+        ] {
+            assert_eq!(duration(ms), words, "{ms} ms");
+        }
     }
 }

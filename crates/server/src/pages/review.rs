@@ -158,10 +158,10 @@ async fn render_review(
                     h2 { "Other findings" }
                     @for n in 0..3 {
                         div.finding data-finding=(n) {
-                            select name={"ft" (n)} { option value="" { "— block —" } @for t in &targets { option value=(t) { (t) } } }
-                            select name={"fp" (n)} { @for p in PRIORITIES { option value=(p) selected[*p == "high"] { (p) } } }
-                            input type="text" name={"ff" (n)} placeholder="finding";
-                            input type="text" name={"fc" (n)} placeholder="correction";
+                            select name={"ft" (n)} aria-label={"Block to fix for finding " (n + 1)} { option value="" { "— block —" } @for t in &targets { option value=(t) { (t) } } }
+                            select name={"fp" (n)} aria-label={"Priority of finding " (n + 1)} { @for p in PRIORITIES { option value=(p) selected[*p == "high"] { (p) } } }
+                            input type="text" name={"ff" (n)} placeholder="finding" aria-label={"Finding " (n + 1)};
+                            input type="text" name={"fc" (n)} placeholder="correction" aria-label={"Correction for finding " (n + 1)};
                         }
                     }
                     label { "Anything else " textarea name="free_text" rows="3" {} }
@@ -176,7 +176,7 @@ async fn render_review(
                 @match &chat_reason {
                     Some(reason) => p.notice { (reason) },
                     None => form #review-chat-form data-action="review-chat" data-block=(block) {
-                        input type="text" name="message" placeholder="Ask the clone something" required;
+                        input type="text" name="message" placeholder="Ask the clone something" aria-label="Message to the clone" required;
                         button type="submit" { "Send" }
                         p.error data-error {}
                     },
@@ -209,8 +209,8 @@ async fn render_review(
                                         label { input type="radio" name={"v" (n)} value="needs_work"; " needs work" }
                                         label { input type="radio" name={"v" (n)} value="wrong"; " wrong" }
                                     }
-                                    td { select name={"p" (n)} { @for p in PRIORITIES { option value=(p) selected[*p == "medium"] { (p) } } } }
-                                    td { input type="text" name={"c" (n)} placeholder="correction"; }
+                                    td { select name={"p" (n)} aria-label={"Priority of " (item.path)} { @for p in PRIORITIES { option value=(p) selected[*p == "medium"] { (p) } } } }
+                                    td { input type="text" name={"c" (n)} placeholder="correction" aria-label={"Correction for " (item.path)}; }
                                 }
                             }
                         }

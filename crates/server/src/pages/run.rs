@@ -10,7 +10,11 @@ use factory_core::template::{HumanGate, Template};
 use factory_store::kinds;
 use maud::{Markup, html};
 
-use super::render;
+use super::{graph, render, timeline};
+
+/// Above this many blocks the run page lists blocks by layer instead of
+/// drawing the graph (which would be megabytes of SVG nobody can read).
+const GRAPH_MAX_BLOCKS: usize = 400;
 use crate::SharedState;
 use crate::api::runs::REFLECTION_QUESTIONS;
 use crate::auth::{Caller, Role};
@@ -67,8 +71,8 @@ pub async fn render_run_page(
                     details #review-links {
                         summary { "Invite a tester to review" }
                         form #review-link-form data-action="review-links" {
-                            input type="text" name="tester" placeholder="tester, e.g. samuel-ngu" required;
-                            select name="tester_role" {
+                            input type="text" name="tester" placeholder="tester, e.g. samuel-ngu" aria-label="Tester" required;
+                            select name="tester_role" aria-label="Tester role" {
                                 @for role in ["expert", "product_lead", "tech_lead", "team", "external"] { option value=(role) { (role) } }
                             }
                             button type="submit" { "Create review links" }
@@ -86,7 +90,19 @@ pub async fn render_run_page(
             }
         }
         section.panel {
-            div #pipeline data-live { (pipeline(&doc, &template, &layers)) }
+            div #pipeline data-live {
+                @if template.blocks.len() <= GRAPH_MAX_BLOCKS {
+                    div.graph-scroll { (graph::svg(&doc, handle.pipeline(), factory_engine::now_ms())) }
+                    p.muted.legend { "Arrows run from a block to the blocks that use its output; solid once the upstream block is done. Hover a block for what it waits for." }
+                } @else {
+                    p.muted { (template.blocks.len()) " blocks are too many to draw as a graph; here they are by layer." }
+                    (pipeline(&doc, &template, &layers))
+                }
+            }
+        }
+        section.panel {
+            h2 { "Timeline" }
+            div #timeline data-live { (timeline::svg(&doc, handle.pipeline(), factory_engine::now_ms())) }
         }
         @if !memory.is_empty() {
             section.panel.memory {

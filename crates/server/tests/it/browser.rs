@@ -32,6 +32,12 @@ fn free_port() -> u16 {
 }
 
 async fn browser() -> Browser {
+    browser_in(false).await
+}
+
+/// A browser whose pages see `prefers-color-scheme: dark` (or light: the
+/// scheme is set either way, whatever the machine prefers).
+async fn browser_in(dark: bool) -> Browser {
     let driver_path =
         std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".into());
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
@@ -56,6 +62,7 @@ async fn browser() -> Browser {
                 "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                 "--disable-quic", "--no-first-run", "--disable-background-networking",
                 "--disable-component-update", "--disable-sync", "--window-size=1440,1000",
+                format!("--blink-settings=preferredColorScheme={}", if dark { 0 } else { 1 }),
                 format!("--user-data-dir={}", profile.path().display()),
             ]
         }),
@@ -159,7 +166,43 @@ async fn login(client: &Client, t: &TestServer, role: &str, next: &str) {
         .unwrap();
 }
 
+/// axe-core, vendored from npm (see `tests/fixtures/axe-core/README.md`).
+const AXE: &str = include_str!("../fixtures/axe-core/axe.min.js");
+
+/// Runs axe-core on the page and fails on any critical or serious
+/// violation, naming the rule, what it asks and the first elements.
+async fn accessible(client: &Client, page: &str) {
+    client
+        .execute(
+            &format!("if (!window.axe) {{ {AXE} }} return true;"),
+            vec![],
+        )
+        .await
+        .unwrap();
+    let found = client
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             axe.run(document, { resultTypes: ['violations'] })
+               .then(r => done(r.violations
+                 .filter(v => v.impact === 'critical' || v.impact === 'serious')
+                 .map(v => `${v.impact} ${v.id}: ${v.help} (${v.nodes.length}×, e.g. ${v.nodes.slice(0, 3).map(n => n.target.join(' ')).join(' | ')})`)))
+               .catch(e => done(['axe failed: ' + e]));",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let found: Vec<String> = serde_json::from_value(found).unwrap();
+    assert!(
+        found.is_empty(),
+        "axe-core on {page}:\n{}",
+        found.join("\n")
+    );
+}
+
+/// Saves a screenshot (when `FACTORY_SCREENSHOTS_DIR` is set) of a page
+/// that has passed the accessibility audit.
 async fn screenshot(client: &Client, name: &str) {
+    accessible(client, name).await;
     let _ = client
         .execute("document.activeElement && document.activeElement.blur(); window.scrollTo(0, 0); return true;", vec![])
         .await;
@@ -500,7 +543,245 @@ async fn operators_and_reviewers_drive_a_run_from_the_browser() {
         groups.as_u64().unwrap() >= 1,
         "parallel groups are boxed: {groups}"
     );
+    // One drawn edge per dependency, each between two drawn blocks.
+    let dependencies: std::collections::BTreeSet<(String, String)> = clone["blocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|b| {
+            let to = b["id"].as_str().unwrap().to_string();
+            b["inputs"]["depends"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(move |d| (d["block"].as_str().unwrap().to_string(), to.clone()))
+        })
+        .collect();
+    let drawn: Vec<(String, String)> = serde_json::from_value(
+        c.execute(
+            "return [...document.querySelectorAll('svg.graph path.edge')]
+               .filter(e => e.getTotalLength() > 0)
+               .map(e => [e.dataset.from, e.dataset.to]);",
+            vec![],
+        )
+        .await
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(drawn.len(), dependencies.len(), "one edge per dependency");
+    assert_eq!(
+        drawn.into_iter().collect::<std::collections::BTreeSet<_>>(),
+        dependencies
+    );
+    // Pointing at a block lights up its lineage and dims the rest.
+    let lit = c
+        .execute(
+            "const b = document.querySelector(\"svg.graph a.block[data-block='rubric-builder']\") || document.querySelectorAll('svg.graph a.block')[10];
+             b.dispatchEvent(new MouseEvent('mouseover', {bubbles: true}));
+             const lit = [...document.querySelectorAll('svg.graph a.block.lit')].length;
+             const dim = getComputedStyle(document.querySelector('svg.graph a.block:not(.lit)')).opacity;
+             b.dispatchEvent(new MouseEvent('mouseout', {bubbles: true}));
+             return [lit, Number(dim), document.querySelectorAll('svg.graph .lit').length];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert!(
+        lit[0].as_u64().unwrap() >= 2,
+        "the block and its lineage: {lit}"
+    );
+    assert!(lit[1].as_f64().unwrap() < 0.5, "the rest is dimmed: {lit}");
+    assert_eq!(lit[2], json!(0), "cleared when the pointer leaves: {lit}");
     screenshot(c, "pipeline-clone-factory").await;
+
+    b.client.clone().close().await.unwrap();
+}
+
+/// The offline example, run by the server: the graph draws one edge per
+/// dependency, the timeline shows the quality check's threshold retry and the
+/// time the summary waited at its gate, and the first attempt's stderr (the
+/// line that explains the retry) is on the block's page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_offline_example_shows_its_graph_timeline_and_logs() {
+    let t = TestServer::start().await;
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/offline");
+    let source = std::fs::read_to_string(example.join("pipeline.json")).unwrap();
+    std::fs::write(t.templates.join("offline.json"), &source).unwrap();
+    for dir in ["steps", "data"] {
+        std::fs::create_dir_all(t.templates.join(dir)).unwrap();
+        for entry in std::fs::read_dir(example.join(dir)).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), t.templates.join(dir).join(entry.file_name())).unwrap();
+        }
+    }
+    let template: Value = serde_json::from_str(&source).unwrap();
+    let (s, body) = t
+        .call(
+            Method::POST,
+            "/api/v1/runs",
+            "operator",
+            Some(json!({"template": template["id"], "params": {"title": "Two Cities"}})),
+        )
+        .await;
+    assert_eq!(s, 201, "{body}");
+    let run = body["run_id"].as_str().unwrap().to_string();
+    t.wait_for(&run, "the summary's gate", |d| d["status"] == "waiting")
+        .await;
+    // Let the gate wait long enough to be seen on the time axis.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (s, body) = t
+        .call(
+            Method::POST,
+            &format!("/api/v1/runs/{run}/blocks/summarize/approve"),
+            "reviewer",
+            Some(json!({"note": "numbers checked"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let doc = t
+        .wait_for(&run, "the run to end", |d| {
+            d["status"] == "done" || d["status"] == "failed"
+        })
+        .await;
+    assert_eq!(doc["status"], "done", "{doc}");
+
+    let b = browser().await;
+    let c = &b.client;
+    login(c, &t, "viewer", &format!("/runs/{run}")).await;
+    until(
+        c,
+        "the run page",
+        "return document.querySelector('svg.timeline') !== null;",
+    )
+    .await;
+    let dependencies: usize = template["blocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["inputs"]["depends"].as_array().map_or(0, Vec::len))
+        .sum();
+    let edges = c
+        .execute(
+            "return [...document.querySelectorAll('svg.graph path.edge.met')].filter(e => e.getTotalLength() > 0).length;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        edges,
+        json!(dependencies),
+        "one solid edge per dependency of a finished run"
+    );
+    let bars = c
+        .execute(
+            "const bars = (b) => [...document.querySelectorAll(`svg.timeline rect.bar[data-block='${b}']`)];
+             return [bars('quality-check').map(r => [r.dataset.attempt || '', r.getAttribute('class')]),
+                     bars('summarize').map(r => r.getAttribute('class')),
+                     Number(bars('summarize').find(r => r.classList.contains('gate')).getAttribute('width'))];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        bars[0],
+        json!([["1", "bar missed"], ["2", "bar succeeded"]]),
+        "the threshold retry: {bars}"
+    );
+    assert_eq!(bars[1], json!(["bar succeeded", "bar gate"]), "{bars}");
+    assert!(
+        bars[2].as_f64().unwrap() > 2.0,
+        "the gate's wait has a length: {bars}"
+    );
+    screenshot(c, "run-timeline").await;
+
+    c.goto(&t.url(&format!("/runs/{run}/blocks/quality-check?attempt=1")))
+        .await
+        .unwrap();
+    until(
+        c,
+        "the block page",
+        "return document.querySelector('#outputs') !== null;",
+    )
+    .await;
+    let stderr = c
+        .execute(
+            "const log = document.querySelector(\"details.log[data-stream='stderr']\");
+             return log && log.open ? log.querySelector('pre.log').textContent : null;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert!(
+        stderr
+            .as_str()
+            .unwrap_or("")
+            .contains("attempt 1: simulating a truncated read"),
+        "the first attempt's stderr, open on its page: {stderr}"
+    );
+    let (s, whole) = t
+        .call_text(
+            &format!("/api/v1/runs/{run}/blocks/quality-check/logs/stderr?attempt=1"),
+            "viewer",
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert!(whole.contains("simulating a truncated read"), "{whole}");
+    let (s, _) = t
+        .call_text(
+            &format!("/api/v1/runs/{run}/blocks/quality-check/logs/stdin"),
+            "viewer",
+        )
+        .await;
+    assert_eq!(s, 404, "only stdout and stderr");
+    screenshot(c, "block-logs").await;
+
+    b.client.clone().close().await.unwrap();
+}
+
+/// The workbench follows `prefers-color-scheme: dark`, and its pages pass the
+/// same accessibility audit (text contrast included) in the dark.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_workbench_follows_a_dark_colour_scheme() {
+    let t = TestServer::start().await;
+    let b = browser_in(true).await;
+    let c = &b.client;
+    let run = t.create_review_run("Dark").await;
+    t.wait_for(&run, "the gate", |d| d["status"] == "waiting")
+        .await;
+    login(c, &t, "operator", &format!("/runs/{run}")).await;
+    until(
+        c,
+        "the run page",
+        "return document.querySelector('svg.graph') !== null;",
+    )
+    .await;
+    let background = c
+        .execute(
+            "return [matchMedia('(prefers-color-scheme: dark)').matches, getComputedStyle(document.body).backgroundColor];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(background, json!([true, "rgb(17, 20, 24)"]));
+    screenshot(c, "pipeline-view-dark").await;
+    c.goto(&t.url(&format!("/runs/{run}/blocks/draft")))
+        .await
+        .unwrap();
+    until(
+        c,
+        "the block page",
+        "return document.querySelector('[role=tablist]') !== null;",
+    )
+    .await;
+    screenshot(c, "block-workbench-dark").await;
+    c.goto(&t.url("/")).await.unwrap();
+    until(
+        c,
+        "the runs page",
+        "return document.querySelector('#new-run') !== null;",
+    )
+    .await;
+    screenshot(c, "runs-home-dark").await;
 
     b.client.clone().close().await.unwrap();
 }

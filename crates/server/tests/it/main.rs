@@ -221,6 +221,16 @@ impl TestServer {
         )
     }
 
+    /// `GET path` as `role`: the status and the body as text.
+    pub async fn call_text(&self, path: &str, role: &str) -> (u16, String) {
+        let response = self
+            .request(reqwest::Method::GET, path, Some(role))
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    }
+
     /// Registers `template` through the API, as an admin.
     pub async fn register_template(&self, template: &Value) {
         let (status, body) = self
