@@ -28,6 +28,8 @@ async function refreshLive() {
       if (!current) continue;
       // Never pull a field out from under someone typing in it.
       if (current.contains(document.activeElement) && document.activeElement !== document.body) continue;
+      // Only what changed is swapped: the rest keeps its DOM (and scroll).
+      if (current.outerHTML === fresh.outerHTML) continue;
       current.replaceWith(fresh);
       bindForms(fresh);
     }

@@ -11,6 +11,7 @@
 
 mod api;
 pub mod auth;
+mod caching;
 mod error;
 mod guard;
 mod hub;
@@ -250,7 +251,7 @@ pub async fn serve_metrics(
 pub(crate) fn router(state: SharedState) -> Router {
     Router::new()
         .merge(api::routes(&state.config))
-        .merge(pages::routes())
+        .merge(pages::routes().layer(axum::middleware::from_fn(caching::etag)))
         .fallback(error::not_found)
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -262,6 +263,9 @@ pub(crate) fn router(state: SharedState) -> Router {
             state.clone(),
             metrics::track,
         ))
+        // gzip for whoever asks (pages, assets, JSON); never the event
+        // stream (the default predicate leaves text/event-stream alone).
+        .layer(tower_http::compression::CompressionLayer::new())
         .with_state(state)
 }
 

@@ -1237,3 +1237,95 @@ async fn the_api_works_the_same_on_postgres() {
         .await;
     assert_eq!(memory["reflections"][0]["body"]["worked"], "pg");
 }
+
+/// Pages and assets carry an ETag and answer 304 to a browser that has the
+/// same body; text is gzipped for clients that ask; the event stream is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_and_assets_are_tagged_and_compressed() {
+    let t = TestServer::start().await;
+    let run = t.create_review_run("Cached").await;
+    t.wait_for(&run, "the gate", |d| d["status"] == "waiting")
+        .await;
+    let get = |path: String, headers: Vec<(&'static str, String)>| {
+        let mut request = t.request(Method::GET, &path, Some("viewer"));
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        request.send()
+    };
+
+    // An asset: tagged, then 304 with no body for the same tag.
+    let css = get("/assets/workbench.css".into(), vec![]).await.unwrap();
+    assert_eq!(css.status(), 200);
+    let tag = css.headers()["etag"].to_str().unwrap().to_string();
+    assert!(tag.starts_with("W/\""), "{tag}");
+    let again = get(
+        "/assets/workbench.css".into(),
+        vec![("if-none-match", tag.clone())],
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.status(), 304);
+    assert_eq!(again.headers()["etag"].to_str().unwrap(), tag);
+    assert!(again.bytes().await.unwrap().is_empty());
+
+    // A page: the same until the run changes, then a new body and tag. (A
+    // page of a running or waiting run changes by itself: it shows elapsed
+    // times. A finished run's does not.)
+    let (s, body) = t
+        .call(
+            Method::POST,
+            &format!("/api/v1/runs/{run}/blocks/draft/approve"),
+            "reviewer",
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    t.wait_for(&run, "the run done", |d| d["status"] == "done")
+        .await;
+    let page = format!("/runs/{run}");
+    let first = get(page.clone(), vec![]).await.unwrap();
+    assert_eq!(first.headers()["cache-control"], "private, no-cache");
+    let tag = first.headers()["etag"].to_str().unwrap().to_string();
+    let identity = first.bytes().await.unwrap().len();
+    let unchanged = get(page.clone(), vec![("if-none-match", tag.clone())])
+        .await
+        .unwrap();
+    assert_eq!(unchanged.status(), 304, "nothing changed");
+    let (s, body) = t
+        .call(
+            Method::PUT,
+            &format!("/api/v1/runs/{run}/reflection"),
+            "reviewer",
+            Some(json!({"worked": "the gate", "broke": "", "change": "", "automate": ""})),
+        )
+        .await;
+    assert_eq!(s, 204, "{body}");
+    let changed = get(page.clone(), vec![("if-none-match", tag.clone())])
+        .await
+        .unwrap();
+    assert_eq!(changed.status(), 200, "the page changed");
+    assert_ne!(changed.headers()["etag"].to_str().unwrap(), tag);
+
+    // gzip when asked, smaller than the page itself.
+    let gzipped = get(page, vec![("accept-encoding", "gzip".into())])
+        .await
+        .unwrap();
+    assert_eq!(gzipped.headers()["content-encoding"], "gzip");
+    let compressed = gzipped.bytes().await.unwrap().len();
+    assert!(
+        compressed * 3 < identity,
+        "gzip: {compressed} bytes of {identity}"
+    );
+
+    // The event stream is never compressed (it would be held back).
+    let stream = get(
+        format!("/api/v1/runs/{run}/stream"),
+        vec![("accept-encoding", "gzip".into())],
+    )
+    .await
+    .unwrap();
+    assert_eq!(stream.status(), 200);
+    assert!(stream.headers().get("content-encoding").is_none());
+    assert!(stream.headers().get("etag").is_none());
+}
