@@ -170,6 +170,26 @@ pub struct RunSummary {
     pub updated_at: Millis,
 }
 
+/// Which runs a listing wants (every field optional), newest first, a page
+/// at a time: `before` is the (created_at, run_id) of the last run of the
+/// previous page.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunFilter {
+    pub template: Option<String>,
+    pub status: Option<String>,
+    /// A run id prefix, or text anywhere in the run's params (any case).
+    pub text: Option<String>,
+    pub before: Option<(Millis, String)>,
+    pub limit: u32,
+}
+
+/// A run in a listing, with who started it (the actor of its first event).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunListing {
+    pub run: RunSummary,
+    pub started_by: String,
+}
+
 /// A worker's claim on a running block.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
@@ -288,6 +308,9 @@ pub trait Store: Send + Sync {
 
     /// Most recent runs first.
     async fn list_runs(&self, limit: u32) -> Result<Vec<RunSummary>>;
+
+    /// One page of the runs `filter` asks for, newest first.
+    async fn find_runs(&self, filter: &RunFilter) -> Result<Vec<RunListing>>;
 
     /// Run ids starting with `prefix` (at most a few).
     async fn run_ids_with_prefix(&self, prefix: &str) -> Result<Vec<String>>;
@@ -584,6 +607,12 @@ pub(crate) fn parse_event(run_id: &str, json: &str) -> Result<EventRecord> {
         what: "event",
         source,
     })
+}
+
+/// Escapes `%` and `_` for a `LIKE '%text%'` query.
+pub(crate) fn like_contains(text: &str) -> String {
+    let prefix = like_prefix(text);
+    format!("%{prefix}")
 }
 
 /// Escapes `%` and `_` for a `LIKE 'prefix%'` query.

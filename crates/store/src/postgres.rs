@@ -15,9 +15,10 @@ use sqlx::{Connection, Row};
 
 use crate::{
     BlobRef, FeedbackRecord, HeldLease, ImprovementItem, Lease, NewRun, Result, RunChanges,
-    RunRecord, RunSummary, Store, StoreError, StoredRun, TemplateRecord, TokenRecord, WriterTurn,
-    Writes, all_block_rows, assemble_doc, blob_hash, changed_block_rows, final_lease_ops,
-    header_and_blocks, header_json, like_prefix, parse_event, run_changes,
+    RunFilter, RunListing, RunRecord, RunSummary, Store, StoreError, StoredRun, TemplateRecord,
+    TokenRecord, WriterTurn, Writes, all_block_rows, assemble_doc, blob_hash, changed_block_rows,
+    final_lease_ops, header_and_blocks, header_json, like_contains, like_prefix, parse_event,
+    run_changes,
 };
 use factory_core::run::splice_doc_json;
 
@@ -309,6 +310,42 @@ impl Store for PostgresStore {
                 status: row.get("status"),
                 created_at: row.get("created_at"),
                 updated_at: row.get("updated_at"),
+            })
+            .collect())
+    }
+
+    async fn find_runs(&self, filter: &RunFilter) -> Result<Vec<RunListing>> {
+        let rows = sqlx::query(
+            "SELECT r.run_id, r.template_id, r.status, r.created_at, r.updated_at,
+                    COALESCE(e.actor, '') AS started_by
+             FROM runs r LEFT JOIN events e ON e.run_id = r.run_id AND e.seq = 1
+             WHERE ($1::text IS NULL OR r.template_id = $1)
+               AND ($2::text IS NULL OR r.status = $2)
+               AND ($3::text IS NULL OR r.run_id LIKE $3
+                    OR (r.doc -> 'params')::text ILIKE $4)
+               AND ($5::bigint IS NULL OR (r.created_at, r.run_id) < ($5, $6::text))
+             ORDER BY r.created_at DESC, r.run_id DESC LIMIT $7",
+        )
+        .bind(filter.template.as_deref())
+        .bind(filter.status.as_deref())
+        .bind(filter.text.as_deref().map(like_prefix))
+        .bind(filter.text.as_deref().map(like_contains))
+        .bind(filter.before.as_ref().map(|(at, _)| *at))
+        .bind(filter.before.as_ref().map(|(_, id)| id.as_str()))
+        .bind(filter.limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|row| RunListing {
+                run: RunSummary {
+                    run_id: row.get("run_id"),
+                    template_id: row.get("template_id"),
+                    status: row.get("status"),
+                    created_at: row.get("created_at"),
+                    updated_at: row.get("updated_at"),
+                },
+                started_by: row.get("started_by"),
             })
             .collect())
     }

@@ -18,9 +18,10 @@ use sqlx::sqlite::{
 
 use crate::{
     BlobRef, FeedbackRecord, HeldLease, ImprovementItem, Lease, NewRun, Result, RunChanges,
-    RunRecord, RunSummary, Store, StoreError, StoredRun, TemplateRecord, TokenRecord, Writes,
-    all_block_rows, assemble_doc, blob_hash, changed_block_rows, final_lease_ops,
-    header_and_blocks, header_json, like_prefix, parse_event, run_changes,
+    RunFilter, RunListing, RunRecord, RunSummary, Store, StoreError, StoredRun, TemplateRecord,
+    TokenRecord, Writes, all_block_rows, assemble_doc, blob_hash, changed_block_rows,
+    final_lease_ops, header_and_blocks, header_json, like_contains, like_prefix, parse_event,
+    run_changes,
 };
 use factory_core::run::splice_doc_json;
 
@@ -194,6 +195,42 @@ impl Store for SqliteStore {
                 status: row.get("status"),
                 created_at: row.get("created_at"),
                 updated_at: row.get("updated_at"),
+            })
+            .collect())
+    }
+
+    async fn find_runs(&self, filter: &RunFilter) -> Result<Vec<RunListing>> {
+        let rows = sqlx::query(
+            "SELECT r.run_id, r.template_id, r.status, r.created_at, r.updated_at,
+                    COALESCE(e.actor, '') AS started_by
+             FROM runs r LEFT JOIN events e ON e.run_id = r.run_id AND e.seq = 1
+             WHERE (?1 IS NULL OR r.template_id = ?1)
+               AND (?2 IS NULL OR r.status = ?2)
+               AND (?3 IS NULL OR r.run_id LIKE ?3 ESCAPE '\\'
+                    OR json_extract(r.doc, '$.params') LIKE ?4 ESCAPE '\\')
+               AND (?5 IS NULL OR r.created_at < ?5 OR (r.created_at = ?5 AND r.run_id < ?6))
+             ORDER BY r.created_at DESC, r.run_id DESC LIMIT ?7",
+        )
+        .bind(filter.template.as_deref())
+        .bind(filter.status.as_deref())
+        .bind(filter.text.as_deref().map(like_prefix))
+        .bind(filter.text.as_deref().map(like_contains))
+        .bind(filter.before.as_ref().map(|(at, _)| *at))
+        .bind(filter.before.as_ref().map(|(_, id)| id.as_str()))
+        .bind(filter.limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|row| RunListing {
+                run: RunSummary {
+                    run_id: row.get("run_id"),
+                    template_id: row.get("template_id"),
+                    status: row.get("status"),
+                    created_at: row.get("created_at"),
+                    updated_at: row.get("updated_at"),
+                },
+                started_by: row.get("started_by"),
             })
             .collect())
     }

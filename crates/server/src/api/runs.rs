@@ -30,42 +30,100 @@ pub struct ListQuery {
     #[serde(default)]
     status: Option<String>,
     #[serde(default)]
+    template: Option<String>,
+    /// A run id prefix or text in the params.
+    #[serde(default)]
+    q: Option<String>,
+    /// The `next` cursor of the previous page.
+    #[serde(default)]
+    before: Option<String>,
+    #[serde(default)]
     limit: Option<u32>,
+}
+
+/// The filter a listing asks for; a bad status or cursor is a 400 that says
+/// what is accepted.
+pub fn run_filter(
+    status: Option<&str>,
+    template: Option<&str>,
+    text: Option<&str>,
+    before: Option<&str>,
+    limit: u32,
+) -> ApiResult<factory_store::RunFilter> {
+    let given = |v: Option<&str>| v.map(str::trim).filter(|v| !v.is_empty()).map(String::from);
+    let status = given(status);
+    if let Some(status) = &status
+        && !["running", "waiting", "done", "failed"].contains(&status.as_str())
+    {
+        return Err(ApiError::bad_request(
+            "bad_status",
+            format!("unknown status `{status}`: use running, waiting, done or failed"),
+        ));
+    }
+    let before = match given(before) {
+        None => None,
+        Some(cursor) => Some(parse_cursor(&cursor).ok_or_else(|| {
+            ApiError::bad_request(
+                "bad_cursor",
+                format!(
+                    "`before={cursor}` is not a cursor: pass the `next` value of the previous page"
+                ),
+            )
+        })?),
+    };
+    Ok(factory_store::RunFilter {
+        template: given(template),
+        status,
+        text: given(text),
+        before,
+        limit,
+    })
+}
+
+/// `CREATED_AT:RUN_ID`, the position after which the next page starts.
+pub fn cursor(run: &factory_store::RunSummary) -> String {
+    format!("{}:{}", run.created_at, run.run_id)
+}
+
+fn parse_cursor(cursor: &str) -> Option<(factory_core::run::Millis, String)> {
+    let (at, id) = cursor.split_once(':')?;
+    if id.is_empty() {
+        return None;
+    }
+    Some((at.parse().ok()?, id.to_string()))
 }
 
 pub async fn list(
     State(state): State<SharedState>,
     Query(query): Query<ListQuery>,
 ) -> ApiResult<Json<Value>> {
-    let limit = query.limit.unwrap_or(100).min(1000);
-    let runs = match &query.status {
-        Some(status) => {
-            if !["running", "waiting", "done", "failed"].contains(&status.as_str()) {
-                return Err(ApiError::bad_request(
-                    "bad_status",
-                    format!("unknown status `{status}`: use running, waiting, done or failed"),
-                ));
-            }
-            let mut runs = state.store.runs_with_status(status).await?;
-            runs.reverse();
-            runs.truncate(limit as usize);
-            runs
-        }
-        None => state.store.list_runs(limit).await?,
-    };
-    let runs: Vec<Value> = runs
+    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    let filter = run_filter(
+        query.status.as_deref(),
+        query.template.as_deref(),
+        query.q.as_deref(),
+        query.before.as_deref(),
+        limit + 1,
+    )?;
+    let mut found = state.store.find_runs(&filter).await?;
+    let next = (found.len() > limit as usize).then(|| {
+        found.truncate(limit as usize);
+        found.last().map(|l| cursor(&l.run))
+    });
+    let runs: Vec<Value> = found
         .into_iter()
-        .map(|r| {
+        .map(|l| {
             json!({
-                "run_id": r.run_id,
-                "template_id": r.template_id,
-                "status": r.status,
-                "created_at": r.created_at,
-                "updated_at": r.updated_at,
+                "run_id": l.run.run_id,
+                "template_id": l.run.template_id,
+                "status": l.run.status,
+                "started_by": l.started_by,
+                "created_at": l.run.created_at,
+                "updated_at": l.run.updated_at,
             })
         })
         .collect();
-    Ok(Json(json!({ "runs": runs })))
+    Ok(Json(json!({ "runs": runs, "next": next.flatten() })))
 }
 
 /// An uploaded input file, inline.

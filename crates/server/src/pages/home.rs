@@ -1,9 +1,11 @@
-//! Runs home: every run with status, progress and quality, and the form
-//! that creates a new one.
+//! Runs home, an inbox: runs filtered by template, status and text, 50 a
+//! page, each with its status (and the gate it waits at), who started it,
+//! progress, quality and duration; a template's quality over time; and the
+//! form that creates a run.
 
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
-use factory_core::run::BlockStatus;
+use factory_core::run::{BlockStatus, RunDoc};
 use maud::{Markup, html};
 use serde::Deserialize;
 
@@ -12,68 +14,173 @@ use crate::SharedState;
 use crate::auth::{Caller, Role};
 use crate::templates::{self, CatalogEntry};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub struct HomeQuery {
+    /// The template the new-run form is for.
     #[serde(default)]
     template: Option<String>,
+    /// Filters of the list: template, status, text; and the page cursor.
+    #[serde(default)]
+    tpl: Option<String>,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    q: Option<String>,
+    #[serde(default)]
+    before: Option<String>,
 }
+
+/// Runs per page.
+const PAGE: u32 = 50;
 
 pub async fn page(
     State(state): State<SharedState>,
     caller: Caller,
     Query(query): Query<HomeQuery>,
 ) -> Response {
-    match render_home(&state, &caller, query.template.as_deref()).await {
+    match render_home(&state, &caller, &query).await {
         Ok(markup) => markup.into_response(),
         Err(error) => super::page_error(&caller, error),
     }
 }
 
+/// A run on the list: its document and who started it.
+struct Row {
+    doc: RunDoc,
+    started_by: String,
+}
+
 async fn render_home(
     state: &SharedState,
     caller: &Caller,
-    selected: Option<&str>,
+    query: &HomeQuery,
 ) -> Result<Markup, crate::ApiError> {
-    let runs = state.store.list_runs(50).await?;
+    let filter = crate::api::runs::run_filter(
+        query.status.as_deref(),
+        query.tpl.as_deref(),
+        query.q.as_deref(),
+        query.before.as_deref(),
+        PAGE + 1,
+    )?;
+    let mut found = state.store.find_runs(&filter).await?;
+    let older = (found.len() > PAGE as usize).then(|| {
+        found.truncate(PAGE as usize);
+        found
+            .last()
+            .map(|l| crate::api::runs::cursor(&l.run))
+            .unwrap_or_default()
+    });
     let mut rows = Vec::new();
-    for run in &runs {
+    for listed in found {
         // A run that vanished between the two reads is skipped.
-        if let Ok(stored) = state.store.load_run(&run.run_id).await {
-            rows.push(stored.doc);
+        if let Ok(stored) = state.store.load_run(&listed.run.run_id).await {
+            rows.push(Row {
+                doc: stored.doc,
+                started_by: listed.started_by,
+            });
         }
     }
     let catalog = templates::catalog(state).await?;
-    let chosen = selected
+    let chosen = query
+        .template
+        .as_deref()
         .and_then(|id| catalog.iter().find(|e| e.id == id))
         .or(catalog.first());
+    let now = factory_engine::now_ms();
+    let filtered = filter.template.is_some() || filter.status.is_some() || filter.text.is_some();
+    let link = |before: Option<&str>| {
+        let mut pairs: Vec<(&str, &str)> = Vec::new();
+        for (key, value) in [
+            ("tpl", filter.template.as_deref()),
+            ("status", filter.status.as_deref()),
+            ("q", filter.text.as_deref()),
+            ("before", before),
+        ] {
+            if let Some(value) = value {
+                pairs.push((key, value));
+            }
+        }
+        let query: Vec<String> = pairs
+            .iter()
+            .map(|(k, v)| format!("{k}={}", url_escape(v)))
+            .collect();
+        format!("/?{}", query.join("&"))
+    };
+    let history: Vec<(&RunDoc, f64)> = rows
+        .iter()
+        .rev()
+        .filter_map(|r| r.doc.quality().map(|q| (&r.doc, q.composite)))
+        .collect();
     let body = html! {
         div.home {
             section.panel {
                 h1 { "Runs" }
+                form.filters method="get" action="/" role="search" {
+                    label { "Template "
+                        select name="tpl" {
+                            option value="" { "any" }
+                            @for e in &catalog { option value=(e.id) selected[filter.template.as_deref() == Some(e.id.as_str())] { (e.id) } }
+                        }
+                    }
+                    label { "Status "
+                        select name="status" {
+                            option value="" { "any" }
+                            @for status in ["running", "waiting", "done", "failed"] { option value=(status) selected[filter.status.as_deref() == Some(status)] { (status) } }
+                        }
+                    }
+                    label { "Search "
+                        input type="search" name="q" value=[filter.text.as_deref()] placeholder="run id or a param value";
+                    }
+                    button type="submit" { "Filter" }
+                    @if filtered { " " a href="/" { "Clear" } }
+                }
+                @if let Some(template) = &filter.template {
+                    @if history.len() >= 2 { (quality_chart(template, &history)) }
+                }
                 div #runs data-live {
                     @if rows.is_empty() {
-                        p.muted { "No runs yet." }
+                        p.muted { @if filtered || filter.before.is_some() { "No runs match." } @else { "No runs yet." } }
                     } @else {
                         table.runs {
-                            thead { tr { th { "Run" } th { "Template" } th { "Status" } th { "Progress" } th { "Quality" } th { "Updated" } } }
+                            thead { tr { th { "Run" } th { "Template" } th { "Status" } th { "Started by" } th { "Progress" } th { "Quality" } th { "Took" } th { "Started" } } }
                             tbody {
-                                @for doc in &rows {
+                                @for row in &rows {
+                                    @let doc = &row.doc;
                                     @let done = doc.blocks.values().filter(|b| b.status == BlockStatus::Done).count();
                                     @let total = doc.blocks.len();
+                                    @let waiting: Vec<&String> = doc.blocks.iter().filter(|(_, b)| b.status == BlockStatus::Waiting).map(|(id, _)| id).collect();
                                     tr data-run-id=(doc.run_id) {
                                         td { a href={"/runs/" (doc.run_id)} { code { (&doc.run_id[..doc.run_id.len().min(13)]) } } }
                                         td { (doc.template_id) " v" (doc.template_version) }
-                                        td { span class={"status " (doc.status.as_str())} { (doc.status.as_str()) } }
                                         td {
-                                            progress max=(total) value=(done) {}
+                                            span class={"status " (doc.status.as_str())} { (doc.status.as_str()) }
+                                            @if !waiting.is_empty() {
+                                                " at "
+                                                @for (n, block) in waiting.iter().enumerate() {
+                                                    @if n > 0 { ", " }
+                                                    a.waiting-at href={"/runs/" (doc.run_id) "/blocks/" (block)} { (block) }
+                                                }
+                                            }
+                                        }
+                                        td { (row.started_by.strip_prefix("user:").unwrap_or(&row.started_by)) }
+                                        td {
+                                            progress max=(total) value=(done) aria-label={(done) " of " (total) " blocks done"} {}
                                             " " (done) "/" (total)
                                         }
                                         td { @if let Some(q) = doc.quality() { (render::badge(q.composite, &format!("A:{:.1}", q.composite))) " " span.muted { "weakest " (q.weakest) } } }
-                                        td.muted { (render::time(doc.updated_at)) }
+                                        td {
+                                            @if doc.status.is_terminal() { (render::duration((doc.updated_at - doc.created_at).max(0) as u64)) }
+                                            @else { (render::duration((now - doc.created_at).max(0) as u64)) span.muted { " so far" } }
+                                        }
+                                        td.muted { (render::time(doc.created_at)) }
                                     }
                                 }
                             }
                         }
+                    }
+                    p.paging {
+                        @if filter.before.is_some() { a href=(link(None)) { "← Newest runs" } " " }
+                        @if let Some(cursor) = &older { a rel="next" href=(link(Some(cursor))) { "Older runs →" } }
                     }
                 }
             }
@@ -90,6 +197,57 @@ async fn render_home(
         }
     };
     Ok(super::layout("Runs", caller, None, body))
+}
+
+/// Percent-encodes a query value (everything but unreserved characters).
+fn url_escape(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The composite of a template's listed runs over time (oldest left): a
+/// line on a 0–10 scale, each point titled with its run and score.
+fn quality_chart(template: &str, history: &[(&RunDoc, f64)]) -> Markup {
+    const W: f32 = 640.0;
+    const H: f32 = 120.0;
+    let step = (W - 40.0) / (history.len().max(2) - 1) as f32;
+    let point = |i: usize, score: f64| (30.0 + i as f32 * step, H - 14.0 - score as f32 * 9.0);
+    let line: Vec<String> = history
+        .iter()
+        .enumerate()
+        .map(|(i, (_, score))| {
+            let (x, y) = point(i, *score);
+            format!("{x:.1},{y:.1}")
+        })
+        .collect();
+    let (first, last) = (history[0].1, history[history.len() - 1].1);
+    html! {
+        figure.quality-chart {
+            svg role="img" aria-label={"Run quality of " (template) " over its last " (history.len()) " listed runs: from " (format!("{first:.1}")) " to " (format!("{last:.1}"))}
+                width=(format!("{W:.0}")) height=(format!("{H:.0}")) viewBox=(format!("0 0 {W:.0} {H:.0}")) xmlns="http://www.w3.org/2000/svg" {
+                @for level in [0u8, 5, 10] {
+                    @let y = H - 14.0 - level as f32 * 9.0;
+                    line.grid x1="26" x2=(format!("{W:.0}")) y1=(format!("{y:.1}")) y2=(format!("{y:.1}")) {}
+                    text.axis x="20" y=(format!("{:.1}", y + 4.0)) text-anchor="end" { (level) }
+                }
+                polyline.trend points=(line.join(" ")) {}
+                @for (i, (doc, score)) in history.iter().enumerate() {
+                    @let (x, y) = point(i, *score);
+                    circle class={"dot " (render::band(*score))} cx=(format!("{x:.1}")) cy=(format!("{y:.1}")) r="4" {
+                        title { (&doc.run_id[..doc.run_id.len().min(13)]) " · " (render::time(doc.created_at)) " · A:" (format!("{score:.1}")) }
+                    }
+                }
+            }
+            figcaption.muted { "Run quality (mean D1–D5 composite) of " (template) ", oldest to newest" }
+        }
+    }
 }
 
 fn new_run_form(catalog: &[CatalogEntry], entry: &CatalogEntry) -> Markup {

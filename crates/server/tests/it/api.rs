@@ -1329,3 +1329,117 @@ async fn pages_and_assets_are_tagged_and_compressed() {
     assert!(stream.headers().get("content-encoding").is_none());
     assert!(stream.headers().get("etag").is_none());
 }
+
+/// The runs home as an inbox: filtered by status, template and text, 50 a
+/// page with a link to the older ones, a waiting run linking to its gate,
+/// who started each run; the same filters and a cursor on the JSON API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runs_home_filters_searches_and_pages() {
+    let t = TestServer::start().await;
+    t.register_template(&json!({
+        "id": "quick", "name": "Quick", "version": "1.0.0",
+        "blocks": [{ "id": "only", "name": "Only", "layer": "L0", "type": "build", "runtime": "builtin",
+            "inputs": { "config": { "builtin": "noop" } },
+            "outputs": { "artifacts": [{ "key": "out", "path": "out.txt", "format": "text" }] } }]
+    }))
+    .await;
+    let mut quick = Vec::new();
+    for _ in 0..51 {
+        let (s, body) = t
+            .call(
+                Method::POST,
+                "/api/v1/runs",
+                "operator",
+                Some(json!({"template": "quick"})),
+            )
+            .await;
+        assert_eq!(s, 201, "{body}");
+        quick.push(body["run_id"].as_str().unwrap().to_string());
+    }
+    let review = t.create_review_run("Marisol Vega").await;
+    t.wait_for(&review, "the gate", |d| d["status"] == "waiting")
+        .await;
+    t.wait_for(quick.last().unwrap(), "the last quick run", |d| {
+        d["status"] == "done"
+    })
+    .await;
+    let page = |query: String| {
+        let t = &t;
+        async move {
+            let (s, html) = t.call_text(&format!("/{query}"), "viewer").await;
+            assert_eq!(s, 200, "{html}");
+            let rows: Vec<String> = html
+                .split("data-run-id=\"")
+                .skip(1)
+                .map(|rest| rest.split('"').next().unwrap().to_string())
+                .collect();
+            (html, rows)
+        }
+    };
+
+    let (html, rows) = page("?status=waiting".into()).await;
+    assert_eq!(rows, vec![review.clone()]);
+    assert!(
+        html.contains(&format!(
+            "class=\"waiting-at\" href=\"/runs/{review}/blocks/draft\""
+        )),
+        "a waiting run links to its gate"
+    );
+    assert!(html.contains("<td>operator</td>"), "who started it");
+    let (_, rows) = page("?q=marisol".into()).await;
+    assert_eq!(rows, vec![review.clone()], "search finds a param value");
+    let (_, rows) = page(format!("?q={}", &review[..13])).await;
+    assert_eq!(rows, vec![review.clone()], "search finds a run id prefix");
+
+    let (html, first) = page("?tpl=quick".into()).await;
+    assert_eq!(first.len(), 50, "a page is 50 runs");
+    assert!(first.iter().all(|r| quick.contains(r)));
+    assert!(
+        html.contains("figure class=\"quality-chart\""),
+        "the template's quality over time"
+    );
+    let older = html
+        .split("rel=\"next\" href=\"")
+        .nth(1)
+        .expect("a link to older runs")
+        .split('"')
+        .next()
+        .unwrap()
+        .replace("&amp;", "&");
+    let (html, rest) = page(older.trim_start_matches('/').to_string()).await;
+    assert_eq!(rest.len(), 1);
+    assert!(!first.contains(&rest[0]));
+    assert!(html.contains("Newest runs") && !html.contains("rel=\"next\""));
+    let (s, body) = t
+        .call(Method::GET, "/?status=sleeping", "viewer", None)
+        .await;
+    assert_eq!(s, 400, "{body}");
+
+    // The JSON API: the same filters, 20 a page, following `next`.
+    let mut seen = std::collections::BTreeSet::new();
+    let mut next: Option<String> = None;
+    loop {
+        let path = match &next {
+            Some(cursor) => format!("/api/v1/runs?template=quick&limit=20&before={cursor}"),
+            None => "/api/v1/runs?template=quick&limit=20".to_string(),
+        };
+        let (s, body) = t.call(Method::GET, &path, "viewer", None).await;
+        assert_eq!(s, 200, "{body}");
+        for run in body["runs"].as_array().unwrap() {
+            assert!(seen.insert(run["run_id"].as_str().unwrap().to_string()));
+            assert_eq!(run["started_by"], "user:operator");
+        }
+        match body["next"].as_str() {
+            Some(cursor) => next = Some(cursor.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 51);
+    let (s, body) = t
+        .call(Method::GET, "/api/v1/runs?before=yesterday", "viewer", None)
+        .await;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (400, Some("bad_cursor"))
+    );
+}

@@ -7,8 +7,8 @@ use factory_core::run::{Event, EventRecord, RunDoc, RunStatus};
 use factory_core::transitions::{RunRequest, create_run};
 use factory_core::{commit, validate_str};
 use factory_store::{
-    FeedbackRecord, ImprovementItem, NewRun, PostgresStore, RunRecord, SqliteStore, Store,
-    StoreError, TemplateRecord, TokenRecord, kinds,
+    FeedbackRecord, ImprovementItem, NewRun, PostgresStore, RunFilter, RunRecord, SqliteStore,
+    Store, StoreError, TemplateRecord, TokenRecord, kinds,
 };
 
 const TEMPLATE: &str = r#"{
@@ -381,6 +381,114 @@ async fn run_ids_resolve_by_prefix(store: &dyn Store) {
     assert!(
         runs.iter()
             .any(|r| r.run_id == "abc-111" && r.template_id == "t")
+    );
+}
+
+/// The runs home's listing: by template, status, run id prefix or text in
+/// the params (any case, `%` literal), newest first, a page at a time.
+async fn runs_are_found_by_filter_and_paged(store: &dyn Store) {
+    for i in 1..=5 {
+        let run_id = format!("inbox-{i}");
+        let (mut doc, records) = doc_of(TEMPLATE, &run_id);
+        doc.template_id = if i % 2 == 1 { "inbox-a" } else { "inbox-b" }.to_string();
+        doc.created_at = 10_000_000 + i;
+        doc.params.insert(
+            "title".into(),
+            serde_json::json!(if i == 3 { "Marisol Vega" } else { "Other" }),
+        );
+        if i == 2 {
+            doc.status = RunStatus::Waiting;
+        }
+        store
+            .create_run(NewRun {
+                doc: &doc,
+                records: &records,
+                template_json: TEMPLATE,
+                template_path: None,
+                blobs: &[],
+                side: &[],
+            })
+            .await
+            .unwrap();
+    }
+    let ids = |listing: Vec<factory_store::RunListing>| -> Vec<String> {
+        listing.into_iter().map(|l| l.run.run_id).collect()
+    };
+    let find = |filter: RunFilter| async move { ids(store.find_runs(&filter).await.unwrap()) };
+    let all = RunFilter {
+        limit: 50,
+        ..RunFilter::default()
+    };
+    assert_eq!(
+        find(RunFilter {
+            template: Some("inbox-a".into()),
+            ..all.clone()
+        })
+        .await,
+        ["inbox-5", "inbox-3", "inbox-1"]
+    );
+    assert_eq!(
+        find(RunFilter {
+            text: Some("mARISOL".into()),
+            ..all.clone()
+        })
+        .await,
+        ["inbox-3"]
+    );
+    assert_eq!(
+        find(RunFilter {
+            text: Some("inbox-4".into()),
+            ..all.clone()
+        })
+        .await,
+        ["inbox-4"]
+    );
+    assert!(
+        find(RunFilter {
+            text: Some("inbox%".into()),
+            ..all.clone()
+        })
+        .await
+        .is_empty(),
+        "% is literal"
+    );
+    assert_eq!(
+        find(RunFilter {
+            status: Some("waiting".into()),
+            template: Some("inbox-b".into()),
+            ..all.clone()
+        })
+        .await,
+        ["inbox-2"]
+    );
+    // Pages of two: each starts after the last run of the one before.
+    let mut pages = Vec::new();
+    let mut before = None;
+    loop {
+        let page = store
+            .find_runs(&RunFilter {
+                text: Some("inbox-".into()),
+                before: before.clone(),
+                limit: 2,
+                ..RunFilter::default()
+            })
+            .await
+            .unwrap();
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.iter().all(|l| l.started_by == "test"));
+        let last = &page.last().unwrap().run;
+        before = Some((last.created_at, last.run_id.clone()));
+        pages.push(ids(page));
+    }
+    assert_eq!(
+        pages,
+        [
+            vec!["inbox-5", "inbox-4"],
+            vec!["inbox-3", "inbox-2"],
+            vec!["inbox-1"]
+        ]
     );
 }
 
@@ -906,6 +1014,7 @@ async fn suite(store: Arc<dyn Store>) {
     blobs_are_content_addressed(store.as_ref()).await;
     leases_follow_events(store.as_ref()).await;
     run_ids_resolve_by_prefix(store.as_ref()).await;
+    runs_are_found_by_filter_and_paged(store.as_ref()).await;
     permits_share_a_limit(store.clone()).await;
 }
 
