@@ -68,10 +68,27 @@ pub async fn render_block_page(
     let inputs = inputs(state, &view).await?;
     let outputs = outputs(state, &view, query).await?;
     let logic = logic(&view, caller);
+    // Who may not approve a guarded gate: read from the log only then.
+    let state_now = &view.doc.blocks[&view.block.id];
+    let may_not_approve =
+        if state_now.status == BlockStatus::Waiting && view.block.execution.separate_reviewer {
+            let records = state.store.events(&run_id, 0).await?;
+            factory_core::run::ran_by(&records, &view.block.id)
+        } else {
+            Default::default()
+        };
+    let words = super::explain::state_in_words(
+        &view.template,
+        &view.doc,
+        &view.block.id,
+        factory_engine::now_ms(),
+        &may_not_approve,
+    );
     let qa = qa(
         &view,
         caller,
         &draft(&format!("reject-{block}"), "feedback"),
+        words.as_deref(),
     );
     let chat = chat(
         state,
@@ -406,7 +423,7 @@ fn logic(view: &BlockView, caller: &Caller) -> Markup {
     }
 }
 
-fn qa(view: &BlockView, caller: &Caller, feedback_draft: &str) -> Markup {
+fn qa(view: &BlockView, caller: &Caller, feedback_draft: &str, words: Option<&str>) -> Markup {
     let block = &view.block.id;
     let state = &view.doc.blocks[block];
     let waiting = state.status == BlockStatus::Waiting;
@@ -415,6 +432,7 @@ fn qa(view: &BlockView, caller: &Caller, feedback_draft: &str) -> Markup {
             h2 { "QA" }
             p { "Status " span class={"status " (state.status.as_str())} #block-status { (state.status.as_str()) }
                 @if let Some(gate) = state.gate { " at the " (match gate { GatePhase::Before => "before", GatePhase::After => "after" }) " gate" } }
+            @if let Some(words) = words { p.why #state-words { (words) } }
             @if let Some(c) = &state.corrections {
                 div.corrections {
                     p { strong { "Corrections " (c.version) } " from " (c.source) }

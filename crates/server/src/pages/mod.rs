@@ -3,6 +3,7 @@
 //! same cookie, and refresh their `data-live` regions on server-sent events.
 
 mod block;
+mod explain;
 mod graph;
 mod home;
 mod render;

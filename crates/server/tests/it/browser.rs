@@ -302,6 +302,13 @@ async fn operators_and_reviewers_drive_a_run_from_the_browser() {
         "return document.querySelector('#reject-form textarea').value === 'half a thought';",
     )
     .await;
+    // The state in words: who may decide, and who may not (the operator
+    // started the run; the gate asks for a separate reviewer).
+    let words = text_of(c, "#state-words").await;
+    assert!(
+        words.contains("Anyone with the reviewer role or above may decide, except operator"),
+        "{words}"
+    );
     screenshot(c, "block-workbench").await;
 
     // The tab labels are readable (WCAG contrast ≥ 4.5:1 against what is
