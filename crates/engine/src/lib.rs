@@ -243,6 +243,29 @@ impl Engine {
             .await
     }
 
+    /// What keeps a run of this template from starting here (its LLM
+    /// providers and skills, `http` URLs, golden files), grouped by problem;
+    /// empty when a run can start. For forms that say so before anyone tries.
+    pub fn run_problems(
+        &self,
+        template_source: &str,
+        template_path: Option<&std::path::Path>,
+        request: &RunRequest,
+    ) -> Result<Vec<String>> {
+        let pipeline = handle::cached_pipeline(template_source)?;
+        let template_dir = template_path.and_then(|p| p.parent());
+        let mut problems =
+            llm_problems(&pipeline, request, template_dir, self.config.llm.as_deref());
+        let missing = audit::missing_golden(&pipeline, template_dir);
+        if !missing.is_empty() {
+            problems.push(format!(
+                "golden example files not found (paths are relative to the template): {}",
+                missing.join(", ")
+            ));
+        }
+        Ok(problems)
+    }
+
     /// [`Engine::create_run_by`] with input files (a block's `inputs.files`
     /// picks them by name), stored in the run's first commit: a block can
     /// never start before its files are there.
@@ -488,7 +511,9 @@ impl Engine {
 }
 
 /// Every `llm` block's model must resolve to a configured provider and its
-/// skill file must exist, before anything runs.
+/// skill file must exist, before anything runs. Blocks with the same problem
+/// are one line ("22 blocks (a, b, c and 19 more): …"), so a template that
+/// cannot run for one reason says it once.
 fn llm_problems(
     pipeline: &Pipeline,
     request: &RunRequest,
@@ -496,7 +521,7 @@ fn llm_problems(
     settings: Option<&factory_runtime::llm::LlmSettings>,
 ) -> Vec<String> {
     use factory_core::template::Runtime;
-    let mut problems = Vec::new();
+    let mut problems: Vec<(&str, String)> = Vec::new();
     for block in pipeline
         .blocks()
         .iter()
@@ -511,18 +536,17 @@ fn llm_problems(
                     request.default_model.as_deref(),
                 );
                 if let Err(error) = settings.resolve(model) {
-                    problems.push(format!("{}: {error}", block.id));
+                    problems.push((&block.id, error.to_string()));
                 }
             }
-            None => problems.push(format!("{}: no LLM provider is configured", block.id)),
+            None => problems.push((&block.id, "no LLM provider is configured".to_string())),
         }
         if let (Some(skill), Some(dir)) = (&block.skill, template_dir) {
             match factory_runtime::llm::skill_path(dir, skill) {
-                Err(error) => problems.push(format!("{}: skill {error}", block.id)),
-                Ok(path) if !path.is_file() => problems.push(format!(
-                    "{}: skill file {} not found",
-                    block.id,
-                    path.display()
+                Err(error) => problems.push((&block.id, format!("skill {error}"))),
+                Ok(path) if !path.is_file() => problems.push((
+                    &block.id,
+                    format!("skill file {} not found", path.display()),
                 )),
                 Ok(_) => {}
             }
@@ -535,8 +559,62 @@ fn llm_problems(
     {
         let env = |name: &str| std::env::var(name).ok();
         if let Some(problem) = factory_runtime::http::url_problem(&block.inputs.config, &env) {
-            problems.push(format!("{}: {problem}", block.id));
+            problems.push((&block.id, problem.to_string()));
         }
     }
-    problems
+    group_problems(problems)
+}
+
+/// One line per distinct problem, naming the blocks that have it (first
+/// seen first; at most three names, then how many more).
+fn group_problems(problems: Vec<(&str, String)>) -> Vec<String> {
+    let mut grouped: Vec<(String, Vec<&str>)> = Vec::new();
+    for (block, problem) in problems {
+        match grouped.iter_mut().find(|(p, _)| *p == problem) {
+            Some((_, blocks)) => blocks.push(block),
+            None => grouped.push((problem, vec![block])),
+        }
+    }
+    grouped
+        .into_iter()
+        .map(|(problem, blocks)| match blocks.as_slice() {
+            [one] => format!("{one}: {problem}"),
+            many => {
+                let named = many[..many.len().min(3)].join(", ");
+                let more = match many.len() {
+                    0..=3 => String::new(),
+                    n => format!(" and {} more", n - 3),
+                };
+                format!("{} blocks ({named}{more}): {problem}", many.len())
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod problem_tests {
+    use super::group_problems;
+
+    #[test]
+    fn blocks_with_one_problem_are_one_line() {
+        let grouped = group_problems(vec![
+            ("a", "no provider".to_string()),
+            ("b", "skill missing".to_string()),
+            ("c", "no provider".to_string()),
+            ("d", "no provider".to_string()),
+            ("e", "no provider".to_string()),
+            ("f", "no provider".to_string()),
+        ]);
+        assert_eq!(
+            grouped,
+            [
+                "5 blocks (a, c, d and 2 more): no provider",
+                "b: skill missing"
+            ]
+        );
+        assert_eq!(
+            group_problems(vec![("a", "x".into()), ("b", "x".into())]),
+            ["2 blocks (a, b): x"]
+        );
+    }
 }

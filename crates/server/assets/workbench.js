@@ -85,9 +85,15 @@ async function api(method, url, payload) {
   if (response.ok) {
     return response.status === 204 ? null : response.json();
   }
-  let message = `HTTP ${response.status}`;
-  try { message = (await response.json()).error.message; } catch (_) { /* not JSON */ }
-  throw new Error(message);
+  let message = `HTTP ${response.status}`, problems = [];
+  try {
+    const error = (await response.json()).error;
+    message = error.message;
+    problems = error.problems || [];
+  } catch (_) { /* not JSON */ }
+  const failure = new Error(message);
+  failure.problems = problems;
+  throw failure;
 }
 
 function fileToBase64(file) {
@@ -252,7 +258,20 @@ function bindForms(root) {
         document.activeElement && document.activeElement.blur();
         await refreshLive();
       } catch (e) {
-        if (error) error.textContent = e.message;
+        if (error) {
+          error.textContent = e.message;
+          // Several reasons: one line each, then bring them into view.
+          if (e.problems && e.problems.length) {
+            const list = document.createElement("ul");
+            for (const problem of e.problems) {
+              const item = document.createElement("li");
+              item.textContent = problem;
+              list.append(item);
+            }
+            error.append(list);
+          }
+          error.scrollIntoView({ block: "nearest" });
+        }
       } finally {
         if (button) button.disabled = false;
       }

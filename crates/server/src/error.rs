@@ -16,6 +16,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Each reason, when there are several (a run that cannot be created).
+    pub problems: Vec<String>,
 }
 
 impl ApiError {
@@ -24,7 +26,14 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            problems: Vec::new(),
         }
+    }
+
+    /// This error with its reasons listed one by one.
+    pub fn with_problems(mut self, problems: Vec<String>) -> ApiError {
+        self.problems = problems;
+        self
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
@@ -51,7 +60,11 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({ "error": { "code": self.code, "message": self.message } });
+        let body = if self.problems.is_empty() {
+            json!({ "error": { "code": self.code, "message": self.message } })
+        } else {
+            json!({ "error": { "code": self.code, "message": self.message, "problems": self.problems } })
+        };
         (self.status, Json(body)).into_response()
     }
 }
@@ -116,6 +129,9 @@ impl From<TransitionError> for ApiError {
     }
 }
 
+/// Where a server's provider settings come from, for errors about them.
+pub const SERVER_SETTINGS: &str = "Provider keys and URLs are read from the environment (and factory.toml) of the process that runs `factory serve`: set them there and restart it; `factory doctor TEMPLATE` on that machine checks them.";
+
 impl From<EngineError> for ApiError {
     fn from(error: EngineError) -> ApiError {
         match error {
@@ -129,12 +145,23 @@ impl From<EngineError> for ApiError {
                 "separate_reviewer",
                 error.to_string(),
             ),
-            EngineError::CreateRun(_) => {
-                ApiError::unprocessable("invalid_run_request", error.to_string())
+            EngineError::CreateRun(create) => {
+                let message = match create.problems.as_slice() {
+                    [one] => one.clone(),
+                    many => format!("the run cannot be created ({} problems)", many.len()),
+                };
+                ApiError::unprocessable("invalid_run_request", message)
+                    .with_problems(create.problems)
             }
-            EngineError::LlmSetup(_) => {
-                ApiError::unprocessable("llm_not_configured", error.to_string())
-            }
+            EngineError::LlmSetup(problems) => ApiError::unprocessable(
+                "llm_not_configured",
+                format!(
+                    "blocks of this run cannot run here ({} problem{}). {SERVER_SETTINGS}",
+                    problems.len(),
+                    if problems.len() == 1 { "" } else { "s" }
+                ),
+            )
+            .with_problems(problems),
             EngineError::MissingGolden(_) => {
                 ApiError::unprocessable("missing_golden", error.to_string())
             }

@@ -86,6 +86,21 @@ async fn render_home(
         .as_deref()
         .and_then(|id| catalog.iter().find(|e| e.id == id))
         .or(catalog.first());
+    // Which templates cannot run here, and why: said before anyone tries.
+    let cannot_run: std::collections::BTreeMap<&str, Vec<String>> = catalog
+        .iter()
+        .filter_map(|entry| {
+            let problems = state
+                .engine
+                .run_problems(
+                    &entry.source,
+                    entry.path.as_deref().map(std::path::Path::new),
+                    &Default::default(),
+                )
+                .ok()?;
+            (!problems.is_empty()).then_some((entry.id.as_str(), problems))
+        })
+        .collect();
     let now = factory_engine::now_ms();
     let filtered = filter.template.is_some() || filter.status.is_some() || filter.text.is_some();
     let link = |before: Option<&str>| {
@@ -190,7 +205,7 @@ async fn render_home(
                     @if catalog.is_empty() {
                         p.muted { "No templates: start the server with " code { "--templates DIR" } " or register one with POST /api/v1/templates." }
                     } @else if let Some(entry) = chosen {
-                        (new_run_form(&catalog, entry))
+                        (new_run_form(&catalog, entry, &cannot_run))
                     }
                 }
             }
@@ -250,15 +265,26 @@ fn quality_chart(template: &str, history: &[(&RunDoc, f64)]) -> Markup {
     }
 }
 
-fn new_run_form(catalog: &[CatalogEntry], entry: &CatalogEntry) -> Markup {
+fn new_run_form(
+    catalog: &[CatalogEntry],
+    entry: &CatalogEntry,
+    cannot_run: &std::collections::BTreeMap<&str, Vec<String>>,
+) -> Markup {
     let template = &entry.template;
     html! {
         form #new-run data-action="create-run" {
             label { "Template "
                 select name="template" data-reload-with="template" {
                     @for e in catalog {
-                        option value=(e.id) selected[e.id == entry.id] { (e.name) " (" (e.id) " v" (e.version) ", " (e.blocks) " blocks)" }
+                        option value=(e.id) selected[e.id == entry.id] { (e.name) " (" (e.id) " v" (e.version) ", " (e.blocks) " blocks)" @if cannot_run.contains_key(e.id.as_str()) { " — cannot run here" } }
                     }
+                }
+            }
+            @if let Some(problems) = cannot_run.get(entry.id.as_str()) {
+                div.notice.cannot-run #cannot-run {
+                    p { strong { "This server cannot run " (entry.id) " as it is:" } }
+                    ul { @for problem in problems { li { (problem) } } }
+                    p.muted { (crate::error::SERVER_SETTINGS) }
                 }
             }
             @if let Some(description) = &template.description { p.muted { (description) } }

@@ -1443,3 +1443,67 @@ async fn the_runs_home_filters_searches_and_pages() {
         (400, Some("bad_cursor"))
     );
 }
+
+/// A run that cannot be created for many blocks' sake says each reason once,
+/// grouped, as a list the form shows; the new-run form says it up front, and
+/// that the settings belong where the server runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_that_cannot_run_here_says_why_once_and_up_front() {
+    let t = TestServer::start().await;
+    let block = |id: &str| {
+        json!({"id": id, "name": id, "layer": "L0", "type": "build", "runtime": "llm", "model": "sonnet", "skill": id,
+               "outputs": {"artifacts": [{"key": id, "path": format!("{id}.md"), "format": "md"}]}})
+    };
+    t.register_template(&json!({
+        "id": "needs-llm", "name": "Needs an LLM", "version": "1.0.0",
+        "blocks": [block("a"), block("b"), block("c"), block("d")]
+    }))
+    .await;
+    let (s, body) = t
+        .call(
+            Method::POST,
+            "/api/v1/runs",
+            "operator",
+            Some(json!({"template": "needs-llm"})),
+        )
+        .await;
+    assert_eq!(s, 422, "{body}");
+    assert_eq!(body["error"]["code"], "llm_not_configured");
+    assert_eq!(
+        body["error"]["problems"],
+        json!(["4 blocks (a, b, c and 1 more): no LLM provider is configured"]),
+        "one line for one reason"
+    );
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("process that runs `factory serve`"),
+        "{message}"
+    );
+
+    let (s, html) = t.call_text("/?template=needs-llm", "operator").await;
+    assert_eq!(s, 200);
+    assert!(html.contains("id=\"cannot-run\""), "{html}");
+    assert!(html.contains("This server cannot run needs-llm as it is:"));
+    assert!(html.contains("<li>4 blocks (a, b, c and 1 more): no LLM provider is configured</li>"));
+    assert!(html.contains("— cannot run here"));
+    // A template that can run says nothing of the kind.
+    let (_, html) = t.call_text("/?template=review-demo", "operator").await;
+    assert!(!html.contains("id=\"cannot-run\""));
+
+    // Several param problems: each on its own line too.
+    let (s, body) = t
+        .call(
+            Method::POST,
+            "/api/v1/runs",
+            "operator",
+            Some(json!({"template": "review-demo", "params": {"titel": "x"}})),
+        )
+        .await;
+    assert_eq!(s, 422, "{body}");
+    let problems = body["error"]["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 2, "{body}");
+    assert_eq!(
+        body["error"]["message"],
+        "the run cannot be created (2 problems)"
+    );
+}
