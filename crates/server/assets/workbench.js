@@ -386,6 +386,37 @@ setInterval(() => {
   }
 }, 1000);
 
+// ── The extraction review: narrow the list by file, status and text ──
+function filterReview() {
+  const form = document.getElementById("review-form");
+  if (!form) return;
+  const source = document.getElementById("filter-source").value;
+  const status = document.getElementById("filter-status").value;
+  const text = document.getElementById("filter-text").value.trim().toLowerCase();
+  const rows = [...form.querySelectorAll("tr.review-item")];
+  let shown = 0;
+  for (const row of rows) {
+    const marked = row.querySelector("input[type=radio]:checked") !== null;
+    const ok = (!source || row.dataset.target === source)
+      && (!status || (status === "marked" && marked) || (status === "unmarked" && !marked)
+        || (status === "finding" && row.querySelector("[data-item-status]") !== null))
+      && (!text || row.textContent.toLowerCase().includes(text) || (row.dataset.key || "").toLowerCase().includes(text));
+    row.hidden = !ok;
+    if (ok) shown++;
+  }
+  for (const section of form.querySelectorAll("section[data-source]")) {
+    section.hidden = !section.querySelector("tr.review-item:not([hidden])");
+  }
+  document.getElementById("filter-count").textContent = `${shown} of ${rows.length} items`;
+}
+for (const id of ["filter-source", "filter-status", "filter-text"]) {
+  const control = document.getElementById(id);
+  if (control) control.addEventListener("input", filterReview);
+}
+document.addEventListener("change", (e) => {
+  if (e.target.matches && e.target.matches("#review-form input[type=radio]")) filterReview();
+});
+
 bindForms(document);
 bindTabs();
 if (document.getElementById("live-status")) connect();

@@ -196,8 +196,28 @@ async fn render_review(
         html! {
             form #review-form data-action="review" data-block=(block) data-role=[role.as_deref()] {
                 p.muted { (review_items.len()) " items. Mark what is wrong or needs work and say what it should be; leave the rest unmarked or mark it correct." }
+                // Narrowing the list hides rows, it does not drop them: a
+                // submission still carries every verdict given.
+                div.review-filter #review-filter role="search" {
+                    label { "File "
+                        select #filter-source {
+                            option value="" { "all files" }
+                            @for (source, rows) in &by_block { option value=(source) { (source) " (" (rows.len()) ")" } }
+                        }
+                    }
+                    label { "Show "
+                        select #filter-status {
+                            option value="" { "every item" }
+                            option value="unmarked" { "not marked yet" }
+                            option value="marked" { "marked" }
+                            option value="finding" { "with a finding" }
+                        }
+                    }
+                    label { "Search " input type="search" #filter-text placeholder="text or path"; }
+                    output #filter-count aria-live="polite" { (review_items.len()) " of " (review_items.len()) " items" }
+                }
                 @for (source, rows) in &by_block {
-                    section.panel {
+                    section.panel data-source=(source) {
                         h2 { code { (source) } " " span.muted { (rows.len()) " items" } }
                         table.review {
                             @for (n, item) in rows {

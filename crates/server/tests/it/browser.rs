@@ -862,6 +862,41 @@ async fn a_tester_submits_both_review_pages_from_a_review_link() {
         r#"tr[data-key="soul-extractor:$.expert"] input[value=correct]"#,
     )
     .await;
+    // Narrowing the list: by file, by what is marked, by text; a submission
+    // still carries every verdict.
+    let narrowed = c
+        .execute(
+            "const set = (id, v) => { const el = document.getElementById(id); el.value = v; el.dispatchEvent(new Event('input')); };
+             const visible = () => [...document.querySelectorAll('tr.review-item')].filter(r => !r.hidden).length;
+             const all = visible();
+             set('filter-source', 'voice-extractor');
+             const voice = visible();
+             const voiceRows = document.querySelectorAll(\"tr.review-item[data-target='voice-extractor']\").length;
+             set('filter-source', '');
+             set('filter-status', 'marked');
+             const marked = visible();
+             const count = document.getElementById('filter-count').textContent;
+             set('filter-status', '');
+             set('filter-text', 'tone.summary');
+             const text = visible();
+             set('filter-text', '');
+             return [all, voice, voiceRows, marked, count, text, visible()];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let all = narrowed[0].as_u64().unwrap();
+    assert!(all > 10, "{narrowed}");
+    assert_eq!(narrowed[1], narrowed[2], "one file's rows: {narrowed}");
+    assert!(narrowed[1].as_u64().unwrap() < all);
+    assert_eq!(narrowed[3], json!(2), "the two marked rows: {narrowed}");
+    assert_eq!(narrowed[4], json!(format!("2 of {all} items")));
+    assert!(narrowed[5].as_u64().unwrap() >= 1 && narrowed[5].as_u64().unwrap() < all);
+    assert_eq!(
+        narrowed[6],
+        json!(all),
+        "clearing the filters shows every row"
+    );
     click(c, "#review-form input[name=close]").await;
     screenshot(c, "extraction-review").await;
     click(c, "#review-form button[type=submit]").await;
