@@ -620,9 +620,24 @@ async fn run_attempt(
     let run_id = doc.run_id.clone();
     let pid_store = store.clone();
     let pid_block = block_id.to_string();
+    // While the process runs, the tail of its output goes to the lease for
+    // the workbench to show; stopped when the attempt ends.
+    let publisher: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>> = Arc::default();
+    let publishing = publisher.clone();
+    let log_dir = attempt_dir.clone();
     let on_spawn: Box<dyn FnOnce(i32) + Send> = Box::new(move |pid| {
         if let Ok(mut slot) = pid_slot.lock() {
             *slot = Some(pid);
+        }
+        let task = tokio::spawn(crate::live_log::publish(
+            pid_store.clone(),
+            run_id.clone(),
+            pid_block.clone(),
+            attempt,
+            log_dir,
+        ));
+        if let Ok(mut slot) = publishing.lock() {
+            *slot = Some(task);
         }
         tokio::spawn(async move {
             if let Err(error) = pid_store
@@ -670,6 +685,9 @@ async fn run_attempt(
         })
         .await
     };
+    if let Some(task) = publisher.lock().ok().and_then(|mut slot| slot.take()) {
+        task.abort();
+    }
     let failed = execution.error.is_some();
     // Audit what was produced; a failed attempt has nothing worth scoring.
     let audit = (!failed).then_some(()).and_then(|()| {

@@ -13,6 +13,7 @@ pub mod feedback;
 pub mod fixtures;
 mod handle;
 mod lease_watch;
+mod live_log;
 mod owner;
 mod permits;
 mod slots;

@@ -386,6 +386,24 @@ setInterval(() => {
   }
 }, 1000);
 
+// ── A running attempt's output: asked for every second while it shows ──
+setInterval(async () => {
+  for (const pre of document.querySelectorAll("pre[data-live-log]")) {
+    try {
+      const response = await fetch(pre.dataset.liveLog, { headers: { "accept": "text/plain" } });
+      if (!response.ok) continue;
+      const text = await response.text();
+      if (pre.textContent !== text) {
+        const atEnd = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+        pre.textContent = text;
+        if (atEnd) pre.scrollTop = pre.scrollHeight;
+      }
+      // The attempt ended: its stored logs come with the next refresh.
+      if (response.headers.get("x-factory-log") !== "live") delete pre.dataset.liveLog;
+    } catch (_) { /* the next tick tries again */ }
+  }
+}, 1000);
+
 // ── The extraction review: narrow the list by file, status and text ──
 function filterReview() {
   const form = document.getElementById("review-form");

@@ -334,6 +334,21 @@ pub trait Store: Send + Sync {
         pid: i32,
     ) -> Result<()>;
 
+    /// Publishes the tail of a running attempt's output (JSON `{"stdout":
+    /// …, "stderr": …}`) on its lease; false when the lease has moved on (the
+    /// attempt ended, or another took the block over).
+    async fn set_live_log(
+        &self,
+        run_id: &str,
+        block_id: &str,
+        attempt: u32,
+        log: &str,
+    ) -> Result<bool>;
+
+    /// What a running attempt last published of its output (None once it
+    /// ended: its logs are then in its report).
+    async fn live_log(&self, run_id: &str, block_id: &str, attempt: u32) -> Result<Option<String>>;
+
     async fn leases(&self, run_id: &str) -> Result<Vec<Lease>>;
 
     /// Takes one of `limit` slots of the limit `key` that every worker of the

@@ -420,6 +420,37 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    async fn set_live_log(
+        &self,
+        run_id: &str,
+        block_id: &str,
+        attempt: u32,
+        log: &str,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE leases SET live_log = $1 WHERE run_id = $2 AND block_id = $3 AND attempt = $4",
+        )
+        .bind(log)
+        .bind(run_id)
+        .bind(block_id)
+        .bind(attempt as i32)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn live_log(&self, run_id: &str, block_id: &str, attempt: u32) -> Result<Option<String>> {
+        let row = sqlx::query(
+            "SELECT live_log FROM leases WHERE run_id = $1 AND block_id = $2 AND attempt = $3",
+        )
+        .bind(run_id)
+        .bind(block_id)
+        .bind(attempt as i32)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.and_then(|row| row.get::<Option<String>, _>("live_log")))
+    }
+
     async fn leases(&self, run_id: &str) -> Result<Vec<Lease>> {
         let rows = sqlx::query(
             "SELECT run_id, block_id, attempt, owner, pid, expires_at FROM leases WHERE run_id = $1 ORDER BY block_id",
@@ -679,7 +710,7 @@ const COMMIT_RUN: &str = "WITH head AS (
     FROM head, UNNEST($15::text[], $16::int[], $17::text[], $18::bigint[])
          AS l (block_id, attempt, owner, expires_at)
     ON CONFLICT (run_id, block_id) DO UPDATE SET attempt = excluded.attempt,
-        owner = excluded.owner, pid = NULL, expires_at = excluded.expires_at
+        owner = excluded.owner, pid = NULL, expires_at = excluded.expires_at, live_log = NULL
 )
 SELECT (SELECT count(*) FROM head), EXISTS (SELECT 1 FROM runs WHERE run_id = $4)";
 

@@ -303,6 +303,37 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn set_live_log(
+        &self,
+        run_id: &str,
+        block_id: &str,
+        attempt: u32,
+        log: &str,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE leases SET live_log = ? WHERE run_id = ? AND block_id = ? AND attempt = ?",
+        )
+        .bind(log)
+        .bind(run_id)
+        .bind(block_id)
+        .bind(attempt as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn live_log(&self, run_id: &str, block_id: &str, attempt: u32) -> Result<Option<String>> {
+        let row = sqlx::query(
+            "SELECT live_log FROM leases WHERE run_id = ? AND block_id = ? AND attempt = ?",
+        )
+        .bind(run_id)
+        .bind(block_id)
+        .bind(attempt as i64)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.and_then(|row| row.get::<Option<String>, _>("live_log")))
+    }
+
     async fn leases(&self, run_id: &str) -> Result<Vec<Lease>> {
         let rows = sqlx::query(
             "SELECT run_id, block_id, attempt, owner, pid, expires_at FROM leases WHERE run_id = ? ORDER BY block_id",
@@ -505,7 +536,7 @@ async fn write_leases(
                 .push_bind(take.expires_at);
         });
         insert.push(
-            " ON CONFLICT (run_id, block_id) DO UPDATE SET attempt = excluded.attempt, owner = excluded.owner, pid = NULL, expires_at = excluded.expires_at",
+            " ON CONFLICT (run_id, block_id) DO UPDATE SET attempt = excluded.attempt, owner = excluded.owner, pid = NULL, expires_at = excluded.expires_at, live_log = NULL",
         );
         insert.build().execute(&mut **tx).await?;
     }

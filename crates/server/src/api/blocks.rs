@@ -312,34 +312,77 @@ pub async fn log(
     let attempt = selected_attempt(history, query.attempt, &block)?.ok_or_else(|| {
         ApiError::not_found("log_not_found", format!("block `{block}` has not run yet"))
     })?;
-    let text = attempt_log(&state, attempt, &stream).await?;
+    let text = attempt_log(&state, &run, &block, attempt, &stream).await?;
+    let live = text.as_ref().is_some_and(|t| t.live);
     Ok((
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        text.map(|(bytes, _)| bytes).unwrap_or_default(),
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            // A running attempt's output so far (its end), or the whole log.
+            (
+                header::HeaderName::from_static("x-factory-log"),
+                if live { "live" } else { "stored" },
+            ),
+        ],
+        text.map(|t| t.bytes).unwrap_or_default(),
     )
         .into_response())
 }
 
-/// The stored `stream` (`stdout` or `stderr`) of an attempt and its record,
-/// or None when the attempt wrote nothing there.
+/// An attempt's log as far as it is known.
+pub struct LogText {
+    pub bytes: Vec<u8>,
+    /// The whole log's size (more than `bytes` when only its end is here).
+    pub size: u64,
+    /// Only the end of a long log was kept.
+    pub truncated: bool,
+    /// The attempt still runs: this is the end of its output so far.
+    pub live: bool,
+}
+
+/// The `stream` (`stdout` or `stderr`) of an attempt: stored with its report
+/// once it ended, published on its lease while it runs; None when there is
+/// nothing (yet).
 pub async fn attempt_log(
     state: &SharedState,
+    run_id: &str,
+    block: &str,
     attempt: &Attempt,
     stream: &str,
-) -> ApiResult<Option<(Vec<u8>, factory_core::run::LogRef)>> {
-    let report = attempt.report.as_ref();
-    let log = match stream {
-        "stdout" => report.and_then(|r| r.stdout.clone()),
-        "stderr" => report.and_then(|r| r.stderr.clone()),
-        other => {
-            return Err(ApiError::not_found(
-                "unknown_log",
-                format!("no log `{other}`: an attempt has `stdout` and `stderr`"),
-            ));
+) -> ApiResult<Option<LogText>> {
+    if !matches!(stream, "stdout" | "stderr") {
+        return Err(ApiError::not_found(
+            "unknown_log",
+            format!("no log `{stream}`: an attempt has `stdout` and `stderr`"),
+        ));
+    }
+    let Some(report) = attempt.report.as_ref() else {
+        if attempt.outcome.is_some() {
+            return Ok(None);
         }
+        let published = state.store.live_log(run_id, block, attempt.n).await?;
+        let text = published
+            .and_then(|json| serde_json::from_str::<Value>(&json).ok())
+            .and_then(|log| log.get(stream)?.as_str().map(str::to_string))
+            .unwrap_or_default();
+        return Ok(Some(LogText {
+            size: text.len() as u64,
+            bytes: text.into_bytes(),
+            truncated: false,
+            live: true,
+        }));
+    };
+    let log = if stream == "stdout" {
+        report.stdout.clone()
+    } else {
+        report.stderr.clone()
     };
     match log {
-        Some(log) => Ok(Some((state.store.get_blob(&log.hash).await?, log))),
+        Some(log) => Ok(Some(LogText {
+            bytes: state.store.get_blob(&log.hash).await?,
+            size: log.size,
+            truncated: log.truncated,
+            live: false,
+        })),
         None => Ok(None),
     }
 }

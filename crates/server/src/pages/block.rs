@@ -277,15 +277,17 @@ async fn outputs(
     let mut logs = Vec::new();
     if let Some(attempt) = selected {
         for stream in ["stdout", "stderr"] {
-            if let Some((bytes, log)) =
-                crate::api::blocks::attempt_log(state, attempt, stream).await?
-                && !bytes.is_empty()
+            if let Some(log) =
+                crate::api::blocks::attempt_log(state, &view.doc.run_id, block_id, attempt, stream)
+                    .await?
+                && (log.live || !log.bytes.is_empty())
             {
                 logs.push((
                     stream,
-                    log_tail(&bytes, LOG_TAIL),
-                    bytes.len(),
+                    log_tail(&log.bytes, LOG_TAIL),
+                    log.size as usize,
                     log.truncated,
+                    log.live,
                 ));
             }
         }
@@ -332,14 +334,15 @@ async fn outputs(
                     @if !logs.is_empty() {
                         section.logs {
                             h3 { "Logs" }
-                            @for (stream, text, size, truncated) in &logs {
+                            @for (stream, text, size, truncated, live) in &logs {
                                 @let failed = attempt.outcome != Some(factory_core::run::AttemptOutcome::Succeeded);
-                                details.log data-stream=(stream) open[*stream == "stderr" || failed] {
-                                    summary { code { (stream) } " · " (size) " bytes" @if *truncated { " (only its end was kept)" } }
-                                    pre.log { (text) }
+                                @let url = format!("/api/v1/runs/{run_id}/blocks/{block_id}/logs/{stream}?attempt={}", attempt.n);
+                                details.log data-stream=(stream) open[*stream == "stderr" || failed || *live] {
+                                    summary { code { (stream) } @if *live { " · running: the end of its output so far, updated every second" } @else { " · " (size) " bytes" @if *truncated { " (only its end was kept)" } } }
+                                    pre.log data-live-log=[live.then_some(url.as_str())] { (text) }
                                     p.muted {
                                         @if text.len() < *size { "The last " (LOG_TAIL / 1024) " KB. " }
-                                        a href={"/api/v1/runs/" (run_id) "/blocks/" (block_id) "/logs/" (stream) "?attempt=" (attempt.n)} { "The whole " (stream) " as text" }
+                                        a href=(url) { @if *live { "The " (stream) " so far as text" } @else { "The whole " (stream) " as text" } }
                                     }
                                 }
                             }

@@ -1507,3 +1507,82 @@ async fn a_template_that_cannot_run_here_says_why_once_and_up_front() {
         "the run cannot be created (2 problems)"
     );
 }
+
+/// A running command's output is readable while it runs (the end of it so
+/// far, published by the worker on its lease), on the API and the block
+/// page; once it ends, the stored logs take over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_commands_output_is_visible_while_it_runs() {
+    let t = TestServer::start().await;
+    t.register_template(&json!({
+        "id": "ticker", "name": "Ticker", "version": "1.0.0",
+        "blocks": [{ "id": "tick", "name": "Tick", "layer": "L0", "type": "build", "runtime": "command",
+            "timeout": 60000,
+            "inputs": { "config": { "command": ["sh", "-c",
+                "for i in 1 2 3 4 5 6 7 8 9 10; do echo tick $i; echo warn $i >&2; sleep 0.3; done; echo done > \"$FACTORY_OUTPUT_DIR/out.txt\""] } },
+            "outputs": { "artifacts": [{ "key": "out", "path": "out.txt", "format": "text" }] } }]
+    }))
+    .await;
+    let (s, body) = t
+        .call(
+            Method::POST,
+            "/api/v1/runs",
+            "operator",
+            Some(json!({"template": "ticker"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{body}");
+    let run = body["run_id"].as_str().unwrap().to_string();
+    let logs = format!("/api/v1/runs/{run}/blocks/tick/logs/stdout?attempt=1");
+    let mut seen_live = None;
+    for _ in 0..100 {
+        let response = t
+            .request(Method::GET, &logs, Some("viewer"))
+            .send()
+            .await
+            .unwrap();
+        let live = response.headers().get("x-factory-log").cloned();
+        let text = response.text().await.unwrap_or_default();
+        if live.as_ref().is_some_and(|v| v == "live") && text.contains("tick 2") {
+            seen_live = Some(text);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let live = seen_live.expect("the output so far, while the block runs");
+    assert!(!live.contains("tick 10"), "not yet the whole: {live}");
+    let doc = t.doc(&run).await;
+    assert_eq!(block_status(&doc, "tick"), "running");
+    let (_, html) = t
+        .call_text(&format!("/runs/{run}/blocks/tick"), "viewer")
+        .await;
+    assert!(
+        html.contains("data-live-log=\""),
+        "the page asks for more as it runs"
+    );
+    let (_, stderr) = t
+        .call_text(
+            &format!("/api/v1/runs/{run}/blocks/tick/logs/stderr?attempt=1"),
+            "viewer",
+        )
+        .await;
+    assert!(stderr.contains("warn 1"), "{stderr}");
+
+    t.wait_for(&run, "the run done", |d| d["status"] == "done")
+        .await;
+    let response = t
+        .request(Method::GET, &logs, Some("viewer"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-factory-log"], "stored");
+    let whole = response.text().await.unwrap();
+    assert!(
+        whole.contains("tick 1\n") && whole.contains("tick 10\n"),
+        "{whole}"
+    );
+    let (_, html) = t
+        .call_text(&format!("/runs/{run}/blocks/tick"), "viewer")
+        .await;
+    assert!(!html.contains("data-live-log=\""));
+}

@@ -339,6 +339,27 @@ async fn leases_follow_events(store: &dyn Store) {
         .unwrap();
     let lease = &store.leases("run-lease").await.unwrap()[0];
     assert_eq!((lease.expires_at, lease.pid), (20_000, Some(4242)));
+    // A running attempt's output, published on its lease.
+    assert_eq!(store.live_log("run-lease", "a", 1).await.unwrap(), None);
+    assert!(
+        store
+            .set_live_log("run-lease", "a", 1, r#"{"stdout":"tick 1"}"#)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store.set_live_log("run-lease", "a", 2, "{}").await.unwrap(),
+        "not its lease"
+    );
+    assert_eq!(
+        store
+            .live_log("run-lease", "a", 1)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(r#"{"stdout":"tick 1"}"#)
+    );
+    assert_eq!(store.live_log("run-lease", "a", 2).await.unwrap(), None);
 
     let records = commit(
         &mut next,
@@ -356,6 +377,11 @@ async fn leases_follow_events(store: &dyn Store) {
         .await
         .unwrap();
     assert!(store.leases("run-lease").await.unwrap().is_empty());
+    assert_eq!(
+        store.live_log("run-lease", "a", 1).await.unwrap(),
+        None,
+        "it goes with the attempt"
+    );
 }
 
 async fn run_ids_resolve_by_prefix(store: &dyn Store) {
