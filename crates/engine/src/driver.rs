@@ -625,6 +625,20 @@ async fn run_attempt(
     let publisher: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>> = Arc::default();
     let publishing = publisher.clone();
     let log_dir = attempt_dir.clone();
+    // An `llm` block's reply as it streams in goes the same way.
+    let (progress, reply_task) = if block.runtime == factory_core::template::Runtime::Llm {
+        let (progress, reply) = crate::live_log::reply_channel();
+        let task = tokio::spawn(crate::live_log::publish_reply(
+            store.clone(),
+            doc.run_id.clone(),
+            block_id.to_string(),
+            attempt,
+            reply,
+        ));
+        (Some(progress), Some(task))
+    } else {
+        (None, None)
+    };
     let on_spawn: Box<dyn FnOnce(i32) + Send> = Box::new(move |pid| {
         if let Ok(mut slot) = pid_slot.lock() {
             *slot = Some(pid);
@@ -682,9 +696,13 @@ async fn run_attempt(
                 doc.default_model.as_deref(),
             )
             .map(str::to_string),
+            progress,
         })
         .await
     };
+    if let Some(task) = reply_task {
+        task.abort();
+    }
     if let Some(task) = publisher.lock().ok().and_then(|mut slot| slot.take()) {
         task.abort();
     }

@@ -42,6 +42,44 @@ pub(crate) async fn publish(
     }
 }
 
+/// A [`factory_llm::Progress`] that keeps the end of an `llm` reply as it
+/// streams in, and the receiver [`publish_reply`] reads it from. Telling it is
+/// cheap: it copies at most [`TAIL_BYTES`].
+pub(crate) fn reply_channel() -> (factory_llm::Progress, tokio::sync::watch::Receiver<String>) {
+    let (sender, receiver) = tokio::sync::watch::channel(String::new());
+    let progress: factory_llm::Progress = Arc::new(move |text: &str| {
+        let mut start = text.len().saturating_sub(TAIL_BYTES as usize);
+        while !text.is_char_boundary(start) {
+            start += 1;
+        }
+        sender.send_replace(text[start..].to_string());
+    });
+    (progress, receiver)
+}
+
+/// Publishes an `llm` attempt's reply so far (`{"reply": …}`) every second
+/// while it changes, until aborted or the lease has moved on.
+pub(crate) async fn publish_reply(
+    store: Arc<dyn Store>,
+    run_id: String,
+    block_id: String,
+    attempt: u32,
+    mut reply: tokio::sync::watch::Receiver<String>,
+) {
+    loop {
+        if reply.changed().await.is_err() {
+            return;
+        }
+        let log = serde_json::json!({ "reply": reply.borrow_and_update().clone() }).to_string();
+        match store.set_live_log(&run_id, &block_id, attempt, &log).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(error) => tracing::debug!(%error, "cannot publish a running reply"),
+        }
+        tokio::time::sleep(EVERY).await;
+    }
+}
+
 /// The last [`TAIL_BYTES`] of a file as text, from a line start when cut.
 pub(crate) fn tail(path: &Path) -> String {
     use std::io::{Read, Seek, SeekFrom};
@@ -68,6 +106,20 @@ pub(crate) fn tail(path: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reply_keeps_its_end_on_a_character_boundary() {
+        let (progress, reply) = reply_channel();
+        progress("short");
+        assert_eq!(*reply.borrow(), "short");
+        let long = format!("{}é{}", "a".repeat(9_000), "z".repeat(100));
+        progress(&long);
+        let kept = reply.borrow().clone();
+        assert!(kept.len() <= TAIL_BYTES as usize && kept.ends_with('z'));
+        let accents = "é".repeat(5_000);
+        progress(&accents);
+        assert!(reply.borrow().chars().all(|c| c == 'é'));
+    }
 
     #[test]
     fn the_tail_of_a_long_file_starts_at_a_line() {

@@ -158,6 +158,7 @@ impl Provider for Anthropic {
         let mut model = request.model.clone();
         if request.stream {
             let mut stopped = false;
+            let progress = transcript.progress.clone();
             let text = &mut transcript.text;
             read_sse(
                 &self.name,
@@ -192,6 +193,9 @@ impl Provider for Anthropic {
                                 .and_then(Value::as_str)
                             {
                                 text.push_str(piece);
+                                if let Some(progress) = &progress {
+                                    progress(text);
+                                }
                             }
                         }
                         "message_delta" => {

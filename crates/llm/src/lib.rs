@@ -374,14 +374,31 @@ impl From<Duration> for Limits {
     }
 }
 
+/// Told the reply so far as a stream arrives (the whole text each time), so
+/// a caller can show a reply while it is being written. Called often: it
+/// should be cheap or throttle itself.
+pub type Progress = Arc<dyn Fn(&str) + Send + Sync>;
+
 /// What one HTTP call has sent and received so far. The provider fills it in
 /// as it goes, so a call that fails or times out still leaves its request and
 /// partial reply for the record.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Transcript {
     pub request: Value,
     pub raw_response: String,
     pub text: String,
+    /// Who is told of the text as it grows (streaming replies only).
+    pub progress: Option<Progress>,
+}
+
+impl std::fmt::Debug for Transcript {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transcript")
+            .field("request", &self.request)
+            .field("raw_response", &self.raw_response)
+            .field("text", &self.text)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A model the provider serves, as its `models` endpoint describes it.
@@ -643,6 +660,17 @@ impl Client {
         request: &ChatRequest,
         limits: impl Into<Limits>,
     ) -> Result<ChatResponse, CallFailure> {
+        self.complete_with_progress(request, limits, None).await
+    }
+
+    /// [`Client::complete`], telling `progress` the reply so far as a
+    /// streamed reply arrives (each retry starts it again from nothing).
+    pub async fn complete_with_progress(
+        &self,
+        request: &ChatRequest,
+        limits: impl Into<Limits>,
+        progress: Option<Progress>,
+    ) -> Result<ChatResponse, CallFailure> {
         let limits = limits.into();
         let queued = Instant::now();
         let _permit = self.permits.acquire().await;
@@ -707,7 +735,10 @@ impl Client {
                     notes,
                 });
             }
-            let mut transcript = Transcript::default();
+            let mut transcript = Transcript {
+                progress: progress.clone(),
+                ..Transcript::default()
+            };
             let result = tokio::time::timeout_at(
                 deadline.into(),
                 self.provider

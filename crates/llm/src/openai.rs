@@ -166,6 +166,7 @@ impl Provider for OpenAiCompatible {
         let mut model = request.model.clone();
         if request.stream {
             let mut done = false;
+            let progress = transcript.progress.clone();
             let text = &mut transcript.text;
             read_sse(
                 &self.name,
@@ -190,6 +191,9 @@ impl Provider for OpenAiCompatible {
                         if let Some(delta) = choice["delta"].get("content").and_then(Value::as_str)
                         {
                             text.push_str(delta);
+                            if let Some(progress) = &progress {
+                                progress(text);
+                            }
                         }
                         if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
                             finish_reason = Some(reason.to_string());

@@ -64,6 +64,8 @@ pub struct AttemptInput<'a> {
     /// The model this attempt uses (run override, block, run or template
     /// default); None for the configured default.
     pub model: Option<String>,
+    /// Told an `llm` block's reply so far while it streams in.
+    pub progress: Option<factory_llm::Progress>,
 }
 
 /// What an attempt produced.

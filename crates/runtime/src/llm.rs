@@ -777,7 +777,11 @@ pub(crate) async fn run(input: AttemptInput<'_>) -> Execution {
             )),
         },
     };
-    let response = match resolved.client.complete(&request, limits).await {
+    let response = match resolved
+        .client
+        .complete_with_progress(&request, limits, input.progress.clone())
+        .await
+    {
         Ok(response) => response,
         Err(failure) => {
             return failed_call(block, settings, &resolved, prompt_text, notes, failure);

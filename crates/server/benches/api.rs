@@ -185,10 +185,26 @@ fn main() {
             .await
             .unwrap()
             .len();
+        // What crosses the wire for a browser (which asks for gzip).
+        let gzipped = client
+            .get(&big_url)
+            .bearer_auth(&token)
+            .header("accept-encoding", "gzip")
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+            .len();
         time_page(&client, &big_url, &token, 10).await;
         let big_page = time_page(&client, &big_url, &token, 100).await;
         report(
-            &format!("pipeline page (200 blocks, {} KB)", bytes / 1024),
+            &format!(
+                "pipeline page (200 blocks, {} KB, {} KB gzip)",
+                bytes / 1024,
+                gzipped / 1024
+            ),
             &big_page,
         );
         let home = time_page(&client, &format!("{base}/"), &token, 300).await;

@@ -339,9 +339,10 @@ pub struct LogText {
     pub live: bool,
 }
 
-/// The `stream` (`stdout` or `stderr`) of an attempt: stored with its report
-/// once it ended, published on its lease while it runs; None when there is
-/// nothing (yet).
+/// The `stream` of an attempt — `stdout` or `stderr` of a command, `reply`
+/// of an `llm` block while it streams in: stored with its report once it
+/// ended (not `reply`: the reply is the attempt's artifacts and LLM record),
+/// published on its lease while it runs; None when there is nothing (yet).
 pub async fn attempt_log(
     state: &SharedState,
     run_id: &str,
@@ -349,10 +350,12 @@ pub async fn attempt_log(
     attempt: &Attempt,
     stream: &str,
 ) -> ApiResult<Option<LogText>> {
-    if !matches!(stream, "stdout" | "stderr") {
+    if !matches!(stream, "stdout" | "stderr" | "reply") {
         return Err(ApiError::not_found(
             "unknown_log",
-            format!("no log `{stream}`: an attempt has `stdout` and `stderr`"),
+            format!(
+                "no log `{stream}`: an attempt has `stdout` and `stderr` (a command), `reply` (an llm block, while it runs)"
+            ),
         ));
     }
     let Some(report) = attempt.report.as_ref() else {
@@ -371,10 +374,10 @@ pub async fn attempt_log(
             live: true,
         }));
     };
-    let log = if stream == "stdout" {
-        report.stdout.clone()
-    } else {
-        report.stderr.clone()
+    let log = match stream {
+        "stdout" => report.stdout.clone(),
+        "stderr" => report.stderr.clone(),
+        _ => None,
     };
     match log {
         Some(log) => Ok(Some(LogText {

@@ -276,7 +276,12 @@ async fn outputs(
     }
     let mut logs = Vec::new();
     if let Some(attempt) = selected {
-        for stream in ["stdout", "stderr"] {
+        let streams: &[&str] = if view.block.runtime == factory_core::template::Runtime::Llm {
+            &["reply"]
+        } else {
+            &["stdout", "stderr"]
+        };
+        for &stream in streams {
             if let Some(log) =
                 crate::api::blocks::attempt_log(state, &view.doc.run_id, block_id, attempt, stream)
                     .await?

@@ -1586,3 +1586,132 @@ async fn a_running_commands_output_is_visible_while_it_runs() {
         .await;
     assert!(!html.contains("data-live-log=\""));
 }
+
+/// An OpenAI-compatible server that streams its reply slowly (one word every
+/// 150 ms, no usage), one connection at a time, like a small local model.
+fn slow_streaming_llm(words: usize) -> String {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request_line = String::new();
+            if reader.read_line(&mut request_line).is_err() {
+                continue;
+            }
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            if request_line.starts_with("GET") {
+                let models = r#"{"data":[{"id":"slow"}]}"#;
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{models}",
+                    models.len()
+                );
+                continue;
+            }
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n"
+            );
+            for n in 1..=words {
+                let chunk = json!({"choices": [{"delta": {"content": format!("word{n} ")}}]});
+                if write!(stream, "data: {chunk}\n\n").is_err() {
+                    break;
+                }
+                let _ = stream.flush();
+                std::thread::sleep(Duration::from_millis(150));
+            }
+            let end = json!({"choices": [{"delta": {}, "finish_reason": "stop"}]});
+            let _ = write!(stream, "data: {end}\n\ndata: [DONE]\n\n");
+        }
+    });
+    url
+}
+
+/// An `llm` block's reply is readable while it streams in, from the API and
+/// the block page; the finished reply is the artifact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_llm_reply_is_visible_while_it_streams_in() {
+    let url = slow_streaming_llm(16);
+    let settings = factory_runtime::llm::LlmSettings::from_lookup(|name| match name {
+        "FACTORY_LLM_BASE_URL" => Some(url.clone()),
+        "FACTORY_LLM_MODEL" => Some("slow".into()),
+        _ => None,
+    });
+    let t = TestServer::start_with(Some(settings)).await;
+    std::fs::create_dir_all(t.templates.join("skills/writer")).unwrap();
+    std::fs::write(
+        t.templates.join("skills/writer/SKILL.md"),
+        "# Writer\n\nWrite sixteen words.\n",
+    )
+    .unwrap();
+    std::fs::write(
+        t.templates.join("writer.json"),
+        json!({"id": "writer", "name": "Writer", "version": "1.0.0",
+            "blocks": [{"id": "write", "name": "Write", "layer": "L0", "type": "build", "runtime": "llm",
+                "skill": "writer", "timeout": 60000,
+                "outputs": {"artifacts": [{"key": "text", "path": "text.md", "format": "md"}]},
+                "execution": {"max_retries": 0}}]})
+        .to_string(),
+    )
+    .unwrap();
+    let (s, body) = t
+        .call(
+            Method::POST,
+            "/api/v1/runs",
+            "operator",
+            Some(json!({"template": "writer"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{body}");
+    let run = body["run_id"].as_str().unwrap().to_string();
+    let reply = format!("/api/v1/runs/{run}/blocks/write/logs/reply?attempt=1");
+    let mut partial = None;
+    for _ in 0..100 {
+        let response = t
+            .request(Method::GET, &reply, Some("viewer"))
+            .send()
+            .await
+            .unwrap();
+        let live = response.headers().get("x-factory-log").cloned();
+        let text = response.text().await.unwrap_or_default();
+        if live.is_some_and(|v| v == "live") && text.contains("word3 ") {
+            partial = Some(text);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let partial = partial.expect("the reply so far, while it streams");
+    assert!(!partial.contains("word16"), "not yet the whole: {partial}");
+    let (_, html) = t
+        .call_text(&format!("/runs/{run}/blocks/write"), "viewer")
+        .await;
+    assert!(
+        html.contains("data-live-log=\""),
+        "the page asks for more as it streams"
+    );
+    assert!(html.contains("<code>reply</code>"));
+
+    t.wait_for(&run, "the run done", |d| d["status"] == "done")
+        .await;
+    let (_, text) = t
+        .call_text(
+            &format!("/api/v1/runs/{run}/blocks/write/artifacts/text"),
+            "viewer",
+        )
+        .await;
+    assert!(text.contains("word1 ") && text.contains("word16"), "{text}");
+}
