@@ -42,6 +42,36 @@ async function refreshLive() {
   }
 }
 
+// An event names the block it changed and its new status: the graph shows
+// that at once, from the event alone. The rest of the page (badges,
+// durations, timeline, counts) follows with a refresh, at most one a second
+// however many events arrive.
+function patchBlock(event) {
+  if (!event || !event.block || !event.block_status) return;
+  const id = CSS.escape(event.block);
+  for (const node of document.querySelectorAll(`a.block[data-block="${id}"]`)) {
+    node.classList.remove("pending", "ready", "running", "done", "failed", "blocked", "waiting");
+    node.classList.add(event.block_status);
+    node.dataset.status = event.block_status;
+  }
+  if (event.block_status === "done") {
+    for (const edge of document.querySelectorAll(`path.edge[data-from="${id}"]`)) edge.classList.add("met");
+  }
+  const run = document.querySelector("[data-run-status]");
+  if (run && event.run_status && event.run_id === runId) {
+    run.dataset.runStatus = event.run_status;
+    run.textContent = event.run_status;
+    run.className = `status big ${event.run_status}`;
+  }
+}
+let lastRefresh = 0, trailing = null;
+function scheduleRefresh() {
+  if (trailing) return;
+  const wait = 1000 - (Date.now() - lastRefresh);
+  const go = () => { trailing = null; lastRefresh = Date.now(); refreshLive(); };
+  if (wait <= 0) go(); else trailing = setTimeout(go, wait);
+}
+
 function connect() {
   const url = runId
     ? `/api/v1/runs/${encodeURIComponent(runId)}/stream?after=${seq}`
@@ -65,7 +95,8 @@ function connect() {
         const n = Number(event.lastEventId);
         if (n > seq) { seq = n; body.dataset.seq = String(seq); }
       }
-      refreshLive();
+      try { patchBlock(JSON.parse(event.data)); } catch (_) { /* not a block event */ }
+      scheduleRefresh();
     });
   }
   source.onerror = () => setStatus("○ reconnecting", false);

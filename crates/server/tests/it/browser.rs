@@ -393,6 +393,16 @@ async fn operators_and_reviewers_drive_a_run_from_the_browser() {
     )
     .await;
     mark_page(c).await;
+    // Count how often the page itself is fetched while events arrive.
+    c.execute(
+        "window.__pageFetches = 0; const real = window.fetch;
+         window.fetch = (...args) => { if (String(args[0]) === location.href) window.__pageFetches++; return real(...args); };
+         return true;",
+        vec![],
+    )
+    .await
+    .unwrap();
+    let before = t.doc(&run).await["seq"].as_u64().unwrap();
     let (s, body) = t
         .call(
             Method::POST,
@@ -404,7 +414,6 @@ async fn operators_and_reviewers_drive_a_run_from_the_browser() {
     assert_eq!(s, 200, "{body}");
     until(c, "the run done", "return document.querySelector(\"a.block[data-block='publish']\").dataset.status === 'done' && document.querySelector('[data-run-status]').dataset.runStatus === 'done';").await;
     assert!(still_same_page(c).await, "no reload");
-    screenshot(c, "pipeline-view").await;
 
     // The reflection form appeared with the finished run; answers are kept.
     until(
@@ -413,6 +422,20 @@ async fn operators_and_reviewers_drive_a_run_from_the_browser() {
         "return document.querySelector('#reflection-form') !== null;",
     )
     .await;
+    let events = t.doc(&run).await["seq"].as_u64().unwrap() - before;
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let fetches = c
+        .execute("return window.__pageFetches;", vec![])
+        .await
+        .unwrap()
+        .as_u64()
+        .unwrap();
+    assert!(events >= 4, "{events} events");
+    assert!(
+        fetches < events && fetches <= 3,
+        "{fetches} page fetches for {events} events: blocks change from the events, refreshes are coalesced"
+    );
+    screenshot(c, "pipeline-view").await;
     type_into(
         c,
         "#reflection-form textarea[name=worked]",
@@ -523,6 +546,23 @@ async fn operators_and_reviewers_drive_a_run_from_the_browser() {
     t.wait_for(&big, "the first gate", |d| d["status"] == "waiting")
         .await;
     c.goto(&t.url(&format!("/runs/{big}"))).await.unwrap();
+    // For the record (not asserted: timings are a benchmark's business).
+    let paint = c
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             const report = () => {
+               const p = performance.getEntriesByType('paint').find(e => e.name === 'first-contentful-paint');
+               const n = performance.getEntriesByType('navigation')[0];
+               done([p ? Math.round(p.startTime) : null, n ? Math.round(n.responseEnd) : null, n ? n.encodedBodySize : null, n ? n.decodedBodySize : null]);
+             };
+             requestAnimationFrame(() => setTimeout(report, 300));",
+            vec![],
+        )
+        .await
+        .unwrap();
+    eprintln!(
+        "26-block pipeline page: [first contentful paint ms, response end ms, bytes on the wire, bytes] = {paint}"
+    );
     let cards = c
         .execute(
             "return document.querySelectorAll('a.block').length;",
