@@ -55,6 +55,12 @@ fn main() -> ExitCode {
 
 fn run_main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(
+        cli.command,
+        Command::Serve(_) | Command::Worker(_) | Command::Bench(_)
+    ) {
+        die_quietly_on_broken_pipe();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -68,10 +74,43 @@ fn run_main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", error_text(&error));
             ExitCode::from(exit_code_for(&error))
         }
     }
+}
+
+/// `factory events RUN | head`: when the reader goes away, stop as `git` and
+/// `cat` do (ended by SIGPIPE, nothing printed) instead of panicking in
+/// `println!`. Rust ignores SIGPIPE by default; long-running commands (the
+/// server, workers, benchmarks) keep that, so a client that hangs up only
+/// fails its own write.
+fn die_quietly_on_broken_pipe() {
+    // SAFETY: called once at start, before any thread is spawned; setting a
+    // signal's disposition to its default has no other effect.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+/// An error and its causes on one line, each clause once: error types that
+/// include their source in their own message (`"database error: {0}"`), and
+/// sources that repeat theirs, would otherwise print the same text two or
+/// three times.
+fn error_text(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let part = cause.to_string();
+        let part = part.trim();
+        if part.is_empty() || text.contains(part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(part);
+    }
+    text
 }
 
 fn exit_code_for(error: &anyhow::Error) -> u8 {
@@ -558,8 +597,12 @@ async fn continue_run(
 
 async fn drive_run(engine: &Engine, run_id: &str, quiet: bool) -> Result<ExitCode> {
     let (outcome, doc) = tokio::select! {
-        result = engine.drive(run_id) => result?,
+        result = engine.drive(run_id) => {
+            progress::clear();
+            result?
+        }
         _ = tokio::signal::ctrl_c() => {
+            progress::clear();
             eprintln!("interrupted: running blocks are stopped; continue with `factory resume {run_id}`");
             return Ok(ExitCode::from(130));
         }
@@ -579,6 +622,20 @@ async fn drive_run(engine: &Engine, run_id: &str, quiet: bool) -> Result<ExitCod
             })
             .unwrap_or_default();
         eprint!("{}", show::summary(&doc, &order));
+    }
+    if outcome == Outcome::Failed {
+        let failed: Vec<&str> = doc
+            .blocks
+            .iter()
+            .filter(|(_, state)| state.status == factory_core::BlockStatus::Failed)
+            .map(|(id, _)| id.as_str())
+            .collect();
+        if let Some(first) = failed.first() {
+            eprintln!(
+                "the run failed at {}: `factory retry {run_id} {first}` runs it again (then what depends on it); `factory logs {run_id} {first}` shows why",
+                failed.join(", ")
+            );
+        }
     }
     Ok(match outcome {
         Outcome::Done | Outcome::Waiting | Outcome::Stopped => ExitCode::SUCCESS,
@@ -725,4 +782,61 @@ fn parse_overrides(pairs: &[String]) -> Result<BTreeMap<String, Autonomy>> {
         }
     }
     Ok(overrides)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_text;
+
+    use std::fmt;
+
+    /// A driver error, and two wrappers that repeat their source in their
+    /// own message (as sqlx's and thiserror's `"{0}"` + `#[from]` do).
+    #[derive(Debug)]
+    struct Driver;
+    #[derive(Debug)]
+    struct Sqlx(Driver);
+    #[derive(Debug)]
+    struct Store(Sqlx);
+
+    impl fmt::Display for Driver {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "(code: 26) file is not a database")
+        }
+    }
+    impl fmt::Display for Sqlx {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "error returned from database: {}", self.0)
+        }
+    }
+    impl fmt::Display for Store {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "database error: {}", self.0)
+        }
+    }
+    impl std::error::Error for Driver {}
+    impl std::error::Error for Sqlx {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+    impl std::error::Error for Store {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn each_clause_of_an_error_chain_prints_once() {
+        let error = anyhow::Error::new(Store(Sqlx(Driver)));
+        assert_eq!(
+            error_text(&error),
+            "database error: error returned from database: (code: 26) file is not a database"
+        );
+        let wrapped = anyhow::Error::new(Driver).context("cannot open the store");
+        assert_eq!(
+            error_text(&wrapped),
+            "cannot open the store: (code: 26) file is not a database"
+        );
+    }
 }

@@ -7,22 +7,35 @@ use factory_core::run::{Event, EventRecord};
 use factory_engine::{Observed, Observer};
 use indicatif::{ProgressBar, ProgressStyle};
 
+/// The bar on the terminal, if one is drawn: one per process, so the
+/// command can take it down (see [`clear`]) before it prints its summary.
+static BAR: Mutex<Option<ProgressBar>> = Mutex::new(None);
+
+/// Takes the bar off the terminal, whatever state the run ended in, so no
+/// stale `0/N` line stays above what the command prints next.
+pub fn clear() {
+    if let Ok(mut guard) = BAR.lock()
+        && let Some(bar) = guard.take()
+    {
+        bar.finish_and_clear();
+    }
+}
+
 pub fn observer(quiet: bool) -> Option<Observer> {
     if quiet {
         return None;
     }
-    let bar: Arc<Mutex<Option<ProgressBar>>> = Arc::new(Mutex::new(None));
     let interactive = std::io::stderr().is_terminal();
     Some(Arc::new(move |record: &EventRecord, run: &Observed<'_>| {
         let doc = run.doc;
-        let line = describe(record);
+        let line = describe(record, &doc.run_id);
         if !interactive {
             if let Some(line) = line {
                 eprintln!("{line}");
             }
             return;
         }
-        let Ok(mut guard) = bar.lock() else { return };
+        let Ok(mut guard) = BAR.lock() else { return };
         let bar = guard.get_or_insert_with(|| {
             let bar = ProgressBar::new(doc.blocks.len() as u64);
             bar.set_style(
@@ -53,13 +66,16 @@ pub fn observer(quiet: bool) -> Option<Observer> {
             n => format!("{n} running"),
         });
         if doc.status.is_terminal() || doc.status == factory_core::RunStatus::Waiting {
-            bar.finish_and_clear();
+            // Taken down and dropped: a later event draws a new one.
+            if let Some(bar) = guard.take() {
+                bar.finish_and_clear();
+            }
         }
     }))
 }
 
-/// One line per event worth a person's attention.
-pub fn describe(record: &EventRecord) -> Option<String> {
+/// One line per event worth a person's attention; hints name `run_id`.
+pub fn describe(record: &EventRecord, run_id: &str) -> Option<String> {
     let text = match &record.event {
         Event::RunCreated {
             run_id,
@@ -93,7 +109,7 @@ pub fn describe(record: &EventRecord) -> Option<String> {
         Event::BlockFailed { block, error } => format!("✘ {block} failed: {error}"),
         Event::RetryScheduled { block, reason, .. } => format!("↻ {block}: {reason}"),
         Event::BlockWaiting { block, phase } => format!(
-            "⏸ {block} waits for approval ({} gate): factory approve <run> {block}",
+            "⏸ {block} waits for approval ({} gate): factory approve {run_id} {block}",
             serde_json::to_string(phase)
                 .unwrap_or_default()
                 .trim_matches('"')
@@ -113,7 +129,7 @@ pub fn describe(record: &EventRecord) -> Option<String> {
             composite,
             threshold,
         } => format!(
-            "⚑ {block} audit {composite:.1} is below its threshold {threshold:.1}: see `factory status <run>` for the fix suggestions"
+            "⚑ {block} audit {composite:.1} is below its threshold {threshold:.1}: see `factory status {run_id}` for the fix suggestions"
         ),
         Event::ReviewFlagged { block } => format!("⚑ {block} flagged for optional review (guided)"),
         Event::BlockReset { block, reason } => format!("↺ {block} reset: {reason}"),

@@ -239,15 +239,14 @@ pub fn summary(doc: &RunDoc, template_order: &[String]) -> String {
             let flagged = doc.blocks.get(*id).is_some_and(|s| s.audit_flagged);
             if flagged {
                 for suggestion in audit.suggestions.iter().take(5) {
+                    // The message starts with the artifact and location.
                     let _ = writeln!(
                         out,
-                        "  {id}: [{}] {} {} {}",
+                        "  {id}: [{}] {}",
                         serde_json::to_value(suggestion.priority)
                             .ok()
                             .and_then(|v| v.as_str().map(str::to_string))
                             .unwrap_or_default(),
-                        suggestion.artifact,
-                        suggestion.location,
                         suggestion.message
                     );
                 }
@@ -263,7 +262,7 @@ pub async fn events(store: &dyn Store, run: &str, json: bool) -> Result<()> {
         if json {
             println!("{}", serde_json::to_string(&record)?);
         } else {
-            let detail = crate::progress::describe(&record).unwrap_or_else(|| {
+            let detail = crate::progress::describe(&record, &run_id).unwrap_or_else(|| {
                 record
                     .event
                     .block()

@@ -194,6 +194,13 @@ pub struct CreateRunError {
     pub guarded: Vec<String>,
 }
 
+/// What a mistyped name was probably meant to be: the nearest candidate, if
+/// it shares something with the word (`zz` is not a typo of `a`).
+fn near_miss<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    crate::validate::closest(word, candidates)
+        .filter(|near| strsim::damerau_levenshtein(word, near) < word.chars().count())
+}
+
 /// Checks params, env and autonomy settings; returns the `RunCreated` event.
 /// `env_is_set` answers whether an environment variable is set (and non-empty).
 pub fn create_run(
@@ -228,8 +235,11 @@ pub fn create_run(
     for name in request.params.keys() {
         if !template.params.contains_key(name) {
             let declared: Vec<&str> = template.params.keys().map(String::as_str).collect();
+            let guess = near_miss(name, declared.iter().copied())
+                .map(|near| format!("did you mean `{near}`? "))
+                .unwrap_or_default();
             problems.push(format!(
-                "unknown run param `{name}`; the template declares: {}",
+                "unknown run param `{name}`; {guess}the template declares: {}",
                 if declared.is_empty() {
                     "none".to_string()
                 } else {
@@ -279,8 +289,11 @@ pub fn create_run(
     let mut guarded = Vec::new();
     for (block_id, autonomy) in &request.overrides {
         if pipeline.index_of(block_id).is_none() {
+            let guess = near_miss(block_id, pipeline.blocks().iter().map(|b| b.id.as_str()))
+                .map(|near| format!("; did you mean `{near}`?"))
+                .unwrap_or_default();
             problems.push(format!(
-                "autonomy override names unknown block `{block_id}`"
+                "autonomy override names unknown block `{block_id}`{guess}"
             ));
         } else if lowers_guarded_gate(pipeline, block_id, *autonomy) {
             guarded.push(block_id.clone());
@@ -292,7 +305,12 @@ pub fn create_run(
     }
     for block_id in request.models.keys() {
         match pipeline.block(block_id) {
-            None => problems.push(format!("model override names unknown block `{block_id}`")),
+            None => problems.push(format!(
+                "model override names unknown block `{block_id}`{}",
+                near_miss(block_id, pipeline.blocks().iter().map(|b| b.id.as_str()))
+                    .map(|near| format!("; did you mean `{near}`?"))
+                    .unwrap_or_default()
+            )),
             Some(block) if block.runtime != crate::template::Runtime::Llm => {
                 problems.push(format!(
                     "model override for `{block_id}`, which is a `{}` block, not `llm`",

@@ -58,11 +58,20 @@ pub fn validate_str(source: &str) -> Validated {
         }
         Err(error) => {
             let message = strip_position(&error.to_string());
-            Validated::failed(vec![
+            // serde_json stops at 128 levels of nesting: the text may be
+            // valid JSON, just deeper than any template needs.
+            let diagnostic = if message.contains("recursion limit exceeded") {
+                Diagnostic::error(
+                    codes::SYNTAX,
+                    "$",
+                    "JSON nested too deep: more than 128 levels of arrays and objects",
+                )
+                .with_help("a template is a few levels deep; flatten the value that nests this far")
+            } else {
                 Diagnostic::error(codes::SYNTAX, "$", format!("malformed JSON: {message}"))
-                    .at(error.line(), error.column())
-                    .with_help("fix the JSON syntax at this line and column"),
-            ])
+                    .with_help("fix the JSON syntax at this line and column")
+            };
+            Validated::failed(vec![diagnostic.at(error.line(), error.column())])
         }
     }
 }
@@ -420,7 +429,9 @@ fn resolve<'a>(schema: &'a Value, mut node: &'a Value) -> &'a Value {
     node
 }
 
-fn closest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+/// The candidate nearest to a misspelt `word`, if one is near enough to be
+/// what was meant.
+pub fn closest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
     candidates
         .map(|c| (strsim::damerau_levenshtein(word, c), c))
         .filter(|(distance, c)| *distance <= (c.len() / 3).max(1) + 1 && *distance > 0)

@@ -14,6 +14,7 @@ mod convergence;
 mod fleet_netns;
 mod local_llm;
 mod otel;
+mod polish;
 mod real_llm;
 mod worker;
 

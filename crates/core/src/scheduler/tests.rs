@@ -1180,6 +1180,34 @@ fn create_run_reports_every_problem() {
             .iter()
             .any(|p| p.contains("model override names unknown block `ghost`"))
     );
+    // A near miss gets a did-you-mean; a far one does not.
+    assert!(
+        error
+            .problems
+            .iter()
+            .any(|p| p.starts_with("unknown run param `titel`; did you mean `title`?")),
+        "{:#?}",
+        error.problems
+    );
+    assert!(
+        error
+            .problems
+            .iter()
+            .any(|p| p == "autonomy override names unknown block `zz`"),
+        "{:#?}",
+        error.problems
+    );
+    let near = RunRequest {
+        run_id: "r".into(),
+        params: BTreeMap::from([("title".to_string(), json!("x"))]),
+        overrides: BTreeMap::from([("aa".to_string(), Autonomy::Auto)]),
+        ..RunRequest::default()
+    };
+    let near_error = transitions::create_run(&pipeline, &near, &|_| true).unwrap_err();
+    assert_eq!(
+        near_error.problems,
+        ["autonomy override names unknown block `aa`; did you mean `a`?"]
+    );
     assert!(
         error
             .problems

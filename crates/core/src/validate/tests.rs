@@ -1512,3 +1512,30 @@ fn a_blocking_audit_needs_a_threshold() {
     b["audit"] = json!({ "blocking": true, "threshold": 6.0 });
     check(template(vec![b]), &[]);
 }
+
+#[test]
+fn json_deeper_than_the_parser_goes_is_called_too_deep_not_malformed() {
+    let deep = format!(
+        "{{\"id\": \"t\", \"x\": {}{}}}",
+        "[".repeat(200),
+        "]".repeat(200)
+    );
+    let validated = validate_str(&deep);
+    let error = validated.errors().next().unwrap();
+    assert!(
+        error.message.contains("nested too deep"),
+        "{}",
+        error.message
+    );
+    assert!(error.message.contains("128"), "{}", error.message);
+    assert!(!error.message.contains("malformed"));
+    let broken = validate_str("{\"id\": ");
+    assert!(
+        broken
+            .errors()
+            .next()
+            .unwrap()
+            .message
+            .starts_with("malformed JSON")
+    );
+}
