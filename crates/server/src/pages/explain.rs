@@ -76,7 +76,7 @@ pub fn state_in_words(
                         let error = doc.blocks[id.as_str()]
                             .error
                             .as_deref()
-                            .map(|e| format!(": {}", clip(e, 160)))
+                            .map(|e| format!(": {}", render::clip(e, 160)))
                             .unwrap_or_default();
                         format!("{} failed{error}", name(id))
                     })
@@ -116,7 +116,7 @@ pub fn state_in_words(
             state
                 .error
                 .as_deref()
-                .map(|e| format!(": {}", clip(e, 200)))
+                .map(|e| format!(": {}", render::clip(e, 200)))
                 .unwrap_or_default(),
             &doc.run_id[..doc.run_id.len().min(13)]
         )),
@@ -159,17 +159,6 @@ fn people(actors: &BTreeSet<String>) -> String {
         [] => String::new(),
         [one] => one.to_string(),
         [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
-    }
-}
-
-fn clip(text: &str, max: usize) -> String {
-    let line = text.replace('\n', " ");
-    if line.chars().count() <= max {
-        line
-    } else {
-        let mut short: String = line.chars().take(max - 1).collect();
-        short.push('…');
-        short
     }
 }
 

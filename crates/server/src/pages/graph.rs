@@ -377,17 +377,6 @@ fn meta_line(
     parts
 }
 
-/// Shortens `text` to `max` characters, ending with an ellipsis.
-fn clip(text: &str, max: usize) -> String {
-    if text.chars().count() <= max {
-        text.to_string()
-    } else {
-        let mut short: String = text.chars().take(max - 1).collect();
-        short.push('…');
-        short
-    }
-}
-
 /// The graph of a run: boxes coloured by status, linking to each block's
 /// workbench; an edge is solid once its upstream block is done. Every SVG
 /// element is closed (`{}`, never maud's void `;`): in an HTML page an
@@ -431,7 +420,7 @@ pub fn svg(doc: &RunDoc, pipeline: &Pipeline, now: Millis) -> Markup {
                     HumanGate::None => None,
                 };
                 @let audit = state.latest_audit().filter(|_| !state.awaits_new_pass());
-                @let title = clip(&block.name, 27);
+                @let title = render::clip(&block.name, 27);
                 @let meta = meta_line(state, audit.map(|a| (a.composite, a.badge.as_str())), gate, now);
                 // The `<title>` is the link's accessible name and its
                 // tooltip: what is seen, then what is not (the full name,
@@ -640,10 +629,10 @@ mod tests {
 
     #[test]
     fn long_names_are_clipped_and_the_full_name_is_in_the_title() {
-        assert_eq!(clip("short", 27), "short");
+        assert_eq!(render::clip("short", 27), "short");
         let long = "Design System Extractor With A Long Tail";
-        assert_eq!(clip(long, 10).chars().count(), 10);
-        assert!(clip(long, 10).ends_with('…'));
+        assert_eq!(render::clip(long, 10).chars().count(), 10);
+        assert!(render::clip(long, 10).ends_with('…'));
         let p = pipeline(&[("a", &[], None)]);
         let mut template = p.template().clone();
         template.blocks[0].name = long.to_string();
@@ -651,7 +640,10 @@ mod tests {
         let doc = new_run(&p);
         let text = markup_text(svg(&doc, &p, 0));
         assert!(
-            text.contains(&format!("<title>{} pending, {long}", clip(long, 27))),
+            text.contains(&format!(
+                "<title>{} pending, {long}",
+                render::clip(long, 27)
+            )),
             "{text}"
         );
         assert!(text.contains("data-block=\"a\""));

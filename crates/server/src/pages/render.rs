@@ -172,6 +172,18 @@ pub fn time(ms: Millis) -> String {
     format!("{} UTC", factory_core::run::format_utc(ms))
 }
 
+/// `text` on one line, shortened to `max` characters with an ellipsis.
+pub fn clip(text: &str, max: usize) -> String {
+    let line = text.replace('\n', " ");
+    if line.chars().count() <= max {
+        line
+    } else {
+        let mut short: String = line.chars().take(max.saturating_sub(1)).collect();
+        short.push('…');
+        short
+    }
+}
+
 /// Milliseconds in the unit a person reads: `800 ms`, `1.5 s`, `30 s`,
 /// `2 min`, `1 min 30 s`, `2 h`.
 pub fn duration(ms: u64) -> String {

@@ -206,7 +206,7 @@ pub fn svg(doc: &RunDoc, pipeline: &Pipeline, now: Millis) -> Markup {
                 @let y = AXIS_H + row as f32 * ROW_H;
                 @let block = &blocks[lane.block];
                 a href={"/runs/" (doc.run_id) "/blocks/" (block.id)} {
-                    text.lane-label x=(format!("{:.0}", LABEL_W - 8.0)) y=(format!("{:.0}", y + ROW_H / 2.0 + 4.0)) text-anchor="end" { (clip(&block.name, 26)) }
+                    text.lane-label x=(format!("{:.0}", LABEL_W - 8.0)) y=(format!("{:.0}", y + ROW_H / 2.0 + 4.0)) text-anchor="end" { (render::clip(&block.name, 26)) }
                 }
                 @for bar in &lane.bars {
                     @let (x0, x1) = (x(bar.start), x(bar.end));
@@ -241,16 +241,6 @@ pub fn svg(doc: &RunDoc, pipeline: &Pipeline, now: Millis) -> Markup {
                 }
             }
         }
-    }
-}
-
-fn clip(text: &str, max: usize) -> String {
-    if text.chars().count() <= max {
-        text.to_string()
-    } else {
-        let mut short: String = text.chars().take(max - 1).collect();
-        short.push('…');
-        short
     }
 }
 
