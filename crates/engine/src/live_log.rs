@@ -44,10 +44,18 @@ pub(crate) async fn publish(
 
 /// A [`factory_llm::Progress`] that keeps the end of an `llm` reply as it
 /// streams in, and the receiver [`publish_reply`] reads it from. Telling it is
-/// cheap: it copies at most [`TAIL_BYTES`].
+/// cheap: it copies at most [`TAIL_BYTES`], and at most every 200 ms (a reply
+/// arrives in thousands of pieces; the page shows it once a second).
 pub(crate) fn reply_channel() -> (factory_llm::Progress, tokio::sync::watch::Receiver<String>) {
     let (sender, receiver) = tokio::sync::watch::channel(String::new());
+    let last: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
     let progress: factory_llm::Progress = Arc::new(move |text: &str| {
+        if let Ok(mut last) = last.lock() {
+            if last.is_some_and(|at| at.elapsed() < Duration::from_millis(200)) {
+                return;
+            }
+            *last = Some(std::time::Instant::now());
+        }
         let mut start = text.len().saturating_sub(TAIL_BYTES as usize);
         while !text.is_char_boundary(start) {
             start += 1;
@@ -108,14 +116,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_reply_keeps_its_end_on_a_character_boundary() {
+    fn a_reply_keeps_its_end_on_a_character_boundary_a_few_times_a_second() {
+        let pause = || std::thread::sleep(Duration::from_millis(210));
         let (progress, reply) = reply_channel();
         progress("short");
         assert_eq!(*reply.borrow(), "short");
+        progress("short and more");
+        assert_eq!(*reply.borrow(), "short", "within 200 ms: not copied again");
+        pause();
         let long = format!("{}é{}", "a".repeat(9_000), "z".repeat(100));
         progress(&long);
         let kept = reply.borrow().clone();
         assert!(kept.len() <= TAIL_BYTES as usize && kept.ends_with('z'));
+        pause();
         let accents = "é".repeat(5_000);
         progress(&accents);
         assert!(reply.borrow().chars().all(|c| c == 'é'));

@@ -1,5 +1,6 @@
 //! Conditional GETs for pages and assets: a weak `ETag` from the body's
-//! SHA-256 (weak, because gzip may re-encode the body on its way out), and `304 Not Modified` when the browser already holds that body.
+//! SHA-256 (weak, because gzip may re-encode the body on its way out), and
+//! `304 Not Modified` when the browser already holds that body.
 //! A live refresh of a page whose regions did not change then costs a
 //! render and a few hundred bytes instead of the page again, and assets are
 //! revalidated (`no-cache`) without being re-sent.
@@ -7,7 +8,7 @@
 //! Bodies are buffered to be hashed: pages and assets are tens of KB. The
 //! event stream and the JSON API are not routed through here.
 
-use axum::body::Body;
+use axum::body::{Body, HttpBody};
 use axum::extract::Request;
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
@@ -24,6 +25,16 @@ pub async fn etag(request: Request, next: Next) -> Response {
     let is_get = request.method() == Method::GET;
     let response = next.run(request).await;
     if !is_get || response.status() != StatusCode::OK {
+        return response;
+    }
+    // Only bodies of a known, moderate size are tagged (pages are rendered
+    // whole, so theirs is known); anything else goes out untouched.
+    if response
+        .body()
+        .size_hint()
+        .upper()
+        .is_none_or(|size| size > MAX_BODY as u64)
+    {
         return response;
     }
     let (mut parts, body) = response.into_parts();

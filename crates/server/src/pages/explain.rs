@@ -85,7 +85,7 @@ pub fn state_in_words(
                     "Blocked because {}. Re-run {} (Logic tab of its page, or `factory retry {} {}`) and this block runs after it.",
                     named.join("; "),
                     if failed.len() == 1 { "it" } else { "them" },
-                    &doc.run_id[..doc.run_id.len().min(13)],
+                    doc.run_id.as_str(),
                     failed[0]
                 )
             })
@@ -118,7 +118,7 @@ pub fn state_in_words(
                 .as_deref()
                 .map(|e| format!(": {}", render::clip(e, 200)))
                 .unwrap_or_default(),
-            &doc.run_id[..doc.run_id.len().min(13)]
+            doc.run_id.as_str()
         )),
         BlockStatus::Done => None,
     }
