@@ -175,28 +175,16 @@ fn main() {
         let (outcome, big) = engine.drive(&big.run_id).await.unwrap();
         assert_eq!(outcome, factory_engine::Outcome::Done);
         let big_url = format!("{base}/runs/{}", big.run_id);
-        let bytes = client
-            .get(&big_url)
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap()
-            .len();
+        let size = |encoding: &'static str| {
+            let request = client
+                .get(&big_url)
+                .bearer_auth(&token)
+                .header("accept-encoding", encoding);
+            async move { request.send().await.unwrap().bytes().await.unwrap().len() }
+        };
+        let bytes = size("identity").await;
         // What crosses the wire for a browser (which asks for gzip).
-        let gzipped = client
-            .get(&big_url)
-            .bearer_auth(&token)
-            .header("accept-encoding", "gzip")
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap()
-            .len();
+        let gzipped = size("gzip").await;
         time_page(&client, &big_url, &token, 10).await;
         let big_page = time_page(&client, &big_url, &token, 100).await;
         report(

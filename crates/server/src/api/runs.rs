@@ -80,8 +80,30 @@ pub fn run_filter(
     })
 }
 
+/// One page of the runs `filter` asks for (`filter.limit` of them) and the
+/// cursor of the next page, None on the last: one more run is asked for, to
+/// know whether there is a next page without a second query.
+pub async fn page_of_runs(
+    state: &SharedState,
+    filter: &factory_store::RunFilter,
+) -> ApiResult<(Vec<factory_store::RunListing>, Option<String>)> {
+    let page = filter.limit as usize;
+    let mut found = state
+        .store
+        .find_runs(&factory_store::RunFilter {
+            limit: filter.limit + 1,
+            ..filter.clone()
+        })
+        .await?;
+    let next = (found.len() > page).then(|| {
+        found.truncate(page);
+        found.last().map(|l| cursor(&l.run))
+    });
+    Ok((found, next.flatten()))
+}
+
 /// `CREATED_AT:RUN_ID`, the position after which the next page starts.
-pub fn cursor(run: &factory_store::RunSummary) -> String {
+fn cursor(run: &factory_store::RunSummary) -> String {
     format!("{}:{}", run.created_at, run.run_id)
 }
 
@@ -103,13 +125,9 @@ pub async fn list(
         query.template.as_deref(),
         query.q.as_deref(),
         query.before.as_deref(),
-        limit + 1,
+        limit,
     )?;
-    let mut found = state.store.find_runs(&filter).await?;
-    let next = (found.len() > limit as usize).then(|| {
-        found.truncate(limit as usize);
-        found.last().map(|l| cursor(&l.run))
-    });
+    let (found, next) = page_of_runs(&state, &filter).await?;
     let runs: Vec<Value> = found
         .into_iter()
         .map(|l| {
@@ -123,7 +141,7 @@ pub async fn list(
             })
         })
         .collect();
-    Ok(Json(json!({ "runs": runs, "next": next.flatten() })))
+    Ok(Json(json!({ "runs": runs, "next": next })))
 }
 
 /// An uploaded input file, inline.

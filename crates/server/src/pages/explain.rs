@@ -27,15 +27,6 @@ pub fn state_in_words(
             .find(|b| b.id == id)
             .map_or(id.to_string(), |b| b.name.clone())
     };
-    let upstream: Vec<&str> = {
-        let mut seen = BTreeSet::new();
-        spec.inputs
-            .depends
-            .iter()
-            .map(|d| d.block.as_str())
-            .filter(|id| seen.insert(*id))
-            .collect()
-    };
     match state.status {
         BlockStatus::Waiting => {
             let what = match state.gate {
@@ -55,14 +46,7 @@ pub fn state_in_words(
             ))
         }
         BlockStatus::Pending => {
-            let open: Vec<String> = upstream
-                .iter()
-                .filter_map(|id| {
-                    let status = doc.blocks.get(*id)?.status;
-                    (status != BlockStatus::Done)
-                        .then(|| format!("{} ({})", name(id), status.as_str()))
-                })
-                .collect();
+            let open = open_upstream(template, doc, block);
             (!open.is_empty()).then(|| format!("Waits for {}.", open.join(", ")))
         }
         BlockStatus::Blocked => {
@@ -122,6 +106,30 @@ pub fn state_in_words(
         )),
         BlockStatus::Done => None,
     }
+}
+
+/// `block`'s dependencies that are not done yet, as "Name (status)", once
+/// each, in the order the template declares them. Also the graph's tooltip.
+pub fn open_upstream(template: &Template, doc: &RunDoc, block: &str) -> Vec<String> {
+    let Some(spec) = template.blocks.iter().find(|b| b.id == block) else {
+        return Vec::new();
+    };
+    let mut seen = BTreeSet::new();
+    spec.inputs
+        .depends
+        .iter()
+        .map(|d| d.block.as_str())
+        .filter(|id| seen.insert(*id))
+        .filter_map(|id| {
+            let status = doc.blocks.get(id)?.status;
+            let name = template
+                .blocks
+                .iter()
+                .find(|b| b.id == id)
+                .map_or(id, |b| b.name.as_str());
+            (status != BlockStatus::Done).then(|| format!("{name} ({})", status.as_str()))
+        })
+        .collect()
 }
 
 /// The failed blocks upstream of `block`, through blocked ones, nearest

@@ -281,27 +281,17 @@ pub fn path(points: &[(f32, f32)]) -> String {
     d
 }
 
-/// What a block waits for, in words: its dependencies that are not done.
+/// What a pending or blocked block waits for, in words (its tooltip).
 pub fn waits_for(pipeline: &Pipeline, doc: &RunDoc, i: usize) -> Option<String> {
     let block = &pipeline.blocks()[i];
     let state = doc.blocks.get(&block.id)?;
     if !matches!(state.status, BlockStatus::Pending | BlockStatus::Blocked) {
         return None;
     }
-    let open: Vec<String> = pipeline
-        .upstream(i)
-        .iter()
-        .map(|&u| &pipeline.blocks()[u])
-        .filter_map(|up| {
-            let status = doc.blocks.get(&up.id)?.status;
-            (status != BlockStatus::Done).then(|| format!("{} ({})", up.name, status.as_str()))
-        })
-        .collect();
+    let open = super::explain::open_upstream(pipeline.template(), doc, &block.id);
     (!open.is_empty()).then(|| format!("waits for {}", open.join(", ")))
 }
 
-/// The second line of a block's box, as pieces of text and the class that
-/// colours each (the audit badge, the gate).
 /// A piece of a block's second line: its text, the class that colours it,
 /// and for a running attempt the milliseconds it had run when the page was
 /// drawn (the page's script keeps counting from there).

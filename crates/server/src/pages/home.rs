@@ -60,16 +60,9 @@ async fn render_home(
         query.tpl.as_deref(),
         query.q.as_deref(),
         query.before.as_deref(),
-        PAGE + 1,
+        PAGE,
     )?;
-    let mut found = state.store.find_runs(&filter).await?;
-    let older = (found.len() > PAGE as usize).then(|| {
-        found.truncate(PAGE as usize);
-        found
-            .last()
-            .map(|l| crate::api::runs::cursor(&l.run))
-            .unwrap_or_default()
-    });
+    let (found, older) = crate::api::runs::page_of_runs(state, &filter).await?;
     let mut rows = Vec::new();
     for listed in found {
         // A run that vanished between the two reads is skipped.

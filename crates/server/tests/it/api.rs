@@ -1345,16 +1345,7 @@ async fn the_runs_home_filters_searches_and_pages() {
     .await;
     let mut quick = Vec::new();
     for _ in 0..51 {
-        let (s, body) = t
-            .call(
-                Method::POST,
-                "/api/v1/runs",
-                "operator",
-                Some(json!({"template": "quick"})),
-            )
-            .await;
-        assert_eq!(s, 201, "{body}");
-        quick.push(body["run_id"].as_str().unwrap().to_string());
+        quick.push(t.start_run("quick", json!({})).await);
     }
     let review = t.create_review_run("Marisol Vega").await;
     t.wait_for(&review, "the gate", |d| d["status"] == "waiting")
@@ -1508,6 +1499,28 @@ async fn a_template_that_cannot_run_here_says_why_once_and_up_front() {
     );
 }
 
+/// Polls a log URL (10 s at most) until it answers a live log (`x-factory-log:
+/// live`) containing `needle`; that text, or None.
+async fn live_log_containing(t: &TestServer, path: &str, needle: &str) -> Option<String> {
+    for _ in 0..100 {
+        let response = t
+            .request(Method::GET, path, Some("viewer"))
+            .send()
+            .await
+            .unwrap();
+        let live = response
+            .headers()
+            .get("x-factory-log")
+            .is_some_and(|v| v == "live");
+        let text = response.text().await.unwrap_or_default();
+        if live && text.contains(needle) {
+            return Some(text);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
 /// A running command's output is readable while it runs (the end of it so
 /// far, published by the worker on its lease), on the API and the block
 /// page; once it ends, the stored logs take over.
@@ -1523,33 +1536,11 @@ async fn a_running_commands_output_is_visible_while_it_runs() {
             "outputs": { "artifacts": [{ "key": "out", "path": "out.txt", "format": "text" }] } }]
     }))
     .await;
-    let (s, body) = t
-        .call(
-            Method::POST,
-            "/api/v1/runs",
-            "operator",
-            Some(json!({"template": "ticker"})),
-        )
-        .await;
-    assert_eq!(s, 201, "{body}");
-    let run = body["run_id"].as_str().unwrap().to_string();
+    let run = t.start_run("ticker", json!({})).await;
     let logs = format!("/api/v1/runs/{run}/blocks/tick/logs/stdout?attempt=1");
-    let mut seen_live = None;
-    for _ in 0..100 {
-        let response = t
-            .request(Method::GET, &logs, Some("viewer"))
-            .send()
-            .await
-            .unwrap();
-        let live = response.headers().get("x-factory-log").cloned();
-        let text = response.text().await.unwrap_or_default();
-        if live.as_ref().is_some_and(|v| v == "live") && text.contains("tick 2") {
-            seen_live = Some(text);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let live = seen_live.expect("the output so far, while the block runs");
+    let live = live_log_containing(&t, &logs, "tick 2")
+        .await
+        .expect("the output so far, while the block runs");
     assert!(!live.contains("tick 10"), "not yet the whole: {live}");
     let doc = t.doc(&run).await;
     assert_eq!(block_status(&doc, "tick"), "running");
@@ -1668,33 +1659,11 @@ async fn an_llm_reply_is_visible_while_it_streams_in() {
         .to_string(),
     )
     .unwrap();
-    let (s, body) = t
-        .call(
-            Method::POST,
-            "/api/v1/runs",
-            "operator",
-            Some(json!({"template": "writer"})),
-        )
-        .await;
-    assert_eq!(s, 201, "{body}");
-    let run = body["run_id"].as_str().unwrap().to_string();
+    let run = t.start_run("writer", json!({})).await;
     let reply = format!("/api/v1/runs/{run}/blocks/write/logs/reply?attempt=1");
-    let mut partial = None;
-    for _ in 0..100 {
-        let response = t
-            .request(Method::GET, &reply, Some("viewer"))
-            .send()
-            .await
-            .unwrap();
-        let live = response.headers().get("x-factory-log").cloned();
-        let text = response.text().await.unwrap_or_default();
-        if live.is_some_and(|v| v == "live") && text.contains("word3 ") {
-            partial = Some(text);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let partial = partial.expect("the reply so far, while it streams");
+    let partial = live_log_containing(&t, &reply, "word3 ")
+        .await
+        .expect("the reply so far, while it streams");
     assert!(!partial.contains("word16"), "not yet the whole: {partial}");
     let (_, html) = t
         .call_text(&format!("/runs/{run}/blocks/write"), "viewer")

@@ -662,16 +662,12 @@ async fn the_offline_example_shows_its_graph_timeline_and_logs() {
         }
     }
     let template: Value = serde_json::from_str(&source).unwrap();
-    let (s, body) = t
-        .call(
-            Method::POST,
-            "/api/v1/runs",
-            "operator",
-            Some(json!({"template": template["id"], "params": {"title": "Two Cities"}})),
+    let run = t
+        .start_run(
+            template["id"].as_str().unwrap(),
+            json!({"title": "Two Cities"}),
         )
         .await;
-    assert_eq!(s, 201, "{body}");
-    let run = body["run_id"].as_str().unwrap().to_string();
     t.wait_for(&run, "the summary's gate", |d| d["status"] == "waiting")
         .await;
     // Let the gate wait long enough to be seen on the time axis.

@@ -244,6 +244,20 @@ impl TestServer {
         assert_eq!(status, 201, "{body}");
     }
 
+    /// Creates a run of `template` with `params`, as an operator; its id.
+    pub async fn start_run(&self, template: &str, params: Value) -> String {
+        let (status, body) = self
+            .call(
+                reqwest::Method::POST,
+                "/api/v1/runs",
+                "operator",
+                Some(json!({ "template": template, "params": params })),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body["run_id"].as_str().unwrap().to_string()
+    }
+
     pub async fn create_review_run(&self, title: &str) -> String {
         let (status, body) = self
             .call(
