@@ -404,6 +404,48 @@ impl BlockState {
             }
     }
 
+    /// Everything but the attempt history (see [`BlockHead`]).
+    pub fn head(&self) -> BlockHead<'_> {
+        // Destructured in full: a new field of `BlockState` must be added here.
+        let BlockState {
+            status,
+            autonomy,
+            attempts,
+            retries_used,
+            started_at,
+            ended_at,
+            score,
+            error,
+            not_before,
+            gate,
+            before_gate_passed,
+            review_flag,
+            audit_flagged,
+            corrections,
+            reply_note,
+            decisions,
+            history: _,
+        } = self;
+        BlockHead {
+            status: *status,
+            autonomy: *autonomy,
+            attempts: *attempts,
+            retries_used: *retries_used,
+            started_at,
+            ended_at,
+            score,
+            error,
+            not_before,
+            gate,
+            before_gate_passed: *before_gate_passed,
+            review_flag: *review_flag,
+            audit_flagged: *audit_flagged,
+            corrections,
+            reply_note,
+            decisions,
+        }
+    }
+
     /// The most recent attempt that succeeded (its artifacts feed downstream).
     pub fn last_success(&self) -> Option<&Attempt> {
         self.history
@@ -411,6 +453,125 @@ impl BlockState {
             .rev()
             .find(|a| a.outcome == Some(AttemptOutcome::Succeeded))
     }
+}
+
+/// A block's state without its attempts, for serialising: the store keeps
+/// this in the block's row and each attempt in a row of its own, so a
+/// transition rewrites the attempt it changed, not every attempt the block
+/// ever made. Field for field the same JSON as [`BlockState`] up to
+/// `history` (which comes last there), so the head's text plus the
+/// attempts' make the block's text ([`splice_history_json`]).
+#[derive(Debug, Serialize)]
+pub struct BlockHead<'a> {
+    status: BlockStatus,
+    autonomy: Autonomy,
+    attempts: u32,
+    retries_used: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    started_at: &'a Option<Millis>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ended_at: &'a Option<Millis>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    score: &'a Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    not_before: &'a Option<Millis>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gate: &'a Option<GatePhase>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    before_gate_passed: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    review_flag: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    audit_flagged: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    corrections: &'a Option<Corrections>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reply_note: &'a Option<ReplyNote>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    decisions: &'a Vec<GateDecision>,
+}
+
+/// The text of a block's state from its head's JSON object and its attempts'
+/// JSON, in order: `{…head…,"history":[{…},…]}` (no `history` when there are
+/// none, as serde writes it).
+pub fn splice_history_json<'a>(head: &str, attempts: impl IntoIterator<Item = &'a str>) -> String {
+    let mut attempts = attempts.into_iter().peekable();
+    if attempts.peek().is_none() {
+        return head.to_string();
+    }
+    let trimmed = head.trim_end();
+    let body = trimmed.strip_suffix('}').unwrap_or(trimmed);
+    let mut out = String::with_capacity(body.len() + 256);
+    out.push_str(body);
+    if !body.trim_end().ends_with('{') {
+        out.push(',');
+    }
+    out.push_str("\"history\":[");
+    for (n, attempt) in attempts.enumerate() {
+        if n > 0 {
+            out.push(',');
+        }
+        out.push_str(attempt);
+    }
+    out.push_str("]}");
+    out
+}
+
+/// The attempts `records` changed, as `(block, index into its history)`,
+/// given the document after them: the attempt rows a commit writes.
+///
+/// An attempt is changed by the event that starts it and by those that end
+/// it or say why (`attempt_finished`, `attempt_abandoned`,
+/// `retry_scheduled`, `block_failed`), which all write the block's last
+/// attempt at the time. Walking the records in order, a block's current
+/// attempt is the one before those started in this batch, then each one
+/// started; so a batch that finishes attempt 1, schedules its retry and
+/// starts attempt 2 names both. Indices, not attempt numbers: history is
+/// append-only, so its positions are what `apply` wrote.
+pub fn changed_attempts<'a>(
+    doc: &'a RunDoc,
+    records: &'a [EventRecord],
+) -> BTreeSet<(&'a str, usize)> {
+    let mut started: BTreeMap<&str, usize> = BTreeMap::new();
+    for record in records {
+        if let Event::BlockStarted { block, .. } = &record.event {
+            *started.entry(block.as_str()).or_default() += 1;
+        }
+    }
+    // Per block: the index of its current attempt (None: none yet).
+    let mut current: BTreeMap<&str, Option<usize>> = BTreeMap::new();
+    let mut changed = BTreeSet::new();
+    for record in records {
+        let (block, starts) = match &record.event {
+            Event::BlockStarted { block, .. } => (block, true),
+            Event::AttemptFinished { block, .. }
+            | Event::AttemptAbandoned { block, .. }
+            | Event::RetryScheduled { block, .. }
+            | Event::BlockFailed { block, .. } => (block, false),
+            _ => continue,
+        };
+        let Some((id, state)) = doc.blocks.get_key_value(block.as_str()) else {
+            continue;
+        };
+        let index = current.entry(id.as_str()).or_insert_with(|| {
+            let before = state
+                .history
+                .len()
+                .checked_sub(started.get(id.as_str()).copied().unwrap_or(0));
+            before.and_then(|len| len.checked_sub(1))
+        });
+        if starts {
+            *index = Some(index.map_or(0, |i| i + 1));
+        }
+        if let Some(i) = *index
+            && i < state.history.len()
+        {
+            changed.insert((id.as_str(), i));
+        }
+    }
+    changed
 }
 
 /// One JSON document per run: everything the scheduler needs, nothing more.
@@ -1380,5 +1541,64 @@ mod tests {
         // A header as PostgreSQL's jsonb prints it (spaces, other key order).
         let spliced = splice_doc_json(r#"{"seq": 3, "run_id": "r"} "#, [("x", "{}")]);
         assert_eq!(spliced, r#"{"seq": 3, "run_id": "r","blocks":{"x":{}}}"#);
+    }
+
+    #[test]
+    fn block_head_and_attempt_rows_splice_into_the_blocks_own_text() {
+        let mut state = BlockState::new(Autonomy::Gate);
+        state.status = BlockStatus::Failed;
+        state.score = Some(4.5);
+        state.error = Some("exit 1".to_string());
+        state.retries_used = 1;
+        state.before_gate_passed = true;
+        state.decisions.push(GateDecision {
+            phase: GatePhase::Before,
+            approved: true,
+            actor: "ana".to_string(),
+            at: 3,
+            note: None,
+        });
+        let fresh = BlockState::new(Autonomy::Auto);
+        for attempts in 0..3u32 {
+            let mut state = state.clone();
+            for n in 1..=attempts {
+                state.history.push(Attempt {
+                    n,
+                    owner: "w".to_string(),
+                    started_at: 10 * n as i64,
+                    ended_at: Some(10 * n as i64 + 5),
+                    outcome: Some(AttemptOutcome::Failed),
+                    report: Some(AttemptReport {
+                        error: Some("boom".to_string()),
+                        ..AttemptReport::default()
+                    }),
+                    corrections_version: None,
+                    version: 1,
+                    why: Some("retry".to_string()),
+                });
+            }
+            for state in [&state, &fresh] {
+                let head = serde_json::to_string(&state.head()).unwrap();
+                let rows: Vec<String> = state
+                    .history
+                    .iter()
+                    .map(|a| serde_json::to_string(a).unwrap())
+                    .collect();
+                let spliced = splice_history_json(&head, rows.iter().map(String::as_str));
+                assert_eq!(spliced, serde_json::to_string(state).unwrap());
+                let parsed: BlockState = serde_json::from_str(&head).unwrap();
+                assert!(parsed.history.is_empty(), "a head reads back without attempts");
+                assert_eq!(
+                    BlockState {
+                        history: state.history.clone(),
+                        ..parsed
+                    },
+                    *state
+                );
+            }
+        }
+        // A head as PostgreSQL's jsonb prints it (spaces).
+        let spliced = splice_history_json(r#"{"status": "done"} "#, [r#"{"n":1}"#]);
+        assert_eq!(spliced, r#"{"status": "done","history":[{"n":1}]}"#);
     }
 }

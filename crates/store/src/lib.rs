@@ -524,9 +524,10 @@ pub(crate) fn header_json(doc: &RunDoc) -> Result<String> {
     Ok(serde_json::to_string(&doc.header())?)
 }
 
-/// `(block id, state JSON)` for every block `records` change: the block
-/// rows a commit writes. Blocks the document does not have are skipped
-/// (applying such an event would have failed before reaching the store).
+/// `(block id, head JSON)` for every block `records` change: the block
+/// rows a commit writes (without their attempts, which have rows of their
+/// own). Blocks the document does not have are skipped (applying such an
+/// event would have failed before reaching the store).
 pub(crate) fn changed_block_rows<'a>(
     doc: &'a RunDoc,
     records: &'a [EventRecord],
@@ -537,34 +538,114 @@ pub(crate) fn changed_block_rows<'a>(
         .collect();
     ids.into_iter()
         .filter_map(|id| doc.blocks.get_key_value(id))
-        .map(|(id, state)| Ok((id.as_str(), serde_json::to_string(state)?)))
+        .map(|(id, state)| Ok((id.as_str(), serde_json::to_string(&state.head())?)))
         .collect()
+}
+
+/// One attempt's row: its block, its position in the block's history and
+/// its JSON.
+pub(crate) struct AttemptRow<'a> {
+    pub block: &'a str,
+    pub seq: i32,
+    pub json: String,
+}
+
+/// The attempt rows a commit writes: those `records` changed
+/// ([`factory_core::run::changed_attempts`]).
+pub(crate) fn changed_attempt_rows<'a>(
+    doc: &'a RunDoc,
+    records: &'a [EventRecord],
+) -> Result<Vec<AttemptRow<'a>>> {
+    factory_core::run::changed_attempts(doc, records)
+        .into_iter()
+        .map(|(block, seq)| attempt_row(doc, block, seq))
+        .collect()
+}
+
+fn attempt_row<'a>(doc: &'a RunDoc, block: &'a str, seq: usize) -> Result<AttemptRow<'a>> {
+    let attempt = &doc.blocks[block].history[seq];
+    Ok(AttemptRow {
+        block,
+        seq: i32::try_from(seq).unwrap_or(i32::MAX),
+        json: serde_json::to_string(attempt)?,
+    })
 }
 
 /// Every block's row, for a new run.
 pub(crate) fn all_block_rows(doc: &RunDoc) -> Result<Vec<(&str, String)>> {
     doc.blocks
         .iter()
-        .map(|(id, state)| Ok((id.as_str(), serde_json::to_string(state)?)))
+        .map(|(id, state)| Ok((id.as_str(), serde_json::to_string(&state.head())?)))
         .collect()
 }
 
-/// A run read's rows (its header first, then its blocks by id, as both
-/// stores' `LOAD_RUN` queries order them): the header row and the blocks'
-/// `(id, state)`. `None` when there is no header: no such run.
+/// Every attempt's row, for a new run (which has none unless it is copied).
+pub(crate) fn all_attempt_rows(doc: &RunDoc) -> Result<Vec<AttemptRow<'_>>> {
+    doc.blocks
+        .iter()
+        .flat_map(|(id, state)| (0..state.history.len()).map(move |seq| (id.as_str(), seq)))
+        .map(|(block, seq)| attempt_row(doc, block, seq))
+        .collect()
+}
+
+/// One block of a run read: its head row and its attempts' rows in order.
+pub(crate) struct BlockRows<'r> {
+    pub id: &'r str,
+    pub head: &'r str,
+    pub attempts: Vec<&'r str>,
+}
+
+/// A run read's rows (both stores' `LOAD_RUN` queries order them: the header
+/// row, then per block by id its head row and its attempt rows by position):
+/// the header row and the blocks. An attempt row tells itself from a head
+/// row by its `seq`. `None` when there is no header: no such run.
 pub(crate) fn header_and_blocks<'r, R>(
     rows: &'r [R],
     block_id: impl Fn(&'r R) -> Option<&'r str>,
+    seq: impl Fn(&'r R) -> Option<i32>,
     body: impl Fn(&'r R) -> &'r str,
-) -> Option<(&'r R, Vec<(&'r str, &'r str)>)> {
-    let (head, blocks) = rows
+) -> Option<(&'r R, Vec<BlockRows<'r>>)> {
+    let (head, rows) = rows
         .split_first()
         .filter(|(head, _)| block_id(head).is_none())?;
-    let blocks = blocks
-        .iter()
-        .map(|row| (block_id(row).unwrap_or_default(), body(row)))
-        .collect();
+    let mut blocks: Vec<BlockRows<'r>> = Vec::with_capacity(rows.len());
+    for row in rows {
+        let id = block_id(row).unwrap_or_default();
+        match (seq(row), blocks.last_mut()) {
+            (Some(_), Some(block)) if block.id == id => block.attempts.push(body(row)),
+            // An attempt without its block's row cannot be placed: skipped,
+            // as a block row without attempts is simply a block.
+            (Some(_), _) => {}
+            (None, _) => blocks.push(BlockRows {
+                id,
+                head: body(row),
+                attempts: Vec::new(),
+            }),
+        }
+    }
     Some((head, blocks))
+}
+
+/// The document's text from a run read's header and blocks, without parsing
+/// either (see [`factory_core::run::splice_doc_json`]).
+pub(crate) fn splice_rows_json(header: &str, blocks: &[BlockRows<'_>]) -> String {
+    let texts: Vec<std::borrow::Cow<'_, str>> = blocks
+        .iter()
+        .map(|b| {
+            if b.attempts.is_empty() {
+                std::borrow::Cow::Borrowed(b.head)
+            } else {
+                std::borrow::Cow::Owned(factory_core::run::splice_history_json(
+                    b.head,
+                    b.attempts.iter().copied(),
+                ))
+            }
+        })
+        .collect();
+    factory_core::run::splice_doc_json(
+        header,
+        blocks.iter().zip(&texts).map(|(b, t)| (b.id, t.as_ref())),
+    )
 }
 
 /// A `CHANGES_SINCE` read's rows (both stores: the run's row with seq -1
@@ -590,20 +671,27 @@ pub(crate) fn run_changes<'r, R>(
     })
 }
 
-/// A document from its header row and its block rows.
-pub(crate) fn assemble_doc<'a>(
+/// A document from its header row and its blocks' rows.
+pub(crate) fn assemble_doc(
     run_id: &str,
     header: &str,
-    blocks: impl IntoIterator<Item = (&'a str, &'a str)>,
+    blocks: Vec<BlockRows<'_>>,
 ) -> Result<RunDoc> {
     let mut doc = parse_doc(run_id, header)?;
-    for (id, state) in blocks {
-        let state = serde_json::from_str(state).map_err(|source| StoreError::Corrupt {
-            run_id: run_id.to_string(),
-            what: "block state",
-            source,
-        })?;
-        doc.blocks.insert(id.to_string(), state);
+    let corrupt = |what, source| StoreError::Corrupt {
+        run_id: run_id.to_string(),
+        what,
+        source,
+    };
+    for block in blocks {
+        let mut state: factory_core::run::BlockState =
+            serde_json::from_str(block.head).map_err(|e| corrupt("block state", e))?;
+        for attempt in block.attempts {
+            state
+                .history
+                .push(serde_json::from_str(attempt).map_err(|e| corrupt("attempt", e))?);
+        }
+        doc.blocks.insert(block.id.to_string(), state);
     }
     Ok(doc)
 }

@@ -10,17 +10,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use factory_core::run::{EventRecord, Millis, RunDoc};
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection, Row};
 
 use crate::{
-    BlobRef, FeedbackRecord, HeldLease, ImprovementItem, Lease, NewRun, Result, RunChanges,
-    RunFilter, RunListing, RunRecord, RunSummary, Store, StoreError, StoredRun, TemplateRecord,
-    TokenRecord, WriterTurn, Writes, all_block_rows, assemble_doc, blob_hash, changed_block_rows,
-    final_lease_ops, header_and_blocks, header_json, like_contains, like_prefix, parse_event,
-    run_changes,
+    AttemptRow, BlobRef, FeedbackRecord, HeldLease, ImprovementItem, Lease, NewRun, Result,
+    RunChanges, RunFilter, RunListing, RunRecord, RunSummary, Store, StoreError, StoredRun,
+    TemplateRecord, TokenRecord, WriterTurn, Writes, all_attempt_rows, all_block_rows,
+    assemble_doc, blob_hash, changed_attempt_rows, changed_block_rows, final_lease_ops,
+    header_and_blocks, header_json, like_contains, like_prefix, parse_event, run_changes,
+    splice_rows_json,
 };
-use factory_core::run::splice_doc_json;
 
 /// How long a request waits for a pooled connection before the store
 /// reports itself unavailable.
@@ -106,6 +106,7 @@ impl Store for PostgresStore {
         .execute(&mut *tx)
         .await?;
         upsert_blocks(&mut tx, &run.doc.run_id, &all_block_rows(run.doc)?).await?;
+        upsert_attempts(&mut tx, &run.doc.run_id, &all_attempt_rows(run.doc)?).await?;
         insert_events(&mut tx, &run.doc.run_id, run.records).await?;
         q::insert_blobs(&mut tx, run.blobs).await?;
         q::upsert_records(&mut tx, run.side).await?;
@@ -118,9 +119,8 @@ impl Store for PostgresStore {
             .bind(run_id)
             .fetch_all(&self.pool)
             .await?;
-        let (head, blocks) =
-            header_and_blocks(&rows, |row| row.get("block_id"), |row| row.get("body"))
-                .ok_or_else(|| StoreError::RunNotFound(run_id.to_string()))?;
+        let (head, blocks) = header_and_blocks(&rows, block_id, seq, |row| row.get("body"))
+            .ok_or_else(|| StoreError::RunNotFound(run_id.to_string()))?;
         Ok(StoredRun {
             doc: assemble_doc(run_id, head.get("body"), blocks)?,
             version: head.get::<Option<i64>, _>("version").unwrap_or_default(),
@@ -136,10 +136,9 @@ impl Store for PostgresStore {
             .bind(run_id)
             .fetch_all(&self.pool)
             .await?;
-        let (head, blocks) =
-            header_and_blocks(&rows, |row| row.get("block_id"), |row| row.get("body"))
-                .ok_or_else(|| StoreError::RunNotFound(run_id.to_string()))?;
-        Ok(splice_doc_json(head.get("body"), blocks))
+        let (head, blocks) = header_and_blocks(&rows, block_id, seq, |row| row.get("body"))
+            .ok_or_else(|| StoreError::RunNotFound(run_id.to_string()))?;
+        Ok(splice_rows_json(head.get("body"), &blocks))
     }
 
     async fn commit_with(
@@ -152,6 +151,10 @@ impl Store for PostgresStore {
     ) -> Result<i64> {
         let header = header_json(doc)?;
         let blocks = changed_block_rows(doc, records)?;
+        let attempts = changed_attempt_rows(doc, records)?;
+        let attempt_blocks: Vec<&str> = attempts.iter().map(|a| a.block).collect();
+        let attempt_seqs: Vec<i32> = attempts.iter().map(|a| a.seq).collect();
+        let attempt_jsons: Vec<&str> = attempts.iter().map(|a| a.json.as_str()).collect();
         let (block_ids, block_states): (Vec<&str>, Vec<&str>) = blocks
             .iter()
             .map(|(id, state)| (*id, state.as_str()))
@@ -193,7 +196,10 @@ impl Store for PostgresStore {
             .bind(&lease_expiry)
             .bind(&blob_hashes)
             .bind(&blob_sizes)
-            .bind(&blob_contents);
+            .bind(&blob_contents)
+            .bind(&attempt_blocks)
+            .bind(&attempt_seqs)
+            .bind(&attempt_jsons);
         let (updated, exists) = if writes.feedback.is_none() && writes.items.is_empty() {
             query.fetch_one(&self.pool).await?
         } else {
@@ -571,14 +577,16 @@ impl Store for PostgresStore {
     }
 }
 
-/// A run's header row, then its block rows by block id (bytewise, as Rust's
-/// `String` orders them), read by one statement so they come from one
-/// snapshot.
-const LOAD_RUN: &str = r#"SELECT NULL::text COLLATE "C" AS block_id, doc::text AS body, version, template_json, template_path
+/// A run's header row, then per block (by id, bytewise, as Rust's `String`
+/// orders them) its head row and its attempt rows by position, read by one
+/// statement so they come from one snapshot.
+const LOAD_RUN: &str = r#"SELECT NULL::text COLLATE "C" AS block_id, NULL::int AS seq, doc::text AS body, version, template_json, template_path
      FROM runs WHERE run_id = $1
      UNION ALL
-     SELECT block_id COLLATE "C", state, NULL::bigint, NULL::text, NULL::text FROM run_blocks WHERE run_id = $1
-     ORDER BY block_id NULLS FIRST"#;
+     SELECT block_id COLLATE "C", NULL::int, state, NULL::bigint, NULL::text, NULL::text FROM run_blocks WHERE run_id = $1
+     UNION ALL
+     SELECT block_id COLLATE "C", seq, attempt, NULL::bigint, NULL::text, NULL::text FROM run_attempts WHERE run_id = $1
+     ORDER BY block_id NULLS FIRST, seq NULLS FIRST"#;
 
 /// The run's version (the row with seq -1), then its events after `$2`, in
 /// one statement so both come from one snapshot.
@@ -594,11 +602,47 @@ const CHANGES_SINCE: &str =
 const NOTIFY_CHANNEL: &str = "factory_runs";
 
 /// [`LOAD_RUN`] without the template: the API's hot read.
-const LOAD_RUN_JSON: &str = r#"SELECT NULL::text COLLATE "C" AS block_id, doc::text AS body
+const LOAD_RUN_JSON: &str = r#"SELECT NULL::text COLLATE "C" AS block_id, NULL::int AS seq, doc::text AS body
      FROM runs WHERE run_id = $1
      UNION ALL
-     SELECT block_id COLLATE "C", state FROM run_blocks WHERE run_id = $1
-     ORDER BY block_id NULLS FIRST"#;
+     SELECT block_id COLLATE "C", NULL::int, state FROM run_blocks WHERE run_id = $1
+     UNION ALL
+     SELECT block_id COLLATE "C", seq, attempt FROM run_attempts WHERE run_id = $1
+     ORDER BY block_id NULLS FIRST, seq NULLS FIRST"#;
+
+fn block_id(row: &PgRow) -> Option<&str> {
+    row.get("block_id")
+}
+
+fn seq(row: &PgRow) -> Option<i32> {
+    row.get("seq")
+}
+
+/// Attempt rows in one statement, however many.
+async fn upsert_attempts(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    run_id: &str,
+    attempts: &[AttemptRow<'_>],
+) -> Result<()> {
+    if attempts.is_empty() {
+        return Ok(());
+    }
+    let blocks: Vec<&str> = attempts.iter().map(|a| a.block).collect();
+    let seqs: Vec<i32> = attempts.iter().map(|a| a.seq).collect();
+    let jsons: Vec<&str> = attempts.iter().map(|a| a.json.as_str()).collect();
+    sqlx::query(
+        "INSERT INTO run_attempts (run_id, block_id, seq, attempt)
+         SELECT $1, a.block_id, a.seq, a.attempt FROM UNNEST($2::text[], $3::int[], $4::text[]) AS a (block_id, seq, attempt)
+         ON CONFLICT (run_id, block_id, seq) DO UPDATE SET attempt = excluded.attempt",
+    )
+    .bind(run_id)
+    .bind(&blocks)
+    .bind(&seqs)
+    .bind(&jsons)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
 
 /// Block rows in one statement, however many (a run's creation writes all).
 async fn upsert_blocks(
@@ -697,6 +741,11 @@ const COMMIT_RUN: &str = "WITH head AS (
     INSERT INTO run_blocks (run_id, block_id, state)
     SELECT head.run_id, b.id, b.state FROM head, UNNEST($6::text[], $7::text[]) AS b (id, state)
     ON CONFLICT (run_id, block_id) DO UPDATE SET state = excluded.state
+), attempt_rows AS (
+    INSERT INTO run_attempts (run_id, block_id, seq, attempt)
+    SELECT head.run_id, a.block_id, a.seq, a.attempt
+    FROM head, UNNEST($22::text[], $23::int[], $24::text[]) AS a (block_id, seq, attempt)
+    ON CONFLICT (run_id, block_id, seq) DO UPDATE SET attempt = excluded.attempt
 ), event_rows AS (
     INSERT INTO events (run_id, seq, at, actor, kind, block_id, body)
     SELECT head.run_id, e.seq, e.at, e.actor, e.kind, e.block_id, e.body::jsonb

@@ -13,17 +13,17 @@ use async_trait::async_trait;
 use factory_core::run::{EventRecord, Millis, RunDoc};
 use sqlx::Row;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
 };
 
 use crate::{
-    BlobRef, FeedbackRecord, HeldLease, ImprovementItem, Lease, NewRun, Result, RunChanges,
-    RunFilter, RunListing, RunRecord, RunSummary, Store, StoreError, StoredRun, TemplateRecord,
-    TokenRecord, Writes, all_block_rows, assemble_doc, blob_hash, changed_block_rows,
-    final_lease_ops, header_and_blocks, header_json, like_contains, like_prefix, parse_event,
-    run_changes,
+    AttemptRow, BlobRef, FeedbackRecord, HeldLease, ImprovementItem, Lease, NewRun, Result,
+    RunChanges, RunFilter, RunListing, RunRecord, RunSummary, Store, StoreError, StoredRun,
+    TemplateRecord, TokenRecord, Writes, all_attempt_rows, all_block_rows, assemble_doc, blob_hash,
+    changed_attempt_rows, changed_block_rows, final_lease_ops, header_and_blocks, header_json,
+    like_contains, like_prefix, parse_event, run_changes, splice_rows_json,
 };
-use factory_core::run::splice_doc_json;
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -81,6 +81,7 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await?;
         upsert_blocks(&mut tx, &run.doc.run_id, &all_block_rows(run.doc)?).await?;
+        upsert_attempts(&mut tx, &run.doc.run_id, &all_attempt_rows(run.doc)?).await?;
         insert_events(&mut tx, &run.doc.run_id, run.records).await?;
         q::insert_blobs(&mut tx, run.blobs).await?;
         q::upsert_records(&mut tx, run.side).await?;
@@ -93,9 +94,8 @@ impl Store for SqliteStore {
             .bind(run_id)
             .fetch_all(&self.pool)
             .await?;
-        let (head, blocks) =
-            header_and_blocks(&rows, |row| row.get("block_id"), |row| row.get("body"))
-                .ok_or_else(|| StoreError::RunNotFound(run_id.to_string()))?;
+        let (head, blocks) = header_and_blocks(&rows, block_id, seq, |row| row.get("body"))
+            .ok_or_else(|| StoreError::RunNotFound(run_id.to_string()))?;
         Ok(StoredRun {
             doc: assemble_doc(run_id, head.get("body"), blocks)?,
             version: head.get("version"),
@@ -109,10 +109,9 @@ impl Store for SqliteStore {
             .bind(run_id)
             .fetch_all(&self.pool)
             .await?;
-        let (head, blocks) =
-            header_and_blocks(&rows, |row| row.get("block_id"), |row| row.get("body"))
-                .ok_or_else(|| StoreError::RunNotFound(run_id.to_string()))?;
-        Ok(splice_doc_json(head.get("body"), blocks))
+        let (head, blocks) = header_and_blocks(&rows, block_id, seq, |row| row.get("body"))
+            .ok_or_else(|| StoreError::RunNotFound(run_id.to_string()))?;
+        Ok(splice_rows_json(head.get("body"), &blocks))
     }
 
     async fn commit_with(
@@ -125,6 +124,7 @@ impl Store for SqliteStore {
     ) -> Result<i64> {
         let header = header_json(doc)?;
         let blocks = changed_block_rows(doc, records)?;
+        let attempts = changed_attempt_rows(doc, records)?;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let updated = sqlx::query(
             "UPDATE runs SET doc = ?, status = ?, version = version + 1, updated_at = ?
@@ -142,6 +142,7 @@ impl Store for SqliteStore {
             return Err(missing_or_conflict(self, run_id, expected_version).await);
         }
         upsert_blocks(&mut tx, run_id, &blocks).await?;
+        upsert_attempts(&mut tx, run_id, &attempts).await?;
         q::insert_blobs(&mut tx, writes.blobs).await?;
         if let Some(feedback) = writes.feedback {
             q::insert_feedback(&mut tx, feedback).await?;
@@ -454,15 +455,18 @@ impl Store for SqliteStore {
     }
 }
 
-/// A run's header row, then its block rows by block id, read by one
-/// statement so they come from one snapshot. SQLite's default BINARY
-/// collation orders ids as Rust's `String` does, and NULL first.
+/// A run's header row, then per block (by id) its head row and its attempt
+/// rows by position, read by one statement so they come from one snapshot.
+/// SQLite's default BINARY collation orders ids as Rust's `String` does,
+/// and NULL first (the header before the blocks, a head before its attempts).
 const LOAD_RUN: &str =
-    "SELECT NULL AS block_id, r.doc AS body, r.version, t.template_json, t.template_path
+    "SELECT NULL AS block_id, NULL AS seq, r.doc AS body, r.version, t.template_json, t.template_path
      FROM runs r JOIN run_templates t ON t.run_id = r.run_id WHERE r.run_id = ?1
      UNION ALL
-     SELECT block_id, state, NULL, NULL, NULL FROM run_blocks WHERE run_id = ?1
-     ORDER BY block_id";
+     SELECT block_id, NULL, state, NULL, NULL, NULL FROM run_blocks WHERE run_id = ?1
+     UNION ALL
+     SELECT block_id, seq, attempt, NULL, NULL, NULL FROM run_attempts WHERE run_id = ?1
+     ORDER BY block_id, seq";
 
 /// The run's version (the row with seq -1), then its events after `?2`, in
 /// one statement so both come from one snapshot.
@@ -472,10 +476,21 @@ const CHANGES_SINCE: &str = "SELECT -1 AS seq, version, NULL AS body FROM runs W
      ORDER BY seq";
 
 /// [`LOAD_RUN`] without the template: the API's hot read.
-const LOAD_RUN_JSON: &str = "SELECT NULL AS block_id, doc AS body FROM runs WHERE run_id = ?1
+const LOAD_RUN_JSON: &str =
+    "SELECT NULL AS block_id, NULL AS seq, doc AS body FROM runs WHERE run_id = ?1
      UNION ALL
-     SELECT block_id, state FROM run_blocks WHERE run_id = ?1
-     ORDER BY block_id";
+     SELECT block_id, NULL, state FROM run_blocks WHERE run_id = ?1
+     UNION ALL
+     SELECT block_id, seq, attempt FROM run_attempts WHERE run_id = ?1
+     ORDER BY block_id, seq";
+
+fn block_id(row: &SqliteRow) -> Option<&str> {
+    row.get("block_id")
+}
+
+fn seq(row: &SqliteRow) -> Option<i32> {
+    row.get("seq")
+}
 
 /// Rows per multi-row statement: each statement is a round trip to sqlx's
 /// SQLite thread, which costs more than the row itself, so a commit that
@@ -498,6 +513,28 @@ async fn upsert_blocks(
                 .push_bind(state.as_str());
         });
         insert.push(" ON CONFLICT (run_id, block_id) DO UPDATE SET state = excluded.state");
+        insert.build().execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+async fn upsert_attempts(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    run_id: &str,
+    attempts: &[AttemptRow<'_>],
+) -> Result<()> {
+    for chunk in attempts.chunks(ROWS_PER_STATEMENT) {
+        let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO run_attempts (run_id, block_id, seq, attempt) ",
+        );
+        insert.push_values(chunk, |mut row, attempt| {
+            row.push_bind(run_id)
+                .push_bind(attempt.block)
+                .push_bind(attempt.seq)
+                .push_bind(attempt.json.as_str());
+        });
+        insert
+            .push(" ON CONFLICT (run_id, block_id, seq) DO UPDATE SET attempt = excluded.attempt");
         insert.build().execute(&mut **tx).await?;
     }
     Ok(())

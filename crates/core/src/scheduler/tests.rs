@@ -127,7 +127,9 @@ impl Harness {
     }
 
     fn commit(&mut self, events: Vec<Event>, actor: &str) -> Vec<EventRecord> {
+        let before = self.doc.clone();
         let records = commit(&mut self.doc, events, actor, self.now).expect("events apply");
+        check_stored_rows(&before, &self.doc, &records);
         self.index.observe(&self.pipeline, &self.doc, &records);
         self.log.extend(records.iter().cloned());
         records
@@ -243,6 +245,69 @@ impl Harness {
     fn assert_replays(&self) {
         assert_eq!(RunDoc::replay(&self.log).unwrap(), self.doc);
     }
+}
+
+/// The store writes the block rows `changed_blocks` names and the attempt
+/// rows `changed_attempts` names, nothing else: whatever a commit changed
+/// must be among them, or the stored run would drift from the log.
+fn check_stored_rows(before: &RunDoc, after: &RunDoc, records: &[EventRecord]) {
+    let blocks: std::collections::BTreeSet<&str> = records
+        .iter()
+        .flat_map(|r| r.event.changed_blocks())
+        .collect();
+    let attempts = crate::run::changed_attempts(after, records);
+    for (id, state) in &after.blocks {
+        let old = before.blocks.get(id);
+        let head = |s: &crate::run::BlockState| serde_json::to_string(&s.head()).unwrap();
+        if old.map(head) != Some(head(state)) {
+            assert!(blocks.contains(id.as_str()), "{id}'s row changed unnamed");
+        }
+        for (i, attempt) in state.history.iter().enumerate() {
+            if old.and_then(|o| o.history.get(i)) != Some(attempt) {
+                assert!(
+                    attempts.contains(&(id.as_str(), i)),
+                    "{id}'s attempt #{i} changed unnamed by {:?}",
+                    records.iter().map(|r| r.event.kind()).collect::<Vec<_>>()
+                );
+            }
+        }
+        if let Some(old) = old {
+            assert!(
+                old.history.len() <= state.history.len(),
+                "history is append-only"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_batch_that_retries_and_restarts_names_both_attempts() {
+    let mut h = Harness::new(template(vec![with_threshold(block("a", &[]), 80.0, 2)]));
+    h.tick();
+    let n = h.start("a");
+    assert_eq!(n, 1);
+    // Finish below the threshold (retry scheduled), then start the retry at
+    // once, all in one batch, as a worker's commit with a claim does.
+    let mut events =
+        transitions::finish(&h.pipeline, &h.doc, "a", n, scored(10.0), h.now, &h.policy).unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::RetryScheduled { .. }))
+    );
+    let mut probe = h.doc.clone();
+    commit(&mut probe, events.clone(), "w", h.now).unwrap();
+    h.now = probe.blocks["a"].not_before.unwrap();
+    let mut probe = h.doc.clone();
+    commit(&mut probe, events.clone(), "w", h.now).unwrap();
+    events.push(transitions::start(&probe, "a", "w", h.now, &h.policy).unwrap());
+    let records = h.commit(events, "w");
+    let changed = crate::run::changed_attempts(&h.doc, &records);
+    assert_eq!(
+        changed.into_iter().collect::<Vec<_>>(),
+        vec![("a", 0), ("a", 1)]
+    );
+    assert_eq!(h.state("a").history.len(), 2);
 }
 
 fn ids(list: &[&str]) -> Vec<String> {

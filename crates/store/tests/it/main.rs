@@ -796,12 +796,18 @@ async fn blocks_are_stored_one_row_each(store: &dyn Store) {
     }
     assert_eq!(doc.blocks["c"].status, factory_core::BlockStatus::Pending);
     // A document that differs from the stored one only in a block no event
-    // names is not written there: the store trusts the events, not a diff.
+    // names, or in an attempt no event names, is not written there: the
+    // store trusts the events, not a diff. A flag on `a` rewrites its head,
+    // not its finished attempt.
     let mut drifted = doc.clone();
     drifted.blocks.get_mut("c").unwrap().retries_used = 7;
+    drifted.blocks.get_mut("a").unwrap().history[0].owner = "drifted".into();
     let records = commit(
         &mut drifted,
-        vec![Event::ReviewFlagged { block: "b".into() }],
+        vec![
+            Event::ReviewFlagged { block: "b".into() },
+            Event::ReviewFlagged { block: "a".into() },
+        ],
         "test",
         3_000,
     )
@@ -812,7 +818,10 @@ async fn blocks_are_stored_one_row_each(store: &dyn Store) {
         .unwrap();
     let stored = store.load_run("run-rows").await.unwrap().doc;
     assert!(stored.blocks["b"].review_flag);
+    assert!(stored.blocks["a"].review_flag);
     assert_eq!(stored.blocks["c"].retries_used, 0);
+    assert_eq!(stored.blocks["a"].history[0].owner, "w");
+    assert_eq!(stored.blocks["a"].history.len(), 1);
 }
 
 /// A database made before block rows (migrations 1–5, whole documents in
@@ -831,18 +840,52 @@ async fn a_database_with_whole_documents_migrates(url: &str, dialect: &str) {
     }
     let migrator = sqlx::migrate::Migrator::new(old.path()).await.unwrap();
     let (mut doc, _) = doc_of(CHAIN, "run-old");
+    // Block `a` has two attempts, the first retried: migration 0009 moves
+    // them out of its row into attempt rows.
+    let started = |attempt| Event::BlockStarted {
+        block: "a".into(),
+        attempt,
+        owner: "w".into(),
+        lease_expires_at: 9_000,
+    };
+    let finished = |attempt, outcome| Event::AttemptFinished {
+        block: "a".into(),
+        attempt,
+        outcome,
+        report: factory_core::run::AttemptReport {
+            metrics: [("quality".to_string(), serde_json::json!(attempt * 40))].into(),
+            ..Default::default()
+        },
+        score: Some(attempt as f64 * 4.0),
+    };
     commit(
         &mut doc,
-        vec![Event::BlockReady {
-            block: "a".into(),
-            reason: "no dependencies".into(),
-        }],
+        vec![
+            Event::BlockReady {
+                block: "a".into(),
+                reason: "no dependencies".into(),
+            },
+            started(1),
+            finished(1, factory_core::run::AttemptOutcome::ThresholdMissed),
+            Event::RetryScheduled {
+                block: "a".into(),
+                not_before: 1_400,
+                reason: "quality 40 is below 80".into(),
+                corrections: None,
+                reply_note: None,
+            },
+            started(2),
+            finished(2, factory_core::run::AttemptOutcome::Succeeded),
+            Event::BlockDone { block: "a".into() },
+        ],
         "test",
         1_500,
     )
     .unwrap();
+    assert_eq!(doc.blocks["a"].history.len(), 2);
     let whole = serde_json::to_string(&doc).unwrap();
     assert!(whole.contains("\"blocks\""));
+    assert!(whole.contains("\"history\""));
     let insert_run = "INSERT INTO runs (run_id, template_id, template_json, template_path, status, version, doc, created_at, updated_at) VALUES ('run-old', 'chain', $1, NULL, 'running', 2, $2, 1, 2)";
     if dialect == "sqlite" {
         let options = url
@@ -878,7 +921,10 @@ async fn a_database_with_whole_documents_migrates(url: &str, dialect: &str) {
     assert_eq!(serde_json::from_str::<RunDoc>(&text).unwrap(), doc);
     let more = commit(
         &mut doc,
-        vec![Event::ReviewFlagged { block: "c".into() }],
+        vec![
+            Event::ReviewFlagged { block: "c".into() },
+            Event::ReviewFlagged { block: "a".into() },
+        ],
         "test",
         1_600,
     )
