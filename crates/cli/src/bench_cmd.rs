@@ -75,7 +75,11 @@ pub async fn run(args: BenchArgs) -> Result<std::process::ExitCode> {
     // The run's peak, before this command reads the document and the log
     // back to report their size.
     let peak_rss_kib = peak_rss_kib();
-    let document_bytes = engine.store().load_run_json(&doc.run_id).await?.len();
+    let document_bytes = engine
+        .store()
+        .load_run_json(&doc.run_id, factory_store::History::All)
+        .await?
+        .len();
     let events = doc.seq;
     let _ = std::fs::remove_dir_all(&scratch);
 

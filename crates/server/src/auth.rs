@@ -123,6 +123,11 @@ pub const ROUTES: &[(&str, &str, Option<Role>)] = &[
     ("GET", "/api/v1/runs", Some(Role::Viewer)),
     ("POST", "/api/v1/runs", Some(Role::Operator)),
     ("GET", "/api/v1/runs/{run}", Some(Role::Viewer)),
+    (
+        "GET",
+        "/api/v1/runs/{run}/blocks/{block}",
+        Some(Role::Viewer),
+    ),
     ("GET", "/api/v1/runs/{run}/events", Some(Role::Viewer)),
     ("GET", "/api/v1/runs/{run}/stream", Some(Role::Viewer)),
     ("GET", "/api/v1/stream", Some(Role::Viewer)),

@@ -237,6 +237,13 @@ pub fn blob_hash(content: &[u8]) -> String {
     hex::encode(Sha256::digest(content))
 }
 
+/// Whether a read of a run brings each block's attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum History {
+    All,
+    None,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync {
     /// Inserts a new run with its first events.
@@ -245,7 +252,15 @@ pub trait Store: Send + Sync {
     async fn load_run(&self, run_id: &str) -> Result<StoredRun>;
 
     /// The run document as stored JSON text, unparsed: the API's hot read.
-    async fn load_run_json(&self, run_id: &str) -> Result<String>;
+    /// With [`History::None`] its blocks come without their attempts (their
+    /// rows are not read), for callers that poll a large run's state.
+    async fn load_run_json(&self, run_id: &str, history: History) -> Result<String>;
+
+    /// One block's state with its attempts, as JSON text, read from its own
+    /// rows only (the rest of the run is not read): the attempts of one
+    /// block on demand. `None` when the run has no such block (or there is
+    /// no such run).
+    async fn load_block_json(&self, run_id: &str, block: &str) -> Result<Option<String>>;
 
     /// Appends `records` and stores the document — its header and the
     /// blocks `records` change ([`Event::changed_blocks`]), nothing else —
@@ -373,6 +388,26 @@ pub trait Store: Send + Sync {
         holder: &str,
         until: Option<Millis>,
     ) -> Result<bool>;
+
+    /// Counts `amount` against the budget `key` shares among all workers:
+    /// admitted (true) when the spends of the key still live at `now` leave
+    /// room for it under `limit` — or there are none, so a spend larger than
+    /// the whole budget goes alone — and then counted until `expires_at`.
+    /// Two workers asking at once are admitted one after the other, never
+    /// both on the same room.
+    async fn spend_budget(
+        &self,
+        key: &str,
+        holder: &str,
+        amount: u64,
+        limit: u64,
+        now: Millis,
+        expires_at: Millis,
+    ) -> Result<bool>;
+
+    /// Sets the amount of `holder`'s spend under `key` (what the request
+    /// really used); nothing when it has expired.
+    async fn settle_budget(&self, key: &str, holder: &str, amount: u64) -> Result<()>;
 
     /// Runs whose document changed at or after `since` (oldest change first).
     async fn runs_updated_since(&self, since: Millis) -> Result<Vec<RunSummary>>;
@@ -624,6 +659,20 @@ pub(crate) fn header_and_blocks<'r, R>(
         }
     }
     Some((head, blocks))
+}
+
+/// A block's text from a block read's rows (its head row, then its attempt
+/// rows by position): `None` without a head row.
+pub(crate) fn block_rows_json<'r, R>(
+    rows: &'r [R],
+    seq: impl Fn(&'r R) -> Option<i32>,
+    body: impl Fn(&'r R) -> &'r str,
+) -> Option<String> {
+    let (head, attempts) = rows.split_first().filter(|(head, _)| seq(head).is_none())?;
+    Some(factory_core::run::splice_history_json(
+        body(head),
+        attempts.iter().map(body),
+    ))
 }
 
 /// The document's text from a run read's header and blocks, without parsing

@@ -14,12 +14,12 @@ use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection, Row};
 
 use crate::{
-    AttemptRow, BlobRef, FeedbackRecord, HeldLease, ImprovementItem, Lease, NewRun, Result,
-    RunChanges, RunFilter, RunListing, RunRecord, RunSummary, Store, StoreError, StoredRun,
+    AttemptRow, BlobRef, FeedbackRecord, HeldLease, History, ImprovementItem, Lease, NewRun,
+    Result, RunChanges, RunFilter, RunListing, RunRecord, RunSummary, Store, StoreError, StoredRun,
     TemplateRecord, TokenRecord, WriterTurn, Writes, all_attempt_rows, all_block_rows,
-    assemble_doc, blob_hash, changed_attempt_rows, changed_block_rows, final_lease_ops,
-    header_and_blocks, header_json, like_contains, like_prefix, parse_event, run_changes,
-    splice_rows_json,
+    assemble_doc, blob_hash, block_rows_json, changed_attempt_rows, changed_block_rows,
+    final_lease_ops, header_and_blocks, header_json, like_contains, like_prefix, parse_event,
+    run_changes, splice_rows_json,
 };
 
 /// How long a request waits for a pooled connection before the store
@@ -131,14 +131,27 @@ impl Store for PostgresStore {
         })
     }
 
-    async fn load_run_json(&self, run_id: &str) -> Result<String> {
-        let rows = sqlx::query(LOAD_RUN_JSON)
+    async fn load_run_json(&self, run_id: &str, history: History) -> Result<String> {
+        let query = match history {
+            History::All => LOAD_RUN_JSON,
+            History::None => LOAD_RUN_HEADS_JSON,
+        };
+        let rows = sqlx::query(query)
             .bind(run_id)
             .fetch_all(&self.pool)
             .await?;
         let (head, blocks) = header_and_blocks(&rows, block_id, seq, |row| row.get("body"))
             .ok_or_else(|| StoreError::RunNotFound(run_id.to_string()))?;
         Ok(splice_rows_json(head.get("body"), &blocks))
+    }
+
+    async fn load_block_json(&self, run_id: &str, block: &str) -> Result<Option<String>> {
+        let rows = sqlx::query(LOAD_BLOCK_JSON)
+            .bind(run_id)
+            .bind(block)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(block_rows_json(&rows, seq, |row| row.get("body")))
     }
 
     async fn commit_with(
@@ -498,6 +511,31 @@ impl Store for PostgresStore {
         q::keep_permit(&self.pool, key, slot, holder, until).await
     }
 
+    async fn spend_budget(
+        &self,
+        key: &str,
+        holder: &str,
+        amount: u64,
+        limit: u64,
+        now: Millis,
+        expires_at: Millis,
+    ) -> Result<bool> {
+        // A transaction-scoped advisory lock per key: the next spender reads
+        // the room (a new snapshot per statement) only after this one committed.
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 1))")
+            .bind(key)
+            .execute(&mut *tx)
+            .await?;
+        let spent = q::spend_budget(&mut tx, key, holder, amount, limit, now, expires_at).await?;
+        tx.commit().await?;
+        Ok(spent)
+    }
+
+    async fn settle_budget(&self, key: &str, holder: &str, amount: u64) -> Result<()> {
+        q::settle_budget(&self.pool, key, holder, amount).await
+    }
+
     async fn runs_updated_since(&self, since: Millis) -> Result<Vec<RunSummary>> {
         q::runs_updated_since(&self.pool, since).await
     }
@@ -609,6 +647,20 @@ const LOAD_RUN_JSON: &str = r#"SELECT NULL::text COLLATE "C" AS block_id, NULL::
      UNION ALL
      SELECT block_id COLLATE "C", seq, attempt FROM run_attempts WHERE run_id = $1
      ORDER BY block_id NULLS FIRST, seq NULLS FIRST"#;
+
+/// [`LOAD_RUN_JSON`] without the attempts.
+const LOAD_RUN_HEADS_JSON: &str = r#"SELECT NULL::text COLLATE "C" AS block_id, NULL::int AS seq, doc::text AS body
+     FROM runs WHERE run_id = $1
+     UNION ALL
+     SELECT block_id COLLATE "C", NULL::int, state FROM run_blocks WHERE run_id = $1
+     ORDER BY block_id NULLS FIRST, seq NULLS FIRST"#;
+
+/// One block's head row, then its attempt rows by position.
+const LOAD_BLOCK_JSON: &str =
+    "SELECT NULL::int AS seq, state AS body FROM run_blocks WHERE run_id = $1 AND block_id = $2
+     UNION ALL
+     SELECT seq, attempt FROM run_attempts WHERE run_id = $1 AND block_id = $2
+     ORDER BY seq NULLS FIRST";
 
 fn block_id(row: &PgRow) -> Option<&str> {
     row.get("block_id")

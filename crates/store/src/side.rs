@@ -152,6 +152,18 @@ pub(crate) const RENEW_PERMIT: &str =
     "UPDATE permits SET expires_at = $1 WHERE key = $2 AND slot = $3 AND holder = $4";
 pub(crate) const RELEASE_PERMIT: &str =
     "DELETE FROM permits WHERE key = $1 AND slot = $2 AND holder = $3";
+/// Forgets a budget's spends whose time is over.
+pub(crate) const EXPIRE_SPENDS: &str =
+    "DELETE FROM budget_spends WHERE key = $1 AND expires_at <= $2";
+/// A spend, admitted only while the live spends leave room (or there are
+/// none). Run in a transaction that serialises spenders of the key.
+pub(crate) const SPEND_BUDGET: &str = "INSERT INTO budget_spends (key, holder, amount, expires_at)
+     SELECT $1, $2, $3, $5
+     WHERE (SELECT COALESCE(SUM(amount), 0) FROM budget_spends WHERE key = $1 AND expires_at > $6) + $3 <= $4
+        OR NOT EXISTS (SELECT 1 FROM budget_spends WHERE key = $1 AND expires_at > $6)
+     ON CONFLICT (key, holder) DO NOTHING";
+pub(crate) const SETTLE_BUDGET: &str =
+    "UPDATE budget_spends SET amount = $3 WHERE key = $1 AND holder = $2";
 pub(crate) const UPSERT_TEMPLATE: &str = "INSERT INTO templates (template_id, version, name, source, path, registered_by, registered_at) VALUES ($1, $2, $3, $4, $5, $6, $7)
      ON CONFLICT (template_id, version) DO UPDATE SET name = excluded.name, source = excluded.source, path = excluded.path, registered_by = excluded.registered_by, registered_at = excluded.registered_at";
 pub(crate) const LIST_TEMPLATES: &str = "SELECT template_id, version, name, source, path, registered_by, registered_at FROM templates ORDER BY template_id, registered_at DESC";
@@ -403,6 +415,51 @@ macro_rules! side_queries {
                 }
             };
             Ok(done.rows_affected() == 1)
+        }
+
+        /// [`SPEND_BUDGET`] in the caller's transaction, after it has
+        /// serialised the key's spenders.
+        pub(crate) async fn spend_budget<'c>(
+            tx: &mut sqlx::Transaction<'c, $db>,
+            key: &str,
+            holder: &str,
+            amount: u64,
+            limit: u64,
+            now: factory_core::run::Millis,
+            expires_at: factory_core::run::Millis,
+        ) -> $crate::Result<bool> {
+            let amount = i64::try_from(amount).unwrap_or(i64::MAX);
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            sqlx::query(EXPIRE_SPENDS)
+                .bind(key)
+                .bind(now)
+                .execute(&mut **tx)
+                .await?;
+            let done = sqlx::query(SPEND_BUDGET)
+                .bind(key)
+                .bind(holder)
+                .bind(amount)
+                .bind(limit)
+                .bind(expires_at)
+                .bind(now)
+                .execute(&mut **tx)
+                .await?;
+            Ok(done.rows_affected() == 1)
+        }
+
+        pub(crate) async fn settle_budget(
+            pool: &$pool,
+            key: &str,
+            holder: &str,
+            amount: u64,
+        ) -> $crate::Result<()> {
+            sqlx::query(SETTLE_BUDGET)
+                .bind(key)
+                .bind(holder)
+                .bind(i64::try_from(amount).unwrap_or(i64::MAX))
+                .execute(pool)
+                .await?;
+            Ok(())
         }
 
         pub(crate) async fn put_template(pool: &$pool, t: &TemplateRecord) -> $crate::Result<()> {

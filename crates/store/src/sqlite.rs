@@ -18,11 +18,11 @@ use sqlx::sqlite::{
 };
 
 use crate::{
-    AttemptRow, BlobRef, FeedbackRecord, HeldLease, ImprovementItem, Lease, NewRun, Result,
-    RunChanges, RunFilter, RunListing, RunRecord, RunSummary, Store, StoreError, StoredRun,
+    AttemptRow, BlobRef, FeedbackRecord, HeldLease, History, ImprovementItem, Lease, NewRun,
+    Result, RunChanges, RunFilter, RunListing, RunRecord, RunSummary, Store, StoreError, StoredRun,
     TemplateRecord, TokenRecord, Writes, all_attempt_rows, all_block_rows, assemble_doc, blob_hash,
-    changed_attempt_rows, changed_block_rows, final_lease_ops, header_and_blocks, header_json,
-    like_contains, like_prefix, parse_event, run_changes, splice_rows_json,
+    block_rows_json, changed_attempt_rows, changed_block_rows, final_lease_ops, header_and_blocks,
+    header_json, like_contains, like_prefix, parse_event, run_changes, splice_rows_json,
 };
 
 #[derive(Debug, Clone)]
@@ -104,14 +104,27 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn load_run_json(&self, run_id: &str) -> Result<String> {
-        let rows = sqlx::query(LOAD_RUN_JSON)
+    async fn load_run_json(&self, run_id: &str, history: History) -> Result<String> {
+        let query = match history {
+            History::All => LOAD_RUN_JSON,
+            History::None => LOAD_RUN_HEADS_JSON,
+        };
+        let rows = sqlx::query(query)
             .bind(run_id)
             .fetch_all(&self.pool)
             .await?;
         let (head, blocks) = header_and_blocks(&rows, block_id, seq, |row| row.get("body"))
             .ok_or_else(|| StoreError::RunNotFound(run_id.to_string()))?;
         Ok(splice_rows_json(head.get("body"), &blocks))
+    }
+
+    async fn load_block_json(&self, run_id: &str, block: &str) -> Result<Option<String>> {
+        let rows = sqlx::query(LOAD_BLOCK_JSON)
+            .bind(run_id)
+            .bind(block)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(block_rows_json(&rows, seq, |row| row.get("body")))
     }
 
     async fn commit_with(
@@ -376,6 +389,27 @@ impl Store for SqliteStore {
         q::keep_permit(&self.pool, key, slot, holder, until).await
     }
 
+    async fn spend_budget(
+        &self,
+        key: &str,
+        holder: &str,
+        amount: u64,
+        limit: u64,
+        now: Millis,
+        expires_at: Millis,
+    ) -> Result<bool> {
+        // SQLite has one writer at a time: `BEGIN IMMEDIATE` takes the lock
+        // before the room is read, so spenders are admitted one after another.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let spent = q::spend_budget(&mut tx, key, holder, amount, limit, now, expires_at).await?;
+        tx.commit().await?;
+        Ok(spent)
+    }
+
+    async fn settle_budget(&self, key: &str, holder: &str, amount: u64) -> Result<()> {
+        q::settle_budget(&self.pool, key, holder, amount).await
+    }
+
     async fn runs_updated_since(&self, since: Millis) -> Result<Vec<RunSummary>> {
         q::runs_updated_since(&self.pool, since).await
     }
@@ -483,6 +517,20 @@ const LOAD_RUN_JSON: &str =
      UNION ALL
      SELECT block_id, seq, attempt FROM run_attempts WHERE run_id = ?1
      ORDER BY block_id, seq";
+
+/// [`LOAD_RUN_JSON`] without the attempts.
+const LOAD_RUN_HEADS_JSON: &str =
+    "SELECT NULL AS block_id, NULL AS seq, doc AS body FROM runs WHERE run_id = ?1
+     UNION ALL
+     SELECT block_id, NULL, state FROM run_blocks WHERE run_id = ?1
+     ORDER BY block_id, seq";
+
+/// One block's head row, then its attempt rows by position.
+const LOAD_BLOCK_JSON: &str =
+    "SELECT NULL AS seq, state AS body FROM run_blocks WHERE run_id = ?1 AND block_id = ?2
+     UNION ALL
+     SELECT seq, attempt FROM run_attempts WHERE run_id = ?1 AND block_id = ?2
+     ORDER BY seq";
 
 fn block_id(row: &SqliteRow) -> Option<&str> {
     row.get("block_id")

@@ -136,7 +136,12 @@ async fn drive(h: &Harness, run_id: &str) -> (Outcome, RunDoc) {
     );
     let replayed = RunDoc::replay(&events(h, run_id).await).unwrap();
     assert_eq!(replayed, doc, "the log replays to the stored document");
-    let text = h.engine.store().load_run_json(run_id).await.unwrap();
+    let text = h
+        .engine
+        .store()
+        .load_run_json(run_id, factory_store::History::All)
+        .await
+        .unwrap();
     assert_eq!(serde_json::from_str::<RunDoc>(&text).unwrap(), doc);
     (outcome, doc)
 }

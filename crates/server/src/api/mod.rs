@@ -46,6 +46,7 @@ pub fn routes(config: &crate::ServerConfig) -> Router<SharedState> {
         .route("/api/v1/tokens/{id}", delete(revoke_token))
         .route("/api/v1/runs", get(runs::list).merge(create_run))
         .route("/api/v1/runs/{run}", get(runs::get))
+        .route("/api/v1/runs/{run}/blocks/{block}", get(runs::get_block))
         .route("/api/v1/runs/{run}/events", get(runs::events))
         .route("/api/v1/runs/{run}/files", get(runs::files))
         .route("/api/v1/runs/{run}/files/{name}", get(runs::file))

@@ -287,16 +287,70 @@ pub async fn create_run(
     Ok(doc)
 }
 
+#[derive(Debug, Deserialize)]
+pub struct RunQuery {
+    #[serde(default)]
+    history: Option<String>,
+}
+
 /// The hot read: the stored JSON text goes out as it is, without parsing;
 /// an id prefix is resolved only when the full id is not found.
-pub async fn get(State(state): State<SharedState>, Path(run): Path<String>) -> ApiResult<Response> {
-    let body = match state.store.load_run_json(&run).await {
+/// `?history=none` leaves every block's attempts out (their rows are not
+/// read): a large run's state for polling, with a block's attempts from
+/// [`get_block`] on demand.
+pub async fn get(
+    State(state): State<SharedState>,
+    Path(run): Path<String>,
+    Query(query): Query<RunQuery>,
+) -> ApiResult<Response> {
+    let history = match query.history.as_deref().map(str::trim) {
+        None | Some("" | "all") => factory_store::History::All,
+        Some("none") => factory_store::History::None,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "bad_history",
+                format!("`history={other}`: use `all` (the default) or `none`"),
+            ));
+        }
+    };
+    let body = match state.store.load_run_json(&run, history).await {
         Ok(body) => body,
         Err(factory_store::StoreError::RunNotFound(_)) => {
             let run_id = state.store.resolve_run_id(&run).await?;
-            state.store.load_run_json(&run_id).await?
+            state.store.load_run_json(&run_id, history).await?
         }
         Err(error) => return Err(error.into()),
+    };
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// One block's state with all its attempts, read from its own rows: what
+/// it costs does not depend on the run's size. An unknown block is a 404
+/// that lists the run's blocks.
+pub async fn get_block(
+    State(state): State<SharedState>,
+    Path((run, block)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let body = match state.store.load_block_json(&run, &block).await? {
+        Some(body) => body,
+        None => {
+            let run_id = state.store.resolve_run_id(&run).await?;
+            match state.store.load_block_json(&run_id, &block).await? {
+                Some(body) => body,
+                // Says which blocks there are.
+                None => {
+                    return Err(super::blocks::block_view(&state, &run_id, &block)
+                        .await
+                        .err()
+                        .unwrap_or_else(|| {
+                            ApiError::not_found(
+                                "unknown_block",
+                                format!("run `{run_id}` has no block `{block}`"),
+                            )
+                        }));
+                }
+            }
+        }
     };
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }

@@ -1700,3 +1700,92 @@ async fn an_llm_reply_is_visible_while_it_streams_in() {
         .await;
     assert!(text.contains("word1 ") && text.contains("word16"), "{text}");
 }
+
+/// A block's attempts on demand: the run without them (`?history=none`),
+/// one block with all of them from its own rows, equal to the same block in
+/// the whole document; a bad `history` and an unknown block say what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocks_attempts_are_read_on_demand() {
+    let t = TestServer::start().await;
+    let marks = tempfile::tempdir().unwrap();
+    let mark = marks.path().join("failed-once");
+    t.register_template(&json!({
+        "id": "flaky", "name": "Flaky", "version": "1.0.0",
+        "blocks": [{ "id": "flaky", "name": "Flaky", "layer": "L0", "type": "build", "runtime": "command",
+            "inputs": { "config": { "command": ["sh", "-c", format!(
+                "test -e '{m}' || {{ touch '{m}'; exit 3; }}; echo ok > \"$FACTORY_OUTPUT_DIR/out.txt\"",
+                m = mark.display())] } },
+            "outputs": { "artifacts": [{ "key": "out", "path": "out.txt", "format": "text" }] } }]
+    }))
+    .await;
+    let run = t.start_run("flaky", json!({})).await;
+    let doc = t
+        .wait_for(&run, "the retried block", |d| d["status"] == "done")
+        .await;
+    let whole = &doc["blocks"]["flaky"];
+    assert_eq!(whole["history"].as_array().unwrap().len(), 2, "{whole}");
+
+    let (status, block) = t
+        .call(
+            Method::GET,
+            &format!("/api/v1/runs/{}/blocks/flaky", &run[..13]),
+            "viewer",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{block}");
+    assert_eq!(&block, whole, "the block's rows make the document's block");
+    assert_eq!(block["history"][0]["outcome"], "failed");
+    assert_eq!(block["history"][1]["outcome"], "succeeded");
+
+    let (status, heads) = t
+        .call(
+            Method::GET,
+            &format!("/api/v1/runs/{run}?history=none"),
+            "viewer",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{heads}");
+    assert_eq!(heads["blocks"]["flaky"]["status"], "done");
+    assert_eq!(heads["blocks"]["flaky"]["attempts"], 2);
+    assert!(heads["blocks"]["flaky"].get("history").is_none(), "{heads}");
+    assert_eq!(heads["status"], "done");
+
+    let (status, error) = t
+        .call(
+            Method::GET,
+            &format!("/api/v1/runs/{run}?history=some"),
+            "viewer",
+            None,
+        )
+        .await;
+    assert_eq!(status, 400, "{error}");
+    assert_eq!(error["error"]["code"], "bad_history");
+    let (status, error) = t
+        .call(
+            Method::GET,
+            &format!("/api/v1/runs/{run}/blocks/flakey"),
+            "viewer",
+            None,
+        )
+        .await;
+    assert_eq!(status, 404, "{error}");
+    assert_eq!(error["error"]["code"], "unknown_block");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("flaky"),
+        "{error}"
+    );
+    let (status, _) = t
+        .call(
+            Method::GET,
+            "/api/v1/runs/nope/blocks/flaky",
+            "viewer",
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+}

@@ -7,8 +7,8 @@ use factory_core::run::{Event, EventRecord, RunDoc, RunStatus};
 use factory_core::transitions::{RunRequest, create_run};
 use factory_core::{commit, validate_str};
 use factory_store::{
-    FeedbackRecord, ImprovementItem, NewRun, PostgresStore, RunFilter, RunRecord, SqliteStore,
-    Store, StoreError, TemplateRecord, TokenRecord, kinds,
+    FeedbackRecord, History, ImprovementItem, NewRun, PostgresStore, RunFilter, RunRecord,
+    SqliteStore, Store, StoreError, TemplateRecord, TokenRecord, kinds,
 };
 
 const TEMPLATE: &str = r#"{
@@ -108,14 +108,17 @@ async fn round_trip(store: &dyn Store) {
     let doc = create(store, "run-round-trip").await;
     let stored = store.load_run("run-round-trip").await.unwrap();
     assert_eq!(stored.doc, doc);
-    let raw = store.load_run_json("run-round-trip").await.unwrap();
+    let raw = store
+        .load_run_json("run-round-trip", History::All)
+        .await
+        .unwrap();
     assert_eq!(
         serde_json::from_str::<RunDoc>(&raw).unwrap(),
         doc,
         "raw text is the same document"
     );
     assert!(matches!(
-        store.load_run_json("nope").await,
+        store.load_run_json("nope", History::All).await,
         Err(StoreError::RunNotFound(_))
     ));
     assert_eq!(stored.version, 1);
@@ -791,9 +794,31 @@ async fn blocks_are_stored_one_row_each(store: &dyn Store) {
         let stored = store.load_run("run-rows").await.unwrap();
         assert_eq!(stored.doc, doc, "after step {n}");
         assert_eq!(stored.version, 2 + n as i64);
-        let text = store.load_run_json("run-rows").await.unwrap();
+        let text = store.load_run_json("run-rows", History::All).await.unwrap();
         assert_eq!(serde_json::from_str::<RunDoc>(&text).unwrap(), doc);
+        // Without history: the same blocks, no attempts.
+        let heads = store
+            .load_run_json("run-rows", History::None)
+            .await
+            .unwrap();
+        let heads: RunDoc = serde_json::from_str(&heads).unwrap();
+        for (id, state) in &doc.blocks {
+            assert!(heads.blocks[id].history.is_empty());
+            assert_eq!(heads.blocks[id].status, state.status);
+        }
+        // One block on demand, with its attempts.
+        let a = store
+            .load_block_json("run-rows", "a")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            serde_json::from_str::<factory_core::run::BlockState>(&a).unwrap(),
+            doc.blocks["a"]
+        );
     }
+    assert_eq!(store.load_block_json("run-rows", "zz").await.unwrap(), None);
+    assert_eq!(store.load_block_json("no-run", "a").await.unwrap(), None);
     assert_eq!(doc.blocks["c"].status, factory_core::BlockStatus::Pending);
     // A document that differs from the stored one only in a block no event
     // names, or in an attempt no event names, is not written there: the
@@ -917,7 +942,7 @@ async fn a_database_with_whole_documents_migrates(url: &str, dialect: &str) {
     assert_eq!(stored.doc, doc);
     assert_eq!(stored.version, 2);
     assert_eq!(stored.template_json, CHAIN);
-    let text = store.load_run_json("run-old").await.unwrap();
+    let text = store.load_run_json("run-old", History::All).await.unwrap();
     assert_eq!(serde_json::from_str::<RunDoc>(&text).unwrap(), doc);
     let more = commit(
         &mut doc,
