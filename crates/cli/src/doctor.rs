@@ -39,6 +39,9 @@ pub async fn run(settings: &LlmSettings, template: Option<(&Path, &Pipeline)>) -
                     match client.rate_limit() {
                         Some(rate) => format!(", {} requests a minute", rate.requests),
                         None => String::new(),
+                    } + &match client.token_limit() {
+                        Some(limit) => format!(", {} tokens a minute", limit.tokens),
+                        None => String::new(),
                     },
                     if list.is_empty() {
                         "no listed model".to_string()

@@ -1587,7 +1587,10 @@ mod tests {
                 let spliced = splice_history_json(&head, rows.iter().map(String::as_str));
                 assert_eq!(spliced, serde_json::to_string(state).unwrap());
                 let parsed: BlockState = serde_json::from_str(&head).unwrap();
-                assert!(parsed.history.is_empty(), "a head reads back without attempts");
+                assert!(
+                    parsed.history.is_empty(),
+                    "a head reads back without attempts"
+                );
                 assert_eq!(
                     BlockState {
                         history: state.history.clone(),

@@ -9,6 +9,11 @@
 //! back, so the slots held at any moment are the requests that started in
 //! the last window (a sliding window kept by the whole fleet).
 //!
+//! Token limits (tokens per minute) are spends in `budget_spends`: a
+//! request counts its estimated tokens (prompt plus `max_tokens`) for the
+//! window once the live spends leave room, and the amount is corrected to
+//! the reply's usage when it arrives.
+//!
 //! Waiting is polling with backoff (20 ms doubling to 500 ms): LLM calls
 //! last seconds, so a freed slot waits at most a fraction of one.
 
@@ -102,6 +107,48 @@ impl SharedLimit for StoreLimit {
             wait = (wait * 2).min(Duration::from_millis(500));
         }
     }
+
+    async fn spend_tokens(
+        &self,
+        key: &str,
+        limit: u64,
+        amount: u64,
+        window: Duration,
+    ) -> Result<String, String> {
+        let holder = format!(
+            "{}#{}",
+            self.owner,
+            self.taken.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut wait = Duration::from_millis(20);
+        loop {
+            let now = now_ms();
+            let spent = self
+                .store
+                .spend_budget(
+                    key,
+                    &holder,
+                    amount,
+                    limit,
+                    now,
+                    now + window.as_millis() as Millis,
+                )
+                .await
+                .map_err(|error| error.to_string())?;
+            if spent {
+                return Ok(holder);
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    async fn settle_tokens(&self, key: &str, holder: &str, amount: u64) -> Result<(), String> {
+        self.store
+            .settle_budget(key, holder, amount)
+            .await
+            .map_err(|error| error.to_string())
+    }
 }
 
 #[derive(Clone)]
@@ -192,6 +239,32 @@ mod tests {
         assert!(
             started.elapsed() >= Duration::from_millis(1490),
             "the fourth waited for the window: {:?}",
+            started.elapsed()
+        );
+    }
+
+    /// Two workers keep one token budget: once worker a's spend is settled
+    /// to what its request used, worker b's fits; over the budget, b waits
+    /// for the window.
+    #[tokio::test]
+    async fn workers_share_a_token_limit_through_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let store: Arc<dyn Store> =
+            Arc::from(factory_store::open(path.to_str().unwrap()).await.unwrap());
+        let a = StoreLimit::new(store.clone(), "worker-a".into());
+        let b = StoreLimit::new(store.clone(), "worker-b".into());
+        let key = "llm x tokens";
+        let window = Duration::from_millis(1500);
+        let started = Instant::now();
+        let first = a.spend_tokens(key, 1_000, 800, window).await.unwrap();
+        a.settle_tokens(key, &first, 150).await.unwrap();
+        b.spend_tokens(key, 1_000, 800, window).await.unwrap();
+        assert!(started.elapsed() < window, "150 + 800 fit 1,000");
+        b.spend_tokens(key, 1_000, 800, window).await.unwrap();
+        assert!(
+            started.elapsed() >= Duration::from_millis(1490),
+            "950 + 800 waited for the window: {:?}",
             started.elapsed()
         );
     }

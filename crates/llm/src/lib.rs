@@ -486,6 +486,99 @@ pub trait SharedLimit: Send + Sync {
     /// last `window`, and counts one more (it is never given back: it ages
     /// out of the window).
     async fn spend(&self, key: &str, requests: u32, window: Duration) -> Result<(), String>;
+
+    /// Waits until `amount` more tokens under `key` fit `limit` for the
+    /// last `window` (a spend larger than the whole limit waits for an
+    /// empty window), and counts them; returns the spend's holder, by which
+    /// [`SharedLimit::settle_tokens`] corrects the amount once the reply
+    /// says what the request really used.
+    async fn spend_tokens(
+        &self,
+        key: &str,
+        limit: u64,
+        amount: u64,
+        window: Duration,
+    ) -> Result<String, String>;
+
+    /// Sets the amount of the spend `holder` made under `key`.
+    async fn settle_tokens(&self, key: &str, holder: &str, amount: u64) -> Result<(), String>;
+}
+
+/// At most `tokens` tokens (prompt plus the reply's `max_tokens`, corrected
+/// to the reply's usage once it is known) in any `window`: a provider's
+/// tokens-per-minute limit. Every request counts, retries included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenLimit {
+    pub tokens: u64,
+    pub window: Duration,
+}
+
+impl TokenLimit {
+    pub fn per_minute(tokens: u64) -> TokenLimit {
+        TokenLimit {
+            tokens: tokens.max(1),
+            window: Duration::from_secs(60),
+        }
+    }
+}
+
+/// This process's own record of its last requests' tokens (a sliding
+/// window of weighted entries), like [`RateWindow`] for requests.
+#[derive(Default)]
+struct TokenWindow(std::sync::Mutex<TokenSpends>);
+
+#[derive(Default)]
+struct TokenSpends {
+    next: u64,
+    spends: std::collections::VecDeque<(Instant, u64, u64)>,
+}
+
+impl TokenWindow {
+    /// Counts `amount` tokens now and returns the spend's id, or says how
+    /// long to wait until enough of the window has aged out for them. A
+    /// spend larger than the whole limit goes alone, into an empty window.
+    fn try_spend(&self, limit: TokenLimit, amount: u64) -> Result<u64, Duration> {
+        let mut window = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        while window
+            .spends
+            .front()
+            .is_some_and(|(at, ..)| now.duration_since(*at) >= limit.window)
+        {
+            window.spends.pop_front();
+        }
+        let spent: u64 = window.spends.iter().map(|(_, _, n)| n).sum();
+        if window.spends.is_empty() || spent.saturating_add(amount) <= limit.tokens {
+            let id = window.next;
+            window.next += 1;
+            window.spends.push_back((now, id, amount));
+            return Ok(id);
+        }
+        // The wait until the oldest spends that must age out have.
+        let mut left = spent;
+        for (at, _, n) in &window.spends {
+            left -= n;
+            if left == 0 || left.saturating_add(amount) <= limit.tokens {
+                return Err((*at + limit.window).saturating_duration_since(now));
+            }
+        }
+        Err(limit.window)
+    }
+
+    /// Replaces the estimate of spend `id` with what was used.
+    fn settle(&self, id: u64, amount: u64) {
+        let mut window = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(spend) = window.spends.iter_mut().find(|(_, i, _)| *i == id) {
+            spend.2 = amount;
+        }
+    }
+}
+
+/// One request's tokens counted against the limit: in this process's
+/// window and, when the limit is shared, the fleet's.
+struct TokenTicket {
+    local: u64,
+    shared: Option<String>,
 }
 
 /// At most `requests` requests started in any `window`: a provider's
@@ -545,6 +638,8 @@ pub struct Client {
     max_concurrent: usize,
     /// Requests per window, this process's and (when shared) the fleet's.
     rate: Option<(RateLimit, Arc<RateWindow>)>,
+    /// Tokens per window, likewise.
+    tokens: Option<(TokenLimit, Arc<TokenWindow>)>,
     retry: RetryPolicy,
     models: Arc<OnceCell<Vec<ModelInfo>>>,
     /// Response formats this endpoint refused: later calls start weaker
@@ -560,6 +655,7 @@ impl Client {
             shared: None,
             max_concurrent: max_concurrent.max(1),
             rate: None,
+            tokens: None,
             retry,
             models: Arc::new(OnceCell::new()),
             refused: Arc::default(),
@@ -587,6 +683,68 @@ impl Client {
 
     pub fn rate_limit(&self) -> Option<RateLimit> {
         self.rate.as_ref().map(|(rate, _)| *rate)
+    }
+
+    /// This client with at most `limit.tokens` tokens per `limit.window`
+    /// (held by the fleet too once the limit is shared).
+    pub fn with_token_limit(&self, limit: TokenLimit) -> Client {
+        Client {
+            tokens: Some((limit, Arc::default())),
+            ..self.clone()
+        }
+    }
+
+    pub fn token_limit(&self) -> Option<TokenLimit> {
+        self.tokens.as_ref().map(|(limit, _)| *limit)
+    }
+
+    /// Waits until `request`'s tokens (its estimated prompt and its
+    /// `max_tokens`) fit the token limit: this process's window, then the
+    /// fleet's (best effort, as for requests).
+    async fn token_turn(&self, request: &ChatRequest) -> Option<TokenTicket> {
+        let (limit, window) = self.tokens.as_ref()?;
+        let amount = request
+            .estimated_prompt_tokens()
+            .saturating_add(u64::from(request.max_tokens));
+        let local = loop {
+            match window.try_spend(*limit, amount) {
+                Ok(id) => break id,
+                Err(wait) => tokio::time::sleep(wait).await,
+            }
+        };
+        let shared = match &self.shared {
+            Some((shared, key)) => match shared
+                .spend_tokens(&format!("{key} tokens"), limit.tokens, amount, limit.window)
+                .await
+            {
+                Ok(holder) => Some(holder),
+                Err(error) => {
+                    tracing::warn!(%error, key, "shared LLM token limit unavailable; using this process's own");
+                    None
+                }
+            },
+            None => None,
+        };
+        Some(TokenTicket { local, shared })
+    }
+
+    /// Corrects a request's counted tokens to what the reply says it used.
+    async fn settle_tokens(&self, ticket: Option<TokenTicket>, usage: &Usage) {
+        let (Some(ticket), Some((_, window))) = (ticket, &self.tokens) else {
+            return;
+        };
+        let used = usage
+            .input_tokens
+            .saturating_add(usage.output_tokens)
+            .saturating_add(usage.cache_write_tokens);
+        window.settle(ticket.local, used);
+        if let (Some(holder), Some((shared, key))) = (ticket.shared, &self.shared)
+            && let Err(error) = shared
+                .settle_tokens(&format!("{key} tokens"), &holder, used)
+                .await
+        {
+            tracing::warn!(%error, key, "could not settle a shared LLM token spend");
+        }
     }
 
     /// Waits for a turn under the rate limit: first this process's own
@@ -687,6 +845,7 @@ impl Client {
             None => None,
         };
         self.rate_turn().await;
+        let mut ticket = self.token_turn(request).await;
         let queued_ms = queued.elapsed().as_millis() as u64;
         let started = Instant::now();
         let deadline = started + limits.total;
@@ -710,13 +869,20 @@ impl Client {
         let mut fresh_connection_tried = false;
         loop {
             calls += 1;
-            // Every request counts against the rate limit, a retry too; a
+            // Every request counts against the rate limits, a retry too; a
             // turn that comes after the deadline ends the call.
-            if calls > 1
-                && tokio::time::timeout_at(deadline.into(), self.rate_turn())
-                    .await
-                    .is_err()
-            {
+            let turn = if calls > 1 {
+                let turn = async {
+                    self.rate_turn().await;
+                    self.token_turn(&request).await
+                };
+                Some(tokio::time::timeout_at(deadline.into(), turn).await)
+            } else {
+                None
+            };
+            if let Some(Ok(next)) = turn {
+                ticket = next;
+            } else if let Some(Err(_)) = turn {
                 notes.push("the time ran out waiting for the provider's rate limit".to_string());
                 return Err(CallFailure {
                     error: LlmError::Timeout {
@@ -765,6 +931,7 @@ impl Client {
                         usage.output_tokens = tokens::estimate(&response.text);
                         usage.estimated = true;
                     }
+                    self.settle_tokens(ticket.take(), &response.usage).await;
                     return Ok(response);
                 }
                 Ok(Err(error)) => error,

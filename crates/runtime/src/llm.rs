@@ -11,7 +11,7 @@ use factory_core::run::FailureKind;
 use factory_llm::tokens::{self, Fit};
 use factory_llm::{
     Anthropic, CallFailure, ChatRequest, Client, Limits, LlmError, OpenAiCompatible, Part,
-    RateLimit, ResponseFormat, RetryPolicy, StreamLimits,
+    RateLimit, ResponseFormat, RetryPolicy, StreamLimits, TokenLimit,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -137,6 +137,8 @@ pub struct LlmConfig {
     pub concurrency: Option<usize>,
     /// Requests started per minute per provider (default: no limit).
     pub requests_per_minute: Option<u32>,
+    /// Tokens per minute per provider (default: no limit).
+    pub tokens_per_minute: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -151,6 +153,11 @@ pub struct ProviderConfig {
     /// Requests started per minute (the provider's RPM limit), retries
     /// included; every worker of a store keeps it together.
     pub requests_per_minute: Option<u32>,
+    /// Tokens per minute (the provider's TPM limit): each request counts
+    /// its estimated prompt plus `max_tokens` until the reply's usage
+    /// corrects it; retries included; every worker of a store keeps it
+    /// together.
+    pub tokens_per_minute: Option<u64>,
     /// The context window of the models it serves, in tokens.
     pub context_window: Option<u64>,
 }
@@ -247,7 +254,7 @@ impl LlmSettings {
     /// `OPENROUTER_API_KEY`/`OPENROUTER_BASE_URL`, `FACTORY_LLM_BASE_URL` (a local
     /// OpenAI-compatible server such as Ollama, provider `local`),
     /// `FACTORY_DEFAULT_MODEL`, `FACTORY_MODEL_<ALIAS>`, `FACTORY_LLM_CONCURRENCY`,
-    /// `FACTORY_LLM_RPM`.
+    /// `FACTORY_LLM_RPM`, `FACTORY_LLM_TPM`.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> LlmSettings {
         LlmSettings::from_config(LlmConfig::default(), lookup)
     }
@@ -272,11 +279,18 @@ impl LlmSettings {
         };
         let env_concurrency = number("FACTORY_LLM_CONCURRENCY").map(|n| n as usize);
         let env_rpm = number("FACTORY_LLM_RPM").map(|n| u32::try_from(n).unwrap_or(u32::MAX));
+        let env_tpm = number("FACTORY_LLM_TPM");
         let local_context = number("FACTORY_LLM_CONTEXT");
         let rpm = |configured: Option<u32>| {
             configured
                 .or(env_rpm)
                 .or(config.requests_per_minute)
+                .filter(|n| *n > 0)
+        };
+        let tpm = |configured: Option<u64>| {
+            configured
+                .or(env_tpm)
+                .or(config.tokens_per_minute)
                 .filter(|n| *n > 0)
         };
         // A server on this machine usually serves one request at a time;
@@ -299,6 +313,17 @@ impl LlmSettings {
                 p.requests_per_minute
                     .map(|n| (format!("[providers.{name}] requests_per_minute"), n))
             }));
+        let zero_tpm = config
+            .tokens_per_minute
+            .map(|n| ("tokens_per_minute".to_string(), n))
+            .into_iter()
+            .chain(config.providers.iter().filter_map(|(name, p)| {
+                p.tokens_per_minute
+                    .map(|n| (format!("[providers.{name}] tokens_per_minute"), n))
+            }));
+        let zero_rpm = zero_rpm
+            .map(|(field, n)| (field, u64::from(n)))
+            .chain(zero_tpm);
         for (field, _) in zero_rpm.filter(|(_, n)| *n == 0).collect::<Vec<_>>() {
             warnings.push(format!(
                 "{field} = 0 would stop every call; it is ignored: remove it for no limit"
@@ -306,32 +331,38 @@ impl LlmSettings {
         }
         let retry = RetryPolicy::default();
         let mut providers = BTreeMap::new();
-        let mut add = |name: &str,
-                       provider: Arc<dyn factory_llm::Provider>,
-                       kind: ProviderKind,
-                       (concurrency, rpm, endpoint): (usize, Option<u32>, &str),
-                       context_window: Option<u64>,
-                       origin: String| {
-            let limit_key = if is_loopback(endpoint) {
-                format!("llm {name} {endpoint} on {}", crate::process::hostname())
-            } else {
-                format!("llm {name} {endpoint}")
-            };
-            let client = Client::new(provider, concurrency, retry);
-            providers.insert(
-                name.to_string(),
-                ProviderEntry {
-                    client: match rpm {
-                        Some(rpm) => client.with_rate(RateLimit::per_minute(rpm)),
-                        None => client,
+        let mut add =
+            |name: &str,
+             provider: Arc<dyn factory_llm::Provider>,
+             kind: ProviderKind,
+             (concurrency, rpm, tpm, endpoint): (usize, Option<u32>, Option<u64>, &str),
+             context_window: Option<u64>,
+             origin: String| {
+                let limit_key = if is_loopback(endpoint) {
+                    format!("llm {name} {endpoint} on {}", crate::process::hostname())
+                } else {
+                    format!("llm {name} {endpoint}")
+                };
+                let client = Client::new(provider, concurrency, retry);
+                let client = match rpm {
+                    Some(rpm) => client.with_rate(RateLimit::per_minute(rpm)),
+                    None => client,
+                };
+                let client = match tpm {
+                    Some(tpm) => client.with_token_limit(TokenLimit::per_minute(tpm)),
+                    None => client,
+                };
+                providers.insert(
+                    name.to_string(),
+                    ProviderEntry {
+                        client,
+                        limit_key,
+                        kind,
+                        context_window,
+                        origin,
                     },
-                    limit_key,
-                    kind,
-                    context_window,
-                    origin,
-                },
-            );
-        };
+                );
+            };
         let anthropic_key = get("ANTHROPIC_API_KEY");
         let anthropic_url = get("ANTHROPIC_BASE_URL");
         if anthropic_key.is_some() || anthropic_url.is_some() {
@@ -344,6 +375,7 @@ impl LlmSettings {
                 (
                     concurrency(None, anthropic_url.as_deref()),
                     rpm(None),
+                    tpm(None),
                     anthropic_url.as_deref().unwrap_or(ANTHROPIC_ENDPOINT),
                 ),
                 None,
@@ -372,7 +404,7 @@ impl LlmSettings {
                     name,
                     Arc::new(OpenAiCompatible::new(name, &base, key)),
                     ProviderKind::Openai,
-                    (concurrency(None, Some(&base)), rpm(None), &base),
+                    (concurrency(None, Some(&base)), rpm(None), tpm(None), &base),
                     None,
                     format!("{key_var} / {url_var}"),
                 );
@@ -388,7 +420,7 @@ impl LlmSettings {
                     get("FACTORY_LLM_API_KEY"),
                 )),
                 ProviderKind::Openai,
-                (concurrency(None, Some(&url)), rpm(None), &url),
+                (concurrency(None, Some(&url)), rpm(None), tpm(None), &url),
                 local_context,
                 "FACTORY_LLM_BASE_URL".to_string(),
             );
@@ -422,6 +454,7 @@ impl LlmSettings {
                 (
                     concurrency(provider.concurrency, base),
                     rpm(provider.requests_per_minute),
+                    tpm(provider.tokens_per_minute),
                     base.unwrap_or(ANTHROPIC_ENDPOINT),
                 ),
                 provider.context_window,
@@ -1160,6 +1193,66 @@ base_url = "https://example.invalid/v1"
         let typo = LlmConfig::parse("[providers.v]\nkind = \"openai\"\nrpm = 5", "factory.toml")
             .unwrap_err();
         assert!(typo.contains("rpm"), "{typo}");
+    }
+
+    #[test]
+    fn tokens_per_minute_come_from_the_provider_the_environment_or_the_file() {
+        let file = r#"
+tokens_per_minute = 200000
+[providers.vllm]
+kind = "openai"
+base_url = "http://127.0.0.1:8000/v1"
+tokens_per_minute = 30000
+[providers.other]
+kind = "openai"
+base_url = "https://example.invalid/v1"
+[providers.zero]
+kind = "openai"
+base_url = "https://zero.invalid/v1"
+tokens_per_minute = 0
+"#;
+        let tpm = |settings: &LlmSettings, name: &str| {
+            settings
+                .providers()
+                .find(|(provider, _, _)| *provider == name)
+                .and_then(|(_, client, _)| client.token_limit())
+                .map(|limit| (limit.tokens, limit.window.as_secs()))
+        };
+        let config = LlmConfig::parse(file, "factory.toml").unwrap();
+        let settings = LlmSettings::from_config(config.clone(), |_| None);
+        assert_eq!(tpm(&settings, "vllm"), Some((30_000, 60)));
+        assert_eq!(tpm(&settings, "other"), Some((200_000, 60)));
+        assert_eq!(
+            tpm(&settings, "zero"),
+            None,
+            "0 is ignored, as for requests"
+        );
+        assert!(
+            settings
+                .warnings()
+                .iter()
+                .any(|w| w.contains("[providers.zero] tokens_per_minute = 0")),
+            "{:?}",
+            settings.warnings()
+        );
+        let settings = LlmSettings::from_config(config, |name| {
+            (name == "FACTORY_LLM_TPM").then(|| "50000".to_string())
+        });
+        assert_eq!(
+            tpm(&settings, "vllm"),
+            Some((30_000, 60)),
+            "the provider's own wins"
+        );
+        assert_eq!(
+            tpm(&settings, "other"),
+            Some((50_000, 60)),
+            "the environment beats the file"
+        );
+        let settings = LlmSettings::from_lookup(|name| match name {
+            "FACTORY_LLM_BASE_URL" => Some("http://127.0.0.1:11434/v1".into()),
+            _ => None,
+        });
+        assert_eq!(tpm(&settings, "local"), None, "no limit unless one is set");
     }
 
     #[test]

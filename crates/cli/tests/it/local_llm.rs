@@ -292,6 +292,8 @@ fn a_run_on_a_one_slot_local_server_set_up_with_two_variables() {
     let mut doctor = factory(&db);
     env(&mut doctor);
     let output = doctor
+        .env("FACTORY_LLM_RPM", "600")
+        .env("FACTORY_LLM_TPM", "90000")
         .args(["doctor", template.to_str().unwrap()])
         .output()
         .unwrap();
@@ -302,7 +304,9 @@ fn a_run_on_a_one_slot_local_server_set_up_with_two_variables() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(
-        report.contains("local       ok: 1 call at a time; serves tiny")
+        report.contains(
+            "local       ok: 1 call at a time, 600 requests a minute, 90000 tokens a minute; serves tiny"
+        )
             && report.contains("sonnet → local:tiny (context window 2048 tokens, configured)")
             && report.contains("opus → local:tiny"),
         "{report}"

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use factory_llm::{
     Anthropic, ChatRequest, Client, Limits, LlmError, OpenAiCompatible, Part, RateLimit,
-    ResponseFormat, RetryPolicy, StreamLimits, TimeoutKind,
+    ResponseFormat, RetryPolicy, StreamLimits, TimeoutKind, TokenLimit,
 };
 use serde_json::{Value, json};
 use wiremock::matchers::{body_partial_json, header, method, path};
@@ -438,6 +438,78 @@ async fn the_rate_limit_spaces_requests_over_its_window() {
         queued[2] >= 790,
         "the third waits for the window: {queued:?}"
     );
+}
+
+fn tokens(tokens: u64, window_ms: u64) -> TokenLimit {
+    TokenLimit {
+        tokens,
+        window: Duration::from_millis(window_ms),
+    }
+}
+
+/// A tokens-per-minute limit counts a request's estimated prompt plus its
+/// `max_tokens` (1,024) until the reply's usage (150) corrects it. With room
+/// for two replies' usage and one estimate: two calls at once do not both
+/// fit, the second waits for the window; one after the other three do,
+/// because each was corrected to what it used once its reply came; a
+/// fourth does not.
+#[tokio::test]
+async fn the_token_limit_counts_estimates_until_the_usage_corrects_them() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(message("ok", "end_turn")))
+        .mount(&server)
+        .await;
+    let one = request(false);
+    let estimate = one.estimated_prompt_tokens() + 1024;
+    let room = 2 * 150 + estimate;
+    let client = anthropic(&server).with_token_limit(tokens(room, 800));
+    let (a, b) = tokio::join!(
+        client.complete(&one, Duration::from_secs(5)),
+        client.complete(&one, Duration::from_secs(5))
+    );
+    let mut queued: Vec<u64> = [a, b].map(|r| r.unwrap().queued_ms).to_vec();
+    queued.sort();
+    assert!(queued[0] < 400, "the first goes at once: {queued:?}");
+    assert!(
+        queued[1] >= 790,
+        "the second waits for the window: {queued:?}"
+    );
+
+    let client = anthropic(&server).with_token_limit(tokens(room, 60_000));
+    for n in 1..=3 {
+        let reply = client.complete(&one, Duration::from_secs(5)).await.unwrap();
+        assert!(
+            reply.queued_ms < 400,
+            "call {n} waited {} ms",
+            reply.queued_ms
+        );
+    }
+    let fourth = tokio::time::timeout(
+        Duration::from_millis(600),
+        client.complete(&one, Duration::from_secs(5)),
+    )
+    .await;
+    assert!(fourth.is_err(), "450 + one estimate is over: it waits");
+}
+
+/// A request larger than the whole limit is not stuck for ever: it goes
+/// alone, once nothing else is counted.
+#[tokio::test]
+async fn a_request_larger_than_the_token_limit_goes_alone() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(message("ok", "end_turn")))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let client = anthropic(&server).with_token_limit(tokens(500, 60_000));
+    let reply = client
+        .complete(&request(false), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(reply.queued_ms < 400, "{}", reply.queued_ms);
+    assert_eq!(client.token_limit().map(|l| l.tokens), Some(500));
 }
 
 /// A retry is a request too: after a 500, the second request waits for its

@@ -1113,6 +1113,82 @@ async fn suite(store: Arc<dyn Store>) {
     run_ids_resolve_by_prefix(store.as_ref()).await;
     runs_are_found_by_filter_and_paged(store.as_ref()).await;
     permits_share_a_limit(store.clone()).await;
+    budgets_are_spent_together(store.clone()).await;
+}
+
+/// A shared budget (tokens per minute): spenders racing for it are admitted
+/// only while the live spends leave room, never two on the same room; a
+/// spend is corrected by settling it; spends age out of the window; a
+/// spend larger than the whole budget goes alone into an empty window.
+async fn budgets_are_spent_together(store: Arc<dyn Store>) {
+    let key = "llm:test tokens";
+    let now = 1_000;
+    let spenders: Vec<_> = (0..8)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let holder = format!("s{i}");
+                let spent = store
+                    .spend_budget(key, &holder, 300, 1_000, now, now + 60_000)
+                    .await
+                    .unwrap();
+                spent.then_some(holder)
+            })
+        })
+        .collect();
+    let mut admitted = Vec::new();
+    for spender in spenders {
+        admitted.extend(spender.await.unwrap());
+    }
+    assert_eq!(
+        admitted.len(),
+        3,
+        "3 × 300 fit 1,000, a fourth not: {admitted:?}"
+    );
+    assert!(
+        !store
+            .spend_budget(key, "late", 200, 1_000, now + 1, now + 60_001)
+            .await
+            .unwrap(),
+        "900 + 200 is over"
+    );
+    // One request used less than it was counted for: room again.
+    store.settle_budget(key, &admitted[0], 50).await.unwrap();
+    assert!(
+        store
+            .spend_budget(key, "after-settle", 200, 1_000, now + 2, now + 60_002)
+            .await
+            .unwrap(),
+        "650 + 200 fits"
+    );
+    // Another key has its own budget; an over-budget spend goes alone.
+    assert!(
+        store
+            .spend_budget("llm:other tokens", "big", 5_000, 1_000, now, now + 60_000)
+            .await
+            .unwrap(),
+        "an empty window admits a spend larger than the budget"
+    );
+    assert!(
+        !store
+            .spend_budget("llm:other tokens", "next", 1, 1_000, now + 1, now + 60_001)
+            .await
+            .unwrap()
+    );
+    // A window later everything has aged out.
+    assert!(
+        store
+            .spend_budget(
+                key,
+                "next-minute",
+                1_000,
+                1_000,
+                now + 60_003,
+                now + 120_003
+            )
+            .await
+            .unwrap()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
