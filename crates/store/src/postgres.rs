@@ -108,7 +108,7 @@ impl Store for PostgresStore {
         upsert_blocks(&mut tx, &run.doc.run_id, &all_block_rows(run.doc)?).await?;
         upsert_attempts(&mut tx, &run.doc.run_id, &all_attempt_rows(run.doc)?).await?;
         insert_events(&mut tx, &run.doc.run_id, run.records).await?;
-        q::insert_blobs(&mut tx, run.blobs).await?;
+        insert_blobs(&mut tx, run.blobs).await?;
         q::upsert_records(&mut tx, run.side).await?;
         tx.commit().await?;
         Ok(())
@@ -668,6 +668,30 @@ fn block_id(row: &PgRow) -> Option<&str> {
 
 fn seq(row: &PgRow) -> Option<i32> {
     row.get("seq")
+}
+
+/// Content-addressed blobs in one statement, however many.
+async fn insert_blobs(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    blobs: &[crate::NewBlob],
+) -> Result<()> {
+    if blobs.is_empty() {
+        return Ok(());
+    }
+    let hashes: Vec<&str> = blobs.iter().map(|b| b.hash.as_str()).collect();
+    let sizes: Vec<i64> = blobs.iter().map(|b| b.content.len() as i64).collect();
+    let contents: Vec<&[u8]> = blobs.iter().map(|b| b.content.as_slice()).collect();
+    sqlx::query(
+        "INSERT INTO blobs (hash, size, content)
+         SELECT b.hash, b.size, b.content FROM UNNEST($1::text[], $2::bigint[], $3::bytea[]) AS b (hash, size, content)
+         ON CONFLICT (hash) DO NOTHING",
+    )
+    .bind(&hashes)
+    .bind(&sizes)
+    .bind(&contents)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// Attempt rows in one statement, however many.

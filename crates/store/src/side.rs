@@ -286,22 +286,6 @@ macro_rules! side_queries {
         use sqlx::Row as _;
         use $crate::side::*;
 
-        /// Content-addressed blobs, inside the caller's transaction.
-        pub(crate) async fn insert_blobs(
-            tx: &mut sqlx::Transaction<'_, $db>,
-            blobs: &[$crate::NewBlob],
-        ) -> $crate::Result<()> {
-            for blob in blobs {
-                sqlx::query(INSERT_BLOB)
-                    .bind(&blob.hash)
-                    .bind(blob.content.len() as i64)
-                    .bind(&blob.content)
-                    .execute(&mut **tx)
-                    .await?;
-            }
-            Ok(())
-        }
-
         /// Run records, inside the caller's transaction.
         pub(crate) async fn upsert_records(
             tx: &mut sqlx::Transaction<'_, $db>,

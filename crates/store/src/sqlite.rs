@@ -83,7 +83,7 @@ impl Store for SqliteStore {
         upsert_blocks(&mut tx, &run.doc.run_id, &all_block_rows(run.doc)?).await?;
         upsert_attempts(&mut tx, &run.doc.run_id, &all_attempt_rows(run.doc)?).await?;
         insert_events(&mut tx, &run.doc.run_id, run.records).await?;
-        q::insert_blobs(&mut tx, run.blobs).await?;
+        insert_blobs(&mut tx, run.blobs).await?;
         q::upsert_records(&mut tx, run.side).await?;
         tx.commit().await?;
         Ok(())
@@ -156,7 +156,7 @@ impl Store for SqliteStore {
         }
         upsert_blocks(&mut tx, run_id, &blocks).await?;
         upsert_attempts(&mut tx, run_id, &attempts).await?;
-        q::insert_blobs(&mut tx, writes.blobs).await?;
+        insert_blobs(&mut tx, writes.blobs).await?;
         if let Some(feedback) = writes.feedback {
             q::insert_feedback(&mut tx, feedback).await?;
         }
@@ -561,6 +561,26 @@ async fn upsert_blocks(
                 .push_bind(state.as_str());
         });
         insert.push(" ON CONFLICT (run_id, block_id) DO UPDATE SET state = excluded.state");
+        insert.build().execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+/// Content-addressed blobs, a few statements for any number (a commit that
+/// records several attempts stores each one's outputs).
+async fn insert_blobs(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    blobs: &[crate::NewBlob],
+) -> Result<()> {
+    for chunk in blobs.chunks(ROWS_PER_STATEMENT) {
+        let mut insert =
+            sqlx::QueryBuilder::<sqlx::Sqlite>::new("INSERT INTO blobs (hash, size, content) ");
+        insert.push_values(chunk, |mut row, blob| {
+            row.push_bind(blob.hash.as_str())
+                .push_bind(blob.content.len() as i64)
+                .push_bind(blob.content.as_slice());
+        });
+        insert.push(" ON CONFLICT (hash) DO NOTHING");
         insert.build().execute(&mut **tx).await?;
     }
     Ok(())

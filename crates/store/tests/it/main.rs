@@ -77,12 +77,20 @@ async fn a_run_and_its_files_are_one_commit(store: &dyn Store) {
         body: serde_json::json!({"name": key, "hash": blob.hash, "size": 14}),
     };
     let (first, late) = ([upload("notes.txt")], [upload("late.txt")]);
+    // Several files in one statement, one of them twice (the same bytes
+    // uploaded under two names): stored once.
+    let other = factory_store::NewBlob::new(b"other notes".to_vec());
+    let blobs = [
+        blob.clone(),
+        other.clone(),
+        factory_store::NewBlob::new(b"uploaded notes".to_vec()),
+    ];
     let new_run = |side| NewRun {
         doc: &doc,
         records: &records,
         template_json: TEMPLATE,
         template_path: None,
-        blobs: std::slice::from_ref(&blob),
+        blobs: &blobs,
         side,
     };
     store.create_run(new_run(&first)).await.unwrap();
@@ -92,6 +100,7 @@ async fn a_run_and_its_files_are_one_commit(store: &dyn Store) {
         .unwrap();
     assert_eq!(stored, vec![upload("notes.txt")]);
     assert_eq!(store.get_blob(&blob.hash).await.unwrap(), b"uploaded notes");
+    assert_eq!(store.get_blob(&other.hash).await.unwrap(), b"other notes");
     // The same run again fails as a whole: its new record is not kept.
     assert!(store.create_run(new_run(&late)).await.is_err());
     assert_eq!(
