@@ -353,7 +353,7 @@ pub struct BlockState {
 }
 
 impl BlockState {
-    pub(crate) fn new(autonomy: Autonomy) -> BlockState {
+    pub fn new(autonomy: Autonomy) -> BlockState {
         BlockState {
             status: BlockStatus::Pending,
             autonomy,

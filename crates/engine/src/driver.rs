@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use factory_core::run::{
-    ArtifactRef, AttemptReport, BlockStatus, Event, EventRecord, LlmUsage, LogRef, Millis, RunDoc,
-    RunStatus,
+    ArtifactRef, Attempt, AttemptReport, BlockState, BlockStatus, Event, EventRecord, LlmUsage,
+    LogRef, Millis, RunDoc, RunStatus,
 };
 use factory_core::template::ArtifactFormat;
 use factory_core::transitions;
@@ -555,13 +555,27 @@ fn with_routing(
 }
 
 /// The part of the run document an attempt reads: run fields, its own state
-/// and its upstream blocks' states. Copying only that keeps a wide fan-out
-/// from cloning the whole (growing) document once per block.
+/// and, of its upstream blocks, what their outputs are
+/// ([`upstream_view`]). Copying only that keeps a wide fan-out from cloning
+/// the whole (growing) document once per block, and a join from cloning
+/// every upstream block's audit reports.
 fn slim_doc(doc: &RunDoc, pipeline: &factory_core::Pipeline, block_id: &str) -> RunDoc {
-    let mut keep: BTreeSet<&str> = BTreeSet::from([block_id]);
-    if let Some(block) = pipeline.block(block_id) {
-        keep.extend(block.inputs.depends.iter().map(|d| d.block.as_str()));
-    }
+    let upstream: BTreeSet<&str> = pipeline
+        .block(block_id)
+        .map(|block| {
+            block
+                .inputs
+                .depends
+                .iter()
+                .map(|d| d.block.as_str())
+                .filter(|id| *id != block_id)
+                .collect()
+        })
+        .unwrap_or_default();
+    let own = doc
+        .blocks
+        .get_key_value(block_id)
+        .map(|(id, state)| (id.clone(), state.clone()));
     RunDoc {
         run_id: doc.run_id.clone(),
         template_id: doc.template_id.clone(),
@@ -577,12 +591,41 @@ fn slim_doc(doc: &RunDoc, pipeline: &factory_core::Pipeline, block_id: &str) -> 
         updated_at: doc.updated_at,
         seq: doc.seq,
         version: doc.version,
-        blocks: keep
+        blocks: upstream
             .into_iter()
             .filter_map(|id| doc.blocks.get_key_value(id))
-            .map(|(id, state)| (id.clone(), state.clone()))
+            .map(|(id, state)| (id.clone(), upstream_view(state)))
+            .chain(own)
             .collect(),
     }
+}
+
+/// What an attempt reads of an upstream block: its status and its last
+/// successful attempt's artifacts (`gather_inputs`), nothing else — not its
+/// audit reports, other attempts, gate decisions or corrections.
+fn upstream_view(state: &BlockState) -> BlockState {
+    let mut view = BlockState::new(state.autonomy);
+    view.status = state.status;
+    view.attempts = state.attempts;
+    view.history = state
+        .last_success()
+        .map(|attempt| Attempt {
+            n: attempt.n,
+            owner: attempt.owner.clone(),
+            started_at: attempt.started_at,
+            ended_at: attempt.ended_at,
+            outcome: attempt.outcome,
+            report: attempt.report.as_ref().map(|report| AttemptReport {
+                artifacts: report.artifacts.clone(),
+                ..AttemptReport::default()
+            }),
+            corrections_version: None,
+            version: attempt.version,
+            why: None,
+        })
+        .into_iter()
+        .collect();
+    view
 }
 
 /// Executes one attempt and stores its outputs; returns the report or an
@@ -928,4 +971,80 @@ fn to_report(
         reply_excerpt: execution.reply_excerpt,
     };
     (report, blobs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A join copies of each upstream block only what it reads: the status
+    /// and the last success's artifacts, not its audit or other attempts.
+    #[test]
+    fn an_upstream_view_keeps_the_last_success_and_its_artifacts() {
+        let pipeline = crate::load_pipeline(&crate::fixtures::fan_out(3)).unwrap();
+        let mut state = BlockState::new(factory_core::template::Autonomy::Auto);
+        state.status = BlockStatus::Done;
+        state.attempts = 3;
+        let attempt = |n: u32, outcome| Attempt {
+            n,
+            owner: "w".into(),
+            started_at: 1,
+            ended_at: Some(2),
+            outcome: Some(outcome),
+            report: Some(AttemptReport {
+                artifacts: BTreeMap::from([(
+                    "out".to_string(),
+                    ArtifactRef {
+                        path: format!("out-{n}.txt"),
+                        format: ArtifactFormat::Text,
+                        hash: format!("h{n}"),
+                        size: 1,
+                    },
+                )]),
+                metrics: BTreeMap::from([("quality".to_string(), serde_json::json!(n))]),
+                error: Some("noisy".into()),
+                ..AttemptReport::default()
+            }),
+            corrections_version: None,
+            version: 1,
+            why: Some("retry".into()),
+        };
+        state.history = vec![
+            attempt(1, factory_core::run::AttemptOutcome::Failed),
+            attempt(2, factory_core::run::AttemptOutcome::Succeeded),
+            attempt(3, factory_core::run::AttemptOutcome::ThresholdMissed),
+        ];
+        let view = upstream_view(&state);
+        assert_eq!(view.status, BlockStatus::Done);
+        assert_eq!(view.history.len(), 1);
+        let kept = view.last_success().unwrap();
+        assert_eq!(kept.n, 2);
+        let report = kept.report.as_ref().unwrap();
+        assert_eq!(report.artifacts["out"].hash, "h2");
+        assert!(report.metrics.is_empty() && report.error.is_none());
+
+        // The slim document: the block's own state whole, its upstream as views.
+        let mut doc = RunDoc {
+            blocks: BTreeMap::new(),
+            ..serde_json::from_value(serde_json::json!({
+                "run_id": "r", "template_id": "t", "template_version": "1",
+                "status": "running", "params": {}, "created_at": 0, "updated_at": 0, "seq": 0
+            }))
+            .unwrap()
+        };
+        for id in pipeline.blocks().iter().map(|b| b.id.clone()) {
+            doc.blocks.insert(id, state.clone());
+        }
+        let join = pipeline.blocks().last().unwrap().id.clone();
+        let slim = slim_doc(&doc, &pipeline, &join);
+        assert_eq!(slim.blocks[&join], state, "its own state is whole");
+        let upstream = pipeline.block(&join).unwrap().inputs.depends.len();
+        assert_eq!(slim.blocks.len(), upstream + 1);
+        assert!(
+            slim.blocks
+                .iter()
+                .filter(|(id, _)| **id != join)
+                .all(|(_, s)| s.history.len() == 1)
+        );
+    }
 }
