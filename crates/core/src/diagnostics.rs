@@ -141,4 +141,7 @@ pub mod codes {
     pub const FILE_PATTERN: &str = "TPL0023";
     pub const ANY_MODE: &str = "TPL0024";
     pub const CONVERGENCE: &str = "TPL0025";
+    pub const TRIGGER: &str = "TPL0026";
+    pub const RECORD_STATE: &str = "TPL0027";
+    pub const NOT_SUPPORTED_YET: &str = "TPL0028";
 }

@@ -579,6 +579,8 @@ fn check_block(
     let at = |suffix: &str| format!("$.blocks[{i}]{suffix}");
     let id = block.id.clone();
 
+    stream_fields::check(i, block, out);
+
     for (f, pattern) in block.inputs.files.iter().enumerate() {
         if let Err(error) = glob::Pattern::new(pattern) {
             out.push(
@@ -1055,5 +1057,6 @@ fn check_profiles(template: &Template, ids: &BTreeMap<&str, usize>, out: &mut Ve
     }
 }
 
+mod stream_fields;
 #[cfg(test)]
 mod tests;

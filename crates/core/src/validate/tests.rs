@@ -566,12 +566,16 @@ fn numbers_out_of_range() {
         assert_eq!(help(d), "use a value inside the allowed range", "{patch}");
     }
 
-    // The bounds themselves are fine.
+    // The bounds themselves are fine (a scope passes the shape check, then
+    // is refused as not acted on yet).
     let mut b = block("a");
     b["timeout"] = json!(86_400_000);
     b["execution"] = json!({ "max_retries": 20 });
     b["scope"] = json!({ "gate": 4 });
-    check(template(vec![b]), &[]);
+    check(
+        template(vec![b]),
+        &[("TPL0028", "$.blocks[0].scope", Some("a"))],
+    );
 }
 
 // ── Ids and wiring ──
@@ -1538,4 +1542,77 @@ fn json_deeper_than_the_parser_goes_is_called_too_deep_not_malformed() {
             .message
             .starts_with("malformed JSON")
     );
+}
+
+/// The issue's own example: a cron trigger with "every tuesday lol", a
+/// daemon, per-record state. Each field is parsed and what the engine does
+/// not act on is refused by name — none of it is silently ignored.
+#[test]
+fn stream_fields_are_parsed_and_refused_rather_than_ignored() {
+    let mut b = block("a");
+    b["trigger"] = json!({ "type": "cron", "cron": "every tuesday lol" });
+    b["lifecycle"] = json!({ "mode": "daemon" });
+    b["record_state"] = json!({ "states": ["raw"] });
+    let validated = check(
+        template(vec![b]),
+        &[
+            ("TPL0026", "$.blocks[0].trigger.cron", Some("a")),
+            ("TPL0027", "$.blocks[0].record_state.track_per", Some("a")),
+            ("TPL0027", "$.blocks[0].record_state.states", Some("a")),
+            ("TPL0028", "$.blocks[0].trigger.type", Some("a")),
+            ("TPL0028", "$.blocks[0].lifecycle.mode", Some("a")),
+            ("TPL0028", "$.blocks[0].record_state", Some("a")),
+        ],
+    );
+    let cron = validated.errors().find(|d| d.code == "TPL0026").unwrap();
+    assert!(
+        cron.message.contains("every tuesday lol"),
+        "{}",
+        cron.message
+    );
+    assert!(cron.help.as_deref().unwrap().contains("five fields"));
+
+    // A bad field is named with where it starts.
+    let mut b = block("a");
+    b["trigger"] = json!({ "type": "cron", "cron": "0 25 * * *" });
+    let validated = check(
+        template(vec![b]),
+        &[
+            ("TPL0026", "$.blocks[0].trigger.cron", Some("a")),
+            ("TPL0028", "$.blocks[0].trigger.type", Some("a")),
+        ],
+    );
+    let cron = validated.errors().find(|d| d.code == "TPL0026").unwrap();
+    assert!(
+        cron.message.contains("hour field `25`") && cron.message.contains("character 3"),
+        "{}",
+        cron.message
+    );
+
+    // A field of another trigger type; a daemon nothing wakes; lens, scope
+    // and publish, which nothing reads yet.
+    let mut b = block("a");
+    b["trigger"] = json!({ "cron": "0 6 * * *" });
+    b["lifecycle"] = json!({ "mode": "daemon" });
+    b["lens"] = json!({ "perspective": "positioning" });
+    b["scope"] = json!({ "gate": 2 });
+    b["outputs"]["publish"] = json!([{ "domain": "example.org", "slug": "brief" }]);
+    check(
+        template(vec![b]),
+        &[
+            ("TPL0026", "$.blocks[0].trigger.cron", Some("a")),
+            ("TPL0027", "$.blocks[0].lifecycle.mode", Some("a")),
+            ("TPL0028", "$.blocks[0].lifecycle.mode", Some("a")),
+            ("TPL0028", "$.blocks[0].lens", Some("a")),
+            ("TPL0028", "$.blocks[0].scope", Some("a")),
+            ("TPL0028", "$.blocks[0].outputs.publish", Some("a")),
+        ],
+    );
+
+    // What the engine does act on stays valid: a dependency trigger and a
+    // one-shot lifecycle, written out.
+    let mut b = block("a");
+    b["trigger"] = json!({ "type": "dependency" });
+    b["lifecycle"] = json!({ "mode": "one-shot" });
+    check(template(vec![b]), &[]);
 }

@@ -1,0 +1,434 @@
+//! The Block v2 fields of the stream and lens patterns (`trigger`,
+//! `lifecycle`, `record_state`, `scope`, `lens`) and `outputs.publish`.
+//!
+//! Two rules: what is written must make sense (a cron expression parses, an
+//! event filter parses, a `record_state` says what it tracks), and what the
+//! engine does not act on yet is refused, not ignored. Today the engine runs
+//! dag-batch templates: every block is started by its dependencies, once per
+//! run. A template that asks for a cron trigger, a daemon or per-record
+//! state would otherwise validate and then run once, at once, as a one-shot.
+
+use croner::parser::{CronParser, Seconds, Year};
+
+use crate::diagnostics::{Diagnostic, codes};
+use crate::template::{self, LifecycleMode, TriggerType};
+
+/// The fields of a cron expression, in order.
+const CRON_FIELDS: [&str; 5] = ["minute", "hour", "day of month", "month", "day of week"];
+
+pub(super) fn check(i: usize, block: &template::Block, out: &mut Vec<Diagnostic>) {
+    let at = |suffix: &str| format!("$.blocks[{i}]{suffix}");
+    let id = &block.id;
+    let mut push = |diagnostic: Diagnostic| out.push(diagnostic.in_block(id.clone()));
+
+    check_trigger(&block.trigger, &at, &mut push);
+
+    if let Some(record_state) = &block.record_state {
+        if record_state
+            .track_per
+            .as_deref()
+            .is_none_or(|key| key.trim().is_empty())
+        {
+            push(
+                Diagnostic::error(
+                    codes::RECORD_STATE,
+                    at(".record_state.track_per"),
+                    "`record_state` without `track_per`: nothing says what a record is",
+                )
+                .with_help(
+                    "name the field that identifies a record, e.g. `\"track_per\": \"video_id\"`",
+                ),
+            );
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (s, state) in record_state.states.iter().enumerate() {
+            if state.trim().is_empty() {
+                push(Diagnostic::error(
+                    codes::RECORD_STATE,
+                    at(&format!(".record_state.states[{s}]")),
+                    "a record state has no name",
+                ));
+            } else if !seen.insert(state.as_str()) {
+                push(
+                    Diagnostic::error(
+                        codes::RECORD_STATE,
+                        at(&format!(".record_state.states[{s}]")),
+                        format!("record state `{state}` is listed twice"),
+                    )
+                    .with_help("list each state once, in the order records move through them"),
+                );
+            }
+        }
+        if record_state.states.len() < 2 {
+            push(
+                Diagnostic::error(
+                    codes::RECORD_STATE,
+                    at(".record_state.states"),
+                    format!(
+                        "`record_state.states` lists {} state(s): a record needs at least a first and a last",
+                        record_state.states.len()
+                    ),
+                )
+                .with_help("e.g. `\"states\": [\"raw\", \"annotated\", \"embedded\", \"scored\"]`"),
+            );
+        }
+    }
+
+    let mode = block.lifecycle.as_ref().map(|l| l.mode);
+    if mode == Some(LifecycleMode::Daemon)
+        && matches!(
+            block.trigger.trigger_type,
+            TriggerType::Dependency | TriggerType::Manual
+        )
+    {
+        push(
+            Diagnostic::error(
+                codes::RECORD_STATE,
+                at(".lifecycle.mode"),
+                "a daemon block with no trigger would never be woken",
+            )
+            .with_help("give it a `cron`, `webhook` or `event` trigger, or make it `one-shot`"),
+        );
+    }
+
+    // Parsed, but nothing acts on it yet: refused rather than ignored.
+    let not_yet = |field: &str, what: String| {
+        Diagnostic::error(
+            codes::NOT_SUPPORTED_YET,
+            at(field),
+            format!("{what}: the engine does not act on it yet, so the block would run once, as a one-shot, as if it were not there"),
+        )
+        .with_help(
+            "remove it (this release runs dag-batch templates: blocks started by their dependencies, once per run); \
+             the stream and lens patterns are being built",
+        )
+    };
+    if block.trigger.trigger_type != TriggerType::Dependency {
+        push(not_yet(
+            ".trigger.type",
+            format!(
+                "`trigger.type: {}`",
+                trigger_name(block.trigger.trigger_type)
+            ),
+        ));
+    }
+    match mode {
+        Some(LifecycleMode::Daemon) => push(not_yet(
+            ".lifecycle.mode",
+            "`lifecycle.mode: daemon`".into(),
+        )),
+        Some(LifecycleMode::OnDemand) => push(not_yet(
+            ".lifecycle.mode",
+            "`lifecycle.mode: on-demand`".into(),
+        )),
+        Some(LifecycleMode::OneShot) | None => {}
+    }
+    if block.record_state.is_some() {
+        push(not_yet(".record_state", "`record_state`".into()));
+    }
+    if block.lens.is_some() {
+        push(not_yet(".lens", "`lens`".into()));
+    }
+    if block.scope.is_some() {
+        push(not_yet(".scope", "`scope`".into()));
+    }
+    if block
+        .outputs
+        .publish
+        .as_ref()
+        .is_some_and(|p| !p.is_empty())
+    {
+        push(not_yet(".outputs.publish", "`outputs.publish`".into()));
+    }
+}
+
+fn trigger_name(trigger: TriggerType) -> &'static str {
+    match trigger {
+        TriggerType::Dependency => "dependency",
+        TriggerType::Cron => "cron",
+        TriggerType::Webhook => "webhook",
+        TriggerType::Event => "event",
+        TriggerType::Manual => "manual",
+    }
+}
+
+/// Each trigger field belongs to one trigger type; the type's own field is
+/// parsed.
+fn check_trigger(
+    trigger: &template::Trigger,
+    at: &dyn Fn(&str) -> String,
+    push: &mut dyn FnMut(Diagnostic),
+) {
+    let kind = trigger.trigger_type;
+    for (field, value, owner) in [
+        ("cron", &trigger.cron, TriggerType::Cron),
+        ("event", &trigger.event, TriggerType::Event),
+        ("webhook", &trigger.webhook, TriggerType::Webhook),
+    ] {
+        if value.is_some() && kind != owner {
+            push(
+                Diagnostic::error(
+                    codes::TRIGGER,
+                    at(&format!(".trigger.{field}")),
+                    format!(
+                        "`trigger.{field}` on a `{}` trigger would be ignored",
+                        trigger_name(kind)
+                    ),
+                )
+                .with_help(format!("set `\"type\": \"{field}\"` or remove `{field}`")),
+            );
+        }
+    }
+    match kind {
+        TriggerType::Cron => match trigger.cron.as_deref() {
+            None => push(
+                Diagnostic::error(
+                    codes::TRIGGER,
+                    at(".trigger.cron"),
+                    "a `cron` trigger needs `trigger.cron`",
+                )
+                .with_help("e.g. `\"cron\": \"0 6 * * 1-5\"` (06:00 on weekdays)"),
+            ),
+            Some(expression) => {
+                if let Err((message, column)) = parse_cron(expression) {
+                    let mut diagnostic = Diagnostic::error(
+                        codes::TRIGGER,
+                        at(".trigger.cron"),
+                        format!("cron expression `{expression}`: {message}"),
+                    )
+                    .with_help(
+                        "five fields: minute hour day-of-month month day-of-week (e.g. `*/15 * * * *`), or @hourly, @daily, @weekly, @monthly, @yearly",
+                    );
+                    if let Some(column) = column {
+                        diagnostic
+                            .message
+                            .push_str(&format!(" (at character {column})"));
+                    }
+                    push(diagnostic);
+                }
+            }
+        },
+        TriggerType::Event => match trigger.event.as_deref() {
+            None => push(
+                Diagnostic::error(
+                    codes::TRIGGER,
+                    at(".trigger.event"),
+                    "an `event` trigger needs `trigger.event`",
+                )
+                .with_help("e.g. `\"event\": \"entity.created(gate=2)\"`"),
+            ),
+            Some(filter) => {
+                if let Err(problem) = parse_event_filter(filter) {
+                    push(
+                        Diagnostic::error(
+                            codes::TRIGGER,
+                            at(".trigger.event"),
+                            format!("event filter `{filter}`: {problem}"),
+                        )
+                        .with_help("write `name.verb` or `name.verb(key=value, …)`, e.g. `entity.created(gate=2)`"),
+                    );
+                }
+            }
+        },
+        TriggerType::Webhook => {
+            if let Some(path) = trigger.webhook.as_deref()
+                && !valid_hook_path(path)
+            {
+                push(
+                    Diagnostic::error(
+                        codes::TRIGGER,
+                        at(".trigger.webhook"),
+                        format!("webhook path `{path}` is not a path the server can mount"),
+                    )
+                    .with_help("segments of lowercase letters, digits, `-` and `_` joined by `/`, e.g. `youtube/new-video`"),
+                );
+            }
+        }
+        TriggerType::Dependency | TriggerType::Manual => {}
+    }
+}
+
+/// Parses a five-field cron expression (or an `@` alias); on failure, why
+/// and the 1-based character where the failing field starts, when one field
+/// is to blame.
+pub fn parse_cron(expression: &str) -> Result<croner::Cron, (String, Option<usize>)> {
+    let parser = CronParser::builder()
+        .seconds(Seconds::Disallowed)
+        .year(Year::Disallowed)
+        .build();
+    let trimmed = expression.trim();
+    if trimmed.starts_with('@') {
+        return parser
+            .parse(trimmed)
+            .map_err(|error| (error.to_string(), Some(1)));
+    }
+    let fields: Vec<(usize, &str)> = trimmed
+        .split_whitespace()
+        .map(|field| {
+            (
+                field.as_ptr() as usize - expression.as_ptr() as usize,
+                field,
+            )
+        })
+        .collect();
+    if fields.len() != CRON_FIELDS.len() {
+        return Err((
+            format!(
+                "{} field{} where a cron expression has five (minute hour day-of-month month day-of-week)",
+                fields.len(),
+                if fields.len() == 1 { "" } else { "s" }
+            ),
+            None,
+        ));
+    }
+    match parser.parse(trimmed) {
+        Ok(cron) => Ok(cron),
+        Err(error) => {
+            // Which field: the first that fails with every other field `*`.
+            for (n, (offset, field)) in fields.iter().enumerate() {
+                let alone: Vec<&str> = (0..CRON_FIELDS.len())
+                    .map(|k| if k == n { *field } else { "*" })
+                    .collect();
+                if let Err(alone_error) = parser.parse(&alone.join(" ")) {
+                    let column = expression[..*offset].chars().count() + 1;
+                    return Err((
+                        format!(
+                            "the {} field `{field}` is not valid ({alone_error})",
+                            CRON_FIELDS[n]
+                        ),
+                        Some(column),
+                    ));
+                }
+            }
+            Err((error.to_string(), None))
+        }
+    }
+}
+
+/// An event filter: `name.verb` or `name.verb(key=value, …)`; names are
+/// lowercase words joined by `.`, values numbers, words or quoted text.
+pub fn parse_event_filter(filter: &str) -> Result<(), String> {
+    let filter = filter.trim();
+    let (name, args) = match filter.find('(') {
+        Some(open) => {
+            let Some(inner) = filter[open + 1..].strip_suffix(')') else {
+                return Err("`(` is not closed by a `)` at the end".into());
+            };
+            (&filter[..open], Some(inner))
+        }
+        None => (filter, None),
+    };
+    let word = |w: &str| {
+        w.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+            && w.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    };
+    let parts: Vec<&str> = name.split('.').collect();
+    if parts.len() < 2 || !parts.iter().all(|p| word(p)) {
+        return Err(format!(
+            "`{name}` is not an event name: lowercase words joined by `.`, e.g. `entity.created`"
+        ));
+    }
+    if args.is_some_and(|a| a.trim().is_empty()) {
+        return Err("empty parentheses: drop them, or filter on a field".into());
+    }
+    for arg in args.into_iter().flat_map(|a| a.split(',')).map(str::trim) {
+        let Some((key, value)) = arg.split_once('=') else {
+            return Err(format!("`{arg}` is not `key=value`"));
+        };
+        let (key, value) = (key.trim(), value.trim());
+        if !word(key) {
+            return Err(format!("`{key}` is not a field name"));
+        }
+        let quoted = value.len() >= 2
+            && ((value.starts_with('"') && value.ends_with('"'))
+                || (value.starts_with('\'') && value.ends_with('\'')));
+        if !(quoted
+            || value.parse::<f64>().is_ok()
+            || word(value)
+            || value == "true"
+            || value == "false")
+        {
+            return Err(format!(
+                "`{value}` is not a value: a number, a word or quoted text"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn valid_hook_path(path: &str) -> bool {
+    !path.is_empty()
+        && path.split('/').all(|segment| {
+            !segment.is_empty()
+                && segment
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cron_expressions_parse_or_name_the_field_and_where_it_starts() {
+        for good in [
+            "*/15 * * * *",
+            "0 6 * * 1-5",
+            "30 2 1 * *",
+            "@daily",
+            " 0 0 * * SUN ",
+        ] {
+            assert!(parse_cron(good).is_ok(), "{good}");
+        }
+        let (message, column) = parse_cron("every tuesday lol").unwrap_err();
+        assert!(
+            message.contains("3 fields where a cron expression has five"),
+            "{message}"
+        );
+        assert_eq!(column, None);
+        let (message, column) = parse_cron("0 25 * * *").unwrap_err();
+        assert!(message.contains("the hour field `25`"), "{message}");
+        assert_eq!(column, Some(3));
+        let (message, column) = parse_cron("0 6 * * mon-frx").unwrap_err();
+        assert!(message.contains("day of week field `mon-frx`"), "{message}");
+        assert_eq!(column, Some(9));
+        assert!(parse_cron("0 0 6 * * *").is_err(), "no seconds field");
+        assert!(parse_cron("@fortnightly").is_err());
+        assert!(parse_cron("").is_err());
+    }
+
+    #[test]
+    fn event_filters_parse() {
+        for good in [
+            "entity.created",
+            "entity.created(gate=2)",
+            "record.state_changed(state=scored, template=\"ingest-stream\")",
+            "run.finished( status = done )",
+        ] {
+            assert_eq!(parse_event_filter(good), Ok(()), "{good}");
+        }
+        for (bad, why) in [
+            ("created", "not an event name"),
+            ("Entity.Created", "not an event name"),
+            ("entity.created(gate=2", "not closed"),
+            ("entity.created()", "empty parentheses"),
+            ("entity.created(gate)", "not `key=value`"),
+            ("entity.created(gate=two words)", "not a value"),
+            ("entity.created(Gate=2)", "not a field name"),
+        ] {
+            let error = parse_event_filter(bad).unwrap_err();
+            assert!(error.contains(why), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn hook_paths_are_plain_segments() {
+        assert!(valid_hook_path("youtube/new-video"));
+        assert!(valid_hook_path("feed_1"));
+        for bad in ["", "/lead", "trail/", "a//b", "Up", "a b", "../x", "a?b"] {
+            assert!(!valid_hook_path(bad), "{bad}");
+        }
+    }
+}
