@@ -26,7 +26,9 @@ pub use pipeline::Pipeline;
 pub use run::{ApplyError, BlockStatus, Event, EventRecord, Millis, RunDoc, RunStatus};
 pub use scheduler::{Decision, decide};
 pub use template::Template;
-pub use validate::{Validated, validate_str, validate_template, validate_value};
+pub use validate::{
+    Validated, validate_stored_str, validate_str, validate_template, validate_value,
+};
 
 /// Applies `events` to `doc` as one unit: either all apply (and the numbered
 /// records are returned) or none do and `doc` is unchanged.

@@ -48,13 +48,40 @@ impl Validated {
 
 /// Validates template source text.
 pub fn validate_str(source: &str) -> Validated {
+    validate_str_as(source, Stored::No)
+}
+
+/// Validates the template a stored run was created with. Checks added since
+/// (the refusal of stream and lens fields, TPL0026–TPL0028) are warnings
+/// here, not errors: a run created before them must still open, resume and
+/// show, with the template it ran under.
+pub fn validate_stored_str(source: &str) -> Validated {
+    validate_str_as(source, Stored::Yes)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stored {
+    No,
+    Yes,
+}
+
+/// Codes that came after templates were first stored with runs.
+const NEWER_THAN_STORED_RUNS: [&str; 3] = [
+    codes::TRIGGER,
+    codes::RECORD_STATE,
+    codes::NOT_SUPPORTED_YET,
+];
+
+fn validate_str_as(source: &str, stored: Stored) -> Validated {
     match serde_json::from_str::<Value>(source) {
         Ok(value) => {
             let typed = typed_template(&value);
             // A large template's tree is several times its text: let it go
             // before the pipeline is built beside the typed template.
             drop(value);
-            typed.map_or_else(Validated::failed, validate_template)
+            typed.map_or_else(Validated::failed, |template| {
+                validate_template_as(template, stored)
+            })
         }
         Err(error) => {
             let message = strip_position(&error.to_string());
@@ -111,7 +138,18 @@ fn typed_template(value: &Value) -> Result<Template, Vec<Diagnostic>> {
 
 /// Semantic validation of a typed template; builds the [`Pipeline`] when clean.
 pub fn validate_template(template: Template) -> Validated {
+    validate_template_as(template, Stored::No)
+}
+
+fn validate_template_as(template: Template, stored: Stored) -> Validated {
     let mut diagnostics = check_semantics(&template);
+    if stored == Stored::Yes {
+        for diagnostic in &mut diagnostics {
+            if NEWER_THAN_STORED_RUNS.contains(&diagnostic.code) {
+                diagnostic.severity = crate::diagnostics::Severity::Warning;
+            }
+        }
+    }
     if diagnostics.iter().any(Diagnostic::is_error) {
         return Validated::failed(diagnostics);
     }

@@ -53,7 +53,7 @@ impl RunHandle {
         max_concurrency: usize,
     ) -> Result<RunHandle> {
         let stored = store.load_run(run_id).await?;
-        let pipeline = cached_pipeline(&stored.template_json)?;
+        let pipeline = cached_stored_pipeline(&stored.template_json)?;
         let index = RunIndex::new(&pipeline, &stored.doc);
         Ok(RunHandle {
             store,
@@ -363,7 +363,30 @@ pub fn cached_pipeline(template_json: &str) -> Result<Arc<Pipeline>> {
     use std::collections::HashMap;
     use std::sync::{Mutex, OnceLock};
     static CACHE: OnceLock<Mutex<HashMap<String, Arc<Pipeline>>>> = OnceLock::new();
-    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+    cached_in(&CACHE, template_json, load_pipeline)
+}
+
+/// [`cached_pipeline`] for a stored run's template ([`crate::load_stored_pipeline`]),
+/// in a cache of its own: a template a stored run may keep is not thereby
+/// accepted for a new run.
+pub fn cached_stored_pipeline(template_json: &str) -> Result<Arc<Pipeline>> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static CACHE: OnceLock<Mutex<HashMap<String, Arc<Pipeline>>>> = OnceLock::new();
+    cached_in(&CACHE, template_json, crate::load_stored_pipeline)
+}
+
+type PipelineCache =
+    std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, Arc<Pipeline>>>>;
+
+fn cached_in(
+    cache: &PipelineCache,
+    template_json: &str,
+    load: fn(&str) -> Result<Pipeline>,
+) -> Result<Arc<Pipeline>> {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    let cache = cache.get_or_init(|| Mutex::new(HashMap::new()));
     if let Some(pipeline) = cache
         .lock()
         .ok()
@@ -371,7 +394,7 @@ pub fn cached_pipeline(template_json: &str) -> Result<Arc<Pipeline>> {
     {
         return Ok(pipeline);
     }
-    let pipeline = Arc::new(load_pipeline(template_json)?);
+    let pipeline = Arc::new(load(template_json)?);
     if let Ok(mut cache) = cache.lock() {
         if cache.len() >= 64 {
             cache.clear();

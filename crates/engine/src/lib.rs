@@ -150,7 +150,17 @@ pub fn now_ms() -> Millis {
 
 /// Parses and validates template source, or returns every error found.
 pub fn load_pipeline(source: &str) -> Result<Pipeline> {
-    let validated = factory_core::validate_str(source);
+    pipeline_of(factory_core::validate_str(source))
+}
+
+/// [`load_pipeline`] for the template a stored run was created with: checks
+/// added since it was stored warn instead of refusing it
+/// ([`factory_core::validate_stored_str`]).
+pub fn load_stored_pipeline(source: &str) -> Result<Pipeline> {
+    pipeline_of(factory_core::validate_stored_str(source))
+}
+
+fn pipeline_of(validated: factory_core::Validated) -> Result<Pipeline> {
     match validated.pipeline {
         Some(pipeline) => Ok(pipeline),
         None => Err(EngineError::InvalidTemplate(validated.diagnostics)),

@@ -1606,3 +1606,49 @@ async fn a_finished_attempt_survives_a_store_that_cannot_record_it() {
         "the kept attempt is removed once recorded"
     );
 }
+
+/// A run stored with a template that later checks refuse (a `scope`, which
+/// TPL0028 now turns away from new runs) still opens, runs and answers;
+/// a new run of that template is refused.
+#[tokio::test]
+async fn a_stored_run_opens_under_checks_added_after_it() {
+    let h = sqlite().await;
+    let clean = template(
+        vec![
+            noop("a", json!({})),
+            noop("b", json!({"inputs": {"depends": [dep("a")]}})),
+        ],
+        json!({}),
+    );
+    let run = start(&h, &clean, &[]).await;
+    let mut scoped: Value = serde_json::from_str(&clean).unwrap();
+    scoped["blocks"][0]["scope"] = json!({"gate": 2});
+    let scoped = scoped.to_string();
+    // As an older release stored it: the template text as it was accepted.
+    let pool = sqlx::SqlitePool::connect(&format!(
+        "sqlite://{}",
+        h.dir.path().join("factory.db").display()
+    ))
+    .await
+    .unwrap();
+    sqlx::query("UPDATE run_templates SET template_json = ? WHERE run_id = ?")
+        .bind(&scoped)
+        .bind(&run.run_id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+
+    let (outcome, doc) = drive(&h, &run.run_id).await;
+    assert_eq!(outcome, Outcome::Done);
+    assert_eq!(doc.blocks["b"].status, BlockStatus::Done);
+    let refused = h
+        .engine
+        .create_run(&scoped, None, RunRequest::default())
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("TPL0028") || format!("{refused:?}").contains("TPL0028"),
+        "{refused:?}"
+    );
+}
