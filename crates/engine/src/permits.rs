@@ -36,27 +36,26 @@ pub(crate) struct StoreLimit {
     store: Arc<dyn Store>,
     /// This worker's id; each slot it takes is held as `<owner>#<n>`.
     owner: String,
-    taken: AtomicU64,
 }
 
 impl StoreLimit {
     pub(crate) fn new(store: Arc<dyn Store>, owner: String) -> StoreLimit {
-        StoreLimit {
-            store,
-            owner,
-            taken: AtomicU64::new(0),
-        }
+        StoreLimit { store, owner }
+    }
+
+    /// A name for one slot or spend, unique in the fleet: the worker's id
+    /// and a number no other limit of this process hands out (two engines
+    /// in one process share the worker's id).
+    fn holder(&self) -> String {
+        static TAKEN: AtomicU64 = AtomicU64::new(0);
+        format!("{}#{}", self.owner, TAKEN.fetch_add(1, Ordering::Relaxed))
     }
 }
 
 #[async_trait]
 impl SharedLimit for StoreLimit {
     async fn acquire(&self, key: &str, limit: usize) -> Result<SharedPermit, String> {
-        let holder = format!(
-            "{}#{}",
-            self.owner,
-            self.taken.fetch_add(1, Ordering::Relaxed)
-        );
+        let holder = self.holder();
         let limit = u32::try_from(limit).unwrap_or(u32::MAX).max(1);
         let mut wait = Duration::from_millis(20);
         loop {
@@ -81,11 +80,7 @@ impl SharedLimit for StoreLimit {
     }
 
     async fn spend(&self, key: &str, requests: u32, window: Duration) -> Result<(), String> {
-        let holder = format!(
-            "{}#{}",
-            self.owner,
-            self.taken.fetch_add(1, Ordering::Relaxed)
-        );
+        let holder = self.holder();
         let mut wait = Duration::from_millis(20);
         loop {
             let now = now_ms();
@@ -115,11 +110,7 @@ impl SharedLimit for StoreLimit {
         amount: u64,
         window: Duration,
     ) -> Result<String, String> {
-        let holder = format!(
-            "{}#{}",
-            self.owner,
-            self.taken.fetch_add(1, Ordering::Relaxed)
-        );
+        let holder = self.holder();
         let mut wait = Duration::from_millis(20);
         loop {
             let now = now_ms();

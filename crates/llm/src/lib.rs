@@ -523,9 +523,14 @@ impl TokenLimit {
 }
 
 /// This process's own record of its last requests' tokens (a sliding
-/// window of weighted entries), like [`RateWindow`] for requests.
+/// window of weighted entries), like [`RateWindow`] for requests. Waiters
+/// take turns in arrival order (`order`, a fair lock held while waiting), so
+/// a large request is not overtaken for ever by smaller ones that fit.
 #[derive(Default)]
-struct TokenWindow(std::sync::Mutex<TokenSpends>);
+struct TokenWindow {
+    spends: std::sync::Mutex<TokenSpends>,
+    order: tokio::sync::Mutex<()>,
+}
 
 #[derive(Default)]
 struct TokenSpends {
@@ -538,7 +543,7 @@ impl TokenWindow {
     /// long to wait until enough of the window has aged out for them. A
     /// spend larger than the whole limit goes alone, into an empty window.
     fn try_spend(&self, limit: TokenLimit, amount: u64) -> Result<u64, Duration> {
-        let mut window = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut window = self.spends.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         while window
             .spends
@@ -567,7 +572,7 @@ impl TokenWindow {
 
     /// Replaces the estimate of spend `id` with what was used.
     fn settle(&self, id: u64, amount: u64) {
-        let mut window = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut window = self.spends.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(spend) = window.spends.iter_mut().find(|(_, i, _)| *i == id) {
             spend.2 = amount;
         }
@@ -579,6 +584,8 @@ impl TokenWindow {
 struct TokenTicket {
     local: u64,
     shared: Option<String>,
+    /// The estimate was larger than the whole limit (it went alone).
+    oversized: Option<(u64, u64)>,
 }
 
 /// At most `requests` requests started in any `window`: a provider's
@@ -706,10 +713,15 @@ impl Client {
         let amount = request
             .estimated_prompt_tokens()
             .saturating_add(u64::from(request.max_tokens));
+        // In arrival order: held until this request is counted, here and
+        // in the fleet's budget.
+        let _turn = window.order.lock().await;
         let local = loop {
             match window.try_spend(*limit, amount) {
                 Ok(id) => break id,
-                Err(wait) => tokio::time::sleep(wait).await,
+                // Looked at again within 200 ms: a reply settling its
+                // estimate down may make room before anything ages out.
+                Err(wait) => tokio::time::sleep(wait.min(Duration::from_millis(200))).await,
             }
         };
         let shared = match &self.shared {
@@ -725,7 +737,11 @@ impl Client {
             },
             None => None,
         };
-        Some(TokenTicket { local, shared })
+        Some(TokenTicket {
+            local,
+            shared,
+            oversized: (amount > limit.tokens).then_some((amount, limit.tokens)),
+        })
     }
 
     /// Corrects a request's counted tokens to what the reply says it used.
@@ -851,6 +867,11 @@ impl Client {
         let deadline = started + limits.total;
         let mut request = request.clone();
         let mut notes = Vec::new();
+        if let Some((amount, limit)) = ticket.as_ref().and_then(|t| t.oversized) {
+            notes.push(format!(
+                "the request's estimated {amount} tokens (prompt and max_tokens) exceed the limit of {limit} tokens a minute: it was sent alone, once nothing else was counted; lower max_tokens or raise tokens_per_minute"
+            ));
+        }
         {
             let refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
             while refused.contains(request.response_format.as_str())
@@ -936,6 +957,17 @@ impl Client {
                 }
                 Ok(Err(error)) => error,
             };
+            // The prompt counts only if the server got to work on it: a reply
+            // began, or it ran out of time while generating. A request that
+            // failed counts that much against the token limit, not its
+            // estimate.
+            let worked = !transcript.text.is_empty() || matches!(error, LlmError::Timeout { .. });
+            let spent = if worked {
+                Usage::estimated(&request, &transcript.text)
+            } else {
+                Usage::default()
+            };
+            self.settle_tokens(ticket.take(), &spent).await;
             let fallback = match &error {
                 LlmError::EmptyStream { .. } if request.stream => {
                     request.stream = false;
@@ -966,15 +998,8 @@ impl Client {
                 continue;
             }
             retries += 1;
-            // The prompt counts only if the server got to work on it: a reply
-            // began, or it ran out of time while generating.
-            let worked = !transcript.text.is_empty() || matches!(error, LlmError::Timeout { .. });
             let fail = |error: LlmError, notes: Vec<String>| CallFailure {
-                usage: if worked {
-                    Usage::estimated(&request, &transcript.text)
-                } else {
-                    Usage::default()
-                },
+                usage: spent,
                 raw_request: transcript.request.clone(),
                 raw_response: transcript.raw_response.clone(),
                 partial_text: transcript.text.clone(),

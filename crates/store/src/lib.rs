@@ -628,6 +628,9 @@ pub(crate) struct BlockRows<'r> {
     pub id: &'r str,
     pub head: &'r str,
     pub attempts: Vec<&'r str>,
+    /// An attempt row's position was not the next one (a row is missing):
+    /// the block cannot be read back as it was written.
+    pub gap: bool,
 }
 
 /// A run read's rows (both stores' `LOAD_RUN` queries order them: the header
@@ -647,7 +650,10 @@ pub(crate) fn header_and_blocks<'r, R>(
     for row in rows {
         let id = block_id(row).unwrap_or_default();
         match (seq(row), blocks.last_mut()) {
-            (Some(_), Some(block)) if block.id == id => block.attempts.push(body(row)),
+            (Some(n), Some(block)) if block.id == id => {
+                block.gap |= usize::try_from(n).ok() != Some(block.attempts.len());
+                block.attempts.push(body(row));
+            }
             // An attempt without its block's row cannot be placed: skipped,
             // as a block row without attempts is simply a block.
             (Some(_), _) => {}
@@ -655,6 +661,7 @@ pub(crate) fn header_and_blocks<'r, R>(
                 id,
                 head: body(row),
                 attempts: Vec::new(),
+                gap: false,
             }),
         }
     }
@@ -673,6 +680,23 @@ pub(crate) fn block_rows_json<'r, R>(
         body(head),
         attempts.iter().map(body),
     ))
+}
+
+/// A block whose attempt rows have a gap, as a corrupt-store error: read on,
+/// its history would be misnumbered, and the next commit would overwrite an
+/// attempt instead of adding one.
+pub(crate) fn check_gaps(run_id: &str, blocks: &[BlockRows<'_>]) -> Result<()> {
+    match blocks.iter().find(|b| b.gap) {
+        None => Ok(()),
+        Some(block) => Err(StoreError::Corrupt {
+            run_id: run_id.to_string(),
+            what: "attempt rows",
+            source: <serde_json::Error as serde::de::Error>::custom(format!(
+                "block `{}` has a missing attempt row",
+                block.id
+            )),
+        }),
+    }
 }
 
 /// The document's text from a run read's header and blocks, without parsing
@@ -726,6 +750,7 @@ pub(crate) fn assemble_doc(
     header: &str,
     blocks: Vec<BlockRows<'_>>,
 ) -> Result<RunDoc> {
+    check_gaps(run_id, &blocks)?;
     let mut doc = parse_doc(run_id, header)?;
     let corrupt = |what, source| StoreError::Corrupt {
         run_id: run_id.to_string(),
@@ -879,6 +904,46 @@ mod tests {
             attempt,
             reason: "gone".into(),
         }
+    }
+
+    /// Rows as the LOAD queries order them: a gap in a block's attempt
+    /// positions is corruption, told, not read past.
+    #[test]
+    fn attempt_rows_group_under_their_block_and_a_gap_is_corrupt() {
+        type Row = (Option<&'static str>, Option<i32>, &'static str);
+        let read = |rows: &'static [Row]| {
+            let (head, blocks) =
+                header_and_blocks(rows, |r: &Row| r.0, |r: &Row| r.1, |r: &Row| r.2).unwrap();
+            (head.2, blocks)
+        };
+        let (header, blocks) = read(&[
+            (None, None, "{}"),
+            (Some("a"), None, r#"{"status":"done"}"#),
+            (Some("a"), Some(0), r#"{"n":1}"#),
+            (Some("a"), Some(1), r#"{"n":2}"#),
+            (Some("b"), None, r#"{"status":"pending"}"#),
+        ]);
+        assert_eq!(header, "{}");
+        assert_eq!(blocks.len(), 2);
+        assert_eq!(blocks[0].attempts, [r#"{"n":1}"#, r#"{"n":2}"#]);
+        assert!(blocks[1].attempts.is_empty());
+        assert!(check_gaps("r", &blocks).is_ok());
+        assert_eq!(
+            splice_rows_json("{}", &blocks),
+            r#"{"blocks":{"a":{"status":"done","history":[{"n":1},{"n":2}]},"b":{"status":"pending"}}}"#
+        );
+
+        let (_, blocks) = read(&[
+            (None, None, "{}"),
+            (Some("a"), None, r#"{"status":"done"}"#),
+            (Some("a"), Some(0), r#"{"n":1}"#),
+            (Some("a"), Some(2), r#"{"n":3}"#),
+        ]);
+        let error = check_gaps("r", &blocks).unwrap_err().to_string();
+        assert!(
+            error.contains("block `a` has a missing attempt row"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -142,6 +142,7 @@ impl Store for PostgresStore {
             .await?;
         let (head, blocks) = header_and_blocks(&rows, block_id, seq, |row| row.get("body"))
             .ok_or_else(|| StoreError::RunNotFound(run_id.to_string()))?;
+        crate::check_gaps(run_id, &blocks)?;
         Ok(splice_rows_json(head.get("body"), &blocks))
     }
 
@@ -523,6 +524,11 @@ impl Store for PostgresStore {
         // A transaction-scoped advisory lock per key: the next spender reads
         // the room (a new snapshot per statement) only after this one committed.
         let mut tx = self.pool.begin().await?;
+        // READ COMMITTED whatever the server's default: each statement then
+        // reads what committed before it, the lock holder's spend included.
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 1))")
             .bind(key)
             .execute(&mut *tx)

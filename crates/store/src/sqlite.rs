@@ -115,6 +115,7 @@ impl Store for SqliteStore {
             .await?;
         let (head, blocks) = header_and_blocks(&rows, block_id, seq, |row| row.get("body"))
             .ok_or_else(|| StoreError::RunNotFound(run_id.to_string()))?;
+        crate::check_gaps(run_id, &blocks)?;
         Ok(splice_rows_json(head.get("body"), &blocks))
     }
 

@@ -332,7 +332,11 @@ pub fn parse_event_filter(filter: &str) -> Result<(), String> {
     if args.is_some_and(|a| a.trim().is_empty()) {
         return Err("empty parentheses: drop them, or filter on a field".into());
     }
-    for arg in args.into_iter().flat_map(|a| a.split(',')).map(str::trim) {
+    for arg in args
+        .into_iter()
+        .flat_map(split_outside_quotes)
+        .map(str::trim)
+    {
         let Some((key, value)) = arg.split_once('=') else {
             return Err(format!("`{arg}` is not `key=value`"));
         };
@@ -355,6 +359,25 @@ pub fn parse_event_filter(filter: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// `a=1, b="x,y"` → `a=1`, ` b="x,y"`: commas inside quotes do not split.
+fn split_outside_quotes(text: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut start, mut quote) = (0, None);
+    for (i, c) in text.char_indices() {
+        match (c, quote) {
+            ('"' | '\'', None) => quote = Some(c),
+            (c, Some(open)) if c == open => quote = None,
+            (',', None) => {
+                parts.push(&text[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&text[start..]);
+    parts
 }
 
 fn valid_hook_path(path: &str) -> bool {
@@ -406,6 +429,7 @@ mod tests {
             "entity.created(gate=2)",
             "record.state_changed(state=scored, template=\"ingest-stream\")",
             "run.finished( status = done )",
+            "entity.created(title=\"a, b\", gate=2)",
         ] {
             assert_eq!(parse_event_filter(good), Ok(()), "{good}");
         }
@@ -417,6 +441,7 @@ mod tests {
             ("entity.created(gate)", "not `key=value`"),
             ("entity.created(gate=two words)", "not a value"),
             ("entity.created(Gate=2)", "not a field name"),
+            ("entity.created(title=\"a, b)", "not a value"),
         ] {
             let error = parse_event_filter(bad).unwrap_err();
             assert!(error.contains(why), "{bad}: {error}");

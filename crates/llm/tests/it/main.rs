@@ -951,3 +951,95 @@ async fn anthropic_json_comes_through_a_forced_tool() {
     );
     assert!(!whole.truncated);
 }
+
+/// Waiters take turns in arrival order: a large request that does not fit
+/// yet is not overtaken by a small one that would, so it is not starved.
+/// A failed request counts what the server did (nothing, for a refusal),
+/// not its estimate; one larger than the whole limit says so in its notes.
+#[tokio::test]
+async fn token_waiters_keep_their_order_and_failures_count_what_they_used() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(message("ok", "end_turn")))
+        .mount(&server)
+        .await;
+    let small = request(false);
+    let mut large = request(false);
+    large.max_tokens = 4_000;
+    let small_estimate = small.estimated_prompt_tokens() + 1024;
+    let large_estimate = large.estimated_prompt_tokens() + 4_000;
+    // Room for a small one on top of a settled reply (150), not a large one.
+    let limit = 150 + small_estimate.max(large_estimate - 200);
+    let client = anthropic(&server).with_token_limit(tokens(limit, 900));
+    client
+        .complete(&small, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let large_client = client.clone();
+    let large_call = tokio::spawn(async move {
+        large_client
+            .complete(&large, Duration::from_secs(5))
+            .await
+            .unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let small_reply = client
+        .complete(&small, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let large_reply = large_call.await.unwrap();
+    assert!(
+        large_reply.queued_ms >= 800,
+        "the large one waited for the window: {}",
+        large_reply.queued_ms
+    );
+    assert!(
+        small_reply.queued_ms + 50 >= large_reply.queued_ms,
+        "the small one, behind it, did not overtake it: {} vs {}",
+        small_reply.queued_ms,
+        large_reply.queued_ms
+    );
+
+    // A refused request (400, no work done) counts nothing: the next fits.
+    let refusing = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(400).set_body_string("bad request"))
+        .up_to_n_times(1)
+        .mount(&refusing)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(message("ok", "end_turn")))
+        .mount(&refusing)
+        .await;
+    let client = anthropic(&refusing).with_token_limit(tokens(small_estimate + 10, 60_000));
+    assert!(
+        client
+            .complete(&small, Duration::from_secs(5))
+            .await
+            .is_err()
+    );
+    let next = client
+        .complete(&small, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(
+        next.queued_ms < 400,
+        "the refusal was not counted: {}",
+        next.queued_ms
+    );
+
+    // Larger than the whole limit: sent alone, and the notes say why.
+    let client = anthropic(&server).with_token_limit(tokens(100, 60_000));
+    let reply = client
+        .complete(&small, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(
+        reply
+            .notes
+            .iter()
+            .any(|n| n.contains("exceed the limit of 100 tokens a minute")),
+        "{:?}",
+        reply.notes
+    );
+}
