@@ -12,6 +12,7 @@
 mod api;
 pub mod auth;
 mod caching;
+mod doc_cache;
 mod error;
 mod guard;
 mod hub;
@@ -97,6 +98,8 @@ pub(crate) struct AppState {
     pub llm: Option<Arc<factory_runtime::llm::LlmSettings>>,
     pub metrics: metrics::Metrics,
     pub tokens: auth::TokenCache,
+    /// Run documents last served, by version (the hot read's copy).
+    pub docs: doc_cache::DocCache,
     /// Turns true when the server stops; event streams end on it, or graceful
     /// shutdown would wait forever for an open browser tab.
     pub stopping: watch::Receiver<bool>,
@@ -175,6 +178,7 @@ pub async fn start(
         llm,
         metrics: metrics::Metrics::new(),
         tokens: auth::TokenCache::default(),
+        docs: doc_cache::DocCache::default(),
         stopping: stop.subscribe(),
     });
 

@@ -256,6 +256,10 @@ pub trait Store: Send + Sync {
     /// rows are not read), for callers that poll a large run's state.
     async fn load_run_json(&self, run_id: &str, history: History) -> Result<String>;
 
+    /// The run's version (one more with every commit), `None` when there is
+    /// no such run: what a reader checks before serving a copy it kept.
+    async fn run_version(&self, run_id: &str) -> Result<Option<i64>>;
+
     /// One block's state with its attempts, as JSON text, read from its own
     /// rows only (the rest of the run is not read): the attempts of one
     /// block on demand. `None` when the run has no such block (or there is

@@ -119,6 +119,15 @@ impl Store for SqliteStore {
         Ok(splice_rows_json(head.get("body"), &blocks))
     }
 
+    async fn run_version(&self, run_id: &str) -> Result<Option<i64>> {
+        Ok(
+            sqlx::query_scalar("SELECT version FROM runs WHERE run_id = ?")
+                .bind(run_id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
     async fn load_block_json(&self, run_id: &str, block: &str) -> Result<Option<String>> {
         let rows = sqlx::query(LOAD_BLOCK_JSON)
             .bind(run_id)

@@ -293,8 +293,9 @@ pub struct RunQuery {
     history: Option<String>,
 }
 
-/// The hot read: the stored JSON text goes out as it is, without parsing;
-/// an id prefix is resolved only when the full id is not found.
+/// The hot read: the stored JSON text goes out as it is, without parsing
+/// (a copy kept at the run's current version when there is one); an id
+/// prefix is resolved only when the full id is not found.
 /// `?history=none` leaves every block's attempts out (their rows are not
 /// read): a large run's state for polling, with a block's attempts from
 /// [`get_block`] on demand.
@@ -313,13 +314,27 @@ pub async fn get(
             ));
         }
     };
-    let body = match state.store.load_run_json(&run, history).await {
-        Ok(body) => body,
-        Err(factory_store::StoreError::RunNotFound(_)) => {
+    // The version first (one row): the copy kept at that version is served
+    // as it is; otherwise the run is read and kept (see `doc_cache`).
+    let (run_id, version) = match state.store.run_version(&run).await? {
+        Some(version) => (run, version),
+        None => {
             let run_id = state.store.resolve_run_id(&run).await?;
-            state.store.load_run_json(&run_id, history).await?
+            let version = state
+                .store
+                .run_version(&run_id)
+                .await?
+                .ok_or_else(|| factory_store::StoreError::RunNotFound(run_id.clone()))?;
+            (run_id, version)
         }
-        Err(error) => return Err(error.into()),
+    };
+    let body = match state.docs.get(&run_id, history, version) {
+        Some(body) => body,
+        None => {
+            let body = axum::body::Bytes::from(state.store.load_run_json(&run_id, history).await?);
+            state.docs.put(&run_id, history, version, body.clone());
+            body
+        }
     };
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }

@@ -803,6 +803,10 @@ async fn blocks_are_stored_one_row_each(store: &dyn Store) {
         let stored = store.load_run("run-rows").await.unwrap();
         assert_eq!(stored.doc, doc, "after step {n}");
         assert_eq!(stored.version, 2 + n as i64);
+        assert_eq!(
+            store.run_version("run-rows").await.unwrap(),
+            Some(stored.version)
+        );
         let text = store.load_run_json("run-rows", History::All).await.unwrap();
         assert_eq!(serde_json::from_str::<RunDoc>(&text).unwrap(), doc);
         // Without history: the same blocks, no attempts.
@@ -828,6 +832,7 @@ async fn blocks_are_stored_one_row_each(store: &dyn Store) {
     }
     assert_eq!(store.load_block_json("run-rows", "zz").await.unwrap(), None);
     assert_eq!(store.load_block_json("no-run", "a").await.unwrap(), None);
+    assert_eq!(store.run_version("no-run").await.unwrap(), None);
     assert_eq!(doc.blocks["c"].status, factory_core::BlockStatus::Pending);
     // A document that differs from the stored one only in a block no event
     // names, or in an attempt no event names, is not written there: the
