@@ -52,55 +52,58 @@ impl StoreLimit {
     }
 }
 
+/// Asks `try_once` (given the time) until it answers, waiting 20 ms
+/// doubling to 500 ms between asks: LLM calls last seconds, so a freed slot
+/// or budget waits at most a fraction of one.
+async fn poll<T, Fut>(mut try_once: impl FnMut(Millis) -> Fut) -> Result<T, String>
+where
+    Fut: std::future::Future<Output = factory_store::Result<Option<T>>>,
+{
+    let mut wait = Duration::from_millis(20);
+    loop {
+        if let Some(done) = try_once(now_ms())
+            .await
+            .map_err(|error| error.to_string())?
+        {
+            return Ok(done);
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_millis(500));
+    }
+}
+
 #[async_trait]
 impl SharedLimit for StoreLimit {
     async fn acquire(&self, key: &str, limit: usize) -> Result<SharedPermit, String> {
         let holder = self.holder();
         let limit = u32::try_from(limit).unwrap_or(u32::MAX).max(1);
-        let mut wait = Duration::from_millis(20);
-        loop {
-            let now = now_ms();
-            let slot = self
-                .store
+        let slot = poll(|now| {
+            self.store
                 .take_permit(key, limit, &holder, now, now + HOLD.as_millis() as Millis)
-                .await
-                .map_err(|error| error.to_string())?;
-            if let Some(slot) = slot {
-                let held = Held {
-                    store: self.store.clone(),
-                    key: key.to_string(),
-                    slot,
-                    holder,
-                };
-                return Ok(SharedPermit(Box::new(held.keep())));
-            }
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(Duration::from_millis(500));
-        }
+        })
+        .await?;
+        let held = Held {
+            store: self.store.clone(),
+            key: key.to_string(),
+            slot,
+            holder,
+        };
+        Ok(SharedPermit(Box::new(held.keep())))
     }
 
     async fn spend(&self, key: &str, requests: u32, window: Duration) -> Result<(), String> {
         let holder = self.holder();
-        let mut wait = Duration::from_millis(20);
-        loop {
-            let now = now_ms();
-            let taken = self
-                .store
-                .take_permit(
-                    key,
-                    requests.max(1),
-                    &holder,
-                    now,
-                    now + window.as_millis() as Millis,
-                )
-                .await
-                .map_err(|error| error.to_string())?;
-            if taken.is_some() {
-                return Ok(());
-            }
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(Duration::from_millis(500));
-        }
+        poll(|now| {
+            self.store.take_permit(
+                key,
+                requests.max(1),
+                &holder,
+                now,
+                now + window.as_millis() as Millis,
+            )
+        })
+        .await
+        .map(|_slot| ())
     }
 
     async fn spend_tokens(
@@ -111,27 +114,22 @@ impl SharedLimit for StoreLimit {
         window: Duration,
     ) -> Result<String, String> {
         let holder = self.holder();
-        let mut wait = Duration::from_millis(20);
-        loop {
-            let now = now_ms();
-            let spent = self
-                .store
+        let (store, spender) = (&self.store, &holder);
+        poll(|now| async move {
+            let spent = store
                 .spend_budget(
                     key,
-                    &holder,
+                    spender,
                     amount,
                     limit,
                     now,
                     now + window.as_millis() as Millis,
                 )
-                .await
-                .map_err(|error| error.to_string())?;
-            if spent {
-                return Ok(holder);
-            }
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(Duration::from_millis(500));
-        }
+                .await?;
+            Ok(spent.then_some(()))
+        })
+        .await?;
+        Ok(holder)
     }
 
     async fn settle_tokens(&self, key: &str, holder: &str, amount: u64) -> Result<(), String> {

@@ -522,10 +522,12 @@ impl TokenLimit {
     }
 }
 
-/// This process's own record of its last requests' tokens (a sliding
-/// window of weighted entries), like [`RateWindow`] for requests. Waiters
-/// take turns in arrival order (`order`, a fair lock held while waiting), so
-/// a large request is not overtaken for ever by smaller ones that fit.
+/// This process's own record of its last requests (a sliding window of
+/// weighted entries: a request's tokens for the token limit, one per request
+/// for the rate limit), so a limit holds without a store and before the
+/// store is asked. Token waiters take turns in arrival order (`order`, a
+/// fair lock held while waiting), so a large request is not overtaken for
+/// ever by smaller ones that fit.
 #[derive(Default)]
 struct TokenWindow {
     spends: std::sync::Mutex<TokenSpends>,
@@ -605,31 +607,9 @@ impl RateLimit {
     }
 }
 
-/// This process's own record of when its last requests started (a sliding
-/// window), so a limit holds without a store and before the store is asked.
-#[derive(Default)]
-struct RateWindow(std::sync::Mutex<std::collections::VecDeque<Instant>>);
-
-impl RateWindow {
-    /// Counts a request starting now, or says how long to wait for a turn.
-    fn try_start(&self, rate: RateLimit) -> Option<Duration> {
-        let mut started = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        while started
-            .front()
-            .is_some_and(|at| now.duration_since(*at) >= rate.window)
-        {
-            started.pop_front();
-        }
-        if started.len() < rate.requests as usize {
-            started.push_back(now);
-            None
-        } else {
-            started
-                .front()
-                .map(|first| (*first + rate.window).saturating_duration_since(now))
-        }
-    }
+/// The shared budget of a provider's tokens, beside its `… requests` slots.
+fn tokens_key(key: &str) -> String {
+    format!("{key} tokens")
 }
 
 /// A slot of a [`SharedLimit`], given back when dropped.
@@ -644,7 +624,7 @@ pub struct Client {
     shared: Option<(Arc<dyn SharedLimit>, String)>,
     max_concurrent: usize,
     /// Requests per window, this process's and (when shared) the fleet's.
-    rate: Option<(RateLimit, Arc<RateWindow>)>,
+    rate: Option<(RateLimit, Arc<TokenWindow>)>,
     /// Tokens per window, likewise.
     tokens: Option<(TokenLimit, Arc<TokenWindow>)>,
     retry: RetryPolicy,
@@ -726,7 +706,7 @@ impl Client {
         };
         let shared = match &self.shared {
             Some((shared, key)) => match shared
-                .spend_tokens(&format!("{key} tokens"), limit.tokens, amount, limit.window)
+                .spend_tokens(&tokens_key(key), limit.tokens, amount, limit.window)
                 .await
             {
                 Ok(holder) => Some(holder),
@@ -755,9 +735,7 @@ impl Client {
             .saturating_add(usage.cache_write_tokens);
         window.settle(ticket.local, used);
         if let (Some(holder), Some((shared, key))) = (ticket.shared, &self.shared)
-            && let Err(error) = shared
-                .settle_tokens(&format!("{key} tokens"), &holder, used)
-                .await
+            && let Err(error) = shared.settle_tokens(&tokens_key(key), &holder, used).await
         {
             tracing::warn!(%error, key, "could not settle a shared LLM token spend");
         }
@@ -770,7 +748,12 @@ impl Client {
         let Some((rate, window)) = &self.rate else {
             return;
         };
-        while let Some(wait) = window.try_start(*rate) {
+        // Requests weigh one each.
+        let per_request = TokenLimit {
+            tokens: u64::from(rate.requests),
+            window: rate.window,
+        };
+        while let Err(wait) = window.try_spend(per_request, 1) {
             tokio::time::sleep(wait).await;
         }
         if let Some((limit, key)) = &self.shared
