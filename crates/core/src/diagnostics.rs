@@ -144,4 +144,5 @@ pub mod codes {
     pub const TRIGGER: &str = "TPL0026";
     pub const RECORD_STATE: &str = "TPL0027";
     pub const NOT_SUPPORTED_YET: &str = "TPL0028";
+    pub const STREAM: &str = "TPL0029";
 }

@@ -17,6 +17,7 @@ pub mod prompt;
 pub mod render;
 pub mod run;
 pub mod scheduler;
+pub mod stream;
 pub mod template;
 pub mod transitions;
 pub mod validate;

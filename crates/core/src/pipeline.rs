@@ -17,6 +17,8 @@ pub struct Pipeline {
     upstream: Vec<Vec<usize>>,
     downstream: Vec<Vec<usize>>,
     topo: Vec<usize>,
+    /// Set for a template of the stream pattern.
+    stream: Option<crate::stream::StreamPlan>,
 }
 
 impl Pipeline {
@@ -53,17 +55,25 @@ impl Pipeline {
                     .collect());
             }
         };
+        let stream = crate::stream::plan(&template).ok().flatten();
         Ok(Pipeline {
             template,
             index,
             upstream,
             downstream,
             topo,
+            stream,
         })
     }
 
     pub fn template(&self) -> &Template {
         &self.template
+    }
+
+    /// The stream plan, for a template of the stream pattern (its blocks
+    /// move records; it has no runs).
+    pub fn stream(&self) -> Option<&crate::stream::StreamPlan> {
+        self.stream.as_ref()
     }
 
     pub fn blocks(&self) -> &[Block] {

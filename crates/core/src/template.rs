@@ -314,6 +314,10 @@ pub struct Trigger {
     pub event: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<String>,
+    /// For a `webhook` trigger: the environment variable of the server that
+    /// holds the hook's signing secret (`whsec_…`, Standard Webhooks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_env: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -66,10 +66,11 @@ enum Stored {
 }
 
 /// Codes that came after templates were first stored with runs.
-const NEWER_THAN_STORED_RUNS: [&str; 3] = [
+const NEWER_THAN_STORED_RUNS: [&str; 4] = [
     codes::TRIGGER,
     codes::RECORD_STATE,
     codes::NOT_SUPPORTED_YET,
+    codes::STREAM,
 ];
 
 fn validate_str_as(source: &str, stored: Stored) -> Validated {
@@ -589,6 +590,10 @@ fn check_semantics(template: &Template) -> Vec<Diagnostic> {
         );
     }
     check_convergence(template, &mut out);
+    if let Err(problems) = crate::stream::plan(template) {
+        out.extend(problems);
+    }
+    out.extend(crate::stream::misplaced_batch(template));
     check_parallel_groups(template, &mut out);
     check_profiles(template, &first_seen, &mut out);
     for (name, spec) in &template.params {

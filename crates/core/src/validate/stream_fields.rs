@@ -75,21 +75,6 @@ pub(super) fn check(i: usize, block: &template::Block, out: &mut Vec<Diagnostic>
     }
 
     let mode = block.lifecycle.as_ref().map(|l| l.mode);
-    if mode == Some(LifecycleMode::Daemon)
-        && matches!(
-            block.trigger.trigger_type,
-            TriggerType::Dependency | TriggerType::Manual
-        )
-    {
-        push(
-            Diagnostic::error(
-                codes::RECORD_STATE,
-                at(".lifecycle.mode"),
-                "a daemon block with no trigger would never be woken",
-            )
-            .with_help("give it a `cron`, `webhook` or `event` trigger, or make it `one-shot`"),
-        );
-    }
 
     // Parsed, but nothing acts on it yet: refused rather than ignored.
     let not_yet = |field: &str, what: String| {
@@ -103,7 +88,10 @@ pub(super) fn check(i: usize, block: &template::Block, out: &mut Vec<Diagnostic>
              the stream and lens patterns are being built",
         )
     };
-    if block.trigger.trigger_type != TriggerType::Dependency {
+    if !matches!(
+        block.trigger.trigger_type,
+        TriggerType::Dependency | TriggerType::Webhook
+    ) {
         push(not_yet(
             ".trigger.type",
             format!(
@@ -112,19 +100,11 @@ pub(super) fn check(i: usize, block: &template::Block, out: &mut Vec<Diagnostic>
             ),
         ));
     }
-    match mode {
-        Some(LifecycleMode::Daemon) => push(not_yet(
-            ".lifecycle.mode",
-            "`lifecycle.mode: daemon`".into(),
-        )),
-        Some(LifecycleMode::OnDemand) => push(not_yet(
+    if mode == Some(LifecycleMode::OnDemand) {
+        push(not_yet(
             ".lifecycle.mode",
             "`lifecycle.mode: on-demand`".into(),
-        )),
-        Some(LifecycleMode::OneShot) | None => {}
-    }
-    if block.record_state.is_some() {
-        push(not_yet(".record_state", "`record_state`".into()));
+        ));
     }
     if block.lens.is_some() {
         push(not_yet(".lens", "`lens`".into()));
@@ -164,6 +144,7 @@ fn check_trigger(
         ("cron", &trigger.cron, TriggerType::Cron),
         ("event", &trigger.event, TriggerType::Event),
         ("webhook", &trigger.webhook, TriggerType::Webhook),
+        ("secret_env", &trigger.secret_env, TriggerType::Webhook),
     ] {
         if value.is_some() && kind != owner {
             push(
@@ -231,6 +212,25 @@ fn check_trigger(
             }
         },
         TriggerType::Webhook => {
+            match trigger.secret_env.as_deref() {
+                None => push(
+                    Diagnostic::error(
+                        codes::TRIGGER,
+                        at(".trigger.secret_env"),
+                        "a `webhook` trigger needs `trigger.secret_env`: the server accepts signed deliveries only",
+                    )
+                    .with_help("name the environment variable that holds the hook's `whsec_…` secret, e.g. `\"secret_env\": \"INGEST_WEBHOOK_SECRET\"`"),
+                ),
+                Some(name) if !super::valid_env_name(name) => push(
+                    Diagnostic::error(
+                        codes::TRIGGER,
+                        at(".trigger.secret_env"),
+                        format!("`{name}` is not an environment variable name"),
+                    )
+                    .with_help("use letters, digits and `_`, not starting with a digit, e.g. `INGEST_WEBHOOK_SECRET`"),
+                ),
+                Some(_) => {}
+            }
             if let Some(path) = trigger.webhook.as_deref()
                 && !valid_hook_path(path)
             {

@@ -1560,8 +1560,6 @@ fn stream_fields_are_parsed_and_refused_rather_than_ignored() {
             ("TPL0027", "$.blocks[0].record_state.track_per", Some("a")),
             ("TPL0027", "$.blocks[0].record_state.states", Some("a")),
             ("TPL0028", "$.blocks[0].trigger.type", Some("a")),
-            ("TPL0028", "$.blocks[0].lifecycle.mode", Some("a")),
-            ("TPL0028", "$.blocks[0].record_state", Some("a")),
         ],
     );
     let cron = validated.errors().find(|d| d.code == "TPL0026").unwrap();
@@ -1589,7 +1587,7 @@ fn stream_fields_are_parsed_and_refused_rather_than_ignored() {
         cron.message
     );
 
-    // A field of another trigger type; a daemon nothing wakes; lens, scope
+    // A field of another trigger type; a daemon nothing feeds; lens, scope
     // and publish, which nothing reads yet.
     let mut b = block("a");
     b["trigger"] = json!({ "cron": "0 6 * * *" });
@@ -1601,8 +1599,7 @@ fn stream_fields_are_parsed_and_refused_rather_than_ignored() {
         template(vec![b]),
         &[
             ("TPL0026", "$.blocks[0].trigger.cron", Some("a")),
-            ("TPL0027", "$.blocks[0].lifecycle.mode", Some("a")),
-            ("TPL0028", "$.blocks[0].lifecycle.mode", Some("a")),
+            ("TPL0029", "$.blocks[0].trigger", Some("a")),
             ("TPL0028", "$.blocks[0].lens", Some("a")),
             ("TPL0028", "$.blocks[0].scope", Some("a")),
             ("TPL0028", "$.blocks[0].outputs.publish", Some("a")),
