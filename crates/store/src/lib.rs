@@ -15,6 +15,7 @@
 mod postgres;
 mod side;
 mod sqlite;
+pub mod stream;
 
 use async_trait::async_trait;
 use factory_core::run::{Event, EventRecord, Millis, RunDoc};
@@ -25,6 +26,10 @@ pub use side::{
     FeedbackRecord, ImprovementItem, ReviewScope, RunRecord, TemplateRecord, TokenRecord, kinds,
 };
 pub use sqlite::SqliteStore;
+pub use stream::{
+    ClaimedRecord, NewStreamRecord, Receipt, RecordCount, RecordFilter, RecordHistoryEntry,
+    StageMoves, StreamRecordRow,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -476,6 +481,52 @@ pub trait Store: Send + Sync {
     ) -> Result<Vec<RunRecord>>;
 
     /// Resolves a full run id or a unique prefix of one.
+    // ── Stream records (pattern 2) ──
+
+    /// Stores a delivery: the receipt of its `webhook-id` (a replay stores
+    /// nothing) and the record, unless a record with its key exists. One
+    /// transaction.
+    async fn receive_record(&self, record: &NewStreamRecord<'_>) -> Result<Receipt>;
+
+    /// Leases up to `limit` records waiting in `state` whose retry time has
+    /// come and whom no live lease holds.
+    #[allow(clippy::too_many_arguments)]
+    async fn claim_records(
+        &self,
+        template_id: &str,
+        state: &str,
+        limit: u32,
+        owner: &str,
+        now: Millis,
+        lease_until: Millis,
+    ) -> Result<Vec<ClaimedRecord>>;
+
+    /// Writes a stage's moves and their history in one transaction; a move
+    /// applies only while the record is in `from_state` under `owner`'s
+    /// lease. Returns how many applied.
+    async fn settle_records(&self, moves: &StageMoves<'_>) -> Result<usize>;
+
+    /// A failed record waits for its stage again. False when it is not failed.
+    async fn retry_record(&self, template_id: &str, key: &str, actor: &str, now: Millis)
+    -> Result<bool>;
+
+    async fn list_records(&self, filter: &RecordFilter, now: Millis) -> Result<Vec<StreamRecordRow>>;
+
+    /// One record with its data and history.
+    async fn record(
+        &self,
+        template_id: &str,
+        key: &str,
+        now: Millis,
+    ) -> Result<Option<(StreamRecordRow, Vec<RecordHistoryEntry>)>>;
+
+    async fn count_records(&self, template_id: &str, now: Millis) -> Result<Vec<RecordCount>>;
+
+    /// Who holds record leases (to release those of dead workers).
+    async fn record_lease_owners(&self) -> Result<Vec<String>>;
+
+    async fn release_record_leases(&self, owner: &str) -> Result<u64>;
+
     async fn resolve_run_id(&self, id_or_prefix: &str) -> Result<String> {
         let matches = self.run_ids_with_prefix(id_or_prefix).await?;
         if matches.iter().any(|m| m == id_or_prefix) {

@@ -420,6 +420,72 @@ impl Store for SqliteStore {
         q::settle_budget(&self.pool, key, holder, amount).await
     }
 
+    async fn receive_record(&self, record: &crate::NewStreamRecord<'_>) -> Result<crate::Receipt> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let receipt = sq::receive_record(&mut tx, record).await?;
+        if receipt == crate::Receipt::Replayed {
+            tx.rollback().await?;
+        } else {
+            tx.commit().await?;
+        }
+        Ok(receipt)
+    }
+
+    async fn claim_records(
+        &self,
+        template_id: &str,
+        state: &str,
+        limit: u32,
+        owner: &str,
+        now: Millis,
+        lease_until: Millis,
+    ) -> Result<Vec<crate::ClaimedRecord>> {
+        sq::claim_records(&self.pool, template_id, state, limit, owner, now, lease_until).await
+    }
+
+    async fn settle_records(&self, moves: &crate::StageMoves<'_>) -> Result<usize> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let written = sq::settle_records(&mut tx, moves).await?;
+        tx.commit().await?;
+        Ok(written)
+    }
+
+    async fn retry_record(&self, template_id: &str, key: &str, actor: &str, now: Millis) -> Result<bool> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let retried = sq::retry_record(&mut tx, template_id, key, actor, now).await?;
+        tx.commit().await?;
+        Ok(retried)
+    }
+
+    async fn list_records(
+        &self,
+        filter: &crate::RecordFilter,
+        now: Millis,
+    ) -> Result<Vec<crate::StreamRecordRow>> {
+        sq::list_records(&self.pool, filter, now).await
+    }
+
+    async fn record(
+        &self,
+        template_id: &str,
+        key: &str,
+        now: Millis,
+    ) -> Result<Option<(crate::StreamRecordRow, Vec<crate::RecordHistoryEntry>)>> {
+        sq::record(&self.pool, template_id, key, now).await
+    }
+
+    async fn count_records(&self, template_id: &str, now: Millis) -> Result<Vec<crate::RecordCount>> {
+        sq::count_records(&self.pool, template_id, now).await
+    }
+
+    async fn record_lease_owners(&self) -> Result<Vec<String>> {
+        sq::record_lease_owners(&self.pool).await
+    }
+
+    async fn release_record_leases(&self, owner: &str) -> Result<u64> {
+        sq::release_record_leases(&self.pool, owner).await
+    }
+
     async fn runs_updated_since(&self, since: Millis) -> Result<Vec<RunSummary>> {
         q::runs_updated_since(&self.pool, since).await
     }
@@ -707,5 +773,15 @@ mod q {
         sqlx::sqlite::SqlitePool,
         sqlx::sqlite::SqliteRow,
         sqlx::Sqlite
+    );
+}
+
+/// The stream-record queries for this backend.
+mod sq {
+    crate::stream::stream_queries!(
+        sqlx::sqlite::SqlitePool,
+        sqlx::sqlite::SqliteRow,
+        sqlx::Sqlite,
+        crate::stream::CLAIM_SQLITE
     );
 }

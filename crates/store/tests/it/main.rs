@@ -1,6 +1,8 @@
 //! The same contract suite against both stores: SQLite in a temp file and a
 //! fresh PostgreSQL database on the real server.
 
+mod stream_records;
+
 use std::sync::Arc;
 
 use factory_core::run::{Event, EventRecord, RunDoc, RunStatus};
@@ -1128,6 +1130,7 @@ async fn suite(store: Arc<dyn Store>) {
     runs_are_found_by_filter_and_paged(store.as_ref()).await;
     permits_share_a_limit(store.clone()).await;
     budgets_are_spent_together(store.clone()).await;
+    stream_records::contract(store.clone()).await;
 }
 
 /// A shared budget (tokens per minute): spenders racing for it are admitted

@@ -1,0 +1,472 @@
+//! Stream records (pattern 2): deliveries that create records, stage claims
+//! with leases, and the moves a stage decided, each written in one
+//! transaction with the record's history.
+//!
+//! The SQL is written once with `$N` placeholders for both backends; only
+//! the claim differs (PostgreSQL skips rows another worker is claiming).
+
+use factory_core::run::Millis;
+use factory_core::stream::settle::RecordEvent;
+use serde::Serialize;
+use serde_json::Value;
+
+/// A delivery to store.
+#[derive(Debug, Clone)]
+pub struct NewStreamRecord<'a> {
+    pub template_id: &'a str,
+    /// The intake block that received it.
+    pub block: &'a str,
+    pub key: &'a str,
+    /// The stream's first state.
+    pub state: &'a str,
+    pub data: &'a Value,
+    /// The delivery's `webhook-id`, kept so a redelivery is not processed twice.
+    pub webhook_id: Option<&'a str>,
+    pub at: Millis,
+}
+
+/// What a delivery did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Receipt {
+    /// A new record, in the first state.
+    Created,
+    /// A record with this key exists: the delivery is kept as received,
+    /// the record is not processed again.
+    KnownRecord,
+    /// This `webhook-id` was received before: nothing was stored.
+    Replayed,
+}
+
+/// A record a stage claimed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimedRecord {
+    pub key: String,
+    pub attempts: u32,
+    pub data: Value,
+}
+
+/// What a stage decided for its claimed records, to write in one go.
+#[derive(Debug, Clone)]
+pub struct StageMoves<'a> {
+    pub template_id: &'a str,
+    pub block: &'a str,
+    pub from_state: &'a str,
+    pub to_state: &'a str,
+    /// `to_state` is the stream's last state.
+    pub to_last: bool,
+    /// The lease the records were claimed with.
+    pub owner: &'a str,
+    pub moves: &'a [factory_core::stream::settle::Move],
+    pub now: Millis,
+}
+
+/// One record as listed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StreamRecordRow {
+    pub template_id: String,
+    pub key: String,
+    pub state: String,
+    /// `ready`, `failed` or `done`.
+    pub status: String,
+    /// A stage holds it right now.
+    pub working: bool,
+    /// Failed attempts at its next move.
+    pub attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Not tried before (a retry's back-off).
+    pub next_at: Millis,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<Value>,
+}
+
+/// One entry of a record's history.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RecordHistoryEntry {
+    pub seq: u32,
+    pub at: Millis,
+    #[serde(flatten)]
+    pub event: RecordEvent,
+}
+
+/// How many records sit in each state and status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RecordCount {
+    pub state: String,
+    pub status: String,
+    pub count: u64,
+    /// Of them, held by a stage right now.
+    pub working: u64,
+}
+
+/// Which records to list.
+#[derive(Debug, Clone, Default)]
+pub struct RecordFilter {
+    pub template_id: String,
+    pub state: Option<String>,
+    pub status: Option<String>,
+    pub limit: u32,
+}
+
+pub(crate) const INSERT_RECEIPT: &str = "INSERT INTO webhook_receipts (template_id, block_id, webhook_id, record_key, received_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING";
+pub(crate) const INSERT_RECORD: &str = "INSERT INTO stream_records (template_id, record_key, state, status, data, attempts, error, lease_owner, lease_until, next_at, created_at, updated_at, seq) VALUES ($1, $2, $3, 'ready', $4, 0, NULL, NULL, NULL, $5, $5, $5, 1) ON CONFLICT DO NOTHING";
+pub(crate) const INSERT_RECORD_EVENT: &str = "INSERT INTO stream_record_events (template_id, record_key, seq, at, kind, body) VALUES ($1, $2, $3, $4, $5, $6)";
+/// SQLite: one writer at a time, so the candidates cannot be taken between
+/// the select and the update.
+pub(crate) const CLAIM_SQLITE: &str = "UPDATE stream_records SET lease_owner = $1, lease_until = $2
+ WHERE template_id = $3 AND record_key IN (
+   SELECT record_key FROM stream_records
+    WHERE template_id = $3 AND state = $4 AND status = 'ready' AND next_at <= $5
+      AND (lease_owner IS NULL OR lease_until < $5)
+    ORDER BY next_at, created_at, record_key LIMIT $6)
+ RETURNING record_key, attempts, data";
+/// PostgreSQL: workers on many machines claim at once; each skips the rows
+/// another is claiming instead of waiting for them. The candidates are
+/// picked once (a materialized CTE), not once per row of the update.
+pub(crate) const CLAIM_POSTGRES: &str = "WITH picked AS MATERIALIZED (
+   SELECT record_key FROM stream_records
+    WHERE template_id = $3 AND state = $4 AND status = 'ready' AND next_at <= $5
+      AND (lease_owner IS NULL OR lease_until < $5)
+    ORDER BY next_at, created_at, record_key LIMIT $6
+    FOR UPDATE SKIP LOCKED)
+ UPDATE stream_records AS r SET lease_owner = $1, lease_until = $2
+  FROM picked WHERE r.template_id = $3 AND r.record_key = picked.record_key
+ RETURNING r.record_key, r.attempts, r.data";
+/// A stage's move, only if the record is still where the stage took it
+/// from and still under its lease.
+pub(crate) const MOVE_RECORD: &str = "UPDATE stream_records SET state = $1, status = $2, data = COALESCE($3, data), attempts = $4, error = $5,
+ lease_owner = NULL, lease_until = NULL, next_at = $6, updated_at = $7, seq = seq + 1
+ WHERE template_id = $8 AND record_key = $9 AND state = $10 AND lease_owner = $11
+ RETURNING seq";
+pub(crate) const RETRY_RECORD: &str = "UPDATE stream_records SET status = 'ready', attempts = 0, error = NULL, next_at = $1, updated_at = $1, seq = seq + 1
+ WHERE template_id = $2 AND record_key = $3 AND status = 'failed'
+ RETURNING seq";
+pub(crate) const LIST_RECORDS: &str = "SELECT template_id, record_key, state, status, attempts, error, lease_owner, lease_until, next_at, created_at, updated_at FROM stream_records
+ WHERE template_id = $1 AND state = COALESCE($2, state) AND status = COALESCE($3, status)
+ ORDER BY updated_at DESC, record_key LIMIT $4";
+pub(crate) const ONE_RECORD: &str = "SELECT template_id, record_key, state, status, attempts, error, lease_owner, lease_until, next_at, created_at, updated_at, data FROM stream_records WHERE template_id = $1 AND record_key = $2";
+pub(crate) const RECORD_EVENTS: &str =
+    "SELECT seq, at, kind, body FROM stream_record_events WHERE template_id = $1 AND record_key = $2 ORDER BY seq";
+pub(crate) const COUNT_RECORDS: &str = "SELECT state, status, COUNT(*) AS n,
+ SUM(CASE WHEN lease_owner IS NOT NULL AND lease_until >= $2 THEN 1 ELSE 0 END) AS working
+ FROM stream_records WHERE template_id = $1 GROUP BY state, status ORDER BY state, status";
+pub(crate) const LEASE_OWNERS: &str =
+    "SELECT DISTINCT lease_owner FROM stream_records WHERE lease_owner IS NOT NULL";
+pub(crate) const RELEASE_LEASES: &str =
+    "UPDATE stream_records SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1";
+
+pub(crate) fn corrupt(what: &'static str, key: &str, source: serde_json::Error) -> crate::StoreError {
+    crate::StoreError::Corrupt {
+        run_id: format!("record {key}"),
+        what,
+        source,
+    }
+}
+
+macro_rules! stream_queries {
+    ($pool:ty, $row:ty, $db:ty, $claim:expr) => {
+        use factory_core::stream::settle::{Move, RecordEvent, RecordStatus};
+        use sqlx::Row as _;
+        use $crate::stream::*;
+
+        /// [`crate::Store::receive_record`], inside the caller's transaction.
+        pub(crate) async fn receive_record(
+            tx: &mut sqlx::Transaction<'_, $db>,
+            r: &NewStreamRecord<'_>,
+        ) -> $crate::Result<Receipt> {
+            if let Some(id) = r.webhook_id {
+                let done = sqlx::query(INSERT_RECEIPT)
+                    .bind(r.template_id)
+                    .bind(r.block)
+                    .bind(id)
+                    .bind(r.key)
+                    .bind(r.at)
+                    .execute(&mut **tx)
+                    .await?;
+                if done.rows_affected() == 0 {
+                    return Ok(Receipt::Replayed);
+                }
+            }
+            let done = sqlx::query(INSERT_RECORD)
+                .bind(r.template_id)
+                .bind(r.key)
+                .bind(r.state)
+                .bind(serde_json::to_string(r.data)?)
+                .bind(r.at)
+                .execute(&mut **tx)
+                .await?;
+            if done.rows_affected() == 0 {
+                return Ok(Receipt::KnownRecord);
+            }
+            let event = RecordEvent::Received {
+                block: r.block.to_string(),
+                webhook_id: r.webhook_id.map(str::to_string),
+            };
+            insert_event(tx, r.template_id, r.key, 1, r.at, &event).await?;
+            Ok(Receipt::Created)
+        }
+
+        async fn insert_event(
+            tx: &mut sqlx::Transaction<'_, $db>,
+            template_id: &str,
+            key: &str,
+            seq: i32,
+            at: factory_core::run::Millis,
+            event: &RecordEvent,
+        ) -> $crate::Result<()> {
+            sqlx::query(INSERT_RECORD_EVENT)
+                .bind(template_id)
+                .bind(key)
+                .bind(seq)
+                .bind(at)
+                .bind(event.kind())
+                .bind(serde_json::to_string(event)?)
+                .execute(&mut **tx)
+                .await?;
+            Ok(())
+        }
+
+        pub(crate) async fn claim_records(
+            pool: &$pool,
+            template_id: &str,
+            state: &str,
+            limit: u32,
+            owner: &str,
+            now: factory_core::run::Millis,
+            lease_until: factory_core::run::Millis,
+        ) -> $crate::Result<Vec<ClaimedRecord>> {
+            let rows = sqlx::query($claim)
+                .bind(owner)
+                .bind(lease_until)
+                .bind(template_id)
+                .bind(state)
+                .bind(now)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?;
+            let mut claimed = Vec::with_capacity(rows.len());
+            for row in rows {
+                let key: String = row.try_get("record_key")?;
+                let data: &str = row.try_get("data")?;
+                let data = serde_json::from_str(data).map_err(|e| corrupt("record data", &key, e))?;
+                claimed.push(ClaimedRecord {
+                    attempts: row.try_get::<i32, _>("attempts")?.max(0) as u32,
+                    key,
+                    data,
+                });
+            }
+            claimed.sort_by(|a, b| a.key.cmp(&b.key));
+            Ok(claimed)
+        }
+
+        /// Writes a stage's moves; returns how many records moved (a record
+        /// whose lease was lost meanwhile is left to whoever holds it now).
+        pub(crate) async fn settle_records(
+            tx: &mut sqlx::Transaction<'_, $db>,
+            s: &StageMoves<'_>,
+        ) -> $crate::Result<usize> {
+            let mut written = 0;
+            for mv in s.moves {
+                let (state, status, data, attempts, error, next_at, event) = match mv {
+                    Move::Advance { attempt, data, .. } => (
+                        s.to_state,
+                        if s.to_last { RecordStatus::Done } else { RecordStatus::Ready },
+                        Some(serde_json::to_string(data)?),
+                        0,
+                        None,
+                        s.now,
+                        RecordEvent::Moved {
+                            block: s.block.to_string(),
+                            from: s.from_state.to_string(),
+                            to: s.to_state.to_string(),
+                            attempt: *attempt,
+                        },
+                    ),
+                    Move::Retry { attempt, error, at, .. } => (
+                        s.from_state,
+                        RecordStatus::Ready,
+                        None,
+                        *attempt,
+                        Some(error.as_str()),
+                        *at,
+                        RecordEvent::AttemptFailed {
+                            block: s.block.to_string(),
+                            attempt: *attempt,
+                            error: error.clone(),
+                            retry_at: *at,
+                        },
+                    ),
+                    Move::GiveUp { attempt, error, .. } => (
+                        s.from_state,
+                        RecordStatus::Failed,
+                        None,
+                        *attempt,
+                        Some(error.as_str()),
+                        s.now,
+                        RecordEvent::Failed {
+                            block: s.block.to_string(),
+                            attempt: *attempt,
+                            error: error.clone(),
+                        },
+                    ),
+                };
+                let row = sqlx::query(MOVE_RECORD)
+                    .bind(state)
+                    .bind(status.as_str())
+                    .bind(data)
+                    .bind(attempts as i32)
+                    .bind(error)
+                    .bind(next_at)
+                    .bind(s.now)
+                    .bind(s.template_id)
+                    .bind(mv.key())
+                    .bind(s.from_state)
+                    .bind(s.owner)
+                    .fetch_optional(&mut **tx)
+                    .await?;
+                if let Some(row) = row {
+                    let seq: i32 = row.try_get("seq")?;
+                    insert_event(tx, s.template_id, mv.key(), seq, s.now, &event).await?;
+                    written += 1;
+                }
+            }
+            Ok(written)
+        }
+
+        pub(crate) async fn retry_record(
+            tx: &mut sqlx::Transaction<'_, $db>,
+            template_id: &str,
+            key: &str,
+            actor: &str,
+            now: factory_core::run::Millis,
+        ) -> $crate::Result<bool> {
+            let row = sqlx::query(RETRY_RECORD)
+                .bind(now)
+                .bind(template_id)
+                .bind(key)
+                .fetch_optional(&mut **tx)
+                .await?;
+            let Some(row) = row else { return Ok(false) };
+            let seq: i32 = row.try_get("seq")?;
+            let event = RecordEvent::Retried {
+                actor: actor.to_string(),
+            };
+            insert_event(tx, template_id, key, seq, now, &event).await?;
+            Ok(true)
+        }
+
+        fn record_row(
+            row: &$row,
+            now: factory_core::run::Millis,
+            with_data: bool,
+        ) -> $crate::Result<StreamRecordRow> {
+            let key: String = row.try_get("record_key")?;
+            let owner: Option<String> = row.try_get("lease_owner")?;
+            let until: Option<i64> = row.try_get("lease_until")?;
+            let data = if with_data {
+                let text: &str = row.try_get("data")?;
+                Some(serde_json::from_str(text).map_err(|e| corrupt("record data", &key, e))?)
+            } else {
+                None
+            };
+            Ok(StreamRecordRow {
+                template_id: row.try_get("template_id")?,
+                state: row.try_get("state")?,
+                status: row.try_get("status")?,
+                working: owner.is_some() && until.is_some_and(|u| u >= now),
+                attempts: row.try_get::<i32, _>("attempts")?.max(0) as u32,
+                error: row.try_get("error")?,
+                next_at: row.try_get("next_at")?,
+                created_at: row.try_get("created_at")?,
+                updated_at: row.try_get("updated_at")?,
+                data,
+                key,
+            })
+        }
+
+        pub(crate) async fn list_records(
+            pool: &$pool,
+            filter: &RecordFilter,
+            now: factory_core::run::Millis,
+        ) -> $crate::Result<Vec<StreamRecordRow>> {
+            let rows = sqlx::query(LIST_RECORDS)
+                .bind(&filter.template_id)
+                .bind(&filter.state)
+                .bind(&filter.status)
+                .bind(i64::from(filter.limit))
+                .fetch_all(pool)
+                .await?;
+            rows.iter().map(|row| record_row(row, now, false)).collect()
+        }
+
+        pub(crate) async fn record(
+            pool: &$pool,
+            template_id: &str,
+            key: &str,
+            now: factory_core::run::Millis,
+        ) -> $crate::Result<Option<(StreamRecordRow, Vec<RecordHistoryEntry>)>> {
+            let Some(row) = sqlx::query(ONE_RECORD)
+                .bind(template_id)
+                .bind(key)
+                .fetch_optional(pool)
+                .await?
+            else {
+                return Ok(None);
+            };
+            let record = record_row(&row, now, true)?;
+            let rows = sqlx::query(RECORD_EVENTS)
+                .bind(template_id)
+                .bind(key)
+                .fetch_all(pool)
+                .await?;
+            let mut history = Vec::with_capacity(rows.len());
+            for row in rows {
+                let body: &str = row.try_get("body")?;
+                history.push(RecordHistoryEntry {
+                    seq: row.try_get::<i32, _>("seq")?.max(0) as u32,
+                    at: row.try_get("at")?,
+                    event: serde_json::from_str(body).map_err(|e| corrupt("record event", key, e))?,
+                });
+            }
+            Ok(Some((record, history)))
+        }
+
+        pub(crate) async fn count_records(
+            pool: &$pool,
+            template_id: &str,
+            now: factory_core::run::Millis,
+        ) -> $crate::Result<Vec<RecordCount>> {
+            let rows = sqlx::query(COUNT_RECORDS)
+                .bind(template_id)
+                .bind(now)
+                .fetch_all(pool)
+                .await?;
+            let mut counts = Vec::with_capacity(rows.len());
+            for row in rows {
+                counts.push(RecordCount {
+                    state: row.try_get("state")?,
+                    status: row.try_get("status")?,
+                    count: row.try_get::<i64, _>("n")?.max(0) as u64,
+                    working: row.try_get::<Option<i64>, _>("working")?.unwrap_or(0).max(0) as u64,
+                });
+            }
+            Ok(counts)
+        }
+
+        pub(crate) async fn record_lease_owners(pool: &$pool) -> $crate::Result<Vec<String>> {
+            let rows = sqlx::query(LEASE_OWNERS).fetch_all(pool).await?;
+            rows.iter()
+                .map(|row| row.try_get("lease_owner").map_err(Into::into))
+                .collect()
+        }
+
+        pub(crate) async fn release_record_leases(pool: &$pool, owner: &str) -> $crate::Result<u64> {
+            let done = sqlx::query(RELEASE_LEASES).bind(owner).execute(pool).await?;
+            Ok(done.rows_affected())
+        }
+    };
+}
+pub(crate) use stream_queries;
