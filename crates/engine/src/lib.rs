@@ -18,6 +18,7 @@ mod owner;
 mod permits;
 mod slots;
 mod spool;
+mod stream;
 pub mod supervisor;
 mod telemetry;
 pub mod worker;
@@ -44,6 +45,7 @@ pub struct RunFile {
 }
 pub use handle::{Claim, RunHandle, cached_pipeline};
 pub use owner::Owner;
+pub use stream::{Delivered, StreamRunner};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -66,6 +68,19 @@ pub enum EngineError {
     BadReview(String),
     #[error("{0} not found")]
     NotFound(String),
+    /// A delivery to a stream that names no record.
+    #[error("the delivery names no record: {0}")]
+    BadDelivery(String),
+    #[error(
+        "template `{0}` is a stream template: it has no runs. `factory serve` runs its blocks and takes its records at POST /api/v1/hooks/{0}/<intake block>"
+    )]
+    StreamTemplate(String),
+    #[error("record `{key}` is not failed (it is {status} in state `{state}`); only a failed record is retried")]
+    RecordNotFailed {
+        key: String,
+        state: String,
+        status: String,
+    },
     #[error("run `{run_id}` kept changing underneath this process; gave up after {tries} tries")]
     TooManyConflicts { run_id: String, tries: u32 },
 }
@@ -289,6 +304,9 @@ impl Engine {
         files: &[RunFile],
     ) -> Result<RunDoc> {
         let pipeline = handle::cached_pipeline(template_source)?;
+        if pipeline.stream().is_some() {
+            return Err(EngineError::StreamTemplate(pipeline.template().id.clone()));
+        }
         let template_dir = template_path.and_then(|p| p.parent());
         let problems = llm_problems(
             &pipeline,

@@ -110,6 +110,15 @@ fn path_names_run(route: &str, path: &str, run: &str) -> bool {
 pub const ROUTES: &[(&str, &str, Option<Role>)] = &[
     ("GET", "/api/v1/health", None),
     ("GET", "/api/v1/openapi.json", None),
+    // Signed with the hook's own secret (Standard Webhooks), not a token.
+    ("POST", "/api/v1/hooks/{*path}", None),
+    ("GET", "/api/v1/records", Some(Role::Viewer)),
+    ("GET", "/api/v1/records/{template}/{key}", Some(Role::Viewer)),
+    (
+        "POST",
+        "/api/v1/records/{template}/{key}/retry",
+        Some(Role::Operator),
+    ),
     ("GET", "/metrics", Some(Role::Viewer)),
     ("GET", "/api/v1/whoami", Some(Role::Viewer)),
     ("GET", "/api/v1/templates", Some(Role::Viewer)),

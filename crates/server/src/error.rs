@@ -172,6 +172,15 @@ impl From<EngineError> for ApiError {
             ),
             EngineError::Apply(_) => ApiError::internal(error),
             EngineError::BadReview(_) => ApiError::unprocessable("bad_review", error.to_string()),
+            EngineError::BadDelivery(_) => {
+                ApiError::unprocessable("bad_delivery", error.to_string())
+            }
+            EngineError::StreamTemplate(_) => {
+                ApiError::unprocessable("stream_template", error.to_string())
+            }
+            EngineError::RecordNotFailed { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "not_failed", error.to_string())
+            }
             EngineError::NotFound(_) => {
                 ApiError::new(StatusCode::NOT_FOUND, "not_found", error.to_string())
             }

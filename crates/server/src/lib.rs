@@ -18,6 +18,8 @@ mod guard;
 mod hub;
 mod metrics;
 mod pages;
+pub mod signature;
+mod streams;
 mod templates;
 
 use std::net::SocketAddr;
@@ -100,6 +102,8 @@ pub(crate) struct AppState {
     pub tokens: auth::TokenCache,
     /// Run documents last served, by version (the hot read's copy).
     pub docs: doc_cache::DocCache,
+    /// The stream templates this server runs, and their runners.
+    pub streams: streams::Streams,
     /// Turns true when the server stops; event streams end on it, or graceful
     /// shutdown would wait forever for an open browser tab.
     pub stopping: watch::Receiver<bool>,
@@ -179,8 +183,12 @@ pub async fn start(
         metrics: metrics::Metrics::new(),
         tokens: auth::TokenCache::default(),
         docs: doc_cache::DocCache::default(),
+        streams: streams::Streams::default(),
         stopping: stop.subscribe(),
     });
+    // Stream templates take deliveries as soon as the server answers.
+    state.streams.refresh(&state).await;
+    let streams_task = tokio::spawn(streams::keep_running(state.clone(), stop.subscribe()));
 
     let background = {
         let stopped = stop.subscribe();
@@ -203,6 +211,7 @@ pub async fn start(
             .with_graceful_shutdown(shutdown)
             .await;
         background.abort();
+        let _ = streams_task.await;
         supervisor.shutdown(grace).await;
         served.map_err(ServeError::Io)
     });

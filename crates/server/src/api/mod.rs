@@ -3,6 +3,8 @@
 //! handler runs (see [`crate::auth::ROUTES`]).
 
 pub(crate) mod blocks;
+mod hooks;
+mod records;
 pub(crate) mod review;
 pub(crate) mod runs;
 mod stream;
@@ -33,6 +35,14 @@ pub fn routes(config: &crate::ServerConfig) -> Router<SharedState> {
     ));
     Router::new()
         .route("/api/v1/health", get(health))
+        .route(
+            "/api/v1/hooks/{*path}",
+            post(hooks::receive)
+                .layer(axum::extract::DefaultBodyLimit::max(hooks::MAX_HOOK_BODY)),
+        )
+        .route("/api/v1/records", get(records::list))
+        .route("/api/v1/records/{template}/{key}", get(records::get))
+        .route("/api/v1/records/{template}/{key}/retry", post(records::retry))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
         .route("/api/v1/whoami", get(whoami))

@@ -1,0 +1,443 @@
+//! The stream runner (pattern 2): takes deliveries in as records and keeps
+//! one daemon task per stage that moves them through the template's states.
+//!
+//! Per stage, a loop: claim up to `batch` records waiting in the stage's
+//! state (a lease that outlives the block's timeout), run the block once on
+//! them, and write every record's move in one transaction
+//! ([`factory_core::stream::settle`] decides them). A stage that moved
+//! records wakes the next; an idle stage looks again every second (retries
+//! come due on their own). A stage task that dies is started again after a
+//! back-off. Execution is at least once for records in flight when a
+//! process is killed (their lease runs out, or is released at once when
+//! the process is provably dead); the state move is exactly once.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use factory_core::Pipeline;
+use factory_core::stream::settle::{self, Claimed, Move, StageOutput};
+use factory_core::stream::{Stage, StreamPlan};
+use factory_core::template::ArtifactFormat;
+use factory_runtime::{AttemptInput, InputArtifact};
+use factory_store::{NewStreamRecord, Receipt, StageMoves};
+use serde_json::Value;
+use tokio::sync::{Notify, watch};
+
+use crate::{Engine, EngineError, Result, now_ms};
+
+/// A claim outlives the block's timeout by this much, so a slow attempt
+/// still holds its records when it writes their moves.
+const LEASE_MARGIN_MS: i64 = 30_000;
+/// An idle stage looks for records this often (retries come due, other
+/// processes take deliveries).
+const IDLE_POLL: Duration = Duration::from_secs(1);
+
+/// What a delivery became.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Delivered {
+    pub receipt: Receipt,
+    pub key: String,
+    pub state: String,
+}
+
+impl Engine {
+    /// Takes one delivery to an intake block of a stream template: the
+    /// payload's `track_per` field names the record, which is created in
+    /// the first state unless it exists; a `webhook_id` seen before stores
+    /// nothing.
+    pub async fn receive_delivery(
+        &self,
+        pipeline: &Pipeline,
+        block: &str,
+        payload: &Value,
+        webhook_id: Option<&str>,
+    ) -> Result<Delivered> {
+        let template_id = &pipeline.template().id;
+        let plan = pipeline
+            .stream()
+            .ok_or_else(|| EngineError::NotFound(format!("stream template `{template_id}`")))?;
+        if plan.intake(block).is_none() {
+            return Err(EngineError::NotFound(format!(
+                "intake block `{block}` of template `{template_id}`"
+            )));
+        }
+        let key = settle::record_key(&plan.track_per, payload)
+            .map_err(|e| EngineError::BadDelivery(e.to_string()))?;
+        let receipt = self
+            .store()
+            .receive_record(&NewStreamRecord {
+                template_id,
+                block,
+                key: &key,
+                state: plan.first_state(),
+                data: payload,
+                webhook_id,
+                at: now_ms(),
+            })
+            .await?;
+        Ok(Delivered {
+            receipt,
+            key,
+            state: plan.first_state().to_string(),
+        })
+    }
+}
+
+impl Engine {
+    /// Records of a stream template, newest change first, with how many
+    /// sit in each state and status.
+    pub async fn records(
+        &self,
+        filter: &factory_store::RecordFilter,
+    ) -> Result<(Vec<factory_store::StreamRecordRow>, Vec<factory_store::RecordCount>)> {
+        let now = now_ms();
+        let rows = self.store().list_records(filter, now).await?;
+        let counts = self.store().count_records(&filter.template_id, now).await?;
+        Ok((rows, counts))
+    }
+
+    /// One record with its data and history.
+    pub async fn record(
+        &self,
+        template_id: &str,
+        key: &str,
+    ) -> Result<(factory_store::StreamRecordRow, Vec<factory_store::RecordHistoryEntry>)> {
+        self.store()
+            .record(template_id, key, now_ms())
+            .await?
+            .ok_or_else(|| EngineError::NotFound(format!("record `{key}` of template `{template_id}`")))
+    }
+
+    /// A failed record waits for its stage again, as `actor`'s doing.
+    pub async fn retry_record(&self, actor: &str, template_id: &str, key: &str) -> Result<()> {
+        if self.store().retry_record(template_id, key, actor, now_ms()).await? {
+            return Ok(());
+        }
+        // Not failed: say where it is instead.
+        let (record, _) = self.record(template_id, key).await?;
+        Err(EngineError::RecordNotFailed {
+            key: key.to_string(),
+            state: record.state,
+            status: record.status,
+        })
+    }
+}
+
+/// The running stages of one stream template.
+pub struct StreamRunner {
+    template_id: String,
+    /// One per stage, in chain order: rung when records wait in its state.
+    wakers: Vec<Arc<Notify>>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl StreamRunner {
+    /// Starts a supervised task per stage. `template_dir` resolves the
+    /// blocks' scripts and skills.
+    pub fn start(engine: Arc<Engine>, pipeline: Arc<Pipeline>, template_dir: Option<PathBuf>) -> Option<StreamRunner> {
+        let plan = pipeline.stream()?.clone();
+        let template_id = pipeline.template().id.clone();
+        let (stop, stopped) = watch::channel(false);
+        let wakers: Vec<Arc<Notify>> = plan.stages.iter().map(|_| Arc::new(Notify::new())).collect();
+        let params: BTreeMap<String, Value> = pipeline
+            .template()
+            .params
+            .iter()
+            .filter_map(|(name, spec)| spec.default.clone().map(|v| (name.clone(), v)))
+            .collect();
+        let shared = Arc::new(Shared {
+            engine,
+            pipeline,
+            plan,
+            template_dir,
+            params,
+            wakers: wakers.clone(),
+        });
+        let tasks = (0..shared.plan.stages.len())
+            .map(|k| tokio::spawn(supervise(shared.clone(), k, stopped.clone())))
+            .collect();
+        tracing::info!(template = %template_id, stages = wakers.len(), "stream runner started");
+        Some(StreamRunner {
+            template_id,
+            wakers,
+            stop,
+            tasks,
+        })
+    }
+
+    pub fn template_id(&self) -> &str {
+        &self.template_id
+    }
+
+    /// Records arrived or were retried: every stage looks now.
+    pub fn wake(&self) {
+        for waker in &self.wakers {
+            waker.notify_one();
+        }
+    }
+
+    /// Stops taking records; a batch in flight finishes and writes its moves.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+struct Shared {
+    engine: Arc<Engine>,
+    pipeline: Arc<Pipeline>,
+    plan: StreamPlan,
+    template_dir: Option<PathBuf>,
+    params: BTreeMap<String, Value>,
+    wakers: Vec<Arc<Notify>>,
+}
+
+/// Runs stage `k` until stopped, starting it again (1 s, doubling to 60 s)
+/// whenever its task dies.
+async fn supervise(shared: Arc<Shared>, k: usize, mut stopped: watch::Receiver<bool>) {
+    let block = shared.plan.stages[k].block.clone();
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let task = tokio::spawn(stage_loop(shared.clone(), k, stopped.clone()));
+        match task.await {
+            Ok(()) => return,
+            Err(error) => {
+                tracing::error!(%block, %error, ?backoff, "stream stage died; starting it again");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stopped.wait_for(|s| *s) => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(60));
+    }
+}
+
+async fn stage_loop(shared: Arc<Shared>, k: usize, mut stopped: watch::Receiver<bool>) {
+    let stage = &shared.plan.stages[k];
+    let store = shared.engine.store().clone();
+    let owner = shared.engine.owner.id();
+    release_dead_leases(store.as_ref()).await;
+    let mut errors = 0u32;
+    while !*stopped.borrow() {
+        let now = now_ms();
+        let lease_until = now + stage.timeout_ms as i64 + LEASE_MARGIN_MS;
+        let claimed = match store
+            .claim_records(
+                &shared.pipeline.template().id,
+                &shared.plan.states[stage.from],
+                stage.batch as u32,
+                &owner,
+                now,
+                lease_until,
+            )
+            .await
+        {
+            Ok(claimed) => {
+                errors = 0;
+                claimed
+            }
+            Err(error) => {
+                errors += 1;
+                let wait = Duration::from_millis(200 * u64::from(errors.min(50)));
+                tracing::warn!(block = %stage.block, %error, ?wait, "cannot claim records");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stopped.wait_for(|s| *s) => return,
+                }
+                continue;
+            }
+        };
+        if claimed.is_empty() {
+            tokio::select! {
+                _ = shared.wakers[k].notified() => {}
+                _ = tokio::time::sleep(IDLE_POLL) => {}
+                _ = stopped.wait_for(|s| *s) => return,
+            }
+            continue;
+        }
+        let full = claimed.len() == stage.batch;
+        let moved = run_batch(&shared, stage, &owner, claimed).await;
+        if moved > 0
+            && let Some(next) = shared.wakers.get(k + 1)
+        {
+            next.notify_one();
+        }
+        if !full {
+            // Drained: give deliveries a moment to gather into a batch.
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+/// Runs the stage on its claimed records and writes their moves; returns
+/// how many moved on.
+async fn run_batch(shared: &Shared, stage: &Stage, owner: &str, claimed: Vec<factory_store::ClaimedRecord>) -> usize {
+    let claimed: Vec<Claimed> = claimed
+        .into_iter()
+        .map(|c| Claimed {
+            key: c.key,
+            attempts: c.attempts,
+            data: c.data,
+        })
+        .collect();
+    let now_started = now_ms();
+    let settled = if stage.pass_through {
+        settle::settle(stage, &claimed, StageOutput::PassAll, now_started)
+    } else {
+        execute(shared, stage, &claimed).await
+    };
+    for note in &settled.notes {
+        tracing::warn!(block = %stage.block, "{note}");
+    }
+    let moves = StageMoves {
+        template_id: &shared.pipeline.template().id,
+        block: &stage.block,
+        from_state: &shared.plan.states[stage.from],
+        to_state: shared.plan.state_after(stage),
+        to_last: stage.from + 2 == shared.plan.states.len(),
+        owner,
+        moves: &settled.moves,
+        now: now_ms(),
+    };
+    // A failed write leaves the records leased; they are taken again when
+    // the lease runs out.
+    let mut tries = 0;
+    loop {
+        match shared.engine.store().settle_records(&moves).await {
+            Ok(_) => break,
+            Err(error) if tries < 5 => {
+                tries += 1;
+                tracing::warn!(block = %stage.block, %error, "cannot write record moves; trying again");
+                tokio::time::sleep(Duration::from_millis(200 * tries)).await;
+            }
+            Err(error) => {
+                tracing::error!(block = %stage.block, %error, "cannot write record moves; the records are taken again when their lease ends");
+                return 0;
+            }
+        }
+    }
+    settled
+        .moves
+        .iter()
+        .filter(|m| matches!(m, Move::Advance { .. }))
+        .count()
+}
+
+/// One attempt of the block on a batch: the records go in as the upstream
+/// artifact the block depends on (a JSON array of `{key, state, attempt,
+/// data}`), the results come back as its one JSON artifact.
+async fn execute(shared: &Shared, stage: &Stage, claimed: &[Claimed]) -> settle::Settled {
+    let now = now_ms();
+    let Some(block) = shared.pipeline.block(&stage.block) else {
+        return settle::settle(stage, claimed, StageOutput::Failed("the block is gone from the template"), now);
+    };
+    let from_state = &shared.plan.states[stage.from];
+    let batch: Vec<Value> = claimed
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "key": c.key,
+                "state": from_state,
+                "attempt": c.attempts + 1,
+                "data": c.data,
+            })
+        })
+        .collect();
+    let content = serde_json::to_vec_pretty(&batch).unwrap_or_default();
+    let inputs: Vec<InputArtifact> = block
+        .inputs
+        .depends
+        .iter()
+        .map(|dep| {
+            let path = shared
+                .pipeline
+                .block(&dep.block)
+                .and_then(|up| up.outputs.artifacts.iter().find(|a| a.key == dep.key))
+                .map(|a| a.path.clone())
+                .unwrap_or_else(|| "records.json".to_string());
+            InputArtifact {
+                block: dep.block.clone(),
+                key: dep.key.clone(),
+                path,
+                format: ArtifactFormat::Json,
+                content: content.clone(),
+            }
+        })
+        .collect();
+    let attempt = claimed.iter().map(|c| c.attempts + 1).max().unwrap_or(1);
+    let template_id = &shared.pipeline.template().id;
+    let attempt_dir = shared
+        .engine
+        .config
+        .work_root
+        .join("stream")
+        .join(template_id)
+        .join(&stage.block)
+        .join(uuid::Uuid::now_v7().to_string());
+    let run_id = format!("stream:{template_id}");
+    let no_map = BTreeMap::new();
+    let golden = BTreeMap::new();
+    let execution = factory_runtime::execute(AttemptInput {
+        run_id: &run_id,
+        block,
+        attempt,
+        run_version: 1,
+        params: &shared.params,
+        inputs,
+        corrections: None,
+        reply_note: None,
+        run_sampling: &no_map,
+        golden: &golden,
+        attempt_dir: attempt_dir.clone(),
+        template_dir: shared.template_dir.clone(),
+        on_spawn: None,
+        llm: shared.engine.config.llm.clone(),
+        model: factory_core::transitions::effective_model(shared.pipeline.template(), block, &BTreeMap::new(), None)
+            .map(str::to_string),
+        progress: None,
+    })
+    .await;
+    let now = now_ms();
+    let settled = match (&execution.error, stage.results_key.as_ref().and_then(|k| execution.artifacts.get(k))) {
+        (Some(error), _) => settle::settle(stage, claimed, StageOutput::Failed(error), now),
+        (None, Some(results)) => settle::settle(stage, claimed, StageOutput::Results(results), now),
+        (None, None) => settle::settle(
+            stage,
+            claimed,
+            StageOutput::Failed(&format!("block `{}` wrote no results artifact", stage.block)),
+            now,
+        ),
+    };
+    let all_moved = settled.moves.iter().all(|m| matches!(m, Move::Advance { .. }));
+    if all_moved && !shared.engine.config.keep_work_dirs {
+        let _ = std::fs::remove_dir_all(&attempt_dir);
+    }
+    settled
+}
+
+/// Leases held by a process of this host that is gone are released at
+/// once instead of when they run out.
+async fn release_dead_leases(store: &dyn factory_store::Store) {
+    let owners = match store.record_lease_owners().await {
+        Ok(owners) => owners,
+        Err(error) => {
+            tracing::warn!(%error, "cannot list record leases");
+            return;
+        }
+    };
+    for owner in owners {
+        if crate::Owner::parse(&owner).is_some_and(|o| o.is_dead_local()) {
+            match store.release_record_leases(&owner).await {
+                Ok(n) if n > 0 => tracing::info!(%owner, records = n, "released the record leases of a dead worker"),
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%owner, %error, "cannot release record leases"),
+            }
+        }
+    }
+}
