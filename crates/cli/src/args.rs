@@ -220,6 +220,53 @@ pub enum Command {
     /// Manage API tokens (stored as hashes in the database)
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Records of a stream template: counts per state, the records, one
+    /// record's history (--key), a failed record's retry (--retry)
+    Records {
+        /// The stream template's id
+        template: String,
+        /// Only records in this state
+        #[arg(long)]
+        state: Option<String>,
+        /// Only records with this status: ready, failed or done
+        #[arg(long)]
+        status: Option<String>,
+        /// Show this record: its data and history
+        #[arg(long, conflicts_with = "retry")]
+        key: Option<String>,
+        /// Retry this failed record (its stage takes it again)
+        #[arg(long)]
+        retry: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Webhook helpers: a new secret, and signed headers for a body
+    #[command(subcommand)]
+    Hook(HookCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HookCommand {
+    /// Print a new random secret (`whsec_…`) for a webhook trigger's `secret_env`
+    Secret,
+    /// Print the Standard Webhooks headers that sign BODY (a file, or - for stdin)
+    Sign {
+        body: PathBuf,
+        /// The environment variable holding the secret (as the trigger's `secret_env`)
+        #[arg(long)]
+        secret_env: String,
+        /// The delivery's id (default: a new `msg_…`)
+        #[arg(long)]
+        id: Option<String>,
+        /// Seconds since the epoch (default: now)
+        #[arg(long)]
+        timestamp: Option<i64>,
+        /// Print them as curl `-H` arguments
+        #[arg(long)]
+        curl: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]

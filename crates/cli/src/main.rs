@@ -8,6 +8,7 @@ mod otel;
 mod progress;
 mod prompt_cmd;
 mod show;
+mod stream_cmd;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -319,6 +320,33 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Worker(args) => worker(&cli.db, &actor, args, cli.config.as_deref()).await,
         Command::Bench(args) => bench_cmd::run(args).await,
         Command::Token(command) => token(&cli.db, &actor, command).await,
+        Command::Records {
+            template,
+            state,
+            status,
+            key,
+            retry,
+            limit,
+            json,
+        } => {
+            let store = factory_store::open(&cli.db).await?;
+            let engine = Engine::new(Arc::from(store), EngineConfig::default());
+            let query = stream_cmd::RecordsQuery {
+                template,
+                state,
+                status,
+                key,
+                retry,
+                limit,
+                json,
+            };
+            stream_cmd::records(&engine, &actor, query).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Hook(command) => {
+            stream_cmd::hook(command)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Logs {
             run,
             block,

@@ -21,9 +21,7 @@ pub mod settle;
 use std::collections::BTreeMap;
 
 use crate::diagnostics::{Diagnostic, codes};
-use crate::template::{
-    HumanGate, LifecycleMode, RecordState, Runtime, Template, TriggerType,
-};
+use crate::template::{HumanGate, LifecycleMode, RecordState, Runtime, Template, TriggerType};
 
 /// Records a stage takes at once when `inputs.config.batch` is not set.
 pub const DEFAULT_BATCH: usize = 1;
@@ -158,7 +156,8 @@ pub fn plan(template: &Template) -> Result<Option<StreamPlan>, Vec<Diagnostic>> 
     let mut record_state: Option<(usize, &RecordState)> = None;
     let mut intakes = Vec::new();
     for (i, block) in template.blocks.iter().enumerate() {
-        let push = |out: &mut Vec<Diagnostic>, d: Diagnostic| out.push(d.in_block(block.id.clone()));
+        let push =
+            |out: &mut Vec<Diagnostic>, d: Diagnostic| out.push(d.in_block(block.id.clone()));
         if block.lifecycle.as_ref().map(|l| l.mode) != Some(LifecycleMode::Daemon) {
             push(
                 &mut out,
@@ -171,13 +170,31 @@ pub fn plan(template: &Template) -> Result<Option<StreamPlan>, Vec<Diagnostic>> 
             );
         }
         if block.execution.human_gate != HumanGate::None {
-            push(&mut out, not_yet(at(i, ".execution.human_gate"), "a human gate on a stream block (per-record gates)"));
+            push(
+                &mut out,
+                not_yet(
+                    at(i, ".execution.human_gate"),
+                    "a human gate on a stream block (per-record gates)",
+                ),
+            );
         }
         if block.execution.threshold.is_some() {
-            push(&mut out, not_yet(at(i, ".execution.threshold"), "a threshold on a stream block (per-record audit)"));
+            push(
+                &mut out,
+                not_yet(
+                    at(i, ".execution.threshold"),
+                    "a threshold on a stream block (per-record audit)",
+                ),
+            );
         }
         if block.audit.is_some() {
-            push(&mut out, not_yet(at(i, ".audit"), "audit settings on a stream block (per-record audit)"));
+            push(
+                &mut out,
+                not_yet(
+                    at(i, ".audit"),
+                    "audit settings on a stream block (per-record audit)",
+                ),
+            );
         }
         if !block.inputs.files.is_empty() {
             push(
@@ -322,7 +339,10 @@ pub fn plan(template: &Template) -> Result<Option<StreamPlan>, Vec<Diagnostic>> 
     let mut stages = Vec::new();
     for (&depth, blocks) in &stages_at {
         if blocks.len() > 1 {
-            let names: Vec<&str> = blocks.iter().map(|&i| template.blocks[i].id.as_str()).collect();
+            let names: Vec<&str> = blocks
+                .iter()
+                .map(|&i| template.blocks[i].id.as_str())
+                .collect();
             out.push(
                 Diagnostic::error(
                     codes::STREAM,
@@ -456,7 +476,9 @@ pub(crate) fn misplaced_batch(template: &Template) -> Vec<Diagnostic> {
         .iter()
         .enumerate()
         .filter(|(_, b)| b.inputs.config.contains_key("batch"))
-        .map(|(i, b)| batch_not_here(format!("$.blocks[{i}].inputs.config.batch")).in_block(b.id.clone()))
+        .map(|(i, b)| {
+            batch_not_here(format!("$.blocks[{i}].inputs.config.batch")).in_block(b.id.clone())
+        })
         .collect()
 }
 

@@ -75,7 +75,9 @@ pub enum EngineError {
         "template `{0}` is a stream template: it has no runs. `factory serve` runs its blocks and takes its records at POST /api/v1/hooks/{0}/<intake block>"
     )]
     StreamTemplate(String),
-    #[error("record `{key}` is not failed (it is {status} in state `{state}`); only a failed record is retried")]
+    #[error(
+        "record `{key}` is not failed (it is {status} in state `{state}`); only a failed record is retried"
+    )]
     RecordNotFailed {
         key: String,
         state: String,

@@ -91,7 +91,10 @@ impl Engine {
     pub async fn records(
         &self,
         filter: &factory_store::RecordFilter,
-    ) -> Result<(Vec<factory_store::StreamRecordRow>, Vec<factory_store::RecordCount>)> {
+    ) -> Result<(
+        Vec<factory_store::StreamRecordRow>,
+        Vec<factory_store::RecordCount>,
+    )> {
         let now = now_ms();
         let rows = self.store().list_records(filter, now).await?;
         let counts = self.store().count_records(&filter.template_id, now).await?;
@@ -103,16 +106,25 @@ impl Engine {
         &self,
         template_id: &str,
         key: &str,
-    ) -> Result<(factory_store::StreamRecordRow, Vec<factory_store::RecordHistoryEntry>)> {
+    ) -> Result<(
+        factory_store::StreamRecordRow,
+        Vec<factory_store::RecordHistoryEntry>,
+    )> {
         self.store()
             .record(template_id, key, now_ms())
             .await?
-            .ok_or_else(|| EngineError::NotFound(format!("record `{key}` of template `{template_id}`")))
+            .ok_or_else(|| {
+                EngineError::NotFound(format!("record `{key}` of template `{template_id}`"))
+            })
     }
 
     /// A failed record waits for its stage again, as `actor`'s doing.
     pub async fn retry_record(&self, actor: &str, template_id: &str, key: &str) -> Result<()> {
-        if self.store().retry_record(template_id, key, actor, now_ms()).await? {
+        if self
+            .store()
+            .retry_record(template_id, key, actor, now_ms())
+            .await?
+        {
             return Ok(());
         }
         // Not failed: say where it is instead.
@@ -137,11 +149,19 @@ pub struct StreamRunner {
 impl StreamRunner {
     /// Starts a supervised task per stage. `template_dir` resolves the
     /// blocks' scripts and skills.
-    pub fn start(engine: Arc<Engine>, pipeline: Arc<Pipeline>, template_dir: Option<PathBuf>) -> Option<StreamRunner> {
+    pub fn start(
+        engine: Arc<Engine>,
+        pipeline: Arc<Pipeline>,
+        template_dir: Option<PathBuf>,
+    ) -> Option<StreamRunner> {
         let plan = pipeline.stream()?.clone();
         let template_id = pipeline.template().id.clone();
         let (stop, stopped) = watch::channel(false);
-        let wakers: Vec<Arc<Notify>> = plan.stages.iter().map(|_| Arc::new(Notify::new())).collect();
+        let wakers: Vec<Arc<Notify>> = plan
+            .stages
+            .iter()
+            .map(|_| Arc::new(Notify::new()))
+            .collect();
         let params: BTreeMap<String, Value> = pipeline
             .template()
             .params
@@ -277,7 +297,12 @@ async fn stage_loop(shared: Arc<Shared>, k: usize, mut stopped: watch::Receiver<
 
 /// Runs the stage on its claimed records and writes their moves; returns
 /// how many moved on.
-async fn run_batch(shared: &Shared, stage: &Stage, owner: &str, claimed: Vec<factory_store::ClaimedRecord>) -> usize {
+async fn run_batch(
+    shared: &Shared,
+    stage: &Stage,
+    owner: &str,
+    claimed: Vec<factory_store::ClaimedRecord>,
+) -> usize {
     let claimed: Vec<Claimed> = claimed
         .into_iter()
         .map(|c| Claimed {
@@ -335,7 +360,12 @@ async fn run_batch(shared: &Shared, stage: &Stage, owner: &str, claimed: Vec<fac
 async fn execute(shared: &Shared, stage: &Stage, claimed: &[Claimed]) -> settle::Settled {
     let now = now_ms();
     let Some(block) = shared.pipeline.block(&stage.block) else {
-        return settle::settle(stage, claimed, StageOutput::Failed("the block is gone from the template"), now);
+        return settle::settle(
+            stage,
+            claimed,
+            StageOutput::Failed("the block is gone from the template"),
+            now,
+        );
     };
     let from_state = &shared.plan.states[stage.from];
     let batch: Vec<Value> = claimed
@@ -398,23 +428,40 @@ async fn execute(shared: &Shared, stage: &Stage, claimed: &[Claimed]) -> settle:
         template_dir: shared.template_dir.clone(),
         on_spawn: None,
         llm: shared.engine.config.llm.clone(),
-        model: factory_core::transitions::effective_model(shared.pipeline.template(), block, &BTreeMap::new(), None)
-            .map(str::to_string),
+        model: factory_core::transitions::effective_model(
+            shared.pipeline.template(),
+            block,
+            &BTreeMap::new(),
+            None,
+        )
+        .map(str::to_string),
         progress: None,
     })
     .await;
     let now = now_ms();
-    let settled = match (&execution.error, stage.results_key.as_ref().and_then(|k| execution.artifacts.get(k))) {
+    let settled = match (
+        &execution.error,
+        stage
+            .results_key
+            .as_ref()
+            .and_then(|k| execution.artifacts.get(k)),
+    ) {
         (Some(error), _) => settle::settle(stage, claimed, StageOutput::Failed(error), now),
         (None, Some(results)) => settle::settle(stage, claimed, StageOutput::Results(results), now),
         (None, None) => settle::settle(
             stage,
             claimed,
-            StageOutput::Failed(&format!("block `{}` wrote no results artifact", stage.block)),
+            StageOutput::Failed(&format!(
+                "block `{}` wrote no results artifact",
+                stage.block
+            )),
             now,
         ),
     };
-    let all_moved = settled.moves.iter().all(|m| matches!(m, Move::Advance { .. }));
+    let all_moved = settled
+        .moves
+        .iter()
+        .all(|m| matches!(m, Move::Advance { .. }));
     if all_moved && !shared.engine.config.keep_work_dirs {
         let _ = std::fs::remove_dir_all(&attempt_dir);
     }
@@ -434,7 +481,9 @@ async fn release_dead_leases(store: &dyn factory_store::Store) {
     for owner in owners {
         if crate::Owner::parse(&owner).is_some_and(|o| o.is_dead_local()) {
             match store.release_record_leases(&owner).await {
-                Ok(n) if n > 0 => tracing::info!(%owner, records = n, "released the record leases of a dead worker"),
+                Ok(n) if n > 0 => {
+                    tracing::info!(%owner, records = n, "released the record leases of a dead worker")
+                }
                 Ok(_) => {}
                 Err(error) => tracing::warn!(%owner, %error, "cannot release record leases"),
             }

@@ -113,7 +113,11 @@ pub const ROUTES: &[(&str, &str, Option<Role>)] = &[
     // Signed with the hook's own secret (Standard Webhooks), not a token.
     ("POST", "/api/v1/hooks/{*path}", None),
     ("GET", "/api/v1/records", Some(Role::Viewer)),
-    ("GET", "/api/v1/records/{template}/{key}", Some(Role::Viewer)),
+    (
+        "GET",
+        "/api/v1/records/{template}/{key}",
+        Some(Role::Viewer),
+    ),
     (
         "POST",
         "/api/v1/records/{template}/{key}/retry",

@@ -50,7 +50,8 @@ impl HookSecret {
     }
 
     fn mac(&self, id: &str, timestamp: &str, body: &[u8]) -> Hmac<Sha256> {
-        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.0).expect("HMAC takes keys of any length");
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.0)
+            .expect("HMAC takes keys of any length");
         mac.update(id.as_bytes());
         mac.update(b".");
         mac.update(timestamp.as_bytes());
@@ -61,7 +62,10 @@ impl HookSecret {
 
     /// The `webhook-signature` value for a delivery.
     pub fn sign(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
-        let tag = self.mac(id, &timestamp.to_string(), body).finalize().into_bytes();
+        let tag = self
+            .mac(id, &timestamp.to_string(), body)
+            .finalize()
+            .into_bytes();
         format!("v1,{}", STANDARD.encode(tag))
     }
 }
@@ -73,7 +77,9 @@ pub enum Rejected {
     MissingHeader(&'static str),
     #[error("`webhook-timestamp` is not a whole number of seconds since the epoch")]
     BadTimestamp,
-    #[error("`webhook-timestamp` is {0} s away from the server's clock; at most {TOLERANCE_SECS} s are accepted")]
+    #[error(
+        "`webhook-timestamp` is {0} s away from the server's clock; at most {TOLERANCE_SECS} s are accepted"
+    )]
     OutsideTolerance(i64),
     #[error("no `v1` signature in `webhook-signature` matches the body with this hook's secret")]
     BadSignature,
@@ -98,10 +104,15 @@ pub fn verify(
     body: &[u8],
     now: i64,
 ) -> Result<(), Rejected> {
-    let id = id.filter(|s| !s.is_empty()).ok_or(Rejected::MissingHeader("webhook-id"))?;
+    let id = id
+        .filter(|s| !s.is_empty())
+        .ok_or(Rejected::MissingHeader("webhook-id"))?;
     let timestamp = timestamp.ok_or(Rejected::MissingHeader("webhook-timestamp"))?;
     let signatures = signatures.ok_or(Rejected::MissingHeader("webhook-signature"))?;
-    let seconds: i64 = timestamp.trim().parse().map_err(|_| Rejected::BadTimestamp)?;
+    let seconds: i64 = timestamp
+        .trim()
+        .parse()
+        .map_err(|_| Rejected::BadTimestamp)?;
     let skew = seconds.saturating_sub(now);
     if skew.abs() > TOLERANCE_SECS {
         return Err(Rejected::OutsideTolerance(skew));
@@ -113,7 +124,11 @@ pub fn verify(
         let Ok(tag) = STANDARD.decode(encoded) else {
             continue;
         };
-        if secret.mac(id, timestamp.trim(), body).verify_slice(&tag).is_ok() {
+        if secret
+            .mac(id, timestamp.trim(), body)
+            .verify_slice(&tag)
+            .is_ok()
+        {
             return Ok(());
         }
     }
@@ -144,20 +159,50 @@ mod tests {
         let ok = |sig: &str, now: i64| verify(&secret, Some(ID), Some(&ts), Some(sig), BODY, now);
         assert_eq!(ok(EXPECTED, TIMESTAMP), Ok(()));
         // One of several signatures (rotation), and unknown versions skipped.
-        assert_eq!(ok(&format!("v1a,xyz v1,AAAA {EXPECTED}"), TIMESTAMP + 299), Ok(()));
-        assert_eq!(ok(EXPECTED, TIMESTAMP + 301), Err(Rejected::OutsideTolerance(-301)));
-        assert_eq!(ok(EXPECTED, TIMESTAMP - 301), Err(Rejected::OutsideTolerance(301)));
+        assert_eq!(
+            ok(&format!("v1a,xyz v1,AAAA {EXPECTED}"), TIMESTAMP + 299),
+            Ok(())
+        );
+        assert_eq!(
+            ok(EXPECTED, TIMESTAMP + 301),
+            Err(Rejected::OutsideTolerance(-301))
+        );
+        assert_eq!(
+            ok(EXPECTED, TIMESTAMP - 301),
+            Err(Rejected::OutsideTolerance(301))
+        );
         assert_eq!(ok("v1,AAAA", TIMESTAMP), Err(Rejected::BadSignature));
-        let tampered = verify(&secret, Some(ID), Some(&ts), Some(EXPECTED), b"{}", TIMESTAMP);
+        let tampered = verify(
+            &secret,
+            Some(ID),
+            Some(&ts),
+            Some(EXPECTED),
+            b"{}",
+            TIMESTAMP,
+        );
         assert_eq!(tampered, Err(Rejected::BadSignature));
-        let other_id = verify(&secret, Some("msg_2"), Some(&ts), Some(EXPECTED), BODY, TIMESTAMP);
+        let other_id = verify(
+            &secret,
+            Some("msg_2"),
+            Some(&ts),
+            Some(EXPECTED),
+            BODY,
+            TIMESTAMP,
+        );
         assert_eq!(other_id, Err(Rejected::BadSignature));
         assert_eq!(
             verify(&secret, None, Some(&ts), Some(EXPECTED), BODY, TIMESTAMP),
             Err(Rejected::MissingHeader("webhook-id"))
         );
         assert_eq!(
-            verify(&secret, Some(ID), Some("soon"), Some(EXPECTED), BODY, TIMESTAMP),
+            verify(
+                &secret,
+                Some(ID),
+                Some("soon"),
+                Some(EXPECTED),
+                BODY,
+                TIMESTAMP
+            ),
             Err(Rejected::BadTimestamp)
         );
     }
@@ -166,7 +211,11 @@ mod tests {
     fn secrets_are_checked_and_generated() {
         assert!(HookSecret::parse("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_err());
         assert!(HookSecret::parse("whsec_!!!").is_err());
-        assert!(HookSecret::parse("whsec_c2hvcnQ=").unwrap_err().contains("bytes"));
+        assert!(
+            HookSecret::parse("whsec_c2hvcnQ=")
+                .unwrap_err()
+                .contains("bytes")
+        );
         let fresh = HookSecret::generate();
         assert!(HookSecret::parse(&fresh).is_ok());
         assert_ne!(fresh, HookSecret::generate());

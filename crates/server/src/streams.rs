@@ -67,7 +67,11 @@ impl Streams {
             if pipeline.stream().is_none() {
                 continue;
             }
-            let dir = entry.path_buf().and_then(|p| p.parent().map(|d| d.to_path_buf()));
+            // Absolute: steps run in their own working directory.
+            let dir = entry
+                .path_buf()
+                .and_then(|p| std::fs::canonicalize(p).ok())
+                .and_then(|p| p.parent().map(|d| d.to_path_buf()));
             wanted.insert(entry.id.clone(), (entry.source, pipeline, dir));
         }
         let mut stopping = Vec::new();
@@ -77,7 +81,11 @@ impl Streams {
             };
             let gone: Vec<String> = running
                 .iter()
-                .filter(|(id, r)| wanted.get(*id).is_none_or(|(source, _, _)| *source != r.source))
+                .filter(|(id, r)| {
+                    wanted
+                        .get(*id)
+                        .is_none_or(|(source, _, _)| *source != r.source)
+                })
                 .map(|(id, _)| id.clone())
                 .collect();
             for id in gone {
@@ -89,13 +97,25 @@ impl Streams {
                 if running.contains_key(&id) {
                     continue;
                 }
-                if let Some(runner) = StreamRunner::start(state.engine.clone(), pipeline.clone(), dir) {
-                    running.insert(id, Running { source, pipeline, runner });
+                if let Some(runner) =
+                    StreamRunner::start(state.engine.clone(), pipeline.clone(), dir)
+                {
+                    running.insert(
+                        id,
+                        Running {
+                            source,
+                            pipeline,
+                            runner,
+                        },
+                    );
                 }
             }
         }
         for runner in stopping {
-            tracing::info!(template = runner.template_id(), "stream template changed or removed: stopping its runner");
+            tracing::info!(
+                template = runner.template_id(),
+                "stream template changed or removed: stopping its runner"
+            );
             runner.stop().await;
         }
     }

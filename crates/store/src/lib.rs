@@ -507,10 +507,19 @@ pub trait Store: Send + Sync {
     async fn settle_records(&self, moves: &StageMoves<'_>) -> Result<usize>;
 
     /// A failed record waits for its stage again. False when it is not failed.
-    async fn retry_record(&self, template_id: &str, key: &str, actor: &str, now: Millis)
-    -> Result<bool>;
+    async fn retry_record(
+        &self,
+        template_id: &str,
+        key: &str,
+        actor: &str,
+        now: Millis,
+    ) -> Result<bool>;
 
-    async fn list_records(&self, filter: &RecordFilter, now: Millis) -> Result<Vec<StreamRecordRow>>;
+    async fn list_records(
+        &self,
+        filter: &RecordFilter,
+        now: Millis,
+    ) -> Result<Vec<StreamRecordRow>>;
 
     /// One record with its data and history.
     async fn record(

@@ -571,7 +571,16 @@ impl Store for PostgresStore {
         now: Millis,
         lease_until: Millis,
     ) -> Result<Vec<crate::ClaimedRecord>> {
-        sq::claim_records(&self.pool, template_id, state, limit, owner, now, lease_until).await
+        sq::claim_records(
+            &self.pool,
+            template_id,
+            state,
+            limit,
+            owner,
+            now,
+            lease_until,
+        )
+        .await
     }
 
     async fn settle_records(&self, moves: &crate::StageMoves<'_>) -> Result<usize> {
@@ -581,7 +590,13 @@ impl Store for PostgresStore {
         Ok(written)
     }
 
-    async fn retry_record(&self, template_id: &str, key: &str, actor: &str, now: Millis) -> Result<bool> {
+    async fn retry_record(
+        &self,
+        template_id: &str,
+        key: &str,
+        actor: &str,
+        now: Millis,
+    ) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
         let retried = sq::retry_record(&mut tx, template_id, key, actor, now).await?;
         tx.commit().await?;
@@ -605,7 +620,11 @@ impl Store for PostgresStore {
         sq::record(&self.pool, template_id, key, now).await
     }
 
-    async fn count_records(&self, template_id: &str, now: Millis) -> Result<Vec<crate::RecordCount>> {
+    async fn count_records(
+        &self,
+        template_id: &str,
+        now: Millis,
+    ) -> Result<Vec<crate::RecordCount>> {
         sq::count_records(&self.pool, template_id, now).await
     }
 

@@ -440,7 +440,16 @@ impl Store for SqliteStore {
         now: Millis,
         lease_until: Millis,
     ) -> Result<Vec<crate::ClaimedRecord>> {
-        sq::claim_records(&self.pool, template_id, state, limit, owner, now, lease_until).await
+        sq::claim_records(
+            &self.pool,
+            template_id,
+            state,
+            limit,
+            owner,
+            now,
+            lease_until,
+        )
+        .await
     }
 
     async fn settle_records(&self, moves: &crate::StageMoves<'_>) -> Result<usize> {
@@ -450,7 +459,13 @@ impl Store for SqliteStore {
         Ok(written)
     }
 
-    async fn retry_record(&self, template_id: &str, key: &str, actor: &str, now: Millis) -> Result<bool> {
+    async fn retry_record(
+        &self,
+        template_id: &str,
+        key: &str,
+        actor: &str,
+        now: Millis,
+    ) -> Result<bool> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let retried = sq::retry_record(&mut tx, template_id, key, actor, now).await?;
         tx.commit().await?;
@@ -474,7 +489,11 @@ impl Store for SqliteStore {
         sq::record(&self.pool, template_id, key, now).await
     }
 
-    async fn count_records(&self, template_id: &str, now: Millis) -> Result<Vec<crate::RecordCount>> {
+    async fn count_records(
+        &self,
+        template_id: &str,
+        now: Millis,
+    ) -> Result<Vec<crate::RecordCount>> {
         sq::count_records(&self.pool, template_id, now).await
     }
 

@@ -148,8 +148,7 @@ pub(crate) const LIST_RECORDS: &str = "SELECT template_id, record_key, state, st
  WHERE template_id = $1 AND state = COALESCE($2, state) AND status = COALESCE($3, status)
  ORDER BY updated_at DESC, record_key LIMIT $4";
 pub(crate) const ONE_RECORD: &str = "SELECT template_id, record_key, state, status, attempts, error, lease_owner, lease_until, next_at, created_at, updated_at, data FROM stream_records WHERE template_id = $1 AND record_key = $2";
-pub(crate) const RECORD_EVENTS: &str =
-    "SELECT seq, at, kind, body FROM stream_record_events WHERE template_id = $1 AND record_key = $2 ORDER BY seq";
+pub(crate) const RECORD_EVENTS: &str = "SELECT seq, at, kind, body FROM stream_record_events WHERE template_id = $1 AND record_key = $2 ORDER BY seq";
 pub(crate) const COUNT_RECORDS: &str = "SELECT state, status, COUNT(*) AS n,
  SUM(CASE WHEN lease_owner IS NOT NULL AND lease_until >= $2 THEN 1 ELSE 0 END) AS working
  FROM stream_records WHERE template_id = $1 GROUP BY state, status ORDER BY state, status";
@@ -158,7 +157,11 @@ pub(crate) const LEASE_OWNERS: &str =
 pub(crate) const RELEASE_LEASES: &str =
     "UPDATE stream_records SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1";
 
-pub(crate) fn corrupt(what: &'static str, key: &str, source: serde_json::Error) -> crate::StoreError {
+pub(crate) fn corrupt(
+    what: &'static str,
+    key: &str,
+    source: serde_json::Error,
+) -> crate::StoreError {
     crate::StoreError::Corrupt {
         run_id: format!("record {key}"),
         what,
@@ -251,7 +254,8 @@ macro_rules! stream_queries {
             for row in rows {
                 let key: String = row.try_get("record_key")?;
                 let data: &str = row.try_get("data")?;
-                let data = serde_json::from_str(data).map_err(|e| corrupt("record data", &key, e))?;
+                let data =
+                    serde_json::from_str(data).map_err(|e| corrupt("record data", &key, e))?;
                 claimed.push(ClaimedRecord {
                     attempts: row.try_get::<i32, _>("attempts")?.max(0) as u32,
                     key,
@@ -273,7 +277,11 @@ macro_rules! stream_queries {
                 let (state, status, data, attempts, error, next_at, event) = match mv {
                     Move::Advance { attempt, data, .. } => (
                         s.to_state,
-                        if s.to_last { RecordStatus::Done } else { RecordStatus::Ready },
+                        if s.to_last {
+                            RecordStatus::Done
+                        } else {
+                            RecordStatus::Ready
+                        },
                         Some(serde_json::to_string(data)?),
                         0,
                         None,
@@ -285,7 +293,9 @@ macro_rules! stream_queries {
                             attempt: *attempt,
                         },
                     ),
-                    Move::Retry { attempt, error, at, .. } => (
+                    Move::Retry {
+                        attempt, error, at, ..
+                    } => (
                         s.from_state,
                         RecordStatus::Ready,
                         None,
@@ -428,7 +438,8 @@ macro_rules! stream_queries {
                 history.push(RecordHistoryEntry {
                     seq: row.try_get::<i32, _>("seq")?.max(0) as u32,
                     at: row.try_get("at")?,
-                    event: serde_json::from_str(body).map_err(|e| corrupt("record event", key, e))?,
+                    event: serde_json::from_str(body)
+                        .map_err(|e| corrupt("record event", key, e))?,
                 });
             }
             Ok(Some((record, history)))
@@ -450,7 +461,10 @@ macro_rules! stream_queries {
                     state: row.try_get("state")?,
                     status: row.try_get("status")?,
                     count: row.try_get::<i64, _>("n")?.max(0) as u64,
-                    working: row.try_get::<Option<i64>, _>("working")?.unwrap_or(0).max(0) as u64,
+                    working: row
+                        .try_get::<Option<i64>, _>("working")?
+                        .unwrap_or(0)
+                        .max(0) as u64,
                 });
             }
             Ok(counts)
@@ -463,8 +477,14 @@ macro_rules! stream_queries {
                 .collect()
         }
 
-        pub(crate) async fn release_record_leases(pool: &$pool, owner: &str) -> $crate::Result<u64> {
-            let done = sqlx::query(RELEASE_LEASES).bind(owner).execute(pool).await?;
+        pub(crate) async fn release_record_leases(
+            pool: &$pool,
+            owner: &str,
+        ) -> $crate::Result<u64> {
+            let done = sqlx::query(RELEASE_LEASES)
+                .bind(owner)
+                .execute(pool)
+                .await?;
             Ok(done.rows_affected())
         }
     };

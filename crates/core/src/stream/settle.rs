@@ -214,7 +214,10 @@ pub fn settle(stage: &Stage, claimed: &[Claimed], output: StageOutput<'_>, now: 
         StageOutput::Results(bytes) => match parse_results(bytes) {
             Ok(results) => results,
             Err(error) => {
-                let error = format!("block `{}` wrote results that cannot be read: {error}", stage.block);
+                let error = format!(
+                    "block `{}` wrote results that cannot be read: {error}",
+                    stage.block
+                );
                 settled.moves = claimed
                     .iter()
                     .map(|c| failure(stage, c, error.clone(), now))
@@ -226,15 +229,15 @@ pub fn settle(stage: &Stage, claimed: &[Claimed], output: StageOutput<'_>, now: 
     let mut by_key: std::collections::HashMap<String, Outcome> = std::collections::HashMap::new();
     for (key, outcome) in results {
         if !claimed.iter().any(|c| c.key == key) {
-            settled
-                .notes
-                .push(format!("result for record `{key}`, which this attempt was not given: ignored"));
+            settled.notes.push(format!(
+                "result for record `{key}`, which this attempt was not given: ignored"
+            ));
             continue;
         }
         if by_key.insert(key.clone(), outcome).is_some() {
-            settled
-                .notes
-                .push(format!("two results for record `{key}`: the last one counts"));
+            settled.notes.push(format!(
+                "two results for record `{key}`: the last one counts"
+            ));
         }
     }
     for c in claimed {

@@ -1,8 +1,6 @@
 use serde_json::{Value, json};
 
-use super::settle::{
-    Claimed, KeyError, Move, StageOutput, record_key, retry_delay_ms, settle,
-};
+use super::settle::{Claimed, KeyError, Move, StageOutput, record_key, retry_delay_ms, settle};
 use super::*;
 use crate::validate_value;
 
@@ -17,7 +15,8 @@ fn block(id: &str, depends_on: Option<&str>) -> Value {
     match depends_on {
         None => {
             b["trigger"] = json!({"type": "webhook", "secret_env": "HOOK_SECRET"});
-            b["record_state"] = json!({"track_per": "video_id", "states": ["raw", "annotated", "scored"]});
+            b["record_state"] =
+                json!({"track_per": "video_id", "states": ["raw", "annotated", "scored"]});
         }
         Some(up) => {
             b["inputs"]["depends"] = json!([{"block": up, "key": "records"}]);
@@ -56,7 +55,11 @@ fn a_chain_of_daemon_blocks_is_a_stream_plan() {
     assert_eq!(plan.states, ["raw", "annotated", "scored"]);
     assert_eq!(plan.intakes.len(), 1);
     assert_eq!(plan.intakes[0].secret_env, "HOOK_SECRET");
-    let stages: Vec<(&str, usize)> = plan.stages.iter().map(|s| (s.block.as_str(), s.from)).collect();
+    let stages: Vec<(&str, usize)> = plan
+        .stages
+        .iter()
+        .map(|s| (s.block.as_str(), s.from))
+        .collect();
     assert_eq!(stages, [("annotate", 0), ("score", 1)]);
     assert!(plan.stages.iter().all(|s| s.pass_through && s.batch == 1));
     assert_eq!(plan.state_after(&plan.stages[1]), "scored");
@@ -80,15 +83,24 @@ fn the_states_must_match_the_chain() {
     let mut value = chain();
     value["blocks"][0]["record_state"]["states"] = json!(["raw", "scored"]);
     let found = errors(&value);
-    assert!(found.contains(&("TPL0029".into(), "$.blocks".into())), "{found:?}");
+    assert!(
+        found.contains(&("TPL0029".into(), "$.blocks".into())),
+        "{found:?}"
+    );
 }
 
 #[test]
 fn every_block_of_a_stream_is_a_daemon() {
     let mut value = chain();
-    value["blocks"][1].as_object_mut().unwrap().remove("lifecycle");
+    value["blocks"][1]
+        .as_object_mut()
+        .unwrap()
+        .remove("lifecycle");
     let found = errors(&value);
-    assert!(found.contains(&("TPL0029".into(), "$.blocks[1].lifecycle".into())), "{found:?}");
+    assert!(
+        found.contains(&("TPL0029".into(), "$.blocks[1].lifecycle".into())),
+        "{found:?}"
+    );
 }
 
 #[test]
@@ -96,10 +108,19 @@ fn a_webhook_intake_runs_no_step_and_needs_a_secret() {
     let mut value = chain();
     value["blocks"][0]["runtime"] = json!("command");
     value["blocks"][0]["inputs"]["config"] = json!({"command": ["true"]});
-    value["blocks"][0]["trigger"].as_object_mut().unwrap().remove("secret_env");
+    value["blocks"][0]["trigger"]
+        .as_object_mut()
+        .unwrap()
+        .remove("secret_env");
     let found = errors(&value);
-    assert!(found.contains(&("TPL0029".into(), "$.blocks[0].runtime".into())), "{found:?}");
-    assert!(found.contains(&("TPL0026".into(), "$.blocks[0].trigger.secret_env".into())), "{found:?}");
+    assert!(
+        found.contains(&("TPL0029".into(), "$.blocks[0].runtime".into())),
+        "{found:?}"
+    );
+    assert!(
+        found.contains(&("TPL0026".into(), "$.blocks[0].trigger.secret_env".into())),
+        "{found:?}"
+    );
 }
 
 #[test]
@@ -111,7 +132,10 @@ fn two_stages_may_not_share_a_state() {
         block("score", Some("annotate")),
     ]);
     let found = errors(&value);
-    assert!(found.contains(&("TPL0029".into(), "$.blocks[2].inputs.depends".into())), "{found:?}");
+    assert!(
+        found.contains(&("TPL0029".into(), "$.blocks[2].inputs.depends".into())),
+        "{found:?}"
+    );
 }
 
 #[test]
@@ -124,17 +148,30 @@ fn a_stage_with_a_step_writes_one_json_results_artifact_and_batch_is_bounded() {
         {"key": "b", "path": "b.md", "format": "md"}
     ]);
     let found = errors(&value);
-    assert!(found.contains(&("TPL0029".into(), "$.blocks[1].outputs.artifacts".into())), "{found:?}");
-    assert!(found.contains(&("TPL0029".into(), "$.blocks[1].inputs.config.batch".into())), "{found:?}");
+    assert!(
+        found.contains(&("TPL0029".into(), "$.blocks[1].outputs.artifacts".into())),
+        "{found:?}"
+    );
+    assert!(
+        found.contains(&("TPL0029".into(), "$.blocks[1].inputs.config.batch".into())),
+        "{found:?}"
+    );
 }
 
 #[test]
 fn gates_and_thresholds_on_stream_blocks_are_refused_not_ignored() {
     let mut value = chain();
-    value["blocks"][1]["execution"] = json!({"human_gate": "after", "threshold": {"metric": "score", "min": 1}});
+    value["blocks"][1]["execution"] =
+        json!({"human_gate": "after", "threshold": {"metric": "score", "min": 1}});
     let found = errors(&value);
-    assert!(found.contains(&("TPL0028".into(), "$.blocks[1].execution.human_gate".into())), "{found:?}");
-    assert!(found.contains(&("TPL0028".into(), "$.blocks[1].execution.threshold".into())), "{found:?}");
+    assert!(
+        found.contains(&("TPL0028".into(), "$.blocks[1].execution.human_gate".into())),
+        "{found:?}"
+    );
+    assert!(
+        found.contains(&("TPL0028".into(), "$.blocks[1].execution.threshold".into())),
+        "{found:?}"
+    );
 }
 
 #[test]
@@ -144,7 +181,10 @@ fn batch_outside_a_stream_is_refused() {
         "inputs": {"config": {"builtin": "noop", "batch": 10}}
     })]);
     let found = errors(&value);
-    assert!(found.contains(&("TPL0029".into(), "$.blocks[0].inputs.config.batch".into())), "{found:?}");
+    assert!(
+        found.contains(&("TPL0029".into(), "$.blocks[0].inputs.config.batch".into())),
+        "{found:?}"
+    );
 }
 
 fn stage(max_attempts: u32) -> Stage {
@@ -169,7 +209,12 @@ fn claimed(key: &str, attempts: u32) -> Claimed {
 
 #[test]
 fn results_move_records_on_merge_their_data_and_fail_the_rest() {
-    let batch = [claimed("a", 0), claimed("b", 0), claimed("c", 2), claimed("d", 0)];
+    let batch = [
+        claimed("a", 0),
+        claimed("b", 0),
+        claimed("c", 2),
+        claimed("d", 0),
+    ];
     let results = json!([
         {"key": "a", "data": {"tags": ["x"]}},
         {"key": "b", "error": "no transcript"},
@@ -188,10 +233,17 @@ fn results_move_records_on_merge_their_data_and_fail_the_rest() {
     );
     assert_eq!(
         settled.moves[1],
-        Move::Retry { key: "b".into(), attempt: 1, error: "no transcript".into(), at: 11_000 }
+        Move::Retry {
+            key: "b".into(),
+            attempt: 1,
+            error: "no transcript".into(),
+            at: 11_000
+        }
     );
     // Third attempt of three: given up, waiting for a person.
-    assert!(matches!(&settled.moves[2], Move::GiveUp { key, attempt: 3, error } if key == "c" && error.contains("no result")));
+    assert!(
+        matches!(&settled.moves[2], Move::GiveUp { key, attempt: 3, error } if key == "c" && error.contains("no result"))
+    );
     assert!(matches!(&settled.moves[3], Move::Advance { key, .. } if key == "d"));
     assert_eq!(settled.notes.len(), 1, "{:?}", settled.notes);
     assert!(settled.notes[0].contains("zzz"));
@@ -203,10 +255,18 @@ fn a_failed_step_or_unreadable_results_fail_the_whole_batch() {
     let settled = settle(&stage(2), &batch, StageOutput::Failed("exit status 3"), 0);
     assert!(matches!(&settled.moves[0], Move::Retry { error, .. } if error == "exit status 3"));
     assert!(matches!(&settled.moves[1], Move::GiveUp { attempt: 2, .. }));
-    for junk in [&b"not json"[..], b"{\"key\": \"a\"}", b"[1, 2]", b"[{\"data\": {}}]", b"[{\"key\": \"a\", \"data\": 3}]"] {
+    for junk in [
+        &b"not json"[..],
+        b"{\"key\": \"a\"}",
+        b"[1, 2]",
+        b"[{\"data\": {}}]",
+        b"[{\"key\": \"a\", \"data\": 3}]",
+    ] {
         let settled = settle(&stage(5), &batch, StageOutput::Results(junk), 0);
         assert!(
-            settled.moves.iter().all(|m| matches!(m, Move::Retry { error, .. } if error.contains("cannot be read"))),
+            settled.moves.iter().all(
+                |m| matches!(m, Move::Retry { error, .. } if error.contains("cannot be read"))
+            ),
             "{junk:?}: {settled:?}"
         );
     }
@@ -218,7 +278,11 @@ fn pass_through_moves_every_record_unchanged() {
     let settled = settle(&stage(1), &batch, StageOutput::PassAll, 0);
     assert_eq!(
         settled.moves,
-        [Move::Advance { key: "a".into(), attempt: 1, data: batch[0].data.clone() }]
+        [Move::Advance {
+            key: "a".into(),
+            attempt: 1,
+            data: batch[0].data.clone()
+        }]
     );
 }
 
@@ -227,11 +291,23 @@ fn a_record_key_comes_from_the_tracked_field() {
     assert_eq!(record_key("id", &json!({"id": "v-1"})), Ok("v-1".into()));
     assert_eq!(record_key("id", &json!({"id": 42})), Ok("42".into()));
     assert_eq!(record_key("id", &json!([1])), Err(KeyError::NotAnObject));
-    assert_eq!(record_key("id", &json!({"other": 1})), Err(KeyError::Missing("id".into())));
-    assert_eq!(record_key("id", &json!({"id": " "})), Err(KeyError::NotAKey("id".into())));
-    assert_eq!(record_key("id", &json!({"id": {"a": 1}})), Err(KeyError::NotAKey("id".into())));
+    assert_eq!(
+        record_key("id", &json!({"other": 1})),
+        Err(KeyError::Missing("id".into()))
+    );
+    assert_eq!(
+        record_key("id", &json!({"id": " "})),
+        Err(KeyError::NotAKey("id".into()))
+    );
+    assert_eq!(
+        record_key("id", &json!({"id": {"a": 1}})),
+        Err(KeyError::NotAKey("id".into()))
+    );
     let long = "x".repeat(MAX_KEY_BYTES + 1);
-    assert!(matches!(record_key("id", &json!({"id": long})), Err(KeyError::TooLong { .. })));
+    assert!(matches!(
+        record_key("id", &json!({"id": long})),
+        Err(KeyError::TooLong { .. })
+    ));
 }
 
 #[test]

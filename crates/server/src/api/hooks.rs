@@ -5,11 +5,11 @@
 //! timestamp is 401 and stores nothing; a replayed `webhook-id` is
 //! acknowledged (200) and not processed again; a new record is 202.
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use factory_store::Receipt;
 use serde_json::{Value, json};
 
@@ -43,7 +43,10 @@ pub async fn receive(
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "hook_secret_invalid",
-            format!("`{}` on this server is not a webhook secret: {problem}", intake.secret_env),
+            format!(
+                "`{}` on this server is not a webhook secret: {problem}",
+                intake.secret_env
+            ),
         )
     })?;
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
@@ -56,7 +59,13 @@ pub async fn receive(
         &body,
         now,
     )
-    .map_err(|rejected| ApiError::new(StatusCode::UNAUTHORIZED, rejected.code(), rejected.to_string()))?;
+    .map_err(|rejected| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            rejected.code(),
+            rejected.to_string(),
+        )
+    })?;
     let webhook_id = header("webhook-id").unwrap_or_default().to_string();
     let payload: Value = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request("bad_json", format!("the delivery's body is not JSON: {e}"))
@@ -87,7 +96,13 @@ pub async fn receive(
 fn find_intake(
     state: &SharedState,
     path: &str,
-) -> Result<(std::sync::Arc<factory_core::Pipeline>, factory_core::stream::Intake), ApiError> {
+) -> Result<
+    (
+        std::sync::Arc<factory_core::Pipeline>,
+        factory_core::stream::Intake,
+    ),
+    ApiError,
+> {
     let trimmed = path.trim_matches('/');
     if let Some((template, block)) = trimmed.split_once('/')
         && let Some(pipeline) = state.streams.pipeline(template)
@@ -108,7 +123,11 @@ fn find_intake(
         }
     }
     for pipeline in state.streams.pipelines() {
-        if let Some(intake) = pipeline.stream().and_then(|p| p.intake_at_path(trimmed)).cloned() {
+        if let Some(intake) = pipeline
+            .stream()
+            .and_then(|p| p.intake_at_path(trimmed))
+            .cloned()
+        {
             return Ok((pipeline, intake));
         }
     }

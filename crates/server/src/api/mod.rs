@@ -37,12 +37,14 @@ pub fn routes(config: &crate::ServerConfig) -> Router<SharedState> {
         .route("/api/v1/health", get(health))
         .route(
             "/api/v1/hooks/{*path}",
-            post(hooks::receive)
-                .layer(axum::extract::DefaultBodyLimit::max(hooks::MAX_HOOK_BODY)),
+            post(hooks::receive).layer(axum::extract::DefaultBodyLimit::max(hooks::MAX_HOOK_BODY)),
         )
         .route("/api/v1/records", get(records::list))
         .route("/api/v1/records/{template}/{key}", get(records::get))
-        .route("/api/v1/records/{template}/{key}/retry", post(records::retry))
+        .route(
+            "/api/v1/records/{template}/{key}/retry",
+            post(records::retry),
+        )
         .route("/api/v1/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
         .route("/api/v1/whoami", get(whoami))

@@ -21,7 +21,10 @@ pub struct ListQuery {
     limit: Option<u32>,
 }
 
-pub async fn list(State(state): State<SharedState>, Query(q): Query<ListQuery>) -> ApiResult<Json<Value>> {
+pub async fn list(
+    State(state): State<SharedState>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Value>> {
     let Some(template) = q.template.filter(|t| !t.is_empty()) else {
         return Err(ApiError::bad_request(
             "missing_template",
@@ -45,7 +48,10 @@ pub async fn list(State(state): State<SharedState>, Query(q): Query<ListQuery>) 
     {
         return Err(ApiError::bad_request(
             "bad_state",
-            format!("`{template}` has no state `{wanted}`; its states: {}", states.join(", ")),
+            format!(
+                "`{template}` has no state `{wanted}`; its states: {}",
+                states.join(", ")
+            ),
         ));
     }
     let filter = RecordFilter {
@@ -76,7 +82,10 @@ pub async fn retry(
     caller: Caller,
     Path((template, key)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    state.engine.retry_record(&caller.actor, &template, &key).await?;
+    state
+        .engine
+        .retry_record(&caller.actor, &template, &key)
+        .await?;
     state.streams.wake(&template);
     let (record, history) = state.engine.record(&template, &key).await?;
     Ok(Json(json!({ "record": record, "history": history })))

@@ -42,42 +42,131 @@ pub async fn contract(store: Arc<dyn Store>) {
     let s = store.as_ref();
     // Deliveries: a new key is a record; a replayed webhook-id stores
     // nothing; a new delivery of a known key does not make a second record.
-    assert_eq!(deliver(s, "a", Some("msg_1"), 1_000).await, Receipt::Created);
-    assert_eq!(deliver(s, "a", Some("msg_1"), 1_001).await, Receipt::Replayed);
-    assert_eq!(deliver(s, "a", Some("msg_2"), 1_002).await, Receipt::KnownRecord);
+    assert_eq!(
+        deliver(s, "a", Some("msg_1"), 1_000).await,
+        Receipt::Created
+    );
+    assert_eq!(
+        deliver(s, "a", Some("msg_1"), 1_001).await,
+        Receipt::Replayed
+    );
+    assert_eq!(
+        deliver(s, "a", Some("msg_2"), 1_002).await,
+        Receipt::KnownRecord
+    );
     assert_eq!(deliver(s, "b", None, 1_003).await, Receipt::Created);
-    assert_eq!(deliver(s, "c", Some("msg_3"), 1_004).await, Receipt::Created);
+    assert_eq!(
+        deliver(s, "c", Some("msg_3"), 1_004).await,
+        Receipt::Created
+    );
 
     // Claims: oldest first, never the same record to two live leases.
-    let first = s.claim_records(T, "raw", 2, "w1", 2_000, 10_000).await.unwrap();
-    assert_eq!(first.iter().map(|c| c.key.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+    let first = s
+        .claim_records(T, "raw", 2, "w1", 2_000, 10_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        first.iter().map(|c| c.key.as_str()).collect::<Vec<_>>(),
+        ["a", "b"]
+    );
     assert_eq!(first[0].data["title"], "video a");
-    let second = s.claim_records(T, "raw", 5, "w2", 2_000, 10_000).await.unwrap();
-    assert_eq!(second.iter().map(|c| c.key.as_str()).collect::<Vec<_>>(), ["c"]);
-    assert!(s.claim_records(T, "raw", 5, "w3", 2_000, 10_000).await.unwrap().is_empty());
+    let second = s
+        .claim_records(T, "raw", 5, "w2", 2_000, 10_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        second.iter().map(|c| c.key.as_str()).collect::<Vec<_>>(),
+        ["c"]
+    );
+    assert!(
+        s.claim_records(T, "raw", 5, "w3", 2_000, 10_000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     // w1 moves a on and fails b for a retry at 5 000; a move by a worker
     // without the lease does not apply.
     let decided = [
-        Move::Advance { key: "a".into(), attempt: 1, data: json!({"video_id": "a", "tags": ["x"]}) },
-        Move::Retry { key: "b".into(), attempt: 1, error: "no transcript".into(), at: 5_000 },
+        Move::Advance {
+            key: "a".into(),
+            attempt: 1,
+            data: json!({"video_id": "a", "tags": ["x"]}),
+        },
+        Move::Retry {
+            key: "b".into(),
+            attempt: 1,
+            error: "no transcript".into(),
+            at: 5_000,
+        },
     ];
-    assert_eq!(s.settle_records(&moves("w2", &decided, 3_000)).await.unwrap(), 0);
-    assert_eq!(s.settle_records(&moves("w1", &decided, 3_000)).await.unwrap(), 2);
+    assert_eq!(
+        s.settle_records(&moves("w2", &decided, 3_000))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        s.settle_records(&moves("w1", &decided, 3_000))
+            .await
+            .unwrap(),
+        2
+    );
     // The same moves again (a redelivered result): nothing moves twice.
-    assert_eq!(s.settle_records(&moves("w1", &decided, 3_001)).await.unwrap(), 0);
+    assert_eq!(
+        s.settle_records(&moves("w1", &decided, 3_001))
+            .await
+            .unwrap(),
+        0
+    );
 
     // b waits for its retry time; c's lease (w2) expires at 10 000.
-    assert!(s.claim_records(T, "raw", 5, "w3", 4_000, 20_000).await.unwrap().is_empty());
-    let retried = s.claim_records(T, "raw", 5, "w3", 5_000, 20_000).await.unwrap();
-    assert_eq!(retried.iter().map(|c| (c.key.as_str(), c.attempts)).collect::<Vec<_>>(), [("b", 1)]);
-    let expired = s.claim_records(T, "raw", 5, "w4", 10_001, 20_000).await.unwrap();
-    assert_eq!(expired.iter().map(|c| c.key.as_str()).collect::<Vec<_>>(), ["c"]);
+    assert!(
+        s.claim_records(T, "raw", 5, "w3", 4_000, 20_000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let retried = s
+        .claim_records(T, "raw", 5, "w3", 5_000, 20_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        retried
+            .iter()
+            .map(|c| (c.key.as_str(), c.attempts))
+            .collect::<Vec<_>>(),
+        [("b", 1)]
+    );
+    let expired = s
+        .claim_records(T, "raw", 5, "w4", 10_001, 20_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        expired.iter().map(|c| c.key.as_str()).collect::<Vec<_>>(),
+        ["c"]
+    );
     // w2 lost c's lease: its late move does not apply.
-    let late = [Move::Advance { key: "c".into(), attempt: 1, data: json!({}) }];
-    assert_eq!(s.settle_records(&moves("w2", &late, 10_002)).await.unwrap(), 0);
-    let give_up = [Move::GiveUp { key: "b".into(), attempt: 2, error: "still no transcript".into() }];
-    assert_eq!(s.settle_records(&moves("w3", &give_up, 10_003)).await.unwrap(), 1);
+    let late = [Move::Advance {
+        key: "c".into(),
+        attempt: 1,
+        data: json!({}),
+    }];
+    assert_eq!(
+        s.settle_records(&moves("w2", &late, 10_002)).await.unwrap(),
+        0
+    );
+    let give_up = [Move::GiveUp {
+        key: "b".into(),
+        attempt: 2,
+        error: "still no transcript".into(),
+    }];
+    assert_eq!(
+        s.settle_records(&moves("w3", &give_up, 10_003))
+            .await
+            .unwrap(),
+        1
+    );
 
     // Listing and counts.
     let counts = s.count_records(T, 10_004).await.unwrap();
@@ -94,7 +183,15 @@ pub async fn contract(store: Arc<dyn Store>) {
         ]
     );
     let failed = s
-        .list_records(&RecordFilter { template_id: T.into(), status: Some("failed".into()), limit: 10, ..RecordFilter::default() }, 10_004)
+        .list_records(
+            &RecordFilter {
+                template_id: T.into(),
+                status: Some("failed".into()),
+                limit: 10,
+                ..RecordFilter::default()
+            },
+            10_004,
+        )
         .await
         .unwrap();
     assert_eq!(failed.len(), 1);
@@ -102,7 +199,14 @@ pub async fn contract(store: Arc<dyn Store>) {
     assert_eq!(failed[0].error.as_deref(), Some("still no transcript"));
     assert!(failed[0].data.is_none());
     let all = s
-        .list_records(&RecordFilter { template_id: T.into(), limit: 10, ..RecordFilter::default() }, 10_004)
+        .list_records(
+            &RecordFilter {
+                template_id: T.into(),
+                limit: 10,
+                ..RecordFilter::default()
+            },
+            10_004,
+        )
         .await
         .unwrap();
     assert_eq!(all.len(), 3);
@@ -113,8 +217,12 @@ pub async fn contract(store: Arc<dyn Store>) {
     assert_eq!(a.state, "annotated");
     assert_eq!(a.data.unwrap()["tags"], json!(["x"]));
     assert_eq!(history.iter().map(|h| h.seq).collect::<Vec<_>>(), [1, 2]);
-    assert!(matches!(&history[0].event, RecordEvent::Received { webhook_id: Some(id), .. } if id == "msg_1"));
-    assert!(matches!(&history[1].event, RecordEvent::Moved { from, to, attempt: 1, .. } if from == "raw" && to == "annotated"));
+    assert!(
+        matches!(&history[0].event, RecordEvent::Received { webhook_id: Some(id), .. } if id == "msg_1")
+    );
+    assert!(
+        matches!(&history[1].event, RecordEvent::Moved { from, to, attempt: 1, .. } if from == "raw" && to == "annotated")
+    );
     let (_, b_history) = s.record(T, "b", 10_004).await.unwrap().unwrap();
     let kinds: Vec<&str> = b_history.iter().map(|h| h.event.kind()).collect();
     assert_eq!(kinds, ["received", "attempt_failed", "failed"]);
@@ -124,14 +232,29 @@ pub async fn contract(store: Arc<dyn Store>) {
     assert!(s.retry_record(T, "b", "ana", 11_000).await.unwrap());
     assert!(!s.retry_record(T, "b", "ana", 11_001).await.unwrap());
     assert!(!s.retry_record(T, "a", "ana", 11_001).await.unwrap());
-    let again = s.claim_records(T, "raw", 5, "w5", 11_002, 20_000).await.unwrap();
-    assert_eq!(again.iter().map(|c| (c.key.as_str(), c.attempts)).collect::<Vec<_>>(), [("b", 0)]);
+    let again = s
+        .claim_records(T, "raw", 5, "w5", 11_002, 20_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        again
+            .iter()
+            .map(|c| (c.key.as_str(), c.attempts))
+            .collect::<Vec<_>>(),
+        [("b", 0)]
+    );
 
     // Leases of a dead worker are released at once.
     let owners: BTreeSet<String> = s.record_lease_owners().await.unwrap().into_iter().collect();
     assert!(owners.contains("w4") && owners.contains("w5"), "{owners:?}");
     assert_eq!(s.release_record_leases("w5").await.unwrap(), 1);
-    assert_eq!(s.claim_records(T, "raw", 5, "w6", 11_003, 20_000).await.unwrap().len(), 1);
+    assert_eq!(
+        s.claim_records(T, "raw", 5, "w6", 11_003, 20_000)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 
     racing_claims_take_each_record_once(store).await;
 }
@@ -163,7 +286,10 @@ async fn racing_claims_take_each_record_once(store: Arc<dyn Store>) {
             let owner = format!("racer-{w}");
             let mut mine = Vec::new();
             loop {
-                let claimed = store.claim_records(RACE, "raw", 7, &owner, 10, 100_000).await.unwrap();
+                let claimed = store
+                    .claim_records(RACE, "raw", 7, &owner, 10, 100_000)
+                    .await
+                    .unwrap();
                 if claimed.is_empty() {
                     break mine;
                 }

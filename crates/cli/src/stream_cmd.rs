@@ -1,0 +1,169 @@
+//! `factory records` and `factory hook`: watching a stream template's
+//! records, retrying a failed one, and signing deliveries for testing.
+
+use std::io::Read as _;
+
+use anyhow::{Context, bail};
+use factory_engine::Engine;
+use factory_server::signature::HookSecret;
+use factory_store::RecordFilter;
+
+use crate::args::HookCommand;
+
+pub struct RecordsQuery {
+    pub template: String,
+    pub state: Option<String>,
+    pub status: Option<String>,
+    pub key: Option<String>,
+    pub retry: Option<String>,
+    pub limit: u32,
+    pub json: bool,
+}
+
+pub async fn records(engine: &Engine, actor: &str, q: RecordsQuery) -> anyhow::Result<()> {
+    if let Some(key) = &q.retry {
+        engine.retry_record(actor, &q.template, key).await?;
+        println!(
+            "record `{key}` of `{}` waits for its stage again",
+            q.template
+        );
+        return Ok(());
+    }
+    if let Some(key) = &q.key {
+        let (record, history) = engine.record(&q.template, key).await?;
+        if q.json {
+            let body = serde_json::json!({ "record": record, "history": history });
+            println!("{}", serde_json::to_string_pretty(&body)?);
+            return Ok(());
+        }
+        println!(
+            "record {} of {}: {} ({})",
+            record.key, record.template_id, record.state, record.status
+        );
+        if let Some(error) = &record.error {
+            println!("  error after {} attempt(s): {error}", record.attempts);
+        }
+        for entry in &history {
+            println!(
+                "  {:>3}  {}  {}",
+                entry.seq,
+                time(entry.at),
+                serde_json::to_string(&entry.event)?
+            );
+        }
+        if let Some(data) = &record.data {
+            println!("data:\n{}", serde_json::to_string_pretty(data)?);
+        }
+        return Ok(());
+    }
+    if let Some(status) = &q.status
+        && factory_core::stream::settle::RecordStatus::parse(status).is_none()
+    {
+        bail!("--status `{status}` is not one of ready, failed, done");
+    }
+    let filter = RecordFilter {
+        template_id: q.template.clone(),
+        state: q.state.clone(),
+        status: q.status.clone(),
+        limit: q.limit.clamp(1, 10_000),
+    };
+    let (rows, counts) = engine.records(&filter).await?;
+    if q.json {
+        let body = serde_json::json!({ "template": q.template, "counts": counts, "records": rows });
+        println!("{}", serde_json::to_string_pretty(&body)?);
+        return Ok(());
+    }
+    if counts.is_empty() {
+        println!(
+            "no records of `{}` yet (deliveries go to POST /api/v1/hooks/{}/<intake block> of `factory serve`)",
+            q.template, q.template
+        );
+        return Ok(());
+    }
+    println!(
+        "{:<20} {:<8} {:>8} {:>8}",
+        "STATE", "STATUS", "RECORDS", "WORKING"
+    );
+    for c in &counts {
+        println!(
+            "{:<20} {:<8} {:>8} {:>8}",
+            c.state, c.status, c.count, c.working
+        );
+    }
+    println!();
+    println!(
+        "{:<32} {:<16} {:<8} {:>8}  {:<19}  ERROR",
+        "KEY", "STATE", "STATUS", "ATTEMPTS", "UPDATED"
+    );
+    for r in &rows {
+        let status = if r.working {
+            "working"
+        } else {
+            r.status.as_str()
+        };
+        println!(
+            "{:<32} {:<16} {:<8} {:>8}  {:<19}  {}",
+            r.key,
+            r.state,
+            status,
+            r.attempts,
+            time(r.updated_at),
+            r.error.as_deref().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+fn time(ms: i64) -> String {
+    factory_core::run::format_utc(ms)
+}
+
+pub fn hook(command: HookCommand) -> anyhow::Result<()> {
+    match command {
+        HookCommand::Secret => {
+            println!("{}", HookSecret::generate());
+            Ok(())
+        }
+        HookCommand::Sign {
+            body,
+            secret_env,
+            id,
+            timestamp,
+            curl,
+        } => {
+            let text = std::env::var(&secret_env).with_context(|| {
+                format!("`{secret_env}` is not set; `factory hook secret` makes a secret")
+            })?;
+            let secret = HookSecret::parse(&text)
+                .map_err(|problem| anyhow::anyhow!("`{secret_env}`: {problem}"))?;
+            let bytes = if body.as_os_str() == "-" {
+                let mut bytes = Vec::new();
+                std::io::stdin().read_to_end(&mut bytes)?;
+                bytes
+            } else {
+                std::fs::read(&body).with_context(|| format!("cannot read {}", body.display()))?
+            };
+            let id = id.unwrap_or_else(|| {
+                format!("msg_{}_{}", factory_engine::now_ms(), std::process::id())
+            });
+            let timestamp = timestamp.unwrap_or_else(|| factory_engine::now_ms() / 1000);
+            let signature = secret.sign(&id, timestamp, &bytes);
+            let headers = [
+                ("webhook-id", id),
+                ("webhook-timestamp", timestamp.to_string()),
+                ("webhook-signature", signature),
+            ];
+            for (name, value) in headers {
+                if curl {
+                    print!("-H '{name}: {value}' ");
+                } else {
+                    println!("{name}: {value}");
+                }
+            }
+            if curl {
+                println!();
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""One step of templates/ingest-stream.json, over a batch of records.
+
+The stream runner hands a batch as the upstream artifact (a JSON array of
+{"key", "state", "attempt", "data"}); the step writes one result per record
+to $FACTORY_OUTPUT_DIR/results.json: {"key": K, "data": {...}} to move it on
+(the fields are merged into the record's data) or {"key": K, "error": "..."}.
+Standard library only.
+"""
+import hashlib
+import json
+import math
+import os
+import re
+import sys
+from collections import Counter
+
+DIMENSIONS = 64
+STOP = set("a an and are as at be by for from has have in is it its of on or that the this to was were will with".split())
+
+
+def words(text):
+    return re.findall(r"[a-z0-9']+", text.lower())
+
+
+def embedding(text):
+    vector = [0.0] * DIMENSIONS
+    for word in words(text):
+        digest = hashlib.sha256(word.encode()).digest()
+        index = int.from_bytes(digest[:4], "big") % DIMENSIONS
+        vector[index] += 1.0 if digest[4] % 2 == 0 else -1.0
+    norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+    return [round(v / norm, 6) for v in vector]
+
+
+def transcribe(data):
+    if isinstance(data.get("text"), str) and data["text"].strip():
+        return {"transcript": " ".join(data["text"].split())}
+    if isinstance(data.get("path"), str):
+        try:
+            with open(data["path"], encoding="utf-8") as f:
+                text = " ".join(f.read().split())
+        except OSError as error:
+            raise ValueError(f"cannot read {data['path']}: {error.strerror}")
+        if text:
+            return {"transcript": text}
+    raise ValueError("the item has no `text` and no readable `path`: nothing to transcribe")
+
+
+def annotate(data):
+    content = [w for w in words(data["transcript"]) if w not in STOP and len(w) > 2]
+    tags = [w for w, _ in Counter(content).most_common(5)]
+    return {"word_count": len(words(data["transcript"])), "tags": tags}
+
+
+def embed(data):
+    return {"embedding": embedding(data["transcript"])}
+
+
+def score(data):
+    params = json.loads(os.environ.get("FACTORY_PARAMS") or "{}")
+    topic = embedding(params.get("topic", ""))
+    cosine = sum(a * b for a, b in zip(topic, data["embedding"]))
+    return {"score": round(max(0.0, cosine), 4)}
+
+
+STEPS = {"transcribe": transcribe, "annotate": annotate, "embed": embed, "score": score}
+
+
+def main():
+    step = STEPS[sys.argv[1]]
+    with open(os.environ["FACTORY_INPUTS"], encoding="utf-8") as f:
+        inputs = json.load(f)
+    (path,) = inputs.values()
+    with open(path, encoding="utf-8") as f:
+        batch = json.load(f)
+    results = []
+    for record in batch:
+        try:
+            results.append({"key": record["key"], "data": step(record["data"])})
+        except (ValueError, KeyError) as error:
+            results.append({"key": record["key"], "error": str(error)})
+    out = os.path.join(os.environ["FACTORY_OUTPUT_DIR"], "results.json")
+    with open(out, "w", encoding="utf-8") as f:
+        json.dump(results, f)
+
+
+if __name__ == "__main__":
+    main()
