@@ -16,6 +16,7 @@ mod local_llm;
 mod otel;
 mod polish;
 mod real_llm;
+mod stream;
 mod worker;
 
 const BIN: &str = env!("CARGO_BIN_EXE_factory");
