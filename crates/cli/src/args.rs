@@ -271,8 +271,9 @@ pub enum HookCommand {
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// `chain` (each block after the one before) or `fan` (a root, N-2 blocks
-    /// after it, one block joining them)
+    /// `chain` (each block after the one before), `fan` (a root, N-2 blocks
+    /// after it, one block joining them) or `stream` (records through a
+    /// stream template of no-op steps, fed by signed webhooks)
     #[arg(long, default_value = "chain")]
     pub shape: String,
     /// Blocks in the run
@@ -295,6 +296,16 @@ pub struct BenchArgs {
     /// did not exit 0 on SIGTERM
     #[arg(long, default_value_t = 0)]
     pub workers: usize,
+    /// `--shape stream`: records delivered (signed webhooks) and taken
+    /// through four states
+    #[arg(long, default_value_t = 10_000)]
+    pub records: usize,
+    /// `--shape stream`: records each stage takes at once
+    #[arg(long, default_value_t = 100)]
+    pub batch: usize,
+    /// `--shape stream`: keep-alive connections delivering at once
+    #[arg(long, default_value_t = 16)]
+    pub connections: usize,
     /// Print the figures as JSON
     #[arg(long)]
     pub json: bool,

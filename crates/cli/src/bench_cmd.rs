@@ -15,6 +15,9 @@ use crate::args::BenchArgs;
 use crate::user_error;
 
 pub async fn run(args: BenchArgs) -> Result<std::process::ExitCode> {
+    if args.shape == "stream" {
+        return crate::bench_stream::run(&args).await;
+    }
     let source = match args.shape.as_str() {
         "chain" if args.blocks >= 1 => fixtures::chain(args.blocks),
         "fan" if args.blocks >= 3 => fixtures::fan_out(args.blocks - 2),
@@ -26,7 +29,7 @@ pub async fn run(args: BenchArgs) -> Result<std::process::ExitCode> {
         }
         other => {
             return Err(user_error(format!(
-                "--shape `{other}`: use `chain` or `fan`"
+                "--shape `{other}`: use `chain`, `fan` or `stream`"
             )));
         }
     };

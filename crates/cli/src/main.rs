@@ -3,6 +3,7 @@
 mod args;
 mod audit_cmd;
 mod bench_cmd;
+mod bench_stream;
 mod doctor;
 mod otel;
 mod progress;

@@ -156,6 +156,8 @@ pub struct Engine {
     /// One per run being driven: [`Engine::wake`] ends its wait for other
     /// workers' blocks.
     wakers: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Notify>>>,
+    /// The stream deliveries' writer, started with the first delivery.
+    intake: std::sync::OnceLock<tokio::sync::mpsc::Sender<stream::Pending>>,
 }
 
 pub fn now_ms() -> Millis {
@@ -200,6 +202,7 @@ impl Engine {
             slots: slots::SlotPool::new(config.worker_slots),
             queue_depth: telemetry::QueueDepth::default(),
             wakers: std::sync::Mutex::new(std::collections::HashMap::new()),
+            intake: std::sync::OnceLock::new(),
             config,
         }
     }

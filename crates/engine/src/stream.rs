@@ -65,23 +65,92 @@ impl Engine {
         }
         let key = settle::record_key(&plan.track_per, payload)
             .map_err(|e| EngineError::BadDelivery(e.to_string()))?;
-        let receipt = self
-            .store()
-            .receive_record(&NewStreamRecord {
-                template_id,
-                block,
-                key: &key,
-                state: plan.first_state(),
-                data: payload,
-                webhook_id,
-                at: now_ms(),
-            })
-            .await?;
+        let (reply, receipt) = tokio::sync::oneshot::channel();
+        let pending = Pending {
+            template_id: template_id.clone(),
+            block: block.to_string(),
+            key: key.clone(),
+            state: plan.first_state().to_string(),
+            data: payload.clone(),
+            webhook_id: webhook_id.map(str::to_string),
+            at: now_ms(),
+            reply,
+        };
+        let queue = self
+            .intake
+            .get_or_init(|| start_intake_writer(self.store().clone()));
+        if queue.send(pending).await.is_err() {
+            return Err(EngineError::NotFound(
+                "the intake writer (the engine is stopping)".into(),
+            ));
+        }
+        let receipt = receipt.await.map_err(|_| {
+            EngineError::NotFound("the intake writer (the engine is stopping)".into())
+        })??;
         Ok(Delivered {
             receipt,
             key,
             state: plan.first_state().to_string(),
         })
+    }
+}
+
+/// A delivery waiting for the intake writer.
+pub(crate) struct Pending {
+    template_id: String,
+    block: String,
+    key: String,
+    state: String,
+    data: Value,
+    webhook_id: Option<String>,
+    at: i64,
+    reply: tokio::sync::oneshot::Sender<std::result::Result<Receipt, factory_store::StoreError>>,
+}
+
+/// Deliveries that wait together are written together.
+const INTAKE_BATCH: usize = 256;
+
+/// The task that writes deliveries: whatever has arrived while the last
+/// transaction was committing goes into the next one (group commit), so
+/// many concurrent deliveries cost a few transactions, not one each. A
+/// batch that fails is written one delivery at a time, so each gets its
+/// own answer.
+fn start_intake_writer(store: Arc<dyn factory_store::Store>) -> tokio::sync::mpsc::Sender<Pending> {
+    let (sender, mut receiver) = tokio::sync::mpsc::channel::<Pending>(4 * INTAKE_BATCH);
+    tokio::spawn(async move {
+        let mut batch = Vec::with_capacity(INTAKE_BATCH);
+        while receiver.recv_many(&mut batch, INTAKE_BATCH).await > 0 {
+            let records: Vec<NewStreamRecord<'_>> = batch.iter().map(new_record).collect();
+            match store.receive_records(&records).await {
+                Ok(receipts) => {
+                    drop(records);
+                    for (pending, receipt) in batch.drain(..).zip(receipts) {
+                        let _ = pending.reply.send(Ok(receipt));
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, deliveries = batch.len(), "cannot write a batch of deliveries; writing them one by one");
+                    drop(records);
+                    for pending in batch.drain(..) {
+                        let receipt = store.receive_record(&new_record(&pending)).await;
+                        let _ = pending.reply.send(receipt);
+                    }
+                }
+            }
+        }
+    });
+    sender
+}
+
+fn new_record(p: &Pending) -> NewStreamRecord<'_> {
+    NewStreamRecord {
+        template_id: &p.template_id,
+        block: &p.block,
+        key: &p.key,
+        state: &p.state,
+        data: &p.data,
+        webhook_id: p.webhook_id.as_deref(),
+        at: p.at,
     }
 }
 

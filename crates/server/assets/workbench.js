@@ -158,6 +158,9 @@ const actions = {
     });
     location.href = `/runs/${run.run_id}`;
   },
+  async "retry-record"(form) {
+    await api("POST", `/api/v1/records/${encodeURIComponent(form.dataset.template)}/${encodeURIComponent(form.dataset.key)}/retry`);
+  },
   async approve(form) {
     await api("POST", `${blockUrl(form)}/approve`, { note: form.note.value || null });
   },
@@ -469,3 +472,6 @@ document.addEventListener("change", (e) => {
 bindForms(document);
 bindTabs();
 if (document.getElementById("live-status")) connect();
+
+// Pages no event stream covers (a stream's records) look again every few seconds.
+if (body.dataset.poll) setInterval(refreshLive, Math.max(500, Number(body.dataset.poll)));

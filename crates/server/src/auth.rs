@@ -245,6 +245,13 @@ pub const ROUTES: &[(&str, &str, Option<Role>)] = &[
     ("GET", "/runs/{run}/blocks/{block}", Some(Role::Viewer)),
     ("GET", "/runs/{run}/review/{block}", Some(Role::Reviewer)),
     ("GET", "/runs/{run}/convergence", Some(Role::Viewer)),
+    ("GET", "/streams", Some(Role::Viewer)),
+    ("GET", "/streams/{template}", Some(Role::Viewer)),
+    (
+        "GET",
+        "/streams/{template}/records/{key}",
+        Some(Role::Viewer),
+    ),
 ];
 
 /// The role a route needs; unknown routes need admin.

@@ -480,13 +480,20 @@ pub trait Store: Send + Sync {
         limit: u32,
     ) -> Result<Vec<RunRecord>>;
 
-    /// Resolves a full run id or a unique prefix of one.
     // ── Stream records (pattern 2) ──
 
     /// Stores a delivery: the receipt of its `webhook-id` (a replay stores
     /// nothing) and the record, unless a record with its key exists. One
     /// transaction.
-    async fn receive_record(&self, record: &NewStreamRecord<'_>) -> Result<Receipt>;
+    async fn receive_record(&self, record: &NewStreamRecord<'_>) -> Result<Receipt> {
+        let mut receipts = self.receive_records(std::slice::from_ref(record)).await?;
+        Ok(receipts.pop().unwrap_or(Receipt::Replayed))
+    }
+
+    /// [`Store::receive_record`] for several deliveries in one transaction
+    /// (in order: a later one with an earlier one's webhook-id is a replay,
+    /// with its key a known record). One receipt per delivery.
+    async fn receive_records(&self, records: &[NewStreamRecord<'_>]) -> Result<Vec<Receipt>>;
 
     /// Leases up to `limit` records waiting in `state` whose retry time has
     /// come and whom no live lease holds.
@@ -536,6 +543,7 @@ pub trait Store: Send + Sync {
 
     async fn release_record_leases(&self, owner: &str) -> Result<u64>;
 
+    /// Resolves a full run id or a unique prefix of one.
     async fn resolve_run_id(&self, id_or_prefix: &str) -> Result<String> {
         let matches = self.run_ids_with_prefix(id_or_prefix).await?;
         if matches.iter().any(|m| m == id_or_prefix) {

@@ -551,15 +551,17 @@ impl Store for PostgresStore {
         q::settle_budget(&self.pool, key, holder, amount).await
     }
 
-    async fn receive_record(&self, record: &crate::NewStreamRecord<'_>) -> Result<crate::Receipt> {
+    async fn receive_records(
+        &self,
+        records: &[crate::NewStreamRecord<'_>],
+    ) -> Result<Vec<crate::Receipt>> {
         let mut tx = self.pool.begin().await?;
-        let receipt = sq::receive_record(&mut tx, record).await?;
-        if receipt == crate::Receipt::Replayed {
-            tx.rollback().await?;
-        } else {
-            tx.commit().await?;
+        let mut receipts = Vec::with_capacity(records.len());
+        for record in records {
+            receipts.push(sq::receive_record(&mut tx, record).await?);
         }
-        Ok(receipt)
+        tx.commit().await?;
+        Ok(receipts)
     }
 
     async fn claim_records(

@@ -6,6 +6,7 @@ mod block;
 mod explain;
 mod graph;
 mod home;
+mod records;
 mod render;
 mod review;
 mod run;
@@ -36,6 +37,12 @@ pub fn routes() -> Router<SharedState> {
         .route("/runs/{run}/blocks/{block}", get(block::page))
         .route("/runs/{run}/review/{block}", get(review::page))
         .route("/runs/{run}/convergence", get(review::convergence_page))
+        .route("/streams", get(records::index))
+        .route("/streams/{template}", get(records::page))
+        .route(
+            "/streams/{template}/records/{key}",
+            get(records::record_page),
+        )
 }
 
 async fn asset(Path(file): Path<String>) -> Response {
@@ -62,6 +69,18 @@ pub(crate) fn layout(
     live: Option<(&str, u64)>,
     body: Markup,
 ) -> Markup {
+    layout_with(title, caller, live, None, body)
+}
+
+/// [`layout`], and with `poll_ms` the page's live regions are fetched
+/// again that often (for pages that no event stream covers).
+pub(crate) fn layout_with(
+    title: &str,
+    caller: &Caller,
+    live: Option<(&str, u64)>,
+    poll_ms: Option<u32>,
+    body: Markup,
+) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -72,11 +91,12 @@ pub(crate) fn layout(
                 link rel="stylesheet" href="/assets/workbench.css";
                 script src="/assets/workbench.js" defer {}
             }
-            body data-run=[live.map(|(r, _)| r)] data-seq=[live.map(|(_, s)| s)] {
+            body data-run=[live.map(|(r, _)| r)] data-seq=[live.map(|(_, s)| s)] data-poll=[poll_ms] {
                 header.top {
                     a.brand href="/" { "Process Factory" }
                     nav {
                         a href="/" { "Runs" }
+                        a href="/streams" { "Streams" }
                         a href="/api/v1/openapi.json" { "API" }
                     }
                     span.who title="signed in as" { (caller.actor) " · " (caller.role.as_str()) }

@@ -158,6 +158,7 @@ pub fn concrete(route: &str, run: &str, token_id: &str) -> String {
         .replace("{template}", "review-demo")
         .replace("{id}", token_id)
         .replace("{file}", "workbench.css")
+        .replace("{*path}", "no-such/hook")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -256,7 +256,50 @@ pub async fn contract(store: Arc<dyn Store>) {
         1
     );
 
+    deliveries_written_together(s).await;
     racing_claims_take_each_record_once(store).await;
+}
+
+/// Several deliveries in one transaction (the intake's group commit): in
+/// order, a repeated webhook-id is a replay and a repeated key a known
+/// record, within the batch as across batches.
+async fn deliveries_written_together(s: &dyn Store) {
+    const G: &str = "group";
+    let data = json!({"id": 1});
+    let delivery = |key: &'static str, webhook_id: &'static str| NewStreamRecord {
+        template_id: G,
+        block: "intake",
+        key,
+        state: "raw",
+        data: &data,
+        webhook_id: Some(webhook_id),
+        at: 5,
+    };
+    let receipts = s
+        .receive_records(&[
+            delivery("x", "w1"),
+            delivery("x", "w1"),
+            delivery("x", "w2"),
+            delivery("y", "w3"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        receipts,
+        [
+            Receipt::Created,
+            Receipt::Replayed,
+            Receipt::KnownRecord,
+            Receipt::Created
+        ]
+    );
+    let again = s
+        .receive_records(&[delivery("y", "w3"), delivery("z", "w4")])
+        .await
+        .unwrap();
+    assert_eq!(again, [Receipt::Replayed, Receipt::Created]);
+    let (_, history) = s.record(G, "x", 6).await.unwrap().unwrap();
+    assert_eq!(history.len(), 1, "one record, received once: {history:?}");
 }
 
 /// Workers claiming at once from one state: every record is claimed by
