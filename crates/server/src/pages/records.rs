@@ -277,7 +277,7 @@ async fn render_record(
                 }
             }
             h2 { "Data" }
-            pre.data { (data) }
+            pre.data tabindex="0" aria-label="the record's data" { (data) }
         }
     };
     Ok(layout_polling(&format!("{key} · {template}"), caller, body))

@@ -1031,3 +1031,121 @@ async fn a_tester_submits_both_review_pages_from_a_review_link() {
 
     b.client.clone().close().await.unwrap();
 }
+
+/// The stream example in the workbench: records per state fill in as the
+/// steps move items on (the page polls), a failed item shows its error and
+/// an operator retries it from the list; a record's page shows its history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streams_records_move_through_their_states_in_the_workbench() {
+    let t = TestServer::start().await;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../templates");
+    std::fs::create_dir_all(t.templates.join("ingest-steps")).unwrap();
+    std::fs::copy(
+        root.join("ingest-stream.json"),
+        t.templates.join("ingest-stream.json"),
+    )
+    .unwrap();
+    std::fs::copy(
+        root.join("ingest-steps/step.py"),
+        t.templates.join("ingest-steps/step.py"),
+    )
+    .unwrap();
+    let b = browser().await;
+    let c = &b.client;
+    login(c, &t, "operator", "/streams").await;
+    // The server picks the template up within its 2 s catalog look.
+    until(
+        c,
+        "the stream on the index",
+        "return document.body.innerText.includes('ingest-stream');",
+    )
+    .await;
+    // Deliveries as the hook stores them (the hook itself is tested with
+    // signatures in the CLI's black-box tests).
+    let items = [
+        (
+            "news-1",
+            "Human feedback for machine learning pipelines keeps models honest.",
+        ),
+        (
+            "news-2",
+            "Review loops let pipelines learn from their operators.",
+        ),
+        ("recipe", "Flour, water, salt and time make bread."),
+    ];
+    for (key, text) in items
+        .iter()
+        .map(|(k, t)| (*k, Some(*t)))
+        .chain([("no-text", None)])
+    {
+        let data = match text {
+            Some(text) => json!({"item_id": key, "text": text}),
+            None => json!({"item_id": key}),
+        };
+        t.store
+            .receive_record(&factory_store::NewStreamRecord {
+                template_id: "ingest-stream",
+                block: "intake",
+                key,
+                state: "received",
+                data: &data,
+                webhook_id: Some(&format!("msg-{key}")),
+                at: factory_engine::now_ms(),
+            })
+            .await
+            .unwrap();
+    }
+    c.goto(&t.url("/streams/ingest-stream")).await.unwrap();
+    until(
+        c,
+        "three items scored and one failed",
+        "const s = document.querySelector('[data-state=scored]'); const r = document.querySelector('[data-state=received]');\
+         return !!s && s.innerText.includes('3 done') && !!r && r.innerText.includes('1 failed');",
+    )
+    .await;
+    until(c, "the failed item's error in the list", "return document.querySelector('tr[data-record=no-text] td.error').innerText.includes('nothing to transcribe');").await;
+    screenshot(c, "streams").await;
+
+    click(
+        c,
+        "tr[data-record=no-text] form[data-action=retry-record] button",
+    )
+    .await;
+    let mut retried = false;
+    for _ in 0..100 {
+        let (_, reply) = t
+            .call(
+                Method::GET,
+                "/api/v1/records/ingest-stream/no-text",
+                "viewer",
+                None,
+            )
+            .await;
+        retried = reply["history"].as_array().unwrap().iter().any(|h| {
+            h["kind"] == "retried" && h["actor"].as_str().unwrap_or("").contains("operator")
+        });
+        if retried {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        retried,
+        "the Retry button did not retry the record as the operator"
+    );
+    c.goto(&t.url("/streams/ingest-stream/records/news-1"))
+        .await
+        .unwrap();
+    until(
+        c,
+        "the record's history",
+        "return document.querySelectorAll('.record-history li[data-kind=moved]').length === 4;",
+    )
+    .await;
+    let data = text_of(c, "pre.data").await;
+    assert!(
+        data.contains("\"embedding\"") && data.contains("\"score\""),
+        "{data}"
+    );
+    screenshot(c, "stream-record").await;
+}
