@@ -67,7 +67,26 @@ def score(data):
 STEPS = {"transcribe": transcribe, "annotate": annotate, "embed": embed, "score": score}
 
 
+def list_folder():
+    """The watched folder's text files, one item each (the cron intake)."""
+    params = json.loads(os.environ.get("FACTORY_PARAMS") or "{}")
+    folder = params.get("watch_dir") or "ingest-inbox"
+    if not os.path.isabs(folder):
+        folder = os.path.join(os.environ.get("FACTORY_TEMPLATE_DIR", "."), folder)
+    found = []
+    if os.path.isdir(folder):
+        for name in sorted(os.listdir(folder)):
+            path = os.path.join(folder, name)
+            if name.endswith(".txt") and os.path.isfile(path):
+                found.append({"item_id": f"file:{name}", "path": os.path.abspath(path)})
+    with open(os.path.join(os.environ["FACTORY_OUTPUT_DIR"], "found.json"), "w", encoding="utf-8") as f:
+        json.dump(found, f)
+
+
 def main():
+    if sys.argv[1] == "list":
+        list_folder()
+        return
     step = STEPS[sys.argv[1]]
     with open(os.environ["FACTORY_INPUTS"], encoding="utf-8") as f:
         inputs = json.load(f)

@@ -68,8 +68,9 @@ pub async fn records(engine: &Engine, actor: &str, q: RecordsQuery) -> anyhow::R
         limit: q.limit.clamp(1, 10_000),
     };
     let (rows, counts) = engine.records(&filter).await?;
+    let firings = engine.firings(&q.template, 5).await?;
     if q.json {
-        let body = serde_json::json!({ "template": q.template, "counts": counts, "records": rows });
+        let body = serde_json::json!({ "template": q.template, "counts": counts, "records": rows, "firings": firings });
         println!("{}", serde_json::to_string_pretty(&body)?);
         return Ok(());
     }
@@ -79,6 +80,26 @@ pub async fn records(engine: &Engine, actor: &str, q: RecordsQuery) -> anyhow::R
             q.template, q.template
         );
         return Ok(());
+    }
+    for f in &firings {
+        let what = match (&f.error, f.finished_at) {
+            (Some(error), _) => format!("error: {error}"),
+            (None, Some(_)) => format!(
+                "{} new, {} known{}",
+                f.created.unwrap_or(0),
+                f.known.unwrap_or(0),
+                if f.skipped > 0 {
+                    format!(", {} missed ticks skipped", f.skipped)
+                } else {
+                    String::new()
+                }
+            ),
+            (None, None) => "running (or interrupted)".to_string(),
+        };
+        println!("fired {} at its {} tick: {what}", f.block, time(f.tick));
+    }
+    if !firings.is_empty() {
+        println!();
     }
     println!(
         "{:<20} {:<8} {:>8} {:>8}",

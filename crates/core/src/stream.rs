@@ -3,10 +3,12 @@
 //! A stream template is a chain of daemon blocks over a stream of records
 //! (seed `001`, "Pattern 2"). Its shape, checked by [`plan`]:
 //!
-//! - **Intake blocks** have no dependencies and a trigger that brings records:
-//!   each signed webhook delivery is one record, keyed by the payload's
-//!   `record_state.track_per` field, and enters the first state. An intake
-//!   runs no step of its own (`builtin: noop`): the delivery is the record.
+//! - **Intake blocks** have no dependencies and a trigger that brings records
+//!   into the first state, keyed by the payload's `record_state.track_per`
+//!   field. A webhook intake runs no step of its own (`builtin: noop`): each
+//!   signed delivery is a record. A cron intake runs its step on each tick
+//!   ([`cron`] decides which are due) and the records it lists whose key is
+//!   new enter the stream.
 //! - **Stage blocks** depend on the block before them. The block at position
 //!   `i` of the chain (intakes are position 0) leaves records in
 //!   `states[i]`: it takes records waiting in `states[i - 1]`, one or
@@ -16,6 +18,7 @@
 //! The DAG scheduler of pattern 1 is not involved: records have their own,
 //! per-record state machine ([`settle`] decides every move).
 
+pub mod cron;
 pub mod settle;
 
 use std::collections::BTreeMap;
@@ -47,11 +50,45 @@ pub struct StreamPlan {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Intake {
     pub block: String,
-    /// The declared `trigger.webhook` path, mounted under `/api/v1/hooks/`
-    /// beside `{template}/{block}`.
-    pub hook_path: Option<String>,
-    /// The server's environment variable holding the signing secret.
-    pub secret_env: String,
+    pub kind: IntakeKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum IntakeKind {
+    /// Each signed delivery is one record.
+    Webhook {
+        /// The declared `trigger.webhook` path, mounted under
+        /// `/api/v1/hooks/` beside `{template}/{block}`.
+        hook_path: Option<String>,
+        /// The server's environment variable holding the signing secret.
+        secret_env: String,
+    },
+    /// On each tick the block's step runs and lists records (a JSON array
+    /// of payloads); those whose key is new enter the first state.
+    Cron(CronIntake),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CronIntake {
+    pub expression: String,
+    pub timezone: Option<String>,
+    pub catch_up: u32,
+    /// The artifact the step lists its records in.
+    pub records_key: String,
+    pub timeout_ms: u64,
+}
+
+impl Intake {
+    /// `(declared path, secret variable)` of a webhook intake.
+    pub fn webhook(&self) -> Option<(Option<&str>, &str)> {
+        match &self.kind {
+            IntakeKind::Webhook {
+                hook_path,
+                secret_env,
+            } => Some((hook_path.as_deref(), secret_env)),
+            IntakeKind::Cron(_) => None,
+        }
+    }
 }
 
 /// A block that moves records from one state to the next.
@@ -80,16 +117,22 @@ impl StreamPlan {
         &self.states[self.states.len() - 1]
     }
 
-    pub fn intake(&self, block: &str) -> Option<&Intake> {
-        self.intakes.iter().find(|i| i.block == block)
-    }
-
-    /// The intake mounted at a declared hook path.
-    pub fn intake_at_path(&self, path: &str) -> Option<&Intake> {
-        let path = path.trim_matches('/');
+    /// The webhook intake `block`.
+    pub fn webhook_intake(&self, block: &str) -> Option<&Intake> {
         self.intakes
             .iter()
-            .find(|i| i.hook_path.as_deref().map(|p| p.trim_matches('/')) == Some(path))
+            .find(|i| i.block == block && i.webhook().is_some())
+    }
+
+    /// The webhook intake mounted at a declared hook path.
+    pub fn intake_at_path(&self, path: &str) -> Option<&Intake> {
+        let path = path.trim_matches('/');
+        self.intakes.iter().find(|i| {
+            i.webhook()
+                .and_then(|(declared, _)| declared)
+                .map(|p| p.trim_matches('/'))
+                == Some(path)
+        })
     }
 
     pub fn state_after(&self, stage: &Stage) -> &str {
@@ -196,6 +239,15 @@ pub fn plan(template: &Template) -> Result<Option<StreamPlan>, Vec<Diagnostic>> 
                 ),
             );
         }
+        if !block.inputs.env.is_empty() {
+            push(
+                &mut out,
+                not_yet(
+                    at(i, ".inputs.env"),
+                    "`inputs.env` on a stream block (checked when a run is created; a stream has no run)",
+                ),
+            );
+        }
         if !block.inputs.files.is_empty() {
             push(
                 &mut out,
@@ -256,12 +308,66 @@ pub fn plan(template: &Template) -> Result<Option<StreamPlan>, Vec<Diagnostic>> 
                     }
                     intakes.push(Intake {
                         block: block.id.clone(),
-                        hook_path: block.trigger.webhook.clone(),
-                        secret_env: block.trigger.secret_env.clone().unwrap_or_default(),
+                        kind: IntakeKind::Webhook {
+                            hook_path: block.trigger.webhook.clone(),
+                            secret_env: block.trigger.secret_env.clone().unwrap_or_default(),
+                        },
+                    });
+                }
+                TriggerType::Cron => {
+                    if is_noop(block) {
+                        push(
+                            &mut out,
+                            Diagnostic::error(
+                                codes::STREAM,
+                                at(i, ".runtime"),
+                                "a cron intake runs a step on each tick that lists the records (a no-op lists none)",
+                            )
+                            .with_help("give it a `command` (or another runtime) that writes the records as a JSON array, e.g. one per new file of a folder"),
+                        );
+                    }
+                    if block.inputs.config.contains_key("batch") {
+                        push(&mut out, batch_not_here(at(i, ".inputs.config.batch")));
+                    }
+                    if block.record_state.is_none() {
+                        push(
+                            &mut out,
+                            Diagnostic::error(
+                                codes::RECORD_STATE,
+                                at(i, ".record_state"),
+                                "an intake block must say what a record is and which states it moves through",
+                            )
+                            .with_help("e.g. `\"record_state\": {\"track_per\": \"file\", \"states\": [\"found\", \"read\"]}`"),
+                        );
+                    }
+                    let records_key = match block.outputs.artifacts.as_slice() {
+                        [one] if one.format == crate::template::ArtifactFormat::Json => one.key.clone(),
+                        _ => {
+                            push(
+                                &mut out,
+                                Diagnostic::error(
+                                    codes::STREAM,
+                                    at(i, ".outputs.artifacts"),
+                                    "a cron intake writes one JSON artifact: the records it found, as an array of objects",
+                                )
+                                .with_help("declare exactly one artifact, e.g. `{\"key\": \"found\", \"path\": \"found.json\", \"format\": \"json\"}`"),
+                            );
+                            String::new()
+                        }
+                    };
+                    intakes.push(Intake {
+                        block: block.id.clone(),
+                        kind: IntakeKind::Cron(CronIntake {
+                            expression: block.trigger.cron.clone().unwrap_or_default(),
+                            timezone: block.trigger.timezone.clone(),
+                            catch_up: block.trigger.catch_up.unwrap_or(0),
+                            records_key,
+                            timeout_ms: block.timeout,
+                        }),
                     });
                 }
                 // Refused field by field (TPL0028) until their runners exist.
-                TriggerType::Cron | TriggerType::Event | TriggerType::Manual => {}
+                TriggerType::Event | TriggerType::Manual => {}
                 TriggerType::Dependency => push(
                     &mut out,
                     Diagnostic::error(
@@ -269,7 +375,7 @@ pub fn plan(template: &Template) -> Result<Option<StreamPlan>, Vec<Diagnostic>> 
                         at(i, ".trigger"),
                         "a stream block with no dependency needs a trigger that brings it records",
                     )
-                    .with_help("give it `\"trigger\": {\"type\": \"webhook\", \"secret_env\": \"…\"}`, or make it depend on the block before it"),
+                    .with_help("give it `\"trigger\": {\"type\": \"webhook\", \"secret_env\": \"…\"}` or a `cron` trigger, or make it depend on the block before it"),
                 ),
             }
         } else if block.trigger.trigger_type != TriggerType::Dependency {
@@ -289,7 +395,7 @@ pub fn plan(template: &Template) -> Result<Option<StreamPlan>, Vec<Diagnostic>> 
     let refused_intake = template.blocks.iter().any(|b| {
         matches!(
             b.trigger.trigger_type,
-            TriggerType::Cron | TriggerType::Event | TriggerType::Manual
+            TriggerType::Event | TriggerType::Manual
         )
     });
     let Some((_, record_state)) = record_state else {
@@ -429,7 +535,7 @@ pub fn plan(template: &Template) -> Result<Option<StreamPlan>, Vec<Diagnostic>> 
         out.push(Diagnostic::error(
             codes::STREAM,
             "$.blocks",
-            "a stream template needs an intake: a block with no dependency and a webhook trigger",
+            "a stream template needs an intake: a block with no dependency and a webhook or cron trigger",
         ));
     }
     if out.iter().any(Diagnostic::is_error) {

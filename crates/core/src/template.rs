@@ -318,6 +318,16 @@ pub struct Trigger {
     /// holds the hook's signing secret (`whsec_…`, Standard Webhooks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_env: Option<String>,
+    /// For a `cron` trigger: the IANA time zone its expression is read in
+    /// (`Europe/Paris`; default UTC), daylight saving included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    /// For a `cron` trigger: how many ticks missed while no server ran are
+    /// fired late, the most recent ones, oldest first (0–100; default 0:
+    /// skip them). A tick less than a minute old always fires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 100))]
+    pub catch_up: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

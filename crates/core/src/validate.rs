@@ -1100,6 +1100,6 @@ fn check_profiles(template: &Template, ids: &BTreeMap<&str, usize>, out: &mut Ve
     }
 }
 
-mod stream_fields;
+pub(crate) mod stream_fields;
 #[cfg(test)]
 mod tests;

@@ -17,8 +17,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use factory_core::Pipeline;
+use factory_core::stream::cron::{self, CronSchedule};
 use factory_core::stream::settle::{self, Claimed, Move, StageOutput};
-use factory_core::stream::{Stage, StreamPlan};
+use factory_core::stream::{IntakeKind, Stage, StreamPlan};
 use factory_core::template::ArtifactFormat;
 use factory_runtime::{AttemptInput, InputArtifact};
 use factory_store::{NewStreamRecord, Receipt, StageMoves};
@@ -58,7 +59,7 @@ impl Engine {
         let plan = pipeline
             .stream()
             .ok_or_else(|| EngineError::NotFound(format!("stream template `{template_id}`")))?;
-        if plan.intake(block).is_none() {
+        if plan.webhook_intake(block).is_none() {
             return Err(EngineError::NotFound(format!(
                 "intake block `{block}` of template `{template_id}`"
             )));
@@ -73,6 +74,7 @@ impl Engine {
             state: plan.first_state().to_string(),
             data: payload.clone(),
             webhook_id: webhook_id.map(str::to_string),
+            tick: None,
             at: now_ms(),
             reply,
         };
@@ -103,6 +105,7 @@ pub(crate) struct Pending {
     state: String,
     data: Value,
     webhook_id: Option<String>,
+    tick: Option<i64>,
     at: i64,
     reply: tokio::sync::oneshot::Sender<std::result::Result<Receipt, factory_store::StoreError>>,
 }
@@ -150,6 +153,7 @@ fn new_record(p: &Pending) -> NewStreamRecord<'_> {
         state: &p.state,
         data: &p.data,
         webhook_id: p.webhook_id.as_deref(),
+        tick: p.tick,
         at: p.at,
     }
 }
@@ -168,6 +172,15 @@ impl Engine {
         let rows = self.store().list_records(filter, now).await?;
         let counts = self.store().count_records(&filter.template_id, now).await?;
         Ok((rows, counts))
+    }
+
+    /// A stream's cron firings, newest first.
+    pub async fn firings(
+        &self,
+        template_id: &str,
+        limit: u32,
+    ) -> Result<Vec<factory_store::Firing>> {
+        Ok(self.store().firings(template_id, limit).await?)
     }
 
     /// One record with its data and history.
@@ -245,9 +258,24 @@ impl StreamRunner {
             params,
             wakers: wakers.clone(),
         });
-        let tasks = (0..shared.plan.stages.len())
-            .map(|k| tokio::spawn(supervise(shared.clone(), k, stopped.clone())))
+        let mut tasks: Vec<tokio::task::JoinHandle<()>> = (0..shared.plan.stages.len())
+            .map(|k| {
+                let (shared, stopped) = (shared.clone(), stopped.clone());
+                let name = shared.plan.stages[k].block.clone();
+                tokio::spawn(supervise(name, stopped.clone(), move || {
+                    stage_loop(shared.clone(), k, stopped.clone())
+                }))
+            })
             .collect();
+        for (i, intake) in shared.plan.intakes.iter().enumerate() {
+            if let IntakeKind::Cron(_) = intake.kind {
+                let (shared, stopped) = (shared.clone(), stopped.clone());
+                let name = intake.block.clone();
+                tasks.push(tokio::spawn(supervise(name, stopped.clone(), move || {
+                    cron_loop(shared.clone(), i, stopped.clone())
+                })));
+            }
+        }
         tracing::info!(template = %template_id, stages = wakers.len(), "stream runner started");
         Some(StreamRunner {
             template_id,
@@ -286,17 +314,20 @@ struct Shared {
     wakers: Vec<Arc<Notify>>,
 }
 
-/// Runs stage `k` until stopped, starting it again (1 s, doubling to 60 s)
-/// whenever its task dies.
-async fn supervise(shared: Arc<Shared>, k: usize, mut stopped: watch::Receiver<bool>) {
-    let block = shared.plan.stages[k].block.clone();
+/// Runs a stage's (or a cron intake's) loop until stopped, starting it
+/// again (1 s, doubling to 60 s) whenever its task dies.
+async fn supervise<F, Fut>(block: String, mut stopped: watch::Receiver<bool>, start: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let mut backoff = Duration::from_secs(1);
     loop {
-        let task = tokio::spawn(stage_loop(shared.clone(), k, stopped.clone()));
+        let task = tokio::spawn(start());
         match task.await {
             Ok(()) => return,
             Err(error) => {
-                tracing::error!(%block, %error, ?backoff, "stream stage died; starting it again");
+                tracing::error!(%block, %error, ?backoff, "stream task died; starting it again");
             }
         }
         tokio::select! {
@@ -305,6 +336,217 @@ async fn supervise(shared: Arc<Shared>, k: usize, mut stopped: watch::Receiver<b
         }
         backoff = (backoff * 2).min(Duration::from_secs(60));
     }
+}
+
+/// A cron intake: on each due tick (claimed in the store, so one process
+/// fires it), run the block's step and take the records it lists.
+async fn cron_loop(shared: Arc<Shared>, i: usize, mut stopped: watch::Receiver<bool>) {
+    let intake = &shared.plan.intakes[i];
+    let IntakeKind::Cron(cron) = &intake.kind else {
+        return;
+    };
+    let template_id = &shared.pipeline.template().id;
+    let schedule = match CronSchedule::parse(&cron.expression, cron.timezone.as_deref()) {
+        Ok(schedule) => schedule,
+        Err(error) => {
+            tracing::error!(block = %intake.block, %error, "cron intake cannot run");
+            return;
+        }
+    };
+    let store = shared.engine.store().clone();
+    while !*stopped.borrow() {
+        let now = now_ms();
+        match store.last_firing(template_id, &intake.block).await {
+            Ok(last) => {
+                let due = cron::due(&schedule, last, now, cron.catch_up);
+                if due.skipped > 0 {
+                    tracing::warn!(block = %intake.block, skipped = due.skipped, catch_up = cron.catch_up, "missed cron ticks skipped");
+                }
+                for (n, tick) in due.fire.iter().enumerate() {
+                    let skipped = if n == 0 { due.skipped } else { 0 };
+                    match store
+                        .claim_firing(template_id, &intake.block, *tick, now, skipped)
+                        .await
+                    {
+                        Ok(true) => fire(&shared, &intake.block, cron, *tick).await,
+                        Ok(false) => {}
+                        Err(error) => {
+                            tracing::warn!(block = %intake.block, %error, "cannot claim a cron tick")
+                        }
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::warn!(block = %intake.block, %error, "cannot read the last cron firing")
+            }
+        }
+        // Until just past the next tick; at most a minute, then look again
+        // (the clock may have jumped).
+        let now = now_ms();
+        let next = schedule.next_after(now).unwrap_or(now + 60_000);
+        let wait = Duration::from_millis((next - now + 5).clamp(5, 60_000) as u64);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stopped.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// One firing: the step lists records (a JSON array of payloads, each
+/// with the `track_per` field); the new ones enter the first state in one
+/// transaction. The firing's row says what happened.
+async fn fire(shared: &Shared, block_id: &str, cron: &factory_core::stream::CronIntake, tick: i64) {
+    let template_id = &shared.pipeline.template().id;
+    let mut outcome = factory_store::FiringOutcome::default();
+    match shared.pipeline.block(block_id) {
+        None => outcome.error = Some("the block is gone from the template".into()),
+        Some(block) => {
+            let (execution, dir) =
+                run_step(shared, block, Vec::new(), 1, &format!("tick-{tick}")).await;
+            match (&execution.error, execution.artifacts.get(&cron.records_key)) {
+                (Some(error), _) => outcome.error = Some(error.clone()),
+                (None, None) => {
+                    outcome.error = Some(format!(
+                        "block `{block_id}` wrote no `{}` artifact",
+                        cron.records_key
+                    ))
+                }
+                (None, Some(bytes)) => {
+                    take_listed(shared, block_id, tick, cron, bytes, &mut outcome).await
+                }
+            }
+            if outcome.error.is_none() && !shared.engine.config.keep_work_dirs {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
+    if let Some(error) = &outcome.error {
+        tracing::warn!(block = %block_id, tick, %error, "cron firing");
+    }
+    if let Err(error) = shared
+        .engine
+        .store()
+        .finish_firing(template_id, block_id, tick, &outcome, now_ms())
+        .await
+    {
+        tracing::warn!(block = %block_id, %error, "cannot record the firing's outcome");
+    }
+    if outcome.created > 0
+        && let Some(first) = shared.wakers.first()
+    {
+        first.notify_one();
+    }
+}
+
+/// The records a firing's step listed: new keys enter the first state.
+async fn take_listed(
+    shared: &Shared,
+    block_id: &str,
+    tick: i64,
+    cron: &factory_core::stream::CronIntake,
+    bytes: &[u8],
+    outcome: &mut factory_store::FiringOutcome,
+) {
+    let items = match serde_json::from_slice::<Value>(bytes) {
+        Ok(Value::Array(items)) => items,
+        Ok(_) => {
+            outcome.error = Some(format!(
+                "block `{block_id}`'s `{}` is not a JSON array of records",
+                cron.records_key
+            ));
+            return;
+        }
+        Err(error) => {
+            outcome.error = Some(format!(
+                "block `{block_id}`'s `{}` is not JSON: {error}",
+                cron.records_key
+            ));
+            return;
+        }
+    };
+    let mut keyed = Vec::new();
+    for item in items {
+        match settle::record_key(&shared.plan.track_per, &item) {
+            Ok(key) => keyed.push((key, item)),
+            Err(problem) => {
+                outcome.rejected += 1;
+                outcome
+                    .error
+                    .get_or_insert_with(|| format!("an item names no record: {problem}"));
+            }
+        }
+    }
+    let at = now_ms();
+    let records: Vec<NewStreamRecord<'_>> = keyed
+        .iter()
+        .map(|(key, data)| NewStreamRecord {
+            template_id: &shared.pipeline.template().id,
+            block: block_id,
+            key,
+            state: shared.plan.first_state(),
+            data,
+            webhook_id: None,
+            tick: Some(tick),
+            at,
+        })
+        .collect();
+    match shared.engine.store().receive_records(&records).await {
+        Ok(receipts) => {
+            outcome.created = receipts.iter().filter(|r| **r == Receipt::Created).count() as u64;
+            outcome.known = receipts.len() as u64 - outcome.created;
+        }
+        Err(error) => outcome.error = Some(format!("cannot store the records: {error}")),
+    }
+}
+
+/// Runs a stream block's step once, in its own directory under the work
+/// root (`stream/<template>/<block>/<name>`), with the template's param
+/// defaults.
+async fn run_step(
+    shared: &Shared,
+    block: &factory_core::template::Block,
+    inputs: Vec<InputArtifact>,
+    attempt: u32,
+    name: &str,
+) -> (factory_runtime::Execution, PathBuf) {
+    let template_id = &shared.pipeline.template().id;
+    let attempt_dir = shared
+        .engine
+        .config
+        .work_root
+        .join("stream")
+        .join(template_id)
+        .join(&block.id)
+        .join(name);
+    let run_id = format!("stream:{template_id}");
+    let no_map = BTreeMap::new();
+    let golden = BTreeMap::new();
+    let execution = factory_runtime::execute(AttemptInput {
+        run_id: &run_id,
+        block,
+        attempt,
+        run_version: 1,
+        params: &shared.params,
+        inputs,
+        corrections: None,
+        reply_note: None,
+        run_sampling: &no_map,
+        golden: &golden,
+        attempt_dir: attempt_dir.clone(),
+        template_dir: shared.template_dir.clone(),
+        on_spawn: None,
+        llm: shared.engine.config.llm.clone(),
+        model: factory_core::transitions::effective_model(
+            shared.pipeline.template(),
+            block,
+            &BTreeMap::new(),
+            None,
+        )
+        .map(str::to_string),
+        progress: None,
+    })
+    .await;
+    (execution, attempt_dir)
 }
 
 async fn stage_loop(shared: Arc<Shared>, k: usize, mut stopped: watch::Receiver<bool>) {
@@ -470,42 +712,13 @@ async fn execute(shared: &Shared, stage: &Stage, claimed: &[Claimed]) -> settle:
         })
         .collect();
     let attempt = claimed.iter().map(|c| c.attempts + 1).max().unwrap_or(1);
-    let template_id = &shared.pipeline.template().id;
-    let attempt_dir = shared
-        .engine
-        .config
-        .work_root
-        .join("stream")
-        .join(template_id)
-        .join(&stage.block)
-        .join(uuid::Uuid::now_v7().to_string());
-    let run_id = format!("stream:{template_id}");
-    let no_map = BTreeMap::new();
-    let golden = BTreeMap::new();
-    let execution = factory_runtime::execute(AttemptInput {
-        run_id: &run_id,
+    let (execution, attempt_dir) = run_step(
+        shared,
         block,
-        attempt,
-        run_version: 1,
-        params: &shared.params,
         inputs,
-        corrections: None,
-        reply_note: None,
-        run_sampling: &no_map,
-        golden: &golden,
-        attempt_dir: attempt_dir.clone(),
-        template_dir: shared.template_dir.clone(),
-        on_spawn: None,
-        llm: shared.engine.config.llm.clone(),
-        model: factory_core::transitions::effective_model(
-            shared.pipeline.template(),
-            block,
-            &BTreeMap::new(),
-            None,
-        )
-        .map(str::to_string),
-        progress: None,
-    })
+        attempt,
+        &uuid::Uuid::now_v7().to_string(),
+    )
     .await;
     let now = now_ms();
     let settled = match (

@@ -27,8 +27,8 @@ pub use side::{
 };
 pub use sqlite::SqliteStore;
 pub use stream::{
-    ClaimedRecord, NewStreamRecord, Receipt, RecordCount, RecordFilter, RecordHistoryEntry,
-    StageMoves, StreamRecordRow,
+    ClaimedRecord, Firing, FiringOutcome, NewStreamRecord, Receipt, RecordCount, RecordFilter,
+    RecordHistoryEntry, StageMoves, StreamRecordRow,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -542,6 +542,31 @@ pub trait Store: Send + Sync {
     async fn record_lease_owners(&self) -> Result<Vec<String>>;
 
     async fn release_record_leases(&self, owner: &str) -> Result<u64>;
+
+    /// Claims a cron intake's tick: true for the one process that fires it.
+    async fn claim_firing(
+        &self,
+        template_id: &str,
+        block: &str,
+        tick: Millis,
+        at: Millis,
+        skipped: u64,
+    ) -> Result<bool>;
+
+    async fn finish_firing(
+        &self,
+        template_id: &str,
+        block: &str,
+        tick: Millis,
+        outcome: &FiringOutcome,
+        at: Millis,
+    ) -> Result<()>;
+
+    /// The last tick a cron intake fired.
+    async fn last_firing(&self, template_id: &str, block: &str) -> Result<Option<Millis>>;
+
+    /// A stream's firings, newest first.
+    async fn firings(&self, template_id: &str, limit: u32) -> Result<Vec<Firing>>;
 
     /// Resolves a full run id or a unique prefix of one.
     async fn resolve_run_id(&self, id_or_prefix: &str) -> Result<String> {

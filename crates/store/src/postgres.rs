@@ -634,6 +634,36 @@ impl Store for PostgresStore {
         sq::record_lease_owners(&self.pool).await
     }
 
+    async fn claim_firing(
+        &self,
+        template_id: &str,
+        block: &str,
+        tick: Millis,
+        at: Millis,
+        skipped: u64,
+    ) -> Result<bool> {
+        sq::claim_firing(&self.pool, template_id, block, tick, at, skipped).await
+    }
+
+    async fn finish_firing(
+        &self,
+        template_id: &str,
+        block: &str,
+        tick: Millis,
+        outcome: &crate::FiringOutcome,
+        at: Millis,
+    ) -> Result<()> {
+        sq::finish_firing(&self.pool, template_id, block, tick, outcome, at).await
+    }
+
+    async fn last_firing(&self, template_id: &str, block: &str) -> Result<Option<Millis>> {
+        sq::last_firing(&self.pool, template_id, block).await
+    }
+
+    async fn firings(&self, template_id: &str, limit: u32) -> Result<Vec<crate::Firing>> {
+        sq::firings(&self.pool, template_id, limit).await
+    }
+
     async fn release_record_leases(&self, owner: &str) -> Result<u64> {
         sq::release_record_leases(&self.pool, owner).await
     }

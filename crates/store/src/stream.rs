@@ -22,7 +22,37 @@ pub struct NewStreamRecord<'a> {
     pub data: &'a Value,
     /// The delivery's `webhook-id`, kept so a redelivery is not processed twice.
     pub webhook_id: Option<&'a str>,
+    /// The cron tick whose firing found it.
+    pub tick: Option<Millis>,
     pub at: Millis,
+}
+
+/// One firing of a cron intake.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Firing {
+    pub block: String,
+    pub tick: Millis,
+    pub fired_at: Millis,
+    /// Missed ticks passed over before this one (after downtime).
+    pub skipped: u64,
+    /// Unset while its step runs (or if the process died during it).
+    pub finished_at: Option<Millis>,
+    /// New records; records it listed that were known already; items
+    /// without a key.
+    pub created: Option<u64>,
+    pub known: Option<u64>,
+    pub rejected: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// How a firing ended.
+#[derive(Debug, Clone, Default)]
+pub struct FiringOutcome {
+    pub created: u64,
+    pub known: u64,
+    pub rejected: u64,
+    pub error: Option<String>,
 }
 
 /// What a delivery did.
@@ -152,6 +182,11 @@ pub(crate) const RECORD_EVENTS: &str = "SELECT seq, at, kind, body FROM stream_r
 pub(crate) const COUNT_RECORDS: &str = "SELECT state, status, COUNT(*) AS n,
  SUM(CASE WHEN lease_owner IS NOT NULL AND lease_until >= $2 THEN 1 ELSE 0 END) AS working
  FROM stream_records WHERE template_id = $1 GROUP BY state, status ORDER BY state, status";
+pub(crate) const CLAIM_FIRING: &str = "INSERT INTO trigger_firings (template_id, block_id, tick, fired_at, skipped) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING";
+pub(crate) const FINISH_FIRING: &str = "UPDATE trigger_firings SET finished_at = $1, created = $2, known = $3, rejected = $4, error = $5 WHERE template_id = $6 AND block_id = $7 AND tick = $8";
+pub(crate) const LAST_FIRING: &str =
+    "SELECT MAX(tick) AS tick FROM trigger_firings WHERE template_id = $1 AND block_id = $2";
+pub(crate) const FIRINGS: &str = "SELECT block_id, tick, fired_at, skipped, finished_at, created, known, rejected, error FROM trigger_firings WHERE template_id = $1 ORDER BY tick DESC, block_id LIMIT $2";
 pub(crate) const LEASE_OWNERS: &str =
     "SELECT DISTINCT lease_owner FROM stream_records WHERE lease_owner IS NOT NULL";
 pub(crate) const RELEASE_LEASES: &str =
@@ -207,6 +242,7 @@ macro_rules! stream_queries {
             let event = RecordEvent::Received {
                 block: r.block.to_string(),
                 webhook_id: r.webhook_id.map(str::to_string),
+                tick: r.tick,
             };
             insert_event(tx, r.template_id, r.key, 1, r.at, &event).await?;
             Ok(Receipt::Created)
@@ -468,6 +504,89 @@ macro_rules! stream_queries {
                 });
             }
             Ok(counts)
+        }
+
+        pub(crate) async fn claim_firing(
+            pool: &$pool,
+            template_id: &str,
+            block: &str,
+            tick: factory_core::run::Millis,
+            at: factory_core::run::Millis,
+            skipped: u64,
+        ) -> $crate::Result<bool> {
+            let done = sqlx::query(CLAIM_FIRING)
+                .bind(template_id)
+                .bind(block)
+                .bind(tick)
+                .bind(at)
+                .bind(i64::try_from(skipped).unwrap_or(i64::MAX))
+                .execute(pool)
+                .await?;
+            Ok(done.rows_affected() == 1)
+        }
+
+        pub(crate) async fn finish_firing(
+            pool: &$pool,
+            template_id: &str,
+            block: &str,
+            tick: factory_core::run::Millis,
+            outcome: &FiringOutcome,
+            at: factory_core::run::Millis,
+        ) -> $crate::Result<()> {
+            let count = |n: u64| i32::try_from(n).unwrap_or(i32::MAX);
+            sqlx::query(FINISH_FIRING)
+                .bind(at)
+                .bind(count(outcome.created))
+                .bind(count(outcome.known))
+                .bind(count(outcome.rejected))
+                .bind(&outcome.error)
+                .bind(template_id)
+                .bind(block)
+                .bind(tick)
+                .execute(pool)
+                .await?;
+            Ok(())
+        }
+
+        pub(crate) async fn last_firing(
+            pool: &$pool,
+            template_id: &str,
+            block: &str,
+        ) -> $crate::Result<Option<factory_core::run::Millis>> {
+            let row = sqlx::query(LAST_FIRING)
+                .bind(template_id)
+                .bind(block)
+                .fetch_one(pool)
+                .await?;
+            Ok(row.try_get::<Option<i64>, _>("tick")?)
+        }
+
+        pub(crate) async fn firings(
+            pool: &$pool,
+            template_id: &str,
+            limit: u32,
+        ) -> $crate::Result<Vec<Firing>> {
+            let rows = sqlx::query(FIRINGS)
+                .bind(template_id)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?;
+            let count = |n: Option<i32>| n.map(|n| n.max(0) as u64);
+            let mut firings = Vec::with_capacity(rows.len());
+            for row in rows {
+                firings.push(Firing {
+                    block: row.try_get("block_id")?,
+                    tick: row.try_get("tick")?,
+                    fired_at: row.try_get("fired_at")?,
+                    skipped: row.try_get::<i64, _>("skipped")?.max(0) as u64,
+                    finished_at: row.try_get("finished_at")?,
+                    created: count(row.try_get("created")?),
+                    known: count(row.try_get("known")?),
+                    rejected: count(row.try_get("rejected")?),
+                    error: row.try_get("error")?,
+                });
+            }
+            Ok(firings)
         }
 
         pub(crate) async fn record_lease_owners(pool: &$pool) -> $crate::Result<Vec<String>> {

@@ -233,7 +233,33 @@ fn bench_times_a_run_of_the_shape_and_size_asked_for() {
         .args(["bench", "--shape", "ring"])
         .assert()
         .code(2)
-        .stderr(predicate::str::contains("use `chain` or `fan`"));
+        .stderr(predicate::str::contains("use `chain`, `fan` or `stream`"));
+    // Records through a stream of no-op steps, fed by signed webhooks.
+    let output = factory(&db)
+        .args([
+            "bench",
+            "--shape",
+            "stream",
+            "--records",
+            "300",
+            "--batch",
+            "20",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let figures: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(figures["records"], 300, "{figures}");
+    assert_eq!(figures["lost"], 0, "{figures}");
+    assert!(
+        figures["records_per_s"].as_f64().unwrap() > 0.0,
+        "{figures}"
+    );
 }
 
 #[test]

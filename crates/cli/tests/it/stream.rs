@@ -584,3 +584,78 @@ printf ']' >> "$out"
         "kill -9 midstream: {RECORDS} records, {repeats} step executions repeated (in-flight batches), 0 lost, 0 moved twice"
     );
 }
+
+/// The example's watched folder: its cron intake fires as the server
+/// starts (the current minute's tick), takes each text file as an item once,
+/// and the items move to the last state; a restart does not take them again.
+#[test]
+fn a_cron_intake_takes_each_file_of_a_watched_folder_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("factory.db");
+    let templates = copy_example(dir.path());
+    let inbox = templates.join("ingest-inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    std::fs::write(
+        inbox.join("a.txt"),
+        "Human feedback makes machine learning pipelines better.",
+    )
+    .unwrap();
+    std::fs::write(inbox.join("b.txt"), "A note about bread.").unwrap();
+    std::fs::write(inbox.join("ignored.md"), "not a .txt file").unwrap();
+    let secret = HookSecret::generate();
+    let server = serve(&db, &templates, &secret, None);
+    let scored = ("scored".to_string(), "done".to_string());
+    wait_for(Duration::from_secs(60), "both files scored", || {
+        counts(&db, "ingest-stream").get(&scored) == Some(&2)
+    });
+    let listed = records(&db, "ingest-stream");
+    let firings = listed["firings"].as_array().unwrap();
+    let first = firings.last().unwrap();
+    assert_eq!(first["block"], "watch-folder", "{listed}");
+    assert_eq!(first["created"], 2, "{listed}");
+    assert!(first["error"].is_null(), "{listed}");
+    let keys: BTreeSet<&str> = listed["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, BTreeSet::from(["file:a.txt", "file:b.txt"]));
+    drop(server);
+
+    // Started again: the tick it fired is not fired again, and a later one
+    // finds the files known.
+    let _server = serve(&db, &templates, &secret, None);
+    std::thread::sleep(Duration::from_secs(2));
+    let again = records(&db, "ingest-stream");
+    assert_eq!(again["records"].as_array().unwrap().len(), 2, "{again}");
+    for firing in again["firings"].as_array().unwrap() {
+        assert!(
+            firing["created"] == 2 || firing["created"] == 0,
+            "a file taken twice: {again}"
+        );
+    }
+    let output = factory(&db)
+        .args(["records", "ingest-stream", "--key", "file:a.txt", "--json"])
+        .output()
+        .unwrap();
+    let record: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let received: Vec<&Value> = record["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["kind"] == "received")
+        .collect();
+    assert_eq!(received.len(), 1, "{record}");
+    assert_eq!(received[0]["block"], "watch-folder");
+    assert!(
+        received[0]["tick"].as_i64().unwrap() % 60_000 == 0,
+        "a minute's tick: {record}"
+    );
+    assert!(
+        record["record"]["data"]["transcript"]
+            .as_str()
+            .unwrap()
+            .starts_with("Human feedback")
+    );
+}

@@ -49,6 +49,9 @@ pub enum RecordEvent {
         block: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         webhook_id: Option<String>,
+        /// The cron tick whose firing found it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tick: Option<Millis>,
     },
     /// A stage moved it on.
     Moved {

@@ -54,7 +54,7 @@ fn a_chain_of_daemon_blocks_is_a_stream_plan() {
     assert_eq!(plan.track_per, "video_id");
     assert_eq!(plan.states, ["raw", "annotated", "scored"]);
     assert_eq!(plan.intakes.len(), 1);
-    assert_eq!(plan.intakes[0].secret_env, "HOOK_SECRET");
+    assert_eq!(plan.intakes[0].webhook(), Some((None, "HOOK_SECRET")));
     let stages: Vec<(&str, usize)> = plan
         .stages
         .iter()
@@ -316,4 +316,70 @@ fn retries_back_off_to_a_ceiling() {
     assert_eq!(retry_delay_ms(2), 2000);
     assert_eq!(retry_delay_ms(5), 16_000);
     assert_eq!(retry_delay_ms(40), 300_000);
+}
+
+#[test]
+fn a_cron_intake_runs_a_step_that_lists_records() {
+    let mut value = chain();
+    value["blocks"][0]["trigger"] =
+        json!({"type": "cron", "cron": "*/5 * * * *", "timezone": "Europe/Paris", "catch_up": 3});
+    value["blocks"][0]["runtime"] = json!("command");
+    value["blocks"][0]["inputs"]["config"] = json!({"command": ["ls"]});
+    let pipeline = validate_value(&value).pipeline.expect("valid");
+    let plan = pipeline.stream().unwrap();
+    match &plan.intakes[0].kind {
+        IntakeKind::Cron(cron) => {
+            assert_eq!(
+                (
+                    cron.expression.as_str(),
+                    cron.timezone.as_deref(),
+                    cron.catch_up
+                ),
+                ("*/5 * * * *", Some("Europe/Paris"), 3)
+            );
+            assert_eq!(cron.records_key, "records");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        plan.webhook_intake("intake").is_none(),
+        "no hook for a cron intake"
+    );
+
+    // A no-op lists nothing; a bad zone, too many catch-ups, a secret on a cron trigger.
+    value["blocks"][0]["runtime"] = json!("builtin");
+    value["blocks"][0]["inputs"]["config"] = json!({"builtin": "noop"});
+    value["blocks"][0]["trigger"] =
+        json!({"type": "cron", "cron": "0 6 * * *", "timezone": "Mars/Olympus", "secret_env": "X"});
+    let found = errors(&value);
+    for (code, path) in [
+        ("TPL0029", "$.blocks[0].runtime"),
+        ("TPL0026", "$.blocks[0].trigger.timezone"),
+        ("TPL0026", "$.blocks[0].trigger.secret_env"),
+    ] {
+        assert!(
+            found.contains(&(code.into(), path.into())),
+            "{code} {path}: {found:?}"
+        );
+    }
+    value["blocks"][0]["trigger"] = json!({"type": "cron", "cron": "0 6 * * *", "catch_up": 101});
+    let found = errors(&value);
+    assert!(
+        found.iter().any(|(_, p)| p.ends_with("trigger.catch_up")),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn a_cron_trigger_outside_a_stream_is_refused_not_run_once() {
+    let value = template(vec![json!({
+        "id": "a", "name": "a", "layer": "L1", "type": "build", "runtime": "builtin",
+        "trigger": {"type": "cron", "cron": "0 6 * * *"},
+        "inputs": {"config": {"builtin": "noop"}}
+    })]);
+    let found = errors(&value);
+    assert!(
+        found.contains(&("TPL0028".into(), "$.blocks[0].trigger.type".into())),
+        "{found:?}"
+    );
 }

@@ -88,10 +88,14 @@ pub(super) fn check(i: usize, block: &template::Block, out: &mut Vec<Diagnostic>
              the stream and lens patterns are being built",
         )
     };
-    if !matches!(
-        block.trigger.trigger_type,
-        TriggerType::Dependency | TriggerType::Webhook
-    ) {
+    // A cron trigger runs a stream intake (a daemon); scheduled runs of a
+    // dag-batch template are not built yet.
+    let acted_on = match block.trigger.trigger_type {
+        TriggerType::Dependency | TriggerType::Webhook => true,
+        TriggerType::Cron => mode == Some(LifecycleMode::Daemon),
+        TriggerType::Event | TriggerType::Manual => false,
+    };
+    if !acted_on {
         push(not_yet(
             ".trigger.type",
             format!(
@@ -122,6 +126,42 @@ pub(super) fn check(i: usize, block: &template::Block, out: &mut Vec<Diagnostic>
     }
 }
 
+/// `trigger.cron` of a cron trigger: present and parsed.
+fn check_cron_expression(
+    trigger: &template::Trigger,
+    at: &dyn Fn(&str) -> String,
+    push: &mut dyn FnMut(Diagnostic),
+) {
+    match trigger.cron.as_deref() {
+        None => push(
+            Diagnostic::error(
+                codes::TRIGGER,
+                at(".trigger.cron"),
+                "a `cron` trigger needs `trigger.cron`",
+            )
+            .with_help("e.g. `\"cron\": \"0 6 * * 1-5\"` (06:00 on weekdays)"),
+        ),
+        Some(expression) => {
+            if let Err((message, column)) = parse_cron(expression) {
+                let mut diagnostic = Diagnostic::error(
+                    codes::TRIGGER,
+                    at(".trigger.cron"),
+                    format!("cron expression `{expression}`: {message}"),
+                )
+                .with_help(
+                    "five fields: minute hour day-of-month month day-of-week (e.g. `*/15 * * * *`), or @hourly, @daily, @weekly, @monthly, @yearly",
+                );
+                if let Some(column) = column {
+                    diagnostic
+                        .message
+                        .push_str(&format!(" (at character {column})"));
+                }
+                push(diagnostic);
+            }
+        }
+    }
+}
+
 fn trigger_name(trigger: TriggerType) -> &'static str {
     match trigger {
         TriggerType::Dependency => "dependency",
@@ -145,6 +185,12 @@ fn check_trigger(
         ("event", &trigger.event, TriggerType::Event),
         ("webhook", &trigger.webhook, TriggerType::Webhook),
         ("secret_env", &trigger.secret_env, TriggerType::Webhook),
+        ("timezone", &trigger.timezone, TriggerType::Cron),
+        (
+            "catch_up",
+            &trigger.catch_up.map(|n| n.to_string()),
+            TriggerType::Cron,
+        ),
     ] {
         if value.is_some() && kind != owner {
             push(
@@ -161,34 +207,33 @@ fn check_trigger(
         }
     }
     match kind {
-        TriggerType::Cron => match trigger.cron.as_deref() {
-            None => push(
-                Diagnostic::error(
-                    codes::TRIGGER,
-                    at(".trigger.cron"),
-                    "a `cron` trigger needs `trigger.cron`",
-                )
-                .with_help("e.g. `\"cron\": \"0 6 * * 1-5\"` (06:00 on weekdays)"),
-            ),
-            Some(expression) => {
-                if let Err((message, column)) = parse_cron(expression) {
-                    let mut diagnostic = Diagnostic::error(
-                        codes::TRIGGER,
-                        at(".trigger.cron"),
-                        format!("cron expression `{expression}`: {message}"),
-                    )
-                    .with_help(
-                        "five fields: minute hour day-of-month month day-of-week (e.g. `*/15 * * * *`), or @hourly, @daily, @weekly, @monthly, @yearly",
-                    );
-                    if let Some(column) = column {
-                        diagnostic
-                            .message
-                            .push_str(&format!(" (at character {column})"));
-                    }
-                    push(diagnostic);
-                }
+        TriggerType::Cron => {
+            if let Err(problem) = crate::stream::cron::time_zone(trigger.timezone.as_deref()) {
+                push(
+                    Diagnostic::error(codes::TRIGGER, at(".trigger.timezone"), problem).with_help(
+                        "an IANA time zone name, e.g. `Europe/Paris`, or leave it out for UTC",
+                    ),
+                );
             }
-        },
+            if trigger
+                .catch_up
+                .is_some_and(|n| n > crate::stream::cron::MAX_CATCH_UP)
+            {
+                push(
+                    Diagnostic::error(
+                        codes::TRIGGER,
+                        at(".trigger.catch_up"),
+                        format!(
+                            "`catch_up` is {}; at most {} missed ticks are fired late",
+                            trigger.catch_up.unwrap_or(0),
+                            crate::stream::cron::MAX_CATCH_UP
+                        ),
+                    )
+                    .with_help("0 skips missed ticks; N fires the N most recent"),
+                );
+            }
+            check_cron_expression(trigger, at, push);
+        }
         TriggerType::Event => match trigger.event.as_deref() {
             None => push(
                 Diagnostic::error(

@@ -1559,7 +1559,9 @@ fn stream_fields_are_parsed_and_refused_rather_than_ignored() {
             ("TPL0026", "$.blocks[0].trigger.cron", Some("a")),
             ("TPL0027", "$.blocks[0].record_state.track_per", Some("a")),
             ("TPL0027", "$.blocks[0].record_state.states", Some("a")),
-            ("TPL0028", "$.blocks[0].trigger.type", Some("a")),
+            // A cron intake of a stream runs a step that lists records.
+            ("TPL0029", "$.blocks[0].runtime", Some("a")),
+            ("TPL0029", "$.blocks[0].outputs.artifacts", Some("a")),
         ],
     );
     let cron = validated.errors().find(|d| d.code == "TPL0026").unwrap();

@@ -28,14 +28,18 @@ pub async fn receive(
 ) -> Result<Response, ApiError> {
     let (pipeline, intake) = find_intake(&state, &path)?;
     let template_id = pipeline.template().id.clone();
-    let secret_text = std::env::var(&intake.secret_env).unwrap_or_default();
+    let secret_env = intake
+        .webhook()
+        .map(|(_, env)| env.to_string())
+        .unwrap_or_default();
+    let secret_text = std::env::var(&secret_env).unwrap_or_default();
     if secret_text.is_empty() {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "hook_secret_missing",
             format!(
                 "hook `{template_id}/{}` has no secret on this server: set `{}` (a `whsec_…` secret, e.g. from `factory hook secret`) in the environment of `factory serve` and restart it",
-                intake.block, intake.secret_env
+                intake.block, secret_env
             ),
         ));
     }
@@ -43,10 +47,7 @@ pub async fn receive(
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "hook_secret_invalid",
-            format!(
-                "`{}` on this server is not a webhook secret: {problem}",
-                intake.secret_env
-            ),
+            format!("`{secret_env}` on this server is not a webhook secret: {problem}"),
         )
     })?;
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
@@ -108,11 +109,16 @@ fn find_intake(
         && let Some(pipeline) = state.streams.pipeline(template)
     {
         let plan = pipeline.stream().expect("streams holds stream templates");
-        if let Some(intake) = plan.intake(block).cloned() {
+        if let Some(intake) = plan.webhook_intake(block).cloned() {
             return Ok((pipeline, intake));
         }
         if !block.contains('/') {
-            let known: Vec<&str> = plan.intakes.iter().map(|i| i.block.as_str()).collect();
+            let known: Vec<&str> = plan
+                .intakes
+                .iter()
+                .filter(|i| i.webhook().is_some())
+                .map(|i| i.block.as_str())
+                .collect();
             return Err(ApiError::not_found(
                 "unknown_hook",
                 format!(

@@ -61,11 +61,13 @@ pub async fn list(
         limit: q.limit.unwrap_or(100).clamp(1, 1000),
     };
     let (records, counts) = state.engine.records(&filter).await?;
+    let firings = state.engine.firings(&template, 20).await?;
     Ok(Json(json!({
         "template": template,
         "states": states,
         "counts": counts,
         "records": records,
+        "firings": firings,
     })))
 }
 

@@ -131,6 +131,7 @@ async fn render_list(
         limit: PAGE,
     };
     let (rows, counts) = state.engine.records(&filter).await?;
+    let firings = state.engine.firings(template, 5).await?;
     let states = states_of(state, template, &counts);
     let running = state.streams.pipeline(template).is_some();
     if !running && counts.is_empty() {
@@ -174,6 +175,29 @@ async fn render_list(
                         }
                         @if failed_here > 0 {
                             a.status.failed href={ "?state=" (name) "&status=failed" } { (failed_here) " failed" }
+                        }
+                    }
+                }
+            }
+        }
+        @if !firings.is_empty() {
+            section.panel #firings data-live {
+                h2 { "Cron firings" }
+                table.records {
+                    thead { tr { th { "Intake" } th { "Tick" } th.num { "New" } th.num { "Known" } th { "Notes" } } }
+                    tbody {
+                        @for f in &firings {
+                            tr {
+                                td { code { (f.block) } }
+                                td { (factory_core::run::format_utc(f.tick)) }
+                                td.num { (f.created.map(|n| n.to_string()).unwrap_or_default()) }
+                                td.num { (f.known.map(|n| n.to_string()).unwrap_or_default()) }
+                                td.error {
+                                    @if let Some(error) = &f.error { (error) }
+                                    @else if f.finished_at.is_none() { "running (or interrupted)" }
+                                    @else if f.skipped > 0 { (f.skipped) " missed ticks skipped before it" }
+                                }
+                            }
                         }
                     }
                 }
@@ -286,9 +310,14 @@ async fn render_record(
 fn describe(event: &factory_core::stream::settle::RecordEvent) -> Markup {
     use factory_core::stream::settle::RecordEvent;
     match event {
-        RecordEvent::Received { block, webhook_id } => html! {
+        RecordEvent::Received {
+            block,
+            webhook_id,
+            tick,
+        } => html! {
             "received by " code { (block) }
             @if let Some(id) = webhook_id { " (delivery " code { (id) } ")" }
+            @if let Some(tick) = tick { " (found at its " (factory_core::run::format_utc(*tick)) " tick)" }
         },
         RecordEvent::Moved {
             block,

@@ -1090,6 +1090,7 @@ async fn a_streams_records_move_through_their_states_in_the_workbench() {
                 state: "received",
                 data: &data,
                 webhook_id: Some(&format!("msg-{key}")),
+                tick: None,
                 at: factory_engine::now_ms(),
             })
             .await

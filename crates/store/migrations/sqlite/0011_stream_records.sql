@@ -47,3 +47,20 @@ CREATE TABLE webhook_receipts (
     received_at BIGINT NOT NULL,
     PRIMARY KEY (template_id, block_id, webhook_id)
 );
+
+-- Each firing of a cron intake, one row per tick: inserting it is the
+-- claim (of all the processes that see the tick due, one fires it), and
+-- the row is the firing's event: what it found and what went wrong.
+CREATE TABLE trigger_firings (
+    template_id TEXT    NOT NULL,
+    block_id    TEXT    NOT NULL,
+    tick        BIGINT  NOT NULL,
+    fired_at    BIGINT  NOT NULL,
+    skipped     BIGINT  NOT NULL,
+    finished_at BIGINT,
+    created     INTEGER,
+    known       INTEGER,
+    rejected    INTEGER,
+    error       TEXT,
+    PRIMARY KEY (template_id, block_id, tick)
+);

@@ -19,6 +19,7 @@ async fn deliver(store: &dyn Store, key: &str, webhook_id: Option<&str>, at: i64
             state: "raw",
             data: &data,
             webhook_id,
+            tick: None,
             at,
         })
         .await
@@ -273,6 +274,7 @@ async fn deliveries_written_together(s: &dyn Store) {
         state: "raw",
         data: &data,
         webhook_id: Some(webhook_id),
+        tick: None,
         at: 5,
     };
     let receipts = s
@@ -317,6 +319,7 @@ async fn racing_claims_take_each_record_once(store: Arc<dyn Store>) {
                 state: "raw",
                 data: &data,
                 webhook_id: None,
+                tick: None,
                 at: 1,
             })
             .await
