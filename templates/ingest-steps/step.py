@@ -37,8 +37,13 @@ def transcribe(data):
     if isinstance(data.get("text"), str) and data["text"].strip():
         return {"transcript": " ".join(data["text"].split())}
     if isinstance(data.get("path"), str):
+        # Only files of the watched folder: a delivery may name any path.
+        folder = os.path.realpath(watch_dir())
+        path = os.path.realpath(data["path"])
+        if os.path.commonpath([folder, path]) != folder:
+            raise ValueError("`path` is outside the watched folder: not read")
         try:
-            with open(data["path"], encoding="utf-8") as f:
+            with open(path, encoding="utf-8") as f:
                 text = " ".join(f.read().split())
         except OSError as error:
             raise ValueError(f"cannot read {data['path']}: {error.strerror}")
@@ -67,12 +72,17 @@ def score(data):
 STEPS = {"transcribe": transcribe, "annotate": annotate, "embed": embed, "score": score}
 
 
-def list_folder():
-    """The watched folder's text files, one item each (the cron intake)."""
+def watch_dir():
     params = json.loads(os.environ.get("FACTORY_PARAMS") or "{}")
     folder = params.get("watch_dir") or "ingest-inbox"
     if not os.path.isabs(folder):
         folder = os.path.join(os.environ.get("FACTORY_TEMPLATE_DIR", "."), folder)
+    return folder
+
+
+def list_folder():
+    """The watched folder's text files, one item each (the cron intake)."""
+    folder = watch_dir()
     found = []
     if os.path.isdir(folder):
         for name in sorted(os.listdir(folder)):

@@ -176,7 +176,9 @@ pub fn hook(command: HookCommand) -> anyhow::Result<()> {
             ];
             for (name, value) in headers {
                 if curl {
-                    print!("-H '{name}: {value}' ");
+                    // Unquoted, so `$(factory hook sign --curl …)` splits
+                    // into curl's arguments (no value has a space).
+                    print!("-H {name}:{value} ");
                 } else {
                     println!("{name}: {value}");
                 }

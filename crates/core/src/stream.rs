@@ -169,13 +169,18 @@ pub fn plan(template: &Template) -> Result<Option<StreamPlan>, Vec<Diagnostic>> 
     for (field, set) in [
         ("autonomy_profiles", !template.autonomy_profiles.is_empty()),
         ("convergence", template.convergence.is_some()),
+        ("audit", template.audit.is_some()),
+        (
+            "corrections_instruction",
+            template.corrections_instruction.is_some(),
+        ),
     ] {
         if set {
             out.push(
                 Diagnostic::error(
                     codes::STREAM,
                     format!("$.{field}"),
-                    format!("`{field}` belongs to dag-batch runs; a stream template has no run to apply it to"),
+                    format!("`{field}` belongs to dag-batch runs (their gates, audits and reviews); a stream template has none to apply it to"),
                 )
                 .with_help(format!("remove `{field}`")),
             );
@@ -239,6 +244,42 @@ pub fn plan(template: &Template) -> Result<Option<StreamPlan>, Vec<Diagnostic>> 
                 ),
             );
         }
+        if !block.outputs.metrics.is_empty() {
+            push(
+                &mut out,
+                not_yet(
+                    at(i, ".outputs.metrics"),
+                    "metrics of a stream block (per-record metrics)",
+                ),
+            );
+        }
+        if block.execution.separate_reviewer {
+            push(
+                &mut out,
+                not_yet(
+                    at(i, ".execution.separate_reviewer"),
+                    "`separate_reviewer` on a stream block (it has no gate)",
+                ),
+            );
+        }
+        if block.execution.parallel_group.is_some() {
+            push(
+                &mut out,
+                not_yet(
+                    at(i, ".execution.parallel_group"),
+                    "`parallel_group` on a stream block (each stage runs on its own)",
+                ),
+            );
+        }
+        if block.inputs.mode != crate::template::DependencyMode::All {
+            push(
+                &mut out,
+                not_yet(
+                    at(i, ".inputs.mode"),
+                    "`inputs.mode` on a stream block (a stage takes records by state)",
+                ),
+            );
+        }
         if !block.inputs.env.is_empty() {
             push(
                 &mut out,
@@ -279,8 +320,33 @@ pub fn plan(template: &Template) -> Result<Option<StreamPlan>, Vec<Diagnostic>> 
         }
         if block.inputs.depends.is_empty() {
             position[i] = Some(0);
+            // Defaults are `retryable: true, max_retries: 2`.
+            if !block.execution.retryable || block.execution.max_retries != 2 {
+                push(
+                    &mut out,
+                    Diagnostic::error(
+                        codes::STREAM,
+                        at(i, ".execution"),
+                        "an intake does not retry: a delivery is answered at once, a failed cron firing waits for the next tick",
+                    )
+                    .with_help("remove `retryable` and `max_retries` from the intake; set them on the stages"),
+                );
+            }
             match block.trigger.trigger_type {
                 TriggerType::Webhook => {
+                    for (field, set) in [("skill", block.skill.is_some()), ("model", block.model.is_some())] {
+                        if set {
+                            push(
+                                &mut out,
+                                Diagnostic::error(
+                                    codes::STREAM,
+                                    at(i, &format!(".{field}")),
+                                    format!("`{field}` on a webhook intake, which runs no step"),
+                                )
+                                .with_help(format!("move `{field}` to the stage that does the work")),
+                            );
+                        }
+                    }
                     if !is_noop(block) {
                         push(
                             &mut out,

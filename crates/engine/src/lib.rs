@@ -75,6 +75,9 @@ pub enum EngineError {
         "template `{0}` is a stream template: it has no runs. `factory serve` runs its blocks and takes its records at POST /api/v1/hooks/{0}/<intake block>"
     )]
     StreamTemplate(String),
+    /// Something the request needs is not running right now; try again.
+    #[error("{0}")]
+    Unavailable(String),
     #[error(
         "record `{key}` is not failed (it is {status} in state `{state}`); only a failed record is retried"
     )]
@@ -157,7 +160,7 @@ pub struct Engine {
     /// workers' blocks.
     wakers: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Notify>>>,
     /// The stream deliveries' writer, started with the first delivery.
-    intake: std::sync::OnceLock<tokio::sync::mpsc::Sender<stream::Pending>>,
+    intake: std::sync::Mutex<Option<tokio::sync::mpsc::Sender<stream::Pending>>>,
 }
 
 pub fn now_ms() -> Millis {
@@ -202,7 +205,7 @@ impl Engine {
             slots: slots::SlotPool::new(config.worker_slots),
             queue_depth: telemetry::QueueDepth::default(),
             wakers: std::sync::Mutex::new(std::collections::HashMap::new()),
-            intake: std::sync::OnceLock::new(),
+            intake: std::sync::Mutex::new(None),
             config,
         }
     }

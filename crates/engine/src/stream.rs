@@ -34,6 +34,8 @@ const LEASE_MARGIN_MS: i64 = 30_000;
 /// An idle stage looks for records this often (retries come due, other
 /// processes take deliveries).
 const IDLE_POLL: Duration = Duration::from_secs(1);
+/// How often a stage looks for leases held by dead processes of this host.
+const DEAD_LEASE_LOOK: Duration = Duration::from_secs(10);
 
 /// What a delivery became.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -67,7 +69,7 @@ impl Engine {
         let key = settle::record_key(&plan.track_per, payload)
             .map_err(|e| EngineError::BadDelivery(e.to_string()))?;
         let (reply, receipt) = tokio::sync::oneshot::channel();
-        let pending = Pending {
+        let mut pending = Pending {
             template_id: template_id.clone(),
             block: block.to_string(),
             key: key.clone(),
@@ -78,16 +80,26 @@ impl Engine {
             at: now_ms(),
             reply,
         };
-        let queue = self
-            .intake
-            .get_or_init(|| start_intake_writer(self.store().clone()));
-        if queue.send(pending).await.is_err() {
-            return Err(EngineError::NotFound(
-                "the intake writer (the engine is stopping)".into(),
-            ));
+        // A writer that died (a panic) is replaced, once.
+        for _ in 0..2 {
+            let queue = {
+                let mut slot = self.intake.lock().unwrap_or_else(|p| p.into_inner());
+                match slot.as_ref().filter(|q| !q.is_closed()) {
+                    Some(queue) => queue.clone(),
+                    None => slot
+                        .insert(start_intake_writer(self.store().clone()))
+                        .clone(),
+                }
+            };
+            match queue.send(pending).await {
+                Ok(()) => break,
+                Err(returned) => pending = returned.0,
+            }
         }
         let receipt = receipt.await.map_err(|_| {
-            EngineError::NotFound("the intake writer (the engine is stopping)".into())
+            EngineError::Unavailable(
+                "the delivery writer stopped before answering; send it again".into(),
+            )
         })??;
         Ok(Delivered {
             receipt,
@@ -354,18 +366,33 @@ async fn cron_loop(shared: Arc<Shared>, i: usize, mut stopped: watch::Receiver<b
         }
     };
     let store = shared.engine.store().clone();
+    // A claim older than this whose firing never finished: its process died.
+    let claim_ms = cron.timeout_ms as i64 + LEASE_MARGIN_MS;
+    let mut warned_after = None;
     while !*stopped.borrow() {
         let now = now_ms();
-        match store.last_firing(template_id, &intake.block).await {
+        let stale_before = now - claim_ms;
+        match store
+            .last_firing(template_id, &intake.block, stale_before)
+            .await
+        {
             Ok(last) => {
                 let due = cron::due(&schedule, last, now, cron.catch_up);
-                if due.skipped > 0 {
+                if due.skipped > 0 && warned_after != Some(last) {
+                    warned_after = Some(last);
                     tracing::warn!(block = %intake.block, skipped = due.skipped, catch_up = cron.catch_up, "missed cron ticks skipped");
                 }
                 for (n, tick) in due.fire.iter().enumerate() {
                     let skipped = if n == 0 { due.skipped } else { 0 };
                     match store
-                        .claim_firing(template_id, &intake.block, *tick, now, skipped)
+                        .claim_firing(
+                            template_id,
+                            &intake.block,
+                            *tick,
+                            now,
+                            skipped,
+                            stale_before,
+                        )
                         .await
                     {
                         Ok(true) => fire(&shared, &intake.block, cron, *tick).await,
@@ -554,8 +581,14 @@ async fn stage_loop(shared: Arc<Shared>, k: usize, mut stopped: watch::Receiver<
     let store = shared.engine.store().clone();
     let owner = shared.engine.owner.id();
     release_dead_leases(store.as_ref()).await;
+    let mut released_at = std::time::Instant::now();
     let mut errors = 0u32;
     while !*stopped.borrow() {
+        // Another process of this host may have died since (kill -9).
+        if released_at.elapsed() > DEAD_LEASE_LOOK {
+            release_dead_leases(store.as_ref()).await;
+            released_at = std::time::Instant::now();
+        }
         let now = now_ms();
         let lease_until = now + stage.timeout_ms as i64 + LEASE_MARGIN_MS;
         let claimed = match store

@@ -175,6 +175,11 @@ impl From<EngineError> for ApiError {
             EngineError::BadDelivery(_) => {
                 ApiError::unprocessable("bad_delivery", error.to_string())
             }
+            EngineError::Unavailable(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                error.to_string(),
+            ),
             EngineError::StreamTemplate(_) => {
                 ApiError::unprocessable("stream_template", error.to_string())
             }

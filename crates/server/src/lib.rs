@@ -188,7 +188,11 @@ pub async fn start(
     });
     // Stream templates take deliveries as soon as the server answers.
     state.streams.refresh(&state).await;
-    let streams_task = tokio::spawn(streams::keep_running(state.clone(), stop.subscribe()));
+    let streams_task = tokio::spawn(streams::keep_running(
+        state.clone(),
+        config.shutdown_grace,
+        stop.subscribe(),
+    ));
 
     let background = {
         let stopped = stop.subscribe();

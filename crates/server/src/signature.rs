@@ -13,6 +13,8 @@ use sha2::Sha256;
 /// How far a delivery's timestamp may be from the server's clock, either
 /// way (the specification's suggestion): an older one is a replay.
 pub const TOLERANCE_SECS: i64 = 5 * 60;
+/// Signatures of one delivery compared at most.
+const MAX_SIGNATURES: usize = 8;
 
 /// A hook's signing key.
 #[derive(Clone)]
@@ -113,22 +115,20 @@ pub fn verify(
         .trim()
         .parse()
         .map_err(|_| Rejected::BadTimestamp)?;
-    let skew = seconds.saturating_sub(now);
-    if skew.abs() > TOLERANCE_SECS {
-        return Err(Rejected::OutsideTolerance(skew));
+    if seconds.abs_diff(now) > TOLERANCE_SECS as u64 {
+        return Err(Rejected::OutsideTolerance(seconds.saturating_sub(now)));
     }
-    for signature in signatures.split_whitespace() {
-        let Some(encoded) = signature.strip_prefix("v1,") else {
-            continue;
-        };
-        let Ok(tag) = STANDARD.decode(encoded) else {
-            continue;
-        };
-        if secret
-            .mac(id, timestamp.trim(), body)
-            .verify_slice(&tag)
-            .is_ok()
-        {
+    // The body is hashed once, whatever the header lists; only the first
+    // few well-formed candidates are compared (a rotation lists two).
+    let mac = secret.mac(id, timestamp.trim(), body);
+    let candidates = signatures
+        .split_whitespace()
+        .filter_map(|s| s.strip_prefix("v1,"))
+        .filter_map(|encoded| STANDARD.decode(encoded).ok())
+        .filter(|tag| tag.len() == 32)
+        .take(MAX_SIGNATURES);
+    for tag in candidates {
+        if mac.clone().verify_slice(&tag).is_ok() {
             return Ok(());
         }
     }
@@ -204,6 +204,43 @@ mod tests {
                 TIMESTAMP
             ),
             Err(Rejected::BadTimestamp)
+        );
+    }
+
+    #[test]
+    fn hostile_headers_cost_one_hash_and_never_panic() {
+        let secret = HookSecret::parse(SECRET).unwrap();
+        let ts = TIMESTAMP.to_string();
+        // The most negative timestamp neither panics nor wraps into range.
+        let lowest = i64::MIN.to_string();
+        assert!(matches!(
+            verify(
+                &secret,
+                Some(ID),
+                Some(&lowest),
+                Some(EXPECTED),
+                BODY,
+                TIMESTAMP
+            ),
+            Err(Rejected::OutsideTolerance(_))
+        ));
+        // Many empty candidates are skipped without hashing anything again.
+        let many = format!("{}{EXPECTED}", "v1, ".repeat(100_000));
+        assert_eq!(
+            verify(&secret, Some(ID), Some(&ts), Some(&many), BODY, TIMESTAMP),
+            Ok(())
+        );
+        // Only the first eight well-formed signatures are compared.
+        let wrong = format!("v1,{} ", STANDARD.encode([7u8; 32])).repeat(8);
+        let late = format!("{wrong}{EXPECTED}");
+        assert_eq!(
+            verify(&secret, Some(ID), Some(&ts), Some(&late), BODY, TIMESTAMP),
+            Err(Rejected::BadSignature)
+        );
+        let few = format!("v1,AAAA {EXPECTED}");
+        assert_eq!(
+            verify(&secret, Some(ID), Some(&ts), Some(&few), BODY, TIMESTAMP),
+            Ok(())
         );
     }
 

@@ -111,12 +111,14 @@ impl Streams {
                 }
             }
         }
+        // Stopped in the background: a batch in flight may take up to its
+        // block's timeout, and the catalog keeps being followed meanwhile.
         for runner in stopping {
             tracing::info!(
                 template = runner.template_id(),
                 "stream template changed or removed: stopping its runner"
             );
-            runner.stop().await;
+            tokio::spawn(runner.stop());
         }
     }
 
@@ -135,6 +137,7 @@ impl Streams {
 /// Keeps the runners in line with the catalog until the server stops.
 pub(crate) async fn keep_running(
     state: Arc<AppState>,
+    grace: std::time::Duration,
     mut stopped: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
@@ -144,5 +147,15 @@ pub(crate) async fn keep_running(
         }
         state.streams.refresh(&state).await;
     }
-    state.streams.stop_all().await;
+    // Batches in flight finish within the shutdown grace, or are taken
+    // again after the restart (their leases run out).
+    if tokio::time::timeout(grace, state.streams.stop_all())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?grace,
+            "stream batches still running at shutdown; their records are taken again after the restart"
+        );
+    }
 }

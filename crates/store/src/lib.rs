@@ -543,7 +543,9 @@ pub trait Store: Send + Sync {
 
     async fn release_record_leases(&self, owner: &str) -> Result<u64>;
 
-    /// Claims a cron intake's tick: true for the one process that fires it.
+    /// Claims a cron intake's tick: true for the one process that fires
+    /// it. An unfinished claim made before `stale_before` (its process
+    /// died) may be claimed again.
     async fn claim_firing(
         &self,
         template_id: &str,
@@ -551,6 +553,7 @@ pub trait Store: Send + Sync {
         tick: Millis,
         at: Millis,
         skipped: u64,
+        stale_before: Millis,
     ) -> Result<bool>;
 
     async fn finish_firing(
@@ -562,8 +565,14 @@ pub trait Store: Send + Sync {
         at: Millis,
     ) -> Result<()>;
 
-    /// The last tick a cron intake fired.
-    async fn last_firing(&self, template_id: &str, block: &str) -> Result<Option<Millis>>;
+    /// The last tick a cron intake fired or is firing (claims made before
+    /// `stale_before` and never finished do not count).
+    async fn last_firing(
+        &self,
+        template_id: &str,
+        block: &str,
+        stale_before: Millis,
+    ) -> Result<Option<Millis>>;
 
     /// A stream's firings, newest first.
     async fn firings(&self, template_id: &str, limit: u32) -> Result<Vec<Firing>>;

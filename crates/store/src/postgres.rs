@@ -641,8 +641,18 @@ impl Store for PostgresStore {
         tick: Millis,
         at: Millis,
         skipped: u64,
+        stale_before: Millis,
     ) -> Result<bool> {
-        sq::claim_firing(&self.pool, template_id, block, tick, at, skipped).await
+        sq::claim_firing(
+            &self.pool,
+            template_id,
+            block,
+            tick,
+            at,
+            skipped,
+            stale_before,
+        )
+        .await
     }
 
     async fn finish_firing(
@@ -656,8 +666,13 @@ impl Store for PostgresStore {
         sq::finish_firing(&self.pool, template_id, block, tick, outcome, at).await
     }
 
-    async fn last_firing(&self, template_id: &str, block: &str) -> Result<Option<Millis>> {
-        sq::last_firing(&self.pool, template_id, block).await
+    async fn last_firing(
+        &self,
+        template_id: &str,
+        block: &str,
+        stale_before: Millis,
+    ) -> Result<Option<Millis>> {
+        sq::last_firing(&self.pool, template_id, block, stale_before).await
     }
 
     async fn firings(&self, template_id: &str, limit: u32) -> Result<Vec<crate::Firing>> {

@@ -182,15 +182,32 @@ pub(crate) const RECORD_EVENTS: &str = "SELECT seq, at, kind, body FROM stream_r
 pub(crate) const COUNT_RECORDS: &str = "SELECT state, status, COUNT(*) AS n,
  SUM(CASE WHEN lease_owner IS NOT NULL AND lease_until >= $2 THEN 1 ELSE 0 END) AS working
  FROM stream_records WHERE template_id = $1 GROUP BY state, status ORDER BY state, status";
-pub(crate) const CLAIM_FIRING: &str = "INSERT INTO trigger_firings (template_id, block_id, tick, fired_at, skipped) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING";
+/// A tick is claimed by inserting its row; a claim whose firing never
+/// finished (its process died) may be taken again once it is stale.
+pub(crate) const CLAIM_FIRING: &str = "INSERT INTO trigger_firings (template_id, block_id, tick, fired_at, skipped) VALUES ($1, $2, $3, $4, $5)
+ ON CONFLICT (template_id, block_id, tick) DO UPDATE SET fired_at = excluded.fired_at, skipped = excluded.skipped
+ WHERE trigger_firings.finished_at IS NULL AND trigger_firings.fired_at < $6";
 pub(crate) const FINISH_FIRING: &str = "UPDATE trigger_firings SET finished_at = $1, created = $2, known = $3, rejected = $4, error = $5 WHERE template_id = $6 AND block_id = $7 AND tick = $8";
+/// The last tick fired or being fired (a stale unfinished claim does not
+/// count: that tick was missed).
 pub(crate) const LAST_FIRING: &str =
-    "SELECT MAX(tick) AS tick FROM trigger_firings WHERE template_id = $1 AND block_id = $2";
+    "SELECT MAX(tick) AS tick FROM trigger_firings WHERE template_id = $1 AND block_id = $2
+ AND (finished_at IS NOT NULL OR fired_at >= $3)";
 pub(crate) const FIRINGS: &str = "SELECT block_id, tick, fired_at, skipped, finished_at, created, known, rejected, error FROM trigger_firings WHERE template_id = $1 ORDER BY tick DESC, block_id LIMIT $2";
 pub(crate) const LEASE_OWNERS: &str =
     "SELECT DISTINCT lease_owner FROM stream_records WHERE lease_owner IS NOT NULL";
 pub(crate) const RELEASE_LEASES: &str =
     "UPDATE stream_records SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1";
+
+/// Text PostgreSQL can store: a NUL (which a step's output may carry) is
+/// replaced. SQLite would take it, but both stores keep the same text.
+pub(crate) fn storable(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\0') {
+        std::borrow::Cow::Owned(text.replace('\0', "\u{FFFD}"))
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
+}
 
 pub(crate) fn corrupt(
     what: &'static str,
@@ -364,7 +381,7 @@ macro_rules! stream_queries {
                     .bind(status.as_str())
                     .bind(data)
                     .bind(attempts as i32)
-                    .bind(error)
+                    .bind(error.map(storable))
                     .bind(next_at)
                     .bind(s.now)
                     .bind(s.template_id)
@@ -513,6 +530,7 @@ macro_rules! stream_queries {
             tick: factory_core::run::Millis,
             at: factory_core::run::Millis,
             skipped: u64,
+            stale_before: factory_core::run::Millis,
         ) -> $crate::Result<bool> {
             let done = sqlx::query(CLAIM_FIRING)
                 .bind(template_id)
@@ -520,6 +538,7 @@ macro_rules! stream_queries {
                 .bind(tick)
                 .bind(at)
                 .bind(i64::try_from(skipped).unwrap_or(i64::MAX))
+                .bind(stale_before)
                 .execute(pool)
                 .await?;
             Ok(done.rows_affected() == 1)
@@ -539,7 +558,7 @@ macro_rules! stream_queries {
                 .bind(count(outcome.created))
                 .bind(count(outcome.known))
                 .bind(count(outcome.rejected))
-                .bind(&outcome.error)
+                .bind(outcome.error.as_deref().map(storable))
                 .bind(template_id)
                 .bind(block)
                 .bind(tick)
@@ -552,10 +571,12 @@ macro_rules! stream_queries {
             pool: &$pool,
             template_id: &str,
             block: &str,
+            stale_before: factory_core::run::Millis,
         ) -> $crate::Result<Option<factory_core::run::Millis>> {
             let row = sqlx::query(LAST_FIRING)
                 .bind(template_id)
                 .bind(block)
+                .bind(stale_before)
                 .fetch_one(pool)
                 .await?;
             Ok(row.try_get::<Option<i64>, _>("tick")?)

@@ -274,6 +274,10 @@ fn signed_webhooks_feed_records_through_their_states() {
         &json!({"item_id": "empty"}),
     );
     assert_eq!(status, 202, "{reply}");
+    // A delivery may name any path: the example reads only its watched folder.
+    let peek = json!({"item_id": "peek", "path": "/etc/hostname"});
+    let (status, reply) = deliver(addr, &secret, hook, "msg-11", &peek);
+    assert_eq!(status, 202, "{reply}");
     // A replayed webhook-id is acknowledged, not processed again; a new
     // delivery of a known item makes no second record.
     let (status, reply) = deliver(
@@ -299,10 +303,10 @@ fn signed_webhooks_feed_records_through_their_states() {
     let failed = ("received".to_string(), "failed".to_string());
     wait_for(
         Duration::from_secs(60),
-        "three items scored and one failed",
+        "three items scored and two failed",
         || {
             let c = counts(&db, "ingest-stream");
-            c.get(&scored) == Some(&3) && c.get(&failed) == Some(&1)
+            c.get(&scored) == Some(&3) && c.get(&failed) == Some(&2)
         },
     );
 
@@ -359,13 +363,30 @@ fn signed_webhooks_feed_records_through_their_states() {
     );
     assert_eq!(status, 200, "{reply}");
     let listed: Value = serde_json::from_str(&reply).unwrap();
-    assert_eq!(listed["records"][0]["key"], "empty");
-    assert_eq!(listed["records"][0]["attempts"], 2);
+    let failed_record = |key: &str| {
+        listed["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["key"] == key)
+            .unwrap_or_else(|| panic!("{key} not failed: {listed}"))
+            .clone()
+    };
+    let empty = failed_record("empty");
+    assert_eq!(empty["attempts"], 2);
     assert!(
-        listed["records"][0]["error"]
+        empty["error"]
             .as_str()
             .unwrap()
             .contains("nothing to transcribe")
+    );
+    let peek = failed_record("peek");
+    assert!(
+        peek["error"]
+            .as_str()
+            .unwrap()
+            .contains("outside the watched folder"),
+        "{peek}"
     );
     let (status, _) = request(
         addr,

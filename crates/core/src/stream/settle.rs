@@ -96,7 +96,7 @@ pub enum KeyError {
     NotAnObject,
     #[error("the body has no `{0}` field, which names the record")]
     Missing(String),
-    #[error("`{0}` must be a non-empty string or a number")]
+    #[error("`{0}` must be a non-empty string without control characters, or a whole number")]
     NotAKey(String),
     #[error("`{field}` is {bytes} bytes long; a record key is at most {MAX_KEY_BYTES}")]
     TooLong { field: String, bytes: usize },
@@ -107,8 +107,12 @@ pub fn record_key(track_per: &str, payload: &Value) -> Result<String, KeyError> 
     let object = payload.as_object().ok_or(KeyError::NotAnObject)?;
     let key = match object.get(track_per) {
         None | Some(Value::Null) => return Err(KeyError::Missing(track_per.to_string())),
-        Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
-        Some(Value::Number(n)) => n.to_string(),
+        // Control characters (a NUL PostgreSQL cannot store) are no key.
+        Some(Value::String(s)) if !s.trim().is_empty() && !s.chars().any(char::is_control) => {
+            s.clone()
+        }
+        // Whole numbers only: a float would make distinct large ids equal.
+        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => n.to_string(),
         Some(_) => return Err(KeyError::NotAKey(track_per.to_string())),
     };
     if key.len() > MAX_KEY_BYTES {

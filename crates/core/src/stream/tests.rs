@@ -303,6 +303,17 @@ fn a_record_key_comes_from_the_tracked_field() {
         record_key("id", &json!({"id": {"a": 1}})),
         Err(KeyError::NotAKey("id".into()))
     );
+    for bad in [
+        json!({"id": "a\u{0}b"}),
+        json!({"id": 1.5}),
+        json!({"id": 1e300}),
+    ] {
+        assert_eq!(
+            record_key("id", &bad),
+            Err(KeyError::NotAKey("id".into())),
+            "{bad}"
+        );
+    }
     let long = "x".repeat(MAX_KEY_BYTES + 1);
     assert!(matches!(
         record_key("id", &json!({"id": long})),
@@ -382,4 +393,29 @@ fn a_cron_trigger_outside_a_stream_is_refused_not_run_once() {
         found.contains(&("TPL0028".into(), "$.blocks[0].trigger.type".into())),
         "{found:?}"
     );
+}
+
+#[test]
+fn fields_a_stream_would_not_act_on_are_refused() {
+    let mut value = chain();
+    value["audit"] = json!({"subject_param": "topic"});
+    value["params"] = json!({"topic": {"default": "x"}});
+    value["blocks"][0]["execution"] = json!({"max_retries": 5});
+    value["blocks"][0]["model"] = json!("opus");
+    value["blocks"][1]["outputs"]["metrics"] = json!([{"key": "score", "type": "number"}]);
+    value["blocks"][1]["execution"] = json!({"separate_reviewer": true, "parallel_group": "g"});
+    let found = errors(&value);
+    for (code, path) in [
+        ("TPL0029", "$.audit"),
+        ("TPL0029", "$.blocks[0].execution"),
+        ("TPL0029", "$.blocks[0].model"),
+        ("TPL0028", "$.blocks[1].outputs.metrics"),
+        ("TPL0028", "$.blocks[1].execution.separate_reviewer"),
+        ("TPL0028", "$.blocks[1].execution.parallel_group"),
+    ] {
+        assert!(
+            found.contains(&(code.into(), path.into())),
+            "{code} {path}: {found:?}"
+        );
+    }
 }

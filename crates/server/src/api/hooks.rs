@@ -33,22 +33,14 @@ pub async fn receive(
         .map(|(_, env)| env.to_string())
         .unwrap_or_default();
     let secret_text = std::env::var(&secret_env).unwrap_or_default();
+    // What is wrong is logged, not told: the caller is not authenticated.
     if secret_text.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "hook_secret_missing",
-            format!(
-                "hook `{template_id}/{}` has no secret on this server: set `{}` (a `whsec_…` secret, e.g. from `factory hook secret`) in the environment of `factory serve` and restart it",
-                intake.block, secret_env
-            ),
-        ));
+        tracing::warn!(template = %template_id, block = %intake.block, variable = %secret_env, "a delivery came for a hook whose secret is not set on this server");
+        return Err(unverifiable());
     }
     let secret = HookSecret::parse(&secret_text).map_err(|problem| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "hook_secret_invalid",
-            format!("`{secret_env}` on this server is not a webhook secret: {problem}"),
-        )
+        tracing::warn!(template = %template_id, block = %intake.block, variable = %secret_env, %problem, "a hook's secret is not a webhook secret");
+        unverifiable()
     })?;
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let now = factory_engine::now_ms() / 1000;
@@ -94,6 +86,7 @@ pub async fn receive(
 }
 
 /// `{template}/{block}` first, then the declared paths of every stream.
+/// The 404 names no template or block: the caller is not authenticated.
 fn find_intake(
     state: &SharedState,
     path: &str,
@@ -107,26 +100,12 @@ fn find_intake(
     let trimmed = path.trim_matches('/');
     if let Some((template, block)) = trimmed.split_once('/')
         && let Some(pipeline) = state.streams.pipeline(template)
+        && let Some(intake) = pipeline
+            .stream()
+            .and_then(|plan| plan.webhook_intake(block))
+            .cloned()
     {
-        let plan = pipeline.stream().expect("streams holds stream templates");
-        if let Some(intake) = plan.webhook_intake(block).cloned() {
-            return Ok((pipeline, intake));
-        }
-        if !block.contains('/') {
-            let known: Vec<&str> = plan
-                .intakes
-                .iter()
-                .filter(|i| i.webhook().is_some())
-                .map(|i| i.block.as_str())
-                .collect();
-            return Err(ApiError::not_found(
-                "unknown_hook",
-                format!(
-                    "stream template `{template}` has no intake block `{block}`; its hooks: {}",
-                    known.join(", ")
-                ),
-            ));
-        }
+        return Ok((pipeline, intake));
     }
     for pipeline in state.streams.pipelines() {
         if let Some(intake) = pipeline
@@ -140,7 +119,15 @@ fn find_intake(
     Err(ApiError::not_found(
         "unknown_hook",
         format!(
-            "no hook at `/api/v1/hooks/{trimmed}`: post to `/api/v1/hooks/<template>/<intake block>` of a stream template this server runs (GET /api/v1/templates lists them), or to a block's declared `trigger.webhook` path"
+            "no hook at `/api/v1/hooks/{trimmed}`: post to `/api/v1/hooks/<template>/<intake block>` of a stream template this server runs, or to a block's declared `trigger.webhook` path"
         ),
     ))
+}
+
+fn unverifiable() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "hook_secret_missing",
+        "this hook cannot check signatures on this server: its secret is not set or not a `whsec_` secret (the server's log names the variable)",
+    )
 }

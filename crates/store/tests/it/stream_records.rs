@@ -258,6 +258,7 @@ pub async fn contract(store: Arc<dyn Store>) {
     );
 
     deliveries_written_together(s).await;
+    cron_ticks_are_claimed_once(s).await;
     racing_claims_take_each_record_once(store).await;
 }
 
@@ -350,4 +351,71 @@ async fn racing_claims_take_each_record_once(store: Arc<dyn Store>) {
     let distinct: BTreeSet<&String> = all.iter().collect();
     assert_eq!(all.len(), 60, "a record was claimed twice or not at all");
     assert_eq!(distinct.len(), 60);
+}
+
+/// A cron tick is claimed by one process; a claim whose firing never
+/// finished (its process died) is taken again once stale, a finished one
+/// never; the last firing ignores stale unfinished claims.
+async fn cron_ticks_are_claimed_once(s: &dyn Store) {
+    use factory_store::FiringOutcome;
+    const C: &str = "cron";
+    assert_eq!(s.last_firing(C, "watch", 0).await.unwrap(), None);
+    assert!(
+        s.claim_firing(C, "watch", 60_000, 60_100, 3, 0)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.claim_firing(C, "watch", 60_000, 60_200, 0, 0)
+            .await
+            .unwrap(),
+        "claimed twice"
+    );
+    assert_eq!(s.last_firing(C, "watch", 0).await.unwrap(), Some(60_000));
+    // Its process died: once the claim is stale the tick is missed, and may
+    // be claimed again.
+    assert_eq!(s.last_firing(C, "watch", 90_000).await.unwrap(), None);
+    assert!(
+        s.claim_firing(C, "watch", 60_000, 95_000, 0, 90_000)
+            .await
+            .unwrap()
+    );
+    let outcome = FiringOutcome {
+        created: 2,
+        known: 1,
+        rejected: 1,
+        error: Some("bad\0item".into()),
+    };
+    s.finish_firing(C, "watch", 60_000, &outcome, 95_500)
+        .await
+        .unwrap();
+    assert!(
+        !s.claim_firing(C, "watch", 60_000, 200_000, 0, 190_000)
+            .await
+            .unwrap(),
+        "a finished tick again"
+    );
+    assert_eq!(
+        s.last_firing(C, "watch", 190_000).await.unwrap(),
+        Some(60_000)
+    );
+    let firings = s.firings(C, 10).await.unwrap();
+    assert_eq!(firings.len(), 1);
+    let f = &firings[0];
+    assert_eq!(
+        (
+            f.tick,
+            f.fired_at,
+            f.finished_at,
+            f.created,
+            f.known,
+            f.rejected
+        ),
+        (60_000, 95_000, Some(95_500), Some(2), Some(1), Some(1))
+    );
+    assert_eq!(
+        f.error.as_deref(),
+        Some("bad\u{FFFD}item"),
+        "a NUL is stored as a replacement character on both stores"
+    );
 }
