@@ -237,6 +237,16 @@ pub enum Command {
         /// Retry this failed record (its stage takes it again)
         #[arg(long)]
         retry: Option<String>,
+        /// Add the record in this JSON file (- for stdin) through the
+        /// template's manual intake; needs --from
+        #[arg(long, requires = "from", conflicts_with_all = ["key", "retry"])]
+        add: Option<PathBuf>,
+        /// The stream template's file, for --add
+        #[arg(long)]
+        from: Option<PathBuf>,
+        /// The manual intake block, for --add when the template has several
+        #[arg(long)]
+        block: Option<String>,
         #[arg(long, default_value_t = 50)]
         limit: u32,
         #[arg(long)]

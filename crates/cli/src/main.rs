@@ -327,6 +327,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             status,
             key,
             retry,
+            add,
+            from,
+            block,
             limit,
             json,
         } => {
@@ -338,6 +341,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 status,
                 key,
                 retry,
+                add: add.map(|file| (file, from.unwrap_or_default(), block)),
                 limit,
                 json,
             };

@@ -16,11 +16,44 @@ pub struct RecordsQuery {
     pub status: Option<String>,
     pub key: Option<String>,
     pub retry: Option<String>,
+    /// The record's file, the template's file, the manual intake block.
+    pub add: Option<(std::path::PathBuf, std::path::PathBuf, Option<String>)>,
     pub limit: u32,
     pub json: bool,
 }
 
 pub async fn records(engine: &Engine, actor: &str, q: RecordsQuery) -> anyhow::Result<()> {
+    if let Some((file, template_file, block)) = &q.add {
+        let source = std::fs::read_to_string(template_file)
+            .with_context(|| format!("cannot read {}", template_file.display()))?;
+        let pipeline = factory_engine::load_pipeline(&source)
+            .with_context(|| format!("{} is not a valid template", template_file.display()))?;
+        if pipeline.template().id != q.template {
+            bail!(
+                "{} is template `{}`, not `{}`",
+                template_file.display(),
+                pipeline.template().id,
+                q.template
+            );
+        }
+        let text = read_input(file)?;
+        let payload: serde_json::Value = serde_json::from_slice(&text)
+            .with_context(|| format!("{} is not JSON", file.display()))?;
+        let added = engine
+            .add_record(actor, &pipeline, block.as_deref(), &payload)
+            .await?;
+        match added.receipt {
+            factory_store::Receipt::Created => println!(
+                "record `{}` added to `{}` in state `{}`; a running `factory serve` takes it on",
+                added.key, q.template, added.state
+            ),
+            _ => println!(
+                "record `{}` of `{}` exists: nothing changed",
+                added.key, q.template
+            ),
+        }
+        return Ok(());
+    }
     if let Some(key) = &q.retry {
         engine.retry_record(actor, &q.template, key).await?;
         println!(
@@ -157,13 +190,7 @@ pub fn hook(command: HookCommand) -> anyhow::Result<()> {
             })?;
             let secret = HookSecret::parse(&text)
                 .map_err(|problem| anyhow::anyhow!("`{secret_env}`: {problem}"))?;
-            let bytes = if body.as_os_str() == "-" {
-                let mut bytes = Vec::new();
-                std::io::stdin().read_to_end(&mut bytes)?;
-                bytes
-            } else {
-                std::fs::read(&body).with_context(|| format!("cannot read {}", body.display()))?
-            };
+            let bytes = read_input(&body)?;
             let id = id.unwrap_or_else(|| {
                 format!("msg_{}_{}", factory_engine::now_ms(), std::process::id())
             });
@@ -188,5 +215,16 @@ pub fn hook(command: HookCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// A file's bytes, or stdin's for `-`.
+fn read_input(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    if path.as_os_str() == "-" {
+        let mut bytes = Vec::new();
+        std::io::stdin().read_to_end(&mut bytes)?;
+        Ok(bytes)
+    } else {
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
     }
 }

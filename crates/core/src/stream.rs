@@ -66,6 +66,8 @@ pub enum IntakeKind {
     /// On each tick the block's step runs and lists records (a JSON array
     /// of payloads); those whose key is new enter the first state.
     Cron(CronIntake),
+    /// A person adds records (CLI, API, the Streams page).
+    Manual,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -86,7 +88,7 @@ impl Intake {
                 hook_path,
                 secret_env,
             } => Some((hook_path.as_deref(), secret_env)),
-            IntakeKind::Cron(_) => None,
+            IntakeKind::Cron(_) | IntakeKind::Manual => None,
         }
     }
 }
@@ -115,6 +117,18 @@ impl StreamPlan {
 
     pub fn last_state(&self) -> &str {
         &self.states[self.states.len() - 1]
+    }
+
+    /// The manual intake `block`, or the only one when `block` is `None`.
+    pub fn manual_intake(&self, block: Option<&str>) -> Option<&Intake> {
+        let mut manual = self.intakes.iter().filter(|i| i.kind == IntakeKind::Manual);
+        match block {
+            Some(block) => manual.find(|i| i.block == block),
+            None => {
+                let first = manual.next();
+                if manual.next().is_some() { None } else { first }
+            }
+        }
     }
 
     /// The webhook intake `block`.
@@ -333,7 +347,8 @@ pub fn plan(template: &Template) -> Result<Option<StreamPlan>, Vec<Diagnostic>> 
                 );
             }
             match block.trigger.trigger_type {
-                TriggerType::Webhook => {
+                TriggerType::Webhook | TriggerType::Manual => {
+                    let kind = if block.trigger.trigger_type == TriggerType::Webhook { "webhook" } else { "manual" };
                     for (field, set) in [("skill", block.skill.is_some()), ("model", block.model.is_some())] {
                         if set {
                             push(
@@ -341,7 +356,7 @@ pub fn plan(template: &Template) -> Result<Option<StreamPlan>, Vec<Diagnostic>> 
                                 Diagnostic::error(
                                     codes::STREAM,
                                     at(i, &format!(".{field}")),
-                                    format!("`{field}` on a webhook intake, which runs no step"),
+                                    format!("`{field}` on a {kind} intake, which runs no step"),
                                 )
                                 .with_help(format!("move `{field}` to the stage that does the work")),
                             );
@@ -353,7 +368,7 @@ pub fn plan(template: &Template) -> Result<Option<StreamPlan>, Vec<Diagnostic>> 
                             Diagnostic::error(
                                 codes::STREAM,
                                 at(i, ".runtime"),
-                                "a webhook intake turns each delivery into a record as it is; it runs no step of its own",
+                                format!("a {kind} intake takes each delivery (or record a person adds) as it is; it runs no step of its own"),
                             )
                             .with_help("make it `\"runtime\": \"builtin\"` with `\"config\": {\"builtin\": \"noop\"}` and put the work in the next block"),
                         );
@@ -374,9 +389,13 @@ pub fn plan(template: &Template) -> Result<Option<StreamPlan>, Vec<Diagnostic>> 
                     }
                     intakes.push(Intake {
                         block: block.id.clone(),
-                        kind: IntakeKind::Webhook {
-                            hook_path: block.trigger.webhook.clone(),
-                            secret_env: block.trigger.secret_env.clone().unwrap_or_default(),
+                        kind: if block.trigger.trigger_type == TriggerType::Webhook {
+                            IntakeKind::Webhook {
+                                hook_path: block.trigger.webhook.clone(),
+                                secret_env: block.trigger.secret_env.clone().unwrap_or_default(),
+                            }
+                        } else {
+                            IntakeKind::Manual
                         },
                     });
                 }
@@ -432,8 +451,8 @@ pub fn plan(template: &Template) -> Result<Option<StreamPlan>, Vec<Diagnostic>> 
                         }),
                     });
                 }
-                // Refused field by field (TPL0028) until their runners exist.
-                TriggerType::Event | TriggerType::Manual => {}
+                // Refused field by field (TPL0028) until its runner exists.
+                TriggerType::Event => {}
                 TriggerType::Dependency => push(
                     &mut out,
                     Diagnostic::error(
@@ -458,12 +477,10 @@ pub fn plan(template: &Template) -> Result<Option<StreamPlan>, Vec<Diagnostic>> 
     }
 
     // Intakes of triggers that have no runner yet are refused field by field.
-    let refused_intake = template.blocks.iter().any(|b| {
-        matches!(
-            b.trigger.trigger_type,
-            TriggerType::Event | TriggerType::Manual
-        )
-    });
+    let refused_intake = template
+        .blocks
+        .iter()
+        .any(|b| b.trigger.trigger_type == TriggerType::Event);
     let Some((_, record_state)) = record_state else {
         if out.is_empty() && !refused_intake {
             out.push(
@@ -601,7 +618,7 @@ pub fn plan(template: &Template) -> Result<Option<StreamPlan>, Vec<Diagnostic>> 
         out.push(Diagnostic::error(
             codes::STREAM,
             "$.blocks",
-            "a stream template needs an intake: a block with no dependency and a webhook or cron trigger",
+            "a stream template needs an intake: a block with no dependency and a webhook, cron or manual trigger",
         ));
     }
     if out.iter().any(Diagnostic::is_error) {

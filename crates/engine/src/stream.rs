@@ -66,6 +66,70 @@ impl Engine {
                 "intake block `{block}` of template `{template_id}`"
             )));
         }
+        self.enqueue(
+            pipeline,
+            block,
+            payload,
+            webhook_id.map(str::to_string),
+            None,
+        )
+        .await
+    }
+
+    /// A person adds a record to a stream through its manual intake
+    /// (`block`, or the only one).
+    pub async fn add_record(
+        &self,
+        actor: &str,
+        pipeline: &Pipeline,
+        block: Option<&str>,
+        payload: &Value,
+    ) -> Result<Delivered> {
+        let template_id = &pipeline.template().id;
+        let plan = pipeline
+            .stream()
+            .ok_or_else(|| EngineError::NotFound(format!("stream template `{template_id}`")))?;
+        let Some(intake) = plan.manual_intake(block) else {
+            let manual: Vec<&str> = plan
+                .intakes
+                .iter()
+                .filter(|i| i.kind == factory_core::stream::IntakeKind::Manual)
+                .map(|i| i.block.as_str())
+                .collect();
+            return Err(EngineError::BadDelivery(match (block, manual.as_slice()) {
+                (_, []) => format!(
+                    "`{template_id}` has no manual intake (a block with `trigger: {{type: manual}}`): records come from its hooks or its schedule"
+                ),
+                (Some(block), _) => format!(
+                    "`{block}` is not a manual intake of `{template_id}`; its manual intakes: {}",
+                    manual.join(", ")
+                ),
+                (None, _) => format!(
+                    "`{template_id}` has several manual intakes ({}): name one",
+                    manual.join(", ")
+                ),
+            }));
+        };
+        let block = intake.block.clone();
+        self.enqueue(pipeline, &block, payload, None, Some(actor.to_string()))
+            .await
+    }
+
+    /// Hands a record to the intake writer and waits for its receipt.
+    async fn enqueue(
+        &self,
+        pipeline: &Pipeline,
+        block: &str,
+        payload: &Value,
+        webhook_id: Option<String>,
+        by: Option<String>,
+    ) -> Result<Delivered> {
+        let template_id = &pipeline.template().id;
+        let Some(plan) = pipeline.stream() else {
+            return Err(EngineError::NotFound(format!(
+                "stream template `{template_id}`"
+            )));
+        };
         let key = settle::record_key(&plan.track_per, payload)
             .map_err(|e| EngineError::BadDelivery(e.to_string()))?;
         let (reply, receipt) = tokio::sync::oneshot::channel();
@@ -75,8 +139,9 @@ impl Engine {
             key: key.clone(),
             state: plan.first_state().to_string(),
             data: payload.clone(),
-            webhook_id: webhook_id.map(str::to_string),
+            webhook_id,
             tick: None,
+            by,
             at: now_ms(),
             reply,
         };
@@ -118,6 +183,7 @@ pub(crate) struct Pending {
     data: Value,
     webhook_id: Option<String>,
     tick: Option<i64>,
+    by: Option<String>,
     at: i64,
     reply: tokio::sync::oneshot::Sender<std::result::Result<Receipt, factory_store::StoreError>>,
 }
@@ -166,6 +232,7 @@ fn new_record(p: &Pending) -> NewStreamRecord<'_> {
         data: &p.data,
         webhook_id: p.webhook_id.as_deref(),
         tick: p.tick,
+        by: p.by.as_deref(),
         at: p.at,
     }
 }
@@ -514,6 +581,7 @@ async fn take_listed(
             data,
             webhook_id: None,
             tick: Some(tick),
+            by: None,
             at,
         })
         .collect();

@@ -158,6 +158,12 @@ const actions = {
     });
     location.href = `/runs/${run.run_id}`;
   },
+  async "add-record"(form) {
+    let record;
+    try { record = JSON.parse(form.record.value); } catch (e) { throw new Error(`not JSON: ${e.message}`); }
+    await api("POST", `/api/v1/records/${encodeURIComponent(form.dataset.template)}?block=${encodeURIComponent(form.dataset.block)}`, record);
+    form.record.value = "";
+  },
   async "retry-record"(form) {
     await api("POST", `/api/v1/records/${encodeURIComponent(form.dataset.template)}/${encodeURIComponent(form.dataset.key)}/retry`);
   },

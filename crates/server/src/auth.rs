@@ -113,6 +113,7 @@ pub const ROUTES: &[(&str, &str, Option<Role>)] = &[
     // Signed with the hook's own secret (Standard Webhooks), not a token.
     ("POST", "/api/v1/hooks/{*path}", None),
     ("GET", "/api/v1/records", Some(Role::Viewer)),
+    ("POST", "/api/v1/records/{template}", Some(Role::Operator)),
     (
         "GET",
         "/api/v1/records/{template}/{key}",

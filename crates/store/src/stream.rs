@@ -24,6 +24,8 @@ pub struct NewStreamRecord<'a> {
     pub webhook_id: Option<&'a str>,
     /// The cron tick whose firing found it.
     pub tick: Option<Millis>,
+    /// The person who added it (a manual intake).
+    pub by: Option<&'a str>,
     pub at: Millis,
 }
 
@@ -260,6 +262,7 @@ macro_rules! stream_queries {
                 block: r.block.to_string(),
                 webhook_id: r.webhook_id.map(str::to_string),
                 tick: r.tick,
+                by: r.by.map(str::to_string),
             };
             insert_event(tx, r.template_id, r.key, 1, r.at, &event).await?;
             Ok(Receipt::Created)

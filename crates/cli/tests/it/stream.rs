@@ -435,6 +435,57 @@ fn signed_webhooks_feed_records_through_their_states() {
         },
     );
 
+    // A person adds an item: through the API (the manual intake `add`) and
+    // the CLI (with the template's file); a known key changes nothing.
+    let by_hand = serde_json::to_vec(
+        &json!({"item_id": "hand-1", "text": "Pipelines learn from human feedback."}),
+    )
+    .unwrap();
+    let (status, reply) = request(addr, "POST", "/api/v1/records/ingest-stream", &[], &by_hand);
+    assert_eq!(status, 201, "{reply}");
+    let (status, reply) = request(addr, "POST", "/api/v1/records/ingest-stream", &[], &by_hand);
+    assert_eq!(status, 200, "{reply}");
+    assert!(reply.contains("known_record"), "{reply}");
+    let (status, reply) = request(
+        addr,
+        "POST",
+        "/api/v1/records/ingest-stream?block=intake",
+        &[],
+        &by_hand,
+    );
+    assert_eq!(status, 422, "a webhook intake is not manual: {reply}");
+    let item = dir.path().join("item.json");
+    std::fs::write(
+        &item,
+        r#"{"item_id": "hand-2", "text": "Added from the command line."}"#,
+    )
+    .unwrap();
+    let output = factory(&db)
+        .args(["records", "ingest-stream", "--add"])
+        .arg(&item)
+        .arg("--from")
+        .arg(templates.join("ingest-stream.json"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    wait_for(Duration::from_secs(30), "both added items scored", || {
+        counts(&db, "ingest-stream").get(&scored) == Some(&5)
+    });
+    let (_, reply) = request(
+        addr,
+        "GET",
+        "/api/v1/records/ingest-stream/hand-2",
+        &[],
+        b"",
+    );
+    let received = &serde_json::from_str::<Value>(&reply).unwrap()["history"][0];
+    assert_eq!(received["block"], "add", "{reply}");
+    assert_eq!(received["by"], "cli:tester", "{reply}");
+
     // The CLI shows the same.
     let output = factory(&db)
         .args(["records", "ingest-stream"])

@@ -52,6 +52,9 @@ pub enum RecordEvent {
         /// The cron tick whose firing found it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         tick: Option<Millis>,
+        /// The person who added it (a manual intake).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
     },
     /// A stage moved it on.
     Moved {

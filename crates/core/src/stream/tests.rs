@@ -419,3 +419,45 @@ fn fields_a_stream_would_not_act_on_are_refused() {
         );
     }
 }
+
+#[test]
+fn a_manual_intake_takes_records_a_person_adds() {
+    let mut value = template(vec![
+        block("intake", None),
+        block("annotate", Some("intake")),
+        block("score", Some("annotate")),
+    ]);
+    let mut by_hand = block("by-hand", None);
+    by_hand["trigger"] = json!({"type": "manual"});
+    value["blocks"].as_array_mut().unwrap().push(by_hand);
+    let pipeline = validate_value(&value).pipeline.expect("valid");
+    let plan = pipeline.stream().unwrap();
+    assert_eq!(
+        plan.manual_intake(None).map(|i| i.block.as_str()),
+        Some("by-hand")
+    );
+    assert_eq!(
+        plan.manual_intake(Some("by-hand"))
+            .map(|i| i.block.as_str()),
+        Some("by-hand")
+    );
+    assert!(
+        plan.manual_intake(Some("intake")).is_none(),
+        "a webhook intake is not manual"
+    );
+    assert!(
+        plan.webhook_intake("by-hand").is_none(),
+        "no hook for a manual intake"
+    );
+
+    // A manual trigger outside a stream is refused, not run as a one-shot.
+    let one_shot = template(vec![json!({
+        "id": "a", "name": "a", "layer": "L1", "type": "build", "runtime": "builtin",
+        "trigger": {"type": "manual"}, "inputs": {"config": {"builtin": "noop"}}
+    })]);
+    let found = errors(&one_shot);
+    assert!(
+        found.contains(&("TPL0028".into(), "$.blocks[0].trigger.type".into())),
+        "{found:?}"
+    );
+}

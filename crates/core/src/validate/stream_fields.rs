@@ -92,8 +92,10 @@ pub(super) fn check(i: usize, block: &template::Block, out: &mut Vec<Diagnostic>
     // dag-batch template are not built yet.
     let acted_on = match block.trigger.trigger_type {
         TriggerType::Dependency | TriggerType::Webhook => true,
-        TriggerType::Cron => mode == Some(LifecycleMode::Daemon),
-        TriggerType::Event | TriggerType::Manual => false,
+        // A manual trigger feeds a stream intake; a block of a dag-batch
+        // run that waits for a person is a `human_gate: before`.
+        TriggerType::Cron | TriggerType::Manual => mode == Some(LifecycleMode::Daemon),
+        TriggerType::Event => false,
     };
     if !acted_on {
         push(not_yet(

@@ -40,6 +40,7 @@ pub fn routes(config: &crate::ServerConfig) -> Router<SharedState> {
             post(hooks::receive).layer(axum::extract::DefaultBodyLimit::max(hooks::MAX_HOOK_BODY)),
         )
         .route("/api/v1/records", get(records::list))
+        .route("/api/v1/records/{template}", post(records::add))
         .route("/api/v1/records/{template}/{key}", get(records::get))
         .route(
             "/api/v1/records/{template}/{key}/retry",

@@ -92,3 +92,44 @@ pub async fn retry(
     let (record, history) = state.engine.record(&template, &key).await?;
     Ok(Json(json!({ "record": record, "history": history })))
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddQuery {
+    block: Option<String>,
+}
+
+/// A person adds a record through the stream's manual intake: 201 with
+/// the new record, 200 when its key is known (nothing changes).
+pub async fn add(
+    State(state): State<SharedState>,
+    caller: Caller,
+    Path(template): Path<String>,
+    Query(q): Query<AddQuery>,
+    crate::error::ApiJson(payload): crate::error::ApiJson<Value>,
+) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse as _;
+    let Some(pipeline) = state.streams.pipeline(&template) else {
+        return Err(ApiError::not_found(
+            "unknown_stream",
+            format!("`{template}` is not a stream template this server runs"),
+        ));
+    };
+    let delivered = state
+        .engine
+        .add_record(&caller.actor, &pipeline, q.block.as_deref(), &payload)
+        .await?;
+    let status = if delivered.receipt == factory_store::Receipt::Created {
+        state.streams.wake(&template);
+        axum::http::StatusCode::CREATED
+    } else {
+        axum::http::StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(
+            json!({ "receipt": delivered.receipt, "key": delivered.key, "state": delivered.state }),
+        ),
+    )
+        .into_response())
+}

@@ -133,6 +133,15 @@ async fn render_list(
     let firings = state.engine.firings(template, 5).await?;
     let states = states_of(state, template, &counts);
     let running = state.streams.pipeline(template).is_some();
+    let plan = state
+        .streams
+        .pipeline(template)
+        .and_then(|p| p.stream().cloned());
+    let manual_intake = plan
+        .as_ref()
+        .and_then(|p| p.manual_intake(None))
+        .map(|i| i.block.clone());
+    let track_per = plan.map(|p| p.track_per).unwrap_or_default();
     if !running && counts.is_empty() {
         return Err(ApiError::not_found(
             "unknown_stream",
@@ -176,6 +185,17 @@ async fn render_list(
                             a.status.failed href={ "?state=" (enc(name)) "&status=failed" } { (failed_here) " failed" }
                         }
                     }
+                }
+            }
+        }
+        @if let Some(manual) = manual_intake.filter(|_| caller.role >= Role::Operator) {
+            section.panel {
+                h2 { "Add a record" }
+                form.add-record data-action="add-record" data-template=(template) data-block=(manual) {
+                    label for="record-json" { "The record, as JSON (with its " code { (track_per) } " field)" }
+                    textarea #record-json name="record" rows="4" required { }
+                    button type="submit" { "Add" }
+                    span.error data-error {}
                 }
             }
         }
@@ -313,10 +333,12 @@ fn describe(event: &factory_core::stream::settle::RecordEvent) -> Markup {
             block,
             webhook_id,
             tick,
+            by,
         } => html! {
             "received by " code { (block) }
             @if let Some(id) = webhook_id { " (delivery " code { (id) } ")" }
             @if let Some(tick) = tick { " (found at its " (factory_core::run::format_utc(*tick)) " tick)" }
+            @if let Some(by) = by { " (added by " (by) ")" }
         },
         RecordEvent::Moved {
             block,

@@ -1091,6 +1091,7 @@ async fn a_streams_records_move_through_their_states_in_the_workbench() {
                 data: &data,
                 webhook_id: Some(&format!("msg-{key}")),
                 tick: None,
+                by: None,
                 at: factory_engine::now_ms(),
             })
             .await
@@ -1134,6 +1135,20 @@ async fn a_streams_records_move_through_their_states_in_the_workbench() {
         retried,
         "the Retry button did not retry the record as the operator"
     );
+    // An operator adds an item by hand; it appears and moves on.
+    type_into(
+        c,
+        "#record-json",
+        r#"{"item_id": "typed", "text": "Typed into the workbench about human feedback."}"#,
+    )
+    .await;
+    click(c, "form[data-action=add-record] button").await;
+    until(
+        c,
+        "the typed item scored",
+        "const row = document.querySelector('tr[data-record=typed]'); return !!row && row.innerText.includes('scored');",
+    )
+    .await;
     c.goto(&t.url("/streams/ingest-stream/records/news-1"))
         .await
         .unwrap();

@@ -20,6 +20,7 @@ async fn deliver(store: &dyn Store, key: &str, webhook_id: Option<&str>, at: i64
             data: &data,
             webhook_id,
             tick: None,
+            by: None,
             at,
         })
         .await
@@ -276,6 +277,7 @@ async fn deliveries_written_together(s: &dyn Store) {
         data: &data,
         webhook_id: Some(webhook_id),
         tick: None,
+        by: None,
         at: 5,
     };
     let receipts = s
@@ -321,6 +323,7 @@ async fn racing_claims_take_each_record_once(store: Arc<dyn Store>) {
                 data: &data,
                 webhook_id: None,
                 tick: None,
+                by: None,
                 at: 1,
             })
             .await
