@@ -337,6 +337,11 @@ pub struct WorkerArgs {
     /// lease losses, conflicts, queue depth, attempt durations); port 0 picks one
     #[arg(long)]
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Also run the stream templates of this folder (and those registered in
+    /// the store): their stages and cron intakes, beside other processes
+    /// running the same ones
+    #[arg(long)]
+    pub templates: Option<PathBuf>,
     #[command(flatten)]
     pub drive: DriveArgs,
 }

@@ -445,9 +445,58 @@ async fn worker(
             n => format!("{n} blocks at once"),
         }
     );
+    let streams = args.templates.map(|dir| {
+        tokio::spawn(run_streams(
+            engine.clone(),
+            dir,
+            options.grace,
+            stopped.clone(),
+        ))
+    });
     factory_engine::worker::serve(engine, options, stopped).await?;
+    if let Some(streams) = streams {
+        let _ = streams.await;
+    }
     eprintln!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// A worker's stream templates: those of `dir` and those registered in the
+/// store, looked at every 2 s, until the worker stops (batches in flight
+/// get the shutdown grace).
+async fn run_streams(
+    engine: Arc<Engine>,
+    dir: std::path::PathBuf,
+    grace: std::time::Duration,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
+    let set = factory_engine::StreamSet::new(engine.clone());
+    loop {
+        let mut sources = factory_engine::folder_sources(&dir);
+        match engine.store().list_templates().await {
+            Ok(registered) => {
+                sources.extend(
+                    registered
+                        .into_iter()
+                        .map(|t| factory_engine::StreamSource {
+                            source: t.source,
+                            dir: None,
+                        }),
+                )
+            }
+            Err(error) => tracing::warn!(%error, "cannot list registered templates"),
+        }
+        set.refresh(sources);
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+            _ = stopped.wait_for(|s| *s) => break,
+        }
+    }
+    if tokio::time::timeout(grace, set.stop_all()).await.is_err() {
+        tracing::warn!(
+            "stream batches still running at shutdown; their records are taken again after the restart"
+        );
+    }
 }
 
 /// SIGTERM or Ctrl-C, whichever comes first.

@@ -19,6 +19,7 @@ mod permits;
 mod slots;
 mod spool;
 mod stream;
+mod stream_set;
 pub mod supervisor;
 mod telemetry;
 pub mod worker;
@@ -46,6 +47,7 @@ pub struct RunFile {
 pub use handle::{Claim, RunHandle, cached_pipeline};
 pub use owner::Owner;
 pub use stream::{Delivered, StreamRunner};
+pub use stream_set::{StreamSet, StreamSource, folder_sources};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {

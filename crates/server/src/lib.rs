@@ -103,7 +103,7 @@ pub(crate) struct AppState {
     /// Run documents last served, by version (the hot read's copy).
     pub docs: doc_cache::DocCache,
     /// The stream templates this server runs, and their runners.
-    pub streams: streams::Streams,
+    pub streams: factory_engine::StreamSet,
     /// Turns true when the server stops; event streams end on it, or graceful
     /// shutdown would wait forever for an open browser tab.
     pub stopping: watch::Receiver<bool>,
@@ -174,6 +174,7 @@ pub async fn start(
     ));
     let (stop, mut stopped) = watch::channel(false);
     let state = Arc::new(AppState {
+        streams: factory_engine::StreamSet::new(engine.clone()),
         engine,
         store: store.clone(),
         hub: hub.clone(),
@@ -183,11 +184,10 @@ pub async fn start(
         metrics: metrics::Metrics::new(),
         tokens: auth::TokenCache::default(),
         docs: doc_cache::DocCache::default(),
-        streams: streams::Streams::default(),
         stopping: stop.subscribe(),
     });
     // Stream templates take deliveries as soon as the server answers.
-    state.streams.refresh(&state).await;
+    streams::refresh(&state).await;
     let streams_task = tokio::spawn(streams::keep_running(
         state.clone(),
         config.shutdown_grace,

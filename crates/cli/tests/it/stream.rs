@@ -731,3 +731,73 @@ fn a_cron_intake_takes_each_file_of_a_watched_folder_once() {
             .starts_with("Human feedback")
     );
 }
+
+/// `factory worker --templates` runs a stream's stages without a server:
+/// records added by hand (the manual intake, from the CLI) move to the
+/// last state, and SIGTERM stops the worker cleanly.
+#[test]
+fn a_worker_runs_the_stages_of_its_stream_templates() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("factory.db");
+    let templates = dir.path().join("templates");
+    std::fs::create_dir_all(&templates).unwrap();
+    let stage = |id: &str, after: &str| {
+        json!({
+            "id": id, "name": id, "layer": "L1", "type": "build", "runtime": "builtin",
+            "lifecycle": {"mode": "daemon"},
+            "inputs": {"depends": [{"block": after, "key": "records"}], "config": {"builtin": "noop", "batch": 10}},
+            "outputs": {"artifacts": [{"key": "records", "path": "records.json", "format": "json"}]}
+        })
+    };
+    let template = json!({
+        "id": "by-hand", "name": "By hand", "version": "1",
+        "blocks": [
+            {"id": "add", "name": "add", "layer": "L0", "type": "ingest", "runtime": "builtin",
+             "trigger": {"type": "manual"}, "lifecycle": {"mode": "daemon"},
+             "record_state": {"track_per": "id", "states": ["new", "seen", "done"]},
+             "inputs": {"config": {"builtin": "noop"}},
+             "outputs": {"artifacts": [{"key": "records", "path": "records.json", "format": "json"}]}},
+            stage("see", "add"),
+            stage("finish", "see"),
+        ]
+    });
+    let file = templates.join("by-hand.json");
+    std::fs::write(&file, serde_json::to_vec_pretty(&template).unwrap()).unwrap();
+    for n in 0..3 {
+        let item = dir.path().join(format!("item-{n}.json"));
+        std::fs::write(&item, format!("{{\"id\": \"r{n}\"}}")).unwrap();
+        let output = factory(&db)
+            .args(["records", "by-hand", "--add"])
+            .arg(&item)
+            .arg("--from")
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let mut worker = std::process::Command::new(BIN)
+        .env("FACTORY_DB", &db)
+        .env("FACTORY_WORK_DIR", dir.path().join("work"))
+        .args(["worker", "--templates"])
+        .arg(&templates)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let done = ("done".to_string(), "done".to_string());
+    wait_for(
+        Duration::from_secs(30),
+        "the worker to move the records",
+        || counts(&db, "by-hand").get(&done) == Some(&3),
+    );
+    // SAFETY: signals the child this test spawned and still owns.
+    unsafe {
+        libc::kill(worker.id() as i32, libc::SIGTERM);
+    }
+    let status = worker.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
