@@ -4,6 +4,7 @@
 use std::io::Read as _;
 
 use anyhow::{Context, bail};
+use factory_core::run::format_utc;
 use factory_engine::Engine;
 use factory_server::signature::HookSecret;
 use factory_store::RecordFilter;
@@ -80,7 +81,7 @@ pub async fn records(engine: &Engine, actor: &str, q: RecordsQuery) -> anyhow::R
             println!(
                 "  {:>3}  {}  {}",
                 entry.seq,
-                time(entry.at),
+                format_utc(entry.at),
                 serde_json::to_string(&entry.event)?
             );
         }
@@ -129,7 +130,11 @@ pub async fn records(engine: &Engine, actor: &str, q: RecordsQuery) -> anyhow::R
             ),
             (None, None) => "running (or interrupted)".to_string(),
         };
-        println!("fired {} at its {} tick: {what}", f.block, time(f.tick));
+        println!(
+            "fired {} at its {} tick: {what}",
+            f.block,
+            format_utc(f.tick)
+        );
     }
     if !firings.is_empty() {
         println!();
@@ -161,15 +166,11 @@ pub async fn records(engine: &Engine, actor: &str, q: RecordsQuery) -> anyhow::R
             r.state,
             status,
             r.attempts,
-            time(r.updated_at),
+            format_utc(r.updated_at),
             r.error.as_deref().unwrap_or("")
         );
     }
     Ok(())
-}
-
-fn time(ms: i64) -> String {
-    factory_core::run::format_utc(ms)
 }
 
 pub fn hook(command: HookCommand) -> anyhow::Result<()> {

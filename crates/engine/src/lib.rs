@@ -172,6 +172,27 @@ pub fn now_ms() -> Millis {
         .unwrap_or(0)
 }
 
+/// The `*.json` files of a templates folder, sorted by path, with their
+/// text (unreadable ones skipped): the server's catalog and a worker's
+/// stream templates read a folder the same way.
+pub fn template_files(dir: &std::path::Path) -> Vec<(std::path::PathBuf, String)> {
+    let Ok(read) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut paths: Vec<std::path::PathBuf> = read
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    paths.sort();
+    paths
+        .into_iter()
+        .filter_map(|path| {
+            let source = std::fs::read_to_string(&path).ok()?;
+            Some((path, source))
+        })
+        .collect()
+}
+
 /// Parses and validates template source, or returns every error found.
 pub fn load_pipeline(source: &str) -> Result<Pipeline> {
     pipeline_of(factory_core::validate_str(source))

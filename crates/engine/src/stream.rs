@@ -67,7 +67,8 @@ impl Engine {
             )));
         }
         self.enqueue(
-            pipeline,
+            template_id,
+            plan,
             block,
             payload,
             webhook_id.map(str::to_string),
@@ -111,30 +112,32 @@ impl Engine {
             }));
         };
         let block = intake.block.clone();
-        self.enqueue(pipeline, &block, payload, None, Some(actor.to_string()))
-            .await
+        self.enqueue(
+            template_id,
+            plan,
+            &block,
+            payload,
+            None,
+            Some(actor.to_string()),
+        )
+        .await
     }
 
     /// Hands a record to the intake writer and waits for its receipt.
     async fn enqueue(
         &self,
-        pipeline: &Pipeline,
+        template_id: &str,
+        plan: &StreamPlan,
         block: &str,
         payload: &Value,
         webhook_id: Option<String>,
         by: Option<String>,
     ) -> Result<Delivered> {
-        let template_id = &pipeline.template().id;
-        let Some(plan) = pipeline.stream() else {
-            return Err(EngineError::NotFound(format!(
-                "stream template `{template_id}`"
-            )));
-        };
         let key = settle::record_key(&plan.track_per, payload)
             .map_err(|e| EngineError::BadDelivery(e.to_string()))?;
         let (reply, receipt) = tokio::sync::oneshot::channel();
         let mut pending = Pending {
-            template_id: template_id.clone(),
+            template_id: template_id.to_string(),
             block: block.to_string(),
             key: key.clone(),
             state: plan.first_state().to_string(),
@@ -648,14 +651,14 @@ async fn stage_loop(shared: Arc<Shared>, k: usize, mut stopped: watch::Receiver<
     let stage = &shared.plan.stages[k];
     let store = shared.engine.store().clone();
     let owner = shared.engine.owner.id();
-    release_dead_leases(store.as_ref()).await;
-    let mut released_at = std::time::Instant::now();
+    let mut released_at: Option<std::time::Instant> = None;
     let mut errors = 0u32;
     while !*stopped.borrow() {
-        // Another process of this host may have died since (kill -9).
-        if released_at.elapsed() > DEAD_LEASE_LOOK {
+        // At start and every so often: a process of this host may have died
+        // (kill -9) holding records.
+        if released_at.is_none_or(|at| at.elapsed() > DEAD_LEASE_LOOK) {
             release_dead_leases(store.as_ref()).await;
-            released_at = std::time::Instant::now();
+            released_at = Some(std::time::Instant::now());
         }
         let now = now_ms();
         let lease_until = now + stage.timeout_ms as i64 + LEASE_MARGIN_MS;

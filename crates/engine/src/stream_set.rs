@@ -130,22 +130,13 @@ impl StreamSet {
 /// The templates of a folder (`*.json`, with their folder as the steps'
 /// directory), for [`StreamSet::refresh`].
 pub fn folder_sources(dir: &std::path::Path) -> Vec<StreamSource> {
-    let Ok(read) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut paths: Vec<PathBuf> = read
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    paths.sort();
-    paths
+    crate::template_files(dir)
         .into_iter()
-        .filter_map(|path| {
-            let source = std::fs::read_to_string(&path).ok()?;
-            let dir = std::fs::canonicalize(&path)
+        .map(|(path, source)| StreamSource {
+            source,
+            dir: std::fs::canonicalize(&path)
                 .ok()
-                .and_then(|p| p.parent().map(|d| d.to_path_buf()));
-            Some(StreamSource { source, dir })
+                .and_then(|p| p.parent().map(|d| d.to_path_buf())),
         })
         .collect()
 }

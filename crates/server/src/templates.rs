@@ -39,18 +39,8 @@ impl CatalogEntry {
 /// re-validate unchanged templates.
 pub async fn catalog(state: &AppState) -> ApiResult<Vec<CatalogEntry>> {
     let mut entries = Vec::new();
-    if let Some(dir) = &state.config.templates_dir
-        && let Ok(read) = std::fs::read_dir(dir)
-    {
-        let mut paths: Vec<PathBuf> = read
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "json"))
-            .collect();
-        paths.sort();
-        for path in paths {
-            let Ok(source) = std::fs::read_to_string(&path) else {
-                continue;
-            };
+    if let Some(dir) = &state.config.templates_dir {
+        for (path, source) in factory_engine::template_files(dir) {
             match factory_engine::cached_pipeline(&source) {
                 Ok(pipeline) => entries.push(entry(
                     pipeline.template().clone(),

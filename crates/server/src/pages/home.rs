@@ -110,7 +110,7 @@ async fn render_home(
         }
         let query: Vec<String> = pairs
             .iter()
-            .map(|(k, v)| format!("{k}={}", url_escape(v)))
+            .map(|(k, v)| format!("{k}={}", super::url_escape(v)))
             .collect();
         format!("/?{}", query.join("&"))
     };
@@ -205,19 +205,6 @@ async fn render_home(
         }
     };
     Ok(super::layout("Runs", caller, None, body))
-}
-
-/// Percent-encodes a query value (everything but unreserved characters).
-fn url_escape(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// The composite of a template's listed runs over time (oldest left): a

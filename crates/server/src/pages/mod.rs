@@ -109,6 +109,20 @@ pub(crate) fn layout_with(
     }
 }
 
+/// Percent-encodes a query value or a path segment (everything but
+/// unreserved characters): record keys and filters come from outside.
+pub(crate) fn url_escape(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// An error page for a person who is not (or not yet) signed in, or whose
 /// request never reached a page handler.
 pub(crate) fn error_page(status: StatusCode, message: &str) -> Markup {

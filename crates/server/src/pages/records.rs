@@ -5,6 +5,7 @@
 
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
+use factory_core::stream::StreamPlan;
 use factory_store::{RecordCount, RecordFilter};
 use maud::{Markup, html};
 use serde::Deserialize;
@@ -52,7 +53,7 @@ pub async fn index(State(state): State<SharedState>, caller: Caller) -> Response
                         @let id = &pipeline.template().id;
                         @let plan = pipeline.stream();
                         tr {
-                            td { a href={ "/streams/" (enc(id)) } { (pipeline.template().name) } " " code { (id) } }
+                            td { a href={ "/streams/" (super::url_escape(id)) } { (pipeline.template().name) } " " code { (id) } }
                             td { (plan.map(|p| p.states.join(" → ")).unwrap_or_default()) }
                             td.num { (counts.iter().map(|c| c.count).sum::<u64>()) }
                             td.num { (counts.iter().filter(|c| c.status == "failed").map(|c| c.count).sum::<u64>()) }
@@ -91,14 +92,10 @@ pub async fn record_page(
 
 /// The stream's states, from the running template (and any others its
 /// records are in, e.g. after the template was edited).
-fn states_of(state: &SharedState, template: &str, counts: &[RecordCount]) -> Vec<String> {
+fn states_of(plan: Option<&StreamPlan>, counts: &[RecordCount]) -> Vec<String> {
     // The template's states, then any its records are in that it no longer
     // has (an edited template), so no record is hidden.
-    let mut seen = state
-        .streams
-        .pipeline(template)
-        .and_then(|p| p.stream().map(|s| s.states.clone()))
-        .unwrap_or_default();
+    let mut seen = plan.map(|p| p.states.clone()).unwrap_or_default();
     for c in counts {
         if !seen.contains(&c.state) {
             seen.push(c.state.clone());
@@ -131,17 +128,15 @@ async fn render_list(
     };
     let (rows, counts) = state.engine.records(&filter).await?;
     let firings = state.engine.firings(template, 5).await?;
-    let states = states_of(state, template, &counts);
-    let running = state.streams.pipeline(template).is_some();
-    let plan = state
-        .streams
-        .pipeline(template)
-        .and_then(|p| p.stream().cloned());
+    // The running template, looked up once for everything the page shows.
+    let pipeline = state.streams.pipeline(template);
+    let plan = pipeline.as_ref().and_then(|p| p.stream());
+    let running = plan.is_some();
+    let states = states_of(plan, &counts);
     let manual_intake = plan
-        .as_ref()
         .and_then(|p| p.manual_intake(None))
         .map(|i| i.block.clone());
-    let track_per = plan.map(|p| p.track_per).unwrap_or_default();
+    let track_per = plan.map(|p| p.track_per.as_str()).unwrap_or_default();
     if !running && counts.is_empty() {
         return Err(ApiError::not_found(
             "unknown_stream",
@@ -173,7 +168,7 @@ async fn render_list(
                     @let failed_here = count(&counts, name, "failed");
                     @let done = count(&counts, name, "done");
                     li.record-state data-state=(name) {
-                        a href={ "?state=" (enc(name)) } { strong { (name) } }
+                        a href={ "?state=" (super::url_escape(name)) } { strong { (name) } }
                         span.step { "state " (i + 1) " of " (states.len()) }
                         @if i + 1 == states.len() {
                             span.status.done { (done) " done" }
@@ -182,7 +177,7 @@ async fn render_list(
                             @if working > 0 { span.status.running { (working) " working" } }
                         }
                         @if failed_here > 0 {
-                            a.status.failed href={ "?state=" (enc(name)) "&status=failed" } { (failed_here) " failed" }
+                            a.status.failed href={ "?state=" (super::url_escape(name)) "&status=failed" } { (failed_here) " failed" }
                         }
                     }
                 }
@@ -248,7 +243,7 @@ async fn render_list(
                     @for r in &rows {
                         @let shown = if r.working { "working" } else { r.status.as_str() };
                         tr data-record=(r.key) {
-                            td { a href={ "/streams/" (enc(template)) "/records/" (enc(&r.key)) } { code { (r.key) } } }
+                            td { a href={ "/streams/" (super::url_escape(template)) "/records/" (super::url_escape(&r.key)) } { code { (r.key) } } }
                             td { (r.state) }
                             td { span.status.(shown) { (shown) } }
                             td.num { (r.attempts) }
@@ -297,7 +292,7 @@ async fn render_record(
     };
     let body = html! {
         section.panel #record data-live {
-            p { a href={ "/streams/" (enc(template)) } { "← records of " (template) } }
+            p { a href={ "/streams/" (super::url_escape(template)) } { "← records of " (template) } }
             h1 { "Record " code { (record.key) } }
             p {
                 "State " strong { (record.state) } " · " span.status.(shown) { (shown) }
@@ -373,17 +368,4 @@ fn describe(event: &factory_core::stream::settle::RecordEvent) -> Markup {
 /// event stream of their own yet).
 fn layout_polling(title: &str, caller: &Caller, body: Markup) -> Markup {
     super::layout_with(title, caller, None, Some(2000), body)
-}
-
-/// A path segment or query value as a URL carries it: record keys come
-/// from deliveries and may hold `/`, `?`, `#` or `%`.
-fn enc(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
