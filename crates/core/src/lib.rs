@@ -8,6 +8,7 @@
 //! carry out. That keeps every rule here testable with plain values and
 //! makes the event log replayable.
 
+pub mod bus;
 pub mod consensus;
 pub mod diagnostics;
 pub mod feedback;
@@ -17,6 +18,7 @@ pub mod prompt;
 pub mod render;
 pub mod run;
 pub mod scheduler;
+pub mod starter;
 pub mod stream;
 pub mod template;
 pub mod transitions;

@@ -19,6 +19,8 @@ pub struct Pipeline {
     topo: Vec<usize>,
     /// Set for a template of the stream pattern.
     stream: Option<crate::stream::StreamPlan>,
+    /// Blocks whose trigger starts runs (dag-batch templates only).
+    starters: Vec<crate::starter::Starter>,
 }
 
 impl Pipeline {
@@ -56,6 +58,7 @@ impl Pipeline {
             }
         };
         let stream = crate::stream::plan(&template).ok().flatten();
+        let starters = crate::starter::starters(&template);
         Ok(Pipeline {
             template,
             index,
@@ -63,6 +66,7 @@ impl Pipeline {
             downstream,
             topo,
             stream,
+            starters,
         })
     }
 
@@ -74,6 +78,12 @@ impl Pipeline {
     /// move records; it has no runs).
     pub fn stream(&self) -> Option<&crate::stream::StreamPlan> {
         self.stream.as_ref()
+    }
+
+    /// The blocks whose `cron` or `event` trigger starts runs of this
+    /// (dag-batch) template.
+    pub fn starters(&self) -> &[crate::starter::Starter] {
+        &self.starters
     }
 
     pub fn blocks(&self) -> &[Block] {

@@ -68,6 +68,9 @@ pub enum IntakeKind {
     Cron(CronIntake),
     /// A person adds records (CLI, API, the Streams page).
     Manual,
+    /// Each feed event that matches the filter is one record (its payload
+    /// is the record's data; [`crate::bus`]).
+    Event(crate::bus::EventFilter),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -88,7 +91,7 @@ impl Intake {
                 hook_path,
                 secret_env,
             } => Some((hook_path.as_deref(), secret_env)),
-            IntakeKind::Cron(_) | IntakeKind::Manual => None,
+            IntakeKind::Cron(_) | IntakeKind::Manual | IntakeKind::Event(_) => None,
         }
     }
 }
@@ -267,6 +270,15 @@ pub fn plan(template: &Template) -> Result<Option<StreamPlan>, Vec<Diagnostic>> 
                 ),
             );
         }
+        if !block.outputs.emits.is_empty() {
+            push(
+                &mut out,
+                not_yet(
+                    at(i, ".outputs.emits"),
+                    "`outputs.emits` on a stream block (a stage's moves are `record.moved` events already)",
+                ),
+            );
+        }
         if block.execution.separate_reviewer {
             push(
                 &mut out,
@@ -347,8 +359,12 @@ pub fn plan(template: &Template) -> Result<Option<StreamPlan>, Vec<Diagnostic>> 
                 );
             }
             match block.trigger.trigger_type {
-                TriggerType::Webhook | TriggerType::Manual => {
-                    let kind = if block.trigger.trigger_type == TriggerType::Webhook { "webhook" } else { "manual" };
+                TriggerType::Webhook | TriggerType::Manual | TriggerType::Event => {
+                    let kind = match block.trigger.trigger_type {
+                        TriggerType::Webhook => "webhook",
+                        TriggerType::Event => "event",
+                        _ => "manual",
+                    };
                     for (field, set) in [("skill", block.skill.is_some()), ("model", block.model.is_some())] {
                         if set {
                             push(
@@ -368,7 +384,7 @@ pub fn plan(template: &Template) -> Result<Option<StreamPlan>, Vec<Diagnostic>> 
                             Diagnostic::error(
                                 codes::STREAM,
                                 at(i, ".runtime"),
-                                format!("a {kind} intake takes each delivery (or record a person adds) as it is; it runs no step of its own"),
+                                format!("a {kind} intake takes each delivery (event, or record a person adds) as it is; it runs no step of its own"),
                             )
                             .with_help("make it `\"runtime\": \"builtin\"` with `\"config\": {\"builtin\": \"noop\"}` and put the work in the next block"),
                         );
@@ -389,13 +405,17 @@ pub fn plan(template: &Template) -> Result<Option<StreamPlan>, Vec<Diagnostic>> 
                     }
                     intakes.push(Intake {
                         block: block.id.clone(),
-                        kind: if block.trigger.trigger_type == TriggerType::Webhook {
-                            IntakeKind::Webhook {
+                        kind: match block.trigger.trigger_type {
+                            TriggerType::Webhook => IntakeKind::Webhook {
                                 hook_path: block.trigger.webhook.clone(),
                                 secret_env: block.trigger.secret_env.clone().unwrap_or_default(),
-                            }
-                        } else {
-                            IntakeKind::Manual
+                            },
+                            // A filter that does not parse is the trigger check's error.
+                            TriggerType::Event => IntakeKind::Event(
+                                crate::bus::EventFilter::parse(block.trigger.event.as_deref().unwrap_or_default())
+                                    .unwrap_or(crate::bus::EventFilter { name: String::new(), conditions: Vec::new() }),
+                            ),
+                            _ => IntakeKind::Manual,
                         },
                     });
                 }
@@ -451,8 +471,6 @@ pub fn plan(template: &Template) -> Result<Option<StreamPlan>, Vec<Diagnostic>> 
                         }),
                     });
                 }
-                // Refused field by field (TPL0028) until its runner exists.
-                TriggerType::Event => {}
                 TriggerType::Dependency => push(
                     &mut out,
                     Diagnostic::error(
@@ -460,7 +478,7 @@ pub fn plan(template: &Template) -> Result<Option<StreamPlan>, Vec<Diagnostic>> 
                         at(i, ".trigger"),
                         "a stream block with no dependency needs a trigger that brings it records",
                     )
-                    .with_help("give it `\"trigger\": {\"type\": \"webhook\", \"secret_env\": \"…\"}` or a `cron` trigger, or make it depend on the block before it"),
+                    .with_help("give it `\"trigger\": {\"type\": \"webhook\", \"secret_env\": \"…\"}`, a `cron`, `event` or `manual` trigger, or make it depend on the block before it"),
                 ),
             }
         } else if block.trigger.trigger_type != TriggerType::Dependency {
@@ -476,13 +494,8 @@ pub fn plan(template: &Template) -> Result<Option<StreamPlan>, Vec<Diagnostic>> 
         }
     }
 
-    // Intakes of triggers that have no runner yet are refused field by field.
-    let refused_intake = template
-        .blocks
-        .iter()
-        .any(|b| b.trigger.trigger_type == TriggerType::Event);
     let Some((_, record_state)) = record_state else {
-        if out.is_empty() && !refused_intake {
+        if out.is_empty() {
             out.push(
                 Diagnostic::error(codes::RECORD_STATE, "$.blocks", "a stream template needs `record_state` on its intake block")
                     .with_help("e.g. `\"record_state\": {\"track_per\": \"video_id\", \"states\": [\"raw\", \"scored\"]}`"),
@@ -614,7 +627,7 @@ pub fn plan(template: &Template) -> Result<Option<StreamPlan>, Vec<Diagnostic>> 
             .with_help("list one state per block of the chain, intake first"),
         );
     }
-    if intakes.is_empty() && out.is_empty() && !refused_intake {
+    if intakes.is_empty() && out.is_empty() {
         out.push(Diagnostic::error(
             codes::STREAM,
             "$.blocks",

@@ -401,6 +401,24 @@ pub struct Outputs {
     pub metrics: Vec<MetricSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub publish: Option<Vec<Publish>>,
+    /// Events the block emits when it is done: each entry names an event
+    /// and one of the block's JSON artifacts, whose object (or each object
+    /// of whose array) becomes one event of the factory's feed
+    /// ([`crate::bus::emitted`]), for `event` triggers to start runs or
+    /// feed streams.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub emits: Vec<Emit>,
+}
+
+/// One `outputs.emits` entry: `{"event": "entity.created", "artifact": "entities"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Emit {
+    /// `noun.verb`, not one of the factory's own nouns (`run`, `block`,
+    /// `gate`, `record`, `webhook`).
+    pub event: String,
+    /// The key of one of the block's `json` artifacts.
+    pub artifact: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -594,6 +594,7 @@ fn check_semantics(template: &Template) -> Vec<Diagnostic> {
         out.extend(problems);
     }
     out.extend(crate::stream::misplaced_batch(template));
+    out.extend(crate::starter::check(template));
     check_parallel_groups(template, &mut out);
     check_profiles(template, &first_seen, &mut out);
     for (name, spec) in &template.params {

@@ -55,6 +55,9 @@ pub enum RecordEvent {
         /// The person who added it (a manual intake).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         by: Option<String>,
+        /// The feed event (its number) an event intake took it from.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        event: Option<u64>,
     },
     /// A stage moved it on.
     Moved {

@@ -382,15 +382,43 @@ fn a_cron_intake_runs_a_step_that_lists_records() {
 }
 
 #[test]
-fn a_cron_trigger_outside_a_stream_is_refused_not_run_once() {
+fn a_cron_trigger_outside_a_stream_starts_runs_and_is_not_a_stream() {
     let value = template(vec![json!({
         "id": "a", "name": "a", "layer": "L1", "type": "build", "runtime": "builtin",
         "trigger": {"type": "cron", "cron": "0 6 * * *"},
         "inputs": {"config": {"builtin": "noop"}}
     })]);
+    let pipeline = validate_value(&value).pipeline.expect("valid");
+    assert!(pipeline.stream().is_none());
+    assert_eq!(pipeline.starters().len(), 1);
+    assert_eq!(pipeline.starters()[0].block, "a");
+}
+
+#[test]
+fn an_event_intake_takes_matching_feed_events_as_records() {
+    let mut value = chain();
+    value["blocks"][0]["trigger"] = json!({"type": "event", "event": "video.published(channel=main)"});
+    let pipeline = validate_value(&value).pipeline.expect("valid");
+    let plan = pipeline.stream().expect("a stream");
+    match &plan.intakes[0].kind {
+        IntakeKind::Event(filter) => {
+            assert_eq!(filter.to_string(), "video.published(channel=main)")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(pipeline.starters().is_empty(), "a stream's triggers feed records");
+    value["blocks"][0]["runtime"] = json!("command");
+    value["blocks"][0]["inputs"]["config"] = json!({"command": ["true"]});
     let found = errors(&value);
     assert!(
-        found.contains(&("TPL0028".into(), "$.blocks[0].trigger.type".into())),
+        found.contains(&("TPL0029".into(), "$.blocks[0].runtime".into())),
+        "an event intake runs no step: {found:?}"
+    );
+    value = chain();
+    value["blocks"][1]["outputs"]["emits"] = json!([{"event": "video.scored", "artifact": "records"}]);
+    let found = errors(&value);
+    assert!(
+        found.contains(&("TPL0028".into(), "$.blocks[1].outputs.emits".into())),
         "{found:?}"
     );
 }

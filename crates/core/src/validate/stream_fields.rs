@@ -88,15 +88,33 @@ pub(super) fn check(i: usize, block: &template::Block, out: &mut Vec<Diagnostic>
              the stream and lens patterns are being built",
         )
     };
-    // A cron trigger runs a stream intake (a daemon); scheduled runs of a
-    // dag-batch template are not built yet.
+    // Cron and event triggers feed a stream intake (a daemon) or, on a
+    // dag-batch block without dependencies, start runs
+    // ([`crate::starter`]); a block with dependencies is started by them.
+    let daemon = mode == Some(LifecycleMode::Daemon);
     let acted_on = match block.trigger.trigger_type {
         TriggerType::Dependency | TriggerType::Webhook => true,
+        TriggerType::Cron | TriggerType::Event => {
+            if !daemon && !block.inputs.depends.is_empty() {
+                push(
+                    Diagnostic::error(
+                        codes::TRIGGER,
+                        at(".trigger.type"),
+                        format!(
+                            "a `{}` trigger starts runs of the template from a block without dependencies; this block has dependencies, which start it",
+                            trigger_name(block.trigger.trigger_type)
+                        ),
+                    )
+                    .with_help("put the trigger on a block without `inputs.depends` (the run's first block), or remove it"),
+                );
+            }
+            true
+        }
         // A manual trigger feeds a stream intake; a block of a dag-batch
         // run that waits for a person is a `human_gate: before`.
-        TriggerType::Cron | TriggerType::Manual => mode == Some(LifecycleMode::Daemon),
-        TriggerType::Event => false,
+        TriggerType::Manual => daemon,
     };
+    check_emits(block, &at, &mut push);
     if !acted_on {
         push(not_yet(
             ".trigger.type",
@@ -125,6 +143,59 @@ pub(super) fn check(i: usize, block: &template::Block, out: &mut Vec<Diagnostic>
         .is_some_and(|p| !p.is_empty())
     {
         push(not_yet(".outputs.publish", "`outputs.publish`".into()));
+    }
+}
+
+/// `outputs.emits`: a name a block may emit, from one of its JSON
+/// artifacts, each pair once.
+fn check_emits(
+    block: &template::Block,
+    at: &dyn Fn(&str) -> String,
+    push: &mut dyn FnMut(Diagnostic),
+) {
+    let mut seen = std::collections::BTreeSet::new();
+    for (n, emit) in block.outputs.emits.iter().enumerate() {
+        if let Err(problem) = crate::bus::check_emitted_name(&emit.event) {
+            push(
+                Diagnostic::error(codes::TRIGGER, at(&format!(".outputs.emits[{n}].event")), problem)
+                    .with_help("name it after what happened, e.g. `entity.created`"),
+            );
+        }
+        match block.outputs.artifacts.iter().find(|a| a.key == emit.artifact) {
+            None => push(
+                Diagnostic::error(
+                    codes::MISSING_ARTIFACT,
+                    at(&format!(".outputs.emits[{n}].artifact")),
+                    format!(
+                        "`{}` is not an artifact of this block, so nothing would be emitted",
+                        emit.artifact
+                    ),
+                )
+                .with_help("name one of the block's `outputs.artifacts` keys"),
+            ),
+            Some(artifact) if artifact.format != template::ArtifactFormat::Json => push(
+                Diagnostic::error(
+                    codes::TRIGGER,
+                    at(&format!(".outputs.emits[{n}].artifact")),
+                    format!(
+                        "artifact `{}` is not `json`: events are made of a JSON object or an array of objects",
+                        emit.artifact
+                    ),
+                )
+                .with_help("emit from a `\"format\": \"json\"` artifact"),
+            ),
+            Some(_) => {}
+        }
+        if !seen.insert((&emit.event, &emit.artifact)) {
+            push(
+                Diagnostic::error(
+                    codes::DUPLICATE_KEY,
+                    at(&format!(".outputs.emits[{n}]")),
+                    format!("`{}` from `{}` is listed twice", emit.event, emit.artifact),
+                )
+                .with_help("list each event and artifact pair once"),
+            );
+        }
     }
 }
 
@@ -352,79 +423,10 @@ pub fn parse_cron(expression: &str) -> Result<croner::Cron, (String, Option<usiz
     }
 }
 
-/// An event filter: `name.verb` or `name.verb(key=value, …)`; names are
-/// lowercase words joined by `.`, values numbers, words or quoted text.
+/// An event filter: `name.verb` or `name.verb(key=value, …)`
+/// ([`crate::bus::EventFilter`]).
 pub fn parse_event_filter(filter: &str) -> Result<(), String> {
-    let filter = filter.trim();
-    let (name, args) = match filter.find('(') {
-        Some(open) => {
-            let Some(inner) = filter[open + 1..].strip_suffix(')') else {
-                return Err("`(` is not closed by a `)` at the end".into());
-            };
-            (&filter[..open], Some(inner))
-        }
-        None => (filter, None),
-    };
-    let word = |w: &str| {
-        w.chars().next().is_some_and(|c| c.is_ascii_lowercase())
-            && w.chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-    };
-    let parts: Vec<&str> = name.split('.').collect();
-    if parts.len() < 2 || !parts.iter().all(|p| word(p)) {
-        return Err(format!(
-            "`{name}` is not an event name: lowercase words joined by `.`, e.g. `entity.created`"
-        ));
-    }
-    if args.is_some_and(|a| a.trim().is_empty()) {
-        return Err("empty parentheses: drop them, or filter on a field".into());
-    }
-    for arg in args
-        .into_iter()
-        .flat_map(split_outside_quotes)
-        .map(str::trim)
-    {
-        let Some((key, value)) = arg.split_once('=') else {
-            return Err(format!("`{arg}` is not `key=value`"));
-        };
-        let (key, value) = (key.trim(), value.trim());
-        if !word(key) {
-            return Err(format!("`{key}` is not a field name"));
-        }
-        let quoted = value.len() >= 2
-            && ((value.starts_with('"') && value.ends_with('"'))
-                || (value.starts_with('\'') && value.ends_with('\'')));
-        if !(quoted
-            || value.parse::<f64>().is_ok()
-            || word(value)
-            || value == "true"
-            || value == "false")
-        {
-            return Err(format!(
-                "`{value}` is not a value: a number, a word or quoted text"
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// `a=1, b="x,y"` → `a=1`, ` b="x,y"`: commas inside quotes do not split.
-fn split_outside_quotes(text: &str) -> Vec<&str> {
-    let mut parts = Vec::new();
-    let (mut start, mut quote) = (0, None);
-    for (i, c) in text.char_indices() {
-        match (c, quote) {
-            ('"' | '\'', None) => quote = Some(c),
-            (c, Some(open)) if c == open => quote = None,
-            (',', None) => {
-                parts.push(&text[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    parts.push(&text[start..]);
-    parts
+    crate::bus::EventFilter::parse(filter).map(|_| ())
 }
 
 fn valid_hook_path(path: &str) -> bool {

@@ -1577,10 +1577,7 @@ fn stream_fields_are_parsed_and_refused_rather_than_ignored() {
     b["trigger"] = json!({ "type": "cron", "cron": "0 25 * * *" });
     let validated = check(
         template(vec![b]),
-        &[
-            ("TPL0026", "$.blocks[0].trigger.cron", Some("a")),
-            ("TPL0028", "$.blocks[0].trigger.type", Some("a")),
-        ],
+        &[("TPL0026", "$.blocks[0].trigger.cron", Some("a"))],
     );
     let cron = validated.errors().find(|d| d.code == "TPL0026").unwrap();
     assert!(
@@ -1614,4 +1611,62 @@ fn stream_fields_are_parsed_and_refused_rather_than_ignored() {
     b["trigger"] = json!({ "type": "dependency" });
     b["lifecycle"] = json!({ "mode": "one-shot" });
     check(template(vec![b]), &[]);
+
+    // A cron or event trigger on a dag-batch block without dependencies
+    // starts runs; on a block with dependencies it is refused; a manual
+    // trigger outside a stream is still refused.
+    let mut a = block("a");
+    a["trigger"] = json!({ "type": "event", "event": "entity.created(gate=2)" });
+    let validated = check(template(vec![a.clone()]), &[]);
+    assert_eq!(validated.pipeline.unwrap().starters().len(), 1);
+    let mut b = block_on("b", &["a"]);
+    b["trigger"] = json!({ "type": "cron", "cron": "0 6 * * *" });
+    check(
+        template(vec![a.clone(), b]),
+        &[("TPL0026", "$.blocks[1].trigger.type", Some("b"))],
+    );
+    let mut m = block("m");
+    m["trigger"] = json!({ "type": "manual" });
+    check(
+        template(vec![m]),
+        &[("TPL0028", "$.blocks[0].trigger.type", Some("m"))],
+    );
+}
+
+#[test]
+fn emitted_events_name_a_json_artifact_of_the_block_and_a_name_of_their_own() {
+    let mut b = block("a");
+    b["outputs"]["artifacts"] = json!([
+        { "key": "out", "path": "out.md", "format": "md" },
+        { "key": "entities", "path": "entities.json", "format": "json" }
+    ]);
+    b["outputs"]["emits"] = json!([{ "event": "entity.created", "artifact": "entities" }]);
+    check(template(vec![b.clone()]), &[]);
+    b["outputs"]["emits"] = json!([
+        { "event": "run.finished", "artifact": "entities" },
+        { "event": "entity.created", "artifact": "out" },
+        { "event": "entity.created", "artifact": "nope" },
+        { "event": "entity.created", "artifact": "nope" },
+        { "event": "entity.created", "artifact": "entities", "extra": 1 }
+    ]);
+    check(
+        template(vec![b.clone()]),
+        &[("TPL0003", "$.blocks[0].outputs.emits[4].extra", Some("a"))],
+    );
+    b["outputs"]["emits"].as_array_mut().unwrap().pop();
+    let validated = check(
+        template(vec![b]),
+        &[
+            ("TPL0026", "$.blocks[0].outputs.emits[0].event", Some("a")),
+            ("TPL0026", "$.blocks[0].outputs.emits[1].artifact", Some("a")),
+            ("TPL0008", "$.blocks[0].outputs.emits[2].artifact", Some("a")),
+            ("TPL0008", "$.blocks[0].outputs.emits[3].artifact", Some("a")),
+            ("TPL0011", "$.blocks[0].outputs.emits[3]", Some("a")),
+        ],
+    );
+    assert!(
+        validated
+            .errors()
+            .any(|d| d.message.contains("factory's own"))
+    );
 }
