@@ -19,7 +19,7 @@
 //! | `record.received` | a record entered a stream | `template`, `key`, `block`, `state`, `via`, `data` |
 //! | `record.moved` | a stage moved a record on | `template`, `key`, `block`, `from`, `state`, `status` (`ready`/`done`), `data` |
 //! | `record.failed` | a stage gave up on a record | `template`, `key`, `block`, `state`, `error` |
-//! | `record.retried` | a person retried a record | `template`, `key`, `actor` |
+//! | `record.retried` | a person retried a record | `template`, `key`, `state`, `actor` |
 //! | `webhook.received` | a signed delivery was stored | `template`, `block`, `webhook_id`, `key` |
 //! | any other `noun.verb` | a block emits it (`outputs.emits`) | the item's own fields, `template`, `run_id`, `block` |
 
@@ -209,9 +209,11 @@ pub fn record_events(
                 .with("state", state)
                 .with("error", error.clone()),
         ],
-        RecordEvent::Retried { actor } => {
-            vec![of_record(RECORD_RETRIED).with("actor", actor.clone())]
-        }
+        RecordEvent::Retried { actor } => vec![
+            of_record(RECORD_RETRIED)
+                .with("state", state)
+                .with("actor", actor.clone()),
+        ],
         RecordEvent::AttemptFailed { .. } => Vec::new(),
     }
 }

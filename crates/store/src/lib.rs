@@ -12,6 +12,7 @@
 //! [`StoreError::Conflict`] and must reload and decide again; nothing is
 //! silently overwritten. No code here assumes one process owns a run.
 
+pub mod bus;
 mod postgres;
 mod side;
 mod sqlite;
@@ -26,6 +27,7 @@ pub use side::{
     FeedbackRecord, ImprovementItem, ReviewScope, RunRecord, TemplateRecord, TokenRecord, kinds,
 };
 pub use sqlite::SqliteStore;
+pub use bus::{FeedEvent, FeedFilter, FeedPosition, Pruned};
 pub use stream::{
     ClaimedRecord, Firing, FiringOutcome, NewStreamRecord, Receipt, RecordCount, RecordFilter,
     RecordHistoryEntry, StageMoves, StreamRecordRow,
@@ -150,6 +152,9 @@ pub struct Writes<'a> {
     pub feedback: Option<&'a FeedbackRecord>,
     /// Improvement items created or changed by the same action.
     pub items: &'a [ImprovementItem],
+    /// Feed events the action emits besides those of its run events
+    /// (a block's `outputs.emits`).
+    pub emitted: &'a [factory_core::bus::BusEvent],
 }
 
 /// A new run: its template snapshot, first document and first events.
@@ -576,6 +581,39 @@ pub trait Store: Send + Sync {
 
     /// A stream's firings, newest first.
     async fn firings(&self, template_id: &str, limit: u32) -> Result<Vec<Firing>>;
+
+    // ── The event feed ([`factory_core::bus`]). Run commits, record
+    // changes and webhook receipts write their events themselves. ──
+
+    /// Events named `name` after `after`, oldest first: only events no
+    /// running transaction can still add to, so a reader that moves its
+    /// cursor past them never misses one.
+    async fn feed_after(
+        &self,
+        name: &str,
+        after: FeedPosition,
+        limit: u32,
+    ) -> Result<Vec<FeedEvent>>;
+
+    /// The position of `consumer`; a new consumer starts at the feed's end.
+    async fn feed_cursor(&self, consumer: &str, now: Millis) -> Result<FeedPosition>;
+
+    /// Moves `consumer` forward to `to` (never back).
+    async fn advance_feed_cursor(
+        &self,
+        consumer: &str,
+        to: FeedPosition,
+        now: Millis,
+    ) -> Result<()>;
+
+    /// Events for people, newest first.
+    async fn feed(&self, filter: &FeedFilter) -> Result<Vec<FeedEvent>>;
+
+    /// Removes events, webhook receipts and finished trigger firings older
+    /// than `before` (a trigger's last firing stays: it says which tick is
+    /// next). A receipt older than the signature tolerance cannot be
+    /// replayed anyway: its timestamp is refused.
+    async fn prune_feed(&self, before: Millis) -> Result<Pruned>;
 
     /// Resolves a full run id or a unique prefix of one.
     async fn resolve_run_id(&self, id_or_prefix: &str) -> Result<String> {

@@ -108,6 +108,8 @@ impl Store for PostgresStore {
         upsert_blocks(&mut tx, &run.doc.run_id, &all_block_rows(run.doc)?).await?;
         upsert_attempts(&mut tx, &run.doc.run_id, &all_attempt_rows(run.doc)?).await?;
         insert_events(&mut tx, &run.doc.run_id, run.records).await?;
+        let feed = factory_core::bus::run_events(run.doc, run.records);
+        bq::insert_bus_events(&mut tx, &feed, run.doc.updated_at).await?;
         insert_blobs(&mut tx, run.blobs).await?;
         q::upsert_records(&mut tx, run.side).await?;
         tx.commit().await?;
@@ -183,6 +185,9 @@ impl Store for PostgresStore {
             .map(|(id, state)| (*id, state.as_str()))
             .unzip();
         let events = EventColumns::of(records)?;
+        let mut feed = factory_core::bus::run_events(doc, records);
+        feed.extend_from_slice(writes.emitted);
+        let feed = FeedColumns::of(&feed)?;
         let (takes, releases) = final_lease_ops(records);
         let lease_blocks: Vec<&str> = takes.iter().map(|t| t.block).collect();
         let lease_attempts: Vec<i32> = takes.iter().map(|t| t.attempt as i32).collect();
@@ -222,7 +227,13 @@ impl Store for PostgresStore {
             .bind(&blob_contents)
             .bind(&attempt_blocks)
             .bind(&attempt_seqs)
-            .bind(&attempt_jsons);
+            .bind(&attempt_jsons)
+            .bind(&feed.names)
+            .bind(&feed.templates)
+            .bind(&feed.runs)
+            .bind(&feed.blocks)
+            .bind(&feed.keys)
+            .bind(&feed.payloads);
         let (updated, exists) = if writes.feedback.is_none() && writes.items.is_empty() {
             query.fetch_one(&self.pool).await?
         } else {
@@ -549,6 +560,36 @@ impl Store for PostgresStore {
 
     async fn settle_budget(&self, key: &str, holder: &str, amount: u64) -> Result<()> {
         q::settle_budget(&self.pool, key, holder, amount).await
+    }
+
+    async fn feed_after(
+        &self,
+        name: &str,
+        after: crate::FeedPosition,
+        limit: u32,
+    ) -> Result<Vec<crate::FeedEvent>> {
+        bq::feed_after(&self.pool, name, after, limit).await
+    }
+
+    async fn feed_cursor(&self, consumer: &str, now: Millis) -> Result<crate::FeedPosition> {
+        bq::feed_cursor(&self.pool, consumer, now).await
+    }
+
+    async fn advance_feed_cursor(
+        &self,
+        consumer: &str,
+        to: crate::FeedPosition,
+        now: Millis,
+    ) -> Result<()> {
+        bq::advance_feed_cursor(&self.pool, consumer, to, now).await
+    }
+
+    async fn feed(&self, filter: &crate::FeedFilter) -> Result<Vec<crate::FeedEvent>> {
+        bq::feed(&self.pool, filter).await
+    }
+
+    async fn prune_feed(&self, before: Millis) -> Result<crate::Pruned> {
+        bq::prune_feed(&self.pool, before).await
     }
 
     async fn receive_records(
@@ -917,6 +958,35 @@ impl<'a> EventColumns<'a> {
     }
 }
 
+/// Feed events as columns, for the commit statement.
+struct FeedColumns<'a> {
+    names: Vec<&'a str>,
+    templates: Vec<&'a str>,
+    runs: Vec<Option<&'a str>>,
+    blocks: Vec<Option<&'a str>>,
+    keys: Vec<Option<&'a str>>,
+    payloads: Vec<String>,
+}
+
+impl<'a> FeedColumns<'a> {
+    fn of(events: &'a [factory_core::bus::BusEvent]) -> Result<FeedColumns<'a>> {
+        Ok(FeedColumns {
+            names: events.iter().map(|e| e.name.as_str()).collect(),
+            templates: events.iter().map(|e| e.template_id.as_str()).collect(),
+            runs: events.iter().map(|e| e.run_id.as_deref()).collect(),
+            blocks: events.iter().map(|e| e.block.as_deref()).collect(),
+            keys: events.iter().map(|e| e.record_key.as_deref()).collect(),
+            payloads: events
+                .iter()
+                .map(|e| {
+                    serde_json::to_string(&e.payload)
+                        .map(|p| crate::stream::storable(&p).into_owned())
+                })
+                .collect::<std::result::Result<Vec<_>, _>>()?,
+        })
+    }
+}
+
 /// Every event in one statement (arrays unnested), so a commit that starts
 /// or records hundreds of blocks costs one round trip, not hundreds.
 async fn insert_events(
@@ -983,6 +1053,11 @@ const COMMIT_RUN: &str = "WITH head AS (
          AS l (block_id, attempt, owner, expires_at)
     ON CONFLICT (run_id, block_id) DO UPDATE SET attempt = excluded.attempt,
         owner = excluded.owner, pid = NULL, expires_at = excluded.expires_at, live_log = NULL
+), feed_rows AS (
+    INSERT INTO bus_events (name, template_id, run_id, block_id, record_key, payload, at)
+    SELECT f.name, f.template_id, f.run_id, f.block_id, f.record_key, f.payload, $3
+    FROM head, UNNEST($25::text[], $26::text[], $27::text[], $28::text[], $29::text[], $30::text[])
+         AS f (name, template_id, run_id, block_id, record_key, payload)
 )
 SELECT (SELECT count(*) FROM head), EXISTS (SELECT 1 FROM runs WHERE run_id = $4)";
 
@@ -993,6 +1068,11 @@ mod q {
         sqlx::postgres::PgRow,
         sqlx::Postgres
     );
+}
+
+/// The event feed's queries for this backend.
+mod bq {
+    crate::bus::bus_queries!(sqlx::postgres::PgPool, sqlx::postgres::PgRow, sqlx::Postgres, true);
 }
 
 /// The stream-record queries for this backend.

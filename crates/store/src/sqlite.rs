@@ -83,6 +83,8 @@ impl Store for SqliteStore {
         upsert_blocks(&mut tx, &run.doc.run_id, &all_block_rows(run.doc)?).await?;
         upsert_attempts(&mut tx, &run.doc.run_id, &all_attempt_rows(run.doc)?).await?;
         insert_events(&mut tx, &run.doc.run_id, run.records).await?;
+        let feed = factory_core::bus::run_events(run.doc, run.records);
+        bq::insert_bus_events(&mut tx, &feed, run.doc.updated_at).await?;
         insert_blobs(&mut tx, run.blobs).await?;
         q::upsert_records(&mut tx, run.side).await?;
         tx.commit().await?;
@@ -172,6 +174,9 @@ impl Store for SqliteStore {
         }
         q::upsert_items(&mut tx, writes.items).await?;
         insert_events(&mut tx, run_id, records).await?;
+        let mut feed = factory_core::bus::run_events(doc, records);
+        feed.extend_from_slice(writes.emitted);
+        bq::insert_bus_events(&mut tx, &feed, doc.updated_at).await?;
         write_leases(&mut tx, run_id, records).await?;
         tx.commit().await?;
         Ok(expected_version + 1)
@@ -418,6 +423,36 @@ impl Store for SqliteStore {
 
     async fn settle_budget(&self, key: &str, holder: &str, amount: u64) -> Result<()> {
         q::settle_budget(&self.pool, key, holder, amount).await
+    }
+
+    async fn feed_after(
+        &self,
+        name: &str,
+        after: crate::FeedPosition,
+        limit: u32,
+    ) -> Result<Vec<crate::FeedEvent>> {
+        bq::feed_after(&self.pool, name, after, limit).await
+    }
+
+    async fn feed_cursor(&self, consumer: &str, now: Millis) -> Result<crate::FeedPosition> {
+        bq::feed_cursor(&self.pool, consumer, now).await
+    }
+
+    async fn advance_feed_cursor(
+        &self,
+        consumer: &str,
+        to: crate::FeedPosition,
+        now: Millis,
+    ) -> Result<()> {
+        bq::advance_feed_cursor(&self.pool, consumer, to, now).await
+    }
+
+    async fn feed(&self, filter: &crate::FeedFilter) -> Result<Vec<crate::FeedEvent>> {
+        bq::feed(&self.pool, filter).await
+    }
+
+    async fn prune_feed(&self, before: Millis) -> Result<crate::Pruned> {
+        bq::prune_feed(&self.pool, before).await
     }
 
     async fn receive_records(
@@ -840,6 +875,11 @@ mod q {
         sqlx::sqlite::SqliteRow,
         sqlx::Sqlite
     );
+}
+
+/// The event feed's queries for this backend.
+mod bq {
+    crate::bus::bus_queries!(sqlx::sqlite::SqlitePool, sqlx::sqlite::SqliteRow, sqlx::Sqlite, false);
 }
 
 /// The stream-record queries for this backend.

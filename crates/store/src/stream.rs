@@ -26,6 +26,8 @@ pub struct NewStreamRecord<'a> {
     pub tick: Option<Millis>,
     /// The person who added it (a manual intake).
     pub by: Option<&'a str>,
+    /// The feed event an event intake took it from.
+    pub event: Option<i64>,
     pub at: Millis,
 }
 
@@ -46,6 +48,9 @@ pub struct Firing {
     pub rejected: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The run it started (a trigger of a dag-batch template).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
 }
 
 /// How a firing ended.
@@ -55,6 +60,7 @@ pub struct FiringOutcome {
     pub known: u64,
     pub rejected: u64,
     pub error: Option<String>,
+    pub run_id: Option<String>,
 }
 
 /// What a delivery did.
@@ -175,7 +181,7 @@ pub(crate) const MOVE_RECORD: &str = "UPDATE stream_records SET state = $1, stat
  RETURNING seq";
 pub(crate) const RETRY_RECORD: &str = "UPDATE stream_records SET status = 'ready', attempts = 0, error = NULL, next_at = $1, updated_at = $1, seq = seq + 1
  WHERE template_id = $2 AND record_key = $3 AND status = 'failed'
- RETURNING seq";
+ RETURNING seq, state";
 pub(crate) const LIST_RECORDS: &str = "SELECT template_id, record_key, state, status, attempts, error, lease_owner, lease_until, next_at, created_at, updated_at FROM stream_records
  WHERE template_id = $1 AND state = COALESCE($2, state) AND status = COALESCE($3, status)
  ORDER BY updated_at DESC, record_key LIMIT $4";
@@ -189,13 +195,13 @@ pub(crate) const COUNT_RECORDS: &str = "SELECT state, status, COUNT(*) AS n,
 pub(crate) const CLAIM_FIRING: &str = "INSERT INTO trigger_firings (template_id, block_id, tick, fired_at, skipped) VALUES ($1, $2, $3, $4, $5)
  ON CONFLICT (template_id, block_id, tick) DO UPDATE SET fired_at = excluded.fired_at, skipped = excluded.skipped
  WHERE trigger_firings.finished_at IS NULL AND trigger_firings.fired_at < $6";
-pub(crate) const FINISH_FIRING: &str = "UPDATE trigger_firings SET finished_at = $1, created = $2, known = $3, rejected = $4, error = $5 WHERE template_id = $6 AND block_id = $7 AND tick = $8";
+pub(crate) const FINISH_FIRING: &str = "UPDATE trigger_firings SET finished_at = $1, created = $2, known = $3, rejected = $4, error = $5, run_id = $9 WHERE template_id = $6 AND block_id = $7 AND tick = $8";
 /// The last tick fired or being fired (a stale unfinished claim does not
 /// count: that tick was missed).
 pub(crate) const LAST_FIRING: &str =
     "SELECT MAX(tick) AS tick FROM trigger_firings WHERE template_id = $1 AND block_id = $2
  AND (finished_at IS NOT NULL OR fired_at >= $3)";
-pub(crate) const FIRINGS: &str = "SELECT block_id, tick, fired_at, skipped, finished_at, created, known, rejected, error FROM trigger_firings WHERE template_id = $1 ORDER BY tick DESC, block_id LIMIT $2";
+pub(crate) const FIRINGS: &str = "SELECT block_id, tick, fired_at, skipped, finished_at, created, known, rejected, error, run_id FROM trigger_firings WHERE template_id = $1 ORDER BY tick DESC, block_id LIMIT $2";
 pub(crate) const LEASE_OWNERS: &str =
     "SELECT DISTINCT lease_owner FROM stream_records WHERE lease_owner IS NOT NULL";
 pub(crate) const RELEASE_LEASES: &str =
@@ -226,6 +232,7 @@ pub(crate) fn corrupt(
 macro_rules! stream_queries {
     ($pool:ty, $row:ty, $db:ty, $claim:expr) => {
         use factory_core::stream::settle::{Move, RecordEvent, RecordStatus};
+        use super::bq::insert_bus_events;
         use sqlx::Row as _;
         use $crate::stream::*;
 
@@ -256,6 +263,11 @@ macro_rules! stream_queries {
                 .execute(&mut **tx)
                 .await?;
             if done.rows_affected() == 0 {
+                if let Some(id) = r.webhook_id {
+                    let receipt =
+                        factory_core::bus::webhook_received(r.template_id, r.block, id, r.key);
+                    insert_bus_events(tx, &[receipt], r.at).await?;
+                }
                 return Ok(Receipt::KnownRecord);
             }
             let event = RecordEvent::Received {
@@ -263,8 +275,14 @@ macro_rules! stream_queries {
                 webhook_id: r.webhook_id.map(str::to_string),
                 tick: r.tick,
                 by: r.by.map(str::to_string),
+                event: r.event.and_then(|seq| u64::try_from(seq).ok()),
             };
-            insert_event(tx, r.template_id, r.key, 1, r.at, &event).await?;
+            let after = factory_core::bus::RecordAfter {
+                state: r.state,
+                status: RecordStatus::Ready.as_str(),
+                data: Some(r.data),
+            };
+            insert_event(tx, r.template_id, r.key, 1, r.at, &event, after).await?;
             Ok(Receipt::Created)
         }
 
@@ -275,6 +293,7 @@ macro_rules! stream_queries {
             seq: i32,
             at: factory_core::run::Millis,
             event: &RecordEvent,
+            after: factory_core::bus::RecordAfter<'_>,
         ) -> $crate::Result<()> {
             sqlx::query(INSERT_RECORD_EVENT)
                 .bind(template_id)
@@ -285,7 +304,8 @@ macro_rules! stream_queries {
                 .bind(serde_json::to_string(event)?)
                 .execute(&mut **tx)
                 .await?;
-            Ok(())
+            let feed = factory_core::bus::record_events(template_id, key, event, after);
+            insert_bus_events(tx, &feed, at).await
         }
 
         pub(crate) async fn claim_records(
@@ -338,7 +358,7 @@ macro_rules! stream_queries {
                         } else {
                             RecordStatus::Ready
                         },
-                        Some(serde_json::to_string(data)?),
+                        Some(data),
                         0,
                         None,
                         s.now,
@@ -379,10 +399,11 @@ macro_rules! stream_queries {
                         },
                     ),
                 };
+                let data_json = data.map(serde_json::to_string).transpose()?;
                 let row = sqlx::query(MOVE_RECORD)
                     .bind(state)
                     .bind(status.as_str())
-                    .bind(data)
+                    .bind(data_json)
                     .bind(attempts as i32)
                     .bind(error.map(storable))
                     .bind(next_at)
@@ -395,7 +416,13 @@ macro_rules! stream_queries {
                     .await?;
                 if let Some(row) = row {
                     let seq: i32 = row.try_get("seq")?;
-                    insert_event(tx, s.template_id, mv.key(), seq, s.now, &event).await?;
+                    let after = factory_core::bus::RecordAfter {
+                        state,
+                        status: status.as_str(),
+                        data,
+                    };
+                    insert_event(tx, s.template_id, mv.key(), seq, s.now, &event, after)
+                        .await?;
                     written += 1;
                 }
             }
@@ -420,7 +447,13 @@ macro_rules! stream_queries {
             let event = RecordEvent::Retried {
                 actor: actor.to_string(),
             };
-            insert_event(tx, template_id, key, seq, now, &event).await?;
+            let state: String = row.try_get("state")?;
+            let after = factory_core::bus::RecordAfter {
+                state: &state,
+                status: RecordStatus::Ready.as_str(),
+                data: None,
+            };
+            insert_event(tx, template_id, key, seq, now, &event, after).await?;
             Ok(true)
         }
 
@@ -565,6 +598,7 @@ macro_rules! stream_queries {
                 .bind(template_id)
                 .bind(block)
                 .bind(tick)
+                .bind(outcome.run_id.as_deref())
                 .execute(pool)
                 .await?;
             Ok(())
@@ -608,6 +642,7 @@ macro_rules! stream_queries {
                     known: count(row.try_get("known")?),
                     rejected: count(row.try_get("rejected")?),
                     error: row.try_get("error")?,
+                    run_id: row.try_get("run_id")?,
                 });
             }
             Ok(firings)

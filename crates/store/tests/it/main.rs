@@ -1,6 +1,7 @@
 //! The same contract suite against both stores: SQLite in a temp file and a
 //! fresh PostgreSQL database on the real server.
 
+mod event_feed;
 mod stream_records;
 
 use std::sync::Arc;
@@ -1131,6 +1132,7 @@ async fn suite(store: Arc<dyn Store>) {
     permits_share_a_limit(store.clone()).await;
     budgets_are_spent_together(store.clone()).await;
     stream_records::contract(store.clone()).await;
+    event_feed::contract(store.clone()).await;
 }
 
 /// A shared budget (tokens per minute): spenders racing for it are admitted
@@ -1223,6 +1225,7 @@ async fn sqlite_store_contract() {
 async fn postgres_store_contract() {
     let url = factory_store::testing::fresh_postgres_database().await;
     let store = PostgresStore::connect(&url).await.unwrap();
+    event_feed::a_reader_waits_for_transactions_still_running(&store, &url).await;
     suite(Arc::new(store)).await;
     let reopened = factory_store::open(&url).await.unwrap();
     assert!(reopened.load_run("run-round-trip").await.is_ok());

@@ -21,6 +21,7 @@ async fn deliver(store: &dyn Store, key: &str, webhook_id: Option<&str>, at: i64
             webhook_id,
             tick: None,
             by: None,
+            event: None,
             at,
         })
         .await
@@ -278,6 +279,7 @@ async fn deliveries_written_together(s: &dyn Store) {
         webhook_id: Some(webhook_id),
         tick: None,
         by: None,
+        event: None,
         at: 5,
     };
     let receipts = s
@@ -324,6 +326,7 @@ async fn racing_claims_take_each_record_once(store: Arc<dyn Store>) {
                 webhook_id: None,
                 tick: None,
                 by: None,
+                event: None,
                 at: 1,
             })
             .await
@@ -388,6 +391,7 @@ async fn cron_ticks_are_claimed_once(s: &dyn Store) {
         known: 1,
         rejected: 1,
         error: Some("bad\0item".into()),
+        run_id: Some("run-of-tick".into()),
     };
     s.finish_firing(C, "watch", 60_000, &outcome, 95_500)
         .await
@@ -421,4 +425,5 @@ async fn cron_ticks_are_claimed_once(s: &dyn Store) {
         Some("bad\u{FFFD}item"),
         "a NUL is stored as a replacement character on both stores"
     );
+    assert_eq!(f.run_id.as_deref(), Some("run-of-tick"));
 }

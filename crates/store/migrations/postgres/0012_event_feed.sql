@@ -1,0 +1,37 @@
+-- The factory's event feed (README "Events"; `factory_core::bus`): one row
+-- per event, written in the same transaction as the change it tells of (a
+-- run's commit, a record's move, a webhook receipt), so an event exists
+-- exactly when its change does.
+--
+-- Readers go in (`tx`, `seq`) order, and only up to the oldest transaction
+-- still running: `seq` comes from a sequence, so a transaction that took a
+-- lower number may commit after one that took a higher number, and a reader
+-- going by `seq` alone would pass over it for good. `tx` is the writing
+-- transaction's id; every transaction with an id below the snapshot's xmin
+-- has ended, so no event can appear behind a reader that stops there.
+CREATE TABLE bus_events (
+    seq         BIGSERIAL PRIMARY KEY,
+    tx          BIGINT  NOT NULL DEFAULT (pg_current_xact_id()::text::bigint),
+    name        TEXT    NOT NULL,
+    template_id TEXT    NOT NULL,
+    run_id      TEXT,
+    block_id    TEXT,
+    record_key  TEXT,
+    payload     TEXT    NOT NULL,
+    at          BIGINT  NOT NULL
+);
+CREATE INDEX bus_events_by_name ON bus_events (name, tx, seq);
+CREATE INDEX bus_events_by_time ON bus_events (at);
+
+-- How far each event trigger has read the feed (its consumer id is
+-- `template/block`). It only moves forward; the trigger's effects are
+-- idempotent, so reading an event twice after a crash does nothing twice.
+CREATE TABLE bus_cursors (
+    consumer   TEXT   PRIMARY KEY,
+    tx         BIGINT NOT NULL,
+    seq        BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL
+);
+
+-- A cron or event trigger of a dag-batch template starts a run: which one.
+ALTER TABLE trigger_firings ADD COLUMN run_id TEXT;
