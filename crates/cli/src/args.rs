@@ -255,6 +255,28 @@ pub enum Command {
     /// Webhook helpers: a new secret, and signed headers for a body
     #[command(subcommand)]
     Hook(HookCommand),
+    /// The factory's event feed (what `event` triggers wait for), newest
+    /// first; with --template, also that template's recent trigger firings
+    Feed {
+        /// Only events of this name, or of names starting with it when it
+        /// ends in `.` (e.g. `record.`)
+        #[arg(long)]
+        name: Option<String>,
+        /// Only events of this template
+        #[arg(long)]
+        template: Option<String>,
+        /// Only events of this run
+        #[arg(long)]
+        run: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+        /// Remove events, webhook receipts and finished trigger firings
+        /// older than this many days, and say how many went
+        #[arg(long, conflicts_with_all = ["name", "template", "run"])]
+        prune_days: Option<u32>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -369,6 +391,10 @@ pub struct ServeArgs {
     /// Largest run-creation request, files included (base64), in MiB
     #[arg(long, default_value_t = 64)]
     pub max_request_mb: usize,
+    /// Days the event feed, webhook receipts and trigger firings are kept
+    /// (pruned hourly; 0 keeps them)
+    #[arg(long, default_value_t = 7)]
+    pub feed_retention_days: u32,
     #[command(flatten)]
     pub drive: DriveArgs,
 }

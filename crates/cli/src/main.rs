@@ -352,6 +352,27 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             stream_cmd::hook(command)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Feed {
+            name,
+            template,
+            run,
+            limit,
+            json,
+            prune_days,
+        } => {
+            let store = factory_store::open(&cli.db).await?;
+            let engine = Engine::new(Arc::from(store), EngineConfig::default());
+            let query = stream_cmd::FeedQuery {
+                name,
+                template,
+                run,
+                limit,
+                json,
+                prune_days,
+            };
+            stream_cmd::feed(&engine, query).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Logs {
             run,
             block,
@@ -381,6 +402,8 @@ async fn serve(
         shutdown_grace: std::time::Duration::from_secs(args.grace_secs),
         max_upload_bytes: args.max_upload_mb.saturating_mul(1024 * 1024),
         max_request_bytes: args.max_request_mb.saturating_mul(1024 * 1024),
+        feed_retention: (args.feed_retention_days > 0)
+            .then(|| std::time::Duration::from_secs(u64::from(args.feed_retention_days) * 86_400)),
         ..Default::default()
     };
     let store = engine.store().clone();
@@ -480,7 +503,7 @@ async fn run_streams(
                         .into_iter()
                         .map(|t| factory_engine::StreamSource {
                             source: t.source,
-                            dir: None,
+                            path: None,
                         }),
                 )
             }

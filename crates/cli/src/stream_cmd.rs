@@ -1,5 +1,6 @@
-//! `factory records` and `factory hook`: watching a stream template's
-//! records, retrying a failed one, and signing deliveries for testing.
+//! `factory records`, `factory feed` and `factory hook`: watching a
+//! stream template's records, retrying a failed one, reading the event
+//! feed, and signing deliveries for testing.
 
 use std::io::Read as _;
 
@@ -168,6 +169,98 @@ pub async fn records(engine: &Engine, actor: &str, q: RecordsQuery) -> anyhow::R
             r.attempts,
             format_utc(r.updated_at),
             r.error.as_deref().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+pub struct FeedQuery {
+    pub name: Option<String>,
+    pub template: Option<String>,
+    pub run: Option<String>,
+    pub limit: u32,
+    pub json: bool,
+    pub prune_days: Option<u32>,
+}
+
+pub async fn feed(engine: &Engine, q: FeedQuery) -> anyhow::Result<()> {
+    if let Some(days) = q.prune_days {
+        let keep = std::time::Duration::from_secs(u64::from(days) * 86_400);
+        let pruned = engine.prune_feed(keep).await?;
+        if q.json {
+            println!("{}", serde_json::to_string_pretty(&pruned)?);
+        } else {
+            println!(
+                "removed {} events, {} webhook receipts and {} trigger firings older than {days} days",
+                pruned.events, pruned.webhook_receipts, pruned.firings
+            );
+        }
+        return Ok(());
+    }
+    let run = match &q.run {
+        Some(run) => Some(engine.store().resolve_run_id(run).await?),
+        None => None,
+    };
+    let filter = factory_store::FeedFilter {
+        name: q.name.clone(),
+        template_id: q.template.clone(),
+        run_id: run,
+        before_seq: None,
+        limit: q.limit.clamp(1, 10_000),
+    };
+    let events = engine.feed(&filter).await?;
+    let firings = match &q.template {
+        Some(template) => engine.firings(template, 10).await?,
+        None => Vec::new(),
+    };
+    if q.json {
+        let body = serde_json::json!({ "events": events, "firings": firings });
+        println!("{}", serde_json::to_string_pretty(&body)?);
+        return Ok(());
+    }
+    for f in &firings {
+        let what = match (&f.error, &f.run_id, f.finished_at) {
+            (Some(error), _, _) => format!("error: {error}"),
+            (None, Some(run), _) => format!("started run {run}"),
+            (None, None, Some(_)) => format!(
+                "{} new records, {} known",
+                f.created.unwrap_or(0),
+                f.known.unwrap_or(0)
+            ),
+            (None, None, None) => "running (or interrupted)".to_string(),
+        };
+        println!("trigger {} fired ({}): {what}", f.block, f.tick);
+    }
+    if !firings.is_empty() {
+        println!();
+    }
+    if events.is_empty() {
+        println!("no events match");
+        return Ok(());
+    }
+    println!(
+        "{:>8}  {:<19}  {:<20} {:<24} FIELDS",
+        "SEQ", "AT", "NAME", "TEMPLATE"
+    );
+    for e in &events {
+        let mut fields = e.event.payload.clone();
+        fields.remove("template");
+        fields.remove("data");
+        let mut fields = serde_json::to_string(&fields)?;
+        if fields.len() > 100 {
+            let mut end = 100;
+            while !fields.is_char_boundary(end) {
+                end -= 1;
+            }
+            fields.truncate(end);
+            fields.push('…');
+        }
+        println!(
+            "{:>8}  {:<19}  {:<20} {:<24} {fields}",
+            e.seq,
+            format_utc(e.at),
+            e.event.name,
+            e.event.template_id
         );
     }
     Ok(())

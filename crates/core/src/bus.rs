@@ -95,7 +95,9 @@ impl BusEvent {
     fn of_run(name: &str, doc: &RunDoc) -> BusEvent {
         let mut event = BusEvent::new(name, &doc.template_id);
         event.run_id = Some(doc.run_id.clone());
-        event.payload.insert("run_id".into(), doc.run_id.clone().into());
+        event
+            .payload
+            .insert("run_id".into(), doc.run_id.clone().into());
         event
     }
 
@@ -117,10 +119,10 @@ pub fn run_events(doc: &RunDoc, records: &[EventRecord]) -> Vec<BusEvent> {
     let mut out = Vec::new();
     for record in records {
         match &record.event {
-            Event::RunCreated { params, .. } => out.push(
-                BusEvent::of_run(RUN_CREATED, doc)
-                    .with("params", Value::Object(params.clone().into_iter().collect())),
-            ),
+            Event::RunCreated { params, .. } => out.push(BusEvent::of_run(RUN_CREATED, doc).with(
+                "params",
+                Value::Object(params.clone().into_iter().collect()),
+            )),
             Event::RunStatusChanged { status } if status.is_terminal() => {
                 out.push(BusEvent::of_run(RUN_FINISHED, doc).with("status", status.as_str()))
             }
@@ -129,10 +131,8 @@ pub fn run_events(doc: &RunDoc, records: &[EventRecord]) -> Vec<BusEvent> {
                 out.push(BusEvent::of_block(BLOCK_FAILED, doc, block).with("error", error.clone()))
             }
             Event::BlockWaiting { block, phase } => out.push(
-                BusEvent::of_block(GATE_WAITING, doc, block).with(
-                    "phase",
-                    serde_json::to_value(phase).unwrap_or(Value::Null),
-                ),
+                BusEvent::of_block(GATE_WAITING, doc, block)
+                    .with("phase", serde_json::to_value(phase).unwrap_or(Value::Null)),
             ),
             _ => {}
         }
@@ -197,7 +197,9 @@ pub fn record_events(
             }
             out
         }
-        RecordEvent::Moved { block, from, to, .. } => vec![
+        RecordEvent::Moved {
+            block, from, to, ..
+        } => vec![
             with_block(of_record(RECORD_MOVED), block)
                 .with("from", from.clone())
                 .with("state", to.clone())
@@ -239,6 +241,27 @@ pub fn emitted(
     artifact_key: &str,
     json: &Value,
 ) -> Result<Vec<BusEvent>, String> {
+    let items = emittable(name, artifact_key, json)?;
+    let mut out = Vec::with_capacity(items.len());
+    for fields in items {
+        let mut event = BusEvent::of_block(name, doc, block);
+        // The item's own fields are the event's; the envelope fills the rest.
+        for (field, value) in fields {
+            event.payload.insert(field.clone(), value.clone());
+        }
+        out.push(event);
+    }
+    Ok(out)
+}
+
+/// The objects an artifact's JSON would emit as `name`, or why it cannot:
+/// checked when the attempt ends, so an artifact that cannot be emitted
+/// fails its attempt instead of being dropped when the block is done.
+pub fn emittable<'a>(
+    name: &str,
+    artifact_key: &str,
+    json: &'a Value,
+) -> Result<Vec<&'a Map<String, Value>>, String> {
     let items: Vec<&Value> = match json {
         Value::Array(items) => items.iter().collect(),
         Value::Object(_) => vec![json],
@@ -254,21 +277,16 @@ pub fn emitted(
             items.len()
         ));
     }
-    let mut out = Vec::with_capacity(items.len());
-    for (n, item) in items.into_iter().enumerate() {
-        let Value::Object(fields) = item else {
-            return Err(format!(
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(n, item)| match item {
+            Value::Object(fields) => Ok(fields),
+            _ => Err(format!(
                 "artifact `{artifact_key}` item {n} is not a JSON object, so it cannot be emitted as `{name}`"
-            ));
-        };
-        let mut event = BusEvent::of_block(name, doc, block);
-        // The item's own fields are the event's; the envelope fills the rest.
-        for (field, value) in fields {
-            event.payload.insert(field.clone(), value.clone());
-        }
-        out.push(event);
-    }
-    Ok(out)
+            )),
+        })
+        .collect()
 }
 
 /// Whether a block may emit `name`: `noun.verb` (lowercase words joined by

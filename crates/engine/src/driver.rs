@@ -749,6 +749,12 @@ async fn run_attempt(
     if let Some(task) = publisher.lock().ok().and_then(|mut slot| slot.take()) {
         task.abort();
     }
+    let mut execution = execution;
+    if execution.error.is_none()
+        && let Err(problem) = check_emits(block, &execution.artifacts)
+    {
+        execution.error = Some(problem);
+    }
     let failed = execution.error.is_some();
     // Audit what was produced; a failed attempt has nothing worth scoring.
     let audit = (!failed).then_some(()).and_then(|()| {
@@ -878,6 +884,30 @@ async fn uploaded_inputs(
         });
     }
     Ok(inputs)
+}
+
+/// The artifacts a block emits events from (`outputs.emits`) must be JSON
+/// the feed can take; otherwise the attempt fails with why.
+fn check_emits(
+    block: &factory_core::template::Block,
+    artifacts: &BTreeMap<String, Vec<u8>>,
+) -> std::result::Result<(), String> {
+    for emit in &block.outputs.emits {
+        let Some(bytes) = artifacts.get(&emit.artifact) else {
+            return Err(format!(
+                "artifact `{}` is missing, so `{}` cannot be emitted",
+                emit.artifact, emit.event
+            ));
+        };
+        let json: serde_json::Value = serde_json::from_slice(bytes).map_err(|error| {
+            format!(
+                "artifact `{}` is not JSON ({error}), so `{}` cannot be emitted",
+                emit.artifact, emit.event
+            )
+        })?;
+        factory_core::bus::emittable(&emit.event, &emit.artifact, &json)?;
+    }
+    Ok(())
 }
 
 /// Turns an execution into its report plus the blobs it references; the

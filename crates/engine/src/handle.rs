@@ -199,10 +199,24 @@ impl RunHandle {
             self.stale = false;
             return Ok(Some(records));
         }
+        let emitted = match self.emitted_events(&records, writes).await {
+            Ok(emitted) => emitted,
+            Err(error) => {
+                undo.restore(&mut self.stored.doc);
+                self.index
+                    .observe(&self.pipeline, &self.stored.doc, &records);
+                self.stale = false;
+                return Err(error);
+            }
+        };
+        let writes = Writes {
+            emitted: &emitted,
+            ..*writes
+        };
         let doc = &self.stored.doc;
         match self
             .store
-            .commit_with(&doc.run_id, self.stored.version, &records, doc, writes)
+            .commit_with(&doc.run_id, self.stored.version, &records, doc, &writes)
             .await
         {
             Ok(version) => {
@@ -224,6 +238,71 @@ impl RunHandle {
             }
             Err(error) => Err(error.into()),
         }
+    }
+
+    /// The feed events of blocks these records mark done that emit some
+    /// (`outputs.emits`), from the artifacts of their last attempt: in the
+    /// same commit's blobs, or stored by an earlier one (a gate passed).
+    async fn emitted_events(
+        &self,
+        records: &[EventRecord],
+        writes: &Writes<'_>,
+    ) -> Result<Vec<factory_core::bus::BusEvent>> {
+        let mut out = Vec::new();
+        for record in records {
+            let Event::BlockDone { block } = &record.event else {
+                continue;
+            };
+            let Some(spec) = self.pipeline.block(block) else {
+                continue;
+            };
+            if spec.outputs.emits.is_empty() {
+                continue;
+            }
+            let artifacts = self
+                .stored
+                .doc
+                .blocks
+                .get(block)
+                .and_then(|state| {
+                    state
+                        .history
+                        .iter()
+                        .rev()
+                        .find_map(|attempt| attempt.report.as_ref())
+                })
+                .map(|report| report.artifacts.clone())
+                .unwrap_or_default();
+            for emit in &spec.outputs.emits {
+                let Some(artifact) = artifacts.get(&emit.artifact) else {
+                    return Err(EngineError::Emit(format!(
+                        "block `{block}` is done without its `{}` artifact, so `{}` cannot be emitted",
+                        emit.artifact, emit.event
+                    )));
+                };
+                let bytes = match writes.blobs.iter().find(|b| b.hash == artifact.hash) {
+                    Some(blob) => blob.content.clone(),
+                    None => self.store.get_blob(&artifact.hash).await?,
+                };
+                let json: serde_json::Value = serde_json::from_slice(&bytes).map_err(|error| {
+                    EngineError::Emit(format!(
+                        "block `{block}`'s `{}` is not JSON ({error}), so `{}` cannot be emitted",
+                        emit.artifact, emit.event
+                    ))
+                })?;
+                out.extend(
+                    factory_core::bus::emitted(
+                        &self.stored.doc,
+                        block,
+                        &emit.event,
+                        &emit.artifact,
+                        &json,
+                    )
+                    .map_err(EngineError::Emit)?,
+                );
+            }
+        }
+        Ok(out)
     }
 
     fn apply_in_place(

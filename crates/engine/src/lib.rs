@@ -22,6 +22,7 @@ mod stream;
 mod stream_set;
 pub mod supervisor;
 mod telemetry;
+mod triggers;
 pub mod worker;
 
 use std::path::PathBuf;
@@ -48,6 +49,7 @@ pub use handle::{Claim, RunHandle, cached_pipeline};
 pub use owner::Owner;
 pub use stream::{Delivered, StreamRunner};
 pub use stream_set::{StreamSet, StreamSource, folder_sources};
+pub use triggers::StarterRunner;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -88,6 +90,10 @@ pub enum EngineError {
         state: String,
         status: String,
     },
+    /// A block marked done cannot emit its declared events (its attempt
+    /// was checked when it ended, so its stored artifact changed or is gone).
+    #[error("{0}")]
+    Emit(String),
     #[error("run `{run_id}` kept changing underneath this process; gave up after {tries} tries")]
     TooManyConflicts { run_id: String, tries: u32 },
 }

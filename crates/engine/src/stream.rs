@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use factory_core::Pipeline;
-use factory_core::stream::cron::{self, CronSchedule};
 use factory_core::stream::settle::{self, Claimed, Move, StageOutput};
 use factory_core::stream::{IntakeKind, Stage, StreamPlan};
 use factory_core::template::ArtifactFormat;
@@ -236,6 +235,7 @@ fn new_record(p: &Pending) -> NewStreamRecord<'_> {
         webhook_id: p.webhook_id.as_deref(),
         tick: p.tick,
         by: p.by.as_deref(),
+        event: None,
         at: p.at,
     }
 }
@@ -350,12 +350,20 @@ impl StreamRunner {
             })
             .collect();
         for (i, intake) in shared.plan.intakes.iter().enumerate() {
-            if let IntakeKind::Cron(_) = intake.kind {
-                let (shared, stopped) = (shared.clone(), stopped.clone());
-                let name = intake.block.clone();
-                tasks.push(tokio::spawn(supervise(name, stopped.clone(), move || {
-                    cron_loop(shared.clone(), i, stopped.clone())
-                })));
+            let (shared, stopped) = (shared.clone(), stopped.clone());
+            let name = intake.block.clone();
+            match intake.kind {
+                IntakeKind::Cron(_) => {
+                    tasks.push(tokio::spawn(supervise(name, stopped.clone(), move || {
+                        cron_loop(shared.clone(), i, stopped.clone())
+                    })))
+                }
+                IntakeKind::Event(_) => {
+                    tasks.push(tokio::spawn(supervise(name, stopped.clone(), move || {
+                        event_loop(shared.clone(), i, stopped.clone())
+                    })))
+                }
+                IntakeKind::Webhook { .. } | IntakeKind::Manual => {}
             }
         }
         tracing::info!(template = %template_id, stages = wakers.len(), "stream runner started");
@@ -398,7 +406,7 @@ struct Shared {
 
 /// Runs a stage's (or a cron intake's) loop until stopped, starting it
 /// again (1 s, doubling to 60 s) whenever its task dies.
-async fn supervise<F, Fut>(block: String, mut stopped: watch::Receiver<bool>, start: F)
+pub(crate) async fn supervise<F, Fut>(block: String, mut stopped: watch::Receiver<bool>, start: F)
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
@@ -422,78 +430,99 @@ where
 
 /// A cron intake: on each due tick (claimed in the store, so one process
 /// fires it), run the block's step and take the records it lists.
-async fn cron_loop(shared: Arc<Shared>, i: usize, mut stopped: watch::Receiver<bool>) {
+async fn cron_loop(shared: Arc<Shared>, i: usize, stopped: watch::Receiver<bool>) {
     let intake = &shared.plan.intakes[i];
     let IntakeKind::Cron(cron) = &intake.kind else {
         return;
     };
-    let template_id = &shared.pipeline.template().id;
-    let schedule = match CronSchedule::parse(&cron.expression, cron.timezone.as_deref()) {
-        Ok(schedule) => schedule,
-        Err(error) => {
-            tracing::error!(block = %intake.block, %error, "cron intake cannot run");
-            return;
-        }
+    let trigger = crate::triggers::CronTrigger {
+        template_id: &shared.pipeline.template().id,
+        block: &intake.block,
+        expression: &cron.expression,
+        timezone: cron.timezone.as_deref(),
+        catch_up: cron.catch_up,
+        claim_ms: cron.timeout_ms as i64 + LEASE_MARGIN_MS,
     };
-    let store = shared.engine.store().clone();
-    // A claim older than this whose firing never finished: its process died.
-    let claim_ms = cron.timeout_ms as i64 + LEASE_MARGIN_MS;
-    let mut warned_after = None;
-    while !*stopped.borrow() {
-        let now = now_ms();
-        let stale_before = now - claim_ms;
-        match store
-            .last_firing(template_id, &intake.block, stale_before)
-            .await
-        {
-            Ok(last) => {
-                let due = cron::due(&schedule, last, now, cron.catch_up);
-                if due.skipped > 0 && warned_after != Some(last) {
-                    warned_after = Some(last);
-                    tracing::warn!(block = %intake.block, skipped = due.skipped, catch_up = cron.catch_up, "missed cron ticks skipped");
-                }
-                for (n, tick) in due.fire.iter().enumerate() {
-                    let skipped = if n == 0 { due.skipped } else { 0 };
-                    match store
-                        .claim_firing(
-                            template_id,
-                            &intake.block,
-                            *tick,
-                            now,
-                            skipped,
-                            stale_before,
-                        )
-                        .await
-                    {
-                        Ok(true) => fire(&shared, &intake.block, cron, *tick).await,
-                        Ok(false) => {}
-                        Err(error) => {
-                            tracing::warn!(block = %intake.block, %error, "cannot claim a cron tick")
-                        }
-                    }
-                }
-            }
-            Err(error) => {
-                tracing::warn!(block = %intake.block, %error, "cannot read the last cron firing")
-            }
-        }
-        // Until just past the next tick; at most a minute, then look again
-        // (the clock may have jumped).
-        let now = now_ms();
-        let next = schedule.next_after(now).unwrap_or(now + 60_000);
-        let wait = Duration::from_millis((next - now + 5).clamp(5, 60_000) as u64);
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = stopped.wait_for(|s| *s) => return,
+    let fire = |tick| fire(&shared, &intake.block, cron, tick);
+    crate::triggers::cron_ticks(shared.engine.store().clone(), trigger, stopped, fire).await;
+}
+
+/// An event intake: each feed event its filter matches becomes a record
+/// (its payload is the record's data), unless its key is known.
+async fn event_loop(shared: Arc<Shared>, i: usize, stopped: watch::Receiver<bool>) {
+    let intake = &shared.plan.intakes[i];
+    let IntakeKind::Event(filter) = &intake.kind else {
+        return;
+    };
+    let template_id = &shared.pipeline.template().id;
+    let consumer = format!("{template_id}/{}", intake.block);
+    let take = |events: Vec<factory_store::FeedEvent>| take_events(&shared, &intake.block, events);
+    crate::triggers::feed_loop(
+        shared.engine.store().clone(),
+        consumer,
+        filter.clone(),
+        stopped,
+        take,
+    )
+    .await;
+}
+
+async fn take_events(
+    shared: &Shared,
+    block_id: &str,
+    events: Vec<factory_store::FeedEvent>,
+) -> Result<()> {
+    let mut keyed = Vec::with_capacity(events.len());
+    for event in &events {
+        let data = Value::Object(event.event.payload.clone());
+        match settle::record_key(&shared.plan.track_per, &data) {
+            Ok(key) => keyed.push((key, data, event.seq)),
+            Err(problem) => tracing::warn!(
+                block = %block_id,
+                event = event.seq,
+                name = %event.event.name,
+                %problem,
+                "an event names no record; passed over"
+            ),
         }
     }
+    if keyed.is_empty() {
+        return Ok(());
+    }
+    let at = now_ms();
+    let records: Vec<NewStreamRecord<'_>> = keyed
+        .iter()
+        .map(|(key, data, seq)| NewStreamRecord {
+            template_id: &shared.pipeline.template().id,
+            block: block_id,
+            key,
+            state: shared.plan.first_state(),
+            data,
+            webhook_id: None,
+            tick: None,
+            by: None,
+            event: Some(*seq),
+            at,
+        })
+        .collect();
+    let receipts = shared.engine.store().receive_records(&records).await?;
+    if receipts.contains(&Receipt::Created)
+        && let Some(first) = shared.wakers.first()
+    {
+        first.notify_one();
+    }
+    Ok(())
 }
 
 /// One firing: the step lists records (a JSON array of payloads, each
 /// with the `track_per` field); the new ones enter the first state in one
-/// transaction. The firing's row says what happened.
-async fn fire(shared: &Shared, block_id: &str, cron: &factory_core::stream::CronIntake, tick: i64) {
-    let template_id = &shared.pipeline.template().id;
+/// transaction. Its outcome goes in the firing's row.
+async fn fire(
+    shared: &Shared,
+    block_id: &str,
+    cron: &factory_core::stream::CronIntake,
+    tick: i64,
+) -> factory_store::FiringOutcome {
     let mut outcome = factory_store::FiringOutcome::default();
     match shared.pipeline.block(block_id) {
         None => outcome.error = Some("the block is gone from the template".into()),
@@ -517,22 +546,12 @@ async fn fire(shared: &Shared, block_id: &str, cron: &factory_core::stream::Cron
             }
         }
     }
-    if let Some(error) = &outcome.error {
-        tracing::warn!(block = %block_id, tick, %error, "cron firing");
-    }
-    if let Err(error) = shared
-        .engine
-        .store()
-        .finish_firing(template_id, block_id, tick, &outcome, now_ms())
-        .await
-    {
-        tracing::warn!(block = %block_id, %error, "cannot record the firing's outcome");
-    }
     if outcome.created > 0
         && let Some(first) = shared.wakers.first()
     {
         first.notify_one();
     }
+    outcome
 }
 
 /// The records a firing's step listed: new keys enter the first state.
@@ -585,6 +604,7 @@ async fn take_listed(
             webhook_id: None,
             tick: Some(tick),
             by: None,
+            event: None,
             at,
         })
         .collect();

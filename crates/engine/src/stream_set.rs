@@ -1,8 +1,10 @@
-//! The stream templates a process runs (`factory serve`, `factory worker
-//! --templates`): one [`StreamRunner`] per stream template it is given,
-//! started when it appears, started anew when its source changes, stopped
-//! when it goes. Several processes may run the same template: claims,
-//! moves and cron ticks are taken in the store, so each record moves once.
+//! The templates a process runs on its own (`factory serve`, `factory
+//! worker --templates`): a [`StreamRunner`] per stream template and a
+//! [`StarterRunner`] per dag-batch template whose `cron` or `event`
+//! triggers start runs; started when a template appears, started anew when
+//! its source changes, stopped when it goes. Several processes may run the
+//! same template: claims, moves, ticks and started runs are taken in the
+//! store, so each record moves once and each tick or event starts one run.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -10,20 +12,36 @@ use std::sync::{Arc, Mutex};
 
 use factory_core::Pipeline;
 
-use crate::{Engine, StreamRunner};
+use crate::{Engine, StarterRunner, StreamRunner};
 
-/// A template the caller knows of, and where its steps' scripts live.
+/// A template the caller knows of, and where it lives.
 #[derive(Debug, Clone)]
 pub struct StreamSource {
     pub source: String,
-    /// The template's folder (absolute: steps run in their own directory).
-    pub dir: Option<PathBuf>,
+    /// The template's file (absolute: steps run in their own directory and
+    /// find their scripts and skills beside it). None for a template
+    /// registered in the store.
+    pub path: Option<PathBuf>,
+}
+
+enum Runner {
+    Stream(StreamRunner),
+    Starters(StarterRunner),
+}
+
+impl Runner {
+    async fn stop(self) {
+        match self {
+            Runner::Stream(runner) => runner.stop().await,
+            Runner::Starters(runner) => runner.stop().await,
+        }
+    }
 }
 
 struct Running {
     source: String,
     pipeline: Arc<Pipeline>,
-    runner: StreamRunner,
+    runner: Runner,
 }
 
 pub struct StreamSet {
@@ -42,7 +60,10 @@ impl StreamSet {
     /// The validated stream template `id`, if this process runs it.
     pub fn pipeline(&self, id: &str) -> Option<Arc<Pipeline>> {
         let running = self.running.lock().ok()?;
-        running.get(id).map(|r| r.pipeline.clone())
+        running
+            .get(id)
+            .filter(|r| matches!(r.runner, Runner::Stream(_)))
+            .map(|r| r.pipeline.clone())
     }
 
     /// Every stream template this process runs, by id.
@@ -50,7 +71,11 @@ impl StreamSet {
         let Ok(running) = self.running.lock() else {
             return Vec::new();
         };
-        let mut all: Vec<Arc<Pipeline>> = running.values().map(|r| r.pipeline.clone()).collect();
+        let mut all: Vec<Arc<Pipeline>> = running
+            .values()
+            .filter(|r| matches!(r.runner, Runner::Stream(_)))
+            .map(|r| r.pipeline.clone())
+            .collect();
         all.sort_by(|a, b| a.template().id.cmp(&b.template().id));
         all
     }
@@ -58,27 +83,30 @@ impl StreamSet {
     /// Records of `id` arrived or were retried: its stages look now.
     pub fn wake(&self, id: &str) {
         if let Ok(running) = self.running.lock()
-            && let Some(r) = running.get(id)
+            && let Some(Running {
+                runner: Runner::Stream(runner),
+                ..
+            }) = running.get(id)
         {
-            r.runner.wake();
+            runner.wake();
         }
     }
 
-    /// Runs exactly the stream templates among `sources` (others are
-    /// skipped; the first of an id wins). Runners of templates that changed
-    /// or went are stopped in the background: a batch in flight may take up
-    /// to its block's timeout.
+    /// Runs exactly the stream templates and the templates with run
+    /// triggers among `sources` (others are skipped; the first of an id
+    /// wins). Runners of templates that changed or went are stopped in the
+    /// background: a batch in flight may take up to its block's timeout.
     pub fn refresh(&self, sources: Vec<StreamSource>) {
         let mut wanted: HashMap<String, (String, Arc<Pipeline>, Option<PathBuf>)> = HashMap::new();
-        for StreamSource { source, dir } in sources {
+        for StreamSource { source, path } in sources {
             let Ok(pipeline) = crate::cached_pipeline(&source) else {
                 continue;
             };
-            if pipeline.stream().is_none() {
+            if pipeline.stream().is_none() && pipeline.starters().is_empty() {
                 continue;
             }
             let id = pipeline.template().id.clone();
-            wanted.entry(id).or_insert((source, pipeline, dir));
+            wanted.entry(id).or_insert((source, pipeline, path));
         }
         let Ok(mut running) = self.running.lock() else {
             return;
@@ -94,15 +122,25 @@ impl StreamSet {
             .collect();
         for id in gone {
             if let Some(r) = running.remove(&id) {
-                tracing::info!(template = %id, "stream template changed or removed: stopping its runner");
+                tracing::info!(template = %id, "template changed or removed: stopping its triggers");
                 tokio::spawn(r.runner.stop());
             }
         }
-        for (id, (source, pipeline, dir)) in wanted {
+        for (id, (source, pipeline, path)) in wanted {
             if running.contains_key(&id) {
                 continue;
             }
-            if let Some(runner) = StreamRunner::start(self.engine.clone(), pipeline.clone(), dir) {
+            let runner = if pipeline.stream().is_some() {
+                let dir = path
+                    .as_deref()
+                    .and_then(|p| p.parent())
+                    .map(|d| d.to_path_buf());
+                StreamRunner::start(self.engine.clone(), pipeline.clone(), dir).map(Runner::Stream)
+            } else {
+                StarterRunner::start(self.engine.clone(), pipeline.clone(), source.clone(), path)
+                    .map(Runner::Starters)
+            };
+            if let Some(runner) = runner {
                 running.insert(
                     id,
                     Running {
@@ -117,7 +155,7 @@ impl StreamSet {
 
     /// Stops every runner; batches in flight finish.
     pub async fn stop_all(&self) {
-        let runners: Vec<StreamRunner> = match self.running.lock() {
+        let runners: Vec<Runner> = match self.running.lock() {
             Ok(mut running) => running.drain().map(|(_, r)| r.runner).collect(),
             Err(_) => Vec::new(),
         };
@@ -127,16 +165,13 @@ impl StreamSet {
     }
 }
 
-/// The templates of a folder (`*.json`, with their folder as the steps'
-/// directory), for [`StreamSet::refresh`].
+/// The templates of a folder (`*.json`), for [`StreamSet::refresh`].
 pub fn folder_sources(dir: &std::path::Path) -> Vec<StreamSource> {
     crate::template_files(dir)
         .into_iter()
         .map(|(path, source)| StreamSource {
             source,
-            dir: std::fs::canonicalize(&path)
-                .ok()
-                .and_then(|p| p.parent().map(|d| d.to_path_buf())),
+            path: Some(std::fs::canonicalize(&path).unwrap_or(path)),
         })
         .collect()
 }

@@ -112,6 +112,7 @@ pub const ROUTES: &[(&str, &str, Option<Role>)] = &[
     ("GET", "/api/v1/openapi.json", None),
     // Signed with the hook's own secret (Standard Webhooks), not a token.
     ("POST", "/api/v1/hooks/{*path}", None),
+    ("GET", "/api/v1/events", Some(Role::Viewer)),
     ("GET", "/api/v1/records", Some(Role::Viewer)),
     ("POST", "/api/v1/records/{template}", Some(Role::Operator)),
     (

@@ -170,7 +170,7 @@ impl From<EngineError> for ApiError {
                 "busy",
                 format!("{error}; try again"),
             ),
-            EngineError::Apply(_) => ApiError::internal(error),
+            EngineError::Apply(_) | EngineError::Emit(_) => ApiError::internal(error),
             EngineError::BadReview(_) => ApiError::unprocessable("bad_review", error.to_string()),
             EngineError::BadDelivery(_) => {
                 ApiError::unprocessable("bad_delivery", error.to_string())

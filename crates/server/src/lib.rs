@@ -58,6 +58,9 @@ pub struct ServerConfig {
     /// Largest request body for run creation, files included (base64 adds a
     /// third); other requests keep axum's 2 MiB limit.
     pub max_request_bytes: usize,
+    /// How long the event feed, webhook receipts and trigger firings are
+    /// kept (pruned hourly); None keeps them.
+    pub feed_retention: Option<Duration>,
 }
 
 impl Default for ServerConfig {
@@ -71,6 +74,7 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(30),
             max_upload_bytes: 10 * 1024 * 1024,
             max_request_bytes: 64 * 1024 * 1024,
+            feed_retention: Some(Duration::from_secs(7 * 86_400)),
         }
     }
 }
@@ -191,6 +195,7 @@ pub async fn start(
     let streams_task = tokio::spawn(streams::keep_running(
         state.clone(),
         config.shutdown_grace,
+        config.feed_retention,
         stop.subscribe(),
     ));
 

@@ -61,7 +61,8 @@ pub(crate) const INSERT_PREFIX: &str =
     "INSERT INTO bus_events (name, template_id, run_id, block_id, record_key, payload, at) ";
 
 /// An event trigger's next events.
-pub(crate) const FEED_AFTER_SQLITE: &str = "SELECT seq, tx, at, name, template_id, run_id, block_id, record_key, payload FROM bus_events
+pub(crate) const FEED_AFTER_SQLITE: &str =
+    "SELECT seq, tx, at, name, template_id, run_id, block_id, record_key, payload FROM bus_events
  WHERE name = $1 AND (tx, seq) > ($2, $3) ORDER BY tx, seq LIMIT $4";
 /// The same, only from transactions that have ended: below the oldest one
 /// still running (migration 0012 says why).
@@ -131,13 +132,12 @@ macro_rules! bus_queries {
         fn feed_row(row: &$row) -> $crate::Result<FeedEvent> {
             let seq: i64 = row.try_get("seq")?;
             let payload: &str = row.try_get("payload")?;
-            let payload = serde_json::from_str(payload).map_err(|source| {
-                $crate::StoreError::Corrupt {
+            let payload =
+                serde_json::from_str(payload).map_err(|source| $crate::StoreError::Corrupt {
                     run_id: format!("feed event {seq}"),
                     what: "event payload",
                     source,
-                }
-            })?;
+                })?;
             Ok(FeedEvent {
                 seq,
                 tx: row.try_get("tx")?,
@@ -164,12 +164,12 @@ macro_rules! bus_queries {
             } else {
                 FEED_AFTER_SQLITE
             })
-                .bind(name)
-                .bind(after.tx)
-                .bind(after.seq)
-                .bind(i64::from(limit))
-                .fetch_all(pool)
-                .await?;
+            .bind(name)
+            .bind(after.tx)
+            .bind(after.seq)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?;
             rows.iter().map(feed_row).collect()
         }
 

@@ -22,12 +22,12 @@ use async_trait::async_trait;
 use factory_core::run::{Event, EventRecord, Millis, RunDoc};
 use sha2::{Digest, Sha256};
 
+pub use bus::{FeedEvent, FeedFilter, FeedPosition, Pruned};
 pub use postgres::PostgresStore;
 pub use side::{
     FeedbackRecord, ImprovementItem, ReviewScope, RunRecord, TemplateRecord, TokenRecord, kinds,
 };
 pub use sqlite::SqliteStore;
-pub use bus::{FeedEvent, FeedFilter, FeedPosition, Pruned};
 pub use stream::{
     ClaimedRecord, Firing, FiringOutcome, NewStreamRecord, Receipt, RecordCount, RecordFilter,
     RecordHistoryEntry, StageMoves, StreamRecordRow,

@@ -1072,7 +1072,12 @@ mod q {
 
 /// The event feed's queries for this backend.
 mod bq {
-    crate::bus::bus_queries!(sqlx::postgres::PgPool, sqlx::postgres::PgRow, sqlx::Postgres, true);
+    crate::bus::bus_queries!(
+        sqlx::postgres::PgPool,
+        sqlx::postgres::PgRow,
+        sqlx::Postgres,
+        true
+    );
 }
 
 /// The stream-record queries for this backend.

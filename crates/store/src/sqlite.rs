@@ -879,7 +879,12 @@ mod q {
 
 /// The event feed's queries for this backend.
 mod bq {
-    crate::bus::bus_queries!(sqlx::sqlite::SqlitePool, sqlx::sqlite::SqliteRow, sqlx::Sqlite, false);
+    crate::bus::bus_queries!(
+        sqlx::sqlite::SqlitePool,
+        sqlx::sqlite::SqliteRow,
+        sqlx::Sqlite,
+        false
+    );
 }
 
 /// The stream-record queries for this backend.

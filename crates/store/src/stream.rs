@@ -231,8 +231,8 @@ pub(crate) fn corrupt(
 
 macro_rules! stream_queries {
     ($pool:ty, $row:ty, $db:ty, $claim:expr) => {
-        use factory_core::stream::settle::{Move, RecordEvent, RecordStatus};
         use super::bq::insert_bus_events;
+        use factory_core::stream::settle::{Move, RecordEvent, RecordStatus};
         use sqlx::Row as _;
         use $crate::stream::*;
 
@@ -421,8 +421,7 @@ macro_rules! stream_queries {
                         status: status.as_str(),
                         data,
                     };
-                    insert_event(tx, s.template_id, mv.key(), seq, s.now, &event, after)
-                        .await?;
+                    insert_event(tx, s.template_id, mv.key(), seq, s.now, &event, after).await?;
                     written += 1;
                 }
             }

@@ -89,18 +89,24 @@ fn a_runs_commit_tells_of_its_start_its_blocks_its_gates_and_its_end() {
     assert_eq!(events[3].payload["status"], "failed");
     assert_eq!(events[3].block, None);
 
-    let created = run_events(&doc, &[record(1, Event::RunCreated {
-        run_id: "r1".into(),
-        template_id: "t".into(),
-        template_version: "1".into(),
-        autonomy_profile: None,
-        params: BTreeMap::from([("entity".to_string(), json!("acme"))]),
-        blocks: Vec::new(),
-        models: BTreeMap::new(),
-        default_model: None,
-        sampling: BTreeMap::new(),
-        max_concurrency: None,
-    })]);
+    let created = run_events(
+        &doc,
+        &[record(
+            1,
+            Event::RunCreated {
+                run_id: "r1".into(),
+                template_id: "t".into(),
+                template_version: "1".into(),
+                autonomy_profile: None,
+                params: BTreeMap::from([("entity".to_string(), json!("acme"))]),
+                blocks: Vec::new(),
+                models: BTreeMap::new(),
+                default_model: None,
+                sampling: BTreeMap::new(),
+                max_concurrency: None,
+            },
+        )],
+    );
     assert_eq!(created[0].name, RUN_CREATED);
     assert_eq!(created[0].payload["params"], json!({"entity": "acme"}));
 }
@@ -150,12 +156,16 @@ fn record_changes_become_record_events_and_a_webhook_receipt() {
         },
     );
     assert_eq!(events[0].name, RECORD_MOVED);
-    assert!(EventFilter::parse("record.moved(state=scored, status=done)")
-        .unwrap()
-        .matches(&events[0]));
-    assert!(!EventFilter::parse("record.moved(state=raw)")
-        .unwrap()
-        .matches(&events[0]));
+    assert!(
+        EventFilter::parse("record.moved(state=scored, status=done)")
+            .unwrap()
+            .matches(&events[0])
+    );
+    assert!(
+        !EventFilter::parse("record.moved(state=raw)")
+            .unwrap()
+            .matches(&events[0])
+    );
 
     let failed_attempt = RecordEvent::AttemptFailed {
         block: "score".into(),
@@ -176,8 +186,9 @@ fn record_changes_become_record_events_and_a_webhook_receipt() {
 
 #[test]
 fn filters_parse_into_conditions_and_match_the_payload() {
-    let filter = EventFilter::parse("entity.created( gate = 2, kind=person, name=\"Ada, L.\", vip=true )")
-        .unwrap();
+    let filter =
+        EventFilter::parse("entity.created( gate = 2, kind=person, name=\"Ada, L.\", vip=true )")
+            .unwrap();
     assert_eq!(filter.name, "entity.created");
     assert_eq!(filter.conditions.len(), 4);
     assert_eq!(
@@ -196,7 +207,10 @@ fn filters_parse_into_conditions_and_match_the_payload() {
     assert!(filter.matches(&event(good.clone())));
     let mut text_gate = good.clone();
     text_gate["gate"] = json!("2");
-    assert!(filter.matches(&event(text_gate)), "a number may arrive as its text");
+    assert!(
+        filter.matches(&event(text_gate)),
+        "a number may arrive as its text"
+    );
     for (field, value) in [
         ("gate", json!(3)),
         ("kind", json!("company")),
@@ -213,9 +227,11 @@ fn filters_parse_into_conditions_and_match_the_payload() {
     let mut other = event(good);
     other.name = "entity.updated".into();
     assert!(!filter.matches(&other));
-    assert!(EventFilter::parse("entity.created(gate=2, gate=3)")
-        .unwrap_err()
-        .contains("twice"));
+    assert!(
+        EventFilter::parse("entity.created(gate=2, gate=3)")
+            .unwrap_err()
+            .contains("twice")
+    );
     assert!(EventFilter::parse("entity.created(gate=1e)").is_err());
 }
 
@@ -237,18 +253,32 @@ fn a_block_emits_objects_or_arrays_of_objects_under_a_name_of_its_own() {
     assert_eq!(events[1].block.as_deref(), Some("find"));
     let one = emitted(&doc, "find", "entity.created", "e", &json!({"id": 1})).unwrap();
     assert_eq!(one.len(), 1);
-    assert!(emitted(&doc, "find", "entity.created", "e", &json!("x"))
-        .unwrap_err()
-        .contains("JSON object or an array"));
-    assert!(emitted(&doc, "find", "entity.created", "e", &json!([1]))
-        .unwrap_err()
-        .contains("item 0"));
+    assert!(
+        emitted(&doc, "find", "entity.created", "e", &json!("x"))
+            .unwrap_err()
+            .contains("JSON object or an array")
+    );
+    assert!(
+        emitted(&doc, "find", "entity.created", "e", &json!([1]))
+            .unwrap_err()
+            .contains("item 0")
+    );
     let many = serde_json::Value::Array(vec![json!({}); MAX_EMITTED + 1]);
-    assert!(emitted(&doc, "find", "entity.created", "e", &many)
-        .unwrap_err()
-        .contains("at most"));
+    assert!(
+        emitted(&doc, "find", "entity.created", "e", &many)
+            .unwrap_err()
+            .contains("at most")
+    );
 
     assert_eq!(check_emitted_name("entity.created"), Ok(()));
-    assert!(check_emitted_name("run.finished").unwrap_err().contains("factory's own"));
-    assert!(check_emitted_name("Entity").unwrap_err().contains("not an event name"));
+    assert!(
+        check_emitted_name("run.finished")
+            .unwrap_err()
+            .contains("factory's own")
+    );
+    assert!(
+        check_emitted_name("Entity")
+            .unwrap_err()
+            .contains("not an event name")
+    );
 }

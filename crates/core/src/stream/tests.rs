@@ -397,7 +397,8 @@ fn a_cron_trigger_outside_a_stream_starts_runs_and_is_not_a_stream() {
 #[test]
 fn an_event_intake_takes_matching_feed_events_as_records() {
     let mut value = chain();
-    value["blocks"][0]["trigger"] = json!({"type": "event", "event": "video.published(channel=main)"});
+    value["blocks"][0]["trigger"] =
+        json!({"type": "event", "event": "video.published(channel=main)"});
     let pipeline = validate_value(&value).pipeline.expect("valid");
     let plan = pipeline.stream().expect("a stream");
     match &plan.intakes[0].kind {
@@ -406,7 +407,10 @@ fn an_event_intake_takes_matching_feed_events_as_records() {
         }
         other => panic!("{other:?}"),
     }
-    assert!(pipeline.starters().is_empty(), "a stream's triggers feed records");
+    assert!(
+        pipeline.starters().is_empty(),
+        "a stream's triggers feed records"
+    );
     value["blocks"][0]["runtime"] = json!("command");
     value["blocks"][0]["inputs"]["config"] = json!({"command": ["true"]});
     let found = errors(&value);
@@ -415,7 +419,8 @@ fn an_event_intake_takes_matching_feed_events_as_records() {
         "an event intake runs no step: {found:?}"
     );
     value = chain();
-    value["blocks"][1]["outputs"]["emits"] = json!([{"event": "video.scored", "artifact": "records"}]);
+    value["blocks"][1]["outputs"]["emits"] =
+        json!([{"event": "video.scored", "artifact": "records"}]);
     let found = errors(&value);
     assert!(
         found.contains(&("TPL0028".into(), "$.blocks[1].outputs.emits".into())),

@@ -157,8 +157,12 @@ fn check_emits(
     for (n, emit) in block.outputs.emits.iter().enumerate() {
         if let Err(problem) = crate::bus::check_emitted_name(&emit.event) {
             push(
-                Diagnostic::error(codes::TRIGGER, at(&format!(".outputs.emits[{n}].event")), problem)
-                    .with_help("name it after what happened, e.g. `entity.created`"),
+                Diagnostic::error(
+                    codes::TRIGGER,
+                    at(&format!(".outputs.emits[{n}].event")),
+                    problem,
+                )
+                .with_help("name it after what happened, e.g. `entity.created`"),
             );
         }
         match block.outputs.artifacts.iter().find(|a| a.key == emit.artifact) {

@@ -1658,9 +1658,21 @@ fn emitted_events_name_a_json_artifact_of_the_block_and_a_name_of_their_own() {
         template(vec![b]),
         &[
             ("TPL0026", "$.blocks[0].outputs.emits[0].event", Some("a")),
-            ("TPL0026", "$.blocks[0].outputs.emits[1].artifact", Some("a")),
-            ("TPL0008", "$.blocks[0].outputs.emits[2].artifact", Some("a")),
-            ("TPL0008", "$.blocks[0].outputs.emits[3].artifact", Some("a")),
+            (
+                "TPL0026",
+                "$.blocks[0].outputs.emits[1].artifact",
+                Some("a"),
+            ),
+            (
+                "TPL0008",
+                "$.blocks[0].outputs.emits[2].artifact",
+                Some("a"),
+            ),
+            (
+                "TPL0008",
+                "$.blocks[0].outputs.emits[3].artifact",
+                Some("a"),
+            ),
             ("TPL0011", "$.blocks[0].outputs.emits[3]", Some("a")),
         ],
     );

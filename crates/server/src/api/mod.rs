@@ -3,6 +3,7 @@
 //! handler runs (see [`crate::auth::ROUTES`]).
 
 pub(crate) mod blocks;
+mod events;
 mod hooks;
 mod records;
 pub(crate) mod review;
@@ -39,6 +40,7 @@ pub fn routes(config: &crate::ServerConfig) -> Router<SharedState> {
             "/api/v1/hooks/{*path}",
             post(hooks::receive).layer(axum::extract::DefaultBodyLimit::max(hooks::MAX_HOOK_BODY)),
         )
+        .route("/api/v1/events", get(events::list))
         .route("/api/v1/records", get(records::list))
         .route("/api/v1/records/{template}", post(records::add))
         .route("/api/v1/records/{template}/{key}", get(records::get))

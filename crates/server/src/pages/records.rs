@@ -329,11 +329,13 @@ fn describe(event: &factory_core::stream::settle::RecordEvent) -> Markup {
             webhook_id,
             tick,
             by,
+            event,
         } => html! {
             "received by " code { (block) }
             @if let Some(id) = webhook_id { " (delivery " code { (id) } ")" }
             @if let Some(tick) = tick { " (found at its " (factory_core::run::format_utc(*tick)) " tick)" }
             @if let Some(by) = by { " (added by " (by) ")" }
+            @if let Some(seq) = event { " (from feed event #" (seq) ")" }
         },
         RecordEvent::Moved {
             block,

@@ -119,7 +119,12 @@ pub async fn contract(store: Arc<dyn Store>) {
     let events = of_run(s, "run-feed").await;
     assert_eq!(
         names(&events),
-        ["run.created", "block.failed", "run.finished", "entity.created"]
+        [
+            "run.created",
+            "block.failed",
+            "run.finished",
+            "entity.created"
+        ]
     );
     assert_eq!(events[1].event.payload["error"], "boom");
     assert_eq!(events[2].event.payload["status"], "failed");
