@@ -17,6 +17,7 @@ mod otel;
 mod polish;
 mod real_llm;
 mod stream;
+mod triggers;
 mod worker;
 
 const BIN: &str = env!("CARGO_BIN_EXE_factory");

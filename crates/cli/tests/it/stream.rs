@@ -13,9 +13,9 @@ use serde_json::{Value, json};
 use super::{BIN, factory, repo_root};
 
 /// A `factory serve` child and where it listens.
-struct Server {
-    child: Child,
-    addr: String,
+pub(super) struct Server {
+    pub(super) child: Child,
+    pub(super) addr: String,
 }
 
 impl Drop for Server {
@@ -27,7 +27,7 @@ impl Drop for Server {
 
 /// `factory serve` over `templates`; its steps append to `log` (as
 /// `STREAM_LOG`) when given.
-fn serve(db: &Path, templates: &Path, secret: &str, log: Option<&Path>) -> Server {
+pub(super) fn serve(db: &Path, templates: &Path, secret: &str, log: Option<&Path>) -> Server {
     let mut child = std::process::Command::new(BIN)
         .env("FACTORY_DB", db)
         .env("INGEST_WEBHOOK_SECRET", secret)
@@ -116,7 +116,7 @@ fn deliver(
 }
 
 /// `factory records TEMPLATE --json`, read from the database file.
-fn records(db: &Path, template: &str) -> Value {
+pub(super) fn records(db: &Path, template: &str) -> Value {
     let output = factory(db)
         .args(["records", template, "--json", "--limit", "10000"])
         .output()
@@ -147,7 +147,7 @@ fn counts(db: &Path, template: &str) -> BTreeMap<(String, String), u64> {
         .collect()
 }
 
-fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+pub(super) fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !done() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");

@@ -1092,6 +1092,7 @@ async fn a_streams_records_move_through_their_states_in_the_workbench() {
                 webhook_id: Some(&format!("msg-{key}")),
                 tick: None,
                 by: None,
+                event: None,
                 at: factory_engine::now_ms(),
             })
             .await
