@@ -80,6 +80,20 @@ impl StreamSet {
         all
     }
 
+    /// Every dag-batch template whose triggers this process runs, by id.
+    pub fn triggered(&self) -> Vec<Arc<Pipeline>> {
+        let Ok(running) = self.running.lock() else {
+            return Vec::new();
+        };
+        let mut all: Vec<Arc<Pipeline>> = running
+            .values()
+            .filter(|r| matches!(r.runner, Runner::Starters(_)))
+            .map(|r| r.pipeline.clone())
+            .collect();
+        all.sort_by(|a, b| a.template().id.cmp(&b.template().id));
+        all
+    }
+
     /// Records of `id` arrived or were retried: its stages look now.
     pub fn wake(&self, id: &str) {
         if let Ok(running) = self.running.lock()

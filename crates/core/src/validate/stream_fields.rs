@@ -3,10 +3,12 @@
 //!
 //! Two rules: what is written must make sense (a cron expression parses, an
 //! event filter parses, a `record_state` says what it tracks), and what the
-//! engine does not act on yet is refused, not ignored. Today the engine runs
-//! dag-batch templates: every block is started by its dependencies, once per
-//! run. A template that asks for a cron trigger, a daemon or per-record
-//! state would otherwise validate and then run once, at once, as a one-shot.
+//! engine does not act on yet is refused, not ignored. In a dag-batch run
+//! every block is started by its dependencies, once per run; a cron or event
+//! trigger on a block without dependencies starts runs ([`crate::starter`]);
+//! daemons and per-record state make a stream template ([`crate::stream`]).
+//! Anything else (a lens, a scope) would validate and then run once, at
+//! once, as a one-shot, so it is refused.
 
 use croner::parser::{CronParser, Seconds, Year};
 

@@ -40,6 +40,14 @@ pub async fn index(State(state): State<SharedState>, caller: Caller) -> Response
         };
         streams.push((pipeline, counts));
     }
+    let mut triggered = Vec::new();
+    for pipeline in state.streams.triggered() {
+        let firings = match state.engine.firings(&pipeline.template().id, 5).await {
+            Ok(firings) => firings,
+            Err(error) => return super::page_error(&caller, error.into()),
+        };
+        triggered.push((pipeline, firings));
+    }
     let body = html! {
         section.panel #streams data-live {
             h1 { "Streams" }
@@ -58,6 +66,55 @@ pub async fn index(State(state): State<SharedState>, caller: Caller) -> Response
                             td.num { (counts.iter().map(|c| c.count).sum::<u64>()) }
                             td.num { (counts.iter().filter(|c| c.status == "failed").map(|c| c.count).sum::<u64>()) }
                             td.num { (counts.iter().filter(|c| c.status == "done").map(|c| c.count).sum::<u64>()) }
+                        }
+                    }
+                }
+            }
+        }
+        section.panel #run-triggers data-live {
+            h2 { "Run triggers" }
+            @if triggered.is_empty() {
+                p.muted { "No template of this server starts runs on its own. A cron or event trigger on a block without dependencies does (see README, \"Events and triggers\")." }
+            } @else {
+                table.records {
+                    thead { tr { th { "Template" } th { "Trigger" } th { "Last firings" } } }
+                    tbody {
+                        @for (pipeline, firings) in &triggered {
+                            @for starter in pipeline.starters() {
+                                tr {
+                                    td { (pipeline.template().name) " " code { (pipeline.template().id) } }
+                                    td {
+                                        code { (starter.block) } " "
+                                        @match &starter.kind {
+                                            factory_core::starter::StarterKind::Cron { expression, timezone, .. } => {
+                                                "cron " code { (expression) }
+                                                @if let Some(zone) = timezone { " (" (zone) ")" }
+                                            }
+                                            factory_core::starter::StarterKind::Event(filter) => {
+                                                "event " code { (filter.to_string()) }
+                                            }
+                                        }
+                                    }
+                                    td {
+                                        @let own: Vec<_> = firings.iter().filter(|f| f.block == starter.block).collect();
+                                        @if own.is_empty() { span.muted { "not yet" } }
+                                        ul.firings {
+                                            @for f in own {
+                                                li {
+                                                    (factory_core::run::format_utc(f.fired_at)) ": "
+                                                    @if let Some(run) = &f.run_id {
+                                                        "started " a href={ "/runs/" (super::url_escape(run)) } { code { (run.get(..8).unwrap_or(run)) } }
+                                                    } @else if let Some(error) = &f.error {
+                                                        span.error { (error) }
+                                                    } @else {
+                                                        span.muted { "running" }
+                                                    }
+                                                }
+                                            }
+                                        }
+                                    }
+                                }
+                            }
                         }
                     }
                 }

@@ -1165,4 +1165,39 @@ async fn a_streams_records_move_through_their_states_in_the_workbench() {
         "{data}"
     );
     screenshot(c, "stream-record").await;
+
+    // A dag-batch template whose cron trigger starts runs (a tick less than
+    // a minute old fires at once): the Streams page lists it with the run
+    // its firing started, linked.
+    let nightly = serde_json::json!({
+        "id": "nightly-digest", "name": "Nightly digest", "version": "1",
+        "blocks": [{"id": "digest", "name": "Digest", "layer": "L1", "type": "build",
+                    "runtime": "builtin", "inputs": {"config": {"builtin": "noop"}},
+                    "trigger": {"type": "cron", "cron": "* * * * *", "timezone": "Europe/Paris"}}]
+    });
+    std::fs::write(
+        t.templates.join("nightly-digest.json"),
+        serde_json::to_string(&nightly).unwrap(),
+    )
+    .unwrap();
+    c.goto(&t.url("/streams")).await.unwrap();
+    until(
+        c,
+        "the cron trigger's run on the Streams page",
+        "const s = document.querySelector('#run-triggers'); return !!s && s.innerText.includes('nightly-digest') && !!s.querySelector('a[href^=\"/runs/\"]');",
+    )
+    .await;
+    let trigger = text_of(c, "#run-triggers").await;
+    assert!(
+        trigger.contains("cron * * * * *") && trigger.contains("Europe/Paris"),
+        "{trigger}"
+    );
+    screenshot(c, "run-triggers").await;
+    click(c, "#run-triggers a[href^='/runs/']").await;
+    until(
+        c,
+        "the started run's page",
+        "return location.pathname.startsWith('/runs/') && document.body.innerText.includes('Nightly digest');",
+    )
+    .await;
 }
