@@ -16,11 +16,11 @@
 //! | `block.done` | a block of a run is done | `template`, `run_id`, `block` |
 //! | `block.failed` | a block gave up | `template`, `run_id`, `block`, `error` |
 //! | `gate.waiting` | a human gate waits | `template`, `run_id`, `block`, `phase` |
-//! | `record.received` | a record entered a stream | `template`, `key`, `block`, `state`, `via`, `data` |
-//! | `record.moved` | a stage moved a record on | `template`, `key`, `block`, `from`, `state`, `status` (`ready`/`done`), `data` |
+//! | `record.received` | a record entered a stream | `template`, `key`, `block`, `state`, `via`, `webhook_id` (a delivery) |
+//! | `record.moved` | a stage moved a record on | `template`, `key`, `block`, `from`, `state`, `status` (`ready`/`done`) |
 //! | `record.failed` | a stage gave up on a record | `template`, `key`, `block`, `state`, `error` |
 //! | `record.retried` | a person retried a record | `template`, `key`, `state`, `actor` |
-//! | `webhook.received` | a signed delivery was stored | `template`, `block`, `webhook_id`, `key` |
+//! | `webhook.received` | a signed delivery of a known record was stored | `template`, `block`, `webhook_id`, `key` |
 //! | any other `noun.verb` | a block emits it (`outputs.emits`) | the item's own fields, `template`, `run_id`, `block` |
 
 use std::fmt;
@@ -140,13 +140,15 @@ pub fn run_events(doc: &RunDoc, records: &[EventRecord]) -> Vec<BusEvent> {
     out
 }
 
-/// Where a record is after a change, and its data when the change set it.
+/// Where a record is after a change. Its data is not copied into the
+/// event (the record holds it, and a feed that copied every move's data
+/// would grow by the stream's whole content once per state): readers look
+/// it up by `template` and `key`.
 #[derive(Debug, Clone, Copy)]
 pub struct RecordAfter<'a> {
     pub state: &'a str,
     /// `ready`, `done` or `failed`.
     pub status: &'a str,
-    pub data: Option<&'a Value>,
 }
 
 /// The events of one change to a stream record.
@@ -156,11 +158,7 @@ pub fn record_events(
     change: &RecordEvent,
     after: RecordAfter<'_>,
 ) -> Vec<BusEvent> {
-    let RecordAfter {
-        state,
-        status,
-        data,
-    } = after;
+    let RecordAfter { state, status } = after;
     let of_record = |name: &str| {
         let mut event = BusEvent::new(name, template_id);
         event.record_key = Some(key.to_string());
@@ -171,7 +169,6 @@ pub fn record_events(
         event.block = Some(block.to_string());
         event.with("block", block)
     };
-    let data = data.cloned().unwrap_or(Value::Null);
     match change {
         RecordEvent::Received {
             block,
@@ -187,15 +184,14 @@ pub fn record_events(
                 (.., Some(_)) => "event",
                 _ => "intake",
             };
-            let received = with_block(of_record(RECORD_RECEIVED), block)
+            let mut received = with_block(of_record(RECORD_RECEIVED), block)
                 .with("state", state)
-                .with("via", via)
-                .with("data", data);
-            let mut out = vec![received];
+                .with("via", via);
+            // A delivery that makes a record is told of once: here.
             if let Some(id) = webhook_id {
-                out.push(webhook_received(template_id, block, id, key));
+                received = received.with("webhook_id", id.clone());
             }
-            out
+            vec![received]
         }
         RecordEvent::Moved {
             block, from, to, ..
@@ -203,8 +199,7 @@ pub fn record_events(
             with_block(of_record(RECORD_MOVED), block)
                 .with("from", from.clone())
                 .with("state", to.clone())
-                .with("status", status)
-                .with("data", data),
+                .with("status", status),
         ],
         RecordEvent::Failed { block, error, .. } => vec![
             with_block(of_record(RECORD_FAILED), block)
@@ -220,8 +215,8 @@ pub fn record_events(
     }
 }
 
-/// A signed delivery stored for a record that was known already (a new
-/// record's receipt comes with its `record.received`).
+/// A signed delivery stored for a record that was known already (a
+/// delivery that makes a record is its `record.received`, `via: webhook`).
 pub fn webhook_received(template_id: &str, block: &str, webhook_id: &str, key: &str) -> BusEvent {
     let mut event = BusEvent::new(WEBHOOK_RECEIVED, template_id);
     event.block = Some(block.to_string());

@@ -57,8 +57,46 @@ pub struct Pruned {
     pub firings: u64,
 }
 
-pub(crate) const INSERT_PREFIX: &str =
-    "INSERT INTO bus_events (name, template_id, run_id, block_id, record_key, payload, at) ";
+/// Every event of a write in one statement of fixed text (so it is
+/// prepared once), whatever their number: SQLite takes them as one JSON
+/// array ([`feed_json`]), in order.
+pub(crate) const INSERT_SQLITE: &str = "INSERT INTO bus_events (name, template_id, run_id, block_id, record_key, payload, at)
+ SELECT json_extract(value, '$.n'), json_extract(value, '$.t'), json_extract(value, '$.r'), json_extract(value, '$.b'),
+        json_extract(value, '$.k'), json_extract(value, '$.p'), $2
+ FROM json_each($1) ORDER BY key";
+/// PostgreSQL takes them as arrays, unnested in order.
+pub(crate) const INSERT_POSTGRES: &str =
+    "INSERT INTO bus_events (name, template_id, run_id, block_id, record_key, payload, at)
+ SELECT f.name, f.template_id, f.run_id, f.block_id, f.record_key, f.payload, $7
+ FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+      WITH ORDINALITY AS f (name, template_id, run_id, block_id, record_key, payload, n)
+ ORDER BY f.n";
+
+/// `events` as the JSON array [`INSERT_SQLITE`] reads.
+pub(crate) fn feed_json(events: &[BusEvent]) -> serde_json::Result<String> {
+    #[derive(Serialize)]
+    struct Row<'a> {
+        n: &'a str,
+        t: &'a str,
+        r: Option<&'a str>,
+        b: Option<&'a str>,
+        k: Option<&'a str>,
+        p: &'a serde_json::Map<String, serde_json::Value>,
+    }
+    serde_json::to_string(
+        &events
+            .iter()
+            .map(|e| Row {
+                n: &e.name,
+                t: &e.template_id,
+                r: e.run_id.as_deref(),
+                b: e.block.as_deref(),
+                k: e.record_key.as_deref(),
+                p: &e.payload,
+            })
+            .collect::<Vec<_>>(),
+    )
+}
 
 /// An event trigger's next events.
 pub(crate) const FEED_AFTER_SQLITE: &str =
@@ -95,39 +133,6 @@ macro_rules! bus_queries {
     ($pool:ty, $row:ty, $db:ty, $postgres:expr) => {
         use sqlx::Row as _;
         use $crate::bus::*;
-
-        /// Rows per insert statement (seven binds each).
-        const BUS_ROWS_PER_STATEMENT: usize = 100;
-
-        /// Writes `events` in the caller's transaction.
-        pub(crate) async fn insert_bus_events(
-            tx: &mut sqlx::Transaction<'_, $db>,
-            events: &[factory_core::bus::BusEvent],
-            at: factory_core::run::Millis,
-        ) -> $crate::Result<()> {
-            let payloads = events
-                .iter()
-                .map(|e| {
-                    serde_json::to_string(&e.payload)
-                        .map(|p| $crate::stream::storable(&p).into_owned())
-                })
-                .collect::<std::result::Result<Vec<_>, _>>()?;
-            let rows: Vec<_> = events.iter().zip(&payloads).collect();
-            for chunk in rows.chunks(BUS_ROWS_PER_STATEMENT) {
-                let mut insert = sqlx::QueryBuilder::<$db>::new(INSERT_PREFIX);
-                insert.push_values(chunk, |mut row, (event, payload)| {
-                    row.push_bind(event.name.as_str())
-                        .push_bind(event.template_id.as_str())
-                        .push_bind(event.run_id.as_deref())
-                        .push_bind(event.block.as_deref())
-                        .push_bind(event.record_key.as_deref())
-                        .push_bind(payload.as_str())
-                        .push_bind(at);
-                });
-                insert.build().execute(&mut **tx).await?;
-            }
-            Ok(())
-        }
 
         fn feed_row(row: &$row) -> $crate::Result<FeedEvent> {
             let seq: i64 = row.try_get("seq")?;

@@ -597,10 +597,7 @@ impl Store for PostgresStore {
         records: &[crate::NewStreamRecord<'_>],
     ) -> Result<Vec<crate::Receipt>> {
         let mut tx = self.pool.begin().await?;
-        let mut receipts = Vec::with_capacity(records.len());
-        for record in records {
-            receipts.push(sq::receive_record(&mut tx, record).await?);
-        }
+        let receipts = sq::receive_records(&mut tx, records).await?;
         tx.commit().await?;
         Ok(receipts)
     }
@@ -1078,6 +1075,29 @@ mod bq {
         sqlx::Postgres,
         true
     );
+
+    /// Writes `events` in the caller's transaction, in one statement.
+    pub(crate) async fn insert_bus_events(
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        events: &[factory_core::bus::BusEvent],
+        at: factory_core::run::Millis,
+    ) -> crate::Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let feed = super::FeedColumns::of(events)?;
+        sqlx::query(INSERT_POSTGRES)
+            .bind(&feed.names)
+            .bind(&feed.templates)
+            .bind(&feed.runs)
+            .bind(&feed.blocks)
+            .bind(&feed.keys)
+            .bind(&feed.payloads)
+            .bind(at)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
 }
 
 /// The stream-record queries for this backend.

@@ -460,10 +460,7 @@ impl Store for SqliteStore {
         records: &[crate::NewStreamRecord<'_>],
     ) -> Result<Vec<crate::Receipt>> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let mut receipts = Vec::with_capacity(records.len());
-        for record in records {
-            receipts.push(sq::receive_record(&mut tx, record).await?);
-        }
+        let receipts = sq::receive_records(&mut tx, records).await?;
         tx.commit().await?;
         Ok(receipts)
     }
@@ -885,6 +882,23 @@ mod bq {
         sqlx::Sqlite,
         false
     );
+
+    /// Writes `events` in the caller's transaction, in one statement.
+    pub(crate) async fn insert_bus_events(
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        events: &[factory_core::bus::BusEvent],
+        at: factory_core::run::Millis,
+    ) -> crate::Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(INSERT_SQLITE)
+            .bind(feed_json(events)?)
+            .bind(at)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
 }
 
 /// The stream-record queries for this backend.

@@ -229,6 +229,17 @@ pub(crate) fn corrupt(
     }
 }
 
+/// One change to a record: its history row and its feed events.
+pub(crate) struct RecordChange<'a> {
+    pub template_id: &'a str,
+    pub key: &'a str,
+    /// Its number in the record's history.
+    pub seq: i32,
+    pub at: Millis,
+    pub event: &'a RecordEvent,
+    pub after: factory_core::bus::RecordAfter<'a>,
+}
+
 macro_rules! stream_queries {
     ($pool:ty, $row:ty, $db:ty, $claim:expr) => {
         use super::bq::insert_bus_events;
@@ -236,10 +247,28 @@ macro_rules! stream_queries {
         use sqlx::Row as _;
         use $crate::stream::*;
 
-        /// [`crate::Store::receive_record`], inside the caller's transaction.
-        pub(crate) async fn receive_record(
+        /// [`crate::Store::receive_records`]: every delivery, then their
+        /// feed events in a few statements, in the caller's transaction.
+        pub(crate) async fn receive_records(
+            tx: &mut sqlx::Transaction<'_, $db>,
+            records: &[NewStreamRecord<'_>],
+        ) -> $crate::Result<Vec<Receipt>> {
+            let mut feed = Vec::new();
+            let mut receipts = Vec::with_capacity(records.len());
+            for record in records {
+                receipts.push(receive_record(tx, record, &mut feed).await?);
+            }
+            let at = records.iter().map(|r| r.at).max().unwrap_or_default();
+            insert_bus_events(tx, &feed, at).await?;
+            Ok(receipts)
+        }
+
+        /// One delivery; its feed events go to `feed`, for the caller to
+        /// write with the others of the transaction.
+        async fn receive_record(
             tx: &mut sqlx::Transaction<'_, $db>,
             r: &NewStreamRecord<'_>,
+            feed: &mut Vec<factory_core::bus::BusEvent>,
         ) -> $crate::Result<Receipt> {
             if let Some(id) = r.webhook_id {
                 let done = sqlx::query(INSERT_RECEIPT)
@@ -264,9 +293,12 @@ macro_rules! stream_queries {
                 .await?;
             if done.rows_affected() == 0 {
                 if let Some(id) = r.webhook_id {
-                    let receipt =
-                        factory_core::bus::webhook_received(r.template_id, r.block, id, r.key);
-                    insert_bus_events(tx, &[receipt], r.at).await?;
+                    feed.push(factory_core::bus::webhook_received(
+                        r.template_id,
+                        r.block,
+                        id,
+                        r.key,
+                    ));
                 }
                 return Ok(Receipt::KnownRecord);
             }
@@ -280,21 +312,32 @@ macro_rules! stream_queries {
             let after = factory_core::bus::RecordAfter {
                 state: r.state,
                 status: RecordStatus::Ready.as_str(),
-                data: Some(r.data),
             };
-            insert_event(tx, r.template_id, r.key, 1, r.at, &event, after).await?;
+            let change = RecordChange {
+                template_id: r.template_id,
+                key: r.key,
+                seq: 1,
+                at: r.at,
+                event: &event,
+                after,
+            };
+            insert_event(tx, change, feed).await?;
             Ok(Receipt::Created)
         }
 
         async fn insert_event(
             tx: &mut sqlx::Transaction<'_, $db>,
-            template_id: &str,
-            key: &str,
-            seq: i32,
-            at: factory_core::run::Millis,
-            event: &RecordEvent,
-            after: factory_core::bus::RecordAfter<'_>,
+            change: RecordChange<'_>,
+            feed: &mut Vec<factory_core::bus::BusEvent>,
         ) -> $crate::Result<()> {
+            let RecordChange {
+                template_id,
+                key,
+                seq,
+                at,
+                event,
+                after,
+            } = change;
             sqlx::query(INSERT_RECORD_EVENT)
                 .bind(template_id)
                 .bind(key)
@@ -304,8 +347,13 @@ macro_rules! stream_queries {
                 .bind(serde_json::to_string(event)?)
                 .execute(&mut **tx)
                 .await?;
-            let feed = factory_core::bus::record_events(template_id, key, event, after);
-            insert_bus_events(tx, &feed, at).await
+            feed.extend(factory_core::bus::record_events(
+                template_id,
+                key,
+                event,
+                after,
+            ));
+            Ok(())
         }
 
         pub(crate) async fn claim_records(
@@ -349,6 +397,7 @@ macro_rules! stream_queries {
             s: &StageMoves<'_>,
         ) -> $crate::Result<usize> {
             let mut written = 0;
+            let mut feed = Vec::new();
             for mv in s.moves {
                 let (state, status, data, attempts, error, next_at, event) = match mv {
                     Move::Advance { attempt, data, .. } => (
@@ -419,12 +468,20 @@ macro_rules! stream_queries {
                     let after = factory_core::bus::RecordAfter {
                         state,
                         status: status.as_str(),
-                        data,
                     };
-                    insert_event(tx, s.template_id, mv.key(), seq, s.now, &event, after).await?;
+                    let change = RecordChange {
+                        template_id: s.template_id,
+                        key: mv.key(),
+                        seq,
+                        at: s.now,
+                        event: &event,
+                        after,
+                    };
+                    insert_event(tx, change, &mut feed).await?;
                     written += 1;
                 }
             }
+            insert_bus_events(tx, &feed, s.now).await?;
             Ok(written)
         }
 
@@ -450,9 +507,18 @@ macro_rules! stream_queries {
             let after = factory_core::bus::RecordAfter {
                 state: &state,
                 status: RecordStatus::Ready.as_str(),
-                data: None,
             };
-            insert_event(tx, template_id, key, seq, now, &event, after).await?;
+            let mut feed = Vec::new();
+            let change = RecordChange {
+                template_id,
+                key,
+                seq,
+                at: now,
+                event: &event,
+                after,
+            };
+            insert_event(tx, change, &mut feed).await?;
+            insert_bus_events(tx, &feed, now).await?;
             Ok(true)
         }
 

@@ -21,7 +21,8 @@ CREATE TABLE bus_events (
     at          BIGINT  NOT NULL
 );
 CREATE INDEX bus_events_by_name ON bus_events (name, tx, seq);
-CREATE INDEX bus_events_by_time ON bus_events (at);
+-- No index on `at`: pruning scans the table once an hour, and every event
+-- written would pay for one.
 
 -- How far each event trigger has read the feed (its consumer id is
 -- `template/block`). It only moves forward; the trigger's effects are
