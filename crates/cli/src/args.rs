@@ -273,8 +273,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
         /// Remove events, webhook receipts and finished trigger firings
-        /// older than this many days, and say how many went
-        #[arg(long, conflicts_with_all = ["name", "template", "run"])]
+        /// older than this many days (1 or more), and say how many went
+        #[arg(long, conflicts_with_all = ["name", "template", "run"],
+              value_parser = clap::value_parser!(u32).range(1..))]
         prune_days: Option<u32>,
     },
 }

@@ -245,7 +245,6 @@ pub async fn feed(engine: &Engine, q: FeedQuery) -> anyhow::Result<()> {
     for e in &events {
         let mut fields = e.event.payload.clone();
         fields.remove("template");
-        fields.remove("data");
         let mut fields = serde_json::to_string(&fields)?;
         if fields.len() > 100 {
             let mut end = 100;

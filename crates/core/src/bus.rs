@@ -20,6 +20,7 @@
 //! | `record.moved` | a stage moved a record on | `template`, `key`, `block`, `from`, `state`, `status` (`ready`/`done`) |
 //! | `record.failed` | a stage gave up on a record | `template`, `key`, `block`, `state`, `error` |
 //! | `record.retried` | a person retried a record | `template`, `key`, `state`, `actor` |
+//! | `trigger.fired` | a cron tick or an event was acted on | `template`, `block`, `tick`, `created`, `known`, `rejected`, `error`, `run_id` |
 //! | `webhook.received` | a signed delivery of a known record was stored | `template`, `block`, `webhook_id`, `key` |
 //! | any other `noun.verb` | a block emits it (`outputs.emits`) | the item's own fields, `template`, `run_id`, `block` |
 
@@ -28,7 +29,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::run::{Event, EventRecord, RunDoc};
+use crate::run::{Event, EventRecord, GatePhase, RunDoc};
 use crate::stream::settle::RecordEvent;
 
 pub const RUN_CREATED: &str = "run.created";
@@ -41,9 +42,10 @@ pub const RECORD_MOVED: &str = "record.moved";
 pub const RECORD_FAILED: &str = "record.failed";
 pub const RECORD_RETRIED: &str = "record.retried";
 pub const WEBHOOK_RECEIVED: &str = "webhook.received";
+pub const TRIGGER_FIRED: &str = "trigger.fired";
 
 /// Every name the factory itself emits.
-pub const VOCABULARY: [&str; 10] = [
+pub const VOCABULARY: [&str; 11] = [
     RUN_CREATED,
     RUN_FINISHED,
     BLOCK_DONE,
@@ -54,11 +56,12 @@ pub const VOCABULARY: [&str; 10] = [
     RECORD_FAILED,
     RECORD_RETRIED,
     WEBHOOK_RECEIVED,
+    TRIGGER_FIRED,
 ];
 
 /// First words kept for the factory's own events: a block may not emit
 /// `run.*` and have triggers believe a run ended.
-pub const RESERVED_NOUNS: [&str; 5] = ["run", "block", "gate", "record", "webhook"];
+pub const RESERVED_NOUNS: [&str; 6] = ["run", "block", "gate", "record", "webhook", "trigger"];
 
 /// The most events one block's `outputs.emits` entry may make per attempt.
 pub const MAX_EMITTED: usize = 1000;
@@ -126,7 +129,12 @@ pub fn run_events(doc: &RunDoc, records: &[EventRecord]) -> Vec<BusEvent> {
             Event::RunStatusChanged { status } if status.is_terminal() => {
                 out.push(BusEvent::of_run(RUN_FINISHED, doc).with("status", status.as_str()))
             }
-            Event::BlockDone { block } => out.push(BusEvent::of_block(BLOCK_DONE, doc, block)),
+            Event::BlockDone { block }
+            | Event::GateApproved {
+                block,
+                phase: GatePhase::After,
+                ..
+            } => out.push(BusEvent::of_block(BLOCK_DONE, doc, block)),
             Event::BlockFailed { block, error } => {
                 out.push(BusEvent::of_block(BLOCK_FAILED, doc, block).with("error", error.clone()))
             }
@@ -227,6 +235,37 @@ pub fn webhook_received(template_id: &str, block: &str, webhook_id: &str, key: &
         .with("key", key)
 }
 
+/// How a trigger's firing went, for its `trigger.fired` event.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Fired<'a> {
+    /// Records it made, or 1 for a run it started.
+    pub created: u64,
+    pub known: u64,
+    pub rejected: u64,
+    pub error: Option<&'a str>,
+    pub run_id: Option<&'a str>,
+}
+
+/// A trigger fired: a cron tick (`tick` its time) or, for a run trigger, an
+/// event (`tick` the event's number).
+pub fn trigger_fired(template_id: &str, block: &str, tick: i64, fired: Fired<'_>) -> BusEvent {
+    let mut event = BusEvent::new(TRIGGER_FIRED, template_id)
+        .with("block", block)
+        .with("tick", tick)
+        .with("created", fired.created)
+        .with("known", fired.known)
+        .with("rejected", fired.rejected);
+    event.block = Some(block.to_string());
+    if let Some(error) = fired.error {
+        event = event.with("error", error);
+    }
+    if let Some(run_id) = fired.run_id {
+        event.run_id = Some(run_id.to_string());
+        event = event.with("run_id", run_id);
+    }
+    event
+}
+
 /// The events a block emits through `outputs.emits`: the artifact's JSON,
 /// an object (one event) or an array of objects (one each).
 pub fn emitted(
@@ -240,10 +279,10 @@ pub fn emitted(
     let mut out = Vec::with_capacity(items.len());
     for fields in items {
         let mut event = BusEvent::of_block(name, doc, block);
-        // The item's own fields are the event's; the envelope fills the rest.
-        for (field, value) in fields {
-            event.payload.insert(field.clone(), value.clone());
-        }
+        // The item's fields, then the envelope over them: an item cannot
+        // pass for another template's, run's or block's event.
+        let envelope = std::mem::replace(&mut event.payload, fields.clone());
+        event.payload.extend(envelope);
         out.push(event);
     }
     Ok(out)

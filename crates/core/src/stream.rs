@@ -494,6 +494,23 @@ pub fn plan(template: &Template) -> Result<Option<StreamPlan>, Vec<Diagnostic>> 
         }
     }
 
+    let mut hook_paths: BTreeMap<String, &str> = BTreeMap::new();
+    for intake in &intakes {
+        if let Some((Some(path), _)) = intake.webhook() {
+            let path = path.trim_matches('/').to_string();
+            if let Some(first) = hook_paths.insert(path.clone(), &intake.block) {
+                out.push(
+                    Diagnostic::error(
+                        codes::STREAM,
+                        at(index[intake.block.as_str()], ".trigger.webhook"),
+                        format!("webhook path `{path}` is declared by `{first}` too: a delivery there would have two intakes"),
+                    )
+                    .in_block(intake.block.clone())
+                    .with_help("give each webhook intake a path of its own"),
+                );
+            }
+        }
+    }
     let Some((_, record_state)) = record_state else {
         if out.is_empty() {
             out.push(

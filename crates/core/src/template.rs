@@ -150,6 +150,17 @@ pub struct BlockAudit {
     pub blocking: bool,
 }
 
+impl Template {
+    /// Every param that has a default, with it: the params of a run or a
+    /// stream step that nobody passes params to.
+    pub fn param_defaults(&self) -> BTreeMap<String, Value> {
+        self.params
+            .iter()
+            .filter_map(|(name, spec)| spec.default.clone().map(|v| (name.clone(), v)))
+            .collect()
+    }
+}
+
 /// A declared run parameter.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -415,7 +426,7 @@ pub struct Outputs {
 #[serde(deny_unknown_fields)]
 pub struct Emit {
     /// `noun.verb`, not one of the factory's own nouns (`run`, `block`,
-    /// `gate`, `record`, `webhook`).
+    /// `gate`, `record`, `webhook`, `trigger`).
     pub event: String,
     /// The key of one of the block's `json` artifacts.
     pub artifact: String,

@@ -250,8 +250,15 @@ impl RunHandle {
     ) -> Result<Vec<factory_core::bus::BusEvent>> {
         let mut out = Vec::new();
         for record in records {
-            let Event::BlockDone { block } = &record.event else {
-                continue;
+            // Done: on its own, or through its after-gate.
+            let block = match &record.event {
+                Event::BlockDone { block }
+                | Event::GateApproved {
+                    block,
+                    phase: factory_core::run::GatePhase::After,
+                    ..
+                } => block,
+                _ => continue,
             };
             let Some(spec) = self.pipeline.block(block) else {
                 continue;

@@ -326,12 +326,7 @@ impl StreamRunner {
             .iter()
             .map(|_| Arc::new(Notify::new()))
             .collect();
-        let params: BTreeMap<String, Value> = pipeline
-            .template()
-            .params
-            .iter()
-            .filter_map(|(name, spec)| spec.default.clone().map(|v| (name.clone(), v)))
-            .collect();
+        let params = pipeline.template().param_defaults();
         let shared = Arc::new(Shared {
             engine,
             pipeline,

@@ -123,7 +123,8 @@ async fn finish(
 }
 
 /// Reads the feed for the event trigger `consumer` (`template/block`):
-/// the events `filter` matches go to `take`, a batch at a time, and the
+/// the events `filter` matches, but those of the trigger's own template,
+/// go to `take`, a batch at a time, and the
 /// cursor moves past a batch once `take` has stored its effects. A batch
 /// `take` could not store is read again after a pause.
 pub(crate) async fn feed_loop<F, Fut>(
@@ -186,9 +187,12 @@ where
         return Ok(false);
     };
     let full = events.len() as u32 == FEED_BATCH;
+    // A trigger does not take its own template's events: a `run.finished`
+    // trigger would start its template again each time a run of it ends.
+    let own = consumer.split_once('/').map(|(template, _)| template);
     let matching: Vec<FeedEvent> = events
         .into_iter()
-        .filter(|e| filter.matches(&e.event))
+        .filter(|e| Some(e.event.template_id.as_str()) != own && filter.matches(&e.event))
         .collect();
     if !matching.is_empty() {
         take(matching).await?;
@@ -289,12 +293,19 @@ async fn starter_loop(shared: Arc<Source>, starter: Starter, stopped: watch::Rec
                 let shared = shared.clone();
                 let block = starter.block.clone();
                 async move {
-                    let params = defaults(&shared.pipeline);
-                    run_outcome(
-                        shared
-                            .start_run(&block, &format!("tick-{tick}"), params, "cron")
-                            .await,
-                    )
+                    let occasion = format!("tick-{tick}");
+                    // The run's id is the tick's: trying again after a store
+                    // error cannot start two.
+                    let mut started = Err(crate::EngineError::Unavailable(String::new()));
+                    for wait in [0, 1, 5] {
+                        tokio::time::sleep(Duration::from_secs(wait)).await;
+                        let params = shared.pipeline.template().param_defaults();
+                        started = shared.start_run(&block, &occasion, params, "cron").await;
+                        if !matches!(started, Err(crate::EngineError::Store(_))) {
+                            break;
+                        }
+                    }
+                    run_outcome(started)
                 }
             };
             cron_ticks(store, trigger, stopped, fire).await;
@@ -309,15 +320,6 @@ async fn starter_loop(shared: Arc<Source>, starter: Starter, stopped: watch::Rec
             feed_loop(store, consumer, filter.clone(), stopped, take).await;
         }
     }
-}
-
-fn defaults(pipeline: &Pipeline) -> std::collections::BTreeMap<String, serde_json::Value> {
-    pipeline
-        .template()
-        .params
-        .iter()
-        .filter_map(|(name, spec)| spec.default.clone().map(|v| (name.clone(), v)))
-        .collect()
 }
 
 fn run_outcome(started: Result<String>) -> FiringOutcome {
@@ -379,12 +381,16 @@ impl Source {
                 return Err(crate::EngineError::Unavailable(error.to_string()));
             }
             let now = now_ms();
-            store
+            let claimed = store
                 .claim_firing(template_id, block, event.seq, now, 0, i64::MAX)
                 .await?;
-            store
-                .finish_firing(template_id, block, event.seq, &run_outcome(started), now)
-                .await?;
+            // Another process recorded this event's firing already: a
+            // failure here must not hide the run it started.
+            if claimed || started.is_ok() {
+                store
+                    .finish_firing(template_id, block, event.seq, &run_outcome(started), now)
+                    .await?;
+            }
         }
         Ok(())
     }

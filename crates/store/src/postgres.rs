@@ -701,7 +701,10 @@ impl Store for PostgresStore {
         outcome: &crate::FiringOutcome,
         at: Millis,
     ) -> Result<()> {
-        sq::finish_firing(&self.pool, template_id, block, tick, outcome, at).await
+        let mut tx = self.pool.begin().await?;
+        sq::finish_firing(&mut tx, template_id, block, tick, outcome, at).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn last_firing(
@@ -1054,7 +1057,8 @@ const COMMIT_RUN: &str = "WITH head AS (
     INSERT INTO bus_events (name, template_id, run_id, block_id, record_key, payload, at)
     SELECT f.name, f.template_id, f.run_id, f.block_id, f.record_key, f.payload, $3
     FROM head, UNNEST($25::text[], $26::text[], $27::text[], $28::text[], $29::text[], $30::text[])
-         AS f (name, template_id, run_id, block_id, record_key, payload)
+         WITH ORDINALITY AS f (name, template_id, run_id, block_id, record_key, payload, n)
+    ORDER BY f.n
 )
 SELECT (SELECT count(*) FROM head), EXISTS (SELECT 1 FROM runs WHERE run_id = $4)";
 

@@ -564,7 +564,10 @@ impl Store for SqliteStore {
         outcome: &crate::FiringOutcome,
         at: Millis,
     ) -> Result<()> {
-        sq::finish_firing(&self.pool, template_id, block, tick, outcome, at).await
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        sq::finish_firing(&mut tx, template_id, block, tick, outcome, at).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn last_firing(

@@ -201,7 +201,7 @@ pub(crate) const FINISH_FIRING: &str = "UPDATE trigger_firings SET finished_at =
 pub(crate) const LAST_FIRING: &str =
     "SELECT MAX(tick) AS tick FROM trigger_firings WHERE template_id = $1 AND block_id = $2
  AND (finished_at IS NOT NULL OR fired_at >= $3)";
-pub(crate) const FIRINGS: &str = "SELECT block_id, tick, fired_at, skipped, finished_at, created, known, rejected, error, run_id FROM trigger_firings WHERE template_id = $1 ORDER BY tick DESC, block_id LIMIT $2";
+pub(crate) const FIRINGS: &str = "SELECT block_id, tick, fired_at, skipped, finished_at, created, known, rejected, error, run_id FROM trigger_firings WHERE template_id = $1 ORDER BY fired_at DESC, tick DESC, block_id LIMIT $2";
 pub(crate) const LEASE_OWNERS: &str =
     "SELECT DISTINCT lease_owner FROM stream_records WHERE lease_owner IS NOT NULL";
 pub(crate) const RELEASE_LEASES: &str =
@@ -645,8 +645,10 @@ macro_rules! stream_queries {
             Ok(done.rows_affected() == 1)
         }
 
+        /// Writes how a firing ended, and its `trigger.fired` event, in the
+        /// caller's transaction.
         pub(crate) async fn finish_firing(
-            pool: &$pool,
+            tx: &mut sqlx::Transaction<'_, $db>,
             template_id: &str,
             block: &str,
             tick: factory_core::run::Millis,
@@ -654,6 +656,19 @@ macro_rules! stream_queries {
             at: factory_core::run::Millis,
         ) -> $crate::Result<()> {
             let count = |n: u64| i32::try_from(n).unwrap_or(i32::MAX);
+            let fired = factory_core::bus::trigger_fired(
+                template_id,
+                block,
+                tick,
+                factory_core::bus::Fired {
+                    created: outcome.created,
+                    known: outcome.known,
+                    rejected: outcome.rejected,
+                    error: outcome.error.as_deref(),
+                    run_id: outcome.run_id.as_deref(),
+                },
+            );
+            insert_bus_events(tx, &[fired], at).await?;
             sqlx::query(FINISH_FIRING)
                 .bind(at)
                 .bind(count(outcome.created))
@@ -664,7 +679,7 @@ macro_rules! stream_queries {
                 .bind(block)
                 .bind(tick)
                 .bind(outcome.run_id.as_deref())
-                .execute(pool)
+                .execute(&mut **tx)
                 .await?;
             Ok(())
         }

@@ -89,6 +89,36 @@ fn a_runs_commit_tells_of_its_start_its_blocks_its_gates_and_its_end() {
     assert_eq!(events[3].payload["status"], "failed");
     assert_eq!(events[3].block, None);
 
+    let approved = run_events(
+        &doc,
+        &[record(
+            8,
+            Event::GateApproved {
+                block: "b".into(),
+                phase: GatePhase::After,
+                note: None,
+            },
+        )],
+    );
+    assert_eq!(
+        approved.len(),
+        1,
+        "a block done through its after-gate is done"
+    );
+    assert_eq!(approved[0].name, BLOCK_DONE);
+    let before = run_events(
+        &doc,
+        &[record(
+            9,
+            Event::GateApproved {
+                block: "b".into(),
+                phase: GatePhase::Before,
+                note: None,
+            },
+        )],
+    );
+    assert!(before.is_empty(), "a passed before-gate only lets it start");
+
     let created = run_events(
         &doc,
         &[record(
@@ -254,7 +284,10 @@ fn a_block_emits_objects_or_arrays_of_objects_under_a_name_of_its_own() {
     assert_eq!(events.len(), 2);
     assert_eq!(events[0].payload["id"], "e1");
     assert_eq!(events[0].payload["run_id"], "r1");
-    assert_eq!(events[1].payload["block"], "mine", "the item's fields win");
+    assert_eq!(
+        events[1].payload["block"], "find",
+        "the envelope wins over the item"
+    );
     assert_eq!(events[1].block.as_deref(), Some("find"));
     let one = emitted(&doc, "find", "entity.created", "e", &json!({"id": 1})).unwrap();
     assert_eq!(one.len(), 1);

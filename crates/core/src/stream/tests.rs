@@ -494,3 +494,19 @@ fn a_manual_intake_takes_records_a_person_adds() {
         "{found:?}"
     );
 }
+
+#[test]
+fn two_intakes_may_not_share_a_declared_webhook_path() {
+    let mut value = chain();
+    value["blocks"][0]["trigger"]["webhook"] = json!("feed/new");
+    let mut second = block("intake-2", None);
+    second["trigger"]["webhook"] = json!("/feed/new/");
+    value["blocks"].as_array_mut().unwrap().push(second);
+    let found = errors(&value);
+    assert!(
+        found.contains(&("TPL0029".into(), "$.blocks[3].trigger.webhook".into())),
+        "{found:?}"
+    );
+    value["blocks"][3]["trigger"]["webhook"] = json!("feed/other");
+    assert!(errors(&value).is_empty(), "{:?}", errors(&value));
+}
