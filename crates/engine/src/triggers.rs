@@ -366,7 +366,8 @@ impl Source {
 
     /// One run per event, each recorded as a firing (its tick is the
     /// event's number). A run that cannot be created (a required param the
-    /// event lacks) is a failed firing, not a stuck trigger.
+    /// event lacks) is a failed firing, not a stuck trigger; one this
+    /// process cannot create (its LLM settings) leaves the event unread.
     async fn start_runs_for(&self, block: &str, events: Vec<FeedEvent>) -> Result<()> {
         let template_id = &self.pipeline.template().id;
         let store = self.engine.store();
@@ -380,16 +381,31 @@ impl Source {
                 // The store is out of reach: read the event again later.
                 return Err(crate::EngineError::Unavailable(error.to_string()));
             }
+            // What this process lacks (an LLM provider, a skill or golden
+            // file): another process running the template may have it, so
+            // the event is left to be read again, not used up here. The
+            // firing says why, until a process that can starts the run.
+            let this_process = matches!(
+                started,
+                Err(crate::EngineError::LlmSetup(_) | crate::EngineError::MissingGolden(_))
+            );
             let now = now_ms();
             let claimed = store
                 .claim_firing(template_id, block, event.seq, now, 0, i64::MAX)
                 .await?;
+            let why = started.as_ref().err().map(ToString::to_string);
             // Another process recorded this event's firing already: a
             // failure here must not hide the run it started.
             if claimed || started.is_ok() {
                 store
                     .finish_firing(template_id, block, event.seq, &run_outcome(started), now)
                     .await?;
+            }
+            if this_process {
+                return Err(crate::EngineError::Unavailable(format!(
+                    "this process cannot start a run of `{template_id}`; the event waits for one that can: {}",
+                    why.unwrap_or_default()
+                )));
             }
         }
         Ok(())

@@ -103,6 +103,19 @@ fn events_and_cron_ticks_start_runs_and_feed_streams_once_each() {
         &json!({"id": "nightly", "name": "Nightly", "version": "1", "blocks": [tick]}),
     );
 
+    // A run this process cannot start (no LLM provider is configured): the
+    // event is left for a process that can, and the firing says why.
+    write(
+        &templates,
+        "llm-brief.json",
+        &json!({"id": "llm-brief", "name": "LLM brief", "version": "1",
+                "params": {"entity": {"required": true}}, "blocks": [
+            {"id": "write", "name": "Write", "layer": "L1", "type": "build", "runtime": "llm",
+             "skill": "brief", "model": "opus",
+             "trigger": {"type": "event", "event": "entity.created(gate=2)"},
+             "outputs": {"artifacts": [{"key": "brief", "path": "brief.md", "format": "md"}]}}
+        ]}),
+    );
     write(
         &templates,
         "finished-runs.json",
@@ -126,6 +139,7 @@ fn events_and_cron_ticks_start_runs_and_feed_streams_once_each() {
                 "finder.json",
                 "brief.json",
                 "nightly.json",
+                "llm-brief.json",
                 "finished-runs.json",
             ]
             .map(|f| templates.join(f)),
@@ -227,6 +241,35 @@ fn events_and_cron_ticks_start_runs_and_feed_streams_once_each() {
         .collect();
     let unique: BTreeSet<&&str> = keys.iter().collect();
     assert_eq!(unique.len(), keys.len(), "a run noted twice: {listed}");
+
+    // The LLM template: no run, a firing that says why, and its cursor
+    // still before the first matching event (left for a process that can).
+    wait_for(Duration::from_secs(30), "the LLM trigger's firing", || {
+        feed(&db, &["--template", "llm-brief"])["firings"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty())
+    });
+    assert!(runs_of(&db, "llm-brief").is_empty());
+    let firing = &feed(&db, &["--template", "llm-brief"])["firings"][0];
+    assert!(
+        firing["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("cannot run"),
+        "{firing}"
+    );
+    let first_event = events
+        .iter()
+        .map(|e| e["seq"].as_i64().unwrap())
+        .min()
+        .unwrap();
+    assert!(
+        sql(
+            &db,
+            "SELECT seq FROM bus_cursors WHERE consumer = 'llm-brief/write'"
+        ) < first_event,
+        "the event was used up by a process that could not run it"
+    );
     drop(server);
 
     // A crash before a trigger's cursor moved: the events are read again
