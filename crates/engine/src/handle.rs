@@ -278,10 +278,9 @@ impl RunHandle {
                         .rev()
                         .find_map(|attempt| attempt.report.as_ref())
                 })
-                .map(|report| report.artifacts.clone())
-                .unwrap_or_default();
+                .map(|report| &report.artifacts);
             for emit in &spec.outputs.emits {
-                let Some(artifact) = artifacts.get(&emit.artifact) else {
+                let Some(artifact) = artifacts.and_then(|a| a.get(&emit.artifact)) else {
                     return Err(EngineError::Emit(format!(
                         "block `{block}` is done without its `{}` artifact, so `{}` cannot be emitted",
                         emit.artifact, emit.event

@@ -449,12 +449,11 @@ async fn event_loop(shared: Arc<Shared>, i: usize, stopped: watch::Receiver<bool
     let IntakeKind::Event(filter) = &intake.kind else {
         return;
     };
-    let template_id = &shared.pipeline.template().id;
-    let consumer = format!("{template_id}/{}", intake.block);
     let take = |events: Vec<factory_store::FeedEvent>| take_events(&shared, &intake.block, events);
     crate::triggers::feed_loop(
         shared.engine.store().clone(),
-        consumer,
+        &shared.pipeline.template().id,
+        &intake.block,
         filter.clone(),
         stopped,
         take,
@@ -471,7 +470,7 @@ async fn take_events(
     for event in &events {
         let data = Value::Object(event.event.payload.clone());
         match settle::record_key(&shared.plan.track_per, &data) {
-            Ok(key) => keyed.push((key, data, event.seq)),
+            Ok(key) => keyed.push((key, data, Found::Event(event.seq))),
             Err(problem) => tracing::warn!(
                 block = %block_id,
                 event = event.seq,
@@ -481,22 +480,49 @@ async fn take_events(
             ),
         }
     }
-    if keyed.is_empty() {
-        return Ok(());
+    enter_first_state(shared, block_id, &keyed).await?;
+    Ok(())
+}
+
+/// Where a record an intake found comes from, for its history.
+#[derive(Debug, Clone, Copy)]
+enum Found {
+    /// The cron tick whose firing listed it.
+    Tick(i64),
+    /// The feed event (its number) it was made from.
+    Event(i64),
+}
+
+/// The records an intake found enter the first state in one transaction
+/// (known keys are left alone); the first stage looks at once when any is
+/// new.
+async fn enter_first_state(
+    shared: &Shared,
+    block_id: &str,
+    found: &[(String, Value, Found)],
+) -> Result<Vec<Receipt>> {
+    if found.is_empty() {
+        return Ok(Vec::new());
     }
     let at = now_ms();
-    let records: Vec<NewStreamRecord<'_>> = keyed
+    let records: Vec<NewStreamRecord<'_>> = found
         .iter()
-        .map(|(key, data, seq)| NewStreamRecord {
+        .map(|(key, data, from)| NewStreamRecord {
             template_id: &shared.pipeline.template().id,
             block: block_id,
             key,
             state: shared.plan.first_state(),
             data,
             webhook_id: None,
-            tick: None,
+            tick: match from {
+                Found::Tick(tick) => Some(*tick),
+                Found::Event(_) => None,
+            },
             by: None,
-            event: Some(*seq),
+            event: match from {
+                Found::Event(seq) => Some(*seq),
+                Found::Tick(_) => None,
+            },
             at,
         })
         .collect();
@@ -506,7 +532,7 @@ async fn take_events(
     {
         first.notify_one();
     }
-    Ok(())
+    Ok(receipts)
 }
 
 /// One firing: the step lists records (a JSON array of payloads, each
@@ -541,11 +567,6 @@ async fn fire(
             }
         }
     }
-    if outcome.created > 0
-        && let Some(first) = shared.wakers.first()
-    {
-        first.notify_one();
-    }
     outcome
 }
 
@@ -578,7 +599,7 @@ async fn take_listed(
     let mut keyed = Vec::new();
     for item in items {
         match settle::record_key(&shared.plan.track_per, &item) {
-            Ok(key) => keyed.push((key, item)),
+            Ok(key) => keyed.push((key, item, Found::Tick(tick))),
             Err(problem) => {
                 outcome.rejected += 1;
                 outcome
@@ -587,23 +608,7 @@ async fn take_listed(
             }
         }
     }
-    let at = now_ms();
-    let records: Vec<NewStreamRecord<'_>> = keyed
-        .iter()
-        .map(|(key, data)| NewStreamRecord {
-            template_id: &shared.pipeline.template().id,
-            block: block_id,
-            key,
-            state: shared.plan.first_state(),
-            data,
-            webhook_id: None,
-            tick: Some(tick),
-            by: None,
-            event: None,
-            at,
-        })
-        .collect();
-    match shared.engine.store().receive_records(&records).await {
+    match enter_first_state(shared, block_id, &keyed).await {
         Ok(receipts) => {
             outcome.created = receipts.iter().filter(|r| **r == Receipt::Created).count() as u64;
             outcome.known = receipts.len() as u64 - outcome.created;

@@ -122,14 +122,15 @@ async fn finish(
     }
 }
 
-/// Reads the feed for the event trigger `consumer` (`template/block`):
-/// the events `filter` matches, but those of the trigger's own template,
-/// go to `take`, a batch at a time, and the
+/// Reads the feed for the event trigger of `template_id`'s block `block`
+/// (its cursor is `template/block`): the events `filter` matches, but
+/// those of the trigger's own template, go to `take`, a batch at a time, and the
 /// cursor moves past a batch once `take` has stored its effects. A batch
 /// `take` could not store is read again after a pause.
 pub(crate) async fn feed_loop<F, Fut>(
     store: Arc<dyn Store>,
-    consumer: String,
+    template_id: &str,
+    block: &str,
     filter: EventFilter,
     mut stopped: watch::Receiver<bool>,
     take: F,
@@ -137,10 +138,20 @@ pub(crate) async fn feed_loop<F, Fut>(
     F: Fn(Vec<FeedEvent>) -> Fut,
     Fut: std::future::Future<Output = Result<()>>,
 {
+    let consumer = format!("{template_id}/{block}");
     let mut cursor = None;
     let mut backoff = FEED_POLL;
     while !*stopped.borrow() {
-        let pause = match read_once(store.as_ref(), &consumer, &filter, &mut cursor, &take).await {
+        let pause = match read_once(
+            store.as_ref(),
+            template_id,
+            &consumer,
+            &filter,
+            &mut cursor,
+            &take,
+        )
+        .await
+        {
             Ok(true) => {
                 backoff = FEED_POLL;
                 Duration::ZERO
@@ -169,6 +180,7 @@ pub(crate) async fn feed_loop<F, Fut>(
 /// One read of the feed; true when there may be more right away.
 async fn read_once<F, Fut>(
     store: &dyn Store,
+    template_id: &str,
     consumer: &str,
     filter: &EventFilter,
     cursor: &mut Option<factory_store::FeedPosition>,
@@ -189,10 +201,9 @@ where
     let full = events.len() as u32 == FEED_BATCH;
     // A trigger does not take its own template's events: a `run.finished`
     // trigger would start its template again each time a run of it ends.
-    let own = consumer.split_once('/').map(|(template, _)| template);
     let matching: Vec<FeedEvent> = events
         .into_iter()
-        .filter(|e| Some(e.event.template_id.as_str()) != own && filter.matches(&e.event))
+        .filter(|e| e.event.template_id != template_id && filter.matches(&e.event))
         .collect();
     if !matching.is_empty() {
         take(matching).await?;
@@ -311,13 +322,20 @@ async fn starter_loop(shared: Arc<Source>, starter: Starter, stopped: watch::Rec
             cron_ticks(store, trigger, stopped, fire).await;
         }
         StarterKind::Event(filter) => {
-            let consumer = format!("{template_id}/{}", starter.block);
             let take = |events: Vec<FeedEvent>| {
                 let shared = shared.clone();
                 let block = starter.block.clone();
                 async move { shared.start_runs_for(&block, events).await }
             };
-            feed_loop(store, consumer, filter.clone(), stopped, take).await;
+            feed_loop(
+                store,
+                &template_id,
+                &starter.block,
+                filter.clone(),
+                stopped,
+                take,
+            )
+            .await;
         }
     }
 }

@@ -5,25 +5,24 @@ use serde_json::json;
 use super::*;
 use crate::run::{GatePhase, RunStatus};
 
+/// Run `r1` of template `t`, with param `entity`.
+fn run_created() -> Event {
+    Event::RunCreated {
+        run_id: "r1".into(),
+        template_id: "t".into(),
+        template_version: "1".into(),
+        autonomy_profile: None,
+        params: BTreeMap::from([("entity".to_string(), json!("acme"))]),
+        blocks: Vec::new(),
+        models: BTreeMap::new(),
+        default_model: None,
+        sampling: BTreeMap::new(),
+        max_concurrency: None,
+    }
+}
+
 fn doc() -> RunDoc {
-    let created = EventRecord {
-        seq: 1,
-        at: 1,
-        actor: "test".into(),
-        event: Event::RunCreated {
-            run_id: "r1".into(),
-            template_id: "t".into(),
-            template_version: "1".into(),
-            autonomy_profile: None,
-            params: BTreeMap::from([("entity".to_string(), json!("acme"))]),
-            blocks: Vec::new(),
-            models: BTreeMap::new(),
-            default_model: None,
-            sampling: BTreeMap::new(),
-            max_concurrency: None,
-        },
-    };
-    RunDoc::from_created(&created).unwrap()
+    RunDoc::from_created(&record(1, run_created())).unwrap()
 }
 
 fn record(seq: u64, event: Event) -> EventRecord {
@@ -119,24 +118,7 @@ fn a_runs_commit_tells_of_its_start_its_blocks_its_gates_and_its_end() {
     );
     assert!(before.is_empty(), "a passed before-gate only lets it start");
 
-    let created = run_events(
-        &doc,
-        &[record(
-            1,
-            Event::RunCreated {
-                run_id: "r1".into(),
-                template_id: "t".into(),
-                template_version: "1".into(),
-                autonomy_profile: None,
-                params: BTreeMap::from([("entity".to_string(), json!("acme"))]),
-                blocks: Vec::new(),
-                models: BTreeMap::new(),
-                default_model: None,
-                sampling: BTreeMap::new(),
-                max_concurrency: None,
-            },
-        )],
-    );
+    let created = run_events(&doc, &[record(1, run_created())]);
     assert_eq!(created[0].name, RUN_CREATED);
     assert_eq!(created[0].payload["params"], json!({"entity": "acme"}));
 }

@@ -584,9 +584,8 @@ async fn bad_requests_get_clear_4xx_errors() {
     assert!(refused.to_string().contains("loopback"), "{refused}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_run_goes_through_its_gate_with_reviews_and_reflection() {
-    let t = TestServer::start().await;
+/// An operator starts a run of `review-demo` titled `title`, with one file.
+async fn start_review_demo(t: &TestServer, title: &str) -> (String, Value) {
     let (s, body) = t
         .call(
             Method::POST,
@@ -594,13 +593,19 @@ async fn a_run_goes_through_its_gate_with_reviews_and_reflection() {
             "operator",
             Some(json!({
                 "template": "review-demo",
-                "params": {"title": "Quarterly notes"},
+                "params": {"title": title},
                 "files": [{"name": "notes.txt", "content_base64": "c291cmNlIG1hdGVyaWFs"}]
             })),
         )
         .await;
     assert_eq!(s, 201, "{body}");
-    let run = body["run_id"].as_str().unwrap().to_string();
+    (body["run_id"].as_str().unwrap().to_string(), body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_goes_through_its_gate_with_reviews_and_reflection() {
+    let t = TestServer::start().await;
+    let (run, body) = start_review_demo(&t, "Quarterly notes").await;
     assert_eq!(body["params"]["title"], "Quarterly notes");
     let (s, files) = t
         .call(
@@ -1796,20 +1801,7 @@ async fn a_blocks_attempts_are_read_on_demand() {
 #[tokio::test]
 async fn the_event_feed_lists_a_runs_events_filtered_and_paged() {
     let t = TestServer::start().await;
-    let (s, body) = t
-        .call(
-            Method::POST,
-            "/api/v1/runs",
-            "operator",
-            Some(json!({
-                "template": "review-demo",
-                "params": {"title": "Feed notes"},
-                "files": [{"name": "notes.txt", "content_base64": "c291cmNlIG1hdGVyaWFs"}]
-            })),
-        )
-        .await;
-    assert_eq!(s, 201, "{body}");
-    let run = body["run_id"].as_str().unwrap().to_string();
+    let (run, _) = start_review_demo(&t, "Feed notes").await;
     t.wait_for(&run, "draft at its gate", |d| {
         block_status(d, "draft") == "waiting"
     })

@@ -88,34 +88,20 @@ pub async fn contract(store: Arc<dyn Store>) {
         record_key: None,
         payload,
     }];
+    let writes = Writes {
+        emitted: &emitted,
+        ..Writes::default()
+    };
     // A stale commit writes none of them.
     let error = s
-        .commit_with(
-            "run-feed",
-            7,
-            &records,
-            &next,
-            &Writes {
-                emitted: &emitted,
-                ..Writes::default()
-            },
-        )
+        .commit_with("run-feed", 7, &records, &next, &writes)
         .await
         .unwrap_err();
     assert!(matches!(error, StoreError::Conflict { .. }), "{error}");
     assert_eq!(names(&of_run(s, "run-feed").await), ["run.created"]);
-    s.commit_with(
-        "run-feed",
-        1,
-        &records,
-        &next,
-        &Writes {
-            emitted: &emitted,
-            ..Writes::default()
-        },
-    )
-    .await
-    .unwrap();
+    s.commit_with("run-feed", 1, &records, &next, &writes)
+        .await
+        .unwrap();
     let events = of_run(s, "run-feed").await;
     assert_eq!(
         names(&events),
