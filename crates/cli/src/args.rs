@@ -102,6 +102,10 @@ pub enum Command {
         /// --llm temperature=0.2 --llm seed=7 (temperature, top_p, seed, stop)
         #[arg(long = "llm", value_name = "KEY=VALUE")]
         sampling: Vec<String>,
+        /// Run every block anew: no earlier accepted attempt with the same
+        /// inputs stands in for one (memoized attempts)
+        #[arg(long)]
+        no_cache: bool,
         /// Only create the run; do not execute anything
         #[arg(long)]
         no_run: bool,

@@ -194,6 +194,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             models,
             default_model,
             sampling,
+            no_cache,
             no_run,
             drive,
         } => {
@@ -208,6 +209,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 default_model,
                 sampling: parse_sampling(&sampling)?,
                 max_concurrency: drive.max_concurrency,
+                no_cache,
             };
             let engine = engine(&cli.db, &actor, &drive, cli.config.as_deref()).await?;
             let doc = engine

@@ -132,7 +132,7 @@ pub fn describe(record: &EventRecord, run_id: &str) -> Option<String> {
             "⚑ {block} audit {composite:.1} is below its threshold {threshold:.1}: see `factory status {run_id}` for the fix suggestions"
         ),
         Event::ReviewFlagged { block } => format!("⚑ {block} flagged for optional review (guided)"),
-        Event::BlockReset { block, reason } => format!("↺ {block} reset: {reason}"),
+        Event::BlockReset { block, reason, .. } => format!("↺ {block} reset: {reason}"),
         Event::AutonomyChanged { block, autonomy } => {
             format!("{block} autonomy is now {} for this run", autonomy.as_str())
         }

@@ -145,4 +145,5 @@ pub mod codes {
     pub const RECORD_STATE: &str = "TPL0027";
     pub const NOT_SUPPORTED_YET: &str = "TPL0028";
     pub const STREAM: &str = "TPL0029";
+    pub const CACHE: &str = "TPL0030";
 }

@@ -437,6 +437,7 @@ pub fn route(
             } else {
                 format!("upstream of it is re-running with corrections {label}")
             },
+            fresh: false,
         });
     }
     events.push(Event::CorrectionsRouted {

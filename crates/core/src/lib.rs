@@ -13,6 +13,7 @@ pub mod consensus;
 pub mod diagnostics;
 pub mod feedback;
 pub mod llm_options;
+pub mod memo;
 pub mod pipeline;
 pub mod prompt;
 pub mod render;

@@ -170,6 +170,13 @@ pub struct AttemptReport {
     /// the note the retry reads.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_excerpt: Option<String>,
+    /// The attempt's memo key, when its block may be memoized: once the
+    /// block is done, a later attempt with the same key reuses these outputs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memo_key: Option<crate::memo::MemoKey>,
+    /// Set when the outputs are an earlier attempt's, reused (no call made).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reused: Option<crate::memo::Reused>,
 }
 
 /// Why an attempt failed, as far as retrying it is concerned.
@@ -348,6 +355,10 @@ pub struct BlockState {
     pub reply_note: Option<ReplyNote>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub decisions: Vec<GateDecision>,
+    /// A person asked for this pass to run anew (a retry): no memo stands
+    /// in for its attempts. Set and cleared by each reset.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fresh: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<Attempt>,
 }
@@ -371,6 +382,7 @@ impl BlockState {
             corrections: None,
             reply_note: None,
             decisions: Vec::new(),
+            fresh: false,
             history: Vec::new(),
         }
     }
@@ -424,6 +436,7 @@ impl BlockState {
             corrections,
             reply_note,
             decisions,
+            fresh,
             history: _,
         } = self;
         BlockHead {
@@ -443,6 +456,7 @@ impl BlockState {
             corrections,
             reply_note,
             decisions,
+            fresh: *fresh,
         }
     }
 
@@ -491,6 +505,8 @@ pub struct BlockHead<'a> {
     reply_note: &'a Option<ReplyNote>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     decisions: &'a Vec<GateDecision>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    fresh: bool,
 }
 
 /// The text of a block's state from its head's JSON object and its attempts'
@@ -598,6 +614,9 @@ pub struct RunDoc {
     /// worker holds the run to the same limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrency: Option<u32>,
+    /// No memo stands in for this run's attempts (`--no-cache`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_cache: bool,
     pub created_at: Millis,
     pub updated_at: Millis,
     /// Sequence number of the last event folded in.
@@ -634,6 +653,8 @@ pub struct RunHeader<'a> {
     sampling: &'a BTreeMap<String, Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_concurrency: &'a Option<u32>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    no_cache: bool,
     created_at: Millis,
     updated_at: Millis,
     seq: u64,
@@ -661,6 +682,7 @@ impl RunDoc {
             default_model,
             sampling,
             max_concurrency,
+            no_cache,
             created_at,
             updated_at,
             seq,
@@ -678,6 +700,7 @@ impl RunDoc {
             default_model,
             sampling,
             max_concurrency,
+            no_cache: *no_cache,
             created_at: *created_at,
             updated_at: *updated_at,
             seq: *seq,
@@ -748,6 +771,9 @@ pub enum Event {
         /// limit); absent: each worker's default.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         max_concurrency: Option<u32>,
+        /// No memo stands in for this run's attempts (`--no-cache`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        no_cache: bool,
     },
     BlockReady {
         block: String,
@@ -822,6 +848,9 @@ pub enum Event {
     BlockReset {
         block: String,
         reason: String,
+        /// A person asked for the block to run anew: no memo stands in.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        fresh: bool,
     },
     /// The block's autonomy changed for this run only; it takes effect at the
     /// block's next gate decision.
@@ -1006,6 +1035,7 @@ impl RunDoc {
             default_model,
             sampling,
             max_concurrency,
+            no_cache,
         } = &record.event
         else {
             return Err(ApplyError::NotCreated);
@@ -1021,6 +1051,7 @@ impl RunDoc {
             default_model: default_model.clone(),
             sampling: sampling.clone(),
             max_concurrency: *max_concurrency,
+            no_cache: *no_cache,
             created_at: record.at,
             updated_at: record.at,
             seq: record.seq,
@@ -1263,7 +1294,7 @@ impl RunDoc {
                 state.before_gate_passed = true;
                 state.status = BlockStatus::Ready;
             }
-            Event::BlockReset { block, .. } => {
+            Event::BlockReset { block, fresh, .. } => {
                 let state = self.state_mut(block)?;
                 if state.status == BlockStatus::Running {
                     return Err(ApplyError::IllegalTransition {
@@ -1284,6 +1315,7 @@ impl RunDoc {
                 state.review_flag = false;
                 state.not_before = None;
                 state.error = None;
+                state.fresh = *fresh;
             }
             Event::AutonomyChanged { block, autonomy } => {
                 self.state_mut(block)?.autonomy = *autonomy;
@@ -1498,6 +1530,7 @@ mod tests {
             default_model: Some("m".to_string()),
             sampling: BTreeMap::from([("temperature".to_string(), Value::from(0.5))]),
             max_concurrency: Some(3),
+            no_cache: true,
             created_at: 5,
             updated_at: 9,
             seq: 12,

@@ -503,6 +503,13 @@ pub struct ExecutionControl {
     /// Someone else may.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub separate_reviewer: bool,
+    /// Whether an earlier successful attempt with the same inputs may stand
+    /// in for this block's attempt (see `factory_core::memo`). Absent: yes
+    /// for `llm` and `command` blocks, no for `http` blocks (a call may have
+    /// effects elsewhere); `builtin` blocks are never memoized (they read the
+    /// run's own state, which the key does not cover).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<bool>,
 }
 
 impl Default for ExecutionControl {
@@ -514,6 +521,7 @@ impl Default for ExecutionControl {
             retryable: true,
             max_retries: default_max_retries(),
             separate_reviewer: false,
+            cache: None,
         }
     }
 }

@@ -165,6 +165,8 @@ pub struct RunRequest {
     /// Blocks of this run running at once across all workers (0: no limit);
     /// None: each worker's own default.
     pub max_concurrency: Option<u32>,
+    /// No memo stands in for the run's attempts.
+    pub no_cache: bool,
 }
 
 /// The model an `llm` block uses in a run: the run's override for the block,
@@ -372,6 +374,7 @@ pub fn create_run(
         default_model: request.default_model.clone(),
         sampling: request.sampling.clone(),
         max_concurrency: request.max_concurrency,
+        no_cache: request.no_cache,
     })
 }
 
@@ -838,8 +841,8 @@ pub fn retry(
     reset_with_descendants(pipeline, doc, block, reason)
 }
 
-/// Resets `block` and its descendants to pending (used by retry and, later,
-/// the corrections router). Blocks already pending are left alone.
+/// Resets `block` and its descendants to pending (a person's retry): the
+/// block runs anew, not from a memo. Blocks already pending are left alone.
 pub fn reset_with_descendants(
     pipeline: &Pipeline,
     doc: &RunDoc,
@@ -869,6 +872,9 @@ pub fn reset_with_descendants(
                 } else {
                     format!("upstream `{block}` is re-running")
                 },
+                // The block itself was asked for anew; what follows it may
+                // reuse a memo when its inputs come out the same.
+                fresh: id == block,
             });
         }
     }

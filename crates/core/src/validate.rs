@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::diagnostics::{Diagnostic, codes};
 use crate::pipeline::Pipeline;
-use crate::template::{self, HumanGate, Runtime, Template};
+use crate::template::{self, Runtime, Template};
 
 /// Built-in block names the `builtin` runtime knows. Kept here so that
 /// validation (pure) and the runtime (IO) agree on one list.
@@ -1011,8 +1011,18 @@ fn check_runtime_config(i: usize, block: &template::Block, out: &mut Vec<Diagnos
             }
         }
     }
-    if block.execution.human_gate != HumanGate::None && block.runtime == Runtime::Builtin {
-        // Fine: built-ins may be gated (e.g. a publish step). Nothing to check.
+    if block.execution.cache == Some(true) && block.runtime == Runtime::Builtin {
+        out.push(
+            Diagnostic::error(
+                codes::CACHE,
+                format!("$.blocks[{i}].execution.cache"),
+                "a `builtin` block is never memoized: it reads the run's own state (reviews, \
+                 items), which its inputs do not show"
+                    .to_string(),
+            )
+            .in_block(block.id.clone())
+            .with_help("remove `execution.cache`"),
+        );
     }
 }
 

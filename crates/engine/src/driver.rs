@@ -10,9 +10,8 @@ use factory_core::run::{
     ArtifactRef, Attempt, AttemptReport, BlockState, BlockStatus, Event, EventRecord, LlmUsage,
     LogRef, Millis, RunDoc, RunStatus,
 };
-use factory_core::template::ArtifactFormat;
 use factory_core::transitions;
-use factory_runtime::{AttemptInput, Execution, InputArtifact};
+use factory_runtime::{AttemptInput, Execution};
 use factory_store::{NewBlob, Store};
 use tokio::sync::mpsc;
 use tracing::Instrument;
@@ -587,6 +586,7 @@ fn slim_doc(doc: &RunDoc, pipeline: &factory_core::Pipeline, block_id: &str) -> 
         default_model: doc.default_model.clone(),
         sampling: doc.sampling.clone(),
         max_concurrency: doc.max_concurrency,
+        no_cache: doc.no_cache,
         created_at: doc.created_at,
         updated_at: doc.updated_at,
         seq: doc.seq,
@@ -601,7 +601,7 @@ fn slim_doc(doc: &RunDoc, pipeline: &factory_core::Pipeline, block_id: &str) -> 
 }
 
 /// What an attempt reads of an upstream block: its status and its last
-/// successful attempt's artifacts (`gather_inputs`), nothing else — not its
+/// successful attempt's artifacts (`inputs::locate`), nothing else — not its
 /// audit reports, other attempts, gate decisions or corrections.
 fn upstream_view(state: &BlockState) -> BlockState {
     let mut view = BlockState::new(state.autonomy);
@@ -657,9 +657,44 @@ async fn run_attempt(
         .blocks
         .get(block_id)
         .ok_or_else(|| format!("block `{block_id}` has no state"))?;
-    let inputs = gather_inputs(store.as_ref(), pipeline, doc, block_id).await?;
-    let audit_inputs = inputs.clone();
+    let located = crate::inputs::locate(store.as_ref(), doc, block).await?;
     let golden = crate::audit::read_golden(block, template_dir.as_deref());
+    let memo_key = crate::memo::key(&crate::memo::KeyParts {
+        pipeline,
+        doc,
+        block,
+        state,
+        inputs: &located,
+        golden: &golden,
+        template_dir: template_dir.as_deref(),
+        llm: llm_settings.as_deref(),
+    });
+    let hit = match &memo_key {
+        Some(key) => crate::memo::look_up(store.as_ref(), doc, state, key).await,
+        None => None,
+    };
+    let inputs = crate::inputs::read(store.as_ref(), located).await?;
+    if let (Some(hit), Some(key)) = (hit, memo_key.clone()) {
+        // A memo whose outputs cannot be read back is no hit: the block runs.
+        match crate::memo::remembered_execution(store.as_ref(), &hit.report).await {
+            Ok(execution) => {
+                let audit = crate::audit::audit_execution(
+                    &crate::audit::AuditContext {
+                        pipeline,
+                        doc,
+                        block,
+                        inputs: &inputs,
+                        golden: &golden,
+                    },
+                    &execution,
+                );
+                let report = crate::memo::reused(hit, key, audit.map(Box::new));
+                return Ok((report, Vec::new(), None));
+            }
+            Err(error) => tracing::warn!(%error, block = %block_id, "a memo's outputs cannot be read; running the block"),
+        }
+    }
+    let audit_inputs = inputs.clone();
     let run_id = doc.run_id.clone();
     let pid_store = store.clone();
     let pid_block = block_id.to_string();
@@ -771,119 +806,11 @@ async fn run_attempt(
     });
     let mut outputs = to_report(block, execution);
     outputs.0.audit = audit.map(Box::new);
+    outputs.0.memo_key = memo_key;
     if !failed && !keep_work_dir {
         let _ = std::fs::remove_dir_all(&attempt_dir);
     }
     Ok((outputs.0, outputs.1, route_items))
-}
-
-async fn gather_inputs(
-    store: &dyn Store,
-    pipeline: &factory_core::Pipeline,
-    doc: &RunDoc,
-    block_id: &str,
-) -> std::result::Result<Vec<InputArtifact>, String> {
-    let block = pipeline
-        .block(block_id)
-        .ok_or_else(|| format!("unknown block `{block_id}`"))?;
-    let mut inputs = Vec::new();
-    for dep in &block.inputs.depends {
-        let settled_without_output = doc
-            .blocks
-            .get(&dep.block)
-            .is_some_and(|s| s.status != factory_core::run::BlockStatus::Done);
-        if block.inputs.mode == factory_core::template::DependencyMode::Any
-            && settled_without_output
-        {
-            // `any`: a failed or blocked dependency simply contributes nothing.
-            continue;
-        }
-        let upstream = doc
-            .blocks
-            .get(&dep.block)
-            .and_then(|s| s.last_success())
-            .ok_or_else(|| format!("upstream block `{}` has no successful attempt", dep.block))?;
-        let artifact: &ArtifactRef = upstream
-            .report
-            .as_ref()
-            .and_then(|r| r.artifacts.get(&dep.key))
-            .ok_or_else(|| {
-                format!(
-                    "upstream `{}` attempt {} has no artifact `{}`",
-                    dep.block, upstream.n, dep.key
-                )
-            })?;
-        let content = store.get_blob(&artifact.hash).await.map_err(|error| {
-            format!("cannot read artifact `{}.{}`: {error}", dep.block, dep.key)
-        })?;
-        inputs.push(InputArtifact {
-            block: dep.block.clone(),
-            key: dep.key.clone(),
-            path: artifact.path.clone(),
-            format: artifact.format,
-            content,
-        });
-    }
-    inputs.extend(uploaded_inputs(store, doc, block).await?);
-    Ok(inputs)
-}
-
-/// The run's uploaded files that match the block's `inputs.files` patterns,
-/// as inputs of the pseudo-block `uploads`.
-async fn uploaded_inputs(
-    store: &dyn Store,
-    doc: &RunDoc,
-    block: &factory_core::template::Block,
-) -> std::result::Result<Vec<InputArtifact>, String> {
-    if block.inputs.files.is_empty() {
-        return Ok(Vec::new());
-    }
-    let patterns: Vec<glob::Pattern> = block
-        .inputs
-        .files
-        .iter()
-        .map(|p| {
-            glob::Pattern::new(p)
-                .map_err(|e| format!("block `{}`: inputs.files pattern `{p}`: {e}", block.id))
-        })
-        .collect::<std::result::Result<_, _>>()?;
-    let records = store
-        .records(&doc.run_id, factory_store::kinds::UPLOAD)
-        .await
-        .map_err(|error| format!("cannot list the run's uploaded files: {error}"))?;
-    let mut inputs = Vec::new();
-    for record in records {
-        let name = record.key;
-        if !patterns.iter().any(|p| p.matches(&name)) {
-            continue;
-        }
-        let Some(hash) = record.body.get("hash").and_then(|h| h.as_str()) else {
-            return Err(format!("uploaded file `{name}` has no content hash"));
-        };
-        let content = store
-            .get_blob(hash)
-            .await
-            .map_err(|error| format!("cannot read uploaded file `{name}`: {error}"))?;
-        let format = match name
-            .rsplit_once('.')
-            .map(|(_, ext)| ext.to_ascii_lowercase())
-        {
-            Some(ext) if ext == "md" || ext == "markdown" => ArtifactFormat::Md,
-            Some(ext) if ext == "json" => ArtifactFormat::Json,
-            Some(ext) if ext == "csv" => ArtifactFormat::Csv,
-            Some(ext) if ext == "html" || ext == "htm" => ArtifactFormat::Html,
-            Some(ext) if ext == "yaml" || ext == "yml" => ArtifactFormat::Yaml,
-            _ => ArtifactFormat::Text,
-        };
-        inputs.push(InputArtifact {
-            block: "uploads".to_string(),
-            key: name.clone(),
-            path: name,
-            format,
-            content,
-        });
-    }
-    Ok(inputs)
 }
 
 /// The artifacts a block emits events from (`outputs.emits`) must be JSON
@@ -999,6 +926,8 @@ fn to_report(
         audit: None,
         failure: execution.failure,
         reply_excerpt: execution.reply_excerpt,
+        memo_key: None,
+        reused: None,
     };
     (report, blobs)
 }

@@ -13,6 +13,7 @@
 //! silently overwritten. No code here assumes one process owns a run.
 
 pub mod bus;
+mod memo;
 mod postgres;
 mod side;
 mod sqlite;
@@ -23,6 +24,7 @@ use factory_core::run::{Event, EventRecord, Millis, RunDoc};
 use sha2::{Digest, Sha256};
 
 pub use bus::{FeedEvent, FeedFilter, FeedPosition, Pruned};
+pub use memo::MemoHit;
 pub use postgres::PostgresStore;
 pub use side::{
     FeedbackRecord, ImprovementItem, ReviewScope, RunRecord, TemplateRecord, TokenRecord, kinds,
@@ -305,6 +307,10 @@ pub trait Store: Send + Sync {
         doc: &RunDoc,
         writes: &Writes<'_>,
     ) -> Result<i64>;
+
+    /// The accepted attempt remembered under `key` (written by the commit
+    /// that made its block done; see `factory_core::memo`), if any.
+    async fn memo(&self, key: &factory_core::memo::MemoKey) -> Result<Option<MemoHit>>;
 
     /// Events with `seq > after_seq`, in order.
     async fn events(&self, run_id: &str, after_seq: u64) -> Result<Vec<EventRecord>>;

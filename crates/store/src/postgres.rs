@@ -188,6 +188,7 @@ impl Store for PostgresStore {
         let mut feed = factory_core::bus::run_events(doc, records);
         feed.extend_from_slice(writes.emitted);
         let feed = FeedColumns::of(&feed)?;
+        let memos = crate::memo::MemoColumns::of(doc, records)?;
         let (takes, releases) = final_lease_ops(records);
         let lease_blocks: Vec<&str> = takes.iter().map(|t| t.block).collect();
         let lease_attempts: Vec<i32> = takes.iter().map(|t| t.attempt as i32).collect();
@@ -233,7 +234,11 @@ impl Store for PostgresStore {
             .bind(&feed.runs)
             .bind(&feed.blocks)
             .bind(&feed.keys)
-            .bind(&feed.payloads);
+            .bind(&feed.payloads)
+            .bind(&memos.keys)
+            .bind(&memos.blocks)
+            .bind(&memos.attempts)
+            .bind(&memos.reports);
         let (updated, exists) = if writes.feedback.is_none() && writes.items.is_empty() {
             query.fetch_one(&self.pool).await?
         } else {
@@ -261,6 +266,22 @@ impl Store for PostgresStore {
             }
         }
         Ok(expected_version + 1)
+    }
+
+    async fn memo(&self, key: &factory_core::memo::MemoKey) -> Result<Option<crate::MemoHit>> {
+        let row = sqlx::query(crate::memo::LOOKUP)
+            .bind(key.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.and_then(|row| {
+            crate::memo::hit(
+                key,
+                row.get("run_id"),
+                row.get("block_id"),
+                row.get::<i32, _>("attempt").into(),
+                row.get("report"),
+            )
+        }))
     }
 
     async fn events(&self, run_id: &str, after_seq: u64) -> Result<Vec<EventRecord>> {
@@ -1059,6 +1080,13 @@ const COMMIT_RUN: &str = "WITH head AS (
     FROM head, UNNEST($25::text[], $26::text[], $27::text[], $28::text[], $29::text[], $30::text[])
          WITH ORDINALITY AS f (name, template_id, run_id, block_id, record_key, payload, n)
     ORDER BY f.n
+), memo_rows AS (
+    INSERT INTO attempt_memos (memo_key, run_id, block_id, attempt, report, created_at)
+    SELECT m.memo_key, head.run_id, m.block_id, m.attempt, m.report, $3
+    FROM head, UNNEST($31::text[], $32::text[], $33::int[], $34::text[])
+         AS m (memo_key, block_id, attempt, report)
+    ON CONFLICT (memo_key) DO UPDATE SET run_id = excluded.run_id, block_id = excluded.block_id,
+        attempt = excluded.attempt, report = excluded.report, created_at = excluded.created_at
 )
 SELECT (SELECT count(*) FROM head), EXISTS (SELECT 1 FROM runs WHERE run_id = $4)";
 

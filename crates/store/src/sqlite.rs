@@ -177,9 +177,26 @@ impl Store for SqliteStore {
         let mut feed = factory_core::bus::run_events(doc, records);
         feed.extend_from_slice(writes.emitted);
         bq::insert_bus_events(&mut tx, &feed, doc.updated_at).await?;
+        insert_memos(&mut tx, doc, records).await?;
         write_leases(&mut tx, run_id, records).await?;
         tx.commit().await?;
         Ok(expected_version + 1)
+    }
+
+    async fn memo(&self, key: &factory_core::memo::MemoKey) -> Result<Option<crate::MemoHit>> {
+        let row = sqlx::query(crate::memo::LOOKUP)
+            .bind(key.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.and_then(|row| {
+            crate::memo::hit(
+                key,
+                row.get("run_id"),
+                row.get("block_id"),
+                row.get("attempt"),
+                row.get("report"),
+            )
+        }))
     }
 
     async fn events(&self, run_id: &str, after_seq: u64) -> Result<Vec<EventRecord>> {
@@ -866,6 +883,28 @@ async fn missing_or_conflict(store: &SqliteStore, run_id: &str, expected: i64) -
         },
         Err(error) => StoreError::Database(error),
     }
+}
+
+/// The accepted attempts a commit makes done, remembered by memo key (few
+/// per commit: one statement each).
+async fn insert_memos(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    doc: &RunDoc,
+    records: &[EventRecord],
+) -> Result<()> {
+    let memos = crate::memo::MemoColumns::of(doc, records)?;
+    for (i, key) in memos.keys.iter().enumerate() {
+        sqlx::query(crate::memo::INSERT)
+            .bind(key)
+            .bind(&doc.run_id)
+            .bind(memos.blocks[i])
+            .bind(memos.attempts[i])
+            .bind(&memos.reports[i])
+            .bind(doc.updated_at)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
 }
 
 /// The side-table queries for this backend.

@@ -18,6 +18,7 @@ fn run_created() -> Event {
         default_model: None,
         sampling: BTreeMap::new(),
         max_concurrency: None,
+        no_cache: false,
     }
 }
 

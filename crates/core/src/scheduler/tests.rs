@@ -1092,11 +1092,13 @@ fn retry_of_a_done_block_resets_it_and_its_descendants() {
         vec![
             Event::BlockReset {
                 block: "b".into(),
-                reason: "operator asked".into()
+                reason: "operator asked".into(),
+                fresh: true,
             },
             Event::BlockReset {
                 block: "c".into(),
-                reason: "upstream `b` is re-running".into()
+                reason: "upstream `b` is re-running".into(),
+                fresh: false,
             },
         ]
     );
@@ -1236,6 +1238,7 @@ fn create_run_reports_every_problem() {
             ("temperature".to_string(), json!("hot")),
         ]),
         max_concurrency: None,
+        no_cache: false,
     };
     let error = transitions::create_run(&pipeline, &request, &|_| false).unwrap_err();
     assert_eq!(error.problems.len(), 8, "{:#?}", error.problems);

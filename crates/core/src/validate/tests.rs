@@ -3,6 +3,7 @@
 //! `(code, path fragment, block)`.
 
 use super::*;
+use crate::template::HumanGate;
 use proptest::prelude::*;
 use serde_json::json;
 

@@ -173,6 +173,9 @@ pub struct CreateRun {
     /// Blocks of the run running at once across all workers (0: no limit).
     #[serde(default)]
     pub max_concurrency: Option<u32>,
+    /// Run every block anew: no memoized attempt stands in for one.
+    #[serde(default)]
+    pub no_cache: bool,
     #[serde(default)]
     pub files: Vec<Upload>,
 }
@@ -271,6 +274,7 @@ pub async fn create_run(
         default_model: body.default_model.filter(|m| !m.is_empty()),
         sampling: body.sampling,
         max_concurrency: body.max_concurrency,
+        no_cache: body.no_cache,
     };
     let path = entry.path_buf();
     let doc = state

@@ -1,0 +1,235 @@
+//! Memoized attempts: when everything that determines a block's output is
+//! the same as for an earlier attempt that was accepted (its block reached
+//! `done` in some run of the same store), that attempt's artifacts stand in
+//! for a new one. No LLM call, no subprocess, no cost; the new attempt says
+//! where its outputs came from ([`Reused`]).
+//!
+//! The key ([`memo_key`]) is a SHA-256 over: the template's id and its
+//! corrections instruction; the block's definition without what only
+//! describes or governs it (`name`, `layer`, `description`, `timeout`,
+//! `trigger`, `execution`, `audit`); the model the block uses in this run;
+//! the run's sampling and params; the hashes of the upstream artifacts and
+//! uploaded files it reads; the corrections and reply note it is given; and
+//! the contents of the template-folder files it reads (its SKILL.md, its
+//! golden examples, scripts its argv names through `${FACTORY_TEMPLATE_DIR}`).
+//! The run id and the attempt number are not part of it: a block whose
+//! output depends on them must say `execution.cache: false`.
+//!
+//! Only an attempt whose block reached `done` is remembered ([`remembered`]):
+//! one a person rejected, or the audit retried, never stands in for another.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::run::{AttemptReport, Corrections, Event, EventRecord, GatePhase, ReplyNote, RunDoc};
+use crate::template::{Block, Runtime, Template};
+
+/// Bumped when what goes into a key changes, so old memos stop matching.
+const KEY_VERSION: &str = "memo-1";
+
+/// Block fields that do not change what the block produces.
+const NOT_IN_KEY: &[&str] = &[
+    "name",
+    "layer",
+    "description",
+    "timeout",
+    "trigger",
+    "execution",
+    "audit",
+];
+
+/// A memo's address: lowercase hex SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct MemoKey(String);
+
+impl MemoKey {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// A key read back from the store (not checked: it is only compared).
+    pub fn from_stored(text: String) -> MemoKey {
+        MemoKey(text)
+    }
+}
+
+impl fmt::Display for MemoKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where a reused attempt's outputs came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reused {
+    pub run_id: String,
+    pub block: String,
+    pub attempt: u32,
+}
+
+/// Whether a block's attempts may be answered from a memo: its own
+/// `execution.cache`, else yes for `llm` and `command`, no for `http`;
+/// never for `builtin` (validation refuses `cache: true` there).
+pub fn memoizable(block: &Block) -> bool {
+    match (block.runtime, block.execution.cache) {
+        (Runtime::Builtin, _) => false,
+        (_, Some(explicit)) => explicit,
+        (runtime, None) => matches!(runtime, Runtime::Llm | Runtime::Command),
+    }
+}
+
+/// One input artifact an attempt reads: its upstream block (or `uploads`),
+/// key and content hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InputHash<'a> {
+    pub block: &'a str,
+    pub key: &'a str,
+    pub hash: &'a str,
+}
+
+/// Everything that determines a block's output, as the engine gathers it
+/// before an attempt.
+#[derive(Debug, Clone)]
+pub struct MemoInputs<'a> {
+    pub template: &'a Template,
+    pub block: &'a Block,
+    pub model: Option<&'a str>,
+    pub sampling: &'a BTreeMap<String, Value>,
+    pub params: &'a BTreeMap<String, Value>,
+    pub inputs: Vec<InputHash<'a>>,
+    pub corrections: Option<&'a Corrections>,
+    pub reply_note: Option<&'a ReplyNote>,
+    /// Template-folder files the block reads: relative path → content hash.
+    pub files: BTreeMap<String, String>,
+}
+
+/// The memo key of an attempt with these inputs.
+pub fn memo_key(inputs: &MemoInputs<'_>) -> MemoKey {
+    let mut block = serde_json::to_value(inputs.block).unwrap_or(Value::Null);
+    if let Value::Object(fields) = &mut block {
+        for field in NOT_IN_KEY {
+            fields.remove(*field);
+        }
+    }
+    // What of the corrections reaches the prompt or the process: not who
+    // gave them, nor their version label.
+    let corrections = inputs.corrections.map(|c| {
+        json!({
+            "instruction": c.instruction,
+            "items": c.items.iter().map(|item| json!([item.finding, item.correction, item.priority])).collect::<Vec<_>>(),
+        })
+    });
+    let material = json!({
+        "v": KEY_VERSION,
+        "template": inputs.template.id,
+        "corrections_instruction": inputs.template.corrections_instruction(),
+        "block": block,
+        "model": inputs.model,
+        "sampling": inputs.sampling,
+        "params": inputs.params,
+        "inputs": inputs.inputs,
+        "corrections": corrections,
+        "reply_note": inputs.reply_note,
+        "files": inputs.files,
+    });
+    let mut hasher = Sha256::new();
+    hasher.update(canonical(material).to_string().as_bytes());
+    MemoKey(hex::encode(hasher.finalize()))
+}
+
+/// `value` with every object's keys in sorted order, so the same content
+/// always serialises to the same text (objects otherwise keep the order
+/// they were written or edited in).
+fn canonical(value: Value) -> Value {
+    match value {
+        Value::Object(fields) => {
+            let sorted: BTreeMap<String, Value> = fields
+                .into_iter()
+                .map(|(key, value)| (key, canonical(value)))
+                .collect();
+            Value::Object(sorted.into_iter().collect())
+        }
+        Value::Array(items) => Value::Array(items.into_iter().map(canonical).collect()),
+        other => other,
+    }
+}
+
+/// SHA-256 of `bytes`, lowercase hex (a file's entry in [`MemoInputs::files`]).
+pub fn content_hash(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// An accepted attempt to remember, found in a commit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Memo<'a> {
+    pub key: &'a MemoKey,
+    pub block: &'a str,
+    pub attempt: u32,
+    pub report: &'a AttemptReport,
+}
+
+/// The attempts `records` (applied to reach `doc`) accept: for each block
+/// they make `done`, its last successful attempt, when that attempt ran
+/// with a memo key and was not itself reused.
+pub fn remembered<'a>(doc: &'a RunDoc, records: &[EventRecord]) -> Vec<Memo<'a>> {
+    let mut out = Vec::new();
+    for record in records {
+        let block = match &record.event {
+            Event::BlockDone { block }
+            | Event::GateApproved {
+                block,
+                phase: GatePhase::After,
+                ..
+            } => block,
+            _ => continue,
+        };
+        let Some((id, state)) = doc.blocks.get_key_value(block) else {
+            continue;
+        };
+        let Some(attempt) = state.last_success() else {
+            continue;
+        };
+        let Some(report) = attempt.report.as_ref() else {
+            continue;
+        };
+        if let (Some(key), None) = (&report.memo_key, &report.reused) {
+            out.push(Memo {
+                key,
+                block: id,
+                attempt: attempt.n,
+                report,
+            });
+        }
+    }
+    out
+}
+
+/// The report a memo is stored with: without its audit (a reused attempt
+/// is audited afresh, in its own run) and without the provider call (it is
+/// not made again).
+pub fn stored_report(report: &AttemptReport) -> AttemptReport {
+    AttemptReport {
+        audit: None,
+        ..report.clone()
+    }
+}
+
+/// The report of an attempt answered from a memo: the remembered outputs,
+/// no provider call, and where they came from.
+pub fn reused_report(remembered: AttemptReport, key: MemoKey, from: Reused) -> AttemptReport {
+    AttemptReport {
+        llm: None,
+        audit: None,
+        memo_key: Some(key),
+        reused: Some(from),
+        ..remembered
+    }
+}
+
+#[cfg(test)]
+mod tests;

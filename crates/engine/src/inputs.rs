@@ -1,0 +1,138 @@
+//! What an attempt reads: its upstream blocks' artifacts and the run's
+//! uploaded files. Located first (addresses only: enough for a memo key),
+//! then read.
+
+use factory_core::run::{ArtifactRef, BlockStatus, RunDoc};
+use factory_core::template::{ArtifactFormat, Block, DependencyMode};
+use factory_runtime::InputArtifact;
+use factory_store::Store;
+
+/// An input an attempt reads, located but not read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct InputRef {
+    /// The upstream block, or `uploads` for the run's uploaded files.
+    pub block: String,
+    pub key: String,
+    pub path: String,
+    pub format: ArtifactFormat,
+    pub hash: String,
+}
+
+/// The artifacts of `block`'s dependencies (a failed or blocked one of an
+/// `any` block contributes nothing) and the uploaded files its
+/// `inputs.files` patterns match.
+pub(crate) async fn locate(
+    store: &dyn Store,
+    doc: &RunDoc,
+    block: &Block,
+) -> Result<Vec<InputRef>, String> {
+    let mut inputs = Vec::new();
+    for dep in &block.inputs.depends {
+        let settled_without_output = doc
+            .blocks
+            .get(&dep.block)
+            .is_some_and(|s| s.status != BlockStatus::Done);
+        if block.inputs.mode == DependencyMode::Any && settled_without_output {
+            continue;
+        }
+        let upstream = doc
+            .blocks
+            .get(&dep.block)
+            .and_then(|s| s.last_success())
+            .ok_or_else(|| format!("upstream block `{}` has no successful attempt", dep.block))?;
+        let artifact: &ArtifactRef = upstream
+            .report
+            .as_ref()
+            .and_then(|r| r.artifacts.get(&dep.key))
+            .ok_or_else(|| {
+                format!(
+                    "upstream `{}` attempt {} has no artifact `{}`",
+                    dep.block, upstream.n, dep.key
+                )
+            })?;
+        inputs.push(InputRef {
+            block: dep.block.clone(),
+            key: dep.key.clone(),
+            path: artifact.path.clone(),
+            format: artifact.format,
+            hash: artifact.hash.clone(),
+        });
+    }
+    inputs.extend(uploads(store, doc, block).await?);
+    Ok(inputs)
+}
+
+/// Reads the located inputs' contents.
+pub(crate) async fn read(
+    store: &dyn Store,
+    located: Vec<InputRef>,
+) -> Result<Vec<InputArtifact>, String> {
+    let mut inputs = Vec::with_capacity(located.len());
+    for input in located {
+        let content = store.get_blob(&input.hash).await.map_err(|error| {
+            if input.block == "uploads" {
+                format!("cannot read uploaded file `{}`: {error}", input.key)
+            } else {
+                format!("cannot read artifact `{}.{}`: {error}", input.block, input.key)
+            }
+        })?;
+        inputs.push(InputArtifact {
+            block: input.block,
+            key: input.key,
+            path: input.path,
+            format: input.format,
+            content,
+        });
+    }
+    Ok(inputs)
+}
+
+/// The run's uploaded files that match the block's `inputs.files` patterns,
+/// as inputs of the pseudo-block `uploads`.
+async fn uploads(store: &dyn Store, doc: &RunDoc, block: &Block) -> Result<Vec<InputRef>, String> {
+    if block.inputs.files.is_empty() {
+        return Ok(Vec::new());
+    }
+    let patterns: Vec<glob::Pattern> = block
+        .inputs
+        .files
+        .iter()
+        .map(|p| {
+            glob::Pattern::new(p)
+                .map_err(|e| format!("block `{}`: inputs.files pattern `{p}`: {e}", block.id))
+        })
+        .collect::<Result<_, _>>()?;
+    let records = store
+        .records(&doc.run_id, factory_store::kinds::UPLOAD)
+        .await
+        .map_err(|error| format!("cannot list the run's uploaded files: {error}"))?;
+    let mut inputs = Vec::new();
+    for record in records {
+        let name = record.key;
+        if !patterns.iter().any(|p| p.matches(&name)) {
+            continue;
+        }
+        let Some(hash) = record.body.get("hash").and_then(|h| h.as_str()) else {
+            return Err(format!("uploaded file `{name}` has no content hash"));
+        };
+        let format = match name
+            .rsplit_once('.')
+            .map(|(_, ext)| ext.to_ascii_lowercase())
+        {
+            Some(ext) if ext == "md" || ext == "markdown" => ArtifactFormat::Md,
+            Some(ext) if ext == "json" => ArtifactFormat::Json,
+            Some(ext) if ext == "csv" => ArtifactFormat::Csv,
+            Some(ext) if ext == "html" || ext == "htm" => ArtifactFormat::Html,
+            Some(ext) if ext == "yaml" || ext == "yml" => ArtifactFormat::Yaml,
+            _ => ArtifactFormat::Text,
+        };
+        inputs.push(InputRef {
+            block: "uploads".to_string(),
+            key: name.clone(),
+            path: name,
+            format,
+            hash: hash.to_string(),
+        });
+    }
+    Ok(inputs)
+}
