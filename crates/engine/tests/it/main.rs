@@ -964,6 +964,7 @@ async fn audits_run_after_every_attempt_and_gate_on_their_threshold() {
 }
 
 mod lease;
+mod memo;
 mod shared_run;
 
 mod llm_runtime {
@@ -1532,7 +1533,8 @@ async fn a_finished_attempt_survives_a_store_that_cannot_record_it() {
                 "echo ran >> {}; echo expensive answer > $FACTORY_OUTPUT_DIR/out.txt",
                 runs.display()
             ),
-            json!({}),
+            // Two runs of it count its runs: the second must not be a memo.
+            json!({"execution": {"cache": false}}),
         )],
         json!({}),
     );
