@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs the offline example end to end: two parallel collectors, a human gate
 # (approved here on your behalf), a quality threshold that fails once and
-# passes on retry, and an HTML report. Needs only cargo and a POSIX shell.
+# passes on retry, and an HTML report; then the same run again, which reuses
+# what the first accepted (memoized attempts). Needs only cargo and a POSIX
+# shell.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
@@ -27,4 +29,11 @@ echo "== diff between them"
 echo "== the report"
 "$factory" artifacts "$run_id" publish --key report
 echo
-echo "run id: $run_id   (try: $factory status $run_id; $factory events $run_id)"
+
+echo "== the same run again: blocks whose inputs did not change reuse what the first"
+echo "   run accepted (quality-check opts out: its first attempt plays a flaky read)"
+again=$("$factory" run examples/offline/pipeline.json --param title="A Tale of Two Cities" --retry-backoff-ms 200 --quiet)
+"$factory" approve "$again" summarize --note "same numbers" --retry-backoff-ms 200 --quiet
+"$factory" status "$again"
+echo
+echo "run ids: $run_id $again   (try: $factory status $run_id; $factory events $run_id)"

@@ -28,6 +28,35 @@ pub async fn run(
         },
         None => state.history.last(),
     };
+    // A reused attempt sent nothing: the prompt is the one of the attempt
+    // its outputs came from (made from the same inputs).
+    if let Some(from) = recorded
+        .and_then(|a| a.report.as_ref())
+        .and_then(|r| r.reused.as_ref())
+    {
+        let source = store.load_run(&from.run_id).await?;
+        let sent = source
+            .doc
+            .blocks
+            .get(&from.block)
+            .and_then(|s| s.history.iter().find(|a| a.n == from.attempt))
+            .and_then(|a| a.report.as_ref()?.llm.as_ref()?.prompt.clone());
+        let Some(prompt_ref) = sent else {
+            bail!(user_error(format!(
+                "this attempt of `{block_id}` reused run {}'s attempt {} of `{}`, which sent no prompt",
+                from.run_id, from.attempt, from.block
+            )));
+        };
+        eprintln!(
+            "(reused: the prompt run {}'s attempt {} sent; this attempt sent none)",
+            from.run_id, from.attempt
+        );
+        print!(
+            "{}",
+            String::from_utf8_lossy(&store.get_blob(&prompt_ref.hash).await?)
+        );
+        return Ok(());
+    }
     if let Some(prompt_ref) = recorded
         .and_then(|a| a.report.as_ref())
         .and_then(|r| r.llm.as_ref())

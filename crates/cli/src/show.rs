@@ -111,6 +111,18 @@ pub fn summary(doc: &RunDoc, template_order: &[String]) -> String {
                 })
             );
         }
+        if let Some(from) = state
+            .history
+            .last()
+            .and_then(|a| a.report.as_ref()?.reused.as_ref())
+        {
+            note = format!(
+                "{note} [reused: run {} attempt {}]",
+                from.run_id, from.attempt
+            )
+            .trim()
+            .to_string();
+        }
         if state.review_flag {
             note = format!("{note} [review flagged]").trim().to_string();
         }
@@ -130,6 +142,19 @@ pub fn summary(doc: &RunDoc, template_order: &[String]) -> String {
                 .unwrap_or_default(),
             duration,
             one_line(&note, 100)
+        );
+    }
+    let reused = doc
+        .blocks
+        .values()
+        .flat_map(|s| s.history.iter())
+        .filter(|a| a.report.as_ref().is_some_and(|r| r.reused.is_some()))
+        .count();
+    if reused > 0 {
+        let _ = writeln!(
+            out,
+            "memo: {reused} attempt{} reused an earlier run's accepted outputs (nothing ran, no call made)",
+            if reused == 1 { "" } else { "s" }
         );
     }
     let calls: Vec<&factory_core::run::LlmUsage> = doc

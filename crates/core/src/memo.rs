@@ -10,10 +10,12 @@
 //! `trigger`, `execution`, `audit`); the model the block uses in this run;
 //! the run's sampling and params; the hashes of the upstream artifacts and
 //! uploaded files it reads; the corrections and reply note it is given; and
-//! the contents of the template-folder files it reads (its SKILL.md, its
-//! golden examples, scripts its argv names through `${FACTORY_TEMPLATE_DIR}`).
-//! The run id and the attempt number are not part of it: a block whose
-//! output depends on them must say `execution.cache: false`.
+//! the contents of the template-folder files it reads (an `llm` block's
+//! SKILL.md and golden examples; for a `command` block, which is handed the
+//! folder, every file in it). The run id and the attempt number are not part
+//! of it: a block whose output depends on them, or on anything else outside
+//! the key (the clock, the network, files elsewhere), must say
+//! `execution.cache: false`.
 //!
 //! Only an attempt whose block reached `done` is remembered ([`remembered`]):
 //! one a person rejected, or the audit retried, never stands in for another.

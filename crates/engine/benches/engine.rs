@@ -3,6 +3,7 @@
 //! crash). Throughput is reported as blocks per second.
 //!
 //! `cargo bench -p factory-engine --bench engine`
+//! (`-- memo`: memoized attempts; `-- feedback`: review consensus)
 
 use std::sync::Arc;
 
@@ -79,6 +80,134 @@ fn bench(c: &mut Criterion) {
             },
         );
     }
+    group.finish();
+}
+
+/// A chain of `n` command blocks, each reading the one before and writing
+/// a small JSON artifact.
+fn command_chain(n: usize) -> String {
+    let blocks: Vec<Value> = (0..n)
+        .map(|i| {
+            let mut block = json!({
+                "id": format!("c{i}"), "name": format!("c{i}"), "layer": "L0", "type": "build",
+                "runtime": "command",
+                "inputs": {"config": {"command": ["sh", "-c", r#"printf '{"n": 1}' > "$FACTORY_OUTPUT_DIR/out.json""#]}},
+                "outputs": {"artifacts": [{"key": "out", "path": "out.json", "format": "json"}]}
+            });
+            if i > 0 {
+                block["inputs"]["depends"] = json!([{"block": format!("c{}", i - 1), "key": "out"}]);
+            }
+            block
+        })
+        .collect();
+    json!({
+        "id": "memo-bench", "name": "Memo bench", "version": "1",
+        "params": {"seed": {"default": "0"}}, "blocks": blocks
+    })
+    .to_string()
+}
+
+/// Memoized attempts: a 40-block chain of commands run anew (`--no-cache`)
+/// against the same chain answered from memos; a memo key and one lookup
+/// in a store holding a few thousand memos.
+fn bench_memo(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bench.db");
+    let store = runtime
+        .block_on(factory_store::open(db.to_str().unwrap()))
+        .unwrap();
+    let engine = Arc::new(Engine::new(
+        Arc::from(store),
+        EngineConfig {
+            max_concurrency: 0,
+            work_root: dir.path().join("work"),
+            ..EngineConfig::default()
+        },
+    ));
+    let source = command_chain(40);
+    let run = |no_cache: bool, seed: usize| {
+        let engine = engine.clone();
+        let source = source.clone();
+        async move {
+            let request = RunRequest {
+                params: std::collections::BTreeMap::from([("seed".to_string(), json!(seed))]),
+                no_cache,
+                ..RunRequest::default()
+            };
+            let doc = engine.create_run(&source, None, request).await.unwrap();
+            let (outcome, doc) = engine.drive(&doc.run_id).await.unwrap();
+            assert_eq!(outcome, Outcome::Done);
+            doc
+        }
+    };
+    // Fill the store: 50 runs of 40 blocks with another param each, 2,000
+    // memos.
+    let mut last = None;
+    for seed in 0..50 {
+        last = Some(runtime.block_on(run(false, seed)));
+    }
+    let doc = last.unwrap();
+    let report = doc.blocks["c39"]
+        .last_success()
+        .unwrap()
+        .report
+        .clone()
+        .unwrap();
+    let key = report.memo_key.clone().expect("a memoized block has a key");
+
+    let mut group = c.benchmark_group("memo");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(40));
+    group.bench_function("command_chain_40_run_anew", |b| {
+        b.to_async(&runtime).iter(|| run(true, 0))
+    });
+    group.bench_function("command_chain_40_reused", |b| {
+        b.to_async(&runtime).iter(|| async {
+            let doc = run(false, 0).await;
+            assert!(
+                doc.blocks["c39"].history[0]
+                    .report
+                    .as_ref()
+                    .unwrap()
+                    .reused
+                    .is_some()
+            );
+        })
+    });
+    group.throughput(Throughput::Elements(1));
+    group.sample_size(50);
+    group.bench_function("lookup", |b| {
+        b.to_async(&runtime).iter(|| async {
+            let hit = engine.store().memo(&key).await.unwrap();
+            assert!(hit.is_some());
+        })
+    });
+    let pipeline = factory_engine::load_pipeline(&source).unwrap();
+    let block = pipeline.block("c20").unwrap();
+    let none = std::collections::BTreeMap::new();
+    group.bench_function("key", |b| {
+        b.iter(|| {
+            factory_core::memo::memo_key(&factory_core::memo::MemoInputs {
+                template: pipeline.template(),
+                block,
+                model: None,
+                sampling: &none,
+                params: &none,
+                inputs: vec![factory_core::memo::InputHash {
+                    block: "c19",
+                    key: "out",
+                    hash: "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0",
+                }],
+                corrections: None,
+                reply_note: None,
+                files: std::collections::BTreeMap::new(),
+            })
+        })
+    });
     group.finish();
 }
 
@@ -179,5 +308,5 @@ fn bench_feedback(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench, bench_feedback);
+criterion_group!(benches, bench, bench_feedback, bench_memo);
 criterion_main!(benches);

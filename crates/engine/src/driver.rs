@@ -355,9 +355,7 @@ impl Engine {
             .join(&doc.run_id)
             .join(block_id)
             .join(format!("attempt-{attempt}"));
-        let template_dir: Option<PathBuf> = handle
-            .template_path()
-            .and_then(|p| std::path::Path::new(p).parent().map(|d| d.to_path_buf()));
+        let template_path: Option<PathBuf> = handle.template_path().map(PathBuf::from);
         let keep = self.config.keep_work_dirs;
         let llm_settings = self.config.llm.clone();
         let block_id = block_id.to_string();
@@ -381,7 +379,7 @@ impl Engine {
                     &block_id,
                     attempt,
                     attempt_dir,
-                    template_dir,
+                    template_path,
                     keep,
                     llm_settings,
                     pid_slot,
@@ -638,7 +636,7 @@ async fn run_attempt(
     block_id: &str,
     attempt: u32,
     attempt_dir: PathBuf,
-    template_dir: Option<PathBuf>,
+    template_path: Option<PathBuf>,
     keep_work_dir: bool,
     llm_settings: Option<Arc<factory_runtime::llm::LlmSettings>>,
     pid_slot: Arc<std::sync::Mutex<Option<i32>>>,
@@ -657,6 +655,9 @@ async fn run_attempt(
         .blocks
         .get(block_id)
         .ok_or_else(|| format!("block `{block_id}` has no state"))?;
+    let template_dir: Option<PathBuf> = template_path
+        .as_deref()
+        .and_then(|p| p.parent().map(|d| d.to_path_buf()));
     let located = crate::inputs::locate(store.as_ref(), doc, block).await?;
     let golden = crate::audit::read_golden(block, template_dir.as_deref());
     let memo_key = crate::memo::key(&crate::memo::KeyParts {
@@ -666,7 +667,7 @@ async fn run_attempt(
         state,
         inputs: &located,
         golden: &golden,
-        template_dir: template_dir.as_deref(),
+        template_path: template_path.as_deref(),
         llm: llm_settings.as_deref(),
     });
     let hit = match &memo_key {
@@ -691,7 +692,9 @@ async fn run_attempt(
                 let report = crate::memo::reused(hit, key, audit.map(Box::new));
                 return Ok((report, Vec::new(), None));
             }
-            Err(error) => tracing::warn!(%error, block = %block_id, "a memo's outputs cannot be read; running the block"),
+            Err(error) => {
+                tracing::warn!(%error, block = %block_id, "a memo's outputs cannot be read; running the block")
+            }
         }
     }
     let audit_inputs = inputs.clone();
@@ -935,6 +938,7 @@ fn to_report(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use factory_core::template::ArtifactFormat;
 
     /// A join copies of each upstream block only what it reads: the status
     /// and the last success's artifacts, not its audit or other attempts.

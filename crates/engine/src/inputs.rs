@@ -73,7 +73,10 @@ pub(crate) async fn read(
             if input.block == "uploads" {
                 format!("cannot read uploaded file `{}`: {error}", input.key)
             } else {
-                format!("cannot read artifact `{}.{}`: {error}", input.block, input.key)
+                format!(
+                    "cannot read artifact `{}.{}`: {error}",
+                    input.block, input.key
+                )
             }
         })?;
         inputs.push(InputArtifact {

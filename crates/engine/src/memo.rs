@@ -9,8 +9,8 @@ use factory_core::memo::{self, InputHash, MemoInputs, MemoKey, Reused};
 use factory_core::run::{AttemptReport, BlockState, RunDoc};
 use factory_core::template::{Block, Runtime};
 use factory_core::{Pipeline, transitions};
-use factory_runtime::llm::LlmSettings;
 use factory_runtime::Execution;
+use factory_runtime::llm::LlmSettings;
 use factory_store::{MemoHit, Store};
 
 use crate::inputs::InputRef;
@@ -23,7 +23,8 @@ pub(crate) struct KeyParts<'a> {
     pub state: &'a BlockState,
     pub inputs: &'a [InputRef],
     pub golden: &'a BTreeMap<String, Vec<u8>>,
-    pub template_dir: Option<&'a Path>,
+    /// The template's file; its folder holds what blocks read.
+    pub template_path: Option<&'a Path>,
     pub llm: Option<&'a LlmSettings>,
 }
 
@@ -36,7 +37,7 @@ pub(crate) fn key(parts: &KeyParts<'_>) -> Option<MemoKey> {
         state,
         inputs,
         golden,
-        template_dir,
+        template_path,
         llm,
     } = parts;
     if !memo::memoizable(block) {
@@ -76,26 +77,32 @@ pub(crate) fn key(parts: &KeyParts<'_>) -> Option<MemoKey> {
             .collect(),
         corrections: state.corrections.as_ref(),
         reply_note: state.reply_note.as_ref(),
-        files: files_read(block, golden, *template_dir),
+        files: files_read(block, golden, *template_path)?,
     }))
 }
 
-/// The template-folder files a block reads, by content hash: its SKILL.md,
-/// its golden examples, and each file its argv names through
-/// `${FACTORY_TEMPLATE_DIR}`. (A script's own imports are not followed: a
-/// block whose scripts read other files should say `execution.cache: false`
-/// or name them in its argv.)
+/// A command's folder bigger than this is not hashed for every attempt:
+/// its blocks are not memoized.
+const MAX_FOLDER_FILES: usize = 2_000;
+const MAX_FOLDER_BYTES: u64 = 64 << 20;
+
+/// The template-folder files a block reads, by content hash: an `llm`
+/// block's SKILL.md and golden examples (all the llm runtime reads); for a
+/// `command` block, which is handed the folder (`FACTORY_TEMPLATE_DIR`) and
+/// may read anything in it, every file there but the template itself (its
+/// block is in the key already) and hidden ones. `None` when the folder is
+/// too big to hash: the block is then not memoized.
 fn files_read(
     block: &Block,
     golden: &BTreeMap<String, Vec<u8>>,
-    template_dir: Option<&Path>,
-) -> BTreeMap<String, String> {
+    template_path: Option<&Path>,
+) -> Option<BTreeMap<String, String>> {
     let mut files = BTreeMap::new();
     for (key, bytes) in golden {
         files.insert(format!("golden:{key}"), memo::content_hash(bytes));
     }
-    let Some(dir) = template_dir else {
-        return files;
+    let Some(dir) = template_path.and_then(Path::parent) else {
+        return Some(files);
     };
     if let Some(skill) = block.skill.as_deref() {
         let text = factory_runtime::llm::read_skill(dir, skill).unwrap_or_default();
@@ -104,21 +111,46 @@ fn files_read(
             memo::content_hash(text.as_bytes()),
         );
     }
-    let argv = block
-        .inputs
-        .config
-        .get("command")
-        .and_then(serde_json::Value::as_array);
-    for arg in argv.into_iter().flatten().filter_map(serde_json::Value::as_str) {
-        if !arg.contains("${FACTORY_TEMPLATE_DIR}") {
+    if block.runtime == Runtime::Command {
+        files.extend(folder_files(dir, template_path)?);
+    }
+    Some(files)
+}
+
+/// Every regular file under `dir` (hidden entries and `skip` left out), by
+/// path relative to `dir`; `None` past [`MAX_FOLDER_FILES`] or
+/// [`MAX_FOLDER_BYTES`].
+fn folder_files(dir: &Path, skip: Option<&Path>) -> Option<BTreeMap<String, String>> {
+    let mut files = BTreeMap::new();
+    let mut bytes_read = 0u64;
+    let walk = walkdir::WalkDir::new(dir)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_entry(|entry| {
+            entry.depth() == 0 || !entry.file_name().to_string_lossy().starts_with('.')
+        });
+    for entry in walk.filter_map(std::result::Result::ok) {
+        if !entry.file_type().is_file() || skip.is_some_and(|s| s == entry.path()) {
             continue;
         }
-        let path = arg.replace("${FACTORY_TEMPLATE_DIR}", &dir.to_string_lossy());
-        if let Ok(bytes) = std::fs::read(&path) {
-            files.insert(format!("argv:{arg}"), memo::content_hash(&bytes));
+        let Ok(content) = std::fs::read(entry.path()) else {
+            continue;
+        };
+        bytes_read += content.len() as u64;
+        if files.len() >= MAX_FOLDER_FILES || bytes_read > MAX_FOLDER_BYTES {
+            tracing::warn!(
+                folder = %dir.display(),
+                "the template folder is too big to hash for every attempt; its command blocks are not memoized"
+            );
+            return None;
         }
+        let relative = entry.path().strip_prefix(dir).unwrap_or(entry.path());
+        files.insert(
+            format!("file:{}", relative.display()),
+            memo::content_hash(&content),
+        );
     }
-    files
+    Some(files)
 }
 
 /// The remembered attempt under `key`, unless the run or the block's pass

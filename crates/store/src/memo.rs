@@ -26,7 +26,13 @@ pub(crate) struct MemoColumns<'a> {
 impl<'a> MemoColumns<'a> {
     pub fn of(doc: &'a RunDoc, records: &[EventRecord]) -> crate::Result<MemoColumns<'a>> {
         let mut columns = MemoColumns::default();
+        let mut seen = std::collections::BTreeSet::new();
+        // One row per key: PostgreSQL refuses to upsert a row twice in one
+        // statement.
         for memo in remembered(doc, records) {
+            if !seen.insert(memo.key) {
+                continue;
+            }
             columns.keys.push(memo.key.as_str());
             columns.blocks.push(memo.block);
             columns.attempts.push(memo.attempt as i32);
@@ -40,7 +46,8 @@ impl<'a> MemoColumns<'a> {
 
 /// The latest accepted attempt for a key wins: one a person asked for anew
 /// (a retry, a `--no-cache` run) and accepted replaces the one before.
-pub(crate) const INSERT: &str = "INSERT INTO attempt_memos (memo_key, run_id, block_id, attempt, report, created_at)
+pub(crate) const INSERT: &str =
+    "INSERT INTO attempt_memos (memo_key, run_id, block_id, attempt, report, created_at)
  VALUES ($1, $2, $3, $4, $5, $6)
  ON CONFLICT (memo_key) DO UPDATE SET run_id = excluded.run_id, block_id = excluded.block_id,
      attempt = excluded.attempt, report = excluded.report, created_at = excluded.created_at";

@@ -3,7 +3,8 @@
 //! local publishing/sync service. The provider code path is the one a user
 //! with an API key takes; only the base URL differs.
 
-use std::sync::Mutex;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
 use wiremock::matchers::{method, path};
@@ -18,7 +19,8 @@ const OUTPUT_TOKENS: u64 = 200;
 /// golden examples.
 struct FakeModel {
     template: Value,
-    calls: Mutex<u64>,
+    /// The block of each call, in order.
+    calls: Arc<Mutex<Vec<String>>>,
 }
 
 impl FakeModel {
@@ -44,7 +46,24 @@ impl FakeModel {
         }
     }
 
-    fn reply(&self, block_id: &str) -> String {
+    /// An artifact's content; with corrections in the prompt a JSON object
+    /// gains a `revised` field and text a line, so the output differs.
+    fn revised(&self, block: &str, key: &str, format: &str, corrected: bool) -> String {
+        let content = self.content(block, key, format);
+        if !corrected {
+            return content;
+        }
+        match serde_json::from_str::<Value>(&content) {
+            Ok(Value::Object(mut fields)) => {
+                fields.insert("revised".into(), json!(true));
+                Value::Object(fields).to_string()
+            }
+            _ if format == "url" => format!("{}-revised", content.trim_end()),
+            _ => format!("{}\n\nRevised as the expert asked.\n", content.trim_end()),
+        }
+    }
+
+    fn reply(&self, block_id: &str, corrected: bool) -> String {
         let block = self.template["blocks"]
             .as_array()
             .unwrap()
@@ -54,10 +73,11 @@ impl FakeModel {
         let artifacts = block["outputs"]["artifacts"].as_array().unwrap();
         if artifacts.len() == 1 {
             let a = &artifacts[0];
-            return self.content(
+            return self.revised(
                 block_id,
                 a["key"].as_str().unwrap(),
                 a["format"].as_str().unwrap(),
+                corrected,
             );
         }
         artifacts
@@ -66,7 +86,7 @@ impl FakeModel {
                 let key = a["key"].as_str().unwrap();
                 format!(
                     "```artifact:{key}\n{}\n```\n",
-                    self.content(block_id, key, a["format"].as_str().unwrap())
+                    self.revised(block_id, key, a["format"].as_str().unwrap(), corrected)
                         .trim_end()
                 )
             })
@@ -85,8 +105,8 @@ impl Respond for FakeModel {
             .and_then(|rest| rest.split('`').next())
             .expect("the task names the block")
             .to_string();
-        *self.calls.lock().unwrap() += 1;
-        let text = self.reply(&block);
+        self.calls.lock().unwrap().push(block.clone());
+        let text = self.reply(&block, user.contains("EXPERT CORRECTIONS"));
         let events = [
             json!({"type": "message_start", "message": {"model": body["model"], "usage": {"input_tokens": INPUT_TOKENS, "output_tokens": 1}}}),
             json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}),
@@ -103,107 +123,148 @@ impl Respond for FakeModel {
     }
 }
 
-#[test]
-fn the_whole_clone_factory_runs_against_a_local_provider() {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let server = runtime.block_on(MockServer::start());
-    let template: Value = serde_json::from_str(
-        &std::fs::read_to_string(repo_root().join("templates/clone-factory.json")).unwrap(),
-    )
-    .unwrap();
-    runtime.block_on(async {
-        Mock::given(method("POST")).and(path("/v1/messages")).respond_with(FakeModel { template, calls: Mutex::new(0) }).mount(&server).await;
-        Mock::given(method("POST")).and(path("/sync")).respond_with(ResponseTemplate::new(200).set_body_string("https://notebook.example.test/marisol-vega")).mount(&server).await;
-        Mock::given(method("POST"))
-            .and(path("/publish"))
-            .respond_with(ResponseTemplate::new(200).set_body_json(json!({"publish-manifest": {"pages": 4}, "live-url": "https://marisol.example.test"})))
-            .mount(&server)
-            .await;
-    });
+/// The local model, sync and publishing services.
+struct Services {
+    /// Serves the mocks; kept for as long as the services are used.
+    _runtime: tokio::runtime::Runtime,
+    server: MockServer,
+    calls: Arc<Mutex<Vec<String>>>,
+    dir: tempfile::TempDir,
+}
 
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("factory.db");
-    let env = |command: &mut assert_cmd::Command| {
-        command
-            .env("ANTHROPIC_BASE_URL", server.uri())
-            .env("ANTHROPIC_API_KEY", "sk-e2e-test")
-            .env("MASTERYOS_SYNC_URL", format!("{}/sync", server.uri()))
-            .env("PUBLISH_URL", format!("{}/publish", server.uri()))
-            .env("FACTORY_WORK_DIR", dir.path().join("work"))
-            .current_dir(dir.path());
-    };
-    let template = repo_root().join("templates/clone-factory.json");
-    let mut run = factory(&db);
-    env(&mut run);
-    let output = run
-        .args([
-            "run",
-            template.to_str().unwrap(),
-            "-p",
-            "expert_name=Marisol Vega",
-            "--retry-backoff-ms",
-            "10",
-            "--quiet",
-        ])
-        .output()
+impl Services {
+    fn start() -> Services {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let server = runtime.block_on(MockServer::start());
+        let template: Value = serde_json::from_str(
+            &std::fs::read_to_string(repo_root().join("templates/clone-factory.json")).unwrap(),
+        )
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let run_id = String::from_utf8(output.stdout).unwrap().trim().to_string();
-
-    // Gates, through the CLI: reject the framework once, then approve everything.
-    let mut rejected = false;
-    let mut gates = Vec::new();
-    for _ in 0..20 {
-        let doc = status_json(&db, &run_id);
-        if doc["status"] == "done" {
-            break;
-        }
-        assert_eq!(
-            doc["status"],
-            "waiting",
-            "{}",
-            serde_json::to_string_pretty(&doc["blocks"]).unwrap()
-        );
-        let waiting: Vec<String> = doc["blocks"]
-            .as_object()
-            .unwrap()
-            .iter()
-            .filter(|(_, s)| s["status"] == "waiting")
-            .map(|(id, _)| id.clone())
-            .collect();
-        for block in waiting {
-            let mut command = factory(&db);
-            env(&mut command);
-            if block == "expert-framework-creator" && !rejected {
-                rejected = true;
-                command.args([
-                    "reject",
-                    &run_id,
-                    &block,
-                    "--feedback",
-                    "Name the 42 Percent Anchor explicitly",
-                    "--retry-backoff-ms",
-                    "10",
-                    "--quiet",
-                ]);
-            } else {
-                gates.push(block.clone());
-                command.args([
-                    "approve",
-                    &run_id,
-                    &block,
-                    "--retry-backoff-ms",
-                    "10",
-                    "--quiet",
-                ]);
-            }
-            command.assert().success();
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let model = FakeModel {
+            template,
+            calls: calls.clone(),
+        };
+        runtime.block_on(async {
+            Mock::given(method("POST")).and(path("/v1/messages")).respond_with(model).mount(&server).await;
+            Mock::given(method("POST")).and(path("/sync")).respond_with(ResponseTemplate::new(200).set_body_string("https://notebook.example.test/marisol-vega")).mount(&server).await;
+            Mock::given(method("POST"))
+                .and(path("/publish"))
+                .respond_with(ResponseTemplate::new(200).set_body_json(json!({"publish-manifest": {"pages": 4}, "live-url": "https://marisol.example.test"})))
+                .mount(&server)
+                .await;
+        });
+        Services {
+            _runtime: runtime,
+            server,
+            calls,
+            dir: tempfile::tempdir().unwrap(),
         }
     }
+
+    fn db(&self) -> std::path::PathBuf {
+        self.dir.path().join("factory.db")
+    }
+
+    /// `factory` against the local services.
+    fn factory(&self) -> assert_cmd::Command {
+        let mut command = factory(&self.db());
+        command
+            .env("ANTHROPIC_BASE_URL", self.server.uri())
+            .env("ANTHROPIC_API_KEY", "sk-e2e-test")
+            .env("MASTERYOS_SYNC_URL", format!("{}/sync", self.server.uri()))
+            .env("PUBLISH_URL", format!("{}/publish", self.server.uri()))
+            .env("FACTORY_WORK_DIR", self.dir.path().join("work"))
+            .current_dir(self.dir.path());
+        command
+    }
+
+    /// Starts a run of clone-factory for Marisol Vega (`extra` arguments
+    /// added) and returns its id.
+    fn run(&self, extra: &[&str]) -> String {
+        let template = repo_root().join("templates/clone-factory.json");
+        let output = self
+            .factory()
+            .args([
+                "run",
+                template.to_str().unwrap(),
+                "-p",
+                "expert_name=Marisol Vega",
+                "--retry-backoff-ms",
+                "10",
+                "--quiet",
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap().trim().to_string()
+    }
+
+    /// Decides every gate through the CLI until the run is done: rejects
+    /// each block of `rejections` once with its feedback, approves the
+    /// rest. Returns the approved gates in order.
+    fn settle(&self, run_id: &str, rejections: &[(&str, &str)]) -> Vec<String> {
+        let db = self.db();
+        let mut rejected = BTreeSet::new();
+        let mut gates = Vec::new();
+        for _ in 0..20 {
+            let doc = status_json(&db, run_id);
+            if doc["status"] == "done" {
+                return gates;
+            }
+            assert_eq!(
+                doc["status"],
+                "waiting",
+                "{}",
+                serde_json::to_string_pretty(&doc["blocks"]).unwrap()
+            );
+            let waiting: Vec<String> = doc["blocks"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .filter(|(_, s)| s["status"] == "waiting")
+                .map(|(id, _)| id.clone())
+                .collect();
+            for block in waiting {
+                let mut command = self.factory();
+                match rejections.iter().find(|(b, _)| *b == block) {
+                    Some((_, feedback)) if rejected.insert(block.clone()) => {
+                        command.args(["reject", run_id, &block, "--feedback", feedback]);
+                    }
+                    _ => {
+                        gates.push(block.clone());
+                        command.args(["approve", run_id, &block]);
+                    }
+                }
+                command
+                    .args(["--retry-backoff-ms", "10", "--quiet"])
+                    .assert()
+                    .success();
+            }
+        }
+        panic!("run {run_id} did not finish: {}", status_json(&db, run_id));
+    }
+}
+
+#[test]
+fn the_whole_clone_factory_runs_against_a_local_provider() {
+    let services = Services::start();
+    let db = services.db();
+    let run_id = services.run(&[]);
+
+    // Gates, through the CLI: reject the framework once, then approve everything.
+    let gates = services.settle(
+        &run_id,
+        &[(
+            "expert-framework-creator",
+            "Name the 42 Percent Anchor explicitly",
+        )],
+    );
     let doc = status_json(&db, &run_id);
     assert_eq!(doc["status"], "done");
     assert_eq!(
@@ -289,5 +350,147 @@ fn the_whole_clone_factory_runs_against_a_local_provider() {
         String::from_utf8(live.stdout).unwrap(),
         "https://marisol.example.test"
     );
-    drop(runtime);
+}
+
+/// The llm blocks of clone-factory that read an artifact of a review page
+/// (a `review-page` builtin: its page and link are the run's own).
+fn readers_of_review_pages() -> Vec<String> {
+    let template: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("templates/clone-factory.json")).unwrap(),
+    )
+    .unwrap();
+    let blocks = template["blocks"].as_array().unwrap();
+    let pages: BTreeSet<&str> = blocks
+        .iter()
+        .filter(|b| b["inputs"]["config"]["builtin"] == "review-page")
+        .map(|b| b["id"].as_str().unwrap())
+        .collect();
+    let mut readers: Vec<String> = blocks
+        .iter()
+        .filter(|b| b["runtime"] == "llm")
+        .filter(|b| {
+            b["inputs"]["depends"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|d| pages.contains(d["block"].as_str().unwrap()))
+        })
+        .map(|b| b["id"].as_str().unwrap().to_string())
+        .collect();
+    readers.sort();
+    readers
+}
+
+/// The blocks of clone-factory downstream of `block` (itself included).
+fn downstream_of(block: &str) -> BTreeSet<String> {
+    let template: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("templates/clone-factory.json")).unwrap(),
+    )
+    .unwrap();
+    let mut found = BTreeSet::from([block.to_string()]);
+    loop {
+        let more: Vec<String> = template["blocks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|b| !found.contains(b["id"].as_str().unwrap()))
+            .filter(|b| {
+                b["inputs"]["depends"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|d| found.contains(d["block"].as_str().unwrap()))
+            })
+            .map(|b| b["id"].as_str().unwrap().to_string())
+            .collect();
+        if more.is_empty() {
+            return found;
+        }
+        found.extend(more);
+    }
+}
+
+#[test]
+fn a_second_run_calls_the_model_only_for_what_a_rejection_changed() {
+    let services = Services::start();
+    let db = services.db();
+    let first = services.run(&[]);
+    services.settle(&first, &[]);
+    let first_calls = services.calls.lock().unwrap().len();
+    assert!(
+        first_calls >= 21,
+        "one call or more per llm block: {first_calls}"
+    );
+
+    // The same run again: every llm block is answered from the first run's
+    // accepted attempts, but those that read a review page, whose link is
+    // the run's own (so their input did change).
+    let same = services.run(&[]);
+    services.settle(&same, &[]);
+    let mut again: Vec<String> = services.calls.lock().unwrap()[first_calls..].to_vec();
+    again.sort();
+    assert_eq!(
+        again,
+        readers_of_review_pages(),
+        "a second identical run's calls"
+    );
+    let first_calls = first_calls + again.len();
+    let doc = status_json(&db, &same);
+    let reused = &doc["blocks"]["voice-extractor"]["history"][0]["report"]["reused"];
+    assert_eq!(reused["run_id"], first.as_str(), "{reused}");
+    assert_eq!(reused["block"], "voice-extractor");
+    assert!(
+        doc["blocks"]["voice-extractor"]["history"][0]["report"]
+            .get("llm")
+            .is_none()
+    );
+
+    // Another run with voice-extractor stopping at a gate, where it is
+    // rejected: its corrections go to the model, its new output is new
+    // input for what depends on it, and nothing else calls.
+    let second = services.run(&["--set-autonomy", "voice-extractor=gate"]);
+    services.settle(
+        &second,
+        &[("voice-extractor", "Warmer, and shorter sentences")],
+    );
+    let calls: Vec<String> = services.calls.lock().unwrap()[first_calls..].to_vec();
+    let called: BTreeSet<String> = calls.iter().cloned().collect();
+    assert_eq!(
+        calls.iter().filter(|b| *b == "voice-extractor").count(),
+        1,
+        "{calls:?}"
+    );
+    let downstream = downstream_of("voice-extractor");
+    assert!(
+        called.is_subset(&downstream),
+        "{called:?} outside {downstream:?}"
+    );
+    for direct in ["clone-compiler", "gap-analyzer"] {
+        assert!(called.contains(direct), "{direct} did not call: {calls:?}");
+    }
+    let doc = status_json(&db, &second);
+    for (id, state) in doc["blocks"].as_object().unwrap() {
+        let last = state["history"].as_array().unwrap().last().unwrap();
+        let llm = last["report"].get("llm").is_some();
+        let was_reused = last["report"].get("reused").is_some();
+        if called.contains(id) {
+            assert!(llm && !was_reused, "{id}: {last}");
+        } else if !downstream.contains(id)
+            && state["history"][0]["report"].get("memo_key").is_some()
+        {
+            assert!(was_reused && !llm, "{id} should have been reused: {last}");
+        }
+    }
+    // The prompt of a reused attempt is the one its source sent.
+    let soul = sent_prompt(&db, &second, "soul-extractor", 1);
+    assert_eq!(soul, sent_prompt(&db, &first, "soul-extractor", 1));
+    // Status says so.
+    let status = services
+        .factory()
+        .args(["status", &second])
+        .output()
+        .unwrap();
+    let status = String::from_utf8(status.stdout).unwrap();
+    assert!(status.contains("[reused: run "), "{status}");
+    assert!(status.contains("memo: "), "{status}");
 }

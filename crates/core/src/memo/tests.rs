@@ -140,7 +140,10 @@ fn a_builtin_asked_to_be_memoized_is_refused_with_the_field() {
         .collect();
     assert_eq!(
         found,
-        [("TPL0030".to_string(), "$.blocks[0].execution.cache".to_string())]
+        [(
+            "TPL0030".to_string(),
+            "$.blocks[0].execution.cache".to_string()
+        )]
     );
 }
 
@@ -205,7 +208,10 @@ fn only_the_accepted_attempt_of_a_block_made_done_is_remembered() {
             "b",
             vec![attempt(1, AttemptOutcome::Succeeded, Some("kb"), true)],
         ),
-        ("c", vec![attempt(1, AttemptOutcome::Succeeded, None, false)]),
+        (
+            "c",
+            vec![attempt(1, AttemptOutcome::Succeeded, None, false)],
+        ),
         (
             "d",
             vec![attempt(1, AttemptOutcome::Succeeded, Some("kd"), false)],
@@ -277,7 +283,10 @@ fn the_order_keys_are_written_in_does_not_change_the_key() {
     ]);
     let reordered = BTreeMap::from([
         ("b".to_string(), json!(2)),
-        ("a".to_string(), serde_json::from_str::<Value>(r#"{"y": 2, "x": 1}"#).unwrap()),
+        (
+            "a".to_string(),
+            serde_json::from_str::<Value>(r#"{"y": 2, "x": 1}"#).unwrap(),
+        ),
     ]);
     let sampling = BTreeMap::new();
     assert_eq!(

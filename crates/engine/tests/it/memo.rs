@@ -89,9 +89,18 @@ async fn a_second_identical_run_reuses_what_the_first_made(h: Harness) {
         let report = attempt.report.as_ref().unwrap();
         assert_eq!(
             report.artifacts,
-            first.blocks[block].last_success().unwrap().report.as_ref().unwrap().artifacts
+            first.blocks[block]
+                .last_success()
+                .unwrap()
+                .report
+                .as_ref()
+                .unwrap()
+                .artifacts
         );
-        assert!(report.audit.is_some(), "a reused attempt is audited in its own run");
+        assert!(
+            report.audit.is_some(),
+            "a reused attempt is audited in its own run"
+        );
     }
     assert_eq!(artifact(&h, &second, "b", "out").await, "TIDES");
 
@@ -146,7 +155,12 @@ async fn a_block_that_opts_out_always_runs() {
     assert_eq!(runs(&h), ["a", "b", "b"]);
     assert!(reused(&second, "a").is_some());
     assert!(reused(&second, "b").is_none());
-    let report = second.blocks["b"].last_success().unwrap().report.as_ref().unwrap();
+    let report = second.blocks["b"]
+        .last_success()
+        .unwrap()
+        .report
+        .as_ref()
+        .unwrap();
     assert!(report.memo_key.is_none());
 }
 
@@ -158,11 +172,7 @@ async fn an_attempt_a_person_rejected_is_never_reused() {
         params: BTreeMap::from([("topic".to_string(), json!("tides"))]),
         ..RunRequest::default()
     };
-    let first = h
-        .engine
-        .create_run(&source, None, request())
-        .await
-        .unwrap();
+    let first = h.engine.create_run(&source, None, request()).await.unwrap();
     let (outcome, _) = drive(&h, &first.run_id).await;
     assert_eq!(outcome, Outcome::Waiting);
     h.engine
@@ -179,31 +189,41 @@ async fn an_attempt_a_person_rejected_is_never_reused() {
     // The first attempt of `b` (no corrections) was rejected, so a new run
     // has nothing to reuse for it; the corrected one is remembered under
     // the corrections it was made with.
-    let second = h
-        .engine
-        .create_run(&source, None, request())
-        .await
-        .unwrap();
+    let second = h.engine.create_run(&source, None, request()).await.unwrap();
     let (outcome, doc) = drive(&h, &second.run_id).await;
     assert_eq!(outcome, Outcome::Waiting);
     assert_eq!(runs(&h), ["a", "b", "b", "b"]);
     assert!(reused(&doc, "a").is_some());
-    assert!(doc.blocks["b"].history[0].report.as_ref().unwrap().reused.is_none());
+    assert!(
+        doc.blocks["b"].history[0]
+            .report
+            .as_ref()
+            .unwrap()
+            .reused
+            .is_none()
+    );
 }
 
 #[tokio::test]
-async fn a_changed_script_in_the_template_folder_is_another_input() {
+async fn a_changed_file_in_the_template_folder_is_another_input() {
     let h = sqlite().await;
     let folder = h.dir.path().join("tpl");
     std::fs::create_dir_all(&folder).unwrap();
     let log = h.dir.path().join("runs.log");
     std::fs::write(
         folder.join("step.sh"),
-        format!("echo a >> {}; echo one > \"$FACTORY_OUTPUT_DIR/out.txt\"\n", log.display()),
+        format!(
+            "echo a >> {}; echo one > \"$FACTORY_OUTPUT_DIR/out.txt\"\n",
+            log.display()
+        ),
     )
     .unwrap();
     let source = template(
-        vec![sh("a", "", json!({"inputs": {"config": {"command": ["sh", "${FACTORY_TEMPLATE_DIR}/step.sh"]}}}))],
+        vec![sh(
+            "a",
+            "",
+            json!({"inputs": {"config": {"command": ["sh", "${FACTORY_TEMPLATE_DIR}/step.sh"]}}}),
+        )],
         json!({}),
     );
     let path = folder.join("pipeline.json");
@@ -219,7 +239,10 @@ async fn a_changed_script_in_the_template_folder_is_another_input() {
     assert_eq!(runs(&h), ["a"]);
     std::fs::write(
         folder.join("step.sh"),
-        format!("echo a >> {}; echo two > \"$FACTORY_OUTPUT_DIR/out.txt\"\n", log.display()),
+        format!(
+            "echo a >> {}; echo two > \"$FACTORY_OUTPUT_DIR/out.txt\"\n",
+            log.display()
+        ),
     )
     .unwrap();
     let doc = h
@@ -230,4 +253,24 @@ async fn a_changed_script_in_the_template_folder_is_another_input() {
     let (_, doc) = drive(&h, &doc.run_id).await;
     assert_eq!(runs(&h), ["a", "a"]);
     assert_eq!(artifact(&h, &doc, "a", "out").await, "two\n");
+
+    // A data file the script might read is an input too; the template's
+    // own file (its blocks are in the key already) and hidden files are not.
+    std::fs::write(folder.join(".notes"), "scratch").unwrap();
+    std::fs::write(&path, format!("{source}\n")).unwrap();
+    run_at(&h, &source, &path).await;
+    assert_eq!(runs(&h), ["a", "a"]);
+    std::fs::create_dir_all(folder.join("data")).unwrap();
+    std::fs::write(folder.join("data/corpus.txt"), "words").unwrap();
+    run_at(&h, &source, &path).await;
+    assert_eq!(runs(&h), ["a", "a", "a"]);
+}
+
+async fn run_at(h: &Harness, source: &str, path: &std::path::Path) {
+    let doc = h
+        .engine
+        .create_run(source, Some(path), RunRequest::default())
+        .await
+        .unwrap();
+    drive(h, &doc.run_id).await;
 }

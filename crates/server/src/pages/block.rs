@@ -316,6 +316,7 @@ async fn outputs(
                         @let current = selected.is_some_and(|s| s.n == a.n);
                         a class=(if current { "attempt current" } else { "attempt" }) href={(base) "?attempt=" (a.n)} {
                             "#" (a.n) " " (outcome_words(a.outcome))
+                            @if a.report.as_ref().is_some_and(|r| r.reused.is_some()) { " (reused)" }
                             @if let Some(end) = a.ended_at { " · " (render::duration(end.saturating_sub(a.started_at).max(0) as u64)) }
                         } " "
                     }
@@ -324,6 +325,12 @@ async fn outputs(
                     @if let Some(why) = &attempt.why { p.why { "Attempt " (attempt.n) ": " (why) } }
                     @if let Some(report) = &attempt.report {
                         @if let Some(error) = &report.error { p.error { (error) } }
+                        @if let Some(from) = &report.reused {
+                            p.reused { "Reused: nothing ran and no call was made. These are the accepted outputs of "
+                                a href={"/runs/" (from.run_id) "/blocks/" (from.block) "?attempt=" (from.attempt)} { "run " (from.run_id) ", attempt " (from.attempt) }
+                                ", made from the same inputs (memoized attempts); audited again here. "
+                                "Retry the block to run it anew." }
+                        }
                         @if let Some(audit) = &report.audit { (render::audit(audit)) }
                         @if let Some(llm) = &report.llm {
                             p.muted { "LLM " (llm.provider) ":" (llm.model) " · " (llm.input_tokens) " in / " (llm.output_tokens) " out tokens"

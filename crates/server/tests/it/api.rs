@@ -516,19 +516,21 @@ async fn bad_requests_get_clear_4xx_errors() {
         .await
         .unwrap();
     assert_eq!(response.status(), 415);
-    // A run's own concurrency limit is kept in its document.
+    // A run's own concurrency limit, and that it runs every block anew,
+    // are kept in its document.
     let (s, created) = t
         .call(
             Method::POST,
             "/api/v1/runs",
             "operator",
             Some(
-                json!({"template": "review-demo", "params": {"title": "x"}, "max_concurrency": 2}),
+                json!({"template": "review-demo", "params": {"title": "x"}, "max_concurrency": 2, "no_cache": true}),
             ),
         )
         .await;
     assert_eq!(s, 201, "{created}");
     assert_eq!(created["max_concurrency"], 2, "{created}");
+    assert_eq!(created["no_cache"], true, "{created}");
 
     // Approving twice: the second is a 409, and the store is unchanged by it.
     t.wait_for(&run, "draft waiting", |d| {

@@ -778,6 +778,55 @@ async fn the_offline_example_shows_its_graph_timeline_and_logs() {
     assert_eq!(s, 404, "only stdout and stderr");
     screenshot(c, "block-logs").await;
 
+    // The same run again: the summary is answered from the first run's
+    // accepted attempt, and its page says where from.
+    let again = t
+        .start_run(
+            template["id"].as_str().unwrap(),
+            json!({"title": "Two Cities"}),
+        )
+        .await;
+    t.wait_for(&again, "the summary's gate", |d| d["status"] == "waiting")
+        .await;
+    let (s, body) = t
+        .call(
+            Method::POST,
+            &format!("/api/v1/runs/{again}/blocks/summarize/approve"),
+            "reviewer",
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let doc = t
+        .wait_for(&again, "the second run to end", |d| d["status"] == "done")
+        .await;
+    assert_eq!(
+        doc["blocks"]["summarize"]["history"][0]["report"]["reused"]["run_id"],
+        run.as_str()
+    );
+    let page = format!("/runs/{again}/blocks/summarize");
+    c.goto(&t.url(&page)).await.unwrap();
+    until(
+        c,
+        "the reused attempt's note",
+        "return document.querySelector('#outputs p.reused') !== null;",
+    )
+    .await;
+    let link = c
+        .execute(
+            "return document.querySelector('#outputs p.reused a').getAttribute('href');",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        link,
+        json!(format!("/runs/{run}/blocks/summarize?attempt=1")),
+        "links to the attempt it came from"
+    );
+    assert!(text_of(c, "#outputs p.attempts").await.contains("(reused)"));
+    screenshot(c, "reused-attempt").await;
+
     b.client.clone().close().await.unwrap();
 }
 

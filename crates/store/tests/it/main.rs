@@ -2,6 +2,7 @@
 //! fresh PostgreSQL database on the real server.
 
 mod event_feed;
+mod memos;
 mod stream_records;
 
 use std::sync::Arc;
@@ -1133,6 +1134,7 @@ async fn suite(store: Arc<dyn Store>) {
     budgets_are_spent_together(store.clone()).await;
     stream_records::contract(store.clone()).await;
     event_feed::contract(store.clone()).await;
+    memos::contract(store.as_ref()).await;
 }
 
 /// A shared budget (tokens per minute): spenders racing for it are admitted
