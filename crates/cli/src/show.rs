@@ -153,7 +153,7 @@ pub fn summary(doc: &RunDoc, template_order: &[String]) -> String {
     if reused > 0 {
         let _ = writeln!(
             out,
-            "memo: {reused} attempt{} reused an earlier run's accepted outputs (nothing ran, no call made)",
+            "memo: {reused} attempt{} reused the outputs of an earlier accepted attempt (nothing ran, no call made)",
             if reused == 1 { "" } else { "s" }
         );
     }

@@ -6,10 +6,10 @@
 //!
 //! The key ([`memo_key`]) is a SHA-256 over: the template's id and its
 //! corrections instruction; the block's definition without what only
-//! describes or governs it (`name`, `layer`, `description`, `timeout`,
-//! `trigger`, `execution`, `audit`); the model the block uses in this run;
-//! the run's sampling and params; the hashes of the upstream artifacts and
-//! uploaded files it reads; the corrections and reply note it is given; and
+//! places or governs it (`layer`, `timeout`, `trigger`, `execution`,
+//! `audit`); for an `llm` block the model it uses in this run and the run's
+//! sampling; the run's params; the upstream artifacts and uploaded files it
+//! reads (content hash, path, format); the corrections and reply note it is given; and
 //! the contents of the template-folder files it reads (an `llm` block's
 //! SKILL.md and golden examples; for a `command` block, which is handed the
 //! folder, every file in it). The run id and the attempt number are not part
@@ -33,16 +33,10 @@ use crate::template::{Block, Runtime, Template};
 /// Bumped when what goes into a key changes, so old memos stop matching.
 const KEY_VERSION: &str = "memo-1";
 
-/// Block fields that do not change what the block produces.
-const NOT_IN_KEY: &[&str] = &[
-    "name",
-    "layer",
-    "description",
-    "timeout",
-    "trigger",
-    "execution",
-    "audit",
-];
+/// Block fields that do not change what the block produces (`name` and
+/// `description` do: an llm prompt names the block, and without a skill the
+/// description is its instruction).
+const NOT_IN_KEY: &[&str] = &["layer", "timeout", "trigger", "execution", "audit"];
 
 /// A memo's address: lowercase hex SHA-256.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -86,12 +80,15 @@ pub fn memoizable(block: &Block) -> bool {
 }
 
 /// One input artifact an attempt reads: its upstream block (or `uploads`),
-/// key and content hash.
+/// key, content hash, and the path and format it is handed over with (a
+/// command reads it under its path; a prompt labels it by format).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct InputHash<'a> {
     pub block: &'a str,
     pub key: &'a str,
     pub hash: &'a str,
+    pub path: &'a str,
+    pub format: crate::template::ArtifactFormat,
 }
 
 /// Everything that determines a block's output, as the engine gathers it
@@ -100,7 +97,9 @@ pub struct InputHash<'a> {
 pub struct MemoInputs<'a> {
     pub template: &'a Template,
     pub block: &'a Block,
+    /// The model an `llm` block uses (None for other runtimes).
     pub model: Option<&'a str>,
+    /// The run's sampling (only `llm` blocks read it).
     pub sampling: &'a BTreeMap<String, Value>,
     pub params: &'a BTreeMap<String, Value>,
     pub inputs: Vec<InputHash<'a>>,
@@ -132,7 +131,7 @@ pub fn memo_key(inputs: &MemoInputs<'_>) -> MemoKey {
         "corrections_instruction": inputs.template.corrections_instruction(),
         "block": block,
         "model": inputs.model,
-        "sampling": inputs.sampling,
+        "sampling": (inputs.block.runtime == Runtime::Llm).then_some(inputs.sampling),
         "params": inputs.params,
         "inputs": inputs.inputs,
         "corrections": corrections,

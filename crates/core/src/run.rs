@@ -355,8 +355,9 @@ pub struct BlockState {
     pub reply_note: Option<ReplyNote>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub decisions: Vec<GateDecision>,
-    /// A person asked for this pass to run anew (a retry): no memo stands
-    /// in for its attempts. Set and cleared by each reset.
+    /// A person asked for this pass to run anew (a retry, a gate
+    /// rejection): no memo stands in for its attempts. Set by a rejection,
+    /// set or cleared by each reset.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub fresh: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -1289,6 +1290,9 @@ impl RunDoc {
                 state.corrections = Some(corrections.clone());
                 state.reply_note = None;
                 state.retries_used = 0;
+                // A person asked for new work: no memo answers it, even one
+                // made from the same words of feedback in another run.
+                state.fresh = true;
                 // Rejected before it ran: the reviewer has spoken for this pass,
                 // so the block runs with the corrections instead of waiting again.
                 state.before_gate_passed = true;

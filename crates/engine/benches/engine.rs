@@ -201,6 +201,8 @@ fn bench_memo(c: &mut Criterion) {
                     block: "c19",
                     key: "out",
                     hash: "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0",
+                    path: "out.json",
+                    format: factory_core::template::ArtifactFormat::Json,
                 }],
                 corrections: None,
                 reply_note: None,

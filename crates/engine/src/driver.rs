@@ -669,7 +669,8 @@ async fn run_attempt(
         golden: &golden,
         template_path: template_path.as_deref(),
         llm: llm_settings.as_deref(),
-    });
+    })
+    .await;
     let hit = match &memo_key {
         Some(key) => crate::memo::look_up(store.as_ref(), doc, state, key).await,
         None => None,

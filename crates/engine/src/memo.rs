@@ -28,8 +28,9 @@ pub(crate) struct KeyParts<'a> {
     pub llm: Option<&'a LlmSettings>,
 }
 
-/// The attempt's memo key; `None` when the block is not memoized.
-pub(crate) fn key(parts: &KeyParts<'_>) -> Option<MemoKey> {
+/// The attempt's memo key; `None` when the block is not memoized. The
+/// template folder is read on a blocking thread.
+pub(crate) async fn key(parts: &KeyParts<'_>) -> Option<MemoKey> {
     let KeyParts {
         pipeline,
         doc,
@@ -43,24 +44,33 @@ pub(crate) fn key(parts: &KeyParts<'_>) -> Option<MemoKey> {
     if !memo::memoizable(block) {
         return None;
     }
-    let asked = transitions::effective_model(
-        pipeline.template(),
-        block,
-        &doc.models,
-        doc.default_model.as_deref(),
-    );
-    // An llm block's model as the provider is asked for it: an alias that
-    // now points elsewhere is another model.
-    let model = match (block.runtime, llm) {
-        (Runtime::Llm, Some(settings)) => {
-            let (asked, provider, id) = settings.target(asked);
-            Some(match provider {
-                Some(provider) => format!("{provider}:{id}"),
-                None => asked,
-            })
-        }
-        _ => asked.map(str::to_string),
+    let files = {
+        let (block, golden) = ((*block).clone(), (*golden).clone());
+        let path = template_path.map(Path::to_path_buf);
+        tokio::task::spawn_blocking(move || files_read(&block, &golden, path.as_deref()))
+            .await
+            .ok()??
     };
+    // An llm block's model as the provider is asked for it: an alias that
+    // now points elsewhere is another model. Other runtimes use none.
+    let model = (block.runtime == Runtime::Llm).then(|| {
+        let asked = transitions::effective_model(
+            pipeline.template(),
+            block,
+            &doc.models,
+            doc.default_model.as_deref(),
+        );
+        match llm {
+            Some(settings) => {
+                let (asked, provider, id) = settings.target(asked);
+                match provider {
+                    Some(provider) => format!("{provider}:{id}"),
+                    None => asked,
+                }
+            }
+            None => asked.unwrap_or_default().to_string(),
+        }
+    });
     Some(memo::memo_key(&MemoInputs {
         template: pipeline.template(),
         block,
@@ -73,11 +83,13 @@ pub(crate) fn key(parts: &KeyParts<'_>) -> Option<MemoKey> {
                 block: &input.block,
                 key: &input.key,
                 hash: &input.hash,
+                path: &input.path,
+                format: input.format,
             })
             .collect(),
         corrections: state.corrections.as_ref(),
         reply_note: state.reply_note.as_ref(),
-        files: files_read(block, golden, *template_path)?,
+        files,
     }))
 }
 
@@ -86,12 +98,24 @@ pub(crate) fn key(parts: &KeyParts<'_>) -> Option<MemoKey> {
 const MAX_FOLDER_FILES: usize = 2_000;
 const MAX_FOLDER_BYTES: u64 = 64 << 20;
 
+/// Names of SQLite database files, left out of a folder's hash.
+const SQLITE_FILES: &[&str] = &[
+    ".db",
+    ".db-wal",
+    ".db-shm",
+    ".db-journal",
+    ".sqlite",
+    ".sqlite3",
+];
+
 /// The template-folder files a block reads, by content hash: an `llm`
 /// block's SKILL.md and golden examples (all the llm runtime reads); for a
 /// `command` block, which is handed the folder (`FACTORY_TEMPLATE_DIR`) and
-/// may read anything in it, every file there but the template itself (its
-/// block is in the key already) and hidden ones. `None` when the folder is
-/// too big to hash: the block is then not memoized.
+/// may read anything in it, every file there (symbolic links followed) but
+/// the template itself (its block is in the key already), hidden ones and
+/// SQLite databases (a store kept beside the template changes with every
+/// commit). `None` when the folder is too big to hash: the block is then
+/// not memoized.
 fn files_read(
     block: &Block,
     golden: &BTreeMap<String, Vec<u8>>,
@@ -124,26 +148,35 @@ fn folder_files(dir: &Path, skip: Option<&Path>) -> Option<BTreeMap<String, Stri
     let mut files = BTreeMap::new();
     let mut bytes_read = 0u64;
     let walk = walkdir::WalkDir::new(dir)
+        .follow_links(true)
         .sort_by_file_name()
         .into_iter()
         .filter_entry(|entry| {
             entry.depth() == 0 || !entry.file_name().to_string_lossy().starts_with('.')
         });
+    let too_big = || {
+        tracing::warn!(
+            folder = %dir.display(),
+            "the template folder is too big to hash for every attempt; its command blocks are not memoized"
+        );
+        None
+    };
     for entry in walk.filter_map(std::result::Result::ok) {
-        if !entry.file_type().is_file() || skip.is_some_and(|s| s == entry.path()) {
+        let name = entry.file_name().to_string_lossy();
+        if !entry.file_type().is_file()
+            || skip.is_some_and(|s| s == entry.path())
+            || SQLITE_FILES.iter().any(|ext| name.ends_with(ext))
+        {
             continue;
+        }
+        let size = entry.metadata().map(|m| m.len()).unwrap_or_default();
+        if files.len() >= MAX_FOLDER_FILES || bytes_read + size > MAX_FOLDER_BYTES {
+            return too_big();
         }
         let Ok(content) = std::fs::read(entry.path()) else {
             continue;
         };
         bytes_read += content.len() as u64;
-        if files.len() >= MAX_FOLDER_FILES || bytes_read > MAX_FOLDER_BYTES {
-            tracing::warn!(
-                folder = %dir.display(),
-                "the template folder is too big to hash for every attempt; its command blocks are not memoized"
-            );
-            return None;
-        }
         let relative = entry.path().strip_prefix(dir).unwrap_or(entry.path());
         files.insert(
             format!("file:{}", relative.display()),
@@ -154,15 +187,18 @@ fn folder_files(dir: &Path, skip: Option<&Path>) -> Option<BTreeMap<String, Stri
 }
 
 /// The remembered attempt under `key`, unless the run or the block's pass
-/// asked for fresh work. A store that cannot answer is no hit: the block
-/// runs.
+/// asked for fresh work, or this is an automatic retry. A store that cannot
+/// answer is no hit: the block runs.
 pub(crate) async fn look_up(
     store: &dyn Store,
     doc: &RunDoc,
     state: &BlockState,
     key: &MemoKey,
 ) -> Option<MemoHit> {
-    if doc.no_cache || state.fresh {
+    // Only a pass's first attempt: an automatic retry follows an attempt
+    // this pass did not accept (a threshold missed, an unusable reply),
+    // which may have been this very memo.
+    if doc.no_cache || state.fresh || state.retries_used > 0 {
         return None;
     }
     match store.memo(key).await {

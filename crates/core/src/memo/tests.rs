@@ -42,6 +42,8 @@ fn inputs<'a>(
             block: "up",
             key: "notes",
             hash: "aa",
+            path: "notes.md",
+            format: crate::template::ArtifactFormat::Md,
         }],
         corrections: None,
         reply_note: None,
@@ -69,6 +71,9 @@ fn the_key_changes_with_what_decides_the_output_and_only_with_that() {
     let mut changed = inputs(&t, &params, &sampling);
     changed.inputs[0].hash = "bb";
     assert_ne!(base, memo_key(&changed));
+    let mut changed = inputs(&t, &params, &sampling);
+    changed.inputs[0].path = "renamed.md";
+    assert_ne!(base, memo_key(&changed), "a command reads it by its path");
     let mut changed = inputs(&t, &params, &sampling);
     changed
         .files
@@ -102,12 +107,19 @@ fn the_key_changes_with_what_decides_the_output_and_only_with_that() {
     let mut edited = t.clone();
     edited.blocks[0].skill = Some("other".into());
     assert_ne!(base, memo_key(&inputs(&edited, &params, &sampling)));
+    let mut governed = t.clone();
+    governed.blocks[0].layer = "L9".into();
+    governed.blocks[0].execution.max_retries = 7;
+    governed.blocks[0].timeout = 5;
+    assert_eq!(base, memo_key(&inputs(&governed, &params, &sampling)));
+    // The name is in the prompt; without a skill, the description is the
+    // instruction.
+    let mut renamed = t.clone();
+    renamed.blocks[0].name = "A nicer name".into();
+    assert_ne!(base, memo_key(&inputs(&renamed, &params, &sampling)));
     let mut described = t.clone();
-    described.blocks[0].name = "A nicer name".into();
     described.blocks[0].description = Some("Writes".into());
-    described.blocks[0].execution.max_retries = 7;
-    described.blocks[0].timeout = 5;
-    assert_eq!(base, memo_key(&inputs(&described, &params, &sampling)));
+    assert_ne!(base, memo_key(&inputs(&described, &params, &sampling)));
     // Another template's block with the same definition does not share.
     let mut elsewhere = t.clone();
     elsewhere.id = "t2".into();
@@ -292,5 +304,17 @@ fn the_order_keys_are_written_in_does_not_change_the_key() {
     assert_eq!(
         memo_key(&inputs(&t, &params, &sampling)),
         memo_key(&inputs(&t, &reordered, &sampling))
+    );
+}
+
+#[test]
+fn a_command_block_does_not_depend_on_the_runs_sampling() {
+    let t = template("command", None);
+    let params = BTreeMap::new();
+    let none = BTreeMap::new();
+    let hot = BTreeMap::from([("temperature".to_string(), json!(0.9))]);
+    assert_eq!(
+        memo_key(&inputs(&t, &params, &none)),
+        memo_key(&inputs(&t, &params, &hot))
     );
 }

@@ -202,6 +202,63 @@ async fn an_attempt_a_person_rejected_is_never_reused() {
             .reused
             .is_none()
     );
+
+    // Rejected again with the very words that led to the first run's
+    // accepted attempt: a person asked for new work, so it runs.
+    h.engine
+        .reject(&second.run_id, "b", "Louder, please")
+        .await
+        .unwrap();
+    let (_, doc) = drive(&h, &second.run_id).await;
+    assert_eq!(doc.blocks["b"].status, BlockStatus::Waiting);
+    assert_eq!(runs(&h), ["a", "b", "b", "b", "b"]);
+    assert!(
+        doc.blocks["b"].history[1]
+            .report
+            .as_ref()
+            .unwrap()
+            .reused
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn a_reused_attempt_that_misses_a_raised_threshold_is_retried_by_running() {
+    let h = sqlite().await;
+    let log = h.dir.path().join("runs.log");
+    let block = |threshold: Option<u32>| {
+        let mut extra = json!({
+            "outputs": {"metrics": [{"key": "quality", "type": "percent"}]},
+            "execution": {"max_retries": 1}
+        });
+        if let Some(min) = threshold {
+            extra["execution"]["threshold"] = json!({"metric": "quality", "min": min});
+        }
+        sh(
+            "a",
+            &format!(
+                r#"echo a >> {}; echo text > "$FACTORY_OUTPUT_DIR/out.txt"; echo '{{"quality": 50}}' > "$FACTORY_OUTPUT_DIR/metrics.json""#,
+                log.display()
+            ),
+            extra,
+        )
+    };
+    let lenient = template(vec![block(None)], json!({}));
+    let doc = start(&h, &lenient, &[]).await;
+    let (outcome, _) = drive(&h, &doc.run_id).await;
+    assert_eq!(outcome, Outcome::Done);
+
+    // The bar is raised (execution is not in the key): the first attempt is
+    // the memo, which misses it; the retry runs the block.
+    let strict = template(vec![block(Some(80))], json!({}));
+    let doc = start(&h, &strict, &[]).await;
+    let (outcome, doc) = drive(&h, &doc.run_id).await;
+    assert_eq!(outcome, Outcome::Failed);
+    let history = &doc.blocks["a"].history;
+    assert_eq!(history.len(), 2, "{history:#?}");
+    assert!(history[0].report.as_ref().unwrap().reused.is_some());
+    assert!(history[1].report.as_ref().unwrap().reused.is_none());
+    assert_eq!(runs(&h), ["a", "a"]);
 }
 
 #[tokio::test]
@@ -255,8 +312,10 @@ async fn a_changed_file_in_the_template_folder_is_another_input() {
     assert_eq!(artifact(&h, &doc, "a", "out").await, "two\n");
 
     // A data file the script might read is an input too; the template's
-    // own file (its blocks are in the key already) and hidden files are not.
+    // own file (its blocks are in the key already), hidden files and a
+    // SQLite store kept beside it are not.
     std::fs::write(folder.join(".notes"), "scratch").unwrap();
+    std::fs::write(folder.join("factory.db-wal"), "a store's journal").unwrap();
     std::fs::write(&path, format!("{source}\n")).unwrap();
     run_at(&h, &source, &path).await;
     assert_eq!(runs(&h), ["a", "a"]);

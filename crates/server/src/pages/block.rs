@@ -329,7 +329,7 @@ async fn outputs(
                             p.reused { "Reused: nothing ran and no call was made. These are the accepted outputs of "
                                 a href={"/runs/" (from.run_id) "/blocks/" (from.block) "?attempt=" (from.attempt)} { "run " (from.run_id) ", attempt " (from.attempt) }
                                 ", made from the same inputs (memoized attempts); audited again here. "
-                                "Retry the block to run it anew." }
+                                "Reject it at its gate, or retry the block, to run it anew." }
                         }
                         @if let Some(audit) = &report.audit { (render::audit(audit)) }
                         @if let Some(llm) = &report.llm {

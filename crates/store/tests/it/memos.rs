@@ -70,7 +70,7 @@ pub(super) async fn contract(store: &dyn Store) {
     finish(store, "run-memo-1", report("k-memo-1", 1), Vec::new()).await;
     assert_eq!(store.memo(&key).await.unwrap(), None);
 
-    // Done: remembered with its report (no audit kept).
+    // Done: remembered with its report.
     finish(
         store,
         "run-memo-2",
