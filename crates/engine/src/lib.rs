@@ -173,6 +173,16 @@ pub struct Engine {
     intake: std::sync::Mutex<Option<tokio::sync::mpsc::Sender<stream::Pending>>>,
 }
 
+/// The folder of a template file: what its blocks read lives there. A file
+/// named without a folder (`t.json`, run from its own folder) has the empty
+/// path as its parent, which names no folder: the current one is meant.
+fn template_folder(path: &std::path::Path) -> Option<std::path::PathBuf> {
+    std::path::absolute(path)
+        .ok()?
+        .parent()
+        .map(std::path::Path::to_path_buf)
+}
+
 pub fn now_ms() -> Millis {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -318,7 +328,8 @@ impl Engine {
         request: &RunRequest,
     ) -> Result<Vec<String>> {
         let pipeline = handle::cached_pipeline(template_source)?;
-        let template_dir = template_path.and_then(|p| p.parent());
+        let template_dir = template_path.and_then(template_folder);
+        let template_dir = template_dir.as_deref();
         let mut problems =
             llm_problems(&pipeline, request, template_dir, self.config.llm.as_deref());
         let missing = audit::missing_golden(&pipeline, template_dir);
@@ -346,7 +357,8 @@ impl Engine {
         if pipeline.stream().is_some() {
             return Err(EngineError::StreamTemplate(pipeline.template().id.clone()));
         }
-        let template_dir = template_path.and_then(|p| p.parent());
+        let template_dir = template_path.and_then(template_folder);
+        let template_dir = template_dir.as_deref();
         let problems = llm_problems(
             &pipeline,
             &request,

@@ -273,6 +273,32 @@ pub(super) fn run_on_local(
     )
 }
 
+/// `factory run t.json` from the template's own folder finds its skills
+/// (the file's parent is the empty path; it once named no folder, and every
+/// llm block was refused with "skill : No such file or directory").
+#[test]
+fn a_template_named_without_its_folder_finds_its_skills() {
+    let dir = tempfile::tempdir().unwrap();
+    let template = write_template(dir.path());
+    let output = factory(&dir.path().join("factory.db"))
+        .env("FACTORY_LLM_BASE_URL", "http://127.0.0.1:9/v1")
+        .env("FACTORY_LLM_MODEL", "tiny")
+        .current_dir(dir.path())
+        .args([
+            "run",
+            template.file_name().unwrap().to_str().unwrap(),
+            "--no-run",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!String::from_utf8(output.stdout).unwrap().trim().is_empty());
+}
+
 #[test]
 fn a_run_on_a_one_slot_local_server_set_up_with_two_variables() {
     let (fake, url) = FakeLlama::start(2_048, Duration::from_millis(250));
