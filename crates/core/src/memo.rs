@@ -9,16 +9,19 @@
 //! places or governs it (`layer`, `timeout`, `trigger`, `execution`,
 //! `audit`); for an `llm` block the model it uses in this run and the run's
 //! sampling; the run's params; the upstream artifacts and uploaded files it
-//! reads (content hash, path, format); the corrections and reply note it is given; and
-//! the contents of the template-folder files it reads (an `llm` block's
-//! SKILL.md and golden examples; for a `command` block, which is handed the
-//! folder, every file in it). The run id and the attempt number are not part
+//! reads (content hash, path, format); the corrections and reply note it is
+//! given; and the contents of the template-folder files it reads (an `llm`
+//! block's SKILL.md and golden examples; for a `command` block, which is
+//! handed the folder, every file in it). The run id and the attempt number are not part
 //! of it: a block whose output depends on them, or on anything else outside
 //! the key (the clock, the network, files elsewhere), must say
 //! `execution.cache: false`.
 //!
 //! Only an attempt whose block reached `done` is remembered ([`remembered`]):
-//! one a person rejected, or the audit retried, never stands in for another.
+//! one a person rejected, or a threshold sent back, never stands in for
+//! another. And only the first attempt of a block's pass may be answered
+//! from a memo, unless the run says `no_cache` or a person asked for the
+//! pass (a retry, a rejection): see `BlockState::fresh`.
 
 use std::collections::BTreeMap;
 use std::fmt;
