@@ -29,7 +29,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::run::{Event, EventRecord, GatePhase, RunDoc};
+use crate::run::{Event, EventRecord, RunDoc};
 use crate::stream::settle::RecordEvent;
 
 pub const RUN_CREATED: &str = "run.created";
@@ -121,6 +121,10 @@ impl BusEvent {
 pub fn run_events(doc: &RunDoc, records: &[EventRecord]) -> Vec<BusEvent> {
     let mut out = Vec::new();
     for record in records {
+        if let Some(block) = record.event.done_block() {
+            out.push(BusEvent::of_block(BLOCK_DONE, doc, block));
+            continue;
+        }
         match &record.event {
             Event::RunCreated { params, .. } => out.push(BusEvent::of_run(RUN_CREATED, doc).with(
                 "params",
@@ -129,12 +133,6 @@ pub fn run_events(doc: &RunDoc, records: &[EventRecord]) -> Vec<BusEvent> {
             Event::RunStatusChanged { status } if status.is_terminal() => {
                 out.push(BusEvent::of_run(RUN_FINISHED, doc).with("status", status.as_str()))
             }
-            Event::BlockDone { block }
-            | Event::GateApproved {
-                block,
-                phase: GatePhase::After,
-                ..
-            } => out.push(BusEvent::of_block(BLOCK_DONE, doc, block)),
             Event::BlockFailed { block, error } => {
                 out.push(BusEvent::of_block(BLOCK_FAILED, doc, block).with("error", error.clone()))
             }

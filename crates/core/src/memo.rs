@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::run::{AttemptReport, Corrections, Event, EventRecord, GatePhase, ReplyNote, RunDoc};
+use crate::run::{AttemptReport, Corrections, EventRecord, ReplyNote, RunDoc};
 use crate::template::{Block, Runtime, Template};
 
 /// Bumped when what goes into a key changes, so old memos stop matching.
@@ -183,14 +183,8 @@ pub struct Memo<'a> {
 pub fn remembered<'a>(doc: &'a RunDoc, records: &[EventRecord]) -> Vec<Memo<'a>> {
     let mut out = Vec::new();
     for record in records {
-        let block = match &record.event {
-            Event::BlockDone { block }
-            | Event::GateApproved {
-                block,
-                phase: GatePhase::After,
-                ..
-            } => block,
-            _ => continue,
+        let Some(block) = record.event.done_block() else {
+            continue;
         };
         let Some((id, state)) = doc.blocks.get_key_value(block) else {
             continue;

@@ -899,6 +899,20 @@ pub enum Event {
 }
 
 impl Event {
+    /// The block this event makes `done`: on its own (`block_done`) or
+    /// through its after-gate (`gate_approved`, after).
+    pub fn done_block(&self) -> Option<&str> {
+        match self {
+            Event::BlockDone { block }
+            | Event::GateApproved {
+                block,
+                phase: GatePhase::After,
+                ..
+            } => Some(block),
+            _ => None,
+        }
+    }
+
     /// The block the event concerns, if any.
     pub fn block(&self) -> Option<&str> {
         match self {

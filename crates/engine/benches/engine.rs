@@ -13,7 +13,9 @@ use factory_core::transitions::RunRequest;
 use factory_engine::{Engine, EngineConfig, Outcome, fixtures};
 use serde_json::{Value, json};
 
-fn bench(c: &mut Criterion) {
+/// A multi-threaded runtime and an engine without a concurrency limit on a
+/// fresh SQLite file in `dir` (kept for as long as the engine is used).
+fn sqlite_engine() -> (tokio::runtime::Runtime, tempfile::TempDir, Arc<Engine>) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -31,6 +33,11 @@ fn bench(c: &mut Criterion) {
             ..EngineConfig::default()
         },
     ));
+    (runtime, dir, engine)
+}
+
+fn bench(c: &mut Criterion) {
+    let (runtime, _dir, engine) = sqlite_engine();
 
     let mut group = c.benchmark_group("engine_sqlite_noop");
     group.sample_size(10);
@@ -111,23 +118,7 @@ fn command_chain(n: usize) -> String {
 /// against the same chain answered from memos; a memo key and one lookup
 /// in a store holding a few thousand memos.
 fn bench_memo(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("bench.db");
-    let store = runtime
-        .block_on(factory_store::open(db.to_str().unwrap()))
-        .unwrap();
-    let engine = Arc::new(Engine::new(
-        Arc::from(store),
-        EngineConfig {
-            max_concurrency: 0,
-            work_root: dir.path().join("work"),
-            ..EngineConfig::default()
-        },
-    ));
+    let (runtime, _dir, engine) = sqlite_engine();
     let source = command_chain(40);
     let run = |no_cache: bool, seed: usize| {
         let engine = engine.clone();

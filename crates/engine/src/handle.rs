@@ -250,15 +250,8 @@ impl RunHandle {
     ) -> Result<Vec<factory_core::bus::BusEvent>> {
         let mut out = Vec::new();
         for record in records {
-            // Done: on its own, or through its after-gate.
-            let block = match &record.event {
-                Event::BlockDone { block }
-                | Event::GateApproved {
-                    block,
-                    phase: factory_core::run::GatePhase::After,
-                    ..
-                } => block,
-                _ => continue,
+            let Some(block) = record.event.done_block() else {
+                continue;
             };
             let Some(spec) = self.pipeline.block(block) else {
                 continue;

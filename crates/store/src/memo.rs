@@ -52,18 +52,17 @@ pub(crate) const INSERT: &str =
  ON CONFLICT (memo_key) DO UPDATE SET run_id = excluded.run_id, block_id = excluded.block_id,
      attempt = excluded.attempt, report = excluded.report, created_at = excluded.created_at";
 
-pub(crate) const LOOKUP: &str =
-    "SELECT run_id, block_id, attempt, report FROM attempt_memos WHERE memo_key = $1";
+/// The attempt read as a BIGINT on both backends, so both read one row type
+/// ([`LookedUp`]).
+pub(crate) const LOOKUP: &str = "SELECT run_id, block_id, CAST(attempt AS BIGINT), report FROM attempt_memos WHERE memo_key = $1";
+
+/// A row of [`LOOKUP`]: run, block, attempt, report.
+pub(crate) type LookedUp = (String, String, i64, String);
 
 /// A looked-up row, parsed; a report that no longer parses is no hit.
-pub(crate) fn hit(
-    key: &MemoKey,
-    run_id: String,
-    block_id: String,
-    attempt: i64,
-    report: &str,
-) -> Option<MemoHit> {
-    match serde_json::from_str(report) {
+pub(crate) fn hit(key: &MemoKey, row: LookedUp) -> Option<MemoHit> {
+    let (run_id, block_id, attempt, report) = row;
+    match serde_json::from_str(&report) {
         Ok(report) => Some(MemoHit {
             run_id,
             block_id,

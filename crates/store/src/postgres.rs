@@ -269,19 +269,11 @@ impl Store for PostgresStore {
     }
 
     async fn memo(&self, key: &factory_core::memo::MemoKey) -> Result<Option<crate::MemoHit>> {
-        let row = sqlx::query(crate::memo::LOOKUP)
+        let row = sqlx::query_as::<_, crate::memo::LookedUp>(crate::memo::LOOKUP)
             .bind(key.as_str())
             .fetch_optional(&self.pool)
             .await?;
-        Ok(row.and_then(|row| {
-            crate::memo::hit(
-                key,
-                row.get("run_id"),
-                row.get("block_id"),
-                row.get::<i32, _>("attempt").into(),
-                row.get("report"),
-            )
-        }))
+        Ok(row.and_then(|row| crate::memo::hit(key, row)))
     }
 
     async fn events(&self, run_id: &str, after_seq: u64) -> Result<Vec<EventRecord>> {

@@ -1,7 +1,9 @@
 use serde_json::json;
 
 use super::*;
-use crate::run::{Attempt, AttemptOutcome, BlockState, CorrectionItem, RunStatus};
+use crate::run::{
+    Attempt, AttemptOutcome, BlockState, CorrectionItem, Event, GatePhase, RunStatus,
+};
 use crate::template::Autonomy;
 use crate::validate_value;
 

@@ -3,7 +3,7 @@
 //! finds it; the latest accepted attempt for a key wins.
 
 use factory_core::memo::{MemoKey, Reused};
-use factory_core::run::{AttemptOutcome, AttemptReport, Event, RunDoc};
+use factory_core::run::{AttemptOutcome, AttemptReport, Event};
 
 use super::*;
 
@@ -18,12 +18,7 @@ fn report(key: &str, words: u64) -> AttemptReport {
 }
 
 /// Runs block `a` of `run_id` once, finishing with `report`, then `done`.
-async fn finish(
-    store: &dyn Store,
-    run_id: &str,
-    report: AttemptReport,
-    done: Vec<Event>,
-) -> RunDoc {
+async fn finish(store: &dyn Store, run_id: &str, report: AttemptReport, done: Vec<Event>) {
     let mut doc = create(store, run_id).await;
     let steps = vec![
         vec![
@@ -55,7 +50,6 @@ async fn finish(
         let records = commit(&mut doc, events, "test", 2_000 + n as i64).unwrap();
         store.commit(run_id, version, &records, &doc).await.unwrap();
     }
-    doc
 }
 
 pub(super) async fn contract(store: &dyn Store) {
