@@ -133,6 +133,17 @@ pub fn describe(record: &EventRecord, run_id: &str) -> Option<String> {
         ),
         Event::ReviewFlagged { block } => format!("⚑ {block} flagged for optional review (guided)"),
         Event::BlockReset { block, reason, .. } => format!("↺ {block} reset: {reason}"),
+        Event::BlockExpanded { block, instances } => {
+            let shown: Vec<&str> = instances.iter().take(6).map(|i| i.key.as_str()).collect();
+            let more = instances.len().saturating_sub(shown.len());
+            let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+            format!(
+                "⑃ {block} fans out into {} instances: {}{more}",
+                instances.len(),
+                shown.join(", ")
+            )
+        }
+        Event::GroupDone { block, reason } => format!("✔ {block} done ({reason})"),
         Event::AutonomyChanged { block, autonomy } => {
             format!("{block} autonomy is now {} for this run", autonomy.as_str())
         }

@@ -79,9 +79,10 @@ pub async fn run(
     }
 
     // Not sent yet: assemble what would be sent now.
-    let Some(pipeline) = factory_core::validate_str(&stored.template_json).pipeline else {
+    let Some(base) = factory_core::validate_str(&stored.template_json).pipeline else {
         bail!("the run's stored template no longer validates");
     };
+    let pipeline = base.for_run(&stored.doc).unwrap_or(base);
     let Some(block) = pipeline.block(block_id) else {
         bail!(user_error(format!(
             "block `{block_id}` is not in the template"
@@ -97,21 +98,19 @@ pub async fn run(
     };
     let mut upstream = Vec::new();
     for dep in &block.inputs.depends {
-        let artifact = stored
-            .doc
-            .blocks
-            .get(&dep.block)
-            .and_then(|s| s.last_success())
-            .and_then(|a| a.report.as_ref())
-            .and_then(|r| r.artifacts.get(&dep.key));
-        match artifact {
-            Some(artifact) => upstream.push(UpstreamText {
-                block: dep.block.clone(),
-                key: dep.key.clone(),
-                format: artifact.format,
-                text: String::from_utf8_lossy(&store.get_blob(&artifact.hash).await?).into_owned(),
-            }),
-            None => eprintln!(
+        match stored.doc.dependency_artifacts(&dep.block, &dep.key) {
+            Ok(found) => {
+                for (from, artifact) in found {
+                    let text = store.get_blob(&artifact.hash).await?;
+                    upstream.push(UpstreamText {
+                        block: from,
+                        key: dep.key.clone(),
+                        format: artifact.format,
+                        text: String::from_utf8_lossy(&text).into_owned(),
+                    });
+                }
+            }
+            Err(_) => eprintln!(
                 "note: upstream `{}.{}` has not been produced yet; it is left out",
                 dep.block, dep.key
             ),
@@ -131,6 +130,7 @@ pub async fn run(
         corrections: state.corrections.as_ref(),
         reply_note: state.reply_note.as_ref(),
         shape: factory_runtime::llm::reply_shape(settings, block, model),
+        item: state.instance.as_ref(),
     });
     match recorded.filter(|_| running) {
         Some(a) => eprintln!(

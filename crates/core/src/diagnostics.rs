@@ -146,4 +146,5 @@ pub mod codes {
     pub const NOT_SUPPORTED_YET: &str = "TPL0028";
     pub const STREAM: &str = "TPL0029";
     pub const CACHE: &str = "TPL0030";
+    pub const FAN_OUT: &str = "TPL0031";
 }

@@ -401,33 +401,23 @@ pub fn route(
     }
     let from = doc.version;
     let label = format!("v{from}→v{}", from + 1);
-    let mut reset: BTreeSet<usize> = BTreeSet::new();
-    for id in &order {
-        if let Some(i) = pipeline.index_of(id) {
-            reset.insert(i);
-            reset.extend(pipeline.descendants(i));
-        }
-    }
+    let targets_at: Vec<usize> = order.iter().filter_map(|id| pipeline.index_of(id)).collect();
     // Resets first: a reset starts a new pass and clears old corrections, so
     // the new ones are routed after it.
     let mut events = Vec::new();
-    for &i in pipeline.topo_order() {
-        if !reset.contains(&i) {
-            continue;
-        }
+    for (i, regroup) in pipeline.reset_plan(&targets_at) {
         let id = &pipeline.blocks()[i].id;
-        let status = doc
+        let state = doc
             .blocks
             .get(id)
-            .map(|s| s.status)
             .ok_or_else(|| TransitionError::UnknownBlock(id.clone()))?;
-        if status == BlockStatus::Running {
+        if state.status == BlockStatus::Running {
             return Err(TransitionError::DependentRunning {
                 block: router.to_string(),
                 dependent: id.clone(),
             });
         }
-        if status == BlockStatus::Pending {
+        if !crate::transitions::needs_reset(state, regroup) {
             continue;
         }
         events.push(Event::BlockReset {
@@ -438,6 +428,7 @@ pub fn route(
                 format!("upstream of it is re-running with corrections {label}")
             },
             fresh: false,
+            regroup,
         });
     }
     events.push(Event::CorrectionsRouted {

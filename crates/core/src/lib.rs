@@ -11,6 +11,7 @@
 pub mod bus;
 pub mod consensus;
 pub mod diagnostics;
+pub mod fan_out;
 pub mod feedback;
 pub mod llm_options;
 pub mod memo;

@@ -110,6 +110,8 @@ pub struct MemoInputs<'a> {
     pub reply_note: Option<&'a ReplyNote>,
     /// Template-folder files the block reads: relative path → content hash.
     pub files: BTreeMap<String, String>,
+    /// An instance of a fan-out block: its item.
+    pub item: Option<&'a Value>,
 }
 
 /// The memo key of an attempt with these inputs.
@@ -128,7 +130,7 @@ pub fn memo_key(inputs: &MemoInputs<'_>) -> MemoKey {
             "items": c.items.iter().map(|item| json!([item.finding, item.correction, item.priority])).collect::<Vec<_>>(),
         })
     });
-    let material = json!({
+    let mut material = json!({
         "v": KEY_VERSION,
         "template": inputs.template.id,
         "corrections_instruction": inputs.template.corrections_instruction(),
@@ -141,6 +143,10 @@ pub fn memo_key(inputs: &MemoInputs<'_>) -> MemoKey {
         "reply_note": inputs.reply_note,
         "files": inputs.files,
     });
+    // Only where there is one, so keys made before fan-out existed hold.
+    if let (Some(item), Value::Object(fields)) = (inputs.item, &mut material) {
+        fields.insert("item".to_string(), item.clone());
+    }
     let mut hasher = Sha256::new();
     hasher.update(canonical(material).to_string().as_bytes());
     MemoKey(hex::encode(hasher.finalize()))

@@ -21,12 +21,28 @@ pub struct Pipeline {
     stream: Option<crate::stream::StreamPlan>,
     /// Blocks whose trigger starts runs (dag-batch templates only).
     starters: Vec<crate::starter::Starter>,
+    /// How many blocks the template has; instances come after them.
+    base_len: usize,
+    /// Expanded fan-out blocks → their instances (their only upstream).
+    members: BTreeMap<usize, Vec<usize>>,
+    /// Instance → its fan-out block.
+    group_of: BTreeMap<usize, usize>,
 }
 
 impl Pipeline {
     /// Builds the graph. Callers must have checked ids and references; a cycle
     /// is reported as the path of block ids that closes it.
     pub(crate) fn build(template: Template) -> Result<Pipeline, Vec<String>> {
+        Pipeline::build_with(template, BTreeMap::new())
+    }
+
+    /// [`Pipeline::build`], where each of `members`' fan-out blocks waits
+    /// for its instances instead of its declared dependencies (which its
+    /// instances wait for).
+    fn build_with(
+        template: Template,
+        members: BTreeMap<usize, Vec<usize>>,
+    ) -> Result<Pipeline, Vec<String>> {
         let index: BTreeMap<String, usize> = template
             .blocks
             .iter()
@@ -38,15 +54,27 @@ impl Pipeline {
         let mut downstream = vec![Vec::new(); n];
         for (i, block) in template.blocks.iter().enumerate() {
             let mut seen = BTreeSet::new();
-            for dep in &block.inputs.depends {
-                if let Some(&j) = index.get(&dep.block)
-                    && seen.insert(j)
-                {
+            let declared = block
+                .inputs
+                .depends
+                .iter()
+                .filter_map(|dep| index.get(&dep.block).copied());
+            let from: Vec<usize> = match members.get(&i) {
+                Some(instances) => instances.clone(),
+                None => declared.collect(),
+            };
+            for j in from {
+                if seen.insert(j) {
                     upstream[i].push(j);
                     downstream[j].push(i);
                 }
             }
         }
+        let group_of = members
+            .iter()
+            .flat_map(|(&g, instances)| instances.iter().map(move |&m| (m, g)))
+            .collect();
+        let base_len = n - members.values().map(Vec::len).sum::<usize>();
         let layer_rank = layer_ranks(&template);
         let topo = match toposort(&upstream, &downstream, &layer_rank) {
             Ok(order) => order,
@@ -67,7 +95,96 @@ impl Pipeline {
             topo,
             stream,
             starters,
+            base_len,
+            members,
+            group_of,
         })
+    }
+
+    /// The run's graph: this template's, with each fan-out block the run
+    /// has expanded followed by its instances (`<block>[<key>]`, copies of
+    /// the block). None when the run has expanded nothing, so the
+    /// template's own pipeline serves.
+    pub fn for_run(&self, doc: &crate::run::RunDoc) -> Option<Pipeline> {
+        let base = &self.template.blocks[..self.base_len];
+        let expanded: Vec<(usize, &Vec<String>)> = base
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.fan_out.is_some())
+            .filter_map(|(i, b)| Some((i, doc.blocks.get(&b.id)?.instances.as_ref()?)))
+            .collect();
+        if expanded.is_empty() {
+            return None;
+        }
+        let mut template = self.template.clone();
+        template.blocks.truncate(self.base_len);
+        let mut members = BTreeMap::new();
+        for (g, keys) in expanded {
+            let group = &base[g];
+            let mut instances = Vec::with_capacity(keys.len());
+            for key in keys {
+                let mut block = group.clone();
+                block.id = crate::run::instance_id(&group.id, key);
+                block.name = format!("{} [{key}]", group.name);
+                block.fan_out = None;
+                instances.push(template.blocks.len());
+                template.blocks.push(block);
+            }
+            members.insert(g, instances);
+        }
+        // Instances copy a block of a valid graph and add only edges into
+        // their group: no cycle can appear.
+        Pipeline::build_with(template, members).ok()
+    }
+
+    /// For an expanded fan-out block: its instances.
+    pub fn members(&self, i: usize) -> Option<&[usize]> {
+        self.members.get(&i).map(Vec::as_slice)
+    }
+
+    /// For an instance: its fan-out block.
+    pub fn group_of(&self, i: usize) -> Option<usize> {
+        self.group_of.get(&i).copied()
+    }
+
+    /// The blocks a reset of `targets` resets — the targets and everything
+    /// downstream of them — in topological order, each with whether it is a
+    /// fan-out block to expand anew: one that is a target itself, or whose
+    /// declared dependencies (where its list comes from) are reset. Such a
+    /// block's instances are reset with it, flagged the same way (they leave
+    /// the graph until it expands again). Retrying one instance resets
+    /// its group (it waits again) without expanding it anew.
+    pub fn reset_plan(&self, targets: &[usize]) -> Vec<(usize, bool)> {
+        let mut set: BTreeSet<usize> = targets.iter().copied().collect();
+        for &t in targets {
+            set.extend(self.descendants(t));
+        }
+        let mut regroup = BTreeSet::new();
+        for &i in &set {
+            let block = &self.template.blocks[i];
+            if block.fan_out.is_none() {
+                continue;
+            }
+            let declared_reset = block
+                .inputs
+                .depends
+                .iter()
+                .filter_map(|d| self.index_of(&d.block))
+                .any(|u| set.contains(&u));
+            if targets.contains(&i) || declared_reset {
+                regroup.insert(i);
+            }
+        }
+        for g in regroup.clone() {
+            let members = self.members(g).unwrap_or_default();
+            set.extend(members);
+            regroup.extend(members);
+        }
+        self.topo
+            .iter()
+            .filter(|i| set.contains(i))
+            .map(|&i| (i, regroup.contains(&i)))
+            .collect()
     }
 
     pub fn template(&self) -> &Template {

@@ -65,6 +65,8 @@ pub struct PromptInputs<'a> {
     pub reply_note: Option<&'a ReplyNote>,
     /// How the reply must carry the artifacts.
     pub shape: ReplyShape,
+    /// For an instance of a fan-out block: the item it runs for.
+    pub item: Option<&'a crate::run::InstanceOf>,
 }
 
 /// How a reply carries a block's artifacts.
@@ -169,6 +171,18 @@ pub fn assemble(inputs: &PromptInputs<'_>) -> Prompt {
                 .map_or_else(|| value.to_string(), str::to_string);
             let _ = writeln!(task, "- {name}: {text}");
         }
+    }
+    if let Some(item) = inputs.item {
+        let text = item
+            .item
+            .as_str()
+            .map_or_else(|| serde_json::to_string_pretty(&item.item).unwrap_or_default(), str::to_string);
+        let _ = write!(
+            task,
+            "\n## Your item: `{}`\nThis block runs once for each item of a list; this run is for this item only. Work on it alone; the other items are handled by other runs of the block.\n{}\n",
+            item.key,
+            text.trim_end()
+        );
     }
     let config: Vec<(&String, &Value)> = block
         .inputs
@@ -700,6 +714,7 @@ mod tests {
             corrections: None,
             reply_note: None,
             shape: ReplyShape::Plain,
+            item: None,
         });
         let b = assemble(&PromptInputs {
             block: &voice,
@@ -709,6 +724,7 @@ mod tests {
             corrections: None,
             reply_note: None,
             shape: ReplyShape::Plain,
+            item: None,
         });
         assert!(a.system[0].cacheable);
         assert_eq!(a.system[0], b.system[0], "byte-identical cacheable prefix");
@@ -755,6 +771,7 @@ mod tests {
             corrections: Some(&corrections),
             reply_note: None,
             shape: ReplyShape::Plain,
+            item: None,
         });
         let last = &prompt.user.last().unwrap().text;
         assert!(last.starts_with("## EXPERT CORRECTIONS (MUST APPLY)\nIMPORTANT: apply\n"));
@@ -825,6 +842,7 @@ mod tests {
             corrections: None,
             reply_note: Some(&note),
             shape: ReplyShape::Plain,
+            item: None,
         });
         let last = &prompt.user.last().unwrap().text;
         assert!(last.starts_with("## YOUR PREVIOUS REPLY COULD NOT BE USED\nThe reply to attempt 2 could not be used because artifact `soul-json` is not valid JSON: trailing comma"), "{last}");
@@ -945,6 +963,7 @@ mod tests {
             corrections: None,
             reply_note: None,
             shape: ReplyShape::Plain,
+            item: None,
         });
         let text = &prompt.system[0].text;
         assert!(

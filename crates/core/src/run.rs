@@ -360,8 +360,53 @@ pub struct BlockState {
     /// set or cleared by each reset.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub fresh: bool,
+    /// A fan-out block expanded in the current pass: its instances' keys,
+    /// in list order. None until it expands, and again after a reset that
+    /// changes its list's source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instances: Option<Vec<String>>,
+    /// Set on an instance of a fan-out block: which group, which item.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<InstanceOf>,
+    /// An instance out of the run: its group let go of its expansion (it
+    /// expands anew) and has not listed its item again. Kept with its
+    /// attempts, out of the run's graph and counts.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dropped: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<Attempt>,
+}
+
+/// What makes an instance of a fan-out block itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceOf {
+    /// The fan-out block, as the template names it.
+    pub group: String,
+    pub key: String,
+    /// The list item, verbatim.
+    pub item: Value,
+}
+
+/// One item of a fan-out block's list, with the key naming its instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Instance {
+    /// [`instance_id`] of the group and key (kept, so the event names every
+    /// block it changes).
+    pub id: String,
+    pub key: String,
+    pub item: Value,
+}
+
+/// An instance's block id: `<group>[<key>]`. Template block ids cannot
+/// contain brackets, so an instance never shares an id with a block.
+pub fn instance_id(group: &str, key: &str) -> String {
+    format!("{group}[{key}]")
+}
+
+/// The template block a block id stands for: the id itself, or for an
+/// instance (`<group>[<key>]`) its group's.
+pub fn group_id(id: &str) -> &str {
+    id.split_once('[').map_or(id, |(group, _)| group)
 }
 
 impl BlockState {
@@ -384,6 +429,9 @@ impl BlockState {
             reply_note: None,
             decisions: Vec::new(),
             fresh: false,
+            instances: None,
+            instance: None,
+            dropped: false,
             history: Vec::new(),
         }
     }
@@ -438,6 +486,9 @@ impl BlockState {
             reply_note,
             decisions,
             fresh,
+            instances,
+            instance,
+            dropped,
             history: _,
         } = self;
         BlockHead {
@@ -458,6 +509,9 @@ impl BlockState {
             reply_note,
             decisions,
             fresh: *fresh,
+            instances,
+            instance,
+            dropped: *dropped,
         }
     }
 
@@ -508,6 +562,12 @@ pub struct BlockHead<'a> {
     decisions: &'a Vec<GateDecision>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     fresh: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    instances: &'a Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    instance: &'a Option<InstanceOf>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    dropped: bool,
 }
 
 /// The text of a block's state from its head's JSON object and its attempts'
@@ -663,6 +723,34 @@ pub struct RunHeader<'a> {
 }
 
 impl RunDoc {
+    /// What a dependency on `block`'s artifact `key` reads, by the block
+    /// that made it: the block's last successful attempt's artifact, or for
+    /// an expanded fan-out block, each done instance's, in list order.
+    pub fn dependency_artifacts(
+        &self,
+        block: &str,
+        key: &str,
+    ) -> Result<Vec<(String, &ArtifactRef)>, String> {
+        let state = self
+            .blocks
+            .get(block)
+            .ok_or_else(|| format!("upstream block `{block}` is not in the run"))?;
+        match &state.instances {
+            None => Ok(vec![(block.to_string(), last_artifact(block, state, key)?)]),
+            Some(keys) => {
+                let mut out = Vec::new();
+                for instance in keys {
+                    let id = instance_id(block, instance);
+                    if let Some(state) = self.blocks.get(&id).filter(|s| s.status == BlockStatus::Done) {
+                        let artifact = last_artifact(&id, state, key)?;
+                        out.push((id, artifact));
+                    }
+                }
+                Ok(out)
+            }
+        }
+    }
+
     /// The run's limit on blocks running at once (0: none): its own when it
     /// was created with one, else `default` (the worker's).
     pub fn concurrency_limit(&self, default: usize) -> usize {
@@ -852,6 +940,28 @@ pub enum Event {
         /// A person asked for the block to run anew: no memo stands in.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         fresh: bool,
+        /// A fan-out block whose list may have changed (it, or what it reads
+        /// the list from, runs anew): it expands again, and its instances
+        /// (reset with this flag too) leave the run's graph until then. Not
+        /// set when only one of its instances is retried.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        regroup: bool,
+    },
+    /// A fan-out block read its list: one pending instance per item (an
+    /// instance of an earlier expansion whose key is listed again comes
+    /// back for a new pass; one no longer listed stays `dropped`, as the
+    /// reset that let go of the expansion left it). The group itself goes
+    /// back to pending until its instances settle. Follows the
+    /// `attempt_finished` of the attempt that read the list.
+    BlockExpanded {
+        block: String,
+        instances: Vec<Instance>,
+    },
+    /// A fan-out block's instances settled as its `need` asks: the group is
+    /// done, and the blocks after it read its done instances' artifacts.
+    GroupDone {
+        block: String,
+        reason: String,
     },
     /// The block's autonomy changed for this run only; it takes effect at the
     /// block's next gate decision.
@@ -936,6 +1046,8 @@ impl Event {
             | Event::GateApproved { block, .. }
             | Event::GateRejected { block, .. }
             | Event::BlockReset { block, .. }
+            | Event::BlockExpanded { block, .. }
+            | Event::GroupDone { block, .. }
             | Event::AutonomyChanged { block, .. } => Some(block),
         }
     }
@@ -950,6 +1062,9 @@ impl Event {
             Event::CorrectionsRouted { targets, .. } => {
                 targets.keys().map(String::as_str).collect()
             }
+            Event::BlockExpanded { block, instances } => std::iter::once(block.as_str())
+                .chain(instances.iter().map(|i| i.id.as_str()))
+                .collect(),
             Event::RunStatusChanged { .. }
             | Event::FeedbackSubmitted { .. }
             | Event::ItemChanged { .. }
@@ -976,6 +1091,8 @@ impl Event {
             Event::GateApproved { .. } => "gate_approved",
             Event::GateRejected { .. } => "gate_rejected",
             Event::BlockReset { .. } => "block_reset",
+            Event::BlockExpanded { .. } => "block_expanded",
+            Event::GroupDone { .. } => "group_done",
             Event::AutonomyChanged { .. } => "autonomy_changed",
             Event::RunStatusChanged { .. } => "run_status_changed",
             Event::CorrectionsRouted { .. } => "corrections_routed",
@@ -1312,8 +1429,19 @@ impl RunDoc {
                 state.before_gate_passed = true;
                 state.status = BlockStatus::Ready;
             }
-            Event::BlockReset { block, fresh, .. } => {
+            Event::BlockReset {
+                block,
+                fresh,
+                regroup,
+                ..
+            } => {
                 let state = self.state_mut(block)?;
+                if *regroup {
+                    // A group lets go of its expansion, and its instances of
+                    // their place in the run until it expands again.
+                    state.instances = None;
+                    state.dropped = state.instance.is_some();
+                }
                 if state.status == BlockStatus::Running {
                     return Err(ApplyError::IllegalTransition {
                         block: block.clone(),
@@ -1338,6 +1466,22 @@ impl RunDoc {
             Event::AutonomyChanged { block, autonomy } => {
                 self.state_mut(block)?.autonomy = *autonomy;
             }
+            Event::BlockExpanded { block, instances } => self.expand(block, instances, kind)?,
+            Event::GroupDone { block, .. } => {
+                let state = self.state_mut(block)?;
+                expect(block, state, kind, &[BlockStatus::Pending])?;
+                if state.instances.is_none() {
+                    return Err(ApplyError::IllegalTransition {
+                        block: block.clone(),
+                        status: "not expanded",
+                        event: kind,
+                        expected: "expanded",
+                    });
+                }
+                state.status = BlockStatus::Done;
+                state.ended_at = Some(at);
+                state.error = None;
+            }
             Event::CorrectionsRouted {
                 from, to, targets, ..
             } => {
@@ -1361,6 +1505,67 @@ impl RunDoc {
         }
         self.seq = record.seq;
         self.updated_at = at;
+        Ok(())
+    }
+
+    /// [`Event::BlockExpanded`]: checked in full before anything changes, so
+    /// a refused event leaves the document as it was.
+    fn expand(
+        &mut self,
+        block: &str,
+        instances: &[Instance],
+        kind: &'static str,
+    ) -> Result<(), ApplyError> {
+        let group = self.state_mut(block)?;
+        expect(block, group, kind, &[BlockStatus::Running])?;
+        ensure_finished(block, group, kind)?;
+        let illegal = |id: &str, status: &'static str, expected: &'static str| {
+            ApplyError::IllegalTransition {
+                block: id.to_string(),
+                status,
+                event: kind,
+                expected,
+            }
+        };
+        for instance in instances {
+            if instance.id != instance_id(block, &instance.key) {
+                return Err(illegal(&instance.id, "misnamed", "named <group>[<key>]"));
+            }
+            if let Some(state) = self.blocks.get(&instance.id)
+                && state.status == BlockStatus::Running
+            {
+                return Err(illegal(&instance.id, "running", "not running"));
+            }
+        }
+        let group = self.state_mut(block)?;
+        group.status = BlockStatus::Pending;
+        group.instances = Some(instances.iter().map(|i| i.key.clone()).collect());
+        let (autonomy, corrections, fresh) =
+            (group.autonomy, group.corrections.clone(), group.fresh);
+        for instance in instances {
+            let state = self
+                .blocks
+                .entry(instance.id.clone())
+                .or_insert_with(|| BlockState::new(autonomy));
+            // A new pass, as after a reset, with what was asked of the group.
+            state.status = BlockStatus::Pending;
+            state.autonomy = autonomy;
+            state.retries_used = 0;
+            state.reply_note = None;
+            state.corrections = corrections.clone();
+            state.gate = None;
+            state.before_gate_passed = false;
+            state.review_flag = false;
+            state.not_before = None;
+            state.error = None;
+            state.fresh = fresh;
+            state.dropped = false;
+            state.instance = Some(InstanceOf {
+                group: block.to_string(),
+                key: instance.key.clone(),
+                item: instance.item.clone(),
+            });
+        }
         Ok(())
     }
 
@@ -1417,6 +1622,18 @@ fn running_attempt<'a>(
             attempt,
         }),
     }
+}
+
+/// `key` of the block's last successful attempt.
+fn last_artifact<'a>(block: &str, state: &'a BlockState, key: &str) -> Result<&'a ArtifactRef, String> {
+    let attempt = state
+        .last_success()
+        .ok_or_else(|| format!("upstream block `{block}` has no successful attempt"))?;
+    attempt
+        .report
+        .as_ref()
+        .and_then(|r| r.artifacts.get(key))
+        .ok_or_else(|| format!("upstream `{block}` attempt {} has no artifact `{key}`", attempt.n))
 }
 
 fn ensure_finished(block: &str, state: &BlockState, event: &'static str) -> Result<(), ApplyError> {

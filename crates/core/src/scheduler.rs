@@ -15,7 +15,7 @@
 
 use crate::pipeline::Pipeline;
 use crate::run::{BlockStatus, Event, GatePhase, Millis, RunDoc, RunStatus};
-use crate::template::{Autonomy, DependencyMode, HumanGate};
+use crate::template::{Autonomy, DependencyMode, HumanGate, Need};
 
 /// What the engine should do next.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -58,38 +58,9 @@ pub fn decide(pipeline: &Pipeline, doc: &RunDoc, now: Millis, max_concurrency: u
         if status[i] != BlockStatus::Pending {
             continue;
         }
-        let block = &blocks[i];
-        let upstream = pipeline.upstream(i);
-        let ready_reason = match readiness(block.inputs.mode, upstream, |u| status[u]) {
-            Readiness::NotYet => continue,
-            Readiness::Blocked(bad) => {
-                status[i] = BlockStatus::Blocked;
-                events.push(Event::BlockBlocked {
-                    block: block.id.clone(),
-                    because: blocks[bad].id.clone(),
-                });
-                continue;
-            }
-            Readiness::Ready(reason) => reason,
-        };
-        let Some(state) = doc.blocks.get(&block.id) else {
-            continue;
-        };
-        let needs_before_gate = gate_phase(block.execution.human_gate, state.autonomy)
-            == Some(GatePhase::Before)
-            && !state.before_gate_passed;
-        if needs_before_gate {
-            status[i] = BlockStatus::Waiting;
-            events.push(Event::BlockWaiting {
-                block: block.id.clone(),
-                phase: GatePhase::Before,
-            });
-        } else {
-            status[i] = BlockStatus::Ready;
-            events.push(Event::BlockReady {
-                block: block.id.clone(),
-                reason: ready_reason,
-            });
+        if let Some((next, event)) = step(pipeline, doc, i, |u| status[u]) {
+            status[i] = next;
+            events.push(event);
         }
     }
 
@@ -133,6 +104,107 @@ pub fn decide(pipeline: &Pipeline, doc: &RunDoc, now: Millis, max_concurrency: u
     }
 }
 
+/// What follows for pending block `i`, given its upstream statuses: ready,
+/// waiting at its before-gate, blocked, or — for an expanded fan-out block,
+/// whose upstream are its instances — done as a group. None: not yet.
+fn step(
+    pipeline: &Pipeline,
+    doc: &RunDoc,
+    i: usize,
+    status: impl Fn(usize) -> BlockStatus,
+) -> Option<(BlockStatus, Event)> {
+    let blocks = pipeline.blocks();
+    let block = &blocks[i];
+    let state = doc.blocks.get(&block.id)?;
+    let readiness = match (pipeline.members(i), &block.fan_out) {
+        (Some(instances), Some(fan_out)) if state.instances.is_some() => {
+            group_readiness(fan_out.need, instances, &status)
+        }
+        _ => readiness(block.inputs.mode, pipeline.upstream(i), &status),
+    };
+    let reason = match readiness {
+        Readiness::NotYet => return None,
+        Readiness::Blocked(bad) => {
+            return Some((
+                BlockStatus::Blocked,
+                Event::BlockBlocked {
+                    block: block.id.clone(),
+                    because: blocks[bad].id.clone(),
+                },
+            ));
+        }
+        Readiness::Ready(reason) => reason,
+    };
+    if state.instances.is_some() {
+        return Some((
+            BlockStatus::Done,
+            Event::GroupDone {
+                block: block.id.clone(),
+                reason,
+            },
+        ));
+    }
+    // A fan-out block's gates are its instances': reading the list is not
+    // the work a reviewer is asked to look at.
+    let needs_before_gate = block.fan_out.is_none()
+        && gate_phase(block.execution.human_gate, state.autonomy) == Some(GatePhase::Before)
+        && !state.before_gate_passed;
+    Some(if needs_before_gate {
+        (
+            BlockStatus::Waiting,
+            Event::BlockWaiting {
+                block: block.id.clone(),
+                phase: GatePhase::Before,
+            },
+        )
+    } else {
+        (
+            BlockStatus::Ready,
+            Event::BlockReady {
+                block: block.id.clone(),
+                reason,
+            },
+        )
+    })
+}
+
+/// An expanded fan-out block: done once its instances settle as `need`
+/// asks; blocked as soon as they no longer can.
+fn group_readiness(
+    need: Need,
+    instances: &[usize],
+    status: impl Fn(usize) -> BlockStatus,
+) -> Readiness {
+    let (mut done, mut dead, mut open) = (0, 0, 0);
+    let mut first_dead = None;
+    for &m in instances {
+        match status(m) {
+            BlockStatus::Done => done += 1,
+            BlockStatus::Failed | BlockStatus::Blocked => {
+                dead += 1;
+                first_dead.get_or_insert(m);
+            }
+            _ => open += 1,
+        }
+    }
+    let required = need.required(instances.len());
+    if let Some(bad) = first_dead
+        && done + open < required
+    {
+        return Readiness::Blocked(bad);
+    }
+    if open > 0 {
+        return Readiness::NotYet;
+    }
+    let of = instances.len();
+    Readiness::Ready(match need {
+        Need::All => format!("all {of} instances done"),
+        Need::Any | Need::AtLeast(_) => {
+            format!("{done} of {of} instances done ({dead} not), {required} needed")
+        }
+    })
+}
+
 enum Readiness {
     NotYet,
     /// Cannot run in this pass, because of this upstream block.
@@ -143,7 +215,7 @@ enum Readiness {
 fn readiness(
     mode: DependencyMode,
     upstream: &[usize],
-    status: impl Fn(usize) -> BlockStatus,
+    status: &impl Fn(usize) -> BlockStatus,
 ) -> Readiness {
     let dead = |u: usize| matches!(status(u), BlockStatus::Failed | BlockStatus::Blocked);
     if upstream.is_empty() {
@@ -198,7 +270,7 @@ impl StatusCounts {
     /// Counts a whole document (the engine keeps its counts incrementally).
     pub fn of(doc: &RunDoc) -> StatusCounts {
         let mut counts = StatusCounts::default();
-        for state in doc.blocks.values() {
+        for state in doc.blocks.values().filter(|s| !s.dropped) {
             counts.add(state.status);
         }
         counts

@@ -259,6 +259,11 @@ pub struct Block {
     #[serde(default)]
     pub execution: ExecutionControl,
 
+    // ── Dynamic fan-out ──
+    /// Runs the block once per item of a list known only at run time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fan_out: Option<FanOut>,
+
     // ── Lifecycle, scope, lens, record state (patterns 2 and 3) ──
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lifecycle: Option<Lifecycle>,
@@ -550,6 +555,88 @@ pub struct Threshold {
     pub metric: String,
     #[schemars(range(min = -1.0e12, max = 1.0e12))]
     pub min: f64,
+}
+
+/// `fan_out`: the block becomes a group of instances, one per item of a
+/// list read when the block's dependencies are done (a run param, or a
+/// JSON artifact of a dependency). Each instance is an ordinary block of the
+/// run — its own state, attempts, artifacts, audit and gates — with the id
+/// `<block>[<key>]`; blocks that depend on the group wait for it as a whole
+/// and read every done instance's artifacts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FanOut {
+    /// Where the list comes from.
+    pub over: ListSource,
+    /// For a list of objects: the field whose text names each instance
+    /// (`positioning` → `perspective[positioning]`). Absent, or an item
+    /// without it: a string item names itself, anything else its position.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// The most instances the list may make; a longer list fails the block
+    /// with an error instead of starting them.
+    #[serde(default = "default_fan_out_max")]
+    #[schemars(range(min = 1, max = 10_000))]
+    pub max: u32,
+    /// When the group counts as done, given its instances' outcomes.
+    #[serde(default, skip_serializing_if = "Need::is_all")]
+    pub need: Need,
+}
+
+fn default_fan_out_max() -> u32 {
+    100
+}
+
+/// The most instances any fan-out may make, whatever its `max`.
+pub const FAN_OUT_LIMIT: u32 = 10_000;
+
+/// `fan_out.over`: `{"param": "perspectives"}`, or
+/// `{"block": "planner", "artifact": "plan", "pointer": "/perspectives"}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListSource {
+    /// A run param holding a JSON array.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub param: Option<String>,
+    /// A dependency of the block whose `json` artifact holds the list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block: Option<String>,
+    /// That dependency's artifact key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<String>,
+    /// A JSON pointer (RFC 6901) to the array inside the param or artifact;
+    /// absent: the whole value is the array.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pointer: Option<String>,
+}
+
+/// `fan_out.need`: `"all"` (every instance done; one that fails blocks the
+/// group), `"any"` (every instance settled, at least one done), or
+/// `{"at_least": k}` (every instance settled, at least `k` done; blocked as
+/// soon as `k` can no longer be reached). The blocks after the group read
+/// the artifacts of the instances that are done.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Need {
+    #[default]
+    All,
+    Any,
+    AtLeast(u32),
+}
+
+impl Need {
+    pub fn is_all(&self) -> bool {
+        *self == Need::All
+    }
+
+    /// How many instances must be done, out of `of`.
+    pub fn required(&self, of: usize) -> usize {
+        match self {
+            Need::All => of,
+            Need::Any => 1,
+            Need::AtLeast(k) => *k as usize,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -180,6 +180,7 @@ pub fn effective_model<'a>(
 ) -> Option<&'a str> {
     run_models
         .get(&block.id)
+        .or_else(|| run_models.get(crate::run::group_id(&block.id)))
         .map(String::as_str)
         .or(block.model.as_deref())
         .or(run_default)
@@ -841,6 +842,15 @@ pub fn retry(
     reset_with_descendants(pipeline, doc, block, reason)
 }
 
+/// Whether a block in a reset plan needs a `block_reset`: one not pending
+/// does, and so does a pending fan-out block that must let go of its
+/// instances, or a pending instance that must leave.
+pub(crate) fn needs_reset(state: &crate::run::BlockState, regroup: bool) -> bool {
+    state.status != BlockStatus::Pending
+        || (regroup
+            && (state.instances.is_some() || (state.instance.is_some() && !state.dropped)))
+}
+
 /// Resets `block` and its descendants to pending (a person's retry): the
 /// block runs anew, not from a memo. Blocks already pending are left alone.
 pub fn reset_with_descendants(
@@ -852,19 +862,20 @@ pub fn reset_with_descendants(
     let index = pipeline
         .index_of(block)
         .ok_or_else(|| TransitionError::UnknownBlock(block.to_string()))?;
-    let mut targets = vec![index];
-    targets.extend(pipeline.descendants(index));
     let mut events = Vec::new();
-    for i in targets {
+    for (i, regroup) in pipeline.reset_plan(&[index]) {
         let id = &pipeline.blocks()[i].id;
-        let status = status_of(doc, id)?;
-        if status == BlockStatus::Running {
+        let state = doc
+            .blocks
+            .get(id)
+            .ok_or_else(|| TransitionError::UnknownBlock(id.clone()))?;
+        if state.status == BlockStatus::Running {
             return Err(TransitionError::DependentRunning {
                 block: block.to_string(),
                 dependent: id.clone(),
             });
         }
-        if status != BlockStatus::Pending {
+        if needs_reset(state, regroup) {
             events.push(Event::BlockReset {
                 block: id.clone(),
                 reason: if id == block {
@@ -875,6 +886,7 @@ pub fn reset_with_descendants(
                 // The block itself was asked for anew; what follows it may
                 // reuse a memo when its inputs come out the same.
                 fresh: id == block,
+                regroup,
             });
         }
     }

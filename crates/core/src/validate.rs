@@ -590,6 +590,7 @@ fn check_semantics(template: &Template) -> Vec<Diagnostic> {
         );
     }
     check_convergence(template, &mut out);
+    fan_out::check(template, &mut out);
     if let Err(problems) = crate::stream::plan(template) {
         out.extend(problems);
     }
@@ -1111,6 +1112,7 @@ fn check_profiles(template: &Template, ids: &BTreeMap<&str, usize>, out: &mut Ve
     }
 }
 
+mod fan_out;
 pub(crate) mod stream_fields;
 #[cfg(test)]
 mod tests;

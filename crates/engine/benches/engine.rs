@@ -198,6 +198,7 @@ fn bench_memo(c: &mut Criterion) {
                 corrections: None,
                 reply_note: None,
                 files: std::collections::BTreeMap::new(),
+                item: None,
             })
         })
     });

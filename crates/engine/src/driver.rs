@@ -57,6 +57,9 @@ pub(crate) struct Completion {
     pub(crate) blobs: Vec<NewBlob>,
     /// A corrections router's accepted items: routed when its attempt commits.
     pub(crate) route_items: Option<Vec<factory_core::feedback::AcceptedItem>>,
+    /// A fan-out block's attempt: the value its list comes from, expanded
+    /// when the attempt commits.
+    pub(crate) list: Option<serde_json::Value>,
 }
 
 /// Tries at recording finished attempts before giving up (and keeping them
@@ -369,8 +372,35 @@ impl Engine {
             attempt,
             outcome = tracing::field::Empty
         );
+        let expands = pipeline
+            .block(&block_id)
+            .is_some_and(|block| crate::fan_out::expands(block, &doc));
         let task = tokio::spawn(
             async move {
+                if expands {
+                    // Reading a list runs nothing: no timer, no audit.
+                    let block = pipeline.block(&block_id).cloned();
+                    let source = match &block {
+                        Some(block) => crate::fan_out::read_source(store.as_ref(), &doc, block).await,
+                        None => Err(format!("block `{block_id}` is not in the template")),
+                    };
+                    if !watched.finish(&block_id, attempt) {
+                        return;
+                    }
+                    let (report, list) = match source {
+                        Ok(list) => (Ok(AttemptReport::default()), Some(list)),
+                        Err(error) => (Err(error), None),
+                    };
+                    let _ = sender.send(Completion {
+                        block: block_id,
+                        attempt,
+                        report,
+                        blobs: Vec::new(),
+                        route_items: None,
+                        list,
+                    });
+                    return;
+                }
                 let mut timer = crate::telemetry::AttemptTimer::start();
                 let outcome = run_attempt(
                     store,
@@ -402,6 +432,7 @@ impl Engine {
                     report,
                     blobs,
                     route_items,
+                    list: None,
                 });
             }
             .instrument(span),
@@ -462,6 +493,20 @@ impl Engine {
                 |pipeline, doc, now| {
                     let mut events = Vec::new();
                     for completion in completions {
+                        if let Some(list) = &completion.list {
+                            match factory_core::fan_out::expand(
+                                pipeline,
+                                doc,
+                                &completion.block,
+                                completion.attempt,
+                                list,
+                            ) {
+                                Ok(more) => events.extend(more),
+                                Err(transitions::TransitionError::StaleAttempt { .. }) => {}
+                                Err(error) => return Err(error.into()),
+                            }
+                            continue;
+                        }
                         let report = match &completion.report {
                             Ok(report) => report.clone(),
                             Err(error) => AttemptReport {
@@ -569,6 +614,12 @@ fn slim_doc(doc: &RunDoc, pipeline: &factory_core::Pipeline, block_id: &str) -> 
                 .collect()
         })
         .unwrap_or_default();
+    // A fan-out block upstream is read through its instances.
+    let instances: Vec<String> = upstream
+        .iter()
+        .filter_map(|id| Some((*id, doc.blocks.get(*id)?.instances.as_ref()?)))
+        .flat_map(|(group, keys)| keys.iter().map(move |key| factory_core::run::instance_id(group, key)))
+        .collect();
     let own = doc
         .blocks
         .get_key_value(block_id)
@@ -591,6 +642,7 @@ fn slim_doc(doc: &RunDoc, pipeline: &factory_core::Pipeline, block_id: &str) -> 
         version: doc.version,
         blocks: upstream
             .into_iter()
+            .chain(instances.iter().map(String::as_str))
             .filter_map(|id| doc.blocks.get_key_value(id))
             .map(|(id, state)| (id.clone(), upstream_view(state)))
             .chain(own)
@@ -605,6 +657,7 @@ fn upstream_view(state: &BlockState) -> BlockState {
     let mut view = BlockState::new(state.autonomy);
     view.status = state.status;
     view.attempts = state.attempts;
+    view.instances = state.instances.clone();
     view.history = state
         .last_success()
         .map(|attempt| Attempt {
@@ -779,6 +832,7 @@ async fn run_attempt(
             )
             .map(str::to_string),
             progress,
+            item: state.instance.as_ref(),
         })
         .await
     };

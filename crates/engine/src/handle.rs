@@ -36,6 +36,11 @@ pub struct Claim<'a> {
 /// is used again.
 pub struct RunHandle {
     store: Arc<dyn Store>,
+    /// The template's graph.
+    base: Arc<Pipeline>,
+    /// The run's: `base` with the instances of the fan-out blocks the run
+    /// has expanded ([`Pipeline::for_run`]); rebuilt when an expansion
+    /// changes.
     pipeline: Arc<Pipeline>,
     stored: StoredRun,
     index: RunIndex,
@@ -53,10 +58,12 @@ impl RunHandle {
         max_concurrency: usize,
     ) -> Result<RunHandle> {
         let stored = store.load_run(run_id).await?;
-        let pipeline = cached_stored_pipeline(&stored.template_json)?;
+        let base = cached_stored_pipeline(&stored.template_json)?;
+        let pipeline = for_run(&base, &stored.doc);
         let index = RunIndex::new(&pipeline, &stored.doc);
         Ok(RunHandle {
             store,
+            base,
             pipeline,
             stored,
             index,
@@ -85,7 +92,7 @@ impl RunHandle {
     pub async fn reload(&mut self) -> Result<()> {
         let run_id = self.stored.doc.run_id.clone();
         self.stored = self.store.load_run(&run_id).await?;
-        self.index = RunIndex::new(&self.pipeline, &self.stored.doc);
+        self.refit();
         self.stale = false;
         Ok(())
     }
@@ -123,8 +130,7 @@ impl RunHandle {
                 return self.reload().await;
             }
         }
-        self.index
-            .observe(&self.pipeline, &self.stored.doc, &changes.records);
+        self.observe(&changes.records);
         self.stored.version = changes.version;
         self.stale = false;
         Ok(())
@@ -203,8 +209,7 @@ impl RunHandle {
             Ok(emitted) => emitted,
             Err(error) => {
                 undo.restore(&mut self.stored.doc);
-                self.index
-                    .observe(&self.pipeline, &self.stored.doc, &records);
+                self.observe(&records);
                 self.stale = false;
                 return Err(error);
             }
@@ -230,8 +235,7 @@ impl RunHandle {
                 // Take this try's events back out, then apply what the other
                 // writer committed: both cost what changed, not the run's size.
                 undo.restore(&mut self.stored.doc);
-                self.index
-                    .observe(&self.pipeline, &self.stored.doc, &records);
+                self.observe(&records);
                 self.stale = false;
                 self.catch_up().await?;
                 Ok(None)
@@ -315,9 +319,26 @@ impl RunHandle {
             undo.keep(&self.stored.doc, event);
         }
         let records = commit(&mut self.stored.doc, events, actor, now)?;
-        self.index
-            .observe(&self.pipeline, &self.stored.doc, &records);
+        self.observe(&records);
         Ok(records)
+    }
+
+    /// Takes in what `records` changed in the held document: the index
+    /// follows the blocks they changed, or — when they expand a fan-out
+    /// block or let go of an expansion — the run's graph is rebuilt.
+    fn observe(&mut self, records: &[EventRecord]) {
+        if records.iter().any(|r| reshapes(&r.event)) {
+            self.refit();
+        } else {
+            self.index
+                .observe(&self.pipeline, &self.stored.doc, records);
+        }
+    }
+
+    /// Rebuilds the run's graph and the scheduler's index from the document.
+    fn refit(&mut self) {
+        self.pipeline = for_run(&self.base, &self.stored.doc);
+        self.index = RunIndex::new(&self.pipeline, &self.stored.doc);
     }
 
     fn decide_next(&mut self, now: Millis, take: usize) -> Decision {
@@ -389,6 +410,19 @@ impl RunHandle {
         }
         written
     }
+}
+
+/// Whether the run's graph changes with `event`.
+fn reshapes(event: &Event) -> bool {
+    matches!(
+        event,
+        Event::BlockExpanded { .. } | Event::BlockReset { regroup: true, .. }
+    )
+}
+
+/// The run's graph: the template's, or with the instances the run made.
+pub fn for_run(base: &Arc<Pipeline>, doc: &RunDoc) -> Arc<Pipeline> {
+    base.for_run(doc).map_or_else(|| base.clone(), Arc::new)
 }
 
 /// What a try's events changed in the held document, kept so a conflict can

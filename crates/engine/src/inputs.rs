@@ -2,7 +2,7 @@
 //! uploaded files. Located first (addresses only: enough for a memo key),
 //! then read.
 
-use factory_core::run::{ArtifactRef, BlockStatus, RunDoc};
+use factory_core::run::{BlockStatus, RunDoc};
 use factory_core::template::{ArtifactFormat, Block, DependencyMode};
 use factory_runtime::InputArtifact;
 use factory_store::Store;
@@ -19,7 +19,8 @@ pub(crate) struct InputRef {
 }
 
 /// The artifacts of `block`'s dependencies (a failed or blocked one of an
-/// `any` block contributes nothing) and the uploaded files its
+/// `any` block contributes nothing; a fan-out block, each of its done
+/// instances' — `inputs/<block>[<key>]/…` for a command) and the uploaded files its
 /// `inputs.files` patterns match.
 pub(crate) async fn locate(
     store: &dyn Store,
@@ -35,28 +36,15 @@ pub(crate) async fn locate(
         if block.inputs.mode == DependencyMode::Any && settled_without_output {
             continue;
         }
-        let upstream = doc
-            .blocks
-            .get(&dep.block)
-            .and_then(|s| s.last_success())
-            .ok_or_else(|| format!("upstream block `{}` has no successful attempt", dep.block))?;
-        let artifact: &ArtifactRef = upstream
-            .report
-            .as_ref()
-            .and_then(|r| r.artifacts.get(&dep.key))
-            .ok_or_else(|| {
-                format!(
-                    "upstream `{}` attempt {} has no artifact `{}`",
-                    dep.block, upstream.n, dep.key
-                )
-            })?;
-        inputs.push(InputRef {
-            block: dep.block.clone(),
-            key: dep.key.clone(),
-            path: artifact.path.clone(),
-            format: artifact.format,
-            hash: artifact.hash.clone(),
-        });
+        for (from, artifact) in doc.dependency_artifacts(&dep.block, &dep.key)? {
+            inputs.push(InputRef {
+                block: from,
+                key: dep.key.clone(),
+                path: artifact.path.clone(),
+                format: artifact.format,
+                hash: artifact.hash.clone(),
+            });
+        }
     }
     inputs.extend(uploads(store, doc, block).await?);
     Ok(inputs)

@@ -9,6 +9,7 @@
 
 mod audit;
 mod driver;
+mod fan_out;
 pub mod feedback;
 pub mod fixtures;
 mod handle;

@@ -90,6 +90,7 @@ pub(crate) async fn key(parts: &KeyParts<'_>) -> Option<MemoKey> {
         corrections: state.corrections.as_ref(),
         reply_note: state.reply_note.as_ref(),
         files,
+        item: state.instance.as_ref().map(|i| &i.item),
     }))
 }
 

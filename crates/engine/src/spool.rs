@@ -22,7 +22,8 @@ fn attempt_dir(work_root: &Path, run_id: &str, block: &str, attempt: u32) -> Pat
 }
 
 /// Keeps a finished attempt's report and outputs. Router attempts (whose
-/// routing is decided when they commit) and failed ones are not worth it.
+/// routing is decided when they commit), fan-out blocks' list reads (cheap
+/// to read again) and failed ones are not worth it.
 pub(crate) fn save(
     work_root: &Path,
     run_id: &str,
@@ -31,7 +32,7 @@ pub(crate) fn save(
     let Ok(report) = &completion.report else {
         return Ok(false);
     };
-    if completion.route_items.is_some() {
+    if completion.route_items.is_some() || completion.list.is_some() {
         return Ok(false);
     }
     let dir = attempt_dir(work_root, run_id, &completion.block, completion.attempt);
@@ -79,6 +80,7 @@ pub(crate) fn load(work_root: &Path, run_id: &str) -> Vec<Completion> {
             report: Ok(report),
             blobs,
             route_items: None,
+            list: None,
         });
     }
     kept.sort_by(|a, b| (&a.block, a.attempt).cmp(&(&b.block, b.attempt)));

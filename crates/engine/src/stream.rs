@@ -640,6 +640,7 @@ async fn run_step(
     let no_map = BTreeMap::new();
     let golden = BTreeMap::new();
     let execution = factory_runtime::execute(AttemptInput {
+        item: None,
         run_id: &run_id,
         block,
         attempt,

@@ -8,6 +8,7 @@
 //! <attempt_dir>/inputs/<block>/  upstream artifacts, under their declared paths
 //! <attempt_dir>/inputs.json      FACTORY_INPUTS: {"block.key": "/abs/path"}
 //! <attempt_dir>/corrections.json FACTORY_CORRECTIONS, only when there are corrections
+//! FACTORY_ITEM, FACTORY_ITEM_KEY, FACTORY_GROUP: an instance of a fan-out block's item (JSON), key and group
 //! <attempt_dir>/stdout.log, stderr.log
 //! ```
 //!
@@ -85,6 +86,12 @@ pub(crate) async fn run(mut input: AttemptInput<'_>) -> Execution {
     }
     if let Some(template_dir) = &input.template_dir {
         command.env("FACTORY_TEMPLATE_DIR", template_dir);
+    }
+    if let Some(item) = input.item {
+        command
+            .env("FACTORY_ITEM", serde_json::to_string(&item.item).unwrap_or_default())
+            .env("FACTORY_ITEM_KEY", &item.key)
+            .env("FACTORY_GROUP", &item.group);
     }
     if let Some(corrections) = input.corrections {
         let path = dir.join("corrections.json");

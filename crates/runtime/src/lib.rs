@@ -66,6 +66,9 @@ pub struct AttemptInput<'a> {
     pub model: Option<String>,
     /// Told an `llm` block's reply so far while it streams in.
     pub progress: Option<factory_llm::Progress>,
+    /// For an instance of a fan-out block: its item (an `llm` block's
+    /// prompt names it; a command reads `FACTORY_ITEM`).
+    pub item: Option<&'a factory_core::run::InstanceOf>,
 }
 
 /// What an attempt produced.

@@ -726,6 +726,7 @@ pub(crate) async fn run(input: AttemptInput<'_>) -> Execution {
         corrections: input.corrections,
         reply_note: input.reply_note,
         shape,
+        item: input.item,
     });
     let parts = |parts: &[prompt::PromptPart]| -> Vec<Part> {
         parts

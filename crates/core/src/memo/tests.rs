@@ -50,6 +50,7 @@ fn inputs<'a>(
         corrections: None,
         reply_note: None,
         files: BTreeMap::from([("skills/writer/SKILL.md".to_string(), "s1".to_string())]),
+        item: None,
     }
 }
 
@@ -73,6 +74,13 @@ fn the_key_changes_with_what_decides_the_output_and_only_with_that() {
     let mut changed = inputs(&t, &params, &sampling);
     changed.inputs[0].hash = "bb";
     assert_ne!(base, memo_key(&changed));
+    let (item_a, item_b) = (json!({"name": "positioning"}), json!({"name": "risk"}));
+    let mut changed = inputs(&t, &params, &sampling);
+    changed.item = Some(&item_a);
+    let with_item = memo_key(&changed);
+    assert_ne!(base, with_item, "an instance's item");
+    changed.item = Some(&item_b);
+    assert_ne!(with_item, memo_key(&changed), "another item");
     let mut changed = inputs(&t, &params, &sampling);
     changed.inputs[0].path = "renamed.md";
     assert_ne!(base, memo_key(&changed), "a command reads it by its path");

@@ -21,9 +21,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{Decision, Readiness, StatusCounts, gate_phase, readiness};
+use super::{Decision, StatusCounts, step};
 use crate::pipeline::Pipeline;
-use crate::run::{BlockStatus, Event, EventRecord, GatePhase, Millis, RunDoc};
+use crate::run::{BlockStatus, Event, EventRecord, Millis, RunDoc};
 
 #[derive(Debug, Clone)]
 pub struct RunIndex {
@@ -145,46 +145,26 @@ impl RunIndex {
             if self.status[i] != BlockStatus::Pending || changed.contains_key(&i) {
                 continue;
             }
-            let block = &blocks[i];
             let status_of = |u: usize| changed.get(&u).copied().unwrap_or(self.status[u]);
-            let ready_reason = match readiness(block.inputs.mode, pipeline.upstream(i), status_of) {
-                Readiness::NotYet => continue,
-                Readiness::Blocked(bad) => {
-                    changed.insert(i, BlockStatus::Blocked);
-                    events.push(Event::BlockBlocked {
-                        block: block.id.clone(),
-                        because: blocks[bad].id.clone(),
-                    });
-                    still_dirty.insert(pos);
+            let Some((next, event)) = step(pipeline, doc, i, status_of) else {
+                continue;
+            };
+            still_dirty.insert(pos);
+            changed.insert(i, next);
+            events.push(event);
+            match next {
+                BlockStatus::Ready => {
+                    newly_ready.insert(pos);
+                }
+                // What waits on it may follow in this same decision.
+                BlockStatus::Blocked | BlockStatus::Done => {
                     for &d in pipeline.downstream(i) {
                         if self.status[d] == BlockStatus::Pending {
                             queue.insert(self.position[d]);
                         }
                     }
-                    continue;
                 }
-                Readiness::Ready(reason) => reason,
-            };
-            let Some(state) = doc.blocks.get(&block.id) else {
-                continue;
-            };
-            still_dirty.insert(pos);
-            let needs_before_gate = gate_phase(block.execution.human_gate, state.autonomy)
-                == Some(GatePhase::Before)
-                && !state.before_gate_passed;
-            if needs_before_gate {
-                changed.insert(i, BlockStatus::Waiting);
-                events.push(Event::BlockWaiting {
-                    block: block.id.clone(),
-                    phase: GatePhase::Before,
-                });
-            } else {
-                changed.insert(i, BlockStatus::Ready);
-                newly_ready.insert(pos);
-                events.push(Event::BlockReady {
-                    block: block.id.clone(),
-                    reason: ready_reason,
-                });
+                _ => {}
             }
         }
         self.dirty = still_dirty;

@@ -67,6 +67,8 @@ fn pipeline(value: &Value) -> Pipeline {
 struct Harness {
     /// Kept up to date by `commit` and checked against `decide` by `tick`.
     index: RunIndex,
+    /// The template's graph; `pipeline` is the run's (with instances).
+    base: Pipeline,
     pipeline: Pipeline,
     doc: RunDoc,
     log: Vec<EventRecord>,
@@ -117,6 +119,7 @@ impl Harness {
         let index = RunIndex::new(&pipeline, &doc);
         Harness {
             index,
+            base: pipeline.clone(),
             pipeline,
             doc,
             log: vec![record],
@@ -130,9 +133,31 @@ impl Harness {
         let before = self.doc.clone();
         let records = commit(&mut self.doc, events, actor, self.now).expect("events apply");
         check_stored_rows(&before, &self.doc, &records);
-        self.index.observe(&self.pipeline, &self.doc, &records);
+        let reshaped = records.iter().any(|r| {
+            matches!(
+                r.event,
+                Event::BlockExpanded { .. } | Event::BlockReset { regroup: true, .. }
+            )
+        });
+        if reshaped {
+            // As the engine's run handle does: the run's graph follows the
+            // document, and the index is built on the new graph.
+            self.pipeline = self.base.for_run(&self.doc).unwrap_or_else(|| self.base.clone());
+            self.index = RunIndex::new(&self.pipeline, &self.doc);
+        } else {
+            self.index.observe(&self.pipeline, &self.doc, &records);
+        }
         self.log.extend(records.iter().cloned());
         records
+    }
+
+    /// Finishes a fan-out block's running attempt by reading `list`.
+    fn expand(&mut self, id: &str, list: &Value) -> Vec<Event> {
+        let attempt = self.state(id).current_attempt().expect("running attempt").n;
+        let events = crate::fan_out::expand(&self.pipeline, &self.doc, id, attempt, list)
+            .expect("the list is read");
+        self.commit(events.clone(), "worker:worker-1");
+        events
     }
 
     /// The incremental index decides exactly what `decide` does, for any
@@ -1094,11 +1119,13 @@ fn retry_of_a_done_block_resets_it_and_its_descendants() {
                 block: "b".into(),
                 reason: "operator asked".into(),
                 fresh: true,
+                regroup: false,
             },
             Event::BlockReset {
                 block: "c".into(),
                 reason: "upstream `b` is re-running".into(),
                 fresh: false,
+                regroup: false,
             },
         ]
     );
@@ -1349,6 +1376,9 @@ struct Spec {
     autonomy: Option<Autonomy>,
     /// `mode: any` (applied when the block has two or more dependencies).
     any_mode: bool,
+    /// A fan-out block over a param: (list length, need: 0 all, 1 any,
+    /// 2 at least 2). `max` is 3, so 4 items fail the block.
+    fan_out: Option<(u8, u8)>,
 }
 
 fn spec() -> impl Strategy<Value = Spec> {
@@ -1374,10 +1404,12 @@ fn spec() -> impl Strategy<Value = Spec> {
             ],
         ),
         proptest::bool::weighted(0.3),
+        proptest::option::weighted(0.25, (0u8..5, 0u8..3)),
     )
         .prop_map(
-            |(deps, gate, threshold, max_retries, retryable, group, layer, autonomy, any_mode)| {
+            |(deps, gate, threshold, max_retries, retryable, group, layer, autonomy, any_mode, fan_out)| {
                 Spec {
+                    fan_out,
                     deps,
                     gate,
                     threshold,
@@ -1390,6 +1422,18 @@ fn spec() -> impl Strategy<Value = Spec> {
                 }
             },
         )
+}
+
+/// The param a fan-out block `b{i}` reads its list from.
+fn list_param(i: usize) -> String {
+    format!("list_b{i}")
+}
+
+/// A fan-out spec's list: `n` items, cut to what `need` can be met by and
+/// `max` allows when every attempt is to succeed.
+fn fan_out_list((n, need): (u8, u8), all_good: bool) -> Value {
+    let n = if all_good { n.clamp(if need == 2 { 2 } else { u8::from(need == 1) }, 3) } else { n };
+    Value::from((0..n).map(|k| format!("Item {k}")).collect::<Vec<_>>())
 }
 
 fn dag_template(specs: &[Spec]) -> Value {
@@ -1417,10 +1461,25 @@ fn dag_template(specs: &[Spec]) -> Value {
                 b["outputs"]["metrics"] = json!([{ "key": "score", "type": "number" }]);
                 b["execution"]["threshold"] = json!({ "metric": "score", "min": min });
             }
+            if let Some((_, need)) = s.fan_out {
+                b["runtime"] = json!("command");
+                b["inputs"]["config"] = json!({ "command": ["true"] });
+                b["fan_out"] = json!({
+                    "over": { "param": list_param(i) },
+                    "max": 3,
+                    "need": match need { 0 => json!("all"), 1 => json!("any"), _ => json!({ "at_least": 2 }) },
+                });
+            }
             b
         })
         .collect();
-    template(blocks)
+    let mut value = template(blocks);
+    for (i, s) in specs.iter().enumerate() {
+        if s.fan_out.is_some() {
+            value["params"][list_param(i)] = json!({ "description": "the list" });
+        }
+    }
+    value
 }
 
 /// Drives a run to its end. `all_good`: every attempt succeeds and every gate
@@ -1432,10 +1491,16 @@ fn simulate(specs: &[Spec], max_concurrency: usize, seed: u64, all_good: bool) -
         .enumerate()
         .filter_map(|(i, s)| s.autonomy.map(|a| (format!("b{i}"), a)))
         .collect();
+    let params = specs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| Some((list_param(i), fan_out_list(s.fan_out?, all_good))))
+        .collect();
     let mut h = Harness::with(
         value,
         RunRequest {
             overrides,
+            params,
             ..RunRequest::default()
         },
     );
@@ -1443,10 +1508,12 @@ fn simulate(specs: &[Spec], max_concurrency: usize, seed: u64, all_good: bool) -
     let mut rng = Rng(seed);
     let mut rejections_left = 4u32;
     let mut abandons_left = 3u32;
-    let blocks = h.pipeline.blocks().to_vec();
+    let mut retries_left = 3u32;
 
     for _step in 0..20_000 {
         let d = h.tick();
+        // The run's graph grows as fan-out blocks expand.
+        let blocks = h.pipeline.blocks().to_vec();
         let running = h
             .doc
             .blocks
@@ -1493,9 +1560,19 @@ fn simulate(specs: &[Spec], max_concurrency: usize, seed: u64, all_good: bool) -
                 && !waiting.is_empty()
         );
 
+        let settled: Vec<String> = h
+            .pipeline
+            .blocks()
+            .iter()
+            .filter(|b| matches!(h.status(&b.id), BlockStatus::Failed | BlockStatus::Done))
+            .map(|b| b.id.clone())
+            .collect();
         let mut choices = Vec::new();
         if !d.startable.is_empty() {
             choices.push(0);
+        }
+        if !all_good && retries_left > 0 && !settled.is_empty() && rng.chance(10) {
+            choices.push(3);
         }
         if !running.is_empty() {
             choices.push(1);
@@ -1545,8 +1622,10 @@ fn simulate(specs: &[Spec], max_concurrency: usize, seed: u64, all_good: bool) -
                         );
                     }
                     let state = h.state(&id);
-                    if gate_phase(blocks[i].execution.human_gate, state.autonomy)
-                        == Some(GatePhase::Before)
+                    // (A fan-out block's gates are its instances'.)
+                    if blocks[i].fan_out.is_none()
+                        && gate_phase(blocks[i].execution.human_gate, state.autonomy)
+                            == Some(GatePhase::Before)
                     {
                         assert!(
                             state.before_gate_passed,
@@ -1572,6 +1651,21 @@ fn simulate(specs: &[Spec], max_concurrency: usize, seed: u64, all_good: bool) -
                     abandons_left -= 1;
                     let event = transitions::abandon(&h.doc, &id, "lease expired").unwrap();
                     h.commit(vec![event], "engine");
+                } else if blocks[h.pipeline.index_of(&id).unwrap()].fan_out.is_some()
+                    && h.state(&id).instances.is_none()
+                {
+                    let mut list = h.doc.params[&list_param(id[1..].parse().unwrap())].clone();
+                    // As if the list came from an artifact that changed
+                    // since the last expansion: one item fewer or more.
+                    if !all_good && rng.chance(30) {
+                        let items = list.as_array_mut().unwrap();
+                        if items.is_empty() || rng.chance(50) {
+                            items.push(json!("Another item"));
+                        } else {
+                            items.remove(0);
+                        }
+                    }
+                    h.expand(&id, &list);
                 } else {
                     let i = h.pipeline.index_of(&id).unwrap();
                     let min = blocks[i].execution.threshold.as_ref().map(|t| t.min);
@@ -1586,6 +1680,18 @@ fn simulate(specs: &[Spec], max_concurrency: usize, seed: u64, all_good: bool) -
                         (false, _, _) => AttemptReport::default(),
                     };
                     h.finish(&id, report);
+                }
+            }
+            3 => {
+                // A person retries a settled block: a failed instance alone,
+                // a group (it expands anew), or what a group reads from.
+                retries_left -= 1;
+                let id = rng.pick(&settled).clone();
+                if let Err(error) = h.retry(&id) {
+                    assert!(
+                        matches!(error, TransitionError::DependentRunning { .. }),
+                        "{error}"
+                    );
                 }
             }
             _ => {
@@ -1603,11 +1709,71 @@ fn simulate(specs: &[Spec], max_concurrency: usize, seed: u64, all_good: bool) -
     panic!("the run did not terminate: {:#?}", h.doc);
 }
 
+/// The random runs do reach what fan-out adds: expansions, groups done and
+/// blocked, a group expanding anew after a retry, instances dropped from a
+/// changed list, an instance retried alone.
+#[test]
+fn random_runs_with_fan_out_reach_every_fan_out_transition() {
+    let plain = |deps: Vec<usize>| Spec {
+        deps,
+        gate: HumanGate::None,
+        threshold: None,
+        max_retries: 1,
+        retryable: true,
+        group: None,
+        layer: 0,
+        autonomy: None,
+        any_mode: false,
+        fan_out: None,
+    };
+    let specs = vec![
+        plain(vec![]),
+        Spec { fan_out: Some((3, 0)), ..plain(vec![0]) },
+        Spec { fan_out: Some((2, 1)), gate: HumanGate::After, ..plain(vec![0]) },
+        Spec { fan_out: Some((4, 2)), ..plain(vec![1]) },
+        plain(vec![1, 2, 3]),
+    ];
+    let mut seen = BTreeSet::new();
+    for seed in 0..300 {
+        let h = simulate(&specs, seed as usize % 3, seed, false);
+        check_final(&h, false);
+        for record in &h.log {
+            let what = match &record.event {
+                Event::BlockExpanded { .. } => "expanded",
+                Event::GroupDone { .. } => "group done",
+                Event::BlockBlocked { block, .. } if h.base.block(block).is_some_and(|b| b.fan_out.is_some()) => "group blocked",
+                Event::BlockReset { regroup: true, .. } => "regroup",
+                Event::BlockReset { block, fresh: true, .. } if block.contains('[') => "instance retried",
+                Event::BlockFailed { error, .. } if error.contains("the list") => "list refused",
+                _ => continue,
+            };
+            seen.insert(what);
+        }
+        if h.doc.blocks.values().any(|s| s.dropped && !s.history.is_empty()) {
+            seen.insert("dropped");
+        }
+    }
+    assert_eq!(
+        seen,
+        BTreeSet::from([
+            "dropped",
+            "expanded",
+            "group blocked",
+            "group done",
+            "instance retried",
+            "list refused",
+            "regroup",
+        ])
+    );
+}
+
 fn check_final(h: &Harness, all_good: bool) {
     let doc = &h.doc;
-    // (b) A terminal status, with every block settled.
+    // (b) A terminal status, with every block settled (but instances a
+    // group let go of, which are out of the run).
     assert!(doc.status.is_terminal());
-    for state in doc.blocks.values() {
+    let live = || doc.blocks.values().filter(|s| !s.dropped);
+    for state in live() {
         assert!(
             matches!(
                 state.status,
@@ -1616,7 +1782,16 @@ fn check_final(h: &Harness, all_good: bool) {
             "{state:?}"
         );
     }
-    let all_done = doc.blocks.values().all(|s| s.status == BlockStatus::Done);
+    let all_done = live().all(|s| s.status == BlockStatus::Done);
+    // Every live instance is in the run's graph, and every block of the
+    // graph has a state: the graph is the document's.
+    for (id, state) in &doc.blocks {
+        assert_eq!(
+            h.pipeline.index_of(id).is_some(),
+            !state.dropped,
+            "{id}: {state:?}"
+        );
+    }
     assert_eq!(doc.status == RunStatus::Done, all_done);
     // (e) Everything succeeded and every gate was approved: the run is done.
     if all_good {
@@ -1634,7 +1809,7 @@ fn check_final(h: &Harness, all_good: bool) {
                     )
                 };
                 let upstream = h.pipeline.upstream(i);
-                if b.inputs.mode == DependencyMode::Any {
+                if b.inputs.mode == DependencyMode::Any && h.pipeline.members(i).is_none() {
                     assert!(
                         upstream.iter().all(dead),
                         "{} blocked with a live dependency",
@@ -1644,9 +1819,24 @@ fn check_final(h: &Harness, all_good: bool) {
                     assert!(upstream.iter().any(dead));
                 }
             }
+            // A list that cannot be used fails its block at once.
+            BlockStatus::Failed if b.fan_out.is_some() => {
+                assert!(state.error.as_deref().is_some_and(|e| e.contains("the list")), "{state:?}");
+            }
             BlockStatus::Failed => {
                 assert!(!b.execution.retryable || state.retries_used == b.execution.max_retries);
                 assert!(state.error.is_some());
+            }
+            // A group is done when its instances are, as its `need` says.
+            BlockStatus::Done if b.fan_out.is_some() => {
+                let keys = state.instances.as_ref().expect("a done group expanded");
+                let done = keys
+                    .iter()
+                    .filter(|k| doc.blocks[&crate::run::instance_id(&b.id, k)].status == BlockStatus::Done)
+                    .count();
+                let need = b.fan_out.as_ref().unwrap().need;
+                assert!(done >= need.required(keys.len()), "{}: {done} of {keys:?}", b.id);
+                assert_eq!(h.pipeline.members(i).map(<[usize]>::len), Some(keys.len()));
             }
             BlockStatus::Done => {
                 let last = state.history.last().unwrap();
