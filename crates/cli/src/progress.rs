@@ -136,7 +136,11 @@ pub fn describe(record: &EventRecord, run_id: &str) -> Option<String> {
         Event::BlockExpanded { block, instances } => {
             let shown: Vec<&str> = instances.iter().take(6).map(|i| i.key.as_str()).collect();
             let more = instances.len().saturating_sub(shown.len());
-            let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+            let more = if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            };
             format!(
                 "⑃ {block} fans out into {} instances: {}{more}",
                 instances.len(),

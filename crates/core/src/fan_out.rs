@@ -49,7 +49,8 @@ pub fn expand(
         .ok_or_else(|| TransitionError::UnknownBlock(block_id.to_string()))?;
     let (Some(fan_out), true) = (
         &block.fan_out,
-        state.status == BlockStatus::Running && state.current_attempt().map(|a| a.n) == Some(attempt),
+        state.status == BlockStatus::Running
+            && state.current_attempt().map(|a| a.n) == Some(attempt),
     ) else {
         return Err(TransitionError::StaleAttempt {
             block: block_id.to_string(),
@@ -95,7 +96,11 @@ pub fn expand(
 }
 
 /// The instances a list makes, or what is wrong with it.
-pub fn instances(block_id: &str, fan_out: &FanOut, source: &Value) -> Result<Vec<Instance>, String> {
+pub fn instances(
+    block_id: &str,
+    fan_out: &FanOut,
+    source: &Value,
+) -> Result<Vec<Instance>, String> {
     let label = source_label(&fan_out.over);
     let value = match fan_out.over.pointer.as_deref().filter(|p| !p.is_empty()) {
         Some(pointer) => source

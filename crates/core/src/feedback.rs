@@ -401,7 +401,10 @@ pub fn route(
     }
     let from = doc.version;
     let label = format!("v{from}→v{}", from + 1);
-    let targets_at: Vec<usize> = order.iter().filter_map(|id| pipeline.index_of(id)).collect();
+    let targets_at: Vec<usize> = order
+        .iter()
+        .filter_map(|id| pipeline.index_of(id))
+        .collect();
     // Resets first: a reset starts a new pass and clears old corrections, so
     // the new ones are routed after it.
     let mut events = Vec::new();

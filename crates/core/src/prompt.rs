@@ -173,10 +173,10 @@ pub fn assemble(inputs: &PromptInputs<'_>) -> Prompt {
         }
     }
     if let Some(item) = inputs.item {
-        let text = item
-            .item
-            .as_str()
-            .map_or_else(|| serde_json::to_string_pretty(&item.item).unwrap_or_default(), str::to_string);
+        let text = item.item.as_str().map_or_else(
+            || serde_json::to_string_pretty(&item.item).unwrap_or_default(),
+            str::to_string,
+        );
         let _ = write!(
             task,
             "\n## Your item: `{}`\nThis block runs once for each item of a list; this run is for this item only. Work on it alone; the other items are handled by other runs of the block.\n{}\n",

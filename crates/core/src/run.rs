@@ -741,7 +741,11 @@ impl RunDoc {
                 let mut out = Vec::new();
                 for instance in keys {
                     let id = instance_id(block, instance);
-                    if let Some(state) = self.blocks.get(&id).filter(|s| s.status == BlockStatus::Done) {
+                    if let Some(state) = self
+                        .blocks
+                        .get(&id)
+                        .filter(|s| s.status == BlockStatus::Done)
+                    {
                         let artifact = last_artifact(&id, state, key)?;
                         out.push((id, artifact));
                     }
@@ -1625,7 +1629,11 @@ fn running_attempt<'a>(
 }
 
 /// `key` of the block's last successful attempt.
-fn last_artifact<'a>(block: &str, state: &'a BlockState, key: &str) -> Result<&'a ArtifactRef, String> {
+fn last_artifact<'a>(
+    block: &str,
+    state: &'a BlockState,
+    key: &str,
+) -> Result<&'a ArtifactRef, String> {
     let attempt = state
         .last_success()
         .ok_or_else(|| format!("upstream block `{block}` has no successful attempt"))?;
@@ -1633,7 +1641,12 @@ fn last_artifact<'a>(block: &str, state: &'a BlockState, key: &str) -> Result<&'
         .report
         .as_ref()
         .and_then(|r| r.artifacts.get(key))
-        .ok_or_else(|| format!("upstream `{block}` attempt {} has no artifact `{key}`", attempt.n))
+        .ok_or_else(|| {
+            format!(
+                "upstream `{block}` attempt {} has no artifact `{key}`",
+                attempt.n
+            )
+        })
 }
 
 fn ensure_finished(block: &str, state: &BlockState, event: &'static str) -> Result<(), ApplyError> {

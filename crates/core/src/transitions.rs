@@ -847,8 +847,7 @@ pub fn retry(
 /// instances, or a pending instance that must leave.
 pub(crate) fn needs_reset(state: &crate::run::BlockState, regroup: bool) -> bool {
     state.status != BlockStatus::Pending
-        || (regroup
-            && (state.instances.is_some() || (state.instance.is_some() && !state.dropped)))
+        || (regroup && (state.instances.is_some() || (state.instance.is_some() && !state.dropped)))
 }
 
 /// Resets `block` and its descendants to pending (a person's retry): the

@@ -381,7 +381,9 @@ impl Engine {
                     // Reading a list runs nothing: no timer, no audit.
                     let block = pipeline.block(&block_id).cloned();
                     let source = match &block {
-                        Some(block) => crate::fan_out::read_source(store.as_ref(), &doc, block).await,
+                        Some(block) => {
+                            crate::fan_out::read_source(store.as_ref(), &doc, block).await
+                        }
                         None => Err(format!("block `{block_id}` is not in the template")),
                     };
                     if !watched.finish(&block_id, attempt) {
@@ -618,7 +620,10 @@ fn slim_doc(doc: &RunDoc, pipeline: &factory_core::Pipeline, block_id: &str) -> 
     let instances: Vec<String> = upstream
         .iter()
         .filter_map(|id| Some((*id, doc.blocks.get(*id)?.instances.as_ref()?)))
-        .flat_map(|(group, keys)| keys.iter().map(move |key| factory_core::run::instance_id(group, key)))
+        .flat_map(|(group, keys)| {
+            keys.iter()
+                .map(move |key| factory_core::run::instance_id(group, key))
+        })
         .collect();
     let own = doc
         .blocks

@@ -38,7 +38,10 @@ pub(crate) async fn read_source(
         });
     }
     let (Some(from), Some(artifact)) = (&over.block, &over.artifact) else {
-        return Err(format!("block `{}`: `fan_out.over` names no list", block.id));
+        return Err(format!(
+            "block `{}`: `fan_out.over` names no list",
+            block.id
+        ));
     };
     let found = doc.dependency_artifacts(from, artifact)?;
     let [(_, reference)] = found.as_slice() else {

@@ -89,7 +89,10 @@ pub(crate) async fn run(mut input: AttemptInput<'_>) -> Execution {
     }
     if let Some(item) = input.item {
         command
-            .env("FACTORY_ITEM", serde_json::to_string(&item.item).unwrap_or_default())
+            .env(
+                "FACTORY_ITEM",
+                serde_json::to_string(&item.item).unwrap_or_default(),
+            )
             .env("FACTORY_ITEM_KEY", &item.key)
             .env("FACTORY_GROUP", &item.group);
     }

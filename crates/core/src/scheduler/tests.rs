@@ -142,7 +142,10 @@ impl Harness {
         if reshaped {
             // As the engine's run handle does: the run's graph follows the
             // document, and the index is built on the new graph.
-            self.pipeline = self.base.for_run(&self.doc).unwrap_or_else(|| self.base.clone());
+            self.pipeline = self
+                .base
+                .for_run(&self.doc)
+                .unwrap_or_else(|| self.base.clone());
             self.index = RunIndex::new(&self.pipeline, &self.doc);
         } else {
             self.index.observe(&self.pipeline, &self.doc, &records);
@@ -1407,7 +1410,18 @@ fn spec() -> impl Strategy<Value = Spec> {
         proptest::option::weighted(0.25, (0u8..5, 0u8..3)),
     )
         .prop_map(
-            |(deps, gate, threshold, max_retries, retryable, group, layer, autonomy, any_mode, fan_out)| {
+            |(
+                deps,
+                gate,
+                threshold,
+                max_retries,
+                retryable,
+                group,
+                layer,
+                autonomy,
+                any_mode,
+                fan_out,
+            )| {
                 Spec {
                     fan_out,
                     deps,
@@ -1432,7 +1446,11 @@ fn list_param(i: usize) -> String {
 /// A fan-out spec's list: `n` items, cut to what `need` can be met by and
 /// `max` allows when every attempt is to succeed.
 fn fan_out_list((n, need): (u8, u8), all_good: bool) -> Value {
-    let n = if all_good { n.clamp(if need == 2 { 2 } else { u8::from(need == 1) }, 3) } else { n };
+    let n = if all_good {
+        n.clamp(if need == 2 { 2 } else { u8::from(need == 1) }, 3)
+    } else {
+        n
+    };
     Value::from((0..n).map(|k| format!("Item {k}")).collect::<Vec<_>>())
 }
 
@@ -1728,9 +1746,19 @@ fn random_runs_with_fan_out_reach_every_fan_out_transition() {
     };
     let specs = vec![
         plain(vec![]),
-        Spec { fan_out: Some((3, 0)), ..plain(vec![0]) },
-        Spec { fan_out: Some((2, 1)), gate: HumanGate::After, ..plain(vec![0]) },
-        Spec { fan_out: Some((4, 2)), ..plain(vec![1]) },
+        Spec {
+            fan_out: Some((3, 0)),
+            ..plain(vec![0])
+        },
+        Spec {
+            fan_out: Some((2, 1)),
+            gate: HumanGate::After,
+            ..plain(vec![0])
+        },
+        Spec {
+            fan_out: Some((4, 2)),
+            ..plain(vec![1])
+        },
         plain(vec![1, 2, 3]),
     ];
     let mut seen = BTreeSet::new();
@@ -1741,15 +1769,25 @@ fn random_runs_with_fan_out_reach_every_fan_out_transition() {
             let what = match &record.event {
                 Event::BlockExpanded { .. } => "expanded",
                 Event::GroupDone { .. } => "group done",
-                Event::BlockBlocked { block, .. } if h.base.block(block).is_some_and(|b| b.fan_out.is_some()) => "group blocked",
+                Event::BlockBlocked { block, .. }
+                    if h.base.block(block).is_some_and(|b| b.fan_out.is_some()) =>
+                {
+                    "group blocked"
+                }
                 Event::BlockReset { regroup: true, .. } => "regroup",
-                Event::BlockReset { block, fresh: true, .. } if block.contains('[') => "instance retried",
+                Event::BlockReset {
+                    block, fresh: true, ..
+                } if block.contains('[') => "instance retried",
                 Event::BlockFailed { error, .. } if error.contains("the list") => "list refused",
                 _ => continue,
             };
             seen.insert(what);
         }
-        if h.doc.blocks.values().any(|s| s.dropped && !s.history.is_empty()) {
+        if h.doc
+            .blocks
+            .values()
+            .any(|s| s.dropped && !s.history.is_empty())
+        {
             seen.insert("dropped");
         }
     }
@@ -1821,7 +1859,13 @@ fn check_final(h: &Harness, all_good: bool) {
             }
             // A list that cannot be used fails its block at once.
             BlockStatus::Failed if b.fan_out.is_some() => {
-                assert!(state.error.as_deref().is_some_and(|e| e.contains("the list")), "{state:?}");
+                assert!(
+                    state
+                        .error
+                        .as_deref()
+                        .is_some_and(|e| e.contains("the list")),
+                    "{state:?}"
+                );
             }
             BlockStatus::Failed => {
                 assert!(!b.execution.retryable || state.retries_used == b.execution.max_retries);
@@ -1832,10 +1876,16 @@ fn check_final(h: &Harness, all_good: bool) {
                 let keys = state.instances.as_ref().expect("a done group expanded");
                 let done = keys
                     .iter()
-                    .filter(|k| doc.blocks[&crate::run::instance_id(&b.id, k)].status == BlockStatus::Done)
+                    .filter(|k| {
+                        doc.blocks[&crate::run::instance_id(&b.id, k)].status == BlockStatus::Done
+                    })
                     .count();
                 let need = b.fan_out.as_ref().unwrap().need;
-                assert!(done >= need.required(keys.len()), "{}: {done} of {keys:?}", b.id);
+                assert!(
+                    done >= need.required(keys.len()),
+                    "{}: {done} of {keys:?}",
+                    b.id
+                );
                 assert_eq!(h.pipeline.members(i).map(<[usize]>::len), Some(keys.len()));
             }
             BlockStatus::Done => {

@@ -24,7 +24,8 @@ pub(super) fn check(template: &Template, out: &mut Vec<Diagnostic>) {
         if stream {
             push(error(
                 at(""),
-                "`fan_out` in a stream template: a stream moves records, one block per stage".into(),
+                "`fan_out` in a stream template: a stream moves records, one block per stage"
+                    .into(),
                 "remove `fan_out`; a stream already runs its stages once per record",
             ));
         }
@@ -41,7 +42,8 @@ pub(super) fn check(template: &Template, out: &mut Vec<Diagnostic>) {
         if !block.outputs.emits.is_empty() {
             push(error(
                 format!("$.blocks[{i}].outputs.emits"),
-                "`outputs.emits` on a fan-out block: its instances would each emit, once per item".into(),
+                "`outputs.emits` on a fan-out block: its instances would each emit, once per item"
+                    .into(),
                 "emit from the block that reads the group's artifacts",
             ));
         }
@@ -51,7 +53,9 @@ pub(super) fn check(template: &Template, out: &mut Vec<Diagnostic>) {
                 if !template.params.contains_key(param) {
                     push(error(
                         at(".over.param"),
-                        format!("the list comes from param `{param}`, which the template does not declare"),
+                        format!(
+                            "the list comes from param `{param}`, which the template does not declare"
+                        ),
                         "declare it under `params` (a JSON array), or name a declared param",
                     ));
                 }
@@ -60,15 +64,25 @@ pub(super) fn check(template: &Template, out: &mut Vec<Diagnostic>) {
                 if !block.inputs.depends.iter().any(|d| &d.block == from) {
                     push(error(
                         at(".over.block"),
-                        format!("the list comes from block `{from}`, which is not one of this block's dependencies, so it may not be done when the list is read"),
-                        &format!("add {{\"block\": \"{from}\", \"key\": \"{artifact}\"}} to `inputs.depends`"),
+                        format!(
+                            "the list comes from block `{from}`, which is not one of this block's dependencies, so it may not be done when the list is read"
+                        ),
+                        &format!(
+                            "add {{\"block\": \"{from}\", \"key\": \"{artifact}\"}} to `inputs.depends`"
+                        ),
                     ));
                 }
-                match template
-                    .blocks
-                    .iter()
-                    .find(|b| &b.id == from)
-                    .map(|b| b.outputs.artifacts.iter().find(|a| &a.key == artifact))
+                let source_block = template.blocks.iter().find(|b| &b.id == from);
+                if source_block.is_some_and(|b| b.fan_out.is_some()) {
+                    push(error(
+                        at(".over.block"),
+                        format!(
+                            "the list comes from `{from}`, which fans out itself: it makes one `{artifact}` per instance, not one list"
+                        ),
+                        "read the list from a block that runs once (for example one that merges the instances' lists)",
+                    ));
+                }
+                match source_block.map(|b| b.outputs.artifacts.iter().find(|a| &a.key == artifact))
                 {
                     None => {}
                     Some(None) => push(error(
@@ -78,7 +92,9 @@ pub(super) fn check(template: &Template, out: &mut Vec<Diagnostic>) {
                     )),
                     Some(Some(spec)) if spec.format != ArtifactFormat::Json => push(error(
                         at(".over.artifact"),
-                        format!("`{from}.{artifact}` is not a `json` artifact, so it cannot hold a list"),
+                        format!(
+                            "`{from}.{artifact}` is not a `json` artifact, so it cannot hold a list"
+                        ),
                         "read the list from a `json` artifact",
                     )),
                     Some(Some(_)) => {}
@@ -110,7 +126,10 @@ pub(super) fn check(template: &Template, out: &mut Vec<Diagnostic>) {
         if fan_out.max == 0 || fan_out.max > FAN_OUT_LIMIT {
             push(error(
                 at(".max"),
-                format!("`fan_out.max` is {}; it must be 1 to {FAN_OUT_LIMIT}", fan_out.max),
+                format!(
+                    "`fan_out.max` is {}; it must be 1 to {FAN_OUT_LIMIT}",
+                    fan_out.max
+                ),
                 "set the most instances the list may make",
             ));
         }

@@ -1683,3 +1683,109 @@ fn emitted_events_name_a_json_artifact_of_the_block_and_a_name_of_their_own() {
             .any(|d| d.message.contains("factory's own"))
     );
 }
+
+// ── fan_out ──
+
+/// `b` fans out a `command` block over `over`.
+fn fanned(mut b: Value, over: Value) -> Value {
+    b["runtime"] = json!("command");
+    b["inputs"]["config"] = json!({ "command": ["true"] });
+    b["fan_out"] = json!({ "over": over });
+    b
+}
+
+#[test]
+fn a_fan_out_reads_a_declared_param_or_a_json_artifact_of_a_dependency() {
+    let mut planner = block("planner");
+    planner["outputs"]["artifacts"] = json!([
+        { "key": "plan", "path": "plan.json", "format": "json" },
+        { "key": "notes", "path": "notes.md", "format": "md" }
+    ]);
+    let mut t = template(vec![
+        planner.clone(),
+        fanned(block_on("lens", &[]), json!({ "param": "perspectives" })),
+        fanned(
+            block_on("by-plan", &["planner"]),
+            json!({ "block": "planner", "artifact": "plan", "pointer": "/items" }),
+        ),
+    ]);
+    t["blocks"][2]["inputs"]["depends"] = json!([{ "block": "planner", "key": "plan" }]);
+    t["params"] = json!({ "perspectives": { "default": ["a", "b"] } });
+    check(t.clone(), &[]);
+
+    let mut bad = t.clone();
+    bad["params"] = json!({});
+    check(bad, &[("TPL0031", "fan_out.over.param", Some("lens"))]);
+
+    let mut bad = t.clone();
+    bad["blocks"][2]["fan_out"]["over"] = json!({ "block": "planner", "artifact": "notes" });
+    let validated = check(
+        bad,
+        &[("TPL0031", "fan_out.over.artifact", Some("by-plan"))],
+    );
+    assert!(
+        only_error(&validated)
+            .message
+            .contains("not a `json` artifact")
+    );
+
+    let mut bad = t.clone();
+    bad["blocks"][2]["inputs"]["depends"] = json!([]);
+    let validated = check(bad, &[("TPL0031", "fan_out.over.block", Some("by-plan"))]);
+    assert!(help(only_error(&validated)).contains("inputs.depends"));
+
+    let mut bad = t.clone();
+    bad["blocks"][1]["fan_out"]["over"] = json!({ "param": "perspectives", "block": "planner" });
+    check(bad, &[("TPL0031", "fan_out.over", Some("lens"))]);
+
+    let mut bad = t.clone();
+    bad["blocks"][2]["fan_out"]["over"]["pointer"] = json!("items");
+    check(bad, &[("TPL0031", "fan_out.over.pointer", Some("by-plan"))]);
+}
+
+#[test]
+fn a_fan_out_is_bounded_and_only_on_blocks_that_can_tell_instances_apart() {
+    let mut t = template(vec![fanned(block("lens"), json!({ "param": "p" }))]);
+    t["params"] = json!({ "p": {} });
+
+    let mut bad = t.clone();
+    bad["blocks"][0]["fan_out"]["max"] = json!(20_000);
+    check(bad, &[("TPL0002", "fan_out.max", Some("lens"))]);
+    let mut bad = t.clone();
+    bad["blocks"][0]["fan_out"]["need"] = json!({ "at_least": 200 });
+    check(bad, &[("TPL0031", "fan_out.need", Some("lens"))]);
+    let mut ok = t.clone();
+    ok["blocks"][0]["fan_out"]["need"] = json!({ "at_least": 2 });
+    check(ok, &[]);
+    let mut bad = t.clone();
+    bad["blocks"][0]["fan_out"]["need"] = json!("most");
+    let validated = validate_value(&bad);
+    assert!(validated.has_errors(), "an unknown need is refused");
+    let mut bad = t.clone();
+    bad["blocks"][0]["runtime"] = json!("builtin");
+    bad["blocks"][0]["inputs"]["config"] = json!({ "builtin": "noop" });
+    check(bad, &[("TPL0031", "runtime", Some("lens"))]);
+    let mut bad = t.clone();
+    bad["blocks"][0]["outputs"]["artifacts"] =
+        json!([{ "key": "out", "path": "out.json", "format": "json" }]);
+    bad["blocks"][0]["outputs"]["emits"] = json!([{ "event": "lens.made", "artifact": "out" }]);
+    check(bad, &[("TPL0031", "outputs.emits", Some("lens"))]);
+    let mut bad = t.clone();
+    bad["blocks"][0]["fan_out"]["surprise"] = json!(1);
+    assert!(
+        validate_value(&bad).has_errors(),
+        "unknown fields are refused"
+    );
+
+    // A list read from a block that fans out itself is not one list.
+    let mut nested = t.clone();
+    let mut second = fanned(
+        block_on("second", &["lens"]),
+        json!({ "block": "lens", "artifact": "out" }),
+    );
+    nested["blocks"][0]["outputs"]["artifacts"] =
+        json!([{ "key": "out", "path": "out.json", "format": "json" }]);
+    second["inputs"]["depends"] = json!([{ "block": "lens", "key": "out" }]);
+    nested["blocks"].as_array_mut().unwrap().push(second);
+    check(nested, &[("TPL0031", "fan_out.over.block", Some("second"))]);
+}
