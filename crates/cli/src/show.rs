@@ -38,7 +38,10 @@ pub async fn status(store: &dyn Store, run: &str, json: bool) -> Result<()> {
     } else {
         print!(
             "{}",
-            summary(&stored.doc, &template_order(&stored.template_json))
+            summary(
+                &stored.doc,
+                &template_order(&stored.template_json, &stored.doc)
+            )
         );
     }
     Ok(())
@@ -61,14 +64,18 @@ fn ordered_blocks<'a>(
     blocks
 }
 
-/// Block ids in topological order, from the template stored with the run.
-pub fn template_order(template_json: &str) -> Vec<String> {
+/// Block ids in topological order, from the template stored with the run
+/// and the instances its fan-out blocks made (each group after its own).
+pub fn template_order(template_json: &str, doc: &RunDoc) -> Vec<String> {
     match factory_core::validate_str(template_json).pipeline {
-        Some(pipeline) => pipeline
-            .topo_order()
-            .iter()
-            .map(|&i| pipeline.blocks()[i].id.clone())
-            .collect(),
+        Some(base) => {
+            let pipeline = base.for_run(doc).unwrap_or(base);
+            pipeline
+                .topo_order()
+                .iter()
+                .map(|&i| pipeline.blocks()[i].id.clone())
+                .collect()
+        }
         None => Vec::new(),
     }
 }
@@ -122,6 +129,24 @@ pub fn summary(doc: &RunDoc, template_order: &[String]) -> String {
             )
             .trim()
             .to_string();
+        }
+        if let Some(keys) = &state.instances {
+            let done = keys
+                .iter()
+                .filter(|k| {
+                    doc.blocks
+                        .get(&factory_core::run::instance_id(id, k))
+                        .is_some_and(|s| s.status == BlockStatus::Done)
+                })
+                .count();
+            note = format!("{note} [fan-out: {done} of {} instances done]", keys.len())
+                .trim()
+                .to_string();
+        }
+        if state.dropped {
+            note = format!("{note} [dropped: its group's list no longer names it]")
+                .trim()
+                .to_string();
         }
         if state.review_flag {
             note = format!("{note} [review flagged]").trim().to_string();

@@ -1216,7 +1216,7 @@ impl RunDoc {
     /// Counts of blocks per status, for summaries.
     pub fn status_counts(&self) -> BTreeMap<&'static str, usize> {
         let mut counts = BTreeMap::new();
-        for state in self.blocks.values() {
+        for state in self.blocks.values().filter(|s| !s.dropped) {
             *counts.entry(state.status.as_str()).or_insert(0) += 1;
         }
         counts

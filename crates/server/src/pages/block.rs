@@ -206,29 +206,65 @@ async fn inputs(state: &SharedState, view: &BlockView) -> Result<Markup, ApiErro
     let block = &view.block;
     let mut upstream = Vec::new();
     for dependency in &block.inputs.depends {
-        let content = match view
+        // A fan-out block is read through each of its done instances.
+        let from: Vec<String> = match view
             .doc
-            .blocks
-            .get(&dependency.block)
-            .and_then(|s| s.last_success())
+            .dependency_artifacts(&dependency.block, &dependency.key)
         {
-            Some(attempt) => match crate::api::blocks::artifact_content(
-                state,
-                attempt,
-                &dependency.block,
-                &dependency.key,
-            )
-            .await
-            {
-                Ok((format, bytes)) => Some((attempt.n, render::artifact(format, &bytes))),
-                Err(_) => None,
-            },
-            None => None,
+            Ok(found) if !found.is_empty() => found.into_iter().map(|(id, _)| id).collect(),
+            _ => vec![dependency.block.clone()],
         };
-        upstream.push((dependency, content));
+        for from in from {
+            let content = match view.doc.blocks.get(&from).and_then(|s| s.last_success()) {
+                Some(attempt) => match crate::api::blocks::artifact_content(
+                    state,
+                    attempt,
+                    &from,
+                    &dependency.key,
+                )
+                .await
+                {
+                    Ok((format, bytes)) => Some((attempt.n, render::artifact(format, &bytes))),
+                    Err(_) => None,
+                },
+                None => None,
+            };
+            upstream.push((from, &dependency.key, content));
+        }
     }
+    let own = view.doc.blocks.get(&block.id);
+    let item = own.and_then(|s| s.instance.as_ref());
+    let instances: Vec<(String, &str)> = own
+        .and_then(|s| s.instances.as_ref())
+        .map(|keys| {
+            keys.iter()
+                .map(|key| {
+                    let id = factory_core::run::instance_id(&block.id, key);
+                    let status = view
+                        .doc
+                        .blocks
+                        .get(&id)
+                        .map_or("pending", |s| s.status.as_str());
+                    (id, status)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     let uploads = crate::api::runs::uploads(state, &view.doc.run_id).await?;
     Ok(html! {
+        @if let Some(item) = item {
+            h3 { "Item" }
+            p.muted { "This block is one instance of " a href={"/runs/" (view.doc.run_id) "/blocks/" (item.group)} { code { (item.group) } } ", run once per item of its list; this is item " code { (item.key) } "." }
+            (render::json(&serde_json::to_string(&item.item).unwrap_or_default()))
+        }
+        @if let Some(fan_out) = &block.fan_out {
+            h3 { "Fan-out" }
+            p.muted { "Runs once per item of " (factory_core::fan_out::source_label(&fan_out.over)) " (at most " (fan_out.max) ")." }
+            @if instances.is_empty() { p.muted { "Not expanded in this pass yet." } }
+            @else {
+                ul.instances { @for (id, status) in &instances { li { a href={"/runs/" (view.doc.run_id) "/blocks/" (id)} { code { (id) } } " · " span class={"status-text " (status)} { (status) } } } }
+            }
+        }
         h3 { "Config" }
         @if block.inputs.config.is_empty() { p.muted { "No config values." } }
         @else { (render::json(&serde_json::to_string(&block.inputs.config).unwrap_or_default())) }
@@ -240,9 +276,9 @@ async fn inputs(state: &SharedState, view: &BlockView) -> Result<Markup, ApiErro
         @else { ul { @for f in &uploads { li { a href={"/api/v1/runs/" (view.doc.run_id) "/files/" (f.name)} { (f.name) } " · " (f.size) " bytes" } } } }
         h3 { "Upstream artifacts" }
         @if upstream.is_empty() { p.muted { "This block reads no upstream artifacts." } }
-        @for (dependency, content) in &upstream {
+        @for (from, key, content) in &upstream {
             details.upstream {
-                summary { code { (dependency.block) "." (dependency.key) } }
+                summary { code { (from) "." (key) } }
                 @match content {
                     Some((n, markup)) => { p.muted { "attempt " (n) } (markup) },
                     None => p.muted { "not produced yet" },

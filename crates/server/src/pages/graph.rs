@@ -63,10 +63,15 @@ enum Vertex {
 /// Lays out `pipeline`; `group` gives a block's parallel group, if any.
 pub fn layout(pipeline: &Pipeline) -> Layout {
     let n = pipeline.len();
+    // A fan-out block's instances are boxed together, like a parallel group.
     let groups: Vec<Option<&str>> = pipeline
         .blocks()
         .iter()
-        .map(|b| b.execution.parallel_group.as_deref())
+        .enumerate()
+        .map(|(i, b)| match pipeline.group_of(i) {
+            Some(g) => Some(pipeline.blocks()[g].id.as_str()),
+            None => b.execution.parallel_group.as_deref(),
+        })
         .collect();
     let mut rows = vec![0usize; n];
     for &i in pipeline.topo_order() {
@@ -313,11 +318,13 @@ impl Piece {
 }
 
 /// The second line of a block's box: status, try, how long the latest
-/// attempt took (or has run), audit badge, flag, gate.
+/// attempt took (or has run) — for a fan-out block, how many of its
+/// instances are done instead — audit badge, flag, gate.
 fn meta_line(
     state: &factory_core::run::BlockState,
     audit: Option<(f64, &str)>,
     gate: Option<&str>,
+    instances_done: Option<(usize, usize)>,
     now: Millis,
 ) -> Vec<Piece> {
     let mut status = state.status.as_str().to_string();
@@ -329,7 +336,9 @@ fn meta_line(
         status.push_str(&format!(" · try {}", state.attempts));
     }
     let mut parts = vec![Piece::plain(status)];
-    if let Some(latest) = state.history.last().filter(|_| !state.awaits_new_pass()) {
+    if let Some((done, of)) = instances_done {
+        parts.push(Piece::plain(format!("· {done}/{of} done")));
+    } else if let Some(latest) = state.history.last().filter(|_| !state.awaits_new_pass()) {
         match latest.ended_at {
             Some(end) => parts.push(Piece::plain(format!(
                 "· {}",
@@ -392,7 +401,8 @@ pub fn svg(doc: &RunDoc, pipeline: &Pipeline, now: Millis) -> Markup {
             @for (group, x, y, w, h) in &layout.groups {
                 g.group.parallel {
                     rect x=(format!("{x:.0}")) y=(format!("{y:.0}")) width=(format!("{w:.0}")) height=(format!("{h:.0}")) rx="8" {}
-                    text.group-label x=(format!("{:.0}", x + 6.0)) y=(format!("{:.0}", y - 3.0)) { "parallel: " (group) }
+                    @let fan_out = pipeline.block(group).is_some_and(|b| b.fan_out.is_some());
+                    text.group-label x=(format!("{:.0}", x + 6.0)) y=(format!("{:.0}", y - 3.0)) { (if fan_out { "instances of " } else { "parallel: " }) (group) }
                 }
             }
             @for edge in &layout.edges {
@@ -411,7 +421,8 @@ pub fn svg(doc: &RunDoc, pipeline: &Pipeline, now: Millis) -> Markup {
                 };
                 @let audit = state.latest_audit().filter(|_| !state.awaits_new_pass());
                 @let title = render::clip(&block.name, 27);
-                @let meta = meta_line(state, audit.map(|a| (a.composite, a.badge.as_str())), gate, now);
+                @let instances_done = state.instances.as_ref().map(|keys| (keys.iter().filter(|k| doc.blocks.get(&factory_core::run::instance_id(&block.id, k)).is_some_and(|s| s.status == BlockStatus::Done)).count(), keys.len()));
+                @let meta = meta_line(state, audit.map(|a| (a.composite, a.badge.as_str())), gate, instances_done, now);
                 // The `<title>` is the link's accessible name and its
                 // tooltip: what is seen, then what is not (the full name,
                 // what it waits for). No aria-label: it would have to repeat

@@ -171,8 +171,12 @@ fn pipeline(doc: &RunDoc, template: &Template, layers: &[(String, Vec<usize>)]) 
                     h3 { (layer) }
                     @let groups = group_by_parallel(template, indexes);
                     @for (group, members) in &groups {
-                        div class=(if group.is_some() { "group parallel" } else { "group" }) {
-                            @if let Some(g) = group { div.group-label { "parallel: " (g) } }
+                        div class=(match group { Some(Grouping::Parallel(_)) => "group parallel", Some(Grouping::Instances(_)) => "group instances", None => "group" }) {
+                            @match group {
+                                Some(Grouping::Parallel(g)) => div.group-label { "parallel: " (g) },
+                                Some(Grouping::Instances(g)) => div.group-label { "instances of " (g) },
+                                None => {},
+                            }
                             @for i in members {
                                 @let block = &template.blocks[*i];
                                 @let state = &doc.blocks[&block.id];
@@ -188,6 +192,10 @@ fn pipeline(doc: &RunDoc, template: &Template, layers: &[(String, Vec<usize>)]) 
                                     }
                                     div.block-meta {
                                         span.status-text { (state.status.as_str()) }
+                                        @if let Some(keys) = &state.instances {
+                                            @let done = keys.iter().filter(|k| doc.blocks.get(&factory_core::run::instance_id(&block.id, k)).is_some_and(|s| s.status == BlockStatus::Done)).count();
+                                            " · fan-out " (done) "/" (keys.len()) " done"
+                                        }
                                         @if state.status == BlockStatus::Waiting { " · needs review" }
                                         @if state.attempts > 1 { " · try " (state.attempts) }
                                         @if let Some(a) = state.latest_audit().filter(|_| !state.awaits_new_pass()) { " " (render::badge(a.composite, &a.badge)) }
@@ -203,13 +211,32 @@ fn pipeline(doc: &RunDoc, template: &Template, layers: &[(String, Vec<usize>)]) 
     }
 }
 
+/// What a box of block cards in a layer holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Grouping<'a> {
+    /// Blocks of one `parallel_group`.
+    Parallel(&'a str),
+    /// The instances of one fan-out block.
+    Instances(&'a str),
+}
+
 fn group_by_parallel<'a>(
     template: &'a Template,
     indexes: &[usize],
-) -> Vec<(Option<&'a str>, Vec<usize>)> {
-    let mut groups: Vec<(Option<&str>, Vec<usize>)> = Vec::new();
+) -> Vec<(Option<Grouping<'a>>, Vec<usize>)> {
+    let mut groups: Vec<(Option<Grouping>, Vec<usize>)> = Vec::new();
     for &i in indexes {
-        let group = template.blocks[i].execution.parallel_group.as_deref();
+        let block = &template.blocks[i];
+        let id = block.id.as_str();
+        let group = if id.contains('[') {
+            Some(Grouping::Instances(factory_core::run::group_id(id)))
+        } else {
+            block
+                .execution
+                .parallel_group
+                .as_deref()
+                .map(Grouping::Parallel)
+        };
         match groups
             .iter_mut()
             .find(|(g, _)| group.is_some() && *g == group)

@@ -1250,3 +1250,105 @@ async fn a_streams_records_move_through_their_states_in_the_workbench() {
     )
     .await;
 }
+
+/// A fan-out run on the workbench: the instances sit in one box in the
+/// graph, the group says how many are done, and an
+/// instance's page (its id has brackets) shows the item it ran for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fan_out_shows_its_instances_as_one_group() {
+    let t = TestServer::start().await;
+    let command = |id: &str, script: &str, extra: Value| {
+        let mut block = json!({
+            "id": id, "name": id.replace('-', " "), "layer": "L1", "type": "research", "runtime": "command",
+            "inputs": {"config": {"command": ["sh", "-c", script]}},
+            "outputs": {"artifacts": [{"key": "view", "path": "view.md", "format": "md"}]},
+            "execution": {"max_retries": 0}
+        });
+        for (key, value) in extra.as_object().unwrap() {
+            block[key] = value.clone();
+        }
+        block
+    };
+    let template = json!({
+        "id": "brief-demo", "name": "Brief demo", "version": "1",
+        "params": {"perspectives": {"default": ["Positioning", "Gap analysis", "Competitive landscape", "Partnership risk"]}},
+        "blocks": [
+            command(
+                "perspective",
+                "[ \"$FACTORY_ITEM_KEY\" = partnership-risk ] && { echo 'no partner data' >&2; exit 2; }; printf '# %s\\n\\nWhat the %s view of Acme shows.\\n' \"$FACTORY_ITEM\" \"$FACTORY_ITEM_KEY\" > \"$FACTORY_OUTPUT_DIR/view.md\"",
+                json!({"fan_out": {"over": {"param": "perspectives"}, "max": 8, "need": {"at_least": 3}}}),
+            ),
+            command(
+                "brief",
+                "cat \"$(dirname \"$FACTORY_INPUTS\")\"/inputs/*/view.md > \"$FACTORY_OUTPUT_DIR/view.md\"",
+                json!({"layer": "L2", "inputs": {"depends": [{"block": "perspective", "key": "view"}], "config": {"command": ["sh", "-c", "cat \"$(dirname \"$FACTORY_INPUTS\")\"/inputs/*/view.md > \"$FACTORY_OUTPUT_DIR/view.md\""]}}}),
+            ),
+        ]
+    });
+    t.register_template(&template).await;
+    let run = t.start_run("brief-demo", json!({})).await;
+    let doc = t
+        .wait_for(&run, "the run to end", |d| d["status"] == "failed")
+        .await;
+    assert_eq!(block_status(&doc, "perspective"), "done", "3 of 4 suffice");
+    assert_eq!(block_status(&doc, "brief"), "done");
+    assert_eq!(
+        block_status(&doc, "perspective[partnership-risk]"),
+        "failed"
+    );
+
+    let b = browser().await;
+    let c = &b.client;
+    login(c, &t, "viewer", &format!("/runs/{run}")).await;
+    until(
+        c,
+        "the instances in the graph",
+        "return document.querySelectorAll('svg.graph a.block[data-block^=\"perspective[\"]').length === 4;",
+    )
+    .await;
+    let label = c
+        .execute(
+            "return [...document.querySelectorAll('svg.graph text.group-label')].map(t => t.textContent).join('|');",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(label, json!("instances of perspective"));
+    let group = text_of(
+        c,
+        "svg.graph a.block[data-block='perspective'] text.block-meta",
+    )
+    .await;
+    assert!(group.contains("3/4 done"), "{group}");
+    screenshot(c, "fan-out-run").await;
+
+    // An instance's page, reached by its link.
+    click(
+        c,
+        "svg.graph a.block[data-block='perspective[gap-analysis]']",
+    )
+    .await;
+    until(
+        c,
+        "the instance's page",
+        "return document.body.textContent.includes('this is item gap-analysis');",
+    )
+    .await;
+    assert!(
+        c.current_url()
+            .await
+            .unwrap()
+            .as_str()
+            .contains("/blocks/perspective")
+    );
+    let (s, body) = t
+        .call(
+            Method::GET,
+            &format!("/api/v1/runs/{run}/blocks/perspective%5Bgap-analysis%5D"),
+            "viewer",
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    b.client.clone().close().await.unwrap();
+}
