@@ -738,6 +738,12 @@ async fn drive_run(engine: &Engine, run_id: &str, quiet: bool) -> Result<ExitCod
             .map(|(id, _)| id.as_str())
             .collect();
         if let Some(first) = failed.first() {
+            // An instance's id has brackets, which a shell would glob.
+            let first = if first.contains('[') {
+                format!("'{first}'")
+            } else {
+                first.to_string()
+            };
             eprintln!(
                 "the run failed at {}: `factory retry {run_id} {first}` runs it again (then what depends on it); `factory logs {run_id} {first}` shows why",
                 failed.join(", ")

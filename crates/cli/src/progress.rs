@@ -49,6 +49,8 @@ pub fn observer(quiet: bool) -> Option<Observer> {
         if let Some(line) = line {
             bar.println(line);
         }
+        // A fan-out adds blocks as the run goes.
+        bar.set_length(run.counts.total() as u64);
         bar.set_position(run.counts.get(factory_core::BlockStatus::Done) as u64);
         let running = run.counts.get(factory_core::BlockStatus::Running);
         bar.set_message(match running {

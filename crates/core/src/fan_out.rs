@@ -103,9 +103,9 @@ pub fn instances(
 ) -> Result<Vec<Instance>, String> {
     let label = source_label(&fan_out.over);
     let value = match fan_out.over.pointer.as_deref().filter(|p| !p.is_empty()) {
-        Some(pointer) => source
-            .pointer(pointer)
-            .ok_or_else(|| format!("{label}: nothing there"))?,
+        Some(pointer) => source.pointer(pointer).ok_or_else(|| {
+            format!("the list to fan out over, {label}: there is nothing at that pointer")
+        })?,
         None => source,
     };
     let Value::Array(items) = value else {
@@ -135,11 +135,11 @@ pub fn instances(
         let key = key_of(item, fan_out.key.as_deref(), position);
         if let Some(earlier) = seen.insert(key.clone(), position) {
             return Err(format!(
-                "items {earlier} and {position} of {label} both make the instance key `{key}`; give each item a distinct {}",
+                "items {earlier} and {position} of {label} both make the instance key `{key}` (keys are the {} as lowercase letters, digits, `_` and `-`, at most {MAX_KEY_LEN} characters, or the item's position); make them differ there",
                 fan_out
                     .key
                     .as_deref()
-                    .map_or("value".to_string(), |field| format!("`{field}`"))
+                    .map_or("item".to_string(), |field| format!("item's `{field}`"))
             ));
         }
         out.push(Instance {

@@ -1013,11 +1013,13 @@ pub enum Event {
 }
 
 impl Event {
-    /// The block this event makes `done`: on its own (`block_done`) or
-    /// through its after-gate (`gate_approved`, after).
+    /// The block this event makes `done`: on its own (`block_done`),
+    /// through its after-gate (`gate_approved`, after), or as a fan-out
+    /// block whose instances settled (`group_done`).
     pub fn done_block(&self) -> Option<&str> {
         match self {
             Event::BlockDone { block }
+            | Event::GroupDone { block, .. }
             | Event::GateApproved {
                 block,
                 phase: GatePhase::After,
@@ -1112,6 +1114,9 @@ impl Event {
 /// `separate_reviewer` refuse their approval. System actors (the scheduler and
 /// workers) never count.
 pub fn ran_by(records: &[EventRecord], block: &str) -> BTreeSet<String> {
+    // Whoever set a fan-out block's pass in motion set its instances' too
+    // (an instance made by expanding anew has no reset of its own).
+    let group = group_id(block);
     let mut actors = BTreeSet::new();
     for record in records {
         let counts = match &record.event {
@@ -1121,7 +1126,7 @@ pub fn ran_by(records: &[EventRecord], block: &str) -> BTreeSet<String> {
                 phase: GatePhase::Before,
                 ..
             }
-            | Event::BlockReset { block: b, .. } => b == block,
+            | Event::BlockReset { block: b, .. } => b == block || b == group,
             _ => false,
         };
         if counts && !is_system_actor(&record.actor) {
@@ -1440,12 +1445,6 @@ impl RunDoc {
                 ..
             } => {
                 let state = self.state_mut(block)?;
-                if *regroup {
-                    // A group lets go of its expansion, and its instances of
-                    // their place in the run until it expands again.
-                    state.instances = None;
-                    state.dropped = state.instance.is_some();
-                }
                 if state.status == BlockStatus::Running {
                     return Err(ApplyError::IllegalTransition {
                         block: block.clone(),
@@ -1453,6 +1452,12 @@ impl RunDoc {
                         event: kind,
                         expected: "not running",
                     });
+                }
+                if *regroup {
+                    // A group lets go of its expansion, and its instances of
+                    // their place in the run until it expands again.
+                    state.instances = None;
+                    state.dropped = state.instance.is_some();
                 }
                 state.status = BlockStatus::Pending;
                 state.retries_used = 0;

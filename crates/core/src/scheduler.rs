@@ -116,10 +116,13 @@ fn step(
     let blocks = pipeline.blocks();
     let block = &blocks[i];
     let state = doc.blocks.get(&block.id)?;
-    let readiness = match (pipeline.members(i), &block.fan_out) {
-        (Some(instances), Some(fan_out)) if state.instances.is_some() => {
+    let readiness = match (&state.instances, pipeline.members(i), &block.fan_out) {
+        (Some(_), Some(instances), Some(fan_out)) => {
             group_readiness(fan_out.need, instances, &status)
         }
+        // Expanded, but this graph was built without its instances: never
+        // decide a group on a graph that does not hold it.
+        (Some(_), _, _) => return None,
         _ => readiness(block.inputs.mode, pipeline.upstream(i), &status),
     };
     let reason = match readiness {

@@ -570,7 +570,8 @@ pub struct FanOut {
     pub over: ListSource,
     /// For a list of objects: the field whose text names each instance
     /// (`positioning` → `perspective[positioning]`). Absent, or an item
-    /// without it: a string item names itself, anything else its position.
+    /// without it: a string, number or boolean item names itself, anything
+    /// else by its position.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
     /// The most instances the list may make; a longer list fails the block

@@ -504,7 +504,16 @@ impl Engine {
                                 list,
                             ) {
                                 Ok(more) => events.extend(more),
-                                Err(transitions::TransitionError::StaleAttempt { .. }) => {}
+                                Err(transitions::TransitionError::StaleAttempt {
+                                    block,
+                                    attempt,
+                                }) => {
+                                    tracing::warn!(
+                                        block,
+                                        attempt,
+                                        "discarding the list read of a reclaimed attempt"
+                                    );
+                                }
                                 Err(error) => return Err(error.into()),
                             }
                             continue;

@@ -30,11 +30,20 @@ pub(crate) async fn read_source(
     let over = &fan_out.over;
     let label = source_label(over);
     if let Some(param) = &over.param {
-        return doc.params.get(param).cloned().ok_or_else(|| {
+        let value = doc.params.get(param).ok_or_else(|| {
             format!(
-                "block `{}`: the list to fan out over, {label}, was not given to this run; pass it with --param {param}='[…]'",
+                "block `{}`: the list to fan out over, {label}, was not given to this run; pass it with --param {param}='[\"a\", \"b\"]'",
                 block.id
             )
+        })?;
+        // The CLI and the workbench's form pass every param as text: a
+        // list arrives as its JSON.
+        return Ok(match value {
+            Value::String(text) => serde_json::from_str(text)
+                .ok()
+                .filter(|v: &Value| v.is_array() || v.is_object())
+                .unwrap_or_else(|| value.clone()),
+            other => other.clone(),
         });
     }
     let (Some(from), Some(artifact)) = (&over.block, &over.artifact) else {

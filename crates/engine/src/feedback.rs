@@ -13,7 +13,7 @@ use factory_core::consensus::{TesterRole, Verdict, Vote};
 use factory_core::feedback::{
     self as loop_core, Convergence, ItemRef, ItemStats, ItemStatus, Priority, ReviewStats,
 };
-use factory_core::run::{BlockStatus, Event, EventRecord, GatePhase, RunDoc};
+use factory_core::run::{BlockStatus, Event, EventRecord, RunDoc};
 use factory_core::template::Runtime;
 use factory_core::transitions::{self, Principal};
 use factory_store::{FeedbackRecord, ImprovementItem, Writes};
@@ -705,15 +705,7 @@ impl Engine {
     ) -> Result<()> {
         let completed: Vec<String> = records
             .iter()
-            .filter_map(|r| match &r.event {
-                Event::BlockDone { block } => Some(block.clone()),
-                Event::GateApproved {
-                    block,
-                    phase: GatePhase::After,
-                    ..
-                } => Some(block.clone()),
-                _ => None,
-            })
+            .filter_map(|r| r.event.done_block().map(str::to_string))
             .filter(|block| {
                 handle.doc().blocks.get(block).is_some_and(|s| {
                     s.status == BlockStatus::Done

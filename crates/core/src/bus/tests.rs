@@ -303,3 +303,20 @@ fn a_block_emits_objects_or_arrays_of_objects_under_a_name_of_its_own() {
             .contains("not an event name")
     );
 }
+
+#[test]
+fn a_fan_out_block_done_as_a_group_is_a_block_done_event() {
+    let events = run_events(
+        &doc(),
+        &[record(
+            2,
+            Event::GroupDone {
+                block: "lens".into(),
+                reason: "all 4 instances done".into(),
+            },
+        )],
+    );
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].name, BLOCK_DONE);
+    assert_eq!(events[0].block.as_deref(), Some("lens"));
+}

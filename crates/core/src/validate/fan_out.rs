@@ -29,14 +29,22 @@ pub(super) fn check(template: &Template, out: &mut Vec<Diagnostic>) {
                 "remove `fan_out`; a stream already runs its stages once per record",
             ));
         }
-        if !matches!(block.runtime, Runtime::Llm | Runtime::Command) {
+        // The `noop` and `sleep` built-ins read nothing, so a map of them is
+        // harmless (a bench, a placeholder); other built-ins read the run's
+        // own state, the same for every instance.
+        let placeholder = block.runtime == Runtime::Builtin
+            && matches!(
+                block.inputs.config.get("builtin").and_then(|b| b.as_str()),
+                Some("noop" | "sleep")
+            );
+        if !matches!(block.runtime, Runtime::Llm | Runtime::Command) && !placeholder {
             push(error(
                 format!("$.blocks[{i}].runtime"),
                 format!(
                     "`fan_out` on a `{}` block: only `llm` and `command` blocks can tell their instances apart (the item reaches an llm block's prompt and a command's FACTORY_ITEM)",
                     block.runtime.as_str()
                 ),
-                "fan out an `llm` or `command` block",
+                "fan out an `llm` or `command` block (or the `noop` and `sleep` built-ins, which do nothing with it)",
             ));
         }
         if !block.outputs.emits.is_empty() {

@@ -1763,8 +1763,13 @@ fn a_fan_out_is_bounded_and_only_on_blocks_that_can_tell_instances_apart() {
     assert!(validated.has_errors(), "an unknown need is refused");
     let mut bad = t.clone();
     bad["blocks"][0]["runtime"] = json!("builtin");
-    bad["blocks"][0]["inputs"]["config"] = json!({ "builtin": "noop" });
+    bad["blocks"][0]["inputs"]["config"] =
+        json!({ "builtin": "review-page", "page": "expert-audit" });
     check(bad, &[("TPL0031", "runtime", Some("lens"))]);
+    let mut ok = t.clone();
+    ok["blocks"][0]["runtime"] = json!("builtin");
+    ok["blocks"][0]["inputs"]["config"] = json!({ "builtin": "noop" });
+    check(ok, &[]);
     let mut bad = t.clone();
     bad["blocks"][0]["outputs"]["artifacts"] =
         json!([{ "key": "out", "path": "out.json", "format": "json" }]);

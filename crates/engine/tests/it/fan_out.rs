@@ -185,7 +185,10 @@ async fn an_unusable_list_fails_the_block_once_with_what_is_wrong() {
             "has 6 items, more than `fan_out.max` (5)",
         ),
         (json!({"items": "a, b"}), "is a string, not a JSON array"),
-        (json!({"list": []}), "`plan.out` at `/items`: nothing there"),
+        (
+            json!({"list": []}),
+            "`plan.out` at `/items`: there is nothing at that pointer",
+        ),
         (
             json!({"items": [{"name": "A b"}, {"name": "a-b"}]}),
             "items 0 and 1",
@@ -263,5 +266,33 @@ async fn a_list_that_changes_expands_anew_and_a_repeat_run_reuses_every_instance
         counts.total(),
         5,
         "plan, lens, two instances, brief: the dropped one is out"
+    );
+}
+
+/// The CLI and the workbench's form pass params as text: a list given so
+/// is read as its JSON; text that is no list says so.
+#[tokio::test]
+async fn a_list_param_given_as_text_is_read_as_json() {
+    let h = sqlite().await;
+    let source = template(
+        vec![sh(
+            "each",
+            "printf '%s' \"$FACTORY_ITEM\" > \"$FACTORY_OUTPUT_DIR/out.txt\"",
+            json!({"fan_out": {"over": {"param": "topics"}}}),
+        )],
+        json!({"topics": {"required": true}}),
+    );
+    let doc = start(&h, &source, &[("topics", r#"["Tides", {"x": 1}]"#)]).await;
+    let (outcome, doc) = drive(&h, &doc.run_id).await;
+    assert_eq!(outcome, Outcome::Done, "{doc:#?}");
+    assert_eq!(artifact(&h, &doc, "each[tides]", "out").await, r#""Tides""#);
+    assert_eq!(artifact(&h, &doc, "each[1]", "out").await, r#"{"x":1}"#);
+
+    let doc = start(&h, &source, &[("topics", "tides, storms")]).await;
+    let (_, doc) = drive(&h, &doc.run_id).await;
+    let error = doc.blocks["each"].error.as_deref().unwrap();
+    assert!(
+        error.contains("param `topics`, is a string, not a JSON array"),
+        "{error}"
     );
 }

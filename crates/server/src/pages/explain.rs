@@ -111,14 +111,11 @@ pub fn state_in_words(
 /// `block`'s dependencies that are not done yet, as "Name (status)", once
 /// each, in the order the template declares them. Also the graph's tooltip.
 pub fn open_upstream(template: &Template, doc: &RunDoc, block: &str) -> Vec<String> {
-    let Some(spec) = template.blocks.iter().find(|b| b.id == block) else {
-        return Vec::new();
-    };
+    let upstream = waits_on(template, doc, block);
     let mut seen = BTreeSet::new();
-    spec.inputs
-        .depends
+    upstream
         .iter()
-        .map(|d| d.block.as_str())
+        .map(String::as_str)
         .filter(|id| seen.insert(*id))
         .filter_map(|id| {
             let status = doc.blocks.get(id)?.status;
@@ -132,6 +129,29 @@ pub fn open_upstream(template: &Template, doc: &RunDoc, block: &str) -> Vec<Stri
         .collect()
 }
 
+/// What `block` waits on in this run: its dependencies, or for a fan-out
+/// block that has expanded, its instances.
+fn waits_on(template: &Template, doc: &RunDoc, block: &str) -> Vec<String> {
+    if let Some(keys) = doc.blocks.get(block).and_then(|s| s.instances.as_ref()) {
+        return keys
+            .iter()
+            .map(|key| factory_core::run::instance_id(block, key))
+            .collect();
+    }
+    template
+        .blocks
+        .iter()
+        .find(|b| b.id == block)
+        .map(|spec| {
+            spec.inputs
+                .depends
+                .iter()
+                .map(|d| d.block.clone())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The failed blocks upstream of `block`, through blocked ones, nearest
 /// first.
 fn failed_ancestors(template: &Template, doc: &RunDoc, block: &str) -> Vec<String> {
@@ -139,11 +159,7 @@ fn failed_ancestors(template: &Template, doc: &RunDoc, block: &str) -> Vec<Strin
     let mut seen = BTreeSet::from([block.to_string()]);
     let mut queue = VecDeque::from([block.to_string()]);
     while let Some(at) = queue.pop_front() {
-        let Some(spec) = template.blocks.iter().find(|b| b.id == at) else {
-            continue;
-        };
-        for dependency in &spec.inputs.depends {
-            let id = &dependency.block;
+        for id in &waits_on(template, doc, &at) {
             if !seen.insert(id.clone()) {
                 continue;
             }

@@ -154,8 +154,8 @@ async fn render_home(
                             tbody {
                                 @for row in &rows {
                                     @let doc = &row.doc;
-                                    @let done = doc.blocks.values().filter(|b| b.status == BlockStatus::Done).count();
-                                    @let total = doc.blocks.len();
+                                    @let done = doc.blocks.values().filter(|b| b.status == BlockStatus::Done && !b.dropped).count();
+                                    @let total = doc.blocks.values().filter(|b| !b.dropped).count();
                                     @let waiting: Vec<&String> = doc.blocks.iter().filter(|(_, b)| b.status == BlockStatus::Waiting).map(|(id, _)| id).collect();
                                     tr data-run-id=(doc.run_id) {
                                         td { a href={"/runs/" (doc.run_id)} { code { (&doc.run_id[..doc.run_id.len().min(13)]) } } }
