@@ -7,9 +7,7 @@
 use serde_json::Value;
 
 use crate::pipeline::Pipeline;
-use crate::run::{
-    AttemptOutcome, AttemptReport, BlockStatus, Event, Instance, RunDoc, instance_id,
-};
+use crate::run::{AttemptOutcome, AttemptReport, Event, Instance, RunDoc, instance_id};
 use crate::template::{FanOut, ListSource};
 use crate::transitions::TransitionError;
 
@@ -40,22 +38,11 @@ pub fn expand(
     attempt: u32,
     source: &Value,
 ) -> Result<Vec<Event>, TransitionError> {
-    let block = pipeline
-        .block(block_id)
-        .ok_or_else(|| TransitionError::UnknownBlock(block_id.to_string()))?;
-    let state = doc
-        .blocks
-        .get(block_id)
-        .ok_or_else(|| TransitionError::UnknownBlock(block_id.to_string()))?;
-    let (Some(fan_out), true) = (
-        &block.fan_out,
-        state.status == BlockStatus::Running
-            && state.current_attempt().map(|a| a.n) == Some(attempt),
-    ) else {
-        return Err(TransitionError::StaleAttempt {
-            block: block_id.to_string(),
-            attempt,
-        });
+    let (block, _) = crate::transitions::running(pipeline, doc, block_id, attempt)?;
+    let Some(fan_out) = &block.fan_out else {
+        return Err(TransitionError::UnknownBlock(format!(
+            "{block_id} (as a fan-out block)"
+        )));
     };
     let finished = |outcome, report| Event::AttemptFinished {
         block: block_id.to_string(),

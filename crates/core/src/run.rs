@@ -436,6 +436,22 @@ impl BlockState {
         }
     }
 
+    /// Starts a new pass (a reset, an instance made again): pending, no
+    /// retries used, gates and flags cleared, with `corrections` to apply.
+    /// Its history stays.
+    fn new_pass(&mut self, corrections: Option<Corrections>, fresh: bool) {
+        self.status = BlockStatus::Pending;
+        self.retries_used = 0;
+        self.reply_note = None;
+        self.corrections = corrections;
+        self.gate = None;
+        self.before_gate_passed = false;
+        self.review_flag = false;
+        self.not_before = None;
+        self.error = None;
+        self.fresh = fresh;
+    }
+
     /// The attempt currently running, if any.
     pub fn current_attempt(&self) -> Option<&Attempt> {
         self.history.last().filter(|a| a.ended_at.is_none())
@@ -1459,18 +1475,9 @@ impl RunDoc {
                     state.instances = None;
                     state.dropped = state.instance.is_some();
                 }
-                state.status = BlockStatus::Pending;
-                state.retries_used = 0;
-                state.reply_note = None;
-                // A reset starts a new pass; corrections belong to the pass
-                // they were given for (the router resets first, then routes).
-                state.corrections = None;
-                state.gate = None;
-                state.before_gate_passed = false;
-                state.review_flag = false;
-                state.not_before = None;
-                state.error = None;
-                state.fresh = *fresh;
+                // Corrections belong to the pass they were given for (the
+                // router resets first, then routes).
+                state.new_pass(None, *fresh);
             }
             Event::AutonomyChanged { block, autonomy } => {
                 self.state_mut(block)?.autonomy = *autonomy;
@@ -1557,17 +1564,8 @@ impl RunDoc {
                 .entry(instance.id.clone())
                 .or_insert_with(|| BlockState::new(autonomy));
             // A new pass, as after a reset, with what was asked of the group.
-            state.status = BlockStatus::Pending;
+            state.new_pass(corrections.clone(), fresh);
             state.autonomy = autonomy;
-            state.retries_used = 0;
-            state.reply_note = None;
-            state.corrections = corrections.clone();
-            state.gate = None;
-            state.before_gate_passed = false;
-            state.review_flag = false;
-            state.not_before = None;
-            state.error = None;
-            state.fresh = fresh;
             state.dropped = false;
             state.instance = Some(InstanceOf {
                 group: block.to_string(),

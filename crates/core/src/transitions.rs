@@ -410,17 +410,14 @@ pub fn start(
     })
 }
 
-/// Records what an attempt produced and decides what follows: done, an
-/// after-gate, a retry with backoff, or failure.
-pub fn finish(
-    pipeline: &Pipeline,
-    doc: &RunDoc,
+/// The block and state of `block_id` while `attempt` is its running one;
+/// otherwise the attempt is stale (reclaimed by another worker meanwhile).
+pub(crate) fn running<'a>(
+    pipeline: &'a Pipeline,
+    doc: &'a RunDoc,
     block_id: &str,
     attempt: u32,
-    report: AttemptReport,
-    now: Millis,
-    policy: &Policy,
-) -> Result<Vec<Event>, TransitionError> {
+) -> Result<(&'a crate::template::Block, &'a crate::run::BlockState), TransitionError> {
     let block = pipeline
         .block(block_id)
         .ok_or_else(|| TransitionError::UnknownBlock(block_id.to_string()))?;
@@ -435,7 +432,21 @@ pub fn finish(
             attempt,
         });
     }
+    Ok((block, state))
+}
 
+/// Records what an attempt produced and decides what follows: done, an
+/// after-gate, a retry with backoff, or failure.
+pub fn finish(
+    pipeline: &Pipeline,
+    doc: &RunDoc,
+    block_id: &str,
+    attempt: u32,
+    report: AttemptReport,
+    now: Millis,
+    policy: &Policy,
+) -> Result<Vec<Event>, TransitionError> {
+    let (block, state) = running(pipeline, doc, block_id, attempt)?;
     let mut report = report;
     let threshold = block.execution.threshold.as_ref();
     let metric_value = |key: &str| report.metrics.get(key).and_then(metric_as_f64);

@@ -1,6 +1,7 @@
 use serde_json::json;
 
 use super::*;
+use crate::run::BlockStatus;
 use crate::template::{ListSource, Need};
 
 fn spec(key: Option<&str>, max: u32, need: Need, pointer: Option<&str>) -> FanOut {
