@@ -97,9 +97,17 @@ pub fn summary(doc: &RunDoc, template_order: &[String]) -> String {
         .map(|(status, n)| format!("{n} {status}"))
         .collect();
     let _ = writeln!(out, "blocks: {}", counts.join(", "));
+    // Wide enough for the longest id (an instance's can be long).
+    let width = doc
+        .blocks
+        .keys()
+        .map(|id| id.chars().count())
+        .max()
+        .unwrap_or(0)
+        .clamp(28, 72);
     let _ = writeln!(
         out,
-        "{:<28} {:<8} {:>3} {:>7} {:>6} {:>9}  NOTE",
+        "{:<width$} {:<8} {:>3} {:>7} {:>6} {:>9}  NOTE",
         "BLOCK", "STATUS", "TRY", "SCORE", "AUDIT", "TIME"
     );
     for (id, state) in ordered_blocks(doc, template_order) {
@@ -156,7 +164,7 @@ pub fn summary(doc: &RunDoc, template_order: &[String]) -> String {
         }
         let _ = writeln!(
             out,
-            "{:<28} {:<8} {:>3} {:>7} {:>6} {:>9}  {}",
+            "{:<width$} {:<8} {:>3} {:>7} {:>6} {:>9}  {}",
             id,
             state.status.as_str(),
             state.attempts,

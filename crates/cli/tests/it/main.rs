@@ -13,6 +13,7 @@ mod clone_factory;
 mod convergence;
 mod fleet_netns;
 mod local_llm;
+mod meeting_brief;
 mod otel;
 mod polish;
 mod real_llm;

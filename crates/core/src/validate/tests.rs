@@ -9,6 +9,9 @@ use serde_json::json;
 
 const CLONE_FACTORY: &str = include_str!("../../../../templates/clone-factory.json");
 const OFFLINE_EXAMPLE: &str = include_str!("../../../../examples/offline/pipeline.json");
+const MEETING_BRIEF: &str = include_str!("../../../../templates/meeting-brief.json");
+const MEETING_BRIEF_OFFLINE: &str =
+    include_str!("../../../../examples/meeting-brief/pipeline.json");
 
 // ── Helpers ──
 
@@ -1793,4 +1796,18 @@ fn a_fan_out_is_bounded_and_only_on_blocks_that_can_tell_instances_apart() {
     second["inputs"]["depends"] = json!([{ "block": "lens", "key": "out" }]);
     nested["blocks"].as_array_mut().unwrap().push(second);
     check(nested, &[("TPL0031", "fan_out.over.block", Some("second"))]);
+}
+
+#[test]
+fn the_meeting_brief_templates_are_valid() {
+    for source in [MEETING_BRIEF, MEETING_BRIEF_OFFLINE] {
+        let validated = check_str(source, &[]);
+        assert!(
+            validated.diagnostics.is_empty(),
+            "{:#?}",
+            validated.diagnostics
+        );
+        let pipeline = validated.pipeline.unwrap();
+        assert!(pipeline.block("perspective").unwrap().fan_out.is_some());
+    }
 }
