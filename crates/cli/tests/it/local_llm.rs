@@ -6,7 +6,7 @@
 //! model that writes broken JSON unless JSON mode constrains it, and now and
 //! then an empty 200 body. Set up as a user would: two variables.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::{factory, sent_prompt, status_json};
+use super::{factory, read_request, respond, sent_prompt, status_json, stream_reply};
 
 /// What the fake server saw and how it behaves.
 struct FakeLlama {
@@ -60,24 +60,7 @@ impl FakeLlama {
     }
 
     fn serve(&self, mut stream: TcpStream) -> std::io::Result<()> {
-        let mut reader = BufReader::new(stream.try_clone()?);
-        let mut request_line = String::new();
-        reader.read_line(&mut request_line)?;
-        let mut length = 0;
-        loop {
-            let mut line = String::new();
-            reader.read_line(&mut line)?;
-            if line.trim().is_empty() {
-                break;
-            }
-            if let Some((name, value)) = line.split_once(':')
-                && name.eq_ignore_ascii_case("content-length")
-            {
-                length = value.trim().parse().unwrap_or(0);
-            }
-        }
-        let mut body = vec![0; length];
-        reader.read_exact(&mut body)?;
+        let (request_line, body) = read_request(&stream);
         if request_line.starts_with("GET /v1/models") {
             // llama-cpp-python lists the alias and nothing of its window.
             return respond(
@@ -128,15 +111,7 @@ impl FakeLlama {
         let block = block_of(&request).unwrap_or_default();
         let text = reply(&block, format);
         if streamed {
-            let mut sse = String::new();
-            for piece in text.as_bytes().chunks(16) {
-                let delta = json!({"choices": [{"index": 0, "delta": {"content": String::from_utf8_lossy(piece)}, "finish_reason": null}]});
-                sse.push_str(&format!("data: {delta}\n\n"));
-            }
-            sse.push_str("data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n");
-            stream.write_all(
-                format!("HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n{sse}").as_bytes(),
-            )
+            stream_reply(&mut stream, &text)
         } else {
             let body = json!({
                 "model": "tiny", "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
@@ -145,16 +120,6 @@ impl FakeLlama {
             respond(&mut stream, "200 OK", &body.to_string())
         }
     }
-}
-
-fn respond(stream: &mut TcpStream, status: &str, body: &str) -> std::io::Result<()> {
-    stream.write_all(
-        format!(
-            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
-    )
 }
 
 fn block_of(request: &Value) -> Option<String> {

@@ -80,6 +80,36 @@ fn worker_banner(
     (banner, rest)
 }
 
+/// Writes a whole HTTP/1.1 response with a JSON `body` and closes.
+fn respond(stream: &mut std::net::TcpStream, status: &str, body: &str) -> std::io::Result<()> {
+    std::io::Write::write_all(
+        stream,
+        format!(
+            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+}
+
+/// Writes `text` as an OpenAI-style chat stream: 16-byte deltas, a stop
+/// chunk and `[DONE]`, with no usage (as local servers send it).
+fn stream_reply(stream: &mut std::net::TcpStream, text: &str) -> std::io::Result<()> {
+    let mut sse = String::new();
+    for piece in text.as_bytes().chunks(16) {
+        let delta = serde_json::json!({"choices": [{"index": 0, "delta": {"content": String::from_utf8_lossy(piece)}, "finish_reason": null}]});
+        sse.push_str(&format!("data: {delta}\n\n"));
+    }
+    sse.push_str("data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n");
+    std::io::Write::write_all(
+        stream,
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n{sse}"
+        )
+        .as_bytes(),
+    )
+}
+
 /// Reads one HTTP/1.1 request from a test server's connection: its request
 /// line and body (by content-length).
 fn read_request(stream: &std::net::TcpStream) -> (String, Vec<u8>) {

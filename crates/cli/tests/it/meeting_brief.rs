@@ -3,7 +3,6 @@
 //! replies cannot be used until it is retried alone, and the brief that
 //! weighs what the others made.
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -12,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::{factory, status_json};
+use super::{factory, read_request, respond, status_json, stream_reply};
 
 /// A model server that answers many requests at once (each after a short
 /// delay, so overlapping calls show), and sends an empty reply to the
@@ -58,29 +57,10 @@ impl Model {
     }
 
     fn serve(&self, mut stream: TcpStream) -> std::io::Result<()> {
-        let mut reader = BufReader::new(stream.try_clone()?);
-        let mut request_line = String::new();
-        reader.read_line(&mut request_line)?;
-        let mut length = 0;
-        loop {
-            let mut line = String::new();
-            reader.read_line(&mut line)?;
-            if line.trim().is_empty() {
-                break;
-            }
-            if let Some((name, value)) = line.split_once(':')
-                && name.eq_ignore_ascii_case("content-length")
-            {
-                length = value.trim().parse().unwrap_or(0);
-            }
-        }
-        let mut body = vec![0; length];
-        reader.read_exact(&mut body)?;
+        let (request_line, body) = read_request(&stream);
         if request_line.starts_with("GET /v1/models") {
-            return respond(
-                &mut stream,
-                &json!({"object": "list", "data": [{"id": "small", "object": "model"}]}),
-            );
+            let models = json!({"object": "list", "data": [{"id": "small", "object": "model"}]});
+            return respond(&mut stream, "200 OK", &models.to_string());
         }
         let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         let prompt: String = request["messages"]
@@ -134,36 +114,15 @@ impl Model {
             )
         };
         if request["stream"] == true {
-            let mut sse = String::new();
-            for piece in text.as_bytes().chunks(24) {
-                let delta = json!({"choices": [{"index": 0, "delta": {"content": String::from_utf8_lossy(piece)}, "finish_reason": null}]});
-                sse.push_str(&format!("data: {delta}\n\n"));
-            }
-            sse.push_str("data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n");
-            return stream.write_all(
-                format!("HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n{sse}").as_bytes(),
-            );
+            return stream_reply(&mut stream, &text);
         }
-        respond(
-            &mut stream,
-            &json!({
-                "model": "small",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": prompt.len() / 4, "completion_tokens": text.len() / 4}
-            }),
-        )
+        let body = json!({
+            "model": "small",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": prompt.len() / 4, "completion_tokens": text.len() / 4}
+        });
+        respond(&mut stream, "200 OK", &body.to_string())
     }
-}
-
-fn respond(stream: &mut TcpStream, body: &Value) -> std::io::Result<()> {
-    let body = body.to_string();
-    stream.write_all(
-        format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
-    )
 }
 
 fn run(db: &Path, url: &str, args: &[&str]) -> std::process::Output {
