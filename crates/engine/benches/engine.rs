@@ -37,6 +37,18 @@ fn sqlite_engine() -> (tokio::runtime::Runtime, tempfile::TempDir, Arc<Engine>) 
     (runtime, dir, engine)
 }
 
+/// Creates a run of `source` and drives it to done.
+async fn create_and_drive(
+    engine: &Engine,
+    source: &str,
+    request: RunRequest,
+) -> factory_core::run::RunDoc {
+    let doc = engine.create_run(source, None, request).await.unwrap();
+    let (outcome, doc) = engine.drive(&doc.run_id).await.unwrap();
+    assert_eq!(outcome, Outcome::Done);
+    doc
+}
+
 fn bench(c: &mut Criterion) {
     let (runtime, _dir, engine) = sqlite_engine();
 
@@ -80,9 +92,7 @@ fn bench(c: &mut Criterion) {
                             overrides,
                             ..RunRequest::default()
                         };
-                        let doc = engine.create_run(source, None, request).await.unwrap();
-                        let (outcome, _) = engine.drive(&doc.run_id).await.unwrap();
-                        assert_eq!(outcome, Outcome::Done);
+                        create_and_drive(&engine, source, request).await;
                     }
                 })
             },
@@ -340,12 +350,7 @@ fn bench_fan_out(c: &mut Criterion) {
                 b.to_async(&runtime).iter(|| {
                     let engine = engine.clone();
                     async move {
-                        let doc = engine
-                            .create_run(source, None, RunRequest::default())
-                            .await
-                            .unwrap();
-                        let (outcome, doc) = engine.drive(&doc.run_id).await.unwrap();
-                        assert_eq!(outcome, Outcome::Done);
+                        let doc = create_and_drive(&engine, source, RunRequest::default()).await;
                         assert!(doc.blocks.len() >= 1_001);
                     }
                 })
