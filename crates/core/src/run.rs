@@ -1045,6 +1045,15 @@ impl Event {
         }
     }
 
+    /// Whether the run's graph ([`crate::Pipeline::for_run`]) changes with
+    /// this event: a fan-out block expands, or lets go of its expansion.
+    pub fn reshapes_graph(&self) -> bool {
+        matches!(
+            self,
+            Event::BlockExpanded { .. } | Event::BlockReset { regroup: true, .. }
+        )
+    }
+
     /// The block the event concerns, if any.
     pub fn block(&self) -> Option<&str> {
         match self {

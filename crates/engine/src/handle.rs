@@ -327,7 +327,7 @@ impl RunHandle {
     /// follows the blocks they changed, or — when they expand a fan-out
     /// block or let go of an expansion — the run's graph is rebuilt.
     fn observe(&mut self, records: &[EventRecord]) {
-        if records.iter().any(|r| reshapes(&r.event)) {
+        if records.iter().any(|r| r.event.reshapes_graph()) {
             self.refit();
         } else {
             self.index
@@ -410,14 +410,6 @@ impl RunHandle {
         }
         written
     }
-}
-
-/// Whether the run's graph changes with `event`.
-fn reshapes(event: &Event) -> bool {
-    matches!(
-        event,
-        Event::BlockExpanded { .. } | Event::BlockReset { regroup: true, .. }
-    )
 }
 
 /// The run's graph: the template's, or with the instances the run made.

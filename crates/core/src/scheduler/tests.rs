@@ -133,12 +133,7 @@ impl Harness {
         let before = self.doc.clone();
         let records = commit(&mut self.doc, events, actor, self.now).expect("events apply");
         check_stored_rows(&before, &self.doc, &records);
-        let reshaped = records.iter().any(|r| {
-            matches!(
-                r.event,
-                Event::BlockExpanded { .. } | Event::BlockReset { regroup: true, .. }
-            )
-        });
+        let reshaped = records.iter().any(|r| r.event.reshapes_graph());
         if reshaped {
             // As the engine's run handle does: the run's graph follows the
             // document, and the index is built on the new graph.
