@@ -161,6 +161,33 @@ pub enum Command {
         #[command(flatten)]
         drive: DriveArgs,
     },
+    /// Rate a lens output of a run, 1–5, after using it: a perspective
+    /// (`perspective[positioning]`) or the aggregate. Rating the same output
+    /// again replaces your rating. Templates with `lens.feedback_loop` read
+    /// ratings when a run starts (see README, "Rated feedback")
+    Rate {
+        run: String,
+        block: String,
+        /// 1 (useless) to 5 (very useful)
+        #[arg(long)]
+        score: i64,
+        /// What was useful or missing; the next runs' prompts quote it
+        #[arg(long, default_value = "")]
+        comment: String,
+    },
+    /// Ratings of a run (RUN), or of every run of a template (--template),
+    /// with what a new run would start from for an aggregate key
+    Ratings {
+        /// A run id (or prefix)
+        #[arg(required_unless_present = "template", conflicts_with = "template")]
+        run: Option<String>,
+        /// A template id: summaries per block, perspective and aggregate key
+        #[arg(long)]
+        template: Option<String>,
+        /// One JSON object per rating
+        #[arg(long)]
+        json: bool,
+    },
     /// Continue a run, re-running blocks whose worker died
     Resume {
         run: String,

@@ -127,6 +127,8 @@ fn exit_code_for(error: &anyhow::Error) -> u8 {
                 | EngineError::CreateRun(_)
                 | EngineError::MissingGolden(_)
                 | EngineError::LlmSetup(_)
+                | EngineError::BadRating(_)
+                | EngineError::NotFound(_)
                 | EngineError::Transition(_) => 2,
                 _ => 3,
             };
@@ -210,6 +212,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 sampling: parse_sampling(&sampling)?,
                 max_concurrency: drive.max_concurrency,
                 no_cache,
+                ratings: Vec::new(),
             };
             let engine = engine(&cli.db, &actor, &drive, cli.config.as_deref()).await?;
             let doc = engine
@@ -283,6 +286,47 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let engine = engine(&cli.db, &actor, &drive, cli.config.as_deref()).await?;
             let doc = engine.retry(&run, &block).await?;
             continue_run(&engine, &doc.run_id, no_run, drive.quiet).await
+        }
+        Command::Rate {
+            run,
+            block,
+            score,
+            comment,
+        } => {
+            let store = factory_store::open(&cli.db).await?;
+            let engine = Engine::new(Arc::from(store), EngineConfig::default());
+            let entry = engine.rate(&actor, &run, &block, score, &comment).await?;
+            let scope = if entry.rating.aggregate_key.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", entry.rating.aggregate_key)
+            };
+            println!(
+                "rated {block} of run {} {}/5{scope}; later runs of the template with `lens.feedback_loop` read it",
+                entry.run_id, entry.rating.score
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ratings {
+            run,
+            template,
+            json,
+        } => {
+            let store = factory_store::open(&cli.db).await?;
+            let engine = Engine::new(Arc::from(store), EngineConfig::default());
+            let entries = match (&run, &template) {
+                (Some(run), _) => engine.run_ratings(run).await?,
+                (None, Some(template)) => engine.template_ratings(template).await?,
+                (None, None) => Vec::new(),
+            };
+            if json {
+                for entry in &entries {
+                    println!("{}", serde_json::to_string(entry)?);
+                }
+            } else {
+                print!("{}", show::ratings(&entries, template.is_some()));
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Resume { run, drive } => {
             let engine = engine(&cli.db, &actor, &drive, cli.config.as_deref()).await?;

@@ -135,7 +135,11 @@ pub fn describe(record: &EventRecord, run_id: &str) -> Option<String> {
         ),
         Event::ReviewFlagged { block } => format!("⚑ {block} flagged for optional review (guided)"),
         Event::BlockReset { block, reason, .. } => format!("↺ {block} reset: {reason}"),
-        Event::BlockExpanded { block, instances } => {
+        Event::BlockExpanded {
+            block,
+            instances,
+            left_out,
+        } => {
             let shown: Vec<&str> = instances.iter().take(6).map(|i| i.key.as_str()).collect();
             let more = instances.len().saturating_sub(shown.len());
             let more = if more > 0 {
@@ -143,8 +147,17 @@ pub fn describe(record: &EventRecord, run_id: &str) -> Option<String> {
             } else {
                 String::new()
             };
+            let left_out = if left_out.is_empty() {
+                String::new()
+            } else {
+                let left: Vec<String> = left_out
+                    .iter()
+                    .map(|l| format!("{} (rated {:.1} over {})", l.key, l.mean, l.count))
+                    .collect();
+                format!("; past ratings left out {}", left.join(", "))
+            };
             format!(
-                "⑃ {block} fans out into {} instances: {}{more}",
+                "⑃ {block} fans out into {} instances: {}{more}{left_out}",
                 instances.len(),
                 shown.join(", ")
             )

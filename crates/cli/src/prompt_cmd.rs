@@ -122,6 +122,7 @@ pub async fn run(
         &stored.doc.models,
         stored.doc.default_model.as_deref(),
     );
+    let lens = factory_core::lens::brief(&pipeline, &stored.doc, block_id);
     let assembled = prompt::assemble(&PromptInputs {
         block,
         skill: skill.as_deref(),
@@ -131,6 +132,7 @@ pub async fn run(
         reply_note: state.reply_note.as_ref(),
         shape: factory_runtime::llm::reply_shape(settings, block, model),
         item: state.instance.as_ref(),
+        lens: lens.as_ref(),
     });
     match recorded.filter(|_| running) {
         Some(a) => eprintln!(

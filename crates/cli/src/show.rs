@@ -563,3 +563,69 @@ pub fn convergence(table: &factory_core::feedback::Convergence) -> String {
     }
     out
 }
+
+/// Ratings as text: for a run, each rating; for a template (`summarize`),
+/// one line per block, perspective and aggregate key, as a new run would
+/// read them.
+pub fn ratings(entries: &[factory_core::lens::RatingEntry], summarize: bool) -> String {
+    let mut out = String::new();
+    if entries.is_empty() {
+        out.push_str("no ratings yet (rate a done perspective or aggregate: factory rate RUN BLOCK --score 1-5)\n");
+        return out;
+    }
+    let output = |block: &str, perspective: Option<&str>| match perspective {
+        Some(p) => format!("{block}[{p}]"),
+        None => block.to_string(),
+    };
+    if summarize {
+        let _ = writeln!(
+            out,
+            "{:<36} {:>7} {:>5}  {:<28} latest comment",
+            "output", "ratings", "mean", "aggregate key"
+        );
+        for s in factory_core::lens::summaries(entries) {
+            let latest = s.comments.first().map_or(String::new(), |c| {
+                format!("{}/5 \"{}\"", c.score, first_line(&c.comment, 60))
+            });
+            let _ = writeln!(
+                out,
+                "{:<36} {:>7} {:>5.2}  {:<28} {latest}",
+                output(&s.block, s.perspective.as_deref()),
+                s.count,
+                s.mean,
+                if s.aggregate_key.is_empty() {
+                    "-"
+                } else {
+                    &s.aggregate_key
+                },
+            );
+        }
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "{:<36} {:>5}  {:<20} {:<20} comment",
+        "output", "score", "by", "at"
+    );
+    for e in entries {
+        let _ = writeln!(
+            out,
+            "{:<36} {:>3}/5  {:<20} {:<20} {}",
+            output(&e.rating.block, e.rating.perspective.as_deref()),
+            e.rating.score,
+            e.by,
+            format_utc(e.at),
+            first_line(&e.rating.comment, 80)
+        );
+    }
+    out
+}
+
+fn first_line(text: &str, max: usize) -> String {
+    let line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if line.chars().count() > max {
+        format!("{}…", line.chars().take(max).collect::<String>())
+    } else {
+        line
+    }
+}

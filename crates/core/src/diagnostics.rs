@@ -147,4 +147,5 @@ pub mod codes {
     pub const STREAM: &str = "TPL0029";
     pub const CACHE: &str = "TPL0030";
     pub const FAN_OUT: &str = "TPL0031";
+    pub const LENS: &str = "TPL0032";
 }

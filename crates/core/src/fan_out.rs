@@ -53,8 +53,16 @@ pub fn expand(
     };
     match instances(block_id, fan_out, source) {
         Ok(instances) => {
+            // A lens with a feedback loop orders, flags and trims its
+            // perspectives by the run's past ratings.
+            let (instances, left_out) = crate::lens::shape(block, &doc.past_ratings, instances);
+            let mut metrics: std::collections::BTreeMap<String, Value> =
+                [("instances".to_string(), Value::from(instances.len()))].into();
+            if !left_out.is_empty() {
+                metrics.insert("left_out".to_string(), Value::from(left_out.len()));
+            }
             let report = AttemptReport {
-                metrics: [("instances".to_string(), Value::from(instances.len()))].into(),
+                metrics,
                 ..AttemptReport::default()
             };
             Ok(vec![
@@ -62,6 +70,7 @@ pub fn expand(
                 Event::BlockExpanded {
                     block: block_id.to_string(),
                     instances,
+                    left_out,
                 },
             ])
         }
@@ -133,6 +142,7 @@ pub fn instances(
             id: instance_id(block_id, &key),
             key,
             item: item.clone(),
+            review: false,
         });
     }
     Ok(out)

@@ -112,6 +112,9 @@ pub struct MemoInputs<'a> {
     pub files: BTreeMap<String, String>,
     /// An instance of a fan-out block: its item.
     pub item: Option<&'a Value>,
+    /// A lens block with a feedback loop: the past ratings its prompt (or
+    /// `FACTORY_FEEDBACK`) carries.
+    pub past_ratings: Option<&'a crate::lens::PastRatings>,
 }
 
 /// The memo key of an attempt with these inputs.
@@ -146,6 +149,12 @@ pub fn memo_key(inputs: &MemoInputs<'_>) -> MemoKey {
     // Only where there is one, so keys made before fan-out existed hold.
     if let (Some(item), Value::Object(fields)) = (inputs.item, &mut material) {
         fields.insert("item".to_string(), item.clone());
+    }
+    if let (Some(past), Value::Object(fields)) = (inputs.past_ratings, &mut material) {
+        fields.insert(
+            "past_ratings".to_string(),
+            serde_json::to_value(past).unwrap_or(Value::Null),
+        );
     }
     let mut hasher = Sha256::new();
     hasher.update(canonical(material).to_string().as_bytes());

@@ -67,6 +67,8 @@ pub struct PromptInputs<'a> {
     pub shape: ReplyShape,
     /// For an instance of a fan-out block: the item it runs for.
     pub item: Option<&'a crate::run::InstanceOf>,
+    /// For a lens block: its perspective and what past ratings said.
+    pub lens: Option<&'a crate::lens::Brief>,
 }
 
 /// How a reply carries a block's artifacts.
@@ -183,6 +185,9 @@ pub fn assemble(inputs: &PromptInputs<'_>) -> Prompt {
             item.key,
             text.trim_end()
         );
+    }
+    if let Some(lens) = inputs.lens {
+        task.push_str(&lens.prompt_section());
     }
     let config: Vec<(&String, &Value)> = block
         .inputs
@@ -715,6 +720,7 @@ mod tests {
             reply_note: None,
             shape: ReplyShape::Plain,
             item: None,
+            lens: None,
         });
         let b = assemble(&PromptInputs {
             block: &voice,
@@ -725,6 +731,7 @@ mod tests {
             reply_note: None,
             shape: ReplyShape::Plain,
             item: None,
+            lens: None,
         });
         assert!(a.system[0].cacheable);
         assert_eq!(a.system[0], b.system[0], "byte-identical cacheable prefix");
@@ -772,6 +779,7 @@ mod tests {
             reply_note: None,
             shape: ReplyShape::Plain,
             item: None,
+            lens: None,
         });
         let last = &prompt.user.last().unwrap().text;
         assert!(last.starts_with("## EXPERT CORRECTIONS (MUST APPLY)\nIMPORTANT: apply\n"));
@@ -843,6 +851,7 @@ mod tests {
             reply_note: Some(&note),
             shape: ReplyShape::Plain,
             item: None,
+            lens: None,
         });
         let last = &prompt.user.last().unwrap().text;
         assert!(last.starts_with("## YOUR PREVIOUS REPLY COULD NOT BE USED\nThe reply to attempt 2 could not be used because artifact `soul-json` is not valid JSON: trailing comma"), "{last}");
@@ -964,6 +973,7 @@ mod tests {
             reply_note: None,
             shape: ReplyShape::Plain,
             item: None,
+            lens: None,
         });
         let text = &prompt.system[0].text;
         assert!(

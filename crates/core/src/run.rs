@@ -373,6 +373,9 @@ pub struct BlockState {
     /// attempts, out of the run's graph and counts.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dropped: bool,
+    /// For an expanded fan-out lens: the perspectives past ratings left out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left_out: Vec<crate::lens::LeftOut>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<Attempt>,
 }
@@ -385,6 +388,10 @@ pub struct InstanceOf {
     pub key: String,
     /// The list item, verbatim.
     pub item: Value,
+    /// Past ratings of this perspective asked a person to review its
+    /// output ([`crate::lens::shape`]): it waits at a gate after it runs.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub review: bool,
 }
 
 /// One item of a fan-out block's list, with the key naming its instance.
@@ -395,6 +402,9 @@ pub struct Instance {
     pub id: String,
     pub key: String,
     pub item: Value,
+    /// See [`InstanceOf::review`].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub review: bool,
 }
 
 /// An instance's block id: `<group>[<key>]`. Template block ids cannot
@@ -432,6 +442,7 @@ impl BlockState {
             instances: None,
             instance: None,
             dropped: false,
+            left_out: Vec::new(),
             history: Vec::new(),
         }
     }
@@ -505,6 +516,7 @@ impl BlockState {
             instances,
             instance,
             dropped,
+            left_out,
             history: _,
         } = self;
         BlockHead {
@@ -528,6 +540,7 @@ impl BlockState {
             instances,
             instance,
             dropped: *dropped,
+            left_out,
         }
     }
 
@@ -584,6 +597,8 @@ pub struct BlockHead<'a> {
     instance: &'a Option<InstanceOf>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     dropped: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    left_out: &'a Vec<crate::lens::LeftOut>,
 }
 
 /// The text of a block's state from its head's JSON object and its attempts'
@@ -694,6 +709,9 @@ pub struct RunDoc {
     /// No memo stands in for this run's attempts (`--no-cache`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub no_cache: bool,
+    /// See [`Event::RunCreated`]'s `past_ratings`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub past_ratings: Vec<crate::lens::PastRatings>,
     pub created_at: Millis,
     pub updated_at: Millis,
     /// Sequence number of the last event folded in.
@@ -732,6 +750,8 @@ pub struct RunHeader<'a> {
     max_concurrency: &'a Option<u32>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     no_cache: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    past_ratings: &'a Vec<crate::lens::PastRatings>,
     created_at: Millis,
     updated_at: Millis,
     seq: u64,
@@ -792,6 +812,7 @@ impl RunDoc {
             sampling,
             max_concurrency,
             no_cache,
+            past_ratings,
             created_at,
             updated_at,
             seq,
@@ -810,6 +831,7 @@ impl RunDoc {
             sampling,
             max_concurrency,
             no_cache: *no_cache,
+            past_ratings,
             created_at: *created_at,
             updated_at: *updated_at,
             seq: *seq,
@@ -883,6 +905,10 @@ pub enum Event {
         /// No memo stands in for this run's attempts (`--no-cache`).
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         no_cache: bool,
+        /// What people said about earlier runs' lens outputs, read when
+        /// this run was created ([`crate::lens::past_for_run`]).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        past_ratings: Vec<crate::lens::PastRatings>,
     },
     BlockReady {
         block: String,
@@ -976,6 +1002,9 @@ pub enum Event {
     BlockExpanded {
         block: String,
         instances: Vec<Instance>,
+        /// Perspectives past ratings left out ([`crate::lens::shape`]).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        left_out: Vec<crate::lens::LeftOut>,
     },
     /// A fan-out block's instances settled as its `need` asks: the group is
     /// done, and the blocks after it read its done instances' artifacts.
@@ -1093,7 +1122,9 @@ impl Event {
             Event::CorrectionsRouted { targets, .. } => {
                 targets.keys().map(String::as_str).collect()
             }
-            Event::BlockExpanded { block, instances } => std::iter::once(block.as_str())
+            Event::BlockExpanded {
+                block, instances, ..
+            } => std::iter::once(block.as_str())
                 .chain(instances.iter().map(|i| i.id.as_str()))
                 .collect(),
             Event::RunStatusChanged { .. }
@@ -1202,6 +1233,7 @@ impl RunDoc {
             sampling,
             max_concurrency,
             no_cache,
+            past_ratings,
         } = &record.event
         else {
             return Err(ApplyError::NotCreated);
@@ -1218,6 +1250,7 @@ impl RunDoc {
             sampling: sampling.clone(),
             max_concurrency: *max_concurrency,
             no_cache: *no_cache,
+            past_ratings: past_ratings.clone(),
             created_at: record.at,
             updated_at: record.at,
             seq: record.seq,
@@ -1482,6 +1515,7 @@ impl RunDoc {
                     // A group lets go of its expansion, and its instances of
                     // their place in the run until it expands again.
                     state.instances = None;
+                    state.left_out.clear();
                     state.dropped = state.instance.is_some();
                 }
                 // Corrections belong to the pass they were given for (the
@@ -1491,7 +1525,11 @@ impl RunDoc {
             Event::AutonomyChanged { block, autonomy } => {
                 self.state_mut(block)?.autonomy = *autonomy;
             }
-            Event::BlockExpanded { block, instances } => self.expand(block, instances, kind)?,
+            Event::BlockExpanded {
+                block,
+                instances,
+                left_out,
+            } => self.expand(block, instances, left_out, kind)?,
             Event::GroupDone { block, .. } => {
                 let state = self.state_mut(block)?;
                 expect(block, state, kind, &[BlockStatus::Pending])?;
@@ -1539,6 +1577,7 @@ impl RunDoc {
         &mut self,
         block: &str,
         instances: &[Instance],
+        left_out: &[crate::lens::LeftOut],
         kind: &'static str,
     ) -> Result<(), ApplyError> {
         let group = self.state_mut(block)?;
@@ -1565,6 +1604,7 @@ impl RunDoc {
         let group = self.state_mut(block)?;
         group.status = BlockStatus::Pending;
         group.instances = Some(instances.iter().map(|i| i.key.clone()).collect());
+        group.left_out = left_out.to_vec();
         let (autonomy, corrections, fresh) =
             (group.autonomy, group.corrections.clone(), group.fresh);
         for instance in instances {
@@ -1574,12 +1614,19 @@ impl RunDoc {
                 .or_insert_with(|| BlockState::new(autonomy));
             // A new pass, as after a reset, with what was asked of the group.
             state.new_pass(corrections.clone(), fresh);
-            state.autonomy = autonomy;
+            // Past ratings asked for a person to look at this one: it
+            // waits at a gate whatever the group's autonomy.
+            state.autonomy = if instance.review {
+                Autonomy::Gate
+            } else {
+                autonomy
+            };
             state.dropped = false;
             state.instance = Some(InstanceOf {
                 group: block.to_string(),
                 key: instance.key.clone(),
                 item: instance.item.clone(),
+                review: instance.review,
             });
         }
         Ok(())
@@ -1791,6 +1838,14 @@ mod tests {
             sampling: BTreeMap::from([("temperature".to_string(), Value::from(0.5))]),
             max_concurrency: Some(3),
             no_cache: true,
+            past_ratings: vec![crate::lens::PastRatings {
+                block: "b".to_string(),
+                perspective: Some("p".to_string()),
+                aggregate_key: "entity=e".to_string(),
+                count: 2,
+                mean: 3.5,
+                comments: Vec::new(),
+            }],
             created_at: 5,
             updated_at: 9,
             seq: 12,

@@ -667,13 +667,35 @@ pub struct Scope {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+/// Pattern 3, the analytical lens ([`crate::lens`]): which angle a block
+/// takes, which params its ratings roll up on, and whether past ratings
+/// shape new runs.
 pub struct Lens {
+    /// The analytical angle of a block that is not a fan-out (a fan-out
+    /// lens's instances are the perspectives, named by their keys). A lens
+    /// block with neither is an aggregate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub perspective: Option<String>,
+    /// Params whose values key the ratings (e.g. `["entity_id"]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aggregates: Option<Vec<String>>,
+    /// Past ratings reach new runs' prompts and shape their fan-out.
     #[serde(default)]
     pub feedback_loop: bool,
+    /// Fan-out lens with `feedback_loop`: a perspective whose past mean is
+    /// below this (1–5), over at least `min_ratings` ratings, is left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1.0, max = 5.0))]
+    pub drop_below: Option<f64>,
+    /// Ratings a perspective needs before `drop_below` applies (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub min_ratings: Option<u32>,
+    /// Fan-out lens with `feedback_loop`: a perspective whose past mean is
+    /// below this (1–5) waits for a person after it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1.0, max = 5.0))]
+    pub review_below: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

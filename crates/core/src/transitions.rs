@@ -167,6 +167,9 @@ pub struct RunRequest {
     pub max_concurrency: Option<u32>,
     /// No memo stands in for the run's attempts.
     pub no_cache: bool,
+    /// The template's stored ratings (the engine reads them when a lens
+    /// block has `feedback_loop`), condensed into the run's `past_ratings`.
+    pub ratings: Vec<crate::lens::RatingEntry>,
 }
 
 /// The model an `llm` block uses in a run: the run's override for the block,
@@ -364,6 +367,7 @@ pub fn create_run(
             (block.id.clone(), autonomy)
         })
         .collect();
+    let past_ratings = crate::lens::past_for_run(template, &params, &request.ratings);
     Ok(Event::RunCreated {
         run_id: request.run_id.clone(),
         template_id: template.id.clone(),
@@ -376,6 +380,7 @@ pub fn create_run(
         sampling: request.sampling.clone(),
         max_concurrency: request.max_concurrency,
         no_cache: request.no_cache,
+        past_ratings,
     })
 }
 

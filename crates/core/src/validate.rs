@@ -591,6 +591,7 @@ fn check_semantics(template: &Template) -> Vec<Diagnostic> {
     }
     check_convergence(template, &mut out);
     fan_out::check(template, &mut out);
+    lens::check(template, &mut out);
     if let Err(problems) = crate::stream::plan(template) {
         out.extend(problems);
     }
@@ -1113,6 +1114,7 @@ fn check_profiles(template: &Template, ids: &BTreeMap<&str, usize>, out: &mut Ve
 }
 
 mod fan_out;
+mod lens;
 pub(crate) mod stream_fields;
 #[cfg(test)]
 mod tests;

@@ -210,6 +210,7 @@ fn bench_memo(c: &mut Criterion) {
                 reply_note: None,
                 files: std::collections::BTreeMap::new(),
                 item: None,
+                past_ratings: None,
             })
         })
     });

@@ -650,6 +650,8 @@ fn slim_doc(doc: &RunDoc, pipeline: &factory_core::Pipeline, block_id: &str) -> 
         sampling: doc.sampling.clone(),
         max_concurrency: doc.max_concurrency,
         no_cache: doc.no_cache,
+        // A lens block's prompt quotes its own; few and small.
+        past_ratings: doc.past_ratings.clone(),
         created_at: doc.created_at,
         updated_at: doc.updated_at,
         seq: doc.seq,
@@ -820,6 +822,7 @@ async fn run_attempt(
     } else {
         None
     };
+    let lens = factory_core::lens::brief(pipeline, doc, block_id);
     let execution = if let Some(items) = &route_items {
         crate::feedback::router_execution(pipeline, doc, block, items)
     } else {
@@ -847,6 +850,7 @@ async fn run_attempt(
             .map(str::to_string),
             progress,
             item: state.instance.as_ref(),
+            lens: lens.as_ref(),
         })
         .await
     };

@@ -15,6 +15,7 @@ pub mod fixtures;
 mod handle;
 mod inputs;
 mod lease_watch;
+mod lens;
 mod live_log;
 mod memo;
 mod owner;
@@ -73,6 +74,9 @@ pub enum EngineError {
     /// A review submission or item update that cannot be taken as sent.
     #[error("{0}")]
     BadReview(String),
+    /// A rating that cannot be taken (not a lens output, not done, a bad score).
+    #[error("{0}")]
+    BadRating(String),
     #[error("{0} not found")]
     NotFound(String),
     /// A delivery to a stream that names no record.
@@ -375,6 +379,16 @@ impl Engine {
         }
         if request.run_id.is_empty() {
             request.run_id = uuid::Uuid::now_v7().to_string();
+        }
+        // Lens blocks with a feedback loop start from what people said.
+        if pipeline
+            .template()
+            .blocks
+            .iter()
+            .any(|b| b.lens.as_ref().is_some_and(|l| l.feedback_loop))
+        {
+            request.ratings =
+                lens::template_ratings(self.store.as_ref(), &pipeline.template().id).await?;
         }
         let created = transitions::create_run(&pipeline, &request, &|name| {
             std::env::var_os(name).is_some_and(|v| !v.is_empty())

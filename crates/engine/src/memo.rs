@@ -71,6 +71,7 @@ pub(crate) async fn key(parts: &KeyParts<'_>) -> Option<MemoKey> {
             None => asked.unwrap_or_default().to_string(),
         }
     });
+    let lens = factory_core::lens::brief(pipeline, doc, &block.id);
     Some(memo::memo_key(&MemoInputs {
         template: pipeline.template(),
         block,
@@ -91,6 +92,7 @@ pub(crate) async fn key(parts: &KeyParts<'_>) -> Option<MemoKey> {
         reply_note: state.reply_note.as_ref(),
         files,
         item: state.instance.as_ref().map(|i| &i.item),
+        past_ratings: lens.as_ref().and_then(|l| l.past.as_ref()),
     }))
 }
 

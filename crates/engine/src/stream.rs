@@ -641,6 +641,7 @@ async fn run_step(
     let golden = BTreeMap::new();
     let execution = factory_runtime::execute(AttemptInput {
         item: None,
+        lens: None,
         run_id: &run_id,
         block,
         attempt,

@@ -9,6 +9,7 @@
 //! <attempt_dir>/inputs.json      FACTORY_INPUTS: {"block.key": "/abs/path"}
 //! <attempt_dir>/corrections.json FACTORY_CORRECTIONS, only when there are corrections
 //! FACTORY_ITEM, FACTORY_ITEM_KEY, FACTORY_GROUP: an instance of a fan-out block's item (JSON), key and group
+//! FACTORY_PERSPECTIVE, FACTORY_AGGREGATE_KEY, FACTORY_FEEDBACK: a lens block's perspective, aggregate key and past ratings (JSON)
 //! <attempt_dir>/stdout.log, stderr.log
 //! ```
 //!
@@ -95,6 +96,18 @@ pub(crate) async fn run(mut input: AttemptInput<'_>) -> Execution {
             )
             .env("FACTORY_ITEM_KEY", &item.key)
             .env("FACTORY_GROUP", &item.group);
+    }
+    if let Some(lens) = input.lens {
+        if let Some(perspective) = &lens.perspective {
+            command.env("FACTORY_PERSPECTIVE", perspective);
+        }
+        command.env("FACTORY_AGGREGATE_KEY", &lens.aggregate_key);
+        if let Some(past) = &lens.past {
+            command.env(
+                "FACTORY_FEEDBACK",
+                serde_json::to_string(past).unwrap_or_default(),
+            );
+        }
     }
     if let Some(corrections) = input.corrections {
         let path = dir.join("corrections.json");

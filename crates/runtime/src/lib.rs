@@ -69,6 +69,10 @@ pub struct AttemptInput<'a> {
     /// For an instance of a fan-out block: its item (an `llm` block's
     /// prompt names it; a command reads `FACTORY_ITEM`).
     pub item: Option<&'a factory_core::run::InstanceOf>,
+    /// For a lens block: its perspective and past ratings (an `llm` block's
+    /// prompt carries them; a command reads `FACTORY_PERSPECTIVE` and
+    /// `FACTORY_FEEDBACK`).
+    pub lens: Option<&'a factory_core::lens::Brief>,
 }
 
 /// What an attempt produced.

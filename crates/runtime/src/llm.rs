@@ -727,6 +727,7 @@ pub(crate) async fn run(input: AttemptInput<'_>) -> Execution {
         reply_note: input.reply_note,
         shape,
         item: input.item,
+        lens: input.lens,
     });
     let parts = |parts: &[prompt::PromptPart]| -> Vec<Part> {
         parts

@@ -264,6 +264,10 @@ const actions = {
     form.message.value = "";
     await api("POST", `${blockUrl(form)}/review-chat`, { message });
   },
+  async rate(form) {
+    await api("POST", `/api/v1/runs/${encodeURIComponent(runId)}/ratings`,
+      { block: form.dataset.block, score: Number(form.score.value), comment: form.comment.value });
+  },
   async reflection(form) {
     const answers = {};
     for (const field of ["worked", "broke", "change", "automate"]) answers[field] = form[field].value;

@@ -156,6 +156,13 @@ pub const ROUTES: &[(&str, &str, Option<Role>)] = &[
     ),
     ("GET", "/api/v1/runs/{run}/reflection", Some(Role::Viewer)),
     ("PUT", "/api/v1/runs/{run}/reflection", Some(Role::Reviewer)),
+    ("GET", "/api/v1/runs/{run}/ratings", Some(Role::Viewer)),
+    ("POST", "/api/v1/runs/{run}/ratings", Some(Role::Reviewer)),
+    (
+        "GET",
+        "/api/v1/templates/{template}/ratings",
+        Some(Role::Viewer),
+    ),
     (
         "POST",
         "/api/v1/runs/{run}/blocks/{block}/approve",

@@ -172,6 +172,7 @@ impl From<EngineError> for ApiError {
             ),
             EngineError::Apply(_) | EngineError::Emit(_) => ApiError::internal(error),
             EngineError::BadReview(_) => ApiError::unprocessable("bad_review", error.to_string()),
+            EngineError::BadRating(_) => ApiError::unprocessable("bad_rating", error.to_string()),
             EngineError::BadDelivery(_) => {
                 ApiError::unprocessable("bad_delivery", error.to_string())
             }

@@ -60,6 +60,9 @@ pub mod kinds {
     pub const CHAT: &str = "chat";
     /// An uploaded input file (body names its blob).
     pub const UPLOAD: &str = "upload";
+    /// A person's rating of a lens output (body: `factory_core::lens::Rating`;
+    /// key: output and person, so rating again replaces).
+    pub const RATING: &str = "rating";
 }
 
 /// Something attached to a run, upserted by `(run_id, kind, key)`.

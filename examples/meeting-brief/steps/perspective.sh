@@ -24,4 +24,12 @@ count=$(printf '%s\n' "$findings" | wc -l | tr -d ' ')
   if [ -n "$questions" ]; then printf '%s\n' "$questions" | sed 's/^/- /'; else echo "- (none noted)"; fi
   printf '\n## Confidence\n\n%s: %s finding(s) in the notes.\n' \
     "$( [ "$count" -ge 3 ] && echo high || echo medium )" "$count"
+  # Past ratings of this perspective for this entity (lens.feedback_loop):
+  # a model would take them into its analysis; this step quotes them.
+  if [ -n "${FACTORY_FEEDBACK:-}" ]; then
+    rated=$(printf '%s' "$FACTORY_FEEDBACK" | sed -n 's/.*"count":\([0-9]*\).*/\1/p')
+    mean=$(printf '%s' "$FACTORY_FEEDBACK" | sed -n 's/.*"mean":\([0-9.]*\).*/\1/p')
+    printf '\n## Readers asked for\n\n%s earlier rating(s), mean %s of 5.\n' "$rated" "$mean"
+    printf '%s' "$FACTORY_FEEDBACK" | grep -o '"comment":"[^"]*"' | sed 's/^"comment":"/- /; s/"$//' || true
+  fi
 } > "$FACTORY_OUTPUT_DIR/analysis.md"

@@ -83,6 +83,8 @@ fn events_and_cron_ticks_start_runs_and_feed_streams_once_each() {
         ("brief", "brief.md", "md"),
     );
     on_entity["trigger"] = json!({"type": "event", "event": "entity.created(gate=2)"});
+    // A lens-style template runs on demand: here the demand is an event.
+    on_entity["lifecycle"] = json!({"mode": "on-demand"});
     write(
         &templates,
         "brief.json",

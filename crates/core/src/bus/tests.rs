@@ -19,6 +19,7 @@ fn run_created() -> Event {
         sampling: BTreeMap::new(),
         max_concurrency: None,
         no_cache: false,
+        past_ratings: Vec::new(),
     }
 }
 

@@ -51,6 +51,7 @@ fn inputs<'a>(
         reply_note: None,
         files: BTreeMap::from([("skills/writer/SKILL.md".to_string(), "s1".to_string())]),
         item: None,
+        past_ratings: None,
     }
 }
 

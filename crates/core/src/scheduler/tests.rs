@@ -1264,6 +1264,7 @@ fn create_run_reports_every_problem() {
         ]),
         max_concurrency: None,
         no_cache: false,
+        ratings: Vec::new(),
     };
     let error = transitions::create_run(&pipeline, &request, &|_| false).unwrap_err();
     assert_eq!(error.problems.len(), 8, "{:#?}", error.problems);

@@ -6,9 +6,11 @@
 //! engine does not act on yet is refused, not ignored. In a dag-batch run
 //! every block is started by its dependencies, once per run; a cron or event
 //! trigger on a block without dependencies starts runs ([`crate::starter`]);
-//! daemons and per-record state make a stream template ([`crate::stream`]).
-//! Anything else (a lens, a scope) would validate and then run once, at
-//! once, as a one-shot, so it is refused.
+//! daemons and per-record state make a stream template ([`crate::stream`]);
+//! `lifecycle.mode: on-demand` on a block without dependencies says runs
+//! start when a person or a feed event asks; `lens` is checked in
+//! [`super::lens`]. Anything else (a scope) would validate and then run
+//! once, at once, as a one-shot, so it is refused.
 
 use croner::parser::{CronParser, Seconds, Year};
 
@@ -94,6 +96,7 @@ pub(super) fn check(i: usize, block: &template::Block, out: &mut Vec<Diagnostic>
     // dag-batch block without dependencies, start runs
     // ([`crate::starter`]); a block with dependencies is started by them.
     let daemon = mode == Some(LifecycleMode::Daemon);
+    let on_demand = mode == Some(LifecycleMode::OnDemand);
     let acted_on = match block.trigger.trigger_type {
         TriggerType::Dependency | TriggerType::Webhook => true,
         TriggerType::Cron | TriggerType::Event => {
@@ -112,9 +115,10 @@ pub(super) fn check(i: usize, block: &template::Block, out: &mut Vec<Diagnostic>
             }
             true
         }
-        // A manual trigger feeds a stream intake; a block of a dag-batch
-        // run that waits for a person is a `human_gate: before`.
-        TriggerType::Manual => daemon,
+        // A manual trigger feeds a stream intake, or says of an on-demand
+        // template's first block that a person starts its runs; a block of
+        // a dag-batch run that waits for a person is a `human_gate: before`.
+        TriggerType::Manual => daemon || (on_demand && block.inputs.depends.is_empty()),
     };
     check_emits(block, &at, &mut push);
     if !acted_on {
@@ -126,14 +130,29 @@ pub(super) fn check(i: usize, block: &template::Block, out: &mut Vec<Diagnostic>
             ),
         ));
     }
-    if mode == Some(LifecycleMode::OnDemand) {
-        push(not_yet(
-            ".lifecycle.mode",
-            "`lifecycle.mode: on-demand`".into(),
-        ));
-    }
-    if block.lens.is_some() {
-        push(not_yet(".lens", "`lens`".into()));
+    // On demand: runs start when a person asks (manual, or no trigger) or
+    // when a feed event arrives (`event`), never on a schedule; it is said
+    // of the block runs start from.
+    if on_demand {
+        if !block.inputs.depends.is_empty() {
+            push(
+                Diagnostic::error(
+                    codes::TRIGGER,
+                    at(".lifecycle.mode"),
+                    "`lifecycle.mode: on-demand` says how runs start, and this block is started by its dependencies",
+                )
+                .with_help("put it on a block without `inputs.depends` (where runs start), or remove it"),
+            );
+        } else if block.trigger.trigger_type == TriggerType::Cron {
+            push(
+                Diagnostic::error(
+                    codes::TRIGGER,
+                    at(".lifecycle.mode"),
+                    "`lifecycle.mode: on-demand` with a `cron` trigger: a schedule is not a demand",
+                )
+                .with_help("use `trigger.type: manual` (a person starts runs) or `event` (a feed event does), or drop `lifecycle` to run on the schedule"),
+            );
+        }
     }
     if block.scope.is_some() {
         push(not_yet(".scope", "`scope`".into()));

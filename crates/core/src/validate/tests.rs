@@ -1590,8 +1590,8 @@ fn stream_fields_are_parsed_and_refused_rather_than_ignored() {
         cron.message
     );
 
-    // A field of another trigger type; a daemon nothing feeds; lens, scope
-    // and publish, which nothing reads yet.
+    // A field of another trigger type; a daemon nothing feeds; scope and
+    // publish, which nothing reads yet (a lens is checked on its own).
     let mut b = block("a");
     b["trigger"] = json!({ "cron": "0 6 * * *" });
     b["lifecycle"] = json!({ "mode": "daemon" });
@@ -1603,7 +1603,6 @@ fn stream_fields_are_parsed_and_refused_rather_than_ignored() {
         &[
             ("TPL0026", "$.blocks[0].trigger.cron", Some("a")),
             ("TPL0029", "$.blocks[0].trigger", Some("a")),
-            ("TPL0028", "$.blocks[0].lens", Some("a")),
             ("TPL0028", "$.blocks[0].scope", Some("a")),
             ("TPL0028", "$.blocks[0].outputs.publish", Some("a")),
         ],
@@ -1810,4 +1809,119 @@ fn the_meeting_brief_templates_are_valid() {
         let pipeline = validated.pipeline.unwrap();
         assert!(pipeline.block("perspective").unwrap().fan_out.is_some());
     }
+}
+
+#[test]
+fn a_lens_names_its_perspective_once_rolls_up_on_declared_params_and_aggregates_perspectives() {
+    let with_params = |blocks: Vec<Value>| {
+        let mut t = template(blocks);
+        t["params"] =
+            json!({ "entity_id": { "required": true }, "angles": { "default": ["a", "b"] } });
+        t
+    };
+    let mut fan = block("lens");
+    fan["fan_out"] = json!({ "over": { "param": "angles" } });
+    fan["lens"] = json!({ "aggregates": ["entity_id"], "feedback_loop": true, "drop_below": 2, "min_ratings": 2, "review_below": 3 });
+    let mut fixed = block("risk");
+    fixed["lens"] = json!({ "perspective": "partnership risk", "aggregates": ["entity_id"] });
+    let mut brief = block_on("brief", &["lens", "risk"]);
+    brief["lens"] = json!({ "aggregates": ["entity_id"], "feedback_loop": true });
+    check(
+        with_params(vec![fan.clone(), fixed.clone(), brief.clone()]),
+        &[],
+    );
+
+    // A perspective on a fan-out, an empty one, an undeclared or repeated
+    // aggregate param.
+    let mut bad_fan = fan.clone();
+    bad_fan["lens"]["perspective"] = json!("positioning");
+    bad_fan["lens"]["aggregates"] = json!(["entity_id", "entity", "entity_id"]);
+    let mut empty = fixed.clone();
+    empty["lens"]["perspective"] = json!("  ");
+    let validated = check(
+        with_params(vec![bad_fan, empty, brief.clone()]),
+        &[
+            ("TPL0032", "$.blocks[0].lens.perspective", Some("lens")),
+            ("TPL0032", "$.blocks[0].lens.aggregates[1]", Some("lens")),
+            ("TPL0032", "$.blocks[0].lens.aggregates[2]", Some("lens")),
+            ("TPL0032", "$.blocks[1].lens.perspective", Some("risk")),
+        ],
+    );
+    assert!(
+        validated
+            .errors()
+            .any(|d| d.message.contains("`entity` is not a declared param"))
+    );
+
+    // What acts through ratings, where it cannot: on a block that does not
+    // fan out, without the feedback loop, `min_ratings` without a bar.
+    let mut no_loop = fan.clone();
+    no_loop["lens"]["feedback_loop"] = json!(false);
+    let mut not_fan = fixed.clone();
+    not_fan["lens"]["review_below"] = json!(2.5);
+    check(
+        with_params(vec![no_loop, not_fan, brief.clone()]),
+        &[
+            ("TPL0032", "$.blocks[0].lens.drop_below", Some("lens")),
+            ("TPL0032", "$.blocks[0].lens.review_below", Some("lens")),
+            ("TPL0032", "$.blocks[0].lens.min_ratings", Some("lens")),
+            ("TPL0032", "$.blocks[1].lens.review_below", Some("risk")),
+        ],
+    );
+    let mut no_bar = fan.clone();
+    no_bar["lens"]["drop_below"] = Value::Null;
+    check(
+        with_params(vec![no_bar, fixed.clone(), brief.clone()]),
+        &[("TPL0032", "$.blocks[0].lens.min_ratings", Some("lens"))],
+    );
+    // A bar outside 1–5 is a schema error.
+    let mut high = fan.clone();
+    high["lens"]["drop_below"] = json!(7);
+    check(
+        with_params(vec![high, fixed.clone(), brief.clone()]),
+        &[("TPL0002", "$.blocks[0].lens.drop_below", Some("lens"))],
+    );
+
+    // An aggregate reading no perspective.
+    let plain = block("plain");
+    let mut lonely = block_on("brief", &["plain"]);
+    lonely["lens"] = json!({ "aggregates": ["entity_id"] });
+    check(
+        with_params(vec![plain, lonely]),
+        &[("TPL0032", "$.blocks[1].lens", Some("brief"))],
+    );
+}
+
+#[test]
+fn on_demand_says_how_runs_start_on_the_block_they_start_from() {
+    // A person starts it (manual or no trigger), or a feed event does.
+    for trigger in [
+        json!({ "type": "manual" }),
+        json!({ "type": "dependency" }),
+        json!({ "type": "event", "event": "meeting.scheduled" }),
+    ] {
+        let mut a = block("a");
+        a["lifecycle"] = json!({ "mode": "on-demand" });
+        a["trigger"] = trigger.clone();
+        let validated = check(template(vec![a, block_on("b", &["a"])]), &[]);
+        let starters = validated.pipeline.unwrap().starters().len();
+        assert_eq!(
+            starters,
+            usize::from(trigger["type"] == "event"),
+            "{trigger}"
+        );
+    }
+    // Not on a schedule, not on a block its dependencies start.
+    let mut a = block("a");
+    a["lifecycle"] = json!({ "mode": "on-demand" });
+    a["trigger"] = json!({ "type": "cron", "cron": "0 6 * * *" });
+    let mut b = block_on("b", &["a"]);
+    b["lifecycle"] = json!({ "mode": "on-demand" });
+    check(
+        template(vec![a, b]),
+        &[
+            ("TPL0026", "$.blocks[0].lifecycle.mode", Some("a")),
+            ("TPL0026", "$.blocks[1].lifecycle.mode", Some("b")),
+        ],
+    );
 }

@@ -107,7 +107,9 @@ async fn a_list_from_an_artifact_fans_out_and_one_failed_instance_is_retried_alo
         .await
         .iter()
         .filter_map(|r| match &r.event {
-            Event::BlockExpanded { block, instances } if block == "lens" => Some(instances.len()),
+            Event::BlockExpanded {
+                block, instances, ..
+            } if block == "lens" => Some(instances.len()),
             _ => None,
         })
         .collect();

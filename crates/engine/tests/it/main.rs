@@ -965,6 +965,7 @@ async fn audits_run_after_every_attempt_and_gate_on_their_threshold() {
 
 mod fan_out;
 mod lease;
+mod lens;
 mod memo;
 mod shared_run;
 

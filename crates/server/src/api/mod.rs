@@ -5,6 +5,7 @@
 pub(crate) mod blocks;
 mod events;
 mod hooks;
+mod ratings;
 mod records;
 pub(crate) mod review;
 pub(crate) mod runs;
@@ -57,6 +58,10 @@ pub fn routes(config: &crate::ServerConfig) -> Router<SharedState> {
         )
         .route("/api/v1/templates/validate", post(validate_template))
         .route("/api/v1/templates/{template}/memory", get(template_memory))
+        .route(
+            "/api/v1/templates/{template}/ratings",
+            get(ratings::of_template),
+        )
         .route("/api/v1/tokens", get(list_tokens).post(create_token))
         .route("/api/v1/tokens/{id}", delete(revoke_token))
         .route("/api/v1/runs", get(runs::list).merge(create_run))
@@ -70,6 +75,10 @@ pub fn routes(config: &crate::ServerConfig) -> Router<SharedState> {
         .route(
             "/api/v1/runs/{run}/reflection",
             get(runs::reflection).put(runs::put_reflection),
+        )
+        .route(
+            "/api/v1/runs/{run}/ratings",
+            get(ratings::of_run).post(ratings::rate),
         )
         .route("/api/v1/runs/{run}/stream", get(stream::run_stream))
         .route("/api/v1/stream", get(stream::all_stream))

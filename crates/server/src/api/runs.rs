@@ -275,6 +275,7 @@ pub async fn create_run(
         sampling: body.sampling,
         max_concurrency: body.max_concurrency,
         no_cache: body.no_cache,
+        ratings: Vec::new(),
     };
     let path = entry.path_buf();
     let doc = state

@@ -61,6 +61,12 @@ pub async fn render_run_page(
         .filter(|r| r.run_id != doc.run_id)
         .collect();
     let uploads = crate::api::runs::uploads(state, &doc.run_id).await?;
+    let has_lens = template.blocks.iter().any(|b| b.lens.is_some());
+    let ratings = if has_lens {
+        state.engine.run_ratings(&doc.run_id).await?
+    } else {
+        Vec::new()
+    };
 
     let body = html! {
         section.panel {
@@ -104,6 +110,9 @@ pub async fn render_run_page(
             h2 { "Timeline" }
             div #timeline data-live { (timeline::svg(&doc, handle.pipeline(), factory_engine::now_ms())) }
         }
+        @if has_lens {
+            div #lens data-live { (lens_panel(&doc, handle.pipeline(), &ratings, caller)) }
+        }
         @if !memory.is_empty() {
             section.panel.memory {
                 h2 { "Process memory from earlier runs of " (doc.template_id) }
@@ -144,6 +153,109 @@ pub async fn render_run_page(
         Some((&doc.run_id, doc.seq)),
         body,
     ))
+}
+
+/// The lens: how past ratings shaped this run, and a form to rate each
+/// done perspective and aggregate.
+fn lens_panel(
+    doc: &RunDoc,
+    pipeline: &factory_core::Pipeline,
+    ratings: &[factory_core::lens::RatingEntry],
+    caller: &Caller,
+) -> Markup {
+    use factory_core::lens;
+    let outputs: Vec<(&str, lens::Brief)> = pipeline
+        .blocks()
+        .iter()
+        .filter(|b| doc.blocks.get(&b.id).is_some_and(|s| !s.dropped))
+        .filter_map(|b| Some((b.id.as_str(), lens::brief(pipeline, doc, &b.id)?)))
+        .collect();
+    let groups: Vec<(&str, &[String], &[lens::LeftOut])> = pipeline
+        .blocks()
+        .iter()
+        .filter(|b| b.lens.is_some())
+        .filter_map(|b| {
+            let state = doc.blocks.get(&b.id)?;
+            Some((
+                b.id.as_str(),
+                state.instances.as_deref()?,
+                state.left_out.as_slice(),
+            ))
+        })
+        .collect();
+    let feedback = pipeline
+        .template()
+        .blocks
+        .iter()
+        .any(|b| b.lens.as_ref().is_some_and(|l| l.feedback_loop));
+    let output_name = |block: &str, perspective: Option<&str>| match perspective {
+        Some(p) if pipeline.block(block).is_some_and(|b| b.fan_out.is_some()) => {
+            factory_core::run::instance_id(block, p)
+        }
+        _ => block.to_string(),
+    };
+    html! {
+        section.panel.lens {
+            h2 { "Lens: perspectives and ratings" }
+            @if feedback {
+                h3 { "How past ratings shaped this run" }
+                @if doc.past_ratings.is_empty() {
+                    p.muted #lens-shaped { "No ratings of earlier runs under this run's aggregate key: the perspectives ran in the list's order, and no prompt quoted past comments." }
+                } @else {
+                    ul #lens-shaped {
+                        @for (group, keys, left_out) in &groups {
+                            @if !keys.is_empty() { li { code { (group) } " ran its perspectives best-rated first: " (keys.join(", ")) } }
+                            @for l in left_out.iter() {
+                                li.left-out { code { (l.key) } " was left out: rated " (format!("{:.1}", l.mean)) " over " (l.count) " ratings, below " code { "drop_below" } }
+                            }
+                        }
+                        @for (id, brief) in &outputs {
+                            @if brief.review { li { a href={"/runs/" (doc.run_id) "/blocks/" (id)} { code { (id) } } " waits for a person: its past ratings are below " code { "review_below" } } }
+                        }
+                    }
+                    table.past-ratings {
+                        thead { tr { th { "output" } th { "ratings" } th { "mean" } th { "what readers said (quoted in its prompt)" } } }
+                        tbody {
+                            @for p in &doc.past_ratings {
+                                tr {
+                                    td { code { (output_name(&p.block, p.perspective.as_deref())) } }
+                                    td { (p.count) }
+                                    td { (format!("{:.1}", p.mean)) }
+                                    td { @for c in &p.comments { div { (c.score) "/5 — " (c.comment) } } }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            h3 { "Rate this run's outputs" }
+            p.muted { "1 = useless, 5 = very useful. Rate after using the brief; rating again replaces your rating."
+                @if feedback { " Later runs for " (outputs.first().map(|(_, b)| b.aggregate_key.as_str()).filter(|k| !k.is_empty()).unwrap_or("this template")) " read these ratings." } }
+            @if !ratings.is_empty() {
+                ul #run-ratings {
+                    @for r in ratings {
+                        li { code { (output_name(&r.rating.block, r.rating.perspective.as_deref())) } " " strong { (r.rating.score) "/5" } " by " (r.by) " · " (render::time(r.at))
+                            @if !r.rating.comment.is_empty() { " — " (r.rating.comment) } }
+                    }
+                }
+            }
+            @if caller.role >= Role::Reviewer {
+                @for (id, _) in &outputs {
+                    @let done = doc.blocks.get(*id).is_some_and(|s| s.status == BlockStatus::Done);
+                    form.rate data-action="rate" data-block=(id) {
+                        label.output { code { (id) } }
+                        select name="score" aria-label={"Score for " (id)} disabled[!done] {
+                            @for n in 1..=5 { option value=(n) selected[n == 3] { (n) } }
+                        }
+                        input type="text" name="comment" placeholder="what was useful or missing" aria-label={"Comment on " (id)} maxlength="2000" disabled[!done];
+                        button type="submit" disabled[!done] { "Rate" }
+                        @if !done { span.muted { " (rated once done)" } }
+                        p.error data-error {}
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn summary_bar(doc: &RunDoc) -> Markup {
