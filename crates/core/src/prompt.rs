@@ -4,7 +4,8 @@
 //!
 //! Layout, chosen for prompt caching: providers cache a prefix, so what sibling
 //! blocks share comes first. The upstream artifacts (sorted by block and key,
-//! so blocks with the same inputs produce byte-identical text) form the first,
+//! a fan-out's instances in the run's order, so blocks with the same inputs
+//! produce byte-identical text) form the first,
 //! cacheable system part; the block's own skill follows; the user message
 //! carries the run's specifics (params, config) and, last, the corrections the
 //! block must apply.
@@ -115,7 +116,12 @@ pub fn assemble(inputs: &PromptInputs<'_>) -> Prompt {
     let mut system = Vec::new();
 
     let mut upstream = inputs.upstream.clone();
-    upstream.sort_by(|a, b| (&a.block, &a.key).cmp(&(&b.block, &b.key)));
+    // By block and key; a fan-out block's instances stay in the order the
+    // run gives them (a lens puts the best-rated perspective first). Stable,
+    // so the same inputs still make the same text.
+    upstream.sort_by(|a, b| {
+        (crate::run::group_id(&a.block), &a.key).cmp(&(crate::run::group_id(&b.block), &b.key))
+    });
     if let Some(limit) = block
         .inputs
         .config
@@ -696,6 +702,37 @@ mod tests {
             format: ArtifactFormat::Json,
             text: text.into(),
         }
+    }
+
+    #[test]
+    fn a_fan_outs_instances_keep_the_runs_order_among_sorted_blocks() {
+        let params = BTreeMap::new();
+        let soul =
+            block(serde_json::json!([{"key": "soul-json", "path": "soul.json", "format": "json"}]));
+        let prompt = assemble(&PromptInputs {
+            block: &soul,
+            skill: None,
+            params: &params,
+            upstream: vec![
+                upstream("zeta", "out", "z"),
+                upstream("lens[risk]", "out", "r"),
+                upstream("lens[gaps]", "out", "g"),
+                upstream("alpha", "out", "a"),
+            ],
+            corrections: None,
+            reply_note: None,
+            shape: ReplyShape::Plain,
+            item: None,
+            lens: None,
+        });
+        let text = &prompt.system[0].text;
+        let at = |id: &str| text.find(&format!("## {id}.out")).unwrap();
+        assert!(at("alpha") < at("lens[risk]"));
+        assert!(
+            at("lens[risk]") < at("lens[gaps]"),
+            "the run's order, not the alphabet"
+        );
+        assert!(at("lens[gaps]") < at("zeta"));
     }
 
     #[test]

@@ -243,6 +243,129 @@ fn a_brief_from_four_perspectives_one_retried_alone() {
         "{}",
         briefs[1]
     );
+
+    // After the meeting, people rate what they used. Partnership risk was
+    // no help to three of them; competitive landscape lacked something.
+    let rate = |actor: &str, block: &str, score: &str, comment: &str| {
+        let output = run(
+            &db,
+            &url,
+            &[
+                "--actor",
+                actor,
+                "rate",
+                &run_id,
+                block,
+                "--score",
+                score,
+                "--comment",
+                comment,
+            ],
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned() + &stderr,
+        )
+    };
+    for actor in ["ann", "bob", "cy"] {
+        let (code, text) = rate(
+            actor,
+            "perspective[partnership-risk]",
+            "1",
+            "nothing we did not know",
+        );
+        assert_eq!(code, Some(0), "{text}");
+    }
+    let (code, text) = rate(
+        "ann",
+        "perspective[competitive-landscape]",
+        "3",
+        "Name Pickwell's prices",
+    );
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("3/5 (entity=Acme Robotics)"), "{text}");
+    rate("ann", "perspective[gap-analysis]", "5", "");
+    rate("bob", "strategic-brief", "4", "Shorter, please");
+    // What cannot be rated says why, and changes nothing.
+    let (code, text) = rate("ann", "perspective", "4", "");
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("rate each of them"), "{text}");
+    let (code, text) = rate("ann", "strategic-brief", "7", "");
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("from 1 to 5"), "{text}");
+    let summary = run(&db, &url, &["ratings", "--template", "meeting-brief"]);
+    let summary = String::from_utf8_lossy(&summary.stdout);
+    let risk_line = summary
+        .lines()
+        .find(|l| l.starts_with("perspective[partnership-risk]"))
+        .unwrap_or_else(|| panic!("{summary}"));
+    assert!(
+        risk_line.contains(" 3 ") && risk_line.contains("1.00"),
+        "{risk_line}"
+    );
+
+    // The next brief on the same entity hears them: the poorly rated
+    // perspective is left out, the others' prompts quote what readers said,
+    // the brief reads the best-rated first. The unrated perspective's
+    // inputs did not change: its earlier answer stands in (no call).
+    let output = run(
+        &db,
+        &url,
+        &[
+            "run",
+            "templates/meeting-brief.json",
+            "--param",
+            "entity=Acme Robotics",
+            "--param",
+            "notes=Leases picking arms; 11-day installs.",
+            "--quiet",
+        ],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let second = String::from_utf8(output.stdout).unwrap().trim().to_string();
+    let status = status_json(&db, &second);
+    assert_eq!(
+        status["blocks"]["perspective"]["left_out"][0]["key"],
+        "partnership-risk"
+    );
+    assert_eq!(
+        model.prompts_for("perspective[partnership-risk]").len(),
+        3,
+        "left out"
+    );
+    assert_eq!(
+        model.prompts_for("perspective[positioning]").len(),
+        1,
+        "memoized"
+    );
+    let landscape = model.prompts_for("perspective[competitive-landscape]");
+    assert_eq!(landscape.len(), 2);
+    assert!(
+        landscape[1].contains("## Your perspective: `competitive-landscape`")
+            && landscape[1].contains("1 rating(s), mean 3.0 of 5")
+            && landscape[1].contains("- 3/5: Name Pickwell's prices"),
+        "{}",
+        landscape[1]
+    );
+    assert!(!landscape[0].contains("What readers said"));
+    let briefs = model.prompts_for("strategic-brief");
+    assert_eq!(briefs.len(), 3);
+    let brief = &briefs[2];
+    assert!(brief.contains("- 4/5: Shorter, please"), "{brief}");
+    let at = |key: &str| {
+        brief
+            .find(&format!("## perspective[{key}].analysis"))
+            .unwrap()
+    };
+    assert!(
+        at("gap-analysis") < at("positioning") && at("positioning") < at("competitive-landscape")
+    );
+    assert!(!brief.contains("## perspective[partnership-risk].analysis"));
 }
 
 /// The offline variant README shows: shell steps in place of the model.
