@@ -170,6 +170,9 @@ fn lens_panel(
         .filter(|b| doc.blocks.get(&b.id).is_some_and(|s| !s.dropped))
         .filter_map(|b| Some((b.id.as_str(), lens::brief(pipeline, doc, &b.id)?)))
         .collect();
+    // Perspectives first, in the run's order; the aggregate last.
+    let mut outputs = outputs;
+    outputs.sort_by_key(|(_, brief)| brief.perspective.is_none());
     let groups: Vec<(&str, &[String], &[lens::LeftOut])> = pipeline
         .blocks()
         .iter()
@@ -206,7 +209,7 @@ fn lens_panel(
                         @for (group, keys, left_out) in &groups {
                             @if !keys.is_empty() { li { code { (group) } " ran its perspectives best-rated first: " (keys.join(", ")) } }
                             @for l in left_out.iter() {
-                                li.left-out { code { (l.key) } " was left out: rated " (format!("{:.1}", l.mean)) " over " (l.count) " ratings, below " code { "drop_below" } }
+                                li.left-out { code { (l.key) } " was left out: rated " (format!("{:.1}", l.mean)) " over " (l.count) @if l.count == 1 { " rating" } @else { " ratings" } ", below " code { "drop_below" } }
                             }
                         }
                         @for (id, brief) in &outputs {

@@ -1872,3 +1872,106 @@ async fn the_event_feed_lists_a_runs_events_filtered_and_paged() {
         .await;
     assert_eq!(s, 400, "{bad}");
 }
+
+/// Ratings through the API: who may rate, what may be rated, one rating
+/// per person and output, read back per run and per template.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lens_ratings_are_taken_per_person_and_read_back_per_run_and_template() {
+    let t = TestServer::start().await;
+    t.register_template(&serde_json::from_str(crate::LENS_TEMPLATE).unwrap())
+        .await;
+    let run = t.start_run("lens-demo", json!({"entity": "Acme"})).await;
+    t.wait_for(&run, "the run to end", |d| d["status"] == "done")
+        .await;
+    let path = format!("/api/v1/runs/{run}/ratings");
+    let rate = |role: &'static str, body: Value| {
+        let path = path.clone();
+        let t = &t;
+        async move { t.call(Method::POST, &path, role, Some(body)).await }
+    };
+
+    let (s, body) = rate("viewer", json!({"block": "brief", "score": 4})).await;
+    assert_eq!(s, 403, "a viewer does not rate: {body}");
+    let (s, body) = rate("reviewer", json!({"block": "perspective", "score": 4})).await;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (422, Some("bad_rating")),
+        "{body}"
+    );
+    let (s, body) = rate("reviewer", json!({"block": "brief", "score": 0})).await;
+    assert_eq!(s, 422, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("1 to 5"),
+        "{body}"
+    );
+    let (s, body) = rate(
+        "reviewer",
+        json!({"block": "perspective[pricing]", "score": 3}),
+    )
+    .await;
+    assert_eq!(s, 404, "{body}");
+    let (s, body) = rate(
+        "reviewer",
+        json!({"block": "brief", "score": 4, "stars": 5}),
+    )
+    .await;
+    assert_eq!(s, 422, "an unknown field is refused: {body}");
+
+    let (s, body) = rate(
+        "reviewer",
+        json!({"block": "perspective[partnership-risk]", "score": 2, "comment": "thin"}),
+    )
+    .await;
+    assert_eq!(s, 201, "{body}");
+    assert_eq!(body["perspective"], "partnership-risk");
+    assert_eq!(body["aggregate_key"], "entity=Acme");
+    // Rating again replaces; another person's rating counts on its own.
+    rate(
+        "reviewer",
+        json!({"block": "perspective[partnership-risk]", "score": 1, "comment": "no use at all"}),
+    )
+    .await;
+    rate(
+        "operator",
+        json!({"block": "perspective[partnership-risk]", "score": 2}),
+    )
+    .await;
+    rate(
+        "operator",
+        json!({"block": "brief", "score": 5, "comment": "clear"}),
+    )
+    .await;
+
+    let (s, of_run) = t.call(Method::GET, &path, "viewer", None).await;
+    assert_eq!(s, 200);
+    assert_eq!(of_run["ratings"].as_array().unwrap().len(), 3, "{of_run}");
+    assert_eq!(of_run["past_ratings"], json!([]));
+    let (s, of_template) = t
+        .call(
+            Method::GET,
+            "/api/v1/templates/lens-demo/ratings",
+            "viewer",
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    let risk = of_template["summaries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["perspective"] == "partnership-risk")
+        .unwrap();
+    assert_eq!(
+        (risk["count"].as_u64(), risk["mean"].as_f64()),
+        (Some(2), Some(1.5))
+    );
+    assert_eq!(risk["comments"][0]["comment"], "no use at all");
+
+    // The next run for Acme starts from them, and says so.
+    let next = t.start_run("lens-demo", json!({"entity": "Acme"})).await;
+    let doc = t.doc(&next).await;
+    assert_eq!(doc["past_ratings"].as_array().unwrap().len(), 2, "{doc}");
+}

@@ -202,9 +202,17 @@ async fn accessible(client: &Client, page: &str) {
 /// Saves a screenshot (when `FACTORY_SCREENSHOTS_DIR` is set) of a page
 /// that has passed the accessibility audit.
 async fn screenshot(client: &Client, name: &str) {
+    screenshot_at(client, name, "body").await;
+}
+
+/// [`screenshot`] with the first element `selector` finds at the top.
+async fn screenshot_at(client: &Client, name: &str, selector: &str) {
     accessible(client, name).await;
     let _ = client
-        .execute("document.activeElement && document.activeElement.blur(); window.scrollTo(0, 0); return true;", vec![])
+        .execute(
+            &format!("document.activeElement && document.activeElement.blur(); window.scrollTo(0, 0); document.querySelector({selector:?}).scrollIntoView(); return true;"),
+            vec![],
+        )
         .await;
     let png = client.screenshot().await.unwrap();
     assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
@@ -1350,5 +1358,86 @@ async fn a_fan_out_shows_its_instances_as_one_group() {
         )
         .await;
     assert_eq!(s, 200, "{body}");
+    b.client.clone().close().await.unwrap();
+}
+
+/// The run page of a lens: a reviewer rates a perspective with the form;
+/// the next run's page says how the ratings shaped it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lens_run_is_rated_on_its_page_and_the_next_run_shows_the_effect() {
+    let t = TestServer::start().await;
+    t.register_template(&serde_json::from_str(crate::LENS_TEMPLATE).unwrap())
+        .await;
+    let run = t
+        .start_run("lens-demo", json!({"entity": "Acme Robotics"}))
+        .await;
+    t.wait_for(&run, "the run to end", |d| d["status"] == "done")
+        .await;
+
+    let b = browser().await;
+    let c = &b.client;
+    login(c, &t, "reviewer", &format!("/runs/{run}")).await;
+    let form = "form.rate[data-block='perspective[partnership-risk]']";
+    until(
+        c,
+        "the rating forms",
+        "return document.querySelectorAll('form.rate').length === 5;",
+    )
+    .await;
+    c.execute(
+        &format!("document.querySelector(\"{form} select\").value = '1';"),
+        vec![],
+    )
+    .await
+    .unwrap();
+    type_into(
+        c,
+        &format!("{form} input[name=comment]"),
+        "Nothing we did not know",
+    )
+    .await;
+    click(c, &format!("{form} button")).await;
+    until(
+        c,
+        "the rating listed",
+        "return (document.querySelector('#run-ratings') || {textContent: ''}).textContent.includes('Nothing we did not know');",
+    )
+    .await;
+    // Another reader finds the landscape weak (through the API).
+    let (s, body) = t
+        .call(
+            Method::POST,
+            &format!("/api/v1/runs/{run}/ratings"),
+            "operator",
+            Some(json!({"block": "perspective[competitive-landscape]", "score": 2, "comment": "Name the competitors"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{body}");
+
+    let next = t
+        .start_run("lens-demo", json!({"entity": "Acme Robotics"}))
+        .await;
+    let doc = t
+        .wait_for(&next, "the landscape at its gate", |d| {
+            block_status(d, "perspective[competitive-landscape]") == "waiting"
+        })
+        .await;
+    assert!(doc["blocks"].get("perspective[partnership-risk]").is_none());
+    c.goto(&t.url(&format!("/runs/{next}"))).await.unwrap();
+    until(
+        c,
+        "the lens panel",
+        "return !!document.querySelector('#lens-shaped');",
+    )
+    .await;
+    let shaped = text_of(c, "#lens-shaped").await;
+    assert!(
+        shaped.contains("partnership-risk was left out: rated 1.0 over 1")
+            && shaped.contains("perspective[competitive-landscape] waits for a person"),
+        "{shaped}"
+    );
+    let table = text_of(c, "table.past-ratings").await;
+    assert!(table.contains("Name the competitors"), "{table}");
+    screenshot_at(c, "lens-run", "#lens").await;
     b.client.clone().close().await.unwrap();
 }

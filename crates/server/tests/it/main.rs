@@ -67,6 +67,29 @@ pub const SLOW_TEMPLATE: &str = r#"{
   ]
 }"#;
 
+/// A lens (Pattern 3): `perspective` fans out over four angles (command
+/// steps quoting the past ratings they are handed), `brief` rolls them up;
+/// ratings key on `entity`. One rating of 1 drops a perspective; a mean
+/// below 3 sends it to a person.
+pub const LENS_TEMPLATE: &str = r#"{
+  "id": "lens-demo", "name": "Lens demo", "version": "1.0.0",
+  "params": { "entity": { "required": true },
+              "perspectives": { "default": ["Positioning", "Gap analysis", "Competitive landscape", "Partnership risk"] } },
+  "blocks": [
+    { "id": "perspective", "name": "Perspective", "layer": "L1", "type": "research", "runtime": "command",
+      "lifecycle": { "mode": "on-demand" },
+      "inputs": { "config": { "command": ["sh", "-c", "printf '# %s on %s\\n\\nPast ratings: %s\\n' \"$FACTORY_PERSPECTIVE\" \"$FACTORY_PARAM_ENTITY\" \"${FACTORY_FEEDBACK:-none}\" > \"$FACTORY_OUTPUT_DIR/view.md\""] } },
+      "fan_out": { "over": { "param": "perspectives" }, "need": { "at_least": 2 } },
+      "lens": { "aggregates": ["entity"], "feedback_loop": true, "drop_below": 2, "min_ratings": 1, "review_below": 3 },
+      "outputs": { "artifacts": [{ "key": "view", "path": "view.md", "format": "md" }] } },
+    { "id": "brief", "name": "Brief", "layer": "L2", "type": "build", "runtime": "command",
+      "inputs": { "depends": [{ "block": "perspective", "key": "view" }],
+                  "config": { "command": ["sh", "-c", "cat \"$(dirname \"$FACTORY_INPUTS\")\"/inputs/*/view.md > \"$FACTORY_OUTPUT_DIR/brief.md\""] } },
+      "lens": { "aggregates": ["entity"], "feedback_loop": true },
+      "outputs": { "artifacts": [{ "key": "brief", "path": "brief.md", "format": "md" }] } }
+  ]
+}"#;
+
 /// A server on a fresh SQLite file, with one token per role.
 pub struct TestServer {
     pub server: Option<RunningServer>,
