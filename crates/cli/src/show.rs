@@ -151,6 +151,21 @@ pub fn summary(doc: &RunDoc, template_order: &[String]) -> String {
                 .trim()
                 .to_string();
         }
+        if !state.left_out.is_empty() {
+            let left: Vec<String> = state
+                .left_out
+                .iter()
+                .map(|l| format!("{} ({:.1} over {})", l.key, l.mean, l.count))
+                .collect();
+            note = format!("{note} [left out by past ratings: {}]", left.join(", "))
+                .trim()
+                .to_string();
+        }
+        if state.instance.as_ref().is_some_and(|i| i.review) {
+            note = format!("{note} [past ratings ask for review]")
+                .trim()
+                .to_string();
+        }
         if state.dropped {
             note = format!("{note} [dropped: its group's list no longer names it]")
                 .trim()

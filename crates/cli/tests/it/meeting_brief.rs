@@ -328,6 +328,12 @@ fn a_brief_from_four_perspectives_one_retried_alone() {
         String::from_utf8_lossy(&output.stderr)
     );
     let second = String::from_utf8(output.stdout).unwrap().trim().to_string();
+    let text = run(&db, &url, &["status", &second]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("[left out by past ratings: partnership-risk (1.0 over 3)]"),
+        "{text}"
+    );
     let status = status_json(&db, &second);
     assert_eq!(
         status["blocks"]["perspective"]["left_out"][0]["key"],
