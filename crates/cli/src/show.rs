@@ -161,7 +161,7 @@ pub fn summary(doc: &RunDoc, template_order: &[String]) -> String {
                 .trim()
                 .to_string();
         }
-        if state.instance.as_ref().is_some_and(|i| i.review) {
+        if !state.dropped && state.instance.as_ref().is_some_and(|i| i.review) {
             note = format!("{note} [past ratings ask for review]")
                 .trim()
                 .to_string();
@@ -636,8 +636,16 @@ pub fn ratings(entries: &[factory_core::lens::RatingEntry], summarize: bool) -> 
     out
 }
 
+/// `text` on one line, without control characters (a comment is anyone's
+/// text: no escape sequence of it reaches the terminal), cut at `max`.
 fn first_line(text: &str, max: usize) -> String {
-    let line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let line: String = text
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect();
     if line.chars().count() > max {
         format!("{}…", line.chars().take(max).collect::<String>())
     } else {

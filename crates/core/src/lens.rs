@@ -70,17 +70,19 @@ pub fn role(block: &Block) -> Option<Role> {
 }
 
 /// The aggregate key of a run for `lens`: `name=value` for each param
-/// `lens.aggregates` names, in that order, joined by `, ` (`""` without
-/// any: the ratings of every run of the template count together).
+/// `lens.aggregates` names, in that order, joined by `, `, each value as
+/// JSON (`entity="Acme Robotics", year=2026`: quoted, so no value can run
+/// into the next, and the text `"1"` is not the number `1`); `""` without
+/// any: the ratings of every run of the template count together.
 pub fn aggregate_key(lens: &Lens, params: &BTreeMap<String, Value>) -> String {
     lens.aggregates
         .iter()
         .flatten()
         .map(|name| {
             let value = match params.get(name) {
-                Some(Value::String(s)) => s.trim().to_string(),
-                Some(Value::Null) | None => String::new(),
-                Some(other) => other.to_string(),
+                Some(Value::String(s)) => Value::from(s.trim()),
+                Some(other) => other.clone(),
+                None => Value::Null,
             };
             format!("{name}={value}")
         })
@@ -142,7 +144,7 @@ pub enum RateError {
     NotDone { block: String, status: String },
     #[error("a score is a whole number from 1 to 5, not {0}")]
     Score(i64),
-    #[error("the comment has {0} characters; keep it under {MAX_COMMENT_CHARS}")]
+    #[error("the comment has {0} characters; keep it to {MAX_COMMENT_CHARS} at most")]
     CommentTooLong(usize),
 }
 

@@ -284,7 +284,7 @@ fn a_brief_from_four_perspectives_one_retried_alone() {
         "Name Pickwell's prices",
     );
     assert_eq!(code, Some(0), "{text}");
-    assert!(text.contains("3/5 (entity=Acme Robotics)"), "{text}");
+    assert!(text.contains(r#"3/5 (entity="Acme Robotics")"#), "{text}");
     rate("ann", "perspective[gap-analysis]", "5", "");
     rate("bob", "strategic-brief", "4", "Shorter, please");
     // What cannot be rated says why, and changes nothing.

@@ -65,7 +65,7 @@ fn entry(
             }
             .into(),
             perspective: perspective.map(str::to_string),
-            aggregate_key: "entity_id=acme".into(),
+            aggregate_key: r#"entity_id="acme""#.into(),
             score,
             comment: comment.into(),
         },
@@ -81,9 +81,19 @@ fn the_aggregate_key_names_each_param_and_its_value() {
     let lens: Lens = serde_json::from_value(json!({"aggregates": ["entity_id", "year"]})).unwrap();
     let mut p = params(" acme ");
     p.insert("year".into(), json!(2026));
-    assert_eq!(aggregate_key(&lens, &p), "entity_id=acme, year=2026");
+    assert_eq!(aggregate_key(&lens, &p), r#"entity_id="acme", year=2026"#);
     p.remove("year");
-    assert_eq!(aggregate_key(&lens, &p), "entity_id=acme, year=");
+    assert_eq!(aggregate_key(&lens, &p), r#"entity_id="acme", year=null"#);
+    // Values cannot run into each other, and text is not a number.
+    let mut tricky = params("x, year=1");
+    tricky.insert("year".into(), json!(""));
+    let mut plain = params("x");
+    plain.insert("year".into(), json!("1, year="));
+    assert_ne!(aggregate_key(&lens, &tricky), aggregate_key(&lens, &plain));
+    let mut text = params("acme");
+    text.insert("year".into(), json!("2026"));
+    p.insert("year".into(), json!(2026));
+    assert_ne!(aggregate_key(&lens, &text), aggregate_key(&lens, &p));
     let none: Lens = serde_json::from_value(json!({})).unwrap();
     assert_eq!(aggregate_key(&none, &p), "");
 }
@@ -109,7 +119,7 @@ fn past_ratings_count_each_person_once_per_run_and_keep_the_newest_comments() {
         // Another entity, another block, a score out of range: not counted.
         RatingEntry {
             rating: Rating {
-                aggregate_key: "entity_id=other".into(),
+                aggregate_key: r#"entity_id="other""#.into(),
                 ..entry("r3", "ann", 40, Some("positioning"), 1, "x").rating
             },
             ..entry("r3", "ann", 40, Some("positioning"), 1, "x")
@@ -163,7 +173,7 @@ fn summary(perspective: &str, count: u32, mean: f64) -> PastRatings {
     PastRatings {
         block: "angles".into(),
         perspective: Some(perspective.into()),
-        aggregate_key: "entity_id=acme".into(),
+        aggregate_key: r#"entity_id="acme""#.into(),
         count,
         mean,
         comments: Vec::new(),
@@ -298,7 +308,7 @@ fn a_run_expands_its_lens_as_its_past_ratings_say_and_replays_to_the_same() {
         section.contains("## Your perspective: `landscape`"),
         "{section}"
     );
-    assert!(section.contains("for entity_id=acme"), "{section}");
+    assert!(section.contains(r#"for entity_id="acme""#), "{section}");
     assert!(section.contains("1 rating(s), mean 2.0 of 5"), "{section}");
     assert!(section.contains("- 2/5: name the competitors"), "{section}");
     // An unrated perspective is told its angle and nothing else.
@@ -340,7 +350,7 @@ fn a_rating_is_taken_only_for_a_done_lens_output_with_a_score_from_1_to_5() {
         Rating {
             block: "angles".into(),
             perspective: Some("gaps".into()),
-            aggregate_key: "entity_id=acme".into(),
+            aggregate_key: r#"entity_id="acme""#.into(),
             score: 4,
             comment: "useful".into(),
         }

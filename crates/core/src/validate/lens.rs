@@ -6,13 +6,14 @@
 //! reads at least one perspective block; `lens.aggregates` names declared
 //! params; and the fields that act through past ratings (`drop_below`,
 //! `review_below`, `min_ratings`) sit where they act: on a fan-out lens
-//! with `feedback_loop`.
+//! with `feedback_loop`. Only `llm` and `command` blocks take a lens: a
+//! prompt or a step is what hears the perspective and the ratings.
 
 use std::collections::BTreeSet;
 
 use crate::diagnostics::{Diagnostic, codes};
 use crate::lens::Role;
-use crate::template::Template;
+use crate::template::{Runtime, Template};
 
 pub(super) fn check(template: &Template, out: &mut Vec<Diagnostic>) {
     let stream = matches!(crate::stream::plan(template), Ok(Some(_)));
@@ -35,6 +36,20 @@ pub(super) fn check(template: &Template, out: &mut Vec<Diagnostic>) {
                 "remove `lens`, or make a dag-batch template of it",
             );
             continue;
+        }
+        // Only a prompt or a step hears a perspective and past ratings.
+        if !matches!(block.runtime, Runtime::Llm | Runtime::Command) {
+            push(
+                at(""),
+                format!(
+                    "`lens` on a `{}` block: its perspective and past ratings would reach no prompt or step",
+                    serde_json::to_value(block.runtime)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default()
+                ),
+                "put the lens on an `llm` or `command` block",
+            );
         }
         if let Some(perspective) = &lens.perspective {
             if perspective.trim().is_empty() {

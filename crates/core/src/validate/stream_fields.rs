@@ -89,7 +89,7 @@ pub(super) fn check(i: usize, block: &template::Block, out: &mut Vec<Diagnostic>
         )
         .with_help(
             "remove it (this release runs dag-batch templates: blocks started by their dependencies, once per run); \
-             the stream and lens patterns are being built",
+             a scope is not acted on yet",
         )
     };
     // Cron and event triggers feed a stream intake (a daemon) or, on a

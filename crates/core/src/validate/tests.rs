@@ -1603,6 +1603,7 @@ fn stream_fields_are_parsed_and_refused_rather_than_ignored() {
         &[
             ("TPL0026", "$.blocks[0].trigger.cron", Some("a")),
             ("TPL0029", "$.blocks[0].trigger", Some("a")),
+            ("TPL0032", "$.blocks[0].lens", Some("a")),
             ("TPL0028", "$.blocks[0].scope", Some("a")),
             ("TPL0028", "$.blocks[0].outputs.publish", Some("a")),
         ],
@@ -1819,12 +1820,18 @@ fn a_lens_names_its_perspective_once_rolls_up_on_declared_params_and_aggregates_
             json!({ "entity_id": { "required": true }, "angles": { "default": ["a", "b"] } });
         t
     };
-    let mut fan = block("lens");
+    // A lens is for blocks whose prompt or step hears it.
+    let command = |mut b: Value| {
+        b["runtime"] = json!("command");
+        b["inputs"]["config"] = json!({ "command": ["true"] });
+        b
+    };
+    let mut fan = command(block("lens"));
     fan["fan_out"] = json!({ "over": { "param": "angles" } });
     fan["lens"] = json!({ "aggregates": ["entity_id"], "feedback_loop": true, "drop_below": 2, "min_ratings": 2, "review_below": 3 });
-    let mut fixed = block("risk");
+    let mut fixed = command(block("risk"));
     fixed["lens"] = json!({ "perspective": "partnership risk", "aggregates": ["entity_id"] });
-    let mut brief = block_on("brief", &["lens", "risk"]);
+    let mut brief = command(block_on("brief", &["lens", "risk"]));
     brief["lens"] = json!({ "aggregates": ["entity_id"], "feedback_loop": true });
     check(
         with_params(vec![fan.clone(), fixed.clone(), brief.clone()]),
@@ -1884,11 +1891,23 @@ fn a_lens_names_its_perspective_once_rolls_up_on_declared_params_and_aggregates_
 
     // An aggregate reading no perspective.
     let plain = block("plain");
-    let mut lonely = block_on("brief", &["plain"]);
+    let mut lonely = command(block_on("brief", &["plain"]));
     lonely["lens"] = json!({ "aggregates": ["entity_id"] });
     check(
         with_params(vec![plain, lonely]),
         &[("TPL0032", "$.blocks[1].lens", Some("brief"))],
+    );
+    // A built-in hears nothing.
+    let mut noop = block("risk");
+    noop["lens"] = json!({ "perspective": "risk" });
+    let validated = check(
+        with_params(vec![fan.clone(), noop, brief.clone()]),
+        &[("TPL0032", "$.blocks[1].lens", Some("risk"))],
+    );
+    assert!(
+        validated
+            .errors()
+            .any(|d| d.message.contains("`lens` on a `builtin` block"))
     );
 }
 

@@ -64,7 +64,7 @@ async fn ratings_shape_the_next_run_for_the_same_entity(h: Harness) {
         "unrated: the list's order"
     );
     let out = artifact(&h, &first, "angles[gaps]", "out").await;
-    assert_eq!(out, "perspective=gaps key=entity=acme feedback=none");
+    assert_eq!(out, r#"perspective=gaps key=entity="acme" feedback=none"#);
 
     // People rate: risk is poor for three of them, landscape for one, gaps
     // is the best; the brief is good. Ann changes her mind on gaps.
@@ -80,7 +80,7 @@ async fn ratings_shape_the_next_run_for_the_same_entity(h: Harness) {
     rate("user:ann", "angles[gaps]", 3, "").await;
     let entry = rate("user:ann", "angles[gaps]", 5, "exactly what we needed").await;
     assert_eq!(entry.rating.perspective.as_deref(), Some("gaps"));
-    assert_eq!(entry.rating.aggregate_key, "entity=acme");
+    assert_eq!(entry.rating.aggregate_key, r#"entity="acme""#);
     rate("user:bob", "brief", 4, "good, but too long").await;
     // Refused: the group itself, a block without a lens, a bad score, a
     // block the run does not have.

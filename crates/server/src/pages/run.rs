@@ -176,7 +176,7 @@ fn lens_panel(
     let groups: Vec<(&str, &[String], &[lens::LeftOut])> = pipeline
         .blocks()
         .iter()
-        .filter(|b| b.lens.is_some())
+        .filter(|b| b.lens.as_ref().is_some_and(|l| l.feedback_loop))
         .filter_map(|b| {
             let state = doc.blocks.get(&b.id)?;
             Some((
@@ -191,6 +191,16 @@ fn lens_panel(
         .blocks
         .iter()
         .any(|b| b.lens.as_ref().is_some_and(|l| l.feedback_loop));
+    let keys: std::collections::BTreeSet<&str> = outputs
+        .iter()
+        .map(|(_, b)| b.aggregate_key.as_str())
+        .filter(|k| !k.is_empty())
+        .collect();
+    let keys_text = if keys.is_empty() {
+        "any params".to_string()
+    } else {
+        keys.into_iter().collect::<Vec<_>>().join(" or ")
+    };
     let output_name = |block: &str, perspective: Option<&str>| match perspective {
         Some(p) if pipeline.block(block).is_some_and(|b| b.fan_out.is_some()) => {
             factory_core::run::instance_id(block, p)
@@ -213,7 +223,7 @@ fn lens_panel(
                             }
                         }
                         @for (id, brief) in &outputs {
-                            @if brief.review { li { a href={"/runs/" (doc.run_id) "/blocks/" (id)} { code { (id) } } " waits for a person: its past ratings are below " code { "review_below" } } }
+                            @if brief.review { li { a href={"/runs/" (doc.run_id) "/blocks/" (id)} { code { (id) } } " was sent to a person: its past ratings are below " code { "review_below" } } }
                         }
                     }
                     table.past-ratings {
@@ -233,7 +243,7 @@ fn lens_panel(
             }
             h3 { "Rate this run's outputs" }
             p.muted { "1 = useless, 5 = very useful. Rate after using the brief; rating again replaces your rating."
-                @if feedback { " Later runs for " (outputs.first().map(|(_, b)| b.aggregate_key.as_str()).filter(|k| !k.is_empty()).unwrap_or("this template")) " read these ratings." } }
+                @if feedback { " Later runs with " (keys_text) " read these ratings." } }
             @if !ratings.is_empty() {
                 ul #run-ratings {
                     @for r in ratings {

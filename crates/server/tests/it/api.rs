@@ -1927,7 +1927,7 @@ async fn lens_ratings_are_taken_per_person_and_read_back_per_run_and_template() 
     .await;
     assert_eq!(s, 201, "{body}");
     assert_eq!(body["perspective"], "partnership-risk");
-    assert_eq!(body["aggregate_key"], "entity=Acme");
+    assert_eq!(body["aggregate_key"], r#"entity="Acme""#);
     // Rating again replaces; another person's rating counts on its own.
     rate(
         "reviewer",

@@ -1433,7 +1433,7 @@ async fn a_lens_run_is_rated_on_its_page_and_the_next_run_shows_the_effect() {
     let shaped = text_of(c, "#lens-shaped").await;
     assert!(
         shaped.contains("partnership-risk was left out: rated 1.0 over 1")
-            && shaped.contains("perspective[competitive-landscape] waits for a person"),
+            && shaped.contains("perspective[competitive-landscape] was sent to a person"),
         "{shaped}"
     );
     let table = text_of(c, "table.past-ratings").await;
