@@ -62,63 +62,25 @@ pub fn audit(
             builder.unit_of(nothing);
             continue;
         }
-        let mut mentions = Vec::new();
-        // Prose over 256 KB is judged on evenly spaced windows (see
-        // `content::sample`): shares and densities are estimates, and at
-        // most 10 findings are listed anyway.
-        let prose = body.prose();
-        let ranges = sample(prose);
-        let mut words_read = 0usize;
-        let mut all_sentences = Vec::new();
-        for range in &ranges {
-            let base = range.start;
-            let mut previous_part = None;
-            let found = sentences_with_words(&prose[range.clone()], |offset, token, _| {
-                words_read += 1;
-                if let Some(matcher) = &subject {
-                    matcher.observe(base + offset, token, &mut previous_part, &mut mentions);
-                }
-            });
-            all_sentences.extend(found.into_iter().map(|sentence| Sentence {
-                start: sentence.start + base,
-                end: sentence.end + base,
-                ..sentence
-            }));
+        let counts = count_sentences(body, subject.as_ref());
+        let Counts {
+            words,
+            sampled,
+            judged,
+            generic,
+            specific,
+            ref mentions,
+            ref generic_hits,
+        } = counts;
+        for hit in generic_hits {
+            builder.suggest(
+                Priority::Medium,
+                path,
+                &body.location(hit.start),
+                &format!("generic phrase \"{}\"", hit.phrase),
+            );
         }
-        let words = if ranges.len() > 1 {
-            words_read
-        } else {
-            body.words
-        };
         let phrases = &body.dictionary().generic;
-
-        let mut judged = 0usize;
-        let mut generic = 0usize;
-        let mut specific = 0usize;
-        let mut phrase_cursor = 0;
-        let mut mention_cursor = 0;
-        for sentence in &all_sentences {
-            let sentence_phrases =
-                take_within(phrases, &mut phrase_cursor, sentence, |found| found.start);
-            let sentence_mentions =
-                take_within(&mentions, &mut mention_cursor, sentence, |start| *start);
-            if sentence.words < MIN_SENTENCE_WORDS {
-                continue;
-            }
-            judged += 1;
-            let concrete = sentence.has_concrete_detail() || !sentence_mentions.is_empty();
-            if concrete {
-                specific += 1;
-            } else if let Some(hit) = sentence_phrases.first() {
-                generic += 1;
-                builder.suggest(
-                    Priority::Medium,
-                    path,
-                    &body.location(hit.start),
-                    &format!("generic phrase \"{}\"", hit.phrase),
-                );
-            }
-        }
 
         if judged == 0 {
             builder.not_applicable(
@@ -201,7 +163,7 @@ pub fn audit(
                         "\"{}\" named {} in {} words ({density:.1} per 1000; full marks at {SUBJECT_DENSITY_TARGET})",
                         matcher.name,
                         if mentions.len() == 1 { "once".to_string() } else { format!("{} times", mentions.len()) },
-                        if ranges.len() > 1 { format!("{words} sampled") } else { words.to_string() }
+                        if sampled { format!("{words} sampled") } else { words.to_string() }
                     ),
                 );
                 if density < SUBJECT_DENSITY_TARGET {
@@ -346,6 +308,81 @@ fn redundancy_check(builder: &mut DimensionBuilder, path: &str, body: &Body<'_>)
 
 /// The items of the sorted `found` list that start inside `sentence`,
 /// advancing `cursor` past everything before the sentence's end.
+/// What D2 counts in one artifact's prose: words read, sentences judged
+/// (3+ words), generic ones (a stock phrase and no detail) with the phrase
+/// each starts with, specific ones (a number, a proper noun, a quotation or
+/// the subject's name), and where the subject is named. Prose over 256 KB
+/// is read in evenly spaced windows (see `content::sample`): counts are of
+/// the sample, and `sampled` says so.
+pub(crate) struct Counts<'b> {
+    pub words: usize,
+    pub sampled: bool,
+    pub judged: usize,
+    pub generic: usize,
+    pub specific: usize,
+    pub mentions: Vec<usize>,
+    pub generic_hits: Vec<&'b crate::patterns::PhraseHit>,
+}
+
+pub(crate) fn count_sentences<'b>(
+    body: &'b Body<'_>,
+    subject: Option<&SubjectMatcher>,
+) -> Counts<'b> {
+    let mut mentions = Vec::new();
+    let prose = body.prose();
+    let ranges = sample(prose);
+    let mut words_read = 0usize;
+    let mut all_sentences = Vec::new();
+    for range in &ranges {
+        let base = range.start;
+        let mut previous_part = None;
+        let found = sentences_with_words(&prose[range.clone()], |offset, token, _| {
+            words_read += 1;
+            if let Some(matcher) = subject {
+                matcher.observe(base + offset, token, &mut previous_part, &mut mentions);
+            }
+        });
+        all_sentences.extend(found.into_iter().map(|sentence| Sentence {
+            start: sentence.start + base,
+            end: sentence.end + base,
+            ..sentence
+        }));
+    }
+    let sampled = ranges.len() > 1;
+    let words = if sampled { words_read } else { body.words };
+    let phrases = &body.dictionary().generic;
+    let (mut judged, mut generic, mut specific) = (0usize, 0usize, 0usize);
+    let mut generic_hits = Vec::new();
+    let mut phrase_cursor = 0;
+    let mut mention_cursor = 0;
+    for sentence in &all_sentences {
+        let sentence_phrases =
+            take_within(phrases, &mut phrase_cursor, sentence, |found| found.start);
+        let sentence_mentions =
+            take_within(&mentions, &mut mention_cursor, sentence, |start| *start);
+        if sentence.words < MIN_SENTENCE_WORDS {
+            continue;
+        }
+        judged += 1;
+        let concrete = sentence.has_concrete_detail() || !sentence_mentions.is_empty();
+        if concrete {
+            specific += 1;
+        } else if let Some(hit) = sentence_phrases.first() {
+            generic += 1;
+            generic_hits.push(hit);
+        }
+    }
+    Counts {
+        words,
+        sampled,
+        judged,
+        generic,
+        specific,
+        mentions,
+        generic_hits,
+    }
+}
+
 fn take_within<'f, T>(
     found: &'f [T],
     cursor: &mut usize,
@@ -366,13 +403,13 @@ fn take_within<'f, T>(
 /// ("Marisol Vega", "Marisol", "Vega") word by word, ignoring ASCII case and
 /// a possessive `'s`. Matching words in the sentence scan costs a comparison
 /// per word instead of another pass over the text.
-struct SubjectMatcher {
+pub(crate) struct SubjectMatcher {
     name: String,
     parts: Vec<String>,
 }
 
 impl SubjectMatcher {
-    fn new(subject: &str) -> Option<SubjectMatcher> {
+    pub(crate) fn new(subject: &str) -> Option<SubjectMatcher> {
         let name = subject.trim();
         let parts: Vec<String> = name
             .split(|character: char| !character.is_alphanumeric())

@@ -43,6 +43,7 @@ mod markdown;
 mod model;
 mod patterns;
 mod score;
+mod specificity;
 mod suggestions;
 mod term_search;
 mod text;
@@ -53,6 +54,7 @@ pub use model::{
     Suggestion, Upstream,
 };
 pub use patterns::GENERIC_PHRASES;
+pub use specificity::{Specificity, specificity};
 
 use std::collections::BTreeMap;
 

@@ -188,6 +188,18 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Audit a run with the factory itself (templates/meta-audit-factory.json):
+    /// run and block D1–D5, specificity, wiring, deltas against the template's
+    /// previous run, and an HTML scorecard that waits at its gate
+    MetaAudit {
+        /// The run to audit (id or unique prefix)
+        run: String,
+        /// Compare with this run instead of the template's previous run
+        #[arg(long)]
+        baseline: Option<String>,
+        #[command(flatten)]
+        drive: DriveArgs,
+    },
     /// Continue a run, re-running blocks whose worker died
     Resume {
         run: String,

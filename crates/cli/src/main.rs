@@ -42,6 +42,9 @@ impl std::fmt::Display for UserError {
 
 impl std::error::Error for UserError {}
 
+/// `templates/meta-audit-factory.json`, built in for `factory meta-audit`.
+const META_AUDIT_TEMPLATE: &str = include_str!("../../../templates/meta-audit-factory.json");
+
 fn user_error(message: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(UserError(message.into()))
 }
@@ -223,6 +226,37 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             if no_run {
                 return Ok(ExitCode::SUCCESS);
             }
+            drive_run(&engine, &doc.run_id, drive.quiet).await
+        }
+        Command::MetaAudit {
+            run,
+            baseline,
+            drive,
+        } => {
+            let engine = engine(&cli.db, &actor, &drive, cli.config.as_deref()).await?;
+            // Named runs must exist: say so before a meta-audit run is made.
+            let target = engine.store().resolve_run_id(&run).await?;
+            let baseline = match baseline {
+                Some(b) => engine.store().resolve_run_id(&b).await?,
+                None => String::new(),
+            };
+            let request = RunRequest {
+                params: [
+                    ("target_run".to_string(), serde_json::Value::from(target)),
+                    (
+                        "baseline_run".to_string(),
+                        serde_json::Value::from(baseline),
+                    ),
+                ]
+                .into(),
+                max_concurrency: drive.max_concurrency,
+                ..RunRequest::default()
+            };
+            let doc = engine
+                .create_run(META_AUDIT_TEMPLATE, None, request)
+                .await
+                .context("cannot start the meta-audit")?;
+            println!("{}", doc.run_id);
             drive_run(&engine, &doc.run_id, drive.quiet).await
         }
         Command::Runs { limit } => {

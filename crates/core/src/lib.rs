@@ -16,6 +16,7 @@ pub mod feedback;
 pub mod lens;
 pub mod llm_options;
 pub mod memo;
+pub mod meta_audit;
 pub mod pipeline;
 pub mod prompt;
 pub mod render;

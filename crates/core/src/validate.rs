@@ -16,7 +16,18 @@ use crate::template::{self, Runtime, Template};
 
 /// Built-in block names the `builtin` runtime knows. Kept here so that
 /// validation (pure) and the runtime (IO) agree on one list.
-pub const BUILTINS: &[&str] = &["noop", "sleep", "corrections-router", "review-page"];
+pub const BUILTINS: &[&str] = &[
+    "noop",
+    "sleep",
+    "corrections-router",
+    "review-page",
+    // The meta-audit's steps (`crate::meta_audit`), run by the engine.
+    "run-aggregate",
+    "specificity-deep-check",
+    "cross-block-consistency",
+    "delta-report",
+    "audit-scorecard",
+];
 
 /// The review pages `factory serve` renders for a `review-page` builtin.
 pub const REVIEW_PAGES: &[&str] = &["extraction-review", "expert-audit"];

@@ -825,6 +825,8 @@ async fn run_attempt(
     let lens = factory_core::lens::brief(pipeline, doc, block_id);
     let execution = if let Some(items) = &route_items {
         crate::feedback::router_execution(pipeline, doc, block, items)
+    } else if let Some(step) = crate::meta_audit::step(block) {
+        crate::meta_audit::execution(store.as_ref(), doc, block, step, &inputs).await
     } else {
         factory_runtime::execute(AttemptInput {
             run_id: &doc.run_id,

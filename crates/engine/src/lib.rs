@@ -18,6 +18,7 @@ mod lease_watch;
 mod lens;
 mod live_log;
 mod memo;
+mod meta_audit;
 mod owner;
 mod permits;
 mod slots;

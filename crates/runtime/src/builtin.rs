@@ -23,6 +23,17 @@ pub(crate) async fn run(input: AttemptInput<'_>) -> Execution {
             "block `{}`: the corrections router runs inside the engine, not in a runtime",
             block.id
         )),
+        // Read other runs from the store: the engine runs them itself.
+        Some(
+            name @ ("run-aggregate"
+            | "specificity-deep-check"
+            | "cross-block-consistency"
+            | "delta-report"
+            | "audit-scorecard"),
+        ) => Execution::failed(format!(
+            "block `{}`: the meta-audit step `{name}` runs inside the engine, not in a runtime",
+            block.id
+        )),
         Some("sleep") => {
             let ms = config.get("ms").and_then(Value::as_u64).unwrap_or(0);
             if ms > block.timeout {

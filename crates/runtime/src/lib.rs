@@ -98,7 +98,8 @@ pub struct Execution {
 }
 
 impl Execution {
-    pub(crate) fn failed(error: impl Into<String>) -> Execution {
+    /// An attempt that failed with `error` before producing anything.
+    pub fn failed(error: impl Into<String>) -> Execution {
         Execution {
             error: Some(error.into()),
             ..Execution::default()

@@ -14,6 +14,7 @@ mod convergence;
 mod fleet_netns;
 mod local_llm;
 mod meeting_brief;
+mod meta_audit;
 mod otel;
 mod polish;
 mod real_llm;

@@ -960,7 +960,7 @@ fn builtin_blocks_need_a_known_builtin() {
     assert!(d.message.contains("`sleeep`"));
     assert_eq!(
         help(d),
-        "known builtins: noop, sleep, corrections-router, review-page"
+        "known builtins: noop, sleep, corrections-router, review-page, run-aggregate, specificity-deep-check, cross-block-consistency, delta-report, audit-scorecard"
     );
 
     check(

@@ -1,0 +1,389 @@
+//! The meta-audit's built-in steps (`templates/meta-audit-factory.json`):
+//! four read the run named by the `target_run` param from the store and
+//! write a report ([`factory_core::meta_audit`]); the scorecard renders the
+//! four reports it depends on. Each writes its report as JSON into the
+//! block's `json` artifacts, a short summary into its `md` or `text` ones,
+//! and the scorecard page into its `html` ones.
+
+use factory_core::meta_audit::{self, TargetArtifact};
+use factory_core::run::RunDoc;
+use factory_core::template::{ArtifactFormat, Block, Runtime};
+use factory_runtime::{Execution, InputArtifact};
+use factory_store::{RunFilter, Store};
+use serde_json::{Value, json};
+
+/// A meta-audit step, by its `inputs.config.builtin` name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    RunAggregate,
+    Specificity,
+    Consistency,
+    Delta,
+    Scorecard,
+}
+
+impl Step {
+    const ALL: [(&'static str, Step); 5] = [
+        ("run-aggregate", Step::RunAggregate),
+        ("specificity-deep-check", Step::Specificity),
+        ("cross-block-consistency", Step::Consistency),
+        ("delta-report", Step::Delta),
+        ("audit-scorecard", Step::Scorecard),
+    ];
+
+    fn name(self) -> &'static str {
+        Step::ALL
+            .iter()
+            .find(|(_, s)| *s == self)
+            .map_or("", |(n, _)| n)
+    }
+}
+
+/// The step `block` runs, if it is a meta-audit built-in.
+pub(crate) fn step(block: &Block) -> Option<Step> {
+    if block.runtime != Runtime::Builtin {
+        return None;
+    }
+    let name = block.inputs.config.get("builtin")?.as_str()?;
+    Step::ALL.iter().find(|(n, _)| *n == name).map(|(_, s)| *s)
+}
+
+/// Runs `step` for `block` of the meta-audit run `doc`.
+pub(crate) async fn execution(
+    store: &dyn Store,
+    doc: &RunDoc,
+    block: &Block,
+    step: Step,
+    inputs: &[InputArtifact],
+) -> Execution {
+    match report(store, doc, block, step, inputs).await {
+        Ok((value, summary, html, metrics)) => {
+            let mut execution = Execution::default();
+            for artifact in &block.outputs.artifacts {
+                let content = match artifact.format {
+                    ArtifactFormat::Json => {
+                        serde_json::to_string_pretty(&value).unwrap_or_default()
+                    }
+                    ArtifactFormat::Html => html.clone().unwrap_or_else(|| {
+                        format!(
+                            "<!doctype html><title>{}</title><pre>{summary}</pre>",
+                            step.name()
+                        )
+                    }),
+                    _ => summary.clone(),
+                };
+                execution
+                    .artifacts
+                    .insert(artifact.key.clone(), content.into_bytes());
+            }
+            execution.metrics = metrics;
+            execution
+        }
+        Err(error) => Execution::failed(format!("block `{}`: {error}", block.id)),
+    }
+}
+
+type Report = (
+    Value,
+    String,
+    Option<String>,
+    std::collections::BTreeMap<String, Value>,
+);
+
+async fn report(
+    store: &dyn Store,
+    doc: &RunDoc,
+    block: &Block,
+    step: Step,
+    inputs: &[InputArtifact],
+) -> Result<Report, String> {
+    if step == Step::Scorecard {
+        return scorecard(inputs);
+    }
+    let target = load(store, doc, "target_run").await?.ok_or(
+        "the run param `target_run` is not set: name the run to audit (factory meta-audit RUN)",
+    )?;
+    let (pipeline, target_doc, template) = &target;
+    let tagged = |kind: &str, value: Value| {
+        let mut value = value;
+        if let Value::Object(map) = &mut value {
+            map.insert("kind".to_string(), json!(kind));
+        }
+        value
+    };
+    let mut metrics = std::collections::BTreeMap::new();
+    let (value, summary) = match step {
+        Step::RunAggregate => {
+            let threshold = block
+                .inputs
+                .config
+                .get("threshold")
+                .and_then(Value::as_f64)
+                .unwrap_or(meta_audit::RUN_THRESHOLD);
+            let aggregate = meta_audit::run_aggregate(pipeline, target_doc, threshold);
+            metrics.insert(
+                "run_composite".to_string(),
+                json!(aggregate.composite.unwrap_or(0.0)),
+            );
+            metrics.insert("audited_blocks".to_string(), json!(aggregate.blocks.len()));
+            let summary = format!(
+                "# Run aggregate of {}\n\nRun composite {} against {:.1}: {}.\n{}",
+                target_doc.run_id,
+                aggregate
+                    .composite
+                    .map_or("n/a".to_string(), |c| format!("{c:.1}")),
+                threshold,
+                if aggregate.passed {
+                    "passed"
+                } else {
+                    "not passed"
+                },
+                aggregate
+                    .reasons
+                    .iter()
+                    .map(|r| format!("- {r}\n"))
+                    .collect::<String>()
+            );
+            (serde_json::to_value(&aggregate), summary)
+        }
+        Step::Specificity => {
+            let artifacts = artifacts(store, target_doc).await?;
+            let subject = crate::audit::subject(pipeline, target_doc);
+            let report = meta_audit::specificity(&artifacts, subject);
+            if let Some(share) = report.specific_share {
+                metrics.insert("specific_share".to_string(), json!(share));
+            }
+            let summary = format!(
+                "# Specificity of {}\n\n{} of {} judged artifacts; specific share {}, generic ratio {}.\n",
+                target_doc.run_id,
+                report.artifacts.len(),
+                report.artifacts.len() + report.not_judged.len(),
+                report
+                    .specific_share
+                    .map_or("n/a".to_string(), |s| format!("{:.0} %", s * 100.0)),
+                report
+                    .generic_ratio
+                    .map_or("n/a".to_string(), |s| format!("{:.0} %", s * 100.0)),
+            );
+            (serde_json::to_value(&report), summary)
+        }
+        Step::Consistency => {
+            let wiring = meta_audit::wiring(template, target_doc);
+            metrics.insert("orphans".to_string(), json!(wiring.orphans.len()));
+            metrics.insert(
+                "broken".to_string(),
+                json!(wiring.broken.len() + wiring.unresolved.len()),
+            );
+            let summary = format!(
+                "# Wiring of {}\n\nfields {}, wired {}, orphans {}, broken {}.\n",
+                target_doc.run_id,
+                wiring.fields,
+                wiring.wired,
+                wiring.orphans.len(),
+                wiring.broken.len() + wiring.unresolved.len()
+            );
+            (serde_json::to_value(&wiring), summary)
+        }
+        Step::Delta => {
+            let baseline = match load(store, doc, "baseline_run").await? {
+                Some(baseline) => Some(baseline),
+                None => previous(store, target_doc).await?,
+            };
+            match baseline {
+                None => (
+                    Ok(json!({"run_id": target_doc.run_id, "baseline_run_id": null,
+                              "note": "no earlier run of the template to compare with"})),
+                    format!(
+                        "# Deltas of {}\n\nNo earlier run of the template to compare with.\n",
+                        target_doc.run_id
+                    ),
+                ),
+                Some((base_pipeline, base_doc, _)) => {
+                    let delta =
+                        meta_audit::delta((pipeline, target_doc), (&base_pipeline, &base_doc));
+                    metrics.insert("regressions".to_string(), json!(delta.regressions.len()));
+                    let summary = format!(
+                        "# Deltas of {} against {}\n\nComposite {} ({} regressions).\n",
+                        target_doc.run_id,
+                        base_doc.run_id,
+                        delta
+                            .delta
+                            .map_or("n/a".to_string(), |d| format!("{d:+.1}")),
+                        delta.regressions.len()
+                    );
+                    (serde_json::to_value(&delta), summary)
+                }
+            }
+        }
+        Step::Scorecard => unreachable!("handled above"),
+    };
+    let value = value.map_err(|e| format!("the report cannot be written: {e}"))?;
+    Ok((tagged(step.name(), value), summary, None, metrics))
+}
+
+/// The run a param names, with its graph and template; `None` when the
+/// param is not set (or empty).
+async fn load(
+    store: &dyn Store,
+    doc: &RunDoc,
+    param: &str,
+) -> Result<
+    Option<(
+        factory_core::Pipeline,
+        RunDoc,
+        factory_core::template::Template,
+    )>,
+    String,
+> {
+    let Some(id) = doc
+        .params
+        .get(param)
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    else {
+        return Ok(None);
+    };
+    let run_id = store
+        .resolve_run_id(id)
+        .await
+        .map_err(|e| format!("param `{param}`: {e}"))?;
+    if run_id == doc.run_id {
+        return Err(format!(
+            "param `{param}` names this meta-audit run itself; name the run to audit"
+        ));
+    }
+    open(store, &run_id).await.map(Some)
+}
+
+async fn open(
+    store: &dyn Store,
+    run_id: &str,
+) -> Result<
+    (
+        factory_core::Pipeline,
+        RunDoc,
+        factory_core::template::Template,
+    ),
+    String,
+> {
+    let stored = store
+        .load_run(run_id)
+        .await
+        .map_err(|e| format!("run {run_id}: {e}"))?;
+    let base = crate::load_stored_pipeline(&stored.template_json)
+        .map_err(|e| format!("run {run_id}: its stored template: {e}"))?;
+    let template = base.template().clone();
+    let pipeline = base.for_run(&stored.doc).unwrap_or(base);
+    Ok((pipeline, stored.doc, template))
+}
+
+/// The run of the same template created just before `target`.
+async fn previous(
+    store: &dyn Store,
+    target: &RunDoc,
+) -> Result<
+    Option<(
+        factory_core::Pipeline,
+        RunDoc,
+        factory_core::template::Template,
+    )>,
+    String,
+> {
+    let earlier = store
+        .find_runs(&RunFilter {
+            template: Some(target.template_id.clone()),
+            status: None,
+            text: None,
+            before: Some((target.created_at, target.run_id.clone())),
+            limit: 1,
+        })
+        .await
+        .map_err(|e| format!("cannot list earlier runs: {e}"))?;
+    match earlier.first() {
+        Some(listing) => open(store, &listing.run.run_id).await.map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The artifacts of every block's last successful attempt in `doc`.
+async fn artifacts(store: &dyn Store, doc: &RunDoc) -> Result<Vec<TargetArtifact>, String> {
+    let mut out = Vec::new();
+    for (id, state) in doc.blocks.iter().filter(|(_, s)| !s.dropped) {
+        let Some(report) = state.last_success().and_then(|a| a.report.as_ref()) else {
+            continue;
+        };
+        for (key, artifact) in &report.artifacts {
+            let bytes = store
+                .get_blob(&artifact.hash)
+                .await
+                .map_err(|e| format!("artifact {id}.{key}: {e}"))?;
+            out.push(TargetArtifact {
+                block: id.clone(),
+                key: key.clone(),
+                path: artifact.path.clone(),
+                format: artifact.format,
+                bytes,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The scorecard from the four reports among `inputs` (told apart by
+/// their `kind`).
+fn scorecard(inputs: &[InputArtifact]) -> Result<Report, String> {
+    let mut reports = std::collections::BTreeMap::new();
+    for input in inputs.iter().filter(|i| i.format == ArtifactFormat::Json) {
+        if let Ok(value) = serde_json::from_slice::<Value>(&input.content)
+            && let Some(kind) = value.get("kind").and_then(Value::as_str)
+        {
+            reports.insert(kind.to_string(), value);
+        }
+    }
+    fn take<T: serde::de::DeserializeOwned>(
+        reports: &std::collections::BTreeMap<String, Value>,
+        kind: &str,
+    ) -> Result<T, String> {
+        let value = reports.get(kind).ok_or_else(|| {
+            format!("the scorecard needs the `{kind}` report: depend on that block's json artifact")
+        })?;
+        serde_json::from_value(value.clone()).map_err(|e| format!("the `{kind}` report: {e}"))
+    }
+    let aggregate: meta_audit::RunAggregate = take(&reports, "run-aggregate")?;
+    let specificity: meta_audit::SpecificityReport = take(&reports, "specificity-deep-check")?;
+    let wiring: meta_audit::Wiring = take(&reports, "cross-block-consistency")?;
+    let delta: Option<meta_audit::DeltaReport> = reports
+        .get("delta-report")
+        .filter(|v| !v["baseline_run_id"].is_null())
+        .map(|v| serde_json::from_value(v.clone()))
+        .transpose()
+        .map_err(|e| format!("the `delta-report` report: {e}"))?;
+    let html = meta_audit::scorecard::html(&meta_audit::scorecard::Parts {
+        aggregate: &aggregate,
+        specificity: &specificity,
+        wiring: &wiring,
+        delta: delta.as_ref(),
+    });
+    let summary = format!(
+        "# Scorecard of {}\n\nRun composite {}; {} orphans; {}.\n",
+        aggregate.run_id,
+        aggregate
+            .composite
+            .map_or("n/a".to_string(), |c| format!("{c:.1}")),
+        wiring.orphans.len(),
+        delta
+            .as_ref()
+            .and_then(|d| d.delta)
+            .map_or("no delta".to_string(), |d| format!("Δ {d:+.1}"))
+    );
+    let value = json!({
+        "kind": "audit-scorecard",
+        "run_id": aggregate.run_id,
+        "composite": aggregate.composite,
+        "passed": aggregate.passed,
+        "orphans": wiring.orphans.len(),
+        "delta": delta.as_ref().and_then(|d| d.delta),
+    });
+    Ok((value, summary, Some(html), Default::default()))
+}
