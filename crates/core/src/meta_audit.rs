@@ -13,7 +13,8 @@
 //!   of fields, wired and orphans;
 //! - [`delta`]: block by block and dimension by dimension against another
 //!   run, regressions, and what changed in the template and the prompts;
-//! - [`scorecard`]: all of it as one self-contained HTML page.
+//! - [`scorecard`]: all of it as one self-contained HTML page;
+//! - [`history`]: a template's quality across its runs (the dashboard).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -23,6 +24,7 @@ use crate::pipeline::Pipeline;
 use crate::run::{BlockStatus, RunDoc};
 use crate::template::{ArtifactFormat, Template};
 
+pub mod history;
 pub mod scorecard;
 
 /// The run composite a meta-audit asks for (seed `003`: "threshold 5.0").

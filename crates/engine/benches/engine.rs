@@ -361,5 +361,73 @@ fn bench_fan_out(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench, bench_feedback, bench_memo, bench_fan_out);
+/// The meta-audit of a finished run of 26 blocks (clone-factory's shape)
+/// and of 1,000 (a chain): its five built-ins read the target from the
+/// store, its reports are audited. The scorecard's gate is lowered and the
+/// 5.0 threshold set to 0 (no-op outputs score low): the engine is timed,
+/// not a person.
+fn bench_meta_audit(c: &mut Criterion) {
+    let (runtime, _dir, engine) = sqlite_engine();
+    let mut template: Value =
+        serde_json::from_str(include_str!("../../../templates/meta-audit-factory.json")).unwrap();
+    template["blocks"][0]["execution"]["threshold"]["min"] = json!(0.0);
+    let meta = template.to_string();
+    let mut group = c.benchmark_group("meta_audit_sqlite");
+    group.sample_size(10);
+    for (name, source) in [
+        (
+            "clone_factory_26",
+            factory_engine::fixtures::clone_factory_noop(),
+        ),
+        ("chain_1000", fixtures::chain(1_000)),
+    ] {
+        let pipeline = factory_engine::load_pipeline(&source).unwrap();
+        let overrides: std::collections::BTreeMap<String, Autonomy> = pipeline
+            .blocks()
+            .iter()
+            .map(|b| (b.id.clone(), Autonomy::Auto))
+            .collect();
+        let params: std::collections::BTreeMap<String, Value> = pipeline
+            .template()
+            .params
+            .iter()
+            .filter(|(_, spec)| spec.required)
+            .map(|(name, _)| (name.clone(), json!("Bench")))
+            .collect();
+        let target = runtime.block_on(create_and_drive(
+            &engine,
+            &source,
+            RunRequest {
+                params,
+                overrides,
+                ..RunRequest::default()
+            },
+        ));
+        group.bench_with_input(BenchmarkId::new("meta_audit_of", name), &meta, |b, meta| {
+            b.to_async(&runtime).iter(|| {
+                let engine = engine.clone();
+                let target = target.run_id.clone();
+                async move {
+                    let request = RunRequest {
+                        params: [("target_run".to_string(), json!(target))].into(),
+                        overrides: [("audit-scorecard-publisher".to_string(), Autonomy::Auto)]
+                            .into(),
+                        ..RunRequest::default()
+                    };
+                    create_and_drive(&engine, meta, request).await;
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    bench,
+    bench_feedback,
+    bench_memo,
+    bench_fan_out,
+    bench_meta_audit
+);
 criterion_main!(benches);

@@ -271,10 +271,10 @@ async fn open(
         .load_run(run_id)
         .await
         .map_err(|e| format!("run {run_id}: {e}"))?;
-    let base = crate::load_stored_pipeline(&stored.template_json)
+    let base = crate::handle::cached_stored_pipeline(&stored.template_json)
         .map_err(|e| format!("run {run_id}: its stored template: {e}"))?;
     let template = base.template().clone();
-    let pipeline = base.for_run(&stored.doc).unwrap_or(base);
+    let pipeline = base.for_run(&stored.doc).unwrap_or_else(|| (*base).clone());
     Ok((pipeline, stored.doc, template))
 }
 
@@ -386,4 +386,64 @@ fn scorecard(inputs: &[InputArtifact]) -> Result<Report, String> {
         "delta": delta.as_ref().and_then(|d| d.delta),
     });
     Ok((value, summary, Some(html), Default::default()))
+}
+
+/// The id of `templates/meta-audit-factory.json`, whose runs' `target_run`
+/// links a run to its meta-audit.
+pub const META_AUDIT_TEMPLATE_ID: &str = "meta-audit-factory";
+
+impl crate::Engine {
+    /// The quality of `template_id`'s newest `limit` runs, oldest first, each
+    /// linked to its newest meta-audit ([`meta_audit::history`]).
+    pub async fn quality_history(
+        &self,
+        template_id: &str,
+        limit: u32,
+    ) -> crate::Result<meta_audit::history::QualityHistory> {
+        let store = self.store.as_ref();
+        let listed = store
+            .find_runs(&RunFilter {
+                template: Some(template_id.to_string()),
+                status: None,
+                text: None,
+                before: None,
+                limit,
+            })
+            .await?;
+        let mut loaded = Vec::with_capacity(listed.len());
+        for listing in &listed {
+            let stored = store.load_run(&listing.run.run_id).await?;
+            let base = crate::handle::cached_stored_pipeline(&stored.template_json)?;
+            let pipeline = crate::handle::for_run(&base, &stored.doc);
+            loaded.push((pipeline, stored.doc));
+        }
+        let pairs: Vec<(&factory_core::Pipeline, &RunDoc)> =
+            loaded.iter().map(|(p, d)| (p.as_ref(), d)).collect();
+        let mut history = meta_audit::history::quality_history(template_id, &pairs);
+        if template_id != META_AUDIT_TEMPLATE_ID && !history.runs.is_empty() {
+            let metas = store
+                .find_runs(&RunFilter {
+                    template: Some(META_AUDIT_TEMPLATE_ID.to_string()),
+                    status: None,
+                    text: None,
+                    before: None,
+                    limit: 500,
+                })
+                .await?;
+            // Newest first: the first meta-audit found for a run is its newest.
+            let mut newest: std::collections::BTreeMap<String, String> = Default::default();
+            for meta in &metas {
+                let doc = store.load_run(&meta.run.run_id).await?.doc;
+                if let Some(target) = doc.params.get("target_run").and_then(Value::as_str) {
+                    newest
+                        .entry(target.to_string())
+                        .or_insert_with(|| doc.run_id.clone());
+                }
+            }
+            for point in &mut history.runs {
+                point.meta_audit = newest.get(&point.run_id).cloned();
+            }
+        }
+        Ok(history)
+    }
 }

@@ -164,6 +164,12 @@ pub const ROUTES: &[(&str, &str, Option<Role>)] = &[
         Some(Role::Viewer),
     ),
     (
+        "GET",
+        "/api/v1/templates/{template}/quality",
+        Some(Role::Viewer),
+    ),
+    ("GET", "/templates/{template}/quality", Some(Role::Viewer)),
+    (
         "POST",
         "/api/v1/runs/{run}/blocks/{block}/approve",
         Some(Role::Reviewer),

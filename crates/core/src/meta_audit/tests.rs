@@ -26,6 +26,9 @@ fn pipeline(value: &serde_json::Value) -> Pipeline {
     crate::validate::validate_value(value).pipeline.unwrap()
 }
 
+/// Run ids in the order runs are made (they sort as made).
+static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 const GOOD: &str = "Acme Robotics leases 40 picking arms to Pickwell at 4,800 dollars a month.\nIts installs take 11 days against the six weeks Pickwell's own team needs.\nAcme Robotics lost the Globex bid in March over integration support.\n";
 const GENERIC: &str = "This is a game-changer for everyone.\nIt will unlock your potential every day.\nWe empower teams to achieve more.\n";
 
@@ -39,7 +42,10 @@ fn run(
     let created = crate::transitions::create_run(
         &pipeline,
         &crate::transitions::RunRequest {
-            run_id: format!("run-{}", texts.len()),
+            run_id: format!(
+                "run-{:04}",
+                RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            ),
             ..Default::default()
         },
         &|_| true,
@@ -263,4 +269,26 @@ fn the_delta_names_regressions_and_what_changed_in_the_template() {
     assert!(page.contains("Regressions: brief: "));
     assert!(page.contains("“Acme &lt;Robotics&gt;”"));
     assert!(!page.contains("<script") && !page.contains("src=") && !page.contains("href="));
+}
+
+#[test]
+fn the_history_lists_runs_oldest_first_with_the_weakest_blocks_and_regressions() {
+    let value = template();
+    let (p1, r1, _) = run(&value, &[("research", GOOD), ("brief", GOOD)]);
+    let (p2, r2, _) = run(&value, &[("research", GOOD), ("brief", GENERIC)]);
+    let h = history::quality_history("t", &[(&p2, &r2), (&p1, &r1)]);
+    let ids: Vec<&str> = h.runs.iter().map(|p| p.run_id.as_str()).collect();
+    assert_eq!(ids, [r1.run_id.as_str(), r2.run_id.as_str()]);
+    assert!(h.runs[0].composite > h.runs[1].composite);
+    assert_eq!(h.weakest_blocks[0].block, "brief");
+    assert_eq!(h.weakest_blocks[0].runs, 2);
+    assert_eq!(h.weakest_blocks[0].lowest_run, r2.run_id);
+    assert_eq!(h.regressions.len(), 1, "{:?}", h.regressions);
+    let r = &h.regressions[0];
+    assert_eq!(
+        (r.block.as_str(), r.from_run.as_str(), r.to_run.as_str()),
+        ("brief", r1.run_id.as_str(), r2.run_id.as_str())
+    );
+    assert!(r.delta <= -REGRESSION);
+    assert!(history::quality_history("t", &[]).runs.is_empty());
 }

@@ -11,7 +11,7 @@ pub(crate) mod review;
 pub(crate) mod runs;
 mod stream;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
@@ -61,6 +61,10 @@ pub fn routes(config: &crate::ServerConfig) -> Router<SharedState> {
         .route(
             "/api/v1/templates/{template}/ratings",
             get(ratings::of_template),
+        )
+        .route(
+            "/api/v1/templates/{template}/quality",
+            get(template_quality),
         )
         .route("/api/v1/tokens", get(list_tokens).post(create_token))
         .route("/api/v1/tokens/{id}", delete(revoke_token))
@@ -257,6 +261,17 @@ async fn register_template(
         StatusCode::CREATED,
         Json(json!({ "id": record.template_id, "version": record.version, "name": record.name })),
     ))
+}
+
+/// A template's quality across its newest runs (`?limit=`, default 30):
+/// composites per run, weakest blocks, regressions, meta-audits.
+async fn template_quality(
+    State(state): State<SharedState>,
+    Path(template): Path<String>,
+    Query(query): Query<crate::pages::quality::QualityQuery>,
+) -> ApiResult<Json<factory_core::meta_audit::history::QualityHistory>> {
+    let limit = crate::pages::quality::limit(&query);
+    Ok(Json(state.engine.quality_history(&template, limit).await?))
 }
 
 /// The post-run reflections of earlier runs of a template: its process memory.

@@ -65,6 +65,7 @@ pub async fn render_block_page(
     };
 
     let guide = guide(&view);
+    let across = across_runs(state, &view).await?;
     let inputs = inputs(state, &view).await?;
     let outputs = outputs(state, &view, query).await?;
     let logic = logic(&view, caller);
@@ -105,7 +106,7 @@ pub async fn render_block_page(
             p.notice { "This block publishes the " (page) " page: " a #review-page-link href={"/runs/" (run_id) "/review/" (view.block.id)} { "open it" } " · " a href={"/runs/" (run_id) "/convergence"} { "convergence" } }
         }
         div.workbench {
-            aside.panel.guide { (guide) }
+            aside.panel.guide { (guide) (across) }
             section.panel.centre {
                 nav.tabs role="tablist" aria-label="Block" {
                     @for (name, label) in TABS {
@@ -472,6 +473,54 @@ fn logic(view: &BlockView, caller: &Caller) -> Markup {
             }
         }
     }
+}
+
+/// Runs of the template a block's audit history covers.
+const HISTORY_RUNS: u32 = 12;
+
+/// The block's audit composite over the template's newest runs (this one
+/// marked), each point a link to the block in that run.
+async fn across_runs(state: &SharedState, view: &BlockView) -> Result<Markup, ApiError> {
+    let block = &view.block.id;
+    let history = state
+        .engine
+        .quality_history(&view.doc.template_id, HISTORY_RUNS)
+        .await?;
+    let points: Vec<render::TrendPoint> = history
+        .runs
+        .iter()
+        .filter_map(|r| {
+            let score = *r.blocks.get(block)?;
+            let this = if r.run_id == view.doc.run_id {
+                " (this run)"
+            } else {
+                ""
+            };
+            Some(render::TrendPoint {
+                label: format!(
+                    "{}{this} · {}",
+                    &r.run_id[..r.run_id.len().min(13)],
+                    render::time(r.created_at)
+                ),
+                href: Some(format!("/runs/{}/blocks/{block}", r.run_id)),
+                score,
+            })
+        })
+        .collect();
+    Ok(html! {
+        section #across-runs {
+            h3 { "Across runs" }
+            @if points.len() < 2 {
+                p.muted { "Audited in " (points.len()) " of the template's newest " (history.runs.len()) " runs: no history to draw yet." }
+            } @else {
+                (render::trend(
+                    &format!("Audit composite of {block} over {} runs of {}: from {:.1} to {:.1}", points.len(), view.doc.template_id, points[0].score, points[points.len() - 1].score),
+                    &format!("{block}'s audit composite in the newest runs of {}, oldest left", view.doc.template_id),
+                    &points, 300.0, 110.0))
+            }
+            p { a href={"/templates/" (view.doc.template_id) "/quality"} { "Quality dashboard of " (view.doc.template_id) } }
+        }
+    })
 }
 
 fn qa(view: &BlockView, caller: &Caller, feedback_draft: &str, words: Option<&str>) -> Markup {

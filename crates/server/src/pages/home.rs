@@ -207,41 +207,31 @@ async fn render_home(
     Ok(super::layout("Runs", caller, None, body))
 }
 
-/// The composite of a template's listed runs over time (oldest left): a
-/// line on a 0–10 scale, each point titled with its run and score.
+/// The composite of a template's listed runs over time (oldest left), each
+/// point a link to its run; the caption links to the quality dashboard.
 fn quality_chart(template: &str, history: &[(&RunDoc, f64)]) -> Markup {
-    const W: f32 = 640.0;
-    const H: f32 = 120.0;
-    let step = (W - 40.0) / (history.len().max(2) - 1) as f32;
-    let point = |i: usize, score: f64| (30.0 + i as f32 * step, H - 14.0 - score as f32 * 9.0);
-    let line: Vec<String> = history
+    let points: Vec<render::TrendPoint> = history
         .iter()
-        .enumerate()
-        .map(|(i, (_, score))| {
-            let (x, y) = point(i, *score);
-            format!("{x:.1},{y:.1}")
+        .map(|(doc, score)| render::TrendPoint {
+            label: format!(
+                "{} · {}",
+                &doc.run_id[..doc.run_id.len().min(13)],
+                render::time(doc.created_at)
+            ),
+            href: Some(format!("/runs/{}", doc.run_id)),
+            score: *score,
         })
         .collect();
     let (first, last) = (history[0].1, history[history.len() - 1].1);
     html! {
-        figure.quality-chart {
-            svg role="img" aria-label={"Run quality of " (template) " over its last " (history.len()) " listed runs: from " (format!("{first:.1}")) " to " (format!("{last:.1}"))}
-                width=(format!("{W:.0}")) height=(format!("{H:.0}")) viewBox=(format!("0 0 {W:.0} {H:.0}")) xmlns="http://www.w3.org/2000/svg" {
-                @for level in [0u8, 5, 10] {
-                    @let y = H - 14.0 - level as f32 * 9.0;
-                    line.grid x1="26" x2=(format!("{W:.0}")) y1=(format!("{y:.1}")) y2=(format!("{y:.1}")) {}
-                    text.axis x="20" y=(format!("{:.1}", y + 4.0)) text-anchor="end" { (level) }
-                }
-                polyline.trend points=(line.join(" ")) {}
-                @for (i, (doc, score)) in history.iter().enumerate() {
-                    @let (x, y) = point(i, *score);
-                    circle class={"dot " (render::band(*score))} cx=(format!("{x:.1}")) cy=(format!("{y:.1}")) r="4" {
-                        title { (&doc.run_id[..doc.run_id.len().min(13)]) " · " (render::time(doc.created_at)) " · A:" (format!("{score:.1}")) }
-                    }
-                }
-            }
-            figcaption.muted { "Run quality (mean D1–D5 composite) of " (template) ", oldest to newest" }
-        }
+        (render::trend(
+            &format!("Run quality of {template} over its last {} listed runs: from {first:.1} to {last:.1}", history.len()),
+            &format!("Run quality (mean D1–D5 composite) of {template}, oldest to newest"),
+            &points,
+            640.0,
+            120.0,
+        ))
+        p { a href={"/templates/" (template) "/quality"} { "Quality dashboard of " (template) } }
     }
 }
 

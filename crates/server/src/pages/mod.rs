@@ -6,6 +6,7 @@ mod block;
 mod explain;
 mod graph;
 mod home;
+pub(crate) mod quality;
 mod records;
 mod render;
 mod review;
@@ -37,6 +38,7 @@ pub fn routes() -> Router<SharedState> {
         .route("/runs/{run}/blocks/{block}", get(block::page))
         .route("/runs/{run}/review/{block}", get(review::page))
         .route("/runs/{run}/convergence", get(review::convergence_page))
+        .route("/templates/{template}/quality", get(quality::page))
         .route("/streams", get(records::index))
         .route("/streams/{template}", get(records::page))
         .route(

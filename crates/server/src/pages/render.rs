@@ -204,6 +204,62 @@ pub fn duration(ms: u64) -> String {
     }
 }
 
+/// One point of a [`trend`]: what its tooltip says, where it links, its
+/// 0–10 score.
+pub struct TrendPoint {
+    pub label: String,
+    pub href: Option<String>,
+    pub score: f64,
+}
+
+/// A 0–10 score over runs (oldest left) as a line: each point coloured by
+/// its band, titled with its label and score, and a link when it has one.
+pub fn trend(aria: &str, caption: &str, points: &[TrendPoint], width: f32, height: f32) -> Markup {
+    let step = (width - 40.0) / (points.len().max(2) - 1) as f32;
+    let scale = (height - 24.0) / 10.0;
+    let at = |i: usize, score: f64| (30.0 + i as f32 * step, height - 14.0 - score as f32 * scale);
+    let line: Vec<String> = points
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let (x, y) = at(i, p.score);
+            format!("{x:.1},{y:.1}")
+        })
+        .collect();
+    // A chart of links is a group of controls, not one picture.
+    let role = if points.iter().any(|p| p.href.is_some()) {
+        "group"
+    } else {
+        "img"
+    };
+    html! {
+        figure.quality-chart {
+            svg role=(role) aria-label=(aria) width=(format!("{width:.0}")) height=(format!("{height:.0}"))
+                viewBox=(format!("0 0 {width:.0} {height:.0}")) xmlns="http://www.w3.org/2000/svg" {
+                @for level in [0u8, 5, 10] {
+                    @let y = height - 14.0 - level as f32 * scale;
+                    line.grid x1="26" x2=(format!("{width:.0}")) y1=(format!("{y:.1}")) y2=(format!("{y:.1}")) {}
+                    text.axis x="20" y=(format!("{:.1}", y + 4.0)) text-anchor="end" { (level) }
+                }
+                polyline.trend points=(line.join(" ")) {}
+                @for (i, p) in points.iter().enumerate() {
+                    @let (x, y) = at(i, p.score);
+                    @let dot = html! {
+                        circle class={"dot " (band(p.score))} cx=(format!("{x:.1}")) cy=(format!("{y:.1}")) r="4" {
+                            title { (p.label) " · " (format!("{:.1}", p.score)) }
+                        }
+                    };
+                    @match &p.href {
+                        Some(href) => { a href=(href) aria-label={(p.label) " · " (format!("{:.1}", p.score))} { (dot) } },
+                        None => { (dot) },
+                    }
+                }
+            }
+            figcaption.muted { (caption) }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -90,6 +90,7 @@ pub async fn render_run_page(
                 }
             }
             div #summary data-live { (summary_bar(&doc)) }
+            p.muted { a href={"/templates/" (doc.template_id) "/quality"} { "Quality across runs of " (doc.template_id) } }
             @if !uploads.is_empty() {
                 p.muted { "Input files: "
                     @for f in &uploads { a href={"/api/v1/runs/" (doc.run_id) "/files/" (f.name)} { (f.name) } " (" (f.size) " bytes) " } }

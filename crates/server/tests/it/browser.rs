@@ -1441,3 +1441,197 @@ async fn a_lens_run_is_rated_on_its_page_and_the_next_run_shows_the_effect() {
     screenshot_at(c, "lens-run", "#lens").await;
     b.client.clone().close().await.unwrap();
 }
+
+/// The quality dashboard: two runs of a template, the second worse, and a
+/// meta-audit of it; its block page shows the block's history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_quality_dashboard_shows_runs_regressions_and_meta_audits() {
+    let t = TestServer::start().await;
+    let write = |id: &str, extra: Value| {
+        let mut block = json!({
+            "id": id, "name": id, "layer": "L0", "type": "build", "runtime": "command",
+            "inputs": {"config": {"command": ["sh", "-c", "printf '%s\\n' \"$FACTORY_PARAM_TEXT\" > \"$FACTORY_OUTPUT_DIR/out.md\""]}},
+            "outputs": {"artifacts": [{"key": "out", "path": "out.md", "format": "md"}]},
+            "execution": {"max_retries": 0}
+        });
+        for (key, value) in extra.as_object().unwrap() {
+            block[key] = value.clone();
+        }
+        block
+    };
+    t.register_template(&json!({
+        "id": "quality-demo", "name": "Quality demo", "version": "1",
+        "params": {"text": {"required": true}},
+        "blocks": [
+            write("draft", json!({})),
+            write("final", json!({"layer": "L1", "inputs": {
+                "depends": [{"block": "draft", "key": "out"}],
+                "config": {"command": ["sh", "-c", "cat \"$(dirname \"$FACTORY_INPUTS\")\"/inputs/draft/out.md > \"$FACTORY_OUTPUT_DIR/out.md\""]}}})),
+        ]
+    }))
+    .await;
+    let good = "Acme Robotics leases 40 picking arms to Pickwell at 4,800 dollars a month. Its installs take 11 days against six weeks. It lost the Globex bid in March over integration support.";
+    let generic = "This is a game-changer for everyone. It will unlock your potential every day. We empower teams to achieve more than ever.";
+    let mut runs = Vec::new();
+    for text in [good, generic] {
+        let run = t.start_run("quality-demo", json!({"text": text})).await;
+        t.wait_for(&run, "the run to end", |d| d["status"] == "done")
+            .await;
+        runs.push(run);
+    }
+    let source = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../templates/meta-audit-factory.json"),
+    )
+    .unwrap();
+    t.register_template(&serde_json::from_str(&source).unwrap())
+        .await;
+    // The good run is audited against the generic one (the generic run's
+    // composite is under 5.0: its own meta-audit would stop at the aggregate).
+    let meta = t
+        .start_run(
+            "meta-audit-factory",
+            json!({"target_run": runs[0], "baseline_run": runs[1]}),
+        )
+        .await;
+    t.wait_for(&meta, "the scorecard at its gate", |d| {
+        block_status(d, "audit-scorecard-publisher") == "waiting"
+    })
+    .await;
+
+    let (s, history) = t
+        .call(
+            Method::GET,
+            "/api/v1/templates/quality-demo/quality",
+            "viewer",
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{history}");
+    assert_eq!(history["runs"].as_array().unwrap().len(), 2);
+    assert_eq!(history["runs"][0]["meta_audit"], meta.as_str());
+    assert!(history["runs"][1]["meta_audit"].is_null());
+    let regressed: Vec<&str> = history["regressions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["block"].as_str().unwrap())
+        .collect();
+    assert!(regressed.contains(&"draft"), "{history}");
+    let (s, page) = t
+        .call_text(
+            &format!("/api/v1/runs/{meta}/blocks/audit-scorecard-publisher/artifacts/scorecard"),
+            "viewer",
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert!(
+        page.contains(&format!("Against run <code>{}</code>", runs[1])),
+        "{page}"
+    );
+
+    let b = browser().await;
+    let c = &b.client;
+    login(c, &t, "viewer", "/templates/quality-demo/quality").await;
+    until(
+        c,
+        "the dashboard",
+        "return !!document.querySelector('#quality-runs');",
+    )
+    .await;
+    let rows = c
+        .execute(
+            "return document.querySelectorAll('#quality-runs tbody tr').length;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows, json!(2));
+    let regressions = text_of(c, "#regressions").await;
+    assert!(regressions.contains("draft"), "{regressions}");
+    let charts = c
+        .execute(
+            "return document.querySelectorAll('figure.quality-chart svg').length;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert!(charts.as_u64().unwrap() >= 2, "{charts}");
+    let scorecard = c
+        .execute("return [...document.querySelectorAll('#quality-runs a')].filter(a => a.textContent === 'scorecard').length;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(scorecard, json!(1));
+    screenshot(c, "quality-dashboard").await;
+
+    // The block page shows the block across runs.
+    c.goto(&t.url(&format!("/runs/{}/blocks/draft", runs[1])))
+        .await
+        .unwrap();
+    until(
+        c,
+        "the block's history",
+        "return !!document.querySelector('#across-runs svg');",
+    )
+    .await;
+    let points = c
+        .execute(
+            "return document.querySelectorAll('#across-runs circle').length;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(points, json!(2));
+    b.client.clone().close().await.unwrap();
+}
+
+/// A run under the threshold stops the meta-audit at its aggregate, with
+/// the reasons in the report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_meta_audit_of_a_run_under_the_threshold_fails_with_its_reasons() {
+    let t = TestServer::start().await;
+    t.register_template(&json!({
+        "id": "thin", "name": "Thin", "version": "1",
+        "blocks": [{"id": "say", "name": "say", "layer": "L0", "type": "build", "runtime": "command",
+            "inputs": {"config": {"command": ["sh", "-c", "echo 'This is a game-changer for everyone. It will unlock your potential.' > \"$FACTORY_OUTPUT_DIR/out.md\""]}},
+            "outputs": {"artifacts": [{"key": "out", "path": "out.md", "format": "md"}]}}]
+    }))
+    .await;
+    let run = t.start_run("thin", json!({})).await;
+    t.wait_for(&run, "the run to end", |d| d["status"] == "done")
+        .await;
+    let source = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../templates/meta-audit-factory.json"),
+    )
+    .unwrap();
+    t.register_template(&serde_json::from_str(&source).unwrap())
+        .await;
+    let meta = t
+        .start_run("meta-audit-factory", json!({"target_run": run}))
+        .await;
+    let doc = t
+        .wait_for(&meta, "the meta-audit to fail", |d| d["status"] == "failed")
+        .await;
+    assert_eq!(block_status(&doc, "run-aggregate"), "failed");
+    assert_eq!(block_status(&doc, "audit-scorecard-publisher"), "blocked");
+    let error = doc["blocks"]["run-aggregate"]["error"].as_str().unwrap();
+    assert!(error.contains("run_composite"), "{error}");
+    let (s, report) = t
+        .call(
+            Method::GET,
+            &format!("/api/v1/runs/{meta}/blocks/run-aggregate/artifacts/aggregate"),
+            "viewer",
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{report}");
+    assert_eq!(report["passed"], false);
+    assert!(
+        report["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("below the threshold 5.0"),
+        "{report}"
+    );
+}
