@@ -42,20 +42,7 @@ pub fn audit(outputs: &[Document<'_>], upstream: &[Document<'_>]) -> (Dimension,
     }
     let output_paths: Vec<&str> = outputs.iter().map(|document| document.path).collect();
     let output_label = output_paths.join(", ");
-    let pieces: Vec<&str> = outputs
-        .iter()
-        .filter_map(|document| document.body.as_ref())
-        .filter(|body| !body.is_blank())
-        .flat_map(|body| {
-            [
-                body.prose(),
-                body.json_prose
-                    .as_ref()
-                    .map_or("", |prose| &prose.keys_and_numbers),
-            ]
-        })
-        .filter(|piece| !piece.is_empty())
-        .collect();
+    let pieces = output_pieces(outputs);
     if pieces.is_empty() {
         let nothing = builder.check(
             "upstream",
@@ -195,6 +182,59 @@ pub fn audit(outputs: &[Document<'_>], upstream: &[Document<'_>]) -> (Dimension,
         builder.unit(&[(terms_score, 0.7), (names_score, 0.3)]);
     }
     builder.finish()
+}
+
+/// The texts of `outputs` upstream terms are looked for in: each one's
+/// prose and, for JSON, its keys and numbers.
+fn output_pieces<'d>(outputs: &'d [Document<'_>]) -> Vec<&'d str> {
+    outputs
+        .iter()
+        .filter_map(|document| document.body.as_ref())
+        .filter(|body| !body.is_blank())
+        .flat_map(|body| {
+            [
+                body.prose(),
+                body.json_prose
+                    .as_ref()
+                    .map_or("", |prose| &prose.keys_and_numbers),
+            ]
+        })
+        .filter(|piece| !piece.is_empty())
+        .collect()
+}
+
+/// For each upstream document, its distinctive terms the outputs use and
+/// those they do not (D5's term check, as lists).
+pub(crate) fn term_use(
+    outputs: &[Document<'_>],
+    upstream: &[Document<'_>],
+) -> Vec<(Vec<String>, Vec<String>)> {
+    let pieces = output_pieces(outputs);
+    upstream
+        .iter()
+        .map(|document| {
+            let terms = document
+                .body
+                .as_ref()
+                .map(distinctive_terms)
+                .unwrap_or_default();
+            let refs: Vec<&str> = terms.iter().map(String::as_str).collect();
+            let found = if pieces.is_empty() {
+                vec![false; refs.len()]
+            } else {
+                found_as_words(&refs, &pieces)
+            };
+            let (mut used, mut unused) = (Vec::new(), Vec::new());
+            for (term, hit) in terms.into_iter().zip(found) {
+                if hit {
+                    used.push(term)
+                } else {
+                    unused.push(term)
+                }
+            }
+            (used, unused)
+        })
+        .collect()
 }
 
 /// The [`TOP_TERMS`] most frequent distinctive terms, lowercase; ties in alphabetical order.

@@ -54,7 +54,7 @@ pub use model::{
     Suggestion, Upstream,
 };
 pub use patterns::GENERIC_PHRASES;
-pub use specificity::{Specificity, specificity};
+pub use specificity::{Specificity, TermUse, specificity, upstream_terms};
 
 use std::collections::BTreeMap;
 

@@ -66,6 +66,43 @@ fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
+/// Which distinctive terms of an upstream artifact (D5's: frequent words of
+/// 5+ letters outside the stopwords, proper nouns, numbers, JSON keys) the
+/// outputs use.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TermUse {
+    /// `block.key` of the upstream artifact.
+    pub upstream: String,
+    pub used: Vec<String>,
+    pub unused: Vec<String>,
+}
+
+/// [`TermUse`] for each of `upstream`, looked for in `outputs`.
+pub fn upstream_terms(outputs: &[Artifact<'_>], upstream: &[crate::Upstream<'_>]) -> Vec<TermUse> {
+    let outputs: Vec<Document<'_>> = outputs
+        .iter()
+        .map(|a| Document::new(a.key, a.path, a.format, a.content))
+        .collect();
+    let labels: Vec<String> = upstream
+        .iter()
+        .map(|u| format!("{}.{}", u.block, u.key))
+        .collect();
+    let sources: Vec<Document<'_>> = upstream
+        .iter()
+        .zip(&labels)
+        .map(|(u, label)| Document::new(u.key, label, u.format, Some(u.content)))
+        .collect();
+    crate::d5_consumption::term_use(&outputs, &sources)
+        .into_iter()
+        .zip(labels)
+        .map(|((used, unused), upstream)| TermUse {
+            upstream,
+            used,
+            unused,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,5 +133,32 @@ mod tests {
         assert_eq!(of(text, None).unwrap().subject_mentions, 0);
         assert!(of("", None).is_none());
         assert!(of("a b", None).is_none(), "no sentence of 3+ words");
+    }
+
+    #[test]
+    fn upstream_terms_split_into_used_and_unused() {
+        let upstream = "Marisol Vega anchors every negotiation with a reference price. Her anchoring ladder has three rungs.";
+        let output = "The anchoring ladder opens every call.";
+        let uses = upstream_terms(
+            &[Artifact {
+                key: "out",
+                path: "out.md",
+                format: Format::Markdown,
+                content: Some(output.as_bytes()),
+            }],
+            &[crate::Upstream {
+                block: "research",
+                key: "notes",
+                format: Format::Markdown,
+                content: upstream.as_bytes(),
+            }],
+        );
+        assert_eq!(uses.len(), 1);
+        assert_eq!(uses[0].upstream, "research.notes");
+        assert!(uses[0].used.contains(&"ladder".to_string()), "{uses:?}");
+        assert!(
+            uses[0].unused.contains(&"negotiation".to_string()),
+            "{uses:?}"
+        );
     }
 }

@@ -10,7 +10,8 @@
 //!   share of subject-specific content;
 //! - [`wiring`]: every declared dependency resolved to an artifact that
 //!   exists and is not empty, artifacts nothing consumes, the paper's table
-//!   of fields, wired and orphans;
+//!   of fields, wired and orphans; [`upstream_terms`]: what each block made
+//!   of the terms of what it read;
 //! - [`delta`]: block by block and dimension by dimension against another
 //!   run, regressions, and what changed in the template and the prompts;
 //! - [`scorecard`]: all of it as one self-contained HTML page;
@@ -275,6 +276,103 @@ pub struct Wiring {
     pub broken: Vec<BrokenWire>,
     /// Dependencies naming a block or artifact the template does not have.
     pub unresolved: Vec<BrokenWire>,
+    /// For each wire a block that ran read: the upstream artifact's
+    /// distinctive terms its outputs use and leave unused (filled from the
+    /// artifacts, [`upstream_terms`]), least used first.
+    #[serde(default)]
+    pub terms: Vec<WireTerms>,
+}
+
+/// What a consumer made of one upstream artifact's distinctive terms.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireTerms {
+    pub consumer: String,
+    /// `block.key` of the upstream artifact (an instance's own id).
+    pub upstream: String,
+    pub terms: usize,
+    pub used: usize,
+    /// At most [`UNUSED_SHOWN`].
+    pub unused: Vec<String>,
+}
+
+/// Unused terms listed per wire.
+pub const UNUSED_SHOWN: usize = 10;
+
+/// For every block of `pipeline` (the run's graph) whose last attempt
+/// succeeded, which distinctive terms of each upstream artifact it read
+/// reappear in its outputs (D5's measure, as lists), least used first.
+pub fn upstream_terms(
+    pipeline: &Pipeline,
+    doc: &RunDoc,
+    artifacts: &[TargetArtifact],
+) -> Vec<WireTerms> {
+    let of = |block: &str| -> Vec<&TargetArtifact> {
+        artifacts.iter().filter(|a| a.block == block).collect()
+    };
+    let mut out = Vec::new();
+    for block in pipeline.blocks() {
+        let outputs = of(&block.id);
+        if outputs.is_empty() || block.inputs.depends.is_empty() {
+            continue;
+        }
+        let mut upstream = Vec::new();
+        for dep in &block.inputs.depends {
+            let Ok(found) = doc.dependency_artifacts(&dep.block, &dep.key) else {
+                continue;
+            };
+            for (from, _) in found {
+                if let Some(a) = artifacts
+                    .iter()
+                    .find(|a| a.block == from && a.key == dep.key)
+                {
+                    upstream.push(a);
+                }
+            }
+        }
+        if upstream.is_empty() {
+            continue;
+        }
+        let uses = factory_audit::upstream_terms(
+            &outputs
+                .iter()
+                .map(|a| factory_audit::Artifact {
+                    key: &a.key,
+                    path: &a.path,
+                    format: audit_format(a.format),
+                    content: Some(&a.bytes),
+                })
+                .collect::<Vec<_>>(),
+            &upstream
+                .iter()
+                .map(|a| factory_audit::Upstream {
+                    block: &a.block,
+                    key: &a.key,
+                    format: audit_format(a.format),
+                    content: &a.bytes,
+                })
+                .collect::<Vec<_>>(),
+        );
+        for u in uses {
+            let terms = u.used.len() + u.unused.len();
+            if terms == 0 {
+                continue;
+            }
+            out.push(WireTerms {
+                consumer: block.id.clone(),
+                upstream: u.upstream,
+                terms,
+                used: u.used.len(),
+                unused: u.unused.into_iter().take(UNUSED_SHOWN).collect(),
+            });
+        }
+    }
+    out.sort_by(|a, b| {
+        (a.used * b.terms)
+            .cmp(&(b.used * a.terms))
+            .then(a.consumer.cmp(&b.consumer))
+            .then(a.upstream.cmp(&b.upstream))
+    });
+    out
 }
 
 /// The wiring of `template` as run in `doc`: each block that ran must have
@@ -367,6 +465,7 @@ pub fn wiring(template: &Template, doc: &RunDoc) -> Wiring {
         deliverables,
         broken,
         unresolved,
+        terms: Vec::new(),
     }
 }
 

@@ -168,7 +168,9 @@ async fn report(
             (serde_json::to_value(&report), summary)
         }
         Step::Consistency => {
-            let wiring = meta_audit::wiring(template, target_doc);
+            let mut wiring = meta_audit::wiring(template, target_doc);
+            let artifacts = artifacts(store, target_doc).await?;
+            wiring.terms = meta_audit::upstream_terms(pipeline, target_doc, &artifacts);
             metrics.insert("orphans".to_string(), json!(wiring.orphans.len()));
             metrics.insert(
                 "broken".to_string(),

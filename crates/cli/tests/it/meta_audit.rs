@@ -121,6 +121,17 @@ fn a_meta_audit_reports_composites_wiring_and_deltas_and_waits_to_publish() {
     );
     assert_eq!(wiring["orphans"], serde_json::json!([]));
     assert_eq!(wiring["broken"], serde_json::json!([]));
+    // What each block made of what it read: summarize reads both collectors.
+    let terms = wiring["terms"].as_array().unwrap();
+    let read_by_summarize: Vec<&str> = terms
+        .iter()
+        .filter(|t| t["consumer"] == "summarize")
+        .map(|t| t["upstream"].as_str().unwrap())
+        .collect();
+    assert!(
+        read_by_summarize.contains(&"collect-words.words"),
+        "{wiring}"
+    );
 
     // The delta is against the first run: same template, other artifacts.
     let delta = report(&db, &meta, "delta-report", "delta");

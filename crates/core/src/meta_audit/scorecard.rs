@@ -211,6 +211,27 @@ pub fn html(parts: &Parts<'_>) -> String {
             esc(&w.orphans.join(", "))
         );
     }
+    if !w.terms.is_empty() {
+        out.push_str("<h3>What each block used of what it read</h3><table><tr><th>block</th><th>read</th><th>terms used</th><th>unused, e.g.</th></tr>");
+        for t in &w.terms {
+            let _ = write!(
+                out,
+                "<tr><td>{}</td><td>{}</td><td>{} of {}</td><td>{}</td></tr>",
+                esc(&t.consumer),
+                esc(&t.upstream),
+                t.used,
+                t.terms,
+                esc(&t
+                    .unused
+                    .iter()
+                    .take(5)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", "))
+            );
+        }
+        out.push_str("</table>");
+    }
     for b in w.broken.iter().chain(&w.unresolved) {
         let _ = write!(
             out,

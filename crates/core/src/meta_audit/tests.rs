@@ -292,3 +292,23 @@ fn the_history_lists_runs_oldest_first_with_the_weakest_blocks_and_regressions()
     assert!(r.delta <= -REGRESSION);
     assert!(history::quality_history("t", &[]).runs.is_empty());
 }
+
+#[test]
+fn upstream_terms_say_what_a_block_made_of_what_it_read() {
+    let value = template();
+    let (p, doc, artifacts) = run(&value, &[("research", GOOD), ("brief", GOOD)]);
+    let terms = upstream_terms(&p, &doc, &artifacts);
+    assert_eq!(terms.len(), 1, "brief reads one artifact: {terms:?}");
+    let t = &terms[0];
+    assert_eq!(
+        (t.consumer.as_str(), t.upstream.as_str()),
+        ("brief", "research.notes")
+    );
+    assert!(t.terms > 0 && t.used == t.terms, "{t:?}");
+
+    let (p, doc, artifacts) = run(&value, &[("research", GOOD), ("brief", GENERIC)]);
+    let t = &upstream_terms(&p, &doc, &artifacts)[0];
+    assert_eq!(t.used, 0, "{t:?}");
+    assert!(t.unused.contains(&"pickwell".to_string()), "{t:?}");
+    assert!(t.unused.len() <= UNUSED_SHOWN);
+}
