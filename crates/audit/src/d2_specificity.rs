@@ -306,8 +306,6 @@ fn redundancy_check(builder: &mut DimensionBuilder, path: &str, body: &Body<'_>)
     ))
 }
 
-/// The items of the sorted `found` list that start inside `sentence`,
-/// advancing `cursor` past everything before the sentence's end.
 /// What D2 counts in one artifact's prose: words read, sentences judged
 /// (3+ words), generic ones (a stock phrase and no detail) with the phrase
 /// each starts with, specific ones (a number, a proper noun, a quotation or
@@ -383,6 +381,8 @@ pub(crate) fn count_sentences<'b>(
     }
 }
 
+/// The items of the sorted `found` list that start inside `sentence`,
+/// advancing `cursor` past everything before the sentence's end.
 fn take_within<'f, T>(
     found: &'f [T],
     cursor: &mut usize,

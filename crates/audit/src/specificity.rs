@@ -38,7 +38,10 @@ pub fn specificity(artifact: &Artifact<'_>, subject: Option<&str>) -> Option<Spe
         artifact.format,
         artifact.content,
     );
-    let body = document.body.as_ref().filter(|b| !b.is_blank())?;
+    let body = document
+        .body
+        .as_ref()
+        .filter(|b| !b.is_blank() && !b.signals().noop)?;
     let matcher = subject.and_then(SubjectMatcher::new);
     let counts = count_sentences(body, matcher.as_ref());
     if counts.judged == 0 {

@@ -101,7 +101,8 @@ pub struct RunAggregate {
     pub unaudited: Vec<String>,
 }
 
-/// Per-block and run-level D1–D5 of `doc`, against `threshold`.
+/// Per-block and run-level D1–D5 of `doc`, against `threshold`. Each
+/// instance of a fan-out counts as a block (a group of 100 weighs 100).
 pub fn run_aggregate(pipeline: &Pipeline, doc: &RunDoc, threshold: f64) -> RunAggregate {
     let mut blocks = Vec::new();
     let mut unaudited = Vec::new();
@@ -112,7 +113,13 @@ pub fn run_aggregate(pipeline: &Pipeline, doc: &RunDoc, threshold: f64) -> RunAg
         if block.fan_out.is_some() && state.instances.is_some() {
             continue; // its instances are audited, not the group
         }
-        match state.latest_audit() {
+        // The accepted output's audit (what the artifacts read here are);
+        // for a block that never succeeded, its latest.
+        let audit = state
+            .last_success()
+            .and_then(|a| a.report.as_ref()?.audit.as_deref())
+            .or_else(|| state.latest_audit());
+        match audit {
             Some(audit) => blocks.push(BlockQuality {
                 block: block.id.clone(),
                 status: state.status.as_str().to_string(),
@@ -557,9 +564,11 @@ pub fn delta(target: (&Pipeline, &RunDoc), baseline: (&Pipeline, &RunDoc)) -> De
         *slot = minus(after.dimensions[i], before.dimensions[i]);
     }
     let defs = |p: &Pipeline| -> BTreeMap<String, serde_json::Value> {
+        // Template blocks, not a fan-out's instances (ids with brackets).
         p.template()
             .blocks
             .iter()
+            .filter(|b| !b.id.contains('['))
             .map(|b| (b.id.clone(), serde_json::to_value(b).unwrap_or_default()))
             .collect()
     };

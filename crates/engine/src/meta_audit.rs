@@ -65,8 +65,12 @@ pub(crate) async fn execution(
                         serde_json::to_string_pretty(&value).unwrap_or_default()
                     }
                     ArtifactFormat::Html => html.clone().unwrap_or_else(|| {
+                        let text = summary
+                            .replace('&', "&amp;")
+                            .replace('<', "&lt;")
+                            .replace('>', "&gt;");
                         format!(
-                            "<!doctype html><title>{}</title><pre>{summary}</pre>",
+                            "<!doctype html><title>{}</title><pre>{text}</pre>",
                             step.name()
                         )
                     }),
@@ -114,11 +118,14 @@ async fn report(
     let mut metrics = std::collections::BTreeMap::new();
     let (value, summary) = match step {
         Step::RunAggregate => {
+            // One threshold: the block's own on `run_composite` decides
+            // whether it fails, so the report says the same.
             let threshold = block
-                .inputs
-                .config
-                .get("threshold")
-                .and_then(Value::as_f64)
+                .execution
+                .threshold
+                .as_ref()
+                .filter(|t| t.metric == "run_composite")
+                .map(|t| t.min)
                 .unwrap_or(meta_audit::RUN_THRESHOLD);
             let aggregate = meta_audit::run_aggregate(pipeline, target_doc, threshold);
             metrics.insert(
@@ -187,7 +194,14 @@ async fn report(
             (serde_json::to_value(&wiring), summary)
         }
         Step::Delta => {
-            let baseline = match load(store, doc, "baseline_run").await? {
+            let named = load(store, doc, "baseline_run").await?;
+            if named
+                .as_ref()
+                .is_some_and(|(_, base, _)| base.run_id == target_doc.run_id)
+            {
+                return Err("`baseline_run` names the run being audited; name another run, or leave it empty for the template's previous run".into());
+            }
+            let baseline = match named {
                 Some(baseline) => Some(baseline),
                 None => previous(store, target_doc).await?,
             };
@@ -292,20 +306,23 @@ async fn previous(
     )>,
     String,
 > {
-    let earlier = store
-        .find_runs(&RunFilter {
-            template: Some(target.template_id.clone()),
-            status: None,
-            text: None,
-            before: Some((target.created_at, target.run_id.clone())),
-            limit: 1,
-        })
-        .await
-        .map_err(|e| format!("cannot list earlier runs: {e}"))?;
-    match earlier.first() {
-        Some(listing) => open(store, &listing.run.run_id).await.map(Some),
-        None => Ok(None),
+    // The newest earlier run that finished done; else the newest at all.
+    for status in [Some("done".to_string()), None] {
+        let earlier = store
+            .find_runs(&RunFilter {
+                template: Some(target.template_id.clone()),
+                status,
+                text: None,
+                before: Some((target.created_at, target.run_id.clone())),
+                limit: 1,
+            })
+            .await
+            .map_err(|e| format!("cannot list earlier runs: {e}"))?;
+        if let Some(listing) = earlier.first() {
+            return open(store, &listing.run.run_id).await.map(Some);
+        }
     }
+    Ok(None)
 }
 
 /// The artifacts of every block's last successful attempt in `doc`.
@@ -395,12 +412,14 @@ fn scorecard(inputs: &[InputArtifact]) -> Result<Report, String> {
 pub const META_AUDIT_TEMPLATE_ID: &str = "meta-audit-factory";
 
 impl crate::Engine {
-    /// The quality of `template_id`'s newest `limit` runs, oldest first, each
-    /// linked to its newest meta-audit ([`meta_audit::history`]).
+    /// The quality of `template_id`'s newest `limit` runs, oldest first;
+    /// with `meta_audits`, each linked to its newest meta-audit that made a
+    /// scorecard (else its newest at all).
     pub async fn quality_history(
         &self,
         template_id: &str,
         limit: u32,
+        meta_audits: bool,
     ) -> crate::Result<meta_audit::history::QualityHistory> {
         let store = self.store.as_ref();
         let listed = store
@@ -422,30 +441,44 @@ impl crate::Engine {
         let pairs: Vec<(&factory_core::Pipeline, &RunDoc)> =
             loaded.iter().map(|(p, d)| (p.as_ref(), d)).collect();
         let mut history = meta_audit::history::quality_history(template_id, &pairs);
-        if template_id != META_AUDIT_TEMPLATE_ID && !history.runs.is_empty() {
-            let metas = store
-                .find_runs(&RunFilter {
-                    template: Some(META_AUDIT_TEMPLATE_ID.to_string()),
-                    status: None,
-                    text: None,
-                    before: None,
-                    limit: 500,
-                })
-                .await?;
-            // Newest first: the first meta-audit found for a run is its newest.
-            let mut newest: std::collections::BTreeMap<String, String> = Default::default();
-            for meta in &metas {
-                let doc = store.load_run(&meta.run.run_id).await?.doc;
-                if let Some(target) = doc.params.get("target_run").and_then(Value::as_str) {
-                    newest
-                        .entry(target.to_string())
-                        .or_insert_with(|| doc.run_id.clone());
-                }
-            }
+        if meta_audits && template_id != META_AUDIT_TEMPLATE_ID {
             for point in &mut history.runs {
-                point.meta_audit = newest.get(&point.run_id).cloned();
+                point.meta_audit = newest_meta_audit(store, &point.run_id).await?;
             }
         }
         Ok(history)
     }
+}
+
+/// Meta-audits looked at per run for the dashboard's link.
+const META_AUDITS_PER_RUN: u32 = 5;
+
+/// The newest meta-audit of `run_id` whose scorecard was made, else the
+/// newest at all (runs whose params name the run's full id).
+async fn newest_meta_audit(store: &dyn Store, run_id: &str) -> crate::Result<Option<String>> {
+    let found = store
+        .find_runs(&RunFilter {
+            template: Some(META_AUDIT_TEMPLATE_ID.to_string()),
+            status: None,
+            text: Some(run_id.to_string()),
+            before: None,
+            limit: META_AUDITS_PER_RUN,
+        })
+        .await?;
+    let mut newest = None;
+    for listing in &found {
+        let doc = store.load_run(&listing.run.run_id).await?.doc;
+        if doc.params.get("target_run").and_then(Value::as_str) != Some(run_id) {
+            continue;
+        }
+        let scorecard = doc
+            .blocks
+            .get("audit-scorecard-publisher")
+            .is_some_and(|s| s.last_success().is_some());
+        if scorecard {
+            return Ok(Some(doc.run_id));
+        }
+        newest.get_or_insert(doc.run_id);
+    }
+    Ok(newest)
 }

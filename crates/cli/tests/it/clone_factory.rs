@@ -350,6 +350,76 @@ fn the_whole_clone_factory_runs_against_a_local_provider() {
         String::from_utf8(live.stdout).unwrap(),
         "https://marisol.example.test"
     );
+
+    // The factory audits the run: its wiring table is the template's.
+    let meta = factory(&db)
+        .args(["meta-audit", &run_id, "--quiet"])
+        .output()
+        .unwrap();
+    let meta_id = String::from_utf8(meta.stdout).unwrap().trim().to_string();
+    let report = |block: &str, key: &str| -> serde_json::Value {
+        let out = factory(&db)
+            .args(["artifacts", &meta_id, block, "--key", key])
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{block}.{key}: {e}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    };
+    let template: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(super::repo_root().join("templates/clone-factory.json")).unwrap(),
+    )
+    .unwrap();
+    let mut declared = BTreeSet::new();
+    let mut read = BTreeSet::new();
+    for block in template["blocks"].as_array().unwrap() {
+        for a in block["outputs"]["artifacts"].as_array().unwrap() {
+            declared.insert(format!(
+                "{}.{}",
+                block["id"].as_str().unwrap(),
+                a["key"].as_str().unwrap()
+            ));
+        }
+        for d in block["inputs"]["depends"].as_array().into_iter().flatten() {
+            read.insert(format!(
+                "{}.{}",
+                d["block"].as_str().unwrap(),
+                d["key"].as_str().unwrap()
+            ));
+        }
+    }
+    let wiring = report("cross-block-consistency", "wiring");
+    assert_eq!(wiring["fields"], declared.len(), "{wiring}");
+    assert_eq!(
+        wiring["wired"],
+        declared.intersection(&read).count(),
+        "{wiring}"
+    );
+    assert_eq!(wiring["broken"], serde_json::json!([]), "{wiring}");
+    assert!(!wiring["terms"].as_array().unwrap().is_empty());
+    let specificity = report("specificity-deep-check", "specificity");
+    assert_eq!(specificity["subject"], "Marisol Vega");
+    assert!(
+        specificity["subject_mentions"].as_u64().unwrap() > 0,
+        "{specificity}"
+    );
+    let aggregate = report("run-aggregate", "aggregate");
+    assert!(
+        aggregate["blocks"].as_array().unwrap().len() >= 21,
+        "{aggregate}"
+    );
+    // Passing, the scorecard waits at its gate; failing, the meta-audit
+    // stops at the aggregate and says why.
+    let meta_status = status_json(&db, &meta_id);
+    if aggregate["passed"] == true {
+        assert_eq!(meta_status["status"], "waiting", "{meta_status}");
+    } else {
+        assert_eq!(meta_status["status"], "failed", "{meta_status}");
+        assert!(!aggregate["reasons"].as_array().unwrap().is_empty());
+    }
 }
 
 /// The llm blocks of clone-factory that read an artifact of a review page

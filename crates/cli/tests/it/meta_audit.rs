@@ -166,6 +166,20 @@ fn a_meta_audit_reports_composites_wiring_and_deltas_and_waits_to_publish() {
     assert!(page.contains(&format!("Against run <code>{first}</code>")));
     assert!(page.contains("<svg") && !page.contains("<script"));
 
+    // A baseline that is the audited run itself is refused by the delta.
+    let output = factory(&db)
+        .current_dir(repo_root())
+        .args(["meta-audit", &second, "--baseline", &second, "--quiet"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let same = String::from_utf8(output.stdout).unwrap().trim().to_string();
+    let error = status_json(&db, &same)["blocks"]["delta-report"]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(error.contains("names the run being audited"), "{error}");
+
     // A run that is not there is refused before anything is made.
     let output = factory(&db)
         .args(["meta-audit", "no-such-run"])

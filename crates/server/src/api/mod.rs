@@ -271,7 +271,9 @@ async fn template_quality(
     Query(query): Query<crate::pages::quality::QualityQuery>,
 ) -> ApiResult<Json<factory_core::meta_audit::history::QualityHistory>> {
     let limit = crate::pages::quality::limit(&query);
-    Ok(Json(state.engine.quality_history(&template, limit).await?))
+    Ok(Json(
+        state.engine.quality_history(&template, limit, true).await?,
+    ))
 }
 
 /// The post-run reflections of earlier runs of a template: its process memory.

@@ -65,7 +65,7 @@ pub async fn render_block_page(
     };
 
     let guide = guide(&view);
-    let across = across_runs(state, &view).await?;
+    let across = across_runs(state, &view).await;
     let inputs = inputs(state, &view).await?;
     let outputs = outputs(state, &view, query).await?;
     let logic = logic(&view, caller);
@@ -476,16 +476,25 @@ fn logic(view: &BlockView, caller: &Caller) -> Markup {
 }
 
 /// Runs of the template a block's audit history covers.
-const HISTORY_RUNS: u32 = 12;
+const HISTORY_RUNS: u32 = 8;
 
 /// The block's audit composite over the template's newest runs (this one
-/// marked), each point a link to the block in that run.
-async fn across_runs(state: &SharedState, view: &BlockView) -> Result<Markup, ApiError> {
+/// marked), each point a link to the block in that run. A history that
+/// cannot be read says so; the page still shows.
+async fn across_runs(state: &SharedState, view: &BlockView) -> Markup {
     let block = &view.block.id;
-    let history = state
+    let history = match state
         .engine
-        .quality_history(&view.doc.template_id, HISTORY_RUNS)
-        .await?;
+        .quality_history(&view.doc.template_id, HISTORY_RUNS, false)
+        .await
+    {
+        Ok(history) => history,
+        Err(error) => {
+            return html! {
+                section #across-runs { h3 { "Across runs" } p.muted { "The history cannot be read now: " (error.to_string()) } }
+            };
+        }
+    };
     let points: Vec<render::TrendPoint> = history
         .runs
         .iter()
@@ -507,7 +516,7 @@ async fn across_runs(state: &SharedState, view: &BlockView) -> Result<Markup, Ap
             })
         })
         .collect();
-    Ok(html! {
+    html! {
         section #across-runs {
             h3 { "Across runs" }
             @if points.len() < 2 {
@@ -520,7 +529,7 @@ async fn across_runs(state: &SharedState, view: &BlockView) -> Result<Markup, Ap
             }
             p { a href={"/templates/" (view.doc.template_id) "/quality"} { "Quality dashboard of " (view.doc.template_id) } }
         }
-    })
+    }
 }
 
 fn qa(view: &BlockView, caller: &Caller, feedback_draft: &str, words: Option<&str>) -> Markup {

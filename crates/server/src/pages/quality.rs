@@ -34,7 +34,11 @@ pub async fn page(
     Path(template): Path<String>,
     Query(query): Query<QualityQuery>,
 ) -> Response {
-    match state.engine.quality_history(&template, limit(&query)).await {
+    match state
+        .engine
+        .quality_history(&template, limit(&query), true)
+        .await
+    {
         Ok(history) => super::layout(
             &format!("Quality of {template}"),
             &caller,
