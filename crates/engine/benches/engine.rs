@@ -49,6 +49,28 @@ async fn create_and_drive(
     doc
 }
 
+type Overrides = std::collections::BTreeMap<String, Autonomy>;
+type Params = std::collections::BTreeMap<String, Value>;
+
+/// Every block of `source` auto (measure the engine, not a person at a
+/// gate), and each required param set.
+fn unattended(source: &str) -> (Overrides, Params) {
+    let pipeline = factory_engine::load_pipeline(source).unwrap();
+    let overrides = pipeline
+        .blocks()
+        .iter()
+        .map(|b| (b.id.clone(), Autonomy::Auto))
+        .collect();
+    let params = pipeline
+        .template()
+        .params
+        .iter()
+        .filter(|(_, spec)| spec.required)
+        .map(|(name, _)| (name.clone(), json!("Bench")))
+        .collect();
+    (overrides, params)
+}
+
 fn bench(c: &mut Criterion) {
     let (runtime, _dir, engine) = sqlite_engine();
 
@@ -63,20 +85,7 @@ fn bench(c: &mut Criterion) {
             26,
         ),
     ] {
-        let pipeline = factory_engine::load_pipeline(&source).unwrap();
-        // Every block auto: measure the engine, not a person at a gate.
-        let overrides: std::collections::BTreeMap<String, Autonomy> = pipeline
-            .blocks()
-            .iter()
-            .map(|b| (b.id.clone(), Autonomy::Auto))
-            .collect();
-        let params: std::collections::BTreeMap<String, Value> = pipeline
-            .template()
-            .params
-            .iter()
-            .filter(|(_, spec)| spec.required)
-            .map(|(name, _)| (name.clone(), json!("Bench")))
-            .collect();
+        let (overrides, params) = unattended(&source);
         group.throughput(Throughput::Elements(blocks));
         group.bench_with_input(
             BenchmarkId::new("create_and_drive", name),
@@ -381,19 +390,7 @@ fn bench_meta_audit(c: &mut Criterion) {
         ),
         ("chain_1000", fixtures::chain(1_000)),
     ] {
-        let pipeline = factory_engine::load_pipeline(&source).unwrap();
-        let overrides: std::collections::BTreeMap<String, Autonomy> = pipeline
-            .blocks()
-            .iter()
-            .map(|b| (b.id.clone(), Autonomy::Auto))
-            .collect();
-        let params: std::collections::BTreeMap<String, Value> = pipeline
-            .template()
-            .params
-            .iter()
-            .filter(|(_, spec)| spec.required)
-            .map(|(name, _)| (name.clone(), json!("Bench")))
-            .collect();
+        let (overrides, params) = unattended(&source);
         let target = runtime.block_on(create_and_drive(
             &engine,
             &source,

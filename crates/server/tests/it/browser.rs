@@ -1479,13 +1479,7 @@ async fn the_quality_dashboard_shows_runs_regressions_and_meta_audits() {
             .await;
         runs.push(run);
     }
-    let source = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../templates/meta-audit-factory.json"),
-    )
-    .unwrap();
-    t.register_template(&serde_json::from_str(&source).unwrap())
-        .await;
+    register_meta_audit(&t).await;
     // The good run is audited against the generic one (the generic run's
     // composite is under 5.0: its own meta-audit would stop at the aggregate).
     let meta = t
@@ -1600,13 +1594,7 @@ async fn a_meta_audit_of_a_run_under_the_threshold_fails_with_its_reasons() {
     let run = t.start_run("thin", json!({})).await;
     t.wait_for(&run, "the run to end", |d| d["status"] == "done")
         .await;
-    let source = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../templates/meta-audit-factory.json"),
-    )
-    .unwrap();
-    t.register_template(&serde_json::from_str(&source).unwrap())
-        .await;
+    register_meta_audit(&t).await;
     let meta = t
         .start_run("meta-audit-factory", json!({"target_run": run}))
         .await;
@@ -1634,4 +1622,15 @@ async fn a_meta_audit_of_a_run_under_the_threshold_fails_with_its_reasons() {
             .contains("below the threshold 5.0"),
         "{report}"
     );
+}
+
+/// Registers `templates/meta-audit-factory.json` with the test server.
+async fn register_meta_audit(t: &TestServer) {
+    let source = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../templates/meta-audit-factory.json"),
+    )
+    .unwrap();
+    t.register_template(&serde_json::from_str(&source).unwrap())
+        .await;
 }
