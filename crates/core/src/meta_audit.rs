@@ -46,16 +46,6 @@ pub struct TargetArtifact {
     pub bytes: Vec<u8>,
 }
 
-/// The audit crate's format for an artifact format.
-pub fn audit_format(format: ArtifactFormat) -> factory_audit::Format {
-    match format {
-        ArtifactFormat::Json => factory_audit::Format::Json,
-        ArtifactFormat::Md => factory_audit::Format::Markdown,
-        ArtifactFormat::Html => factory_audit::Format::Html,
-        _ => factory_audit::Format::Text,
-    }
-}
-
 fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
@@ -230,7 +220,7 @@ pub fn specificity(artifacts: &[TargetArtifact], subject: Option<&str>) -> Speci
             &factory_audit::Artifact {
                 key: &artifact.key,
                 path: &artifact.path,
-                format: audit_format(artifact.format),
+                format: artifact.format.audit_format(),
                 content: Some(&artifact.bytes),
             },
             subject,
@@ -345,7 +335,7 @@ pub fn upstream_terms(
                 .map(|a| factory_audit::Artifact {
                     key: &a.key,
                     path: &a.path,
-                    format: audit_format(a.format),
+                    format: a.format.audit_format(),
                     content: Some(&a.bytes),
                 })
                 .collect::<Vec<_>>(),
@@ -354,7 +344,7 @@ pub fn upstream_terms(
                 .map(|a| factory_audit::Upstream {
                     block: &a.block,
                     key: &a.key,
-                    format: audit_format(a.format),
+                    format: a.format.audit_format(),
                     content: &a.bytes,
                 })
                 .collect::<Vec<_>>(),

@@ -294,6 +294,18 @@ pub enum BlockType {
     Ingest,
 }
 
+impl ArtifactFormat {
+    /// How the D1–D5 audit reads an artifact of this format.
+    pub fn audit_format(self) -> factory_audit::Format {
+        match self {
+            ArtifactFormat::Json => factory_audit::Format::Json,
+            ArtifactFormat::Md => factory_audit::Format::Markdown,
+            ArtifactFormat::Html => factory_audit::Format::Html,
+            _ => factory_audit::Format::Text,
+        }
+    }
+}
+
 /// Which executor runs the block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]

@@ -6,21 +6,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use factory_audit::{Artifact, AuditInput, AuditReport, Format, Upstream};
+use factory_audit::{Artifact, AuditInput, AuditReport, Upstream};
 use factory_core::Pipeline;
 use factory_core::run::RunDoc;
-use factory_core::template::{ArtifactFormat, Block};
+use factory_core::template::Block;
 use factory_runtime::{Execution, InputArtifact};
 use serde_json::Value;
-
-pub(crate) fn format_of(format: ArtifactFormat) -> Format {
-    match format {
-        ArtifactFormat::Json => Format::Json,
-        ArtifactFormat::Md => Format::Markdown,
-        ArtifactFormat::Html => Format::Html,
-        _ => Format::Text,
-    }
-}
 
 /// The run param naming the audit's subject, if the run has one.
 pub(crate) fn subject<'a>(pipeline: &Pipeline, doc: &'a RunDoc) -> Option<&'a str> {
@@ -103,7 +94,7 @@ pub(crate) fn audit_execution(
         .map(|spec| Artifact {
             key: &spec.key,
             path: &spec.path,
-            format: format_of(spec.format),
+            format: spec.format.audit_format(),
             content: execution.artifacts.get(&spec.key).map(Vec::as_slice),
         })
         .collect();
@@ -112,7 +103,7 @@ pub(crate) fn audit_execution(
         .map(|input| Upstream {
             block: &input.block,
             key: &input.key,
-            format: format_of(input.format),
+            format: input.format.audit_format(),
             content: &input.content,
         })
         .collect();

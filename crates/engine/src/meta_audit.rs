@@ -65,10 +65,7 @@ pub(crate) async fn execution(
                         serde_json::to_string_pretty(&value).unwrap_or_default()
                     }
                     ArtifactFormat::Html => html.clone().unwrap_or_else(|| {
-                        let text = summary
-                            .replace('&', "&amp;")
-                            .replace('<', "&lt;")
-                            .replace('>', "&gt;");
+                        let text = meta_audit::scorecard::escape(&summary);
                         format!(
                             "<!doctype html><title>{}</title><pre>{text}</pre>",
                             step.name()
@@ -237,20 +234,16 @@ async fn report(
     Ok((tagged(step.name(), value), summary, None, metrics))
 }
 
+/// A run read back: its graph (instances included), document and template.
+type LoadedRun = (
+    factory_core::Pipeline,
+    RunDoc,
+    factory_core::template::Template,
+);
+
 /// The run a param names, with its graph and template; `None` when the
 /// param is not set (or empty).
-async fn load(
-    store: &dyn Store,
-    doc: &RunDoc,
-    param: &str,
-) -> Result<
-    Option<(
-        factory_core::Pipeline,
-        RunDoc,
-        factory_core::template::Template,
-    )>,
-    String,
-> {
+async fn load(store: &dyn Store, doc: &RunDoc, param: &str) -> Result<Option<LoadedRun>, String> {
     let Some(id) = doc
         .params
         .get(param)
@@ -272,17 +265,7 @@ async fn load(
     open(store, &run_id).await.map(Some)
 }
 
-async fn open(
-    store: &dyn Store,
-    run_id: &str,
-) -> Result<
-    (
-        factory_core::Pipeline,
-        RunDoc,
-        factory_core::template::Template,
-    ),
-    String,
-> {
+async fn open(store: &dyn Store, run_id: &str) -> Result<LoadedRun, String> {
     let stored = store
         .load_run(run_id)
         .await
@@ -295,17 +278,7 @@ async fn open(
 }
 
 /// The run of the same template created just before `target`.
-async fn previous(
-    store: &dyn Store,
-    target: &RunDoc,
-) -> Result<
-    Option<(
-        factory_core::Pipeline,
-        RunDoc,
-        factory_core::template::Template,
-    )>,
-    String,
-> {
+async fn previous(store: &dyn Store, target: &RunDoc) -> Result<Option<LoadedRun>, String> {
     // The newest earlier run that finished done; else the newest at all.
     for status in [Some("done".to_string()), None] {
         let earlier = store

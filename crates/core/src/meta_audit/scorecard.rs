@@ -14,7 +14,8 @@ pub struct Parts<'a> {
     pub delta: Option<&'a DeltaReport>,
 }
 
-fn esc(text: &str) -> String {
+/// `text` safe inside HTML text and attribute values.
+pub fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
@@ -49,7 +50,7 @@ fn bars(title: &str, rows: &[(String, Option<f64>)], threshold: Option<f64>) -> 
     let height = rows.len() * ROW + 8;
     let mut svg = format!(
         "<svg role=\"img\" aria-label=\"{}\" width=\"{}\" height=\"{height}\" viewBox=\"0 0 {} {height}\">",
-        esc(title),
+        escape(title),
         LABEL + WIDTH + 50,
         LABEL + WIDTH + 50
     );
@@ -60,7 +61,7 @@ fn bars(title: &str, rows: &[(String, Option<f64>)], threshold: Option<f64>) -> 
             "<text x=\"{}\" y=\"{}\" text-anchor=\"end\" font-size=\"12\">{}</text>",
             LABEL - 6,
             y + 14,
-            esc(label)
+            escape(label)
         );
         if let Some(v) = value {
             let w = (v.clamp(0.0, 10.0) / 10.0 * WIDTH as f64).round();
@@ -109,10 +110,10 @@ pub fn html(parts: &Parts<'_>) -> String {
          <h1>Meta-audit of run <code>{run}</code></h1>\
          <p>Template <code>{template}</code> v{version}, run {status}. Run composite <strong>{composite}</strong> \
          against a threshold of {threshold:.1}: <strong class=\"{class}\">{verdict}</strong>.</p>",
-        run = esc(&a.run_id),
-        template = esc(&a.template_id),
-        version = esc(&a.template_version),
-        status = esc(&a.status),
+        run = escape(&a.run_id),
+        template = escape(&a.template_id),
+        version = escape(&a.template_version),
+        status = escape(&a.status),
         composite = score(a.composite),
         threshold = a.threshold,
         class = if a.passed { "good" } else { "bad" },
@@ -120,7 +121,7 @@ pub fn html(parts: &Parts<'_>) -> String {
     if !a.reasons.is_empty() {
         out.push_str("<ul>");
         for r in &a.reasons {
-            let _ = write!(out, "<li>{}</li>", esc(r));
+            let _ = write!(out, "<li>{}</li>", escape(r));
         }
         out.push_str("</ul>");
     }
@@ -150,7 +151,7 @@ pub fn html(parts: &Parts<'_>) -> String {
         let _ = write!(
             out,
             "<tr><td>{}</td><td>{:.1}</td>",
-            esc(&b.block),
+            escape(&b.block),
             b.composite
         );
         for d in b.dimensions {
@@ -159,7 +160,7 @@ pub fn html(parts: &Parts<'_>) -> String {
         let _ = write!(
             out,
             "<td>{}</td><td>{}</td></tr>",
-            esc(&b.weakest),
+            escape(&b.weakest),
             flags.join(", ")
         );
     }
@@ -172,7 +173,7 @@ pub fn html(parts: &Parts<'_>) -> String {
         percent(s.specific_share),
         s.subject
             .as_deref()
-            .map_or(String::new(), |n| format!(" or “{}”", esc(n))),
+            .map_or(String::new(), |n| format!(" or “{}”", escape(n))),
         percent(s.generic_ratio),
         s.words,
         s.subject_mentions
@@ -182,8 +183,8 @@ pub fn html(parts: &Parts<'_>) -> String {
         let _ = write!(
             out,
             "<tr><td>{}.{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td></tr>",
-            esc(&x.block),
-            esc(&x.key),
+            escape(&x.block),
+            escape(&x.key),
             x.counts.words,
             x.counts.sentences,
             percent(Some(x.counts.specific_share)),
@@ -208,7 +209,7 @@ pub fn html(parts: &Parts<'_>) -> String {
         let _ = write!(
             out,
             "<p>Orphans (declared by a block others read, read by none): {}</p>",
-            esc(&w.orphans.join(", "))
+            escape(&w.orphans.join(", "))
         );
     }
     if !w.terms.is_empty() {
@@ -217,17 +218,18 @@ pub fn html(parts: &Parts<'_>) -> String {
             let _ = write!(
                 out,
                 "<tr><td>{}</td><td>{}</td><td>{} of {}</td><td>{}</td></tr>",
-                esc(&t.consumer),
-                esc(&t.upstream),
+                escape(&t.consumer),
+                escape(&t.upstream),
                 t.used,
                 t.terms,
-                esc(&t
-                    .unused
-                    .iter()
-                    .take(5)
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", "))
+                escape(
+                    &t.unused
+                        .iter()
+                        .take(5)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
             );
         }
         out.push_str("</table>");
@@ -236,10 +238,10 @@ pub fn html(parts: &Parts<'_>) -> String {
         let _ = write!(
             out,
             "<p class=\"bad\">{} reads {}.{}: {}</p>",
-            esc(&b.consumer),
-            esc(&b.producer),
-            esc(&b.key),
-            esc(&b.problem)
+            escape(&b.consumer),
+            escape(&b.producer),
+            escape(&b.key),
+            escape(&b.problem)
         );
     }
 
@@ -250,9 +252,9 @@ pub fn html(parts: &Parts<'_>) -> String {
             let _ = write!(
                 out,
                 "<p>Against run <code>{}</code> (v{} → v{}): composite {} → {} (<strong>{}</strong>).</p>",
-                esc(&d.baseline_run_id),
-                esc(&d.template_version.0),
-                esc(&d.template_version.1),
+                escape(&d.baseline_run_id),
+                escape(&d.template_version.0),
+                escape(&d.template_version.1),
                 score(d.before),
                 score(d.after),
                 signed(d.delta)
@@ -263,7 +265,7 @@ pub fn html(parts: &Parts<'_>) -> String {
                     out,
                     "<tr{}><td>{}</td><td>{}</td><td>{}</td><td>{}</td>",
                     if b.regression { " class=\"bad\"" } else { "" },
-                    esc(&b.block),
+                    escape(&b.block),
                     score(b.before),
                     score(b.after),
                     signed(b.delta)
@@ -282,7 +284,7 @@ pub fn html(parts: &Parts<'_>) -> String {
                 ("Blocks whose prompt changed", &d.changed_prompts),
             ] {
                 if !list.is_empty() {
-                    let _ = write!(out, "<p>{what}: {}</p>", esc(&list.join("; ")));
+                    let _ = write!(out, "<p>{what}: {}</p>", escape(&list.join("; ")));
                 }
             }
         }
