@@ -129,14 +129,21 @@ pub async fn run(settings: &LlmSettings, template: Option<(&Path, &Pipeline)>) -
         }
     }
     let mut env: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    // An optional http call's URL: unset means the call is left out.
+    let mut optional: BTreeMap<String, Vec<&str>> = BTreeMap::new();
     for block in pipeline.blocks() {
         for name in &block.inputs.env {
             env.entry(name.clone()).or_default().push(&block.id);
         }
-        if block.runtime == Runtime::Http
-            && let Some(name) = block.inputs.config.get("url_env").and_then(|v| v.as_str())
-        {
-            env.entry(name.to_string()).or_default().push(&block.id);
+        if block.runtime == Runtime::Http {
+            let config = &block.inputs.config;
+            let is_optional = config.get("optional") == Some(&serde_json::Value::Bool(true));
+            let into = if is_optional { &mut optional } else { &mut env };
+            for key in ["url_env", "auth_env"] {
+                if let Some(name) = config.get(key).and_then(|v| v.as_str()) {
+                    into.entry(name.to_string()).or_default().push(&block.id);
+                }
+            }
         }
     }
     for (name, blocks) in &env {
@@ -149,6 +156,14 @@ pub async fn run(settings: &LlmSettings, template: Option<(&Path, &Pipeline)>) -
         if !set {
             problems.push(format!("set {name} (needed by {})", blocks.join(", ")));
         }
+    }
+    for (name, blocks) in &optional {
+        let set = std::env::var(name).is_ok_and(|v| !v.trim().is_empty());
+        println!(
+            "  env {name}: {} ({})",
+            if set { "set" } else { "unset: the call is left out" },
+            blocks.join(", ")
+        );
     }
     if problems.is_empty() {
         println!("\nready: every block has what it needs");

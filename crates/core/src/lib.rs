@@ -12,6 +12,7 @@ pub mod bus;
 pub mod consensus;
 pub mod diagnostics;
 pub mod fan_out;
+pub mod http_call;
 pub mod feedback;
 pub mod lens;
 pub mod llm_options;

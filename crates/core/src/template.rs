@@ -295,6 +295,20 @@ pub enum BlockType {
 }
 
 impl ArtifactFormat {
+    /// The name a template writes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ArtifactFormat::Md => "md",
+            ArtifactFormat::Json => "json",
+            ArtifactFormat::Html => "html",
+            ArtifactFormat::Text => "text",
+            ArtifactFormat::Url => "url",
+            ArtifactFormat::Csv => "csv",
+            ArtifactFormat::Yaml => "yaml",
+            ArtifactFormat::Directory => "directory",
+        }
+    }
+
     /// How the D1–D5 audit reads an artifact of this format.
     pub fn audit_format(self) -> factory_audit::Format {
         match self {

@@ -582,8 +582,9 @@ fn check_semantics(template: &Template) -> Vec<Diagnostic> {
         })
         .collect();
 
+    let declared_params: BTreeSet<&str> = template.params.keys().map(String::as_str).collect();
     for (i, block) in template.blocks.iter().enumerate() {
-        check_block(i, block, &artifacts_of, &mut out);
+        check_block(i, block, &artifacts_of, &declared_params, &mut out);
     }
     if let Some(subject) = template
         .audit
@@ -631,6 +632,7 @@ fn check_block(
     i: usize,
     block: &template::Block,
     artifacts_of: &BTreeMap<&str, Vec<&str>>,
+    declared_params: &BTreeSet<&str>,
     out: &mut Vec<Diagnostic>,
 ) {
     let at = |suffix: &str| format!("$.blocks[{i}]{suffix}");
@@ -922,10 +924,15 @@ fn check_block(
         }
     }
 
-    check_runtime_config(i, block, out);
+    check_runtime_config(i, block, declared_params, out);
 }
 
-fn check_runtime_config(i: usize, block: &template::Block, out: &mut Vec<Diagnostic>) {
+fn check_runtime_config(
+    i: usize,
+    block: &template::Block,
+    declared_params: &BTreeSet<&str>,
+    out: &mut Vec<Diagnostic>,
+) {
     let id = block.id.clone();
     let config = &block.inputs.config;
     let config_path = |key: &str| format!("$.blocks[{i}].inputs.config.{key}");
@@ -1005,22 +1012,14 @@ fn check_runtime_config(i: usize, block: &template::Block, out: &mut Vec<Diagnos
             }
         }
         Runtime::Http => {
-            let url = config.get("url").and_then(Value::as_str);
-            let url_env = config.get("url_env").and_then(Value::as_str);
-            match (url, url_env) {
-                (Some(url), _) if !(url.starts_with("http://") || url.starts_with("https://")) => {
+            if let Err(problems) = crate::http_call::parse(block, declared_params) {
+                for problem in problems {
                     error(
-                        config_path("url"),
-                        format!("`{url}` is not an http(s) URL"),
-                        "use an absolute URL such as https://example.com/hook",
-                    )
+                        config_path(&problem.key),
+                        problem.message,
+                        "see README, \"HTTP blocks\"",
+                    );
                 }
-                (None, None) => error(
-                    format!("$.blocks[{i}].inputs.config"),
-                    "an `http` block needs `inputs.config.url` or `inputs.config.url_env`".into(),
-                    "set \"url\": \"https://…\" or \"url_env\": \"SYNC_URL\"",
-                ),
-                _ => {}
             }
         }
     }

@@ -53,12 +53,18 @@ pub fn pack_directory(dir: &Path) -> Result<Vec<u8>, String> {
     serde_json::to_vec(&Bundle { files }).map_err(|e| e.to_string())
 }
 
-/// Writes a bundle's files under `dir`, refusing paths that escape it.
-pub fn unpack_directory(bundle: &[u8], dir: &Path) -> Result<(), String> {
+/// A bundle's files, path → text, in path order.
+pub fn bundle_files(bundle: &[u8]) -> Result<BTreeMap<String, String>, String> {
     let bundle: Bundle =
         serde_json::from_slice(bundle).map_err(|e| format!("not a directory bundle: {e}"))?;
+    Ok(bundle.files)
+}
+
+/// Writes a bundle's files under `dir`, refusing paths that escape it.
+pub fn unpack_directory(bundle: &[u8], dir: &Path) -> Result<(), String> {
+    let files = bundle_files(bundle)?;
     std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-    for (relative, text) in bundle.files {
+    for (relative, text) in files {
         let relative_path = Path::new(&relative);
         if relative_path.is_absolute()
             || relative_path

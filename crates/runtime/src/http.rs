@@ -1,30 +1,35 @@
-//! The `http` runtime: POST a JSON body built from the block's inputs to a
-//! service (publishing a page, syncing outputs to another platform) and keep
-//! the response as the block's artifact.
+//! The `http` runtime: send a block's inputs to a service (publishing a page,
+//! syncing a finished clone to the platform it lives on) and keep the
+//! response as the block's artifacts.
 //!
-//! Config (`inputs.config`): `url` or `url_env` (an environment variable that
-//! holds the URL), optional `auth_env` (an environment variable holding a
-//! bearer token), `method` (`POST` by default, or `PUT`), and `headers` (static
-//! extra headers). Everything else in the config is sent in the body.
+//! What is sent is parsed by [`factory_core::http_call`]: the legacy body
+//! (run id, block, attempt, params, config, every input), one mapped body, or
+//! one mapped request per entry of `requests`. Every request carries an
+//! `Idempotency-Key` that is the same for every attempt of a run version, so
+//! a retry after a timeout updates what the first try created instead of
+//! creating it twice. 429 and 5xx are retried (3 tries within the block's
+//! timeout); any other status fails the attempt with a body excerpt.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use factory_core::http_call::{self, HttpCall, Method, RunField, Shape, Source, Target};
 use factory_core::template::ArtifactFormat;
 use serde_json::{Value, json};
 
-use crate::{AttemptInput, Execution};
+use crate::{AttemptInput, Execution, InputArtifact};
 
-/// Config keys that steer the call and are not sent.
-const CALL_KEYS: &[&str] = &["url", "url_env", "auth_env", "method", "headers"];
 const MAX_TRIES: u32 = 3;
 
-/// Where the block's URL comes from, if it can be known before the run.
+/// Where the block's URL comes from, if it can be known before the run: a
+/// `url_env` that is not set (unless the call is `optional`).
 pub fn url_problem(
     config: &BTreeMap<String, Value>,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Option<String> {
-    if config.get("url").and_then(Value::as_str).is_some() {
+    if config.get("url").and_then(Value::as_str).is_some()
+        || config.get("optional") == Some(&Value::Bool(true))
+    {
         return None;
     }
     let name = config.get("url_env").and_then(Value::as_str)?;
@@ -34,17 +39,32 @@ pub fn url_problem(
         .then(|| format!("environment variable `{name}` (its URL) is not set"))
 }
 
+/// One request to send: where, with which key and body.
+struct Outgoing {
+    name: Option<String>,
+    url: String,
+    body: Value,
+}
+
 pub(crate) async fn run(input: AttemptInput<'_>) -> Execution {
     let block = input.block;
-    let config = &block.inputs.config;
+    let params: BTreeSet<&str> = input.params.keys().map(String::as_str).collect();
+    let call = match http_call::parse(block, &params) {
+        Ok(call) => call,
+        Err(errors) => {
+            let list: Vec<String> = errors
+                .iter()
+                .map(|e| format!("inputs.config.{}: {}", e.key, e.message))
+                .collect();
+            return Execution::failed(format!("block `{}`: {}", block.id, list.join("; ")));
+        }
+    };
     let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-    let url = match (
-        config.get("url").and_then(Value::as_str),
-        config.get("url_env").and_then(Value::as_str),
-    ) {
-        (Some(url), _) => url.to_string(),
-        (None, Some(name)) => match env(name) {
+    let url = match &call.target {
+        Target::Url(url) => url.clone(),
+        Target::Env(name) => match env(name) {
             Some(url) => url,
+            None if call.optional => return left_out(&input, name),
             None => {
                 return Execution::failed(format!(
                     "block `{}`: environment variable `{name}` is not set",
@@ -52,11 +72,8 @@ pub(crate) async fn run(input: AttemptInput<'_>) -> Execution {
                 ));
             }
         },
-        (None, None) => {
-            return Execution::failed(format!("block `{}` has no `url` or `url_env`", block.id));
-        }
     };
-    let token = match config.get("auth_env").and_then(Value::as_str) {
+    let token = match &call.auth_env {
         Some(name) => match env(name) {
             Some(token) => Some(token),
             None => {
@@ -68,71 +85,230 @@ pub(crate) async fn run(input: AttemptInput<'_>) -> Execution {
         },
         None => None,
     };
-
-    let mut inputs = serde_json::Map::new();
-    for artifact in &input.inputs {
-        let text = String::from_utf8_lossy(&artifact.content).into_owned();
-        let value = match artifact.format {
-            ArtifactFormat::Json => serde_json::from_str(&text).unwrap_or(Value::String(text)),
-            _ => Value::String(text),
-        };
-        inputs.insert(format!("{}.{}", artifact.block, artifact.key), value);
-    }
-    let settings: serde_json::Map<String, Value> = config
-        .iter()
-        .filter(|(key, _)| !CALL_KEYS.contains(&key.as_str()))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    let body = json!({
-        "run_id": input.run_id,
-        "block": block.id,
-        "attempt": input.attempt,
-        "params": input.params,
-        "config": settings,
-        "inputs": inputs,
-    });
+    let outgoing = match requests(&input, &call, &url) {
+        Ok(outgoing) => outgoing,
+        Err(error) => return Execution::failed(format!("block `{}`: {error}", block.id)),
+    };
 
     let client = reqwest::Client::new();
-    let method = match config
-        .get("method")
-        .and_then(Value::as_str)
-        .unwrap_or("POST")
-    {
-        "PUT" | "put" => reqwest::Method::PUT,
-        _ => reqwest::Method::POST,
-    };
     let deadline = Instant::now() + Duration::from_millis(block.timeout);
-    let mut last_error = String::new();
+    let mut answers: Vec<(Option<String>, String)> = Vec::new();
+    for request in &outgoing {
+        let key = http_call::idempotency_key(
+            input.run_id,
+            input.run_version,
+            &block.id,
+            request.name.as_deref(),
+        );
+        match send(&client, &call, request, &key, token.as_deref(), deadline).await {
+            Ok(text) => answers.push((request.name.clone(), text)),
+            Err(failed) => return failed.into_execution(block, &answers),
+        }
+    }
+    let (text, response) = match answers.as_slice() {
+        [(None, text)] => (text.clone(), parse_lenient(text)),
+        _ => {
+            let combined: serde_json::Map<String, Value> = answers
+                .iter()
+                .map(|(name, text)| (name.clone().unwrap_or_default(), parse_lenient(text)))
+                .collect();
+            let value = Value::Object(combined);
+            (value.to_string(), value)
+        }
+    };
+    if call.response.is_empty() {
+        into_artifacts(&input, &text)
+    } else {
+        picked_artifacts(&input, &call, &text, &response)
+    }
+}
+
+/// A JSON response as JSON, anything else as a string.
+fn parse_lenient(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()))
+}
+
+/// The requests the call makes, bodies filled from the attempt's inputs.
+fn requests(input: &AttemptInput<'_>, call: &HttpCall, url: &str) -> Result<Vec<Outgoing>, String> {
+    Ok(match &call.shape {
+        Shape::Legacy { settings } => {
+            let mut inputs = serde_json::Map::new();
+            for artifact in &input.inputs {
+                inputs.insert(
+                    format!("{}.{}", artifact.block, artifact.key),
+                    artifact_value(artifact)?,
+                );
+            }
+            vec![Outgoing {
+                name: None,
+                url: url.to_string(),
+                body: json!({
+                    "run_id": input.run_id,
+                    "block": input.block.id,
+                    "attempt": input.attempt,
+                    "params": input.params,
+                    "config": settings,
+                    "inputs": inputs,
+                }),
+            }]
+        }
+        Shape::Body(fields) => vec![Outgoing {
+            name: None,
+            url: url.to_string(),
+            body: fill(input, fields)?,
+        }],
+        Shape::Requests(requests) => requests
+            .iter()
+            .map(|request| {
+                Ok(Outgoing {
+                    name: Some(request.name.clone()),
+                    url: format!("{}{}", url.trim_end_matches('/'), request.path),
+                    body: fill(input, &request.body)?,
+                })
+            })
+            .collect::<Result<_, String>>()?,
+    })
+}
+
+/// A mapped body with every source read.
+fn fill(input: &AttemptInput<'_>, fields: &BTreeMap<String, Source>) -> Result<Value, String> {
+    let mut out = serde_json::Map::new();
+    for (field, source) in fields {
+        let value = match source {
+            Source::Value(value) => value.clone(),
+            Source::Param(name) => input.params.get(name).cloned().unwrap_or(Value::Null),
+            Source::Run(RunField::Id) => Value::from(input.run_id),
+            Source::Run(RunField::Version) => Value::from(input.run_version),
+            Source::Group(fields) => fill(input, fields)?,
+            Source::Uploads => Value::Array(
+                input
+                    .inputs
+                    .iter()
+                    .filter(|a| a.block == "uploads")
+                    .map(|a| {
+                        json!({"name": a.key, "content": String::from_utf8_lossy(&a.content)})
+                    })
+                    .collect(),
+            ),
+            Source::Artifact { block, key } => {
+                let instance_of = |name: &str| {
+                    name == block
+                        || name
+                            .strip_prefix(block.as_str())
+                            .is_some_and(|rest| rest.starts_with('['))
+                };
+                let found: Vec<&InputArtifact> = input
+                    .inputs
+                    .iter()
+                    .filter(|a| &a.key == key && instance_of(&a.block))
+                    .collect();
+                match found.as_slice() {
+                    [] => Value::Null,
+                    [one] if one.block == *block => artifact_value(one)?,
+                    many => Value::Object(
+                        many.iter()
+                            .map(|a| Ok((a.block.clone(), artifact_value(a)?)))
+                            .collect::<Result<_, String>>()?,
+                    ),
+                }
+            }
+        };
+        out.insert(field.clone(), value);
+    }
+    Ok(Value::Object(out))
+}
+
+/// An artifact as a request value: JSON as JSON, a directory as a list of
+/// `{path, content}`, anything else as text.
+fn artifact_value(artifact: &InputArtifact) -> Result<Value, String> {
+    let text = String::from_utf8_lossy(&artifact.content).into_owned();
+    Ok(match artifact.format {
+        ArtifactFormat::Json => serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        ArtifactFormat::Directory => {
+            let files = crate::directory::bundle_files(&artifact.content).map_err(|e| {
+                format!("artifact `{}.{}`: {e}", artifact.block, artifact.key)
+            })?;
+            Value::Array(
+                files
+                    .into_iter()
+                    .map(|(path, content)| json!({"path": path, "content": content}))
+                    .collect(),
+            )
+        }
+        _ => Value::String(text),
+    })
+}
+
+/// Why a request did not succeed.
+struct Failed {
+    message: String,
+    timed_out: bool,
+}
+
+impl Failed {
+    fn into_execution(self, block: &factory_core::template::Block, sent: &[(Option<String>, String)]) -> Execution {
+        let done: Vec<&str> = sent.iter().filter_map(|(n, _)| n.as_deref()).collect();
+        let after = if done.is_empty() {
+            String::new()
+        } else {
+            format!(" (after {} succeeded; a retry sends them again under the same idempotency keys)", done.join(", "))
+        };
+        Execution {
+            timed_out: self.timed_out,
+            error: Some(format!("block `{}`: {}{after}", block.id, self.message)),
+            ..Execution::default()
+        }
+    }
+}
+
+/// One request, retried on 429, 5xx and connection errors while time is left.
+async fn send(
+    client: &reqwest::Client,
+    call: &HttpCall,
+    request: &Outgoing,
+    idempotency_key: &str,
+    token: Option<&str>,
+    deadline: Instant,
+) -> Result<String, Failed> {
+    let method = match call.method {
+        Method::Post => reqwest::Method::POST,
+        Method::Put => reqwest::Method::PUT,
+    };
+    let label = match &request.name {
+        Some(name) => format!("request `{name}`: "),
+        None => String::new(),
+    };
+    let mut last_error = String::from("no time left for the request");
     for attempt in 1..=MAX_TRIES {
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
             break;
         }
-        let mut call = client
-            .request(method.clone(), &url)
+        let mut builder = client
+            .request(method.clone(), &request.url)
             .timeout(remaining)
-            .json(&body);
-        if let Some(token) = &token {
-            call = call.bearer_auth(token);
+            .header("Idempotency-Key", idempotency_key)
+            .json(&request.body);
+        if let Some(token) = token {
+            builder = builder.bearer_auth(token);
         }
-        if let Some(Value::Object(headers)) = config.get("headers") {
-            for (name, value) in headers {
-                if let Some(value) = value.as_str() {
-                    call = call.header(name.as_str(), value);
-                }
-            }
+        for (name, value) in &call.headers {
+            builder = builder.header(name.as_str(), value.as_str());
         }
-        let response = match call.send().await {
+        let response = match builder.send().await {
             Ok(response) => response,
             Err(error) => {
                 let timed_out = error.is_timeout();
-                last_error = format!("cannot reach {}: {}", redact_url(&url), error.without_url());
+                last_error = format!(
+                    "{label}cannot reach {}: {}",
+                    redact_url(&request.url),
+                    error.without_url()
+                );
                 if timed_out {
-                    return Execution {
+                    return Err(Failed {
+                        message: last_error,
                         timed_out: true,
-                        error: Some(format!("block `{}`: {last_error}", block.id)),
-                        ..Execution::default()
-                    };
+                    });
                 }
                 tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
                 continue;
@@ -141,15 +317,15 @@ pub(crate) async fn run(input: AttemptInput<'_>) -> Execution {
         let status = response.status();
         let text = response.text().await.unwrap_or_default();
         if status.is_success() {
-            return into_artifacts(&input, &text);
+            return Ok(text);
         }
         let mut excerpt: String = text.chars().take(300).collect();
-        if let Some(token) = &token {
-            excerpt = excerpt.replace(token.as_str(), "[redacted]");
+        if let Some(token) = token {
+            excerpt = excerpt.replace(token, "[redacted]");
         }
         last_error = format!(
-            "{} answered HTTP {}: {excerpt}",
-            redact_url(&url),
+            "{label}{} answered HTTP {}: {excerpt}",
+            redact_url(&request.url),
             status.as_u16()
         );
         let retryable = status.as_u16() == 429 || status.is_server_error();
@@ -158,7 +334,77 @@ pub(crate) async fn run(input: AttemptInput<'_>) -> Execution {
         }
         tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
     }
-    Execution::failed(format!("block `{}`: {last_error}", block.id))
+    Err(Failed {
+        message: last_error,
+        timed_out: false,
+    })
+}
+
+/// An optional call whose URL is not set: done without a request, each
+/// artifact saying so (JSON: `{"sent": false, "reason": …}`).
+fn left_out(input: &AttemptInput<'_>, variable: &str) -> Execution {
+    let reason = format!("not sent: environment variable `{variable}` (the URL) is not set");
+    let mut execution = Execution {
+        stdout: reason.clone().into_bytes(),
+        ..Execution::default()
+    };
+    for artifact in &input.block.outputs.artifacts {
+        let bytes = match artifact.format {
+            ArtifactFormat::Json => {
+                serde_json::to_vec_pretty(&json!({"sent": false, "reason": reason}))
+                    .unwrap_or_default()
+            }
+            ArtifactFormat::Md => format!("# Not sent\n\n{reason}.\n").into_bytes(),
+            _ => format!("{reason}\n").into_bytes(),
+        };
+        execution.artifacts.insert(artifact.key.clone(), bytes);
+    }
+    execution
+}
+
+/// The artifacts `response` points at.
+fn picked_artifacts(input: &AttemptInput<'_>, call: &HttpCall, text: &str, response: &Value) -> Execution {
+    let block = input.block;
+    let mut execution = Execution {
+        stdout: text.as_bytes().to_vec(),
+        ..Execution::default()
+    };
+    for artifact in &block.outputs.artifacts {
+        let pointer = call.response.get(&artifact.key).map_or("", String::as_str);
+        match http_call::pick(response, pointer) {
+            Some(Value::String(s)) => {
+                execution.artifacts.insert(artifact.key.clone(), s.as_bytes().to_vec());
+            }
+            Some(Value::Null) | None => {
+                execution.error = Some(format!(
+                    "block `{}`: the response has nothing at `{pointer}` for artifact `{}`",
+                    block.id, artifact.key
+                ));
+                return execution;
+            }
+            Some(value) => {
+                let bytes = serde_json::to_vec_pretty(value).unwrap_or_default();
+                execution.artifacts.insert(artifact.key.clone(), bytes);
+            }
+        }
+    }
+    check_formats(block, &mut execution);
+    execution
+}
+
+fn check_formats(block: &factory_core::template::Block, execution: &mut Execution) {
+    if execution.error.is_some() {
+        return;
+    }
+    for artifact in &block.outputs.artifacts {
+        if let Some(bytes) = execution.artifacts.get(&artifact.key)
+            && let Some(problem) =
+                crate::check_format(block, &artifact.key, &artifact.path, artifact.format, bytes)
+        {
+            execution.error = Some(problem);
+            return;
+        }
+    }
 }
 
 /// One declared artifact takes the whole response; several take the
@@ -200,21 +446,7 @@ fn into_artifacts(input: &AttemptInput<'_>, text: &str) -> Execution {
             }
         }
     }
-    if execution.error.is_none() {
-        for artifact in &block.outputs.artifacts {
-            if let Some(bytes) = execution.artifacts.get(&artifact.key)
-                && let Some(problem) = crate::check_format(
-                    block,
-                    &artifact.key,
-                    &artifact.path,
-                    artifact.format,
-                    bytes,
-                )
-            {
-                execution.error = Some(problem);
-            }
-        }
-    }
+    check_formats(block, &mut execution);
     execution
 }
 

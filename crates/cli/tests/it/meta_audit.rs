@@ -4,6 +4,9 @@
 
 use serde_json::Value;
 
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
 use super::{factory, repo_root, status_json};
 
 fn ok(db: &std::path::Path, args: &[&str]) -> String {
@@ -165,6 +168,60 @@ fn a_meta_audit_reports_composites_wiring_and_deltas_and_waits_to_publish() {
     assert!(page.contains(&format!("Meta-audit of run <code>{second}</code>")));
     assert!(page.contains(&format!("Against run <code>{first}</code>")));
     assert!(page.contains("<svg") && !page.contains("<script"));
+    // No publish URL configured: the publish step notes that nothing was sent.
+    let receipt = ok(
+        &db,
+        &["artifacts", &meta, "scorecard-publish", "--key", "receipt"],
+    );
+    assert!(
+        receipt.contains("not sent") && receipt.contains("FACTORY_SCORECARD_URL"),
+        "{receipt}"
+    );
+
+    // With one, the approved scorecard goes to it through the http runtime.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = runtime.block_on(async {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path("/scorecards"))
+            .respond_with(ResponseTemplate::new(201).set_body_string("published as sc-1"))
+            .expect(1)
+            .mount(&server)
+            .await;
+        server
+    });
+    let url = format!("{}/scorecards", server.uri());
+    let with_url = |args: &[&str]| {
+        let output = factory(&db)
+            .current_dir(repo_root())
+            .env("FACTORY_SCORECARD_URL", &url)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap().trim().to_string()
+    };
+    let published = with_url(&["meta-audit", &second, "--quiet"]);
+    assert!(
+        runtime.block_on(server.received_requests()).unwrap().is_empty(),
+        "nothing is sent before the gate"
+    );
+    with_url(&["approve", &published, "audit-scorecard-publisher", "--quiet"]);
+    assert_eq!(status_json(&db, &published)["status"], "done");
+    let received = runtime.block_on(server.received_requests()).unwrap();
+    let body: Value = serde_json::from_slice(&received[0].body).unwrap();
+    assert_eq!(body["target_run"].as_str(), Some(second.as_str()));
+    assert_eq!(body["meta_audit_run"].as_str(), Some(published.as_str()));
+    assert!(body["scorecard_html"].as_str().unwrap().starts_with("<!doctype html>"));
+    assert!(body["summary"].is_object(), "{body}");
+    assert_eq!(
+        received[0].headers.get("idempotency-key").unwrap().to_str().unwrap(),
+        format!("factory-{published}-v1-scorecard-publish")
+    );
+    assert_eq!(
+        ok(&db, &["artifacts", &published, "scorecard-publish", "--key", "receipt"]).trim(),
+        "published as sc-1"
+    );
 
     // A baseline that is the audited run itself is refused by the delta.
     let output = factory(&db)

@@ -1015,9 +1015,9 @@ fn llm_blocks_need_a_skill() {
 fn http_blocks_need_a_url() {
     let validated = check(
         template(vec![with_runtime("http", json!({}))]),
-        &[("TPL0014", "$.blocks[0].inputs.config", Some("a"))],
+        &[("TPL0014", "$.blocks[0].inputs.config.url", Some("a"))],
     );
-    assert!(help(only_error(&validated)).contains("url_env"));
+    assert!(only_error(&validated).message.contains("url_env"));
     check(
         template(vec![with_runtime("http", json!({ "url": "ftp://x" }))]),
         &[("TPL0014", "$.blocks[0].inputs.config.url", Some("a"))],

@@ -1299,6 +1299,106 @@ mod http_runtime {
             .to_string();
         assert!(error.contains("FACTORY_TEST_UNSET_SYNC_URL"), "{error}");
     }
+
+    /// A declared mapping: one request per entry, each body exactly what it
+    /// maps, the same idempotency key on every try of a run version, the
+    /// artifacts picked from the responses; an optional call whose URL is
+    /// unset is left out with a note instead of refusing the run.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mapped_requests_are_idempotent_and_optional_calls_are_left_out() {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path("/os/theme"))
+            .respond_with(ResponseTemplate::new(503).set_body_string("busy"))
+            .up_to_n_times(1)
+            .with_priority(1)
+            .mount(&server)
+            .await;
+        Mock::given(method("POST"))
+            .and(path("/os/theme"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({"theme": "t-1"})))
+            .mount(&server)
+            .await;
+        Mock::given(method("POST"))
+            .and(path("/os/profile"))
+            .respond_with(
+                ResponseTemplate::new(201)
+                    .set_body_json(json!({"id": "p-9", "url": "https://os.test/p-9"})),
+            )
+            .mount(&server)
+            .await;
+        let h = sqlite().await;
+        let sync = json!({
+            "inputs": {"config": {"url": format!("{}/os/", server.uri()), "expert": null,
+                "requests": {
+                    "profile": {"path": "/profile", "body": {
+                        "expert": {"param": "expert_name"}, "run": {"run": "id"},
+                        "source": {"artifact": "source.out"}}},
+                    "theme": {"path": "/theme", "body": {"tokens": {"artifact": "source.out"}, "kind": {"value": "theme"}}}
+                },
+                "response": {"receipt": "", "profile-url": "/profile/url"}}},
+            "outputs": {"artifacts": [
+                {"key": "receipt", "path": "receipt.json", "format": "json"},
+                {"key": "profile-url", "path": "profile-url.txt", "format": "url"}]}
+        });
+        let optional = json!({"inputs": {"config": {"url": null, "expert": null,
+            "url_env": "FACTORY_TEST_UNSET_PUBLISH_URL", "optional": true,
+            "body": {"page": {"artifact": "source.out"}}}}});
+        let source = template(
+            vec![
+                noop("source", json!({})),
+                http_block("sync", "http://unused", sync),
+                http_block("publish", "http://unused", optional),
+            ],
+            json!({"expert_name": {"required": true}}),
+        )
+        .replace(",\"expert\":null", "")
+        .replace("\"expert\":null,", "")
+        .replace(",\"url\":null", "")
+        .replace("\"url\":null,", "");
+        let doc = start(&h, &source, &[("expert_name", "Ada")]).await;
+        let (outcome, doc) = drive(&h, &doc.run_id).await;
+        assert_eq!(outcome, Outcome::Done, "{:?}", doc.blocks["sync"].error);
+        assert_eq!(
+            artifact(&h, &doc, "sync", "profile-url").await,
+            "https://os.test/p-9"
+        );
+        let receipt: Value =
+            serde_json::from_str(&artifact(&h, &doc, "sync", "receipt").await).unwrap();
+        assert_eq!(receipt, json!({"profile": {"id": "p-9", "url": "https://os.test/p-9"}, "theme": {"theme": "t-1"}}));
+
+        let received = server.received_requests().await.unwrap();
+        let sent: Vec<(String, String, Value)> = received
+            .iter()
+            .map(|r| {
+                (
+                    r.url.path().to_string(),
+                    r.headers.get("idempotency-key").unwrap().to_str().unwrap().to_string(),
+                    serde_json::from_slice(&r.body).unwrap(),
+                )
+            })
+            .collect();
+        let run = &doc.run_id;
+        let profile: Vec<_> = sent.iter().filter(|(p, ..)| p == "/os/profile").collect();
+        assert_eq!(profile.len(), 1, "{sent:?}");
+        assert_eq!(profile[0].1, format!("factory-{run}-v1-sync-profile"));
+        assert_eq!(
+            profile[0].2,
+            json!({"expert": "Ada", "run": run, "source": {"builtin": "noop", "block": "source", "attempt": 1}})
+        );
+        let theme: Vec<_> = sent.iter().filter(|(p, ..)| p == "/os/theme").collect();
+        assert_eq!(theme.len(), 2, "a 503 is retried: {sent:?}");
+        assert!(theme.iter().all(|(_, key, body)| key == &format!("factory-{run}-v1-sync-theme")
+            && body == &json!({"tokens": {"builtin": "noop", "block": "source", "attempt": 1}, "kind": "theme"})));
+
+        let note: Value =
+            serde_json::from_str(&artifact(&h, &doc, "publish", "receipt").await).unwrap();
+        assert_eq!(note["sent"], json!(false));
+        assert!(
+            note["reason"].as_str().unwrap().contains("FACTORY_TEST_UNSET_PUBLISH_URL"),
+            "{note}"
+        );
+    }
 }
 
 /// A review submission is one transaction: when its commit fails at the last
