@@ -109,6 +109,10 @@ pub enum Command {
         /// Only create the run; do not execute anything
         #[arg(long)]
         no_run: bool,
+        /// Upload a file with the run (repeatable), under its file name:
+        /// blocks whose `inputs.files` patterns match the name read it
+        #[arg(long = "file", value_name = "PATH")]
+        files: Vec<PathBuf>,
         #[command(flatten)]
         drive: DriveArgs,
     },

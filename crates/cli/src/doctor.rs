@@ -161,7 +161,11 @@ pub async fn run(settings: &LlmSettings, template: Option<(&Path, &Pipeline)>) -
         let set = std::env::var(name).is_ok_and(|v| !v.trim().is_empty());
         println!(
             "  env {name}: {} ({})",
-            if set { "set" } else { "unset: the call is left out" },
+            if set {
+                "set"
+            } else {
+                "unset: the call is left out"
+            },
             blocks.join(", ")
         );
     }

@@ -201,9 +201,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             sampling,
             no_cache,
             no_run,
+            files,
             drive,
         } => {
             let source = read_template(&template)?;
+            let files = read_run_files(&files)?;
             pipeline_or_report(&template, &source)?;
             let request = RunRequest {
                 run_id: String::new(),
@@ -219,7 +221,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             };
             let engine = engine(&cli.db, &actor, &drive, cli.config.as_deref()).await?;
             let doc = engine
-                .create_run(&source, Some(&template), request)
+                .create_run_with_files(&actor, &source, Some(&template), request, &files)
                 .await
                 .with_context(|| format!("cannot start a run of {}", template.display()))?;
             println!("{}", doc.run_id);
@@ -832,6 +834,28 @@ async fn drive_run(engine: &Engine, run_id: &str, quiet: bool) -> Result<ExitCod
         Outcome::Done | Outcome::Waiting | Outcome::Stopped => ExitCode::SUCCESS,
         Outcome::Failed => ExitCode::from(1),
     })
+}
+
+/// The files given with `--file`, each under its file name; two with the
+/// same name are refused (a block could not tell them apart).
+fn read_run_files(paths: &[std::path::PathBuf]) -> Result<Vec<factory_engine::RunFile>> {
+    let mut files: Vec<factory_engine::RunFile> = Vec::new();
+    for path in paths {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .with_context(|| format!("--file {}: not a file path", path.display()))?;
+        if files.iter().any(|f| f.name == name) {
+            bail!(
+                "--file {}: another file is already named `{name}`; rename one",
+                path.display()
+            );
+        }
+        let content = std::fs::read(path)
+            .with_context(|| format!("--file {}: cannot read it", path.display()))?;
+        files.push(factory_engine::RunFile { name, content });
+    }
+    Ok(files)
 }
 
 fn read_template(path: &Path) -> Result<String> {

@@ -148,4 +148,5 @@ pub mod codes {
     pub const CACHE: &str = "TPL0030";
     pub const FAN_OUT: &str = "TPL0031";
     pub const LENS: &str = "TPL0032";
+    pub const LAYER_ORDER: &str = "TPL0033";
 }

@@ -57,7 +57,10 @@ pub enum Source {
     /// A dependency's artifact: JSON parsed, a directory as a list of
     /// `{path, content}`, anything else as text; a fan-out dependency as an
     /// object keyed by instance.
-    Artifact { block: String, key: String },
+    Artifact {
+        block: String,
+        key: String,
+    },
     Param(String),
     /// The run's uploaded files matched by `inputs.files`, as a list of
     /// `{name, content}`.
@@ -114,9 +117,10 @@ fn problem(key: impl Into<String>, message: impl Into<String>) -> CallError {
     }
 }
 
-/// Parses `block`'s config; `params` are the template's declared params.
-/// Every problem is reported, not only the first.
-pub fn parse(block: &Block, params: &BTreeSet<&str>) -> Result<HttpCall, Vec<CallError>> {
+/// Parses `block`'s config; `params` are the template's declared params
+/// (None: not checked — the runtime, after validation did, reads a param a
+/// run leaves unset as null). Every problem is reported, not only the first.
+pub fn parse(block: &Block, params: Option<&BTreeSet<&str>>) -> Result<HttpCall, Vec<CallError>> {
     let config = &block.inputs.config;
     let mut errors = Vec::new();
     let string = |key: &str, errors: &mut Vec<CallError>| match config.get(key) {
@@ -308,7 +312,7 @@ pub fn parse(block: &Block, params: &BTreeSet<&str>) -> Result<HttpCall, Vec<Cal
 
 struct Context<'a> {
     depends: &'a BTreeSet<(&'a str, &'a str)>,
-    params: &'a BTreeSet<&'a str>,
+    params: Option<&'a BTreeSet<&'a str>>,
     has_files: bool,
 }
 
@@ -403,9 +407,12 @@ impl Context<'_> {
             ));
             return Source::Value(Value::Null);
         };
-        let is_source = map.len() == 1 && SOURCE_KEYS.contains(&map.keys().next().unwrap().as_str());
+        let is_source =
+            map.len() == 1 && SOURCE_KEYS.contains(&map.keys().next().unwrap().as_str());
         if !is_source {
-            if map.keys().any(|k| SOURCE_KEYS.contains(&k.as_str())) {
+            // `{"param": …, "value": …}` is a source written twice, not a
+            // group; a group may still have a field named like a source.
+            if map.len() > 1 && map.keys().all(|k| SOURCE_KEYS.contains(&k.as_str())) {
                 errors.push(problem(
                     at,
                     "a source has exactly one of artifact, param, uploads, run, value",
@@ -431,7 +438,9 @@ impl Context<'_> {
                     Source::Value(Value::Null)
                 }
             },
-            ("param", Value::String(name)) if self.params.contains(name.as_str()) => {
+            ("param", Value::String(name))
+                if self.params.is_none_or(|p| p.contains(name.as_str())) =>
+            {
                 Source::Param(name.clone())
             }
             ("param", Value::String(name)) => {
@@ -470,7 +479,12 @@ impl Context<'_> {
 
 /// The `Idempotency-Key` a request carries: the same for every attempt of
 /// one run version, so a retried call updates rather than duplicates.
-pub fn idempotency_key(run_id: &str, run_version: u32, block: &str, request: Option<&str>) -> String {
+pub fn idempotency_key(
+    run_id: &str,
+    run_version: u32,
+    block: &str,
+    request: Option<&str>,
+) -> String {
     match request {
         Some(name) => format!("factory-{run_id}-v{run_version}-{block}-{name}"),
         None => format!("factory-{run_id}-v{run_version}-{block}"),
@@ -517,15 +531,22 @@ mod tests {
             json!([{"block": "compiler", "key": "system-prompt"}]),
             json!([{"key": "profile", "path": "p.json", "format": "json"}]),
         );
-        let call = parse(&b, &params()).unwrap();
+        let call = parse(&b, Some(&params())).unwrap();
         assert_eq!(call.target, Target::Env("OS_URL".into()));
-        let Shape::Body(body) = call.shape else { panic!() };
+        let Shape::Body(body) = call.shape else {
+            panic!()
+        };
         assert_eq!(body["expert"], Source::Param("expert_name".into()));
         assert_eq!(body["run"], Source::Run(RunField::Id));
-        let Source::Group(profile) = &body["profile"] else { panic!() };
+        let Source::Group(profile) = &body["profile"] else {
+            panic!()
+        };
         assert_eq!(
             profile["system_prompt"],
-            Source::Artifact { block: "compiler".into(), key: "system-prompt".into() }
+            Source::Artifact {
+                block: "compiler".into(),
+                key: "system-prompt".into()
+            }
         );
         assert_eq!(profile["kind"], Source::Value(json!("clone")));
         assert_eq!(call.response["profile"], "/profile");
@@ -546,7 +567,7 @@ mod tests {
             json!([{"block": "compiler", "key": "system-prompt"}]),
             json!([{"key": "profile", "path": "p.json", "format": "json"}]),
         );
-        let errors = parse(&b, &params()).unwrap_err();
+        let errors = parse(&b, Some(&params())).unwrap_err();
         let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
         for expected in [
             "extra",
@@ -564,7 +585,11 @@ mod tests {
             assert!(keys.contains(&expected), "{expected} not in {keys:?}");
         }
         let unread = errors.iter().find(|e| e.key == "requests").unwrap();
-        assert!(unread.message.contains("compiler.system-prompt"), "{}", unread.message);
+        assert!(
+            unread.message.contains("compiler.system-prompt"),
+            "{}",
+            unread.message
+        );
     }
 
     #[test]
@@ -574,7 +599,7 @@ mod tests {
             json!([]),
             json!([{"key": "u", "path": "u.txt", "format": "url"}]),
         );
-        let errors = parse(&b, &params()).unwrap_err();
+        let errors = parse(&b, Some(&params())).unwrap_err();
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert!(errors.iter().all(|e| e.key == "optional"));
         let b = block(
@@ -582,23 +607,35 @@ mod tests {
             json!([]),
             json!([{"key": "r", "path": "r.json", "format": "json"}]),
         );
-        assert!(parse(&b, &params()).unwrap().optional);
+        assert!(parse(&b, Some(&params())).unwrap().optional);
     }
 
     #[test]
     fn the_legacy_shape_sends_the_other_keys_as_settings() {
-        let b = block(json!({"url": "http://127.0.0.1:1/x", "site": "a"}), json!([]), json!([]));
-        let call = parse(&b, &params()).unwrap();
+        let b = block(
+            json!({"url": "http://127.0.0.1:1/x", "site": "a"}),
+            json!([]),
+            json!([]),
+        );
+        let call = parse(&b, Some(&params())).unwrap();
         assert_eq!(
             call.shape,
-            Shape::Legacy { settings: BTreeMap::from([("site".into(), json!("a"))]) }
+            Shape::Legacy {
+                settings: BTreeMap::from([("site".into(), json!("a"))])
+            }
         );
     }
 
     #[test]
     fn idempotency_keys_change_with_the_version_not_the_attempt() {
         assert_eq!(idempotency_key("r1", 1, "sync", None), "factory-r1-v1-sync");
-        assert_ne!(idempotency_key("r1", 1, "sync", None), idempotency_key("r1", 2, "sync", None));
-        assert_eq!(idempotency_key("r1", 1, "sync", Some("theme")), "factory-r1-v1-sync-theme");
+        assert_ne!(
+            idempotency_key("r1", 1, "sync", None),
+            idempotency_key("r1", 2, "sync", None)
+        );
+        assert_eq!(
+            idempotency_key("r1", 1, "sync", Some("theme")),
+            "factory-r1-v1-sync-theme"
+        );
     }
 }

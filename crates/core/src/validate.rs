@@ -610,6 +610,7 @@ fn check_semantics(template: &Template) -> Vec<Diagnostic> {
     out.extend(crate::stream::misplaced_batch(template));
     out.extend(crate::starter::check(template));
     check_parallel_groups(template, &mut out);
+    check_layer_order(template, &mut out);
     check_profiles(template, &first_seen, &mut out);
     for (name, spec) in &template.params {
         if spec.required && spec.default.is_some() {
@@ -626,6 +627,49 @@ fn check_semantics(template: &Template) -> Vec<Diagnostic> {
         }
     }
     out
+}
+
+/// The number of a layer label such as `L2.5` (None for other labels).
+fn layer_number(layer: &str) -> Option<f64> {
+    layer
+        .strip_prefix(['L', 'l'])
+        .and_then(|n| n.parse::<f64>().ok())
+        .filter(|n| n.is_finite())
+}
+
+/// Layers are how people read a pipeline; a block labelled before one of its
+/// dependencies says it runs earlier than it can, so the label misleads.
+fn check_layer_order(template: &Template, out: &mut Vec<Diagnostic>) {
+    let layers: BTreeMap<&str, (&str, f64)> = template
+        .blocks
+        .iter()
+        .filter_map(|b| Some((b.id.as_str(), (b.layer.as_str(), layer_number(&b.layer)?))))
+        .collect();
+    for (i, block) in template.blocks.iter().enumerate() {
+        let Some(own) = layer_number(&block.layer) else {
+            continue;
+        };
+        let mut reported = BTreeSet::new();
+        for (d, dep) in block.inputs.depends.iter().enumerate() {
+            let Some(&(label, upstream)) = layers.get(dep.block.as_str()) else {
+                continue;
+            };
+            if upstream > own && reported.insert(dep.block.as_str()) {
+                out.push(
+                    Diagnostic::warning(
+                        codes::LAYER_ORDER,
+                        format!("$.blocks[{i}].inputs.depends[{d}]"),
+                        format!(
+                            "`{}` is in layer {} but depends on `{}` in the later layer {label}; it can only run after it",
+                            block.id, block.layer, dep.block
+                        ),
+                    )
+                    .in_block(block.id.clone())
+                    .with_help("give the block a layer at or after its dependencies', or drop the dependency"),
+                );
+            }
+        }
+    }
 }
 
 fn check_block(
@@ -1012,7 +1056,7 @@ fn check_runtime_config(
             }
         }
         Runtime::Http => {
-            if let Err(problems) = crate::http_call::parse(block, declared_params) {
+            if let Err(problems) = crate::http_call::parse(block, Some(declared_params)) {
                 for problem in problems {
                     error(
                         config_path(&problem.key),

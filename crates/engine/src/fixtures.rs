@@ -20,7 +20,7 @@ pub fn all_noop(template_json: &str) -> Result<String, serde_json::Error> {
     Ok(value.to_string())
 }
 
-/// The shipped 26-block clone-factory template, every block a no-op.
+/// The shipped 27-block clone-factory template, every block a no-op.
 pub fn clone_factory_noop() -> String {
     all_noop(include_str!("../../../templates/clone-factory.json"))
         .unwrap_or_else(|e| panic!("templates/clone-factory.json is not JSON: {e}"))

@@ -10,7 +10,7 @@
 //! creating it twice. 429 and 5xx are retried (3 tries within the block's
 //! timeout); any other status fails the attempt with a body excerpt.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use factory_core::http_call::{self, HttpCall, Method, RunField, Shape, Source, Target};
@@ -48,8 +48,7 @@ struct Outgoing {
 
 pub(crate) async fn run(input: AttemptInput<'_>) -> Execution {
     let block = input.block;
-    let params: BTreeSet<&str> = input.params.keys().map(String::as_str).collect();
-    let call = match http_call::parse(block, &params) {
+    let call = match http_call::parse(block, None) {
         Ok(call) => call,
         Err(errors) => {
             let list: Vec<String> = errors
@@ -185,9 +184,7 @@ fn fill(input: &AttemptInput<'_>, fields: &BTreeMap<String, Source>) -> Result<V
                     .inputs
                     .iter()
                     .filter(|a| a.block == "uploads")
-                    .map(|a| {
-                        json!({"name": a.key, "content": String::from_utf8_lossy(&a.content)})
-                    })
+                    .map(|a| json!({"name": a.key, "content": String::from_utf8_lossy(&a.content)}))
                     .collect(),
             ),
             Source::Artifact { block, key } => {
@@ -225,9 +222,8 @@ fn artifact_value(artifact: &InputArtifact) -> Result<Value, String> {
     Ok(match artifact.format {
         ArtifactFormat::Json => serde_json::from_str(&text).unwrap_or(Value::String(text)),
         ArtifactFormat::Directory => {
-            let files = crate::directory::bundle_files(&artifact.content).map_err(|e| {
-                format!("artifact `{}.{}`: {e}", artifact.block, artifact.key)
-            })?;
+            let files = crate::directory::bundle_files(&artifact.content)
+                .map_err(|e| format!("artifact `{}.{}`: {e}", artifact.block, artifact.key))?;
             Value::Array(
                 files
                     .into_iter()
@@ -246,12 +242,19 @@ struct Failed {
 }
 
 impl Failed {
-    fn into_execution(self, block: &factory_core::template::Block, sent: &[(Option<String>, String)]) -> Execution {
+    fn into_execution(
+        self,
+        block: &factory_core::template::Block,
+        sent: &[(Option<String>, String)],
+    ) -> Execution {
         let done: Vec<&str> = sent.iter().filter_map(|(n, _)| n.as_deref()).collect();
         let after = if done.is_empty() {
             String::new()
         } else {
-            format!(" (after {} succeeded; a retry sends them again under the same idempotency keys)", done.join(", "))
+            format!(
+                " (after {} succeeded; a retry sends them again under the same idempotency keys)",
+                done.join(", ")
+            )
         };
         Execution {
             timed_out: self.timed_out,
@@ -363,7 +366,12 @@ fn left_out(input: &AttemptInput<'_>, variable: &str) -> Execution {
 }
 
 /// The artifacts `response` points at.
-fn picked_artifacts(input: &AttemptInput<'_>, call: &HttpCall, text: &str, response: &Value) -> Execution {
+fn picked_artifacts(
+    input: &AttemptInput<'_>,
+    call: &HttpCall,
+    text: &str,
+    response: &Value,
+) -> Execution {
     let block = input.block;
     let mut execution = Execution {
         stdout: text.as_bytes().to_vec(),
@@ -373,7 +381,9 @@ fn picked_artifacts(input: &AttemptInput<'_>, call: &HttpCall, text: &str, respo
         let pointer = call.response.get(&artifact.key).map_or("", String::as_str);
         match http_call::pick(response, pointer) {
             Some(Value::String(s)) => {
-                execution.artifacts.insert(artifact.key.clone(), s.as_bytes().to_vec());
+                execution
+                    .artifacts
+                    .insert(artifact.key.clone(), s.as_bytes().to_vec());
             }
             Some(Value::Null) | None => {
                 execution.error = Some(format!(

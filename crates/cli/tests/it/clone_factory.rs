@@ -126,7 +126,7 @@ impl Respond for FakeModel {
 /// The local model, sync and publishing services.
 struct Services {
     /// Serves the mocks; kept for as long as the services are used.
-    _runtime: tokio::runtime::Runtime,
+    runtime: tokio::runtime::Runtime,
     server: MockServer,
     calls: Arc<Mutex<Vec<String>>>,
     dir: tempfile::TempDir,
@@ -147,7 +147,20 @@ impl Services {
         };
         runtime.block_on(async {
             Mock::given(method("POST")).and(path("/v1/messages")).respond_with(model).mount(&server).await;
-            Mock::given(method("POST")).and(path("/sync")).respond_with(ResponseTemplate::new(200).set_body_string("https://notebook.example.test/marisol-vega")).mount(&server).await;
+            Mock::given(method("POST")).and(path("/notebook")).respond_with(ResponseTemplate::new(200).set_body_string("https://notebook.example.test/marisol-vega")).mount(&server).await;
+            // MasteryOS is busy once, then takes the clone.
+            Mock::given(method("POST"))
+                .and(path("/masteryos"))
+                .respond_with(ResponseTemplate::new(503).set_body_string("deploying"))
+                .up_to_n_times(1)
+                .with_priority(1)
+                .mount(&server)
+                .await;
+            Mock::given(method("POST"))
+                .and(path("/masteryos"))
+                .respond_with(ResponseTemplate::new(200).set_body_json(json!({"profile_id": "mv-1", "profile_url": "https://os.example.test/experts/marisol-vega", "knowledge_files": 1})))
+                .mount(&server)
+                .await;
             Mock::given(method("POST"))
                 .and(path("/publish"))
                 .respond_with(ResponseTemplate::new(200).set_body_json(json!({"publish-manifest": {"pages": 4}, "live-url": "https://marisol.example.test"})))
@@ -155,11 +168,21 @@ impl Services {
                 .await;
         });
         Services {
-            _runtime: runtime,
+            runtime,
             server,
             calls,
             dir: tempfile::tempdir().unwrap(),
         }
+    }
+
+    /// The requests the services received at `at`, in order.
+    fn received(&self, at: &str) -> Vec<Request> {
+        self.runtime
+            .block_on(self.server.received_requests())
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.url.path() == at)
+            .collect()
     }
 
     fn db(&self) -> std::path::PathBuf {
@@ -172,7 +195,9 @@ impl Services {
         command
             .env("ANTHROPIC_BASE_URL", self.server.uri())
             .env("ANTHROPIC_API_KEY", "sk-e2e-test")
-            .env("MASTERYOS_SYNC_URL", format!("{}/sync", self.server.uri()))
+            .env("MASTERYBOOK_URL", format!("{}/notebook", self.server.uri()))
+            .env("MASTERYOS_URL", format!("{}/masteryos", self.server.uri()))
+            .env("MASTERYOS_TOKEN", "os-e2e-token")
             .env("PUBLISH_URL", format!("{}/publish", self.server.uri()))
             .env("FACTORY_WORK_DIR", self.dir.path().join("work"))
             .current_dir(self.dir.path());
@@ -255,7 +280,18 @@ impl Services {
 fn the_whole_clone_factory_runs_against_a_local_provider() {
     let services = Services::start();
     let db = services.db();
-    let run_id = services.run(&[]);
+    let notes = services.dir.path().join("negotiation-notes.md");
+    std::fs::write(
+        &notes,
+        "# Notes\n\nThe Seven Second Silence, taught since 2014.\n",
+    )
+    .unwrap();
+    let run_id = services.run(&[
+        "-p",
+        "expert_slug=marisol-vega",
+        "--file",
+        notes.to_str().unwrap(),
+    ]);
 
     // Gates, through the CLI: reject the framework once, then approve everything.
     let gates = services.settle(
@@ -351,6 +387,120 @@ fn the_whole_clone_factory_runs_against_a_local_provider() {
         "https://marisol.example.test"
     );
 
+    // The uploaded sources went to the MasteryBook notebook.
+    let notebook = services.received("/notebook");
+    assert_eq!(notebook.len(), 1);
+    let body: Value = serde_json::from_slice(&notebook[0].body).unwrap();
+    assert_eq!(body["expert"], "Marisol Vega");
+    assert_eq!(body["slug"], "marisol-vega");
+    assert_eq!(
+        body["sources"],
+        json!([{"name": "negotiation-notes.md", "content": "# Notes\n\nThe Seven Second Silence, taught since 2014.\n"}])
+    );
+
+    // The finished clone went to MasteryOS: each artifact of seed 000's table
+    // under its field, with the token, retried after a 503 under one key.
+    let synced = services.received("/masteryos");
+    assert_eq!(synced.len(), 2, "a 503, then the accepted call");
+    let key = format!("factory-{run_id}-v1-masteryos-sync");
+    for request in &synced {
+        assert_eq!(
+            request.headers.get("idempotency-key").unwrap(),
+            key.as_str()
+        );
+        assert_eq!(
+            request.headers.get("authorization").unwrap(),
+            "Bearer os-e2e-token"
+        );
+    }
+    let body: Value = serde_json::from_slice(&synced[1].body).unwrap();
+    let artifact = |block: &str, key: &str| -> String {
+        let out = factory(&db)
+            .args(["artifacts", &run_id, block, "--key", key])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let as_json =
+        |block: &str, key: &str| -> Value { serde_json::from_str(&artifact(block, key)).unwrap() };
+    assert_eq!(
+        body["expert"],
+        json!({"name": "Marisol Vega", "slug": "marisol-vega"})
+    );
+    assert_eq!(body["factory"], json!({"run": run_id, "version": 1}));
+    assert_eq!(
+        body["system_prompt"].as_str().unwrap(),
+        artifact("clone-compiler", "system-prompt")
+    );
+    assert_eq!(
+        body["knowledge_files"],
+        json!([{"path": "seven-second-silence.md", "content": "# Seven Second Silence\n\nCount to 7 after the offer.\n"}])
+    );
+    assert_eq!(
+        body["experiences"],
+        as_json("framework-extractor", "frameworks-json")
+    );
+    assert_eq!(
+        body["resources"],
+        as_json("resource-extractor", "resources-json")
+    );
+    assert_eq!(
+        body["cta_config"],
+        as_json("offer-extractor", "offers-json")
+    );
+    assert_eq!(
+        body["theme"],
+        as_json("design-system-extractor", "design-tokens")
+    );
+    assert_eq!(
+        body["onboarding_flow"],
+        as_json("onboarding-builder", "onboarding-config")
+    );
+    assert!(
+        body["boarding_pack"].as_str().unwrap().contains("<html"),
+        "{body}"
+    );
+    assert_eq!(
+        artifact("masteryos-sync", "profile-url"),
+        "https://os.example.test/experts/marisol-vega"
+    );
+    assert_eq!(
+        as_json("masteryos-sync", "masteryos-profile")["profile_id"],
+        "mv-1"
+    );
+
+    // Sending it again (the "Sync to MasteryOS" button's re-run) re-runs the
+    // sync alone, under the same key: MasteryOS updates the same profile.
+    let before: Vec<usize> = doc["blocks"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|s| s["history"].as_array().unwrap().len())
+        .collect();
+    services
+        .factory()
+        .args(["retry", &run_id, "masteryos-sync", "--quiet"])
+        .assert()
+        .success();
+    let again = status_json(&db, &run_id);
+    assert_eq!(again["status"], "done");
+    let after: Vec<usize> = again["blocks"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|s| s["history"].as_array().unwrap().len())
+        .collect();
+    assert_eq!(
+        after.iter().sum::<usize>(),
+        before.iter().sum::<usize>() + 1
+    );
+    let synced = services.received("/masteryos");
+    assert_eq!(synced.len(), 3);
+    assert_eq!(
+        synced[2].headers.get("idempotency-key").unwrap(),
+        key.as_str()
+    );
+
     // The factory audits the run: its wiring table is the template's.
     let meta = factory(&db)
         .args(["meta-audit", &run_id, "--quiet"])
@@ -422,7 +572,7 @@ fn the_whole_clone_factory_runs_against_a_local_provider() {
     }
 }
 
-/// The llm blocks of clone-factory that read an artifact of a review page
+/// The llm blocks of clone-factory that read a review page's html or link
 /// (a `review-page` builtin: its page and link are the run's own).
 fn readers_of_review_pages() -> Vec<String> {
     let template: Value = serde_json::from_str(
@@ -430,10 +580,19 @@ fn readers_of_review_pages() -> Vec<String> {
     )
     .unwrap();
     let blocks = template["blocks"].as_array().unwrap();
-    let pages: BTreeSet<&str> = blocks
+    // A page's html and its url carry the run's own id; its other
+    // artifacts (the extraction version) are the same from run to run.
+    let per_run: BTreeSet<(&str, &str)> = blocks
         .iter()
         .filter(|b| b["inputs"]["config"]["builtin"] == "review-page")
-        .map(|b| b["id"].as_str().unwrap())
+        .flat_map(|b| {
+            b["outputs"]["artifacts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|a| a["format"] == "html" || a["format"] == "url")
+                .map(|a| (b["id"].as_str().unwrap(), a["key"].as_str().unwrap()))
+        })
         .collect();
     let mut readers: Vec<String> = blocks
         .iter()
@@ -443,7 +602,9 @@ fn readers_of_review_pages() -> Vec<String> {
                 .as_array()
                 .into_iter()
                 .flatten()
-                .any(|d| pages.contains(d["block"].as_str().unwrap()))
+                .any(|d| {
+                    per_run.contains(&(d["block"].as_str().unwrap(), d["key"].as_str().unwrap()))
+                })
         })
         .map(|b| b["id"].as_str().unwrap().to_string())
         .collect();

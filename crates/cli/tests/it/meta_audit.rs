@@ -10,8 +10,14 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 use super::{factory, repo_root, status_json};
 
 fn ok(db: &std::path::Path, args: &[&str]) -> String {
+    ok_with(db, &[], args)
+}
+
+/// `factory ARGS` with extra environment variables; must succeed.
+fn ok_with(db: &std::path::Path, env: &[(&str, &str)], args: &[&str]) -> String {
     let output = factory(db)
         .current_dir(repo_root())
+        .envs(env.iter().copied())
         .args(args)
         .output()
         .unwrap();
@@ -192,34 +198,57 @@ fn a_meta_audit_reports_composites_wiring_and_deltas_and_waits_to_publish() {
     });
     let url = format!("{}/scorecards", server.uri());
     let with_url = |args: &[&str]| {
-        let output = factory(&db)
-            .current_dir(repo_root())
-            .env("FACTORY_SCORECARD_URL", &url)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-        String::from_utf8(output.stdout).unwrap().trim().to_string()
+        ok_with(&db, &[("FACTORY_SCORECARD_URL", &url)], args)
+            .trim()
+            .to_string()
     };
     let published = with_url(&["meta-audit", &second, "--quiet"]);
     assert!(
-        runtime.block_on(server.received_requests()).unwrap().is_empty(),
+        runtime
+            .block_on(server.received_requests())
+            .unwrap()
+            .is_empty(),
         "nothing is sent before the gate"
     );
-    with_url(&["approve", &published, "audit-scorecard-publisher", "--quiet"]);
+    with_url(&[
+        "approve",
+        &published,
+        "audit-scorecard-publisher",
+        "--quiet",
+    ]);
     assert_eq!(status_json(&db, &published)["status"], "done");
     let received = runtime.block_on(server.received_requests()).unwrap();
     let body: Value = serde_json::from_slice(&received[0].body).unwrap();
     assert_eq!(body["target_run"].as_str(), Some(second.as_str()));
     assert_eq!(body["meta_audit_run"].as_str(), Some(published.as_str()));
-    assert!(body["scorecard_html"].as_str().unwrap().starts_with("<!doctype html>"));
+    assert!(
+        body["scorecard_html"]
+            .as_str()
+            .unwrap()
+            .starts_with("<!doctype html>")
+    );
     assert!(body["summary"].is_object(), "{body}");
     assert_eq!(
-        received[0].headers.get("idempotency-key").unwrap().to_str().unwrap(),
+        received[0]
+            .headers
+            .get("idempotency-key")
+            .unwrap()
+            .to_str()
+            .unwrap(),
         format!("factory-{published}-v1-scorecard-publish")
     );
     assert_eq!(
-        ok(&db, &["artifacts", &published, "scorecard-publish", "--key", "receipt"]).trim(),
+        ok(
+            &db,
+            &[
+                "artifacts",
+                &published,
+                "scorecard-publish",
+                "--key",
+                "receipt"
+            ]
+        )
+        .trim(),
         "published as sc-1"
     );
 

@@ -195,7 +195,7 @@ fn routing_resets_exactly_the_targets_and_their_descendants() {
         "offer-extractor",
         "rubric-builder",
         "deep-research",
-        "design-system-extractor",
+        "onboarding-builder",
     ] {
         assert!(
             !reset.contains(untouched),

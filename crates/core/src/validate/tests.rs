@@ -1223,7 +1223,7 @@ fn the_offline_example_validates() {
 fn the_clone_factory_template_validates() {
     let validated = check_str(CLONE_FACTORY, &[]);
     let pipeline = validated.pipeline.unwrap();
-    assert_eq!(pipeline.len(), 26);
+    assert_eq!(pipeline.len(), 27);
     assert_eq!(pipeline.template().id, "clone-factory");
 
     let after_gates: BTreeSet<&str> = pipeline
@@ -1943,4 +1943,34 @@ fn on_demand_says_how_runs_start_on_the_block_they_start_from() {
             ("TPL0026", "$.blocks[1].lifecycle.mode", Some("b")),
         ],
     );
+}
+
+#[test]
+fn a_block_labelled_before_its_dependency_is_warned_about() {
+    let mut early = block_on("gaps", &["review"]);
+    early["layer"] = json!("L2.5");
+    let mut review = block("review");
+    review["layer"] = json!("L2.6");
+    let layer_warnings = |value: Value| -> Vec<Diagnostic> {
+        let validated = check(value, &[]);
+        validated
+            .diagnostics
+            .into_iter()
+            .filter(|d| d.code == "TPL0033")
+            .collect()
+    };
+    let warnings = layer_warnings(template(vec![review.clone(), early.clone()]));
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert_eq!(warnings[0].path, "$.blocks[1].inputs.depends[0]");
+    assert_eq!(warnings[0].block.as_deref(), Some("gaps"));
+    assert!(
+        warnings[0].message.contains("L2.6"),
+        "{}",
+        warnings[0].message
+    );
+    early["layer"] = json!("L2.7");
+    assert!(layer_warnings(template(vec![review.clone(), early.clone()])).is_empty());
+    // Labels that are not `L<number>` are not compared.
+    early["layer"] = json!("extract");
+    assert!(layer_warnings(template(vec![review, early])).is_empty());
 }

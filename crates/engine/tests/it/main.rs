@@ -704,7 +704,7 @@ async fn autonomy_profiles_and_overrides() {
     assert_eq!(statuses(&doc)["c"], BlockStatus::Waiting);
 }
 
-/// The 26-block clone-factory shape on PostgreSQL with no-op blocks: gates
+/// The 27-block clone-factory shape on PostgreSQL with no-op blocks: gates
 /// stop it exactly where the template says.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clone_factory_shape_on_postgres() {
@@ -745,7 +745,7 @@ async fn clone_factory_shape_on_postgres() {
             "expert-audit"
         ]
     );
-    assert_eq!(doc.blocks.len(), 26);
+    assert_eq!(doc.blocks.len(), 27);
     assert!(
         doc.blocks
             .values()
@@ -1365,7 +1365,10 @@ mod http_runtime {
         );
         let receipt: Value =
             serde_json::from_str(&artifact(&h, &doc, "sync", "receipt").await).unwrap();
-        assert_eq!(receipt, json!({"profile": {"id": "p-9", "url": "https://os.test/p-9"}, "theme": {"theme": "t-1"}}));
+        assert_eq!(
+            receipt,
+            json!({"profile": {"id": "p-9", "url": "https://os.test/p-9"}, "theme": {"theme": "t-1"}})
+        );
 
         let received = server.received_requests().await.unwrap();
         let sent: Vec<(String, String, Value)> = received
@@ -1373,7 +1376,12 @@ mod http_runtime {
             .map(|r| {
                 (
                     r.url.path().to_string(),
-                    r.headers.get("idempotency-key").unwrap().to_str().unwrap().to_string(),
+                    r.headers
+                        .get("idempotency-key")
+                        .unwrap()
+                        .to_str()
+                        .unwrap()
+                        .to_string(),
                     serde_json::from_slice(&r.body).unwrap(),
                 )
             })
@@ -1395,7 +1403,10 @@ mod http_runtime {
             serde_json::from_str(&artifact(&h, &doc, "publish", "receipt").await).unwrap();
         assert_eq!(note["sent"], json!(false));
         assert!(
-            note["reason"].as_str().unwrap().contains("FACTORY_TEST_UNSET_PUBLISH_URL"),
+            note["reason"]
+                .as_str()
+                .unwrap()
+                .contains("FACTORY_TEST_UNSET_PUBLISH_URL"),
             "{note}"
         );
     }

@@ -67,7 +67,7 @@ pub async fn render_block_page(
     let guide = guide(&view);
     let across = across_runs(state, &view).await;
     let inputs = inputs(state, &view).await?;
-    let outputs = outputs(state, &view, query).await?;
+    let outputs = outputs(state, &view, query, caller).await?;
     let logic = logic(&view, caller);
     // Who may not approve a guarded gate: read from the log only then.
     let state_now = &view.doc.blocks[&view.block.id];
@@ -293,6 +293,7 @@ async fn outputs(
     state: &SharedState,
     view: &BlockView,
     query: &BlockQuery,
+    caller: &Caller,
 ) -> Result<Markup, ApiError> {
     let block_id = &view.block.id;
     let block_state = &view.doc.blocks[block_id];
@@ -344,7 +345,9 @@ async fn outputs(
     };
     let run_id = &view.doc.run_id;
     let base = format!("/runs/{run_id}/blocks/{block_id}");
+    let send_again = send_again(view, caller);
     Ok(html! {
+        (send_again)
         div #outputs data-live {
             @if history.is_empty() { p.muted { "Not run yet (" (block_state.status.as_str()) ")." } }
             @else {
@@ -432,6 +435,46 @@ async fn outputs(
             }
         }
     })
+}
+
+/// An `http` block that has finished (a sync, a publish) can be sent again
+/// from its outputs — "Sync to MasteryOS" is clone-factory's — under the same
+/// idempotency key, so the service updates what it made rather than making
+/// it twice. It re-runs the block and only what reads it.
+fn send_again(view: &BlockView, caller: &Caller) -> Markup {
+    let block = &view.block;
+    let state = &view.doc.blocks[&block.id];
+    if block.runtime != factory_core::template::Runtime::Http
+        || caller.role < Role::Operator
+        || !matches!(state.status, BlockStatus::Done | BlockStatus::Failed)
+    {
+        return html! {};
+    }
+    // Everything downstream of it, which a re-run resets too.
+    let mut downstream: Vec<&str> = vec![];
+    let mut frontier = vec![block.id.as_str()];
+    while let Some(current) = frontier.pop() {
+        for b in &view.template.blocks {
+            if b.inputs.depends.iter().any(|d| d.block == current)
+                && !downstream.contains(&b.id.as_str())
+            {
+                downstream.push(&b.id);
+                frontier.push(&b.id);
+            }
+        }
+    }
+    html! {
+        form #send-again-form data-action="run" data-block=(block.id) {
+            button type="submit" { (block.name) }
+            " "
+            span.muted {
+                "Sends this call again with the same idempotency key (run version " (view.doc.version) ")"
+                @if downstream.is_empty() { "; nothing else re-runs." }
+                @else { "; then re-runs what reads it: " (downstream.join(", ")) "." }
+            }
+            p.error data-error {}
+        }
+    }
 }
 
 fn logic(view: &BlockView, caller: &Caller) -> Markup {

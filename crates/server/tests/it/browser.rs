@@ -521,7 +521,7 @@ async fn operators_and_reviewers_drive_a_run_from_the_browser() {
     assert_eq!(status, json!(403));
     assert_eq!(block_status(&t.doc(&third).await, "draft"), "waiting");
 
-    // The 26-block clone-factory shape (every block a no-op), stopped at its
+    // The 27-block clone-factory shape (every block a no-op), stopped at its
     // first gate: the pipeline view of a real template.
     let clone: Value =
         serde_json::from_str(&factory_engine::fixtures::clone_factory_noop()).unwrap();
@@ -569,7 +569,7 @@ async fn operators_and_reviewers_drive_a_run_from_the_browser() {
         .await
         .unwrap();
     eprintln!(
-        "26-block pipeline page: [first contentful paint ms, response end ms, bytes on the wire, bytes] = {paint}"
+        "27-block pipeline page: [first contentful paint ms, response end ms, bytes on the wire, bytes] = {paint}"
     );
     let cards = c
         .execute(
@@ -578,7 +578,7 @@ async fn operators_and_reviewers_drive_a_run_from_the_browser() {
         )
         .await
         .unwrap();
-    assert_eq!(cards, json!(26), "every block is on the pipeline view");
+    assert_eq!(cards, json!(27), "every block is on the pipeline view");
     let gates = c
         .execute(
             "return document.querySelectorAll('a.block .gate').length;",

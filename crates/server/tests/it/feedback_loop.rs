@@ -133,7 +133,7 @@ impl Respond for FakeModel {
 }
 
 /// A server with the shipped clone-factory template (its skills and golden
-/// examples) and a local provider; the two http blocks point at the mock.
+/// examples) and a local provider; the three http blocks point at the mock.
 pub async fn clone_factory_server() -> (TestServer, MockServer) {
     clone_factory_server_on(false).await
 }
@@ -160,6 +160,13 @@ pub async fn clone_factory_server_on(postgres: bool) -> (TestServer, MockServer)
         .mount(&provider)
         .await;
     Mock::given(method("POST"))
+        .and(path("/masteryos"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(
+            json!({"profile_id": "mv-1", "profile_url": "https://os.example.test/experts/mv"}),
+        ))
+        .mount(&provider)
+        .await;
+    Mock::given(method("POST"))
         .and(path("/publish"))
         .respond_with(ResponseTemplate::new(200).set_body_json(
             json!({"publish-manifest": {"pages": 4}, "live-url": "https://marisol.example.test"}),
@@ -182,6 +189,12 @@ pub async fn clone_factory_server_on(postgres: bool) -> (TestServer, MockServer)
             "masterybook-sync" => block["inputs"]["config"] = json!({"url": format!("{uri}/sync")}),
             "publish-orchestrator" => {
                 block["inputs"]["config"] = json!({"url": format!("{uri}/publish")})
+            }
+            "masteryos-sync" => {
+                let config = block["inputs"]["config"].as_object_mut().unwrap();
+                config.remove("url_env");
+                config.remove("auth_env");
+                config.insert("url".into(), json!(format!("{uri}/masteryos")));
             }
             _ => {}
         }
@@ -428,7 +441,7 @@ async fn the_loop_routes_corrections_under_expert_2() {
 }
 
 async fn the_whole_loop(postgres: bool) {
-    let (t, _provider) = clone_factory_server_on(postgres).await;
+    let (t, provider) = clone_factory_server_on(postgres).await;
     let (s, b) = t
         .call(
             Method::POST,
@@ -808,6 +821,7 @@ async fn the_whole_loop(postgres: bool) {
         "stripe-setup",
         "audit-page-publisher",
         "publish-orchestrator",
+        "masteryos-sync",
     ] {
         expected.remove(never_ran);
     }
@@ -844,7 +858,7 @@ async fn the_whole_loop(postgres: bool) {
         "offer-extractor",
         "deep-research",
         "rubric-builder",
-        "design-system-extractor",
+        "onboarding-builder",
     ] {
         assert_eq!(attempts(&doc, kept), 1, "{kept} keeps its artifacts");
     }
@@ -952,6 +966,56 @@ async fn the_whole_loop(postgres: bool) {
     );
     assert_eq!(doc["version"], 2);
     assert_eq!(attempts(&doc, "boarding-orchestrator"), 1);
+
+    // The finished clone went to MasteryOS; its Outputs tab sends it again
+    // (same key: the run version's), re-running nothing else.
+    let synced = |received: Vec<wiremock::Request>| -> Vec<String> {
+        received
+            .into_iter()
+            .filter(|r| r.url.path() == "/masteryos")
+            .map(|r| r.headers["idempotency-key"].to_str().unwrap().to_string())
+            .collect()
+    };
+    let key = format!("factory-{run}-v2-masteryos-sync");
+    assert_eq!(
+        synced(provider.received_requests().await.unwrap()),
+        std::slice::from_ref(&key)
+    );
+    let page = format!("/runs/{run}/blocks/masteryos-sync");
+    let (s, html) = t.call_text(&page, "operator").await;
+    assert_eq!(s, 200);
+    assert!(
+        html.contains("id=\"send-again-form\"") && html.contains(">Sync to MasteryOS</button>"),
+        "{html}"
+    );
+    assert!(html.contains("nothing else re-runs"), "{html}");
+    let (_, html) = t.call_text(&page, "viewer").await;
+    assert!(!html.contains("send-again-form"), "a viewer cannot send it");
+    let (s, b) = t
+        .call(
+            Method::POST,
+            &format!("/api/v1/runs/{run}/blocks/masteryos-sync/run"),
+            "operator",
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let doc = t
+        .wait_for(&run, "the sync to run again", |d| {
+            d["status"] == "done"
+                && d["blocks"]["masteryos-sync"]["history"]
+                    .as_array()
+                    .unwrap()
+                    .len()
+                    == 2
+        })
+        .await;
+    assert_eq!(attempts(&doc, "boarding-orchestrator"), 1);
+    assert_eq!(attempts(&doc, "publish-orchestrator"), 1);
+    assert_eq!(
+        synced(provider.received_requests().await.unwrap()),
+        [key.clone(), key]
+    );
 
     // Convergence across the two versions: v2 is ready to ship.
     let (s, c) = t
