@@ -192,6 +192,30 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A run's gaps (found by a block with `outputs.gaps`, such as
+    /// clone-factory's gap-analyzer): open, addressed (by which block, and
+    /// why) or accepted (by whom)
+    Gaps {
+        /// A run id (or prefix)
+        run: String,
+        /// One JSON object per gap
+        #[arg(long)]
+        json: bool,
+    },
+    /// Accept a gap (a hole the clone consciously lives with) or reopen it
+    Gap {
+        /// A run id (or prefix)
+        run: String,
+        /// The gap's id, e.g. g01
+        id: String,
+        #[arg(long, conflicts_with = "reopen", required_unless_present = "reopen")]
+        accept: bool,
+        #[arg(long)]
+        reopen: bool,
+        /// Why (kept with the decision)
+        #[arg(long, default_value = "")]
+        note: String,
+    },
     /// Audit a run with the factory itself (templates/meta-audit-factory.json):
     /// run and block D1–D5, specificity, wiring, deltas against the template's
     /// previous run, and an HTML scorecard that waits at its gate

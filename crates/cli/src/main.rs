@@ -364,6 +364,40 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Gaps { run, json } => {
+            let store = factory_store::open(&cli.db).await?;
+            let run_id = store.resolve_run_id(&run).await?;
+            let doc = store.load_run(&run_id).await?.doc;
+            if json {
+                for state in doc.gaps.values() {
+                    println!("{}", serde_json::to_string(state)?);
+                }
+            } else {
+                print!("{}", show::gaps(&doc));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Gap {
+            run,
+            id,
+            accept,
+            reopen: _,
+            note,
+        } => {
+            let store = factory_store::open(&cli.db).await?;
+            let run_id = store.resolve_run_id(&run).await?;
+            let engine = Engine::new(Arc::from(store), EngineConfig::default());
+            let status = if accept {
+                factory_core::gaps::GapStatus::Accepted
+            } else {
+                factory_core::gaps::GapStatus::Open
+            };
+            engine
+                .decide_gap(&actor, &run_id, &id, status, &note)
+                .await?;
+            println!("gap {id} of run {run_id} is {}", status.as_str());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Resume { run, drive } => {
             let engine = engine(&cli.db, &actor, &drive, cli.config.as_deref()).await?;
             let run_id = engine.store().resolve_run_id(&run).await?;

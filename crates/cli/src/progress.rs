@@ -190,6 +190,17 @@ pub fn describe(record: &EventRecord, run_id: &str) -> Option<String> {
             "✎ {source} announced items for {}",
             by_skill.keys().cloned().collect::<Vec<_>>().join(", ")
         ),
+        Event::GapsFound { block, gaps, .. } => format!(
+            "◌ {block} found {} gap{} (`factory gaps {run_id}`)",
+            gaps.len(),
+            if gaps.len() == 1 { "" } else { "s" }
+        ),
+        Event::GapChanged {
+            id,
+            status,
+            by,
+            reason,
+        } => format!("◌ gap {id} {} by {by}: {reason}", status.as_str()),
         Event::BlockReady { .. } => return None,
     };
     Some(text)

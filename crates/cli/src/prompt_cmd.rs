@@ -123,6 +123,11 @@ pub async fn run(
         stored.doc.default_model.as_deref(),
     );
     let lens = factory_core::lens::brief(&pipeline, &stored.doc, block_id);
+    let open_gaps = factory_core::gaps::prompt_section(&factory_core::gaps::open_for(
+        &pipeline,
+        &stored.doc,
+        block_id,
+    ));
     let assembled = prompt::assemble(&PromptInputs {
         block,
         skill: skill.as_deref(),
@@ -133,6 +138,7 @@ pub async fn run(
         shape: factory_runtime::llm::reply_shape(settings, block, model),
         item: state.instance.as_ref(),
         lens: lens.as_ref(),
+        open_gaps: open_gaps.as_deref(),
     });
     match recorded.filter(|_| running) {
         Some(a) => eprintln!(

@@ -582,6 +582,56 @@ pub fn convergence(table: &factory_core::feedback::Convergence) -> String {
 /// Ratings as text: for a run, each rating; for a template (`summarize`),
 /// one line per block, perspective and aggregate key, as a new run would
 /// read them.
+/// A run's gaps, open ones first, most severe first.
+pub fn gaps(doc: &factory_core::run::RunDoc) -> String {
+    use factory_core::gaps::GapStatus;
+    use std::fmt::Write as _;
+    if doc.gaps.is_empty() {
+        return "no gaps: no block of this run declares `outputs.gaps`, or none has succeeded yet\n"
+            .to_string();
+    }
+    let rank = |s: &str| match s {
+        "critical" => 0,
+        "high" => 1,
+        "medium" => 2,
+        "low" => 3,
+        _ => 4,
+    };
+    let mut gaps: Vec<_> = doc.gaps.values().collect();
+    gaps.sort_by_key(|g| {
+        (
+            g.status != GapStatus::Open,
+            rank(&g.gap.severity),
+            g.gap.id.clone(),
+        )
+    });
+    let open = gaps.iter().filter(|g| g.status == GapStatus::Open).count();
+    let mut out = format!("{} gaps, {open} open\n", gaps.len());
+    for g in gaps {
+        let _ = writeln!(
+            out,
+            "{:<10} {:<9} {:<8} {}",
+            g.gap.id,
+            g.status.as_str(),
+            g.gap.severity,
+            g.gap.description
+        );
+        let whose = match (g.status, &g.by) {
+            (GapStatus::Open, None) => format!("found by {} (attempt {})", g.source, g.attempt),
+            (GapStatus::Open, Some(by)) => format!("reopened by {by}"),
+            (GapStatus::Addressed, by) => format!("addressed by {}", by.as_deref().unwrap_or("?")),
+            (GapStatus::Accepted, by) => format!("accepted by {}", by.as_deref().unwrap_or("?")),
+        };
+        let reason = if g.reason.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", g.reason)
+        };
+        let _ = writeln!(out, "           {whose}{reason}");
+    }
+    out
+}
+
 pub fn ratings(entries: &[factory_core::lens::RatingEntry], summarize: bool) -> String {
     let mut out = String::new();
     if entries.is_empty() {

@@ -13,6 +13,7 @@ pub mod consensus;
 pub mod diagnostics;
 pub mod fan_out;
 pub mod feedback;
+pub mod gaps;
 pub mod http_call;
 pub mod lens;
 pub mod llm_options;

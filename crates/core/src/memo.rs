@@ -115,6 +115,8 @@ pub struct MemoInputs<'a> {
     /// A lens block with a feedback loop: the past ratings its prompt (or
     /// `FACTORY_FEEDBACK`) carries.
     pub past_ratings: Option<&'a crate::lens::PastRatings>,
+    /// The "OPEN GAPS" section an `llm` block's prompt carries.
+    pub open_gaps: Option<&'a str>,
 }
 
 /// The memo key of an attempt with these inputs.
@@ -155,6 +157,9 @@ pub fn memo_key(inputs: &MemoInputs<'_>) -> MemoKey {
             "past_ratings".to_string(),
             serde_json::to_value(past).unwrap_or(Value::Null),
         );
+    }
+    if let (Some(gaps), Value::Object(fields)) = (inputs.open_gaps, &mut material) {
+        fields.insert("open_gaps".to_string(), Value::from(gaps));
     }
     let mut hasher = Sha256::new();
     hasher.update(canonical(material).to_string().as_bytes());

@@ -70,6 +70,8 @@ pub struct PromptInputs<'a> {
     pub item: Option<&'a crate::run::InstanceOf>,
     /// For a lens block: its perspective and what past ratings said.
     pub lens: Option<&'a crate::lens::Brief>,
+    /// The "OPEN GAPS" section ([`crate::gaps::prompt_section`]).
+    pub open_gaps: Option<&'a str>,
 }
 
 /// How a reply carries a block's artifacts.
@@ -214,6 +216,12 @@ pub fn assemble(inputs: &PromptInputs<'_>) -> Prompt {
         text: task,
         cacheable: false,
     }];
+    if let Some(gaps) = inputs.open_gaps {
+        user.push(PromptPart {
+            text: gaps.to_string(),
+            cacheable: false,
+        });
+    }
     if let Some(corrections) = inputs.corrections.filter(|c| !c.items.is_empty()) {
         user.push(PromptPart {
             text: corrections_section(corrections),
@@ -724,6 +732,7 @@ mod tests {
             shape: ReplyShape::Plain,
             item: None,
             lens: None,
+            open_gaps: None,
         });
         let text = &prompt.system[0].text;
         let at = |id: &str| text.find(&format!("## {id}.out")).unwrap();
@@ -758,6 +767,7 @@ mod tests {
             shape: ReplyShape::Plain,
             item: None,
             lens: None,
+            open_gaps: None,
         });
         let b = assemble(&PromptInputs {
             block: &voice,
@@ -769,6 +779,7 @@ mod tests {
             shape: ReplyShape::Plain,
             item: None,
             lens: None,
+            open_gaps: None,
         });
         assert!(a.system[0].cacheable);
         assert_eq!(a.system[0], b.system[0], "byte-identical cacheable prefix");
@@ -817,6 +828,7 @@ mod tests {
             shape: ReplyShape::Plain,
             item: None,
             lens: None,
+            open_gaps: None,
         });
         let last = &prompt.user.last().unwrap().text;
         assert!(last.starts_with("## EXPERT CORRECTIONS (MUST APPLY)\nIMPORTANT: apply\n"));
@@ -889,6 +901,7 @@ mod tests {
             shape: ReplyShape::Plain,
             item: None,
             lens: None,
+            open_gaps: None,
         });
         let last = &prompt.user.last().unwrap().text;
         assert!(last.starts_with("## YOUR PREVIOUS REPLY COULD NOT BE USED\nThe reply to attempt 2 could not be used because artifact `soul-json` is not valid JSON: trailing comma"), "{last}");
@@ -1011,6 +1024,7 @@ mod tests {
             shape: ReplyShape::Plain,
             item: None,
             lens: None,
+            open_gaps: None,
         });
         let text = &prompt.system[0].text;
         assert!(

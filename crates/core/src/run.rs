@@ -712,6 +712,10 @@ pub struct RunDoc {
     /// See [`Event::RunCreated`]'s `past_ratings`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub past_ratings: Vec<crate::lens::PastRatings>,
+    /// The run's gaps by id ([`crate::gaps`]): found by a block with
+    /// `outputs.gaps`, addressed by later blocks or accepted by a person.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub gaps: BTreeMap<String, crate::gaps::GapState>,
     pub created_at: Millis,
     pub updated_at: Millis,
     /// Sequence number of the last event folded in.
@@ -752,6 +756,8 @@ pub struct RunHeader<'a> {
     no_cache: bool,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     past_ratings: &'a Vec<crate::lens::PastRatings>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    gaps: &'a BTreeMap<String, crate::gaps::GapState>,
     created_at: Millis,
     updated_at: Millis,
     seq: u64,
@@ -813,6 +819,7 @@ impl RunDoc {
             max_concurrency,
             no_cache,
             past_ratings,
+            gaps,
             created_at,
             updated_at,
             seq,
@@ -832,6 +839,7 @@ impl RunDoc {
             max_concurrency,
             no_cache: *no_cache,
             past_ratings,
+            gaps,
             created_at: *created_at,
             updated_at: *updated_at,
             seq: *seq,
@@ -1055,6 +1063,21 @@ pub enum Event {
         feedback_id: String,
         by_skill: BTreeMap<String, u32>,
     },
+    /// A block with `outputs.gaps` succeeded: its gaps replace those it
+    /// found before ([`crate::gaps`]).
+    GapsFound {
+        block: String,
+        attempt: u32,
+        gaps: Vec<crate::gaps::Gap>,
+    },
+    /// A gap was addressed by a block's output (`by` the block), or
+    /// accepted or reopened by a person (`by` the actor).
+    GapChanged {
+        id: String,
+        status: crate::gaps::GapStatus,
+        by: String,
+        reason: String,
+    },
 }
 
 impl Event {
@@ -1090,7 +1113,9 @@ impl Event {
             | Event::RunStatusChanged { .. }
             | Event::CorrectionsRouted { .. }
             | Event::FeedbackSubmitted { .. }
-            | Event::CorrectionsIngested { .. } => None,
+            | Event::CorrectionsIngested { .. }
+            | Event::GapChanged { .. } => None,
+            Event::GapsFound { block, .. } => Some(block),
             Event::ItemChanged { skill_target, .. } => Some(skill_target),
             Event::BlockReady { block, .. }
             | Event::BlockWaiting { block, .. }
@@ -1130,7 +1155,9 @@ impl Event {
             Event::RunStatusChanged { .. }
             | Event::FeedbackSubmitted { .. }
             | Event::ItemChanged { .. }
-            | Event::CorrectionsIngested { .. } => Vec::new(),
+            | Event::CorrectionsIngested { .. }
+            | Event::GapsFound { .. }
+            | Event::GapChanged { .. } => Vec::new(),
             other => other.block().into_iter().collect(),
         }
     }
@@ -1161,6 +1188,8 @@ impl Event {
             Event::FeedbackSubmitted { .. } => "feedback_submitted",
             Event::ItemChanged { .. } => "item_changed",
             Event::CorrectionsIngested { .. } => "corrections_ingested",
+            Event::GapsFound { .. } => "gaps_found",
+            Event::GapChanged { .. } => "gap_changed",
         }
     }
 }
@@ -1216,6 +1245,8 @@ pub enum ApplyError {
     NotCreated,
     #[error("corrections routed from version {from}, but the run is at version {version}")]
     VersionMismatch { from: u32, version: u32 },
+    #[error("the run has no gap `{0}`")]
+    UnknownGap(String),
 }
 
 impl RunDoc {
@@ -1251,6 +1282,7 @@ impl RunDoc {
             max_concurrency: *max_concurrency,
             no_cache: *no_cache,
             past_ratings: past_ratings.clone(),
+            gaps: BTreeMap::new(),
             created_at: record.at,
             updated_at: record.at,
             seq: record.seq,
@@ -1565,6 +1597,26 @@ impl RunDoc {
             Event::FeedbackSubmitted { .. }
             | Event::ItemChanged { .. }
             | Event::CorrectionsIngested { .. } => {}
+            Event::GapsFound {
+                block,
+                attempt,
+                gaps,
+            } => crate::gaps::apply_found(&mut self.gaps, block, *attempt, gaps, at),
+            Event::GapChanged {
+                id,
+                status,
+                by,
+                reason,
+            } => {
+                let gap = self
+                    .gaps
+                    .get_mut(id)
+                    .ok_or_else(|| ApplyError::UnknownGap(id.clone()))?;
+                gap.status = *status;
+                gap.by = Some(by.clone());
+                gap.reason = reason.clone();
+                gap.at = at;
+            }
         }
         self.seq = record.seq;
         self.updated_at = at;
@@ -1846,6 +1898,26 @@ mod tests {
                 mean: 3.5,
                 comments: Vec::new(),
             }],
+            gaps: BTreeMap::from([(
+                "g01".to_string(),
+                crate::gaps::GapState {
+                    gap: crate::gaps::Gap {
+                        id: "g01".to_string(),
+                        severity: "high".to_string(),
+                        description: "thin".to_string(),
+                        target_block: Some("b".to_string()),
+                        target_artifact: None,
+                        path: None,
+                        resolution: String::new(),
+                    },
+                    source: "a".to_string(),
+                    attempt: 1,
+                    status: crate::gaps::GapStatus::Accepted,
+                    by: Some("lead".to_string()),
+                    reason: "known".to_string(),
+                    at: 7,
+                },
+            )]),
             created_at: 5,
             updated_at: 9,
             seq: 12,

@@ -279,6 +279,15 @@ pub fn plan(template: &Template) -> Result<Option<StreamPlan>, Vec<Diagnostic>> 
                 ),
             );
         }
+        if block.outputs.gaps.is_some() {
+            push(
+                &mut out,
+                not_yet(
+                    at(i, ".outputs.gaps"),
+                    "`outputs.gaps` on a stream block (gaps belong to a run)",
+                ),
+            );
+        }
         if block.execution.separate_reviewer {
             push(
                 &mut out,

@@ -450,6 +450,12 @@ pub struct Outputs {
     /// feed streams.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub emits: Vec<Emit>,
+    /// The key of one of the block's `json` artifacts whose `gaps` array
+    /// becomes the run's gap items when an attempt succeeds
+    /// ([`crate::gaps`]): later blocks see the open ones in their prompts
+    /// and close them; reviewers accept or reopen them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gaps: Option<String>,
 }
 
 /// One `outputs.emits` entry: `{"event": "entity.created", "artifact": "entities"}`.

@@ -203,6 +203,7 @@ fn bench_memo(c: &mut Criterion) {
     group.bench_function("key", |b| {
         b.iter(|| {
             factory_core::memo::memo_key(&factory_core::memo::MemoInputs {
+                open_gaps: None,
                 template: pipeline.template(),
                 block,
                 model: None,

@@ -489,6 +489,14 @@ impl Engine {
             .iter()
             .flat_map(|c| c.blobs.iter().cloned())
             .collect();
+        // Read before the commit: deciding on gaps needs the artifacts.
+        let gap_texts = crate::gaps::texts_for(
+            self.store.as_ref(),
+            handle.pipeline(),
+            handle.doc(),
+            completions,
+        )
+        .await;
         let records = handle
             .apply_with(
                 actor,
@@ -535,6 +543,14 @@ impl Engine {
                             &policy,
                         ) {
                             Ok(more) => {
+                                let gap_events = crate::gaps::after_finish(
+                                    pipeline,
+                                    doc,
+                                    &completion.block,
+                                    completion.attempt,
+                                    &more,
+                                    gap_texts.get(&(completion.block.clone(), completion.attempt)),
+                                );
                                 let more = match &completion.route_items {
                                     Some(items) => with_routing(
                                         pipeline, doc, &events, more, completion, items, now,
@@ -543,6 +559,7 @@ impl Engine {
                                     None => more,
                                 };
                                 events.extend(more);
+                                events.extend(gap_events);
                             }
                             // Reclaimed by another worker meanwhile: its attempt wins.
                             Err(transitions::TransitionError::StaleAttempt { block, attempt }) => {
@@ -652,6 +669,8 @@ fn slim_doc(doc: &RunDoc, pipeline: &factory_core::Pipeline, block_id: &str) -> 
         no_cache: doc.no_cache,
         // A lens block's prompt quotes its own; few and small.
         past_ratings: doc.past_ratings.clone(),
+        // A block's prompt lists the open gaps that concern it.
+        gaps: doc.gaps.clone(),
         created_at: doc.created_at,
         updated_at: doc.updated_at,
         seq: doc.seq,
@@ -853,6 +872,7 @@ async fn run_attempt(
             progress,
             item: state.instance.as_ref(),
             lens: lens.as_ref(),
+            open_gaps: crate::memo::open_gaps_section(pipeline, doc, block),
         })
         .await
     };
@@ -865,6 +885,7 @@ async fn run_attempt(
     let mut execution = execution;
     if execution.error.is_none()
         && let Err(problem) = check_emits(block, &execution.artifacts)
+            .and_then(|()| crate::gaps::check_source(block, &execution.artifacts))
     {
         execution.error = Some(problem);
     }

@@ -12,6 +12,7 @@ mod driver;
 mod fan_out;
 pub mod feedback;
 pub mod fixtures;
+mod gaps;
 mod handle;
 mod inputs;
 mod lease_watch;
@@ -78,6 +79,9 @@ pub enum EngineError {
     /// A rating that cannot be taken (not a lens output, not done, a bad score).
     #[error("{0}")]
     BadRating(String),
+    /// A decision on a gap that cannot be taken (no such gap, no change).
+    #[error(transparent)]
+    Gap(#[from] factory_core::gaps::DecisionError),
     #[error("{0} not found")]
     NotFound(String),
     /// A delivery to a stream that names no record.

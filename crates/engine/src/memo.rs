@@ -72,6 +72,7 @@ pub(crate) async fn key(parts: &KeyParts<'_>) -> Option<MemoKey> {
         }
     });
     let lens = factory_core::lens::brief(pipeline, doc, &block.id);
+    let open_gaps = open_gaps_section(pipeline, doc, block);
     Some(memo::memo_key(&MemoInputs {
         template: pipeline.template(),
         block,
@@ -93,7 +94,25 @@ pub(crate) async fn key(parts: &KeyParts<'_>) -> Option<MemoKey> {
         files,
         item: state.instance.as_ref().map(|i| &i.item),
         past_ratings: lens.as_ref().and_then(|l| l.past.as_ref()),
+        open_gaps: open_gaps.as_deref(),
     }))
+}
+
+/// The "OPEN GAPS" section an `llm` block's prompt carries (other runtimes
+/// are not told of gaps).
+pub(crate) fn open_gaps_section(
+    pipeline: &factory_core::Pipeline,
+    doc: &factory_core::run::RunDoc,
+    block: &Block,
+) -> Option<String> {
+    if block.runtime != factory_core::template::Runtime::Llm {
+        return None;
+    }
+    let instance = doc.blocks.get(&block.id).and_then(|s| s.instance.as_ref());
+    let id = instance.map_or(block.id.clone(), |i| {
+        factory_core::run::instance_id(&i.group, &i.key)
+    });
+    factory_core::gaps::prompt_section(&factory_core::gaps::open_for(pipeline, doc, &id))
 }
 
 /// A command's folder bigger than this is not hashed for every attempt:

@@ -642,6 +642,7 @@ async fn run_step(
     let execution = factory_runtime::execute(AttemptInput {
         item: None,
         lens: None,
+        open_gaps: None,
         run_id: &run_id,
         block,
         attempt,

@@ -73,6 +73,9 @@ pub struct AttemptInput<'a> {
     /// prompt carries them; a command reads `FACTORY_PERSPECTIVE` and
     /// `FACTORY_FEEDBACK`).
     pub lens: Option<&'a factory_core::lens::Brief>,
+    /// For an `llm` block: the open gaps that concern it, as the prompt's
+    /// "OPEN GAPS" section.
+    pub open_gaps: Option<String>,
 }
 
 /// What an attempt produced.

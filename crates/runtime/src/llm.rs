@@ -728,6 +728,7 @@ pub(crate) async fn run(input: AttemptInput<'_>) -> Execution {
         shape,
         item: input.item,
         lens: input.lens,
+        open_gaps: input.open_gaps.as_deref(),
     });
     let parts = |parts: &[prompt::PromptPart]| -> Vec<Part> {
         parts

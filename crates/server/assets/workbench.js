@@ -89,7 +89,8 @@ function connect() {
     "attempt_finished", "attempt_abandoned", "retry_scheduled", "block_done", "block_failed",
     "review_flagged", "audit_flagged", "gate_approved", "gate_rejected", "block_reset",
     "autonomy_changed", "run_status_changed", "run_created", "corrections_routed",
-    "feedback_submitted", "item_changed", "corrections_ingested", "resync"]) {
+    "feedback_submitted", "item_changed", "corrections_ingested", "gaps_found", "gap_changed",
+    "resync"]) {
     source.addEventListener(type, (event) => {
       if (event.lastEventId && runId) {
         const n = Number(event.lastEventId);
@@ -163,6 +164,10 @@ const actions = {
     try { record = JSON.parse(form.record.value); } catch (e) { throw new Error(`not JSON: ${e.message}`); }
     await api("POST", `/api/v1/records/${encodeURIComponent(form.dataset.template)}?block=${encodeURIComponent(form.dataset.block)}`, record);
     form.record.value = "";
+  },
+  async gap(form) {
+    await api("POST", `/api/v1/runs/${encodeURIComponent(runId)}/gaps/${encodeURIComponent(form.dataset.gap)}`,
+      { status: form.dataset.status, note: form.note.value });
   },
   async "retry-record"(form) {
     await api("POST", `/api/v1/records/${encodeURIComponent(form.dataset.template)}/${encodeURIComponent(form.dataset.key)}/retry`);

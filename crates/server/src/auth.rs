@@ -158,6 +158,8 @@ pub const ROUTES: &[(&str, &str, Option<Role>)] = &[
     ("PUT", "/api/v1/runs/{run}/reflection", Some(Role::Reviewer)),
     ("GET", "/api/v1/runs/{run}/ratings", Some(Role::Viewer)),
     ("POST", "/api/v1/runs/{run}/ratings", Some(Role::Reviewer)),
+    ("GET", "/api/v1/runs/{run}/gaps", Some(Role::Viewer)),
+    ("POST", "/api/v1/runs/{run}/gaps/{id}", Some(Role::Reviewer)),
     (
         "GET",
         "/api/v1/templates/{template}/ratings",

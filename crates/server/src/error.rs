@@ -173,6 +173,15 @@ impl From<EngineError> for ApiError {
             EngineError::Apply(_) | EngineError::Emit(_) => ApiError::internal(error),
             EngineError::BadReview(_) => ApiError::unprocessable("bad_review", error.to_string()),
             EngineError::BadRating(_) => ApiError::unprocessable("bad_rating", error.to_string()),
+            EngineError::Gap(ref decision) => match decision {
+                factory_core::gaps::DecisionError::Unknown(_) => {
+                    ApiError::new(StatusCode::NOT_FOUND, "not_found", error.to_string())
+                }
+                factory_core::gaps::DecisionError::Unchanged { .. } => {
+                    ApiError::new(StatusCode::CONFLICT, "unchanged", error.to_string())
+                }
+                _ => ApiError::unprocessable("bad_gap_decision", error.to_string()),
+            },
             EngineError::BadDelivery(_) => {
                 ApiError::unprocessable("bad_delivery", error.to_string())
             }

@@ -34,6 +34,18 @@ impl FakeModel {
             ("framework-extractor", _) => golden("frameworks.json"),
             ("resource-extractor", _) => golden("resources.json"),
             ("offer-extractor", _) => golden("offers.json"),
+            // Two gaps: the compiler's prompt takes up g01, nothing takes up g02.
+            ("gap-analyzer", _) => json!({
+                "expert": "Marisol Vega",
+                "summary": {"total": 2, "critical": 0, "high": 1, "medium": 0, "low": 1, "ready_for_compilation": true, "verdict": "Marisol Vega's extraction is nearly complete."},
+                "gaps": [
+                    {"id": "g01", "type": "thin", "severity": "high", "artifact": "frameworks-json", "path": "$.frameworks[0]", "skill_target": "framework-extractor",
+                     "finding": "The Seven Second Silence has no negotiators count", "resolution": {"action": "State the 310 negotiators figure"}},
+                    {"id": "g02", "type": "thin", "severity": "low", "artifact": "voice-json", "path": "$.phrasing_patterns", "skill_target": "voice-extractor",
+                     "finding": "Voice phrasing patterns have only two samples", "resolution": {"action": "Ask Marisol for recorded calls"}}
+                ]
+            })
+            .to_string(),
             ("clone-tester", "test-results") => json!({"score": 91, "scenarios": [{"id": "s1", "score": 91, "notes": "Marisol Vega's Seven Second Silence applied"}]}).to_string(),
             _ => match format {
                 "json" => json!({"block": block, "expert": "Marisol Vega", "items": [{"name": "Seven Second Silence", "steps": 3}]}).to_string(),
@@ -340,6 +352,77 @@ fn the_whole_clone_factory_runs_against_a_local_provider() {
         gap.contains("## soul-extractor.soul-json (json)") && gap.contains("Marisol Vega"),
         "{gap}"
     );
+    // Gaps: gap-analyzer's two became the run's; the compiler's prompt
+    // listed both, its system prompt covers g01's terms (addressed), nothing
+    // took up g02, which the boarding step still saw.
+    let compiler = sent_prompt(&db, &run_id, "clone-compiler", 1);
+    assert!(
+        compiler.contains("## OPEN GAPS")
+            && compiler.contains(
+                "- g01 (high) in frameworks-json at $.frameworks[0]: The Seven Second Silence"
+            )
+            && compiler.contains("- g02 (low)"),
+        "{compiler}"
+    );
+    let boarding = sent_prompt(&db, &run_id, "boarding-orchestrator", 1);
+    assert!(
+        boarding.contains("- g02 (low)") && !boarding.contains("- g01 ("),
+        "{boarding}"
+    );
+    let gaps_of = || -> Vec<Value> {
+        let out = factory(&db)
+            .args(["gaps", &run_id, "--json"])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let gaps = gaps_of();
+    assert_eq!(gaps.len(), 2, "{gaps:?}");
+    assert_eq!(
+        (gaps[0]["status"].as_str(), gaps[0]["by"].as_str()),
+        (Some("addressed"), Some("clone-compiler")),
+        "{gaps:?}"
+    );
+    assert!(
+        gaps[0]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("clone-compiler.system-prompt covers"),
+        "{gaps:?}"
+    );
+    assert_eq!(gaps[1]["status"], "open");
+    factory(&db)
+        .args([
+            "gap",
+            &run_id,
+            "g02",
+            "--accept",
+            "--note",
+            "Calls come after launch",
+        ])
+        .assert()
+        .success();
+    let listed = factory(&db).args(["gaps", &run_id]).output().unwrap();
+    let listed = String::from_utf8(listed.stdout).unwrap();
+    assert!(
+        listed.contains("accepted by cli:tester: Calls come after launch")
+            && listed.starts_with("2 gaps, 0 open"),
+        "{listed}"
+    );
+    for (args, says) in [
+        (vec!["gap", &run_id, "g02", "--accept"], "already accepted"),
+        (vec!["gap", &run_id, "g99", "--reopen"], "no gap `g99`"),
+    ] {
+        let out = factory(&db).args(&args).output().unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{stderr}");
+    }
+
     let framework = sent_prompt(&db, &run_id, "expert-framework-creator", 2);
     assert!(
         framework.contains("EXPERT CORRECTIONS (MUST APPLY)")

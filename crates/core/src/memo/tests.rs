@@ -35,6 +35,7 @@ fn inputs<'a>(
     sampling: &'a BTreeMap<String, Value>,
 ) -> MemoInputs<'a> {
     MemoInputs {
+        open_gaps: None,
         template,
         block: &template.blocks[0],
         model: Some("sonnet"),

@@ -121,6 +121,7 @@ pub(super) fn check(i: usize, block: &template::Block, out: &mut Vec<Diagnostic>
         TriggerType::Manual => daemon || (on_demand && block.inputs.depends.is_empty()),
     };
     check_emits(block, &at, &mut push);
+    check_gaps(block, &at, &mut push);
     if !acted_on {
         push(not_yet(
             ".trigger.type",
@@ -164,6 +165,48 @@ pub(super) fn check(i: usize, block: &template::Block, out: &mut Vec<Diagnostic>
         .is_some_and(|p| !p.is_empty())
     {
         push(not_yet(".outputs.publish", "`outputs.publish`".into()));
+    }
+}
+
+/// `outputs.gaps`: one of the block's JSON artifacts, on a block that runs
+/// a step (its gaps come from what the step wrote).
+fn check_gaps(
+    block: &template::Block,
+    at: &dyn Fn(&str) -> String,
+    push: &mut dyn FnMut(Diagnostic),
+) {
+    let Some(key) = &block.outputs.gaps else {
+        return;
+    };
+    match block.outputs.artifacts.iter().find(|a| &a.key == key) {
+        None => push(
+            Diagnostic::error(
+                codes::MISSING_ARTIFACT,
+                at(".outputs.gaps"),
+                format!("`{key}` is not an artifact of this block, so no gap would be found"),
+            )
+            .with_help("name one of the block's `outputs.artifacts` keys"),
+        ),
+        Some(artifact) if artifact.format != template::ArtifactFormat::Json => push(
+            Diagnostic::error(
+                codes::RUNTIME_CONFIG,
+                at(".outputs.gaps"),
+                format!("artifact `{key}` is not `json`: gaps are read from its `gaps` array"),
+            )
+            .with_help("name a `\"format\": \"json\"` artifact"),
+        ),
+        Some(_) => {}
+    }
+    if block.fan_out.is_some() {
+        push(
+            Diagnostic::error(
+                codes::FAN_OUT,
+                at(".outputs.gaps"),
+                "`outputs.gaps` on a fan-out block: its instances would each replace the others' gaps"
+                    .to_string(),
+            )
+            .with_help("find gaps in the block that reads the instances"),
+        );
     }
 }
 

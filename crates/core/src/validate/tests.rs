@@ -1974,3 +1974,22 @@ fn a_block_labelled_before_its_dependency_is_warned_about() {
     early["layer"] = json!("extract");
     assert!(layer_warnings(template(vec![review, early])).is_empty());
 }
+
+#[test]
+fn outputs_gaps_names_one_of_the_blocks_json_artifacts() {
+    let mut b = block("analyzer");
+    b["outputs"]["gaps"] = json!("out");
+    // `out` is a text artifact here.
+    check(
+        template(vec![b.clone()]),
+        &[("TPL0014", "$.blocks[0].outputs.gaps", Some("analyzer"))],
+    );
+    b["outputs"]["gaps"] = json!("nowhere");
+    check(
+        template(vec![b.clone()]),
+        &[("TPL0008", "$.blocks[0].outputs.gaps", Some("analyzer"))],
+    );
+    b["outputs"]["gaps"] = json!("gaps");
+    b["outputs"]["artifacts"] = json!([{ "key": "gaps", "path": "gaps.json", "format": "json" }]);
+    check(template(vec![b]), &[]);
+}

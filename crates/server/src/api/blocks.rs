@@ -24,6 +24,8 @@ pub struct BlockView {
     pub block: Block,
     pub template: factory_core::template::Template,
     pub template_path: Option<String>,
+    /// The run's graph (instances included), for what concerns the block.
+    pub pipeline: std::sync::Arc<factory_core::Pipeline>,
 }
 
 pub async fn block_view(state: &SharedState, run: &str, block: &str) -> ApiResult<BlockView> {
@@ -45,6 +47,7 @@ pub async fn block_view(state: &SharedState, run: &str, block: &str) -> ApiResul
         block: spec,
         template,
         template_path: handle.template_path().map(str::to_string),
+        pipeline: handle.pipeline().clone(),
     })
 }
 

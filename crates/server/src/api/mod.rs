@@ -4,6 +4,7 @@
 
 pub(crate) mod blocks;
 mod events;
+mod gaps;
 mod hooks;
 mod ratings;
 mod records;
@@ -84,6 +85,8 @@ pub fn routes(config: &crate::ServerConfig) -> Router<SharedState> {
             "/api/v1/runs/{run}/ratings",
             get(ratings::of_run).post(ratings::rate),
         )
+        .route("/api/v1/runs/{run}/gaps", get(gaps::list))
+        .route("/api/v1/runs/{run}/gaps/{id}", post(gaps::decide))
         .route("/api/v1/runs/{run}/stream", get(stream::run_stream))
         .route("/api/v1/stream", get(stream::all_stream))
         .route(

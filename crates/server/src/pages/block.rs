@@ -122,6 +122,7 @@ pub async fn render_block_page(
             }
             aside.panel.side {
                 (qa)
+                (gaps_panel(&view, caller))
                 (chat)
             }
         }
@@ -347,8 +348,8 @@ async fn outputs(
     let base = format!("/runs/{run_id}/blocks/{block_id}");
     let send_again = send_again(view, caller);
     Ok(html! {
-        (send_again)
         div #outputs data-live {
+            (send_again)
             @if history.is_empty() { p.muted { "Not run yet (" (block_state.status.as_str()) ")." } }
             @else {
                 p.attempts { "Attempts: "
@@ -435,6 +436,66 @@ async fn outputs(
             }
         }
     })
+}
+
+/// The Gaps panel: the run's gaps this block found, or that concern it
+/// (it reads them: open ones are in its prompt), or that its output
+/// addressed; a reviewer accepts or reopens them. Nothing when none.
+fn gaps_panel(view: &BlockView, caller: &Caller) -> Markup {
+    use factory_core::gaps::{self, GapStatus};
+    let block = &view.block.id;
+    let mut rows: Vec<&gaps::GapState> = view
+        .doc
+        .gaps
+        .values()
+        .filter(|g| {
+            &g.source == block
+                || g.by.as_deref() == Some(block.as_str())
+                || gaps::concerns(&view.pipeline, &g.source, &g.gap, block)
+        })
+        .collect();
+    if rows.is_empty() {
+        return html! {};
+    }
+    rows.sort_by_key(|g| (g.status != GapStatus::Open, g.gap.id.clone()));
+    let open = rows.iter().filter(|g| g.status == GapStatus::Open).count();
+    let can_decide = caller.role >= Role::Reviewer;
+    html! {
+        section #gaps .gaps data-live {
+            h2 { "Gaps " span.muted { "(" (open) " open of " (rows.len()) ")" } }
+            ul.gap-list {
+                @for g in &rows {
+                    li.gap data-gap=(g.gap.id) data-status=(g.status.as_str()) {
+                        p {
+                            code { (g.gap.id) } " "
+                            span.status.(g.status.as_str()) { (g.status.as_str()) } " "
+                            span.muted { (g.gap.severity) }
+                            @if let Some(artifact) = &g.gap.target_artifact { " · " code { (artifact) } }
+                        }
+                        p { (g.gap.description) }
+                        @if !g.gap.resolution.is_empty() { p.muted { "What to do: " (g.gap.resolution) } }
+                        p.muted {
+                            @match (g.status, &g.by) {
+                                (GapStatus::Open, None) => { "Found by " (g.source) " (attempt " (g.attempt) ")" },
+                                (GapStatus::Open, Some(by)) => { "Reopened by " (by) },
+                                (GapStatus::Addressed, by) => { "Addressed by " (by.as_deref().unwrap_or("?")) },
+                                (GapStatus::Accepted, by) => { "Accepted by " (by.as_deref().unwrap_or("?")) },
+                            }
+                            @if !g.reason.is_empty() { ": " (g.reason) }
+                        }
+                        @if can_decide {
+                            @let (status, label) = if g.status == GapStatus::Open { ("accepted", "Accept") } else { ("open", "Reopen") };
+                            form data-action="gap" data-gap=(g.gap.id) data-status=(status) {
+                                label { "Note " input type="text" name="note" maxlength="2000"; }
+                                " " button type="submit" { (label) }
+                                span.error data-error {}
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// An `http` block that has finished (a sync, a publish) can be sent again

@@ -43,6 +43,18 @@ impl FakeModel {
             ("framework-extractor", _) => golden("frameworks.json"),
             ("resource-extractor", _) => golden("resources.json"),
             ("offer-extractor", _) => golden("offers.json"),
+            // Two gaps: the compiler's prompt takes up g01, nothing takes up g02.
+            ("gap-analyzer", _) => json!({
+                "expert": "Marisol Vega",
+                "summary": {"total": 2, "critical": 0, "high": 1, "medium": 0, "low": 1, "ready_for_compilation": true, "verdict": "Marisol Vega's extraction is nearly complete."},
+                "gaps": [
+                    {"id": "g01", "type": "thin", "severity": "high", "artifact": "frameworks-json", "path": "$.frameworks[0]", "skill_target": "framework-extractor",
+                     "finding": "The Seven Second Silence has no negotiators count", "resolution": {"action": "State the 310 negotiators figure"}},
+                    {"id": "g02", "type": "thin", "severity": "low", "artifact": "voice-json", "path": "$.phrasing_patterns", "skill_target": "voice-extractor",
+                     "finding": "Voice phrasing patterns have only two samples", "resolution": {"action": "Ask Marisol for recorded calls"}}
+                ]
+            })
+            .to_string(),
             ("clone-tester", "test-results") => json!({
                 "score": if corrected { 93 } else { 86 },
                 "scenarios": (1..=5).map(|n| json!({"id": format!("s{n}"), "prompt": format!("Client question {n}"), "response": format!("Say the number. One number. Now stop. ({n})")})).collect::<Vec<_>>()
@@ -1016,6 +1028,53 @@ async fn the_whole_loop(postgres: bool) {
         synced(provider.received_requests().await.unwrap()),
         [key.clone(), key]
     );
+
+    // The gaps gap-analyzer found (in v2, again): listed, shown on its page,
+    // and decided by a reviewer.
+    let (s, g) = t
+        .call(
+            Method::GET,
+            &format!("/api/v1/runs/{run}/gaps"),
+            "viewer",
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{g}");
+    let ids: Vec<&str> = g["gaps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["gap"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["g01", "g02"], "{g}");
+    assert!(
+        g["gaps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|g| g["source"] == "gap-analyzer")
+    );
+    let (_, html) = t
+        .call_text(&format!("/runs/{run}/blocks/gap-analyzer"), "reviewer")
+        .await;
+    assert!(
+        html.contains("id=\"gaps\"") && html.contains("data-gap=\"g02\""),
+        "{html}"
+    );
+    let decide = |id: &str, status: &str, role: &'static str| {
+        let path = format!("/api/v1/runs/{run}/gaps/{id}");
+        let body = json!({"status": status, "note": "Calls come after launch"});
+        let t = &t;
+        async move { t.call(Method::POST, &path, role, Some(body)).await }
+    };
+    let (s, b) = decide("g02", "accepted", "reviewer").await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["gap"]["status"], "accepted");
+    assert_eq!(b["gap"]["reason"], "Calls come after launch");
+    assert_eq!(decide("g02", "accepted", "reviewer").await.0, 409);
+    assert_eq!(decide("g02", "addressed", "reviewer").await.0, 422);
+    assert_eq!(decide("g77", "open", "reviewer").await.0, 404);
+    assert_eq!(decide("g02", "open", "viewer").await.0, 403);
 
     // Convergence across the two versions: v2 is ready to ship.
     let (s, c) = t

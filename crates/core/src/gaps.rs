@@ -1,0 +1,450 @@
+//! Gaps as first-class items of a run (SPEC C5's "open gaps"; seed 003's
+//! Gaps panel). A block that declares `outputs.gaps` (clone-factory's
+//! gap-analyzer) opens one gap per entry of that JSON artifact's `gaps`
+//! array when its attempt succeeds. Each later block the gap concerns —
+//! one downstream of the gap's source that reads the gapped artifact, or
+//! the source's gaps artifact itself — sees the open ones in its prompt
+//! ("OPEN GAPS"); when such a block completes, the gap is checked against
+//! its new artifacts and marked addressed when they now cover the gap's
+//! terms, with the reason. A reviewer may accept a gap (it stays a known
+//! hole, consciously) or reopen it.
+//!
+//! Everything here is pure: the engine calls [`found`] and [`reconcile`]
+//! with the attempt's artifact texts and commits the events they return in
+//! the attempt's own transaction; [`decide`] turns a person's decision into
+//! an event.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::Pipeline;
+use crate::run::{Event, Millis, RunDoc};
+
+/// Where a gap stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum GapStatus {
+    #[default]
+    Open,
+    /// A later block's artifacts now cover it.
+    Addressed,
+    /// A person decided to live with it.
+    Accepted,
+}
+
+impl GapStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GapStatus::Open => "open",
+            GapStatus::Addressed => "addressed",
+            GapStatus::Accepted => "accepted",
+        }
+    }
+}
+
+/// One gap as the source block reported it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gap {
+    /// The source's id for it (`g01`), unique within the run.
+    pub id: String,
+    pub severity: String,
+    /// What is wrong, with the values involved.
+    pub description: String,
+    /// The block whose output has the hole (`skill_target`), if named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_block: Option<String>,
+    /// The artifact key with the hole (`offers-json`), if named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_artifact: Option<String>,
+    /// A JSON path inside it, if named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// What to do about it (the resolution's action, or the source's
+    /// guidance for the compiler).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub resolution: String,
+}
+
+/// A gap in the run: what was found and where it stands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GapState {
+    pub gap: Gap,
+    /// The block that found it and the attempt.
+    pub source: String,
+    pub attempt: u32,
+    pub status: GapStatus,
+    /// Addressed: the block whose artifacts cover it; accepted or reopened:
+    /// who decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    /// Why: the covered terms, or the person's note.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    #[serde(default)]
+    pub at: Millis,
+}
+
+/// The gaps of a source artifact's JSON: the `gaps` array (or a bare
+/// array), each entry with a string `id`; entries without one, and ids seen
+/// before, are skipped and counted in the second value.
+pub fn parse(text: &str) -> Result<(Vec<Gap>, usize), String> {
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| format!("the gaps artifact is not JSON: {e}"))?;
+    let list = match &value {
+        Value::Array(list) => list,
+        Value::Object(map) => match map.get("gaps") {
+            Some(Value::Array(list)) => list,
+            _ => return Err("the gaps artifact has no `gaps` array".to_string()),
+        },
+        _ => return Err("the gaps artifact is neither an object nor an array".to_string()),
+    };
+    let guidance: BTreeMap<&str, &str> = value
+        .get("compiler_guidance")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|g| Some((g.get("gap_id")?.as_str()?, g.get("instruction")?.as_str()?)))
+        .collect();
+    let text_of = |entry: &Value, keys: &[&str]| -> String {
+        keys.iter()
+            .filter_map(|k| entry.get(*k).and_then(Value::as_str))
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mut seen = BTreeSet::new();
+    let mut gaps = Vec::new();
+    let mut skipped = 0;
+    for entry in list {
+        let Some(id) = entry
+            .get("id")
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|id| !id.is_empty() && id.len() <= 64)
+        else {
+            skipped += 1;
+            continue;
+        };
+        if !seen.insert(id.to_string()) {
+            skipped += 1;
+            continue;
+        }
+        let mut resolution = entry
+            .get("resolution")
+            .map(|r| match r {
+                Value::String(s) => s.clone(),
+                other => text_of(other, &["action", "question_for_expert"]),
+            })
+            .unwrap_or_default();
+        if let Some(instruction) = guidance.get(id) {
+            if !resolution.is_empty() {
+                resolution.push(' ');
+            }
+            resolution.push_str(instruction);
+        }
+        let optional = |key: &str| {
+            entry
+                .get(key)
+                .and_then(Value::as_str)
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+        };
+        gaps.push(Gap {
+            id: id.to_string(),
+            severity: optional("severity").unwrap_or_else(|| "medium".to_string()),
+            description: text_of(entry, &["finding", "description", "impact_on_clone"]),
+            target_block: optional("skill_target").or_else(|| optional("target_block")),
+            target_artifact: optional("artifact").or_else(|| optional("target_artifact")),
+            path: optional("path"),
+            resolution,
+        });
+    }
+    Ok((gaps, skipped))
+}
+
+/// Whether `gap` (found by `source`) concerns `block`: a block downstream
+/// of the source that reads the gaps artifact or the artifact the gap is
+/// about. Only downstream blocks: one running beside the source would see
+/// the gaps or not by timing. The source itself and the block the hole is
+/// in are not concerned (the source re-running replaces its gaps; the
+/// extractor is upstream).
+pub fn concerns(pipeline: &Pipeline, source: &str, gap: &Gap, block: &str) -> bool {
+    let group = crate::run::group_id(block);
+    if group == source {
+        return false;
+    }
+    let (Some(spec), Some(source_at)) = (pipeline.block(group), pipeline.index_of(source)) else {
+        return false;
+    };
+    let Some(at) = pipeline.index_of(group) else {
+        return false;
+    };
+    if !pipeline.descendants(source_at).contains(&at) {
+        return false;
+    }
+    let gaps_key = pipeline
+        .block(source)
+        .and_then(|s| s.outputs.gaps.as_deref());
+    spec.inputs.depends.iter().any(|d| {
+        (d.block == source && Some(d.key.as_str()) == gaps_key)
+            || (Some(d.block.as_str()) == gap.target_block.as_deref()
+                && Some(d.key.as_str()) == gap.target_artifact.as_deref())
+    })
+}
+
+/// The run's gaps that `block` should see: open ones that concern it, most
+/// severe first.
+pub fn open_for<'a>(pipeline: &Pipeline, doc: &'a RunDoc, block: &str) -> Vec<&'a GapState> {
+    let mut open: Vec<&GapState> = doc
+        .gaps
+        .values()
+        .filter(|g| g.status == GapStatus::Open)
+        .filter(|g| concerns(pipeline, &g.source, &g.gap, block))
+        .collect();
+    open.sort_by_key(|g| (severity_rank(&g.gap.severity), g.gap.id.clone()));
+    open
+}
+
+fn severity_rank(severity: &str) -> u8 {
+    match severity {
+        "critical" => 0,
+        "high" => 1,
+        "medium" => 2,
+        "low" => 3,
+        _ => 4,
+    }
+}
+
+/// The prompt section listing open gaps, or None when there are none.
+pub fn prompt_section(open: &[&GapState]) -> Option<String> {
+    if open.is_empty() {
+        return None;
+    }
+    let mut text = String::from(
+        "## OPEN GAPS\nThese gaps were found upstream and are still open. Where your output can close one, close it (say what the clone must do or must not claim); never paper over one with invented facts.\n",
+    );
+    for g in open {
+        let gap = &g.gap;
+        let _ = write!(text, "\n- {} ({})", gap.id, gap.severity);
+        if let Some(artifact) = &gap.target_artifact {
+            let _ = write!(text, " in {}", artifact);
+            if let Some(path) = &gap.path {
+                let _ = write!(text, " at {path}");
+            }
+        }
+        let _ = write!(text, ": {}", gap.description);
+        if !gap.resolution.is_empty() {
+            let _ = write!(text, "\n  What to do: {}", gap.resolution);
+        }
+    }
+    text.push('\n');
+    Some(text)
+}
+
+/// Words too common in gap findings to show coverage.
+const STOP: &[&str] = &[
+    "about",
+    "above",
+    "after",
+    "again",
+    "their",
+    "there",
+    "these",
+    "those",
+    "which",
+    "while",
+    "would",
+    "should",
+    "could",
+    "where",
+    "other",
+    "every",
+    "being",
+    "before",
+    "between",
+    "without",
+    "within",
+    "under",
+    "never",
+    "always",
+    "because",
+    "clone",
+    "expert",
+    "block",
+    "missing",
+    "found",
+    "gaps",
+    "value",
+    "values",
+    "field",
+    "array",
+    "string",
+    "object",
+    "listed",
+    "states",
+    "state",
+    "artifact",
+    "extraction",
+    "thin",
+    "entry",
+    "entries",
+];
+
+/// The distinctive terms of a gap: words of five letters or more and
+/// numbers of two digits or more from its description and resolution,
+/// lower-cased, without common words.
+pub fn terms(gap: &Gap) -> BTreeSet<String> {
+    let text = format!("{} {}", gap.description, gap.resolution);
+    text.split(|c: char| !(c.is_alphanumeric() || c == '$'))
+        .map(str::to_lowercase)
+        .filter(|w| {
+            let digits = w.chars().filter(char::is_ascii_digit).count();
+            (digits >= 2 && digits == w.trim_start_matches('$').len())
+                || (w.chars().count() >= 5 && digits == 0 && !STOP.contains(&w.as_str()))
+        })
+        .collect()
+}
+
+/// How much of its terms an artifact must carry for a gap to count as
+/// addressed by it.
+pub const COVERAGE: f64 = 0.6;
+
+/// Open gaps that concern `block` and that its new artifacts (`texts`:
+/// artifact key → text) now cover: one `GapChanged` each, naming where and
+/// which terms.
+pub fn reconcile(
+    pipeline: &Pipeline,
+    doc: &RunDoc,
+    block: &str,
+    texts: &BTreeMap<String, String>,
+) -> Vec<Event> {
+    let lowered: Vec<(&String, String)> =
+        texts.iter().map(|(k, t)| (k, t.to_lowercase())).collect();
+    let mut events = Vec::new();
+    for state in open_for(pipeline, doc, block) {
+        let terms = terms(&state.gap);
+        if terms.len() < 2 {
+            continue;
+        }
+        let best = lowered
+            .iter()
+            .map(|(key, text)| {
+                let hit: Vec<&String> =
+                    terms.iter().filter(|t| text.contains(t.as_str())).collect();
+                (key, hit)
+            })
+            .max_by_key(|(_, hit)| hit.len());
+        let Some((key, hit)) = best else { continue };
+        let share = hit.len() as f64 / terms.len() as f64;
+        if share < COVERAGE {
+            continue;
+        }
+        let shown: Vec<&str> = hit.iter().take(6).map(|t| t.as_str()).collect();
+        events.push(Event::GapChanged {
+            id: state.gap.id.clone(),
+            status: GapStatus::Addressed,
+            by: block.to_string(),
+            reason: format!(
+                "{block}.{key} covers {} of its {} terms ({}{})",
+                hit.len(),
+                terms.len(),
+                shown.join(", "),
+                if hit.len() > shown.len() { ", …" } else { "" }
+            ),
+        });
+    }
+    events
+}
+
+/// Why a person's decision on a gap is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecisionError {
+    #[error("the run has no gap `{0}`")]
+    Unknown(String),
+    #[error("gap `{id}` is already {status}")]
+    Unchanged { id: String, status: &'static str },
+    #[error(
+        "a gap can be accepted or reopened, not set to addressed (a block's output addresses it)"
+    )]
+    NotAPersonsStatus,
+    #[error("the note is longer than 2,000 characters")]
+    NoteTooLong,
+}
+
+/// A reviewer accepts a gap or reopens it.
+pub fn decide(
+    doc: &RunDoc,
+    id: &str,
+    status: GapStatus,
+    actor: &str,
+    note: &str,
+) -> Result<Event, DecisionError> {
+    let state = doc
+        .gaps
+        .get(id)
+        .ok_or_else(|| DecisionError::Unknown(id.to_string()))?;
+    if status == GapStatus::Addressed {
+        return Err(DecisionError::NotAPersonsStatus);
+    }
+    if note.chars().count() > 2_000 {
+        return Err(DecisionError::NoteTooLong);
+    }
+    if state.status == status {
+        return Err(DecisionError::Unchanged {
+            id: id.to_string(),
+            status: status.as_str(),
+        });
+    }
+    Ok(Event::GapChanged {
+        id: id.to_string(),
+        status,
+        by: actor.to_string(),
+        reason: note.trim().to_string(),
+    })
+}
+
+/// Folds a `GapsFound` into the run's gaps: the source's earlier gaps go,
+/// the new ones come in open — or accepted, when the same id was accepted.
+pub(crate) fn apply_found(
+    gaps: &mut BTreeMap<String, GapState>,
+    source: &str,
+    attempt: u32,
+    found: &[Gap],
+    at: Millis,
+) {
+    let accepted: BTreeMap<String, GapState> = gaps
+        .iter()
+        .filter(|(_, g)| g.source == source && g.status == GapStatus::Accepted)
+        .map(|(id, g)| (id.clone(), g.clone()))
+        .collect();
+    gaps.retain(|_, g| g.source != source);
+    for gap in found {
+        // Two sources may both number from g01: the later one's is prefixed.
+        let id = if gaps.contains_key(&gap.id) {
+            format!("{source}/{}", gap.id)
+        } else {
+            gap.id.clone()
+        };
+        let kept = accepted.get(&id);
+        gaps.insert(
+            id.clone(),
+            GapState {
+                gap: Gap { id, ..gap.clone() },
+                source: source.to_string(),
+                attempt,
+                status: kept.map_or(GapStatus::Open, |g| g.status),
+                by: kept.and_then(|g| g.by.clone()),
+                reason: kept.map(|g| g.reason.clone()).unwrap_or_default(),
+                at,
+            },
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests;

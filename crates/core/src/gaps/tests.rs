@@ -1,0 +1,252 @@
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+use super::*;
+use crate::run::{EventRecord, RunDoc};
+use crate::transitions::{self, RunRequest};
+
+/// `offers` → `analyzer` (finds gaps) → `compiler` (reads the gaps and the
+/// offers), `page` (reads the offers only), `notes` (reads neither).
+fn pipeline() -> Pipeline {
+    let block = |id: &str, layer: &str, depends: Value, artifacts: Value| {
+        json!({"id": id, "name": id, "layer": layer, "type": "build", "runtime": "command",
+               "inputs": {"config": {"command": ["true"]}, "depends": depends},
+               "outputs": {"artifacts": artifacts}})
+    };
+    let mut analyzer = block(
+        "analyzer",
+        "L1",
+        json!([{"block": "offers", "key": "offers-json"}]),
+        json!([{"key": "gaps-json", "path": "gaps.json", "format": "json"}]),
+    );
+    analyzer["outputs"]["gaps"] = json!("gaps-json");
+    let template = json!({"id": "t", "name": "T", "version": "1", "blocks": [
+        block("offers", "L0", json!([]), json!([{"key": "offers-json", "path": "offers.json", "format": "json"}])),
+        analyzer,
+        block("compiler", "L2", json!([{"block": "analyzer", "key": "gaps-json"}, {"block": "offers", "key": "offers-json"}]),
+              json!([{"key": "prompt", "path": "prompt.md", "format": "md"}])),
+        block("page", "L2", json!([{"block": "offers", "key": "offers-json"}]),
+              json!([{"key": "html", "path": "page.html", "format": "html"}])),
+        block("notes", "L2", json!([{"block": "analyzer", "key": "gaps-json"}]),
+              json!([{"key": "notes", "path": "notes.md", "format": "md"}])),
+    ]});
+    let validated = crate::validate::validate_value(&template);
+    assert!(!validated.has_errors(), "{:?}", validated.diagnostics);
+    validated.pipeline.unwrap()
+}
+
+const GAPS: &str = r#"{
+  "gaps": [
+    {"id": "g01", "severity": "critical", "artifact": "offers-json", "path": "$.offers[1].price_usd",
+     "skill_target": "offers", "finding": "The VIP Day price 4500 contradicts the objection script",
+     "resolution": {"action": "Never state the VIP Day price; offer the Clarity Call", "question_for_expert": "Which price is right?"}},
+    {"id": "g02", "severity": "low", "artifact": "voice-json", "skill_target": "voice",
+     "finding": "Signature phrase spelled two ways"},
+    {"severity": "high", "finding": "no id: skipped"},
+    {"id": "g01", "finding": "a duplicate id: skipped"}
+  ],
+  "compiler_guidance": [{"gap_id": "g01", "instruction": "Say pricing is shared on the discovery call."}]
+}"#;
+
+fn doc(pipeline: &Pipeline) -> RunDoc {
+    let request = RunRequest {
+        run_id: "r1".into(),
+        ..RunRequest::default()
+    };
+    let created = transitions::create_run(pipeline, &request, &|_| true).unwrap();
+    RunDoc::from_created(&EventRecord {
+        seq: 1,
+        at: 1,
+        actor: "test".into(),
+        event: created,
+    })
+    .unwrap()
+}
+
+fn apply(doc: &mut RunDoc, event: Event) {
+    let record = EventRecord {
+        seq: doc.seq + 1,
+        at: 100 + doc.seq as i64,
+        actor: "test".into(),
+        event,
+    };
+    doc.apply(&record).unwrap();
+}
+
+fn found(doc: &mut RunDoc) {
+    let (gaps, skipped) = parse(GAPS).unwrap();
+    assert_eq!(skipped, 2);
+    apply(
+        doc,
+        Event::GapsFound {
+            block: "analyzer".into(),
+            attempt: 1,
+            gaps,
+        },
+    );
+}
+
+#[test]
+fn a_gaps_artifact_parses_into_items_with_their_guidance() {
+    let (gaps, _) = parse(GAPS).unwrap();
+    assert_eq!(gaps.len(), 2);
+    let g01 = &gaps[0];
+    assert_eq!(g01.severity, "critical");
+    assert_eq!(g01.target_block.as_deref(), Some("offers"));
+    assert_eq!(g01.target_artifact.as_deref(), Some("offers-json"));
+    assert!(g01.description.contains("4500"));
+    assert!(
+        g01.resolution.contains("Clarity Call") && g01.resolution.ends_with("discovery call."),
+        "{}",
+        g01.resolution
+    );
+    assert_eq!(gaps[1].severity, "low");
+    assert!(parse("[]").unwrap().0.is_empty());
+    assert!(parse("{\"summary\": 1}").unwrap_err().contains("`gaps`"));
+    assert!(parse("not json").unwrap_err().contains("not JSON"));
+}
+
+#[test]
+fn gaps_concern_the_blocks_that_read_what_they_are_about() {
+    let pipeline = pipeline();
+    let mut doc = doc(&pipeline);
+    found(&mut doc);
+    let ids = |block: &str| -> Vec<String> {
+        open_for(&pipeline, &doc, block)
+            .iter()
+            .map(|g| g.gap.id.clone())
+            .collect()
+    };
+    // Blocks after the analyzer that read its gaps: all of them, most
+    // severe first.
+    assert_eq!(ids("compiler"), ["g01", "g02"]);
+    assert_eq!(ids("notes"), ["g01", "g02"]);
+    // The page reads the offers but does not wait for the analyzer (what
+    // it saw would depend on timing); the source and upstream blocks never.
+    assert!(ids("page").is_empty());
+    assert!(ids("analyzer").is_empty() && ids("offers").is_empty());
+    let section = prompt_section(&open_for(&pipeline, &doc, "compiler")).unwrap();
+    assert!(section.starts_with("## OPEN GAPS"));
+    assert!(
+        section.contains("- g01 (critical) in offers-json at $.offers[1].price_usd: The VIP Day")
+    );
+    assert!(section.contains("What to do: Never state the VIP Day price"));
+    assert_eq!(prompt_section(&[]), None);
+}
+
+#[test]
+fn a_block_whose_output_covers_a_gap_addresses_it_and_says_how() {
+    let pipeline = pipeline();
+    let mut doc = doc(&pipeline);
+    found(&mut doc);
+    // Output that does not take the gap up leaves it open.
+    let unrelated = BTreeMap::from([("notes".to_string(), "Book a call".to_string())]);
+    assert!(reconcile(&pipeline, &doc, "notes", &unrelated).is_empty());
+    let prompt = "Never state the VIP Day price (4500 is contradicted); offer the Clarity Call \
+                  and say pricing is shared on the discovery call."
+        .to_string();
+    let events = reconcile(
+        &pipeline,
+        &doc,
+        "compiler",
+        &BTreeMap::from([("prompt".to_string(), prompt)]),
+    );
+    assert_eq!(events.len(), 1, "g02's terms are not there: {events:?}");
+    let Event::GapChanged {
+        id,
+        status,
+        by,
+        reason,
+    } = &events[0]
+    else {
+        panic!("{events:?}")
+    };
+    assert_eq!(
+        (id.as_str(), *status, by.as_str()),
+        ("g01", GapStatus::Addressed, "compiler")
+    );
+    assert!(reason.starts_with("compiler.prompt covers "), "{reason}");
+    apply(&mut doc, events[0].clone());
+    assert_eq!(doc.gaps["g01"].status, GapStatus::Addressed);
+    assert_eq!(open_for(&pipeline, &doc, "notes").len(), 1);
+}
+
+#[test]
+fn people_accept_and_reopen_gaps_and_acceptance_survives_a_rerun() {
+    let pipeline = pipeline();
+    let mut doc = doc(&pipeline);
+    found(&mut doc);
+    let accept = decide(
+        &doc,
+        "g02",
+        GapStatus::Accepted,
+        "lead",
+        "Both spellings are fine",
+    )
+    .unwrap();
+    apply(&mut doc, accept);
+    assert_eq!(doc.gaps["g02"].by.as_deref(), Some("lead"));
+    assert_eq!(
+        decide(&doc, "g02", GapStatus::Accepted, "lead", "").unwrap_err(),
+        DecisionError::Unchanged {
+            id: "g02".into(),
+            status: "accepted"
+        }
+    );
+    assert_eq!(
+        decide(&doc, "g09", GapStatus::Open, "lead", "").unwrap_err(),
+        DecisionError::Unknown("g09".into())
+    );
+    assert_eq!(
+        decide(&doc, "g01", GapStatus::Addressed, "lead", "").unwrap_err(),
+        DecisionError::NotAPersonsStatus
+    );
+    assert_eq!(
+        decide(&doc, "g01", GapStatus::Accepted, "lead", &"x".repeat(2_001)).unwrap_err(),
+        DecisionError::NoteTooLong
+    );
+    // The analyzer runs again: its gaps are replaced, the accepted one stays
+    // accepted, the others are open again.
+    found(&mut doc);
+    assert_eq!(doc.gaps["g02"].status, GapStatus::Accepted);
+    assert_eq!(doc.gaps["g01"].status, GapStatus::Open);
+    let reopen = decide(&doc, "g02", GapStatus::Open, "lead", "Pick one").unwrap();
+    apply(&mut doc, reopen);
+    assert_eq!(doc.gaps["g02"].status, GapStatus::Open);
+    assert_eq!(doc.gaps["g02"].reason, "Pick one");
+    // An unknown gap's event is refused by the document.
+    let mut copy = doc.clone();
+    let bad = EventRecord {
+        seq: copy.seq + 1,
+        at: 1,
+        actor: "t".into(),
+        event: Event::GapChanged {
+            id: "nope".into(),
+            status: GapStatus::Accepted,
+            by: "x".into(),
+            reason: String::new(),
+        },
+    };
+    assert!(copy.apply(&bad).is_err());
+}
+
+#[test]
+fn terms_skip_common_words_and_keep_numbers() {
+    let gap = Gap {
+        id: "g".into(),
+        severity: "high".into(),
+        description: "The clone states 4500 without the Clarity Call".into(),
+        target_block: None,
+        target_artifact: None,
+        path: None,
+        resolution: "Offer $450 sessions".into(),
+    };
+    let terms = terms(&gap);
+    for t in ["4500", "clarity", "offer", "sessions", "$450"] {
+        assert!(terms.contains(t), "{t} in {terms:?}");
+    }
+    for t in ["clone", "states", "without", "the"] {
+        assert!(!terms.contains(t), "{t} in {terms:?}");
+    }
+}

@@ -1,0 +1,130 @@
+//! The gaps' IO ([`factory_core::gaps`] decides): the texts of a finished
+//! attempt's artifacts, read before its commit for a block that finds gaps
+//! or that open gaps concern, and a reviewer's decision on a gap.
+
+use std::collections::BTreeMap;
+
+use factory_core::Pipeline;
+use factory_core::gaps::{self as core_gaps, GapStatus};
+use factory_core::run::{AttemptOutcome, Event, RunDoc};
+use factory_store::Store;
+
+use crate::driver::Completion;
+use crate::{Engine, Result};
+
+/// Artifact texts by key of one finished attempt.
+pub(crate) type Texts = BTreeMap<String, String>;
+
+/// For each completion whose gaps matter — its block declares
+/// `outputs.gaps`, or open gaps concern it — the texts of its artifacts,
+/// from the completion's own blobs or (a memoized attempt) the store.
+pub(crate) async fn texts_for(
+    store: &dyn Store,
+    pipeline: &Pipeline,
+    doc: &RunDoc,
+    completions: &[Completion],
+) -> BTreeMap<(String, u32), Texts> {
+    let mut out = BTreeMap::new();
+    for completion in completions {
+        let Ok(report) = &completion.report else {
+            continue;
+        };
+        if report.error.is_some() || completion.list.is_some() {
+            continue;
+        }
+        let finds = pipeline
+            .block(&completion.block)
+            .is_some_and(|b| b.outputs.gaps.is_some());
+        if !finds && core_gaps::open_for(pipeline, doc, &completion.block).is_empty() {
+            continue;
+        }
+        let mut texts = Texts::new();
+        for (key, artifact) in &report.artifacts {
+            let bytes = match completion.blobs.iter().find(|b| b.hash == artifact.hash) {
+                Some(blob) => Some(blob.content.clone()),
+                None => store.get_blob(&artifact.hash).await.ok(),
+            };
+            if let Some(bytes) = bytes {
+                texts.insert(key.clone(), String::from_utf8_lossy(&bytes).into_owned());
+            }
+        }
+        out.insert((completion.block.clone(), completion.attempt), texts);
+    }
+    out
+}
+
+/// The gap events of an attempt whose finish is `finished`: none unless it
+/// succeeded; then a source's gaps, or the open gaps its artifacts now cover.
+pub(crate) fn after_finish(
+    pipeline: &Pipeline,
+    doc: &RunDoc,
+    block: &str,
+    attempt: u32,
+    finished: &[Event],
+    texts: Option<&Texts>,
+) -> Vec<Event> {
+    let succeeded = finished.iter().any(|e| {
+        matches!(e, Event::AttemptFinished { block: b, attempt: a, outcome: AttemptOutcome::Succeeded, .. }
+            if b == block && *a == attempt)
+    });
+    let Some(texts) = texts.filter(|_| succeeded) else {
+        return Vec::new();
+    };
+    let source_key = pipeline.block(block).and_then(|b| b.outputs.gaps.clone());
+    match source_key {
+        Some(key) => match texts.get(&key).map(|t| core_gaps::parse(t)) {
+            Some(Ok((gaps, _))) => vec![Event::GapsFound {
+                block: block.to_string(),
+                attempt,
+                gaps,
+            }],
+            // The attempt checked the artifact before it succeeded.
+            _ => Vec::new(),
+        },
+        None => core_gaps::reconcile(pipeline, doc, block, texts),
+    }
+}
+
+/// A block that declares `outputs.gaps` must write gaps the run can read:
+/// otherwise its attempt fails with why.
+pub(crate) fn check_source(
+    block: &factory_core::template::Block,
+    artifacts: &BTreeMap<String, Vec<u8>>,
+) -> std::result::Result<(), String> {
+    let Some(key) = &block.outputs.gaps else {
+        return Ok(());
+    };
+    let Some(bytes) = artifacts.get(key) else {
+        return Ok(());
+    };
+    core_gaps::parse(&String::from_utf8_lossy(bytes))
+        .map(|_| ())
+        .map_err(|e| {
+            format!(
+                "block `{}`: `outputs.gaps` names `{key}`, but {e}",
+                block.id
+            )
+        })
+}
+
+impl Engine {
+    /// A reviewer accepts a gap (`GapStatus::Accepted`) or reopens it
+    /// (`GapStatus::Open`), with a note; recorded as a `gap_changed` event.
+    pub async fn decide_gap(
+        &self,
+        actor: &str,
+        run_id: &str,
+        gap: &str,
+        status: GapStatus,
+        note: &str,
+    ) -> Result<RunDoc> {
+        let mut handle = self.open(run_id).await?;
+        let records = handle
+            .apply(actor, |_, doc, _| {
+                Ok(vec![core_gaps::decide(doc, gap, status, actor, note)?])
+            })
+            .await?;
+        self.notify(&records, &handle);
+        Ok(handle.doc().clone())
+    }
+}
