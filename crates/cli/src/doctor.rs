@@ -138,11 +138,21 @@ pub async fn run(settings: &LlmSettings, template: Option<(&Path, &Pipeline)>) -
         if block.runtime == Runtime::Http {
             let config = &block.inputs.config;
             let is_optional = config.get("optional") == Some(&serde_json::Value::Bool(true));
-            let into = if is_optional { &mut optional } else { &mut env };
-            for key in ["url_env", "auth_env"] {
-                if let Some(name) = config.get(key).and_then(|v| v.as_str()) {
-                    into.entry(name.to_string()).or_default().push(&block.id);
-                }
+            let url_env = config.get("url_env").and_then(|v| v.as_str());
+            let url_set = config.get("url").is_some()
+                || url_env.is_some_and(|n| std::env::var(n).is_ok_and(|v| !v.trim().is_empty()));
+            if let Some(name) = url_env {
+                let into = if is_optional { &mut optional } else { &mut env };
+                into.entry(name.to_string()).or_default().push(&block.id);
+            }
+            // The token is needed whenever the call is made.
+            if let Some(name) = config.get("auth_env").and_then(|v| v.as_str()) {
+                let into = if is_optional && !url_set {
+                    &mut optional
+                } else {
+                    &mut env
+                };
+                into.entry(name.to_string()).or_default().push(&block.id);
             }
         }
     }

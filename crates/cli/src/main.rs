@@ -879,6 +879,9 @@ fn read_run_files(paths: &[std::path::PathBuf]) -> Result<Vec<factory_engine::Ru
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .with_context(|| format!("--file {}: not a file path", path.display()))?;
+        if let Some(problem) = factory_engine::file_name_problem(&name) {
+            bail!("--file {}: {problem}", path.display());
+        }
         if files.iter().any(|f| f.name == name) {
             bail!(
                 "--file {}: another file is already named `{name}`; rename one",

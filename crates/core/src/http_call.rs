@@ -134,6 +134,13 @@ pub fn parse(block: &Block, params: Option<&BTreeSet<&str>>) -> Result<HttpCall,
     let url = string("url", &mut errors);
     let url_env = string("url_env", &mut errors);
     let target = match (url, url_env) {
+        (Some(_), Some(_)) => {
+            errors.push(problem(
+                "url_env",
+                "`url` and `url_env` exclude each other: keep the one the URL comes from",
+            ));
+            None
+        }
         (Some(url), _) if !(url.starts_with("http://") || url.starts_with("https://")) => {
             errors.push(problem(
                 "url",
@@ -168,14 +175,28 @@ pub fn parse(block: &Block, params: Option<&BTreeSet<&str>>) -> Result<HttpCall,
         None => {}
         Some(Value::Object(map)) => {
             for (name, value) in map {
-                match value.as_str() {
-                    Some(v) => {
-                        headers.insert(name.clone(), v.to_string());
+                let at = format!("headers.{name}");
+                if name.is_empty() || !name.chars().all(is_token_char) {
+                    errors.push(problem(
+                        at,
+                        "is not a valid header name (letters, digits and !#$%&'*+-.^_`|~ only)",
+                    ));
+                } else if RESERVED_HEADERS
+                    .iter()
+                    .any(|r| r.eq_ignore_ascii_case(name))
+                {
+                    errors.push(problem(at, "is set by the runtime (the token comes from `auth_env`; Idempotency-Key, Content-Type and Content-Length from the request)"));
+                } else {
+                    match value.as_str() {
+                        Some(v) if v.chars().all(|c| c == '\t' || !c.is_control()) => {
+                            headers.insert(name.clone(), v.to_string());
+                        }
+                        Some(_) => errors.push(problem(
+                            at,
+                            "has a control character (a header value is one line)",
+                        )),
+                        None => errors.push(problem(at, "must be a string (a header value)")),
                     }
-                    None => errors.push(problem(
-                        format!("headers.{name}"),
-                        "must be a string (a header value)",
-                    )),
                 }
             }
         }
@@ -335,6 +356,17 @@ impl Context<'_> {
         let mut out = Vec::new();
         for (name, request) in map {
             let at = format!("requests.{name}");
+            if name.is_empty()
+                || name.len() > 64
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+            {
+                errors.push(problem(
+                    at.clone(),
+                    "a request's name is 1–64 of a-z, 0-9, - and _ (it is part of the idempotency key)",
+                ));
+            }
             let Some(request) = request.as_object() else {
                 errors.push(problem(at, "must be an object with `path` and `body`"));
                 continue;
@@ -346,11 +378,11 @@ impl Context<'_> {
                 ));
             }
             let path = match request.get("path").and_then(Value::as_str) {
-                Some(p) if p.starts_with('/') && !p.contains("://") => p.to_string(),
+                Some(p) if safe_path(p) => p.to_string(),
                 _ => {
                     errors.push(problem(
                         format!("{at}.path"),
-                        "must be a path starting with `/`, appended to the URL",
+                        "must be a path starting with `/`, appended to the URL: no `..`, `.`, `//`, a backslash, `?`, `#` or percent-encoded dot or slash, so it stays under the URL",
                     ));
                     String::new()
                 }
@@ -477,17 +509,65 @@ impl Context<'_> {
     }
 }
 
-/// The `Idempotency-Key` a request carries: the same for every attempt of
-/// one run version, so a retried call updates rather than duplicates.
+/// Header names the runtime sets itself.
+const RESERVED_HEADERS: &[&str] = &[
+    "authorization",
+    "idempotency-key",
+    "content-type",
+    "content-length",
+    "host",
+];
+
+/// A header name's characters (RFC 9110 `token`).
+fn is_token_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c)
+}
+
+/// A request path that stays under the URL it is appended to.
+fn safe_path(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    path.starts_with('/')
+        && !path.contains("//")
+        && !path.contains(['\\', '?', '#'])
+        && !path.chars().any(char::is_control)
+        && !lower.contains("%2e")
+        && !lower.contains("%2f")
+        && !path
+            .split('/')
+            .any(|segment| segment == ".." || segment == ".")
+}
+
+/// `path` appended to `url`'s path (before its query, if it has one).
+pub fn join(url: &str, path: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let joined = format!("{}{path}", base.trim_end_matches('/'));
+    match query {
+        Some(query) => format!("{joined}?{query}"),
+        None => joined,
+    }
+}
+
+/// The `Idempotency-Key` a request carries: run, version, block and
+/// request, and a digest of the body — the same for every try of the same
+/// content, so a retried call updates rather than duplicates, and a new key
+/// for new content (which a server following the IETF draft would refuse
+/// under the old one).
 pub fn idempotency_key(
     run_id: &str,
     run_version: u32,
     block: &str,
     request: Option<&str>,
+    body: &Value,
 ) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = hex::encode(Sha256::digest(body.to_string().as_bytes()));
+    let digest = &digest[..16];
     match request {
-        Some(name) => format!("factory-{run_id}-v{run_version}-{block}-{name}"),
-        None => format!("factory-{run_id}-v{run_version}-{block}"),
+        Some(name) => format!("factory-{run_id}-v{run_version}-{block}-{name}-{digest}"),
+        None => format!("factory-{run_id}-v{run_version}-{block}-{digest}"),
     }
 }
 
@@ -627,15 +707,66 @@ mod tests {
     }
 
     #[test]
-    fn idempotency_keys_change_with_the_version_not_the_attempt() {
-        assert_eq!(idempotency_key("r1", 1, "sync", None), "factory-r1-v1-sync");
-        assert_ne!(
-            idempotency_key("r1", 1, "sync", None),
-            idempotency_key("r1", 2, "sync", None)
+    fn idempotency_keys_follow_the_version_and_the_content() {
+        let body = json!({"a": 1});
+        let key = idempotency_key("r1", 1, "sync", None, &body);
+        assert!(
+            key.starts_with("factory-r1-v1-sync-") && key.len() == "factory-r1-v1-sync-".len() + 16,
+            "{key}"
         );
         assert_eq!(
-            idempotency_key("r1", 1, "sync", Some("theme")),
-            "factory-r1-v1-sync-theme"
+            key,
+            idempotency_key("r1", 1, "sync", None, &json!({"a": 1}))
         );
+        assert_ne!(key, idempotency_key("r1", 2, "sync", None, &body));
+        assert_ne!(
+            key,
+            idempotency_key("r1", 1, "sync", None, &json!({"a": 2}))
+        );
+        assert!(
+            idempotency_key("r1", 1, "sync", Some("theme"), &body)
+                .starts_with("factory-r1-v1-sync-theme-")
+        );
+    }
+
+    #[test]
+    fn paths_stay_under_the_url_and_headers_are_checked() {
+        for bad in [
+            "/../x",
+            "/a/%2E%2E/x",
+            "//evil",
+            "/a?b",
+            "/a#b",
+            "/a\\b",
+            "x",
+            "/a/./b",
+            "/a%2fb",
+        ] {
+            assert!(!safe_path(bad), "{bad}");
+        }
+        assert!(safe_path("/profile/theme-v2"));
+        assert_eq!(
+            join("https://h/api?k=v", "/theme"),
+            "https://h/api/theme?k=v"
+        );
+        assert_eq!(join("https://h/api/", "/theme"), "https://h/api/theme");
+        let b = block(
+            json!({"url": "https://x.test", "url_env": "X", "headers": {"X Bad": "v", "Authorization": "t", "X-Ok": "a\nb", "X-Fine": "v"},
+                   "requests": {"Thème": {"path": "/t", "body": {}}}}),
+            json!([]),
+            json!([]),
+        );
+        let errors = parse(&b, Some(&params())).unwrap_err();
+        let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+        for expected in [
+            "url_env",
+            "headers.X Bad",
+            "headers.Authorization",
+            "headers.X-Ok",
+            "requests.Thème",
+        ] {
+            assert!(keys.contains(&expected), "{expected} not in {keys:?}");
+        }
+        assert!(!keys.contains(&"headers.X-Fine"), "{keys:?}");
     }
 }

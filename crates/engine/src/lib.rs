@@ -51,6 +51,23 @@ pub struct RunFile {
     pub name: String,
     pub content: Vec<u8>,
 }
+
+/// Why `name` cannot name an uploaded file, if it cannot: a plain name of
+/// printable characters, at most 200 bytes, without slashes, not starting
+/// with a dot (blocks find uploads by name under `inputs/uploads/`).
+pub fn file_name_problem(name: &str) -> Option<String> {
+    let bad = name.trim() != name
+        || name.is_empty()
+        || name.len() > 200
+        || name.contains(['/', '\\'])
+        || name.starts_with('.')
+        || name.chars().any(char::is_control);
+    bad.then(|| {
+        format!(
+            "file name {name:?} is not allowed: use a plain name of printable characters, without slashes, that does not start with a dot"
+        )
+    })
+}
 pub use handle::{Claim, RunHandle, cached_pipeline};
 pub use owner::Owner;
 pub use stream::{Delivered, StreamRunner};

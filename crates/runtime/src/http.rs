@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use factory_core::http_call::{self, HttpCall, Method, RunField, Shape, Source, Target};
 use factory_core::template::ArtifactFormat;
 use serde_json::{Value, json};
@@ -20,23 +21,37 @@ use serde_json::{Value, json};
 use crate::{AttemptInput, Execution, InputArtifact};
 
 const MAX_TRIES: u32 = 3;
+/// A response bigger than this fails the attempt rather than filling memory.
+const MAX_RESPONSE_BYTES: usize = 16 << 20;
 
-/// Where the block's URL comes from, if it can be known before the run: a
-/// `url_env` that is not set (unless the call is `optional`).
+fn too_large(label: &str, url: &str) -> Failed {
+    Failed {
+        message: format!(
+            "{label}{} answered with more than {} MiB; the http runtime keeps responses up to that size",
+            redact_url(url),
+            MAX_RESPONSE_BYTES >> 20
+        ),
+        timed_out: false,
+    }
+}
+
+/// What keeps the call from being made, if it can be known before the run:
+/// a `url_env` that is not set (unless the call is `optional`: it is then
+/// left out), or an `auth_env` that is not set for a call that will be made.
 pub fn url_problem(
     config: &BTreeMap<String, Value>,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Option<String> {
-    if config.get("url").and_then(Value::as_str).is_some()
-        || config.get("optional") == Some(&Value::Bool(true))
+    let set = |name: &str| env(name).is_some_and(|v| !v.trim().is_empty());
+    let optional = config.get("optional") == Some(&Value::Bool(true));
+    if let Some(name) = config.get("url_env").and_then(Value::as_str)
+        && config.get("url").is_none()
+        && !set(name)
     {
-        return None;
+        return (!optional).then(|| format!("environment variable `{name}` (its URL) is not set"));
     }
-    let name = config.get("url_env").and_then(Value::as_str)?;
-    env(name)
-        .filter(|v| !v.trim().is_empty())
-        .is_none()
-        .then(|| format!("environment variable `{name}` (its URL) is not set"))
+    let name = config.get("auth_env").and_then(Value::as_str)?;
+    (!set(name)).then(|| format!("environment variable `{name}` (its bearer token) is not set"))
 }
 
 /// One request to send: where, with which key and body.
@@ -98,6 +113,7 @@ pub(crate) async fn run(input: AttemptInput<'_>) -> Execution {
             input.run_version,
             &block.id,
             request.name.as_deref(),
+            &request.body,
         );
         match send(&client, &call, request, &key, token.as_deref(), deadline).await {
             Ok(text) => answers.push((request.name.clone(), text)),
@@ -161,7 +177,7 @@ fn requests(input: &AttemptInput<'_>, call: &HttpCall, url: &str) -> Result<Vec<
             .map(|request| {
                 Ok(Outgoing {
                     name: Some(request.name.clone()),
-                    url: format!("{}{}", url.trim_end_matches('/'), request.path),
+                    url: http_call::join(url, &request.path),
                     body: fill(input, &request.body)?,
                 })
             })
@@ -184,7 +200,14 @@ fn fill(input: &AttemptInput<'_>, fields: &BTreeMap<String, Source>) -> Result<V
                     .inputs
                     .iter()
                     .filter(|a| a.block == "uploads")
-                    .map(|a| json!({"name": a.key, "content": String::from_utf8_lossy(&a.content)}))
+                    .map(|a| match std::str::from_utf8(&a.content) {
+                        Ok(text) => json!({"name": a.key, "content": text}),
+                        // A binary file (a PDF book) goes whole, not mangled.
+                        Err(_) => json!({
+                            "name": a.key,
+                            "content_base64": base64::engine::general_purpose::STANDARD.encode(&a.content),
+                        }),
+                    })
                     .collect(),
             ),
             Source::Artifact { block, key } => {
@@ -194,10 +217,13 @@ fn fill(input: &AttemptInput<'_>, fields: &BTreeMap<String, Source>) -> Result<V
                             .strip_prefix(block.as_str())
                             .is_some_and(|rest| rest.starts_with('['))
                 };
+                // A dependency listed twice is read once.
+                let mut seen = std::collections::BTreeSet::new();
                 let found: Vec<&InputArtifact> = input
                     .inputs
                     .iter()
                     .filter(|a| &a.key == key && instance_of(&a.block))
+                    .filter(|a| seen.insert(a.block.as_str()))
                     .collect();
                 match found.as_slice() {
                     [] => Value::Null,
@@ -302,15 +328,17 @@ async fn send(
             Ok(response) => response,
             Err(error) => {
                 let timed_out = error.is_timeout();
+                // A request that cannot even be built will not build next time.
+                let fatal = error.is_builder();
                 last_error = format!(
                     "{label}cannot reach {}: {}",
                     redact_url(&request.url),
                     error.without_url()
                 );
-                if timed_out {
+                if timed_out || fatal {
                     return Err(Failed {
                         message: last_error,
-                        timed_out: true,
+                        timed_out,
                     });
                 }
                 tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
@@ -318,14 +346,40 @@ async fn send(
             }
         };
         let status = response.status();
-        let text = response.text().await.unwrap_or_default();
+        if response
+            .content_length()
+            .is_some_and(|n| n > MAX_RESPONSE_BYTES as u64)
+        {
+            return Err(too_large(&label, &request.url));
+        }
+        let text = match response.bytes().await {
+            Ok(bytes) if bytes.len() > MAX_RESPONSE_BYTES => {
+                return Err(too_large(&label, &request.url));
+            }
+            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Err(error) => {
+                last_error = format!(
+                    "{label}{} answered HTTP {} but its body could not be read: {}",
+                    redact_url(&request.url),
+                    status.as_u16(),
+                    error.without_url()
+                );
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                continue;
+            }
+        };
         if status.is_success() {
             return Ok(text);
         }
-        let mut excerpt: String = text.chars().take(300).collect();
+        // Secrets out first, then cut: a cut must not leave half a token.
+        let mut redacted = text;
         if let Some(token) = token {
-            excerpt = excerpt.replace(token, "[redacted]");
+            redacted = redacted.replace(token, "[redacted]");
         }
+        for value in call.headers.values().filter(|v| v.len() >= 8) {
+            redacted = redacted.replace(value.as_str(), "[redacted]");
+        }
+        let excerpt: String = redacted.chars().take(300).collect();
         last_error = format!(
             "{label}{} answered HTTP {}: {excerpt}",
             redact_url(&request.url),
@@ -498,5 +552,21 @@ mod tests {
                 .contains("SYNC_URL")
         );
         assert!(url_problem(&config, &|_| Some("http://x".into())).is_none());
+        let mut config = config;
+        config.insert("auth_env".into(), Value::from("SYNC_TOKEN"));
+        let only_url = |name: &str| (name == "SYNC_URL").then(|| "http://x".to_string());
+        assert!(
+            url_problem(&config, &only_url)
+                .unwrap()
+                .contains("SYNC_TOKEN")
+        );
+        // Optional and its URL unset: left out, so no token is needed.
+        config.insert("optional".into(), Value::Bool(true));
+        assert!(url_problem(&config, &|_| None).is_none());
+        assert!(
+            url_problem(&config, &only_url)
+                .unwrap()
+                .contains("SYNC_TOKEN")
+        );
     }
 }

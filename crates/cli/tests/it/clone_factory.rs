@@ -298,11 +298,16 @@ fn the_whole_clone_factory_runs_against_a_local_provider() {
         "# Notes\n\nThe Seven Second Silence, taught since 2014.\n",
     )
     .unwrap();
+    // A binary source too (a scanned page): it must arrive whole.
+    let scan = services.dir.path().join("scan.bin");
+    std::fs::write(&scan, [0xff, 0x00, 0x01]).unwrap();
     let run_id = services.run(&[
         "-p",
         "expert_slug=marisol-vega",
         "--file",
         notes.to_str().unwrap(),
+        "--file",
+        scan.to_str().unwrap(),
     ]);
 
     // Gates, through the CLI: reject the framework once, then approve everything.
@@ -478,14 +483,20 @@ fn the_whole_clone_factory_runs_against_a_local_provider() {
     assert_eq!(body["slug"], "marisol-vega");
     assert_eq!(
         body["sources"],
-        json!([{"name": "negotiation-notes.md", "content": "# Notes\n\nThe Seven Second Silence, taught since 2014.\n"}])
+        json!([
+            {"name": "negotiation-notes.md", "content": "# Notes\n\nThe Seven Second Silence, taught since 2014.\n"},
+            {"name": "scan.bin", "content_base64": "/wAB"}
+        ])
     );
 
     // The finished clone went to MasteryOS: each artifact of seed 000's table
     // under its field, with the token, retried after a 503 under one key.
     let synced = services.received("/masteryos");
     assert_eq!(synced.len(), 2, "a 503, then the accepted call");
-    let key = format!("factory-{run_id}-v1-masteryos-sync");
+    // The key names run, version and block, and the content's digest.
+    let sent: Value = serde_json::from_slice(&synced[1].body).unwrap();
+    let key = factory_core::http_call::idempotency_key(&run_id, 1, "masteryos-sync", None, &sent);
+    assert!(key.starts_with(&format!("factory-{run_id}-v1-masteryos-sync-")));
     for request in &synced {
         assert_eq!(
             request.headers.get("idempotency-key").unwrap(),

@@ -235,7 +235,7 @@ fn a_meta_audit_reports_composites_wiring_and_deltas_and_waits_to_publish() {
             .unwrap()
             .to_str()
             .unwrap(),
-        format!("factory-{published}-v1-scorecard-publish")
+        factory_core::http_call::idempotency_key(&published, 1, "scorecard-publish", None, &body)
     );
     assert_eq!(
         ok(

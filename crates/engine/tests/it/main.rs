@@ -1389,15 +1389,36 @@ mod http_runtime {
         let run = &doc.run_id;
         let profile: Vec<_> = sent.iter().filter(|(p, ..)| p == "/os/profile").collect();
         assert_eq!(profile.len(), 1, "{sent:?}");
-        assert_eq!(profile[0].1, format!("factory-{run}-v1-sync-profile"));
+        assert_eq!(
+            profile[0].1,
+            factory_core::http_call::idempotency_key(
+                run,
+                1,
+                "sync",
+                Some("profile"),
+                &profile[0].2
+            )
+        );
+        assert!(
+            profile[0]
+                .1
+                .starts_with(&format!("factory-{run}-v1-sync-profile-"))
+        );
         assert_eq!(
             profile[0].2,
             json!({"expert": "Ada", "run": run, "source": {"builtin": "noop", "block": "source", "attempt": 1}})
         );
         let theme: Vec<_> = sent.iter().filter(|(p, ..)| p == "/os/theme").collect();
         assert_eq!(theme.len(), 2, "a 503 is retried: {sent:?}");
-        assert!(theme.iter().all(|(_, key, body)| key == &format!("factory-{run}-v1-sync-theme")
-            && body == &json!({"tokens": {"builtin": "noop", "block": "source", "attempt": 1}, "kind": "theme"})));
+        let theme_body = json!({"tokens": {"builtin": "noop", "block": "source", "attempt": 1}, "kind": "theme"});
+        // The key digests the body as sent (its fields in the mapping's order).
+        let theme_key =
+            factory_core::http_call::idempotency_key(run, 1, "sync", Some("theme"), &theme[0].2);
+        assert!(
+            theme
+                .iter()
+                .all(|(_, key, body)| key == &theme_key && body == &theme_body)
+        );
 
         let note: Value =
             serde_json::from_str(&artifact(&h, &doc, "publish", "receipt").await).unwrap();

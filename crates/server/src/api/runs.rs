@@ -203,19 +203,8 @@ fn uploads_of(files: &[Upload], max_bytes: usize) -> ApiResult<Vec<RunFile>> {
     let mut decoded: Vec<RunFile> = Vec::new();
     for file in files {
         let name = file.name.trim();
-        if name.is_empty()
-            || name.len() > 200
-            || name.contains(['/', '\\'])
-            || name.starts_with('.')
-            || name.chars().any(char::is_control)
-        {
-            return Err(ApiError::unprocessable(
-                "bad_file_name",
-                format!(
-                    "file name {:?} is not allowed: use a plain name of printable characters, without slashes, that does not start with a dot",
-                    file.name
-                ),
-            ));
+        if let Some(problem) = factory_engine::file_name_problem(name) {
+            return Err(ApiError::unprocessable("bad_file_name", problem));
         }
         if decoded.iter().any(|other| other.name == name) {
             return Err(ApiError::unprocessable(

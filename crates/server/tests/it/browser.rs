@@ -1634,3 +1634,61 @@ async fn register_meta_audit(t: &TestServer) {
     t.register_template(&serde_json::from_str(&source).unwrap())
         .await;
 }
+
+/// The Gaps panel: gap-analyzer's gaps on its block page while it waits at
+/// its gate; a reviewer accepts one with a note, and the panel says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reviewer_accepts_a_gap_from_the_gaps_panel() {
+    use crate::feedback_loop::{clone_factory_server, run_to};
+    let (t, _provider) = clone_factory_server().await;
+    let run = t
+        .start_run("clone-factory", json!({"expert_name": "Marisol Vega"}))
+        .await;
+    run_to(&t, &run, "gap-analyzer").await;
+    let b = browser().await;
+    let c = &b.client;
+    login(
+        c,
+        &t,
+        "reviewer",
+        &format!("/runs/{run}/blocks/gap-analyzer"),
+    )
+    .await;
+    until(
+        c,
+        "the Gaps panel",
+        "return document.querySelectorAll('#gaps li.gap').length === 2;",
+    )
+    .await;
+    let panel = text_of(c, "#gaps").await;
+    assert!(
+        panel.contains("2 open of 2")
+            && panel.contains("The Seven Second Silence has no negotiators count"),
+        "{panel}"
+    );
+    type_into(
+        c,
+        r#"#gaps li[data-gap="g02"] input[name=note]"#,
+        "Recorded calls come after launch",
+    )
+    .await;
+    click(c, r#"#gaps li[data-gap="g02"] button[type=submit]"#).await;
+    until(
+        c,
+        "g02 accepted",
+        r#"return (document.querySelector('#gaps li[data-gap="g02"]') || {dataset: {}}).dataset.status === 'accepted';"#,
+    )
+    .await;
+    let panel = text_of(c, "#gaps").await;
+    assert!(
+        panel.contains("1 open of 2")
+            && panel.contains("Accepted by ")
+            && panel.contains(": Recorded calls come after launch"),
+        "{panel}"
+    );
+    let doc = t.doc(&run).await;
+    assert_eq!(doc["gaps"]["g02"]["status"], "accepted");
+    accessible(c, "the block page with gaps").await;
+    screenshot_at(c, "gaps-panel", "#gaps").await;
+    b.client.clone().close().await.unwrap();
+}

@@ -988,7 +988,13 @@ async fn the_whole_loop(postgres: bool) {
             .map(|r| r.headers["idempotency-key"].to_str().unwrap().to_string())
             .collect()
     };
-    let key = format!("factory-{run}-v2-masteryos-sync");
+    let first = provider.received_requests().await.unwrap();
+    let body: Value = first
+        .iter()
+        .find(|r| r.url.path() == "/masteryos")
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .unwrap();
+    let key = factory_core::http_call::idempotency_key(&run, 2, "masteryos-sync", None, &body);
     assert_eq!(
         synced(provider.received_requests().await.unwrap()),
         std::slice::from_ref(&key)
