@@ -120,6 +120,10 @@ pub fn parse(text: &str) -> Result<(Vec<Gap>, usize), String> {
     let mut gaps = Vec::new();
     let mut skipped = 0;
     for entry in list {
+        if gaps.len() == MAX_GAPS {
+            skipped += 1;
+            continue;
+        }
         let Some(id) = entry
             .get("id")
             .and_then(Value::as_str)
@@ -152,19 +156,67 @@ pub fn parse(text: &str) -> Result<(Vec<Gap>, usize), String> {
                 .and_then(Value::as_str)
                 .map(str::trim)
                 .filter(|s| !s.is_empty())
-                .map(str::to_string)
+                .map(|s| capped(s, 200))
         };
         gaps.push(Gap {
             id: id.to_string(),
             severity: optional("severity").unwrap_or_else(|| "medium".to_string()),
-            description: text_of(entry, &["finding", "description", "impact_on_clone"]),
+            description: capped(
+                &text_of(entry, &["finding", "description", "impact_on_clone"]),
+                MAX_TEXT,
+            ),
             target_block: optional("skill_target").or_else(|| optional("target_block")),
             target_artifact: optional("artifact").or_else(|| optional("target_artifact")),
             path: optional("path"),
-            resolution,
+            resolution: capped(&resolution, MAX_TEXT),
         });
     }
     Ok((gaps, skipped))
+}
+
+/// Gaps one source may open: the rest are counted as skipped. They live in
+/// the run's header and in prompts, so there are not unboundedly many.
+pub const MAX_GAPS: usize = 200;
+/// Characters kept of a gap's description and resolution.
+const MAX_TEXT: usize = 2_000;
+
+fn capped(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_string(),
+    }
+}
+
+/// The `GapsFound` event of a source's successful attempt, with the ids the
+/// run will know them by: a gap keeps its own id unless another source has
+/// it, then `<source>/<id>` (and a number after that if even that is taken),
+/// so the event carries every id and replay needs nothing else.
+pub fn found_event(doc: &RunDoc, source: &str, attempt: u32, gaps: Vec<Gap>) -> Event {
+    let taken = |id: &str, chosen: &BTreeSet<String>| {
+        chosen.contains(id) || doc.gaps.get(id).is_some_and(|g| g.source != source)
+    };
+    let mut chosen = BTreeSet::new();
+    let gaps = gaps
+        .into_iter()
+        .map(|gap| {
+            let mut id = gap.id.clone();
+            if taken(&id, &chosen) {
+                id = format!("{source}/{}", gap.id);
+                let mut n = 2;
+                while taken(&id, &chosen) {
+                    id = format!("{source}/{}-{n}", gap.id);
+                    n += 1;
+                }
+            }
+            chosen.insert(id.clone());
+            Gap { id, ..gap }
+        })
+        .collect();
+    Event::GapsFound {
+        block: source.to_string(),
+        attempt,
+        gaps,
+    }
 }
 
 /// Whether `gap` (found by `source`) concerns `block`: a block downstream
@@ -299,15 +351,42 @@ const STOP: &[&str] = &[
 /// numbers of two digits or more from its description and resolution,
 /// lower-cased, without common words.
 pub fn terms(gap: &Gap) -> BTreeSet<String> {
-    let text = format!("{} {}", gap.description, gap.resolution);
-    text.split(|c: char| !(c.is_alphanumeric() || c == '$'))
-        .map(str::to_lowercase)
+    words(&format!("{} {}", gap.description, gap.resolution))
+        .into_iter()
         .filter(|w| {
             let digits = w.chars().filter(char::is_ascii_digit).count();
-            (digits >= 2 && digits == w.trim_start_matches('$').len())
+            (digits >= 2 && digits == w.len())
                 || (w.chars().count() >= 5 && digits == 0 && !STOP.contains(&w.as_str()))
         })
         .collect()
+}
+
+/// The lower-cased words of a text (letters and digits; `$450` is `450`),
+/// so a term matches a whole word, not part of one.
+fn words(text: &str) -> BTreeSet<String> {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect()
+}
+
+/// After `block` is reset or rejected: the gaps its output (or an
+/// instance's) addressed are open again, since that output no longer
+/// stands.
+pub(crate) fn reopen_addressed_by(gaps: &mut BTreeMap<String, GapState>, block: &str, at: Millis) {
+    for gap in gaps.values_mut() {
+        let by_it = gap
+            .by
+            .as_deref()
+            .is_some_and(|by| by == block || crate::run::group_id(by) == block);
+        if gap.status == GapStatus::Addressed && by_it {
+            gap.status = GapStatus::Open;
+            gap.reason =
+                format!("{block} was reset or rejected; addressed again only by its next output");
+            gap.by = None;
+            gap.at = at;
+        }
+    }
 }
 
 /// How much of its terms an artifact must carry for a gap to count as
@@ -323,19 +402,23 @@ pub fn reconcile(
     block: &str,
     texts: &BTreeMap<String, String>,
 ) -> Vec<Event> {
-    let lowered: Vec<(&String, String)> =
-        texts.iter().map(|(k, t)| (k, t.to_lowercase())).collect();
+    // A fan-out instance does not address a gap for its whole group (its
+    // siblings' prompts would then depend on which finished first).
+    if block.contains('[') {
+        return Vec::new();
+    }
+    let words: Vec<(&String, BTreeSet<String>)> =
+        texts.iter().map(|(k, t)| (k, words(t))).collect();
     let mut events = Vec::new();
     for state in open_for(pipeline, doc, block) {
         let terms = terms(&state.gap);
         if terms.len() < 2 {
             continue;
         }
-        let best = lowered
+        let best = words
             .iter()
-            .map(|(key, text)| {
-                let hit: Vec<&String> =
-                    terms.iter().filter(|t| text.contains(t.as_str())).collect();
+            .map(|(key, words)| {
+                let hit: Vec<&String> = terms.iter().filter(|t| words.contains(*t)).collect();
                 (key, hit)
             })
             .max_by_key(|(_, hit)| hit.len());
@@ -424,17 +507,17 @@ pub(crate) fn apply_found(
         .collect();
     gaps.retain(|_, g| g.source != source);
     for gap in found {
-        // Two sources may both number from g01: the later one's is prefixed.
-        let id = if gaps.contains_key(&gap.id) {
-            format!("{source}/{}", gap.id)
-        } else {
-            gap.id.clone()
-        };
-        let kept = accepted.get(&id);
+        // The model numbers its gaps afresh each time: an acceptance holds
+        // only for the same gap (same place, same finding), not the same id.
+        let kept = accepted.get(&gap.id).filter(|g| {
+            g.gap.target_artifact == gap.target_artifact
+                && g.gap.path == gap.path
+                && g.gap.description == gap.description
+        });
         gaps.insert(
-            id.clone(),
+            gap.id.clone(),
             GapState {
-                gap: Gap { id, ..gap.clone() },
+                gap: gap.clone(),
                 source: source.to_string(),
                 attempt,
                 status: kept.map_or(GapStatus::Open, |g| g.status),

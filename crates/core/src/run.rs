@@ -1618,6 +1618,10 @@ impl RunDoc {
                 gap.at = at;
             }
         }
+        // Output that is reset or rejected no longer addresses anything.
+        if let Event::BlockReset { block, .. } | Event::GateRejected { block, .. } = event {
+            crate::gaps::reopen_addressed_by(&mut self.gaps, block, at);
+        }
         self.seq = record.seq;
         self.updated_at = at;
         Ok(())

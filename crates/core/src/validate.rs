@@ -1067,6 +1067,21 @@ fn check_runtime_config(
             }
         }
     }
+    if block.execution.cache == Some(true)
+        && block.runtime == Runtime::Http
+        && config.get("optional") == Some(&Value::Bool(true))
+    {
+        out.push(
+            Diagnostic::error(
+                codes::CACHE,
+                format!("$.blocks[{i}].execution.cache"),
+                "an optional `http` call is never memoized: a note that it was left out (its URL unset) would stand in for a real call once the URL is set"
+                    .to_string(),
+            )
+            .in_block(block.id.clone())
+            .with_help("remove `execution.cache` or `optional`"),
+        );
+    }
     if block.execution.cache == Some(true) && block.runtime == Runtime::Builtin {
         out.push(
             Diagnostic::error(

@@ -543,6 +543,15 @@ impl Engine {
                             &policy,
                         ) {
                             Ok(more) => {
+                                let more = match &completion.route_items {
+                                    Some(items) => with_routing(
+                                        pipeline, doc, &events, more, completion, items, now,
+                                        &policy,
+                                    )?,
+                                    None => more,
+                                };
+                                // From the final finish: a routing that failed
+                                // made the attempt fail, and it addresses nothing.
                                 let gap_events = crate::gaps::after_finish(
                                     pipeline,
                                     doc,
@@ -551,13 +560,6 @@ impl Engine {
                                     &more,
                                     gap_texts.get(&(completion.block.clone(), completion.attempt)),
                                 );
-                                let more = match &completion.route_items {
-                                    Some(items) => with_routing(
-                                        pipeline, doc, &events, more, completion, items, now,
-                                        &policy,
-                                    )?,
-                                    None => more,
-                                };
                                 events.extend(more);
                                 events.extend(gap_events);
                             }

@@ -16,7 +16,7 @@ pub fn all_noop(template_json: &str) -> Result<String, serde_json::Error> {
                 block.remove("audit");
             }
             // A no-op writes no gaps.
-            if let Some(outputs) = block["outputs"].as_object_mut() {
+            if let Some(outputs) = block.get_mut("outputs").and_then(Value::as_object_mut) {
                 outputs.remove("gaps");
             }
         }

@@ -73,15 +73,26 @@ pub(crate) fn after_finish(
     let source_key = pipeline.block(block).and_then(|b| b.outputs.gaps.clone());
     match source_key {
         Some(key) => match texts.get(&key).map(|t| core_gaps::parse(t)) {
-            Some(Ok((gaps, _))) => vec![Event::GapsFound {
-                block: block.to_string(),
-                attempt,
-                gaps,
-            }],
-            // The attempt checked the artifact before it succeeded.
-            _ => Vec::new(),
+            Some(Ok((gaps, _))) => vec![core_gaps::found_event(doc, block, attempt, gaps)],
+            // The attempt checked the artifact before it succeeded; only a
+            // stored artifact that cannot be read back lands here.
+            _ => {
+                tracing::warn!(
+                    block,
+                    attempt,
+                    "the gaps artifact could not be read back; the run keeps its earlier gaps"
+                );
+                Vec::new()
+            }
         },
-        None => core_gaps::reconcile(pipeline, doc, block, texts),
+        // Only an `llm` block is told of gaps, so only its output answers one.
+        None if pipeline
+            .block(block)
+            .is_some_and(|b| b.runtime == factory_core::template::Runtime::Llm) =>
+        {
+            core_gaps::reconcile(pipeline, doc, block, texts)
+        }
+        None => Vec::new(),
     }
 }
 

@@ -77,14 +77,8 @@ fn apply(doc: &mut RunDoc, event: Event) {
 fn found(doc: &mut RunDoc) {
     let (gaps, skipped) = parse(GAPS).unwrap();
     assert_eq!(skipped, 2);
-    apply(
-        doc,
-        Event::GapsFound {
-            block: "analyzer".into(),
-            attempt: 1,
-            gaps,
-        },
-    );
+    let event = found_event(doc, "analyzer", 1, gaps);
+    apply(doc, event);
 }
 
 #[test]
@@ -243,10 +237,98 @@ fn terms_skip_common_words_and_keep_numbers() {
         resolution: "Offer $450 sessions".into(),
     };
     let terms = terms(&gap);
-    for t in ["4500", "clarity", "offer", "sessions", "$450"] {
+    for t in ["4500", "clarity", "offer", "sessions", "450"] {
         assert!(terms.contains(t), "{t} in {terms:?}");
     }
     for t in ["clone", "states", "without", "the"] {
         assert!(!terms.contains(t), "{t} in {terms:?}");
     }
+}
+
+#[test]
+fn a_reset_reopens_what_the_block_addressed_and_acceptance_needs_the_same_gap() {
+    let pipeline = pipeline();
+    let mut doc = doc(&pipeline);
+    found(&mut doc);
+    apply(
+        &mut doc,
+        Event::GapChanged {
+            id: "g01".into(),
+            status: GapStatus::Addressed,
+            by: "compiler".into(),
+            reason: "covered".into(),
+        },
+    );
+    apply(
+        &mut doc,
+        Event::BlockReset {
+            block: "compiler".into(),
+            reason: "corrections".into(),
+            fresh: false,
+            regroup: false,
+        },
+    );
+    assert_eq!(doc.gaps["g01"].status, GapStatus::Open);
+    assert!(doc.gaps["g01"].reason.contains("compiler was reset"));
+
+    // g02 accepted; the analyzer's next pass numbers a different gap g02.
+    let accept = decide(&doc, "g02", GapStatus::Accepted, "lead", "fine").unwrap();
+    apply(&mut doc, accept);
+    let (mut gaps, _) = parse(GAPS).unwrap();
+    gaps[1].description = "A different hole altogether".into();
+    let event = found_event(&doc, "analyzer", 2, gaps);
+    apply(&mut doc, event);
+    assert_eq!(
+        doc.gaps["g02"].status,
+        GapStatus::Open,
+        "not the gap that was accepted"
+    );
+}
+
+#[test]
+fn a_second_source_with_the_same_ids_gets_its_own() {
+    let pipeline = pipeline();
+    let mut doc = doc(&pipeline);
+    found(&mut doc);
+    let (gaps, _) = parse(GAPS).unwrap();
+    let Event::GapsFound { gaps, .. } = found_event(&doc, "other", 1, gaps) else {
+        panic!()
+    };
+    let ids: Vec<&str> = gaps.iter().map(|g| g.id.as_str()).collect();
+    assert_eq!(ids, ["other/g01", "other/g02"]);
+    // The first source's own ids stay its own when it runs again.
+    let (gaps, _) = parse(GAPS).unwrap();
+    let Event::GapsFound { gaps, .. } = found_event(&doc, "analyzer", 2, gaps) else {
+        panic!()
+    };
+    assert_eq!(gaps[0].id, "g01");
+}
+
+#[test]
+fn terms_match_whole_words_and_instances_address_nothing() {
+    let pipeline = pipeline();
+    let mut doc = doc(&pipeline);
+    found(&mut doc);
+    // "contradicts", "objection" … inside other words do not count.
+    let text = "Never state the VIPDay priced 45000; offer a ClarityCall; discoveryx".to_string();
+    assert!(
+        reconcile(
+            &pipeline,
+            &doc,
+            "compiler",
+            &BTreeMap::from([("prompt".into(), text)])
+        )
+        .is_empty()
+    );
+    let covering = "Never state the VIP Day price 4500; offer the Clarity Call; pricing is shared on the discovery call, the objection script contradicts it".to_string();
+    assert!(
+        reconcile(
+            &pipeline,
+            &doc,
+            "compiler[a]",
+            &BTreeMap::from([("prompt".into(), covering)])
+        )
+        .is_empty(),
+        "an instance does not address a gap for its group"
+    );
 }

@@ -1993,3 +1993,13 @@ fn outputs_gaps_names_one_of_the_blocks_json_artifacts() {
     b["outputs"]["artifacts"] = json!([{ "key": "gaps", "path": "gaps.json", "format": "json" }]);
     check(template(vec![b]), &[]);
 }
+
+#[test]
+fn an_optional_http_call_is_never_memoized() {
+    let mut b = with_runtime("http", json!({ "url_env": "HOOK", "optional": true }));
+    b["execution"] = json!({ "cache": true });
+    check(
+        template(vec![b]),
+        &[("TPL0030", "$.blocks[0].execution.cache", Some("a"))],
+    );
+}
