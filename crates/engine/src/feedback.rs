@@ -269,6 +269,12 @@ impl Engine {
             )));
         }
         let pipeline = handle.pipeline().clone();
+        // audit-analyze: free text becomes classified items beside the
+        // marked ones (the keyword fallback; no LLM step yet).
+        let mut submission = submission;
+        let analysis =
+            factory_core::audit_analyze::classify(&pipeline, block, &submission.free_text);
+        submission.items.extend(machine_items(&analysis));
         if submission.close {
             // Refused before anything is stored: a review that may not close
             // its gate must not leave its votes behind either.
@@ -817,6 +823,29 @@ pub(crate) fn routing_after(
         return Ok(Vec::new());
     }
     Ok(loop_core::route(pipeline, &scratch, router, items)?.events)
+}
+
+/// The items audit-analyze classified from a submission's free text, marked
+/// as machine-classified in their source text and keyed by their sentence
+/// (the same sentence from two testers is the same item).
+fn machine_items(analysis: &factory_core::audit_analyze::Analysis) -> Vec<SubmittedItem> {
+    analysis
+        .items
+        .iter()
+        .map(|c| SubmittedItem {
+            source_key: c.source_key.clone(),
+            skill_target: c.skill_target.clone(),
+            verdict: c.verdict,
+            correction: c.sentence.clone(),
+            source_text: format!(
+                "[machine-classified from free text by keywords: {}] {}",
+                c.cues.join(", "),
+                c.sentence
+            ),
+            priority: Some(c.priority.as_str().to_string()),
+            finding_type: Some(c.finding_type.to_string()),
+        })
+        .collect()
 }
 
 /// True for the engine-run `corrections-router` builtin.

@@ -1138,3 +1138,73 @@ async fn the_whole_loop(postgres: bool) {
         "{page}"
     );
 }
+
+/// audit-analyze: a review's free text becomes classified items beside the
+/// marked ones, machine-classified and keyed by sentence; a sentence that
+/// names no block stays free text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn free_text_feedback_becomes_classified_items() {
+    let (t, _provider) = clone_factory_server().await;
+    let run = t
+        .start_run("clone-factory", json!({"expert_name": "Marisol Vega"}))
+        .await;
+    run_to(&t, &run, "extraction-reviewer").await;
+    let (samuel, _) = review_token(&t, &run, "samuel-ngu", "expert").await;
+    let free_text = "Her tone is far too formal in every sample. \
+                     The offers list the wrong price for the VIP Day! \
+                     It was lovely to read overall.";
+    let (s, b) = submit(
+        &t,
+        &samuel,
+        &run,
+        "extraction-reviewer",
+        json!({"free_text": free_text}),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let found = items(&t, &run, "").await;
+    let machine: Vec<&Value> = found
+        .iter()
+        .filter(|i| {
+            i["source_key"]
+                .as_str()
+                .unwrap()
+                .starts_with("free-text:extraction-reviewer:")
+        })
+        .collect();
+    let mut targets: Vec<(&str, &str)> = machine
+        .iter()
+        .map(|i| {
+            (
+                i["skill_target"].as_str().unwrap(),
+                i["priority"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    targets.sort();
+    assert_eq!(
+        targets,
+        [("offer-extractor", "high"), ("voice-extractor", "medium")],
+        "{found:?}"
+    );
+    assert!(
+        machine.iter().all(|i| i["source_text"]
+            .as_str()
+            .unwrap()
+            .starts_with("[machine-classified from free text by keywords: ")),
+        "{machine:?}"
+    );
+    // The same sentence from a second tester is the same item.
+    let (ada, _) = review_token(&t, &run, "ada", "team").await;
+    let (s, b) = submit(
+        &t,
+        &ada,
+        &run,
+        "extraction-reviewer",
+        json!({"free_text": "Her tone is far too formal in every sample."}),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let again = items(&t, &run, "").await;
+    assert_eq!(again.len(), found.len(), "{again:?}");
+}
