@@ -162,7 +162,7 @@ pub fn classify(pipeline: &Pipeline, page: &str, free_text: &str) -> Analysis {
         if !seen.insert(sentence.to_lowercase()) {
             continue;
         }
-        let words = words(&sentence);
+        let words = crate::gaps::words(&sentence);
         let best = candidates
             .iter()
             .map(|(id, cues)| (*id, cues.intersection(&words).cloned().collect::<Vec<_>>()))
@@ -267,13 +267,6 @@ fn sentences(text: &str) -> Vec<String> {
         .map(str::trim)
         .filter(|s| s.split_whitespace().count() >= 3)
         .map(|s| s.chars().take(500).collect())
-        .collect()
-}
-
-fn words(text: &str) -> BTreeSet<String> {
-    text.split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .map(str::to_lowercase)
         .collect()
 }
 

@@ -363,7 +363,7 @@ pub fn terms(gap: &Gap) -> BTreeSet<String> {
 
 /// The lower-cased words of a text (letters and digits; `$450` is `450`),
 /// so a term matches a whole word, not part of one.
-fn words(text: &str) -> BTreeSet<String> {
+pub(crate) fn words(text: &str) -> BTreeSet<String> {
     text.split(|c: char| !c.is_alphanumeric())
         .filter(|w| !w.is_empty())
         .map(str::to_lowercase)

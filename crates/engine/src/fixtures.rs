@@ -24,6 +24,23 @@ pub fn all_noop(template_json: &str) -> Result<String, serde_json::Error> {
     Ok(value.to_string())
 }
 
+/// A gap-analyzer reply for test stand-ins of the model: two gaps about
+/// Marisol Vega, g01 (high, frameworks-json) whose terms a compiled prompt
+/// naming the Seven Second Silence and its 310 negotiators covers, and g02
+/// (low, voice-json) that nothing takes up.
+pub fn gap_analysis() -> Value {
+    json!({
+        "expert": "Marisol Vega",
+        "summary": {"total": 2, "critical": 0, "high": 1, "medium": 0, "low": 1, "ready_for_compilation": true, "verdict": "Marisol Vega's extraction is nearly complete."},
+        "gaps": [
+            {"id": "g01", "type": "thin", "severity": "high", "artifact": "frameworks-json", "path": "$.frameworks[0]", "skill_target": "framework-extractor",
+             "finding": "The Seven Second Silence has no negotiators count", "resolution": {"action": "State the 310 negotiators figure"}},
+            {"id": "g02", "type": "thin", "severity": "low", "artifact": "voice-json", "path": "$.phrasing_patterns", "skill_target": "voice-extractor",
+             "finding": "Voice phrasing patterns have only two samples", "resolution": {"action": "Ask Marisol for recorded calls"}}
+        ]
+    })
+}
+
 /// The shipped 27-block clone-factory template, every block a no-op.
 pub fn clone_factory_noop() -> String {
     all_noop(include_str!("../../../templates/clone-factory.json"))

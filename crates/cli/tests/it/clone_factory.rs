@@ -35,17 +35,7 @@ impl FakeModel {
             ("resource-extractor", _) => golden("resources.json"),
             ("offer-extractor", _) => golden("offers.json"),
             // Two gaps: the compiler's prompt takes up g01, nothing takes up g02.
-            ("gap-analyzer", _) => json!({
-                "expert": "Marisol Vega",
-                "summary": {"total": 2, "critical": 0, "high": 1, "medium": 0, "low": 1, "ready_for_compilation": true, "verdict": "Marisol Vega's extraction is nearly complete."},
-                "gaps": [
-                    {"id": "g01", "type": "thin", "severity": "high", "artifact": "frameworks-json", "path": "$.frameworks[0]", "skill_target": "framework-extractor",
-                     "finding": "The Seven Second Silence has no negotiators count", "resolution": {"action": "State the 310 negotiators figure"}},
-                    {"id": "g02", "type": "thin", "severity": "low", "artifact": "voice-json", "path": "$.phrasing_patterns", "skill_target": "voice-extractor",
-                     "finding": "Voice phrasing patterns have only two samples", "resolution": {"action": "Ask Marisol for recorded calls"}}
-                ]
-            })
-            .to_string(),
+            ("gap-analyzer", _) => factory_engine::fixtures::gap_analysis().to_string(),
             ("clone-tester", "test-results") => json!({"score": 91, "scenarios": [{"id": "s1", "score": 91, "notes": "Marisol Vega's Seven Second Silence applied"}]}).to_string(),
             _ => match format {
                 "json" => json!({"block": block, "expert": "Marisol Vega", "items": [{"name": "Seven Second Silence", "steps": 3}]}).to_string(),
