@@ -106,6 +106,10 @@ pub struct SubmitOutcome {
     /// Set when the submission asked to close the review.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gate: Option<GateOutcome>,
+    /// Sentences of the free text that named no block: kept as free text
+    /// only (audit-analyze made items of the others).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unclassified: Vec<String>,
 }
 
 /// `PATCH improvement-items/{id}`: a person settles an item.
@@ -330,6 +334,7 @@ impl Engine {
                 version: review.record.version.clone(),
                 changes: review.changes,
                 gate: review.gate,
+                unclassified: analysis.unclassified,
             });
         }
         Err(EngineError::TooManyConflicts {

@@ -1152,6 +1152,11 @@ async fn free_text_feedback_becomes_classified_items() {
     )
     .await;
     assert_eq!(s, 200, "{b}");
+    assert_eq!(
+        b["unclassified"],
+        json!(["It was lovely to read overall"]),
+        "{b}"
+    );
     let found = items(&t, &run, "").await;
     let machine: Vec<&Value> = found
         .iter()
