@@ -5,10 +5,12 @@
 //! What is sent is parsed by [`factory_core::http_call`]: the legacy body
 //! (run id, block, attempt, params, config, every input), one mapped body, or
 //! one mapped request per entry of `requests`. Every request carries an
-//! `Idempotency-Key` that is the same for every attempt of a run version, so
-//! a retry after a timeout updates what the first try created instead of
-//! creating it twice. 429 and 5xx are retried (3 tries within the block's
-//! timeout); any other status fails the attempt with a body excerpt.
+//! `Idempotency-Key` that is the same for every try of the same content in
+//! a run version ([`http_call::idempotency_key`]), so a retry after a
+//! timeout updates what the first try created instead of creating it twice.
+//! 429, 5xx, connection errors and unreadable bodies are retried (3 tries
+//! within the block's timeout); any other status fails the attempt with a
+//! body excerpt.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
