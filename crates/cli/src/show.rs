@@ -590,18 +590,11 @@ pub fn gaps(doc: &factory_core::run::RunDoc) -> String {
         return "no gaps: no block of this run declares `outputs.gaps`, or none has succeeded yet\n"
             .to_string();
     }
-    let rank = |s: &str| match s {
-        "critical" => 0,
-        "high" => 1,
-        "medium" => 2,
-        "low" => 3,
-        _ => 4,
-    };
     let mut gaps: Vec<_> = doc.gaps.values().collect();
     gaps.sort_by_key(|g| {
         (
             g.status != GapStatus::Open,
-            rank(&g.gap.severity),
+            factory_core::gaps::severity_rank(&g.gap.severity),
             g.gap.id.clone(),
         )
     });

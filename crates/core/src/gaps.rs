@@ -262,7 +262,8 @@ pub fn open_for<'a>(pipeline: &Pipeline, doc: &'a RunDoc, block: &str) -> Vec<&'
     open
 }
 
-fn severity_rank(severity: &str) -> u8 {
+/// A severity's order: critical first, unknown ones last.
+pub fn severity_rank(severity: &str) -> u8 {
     match severity {
         "critical" => 0,
         "high" => 1,

@@ -299,13 +299,8 @@ pub fn corrections_section(corrections: &Corrections) -> String {
 fn format_name(format: ArtifactFormat) -> &'static str {
     match format {
         ArtifactFormat::Md => "markdown",
-        ArtifactFormat::Json => "json",
-        ArtifactFormat::Html => "html",
-        ArtifactFormat::Text => "text",
-        ArtifactFormat::Url => "url",
-        ArtifactFormat::Csv => "csv",
-        ArtifactFormat::Yaml => "yaml",
         ArtifactFormat::Directory => "directory bundle (json)",
+        other => other.as_str(),
     }
 }
 

@@ -750,6 +750,8 @@ async fn run_attempt(
         .and_then(|p| p.parent().map(|d| d.to_path_buf()));
     let located = crate::inputs::locate(store.as_ref(), doc, block).await?;
     let golden = crate::audit::read_golden(block, template_dir.as_deref());
+    let lens = factory_core::lens::brief(pipeline, doc, block_id);
+    let open_gaps = crate::gaps::prompt_section(pipeline, doc, block, block_id);
     let memo_key = crate::memo::key(&crate::memo::KeyParts {
         pipeline,
         doc,
@@ -759,6 +761,8 @@ async fn run_attempt(
         golden: &golden,
         template_path: template_path.as_deref(),
         llm: llm_settings.as_deref(),
+        lens: lens.as_ref(),
+        open_gaps: open_gaps.as_deref(),
     })
     .await;
     let hit = match &memo_key {
@@ -843,7 +847,6 @@ async fn run_attempt(
     } else {
         None
     };
-    let lens = factory_core::lens::brief(pipeline, doc, block_id);
     let execution = if let Some(items) = &route_items {
         crate::feedback::router_execution(pipeline, doc, block, items)
     } else if let Some(step) = crate::meta_audit::step(block) {
@@ -874,7 +877,7 @@ async fn run_attempt(
             progress,
             item: state.instance.as_ref(),
             lens: lens.as_ref(),
-            open_gaps: crate::memo::open_gaps_section(pipeline, doc, block),
+            open_gaps,
         })
         .await
     };

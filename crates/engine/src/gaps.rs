@@ -15,6 +15,20 @@ use crate::{Engine, Result};
 /// Artifact texts by key of one finished attempt.
 pub(crate) type Texts = BTreeMap<String, String>;
 
+/// The "OPEN GAPS" section of `block`'s prompt: for an `llm` block (other
+/// runtimes are not told of gaps) the open gaps that concern it.
+pub(crate) fn prompt_section(
+    pipeline: &Pipeline,
+    doc: &RunDoc,
+    block: &factory_core::template::Block,
+    block_id: &str,
+) -> Option<String> {
+    if block.runtime != factory_core::template::Runtime::Llm {
+        return None;
+    }
+    core_gaps::prompt_section(&core_gaps::open_for(pipeline, doc, block_id))
+}
+
 /// For each completion whose gaps matter — its block declares
 /// `outputs.gaps`, or open gaps concern it — the texts of its artifacts,
 /// from the completion's own blobs or (a memoized attempt) the store.

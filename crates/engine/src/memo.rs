@@ -26,6 +26,10 @@ pub(crate) struct KeyParts<'a> {
     /// The template's file; its folder holds what blocks read.
     pub template_path: Option<&'a Path>,
     pub llm: Option<&'a LlmSettings>,
+    /// What the attempt is told besides its inputs, as the driver hands it
+    /// over (computed once, so the key covers exactly what is sent).
+    pub lens: Option<&'a factory_core::lens::Brief>,
+    pub open_gaps: Option<&'a str>,
 }
 
 /// The attempt's memo key; `None` when the block is not memoized. The
@@ -40,6 +44,8 @@ pub(crate) async fn key(parts: &KeyParts<'_>) -> Option<MemoKey> {
         golden,
         template_path,
         llm,
+        lens,
+        open_gaps,
     } = parts;
     if !memo::memoizable(block) {
         return None;
@@ -71,8 +77,6 @@ pub(crate) async fn key(parts: &KeyParts<'_>) -> Option<MemoKey> {
             None => asked.unwrap_or_default().to_string(),
         }
     });
-    let lens = factory_core::lens::brief(pipeline, doc, &block.id);
-    let open_gaps = open_gaps_section(pipeline, doc, block);
     Some(memo::memo_key(&MemoInputs {
         template: pipeline.template(),
         block,
@@ -93,26 +97,9 @@ pub(crate) async fn key(parts: &KeyParts<'_>) -> Option<MemoKey> {
         reply_note: state.reply_note.as_ref(),
         files,
         item: state.instance.as_ref().map(|i| &i.item),
-        past_ratings: lens.as_ref().and_then(|l| l.past.as_ref()),
-        open_gaps: open_gaps.as_deref(),
+        past_ratings: lens.and_then(|l| l.past.as_ref()),
+        open_gaps: *open_gaps,
     }))
-}
-
-/// The "OPEN GAPS" section an `llm` block's prompt carries (other runtimes
-/// are not told of gaps).
-pub(crate) fn open_gaps_section(
-    pipeline: &factory_core::Pipeline,
-    doc: &factory_core::run::RunDoc,
-    block: &Block,
-) -> Option<String> {
-    if block.runtime != factory_core::template::Runtime::Llm {
-        return None;
-    }
-    let instance = doc.blocks.get(&block.id).and_then(|s| s.instance.as_ref());
-    let id = instance.map_or(block.id.clone(), |i| {
-        factory_core::run::instance_id(&i.group, &i.key)
-    });
-    factory_core::gaps::prompt_section(&factory_core::gaps::open_for(pipeline, doc, &id))
 }
 
 /// A command's folder bigger than this is not hashed for every attempt:
