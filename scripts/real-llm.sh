@@ -64,3 +64,5 @@ fi
 
 FACTORY_TEST_REAL_LLM=1 FACTORY_REAL_LLM_URL="$url" FACTORY_REAL_LLM_MODEL=smollm2 \
   cargo test -p factory-cli --locked --test it real_llm -- --ignored --nocapture --test-threads 1
+FACTORY_TEST_REAL_LLM=1 FACTORY_REAL_LLM_URL="$url" FACTORY_REAL_LLM_MODEL=smollm2 \
+  cargo test -p factory-engine --locked --test it real_llm -- --ignored --nocapture --test-threads 1

@@ -202,6 +202,19 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Ask the factory about a run (the META chat): the run's brief — blocks,
+    /// audits, gaps, corrections, convergence — goes to the run's model with
+    /// the question; question and answer are kept with the run's chat
+    Ask {
+        /// A run id (or prefix)
+        run: String,
+        /// The question (omit with --brief)
+        #[arg(required_unless_present = "brief")]
+        question: Option<String>,
+        /// Print the brief the model would be given, and ask nothing
+        #[arg(long, conflicts_with = "question")]
+        brief: bool,
+    },
     /// Accept a gap (a hole the clone consciously lives with) or reopen it
     Gap {
         /// A run id (or prefix)

@@ -377,6 +377,36 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Ask {
+            run,
+            question,
+            brief,
+        } => {
+            let store = factory_store::open(&cli.db).await?;
+            let run_id = store.resolve_run_id(&run).await?;
+            let config = EngineConfig {
+                llm: if brief {
+                    None
+                } else {
+                    Some(Arc::new(llm_settings(cli.config.as_deref())?))
+                },
+                ..EngineConfig::default()
+            };
+            let engine = Engine::new(Arc::from(store), config);
+            if brief {
+                print!("{}", engine.run_brief(&run_id).await?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let reply = engine
+                .run_chat(&actor, &run_id, question.as_deref().unwrap_or_default())
+                .await?;
+            println!("{}", reply.reply.trim_end());
+            eprintln!(
+                "({}; {} tokens in, {} out; {} characters of run context)",
+                reply.model, reply.input_tokens, reply.output_tokens, reply.context_chars
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Gap {
             run,
             id,

@@ -24,6 +24,7 @@ pub mod pipeline;
 pub mod prompt;
 pub mod render;
 pub mod run;
+pub mod run_brief;
 pub mod scheduler;
 pub mod starter;
 pub mod stream;

@@ -110,6 +110,13 @@ pub struct SubmitOutcome {
     /// only (audit-analyze made items of the others).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub unclassified: Vec<String>,
+    /// What classified the free text: `llm:<model>` (with keywords for
+    /// what the model did not place) or `keywords`; absent without free text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub classifier: Option<String>,
+    /// Why the llm step's answer was not used, wholly or in part.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub analysis_problem: Option<String>,
 }
 
 /// `PATCH improvement-items/{id}`: a person settles an item.
@@ -273,18 +280,19 @@ impl Engine {
             )));
         }
         let pipeline = handle.pipeline().clone();
-        // audit-analyze: free text becomes classified items beside the
-        // marked ones (the keyword fallback; no LLM step yet).
-        let mut submission = submission;
-        let analysis =
-            factory_core::audit_analyze::classify(&pipeline, block, &submission.free_text);
-        submission.items.extend(machine_items(&analysis));
         if submission.close {
             // Refused before anything is stored: a review that may not close
             // its gate must not leave its votes behind either.
             let log = self.store.events(&run_id, 0).await?;
             transitions::may_approve(&pipeline, &log, block, principal)?;
         }
+        // audit-analyze: free text becomes classified items beside the
+        // marked ones.
+        let mut submission = submission;
+        let (analysis, classifier) = self
+            .analyze(&pipeline, handle.doc(), block, &submission.free_text)
+            .await;
+        submission.items.extend(machine_items(&analysis));
         let mut keys = BTreeSet::new();
         for (n, item) in submission.items.iter().enumerate() {
             let at = format!("items[{n}]");
@@ -335,12 +343,33 @@ impl Engine {
                 changes: review.changes,
                 gate: review.gate,
                 unclassified: analysis.unclassified,
+                classifier,
+                analysis_problem: analysis.llm_problem,
             });
         }
         Err(EngineError::TooManyConflicts {
             run_id: run_id.clone(),
             tries: crate::handle::MAX_CONFLICTS,
         })
+    }
+
+    /// audit-analyze with the provider of the review page's model.
+    async fn analyze(
+        &self,
+        pipeline: &factory_core::Pipeline,
+        doc: &RunDoc,
+        page: &str,
+        free_text: &str,
+    ) -> (factory_core::audit_analyze::Analysis, Option<String>) {
+        let model = pipeline.block(page).and_then(|block| {
+            transitions::effective_model(
+                pipeline.template(),
+                block,
+                &doc.models,
+                doc.default_model.as_deref(),
+            )
+        });
+        analyze_free_text(self.config.llm.as_deref(), pipeline, model, page, free_text).await
     }
 
     /// Everything one review submission changes, decided from one read of
@@ -830,6 +859,77 @@ pub(crate) fn routing_after(
     Ok(loop_core::route(pipeline, &scratch, router, items)?.events)
 }
 
+/// audit-analyze: the llm step when `llm` serves `model` (the model's
+/// answer checked, keywords for what it did not place), else — or when the
+/// call fails — the keyword fallback. Returns the analysis and what
+/// classified it (`llm:<model>` or `keywords`; None without free text).
+pub async fn analyze_free_text(
+    llm: Option<&factory_runtime::llm::LlmSettings>,
+    pipeline: &factory_core::Pipeline,
+    model: Option<&str>,
+    page: &str,
+    free_text: &str,
+) -> (factory_core::audit_analyze::Analysis, Option<String>) {
+    use factory_core::audit_analyze as analyze;
+    if free_text.trim().is_empty() {
+        return (analyze::Analysis::default(), None);
+    }
+    let keywords = || {
+        (
+            analyze::classify(pipeline, page, free_text),
+            Some("keywords".to_string()),
+        )
+    };
+    let (Some(settings), Some(ask)) = (llm, analyze::llm_ask(pipeline, page, free_text)) else {
+        return keywords();
+    };
+    let Ok(resolved) = settings.resolve(model) else {
+        return keywords();
+    };
+    let request = factory_llm::ChatRequest {
+        model: resolved.model.clone(),
+        system: vec![factory_llm::Part::cacheable(ask.system)],
+        user: vec![factory_llm::Part::new(ask.user)],
+        max_tokens: 2048,
+        temperature: Some(0.0),
+        response_format: factory_llm::ResponseFormat::JsonSchema {
+            name: "findings".to_string(),
+            schema: ask.schema,
+        },
+        ..Default::default()
+    };
+    match resolved.client.complete(&request, ANALYZE_TIMEOUT).await {
+        Ok(reply) => {
+            let analysis =
+                analyze::classify_with_llm(pipeline, page, free_text, &reply.text, &reply.model);
+            // The answer counts when it was read (even placing nothing) or
+            // placed at least one sentence.
+            let used = analysis.llm_problem.is_none()
+                || analysis
+                    .items
+                    .iter()
+                    .any(|i| matches!(i.method, analyze::Method::Llm(_)));
+            let classifier = if used {
+                format!("llm:{}", reply.model)
+            } else {
+                "keywords".to_string()
+            };
+            (analysis, Some(classifier))
+        }
+        Err(error) => {
+            tracing::warn!(%error, page, "audit-analyze's llm step failed; keywords used");
+            let (mut analysis, classifier) = keywords();
+            analysis.llm_problem = Some(format!(
+                "the llm step failed ({error}); keywords classified the free text"
+            ));
+            (analysis, classifier)
+        }
+    }
+}
+
+/// How long audit-analyze's llm step may take before the keywords decide.
+const ANALYZE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(90);
+
 /// The items audit-analyze classified from a submission's free text, marked
 /// as machine-classified in their source text and keyed by their sentence
 /// (the same sentence from two testers is the same item).
@@ -842,11 +942,7 @@ fn machine_items(analysis: &factory_core::audit_analyze::Analysis) -> Vec<Submit
             skill_target: c.skill_target.clone(),
             verdict: c.verdict,
             correction: c.sentence.clone(),
-            source_text: format!(
-                "[machine-classified from free text by keywords: {}] {}",
-                c.cues.join(", "),
-                c.sentence
-            ),
+            source_text: format!("[{}] {}", c.method.mark(), c.sentence),
             priority: Some(c.priority.as_str().to_string()),
             finding_type: Some(c.finding_type.to_string()),
         })

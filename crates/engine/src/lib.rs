@@ -8,6 +8,7 @@
 //! and recomputes, so several processes can act on one run safely.
 
 mod audit;
+pub mod chat;
 mod driver;
 mod fan_out;
 pub mod feedback;
@@ -99,6 +100,8 @@ pub enum EngineError {
     /// A decision on a gap that cannot be taken (no such gap, no change).
     #[error(transparent)]
     Gap(#[from] factory_core::gaps::DecisionError),
+    #[error(transparent)]
+    Chat(#[from] chat::ChatError),
     #[error("{0} not found")]
     NotFound(String),
     /// A delivery to a stream that names no record.

@@ -192,6 +192,13 @@ const actions = {
     await saveDraft(form.message.dataset.draft, { message: "" });
     await api("POST", `${blockUrl(form)}/chat`, { message });
   },
+  // The META chat: questions about the whole run.
+  async "run-chat"(form) {
+    const message = form.message.value;
+    form.message.value = "";
+    await saveDraft(form.message.dataset.draft, { message: "" });
+    await api("POST", `/api/v1/runs/${encodeURIComponent(runId)}/chat`, { message });
+  },
   // The extraction review: one verdict per marked item.
   async review(form) {
     const items = [];

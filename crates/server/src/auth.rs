@@ -159,6 +159,8 @@ pub const ROUTES: &[(&str, &str, Option<Role>)] = &[
     ("GET", "/api/v1/runs/{run}/ratings", Some(Role::Viewer)),
     ("POST", "/api/v1/runs/{run}/ratings", Some(Role::Reviewer)),
     ("GET", "/api/v1/runs/{run}/gaps", Some(Role::Viewer)),
+    ("GET", "/api/v1/runs/{run}/chat", Some(Role::Viewer)),
+    ("POST", "/api/v1/runs/{run}/chat", Some(Role::Reviewer)),
     ("POST", "/api/v1/runs/{run}/gaps/{id}", Some(Role::Reviewer)),
     (
         "GET",

@@ -182,6 +182,17 @@ impl From<EngineError> for ApiError {
                 }
                 _ => ApiError::unprocessable("bad_gap_decision", error.to_string()),
             },
+            EngineError::Chat(ref chat) => match chat {
+                factory_engine::chat::ChatError::EmptyMessage => {
+                    ApiError::unprocessable("empty_message", error.to_string())
+                }
+                factory_engine::chat::ChatError::NotConfigured(_) => {
+                    ApiError::unprocessable("llm_not_configured", error.to_string())
+                }
+                factory_engine::chat::ChatError::Provider(_) => {
+                    ApiError::new(StatusCode::BAD_GATEWAY, "llm_error", error.to_string())
+                }
+            },
             EngineError::BadDelivery(_) => {
                 ApiError::unprocessable("bad_delivery", error.to_string())
             }

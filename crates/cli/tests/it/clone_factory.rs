@@ -100,6 +100,20 @@ impl Respond for FakeModel {
     fn respond(&self, request: &Request) -> ResponseTemplate {
         assert_eq!(request.headers.get("x-api-key").unwrap(), "sk-e2e-test");
         let body: Value = serde_json::from_slice(&request.body).unwrap();
+        // `factory ask`: answers from the run brief it was given.
+        let system = body["system"].to_string();
+        if system.contains("assistant for one run") {
+            let accepted: Vec<&str> = system
+                .split("\\n- ")
+                .filter(|l| l.starts_with('g') && l.contains(" [accepted] "))
+                .filter_map(|l| l.split(' ').next())
+                .collect();
+            return ResponseTemplate::new(200).set_body_json(json!({
+                "id": "msg_c", "type": "message", "role": "assistant", "model": body["model"],
+                "content": [{"type": "text", "text": format!("Accepted gaps: {}.", accepted.join(", "))}],
+                "stop_reason": "end_turn", "usage": {"input_tokens": 900, "output_tokens": 6}
+            }));
+        }
         let user = body["messages"][0]["content"].to_string();
         let block = user
             .split("Run the block `")
@@ -407,6 +421,55 @@ fn the_whole_clone_factory_runs_against_a_local_provider() {
         listed.contains("accepted by cli:tester: Calls come after launch")
             && listed.starts_with("2 gaps, 0 open"),
         "{listed}"
+    );
+    // The META chat: the brief names the run's blocks and gaps; the model
+    // is asked with it and the answer is kept.
+    let brief = factory(&db)
+        .args(["ask", &run_id, "--brief"])
+        .output()
+        .unwrap();
+    assert!(brief.status.success());
+    let brief = String::from_utf8(brief.stdout).unwrap();
+    assert!(
+        brief.contains("- `masteryos-sync` (Sync to MasteryOS)")
+            && brief.contains("g02 [accepted]")
+            && brief.contains("accepted by cli:tester: Calls come after launch"),
+        "{brief}"
+    );
+    let asked = services
+        .factory()
+        .args(["ask", &run_id, "Which gaps did we accept?"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&asked.stderr);
+    assert!(asked.status.success(), "{stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&asked.stdout),
+        "Accepted gaps: g02.\n"
+    );
+    assert!(stderr.contains("900 tokens in"), "{stderr}");
+    // Kept: the next question carries the conversation so far.
+    let again = services
+        .factory()
+        .args(["ask", &run_id, "And the open ones?"])
+        .output()
+        .unwrap();
+    assert!(again.status.success());
+    let sent = services.received("/v1/messages");
+    let last: Value = serde_json::from_slice(&sent.last().unwrap().body).unwrap();
+    let transcript = last["messages"].to_string();
+    assert!(
+        transcript.contains("user: Which gaps did we accept?")
+            && transcript.contains("assistant: Accepted gaps: g02.")
+            && transcript.contains("user: And the open ones?"),
+        "{transcript}"
+    );
+    let refused = factory(&db).args(["ask", &run_id, "hi"]).output().unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("provider"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
     );
     for (args, says) in [
         (vec!["gap", &run_id, "g02", "--accept"], "already accepted"),

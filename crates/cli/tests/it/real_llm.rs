@@ -230,3 +230,67 @@ fn real_llm_token_estimates_match_the_server() {
         worst * 100.0
     );
 }
+
+/// Gaps and the META chat on the real model: a gap source (a command block
+/// writing gaps.json) and an `llm` block that reads it — its prompt carries
+/// the OPEN GAPS section and the run finishes; then `factory ask` sends the
+/// run's brief with a question and keeps the answer.
+#[test]
+#[ignore = "needs a real model server: scripts/real-llm.sh"]
+fn real_llm_open_gaps_reach_the_prompt_and_the_run_can_be_asked_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("factory.db");
+    let skill = dir.path().join("skills/pitch");
+    std::fs::create_dir_all(&skill).unwrap();
+    std::fs::write(
+        skill.join("SKILL.md"),
+        "# Pitch\nWrite a three-sentence sales pitch for the offers you are given. Mention each offer's name and price.\n",
+    )
+    .unwrap();
+    let offers = r#"{"offers": [{"name": "Clarity Call", "price_usd": 250}, {"name": "VIP Day", "price_usd": 4500}]}"#;
+    let gaps = r#"{"gaps": [{"id": "g01", "severity": "high", "skill_target": "offers", "artifact": "offers-json", "finding": "The VIP Day price is not confirmed by the expert: do not quote a price for the VIP Day, invite the reader to a Clarity Call instead"}]}"#;
+    let template = dir.path().join("gaps.json");
+    std::fs::write(
+        &template,
+        json!({"id": "gaps", "name": "Gaps", "version": "1", "blocks": [
+            {"id": "offers", "name": "Offers", "layer": "L0", "type": "extract", "runtime": "command",
+             "inputs": {"config": {"command": ["sh", "-c", format!("printf '%s' '{offers}' > $FACTORY_OUTPUT_DIR/offers.json")]}},
+             "outputs": {"artifacts": [{"key": "offers-json", "path": "offers.json", "format": "json"}]}},
+            {"id": "analyzer", "name": "Gap analyzer", "layer": "L1", "type": "validate", "runtime": "command",
+             "inputs": {"depends": [{"block": "offers", "key": "offers-json"}],
+                        "config": {"command": ["sh", "-c", format!("printf '%s' '{gaps}' > $FACTORY_OUTPUT_DIR/gaps.json")]}},
+             "outputs": {"artifacts": [{"key": "gaps-json", "path": "gaps.json", "format": "json"}], "gaps": "gaps-json"}},
+            {"id": "pitch", "name": "Pitch", "layer": "L2", "type": "build", "runtime": "llm", "skill": "pitch",
+             "timeout": 300000, "execution": {"retryable": true, "max_retries": 2},
+             "inputs": {"depends": [{"block": "offers", "key": "offers-json"}, {"block": "analyzer", "key": "gaps-json"}],
+                        "config": {"max_tokens": 200, "temperature": 0.2, "seed": 1}},
+             "outputs": {"artifacts": [{"key": "pitch", "path": "pitch.md", "format": "md"}]}}
+        ]})
+        .to_string(),
+    )
+    .unwrap();
+    let (code, run_id) = run(&db, &template, "8192");
+    assert_eq!(code, Some(0), "the run finishes: {run_id}");
+    let prompt = super::sent_prompt(&db, &run_id, "pitch", 1);
+    assert!(prompt.contains("OPEN GAPS"), "{prompt}");
+    assert!(prompt.contains("g01"), "{prompt}");
+    let doc = status_json(&db, &run_id);
+    println!(
+        "real_llm: gap g01 after the pitch: {} ({})",
+        doc["gaps"]["g01"]["status"], doc["gaps"]["g01"]["reason"]
+    );
+
+    let (url, model) = server();
+    let output = super::factory(&db)
+        .env("FACTORY_LLM_BASE_URL", &url)
+        .env("FACTORY_LLM_MODEL", &model)
+        .args(["ask", &run_id, "Which gaps are still open in this run?"])
+        .output()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&output.stdout).to_string();
+    let note = String::from_utf8_lossy(&output.stderr).to_string();
+    println!("real_llm: factory ask answered: {answer:?} {note}");
+    assert!(output.status.success(), "{note}");
+    assert!(!answer.trim().is_empty());
+    assert!(note.contains("characters of run context"), "{note}");
+}

@@ -967,6 +967,7 @@ mod fan_out;
 mod lease;
 mod lens;
 mod memo;
+mod real_llm;
 mod shared_run;
 
 mod llm_runtime {

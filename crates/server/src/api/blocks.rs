@@ -475,31 +475,15 @@ pub async fn diff(
     ))
 }
 
-/// One message of a block's chat.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ChatMessage {
-    /// `user` or `assistant`.
-    pub role: String,
-    pub text: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub model: Option<String>,
-}
+pub use factory_engine::chat::ChatMessage;
 
+/// A block's chat messages, oldest first.
 pub async fn chat_messages(
     state: &SharedState,
     run_id: &str,
     block: &str,
 ) -> ApiResult<Vec<(RunRecord, ChatMessage)>> {
-    let prefix = format!("{block}/");
-    let records = state.store.records(run_id, kinds::CHAT).await?;
-    Ok(records
-        .into_iter()
-        .filter(|r| r.key.starts_with(&prefix))
-        .filter_map(|r| {
-            let message = serde_json::from_value(r.body.clone()).ok()?;
-            Some((r, message))
-        })
-        .collect())
+    Ok(factory_engine::chat::chat_records(&state.engine, run_id, block).await?)
 }
 
 pub async fn chat_history(

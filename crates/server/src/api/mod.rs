@@ -9,6 +9,7 @@ mod hooks;
 mod ratings;
 mod records;
 pub(crate) mod review;
+mod run_chat;
 pub(crate) mod runs;
 mod stream;
 
@@ -86,6 +87,10 @@ pub fn routes(config: &crate::ServerConfig) -> Router<SharedState> {
             get(ratings::of_run).post(ratings::rate),
         )
         .route("/api/v1/runs/{run}/gaps", get(gaps::list))
+        .route(
+            "/api/v1/runs/{run}/chat",
+            get(run_chat::history).post(run_chat::turn),
+        )
         .route("/api/v1/runs/{run}/gaps/{id}", post(gaps::decide))
         .route("/api/v1/runs/{run}/stream", get(stream::run_stream))
         .route("/api/v1/stream", get(stream::all_stream))

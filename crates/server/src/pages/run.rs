@@ -61,6 +61,8 @@ pub async fn render_run_page(
         .filter(|r| r.run_id != doc.run_id)
         .collect();
     let uploads = crate::api::runs::uploads(state, &doc.run_id).await?;
+    let chat = state.engine.run_chat_history(&doc.run_id).await?;
+    let chat_unavailable = state.engine.run_chat_unavailable(&doc.run_id).await?;
     let has_lens = template.blocks.iter().any(|b| b.lens.is_some());
     let ratings = if has_lens {
         state.engine.run_ratings(&doc.run_id).await?
@@ -110,6 +112,28 @@ pub async fn render_run_page(
         section.panel {
             h2 { "Timeline" }
             div #timeline data-live { (timeline::svg(&doc, handle.pipeline(), factory_engine::now_ms())) }
+        }
+        section.panel.chat #run-chat data-live {
+            h2 { "Ask about this run" }
+            p.muted { "The factory's chat knows this run: every block's state, audit and suggestions, the gaps, the corrections and the convergence (read fresh for each question)." }
+            div.messages #run-chat-messages {
+                @for (record, m) in &chat {
+                    div class={"msg " (m.role)} { span.muted { (record.actor) } div { (m.text) } }
+                }
+            }
+            @match &chat_unavailable {
+                Some(reason) => p.notice { (reason) ". The chat becomes available once a provider is configured (see the README's LLM section)." },
+                None if caller.role >= Role::Reviewer => {
+                    form #run-chat-form data-action="run-chat" {
+                        textarea name="message" rows="2" data-draft="run-chat" aria-label="Question about this run" placeholder="Ask about this run, e.g. why is it not ready to ship?" {
+                            (drafts.get("run-chat").and_then(|d| d.get("message")).and_then(|v| v.as_str()).unwrap_or(""))
+                        }
+                        button type="submit" { "Ask" }
+                        p.error data-error {}
+                    }
+                },
+                None => {},
+            }
         }
         @if has_lens {
             div #lens data-live { (lens_panel(&doc, handle.pipeline(), &ratings, caller)) }

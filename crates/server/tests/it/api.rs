@@ -1133,6 +1133,37 @@ async fn block_chat_talks_to_the_configured_provider() {
         .await;
     assert_eq!(s, 422, "{b}");
     assert_eq!(b["error"]["code"], "llm_not_configured");
+    // The run's META chat says the same, and its history says why.
+    let (s, b) = t
+        .call(
+            Method::POST,
+            &format!("/api/v1/runs/{run}/chat"),
+            "reviewer",
+            Some(json!({"message": "hi"})),
+        )
+        .await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (422, Some("llm_not_configured")),
+        "{b}"
+    );
+    let (s, b) = t
+        .call(
+            Method::GET,
+            &format!("/api/v1/runs/{run}/chat"),
+            "viewer",
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(b["messages"], json!([]));
+    assert!(
+        b["unavailable"]
+            .as_str()
+            .unwrap()
+            .contains("no LLM provider"),
+        "{b}"
+    );
     drop(t);
 
     // With a local server speaking the Anthropic wire format.

@@ -1692,3 +1692,41 @@ async fn a_reviewer_accepts_a_gap_from_the_gaps_panel() {
     screenshot_at(c, "gaps-panel", "#gaps").await;
     b.client.clone().close().await.unwrap();
 }
+
+/// The META chat on the run page: a reviewer asks about the run and the
+/// answer — grounded in the run's brief — appears in the panel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reviewer_asks_the_run_page_chat_about_the_run() {
+    use crate::feedback_loop::{clone_factory_server, run_to};
+    let (t, _provider) = clone_factory_server().await;
+    let run = t
+        .start_run("clone-factory", json!({"expert_name": "Marisol Vega"}))
+        .await;
+    run_to(&t, &run, "extraction-reviewer").await;
+    t.wait_for(&run, "the gaps", |d| d["gaps"]["g02"].is_object())
+        .await;
+    let b = browser().await;
+    let c = &b.client;
+    login(c, &t, "reviewer", &format!("/runs/{run}")).await;
+    type_into(
+        c,
+        "#run-chat-form textarea[name=message]",
+        "What is still open in this run?",
+    )
+    .await;
+    click(c, "#run-chat-form button[type=submit]").await;
+    until(
+        c,
+        "the chat's answer",
+        "return document.getElementById('run-chat-messages').textContent.includes('Open gaps: g01, g02.');",
+    )
+    .await;
+    assert!(
+        text_of(c, "#run-chat-messages")
+            .await
+            .contains("What is still open in this run?")
+    );
+    accessible(c, "the run page with its chat").await;
+    screenshot_at(c, "run-chat", "#run-chat").await;
+    b.client.clone().close().await.unwrap();
+}

@@ -101,6 +101,71 @@ impl Respond for FakeModel {
         let body: Value = serde_json::from_slice(&request.body).unwrap();
         let all = body.to_string();
         let user = body["messages"][0]["content"].to_string();
+        let system = match &body["system"] {
+            Value::Array(parts) => parts
+                .iter()
+                .filter_map(|p| p["text"].as_str())
+                .collect::<Vec<_>>()
+                .join("\n"),
+            other => other.as_str().unwrap_or_default().to_string(),
+        };
+        // Like a real server at its worst: now and then a 200 with nothing in it.
+        if user.contains("(junk)") {
+            return ResponseTemplate::new(200).set_body_string("");
+        }
+        // audit-analyze's llm step: sentences that speak of promises are the
+        // voice's (no keyword would say so); the rest are left to keywords.
+        if system.contains("You classify a reviewer's free-text feedback") {
+            let text = body["messages"][0]["content"]
+                .as_str()
+                .map(str::to_string)
+                .or_else(|| {
+                    body["messages"][0]["content"][0]["text"]
+                        .as_str()
+                        .map(str::to_string)
+                })
+                .unwrap_or_default();
+            let findings: Vec<Value> = text
+                .lines()
+                .filter_map(|line| line.split_once(". "))
+                .filter(|(_, sentence)| sentence.contains("promise"))
+                .filter_map(|(n, _)| n.parse::<u64>().ok())
+                .map(|n| json!({"sentence": n, "block": "voice-extractor", "verdict": "needs_work", "priority": "critical", "finding_type": "voice"}))
+                .collect();
+            let text = json!({ "findings": findings }).to_string();
+            return ResponseTemplate::new(200).set_body_json(json!({
+                "id": "msg_a", "type": "message", "role": "assistant", "model": body["model"],
+                "content": [{"type": "text", "text": text}], "stop_reason": "end_turn",
+                "usage": {"input_tokens": 50, "output_tokens": 10}
+            }));
+        }
+        // The META chat: answers from the run brief it was given.
+        if system.contains("assistant for one run") {
+            let open: Vec<&str> = system
+                .lines()
+                .filter(|l| l.starts_with("- g") && l.contains(" [open] "))
+                .filter_map(|l| l[2..].split(' ').next())
+                .collect();
+            let failed: Vec<&str> = system
+                .lines()
+                .filter(|l| l.starts_with("- `") && l.ends_with(": failed"))
+                .filter_map(|l| l.split('`').nth(1))
+                .collect();
+            let text = format!(
+                "Open gaps: {}. Failed blocks: {}.",
+                open.join(", "),
+                if failed.is_empty() {
+                    "none".to_string()
+                } else {
+                    failed.join(", ")
+                }
+            );
+            return ResponseTemplate::new(200).set_body_json(json!({
+                "id": "msg_c", "type": "message", "role": "assistant", "model": body["model"],
+                "content": [{"type": "text", "text": text}], "stop_reason": "end_turn",
+                "usage": {"input_tokens": 300, "output_tokens": 12}
+            }));
+        }
         let text = match user
             .split("Run the block `")
             .nth(1)
@@ -1202,4 +1267,220 @@ async fn free_text_feedback_becomes_classified_items() {
     assert_eq!(s, 200, "{b}");
     let again = items(&t, &run, "").await;
     assert_eq!(again.len(), found.len(), "{again:?}");
+}
+
+/// audit-analyze's llm step: with a provider configured, the model places
+/// the sentences keywords cannot (a promise → the voice); keywords still
+/// place what the model leaves; a provider answering 200 with an empty body
+/// leaves the keywords in charge, and the answer says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn free_text_is_classified_by_the_llm_step_when_a_provider_answers() {
+    let (t, _provider) = clone_factory_server().await;
+    let run = t
+        .start_run("clone-factory", json!({"expert_name": "Marisol Vega"}))
+        .await;
+    run_to(&t, &run, "extraction-reviewer").await;
+    let (samuel, _) = review_token(&t, &run, "samuel-ngu", "expert").await;
+    let free_text = "She would never promise results within a week. \
+                     The offers list the wrong price for the VIP Day! \
+                     It was lovely to read overall.";
+    let (s, b) = submit(
+        &t,
+        &samuel,
+        &run,
+        "extraction-reviewer",
+        json!({"free_text": free_text}),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    assert!(b["classifier"].as_str().unwrap().starts_with("llm:"), "{b}");
+    assert!(b.get("analysis_problem").is_none(), "{b}");
+    assert_eq!(b["unclassified"], json!(["It was lovely to read overall"]));
+    let found = items(&t, &run, "").await;
+    let mut machine: Vec<(String, String, String)> = found
+        .iter()
+        .filter(|i| i["source_key"].as_str().unwrap().starts_with("free-text:"))
+        .map(|i| {
+            let text = i["source_text"].as_str().unwrap();
+            (
+                i["skill_target"].as_str().unwrap().to_string(),
+                i["priority"].as_str().unwrap().to_string(),
+                text[..text.find(']').unwrap()].to_string(),
+            )
+        })
+        .collect();
+    machine.sort();
+    assert_eq!(machine.len(), 2, "{found:?}");
+    assert_eq!(machine[0].0, "offer-extractor");
+    assert_eq!(
+        machine[0].2,
+        "[machine-classified from free text by keywords: offers, price"
+    );
+    assert_eq!(
+        (machine[1].0.as_str(), machine[1].1.as_str()),
+        ("voice-extractor", "critical")
+    );
+    assert!(
+        machine[1]
+            .2
+            .starts_with("[machine-classified from free text by llm "),
+        "{machine:?}"
+    );
+
+    // The provider answers 200 with an empty body: keywords, and why.
+    let (ada, _) = review_token(&t, &run, "ada", "team").await;
+    let (s, b) = submit(
+        &t,
+        &ada,
+        &run,
+        "extraction-reviewer",
+        json!({"free_text": "The offers quote a made up price (junk)."}),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["classifier"], "keywords", "{b}");
+    assert!(
+        b["analysis_problem"]
+            .as_str()
+            .unwrap()
+            .starts_with("the llm step failed"),
+        "{b}"
+    );
+    let after = items(&t, &run, "").await;
+    assert_eq!(
+        after.len(),
+        found.len() + 1,
+        "the keywords still made an item"
+    );
+}
+
+/// The META chat: a question about the run goes to the model with the
+/// run's brief — blocks and their states, gaps, corrections — and the
+/// answer, grounded in it, is kept with the question; viewers read it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meta_chat_answers_from_the_whole_run() {
+    let (t, provider) = clone_factory_server().await;
+    let run = t
+        .start_run("clone-factory", json!({"expert_name": "Marisol Vega"}))
+        .await;
+    run_to(&t, &run, "extraction-reviewer").await;
+    t.wait_for(&run, "the gaps", |d| d["gaps"]["g02"].is_object())
+        .await;
+    let (samuel, _) = review_token(&t, &run, "samuel-ngu", "expert").await;
+    let (s, b) = submit(
+        &t,
+        &samuel,
+        &run,
+        "extraction-reviewer",
+        json!({"free_text": "The offers list the wrong price for the VIP Day!"}),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+
+    let ask = |role: &'static str, message: &'static str| {
+        let t = &t;
+        let run = run.clone();
+        async move {
+            t.call(
+                Method::POST,
+                &format!("/api/v1/runs/{run}/chat"),
+                role,
+                Some(json!({ "message": message })),
+            )
+            .await
+        }
+    };
+    let (s, b) = ask("reviewer", "What is still open in this run?").await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(
+        b["reply"], "Open gaps: g01, g02. Failed blocks: none.",
+        "{b}"
+    );
+    assert!(b["context_chars"].as_u64().unwrap() > 2000, "{b}");
+
+    // What the model was given: the whole run.
+    let requests = provider.received_requests().await.unwrap();
+    let chat: Value = requests
+        .iter()
+        .filter_map(|r| serde_json::from_slice::<Value>(&r.body).ok())
+        .rfind(|b| b.to_string().contains("assistant for one run"))
+        .unwrap();
+    let system = chat["system"].to_string();
+    for needle in [
+        "template `clone-factory`",
+        "- `offer-extractor` (",
+        "- `extraction-reviewer` (",
+        "at its after-gate",
+        "g01 [open]",
+        "for `offer-extractor` (from extraction-review)",
+        "wrong price for the VIP Day",
+    ] {
+        assert!(system.contains(needle), "{needle} not in {system}");
+    }
+    assert!(chat.to_string().contains("What is still open in this run?"));
+
+    // A second turn carries the first.
+    let (s, _) = ask("reviewer", "And which blocks failed?").await;
+    assert_eq!(s, 200);
+    let requests = provider.received_requests().await.unwrap();
+    let last: Value = serde_json::from_slice(&requests.last().unwrap().body).unwrap();
+    assert!(last["messages"].to_string().contains("Open gaps: g01, g02"));
+
+    // Kept: four messages, in order, readable by a viewer; the run page shows them.
+    let (s, history) = t
+        .call(
+            Method::GET,
+            &format!("/api/v1/runs/{run}/chat"),
+            "viewer",
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    let messages = history["messages"].as_array().unwrap();
+    let roles: Vec<&str> = messages
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["user", "assistant", "user", "assistant"]);
+    assert_eq!(messages[0]["actor"], "user:reviewer");
+    assert_eq!(history["unavailable"], Value::Null);
+    // Not the block chats': the review page's chat is empty.
+    let (_, block_chat) = t
+        .call(
+            Method::GET,
+            &format!("/api/v1/runs/{run}/blocks/extraction-reviewer/chat"),
+            "viewer",
+            None,
+        )
+        .await;
+    assert_eq!(block_chat["messages"], json!([]));
+    let (s, page) = t.call_text(&format!("/runs/{run}"), "reviewer").await;
+    assert_eq!(s, 200);
+    assert!(page.contains("id=\"run-chat-form\""), "{page}");
+    assert!(page.contains("Open gaps: g01, g02. Failed blocks: none."));
+
+    // Refusals: a viewer may not ask, an empty question, and a provider
+    // that answers 200 with nothing — none of them is kept.
+    let (s, _) = ask("viewer", "hello?").await;
+    assert_eq!(s, 403);
+    let (s, b) = ask("reviewer", "   ").await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (422, Some("empty_message"))
+    );
+    let (s, b) = ask("reviewer", "Anything else? (junk)").await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (502, Some("llm_error")),
+        "{b}"
+    );
+    let (_, history) = t
+        .call(
+            Method::GET,
+            &format!("/api/v1/runs/{run}/chat"),
+            "viewer",
+            None,
+        )
+        .await;
+    assert_eq!(history["messages"].as_array().unwrap().len(), 4);
 }
