@@ -119,8 +119,13 @@ pub const SYNONYMS: &[(&str, &[&str])] = &[
 pub enum Method {
     /// By [`SYNONYMS`] and the block ids' words; the cue words that chose.
     Keywords(Vec<String>),
-    /// By the llm step, with this model.
-    Llm(String),
+    /// By the llm step, with this model; `keywords_said` is the block the
+    /// keywords would have chosen when that is another one (shown to the
+    /// reviewers who vote on the item: a small model misplaces findings).
+    Llm {
+        model: String,
+        keywords_said: Option<String>,
+    },
 }
 
 impl Method {
@@ -133,7 +138,16 @@ impl Method {
                     cues.join(", ")
                 )
             }
-            Method::Llm(model) => format!("machine-classified from free text by llm {model}"),
+            Method::Llm {
+                model,
+                keywords_said: None,
+            } => format!("machine-classified from free text by llm {model}"),
+            Method::Llm {
+                model,
+                keywords_said: Some(other),
+            } => format!(
+                "machine-classified from free text by llm {model}; keywords pointed at {other}"
+            ),
         }
     }
 }
@@ -380,7 +394,7 @@ pub fn classify_with_llm(
     let sentences = distinct_sentences(free_text);
     let mut placed: Vec<Option<Classified>> = vec![None; sentences.len()];
     let mut problems = Vec::new();
-    match parse_findings(answer) {
+    match crate::answer::array_in(answer, "findings") {
         Err(problem) => problems.push(problem),
         Ok(findings) => {
             let mut bad = 0;
@@ -411,28 +425,6 @@ pub fn classify_with_llm(
     analysis
 }
 
-/// The `findings` array of an answer: the JSON object in it (a fenced block
-/// or prose around it is tolerated).
-fn parse_findings(answer: &str) -> Result<Vec<serde_json::Value>, String> {
-    let text = answer.trim();
-    let json = match (text.find('{'), text.rfind('}')) {
-        (Some(from), Some(to)) if from < to => &text[from..=to],
-        _ => {
-            return Err(if text.is_empty() {
-                "the model's answer was empty".to_string()
-            } else {
-                "the model's answer held no JSON object".to_string()
-            });
-        }
-    };
-    let value: serde_json::Value = serde_json::from_str(json)
-        .map_err(|e| format!("the model's answer was not valid JSON: {e}"))?;
-    match value.get("findings") {
-        Some(serde_json::Value::Array(list)) => Ok(list.clone()),
-        _ => Err("the model's answer had no `findings` array".to_string()),
-    }
-}
-
 fn llm_finding(
     page: &str,
     finding: &serde_json::Value,
@@ -461,7 +453,12 @@ fn llm_finding(
             verdict,
             priority,
             finding_type,
-            method: Method::Llm(model.to_string()),
+            method: Method::Llm {
+                model: model.to_string(),
+                keywords_said: by_keywords(page, sentence, candidates)
+                    .map(|k| k.skill_target)
+                    .filter(|other| *other != target.block.id),
+            },
         },
     ))
 }
@@ -619,7 +616,14 @@ mod tests {
                     "high",
                     &Method::Keywords(vec!["pricing".into()])
                 ),
-                ("voice-extractor", "critical", &Method::Llm("m1".into())),
+                (
+                    "voice-extractor",
+                    "critical",
+                    &Method::Llm {
+                        model: "m1".into(),
+                        keywords_said: None
+                    }
+                ),
             ]
         );
         assert_eq!(analysis.unclassified, ["It was lovely to read overall"]);
@@ -668,7 +672,22 @@ mod tests {
         assert_eq!(analysis.items.len(), 1);
         assert_eq!(analysis.items[0].skill_target, "offer-extractor");
         assert_eq!(analysis.items[0].priority, Priority::Critical);
-        assert_eq!(analysis.items[0].method, Method::Llm("m1".into()));
+        assert_eq!(
+            analysis.items[0].method,
+            Method::Llm {
+                model: "m1".into(),
+                keywords_said: None
+            }
+        );
+        // Found on SmolLM2: the model put a pricing sentence on a block the
+        // keywords would not have; the item says so.
+        let answer = r#"{"findings": [{"sentence": 1, "block": "expert-recon", "verdict": "wrong", "priority": "high", "finding_type": "inaccuracy"}]}"#;
+        let analysis = classify_with_llm(&pipeline, "expert-audit", FEEDBACK, answer, "m1");
+        assert_eq!(analysis.items[0].skill_target, "expert-recon");
+        assert_eq!(
+            analysis.items[0].method.mark(),
+            "machine-classified from free text by llm m1; keywords pointed at offer-extractor"
+        );
     }
 
     #[test]

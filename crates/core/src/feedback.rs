@@ -279,6 +279,37 @@ pub struct Plan {
     pub reason: String,
 }
 
+/// The review pages whose accepted items a corrections router routes, from
+/// its `inputs.config.sources`; None (absent): every page's. A router placed
+/// right after one review (clone-factory's extraction router) routes that
+/// review's items before the run goes on, so later blocks are built on the
+/// corrected outputs; a later router takes the rest.
+pub fn router_sources(
+    config: &BTreeMap<String, Value>,
+) -> Result<Option<BTreeSet<String>>, String> {
+    let Some(value) = config.get("sources") else {
+        return Ok(None);
+    };
+    let list = value
+        .as_array()
+        .filter(|l| !l.is_empty())
+        .ok_or("`sources` must be a non-empty list of review pages")?;
+    let mut out = BTreeSet::new();
+    for page in list {
+        match page.as_str() {
+            Some(name) if crate::validate::REVIEW_PAGES.contains(&name) => {
+                out.insert(name.to_string());
+            }
+            _ => {
+                return Err(format!(
+                    "`sources` names {page}, which is not a review page"
+                ));
+            }
+        }
+    }
+    Ok(Some(out))
+}
+
 /// Groups accepted items by target block, most urgent first, as corrections
 /// `v{version}→v{version+1}`. Items whose target is not a block of the
 /// pipeline (or is the router) are listed as unroutable.
@@ -660,17 +691,52 @@ pub fn parse_version(label: &str) -> Option<u32> {
     label.trim().trim_start_matches('v').parse().ok()
 }
 
+/// The versions in which each review page (`extraction-review`,
+/// `expert-audit`) was published — a succeeded attempt of a block serving
+/// it — or is still to be: a page block that is not done counts for the
+/// current version (it will publish in it, so nothing is carried into it).
+pub fn published_versions(pipeline: &Pipeline, doc: &RunDoc) -> BTreeMap<String, BTreeSet<u32>> {
+    let mut out: BTreeMap<String, BTreeSet<u32>> = BTreeMap::new();
+    for block in pipeline.blocks() {
+        let Some(page) = block.inputs.config.get("page").and_then(Value::as_str) else {
+            continue;
+        };
+        let versions = out.entry(page.to_string()).or_default();
+        if let Some(state) = doc.blocks.get(&block.id) {
+            versions.extend(
+                state
+                    .history
+                    .iter()
+                    .filter(|a| a.outcome == Some(crate::run::AttemptOutcome::Succeeded))
+                    .map(|a| a.version),
+            );
+            if state.status != BlockStatus::Done {
+                versions.insert(doc.version);
+            }
+        }
+    }
+    out
+}
+
 /// The table of seed `002`: per version the automated score, expert approval,
 /// extraction accuracy and open critical/high items, and whether the current
 /// version meets every ship criterion.
+///
+/// A review page that was not published again in a version (its inputs did
+/// not change: a correction routed only to blocks after it) keeps the
+/// figure of its last earlier version with answers — the extraction the
+/// expert judged in v2 is the one v3 is built on. `published`
+/// ([`published_versions`]) says which pages ran in which versions; a page
+/// missing from it is never carried.
 pub fn convergence(
     doc: &RunDoc,
     spec: &ConvergenceSpec,
     reviews: &[ReviewStats],
     items: &[ItemStats],
+    published: &BTreeMap<String, BTreeSet<u32>>,
 ) -> Convergence {
     let current = doc.version;
-    let mut rows = Vec::new();
+    let mut rows: Vec<VersionRow> = Vec::new();
     for version in 1..=current {
         let auto_score = spec.score_block.as_deref().and_then(|block| {
             doc.blocks.get(block)?.history.iter().rev().find_map(|a| {
@@ -684,10 +750,27 @@ pub fn convergence(
         let percent = |hits: usize, total: usize| {
             (total > 0).then(|| (hits as f64 * 1000.0 / total as f64).round() / 10.0)
         };
-        let approval = percent(ratings.iter().filter(|r| **r).count(), ratings.len());
-        let accuracy = percent(
-            verdicts.iter().filter(|v| **v == Verdict::Correct).count(),
-            verdicts.len(),
+        let carried = |page: &str, own: Option<f64>, earlier: fn(&VersionRow) -> Option<f64>| {
+            let not_rerun = published
+                .get(page)
+                .is_some_and(|versions| !versions.is_empty() && !versions.contains(&version));
+            match (own, rows.last()) {
+                (None, Some(previous)) if not_rerun => earlier(previous),
+                _ => own,
+            }
+        };
+        let approval = carried(
+            EXPERT_AUDIT,
+            percent(ratings.iter().filter(|r| **r).count(), ratings.len()),
+            |row| row.approval,
+        );
+        let accuracy = carried(
+            EXTRACTION_REVIEW,
+            percent(
+                verdicts.iter().filter(|v| **v == Verdict::Correct).count(),
+                verdicts.len(),
+            ),
+            |row| row.accuracy,
         );
         let open_at = |priority: &str| {
             items

@@ -394,14 +394,137 @@ pub(crate) fn reopen_addressed_by(gaps: &mut BTreeMap<String, GapState>, block: 
 /// addressed by it.
 pub const COVERAGE: f64 = 0.6;
 
+/// A model's judgement of whether one output addresses one gap (an `llm`
+/// block with `inputs.config.gap_check: "llm"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GapCheck {
+    pub addressed: bool,
+    pub reason: String,
+}
+
+/// The model's judgements of an attempt's output, kept in its report; they
+/// decide the gaps they name, the terms heuristic the rest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GapChecks {
+    pub model: String,
+    #[serde(default)]
+    pub verdicts: BTreeMap<String, GapCheck>,
+    /// Why the model's answer was not used, wholly or for some gaps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+/// Characters of each artifact shown to the gap check, at most.
+pub const CHECK_ARTIFACT_LIMIT: usize = 12 * 1024;
+
+/// The gap check's request: the open gaps and the output's artifacts
+/// (`texts`, each cut at [`CHECK_ARTIFACT_LIMIT`]), with the answer's JSON
+/// schema. `(system, user, schema)`.
+pub fn check_ask(open: &[&GapState], texts: &BTreeMap<String, String>) -> (String, String, Value) {
+    let system = "You check whether a pipeline block's output addresses known gaps. A gap is \
+addressed only when the output acts on it — states the missing fact, follows the resolution, or \
+tells the reader what not to claim. Repeating or paraphrasing the gap's description is not \
+addressing it. Answer with JSON only: {\"gaps\": [{\"id\": \"g01\", \"addressed\": true, \
+\"reason\": \"one sentence naming where the output acts on it\"}]}, one entry per gap."
+        .to_string();
+    let mut user = prompt_section(open).unwrap_or_default();
+    user.push_str("\n## OUTPUT\n");
+    for (key, text) in texts {
+        let mut cut = text.len().min(CHECK_ARTIFACT_LIMIT);
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let _ = write!(user, "\n=== {key} ===\n{}\n", &text[..cut]);
+        if cut < text.len() {
+            user.push_str("[… cut]\n");
+        }
+    }
+    let ids: Vec<&str> = open.iter().map(|g| g.gap.id.as_str()).collect();
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": {"gaps": {"type": "array", "items": {
+            "type": "object",
+            "properties": {
+                "id": {"type": "string", "enum": ids},
+                "addressed": {"type": "boolean"},
+                "reason": {"type": "string"},
+            },
+            "required": ["id", "addressed", "reason"],
+        }}},
+        "required": ["gaps"],
+    });
+    (system, user, schema)
+}
+
+/// The verdicts of a gap check's `answer` for the `open` gaps it was asked
+/// about; an entry naming another gap, repeating one, or without a reason is
+/// left out (the heuristic decides that gap).
+pub fn parse_checks(
+    answer: &str,
+    open: &[&GapState],
+) -> Result<(BTreeMap<String, GapCheck>, usize), String> {
+    let list = crate::answer::array_in(answer, "gaps")?;
+    let mut verdicts = BTreeMap::new();
+    let mut skipped = 0;
+    for entry in &list {
+        let id = entry.get("id").and_then(Value::as_str);
+        let addressed = entry.get("addressed").and_then(Value::as_bool);
+        let reason = entry
+            .get("reason")
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|r| !r.is_empty());
+        match (id, addressed, reason) {
+            (Some(id), Some(addressed), Some(reason))
+                if open.iter().any(|g| g.gap.id == id) && !verdicts.contains_key(id) =>
+            {
+                let reason: String = reason.chars().take(500).collect();
+                verdicts.insert(id.to_string(), GapCheck { addressed, reason });
+            }
+            _ => skipped += 1,
+        }
+    }
+    Ok((verdicts, skipped))
+}
+
+/// Consecutive words of a gap's finding that, found in an artifact, make
+/// it an echo of the gap rather than an answer to it.
+pub const ECHO_WORDS: usize = 8;
+
+/// True when `text` repeats [`ECHO_WORDS`] consecutive words of `finding`
+/// (all of it when shorter, from five words): a model that copies the OPEN
+/// GAPS section into its output has not addressed anything. Measured on
+/// SmolLM2-135M (`scripts/real-llm.sh`): a sales pitch that restated the
+/// gap's finding covered 7 of its 7 terms. Quoting the resolution (what to
+/// do) is not an echo: acting on it is how a gap is addressed.
+pub fn echoes(finding: &str, text: &str) -> bool {
+    let sequence = |t: &str| -> Vec<String> {
+        t.split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .map(str::to_lowercase)
+            .collect()
+    };
+    let finding = sequence(finding);
+    if finding.len() < 5 {
+        return false;
+    }
+    let haystack = format!(" {} ", sequence(text).join(" "));
+    finding
+        .windows(ECHO_WORDS.min(finding.len()))
+        .any(|window| haystack.contains(&format!(" {} ", window.join(" "))))
+}
+
 /// Open gaps that concern `block` and that its new artifacts (`texts`:
 /// artifact key → text) now cover: one `GapChanged` each, naming where and
-/// which terms.
+/// which terms. A gap the model checked (`checks`) is decided by its
+/// verdict instead. An artifact that echoes the gap's finding ([`echoes`])
+/// addresses nothing, whatever the model says.
 pub fn reconcile(
     pipeline: &Pipeline,
     doc: &RunDoc,
     block: &str,
     texts: &BTreeMap<String, String>,
+    checks: Option<&GapChecks>,
 ) -> Vec<Event> {
     // A fan-out instance does not address a gap for its whole group (its
     // siblings' prompts would then depend on which finished first).
@@ -412,12 +535,29 @@ pub fn reconcile(
         texts.iter().map(|(k, t)| (k, words(t))).collect();
     let mut events = Vec::new();
     for state in open_for(pipeline, doc, block) {
+        if let Some((model, verdict)) =
+            checks.and_then(|c| Some((&c.model, c.verdicts.get(&state.gap.id)?)))
+        {
+            let echoed = texts
+                .values()
+                .all(|text| echoes(&state.gap.description, text));
+            if verdict.addressed && !echoed {
+                events.push(Event::GapChanged {
+                    id: state.gap.id.clone(),
+                    status: GapStatus::Addressed,
+                    by: block.to_string(),
+                    reason: format!("{block}: {model} judged it addressed: {}", verdict.reason),
+                });
+            }
+            continue;
+        }
         let terms = terms(&state.gap);
         if terms.len() < 2 {
             continue;
         }
         let best = words
             .iter()
+            .filter(|(key, _)| !echoes(&state.gap.description, &texts[*key]))
             .map(|(key, words)| {
                 let hit: Vec<&String> = terms.iter().filter(|t| words.contains(*t)).collect();
                 (key, hit)

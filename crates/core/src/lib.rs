@@ -8,6 +8,7 @@
 //! carry out. That keeps every rule here testable with plain values and
 //! makes the event log replayable.
 
+pub mod answer;
 pub mod audit_analyze;
 pub mod bus;
 pub mod consensus;

@@ -21,6 +21,18 @@ pub enum StructuredOutput {
     JsonSchema,
 }
 
+/// How a finished attempt's output is checked against the open gaps that
+/// concern it (`inputs.config.gap_check`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GapCheckMode {
+    /// The terms heuristic only ([`crate::gaps::reconcile`]).
+    #[default]
+    Terms,
+    /// A model call judges each open gap; the heuristic decides the gaps
+    /// it does not (or when the call fails).
+    Llm,
+}
+
 /// The parsed knobs; absent keys are None (the runtime's defaults apply).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LlmOptions {
@@ -35,6 +47,7 @@ pub struct LlmOptions {
     pub first_token_timeout_ms: Option<u64>,
     pub idle_timeout_ms: Option<u64>,
     pub upstream_max_chars: Option<u64>,
+    pub gap_check: GapCheckMode,
 }
 
 /// A knob with a value it cannot take: the key and what it needs.
@@ -122,6 +135,11 @@ pub fn parse(config: &BTreeMap<String, Value>) -> Result<LlmOptions, Vec<OptionE
             "structured_output",
             "one of \"auto\", \"off\", \"json_object\", \"json_schema\"",
         ),
+    }
+    match config.get("gap_check").map(Value::as_str) {
+        Some(Some("terms")) | None => {}
+        Some(Some("llm")) => options.gap_check = GapCheckMode::Llm,
+        Some(_) => bad("gap_check", "one of \"terms\" (the default) or \"llm\""),
     }
     match config.get("json_schema") {
         Some(schema @ Value::Object(_)) => options.json_schema = Some(schema.clone()),

@@ -111,6 +111,7 @@ pub const RUNTIME_KEYS: &[&str] = &[
     "first_token_timeout_ms",
     "idle_timeout_ms",
     "upstream_max_chars",
+    "gap_check",
 ];
 
 pub fn assemble(inputs: &PromptInputs<'_>) -> Prompt {

@@ -177,6 +177,10 @@ pub struct AttemptReport {
     /// Set when the outputs are an earlier attempt's, reused (no call made).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reused: Option<crate::memo::Reused>,
+    /// The model's check of which open gaps this output addresses (an `llm`
+    /// block with `gap_check: "llm"`); decided when the attempt finishes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gap_checks: Option<Box<crate::gaps::GapChecks>>,
 }
 
 /// Why an attempt failed, as far as retrying it is concerned.

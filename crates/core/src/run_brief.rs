@@ -410,7 +410,8 @@ mod tests {
             text: "She never says 'folks'.".into(),
             source: "expert-audit".into(),
         }];
-        let convergence = crate::feedback::convergence(&doc, &Default::default(), &[], &[]);
+        let convergence =
+            crate::feedback::convergence(&doc, &Default::default(), &[], &[], &Default::default());
         let text = brief(&BriefInput {
             pipeline: &pipeline,
             doc: &doc,

@@ -1014,6 +1014,28 @@ fn check_runtime_config(
                         "e.g. \"ms\": 500",
                     );
                 }
+                if name == "corrections-router" {
+                    if let Some(key) = config
+                        .keys()
+                        .find(|k| !["builtin", "sources"].contains(&k.as_str()))
+                    {
+                        error(
+                            config_path(key),
+                            format!("builtin `corrections-router` has no setting `{key}`"),
+                            "its settings: `sources` (the review pages whose items it routes)",
+                        );
+                    }
+                    if let Err(problem) = crate::feedback::router_sources(config) {
+                        error(
+                            config_path("sources"),
+                            problem,
+                            &format!(
+                                "e.g. \"sources\": [\"extraction-review\"]; the pages: {}",
+                                REVIEW_PAGES.join(", ")
+                            ),
+                        );
+                    }
+                }
                 let page = config.get("page").and_then(Value::as_str);
                 if name == "review-page" && !REVIEW_PAGES.contains(&page.unwrap_or_default()) {
                     error(

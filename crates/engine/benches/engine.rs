@@ -80,9 +80,9 @@ fn bench(c: &mut Criterion) {
         ("chain_40", fixtures::chain(40), 40u64),
         ("fan_out_200_join", fixtures::fan_out(200), 202),
         (
-            "clone_factory_27",
+            "clone_factory_28",
             factory_engine::fixtures::clone_factory_noop(),
-            27,
+            28,
         ),
     ] {
         let (overrides, params) = unattended(&source);
@@ -371,7 +371,7 @@ fn bench_fan_out(c: &mut Criterion) {
     group.finish();
 }
 
-/// The meta-audit of a finished run of 27 blocks (clone-factory's shape)
+/// The meta-audit of a finished run of 28 blocks (clone-factory's shape)
 /// and of 1,000 (a chain): its five built-ins read the target from the
 /// store, its reports are audited. The scorecard's gate is lowered and the
 /// 5.0 threshold set to 0 (no-op outputs score low): the engine is timed,
@@ -386,7 +386,7 @@ fn bench_meta_audit(c: &mut Criterion) {
     group.sample_size(10);
     for (name, source) in [
         (
-            "clone_factory_27",
+            "clone_factory_28",
             factory_engine::fixtures::clone_factory_noop(),
         ),
         ("chain_1000", fixtures::chain(1_000)),

@@ -840,7 +840,7 @@ async fn run_attempt(
     });
     let route_items = if crate::feedback::is_router(block) {
         Some(
-            crate::feedback::accepted_items(store.as_ref(), &doc.run_id)
+            crate::feedback::accepted_items(store.as_ref(), &doc.run_id, block)
                 .await
                 .map_err(|error| format!("cannot read the run's improvement items: {error}"))?,
         )
@@ -866,7 +866,7 @@ async fn run_attempt(
             attempt_dir: attempt_dir.clone(),
             template_dir,
             on_spawn: Some(on_spawn),
-            llm: llm_settings,
+            llm: llm_settings.clone(),
             model: factory_core::transitions::effective_model(
                 pipeline.template(),
                 block,
@@ -895,6 +895,25 @@ async fn run_attempt(
         execution.error = Some(problem);
     }
     let failed = execution.error.is_some();
+    let gap_checks = if failed {
+        None
+    } else {
+        crate::gaps::llm_checks(
+            llm_settings.as_deref(),
+            factory_core::transitions::effective_model(
+                pipeline.template(),
+                block,
+                &doc.models,
+                doc.default_model.as_deref(),
+            ),
+            pipeline,
+            doc,
+            block,
+            block_id,
+            &execution.artifacts,
+        )
+        .await
+    };
     // Audit what was produced; a failed attempt has nothing worth scoring.
     let audit = (!failed).then_some(()).and_then(|()| {
         crate::audit::audit_execution(
@@ -911,6 +930,7 @@ async fn run_attempt(
     let mut outputs = to_report(block, execution);
     outputs.0.audit = audit.map(Box::new);
     outputs.0.memo_key = memo_key;
+    outputs.0.gap_checks = gap_checks.map(Box::new);
     if !failed && !keep_work_dir {
         let _ = std::fs::remove_dir_all(&attempt_dir);
     }
@@ -1032,6 +1052,7 @@ fn to_report(
         reply_excerpt: execution.reply_excerpt,
         memo_key: None,
         reused: None,
+        gap_checks: None,
     };
     (report, blobs)
 }

@@ -731,7 +731,8 @@ impl Engine {
                     .and_then(loop_core::parse_version),
             })
             .collect();
-        let table = loop_core::convergence(&doc, &spec, &reviews, &items);
+        let published = loop_core::published_versions(handle.pipeline(), &doc);
+        let table = loop_core::convergence(&doc, &spec, &reviews, &items, &published);
         Ok((doc, table))
     }
 
@@ -805,15 +806,22 @@ impl Engine {
     }
 }
 
-/// The run's accepted items, most urgent first, for the corrections router.
+/// The run's accepted items that `router` routes (those of its `sources`
+/// review pages, or all), most urgent first.
 pub(crate) async fn accepted_items(
     store: &dyn factory_store::Store,
     run_id: &str,
+    router: &factory_core::template::Block,
 ) -> Result<Vec<loop_core::AcceptedItem>> {
+    // Validation refused bad sources; read them as "all" if one slipped by.
+    let sources = loop_core::router_sources(&router.inputs.config)
+        .ok()
+        .flatten();
     let mut items: Vec<loop_core::AcceptedItem> = store
         .items(run_id, Some("accepted"), None)
         .await?
         .into_iter()
+        .filter(|i| sources.as_ref().is_none_or(|s| s.contains(&i.source)))
         .map(|i| loop_core::AcceptedItem {
             id: i.id,
             source_key: i.source_key,
@@ -908,7 +916,7 @@ pub async fn analyze_free_text(
                 || analysis
                     .items
                     .iter()
-                    .any(|i| matches!(i.method, analyze::Method::Llm(_)));
+                    .any(|i| matches!(i.method, analyze::Method::Llm { .. }));
             let classifier = if used {
                 format!("llm:{}", reply.model)
             } else {

@@ -67,6 +67,81 @@ pub(crate) async fn texts_for(
     out
 }
 
+/// How long the gap check may take before the terms decide.
+const CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(90);
+
+/// `gap_check: "llm"`: a finished `llm` attempt's output, judged by `model`
+/// against the open gaps that concern the block. None when the block does
+/// not ask for it, no gap concerns it or no provider serves the model; a
+/// failed call or a junk answer is kept as the problem (the terms decide).
+pub(crate) async fn llm_checks(
+    settings: Option<&factory_runtime::llm::LlmSettings>,
+    model: Option<&str>,
+    pipeline: &Pipeline,
+    doc: &RunDoc,
+    block: &factory_core::template::Block,
+    block_id: &str,
+    artifacts: &BTreeMap<String, Vec<u8>>,
+) -> Option<core_gaps::GapChecks> {
+    if block.runtime != factory_core::template::Runtime::Llm
+        || factory_core::llm_options::parse(&block.inputs.config)
+            .map(|o| o.gap_check)
+            .unwrap_or_default()
+            != factory_core::llm_options::GapCheckMode::Llm
+    {
+        return None;
+    }
+    let open = core_gaps::open_for(pipeline, doc, block_id);
+    if open.is_empty() {
+        return None;
+    }
+    let resolved = settings?.resolve(model).ok()?;
+    let texts: Texts = artifacts
+        .iter()
+        .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
+        .collect();
+    let (system, user, schema) = core_gaps::check_ask(&open, &texts);
+    let request = factory_llm::ChatRequest {
+        model: resolved.model.clone(),
+        system: vec![factory_llm::Part::cacheable(system)],
+        user: vec![factory_llm::Part::new(user)],
+        max_tokens: 1024,
+        temperature: Some(0.0),
+        response_format: factory_llm::ResponseFormat::JsonSchema {
+            name: "gap_checks".to_string(),
+            schema,
+        },
+        ..Default::default()
+    };
+    let mut checks = core_gaps::GapChecks {
+        model: resolved.model.clone(),
+        verdicts: BTreeMap::new(),
+        problem: None,
+    };
+    match resolved.client.complete(&request, CHECK_TIMEOUT).await {
+        Ok(reply) => {
+            checks.model = reply.model.clone();
+            match core_gaps::parse_checks(&reply.text, &open) {
+                Ok((verdicts, skipped)) => {
+                    checks.verdicts = verdicts;
+                    let unjudged = open.len() - checks.verdicts.len();
+                    if skipped > 0 || unjudged > 0 {
+                        checks.problem = Some(format!(
+                            "{skipped} entr{} of the answer unusable, {unjudged} gap(s) not judged: the terms decide those",
+                            if skipped == 1 { "y" } else { "ies" }
+                        ));
+                    }
+                }
+                Err(problem) => checks.problem = Some(format!("{problem}: the terms decide")),
+            }
+        }
+        Err(error) => {
+            checks.problem = Some(format!("the gap check failed ({error}): the terms decide"));
+        }
+    }
+    Some(checks)
+}
+
 /// The gap events of an attempt whose finish is `finished`: none unless it
 /// succeeded; then a source's gaps, or the open gaps its artifacts now cover.
 pub(crate) fn after_finish(
@@ -77,10 +152,18 @@ pub(crate) fn after_finish(
     finished: &[Event],
     texts: Option<&Texts>,
 ) -> Vec<Event> {
-    let succeeded = finished.iter().any(|e| {
-        matches!(e, Event::AttemptFinished { block: b, attempt: a, outcome: AttemptOutcome::Succeeded, .. }
-            if b == block && *a == attempt)
+    let checks = finished.iter().find_map(|e| match e {
+        Event::AttemptFinished {
+            block: b,
+            attempt: a,
+            outcome: AttemptOutcome::Succeeded,
+            report,
+            ..
+        } if b == block && *a == attempt => Some(report.gap_checks.as_deref()),
+        _ => None,
     });
+    let succeeded = checks.is_some();
+    let checks = checks.flatten();
     let Some(texts) = texts.filter(|_| succeeded) else {
         return Vec::new();
     };
@@ -104,7 +187,7 @@ pub(crate) fn after_finish(
             .block(block)
             .is_some_and(|b| b.runtime == factory_core::template::Runtime::Llm) =>
         {
-            core_gaps::reconcile(pipeline, doc, block, texts)
+            core_gaps::reconcile(pipeline, doc, block, texts, checks)
         }
         None => Vec::new(),
     }

@@ -515,9 +515,9 @@ impl Engine {
         let log = self.store.events(&handle.doc().run_id, 0).await?;
         // A corrections router someone gated: it routes when approved.
         let route_items = match handle.pipeline().block(block) {
-            Some(spec) if feedback::is_router(spec) => {
-                Some(feedback::accepted_items(self.store.as_ref(), &handle.doc().run_id).await?)
-            }
+            Some(spec) if feedback::is_router(spec) => Some(
+                feedback::accepted_items(self.store.as_ref(), &handle.doc().run_id, spec).await?,
+            ),
             _ => None,
         };
         let records = handle

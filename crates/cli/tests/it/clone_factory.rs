@@ -114,6 +114,21 @@ impl Respond for FakeModel {
                 "stop_reason": "end_turn", "usage": {"input_tokens": 900, "output_tokens": 6}
             }));
         }
+        // clone-compiler's gap check (`gap_check: "llm"`): the system prompt
+        // states the 310 negotiators (g01); nothing takes up g02.
+        if system.contains("addresses known gaps") {
+            // Asked with a schema, Anthropic answers through the output tool.
+            assert_eq!(body["tool_choice"]["name"], "emit_output");
+            let verdicts = json!({"gaps": [
+                {"id": "g01", "addressed": true, "reason": "The system prompt states the 310 negotiators figure."},
+                {"id": "g02", "addressed": false, "reason": "Nothing about recorded calls."}
+            ]});
+            return ResponseTemplate::new(200).set_body_json(json!({
+                "id": "msg_g", "type": "message", "role": "assistant", "model": body["model"],
+                "content": [{"type": "tool_use", "id": "toolu_1", "name": "emit_output", "input": verdicts}],
+                "stop_reason": "tool_use", "usage": {"input_tokens": 400, "output_tokens": 30}
+            }));
+        }
         let user = body["messages"][0]["content"].to_string();
         let block = user
             .split("Run the block `")
@@ -396,13 +411,21 @@ fn the_whole_clone_factory_runs_against_a_local_provider() {
         (Some("addressed"), Some("clone-compiler")),
         "{gaps:?}"
     );
+    // clone-compiler asks the model (`gap_check: "llm"`); its verdict and
+    // reason decide, and the check is kept in the attempt's report.
     assert!(
         gaps[0]["reason"]
             .as_str()
             .unwrap()
-            .starts_with("clone-compiler.system-prompt covers"),
+            .starts_with("clone-compiler: ")
+            && gaps[0]["reason"].as_str().unwrap().ends_with(
+                " judged it addressed: The system prompt states the 310 negotiators figure."
+            ),
         "{gaps:?}"
     );
+    let checks = &status_json(&db, &run_id)["blocks"]["clone-compiler"]["history"][0]["report"]["gap_checks"];
+    assert_eq!(checks["verdicts"]["g02"]["addressed"], false, "{checks}");
+    assert!(checks.get("problem").is_none(), "{checks}");
     assert_eq!(gaps[1]["status"], "open");
     factory(&db)
         .args([

@@ -1,7 +1,7 @@
 //! Routing, resolution, review items and convergence on the shipped
 //! clone-factory DAG, with every block turned into a no-op.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Value, json};
 
@@ -376,7 +376,7 @@ fn convergence_table_and_ship_criteria() {
             resolved_in: None,
         },
     ];
-    let table = convergence(&doc, &spec, &reviews, &items);
+    let table = convergence(&doc, &spec, &reviews, &items, &BTreeMap::new());
     assert_eq!(table.rows.len(), 2);
     let v1 = &table.rows[0];
     assert_eq!(
@@ -411,12 +411,38 @@ fn convergence_table_and_ship_criteria() {
     assert!(table.ready_to_ship, "{:?}", table.unmet);
     assert_eq!(v2.status, VersionStatus::ReadyToShip);
 
+    // A page not published again in v2 keeps its v1 figure; one that was
+    // published again and not yet answered does not.
+    let v1_extraction: Vec<ReviewStats> = reviews
+        .iter()
+        .filter(|r| r.version == 1 || r.source != "extraction-review")
+        .cloned()
+        .collect();
+    let published = BTreeMap::from([
+        ("extraction-review".to_string(), BTreeSet::from([1])),
+        ("expert-audit".to_string(), BTreeSet::from([1, 2])),
+    ]);
+    let table = convergence(&doc, &spec, &v1_extraction, &items, &published);
+    assert_eq!(table.rows[1].accuracy, Some(50.0));
+    assert_eq!(table.rows[1].approval, Some(80.0));
+    let rerun = BTreeMap::from([("extraction-review".to_string(), BTreeSet::from([1, 2]))]);
+    let table = convergence(&doc, &spec, &v1_extraction, &items, &rerun);
+    assert_eq!(table.rows[1].accuracy, None);
+    assert!(
+        table
+            .unmet
+            .iter()
+            .any(|u| u == "no extraction-review verdicts for v2 yet"),
+        "{:?}",
+        table.unmet
+    );
+
     let strict = ConvergenceSpec {
         min_approval: 90.0,
         max_high: 0,
         ..spec.clone()
     };
-    let table = convergence(&doc, &strict, &reviews, &items);
+    let table = convergence(&doc, &strict, &reviews, &items, &BTreeMap::new());
     assert!(!table.ready_to_ship);
     assert_eq!(
         table.unmet,
@@ -425,7 +451,7 @@ fn convergence_table_and_ship_criteria() {
             "1 high item(s) open (at most 0)"
         ]
     );
-    let table = convergence(&doc, &spec, &[], &[]);
+    let table = convergence(&doc, &spec, &[], &[], &BTreeMap::new());
     assert!(
         table
             .unmet
@@ -535,4 +561,33 @@ fn a_review_closes_its_gate_only_without_open_critical_items() {
         ..waiting.clone()
     };
     assert!(!review_closes("review", &done, &settled, "x").approved);
+}
+
+/// A review page counts as published in the versions it succeeded in, and
+/// in the current one while it is still to run there (nothing is carried
+/// into a version whose page will publish).
+#[test]
+fn review_pages_are_published_where_they_ran_or_are_still_to_run() {
+    let raw = validate_value(
+        &serde_json::from_str::<Value>(include_str!("../../../../templates/clone-factory.json"))
+            .unwrap(),
+    )
+    .pipeline
+    .unwrap();
+    let mut doc = new_run(&raw);
+    let published = published_versions(&raw, &doc);
+    assert_eq!(
+        published,
+        BTreeMap::from([
+            ("expert-audit".to_string(), BTreeSet::from([1])),
+            ("extraction-review".to_string(), BTreeSet::from([1])),
+        ])
+    );
+    // Done in v1, the run now at v2: the page did not publish in v2.
+    let review = doc.blocks.get_mut("extraction-reviewer").unwrap();
+    review.status = BlockStatus::Done;
+    doc.version = 2;
+    let published = published_versions(&raw, &doc);
+    assert_eq!(published["extraction-review"], BTreeSet::new());
+    assert_eq!(published["expert-audit"], BTreeSet::from([2]));
 }

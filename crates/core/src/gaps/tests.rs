@@ -136,7 +136,7 @@ fn a_block_whose_output_covers_a_gap_addresses_it_and_says_how() {
     found(&mut doc);
     // Output that does not take the gap up leaves it open.
     let unrelated = BTreeMap::from([("notes".to_string(), "Book a call".to_string())]);
-    assert!(reconcile(&pipeline, &doc, "notes", &unrelated).is_empty());
+    assert!(reconcile(&pipeline, &doc, "notes", &unrelated, None).is_empty());
     let prompt = "Never state the VIP Day price (4500 is contradicted); offer the Clarity Call \
                   and say pricing is shared on the discovery call."
         .to_string();
@@ -145,6 +145,7 @@ fn a_block_whose_output_covers_a_gap_addresses_it_and_says_how() {
         &doc,
         "compiler",
         &BTreeMap::from([("prompt".to_string(), prompt)]),
+        None,
     );
     assert_eq!(events.len(), 1, "g02's terms are not there: {events:?}");
     let Event::GapChanged {
@@ -164,6 +165,39 @@ fn a_block_whose_output_covers_a_gap_addresses_it_and_says_how() {
     apply(&mut doc, events[0].clone());
     assert_eq!(doc.gaps["g01"].status, GapStatus::Addressed);
     assert_eq!(open_for(&pipeline, &doc, "notes").len(), 1);
+}
+
+/// Found against a real model: SmolLM2-135M restated the OPEN GAPS line in
+/// its output, which covered every term of the gap.
+#[test]
+fn an_output_that_echoes_the_gap_does_not_address_it() {
+    let pipeline = pipeline();
+    let mut doc = doc(&pipeline);
+    found(&mut doc);
+    let echo = "OPEN GAPS: g01 (critical): The VIP Day price 4500 contradicts the objection \
+                script. Never state the VIP Day price; offer the Clarity Call. Pricing is shared \
+                on the discovery call."
+        .to_string();
+    let events = reconcile(
+        &pipeline,
+        &doc,
+        "compiler",
+        &BTreeMap::from([("prompt".to_string(), echo)]),
+        None,
+    );
+    assert!(events.is_empty(), "{events:?}");
+    assert!(echoes(
+        "The VIP Day price 4500 contradicts the objection script",
+        "… the vip-day PRICE 4500 contradicts the objection script!"
+    ));
+    assert!(!echoes(
+        "The VIP Day price 4500 contradicts the objection script",
+        "The VIP Day price is shared on the call; the objection script stays."
+    ));
+    assert!(
+        !echoes("Too short", "Too short"),
+        "a finding under five words never echoes"
+    );
 }
 
 #[test]
@@ -316,7 +350,8 @@ fn terms_match_whole_words_and_instances_address_nothing() {
             &pipeline,
             &doc,
             "compiler",
-            &BTreeMap::from([("prompt".into(), text)])
+            &BTreeMap::from([("prompt".into(), text)]),
+            None
         )
         .is_empty()
     );
@@ -326,9 +361,88 @@ fn terms_match_whole_words_and_instances_address_nothing() {
             &pipeline,
             &doc,
             "compiler[a]",
-            &BTreeMap::from([("prompt".into(), covering)])
+            &BTreeMap::from([("prompt".into(), covering)]),
+            None
         )
         .is_empty(),
         "an instance does not address a gap for its group"
     );
+}
+
+/// `gap_check: "llm"`: the model's verdicts decide the gaps they name (with
+/// its reason), the terms the rest; a junk answer decides nothing.
+#[test]
+fn a_model_check_decides_the_gaps_it_names() {
+    let pipeline = pipeline();
+    let mut doc = doc(&pipeline);
+    found(&mut doc);
+    let open = open_for(&pipeline, &doc, "compiler");
+    let (system, user, schema) = check_ask(
+        &open,
+        &BTreeMap::from([(
+            "prompt".to_string(),
+            "Say pricing is shared on the call.".to_string(),
+        )]),
+    );
+    assert!(system.contains("Repeating or paraphrasing the gap's description is not"));
+    assert!(user.contains("## OPEN GAPS") && user.contains("=== prompt ===\nSay pricing"));
+    assert_eq!(
+        schema["properties"]["gaps"]["items"]["properties"]["id"]["enum"],
+        json!(["g01", "g02"])
+    );
+    let answer = r#"Sure. {"gaps": [
+        {"id": "g01", "addressed": true, "reason": "It says pricing is shared on the call."},
+        {"id": "g02", "addressed": false, "reason": "Nothing about the spelling."},
+        {"id": "g09", "addressed": true, "reason": "?"},
+        {"id": "g01", "addressed": false, "reason": "again"}
+    ]}"#;
+    let (verdicts, skipped) = parse_checks(answer, &open).unwrap();
+    assert_eq!(skipped, 2);
+    assert!(verdicts["g01"].addressed && !verdicts["g02"].addressed);
+    let checks = GapChecks {
+        model: "m1".into(),
+        verdicts,
+        problem: None,
+    };
+    // Words alone would not address g01 here; the model's verdict does.
+    let events = reconcile(
+        &pipeline,
+        &doc,
+        "compiler",
+        &BTreeMap::from([(
+            "prompt".to_string(),
+            "Say pricing is shared on the call.".to_string(),
+        )]),
+        Some(&checks),
+    );
+    let [Event::GapChanged { id, reason, .. }] = events.as_slice() else {
+        panic!("{events:?}")
+    };
+    assert_eq!(id, "g01");
+    assert_eq!(
+        reason,
+        "compiler: m1 judged it addressed: It says pricing is shared on the call."
+    );
+    // An echo is refused even when the model calls it addressed.
+    let echo = "The VIP Day price 4500 contradicts the objection script.".to_string();
+    assert!(
+        reconcile(
+            &pipeline,
+            &doc,
+            "compiler",
+            &BTreeMap::from([("prompt".to_string(), echo)]),
+            Some(&checks),
+        )
+        .is_empty()
+    );
+    for (answer, says) in [
+        ("", "empty"),
+        ("no", "no JSON object"),
+        ("{\"verdicts\": []}", "no `gaps` array"),
+    ] {
+        assert!(
+            parse_checks(answer, &open).unwrap_err().contains(says),
+            "{answer}"
+        );
+    }
 }

@@ -1223,7 +1223,7 @@ fn the_offline_example_validates() {
 fn the_clone_factory_template_validates() {
     let validated = check_str(CLONE_FACTORY, &[]);
     let pipeline = validated.pipeline.unwrap();
-    assert_eq!(pipeline.len(), 27);
+    assert_eq!(pipeline.len(), 28);
     assert_eq!(pipeline.template().id, "clone-factory");
 
     let after_gates: BTreeSet<&str> = pipeline
@@ -2001,5 +2001,44 @@ fn an_optional_http_call_is_never_memoized() {
     check(
         template(vec![b]),
         &[("TPL0030", "$.blocks[0].execution.cache", Some("a"))],
+    );
+}
+
+#[test]
+fn a_corrections_router_names_only_review_pages_as_its_sources() {
+    let router = |config: Value| template(vec![with_runtime("builtin", config)]);
+    check(
+        router(json!({"builtin": "corrections-router", "sources": ["extraction-review"]})),
+        &[],
+    );
+    check(router(json!({"builtin": "corrections-router"})), &[]);
+    for (bad, says) in [
+        (json!([]), "non-empty list"),
+        (json!("extraction-review"), "non-empty list"),
+        (
+            json!(["extraction-reviews"]),
+            "\"extraction-reviews\", which is not a review page",
+        ),
+    ] {
+        let validated = check(
+            router(json!({"builtin": "corrections-router", "sources": bad.clone()})),
+            &[("TPL0014", "$.blocks[0].inputs.config.sources", Some("a"))],
+        );
+        let d = only_error(&validated);
+        assert!(d.message.contains(says), "{bad}: {}", d.message);
+        assert!(
+            help(d).contains("extraction-review, expert-audit"),
+            "{}",
+            help(d)
+        );
+    }
+    let validated = check(
+        router(json!({"builtin": "corrections-router", "source": ["expert-audit"]})),
+        &[("TPL0014", "$.blocks[0].inputs.config.source", Some("a"))],
+    );
+    assert!(
+        only_error(&validated)
+            .message
+            .contains("no setting `source`")
     );
 }

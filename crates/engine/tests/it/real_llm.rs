@@ -43,7 +43,7 @@ async fn real_llm_audit_analyze_classifies_free_text_or_falls_back() {
     let by_llm = analysis
         .items
         .iter()
-        .filter(|i| matches!(i.method, Method::Llm(_)))
+        .filter(|i| matches!(i.method, Method::Llm { .. }))
         .count();
     println!(
         "real_llm: audit-analyze classifier {classifier:?}: {} items ({by_llm} placed by the model), {} unclassified; problem: {:?}",

@@ -521,7 +521,7 @@ async fn operators_and_reviewers_drive_a_run_from_the_browser() {
     assert_eq!(status, json!(403));
     assert_eq!(block_status(&t.doc(&third).await, "draft"), "waiting");
 
-    // The 27-block clone-factory shape (every block a no-op), stopped at its
+    // The 28-block clone-factory shape (every block a no-op), stopped at its
     // first gate: the pipeline view of a real template.
     let clone: Value =
         serde_json::from_str(&factory_engine::fixtures::clone_factory_noop()).unwrap();
@@ -569,7 +569,7 @@ async fn operators_and_reviewers_drive_a_run_from_the_browser() {
         .await
         .unwrap();
     eprintln!(
-        "27-block pipeline page: [first contentful paint ms, response end ms, bytes on the wire, bytes] = {paint}"
+        "28-block pipeline page: [first contentful paint ms, response end ms, bytes on the wire, bytes] = {paint}"
     );
     let cards = c
         .execute(
@@ -578,7 +578,7 @@ async fn operators_and_reviewers_drive_a_run_from_the_browser() {
         )
         .await
         .unwrap();
-    assert_eq!(cards, json!(27), "every block is on the pipeline view");
+    assert_eq!(cards, json!(28), "every block is on the pipeline view");
     let gates = c
         .execute(
             "return document.querySelectorAll('a.block .gate').length;",
@@ -994,7 +994,9 @@ async fn a_tester_submits_both_review_pages_from_a_review_link() {
     screenshot(c, "extraction-review").await;
     click(c, "#review-form button[type=submit]").await;
     until(c, "the review to close", "const r = document.querySelector('[data-result]'); return r !== null && r.dataset.gate === 'true';").await;
-    until(c, "the finding to appear live", r#"const row = document.querySelector('#findings [data-finding-key="voice-extractor:$.tone.summary"]'); return row !== null && row.textContent.includes('accepted');"#).await;
+    // Accepted, then (the extraction router sends it back at once and the
+    // voice extractor re-runs with it) resolved.
+    until(c, "the finding to appear live", r#"const row = document.querySelector('#findings [data-finding-key="voice-extractor:$.tone.summary"]'); return row !== null && (row.textContent.includes('accepted') || row.textContent.includes('resolved'));"#).await;
     let (_, items) = t
         .call(
             Method::GET,
@@ -1012,7 +1014,21 @@ async fn a_tester_submits_both_review_pages_from_a_review_link() {
     assert_eq!(items[0]["expert_correction"], "I use 'Let's GO!'");
     assert_eq!(items[0]["flagged_by"][0]["tester"], "samuel-ngu");
 
-    // The same link opens the expert audit once the clone is tested.
+    // The corrected extraction (v2) is approved as it stands; the same link
+    // opens the expert audit once the clone is tested.
+    t.wait_for(&run, "the corrected extraction", |d| {
+        d["version"] == 2 && block_status(d, "extraction-reviewer") == "waiting"
+    })
+    .await;
+    let (s, body) = t
+        .call(
+            Method::POST,
+            &format!("/api/v1/runs/{run}/blocks/extraction-reviewer/approve"),
+            "reviewer",
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
     run_to(&t, &run, "expert-audit").await;
     c.goto(&t.url(&link("expert-audit"))).await.unwrap();
     until(
@@ -1068,22 +1084,23 @@ async fn a_tester_submits_both_review_pages_from_a_review_link() {
         .await;
     let finding = &items["items"][0];
     assert_eq!(finding["source_key"], "expert-audit:scenario:s5");
-    assert_eq!(
-        (
-            finding["status"].as_str(),
-            finding["expert_correction"].as_str()
-        ),
-        (Some("accepted"), Some("Pause after the number"))
+    // Accepted, and routed to the compiler at once (which may already have
+    // re-run with it).
+    assert!(
+        ["accepted", "resolved"].contains(&finding["status"].as_str().unwrap()),
+        "{finding}"
     );
+    assert_eq!(finding["expert_correction"], "Pause after the number");
     // Scenarios rated "sounds like me" are correct votes, not findings.
     assert_eq!(items["total"], 1);
 
-    // The router sends both findings back; the convergence page shows v1.
-    t.wait_for(&run, "version 2", |d| d["version"] == 2).await;
+    // The router sends the audit's finding back (v2 → v3); the convergence
+    // page shows v1 (reviewed, never compiled) and v2 (audited).
+    t.wait_for(&run, "version 3", |d| d["version"] == 3).await;
     c.goto(&t.url(&format!("/runs/{run}/convergence")))
         .await
         .unwrap();
-    until(c, "the convergence page", r#"const row = document.querySelector('tr[data-version="1"]'); return row !== null && row.textContent.includes('80.0%') && row.textContent.includes('superseded');"#).await;
+    until(c, "the convergence page", r#"const row = document.querySelector('tr[data-version="2"]'); return row !== null && row.textContent.includes('80.0%') && row.textContent.includes('superseded');"#).await;
     screenshot(c, "convergence").await;
 
     b.client.clone().close().await.unwrap();
