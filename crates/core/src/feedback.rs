@@ -35,6 +35,8 @@ pub struct AcceptedItem {
     pub expert_correction: String,
     /// Which review produced it (`extraction-review`, `expert-audit`, …).
     pub source: String,
+    /// The submissions that flagged it (seed 002's `feedback_id`s).
+    pub feedback_ids: Vec<String>,
 }
 
 /// What one pass of the corrections router decided.
@@ -353,6 +355,7 @@ pub fn plan(pipeline: &Pipeline, version: u32, router: &str, items: &[AcceptedIt
                             "source_text": item.source_text,
                             "expert_correction": item.expert_correction,
                             "priority": item.priority,
+                            "feedback_ids": item.feedback_ids,
                         })
                     })
                     .collect(),
@@ -382,7 +385,32 @@ pub fn plan(pipeline: &Pipeline, version: u32, router: &str, items: &[AcceptedIt
         .map(|&i| pipeline.blocks()[i].id.clone())
         .collect();
     let routed_count = items.len() - unroutable.len();
+    // Seed 002's expert-audit outputs `feedback_id` and `improvement_summary`
+    // exist only once a review is submitted, after the page's own artifacts:
+    // the router that acts on them records them.
+    let feedback_ids: BTreeSet<&str> = items
+        .iter()
+        .flat_map(|item| item.feedback_ids.iter().map(String::as_str))
+        .collect();
+    let mut by_priority = serde_json::Map::new();
+    let mut by_source = serde_json::Map::new();
+    for item in items {
+        for (map, key) in [
+            (&mut by_priority, &item.priority),
+            (&mut by_source, &item.source),
+        ] {
+            let n = map.get(key.as_str()).and_then(Value::as_u64).unwrap_or(0);
+            map.insert(key.clone(), serde_json::json!(n + 1));
+        }
+    }
     let value = serde_json::json!({
+        "feedback_ids": feedback_ids,
+        "improvement_summary": {
+            "accepted_items": items.len(),
+            "routed": routed_count,
+            "by_priority": by_priority,
+            "by_source": by_source,
+        },
         "version": if targets.is_empty() { format!("v{version}") } else { label },
         "routed": Value::Object(routed),
         "blocks_to_rerun": order,

@@ -414,6 +414,10 @@ pub struct GapChecks {
     pub problem: Option<String>,
 }
 
+/// The reason the gap check's instructions show as the answer's shape; a
+/// model that returns it verbatim (SmolLM2-135M did) has judged nothing.
+pub const REASON_PLACEHOLDER: &str = "one sentence naming where the output acts on it";
+
 /// Characters of each artifact shown to the gap check, at most.
 pub const CHECK_ARTIFACT_LIMIT: usize = 12 * 1024;
 
@@ -425,8 +429,8 @@ pub fn check_ask(open: &[&GapState], texts: &BTreeMap<String, String>) -> (Strin
 addressed only when the output acts on it — states the missing fact, follows the resolution, or \
 tells the reader what not to claim. Repeating or paraphrasing the gap's description is not \
 addressing it. Answer with JSON only: {\"gaps\": [{\"id\": \"g01\", \"addressed\": true, \
-\"reason\": \"one sentence naming where the output acts on it\"}]}, one entry per gap."
-        .to_string();
+\"reason\": \"{REASON_PLACEHOLDER}\"}]}, one entry per gap."
+        .replace("{REASON_PLACEHOLDER}", REASON_PLACEHOLDER);
     let mut user = prompt_section(open).unwrap_or_default();
     user.push_str("\n## OUTPUT\n");
     for (key, text) in texts {
@@ -457,8 +461,9 @@ addressing it. Answer with JSON only: {\"gaps\": [{\"id\": \"g01\", \"addressed\
 }
 
 /// The verdicts of a gap check's `answer` for the `open` gaps it was asked
-/// about; an entry naming another gap, repeating one, or without a reason is
-/// left out (the heuristic decides that gap).
+/// about; an entry naming another gap, repeating one, without a reason or
+/// with the instructions' placeholder as its reason is left out (the
+/// heuristic decides that gap).
 pub fn parse_checks(
     answer: &str,
     open: &[&GapState],
@@ -473,7 +478,7 @@ pub fn parse_checks(
             .get("reason")
             .and_then(Value::as_str)
             .map(str::trim)
-            .filter(|r| !r.is_empty());
+            .filter(|r| !r.is_empty() && !r.eq_ignore_ascii_case(REASON_PLACEHOLDER));
         match (id, addressed, reason) {
             (Some(id), Some(addressed), Some(reason))
                 if open.iter().any(|g| g.gap.id == id) && !verdicts.contains_key(id) =>

@@ -834,6 +834,18 @@ pub(crate) async fn accepted_items(
             } else {
                 i.source
             },
+            feedback_ids: {
+                let mut ids: Vec<String> = i
+                    .flagged_by
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|vote| vote.get("feedback_id")?.as_str().map(str::to_string))
+                    .collect();
+                ids.sort();
+                ids.dedup();
+                ids
+            },
         })
         .collect();
     items.sort_by(|a, b| {

@@ -263,7 +263,7 @@ fn real_llm_open_gaps_reach_the_prompt_and_the_run_can_be_asked_about() {
             {"id": "pitch", "name": "Pitch", "layer": "L2", "type": "build", "runtime": "llm", "skill": "pitch",
              "timeout": 300000, "execution": {"retryable": true, "max_retries": 2},
              "inputs": {"depends": [{"block": "offers", "key": "offers-json"}, {"block": "analyzer", "key": "gaps-json"}],
-                        "config": {"max_tokens": 200, "temperature": 0.2, "seed": 1}},
+                        "config": {"max_tokens": 200, "temperature": 0.2, "seed": 1, "gap_check": "llm"}},
              "outputs": {"artifacts": [{"key": "pitch", "path": "pitch.md", "format": "md"}]}}
         ]})
         .to_string(),
@@ -276,8 +276,17 @@ fn real_llm_open_gaps_reach_the_prompt_and_the_run_can_be_asked_about() {
     assert!(prompt.contains("g01"), "{prompt}");
     let doc = status_json(&db, &run_id);
     println!(
-        "real_llm: gap g01 after the pitch: {} ({})",
-        doc["gaps"]["g01"]["status"], doc["gaps"]["g01"]["reason"]
+        "real_llm: gap g01 after the pitch: {} ({}); the model's check: {}",
+        doc["gaps"]["g01"]["status"],
+        doc["gaps"]["g01"]["reason"],
+        doc["blocks"]["pitch"]["history"][0]["report"]["gap_checks"]
+    );
+    // The check ran (a verdict or a stated problem) and the gap was decided
+    // by it or by the terms; never left unrecorded.
+    let checks = &doc["blocks"]["pitch"]["history"][0]["report"]["gap_checks"];
+    assert!(
+        checks["verdicts"].get("g01").is_some() || checks["problem"].is_string(),
+        "{checks}"
     );
 
     let (url, model) = server();

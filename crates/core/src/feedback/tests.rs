@@ -109,7 +109,18 @@ fn item(id: &str, target: &str, priority: &str, source: &str) -> AcceptedItem {
         source_text: format!("finding {id}"),
         expert_correction: format!("fix {id}"),
         source: source.into(),
+        feedback_ids: vec![format!("fb-{id}")],
     }
+}
+
+/// Items the plan routed, over all targets.
+fn items_routed(plan: &Value) -> usize {
+    plan["routed"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|list| list.as_array().unwrap().len())
+        .sum()
 }
 
 /// The run after the router's attempt finished, ready to route.
@@ -206,6 +217,23 @@ fn routing_resets_exactly_the_targets_and_their_descendants() {
     assert_eq!(routing.plan["unroutable"][0]["id"], "d");
     assert_eq!(routing.plan["proceed"], false);
     assert_eq!(routing.plan["routed"]["voice-extractor"][0]["id"], "c");
+    // The submissions behind the items, and the summary seed 002 gives the
+    // expert audit's outputs.
+    assert_eq!(
+        routing.plan["routed"]["voice-extractor"][0]["feedback_ids"],
+        json!(["fb-c"])
+    );
+    let ids = routing.plan["feedback_ids"].as_array().unwrap();
+    assert!(
+        ids.contains(&json!("fb-d")) && ids.len() == items_routed(&routing.plan) + 1,
+        "{ids:?}"
+    );
+    assert_eq!(
+        routing.plan["improvement_summary"]["routed"]
+            .as_u64()
+            .unwrap() as usize,
+        items_routed(&routing.plan)
+    );
 
     // Applied, the run is at v2 and re-runs the targets with the corrections.
     let mut doc = doc;

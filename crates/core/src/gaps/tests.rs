@@ -398,6 +398,14 @@ fn a_model_check_decides_the_gaps_it_names() {
     ]}"#;
     let (verdicts, skipped) = parse_checks(answer, &open).unwrap();
     assert_eq!(skipped, 2);
+    // Found on SmolLM2: the instructions' placeholder returned as the reason.
+    let parroted = format!(
+        r#"{{"gaps": [{{"id": "g01", "addressed": true, "reason": "{REASON_PLACEHOLDER}"}}]}}"#
+    );
+    assert_eq!(
+        parse_checks(&parroted, &open).unwrap(),
+        (BTreeMap::new(), 1)
+    );
     assert!(verdicts["g01"].addressed && !verdicts["g02"].addressed);
     let checks = GapChecks {
         model: "m1".into(),

@@ -973,6 +973,7 @@ async fn the_whole_loop(postgres: bool) {
     })).await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["gate"]["approved"], true, "{b}");
+    let audit_feedback = b["feedback_id"].as_str().unwrap().to_string();
 
     // The corrections router sends the audit's item to the compiler; the run
     // re-compiles, re-tests and stops at the expert audit again (v3). The
@@ -996,6 +997,23 @@ async fn the_whole_loop(postgres: bool) {
         .expect("routed again")
         .clone();
     assert_eq!(second["router"], "corrections-router");
+    // The router's plan records the audit's feedback_id and improvement
+    // summary (seed 002's expert-audit outputs, which exist only once the
+    // expert has submitted).
+    let (s, plan) = t
+        .call_text(
+            &format!("/api/v1/runs/{run}/blocks/corrections-router/artifacts/correction-plan"),
+            "viewer",
+        )
+        .await;
+    assert_eq!(s, 200, "{plan}");
+    let plan: Value = serde_json::from_str(&plan).unwrap();
+    assert_eq!(plan["feedback_ids"], json!([audit_feedback]), "{plan}");
+    assert_eq!(
+        plan["improvement_summary"]["by_source"],
+        json!({"expert-audit": 1}),
+        "{plan}"
+    );
     assert_eq!(
         second["targets"]
             .as_object()
