@@ -726,7 +726,12 @@ pub fn parse_version(label: &str) -> Option<u32> {
 pub fn published_versions(pipeline: &Pipeline, doc: &RunDoc) -> BTreeMap<String, BTreeSet<u32>> {
     let mut out: BTreeMap<String, BTreeSet<u32>> = BTreeMap::new();
     for block in pipeline.blocks() {
-        let Some(page) = block.inputs.config.get("page").and_then(Value::as_str) else {
+        let config = &block.inputs.config;
+        let Some(page) = config
+            .get("page")
+            .and_then(Value::as_str)
+            .filter(|_| config.get("builtin").and_then(Value::as_str) == Some("review-page"))
+        else {
             continue;
         };
         let versions = out.entry(page.to_string()).or_default();

@@ -412,6 +412,10 @@ pub struct GapChecks {
     /// Why the model's answer was not used, wholly or for some gaps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
+    /// An artifact was longer than the check shows
+    /// ([`CHECK_ARTIFACT_LIMIT`]): a "not addressed" is left to the terms.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cut: bool,
 }
 
 /// The reason the gap check's instructions show as the answer's shape; a
@@ -422,9 +426,13 @@ pub const REASON_PLACEHOLDER: &str = "one sentence naming where the output acts 
 pub const CHECK_ARTIFACT_LIMIT: usize = 12 * 1024;
 
 /// The gap check's request: the open gaps and the output's artifacts
-/// (`texts`, each cut at [`CHECK_ARTIFACT_LIMIT`]), with the answer's JSON
-/// schema. `(system, user, schema)`.
-pub fn check_ask(open: &[&GapState], texts: &BTreeMap<String, String>) -> (String, String, Value) {
+/// (`texts`; one longer than [`CHECK_ARTIFACT_LIMIT`] shows its beginning
+/// and its end, where a prompt's "Known Gaps" section tends to be), with the
+/// answer's JSON schema. `(system, user, schema, cut)`.
+pub fn check_ask(
+    open: &[&GapState],
+    texts: &BTreeMap<String, String>,
+) -> (String, String, Value, bool) {
     let system = "You check whether a pipeline block's output addresses known gaps. A gap is \
 addressed only when the output acts on it — states the missing fact, follows the resolution, or \
 tells the reader what not to claim. Repeating or paraphrasing the gap's description is not \
@@ -433,15 +441,28 @@ addressing it. Answer with JSON only: {\"gaps\": [{\"id\": \"g01\", \"addressed\
         .replace("{REASON_PLACEHOLDER}", REASON_PLACEHOLDER);
     let mut user = prompt_section(open).unwrap_or_default();
     user.push_str("\n## OUTPUT\n");
+    let mut cut = false;
     for (key, text) in texts {
-        let mut cut = text.len().min(CHECK_ARTIFACT_LIMIT);
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
+        if text.len() <= CHECK_ARTIFACT_LIMIT {
+            let _ = write!(user, "\n=== {key} ===\n{text}\n");
+            continue;
         }
-        let _ = write!(user, "\n=== {key} ===\n{}\n", &text[..cut]);
-        if cut < text.len() {
-            user.push_str("[… cut]\n");
+        cut = true;
+        let mut head = CHECK_ARTIFACT_LIMIT / 2;
+        while !text.is_char_boundary(head) {
+            head -= 1;
         }
+        let mut tail = text.len() - CHECK_ARTIFACT_LIMIT / 2;
+        while !text.is_char_boundary(tail) {
+            tail += 1;
+        }
+        let _ = write!(
+            user,
+            "\n=== {key} (its beginning and its end; {} bytes left out) ===\n{}\n[… cut …]\n{}\n",
+            tail - head,
+            &text[..head],
+            &text[tail..]
+        );
     }
     let ids: Vec<&str> = open.iter().map(|g| g.gap.id.as_str()).collect();
     let schema = serde_json::json!({
@@ -457,7 +478,7 @@ addressing it. Answer with JSON only: {\"gaps\": [{\"id\": \"g01\", \"addressed\
         }}},
         "required": ["gaps"],
     });
-    (system, user, schema)
+    (system, user, schema, cut)
 }
 
 /// The verdicts of a gap check's `answer` for the `open` gaps it was asked
@@ -478,7 +499,12 @@ pub fn parse_checks(
             .get("reason")
             .and_then(Value::as_str)
             .map(str::trim)
-            .filter(|r| !r.is_empty() && !r.eq_ignore_ascii_case(REASON_PLACEHOLDER));
+            .filter(|r| {
+                let bare = r
+                    .trim_end_matches(|c: char| c.is_ascii_punctuation())
+                    .trim();
+                !bare.is_empty() && !bare.eq_ignore_ascii_case(REASON_PLACEHOLDER)
+            });
         match (id, addressed, reason) {
             (Some(id), Some(addressed), Some(reason))
                 if open.iter().any(|g| g.gap.id == id) && !verdicts.contains_key(id) =>
@@ -496,34 +522,55 @@ pub fn parse_checks(
 /// it an echo of the gap rather than an answer to it.
 pub const ECHO_WORDS: usize = 8;
 
-/// True when `text` repeats [`ECHO_WORDS`] consecutive words of `finding`
-/// (all of it when shorter, from five words): a model that copies the OPEN
-/// GAPS section into its output has not addressed anything. Measured on
-/// SmolLM2-135M (`scripts/real-llm.sh`): a sales pitch that restated the
-/// gap's finding covered 7 of its 7 terms. Quoting the resolution (what to
-/// do) is not an echo: acting on it is how a gap is addressed.
-pub fn echoes(finding: &str, text: &str) -> bool {
-    let sequence = |t: &str| -> Vec<String> {
-        t.split(|c: char| !c.is_alphanumeric())
-            .filter(|w| !w.is_empty())
-            .map(str::to_lowercase)
-            .collect()
-    };
-    let finding = sequence(finding);
-    if finding.len() < 5 {
-        return false;
+fn word_sequence(text: &str) -> Vec<String> {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect()
+}
+
+/// The words of `text` that are not part of an echo of `finding`: a run of
+/// [`ECHO_WORDS`] consecutive words of the finding (all of it when shorter,
+/// from five words) repeated in the text. A model that copies the OPEN GAPS
+/// section into its output has not addressed anything by the copy —
+/// measured on SmolLM2-135M (`scripts/real-llm.sh`): a sales pitch that
+/// restated the gap's finding covered 7 of its 7 terms — but an output that
+/// quotes the finding and then acts on it keeps what it says beyond the
+/// quote. Quoting the resolution (what to do) is never an echo.
+pub fn unechoed_words(finding: &str, text: &str) -> BTreeSet<String> {
+    let finding = word_sequence(finding);
+    let sequence = word_sequence(text);
+    let n = ECHO_WORDS.min(finding.len());
+    let mut echoed = vec![false; sequence.len()];
+    if finding.len() >= 5 {
+        let windows: BTreeSet<&[String]> = finding.windows(n).collect();
+        for (at, window) in sequence.windows(n).enumerate() {
+            if windows.contains(window) {
+                echoed[at..at + n].iter_mut().for_each(|e| *e = true);
+            }
+        }
     }
-    let haystack = format!(" {} ", sequence(text).join(" "));
-    finding
-        .windows(ECHO_WORDS.min(finding.len()))
-        .any(|window| haystack.contains(&format!(" {} ", window.join(" "))))
+    sequence
+        .into_iter()
+        .zip(echoed)
+        .filter(|(_, echoed)| !echoed)
+        .map(|(word, _)| word)
+        .collect()
+}
+
+/// True when `text` holds an echo of `finding` ([`unechoed_words`]).
+pub fn echoes(finding: &str, text: &str) -> bool {
+    unechoed_words(finding, text) != words(text)
 }
 
 /// Open gaps that concern `block` and that its new artifacts (`texts`:
 /// artifact key → text) now cover: one `GapChanged` each, naming where and
-/// which terms. A gap the model checked (`checks`) is decided by its
-/// verdict instead. An artifact that echoes the gap's finding ([`echoes`])
-/// addresses nothing, whatever the model says.
+/// which terms, counted on what each artifact says beyond echoes of the
+/// gap's finding ([`unechoed_words`]). A gap the model checked (`checks`)
+/// is decided by its verdict instead — "addressed" only when some artifact
+/// is more than an echo (still carries one of the gap's terms), "not
+/// addressed" only when the model saw the artifacts whole (a cut one leaves
+/// the gap to the terms).
 pub fn reconcile(
     pipeline: &Pipeline,
     doc: &RunDoc,
@@ -536,40 +583,64 @@ pub fn reconcile(
     if block.contains('[') {
         return Vec::new();
     }
-    let words: Vec<(&String, BTreeSet<String>)> =
-        texts.iter().map(|(k, t)| (k, words(t))).collect();
     let mut events = Vec::new();
     for state in open_for(pipeline, doc, block) {
-        if let Some((model, verdict)) =
-            checks.and_then(|c| Some((&c.model, c.verdicts.get(&state.gap.id)?)))
-        {
-            let echoed = texts
-                .values()
-                .all(|text| echoes(&state.gap.description, text));
-            if verdict.addressed && !echoed {
-                events.push(Event::GapChanged {
-                    id: state.gap.id.clone(),
-                    status: GapStatus::Addressed,
-                    by: block.to_string(),
-                    reason: format!("{block}: {model} judged it addressed: {}", verdict.reason),
-                });
-            }
-            continue;
-        }
         let terms = terms(&state.gap);
+        let words: Vec<(&String, BTreeSet<String>)> = texts
+            .iter()
+            .map(|(k, t)| (k, unechoed_words(&state.gap.description, t)))
+            .collect();
+        if let Some((checks, verdict)) =
+            checks.and_then(|c| Some((c, c.verdicts.get(&state.gap.id)?)))
+        {
+            let more_than_an_echo = words
+                .iter()
+                .any(|(_, words)| terms.iter().any(|t| words.contains(t)));
+            match verdict.addressed {
+                true if more_than_an_echo => {
+                    events.push(Event::GapChanged {
+                        id: state.gap.id.clone(),
+                        status: GapStatus::Addressed,
+                        by: block.to_string(),
+                        reason: format!(
+                            "{block}: {} judged it addressed: {}",
+                            checks.model, verdict.reason
+                        ),
+                    });
+                    continue;
+                }
+                true => continue,
+                false if !checks.cut => continue,
+                // Not addressed in what the model saw of a cut artifact: the
+                // terms read all of it.
+                false => {}
+            }
+        }
         if terms.len() < 2 {
             continue;
         }
+        // Per artifact: the terms it carries beyond echoes, out of the terms
+        // it does not merely quote (a quoted finding neither counts for nor
+        // against it; what it does about the gap decides).
         let best = words
             .iter()
-            .filter(|(key, _)| !echoes(&state.gap.description, &texts[*key]))
-            .map(|(key, words)| {
-                let hit: Vec<&String> = terms.iter().filter(|t| words.contains(*t)).collect();
-                (key, hit)
+            .map(|(key, kept)| {
+                let whole = self::words(&texts[*key]);
+                let hit: Vec<&String> = terms.iter().filter(|t| kept.contains(*t)).collect();
+                let of = terms
+                    .iter()
+                    .filter(|t| kept.contains(*t) || !whole.contains(*t))
+                    .count();
+                (key, hit, of)
             })
-            .max_by_key(|(_, hit)| hit.len());
-        let Some((key, hit)) = best else { continue };
-        let share = hit.len() as f64 / terms.len() as f64;
+            .filter(|(_, _, of)| *of >= 2)
+            .max_by(|a, b| {
+                (a.1.len() * b.2)
+                    .cmp(&(b.1.len() * a.2))
+                    .then(a.1.len().cmp(&b.1.len()))
+            });
+        let Some((key, hit, of)) = best else { continue };
+        let share = hit.len() as f64 / of as f64;
         if share < COVERAGE {
             continue;
         }
@@ -581,7 +652,7 @@ pub fn reconcile(
             reason: format!(
                 "{block}.{key} covers {} of its {} terms ({}{})",
                 hit.len(),
-                terms.len(),
+                of,
                 shown.join(", "),
                 if hit.len() > shown.len() { ", …" } else { "" }
             ),

@@ -198,7 +198,7 @@ impl Engine {
             model: reply.model,
             input_tokens: reply.usage.input_tokens,
             output_tokens: reply.usage.output_tokens,
-            context_chars: system.len(),
+            context_chars: system.chars().count(),
         })
     }
 }

@@ -286,13 +286,6 @@ impl Engine {
             let log = self.store.events(&run_id, 0).await?;
             transitions::may_approve(&pipeline, &log, block, principal)?;
         }
-        // audit-analyze: free text becomes classified items beside the
-        // marked ones.
-        let mut submission = submission;
-        let (analysis, classifier) = self
-            .analyze(&pipeline, handle.doc(), block, &submission.free_text)
-            .await;
-        submission.items.extend(machine_items(&analysis));
         let mut keys = BTreeSet::new();
         for (n, item) in submission.items.iter().enumerate() {
             let at = format!("items[{n}]");
@@ -318,6 +311,24 @@ impl Engine {
                 )));
             }
         }
+        // audit-analyze, once the marked items are known to be good (a bad
+        // submission is refused before any model call): free text becomes
+        // classified items beside them. A sentence a person marked as well
+        // keeps the person's item.
+        let mut submission = submission;
+        let (analysis, classifier) = self
+            .analyze(&pipeline, handle.doc(), block, &submission.free_text)
+            .await;
+        let marked: BTreeSet<String> = submission
+            .items
+            .iter()
+            .map(|i| i.source_key.clone())
+            .collect();
+        submission.items.extend(
+            machine_items(&analysis)
+                .into_iter()
+                .filter(|i| !marked.contains(&i.source_key)),
+        );
         for _ in 0..crate::handle::MAX_CONFLICTS {
             let review = self
                 .decide_review(&handle, block, &source, tester, &submission, principal)
@@ -813,10 +824,12 @@ pub(crate) async fn accepted_items(
     run_id: &str,
     router: &factory_core::template::Block,
 ) -> Result<Vec<loop_core::AcceptedItem>> {
-    // Validation refused bad sources; read them as "all" if one slipped by.
-    let sources = loop_core::router_sources(&router.inputs.config)
-        .ok()
-        .flatten();
+    // Validation refused bad sources; should one slip by, route nothing
+    // rather than every page's items.
+    let sources = match loop_core::router_sources(&router.inputs.config) {
+        Ok(sources) => sources,
+        Err(_) => Some(BTreeSet::new()),
+    };
     let mut items: Vec<loop_core::AcceptedItem> = store
         .items(run_id, Some("accepted"), None)
         .await?

@@ -91,6 +91,11 @@ pub(crate) async fn llm_checks(
     {
         return None;
     }
+    // An instance addresses nothing for its group, and a source's gaps are
+    // replaced by its own finding: neither is worth a call.
+    if block_id.contains('[') || block.outputs.gaps.is_some() {
+        return None;
+    }
     let open = core_gaps::open_for(pipeline, doc, block_id);
     if open.is_empty() {
         return None;
@@ -100,12 +105,13 @@ pub(crate) async fn llm_checks(
         .iter()
         .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
         .collect();
-    let (system, user, schema) = core_gaps::check_ask(&open, &texts);
+    let (system, user, schema, cut) = core_gaps::check_ask(&open, &texts);
     let request = factory_llm::ChatRequest {
         model: resolved.model.clone(),
         system: vec![factory_llm::Part::cacheable(system)],
         user: vec![factory_llm::Part::new(user)],
-        max_tokens: 1024,
+        // About 80 tokens a verdict: many gaps must not cut the JSON short.
+        max_tokens: (256 + 96 * open.len() as u32).min(8192),
         temperature: Some(0.0),
         response_format: factory_llm::ResponseFormat::JsonSchema {
             name: "gap_checks".to_string(),
@@ -117,6 +123,7 @@ pub(crate) async fn llm_checks(
         model: resolved.model.clone(),
         verdicts: BTreeMap::new(),
         problem: None,
+        cut,
     };
     match resolved.client.complete(&request, CHECK_TIMEOUT).await {
         Ok(reply) => {

@@ -195,9 +195,11 @@ const actions = {
   // The META chat: questions about the whole run.
   async "run-chat"(form) {
     const message = form.message.value;
+    // Kept in the box (and its draft) until the answer is in: a failed turn
+    // loses nothing.
+    await api("POST", `/api/v1/runs/${encodeURIComponent(runId)}/chat`, { message });
     form.message.value = "";
     await saveDraft(form.message.dataset.draft, { message: "" });
-    await api("POST", `/api/v1/runs/${encodeURIComponent(runId)}/chat`, { message });
   },
   // The extraction review: one verdict per marked item.
   async review(form) {
@@ -338,6 +340,7 @@ function bindForms(root) {
       location.href = `?${select.dataset.reloadWith}=${encodeURIComponent(select.value)}`;
     });
   }
+  bindVoice(root);
   for (const field of root.querySelectorAll("[data-draft]")) {
     if (field.dataset.draftBound) continue;
     field.dataset.draftBound = "1";
@@ -351,6 +354,63 @@ function bindForms(root) {
         saveDraft(key, values);
       }, 400);
     });
+  }
+}
+
+// ── Voice input (seed 003: the reflection "with mic input"; the review
+// pages' free text): where the browser has the Web Speech API, a textarea
+// marked data-voice gets a Dictate button. What is heard is appended to the
+// text, which stays editable and is saved like typed text (drafts too).
+// Without the API there is no button and the text box works as before. ──
+const speechApi = () => window.SpeechRecognition || window.webkitSpeechRecognition;
+function bindVoice(root) {
+  if (!speechApi()) return;
+  for (const area of root.querySelectorAll("textarea[data-voice]")) {
+    if (area.dataset.voiceBound) continue;
+    area.dataset.voiceBound = "1";
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "voice";
+    button.dataset.voiceFor = area.name;
+    button.setAttribute("aria-pressed", "false");
+    button.textContent = "Dictate";
+    button.title = "Speak: the words are added to this text, which you can edit before saving";
+    const note = document.createElement("span");
+    note.className = "voice-note muted";
+    note.setAttribute("role", "status");
+    let listening = null;
+    button.addEventListener("click", () => {
+      if (listening) { listening.stop(); return; }
+      const Api = speechApi();
+      if (!Api) return;
+      const recognition = new Api();
+      recognition.lang = document.documentElement.lang || navigator.language || "en-US";
+      recognition.interimResults = false;
+      recognition.continuous = true;
+      recognition.onresult = (event) => {
+        let heard = "";
+        for (let i = event.resultIndex; i < event.results.length; i++) {
+          if (event.results[i].isFinal) heard += event.results[i][0].transcript;
+        }
+        heard = heard.trim();
+        if (!heard) return;
+        area.value = area.value.trim() ? `${area.value.replace(/\s+$/, "")} ${heard}` : heard;
+        area.dispatchEvent(new Event("input", { bubbles: true }));
+      };
+      recognition.onerror = (event) => { note.textContent = `Dictation stopped: ${event.error}`; };
+      recognition.onend = () => {
+        listening = null;
+        button.setAttribute("aria-pressed", "false");
+        button.textContent = "Dictate";
+      };
+      listening = recognition;
+      note.textContent = "";
+      button.setAttribute("aria-pressed", "true");
+      button.textContent = "Stop dictating";
+      try { recognition.start(); } catch (e) { note.textContent = `Dictation unavailable: ${e.message}`; recognition.onend(); }
+    });
+    area.insertAdjacentElement("afterend", note);
+    area.insertAdjacentElement("afterend", button);
   }
 }
 

@@ -174,9 +174,9 @@ fn an_output_that_echoes_the_gap_does_not_address_it() {
     let pipeline = pipeline();
     let mut doc = doc(&pipeline);
     found(&mut doc);
+    // The gap restated (a small model copying its prompt) addresses nothing.
     let echo = "OPEN GAPS: g01 (critical): The VIP Day price 4500 contradicts the objection \
-                script. Never state the VIP Day price; offer the Clarity Call. Pricing is shared \
-                on the discovery call."
+                script. We will look into the VIP Day price."
         .to_string();
     let events = reconcile(
         &pipeline,
@@ -186,6 +186,20 @@ fn an_output_that_echoes_the_gap_does_not_address_it() {
         None,
     );
     assert!(events.is_empty(), "{events:?}");
+    // Quoting the finding and then acting on it does: what is said beyond
+    // the quote counts.
+    let acted = "Known gap: the VIP Day price 4500 contradicts the objection script. Never \
+                 state the VIP Day price; offer the Clarity Call; pricing is shared on the \
+                 discovery call."
+        .to_string();
+    let events = reconcile(
+        &pipeline,
+        &doc,
+        "compiler",
+        &BTreeMap::from([("prompt".to_string(), acted)]),
+        None,
+    );
+    assert_eq!(events.len(), 1, "{events:?}");
     assert!(echoes(
         "The VIP Day price 4500 contradicts the objection script",
         "… the vip-day PRICE 4500 contradicts the objection script!"
@@ -377,7 +391,7 @@ fn a_model_check_decides_the_gaps_it_names() {
     let mut doc = doc(&pipeline);
     found(&mut doc);
     let open = open_for(&pipeline, &doc, "compiler");
-    let (system, user, schema) = check_ask(
+    let (system, user, schema, cut) = check_ask(
         &open,
         &BTreeMap::from([(
             "prompt".to_string(),
@@ -385,6 +399,17 @@ fn a_model_check_decides_the_gaps_it_names() {
         )]),
     );
     assert!(system.contains("Repeating or paraphrasing the gap's description is not"));
+    assert!(!cut);
+    // A long artifact shows its beginning and its end (where a prompt's
+    // Known Gaps section is), and says it was cut.
+    let long = format!(
+        "{}\n## Known Gaps\nPricing is shared on the call.",
+        "x".repeat(20_000)
+    );
+    let (_, user_long, _, cut_long) =
+        check_ask(&open, &BTreeMap::from([("prompt".to_string(), long)]));
+    assert!(cut_long && user_long.contains("## Known Gaps\nPricing is shared on the call."));
+    assert!(user_long.contains("[… cut …]") && user_long.len() < 16_000);
     assert!(user.contains("## OPEN GAPS") && user.contains("=== prompt ===\nSay pricing"));
     assert_eq!(
         schema["properties"]["gaps"]["items"]["properties"]["id"]["enum"],
@@ -406,11 +431,14 @@ fn a_model_check_decides_the_gaps_it_names() {
         parse_checks(&parroted, &open).unwrap(),
         (BTreeMap::new(), 1)
     );
+    let dotted = parroted.replace(REASON_PLACEHOLDER, &format!("{REASON_PLACEHOLDER}."));
+    assert_eq!(parse_checks(&dotted, &open).unwrap(), (BTreeMap::new(), 1));
     assert!(verdicts["g01"].addressed && !verdicts["g02"].addressed);
-    let checks = GapChecks {
+    let mut checks = GapChecks {
         model: "m1".into(),
         verdicts,
         problem: None,
+        cut: false,
     };
     // Words alone would not address g01 here; the model's verdict does.
     let events = reconcile(
@@ -443,6 +471,17 @@ fn a_model_check_decides_the_gaps_it_names() {
         )
         .is_empty()
     );
+    // "Not addressed" decides when the model saw everything; when an
+    // artifact was cut, the terms (which read all of it) decide.
+    let covering = BTreeMap::from([(
+        "prompt".to_string(),
+        "Never state the VIP Day price 4500; offer the Clarity Call; pricing is shared on the discovery call, the objection script contradicts it".to_string(),
+    )]);
+    checks.verdicts.get_mut("g01").unwrap().addressed = false;
+    assert!(reconcile(&pipeline, &doc, "compiler", &covering, Some(&checks)).is_empty());
+    checks.cut = true;
+    let events = reconcile(&pipeline, &doc, "compiler", &covering, Some(&checks));
+    assert_eq!(events.len(), 1, "{events:?}");
     for (answer, says) in [
         ("", "empty"),
         ("no", "no JSON object"),

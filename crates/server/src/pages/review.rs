@@ -164,7 +164,7 @@ async fn render_review(
                             input type="text" name={"fc" (n)} placeholder="correction" aria-label={"Correction for finding " (n + 1)};
                         }
                     }
-                    label { "Anything else " textarea name="free_text" rows="3" {} }
+                    label { "Anything else " textarea name="free_text" data-voice rows="3" {} }
                     (submit_controls(can_submit))
                 }
             }
@@ -237,7 +237,7 @@ async fn render_review(
                     }
                 }
                 section.panel {
-                    label { "Anything else " textarea name="free_text" rows="3" {} }
+                    label { "Anything else " textarea name="free_text" data-voice rows="3" {} }
                     (submit_controls(can_submit))
                 }
             }

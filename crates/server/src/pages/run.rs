@@ -162,7 +162,7 @@ pub async fn render_run_page(
                         form #reflection-form data-action="reflection" {
                             @for (key, question) in REFLECTION_QUESTIONS {
                                 @let value = reflection.as_ref().and_then(|r| r.body.get(key)).or_else(|| drafts.get("reflection").and_then(|d| d.get(key))).and_then(|v| v.as_str()).unwrap_or("");
-                                label { (question) textarea name=(key) data-draft="reflection" rows="2" { (value) } }
+                                label { (question) textarea name=(key) data-draft="reflection" data-voice rows="2" { (value) } }
                             }
                             button type="submit" { "Save reflection" }
                             p.error data-error {}

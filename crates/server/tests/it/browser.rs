@@ -450,11 +450,51 @@ async fn operators_and_reviewers_drive_a_run_from_the_browser() {
         "the gate caught a vague draft",
     )
     .await;
-    click(c, "#reflection-form button").await;
+    // Voice input: a stand-in for the browser's speech recognition hears one
+    // sentence; it is appended to the answer, which is edited before saving.
+    // Without the API there is no Dictate button.
+    c.execute(
+        "window.webkitSpeechRecognition = window.SpeechRecognition = class {
+           start() { setTimeout(() => {
+             const result = Object.assign([{ transcript: 'the router waited for the audit' }], { isFinal: true });
+             this.onresult({ resultIndex: 0, results: [result] });
+             this.onend();
+           }, 20); }
+           stop() { this.onend(); }
+         };
+         return true;",
+        vec![],
+    )
+    .await
+    .unwrap();
+    click(c, "#reflection-form button[data-voice-for=broke]").await;
+    until(
+        c,
+        "the dictated words",
+        "return document.querySelector('#reflection-form textarea[name=broke]').value === 'the router waited for the audit' && document.querySelector('button[data-voice-for=broke]').getAttribute('aria-pressed') === 'false';",
+    )
+    .await;
+    type_into(c, "#reflection-form textarea[name=broke]", ", twice").await;
+    let without = c
+        .execute(
+            "delete window.SpeechRecognition; delete window.webkitSpeechRecognition;
+             const box = document.createElement('div');
+             box.innerHTML = '<textarea name=x data-voice></textarea>';
+             bindVoice(box);
+             return box.querySelectorAll('button').length;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(without, json!(0), "no speech API, no Dictate button");
+    click(c, "#reflection-form button[type=submit]").await;
     t.poll(
         &format!("/api/v1/runs/{run}/reflection"),
         "the reflection saved",
-        |r| r["reflection"]["body"]["worked"] == "the gate caught a vague draft",
+        |r| {
+            r["reflection"]["body"]["worked"] == "the gate caught a vague draft"
+                && r["reflection"]["body"]["broke"] == "the router waited for the audit, twice"
+        },
     )
     .await;
 
@@ -1656,12 +1696,12 @@ async fn register_meta_audit(t: &TestServer) {
 /// its gate; a reviewer accepts one with a note, and the panel says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reviewer_accepts_a_gap_from_the_gaps_panel() {
-    use crate::feedback_loop::{clone_factory_server, run_to};
+    use crate::feedback_loop::clone_factory_server;
     let (t, _provider) = clone_factory_server().await;
     let run = t
         .start_run("clone-factory", json!({"expert_name": "Marisol Vega"}))
         .await;
-    run_to(&t, &run, "gap-analyzer").await;
+    crate::feedback_loop::past_the_extraction_review(&t, &run, "gap-analyzer").await;
     let b = browser().await;
     let c = &b.client;
     login(
@@ -1714,12 +1754,12 @@ async fn a_reviewer_accepts_a_gap_from_the_gaps_panel() {
 /// answer — grounded in the run's brief — appears in the panel.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reviewer_asks_the_run_page_chat_about_the_run() {
-    use crate::feedback_loop::{clone_factory_server, run_to};
+    use crate::feedback_loop::clone_factory_server;
     let (t, _provider) = clone_factory_server().await;
     let run = t
         .start_run("clone-factory", json!({"expert_name": "Marisol Vega"}))
         .await;
-    run_to(&t, &run, "extraction-reviewer").await;
+    crate::feedback_loop::past_the_extraction_review(&t, &run, "gap-analyzer").await;
     t.wait_for(&run, "the gaps", |d| d["gaps"]["g02"].is_object())
         .await;
     let b = browser().await;

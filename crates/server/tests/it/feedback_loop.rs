@@ -334,6 +334,22 @@ pub async fn run_to(t: &TestServer, run: &str, stop_at: &str) -> Value {
     panic!("{stop_at} never waited");
 }
 
+/// Runs to the extraction review and approves it as it stands (no findings,
+/// so the extraction router passes), then on to `stop_at`.
+pub async fn past_the_extraction_review(t: &TestServer, run: &str, stop_at: &str) -> Value {
+    run_to(t, run, "extraction-reviewer").await;
+    let (s, b) = t
+        .call(
+            Method::POST,
+            &format!("/api/v1/runs/{run}/blocks/extraction-reviewer/approve"),
+            "reviewer",
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    run_to(t, run, stop_at).await
+}
+
 /// Review links for a tester; returns the token their links carry.
 pub async fn review_token(t: &TestServer, run: &str, tester: &str, role: &str) -> (String, Value) {
     let (s, b) = t
@@ -835,7 +851,11 @@ async fn the_whole_loop(postgres: bool) {
         }
     }
     expected.retain(|b| had_run.contains(b.as_str()));
-    assert!(expected.contains("extraction-reviewer") && expected.contains("gap-analyzer"));
+    assert!(expected.contains("extraction-reviewer") && expected.contains("voice-extractor"));
+    assert!(
+        !had_run.contains("gap-analyzer") && !had_run.contains("lead-magnet-builder"),
+        "what reads the extractions waits for the router: {had_run:?}"
+    );
     let reset: std::collections::BTreeSet<String> = events
         .iter()
         .filter(|e| {
@@ -1401,18 +1421,21 @@ async fn meta_chat_answers_from_the_whole_run() {
         .start_run("clone-factory", json!({"expert_name": "Marisol Vega"}))
         .await;
     run_to(&t, &run, "extraction-reviewer").await;
-    t.wait_for(&run, "the gaps", |d| d["gaps"]["g02"].is_object())
-        .await;
-    let (samuel, _) = review_token(&t, &run, "samuel-ngu", "expert").await;
+    // A team member's remark (weight 1.0: the item stays open, nothing is
+    // routed), then the review is approved and the gaps are found.
+    let (derek, _) = review_token(&t, &run, "derek", "team").await;
     let (s, b) = submit(
         &t,
-        &samuel,
+        &derek,
         &run,
         "extraction-reviewer",
         json!({"free_text": "The offers list the wrong price for the VIP Day!"}),
     )
     .await;
     assert_eq!(s, 200, "{b}");
+    past_the_extraction_review(&t, &run, "gap-analyzer").await;
+    t.wait_for(&run, "the gaps", |d| d["gaps"]["g02"].is_object())
+        .await;
 
     let ask = |role: &'static str, message: &'static str| {
         let t = &t;
@@ -1448,6 +1471,7 @@ async fn meta_chat_answers_from_the_whole_run() {
         "- `offer-extractor` (",
         "- `extraction-reviewer` (",
         "at its after-gate",
+        "- `gap-analyzer` (",
         "g01 [open]",
         "for `offer-extractor` (from extraction-review)",
         "wrong price for the VIP Day",
