@@ -107,6 +107,14 @@ pub enum GatePhase {
     After,
 }
 
+fn counted() -> bool {
+    true
+}
+
+fn is_counted(counted: &bool) -> bool {
+    *counted
+}
+
 /// A stored artifact: content lives in the store under `hash` (SHA-256).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ArtifactRef {
@@ -196,6 +204,10 @@ pub enum FailureKind {
     /// No retry can help: the prompt does not fit the model's context window,
     /// or the provider refuses the request as such. Fails at once.
     Permanent,
+    /// Not yet: the block's work is fine but something it acts on is busy (a
+    /// corrections router whose targets' dependents are still running). It
+    /// tries again shortly; waiting uses up none of its retries.
+    Wait,
 }
 
 /// What the next attempt of an `llm` block is told about the previous reply
@@ -963,6 +975,10 @@ pub enum Event {
         /// Why the reply could not be used; replaces the previous note.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reply_note: Option<ReplyNote>,
+        /// False for a wait ([`FailureKind::Wait`]): the block's retries are
+        /// not used up by it.
+        #[serde(default = "counted", skip_serializing_if = "is_counted")]
+        counted: bool,
     },
     BlockDone {
         block: String,
@@ -1438,12 +1454,15 @@ impl RunDoc {
                 reason,
                 corrections,
                 reply_note,
+                counted,
             } => {
                 let state = self.state_mut(block)?;
                 expect(block, state, kind, &[BlockStatus::Running])?;
                 ensure_finished(block, state, kind)?;
                 state.status = BlockStatus::Ready;
-                state.retries_used += 1;
+                if *counted {
+                    state.retries_used += 1;
+                }
                 state.not_before = Some(*not_before);
                 state.error = Some(reason.clone());
                 if let Some(last) = state.history.last_mut() {

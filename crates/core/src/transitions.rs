@@ -582,6 +582,16 @@ pub fn finish(
                 }
             }
         },
+        Some(error) if report_failure == Some(FailureKind::Wait) => {
+            events.push(Event::RetryScheduled {
+                block: block_id.to_string(),
+                not_before: now.saturating_add(WAIT_MS),
+                reason: format!("{error}; tries again in {WAIT_MS} ms (waiting uses up no retry)"),
+                corrections: retry_corrections,
+                reply_note: None,
+                counted: false,
+            });
+        }
         Some(error) => {
             let permanent = report_failure == Some(FailureKind::Permanent);
             if can_retry && !permanent && !audit_blocks {
@@ -608,6 +618,7 @@ pub fn finish(
                     ),
                     corrections: retry_corrections,
                     reply_note,
+                    counted: true,
                 });
             } else {
                 let tries = state.retries_used + 1;
@@ -628,6 +639,10 @@ pub fn finish(
     }
     Ok(events)
 }
+
+/// How long a block that must wait ([`FailureKind::Wait`]) waits before it
+/// tries again.
+pub const WAIT_MS: Millis = 2_000;
 
 /// `(composite, threshold)` when the attempt's audit is below the block's
 /// audit threshold.

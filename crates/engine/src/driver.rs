@@ -592,7 +592,9 @@ impl Engine {
 /// A corrections router's finish plus, when it completed, its routing: the
 /// `corrections_routed` event and the resets, in the same commit so nothing
 /// downstream of the router starts in between. If a block to reset is still
-/// running, the router's attempt counts as failed and is retried.
+/// running, the router waits for it ([`FailureKind::Wait`](factory_core::run::FailureKind::Wait):
+/// it tries again shortly, using up no retry); any other refusal fails the
+/// attempt, which is retried.
 #[allow(clippy::too_many_arguments)]
 fn with_routing(
     pipeline: &factory_core::Pipeline,
@@ -608,8 +610,13 @@ fn with_routing(
     match crate::feedback::routing_after(pipeline, doc, &completion.block, &preceding, items, now) {
         Ok(routing) => Ok(finished.into_iter().chain(routing).collect()),
         Err(EngineError::Transition(error)) => {
+            // A dependent still running finishes soon: the router waits for
+            // it (its retries are for real failures).
+            let failure = matches!(error, transitions::TransitionError::DependentRunning { .. })
+                .then_some(factory_core::run::FailureKind::Wait);
             let report = AttemptReport {
                 error: Some(format!("cannot route corrections yet: {error}")),
+                failure,
                 ..AttemptReport::default()
             };
             Ok(transitions::finish(

@@ -2428,3 +2428,40 @@ fn an_llm_reply_without_its_metric_is_a_reply_problem() {
     assert!(note.problem.contains("no top-level number `score`"));
     h.assert_replays();
 }
+
+/// A block that must wait (a corrections router whose targets' dependents
+/// are still running) tries again after a short wait, however many times,
+/// and keeps its retries for real failures.
+#[test]
+fn waiting_is_not_a_retry() {
+    let mut h = Harness::new(template(vec![with_threshold(block("a", &[]), 85.0, 1)]));
+    h.tick();
+    for _ in 0..3 {
+        let report = AttemptReport {
+            failure: Some(FailureKind::Wait),
+            ..failure("cannot route corrections yet: `b` is running")
+        };
+        let events = h.run("a", report);
+        let Event::RetryScheduled {
+            not_before,
+            reason,
+            counted,
+            ..
+        } = &events[1]
+        else {
+            panic!("{events:?}")
+        };
+        assert!(!counted);
+        assert_eq!(*not_before, h.now + transitions::WAIT_MS);
+        assert!(reason.contains("waiting uses up no retry"), "{reason}");
+        assert_eq!(h.state("a").retries_used, 0);
+        h.now += transitions::WAIT_MS;
+        h.tick();
+    }
+    // A real failure still has its one retry.
+    let events = h.run("a", failure("boom"));
+    assert!(
+        matches!(&events[1], Event::RetryScheduled { counted: true, reason, .. } if reason.contains("retry 1 of 1")),
+        "{events:?}"
+    );
+}

@@ -916,6 +916,7 @@ async fn a_database_with_whole_documents_migrates(url: &str, dialect: &str) {
                 reason: "quality 40 is below 80".into(),
                 corrections: None,
                 reply_note: None,
+                counted: true,
             },
             started(2),
             finished(2, factory_core::run::AttemptOutcome::Succeeded),
