@@ -218,6 +218,18 @@ pub enum Priority {
     Low,
 }
 
+impl Priority {
+    /// The name it serializes as (`critical` … `low`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Critical => "critical",
+            Priority::High => "high",
+            Priority::Medium => "medium",
+            Priority::Low => "low",
+        }
+    }
+}
+
 /// One concrete thing to fix, located in one artifact.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Suggestion {
@@ -244,4 +256,21 @@ pub struct Deltas {
     pub composite: f64,
     /// The composite dropped by 0.5 or more, or any dimension by 1.0 or more.
     pub regression: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Priority;
+
+    #[test]
+    fn a_priority_is_named_as_it_serializes() {
+        for p in [
+            Priority::Critical,
+            Priority::High,
+            Priority::Medium,
+            Priority::Low,
+        ] {
+            assert_eq!(serde_json::to_value(p).unwrap(), p.as_str());
+        }
+    }
 }

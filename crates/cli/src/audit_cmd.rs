@@ -168,10 +168,7 @@ pub fn render(report: &AuditReport, title: &str) -> String {
     } else {
         let _ = writeln!(out, "fix suggestions (most important first):");
         for suggestion in &report.suggestions {
-            let priority = serde_json::to_value(suggestion.priority)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default();
+            let priority = suggestion.priority.as_str();
             // The message starts with the artifact and the location already.
             let _ = writeln!(
                 out,

@@ -316,10 +316,7 @@ pub fn summary(doc: &RunDoc, template_order: &[String]) -> String {
                     let _ = writeln!(
                         out,
                         "  {id}: [{}] {}",
-                        serde_json::to_value(suggestion.priority)
-                            .ok()
-                            .and_then(|v| v.as_str().map(str::to_string))
-                            .unwrap_or_default(),
+                        suggestion.priority.as_str(),
                         suggestion.message
                     );
                 }

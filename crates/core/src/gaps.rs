@@ -365,10 +365,7 @@ pub fn terms(gap: &Gap) -> BTreeSet<String> {
 /// The lower-cased words of a text (letters and digits; `$450` is `450`),
 /// so a term matches a whole word, not part of one.
 pub(crate) fn words(text: &str) -> BTreeSet<String> {
-    text.split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .map(str::to_lowercase)
-        .collect()
+    word_sequence(text).into_iter().collect()
 }
 
 /// After `block` is reset or rejected: the gaps its output (or an
@@ -522,6 +519,7 @@ pub fn parse_checks(
 /// it an echo of the gap rather than an answer to it.
 pub const ECHO_WORDS: usize = 8;
 
+/// The lower-cased words of a text in order ([`words`] without the set).
 fn word_sequence(text: &str) -> Vec<String> {
     text.split(|c: char| !c.is_alphanumeric())
         .filter(|w| !w.is_empty())
@@ -538,8 +536,12 @@ fn word_sequence(text: &str) -> Vec<String> {
 /// quotes the finding and then acts on it keeps what it says beyond the
 /// quote. Quoting the resolution (what to do) is never an echo.
 pub fn unechoed_words(finding: &str, text: &str) -> BTreeSet<String> {
+    unechoed(finding, &word_sequence(text))
+}
+
+/// [`unechoed_words`] of a text already split into its word sequence.
+fn unechoed(finding: &str, sequence: &[String]) -> BTreeSet<String> {
     let finding = word_sequence(finding);
-    let sequence = word_sequence(text);
     let n = ECHO_WORDS.min(finding.len());
     let mut echoed = vec![false; sequence.len()];
     if finding.len() >= 5 {
@@ -551,10 +553,10 @@ pub fn unechoed_words(finding: &str, text: &str) -> BTreeSet<String> {
         }
     }
     sequence
-        .into_iter()
+        .iter()
         .zip(echoed)
         .filter(|(_, echoed)| !echoed)
-        .map(|(word, _)| word)
+        .map(|(word, _)| word.clone())
         .collect()
 }
 
@@ -583,19 +585,28 @@ pub fn reconcile(
     if block.contains('[') {
         return Vec::new();
     }
+    // Each artifact split once: its words in order, and as a set.
+    let artifacts: Vec<(&String, Vec<String>, BTreeSet<String>)> = texts
+        .iter()
+        .map(|(key, text)| {
+            let sequence = word_sequence(text);
+            let whole = sequence.iter().cloned().collect();
+            (key, sequence, whole)
+        })
+        .collect();
     let mut events = Vec::new();
     for state in open_for(pipeline, doc, block) {
         let terms = terms(&state.gap);
-        let words: Vec<(&String, BTreeSet<String>)> = texts
+        let words: Vec<(&String, BTreeSet<String>, &BTreeSet<String>)> = artifacts
             .iter()
-            .map(|(k, t)| (k, unechoed_words(&state.gap.description, t)))
+            .map(|(key, sequence, whole)| (*key, unechoed(&state.gap.description, sequence), whole))
             .collect();
         if let Some((checks, verdict)) =
             checks.and_then(|c| Some((c, c.verdicts.get(&state.gap.id)?)))
         {
             let more_than_an_echo = words
                 .iter()
-                .any(|(_, words)| terms.iter().any(|t| words.contains(t)));
+                .any(|(_, kept, _)| terms.iter().any(|t| kept.contains(t)));
             match verdict.addressed {
                 true if more_than_an_echo => {
                     events.push(Event::GapChanged {
@@ -624,8 +635,7 @@ pub fn reconcile(
         // against it; what it does about the gap decides).
         let best = words
             .iter()
-            .map(|(key, kept)| {
-                let whole = self::words(&texts[*key]);
+            .map(|(key, kept, whole)| {
                 let hit: Vec<&String> = terms.iter().filter(|t| kept.contains(*t)).collect();
                 let of = terms
                     .iter()

@@ -1863,6 +1863,24 @@ impl RunDoc {
     }
 }
 
+/// A fresh run `r1` of `pipeline` with `params`, created at 1 ms, for tests.
+#[cfg(test)]
+pub(crate) fn test_run(pipeline: &crate::Pipeline, params: BTreeMap<String, Value>) -> RunDoc {
+    let request = crate::transitions::RunRequest {
+        run_id: "r1".into(),
+        params,
+        ..Default::default()
+    };
+    let created = crate::transitions::create_run(pipeline, &request, &|_| true).unwrap();
+    RunDoc::from_created(&EventRecord {
+        seq: 1,
+        at: 1,
+        actor: "test".into(),
+        event: created,
+    })
+    .unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -165,10 +165,7 @@ fn blocks_section(out: &mut String, pipeline: &Pipeline, doc: &RunDoc) {
                 let _ = writeln!(
                     out,
                     "  suggestion ({}, {}): {}",
-                    serde_json::to_value(s.priority)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_string))
-                        .unwrap_or_default(),
+                    s.priority.as_str(),
                     s.dimension,
                     cut(&s.message)
                 );
@@ -351,26 +348,14 @@ mod tests {
 
     use super::*;
     use crate::run::{EventRecord, RunDoc};
-    use crate::transitions::{self, RunRequest};
 
     fn doc(pipeline: &Pipeline) -> RunDoc {
-        let request = RunRequest {
-            run_id: "r1".into(),
-            params: if pipeline.template().params.contains_key("expert_name") {
-                [("expert_name".to_string(), json!("Marisol Vega"))].into()
-            } else {
-                Default::default()
-            },
-            ..RunRequest::default()
+        let params = if pipeline.template().params.contains_key("expert_name") {
+            [("expert_name".to_string(), json!("Marisol Vega"))].into()
+        } else {
+            Default::default()
         };
-        let created = transitions::create_run(pipeline, &request, &|_| true).unwrap();
-        RunDoc::from_created(&EventRecord {
-            seq: 1,
-            at: 1,
-            actor: "test".into(),
-            event: created,
-        })
-        .unwrap()
+        crate::run::test_run(pipeline, params)
     }
 
     fn clone_factory() -> Pipeline {

@@ -668,10 +668,7 @@ fn audit_corrections(audit: &factory_audit::AuditReport, attempt: u32) -> Correc
                 finding: format!("{} {} ({})", s.artifact, s.location, s.dimension)
                     .replace("  ", " "),
                 correction: s.message.clone(),
-                priority: serde_json::to_value(s.priority)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_else(|| "medium".to_string()),
+                priority: s.priority.as_str().to_string(),
                 improvement_item_id: None,
             })
             .collect(),

@@ -13,7 +13,7 @@ use factory_core::run_brief::{self, BriefInput, Correction};
 use factory_store::{RunRecord, kinds};
 use serde::{Deserialize, Serialize};
 
-use crate::{Engine, EngineError, Result};
+use crate::{Engine, EngineError, Result, RunHandle};
 
 /// Prefix of the run chat's record keys (block ids start with a letter or digit).
 pub const RUN_CHAT: &str = "_run";
@@ -60,8 +60,18 @@ impl Engine {
     /// The brief the META chat gives the model about `run_id`, read fresh.
     pub async fn run_brief(&self, run_id: &str) -> Result<String> {
         let handle = self.open(run_id).await?;
-        let pipeline = handle.pipeline().clone();
-        let items = self.store.items(&handle.doc().run_id, None, None).await?;
+        self.brief_of(&handle).await
+    }
+
+    /// The brief of the run in `handle`: its items and reviews read once,
+    /// for the corrections and the convergence table.
+    async fn brief_of(&self, handle: &RunHandle) -> Result<String> {
+        let run_id = &handle.doc().run_id;
+        let items = self.store.items(run_id, None, None).await?;
+        let feedback = self.store.feedback(run_id).await?;
+        let reviewed = !items.is_empty() || !feedback.is_empty();
+        let convergence = (handle.pipeline().template().convergence.is_some() || reviewed)
+            .then(|| crate::feedback::convergence_of(handle, &feedback, &items));
         let corrections: Vec<Correction> = items
             .into_iter()
             .map(|i| Correction {
@@ -77,25 +87,17 @@ impl Engine {
                 source: i.source,
             })
             .collect();
-        let reviewed =
-            !corrections.is_empty() || !self.store.feedback(&handle.doc().run_id).await?.is_empty();
-        let convergence = if pipeline.template().convergence.is_some() || reviewed {
-            Some(self.convergence(run_id).await?.1)
-        } else {
-            None
-        };
         Ok(run_brief::brief(&BriefInput {
-            pipeline: &pipeline,
+            pipeline: handle.pipeline(),
             doc: handle.doc(),
             corrections: &corrections,
             convergence: convergence.as_ref(),
         }))
     }
 
-    /// Why the META chat of `run_id` cannot be had, if it cannot.
-    pub async fn run_chat_unavailable(&self, run_id: &str) -> Result<Option<String>> {
-        let handle = self.open(run_id).await?;
-        Ok(self.chat_target(handle.doc(), handle.pipeline()).err())
+    /// Why the META chat of the run in `handle` cannot be had, if it cannot.
+    pub fn run_chat_unavailable(&self, handle: &RunHandle) -> Option<String> {
+        self.chat_target(handle.doc(), handle.pipeline()).err()
     }
 
     /// The provider and model the run's chat talks to: the run's model,
@@ -117,12 +119,6 @@ impl Engine {
             .map_err(|e| format!("the chat needs a configured LLM provider: {e}"))
     }
 
-    /// The META chat's messages so far, oldest first.
-    pub async fn run_chat_history(&self, run_id: &str) -> Result<Vec<(RunRecord, ChatMessage)>> {
-        let run_id = self.store.load_run(run_id).await?.doc.run_id;
-        chat_records(self, &run_id, RUN_CHAT).await
-    }
-
     /// One META chat turn by `actor`: the run's brief and the conversation
     /// so far go to the run's model; the question and the answer are kept.
     pub async fn run_chat(&self, actor: &str, run_id: &str, message: &str) -> Result<ChatReply> {
@@ -135,7 +131,7 @@ impl Engine {
         let resolved = self
             .chat_target(&doc, handle.pipeline())
             .map_err(ChatError::NotConfigured)?;
-        let brief = self.run_brief(&doc.run_id).await?;
+        let brief = self.brief_of(&handle).await?;
         let system = format!("{}\n\n{brief}", run_brief::INSTRUCTIONS);
         let earlier = chat_records(self, &doc.run_id, RUN_CHAT).await?;
         let mut transcript = String::new();

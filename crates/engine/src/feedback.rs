@@ -709,42 +709,10 @@ impl Engine {
     /// The version-over-version table and the ship decision.
     pub async fn convergence(&self, run_id: &str) -> Result<(RunDoc, Convergence)> {
         let handle = self.open(run_id).await?;
-        let doc = handle.doc().clone();
-        let spec = handle
-            .pipeline()
-            .template()
-            .convergence
-            .clone()
-            .unwrap_or_default();
-        let reviews: Vec<ReviewStats> = self
-            .store
-            .feedback(&doc.run_id)
-            .await?
-            .iter()
-            .map(review_stats)
-            .collect();
-        let items: Vec<ItemStats> = self
-            .store
-            .items(&doc.run_id, None, None)
-            .await?
-            .iter()
-            .map(|i| ItemStats {
-                priority: i.priority.clone(),
-                status: i.status.clone(),
-                opened_in: i
-                    .prompt_version
-                    .as_deref()
-                    .and_then(loop_core::parse_version)
-                    .unwrap_or(1),
-                resolved_in: i
-                    .resolved_in_version
-                    .as_deref()
-                    .and_then(loop_core::parse_version),
-            })
-            .collect();
-        let published = loop_core::published_versions(handle.pipeline(), &doc);
-        let table = loop_core::convergence(&doc, &spec, &reviews, &items, &published);
-        Ok((doc, table))
+        let feedback = self.store.feedback(&handle.doc().run_id).await?;
+        let items = self.store.items(&handle.doc().run_id, None, None).await?;
+        let table = convergence_of(&handle, &feedback, &items);
+        Ok((handle.doc().clone(), table))
     }
 
     /// After blocks completed: the accepted items their router corrections
@@ -815,6 +783,41 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// The version-over-version table of the run in `handle`, from its stored
+/// reviews and items (read by the caller, who may need them for more).
+pub(crate) fn convergence_of(
+    handle: &RunHandle,
+    feedback: &[FeedbackRecord],
+    items: &[ImprovementItem],
+) -> Convergence {
+    let doc = handle.doc();
+    let spec = handle
+        .pipeline()
+        .template()
+        .convergence
+        .clone()
+        .unwrap_or_default();
+    let reviews: Vec<ReviewStats> = feedback.iter().map(review_stats).collect();
+    let items: Vec<ItemStats> = items
+        .iter()
+        .map(|i| ItemStats {
+            priority: i.priority.clone(),
+            status: i.status.clone(),
+            opened_in: i
+                .prompt_version
+                .as_deref()
+                .and_then(loop_core::parse_version)
+                .unwrap_or(1),
+            resolved_in: i
+                .resolved_in_version
+                .as_deref()
+                .and_then(loop_core::parse_version),
+        })
+        .collect();
+    let published = loop_core::published_versions(handle.pipeline(), doc);
+    loop_core::convergence(doc, &spec, &reviews, &items, &published)
 }
 
 /// The run's accepted items that `router` routes (those of its `sources`

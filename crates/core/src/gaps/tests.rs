@@ -4,7 +4,6 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::run::{EventRecord, RunDoc};
-use crate::transitions::{self, RunRequest};
 
 /// `offers` → `analyzer` (finds gaps) → `compiler` (reads the gaps and the
 /// offers), `page` (reads the offers only), `notes` (reads neither).
@@ -50,18 +49,7 @@ const GAPS: &str = r#"{
 }"#;
 
 fn doc(pipeline: &Pipeline) -> RunDoc {
-    let request = RunRequest {
-        run_id: "r1".into(),
-        ..RunRequest::default()
-    };
-    let created = transitions::create_run(pipeline, &request, &|_| true).unwrap();
-    RunDoc::from_created(&EventRecord {
-        seq: 1,
-        at: 1,
-        actor: "test".into(),
-        event: created,
-    })
-    .unwrap()
+    crate::run::test_run(pipeline, BTreeMap::new())
 }
 
 fn apply(doc: &mut RunDoc, event: Event) {

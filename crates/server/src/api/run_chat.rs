@@ -5,6 +5,8 @@ use axum::Json;
 use axum::extract::{Path, State};
 use serde_json::{Value, json};
 
+use factory_engine::chat::RUN_CHAT;
+
 use crate::SharedState;
 use crate::api::blocks::ChatBody;
 use crate::auth::Caller;
@@ -16,15 +18,14 @@ pub async fn history(
     State(state): State<SharedState>,
     Path(run): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let run_id = state.store.resolve_run_id(&run).await?;
-    let messages: Vec<Value> = state
-        .engine
-        .run_chat_history(&run_id)
-        .await?
+    let handle = state.engine.open(&run).await?;
+    let records =
+        factory_engine::chat::chat_records(&state.engine, &handle.doc().run_id, RUN_CHAT).await?;
+    let messages: Vec<Value> = records
         .into_iter()
         .map(|(r, m)| json!({ "role": m.role, "text": m.text, "model": m.model, "actor": r.actor, "at": r.at }))
         .collect();
-    let unavailable = state.engine.run_chat_unavailable(&run_id).await?;
+    let unavailable = state.engine.run_chat_unavailable(&handle);
     Ok(Json(
         json!({ "messages": messages, "unavailable": unavailable }),
     ))

@@ -61,8 +61,13 @@ pub async fn render_run_page(
         .filter(|r| r.run_id != doc.run_id)
         .collect();
     let uploads = crate::api::runs::uploads(state, &doc.run_id).await?;
-    let chat = state.engine.run_chat_history(&doc.run_id).await?;
-    let chat_unavailable = state.engine.run_chat_unavailable(&doc.run_id).await?;
+    let chat = factory_engine::chat::chat_records(
+        &state.engine,
+        &doc.run_id,
+        factory_engine::chat::RUN_CHAT,
+    )
+    .await?;
+    let chat_unavailable = state.engine.run_chat_unavailable(&handle);
     let has_lens = template.blocks.iter().any(|b| b.lens.is_some());
     let ratings = if has_lens {
         state.engine.run_ratings(&doc.run_id).await?

@@ -1060,15 +1060,7 @@ async fn a_tester_submits_both_review_pages_from_a_review_link() {
         d["version"] == 2 && block_status(d, "extraction-reviewer") == "waiting"
     })
     .await;
-    let (s, body) = t
-        .call(
-            Method::POST,
-            &format!("/api/v1/runs/{run}/blocks/extraction-reviewer/approve"),
-            "reviewer",
-            None,
-        )
-        .await;
-    assert_eq!(s, 200, "{body}");
+    crate::feedback_loop::approve_extraction_review(&t, &run).await;
     run_to(&t, &run, "expert-audit").await;
     c.goto(&t.url(&link("expert-audit"))).await.unwrap();
     until(

@@ -338,6 +338,12 @@ pub async fn run_to(t: &TestServer, run: &str, stop_at: &str) -> Value {
 /// so the extraction router passes), then on to `stop_at`.
 pub async fn past_the_extraction_review(t: &TestServer, run: &str, stop_at: &str) -> Value {
     run_to(t, run, "extraction-reviewer").await;
+    approve_extraction_review(t, run).await;
+    run_to(t, run, stop_at).await
+}
+
+/// A reviewer approves the waiting extraction review as it stands.
+pub async fn approve_extraction_review(t: &TestServer, run: &str) {
     let (s, b) = t
         .call(
             Method::POST,
@@ -347,7 +353,6 @@ pub async fn past_the_extraction_review(t: &TestServer, run: &str, stop_at: &str
         )
         .await;
     assert_eq!(s, 200, "{b}");
-    run_to(t, run, stop_at).await
 }
 
 /// Review links for a tester; returns the token their links carry.
