@@ -539,7 +539,7 @@ async fn serve(
 ) -> Result<ExitCode> {
     let mut drive = args.drive;
     drive.quiet = true;
-    let engine = engine(db, actor, &drive, config_path).await?;
+    let engine = engine_sending(db, actor, &drive, config_path, true).await?;
     let config = factory_server::ServerConfig {
         addr: args.addr,
         no_auth: args.no_auth,
@@ -583,7 +583,7 @@ async fn worker(
 ) -> Result<ExitCode> {
     let mut drive = args.drive;
     drive.quiet = true;
-    let engine = Arc::new(engine(db, actor, &drive, config_path).await?);
+    let engine = Arc::new(engine_sending(db, actor, &drive, config_path, true).await?);
     let options = factory_engine::worker::WorkerOptions {
         runs: args.runs.max(1),
         scan_interval: std::time::Duration::from_millis(args.scan_ms.max(10)),
@@ -622,7 +622,9 @@ async fn worker(
             stopped.clone(),
         ))
     });
+    let notifier = tokio::spawn(engine.clone().run_notifier(stopped.clone()));
     factory_engine::worker::serve(engine, options, stopped).await?;
+    let _ = notifier.await;
     if let Some(streams) = streams {
         let _ = streams.await;
     }
@@ -809,6 +811,46 @@ async fn engine(
     drive: &DriveArgs,
     config_path: Option<&Path>,
 ) -> Result<Engine> {
+    engine_sending(db, actor, drive, config_path, false).await
+}
+
+/// `[notifications]` of the config file, checked, with its secrets read
+/// from the environment; None when it configures none.
+fn notifications(config_path: Option<&Path>) -> Result<Option<Arc<factory_notify::Notifications>>> {
+    let (path, required) = match config_path {
+        Some(path) => (path.to_path_buf(), true),
+        None => (std::path::PathBuf::from("factory.toml"), false),
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(_) if !required => return Ok(None),
+        Err(error) => {
+            return Err(user_error(format!(
+                "cannot read config {}: {error}",
+                path.display()
+            )));
+        }
+    };
+    let file = path.display().to_string();
+    let config = factory_notify::NotificationsConfig::from_toml(&text, &file)
+        .map_err(|e| user_error(e.0))?;
+    if config.is_empty() {
+        return Ok(None);
+    }
+    factory_notify::Notifications::from_config(config, |name| std::env::var(name).ok(), &file)
+        .map(|n| Some(Arc::new(n)))
+        .map_err(|e| user_error(e.0))
+}
+
+/// An engine; with `notify`, one that sends the config's notifications
+/// (`factory serve` and `factory worker` run the notifier).
+async fn engine_sending(
+    db: &str,
+    actor: &str,
+    drive: &DriveArgs,
+    config_path: Option<&Path>,
+    notify: bool,
+) -> Result<Engine> {
     let store = factory_store::open(db)
         .await
         .with_context(|| format!("cannot open the store `{db}`"))?;
@@ -826,6 +868,11 @@ async fn engine(
         actor: actor.to_string(),
         observer: progress::observer(drive.quiet),
         llm: Some(Arc::new(llm_settings(config_path)?)),
+        notifications: if notify {
+            notifications(config_path)?
+        } else {
+            None
+        },
         ..EngineConfig::default()
     };
     if let Some(dir) = &drive.work_dir {

@@ -16,6 +16,8 @@
 //! | `block.done` | a block of a run is done | `template`, `run_id`, `block` |
 //! | `block.failed` | a block gave up | `template`, `run_id`, `block`, `error` |
 //! | `gate.waiting` | a human gate waits | `template`, `run_id`, `block`, `phase` |
+//! | `review.submitted` | a review page's form was submitted | `template`, `run_id`, `block`, `feedback_id`, `source`, `tester`, `role`, `version`, `free_text`, `items`, `changed`, `accepted`, `critical` |
+//! | `run.ready_to_ship` | a run meets its convergence criteria | `template`, `run_id`, `version` |
 //! | `record.received` | a record entered a stream | `template`, `key`, `block`, `state`, `via`, `webhook_id` (a delivery) |
 //! | `record.moved` | a stage moved a record on | `template`, `key`, `block`, `from`, `state`, `status` (`ready`/`done`) |
 //! | `record.failed` | a stage gave up on a record | `template`, `key`, `block`, `state`, `error` |
@@ -37,6 +39,8 @@ pub const RUN_FINISHED: &str = "run.finished";
 pub const BLOCK_DONE: &str = "block.done";
 pub const BLOCK_FAILED: &str = "block.failed";
 pub const GATE_WAITING: &str = "gate.waiting";
+pub const REVIEW_SUBMITTED: &str = "review.submitted";
+pub const RUN_READY_TO_SHIP: &str = "run.ready_to_ship";
 pub const RECORD_RECEIVED: &str = "record.received";
 pub const RECORD_MOVED: &str = "record.moved";
 pub const RECORD_FAILED: &str = "record.failed";
@@ -45,12 +49,14 @@ pub const WEBHOOK_RECEIVED: &str = "webhook.received";
 pub const TRIGGER_FIRED: &str = "trigger.fired";
 
 /// Every name the factory itself emits.
-pub const VOCABULARY: [&str; 11] = [
+pub const VOCABULARY: [&str; 13] = [
     RUN_CREATED,
     RUN_FINISHED,
     BLOCK_DONE,
     BLOCK_FAILED,
     GATE_WAITING,
+    REVIEW_SUBMITTED,
+    RUN_READY_TO_SHIP,
     RECORD_RECEIVED,
     RECORD_MOVED,
     RECORD_FAILED,
@@ -61,7 +67,9 @@ pub const VOCABULARY: [&str; 11] = [
 
 /// First words kept for the factory's own events: a block may not emit
 /// `run.*` and have triggers believe a run ended.
-pub const RESERVED_NOUNS: [&str; 6] = ["run", "block", "gate", "record", "webhook", "trigger"];
+pub const RESERVED_NOUNS: [&str; 7] = [
+    "run", "block", "gate", "record", "webhook", "trigger", "review",
+];
 
 /// The most events one block's `outputs.emits` entry may make per attempt.
 pub const MAX_EMITTED: usize = 1000;
@@ -115,6 +123,55 @@ impl BusEvent {
         self.payload.insert(field.to_string(), value.into());
         self
     }
+}
+
+/// What a review submission did, for its `review.submitted` event.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReviewSummary<'a> {
+    pub feedback_id: &'a str,
+    /// `extraction-review`, `expert-audit`, …
+    pub source: &'a str,
+    pub tester: &'a str,
+    pub role: &'a str,
+    pub version: &'a str,
+    pub free_text: &'a str,
+    /// Items the review judged.
+    pub items: usize,
+    /// Items whose status it changed.
+    pub changed: usize,
+    /// The run's items accepted after it.
+    pub accepted: usize,
+    /// The run's critical items still open or accepted after it.
+    pub critical: usize,
+}
+
+/// The event of a review of `page` (the block serving the form).
+pub fn review_submitted(doc: &RunDoc, page: &str, review: &ReviewSummary<'_>) -> BusEvent {
+    /// Free text is quoted up to this many characters: the event is not
+    /// the review's store.
+    const FREE_TEXT_CHARS: usize = 500;
+    let free_text: String = review
+        .free_text
+        .trim()
+        .chars()
+        .take(FREE_TEXT_CHARS)
+        .collect();
+    BusEvent::of_block(REVIEW_SUBMITTED, doc, page)
+        .with("feedback_id", review.feedback_id)
+        .with("source", review.source)
+        .with("tester", review.tester)
+        .with("role", review.role)
+        .with("version", review.version)
+        .with("free_text", free_text)
+        .with("items", review.items)
+        .with("changed", review.changed)
+        .with("accepted", review.accepted)
+        .with("critical", review.critical)
+}
+
+/// The event of a run meeting its convergence criteria in `version`.
+pub fn ready_to_ship(doc: &RunDoc, version: u32) -> BusEvent {
+    BusEvent::of_run(RUN_READY_TO_SHIP, doc).with("version", version)
 }
 
 /// The events of a run's commit: `records` applied to reach `doc`.

@@ -21,6 +21,7 @@ pub mod lens;
 pub mod llm_options;
 pub mod memo;
 pub mod meta_audit;
+pub mod notify;
 pub mod pipeline;
 pub mod prompt;
 pub mod render;

@@ -202,6 +202,60 @@ struct DecidedReview {
     events: Vec<Event>,
     changes: Vec<ItemChange>,
     gate: Option<GateOutcome>,
+    /// `review.submitted`, and `run.ready_to_ship` when this review is the
+    /// one that meets the run's convergence criteria.
+    emitted: Vec<factory_core::bus::BusEvent>,
+}
+
+/// The feed events of a review: its summary, and whether it made the run
+/// ready to ship (convergence before it — `feedback` without its last,
+/// the new, record — and after it).
+#[allow(clippy::too_many_arguments)]
+fn review_events(
+    handle: &RunHandle,
+    feedback: &[FeedbackRecord],
+    items_before: &[ImprovementItem],
+    items_after: &[ImprovementItem],
+    page: &str,
+    record: &FeedbackRecord,
+    changes: &[ItemChange],
+    judged: usize,
+) -> Vec<factory_core::bus::BusEvent> {
+    use factory_core::bus;
+    let accepted = items_after
+        .iter()
+        .filter(|i| status_of(i) == ItemStatus::Accepted)
+        .count();
+    let critical = items_after
+        .iter()
+        .filter(|i| i.priority.parse::<Priority>().ok() == Some(Priority::Critical))
+        .filter(|i| {
+            matches!(
+                status_of(i),
+                ItemStatus::Open | ItemStatus::Accepted | ItemStatus::Triage
+            )
+        })
+        .count();
+    let summary = bus::ReviewSummary {
+        feedback_id: &record.id,
+        source: &record.source,
+        tester: &record.tester,
+        role: &record.tester_role,
+        version: &record.version,
+        free_text: &record.free_text,
+        items: judged,
+        changed: changes.iter().filter(|c| c.from != c.to).count(),
+        accepted,
+        critical,
+    };
+    let mut out = vec![bus::review_submitted(handle.doc(), page, &summary)];
+    let before = feedback.len().saturating_sub(1);
+    let was_ready = convergence_of(handle, &feedback[..before], items_before).ready_to_ship;
+    let now = convergence_of(handle, feedback, items_after);
+    if now.ready_to_ship && !was_ready {
+        out.push(bus::ready_to_ship(handle.doc(), now.version));
+    }
+    out
 }
 
 /// Every vote of a run's submissions, by item, in submission order, with the
@@ -336,6 +390,7 @@ impl Engine {
             let writes = Writes {
                 feedback: Some(&review.record),
                 items: &review.items,
+                emitted: &review.emitted,
                 ..Writes::default()
             };
             let Some(records) = handle
@@ -557,12 +612,29 @@ impl Engine {
         } else {
             None
         };
+        let after: Vec<ImprovementItem> = all_items
+            .iter()
+            .filter(|i| !updated.iter().any(|u| u.id == i.id))
+            .chain(updated.iter())
+            .cloned()
+            .collect();
+        let emitted = review_events(
+            handle,
+            &feedback,
+            &all_items,
+            &after,
+            block,
+            &record,
+            &changes,
+            submission.items.len(),
+        );
         Ok(DecidedReview {
             record,
             items: updated,
             events,
             changes,
             gate,
+            emitted,
         })
     }
 

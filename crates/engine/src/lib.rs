@@ -21,6 +21,7 @@ mod lens;
 mod live_log;
 mod memo;
 mod meta_audit;
+mod notifier;
 mod owner;
 mod permits;
 mod slots;
@@ -171,6 +172,9 @@ pub struct EngineConfig {
     pub observer: Option<Observer>,
     /// Configured LLM providers; `llm` blocks need them.
     pub llm: Option<Arc<factory_runtime::llm::LlmSettings>>,
+    /// Notification channels and rules (`[notifications]` in factory.toml);
+    /// [`Engine::run_notifier`] sends them.
+    pub notifications: Option<Arc<factory_notify::Notifications>>,
 }
 
 impl Default for EngineConfig {
@@ -184,6 +188,7 @@ impl Default for EngineConfig {
             actor: "cli".to_string(),
             observer: None,
             llm: None,
+            notifications: None,
         }
     }
 }

@@ -139,6 +139,9 @@ pub struct LlmConfig {
     pub requests_per_minute: Option<u32>,
     /// Tokens per minute per provider (default: no limit).
     pub tokens_per_minute: Option<u64>,
+    /// `[notifications]`: read and checked by `factory_notify`, not here.
+    #[serde(default)]
+    pub notifications: Option<toml::Table>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -18,7 +18,7 @@ mod guard;
 mod hub;
 mod metrics;
 mod pages;
-pub mod signature;
+pub use factory_notify::signature;
 mod streams;
 mod templates;
 
@@ -199,6 +199,8 @@ pub async fn start(
         stop.subscribe(),
     ));
 
+    // Notifications (none configured: returns at once); stopped with the rest.
+    let notifier = tokio::spawn(state.engine.clone().run_notifier(stop.subscribe()));
     let background = {
         let stopped = stop.subscribe();
         let store = store.clone();
@@ -221,6 +223,7 @@ pub async fn start(
             .await;
         background.abort();
         let _ = streams_task.await;
+        let _ = notifier.await;
         supervisor.shutdown(grace).await;
         served.map_err(ServeError::Io)
     });

@@ -14,6 +14,7 @@
 
 pub mod bus;
 mod memo;
+pub mod outbox;
 mod postgres;
 mod side;
 mod sqlite;
@@ -25,6 +26,7 @@ use sha2::{Digest, Sha256};
 
 pub use bus::{FeedEvent, FeedFilter, FeedPosition, Pruned};
 pub use memo::MemoHit;
+pub use outbox::{DeliveryOutcome, NewNotification, Notification, NotificationFilter};
 pub use postgres::PostgresStore;
 pub use side::{
     FeedbackRecord, ImprovementItem, ReviewScope, RunRecord, TemplateRecord, TokenRecord, kinds,
@@ -620,6 +622,45 @@ pub trait Store: Send + Sync {
     /// next). A receipt older than the signature tolerance cannot be
     /// replayed anyway: its timestamp is refused.
     async fn prune_feed(&self, before: Millis) -> Result<Pruned>;
+
+    // ── The notification outbox ([`factory_core::notify`]). ──
+
+    /// Stores the notifications made from the feed up to `to` (those
+    /// already stored stay as they are) and moves `consumer`'s cursor
+    /// there, in one transaction; returns how many were new.
+    async fn enqueue_notifications(
+        &self,
+        rows: &[NewNotification],
+        consumer: &str,
+        to: FeedPosition,
+        now: Millis,
+    ) -> Result<u64>;
+
+    /// Claims up to `limit` pending notifications due at `now` for
+    /// `holder` until `until` (a crashed holder's claim runs out then).
+    async fn claim_notifications(
+        &self,
+        holder: &str,
+        now: Millis,
+        until: Millis,
+        limit: u32,
+    ) -> Result<Vec<Notification>>;
+
+    /// Records how a try of a notification `holder` claimed ended; false
+    /// when it no longer holds the claim.
+    async fn finish_notification(
+        &self,
+        id: &str,
+        holder: &str,
+        outcome: &DeliveryOutcome,
+    ) -> Result<bool>;
+
+    /// Notifications, newest first.
+    async fn notifications(&self, filter: &NotificationFilter) -> Result<Vec<Notification>>;
+
+    /// Makes a failed or pending notification due at `now` (an operator's
+    /// "send again"); false when there is no such one or it was delivered.
+    async fn retry_notification(&self, id: &str, now: Millis) -> Result<bool>;
 
     /// Resolves a full run id or a unique prefix of one.
     async fn resolve_run_id(&self, id_or_prefix: &str) -> Result<String> {

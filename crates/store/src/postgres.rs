@@ -597,6 +597,49 @@ impl Store for PostgresStore {
         bq::advance_feed_cursor(&self.pool, consumer, to, now).await
     }
 
+    async fn enqueue_notifications(
+        &self,
+        rows: &[crate::NewNotification],
+        consumer: &str,
+        to: crate::FeedPosition,
+        now: Millis,
+    ) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        let added = nq::enqueue(&mut tx, rows, consumer, to, now).await?;
+        tx.commit().await?;
+        Ok(added)
+    }
+
+    async fn claim_notifications(
+        &self,
+        holder: &str,
+        now: Millis,
+        until: Millis,
+        limit: u32,
+    ) -> Result<Vec<crate::Notification>> {
+        nq::claim(&self.pool, holder, now, until, limit).await
+    }
+
+    async fn finish_notification(
+        &self,
+        id: &str,
+        holder: &str,
+        outcome: &crate::DeliveryOutcome,
+    ) -> Result<bool> {
+        nq::finish(&self.pool, id, holder, outcome).await
+    }
+
+    async fn notifications(
+        &self,
+        filter: &crate::NotificationFilter,
+    ) -> Result<Vec<crate::Notification>> {
+        nq::list(&self.pool, filter).await
+    }
+
+    async fn retry_notification(&self, id: &str, now: Millis) -> Result<bool> {
+        nq::retry_now(&self.pool, id, now).await
+    }
+
     async fn feed(&self, filter: &crate::FeedFilter) -> Result<Vec<crate::FeedEvent>> {
         bq::feed(&self.pool, filter).await
     }
@@ -1131,5 +1174,15 @@ mod sq {
         sqlx::postgres::PgRow,
         sqlx::Postgres,
         crate::stream::CLAIM_POSTGRES
+    );
+}
+
+/// The notification outbox's queries for this backend.
+mod nq {
+    crate::outbox::outbox_queries!(
+        sqlx::postgres::PgPool,
+        sqlx::postgres::PgRow,
+        sqlx::Postgres,
+        true
     );
 }

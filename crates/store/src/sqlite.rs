@@ -456,6 +456,49 @@ impl Store for SqliteStore {
         bq::advance_feed_cursor(&self.pool, consumer, to, now).await
     }
 
+    async fn enqueue_notifications(
+        &self,
+        rows: &[crate::NewNotification],
+        consumer: &str,
+        to: crate::FeedPosition,
+        now: Millis,
+    ) -> Result<u64> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let added = nq::enqueue(&mut tx, rows, consumer, to, now).await?;
+        tx.commit().await?;
+        Ok(added)
+    }
+
+    async fn claim_notifications(
+        &self,
+        holder: &str,
+        now: Millis,
+        until: Millis,
+        limit: u32,
+    ) -> Result<Vec<crate::Notification>> {
+        nq::claim(&self.pool, holder, now, until, limit).await
+    }
+
+    async fn finish_notification(
+        &self,
+        id: &str,
+        holder: &str,
+        outcome: &crate::DeliveryOutcome,
+    ) -> Result<bool> {
+        nq::finish(&self.pool, id, holder, outcome).await
+    }
+
+    async fn notifications(
+        &self,
+        filter: &crate::NotificationFilter,
+    ) -> Result<Vec<crate::Notification>> {
+        nq::list(&self.pool, filter).await
+    }
+
+    async fn retry_notification(&self, id: &str, now: Millis) -> Result<bool> {
+        nq::retry_now(&self.pool, id, now).await
+    }
+
     async fn feed(&self, filter: &crate::FeedFilter) -> Result<Vec<crate::FeedEvent>> {
         bq::feed(&self.pool, filter).await
     }
@@ -942,5 +985,15 @@ mod sq {
         sqlx::sqlite::SqliteRow,
         sqlx::Sqlite,
         crate::stream::CLAIM_SQLITE
+    );
+}
+
+/// The notification outbox's queries for this backend.
+mod nq {
+    crate::outbox::outbox_queries!(
+        sqlx::sqlite::SqlitePool,
+        sqlx::sqlite::SqliteRow,
+        sqlx::Sqlite,
+        false
     );
 }

@@ -30,6 +30,7 @@ fn config(dir: &Path) -> EngineConfig {
         actor: "test:alice".to_string(),
         observer: None,
         llm: None,
+        notifications: None,
     }
 }
 

@@ -123,15 +123,28 @@ async fn type_into(client: &Client, selector: &str, text: &str) {
         .unwrap();
 }
 
-/// The text of the first element `selector` finds.
+/// The text of the first element `selector` finds. Live updates may
+/// replace the element between finding it and reading it (a stale
+/// reference), so a stale read finds it again, a few times at most.
 async fn text_of(client: &Client, selector: &str) -> String {
-    client
-        .find(Locator::Css(selector))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    let mut tries = 0;
+    loop {
+        let element = client
+            .find(Locator::Css(selector))
+            .await
+            .unwrap_or_else(|e| panic!("no `{selector}`: {e}"));
+        match element.text().await {
+            Ok(text) => return text,
+            Err(fantoccini::error::CmdError::Standard(e))
+                if e.error == fantoccini::error::ErrorStatus::StaleElementReference
+                    && tries < 20 =>
+            {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("reading `{selector}`: {e}"),
+        }
+    }
 }
 
 async fn click(client: &Client, selector: &str) {
