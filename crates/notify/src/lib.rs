@@ -124,6 +124,10 @@ enum Channel {
         transport: AsyncSmtpTransport<Tokio1Executor>,
         from: Mailbox,
         to: Vec<Mailbox>,
+        /// The whole conversation's limit: lettre's own timeout is per
+        /// read, and a server that stalls between answers would hold the
+        /// sender for as long as it likes.
+        timeout: Duration,
     },
     Webhook {
         url: String,
@@ -213,12 +217,11 @@ impl Notifications {
                             })
                         })
                         .collect::<Result<Vec<_>, _>>()?;
+                    let timeout = timeout_secs.map_or(DEFAULT_TIMEOUT, Duration::from_secs);
                     let mut builder =
                         AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host.clone())
                             .port(port)
-                            .timeout(Some(
-                                timeout_secs.map_or(DEFAULT_TIMEOUT, Duration::from_secs),
-                            ));
+                            .timeout(Some(timeout));
                     if tls != SmtpTls::None {
                         let mut params = TlsParameters::builder(host.clone());
                         if let Some(path) = &ca_file {
@@ -265,6 +268,7 @@ impl Notifications {
                         transport: builder.build(),
                         from,
                         to,
+                        timeout,
                     }
                 }
                 ChannelConfig::Webhook {
@@ -379,6 +383,7 @@ impl Notifications {
                 transport,
                 from,
                 to,
+                timeout,
             } => {
                 let mut builder = lettre::Message::builder()
                     .from(from.clone())
@@ -392,14 +397,20 @@ impl Notifications {
                     message: format!("cannot build the email: {e}"),
                     retry: false,
                 })?;
-                transport
-                    .send(email)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| SendError {
+                match tokio::time::timeout(*timeout, transport.send(email)).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(SendError {
                         message: format!("SMTP: {e}"),
                         retry: !e.is_permanent(),
-                    })
+                    }),
+                    Err(_) => Err(SendError {
+                        message: format!(
+                            "SMTP: the server did not finish within {} s (timeout_secs)",
+                            timeout.as_secs()
+                        ),
+                        retry: true,
+                    }),
+                }
             }
             Channel::Webhook {
                 url,

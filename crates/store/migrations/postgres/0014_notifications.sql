@@ -17,7 +17,7 @@ CREATE TABLE notifications (
     subject      TEXT    NOT NULL,
     message      TEXT    NOT NULL,
     status       TEXT    NOT NULL,
-    attempts     INTEGER NOT NULL DEFAULT 0,
+    attempts     BIGINT  NOT NULL DEFAULT 0,
     next_at      BIGINT  NOT NULL,
     claimed_by   TEXT,
     claim_until  BIGINT,

@@ -3,6 +3,7 @@
 
 mod event_feed;
 mod memos;
+mod outbox;
 mod stream_records;
 
 use std::sync::Arc;
@@ -1136,6 +1137,7 @@ async fn suite(store: Arc<dyn Store>) {
     stream_records::contract(store.clone()).await;
     event_feed::contract(store.clone()).await;
     memos::contract(store.as_ref()).await;
+    outbox::contract(store.clone()).await;
 }
 
 /// A shared budget (tokens per minute): spenders racing for it are admitted
