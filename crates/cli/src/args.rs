@@ -16,7 +16,8 @@ pub struct Cli {
     #[arg(long, global = true, env = "FACTORY_DB", default_value = "factory.db")]
     pub db: String,
 
-    /// LLM settings file (default: factory.toml in the current directory, if any)
+    /// Settings file: LLM providers and, for `serve` and `worker`,
+    /// notifications (default: factory.toml in the current directory, if any)
     #[arg(long, global = true, env = "FACTORY_CONFIG")]
     pub config: Option<std::path::PathBuf>,
 
@@ -199,6 +200,28 @@ pub enum Command {
         /// A run id (or prefix)
         run: String,
         /// One JSON object per gap
+        #[arg(long)]
+        json: bool,
+    },
+    /// The notification outbox, newest first: what was sent where, what is
+    /// still trying and why ([notifications] in factory.toml; `factory
+    /// serve` and `factory worker` send them)
+    Notifications {
+        /// `pending`, `delivered` or `failed`
+        #[arg(long)]
+        status: Option<String>,
+        /// Only this run's (an id or prefix)
+        #[arg(long)]
+        run: Option<String>,
+        /// Only this channel's
+        #[arg(long)]
+        channel: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Send this failed notification again (its id, `ntf-SEQ-CHANNEL`)
+        #[arg(long, conflicts_with_all = ["status", "run", "channel"])]
+        retry: Option<String>,
+        /// One JSON object per line
         #[arg(long)]
         json: bool,
     },

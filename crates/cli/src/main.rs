@@ -498,6 +498,42 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             stream_cmd::hook(command)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Notifications {
+            status,
+            run,
+            channel,
+            limit,
+            retry,
+            json,
+        } => {
+            let store = factory_store::open(&cli.db).await?;
+            let engine = Engine::new(Arc::from(store), EngineConfig::default());
+            if let Some(id) = retry {
+                engine.retry_notification(&id).await?;
+                println!(
+                    "{id}: pending again; a running `factory serve` or `factory worker` sends it"
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            let status = status
+                .map(|s| s.parse::<factory_core::notify::NotificationStatus>())
+                .transpose()
+                .map_err(user_error)?;
+            let run_id = match run {
+                Some(run) => Some(engine.store().resolve_run_id(&run).await?),
+                None => None,
+            };
+            let rows = engine
+                .notifications(&factory_store::NotificationFilter {
+                    status,
+                    run_id,
+                    channel,
+                    limit: limit.clamp(1, 1000),
+                })
+                .await?;
+            show::notifications(&rows, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Feed {
             name,
             template,

@@ -692,3 +692,47 @@ fn first_line(text: &str, max: usize) -> String {
         line
     }
 }
+
+/// `factory notifications`: one line each, or one JSON object per line.
+pub fn notifications(rows: &[factory_store::Notification], json: bool) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    if rows.is_empty() && !json {
+        writeln!(out, "no notifications")?;
+    }
+    for n in rows {
+        if json {
+            writeln!(out, "{}", serde_json::to_string(n)?)?;
+            continue;
+        }
+        let state = match (n.status, n.delivered_at) {
+            (factory_core::notify::NotificationStatus::Delivered, Some(at)) => {
+                format!("delivered {}", factory_core::run::format_utc(at))
+            }
+            (factory_core::notify::NotificationStatus::Pending, _) if n.attempts > 0 => format!(
+                "pending, next try {}",
+                factory_core::run::format_utc(n.next_at)
+            ),
+            (status, _) => status.as_str().to_string(),
+        };
+        writeln!(
+            out,
+            "{}  {}  {:<18} {:<10} {} ({}; {})",
+            n.id,
+            factory_core::run::format_utc(n.created_at),
+            n.occasion.as_str(),
+            n.channel,
+            n.subject,
+            state,
+            if n.attempts == 1 {
+                "try".to_string()
+            } else {
+                format!("{} tries", n.attempts)
+            },
+        )?;
+        if let Some(error) = &n.last_error {
+            writeln!(out, "    last error: {error}")?;
+        }
+    }
+    Ok(())
+}

@@ -169,6 +169,9 @@ const actions = {
     await api("POST", `/api/v1/runs/${encodeURIComponent(runId)}/gaps/${encodeURIComponent(form.dataset.gap)}`,
       { status: form.dataset.status, note: form.note.value });
   },
+  async "retry-notification"(form) {
+    await api("POST", `/api/v1/notifications/${encodeURIComponent(form.dataset.id)}/retry`);
+  },
   async "retry-record"(form) {
     await api("POST", `/api/v1/records/${encodeURIComponent(form.dataset.template)}/${encodeURIComponent(form.dataset.key)}/retry`);
   },

@@ -113,6 +113,12 @@ pub const ROUTES: &[(&str, &str, Option<Role>)] = &[
     // Signed with the hook's own secret (Standard Webhooks), not a token.
     ("POST", "/api/v1/hooks/{*path}", None),
     ("GET", "/api/v1/events", Some(Role::Viewer)),
+    ("GET", "/api/v1/notifications", Some(Role::Viewer)),
+    (
+        "POST",
+        "/api/v1/notifications/{id}/retry",
+        Some(Role::Operator),
+    ),
     ("GET", "/api/v1/records", Some(Role::Viewer)),
     ("POST", "/api/v1/records/{template}", Some(Role::Operator)),
     (
@@ -265,6 +271,7 @@ pub const ROUTES: &[(&str, &str, Option<Role>)] = &[
     ("GET", "/runs/{run}/review/{block}", Some(Role::Reviewer)),
     ("GET", "/runs/{run}/convergence", Some(Role::Viewer)),
     ("GET", "/streams", Some(Role::Viewer)),
+    ("GET", "/notifications", Some(Role::Viewer)),
     ("GET", "/streams/{template}", Some(Role::Viewer)),
     (
         "GET",

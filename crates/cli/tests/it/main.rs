@@ -15,6 +15,7 @@ mod fleet_netns;
 mod local_llm;
 mod meeting_brief;
 mod meta_audit;
+mod notifications;
 mod otel;
 mod polish;
 mod real_llm;

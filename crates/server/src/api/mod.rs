@@ -6,6 +6,7 @@ pub(crate) mod blocks;
 mod events;
 mod gaps;
 mod hooks;
+mod notifications;
 mod ratings;
 mod records;
 pub(crate) mod review;
@@ -44,6 +45,11 @@ pub fn routes(config: &crate::ServerConfig) -> Router<SharedState> {
             post(hooks::receive).layer(axum::extract::DefaultBodyLimit::max(hooks::MAX_HOOK_BODY)),
         )
         .route("/api/v1/events", get(events::list))
+        .route("/api/v1/notifications", get(notifications::list))
+        .route(
+            "/api/v1/notifications/{id}/retry",
+            post(notifications::retry),
+        )
         .route("/api/v1/records", get(records::list))
         .route("/api/v1/records/{template}", post(records::add))
         .route("/api/v1/records/{template}/{key}", get(records::get))

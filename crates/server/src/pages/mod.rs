@@ -6,6 +6,7 @@ mod block;
 mod explain;
 mod graph;
 mod home;
+mod notifications;
 pub(crate) mod quality;
 mod records;
 mod render;
@@ -40,6 +41,7 @@ pub fn routes() -> Router<SharedState> {
         .route("/runs/{run}/convergence", get(review::convergence_page))
         .route("/templates/{template}/quality", get(quality::page))
         .route("/streams", get(records::index))
+        .route("/notifications", get(notifications::page))
         .route("/streams/{template}", get(records::page))
         .route(
             "/streams/{template}/records/{key}",
@@ -99,6 +101,7 @@ pub(crate) fn layout_with(
                     nav {
                         a href="/" { "Runs" }
                         a href="/streams" { "Streams" }
+                        a href="/notifications" { "Notifications" }
                         a href="/api/v1/openapi.json" { "API" }
                     }
                     span.who title="signed in as" { (caller.actor) " · " (caller.role.as_str()) }
