@@ -244,7 +244,8 @@ impl RunHandle {
         }
     }
 
-    /// The feed events of blocks these records mark done that emit some
+    /// The feed events the caller emits (`writes.emitted`: a review's),
+    /// then those of blocks these records mark done that emit some
     /// (`outputs.emits`), from the artifacts of their last attempt: in the
     /// same commit's blobs, or stored by an earlier one (a gate passed).
     async fn emitted_events(
@@ -252,7 +253,7 @@ impl RunHandle {
         records: &[EventRecord],
         writes: &Writes<'_>,
     ) -> Result<Vec<factory_core::bus::BusEvent>> {
-        let mut out = Vec::new();
+        let mut out = writes.emitted.to_vec();
         for record in records {
             let Some(block) = record.event.done_block() else {
                 continue;

@@ -587,7 +587,7 @@ async fn bad_requests_get_clear_4xx_errors() {
 }
 
 /// An operator starts a run of `review-demo` titled `title`, with one file.
-async fn start_review_demo(t: &TestServer, title: &str) -> (String, Value) {
+pub(crate) async fn start_review_demo(t: &TestServer, title: &str) -> (String, Value) {
     let (s, body) = t
         .call(
             Method::POST,

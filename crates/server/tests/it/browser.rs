@@ -1792,3 +1792,150 @@ async fn a_reviewer_asks_the_run_page_chat_about_the_run() {
     screenshot_at(c, "run-chat", "#run-chat").await;
     b.client.clone().close().await.unwrap();
 }
+
+/// Notifications: a waiting gate goes to two webhooks; one takes it, the
+/// other refuses it for good (410); the Notifications page shows both, an
+/// operator sends the failed one again from it, and it is delivered. A
+/// viewer may not send again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_notifications_page_shows_deliveries_and_sends_a_failed_one_again() {
+    use wiremock::matchers::path;
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let receiver = MockServer::start().await;
+    Mock::given(path("/team"))
+        .respond_with(ResponseTemplate::new(204))
+        .mount(&receiver)
+        .await;
+    Mock::given(path("/ops"))
+        .respond_with(ResponseTemplate::new(410).set_body_string("hook disabled"))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&receiver)
+        .await;
+    Mock::given(path("/ops"))
+        .respond_with(ResponseTemplate::new(204))
+        .with_priority(2)
+        .mount(&receiver)
+        .await;
+    let toml = format!(
+        r#"
+[notifications]
+base_url = "http://factory.test"
+[notifications.channels.team]
+kind = "slack"
+url = "{0}/team"
+[notifications.channels.ops]
+kind = "webhook"
+url = "{0}/ops"
+[[notifications.rules]]
+on = ["gate.waiting"]
+templates = ["review-demo"]
+channels = ["team", "ops"]
+"#,
+        receiver.uri()
+    );
+    let config = factory_notify::NotificationsConfig::from_toml(&toml, "factory.toml").unwrap();
+    let notifications =
+        factory_notify::Notifications::from_config(config, |_| None, "factory.toml").unwrap();
+    let t = TestServer::start_notifying(notifications).await;
+    let (run, _) = crate::api::start_review_demo(&t, "Notify me").await;
+    let mut rows = Value::Null;
+    for _ in 0..200 {
+        let (s, b) = t
+            .call(Method::GET, "/api/v1/notifications", "viewer", None)
+            .await;
+        assert_eq!(s, 200, "{b}");
+        rows = b;
+        let settled = rows["notifications"]
+            .as_array()
+            .is_some_and(|n| n.len() == 2 && n.iter().all(|r| r["status"] != "pending"));
+        if settled {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(rows["configured"], true, "{rows}");
+    let by_channel = |name: &str| {
+        rows["notifications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["channel"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} row: {rows}"))
+    };
+    assert_eq!(by_channel("team")["status"], "delivered", "{rows}");
+    let ops = by_channel("ops");
+    assert_eq!(ops["status"], "failed", "a 410 is final: {rows}");
+    assert!(
+        ops["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("hook disabled"),
+        "{rows}"
+    );
+    assert_eq!(ops["run_id"], run.as_str());
+    let id = ops["id"].as_str().unwrap().to_string();
+    let (s, _) = t
+        .call(
+            Method::POST,
+            &format!("/api/v1/notifications/{id}/retry"),
+            "viewer",
+            None,
+        )
+        .await;
+    assert_eq!(s, 403, "a viewer may not send again");
+    let (s, b) = t
+        .call(
+            Method::GET,
+            "/api/v1/notifications?status=sent",
+            "viewer",
+            None,
+        )
+        .await;
+    assert_eq!(s, 400, "{b}");
+
+    let b = browser().await;
+    let c = &b.client;
+    login(c, &t, "operator", "/notifications").await;
+    let table = text_of(c, "#notifications").await;
+    assert!(
+        table.contains("Waiting for approval: draft in review-demo")
+            && table.contains("delivered")
+            && table.contains("hook disabled"),
+        "{table}"
+    );
+    click(
+        c,
+        &format!(r#"tr[data-notification="{id}"] button[type=submit]"#),
+    )
+    .await;
+    until(
+        c,
+        "the failed notification delivered",
+        &format!(
+            r#"const row = document.querySelector('tr[data-notification="{id}"]'); return !!row && row.querySelector('.status').textContent === 'delivered';"#
+        ),
+    )
+    .await;
+    let requests = receiver.received_requests().await.unwrap();
+    let ops_tries = requests.iter().filter(|r| r.url.path() == "/ops").count();
+    assert_eq!(ops_tries, 2, "refused once, delivered once");
+    let slack: Value = serde_json::from_slice(
+        &requests
+            .iter()
+            .find(|r| r.url.path() == "/team")
+            .unwrap()
+            .body,
+    )
+    .unwrap();
+    assert!(
+        slack["blocks"][0]["text"]["text"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("<http://factory.test/runs/{run}/blocks/draft|")),
+        "{slack}"
+    );
+    screenshot_at(c, "notifications", "main").await;
+    b.client.clone().close().await.unwrap();
+}

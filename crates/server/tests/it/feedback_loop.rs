@@ -1240,6 +1240,50 @@ async fn the_whole_loop(postgres: bool) {
     );
     assert_eq!(c["ready_to_ship"], true, "{c}");
     assert_eq!(rows[2]["status"], "ready_to_ship");
+
+    // The feed told of every review and, once, of the run becoming ready
+    // to ship (what notification rules send).
+    let (s, feed) = t
+        .call(
+            Method::GET,
+            &format!("/api/v1/events?run={run}&name=review.submitted&limit=1000"),
+            "viewer",
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{feed}");
+    let reviews = feed["events"].as_array().unwrap();
+    let (_, log) = t
+        .call(
+            Method::GET,
+            &format!("/api/v1/runs/{run}/events"),
+            "viewer",
+            None,
+        )
+        .await;
+    let submitted = log["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["type"] == "feedback_submitted")
+        .count();
+    assert!(submitted >= 3, "{log}");
+    assert_eq!(reviews.len(), submitted, "one event per review: {feed}");
+    let first = reviews.last().unwrap();
+    assert_eq!(first["payload"]["source"], "extraction-review", "{first}");
+    assert!(first["payload"]["items"].as_u64().unwrap() > 0, "{first}");
+    assert!(first["payload"]["tester"].is_string(), "{first}");
+    let (_, ready) = t
+        .call(
+            Method::GET,
+            &format!("/api/v1/events?run={run}&name=run.ready_to_ship"),
+            "viewer",
+            None,
+        )
+        .await;
+    let ready = ready["events"].as_array().unwrap();
+    assert_eq!(ready.len(), 1, "{ready:?}");
+    assert_eq!(ready[0]["payload"]["version"], 3);
     let page = t
         .http
         .get(t.url(&format!("/runs/{run}/convergence")))

@@ -100,6 +100,8 @@ pub struct TestServer {
     pub tokens: std::collections::BTreeMap<&'static str, String>,
     pub http: reqwest::Client,
     _dir: tempfile::TempDir,
+    /// Notification channels and rules the server sends by, if any.
+    notify: Option<Arc<factory_notify::Notifications>>,
 }
 
 pub fn engine_config(work: &Path, llm: Option<factory_runtime::llm::LlmSettings>) -> EngineConfig {
@@ -122,7 +124,12 @@ impl TestServer {
     }
 
     pub async fn start_with(llm: Option<factory_runtime::llm::LlmSettings>) -> TestServer {
-        TestServer::start_on(None, llm).await
+        TestServer::start_on(None, llm, None).await
+    }
+
+    /// With notification channels and rules (the server runs the notifier).
+    pub async fn start_notifying(notifications: factory_notify::Notifications) -> TestServer {
+        TestServer::start_on(None, None, Some(Arc::new(notifications))).await
     }
 
     /// On a fresh PostgreSQL database instead of a SQLite file.
@@ -132,17 +139,18 @@ impl TestServer {
 
     pub async fn start_postgres_with(llm: Option<factory_runtime::llm::LlmSettings>) -> TestServer {
         let url = factory_store::testing::fresh_postgres_database().await;
-        TestServer::start_on(Some(url), llm).await
+        TestServer::start_on(Some(url), llm, None).await
     }
 
     /// On the store at `url` (a PostgreSQL URL behind a test proxy, say).
     pub async fn start_on_url(url: String) -> TestServer {
-        TestServer::start_on(Some(url), None).await
+        TestServer::start_on(Some(url), None, None).await
     }
 
     async fn start_on(
         url: Option<String>,
         llm: Option<factory_runtime::llm::LlmSettings>,
+        notify: Option<Arc<factory_notify::Notifications>>,
     ) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let templates = dir.path().join("templates");
@@ -179,6 +187,7 @@ impl TestServer {
                 .build()
                 .unwrap(),
             _dir: dir,
+            notify,
         };
         test.boot(llm).await;
         test
@@ -194,7 +203,11 @@ impl TestServer {
             ..ServerConfig::default()
         };
         let work = self._dir.path().join("work");
-        let server = factory_server::start(self.store.clone(), engine_config(&work, llm), config)
+        let engine = EngineConfig {
+            notifications: self.notify.clone(),
+            ..engine_config(&work, llm)
+        };
+        let server = factory_server::start(self.store.clone(), engine, config)
             .await
             .unwrap();
         self.base = format!("http://{}", server.addr);
