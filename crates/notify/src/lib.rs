@@ -121,7 +121,8 @@ impl std::fmt::Debug for Notifications {
 
 enum Channel {
     Email {
-        transport: AsyncSmtpTransport<Tokio1Executor>,
+        /// Boxed: the transport is far larger than a webhook's fields.
+        transport: Box<AsyncSmtpTransport<Tokio1Executor>>,
         from: Mailbox,
         to: Vec<Mailbox>,
         /// The whole conversation's limit: lettre's own timeout is per
@@ -265,7 +266,7 @@ impl Notifications {
                         }
                     }
                     Channel::Email {
-                        transport: builder.build(),
+                        transport: Box::new(builder.build()),
                         from,
                         to,
                         timeout,

@@ -70,7 +70,10 @@ impl Sink {
 /// An HTTP receiver that keeps every request's headers and body and
 /// answers 204.
 #[derive(Clone, Default)]
-struct Received(Arc<Mutex<Vec<(Vec<(String, String)>, Vec<u8>)>>>);
+struct Received(Arc<Mutex<Vec<Request>>>);
+
+/// A request's headers (names in lower case) and body.
+type Request = (Vec<(String, String)>, Vec<u8>);
 
 impl Received {
     fn listen(listener: TcpListener) -> Received {
