@@ -725,7 +725,7 @@ pub fn notifications(rows: &[factory_store::Notification], json: bool) -> anyhow
             n.subject,
             state,
             if n.attempts == 1 {
-                "try".to_string()
+                "1 try".to_string()
             } else {
                 format!("{} tries", n.attempts)
             },

@@ -171,7 +171,8 @@ pub fn review_submitted(doc: &RunDoc, page: &str, review: &ReviewSummary<'_>) ->
 
 /// The event of a run meeting its convergence criteria in `version`.
 pub fn ready_to_ship(doc: &RunDoc, version: u32) -> BusEvent {
-    BusEvent::of_run(RUN_READY_TO_SHIP, doc).with("version", version)
+    // `v3`, as a review's `version` says it.
+    BusEvent::of_run(RUN_READY_TO_SHIP, doc).with("version", format!("v{version}"))
 }
 
 /// The events of a run's commit: `records` applied to reach `doc`.

@@ -29,7 +29,8 @@ pub enum Occasion {
     RunFailed,
     /// A run ended done.
     RunFinished,
-    /// The run's convergence criteria are met for the first time in a version.
+    /// A review made the run meet its convergence criteria (see
+    /// `run.ready_to_ship` in [`crate::bus`]).
     ReadyToShip,
 }
 
@@ -235,6 +236,13 @@ pub struct Message {
     pub fields: Map<String, Value>,
 }
 
+/// Failed blocks a message lists (fan-out can fail hundreds), and the
+/// characters kept of each one's error.
+const MAX_FAILED_LISTED: usize = 10;
+const MAX_ERROR_CHARS: usize = 300;
+/// Slack refuses a section's text over 3,000 characters (for good: a 4xx).
+const SLACK_SECTION_CHARS: usize = 2_900;
+
 fn short(run_id: &str) -> &str {
     run_id.get(..8).unwrap_or(run_id)
 }
@@ -313,8 +321,15 @@ pub fn compose(event: &BusEvent, occasion: Occasion, context: &Context) -> Messa
         }
         Occasion::RunFailed => {
             lines.push(format!("Run {run} ({template}) failed."));
-            for (block, error) in &context.failed_blocks {
+            for (block, error) in context.failed_blocks.iter().take(MAX_FAILED_LISTED) {
+                let error: String = error.chars().take(MAX_ERROR_CHARS).collect();
                 lines.push(format!("Block `{block}` failed: {error}"));
+            }
+            if context.failed_blocks.len() > MAX_FAILED_LISTED {
+                lines.push(format!(
+                    "… and {} more failed blocks.",
+                    context.failed_blocks.len() - MAX_FAILED_LISTED
+                ));
             }
             (
                 format!("Run failed: {template} (run {})", short(run)),
@@ -336,7 +351,7 @@ pub fn compose(event: &BusEvent, occasion: Occasion, context: &Context) -> Messa
                 "Run {run} ({template}) meets its convergence criteria in version {version}: ready to ship."
             ));
             (
-                format!("Ready to ship: {template} (run {}) v{version}", short(run)),
+                format!("Ready to ship: {template} (run {}) {version}", short(run)),
                 run_link,
             )
         }
@@ -381,10 +396,18 @@ impl Message {
                 .replace('<', "&lt;")
                 .replace('>', "&gt;")
         };
+        let link = self
+            .link
+            .as_ref()
+            .map(|link| format!("\n<{link}|Open in Process Factory>"))
+            .unwrap_or_default();
         let mut text = format!("*{}*\n{}", escape(&self.subject), escape(&self.text));
-        if let Some(link) = &self.link {
-            text.push_str(&format!("\n<{link}|Open in Process Factory>"));
+        let room = SLACK_SECTION_CHARS.saturating_sub(link.chars().count());
+        if text.chars().count() > room {
+            text = text.chars().take(room.saturating_sub(1)).collect();
+            text.push('…');
         }
+        text.push_str(&link);
         json!({
             "text": escape(&self.subject),
             "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": text}}],
@@ -536,5 +559,34 @@ mod tests {
         assert_eq!(m.subject, "Run failed: clone-factory (run 0193abcd)");
         assert!(m.text.contains("Block `build` failed: exit code 2"));
         assert_eq!(delivery_id(42, "mail"), "ntf-42-mail");
+        // Hundreds of failed fan-out instances with long errors: the
+        // message lists ten, and Slack gets at most its limit.
+        let many = Context {
+            failed_blocks: (0..300)
+                .map(|i| (format!("item[{i}]"), "x".repeat(2_000)))
+                .collect(),
+            base_url: Some("http://f.test".into()),
+            ..Context::default()
+        };
+        let m = compose(
+            &event("run.finished", json!({"status": "failed"})),
+            Occasion::RunFailed,
+            &many,
+        );
+        assert!(
+            m.text.contains("… and 290 more failed blocks."),
+            "{}",
+            m.text
+        );
+        assert!(!m.text.contains("item[10]"));
+        let slack = m.slack_body()["blocks"][0]["text"]["text"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(slack.chars().count() <= 3_000, "{}", slack.len());
+        assert!(
+            slack.ends_with("|Open in Process Factory>"),
+            "the link survives the cut"
+        );
     }
 }

@@ -30,6 +30,10 @@ const SEND_BATCH: u32 = 16;
 /// How long a claim holds: longer than a try can take (30 s timeouts).
 const CLAIM_MS: i64 = 120_000;
 const POLL: Duration = Duration::from_millis(300);
+/// Events older than this when read are passed over, not sent: after a
+/// long stop (or notifications switched back on) people are not flooded
+/// with gates long since approved.
+const MAX_EVENT_AGE_MS: i64 = 24 * 3600 * 1000;
 
 impl Engine {
     /// Makes and sends notifications until `stopped` turns true; returns at
@@ -39,14 +43,17 @@ impl Engine {
             return;
         };
         let holder = format!("{}/notifier", self.owner.id());
+        let channels = notifications.channel_names();
         let mut backoff = POLL;
         while !*stopped.borrow() {
-            let busy = async {
-                let made = self.make_notifications(&notifications).await?;
-                let sent = self.send_due(&notifications, &holder).await?;
-                Ok::<bool, crate::EngineError>(made || sent)
-            }
-            .await;
+            // Making rows and sending them fail apart: a feed that cannot
+            // be read does not hold up what is queued already.
+            let made = self.make_notifications(&notifications).await;
+            let sent = self.send_due(&notifications, &holder, &channels).await;
+            let busy = match (made, sent) {
+                (Ok(made), Ok(sent)) => Ok(made || sent),
+                (Err(error), _) | (_, Err(error)) => Err(error),
+            };
             let pause = match busy {
                 Ok(true) => {
                     backoff = POLL;
@@ -73,14 +80,11 @@ impl Engine {
         }
     }
 
-    /// One read of the feed for each occasion the rules name; true when a
-    /// batch was full (there may be more right away).
+    /// One read of the feed for each occasion — those no rule names too,
+    /// so a rule added later starts from then, not from when the last one
+    /// was removed; true when a batch was full (there may be more).
     async fn make_notifications(&self, notifications: &Notifications) -> Result<bool> {
-        let names: BTreeSet<&str> = notifications
-            .rules
-            .iter()
-            .flat_map(|r| r.on.iter().map(|o| o.feed_name()))
-            .collect();
+        let names: BTreeSet<&str> = Occasion::ALL.iter().map(|o| o.feed_name()).collect();
         let mut more = false;
         for name in names {
             let consumer = format!("notify/{name}");
@@ -93,7 +97,15 @@ impl Engine {
             more |= events.len() as u32 == BATCH;
             let mut rows = Vec::new();
             for event in &events {
-                rows.extend(self.notifications_of(notifications, event).await);
+                if event.at < now - MAX_EVENT_AGE_MS {
+                    tracing::info!(
+                        seq = event.seq,
+                        event = name,
+                        "notifier: an event more than a day old is not sent"
+                    );
+                    continue;
+                }
+                rows.extend(self.notifications_of(notifications, event).await?);
             }
             let added = self
                 .store
@@ -111,20 +123,20 @@ impl Engine {
         &self,
         notifications: &Notifications,
         event: &FeedEvent,
-    ) -> Vec<NewNotification> {
+    ) -> Result<Vec<NewNotification>> {
         let Some(occasion) = Occasion::of(&event.event) else {
-            return Vec::new();
+            return Ok(Vec::new());
         };
         let channels =
             notify::channels_for(&notifications.rules, occasion, &event.event.template_id);
         if channels.is_empty() {
-            return Vec::new();
+            return Ok(Vec::new());
         }
-        let mut context = self.context_of(&event.event, occasion).await;
+        let mut context = self.context_of(&event.event, occasion).await?;
         context.base_url = notifications.base_url.clone();
         let message = notify::compose(&event.event, occasion, &context);
         let text = serde_json::to_string(&message).unwrap_or_default();
-        channels
+        Ok(channels
             .into_iter()
             .map(|channel| NewNotification {
                 id: notify::delivery_id(event.seq, &channel),
@@ -138,23 +150,25 @@ impl Engine {
                 message: text.clone(),
                 created_at: now_ms(),
             })
-            .collect()
+            .collect())
     }
 
     /// What the run says beside the event: the block's name, who may
-    /// approve, the failed blocks. A run that cannot be read (deleted,
-    /// pruned) still gets its notification, with the event's facts only.
-    async fn context_of(&self, event: &BusEvent, occasion: Occasion) -> Context {
+    /// approve, the failed blocks. A run that is gone still gets its
+    /// notification, with the event's facts only; a store that cannot be
+    /// read now is an error (the batch is read again).
+    async fn context_of(&self, event: &BusEvent, occasion: Occasion) -> Result<Context> {
         let mut context = Context::default();
         let Some(run_id) = event.run_id.as_deref() else {
-            return context;
+            return Ok(context);
         };
         let handle = match self.open(run_id).await {
             Ok(handle) => handle,
-            Err(error) => {
-                tracing::warn!(%run_id, %error, "notifier: cannot read the run; the message says what the event says");
-                return context;
+            Err(crate::EngineError::Store(factory_store::StoreError::RunNotFound(_))) => {
+                tracing::warn!(%run_id, "notifier: the run is gone; the message says what the event says");
+                return Ok(context);
             }
+            Err(error) => return Err(error),
         };
         let pipeline = handle.pipeline();
         let block = event.block.as_deref().and_then(|b| pipeline.block(b));
@@ -175,15 +189,21 @@ impl Engine {
                 .map(|(id, b)| (id.clone(), b.error.clone().unwrap_or_default()))
                 .collect();
         }
-        context
+        Ok(context)
     }
 
-    /// Claims the due notifications and tries each once; true when any was.
-    async fn send_due(&self, notifications: &Notifications, holder: &str) -> Result<bool> {
+    /// Claims the due notifications of `channels` and tries each once;
+    /// true when any was.
+    async fn send_due(
+        &self,
+        notifications: &Notifications,
+        holder: &str,
+        channels: &[String],
+    ) -> Result<bool> {
         let now = now_ms();
         let claimed = self
             .store
-            .claim_notifications(holder, now, now + CLAIM_MS, SEND_BATCH)
+            .claim_notifications(holder, channels, now, now + CLAIM_MS, SEND_BATCH)
             .await?;
         let any = !claimed.is_empty();
         let tries = claimed
@@ -252,13 +272,14 @@ impl Engine {
         Ok(self.store.notifications(filter).await?)
     }
 
-    /// Makes a failed or pending notification due now.
+    /// Makes a failed notification (or a pending one no sender is trying)
+    /// due now.
     pub async fn retry_notification(&self, id: &str) -> Result<()> {
         if self.store.retry_notification(id, now_ms()).await? {
             Ok(())
         } else {
             Err(crate::EngineError::NotFound(format!(
-                "notification `{id}` (or it was delivered already)"
+                "a notification `{id}` to send again (none by that id has failed or waits: it may be delivered already, or a try is in flight)"
             )))
         }
     }

@@ -100,6 +100,8 @@ pub struct SendError {
 }
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest a try may take: well inside the notifier's two-minute claim.
+pub const MAX_TIMEOUT_SECS: u64 = 60;
 
 /// The configured channels and rules, ready to send.
 pub struct Notifications {
@@ -184,8 +186,25 @@ impl Notifications {
         };
         let mut channels = BTreeMap::new();
         for (name, channel) in config.channels {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(ConfigError(format!(
+                    "{file}: [notifications.channels.{name:?}]: a channel's name is letters, digits, `-` and `_` (it is part of each notification's id)"
+                )));
+            }
             let here = format!(".channels.{name}]");
             let here = &here[..here.len() - 1];
+            let timeout = |secs: Option<u64>| match secs {
+                None => Ok(DEFAULT_TIMEOUT),
+                Some(secs @ 1..=MAX_TIMEOUT_SECS) => Ok(Duration::from_secs(secs)),
+                Some(secs) => Err(ConfigError(format!(
+                    "{} timeout_secs = {secs}: use 1 to {MAX_TIMEOUT_SECS} (a try that takes longer outlives its claim and could be sent twice)",
+                    at(here)
+                ))),
+            };
             let slack = matches!(channel, ChannelConfig::Slack { .. });
             let built = match channel {
                 ChannelConfig::Email {
@@ -218,7 +237,7 @@ impl Notifications {
                             })
                         })
                         .collect::<Result<Vec<_>, _>>()?;
-                    let timeout = timeout_secs.map_or(DEFAULT_TIMEOUT, Duration::from_secs);
+                    let timeout = timeout(timeout_secs)?;
                     let mut builder =
                         AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host.clone())
                             .port(port)
@@ -308,7 +327,7 @@ impl Notifications {
                         })
                         .transpose()?;
                     let client = reqwest::Client::builder()
-                        .timeout(timeout_secs.map_or(DEFAULT_TIMEOUT, Duration::from_secs))
+                        .timeout(timeout(timeout_secs)?)
                         .redirect(reqwest::redirect::Policy::none())
                         .build()
                         .map_err(|e| ConfigError(format!("{} HTTP client: {e}", at(here))))?;
@@ -433,21 +452,28 @@ impl Notifications {
                 if let Some(secret) = secret {
                     request = request.header("webhook-signature", secret.sign(id, now_secs, &body));
                 }
-                let response = request.body(body).send().await.map_err(|e| SendError {
-                    message: format!("POST {}: {e}", redact(url)),
-                    retry: true,
+                let response = request.body(body).send().await.map_err(|e| {
+                    // reqwest's text names the whole URL, and a Slack
+                    // webhook's path is its secret: the record gets the
+                    // host and the causes only.
+                    let retry = !e.is_builder();
+                    let e = e.without_url();
+                    let mut message = format!("POST {}: {e}", redact(url));
+                    let mut source = std::error::Error::source(&e);
+                    while let Some(cause) = source {
+                        message.push_str(&format!(": {cause}"));
+                        source = cause.source();
+                    }
+                    SendError {
+                        message: message.replace(url, &redact(url)),
+                        retry,
+                    }
                 })?;
                 let status = response.status();
                 if status.is_success() {
                     return Ok(());
                 }
-                let text: String = response
-                    .text()
-                    .await
-                    .unwrap_or_default()
-                    .chars()
-                    .take(300)
-                    .collect();
+                let text = bounded_text(response, 300).await;
                 Err(SendError {
                     message: format!("POST {} answered {status}: {text}", redact(url)),
                     retry: status.is_server_error()
@@ -457,6 +483,22 @@ impl Notifications {
             }
         }
     }
+}
+
+/// Up to `limit` characters of a refusal's body, reading at most 4 KiB of
+/// it (a receiver may answer with a page of any size).
+async fn bounded_text(mut response: reqwest::Response, limit: usize) -> String {
+    let mut bytes = Vec::new();
+    while bytes.len() < 4096 {
+        match response.chunk().await {
+            Ok(Some(chunk)) => bytes.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&bytes)
+        .chars()
+        .take(limit)
+        .collect()
 }
 
 /// A URL as it may appear in a record: scheme and host only (a Slack

@@ -313,6 +313,35 @@ async fn server_errors_are_retried_and_refusals_are_not() {
     assert!(!missing.retry && missing.message.contains("no longer configured"));
 }
 
+/// A Slack webhook's path is its secret: a refused connection's error —
+/// stored, listed to viewers, logged — names the host only.
+#[tokio::test]
+async fn a_refused_connection_does_not_record_the_secret_path() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let url = format!("http://127.0.0.1:{port}/services/T0/B0/s3cr3tT0k3n?key=alsoSecret");
+    let n = configured(
+        "[notifications.channels.team]\nkind = \"slack\"\nurl_env = \"SLACK_URL\"\ntimeout_secs = 5\n",
+        &[("SLACK_URL", &url)],
+    )
+    .unwrap();
+    let error = n
+        .send("team", "ntf-1-team", &gate_message(), 0)
+        .await
+        .unwrap_err();
+    assert!(error.retry, "{error}");
+    assert!(
+        error.message.contains(&format!("127.0.0.1:{port}")),
+        "{error}"
+    );
+    assert!(
+        !error.message.contains("s3cr3t") && !error.message.contains("alsoSecret"),
+        "{error}"
+    );
+}
+
 #[test]
 fn configuration_mistakes_say_where_and_how_to_fix_them() {
     let error = |toml: &str, env: &[(&str, &str)]| configured(toml, env).unwrap_err();
@@ -375,6 +404,16 @@ fn configuration_mistakes_say_where_and_how_to_fix_them() {
         &[("U", "u")],
     );
     assert!(e.contains("set both"), "{e}");
+    let e = error(
+        "[notifications.channels.hook]\nkind = \"webhook\"\nurl = \"https://h.test\"\ntimeout_secs = 300\n",
+        &[],
+    );
+    assert!(e.contains("timeout_secs = 300: use 1 to 60"), "{e}");
+    let e = error(
+        "[notifications.channels.\"ops team\"]\nkind = \"webhook\"\nurl = \"https://h.test\"\n",
+        &[],
+    );
+    assert!(e.contains("letters, digits"), "{e}");
     let e = error("[notifications.channels.pager]\nkind = \"pager\"\n", &[]);
     assert!(e.contains("unknown variant `pager`"), "{e}");
     // Other tables of the file are not this crate's business.

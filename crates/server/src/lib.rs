@@ -223,6 +223,9 @@ pub async fn start(
             .await;
         background.abort();
         let _ = streams_task.await;
+        // A send in flight is not waited for: its claim runs out and the
+        // next process sends it.
+        notifier.abort();
         let _ = notifier.await;
         supervisor.shutdown(grace).await;
         served.map_err(ServeError::Io)

@@ -636,11 +636,13 @@ pub trait Store: Send + Sync {
         now: Millis,
     ) -> Result<u64>;
 
-    /// Claims up to `limit` pending notifications due at `now` for
-    /// `holder` until `until` (a crashed holder's claim runs out then).
+    /// Claims up to `limit` pending notifications of `channels` due at
+    /// `now` for `holder` until `until` (a crashed holder's claim runs out
+    /// then).
     async fn claim_notifications(
         &self,
         holder: &str,
+        channels: &[String],
         now: Millis,
         until: Millis,
         limit: u32,
@@ -658,8 +660,9 @@ pub trait Store: Send + Sync {
     /// Notifications, newest first.
     async fn notifications(&self, filter: &NotificationFilter) -> Result<Vec<Notification>>;
 
-    /// Makes a failed or pending notification due at `now` (an operator's
-    /// "send again"); false when there is no such one or it was delivered.
+    /// Makes a failed notification, or a pending one no sender is trying,
+    /// due at `now` (an operator's "send again"); false otherwise (none,
+    /// delivered, or a try in flight).
     async fn retry_notification(&self, id: &str, now: Millis) -> Result<bool>;
 
     /// Resolves a full run id or a unique prefix of one.

@@ -83,10 +83,13 @@ macro_rules! columns {
 pub(crate) const INSERT: &str = "INSERT INTO notifications (id, event_seq, channel, occasion, template_id, run_id, block_id, subject, message, status, attempts, next_at, created_at)
  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', 0, $10, $10) ON CONFLICT (id) DO NOTHING";
 
+/// Only the channels the sender has (`$5`, a JSON array): a process with
+/// another configuration leaves the rest to those that have them.
 pub(crate) const CLAIM_SQLITE: &str = concat!(
     "UPDATE notifications SET claimed_by = $1, claim_until = $2 WHERE id IN (
    SELECT id FROM notifications WHERE status = 'pending' AND next_at <= $3
-     AND (claim_until IS NULL OR claim_until < $3) ORDER BY next_at, id LIMIT $4)
+     AND (claim_until IS NULL OR claim_until < $3)
+     AND channel IN (SELECT value FROM json_each($5)) ORDER BY next_at, id LIMIT $4)
  RETURNING ",
     columns!()
 );
@@ -94,7 +97,8 @@ pub(crate) const CLAIM_SQLITE: &str = concat!(
 pub(crate) const CLAIM_POSTGRES: &str = concat!(
     "UPDATE notifications SET claimed_by = $1, claim_until = $2 WHERE id IN (
    SELECT id FROM notifications WHERE status = 'pending' AND next_at <= $3
-     AND (claim_until IS NULL OR claim_until < $3) ORDER BY next_at, id LIMIT $4 FOR UPDATE SKIP LOCKED)
+     AND (claim_until IS NULL OR claim_until < $3)
+     AND channel IN (SELECT jsonb_array_elements_text($5::jsonb)) ORDER BY next_at, id LIMIT $4 FOR UPDATE SKIP LOCKED)
  RETURNING ",
     columns!()
 );
@@ -105,8 +109,11 @@ pub(crate) const DELIVERED: &str =
 pub(crate) const FAILED_TRY: &str =
     "UPDATE notifications SET status = $3, attempts = attempts + 1, next_at = $4,
  last_error = $5, claimed_by = NULL, claim_until = NULL WHERE id = $1 AND claimed_by = $2";
+/// A failed row, or a pending one nobody is trying now (a try in flight
+/// keeps its claim: clearing it would let a second sender in and drop the
+/// first one's outcome).
 pub(crate) const RETRY_NOW: &str = "UPDATE notifications SET status = 'pending', next_at = $2, claimed_by = NULL, claim_until = NULL
- WHERE id = $1 AND status <> 'delivered'";
+ WHERE id = $1 AND (status = 'failed' OR (status = 'pending' AND (claim_until IS NULL OR claim_until < $2)))";
 
 pub(crate) const LIST: &str = concat!(
     "SELECT ",
@@ -195,6 +202,7 @@ macro_rules! outbox_queries {
         pub(crate) async fn claim(
             pool: &$pool,
             holder: &str,
+            channels: &[String],
             now: factory_core::run::Millis,
             until: factory_core::run::Millis,
             limit: u32,
@@ -208,6 +216,7 @@ macro_rules! outbox_queries {
             .bind(until)
             .bind(now)
             .bind(i64::from(limit))
+            .bind(serde_json::to_string(channels)?)
             .fetch_all(pool)
             .await?;
             rows.iter().map(notification_row).collect()

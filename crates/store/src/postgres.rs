@@ -613,11 +613,12 @@ impl Store for PostgresStore {
     async fn claim_notifications(
         &self,
         holder: &str,
+        channels: &[String],
         now: Millis,
         until: Millis,
         limit: u32,
     ) -> Result<Vec<crate::Notification>> {
-        nq::claim(&self.pool, holder, now, until, limit).await
+        nq::claim(&self.pool, holder, channels, now, until, limit).await
     }
 
     async fn finish_notification(

@@ -101,7 +101,7 @@ pub async fn page(
                             }
                         }
                     }
-                    @if rows.is_empty() { tr { td colspan="8" .muted { "No notifications here." } } }
+                    @if rows.is_empty() { tr { td colspan=(if can_retry { 8 } else { 7 }) .muted { "No notifications here." } } }
                 }
             }
         }

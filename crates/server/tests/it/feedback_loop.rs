@@ -1283,7 +1283,7 @@ async fn the_whole_loop(postgres: bool) {
         .await;
     let ready = ready["events"].as_array().unwrap();
     assert_eq!(ready.len(), 1, "{ready:?}");
-    assert_eq!(ready[0]["payload"]["version"], 3);
+    assert_eq!(ready[0]["payload"]["version"], "v3");
     let page = t
         .http
         .get(t.url(&format!("/runs/{run}/convergence")))

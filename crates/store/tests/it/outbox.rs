@@ -24,6 +24,7 @@ fn row(seq: i64, channel: &str, run: &str) -> NewNotification {
 }
 
 pub(super) async fn contract(store: Arc<dyn Store>) {
+    let both = vec!["hook".to_string(), "mail".to_string()];
     let consumer = "notify/test";
     let start = store.feed_cursor(consumer, 1).await.unwrap();
     // Positions past the new cursor's start (the feed's end).
@@ -55,10 +56,17 @@ pub(super) async fn contract(store: Arc<dyn Store>) {
     );
     assert_eq!(store.feed_cursor(consumer, 13).await.unwrap(), at(2));
 
+    // A sender claims only the channels it has.
+    let mail_only = store
+        .claim_notifications("m", &["mail".to_string()], 1_500, 1_501, 10)
+        .await
+        .unwrap();
+    assert!(mail_only.iter().all(|n| n.channel == "mail") && mail_only.len() == 2);
+    // (Its claims end at 1_501: the rows are free again below.)
     // Two senders claim at once: each row goes to one of them.
     let (a, b) = tokio::join!(
-        store.claim_notifications("a", 2_000, 60_000, 2),
-        store.claim_notifications("b", 2_000, 60_000, 2)
+        store.claim_notifications("a", &both, 2_000, 60_000, 2),
+        store.claim_notifications("b", &both, 2_000, 60_000, 2)
     );
     let (a, b) = (a.unwrap(), b.unwrap());
     let mut ids: Vec<&str> = a.iter().chain(&b).map(|n| n.id.as_str()).collect();
@@ -66,7 +74,7 @@ pub(super) async fn contract(store: Arc<dyn Store>) {
     assert_eq!(ids, ["ntf-1-hook", "ntf-1-mail", "ntf-2-mail"]);
     assert!(
         store
-            .claim_notifications("c", 2_001, 60_000, 10)
+            .claim_notifications("c", &both, 2_001, 60_000, 10)
             .await
             .unwrap()
             .is_empty(),
@@ -105,13 +113,13 @@ pub(super) async fn contract(store: Arc<dyn Store>) {
     // Not due before next_at; due after, even while other claims hold.
     assert!(
         store
-            .claim_notifications("c", 4_999, 60_000, 10)
+            .claim_notifications("c", &both, 4_999, 60_000, 10)
             .await
             .unwrap()
             .is_empty()
     );
     let again = store
-        .claim_notifications("c", 5_000, 65_000, 10)
+        .claim_notifications("c", &both, 5_000, 65_000, 10)
         .await
         .unwrap();
     assert_eq!(again.len(), 1);
@@ -125,7 +133,7 @@ pub(super) async fn contract(store: Arc<dyn Store>) {
     );
     // A crashed sender's claim runs out: the row is claimable again.
     let expired = store
-        .claim_notifications("d", 60_001, 120_000, 10)
+        .claim_notifications("d", &both, 60_001, 120_000, 10)
         .await
         .unwrap();
     let mut ids: Vec<&str> = expired.iter().map(|n| n.id.as_str()).collect();
@@ -202,7 +210,7 @@ pub(super) async fn contract(store: Arc<dyn Store>) {
             .unwrap()
     );
     let due = store
-        .claim_notifications("e", 70_000, 130_000, 10)
+        .claim_notifications("e", &both, 70_000, 130_000, 10)
         .await
         .unwrap();
     assert!(
