@@ -40,6 +40,7 @@ mod golden;
 mod html;
 mod json_shape;
 mod markdown;
+pub mod media;
 mod model;
 mod patterns;
 mod score;

@@ -471,10 +471,15 @@ pub async fn artifacts(
         if let Some(report) = &attempt.report {
             for (key, artifact) in &report.artifacts {
                 println!(
-                    "    {key:<24} {:<28} {:>9} B  sha256:{}",
+                    "    {key:<24} {:<28} {:>9} B  sha256:{}{}",
                     artifact.path,
                     artifact.size,
-                    &artifact.hash[..12]
+                    &artifact.hash[..12],
+                    artifact
+                        .media
+                        .as_ref()
+                        .map(|m| format!("  ({})", m.summary()))
+                        .unwrap_or_default()
                 );
             }
             if !report.metrics.is_empty() {

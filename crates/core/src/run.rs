@@ -122,6 +122,9 @@ pub struct ArtifactRef {
     pub size: u64,
     pub path: String,
     pub format: ArtifactFormat,
+    /// A media artifact's checked facts (type, dimensions, duration, pages).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media: Option<factory_audit::media::MediaFacts>,
 }
 
 /// A stored log (stdout or stderr of an attempt).

@@ -306,6 +306,51 @@ impl ArtifactFormat {
             ArtifactFormat::Csv => "csv",
             ArtifactFormat::Yaml => "yaml",
             ArtifactFormat::Directory => "directory",
+            ArtifactFormat::Png => "png",
+            ArtifactFormat::Jpeg => "jpeg",
+            ArtifactFormat::Webp => "webp",
+            ArtifactFormat::Mp3 => "mp3",
+            ArtifactFormat::Wav => "wav",
+            ArtifactFormat::Ogg => "ogg",
+            ArtifactFormat::Pdf => "pdf",
+        }
+    }
+
+    /// The media kind of a binary format (None for text formats).
+    pub fn media_kind(self) -> Option<factory_audit::media::MediaKind> {
+        use factory_audit::media::MediaKind;
+        Some(match self {
+            ArtifactFormat::Png => MediaKind::Png,
+            ArtifactFormat::Jpeg => MediaKind::Jpeg,
+            ArtifactFormat::Webp => MediaKind::Webp,
+            ArtifactFormat::Mp3 => MediaKind::Mp3,
+            ArtifactFormat::Wav => MediaKind::Wav,
+            ArtifactFormat::Ogg => MediaKind::Ogg,
+            ArtifactFormat::Pdf => MediaKind::Pdf,
+            _ => return None,
+        })
+    }
+
+    /// True for binary media: not text, never read into a prompt or the
+    /// D1–D5 audit.
+    pub fn is_media(self) -> bool {
+        self.media_kind().is_some()
+    }
+
+    /// What the artifact is served as.
+    pub fn media_type(self) -> &'static str {
+        match self {
+            ArtifactFormat::Json | ArtifactFormat::Directory => "application/json",
+            ArtifactFormat::Md => "text/markdown; charset=utf-8",
+            ArtifactFormat::Csv => "text/csv; charset=utf-8",
+            // Served as text: an artifact's HTML must not run as this site's page.
+            ArtifactFormat::Html
+            | ArtifactFormat::Text
+            | ArtifactFormat::Url
+            | ArtifactFormat::Yaml => "text/plain; charset=utf-8",
+            media => media
+                .media_kind()
+                .map_or("application/octet-stream", |k| k.media_type()),
         }
     }
 
@@ -488,8 +533,18 @@ pub enum ArtifactFormat {
     Url,
     Csv,
     Yaml,
-    /// A directory; stored as a JSON manifest of its files.
+    /// A directory; stored as a JSON manifest of its files (binary ones
+    /// base64-encoded).
     Directory,
+    /// Binary media, stored as produced; checked for what can be checked
+    /// without a model (`factory_audit::media`).
+    Png,
+    Jpeg,
+    Webp,
+    Mp3,
+    Wav,
+    Ogg,
+    Pdf,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

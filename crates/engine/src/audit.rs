@@ -9,7 +9,7 @@ use std::path::Path;
 use factory_audit::{Artifact, AuditInput, AuditReport, Upstream};
 use factory_core::Pipeline;
 use factory_core::run::RunDoc;
-use factory_core::template::Block;
+use factory_core::template::{ArtifactFormat, Block};
 use factory_runtime::{Execution, InputArtifact};
 use serde_json::Value;
 
@@ -74,6 +74,16 @@ pub(crate) struct AuditContext<'a> {
     pub golden: &'a BTreeMap<String, Vec<u8>>,
 }
 
+/// What the text audit reads of an artifact: a folder's binary files as a
+/// line each, the rest as it is.
+fn text(format: ArtifactFormat, bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if format == ArtifactFormat::Directory {
+        factory_runtime::text_view(bytes)
+    } else {
+        std::borrow::Cow::Borrowed(bytes)
+    }
+}
+
 /// Audits an execution that produced its artifacts; `None` when the block
 /// declares none (nothing to judge, so no score).
 pub(crate) fn audit_execution(
@@ -87,24 +97,40 @@ pub(crate) fn audit_execution(
         inputs,
         golden,
     } = context;
-    let artifacts = block
+    // Media is checked when produced (its format, size, length) and kept
+    // on its artifact record; the D1–D5 text audit reads text only, and a
+    // folder's binary files as a line each.
+    let outputs: Vec<(&_, Option<std::borrow::Cow<'_, [u8]>>)> = block
         .outputs
         .artifacts
         .iter()
-        .map(|spec| Artifact {
+        .filter(|spec| !spec.format.is_media())
+        .map(|spec| {
+            let content = execution.artifacts.get(&spec.key);
+            (spec, content.map(|bytes| text(spec.format, bytes)))
+        })
+        .collect();
+    let artifacts = outputs
+        .iter()
+        .map(|(spec, content)| Artifact {
             key: &spec.key,
             path: &spec.path,
             format: spec.format.audit_format(),
-            content: execution.artifacts.get(&spec.key).map(Vec::as_slice),
+            content: content.as_deref(),
         })
         .collect();
-    let upstream = inputs
+    let read: Vec<(&InputArtifact, std::borrow::Cow<'_, [u8]>)> = inputs
         .iter()
-        .map(|input| Upstream {
+        .filter(|input| !input.format.is_media())
+        .map(|input| (input, text(input.format, &input.content)))
+        .collect();
+    let upstream = read
+        .iter()
+        .map(|(input, content)| Upstream {
             block: &input.block,
             key: &input.key,
             format: input.format.audit_format(),
-            content: &input.content,
+            content,
         })
         .collect();
     let mut consumed_downstream = BTreeSet::new();

@@ -988,6 +988,12 @@ fn to_report(
                     size: blob.content.len() as u64,
                     path: spec.path.clone(),
                     format: spec.format,
+                    // Checked already (a bad file failed the attempt): kept
+                    // for the page and the API.
+                    media: spec
+                        .format
+                        .media_kind()
+                        .and_then(|kind| factory_audit::media::inspect(kind, &blob.content).ok()),
                 },
             );
             blobs.push(blob);
@@ -1091,6 +1097,7 @@ mod tests {
                         format: ArtifactFormat::Text,
                         hash: format!("h{n}"),
                         size: 1,
+                        media: None,
                     },
                 )]),
                 metrics: BTreeMap::from([("quality".to_string(), serde_json::json!(n))]),

@@ -53,12 +53,23 @@ pub(crate) async fn texts_for(
             continue;
         }
         let mut texts = Texts::new();
-        for (key, artifact) in &report.artifacts {
+        // Gaps are reconciled against text: media says nothing a term can match.
+        for (key, artifact) in report
+            .artifacts
+            .iter()
+            .filter(|(_, a)| !a.format.is_media())
+        {
             let bytes = match completion.blobs.iter().find(|b| b.hash == artifact.hash) {
                 Some(blob) => Some(blob.content.clone()),
                 None => store.get_blob(&artifact.hash).await.ok(),
             };
             if let Some(bytes) = bytes {
+                let bytes = if artifact.format == factory_core::template::ArtifactFormat::Directory
+                {
+                    factory_runtime::text_view(&bytes).into_owned()
+                } else {
+                    bytes
+                };
                 texts.insert(key.clone(), String::from_utf8_lossy(&bytes).into_owned());
             }
         }

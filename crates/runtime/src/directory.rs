@@ -1,15 +1,21 @@
-//! Directory artifacts travel as one JSON bundle of UTF-8 text files:
-//! `{"files": {"relative/path.md": "content", …}}`. Binary files are refused
-//! with a clear error rather than silently mangled.
+//! Directory artifacts travel as one JSON bundle: UTF-8 text files as
+//! text, `{"files": {"relative/path.md": "content", …}}`, and any other
+//! file (an image, a recording) base64-encoded under `"binary"`, so nothing
+//! is mangled and a bundle without binary files reads as before.
 
 use std::collections::BTreeMap;
 use std::path::{Component, Path};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize)]
 struct Bundle {
     files: BTreeMap<String, String>,
+    /// Files that are not UTF-8 text, base64 (standard alphabet).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    binary: BTreeMap<String, String>,
 }
 
 /// Packs every file under `dir` (recursively) into a bundle.
@@ -18,6 +24,7 @@ pub fn pack_directory(dir: &Path) -> Result<Vec<u8>, String> {
         return Err(format!("{} is not a directory", dir.display()));
     }
     let mut files = BTreeMap::new();
+    let mut binary = BTreeMap::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(current) = stack.pop() {
         let entries =
@@ -44,25 +51,67 @@ pub fn pack_directory(dir: &Path) -> Result<Vec<u8>, String> {
                 continue;
             }
             let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            let text = String::from_utf8(bytes).map_err(|_| {
-                format!("{relative} is binary; directory artifacts hold UTF-8 text files only")
-            })?;
-            files.insert(relative, text);
+            match String::from_utf8(bytes) {
+                Ok(text) => {
+                    files.insert(relative, text);
+                }
+                Err(not_text) => {
+                    binary.insert(relative, STANDARD.encode(not_text.into_bytes()));
+                }
+            }
         }
     }
-    serde_json::to_vec(&Bundle { files }).map_err(|e| e.to_string())
+    serde_json::to_vec(&Bundle { files, binary }).map_err(|e| e.to_string())
 }
 
-/// A bundle's files, path → text, in path order.
+/// A bundle's text files, path → text, in path order (binary files are
+/// in [`bundle_binary_files`]).
 pub fn bundle_files(bundle: &[u8]) -> Result<BTreeMap<String, String>, String> {
     let bundle: Bundle =
         serde_json::from_slice(bundle).map_err(|e| format!("not a directory bundle: {e}"))?;
     Ok(bundle.files)
 }
 
+/// The bundle as a reader of text should see it (the D1–D5 audit, a
+/// prompt, gap checks): each binary file's content replaced by a line
+/// saying what it is. A bundle without binary files (or not a bundle) is
+/// returned as it is.
+pub fn text_view(bundle: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let Ok(mut parsed) = serde_json::from_slice::<Bundle>(bundle) else {
+        return std::borrow::Cow::Borrowed(bundle);
+    };
+    if parsed.binary.is_empty() {
+        return std::borrow::Cow::Borrowed(bundle);
+    }
+    for encoded in parsed.binary.values_mut() {
+        let bytes = encoded.len() / 4 * 3;
+        *encoded = format!("[binary file, about {bytes} bytes, not shown]");
+    }
+    serde_json::to_vec(&parsed).map_or(std::borrow::Cow::Borrowed(bundle), std::borrow::Cow::Owned)
+}
+
+/// A bundle's binary files, path → bytes, in path order.
+pub fn bundle_binary_files(bundle: &[u8]) -> Result<BTreeMap<String, Vec<u8>>, String> {
+    let bundle: Bundle =
+        serde_json::from_slice(bundle).map_err(|e| format!("not a directory bundle: {e}"))?;
+    bundle
+        .binary
+        .into_iter()
+        .map(|(path, encoded)| {
+            STANDARD
+                .decode(&encoded)
+                .map(|bytes| (path.clone(), bytes))
+                .map_err(|e| format!("bundle file `{path}` is not base64: {e}"))
+        })
+        .collect()
+}
+
 /// Writes a bundle's files under `dir`, refusing paths that escape it.
 pub fn unpack_directory(bundle: &[u8], dir: &Path) -> Result<(), String> {
-    let files = bundle_files(bundle)?;
+    let files = bundle_files(bundle)?
+        .into_iter()
+        .map(|(path, text)| (path, text.into_bytes()))
+        .chain(bundle_binary_files(bundle)?);
     std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
     for (relative, text) in files {
         let relative_path = Path::new(&relative);
@@ -113,13 +162,45 @@ mod tests {
     }
 
     #[test]
-    fn refuses_binary_files() {
+    fn carries_binary_files_byte_for_byte() {
         let source = tempfile::tempdir().unwrap();
-        std::fs::write(source.path().join("blob.bin"), [0xff, 0xfe, 0x00]).unwrap();
-        assert!(
-            pack_directory(source.path())
-                .unwrap_err()
-                .contains("binary")
+        let image: Vec<u8> = (0..=255u8).cycle().take(4096).collect();
+        std::fs::create_dir_all(source.path().join("cards")).unwrap();
+        std::fs::write(source.path().join("cards/card-1.png"), &image).unwrap();
+        std::fs::write(source.path().join("index.md"), "# cards").unwrap();
+        let bundle = pack_directory(source.path()).unwrap();
+        assert_eq!(
+            bundle_files(&bundle).unwrap().keys().collect::<Vec<_>>(),
+            ["index.md"],
+            "text stays text"
         );
+        assert_eq!(
+            bundle_binary_files(&bundle).unwrap()["cards/card-1.png"],
+            image
+        );
+        let target = tempfile::tempdir().unwrap();
+        unpack_directory(&bundle, target.path()).unwrap();
+        assert_eq!(
+            std::fs::read(target.path().join("cards/card-1.png")).unwrap(),
+            image
+        );
+        // A binary path may not escape either, and bad base64 is named.
+        let error = unpack_directory(
+            br#"{"files": {}, "binary": {"../evil.png": "AAAA"}}"#,
+            target.path(),
+        )
+        .unwrap_err();
+        assert!(error.contains("escapes"), "{error}");
+        let error =
+            bundle_binary_files(br#"{"files": {}, "binary": {"a.png": "%%%"}}"#).unwrap_err();
+        assert!(error.contains("`a.png` is not base64"), "{error}");
+        // What text readers get: the text, and a line for each binary file.
+        let view = String::from_utf8(text_view(&bundle).into_owned()).unwrap();
+        assert!(view.contains("# cards"), "{view}");
+        assert!(
+            view.contains("[binary file, about 4096 bytes, not shown]"),
+            "{view}"
+        );
+        assert!(view.len() < 600, "no base64 left: {view}");
     }
 }

@@ -244,18 +244,32 @@ fn fill(input: &AttemptInput<'_>, fields: &BTreeMap<String, Source>) -> Result<V
 }
 
 /// An artifact as a request value: JSON as JSON, a directory as a list of
-/// `{path, content}`, anything else as text.
+/// `{path, content}` (`{path, content_base64}` for its binary files), media
+/// as `{media_type, content_base64}`, anything else as text.
 fn artifact_value(artifact: &InputArtifact) -> Result<Value, String> {
+    use base64::Engine as _;
+    let base64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    if artifact.format.is_media() {
+        return Ok(json!({
+            "media_type": artifact.format.media_type(),
+            "content_base64": base64(&artifact.content),
+        }));
+    }
     let text = String::from_utf8_lossy(&artifact.content).into_owned();
     Ok(match artifact.format {
         ArtifactFormat::Json => serde_json::from_str(&text).unwrap_or(Value::String(text)),
         ArtifactFormat::Directory => {
             let files = crate::directory::bundle_files(&artifact.content)
                 .map_err(|e| format!("artifact `{}.{}`: {e}", artifact.block, artifact.key))?;
+            let binary = crate::directory::bundle_binary_files(&artifact.content)
+                .map_err(|e| format!("artifact `{}.{}`: {e}", artifact.block, artifact.key))?;
             Value::Array(
                 files
                     .into_iter()
                     .map(|(path, content)| json!({"path": path, "content": content}))
+                    .chain(binary.into_iter().map(
+                        |(path, bytes)| json!({"path": path, "content_base64": base64(&bytes)}),
+                    ))
                     .collect(),
             )
         }

@@ -23,7 +23,9 @@ use factory_core::run::Corrections;
 use factory_core::template::{ArtifactFormat, Block, Runtime};
 use serde_json::Value;
 
-pub use directory::{pack_directory, unpack_directory};
+pub use directory::{
+    bundle_binary_files, bundle_files, pack_directory, text_view, unpack_directory,
+};
 
 /// An upstream artifact handed to a block.
 #[derive(Debug, Clone)]
@@ -140,6 +142,9 @@ fn prepare_dir(dir: &std::path::Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)
 }
 
+/// The largest artifact an attempt may produce (a podcast episode, a PDF).
+pub const MAX_ARTIFACT_BYTES: usize = 64 * 1024 * 1024;
+
 /// Checks a produced artifact against its declared format, so a broken JSON
 /// file fails the attempt that wrote it rather than the block that reads it.
 pub(crate) fn check_format(
@@ -149,6 +154,25 @@ pub(crate) fn check_format(
     format: ArtifactFormat,
     bytes: &[u8],
 ) -> Option<String> {
+    if bytes.len() > MAX_ARTIFACT_BYTES {
+        return Some(format!(
+            "artifact `{key}` of block `{}` ({path}) is {} MiB; an artifact may be at most {} MiB",
+            block.id,
+            bytes.len() / (1024 * 1024),
+            MAX_ARTIFACT_BYTES / (1024 * 1024)
+        ));
+    }
+    if let Some(kind) = format.media_kind() {
+        return factory_audit::media::inspect(kind, bytes)
+            .err()
+            .map(|problem| {
+                format!(
+                    "artifact `{key}` of block `{}` ({path}, declared `{}`) {problem}",
+                    block.id,
+                    format.as_str()
+                )
+            });
+    }
     match format {
         ArtifactFormat::Json => serde_json::from_slice::<Value>(bytes).err().map(|error| {
             format!(

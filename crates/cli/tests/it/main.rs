@@ -13,6 +13,7 @@ mod clone_factory;
 mod convergence;
 mod fleet_netns;
 mod local_llm;
+mod media;
 mod meeting_brief;
 mod meta_audit;
 mod notifications;

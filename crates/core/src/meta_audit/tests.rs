@@ -74,6 +74,7 @@ fn run(
                     size: text.len() as u64,
                     path: declared.path.clone(),
                     format: declared.format,
+                    media: None,
                 },
             );
             outputs.push((declared.key.clone(), declared.path.clone(), text));

@@ -294,13 +294,7 @@ pub async fn artifact(
         )
     })?;
     let (format, content) = artifact_content(&state, attempt, &block, &key).await?;
-    let content_type = match format {
-        ArtifactFormat::Json | ArtifactFormat::Directory => "application/json",
-        ArtifactFormat::Md => "text/markdown; charset=utf-8",
-        ArtifactFormat::Html => "text/plain; charset=utf-8",
-        _ => "text/plain; charset=utf-8",
-    };
-    Ok(([(header::CONTENT_TYPE, content_type)], content).into_response())
+    Ok(([(header::CONTENT_TYPE, format.media_type())], content).into_response())
 }
 
 /// An attempt's stdout or stderr, whole (as far as it was kept: a long log

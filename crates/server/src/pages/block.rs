@@ -226,7 +226,16 @@ async fn inputs(state: &SharedState, view: &BlockView) -> Result<Markup, ApiErro
                 )
                 .await
                 {
-                    Ok((format, bytes)) => Some((attempt.n, render::artifact(format, &bytes))),
+                    Ok((format, bytes)) => {
+                        let url = format!(
+                            "/api/v1/runs/{}/blocks/{}/artifacts/{}?attempt={}",
+                            super::url_escape(&view.doc.run_id),
+                            super::url_escape(&from),
+                            super::url_escape(&dependency.key),
+                            attempt.n
+                        );
+                        Some((attempt.n, render::artifact(format, &bytes, &url)))
+                    }
                     Err(_) => None,
                 },
                 None => None,
@@ -306,10 +315,17 @@ async fn outputs(
     {
         for (key, artifact) in &report.artifacts {
             let content = state.store.get_blob(&artifact.hash).await?;
+            let url = format!(
+                "/api/v1/runs/{}/blocks/{}/artifacts/{}?attempt={}",
+                super::url_escape(&view.doc.run_id),
+                super::url_escape(block_id),
+                super::url_escape(key),
+                attempt.n
+            );
             rendered.push((
                 key.clone(),
                 artifact.path.clone(),
-                render::artifact(artifact.format, &content),
+                render::artifact(artifact.format, &content, &url),
             ));
         }
     }

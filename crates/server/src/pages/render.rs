@@ -96,7 +96,47 @@ fn json_node(key: Option<&str>, value: &Value, depth: usize) -> Markup {
     }
 }
 
-pub fn artifact(format: ArtifactFormat, content: &[u8]) -> Markup {
+/// An artifact as a page shows it; media by reference to `url` (the
+/// artifact's own address, served with its media type): an image inline,
+/// an audio player, a PDF's link, each with what its checks found.
+pub fn artifact(format: ArtifactFormat, content: &[u8], url: &str) -> Markup {
+    if let Some(kind) = format.media_kind() {
+        let facts = factory_audit::media::inspect(kind, content);
+        let said = match &facts {
+            Ok(facts) => format!("{} · {} bytes", facts.summary(), content.len()),
+            Err(problem) => format!("{} {problem}", format.as_str()),
+        };
+        return html! {
+            figure.media {
+                @if kind.is_image() {
+                    img src=(url) alt={ "the " (format.as_str()) " artifact (" (said) ")" } loading="lazy";
+                } @else if kind.is_audio() {
+                    audio controls preload="metadata" src=(url) { a href=(url) { "Download the audio" } }
+                } @else {
+                    a href=(url) { "Open the PDF" }
+                }
+                figcaption.muted { (said) " — media is checked for its format, size and length, not judged by the D1–D5 audit" }
+            }
+        };
+    }
+    if format == ArtifactFormat::Directory
+        && let Ok(binary) = factory_runtime::bundle_binary_files(content)
+        && !binary.is_empty()
+    {
+        // A folder's binary files are listed, not shown as base64.
+        let files = factory_runtime::bundle_files(content).unwrap_or_default();
+        let mut shown = serde_json::Map::new();
+        for (path, text) in files {
+            shown.insert(path, Value::String(text));
+        }
+        for (path, bytes) in binary {
+            shown.insert(
+                path,
+                Value::String(format!("[binary, {} bytes]", bytes.len())),
+            );
+        }
+        return json(&Value::Object(shown).to_string());
+    }
     let text = String::from_utf8_lossy(content);
     match format {
         ArtifactFormat::Md => html! { div.markdown { (markdown(&text)) } },

@@ -1939,3 +1939,73 @@ channels = ["team", "ops"]
     screenshot_at(c, "notifications", "main").await;
     b.client.clone().close().await.unwrap();
 }
+
+/// Media artifacts in the workbench: a block's PNG shows inline, its PDF is
+/// a link, the next block's WAV plays in an audio player; each is served
+/// with its media type and described by what its checks found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_show_and_audio_plays_on_the_block_page() {
+    let t = TestServer::start().await;
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/media");
+    for file in ["pipeline.json", "make_media.py"] {
+        std::fs::copy(example.join(file), t.templates.join(file)).unwrap();
+    }
+    let (s, b) = t
+        .call(
+            Method::POST,
+            "/api/v1/runs",
+            "operator",
+            Some(json!({"template": "media-example", "params": {"title": "Launch week"}})),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let run = b["run_id"].as_str().unwrap().to_string();
+    t.wait_for(&run, "the episode", |d| {
+        block_status(d, "episode") == "done"
+    })
+    .await;
+    let response = t
+        .http
+        .get(t.url(&format!("/api/v1/runs/{run}/blocks/cards/artifacts/card")))
+        .bearer_auth(&t.tokens["viewer"])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["content-type"], "image/png");
+    assert!(response.bytes().await.unwrap().starts_with(b"\x89PNG"));
+    let response = t
+        .http
+        .get(t.url(&format!("/api/v1/runs/{run}/blocks/cards/artifacts/brief")))
+        .bearer_auth(&t.tokens["viewer"])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["content-type"], "application/pdf");
+
+    let b = browser().await;
+    let c = &b.client;
+    login(c, &t, "viewer", &format!("/runs/{run}/blocks/cards")).await;
+    until(
+        c,
+        "the card to load",
+        "const img = document.querySelector('#tab-outputs figure.media img'); return !!img && img.complete && img.naturalWidth === 240 && img.naturalHeight === 126;",
+    )
+    .await;
+    let outputs = text_of(c, "#tab-outputs").await;
+    assert!(
+        outputs.contains("image/png, 240×126") && outputs.contains("Open the PDF"),
+        "{outputs}"
+    );
+    accessible(c, "a block page with media").await;
+    screenshot_at(c, "media-artifacts", "#tab-outputs").await;
+    c.goto(&t.url(&format!("/runs/{run}/blocks/episode")))
+        .await
+        .unwrap();
+    until(
+        c,
+        "the episode's metadata",
+        "const a = document.querySelector('#tab-outputs figure.media audio'); return !!a && a.readyState >= 1 && Math.abs(a.duration - 2) < 0.1;",
+    )
+    .await;
+    b.client.clone().close().await.unwrap();
+}
