@@ -189,7 +189,15 @@ pub fn inspect(kind: MediaKind, bytes: &[u8]) -> Result<MediaFacts, String> {
                 if id == b"fmt " {
                     byte_rate = le32(bytes, at + 16);
                 } else if id == b"data" {
-                    data = Some(size.min(bytes.len().saturating_sub(at + 8)));
+                    let there = bytes.len().saturating_sub(at + 8);
+                    // Written to a pipe (ffmpeg, a TTS stream), the size is
+                    // left as 0 or 0xFFFFFFFF: the data runs to the end.
+                    let size = if size == 0 || size == 0xFFFF_FFFF {
+                        there
+                    } else {
+                        size
+                    };
+                    data = Some(size.min(there));
                     if at + 8 + size > bytes.len() {
                         return Err(format!(
                             "is a WAV cut short (its data chunk says {size} bytes, {} are there)",
@@ -227,6 +235,16 @@ pub fn inspect(kind: MediaKind, bytes: &[u8]) -> Result<MediaFacts, String> {
                 return Err("is not an MP3 (no MPEG audio frame)".into());
             };
             let kbps = mp3_bitrate(&bytes[frame..frame + 4]).unwrap_or(128);
+            // One 4-byte pattern turns up by chance in any binary file; a
+            // second header where the first frame ends does not.
+            let next = frame + mp3_frame_len(&bytes[frame..frame + 4]);
+            if next + 4 <= bytes.len()
+                && !(bytes[next] == 0xFF
+                    && bytes[next + 1] & 0xE0 == 0xE0
+                    && mp3_bitrate(&bytes[next..next + 4]).is_some())
+            {
+                return Err("is not an MP3 (its first frame is not followed by another)".into());
+            }
             facts.duration_ms = Some(((bytes.len() - frame) as u64 * 8) / u64::from(kbps.max(1)));
         }
         MediaKind::Ogg => {
@@ -253,7 +271,7 @@ pub fn inspect(kind: MediaKind, bytes: &[u8]) -> Result<MediaFacts, String> {
             if let (Some(rate), Some(granule)) = (rate.filter(|r| *r > 0), granule)
                 && granule != u64::MAX
             {
-                facts.duration_ms = Some(granule * 1000 / u64::from(rate));
+                facts.duration_ms = granule.checked_mul(1000).map(|ms| ms / u64::from(rate));
             }
         }
         MediaKind::Pdf => {
@@ -288,6 +306,21 @@ fn mp3_bitrate(header: &[u8]) -> Option<u32> {
         return None;
     }
     Some(if version == 3 { V1[index] } else { V2[index] })
+}
+
+/// A layer III frame's length in bytes (at least 4).
+fn mp3_frame_len(header: &[u8]) -> usize {
+    let version = (header[1] >> 3) & 0x3;
+    let rates: [u32; 3] = match version {
+        3 => [44_100, 48_000, 32_000],
+        2 => [22_050, 24_000, 16_000],
+        _ => [11_025, 12_000, 8_000],
+    };
+    let rate = rates[usize::from((header[2] >> 2) & 0x3).min(2)];
+    let padding = u32::from((header[2] >> 1) & 1);
+    let per_frame = if version == 3 { 144 } else { 72 };
+    let kbps = mp3_bitrate(header).unwrap_or(0);
+    (per_frame * kbps * 1000 / rate + padding).max(4) as usize
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -452,9 +485,9 @@ mod tests {
         // ID3 tag, then MPEG-1 layer III frames at 128 kbit/s: 16 KB ≈ 1 s.
         let mut mp3 = b"ID3\x04\x00\x00\x00\x00\x00\x0A".to_vec();
         mp3.extend_from_slice(&[0; 10]);
-        for _ in 0..(16_000 / 418) {
+        for _ in 0..(16_000 / 417) {
             mp3.extend_from_slice(&[0xFF, 0xFB, 0x90, 0x64]);
-            mp3.resize(mp3.len() + 414, 0);
+            mp3.resize(mp3.len() + 413, 0);
         }
         let ms = inspect(MediaKind::Mp3, &mp3).unwrap().duration_ms.unwrap();
         assert!((900..=1100).contains(&ms), "{ms}");
@@ -464,6 +497,31 @@ mod tests {
                 .contains("no MPEG audio frame")
         );
         assert!(inspect(MediaKind::Ogg, b"RIFF....").is_err());
+        // One frame-like pattern in other bytes is not an MP3.
+        let mut fake = vec![0x01; 64];
+        fake.extend_from_slice(&[0xFF, 0xFB, 0x90, 0x64]);
+        fake.resize(2_000, 0x01);
+        assert!(
+            inspect(MediaKind::Mp3, &fake)
+                .unwrap_err()
+                .contains("not followed by another")
+        );
+        // A WAV written to a pipe leaves its data size unset: it runs to the end.
+        let mut streamed = samples::wav(1000);
+        streamed[40..44].copy_from_slice(&0xFFFF_FFFFu32.to_le_bytes());
+        assert_eq!(
+            inspect(MediaKind::Wav, &streamed).unwrap().duration_ms,
+            Some(1000)
+        );
+        // A hostile Ogg granule does not overflow.
+        let mut ogg = b"OggS".to_vec();
+        ogg.resize(40, 0);
+        ogg.extend_from_slice(b"\x01vorbis");
+        ogg.extend_from_slice(&[0, 0, 0, 0, 1, 0x44, 0xAC, 0, 0]);
+        ogg.extend_from_slice(b"OggS\x00\x04");
+        ogg.extend_from_slice(&0x7FFF_FFFF_FFFF_FFF0u64.to_le_bytes());
+        ogg.resize(ogg.len() + 20, 0);
+        assert_eq!(inspect(MediaKind::Ogg, &ogg).unwrap().duration_ms, None);
     }
 
     #[test]

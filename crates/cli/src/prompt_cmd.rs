@@ -106,7 +106,7 @@ pub async fn run(
                         block: from,
                         key: dep.key.clone(),
                         format: artifact.format,
-                        text: String::from_utf8_lossy(&text).into_owned(),
+                        text: factory_runtime::text_for_reader(artifact.format, &text),
                     });
                 }
             }

@@ -399,8 +399,13 @@ pub async fn artifacts(
             }
             let read = async |r: Option<&factory_core::run::ArtifactRef>| -> Result<String> {
                 Ok(match r {
+                    Some(r) if r.format.is_media() => format!(
+                        "{} sha256:{}\n",
+                        factory_runtime::text_for_reader(r.format, &store.get_blob(&r.hash).await?),
+                        r.hash
+                    ),
                     Some(r) => {
-                        String::from_utf8_lossy(&store.get_blob(&r.hash).await?).into_owned()
+                        factory_runtime::text_for_reader(r.format, &store.get_blob(&r.hash).await?)
                     }
                     None => String::new(),
                 })

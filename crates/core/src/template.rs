@@ -536,8 +536,9 @@ pub enum ArtifactFormat {
     /// A directory; stored as a JSON manifest of its files (binary ones
     /// base64-encoded).
     Directory,
-    /// Binary media, stored as produced; checked for what can be checked
-    /// without a model (`factory_audit::media`).
+    // Binary media, stored as produced; checked for what can be checked
+    // without a model (`factory_audit::media`). (Plain comments: a doc
+    // comment would list the variant apart in the schema's choices.)
     Png,
     Jpeg,
     Webp,

@@ -1059,32 +1059,49 @@ fn check_runtime_config(
                 &format!("known builtins: {}", BUILTINS.join(", ")),
             ),
         },
-        Runtime::Llm => {
-            if block.skill.as_deref().is_none_or(str::is_empty) {
-                error(
-                    format!("$.blocks[{i}].skill"),
-                    "an `llm` block needs a `skill` (its prompt comes from skills/<skill>/SKILL.md)".into(),
-                    "set \"skill\": \"<name>\"",
-                );
-            }
-            if let Err(problems) = crate::llm_options::parse(config) {
-                for problem in problems {
+        Runtime::Llm | Runtime::Http => {
+            // A model's reply and an HTTP answer are read as text: media
+            // declared here could only ever be text under a media name.
+            for (n, artifact) in block.outputs.artifacts.iter().enumerate() {
+                if artifact.format.is_media() {
                     error(
-                        config_path(problem.key),
-                        format!("`{}` must be {}", problem.key, problem.message),
-                        "fix the value, or remove the key to use the default (README, \"LLM blocks\")",
+                        format!("$.blocks[{i}].outputs.artifacts[{n}].format"),
+                        format!(
+                            "an `{}` block's outputs are text; it cannot produce `{}` artifact `{}`",
+                            block.runtime.as_str(),
+                            artifact.format.as_str(),
+                            artifact.key
+                        ),
+                        "make media with a `command` block (README, \"Media artifacts\"), or declare a text format",
                     );
                 }
             }
-        }
-        Runtime::Http => {
-            if let Err(problems) = crate::http_call::parse(block, Some(declared_params)) {
-                for problem in problems {
+            if block.runtime == Runtime::Http {
+                if let Err(problems) = crate::http_call::parse(block, Some(declared_params)) {
+                    for problem in problems {
+                        error(
+                            config_path(&problem.key),
+                            problem.message,
+                            "see README, \"HTTP blocks\"",
+                        );
+                    }
+                }
+            } else {
+                if block.skill.as_deref().is_none_or(str::is_empty) {
                     error(
-                        config_path(&problem.key),
-                        problem.message,
-                        "see README, \"HTTP blocks\"",
+                        format!("$.blocks[{i}].skill"),
+                        "an `llm` block needs a `skill` (its prompt comes from skills/<skill>/SKILL.md)".into(),
+                        "set \"skill\": \"<name>\"",
                     );
+                }
+                if let Err(problems) = crate::llm_options::parse(config) {
+                    for problem in problems {
+                        error(
+                            config_path(problem.key),
+                            format!("`{}` must be {}", problem.key, problem.message),
+                            "fix the value, or remove the key to use the default (README, \"LLM blocks\")",
+                        );
+                    }
                 }
             }
         }

@@ -895,6 +895,30 @@ async fn run_attempt(
         task.abort();
     }
     let mut execution = execution;
+    // Command and http blocks check their files as they collect them; any
+    // other runtime's media and sizes are checked here, and an artifact
+    // over the limit is not kept.
+    if !matches!(
+        block.runtime,
+        factory_core::template::Runtime::Command | factory_core::template::Runtime::Http
+    ) {
+        let mut problems = Vec::new();
+        for spec in &block.outputs.artifacts {
+            if let Some(bytes) = execution.artifacts.get(&spec.key)
+                && (spec.format.is_media() || bytes.len() > factory_runtime::MAX_ARTIFACT_BYTES)
+                && let Some(problem) =
+                    factory_runtime::check_format(block, &spec.key, &spec.path, spec.format, bytes)
+            {
+                problems.push(problem);
+            }
+        }
+        if !problems.is_empty() && execution.error.is_none() {
+            execution.error = Some(problems.join("; "));
+        }
+    }
+    execution
+        .artifacts
+        .retain(|_, bytes| bytes.len() <= factory_runtime::MAX_ARTIFACT_BYTES);
     if execution.error.is_none()
         && let Err(problem) = check_emits(block, &execution.artifacts)
             .and_then(|()| crate::gaps::check_source(block, &execution.artifacts))

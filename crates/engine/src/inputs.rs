@@ -115,6 +115,14 @@ async fn uploads(store: &dyn Store, doc: &RunDoc, block: &Block) -> Result<Vec<I
             Some(ext) if ext == "csv" => ArtifactFormat::Csv,
             Some(ext) if ext == "html" || ext == "htm" => ArtifactFormat::Html,
             Some(ext) if ext == "yaml" || ext == "yml" => ArtifactFormat::Yaml,
+            // Uploaded media stays media: never read into a prompt as text.
+            Some(ext) if ext == "png" => ArtifactFormat::Png,
+            Some(ext) if ext == "jpg" || ext == "jpeg" => ArtifactFormat::Jpeg,
+            Some(ext) if ext == "webp" => ArtifactFormat::Webp,
+            Some(ext) if ext == "mp3" => ArtifactFormat::Mp3,
+            Some(ext) if ext == "wav" => ArtifactFormat::Wav,
+            Some(ext) if ext == "ogg" || ext == "oga" || ext == "opus" => ArtifactFormat::Ogg,
+            Some(ext) if ext == "pdf" => ArtifactFormat::Pdf,
             _ => ArtifactFormat::Text,
         };
         inputs.push(InputRef {

@@ -298,18 +298,28 @@ async fn previous(store: &dyn Store, target: &RunDoc) -> Result<Option<LoadedRun
     Ok(None)
 }
 
-/// The artifacts of every block's last successful attempt in `doc`.
+/// The text artifacts of every block's last successful attempt in `doc`
+/// (media is not read as text; a folder's binary files are a line each).
 async fn artifacts(store: &dyn Store, doc: &RunDoc) -> Result<Vec<TargetArtifact>, String> {
     let mut out = Vec::new();
     for (id, state) in doc.blocks.iter().filter(|(_, s)| !s.dropped) {
         let Some(report) = state.last_success().and_then(|a| a.report.as_ref()) else {
             continue;
         };
-        for (key, artifact) in &report.artifacts {
+        for (key, artifact) in report
+            .artifacts
+            .iter()
+            .filter(|(_, a)| !a.format.is_media())
+        {
             let bytes = store
                 .get_blob(&artifact.hash)
                 .await
                 .map_err(|e| format!("artifact {id}.{key}: {e}"))?;
+            let bytes = if artifact.format == ArtifactFormat::Directory {
+                factory_runtime::text_view(&bytes).into_owned()
+            } else {
+                bytes
+            };
             out.push(TargetArtifact {
                 block: id.clone(),
                 key: key.clone(),

@@ -226,6 +226,20 @@ pub(crate) fn collect_outputs(input: &AttemptInput<'_>, out: &Path, execution: &
             ));
             continue;
         }
+        // Too large is said before reading it (a block could write gigabytes).
+        if let Ok(meta) = std::fs::metadata(&path)
+            && meta.is_file()
+            && meta.len() > crate::MAX_ARTIFACT_BYTES as u64
+        {
+            problems.push(format!(
+                "artifact `{}` ({}) is {} bytes; an artifact may be at most {} bytes (64 MiB)",
+                artifact.key,
+                artifact.path,
+                meta.len(),
+                crate::MAX_ARTIFACT_BYTES
+            ));
+            continue;
+        }
         let bytes = if artifact.format == ArtifactFormat::Directory {
             directory::pack_directory(&path)
         } else {

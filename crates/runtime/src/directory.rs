@@ -25,6 +25,7 @@ pub fn pack_directory(dir: &Path) -> Result<Vec<u8>, String> {
     }
     let mut files = BTreeMap::new();
     let mut binary = BTreeMap::new();
+    let mut total = 0usize;
     let mut stack = vec![dir.to_path_buf()];
     while let Some(current) = stack.pop() {
         let entries =
@@ -51,6 +52,13 @@ pub fn pack_directory(dir: &Path) -> Result<Vec<u8>, String> {
                 continue;
             }
             let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            total += bytes.len();
+            if total > crate::MAX_ARTIFACT_BYTES {
+                return Err(format!(
+                    "the folder's files are over {} bytes (at {relative}); an artifact may be at most that",
+                    crate::MAX_ARTIFACT_BYTES
+                ));
+            }
             match String::from_utf8(bytes) {
                 Ok(text) => {
                     files.insert(relative, text);
@@ -84,8 +92,9 @@ pub fn text_view(bundle: &[u8]) -> std::borrow::Cow<'_, [u8]> {
         return std::borrow::Cow::Borrowed(bundle);
     }
     for encoded in parsed.binary.values_mut() {
-        let bytes = encoded.len() / 4 * 3;
-        *encoded = format!("[binary file, about {bytes} bytes, not shown]");
+        let padding = encoded.bytes().rev().take_while(|b| *b == b'=').count();
+        let bytes = (encoded.len() / 4 * 3).saturating_sub(padding);
+        *encoded = format!("[binary file, {bytes} bytes, not shown]");
     }
     serde_json::to_vec(&parsed).map_or(std::borrow::Cow::Borrowed(bundle), std::borrow::Cow::Owned)
 }
@@ -198,7 +207,7 @@ mod tests {
         let view = String::from_utf8(text_view(&bundle).into_owned()).unwrap();
         assert!(view.contains("# cards"), "{view}");
         assert!(
-            view.contains("[binary file, about 4096 bytes, not shown]"),
+            view.contains("[binary file, 4096 bytes, not shown]"),
             "{view}"
         );
         assert!(view.len() < 600, "no base64 left: {view}");

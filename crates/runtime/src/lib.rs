@@ -142,12 +142,32 @@ fn prepare_dir(dir: &std::path::Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)
 }
 
+/// An artifact as a reader of text gets it — a prompt, the block chat, a
+/// diff, `factory prompt`: media as one line saying what it is, a folder's
+/// binary files as a line each, text as text.
+pub fn text_for_reader(format: ArtifactFormat, bytes: &[u8]) -> String {
+    if let Some(kind) = format.media_kind() {
+        return format!(
+            "[{} artifact of {} bytes{}; media is not put into prompts]",
+            format.as_str(),
+            bytes.len(),
+            factory_audit::media::inspect(kind, bytes)
+                .map(|facts| format!(": {}", facts.summary()))
+                .unwrap_or_default()
+        );
+    }
+    if format == ArtifactFormat::Directory {
+        return String::from_utf8_lossy(&directory::text_view(bytes)).into_owned();
+    }
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
 /// The largest artifact an attempt may produce (a podcast episode, a PDF).
 pub const MAX_ARTIFACT_BYTES: usize = 64 * 1024 * 1024;
 
 /// Checks a produced artifact against its declared format, so a broken JSON
 /// file fails the attempt that wrote it rather than the block that reads it.
-pub(crate) fn check_format(
+pub fn check_format(
     block: &Block,
     key: &str,
     path: &str,
@@ -156,10 +176,9 @@ pub(crate) fn check_format(
 ) -> Option<String> {
     if bytes.len() > MAX_ARTIFACT_BYTES {
         return Some(format!(
-            "artifact `{key}` of block `{}` ({path}) is {} MiB; an artifact may be at most {} MiB",
+            "artifact `{key}` of block `{}` ({path}) is {} bytes; an artifact may be at most {MAX_ARTIFACT_BYTES} bytes (64 MiB)",
             block.id,
-            bytes.len() / (1024 * 1024),
-            MAX_ARTIFACT_BYTES / (1024 * 1024)
+            bytes.len(),
         ));
     }
     if let Some(kind) = format.media_kind() {

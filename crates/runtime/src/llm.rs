@@ -718,22 +718,7 @@ pub(crate) async fn run(input: AttemptInput<'_>) -> Execution {
             block: artifact.block.clone(),
             key: artifact.key.clone(),
             format: artifact.format,
-            text: match artifact.format.media_kind() {
-                // A model reading text gets what the file is, not its bytes.
-                Some(kind) => format!(
-                    "[{} artifact of {} bytes{}; media is not put into prompts]",
-                    artifact.format.as_str(),
-                    artifact.content.len(),
-                    factory_audit::media::inspect(kind, &artifact.content)
-                        .map(|facts| format!(": {}", facts.summary()))
-                        .unwrap_or_default()
-                ),
-                None if artifact.format == factory_core::template::ArtifactFormat::Directory => {
-                    String::from_utf8_lossy(&crate::directory::text_view(&artifact.content))
-                        .into_owned()
-                }
-                None => String::from_utf8_lossy(&artifact.content).into_owned(),
-            },
+            text: crate::text_for_reader(artifact.format, &artifact.content),
         })
         .collect();
     let assembled = prompt::assemble(&PromptInputs {

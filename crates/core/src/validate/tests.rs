@@ -478,8 +478,9 @@ fn bad_enum_values_are_reported_once_with_the_choices() {
     );
     let d = only_error(&validated);
     assert!(
-        d.message
-            .contains("md, json, html, text, url, csv, yaml, directory"),
+        d.message.contains(
+            "md, json, html, text, url, csv, yaml, png, jpeg, webp, mp3, wav, ogg, pdf, directory"
+        ),
         "{}",
         d.message
     );
@@ -1008,6 +1009,32 @@ fn llm_blocks_need_a_skill() {
         &[("TPL0014", "$.blocks[0].skill", Some("a"))],
     );
     b["skill"] = json!("deep-research");
+    check(template(vec![b]), &[]);
+}
+
+#[test]
+fn only_blocks_that_write_files_may_declare_media() {
+    let mut b = with_runtime("llm", json!({}));
+    b["skill"] = json!("cards");
+    b["outputs"]["artifacts"][0]["format"] = json!("png");
+    let validated = check(
+        template(vec![b]),
+        &[(
+            "TPL0014",
+            "$.blocks[0].outputs.artifacts[0].format",
+            Some("a"),
+        )],
+    );
+    let d = only_error(&validated);
+    assert!(
+        d.message
+            .contains("an `llm` block's outputs are text; it cannot produce `png`"),
+        "{}",
+        d.message
+    );
+    assert!(help(d).contains("`command` block"));
+    let mut b = with_runtime("command", json!({"command": ["make-card"]}));
+    b["outputs"]["artifacts"][0]["format"] = json!("png");
     check(template(vec![b]), &[]);
 }
 

@@ -453,8 +453,13 @@ async fn text_or_empty(
     if !has {
         return Ok(String::new());
     }
-    let (_, content) = artifact_content(state, attempt, block, key).await?;
-    Ok(String::from_utf8_lossy(&content).into_owned())
+    let (format, content) = artifact_content(state, attempt, block, key).await?;
+    let mut text = factory_runtime::text_for_reader(format, &content);
+    if format.is_media() {
+        // Two files of one size and shape still differ by their bytes.
+        text.push_str(&format!(" sha256:{}", factory_store::blob_hash(&content)));
+    }
+    Ok(text)
 }
 
 pub async fn diff(
@@ -600,8 +605,8 @@ pub async fn chat(
     let state_of = &view.doc.blocks[&block];
     if let Some(attempt) = selected_attempt(&state_of.history, None, &block)? {
         for key in attempt.report.iter().flat_map(|r| r.artifacts.keys()) {
-            let (_, content) = artifact_content(&state, attempt, &block, key).await?;
-            let mut text = String::from_utf8_lossy(&content).into_owned();
+            let (format, content) = artifact_content(&state, attempt, &block, key).await?;
+            let mut text = factory_runtime::text_for_reader(format, &content);
             if text.len() > CHAT_ARTIFACT_LIMIT {
                 let mut cut = CHAT_ARTIFACT_LIMIT;
                 while !text.is_char_boundary(cut) {
