@@ -174,10 +174,24 @@ impl Engine {
         let block = event.block.as_deref().and_then(|b| pipeline.block(b));
         context.block_name = block.map(|b| b.name.clone());
         if occasion == Occasion::GateWaiting {
-            context.may_approve = Some(if block.is_some_and(|b| b.execution.separate_reviewer) {
-                "anyone with the reviewer, operator or admin role, except whoever started this block's pass (the gate asks for a separate reviewer)".to_string()
-            } else {
-                "anyone with the reviewer, operator or admin role".to_string()
+            let anyone = "anyone with the reviewer, operator or admin role";
+            context.may_approve = Some(match block {
+                Some(spec) if spec.execution.separate_reviewer => {
+                    // Who set this pass in motion, as the block page says it.
+                    let records = self.store.events(run_id, 0).await?;
+                    let ran = factory_core::run::ran_by(&records, &spec.id);
+                    if ran.is_empty() {
+                        format!(
+                            "{anyone}, except whoever started this block's pass (the gate asks for a separate reviewer)"
+                        )
+                    } else {
+                        format!(
+                            "{anyone}, except {} (who set this pass in motion: the gate asks for a separate reviewer)",
+                            ran.into_iter().collect::<Vec<_>>().join(", ")
+                        )
+                    }
+                }
+                _ => anyone.to_string(),
             });
         }
         if occasion == Occasion::RunFailed {

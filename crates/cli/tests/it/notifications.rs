@@ -251,7 +251,7 @@ channels = ["hook", "mail"]
           { "id": "draft", "name": "Draft the brief", "layer": "L0", "type": "build", "runtime": "builtin",
             "inputs": { "config": { "builtin": "noop" } },
             "outputs": { "artifacts": [{ "key": "out", "path": "out.txt", "format": "text" }] },
-            "execution": { "human_gate": "after" } } ] }"#,
+            "execution": { "human_gate": "after", "separate_reviewer": true } } ] }"#,
     )
     .unwrap();
 
@@ -301,7 +301,7 @@ channels = ["hook", "mail"]
         gate["text"]
             .as_str()
             .unwrap()
-            .contains("Who may approve: anyone with the reviewer, operator or admin role"),
+            .contains("Who may approve: anyone with the reviewer, operator or admin role, except cli:tester (who set this pass in motion"),
         "{gate}"
     );
 
@@ -309,6 +309,7 @@ channels = ["hook", "mail"]
     // event waits in the feed and goes out once the server is back.
     drop(server);
     factory(&db)
+        .env("FACTORY_ACTOR", "cli:reviewer")
         .args(["approve", &run, "draft"])
         .assert()
         .success();

@@ -214,6 +214,9 @@ struct ArtifactInfo {
     size: u64,
     hash: String,
     url: String,
+    /// A media artifact's checked facts (type, dimensions, duration, pages).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    media: Option<factory_audit::media::MediaFacts>,
 }
 
 pub async fn artifacts(
@@ -244,6 +247,7 @@ pub async fn artifacts(
                         "/api/v1/runs/{}/blocks/{block}/artifacts/{key}?attempt={}",
                         view.doc.run_id, attempt.n
                     ),
+                    media: a.media.clone(),
                 },
             )
         })

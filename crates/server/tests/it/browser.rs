@@ -1981,6 +1981,23 @@ async fn images_show_and_audio_plays_on_the_block_page() {
         .await
         .unwrap();
     assert_eq!(response.headers()["content-type"], "application/pdf");
+    let (s, listed) = t
+        .call(
+            Method::GET,
+            &format!("/api/v1/runs/{run}/blocks/cards/artifacts"),
+            "viewer",
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{listed}");
+    assert_eq!(
+        listed["artifacts"]["card"]["media"]["width"], 240,
+        "{listed}"
+    );
+    assert_eq!(
+        listed["artifacts"]["brief"]["media"]["pages"], 1,
+        "{listed}"
+    );
 
     let b = browser().await;
     let c = &b.client;
