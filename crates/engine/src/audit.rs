@@ -9,7 +9,7 @@ use std::path::Path;
 use factory_audit::{Artifact, AuditInput, AuditReport, Upstream};
 use factory_core::Pipeline;
 use factory_core::run::RunDoc;
-use factory_core::template::{ArtifactFormat, Block};
+use factory_core::template::Block;
 use factory_runtime::{Execution, InputArtifact};
 use serde_json::Value;
 
@@ -74,16 +74,6 @@ pub(crate) struct AuditContext<'a> {
     pub golden: &'a BTreeMap<String, Vec<u8>>,
 }
 
-/// What the text audit reads of an artifact: a folder's binary files as a
-/// line each, the rest as it is.
-fn text(format: ArtifactFormat, bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
-    if format == ArtifactFormat::Directory {
-        factory_runtime::text_view(bytes)
-    } else {
-        std::borrow::Cow::Borrowed(bytes)
-    }
-}
-
 /// Audits an execution that produced its artifacts; `None` when the block
 /// declares none (nothing to judge, so no score).
 pub(crate) fn audit_execution(
@@ -107,7 +97,10 @@ pub(crate) fn audit_execution(
         .filter(|spec| !spec.format.is_media())
         .map(|spec| {
             let content = execution.artifacts.get(&spec.key);
-            (spec, content.map(|bytes| text(spec.format, bytes)))
+            (
+                spec,
+                content.map(|bytes| factory_runtime::text_bytes(spec.format, bytes)),
+            )
         })
         .collect();
     let artifacts = outputs
@@ -122,7 +115,12 @@ pub(crate) fn audit_execution(
     let read: Vec<(&InputArtifact, std::borrow::Cow<'_, [u8]>)> = inputs
         .iter()
         .filter(|input| !input.format.is_media())
-        .map(|input| (input, text(input.format, &input.content)))
+        .map(|input| {
+            (
+                input,
+                factory_runtime::text_bytes(input.format, &input.content),
+            )
+        })
         .collect();
     let upstream = read
         .iter()

@@ -587,12 +587,17 @@ impl Engine {
             });
             updated.push(item);
         }
-        // Closing: decided on the items as they will be after this review.
+        // The run's items as they will be after this review.
+        let items_after: Vec<ImprovementItem> = all_items
+            .iter()
+            .filter(|i| !updated.iter().any(|u: &ImprovementItem| u.id == i.id))
+            .chain(updated.iter())
+            .cloned()
+            .collect();
+        // Closing: decided on those items.
         let gate = if submission.close {
-            let after: Vec<(&str, Option<Priority>, ItemStatus)> = all_items
+            let after: Vec<(&str, Option<Priority>, ItemStatus)> = items_after
                 .iter()
-                .filter(|i| !updated.iter().any(|u: &ImprovementItem| u.id == i.id))
-                .chain(updated.iter())
                 .map(|i| (i.source_key.as_str(), i.priority.parse().ok(), status_of(i)))
                 .collect();
             let outcome =
@@ -612,17 +617,11 @@ impl Engine {
         } else {
             None
         };
-        let after: Vec<ImprovementItem> = all_items
-            .iter()
-            .filter(|i| !updated.iter().any(|u| u.id == i.id))
-            .chain(updated.iter())
-            .cloned()
-            .collect();
         let emitted = review_events(
             handle,
             &feedback,
             &all_items,
-            &after,
+            &items_after,
             block,
             &record,
             &changes,

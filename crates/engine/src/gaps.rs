@@ -64,13 +64,10 @@ pub(crate) async fn texts_for(
                 None => store.get_blob(&artifact.hash).await.ok(),
             };
             if let Some(bytes) = bytes {
-                let bytes = if artifact.format == factory_core::template::ArtifactFormat::Directory
-                {
-                    factory_runtime::text_view(&bytes).into_owned()
-                } else {
-                    bytes
-                };
-                texts.insert(key.clone(), String::from_utf8_lossy(&bytes).into_owned());
+                texts.insert(
+                    key.clone(),
+                    factory_runtime::text_for_reader(artifact.format, &bytes),
+                );
             }
         }
         out.insert((completion.block.clone(), completion.attempt), texts);

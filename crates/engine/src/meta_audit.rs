@@ -316,7 +316,7 @@ async fn artifacts(store: &dyn Store, doc: &RunDoc) -> Result<Vec<TargetArtifact
                 .await
                 .map_err(|e| format!("artifact {id}.{key}: {e}"))?;
             let bytes = if artifact.format == ArtifactFormat::Directory {
-                factory_runtime::text_view(&bytes).into_owned()
+                factory_runtime::text_bytes(artifact.format, &bytes).into_owned()
             } else {
                 bytes
             };

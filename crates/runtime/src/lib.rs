@@ -23,9 +23,7 @@ use factory_core::run::Corrections;
 use factory_core::template::{ArtifactFormat, Block, Runtime};
 use serde_json::Value;
 
-pub use directory::{
-    bundle_binary_files, bundle_files, pack_directory, text_view, unpack_directory,
-};
+pub use directory::{bundle_binary_files, bundle_files, pack_directory, unpack_directory};
 
 /// An upstream artifact handed to a block.
 #[derive(Debug, Clone)]
@@ -156,10 +154,17 @@ pub fn text_for_reader(format: ArtifactFormat, bytes: &[u8]) -> String {
                 .unwrap_or_default()
         );
     }
+    String::from_utf8_lossy(&text_bytes(format, bytes)).into_owned()
+}
+
+/// A text artifact's bytes as a reader of text gets them: a folder's
+/// binary files a line each ([`text_view`]), anything else as it is.
+pub fn text_bytes(format: ArtifactFormat, bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     if format == ArtifactFormat::Directory {
-        return String::from_utf8_lossy(&directory::text_view(bytes)).into_owned();
+        directory::text_view(bytes)
+    } else {
+        std::borrow::Cow::Borrowed(bytes)
     }
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 /// The largest artifact an attempt may produce (a podcast episode, a PDF).
