@@ -128,6 +128,45 @@ pub async fn run(settings: &LlmSettings, template: Option<(&Path, &Pipeline)>) -
             }
         }
     }
+    // Image and speech blocks: their models resolve to providers that make media.
+    let mut by_media: BTreeMap<(Option<String>, &str), Vec<&str>> = BTreeMap::new();
+    for block in pipeline.blocks().iter().filter(|b| b.runtime.makes_media()) {
+        let model = factory_core::transitions::effective_model(
+            pipeline.template(),
+            block,
+            &no_overrides,
+            None,
+        );
+        by_media
+            .entry((model.map(str::to_string), block.runtime.as_str()))
+            .or_default()
+            .push(block.id.as_str());
+    }
+    for ((model, runtime), blocks) in &by_media {
+        let runtime_enum = if *runtime == "speech" {
+            Runtime::Speech
+        } else {
+            Runtime::Image
+        };
+        let shown = model
+            .as_deref()
+            .unwrap_or(settings.default_media_model(runtime_enum));
+        match settings.resolve_media(model.as_deref(), runtime_enum) {
+            Ok(resolved) => println!(
+                "  {shown} → {}:{} ({runtime}): {}",
+                resolved.provider,
+                resolved.model,
+                blocks.join(", ")
+            ),
+            Err(error) => {
+                println!(
+                    "  {shown} ({runtime}): MISSING: {error}: {}",
+                    blocks.join(", ")
+                );
+                problems.push(format!("{} {runtime} block(s): {error}", blocks.len()));
+            }
+        }
+    }
     let mut env: BTreeMap<String, Vec<&str>> = BTreeMap::new();
     // An optional http call's URL: unset means the call is left out.
     let mut optional: BTreeMap<String, Vec<&str>> = BTreeMap::new();

@@ -72,13 +72,17 @@ pub struct Reused {
 }
 
 /// Whether a block's attempts may be answered from a memo: its own
-/// `execution.cache`, else yes for `llm` and `command`, no for `http`;
+/// `execution.cache`, else yes for `llm`, `image`, `speech` and `command`,
+/// no for `http`;
 /// never for `builtin` (validation refuses `cache: true` there).
 pub fn memoizable(block: &Block) -> bool {
     match (block.runtime, block.execution.cache) {
         (Runtime::Builtin, _) => false,
         (_, Some(explicit)) => explicit,
-        (runtime, None) => matches!(runtime, Runtime::Llm | Runtime::Command),
+        (runtime, None) => matches!(
+            runtime,
+            Runtime::Llm | Runtime::Image | Runtime::Speech | Runtime::Command
+        ),
     }
 }
 

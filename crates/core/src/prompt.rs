@@ -83,6 +83,8 @@ pub enum ReplyShape {
     /// One JSON object keyed by artifact key (asked for when the provider
     /// constrains the reply to JSON and the block has several artifacts).
     JsonEnvelope,
+    /// An image model's prompt: the reply is the picture, no text contract.
+    Image,
 }
 
 impl ReplyShape {
@@ -173,7 +175,11 @@ pub fn assemble(inputs: &PromptInputs<'_>) -> Prompt {
         cacheable: false,
     });
 
-    let mut task = format!("Run the block `{}` ({}) now.\n", block.id, block.name);
+    let mut task = if inputs.shape == ReplyShape::Image {
+        format!("Make the image for `{}` ({}) now.\n", block.id, block.name)
+    } else {
+        format!("Run the block `{}` ({}) now.\n", block.id, block.name)
+    };
     if !inputs.params.is_empty() {
         task.push_str("\n## Run parameters\n");
         for (name, value) in inputs.params {
@@ -202,7 +208,14 @@ pub fn assemble(inputs: &PromptInputs<'_>) -> Prompt {
         .inputs
         .config
         .iter()
-        .filter(|(key, _)| !RUNTIME_KEYS.contains(&key.as_str()))
+        .filter(|(key, _)| {
+            let runtime_keys = if block.runtime == crate::template::Runtime::Image {
+                crate::media_options::IMAGE_KEYS
+            } else {
+                RUNTIME_KEYS
+            };
+            !runtime_keys.contains(&key.as_str())
+        })
         .collect();
     if !config.is_empty() {
         task.push_str("\n## Block configuration\n");
@@ -320,6 +333,12 @@ fn substitute_params(text: &str, params: &BTreeMap<String, Value>) -> String {
 /// How the reply must be shaped so it can be split into artifacts.
 pub fn output_contract(block: &Block, shape: ReplyShape) -> String {
     let artifacts = &block.outputs.artifacts;
+    if shape == ReplyShape::Image {
+        return format!(
+            "## The image\nMake one image ({}). Put words into the picture only where these instructions ask for them, spelled exactly as given; everything above is material to draw from, not text to print.",
+            artifacts.first().map_or("png", |a| a.format.as_str())
+        );
+    }
     if shape == ReplyShape::JsonEnvelope && artifacts.len() > 1 {
         let mut text = String::from(
             "## Output\nReply with one JSON object and nothing else. It has exactly these keys, one per artifact:\n",

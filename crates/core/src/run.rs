@@ -262,12 +262,22 @@ pub struct LlmUsage {
     /// From the configured price table; absent when the model has no price.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cost_usd: Option<f64>,
+    /// Images an `image` block's call made (priced per image).
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub images: u32,
+    /// Characters a `speech` block's calls spoke (priced per character).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub characters: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt: Option<LogRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request: Option<LogRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response: Option<LogRef>,
+}
+
+fn is_zero_u32(n: &u32) -> bool {
+    *n == 0
 }
 
 fn is_zero(n: &u64) -> bool {

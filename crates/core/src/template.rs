@@ -377,6 +377,12 @@ pub enum Runtime {
     Llm,
     /// A JSON POST to `inputs.config.url` (executes in a later release).
     Http,
+    /// One generated image (an OpenAI-compatible `/images/generations`
+    /// endpoint or Gemini), its prompt assembled like an `llm` block's.
+    Image,
+    /// Text-to-speech of an upstream script (an OpenAI-compatible
+    /// `/audio/speech` endpoint), one voice per speaker.
+    Speech,
 }
 
 impl Runtime {
@@ -386,7 +392,22 @@ impl Runtime {
             Runtime::Builtin => "builtin",
             Runtime::Llm => "llm",
             Runtime::Http => "http",
+            Runtime::Image => "image",
+            Runtime::Speech => "speech",
         }
+    }
+
+    /// Whether the block calls a model (and so has a `model` that resolves
+    /// to a configured provider).
+    pub fn calls_model(self) -> bool {
+        matches!(self, Runtime::Llm | Runtime::Image | Runtime::Speech)
+    }
+
+    /// Whether the block makes media through a model (`image`, `speech`):
+    /// the run's and template's default model — a chat model — does not
+    /// apply to it.
+    pub fn makes_media(self) -> bool {
+        matches!(self, Runtime::Image | Runtime::Speech)
     }
 }
 

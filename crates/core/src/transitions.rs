@@ -181,13 +181,17 @@ pub fn effective_model<'a>(
     run_models: &'a BTreeMap<String, String>,
     run_default: Option<&'a str>,
 ) -> Option<&'a str> {
-    run_models
+    let chosen = run_models
         .get(&block.id)
         .or_else(|| run_models.get(crate::run::group_id(&block.id)))
         .map(String::as_str)
-        .or(block.model.as_deref())
-        .or(run_default)
-        .or(template.default_model.as_deref())
+        .or(block.model.as_deref());
+    if block.runtime.makes_media() {
+        // The defaults name chat models; an image or speech block without
+        // a model of its own takes the configured image or speech default.
+        return chosen;
+    }
+    chosen.or(run_default).or(template.default_model.as_deref())
 }
 
 /// Every reason a run could not be created, collected at once.
@@ -317,9 +321,9 @@ pub fn create_run(
                     .map(|near| format!("; did you mean `{near}`?"))
                     .unwrap_or_default()
             )),
-            Some(block) if block.runtime != crate::template::Runtime::Llm => {
+            Some(block) if !block.runtime.calls_model() => {
                 problems.push(format!(
-                    "model override for `{block_id}`, which is a `{}` block, not `llm`",
+                    "model override for `{block_id}`, which is a `{}` block, not `llm`, `image` or `speech`",
                     block.runtime.as_str()
                 ))
             }

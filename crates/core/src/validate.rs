@@ -1105,6 +1105,7 @@ fn check_runtime_config(
                 }
             }
         }
+        Runtime::Image | Runtime::Speech => media::check(i, block, &mut error),
     }
     if block.execution.cache == Some(true)
         && block.runtime == Runtime::Http
@@ -1223,6 +1224,7 @@ fn check_profiles(template: &Template, ids: &BTreeMap<&str, usize>, out: &mut Ve
 
 mod fan_out;
 mod lens;
+mod media;
 pub(crate) mod stream_fields;
 #[cfg(test)]
 mod tests;

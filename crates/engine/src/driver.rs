@@ -1070,6 +1070,8 @@ fn to_report(
             error: call.error,
             stop_reason: call.stop_reason,
             cost_usd: call.cost_usd,
+            images: call.images,
+            characters: call.characters,
             prompt,
             request,
             response,

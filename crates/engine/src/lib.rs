@@ -647,11 +647,7 @@ fn llm_problems(
 ) -> Vec<String> {
     use factory_core::template::Runtime;
     let mut problems: Vec<(&str, String)> = Vec::new();
-    for block in pipeline
-        .blocks()
-        .iter()
-        .filter(|b| b.runtime == Runtime::Llm)
-    {
+    for block in pipeline.blocks().iter().filter(|b| b.runtime.calls_model()) {
         match settings {
             Some(settings) => {
                 let model = transitions::effective_model(
@@ -660,8 +656,13 @@ fn llm_problems(
                     &request.models,
                     request.default_model.as_deref(),
                 );
-                if let Err(error) = settings.resolve(model) {
-                    problems.push((&block.id, error.to_string()));
+                let resolved = if block.runtime == Runtime::Llm {
+                    settings.resolve(model).map(|_| ())
+                } else {
+                    settings.resolve_media(model, block.runtime).map(|_| ())
+                };
+                if let Err(error) = resolved {
+                    problems.push((&block.id, error));
                 }
             }
             None => problems.push((&block.id, "no LLM provider is configured".to_string())),

@@ -59,7 +59,7 @@ pub(crate) async fn key(parts: &KeyParts<'_>) -> Option<MemoKey> {
     };
     // An llm block's model as the provider is asked for it: an alias that
     // now points elsewhere is another model. Other runtimes use none.
-    let model = (block.runtime == Runtime::Llm).then(|| {
+    let model = block.runtime.calls_model().then(|| {
         let asked = transitions::effective_model(
             pipeline.template(),
             block,
@@ -68,7 +68,11 @@ pub(crate) async fn key(parts: &KeyParts<'_>) -> Option<MemoKey> {
         );
         match llm {
             Some(settings) => {
-                let (asked, provider, id) = settings.target(asked);
+                let (asked, provider, id) = if block.runtime == Runtime::Llm {
+                    settings.target(asked)
+                } else {
+                    settings.media_target(asked, block.runtime)
+                };
                 match provider {
                     Some(provider) => format!("{provider}:{id}"),
                     None => asked,

@@ -15,6 +15,7 @@
 //! structs (whose `Debug` redacts them) and in request headers.
 
 mod anthropic;
+pub mod media;
 mod openai;
 pub mod sse;
 pub mod tokens;
@@ -28,6 +29,9 @@ use serde_json::Value;
 use tokio::sync::{OnceCell, Semaphore};
 
 pub use anthropic::{Anthropic, DEFAULT_BASE_URL as ANTHROPIC_BASE_URL};
+pub use media::{
+    Gemini, ImageRequest, MediaCall, MediaClient, MediaProvider, MediaReply, SpeechRequest,
+};
 pub use openai::OpenAiCompatible;
 
 /// A piece of prompt text. Cacheable parts must come first: providers cache
@@ -266,6 +270,13 @@ pub enum LlmError {
         "{provider} refused the prompt: it does not fit the model's context window ({message}); use a model with a larger window, or trim what the block reads"
     )]
     ContextOverflow { provider: String, message: String },
+    /// The provider cannot do what was asked (speech from an image-only API).
+    #[error("{provider} cannot do this: {what}")]
+    Unsupported { provider: String, what: String },
+    /// The provider declined the request (a safety block): the same request
+    /// will be declined again.
+    #[error("{provider} refused the request: {message}")]
+    Refused { provider: String, message: String },
 }
 
 impl LlmError {
@@ -287,7 +298,9 @@ impl LlmError {
             LlmError::Timeout { .. }
             | LlmError::Malformed { .. }
             | LlmError::EmptyStream { .. }
-            | LlmError::ContextOverflow { .. } => false,
+            | LlmError::ContextOverflow { .. }
+            | LlmError::Unsupported { .. }
+            | LlmError::Refused { .. } => false,
         }
     }
 
@@ -295,7 +308,9 @@ impl LlmError {
     /// client or the engine, can help.
     pub fn is_permanent(&self) -> bool {
         match self {
-            LlmError::ContextOverflow { .. } => true,
+            LlmError::ContextOverflow { .. }
+            | LlmError::Unsupported { .. }
+            | LlmError::Refused { .. } => true,
             // Bad request, unauthorised, forbidden, unknown model: the
             // request or the set-up must change first.
             LlmError::Http { status, .. } => matches!(status, 400 | 401 | 403 | 404 | 413 | 422),

@@ -46,6 +46,26 @@ impl OpenAiCompatible {
         }
     }
 
+    /// Name, base URL and key, for the media calls beside chat.
+    pub(crate) fn parts(&self) -> (&str, &str, Option<&str>) {
+        (&self.name, &self.base_url, self.api_key.as_deref())
+    }
+
+    /// A POST to this endpoint, with the key.
+    pub(crate) fn post(&self, url: &str) -> reqwest::RequestBuilder {
+        let call = self.http.post(url);
+        match &self.api_key {
+            Some(key) => call.bearer_auth(key),
+            None => call,
+        }
+    }
+
+    /// A GET without the key (an image URL a server answered with may be
+    /// on another host).
+    pub(crate) fn get_plain(&self, url: &str) -> reqwest::RequestBuilder {
+        self.http.get(url)
+    }
+
     fn body(request: &ChatRequest) -> Value {
         let join = |parts: &[crate::Part]| {
             parts

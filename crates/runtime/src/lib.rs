@@ -7,12 +7,14 @@
 //! panics on user input: every failure is an `Execution` with an `error` that
 //! names the block, artifact or file at fault.
 
+pub mod audio;
 mod builtin;
 mod command;
 pub mod confine;
 mod directory;
 pub mod http;
 pub mod llm;
+mod media;
 pub mod process;
 mod review_page;
 
@@ -130,6 +132,7 @@ pub async fn execute(input: AttemptInput<'_>) -> Execution {
         Runtime::Builtin => builtin::run(input).await,
         Runtime::Llm => llm::run(input).await,
         Runtime::Http => http::run(input).await,
+        Runtime::Image | Runtime::Speech => media::run(input).await,
     }
 }
 

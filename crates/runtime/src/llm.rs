@@ -27,6 +27,20 @@ const ALIASES: &[(&str, &str)] = &[
     ("haiku", "anthropic:claude-haiku-4-5"),
 ];
 
+/// Built-in aliases of image and speech models; `FACTORY_MODEL_<ALIAS>`
+/// overrides each. `FACTORY_LLM_MODEL` does not repoint them (a chat model
+/// draws no pictures).
+const MEDIA_ALIASES: &[(&str, &str)] = &[
+    ("gpt-image", "openai:gpt-image-1"),
+    ("nano-banana", "gemini:gemini-2.5-flash-image"),
+    ("tts", "openai:gpt-4o-mini-tts"),
+];
+
+/// The image model for image blocks that name none.
+pub const DEFAULT_IMAGE_MODEL: &str = "gpt-image";
+/// The speech model for speech blocks that name none.
+pub const DEFAULT_SPEECH_MODEL: &str = "tts";
+
 /// Which providers are configured, and how model names resolve to them.
 /// Built from the environment; keys stay inside the provider clients.
 #[derive(Clone)]
@@ -34,6 +48,11 @@ pub struct LlmSettings {
     providers: BTreeMap<String, ProviderEntry>,
     aliases: BTreeMap<String, String>,
     default_model: String,
+    /// For `image` blocks without a model (`default_image_model`,
+    /// `FACTORY_IMAGE_MODEL`).
+    default_image_model: String,
+    /// For `speech` blocks without a model.
+    default_speech_model: String,
     prices: BTreeMap<String, Price>,
     /// Context windows by the provider's model id (`[context_windows]`).
     context_windows: BTreeMap<String, u64>,
@@ -45,6 +64,8 @@ pub struct LlmSettings {
 #[derive(Clone)]
 struct ProviderEntry {
     client: Client,
+    /// Images and speech, where the provider's API makes them.
+    media: Option<factory_llm::MediaClient>,
     /// What its limit is shared under across processes: the provider's name
     /// and endpoint (with the host for a server on loopback, which is each
     /// machine's own).
@@ -121,6 +142,10 @@ pub fn default_context_window(kind: ProviderKind, model: &str) -> u64 {
 pub struct LlmConfig {
     /// Model for blocks whose `model` is null.
     pub default_model: Option<String>,
+    /// Model for `image` blocks whose `model` is null.
+    pub default_image_model: Option<String>,
+    /// Model for `speech` blocks whose `model` is null.
+    pub default_speech_model: Option<String>,
     /// Extra or replaced aliases: `fast = "openrouter:some/model"`.
     #[serde(default)]
     pub aliases: BTreeMap<String, String>,
@@ -170,18 +195,29 @@ pub struct ProviderConfig {
 pub enum ProviderKind {
     Anthropic,
     Openai,
+    /// Google's Gemini API: images natively, chat through its
+    /// OpenAI-compatible endpoint.
+    Gemini,
 }
 
-/// USD per million tokens.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+/// USD per million tokens, per image and per million characters spoken.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Price {
+    #[serde(default)]
     pub input: f64,
+    #[serde(default)]
     pub output: f64,
     #[serde(default)]
     pub cache_read: f64,
     #[serde(default)]
     pub cache_write: f64,
+    /// Per image an `image` block makes (on top of any token prices).
+    #[serde(default)]
+    pub per_image: f64,
+    /// Per million characters a `speech` block speaks.
+    #[serde(default)]
+    pub per_million_characters: f64,
 }
 
 impl Price {
@@ -191,6 +227,13 @@ impl Price {
             + per_token(self.output, usage.output_tokens)
             + per_token(self.cache_read, usage.cache_read_tokens)
             + per_token(self.cache_write, usage.cache_write_tokens)
+    }
+
+    /// A media call's cost: its tokens, images and characters.
+    pub fn media_cost(&self, usage: &factory_llm::Usage, images: u32, characters: u64) -> f64 {
+        self.cost(usage)
+            + self.per_image * f64::from(images)
+            + self.per_million_characters * characters as f64 / 1_000_000.0
     }
 }
 
@@ -237,6 +280,12 @@ pub struct LlmCall {
     /// Why the call failed, when it did; the reply fields then hold what
     /// arrived before the failure.
     pub error: Option<String>,
+    /// Images made (`image` blocks).
+    #[serde(default)]
+    pub images: u32,
+    /// Characters spoken (`speech` blocks).
+    #[serde(default)]
+    pub characters: u64,
 }
 
 impl LlmSettings {
@@ -337,6 +386,7 @@ impl LlmSettings {
         let mut add =
             |name: &str,
              provider: Arc<dyn factory_llm::Provider>,
+             media: Option<Arc<dyn factory_llm::MediaProvider>>,
              kind: ProviderKind,
              (concurrency, rpm, tpm, endpoint): (usize, Option<u32>, Option<u64>, &str),
              context_window: Option<u64>,
@@ -355,10 +405,13 @@ impl LlmSettings {
                     Some(tpm) => client.with_token_limit(TokenLimit::per_minute(tpm)),
                     None => client,
                 };
+                let media =
+                    media.map(|media| factory_llm::MediaClient::new(media, concurrency, retry));
                 providers.insert(
                     name.to_string(),
                     ProviderEntry {
                         client,
+                        media,
                         limit_key,
                         kind,
                         context_window,
@@ -374,6 +427,7 @@ impl LlmSettings {
             add(
                 "anthropic",
                 Arc::new(provider),
+                None,
                 ProviderKind::Anthropic,
                 (
                     concurrency(None, anthropic_url.as_deref()),
@@ -403,9 +457,14 @@ impl LlmSettings {
             let url = get(url_var);
             if key.is_some() || url.is_some() {
                 let base = url.unwrap_or_else(|| default_url.to_string());
+                let provider = Arc::new(OpenAiCompatible::new(name, &base, key));
+                // OpenRouter makes images through chat, not /images.
+                let media = (name == "openai")
+                    .then(|| provider.clone() as Arc<dyn factory_llm::MediaProvider>);
                 add(
                     name,
-                    Arc::new(OpenAiCompatible::new(name, &base, key)),
+                    provider,
+                    media,
                     ProviderKind::Openai,
                     (concurrency(None, Some(&base)), rpm(None), tpm(None), &base),
                     None,
@@ -415,28 +474,49 @@ impl LlmSettings {
         }
         let local_model = get("FACTORY_LLM_MODEL");
         if let Some(url) = get("FACTORY_LLM_BASE_URL") {
+            let provider = Arc::new(OpenAiCompatible::new(
+                "local",
+                &url,
+                get("FACTORY_LLM_API_KEY"),
+            ));
             add(
                 "local",
-                Arc::new(OpenAiCompatible::new(
-                    "local",
-                    &url,
-                    get("FACTORY_LLM_API_KEY"),
-                )),
+                provider.clone(),
+                Some(provider),
                 ProviderKind::Openai,
                 (concurrency(None, Some(&url)), rpm(None), tpm(None), &url),
                 local_context,
                 "FACTORY_LLM_BASE_URL".to_string(),
             );
         }
+        let gemini_key = get("GEMINI_API_KEY");
+        let gemini_url = get("GEMINI_BASE_URL");
+        if gemini_key.is_some() || gemini_url.is_some() {
+            let (chat, media) = gemini("gemini", gemini_url.as_deref(), gemini_key);
+            let base = gemini_url
+                .as_deref()
+                .unwrap_or(factory_llm::media::GEMINI_BASE_URL);
+            add(
+                "gemini",
+                chat,
+                Some(media),
+                ProviderKind::Gemini,
+                (concurrency(None, Some(base)), rpm(None), tpm(None), base),
+                None,
+                "GEMINI_API_KEY / GEMINI_BASE_URL".to_string(),
+            );
+        }
         for (name, provider) in &config.providers {
             let key = provider.api_key_env.as_deref().and_then(&get);
-            let (client, base): (Arc<dyn factory_llm::Provider>, Option<&str>) = match provider.kind
-            {
+            type Chat = Arc<dyn factory_llm::Provider>;
+            type Media = Option<Arc<dyn factory_llm::MediaProvider>>;
+            let (client, media, base): (Chat, Media, Option<&str>) = match provider.kind {
                 ProviderKind::Anthropic => (
                     Arc::new(Anthropic::new(
                         provider.base_url.as_deref(),
                         key.unwrap_or_default(),
                     )),
+                    None,
                     provider.base_url.as_deref(),
                 ),
                 ProviderKind::Openai => {
@@ -444,15 +524,27 @@ impl LlmSettings {
                         .base_url
                         .as_deref()
                         .unwrap_or("https://api.openai.com/v1");
+                    let openai = Arc::new(OpenAiCompatible::new(name.clone(), base, key));
+                    (openai.clone(), Some(openai), Some(base))
+                }
+                ProviderKind::Gemini => {
+                    let (chat, media) = gemini(name, provider.base_url.as_deref(), key);
                     (
-                        Arc::new(OpenAiCompatible::new(name.clone(), base, key)),
-                        Some(base),
+                        chat,
+                        Some(media),
+                        Some(
+                            provider
+                                .base_url
+                                .as_deref()
+                                .unwrap_or(factory_llm::media::GEMINI_BASE_URL),
+                        ),
                     )
                 }
             };
             add(
                 name,
                 client,
+                media,
                 provider.kind,
                 (
                     concurrency(provider.concurrency, base),
@@ -466,15 +558,20 @@ impl LlmSettings {
         }
         let mut aliases: BTreeMap<String, String> = ALIASES
             .iter()
+            .chain(MEDIA_ALIASES)
             .map(|(alias, target)| (alias.to_string(), target.to_string()))
             .collect();
         aliases.extend(config.aliases.clone());
         for (alias, target) in aliases.iter_mut() {
-            if let Some(configured) = get(&format!("FACTORY_MODEL_{}", alias.to_ascii_uppercase()))
-            {
+            let variable = format!(
+                "FACTORY_MODEL_{}",
+                alias.to_ascii_uppercase().replace('-', "_")
+            );
+            if let Some(configured) = get(&variable) {
                 *target = configured;
             } else if let Some(model) = &local_model
                 && providers.contains_key("local")
+                && !MEDIA_ALIASES.iter().any(|(media, _)| media == alias)
             {
                 // One variable points every alias at the local server.
                 *target = format!("local:{model}");
@@ -495,10 +592,18 @@ impl LlmSettings {
             })
             .or(config.default_model)
             .unwrap_or_else(|| "sonnet".to_string());
+        let default_image_model = get("FACTORY_IMAGE_MODEL")
+            .or(config.default_image_model)
+            .unwrap_or_else(|| DEFAULT_IMAGE_MODEL.to_string());
+        let default_speech_model = get("FACTORY_SPEECH_MODEL")
+            .or(config.default_speech_model)
+            .unwrap_or_else(|| DEFAULT_SPEECH_MODEL.to_string());
         LlmSettings {
             providers,
             aliases,
             default_model,
+            default_image_model,
+            default_speech_model,
             prices: config.prices,
             context_windows: config.context_windows,
             warnings,
@@ -569,13 +674,14 @@ impl LlmSettings {
         let (asked, provider, model_id) = self.target(model);
         let Some(provider) = provider else {
             return Err(format!(
-                "model `{asked}` is neither an alias ({}) nor `provider:model` (providers: anthropic, openai, openrouter, local{})",
+                "model `{asked}` is neither an alias ({}) nor `provider:model` (providers: anthropic, openai, openrouter, gemini, local{})",
                 self.aliases.keys().cloned().collect::<Vec<_>>().join(", "),
                 self.providers
                     .keys()
-                    .filter(
-                        |p| !["anthropic", "openai", "openrouter", "local"].contains(&p.as_str())
-                    )
+                    .filter(|p| {
+                        !["anthropic", "openai", "openrouter", "gemini", "local"]
+                            .contains(&p.as_str())
+                    })
                     .map(|p| format!(", {p}"))
                     .collect::<String>()
             ));
@@ -596,6 +702,123 @@ impl LlmSettings {
     }
 }
 
+/// Gemini's two faces: chat through its OpenAI-compatible endpoint, images
+/// through its own API; one key for both.
+fn gemini(
+    name: &str,
+    base_url: Option<&str>,
+    key: Option<String>,
+) -> (
+    Arc<dyn factory_llm::Provider>,
+    Arc<dyn factory_llm::MediaProvider>,
+) {
+    let native = factory_llm::Gemini::new(name, base_url, key.clone());
+    let chat = OpenAiCompatible::new(name, &native.openai_base_url(), key);
+    (Arc::new(chat), Arc::new(native))
+}
+
+/// An image or speech block's model resolved to a provider that makes media.
+pub struct ResolvedMedia<'a> {
+    pub client: &'a factory_llm::MediaClient,
+    pub provider: &'a str,
+    pub kind: ProviderKind,
+    pub model: String,
+}
+
+impl LlmSettings {
+    /// The model an image or speech block without one uses.
+    pub fn default_media_model(&self, runtime: factory_core::template::Runtime) -> &str {
+        if runtime == factory_core::template::Runtime::Speech {
+            &self.default_speech_model
+        } else {
+            &self.default_image_model
+        }
+    }
+
+    /// What an image or speech block's `model` (or null) resolves to,
+    /// without needing the provider: `(asked, provider, model id)`.
+    pub fn media_target(
+        &self,
+        model: Option<&str>,
+        runtime: factory_core::template::Runtime,
+    ) -> (String, Option<String>, String) {
+        self.target(Some(model.unwrap_or(self.default_media_model(runtime))))
+    }
+
+    /// Resolves an image or speech block's model to a configured provider
+    /// whose API makes media.
+    pub fn resolve_media(
+        &self,
+        model: Option<&str>,
+        runtime: factory_core::template::Runtime,
+    ) -> Result<ResolvedMedia<'_>, String> {
+        let (asked, provider, model_id) = self.media_target(model, runtime);
+        let what = if runtime == factory_core::template::Runtime::Speech {
+            "speech"
+        } else {
+            "images"
+        };
+        let Some(provider) = provider else {
+            return Err(format!(
+                "model `{asked}` is neither an alias ({}) nor `provider:model`",
+                MEDIA_ALIASES
+                    .iter()
+                    .map(|(alias, _)| *alias)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        };
+        match self.providers.get_key_value(provider.as_str()) {
+            Some((name, entry)) => match &entry.media {
+                Some(client) => Ok(ResolvedMedia {
+                    client,
+                    provider: name,
+                    kind: entry.kind,
+                    model: model_id,
+                }),
+                None => Err(format!(
+                    "model `{asked}` is on provider `{name}`, whose API makes no {what}: use an OpenAI-compatible endpoint (openai, local, or [providers.x] kind = \"openai\") or Gemini (GEMINI_API_KEY, {what} = images only)"
+                )),
+            },
+            None => Err(format!(
+                "model `{asked}` needs provider `{provider}`, which is not configured: {}",
+                media_provider_hint(&provider, runtime)
+            )),
+        }
+    }
+
+    /// A media call's cost, when the model has a price.
+    pub fn media_cost(
+        &self,
+        model: &str,
+        usage: &factory_llm::Usage,
+        images: u32,
+        characters: u64,
+    ) -> Option<f64> {
+        self.prices
+            .get(model)
+            .map(|price| price.media_cost(usage, images, characters))
+    }
+}
+
+/// What to set for an image or speech provider that is not configured.
+fn media_provider_hint(provider: &str, runtime: factory_core::template::Runtime) -> String {
+    let variable = if runtime == factory_core::template::Runtime::Speech {
+        "FACTORY_SPEECH_MODEL"
+    } else {
+        "FACTORY_IMAGE_MODEL"
+    };
+    let specific = match provider {
+        "openai" => "set OPENAI_API_KEY (and OPENAI_BASE_URL for another endpoint)",
+        "gemini" => "set GEMINI_API_KEY (and GEMINI_BASE_URL for another endpoint)",
+        "local" => "set FACTORY_LLM_BASE_URL to an OpenAI-compatible server",
+        _ => "add it as [providers.NAME] in factory.toml",
+    };
+    format!(
+        "{specific}; or point {variable} (or the block's `model`) at a provider you have, e.g. {variable}=local:<its model> with FACTORY_LLM_BASE_URL set"
+    )
+}
+
 /// What to set for a provider that is not configured. Every hint also names
 /// the one-line set-up for a local server, the common case without a key.
 pub fn missing_provider_hint(provider: &str) -> String {
@@ -603,6 +826,7 @@ pub fn missing_provider_hint(provider: &str) -> String {
         "anthropic" => "set ANTHROPIC_API_KEY (or ANTHROPIC_BASE_URL for a compatible server)",
         "openai" => "set OPENAI_API_KEY (and OPENAI_BASE_URL for another endpoint)",
         "openrouter" => "set OPENROUTER_API_KEY",
+        "gemini" => "set GEMINI_API_KEY (or GEMINI_BASE_URL for another endpoint)",
         "local" => {
             "set FACTORY_LLM_BASE_URL to an OpenAI-compatible server, e.g. http://127.0.0.1:11434/v1"
         }
@@ -802,6 +1026,8 @@ pub(crate) async fn run(input: AttemptInput<'_>) -> Execution {
                 response_format: request.response_format.as_str().to_string(),
                 notes,
                 error: execution.error.clone(),
+                images: 0,
+                characters: 0,
             }));
             return execution;
         }
@@ -844,6 +1070,8 @@ pub(crate) async fn run(input: AttemptInput<'_>) -> Execution {
         response_format: response.response_format.as_str().to_string(),
         notes,
         error: None,
+        images: 0,
+        characters: 0,
     };
     let mut execution = Execution {
         stdout: response.text.clone().into_bytes(),
@@ -1072,6 +1300,8 @@ fn failed_call(
             response_format: String::new(),
             notes,
             error: Some(message),
+            images: 0,
+            characters: 0,
         })),
         ..Execution::default()
     }

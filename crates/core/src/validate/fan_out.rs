@@ -4,7 +4,7 @@
 //! that source is something the block can read when it becomes ready (a
 //! declared param, or a JSON artifact of one of its own dependencies); the
 //! bounds make sense; and the block is of a kind whose instances the engine
-//! can tell apart (an `llm` block gets its item in the prompt, a `command`
+//! can tell apart (an `llm` or `image` block gets its item in the prompt, a `command`
 //! block in `FACTORY_ITEM`).
 
 use crate::diagnostics::{Diagnostic, codes};
@@ -37,14 +37,18 @@ pub(super) fn check(template: &Template, out: &mut Vec<Diagnostic>) {
                 block.inputs.config.get("builtin").and_then(|b| b.as_str()),
                 Some("noop" | "sleep")
             );
-        if !matches!(block.runtime, Runtime::Llm | Runtime::Command) && !placeholder {
+        if !matches!(
+            block.runtime,
+            Runtime::Llm | Runtime::Image | Runtime::Command
+        ) && !placeholder
+        {
             push(error(
                 format!("$.blocks[{i}].runtime"),
                 format!(
-                    "`fan_out` on a `{}` block: only `llm` and `command` blocks can tell their instances apart (the item reaches an llm block's prompt and a command's FACTORY_ITEM)",
+                    "`fan_out` on a `{}` block: only `llm`, `image` and `command` blocks can tell their instances apart (the item reaches an llm or image block's prompt and a command's FACTORY_ITEM)",
                     block.runtime.as_str()
                 ),
-                "fan out an `llm` or `command` block (or the `noop` and `sleep` built-ins, which do nothing with it)",
+                "fan out an `llm`, `image` or `command` block (or the `noop` and `sleep` built-ins, which do nothing with it)",
             ));
         }
         if !block.outputs.emits.is_empty() {

@@ -11,6 +11,8 @@ use serde_json::{Value, json};
 use wiremock::matchers::{body_partial_json, header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
+mod media;
+
 const KEY: &str = "sk-test-secret-0123456789";
 
 fn request(stream: bool) -> ChatRequest {

@@ -515,6 +515,14 @@ pub fn chat_unavailable(state: &SharedState, view: &BlockView) -> Option<String>
 }
 
 fn chat_model(view: &BlockView) -> Option<String> {
+    if view.block.runtime.makes_media() {
+        // An image or speech model does not chat: the run's chat model does.
+        return view
+            .doc
+            .default_model
+            .clone()
+            .or_else(|| view.template.default_model.clone());
+    }
     factory_core::transitions::effective_model(
         &view.template,
         &view.block,

@@ -390,7 +390,14 @@ async fn outputs(
                         }
                         @if let Some(audit) = &report.audit { (render::audit(audit)) }
                         @if let Some(llm) = &report.llm {
-                            p.muted { "LLM " (llm.provider) ":" (llm.model) " · " (llm.input_tokens) " in / " (llm.output_tokens) " out tokens"
+                            p.muted { (match block.runtime {
+                                    factory_core::template::Runtime::Image => "Image model ",
+                                    factory_core::template::Runtime::Speech => "Speech model ",
+                                    _ => "LLM ",
+                                }) (llm.provider) ":" (llm.model)
+                                @if llm.images > 0 { " · " (llm.images) " image(s)" }
+                                @if llm.characters > 0 { " · " (llm.characters) " characters spoken" }
+                                " · " (llm.input_tokens) " in / " (llm.output_tokens) " out tokens"
                                 @if llm.estimated { " (estimated: the server reported no usage)" }
                                 " · " (llm.latency_ms) " ms"
                                 @if llm.queued_ms > 0 { " · queued " (llm.queued_ms) " ms for the provider" }
@@ -566,7 +573,11 @@ fn logic(view: &BlockView, caller: &Caller) -> Markup {
     html! {
         dl.logic {
             dt { "Runtime" } dd { (block.runtime.as_str()) }
-            @if block.runtime == factory_core::template::Runtime::Llm { dt { "Model" } dd { (model.unwrap_or("the configured default")) } }
+            @if block.runtime.calls_model() { dt { "Model" } dd { (model.unwrap_or(match block.runtime {
+                factory_core::template::Runtime::Image => "the configured image model",
+                factory_core::template::Runtime::Speech => "the configured speech model",
+                _ => "the configured default",
+            })) } }
             dt { "Timeout" } dd { (render::duration(block.timeout)) }
             dt { "Threshold" } dd { @match &block.execution.threshold { Some(t) => { (t.metric) " ≥ " (t.min) }, None => "none" } }
             dt { "Gate" } dd { @match block.execution.human_gate { HumanGate::Before => "before", HumanGate::After => "after", HumanGate::None => "none" } }

@@ -1,0 +1,121 @@
+//! `image` and `speech` blocks: one media artifact of a kind the provider
+//! makes, knobs that parse, and (speech) a script to read.
+
+use crate::media_options::{parse_image, parse_speech};
+use crate::template::{ArtifactFormat, Block, Runtime};
+
+pub(super) fn check(i: usize, block: &Block, error: &mut impl FnMut(String, String, &str)) {
+    let config_path = |key: &str| format!("$.blocks[{i}].inputs.config.{key}");
+    let (kinds, example): (&[ArtifactFormat], &str) = match block.runtime {
+        Runtime::Image => (
+            &[
+                ArtifactFormat::Png,
+                ArtifactFormat::Jpeg,
+                ArtifactFormat::Webp,
+            ],
+            "{\"key\": \"card\", \"path\": \"card.png\", \"format\": \"png\"}",
+        ),
+        _ => (
+            &[
+                ArtifactFormat::Mp3,
+                ArtifactFormat::Wav,
+                ArtifactFormat::Ogg,
+            ],
+            "{\"key\": \"episode\", \"path\": \"episode.mp3\", \"format\": \"mp3\"}",
+        ),
+    };
+    let names = kinds
+        .iter()
+        .map(|k| k.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let runtime = block.runtime.as_str();
+    match block.outputs.artifacts.as_slice() {
+        [only] if kinds.contains(&only.format) => {}
+        [only] => error(
+            format!("$.blocks[{i}].outputs.artifacts[0].format"),
+            format!(
+                "an `{runtime}` block makes one {names} artifact; `{}` is declared `{}`",
+                only.key,
+                only.format.as_str()
+            ),
+            &format!("declare one of {names}"),
+        ),
+        artifacts => error(
+            format!("$.blocks[{i}].outputs.artifacts"),
+            format!(
+                "an `{runtime}` block makes exactly one artifact ({names}); it declares {}",
+                artifacts.len()
+            ),
+            &format!("declare one, e.g. {example}; make several with several blocks or `fan_out`"),
+        ),
+    }
+    if block.runtime == Runtime::Image {
+        if block.skill.as_deref().is_none_or(str::is_empty)
+            && block
+                .description
+                .as_deref()
+                .is_none_or(|d| d.trim().is_empty())
+        {
+            error(
+                format!("$.blocks[{i}].skill"),
+                "an `image` block needs a `skill` (skills/<skill>/SKILL.md says what to draw) or a `description`".into(),
+                "set \"skill\": \"<name>\"",
+            );
+        }
+        if let Err(problems) = parse_image(&block.inputs.config) {
+            for problem in problems {
+                error(
+                    config_path(&problem.key),
+                    format!("`{}` must be {}", problem.key, problem.message),
+                    "fix the value, or remove the key to use the default (README, \"Image and speech blocks\")",
+                );
+            }
+        }
+        return;
+    }
+    if block.skill.is_some() {
+        error(
+            format!("$.blocks[{i}].skill"),
+            "a `speech` block has no prompt, so a `skill` would be read by nobody".into(),
+            "remove `skill`; the text to speak is an upstream artifact (inputs.config.script), and how to speak it goes in inputs.config.instructions",
+        );
+    }
+    match parse_speech(&block.inputs.config) {
+        Err(problems) => {
+            for problem in problems {
+                error(
+                    config_path(&problem.key),
+                    format!("`{}` must be {}", problem.key, problem.message),
+                    "see README, \"Image and speech blocks\"",
+                );
+            }
+        }
+        Ok(options) => {
+            let depends = &block.inputs.depends;
+            match &options.script {
+                Some((from, key)) if !depends.iter().any(|d| &d.block == from && &d.key == key) => {
+                    error(
+                        config_path("script"),
+                        format!(
+                            "the script `{from}.{key}` is not one of this block's dependencies"
+                        ),
+                        &format!(
+                            "add {{\"block\": \"{from}\", \"key\": \"{key}\"}} to `inputs.depends`, or name one of them"
+                        ),
+                    )
+                }
+                Some(_) => {}
+                None if depends.len() != 1 => error(
+                    config_path("script"),
+                    format!(
+                        "a `speech` block with {} dependencies must say which one is the script",
+                        depends.len()
+                    ),
+                    "set \"script\": \"BLOCK.KEY\" (the upstream artifact to speak), or depend on the script alone",
+                ),
+                None => {}
+            }
+        }
+    }
+}
