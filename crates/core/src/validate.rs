@@ -1072,7 +1072,7 @@ fn check_runtime_config(
                             artifact.format.as_str(),
                             artifact.key
                         ),
-                        "make media with a `command` block (README, \"Media artifacts\"), or declare a text format",
+                        "make images with an `image` block, speech with a `speech` block, any other media with a `command` block (README, \"Media artifacts\"), or declare a text format",
                     );
                 }
             }

@@ -14,6 +14,7 @@ mod convergence;
 mod fleet_netns;
 mod local_llm;
 mod media;
+mod media_gen;
 mod meeting_brief;
 mod meta_audit;
 mod notifications;

@@ -30,12 +30,17 @@ pub(super) fn check(i: usize, block: &Block, error: &mut impl FnMut(String, Stri
         .collect::<Vec<_>>()
         .join(", ");
     let runtime = block.runtime.as_str();
+    let a = if block.runtime == Runtime::Image {
+        "an"
+    } else {
+        "a"
+    };
     match block.outputs.artifacts.as_slice() {
         [only] if kinds.contains(&only.format) => {}
         [only] => error(
             format!("$.blocks[{i}].outputs.artifacts[0].format"),
             format!(
-                "an `{runtime}` block makes one {names} artifact; `{}` is declared `{}`",
+                "{a} `{runtime}` block makes one {names} artifact; `{}` is declared `{}`",
                 only.key,
                 only.format.as_str()
             ),
@@ -44,7 +49,7 @@ pub(super) fn check(i: usize, block: &Block, error: &mut impl FnMut(String, Stri
         artifacts => error(
             format!("$.blocks[{i}].outputs.artifacts"),
             format!(
-                "an `{runtime}` block makes exactly one artifact ({names}); it declares {}",
+                "{a} `{runtime}` block makes exactly one artifact ({names}); it declares {}",
                 artifacts.len()
             ),
             &format!("declare one, e.g. {example}; make several with several blocks or `fan_out`"),
@@ -81,19 +86,27 @@ pub(super) fn check(i: usize, block: &Block, error: &mut impl FnMut(String, Stri
             "remove `skill`; the text to speak is an upstream artifact (inputs.config.script), and how to speak it goes in inputs.config.instructions",
         );
     }
-    match parse_speech(&block.inputs.config) {
-        Err(problems) => {
-            for problem in problems {
-                error(
-                    config_path(&problem.key),
-                    format!("`{}` must be {}", problem.key, problem.message),
-                    "see README, \"Image and speech blocks\"",
-                );
-            }
-        }
-        Ok(options) => {
+    let problems = parse_speech(&block.inputs.config).err().unwrap_or_default();
+    for problem in &problems {
+        error(
+            config_path(&problem.key),
+            format!("`{}` must be {}", problem.key, problem.message),
+            "see README, \"Image and speech blocks\"",
+        );
+    }
+    // Checked even when other settings are wrong: a script that is not
+    // wired in is its own mistake.
+    if !problems.iter().any(|p| p.key == "script") {
+        let script = block
+            .inputs
+            .config
+            .get("script")
+            .and_then(|s| s.as_str())
+            .and_then(|s| s.trim().split_once('.'))
+            .map(|(b, k)| (b.to_string(), k.to_string()));
+        {
             let depends = &block.inputs.depends;
-            match &options.script {
+            match &script {
                 Some((from, key)) if !depends.iter().any(|d| &d.block == from && &d.key == key) => {
                     error(
                         config_path("script"),

@@ -1039,6 +1039,84 @@ fn only_blocks_that_write_files_may_declare_media() {
 }
 
 #[test]
+fn image_and_speech_blocks_make_one_media_artifact_and_check_their_knobs() {
+    let mut image = with_runtime("image", json!({"size": "1024x1024", "style": "flat"}));
+    image["skill"] = json!("social-card");
+    image["outputs"]["artifacts"][0]["format"] = json!("png");
+    check(template(vec![image.clone()]), &[]);
+    // A text artifact, a bad size, and no skill or description.
+    let mut bad = image.clone();
+    bad["outputs"]["artifacts"][0]["format"] = json!("md");
+    bad["inputs"]["config"]["size"] = json!("huge");
+    bad.as_object_mut().unwrap().remove("skill");
+    let validated = check(
+        template(vec![bad]),
+        &[
+            (
+                "TPL0014",
+                "$.blocks[0].outputs.artifacts[0].format",
+                Some("a"),
+            ),
+            ("TPL0014", "$.blocks[0].inputs.config.size", Some("a")),
+            ("TPL0014", "$.blocks[0].skill", Some("a")),
+        ],
+    );
+    assert!(
+        validated
+            .errors()
+            .any(|d| d.message.contains("makes one png, jpeg, webp artifact")),
+        "{:#?}",
+        validated.diagnostics
+    );
+    // Speech: the script must be a dependency, its settings known, no skill.
+    let mut speech = with_runtime(
+        "speech",
+        json!({"voices": {"HOST": "alloy"}, "script": "a.out"}),
+    );
+    speech["id"] = json!("b");
+    speech["inputs"]["depends"] = json!([{"block": "a", "key": "out"}]);
+    speech["outputs"]["artifacts"][0]["format"] = json!("mp3");
+    check(template(vec![block("a"), speech.clone()]), &[]);
+    let mut bad = speech.clone();
+    bad["inputs"]["config"] = json!({"script": "x.out", "voice_name": "alloy"});
+    bad["skill"] = json!("narrator");
+    bad["outputs"]["artifacts"][0]["format"] = json!("png");
+    let validated = check(
+        template(vec![block("a"), bad]),
+        &[
+            (
+                "TPL0014",
+                "$.blocks[1].outputs.artifacts[0].format",
+                Some("b"),
+            ),
+            ("TPL0014", "$.blocks[1].inputs.config.voice_name", Some("b")),
+            ("TPL0014", "$.blocks[1].inputs.config.script", Some("b")),
+            ("TPL0014", "$.blocks[1].skill", Some("b")),
+        ],
+    );
+    assert!(
+        validated.errors().any(|d| d
+            .message
+            .contains("`x.out` is not one of this block's dependencies")),
+        "{:#?}",
+        validated.diagnostics
+    );
+    // An image block may fan out (each instance draws its item); a speech
+    // block may not.
+    let mut speech = speech;
+    speech["fan_out"] = json!({"over": {"param": "items"}});
+    let mut t = template(vec![block("a"), speech]);
+    t["params"] = json!({"items": {"default": ["x"]}});
+    let validated = validate_value(&t);
+    assert!(
+        validated.errors().any(|d| d.path == "$.blocks[1].runtime"
+            && d.message.contains("`fan_out` on a `speech` block")),
+        "{:#?}",
+        validated.diagnostics
+    );
+}
+
+#[test]
 fn http_blocks_need_a_url() {
     let validated = check(
         template(vec![with_runtime("http", json!({}))]),

@@ -390,7 +390,7 @@ async fn outputs(
                         }
                         @if let Some(audit) = &report.audit { (render::audit(audit)) }
                         @if let Some(llm) = &report.llm {
-                            p.muted { (match block.runtime {
+                            p.muted { (match view.block.runtime {
                                     factory_core::template::Runtime::Image => "Image model ",
                                     factory_core::template::Runtime::Speech => "Speech model ",
                                     _ => "LLM ",
