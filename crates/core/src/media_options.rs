@@ -16,6 +16,7 @@ pub const IMAGE_KEYS: &[&str] = &[
     "aspect_ratio",
     "upstream_max_chars",
     "max_prompt_chars",
+    "optional",
 ];
 
 /// Every key a speech block's config may have.
@@ -27,6 +28,7 @@ pub const SPEECH_KEYS: &[&str] = &[
     "script",
     "max_chars_per_request",
     "max_script_chars",
+    "optional",
 ];
 
 /// The longest prompt sent by default: OpenAI's `gpt-image-1` takes 32,000
@@ -46,6 +48,64 @@ pub const ASPECT_RATIOS: &[&str] = &[
     "1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9",
 ];
 
+/// OpenAI's image sizes by aspect ratio (what gpt-image-1 makes).
+const OPENAI_SIZES: &[(&str, &str)] = &[
+    ("1:1", "1024x1024"),
+    ("3:2", "1536x1024"),
+    ("2:3", "1024x1536"),
+];
+
+/// The `(size, aspect_ratio)` to send: an OpenAI-compatible provider takes
+/// a size (an aspect ratio becomes its size), Gemini an aspect ratio (a
+/// size becomes its ratio). The error says what cannot be turned into what.
+pub fn shape_for(
+    size: Option<&str>,
+    aspect_ratio: Option<&str>,
+    gemini: bool,
+) -> Result<(Option<String>, Option<String>), String> {
+    if gemini {
+        let ratio = match (aspect_ratio, size) {
+            (Some(ratio), _) => Some(ratio.to_string()),
+            (None, None | Some("auto")) => None,
+            (None, Some(size)) => {
+                let (w, h) = size
+                    .split_once('x')
+                    .and_then(|(w, h)| Some((w.parse::<u32>().ok()?, h.parse::<u32>().ok()?)))
+                    .ok_or_else(|| format!("inputs.config.size `{size}` is not WIDTHxHEIGHT"))?;
+                let gcd = |mut a: u32, mut b: u32| {
+                    while b != 0 {
+                        (a, b) = (b, a % b);
+                    }
+                    a.max(1)
+                };
+                let g = gcd(w, h);
+                let ratio = format!("{}:{}", w / g, h / g);
+                if !ASPECT_RATIOS.contains(&ratio.as_str()) {
+                    return Err(format!(
+                        "inputs.config.size `{size}` is {ratio}, which Gemini's image models do not make; set aspect_ratio to one of {}",
+                        ASPECT_RATIOS.join(", ")
+                    ));
+                }
+                Some(ratio)
+            }
+        };
+        return Ok((None, ratio));
+    }
+    match (size, aspect_ratio) {
+        (Some(size), _) => Ok((Some(size.to_string()), None)),
+        (None, None) => Ok((None, None)),
+        (None, Some(ratio)) => OPENAI_SIZES
+            .iter()
+            .find(|(r, _)| *r == ratio)
+            .map(|(_, size)| (Some(size.to_string()), None))
+            .ok_or_else(|| {
+                format!(
+                    "inputs.config.aspect_ratio `{ratio}` has no OpenAI image size (1:1 is 1024x1024, 3:2 1536x1024, 2:3 1024x1536); set size instead"
+                )
+            }),
+    }
+}
+
 /// A knob with a value it cannot take: the key and what it needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MediaOptionError {
@@ -62,6 +122,9 @@ pub struct ImageOptions {
     /// One of [`ASPECT_RATIOS`] (Gemini).
     pub aspect_ratio: Option<String>,
     pub max_prompt_chars: usize,
+    /// Left out (done without its artifact) when no provider for its model
+    /// is configured, instead of stopping the run from starting.
+    pub optional: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -79,6 +142,8 @@ pub struct SpeechOptions {
     pub script: Option<(String, String)>,
     pub max_chars_per_request: usize,
     pub max_script_chars: usize,
+    /// As [`ImageOptions::optional`].
+    pub optional: bool,
 }
 
 fn text(
@@ -96,6 +161,25 @@ fn text(
             None
         }
     }
+}
+
+fn flag(config: &BTreeMap<String, Value>, errors: &mut Vec<MediaOptionError>) -> bool {
+    match config.get("optional") {
+        None => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            errors.push(MediaOptionError {
+                key: "optional".to_string(),
+                message: "true or false".to_string(),
+            });
+            false
+        }
+    }
+}
+
+/// Whether a media block's config says it may be left out.
+pub fn is_optional(config: &BTreeMap<String, Value>) -> bool {
+    config.get("optional") == Some(&Value::Bool(true))
 }
 
 fn count(
@@ -156,12 +240,14 @@ pub fn parse_image(
     count(config, "upstream_max_chars", 1..=10_000_000, &mut errors);
     let max_prompt_chars = count(config, "max_prompt_chars", 1..=1_000_000, &mut errors)
         .unwrap_or(DEFAULT_MAX_PROMPT_CHARS);
+    let optional = flag(config, &mut errors);
     if errors.is_empty() {
         Ok(ImageOptions {
             size,
             quality,
             aspect_ratio,
             max_prompt_chars,
+            optional,
         })
     } else {
         Err(errors)
@@ -244,6 +330,7 @@ pub fn parse_speech(
     .unwrap_or(DEFAULT_MAX_CHARS_PER_REQUEST);
     let max_script_chars = count(config, "max_script_chars", 1..=10_000_000, &mut errors)
         .unwrap_or(DEFAULT_MAX_SCRIPT_CHARS);
+    let optional = flag(config, &mut errors);
     if errors.is_empty() {
         Ok(SpeechOptions {
             voice,
@@ -253,6 +340,7 @@ pub fn parse_speech(
             script,
             max_chars_per_request,
             max_script_chars,
+            optional,
         })
     } else {
         Err(errors)
@@ -283,6 +371,33 @@ mod tests {
             ["size", "quality", "aspect_ratio", "max_prompt_chars"]
         );
         assert!(errors[0].message.contains("not `big`"), "{errors:?}");
+    }
+
+    #[test]
+    fn a_shape_is_said_once_and_sent_as_each_provider_takes_it() {
+        assert_eq!(
+            shape_for(None, Some("3:2"), false).unwrap(),
+            (Some("1536x1024".into()), None)
+        );
+        assert_eq!(
+            shape_for(Some("1536x1024"), None, true).unwrap(),
+            (None, Some("3:2".into()))
+        );
+        assert_eq!(
+            shape_for(Some("1024x1024"), Some("16:9"), true).unwrap(),
+            (None, Some("16:9".into()))
+        );
+        assert_eq!(shape_for(None, None, true).unwrap(), (None, None));
+        assert!(
+            shape_for(None, Some("16:9"), false)
+                .unwrap_err()
+                .contains("set size instead")
+        );
+        assert!(
+            shape_for(Some("1000x300"), None, true)
+                .unwrap_err()
+                .contains("10:3")
+        );
     }
 
     #[test]

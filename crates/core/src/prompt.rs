@@ -44,6 +44,23 @@ impl Prompt {
         }
         out
     }
+
+    /// The prompt as an image model gets it: one text, what to draw first
+    /// (the skill and output note, the task with its parameters and
+    /// configuration, any corrections), then the material to draw from
+    /// (the upstream artifacts). An image model has no system role and
+    /// weighs the start of its prompt most.
+    pub fn for_image(&self) -> String {
+        let (material, instructions): (Vec<&PromptPart>, Vec<&PromptPart>) =
+            self.system.iter().partition(|part| part.cacheable);
+        instructions
+            .into_iter()
+            .chain(&self.user)
+            .chain(material)
+            .map(|part| part.text.trim_end())
+            .collect::<Vec<_>>()
+            .join("\n\n")
+    }
 }
 
 /// An upstream artifact as prompt input.
@@ -335,7 +352,7 @@ pub fn output_contract(block: &Block, shape: ReplyShape) -> String {
     let artifacts = &block.outputs.artifacts;
     if shape == ReplyShape::Image {
         return format!(
-            "## The image\nMake one image ({}). Put words into the picture only where these instructions ask for them, spelled exactly as given; everything above is material to draw from, not text to print.",
+            "## The image\nMake one image ({}). Put words into the picture only where these instructions ask for them, spelled exactly as given; the upstream artifacts after them are material to draw from, not text to print.",
             artifacts.first().map_or("png", |a| a.format.as_str())
         );
     }
@@ -725,6 +742,65 @@ mod tests {
             format: ArtifactFormat::Json,
             text: text.into(),
         }
+    }
+
+    /// `templates/golden/social-card.prompt.md` is the whole prompt
+    /// clone-factory's image block sends for the golden expert: the golden
+    /// example of an image prompt, kept true here.
+    #[test]
+    fn the_social_card_prompt_for_the_golden_expert_is_its_golden_example() {
+        let template: crate::template::Template =
+            serde_json::from_str(include_str!("../../../templates/clone-factory.json")).unwrap();
+        let card = template
+            .blocks
+            .iter()
+            .find(|b| b.id == "social-card")
+            .expect("clone-factory has a social-card block");
+        let golden = |block: &str, key: &str, text: &str| UpstreamText {
+            block: block.into(),
+            key: key.into(),
+            format: ArtifactFormat::Json,
+            text: text.into(),
+        };
+        let params: BTreeMap<String, Value> =
+            [("expert_name".to_string(), Value::from("Marisol Vega"))].into();
+        let prompt = assemble(&PromptInputs {
+            block: card,
+            skill: Some(include_str!(
+                "../../../templates/skills/social-card/SKILL.md"
+            )),
+            params: &params,
+            upstream: vec![
+                golden(
+                    "framework-extractor",
+                    "frameworks-json",
+                    include_str!("../../../templates/golden/frameworks.json"),
+                ),
+                golden(
+                    "soul-extractor",
+                    "soul-json",
+                    include_str!("../../../templates/golden/soul.json"),
+                ),
+                golden(
+                    "extraction-router",
+                    "correction-plan",
+                    "{\"routed\": [], \"improvement_summary\": \"First pass: no corrections.\"}",
+                ),
+            ],
+            corrections: None,
+            reply_note: None,
+            shape: ReplyShape::Image,
+            item: None,
+            lens: None,
+            open_gaps: None,
+        })
+        .for_image();
+        let expected = include_str!("../../../templates/golden/social-card.prompt.md");
+        assert!(
+            prompt.trim_end() == expected.trim_end(),
+            "the social card's prompt changed; if that is meant, write this to templates/golden/social-card.prompt.md:\n{prompt}"
+        );
+        assert!(prompt.chars().count() <= crate::media_options::DEFAULT_MAX_PROMPT_CHARS);
     }
 
     #[test]

@@ -604,6 +604,7 @@ fn check_semantics(template: &Template) -> Vec<Diagnostic> {
     check_convergence(template, &mut out);
     fan_out::check(template, &mut out);
     lens::check(template, &mut out);
+    media::check_optional_readers(template, &mut out);
     if let Err(problems) = crate::stream::plan(template) {
         out.extend(problems);
     }

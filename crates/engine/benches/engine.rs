@@ -371,7 +371,7 @@ fn bench_fan_out(c: &mut Criterion) {
     group.finish();
 }
 
-/// The meta-audit of a finished run of 28 blocks (clone-factory's shape)
+/// The meta-audit of a finished run of 31 blocks (clone-factory's shape)
 /// and of 1,000 (a chain): its five built-ins read the target from the
 /// store, its reports are audited. The scorecard's gate is lowered and the
 /// 5.0 threshold set to 0 (no-op outputs score low): the engine is timed,

@@ -41,7 +41,7 @@ pub fn gap_analysis() -> Value {
     })
 }
 
-/// The shipped 28-block clone-factory template, every block a no-op.
+/// The shipped 31-block clone-factory template, every block a no-op.
 pub fn clone_factory_noop() -> String {
     all_noop(include_str!("../../../templates/clone-factory.json"))
         .unwrap_or_else(|e| panic!("templates/clone-factory.json is not JSON: {e}"))

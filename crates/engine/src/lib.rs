@@ -658,6 +658,11 @@ fn llm_problems(
                 );
                 let resolved = if block.runtime == Runtime::Llm {
                     settings.resolve(model).map(|_| ())
+                } else if factory_core::media_options::is_optional(&block.inputs.config)
+                    && !settings.has_media_provider(model, block.runtime)
+                {
+                    // Left out when it runs; the run may start.
+                    Ok(())
                 } else {
                     settings.resolve_media(model, block.runtime).map(|_| ())
                 };
@@ -665,6 +670,8 @@ fn llm_problems(
                     problems.push((&block.id, error));
                 }
             }
+            None if block.runtime.makes_media()
+                && factory_core::media_options::is_optional(&block.inputs.config) => {}
             None => problems.push((&block.id, "no LLM provider is configured".to_string())),
         }
         if let (Some(skill), Some(dir)) = (&block.skill, template_dir) {

@@ -787,6 +787,19 @@ impl LlmSettings {
         }
     }
 
+    /// Whether a block's image or speech model is on a configured provider
+    /// that makes media (an optional block is left out when not).
+    pub fn has_media_provider(
+        &self,
+        model: Option<&str>,
+        runtime: factory_core::template::Runtime,
+    ) -> bool {
+        let (_, provider, _) = self.media_target(model, runtime);
+        provider
+            .and_then(|p| self.providers.get(&p))
+            .is_some_and(|entry| entry.media.is_some())
+    }
+
     /// A media call's cost, when the model has a price.
     pub fn media_cost(
         &self,

@@ -26,6 +26,13 @@ pub(crate) async fn run(input: AttemptInput<'_>) -> Execution {
     // The input moves into the call below (a reference to it would not be
     // `Send`: it holds a spawn callback); the settings are shared.
     let llm = input.llm.clone();
+    let optional = factory_core::media_options::is_optional(&block.inputs.config);
+    let unconfigured = llm
+        .as_deref()
+        .is_none_or(|settings| !settings.has_media_provider(input.model.as_deref(), block.runtime));
+    if optional && unconfigured {
+        return left_out(block, llm.as_deref(), input.model.as_deref());
+    }
     let Some(settings) = llm.as_deref() else {
         return fail(
             FailureKind::Permanent,
@@ -56,6 +63,27 @@ pub(crate) async fn run(input: AttemptInput<'_>) -> Execution {
 
 type Outcome = Result<Execution, (FailureKind, String)>;
 
+/// An optional block whose provider is not configured: done without a call
+/// and without its artifact, saying so (a block that reads it gets nothing;
+/// validation lets none read it).
+fn left_out(block: &Block, settings: Option<&LlmSettings>, model: Option<&str>) -> Execution {
+    let why = match settings {
+        Some(settings) => settings
+            .resolve_media(model, block.runtime)
+            .err()
+            .unwrap_or_default(),
+        None => "no provider is configured".to_string(),
+    };
+    Execution {
+        stdout: format!(
+            "not made: {why}\nThe block is optional (inputs.config.optional): it is done without its artifact. Configure the provider and retry the block to make it.\n"
+        )
+        .into_bytes(),
+        metrics: [("made".to_string(), Value::from(0))].into(),
+        ..Execution::default()
+    }
+}
+
 async fn image(
     input: AttemptInput<'_>,
     settings: &LlmSettings,
@@ -76,27 +104,24 @@ async fn image(
             )
         })?;
     let gemini = resolved.kind == crate::llm::ProviderKind::Gemini;
-    for (knob, set, wanted) in [
-        ("size", options.size.is_some(), !gemini),
-        ("quality", options.quality.is_some(), !gemini),
-        ("aspect_ratio", options.aspect_ratio.is_some(), gemini),
-    ] {
-        if set && !wanted {
-            return Err(permanent(format!(
-                "inputs.config.{knob} is not something `{}` takes ({} image models take {}); nothing was sent",
-                resolved.provider,
-                if gemini {
-                    "Gemini"
-                } else {
-                    "OpenAI-compatible"
-                },
-                if gemini {
-                    "aspect_ratio"
-                } else {
-                    "size and quality"
-                }
-            )));
-        }
+    // One template for either provider: a shape is said as a size or an
+    // aspect ratio, and turned into what the provider takes.
+    let (size, aspect_ratio) = factory_core::media_options::shape_for(
+        options.size.as_deref(),
+        options.aspect_ratio.as_deref(),
+        gemini,
+    )
+    .map_err(|problem| {
+        permanent(format!(
+            "{problem} (model `{}` on `{}`); nothing was sent",
+            resolved.model, resolved.provider
+        ))
+    })?;
+    if gemini && options.quality.is_some() {
+        return Err(permanent(format!(
+            "inputs.config.quality is not something Gemini's image models take (`{}`); remove it; nothing was sent",
+            resolved.provider
+        )));
     }
     let skill = match (&block.skill, &input.template_dir) {
         (Some(skill), Some(dir)) => Some(
@@ -127,7 +152,7 @@ async fn image(
         lens: input.lens,
         open_gaps: input.open_gaps.as_deref(),
     });
-    let prompt_text = assembled.render();
+    let prompt_text = assembled.for_image();
     let chars = prompt_text.chars().count();
     if chars > options.max_prompt_chars {
         return Err(permanent(format!(
@@ -138,9 +163,9 @@ async fn image(
     let request = ImageRequest {
         model: resolved.model.clone(),
         prompt: prompt_text.clone(),
-        size: options.size,
+        size,
         quality: options.quality,
-        aspect_ratio: options.aspect_ratio,
+        aspect_ratio,
         format: format.as_str().to_string(),
     };
     let timeout = Duration::from_millis(block.timeout);

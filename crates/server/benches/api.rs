@@ -1,5 +1,5 @@
 //! `cargo bench -p factory-server --bench api`: the server under load on
-//! loopback, on a SQLite file, with a clone-factory-shaped run (28 blocks,
+//! loopback, on a SQLite file, with a clone-factory-shaped run (31 blocks,
 //! every block audited).
 //!
 //! Measures (1) server-side render time of the pipeline page and a block
@@ -155,7 +155,7 @@ fn main() {
         // Warm up, then time the pages.
         time_page(&client, &format!("{base}/runs/{run}"), &token, 20).await;
         let pipeline_page = time_page(&client, &format!("{base}/runs/{run}"), &token, 300).await;
-        report("pipeline page (28 blocks)", &pipeline_page);
+        report("pipeline page (31 blocks)", &pipeline_page);
         let block_page = time_page(
             &client,
             &format!("{base}/runs/{run}/blocks/clone-compiler"),

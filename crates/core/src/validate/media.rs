@@ -1,8 +1,38 @@
 //! `image` and `speech` blocks: one media artifact of a kind the provider
 //! makes, knobs that parse, and (speech) a script to read.
 
-use crate::media_options::{parse_image, parse_speech};
-use crate::template::{ArtifactFormat, Block, Runtime};
+use crate::diagnostics::{Diagnostic, codes};
+use crate::media_options::{is_optional, parse_image, parse_speech};
+use crate::template::{ArtifactFormat, Block, Runtime, Template};
+
+/// An optional image or speech block may be left out (done without its
+/// artifact), so no block may read that artifact: it would read nothing.
+pub(super) fn check_optional_readers(template: &Template, out: &mut Vec<Diagnostic>) {
+    for (i, block) in template.blocks.iter().enumerate() {
+        for (n, dep) in block.inputs.depends.iter().enumerate() {
+            let Some(source) = template.blocks.iter().find(|b| b.id == dep.block) else {
+                continue;
+            };
+            if source.runtime.makes_media() && is_optional(&source.inputs.config) {
+                out.push(
+                    Diagnostic::error(
+                        codes::RUNTIME_CONFIG,
+                        format!("$.blocks[{i}].inputs.depends[{n}]"),
+                        format!(
+                            "block `{}` reads `{}.{}`, which is optional: it is left out when no provider for its model is configured, and this block would read nothing",
+                            block.id, dep.block, dep.key
+                        ),
+                    )
+                    .in_block(block.id.clone())
+                    .with_help(format!(
+                        "remove the dependency, or make `{}` required (drop inputs.config.optional)",
+                        dep.block
+                    )),
+                );
+            }
+        }
+    }
+}
 
 pub(super) fn check(i: usize, block: &Block, error: &mut impl FnMut(String, String, &str)) {
     let config_path = |key: &str| format!("$.blocks[{i}].inputs.config.{key}");

@@ -1328,7 +1328,7 @@ fn the_offline_example_validates() {
 fn the_clone_factory_template_validates() {
     let validated = check_str(CLONE_FACTORY, &[]);
     let pipeline = validated.pipeline.unwrap();
-    assert_eq!(pipeline.len(), 28);
+    assert_eq!(pipeline.len(), 31);
     assert_eq!(pipeline.template().id, "clone-factory");
 
     let after_gates: BTreeSet<&str> = pipeline
@@ -1371,7 +1371,7 @@ fn the_clone_factory_template_validates() {
     }
     assert_eq!(
         groups.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
-        vec![3, 5, 4, 3, 2],
+        vec![3, 5, 6, 3, 2],
         "{groups:?}"
     );
 

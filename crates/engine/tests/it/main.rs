@@ -705,7 +705,7 @@ async fn autonomy_profiles_and_overrides() {
     assert_eq!(statuses(&doc)["c"], BlockStatus::Waiting);
 }
 
-/// The 28-block clone-factory shape on PostgreSQL with no-op blocks: gates
+/// The 31-block clone-factory shape on PostgreSQL with no-op blocks: gates
 /// stop it exactly where the template says.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clone_factory_shape_on_postgres() {
@@ -746,7 +746,7 @@ async fn clone_factory_shape_on_postgres() {
             "expert-audit"
         ]
     );
-    assert_eq!(doc.blocks.len(), 28);
+    assert_eq!(doc.blocks.len(), 31);
     assert!(
         doc.blocks
             .values()

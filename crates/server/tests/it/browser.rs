@@ -574,7 +574,7 @@ async fn operators_and_reviewers_drive_a_run_from_the_browser() {
     assert_eq!(status, json!(403));
     assert_eq!(block_status(&t.doc(&third).await, "draft"), "waiting");
 
-    // The 28-block clone-factory shape (every block a no-op), stopped at its
+    // The 31-block clone-factory shape (every block a no-op), stopped at its
     // first gate: the pipeline view of a real template.
     let clone: Value =
         serde_json::from_str(&factory_engine::fixtures::clone_factory_noop()).unwrap();
@@ -622,7 +622,7 @@ async fn operators_and_reviewers_drive_a_run_from_the_browser() {
         .await
         .unwrap();
     eprintln!(
-        "28-block pipeline page: [first contentful paint ms, response end ms, bytes on the wire, bytes] = {paint}"
+        "31-block pipeline page: [first contentful paint ms, response end ms, bytes on the wire, bytes] = {paint}"
     );
     let cards = c
         .execute(
@@ -631,7 +631,7 @@ async fn operators_and_reviewers_drive_a_run_from_the_browser() {
         )
         .await
         .unwrap();
-    assert_eq!(cards, json!(28), "every block is on the pipeline view");
+    assert_eq!(cards, json!(31), "every block is on the pipeline view");
     let gates = c
         .execute(
             "return document.querySelectorAll('a.block .gate').length;",
@@ -2024,5 +2024,118 @@ async fn images_show_and_audio_plays_on_the_block_page() {
         "const a = document.querySelector('#tab-outputs figure.media audio'); return !!a && a.readyState >= 1 && Math.abs(a.duration - 2) < 0.1;",
     )
     .await;
+    b.client.clone().close().await.unwrap();
+}
+
+/// `image` and `speech` blocks (examples/media-gen) against a local server
+/// that speaks OpenAI's wire format: the drawn card shows on its block page
+/// with the call that made it, and the spoken episode's player loads.
+#[tokio::test]
+async fn a_drawn_card_shows_and_a_spoken_episode_loads_on_their_block_pages() {
+    use base64::Engine as _;
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let provider = MockServer::start().await;
+    let script = "HOST: Welcome.\nGUEST: Anchor first, then stop talking.\nHOST: Thanks.";
+    let chunk =
+        json!({"choices": [{"index": 0, "delta": {"content": script}, "finish_reason": "stop"}]});
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("content-type", "text/event-stream")
+                .set_body_string(format!("data: {chunk}\n\ndata: [DONE]\n\n")),
+        )
+        .mount(&provider)
+        .await;
+    let png = factory_audit::media::samples::png_rgb(300, 200, [40, 70, 160]);
+    Mock::given(method("POST"))
+        .and(path("/v1/images/generations"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "data": [{"b64_json": base64::engine::general_purpose::STANDARD.encode(&png)}],
+            "usage": {"input_tokens": 90, "output_tokens": 4160}
+        })))
+        .mount(&provider)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v1/audio/speech"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("content-type", "audio/wav")
+                .set_body_bytes(factory_audit::media::samples::wav(800)),
+        )
+        .mount(&provider)
+        .await;
+    let base = format!("{}/v1", provider.uri());
+    let settings = factory_runtime::llm::LlmSettings::from_lookup(|name| match name {
+        "OPENAI_BASE_URL" => Some(base.clone()),
+        "OPENAI_API_KEY" => Some("sk-local".into()),
+        "FACTORY_DEFAULT_MODEL" => Some("openai:tiny".into()),
+        _ => None,
+    });
+    let t = TestServer::start_with(Some(settings)).await;
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/media-gen");
+    std::fs::copy(
+        example.join("pipeline.json"),
+        t.templates.join("media-gen.json"),
+    )
+    .unwrap();
+    for skill in ["social-card", "episode-script"] {
+        let dir = t.templates.join("skills").join(skill);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(
+            example.join("skills").join(skill).join("SKILL.md"),
+            dir.join("SKILL.md"),
+        )
+        .unwrap();
+    }
+    let (s, b) = t
+        .call(
+            Method::POST,
+            "/api/v1/runs",
+            "operator",
+            Some(json!({"template": "media-gen", "params": {}})),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let run = b["run_id"].as_str().unwrap().to_string();
+    let doc = t
+        .wait_for(&run, "the episode", |d| {
+            block_status(d, "episode") == "done" || d["status"] == "failed"
+        })
+        .await;
+    assert_eq!(doc["status"], "done", "{doc}");
+
+    let b = browser().await;
+    let c = &b.client;
+    login(c, &t, "viewer", &format!("/runs/{run}/blocks/card")).await;
+    until(
+        c,
+        "the drawn card to load",
+        "const img = document.querySelector('#tab-outputs figure.media img'); return !!img && img.complete && img.naturalWidth === 300 && img.naturalHeight === 200;",
+    )
+    .await;
+    let outputs = text_of(c, "#tab-outputs").await;
+    assert!(
+        outputs.contains("Image model openai:gpt-image-1") && outputs.contains("1 image(s)"),
+        "{outputs}"
+    );
+    accessible(c, "an image block's page").await;
+    screenshot_at(c, "image-block", "#tab-outputs").await;
+    c.goto(&t.url(&format!("/runs/{run}/blocks/episode")))
+        .await
+        .unwrap();
+    until(
+        c,
+        "the spoken episode's metadata",
+        "const a = document.querySelector('#tab-outputs figure.media audio'); return !!a && a.readyState >= 1 && a.duration > 1;",
+    )
+    .await;
+    let outputs = text_of(c, "#tab-outputs").await;
+    assert!(
+        outputs.contains("Speech model openai:gpt-4o-mini-tts")
+            && outputs.contains("characters spoken"),
+        "{outputs}"
+    );
     b.client.clone().close().await.unwrap();
 }
