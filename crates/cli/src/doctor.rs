@@ -130,6 +130,14 @@ pub async fn run(settings: &LlmSettings, template: Option<(&Path, &Pipeline)>) -
     }
     // Image and speech blocks: their models resolve to providers that make media.
     let mut by_media: BTreeMap<(Option<String>, &str), Vec<&str>> = BTreeMap::new();
+    let optional: Vec<&str> = pipeline
+        .blocks()
+        .iter()
+        .filter(|b| {
+            b.runtime.makes_media() && factory_core::media_options::is_optional(&b.inputs.config)
+        })
+        .map(|b| b.id.as_str())
+        .collect();
     for block in pipeline.blocks().iter().filter(|b| b.runtime.makes_media()) {
         let model = factory_core::transitions::effective_model(
             pipeline.template(),
@@ -158,6 +166,15 @@ pub async fn run(settings: &LlmSettings, template: Option<(&Path, &Pipeline)>) -
                 resolved.model,
                 blocks.join(", ")
             ),
+            Err(error)
+                if settings.media_provider_missing(model.as_deref(), runtime_enum)
+                    && blocks.iter().all(|b| optional.contains(b)) =>
+            {
+                println!(
+                    "  {shown} ({runtime}): not configured, so left out (optional): {error}: {}",
+                    blocks.join(", ")
+                );
+            }
             Err(error) => {
                 println!(
                     "  {shown} ({runtime}): MISSING: {error}: {}",

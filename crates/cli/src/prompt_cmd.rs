@@ -88,6 +88,12 @@ pub async fn run(
             "block `{block_id}` is not in the template"
         )));
     };
+    if block.runtime == factory_core::template::Runtime::Speech {
+        bail!(user_error(format!(
+            "block `{block_id}` is a `speech` block: it sends no prompt, only its script's pieces, which are recorded once it runs (`factory prompt` then prints them)"
+        )));
+    }
+    let image = block.runtime == factory_core::template::Runtime::Image;
     let template_dir = stored
         .template_path
         .as_deref()
@@ -123,11 +129,16 @@ pub async fn run(
         stored.doc.default_model.as_deref(),
     );
     let lens = factory_core::lens::brief(&pipeline, &stored.doc, block_id);
-    let open_gaps = factory_core::gaps::prompt_section(&factory_core::gaps::open_for(
-        &pipeline,
-        &stored.doc,
-        block_id,
-    ));
+    // Open gaps reach llm prompts only (the engine sends none to images).
+    let open_gaps = if image {
+        None
+    } else {
+        factory_core::gaps::prompt_section(&factory_core::gaps::open_for(
+            &pipeline,
+            &stored.doc,
+            block_id,
+        ))
+    };
     let assembled = prompt::assemble(&PromptInputs {
         block,
         skill: skill.as_deref(),
@@ -135,7 +146,11 @@ pub async fn run(
         upstream,
         corrections: state.corrections.as_ref(),
         reply_note: state.reply_note.as_ref(),
-        shape: factory_runtime::llm::reply_shape(settings, block, model),
+        shape: if image {
+            prompt::ReplyShape::Image
+        } else {
+            factory_runtime::llm::reply_shape(settings, block, model)
+        },
         item: state.instance.as_ref(),
         lens: lens.as_ref(),
         open_gaps: open_gaps.as_deref(),
@@ -147,6 +162,10 @@ pub async fn run(
         ),
         None => eprintln!("(not sent yet: this is the prompt the next attempt would send)"),
     }
-    print!("{}", assembled.render());
+    if image {
+        println!("{}", assembled.for_image());
+    } else {
+        print!("{}", assembled.render());
+    }
     Ok(())
 }

@@ -237,6 +237,12 @@ pub fn parse_image(
             message: format!("one of {}, not `{ratio}`", ASPECT_RATIOS.join(", ")),
         });
     }
+    if size.is_some() && aspect_ratio.is_some() {
+        errors.push(MediaOptionError {
+            key: "aspect_ratio".into(),
+            message: "left out when `size` is set: say the shape once, as a size or as an aspect ratio (each is turned into what the provider takes)".to_string(),
+        });
+    }
     count(config, "upstream_max_chars", 1..=10_000_000, &mut errors);
     let max_prompt_chars = count(config, "max_prompt_chars", 1..=1_000_000, &mut errors)
         .unwrap_or(DEFAULT_MAX_PROMPT_CHARS);
@@ -368,7 +374,13 @@ mod tests {
         let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
         assert_eq!(
             keys,
-            ["size", "quality", "aspect_ratio", "max_prompt_chars"]
+            [
+                "size",
+                "quality",
+                "aspect_ratio",
+                "aspect_ratio",
+                "max_prompt_chars"
+            ]
         );
         assert!(errors[0].message.contains("not `big`"), "{errors:?}");
     }

@@ -960,7 +960,11 @@ async fn run_attempt(
     });
     let mut outputs = to_report(block, execution);
     outputs.0.audit = audit.map(Box::new);
-    outputs.0.memo_key = memo_key;
+    // An optional media block left out for want of a provider made
+    // nothing worth reusing: once the provider is set, it must run.
+    let left_out =
+        block.runtime.makes_media() && outputs.0.error.is_none() && outputs.0.artifacts.is_empty();
+    outputs.0.memo_key = memo_key.filter(|_| !left_out);
     outputs.0.gap_checks = gap_checks.map(Box::new);
     if !failed && !keep_work_dir {
         let _ = std::fs::remove_dir_all(&attempt_dir);

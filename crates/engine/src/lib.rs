@@ -659,7 +659,7 @@ fn llm_problems(
                 let resolved = if block.runtime == Runtime::Llm {
                     settings.resolve(model).map(|_| ())
                 } else if factory_core::media_options::is_optional(&block.inputs.config)
-                    && !settings.has_media_provider(model, block.runtime)
+                    && settings.media_provider_missing(model, block.runtime)
                 {
                     // Left out when it runs; the run may start.
                     Ok(())

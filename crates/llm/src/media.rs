@@ -17,8 +17,8 @@ use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
 use crate::{
-    CallFailure, LlmError, RetryPolicy, TimeoutKind, Transcript, Usage, excerpt, read_json_body,
-    send_checked, transport_error,
+    CallFailure, LlmError, RetryPolicy, TimeoutKind, Transcript, Usage, excerpt, send_checked,
+    transport_error,
 };
 
 /// The most a reply body may carry: a 64 MiB artifact, base64-encoded in JSON.
@@ -211,6 +211,32 @@ pub(crate) async fn read_capped(
     Ok(body)
 }
 
+/// A JSON reply of at most [`MAX_BODY_BYTES`]; `raw` keeps an excerpt of
+/// a body that is not JSON (the caller records the parsed one, elided).
+pub(crate) async fn read_json_capped(
+    provider: &str,
+    url: &str,
+    response: reqwest::Response,
+    raw: &mut String,
+) -> Result<Value, LlmError> {
+    let body = read_capped(provider, url, response).await?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(LlmError::EmptyBody {
+            provider: provider.to_string(),
+        });
+    }
+    serde_json::from_slice(&body).map_err(|e| {
+        *raw = excerpt(
+            &String::from_utf8_lossy(&body[..body.len().min(4096)]),
+            None,
+        );
+        LlmError::Malformed {
+            provider: provider.to_string(),
+            message: format!("body is not JSON: {e}: {raw}"),
+        }
+    })
+}
+
 fn too_large(provider: &str) -> LlmError {
     LlmError::Malformed {
         provider: provider.to_string(),
@@ -276,7 +302,7 @@ impl crate::OpenAiCompatible {
         }
         transcript.request = body.clone();
         let response = send_checked(name, &url, self.post(&url).json(&body), key).await?;
-        let data = read_json_body(name, &url, response, &mut transcript.raw_response).await?;
+        let data = read_json_capped(name, &url, response, &mut transcript.raw_response).await?;
         transcript.raw_response = elide_base64(&data).to_string();
         if let Some(error) = data.get("error").filter(|e| !e.is_null()) {
             return Err(crate::stream_error(
@@ -298,9 +324,10 @@ impl crate::OpenAiCompatible {
         ) {
             (Some(b64), _) => decode(name, "data[0].b64_json", b64)?,
             (None, Some(image_url)) => {
-                let response =
-                    send_checked(name, image_url, self.get_plain(image_url), None).await?;
-                read_capped(name, image_url, response).await?
+                // Named without its query: a signed URL's signature is a secret.
+                let label = image_url.split('?').next().unwrap_or_default();
+                let response = send_checked(name, label, self.get_plain(image_url), None).await?;
+                read_capped(name, label, response).await?
             }
             (None, None) => {
                 return Err(malformed(
@@ -460,7 +487,12 @@ impl Gemini {
                 .trim_end_matches('/')
                 .to_string(),
             api_key: api_key.filter(|k| !k.is_empty()),
-            http: reqwest::Client::new(),
+            // The key is a custom header, which reqwest would carry across
+            // a redirect to another host: redirects are not followed.
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap_or_default(),
         }
     }
 
@@ -491,7 +523,7 @@ impl Gemini {
             call = call.header("x-goog-api-key", key);
         }
         let response = send_checked(name, &url, call, self.api_key.as_deref()).await?;
-        let data = read_json_body(name, &url, response, &mut transcript.raw_response).await?;
+        let data = read_json_capped(name, &url, response, &mut transcript.raw_response).await?;
         transcript.raw_response = elide_base64(&data).to_string();
         if let Some(error) = data.get("error") {
             return Err(crate::stream_error(

@@ -23,18 +23,31 @@ pub fn join_wav(pieces: &[Vec<u8>]) -> Result<Vec<u8>, String> {
         samples.extend_from_slice(data);
     }
     let fmt = format.ok_or("no pieces")?;
-    let data_len = u32::try_from(samples.len()).map_err(|_| "more than 4 GiB of samples")?;
-    let fmt_len = fmt.len() as u32;
+    let too_long = "more than 4 GiB of samples";
+    let data_len = u32::try_from(samples.len()).map_err(|_| too_long)?;
+    let fmt_len = u32::try_from(fmt.len()).map_err(|_| too_long)?;
+    let pad = fmt_len & 1;
+    let riff_len = [8 + fmt_len + pad, 8, data_len, data_len & 1]
+        .into_iter()
+        .try_fold(4u32, u32::checked_add)
+        .ok_or(too_long)?;
     let mut out = Vec::with_capacity(samples.len() + 64);
     out.extend_from_slice(b"RIFF");
-    out.extend_from_slice(&(4 + 8 + fmt_len + 8 + data_len).to_le_bytes());
+    out.extend_from_slice(&riff_len.to_le_bytes());
     out.extend_from_slice(b"WAVE");
     out.extend_from_slice(b"fmt ");
     out.extend_from_slice(&fmt_len.to_le_bytes());
     out.extend_from_slice(fmt);
+    if pad == 1 {
+        out.push(0);
+    }
     out.extend_from_slice(b"data");
     out.extend_from_slice(&data_len.to_le_bytes());
     out.extend_from_slice(&samples);
+    // Chunks are padded to an even length.
+    if data_len & 1 == 1 {
+        out.push(0);
+    }
     Ok(out)
 }
 
@@ -112,10 +125,16 @@ fn mp3_frames(bytes: &[u8]) -> &[u8] {
 
 /// The length of the MPEG-1/2 layer III frame at the start, if one is there.
 fn frame_len(bytes: &[u8]) -> Option<usize> {
-    if bytes.len() < 4 || bytes[0] != 0xFF || bytes[1] & 0xE0 != 0xE0 {
+    // Frame sync, and layer III (the layer bits 01).
+    if bytes.len() < 4 || bytes[0] != 0xFF || bytes[1] & 0xE0 != 0xE0 || bytes[1] & 0x06 != 0x02 {
         return None;
     }
-    let mpeg1 = bytes[1] & 0x18 == 0x18;
+    // Version bits: 11 MPEG-1, 10 MPEG-2, 00 MPEG-2.5, 01 reserved.
+    let version = (bytes[1] >> 3) & 0x03;
+    if version == 0x01 {
+        return None;
+    }
+    let mpeg1 = version == 0x03;
     let bitrate_index = usize::from(bytes[2] >> 4);
     let rate_index = usize::from((bytes[2] >> 2) & 0x03);
     const V1: [u32; 15] = [
@@ -124,10 +143,12 @@ fn frame_len(bytes: &[u8]) -> Option<usize> {
     const V2: [u32; 15] = [0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160];
     const RATES: [u32; 3] = [44_100, 48_000, 32_000];
     let kbps = *if mpeg1 { &V1 } else { &V2 }.get(bitrate_index)?;
-    let mut rate = *RATES.get(rate_index)?;
-    if !mpeg1 {
-        rate /= 2;
-    }
+    let rate = *RATES.get(rate_index)?
+        / match version {
+            0x03 => 1,
+            0x02 => 2,
+            _ => 4,
+        };
     if kbps == 0 {
         return None;
     }
@@ -195,6 +216,40 @@ mod tests {
             out.extend(frame(None));
         }
         out
+    }
+
+    #[test]
+    fn frame_lengths_follow_the_mpeg_version_and_other_layers_are_not_frames() {
+        // MPEG-1 128 kbit/s 44.1 kHz; MPEG-2 64 kbit/s 24 kHz; MPEG-2.5 32 kbit/s 8 kHz.
+        assert_eq!(frame_len(&[0xFF, 0xFB, 0x90, 0x00]), Some(417));
+        assert_eq!(
+            frame_len(&[0xFF, 0xF3, 0x84, 0x00]),
+            Some(72 * 64_000 / 24_000)
+        );
+        assert_eq!(
+            frame_len(&[0xFF, 0xE3, 0x48, 0x00]),
+            Some(72 * 32_000 / 8_000)
+        );
+        assert_eq!(frame_len(&[0xFF, 0xFD, 0x90, 0x00]), None, "layer II");
+        assert_eq!(
+            frame_len(&[0xFF, 0xEB, 0x90, 0x00]),
+            None,
+            "reserved version"
+        );
+    }
+
+    #[test]
+    fn an_odd_number_of_sample_bytes_is_padded_and_the_file_still_reads() {
+        let mut odd = wav(10, false);
+        odd.push(7); // one more sample byte than the header says
+        let data = odd.windows(4).position(|w| w == b"data").unwrap();
+        let len = u32::from_le_bytes(odd[data + 4..data + 8].try_into().unwrap()) + 1;
+        odd[data + 4..data + 8].copy_from_slice(&len.to_le_bytes());
+        let joined = join_wav(&[odd]).unwrap();
+        assert_eq!(joined.len() % 2, 0);
+        let riff = u32::from_le_bytes(joined[4..8].try_into().unwrap()) as usize;
+        assert_eq!(riff + 8, joined.len());
+        inspect(MediaKind::Wav, &joined).unwrap();
     }
 
     #[test]

@@ -787,17 +787,17 @@ impl LlmSettings {
         }
     }
 
-    /// Whether a block's image or speech model is on a configured provider
-    /// that makes media (an optional block is left out when not).
-    pub fn has_media_provider(
+    /// Whether a block's image or speech model names a provider that is not
+    /// configured — the one case an optional block is left out for. A model
+    /// that does not parse, or a configured provider that makes no media,
+    /// is a mistake and stays an error.
+    pub fn media_provider_missing(
         &self,
         model: Option<&str>,
         runtime: factory_core::template::Runtime,
     ) -> bool {
         let (_, provider, _) = self.media_target(model, runtime);
-        provider
-            .and_then(|p| self.providers.get(&p))
-            .is_some_and(|entry| entry.media.is_some())
+        provider.is_some_and(|p| !self.providers.contains_key(&p))
     }
 
     /// A media call's cost, when the model has a price.
@@ -808,9 +808,17 @@ impl LlmSettings {
         images: u32,
         characters: u64,
     ) -> Option<f64> {
-        self.prices
-            .get(model)
-            .map(|price| price.media_cost(usage, images, characters))
+        // A price that says nothing of what this call used is no price: a
+        // speech model priced by tokens, which /audio/speech does not report,
+        // has cost unknown, not $0.
+        self.prices.get(model).and_then(|price| {
+            let tokens = usage.input_tokens + usage.output_tokens > 0
+                && (price.input > 0.0 || price.output > 0.0);
+            let priced = tokens
+                || (images > 0 && price.per_image > 0.0)
+                || (characters > 0 && price.per_million_characters > 0.0);
+            priced.then(|| price.media_cost(usage, images, characters))
+        })
     }
 }
 
@@ -1347,6 +1355,71 @@ fn metrics_from_artifacts(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn media_models_resolve_to_providers_that_make_media_and_are_priced_by_what_they_use() {
+        let config = LlmConfig::parse(
+            r#"
+[prices."gpt-image-1"]
+per_image = 0.04
+input = 5.0
+[prices."gpt-4o-mini-tts"]
+input = 0.6
+[prices."tts-1"]
+per_million_characters = 15.0
+"#,
+            "factory.toml",
+        )
+        .unwrap();
+        let lookup = |name: &str| match name {
+            "OPENAI_API_KEY" => Some("sk-x".to_string()),
+            "ANTHROPIC_API_KEY" => Some("sk-y".to_string()),
+            "FACTORY_LLM_BASE_URL" => Some("http://127.0.0.1:9/v1".to_string()),
+            "FACTORY_LLM_MODEL" => Some("tiny".to_string()),
+            _ => None,
+        };
+        let settings = LlmSettings::from_config(config, lookup);
+        use factory_core::template::Runtime;
+        let image = settings.resolve_media(None, Runtime::Image).unwrap();
+        assert_eq!(
+            (image.provider, image.model.as_str()),
+            ("openai", "gpt-image-1")
+        );
+        // FACTORY_LLM_MODEL points chat aliases at the local server, not media ones.
+        assert_eq!(
+            settings
+                .resolve_media(Some("tts"), Runtime::Speech)
+                .unwrap()
+                .provider,
+            "openai"
+        );
+        let error = settings
+            .resolve_media(Some("anthropic:claude-x"), Runtime::Image)
+            .err()
+            .unwrap();
+        assert!(error.contains("makes no images"), "{error}");
+        assert!(!settings.media_provider_missing(Some("anthropic:claude-x"), Runtime::Image));
+        assert!(!settings.media_provider_missing(Some("no-such-alias"), Runtime::Image));
+        assert!(settings.media_provider_missing(Some("nano-banana"), Runtime::Image));
+        let usage = factory_llm::Usage {
+            input_tokens: 100_000,
+            ..Default::default()
+        };
+        assert_eq!(
+            settings.media_cost("gpt-image-1", &usage, 1, 0),
+            Some(0.04 + 0.5)
+        );
+        // Priced by tokens, but speech reports none: unknown, not $0.
+        let none = factory_llm::Usage::default();
+        assert_eq!(
+            settings.media_cost("gpt-4o-mini-tts", &none, 0, 5_000),
+            None
+        );
+        assert_eq!(
+            settings.media_cost("tts-1", &none, 0, 2_000_000),
+            Some(30.0)
+        );
+    }
 
     #[test]
     fn config_adds_providers_aliases_and_prices() {

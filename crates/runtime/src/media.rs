@@ -27,9 +27,9 @@ pub(crate) async fn run(input: AttemptInput<'_>) -> Execution {
     // `Send`: it holds a spawn callback); the settings are shared.
     let llm = input.llm.clone();
     let optional = factory_core::media_options::is_optional(&block.inputs.config);
-    let unconfigured = llm
-        .as_deref()
-        .is_none_or(|settings| !settings.has_media_provider(input.model.as_deref(), block.runtime));
+    let unconfigured = llm.as_deref().is_none_or(|settings| {
+        settings.media_provider_missing(input.model.as_deref(), block.runtime)
+    });
     if optional && unconfigured {
         return left_out(block, llm.as_deref(), input.model.as_deref());
     }
@@ -278,7 +278,21 @@ async fn speech(
         .collect::<Vec<_>>()
         .join("\n\n");
     for (n, segment) in segments.iter().enumerate() {
+        // One timeout for the whole script: what earlier pieces took (their
+        // waits for a slot too) is gone for the later ones.
         let left = timeout.saturating_sub(started.elapsed());
+        if left.is_zero() {
+            return Ok(Execution {
+                timed_out: true,
+                failure: Some(FailureKind::Provider),
+                ..Execution::failed(format!(
+                    "block `{}`: its timeout ({} ms) ran out after {n} of {} pieces of script {script_label}; raise the block's `timeout`",
+                    block.id,
+                    block.timeout,
+                    segments.len()
+                ))
+            });
+        }
         let request = SpeechRequest {
             model: resolved.model.clone(),
             input: segment.text.clone(),
@@ -332,8 +346,10 @@ async fn speech(
     }
     .map_err(|problem| {
         (
-            FailureKind::Provider,
-            format!("cannot join the spoken pieces: {problem}"),
+            FailureKind::Permanent,
+            format!(
+                "cannot join the spoken pieces: {problem} (the server sent something other than the `{wire_format}` asked for; declare the format it sends)"
+            ),
         )
     })?;
     let reply = MediaReply {
@@ -428,14 +444,22 @@ fn finish(
         .first()
         .map_or(key, |a| a.path.as_str());
     if let Some(problem) = crate::check_format(block, key, path, format, &bytes) {
-        let came = sniff(&bytes).map_or(String::new(), |kind| {
+        let other = sniff(&bytes);
+        let came = other.map_or(String::new(), |kind| {
             format!(
                 "; the provider sent {}: declare that format for this model",
                 kind.media_type()
             )
         });
         execution.error = Some(format!("{problem}{came}"));
-        execution.failure = Some(FailureKind::Provider);
+        // Another well-formed format, or too many bytes, comes again on
+        // every try: only a broken file is worth another call.
+        let again = other.is_some() || bytes.len() > crate::MAX_ARTIFACT_BYTES;
+        execution.failure = Some(if again {
+            FailureKind::Permanent
+        } else {
+            FailureKind::Provider
+        });
         return execution;
     }
     execution.artifacts.insert(key.to_string(), bytes);

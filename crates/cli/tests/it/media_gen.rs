@@ -271,6 +271,106 @@ fn a_provider_that_sends_another_format_fails_the_attempt_and_says_which() {
         error.contains("card") && error.contains("the provider sent image/jpeg"),
         "{error}"
     );
+    // It would come again on every try: not retried, not paid for twice.
+    let attempts = doc["blocks"]["card"]["history"].as_array().unwrap().len();
+    assert_eq!(attempts, 1, "{doc}");
+}
+
+/// An optional image block without its provider: the run starts, the block
+/// is done without its card and says why, `factory doctor` calls it left out
+/// rather than missing — and once the provider is set, the next run draws
+/// the card instead of reusing the left-out attempt from the memo.
+#[test]
+fn an_optional_card_is_left_out_without_its_provider_and_drawn_once_it_is_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let template = dir.path().join("optional.json");
+    std::fs::write(
+        &template,
+        json!({
+            "id": "optional-card", "name": "Optional card", "version": "1",
+            "blocks": [
+                {"id": "brief", "name": "Brief", "layer": "L0", "type": "build", "runtime": "command",
+                 "inputs": {"config": {"command": ["sh", "-c", "echo '# Anchor first' > \"$FACTORY_OUTPUT_DIR/brief.md\""]}},
+                 "outputs": {"artifacts": [{"key": "brief", "path": "brief.md", "format": "md"}]}},
+                {"id": "card", "name": "Card", "layer": "L1", "type": "build", "runtime": "image",
+                 "description": "A card for the brief.",
+                 "inputs": {"depends": [{"block": "brief", "key": "brief"}], "config": {"aspect_ratio": "3:2", "optional": true}},
+                 "outputs": {"artifacts": [{"key": "card", "path": "card.png", "format": "png"}]}}
+            ]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let db = dir.path().join("factory.db");
+    let run = |url: Option<&str>| {
+        let mut command = factory(&db);
+        command
+            .args(["run", template.to_str().unwrap()])
+            .env_remove("OPENAI_API_KEY")
+            .env_remove("OPENAI_BASE_URL")
+            .env_remove("FACTORY_LLM_BASE_URL")
+            .env_remove("FACTORY_IMAGE_MODEL");
+        if let Some(url) = url {
+            command
+                .env("OPENAI_BASE_URL", url)
+                .env("OPENAI_API_KEY", "sk-local-test");
+        }
+        let output = command.output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap().trim().to_string()
+    };
+    let first = run(None);
+    let doc = status_json(&db, &first);
+    assert_eq!(doc["status"], "done", "{doc}");
+    let report = last_report(&doc, "card");
+    assert!(
+        report["artifacts"].as_object().is_none_or(|a| a.is_empty()),
+        "{report}"
+    );
+    let logs = factory(&db)
+        .args(["logs", &first, "card"])
+        .output()
+        .unwrap();
+    let logs = String::from_utf8_lossy(&logs.stdout);
+    assert!(
+        logs.contains("not made") && logs.contains("OPENAI_API_KEY"),
+        "{logs}"
+    );
+    let doctor = factory(&db)
+        .args(["doctor", template.to_str().unwrap()])
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("OPENAI_BASE_URL")
+        .env_remove("FACTORY_LLM_BASE_URL")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&doctor.stdout);
+    assert!(
+        text.contains("left out (optional)") && !text.contains("MISSING"),
+        "{text}"
+    );
+
+    let (fake, url) = Fake::start(false);
+    let second = run(Some(&url));
+    let doc = status_json(&db, &second);
+    let report = last_report(&doc, "card");
+    assert!(
+        report["reused"].is_null(),
+        "a left-out attempt is never reused: {report}"
+    );
+    assert_eq!(
+        report["artifacts"]["card"]["media"]["width"], 300,
+        "{report}"
+    );
+    let sent = fake.sent("/v1/images/generations");
+    assert_eq!(
+        sent.last().unwrap()["size"],
+        "1536x1024",
+        "3:2 asked as OpenAI's size"
+    );
 }
 
 #[test]

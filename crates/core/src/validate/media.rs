@@ -7,12 +7,35 @@ use crate::template::{ArtifactFormat, Block, Runtime, Template};
 
 /// An optional image or speech block may be left out (done without its
 /// artifact), so no block may read that artifact: it would read nothing.
+/// A speech block speaks one script, never a fan-out's many.
 pub(super) fn check_optional_readers(template: &Template, out: &mut Vec<Diagnostic>) {
     for (i, block) in template.blocks.iter().enumerate() {
         for (n, dep) in block.inputs.depends.iter().enumerate() {
             let Some(source) = template.blocks.iter().find(|b| b.id == dep.block) else {
                 continue;
             };
+            let script = block
+                .inputs
+                .config
+                .get("script")
+                .and_then(|s| s.as_str())
+                .and_then(|s| s.trim().split_once('.'));
+            let is_script = block.runtime == Runtime::Speech
+                && script.is_none_or(|(b, k)| b == dep.block && k == dep.key);
+            if is_script && source.fan_out.is_some() {
+                out.push(
+                    Diagnostic::error(
+                        codes::RUNTIME_CONFIG,
+                        format!("$.blocks[{i}].inputs.depends[{n}]"),
+                        format!(
+                            "speech block `{}` would speak `{}.{}`, which fans out into one artifact per item; it speaks one script",
+                            block.id, dep.block, dep.key
+                        ),
+                    )
+                    .in_block(block.id.clone())
+                    .with_help("have one block join the items into one script and speak that"),
+                );
+            }
             if source.runtime.makes_media() && is_optional(&source.inputs.config) {
                 out.push(
                     Diagnostic::error(

@@ -1101,6 +1101,30 @@ fn image_and_speech_blocks_make_one_media_artifact_and_check_their_knobs() {
         "{:#?}",
         validated.diagnostics
     );
+    // A shape said twice, and a script that is a fan-out's many artifacts.
+    let mut twice = image.clone();
+    twice["inputs"]["config"]["aspect_ratio"] = json!("3:2");
+    check(
+        template(vec![twice]),
+        &[(
+            "TPL0014",
+            "$.blocks[0].inputs.config.aspect_ratio",
+            Some("a"),
+        )],
+    );
+    let mut many = block("a");
+    many["fan_out"] = json!({"over": {"param": "items"}});
+    let mut t = template(vec![many, speech.clone()]);
+    t["params"] = json!({"items": {"default": ["x"]}});
+    let validated = validate_value(&t);
+    assert!(
+        validated
+            .errors()
+            .any(|d| d.path == "$.blocks[1].inputs.depends[0]"
+                && d.message.contains("fans out into one artifact per item")),
+        "{:#?}",
+        validated.diagnostics
+    );
     // An image block may fan out (each instance draws its item); a speech
     // block may not.
     let mut speech = speech;
