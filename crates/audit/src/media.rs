@@ -424,13 +424,11 @@ pub mod samples {
             out.extend_from_slice(&body);
             out.extend_from_slice(&crc32(&body).to_be_bytes());
         }
-        let mut raw = Vec::new();
-        for _ in 0..h {
-            raw.push(0); // no filter
-            for _ in 0..w {
-                raw.extend_from_slice(&rgb);
-            }
-        }
+        // Each row: filter byte 0 (none), then its pixels.
+        let row: Vec<u8> = std::iter::once(0)
+            .chain(std::iter::repeat_n(rgb, w as usize).flatten())
+            .collect();
+        let raw = row.repeat(h as usize);
         let mut zlib = vec![0x78, 0x01];
         let blocks: Vec<&[u8]> = raw.chunks(65_535).collect();
         for (i, block) in blocks.iter().enumerate() {

@@ -160,6 +160,19 @@ pub fn text_for_reader(format: ArtifactFormat, bytes: &[u8]) -> String {
     String::from_utf8_lossy(&text_bytes(format, bytes)).into_owned()
 }
 
+/// The upstream artifacts as a prompt reads them (an `llm` or `image` block).
+pub fn upstream_texts(inputs: &[InputArtifact]) -> Vec<factory_core::prompt::UpstreamText> {
+    inputs
+        .iter()
+        .map(|artifact| factory_core::prompt::UpstreamText {
+            block: artifact.block.clone(),
+            key: artifact.key.clone(),
+            format: artifact.format,
+            text: text_for_reader(artifact.format, &artifact.content),
+        })
+        .collect()
+}
+
 /// A text artifact's bytes as a reader of text gets them: a folder's
 /// binary files a line each ([`text_view`]), anything else as it is.
 pub fn text_bytes(format: ArtifactFormat, bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use factory_core::prompt::{self, PromptInputs, ReplyShape, UpstreamText};
+use factory_core::prompt::{self, PromptInputs, ReplyShape};
 use factory_core::run::FailureKind;
 use factory_llm::tokens::{self, Fit};
 use factory_llm::{
@@ -956,16 +956,7 @@ pub(crate) async fn run(input: AttemptInput<'_>) -> Execution {
     let golden = golden_schemas(block, input.golden);
     let response_format = response_format(block, &options, resolved.kind, &golden);
     let shape = ReplyShape::for_block(block, response_format != ResponseFormat::Text);
-    let upstream = input
-        .inputs
-        .iter()
-        .map(|artifact| UpstreamText {
-            block: artifact.block.clone(),
-            key: artifact.key.clone(),
-            format: artifact.format,
-            text: crate::text_for_reader(artifact.format, &artifact.content),
-        })
-        .collect();
+    let upstream = crate::upstream_texts(&input.inputs);
     let assembled = prompt::assemble(&PromptInputs {
         block,
         skill: skill_text.as_deref(),

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use factory_core::prompt::{self, PromptInputs, ReplyShape, UpstreamText};
+use factory_core::prompt::{self, PromptInputs, ReplyShape};
 use factory_core::run::FailureKind;
 use factory_core::template::{ArtifactFormat, Block, Runtime};
 use factory_llm::{CallFailure, ImageRequest, LlmError, MediaCall, MediaReply, SpeechRequest};
@@ -130,16 +130,7 @@ async fn image(
         ),
         _ => None,
     };
-    let upstream = input
-        .inputs
-        .iter()
-        .map(|artifact| UpstreamText {
-            block: artifact.block.clone(),
-            key: artifact.key.clone(),
-            format: artifact.format,
-            text: crate::text_for_reader(artifact.format, &artifact.content),
-        })
-        .collect();
+    let upstream = crate::upstream_texts(&input.inputs);
     let assembled = prompt::assemble(&PromptInputs {
         block,
         skill: skill.as_deref(),
