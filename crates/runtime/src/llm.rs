@@ -796,8 +796,13 @@ impl LlmSettings {
         model: Option<&str>,
         runtime: factory_core::template::Runtime,
     ) -> bool {
+        // Only the providers that make media and are set up by their keys
+        // can be "not configured"; any other name is a typo or a provider
+        // without media, which is an error whether optional or not.
         let (_, provider, _) = self.media_target(model, runtime);
-        provider.is_some_and(|p| !self.providers.contains_key(&p))
+        provider.is_some_and(|p| {
+            ["openai", "gemini", "local"].contains(&p.as_str()) && !self.providers.contains_key(&p)
+        })
     }
 
     /// A media call's cost, when the model has a price.
@@ -1391,6 +1396,7 @@ per_million_characters = 15.0
         assert!(error.contains("makes no images"), "{error}");
         assert!(!settings.media_provider_missing(Some("anthropic:claude-x"), Runtime::Image));
         assert!(!settings.media_provider_missing(Some("no-such-alias"), Runtime::Image));
+        assert!(!settings.media_provider_missing(Some("opnai:gpt-image-1"), Runtime::Image));
         assert!(settings.media_provider_missing(Some("nano-banana"), Runtime::Image));
         let usage = factory_llm::Usage {
             input_tokens: 100_000,

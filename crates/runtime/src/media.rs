@@ -269,21 +269,13 @@ async fn speech(
         .collect::<Vec<_>>()
         .join("\n\n");
     for (n, segment) in segments.iter().enumerate() {
-        // One timeout for the whole script: what earlier pieces took (their
-        // waits for a slot too) is gone for the later ones.
-        let left = timeout.saturating_sub(started.elapsed());
-        if left.is_zero() {
-            return Ok(Execution {
-                timed_out: true,
-                failure: Some(FailureKind::Provider),
-                ..Execution::failed(format!(
-                    "block `{}`: its timeout ({} ms) ran out after {n} of {} pieces of script {script_label}; raise the block's `timeout`",
-                    block.id,
-                    block.timeout,
-                    segments.len()
-                ))
-            });
-        }
+        // One timeout for the whole script: what earlier pieces took is gone
+        // for the later ones; waits for a provider slot are not counted (as
+        // for an llm call).
+        let spent = started
+            .elapsed()
+            .saturating_sub(Duration::from_millis(queued_ms));
+        let left = timeout.saturating_sub(spent);
         let request = SpeechRequest {
             model: resolved.model.clone(),
             input: segment.text.clone(),
@@ -292,11 +284,33 @@ async fn speech(
             instructions: options.instructions.clone(),
             format: wire_format.to_string(),
         };
-        match resolved
-            .client
-            .make(MediaCall::Speech(&request), left)
-            .await
-        {
+        let outcome = if left.is_zero() {
+            Err(CallFailure {
+                error: LlmError::Timeout {
+                    provider: resolved.provider.to_string(),
+                    kind: factory_llm::TimeoutKind::Total,
+                    timeout_ms: block.timeout,
+                    attempts: calls,
+                },
+                raw_request: Value::Null,
+                raw_response: String::new(),
+                partial_text: String::new(),
+                usage: factory_llm::Usage::default(),
+                attempts: 0,
+                latency_ms: spent.as_millis() as u64,
+                queued_ms: 0,
+                notes: vec![
+                    "the block's timeout covers all pieces of its script; raise `timeout`"
+                        .to_string(),
+                ],
+            })
+        } else {
+            resolved
+                .client
+                .make(MediaCall::Speech(&request), left)
+                .await
+        };
+        match outcome {
             Ok(reply) => {
                 calls += reply.attempts;
                 queued_ms += reply.queued_ms;
@@ -336,12 +350,26 @@ async fn speech(
         _ => Ok(pieces.concat()),
     }
     .map_err(|problem| {
-        (
-            FailureKind::Permanent,
-            format!(
-                "cannot join the spoken pieces: {problem} (the server sent something other than the `{wire_format}` asked for; declare the format it sends)"
-            ),
-        )
+        // Another format, or another sample format, comes again; a piece cut
+        // short may not.
+        if problem.contains("is not a WAV") {
+            (
+                FailureKind::Permanent,
+                format!(
+                    "cannot join the spoken pieces: {problem} (the server sent something other than the `{wire_format}` asked for; declare the format it sends)"
+                ),
+            )
+        } else if problem.contains("another sample format") {
+            (
+                FailureKind::Permanent,
+                format!("cannot join the spoken pieces: {problem}"),
+            )
+        } else {
+            (
+                FailureKind::Provider,
+                format!("cannot join the spoken pieces: {problem}"),
+            )
+        }
     })?;
     let reply = MediaReply {
         bytes: Vec::new(),
@@ -435,7 +463,9 @@ fn finish(
         .first()
         .map_or(key, |a| a.path.as_str());
     if let Some(problem) = crate::check_format(block, key, path, format, &bytes) {
-        let other = sniff(&bytes);
+        // Named only when it is another format than declared (a file too
+        // large is still what it says it is).
+        let other = sniff(&bytes).filter(|kind| Some(*kind) != format.media_kind());
         let came = other.map_or(String::new(), |kind| {
             format!(
                 "; the provider sent {}: declare that format for this model",
