@@ -692,6 +692,10 @@ impl Engine {
             );
         } else if let Some(version) = patch.resolved_in_version {
             item.resolved_in_version = Some(version);
+        } else if from == resolved && item.status != resolved {
+            // Reopened: it is no longer resolved in any version (the
+            // convergence table would count it as settled otherwise).
+            item.resolved_in_version = None;
         }
         if let Some(notes) = patch.resolution_notes.clone() {
             item.resolution_notes = Some(notes);
@@ -703,6 +707,10 @@ impl Engine {
         }
         // A status change and its event are one commit.
         let mut handle = self.open(&item.run_id).await?;
+        // Settling the last open item can make the run ready to ship.
+        let before = self.store.items(&item.run_id, None, None).await?;
+        let after = replaced(&before, std::slice::from_ref(&item));
+        let emitted = self.ready_flip(&handle, &before, &after).await?;
         let reason = match patch.resolution_notes {
             Some(notes) => format!("set by {actor}: {notes}"),
             None => format!("set by {actor}"),
@@ -717,6 +725,7 @@ impl Engine {
         };
         let writes = Writes {
             items: std::slice::from_ref(&item),
+            emitted: &emitted,
             ..Writes::default()
         };
         for _ in 0..crate::handle::MAX_CONFLICTS {
@@ -848,12 +857,64 @@ impl Engine {
                     item
                 })
                 .collect();
+            // Resolving the last items can make the run ready to ship.
+            let before = self.store.items(&run_id, None, None).await?;
+            let after = replaced(&before, &resolved_items);
+            let emitted = self.ready_flip(handle, &before, &after).await?;
             self.store.put_items(&resolved_items).await?;
-            let records = handle.apply(actor, |_, _, _| Ok(events.clone())).await?;
+            let writes = Writes {
+                emitted: &emitted,
+                ..Writes::default()
+            };
+            let mut committed = None;
+            for _ in 0..crate::handle::MAX_CONFLICTS {
+                committed = handle.apply_once(actor, events.clone(), &writes).await?;
+                if committed.is_some() {
+                    break;
+                }
+            }
+            let Some(records) = committed else {
+                return Err(EngineError::TooManyConflicts {
+                    run_id,
+                    tries: crate::handle::MAX_CONFLICTS,
+                });
+            };
             self.notify(&records, handle);
         }
         Ok(())
     }
+
+    /// `run.ready_to_ship` when changing the run's items from `before` to
+    /// `after` makes it meet its convergence criteria (it did not before).
+    async fn ready_flip(
+        &self,
+        handle: &RunHandle,
+        before: &[ImprovementItem],
+        after: &[ImprovementItem],
+    ) -> Result<Vec<factory_core::bus::BusEvent>> {
+        let feedback = self.store.feedback(&handle.doc().run_id).await?;
+        let was = convergence_of(handle, &feedback, before).ready_to_ship;
+        let now = convergence_of(handle, &feedback, after);
+        Ok(if now.ready_to_ship && !was {
+            vec![factory_core::bus::ready_to_ship(handle.doc(), now.version)]
+        } else {
+            Vec::new()
+        })
+    }
+}
+
+/// `items` with each of `changed` in place of the item of the same id.
+fn replaced(items: &[ImprovementItem], changed: &[ImprovementItem]) -> Vec<ImprovementItem> {
+    items
+        .iter()
+        .map(|item| {
+            changed
+                .iter()
+                .find(|c| c.id == item.id)
+                .unwrap_or(item)
+                .clone()
+        })
+        .collect()
 }
 
 /// The version-over-version table of the run in `handle`, from its stored

@@ -1284,6 +1284,60 @@ async fn the_whole_loop(postgres: bool) {
     let ready = ready["events"].as_array().unwrap();
     assert_eq!(ready.len(), 1, "{ready:?}");
     assert_eq!(ready[0]["payload"]["version"], "v3");
+    // A person reopens a settled critical item (none may be open): not ready; settling
+    // it again makes the run ready once more, and the feed says so — a
+    // change of items, not only a review, can make a run ready to ship.
+    let (_, settled) = t
+        .call(
+            Method::GET,
+            &format!("/api/v1/improvement-items?run_id={run}&status=resolved"),
+            "viewer",
+            None,
+        )
+        .await;
+    let weighty = settled["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["priority"] == "critical")
+        .unwrap_or_else(|| panic!("a resolved critical item: {settled}"))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for status in ["accepted", "resolved"] {
+        let (s, b) = t
+            .call(
+                Method::PATCH,
+                &format!("/api/v1/improvement-items/{weighty}"),
+                "reviewer",
+                Some(json!({"status": status, "resolution_notes": "checked again"})),
+            )
+            .await;
+        assert_eq!(s, 200, "{b}");
+        let (_, c) = t
+            .call(
+                Method::GET,
+                &format!("/api/v1/runs/{run}/convergence"),
+                "viewer",
+                None,
+            )
+            .await;
+        assert_eq!(c["ready_to_ship"], status == "resolved", "{status}: {c}");
+    }
+    let (_, ready) = t
+        .call(
+            Method::GET,
+            &format!("/api/v1/events?run={run}&name=run.ready_to_ship"),
+            "viewer",
+            None,
+        )
+        .await;
+    let ready = ready["events"].as_array().unwrap();
+    assert_eq!(ready.len(), 2, "{ready:?}");
+    assert_eq!(
+        ready[0]["payload"]["version"], "v3",
+        "newest first: {ready:?}"
+    );
     let page = t
         .http
         .get(t.url(&format!("/runs/{run}/convergence")))
