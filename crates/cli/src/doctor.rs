@@ -128,16 +128,10 @@ pub async fn run(settings: &LlmSettings, template: Option<(&Path, &Pipeline)>) -
             }
         }
     }
-    // Image and speech blocks: their models resolve to providers that make media.
-    let mut by_media: BTreeMap<(Option<String>, &str), Vec<&str>> = BTreeMap::new();
-    let optional: Vec<&str> = pipeline
-        .blocks()
-        .iter()
-        .filter(|b| {
-            b.runtime.makes_media() && factory_core::media_options::is_optional(&b.inputs.config)
-        })
-        .map(|b| b.id.as_str())
-        .collect();
+    // Image and speech blocks: their models resolve to providers that make
+    // media. Optional blocks are listed apart: without their provider they
+    // are left out, which is no problem, while required ones are.
+    let mut by_media: BTreeMap<(Option<String>, &str, bool), Vec<&str>> = BTreeMap::new();
     for block in pipeline.blocks().iter().filter(|b| b.runtime.makes_media()) {
         let model = factory_core::transitions::effective_model(
             pipeline.template(),
@@ -145,42 +139,43 @@ pub async fn run(settings: &LlmSettings, template: Option<(&Path, &Pipeline)>) -
             &no_overrides,
             None,
         );
+        let optional = factory_core::media_options::is_optional(&block.inputs.config);
         by_media
-            .entry((model.map(str::to_string), block.runtime.as_str()))
+            .entry((model.map(str::to_string), block.runtime.as_str(), optional))
             .or_default()
             .push(block.id.as_str());
     }
-    for ((model, runtime), blocks) in &by_media {
-        let runtime_enum = if *runtime == "speech" {
+    for ((model, runtime, optional), blocks) in &by_media {
+        let name = *runtime;
+        let runtime = if name == Runtime::Speech.as_str() {
             Runtime::Speech
         } else {
             Runtime::Image
         };
         let shown = model
             .as_deref()
-            .unwrap_or(settings.default_media_model(runtime_enum));
-        match settings.resolve_media(model.as_deref(), runtime_enum) {
+            .unwrap_or(settings.default_media_model(runtime));
+        match settings.resolve_media(model.as_deref(), runtime) {
             Ok(resolved) => println!(
-                "  {shown} → {}:{} ({runtime}): {}",
+                "  {shown} → {}:{} ({name}): {}",
                 resolved.provider,
                 resolved.model,
                 blocks.join(", ")
             ),
             Err(error)
-                if settings.media_provider_missing(model.as_deref(), runtime_enum)
-                    && blocks.iter().all(|b| optional.contains(b)) =>
+                if *optional && settings.media_provider_missing(model.as_deref(), runtime) =>
             {
                 println!(
-                    "  {shown} ({runtime}): not configured, so left out (optional): {error}: {}",
+                    "  {shown} ({name}): not configured, so left out (optional): {error}: {}",
                     blocks.join(", ")
                 );
             }
             Err(error) => {
                 println!(
-                    "  {shown} ({runtime}): MISSING: {error}: {}",
+                    "  {shown} ({name}): MISSING: {error}: {}",
                     blocks.join(", ")
                 );
-                problems.push(format!("{} {runtime} block(s): {error}", blocks.len()));
+                problems.push(format!("{} {name} block(s): {error}", blocks.len()));
             }
         }
     }

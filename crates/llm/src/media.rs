@@ -254,21 +254,36 @@ pub(crate) fn decode(provider: &str, field: &str, data: &str) -> Result<Vec<u8>,
         })
 }
 
-/// `value` with every long base64 string replaced by its length, for the record.
+/// `value` with every long base64 string replaced by its length, and every
+/// `url` without its query (a signed URL's signature is a secret), for the
+/// record.
 pub(crate) fn elide_base64(value: &Value) -> Value {
     match value {
+        Value::Object(map) if map.get("url").is_some_and(Value::is_string) => {
+            let mut map = map.clone();
+            if let Some(Value::String(url)) = map.get_mut("url")
+                && let Some((base, _)) = url.split_once('?')
+            {
+                *url = format!("{base}?[query left out]");
+            }
+            elide_object(&map)
+        }
+        Value::Object(map) => elide_object(map),
         Value::String(s) if s.len() > 256 && !s.contains(' ') => Value::String(format!(
             "[{} characters of base64 left out: the artifact]",
             s.len()
         )),
         Value::Array(items) => Value::Array(items.iter().map(elide_base64).collect()),
-        Value::Object(map) => Value::Object(
-            map.iter()
-                .map(|(k, v)| (k.clone(), elide_base64(v)))
-                .collect(),
-        ),
         other => other.clone(),
     }
+}
+
+fn elide_object(map: &serde_json::Map<String, Value>) -> Value {
+    Value::Object(
+        map.iter()
+            .map(|(k, v)| (k.clone(), elide_base64(v)))
+            .collect(),
+    )
 }
 
 // ---------------------------------------------------------------------------
@@ -672,6 +687,12 @@ mod tests {
                 .as_str()
                 .unwrap()
                 .starts_with("[1000 characters")
+        );
+        let signed = json!({"data": [{"url": "https://cdn.example/img.png?sig=SECRET&exp=1"}]});
+        let elided = elide_base64(&signed);
+        assert_eq!(
+            elided["data"][0]["url"],
+            "https://cdn.example/img.png?[query left out]"
         );
     }
 
