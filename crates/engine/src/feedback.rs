@@ -861,8 +861,9 @@ impl Engine {
             let before = self.store.items(&run_id, None, None).await?;
             let after = replaced(&before, &resolved_items);
             let emitted = self.ready_flip(handle, &before, &after).await?;
-            self.store.put_items(&resolved_items).await?;
+            // The items, their events and the feed event: one commit.
             let writes = Writes {
+                items: &resolved_items,
                 emitted: &emitted,
                 ..Writes::default()
             };
