@@ -895,12 +895,15 @@ async fn run_attempt(
         task.abort();
     }
     let mut execution = execution;
-    // Command and http blocks check their files as they collect them; any
-    // other runtime's media and sizes are checked here, and an artifact
-    // over the limit is not kept.
+    // Command and http blocks check their files as they collect them, image
+    // and speech blocks what the provider sent; any other runtime's media
+    // and sizes are checked here, and an artifact over the limit is not kept.
     if !matches!(
         block.runtime,
-        factory_core::template::Runtime::Command | factory_core::template::Runtime::Http
+        factory_core::template::Runtime::Command
+            | factory_core::template::Runtime::Http
+            | factory_core::template::Runtime::Image
+            | factory_core::template::Runtime::Speech
     ) {
         let mut problems = Vec::new();
         for spec in &block.outputs.artifacts {

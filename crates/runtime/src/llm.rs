@@ -1287,8 +1287,29 @@ fn failed_call(
     settings: &LlmSettings,
     resolved: &Resolved<'_>,
     prompt_text: String,
+    notes: Vec<String>,
+    failure: CallFailure,
+) -> Execution {
+    let cost = settings.cost(&resolved.model, &failure.usage);
+    failed_call_record(
+        block,
+        (resolved.provider, &resolved.model),
+        prompt_text,
+        notes,
+        failure,
+        cost,
+    )
+}
+
+/// A provider call (chat, image or speech) that made nothing: its record
+/// with what it did produce, and its class — permanent or worth a retry.
+pub(crate) fn failed_call_record(
+    block: &factory_core::template::Block,
+    (provider, model): (&str, &str),
+    prompt_text: String,
     mut notes: Vec<String>,
     failure: CallFailure,
+    cost_usd: Option<f64>,
 ) -> Execution {
     let kind = if failure.error.is_permanent() {
         FailureKind::Permanent
@@ -1303,8 +1324,8 @@ fn failed_call(
         failure: Some(kind),
         stdout: failure.partial_text.clone().into_bytes(),
         llm: Some(Box::new(LlmCall {
-            provider: resolved.provider.to_string(),
-            model: resolved.model.clone(),
+            provider: provider.to_string(),
+            model: model.to_string(),
             usage: failure.usage,
             latency_ms: failure.latency_ms,
             calls: failure.attempts,
@@ -1312,7 +1333,7 @@ fn failed_call(
             prompt: prompt_text,
             raw_request: failure.raw_request,
             raw_response: failure.raw_response,
-            cost_usd: settings.cost(&resolved.model, &failure.usage),
+            cost_usd,
             queued_ms: failure.queued_ms,
             response_format: String::new(),
             notes,

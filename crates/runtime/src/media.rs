@@ -63,6 +63,18 @@ pub(crate) async fn run(input: AttemptInput<'_>) -> Execution {
 
 type Outcome = Result<Execution, (FailureKind, String)>;
 
+/// Knobs that do not parse (validation refuses them; a template changed
+/// under a run may still bring them): a permanent failure naming each.
+fn knob_problems(
+    problems: Vec<factory_core::media_options::MediaOptionError>,
+) -> (FailureKind, String) {
+    let text: Vec<String> = problems
+        .iter()
+        .map(|p| format!("inputs.config.{} must be {}", p.key, p.message))
+        .collect();
+    (FailureKind::Permanent, text.join("; "))
+}
+
 /// An optional block whose provider is not configured: done without a call
 /// and without its artifact, saying so (a block that reads it gets nothing;
 /// validation lets none read it).
@@ -94,15 +106,7 @@ async fn image(
     let block = input.block;
     let permanent = |message: String| (FailureKind::Permanent, message);
     let options =
-        factory_core::media_options::parse_image(&block.inputs.config).map_err(|problems| {
-            permanent(
-                problems
-                    .iter()
-                    .map(|p| format!("inputs.config.{} must be {}", p.key, p.message))
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            )
-        })?;
+        factory_core::media_options::parse_image(&block.inputs.config).map_err(knob_problems)?;
     let gemini = resolved.kind == crate::llm::ProviderKind::Gemini;
     // One template for either provider: a shape is said as a size or an
     // aspect ratio, and turned into what the provider takes.
@@ -189,15 +193,7 @@ async fn speech(
     let block = input.block;
     let permanent = |message: String| (FailureKind::Permanent, message);
     let mut options =
-        factory_core::media_options::parse_speech(&block.inputs.config).map_err(|problems| {
-            permanent(
-                problems
-                    .iter()
-                    .map(|p| format!("inputs.config.{} must be {}", p.key, p.message))
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            )
-        })?;
+        factory_core::media_options::parse_speech(&block.inputs.config).map_err(knob_problems)?;
     let script = match &options.script {
         Some((from, wanted)) => input
             .inputs
@@ -510,36 +506,14 @@ fn failed(
     prompt: String,
     failure: CallFailure,
 ) -> Execution {
-    let kind = if failure.error.is_permanent() {
-        FailureKind::Permanent
-    } else {
-        FailureKind::Provider
-    };
-    let message = format!("block `{}`: {}", block.id, failure.error);
-    Execution {
-        timed_out: matches!(failure.error, LlmError::Timeout { .. }),
-        error: Some(message.clone()),
-        failure: Some(kind),
-        llm: Some(Box::new(LlmCall {
-            provider: resolved.provider.to_string(),
-            model: resolved.model.clone(),
-            usage: failure.usage,
-            latency_ms: failure.latency_ms,
-            calls: failure.attempts,
-            stop_reason: None,
-            prompt,
-            raw_request: failure.raw_request,
-            raw_response: failure.raw_response,
-            cost_usd: None,
-            queued_ms: failure.queued_ms,
-            response_format: String::new(),
-            notes: failure.notes,
-            error: Some(message),
-            images: 0,
-            characters: 0,
-        })),
-        ..Execution::default()
-    }
+    crate::llm::failed_call_record(
+        block,
+        (resolved.provider, &resolved.model),
+        prompt,
+        Vec::new(),
+        failure,
+        None,
+    )
 }
 
 fn clip(text: &str, limit: usize) -> String {
